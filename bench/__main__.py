@@ -1,0 +1,48 @@
+"""python -m bench [--quick] [--only verify|bundle]: print the benchmark tables to stdout."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import cryptography
+import numpy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run with small sizes (checks that the benchmarks work)")
+    parser.add_argument("--only", choices=("verify", "bundle"), help="run one benchmark only")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    print(f"checkpoint-edge benchmarks {'(quick) ' if args.quick else ''}"
+          f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}")
+    print(f"python {platform.python_version()} ({platform.python_implementation()}), "
+          f"cryptography {cryptography.__version__}, numpy {numpy.__version__}, "
+          f"{platform.machine()}, {os.cpu_count()} cpus, {_cpu_model()}")
+    print("figures: medians of interleaved rounds; 'x peer' = median of per-round ratios\n")
+    from . import bench_bundle, bench_verify
+    if args.only in (None, "verify"):
+        bench_verify.run(args.quick)
+    if args.only in (None, "bundle"):
+        bench_bundle.run(args.quick)
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Set up checkpoint-edge on Debian 12 / Raspberry Pi OS (Bookworm) and run one target:
+#   sh setup.sh demo    apt packages + venv + pip, then the demo on built-in defaults
+#   sh setup.sh test    the same with the test extras, then the whole test suite
+#   sh setup.sh bench   the same, then the benchmarks (extra arguments go to `python -m bench`)
+# Runs as root, or as a user who may sudo (only for apt-get, and only when a package is missing).
+set -eu
+cd "$(dirname "$0")"
+target=${1:-demo}
+[ $# -gt 0 ] && shift
+
+APT_PACKAGES="python3 python3-venv python3-pip libzbar0"
+
+missing=""
+for pkg in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    echo "setup: installing Debian packages:$missing" >&2
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    "$PYTHON" -m venv .venv
+fi
+
+install() {  # pip install the package (with extras $1, if any) unless done since setup.py changed
+    spec="."
+    [ -n "$1" ] && spec=".[$1]"
+    stamp=".venv/.installed${1:+-$1}"
+    if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+        echo "setup: pip install -e $spec" >&2
+        .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
+        touch "$stamp"
+    fi
+}
+
+case "$target" in
+    demo)  install "" && exec .venv/bin/checkpoint demo "$@" ;;
+    test)  install dev && exec .venv/bin/python -m pytest "$@" ;;
+    bench) install dev && exec .venv/bin/python -m bench "$@" ;;
+    *) echo "usage: sh setup.sh demo|test|bench" >&2; exit 2 ;;
+esac

@@ -1,0 +1,235 @@
+"""The `checkpoint` command as a user runs it: real processes, real files, exit codes and output."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scanner import keys as keymod
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):
+    """Run `python -m scanner ARGS` and return the CompletedProcess (text mode)."""
+    full_env = {**os.environ, "CHECKPOINT_LANG": "", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "scanner", *args], input=stdin, capture_output=True,
+                          text=True, cwd=cwd, env=full_env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """Root, two issuers (Ed25519, ES256) and a bundle, all made with the CLI itself."""
+    d = tmp_path_factory.mktemp("pki")
+    for name, alg in (("root", "EdDSA"), ("hue", "EdDSA"), ("dng", "ES256"), ("rogue", "EdDSA")):
+        r = run("issuer", "keygen", "--alg", alg, "--out", str(d / name))
+        assert r.returncode == 0, r.stderr
+    r = run("issuer", "bundle", "--root-key", str(d / "root.key"), "--key", f"VN-HUE={d / 'hue.pub'}",
+            "--key", f"VN-DNG={d / 'dng.pub'}", "--formats", "CK1", "--version", "3", "-o", str(d / "bundle.json"))
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def issue(pki: Path, key: str, issuer: str, *extra: str) -> dict:
+    r = run("issuer", "issue", "--key", str(pki / f"{key}.key"), "--issuer", issuer,
+            "--name", "Nguyễn Thị Hương", "--birth-date", "1990-05-17", "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def verify(pki: Path, *args: str, stdin: str | None = None, bundle: str = "bundle.json"):
+    return run("verify", "--trust", str(pki / bundle), "--trust-root", str(pki / "root.pub"), *args, stdin=stdin)
+
+
+def test_keygen_writes_private_key_owner_only(pki):
+    for name in ("root", "hue", "dng"):
+        mode = stat.S_IMODE((pki / f"{name}.key").stat().st_mode)
+        assert mode == 0o600, oct(mode)
+        assert keymod.load_private_key(pki / f"{name}.key")
+
+
+def test_keygen_refuses_to_overwrite(pki):
+    r = run("issuer", "keygen", "--out", str(pki / "hue"))
+    assert r.returncode == 2
+    assert "exists" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("key,issuer", [("hue", "VN-HUE"), ("dng", "VN-DNG")])
+def test_verify_accepts_and_prints_contract_json(pki, key, issuer):
+    card = issue(pki, key, issuer, "--id-masked", "*********123", "--status", "vaccinated")
+    r = verify(pki, "--json", card["text"])
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["decision"] == "accept" and out["reason"] == "ok" and out["format"] == "CK1"
+    assert out["card_id"] == card["card_id"] and out["issuer"] == issuer and out["kid"] == card["kid"]
+    assert out["holder"] == {"name": "Nguyễn Thị Hương", "birth_date": "1990-05-17",
+                             "id_masked": "*********123", "status": "vaccinated", "last_dose": None}
+    assert out["expires_at"] == card["expires_at"]
+    assert r.stdout.count("\n") == 1
+
+
+def test_verify_reads_stdin_and_rejects_with_exit_1(pki):
+    card = issue(pki, "hue", "VN-HUE", "--issued-at", "2020-01-01", "--valid-days", "30")
+    r = verify(pki, "--json", "-", stdin=card["text"] + "\n")
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["reason"] == "expired"
+
+
+def test_verify_at_a_given_time(pki):
+    card = issue(pki, "hue", "VN-HUE", "--issued-at", "2020-01-01", "--valid-days", "30")
+    assert verify(pki, "--at", "2020-01-15T12:00:00+07:00", card["text"]).returncode == 0
+    assert verify(pki, "--at", "1580515200", card["text"]).returncode == 1  # 2020-02-01
+
+
+def test_verify_human_line_in_vietnamese_and_english(pki):
+    card = issue(pki, "hue", "VN-HUE")
+    vi = verify(pki, card["text"])
+    assert vi.returncode == 0
+    assert "CHẤP NHẬN" in vi.stdout and "Nguyễn Thị Hương" in vi.stdout and "1990" in vi.stdout
+    en = verify(pki, "--lang", "en", "unknown text")
+    assert en.returncode == 1
+    assert "REJECTED" in en.stdout and "unsupported_format" in en.stdout
+    env = run("verify", "--trust", str(pki / "hue.pub"), "nope", env={"CHECKPOINT_LANG": "en"})
+    assert "REJECTED" in env.stdout
+
+
+def test_wrong_issuer_key_in_bundle_is_bad_signature(pki):
+    card = issue(pki, "hue", "VN-DNG")  # signed by the Huế key but claims Đà Nẵng
+    r = verify(pki, "--json", card["text"])
+    assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "bad_signature"
+
+
+def test_unknown_key_and_loose_pem_trust(pki):
+    card = issue(pki, "rogue", "XX")
+    assert json.loads(verify(pki, "--json", card["text"]).stdout)["reason"] == "unknown_key"
+    r = run("verify", "--json", "--trust", str(pki / "rogue.pub"), card["text"])
+    assert r.returncode == 0 and json.loads(r.stdout)["issuer"] == "XX"
+
+
+def test_revoke_makes_a_newer_bundle(pki, tmp_path):
+    card = issue(pki, "dng", "VN-DNG")
+    out = tmp_path / "b2.json"
+    r = run("issuer", "revoke", "--bundle", str(pki / "bundle.json"), "--root-key", str(pki / "root.key"),
+            "--card", card["card_id"], "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert verify(pki, card["text"]).returncode == 0
+    r = run("verify", "--json", "--trust", str(out), "--trust-root", str(pki / "root.pub"), card["text"])
+    assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "revoked"
+    from scanner.bundle import open_bundle
+    from scanner.trust import load_root
+    assert open_bundle(out.read_bytes(), [load_root(pki / "root.pub")]).version == 4
+
+
+def test_revoke_kid(pki, tmp_path):
+    card = issue(pki, "hue", "VN-HUE")
+    out = tmp_path / "b2.json"
+    r = run("issuer", "revoke", "--bundle", str(pki / "bundle.json"), "--root-key", str(pki / "root.key"),
+            "--kid", card["kid"], "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    r = run("verify", "--json", "--trust", str(out), "--trust-root", str(pki / "root.pub"), card["text"])
+    assert json.loads(r.stdout)["reason"] == "revoked"
+
+
+@pytest.mark.parametrize("args,needle", [
+    ((), "no trust"),
+    (("--trust", "/nonexistent/bundle.json"), "No such file"),
+    (("--trust", "{pki}/bundle.json"), "--trust-root"),
+    (("--trust", "{pki}/bundle.json", "--trust-root", "{pki}/hue.pub"), "different root"),
+    (("--trust", "{pki}/bundle.json", "--trust-root", "{pki}/root.key"), "private key"),
+    (("--trust", "{pki}/hue.key"), "private key"),
+    (("--trust", "{pki}/hue.pub", "--at", "yesterday"), "ISO 8601"),
+])
+def test_usage_errors_exit_2_with_one_line(pki, args, needle):
+    r = run("verify", *[a.format(pki=pki) for a in args], "CK1:ABC")
+    assert r.returncode == 2
+    assert needle.lower() in r.stderr.lower() or (needle == "different root" and "does not trust" in r.stderr)
+    assert "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+def test_tampered_bundle_is_refused_with_exit_2(pki, tmp_path):
+    doc = json.loads((pki / "bundle.json").read_text())
+    import base64
+    payload = base64.b64decode(doc["payload"]).replace(b'"version":3', b'"version":9')
+    doc["payload"] = base64.b64encode(payload).decode()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    r = run("verify", "--trust", str(bad), "--trust-root", str(pki / "root.pub"), "CK1:ABC")
+    assert r.returncode == 2 and "signature" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_control_characters_in_a_name_never_reach_the_terminal(pki):
+    card = issue(pki, "hue", "VN-HUE")  # a normal card first, to have a key with a name
+    r = run("issuer", "issue", "--key", str(pki / "hue.key"), "--issuer", "VN-HUE", "--name",
+            "Evil\x1b[2J\u202eName\x9b", "--birth-date", "1990", "--json")
+    assert r.returncode == 0, r.stderr
+    text = json.loads(r.stdout)["text"]
+    for args in ((), ("--json",)):
+        out = verify(pki, *args, text)
+        assert out.returncode == 0
+        assert "\x1b" not in out.stdout and "\u202e" not in out.stdout and "\x9b" not in out.stdout
+        assert "\\u001b" in out.stdout and "\\u202e" in out.stdout
+    assert card["text"].startswith("CK1:")
+    assert json.loads(verify(pki, "--json", text).stdout)["holder"]["name"] == "Evil\x1b[2J\u202eName\x9b"
+
+
+def test_issue_refuses_an_invalid_card(pki):
+    r = run("issuer", "issue", "--key", str(pki / "hue.key"), "--issuer", "VN-HUE", "--name", "A" * 81,
+            "--birth-date", "1990")
+    assert r.returncode == 2 and "80" in r.stderr
+    r = run("issuer", "issue", "--key", str(pki / "hue.key"), "--issuer", "VN-HUE", "--name", "A",
+            "--birth-date", "2021-02-30")
+    assert r.returncode == 2 and "date" in r.stderr
+
+
+@pytest.mark.parametrize("key,issuer", [("hue", "VN-HUE"), ("dng", "VN-DNG")])
+def test_round_trip_issue_png_scan_image_verify(pki, tmp_path, key, issuer):
+    """issuer → PNG → scan-image → verify, for both signature algorithms, through the CLI only."""
+    png, svg = tmp_path / "card.png", tmp_path / "card.svg"
+    card = issue(pki, key, issuer, "--png", str(png), "--svg", str(svg))
+    r = run("scan-image", "--json", str(png))
+    assert r.returncode == 0, r.stderr
+    scanned = json.loads(r.stdout)
+    assert scanned["file"] == str(png) and scanned["codes"] == [card["text"]] and scanned["ms"] >= 0
+    r = verify(pki, "--json", "-", stdin=scanned["codes"][0])
+    assert r.returncode == 0 and json.loads(r.stdout)["card_id"] == card["card_id"]
+    assert "Nguyễn Thị Hương" in svg.read_text(encoding="utf-8")
+
+
+def test_scan_image_reports_unreadable_files_and_goes_on(pki, tmp_path):
+    png = tmp_path / "ok.png"
+    issue(pki, "hue", "VN-HUE", "--png", str(png))
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    r = run("scan-image", "--json", str(junk), str(tmp_path / "missing.png"), str(png))
+    assert r.returncode == 2
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [bool(x.get("error")) for x in lines] == [True, True, False]
+    assert lines[2]["codes"][0].startswith("CK1:")
+    assert "Traceback" not in r.stderr
+
+
+def test_scan_image_human_output(pki, tmp_path):
+    png = tmp_path / "c.png"
+    card = issue(pki, "hue", "VN-HUE", "--png", str(png))
+    r = run("scan-image", str(png))
+    assert r.returncode == 0 and r.stdout == f"{png}: {card['text']}\n"
+
+
+def test_demo_gives_every_expected_verdict(tmp_path):
+    r = run("demo", "--out", str(tmp_path / "d"), "--lang", "en")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "All 9 cards gave the expected verdict." in r.stdout
+    assert len(list((tmp_path / "d" / "cards").glob("*.png"))) == 9
+    assert stat.S_IMODE((tmp_path / "d" / "keys" / "root.key").stat().st_mode) == 0o600
+
+
+def test_version_and_help():
+    assert run("--version").stdout.startswith("checkpoint")
+    r = run("--help")
+    assert r.returncode == 0 and "verify" in r.stdout and "scan-image" in r.stdout
