@@ -18,6 +18,8 @@ class Reason(StrEnum):
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
     REVOKED = "revoked"
+    # decided by the entry log, not the stateless verifier (the card itself is genuine)
+    DUPLICATE = "duplicate"
 
 
 class CheckpointError(Exception):
