@@ -6,3 +6,7 @@ test:
 	sh setup.sh test
 bench:
 	sh setup.sh bench
+# Not part of `make test` (slow, needs root): install and test inside an emulated arm64 Debian 12 root.
+.PHONY: arm64-check
+arm64-check:
+	bash scripts/arm64-check.sh

@@ -23,9 +23,14 @@ setup(
         "zxing-cpp>=2.2",
         "segno>=1.6",
         "click>=8.1",
-        "sqlite-utils>=3.36",
+        "sqlite-utils>=4.0",  # Migrations (the entry log schema) arrived in 4.0
         "requests>=2.31",
+        "starlette>=0.37",  # the reference sync server (sync/server), pure Python
+        "uvicorn>=0.29",  # its HTTP server, without the [standard] extras (installs on a Pi)
         "gpiozero>=2.0",
+        "lgpio>=0.2.2; sys_platform == 'linux'",  # gpiozero's pin factory on a Pi 5 (and 4)
+        "pyserial>=3.5",  # serial / USB CDC-ACM QR readers
+        "evdev>=1.6; sys_platform == 'linux'",  # USB keyboard-wedge QR readers (built from source: gcc, python3-dev)
     ],
     extras_require={
         "picamera": ["picamera2>=0.3.17"],

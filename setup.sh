@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 target=${1:-demo}
 [ $# -gt 0 ] && shift
 
-APT_PACKAGES="python3 python3-venv python3-pip libzbar0"
+APT_PACKAGES="python3 python3-venv python3-pip libzbar0 gcc python3-dev openssl"
 
 missing=""
 for pkg in $APT_PACKAGES; do

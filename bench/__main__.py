@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only verify|bundle]: print the benchmark tables to stdout."""
+"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a short run with small sizes (checks that the benchmarks work)")
-    parser.add_argument("--only", choices=("verify", "bundle"), help="run one benchmark only")
+    parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
+                                                  "formats"),
+                        help="run one benchmark only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     print(f"checkpoint-edge benchmarks {'(quick) ' if args.quick else ''}"
@@ -29,6 +31,21 @@ def main(argv: list[str] | None = None) -> int:
         bench_verify.run(args.quick)
     if args.only in (None, "bundle"):
         bench_bundle.run(args.quick)
+    if args.only in (None, "entrylog"):
+        from . import bench_entrylog
+        bench_entrylog.run(args.quick)
+    if args.only in (None, "feedback"):
+        from . import bench_feedback
+        bench_feedback.run(args.quick)
+    if args.only in (None, "decode"):
+        from . import bench_decode
+        bench_decode.run(args.quick)
+    if args.only in (None, "pipeline"):
+        from . import bench_pipeline
+        bench_pipeline.run(args.quick)
+    if args.only in (None, "formats"):
+        from . import bench_formats
+        bench_formats.run(args.quick)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from . import keys as keymod
+from . import x509util
 from .errors import KeyFileError, TrustError
 from .revocation import RevocationSet
 
@@ -190,7 +191,7 @@ def _parse_key(entry: object, i: int) -> BundleKey:
     try:
         if "x509" in entry:
             x509_der = _unb64(entry["x509"], f"{where}.x509")
-            public_key = keymod.certificate_from_der(x509_der).public_key()
+            public_key = x509util.read_certificate(x509_der).public_key  # lenient, as OpenSSL reads
         else:
             public_key = keymod.public_key_from_spki(_unb64(entry.get("spki"), f"{where}.spki"))
         if keymod.alg_of(public_key) != alg:

@@ -83,9 +83,14 @@ def human_verdict(verdict: Verdict, lang: str) -> str:
     card = verdict.card
     if card is not None:
         h = card.holder
-        parts.append(f"{escape(h.name)} ({i18n.t('label.born', lang)} {h.birth_year})")
+        parts.append(f"{escape(h.name) or '—'} ({i18n.t('label.born', lang)} {h.birth_year or '?'})")
+        if card.cert_type is not None:  # health certificates (HC1, SHC)
+            parts.append(i18n.t("health." + card.cert_type, lang))
         parts.append(f"{i18n.t('label.issuer', lang)} {escape(card.issuer)}")
-        parts.append(f"{i18n.t('label.expires', lang)} {date_utc(card.expires_at)}")
+        if card.expires_at is None:  # an SHC without exp never expires
+            parts.append(i18n.t("health.no_expiry", lang))
+        else:
+            parts.append(f"{i18n.t('label.expires', lang)} {date_utc(card.expires_at)}")
     if verdict.detail and not verdict.accepted:
         parts.append(escape(verdict.detail))
     return " · ".join(parts)
@@ -109,9 +114,13 @@ def main() -> None:
               help="Seconds of tolerance for exp/nbf.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--lang", type=LANG, default=None, help="Language of the human line (default vi).")
-@click.argument("text", required=False, default="-")
-def verify(trust_paths, roots, at, clock_skew, as_json, lang, text):
-    """Verify decoded QR TEXT (or '-' to read it from stdin). Exit 0 accept, 1 reject, 2 error."""
+@click.argument("texts", nargs=-1, metavar="[TEXT|-]...")
+def verify(trust_paths, roots, at, clock_skew, as_json, lang, texts):
+    """Verify decoded QR TEXT (or '-' to read it from stdin). Exit 0 accept, 1 reject, 2 error.
+
+    Several TEXTs (or several stdin lines) are the parts of one multi-part SMART Health Card
+    (shc:/i/n/...), in any order."""
+    from .formats.shc import verify_parts
     from .trust import load_root, load_trust
     from .verifier import verify as verify_text
 
@@ -119,20 +128,41 @@ def verify(trust_paths, roots, at, clock_skew, as_json, lang, text):
         fail("no trust given: use --trust PATH (issuer key, certificate or bundle)")
     root_keys = [run_guarded(load_root, p) for p in roots]
     store = run_guarded(load_trust, trust_paths, root_keys)
-    if text == "-":
+    for note in store.notes:
+        click.echo(f"checkpoint: warning: {escape(note)}", err=True)
+    texts = list(texts) or ["-"]
+    if "-" in texts:
+        if len(texts) > 1:
+            fail("'-' (read stdin) cannot be combined with TEXT arguments")
         data = sys.stdin.buffer.read(64 * 1024)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             text = data.decode("latin-1")
         text = text.removesuffix("\n").removesuffix("\r")
+        texts = _shc_part_lines(text) or [text]
     now = at if at is not None else time.time()
-    verdict = verify_text(text, store, now, clock_skew=clock_skew)
+    if len(texts) == 1:
+        verdict = verify_text(texts[0], store, now, clock_skew=clock_skew)
+    else:
+        if not all(t.strip(" \t\r\n").startswith("shc:/") for t in texts):
+            fail("several TEXTs must be the parts of one multi-part SMART Health Card (shc:/i/n/...)")
+        verdict = verify_parts(texts, store, now, clock_skew=clock_skew)
     if as_json:
         click.echo(json_line(verdict.to_dict()))
     else:
         click.echo(human_verdict(verdict, lang or i18n.default_lang()))
     sys.exit(EXIT_ACCEPT if verdict.accepted else EXIT_REJECT)
+
+
+def _shc_part_lines(text: str) -> list[str] | None:
+    """The lines of stdin text if it is several lines that are all SHC texts (the parts of one
+    multi-part card), else None: any other text is verified exactly as read."""
+    lines = [line.strip(" \t\r") for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    if len(lines) >= 2 and all(line.startswith("shc:/") for line in lines):
+        return lines
+    return None
 
 
 # ---------------------------------------------------------------- scan-image
@@ -366,3 +396,6 @@ def demo(out_dir, lang):
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+from . import cli_log  # noqa: E402,F401  (registers `checkpoint log`)
+from . import cli_scan  # noqa: E402,F401  (registers `checkpoint scan`)
+from . import cli_sync  # noqa: E402,F401  (registers sync, server, provision)

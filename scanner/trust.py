@@ -1,7 +1,9 @@
 """The trust store the verifier consults: issuer keys by kid, revoked kids and revoked cards.
 
 It is immutable, so a daemon can swap in a new one atomically when a bundle arrives. Keys come
-from PEM/DER public keys or certificates (trusted for any issuer) and from signed bundles.
+from PEM/DER public keys or certificates (trusted for any issuer), from signed bundles and from
+SMART Health Cards JWKS files; SHC revocation lists (CRL files) add revoked rids
+(docs/health-certificates.md#shc-trust).
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from typing import Mapping
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from . import jwks as jwksmod
 from . import keys as keymod
+from . import x509util
 from .bundle import Bundle, BundleKey, open_bundle
 from .errors import KeyFileError, TrustError
 from .revocation import RevocationSet
@@ -29,19 +33,38 @@ class TrustStore:
     revoked_cards: RevocationSet = field(default_factory=RevocationSet)
     revoked_kids: frozenset[bytes] = frozenset()
     bundles: tuple[Bundle, ...] = ()
+    # SHC revocation by rid: issuer kid -> rid -> None (revoked) or time (revoked if nbf before it)
+    revoked_rids: Mapping[bytes, Mapping[str, int | None]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    notes: tuple[str, ...] = ()  # keys that were skipped while loading, and why (for a warning)
 
     @classmethod
-    def build(cls, keys: Iterable[BundleKey] = (), bundles: Iterable[Bundle] = ()) -> TrustStore:
-        """Combine loose keys and bundles; revocations from every bundle apply to every key."""
+    def build(cls, keys: Iterable[BundleKey] = (), bundles: Iterable[Bundle] = (),
+              crls: Iterable[jwksmod.Crl] = (), notes: Iterable[str] = ()) -> TrustStore:
+        """Combine loose keys, bundles and SHC CRLs; revocations from every bundle apply to every key.
+
+        A key with an X.509 certificate is also found by the EU DCC kid (SHA-256 of the
+        certificate's DER, first 8 bytes), whatever kid it was listed under.
+        """
         bundles = tuple(bundles)
         by_kid: dict[bytes, list[BundleKey]] = {}
         for key in list(keys) + [k for b in bundles for k in b.keys]:
             by_kid.setdefault(key.kid, []).append(key)
+            if key.x509_der is not None:
+                alias = x509util.hc1_kid(key.x509_der)
+                if alias != key.kid:
+                    by_kid.setdefault(alias, []).append(key)
         revoked = RevocationSet()
         for b in bundles:
             revoked = revoked.union(b.revoked_cards)
         kids = frozenset().union(*(b.revoked_kids for b in bundles))
-        return cls(MappingProxyType({k: tuple(v) for k, v in by_kid.items()}), revoked, kids, bundles)
+        rids: dict[bytes, dict[str, int | None]] = {}
+        for crl in crls:
+            table = rids.setdefault(crl.kid, {})
+            for rid, until in crl.rids.items():
+                table[rid] = jwksmod.merge_rid(table, rid, until)
+        return cls(MappingProxyType({k: tuple(v) for k, v in by_kid.items()}), revoked, kids, bundles,
+                   MappingProxyType({k: MappingProxyType(v) for k, v in rids.items()}), tuple(notes))
 
     def lookup(self, kid: bytes) -> tuple[BundleKey, ...]:
         """Keys with this kid (usually one; kids are 8 bytes, so collisions are possible)."""
@@ -49,7 +72,8 @@ class TrustStore:
 
     @property
     def key_count(self) -> int:
-        return sum(len(v) for v in self.by_kid.values())
+        """Distinct keys (a certificate indexed under two kids counts once)."""
+        return len({id(k) for v in self.by_kid.values() for k in v})
 
     @property
     def version(self) -> int | None:
@@ -69,7 +93,17 @@ def key_from_file(path: str | os.PathLike, issuer: str | None = None,
     A certificate's notAfter becomes the key's not_after.
     """
     out = []
-    for public_key, cert in keymod.load_public_keys(path):
+    try:
+        found = keymod.load_public_keys(path)
+    except KeyFileError as strict_error:
+        # a certificate that is not strict DER: read it as OpenSSL would (scanner/x509util.py)
+        try:
+            certs = x509util.read_certificates(Path(path).read_bytes())
+        except (KeyFileError, OSError):
+            raise strict_error from None
+        return [BundleKey(keymod.kid_of(c.public_key), keymod.alg_of(c.public_key), issuer,
+                          c.public_key, formats, c.not_after, c.der) for c in certs]
+    for public_key, cert in found:
         not_after = None
         der = None
         if cert is not None:
@@ -95,16 +129,30 @@ def is_bundle_file(data: bytes) -> bool:
 
 def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed25519PublicKey] = ()
                ) -> TrustStore:
-    """Build a store from key, certificate and bundle files; bundles need a root to check against."""
+    """Build a store from key, certificate, bundle, JWKS and SHC CRL files; bundles need a root to
+    check against. Keys of a JWKS that cannot be used are skipped and named in ``notes``."""
     loose: list[BundleKey] = []
     bundles: list[Bundle] = []
+    crls: list[jwksmod.Crl] = []
+    notes: list[str] = []
     for p in paths:
         path = Path(p)
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
-        if is_bundle_file(data):
+        kind = jwksmod.sniff(data) if is_bundle_file(data) else None
+        if kind is not None:
+            try:
+                if kind == "jwks":
+                    found = jwksmod.parse_jwks(data)
+                    loose.extend(found.keys)
+                    notes.extend(f"{path}: {problem} (key ignored)" for problem in found.problems)
+                else:
+                    crls.append(jwksmod.parse_crl(data))
+            except KeyFileError as exc:
+                raise KeyFileError(f"{path}: {exc}") from None
+        elif is_bundle_file(data):
             if not roots:
                 raise TrustError(f"{path} is a trust bundle: give the root key it is signed with "
                                  "(--trust-root)", code="bundle_no_root")
@@ -114,4 +162,4 @@ def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed255
                 raise TrustError(f"{path}: {exc}", code=exc.code) from None
         else:
             loose.extend(key_from_file(path))
-    return TrustStore.build(loose, bundles)
+    return TrustStore.build(loose, bundles, crls, notes)

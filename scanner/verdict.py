@@ -30,16 +30,22 @@ class Holder:
 
 @dataclass(frozen=True, slots=True)
 class Card:
-    """Facts of a card whose signature verified."""
+    """Facts of a card whose signature verified.
+
+    ``expires_at`` is None only for a SMART Health Card without ``exp`` (those never expire);
+    ``cert_type`` is the kind of health certificate ("vaccination", "test", "recovery") for the
+    formats that carry one (HC1, SHC), else None (docs/health-certificates.md).
+    """
 
     format: str
     card_id: bytes
     issuer: str
     kid: bytes
     issued_at: int
-    expires_at: int
+    expires_at: int | None
     not_before: int | None
     holder: Holder
+    cert_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +67,7 @@ class Verdict:
         """The JSON shape of `checkpoint verify --json` (docs/card-format.md#verify-output)."""
         card = self.card
         kid = card.kid if card else self.kid
-        return {
+        out = {
             "decision": str(self.decision),
             "reason": str(self.reason),
             "detail": self.detail,
@@ -80,6 +86,9 @@ class Verdict:
             "not_before": card.not_before if card else None,
             "expires_at": card.expires_at if card else None,
         }
+        if card is not None and card.cert_type is not None:  # health certificates only (HC1, SHC)
+            out["cert_type"] = card.cert_type
+        return out
 
 
 def accept(fmt: str, card: Card) -> Verdict:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
-from scanner import base45, cbor, cose
+from scanner import base45, cbor, cose, formats
 from scanner.cbor import CborError, Tag
 from scanner.errors import Reason
 from scanner.verifier import MAX_TEXT, verify
@@ -248,7 +248,7 @@ base45_chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 def test_arbitrary_text(fuzz_trust, text):
     v = check(text, fuzz_trust)
     assert v.reason in {Reason.MALFORMED, Reason.UNSUPPORTED_FORMAT}
-    if not text.startswith("CK1:") and len(text) <= MAX_TEXT:
+    if formats.for_text(text) is None and len(text) <= MAX_TEXT:  # no CK1:, HC1: or shc: prefix
         assert v.reason is Reason.UNSUPPORTED_FORMAT
     if len(text) > MAX_TEXT:
         assert v.reason is Reason.MALFORMED

@@ -253,7 +253,7 @@ def test_to_dict_expired_keeps_card(key, make_card, trust, now):
 
 @pytest.mark.parametrize("text", [
     "", " ", "https://example.org/verify?c=CK1:BB8", "ck1:BB8", "Ck1:BB8", "CK1 BB8", "CK2:BB8",
-    "HC1:NCFOXN%TS3DH", "shc:/5676290952432060346029243740", " CK1:BB8", "\ufeffCK1:BB8", "CK1",
+    " CK1:BB8", "\ufeffCK1:BB8", "CK1", "hc1:NCFOXN%TS3DH", "SHC:/5676290952432060346029243740",
 ])
 def test_unsupported_format(text, trust, now):
     v = verify(text, trust, now)
@@ -261,10 +261,17 @@ def test_unsupported_format(text, trust, now):
     assert v.format is None and v.card is None
 
 
+@pytest.mark.parametrize("text, fmt", [("HC1:NCFOXN%TS3DH", "HC1"),
+                                       ("shc:/5676290952432060346029243740", "SHC")])
+def test_truncated_health_certificates_are_malformed(text, fmt, trust, now):
+    v = verify(text, trust, now)  # EU DCC and SMART Health Cards are registered formats
+    assert v.reason is Reason.MALFORMED and v.format == fmt and v.card is None
+
+
 def test_lowercase_prefix_of_a_real_card_is_unsupported(key, make_card, trust, now):
     text = make_card(key)
     assert reason("ck1:" + text[4:], trust, now) is Reason.UNSUPPORTED_FORMAT
-    assert reason("HC1:" + text[4:], trust, now) is Reason.UNSUPPORTED_FORMAT
+    assert reason("HC1:" + text[4:], trust, now) is Reason.MALFORMED  # a CK1 body is no EU DCC
 
 
 # =========================================================================== malformed: envelope

@@ -1,0 +1,359 @@
+"""The entry log: per-scan commit latency (FULL and NORMAL) against a bare sqlite3 insert+commit,
+export rows/s, bytes per entry, and the two tracing queries on a 1M-entry log.
+
+The database files go to $CHECKPOINT_BENCH_DIR, else bench/out/ (the real disk: /tmp may be a
+tmpfs, where fsync costs nothing and FULL would look free). They are deleted afterwards.
+"""
+from __future__ import annotations
+
+import gc
+import io
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from scanner import sealing, verifier
+from scanner.bundle import open_bundle
+from scanner.entry import GENESIS, Entry, entry_hash, verify_chain, write_export
+from scanner.entrylog import COLUMNS, INSERT_SQL, EntryLog, entry_row
+from scanner.scan import Scan
+from scanner.trust import TrustStore
+
+from . import fixtures
+from .timing import interleaved, median, quartiles, table, us
+from .world import bundle_bytes, world
+
+GOAL = 1.5
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+
+def _bench_dir() -> Path:
+    base = Path(os.environ.get("CHECKPOINT_BENCH_DIR") or Path(__file__).resolve().parent / "out")
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="entrylog-", dir=base))
+
+
+def _fs_type(path: Path) -> str:
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/mounts", encoding="utf-8") as fh:
+            mounts = [line.split() for line in fh]
+    except OSError:
+        return "unknown (no /proc/mounts)"
+    for parts in mounts:
+        if len(parts) >= 3 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+            best, kind = parts[1], parts[2]
+    return f"{kind} ({best or '?'})"
+
+
+def _verdicts(n: int):
+    """``n`` accepted verdicts for distinct realistic cards (Vietnamese holder, sealed on record)."""
+    w = world()
+    trust = TrustStore.build(bundles=[open_bundle(bundle_bytes(0), [w.root.public_key()])])
+    out = []
+    for _ in range(n):
+        v = verifier.verify(fixtures.card_text(w.ed_key, w.at), trust, w.at)
+        if not v.accepted:
+            raise SystemExit(f"bench fixture broken: card not accepted: {v}")
+        out.append(v)
+    return out, w.at
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * p
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+# ---------------------------------------------------------------- commit latency
+
+
+def commit_bench(tmp: Path, quick: bool) -> dict:
+    """Per-call latency of EntryLog.record vs a bare INSERT + COMMIT of the same row shape, into a
+    file with the same schema and pragmas, per synchronous mode, in interleaved rounds."""
+    verdicts, at = _verdicts(64)
+    server = sealing.generate_server_key().public_key()
+    rounds, per_round = (4, 10) if quick else (24, 25)
+    cases = {}
+    counters = {}
+    for mode in ("FULL", "NORMAL"):
+        log = EntryLog(tmp / f"log-{mode}.db", device_id="bench-device", checkpoint_id="market-east",
+                       sealing_key=server, synchronous=mode)
+        peer_log = EntryLog(tmp / f"bare-{mode}.db", synchronous=mode)  # same schema and pragmas
+        peer_log.close()
+        bare = sqlite3.connect(tmp / f"bare-{mode}.db", isolation_level=None)
+        bare.execute("PRAGMA journal_mode = WAL")
+        bare.execute(f"PRAGMA synchronous = {mode}")
+        template = log.record(Scan("x", "camera", "cam0", at), verdicts[0], direction="in").entry
+        counters[mode] = {"i": 0, "seq": 0}
+
+        def ours(log=log, c=counters[mode]):
+            i = c["i"] = c["i"] + 1
+            log.record(Scan("x", "camera", "cam0", at + 3 * i), verdicts[i % 64], direction="in")
+
+        def peer(bare=bare, c=counters[mode], t=template):
+            seq = c["seq"] = c["seq"] + 1
+            bare.execute("BEGIN")
+            bare.execute(INSERT_SQL, (seq, str(uuid.uuid4()), *entry_row(t)[2:]))
+            bare.execute("COMMIT")
+
+        cases[f"record {mode}"] = ours
+        cases[f"bare {mode}"] = peer
+        if mode == "NORMAL":  # the log's own work without the per-entry X25519 sealing
+            plain = EntryLog(tmp / "log-NORMAL-none.db", device_id="bench-device", checkpoint_id="market-east",
+                             holder_details="none", synchronous=mode)
+            counters["none"] = {"i": 0}
+
+            def ours_plain(log=plain, c=counters["none"]):
+                i = c["i"] = c["i"] + 1
+                log.record(Scan("x", "camera", "cam0", at + 3 * i), verdicts[i % 64], direction="in")
+
+            cases["record NORMAL none"] = ours_plain
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    per_round_p50: dict[str, list[float]] = {k: [] for k in cases}
+    # warm-up: past the first WAL checkpoint (1000 pages), so that every file is measured in its
+    # steady state (WAL reused in place) rather than while its WAL still grows
+    for fn in cases.values():
+        for _ in range(20 if quick else 250):
+            fn()
+    order = list(cases)
+    rng = random.Random(7)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        gc.collect()
+        gc.disable()
+        try:
+            for name in order:
+                fn = cases[name]
+                got = []
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    fn()
+                    got.append(time.perf_counter() - t0)
+                samples[name] += got
+                per_round_p50[name].append(statistics.median(got))
+        finally:
+            gc.enable()
+    # where the time goes outside SQLite (batch means: these are CPU-bound and steady)
+    holder = verdicts[0].card.holder
+    e = template
+    parts = interleaved({
+        "seal holder (X25519 + HKDF + AES-GCM)": lambda: sealing.seal(holder, server, e.entry_id),
+        "chain hash": lambda: entry_hash(e),
+        "uuid4": uuid.uuid4,
+        "bare NORMAL commit (reference)": cases["bare NORMAL"],
+    }, rounds=5 if quick else 30, target_s=0.002)
+    n = rounds * per_round
+    print(f"== entry log: per-scan commit latency ({rounds} interleaved rounds x {per_round} commits per case; "
+          f"{n} commits per case; files on {_fs_type(tmp)})")
+    print("record = EntryLog.record: seal holder, anti-passback query, chain link, INSERT, COMMIT;\n"
+          "bare = sqlite3 BEGIN + INSERT of the same row into the same schema + COMMIT (same pragmas)")
+    rows, result = [], {}
+    for mode in ("FULL", "NORMAL"):
+        o, b = samples[f"record {mode}"], samples[f"bare {mode}"]
+        r50 = [x / y for x, y in zip(per_round_p50[f"record {mode}"], per_round_p50[f"bare {mode}"])]
+        q1, q3 = quartiles(r50)
+        ratio50 = _pct(o, 0.5) / _pct(b, 0.5)
+        ratio95 = _pct(o, 0.95) / _pct(b, 0.95)
+        rows.append([f"bare sqlite3, synchronous={mode}", us(_pct(b, 0.5)), us(_pct(b, 0.95)), "1.00", "1.00", "", ""])
+        verdict = ("ok" if median(r50) <= GOAL else "MISSED") if mode == "FULL" else "(info)"
+        rows.append([f"EntryLog.record, synchronous={mode}", us(_pct(o, 0.5)), us(_pct(o, 0.95)),
+                     f"{ratio50:.2f}", f"{ratio95:.2f}", f"{median(r50):.2f} ({q1:.2f}-{q3:.2f})",
+                     f"<= {GOAL} {verdict}"])
+        result[mode] = {"record_p50_us": _pct(o, 0.5) * 1e6, "record_p95_us": _pct(o, 0.95) * 1e6,
+                        "bare_p50_us": _pct(b, 0.5) * 1e6, "bare_p95_us": _pct(b, 0.95) * 1e6,
+                        "ratio_p50": ratio50, "ratio_p95": ratio95, "ratio_rounds": median(r50)}
+    o, b = samples["record NORMAL none"], samples["bare NORMAL"]
+    r50 = [x / y for x, y in zip(per_round_p50["record NORMAL none"], per_round_p50["bare NORMAL"])]
+    q1, q3 = quartiles(r50)
+    rows.append(["  the same, holder_details=none (no sealing)", us(_pct(o, 0.5)), us(_pct(o, 0.95)),
+                 f"{_pct(o, 0.5) / _pct(b, 0.5):.2f}", f"{_pct(o, 0.95) / _pct(b, 0.95):.2f}",
+                 f"{median(r50):.2f} ({q1:.2f}-{q3:.2f})", "(info)"])
+    result["NORMAL none"] = {"record_p50_us": _pct(o, 0.5) * 1e6, "ratio_p50": _pct(o, 0.5) / _pct(b, 0.5)}
+    print(table(["case", "p50 µs", "p95 µs", "p50 x bare", "p95 x bare", "per-round p50 ratio (p25-p75)",
+                 "goal"], rows))
+    saved = result["FULL"]["record_p50_us"] - result["NORMAL"]["record_p50_us"]
+    print(f"NORMAL instead of FULL saves {saved:.0f} µs per scan at p50 "
+          f"({result['NORMAL']['record_p50_us'] / result['FULL']['record_p50_us']:.2f}x the FULL time) "
+          "and may lose the last commits on power loss")
+    ref = parts["bare NORMAL commit (reference)"]
+    print(table(["part of record() outside SQLite", "µs", "x bare NORMAL commit"],
+                [[k, us(median(v)), f"{median([a / b for a, b in zip(v, ref)]):.2f}"] for k, v in parts.items()]))
+    result["parts_us"] = {k: median(v) * 1e6 for k, v in parts.items()}
+    print()
+    return result
+
+
+# ---------------------------------------------------------------- a big log
+
+
+def build_log(path: Path, n: int, *, seed: int = 11) -> dict:
+    """A realistic ``n``-entry log built fast (executemany in one transaction), real chain hashes.
+
+    One device, 4 checkpoints, 21 days, 85% accepted, a population of n/5 cards, sealed blobs of
+    the real size (a pool of real blobs, reused).
+    """
+    verdicts, at = _verdicts(1)
+    v = verdicts[0]
+    server = sealing.generate_server_key().public_key()
+    blobs = [sealing.seal(v.card.holder, server, str(uuid.uuid4())) for _ in range(256)]
+    rng = random.Random(seed)
+    cards = [rng.randbytes(16).hex() for _ in range(max(1, n // 5))]
+    checkpoints = ["market-east", "market-west", "ward-office-3", "bridge-north"]
+    kid = "6AwL2Xfu7BE="
+    start_ms = at * 1000 - 21 * DAY_MS
+    step = 21 * DAY_MS / n
+    EntryLog(path).close()  # the real schema
+    conn = sqlite3.connect(path, isolation_level=None)
+    # a bulk load, not a log: no journal, no fsync, a big cache (WAL again afterwards)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA cache_size = -131072")  # 128 MiB: the random-key indexes stay in memory
+    t0 = time.perf_counter()
+    prev = GENESIS
+    conn.execute("BEGIN")
+    batch = []
+    for i in range(n):
+        ok = rng.random() < 0.85
+        card = cards[rng.randrange(len(cards))] if ok or rng.random() < 0.5 else None
+        e = Entry(i + 1, str(uuid.UUID(int=rng.getrandbits(128), version=4)), "bench-device",
+                  checkpoints[rng.randrange(4)], "in" if rng.random() < 0.6 else "out",
+                  int(start_ms + i * step), "synced", "camera", "cam0", "accept" if ok else "reject",
+                  "ok" if ok else ("expired" if card else "unsupported_format"), "CK1" if card else None,
+                  card, "Sở Y tế TP. Hồ Chí Minh" if card else None, kid if card else None,
+                  sealed=blobs[i % 256] if card else None, batch_id=f"b{i // 500}" if i < n - 200 else None,
+                  prev_hash=prev)
+        prev = entry_hash(e)
+        row = entry_row(e)
+        batch.append(row[:19] + (prev,) + row[20:])  # the hash column
+        if len(batch) == 20_000:
+            conn.executemany(INSERT_SQL, batch)
+            batch.clear()
+    conn.executemany(INSERT_SQL, batch)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA journal_mode = WAL")
+    built = time.perf_counter() - t0
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    split = {}
+    try:
+        for name, size in conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"):
+            split[name] = size
+    except sqlite3.OperationalError:  # SQLite built without the dbstat table
+        split = {}
+    conn.close()
+    return {"n": n, "build_s": built, "bytes": pages * page, "split": split, "cards": cards,
+            "checkpoints": checkpoints, "start_ms": start_ms, "end_ms": start_ms + 21 * DAY_MS}
+
+
+def query_bench(path: Path, info: dict, quick: bool) -> dict:
+    log = EntryLog(path)
+    bare = sqlite3.connect(path, isolation_level=None)
+    rng = random.Random(5)
+    cards = [info["cards"][rng.randrange(len(info["cards"]))] for _ in range(64)]
+    windows = []
+    for _ in range(64):
+        t = rng.randrange(info["start_ms"], info["end_ms"] - 2 * HOUR_MS)
+        windows.append((info["checkpoints"][rng.randrange(4)], t, t + 2 * HOUR_MS))
+    it = {"c": 0, "w": 0}
+
+    def card_q():
+        it["c"] += 1
+        return log.entries_for_card(cards[it["c"] % 64])
+
+    def card_raw():
+        it["c"] += 1
+        return bare.execute(f"SELECT {COLUMNS} FROM entries WHERE card_id = ? AND at_ms >= ? AND at_ms < ? "
+                            "ORDER BY at_ms, seq", (cards[it["c"] % 64], -(1 << 62), 1 << 62)).fetchall()
+
+    def window_q():
+        it["w"] += 1
+        return log.entries_at(*windows[it["w"] % 64])
+
+    def window_raw():
+        it["w"] += 1
+        return bare.execute(f"SELECT {COLUMNS} FROM entries WHERE checkpoint_id = ? AND at_ms >= ? "
+                            "AND at_ms < ? ORDER BY at_ms, seq", windows[it["w"] % 64]).fetchall()
+
+    rows_card = statistics.mean(len(log.entries_for_card(c)) for c in cards)
+    rows_window = statistics.mean(len(log.entries_at(*w)) for w in windows)
+    s = interleaved({"card": card_q, "card raw": card_raw, "window": window_q, "window raw": window_raw},
+                    rounds=5 if quick else 25, target_s=0.01)
+    # what the indexes buy: the same window query as a full table scan (a few calls only)
+    cp, lo, hi = windows[0]
+    t0 = time.perf_counter()
+    scans = 2 if quick else 3
+    for _ in range(scans):
+        bare.execute(f"SELECT {COLUMNS} FROM entries NOT INDEXED WHERE checkpoint_id = ? AND at_ms >= ? "
+                     "AND at_ms < ? ORDER BY at_ms, seq", (cp, lo, hi)).fetchall()
+    full_scan = (time.perf_counter() - t0) / scans
+    # export and chain verification throughput over a slice of the log
+    n_export = min(info["n"], 50_000 if quick else 200_000)
+    until = info["start_ms"] + int((info["end_ms"] - info["start_ms"]) * n_export / info["n"])
+    rates = {}
+    for fmt in ("jsonl", "csv"):
+        sink = io.StringIO()
+        t0 = time.perf_counter()
+        k = write_export(log.entries(None, until), sink, fmt)
+        rates[fmt] = (k / (time.perf_counter() - t0), len(sink.getvalue()) / max(k, 1))
+    t0 = time.perf_counter()
+    k = sum(1 for _ in bare.execute(f"SELECT {COLUMNS} FROM entries WHERE at_ms < ? ORDER BY seq", (until,)))
+    raw_rate = k / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    report = verify_chain(log.entries(None, until))
+    verify_rate = report.checked / (time.perf_counter() - t0)
+    if not report.ok:
+        raise SystemExit(f"bench fixture broken: chain does not verify: {report}")
+    log.close()
+    bare.close()
+    return {"card": s["card"], "card raw": s["card raw"], "window": s["window"], "window raw": s["window raw"],
+            "rows_card": rows_card, "rows_window": rows_window, "full_scan_s": full_scan, "export": rates,
+            "export_n": n_export, "raw_rate": raw_rate, "verify_rate": verify_rate}
+
+
+def run(quick: bool = False) -> dict:
+    tmp = _bench_dir()
+    try:
+        result = {"commit": commit_bench(tmp, quick)}
+        n = 20_000 if quick else 1_000_000
+        info = build_log(tmp / "big.db", n)
+        q = query_bench(tmp / "big.db", info, quick)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"== entry log at scale: {n:,} entries (built in {info['build_s']:.1f} s with executemany; "
+          "4 checkpoints, 21 days, 85% accepted, sealed holder details on every entry with a card)")
+    per = info["bytes"] / n
+    print(f"database bytes per entry: {per:.0f} ({info['bytes'] / 1024 / 1024:.1f} MiB in use for {n:,})")
+    if info["split"]:
+        parts = sorted(info["split"].items(), key=lambda kv: -kv[1])
+        print("  of which: " + ", ".join(f"{name} {size / n:.0f}" for name, size in parts if size / n >= 0.5))
+    rows = []
+    for name, label, nrows in (("card", "entries for card X", q["rows_card"]),
+                               ("window", "entries at a checkpoint in a 2-hour window", q["rows_window"])):
+        r = [a / b for a, b in zip(q[name], q[f"{name} raw"])]
+        q1, q3 = quartiles(r)
+        rows.append([label, f"{nrows:.1f}", us(median(q[name])), us(median(q[f'{name} raw'])),
+                     f"{median(r):.2f} ({q1:.2f}-{q3:.2f})"])
+    print(table(["query (indexed)", "rows", "EntryLog µs", "raw sqlite3 µs", "x raw (p25-p75)"], rows))
+    print(f"the same 2-hour window query without its index (full table scan): {q['full_scan_s'] * 1000:.0f} ms")
+    rows = [[f"export {fmt}", f"{rate:,.0f}", f"{q['raw_rate'] / rate:.1f}", f"{size:.0f}"]
+            for fmt, (rate, size) in q["export"].items()]
+    rows.append(["peer: raw sqlite3 cursor over the same rows", f"{q['raw_rate']:,.0f}", "1.0", ""])
+    rows.append(["verify_chain (every hash recomputed)", f"{q['verify_rate']:,.0f}", f"{q['raw_rate'] / q['verify_rate']:.1f}", ""])
+    print(f"bulk export of the first {q['export_n']:,} entries (write_export over EntryLog.entries):")
+    print(table(["case", "rows/s", "x slower than raw", "bytes/row"], rows))
+    print()
+    result.update({"bytes_per_entry": per, "n": n, "queries": {k: median(q[k]) * 1e6 for k in
+                                                                ("card", "card raw", "window", "window raw")},
+                   "export_rows_per_s": {k: v[0] for k, v in q["export"].items()}})
+    return result

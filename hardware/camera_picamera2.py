@@ -1,0 +1,116 @@
+"""Raspberry Pi camera modules through picamera2: the low-resolution YUV420 stream's Y plane is the frame.
+
+picamera2 needs libcamera from Raspberry Pi OS and cannot be installed from PyPI alone, so it is
+imported only when a camera is configured with backend "picamera2". The decoder reads the lores
+stream's luma plane in place (`scanner.decode.y_plane`): no colour conversion, no copy.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from scanner.decode import y_plane
+from scanner.pipeline import SourceReason
+
+from .camera import CameraConfig, SourceUnavailable
+
+INSTALL_HINT = ("picamera2 is not installed: sudo apt install python3-picamera2 and create the venv "
+                "with --system-site-packages")
+MAIN_MAX = (2028, 1520)
+"""The main stream (unused by decoding, required by libcamera) is twice the lores size, at most this."""
+CAPTURE_TIMEOUT = 2.0
+"""Seconds to wait for a frame before calling the camera lost."""
+
+
+def load_picamera2():
+    """The Picamera2 class, or SourceUnavailable(library_missing) with the one install hint."""
+    try:
+        module = importlib.import_module("picamera2")
+    except ImportError:
+        raise SourceUnavailable(INSTALL_HINT, code=SourceReason.LIBRARY_MISSING, retry=False) from None
+    return module.Picamera2
+
+
+def camera_controls(config: CameraConfig, available: dict) -> dict:
+    """libcamera controls for the configured rate, exposure and focus (only those the camera has)."""
+    controls: dict = {}
+    if config.fps and "FrameDurationLimits" in available:
+        period = int(1_000_000 / config.fps)
+        controls["FrameDurationLimits"] = (period, period)
+    if config.exposure is not None and "ExposureTime" in available:
+        controls["AeEnable"] = False
+        controls["ExposureTime"] = int(config.exposure)
+    if "AfMode" in available:
+        if config.focus is not None:
+            controls["AfMode"] = 0  # libcamera AfModeManual
+            controls["LensPosition"] = float(config.focus)
+        else:
+            controls["AfMode"] = 2  # libcamera AfModeContinuous
+    return controls
+
+
+class Picamera2Source:
+    """A camera module (device "picamera2" or "picamera2:N"); frames are the lores Y plane."""
+
+    live = True
+
+    def __init__(self, config: CameraConfig) -> None:
+        self.config = config
+        self.name = config.source_id
+        dev = str(config.device)
+        try:
+            self.camera_num = int(dev.split(":", 1)[1]) if ":" in dev else 0
+        except ValueError:
+            raise SourceUnavailable(f"{dev}: expected picamera2 or picamera2:N", code=SourceReason.BAD_CONFIG,
+                                    retry=False) from None
+        self._cam = None
+        self._geometry: tuple[int, int, int] | None = None
+
+    def open(self) -> None:
+        picamera2 = load_picamera2()
+        try:
+            cam = picamera2(self.camera_num)
+        except (IndexError, RuntimeError, OSError) as exc:  # no camera attached, or held by another process
+            raise SourceUnavailable(f"camera module {self.camera_num}: {exc}",
+                                    code=SourceReason.DEVICE_MISSING) from None
+        try:
+            width = (self.config.width or 640) & ~1
+            height = (self.config.height or 480) & ~1
+            main = (min(MAIN_MAX[0], width * 2), min(MAIN_MAX[1], height * 2))
+            cfg = cam.create_video_configuration(main={"size": main, "format": "YUV420"},
+                                                 lores={"size": (width, height), "format": "YUV420"},
+                                                 buffer_count=4)
+            cam.configure(cfg)
+            lores = cam.camera_configuration()["lores"]
+            self._geometry = (lores["size"][0], lores["size"][1], lores["stride"])
+            controls = camera_controls(self.config, getattr(cam, "camera_controls", {}) or {})
+            if controls:
+                cam.set_controls(controls)
+            cam.start()
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            cam.close()
+            raise SourceUnavailable(f"camera module {self.camera_num}: {exc}",
+                                    code=SourceReason.DEVICE_ERROR) from None
+        self._cam = cam
+
+    def read(self) -> np.ndarray:
+        if self._cam is None or self._geometry is None:
+            raise SourceUnavailable(f"{self.name}: not open")
+        try:
+            buf = self._cam.capture_buffer("lores", wait=CAPTURE_TIMEOUT)
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            raise SourceUnavailable(f"{self.name}: {exc}", code=SourceReason.NO_FRAMES) from None
+        if buf is None:
+            raise SourceUnavailable(f"{self.name}: no frame within {CAPTURE_TIMEOUT:.0f} s",
+                                    code=SourceReason.NO_FRAMES)
+        width, height, stride = self._geometry
+        return y_plane(buf, width, height, stride)
+
+    def close(self) -> None:
+        cam, self._cam = self._cam, None
+        if cam is not None:
+            try:
+                cam.stop()
+            finally:
+                cam.close()

@@ -1,0 +1,431 @@
+"""`checkpoint sync ...`, `checkpoint server ...` and `checkpoint provision`: thin wrappers over
+sync/ (docs/sync-protocol.md#command-line). They print counts, ids, times and error codes; never
+holder details.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import i18n
+from .cli import fail, main, run_guarded
+from .entry import iso_ms
+from .safetext import escape, json_line
+
+EXIT_OK, EXIT_INCOMPLETE = 0, 1
+
+
+def _state_option(fn):
+    return click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+                        help="The device's state directory (default: $CHECKPOINT_STATE_DIR, "
+                             "else /var/lib/checkpoint).")(fn)
+
+
+def _log_option(fn):
+    return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                        help="The entry log (default: STATE_DIR/entries.db).")(fn)
+
+
+def _state_dir(state_dir: str | None) -> Path:
+    from sync.state import default_state_dir
+    return Path(state_dir) if state_dir else default_state_dir()
+
+
+def _open_log(state: Path, db_path: str | None):
+    from .entrylog import DEFAULT_DB_NAME, EntryLog
+    return run_guarded(EntryLog, Path(db_path) if db_path else state / DEFAULT_DB_NAME, create=False)
+
+
+def _when(ms: int | None, lang: str) -> str:
+    return i18n.t("sync.never", lang) if ms is None else iso_ms(ms)
+
+
+# ---------------------------------------------------------------- provision
+
+
+@main.command()
+@click.option("--server", "server_url", required=True, help="The central server, https://HOST[:PORT].")
+@click.option("--token", required=True, help="One-time enrollment token (`checkpoint server token create`).")
+@_state_option
+@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CA certificate(s) to verify the server's TLS certificate with (default: the system's).")
+@click.option("--trust-root", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Pin this Ed25519 root public key (PEM) for trust bundles (default: the server's).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def provision(server_url, token, state_dir, ca_file, trust_root, as_json):
+    """Enroll this device with the server and fetch what it needs (safe to run again)."""
+    from sync.provision import provision as do_provision
+
+    res = run_guarded(do_provision, server_url, token, _state_dir(state_dir), ca_file=ca_file, trust_root=trust_root)
+    if as_json:
+        click.echo(json_line(res.to_dict()))
+    else:
+        lang = i18n.default_lang()
+        click.echo(i18n.t("sync.provisioned", lang, device=escape(res.device_id),
+                          checkpoint=escape(res.checkpoint_id), state=escape(res.state_dir),
+                          version=res.bundle_version if res.bundle_version is not None else "-"))
+
+
+# ---------------------------------------------------------------- sync
+
+
+@main.group("sync")
+def sync_group() -> None:
+    """Upload entries to the central server, trust updates back, offline export."""
+
+
+@sync_group.command("now")
+@_state_option
+@_log_option
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86400), default=300, show_default=True,
+              help="Give up after this many seconds of retrying.")
+@click.option("--retry-quarantined", is_flag=True, help="Send quarantined batches again.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def sync_now(state_dir, db_path, timeout_s, retry_quarantined, as_json):
+    """Upload everything pending. Exit 0 only when all of it is acknowledged."""
+    from sync.agent import SyncAgent
+
+    state = _state_dir(state_dir)
+    with _open_log(state, db_path) as log:
+        agent = run_guarded(SyncAgent, state, log)
+        try:
+            res = run_guarded(agent.sync_until_done, timeout_s, retry_quarantined=retry_quarantined, trust=True)
+        finally:
+            agent.close()
+    if as_json:
+        click.echo(json_line({"complete": res.complete, "batches": res.batches, "entries": res.entries,
+                              "stored": res.stored, "duplicates": res.duplicates, "quarantined": res.quarantined,
+                              "pending": res.pending, "error": res.error, "error_code": res.error_code,
+                              "trust": res.trust}))
+    else:
+        lang = i18n.default_lang()
+        click.echo(i18n.t("sync.now", lang, batches=res.batches, entries=res.entries, stored=res.stored,
+                          dup=res.duplicates, pending=res.pending))
+        if res.error:
+            click.echo(f"checkpoint: {escape(res.error)}", err=True)
+    sys.exit(EXIT_OK if res.complete else EXIT_INCOMPLETE)
+
+
+def status_dict(state: Path, log) -> dict:
+    """What `checkpoint sync status` reports."""
+    from sync.state import DeviceConfig, StateFile
+
+    cfg = DeviceConfig.load(state)
+    st = StateFile(state).load()
+    first = log.pending(0, 1)
+    unsynced = log.stats().unsynced if first else 0
+    now = int(time.time())
+    return {
+        "device_id": cfg.device_id, "checkpoint_id": cfg.checkpoint_id, "server": cfg.server_url,
+        "pending": unsynced, "oldest_pending_ms": first[0].at_ms if first else None,
+        "last_acked_seq": st.last_acked_seq, "server_held_seq": st.server_held_seq,
+        "last_success_ms": st.last_success_ms, "last_attempt_ms": st.last_attempt_ms,
+        "last_error": st.last_error, "last_error_code": st.last_error_code, "last_error_ms": st.last_error_ms,
+        "trust_version": st.trust_version,
+        "trust_age_s": None if st.trust_issued_at is None else max(0, now - st.trust_issued_at),
+        "trust_checked_ms": st.trust_checked_ms, "trust_error": st.trust_error,
+        "clock_offset_ms": st.clock_offset_ms, "alarms": st.alarms,
+        "quarantined": [{k: q[k] for k in ("batch_id", "first_seq", "last_seq", "code")} for q in st.quarantined],
+        "batch_size": st.batch_size,
+    }
+
+
+@sync_group.command("status")
+@_state_option
+@_log_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--lang", type=click.Choice(i18n.LANGS), default=None, help="vi (default) or en.")
+def sync_status(state_dir, db_path, as_json, lang):
+    """Pending entries, last acknowledged sequence, last success and error, trust version and age."""
+    state = _state_dir(state_dir)
+    with _open_log(state, db_path) as log:
+        d = run_guarded(status_dict, state, log)
+    if as_json:
+        click.echo(json_line(d))
+        return
+    lang = lang or i18n.default_lang()
+    t = lambda key, **kw: i18n.t("sync." + key, lang, **kw)  # noqa: E731
+    click.echo(t("device", device=escape(d["device_id"]), checkpoint=escape(d["checkpoint_id"]),
+                 server=escape(d["server"])))
+    click.echo(t("pending", n=d["pending"], oldest=_when(d["oldest_pending_ms"], lang),
+                 acked=d["last_acked_seq"]))
+    click.echo(t("last", ok=_when(d["last_success_ms"], lang), attempt=_when(d["last_attempt_ms"], lang)))
+    if d["last_error"]:
+        click.echo(t("error", error=escape(d["last_error"]), at=_when(d["last_error_ms"], lang)))
+    age = "-" if d["trust_age_s"] is None else f"{d['trust_age_s'] / 86400:.1f}"
+    click.echo(t("trust", version=d["trust_version"] if d["trust_version"] is not None else "-", days=age))
+    if d["trust_error"]:
+        click.echo(t("trust_error", error=escape(d["trust_error"])))
+    if d["quarantined"]:
+        click.echo(t("quarantined", n=len(d["quarantined"])))
+    if d["alarms"]:
+        click.echo(t("alarms", alarms=", ".join(d["alarms"])))
+
+
+@sync_group.command("export")
+@click.option("--to", "to_dir", required=True, type=click.Path(file_okay=False), help="Directory (e.g. a USB stick).")
+@_state_option
+@_log_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def sync_export(to_dir, state_dir, db_path, as_json):
+    """Write pending entries as signed batch files for `checkpoint server import`."""
+    from sync.export import export_pending
+
+    state = _state_dir(state_dir)
+    with _open_log(state, db_path) as log:
+        res = run_guarded(export_pending, state, log, to_dir)
+    if as_json:
+        click.echo(json_line({"dir": res.dir, "files": len(res.files), "entries": res.entries,
+                              "first_seq": res.first_seq, "last_seq": res.last_seq}))
+    else:
+        click.echo(i18n.t("sync.exported", i18n.default_lang(), n=len(res.files), entries=res.entries,
+                          dir=escape(res.dir)))
+
+
+# ---------------------------------------------------------------- server
+
+
+def _db_url_option(fn):
+    return click.option("--db", "db_url", required=True, metavar="URL",
+                        help="sqlite:///PATH, sqlite:PATH or a file path.")(fn)
+
+
+def _storage(db_url: str):
+    from sync.server.storage import open_storage
+    return run_guarded(open_storage, db_url)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@main.group("server")
+def server_group() -> None:
+    """The reference central server: run it, enrollment tokens, devices, stats, import, bundles."""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@server_group.command("run")
+@_db_url_option
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory of the server's sealing key (default: beside the SQLite file).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log):
+    """Serve the sync protocol until SIGINT/SIGTERM."""
+    import logging
+
+    from sync.server.app import serve
+
+    host, port = parse_listen(listen)
+    if bool(tls_cert) != bool(tls_key):
+        fail("--tls-cert and --tls-key go together")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"checkpoint server: listening on {scheme}://{listen} (database {escape(db_url)})", err=True)
+    run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
+                access_log=access_log)
+
+
+@server_group.group("token")
+def token_group() -> None:
+    """One-time enrollment tokens."""
+
+
+@token_group.command("create")
+@_db_url_option
+@click.option("--checkpoint", "checkpoint_id", required=True, help="The checkpoint the device will serve.")
+@click.option("--count", type=click.IntRange(1, 10000), default=1, show_default=True)
+@click.option("--ttl-hours", type=click.FloatRange(0.01, 24 * 365), default=72, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def token_create(db_url, checkpoint_id, count, ttl_hours, as_json):
+    """Print new one-time tokens (shown once; the server keeps only their hashes)."""
+    from sync.server.tokens import issue_tokens
+
+    storage = _storage(db_url)
+    try:
+        tokens = run_guarded(issue_tokens, storage, checkpoint_id, count, ttl_hours=ttl_hours, now_ms=_now_ms())
+    finally:
+        storage.close()
+    if as_json:
+        click.echo(json_line({"checkpoint_id": checkpoint_id, "tokens": tokens}))
+    else:
+        for tok in tokens:
+            click.echo(tok)
+
+
+@server_group.command("stats")
+@_db_url_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def server_stats(db_url, as_json):
+    """Devices, entries, batches, duplicates dropped, chain problems."""
+    storage = _storage(db_url)
+    try:
+        s = run_guarded(storage.stats)
+    finally:
+        storage.close()
+    d = s.to_dict()
+    if as_json:
+        click.echo(json_line(d))
+    else:
+        for k, v in d.items():
+            click.echo(f"{k}: {v}")
+
+
+def device_rows(storage, stale_after_s: float, now_ms: int) -> list[dict]:
+    """Devices for `server devices`: never seen first, then stale (oldest first), then the rest."""
+    rows = []
+    for st in storage.devices():
+        d = st.to_dict()
+        seen = st.last_seen_ms
+        d["stale"] = seen is None or now_ms - seen > stale_after_s * 1000
+        d["gaps"] = [list(g) for g in storage.gaps(st.device.device_id, 20)] if st.missing else []
+        rows.append(d)
+    rows.sort(key=lambda d: (not d["stale"], d["last_seen_ms"] or 0, d["device_id"]))
+    return rows
+
+
+@server_group.command("devices")
+@_db_url_option
+@click.option("--stale-after", "stale_min", type=click.FloatRange(0), default=15, show_default=True,
+              help="Minutes without a heartbeat after which a device is stale.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
+def server_devices(db_url, stale_min, as_json):
+    """Every device with its latest heartbeat, stale ones first."""
+    storage = _storage(db_url)
+    try:
+        rows = run_guarded(device_rows, storage, stale_min * 60, _now_ms())
+    finally:
+        storage.close()
+    for d in rows:
+        if as_json:
+            click.echo(json_line(d))
+            continue
+        hb = d["heartbeat"] or {}
+        flags = ["STALE"] if d["stale"] else []
+        if d["revoked_ms"] is not None:
+            flags.append("REVOKED")
+        if d["missing"]:
+            flags.append(f"missing {d['missing']}")
+        if d["chain_problems"] or d["conflicts"]:
+            flags.append(f"chain problems {d['chain_problems']}, conflicts {d['conflicts']}")
+        click.echo(f"{d['device_id']} {escape(d['checkpoint_id'])} last seen "
+                   f"{iso_ms(d['last_seen_ms']) if d['last_seen_ms'] else 'never'} held {d['held_seq']} "
+                   f"queue {hb.get('queue_depth', '-')} trust v{hb.get('trust_version', '-')} "
+                   f"offset {hb.get('clock_offset_ms', '-')} ms alarms {','.join(hb.get('alarms', [])) or '-'}"
+                   + (f" [{'; '.join(flags)}]" if flags else ""))
+
+
+@server_group.command("import")
+@_db_url_option
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def server_import(db_url, dirs, as_json):
+    """Import batch files written by `checkpoint sync export` (deduplicated like pushes)."""
+    from sync.export import ImportResult, import_dir
+
+    storage = _storage(db_url)
+    total = ImportResult()
+    try:
+        for d in dirs:
+            r = run_guarded(import_dir, storage, d)
+            total.files += r.files
+            total.batches += r.batches
+            total.entries += r.entries
+            total.stored += r.stored
+            total.duplicates += r.duplicates
+            total.refused.extend(r.refused)
+    finally:
+        storage.close()
+    if as_json:
+        click.echo(json_line(total.to_dict()))
+    else:
+        click.echo(f"{total.files} files: {total.batches} batches, {total.entries} entries, {total.stored} stored, "
+                   f"{total.duplicates} already held, {len(total.refused)} refused")
+        for file, code, message in total.refused:
+            click.echo(f"refused {escape(file)}: {code}: {escape(message)}", err=True)
+    sys.exit(EXIT_OK if not total.refused else EXIT_INCOMPLETE)
+
+
+@server_group.command("revoke")
+@_db_url_option
+@click.argument("device_id")
+def server_revoke(db_url, device_id):
+    """Refuse everything from DEVICE_ID from now on (a lost or stolen device)."""
+    storage = _storage(db_url)
+    try:
+        if run_guarded(storage.device, device_id) is None:
+            fail(f"no device {device_id}")
+        changed = run_guarded(storage.revoke_device, device_id, _now_ms())
+    finally:
+        storage.close()
+    click.echo(f"{device_id}: {'revoked' if changed else 'already revoked'}")
+
+
+@server_group.command("chain")
+@_db_url_option
+@click.option("--device", "device_id", default=None, help="One device (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per problem.")
+def server_chain(db_url, device_id, as_json):
+    """Chain problems the server found (relinked, altered, conflict) and sequence gaps."""
+    storage = _storage(db_url)
+    try:
+        events = run_guarded(storage.chain_events, device_id, 1000)
+        devices = [device_id] if device_id else [d.device.device_id for d in storage.devices()]
+        gaps = {d: storage.gaps(d, 100) for d in devices}
+    finally:
+        storage.close()
+    for e in events:
+        row = {"device_id": e.device_id, "kind": e.kind, "seq": e.seq, "detail": e.detail, "at_ms": e.at_ms}
+        click.echo(json_line(row) if as_json else f"{e.device_id} {e.kind} seq {e.seq}: {escape(e.detail)}")
+    for dev, ranges in gaps.items():
+        for lo, hi in ranges:
+            row = {"device_id": dev, "kind": "gap", "first_seq": lo, "last_seq": hi}
+            click.echo(json_line(row) if as_json else f"{dev} gap seq {lo}..{hi}")
+
+
+@server_group.group("bundle")
+def bundle_group() -> None:
+    """Trust bundles devices fetch."""
+
+
+@bundle_group.command("publish")
+@_db_url_option
+@click.argument("bundle_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--root", "root_pub", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Root public key (PEM); needed the first time, must match afterwards.")
+@click.option("--root-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Root private key: also publish deltas from recent versions (small updates).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json):
+    """Publish a bundle made by `checkpoint issuer bundle|revoke` as the current one."""
+    from sync.server.bundles import publish
+
+    from .cli import _load_root_private
+    from .trust import load_root
+
+    root = run_guarded(load_root, root_pub) if root_pub else None
+    root_private = _load_root_private(root_key) if root_key else None
+    data = run_guarded(Path(bundle_file).read_bytes)
+    storage = _storage(db_url)
+    try:
+        meta, deltas = run_guarded(publish, storage, data, now_ms=_now_ms(), root=root, root_private=root_private)
+    finally:
+        storage.close()
+    if as_json:
+        click.echo(json_line({"version": meta.version, "digest": meta.digest, "size": meta.size,
+                              "deltas_from": deltas}))
+    else:
+        click.echo(f"bundle version {meta.version} published ({meta.size} bytes); deltas from "
+                   f"{', '.join(map(str, deltas)) or 'none'}")

@@ -1,0 +1,509 @@
+"""The device's sync loop: pending entries → signed batches → upload → mark synced on the server's
+acknowledgement only; trust updates back; a heartbeat with each contact (docs/sync-protocol.md).
+
+Runs as a thread of the appliance (``SyncAgent.run``) and once from the command line
+(``checkpoint sync now``). Network trouble and 5xx are retried forever with exponential backoff
+and jitter (Retry-After honoured); a batch the server calls bad is quarantined (kept as a file,
+alarm raised) and the batches after it go on. Batches are built in chunks, by default in a
+separate low-priority process, so serialising a large backlog never stalls the scan loop.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner import __version__
+from scanner.entry import Entry
+from scanner.entrylog import EntryLog, EntryLogError
+from scanner.errors import TrustError
+
+from . import batch as batchmod
+from . import identity, trustupdate
+from .client import RejectedError, SyncClient, SyncError, TransientError
+from .state import QUARANTINE_DIR, DeviceConfig, StateFile, SyncState
+
+log = logging.getLogger(__name__)
+
+MIN_BATCH = 50
+MAX_BATCH = 5000
+TARGET_S = 2.0  # a batch should take about this long on the link
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------- building batches
+
+
+def next_run(entries: Sequence[Entry], quarantined: Sequence[tuple[int, int]]) -> tuple[list[Entry], int | None]:
+    """The contiguous run at the start of ``entries`` (pending, seq order) that touches no
+    quarantined range; or ([], skip_to) when the first entry lies in a quarantined range."""
+    if not entries:
+        return [], None
+    first = entries[0].seq
+    for lo, hi in quarantined:
+        if lo <= first <= hi:
+            return [], hi
+    stop = min((lo for lo, _ in quarantined if lo > first), default=None)
+    run = [entries[0]]
+    for e in entries[1:]:
+        if e.seq != run[-1].seq + 1 or (stop is not None and e.seq >= stop):
+            break
+        run.append(e)
+    return run, None
+
+
+def build_next(log_: EntryLog, key: ed25519.Ed25519PrivateKey, device_id: str, after_seq: int, limit: int,
+               quarantined: Sequence[tuple[int, int]], created_ms: int,
+               step: Callable[[], None] | None = None) -> batchmod.SignedBatch | None:
+    """The next batch of pending entries after ``after_seq`` (at most ``limit``), or None."""
+    cursor = after_seq
+    while True:
+        entries = log_.pending(cursor, limit)
+        run, skip_to = next_run(entries, quarantined)
+        if skip_to is not None:
+            cursor = skip_to
+            continue
+        if not run:
+            return None
+        return batchmod.build(run, key, device_id=device_id, created_ms=created_ms, step=step)
+
+
+class InlineBuilder:
+    """Builds batches in the calling thread, yielding the GIL between chunks (CLI, tests)."""
+
+    def __init__(self, log_: EntryLog, key: ed25519.Ed25519PrivateKey, device_id: str) -> None:
+        self.log, self.key, self.device_id = log_, key, device_id
+
+    def build(self, after_seq: int, limit: int, quarantined: Sequence[tuple[int, int]],
+              created_ms: int) -> batchmod.SignedBatch | None:
+        return build_next(self.log, self.key, self.device_id, after_seq, limit, quarantined, created_ms,
+                          step=lambda: time.sleep(0))
+
+    def close(self) -> None:
+        pass
+
+
+_CHILD: dict = {}
+
+
+def _child_init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
+    if nice:
+        os.nice(nice)
+    _CHILD["log"] = EntryLog(log_path, create=False)
+    _CHILD["key"] = identity.load(state_dir)
+    _CHILD["device_id"] = device_id
+
+
+def _child_build(after_seq: int, limit: int, quarantined: list, created_ms: int) -> batchmod.SignedBatch | None:
+    return build_next(_CHILD["log"], _CHILD["key"], _CHILD["device_id"], after_seq, limit,
+                      [tuple(q) for q in quarantined], created_ms)
+
+
+class ProcessBuilder:
+    """Builds batches in a separate, lower-priority process (spawned once, kept): reading the log,
+    serialising, compressing and signing never hold the appliance process's GIL."""
+
+    def __init__(self, log_path: str | os.PathLike, state_dir: str | os.PathLike, device_id: str,
+                 nice: int = 10) -> None:
+        self._args = (str(log_path), str(state_dir), device_id, nice)
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_child_init, initargs=self._args)
+
+    def build(self, after_seq: int, limit: int, quarantined: Sequence[tuple[int, int]],
+              created_ms: int) -> batchmod.SignedBatch | None:
+        try:
+            return self._pool.submit(_child_build, after_seq, limit, list(quarantined), created_ms).result()
+        except BrokenProcessPool:
+            self._pool = self._start()  # the worker died (e.g. killed): start another next time
+            raise SyncError("batch builder process died; restarted", code="builder_died") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- marking
+
+
+def mark_acked(log_: EntryLog, batch_id: str, first_seq: int, last_seq: int) -> int:
+    """Mark the entries first_seq..last_seq that are still pending as synced in ``batch_id``
+    (the server holds them all). Entries already marked (by another batch) are left alone."""
+    try:
+        return log_.mark_synced(batch_id, first_seq, last_seq)
+    except EntryLogError as exc:
+        if exc.code != "sync_conflict":
+            raise
+    n, cursor = 0, first_seq - 1
+    while cursor < last_seq:
+        entries = [e for e in log_.pending(cursor, min(last_seq - cursor, 5000)) if e.seq <= last_seq]
+        if not entries:
+            break
+        run_first = prev = entries[0].seq
+        for e in entries[1:]:
+            if e.seq != prev + 1:
+                n += log_.mark_synced(batch_id, run_first, prev)
+                run_first = e.seq
+            prev = e.seq
+        n += log_.mark_synced(batch_id, run_first, prev)
+        cursor = prev
+    return n
+
+
+# ---------------------------------------------------------------- backoff
+
+
+class Backoff:
+    """Exponential backoff with jitter: the n-th delay is drawn from [x/2, x], x = base·2^n capped;
+    a server's Retry-After is a lower bound."""
+
+    def __init__(self, base_s: float = 1.0, cap_s: float = 300.0, rng: random.Random | None = None) -> None:
+        self.base_s, self.cap_s = base_s, cap_s
+        self.rng = rng or random.Random()
+        self.failures = 0
+
+    def next(self, retry_after: float | None = None) -> float:
+        x = min(self.cap_s, self.base_s * (2 ** min(self.failures, 30)))
+        self.failures += 1
+        delay = x / 2 + self.rng.uniform(0, x / 2)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.cap_s * 4))
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+# ---------------------------------------------------------------- trust
+
+
+def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> tuple[str, object]:
+    """Bring the installed trust bundle up to the server's: ("not_modified" | "delta" | "full", the
+    installed Bundle or None). A delta that does not apply falls back to the full bundle; a bundle
+    that fails any check (root signature, rollback) raises TrustError and the old one stays."""
+    try:
+        cur = trustupdate.current(state_dir, roots)
+    except TrustError as exc:
+        log.error("installed trust bundle unusable (%s); fetching the full bundle", exc.code)
+        cur = None
+    version, digest = (cur[1].version, cur[1].digest) if cur else (None, None)
+    reply = client.trust(version, digest)
+    if reply.kind == "not_modified":
+        return "not_modified", cur[1] if cur else None
+    if reply.kind == "delta":
+        if cur is not None:
+            try:
+                data, bundle = trustupdate.apply_delta(cur[0], cur[1], reply.data, roots)
+                return "delta", trustupdate.install(state_dir, data, roots, min_version=version, verified=bundle)
+            except TrustError as exc:
+                log.warning("trust delta refused (%s: %s); fetching the full bundle", exc.code, exc)
+        reply = client.trust(version, digest, full=True)
+        if reply.kind == "not_modified":
+            return "not_modified", cur[1] if cur else None
+        if reply.kind != "full":
+            raise TrustError("server sent a delta when asked for the full bundle", code="bundle_malformed")
+    return "full", trustupdate.install(state_dir, reply.data, roots, min_version=version)
+
+
+# ---------------------------------------------------------------- the agent
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """One pass: what was sent and acknowledged, what is left, and the error that stopped it."""
+
+    batches: int
+    entries: int
+    stored: int
+    duplicates: int
+    quarantined: int
+    pending: int
+    complete: bool  # nothing left to send and nothing failed
+    error: str | None = None
+    error_code: str | None = None
+    retry_after: float | None = None
+    trust: str | None = None  # not_modified | delta | full | failed | None (not checked)
+
+
+class SyncAgent:
+    """Everything sync does on the device, for one state directory and one entry log."""
+
+    def __init__(self, state_dir: str | os.PathLike, entry_log: EntryLog, *, client: SyncClient | None = None,
+                 builder=None, inputs: Callable[[], dict] | None = None,
+                 on_trust: Callable[[object], None] | None = None, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0, trust_interval_s: float = 3600.0, idle_interval_s: float = 30.0,
+                 min_batch: int = MIN_BATCH, max_batch: int = MAX_BATCH, target_s: float = TARGET_S,
+                 backoff: Backoff | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.config = DeviceConfig.load(self.state_dir)
+        self.key = identity.load(self.state_dir)
+        self.log = entry_log
+        self.client = client or SyncClient(self.config.server_url, self.key, device_id=self.config.device_id,
+                                           ca_file=self.config.ca_file, connect_timeout=connect_timeout,
+                                           read_timeout=read_timeout)
+        self.builder = builder or InlineBuilder(entry_log, self.key, self.config.device_id)
+        self.inputs = inputs or (lambda: {})
+        self.on_trust = on_trust
+        self.files = StateFile(self.state_dir)
+        self.trust_interval_s = trust_interval_s
+        self.idle_interval_s = idle_interval_s
+        self.min_batch, self.max_batch, self.target_s = min_batch, max_batch, target_s
+        self.backoff = backoff or Backoff()
+        self._wake = threading.Event()
+
+    def close(self) -> None:
+        self.builder.close()
+        self.client.close()
+
+    # ------------------------------------------------------------ status
+
+    def pending_count(self) -> tuple[int, int | None]:
+        """(unsynced entries, at_ms of the oldest one)."""
+        first = self.log.pending(0, 1)
+        if not first:
+            return 0, None
+        return self.log.stats().unsynced, first[0].at_ms
+
+    def heartbeat_doc(self, state: SyncState) -> dict:
+        now = now_ms()
+        depth, oldest = self.pending_count()
+        try:
+            free = shutil.disk_usage(self.state_dir).free
+        except OSError:
+            free = None
+        state.hb_seq += 1
+        return {
+            "hb_seq": state.hb_seq, "device_time_ms": now, "software_version": __version__,
+            "queue_depth": depth, "oldest_unsynced_age_s": None if oldest is None else max(0, now - oldest) / 1000,
+            "last_acked_seq": state.last_acked_seq, "trust_version": state.trust_version,
+            "trust_age_s": None if state.trust_issued_at is None else max(0, now // 1000 - state.trust_issued_at),
+            "clock_offset_ms": state.clock_offset_ms, "inputs": dict(self.inputs()), "disk_free_bytes": free,
+            "alarms": list(state.alarms), "last_error": state.last_error,
+        }
+
+    # ------------------------------------------------------------ the steps of a contact
+
+    def _note_clock(self, state: SyncState) -> None:
+        if self.client.last_clock_offset_ms is not None:
+            state.clock_offset_ms = self.client.last_clock_offset_ms
+            state.clock_checked_ms = now_ms()
+
+    def catch_up_acks(self, state: SyncState) -> int:
+        """Apply the server's batch list to the log: entries it holds (pushed earlier with the answer
+        lost, or imported from a USB export) are marked synced. Returns entries newly marked."""
+        n = 0
+        while True:
+            doc = self.client.acks(state.ack_cursor)
+            for batch_id, first, last in doc["batches"]:
+                n += mark_acked(self.log, batch_id, first, last)
+                state.ack_cursor = max(state.ack_cursor, last)
+                state.last_acked_seq = max(state.last_acked_seq, last)
+            held = doc.get("held_seq")
+            if type(held) is int:
+                state.server_held_seq = held
+            if not doc.get("more"):
+                return n
+
+    def update_trust(self, state: SyncState) -> str:
+        """Ask for a newer trust bundle; install it only if it checks out. Returns what happened."""
+        state.trust_checked_ms = now_ms()
+        roots = trustupdate.load_roots(self.state_dir)
+        if not roots:
+            self._trust_failed(state, "no trust root pinned on this device")
+            return "failed"
+        try:
+            kind, bundle = refresh_bundle(self.client, self.state_dir, roots)
+        except TrustError as exc:
+            self._trust_failed(state, f"{exc.code}: {exc}")
+            return "failed"
+        state.trust_error = None
+        state.set_alarm("trust_update_failed", False)
+        if bundle is not None:
+            state.trust_version, state.trust_issued_at = bundle.version, bundle.issued_at
+            if kind != "not_modified":
+                log.info("trust bundle version %d installed (%s)", bundle.version, kind)
+                if self.on_trust is not None:
+                    self.on_trust(bundle)
+        return kind
+
+    def _trust_failed(self, state: SyncState, message: str) -> None:
+        state.trust_error = message
+        state.set_alarm("trust_update_failed", True)
+        log.error("trust update refused, old bundle kept: %s", message)
+
+    def _quarantine(self, state: SyncState, sb: batchmod.SignedBatch, exc: RejectedError) -> None:
+        qdir = self.state_dir / QUARANTINE_DIR
+        qdir.mkdir(mode=0o700, exist_ok=True)
+        info = sb.info
+        path = qdir / f"{info.first_seq:012d}-{info.last_seq:012d}-{info.batch_id}.ckb"
+        trustupdate.atomic_write(path, sb.data, 0o600)
+        state.quarantined.append({"batch_id": info.batch_id, "first_seq": info.first_seq,
+                                  "last_seq": info.last_seq, "code": exc.code, "message": str(exc)[:300],
+                                  "at_ms": now_ms(), "file": str(path)})
+        state.set_alarm("batch_quarantined", True)
+        log.error("batch %s (seq %d..%d) refused by the server (%s); quarantined in %s, going on",
+                  info.batch_id, info.first_seq, info.last_seq, exc.code, path)
+
+    def upload_pending(self, state: SyncState, deadline: float | None = None) -> tuple[int, int, int, int, int]:
+        """Upload pending entries batch by batch until none are left (or ``deadline``, monotonic).
+        Returns (batches, entries, stored, duplicates, quarantined). Raises TransientError /
+        RejectedError (not batch-specific) to the caller, with everything acknowledged so far saved."""
+        size = max(self.min_batch, min(self.max_batch, state.batch_size))
+        batches = entries = stored = duplicates = quarantined = 0
+        cursor = 0
+        while deadline is None or time.monotonic() < deadline:
+            sb = self.builder.build(cursor, size, state.quarantine_ranges(), now_ms())
+            if sb is None:
+                break
+            info = sb.info
+            t0 = time.monotonic()
+            try:
+                ack = self.client.upload(sb.data)
+            except RejectedError as exc:
+                if exc.too_large and size > self.min_batch:
+                    size = state.batch_size = max(self.min_batch, size // 2)
+                    continue
+                if exc.batch_bad:
+                    self._quarantine(state, sb, exc)
+                    self.files.save(state)
+                    quarantined += 1
+                    cursor = info.last_seq
+                    continue
+                raise
+            except TransientError as exc:
+                if exc.code == "timeout":  # the link could not carry this size in time
+                    state.batch_size = max(self.min_batch, size // 2)
+                raise
+            elapsed = time.monotonic() - t0
+            if (ack.batch_id, ack.first_seq, ack.last_seq) != (info.batch_id, info.first_seq, info.last_seq):
+                raise TransientError("acknowledgement does not match the batch sent", code="bad_answer")
+            mark_acked(self.log, ack.batch_id, ack.first_seq, ack.last_seq)
+            batches += 1
+            entries += info.count
+            stored += ack.stored
+            duplicates += ack.duplicates
+            state.last_acked_seq = max(state.last_acked_seq, ack.last_seq)
+            state.server_held_seq = max(state.server_held_seq, ack.held_seq)
+            state.last_success_ms = now_ms()
+            if info.count >= size:  # a full batch says something about the link: adapt
+                scale = min(2.0, max(0.5, self.target_s / max(elapsed, 1e-3)))
+                size = max(self.min_batch, min(self.max_batch, int(size * scale)))
+            state.batch_size = size
+            self._note_clock(state)
+            self.files.save(state)
+            cursor = info.last_seq
+        return batches, entries, stored, duplicates, quarantined
+
+    # ------------------------------------------------------------ one pass
+
+    def sync_once(self, *, deadline: float | None = None, trust: bool | None = None,
+                  retry_quarantined: bool = False) -> SyncResult:
+        """One contact: heartbeat, acknowledgements, trust update (when due, or if ``trust``),
+        then upload everything pending. Errors are recorded in the state and returned."""
+        with self.files.lock():
+            state = self.files.load()
+            if retry_quarantined and state.quarantined:
+                state.quarantined = []
+                state.set_alarm("batch_quarantined", False)
+            state.last_attempt_ms = now_ms()
+            counts = (0, 0, 0, 0, 0)
+            trust_result = None
+            try:
+                try:
+                    self.client.heartbeat(self.heartbeat_doc(state))
+                finally:
+                    self._note_clock(state)
+                self.catch_up_acks(state)
+                due = state.trust_checked_ms is None or now_ms() - state.trust_checked_ms >= self.trust_interval_s * 1000
+                if trust or (trust is None and due):
+                    trust_result = self.update_trust(state)
+                counts = self.upload_pending(state, deadline)
+            except (TransientError, RejectedError) as exc:
+                state.last_error, state.last_error_code, state.last_error_ms = str(exc)[:300], exc.code, now_ms()
+                auth = isinstance(exc, RejectedError) and exc.auth
+                state.set_alarm("sync_auth_failed", auth)
+                self.files.save(state)
+                level = logging.ERROR if isinstance(exc, RejectedError) else logging.WARNING
+                log.log(level, "sync: %s", exc)
+                pending, _ = self.pending_count()
+                return SyncResult(*counts, pending, False, str(exc), exc.code,
+                                  getattr(exc, "retry_after", None), trust_result)
+            state.last_error = state.last_error_code = None
+            state.last_success_ms = now_ms()
+            state.set_alarm("sync_auth_failed", False)
+            self.files.save(state)
+            pending, _ = self.pending_count()
+            return SyncResult(*counts, pending, pending == 0, trust=trust_result)
+
+    def sync_until_done(self, timeout_s: float, *, sleep: Callable[[float], None] = time.sleep,
+                        retry_quarantined: bool = False, trust: bool | None = None) -> SyncResult:
+        """`checkpoint sync now`: passes with backoff until everything pending is acknowledged,
+        the server refuses the device, or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        result = self.sync_once(deadline=deadline, retry_quarantined=retry_quarantined, trust=trust)
+        while not result.complete and time.monotonic() < deadline:
+            if result.error is None:  # nothing failed: what is left is quarantined or arrived meanwhile
+                if result.pending == 0 or result.quarantined or self.files.load().quarantined:
+                    break
+                self.backoff.reset()
+            elif result.error_code in ("sync_config",) or (result.error_code in _FATAL):
+                break
+            else:
+                delay = min(self.backoff.next(result.retry_after), max(0.0, deadline - time.monotonic()))
+                sleep(delay)
+            result = self.sync_once(deadline=deadline, trust=False)
+        if result.complete:
+            self.backoff.reset()
+        return result
+
+    # ------------------------------------------------------------ background
+
+    def wake(self) -> None:
+        """New entries (or a reconnect) — don't wait for the idle interval."""
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """The appliance's sync thread: contact, upload, then wait (idle interval, or backoff after
+        a failure); until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                result = self.sync_once()
+            except (SyncError, OSError, EntryLogError) as exc:
+                log.error("sync pass failed: %s", exc)
+                result = SyncResult(0, 0, 0, 0, 0, 0, False, str(exc), getattr(exc, "code", "error"))
+            if result.error is None:
+                self.backoff.reset()
+                delay = self.idle_interval_s
+            else:
+                delay = self.backoff.next(result.retry_after)
+            self._wake.clear()
+            if result.error is None and result.pending and not self.files.load().quarantined:
+                continue  # more arrived while uploading
+            if stop.wait(0) or self._wait(stop, delay):
+                return
+
+    def _wait(self, stop: threading.Event, delay: float) -> bool:
+        end = time.monotonic() + delay
+        while not stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0 or self._wake.wait(min(left, 0.5)):
+                return False
+        return True
+
+
+_FATAL = frozenset({"unknown_device", "device_revoked", "bad_signature"})

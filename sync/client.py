@@ -1,0 +1,291 @@
+"""The device's HTTP client for the sync protocol (requests): explicit connect/read timeouts, TLS
+verification always on (a CA file can be given), typed errors that tell the caller whether to
+retry, and the server's clock read from every answer. Retrying and backing off is the caller's
+policy (sync/agent.py); this module makes one attempt per call.
+"""
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import time
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from requests.structures import CaseInsensitiveDict
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner import __version__
+from scanner.errors import CheckpointError
+
+from . import protocol
+from .identity import device_id as device_id_of
+from .identity import public_raw
+
+
+class SyncError(CheckpointError):
+    """Base of the client's errors; ``code`` is stable."""
+
+    code = "sync_error"
+
+
+class ConfigError(SyncError):
+    """A server URL or CA file that cannot be used (never retried)."""
+
+    code = "sync_config"
+
+
+class TransientError(SyncError):
+    """Worth retrying later: network failure, timeout, 5xx, 429, 503. ``retry_after`` (seconds) is
+    the server's Retry-After, if it gave one."""
+
+    code = "transient"
+
+    def __init__(self, message: str, *, code: str, retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class RejectedError(SyncError):
+    """A 4xx answer: ``status`` and the server's error ``code``. ``batch_bad`` means this batch
+    itself was refused (quarantine it); ``auth`` that the device is not (or no longer) accepted."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+    @property
+    def batch_bad(self) -> bool:
+        return self.code in protocol.BATCH_BAD_CODES
+
+    @property
+    def auth(self) -> bool:
+        return self.code in protocol.AUTH_CODES
+
+    @property
+    def too_large(self) -> bool:
+        return self.status == 413
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(url: str) -> str:
+    """The base URL without a trailing slash. https is required, except on the loopback
+    interface (tests, and a server on the same machine)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigError(f"server URL {url!r} must be https://HOST[:PORT]")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError(f"server URL {url!r}: plain http is only allowed on the loopback interface; use https")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"server URL {url!r} must not have a query or fragment")
+    return url.rstrip("/")
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped at one hour."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), 3600.0)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return min(max(0.0, when.timestamp() - now), 3600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: CaseInsensitiveDict
+    body: bytes
+    server_time_ms: int | None
+    sent_ms: int
+    received_ms: int
+    server_received_ms: int | None = None
+
+    @property
+    def clock_offset_ms(self) -> int | None:
+        """Server time minus this device's time, NTP-style: ((t2 - t1) + (t3 - t4)) / 2 with t1/t4
+        this device's send/receive times and t2/t3 the server's arrival/answer times."""
+        if self.server_time_ms is None:
+            return None
+        t2 = self.server_received_ms if self.server_received_ms is not None else self.server_time_ms
+        return ((t2 - self.sent_ms) + (self.server_time_ms - self.received_ms)) // 2
+
+    def json(self) -> dict:
+        try:
+            doc = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise TransientError("server answer is not JSON", code="bad_answer") from None
+        if not isinstance(doc, dict):
+            raise TransientError("server answer is not a JSON object", code="bad_answer")
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class TrustReply:
+    """``kind``: "not_modified", "delta" or "full"; ``version`` the server's current version."""
+
+    kind: str
+    version: int | None
+    data: bytes
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SyncClient:
+    """One device talking to one server. Thread-safe for one caller at a time (a requests Session)."""
+
+    def __init__(self, base_url: str, key: ed25519.Ed25519PrivateKey, *, device_id: str | None = None,
+                 ca_file: str | None = None, connect_timeout: float = 5.0, read_timeout: float = 30.0,
+                 session: requests.Session | None = None) -> None:
+        self.base_url = check_server_url(base_url)
+        if ca_file is not None:
+            import os
+            if not os.path.isfile(ca_file):
+                raise ConfigError(f"CA file {ca_file} does not exist")
+        self.verify: str | bool = ca_file if ca_file is not None else True
+        self.key = key
+        self.device_id = device_id or device_id_of(key)
+        self.timeout = (connect_timeout, read_timeout)
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = f"checkpoint-edge/{__version__}"
+        self.last_clock_offset_ms: int | None = None
+        self.last_server_time_ms: int | None = None
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ------------------------------------------------------------ one exchange
+
+    def _request(self, method: str, path: str, *, params: dict | None = None, body: bytes = b"",
+                 content_type: str | None = None, sign: bool = True, max_bytes: int = protocol.MAX_JSON_BYTES,
+                 ok: tuple[int, ...] = (200,)) -> Reply:
+        path_qs = path + (f"?{urlencode(params)}" if params else "")
+        headers = {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        sent = _now_ms()
+        if sign:
+            headers[protocol.AUTH_HEADER] = protocol.auth_header(self.device_id, self.key, method, path_qs, sent, body)
+        try:
+            with self.session.request(method, self.base_url + path_qs, data=body or None, headers=headers,
+                                      timeout=self.timeout, verify=self.verify, stream=True,
+                                      allow_redirects=False) as resp:
+                chunks, n = [], 0
+                for chunk in resp.iter_content(64 * 1024):
+                    n += len(chunk)
+                    if n > max_bytes:
+                        raise TransientError(f"answer from {path} larger than {max_bytes} bytes", code="bad_answer")
+                    chunks.append(chunk)
+                status, resp_headers = resp.status_code, CaseInsensitiveDict(resp.headers)
+        except requests.exceptions.SSLError as exc:
+            raise TransientError(f"TLS: {_short(exc)}", code="tls") from None
+        except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout) as exc:
+            raise TransientError(f"timeout: {_short(exc)}", code="timeout") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise TransientError(f"network: {_short(exc)}", code="network") from None
+        except requests.exceptions.RequestException as exc:
+            raise TransientError(f"request failed: {_short(exc)}", code="network") from None
+        received = _now_ms()
+        server_ms = _ms_header(resp_headers.get(protocol.TIME_HEADER))
+        reply = Reply(status, resp_headers, b"".join(chunks), server_ms, sent, received,
+                      _ms_header(resp_headers.get(protocol.RECEIVED_HEADER)))
+        if server_ms is not None:
+            self.last_server_time_ms = server_ms
+            self.last_clock_offset_ms = reply.clock_offset_ms
+        if status in ok:
+            return reply
+        self._raise(reply, path)
+        return reply  # not reached
+
+    @staticmethod
+    def _raise(reply: Reply, path: str) -> None:
+        code, message = f"http_{reply.status}", f"HTTP {reply.status} from {path}"
+        try:
+            doc = json.loads(reply.body)
+            if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+                code = doc["error"][:64]
+                message = f"{code}: {str(doc.get('message', ''))[:300]}"
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            pass
+        retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+        if reply.status >= 500 or reply.status in (408, 429):
+            raise TransientError(message, code=code, retry_after=retry_after)
+        raise RejectedError(message, code=code, status=reply.status)
+
+    # ------------------------------------------------------------ the protocol
+
+    def health(self) -> dict:
+        return self._request("GET", protocol.HEALTH, sign=False).json()
+
+    def enroll(self, token: str) -> dict:
+        body = json.dumps({"token": token, "public_key": protocol.b64(public_raw(self.key)),
+                           "software_version": __version__}).encode("utf-8")
+        reply = self._request("POST", protocol.ENROLL, body=body, content_type="application/json",
+                              max_bytes=4 * 1024 * 1024)
+        return reply.json()
+
+    def upload(self, data: bytes) -> protocol.Ack:
+        reply = self._request("POST", protocol.BATCHES, body=data, content_type=protocol.BATCH_TYPE, sign=False)
+        try:
+            return protocol.Ack.from_dict(reply.json())
+        except protocol.ProtocolError as exc:
+            raise TransientError(f"bad acknowledgement: {exc}", code="bad_answer") from None
+
+    def acks(self, after_seq: int) -> dict:
+        doc = self._request("GET", protocol.ACKS, params={"after": after_seq}).json()
+        rows = doc.get("batches")
+        if not isinstance(rows, list) or not all(
+                isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
+                and type(r[1]) is int and type(r[2]) is int and 1 <= r[1] <= r[2] for r in rows):
+            raise TransientError("bad /acks answer", code="bad_answer")
+        return doc
+
+    def trust(self, version: int | None, digest: str | None, *, full: bool = False) -> TrustReply:
+        params = {}
+        if version is not None:
+            params["version"] = version
+            params["digest"] = digest or ""
+        if full:
+            params["full"] = 1
+        reply = self._request("GET", protocol.TRUST, params=params or None, max_bytes=protocol.MAX_BUNDLE_DOWNLOAD,
+                              ok=(200, 304))
+        header = reply.headers.get(protocol.BUNDLE_VERSION_HEADER)
+        server_version = int(header) if header and header.isdigit() else None
+        if reply.status == 304:
+            return TrustReply("not_modified", server_version, b"")
+        ctype = reply.headers.get("Content-Type", "")
+        kind = "delta" if ctype.startswith(protocol.DELTA_TYPE) else "full"
+        return TrustReply(kind, server_version, reply.body)
+
+    def heartbeat(self, doc: dict) -> dict:
+        body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        return self._request("POST", protocol.HEARTBEAT, body=body, content_type="application/json").json()
+
+
+def _ms_header(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() and len(value) < 17 else None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."

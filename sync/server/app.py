@@ -1,0 +1,285 @@
+"""The reference central server: a Starlette app (served by uvicorn) speaking docs/sync-protocol.md.
+
+Handlers are async; every storage call and every CPU-heavy step (signature checks, decompression,
+parsing) runs in the thread pool, so the event loop keeps answering. An acknowledgement is sent
+only after the batch's transaction committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from scanner import __version__
+
+from .. import protocol
+from ..batch import BatchError, open_batch, read_header
+from . import bundles
+from .storage import ServerError, Storage, revoked_device, unknown_device
+from .tokens import token_hash
+
+log = logging.getLogger(__name__)
+
+INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up to this size
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class ServerConfig:
+    sealing_public_pem: str
+    max_inflight_batches: int = 32  # beyond this many batches being processed: 503 + Retry-After
+    retry_after_s: int = 2
+    max_batch_bytes: int = protocol.MAX_BATCH_BYTES  # larger batches: 413, the device sends smaller ones
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, "server_time_ms": now_ms()}, status_code=status,
+                        headers=headers)
+
+
+def _json(doc: dict, status: int = 200) -> JSONResponse:
+    doc["server_time_ms"] = now_ms()
+    return JSONResponse(doc, status_code=status)
+
+
+class ServerTimeMiddleware:
+    """Adds X-Checkpoint-Received and X-Checkpoint-Time (the server's clock when the request
+    arrived and when the answer left, epoch ms) to every response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        received = str(now_ms()).encode("ascii")
+
+        async def send_with_time(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((protocol.RECEIVED_HEADER.lower().encode("ascii"), received))
+                headers.append((protocol.TIME_HEADER.lower().encode("ascii"), str(now_ms()).encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_time)
+
+
+async def _body(request: Request, limit: int, too_large_code: str = protocol.E_BAD_REQUEST) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise ServerError(f"request body over {limit} bytes", code=too_large_code, status=413)
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise ServerError(f"request body over {limit} bytes", code=too_large_code, status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_body(data: bytes) -> dict:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ServerError("request body is not JSON", code=protocol.E_BAD_REQUEST, status=400) from None
+    if not isinstance(doc, dict):
+        raise ServerError("request body must be a JSON object", code=protocol.E_BAD_REQUEST, status=400)
+    return doc
+
+
+def _path_qs(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def create_app(storage: Storage, config: ServerConfig) -> Starlette:
+    inflight = 0
+
+    async def authenticate(request: Request, body: bytes):
+        try:
+            auth = protocol.parse_auth(request.headers.get(protocol.AUTH_HEADER))
+        except protocol.ProtocolError as exc:
+            raise ServerError(str(exc), code=protocol.E_BAD_SIGNATURE, status=401) from None
+        device = await run_in_threadpool(storage.device, auth.device_id)
+        if device is None:
+            raise unknown_device(auth.device_id)
+        if device.revoked_ms is not None:
+            raise revoked_device(auth.device_id)
+        public = ed25519.Ed25519PublicKey.from_public_bytes(device.public_key)
+        if not protocol.check_request(auth, public, request.method, _path_qs(request), body):
+            raise ServerError("request signature does not verify", code=protocol.E_BAD_SIGNATURE, status=401)
+        return device
+
+    async def health(request: Request) -> Response:
+        return _json({"ok": True, "protocol": protocol.VERSION, "software_version": __version__})
+
+    async def enroll(request: Request) -> Response:
+        body = await _body(request, protocol.MAX_JSON_BYTES)
+        doc = _json_body(body)
+        token, pub_b64 = doc.get("token"), doc.get("public_key")
+        if not isinstance(token, str) or not 8 <= len(token) <= 200:
+            raise ServerError("token missing", code=protocol.E_BAD_REQUEST, status=400)
+        try:
+            raw = protocol.unb64(pub_b64, "public_key", 100)
+            public = ed25519.Ed25519PublicKey.from_public_bytes(raw)
+            auth = protocol.parse_auth(request.headers.get(protocol.AUTH_HEADER))
+        except (protocol.ProtocolError, ValueError) as exc:
+            raise ServerError(f"enrollment: {exc}", code=protocol.E_BAD_REQUEST, status=400) from None
+        device_id = protocol.device_id_for(raw)
+        if auth.device_id != device_id or not protocol.check_request(auth, public, "POST", _path_qs(request), body):
+            raise ServerError("enrollment must be signed by the key it enrolls", code=protocol.E_BAD_SIGNATURE,
+                              status=401)
+        device = await run_in_threadpool(storage.enroll, token_hash(token), device_id, raw, now_ms())
+        latest = await run_in_threadpool(storage.latest_bundle)
+        inline = None
+        if latest is not None and latest.size <= INLINE_BUNDLE_MAX:
+            inline = protocol.b64(await run_in_threadpool(storage.bundle_data, latest.version))
+        root = await run_in_threadpool(storage.get_meta, bundles.ROOT_META)
+        log.info("enrolled device %s at checkpoint %s", device.device_id, device.checkpoint_id)
+        return _json({"protocol": protocol.VERSION, "device_id": device.device_id,
+                      "checkpoint_id": device.checkpoint_id, "sealing_public_key": config.sealing_public_pem,
+                      "root_public_key": root, "bundle_version": latest.version if latest else None,
+                      "bundle": inline})
+
+    async def batches(request: Request) -> Response:
+        nonlocal inflight
+        if inflight >= config.max_inflight_batches:
+            return _error(503, protocol.E_BUSY, "too many batches in progress; retry later",
+                          {"Retry-After": str(config.retry_after_s)})
+        inflight += 1
+        try:
+            data = await _body(request, protocol.MAX_BATCH_BYTES, protocol.E_TOO_LARGE)
+            if len(data) > config.max_batch_bytes:  # read whole, so the device gets the answer, not a reset
+                raise ServerError(f"batch over {config.max_batch_bytes} bytes", code=protocol.E_TOO_LARGE, status=413)
+            info = read_header(data)
+            device = await run_in_threadpool(storage.device, info.device_id)
+            if device is None:
+                raise unknown_device(info.device_id)
+            if device.revoked_ms is not None:
+                raise revoked_device(info.device_id)
+            public = ed25519.Ed25519PublicKey.from_public_bytes(device.public_key)
+            parsed = await run_in_threadpool(open_batch, data, public)
+            done = await run_in_threadpool(storage.ingest, parsed, "push", now_ms())
+            return _json(done.ack.to_dict())
+        finally:
+            inflight -= 1
+
+    async def acks(request: Request) -> Response:
+        device = await authenticate(request, b"")
+        try:
+            after = int(request.query_params.get("after", "0"))
+            limit = min(int(request.query_params.get("limit", str(protocol.MAX_ACKS))), protocol.MAX_ACKS)
+        except ValueError:
+            raise ServerError("after and limit must be integers", code=protocol.E_BAD_REQUEST, status=400) from None
+        rows = await run_in_threadpool(storage.acks_after, device.device_id, max(0, after), max(1, limit) + 1)
+        held = await run_in_threadpool(storage.held_seq, device.device_id)
+        return _json({"batches": [list(r) for r in rows[:limit]], "more": len(rows) > limit, "held_seq": held})
+
+    async def trust(request: Request) -> Response:
+        await authenticate(request, b"")
+        q = request.query_params
+        try:
+            have = int(q["version"]) if q.get("version") else None
+        except ValueError:
+            raise ServerError("version must be an integer", code=protocol.E_BAD_REQUEST, status=400) from None
+        digest = q.get("digest") or None
+        gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
+        ans = await run_in_threadpool(bundles.answer, storage, have, digest, full=q.get("full") == "1",
+                                      gzip_ok=gzip_ok)
+        if ans is None:
+            return _error(404, protocol.E_NO_BUNDLE, "no trust bundle published yet")
+        headers = {protocol.BUNDLE_VERSION_HEADER: str(ans.version)}
+        if ans.kind == "not_modified":
+            return Response(status_code=304, headers=headers)
+        if ans.gzipped:
+            headers["Content-Encoding"] = "gzip"
+        media = protocol.DELTA_TYPE if ans.kind == "delta" else protocol.BUNDLE_TYPE
+        return Response(ans.data, media_type=media, headers=headers)
+
+    async def heartbeat(request: Request) -> Response:
+        body = await _body(request, protocol.MAX_JSON_BYTES)
+        device = await authenticate(request, body)
+        try:
+            doc = protocol.check_heartbeat(_json_body(body))
+        except protocol.ProtocolError as exc:
+            raise ServerError(str(exc), code=protocol.E_BAD_REQUEST, status=400) from None
+        kept = await run_in_threadpool(storage.record_heartbeat, device.device_id, doc, now_ms())
+        held = await run_in_threadpool(storage.held_seq, device.device_id)
+        return _json({"kept": kept, "held_seq": held})
+
+    async def on_server_error(request: Request, exc: ServerError) -> Response:
+        return _error(exc.status, exc.code, str(exc))
+
+    async def on_batch_error(request: Request, exc: BatchError) -> Response:
+        status = {protocol.E_TOO_LARGE: 413, protocol.E_BAD_SIGNATURE: 401}.get(exc.code, 400)
+        log.warning("batch refused (%s): %s", exc.code, exc)
+        return _error(status, exc.code, str(exc))
+
+    async def on_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+        log.info("client went away before sending the whole request")
+        return Response(status_code=400)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, protocol.E_INTERNAL, "internal server error")
+
+    routes = [
+        Route(protocol.HEALTH, health, methods=["GET"]),
+        Route(protocol.ENROLL, enroll, methods=["POST"]),
+        Route(protocol.BATCHES, batches, methods=["POST"]),
+        Route(protocol.ACKS, acks, methods=["GET"]),
+        Route(protocol.TRUST, trust, methods=["GET"]),
+        Route(protocol.HEARTBEAT, heartbeat, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={
+        ServerError: on_server_error, BatchError: on_batch_error, ClientDisconnect: on_disconnect,
+        Exception: on_crash,
+    })
+    app.add_middleware(ServerTimeMiddleware)
+    app.state.storage = storage
+    return app
+
+
+def make_server(app, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None,
+                access_log: bool = False, log_level: str = "warning", sock=None):
+    """A uvicorn Server for ``app`` (pure-Python stack: asyncio loop, h11)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http="h11", ws="none",
+                            lifespan="off", access_log=access_log, log_level=log_level,
+                            ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
+                            server_header=False)
+    return uvicorn.Server(config)
+
+
+def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls_cert: str | None = None,
+          tls_key: str | None = None, access_log: bool = False, ready=None) -> None:
+    """Run the server until SIGINT/SIGTERM (`checkpoint server run`)."""
+    from .keys import load_or_create_sealing_key, sealing_public_pem
+    from .storage import default_keys_dir, open_storage
+
+    storage = open_storage(db_url)
+    try:
+        key = load_or_create_sealing_key(keys_dir or default_keys_dir(db_url))
+        app = create_app(storage, ServerConfig(sealing_public_pem(key)))
+        server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=access_log)
+        if ready is not None:
+            ready(server)
+        asyncio.run(server.serve())
+    finally:
+        storage.close()

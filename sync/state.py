@@ -1,0 +1,146 @@
+"""The device's sync files in its state directory: what provisioning wrote (device.json), the sync
+progress (sync-state.json, replaced atomically), and a lock so only one uploader runs at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from scanner.errors import CheckpointError
+
+from .trustupdate import atomic_write
+
+DEVICE_NAME = "device.json"
+STATE_NAME = "sync-state.json"
+LOCK_NAME = "sync.lock"
+SEALING_PUB_NAME = "sealing.pub"
+QUARANTINE_DIR = "quarantine"
+DEFAULT_STATE_DIR = "/var/lib/checkpoint"
+
+
+class StateError(CheckpointError):
+    """The device is not provisioned, or its sync files cannot be read."""
+
+    code = "not_provisioned"
+
+
+def default_state_dir() -> Path:
+    """$CHECKPOINT_STATE_DIR, else /var/lib/checkpoint (the entry log's default too)."""
+    return Path(os.environ.get("CHECKPOINT_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """What provisioning learned: who this device is and where its server is."""
+
+    device_id: str
+    checkpoint_id: str
+    server_url: str
+    ca_file: str | None = None
+    enrolled_ms: int = 0
+
+    def save(self, state_dir: Path) -> None:
+        atomic_write(Path(state_dir) / DEVICE_NAME, (json.dumps(asdict(self), indent=1) + "\n").encode("utf-8"))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> DeviceConfig:
+        path = Path(state_dir) / DEVICE_NAME
+        try:
+            doc = json.loads(path.read_bytes())
+            return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
+        except FileNotFoundError:
+            raise StateError(f"{path}: this device is not provisioned (run `checkpoint provision`)") from None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise StateError(f"{path}: unreadable ({exc})", code="state_unreadable") from None
+
+
+@dataclass
+class Quarantined:
+    batch_id: str
+    first_seq: int
+    last_seq: int
+    code: str
+    message: str
+    at_ms: int
+    file: str
+
+
+@dataclass
+class SyncState:
+    """Sync progress, kept across restarts. Entries are marked synced in the entry log itself;
+    this holds what the log does not: the server's view, errors, quarantine, clock offset."""
+
+    last_acked_seq: int = 0  # highest seq the server acknowledged to this device
+    ack_cursor: int = 0  # server batches up to this last_seq have been applied to the log
+    server_held_seq: int = 0
+    last_success_ms: int | None = None
+    last_attempt_ms: int | None = None
+    last_error: str | None = None
+    last_error_code: str | None = None
+    last_error_ms: int | None = None
+    batch_size: int = 500
+    hb_seq: int = 0
+    clock_offset_ms: int | None = None
+    clock_checked_ms: int | None = None
+    trust_version: int | None = None
+    trust_issued_at: int | None = None
+    trust_checked_ms: int | None = None
+    trust_error: str | None = None
+    alarms: list = field(default_factory=list)
+    quarantined: list = field(default_factory=list)  # of Quarantined as dicts
+    exported: list = field(default_factory=list)  # recent exports: {dir, batches, first_seq, last_seq, at_ms}
+
+    def quarantine_ranges(self) -> list[tuple[int, int]]:
+        return sorted((q["first_seq"], q["last_seq"]) for q in self.quarantined)
+
+    def set_alarm(self, code: str, on: bool) -> None:
+        if on and code not in self.alarms:
+            self.alarms.append(code)
+        elif not on and code in self.alarms:
+            self.alarms.remove(code)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StateFile:
+    """sync-state.json: loaded whole, saved whole (atomic replace), never half-written."""
+
+    def __init__(self, state_dir: str | os.PathLike) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / STATE_NAME
+
+    def load(self) -> SyncState:
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return SyncState()
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{self.path}: unreadable ({exc})", code="state_unreadable") from None
+        known = {f.name for f in fields(SyncState)}
+        return SyncState(**{k: v for k, v in doc.items() if k in known})
+
+    def save(self, state: SyncState) -> None:
+        atomic_write(self.path, (json.dumps(state.to_dict(), indent=1) + "\n").encode("utf-8"), 0o600)
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = True) -> Iterator[bool]:
+        """Hold the uploader lock (sync.lock, flock); yields False if not waiting and it is taken."""
+        fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

@@ -1,0 +1,421 @@
+"""hardware.camera: real OpenCV sources on video files written here, image folders, unplug and reopen, picamera2.
+
+Videos are written with cv2.VideoWriter (Motion-JPEG, lossy like a webcam) from QR codes rendered
+in memory with segno, degraded the way cards are at a lane: rotated, in perspective, blurred, low
+contrast, inverted (dark-mode phone screens). Every wait is event-driven with a generous timeout.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import segno
+
+from hardware import camera as cam
+from hardware.camera import (ArraySource, CameraConfig, CameraInput, ImageFolderSource, OpenCVSource,
+                             SourceUnavailable, make_source)
+from scanner.decode import make_decoder
+from scanner.pipeline import Backoff, SourceReason, SourceState
+
+WAIT = 60.0  # seconds: generous, for a loaded 2-core machine; never reached when things work
+W, H = 640, 480
+
+
+def code_image(text: str, scale: int = 4, border: int = 4) -> np.ndarray:
+    """Black-on-white QR modules of ``text`` (alphanumeric mode for card text), uint8."""
+    qr = segno.make_qr(text, error="m", boost_error=False)
+    return np.array([[0 if d else 255 for d in row] for row in qr.matrix_iter(scale=scale, border=border)],
+                    np.uint8)
+
+
+def card_frame(text: str | None, kind: str = "plain", *, size: tuple[int, int] = (W, H),
+               scale: int = 4) -> np.ndarray:
+    """A grey 'scene' frame with the code of ``text`` (None: no code) degraded as ``kind`` says."""
+    w, h = size
+    rng = np.random.default_rng(abs(hash((text, kind))) % 2**32)
+    frame = np.full((h, w), 120, np.float32)
+    cv2.rectangle(frame, (20, 20), (w // 3, h - 40), 90, -1)  # some scene structure
+    cv2.line(frame, (0, h - 10), (w, h // 2), 170, 3)
+    if text is not None:
+        code = code_image(text, scale).astype(np.float32)
+        if kind == "low_contrast":
+            code = 105 + code * (60 / 255)  # dark 105, light 165
+        if kind == "inverted":
+            code = 255 - code
+        side = code.shape[0]
+        src = np.float32([(0, 0), (side, 0), (side, side), (0, side)])
+        cx, cy = w / 2, h / 2
+        pts = src - side / 2
+        if kind == "rotated":
+            a = np.deg2rad(33)
+            pts = pts @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]).T
+        if kind == "perspective":
+            pts = pts * np.float32([[1, 1], [0.8, 0.9], [0.8, 0.9], [1, 1]])
+        dst = (pts + (cx, cy)).astype(np.float32)
+        m = cv2.getPerspectiveTransform(src, dst)
+        frame = cv2.warpPerspective(code, m, (w, h), dst=frame, flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_TRANSPARENT)
+        if kind == "blurred":
+            frame = cv2.GaussianBlur(frame, (0, 0), 1.1)
+    frame += rng.normal(0, 3, frame.shape)  # sensor noise
+    return frame.clip(0, 255).astype(np.uint8)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:
+    """A Motion-JPEG AVI of grayscale frames, written by OpenCV."""
+    h, w = frames[0].shape
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h), isColor=False)
+    assert writer.isOpened(), "OpenCV cannot write MJPG here"
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def card_text(tag: str) -> str:
+    """A card-like text of realistic length (385 characters, base45 alphabet), unique per tag."""
+    body = (tag.upper() + " " + "6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK G2EP4J0BGJLF") * 8
+    return "CK1:" + body[:381]
+
+
+class Collector:
+    """The pipeline's two callbacks, recording what an input hands over; wait() is event-driven."""
+
+    def __init__(self) -> None:
+        self.scans = []
+        self.issues = []
+        self._cond = threading.Condition()
+
+    def submit(self, scan) -> bool:
+        with self._cond:
+            self.scans.append(scan)
+            self._cond.notify_all()
+        return True
+
+    def report(self, issue) -> None:
+        with self._cond:
+            self.issues.append(issue)
+            self._cond.notify_all()
+
+    def texts(self) -> list[str]:
+        with self._cond:
+            return [s.text for s in self.scans]
+
+    def wait(self, predicate, timeout: float = WAIT) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self), timeout)
+
+
+def run_input(inp, timeout: float = WAIT) -> Collector:
+    """Start an input on a Collector, wait for it to end by itself, return what it handed over."""
+    got = Collector()
+    inp.start(got.submit, got.report)
+    assert inp.join(timeout), "input did not finish"
+    return got
+
+
+# ------------------------------------------------------------------ the real OpenCV source on video files
+
+DEGRADATIONS = ["plain", "rotated", "perspective", "blurred", "low_contrast", "inverted"]
+
+
+def test_video_file_with_degraded_cards(tmp_path):
+    frames, expected = [], []
+    for kind in DEGRADATIONS:
+        text = card_text(kind)
+        expected.append(text)
+        frames += [card_frame(None, "empty")] * 2 + [card_frame(text, kind)] * 3
+    video = write_video(tmp_path / "lane.avi", frames)
+    inp = CameraInput(CameraConfig(str(video), name="lane-1", direction="in"))
+    got = run_input(inp)
+    seen = got.texts()
+    missing = [k for k, t in zip(DEGRADATIONS, expected) if t not in seen]
+    assert not missing, f"not decoded from the video: {missing}"
+    assert set(seen) == set(expected)  # nothing else, nothing wrong
+    assert inp.frames == len(frames)  # a file is decoded frame by frame, none dropped
+    scan = got.scans[0]
+    assert (scan.source, scan.source_id, scan.direction) == ("camera", "lane-1", "in")
+    health = inp.health()
+    assert health.state is SourceState.FINISHED and health.reason == SourceReason.END_OF_STREAM
+    assert health.scans == len(seen)
+
+
+def test_small_code_in_720p_video(tmp_path):
+    text = card_text("small")
+    frame = card_frame(text, "plain", size=(1280, 720), scale=3)
+    video = write_video(tmp_path / "hd.avi", [frame] * 2)
+    got = run_input(CameraInput(CameraConfig(str(video), width=1280, height=720)))
+    assert set(got.texts()) == {text}
+
+
+def test_region_of_interest_limits_what_is_decoded(tmp_path):
+    a, b = code_image("CK1:LEFT SIDE", 3), code_image("CK1:RIGHT SIDE", 3)
+    frame = np.full((H, W), 200, np.uint8)
+    frame[100:100 + a.shape[0], 20:20 + a.shape[1]] = a
+    frame[100:100 + b.shape[0], 400:400 + b.shape[1]] = b
+    video = write_video(tmp_path / "two.avi", [frame])
+    both = run_input(CameraInput(CameraConfig(str(video))))
+    assert sorted(set(both.texts())) == ["CK1:LEFT SIDE", "CK1:RIGHT SIDE"]
+    right = run_input(CameraInput(CameraConfig(str(video), roi=(0.5, 0.0, 0.5, 1.0))))
+    assert set(right.texts()) == {"CK1:RIGHT SIDE"}
+
+
+def test_on_frame_sees_every_frame_and_its_codes(tmp_path):
+    video = write_video(tmp_path / "v.avi", [card_frame(None), card_frame("CK1:ON FRAME")])
+    seen = []
+    run_input(CameraInput(CameraConfig(str(video)), on_frame=lambda f, codes: seen.append(
+        (f.shape, [c.text for c in codes]))))
+    assert seen == [((H, W), []), ((H, W), ["CK1:ON FRAME"])]
+
+
+def test_opencv_source_reads_gray_frames_and_ends(tmp_path):
+    video = write_video(tmp_path / "v.avi", [card_frame(None)] * 3)
+    src = OpenCVSource(CameraConfig(str(video)))
+    assert src.live is False
+    src.open()
+    frames = [src.read() for _ in range(4)]
+    src.close()
+    assert [f.shape if f is not None else None for f in frames] == [(H, W)] * 3 + [None]
+    assert frames[0].dtype == np.uint8
+
+
+# ------------------------------------------------------------------ image folders (the demo's camera)
+
+def test_image_folder_source_skips_bad_files(tmp_path):
+    folder = tmp_path / "cards"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "1.png"), card_frame("CK1:FIRST"))
+    (folder / "2.png").write_bytes(b"not an image")
+    cv2.imwrite(str(folder / "3.jpg"), card_frame("CK1:THIRD", "rotated"))
+    (folder / "notes.txt").write_text("ignored")
+    cfg = CameraConfig(str(folder))
+    assert cfg.resolved_backend() == "files"
+    src = make_source(cfg)
+    assert isinstance(src, ImageFolderSource)
+    inp = CameraInput(cfg, src)
+    got = run_input(inp)
+    assert got.texts() == ["CK1:FIRST", "CK1:THIRD"]
+    assert src.skipped == 1
+    assert inp.health().state is SourceState.FINISHED
+
+
+def test_missing_folder_is_retried_until_it_appears(tmp_path):
+    folder = tmp_path / "later"
+    inp = CameraInput(CameraConfig(str(folder)), backoff=Backoff(0.01, 2, 0.05))
+    got = Collector()
+    inp.start(got.submit, got.report)
+    try:
+        assert inp.status.wait_for(lambda h: h.state is SourceState.REOPENING, WAIT)
+        assert inp.health().reason == SourceReason.DEVICE_MISSING
+        staging = tmp_path / "staging"
+        staging.mkdir()
+        cv2.imwrite(str(staging / "a.png"), card_frame("CK1:ARRIVED"))
+        staging.rename(folder)  # appears whole, as a mounted USB stick would
+        assert inp.join(WAIT)
+    finally:
+        inp.stop()
+    assert got.texts() == ["CK1:ARRIVED"]
+    assert inp.health().state is SourceState.FINISHED and inp.health().reopens == 1
+
+
+# ------------------------------------------------------------------ unplug: the device disappears, comes back
+
+def test_live_camera_unplugged_and_replugged(tmp_path):
+    """A 'camera' (a real VideoCapture treated as live) whose device node vanishes, then returns.
+
+    Live semantics: the end of a stream means the camera stopped delivering, so the input closes
+    and reopens it with backoff. While the path is gone it reports reopening/device_missing; the
+    camera that comes back shows another card, which must be read.
+    """
+    device = tmp_path / "video0.avi"  # stands in for /dev/video0
+    write_video(device, [card_frame(card_text("before"))] * 5)
+    inp = CameraInput(CameraConfig(str(device), live=True), backoff=Backoff(0.01, 2, 0.1))
+    got = Collector()
+    inp.start(got.submit, got.report)
+    try:
+        assert got.wait(lambda c: card_text("before") in c.texts())
+        assert inp.health().state in (SourceState.OK, SourceState.REOPENING)
+        device.unlink()  # unplugged
+        assert inp.status.wait_for(lambda h: h.state is SourceState.REOPENING
+                                   and h.reason == SourceReason.DEVICE_MISSING, WAIT)
+        write_video(tmp_path / "new.avi", [card_frame(card_text("after"))] * 5)
+        os.replace(tmp_path / "new.avi", device)  # plugged back in
+        assert got.wait(lambda c: card_text("after") in c.texts())
+        assert inp.status.wait_for(lambda h: h.reopens >= 1, WAIT)
+    finally:
+        inp.stop()
+        assert inp.join(WAIT)
+    assert inp.health().state is SourceState.STOPPED
+
+
+def test_live_source_newest_frame_path_and_no_frames_reopen():
+    """Live sources are read in one thread and decoded in another; a stream that ends is reopened."""
+    opened = []
+
+    def factory():
+        opened.append(1)
+        frames = [card_frame(f"CK1:OPEN {len(opened)}")] * 3
+        return ArraySource(frames, "sim", live=True)
+
+    inp = CameraInput(CameraConfig("sim", backend="opencv", live=True), factory, backoff=Backoff(0.01, 1, 0.01))
+    got = Collector()
+    inp.start(got.submit, got.report)
+    try:
+        assert got.wait(lambda c: {"CK1:OPEN 1", "CK1:OPEN 2"} <= set(c.texts()))
+        assert inp.status.wait_for(lambda h: h.reopens >= 1, WAIT)
+        assert inp.health().reason in (None, SourceReason.NO_FRAMES)
+    finally:
+        inp.stop()
+        assert inp.join(WAIT)
+
+
+def test_undecodable_config_fails_cleanly():
+    inp = CameraInput(CameraConfig("0", decoder="opencv"))
+    inp.start(Collector().submit, Collector().report)
+    assert inp.join(WAIT)
+    h = inp.health()
+    assert h.state is SourceState.FAILED and h.reason == SourceReason.DECODER_UNAVAILABLE
+
+
+@pytest.mark.parametrize("kwargs", [dict(device=""), dict(device="0", backend="gstreamer"),
+                                    dict(device="0", width=8), dict(device="0", fps=0),
+                                    dict(device="0", roi=(0.5, 0.5, 0.6, 0.2))])
+def test_bad_camera_config(kwargs):
+    with pytest.raises(ValueError):
+        CameraConfig(**kwargs)
+
+
+def test_missing_v4l2_device_is_reported_as_missing(tmp_path):
+    src = OpenCVSource(CameraConfig(str(tmp_path / "nope" / "video9"), live=True))
+    with pytest.raises(SourceUnavailable) as info:
+        src.open()
+    assert info.value.code == SourceReason.DEVICE_MISSING and info.value.retry
+
+
+# ------------------------------------------------------------------ picamera2 (not installable here)
+
+def test_picamera2_missing_gives_one_clear_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    cfg = CameraConfig("picamera2")
+    assert cfg.resolved_backend() == "picamera2"
+    inp = CameraInput(cfg)
+    inp.start(Collector().submit, Collector().report)
+    assert inp.join(WAIT)
+    h = inp.health()
+    assert h.state is SourceState.FAILED and h.reason == SourceReason.LIBRARY_MISSING
+    assert h.detail == ("picamera2 is not installed: sudo apt install python3-picamera2 and create the venv "
+                        "with --system-site-packages")
+
+
+class _FakePicamera2:
+    """Stands in for picamera2.Picamera2, which cannot be installed here (it needs libcamera).
+
+    It implements the calls Picamera2Source makes and hands out YUV420 buffers laid out as
+    picamera2 documents them (padded Y rows, then U and V): this tests our configuration and the
+    Y-plane path, not the camera. The real camera path is untested on this machine.
+    """
+
+    instances: list = []
+
+    def __init__(self, num: int = 0) -> None:
+        self.num = num
+        self.controls = {}
+        self.started = self.closed = False
+        self.camera_controls = {"FrameDurationLimits": (), "ExposureTime": (), "AfMode": (), "LensPosition": ()}
+        _FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, main, lores, buffer_count):
+        return {"main": main, "lores": lores, "buffer_count": buffer_count}
+
+    def configure(self, cfg):
+        self.cfg = cfg
+        w, h = cfg["lores"]["size"]
+        self.stride = (w + 63) // 64 * 64 + 64
+
+    def camera_configuration(self):
+        return {"lores": {**self.cfg["lores"], "stride": self.stride}}
+
+    def set_controls(self, controls):
+        self.controls.update(controls)
+
+    def start(self):
+        self.started = True
+
+    def capture_buffer(self, name, wait=None):
+        assert name == "lores" and self.started
+        w, h = self.cfg["lores"]["size"]
+        y = np.full((h, self.stride), 7, np.uint8)
+        y[:, :w] = card_frame("CK1:PI CAMERA", size=(w, h))
+        chroma = np.full(h // 2 * self.stride // 2, 128, np.uint8)
+        return np.concatenate([y.reshape(-1), chroma, chroma])
+
+    def stop(self):
+        self.started = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_picamera2_source_decodes_the_lores_y_plane(monkeypatch):
+    module = type(sys)("picamera2")
+    module.Picamera2 = _FakePicamera2
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    _FakePicamera2.instances.clear()
+    cfg = CameraConfig("picamera2:1", width=320, height=240, fps=20, exposure=8000)
+    inp = CameraInput(cfg, backoff=Backoff(0.01, 1, 0.01))
+    got = Collector()
+    inp.start(got.submit, got.report)
+    try:
+        assert got.wait(lambda c: "CK1:PI CAMERA" in c.texts())
+    finally:
+        inp.stop()
+        assert inp.join(WAIT)
+    fake = _FakePicamera2.instances[0]
+    assert fake.num == 1 and fake.closed
+    assert fake.cfg["lores"] == {"size": (320, 240), "format": "YUV420"}
+    assert fake.controls == {"FrameDurationLimits": (50000, 50000), "AeEnable": False, "ExposureTime": 8000,
+                             "AfMode": 2}
+
+
+def test_picamera2_bad_device_name():
+    from hardware.camera_picamera2 import Picamera2Source
+    with pytest.raises(SourceUnavailable) as info:
+        Picamera2Source(CameraConfig("picamera2:left"))
+    assert info.value.code == SourceReason.BAD_CONFIG and not info.value.retry
+
+
+def test_decoder_given_is_used(tmp_path):
+    video = write_video(tmp_path / "v.avi", [card_frame("CK1:PYZBAR PATH")])
+    try:
+        dec = make_decoder("pyzbar")
+    except cam.DecoderUnavailable as exc:
+        pytest.skip(str(exc))
+    got = run_input(CameraInput(CameraConfig(str(video)), decoder=dec))
+    assert got.texts() == ["CK1:PYZBAR PATH"]
+
+
+class _FailingDecoder:
+    """A decoder with a bug (a fault injected on purpose): the input must fail visibly, not hang."""
+
+    name = "broken"
+
+    def decode(self, gray):
+        raise RuntimeError("decoder bug")
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_a_decoder_bug_fails_the_input_visibly(live):
+    frame = card_frame(None)
+    frames = itertools.repeat(frame) if live else [frame] * 3  # a live camera never runs dry
+    inp = CameraInput(CameraConfig("sim", backend="opencv", live=live), lambda: ArraySource(frames, live=live),
+                      decoder=_FailingDecoder())
+    inp.start(Collector().submit, Collector().report)
+    assert inp.join(WAIT)
+    h = inp.health()
+    assert h.state is SourceState.FAILED and h.reason == SourceReason.DEVICE_ERROR and "RuntimeError" in h.detail

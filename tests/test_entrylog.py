@@ -1,0 +1,413 @@
+"""The entry log on real SQLite files: recording, privacy, anti-passback, occupancy, follow-ups,
+the hash chain, sync marking, retention, files and schema guards."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pwd
+import sqlite3
+import stat
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from scanner import sealing, verifier
+from scanner.entry import GENESIS
+from scanner.entrylog import EntryLog, EntryLogError
+from scanner.errors import Reason
+from scanner.scan import Scan
+from scanner.verdict import Decision
+
+NOW = 1_750_000_000  # conftest's verification time: 2025-06-15T15:06:40Z
+UTC7 = dt.timezone(dt.timedelta(hours=7))
+NAME, BIRTH = "Nguyễn Thị Thanh Hương", "1987-03-15"
+
+
+@pytest.fixture(scope="module")
+def server():
+    return X25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def verdict_for(make_card, trust):
+    """An accepted (or, with expired=True, rejected-but-authentic) verdict for card ``cid``."""
+    cache = {}
+
+    def factory(cid: bytes | None = None, *, expired: bool = False):
+        cid = cid or os.urandom(16)
+        key = (cid, expired)
+        if key not in cache:
+            kw = {"issued_at": NOW - 86400 * 30, "expires_at": NOW - 86400 * 2} if expired else {}
+            text = make_card(card_id=cid, name=NAME, birth_date=BIRTH, id_masked="079******1234", **kw)
+            cache[key] = verifier.verify(text, trust, NOW)
+        return cache[key]
+    return factory
+
+
+@pytest.fixture
+def open_log(tmp_path, server):
+    logs = []
+
+    def factory(name="entries.db", **kw) -> EntryLog:
+        kw.setdefault("device_id", "dev-1")
+        kw.setdefault("checkpoint_id", "market-east")
+        kw.setdefault("sealing_key", server.public_key())
+        kw.setdefault("tz", UTC7)
+        log = EntryLog(tmp_path / "state" / name, **kw)
+        logs.append(log)
+        return log
+    yield factory
+    for log in logs:
+        log.close()
+
+
+def scan(at=NOW, source="camera", direction=None, text="CK1:..."):
+    return Scan(text, source, "cam0" if source == "camera" else "reader0", at, direction)
+
+
+def raw(log: EntryLog) -> sqlite3.Connection:
+    return sqlite3.connect(str(log.path), isolation_level=None)
+
+
+# ---------------------------------------------------------------- recording, privacy
+
+
+def test_record_commits_every_field(open_log, verdict_for, server):
+    log = open_log(clock=lambda: "synced")
+    v = verdict_for(b"\x11" * 16)
+    r = log.record(scan(NOW + 0.25), v, direction="in")
+    assert r.verdict is v and not r.duplicate
+    e = log.get(r.entry.entry_id)
+    assert e == r.entry
+    assert (e.seq, e.device_id, e.checkpoint_id, e.direction, e.at_ms, e.clock, e.source, e.source_id) == \
+        (1, "dev-1", "market-east", "in", NOW * 1000 + 250, "synced", "camera", "cam0")
+    assert (e.decision, e.reason, e.format, e.card_id, e.issuer) == ("accept", "ok", "CK1", "11" * 16, "VN-HUE")
+    assert uuid.UUID(e.entry_id).version == 4
+    assert e.kid and e.batch_id is None and e.prev_hash == GENESIS and e.hash == e.computed_hash()
+    assert sealing.open(e.sealed, server, e.entry_id).name == NAME
+
+
+def test_no_personal_data_in_the_clear_anywhere_in_the_files(open_log, verdict_for):
+    log = open_log()
+    for i in range(20):
+        log.record(scan(NOW + i), verdict_for(bytes([i]) * 16), direction="in")
+    log.close()
+    blob = b"".join(p.read_bytes() for p in log.path.parent.iterdir())
+    for secret in (NAME, "Hương", BIRTH, "079******1234", "******"):
+        assert secret.encode("utf-8") not in blob, secret
+
+
+def test_holder_details_none_and_no_key_store_nothing(open_log, verdict_for):
+    v = verdict_for()
+    off = open_log("off.db", holder_details="none")
+    assert off.record(scan(), v, direction="in").entry.sealed is None
+    nokey = open_log("nokey.db", sealing_key=None)
+    assert nokey.record(scan(), v, direction="in").entry.sealed is None
+    s = nokey.stats(now=NOW)
+    assert (s.holder_details, s.holder_details_note) == ("none", "no sealing key configured")
+    assert (s.holder_sealed, s.holder_not_stored) == (0, 1)
+    on = open_log("on.db")
+    on.record(scan(), v, direction="in")
+    assert on.stats(now=NOW).holder_details == "sealed"
+
+
+def test_unreadable_and_rejected_codes_are_logged_too(open_log, trust, verdict_for):
+    log = open_log()
+    junk = log.record(scan(text="hello"), verifier.verify("hello", trust, NOW), direction="out").entry
+    assert (junk.decision, junk.reason, junk.card_id, junk.sealed, junk.direction) == \
+        ("reject", "unsupported_format", None, None, "out")
+    exp = log.record(scan(), verdict_for(b"\x22" * 16, expired=True), direction="in")
+    assert (exp.entry.reason, exp.entry.card_id, exp.duplicate) == ("expired", "22" * 16, False)
+    assert exp.entry.sealed is not None  # an authentic card: the holder is sealed for tracing
+
+
+def test_direction_from_the_scan_or_the_call(open_log, verdict_for):
+    log = open_log()
+    assert log.record(scan(direction="out"), verdict_for()).entry.direction == "out"
+    assert log.record(scan(direction="out"), verdict_for(), direction="in").entry.direction == "in"
+    with pytest.raises(ValueError):
+        log.record(scan(), verdict_for())
+
+
+def test_recording_needs_device_and_checkpoint(tmp_path, verdict_for):
+    with EntryLog(tmp_path / "x.db") as log:
+        with pytest.raises(EntryLogError) as exc:
+            log.record(scan(), verdict_for(), direction="in")
+        assert exc.value.code == "log_not_configured"
+
+
+def test_durability_settings(open_log):
+    log = open_log()
+    c = raw(log)
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert log._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 10_000
+    assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    normal = open_log("n.db", synchronous="normal")
+    assert normal._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+
+
+# ---------------------------------------------------------------- anti-passback, occupancy
+
+
+def test_anti_passback(open_log, verdict_for):
+    log = open_log(passback_window_s=60)
+    v = verdict_for(b"\x33" * 16)
+    first = log.record(scan(NOW), v, direction="in")
+    again = log.record(scan(NOW + 30), v, direction="in")
+    assert again.duplicate and again.verdict.reason is Reason.DUPLICATE
+    assert again.verdict.decision is Decision.REJECT and again.verdict.card == v.card  # card facts kept
+    assert (again.entry.decision, again.entry.reason, again.entry.card_id) == ("reject", "duplicate", "33" * 16)
+    assert again.entry.sealed is not None
+    # a third scan is still inside the window of the admitted one
+    assert log.record(scan(NOW + 59), v, direction="in").duplicate
+    assert not log.record(scan(NOW + 61), v, direction="in").duplicate  # window over: admitted again
+    assert not log.record(scan(NOW + 62), v, direction="out").duplicate  # the other direction
+    assert not log.record(scan(NOW + 30), verdict_for(), direction="in").duplicate  # another card
+    other_gate = EntryLog(log.path, device_id="dev-1", checkpoint_id="market-west", sealing_key=None, tz=UTC7)
+    assert not other_gate.record(scan(NOW + 63), v, direction="in").duplicate
+    other_gate.close()
+    assert first.entry.seq == 1
+    t = log.totals(now=NOW)
+    assert (t.scans, t.accepted, t.duplicates, t.admitted_in, t.admitted_out) == (6, 4, 2, 3, 1)
+
+
+def test_rejected_cards_are_never_turned_into_duplicates(open_log, verdict_for):
+    log = open_log()
+    v = verdict_for(b"\x44" * 16, expired=True)
+    assert [log.record(scan(NOW + i), v, direction="in").entry.reason for i in range(3)] == ["expired"] * 3
+
+
+def test_window_zero_disables_anti_passback(open_log, verdict_for):
+    log = open_log(passback_window_s=0)
+    v = verdict_for()
+    assert not any(log.record(scan(NOW + i), v, direction="in").duplicate for i in range(3))
+
+
+def test_occupancy_and_totals_per_local_day(open_log, verdict_for):
+    log = open_log()
+    day_start = int(dt.datetime(2025, 6, 15, tzinfo=UTC7).timestamp())
+    people = [verdict_for(bytes([0x50 + i]) * 16) for i in range(5)]
+    for i, v in enumerate(people):
+        log.record(scan(day_start + 3600 + i), v, direction="in")
+    log.record(scan(day_start + 7200), people[0], direction="out")
+    log.record(scan(day_start + 7201), people[1], direction="out")
+    assert log.occupancy(now=day_start + 8000) == 3
+    # yesterday does not count today; leaving more often than entering never goes below zero
+    log.record(scan(day_start - 600), verdict_for(), direction="in")
+    for v in people[2:]:
+        log.record(scan(day_start + 9000), v, direction="out")
+    log.record(scan(day_start + 9001), verdict_for(), direction="out")
+    assert log.occupancy(now=day_start + 10_000) == 0
+    t = log.totals(now=day_start + 10_000)
+    assert (t.day, t.admitted_in, t.admitted_out, t.occupancy) == ("2025-06-15", 5, 6, 0)
+    assert log.totals(now=day_start - 1).admitted_in == 1  # the day before
+
+
+def test_did_not_pass_is_a_followup_not_an_update(open_log, verdict_for):
+    log = open_log()
+    v = verdict_for(b"\x66" * 16)
+    orig = log.record(scan(NOW), v, direction="in").entry
+    assert log.occupancy(now=NOW) == 1
+    fu = log.record_followup(orig.entry_id, at=NOW + 5)
+    assert (fu.kind, fu.ref_entry_id, fu.seq, fu.card_id, fu.checkpoint_id) == \
+        ("did_not_pass", orig.entry_id, 2, orig.card_id, "market-east")
+    assert fu.sealed is None and fu.prev_hash == orig.hash
+    assert log.get(orig.entry_id) == orig  # untouched
+    assert log.occupancy(now=NOW) == 0
+    t = log.totals(now=NOW)
+    assert (t.scans, t.did_not_pass, t.admitted_in) == (1, 1, 0)
+    assert log.record_followup(orig.entry_id) == fu  # idempotent
+    # cancelled: scanning again at once is admitted, not a duplicate
+    assert not log.record(scan(NOW + 10), v, direction="in").duplicate
+    assert log.verify().ok
+
+
+def test_followup_refusals(open_log, trust, verdict_for):
+    log = open_log()
+    with pytest.raises(EntryLogError) as exc:
+        log.record_followup(str(uuid.uuid4()))
+    assert exc.value.code == "unknown_entry"
+    rejected = log.record(scan(), verifier.verify("x", trust, NOW), direction="in").entry
+    with pytest.raises(EntryLogError) as exc:
+        log.record_followup(rejected.entry_id)
+    assert exc.value.code == "not_admitted"
+    with pytest.raises(ValueError):
+        log.record_followup(rejected.entry_id, kind="teleported")
+
+
+# ---------------------------------------------------------------- chain
+
+
+def test_chain_detects_deleted_and_altered_rows(open_log, verdict_for):
+    log = open_log()
+    for i in range(6):
+        log.record(scan(NOW + i), verdict_for(), direction="in")
+    assert log.verify().ok and log.verify().checked == 6
+    c = raw(log)
+    c.execute("UPDATE entries SET decision = 'reject' WHERE seq = 3")
+    r = log.verify()
+    assert (r.ok, r.bad_seq, r.problem) == (False, 3, "altered")
+    c.execute("UPDATE entries SET decision = 'accept' WHERE seq = 3")
+    c.execute("UPDATE entries SET sealed = zeroblob(length(sealed)) WHERE seq = 4")
+    assert (log.verify().bad_seq, log.verify().problem) == (4, "altered")
+    c.execute("DELETE FROM entries WHERE seq = 4")
+    assert (log.verify().bad_seq, log.verify().problem) == (5, "gap")
+    c.execute("DELETE FROM entries WHERE seq = 1")
+    assert (log.verify().bad_seq, log.verify().problem) == (2, "gap")
+
+
+def test_batch_marking_does_not_touch_the_chain(open_log, verdict_for):
+    log = open_log()
+    for i in range(3):
+        log.record(scan(NOW + i), verdict_for(), direction="in")
+    log.mark_synced("b1", 1, 3)
+    assert log.verify().ok
+
+
+# ---------------------------------------------------------------- sync side
+
+
+def test_pending_and_mark_synced(open_log, verdict_for):
+    log = open_log()
+    for i in range(10):
+        log.record(scan(NOW + i), verdict_for(), direction="in")
+    assert [e.seq for e in log.pending(limit=4)] == [1, 2, 3, 4]
+    assert all(e.sealed is not None for e in log.pending())
+    assert [e.seq for e in log.pending(after_seq=7)] == [8, 9, 10]
+    assert log.mark_synced("batch-1", 1, 4) == 4
+    assert log.mark_synced("batch-1", 1, 4) == 0  # idempotent
+    assert log.mark_synced("batch-1", 2, 3) == 0
+    assert [e.seq for e in log.pending()] == list(range(5, 11))
+    assert {log.get(e.entry_id).batch_id for e in log.tail(10)[:4]} == {"batch-1"}
+    with pytest.raises(EntryLogError) as exc:
+        log.mark_synced("batch-2", 4, 6)  # 4 is in batch-1
+    assert exc.value.code == "sync_conflict"
+    assert [e.seq for e in log.pending()][0] == 5  # nothing half-marked
+    with pytest.raises(EntryLogError):
+        log.mark_synced("batch-2", 9, 12)  # 11, 12 do not exist
+    with pytest.raises(ValueError):
+        log.mark_synced("", 5, 6)
+    with pytest.raises(ValueError):
+        log.mark_synced("b", 6, 5)
+    assert log.mark_synced("batch-2", 5, 10) == 6
+    assert log.pending() == []
+    s = log.stats(now=NOW)
+    assert (s.entries, s.unsynced, s.synced) == (10, 0, 10)
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_purge_keeps_unsynced_and_recent_and_keeps_the_chain_verifiable(open_log, verdict_for):
+    log = open_log(retention_days=21)
+    day = 86400
+    cards = [os.urandom(16) for _ in range(8)]
+    for i in range(8):  # seq 1..8, 30 days ago .. 23 days ago
+        log.record(scan(NOW - (30 - i) * day), verdict_for(cards[i]), direction="in")
+    for i in range(3):  # seq 9..11: recent
+        log.record(scan(NOW - i * 60), verdict_for(), direction="in")
+    log.mark_synced("b1", 1, 3)
+    log.mark_synced("b2", 5, 11)  # seq 4 is not synced (it failed to upload, say)
+    assert log.purge(now=NOW, dry_run=True).purged == 3
+    r = log.purge(now=NOW)
+    assert (r.purged, r.anchor_seq, r.kept_unsynced) == (3, 3, 1)
+    # seq 4 blocks the prefix: 5..8 are old and synced but stay until 4 is synced
+    assert [e.seq for e in log.tail(100)] == list(range(4, 12))
+    assert log.verify().ok and log.verify().anchor_seq == 3
+    log.mark_synced("b3", 4, 4)
+    r = log.purge(now=NOW)
+    assert (r.purged, r.anchor_seq) == (5, 8)
+    assert [e.seq for e in log.tail(100)] == [9, 10, 11]
+    v = log.verify()
+    assert v.ok and (v.first_seq, v.anchor_seq) == (9, 8)
+    s = log.stats(now=NOW)
+    assert (s.purged, s.anchor_seq, s.entries) == (8, 8, 3)
+    # the purged card ids are gone from the files, not just unlinked (secure_delete + WAL truncate)
+    log.close()
+    blob = b"".join(p.read_bytes() for p in log.path.parent.iterdir())
+    for cid in cards:
+        assert cid.hex().encode() not in blob
+
+
+def test_seq_never_reused_after_purging_everything(open_log, verdict_for):
+    log = open_log()
+    for i in range(3):
+        log.record(scan(NOW - 40 * 86400 + i), verdict_for(), direction="in")
+    log.mark_synced("b", 1, 3)
+    assert log.purge(now=NOW).purged == 3
+    assert log.tail() == [] and log.verify().ok
+    e = log.record(scan(NOW), verdict_for(), direction="in").entry
+    assert e.seq == 4 and e.prev_hash == log.anchor().hash != GENESIS
+    assert log.verify().ok
+    assert log.purge(now=NOW).purged == 0  # unsynced
+
+
+# ---------------------------------------------------------------- files, schema, health
+
+
+def test_files_are_private(open_log, verdict_for):
+    log = open_log()
+    log.record(scan(), verdict_for(), direction="in")
+    assert stat.S_IMODE(log.path.parent.stat().st_mode) == 0o700
+    for suffix in ("", "-wal", "-shm"):
+        assert stat.S_IMODE(os.stat(str(log.path) + suffix).st_mode) == 0o600, suffix
+
+
+def test_existing_loose_file_is_tightened(tmp_path):
+    p = tmp_path / "loose.db"
+    sqlite3.connect(p).close()
+    os.chmod(p, 0o644)
+    EntryLog(p).close()
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the file to another user")
+def test_root_opening_the_service_users_log_leaves_it_owned_by_the_service_user(tmp_path, verdict_for):
+    nobody = pwd.getpwnam("nobody")
+    d = tmp_path / "state"
+    d.mkdir()
+    p = d / "entries.db"
+    EntryLog(p).close()
+    for f in d.iterdir():
+        os.chown(f, nobody.pw_uid, nobody.pw_gid)
+    for f in list(d.iterdir()):
+        if f.name != "entries.db":
+            f.unlink()
+    with EntryLog(p, device_id="d", checkpoint_id="c") as log:  # as root, e.g. `checkpoint log stats`
+        log.record(scan(), verdict_for(), direction="in")
+        owners = {f.name: (f.stat().st_uid, f.stat().st_gid) for f in d.iterdir()}
+    assert set(owners) >= {"entries.db", "entries.db-wal", "entries.db-shm"}
+    assert set(owners.values()) == {(nobody.pw_uid, nobody.pw_gid)}, owners
+
+
+def test_missing_or_foreign_files_are_clean_errors(tmp_path):
+    with pytest.raises(EntryLogError) as exc:
+        EntryLog(tmp_path / "nope.db", create=False)
+    assert exc.value.code == "no_log"
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database, just text " * 200)
+    with pytest.raises(EntryLogError) as exc:
+        EntryLog(junk)
+    assert exc.value.code == "log_unusable"
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    p = tmp_path / "e.db"
+    EntryLog(p).close()
+    c = sqlite3.connect(p)
+    c.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+              "VALUES ('checkpoint-entry-log', 'm099_from_the_future', '2030')")
+    c.commit()
+    c.close()
+    with pytest.raises(EntryLogError) as exc:
+        EntryLog(p)
+    assert exc.value.code == "schema_too_new"
+
+
+def test_health_ok_and_low_disk_warning(open_log):
+    assert open_log().health().state == "ok"
+    h = open_log("tight.db", min_free_bytes=1 << 62).health()
+    assert (h.state, h.problems) == ("warning", ("low_disk",))
+    assert h.free_bytes is not None and h.free_bytes > 0

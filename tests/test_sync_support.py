@@ -1,0 +1,362 @@
+"""Shared pieces of the sync tests (no tests here): a real uvicorn server in a thread or a
+subprocess, a fault-injecting TCP proxy, an ASGI fault injector, provisioned devices with real
+entry logs, and a fast generator of valid log entries for large backlogs."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import requests
+
+from scanner.entry import Entry, chain_hash, hash_fields
+from scanner.entrylog import INSERT_SQL, EntryLog, entry_row
+from scanner.scan import Scan
+from sync.server.app import ServerConfig, create_app, make_server
+from sync.server.keys import load_or_create_sealing_key, sealing_public_pem
+from sync.server.sqlite import SQLiteStorage
+from sync.server.tokens import issue_tokens
+
+WAIT_S = 60.0  # generous: the machine is shared and slow at times
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, what: str, timeout: float = WAIT_S, interval: float = 0.01):
+    """Poll ``cond`` until it returns something truthy (a condition, never a fixed sleep)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------- servers
+
+
+class Faults:
+    """ASGI wrapper that answers the next planned requests to a path itself (500, 503 + Retry-After,
+    or a slow answer after the real one), then passes everything through."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.plan: deque = deque()
+        self.hits = 0
+
+    def fail(self, path: str, status: int, times: int = 1, headers: dict | None = None) -> None:
+        for _ in range(times):
+            self.plan.append(("fail", path, status, headers or {}))
+
+    def delay_after(self, path: str, seconds: float) -> None:
+        """Let the real app answer (and commit), then hold the answer ``seconds``."""
+        self.plan.append(("delay", path, seconds, {}))
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.plan and scope["path"] == self.plan[0][1]:
+            kind, _, arg, headers = self.plan.popleft()
+            self.hits += 1
+            if kind == "fail":
+                while True:  # read the request body first, as a real server would
+                    msg = await receive()
+                    if not msg.get("more_body"):
+                        break
+                hdrs = [(b"content-type", b"application/json")] + [
+                    (k.lower().encode(), v.encode()) for k, v in headers.items()]
+                body = b'{"error":"injected","message":"injected fault"}'
+                await send({"type": "http.response.start", "status": arg, "headers": hdrs})
+                await send({"type": "http.response.body", "body": body})
+                return
+            held = []
+
+            async def hold(message) -> None:
+                held.append(message)
+
+            await self.app(scope, receive, hold)
+            await asyncio.sleep(arg)
+            for m in held:
+                await send(m)
+            return
+        await self.app(scope, receive, send)
+
+
+class ServerThread:
+    """The real server app on uvicorn in a thread, on a free port of 127.0.0.1."""
+
+    def __init__(self, db: Path, *, config: dict | None = None, port: int | None = None,
+                 tls: tuple[str, str] | None = None) -> None:
+        self.db = Path(db)
+        self.storage = SQLiteStorage(self.db)
+        key = load_or_create_sealing_key(self.db.parent)
+        self.sealing_key = key
+        self.app = create_app(self.storage, ServerConfig(sealing_public_pem(key), **(config or {})))
+        self.faults = Faults(self.app)
+        self.port = port or free_port()
+        self.tls = tls
+        self.server = make_server(self.faults, "127.0.0.1", self.port,
+                                  tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        wait_for(lambda: self.server.started, "server start")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(WAIT_S)
+        self.storage.close()
+
+    def token(self, checkpoint: str = "market-east") -> str:
+        return issue_tokens(self.storage, checkpoint, 1, now_ms=now_ms())[0]
+
+
+class ServerProcess:
+    """`checkpoint server run` as a subprocess (to kill -9 and restart on the same database)."""
+
+    def __init__(self, db: Path, port: int | None = None) -> None:
+        self.db = Path(db)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scanner", "server", "run", "--db", str(self.db),
+             "--listen", f"127.0.0.1:{self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def up():
+            assert self.proc.poll() is None, "server process exited"
+            try:
+                return requests.get(self.url + "/v1/health", timeout=5).ok
+            except requests.RequestException:
+                return False
+        wait_for(up, "server process up", interval=0.05)
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(WAIT_S)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+# ---------------------------------------------------------------- fault proxy
+
+
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 between device and server. Armed faults apply to the next request
+    data seen on any connection:
+
+    * ``cut``: forward only the first N bytes of the request, then reset both sides;
+    * ``drop_response``: forward the request, let the server answer (it has committed), then
+      reset the device's connection instead of passing the answer on;
+    * ``blackhole``: swallow the request and never answer (the device's read timeout fires).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.faults: deque = deque()
+        self.done: list[str] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        self.fired = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def arm(self, kind: str, arg: int = 0) -> None:
+        with self.lock:
+            self.faults.append((kind, arg))
+
+    def _claim(self):
+        with self.lock:
+            return self.faults.popleft() if self.faults else None
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _reset(s: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=WAIT_S)
+        except OSError:
+            self._reset(client)
+            return
+        fault, sent = None, 0
+        try:
+            while True:
+                ready, _, _ = select.select([client, upstream], [], [], WAIT_S)
+                if not ready:
+                    continue
+                if client in ready:
+                    data = client.recv(65536)
+                    if not data:
+                        return
+                    if fault is None:
+                        fault = self._claim() or ("pass", 0)
+                    kind, arg = fault
+                    if kind == "cut":
+                        part = data[:max(0, arg - sent)]
+                        if part:
+                            upstream.sendall(part)
+                            sent += len(part)
+                        if sent >= arg:
+                            self._finish("cut")
+                            self._reset(client)
+                            self._reset(upstream)
+                            return
+                        continue
+                    if kind == "blackhole":
+                        self._finish("blackhole")
+                        fault = ("swallow", 0)
+                        continue
+                    if kind == "swallow":
+                        continue
+                    upstream.sendall(data)
+                if upstream in ready:
+                    data = upstream.recv(65536)
+                    if not data:
+                        return
+                    if fault is not None and fault[0] == "drop_response":
+                        self._finish("drop_response")
+                        self._reset(client)
+                        self._reset(upstream)
+                        return
+                    client.sendall(data)
+                    fault = None  # the next request on this connection may claim a new fault
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def _finish(self, kind: str) -> None:
+        self.done.append(kind)
+        self.fired.set()
+
+
+# ---------------------------------------------------------------- devices
+
+
+@dataclass
+class Device:
+    state: Path
+    log: EntryLog
+    device_id: str
+    checkpoint_id: str
+
+
+def provision_device(server, tmp: Path, name: str = "dev", **kw) -> Device:
+    from sync.provision import provision
+
+    state = tmp / name
+    res = provision(server.url, server.token(), state, **kw)
+    log = EntryLog(state / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,
+                   sealing_key=state / "sealing.pub", synchronous="NORMAL", passback_window_s=0)
+    return Device(state, log, res.device_id, res.checkpoint_id)
+
+
+def record(device: Device, verdicts, n: int, *, source_id: str = "cam0") -> list:
+    """Record ``n`` real entries through EntryLog.record (verdicts cycled)."""
+    out = []
+    t = time.time()
+    for i in range(n):
+        v = verdicts[i % len(verdicts)]
+        out.append(device.log.record(Scan("CK1:x", "camera", source_id, t + i / 1000, "in"), v).entry)
+    return out
+
+
+def bulk_fill(log: EntryLog, n: int, *, sealed: bytes | None = None, start_ms: int | None = None) -> None:
+    """Append ``n`` valid, chained entries (as EntryLog would write them) in one transaction, for
+    backlogs too large to record one by one in a test. Cards vary; holder details as given."""
+    import sqlite3
+
+    last = log.tail(1)
+    seq, prev = (last[0].seq, last[0].hash) if last else (0, bytes(32))
+    at = start_ms or now_ms() - n * 1000
+    rows = []
+    for i in range(n):
+        e = Entry(seq=seq + 1, entry_id=str(uuid.uuid4()), device_id=log.device_id,
+                  checkpoint_id=log.checkpoint_id, direction="in", at_ms=at + i * 1000, clock="synced",
+                  source="camera", source_id="cam0", decision="accept", reason="ok", format="CK1",
+                  card_id=os.urandom(16).hex(), issuer="VN-HUE", kid="AAECAwQFBgc=", prev_hash=prev,
+                  sealed=sealed)
+        e = replace(e, hash=chain_hash(prev, hash_fields(e)))
+        rows.append(entry_row(e))
+        seq, prev = e.seq, e.hash
+    conn = sqlite3.connect(str(log.path), isolation_level=None, timeout=WAIT_S)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(INSERT_SQL, rows)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def assert_exactly_once(storage, device: Device) -> None:
+    """The server holds every entry of the device's log exactly once, with the device's hashes, and
+    the device has every entry marked synced."""
+    held = storage.entry_hashes(device.device_id)
+    local = {e.seq: e.hash for e in device.log.entries()}
+    assert held == local
+    assert device.log.pending(0, 1) == []
+    stats = storage.stats()
+    assert stats.conflicts == 0 and stats.chain_problems == 0
