@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats]: print the benchmark tables to stdout."""
+"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short run with small sizes (checks that the benchmarks work)")
     parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
-                                                  "formats"),
+                                                  "formats", "sync"),
                         help="run one benchmark only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "formats"):
         from . import bench_formats
         bench_formats.run(args.quick)
+    if args.only in (None, "sync"):
+        from . import bench_sync
+        bench_sync.run(args.quick)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -7,7 +7,6 @@ appliance decoder ("auto": zxing-cpp + probe + second pass). Frames: empty and w
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from pathlib import Path
 

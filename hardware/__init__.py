@@ -1,6 +1,6 @@
-"""Hardware behind narrow interfaces: frame sources (cameras), readers (USB/serial), feedback devices.
+"""Hardware behind narrow interfaces: frame sources (cameras), readers (USB HID, serial, stdin) and
+feedback devices (LEDs, buzzer, gate relay, staff button, passage sensor).
 
 Each interface has a real implementation and a simulated one for the demo and tests, the way
-gpiozero's pin factories work. Cameras and readers arrive with the scan-pipeline issue, LEDs,
-buzzer and relay with the gpiozero issue; until then this package holds nothing.
+gpiozero's pin factories work (docs/readers.md, docs/wiring.md).
 """

@@ -9,7 +9,6 @@ decode never makes the picture lag. Specification: issue 3, docs/decoding.md.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -440,13 +439,3 @@ class CameraInput(InputThread):
         if self._on_frame is not None:
             self._on_frame(frame, codes)
 
-
-def os_error_code(exc: OSError) -> str:
-    """The SourceReason code for an OSError from opening or reading a device."""
-    if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
-        return SourceReason.DEVICE_MISSING
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return SourceReason.PERMISSION_DENIED
-    if exc.errno == errno.EBUSY:
-        return SourceReason.DEVICE_BUSY
-    return SourceReason.DEVICE_ERROR

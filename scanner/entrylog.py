@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from sqlite_utils import Database, Migrations
 
 from . import clock as clockmod
@@ -30,7 +31,7 @@ from . import sealing
 from .entry import FOLLOWUP_KINDS, Anchor, ChainReport, Entry, entry_hash, verify_chain
 from .errors import CheckpointError, Reason
 from .scan import DIRECTIONS, Scan
-from .verdict import Decision, Verdict, reject
+from .verdict import Verdict, reject
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,8 @@ class EntryLog:
         self.path = Path(path)
         self.device_id = device_id
         self.checkpoint_id = checkpoint_id
-        if sealing_key is not None and not hasattr(sealing_key, "public_bytes"):
-            sealing_key = sealing.load_public_key(sealing_key)
+        if sealing_key is not None and not isinstance(sealing_key, X25519PublicKey):
+            sealing_key = sealing.load_public_key(sealing_key)  # PEM, raw 32 bytes or a file
         self.sealing_key = sealing_key
         if holder_details == "sealed" and sealing_key is None:
             self.holder_details, self.holder_details_note = "none", "no sealing key configured"
@@ -329,13 +330,13 @@ class EntryLog:
         try:
             self._configure(conn)
             self._migrate(conn)
+            self._fix_file_modes()
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise EntryLogError(f"{path}: {exc}", code="log_unusable") from None
         except BaseException:
             conn.close()
             raise
-        self._fix_file_modes()
         return conn
 
     def _configure(self, conn: sqlite3.Connection) -> None:
@@ -386,10 +387,7 @@ class EntryLog:
     def _fix_file_modes(self) -> None:
         """db, -wal and -shm: mode 0600 and the database file's owner (SQLite copies both, but a
         file left by an older version or created by root must not stay readable or root-owned)."""
-        try:
-            owner = self.path.stat()
-        except OSError:
-            return
+        owner = self.path.stat()
         for suffix in ("", "-wal", "-shm", "-journal"):
             p = Path(str(self.path) + suffix)
             try:
@@ -901,7 +899,10 @@ class EntryLog:
         """Check the whole chain kept in the file: continuity from the anchor, links and hashes."""
         with self._lock:
             anchor = self._anchor(self._conn)
-        return verify_chain(self.entries(), anchor)
+        report = verify_chain(self.entries(), anchor)
+        if not report.ok and self.anchor() != anchor:  # a purge ran meanwhile: check again from its anchor
+            report = verify_chain(self.entries(), self.anchor())
+        return report
 
     def integrity_check(self) -> str:
         with self._lock:

@@ -120,6 +120,9 @@ def load_public_key(data: bytes | str | Path) -> X25519PublicKey:
     """The server's X25519 public key from PEM bytes, raw 32 bytes, or a PEM file path."""
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SealError(f"a sealing key must be an X25519 public key (PEM or raw), not {type(data).__name__}")
+    data = bytes(data)
     if len(data) == PUB_LEN:
         return X25519PublicKey.from_public_bytes(data)
     try:

@@ -93,6 +93,9 @@ class InlineBuilder:
         return build_next(self.log, self.key, self.device_id, after_seq, limit, quarantined, created_ms,
                           step=lambda: time.sleep(0))
 
+    def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
+        return trust_job(client, state_dir)
+
     def close(self) -> None:
         pass
 
@@ -111,6 +114,16 @@ def _child_init(log_path: str, state_dir: str, device_id: str, nice: int) -> Non
 def _child_build(after_seq: int, limit: int, quarantined: list, created_ms: int) -> batchmod.SignedBatch | None:
     return build_next(_CHILD["log"], _CHILD["key"], _CHILD["device_id"], after_seq, limit,
                       [tuple(q) for q in quarantined], created_ms)
+
+
+def _child_trust(state_dir: str, connect_timeout: float, read_timeout: float) -> dict:
+    cfg = DeviceConfig.load(Path(state_dir))
+    client = SyncClient(cfg.server_url, _CHILD["key"], device_id=cfg.device_id, ca_file=cfg.ca_file,
+                        connect_timeout=connect_timeout, read_timeout=read_timeout)
+    try:
+        return trust_job(client, state_dir)
+    finally:
+        client.close()
 
 
 class ProcessBuilder:
@@ -132,6 +145,16 @@ class ProcessBuilder:
             return self._pool.submit(_child_build, after_seq, limit, list(quarantined), created_ms).result()
         except BrokenProcessPool:
             self._pool = self._start()  # the worker died (e.g. killed): start another next time
+            raise SyncError("batch builder process died; restarted", code="builder_died") from None
+
+    def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
+        """The trust update in the worker process too: checking and rebuilding a bundle with a
+        million revocations takes seconds of CPU that must not hold the scan loop's GIL."""
+        connect, read = client.timeout
+        try:
+            return self._pool.submit(_child_trust, str(state_dir), connect, read).result()
+        except BrokenProcessPool:
+            self._pool = self._start()
             raise SyncError("batch builder process died; restarted", code="builder_died") from None
 
     def close(self) -> None:
@@ -182,7 +205,7 @@ class Backoff:
         self.failures += 1
         delay = x / 2 + self.rng.uniform(0, x / 2)
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.cap_s * 4))
+            delay = max(delay, retry_after)  # already capped at an hour by the client
         return delay
 
     def reset(self) -> None:
@@ -220,6 +243,25 @@ def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> t
     return "full", trustupdate.install(state_dir, reply.data, roots, min_version=version)
 
 
+def trust_job(client: SyncClient, state_dir: str | os.PathLike) -> dict:
+    """refresh_bundle with the outcome as plain data (it may run in another process):
+    {"status": not_modified|delta|full, "version", "issued_at"} or {"status": "failed", "error"}
+    (the bundle was refused, the old one kept) or {"status": "error"|"rejected", "code", ...}."""
+    roots = trustupdate.load_roots(state_dir)
+    if not roots:
+        return {"status": "failed", "error": "no trust root pinned on this device"}
+    try:
+        kind, bundle = refresh_bundle(client, state_dir, roots)
+    except TrustError as exc:
+        return {"status": "failed", "error": f"{exc.code}: {exc}"}
+    except TransientError as exc:
+        return {"status": "error", "code": exc.code, "message": str(exc), "retry_after": exc.retry_after}
+    except RejectedError as exc:
+        return {"status": "rejected", "code": exc.code, "message": str(exc), "http": exc.status}
+    return {"status": kind, "version": bundle.version if bundle is not None else None,
+            "issued_at": bundle.issued_at if bundle is not None else None}
+
+
 # ---------------------------------------------------------------- the agent
 
 
@@ -245,7 +287,7 @@ class SyncAgent:
 
     def __init__(self, state_dir: str | os.PathLike, entry_log: EntryLog, *, client: SyncClient | None = None,
                  builder=None, inputs: Callable[[], dict] | None = None,
-                 on_trust: Callable[[object], None] | None = None, connect_timeout: float = 5.0,
+                 on_trust: Callable[[int], None] | None = None, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, trust_interval_s: float = 3600.0, idle_interval_s: float = 30.0,
                  min_batch: int = MIN_BATCH, max_batch: int = MAX_BATCH, target_s: float = TARGET_S,
                  backoff: Backoff | None = None) -> None:
@@ -320,26 +362,28 @@ class SyncAgent:
                 return n
 
     def update_trust(self, state: SyncState) -> str:
-        """Ask for a newer trust bundle; install it only if it checks out. Returns what happened."""
+        """Ask for a newer trust bundle; install it only if it checks out (in the builder's
+        process when there is one). Returns what happened; raises TransientError/RejectedError
+        when the server could not be asked."""
         state.trust_checked_ms = now_ms()
-        roots = trustupdate.load_roots(self.state_dir)
-        if not roots:
-            self._trust_failed(state, "no trust root pinned on this device")
-            return "failed"
-        try:
-            kind, bundle = refresh_bundle(self.client, self.state_dir, roots)
-        except TrustError as exc:
-            self._trust_failed(state, f"{exc.code}: {exc}")
+        res = self.builder.refresh_trust(self.client, self.state_dir)
+        status = res["status"]
+        if status == "error":
+            raise TransientError(res["message"], code=res["code"], retry_after=res["retry_after"])
+        if status == "rejected":
+            raise RejectedError(res["message"], code=res["code"], status=res["http"])
+        if status == "failed":
+            self._trust_failed(state, res["error"])
             return "failed"
         state.trust_error = None
         state.set_alarm("trust_update_failed", False)
-        if bundle is not None:
-            state.trust_version, state.trust_issued_at = bundle.version, bundle.issued_at
-            if kind != "not_modified":
-                log.info("trust bundle version %d installed (%s)", bundle.version, kind)
+        if res["version"] is not None:
+            state.trust_version, state.trust_issued_at = res["version"], res["issued_at"]
+            if status != "not_modified":
+                log.info("trust bundle version %d installed (%s)", res["version"], status)
                 if self.on_trust is not None:
-                    self.on_trust(bundle)
-        return kind
+                    self.on_trust(res["version"])
+        return status
 
     def _trust_failed(self, state: SyncState, message: str) -> None:
         state.trust_error = message
@@ -366,8 +410,11 @@ class SyncAgent:
         size = max(self.min_batch, min(self.max_batch, state.batch_size))
         batches = entries = stored = duplicates = quarantined = 0
         cursor = 0
+        probe_limit, probe_until = None, 0  # bisecting a refused batch down to its bad entries
         while deadline is None or time.monotonic() < deadline:
-            sb = self.builder.build(cursor, size, state.quarantine_ranges(), now_ms())
+            if probe_limit is not None and cursor >= probe_until:
+                probe_limit = None
+            sb = self.builder.build(cursor, probe_limit or size, state.quarantine_ranges(), now_ms())
             if sb is None:
                 break
             info = sb.info
@@ -377,6 +424,10 @@ class SyncAgent:
             except RejectedError as exc:
                 if exc.too_large and size > self.min_batch:
                     size = state.batch_size = max(self.min_batch, size // 2)
+                    continue
+                if exc.batch_bad and info.count > 1:  # split it: only the bad entries get quarantined
+                    probe_limit = info.count // 2
+                    probe_until = max(probe_until, info.last_seq)
                     continue
                 if exc.batch_bad:
                     self._quarantine(state, sb, exc)
@@ -400,7 +451,7 @@ class SyncAgent:
             state.last_acked_seq = max(state.last_acked_seq, ack.last_seq)
             state.server_held_seq = max(state.server_held_seq, ack.held_seq)
             state.last_success_ms = now_ms()
-            if info.count >= size:  # a full batch says something about the link: adapt
+            if probe_limit is None and info.count >= size:  # a full batch says something about the link
                 scale = min(2.0, max(0.5, self.target_s / max(elapsed, 1e-3)))
                 size = max(self.min_batch, min(self.max_batch, int(size * scale)))
             state.batch_size = size

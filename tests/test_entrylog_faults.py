@@ -365,16 +365,16 @@ def _try_mount_tmpfs(where, size: str) -> bool:
 def test_disk_full_tiny_tmpfs(tmp_path, server, verdicts):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if not _try_mount_tmpfs(mnt, "1m"):
+    if not _try_mount_tmpfs(mnt, "2m"):
         pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
     try:
         log = EntryLog(mnt / "entries.db", device_id="d", checkpoint_id="gate", sealing_key=server.public_key(),
-                       passback_window_s=0, min_free_bytes=256 * 1024)
+                       passback_window_s=0, min_free_bytes=512 * 1024)
         committed = [log.record(_scan(i), verdicts[i % 5], direction="in").entry for i in range(20)]
         assert log.health().state == "ok"
         ballast = mnt / "ballast"
-        with open(ballast, "wb") as fh:  # leave ~200 KiB: below the alarm threshold, above zero
-            fh.write(b"\0" * (os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize - 200 * 1024))
+        with open(ballast, "wb") as fh:  # leave ~400 KiB: below the alarm threshold, above zero
+            fh.write(b"\0" * (os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize - 400 * 1024))
         h = log.health()
         assert (h.state, h.problems) == ("warning", ("low_disk",))  # the alarm comes first
         fd = os.open(mnt / "ballast2", os.O_WRONLY | os.O_CREAT, 0o600)  # now fill it to the last block

@@ -280,7 +280,10 @@ class FaultProxy:
                         self._reset(upstream)
                         return
                     client.sendall(data)
-                    fault = None  # the next request on this connection may claim a new fault
+                    if fault is not None and fault[0] == "cut":  # a request too short to cut: re-arm
+                        with self.lock:
+                            self.faults.appendleft(fault)
+                    fault, sent = None, 0  # the next request on this connection claims afresh
         except OSError:
             return
         finally:

@@ -1,0 +1,136 @@
+"""Signed batches (sync/batch.py): round trip with entries from a real entry log, signature over the
+exact bytes, bounds, row validation, and a fuzz of the parser."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import zlib
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scanner import sealing, verifier
+from scanner.entrylog import EntryLog
+from scanner.scan import Scan
+from sync import batch as b
+from sync import identity, protocol
+
+KEY = ed25519.Ed25519PrivateKey.generate()
+DEV = identity.device_id(KEY)
+
+
+@pytest.fixture(scope="module")
+def entries(tmp_path_factory, make_card, trust, now):
+    server = X25519PrivateKey.generate()
+    log = EntryLog(tmp_path_factory.mktemp("b") / "e.db", device_id=DEV, checkpoint_id="chợ-đông",
+                   sealing_key=server.public_key(), synchronous="NORMAL", passback_window_s=0)
+    v = verifier.verify(make_card(name="Trần Thị Bích"), trust, now)
+    bad = verifier.verify("not a card", trust, now)
+    for i in range(40):
+        log.record(Scan("x", "usb", "reader\u202e0", now + i, "in" if i % 3 else "out"), bad if i % 7 == 0 else v)
+    first = log.pending(0, 1)[0]
+    log.record_followup(first.entry_id) if first.accepted else None
+    out = log.pending(0, 100)
+    log.close()
+    return out, server
+
+
+def test_round_trip_keeps_every_field(entries):
+    es, server = entries
+    sb = b.build(es, KEY, device_id=DEV, created_ms=123)
+    parsed = b.open_batch(sb.data, KEY.public_key())
+    assert parsed.info == sb.info and parsed.info.count == len(es)
+    for a, c in zip(es, parsed.entries):
+        assert dataclasses.astuple(a) == dataclasses.astuple(c)  # every field, hashes and links
+        assert a.sealed == c.sealed and a.computed_hash() == c.hash
+    sealed = next(e for e in parsed.entries if e.sealed)
+    assert sealing.open(sealed.sealed, server, sealed.entry_id).name == "Trần Thị Bích"
+
+
+def test_batch_id_is_deterministic_and_names_the_run(entries):
+    es, _ = entries
+    one = b.build(es[:10], KEY, device_id=DEV, created_ms=1)
+    two = b.build(es[:10], KEY, device_id=DEV, created_ms=2)
+    other = b.build(es[:11], KEY, device_id=DEV, created_ms=1)
+    assert one.info.batch_id == two.info.batch_id != other.info.batch_id
+
+
+def test_runs_must_be_contiguous(entries):
+    es, _ = entries
+    with pytest.raises(ValueError):
+        b.build(es[:3] + es[4:6], KEY, device_id=DEV, created_ms=1)
+    with pytest.raises(ValueError):
+        b.build([], KEY, device_id=DEV, created_ms=1)
+
+
+@pytest.mark.parametrize("where", [5, 20, -70, -1])
+def test_any_changed_byte_breaks_the_signature_or_the_format(entries, where):
+    es, _ = entries
+    data = bytearray(b.build(es, KEY, device_id=DEV, created_ms=1).data)
+    data[where] ^= 0x01
+    with pytest.raises(b.BatchError) as exc_info:
+        b.open_batch(bytes(data), KEY.public_key())
+    assert exc_info.value.code in (protocol.E_BAD_SIGNATURE, protocol.E_MALFORMED)
+
+
+def test_another_key_does_not_verify(entries):
+    es, _ = entries
+    sb = b.build(es, KEY, device_id=DEV, created_ms=1)
+    with pytest.raises(b.BatchError) as exc_info:
+        b.open_batch(sb.data, ed25519.Ed25519PrivateKey.generate().public_key())
+    assert exc_info.value.code == protocol.E_BAD_SIGNATURE
+
+
+def _resign(header: dict, body: bytes, key=KEY) -> bytes:
+    h = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    signed = b.MAGIC + struct.pack(">I", len(h)) + h + body
+    return signed + key.sign(signed)
+
+
+def _parts(data: bytes) -> tuple[dict, bytes]:
+    (hlen,) = struct.unpack(">I", data[4:8])
+    return json.loads(data[8:8 + hlen]), data[8 + hlen:-64]
+
+
+def test_signed_but_inconsistent_batches_are_malformed(entries):
+    es, _ = entries
+    header, body = _parts(b.build(es[:5], KEY, device_id=DEV, created_ms=1).data)
+    lie = dict(header, raw_len=header["raw_len"] - 1)
+    with pytest.raises(b.BatchError, match="length"):
+        b.open_batch(_resign(lie, body), KEY.public_key())
+    bomb = zlib.compress(b"\n" * (50 * 1024 * 1024))  # a small body that inflates hugely
+    with pytest.raises(b.BatchError):
+        b.open_batch(_resign(header, bomb), KEY.public_key())
+    rows = zlib.decompress(body).decode().splitlines()
+    row = json.loads(rows[0])
+    row[10] = "some_future_reason"
+    rows[0] = json.dumps(row)
+    raw = ("\n".join(rows) + "\n").encode()
+    with pytest.raises(b.BatchError, match="reason"):
+        b.open_batch(_resign(dict(header, raw_len=len(raw)), zlib.compress(raw)), KEY.public_key())
+
+
+def test_header_bounds():
+    with pytest.raises(b.BatchError):
+        b.read_header(b"CKB1" + struct.pack(">I", 10**6) + b"x" * 100)
+    with pytest.raises(b.BatchError) as exc_info:
+        b.read_header(b"CKB1" + b"\0" * (protocol.MAX_BATCH_BYTES + 1))
+    assert exc_info.value.code == protocol.E_TOO_LARGE
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=600), flips=st.lists(st.integers(0, 10_000), max_size=4))
+def test_fuzz_parser_only_raises_batch_errors(entries, data, flips):
+    es, _ = entries
+    good = bytearray(b.build(es[:3], KEY, device_id=DEV, created_ms=1).data)
+    for f in flips:
+        good[f % len(good)] ^= 0xFF
+    for candidate in (data, bytes(good), b"CKB1" + data):
+        try:
+            b.open_batch(candidate, KEY.public_key())
+        except b.BatchError:
+            pass

@@ -1,0 +1,204 @@
+"""The reference server over real HTTP and its command line: enrollment tokens, request signatures,
+heartbeats (latest kept, replays ignored, stale devices first), chain and gap checks, stats,
+storage URLs; and the device commands provision / sync now / status / export."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+import requests
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner import verifier
+from scanner.cli import main
+from scanner.entry import chain_hash, hash_fields
+from scanner.errors import CheckpointError
+from sync import batch as batchmod
+from sync import identity, protocol
+from sync.client import RejectedError, SyncClient
+from sync.server.storage import open_storage
+from sync.server.tokens import issue_tokens, token_hash
+from test_sync_support import ServerThread, now_ms, provision_device, record
+
+
+@pytest.fixture(scope="module")
+def verdicts(make_card, trust, now):
+    return [verifier.verify(make_card(card_id=os.urandom(16)), trust, now) for _ in range(3)]
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "server").mkdir()
+    srv = ServerThread(tmp_path / "server" / "central.db").start()
+    yield srv
+    srv.stop()
+
+
+def test_enrollment_tokens(server):
+    key = ed25519.Ed25519PrivateKey.generate()
+    c = SyncClient(server.url, key)
+    tok = server.token("ward-7")
+    first = c.enroll(tok)
+    assert first["device_id"] == identity.device_id(key) and first["checkpoint_id"] == "ward-7"
+    assert "X25519" not in first["sealing_public_key"] and first["sealing_public_key"].startswith("-----BEGIN")
+    assert c.enroll(tok)["device_id"] == first["device_id"]  # again: harmless, same answer
+    with pytest.raises(RejectedError) as exc_info:  # the same token for another key
+        SyncClient(server.url, ed25519.Ed25519PrivateKey.generate()).enroll(tok)
+    assert exc_info.value.code == protocol.E_TOKEN_USED and exc_info.value.status == 409
+    with pytest.raises(RejectedError) as exc_info:
+        c.enroll("no-such-token-at-all")
+    assert exc_info.value.code == protocol.E_TOKEN_INVALID
+    expired = issue_tokens(server.storage, "ward-7", ttl_hours=1, now_ms=now_ms() - 2 * 3_600_000)[0]
+    with pytest.raises(RejectedError) as exc_info:
+        SyncClient(server.url, ed25519.Ed25519PrivateKey.generate()).enroll(expired)
+    assert exc_info.value.code == protocol.E_TOKEN_EXPIRED
+    assert server.storage.get_meta("x") is None and token_hash(tok) != tok
+
+
+def test_requests_must_be_signed_by_the_enrolled_key(server, tmp_path):
+    dev = provision_device(server, tmp_path)
+    r = requests.get(server.url + protocol.ACKS, timeout=30)
+    assert r.status_code == 401
+    impostor = SyncClient(server.url, ed25519.Ed25519PrivateKey.generate(), device_id=dev.device_id)
+    with pytest.raises(RejectedError) as exc_info:
+        impostor.acks(0)
+    assert exc_info.value.code == protocol.E_BAD_SIGNATURE
+    assert "x-checkpoint-time" in {k.lower() for k in r.headers}
+
+
+def _hb(seq: int, **kw) -> dict:
+    doc = {"hb_seq": seq, "device_time_ms": now_ms(), "software_version": "t", "queue_depth": seq,
+           "oldest_unsynced_age_s": None, "last_acked_seq": 0, "trust_version": None, "trust_age_s": None,
+           "clock_offset_ms": 12, "inputs": {"cam0": "up", "reader0": "down"}, "disk_free_bytes": 10,
+           "alarms": [], "last_error": None}
+    doc.update(kw)
+    return doc
+
+
+def test_heartbeats_latest_kept_replays_ignored_stale_first(server, tmp_path):
+    a = provision_device(server, tmp_path, "a")
+    b = provision_device(server, tmp_path, "b")
+    ca = SyncClient(server.url, identity.load(a.state), device_id=a.device_id)
+    assert ca.heartbeat(_hb(2))["kept"] is True
+    assert ca.heartbeat(_hb(1))["kept"] is False  # an older one replayed
+    with pytest.raises(RejectedError):
+        ca.heartbeat(_hb(3, inputs={"cam0": "sideways"}))
+    devices = {d.device.device_id: d for d in server.storage.devices()}
+    assert devices[a.device_id].heartbeat["queue_depth"] == 2
+    assert devices[b.device_id].heartbeat is None
+    out = CliRunner().invoke(main, ["server", "devices", "--db", str(server.db), "--json"])
+    rows = [json.loads(line) for line in out.output.splitlines()]
+    assert [r["device_id"] for r in rows] == [b.device_id, a.device_id]  # never seen: stale, first
+    assert rows[0]["stale"] and not rows[1]["stale"]
+
+
+def test_chain_breaks_alterations_conflicts_and_gaps_are_reported(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    es = record(dev, verdicts, 30)
+    key = identity.load(dev.state)
+    url = server.url + protocol.BATCHES
+
+    def post(entries):
+        r = requests.post(url, data=batchmod.build(entries, key, device_id=dev.device_id, created_ms=1).data,
+                          timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    post(es[:10])
+    post(es[20:30])  # 11..20 missing: a gap, not an error
+    assert server.storage.gaps(dev.device_id) == [(11, 20)]
+    altered = dataclasses.replace(es[12], reason="expired")  # changed after hashing
+    post(es[10:12] + [altered] + es[13:20])
+    problems = {(e.kind, e.seq) for e in server.storage.chain_events(dev.device_id)}
+    assert ("altered", 13) in problems
+    assert server.storage.gaps(dev.device_id) == []
+    # a device whose log was rebuilt: seq 31 does not link to 30; and seq 5 again with other content
+    other = dataclasses.replace(es[29], seq=31, entry_id="00000000-0000-4000-8000-000000000031",
+                                prev_hash=b"\x01" * 32)
+    other = dataclasses.replace(other, hash=chain_hash(other.prev_hash, hash_fields(other)))
+    post([other])
+    twin = dataclasses.replace(es[4], reason="revoked")
+    twin = dataclasses.replace(twin, hash=chain_hash(twin.prev_hash, hash_fields(twin)))
+    assert post([twin])["duplicates"] == 1
+    kinds = {(e.kind, e.seq) for e in server.storage.chain_events(dev.device_id)}
+    assert {("relinked", 31), ("conflict", 5)} <= kinds
+    s = server.storage.stats()
+    assert s.conflicts == 1 and s.chain_problems >= 2
+    out = CliRunner().invoke(main, ["server", "chain", "--db", str(server.db)])
+    assert "relinked seq 31" in out.output and "conflict seq 5" in out.output
+
+
+def test_storage_urls(tmp_path):
+    for url in (f"sqlite:///{tmp_path}/a.db", str(tmp_path / "b.db")):
+        open_storage(url).close()
+    with pytest.raises(CheckpointError, match="not supported"):
+        open_storage("postgresql://localhost/checkpoint")
+    with pytest.raises(CheckpointError):
+        open_storage(str(tmp_path / "missing" / "c.db"))
+
+
+def test_server_cli_tokens_stats_bundle(tmp_path, make_bundle_bytes, root_key):
+    from cryptography.hazmat.primitives import serialization
+    db = str(tmp_path / "c.db")
+    r = CliRunner()
+    out = r.invoke(main, ["server", "token", "create", "--db", db, "--checkpoint", "gate-2", "--count", "3", "--json"])
+    assert out.exit_code == 0 and len(json.loads(out.output)["tokens"]) == 3
+    pub = tmp_path / "root.pub"
+    pub.write_bytes(root_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo))
+    bfile = tmp_path / "b.json"
+    bfile.write_bytes(make_bundle_bytes(version=4))
+    out = r.invoke(main, ["server", "bundle", "publish", "--db", db, str(bfile), "--root", str(pub), "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["version"] == 4
+    out = r.invoke(main, ["server", "bundle", "publish", "--db", db, str(bfile)])
+    assert out.exit_code == 2 and "rollback" in out.output
+    out = r.invoke(main, ["server", "stats", "--db", db, "--json"])
+    s = json.loads(out.output)
+    assert s["tokens_unused"] == 3 and s["bundle_version"] == 4 and s["entries"] == 0
+
+
+def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, make_bundle_bytes, root_key):
+    from sync.server.bundles import publish
+    publish(server.storage, make_bundle_bytes(version=2), now_ms=now_ms(), root=root_key.public_key())
+    state = tmp_path / "dev"
+    r = CliRunner()
+    tok = server.token()
+    for _ in range(2):  # a second run is harmless
+        out = r.invoke(main, ["provision", "--server", server.url, "--token", tok, "--state-dir", str(state), "--json"])
+        assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    assert res["bundle_version"] == 2 and not res["key_created"]
+    assert oct(os.stat(state / "device.key").st_mode & 0o777) == "0o600"
+    from scanner.entrylog import EntryLog
+    from test_sync_support import Device
+    log = EntryLog(state / "entries.db", device_id=res["device_id"], checkpoint_id=res["checkpoint_id"],
+                   sealing_key=state / "sealing.pub", passback_window_s=0)
+    dev = Device(state, log, res["device_id"], res["checkpoint_id"])
+    record(dev, verdicts, 15)
+    out = r.invoke(main, ["sync", "status", "--state-dir", str(state), "--json"])
+    st = json.loads(out.output)
+    assert st["pending"] == 15 and st["trust_version"] == 2 and st["last_success_ms"] is None
+    out = r.invoke(main, ["sync", "export", "--to", str(tmp_path / "usb"), "--state-dir", str(state), "--json"])
+    assert json.loads(out.output)["entries"] == 15
+    out = r.invoke(main, ["sync", "now", "--state-dir", str(state), "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["complete"]
+    out = r.invoke(main, ["sync", "status", "--state-dir", str(state), "--lang", "en"])
+    assert "Pending 0 entries" in out.output and "last acknowledged seq 15" in out.output
+    out = r.invoke(main, ["server", "import", "--db", str(server.db), str(tmp_path / "usb"), "--json"])
+    assert json.loads(out.output)["duplicates"] == 15
+    log.close()
+
+
+def test_sync_now_exits_1_when_the_server_is_gone(tmp_path, verdicts):
+    (tmp_path / "s").mkdir()
+    srv = ServerThread(tmp_path / "s" / "c.db").start()
+    dev = provision_device(srv, tmp_path)
+    srv.stop()
+    record(dev, verdicts, 3)
+    out = CliRunner().invoke(main, ["sync", "now", "--state-dir", str(dev.state), "--timeout", "1", "--json"])
+    assert out.exit_code == 1 and json.loads(out.output.splitlines()[0])["error_code"] == "network"
+    out = CliRunner().invoke(main, ["sync", "now", "--state-dir", str(tmp_path / "nowhere")])
+    assert out.exit_code == 2

@@ -1,0 +1,459 @@
+"""Device ↔ server over real HTTP (uvicorn on 127.0.0.1) with real faults in between: refused
+connections, 500s, 503 + Retry-After, timeouts, a reset mid-body, an answer lost after the commit,
+a killed and restarted server, replays, unknown and revoked devices, bad batches, a long offline
+backlog. After each, the server holds every logged entry exactly once and the device agrees."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+
+import pytest
+import requests
+
+from scanner import verifier
+from sync import batch as batchmod
+from sync import identity, protocol
+from sync.agent import Backoff, SyncAgent
+from sync.client import ConfigError, SyncClient, check_server_url
+from sync.export import export_pending, import_dir
+from sync.state import DeviceConfig, StateFile
+from test_sync_support import (FaultProxy, ServerProcess, ServerThread, assert_exactly_once, bulk_fill,
+                               free_port, provision_device, record, wait_for)
+
+
+@pytest.fixture(scope="module")
+def verdicts(make_card, trust, now):
+    return [verifier.verify(make_card(card_id=os.urandom(16), name=f"Nguyễn Văn {i}"), trust, now) for i in range(4)]
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "server").mkdir()
+    srv = ServerThread(tmp_path / "server" / "central.db").start()
+    yield srv
+    srv.stop()
+
+
+def agent_for(device, *, url=None, read_timeout=10.0, **kw) -> SyncAgent:
+    cfg = DeviceConfig.load(device.state)
+    key = identity.load(device.state)
+    client = SyncClient(url or cfg.server_url, key, device_id=cfg.device_id, connect_timeout=5,
+                        read_timeout=read_timeout)
+    kw.setdefault("backoff", Backoff(base_s=0.01, cap_s=0.05))
+    return SyncAgent(device.state, device.log, client=client, **kw)
+
+
+class Sleeps:
+    """The sleep function given to sync_until_done: records the delays instead of waiting them."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def test_happy_path_every_entry_once(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 120)
+    agent = agent_for(dev, max_batch=50, min_batch=10)
+    res = agent.sync_once()
+    assert res.complete and res.entries == 120 and res.stored == 120 and res.batches >= 3
+    assert_exactly_once(server.storage, dev)
+    st = StateFile(dev.state).load()
+    assert st.last_acked_seq == 120 and st.last_error is None and st.clock_offset_ms is not None
+    again = agent.sync_once()  # nothing left: no batch, nothing stored twice
+    assert again.complete and again.batches == 0
+    assert server.storage.stats().entries == 120
+    agent.close()
+
+
+def test_refused_connection_then_server_appears(tmp_path, verdicts):
+    port = free_port()
+    (tmp_path / "server").mkdir()
+    srv = ServerThread(tmp_path / "server" / "c.db", port=port).start()
+    dev = provision_device(srv, tmp_path)
+    srv.stop()  # the link goes down: nothing listens on the port any more
+    record(dev, verdicts, 30)
+    agent = agent_for(dev)
+    res = agent.sync_once()
+    assert not res.complete and res.error_code == "network" and res.pending == 30
+    st = StateFile(dev.state).load()
+    assert st.last_error_code == "network" and st.last_acked_seq == 0
+    srv2 = ServerThread(tmp_path / "server" / "c.db", port=port).start()
+    try:
+        res = agent.sync_until_done(60, sleep=Sleeps())
+        assert res.complete
+        assert_exactly_once(srv2.storage, dev)
+        assert StateFile(dev.state).load().last_error is None
+    finally:
+        agent.close()
+        srv2.stop()
+
+
+def test_500s_are_retried_with_backoff(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 40)
+    server.faults.fail(protocol.BATCHES, 500, times=3)
+    sleeps = Sleeps()
+    agent = agent_for(dev)
+    res = agent.sync_until_done(120, sleep=sleeps)
+    assert res.complete and len(sleeps.delays) == 3
+    assert_exactly_once(server.storage, dev)
+    agent.close()
+
+
+def test_503_retry_after_is_honoured(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 10)
+    server.faults.fail(protocol.BATCHES, 503, headers={"Retry-After": "7"})
+    sleeps = Sleeps()
+    agent = agent_for(dev)
+    res = agent.sync_until_done(120, sleep=sleeps)
+    assert res.complete
+    assert len(sleeps.delays) == 1 and sleeps.delays[0] >= 7  # not earlier than the server asked
+    assert_exactly_once(server.storage, dev)
+    agent.close()
+
+
+def test_server_busy_answers_503_with_retry_after(tmp_path, verdicts):
+    (tmp_path / "s").mkdir()
+    srv = ServerThread(tmp_path / "s" / "c.db", config={"max_inflight_batches": 0, "retry_after_s": 3}).start()
+    try:
+        dev = provision_device(srv, tmp_path)
+        record(dev, verdicts, 5)
+        res = agent_for(dev).sync_once()
+        assert not res.complete and res.error_code == protocol.E_BUSY and res.retry_after == 3
+        assert srv.storage.stats().entries == 0 and dev.log.pending(0, 10)
+    finally:
+        srv.stop()
+
+
+def test_timeout_then_retry(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 20)
+    proxy = FaultProxy(server.port)
+    proxy.arm("blackhole")
+    agent = agent_for(dev, url=proxy.url, read_timeout=0.5)
+    res = agent.sync_once()
+    assert not res.complete and res.error_code == "timeout"
+    res = agent.sync_until_done(120, sleep=Sleeps())
+    assert res.complete
+    assert_exactly_once(server.storage, dev)
+    agent.close()
+    proxy.close()
+
+
+def test_slow_answer_after_commit_times_out_then_dedups(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 20)
+    server.faults.delay_after(protocol.BATCHES, 1.5)  # committed, but the answer comes too late
+    agent = agent_for(dev, read_timeout=0.5)
+    res = agent.sync_once(trust=False)
+    assert res.error_code == "timeout"
+    wait_for(lambda: server.storage.stats().entries == 20, "the commit")
+    assert len(dev.log.pending(0, 100)) == 20  # not marked: no acknowledgement arrived
+    res = agent.sync_until_done(120, sleep=Sleeps())
+    assert res.complete and res.stored == 0  # nothing stored twice
+    assert_exactly_once(server.storage, dev)
+    agent.close()
+
+
+def test_connection_reset_mid_body(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 300)  # sealed holder details: a batch of some 100 KB
+    proxy = FaultProxy(server.port)
+    proxy.arm("cut", 5000)
+    agent = agent_for(dev, url=proxy.url, max_batch=300)
+    res = agent.sync_once(trust=False)
+    assert not res.complete and res.error_code == "network" and proxy.done == ["cut"]
+    assert server.storage.stats().entries == 0  # half a body stores nothing
+    res = agent.sync_until_done(120, sleep=Sleeps())
+    assert res.complete
+    assert_exactly_once(server.storage, dev)
+    agent.close()
+    proxy.close()
+
+
+def test_response_lost_after_commit(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 60)
+    proxy = FaultProxy(server.port)
+    agent = agent_for(dev, url=proxy.url, max_batch=60)
+    agent.client.heartbeat(agent.heartbeat_doc(StateFile(dev.state).load()))  # open the connection
+    proxy.arm("drop_response")
+    batch = agent.builder.build(0, 60, [], 0)
+    with pytest.raises(Exception) as exc_info:
+        agent.client.upload(batch.data)
+    assert getattr(exc_info.value, "code", None) == "network" and proxy.done == ["drop_response"]
+    assert server.storage.stats().entries == 60  # the server committed...
+    assert len(dev.log.pending(0, 100)) == 60  # ...the device never heard it
+    res = agent.sync_until_done(120, sleep=Sleeps())
+    assert res.complete and res.stored == 0
+    assert_exactly_once(server.storage, dev)
+    assert server.storage.stats().batches == 1
+    agent.close()
+    proxy.close()
+
+
+def test_server_killed_and_restarted_mid_upload(tmp_path):
+    (tmp_path / "s").mkdir()
+    db = tmp_path / "s" / "c.db"
+    srv = ServerProcess(db).start()
+    try:
+        from sync.server.sqlite import SQLiteStorage
+        from sync.server.tokens import issue_tokens
+        from sync.provision import provision
+        from scanner.entrylog import EntryLog
+        from test_sync_support import Device, now_ms
+
+        st = SQLiteStorage(db)
+        token = issue_tokens(st, "gate-1", now_ms=now_ms())[0]
+        res = provision(srv.url, token, tmp_path / "dev")
+        log = EntryLog(tmp_path / "dev" / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,
+                       holder_details="none", synchronous="NORMAL")
+        dev = Device(tmp_path / "dev", log, res.device_id, res.checkpoint_id)
+        bulk_fill(log, 20_000)
+        agent = agent_for(dev, min_batch=100, max_batch=200)
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+        thread.start()
+        wait_for(lambda: st.held_seq(dev.device_id) > 0, "first batches stored")
+        srv.kill()  # SIGKILL in the middle of the upload
+        srv.start()  # same port, same database
+        wait_for(lambda: not log.pending(0, 1), "every entry acknowledged", timeout=300)
+        stop.set()
+        agent.wake()
+        thread.join(60)
+        assert_exactly_once(st, dev)
+        assert st.stats().entries == 20_000
+        st.close()
+        agent.close()
+    finally:
+        srv.stop()
+
+
+def test_replayed_batch_stores_nothing_and_answers_the_same(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 25)
+    agent = agent_for(dev)
+    captured = agent.builder.build(0, 100, [], 0)  # what an attacker on the wire would have seen
+    assert agent.sync_once().complete
+    first = server.storage.stats()
+    url = server.url + protocol.BATCHES
+    answers = [requests.post(url, data=captured.data, timeout=30) for _ in range(2)]
+    assert all(a.status_code == 200 for a in answers)
+    docs = [a.json() for a in answers]
+    for d in docs:
+        d.pop("server_time_ms")
+    assert docs[0] == docs[1] and docs[0]["batch_id"] == captured.info.batch_id
+    after = server.storage.stats()
+    assert after.entries == first.entries == 25
+    assert after.duplicates_dropped == first.duplicates_dropped + 50
+    assert_exactly_once(server.storage, dev)
+    agent.close()
+
+
+def test_overlapping_batch_stores_only_new_entries(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    entries = record(dev, verdicts, 30)
+    key = identity.load(dev.state)
+    url = server.url + protocol.BATCHES
+    a = batchmod.build(entries[:20], key, device_id=dev.device_id, created_ms=1)
+    b = batchmod.build(entries[10:], key, device_id=dev.device_id, created_ms=2)
+    assert requests.post(url, data=a.data, timeout=30).json()["stored"] == 20
+    ack = requests.post(url, data=b.data, timeout=30).json()
+    assert (ack["stored"], ack["duplicates"], ack["held_seq"]) == (10, 10, 30)
+    agent = agent_for(dev)
+    assert agent.sync_once().complete  # the device learns both from the server's batch list
+    assert_exactly_once(server.storage, dev)
+    agent.close()
+
+
+def test_batch_of_unknown_device_is_refused(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    entries = record(dev, verdicts, 5)
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    stranger = ed25519.Ed25519PrivateKey.generate()
+    sid = identity.device_id(stranger)
+    forged = [dataclasses.replace(e, device_id=sid) for e in entries]
+    b = batchmod.build(forged, stranger, device_id=sid, created_ms=1)
+    r = requests.post(server.url + protocol.BATCHES, data=b.data, timeout=30)
+    assert r.status_code == 401 and r.json()["error"] == protocol.E_UNKNOWN_DEVICE
+    # the right device id, the wrong key: the signature fails
+    b2 = batchmod.build(entries, stranger, device_id=dev.device_id, created_ms=1)
+    r2 = requests.post(server.url + protocol.BATCHES, data=b2.data, timeout=30)
+    assert r2.status_code == 401 and r2.json()["error"] == protocol.E_BAD_SIGNATURE
+    assert server.storage.stats().entries == 0
+    # a device whose key the server never enrolled: refused, nothing quarantined, entries kept
+    cfg = DeviceConfig.load(dev.state)
+    agent = SyncAgent(dev.state, dev.log, client=SyncClient(cfg.server_url, stranger, device_id=sid))
+    res = agent.sync_once()
+    assert res.error_code == protocol.E_UNKNOWN_DEVICE and not res.complete
+    st = StateFile(dev.state).load()
+    assert "sync_auth_failed" in st.alarms and st.quarantined == [] and len(dev.log.pending(0, 10)) == 5
+    agent.close()
+
+
+def test_revoked_device_is_refused(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 10)
+    agent = agent_for(dev)
+    assert agent.sync_once().complete
+    assert server.storage.revoke_device(dev.device_id, 1)
+    record(dev, verdicts, 5)
+    res = agent.sync_once()
+    assert res.error_code == protocol.E_DEVICE_REVOKED and not res.complete
+    st = StateFile(dev.state).load()
+    assert "sync_auth_failed" in st.alarms and st.quarantined == []
+    assert server.storage.stats().entries == 10 and len(dev.log.pending(0, 10)) == 5
+    agent.close()
+
+
+def test_bad_batch_is_quarantined_and_later_batches_go_on(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 10)
+    record(dev, verdicts, 1, source_id="x" * 300)  # the server bounds source_id at 256 characters
+    record(dev, verdicts, 10)
+    agent = agent_for(dev, min_batch=1, max_batch=5)
+    res = agent.sync_once()
+    assert res.quarantined == 1 and res.pending == 1 and not res.complete
+    st = StateFile(dev.state).load()
+    assert "batch_quarantined" in st.alarms and len(st.quarantined) == 1
+    q = st.quarantined[0]
+    assert q["code"] == protocol.E_MALFORMED and q["first_seq"] <= 11 <= q["last_seq"]
+    assert os.path.exists(q["file"])
+    held = server.storage.entry_hashes(dev.device_id)
+    local = {e.seq: e.hash for e in dev.log.entries()}
+    quarantined = set(range(q["first_seq"], q["last_seq"] + 1))
+    assert held == {s: h for s, h in local.items() if s not in quarantined}  # the rest arrived once
+    assert server.storage.gaps(dev.device_id) == [(q["first_seq"], q["last_seq"])]
+    agent.close()
+
+
+def test_too_large_batches_shrink(tmp_path, verdicts):
+    (tmp_path / "s").mkdir()
+    srv = ServerThread(tmp_path / "s" / "c.db", config={"max_batch_bytes": 20_000}).start()
+    try:
+        dev = provision_device(srv, tmp_path)
+        record(dev, verdicts, 200)
+        agent = agent_for(dev, min_batch=10, max_batch=400)
+        StateFile(dev.state).save(StateFile(dev.state).load().__class__(batch_size=400))
+        res = agent.sync_once()
+        assert res.complete
+        assert StateFile(dev.state).load().batch_size < 400
+        assert_exactly_once(srv.storage, dev)
+        agent.close()
+    finally:
+        srv.stop()
+
+
+def test_offline_export_then_import_then_device_learns(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 70)
+    usb = tmp_path / "usb"
+    res = export_pending(dev.state, dev.log, usb, batch_size=30)
+    assert len(res.files) == 3 and res.entries == 70
+    assert len(dev.log.pending(0, 100)) == 70  # still pending until the server says so
+    imp = import_dir(server.storage, usb)
+    assert (imp.batches, imp.stored, imp.refused) == (3, 70, [])
+    again = import_dir(server.storage, usb)
+    assert (again.stored, again.duplicates) == (0, 70)
+    agent = agent_for(dev)
+    res = agent.sync_once()
+    assert res.complete and res.batches == 0  # learned from the server's batch list, nothing re-sent
+    assert_exactly_once(server.storage, dev)
+    agent.close()
+
+
+def test_import_refuses_tampered_and_foreign_files(server, tmp_path, verdicts):
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 10)
+    usb = tmp_path / "usb"
+    res = export_pending(dev.state, dev.log, usb)
+    path = res.files[0]
+    data = bytearray(open(path, "rb").read())
+    data[-70] ^= 1
+    open(path, "wb").write(bytes(data))
+    (usb / "junk.ckb").write_bytes(b"not a batch")
+    imp = import_dir(server.storage, usb)
+    codes = sorted(c for _, c, _ in imp.refused)
+    assert imp.stored == 0 and codes == sorted([protocol.E_MALFORMED, protocol.E_BAD_SIGNATURE])
+
+
+def test_http_only_on_loopback():
+    assert check_server_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+    assert check_server_url("https://central.example.vn")
+    with pytest.raises(ConfigError):
+        check_server_url("http://central.example.vn")
+    with pytest.raises(ConfigError):
+        check_server_url("ftp://127.0.0.1")
+
+
+def test_tls_with_ca_file(tmp_path, verdicts):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    import ipaddress
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    certf, keyf = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyf.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    (tmp_path / "s").mkdir()
+    srv = ServerThread(tmp_path / "s" / "c.db", tls=(str(certf), str(keyf))).start()
+    try:
+        from sync.client import TransientError
+        from sync.provision import provision
+        with pytest.raises(TransientError) as exc_info:  # the system CAs do not know this server
+            provision(srv.url, srv.token(), tmp_path / "d0")
+        assert exc_info.value.code == "tls"
+        dev = provision_device(srv, tmp_path, ca_file=str(certf))
+        record(dev, verdicts, 5)
+        agent = SyncAgent(dev.state, dev.log)  # CA file from device.json
+        assert agent.sync_once().complete
+        assert_exactly_once(srv.storage, dev)
+        agent.close()
+    finally:
+        srv.stop()
+
+
+def test_offline_backlog_of_100k_then_link_returns(tmp_path):
+    port = free_port()
+    (tmp_path / "s").mkdir()
+    srv = ServerThread(tmp_path / "s" / "c.db", port=port).start()
+    from sync.provision import provision
+    from scanner.entrylog import EntryLog
+    from test_sync_support import Device
+    res = provision(srv.url, srv.token(), tmp_path / "dev")
+    srv.stop()  # the link goes away for a long time
+    log = EntryLog(tmp_path / "dev" / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,
+                   holder_details="none", synchronous="NORMAL")
+    dev = Device(tmp_path / "dev", log, res.device_id, res.checkpoint_id)
+    bulk_fill(log, 100_000)
+    agent = agent_for(dev)
+    assert agent.sync_once().error_code == "network"
+    srv = ServerThread(tmp_path / "s" / "c.db", port=port).start()
+    try:
+        res = agent.sync_until_done(600, sleep=Sleeps())
+        assert res.complete and res.entries == 100_000
+        assert srv.storage.stats().entries == 100_000
+        assert_exactly_once(srv.storage, dev)
+        assert StateFile(dev.state).load().last_acked_seq == 100_000
+    finally:
+        agent.close()
+        srv.stop()
+        log.close()

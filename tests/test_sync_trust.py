@@ -1,0 +1,211 @@
+"""Trust updates: deltas rebuild the exact root-signed bundle; the device checks root signature
+and version before an atomic swap and keeps the old bundle on any failure; over real HTTP:
+not modified, delta, full, a tampered bundle, a rollback."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+from scanner.bundle import BundleKey, make_bundle, open_bundle
+from scanner import keys as keymod
+from scanner.errors import TrustError
+from sync import protocol, trustupdate
+from sync.agent import SyncAgent
+from sync.server.bundles import publish
+from sync.server.app import make_server
+from sync.state import StateFile
+from test_sync_support import ServerThread, free_port, now_ms, provision_device, wait_for
+
+import threading
+
+
+def ids(n):
+    return [os.urandom(16) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def other_key():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    k = ed25519.Ed25519PrivateKey.generate()
+    return BundleKey(keymod.kid_of(k.public_key()), "EdDSA", "VN-SGN", k.public_key())
+
+
+def test_split_join_is_exact(make_bundle_bytes, root_key):
+    for cards in ([], ids(1), ids(500)):
+        data = make_bundle_bytes(revoked_cards=cards, revoked_kids=[b"12345678"])
+        payload, _, _ = trustupdate.file_parts(data)
+        assert trustupdate.join_payload(trustupdate.split_payload(payload)) == payload
+
+
+def test_delta_rebuilds_the_exact_new_bundle(make_bundle_bytes, root_key, bundle_keys, other_key):
+    cards = ids(2000)
+    old = make_bundle_bytes(version=1, revoked_cards=cards)
+    new = make_bundle_bytes(version=2, revoked_cards=cards[10:] + ids(300), keys=bundle_keys[1:] + [other_key],
+                            revoked_kids=[b"abcdefgh"])
+    delta = trustupdate.make_delta(root_key, old, new)
+    assert delta is not None and len(delta) < len(new) // 3
+    cur = open_bundle(old, [root_key.public_key()])
+    data, bundle = trustupdate.apply_delta(old, cur, delta, [root_key.public_key()])
+    assert data == new and bundle.version == 2 and len(bundle.revoked_cards) == 2290
+
+
+def test_delta_checks(make_bundle_bytes, root_key, other_root_key):
+    roots = [root_key.public_key()]
+    old = make_bundle_bytes(version=1, revoked_cards=ids(10))
+    new = make_bundle_bytes(version=2, revoked_cards=ids(12))
+    delta = trustupdate.make_delta(root_key, old, new)
+    cur = open_bundle(old, roots)
+    with pytest.raises(trustupdate.DeltaError, match="does not trust"):  # signed by another root
+        trustupdate.open_delta(trustupdate.make_delta(other_root_key, make_bundle_bytes(root=other_root_key),
+                                                      make_bundle_bytes(root=other_root_key, version=8)), roots)
+    other_base = open_bundle(make_bundle_bytes(version=1, revoked_cards=ids(3)), roots)
+    with pytest.raises(trustupdate.DeltaError, match="for version"):  # another version-1 bundle
+        trustupdate.apply_delta(old, other_base, delta, roots)
+    tampered = delta.replace(b'"delta": "', b'"delta": "A', 1)
+    with pytest.raises(trustupdate.DeltaError):
+        trustupdate.apply_delta(old, cur, tampered, roots)
+    assert trustupdate.make_delta(root_key, new, old) is None  # never a delta backwards
+
+
+def test_install_keeps_the_old_bundle_on_failure(tmp_path, make_bundle_bytes, root_key):
+    roots = [root_key.public_key()]
+    v7 = make_bundle_bytes(version=7)
+    trustupdate.install(tmp_path, v7, roots, min_version=None)
+    forged = bytearray(make_bundle_bytes(version=8))
+    forged[40] ^= 1
+    for bad, code in ((bytes(forged), None), (make_bundle_bytes(version=6), "bundle_rollback"),
+                      (make_bundle_bytes(version=7), "bundle_rollback")):
+        with pytest.raises(TrustError) as exc_info:
+            trustupdate.install(tmp_path, bad, roots, min_version=7)
+        if code:
+            assert exc_info.value.code == code
+        assert (tmp_path / trustupdate.BUNDLE_NAME).read_bytes() == v7
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------- over HTTP
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "server").mkdir()
+    srv = ServerThread(tmp_path / "server" / "central.db").start()
+    yield srv
+    srv.stop()
+
+
+def test_not_modified_delta_and_full_over_http(server, tmp_path, make_bundle_bytes, root_key):
+    cards = ids(3000)
+    v1 = make_bundle_bytes(version=1, revoked_cards=cards)
+    publish(server.storage, v1, now_ms=now_ms(), root=root_key.public_key())
+    dev = provision_device(server, tmp_path)
+    assert (dev.state / trustupdate.BUNDLE_NAME).read_bytes() == v1  # enrollment brought it
+    agent = SyncAgent(dev.state, dev.log)
+    assert agent.update_trust(StateFile(dev.state).load()) == "not_modified"
+    v2 = make_bundle_bytes(version=2, revoked_cards=cards + ids(5))
+    _, deltas = publish(server.storage, v2, now_ms=now_ms(), root_private=root_key)
+    assert deltas == [1]
+    events = []
+    agent.on_trust = events.append
+    st = StateFile(dev.state).load()
+    assert agent.update_trust(st) == "delta"
+    assert (dev.state / trustupdate.BUNDLE_NAME).read_bytes() == v2 and st.trust_version == 2
+    assert events == [2]  # on_trust: the version now in bundle.json
+    v3 = make_bundle_bytes(version=3, revoked_cards=cards)  # no root key: no delta, the full bundle
+    publish(server.storage, v3, now_ms=now_ms())
+    assert agent.update_trust(st) == "full"
+    assert (dev.state / trustupdate.BUNDLE_NAME).read_bytes() == v3
+    agent.close()
+
+
+class Impostor:
+    """A server (real HTTP) that answers trust requests with whatever bundle bytes it is given:
+    a man in the middle, or a compromised or misconfigured central server."""
+
+    def __init__(self, body: bytes, media: str = protocol.BUNDLE_TYPE) -> None:
+        async def trust(request):
+            return Response(body, media_type=media, headers={protocol.BUNDLE_VERSION_HEADER: "99"})
+        self.port = free_port()
+        self.server = make_server(Starlette(routes=[Route(protocol.TRUST, trust)]), "127.0.0.1", self.port)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started, "impostor start")
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+@pytest.mark.parametrize("attack", ["tampered", "other_root", "rollback", "delta_tampered"])
+def test_bad_bundles_are_refused_and_the_old_one_kept(server, tmp_path, make_bundle_bytes, root_key,
+                                                      other_root_key, attack):
+    v5 = make_bundle_bytes(version=5)
+    publish(server.storage, v5, now_ms=now_ms(), root=root_key.public_key())
+    dev = provision_device(server, tmp_path)
+    media = protocol.BUNDLE_TYPE
+    if attack == "tampered":
+        body = bytearray(make_bundle_bytes(version=6))
+        body[60] = ord("A") if body[60] != ord("A") else ord("B")
+        body = bytes(body)
+    elif attack == "other_root":
+        body = make_bundle_bytes(version=6, root=other_root_key)
+    elif attack == "rollback":
+        body = make_bundle_bytes(version=4)  # genuine, but older
+    else:
+        body = trustupdate.make_delta(root_key, v5, make_bundle_bytes(version=6, revoked_cards=ids(2)))
+        body = body.replace(b'"sig": "', b'"sig": "AAAA', 1)
+        media = protocol.DELTA_TYPE
+    impostor = Impostor(body, media)
+    try:
+        from sync import identity
+        from sync.client import SyncClient
+        cfg_key = identity.load(dev.state)
+        client = SyncClient(f"http://127.0.0.1:{impostor.port}", cfg_key, device_id=dev.device_id)
+        agent = SyncAgent(dev.state, dev.log, client=client)
+        st = StateFile(dev.state).load()
+        assert agent.update_trust(st) == "failed"
+        assert (dev.state / trustupdate.BUNDLE_NAME).read_bytes() == v5  # old bundle untouched
+        assert "trust_update_failed" in st.alarms and st.trust_version in (None, 5)
+        if attack == "rollback":
+            assert st.trust_error.startswith("bundle_rollback")
+        agent.close()
+    finally:
+        impostor.stop()
+
+
+def test_server_refuses_to_publish_a_rollback_or_another_root(server, make_bundle_bytes, root_key, other_root_key):
+    publish(server.storage, make_bundle_bytes(version=3), now_ms=now_ms(), root=root_key.public_key())
+    with pytest.raises(TrustError) as exc_info:
+        publish(server.storage, make_bundle_bytes(version=2), now_ms=now_ms())
+    assert exc_info.value.code == "bundle_rollback"
+    with pytest.raises(TrustError):
+        publish(server.storage, make_bundle_bytes(version=9, root=other_root_key), now_ms=now_ms(),
+                root=other_root_key.public_key())
+
+
+def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle_bytes, root_key, make_card,
+                                                   trust, now):
+    """The appliance's default: batches and trust checks in a separate process."""
+    from scanner import verifier
+    from sync.agent import ProcessBuilder
+    from test_sync_support import assert_exactly_once, record
+
+    publish(server.storage, make_bundle_bytes(version=1, revoked_cards=ids(50)), now_ms=now_ms(),
+            root=root_key.public_key())
+    dev = provision_device(server, tmp_path)
+    record(dev, [verifier.verify(make_card(), trust, now)], 40)
+    publish(server.storage, make_bundle_bytes(version=2, revoked_cards=ids(60)), now_ms=now_ms(),
+            root_private=root_key)
+    builder = ProcessBuilder(dev.log.path, dev.state, dev.device_id)
+    agent = SyncAgent(dev.state, dev.log, builder=builder, min_batch=10, max_batch=15)
+    try:
+        res = agent.sync_once(trust=True)
+        assert res.complete and res.batches == 3 and res.trust == "delta"
+        assert StateFile(dev.state).load().trust_version == 2
+        assert_exactly_once(server.storage, dev)
+    finally:
+        agent.close()
