@@ -11,7 +11,10 @@
 # as aarch64 wheels and which were built, install time, test results, bench figures.
 #
 # Options:
-#   --fresh     rebuild the base root and empty the apt and pip caches first (a first-time run)
+#   --fresh     rebuild the base root, drop the installed root and empty the apt and pip caches
+#               first: everything from scratch, as on a new machine
+#   --reinstall install again from the base root even if an installed root for the same
+#               setup.py + setup.sh is cached (keeps the base root and the download caches)
 #   --head      copy `git archive HEAD` instead of the work tree (tracked + untracked, not ignored)
 #   --keep      keep the arm64 root after the run (in $ARM64_CACHE/run/root) to look around in
 #   --no-bench  skip the bench
@@ -20,16 +23,24 @@
 #               built against Debian's numpy 1.24), a venv made with --system-site-packages, and
 #               PIP_CONSTRAINT holding numpy<2; checks that apt's module still imports in the venv
 # Environment: ARM64_CACHE (default /var/cache/checkpoint-arm64), ARM64_MIRROR (default: the
-# Debian mirror in this machine's apt sources), ARM64_BASE_MAX_AGE_DAYS (default 30).
+# Debian mirror in this machine's apt sources), ARM64_BASE_MAX_AGE_DAYS (default 30),
+# ARM64_INSTALLED_MAX_AGE_DAYS (default 7).
+#
+# Caches (all under ARM64_CACHE, outside the repository): the debootstrapped base root (a tarball,
+# rebuilt after 30 days); apt's .deb files and pip's cache, shared by the runs; and the root as it
+# was right after a successful install, keyed by setup.py + setup.sh (+ the install mode) and
+# reused for 7 days: a second run with unchanged install files copies the current sources over
+# that root's project (keeping .venv) and goes straight to the tests. The summary says which.
 #
 # Needs root (debootstrap, chroot, mounts) on a Debian/Ubuntu host; installs debootstrap,
 # qemu-user-static, binfmt-support and zstd with apt when missing. Not part of the regular test run:
-# the first run takes about 10-25 minutes on 2 cores, a cached one less (emulation is slow).
+# on 2 shared cores a first run takes about 15-25 minutes, a cached one about 8-12 (the tests).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${ARM64_CACHE:-/var/cache/checkpoint-arm64}
 MAX_AGE=${ARM64_BASE_MAX_AGE_DAYS:-30}
+INSTALLED_MAX_AGE=${ARM64_INSTALLED_MAX_AGE_DAYS:-7}
 SUITE=bookworm
 VARIANT=minbase   # the smallest Debian: everything else must come from README's install steps
 PROJECT_DIR=/srv/checkpoint/checkpoint-edge  # inside the root; ../shared is the test data (read-only)
@@ -38,17 +49,21 @@ PROJECT_DIR=/srv/checkpoint/checkpoint-edge  # inside the root; ../shared is the
 TESTS="test_verifier.py test_base45.py test_cbor.py test_cose.py test_bundle.py test_revocation.py
 test_fuzz.py test_decode.py test_render.py test_cli.py test_scan.py"
 TEST_GLOBS="test_entry*.py test_entrylog*.py test_sealing*.py test_clock*.py test_cli_log*.py test_sync*.py"
+# and the tests of the parts whose dependencies are platform-specific: evdev (built from source),
+# pyserial, lgpio/gpiozero, OpenCV video capture
+EXTRA_GLOBS="test_readers*.py test_gpio*.py test_camera*.py test_pipeline*.py"
 NICE="nice -n 19"
 
-fresh=0 source_mode=worktree keep=0 bench=1 camera=0
+fresh=0 reinstall=0 source_mode=worktree keep=0 bench=1 camera=0
 for arg in "$@"; do
     case "$arg" in
         --fresh) fresh=1 ;;
+        --reinstall) reinstall=1 ;;
         --head) source_mode=head ;;
         --keep) keep=1 ;;
         --no-bench) bench=0 ;;
         --camera-venv) camera=1 ;;
-        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "arm64-check: unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -136,8 +151,8 @@ security=${security:-http://deb.debian.org/debian-security}
 key=$(printf '%s\n' "suite=$SUITE arch=arm64 variant=$VARIANT mirror=$mirror security=$security" | sha256sum | cut -c1-12)
 mkdir -p "$CACHE/base" "$CACHE/apt-archives/partial" "$CACHE/pip"
 if [ "$fresh" -eq 1 ]; then
-    say "--fresh: removing the cached base root, apt archives and pip cache"
-    rm -rf --one-file-system "$CACHE/base" "$CACHE/apt-archives" "$CACHE/pip"
+    say "--fresh: removing the cached base root, installed roots, apt archives and pip cache"
+    rm -rf --one-file-system "$CACHE/base" "$CACHE/installed" "$CACHE/apt-archives" "$CACHE/pip"
     mkdir -p "$CACHE/base" "$CACHE/apt-archives/partial" "$CACHE/pip"
 fi
 base=$(find "$CACHE/base" -maxdepth 1 -name "$SUITE-arm64-$VARIANT-$key-*.tar.zst" -mtime "-$MAX_AGE" | sort | tail -n1)
@@ -165,12 +180,30 @@ EOF
     base_note="built now in $(secs $(($(now) - t)))"
 fi
 
-# --- a fresh root for this run ---------------------------------------------------------------------
-say "unpacking $(basename "$base") into $ROOT"
+# --- the root for this run: the installed root when setup.py and setup.sh are unchanged, else base
+if [ "$source_mode" = head ]; then
+    install_files=$(git -C "$REPO" show HEAD:setup.py HEAD:setup.sh | sha256sum | cut -c1-16)
+else
+    install_files=$(cat "$REPO/setup.py" "$REPO/setup.sh" | sha256sum | cut -c1-16)
+fi
+inst_key=$(printf '%s\n' "base=$(basename "$base") camera=$camera files=$install_files" | sha256sum | cut -c1-16)
+INSTALLED=$CACHE/installed/$inst_key
+mkdir -p "$CACHE/installed"
+reused=""
+if [ "$reinstall" -eq 0 ] && [ -f "$INSTALLED/root.tar.zst" ] &&
+        [ -n "$(find "$INSTALLED/root.tar.zst" -mtime "-$INSTALLED_MAX_AGE")" ]; then
+    reused=$(date -r "$INSTALLED/root.tar.zst" '+%Y-%m-%d %H:%M')
+fi
 remove_root
 rm -rf "$LOGS"
 mkdir -p "$ROOT" "$LOGS"
-zstd -q -dc "$base" | tar --numeric-owner -xpf - -C "$ROOT"
+if [ -n "$reused" ]; then
+    say "unpacking the installed root of $reused (same setup.py + setup.sh) into $ROOT"
+    zstd -q -dc "$INSTALLED/root.tar.zst" | tar --numeric-owner -xpf - -C "$ROOT"
+else
+    say "unpacking $(basename "$base") into $ROOT"
+    zstd -q -dc "$base" | tar --numeric-owner -xpf - -C "$ROOT"
+fi
 rm -f "$ROOT/etc/resolv.conf"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 # the interpreter must be reachable inside the root unless the kernel opened it already (flag F)
@@ -196,7 +229,8 @@ arch=$(chroot "$ROOT" uname -m)
 dpkg_arch=$(chroot "$ROOT" dpkg --print-architecture)
 [ "$arch" = aarch64 ] && [ "$dpkg_arch" = arm64 ] || die "the root runs as $arch/$dpkg_arch, not aarch64/arm64"
 
-# --- the project ---------------------------------------------------------------------------------
+# --- the project (over a reused root: the old sources go, the installed .venv stays) --------------
+find "$ROOT$PROJECT_DIR" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf --one-file-system {} +
 if [ "$source_mode" = head ]; then
     git -C "$REPO" archive HEAD | tar -xf - -C "$ROOT$PROJECT_DIR"
     source_note="git archive HEAD ($(git -C "$REPO" rev-parse --short HEAD))"
@@ -241,11 +275,23 @@ in_root() {  # in_root LOG TIMEOUT CMD...
 # --- install exactly as README says: sh setup.sh test (apt packages, venv, pip) -------------------
 # `sh setup.sh test --version` does the whole set-up and then only asks pytest for its version, so
 # the install is timed on its own; the tests below run through the same `sh setup.sh test`.
-t=$(now)
 install_rc=0
 if [ "$camera" -eq 0 ]; then
-    say "installing as README tells a Pi user: sh setup.sh test (apt, venv, pip) under emulation"
     mode_note="README: sh setup.sh test (plain venv)"
+else
+    mode_note="docs/raspberry-pi.md camera recipe: venv --system-site-packages, apt python3-numpy + python3-pywt, PIP_CONSTRAINT numpy<2"
+fi
+if [ -n "$reused" ]; then
+    cp "$INSTALLED"/*.log "$INSTALLED"/*.json "$INSTALLED"/install.env "$LOGS/" 2>/dev/null || true
+    # shellcheck disable=SC1091
+    . "$LOGS/install.env"
+    # setup.sh's own check: with its stamp newer than setup.py it must not install anything again
+    in_root "$LOGS/install-reused.log" 600 sh setup.sh test --version || install_rc=$?
+    ! grep -q 'setup: ' "$LOGS/install-reused.log" || die "setup.sh wanted to install again over the cached root (see $LOGS/install-reused.log); run with --reinstall"
+else
+t=$(now)
+if [ "$camera" -eq 0 ]; then
+    say "installing as README tells a Pi user: sh setup.sh test (apt, venv, pip) under emulation"
     in_root "$LOGS/install.log" 3600 sh setup.sh test --version || install_rc=$?
 else
     # docs/raspberry-pi.md, "With a camera module". Raspberry Pi's python3-picamera2 and
@@ -253,7 +299,6 @@ else
     # the same way (a Cython module built against numpy 1.24 raises "numpy.dtype size changed"
     # under numpy 2), so it shows whether the venv keeps apt's numpy-1.x modules working.
     say "installing as docs/raspberry-pi.md tells a Pi with a camera: apt numpy, venv --system-site-packages, numpy<2"
-    mode_note="docs/raspberry-pi.md camera recipe: venv --system-site-packages, apt python3-numpy + python3-pywt, PIP_CONSTRAINT numpy<2"
     printf 'numpy<2\n' >"$ROOT/tmp/pi-constraints.txt"
     in_root "$LOGS/install.log" 3600 sh -c '
         echo "setup: installing Debian packages: python3-venv python3-numpy python3-pywt (camera recipe)" >&2
@@ -272,6 +317,23 @@ apt_line=$(sed -n 's/.*setup: installing Debian packages: *//p' "$LOGS/install.l
 # seconds from the start to "creating .venv" = the apt step (package lists, download, unpack, configure)
 apt_s=$(sed -n 's/^\[ *\([0-9]*\)s\] setup: creating .venv.*/\1/p' "$LOGS/install.log" | head -n1)
 pip_start=$(sed -n 's/^\[ *\([0-9]*\)s\] setup: pip install.*/\1/p' "$LOGS/install.log" | head -n1)
+printf 'install_s=%s\napt_line="%s"\napt_s=%s\npip_start=%s\ninstalled_at="%s"\n' \
+    "$install_s" "$apt_line" "$apt_s" "$pip_start" "$(date '+%Y-%m-%d %H:%M')" >"$LOGS/install.env"
+if [ "$install_rc" -eq 0 ]; then
+    # keep the root as installed (without the mounted file systems and the shared caches)
+    say "saving the installed root for the next run ($INSTALLED)"
+    rm -rf "$INSTALLED.part"
+    mkdir -p "$INSTALLED.part"
+    tar --numeric-owner -C "$ROOT" --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* \
+        --exclude=./var/cache/apt/archives/* --exclude=./root/.cache/pip/* \
+        --exclude=".$(dirname "$PROJECT_DIR")/shared/*" -cf - . | $NICE zstd -q -T2 -o "$INSTALLED.part/root.tar.zst"
+    cp "$LOGS"/install.log "$LOGS"/pip.log "$LOGS"/pip-report.json "$LOGS"/install.env "$INSTALLED.part/" 2>/dev/null || true
+    rm -rf "$INSTALLED"
+    mv "$INSTALLED.part" "$INSTALLED"
+    # installed roots of other install files are stale now
+    find "$CACHE/installed" -mindepth 1 -maxdepth 1 -type d ! -path "$INSTALLED" -mtime "+$INSTALLED_MAX_AGE" -exec rm -rf {} +
+fi
+fi
 py_version=$(chroot "$ROOT" python3 --version 2>&1 || true)
 
 # --- tests ---------------------------------------------------------------------------------------
@@ -288,6 +350,13 @@ for pattern in $TEST_GLOBS; do
     done
 done
 [ -n "$found_glob" ] || missing="$missing (no entry-log or sync tests yet: $TEST_GLOBS)"
+for pattern in $EXTRA_GLOBS; do
+    for f in "$ROOT$PROJECT_DIR"/tests/$pattern; do
+        [ -f "$f" ] || continue
+        rel=tests/$(basename "$f")
+        case " $tests " in *" $rel "*) ;; *) tests="$tests $rel" ;; esac
+    done
+done
 test_rc=none tests_s=0
 if [ "$install_rc" -eq 0 ]; then
     say "running the tests inside the arm64 root:$tests"
@@ -316,6 +385,10 @@ summary=$RUN/summary.txt
     echo "  network:   $net_note"
     echo "  mode:      $mode_note"
     grep -h 'camera-venv check:' "$LOGS/install.log" | sed 's/^\[ *[0-9]*s\] /             /' || true
+    if [ -n "$reused" ]; then
+        echo "  install:   REUSED the root installed at $installed_at (setup.py + setup.sh unchanged since;"
+        echo "             --reinstall or --fresh installs again). Figures of that install:"
+    fi
     echo "  install:   sh setup.sh test (apt + venv + pip) $( [ "$install_rc" -eq 0 ] && echo OK || echo "FAILED (exit $install_rc)") in $(secs "$install_s") under emulation"
     [ -z "$apt_line" ] || echo "             apt step installed:$apt_line${apt_s:+ (${apt_s}s, up to 'creating .venv')}"
     [ -z "$pip_start" ] || echo "             pip step: $((install_s - pip_start))s (venv + pip started at ${pip_start}s)"

@@ -1,5 +1,6 @@
 """Signed, idempotent batches of entries to the central server, and trust-bundle updates back.
 
-The protocol (docs/sync-protocol.md) and its implementation arrive with the sync issue; until
-then this package holds nothing.
+Device side: identity (key), batch (signed batch format), protocol, client (HTTP), state (files),
+agent (the loop), trustupdate (bundles and deltas), export (USB), provision (enrollment).
+Server side: sync/server/. Specification: docs/sync-protocol.md.
 """
