@@ -147,7 +147,7 @@ def sync_status(state_dir, db_path, as_json, lang):
         click.echo(json_line(d))
         return
     lang = lang or i18n.default_lang()
-    t = lambda key, **kw: i18n.t("sync." + key, lang, **kw)  # noqa: E731
+    t = lambda key, **kw: i18n.t("sync." + key, lang, **kw)
     click.echo(t("device", device=escape(d["device_id"]), checkpoint=escape(d["checkpoint_id"]),
                  server=escape(d["server"])))
     click.echo(t("pending", n=d["pending"], oldest=_when(d["oldest_pending_ms"], lang),

@@ -51,17 +51,24 @@ class Key:
     doc: str = ""
     fix: str = ""
     example: str | None = None
+    live: bool = False  # takes effect on SIGHUP (reload) without a restart
 
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """A TOML table ([name]) or, if ``array``, an array of tables ([[name]])."""
+    """A TOML table ([name]) or, if ``array``, an array of tables ([[name]]).
+
+    A dotted ``name`` ("feedback.relay") is a table inside another ([feedback.relay]). An
+    ``optional`` table that is absent validates to None (a part that is not fitted) instead of
+    a table of defaults.
+    """
 
     name: str
     keys: tuple[Key, ...]
     doc: str = ""
     array: bool = False
     required: bool = False
+    optional: bool = False
     # cross-key checks within one table: (table dict, key prefix) -> problems
     checks: tuple[Callable[[dict, str], list[Problem]], ...] = field(default=())
 
@@ -197,13 +204,16 @@ def url(*, allow_http_loopback: bool = True) -> Check:
     return check
 
 
-def listen_address() -> Check:
+def listen_address(*, allow_port_zero: bool = False) -> Check:
+    """HOST:PORT with an IP address (or localhost); port 0 (any free port) only if allowed."""
+    lowest = 0 if allow_port_zero else 1
+
     def check(v):
         if type(v) is not str:
             return None, f"must be HOST:PORT, not {_type_name(v)}"
         host, sep, port = v.rpartition(":")
         host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
             return None, f"{v!r} is not HOST:PORT"
         try:
             ipaddress.ip_address(host)
@@ -214,19 +224,44 @@ def listen_address() -> Check:
     return check
 
 
+def usb_id() -> Check:
+    """A USB "vendor:product" pair in hex, as lsusb shows it ("0c2e:0b61"); stored lowercase."""
+    def check(v):
+        if type(v) is not str:
+            return None, f"must be a \"vendor:product\" string, not {_type_name(v)}"
+        vendor, sep, product = v.partition(":")
+        hexdigits = "0123456789abcdefABCDEF"
+        if not (sep and len(vendor) == 4 and len(product) == 4
+                and all(c in hexdigits for c in vendor + product)):
+            return None, f"{v!r} is not vendor:product (four hex digits each, e.g. \"0c2e:0b61\")"
+        return v.lower(), None
+    return check
+
+
 # ---------------------------------------------------------------- validation
+
+def _lookup(data: Mapping, dotted: str) -> Any:
+    """The value at a dotted path of nested tables, or None if any part is absent."""
+    node: Any = data
+    for part in dotted.split("."):
+        if type(node) is not dict or part not in node:
+            return None
+        node = node[part]
+    return node
 
 def validate(data: Mapping, sections: tuple[Section, ...]) -> tuple[dict, list[Problem]]:
     """Check a parsed TOML document against the sections; return (values with defaults, problems)."""
     problems: list[Problem] = []
     out: dict[str, Any] = {}
-    known = {s.name: s for s in sections}
+    top = sorted({s.name.split(".")[0] for s in sections})
     for name in data:
-        if name not in known:
+        if name not in top:
             problems.append(Problem(name, "unknown section",
-                                    f"remove it or use one of: {', '.join(sorted(known))}"))
+                                    f"remove it or use one of: {', '.join(top)}"))
     for section in sections:
-        raw = data.get(section.name)
+        raw = _lookup(data, section.name)
+        children = {s.name[len(section.name) + 1:] for s in sections
+                    if s.name.startswith(section.name + ".") and "." not in s.name[len(section.name) + 1:]}
         if section.array:
             if raw is None:
                 raw = []
@@ -237,7 +272,7 @@ def validate(data: Mapping, sections: tuple[Section, ...]) -> tuple[dict, list[P
                 continue
             tables = []
             for i, table in enumerate(raw):
-                values, p = _validate_table(table, section, f"{section.name}[{i}]")
+                values, p = _validate_table(table, section, f"{section.name}[{i}]", children)
                 problems += p
                 tables.append(values)
             out[section.name] = tuple(tables)
@@ -246,22 +281,26 @@ def validate(data: Mapping, sections: tuple[Section, ...]) -> tuple[dict, list[P
                 if section.required:
                     problems.append(Problem(section.name, "section is missing",
                                             f"add a [{section.name}] table"))
+                if section.optional:
+                    out[section.name] = None
+                    continue
                 raw = {}
             if type(raw) is not dict:
                 problems.append(Problem(section.name, "must be a table", f"write it as [{section.name}]"))
                 raw = {}
-            values, p = _validate_table(raw, section, section.name)
+            values, p = _validate_table(raw, section, section.name, children)
             problems += p
             out[section.name] = values
     return out, problems
 
 
-def _validate_table(table: dict, section: Section, prefix: str) -> tuple[dict, list[Problem]]:
+def _validate_table(table: dict, section: Section, prefix: str,
+                    children: set[str] = frozenset()) -> tuple[dict, list[Problem]]:
     problems = []
     values: dict[str, Any] = {}
     for name in table:
-        if section.key(name) is None:
-            names = ", ".join(k.name for k in section.keys)
+        if section.key(name) is None and name not in children:
+            names = ", ".join([k.name for k in section.keys] + [f"[{section.name}.{c}]" for c in sorted(children)])
             problems.append(Problem(f"{prefix}.{name}", "unknown key", f"remove it; known keys: {names}"))
     for key in section.keys:
         full = f"{prefix}.{key.name}"
@@ -269,7 +308,7 @@ def _validate_table(table: dict, section: Section, prefix: str) -> tuple[dict, l
             if key.default is REQUIRED:
                 problems.append(Problem(full, "is required", key.fix or f"set {key.name} = {key.example or '...'}"))
             else:
-                values[key.name] = key.default
+                values[key.name] = _default_value(key)
             continue
         value, problem = key.check(table[key.name])
         if problem:
@@ -282,6 +321,17 @@ def _validate_table(table: dict, section: Section, prefix: str) -> tuple[dict, l
     return values, problems
 
 
+def _default_value(key: Key) -> Any:
+    """A default is written as its TOML value and goes through the key's check like a written one
+    (so "/var/lib/x" becomes a Path and "HOST:PORT" a pair); None means "not set"."""
+    if key.default is None:
+        return None
+    value, problem = key.check(key.default)
+    if problem:
+        raise ValueError(f"the default of {key.name} is invalid: {problem}")
+    return value
+
+
 # ---------------------------------------------------------------- docs
 
 def _default_doc(key: Key) -> str:
@@ -290,8 +340,8 @@ def _default_doc(key: Key) -> str:
     d = key.default
     if isinstance(d, Path):
         d = str(d)
-    if isinstance(d, tuple):
-        d = list(d)
+    if isinstance(d, (tuple, list)):
+        return f"`{list(d)}`" if d else "`[]`"
     if d is None:
         return "not set"
     if isinstance(d, bool):
@@ -304,11 +354,13 @@ def markdown(sections: tuple[Section, ...], intro: str) -> str:
     lines = [intro.rstrip(), ""]
     for s in sections:
         header = f"[[{s.name}]]" if s.array else f"[{s.name}]"
-        lines += [f"## {s.name}", "", f"`{header}`" + (" — required" if s.required else ""), ""]
+        note = " — required" if s.required else " — optional (absent: not fitted)" if s.optional else ""
+        lines += [f"## {s.name}", "", f"`{header}`{note}", ""]
         if s.doc:
             lines += [s.doc, ""]
-        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += ["| key | type | default | live | meaning |", "|---|---|---|---|---|"]
         for k in s.keys:
-            lines.append(f"| `{k.name}` | {k.type_doc} | {_default_doc(k)} | {k.doc} |")
+            live = "yes" if k.live else ""
+            lines.append(f"| `{k.name}` | {k.type_doc} | {_default_doc(k)} | {live} | {k.doc} |")
         lines.append("")
     return "\n".join(lines)

@@ -743,6 +743,15 @@ class EntryLog:
         return self._select("WHERE batch_id IS NULL AND seq > ?", (after_seq,),
                             f"ORDER BY seq LIMIT {max(0, int(limit))}")
 
+    def backlog(self) -> tuple[int, int | None]:
+        """(entries not yet synced, at_ms of the oldest of them): cheap enough for a health check
+        every few seconds (both answered from the partial index of unsynced entries)."""
+        with self._lock:
+            n = self._conn.execute("SELECT count(*) FROM entries WHERE batch_id IS NULL").fetchone()[0]
+            row = self._conn.execute("SELECT at_ms FROM entries WHERE batch_id IS NULL ORDER BY seq LIMIT 1"
+                                     ).fetchone()
+        return n, row[0] if row else None
+
     def mark_synced(self, batch_id: str, first_seq: int, last_seq: int) -> int:
         """Record that the server has the contiguous run first_seq..last_seq in ``batch_id``.
 

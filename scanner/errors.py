@@ -20,6 +20,9 @@ class Reason(StrEnum):
     REVOKED = "revoked"
     # decided by the entry log, not the stateless verifier (the card itself is genuine)
     DUPLICATE = "duplicate"
+    # decided by the appliance's degraded-mode policy when set to fail closed (docs/configuration.md#degraded-mode)
+    TRUST_EXPIRED = "trust_expired"
+    CLOCK_UNCONFIRMED = "clock_unconfirmed"
 
 
 class CheckpointError(Exception):

@@ -5,7 +5,9 @@ it folds repeats (the same text from the same source within the cooldown is one 
 already waiting or being verified is not queued again) and queues the rest. One worker thread
 verifies each scan (`scanner.verifier.verify`) and calls the caller's ``sink(scan, verdict)``
 synchronously, so the entry log can commit before feedback shows the verdict, while capture and
-reader threads go on. Inputs report their state (`SourceHealth`) for the health check.
+reader threads go on. An optional ``prepare`` hook runs on the worker before verification and may
+hold a scan back or replace it (the daemon assembles multi-part SMART Health Cards there). Inputs
+report their state (`SourceHealth`) for the health check.
 Specification: issue 3, docs/readers.md, docs/decoding.md.
 """
 from __future__ import annotations
@@ -278,6 +280,7 @@ class InputThread:
 
 
 Sink = Callable[[Scan, Verdict], None]
+Prepare = Callable[[Scan], "Scan | None"]
 
 
 class Pipeline:
@@ -287,6 +290,7 @@ class Pipeline:
                  cooldown: float = DEFAULT_COOLDOWN, queue_size: int = 256,
                  on_issue: Callable[[ReadIssue], None] | None = None,
                  verify: Callable[[str, TrustStore, float], Verdict] = verify_text,
+                 prepare: Prepare | None = None,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         if cooldown < 0:
@@ -294,6 +298,8 @@ class Pipeline:
         self._trust = trust if callable(trust) else (lambda: trust)
         self._sink = sink
         self._verify = verify
+        self._prepare = prepare  # on the worker, before verification: may hold a scan back (None)
+        self._busy_since: float | None = None
         self._on_issue = on_issue
         self.cooldown = cooldown
         self._clock, self._mono = clock, monotonic
@@ -370,14 +376,18 @@ class Pipeline:
             scan = self._queue.get()
             if scan is None:
                 return
+            self._busy_since = self._mono()
             try:
-                verdict = self._verify(scan.text, self._trust(), self._clock())
-                self._sink(scan, verdict)
+                ready = self._prepare(scan) if self._prepare is not None else scan
+                if ready is not None:  # None: held back (e.g. one part of a multi-part card)
+                    verdict = self._verify(ready.text, self._trust(), self._clock())
+                    self._sink(ready, verdict)
             except Exception:  # the lane must go on; the sink's bug is logged for the developers
                 log.exception("verdict sink failed for a scan from %s %s", scan.source, escape(scan.source_id))
                 with self._lock:
                     self._sink_errors += 1
             finally:
+                self._busy_since = None
                 with self._lock:
                     self._pending.discard(scan.text)
                     self._last_seen[(scan.text, scan.source, scan.source_id)] = self._mono()
@@ -425,6 +435,15 @@ class Pipeline:
                     return False
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.wait_idle(left if left is not None else 1e9)
+
+    def busy_for(self) -> float | None:
+        """Seconds the worker has been on its current scan (None when idle): a hung sink shows here."""
+        since = self._busy_since
+        return None if since is None else max(0.0, self._mono() - since)
+
+    def worker_alive(self) -> bool:
+        worker = self._worker
+        return worker is not None and worker.is_alive()
 
     def health(self) -> PipelineHealth:
         with self._lock:

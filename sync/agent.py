@@ -299,7 +299,7 @@ class SyncAgent:
                                            ca_file=self.config.ca_file, connect_timeout=connect_timeout,
                                            read_timeout=read_timeout)
         self.builder = builder or InlineBuilder(entry_log, self.key, self.config.device_id)
-        self.inputs = inputs or (lambda: {})
+        self.inputs = inputs or (dict)
         self.on_trust = on_trust
         self.files = StateFile(self.state_dir)
         self.trust_interval_s = trust_interval_s
@@ -414,7 +414,14 @@ class SyncAgent:
         while deadline is None or time.monotonic() < deadline:
             if probe_limit is not None and cursor >= probe_until:
                 probe_limit = None
-            sb = self.builder.build(cursor, probe_limit or size, state.quarantine_ranges(), now_ms())
+            limit = probe_limit or size
+            try:
+                sb = self.builder.build(cursor, limit, state.quarantine_ranges(), now_ms())
+            except ValueError as exc:  # the run would exceed the batch byte limit: fewer entries
+                if limit <= 1:
+                    raise SyncError(f"entry after seq {cursor} cannot be sent: {exc}", code="entry_too_large") from None
+                probe_limit, probe_until = max(1, limit // 2), max(probe_until, cursor + limit)
+                continue
             if sb is None:
                 break
             info = sb.info

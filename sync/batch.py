@@ -25,7 +25,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.clock import STATES as CLOCK_STATES
-from scanner.entry import DECISIONS, FOLLOWUP_KINDS, MAX_AT_MS, MIN_AT_MS, REASONS, Entry
+from scanner.entry import (
+    DECISIONS,
+    FOLLOWUP_KINDS,
+    MAX_AT_MS,
+    MIN_AT_MS,
+    REASONS,
+    Entry,
+)
 from scanner.errors import CheckpointError
 from scanner.scan import DIRECTIONS, SOURCES
 from scanner.sealing import MAX_BLOB

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 import requests
-from requests.structures import CaseInsensitiveDict
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from requests.structures import CaseInsensitiveDict
 
 from scanner import __version__
 from scanner.errors import CheckpointError

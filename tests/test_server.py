@@ -11,6 +11,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from test_sync_support import ServerThread, now_ms, provision_device, record
 
 from scanner import verifier
 from scanner.cli import main
@@ -21,7 +22,6 @@ from sync import identity, protocol
 from sync.client import RejectedError, SyncClient
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens, token_hash
-from test_sync_support import ServerThread, now_ms, provision_device, record
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +172,9 @@ def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, mak
     res = json.loads(out.output)
     assert res["bundle_version"] == 2 and not res["key_created"]
     assert oct(os.stat(state / "device.key").st_mode & 0o777) == "0o600"
-    from scanner.entrylog import EntryLog
     from test_sync_support import Device
+
+    from scanner.entrylog import EntryLog
     log = EntryLog(state / "entries.db", device_id=res["device_id"], checkpoint_id=res["checkpoint_id"],
                    sealing_key=state / "sealing.pub", passback_window_s=0)
     dev = Device(state, log, res["device_id"], res["checkpoint_id"])

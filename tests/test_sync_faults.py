@@ -7,9 +7,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from pathlib import Path
 
 import pytest
 import requests
+from test_sync_support import (
+    FaultProxy,
+    ServerProcess,
+    ServerThread,
+    assert_exactly_once,
+    bulk_fill,
+    free_port,
+    provision_device,
+    record,
+    wait_for,
+)
 
 from scanner import verifier
 from sync import batch as batchmod
@@ -18,8 +30,6 @@ from sync.agent import Backoff, SyncAgent
 from sync.client import ConfigError, SyncClient, check_server_url
 from sync.export import export_pending, import_dir
 from sync.state import DeviceConfig, StateFile
-from test_sync_support import (FaultProxy, ServerProcess, ServerThread, assert_exactly_once, bulk_fill,
-                               free_port, provision_device, record, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -202,11 +212,12 @@ def test_server_killed_and_restarted_mid_upload(tmp_path):
     db = tmp_path / "s" / "c.db"
     srv = ServerProcess(db).start()
     try:
+        from test_sync_support import Device, now_ms
+
+        from scanner.entrylog import EntryLog
+        from sync.provision import provision
         from sync.server.sqlite import SQLiteStorage
         from sync.server.tokens import issue_tokens
-        from sync.provision import provision
-        from scanner.entrylog import EntryLog
-        from test_sync_support import Device, now_ms
 
         st = SQLiteStorage(db)
         token = issue_tokens(st, "gate-1", now_ms=now_ms())[0]
@@ -373,9 +384,10 @@ def test_import_refuses_tampered_and_foreign_files(server, tmp_path, verdicts):
     usb = tmp_path / "usb"
     res = export_pending(dev.state, dev.log, usb)
     path = res.files[0]
-    data = bytearray(open(path, "rb").read())
+    p = Path(path)
+    data = bytearray(p.read_bytes())
     data[-70] ^= 1
-    open(path, "wb").write(bytes(data))
+    p.write_bytes(bytes(data))
     (usb / "junk.ckb").write_bytes(b"not a batch")
     imp = import_dir(server.storage, usb)
     codes = sorted(c for _, c, _ in imp.refused)
@@ -401,7 +413,7 @@ def test_tls_with_ca_file(tmp_path, verdicts):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     import ipaddress
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
@@ -435,9 +447,10 @@ def test_offline_backlog_of_100k_then_link_returns(tmp_path):
     port = free_port()
     (tmp_path / "s").mkdir()
     srv = ServerThread(tmp_path / "s" / "c.db", port=port).start()
-    from sync.provision import provision
-    from scanner.entrylog import EntryLog
     from test_sync_support import Device
+
+    from scanner.entrylog import EntryLog
+    from sync.provision import provision
     res = provision(srv.url, srv.token(), tmp_path / "dev")
     srv.stop()  # the link goes away for a long time
     log = EntryLog(tmp_path / "dev" / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,

@@ -4,23 +4,28 @@ not modified, delta, full, a tampered bundle, a rollback."""
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
+from test_sync_support import (
+    ServerThread,
+    free_port,
+    now_ms,
+    provision_device,
+    wait_for,
+)
 
-from scanner.bundle import BundleKey, make_bundle, open_bundle
 from scanner import keys as keymod
+from scanner.bundle import BundleKey, open_bundle
 from scanner.errors import TrustError
 from sync import protocol, trustupdate
 from sync.agent import SyncAgent
-from sync.server.bundles import publish
 from sync.server.app import make_server
+from sync.server.bundles import publish
 from sync.state import StateFile
-from test_sync_support import ServerThread, free_port, now_ms, provision_device, wait_for
-
-import threading
 
 
 def ids(n):
@@ -190,9 +195,10 @@ def test_server_refuses_to_publish_a_rollback_or_another_root(server, make_bundl
 def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle_bytes, root_key, make_card,
                                                    trust, now):
     """The appliance's default: batches and trust checks in a separate process."""
+    from test_sync_support import assert_exactly_once, record
+
     from scanner import verifier
     from sync.agent import ProcessBuilder
-    from test_sync_support import assert_exactly_once, record
 
     publish(server.storage, make_bundle_bytes(version=1, revoked_cards=ids(50)), now_ms=now_ms(),
             root=root_key.public_key())

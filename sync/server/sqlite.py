@@ -16,8 +16,19 @@ from scanner.errors import CheckpointError
 from .. import protocol
 from ..batch import ParsedBatch
 from . import chain
-from .storage import (SOURCES, BundleMeta, ChainEvent, Device, DeviceStatus, Ingested, ServerError, Stats,
-                      Storage, revoked_device, unknown_device)
+from .storage import (
+    SOURCES,
+    BundleMeta,
+    ChainEvent,
+    Device,
+    DeviceStatus,
+    Ingested,
+    ServerError,
+    Stats,
+    Storage,
+    revoked_device,
+    unknown_device,
+)
 
 log = logging.getLogger(__name__)
 

@@ -219,7 +219,7 @@ def open_storage(url: str) -> Storage:
 
 def default_keys_dir(url: str) -> Path:
     """Where the server keeps its sealing key when --keys is not given: beside a SQLite file."""
-    path = url[len("sqlite:"):] if url.startswith("sqlite:") else url
+    path = url.removeprefix("sqlite:")
     if path.startswith("///"):
         path = path[2:]
     return Path(os.path.abspath(path)).parent

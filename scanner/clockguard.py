@@ -1,0 +1,195 @@
+"""The appliance's time: never earlier than the last time seen, and whether the clock is confirmed.
+
+A Raspberry Pi has no battery clock: after a power cut without network it may start at the last
+shutdown, or in 1970. The guard keeps the latest time it has handed out (saved in
+STATE/clock.json), and when the wall clock is behind it (it stepped back, or started behind),
+time goes on from there with the monotonic clock instead. The clock is *confirmed* when the
+kernel says NTP has synchronised it, or when the central server's time (sync-state.json, every
+contact) is within ``max_offset_s``; until then the device is degraded, and past
+``max_unconfirmed_s`` since the last confirmation the degraded-mode policy applies.
+docs/configuration.md#clock.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import clock as clockmod
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "clock.json"
+SLACK_S = 0.002  # wall and monotonic clocks read a moment apart never count as a step back
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStatus:
+    """The clock as the health check and the policy see it.
+
+    ``confirmed``: confirmed since this process started; ``behind``: the wall clock is earlier
+    than the last time seen (times come from the guard instead); ``confirmed_at`` when it was last
+    confirmed (also before this start; None if never) and ``by`` what ("ntp" or "server");
+    ``offset_ms`` the last server offset seen.
+    """
+
+    confirmed: bool
+    behind: bool
+    confirmed_at: float | None
+    by: str | None
+    offset_ms: int | None
+    kernel: str
+
+    def unconfirmed_for(self, now: float) -> float:
+        """Seconds since the last confirmation (infinite if never)."""
+        return float("inf") if self.confirmed_at is None else max(0.0, now - self.confirmed_at)
+
+
+class ClockGuard:
+    """Thread-safe; ``now()`` is what every scan, verdict and entry uses."""
+
+    def __init__(self, state_dir: str | os.PathLike | None, *, max_offset_s: float = 10.0,
+                 floor: float | None = None, wall: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic,
+                 kernel: Callable[[], clockmod.ClockStatus] = clockmod.read) -> None:
+        self.path = Path(state_dir) / FILE_NAME if state_dir is not None else None
+        self.max_offset_s = max_offset_s
+        self._wall, self._mono, self._kernel = wall, mono, kernel
+        self._lock = threading.Lock()
+        saved = self._load()
+        last_seen = max(saved.get("last_seen_ms", 0) / 1000, floor or 0.0)
+        self._anchor = (last_seen, mono())
+        self._last = last_seen
+        self._confirmed_at: float | None = saved.get("confirmed_ms", 0) / 1000 or None
+        self._by: str | None = saved.get("confirmed_by")
+        self._confirmed_now = False
+        self._behind = False
+        self._offset_ms: int | None = None
+        self._server_checked_ms: int | None = None
+        self._kernel_state = clockmod.UNKNOWN
+        self._saved_at = mono()
+        self.now()
+
+    # ------------------------------------------------------------ time
+
+    def now(self) -> float:
+        """Wall-clock time, or the last time seen advanced by the monotonic clock when the wall
+        clock is behind it: never earlier than any time this guard handed out before."""
+        wall, mono = self._wall(), self._mono()
+        with self._lock:
+            estimate = self._anchor[0] + (mono - self._anchor[1])
+            if wall + SLACK_S >= estimate:
+                self._anchor = (wall, mono)
+                if self._behind:
+                    log.info("clock: wall clock caught up with the last time seen")
+                self._behind = False
+                value = wall
+            else:
+                if not self._behind:
+                    log.warning("clock: wall clock is %.1f s behind the last time seen; going on from that",
+                                estimate - wall)
+                self._behind = True
+                value = estimate
+            self._last = max(self._last, value)
+            return self._last
+
+    # ------------------------------------------------------------ confirmation
+
+    def refresh(self, server_offset_ms: int | None = None, server_checked_ms: int | None = None) -> ClockStatus:
+        """Ask the kernel, take the server's last offset (from sync-state.json), and confirm the
+        clock if either says it is right. Called by the daemon about once a second."""
+        kernel = self._kernel()
+        with self._lock:
+            self._kernel_state = kernel.state
+        if kernel.state == clockmod.SYNCED:
+            self._confirm("ntp")
+        if server_offset_ms is not None and server_checked_ms is not None \
+                and server_checked_ms != self._server_checked_ms:
+            with self._lock:
+                self._server_checked_ms = server_checked_ms
+                self._offset_ms = server_offset_ms
+            if abs(server_offset_ms) <= self.max_offset_s * 1000:
+                self._confirm("server")
+            else:
+                log.warning("clock: %+.1f s off the server's time (limit %.1f s): not confirmed",
+                            server_offset_ms / 1000, self.max_offset_s)
+        return self.status()
+
+    def _confirm(self, by: str) -> None:
+        wall, mono = self._wall(), self._mono()
+        with self._lock:
+            if self._behind or wall + SLACK_S < self._last:
+                # NTP or the server vouch for the wall clock: the saved time was wrong (in the future)
+                log.warning("clock: confirmed by %s at %.1f s before the last time seen; trusting it", by,
+                            self._last - wall)
+                self._last = wall
+                self._behind = False
+            self._anchor = (wall, mono)
+            if not self._confirmed_now:
+                log.info("clock: confirmed by %s", by)
+            self._confirmed_now = True
+            self._confirmed_at, self._by = wall, by
+
+    def status(self) -> ClockStatus:
+        with self._lock:
+            return ClockStatus(self._confirmed_now, self._behind, self._confirmed_at, self._by, self._offset_ms,
+                               self._kernel_state)
+
+    def entry_state(self) -> str:
+        """What an entry records about its time: "synced" while the clock is confirmed and not
+        behind, else "unsynced" (docs/entry-log.md#time-and-clock)."""
+        with self._lock:
+            return clockmod.SYNCED if self._confirmed_now and not self._behind else clockmod.UNSYNCED
+
+    # ------------------------------------------------------------ persistence
+
+    def _load(self) -> dict:
+        if self.path is None:
+            return {}
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("clock: %s unreadable (%s); starting without it", self.path, exc)
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        out = {}
+        for key in ("last_seen_ms", "confirmed_ms"):
+            if type(doc.get(key)) is int and doc[key] >= 0:
+                out[key] = doc[key]
+        if doc.get("confirmed_by") in ("ntp", "server"):
+            out["confirmed_by"] = doc["confirmed_by"]
+        return out
+
+    def save(self) -> None:
+        """Write the last time seen and the last confirmation (atomically) to STATE/clock.json."""
+        if self.path is None:
+            return
+        self.now()
+        with self._lock:
+            doc = {"last_seen_ms": int(self._last * 1000),
+                   "confirmed_ms": int(self._confirmed_at * 1000) if self._confirmed_at else 0,
+                   "confirmed_by": self._by}
+            self._saved_at = self._mono()
+        tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, (json.dumps(doc) + "\n").encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("clock: cannot save %s: %s", self.path, exc)
+
+    def save_if_due(self, interval_s: float) -> None:
+        if self._mono() - self._saved_at >= interval_s:
+            self.save()
