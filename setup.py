@@ -5,6 +5,15 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
+# psycopg 3 with its own libpq where wheels exist (x86-64, aarch64); elsewhere (32-bit Pi OS) the
+# pure-Python psycopg on Debian's libpq5 (installed with the postgresql package).
+_WHEELS = ("x86_64", "aarch64", "AMD64")
+SERVER = [
+    "psycopg[binary]>=3.1; " + " or ".join(f"platform_machine == '{m}'" for m in _WHEELS),
+    "psycopg>=3.1; " + " and ".join(f"platform_machine != '{m}'" for m in _WHEELS),
+    "psycopg-pool>=3.2",
+]
+
 setup(
     name="checkpoint-edge",
     version="0.1.0",
@@ -34,10 +43,12 @@ setup(
     ],
     extras_require={
         "picamera": ["picamera2>=0.3.17"],
+        "server": SERVER,  # PostgreSQL for the central server (sync/server/postgres.py)
         "dev": [
             "pytest>=8",
             "hypothesis>=6.100",
             "cbor2>=5.6",
+            *SERVER,  # the server tests run on SQLite and PostgreSQL
         ],
     },
     entry_points={"console_scripts": ["checkpoint=scanner.cli:main"]},

@@ -9,7 +9,9 @@ cd "$(dirname "$0")"
 target=${1:-demo}
 [ $# -gt 0 ] && shift
 
-APT_PACKAGES="python3 python3-venv python3-pip libzbar0 gcc python3-dev openssl"
+APT_PACKAGES="python3 python3-venv python3-pip libzbar0 gcc python3-dev openssl systemd udev"
+# the central server's tests and benchmarks run a private PostgreSQL (tests/pg_support.py); not on devices
+case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES postgresql" ;; esac
 
 missing=""
 for pkg in $APT_PACKAGES; do

@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync]: print the benchmark tables to stdout."""
+"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|trace|daemon]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short run with small sizes (checks that the benchmarks work)")
     parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
-                                                  "formats", "sync"),
+                                                  "formats", "sync", "fleet", "trace", "daemon"),
                         help="run one benchmark only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -49,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "sync"):
         from . import bench_sync
         bench_sync.run(args.quick)
+    if args.only in (None, "fleet"):
+        from . import bench_fleet
+        bench_fleet.run(args.quick)
+    if args.only in (None, "trace"):
+        from . import bench_trace
+        bench_trace.run(args.quick)
+    if args.only in (None, "daemon"):
+        from . import bench_daemon
+        bench_daemon.run(args.quick)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

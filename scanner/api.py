@@ -26,7 +26,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__
 from .events import EventHub
 from .safetext import escape
 
@@ -267,6 +266,9 @@ class ApiServer:
         return self
 
     def stop(self, timeout: float = 3.0) -> None:
+        if self.thread.ident is None:  # never started (the daemon's start failed later): just let go
+            self.sock.close()
+            return
         self.server.should_exit = True
         self.thread.join(timeout)
         if self.thread.is_alive():

@@ -384,14 +384,19 @@ def revoke(bundle_path, root_key, cards, cards_file, kids, valid_days, out):
 # ---------------------------------------------------------------- demo
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="demo-out", show_default=True,
-              help="Where keys, bundle and card images go.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Keep keys, cards, video, config and state here (default: a temporary directory).")
 @click.option("--lang", type=LANG, default=None, help="vi (default) or en.")
-def demo(out_dir, lang):
-    """Issue cards (valid, expired, forged, revoked...), print them as QR images, scan and verify them."""
+@click.option("--duration", type=click.FloatRange(1, 86400), default=None, metavar="SECONDS",
+              help="Run this long, playing the camera video again and again (default: once through).")
+@click.option("--speed", type=click.FloatRange(0.25, 20), default=1.0, show_default=True,
+              help="Play the simulated camera this many times faster.")
+def demo(out_dir, lang, duration, speed):
+    """The whole appliance without hardware: server, simulated camera, virtual lights, sync, summary."""
     from .demo import run_demo
 
-    sys.exit(run_guarded(run_demo, Path(out_dir), lang or i18n.default_lang(), click.echo))
+    sys.exit(run_guarded(run_demo, Path(out_dir) if out_dir else None, lang or i18n.default_lang(), click.echo,
+                         duration=duration, speed=speed))
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -399,3 +404,4 @@ if __name__ == "__main__":  # pragma: no cover
 from . import cli_log  # noqa: E402,F401  (registers `checkpoint log`)
 from . import cli_scan  # noqa: E402,F401  (registers `checkpoint scan`)
 from . import cli_sync  # noqa: E402,F401  (registers sync, server, provision)
+from . import cli_run  # noqa: E402,F401  (registers run, config, doctor, udev-rules, server enroll-qr)

@@ -111,6 +111,7 @@ def sync_now(state_dir, db_path, timeout_s, retry_quarantined, as_json):
 
 def status_dict(state: Path, log) -> dict:
     """What `checkpoint sync status` reports."""
+    from sync.pull import read_pull_state
     from sync.state import DeviceConfig, StateFile
 
     cfg = DeviceConfig.load(state)
@@ -130,6 +131,7 @@ def status_dict(state: Path, log) -> dict:
         "clock_offset_ms": st.clock_offset_ms, "alarms": st.alarms,
         "quarantined": [{k: q[k] for k in ("batch_id", "first_seq", "last_seq", "code")} for q in st.quarantined],
         "batch_size": st.batch_size,
+        "pull": read_pull_state(state),  # when the server last pulled from this device (sync/pull.py)
     }
 
 
@@ -163,6 +165,9 @@ def sync_status(state_dir, db_path, as_json, lang):
         click.echo(t("quarantined", n=len(d["quarantined"])))
     if d["alarms"]:
         click.echo(t("alarms", alarms=", ".join(d["alarms"])))
+    if d["pull"] and d["pull"].get("last_ack_ms"):
+        click.echo(i18n.t("sync_pull.pulled", lang, at=_when(d["pull"]["last_ack_ms"], lang),
+                          by=escape(str(d["pull"].get("puller", "-"))), seq=d["pull"].get("acked_seq", "-")))
 
 
 @sync_group.command("export")
@@ -190,7 +195,13 @@ def sync_export(to_dir, state_dir, db_path, as_json):
 
 def _db_url_option(fn):
     return click.option("--db", "db_url", required=True, metavar="URL",
-                        help="sqlite:///PATH, sqlite:PATH or a file path.")(fn)
+                        help="sqlite:///PATH, sqlite:PATH, a file path, or postgresql://USER@HOST[:PORT]/DB.")(fn)
+
+
+def _keys_option(what: str):
+    return click.option("--keys", "keys_dir", type=click.Path(file_okay=False), default=None,
+                        help=f"Directory of the server's keys ({what}; default: beside the SQLite file; "
+                             "required with PostgreSQL).")
 
 
 def _storage(db_url: str):
@@ -217,12 +228,15 @@ def parse_listen(value: str) -> tuple[str, int]:
 @server_group.command("run")
 @_db_url_option
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on.")
-@click.option("--keys", "keys_dir", type=click.Path(file_okay=False), default=None,
-              help="Directory of the server's sealing key (default: beside the SQLite file).")
+@_keys_option("sealing.key, pull.key: made on first start")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None)
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None)
 @click.option("--access-log", is_flag=True, help="Log every request.")
-def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log):
+@click.option("--max-inflight", type=click.IntRange(1, 10_000), default=32, show_default=True,
+              help="Batches processed at once; more are answered 503 busy with Retry-After.")
+@click.option("--retry-after", "retry_after_s", type=click.IntRange(1, 3600), default=2, show_default=True,
+              help="Seconds a device is told to wait after a 503 busy.")
+def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, max_inflight, retry_after_s):
     """Serve the sync protocol until SIGINT/SIGTERM."""
     import logging
 
@@ -235,7 +249,7 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log):
     scheme = "https" if tls_cert else "http"
     click.echo(f"checkpoint server: listening on {scheme}://{listen} (database {escape(db_url)})", err=True)
     run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
-                access_log=access_log)
+                access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s)
 
 
 @server_group.group("token")
@@ -429,3 +443,165 @@ def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json):
     else:
         click.echo(f"bundle version {meta.version} published ({meta.size} bytes); deltas from "
                    f"{', '.join(map(str, deltas)) or 'none'}")
+
+
+# ---------------------------------------------------------------- issue 7: retention, tracing, pull
+
+
+@server_group.command("purge")
+@_db_url_option
+@click.option("--days", type=click.IntRange(1, 3660), required=True,
+              help="Keep entries of the last DAYS days (by time and by arrival).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def server_purge(db_url, days, as_json):
+    """Retention: remove entries older than DAYS (PostgreSQL drops whole day partitions)."""
+    storage = _storage(db_url)
+    try:
+        res = run_guarded(storage.purge, _now_ms() - days * 86_400_000)
+    finally:
+        storage.close()
+    if as_json:
+        click.echo(json_line(res.to_dict()))
+    else:
+        click.echo(f"removed {res.entries} entries; partitions dropped: {', '.join(res.partitions) or 'none'}"
+                   + (f"; busy, left for the next run: {', '.join(res.skipped)}" if res.skipped else ""))
+
+
+def _local_tz(name: str | None):
+    import datetime as dt
+    if not name:
+        return dt.datetime.now().astimezone().tzinfo
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(f"unknown time zone {escape(name)!r} (an IANA name such as Asia/Ho_Chi_Minh)")
+
+
+def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None):
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from sync.server.keys import SEALING_KEY_NAME, load_private_key
+    from sync.server.storage import default_keys_dir
+
+    if key_file is None:
+        directory = Path(keys_dir) if keys_dir else run_guarded(default_keys_dir, db_url)
+        key_file = directory / SEALING_KEY_NAME
+        if not key_file.exists():
+            fail(f"no sealing key at {escape(str(key_file))}: give --sealing-key FILE (or --no-holders)")
+    return run_guarded(load_private_key, key_file, X25519PrivateKey)
+
+
+@server_group.command("trace")
+@_db_url_option
+@click.option("--card", "card", required=True, help="The card id, hex (as `checkpoint log` shows it).")
+@click.option("--days", type=click.IntRange(1, 3660), default=14, show_default=True,
+              help="Look back this many days from now.")
+@click.option("--contacts", is_flag=True,
+              help="Also list the other cards seen at the same checkpoints around each visit.")
+@click.option("--window", default="1h", show_default=True,
+              help="With --contacts: ± this around each visit (30m, 1h, 2h30m).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--sealing-key", "key_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The server's sealing private key, to open holder details (default: KEYS/sealing.key).")
+@_keys_option("sealing.key")
+@click.option("--no-holders", is_flag=True, help="Do not open holder details (card ids and times only).")
+@click.option("--tz", "tz_name", default=None, help="Time zone of the times shown (default: this machine's).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report to this file (created with mode 0600) instead of stdout.")
+def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, no_holders, tz_name, out_path):
+    """Where and when a card was seen and, with --contacts, who else was there (CSV or JSON)."""
+    import os
+
+    from sync.server import trace as tracemod
+
+    window_ms = run_guarded(tracemod.parse_window, window) if contacts else None
+    card_id = run_guarded(tracemod.parse_card, card)
+    tz = _local_tz(tz_name)
+    key = None if no_holders else _sealing_key(db_url, key_file, keys_dir)
+    until = _now_ms()
+    storage = _storage(db_url)
+    try:
+        report = run_guarded(tracemod.trace, storage, card_id, since_ms=until - days * 86_400_000, until_ms=until + 1,
+                             window_ms=window_ms, sealing_key=key)
+    finally:
+        storage.close()
+    text = (json_line(tracemod.to_dict(report, tz)) + "\n") if fmt == "json" else tracemod.csv_text(report, tz)
+    if out_path:
+        fd = run_guarded(os.open, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    else:
+        click.echo(text, nl=False)
+    summary = f"card {card_id}: {len(report.visits)} visits in {days} days"
+    if contacts:
+        summary += f", {len(report.contacts)} contact entries of {report.contact_cards} cards within ±{escape(window)}"
+    if report.truncated:
+        summary += "; LIMIT REACHED, narrow the period or the window"
+    click.echo(summary, err=True)
+
+
+def _device_urls(urls: tuple[str, ...], urls_file: str | None) -> list[str]:
+    out = list(urls)
+    if urls_file:
+        text = run_guarded(Path(urls_file).read_text, encoding="utf-8")
+        out += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    if not out:
+        fail("give --device URL (repeatable) or --devices FILE")
+    return out
+
+
+@server_group.command("pull")
+@_db_url_option
+@click.option("--device", "urls", multiple=True, metavar="URL",
+              help="A device's local API, http(s)://HOST:PORT (repeatable).")
+@click.option("--devices", "urls_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A file of device URLs, one a line (# starts a comment).")
+@_keys_option("pull.key signs the requests")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Use this token (first line of the file) instead of the server's pull key.")
+@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CA certificate(s) for devices served over https with a private CA.")
+@click.option("--limit", type=click.IntRange(1, 5000), default=2000, show_default=True, help="Entries per batch.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86400), default=600, show_default=True,
+              help="Stop pulling from a device after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
+def server_pull(db_url, urls, urls_file, keys_dir, token_file, ca_file, limit, timeout_s, as_json):
+    """Fetch pending batches from devices the server can reach (VPN). Exit 0 only when every
+    device has nothing pending left."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from sync.server.keys import PULL_KEY_NAME, load_private_key
+    from sync.server.puller import pull_device
+    from sync.server.storage import default_keys_dir
+
+    targets = _device_urls(urls, urls_file)
+    key = token = None
+    if token_file:
+        token = run_guarded(Path(token_file).read_text, encoding="utf-8").splitlines()[0:1]
+        token = token[0].strip() if token else ""
+        if not token:
+            fail(f"{escape(token_file)}: empty token file")
+    else:
+        directory = Path(keys_dir) if keys_dir else run_guarded(default_keys_dir, db_url)
+        key_file = directory / PULL_KEY_NAME
+        if not key_file.exists():
+            fail(f"no pull key at {escape(str(key_file))} (`checkpoint server run` makes it; devices learn it "
+                 "at enrollment)")
+        key = run_guarded(load_private_key, key_file, ed25519.Ed25519PrivateKey)
+    storage = _storage(db_url)
+    results = []
+    try:
+        for url in targets:
+            res = pull_device(storage, url, key=key, token=token, ca_file=ca_file, limit=limit, timeout_s=timeout_s)
+            results.append(res)
+            if as_json:
+                click.echo(json_line(res.to_dict()))
+            else:
+                click.echo(f"{escape(url)} {res.device_id or '-'}: {res.batches} batches, {res.entries} entries "
+                           f"({res.stored} new, {res.duplicates} already held), {res.marked} marked on the device, "
+                           f"{res.quarantined} quarantined; pending {res.pending if res.pending is not None else '-'}"
+                           + (f"; error {res.error_code}: {escape(res.error or '')}" if res.error else ""))
+    finally:
+        storage.close()
+    sys.exit(EXIT_OK if all(r.complete for r in results) else EXIT_INCOMPLETE)

@@ -123,8 +123,8 @@ SECTIONS: tuple[Section, ...] = (
         K("name", cs.optional(cs.string(max_len=64)), "text", None,
           "A label for the status page (e.g. \"Cổng chợ Đông\")."),
         K("direction", cs.choice(*DIRECTIONS), "`in` / `out`", "in",
-          "Direction of inputs that have none of their own, until staff toggle it.", live=True),
-        K("lang", cs.choice(*LANGS), "`vi` / `en`", "vi", "Language of console lines.", live=True),
+          "Direction of inputs that have none of their own, until staff toggle it."),
+        K("lang", cs.choice(*LANGS), "`vi` / `en`", "vi", "Language of console lines."),
     ), doc="Who and where this device is."),
     Section("scan", (
         K("cooldown_s", cs.number(0, 3600), "seconds", 3.0,
@@ -210,6 +210,20 @@ SECTIONS: tuple[Section, ...] = (
           "The holder's name and birth year stay on the kiosk (and in memory) this long.", live=True),
         K("max_clients", cs.integer(1, 256), "integer", 16, "Event-stream clients at once, at most."),
     ), doc="The local HTTP API (docs/configuration.md#local-http-api)."),
+    Section("kiosk", (
+        K("enabled", cs.boolean(), "boolean", True,
+          "Serve the kiosk screen at `/` and the technician status page at `/status` (on the API's address)."),
+        K("lang", cs.choice(*LANGS), "`vi` / `en`", "vi",
+          "Language the pages start in (staff can switch on the screen).", live=True),
+        K("occupancy", cs.boolean(), "boolean", False,
+          "Show how many people are inside (admitted in minus out today): for venues with entry and exit.",
+          live=True),
+        K("preview", cs.boolean(), "boolean", True,
+          "Offer a live camera preview with the detected code outlined (frames are encoded only while a "
+          "screen watches)."),
+        K("preview_fps", cs.number(0.2, 15), "frames/s", 3.0, "Preview frames per second, at most."),
+        K("preview_width", cs.integer(80, 1280), "pixels", 320, "Preview frames are scaled down to this width."),
+    ), doc="The kiosk screen and the status page in the browser (docs/configuration.md#kiosk-screen-and-status-page)."),
     Section("enroll", (
         K("qr", cs.boolean(), "boolean", True,
           "A device that is not provisioned enrolls itself when shown an enrollment QR (`CKENROLL:`)."),
@@ -398,6 +412,7 @@ refused. No endpoint returns anything from the entry log but counts.
 | `GET /api/v1/events` | server-sent events: `verdict`, `clear`, `partial`, `state`, `direction`, `silence`, `error` |
 | `POST /api/v1/direction` | `{"direction": "in"/"out"}` sets it, an empty object toggles it |
 | `POST /api/v1/silence` | acknowledge the alarm |
+| `/sync/v1/pull/...` | server pull for sites the server can reach but that cannot reach it ([sync-protocol.md](sync-protocol.md#server-pull)); authenticated by the server's pull key, not by the token above |
 
 A `verdict` event carries the holder's name and birth year (only while `display_s` lasts; they
 exist in memory only, never read from the entry log), the decision, the stable reason code, the

@@ -341,12 +341,12 @@ def _default_doc(key: Key) -> str:
     if isinstance(d, Path):
         d = str(d)
     if isinstance(d, (tuple, list)):
-        return f"`{list(d)}`" if d else "`[]`"
+        return "`[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in d) + "]`"
     if d is None:
         return "not set"
     if isinstance(d, bool):
         return f"`{str(d).lower()}`"
-    return f"`{d!r}`" if isinstance(d, str) else f"`{d}`"
+    return f'`"{d}"`' if isinstance(d, str) else f"`{d}`"
 
 
 def markdown(sections: tuple[Section, ...], intro: str) -> str:

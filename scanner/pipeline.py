@@ -436,6 +436,9 @@ class Pipeline:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.wait_idle(left if left is not None else 1e9)
 
+    def inputs(self) -> tuple[Input, ...]:
+        return tuple(self._inputs)
+
     def busy_for(self) -> float | None:
         """Seconds the worker has been on its current scan (None when idle): a hung sink shows here."""
         since = self._busy_since

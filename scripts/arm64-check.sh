@@ -5,7 +5,7 @@
 #   make arm64-check                  # or: bash scripts/arm64-check.sh [options]
 #
 # It builds (or takes from the cache) an arm64 bookworm root with debootstrap, copies the project
-# into it, installs it there exactly as README tells a Pi user (`sh setup.sh test`: apt packages,
+# (git archive HEAD) into it, installs it there exactly as README tells a Pi user (`sh setup.sh test`: apt packages,
 # venv, pip), and runs the verifier, decoder, entry-log and sync tests and a quick verify bench in
 # it, under qemu-user emulation through binfmt_misc. It ends with a summary: which dependencies came
 # as aarch64 wheels and which were built, install time, test results, bench figures.
@@ -15,7 +15,9 @@
 #               first: everything from scratch, as on a new machine
 #   --reinstall install again from the base root even if an installed root for the same
 #               setup.py + setup.sh is cached (keeps the base root and the download caches)
-#   --head      copy `git archive HEAD` instead of the work tree (tracked + untracked, not ignored)
+#   --worktree  copy the work tree (tracked + untracked, not ignored files) instead of HEAD: for
+#               checking changes before they are committed (in a work tree that others are editing
+#               at the same time, a run may catch a half-written file)
 #   --keep      keep the arm64 root after the run (in $ARM64_CACHE/run/root) to look around in
 #   --no-bench  skip the bench
 #   --camera-venv  install the way docs/raspberry-pi.md tells a Pi with a camera module: apt's numpy
@@ -48,22 +50,24 @@ PROJECT_DIR=/srv/checkpoint/checkpoint-edge  # inside the root; ../shared is the
 # (listed in the summary), so the list may name tests that other issues have not delivered yet.
 TESTS="test_verifier.py test_base45.py test_cbor.py test_cose.py test_bundle.py test_revocation.py
 test_fuzz.py test_decode.py test_render.py test_cli.py test_scan.py"
-TEST_GLOBS="test_entry*.py test_entrylog*.py test_sealing*.py test_clock*.py test_cli_log*.py test_sync*.py"
+TEST_GLOBS="test_entry*.py test_entrylog*.py test_sealing*.py test_clock*.py test_cli_log*.py test_sync*.py
+test_batch*.py test_server*.py"
 # and the tests of the parts whose dependencies are platform-specific: evdev (built from source),
 # pyserial, lgpio/gpiozero, OpenCV video capture
 EXTRA_GLOBS="test_readers*.py test_gpio*.py test_camera*.py test_pipeline*.py"
 NICE="nice -n 19"
 
-fresh=0 reinstall=0 source_mode=worktree keep=0 bench=1 camera=0
+fresh=0 reinstall=0 source_mode="head" keep=0 bench=1 camera=0
 for arg in "$@"; do
     case "$arg" in
         --fresh) fresh=1 ;;
         --reinstall) reinstall=1 ;;
-        --head) source_mode=head ;;
+        --head) source_mode="head" ;;
+        --worktree) source_mode=worktree ;;
         --keep) keep=1 ;;
         --no-bench) bench=0 ;;
         --camera-venv) camera=1 ;;
-        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "arm64-check: unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -171,6 +175,7 @@ deb $mirror $SUITE-updates main
 deb $security $SUITE-security main
 EOF
     rm -rf "$build"/var/cache/apt/archives/*.deb "$build"/var/lib/apt/lists/*
+    unmount_root  # debootstrap's own /proc mount, should one be left
     base=$CACHE/base/$SUITE-arm64-$VARIANT-$key-$(date +%Y%m%d).tar.zst
     tar --numeric-owner -C "$build" -cf - . | $NICE zstd -q -T2 -o "$base.part"
     mv "$base.part" "$base"
@@ -275,7 +280,7 @@ in_root() {  # in_root LOG TIMEOUT CMD...
 # --- install exactly as README says: sh setup.sh test (apt packages, venv, pip) -------------------
 # `sh setup.sh test --version` does the whole set-up and then only asks pytest for its version, so
 # the install is timed on its own; the tests below run through the same `sh setup.sh test`.
-install_rc=0
+install_rc=0 installed_at=""
 if [ "$camera" -eq 0 ]; then
     mode_note="README: sh setup.sh test (plain venv)"
 else
@@ -416,8 +421,13 @@ for item in json.loads(report.read_text())["install"]:
         platform = filename[:-4].split("-")[-1]
         kind = "pure-Python wheel" if platform == "any" else f"binary wheel {platform}"
     else:
+        wheel = re.sub(r"[-_.]+", "_", name).lower()
+        reused = re.search(r"(?i)(Using cached|Processing)\s+\S*" + re.escape(wheel) + "-" + re.escape(version)
+                           + r"-\S+\.whl", text)
         ok = name in built or name.replace("-", "_") in built
-        status = "FAILED to build" if name in failed else ("built OK" if ok else "build status unknown")
+        status = ("FAILED to build" if name in failed else "built OK" if ok
+                  else "built in an earlier run, reused from pip's wheel cache" if reused
+                  else "build status unknown (see pip.log)")
         kind = f"sdist {filename}, built here: {status}"
     rows.append((name, version, f"{kind} ({cached})"))
 binary = [r for r in rows if "binary wheel" in r[2]]

@@ -188,6 +188,24 @@ def mark_acked(log_: EntryLog, batch_id: str, first_seq: int, last_seq: int) -> 
     return n
 
 
+def quarantine(state_dir: str | os.PathLike, state: SyncState, sb: batchmod.SignedBatch, code: str,
+               message: str) -> None:
+    """Keep a batch the server refused as bad in STATE/quarantine/ and in ``state`` (the caller
+    saves it), raise the alarm; later batches go on. Pushes and pulls (sync/pull.py) both use it."""
+    qdir = Path(state_dir) / QUARANTINE_DIR
+    qdir.mkdir(mode=0o700, exist_ok=True)
+    info = sb.info
+    path = qdir / f"{info.first_seq:012d}-{info.last_seq:012d}-{info.batch_id}.ckb"
+    trustupdate.atomic_write(path, sb.data, 0o600)
+    if not any(q["batch_id"] == info.batch_id for q in state.quarantined):
+        state.quarantined.append({"batch_id": info.batch_id, "first_seq": info.first_seq,
+                                  "last_seq": info.last_seq, "code": code, "message": message[:300],
+                                  "at_ms": now_ms(), "file": str(path)})
+    state.set_alarm("batch_quarantined", True)
+    log.error("batch %s (seq %d..%d) refused by the server (%s); quarantined in %s, going on",
+              info.batch_id, info.first_seq, info.last_seq, code, path)
+
+
 # ---------------------------------------------------------------- backoff
 
 
@@ -391,17 +409,7 @@ class SyncAgent:
         log.error("trust update refused, old bundle kept: %s", message)
 
     def _quarantine(self, state: SyncState, sb: batchmod.SignedBatch, exc: RejectedError) -> None:
-        qdir = self.state_dir / QUARANTINE_DIR
-        qdir.mkdir(mode=0o700, exist_ok=True)
-        info = sb.info
-        path = qdir / f"{info.first_seq:012d}-{info.last_seq:012d}-{info.batch_id}.ckb"
-        trustupdate.atomic_write(path, sb.data, 0o600)
-        state.quarantined.append({"batch_id": info.batch_id, "first_seq": info.first_seq,
-                                  "last_seq": info.last_seq, "code": exc.code, "message": str(exc)[:300],
-                                  "at_ms": now_ms(), "file": str(path)})
-        state.set_alarm("batch_quarantined", True)
-        log.error("batch %s (seq %d..%d) refused by the server (%s); quarantined in %s, going on",
-                  info.batch_id, info.first_seq, info.last_seq, exc.code, path)
+        quarantine(self.state_dir, state, sb, exc.code, str(exc))
 
     def upload_pending(self, state: SyncState, deadline: float | None = None) -> tuple[int, int, int, int, int]:
         """Upload pending entries batch by batch until none are left (or ``deadline``, monotonic).
@@ -487,7 +495,8 @@ class SyncAgent:
                 finally:
                     self._note_clock(state)
                 self.catch_up_acks(state)
-                due = state.trust_checked_ms is None or now_ms() - state.trust_checked_ms >= self.trust_interval_s * 1000
+                due = (state.trust_checked_ms is None
+                       or now_ms() - state.trust_checked_ms >= self.trust_interval_s * 1000)
                 if trust or (trust is None and due):
                     trust_result = self.update_trust(state)
                 counts = self.upload_pending(state, deadline)

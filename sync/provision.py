@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner import sealing
 from scanner.errors import CheckpointError, KeyFileError, TrustError
@@ -18,7 +19,7 @@ from scanner.trust import load_root
 from . import identity, protocol, trustupdate
 from .agent import now_ms, refresh_bundle
 from .client import SyncClient
-from .state import SEALING_PUB_NAME, DeviceConfig, StateFile
+from .state import PULL_PUB_NAME, SEALING_PUB_NAME, DeviceConfig, StateFile
 
 
 class ProvisionError(CheckpointError):
@@ -73,6 +74,14 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
                 server_root = serialization.load_pem_public_key(str(doc["root_public_key"]).encode("ascii"))
             except (ValueError, UnicodeEncodeError):
                 raise ProvisionError("enrollment answer has an unreadable trust root") from None
+        pull_pub = None
+        if doc.get("pull_public_key"):
+            try:
+                pull_pub = serialization.load_pem_public_key(str(doc["pull_public_key"]).encode("ascii"))
+            except (ValueError, UnicodeEncodeError):
+                pull_pub = None
+            if not isinstance(pull_pub, ed25519.Ed25519PublicKey):
+                raise ProvisionError("enrollment answer has an unreadable pull key")
         root_mode = "none"
         root_path = state / trustupdate.ROOT_NAME
         if pinned is not None:
@@ -88,6 +97,8 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
             trustupdate.atomic_write(root_path, _pem(server_root))
             root_mode = "server"
         trustupdate.atomic_write(state / SEALING_PUB_NAME, sealing.public_key_pem(seal_pub))
+        if pull_pub is not None:  # the server may pull batches signed with it (sync/pull.py)
+            trustupdate.atomic_write(state / PULL_PUB_NAME, _pem(pull_pub))
         DeviceConfig(device_id, checkpoint_id, client.base_url, ca_file, now_ms()).save(state)
         roots = trustupdate.load_roots(state)
         bundle_status, version = "none", None

@@ -19,6 +19,7 @@ DEVICE_NAME = "device.json"
 STATE_NAME = "sync-state.json"
 LOCK_NAME = "sync.lock"
 SEALING_PUB_NAME = "sealing.pub"
+PULL_PUB_NAME = "server-pull.pub"  # the server's Ed25519 key for pulls (sync/pull.py), from enrollment
 QUARANTINE_DIR = "quarantine"
 DEFAULT_STATE_DIR = "/var/lib/checkpoint"
 

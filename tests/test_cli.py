@@ -221,14 +221,6 @@ def test_scan_image_human_output(pki, tmp_path):
     assert r.returncode == 0 and r.stdout == f"{png}: {card['text']}\n"
 
 
-def test_demo_gives_every_expected_verdict(tmp_path):
-    r = run("demo", "--out", str(tmp_path / "d"), "--lang", "en")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "All 9 cards gave the expected verdict." in r.stdout
-    assert len(list((tmp_path / "d" / "cards").glob("*.png"))) == 9
-    assert stat.S_IMODE((tmp_path / "d" / "keys" / "root.key").stat().st_mode) == 0o600
-
-
 def test_version_and_help():
     assert run("--version").stdout.startswith("checkpoint")
     r = run("--help")

@@ -11,7 +11,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from test_sync_support import ServerThread, now_ms, provision_device, record
+from test_sync_support import BACKENDS, ServerThread, db_url_for, free_port, now_ms, provision_device, record
 
 from scanner import verifier
 from scanner.cli import main
@@ -20,7 +20,7 @@ from scanner.errors import CheckpointError
 from sync import batch as batchmod
 from sync import identity, protocol
 from sync.client import RejectedError, SyncClient
-from sync.server.storage import open_storage
+from sync.server.storage import default_keys_dir, open_storage
 from sync.server.tokens import issue_tokens, token_hash
 
 
@@ -29,10 +29,12 @@ def verdicts(make_card, trust, now):
     return [verifier.verify(make_card(card_id=os.urandom(16)), trust, now) for _ in range(3)]
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(params=BACKENDS)
+def server(request, tmp_path):
+    """The real server on uvicorn, on SQLite and on PostgreSQL (the same tests for both)."""
     (tmp_path / "server").mkdir()
-    srv = ServerThread(tmp_path / "server" / "central.db").start()
+    db = tmp_path / "server" / "central.db"
+    srv = ServerThread(db, url=db_url_for(request.param, db)).start()
     yield srv
     srv.stop()
 
@@ -89,7 +91,7 @@ def test_heartbeats_latest_kept_replays_ignored_stale_first(server, tmp_path):
     devices = {d.device.device_id: d for d in server.storage.devices()}
     assert devices[a.device_id].heartbeat["queue_depth"] == 2
     assert devices[b.device_id].heartbeat is None
-    out = CliRunner().invoke(main, ["server", "devices", "--db", str(server.db), "--json"])
+    out = CliRunner().invoke(main, ["server", "devices", "--db", server.db_url, "--json"])
     rows = [json.loads(line) for line in out.output.splitlines()]
     assert [r["device_id"] for r in rows] == [b.device_id, a.device_id]  # never seen: stale, first
     assert rows[0]["stale"] and not rows[1]["stale"]
@@ -127,7 +129,7 @@ def test_chain_breaks_alterations_conflicts_and_gaps_are_reported(server, tmp_pa
     assert {("relinked", 31), ("conflict", 5)} <= kinds
     s = server.storage.stats()
     assert s.conflicts == 1 and s.chain_problems >= 2
-    out = CliRunner().invoke(main, ["server", "chain", "--db", str(server.db)])
+    out = CliRunner().invoke(main, ["server", "chain", "--db", server.db_url])
     assert "relinked seq 31" in out.output and "conflict seq 5" in out.output
 
 
@@ -135,14 +137,21 @@ def test_storage_urls(tmp_path):
     for url in (f"sqlite:///{tmp_path}/a.db", str(tmp_path / "b.db")):
         open_storage(url).close()
     with pytest.raises(CheckpointError, match="not supported"):
-        open_storage("postgresql://localhost/checkpoint")
+        open_storage("mysql://localhost/checkpoint")
     with pytest.raises(CheckpointError):
         open_storage(str(tmp_path / "missing" / "c.db"))
+    port = free_port()  # nothing listens there: a clear error with libpq's reason, quickly
+    with pytest.raises(CheckpointError, match="cannot connect") as exc_info:
+        open_storage(f"postgresql://nobody:secret@127.0.0.1:{port}/checkpoint")
+    assert exc_info.value.code == "db_unusable" and "secret" not in str(exc_info.value)
+    with pytest.raises(CheckpointError, match="--keys"):
+        default_keys_dir(f"postgresql://127.0.0.1:{port}/checkpoint")
 
 
-def test_server_cli_tokens_stats_bundle(tmp_path, make_bundle_bytes, root_key):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_cli_tokens_stats_bundle(tmp_path, make_bundle_bytes, root_key, backend):
     from cryptography.hazmat.primitives import serialization
-    db = str(tmp_path / "c.db")
+    db = db_url_for(backend, tmp_path / "c.db")
     r = CliRunner()
     out = r.invoke(main, ["server", "token", "create", "--db", db, "--checkpoint", "gate-2", "--count", "3", "--json"])
     assert out.exit_code == 0 and len(json.loads(out.output)["tokens"]) == 3
@@ -188,7 +197,7 @@ def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, mak
     assert out.exit_code == 0 and json.loads(out.output)["complete"]
     out = r.invoke(main, ["sync", "status", "--state-dir", str(state), "--lang", "en"])
     assert "Pending 0 entries" in out.output and "last acknowledged seq 15" in out.output
-    out = r.invoke(main, ["server", "import", "--db", str(server.db), str(tmp_path / "usb"), "--json"])
+    out = r.invoke(main, ["server", "import", "--db", server.db_url, str(tmp_path / "usb"), "--json"])
     assert json.loads(out.output)["duplicates"] == 15
     log.close()
 

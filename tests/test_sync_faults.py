@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import requests
 from test_sync_support import (
+    BACKENDS,
     FaultProxy,
     ServerProcess,
     ServerThread,
     assert_exactly_once,
     bulk_fill,
+    db_url_for,
     free_port,
     provision_device,
     record,
@@ -37,10 +39,12 @@ def verdicts(make_card, trust, now):
     return [verifier.verify(make_card(card_id=os.urandom(16), name=f"Nguyễn Văn {i}"), trust, now) for i in range(4)]
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(params=BACKENDS)
+def server(request, tmp_path):
+    """The real server on uvicorn, on SQLite and on PostgreSQL (the same tests for both)."""
     (tmp_path / "server").mkdir()
-    srv = ServerThread(tmp_path / "server" / "central.db").start()
+    db = tmp_path / "server" / "central.db"
+    srv = ServerThread(db, url=db_url_for(request.param, db)).start()
     yield srv
     srv.stop()
 
@@ -79,10 +83,12 @@ def test_happy_path_every_entry_once(server, tmp_path, verdicts):
     agent.close()
 
 
-def test_refused_connection_then_server_appears(tmp_path, verdicts):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refused_connection_then_server_appears(tmp_path, verdicts, backend):
     port = free_port()
     (tmp_path / "server").mkdir()
-    srv = ServerThread(tmp_path / "server" / "c.db", port=port).start()
+    url = db_url_for(backend, tmp_path / "server" / "c.db")
+    srv = ServerThread(tmp_path / "server" / "c.db", port=port, url=url).start()
     dev = provision_device(srv, tmp_path)
     srv.stop()  # the link goes down: nothing listens on the port any more
     record(dev, verdicts, 30)
@@ -91,7 +97,7 @@ def test_refused_connection_then_server_appears(tmp_path, verdicts):
     assert not res.complete and res.error_code == "network" and res.pending == 30
     st = StateFile(dev.state).load()
     assert st.last_error_code == "network" and st.last_acked_seq == 0
-    srv2 = ServerThread(tmp_path / "server" / "c.db", port=port).start()
+    srv2 = ServerThread(tmp_path / "server" / "c.db", port=port, url=url).start()  # the same database
     try:
         res = agent.sync_until_done(60, sleep=Sleeps())
         assert res.complete
@@ -207,19 +213,21 @@ def test_response_lost_after_commit(server, tmp_path, verdicts):
     proxy.close()
 
 
-def test_server_killed_and_restarted_mid_upload(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_killed_and_restarted_mid_upload(tmp_path, backend):
     (tmp_path / "s").mkdir()
     db = tmp_path / "s" / "c.db"
-    srv = ServerProcess(db).start()
+    url = db_url_for(backend, db)
+    srv = ServerProcess(db, url=url).start()
     try:
         from test_sync_support import Device, now_ms
 
         from scanner.entrylog import EntryLog
         from sync.provision import provision
-        from sync.server.sqlite import SQLiteStorage
+        from sync.server.storage import open_storage
         from sync.server.tokens import issue_tokens
 
-        st = SQLiteStorage(db)
+        st = open_storage(url)
         token = issue_tokens(st, "gate-1", now_ms=now_ms())[0]
         res = provision(srv.url, token, tmp_path / "dev")
         log = EntryLog(tmp_path / "dev" / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,

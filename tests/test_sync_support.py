@@ -25,8 +25,8 @@ from scanner.entry import Entry, chain_hash, hash_fields
 from scanner.entrylog import INSERT_SQL, EntryLog, entry_row
 from scanner.scan import Scan
 from sync.server.app import ServerConfig, create_app, make_server
-from sync.server.keys import load_or_create_sealing_key, sealing_public_pem
-from sync.server.sqlite import SQLiteStorage
+from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key, public_pem, sealing_public_pem
+from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens
 
 WAIT_S = 60.0  # generous: the machine is shared and slow at times
@@ -52,6 +52,19 @@ def wait_for(cond, what: str, timeout: float = WAIT_S, interval: float = 0.01):
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def db_url_for(backend: str, db: Path) -> str:
+    """A database URL for the server whose keys live beside ``db``: the SQLite file ``db`` itself,
+    or a fresh schema on the session's private PostgreSQL server (tests/pg_support.py; skipped
+    with a clear message where PostgreSQL cannot run)."""
+    if backend == "sqlite":
+        return str(db)
+    import pg_support
+    return pg_support.cluster().new_schema()
 
 
 # ---------------------------------------------------------------- servers
@@ -106,12 +119,18 @@ class ServerThread:
     """The real server app on uvicorn in a thread, on a free port of 127.0.0.1."""
 
     def __init__(self, db: Path, *, config: dict | None = None, port: int | None = None,
-                 tls: tuple[str, str] | None = None) -> None:
+                 tls: tuple[str, str] | None = None, url: str | None = None) -> None:
+        """``db``: the SQLite file (its directory holds the server's keys); ``url``: another
+        database (PostgreSQL) to use instead, keys still beside ``db``."""
         self.db = Path(db)
-        self.storage = SQLiteStorage(self.db)
-        key = load_or_create_sealing_key(self.db.parent)
+        self.db_url = url or str(self.db)
+        self.keys_dir = self.db.parent
+        self.storage = open_storage(self.db_url)
+        key = load_or_create_sealing_key(self.keys_dir)
         self.sealing_key = key
-        self.app = create_app(self.storage, ServerConfig(sealing_public_pem(key), **(config or {})))
+        self.pull_key = load_or_create_pull_key(self.keys_dir)
+        self.app = create_app(self.storage, ServerConfig(sealing_public_pem(key), **(config or {}),
+                                                         pull_public_pem=public_pem(self.pull_key)))
         self.faults = Faults(self.app)
         self.port = port or free_port()
         self.tls = tls
@@ -140,8 +159,9 @@ class ServerThread:
 class ServerProcess:
     """`checkpoint server run` as a subprocess (to kill -9 and restart on the same database)."""
 
-    def __init__(self, db: Path, port: int | None = None) -> None:
+    def __init__(self, db: Path, port: int | None = None, url: str | None = None) -> None:
         self.db = Path(db)
+        self.db_url = url or str(self.db)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -151,7 +171,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scanner", "server", "run", "--db", str(self.db),
+            [sys.executable, "-m", "scanner", "server", "run", "--db", self.db_url, "--keys", str(self.db.parent),
              "--listen", f"127.0.0.1:{self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def up():
@@ -363,3 +383,50 @@ def assert_exactly_once(storage, device: Device) -> None:
     assert device.log.pending(0, 1) == []
     stats = storage.stats()
     assert stats.conflicts == 0 and stats.chain_problems == 0
+
+
+# ---------------------------------------------------------------- central side (issue 7)
+
+
+def chain_entries(device_id: str, checkpoint_id: str, times_ms, cards, *, first_seq: int = 1,
+                  prev_hash: bytes = bytes(32), holders=None, seal_to=None, decision: str = "accept") -> list:
+    """Valid chained entries of one device (as EntryLog would make them) at the given times with
+    the given card ids; ``holders`` (Holder or None per entry) sealed to ``seal_to`` (an X25519
+    public key) when given."""
+    from scanner import sealing
+
+    out, prev, seq = [], prev_hash, first_seq
+    for i, (at, card) in enumerate(zip(times_ms, cards, strict=True)):
+        entry_id = str(uuid.uuid4())
+        holder = holders[i] if holders is not None else None
+        sealed = sealing.seal(holder, seal_to, entry_id) if holder is not None and seal_to is not None else None
+        e = Entry(seq=seq, entry_id=entry_id, device_id=device_id, checkpoint_id=checkpoint_id, direction="in",
+                  at_ms=at, clock="synced", source="camera", source_id="cam0", decision=decision,
+                  reason="ok" if decision == "accept" else "expired", format="CK1", card_id=card, issuer="VN-HUE",
+                  kid="AAECAwQFBgc=", prev_hash=prev, sealed=sealed)
+        e = replace(e, hash=chain_hash(prev, hash_fields(e)))
+        out.append(e)
+        prev, seq = e.hash, seq + 1
+    return out
+
+
+def enroll_direct(storage, checkpoint_id: str):
+    """A new device key enrolled straight into ``storage`` (no HTTP): (key, device_id)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from sync import identity
+    from sync.server.tokens import token_hash
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    token = issue_tokens(storage, checkpoint_id, 1, now_ms=now_ms())[0]
+    device = storage.enroll(token_hash(token), identity.device_id(key), identity.public_raw(key), now_ms())
+    return key, device.device_id
+
+
+def ingest_entries(storage, key, device_id: str, entries, *, source: str = "push", at_ms: int | None = None):
+    """Sign ``entries`` as one batch and store it the way the server does (parse, then ingest)."""
+    from sync import batch as batchmod
+
+    sb = batchmod.build(entries, key, device_id=device_id, created_ms=now_ms())
+    parsed = batchmod.open_batch(sb.data, key.public_key())
+    return storage.ingest(parsed, source, now_ms() if at_ms is None else at_ms)

@@ -11,7 +11,9 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 from test_sync_support import (
+    BACKENDS,
     ServerThread,
+    db_url_for,
     free_port,
     now_ms,
     provision_device,
@@ -95,10 +97,12 @@ def test_install_keeps_the_old_bundle_on_failure(tmp_path, make_bundle_bytes, ro
 # ---------------------------------------------------------------- over HTTP
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(params=BACKENDS)
+def server(request, tmp_path):
+    """The real server on uvicorn, on SQLite and on PostgreSQL (the same tests for both)."""
     (tmp_path / "server").mkdir()
-    srv = ServerThread(tmp_path / "server" / "central.db").start()
+    db = tmp_path / "server" / "central.db"
+    srv = ServerThread(db, url=db_url_for(request.param, db)).start()
     yield srv
     srv.stop()
 

@@ -42,6 +42,7 @@ class ServerConfig:
     max_inflight_batches: int = 32  # beyond this many batches being processed: 503 + Retry-After
     retry_after_s: int = 2
     max_batch_bytes: int = protocol.MAX_BATCH_BYTES  # larger batches: 413, the device sends smaller ones
+    pull_public_pem: str | None = None  # Ed25519: devices accept pulls signed by it (docs/sync-protocol.md#server-pull)
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -154,7 +155,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         return _json({"protocol": protocol.VERSION, "device_id": device.device_id,
                       "checkpoint_id": device.checkpoint_id, "sealing_public_key": config.sealing_public_pem,
                       "root_public_key": root, "bundle_version": latest.version if latest else None,
-                      "bundle": inline})
+                      "bundle": inline, "pull_public_key": config.pull_public_pem})
 
     async def batches(request: Request) -> Response:
         nonlocal inflight
@@ -268,15 +269,19 @@ def make_server(app, host: str, port: int, *, tls_cert: str | None = None, tls_k
 
 
 def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls_cert: str | None = None,
-          tls_key: str | None = None, access_log: bool = False, ready=None) -> None:
+          tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 32,
+          retry_after_s: int = 2) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`)."""
-    from .keys import load_or_create_sealing_key, sealing_public_pem
+    from .keys import load_or_create_pull_key, load_or_create_sealing_key, public_pem, sealing_public_pem
     from .storage import default_keys_dir, open_storage
 
+    keys_dir = keys_dir or default_keys_dir(db_url)
     storage = open_storage(db_url)
     try:
-        key = load_or_create_sealing_key(keys_dir or default_keys_dir(db_url))
-        app = create_app(storage, ServerConfig(sealing_public_pem(key)))
+        key = load_or_create_sealing_key(keys_dir)
+        pull_key = load_or_create_pull_key(keys_dir)
+        app = create_app(storage, ServerConfig(sealing_public_pem(key), max_inflight_batches=max_inflight,
+                                               retry_after_s=retry_after_s, pull_public_pem=public_pem(pull_key)))
         server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=access_log)
         if ready is not None:
             ready(server)

@@ -1,27 +1,32 @@
-"""The server's own X25519 sealing key (devices seal holder details to its public half):
-made once in the server's key directory (mode 0600), then only loaded."""
+"""The server's own keys, made once in its key directory (mode 0600), then only loaded:
+
+- ``sealing.key`` (X25519): devices seal holder details to its public half; tracing opens them.
+- ``pull.key`` (Ed25519): signs the server's requests when it pulls batches from devices
+  (docs/sync-protocol.md#server-pull); devices learn its public half at enrollment.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from scanner import sealing
 from scanner.errors import CheckpointError
 
 SEALING_KEY_NAME = "sealing.key"
+PULL_KEY_NAME = "pull.key"
 
 
-def load_or_create_sealing_key(keys_dir: str | os.PathLike) -> X25519PrivateKey:
-    path = Path(keys_dir) / SEALING_KEY_NAME
+def _load_or_create(keys_dir: str | os.PathLike, name: str, generate, kind: type):
+    path = Path(keys_dir) / name
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = sealing.generate_server_key()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        tmp = path.with_name(f".{SEALING_KEY_NAME}.{os.getpid()}.tmp")
+        pem = generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, pem)
@@ -33,14 +38,34 @@ def load_or_create_sealing_key(keys_dir: str | os.PathLike) -> X25519PrivateKey:
         except FileExistsError:
             pass  # another process made it first: use theirs
         os.unlink(tmp)
+    return load_private_key(path, kind)
+
+
+def load_private_key(path: str | os.PathLike, kind: type):
+    """A PEM private key of ``kind`` from ``path``; CheckpointError (code server_key) otherwise."""
+    path = Path(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a readable private key ({exc})", code="server_key") from None
-    if not isinstance(key, X25519PrivateKey):
-        raise CheckpointError(f"{path} is not an X25519 key", code="server_key")
+    if not isinstance(key, kind):
+        raise CheckpointError(f"{path} is not an {kind.__name__.removesuffix('PrivateKey')} key", code="server_key")
     return key
+
+
+def load_or_create_sealing_key(keys_dir: str | os.PathLike) -> X25519PrivateKey:
+    return _load_or_create(keys_dir, SEALING_KEY_NAME, sealing.generate_server_key, X25519PrivateKey)
+
+
+def load_or_create_pull_key(keys_dir: str | os.PathLike) -> ed25519.Ed25519PrivateKey:
+    return _load_or_create(keys_dir, PULL_KEY_NAME, ed25519.Ed25519PrivateKey.generate, ed25519.Ed25519PrivateKey)
 
 
 def sealing_public_pem(key: X25519PrivateKey) -> str:
     return sealing.public_key_pem(key.public_key()).decode("ascii")
+
+
+def public_pem(key: ed25519.Ed25519PrivateKey) -> str:
+    """The public half of an Ed25519 key as PEM text (SubjectPublicKeyInfo)."""
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")

@@ -17,12 +17,15 @@ from .. import protocol
 from ..batch import ParsedBatch
 from . import chain
 from .storage import (
+    SEEN_COLUMNS,
     SOURCES,
     BundleMeta,
     ChainEvent,
     Device,
     DeviceStatus,
     Ingested,
+    PurgeResult,
+    SeenEntry,
     ServerError,
     Stats,
     Storage,
@@ -32,7 +35,7 @@ from .storage import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
@@ -74,6 +77,12 @@ CREATE TABLE IF NOT EXISTS deltas (
     from_version INTEGER NOT NULL, to_version INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (from_version, to_version)) STRICT;
 """
+# Version 2 (issue 7): retention. ``entries`` stays the count ever stored (so ``missing`` stays right),
+# ``purged`` counts those removed; gaps are looked for only above ``purged_seq``.
+MIGRATE_2 = """
+ALTER TABLE devices ADD COLUMN purged INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0;
+"""
 
 _INSERT_ENTRY = ("INSERT OR IGNORE INTO entries (device_id, seq, entry_id, checkpoint_id, direction, at_ms, "
                  "clock, source, source_id, decision, reason, format, card_id, issuer, kid, kind, ref_entry_id, "
@@ -103,9 +112,13 @@ class SQLiteStorage(Storage):
                                       code="db_schema")
             if version < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
-                for stmt in SCHEMA.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
+                version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have done it
+                steps = [(1, SCHEMA), (2, MIGRATE_2)]
+                for target, script in steps:
+                    if version < target:
+                        for stmt in script.split(";"):
+                            if stmt.strip():
+                                conn.execute(stmt)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -208,14 +221,14 @@ class SQLiteStorage(Storage):
                     "SELECT d.device_id, d.checkpoint_id, d.public_key, d.enrolled_ms, d.revoked_ms, d.held_seq, "
                     "d.entries, h.received_ms, h.doc, "
                     "(SELECT count(*) FROM chain_events c WHERE c.device_id = d.device_id AND c.kind != 'conflict'), "
-                    "(SELECT count(*) FROM conflicts f WHERE f.device_id = d.device_id) "
+                    "(SELECT count(*) FROM conflicts f WHERE f.device_id = d.device_id), d.purged "
                     "FROM devices d LEFT JOIN heartbeats h ON h.device_id = d.device_id").fetchall()
             finally:
                 conn.execute("COMMIT")
         out = []
         for r in rows:
             dev = Device(*r[:5])
-            out.append(DeviceStatus(dev, r[7], json.loads(r[8]) if r[8] else None, r[5], r[6],
+            out.append(DeviceStatus(dev, r[7], json.loads(r[8]) if r[8] else None, r[5], r[6] - r[11],
                                     max(0, r[5] - r[6]), r[9], r[10]))
         return out
 
@@ -298,9 +311,12 @@ class SQLiteStorage(Storage):
         return rows[0][0] if rows else 0
 
     def gaps(self, device_id: str, limit: int = 100) -> list[tuple[int, int]]:
+        floor = self._read("SELECT purged_seq FROM devices WHERE device_id = ?", (device_id,))
+        floor = floor[0][0] if floor else 0
         rows = self._read(
-            "SELECT prev + 1, seq - 1 FROM (SELECT seq, coalesce(lag(seq) OVER (ORDER BY seq), 0) AS prev "
-            "FROM entries WHERE device_id = ?) WHERE seq > prev + 1 ORDER BY seq LIMIT ?", (device_id, limit))
+            "SELECT prev + 1, seq - 1 FROM (SELECT seq, coalesce(lag(seq) OVER (ORDER BY seq), ?) AS prev "
+            "FROM entries WHERE device_id = ? AND seq > ?) WHERE seq > prev + 1 ORDER BY seq LIMIT ?",
+            (floor, device_id, floor, limit))
         return [tuple(r) for r in rows]
 
     def chain_events(self, device_id: str | None = None, limit: int = 100) -> list[ChainEvent]:
@@ -314,6 +330,30 @@ class SQLiteStorage(Storage):
 
     def entry_hashes(self, device_id: str) -> dict[int, bytes]:
         return dict(self._read("SELECT seq, hash FROM entries WHERE device_id = ?", (device_id,)))
+
+    # ------------------------------------------------------------ tracing and retention
+
+    def visits(self, card_id: str, since_ms: int, until_ms: int, limit: int) -> list[SeenEntry]:
+        return [SeenEntry(*r) for r in self._read(
+            f"SELECT {SEEN_COLUMNS} FROM entries WHERE card_id = ? AND at_ms >= ? AND at_ms < ? "
+            "ORDER BY at_ms, device_id, seq LIMIT ?", (card_id, since_ms, until_ms, limit))]
+
+    def seen_at(self, checkpoint_id: str, from_ms: int, to_ms: int, limit: int) -> list[SeenEntry]:
+        return [SeenEntry(*r) for r in self._read(
+            f"SELECT {SEEN_COLUMNS} FROM entries WHERE checkpoint_id = ? AND at_ms BETWEEN ? AND ? "
+            "ORDER BY at_ms, device_id, seq LIMIT ?", (checkpoint_id, from_ms, to_ms, limit))]
+
+    def purge(self, cutoff_ms: int) -> PurgeResult:
+        with self._tx() as conn:
+            per_device = conn.execute(
+                "SELECT device_id, count(*), max(seq) FROM entries WHERE at_ms < ? AND received_ms < ? "
+                "GROUP BY device_id", (cutoff_ms, cutoff_ms)).fetchall()
+            if not per_device:
+                return PurgeResult(0)
+            conn.execute("DELETE FROM entries WHERE at_ms < ? AND received_ms < ?", (cutoff_ms, cutoff_ms))
+            conn.executemany("UPDATE devices SET purged = purged + ?, purged_seq = max(purged_seq, ?) "
+                             "WHERE device_id = ?", [(n, top, dev) for dev, n, top in per_device])
+            return PurgeResult(sum(n for _, n, _ in per_device))
 
     # ------------------------------------------------------------ heartbeats
 
@@ -365,8 +405,9 @@ class SQLiteStorage(Storage):
             conn = self._conn
             conn.execute("BEGIN")
             try:
-                devices, revoked, entries = conn.execute(
-                    "SELECT count(*), count(revoked_ms), coalesce(sum(entries), 0) FROM devices").fetchone()
+                devices, revoked, entries, purged = conn.execute(
+                    "SELECT count(*), count(revoked_ms), coalesce(sum(entries), 0), coalesce(sum(purged), 0) "
+                    "FROM devices").fetchone()
                 batches = conn.execute("SELECT count(*) FROM batches").fetchone()[0]
                 counters = dict(conn.execute("SELECT name, value FROM counters"))
                 conflicts = conn.execute("SELECT count(*) FROM conflicts").fetchone()[0]
@@ -376,6 +417,6 @@ class SQLiteStorage(Storage):
             finally:
                 conn.execute("COMMIT")
         by_source = {s: counters.get(f"source_{s}", 0) for s in SOURCES}
-        return Stats(devices, revoked, entries, batches, counters.get("batch_deliveries", 0),
+        return Stats(devices, revoked, entries - purged, batches, counters.get("batch_deliveries", 0),
                      counters.get("batches_replayed", 0), counters.get("duplicates_dropped", 0), conflicts,
-                     problems, unused, version, by_source)
+                     problems, unused, version, by_source, purged)

@@ -2,7 +2,8 @@
 
 Every method is blocking (the app runs them in a thread pool) and each write is one transaction:
 an acknowledgement is only ever built after its transaction committed. SQLite is the default
-backend (sync/server/sqlite.py); another backend (PostgreSQL, issue 7) implements the same class.
+backend (sync/server/sqlite.py); PostgreSQL (sync/server/postgres.py: entries partitioned by day,
+retention drops whole partitions) implements the same class and passes the same tests.
 """
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ def revoked_device(device_id: str) -> ServerError:
     return ServerError(f"device {device_id} is revoked", code=protocol.E_DEVICE_REVOKED, status=403)
 
 
+class StorageUnavailable(ServerError):
+    """The database cannot be reached right now (a 503: devices retry with backoff)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="db_unavailable", status=503)
+
+
 @dataclass(frozen=True, slots=True)
 class Device:
     device_id: str
@@ -54,8 +62,8 @@ class DeviceStatus:
     last_seen_ms: int | None
     heartbeat: dict | None
     held_seq: int
-    entries: int
-    missing: int  # sequence numbers below held_seq the server does not hold
+    entries: int  # held now (stored minus removed by retention)
+    missing: int  # sequence numbers below held_seq the server never received
     chain_problems: int
     conflicts: int
 
@@ -111,9 +119,42 @@ class Stats:
     tokens_unused: int
     bundle_version: int | None
     by_source: dict = field(default_factory=dict)
+    entries_purged: int = 0  # removed by retention (`entries` counts those held now)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEntry:
+    """A stored entry as tracing needs it: who, where, when, what; the sealed holder details."""
+
+    entry_id: str
+    device_id: str
+    checkpoint_id: str
+    at_ms: int
+    direction: str
+    clock: str
+    decision: str
+    reason: str
+    card_id: str | None
+    sealed: bytes | None
+
+
+SEEN_COLUMNS = ("entry_id, device_id, checkpoint_id, at_ms, direction, clock, decision, reason, card_id, "
+                "sealed")
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeResult:
+    """What retention removed: entries, and (PostgreSQL) the day partitions dropped whole."""
+
+    entries: int
+    partitions: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # partitions that could not be locked now (tried again next run)
+
+    def to_dict(self) -> dict:
+        return {"entries": self.entries, "partitions": list(self.partitions), "skipped": list(self.skipped)}
 
 
 class Storage(abc.ABC):
@@ -171,6 +212,22 @@ class Storage(abc.ABC):
     def entry_hashes(self, device_id: str) -> dict[int, bytes]:
         """seq -> hash of every stored entry of a device (tests and audits; not for big logs)."""
 
+    # -- tracing (docs/tracing.md)
+    @abc.abstractmethod
+    def visits(self, card_id: str, since_ms: int, until_ms: int, limit: int) -> list[SeenEntry]:
+        """Entries of ``card_id`` with since_ms <= at_ms < until_ms, by time (index: card_id, at_ms)."""
+
+    @abc.abstractmethod
+    def seen_at(self, checkpoint_id: str, from_ms: int, to_ms: int, limit: int) -> list[SeenEntry]:
+        """Entries at ``checkpoint_id`` with from_ms <= at_ms <= to_ms, by time (index: checkpoint_id, at_ms)."""
+
+    # -- retention
+    @abc.abstractmethod
+    def purge(self, cutoff_ms: int) -> PurgeResult:
+        """Remove entries whose time AND arrival are both before ``cutoff_ms`` (an entry that arrives
+        late is kept a full retention period after it arrived). PostgreSQL removes whole day
+        partitions (an entry may outlive the cutoff by up to a day); SQLite deletes rows."""
+
     # -- heartbeats
     @abc.abstractmethod
     def record_heartbeat(self, device_id: str, doc: dict, now_ms: int) -> bool:
@@ -197,11 +254,23 @@ class Storage(abc.ABC):
     def stats(self) -> Stats: ...
 
 
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def open_storage(url: str) -> Storage:
-    """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or a plain file path: SQLite.
-    Other schemes are refused with a clear error (PostgreSQL arrives with issue 7)."""
+    """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or a plain file path: SQLite;
+    ``postgresql://USER@HOST[:PORT]/DB[?options]`` (libpq URL): PostgreSQL (the `server` extra:
+    psycopg 3). Other schemes are refused with a clear error."""
     from .sqlite import SQLiteStorage
 
+    if is_postgres_url(url):
+        try:
+            from .postgres import PostgresStorage
+        except ImportError as exc:
+            raise CheckpointError(f"PostgreSQL support needs psycopg 3 (pip install 'checkpoint-edge[server]'): "
+                                  f"{exc}", code="db_url") from None
+        return PostgresStorage(url)
     if url.startswith("sqlite:"):
         path = url[len("sqlite:"):]
         if path.startswith("///"):
@@ -212,13 +281,16 @@ def open_storage(url: str) -> Storage:
         return SQLiteStorage(path)
     if "://" in url:
         scheme = url.split("://", 1)[0]
-        raise CheckpointError(f"database scheme {scheme!r} is not supported by this server (sqlite only)",
-                              code="db_url")
+        raise CheckpointError(f"database scheme {scheme!r} is not supported by this server "
+                              "(sqlite: or postgresql:)", code="db_url")
     return SQLiteStorage(url)
 
 
 def default_keys_dir(url: str) -> Path:
-    """Where the server keeps its sealing key when --keys is not given: beside a SQLite file."""
+    """Where the server keeps its keys when --keys is not given: beside a SQLite file. A
+    PostgreSQL server has no such place: --keys is required (CheckpointError)."""
+    if is_postgres_url(url):
+        raise CheckpointError("with a PostgreSQL database give the key directory (--keys DIR)", code="keys_dir")
     path = url.removeprefix("sqlite:")
     if path.startswith("///"):
         path = path[2:]

@@ -1,0 +1,169 @@
+"""The appliance: from a code read to its verdict on the kiosk's event stream, over real HTTP.
+
+A running appliance (scanner.daemon.Appliance: pipeline, degraded-mode policy, entry log with
+synchronous=FULL, feedback on MockFactory pins, the local API on 127.0.0.1) reads cards from a
+named pipe (a stdin reader, so the whole input path is in it). For each card the time from writing
+its line to (a) the event being published inside the daemon and (b) the server-sent event arriving
+at an HTTP client is compared with the bare work a scan needs, verify + EntryLog.record of the same
+kind of card, measured in the same run, card by card (interleaved). Goal (issue 8): the kiosk
+hears of a verdict within 100 ms.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from scanner import issuer, keys
+from scanner.entrylog import EntryLog
+from scanner.scan import Scan
+from scanner.trust import load_trust
+from scanner.verdict import Holder
+from scanner.verifier import verify
+
+from .timing import table
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class SseClient:
+    """A raw-socket HTTP client on the event stream; records when each verdict (by seq) arrives."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        self.arrived: dict[int, float] = {}
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import json
+        buf = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            now = time.perf_counter()
+            buf += data
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                lines = block.split(b"\n")
+                if b"event: verdict" in lines:
+                    body = next(line for line in lines if line.startswith(b"data: "))
+                    # the HTTP chunk framing sits between events; the JSON starts at the first '{'
+                    seq = json.loads(body[body.index(b"{"):])["seq"]
+                    with self.cond:
+                        self.arrived[seq] = now
+                        self.cond.notify_all()
+
+    def wait(self, seq: int, timeout: float = 60) -> float:
+        with self.cond:
+            if not self.cond.wait_for(lambda: seq in self.arrived, timeout):
+                raise TimeoutError(f"verdict {seq} never reached the event stream")
+            return self.arrived[seq]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def run(quick: bool = False) -> None:
+    from scanner.config import load
+    from scanner.daemon import Appliance
+
+    n = 30 if quick else 200
+    logging.getLogger().setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
+        tmp = Path(tmp)
+        key = keys.generate("EdDSA")
+        (tmp / "hue.pub").write_bytes(keys.public_pem(key.public_key()))
+        now = int(time.time())
+        cards = [issuer.issue(issuer.CardSpec("VN-HUE", Holder(f"Nguyễn Văn {i}", "1985-03-02"), now - 60,
+                                              now + 86400), key) for i in range(2 * n + 10)]
+        fifo = tmp / "in.fifo"
+        os.mkfifo(fifo)
+        w = os.open(fifo, os.O_RDWR)
+        (tmp / "c.toml").write_text(f"""
+[device]
+state_dir = "{tmp / 'state'}"
+checkpoint_id = "bench"
+[sync]
+enabled = false
+[trust]
+files = ["{tmp / 'hue.pub'}"]
+[api]
+listen = "127.0.0.1:0"
+[feedback]
+pin_factory = "mock"
+[feedback.green]
+pin = 17
+[feedback.red]
+pin = 27
+[feedback.buzzer]
+pin = 18
+[[stdin]]
+path = "{fifo}"
+""")
+        app = Appliance(load(tmp / "c.toml"))
+        published: dict[int, float] = {}
+        pub_cond = threading.Condition()
+
+        def heard(event) -> None:
+            if event.kind == "verdict":
+                with pub_cond:
+                    published[event.data["seq"]] = time.perf_counter()
+                    pub_cond.notify_all()
+
+        app.hub.listen(heard)
+        app.start()
+        supervisor = threading.Thread(target=app.supervise, daemon=True)
+        supervisor.start()
+        client = SseClient(app.api.host, app.api.port)
+        trust = load_trust([tmp / "hue.pub"])
+        bare_log = EntryLog(tmp / "bare.db", device_id="d-bench", checkpoint_id="bench", passback_window_s=0)
+        to_publish, to_stream, bare = [], [], []
+        try:
+            time.sleep(0.2)  # let the stream connect before the first card (not part of any figure)
+            for i in range(n + 5):
+                t0 = time.perf_counter()
+                os.write(w, (cards[i] + "\n").encode())
+                seq = i + 1
+                arrived = client.wait(seq)
+                with pub_cond:
+                    pub_cond.wait_for(lambda: seq in published, 60)
+                t1 = time.perf_counter()
+                v = verify(cards[n + 5 + i], trust, time.time())
+                bare_log.record(Scan(cards[n + 5 + i], "stdin", "bench", time.time(), "in"), v)
+                t2 = time.perf_counter()
+                if i >= 5:  # the first few warm the caches
+                    to_publish.append(published[seq] - t0)
+                    to_stream.append(arrived - t0)
+                    bare.append(t2 - t1)
+        finally:
+            client.close()
+            os.close(w)
+            app.request_stop()
+            app.shutdown()
+            bare_log.close()
+    ratios = sorted(s / b for s, b in zip(to_stream, bare))
+    rows = [
+        ("bare verify + EntryLog.record (FULL)", f"{_pct(bare, 0.5) * 1e3:.2f}", f"{_pct(bare, 0.95) * 1e3:.2f}", "1.00"),
+        ("line written → event published (in the daemon)", f"{_pct(to_publish, 0.5) * 1e3:.2f}",
+         f"{_pct(to_publish, 0.95) * 1e3:.2f}", f"{_pct(sorted(p / b for p, b in zip(to_publish, bare)), 0.5):.2f}"),
+        ("line written → SSE event received (HTTP)", f"{_pct(to_stream, 0.5) * 1e3:.2f}",
+         f"{_pct(to_stream, 0.95) * 1e3:.2f}", f"{_pct(ratios, 0.5):.2f}"),
+    ]
+    print(f"appliance: scan to kiosk event ({n} cards, one at a time; goal: within 100 ms)")
+    print(table(("path", "p50 ms", "p95 ms", "x bare (median)"), rows))
+    print()

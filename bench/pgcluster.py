@@ -1,0 +1,104 @@
+"""A private, throwaway PostgreSQL server for benchmarks and tests: Debian's `postgresql` package
+(setup.sh installs it for `sh setup.sh test|bench`), `initdb` + `pg_ctl` into a temporary
+directory, on a free port of 127.0.0.1, trust authentication. As root it runs as the `postgres`
+user (initdb refuses root). ``durable=False`` (tests) turns fsync off; benchmarks keep PostgreSQL's
+durable defaults so that the figures compare with SQLite's synchronous=FULL."""
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+
+def find_bin_dir() -> Path | None:
+    """The newest /usr/lib/postgresql/N/bin with initdb and pg_ctl ($CHECKPOINT_PG_BIN first)."""
+    candidates = [os.environ.get("CHECKPOINT_PG_BIN")] + sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                                                                 key=lambda p: int(Path(p).parent.name)
+                                                                 if Path(p).parent.name.isdigit() else 0,
+                                                                 reverse=True)
+    for c in candidates:
+        if c and (Path(c) / "initdb").is_file() and (Path(c) / "pg_ctl").is_file():
+            return Path(c)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PgCluster:
+    """One running PostgreSQL server (see the module docstring); ``stop()`` removes it."""
+
+    def __init__(self, bin_dir: Path, *, durable: bool = True, settings: dict | None = None,
+                 parent_dir: str | None = None) -> None:
+        self.bin = bin_dir
+        self.dir = Path(tempfile.mkdtemp(prefix="checkpoint-pg-", dir=parent_dir))
+        self.data = self.dir / "data"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("running as root and there is no `postgres` user to run PostgreSQL as") from None
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = 0
+        conf = {"listen_addresses": "127.0.0.1", "max_connections": "300", "shared_buffers": "256MB"}
+        if not durable:
+            conf |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        conf |= settings or {}
+        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                   "--locale=C.UTF-8", "-N"])
+        for attempt in range(5):
+            self.port = _free_port()
+            opts = f"-p {self.port} -k {self.dir} " + " ".join(f"-c {k}={v}" for k, v in conf.items())
+            try:
+                self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"),
+                           "-w", "-t", "120", "-o", opts, "start"])
+                break
+            except RuntimeError:
+                if attempt == 4:
+                    raise
+
+    def _run(self, cmd: list[str]) -> None:
+        res = subprocess.run(self.as_user + cmd, capture_output=True, text=True, timeout=180)
+        if res.returncode != 0:
+            log = self.dir / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{Path(cmd[0]).name} failed ({res.returncode}): {res.stderr.strip()[-2000:]} {tail}")
+
+    def url(self, database: str = "postgres", schema: str | None = None) -> str:
+        base = f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        if schema:
+            base += "?options=" + quote(f"-csearch_path={schema}", safe="")
+        return base
+
+    def new_schema(self, prefix: str = "t") -> str:
+        """A URL whose tables live in a new, empty schema."""
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        return self.url(schema=name)
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        if self.data.exists():
+            subprocess.run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                                           "-w", "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(self.dir, ignore_errors=True)

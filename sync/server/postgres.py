@@ -1,0 +1,583 @@
+"""The PostgreSQL backend of the server's storage (psycopg 3, a connection pool): the same behaviour
+as SQLite (tests/test_server.py runs the same tests on both), for a province-sized fleet.
+
+- Entries are partitioned by day of their time (``at_ms``, UTC days): ``entries_dYYYYMMDD``,
+  created on demand for days from PAST_DAYS before today to FUTURE_DAYS after it; entries with a
+  time outside that (a device clock that was never set) go to the default partition
+  ``entries_other``. Retention drops whole day partitions (docs/scaling.md#partitioning).
+- Exactly once by (device_id, seq) across partitions: every ingest locks its device's row
+  (``SELECT ... FOR UPDATE``), so batches of one device are stored one after another while other
+  devices' batches go in parallel. New entries above the highest held sequence number (the usual
+  case) need no lookup; only overlapping runs are compared with what is stored.
+- Per-device counters live on the device's row (no hot row shared by all ingests).
+- A database that cannot be reached raises StorageUnavailable (HTTP 503: devices retry).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterable, Iterator
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from scanner.errors import CheckpointError
+
+from .. import protocol
+from ..batch import ParsedBatch
+from . import chain
+from .storage import (
+    SEEN_COLUMNS,
+    SOURCES,
+    BundleMeta,
+    ChainEvent,
+    Device,
+    DeviceStatus,
+    Ingested,
+    PurgeResult,
+    SeenEntry,
+    ServerError,
+    Stats,
+    Storage,
+    StorageUnavailable,
+    revoked_device,
+    unknown_device,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DAY_MS = 86_400_000
+PAST_DAYS = 92  # entries up to this many days old get a day partition of their own ...
+FUTURE_DAYS = 2  # ... and up to this many days ahead; others go to entries_other
+LOCK_SCHEMA = 0x43_4B_53_31  # advisory lock ids ("CKS1", "CKP1", "CKB1")
+LOCK_PARTITIONS = 0x43_4B_50_31
+LOCK_BUNDLES = 0x43_4B_42_31
+PARTITION_RE = re.compile(r"entries_d(\d{8})")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash text PRIMARY KEY, checkpoint_id text NOT NULL, created_ms bigint NOT NULL,
+    expires_ms bigint NOT NULL, device_id text, public_key bytea, used_ms bigint);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id text PRIMARY KEY, checkpoint_id text NOT NULL, public_key bytea NOT NULL UNIQUE,
+    enrolled_ms bigint NOT NULL, revoked_ms bigint,
+    held_seq bigint NOT NULL DEFAULT 0, held_hash bytea,
+    entries bigint NOT NULL DEFAULT 0, purged bigint NOT NULL DEFAULT 0, purged_seq bigint NOT NULL DEFAULT 0,
+    deliveries bigint NOT NULL DEFAULT 0, replayed bigint NOT NULL DEFAULT 0,
+    duplicates_dropped bigint NOT NULL DEFAULT 0, src_push bigint NOT NULL DEFAULT 0,
+    src_import bigint NOT NULL DEFAULT 0, src_pull bigint NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS entries (
+    device_id text NOT NULL, seq bigint NOT NULL, entry_id text NOT NULL, checkpoint_id text NOT NULL,
+    direction text NOT NULL, at_ms bigint NOT NULL, clock text NOT NULL, source text NOT NULL,
+    source_id text NOT NULL, decision text NOT NULL, reason text NOT NULL, format text, card_id text,
+    issuer text, kid text, kind text, ref_entry_id text, sealed bytea, prev_hash bytea NOT NULL,
+    hash bytea NOT NULL, batch_id text NOT NULL, received_ms bigint NOT NULL,
+    PRIMARY KEY (device_id, seq, at_ms)) PARTITION BY RANGE (at_ms);
+CREATE TABLE IF NOT EXISTS entries_other PARTITION OF entries DEFAULT;
+CREATE INDEX IF NOT EXISTS entries_card ON entries (card_id, at_ms) WHERE card_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_checkpoint ON entries (checkpoint_id, at_ms);
+CREATE TABLE IF NOT EXISTS batches (
+    device_id text NOT NULL, batch_id text NOT NULL, first_seq bigint NOT NULL, last_seq bigint NOT NULL,
+    count integer NOT NULL, stored integer NOT NULL, duplicates integer NOT NULL, held_seq bigint NOT NULL,
+    source text NOT NULL, received_ms bigint NOT NULL, size integer NOT NULL,
+    PRIMARY KEY (device_id, batch_id));
+CREATE INDEX IF NOT EXISTS batches_last ON batches (device_id, last_seq);
+CREATE TABLE IF NOT EXISTS conflicts (
+    device_id text NOT NULL, seq bigint NOT NULL, hash bytea NOT NULL, entry_id text NOT NULL,
+    batch_id text NOT NULL, received_ms bigint NOT NULL, row text NOT NULL, sealed bytea,
+    PRIMARY KEY (device_id, seq, hash));
+CREATE TABLE IF NOT EXISTS chain_events (
+    device_id text NOT NULL, kind text NOT NULL, seq bigint NOT NULL, detail text NOT NULL,
+    at_ms bigint NOT NULL, PRIMARY KEY (device_id, kind, seq));
+CREATE TABLE IF NOT EXISTS heartbeats (
+    device_id text PRIMARY KEY, received_ms bigint NOT NULL, hb_seq bigint NOT NULL, doc text NOT NULL);
+CREATE TABLE IF NOT EXISTS bundles (
+    version bigint PRIMARY KEY, digest text NOT NULL, issued_at bigint NOT NULL, expires_at bigint NOT NULL,
+    published_ms bigint NOT NULL, size bigint NOT NULL, data bytea NOT NULL, gz bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS deltas (
+    from_version bigint NOT NULL, to_version bigint NOT NULL, data bytea NOT NULL,
+    PRIMARY KEY (from_version, to_version));
+"""
+
+ENTRY_COLUMNS = ("device_id", "seq", "entry_id", "checkpoint_id", "direction", "at_ms", "clock", "source",
+                 "source_id", "decision", "reason", "format", "card_id", "issuer", "kid", "kind", "ref_entry_id",
+                 "sealed", "prev_hash", "hash", "batch_id", "received_ms")
+COPY_ENTRIES = f"COPY entries ({', '.join(ENTRY_COLUMNS)}) FROM STDIN"
+
+
+def day_of(at_ms: int) -> int:
+    """The UTC day number (days since 1970-01-01) of an entry time."""
+    return at_ms // DAY_MS
+
+
+def partition_name(day: int) -> str:
+    return "entries_d" + (dt.date(1970, 1, 1) + dt.timedelta(days=day)).strftime("%Y%m%d")
+
+
+def partition_day(name: str) -> int | None:
+    m = PARTITION_RE.fullmatch(name)
+    if not m:
+        return None
+    return (dt.datetime.strptime(m.group(1), "%Y%m%d").date() - dt.date(1970, 1, 1)).days
+
+
+class PostgresStorage(Storage):
+    def __init__(self, url: str, *, max_connections: int = 16, connect_timeout_s: float = 15.0,
+                 now_ms=None) -> None:
+        import time
+
+        self.url = url
+        self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self._days: set[int] = set()
+        self._days_lock = threading.Lock()
+        try:  # one plain connection first: fail fast, with libpq's reason, if the database is unusable
+            psycopg.connect(url, connect_timeout=max(2, int(connect_timeout_s))).close()
+        except psycopg.Error as exc:
+            raise CheckpointError(f"cannot connect to the PostgreSQL database {_safe_url(url)}: {_pg_message(exc)}",
+                                  code="db_unusable") from None
+        self.pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False, timeout=30.0,
+                                   kwargs={"autocommit": True}, name="checkpoint")
+        try:
+            self.pool.open(wait=True, timeout=connect_timeout_s)
+        except PoolTimeout:
+            self.pool.close()
+            raise CheckpointError(f"cannot connect to the PostgreSQL database {_safe_url(url)}",
+                                  code="db_unusable") from None
+        try:
+            self._init_schema()
+            self._load_days()
+        except psycopg.Error as exc:
+            self.pool.close()
+            raise CheckpointError(f"PostgreSQL database {_safe_url(url)}: {_pg_message(exc)}",
+                                  code="db_unusable") from None
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _cursor(self, *, tx: bool = True) -> Iterator[psycopg.Cursor]:
+        """A cursor on a pooled connection, in one transaction (committed at the end) unless ``tx``
+        is False. Connection failures become StorageUnavailable."""
+        try:
+            with self.pool.connection() as conn:
+                if tx:
+                    with conn.transaction(), conn.cursor() as cur:
+                        yield cur
+                else:
+                    with conn.cursor() as cur:
+                        yield cur
+        except PoolTimeout:
+            raise StorageUnavailable("no database connection free in time") from None
+        except psycopg.OperationalError as exc:
+            if isinstance(exc, pgerrors.LockNotAvailable):
+                raise
+            raise StorageUnavailable(f"database unavailable: {_pg_message(exc)}") from None
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._cursor(tx=False) as cur:
+            return cur.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _current_version(self) -> int:
+        with self._cursor(tx=False) as cur:
+            try:
+                row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except pgerrors.UndefinedTable:
+                return 0
+        return int(row[0]) if row else 0
+
+    def _init_schema(self) -> None:
+        """Create or upgrade the schema; writes nothing when it is current (a read-only replica
+        can be opened for tracing, docs/scaling.md#4-read-replicas)."""
+        version = self._current_version()
+        if version > SCHEMA_VERSION:
+            raise CheckpointError(f"the database was written by a newer server (schema {version})", code="db_schema")
+        if version == SCHEMA_VERSION:
+            return
+        with self._cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_SCHEMA,))
+            cur.execute("CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)")
+            row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise CheckpointError(f"the database was written by a newer server (schema {version})",
+                                      code="db_schema")
+            if version < SCHEMA_VERSION:
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        cur.execute(stmt)
+                cur.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) ON CONFLICT (key) "
+                            "DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+
+    def _partitions(self, cur) -> list[str]:
+        return [r[0] for r in cur.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'entries'::regclass ORDER BY c.relname").fetchall()]
+
+    def _load_days(self) -> None:
+        with self._cursor(tx=False) as cur:
+            days = {d for d in map(partition_day, self._partitions(cur)) if d is not None}
+        with self._days_lock:
+            self._days = days
+
+    def partitions(self) -> list[str]:
+        """The entries table's partitions (day partitions and the default one)."""
+        with self._cursor(tx=False) as cur:
+            return self._partitions(cur)
+
+    def ensure_partitions(self, days: Iterable[int]) -> list[str]:
+        """Make the day partitions for ``days`` that lie in the window and do not exist yet (each in
+        its own short transaction, serialised by an advisory lock; rows of that day waiting in the
+        default partition move in). Returns the partitions created."""
+        today = day_of(self._now_ms())
+        with self._days_lock:
+            wanted = sorted(d for d in set(days) - self._days if today - PAST_DAYS <= d <= today + FUTURE_DAYS)
+        made = []
+        for day in wanted:
+            name, lo, hi = partition_name(day), day * DAY_MS, (day + 1) * DAY_MS
+            with self._cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITIONS,))
+                if cur.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None:
+                    cur.execute(f"CREATE TABLE {name} (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+                    cur.execute(f"WITH moved AS (DELETE FROM entries_other WHERE at_ms >= %s AND at_ms < %s "
+                                f"RETURNING *) INSERT INTO {name} SELECT * FROM moved", (lo, hi))
+                    cur.execute(f"ALTER TABLE entries ATTACH PARTITION {name} FOR VALUES FROM ({lo}) TO ({hi})")
+                    made.append(name)
+            with self._days_lock:
+                self._days.add(day)
+        if made:
+            log.info("created entry partitions %s", ", ".join(made))
+        return made
+
+    # ------------------------------------------------------------ meta
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key = %s", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._cursor() as cur:
+            cur.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+                        "SET value = excluded.value", (key, value))
+
+    # ------------------------------------------------------------ enrollment
+
+    def add_tokens(self, hashes: list[str], checkpoint_id: str, expires_ms: int, now_ms: int) -> None:
+        with self._cursor() as cur:
+            cur.executemany("INSERT INTO tokens (token_hash, checkpoint_id, created_ms, expires_ms) "
+                            "VALUES (%s, %s, %s, %s)", [(h, checkpoint_id, now_ms, expires_ms) for h in hashes])
+
+    def enroll(self, token_hash: str, device_id: str, public_key: bytes, now_ms: int) -> Device:
+        with self._cursor() as cur:
+            row = cur.execute("SELECT checkpoint_id, expires_ms, device_id, public_key FROM tokens "
+                              "WHERE token_hash = %s FOR UPDATE", (token_hash,)).fetchone()
+            if row is None:
+                raise ServerError("unknown enrollment token", code=protocol.E_TOKEN_INVALID, status=403)
+            checkpoint_id, expires_ms, used_by, used_key = row
+            if used_by is not None:
+                if bytes(used_key) != public_key:
+                    raise ServerError("this token has already enrolled another device",
+                                      code=protocol.E_TOKEN_USED, status=409)
+            elif now_ms > expires_ms:
+                raise ServerError("enrollment token expired", code=protocol.E_TOKEN_EXPIRED, status=403)
+            cur.execute("INSERT INTO devices (device_id, checkpoint_id, public_key, enrolled_ms) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT (device_id) DO NOTHING",
+                        (device_id, checkpoint_id, public_key, now_ms))
+            existing = cur.execute("SELECT device_id, checkpoint_id, public_key, enrolled_ms, revoked_ms "
+                                   "FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
+            if existing[4] is not None:
+                raise revoked_device(device_id)
+            if existing[1] != checkpoint_id:  # an enrolled device given a token of another checkpoint
+                cur.execute("UPDATE devices SET checkpoint_id = %s WHERE device_id = %s", (checkpoint_id, device_id))
+            if used_by is None:
+                cur.execute("UPDATE tokens SET device_id = %s, public_key = %s, used_ms = %s WHERE token_hash = %s",
+                            (device_id, public_key, now_ms, token_hash))
+            return Device(device_id, checkpoint_id, bytes(existing[2]), existing[3], None)
+
+    def device(self, device_id: str) -> Device | None:
+        rows = self._read("SELECT device_id, checkpoint_id, public_key, enrolled_ms, revoked_ms FROM devices "
+                          "WHERE device_id = %s", (device_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return Device(r[0], r[1], bytes(r[2]), r[3], r[4])
+
+    def revoke_device(self, device_id: str, now_ms: int) -> bool:
+        with self._cursor() as cur:
+            cur.execute("UPDATE devices SET revoked_ms = %s WHERE device_id = %s AND revoked_ms IS NULL",
+                        (now_ms, device_id))
+            return cur.rowcount == 1
+
+    def devices(self) -> list[DeviceStatus]:
+        rows = self._read(
+            "SELECT d.device_id, d.checkpoint_id, d.public_key, d.enrolled_ms, d.revoked_ms, d.held_seq, "
+            "d.entries, h.received_ms, h.doc, "
+            "(SELECT count(*) FROM chain_events c WHERE c.device_id = d.device_id AND c.kind != 'conflict'), "
+            "(SELECT count(*) FROM conflicts f WHERE f.device_id = d.device_id), d.purged "
+            "FROM devices d LEFT JOIN heartbeats h ON h.device_id = d.device_id ORDER BY d.device_id")
+        out = []
+        for r in rows:
+            dev = Device(r[0], r[1], bytes(r[2]), r[3], r[4])
+            out.append(DeviceStatus(dev, r[7], json.loads(r[8]) if r[8] else None, r[5], r[6] - r[11],
+                                    max(0, r[5] - r[6]), r[9], r[10]))
+        return out
+
+    # ------------------------------------------------------------ batches
+
+    def ingest(self, batch: ParsedBatch, source: str, now_ms: int) -> Ingested:
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}")
+        info = batch.info
+        self.ensure_partitions({day_of(e.at_ms) for e in batch.entries})
+        src = f"src_{source}"
+        with self._cursor() as cur:
+            dev = cur.execute("SELECT revoked_ms, held_seq, held_hash FROM devices WHERE device_id = %s FOR UPDATE",
+                              (info.device_id,)).fetchone()
+            if dev is None:
+                raise unknown_device(info.device_id)
+            if dev[0] is not None:
+                raise revoked_device(info.device_id)
+            held_seq, held_hash = dev[1], (bytes(dev[2]) if dev[2] is not None else None)
+            seen = cur.execute("SELECT batch_id, first_seq, last_seq, count, stored, duplicates, held_seq "
+                               "FROM batches WHERE device_id = %s AND batch_id = %s",
+                               (info.device_id, info.batch_id)).fetchone()
+            if seen is not None:  # the same batch again: nothing stored, the first answer
+                cur.execute(f"UPDATE devices SET deliveries = deliveries + 1, replayed = replayed + 1, "
+                            f"duplicates_dropped = duplicates_dropped + %s, {src} = {src} + 1 WHERE device_id = %s",
+                            (info.count, info.device_id))
+                return Ingested(protocol.Ack(*seen), 0, info.count, True)
+            if info.first_seq > held_seq:  # the usual case: all new, nothing to compare
+                existing: dict[int, bytes] = {}
+            else:
+                existing = {seq: bytes(h) for seq, h in cur.execute(
+                    "SELECT seq, hash FROM entries WHERE device_id = %s AND seq BETWEEN %s AND %s",
+                    (info.device_id, info.first_seq, info.last_seq))}
+            new = [e for e in batch.entries if e.seq not in existing]
+            if new:
+                with cur.copy(COPY_ENTRIES) as copy:
+                    for e in new:
+                        copy.write_row((e.device_id, e.seq, e.entry_id, e.checkpoint_id, e.direction, e.at_ms,
+                                        e.clock, e.source, e.source_id, e.decision, e.reason, e.format, e.card_id,
+                                        e.issuer, e.kid, e.kind, e.ref_entry_id, e.sealed, e.prev_hash, e.hash,
+                                        info.batch_id, now_ms))
+            stored = len(new)
+            duplicates = info.count - stored
+            from scanner.entry import to_export_dict
+            for e in batch.entries:
+                if existing.get(e.seq, e.hash) != e.hash:  # held with other content: kept aside
+                    cur.execute("INSERT INTO conflicts (device_id, seq, hash, entry_id, batch_id, received_ms, row, "
+                                "sealed) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                                (e.device_id, e.seq, e.hash, e.entry_id, info.batch_id, now_ms,
+                                 json.dumps(to_export_dict(e)), e.sealed))
+                    cur.execute("INSERT INTO chain_events (device_id, kind, seq, detail, at_ms) VALUES "
+                                "(%s, 'conflict', %s, %s, %s) ON CONFLICT DO NOTHING",
+                                (e.device_id, e.seq, f"seq {e.seq} delivered again with different content", now_ms))
+                    log.warning("device %s: conflicting entry at seq %d", e.device_id, e.seq)
+            below = above = None
+            if info.first_seq > 1:
+                if info.first_seq - 1 == held_seq:
+                    below = held_hash
+                elif info.first_seq - 1 < held_seq:
+                    below = self._hash_at(cur, info.device_id, info.first_seq - 1)
+            if info.last_seq < held_seq:
+                above = self._prev_hash_at(cur, info.device_id, info.last_seq + 1)
+            for p in chain.check(batch.entries, below, above):
+                cur.execute("INSERT INTO chain_events (device_id, kind, seq, detail, at_ms) "
+                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            (info.device_id, p.kind, p.seq, p.detail, now_ms))
+                log.warning("device %s: chain %s at seq %d", info.device_id, p.kind, p.seq)
+            held = max(held_seq, info.last_seq)
+            top_hash = info.last_hash if info.last_seq > held_seq else held_hash
+            cur.execute(f"UPDATE devices SET held_seq = %s, held_hash = %s, entries = entries + %s, "
+                        f"deliveries = deliveries + 1, duplicates_dropped = duplicates_dropped + %s, "
+                        f"{src} = {src} + 1 WHERE device_id = %s",
+                        (held, top_hash, stored, duplicates, info.device_id))
+            ack = protocol.Ack(info.batch_id, info.first_seq, info.last_seq, info.count, stored, duplicates, held)
+            cur.execute("INSERT INTO batches (device_id, batch_id, first_seq, last_seq, count, stored, duplicates, "
+                        "held_seq, source, received_ms, size) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                        (info.device_id, info.batch_id, info.first_seq, info.last_seq, info.count, stored,
+                         duplicates, held, source, now_ms, batch.size))
+            return Ingested(ack, stored, duplicates)
+
+    @staticmethod
+    def _hash_at(cur, device_id: str, seq: int) -> bytes | None:
+        row = cur.execute("SELECT hash FROM entries WHERE device_id = %s AND seq = %s", (device_id, seq)).fetchone()
+        return bytes(row[0]) if row else None
+
+    @staticmethod
+    def _prev_hash_at(cur, device_id: str, seq: int) -> bytes | None:
+        row = cur.execute("SELECT prev_hash FROM entries WHERE device_id = %s AND seq = %s",
+                          (device_id, seq)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def acks_after(self, device_id: str, after_seq: int, limit: int) -> list[tuple[str, int, int]]:
+        return [tuple(r) for r in self._read(
+            "SELECT batch_id, first_seq, last_seq FROM batches WHERE device_id = %s AND last_seq > %s "
+            "ORDER BY last_seq, first_seq LIMIT %s", (device_id, after_seq, limit))]
+
+    def held_seq(self, device_id: str) -> int:
+        rows = self._read("SELECT held_seq FROM devices WHERE device_id = %s", (device_id,))
+        return rows[0][0] if rows else 0
+
+    def gaps(self, device_id: str, limit: int = 100) -> list[tuple[int, int]]:
+        rows = self._read(
+            "WITH f AS (SELECT coalesce((SELECT purged_seq FROM devices WHERE device_id = %s), 0) AS floor) "
+            "SELECT prev + 1, seq - 1 FROM (SELECT seq, coalesce(lag(seq) OVER (ORDER BY seq), "
+            "(SELECT floor FROM f)) AS prev FROM entries WHERE device_id = %s AND seq > (SELECT floor FROM f)) s "
+            "WHERE seq > prev + 1 ORDER BY seq LIMIT %s", (device_id, device_id, limit))
+        return [tuple(r) for r in rows]
+
+    def chain_events(self, device_id: str | None = None, limit: int = 100) -> list[ChainEvent]:
+        if device_id is None:
+            rows = self._read("SELECT device_id, kind, seq, detail, at_ms FROM chain_events "
+                              "ORDER BY at_ms, device_id, seq LIMIT %s", (limit,))
+        else:
+            rows = self._read("SELECT device_id, kind, seq, detail, at_ms FROM chain_events WHERE device_id = %s "
+                              "ORDER BY seq LIMIT %s", (device_id, limit))
+        return [ChainEvent(*r) for r in rows]
+
+    def entry_hashes(self, device_id: str) -> dict[int, bytes]:
+        return {seq: bytes(h) for seq, h in self._read("SELECT seq, hash FROM entries WHERE device_id = %s",
+                                                       (device_id,))}
+
+    # ------------------------------------------------------------ tracing and retention
+
+    def visits(self, card_id: str, since_ms: int, until_ms: int, limit: int) -> list[SeenEntry]:
+        return [_seen(r) for r in self._read(
+            f"SELECT {SEEN_COLUMNS} FROM entries WHERE card_id = %s AND at_ms >= %s AND at_ms < %s "
+            "ORDER BY at_ms, device_id, seq LIMIT %s", (card_id, since_ms, until_ms, limit))]
+
+    def seen_at(self, checkpoint_id: str, from_ms: int, to_ms: int, limit: int) -> list[SeenEntry]:
+        return [_seen(r) for r in self._read(
+            f"SELECT {SEEN_COLUMNS} FROM entries WHERE checkpoint_id = %s AND at_ms BETWEEN %s AND %s "
+            "ORDER BY at_ms, device_id, seq LIMIT %s", (checkpoint_id, from_ms, to_ms, limit))]
+
+    def purge(self, cutoff_ms: int, *, lock_timeout_s: float = 10.0) -> PurgeResult:
+        """Drop every day partition that ends at or before ``cutoff_ms`` and whose entries all arrived
+        before it; delete such entries from the default partition. Dropping takes an exclusive lock
+        on the entries table for a moment: waited for at most ``lock_timeout_s``, else the partition
+        is left for the next run (``skipped``)."""
+        dropped, skipped, removed = [], [], 0
+        for name in self.partitions():
+            day = partition_day(name)
+            if day is None or (day + 1) * DAY_MS > cutoff_ms:
+                continue
+            try:
+                with self._cursor() as cur:
+                    cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_s * 1000)}ms",))
+                    late = cur.execute(f"SELECT 1 FROM {name} WHERE received_ms >= %s LIMIT 1",
+                                       (cutoff_ms,)).fetchone()
+                    if late:
+                        continue  # an entry of that day arrived recently: kept a full period after arrival
+                    per_device = cur.execute(f"SELECT device_id, count(*), max(seq) FROM {name} "
+                                             "GROUP BY device_id").fetchall()
+                    self._count_purged(cur, per_device)
+                    cur.execute(f"DROP TABLE {name}")
+                    removed += sum(n for _, n, _ in per_device)
+                    dropped.append(name)
+            except pgerrors.LockNotAvailable:
+                skipped.append(name)
+                continue
+            with self._days_lock:
+                self._days.discard(day)
+        with self._cursor() as cur:
+            per_device = cur.execute(
+                "WITH gone AS (DELETE FROM entries_other WHERE at_ms < %s AND received_ms < %s "
+                "RETURNING device_id, seq) SELECT device_id, count(*), max(seq) FROM gone GROUP BY device_id",
+                (cutoff_ms, cutoff_ms)).fetchall()
+            self._count_purged(cur, per_device)
+            removed += sum(n for _, n, _ in per_device)
+        if dropped:
+            log.info("retention dropped partitions %s", ", ".join(dropped))
+        return PurgeResult(removed, tuple(dropped), tuple(skipped))
+
+    @staticmethod
+    def _count_purged(cur, per_device: list[tuple]) -> None:
+        if per_device:
+            cur.executemany("UPDATE devices SET purged = purged + %s, purged_seq = greatest(purged_seq, %s) "
+                            "WHERE device_id = %s", [(n, top, dev) for dev, n, top in per_device])
+
+    # ------------------------------------------------------------ heartbeats
+
+    def record_heartbeat(self, device_id: str, doc: dict, now_ms: int) -> bool:
+        with self._cursor() as cur:
+            cur.execute(
+                "INSERT INTO heartbeats (device_id, received_ms, hb_seq, doc) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (device_id) DO UPDATE SET received_ms = excluded.received_ms, "
+                "hb_seq = excluded.hb_seq, doc = excluded.doc WHERE excluded.hb_seq > heartbeats.hb_seq",
+                (device_id, now_ms, doc["hb_seq"], json.dumps(doc, ensure_ascii=False)))
+            return cur.rowcount == 1
+
+    # ------------------------------------------------------------ bundles
+
+    def publish_bundle(self, meta: BundleMeta, data: bytes, gz: bytes, deltas: dict[int, bytes]) -> None:
+        with self._cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_BUNDLES,))
+            top = cur.execute("SELECT max(version) FROM bundles").fetchone()[0]
+            if top is not None and meta.version <= top:
+                raise ServerError(f"bundle version {meta.version} is not above the published {top}",
+                                  code="bundle_rollback", status=409)
+            cur.execute("INSERT INTO bundles (version, digest, issued_at, expires_at, published_ms, size, data, gz) "
+                        "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", (meta.version, meta.digest, meta.issued_at,
+                                                             meta.expires_at, meta.published_ms, meta.size, data, gz))
+            cur.executemany("INSERT INTO deltas (from_version, to_version, data) VALUES (%s, %s, %s)",
+                            [(v, meta.version, d) for v, d in deltas.items()])
+
+    def latest_bundle(self) -> BundleMeta | None:
+        rows = self._read("SELECT version, digest, issued_at, expires_at, published_ms, size FROM bundles "
+                          "ORDER BY version DESC LIMIT 1")
+        return BundleMeta(*rows[0]) if rows else None
+
+    def bundle_versions(self) -> list[BundleMeta]:
+        return [BundleMeta(*r) for r in self._read(
+            "SELECT version, digest, issued_at, expires_at, published_ms, size FROM bundles ORDER BY version")]
+
+    def bundle_data(self, version: int, gz: bool = False) -> bytes | None:
+        rows = self._read(f"SELECT {'gz' if gz else 'data'} FROM bundles WHERE version = %s", (version,))
+        return bytes(rows[0][0]) if rows else None
+
+    def delta(self, from_version: int, to_version: int) -> bytes | None:
+        rows = self._read("SELECT data FROM deltas WHERE from_version = %s AND to_version = %s",
+                          (from_version, to_version))
+        return bytes(rows[0][0]) if rows else None
+
+    # ------------------------------------------------------------ stats
+
+    def stats(self) -> Stats:
+        with self._cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            (devices, revoked, entries, purged, deliveries, replayed, dropped, push, imp, pull) = cur.execute(
+                "SELECT count(*), count(revoked_ms), coalesce(sum(entries), 0), coalesce(sum(purged), 0), "
+                "coalesce(sum(deliveries), 0), coalesce(sum(replayed), 0), coalesce(sum(duplicates_dropped), 0), "
+                "coalesce(sum(src_push), 0), coalesce(sum(src_import), 0), coalesce(sum(src_pull), 0) "
+                "FROM devices").fetchone()
+            batches = cur.execute("SELECT count(*) FROM batches").fetchone()[0]
+            conflicts = cur.execute("SELECT count(*) FROM conflicts").fetchone()[0]
+            problems = cur.execute("SELECT count(*) FROM chain_events WHERE kind != 'conflict'").fetchone()[0]
+            unused = cur.execute("SELECT count(*) FROM tokens WHERE device_id IS NULL").fetchone()[0]
+            version = cur.execute("SELECT max(version) FROM bundles").fetchone()[0]
+        by_source = {"push": int(push), "import": int(imp), "pull": int(pull)}
+        return Stats(devices, revoked, int(entries - purged), batches, int(deliveries), int(replayed), int(dropped),
+                     conflicts, problems, unused, version, by_source, int(purged))
+
+
+def _seen(r: tuple) -> SeenEntry:
+    return SeenEntry(*r[:9], bytes(r[9]) if r[9] is not None else None)
+
+
+def _pg_message(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password (for messages)."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)

@@ -1,0 +1,62 @@
+"""`checkpoint demo` end to end: the whole appliance on built-in defaults, its pipeline in --once
+mode; every scan gives its expected verdict and every entry logged reaches the server exactly
+once. Also: the demo exits non-zero when a verdict differs or sync is incomplete."""
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+
+from appliance_support import ROOT, WAIT
+
+from scanner.demo import _summary
+from scanner.entrylog import EntryLog
+from scanner.errors import Reason
+
+
+def test_the_demo_runs_the_appliance_and_every_entry_reaches_the_server_once(tmp_path):
+    out = tmp_path / "d"
+    r = subprocess.run([sys.executable, "-m", "scanner", "demo", "--out", str(out), "--lang", "en", "--speed", "4"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=WAIT * 3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = r.stdout
+    assert "Device enrolled itself from the QR" in text  # zero-touch, through the simulated camera
+    assert "Summary: 10 scans · 10 entries logged · 10 entries acknowledged by the server" in text
+    assert "All 10 scans gave the expected verdict; the server holds every entry exactly once." in text
+    assert "/api/v1/status" in text and "(duplicate)" in text and "Trần Thị Bích Ngọc" in text
+    assert len(list((out / "cards").glob("*.png"))) == 9 and (out / "camera.avi").stat().st_size > 0
+    assert stat.S_IMODE((out / "keys" / "root.key").stat().st_mode) == 0o600
+    # the files say the same as the summary: the server holds exactly the device's chain
+    from sync.server.storage import open_storage
+    with EntryLog(out / "state" / "entries.db", create=False) as log:
+        local = {e.seq: e.hash for e in log.entries()}
+        reasons = [e.reason for e in log.entries()]
+        assert log.pending(0, 1) == []
+    storage = open_storage(str(out / "server" / "central.db"))
+    try:
+        (device,) = storage.devices()
+        assert storage.entry_hashes(device.device.device_id) == local
+        assert storage.stats().duplicates_dropped >= 0 and storage.stats().entries == 10
+    finally:
+        storage.close()
+    assert reasons == ["ok", "expired", "not_yet_valid", "revoked", "bad_signature", "bad_signature", "ok",
+                       "unknown_key", "unsupported_format", "duplicate"]
+    for name in ("Nguyễn Văn An", "Trần Thị Bích Ngọc"):
+        assert name not in r.stderr  # the log lines never carry names
+
+
+def test_the_summary_fails_on_a_wrong_verdict_or_incomplete_sync():
+    lines = []
+    expected = [Reason.OK, Reason.EXPIRED]
+    assert _summary(lines.append, lambda k, **kw: k, ["ok", "expired"], expected, 2, {1: b"a", 2: b"b"},
+                    {1: b"a", 2: b"b"}, looping=False) == 0
+    assert _summary(lines.append, lambda k, **kw: k, ["ok", "revoked"], expected, 2, {1: b"a", 2: b"b"},
+                    {1: b"a", 2: b"b"}, looping=False) == 1
+    assert _summary(lines.append, lambda k, **kw: k, ["ok"], expected, 1, {1: b"a"}, {1: b"a"}, looping=False) == 1
+    assert _summary(lines.append, lambda k, **kw: k, ["ok", "expired"], expected, 2, {1: b"a"},
+                    {1: b"a", 2: b"b"}, looping=False) == 1
+    looped = ["ok", "expired", "duplicate", "expired"]  # a second round: genuine cards may be duplicates
+    assert _summary(lines.append, lambda k, **kw: k, looped, expected, 4, {}, {}, looping=True) == 1  # not synced
+    assert _summary(lines.append, lambda k, **kw: k, looped, expected, 0, {}, {}, looping=True) == 0
+    assert _summary(lines.append, lambda k, **kw: k, ["ok"], expected, 0, {}, {}, looping=True) == 0  # stopped mid-round
+    assert _summary(lines.append, lambda k, **kw: k, [], expected, 0, {}, {}, looping=True) == 1  # nothing at all
