@@ -23,7 +23,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["scanner", "scanner.*", "sync", "sync.*", "hardware", "hardware.*"]),
-    package_data={"scanner": ["translations.toml"]},
+    # scanner/web: the kiosk screen and the status page (plain HTML, CSS and JavaScript, served by the API)
+    package_data={"scanner": ["translations.toml", "web/*.html", "web/*.css", "web/*.js"]},
     install_requires=[
         "cryptography>=42",
         "numpy>=1.26",
@@ -48,6 +49,7 @@ setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "cbor2>=5.6",
+            "selenium>=4.15",  # drives Debian's chromium + chromedriver for the kiosk page's tests (no downloads)
             *SERVER,  # the server tests run on SQLite and PostgreSQL
         ],
     },

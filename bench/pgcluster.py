@@ -56,18 +56,29 @@ class PgCluster:
         if not durable:
             conf |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         conf |= settings or {}
+        self._conf = conf
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                    "--locale=C.UTF-8", "-N"])
         for attempt in range(5):
             self.port = _free_port()
-            opts = f"-p {self.port} -k {self.dir} " + " ".join(f"-c {k}={v}" for k, v in conf.items())
             try:
-                self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"),
-                           "-w", "-t", "120", "-o", opts, "start"])
+                self.start()
                 break
             except RuntimeError:
                 if attempt == 4:
                     raise
+
+    def start(self) -> None:
+        """Start the server (again, after kill(): same data, same port; crash recovery runs)."""
+        opts = f"-p {self.port} -k {self.dir} " + " ".join(f"-c {k}={v}" for k, v in self._conf.items())
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"),
+                   "-w", "-t", "120", "-o", opts, "start"])
+
+    def kill(self) -> None:
+        """Stop the server the hard way (`pg_ctl stop -m immediate`: no shutdown checkpoint, like a
+        crash); the data stays for start()."""
+        subprocess.run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                                       "-w", "stop"], capture_output=True, timeout=120)
 
     def _run(self, cmd: list[str]) -> None:
         res = subprocess.run(self.as_user + cmd, capture_output=True, text=True, timeout=180)
@@ -98,7 +109,7 @@ class PgCluster:
             return None
 
     def stop(self) -> None:
+        """Stop the server and remove everything."""
         if self.data.exists():
-            subprocess.run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                                           "-w", "stop"], capture_output=True, timeout=120)
+            self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -4,8 +4,8 @@ Starlette on uvicorn (pure-Python stack: asyncio, h11), in its own thread with i
 loop, on a socket the daemon binds before it says READY. Bound to 127.0.0.1 by default; clients
 that are not on this machine need the configured token. No endpoint reads the entry log beyond
 counts: the holder's name and birth year reach the kiosk only inside a live ``verdict`` event,
-from memory (scanner/events.py). The kiosk and status pages (issue 9) are built on this.
-Endpoints: docs/configuration.md#local-http-api.
+from memory (scanner/events.py). The kiosk and status pages (scanner/pages.py, issue 9) are
+served here too. Endpoints: docs/configuration.md#local-http-api.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .events import EventHub
+from .pages import is_static
 from .safetext import escape
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] in ("GET", "HEAD") and is_static(scope["path"]):
+            await self.app(scope, receive, send)  # public code (the pages' CSS and scripts), no data
+            return
         client = (scope.get("client") or ("", 0))[0]
         headers = dict(scope.get("headers") or [])
         host = _host_name(headers.get(b"host", b"").decode("latin-1"))
@@ -126,8 +130,9 @@ class Guard:
 
 
 def create_app(backend: Backend, hub: EventHub, *, token: str | None = None, listen_host: str = "127.0.0.1",
-               keepalive_s: float = KEEPALIVE_S) -> Starlette:
-    """The API as an ASGI app (see the module docstring)."""
+               keepalive_s: float = KEEPALIVE_S, extra_routes: list | None = None) -> Starlette:
+    """The API as an ASGI app (see the module docstring); ``extra_routes``: the browser pages
+    (scanner/pages.py), behind the same guard."""
 
     def _json(doc: dict, status: int = 200) -> JSONResponse:
         return JSONResponse(doc, status_code=status, headers={"Cache-Control": "no-store"})
@@ -211,6 +216,7 @@ def create_app(backend: Backend, hub: EventHub, *, token: str | None = None, lis
         Route(f"{PREFIX}/events", events, methods=["GET"]),
         Route(f"{PREFIX}/direction", direction, methods=["POST"]),
         Route(f"{PREFIX}/silence", silence, methods=["POST"]),
+        *(extra_routes or []),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method, Exception: crash})
     app.add_middleware(Guard, token=token, listen_host=listen_host)

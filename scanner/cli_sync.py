@@ -47,19 +47,27 @@ def _when(ms: int | None, lang: str) -> str:
 
 
 @main.command()
-@click.option("--server", "server_url", required=True, help="The central server, https://HOST[:PORT].")
+@click.option("--server", "server_url", default=None,
+              help="The central server, https://HOST[:PORT] (default: [sync] server of --config).")
 @click.option("--token", required=True, help="One-time enrollment token (`checkpoint server token create`).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="The appliance's config file: an existing one is checked and used, a missing one is "
+                   "written with the inputs found on this device.")
 @_state_option
 @click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="CA certificate(s) to verify the server's TLS certificate with (default: the system's).")
 @click.option("--trust-root", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Pin this Ed25519 root public key (PEM) for trust bundles (default: the server's).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def provision(server_url, token, state_dir, ca_file, trust_root, as_json):
-    """Enroll this device with the server and fetch what it needs (safe to run again)."""
-    from sync.provision import provision as do_provision
+def provision(server_url, token, config_path, state_dir, ca_file, trust_root, as_json):
+    """Enroll this device, secure its state directory and write its config (safe to run again)."""
+    from .provisioning import provision_appliance
 
-    res = run_guarded(do_provision, server_url, token, _state_dir(state_dir), ca_file=ca_file, trust_root=trust_root)
+    if server_url is None and config_path is None:
+        fail("give --server URL (or --config FILE whose [sync] server names it)")
+    res = run_guarded(provision_appliance, server_url, token, config_path=config_path,
+                      state_dir=_state_dir(state_dir) if state_dir or not config_path else None,
+                      ca_file=ca_file, trust_root=trust_root)
     if as_json:
         click.echo(json_line(res.to_dict()))
     else:

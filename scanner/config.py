@@ -412,12 +412,51 @@ refused. No endpoint returns anything from the entry log but counts.
 | `GET /api/v1/events` | server-sent events: `verdict`, `clear`, `partial`, `state`, `direction`, `silence`, `error` |
 | `POST /api/v1/direction` | `{"direction": "in"/"out"}` sets it, an empty object toggles it |
 | `POST /api/v1/silence` | acknowledge the alarm |
+| `GET /` and `GET /status` | the kiosk screen and the technician status page (below) |
+| `GET /api/v1/kiosk` | what the kiosk page needs: language, occupancy shown, display time, cameras with a preview |
+| `GET /api/v1/texts` | the pages' texts in Vietnamese and English, from `scanner/translations.toml` |
+| `GET /api/v1/preview/CAMERA` | the camera's live preview as Motion-JPEG, the codes it sees outlined |
+| `GET /static/FILE` | the pages' CSS and JavaScript (public code: no token needed) |
 | `/sync/v1/pull/...` | server pull for sites the server can reach but that cannot reach it ([sync-protocol.md](sync-protocol.md#server-pull)); authenticated by the server's pull key, not by the token above |
 
 A `verdict` event carries the holder's name and birth year (only while `display_s` lasts; they
 exist in memory only, never read from the entry log), the decision, the stable reason code, the
-format, direction, source and any degraded flags. After `display_s` a `clear` event follows and
-the name is forgotten.
+format, direction, source and any degraded flags, and `published_ms` (the daemon's wall clock
+when it was sent: the kiosk's paint latency is measured against it). After `display_s` a `clear`
+event follows and the name is forgotten.
+
+## Kiosk screen and status page
+
+The daemon serves two pages on the API's address (`[kiosk] enabled`); the kiosk unit's Chromium
+shows the first full screen (`systemd/checkpoint-kiosk.service` opens `http://127.0.0.1:8080/`).
+From another machine add the token: `http://DEVICE:8080/?token=TOKEN` (it is passed on to every
+call the page makes, and stored nowhere).
+
+- **`/`, the kiosk screen**, made for the 800x480 Raspberry Pi touchscreen (and usable on a
+  phone). The verdict of the card just read fills the screen as a colour field, a symbol and a
+  word, so that staff who cannot tell red from green read it as fast: green, a circle with a
+  check and CHẤP NHẬN; red, an octagon with a cross and TỪ CHỐI; a striped field with a warning
+  triangle and LỖI THIẾT BỊ when the entry could not be logged (do not admit). Under it the
+  holder's name and birth year (from the live `verdict` event only, removed with the `clear`
+  event after `[api] display_s`), the reason in plain words, and an amber strip naming why the
+  device is degraded, if it is. At the side: the camera preview with the code it sees outlined
+  (Motion-JPEG at `preview_fps`, scaled to `preview_width`; frames are scaled and encoded only
+  while a screen watches), today's admitted and rejected counts and, with `occupancy = true`, how
+  many are inside; the direction, which staff switch by tapping it; *Tắt báo động* (silence the
+  alarm) while the device is in its error state. Along the top, health badges: camera, reader,
+  sync backlog, trust bundle age, clock (each with a colour and a ✓ / ! / ✗ mark). Vietnamese by
+  default (`lang`), English by the button at the top right (or `?lang=en`). Updates arrive over
+  the event stream as they happen; when the daemon restarts the page shows that it lost the
+  connection (and clears any verdict) and reconnects by itself.
+- **`/status`, the technician status page**: the device's state and why, every `checkpoint
+  doctor` check with its fix, today's counts, the inputs, sync, trust and clock state, the software
+  versions, the configuration summary (no secrets, no file contents) and the last warnings and
+  errors (escaped). The same data as JSON: `GET /api/v1/status` and `GET /api/v1/doctor`.
+
+No page shows anything from the entry log but counts, and nothing personal is stored by the
+browser. The pages are plain HTML, CSS and JavaScript in `scanner/web/` (no build step, nothing
+loaded from elsewhere: their Content-Security-Policy allows only this device); every word they
+show is in `scanner/translations.toml`. Screenshots: [docs/screenshots](screenshots/).
 """
 
 
@@ -542,6 +581,7 @@ class Config:
                              "when_unconfirmed": self["clock"]["when_unconfirmed"]},
             "feedback": [part for part in ("green", "red", "amber", "rgb", "buzzer", "relay", "button", "passage")
                          if self[f"feedback.{part}"] is not None],
+            "kiosk": {k: self["kiosk"][k] for k in ("enabled", "lang", "occupancy", "preview")},
         }
 
     def live_changes(self, new: Config) -> tuple[list[str], list[str]]:

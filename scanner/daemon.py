@@ -24,10 +24,13 @@ goes on as a provisioned device without a restart. Spec: issue 8, docs/configura
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import platform
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import BinaryIO
 
 from . import __version__, degraded, enroll, i18n
@@ -39,6 +42,7 @@ from .errors import CheckpointError
 from .events import EventHub
 from .formats.shc import ChunkAssembler, parse_chunk, verify_parts
 from .pipeline import Pipeline, SourceState
+from .preview import Preview
 from .safetext import escape
 from .scan import Scan
 from .sdnotify import Notifier
@@ -55,6 +59,31 @@ BACKLOG_EVERY_S = 5.0
 DISCOVER_EVERY_S = 5.0
 SHUTDOWN_STEP_S = 2.5
 MODES = ("provisioned", "standalone", "unprovisioned")
+
+
+@functools.cache
+def versions() -> dict:
+    """This software's and its main parts' versions, and the system's (for the status page)."""
+    from importlib import metadata
+
+    out = {"checkpoint-edge": __version__, "python": platform.python_version()}
+    for dist in ("cryptography", "starlette", "uvicorn", "opencv-python-headless", "zxing-cpp", "pyzbar",
+                 "gpiozero", "sqlite-utils", "requests"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    import sqlite3
+    out["sqlite"] = sqlite3.sqlite_version
+    try:
+        text = Path("/etc/os-release").read_text(encoding="utf-8")
+        os_release = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        out["os"] = os_release.get("PRETTY_NAME", "").strip('"') or None
+    except OSError:
+        out["os"] = None
+    out["kernel"] = platform.release()
+    out["machine"] = platform.machine()
+    return out
 
 
 class DaemonError(CheckpointError):
@@ -131,6 +160,10 @@ class Appliance:
         self.feedback = None
         self.pipeline: Pipeline | None = None
         self.api = None
+        kiosk = config["kiosk"]
+        self.preview = None  # the kiosk's camera preview (scanner/preview.py)
+        if kiosk["enabled"] and kiosk["preview"] and config["api"]["enabled"]:
+            self.preview = Preview(kiosk["preview_fps"], kiosk["preview_width"], max_viewers=config["api"]["max_clients"])
         self._pull = None
         self.guard: ClockGuard | None = None
 
@@ -209,6 +242,9 @@ class Appliance:
         except OSError as exc:
             raise DaemonError(f"api: cannot listen on {host}:{port}: {exc.strerror}", code="api_listen") from None
         kw = {} if self._keepalive_s is None else {"keepalive_s": self._keepalive_s}
+        if self.config["kiosk"]["enabled"]:
+            from . import pages
+            kw["extra_routes"] = pages.routes(self.kiosk_settings, self.preview)
         app = apimod.create_app(self, self.hub, token=self.config.api_token(), listen_host=host, **kw)
         # server pull (sync/pull.py): its own endpoints, authenticated by the server's pull key
         from sync.pull import with_pull
@@ -236,7 +272,7 @@ class Appliance:
         inputs: list = []
         if not any(cfg[k] for k in ("camera", "serial", "hid", "stdin")):
             return self._discovered_inputs()
-        inputs += [CameraInput(c, clock=clock) for c in cfg.cameras()]
+        inputs += [CameraInput(c, clock=clock, on_frame=self._preview_hook(c)) for c in cfg.cameras()]
         inputs += [SerialReader(c, clock=clock) for c in cfg.serial_readers()]
         inputs += [HidReader(c, clock=clock) for c in cfg.hid_readers()]
         for table in cfg["stdin"]:
@@ -267,10 +303,14 @@ class Appliance:
         from hardware.readers import SerialReader
         from hardware.readers_hid import HidReader
         clock = self.guard.now
-        inputs = [CameraInput(c, clock=clock) for c in extra.cameras()]
+        inputs = [CameraInput(c, clock=clock, on_frame=self._preview_hook(c)) for c in extra.cameras()]
         inputs += [SerialReader(c, clock=clock) for c in extra.serial_readers()]
         inputs += [HidReader(c, clock=clock) for c in extra.hid_readers()]
         return inputs
+
+    def _preview_hook(self, camera_config):
+        """The camera's ``on_frame`` hook feeding the kiosk preview (None without a preview)."""
+        return self.preview.add_camera(camera_config.source_id) if self.preview is not None else None
 
     @staticmethod
     def _input_key(inp) -> str:
@@ -493,6 +533,7 @@ class Appliance:
             "direction": direction, "source": scan.source, "source_id": scan.source_id,
             "at": round(scan.at, 3), "seq": entry.seq, "degraded": list(flags),
             "display_s": self.hub.display_s,
+            "published_ms": round(time.time() * 1000, 3),  # wall clock, for the kiosk's paint latency
         }
         self.hub.publish("verdict", data)
 
@@ -599,9 +640,18 @@ class Appliance:
                       "confirmed_at": clock.confirmed_at},
             "feedback": {"kind": self.feedback.kind, "fault": self.feedback.fault,
                          "fallback": getattr(self.feedback, "fallback_reason", None)},
+            "versions": versions(),
             "config": self.config.summary(),
             "recent_errors": self.recent_errors.list() if self.recent_errors is not None else [],
         }
+
+    def kiosk_settings(self) -> dict:
+        """What the kiosk page needs to know of its device (`GET /api/v1/kiosk`): no data, no secrets."""
+        k = self.config["kiosk"]
+        return {"lang": k["lang"], "langs": list(i18n.LANGS), "occupancy": k["occupancy"],
+                "display_s": self.hub.display_s, "name": self.config["device"]["name"],
+                "preview": {"cameras": self.preview.cameras(), "fps": k["preview_fps"]}
+                if self.preview is not None else None}
 
     def doctor(self) -> dict:
         from . import doctor
@@ -905,6 +955,8 @@ class Appliance:
         if self.feedback is not None:
             self.feedback.close()
         self.hub.close()
+        if self.preview is not None:
+            self.preview.close()
         if self.api is not None:
             self.api.stop()
         if self._pull is not None:

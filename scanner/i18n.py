@@ -30,3 +30,15 @@ def t(key: str, lang: str | None = None, **params: object) -> str:
         return key
     text = entry.get(lang or default_lang()) or entry.get("en") or key
     return text.format(**params) if params else text
+
+
+def catalogue(sections: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Every text of ``sections`` as ``{lang: {"section.key": text}}`` (the browser pages' texts,
+    served from this one file; a text missing in a language falls back to English)."""
+    table = _table()
+    out: dict[str, dict[str, str]] = {lang: {} for lang in LANGS}
+    for section in sections:
+        for name, entry in table.get(section, {}).items():
+            for lang in LANGS:
+                out[lang][f"{section}.{name}"] = entry.get(lang) or entry.get("en") or f"{section}.{name}"
+    return out

@@ -459,6 +459,10 @@ class PullDispatch:
         self.app = app
         self.pull_app = pull_app
 
+    def close(self) -> None:
+        """Close the pull side's own log connection (at the daemon's shutdown)."""
+        self.pull_app.state.pull.close()
+
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if path == PREFIX or path.startswith(PREFIX + "/"):

@@ -212,3 +212,26 @@ def test_sync_now_exits_1_when_the_server_is_gone(tmp_path, verdicts):
     assert out.exit_code == 1 and json.loads(out.output.splitlines()[0])["error_code"] == "network"
     out = CliRunner().invoke(main, ["sync", "now", "--state-dir", str(tmp_path / "nowhere")])
     assert out.exit_code == 2
+
+
+def test_provision_with_a_config_file_writes_it_and_keeps_it(server, tmp_path, make_bundle_bytes, root_key):
+    """`checkpoint provision --config FILE`: the first run writes a config that `config check`
+    accepts; a second run finds it, keeps it, and takes the server from it."""
+    from sync.server.bundles import publish
+
+    from scanner.config import load
+    publish(server.storage, make_bundle_bytes(version=3), now_ms=now_ms(), root=root_key.public_key())
+    state, cfg = tmp_path / "state", tmp_path / "etc" / "checkpoint.toml"
+    r = CliRunner()
+    out = r.invoke(main, ["provision", "--server", server.url, "--token", server.token(), "--state-dir", str(state),
+                          "--config", str(cfg), "--json"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    assert res["config"] == "written" and res["bundle_version"] == 3
+    assert load(cfg).state_dir == state
+    out = r.invoke(main, ["provision", "--token", server.token(), "--config", str(cfg), "--json"])
+    assert out.exit_code == 0, out.output
+    again = json.loads(out.output)
+    assert again["config"] == "kept" and again["device_id"] == res["device_id"] and not again["key_created"]
+    out = r.invoke(main, ["provision", "--token", "x"])
+    assert out.exit_code == 2 and "--server" in out.output

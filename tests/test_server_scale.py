@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import threading
 import time
 
@@ -328,3 +329,50 @@ def test_fleet_of_20_devices_pushing_concurrently_stores_each_entry_once(tmp_pat
         assert s.duplicates_dropped == 20 * 40
     finally:
         srv.stop()
+
+
+# ---------------------------------------------------------------- PostgreSQL dies under the server
+
+
+@pytest.fixture(scope="module")
+def verdicts(make_card, trust, now):
+    from scanner import verifier
+    return [verifier.verify(make_card(card_id=os.urandom(16)), trust, now) for _ in range(3)]
+
+
+def test_postgres_killed_under_the_server_then_back_nothing_lost(tmp_path, verdicts):
+    """PostgreSQL crashes (pg_ctl stop -m immediate) while devices sync: the server answers
+    503 db_unavailable, the device keeps its entries and retries; once PostgreSQL is back (crash
+    recovery) the pool reconnects and every entry is stored exactly once."""
+    import pg_support
+    from test_sync_support import assert_exactly_once, provision_device, record
+
+    from bench.pgcluster import PgCluster
+    from sync import identity
+    from sync.agent import Backoff, SyncAgent
+    from sync.client import SyncClient
+
+    pg_support.cluster()  # skips here, with the reason, where PostgreSQL cannot run
+    pg = PgCluster(pg_support.find_bin_dir(), durable=True)  # its own server, to kill
+    (tmp_path / "s").mkdir()
+    srv = ServerThread(tmp_path / "s" / "c.db", url=pg.url()).start()
+    try:
+        dev = provision_device(srv, tmp_path)
+        client = SyncClient(srv.url, identity.load(dev.state), device_id=dev.device_id, read_timeout=60)
+        agent = SyncAgent(dev.state, dev.log, client=client, backoff=Backoff(base_s=0.05, cap_s=0.5))
+        record(dev, verdicts, 30)
+        assert agent.sync_once().complete
+        pg.kill()
+        record(dev, verdicts, 20)
+        res = agent.sync_once()
+        assert not res.complete and res.error_code == "db_unavailable" and res.pending == 20
+        pg.start()
+        res = agent.sync_until_done(120)
+        assert res.complete
+        assert_exactly_once(srv.storage, dev)
+        assert srv.storage.stats().entries == 50
+        agent.close()
+        dev.log.close()
+    finally:
+        srv.stop()
+        pg.stop()

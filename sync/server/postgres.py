@@ -142,7 +142,8 @@ class PostgresStorage(Storage):
         except psycopg.Error as exc:
             raise CheckpointError(f"cannot connect to the PostgreSQL database {_safe_url(url)}: {_pg_message(exc)}",
                                   code="db_unusable") from None
-        self.pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False, timeout=30.0,
+        # a request waits at most 10 s for a connection, then gets 503 (the device retries later)
+        self.pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False, timeout=10.0,
                                    kwargs={"autocommit": True}, name="checkpoint")
         try:
             self.pool.open(wait=True, timeout=connect_timeout_s)

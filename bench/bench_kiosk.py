@@ -1,0 +1,228 @@
+"""The kiosk: from a verdict being published to it being painted in a real browser.
+
+A running appliance (scanner.daemon.Appliance: pipeline, entry log, feedback on MockFactory pins,
+the local API on 127.0.0.1) reads cards one at a time from a named pipe; a headless Chromium
+(Debian's, via selenium: bench/browser.py) shows the kiosk page. For each verdict the page records
+when the server-sent event reached its handler (``received``) and the timestamp of the first
+animation frame after it updated the screen (``painted``: the frame that shows it), both as
+``performance.timeOrigin + performance.now()``, against the event's ``published_ms`` (the daemon's
+``time.time()`` just before it publishes: the same wall clock). Reported: delivery (published →
+received, the event stream alone), paint (published → painted), and paint as a ratio to delivery,
+card by card; a raw HTTP client on the same stream is the peer for delivery. Issue 9's goal:
+updates on screen within 100 ms of the verdict.
+
+Also the camera preview's cost per frame (scanner/preview.py) against decoding that frame: the
+hook while nobody watches, scaling a frame when one is due, and the JPEG encode (done in the
+API's threads, not the camera's).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from scanner import issuer, keys
+from scanner.verdict import Holder
+
+from . import browser
+from .timing import interleaved, median, table
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class WallSseClient:
+    """A raw-socket client on the event stream recording each verdict's arrival on the wall clock."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=60)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        self.arrived: dict[int, float] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        buf = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            now_ms = time.time() * 1000
+            buf += data
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                lines = block.split(b"\n")
+                if b"event: verdict" in lines:
+                    body = next(line for line in lines if line.startswith(b"data: "))
+                    self.arrived[json.loads(body[body.index(b"{"):])["seq"]] = now_ms
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _config(tmp: Path, fifo: Path) -> Path:
+    path = tmp / "c.toml"
+    path.write_text(f"""
+[device]
+state_dir = "{tmp / 'state'}"
+checkpoint_id = "bench"
+[sync]
+enabled = false
+[trust]
+files = ["{tmp / 'hue.pub'}"]
+[api]
+listen = "127.0.0.1:0"
+display_s = 2
+[kiosk]
+preview = false
+[feedback]
+pin_factory = "mock"
+[feedback.green]
+pin = 17
+[feedback.red]
+pin = 27
+[[stdin]]
+path = "{fifo}"
+""")
+    return path
+
+
+def paint_latency(n: int) -> None:
+    from scanner.config import load
+    from scanner.daemon import Appliance
+
+    why = browser.unavailable()
+    if why is not None:
+        print(f"kiosk: verdict to paint: skipped ({why})\n")
+        return
+    logging.getLogger().setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="bench-kiosk-") as tmp:
+        tmp = Path(tmp)
+        key = keys.generate("EdDSA")
+        (tmp / "hue.pub").write_bytes(keys.public_pem(key.public_key()))
+        now = int(time.time())
+        cards = [issuer.issue(issuer.CardSpec("VN-HUE", Holder(f"Nguyễn Văn {i}", "1985-03-02"), now - 60,
+                                              now + 86400), key) for i in range(n + 5)]
+        fifo = tmp / "in.fifo"
+        os.mkfifo(fifo)
+        w = os.open(fifo, os.O_RDWR)
+        app = Appliance(load(_config(tmp, fifo)))
+        published: dict[int, float] = {}
+        cond = threading.Condition()
+
+        def heard(event) -> None:
+            if event.kind == "verdict":
+                with cond:
+                    published[event.data["seq"]] = event.data["published_ms"]
+                    cond.notify_all()
+
+        app.hub.listen(heard)
+        app.start()
+        threading.Thread(target=app.supervise, daemon=True).start()
+        driver = browser.launch(800, 480)
+        peer = None
+        try:
+            driver.get(app.api.url + "/")
+            browser.wait_js(driver, "document.body.dataset.connected === 'true'", 60, "the kiosk page")
+            peer = WallSseClient(app.api.host, app.api.port)
+            time.sleep(0.3)  # both streams connected before the first card (not part of any figure)
+            for seq, card in enumerate(cards, 1):
+                os.write(w, (card + "\n").encode())
+                with cond:
+                    if not cond.wait_for(lambda s=seq: s in published, 60):
+                        raise TimeoutError(f"verdict {seq} was never published")
+                # one card at a time, as at a checkpoint: the next after this one is surely on screen
+                browser.wait_js(driver, f"window.ckKiosk.timings.some(t => t.seq === {seq})", 60)
+            timings = driver.execute_script("return window.ckKiosk.timings")
+            skew = driver.execute_script("return Date.now() - (performance.timeOrigin + performance.now())")
+        finally:
+            if peer is not None:
+                peer.close()
+            browser.close(driver)
+            os.close(w)
+            app.request_stop()
+            app.shutdown()
+    by_seq = {t["seq"]: t for t in timings}
+    rows_delivery, rows_paint, rows_peer, ratios, handler_to_frame = [], [], [], [], []
+    for seq in range(6, n + 6):  # the first five warm things up
+        t = by_seq[seq]
+        delivery = t["received"] - t["published"]
+        paint = t["painted"] - t["published"]
+        rows_delivery.append(delivery)
+        rows_paint.append(paint)
+        ratios.append(paint / max(delivery, 0.01))
+        handler_to_frame.append(t["painted"] - t["received"])
+        if seq in peer.arrived:
+            rows_peer.append(peer.arrived[seq] - published[seq])
+    print(f"kiosk: verdict to paint in headless Chromium ({n} cards, one at a time; goal: on screen within 100 ms)")
+    print(table(("path", "p50 ms", "p95 ms", "max ms", "x delivery (median)"), [
+        ("published → event at a raw HTTP client (peer)", f"{_pct(rows_peer, 0.5):.2f}", f"{_pct(rows_peer, 0.95):.2f}",
+         f"{max(rows_peer):.2f}", "-"),
+        ("published → event handler in the page (delivery)", f"{_pct(rows_delivery, 0.5):.2f}",
+         f"{_pct(rows_delivery, 0.95):.2f}", f"{max(rows_delivery):.2f}", "1.00"),
+        ("published → first frame showing it (paint)", f"{_pct(rows_paint, 0.5):.2f}", f"{_pct(rows_paint, 0.95):.2f}",
+         f"{max(rows_paint):.2f}", f"{_pct(ratios, 0.5):.1f}"),
+        ("  of which: handler → frame (the page's own work + vsync)", f"{_pct(handler_to_frame, 0.5):.2f}",
+         f"{_pct(handler_to_frame, 0.95):.2f}", f"{max(handler_to_frame):.2f}", "-"),
+    ]))
+    print(f"clock check: the page's Date.now() - (timeOrigin + now()) = {skew:.2f} ms (0 = one clock)")
+    print()
+
+
+def preview_cost(quick: bool) -> None:
+    """Per-frame cost of the preview hook (unwatched, watched) and of the encode, against decoding."""
+    import asyncio
+
+    from scanner import demo_video
+    from scanner.decode import make_decoder
+    from scanner.preview import Preview, encode_jpeg, scale_frame
+
+    frame = next(demo_video.frames([demo_video.Shot(issuer.issue(issuer.CardSpec(
+        "VN-HUE", Holder("Nguyễn Văn An", "1985"), int(time.time()) - 60, int(time.time()) + 86400),
+        keys.generate("EdDSA")), 0.1)]))
+    decoder = make_decoder("auto")
+    codes = decoder.decode(frame)
+    assert codes and codes[0].corners, "the bench frame must hold a readable code"
+    idle = Preview(fps=3, width=320)
+    idle_hook = idle.add_camera("c")
+    due = Preview(fps=1e9, width=320)  # a frame is due every time: the cost when a screen watches
+    due_hook = due.add_camera("c")
+    loop = asyncio.new_event_loop()
+
+    async def watch():
+        return due.watch("c")
+
+    loop.run_until_complete(watch())
+    small, outlines = scale_frame(frame, 320, codes)
+    samples = interleaved({
+        "decode": lambda: decoder.decode(frame),
+        "hook, unwatched": lambda: idle_hook(frame, codes),
+        "hook, watched (scale)": lambda: due_hook(frame, codes),
+        "encode JPEG (API thread)": lambda: encode_jpeg(small, outlines),
+    }, rounds=7 if quick else 25)
+    loop.close()
+    base = median(samples["decode"])
+    rows = []
+    for name in ("decode", "hook, unwatched", "hook, watched (scale)", "encode JPEG (API thread)"):
+        m = median(samples[name])
+        rows.append((name, f"{m * 1e6:.2f} µs" if m < 1e-3 else f"{m * 1e3:.2f} ms", f"{m / base:.4f}"))
+    print(f"kiosk: camera preview cost per 640x480 frame ({frame.shape[1]}x{frame.shape[0]} → 320 wide, "
+          "at most preview_fps a second while watched)")
+    print(table(("step", "median", "x decode"), rows))
+    print()
+
+
+def run(quick: bool = False) -> None:
+    paint_latency(20 if quick else 150)
+    preview_cost(quick)

@@ -1,0 +1,332 @@
+"""The kiosk screen and the status page in a real headless Chromium (Debian's chromium and
+chromedriver, driven by selenium), against `checkpoint run` as a subprocess: provisioned by the
+reference server on 127.0.0.1 (a real signed trust bundle; the server's time confirms the clock),
+with a simulated camera (a folder whose one picture the test swaps, as a person holds up a card)
+and a named pipe as a reader. A card shown to the camera gets its verdict on the page, holder and
+all, and the holder is gone after the display time; a rejected card shows its reason, in Vietnamese
+and, switched on the screen, in English; staff switch the direction from the screen; the page
+reconnects by itself after the daemon restarts; the status page renders the doctor's checks and
+an attacker's text in the recent errors as text. A second device, whose trust bundle is stale,
+shows the degraded state, its error state, and the alarm silenced from the screen. Screenshots
+at 800x480 are taken of each state; with CHECKPOINT_SCREENSHOTS=1 they are written to
+docs/screenshots/ (the committed ones), else to the test's temporary directory."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from appliance_support import NAME, ROOT, WAIT, Daemon, make_pki, write_config
+from test_pages import show
+from test_sync_support import ServerThread, free_port, now_ms
+
+sys.path.insert(0, str(ROOT))  # the repository: bench/browser.py (shared with the benchmark)
+from bench import browser
+from scanner import keys
+from scanner.bundle import BundleKey, make_bundle
+from scanner.provisioning import provision_appliance
+
+pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))
+
+T = (5, 60)
+EXPIRED_NAME = "Lê Văn Cường"
+VI = {"accept": "CHẤP NHẬN", "reject": "TỪ CHỐI", "expired": "Thẻ đã hết hạn", "ok": "Thẻ hợp lệ"}
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if os.environ.get("CHECKPOINT_SCREENSHOTS"):
+        return ROOT / "docs" / "screenshots"
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def chrome():
+    driver = browser.launch(800, 480)
+    yield driver
+    browser.close(driver)
+
+
+def _feedback_tables() -> dict:
+    return {"feedback": {"pin_factory": "mock", "alarm": True}, "feedback.green": {"pin": 17},
+            "feedback.red": {"pin": 27}, "feedback.amber": {"pin": 22}, "feedback.buzzer": {"pin": 18}}
+
+
+class Site:
+    """A provisioned device (subprocess) with its server, camera folder, reader pipe and fixed port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        (tmp / "server").mkdir()
+        self.server = ServerThread(tmp / "server" / "central.db").start()
+        from sync.server.bundles import publish
+        root = keys.generate("EdDSA")
+        self.pki = make_pki(tmp / "pki")
+        pub = self.pki.key.public_key()
+        now = now_ms() // 1000
+        publish(self.server.storage, make_bundle(root, version=1, issued_at=now - 60, expires_at=now + 86400,
+                                                 keys=[BundleKey(keys.kid_of(pub), "EdDSA", "VN-HUE", pub)]),
+                now_ms=now_ms(), root=root.public_key())
+        provision_appliance(self.server.url, self.server.token("cho-dong"), state_dir=tmp / "state")
+        self.cam = tmp / "cam"
+        self.cam.mkdir()
+        show(self.cam, None)
+        self.fifo = tmp / "in.fifo"
+        os.mkfifo(self.fifo)
+        self.fifo_fd = os.open(self.fifo, os.O_RDWR)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = write_config(tmp / "checkpoint.toml", {
+            "device": {"state_dir": str(tmp / "state"), "name": "Cổng chợ Đông"},
+            "scan": {"cooldown_s": 600},
+            "sync": {"builder": "inline", "interval_s": 2},
+            "api": {"listen": f"127.0.0.1:{self.port}", "display_s": 4},
+            "kiosk": {"occupancy": True},
+            **_feedback_tables(),
+            "camera": [{"name": "camera", "device": str(self.cam), "backend": "files", "kind": "file",
+                        "loop": True, "pace": 5}],
+            "stdin": [{"name": "desk", "path": str(self.fifo)}],
+        })
+        self.daemon: Daemon | None = None
+
+    def start(self) -> None:
+        self.daemon = Daemon(self.config)
+        self.daemon.wait_line(rf"api http://127\.0\.0\.1:{self.port}")
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.signal(signal.SIGTERM)
+            assert self.daemon.wait() == 0, self.daemon.log
+            self.daemon = None
+
+    def send(self, text: str) -> None:
+        os.write(self.fifo_fd, (text + "\n").encode())
+
+    def status(self) -> dict:
+        return requests.get(self.url + "/api/v1/status", timeout=T).json()
+
+    def close(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+        os.close(self.fifo_fd)
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    s = Site(tmp_path_factory.mktemp("kiosk"))
+    s.start()
+    yield s
+    s.close()
+
+
+def text(chrome, element_id: str) -> str:
+    return chrome.execute_script(f"return document.getElementById('{element_id}').textContent;")
+
+
+def open_kiosk(chrome, url: str) -> None:
+    browser.set_viewport(chrome, 800, 480)
+    chrome.get(url + "/")
+    browser.wait_js(chrome, "document.body.dataset.ready === 'true' && document.body.dataset.connected === 'true'",
+                    WAIT, "the kiosk page to start and connect")
+
+
+def view(chrome) -> str:
+    return chrome.execute_script("return document.body.dataset.view;")
+
+
+def outlined_preview(chrome) -> int:
+    """Green outline pixels in the preview picture as the browser shows it."""
+    return chrome.execute_script("""
+        const img = document.getElementById('preview');
+        if (!img.naturalWidth) return 0;
+        const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 1] > 170 && d[i] < 130 && d[i + 2] < 130) n++;
+        return n;""")
+
+
+def test_a_card_shown_to_the_camera_gets_its_verdict_on_the_page_then_the_holder_is_gone(site, chrome, shots):
+    open_kiosk(chrome, site.url)
+    browser.wait_js(chrome, "document.body.dataset.state === 'ok'", WAIT,
+                    "the device to be healthy (clock confirmed by the server, trust fresh)")
+    assert view(chrome) == "idle" and text(chrome, "word") == "SẴN SÀNG"
+    assert chrome.execute_script("return document.documentElement.lang") == "vi"
+    badges = ("JSON.stringify(Object.fromEntries([...document.querySelectorAll('.badge')]"
+              ".map(b => [b.dataset.badge, b.dataset.level])))")
+    want = '{"camera":"ok","reader":"ok","sync":"ok","trust":"ok","clock":"ok"}'
+    browser.wait_js(chrome, f"{badges} === '{want}'", WAIT, "every health badge to be ok")
+    admitted = int(site.status()["today"]["accepted"])
+
+    show(site.cam, site.pki.card(name=NAME, birth="1987-06-05"))
+    browser.wait_js(chrome, "document.body.dataset.view === 'accept'", WAIT, "the accept verdict")
+    assert text(chrome, "word") == VI["accept"] and text(chrome, "name") == NAME
+    assert text(chrome, "born") == "Năm sinh 1987" and text(chrome, "reason") == VI["ok"]
+    browser.wait_js(chrome, f"document.getElementById('today').textContent === '{admitted + 1}'", WAIT,
+                    "today's count to go up")
+    deadline = time.monotonic() + WAIT
+    while outlined_preview(chrome) < 100:  # the live preview shows the card with its outline
+        assert time.monotonic() < deadline, "the preview never showed the outlined code"
+        time.sleep(0.1)
+    assert view(chrome) == "accept", "the verdict went before the screenshot (display_s too short here?)"
+    browser.screenshot(chrome, shots / "kiosk-accept.png")
+
+    browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the verdict to clear")
+    show(site.cam, None)
+    assert text(chrome, "name") == "" and text(chrome, "born") == ""
+    assert NAME not in chrome.page_source and "1987" not in chrome.page_source  # the holder is gone
+
+
+def test_a_rejected_card_shows_its_reason_in_vietnamese_and_english(site, chrome, shots):
+    open_kiosk(chrome, site.url)
+    show(site.cam, site.pki.card(name=EXPIRED_NAME, expired=True))
+    browser.wait_js(chrome, "document.body.dataset.view === 'reject'", WAIT, "the reject verdict")
+    assert text(chrome, "word") == VI["reject"] and text(chrome, "reason") == VI["expired"]
+    assert text(chrome, "name") == EXPIRED_NAME
+    browser.wait_js(chrome, "document.getElementById('preview').naturalWidth > 0", WAIT, "the preview")
+    browser.screenshot(chrome, shots / "kiosk-reject.png")
+    chrome.find_element("id", "lang").click()
+    browser.wait_js(chrome, "document.getElementById('reason').textContent === 'Card has expired'", WAIT, "English")
+    assert text(chrome, "word") == "REJECTED" and chrome.execute_script("return document.documentElement.lang") == "en"
+    chrome.find_element("id", "lang").click()
+    browser.wait_js(chrome, f"document.getElementById('reason').textContent === '{VI['expired']}'", WAIT, "Vietnamese")
+    show(site.cam, None)
+
+
+def test_staff_switch_the_direction_from_the_screen(site, chrome):
+    open_kiosk(chrome, site.url)
+    first = site.status()["direction"]
+    other = "out" if first == "in" else "in"
+    label = {"in": "VÀO", "out": "RA"}
+    browser.wait_js(chrome, f"document.getElementById('direction-value').textContent === '{label[first]}'", WAIT)
+    chrome.find_element("id", "direction").click()
+    browser.wait_js(chrome, f"document.getElementById('direction').dataset.direction === '{other}'", WAIT,
+                    "the new direction on the screen")
+    assert text(chrome, "direction-value") == label[other] and site.status()["direction"] == other
+    chrome.find_element("id", "direction").click()
+    browser.wait_js(chrome, f"document.getElementById('direction').dataset.direction === '{first}'", WAIT)
+    assert site.status()["direction"] == first
+
+
+def test_the_page_reconnects_by_itself_after_the_daemon_restarts(site, chrome):
+    open_kiosk(chrome, site.url)
+    site.stop()
+    browser.wait_js(chrome, "document.body.dataset.connected === 'false'", WAIT, "the page to notice")
+    assert chrome.execute_script("return getComputedStyle(document.getElementById('offline')).display") != "none"
+    assert text(chrome, "name") == ""
+    site.start()
+    browser.wait_js(chrome, "document.body.dataset.connected === 'true'", WAIT, "the page to reconnect")
+    site.send(site.pki.card(name="Trần Thị Bích Ngọc"))
+    browser.wait_js(chrome, "document.body.dataset.view === 'accept'", WAIT, "a verdict from the new daemon")
+    assert text(chrome, "name") == "Trần Thị Bích Ngọc"
+
+
+def test_the_status_page_renders_the_doctor_checks_and_escapes_what_it_shows(site, chrome, shots):
+    site.send("<img src=x id=injected onerror=alert(1)>\x01")  # a reader sending garbage: a logged warning
+    site.daemon.wait_line(r"discarded read", WAIT)
+    browser.set_viewport(chrome, 1000, 1400)
+    chrome.get(site.url + "/status")
+    browser.wait_js(chrome, "document.body.dataset.loaded === 'true'", WAIT, "the status page")
+    checks = chrome.execute_script(
+        "return [...document.querySelectorAll('#checks-body tr')].map(r => [r.dataset.check, r.dataset.level])")
+    names = [c[0] for c in checks]
+    for name in ("config", "state_dir", "provisioned", "camera:camera", "reader:desk", "gpio", "database", "disk",
+                 "clock", "trust", "server", "sync"):
+        assert name in names, (name, names)
+    assert dict(checks)["provisioned"] == "ok" and dict(checks)["server"] == "ok"
+    assert "checkpoint-edge" in text(chrome, "versions-kv") and "cho-dong" in text(chrome, "overview-kv")
+    errors = text(chrome, "errors-body")
+    assert "discarded read" in errors and "'<img'" in errors  # the reader's markup shown as text ...
+    assert chrome.execute_script("return document.querySelector('#errors-body img')") is None  # ... never as HTML
+    browser.screenshot(chrome, shots / "status.png")
+    browser.set_viewport(chrome, 800, 480)
+
+
+# ---------------------------------------------------------------- a degraded device
+
+
+@pytest.fixture(scope="module")
+def stale(tmp_path_factory):
+    """A device without a server whose trust bundle is past its age limit (degraded, fail open)."""
+    tmp = tmp_path_factory.mktemp("stale")
+    root = keys.generate("EdDSA")
+    keys.write_private_key(tmp / "root.key", root)
+    (tmp / "root.pem").write_bytes(keys.public_pem(root.public_key()))
+    pki = make_pki(tmp / "pki")
+    pub = pki.key.public_key()
+    now = int(time.time())
+    (tmp / "bundle.json").write_bytes(make_bundle(root, version=3, issued_at=now - 3 * 86400,
+                                                  expires_at=now + 30 * 86400,
+                                                  keys=[BundleKey(keys.kid_of(pub), "EdDSA", "VN-HUE", pub)]))
+    cam = tmp / "cam"
+    cam.mkdir()
+    show(cam, None)
+    os.mkfifo(tmp / "in.fifo")
+    fd = os.open(tmp / "in.fifo", os.O_RDWR)
+    port = free_port()
+    config = write_config(tmp / "checkpoint.toml", {
+        "device": {"state_dir": str(tmp / "state"), "checkpoint_id": "cho-dong", "name": "Cổng chợ Đông"},
+        "sync": {"enabled": False},
+        "trust": {"files": [str(tmp / "bundle.json")], "roots": [str(tmp / "root.pem")], "max_age_h": 24},
+        "api": {"listen": f"127.0.0.1:{port}", "display_s": 4},
+        **_feedback_tables(),
+        "camera": [{"name": "camera", "device": str(cam), "backend": "files", "kind": "file", "loop": True,
+                    "pace": 5}],
+        "stdin": [{"name": "desk", "path": str(tmp / "in.fifo")}],
+    })
+    daemon = Daemon(config)
+    daemon.wait_line(rf"api http://127\.0\.0\.1:{port}")
+    yield daemon, f"http://127.0.0.1:{port}", pki, cam, fd
+    daemon.stop()
+    os.close(fd)
+
+
+def test_on_a_phone_the_page_reflows(stale, chrome, shots):
+    _, url, _, _, _ = stale
+    browser.set_viewport(chrome, 390, 844, mobile=True, scale=2)
+    chrome.get(url + "/")
+    browser.wait_js(chrome, "document.body.dataset.ready === 'true' && document.body.dataset.connected === 'true'",
+                    WAIT)
+    overflow = chrome.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than the phone"
+    boxes = chrome.execute_script("""return ['verdict', 'direction'].map(id => {
+        const r = document.getElementById(id).getBoundingClientRect(); return [r.left, r.right, r.top]; });""")
+    (v_left, v_right, v_top), (_, d_right, d_top) = boxes
+    assert v_left >= 0 and v_right <= 390 and d_right <= 390 and d_top > v_top  # stacked, all within the width
+    browser.wait_js(chrome, "document.getElementById('preview').naturalWidth > 0", WAIT, "the preview")
+    browser.screenshot(chrome, shots / "kiosk-phone.png")
+    browser.set_viewport(chrome, 800, 480)
+
+
+def test_a_degraded_device_says_why_and_staff_silence_its_alarm(stale, chrome, shots):
+    daemon, url, pki, cam, _ = stale
+    open_kiosk(chrome, url)
+    browser.wait_js(chrome, "document.body.dataset.state === 'degraded'", WAIT, "the degraded state")
+    browser.wait_js(chrome, "document.querySelector('[data-badge=trust]').dataset.level === 'warn'", WAIT,
+                    "the trust badge to warn")
+    show(cam, pki.card(name=NAME, birth="1987-06-05"))
+    browser.wait_js(chrome, "document.body.dataset.view === 'accept'", WAIT, "the accept verdict")
+    assert "danh sách tin cậy đã cũ" in text(chrome, "note-text")  # fails open: accepted, flagged
+    assert chrome.execute_script("return !document.getElementById('note').hidden")
+    browser.wait_js(chrome, "document.getElementById('preview').naturalWidth > 0", WAIT, "the preview")
+    browser.screenshot(chrome, shots / "kiosk-degraded.png")
+    browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the verdict to clear")
+
+    shutil.rmtree(cam)  # the camera is unplugged: the device error state, the alarm sounds
+    browser.wait_js(chrome, "document.body.dataset.state === 'error'", WAIT, "the error state")
+    browser.wait_js(chrome, "!document.getElementById('silence').hidden", WAIT, "the silence button")
+    assert view(chrome) == "error" and text(chrome, "word") == "LỖI THIẾT BỊ"
+    browser.wait_js(chrome, "document.querySelector('[data-badge=camera]').dataset.level === 'bad'", WAIT,
+                    "the camera badge to show it down")
+    browser.screenshot(chrome, shots / "kiosk-error.png")
+    chrome.find_element("id", "silence").click()
+    browser.wait_js(chrome, "document.getElementById('toast').textContent === 'Đã tắt báo động' && "
+                    "!document.getElementById('toast').hidden", WAIT, "the daemon's silence event")
+    daemon.wait_line(r"alarm acknowledged by staff", WAIT)
+    assert chrome.execute_script("return document.getElementById('silence').hidden")
