@@ -46,6 +46,7 @@ def launch(width: int = 800, height: int = 480):
     options.binary_location = _first(CHROMIUM)
     for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height + 200}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for js_errors()
     driver = None
     try:
         driver = webdriver.Chrome(service=Service(_first(CHROMEDRIVER)), options=options)
@@ -69,6 +70,14 @@ def close(driver) -> None:
         driver.quit()
     finally:
         shutil.rmtree(getattr(driver, "ck_profile", ""), ignore_errors=True)
+
+
+def js_errors(driver) -> list[str]:
+    """Script errors the pages raised since the last call (uncaught exceptions, console errors
+    of the scripts; failed network requests, e.g. while the daemon restarts, are not counted)."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e.get("source") == "javascript" or "Uncaught" in e.get("message", "")
+            or (e.get("source") == "console-api" and e.get("level") == "SEVERE")]
 
 
 def wait_js(driver, script: str, timeout: float = 60.0, what: str = ""):

@@ -456,7 +456,10 @@ call the page makes, and stored nowhere).
 No page shows anything from the entry log but counts, and nothing personal is stored by the
 browser. The pages are plain HTML, CSS and JavaScript in `scanner/web/` (no build step, nothing
 loaded from elsewhere: their Content-Security-Policy allows only this device); every word they
-show is in `scanner/translations.toml`. Screenshots: [docs/screenshots](screenshots/).
+show is in `scanner/translations.toml`. Screenshots (the kiosk at 800x480: accept, reject,
+degraded, error; on a phone; the status page): [docs/screenshots](screenshots/), taken by the browser tests
+(`tests/test_kiosk_browser.py`, in a real headless Chromium); to take them again:
+`CHECKPOINT_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_kiosk_browser.py`.
 """
 
 

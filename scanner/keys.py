@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -46,7 +47,7 @@ def public_key_from_spki(der: bytes) -> PublicKey:
     """Load a DER SubjectPublicKeyInfo; raise KeyFileError if it is not a supported key."""
     try:
         key = serialization.load_der_public_key(der)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"not a public key: {exc}") from None
     alg_of(key)
     return key
@@ -82,7 +83,7 @@ def load_public_keys(path: str | os.PathLike) -> list[tuple[PublicKey, x509.Cert
                 found.append((cert.public_key(), cert))
             except ValueError:
                 found.append((serialization.load_der_public_key(data), None))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path}: not a readable public key or certificate ({exc})") from None
     for key, _ in found:
         try:
@@ -100,7 +101,7 @@ def load_private_key(path: str | os.PathLike) -> PrivateKey:
         key = serialization.load_pem_private_key(data, password=None)
     except OSError as exc:
         raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path}: not a readable unencrypted PEM private key ({exc})") from None
     alg_of(key.public_key())
     return key

@@ -116,6 +116,8 @@ class Preview:
         slot.next_at = now + self.period
         image, outlines = scale_frame(frame, self.width, codes)
         with self._lock:
+            if not slot.viewers:  # the last one left meanwhile: keep nothing
+                return
             self._seq += 1
             slot.frame = PreviewFrame(self._seq, image, outlines)
             viewers = list(slot.viewers)

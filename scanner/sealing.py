@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -127,7 +128,7 @@ def load_public_key(data: bytes | str | Path) -> X25519PublicKey:
         return X25519PublicKey.from_public_bytes(data)
     try:
         key = serialization.load_pem_public_key(data)
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise SealError("not a PEM public key") from None
     if not isinstance(key, X25519PublicKey):
         raise SealError("the sealing key must be an X25519 public key")

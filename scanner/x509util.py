@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import keys as keymod
@@ -273,7 +274,7 @@ def read_certificate(der: bytes) -> CertInfo:
         not_before = int(cert.not_valid_before_utc.timestamp())
         not_after = int(cert.not_valid_after_utc.timestamp())
         keymod.alg_of(public_key)
-    except (ValueError, TypeError, KeyFileError) as strict_error:
+    except (ValueError, TypeError, UnsupportedAlgorithm, KeyFileError) as strict_error:
         try:
             public_key, not_before, not_after = _walk(der)
         except DerError as exc:

@@ -10,6 +10,7 @@ import os
 import stat
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -53,7 +54,7 @@ def load(state_dir: str | os.PathLike) -> ed25519.Ed25519PrivateKey:
     _tighten(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise IdentityError(f"{path} is not a PEM private key") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise IdentityError(f"{path} is not an Ed25519 key")

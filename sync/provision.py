@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -72,13 +73,13 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
         if doc.get("root_public_key"):
             try:
                 server_root = serialization.load_pem_public_key(str(doc["root_public_key"]).encode("ascii"))
-            except (ValueError, UnicodeEncodeError):
+            except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
                 raise ProvisionError("enrollment answer has an unreadable trust root") from None
         pull_pub = None
         if doc.get("pull_public_key"):
             try:
                 pull_pub = serialization.load_pem_public_key(str(doc["pull_public_key"]).encode("ascii"))
-            except (ValueError, UnicodeEncodeError):
+            except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
                 pull_pub = None
             if not isinstance(pull_pub, ed25519.Ed25519PublicKey):
                 raise ProvisionError("enrollment answer has an unreadable pull key")

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -121,7 +122,7 @@ def load_public_keys(paths: Iterable[str | os.PathLike]) -> list[ed25519.Ed25519
             continue
         try:
             key = serialization.load_pem_public_key(data)
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):
             raise CheckpointError(f"{path}: not a PEM public key", code="pull_key") from None
         if not isinstance(key, ed25519.Ed25519PublicKey):
             raise CheckpointError(f"{path}: not an Ed25519 public key", code="pull_key")

@@ -25,11 +25,13 @@ sign_payload(payload, key="ed", ...)  QR text of ANY payload (bytes or a value t
 """
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Any, NamedTuple
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from hypothesis import settings
 
 from scanner import base45, cbor, cose
 from scanner import issuer as issuer_mod
@@ -37,6 +39,13 @@ from scanner import keys as keymod
 from scanner.bundle import BundleKey, make_bundle, open_bundle
 from scanner.trust import TrustStore
 from scanner.verdict import Holder
+
+# The suite is the gate every change lands through, so by default Hypothesis draws the same
+# examples on every run (derandomize): a red run means a real change, never the dice.
+# `HYPOTHESIS_PROFILE=explore` draws fresh random examples to look for new bugs (docs/testing.md).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 NOW = 1_750_000_000  # 2025-06-15T15:06:40Z
 DAY = 86_400

@@ -52,6 +52,14 @@ def chrome():
     browser.close(driver)
 
 
+@pytest.fixture(autouse=True)
+def no_script_errors(chrome):
+    """Every test also checks that the pages raised no script error."""
+    browser.js_errors(chrome)
+    yield
+    assert browser.js_errors(chrome) == []
+
+
 def _feedback_tables() -> dict:
     return {"feedback": {"pin_factory": "mock", "alarm": True}, "feedback.green": {"pin": 17},
             "feedback.red": {"pin": 27}, "feedback.amber": {"pin": 22}, "feedback.buzzer": {"pin": 18}}
@@ -85,7 +93,7 @@ class Site:
             "device": {"state_dir": str(tmp / "state"), "name": "Cổng chợ Đông"},
             "scan": {"cooldown_s": 600},
             "sync": {"builder": "inline", "interval_s": 2},
-            "api": {"listen": f"127.0.0.1:{self.port}", "display_s": 4},
+            "api": {"listen": f"127.0.0.1:{self.port}", "display_s": 8},
             "kiosk": {"occupancy": True},
             **_feedback_tables(),
             "camera": [{"name": "camera", "device": str(self.cam), "backend": "files", "kind": "file",
@@ -152,6 +160,26 @@ def outlined_preview(chrome) -> int:
         return n;""")
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def settled(chrome, url: str) -> None:
+    """Wait until the page shows today's counts as the device has them (after a verdict: the
+    entry is committed before the event, the page asks for the counts just after it) and the
+    preview shows the code it read outlined: what a person would see a moment after the scan."""
+    today = requests.get(url + "/api/v1/status", timeout=T).json()["today"]
+    browser.wait_js(chrome, f"document.getElementById('today').textContent === '{today['accepted']}' && "
+                    f"document.getElementById('rejected').textContent.includes('{today['rejected']}')", WAIT,
+                    "today's counts on the page")
+    deadline = time.monotonic() + WAIT
+    while outlined_preview(chrome) < 100:
+        assert time.monotonic() < deadline, "the preview never showed the outlined code"
+        time.sleep(0.1)
+
+
 def test_a_card_shown_to_the_camera_gets_its_verdict_on_the_page_then_the_holder_is_gone(site, chrome, shots):
     open_kiosk(chrome, site.url)
     browser.wait_js(chrome, "document.body.dataset.state === 'ok'", WAIT,
@@ -170,12 +198,9 @@ def test_a_card_shown_to_the_camera_gets_its_verdict_on_the_page_then_the_holder
     assert text(chrome, "born") == "Năm sinh 1987" and text(chrome, "reason") == VI["ok"]
     browser.wait_js(chrome, f"document.getElementById('today').textContent === '{admitted + 1}'", WAIT,
                     "today's count to go up")
-    deadline = time.monotonic() + WAIT
-    while outlined_preview(chrome) < 100:  # the live preview shows the card with its outline
-        assert time.monotonic() < deadline, "the preview never showed the outlined code"
-        time.sleep(0.1)
+    settled(chrome, site.url)  # and the live preview shows the card with its outline
     assert view(chrome) == "accept", "the verdict went before the screenshot (display_s too short here?)"
-    browser.screenshot(chrome, shots / "kiosk-accept.png")
+    assert png_size(browser.screenshot(chrome, shots / "kiosk-accept.png")) == (800, 480)
 
     browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the verdict to clear")
     show(site.cam, None)
@@ -189,8 +214,9 @@ def test_a_rejected_card_shows_its_reason_in_vietnamese_and_english(site, chrome
     browser.wait_js(chrome, "document.body.dataset.view === 'reject'", WAIT, "the reject verdict")
     assert text(chrome, "word") == VI["reject"] and text(chrome, "reason") == VI["expired"]
     assert text(chrome, "name") == EXPIRED_NAME
-    browser.wait_js(chrome, "document.getElementById('preview').naturalWidth > 0", WAIT, "the preview")
-    browser.screenshot(chrome, shots / "kiosk-reject.png")
+    settled(chrome, site.url)
+    assert view(chrome) == "reject", "the verdict went before the screenshot (display_s too short here?)"
+    assert png_size(browser.screenshot(chrome, shots / "kiosk-reject.png")) == (800, 480)
     chrome.find_element("id", "lang").click()
     browser.wait_js(chrome, "document.getElementById('reason').textContent === 'Card has expired'", WAIT, "English")
     assert text(chrome, "word") == "REJECTED" and chrome.execute_script("return document.documentElement.lang") == "en"
@@ -274,7 +300,7 @@ def stale(tmp_path_factory):
         "device": {"state_dir": str(tmp / "state"), "checkpoint_id": "cho-dong", "name": "Cổng chợ Đông"},
         "sync": {"enabled": False},
         "trust": {"files": [str(tmp / "bundle.json")], "roots": [str(tmp / "root.pem")], "max_age_h": 24},
-        "api": {"listen": f"127.0.0.1:{port}", "display_s": 4},
+        "api": {"listen": f"127.0.0.1:{port}", "display_s": 8},
         **_feedback_tables(),
         "camera": [{"name": "camera", "device": str(cam), "backend": "files", "kind": "file", "loop": True,
                     "pace": 5}],
@@ -314,8 +340,9 @@ def test_a_degraded_device_says_why_and_staff_silence_its_alarm(stale, chrome, s
     browser.wait_js(chrome, "document.body.dataset.view === 'accept'", WAIT, "the accept verdict")
     assert "danh sách tin cậy đã cũ" in text(chrome, "note-text")  # fails open: accepted, flagged
     assert chrome.execute_script("return !document.getElementById('note').hidden")
-    browser.wait_js(chrome, "document.getElementById('preview').naturalWidth > 0", WAIT, "the preview")
-    browser.screenshot(chrome, shots / "kiosk-degraded.png")
+    settled(chrome, url)
+    assert view(chrome) == "accept", "the verdict went before the screenshot (display_s too short here?)"
+    assert png_size(browser.screenshot(chrome, shots / "kiosk-degraded.png")) == (800, 480)
     browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the verdict to clear")
 
     shutil.rmtree(cam)  # the camera is unplugged: the device error state, the alarm sounds

@@ -101,13 +101,20 @@
   function onVerdict(d) {
     const received = wallNow();
     show({ kind: "verdict", data: d }, d.display_s || (S.settings && S.settings.display_s) || 5);
-    requestAnimationFrame((ts) => {
-      timings.push({ seq: d.seq, published: d.published_ms, received, painted: performance.timeOrigin + ts });
-      if (timings.length > 2000) timings.splice(0, timings.length - 2000);
+    // The frame that shows the verdict starts its rendering when this callback runs (the rAF's own
+    // timestamp is the frame's nominal start, which may precede the event); a task posted from it
+    // runs once that frame has been painted.
+    requestAnimationFrame(() => {
+      const frame = wallNow();
+      const ch = new MessageChannel();
+      ch.port1.onmessage = () => {
+        timings.push({ seq: d.seq, published: d.published_ms, received, frame, painted: wallNow() });
+        if (timings.length > 2000) timings.splice(0, timings.length - 2000);
+      };
+      ch.port2.postMessage(0);
     });
     body.dataset.seq = String(d.seq);
-    if (d.direction) setDirection(d.direction);
-    refreshStatusSoon(400);
+    refreshStatusSoon(400);  // today's counts (the entry was committed before the event was sent)
   }
 
   // ------------------------------------------------------------------ health badges and counts
@@ -199,7 +206,7 @@
       const st = await CK.getJSON(CK.url("/api/v1/status"));
       S.status = st;
       setHealth({ state: st.state, problems: st.problems, degraded: st.degraded });
-      if (!S.direction || !S.view) setDirection(st.direction);
+      setDirection(st.direction);
       counts();
       body.dataset.statusAt = String(Date.now());
     } catch (err) {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -46,7 +47,7 @@ def load_private_key(path: str | os.PathLike, kind: type):
     path = Path(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CheckpointError(f"{path}: not a readable private key ({exc})", code="server_key") from None
     if not isinstance(key, kind):
         raise CheckpointError(f"{path} is not an {kind.__name__.removesuffix('PrivateKey')} key", code="server_key")
