@@ -38,7 +38,8 @@ install() {  # pip install the package (with extras $1, if any) unless done sinc
     stamp=".venv/.installed${1:+-$1}"
     if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
         echo "setup: pip install -e $spec" >&2
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
+        # `|| exit 1`: inside a function called with &&, set -e is off; never stamp a failed install
+        .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" || exit 1
         touch "$stamp"
     fi
 }

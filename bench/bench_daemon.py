@@ -12,70 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from scanner import issuer, keys
 from scanner.entrylog import EntryLog
 from scanner.scan import Scan
 from scanner.trust import load_trust
-from scanner.verdict import Holder
 from scanner.verifier import verify
 
-from .timing import table
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-class SseClient:
-    """A raw-socket HTTP client on the event stream; records when each verdict (by seq) arrives."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port), timeout=60)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        self.arrived: dict[int, float] = {}
-        self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        import json
-        buf = b""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            now = time.perf_counter()
-            buf += data
-            while b"\n\n" in buf:
-                block, buf = buf.split(b"\n\n", 1)
-                lines = block.split(b"\n")
-                if b"event: verdict" in lines:
-                    body = next(line for line in lines if line.startswith(b"data: "))
-                    # the HTTP chunk framing sits between events; the JSON starts at the first '{'
-                    seq = json.loads(body[body.index(b"{"):])["seq"]
-                    with self.cond:
-                        self.arrived[seq] = now
-                        self.cond.notify_all()
-
-    def wait(self, seq: int, timeout: float = 60) -> float:
-        with self.cond:
-            if not self.cond.wait_for(lambda: seq in self.arrived, timeout):
-                raise TimeoutError(f"verdict {seq} never reached the event stream")
-            return self.arrived[seq]
-
-    def close(self) -> None:
-        self.sock.close()
+from .appliance import SseClient, hue_cards
+from .timing import percentile, table
 
 
 def run(quick: bool = False) -> None:
@@ -86,11 +34,7 @@ def run(quick: bool = False) -> None:
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
         tmp = Path(tmp)
-        key = keys.generate("EdDSA")
-        (tmp / "hue.pub").write_bytes(keys.public_pem(key.public_key()))
-        now = int(time.time())
-        cards = [issuer.issue(issuer.CardSpec("VN-HUE", Holder(f"Nguyễn Văn {i}", "1985-03-02"), now - 60,
-                                              now + 86400), key) for i in range(2 * n + 10)]
+        cards = hue_cards(tmp, 2 * n + 10)
         fifo = tmp / "in.fifo"
         os.mkfifo(fifo)
         w = os.open(fifo, os.O_RDWR)
@@ -158,11 +102,11 @@ path = "{fifo}"
             bare_log.close()
     ratios = sorted(s / b for s, b in zip(to_stream, bare))
     rows = [
-        ("bare verify + EntryLog.record (FULL)", f"{_pct(bare, 0.5) * 1e3:.2f}", f"{_pct(bare, 0.95) * 1e3:.2f}", "1.00"),
-        ("line written → event published (in the daemon)", f"{_pct(to_publish, 0.5) * 1e3:.2f}",
-         f"{_pct(to_publish, 0.95) * 1e3:.2f}", f"{_pct(sorted(p / b for p, b in zip(to_publish, bare)), 0.5):.2f}"),
-        ("line written → SSE event received (HTTP)", f"{_pct(to_stream, 0.5) * 1e3:.2f}",
-         f"{_pct(to_stream, 0.95) * 1e3:.2f}", f"{_pct(ratios, 0.5):.2f}"),
+        ("bare verify + EntryLog.record (FULL)", f"{percentile(bare, 0.5) * 1e3:.2f}", f"{percentile(bare, 0.95) * 1e3:.2f}", "1.00"),
+        ("line written → event published (in the daemon)", f"{percentile(to_publish, 0.5) * 1e3:.2f}",
+         f"{percentile(to_publish, 0.95) * 1e3:.2f}", f"{percentile(sorted(p / b for p, b in zip(to_publish, bare)), 0.5):.2f}"),
+        ("line written → SSE event received (HTTP)", f"{percentile(to_stream, 0.5) * 1e3:.2f}",
+         f"{percentile(to_stream, 0.95) * 1e3:.2f}", f"{percentile(ratios, 0.5):.2f}"),
     ]
     print(f"appliance: scan to kiosk event ({n} cards, one at a time; goal: within 100 ms)")
     print(table(("path", "p50 ms", "p95 ms", "x bare (median)"), rows))

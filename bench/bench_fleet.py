@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,36 +22,15 @@ from pathlib import Path
 
 import requests
 
+from .procs import ServerProcess, cpu_s, now_ms
 from .timing import table
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cpu_s(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tree_cpu_s(root_pid: int | None) -> float:
     """CPU seconds of a process and its children (PostgreSQL's postmaster and backends)."""
     if root_pid is None:
         return 0.0
-    total = _cpu_s(root_pid)
+    total = cpu_s(root_pid)
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
@@ -62,33 +39,8 @@ def _tree_cpu_s(root_pid: int | None) -> float:
             except (OSError, ValueError, IndexError):
                 continue
             if ppid == root_pid:
-                total += _cpu_s(int(d))
+                total += cpu_s(int(d))
     return total
-
-
-class _Server:
-    def __init__(self, db_url: str, keys: Path, max_inflight: int) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen([sys.executable, "-m", "scanner", "server", "run", "--db", db_url,
-                                      "--keys", str(keys), "--listen", f"127.0.0.1:{self.port}",
-                                      "--max-inflight", str(max_inflight)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-        end = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(self.url + "/v1/health", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > end or self.proc.poll() is not None:
-                raise SystemExit("fleet bench: the server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
 
 
 class _Fleet:
@@ -102,7 +54,7 @@ class _Fleet:
         from sync import identity
 
         self.devices = []
-        now = _now_ms()
+        now = now_ms()
         n = batches * per_batch
         for d in range(devices):
             key = ed25519.Ed25519PrivateKey.generate()
@@ -131,8 +83,8 @@ class _Fleet:
 
         for key, dev, cp, _, _ in self.devices:
             tok = f"fleet-token-{dev}"
-            storage.add_tokens([token_hash(tok)], cp, _now_ms() + 3_600_000, _now_ms())
-            storage.enroll(token_hash(tok), dev, identity.public_raw(key), _now_ms())
+            storage.add_tokens([token_hash(tok)], cp, now_ms() + 3_600_000, now_ms())
+            storage.enroll(token_hash(tok), dev, identity.public_raw(key), now_ms())
 
     def parse_rate(self) -> float:
         """The peer: open_batch (what the server does to every batch before storing it), entries/s."""
@@ -210,11 +162,11 @@ def _one(fleet: _Fleet, backend: str, url: str, keys: Path, max_inflight: int, d
         fleet.enroll(st)
     finally:
         st.close()
-    server = _Server(url, keys, max_inflight)
+    server = ServerProcess(url, "--keys", str(keys), "--max-inflight", str(max_inflight), bench="fleet")
     try:
-        s_cpu0, pg_cpu0 = _cpu_s(server.proc.pid), _tree_cpu_s(pg_pid)
+        s_cpu0, pg_cpu0 = cpu_s(server.pid), _tree_cpu_s(pg_pid)
         res = _push_all(fleet, server.url, deadline_s)
-        res["server_cpu"] = _cpu_s(server.proc.pid) - s_cpu0
+        res["server_cpu"] = cpu_s(server.pid) - s_cpu0
         res["db_cpu"] = _tree_cpu_s(pg_pid) - pg_cpu0
     finally:
         server.stop()

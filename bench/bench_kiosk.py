@@ -18,10 +18,8 @@ API's threads, not the camera's).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -31,45 +29,8 @@ from scanner import issuer, keys
 from scanner.verdict import Holder
 
 from . import browser
-from .timing import interleaved, median, table
-
-
-def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-class WallSseClient:
-    """A raw-socket client on the event stream recording each verdict's arrival on the wall clock."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port), timeout=60)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        self.arrived: dict[int, float] = {}
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        buf = b""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            now_ms = time.time() * 1000
-            buf += data
-            while b"\n\n" in buf:
-                block, buf = buf.split(b"\n\n", 1)
-                lines = block.split(b"\n")
-                if b"event: verdict" in lines:
-                    body = next(line for line in lines if line.startswith(b"data: "))
-                    self.arrived[json.loads(body[body.index(b"{"):])["seq"]] = now_ms
-
-    def close(self) -> None:
-        self.sock.close()
+from .appliance import SseClient, hue_cards
+from .timing import interleaved, median, percentile, table
 
 
 def _config(tmp: Path, fifo: Path) -> Path:
@@ -110,11 +71,7 @@ def paint_latency(n: int) -> None:
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench-kiosk-") as tmp:
         tmp = Path(tmp)
-        key = keys.generate("EdDSA")
-        (tmp / "hue.pub").write_bytes(keys.public_pem(key.public_key()))
-        now = int(time.time())
-        cards = [issuer.issue(issuer.CardSpec("VN-HUE", Holder(f"Nguyễn Văn {i}", "1985-03-02"), now - 60,
-                                              now + 86400), key) for i in range(n + 5)]
+        cards = hue_cards(tmp, n + 5)
         fifo = tmp / "in.fifo"
         os.mkfifo(fifo)
         w = os.open(fifo, os.O_RDWR)
@@ -136,7 +93,7 @@ def paint_latency(n: int) -> None:
         try:
             driver.get(app.api.url + "/")
             browser.wait_js(driver, "document.body.dataset.connected === 'true'", 60, "the kiosk page")
-            peer = WallSseClient(app.api.host, app.api.port)
+            peer = SseClient(app.api.host, app.api.port, clock=lambda: time.time() * 1000)
             time.sleep(0.3)  # both streams connected before the first card (not part of any figure)
             for seq, card in enumerate(cards, 1):
                 os.write(w, (card + "\n").encode())
@@ -166,15 +123,15 @@ def paint_latency(n: int) -> None:
             peer_ms.append(peer.arrived[seq] - published[seq])
 
     def row(name: str, values: list[float], ratio: str) -> tuple:
-        return name, f"{_pct(values, 0.5):.2f}", f"{_pct(values, 0.95):.2f}", f"{max(values):.2f}", ratio
+        return name, f"{percentile(values, 0.5):.2f}", f"{percentile(values, 0.95):.2f}", f"{max(values):.2f}", ratio
 
     print(f"kiosk: verdict to paint in headless Chromium ({n} cards, one at a time; goal: on screen within 100 ms)")
     print(table(("from the verdict published to ...", "p50 ms", "p95 ms", "max ms", "x delivery (median)"), [
         row("... the event at a raw HTTP client (peer)", peer_ms, "-"),
         row("... the event handler in the page (delivery)", delivery, "1.00"),
         row("... the frame showing it starts rendering (rAF)", frame,
-            f"{_pct(sorted(f / max(d, 0.01) for f, d in zip(frame, delivery)), 0.5):.1f}"),
-        row("... that frame painted (task after the rAF)", paint, f"{_pct(ratios, 0.5):.1f}"),
+            f"{percentile(sorted(f / max(d, 0.01) for f, d in zip(frame, delivery)), 0.5):.1f}"),
+        row("... that frame painted (task after the rAF)", paint, f"{percentile(ratios, 0.5):.1f}"),
     ]))
     print(f"clock check: the page's Date.now() - (timeOrigin + now()) = {skew:.2f} ms (0 = one clock)")
     print()

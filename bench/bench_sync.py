@@ -10,7 +10,6 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -19,62 +18,14 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import requests
-
 from scanner import sealing
 from scanner.entry import Entry, chain_hash, hash_fields
 from scanner.entrylog import INSERT_SQL, EntryLog, entry_row
 
+from .procs import ServerProcess, cpu_s, now_ms
 from .timing import median, table
 
 MB = 1024 * 1024
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cpu_s(pid: int) -> float:
-    """utime + stime of a process, seconds (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class _Server:
-    """`checkpoint server run` in its own process (the 'remote' machine), at lower priority."""
-
-    def __init__(self, db: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        root = Path(__file__).resolve().parent.parent
-        env = dict(os.environ, PYTHONPATH=str(root))
-        self.proc = subprocess.Popen(["nice", "-n", "5", sys.executable, "-m", "scanner", "server", "run",
-                                      "--db", str(db), "--listen", f"127.0.0.1:{self.port}"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=root)
-        end = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(self.url + "/v1/health", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > end or self.proc.poll() is not None:
-                raise SystemExit("sync bench: the server did not start")
-            time.sleep(0.05)
-        self.pid = self.proc.pid
-        # `nice` execs python: the pid is the server's
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
 
 
 def _fill(log: EntryLog, n: int, server_pub) -> None:
@@ -84,7 +35,7 @@ def _fill(log: EntryLog, n: int, server_pub) -> None:
     from scanner.verdict import Holder
     holder = Holder("Nguyễn Thị Thanh Hương", "1987-03-15", "079******1234")
     seq, prev = 0, bytes(32)
-    at = _now_ms() - n * 2000
+    at = now_ms() - n * 2000
     rows = []
     for i in range(n):
         entry_id = str(uuid.uuid4())
@@ -149,10 +100,10 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str) -> dict:
     shutil.copytree(pristine, run_dir / "dev")
     db = run_dir / "central.db"
     shutil.copy(pristine.parent / "central-keys" / "sealing.key", run_dir / "sealing.key")
-    server = _Server(db)
+    server = ServerProcess(str(db), bench="sync", nice=5)
     try:
         st = SQLiteStorage(db)
-        token = issue_tokens(st, "market-east", now_ms=_now_ms())[0]
+        token = issue_tokens(st, "market-east", now_ms=now_ms())[0]
         provision(server.url, token, run_dir / "dev")
         cfg = DeviceConfig.load(run_dir / "dev")
         log = EntryLog(run_dir / "dev" / "entries.db", device_id=cfg.device_id, checkpoint_id=cfg.checkpoint_id,
@@ -170,12 +121,12 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str) -> dict:
         agent.client.upload = counting_upload
         if mode.startswith("process"):  # start the worker before timing (a daemon does it once at boot)
             builder.build(10**12, 1, [], 0)
-        server_cpu0 = _cpu_s(server.pid)
+        server_cpu0 = cpu_s(server.pid)
         child_pids = list(builder._pool._processes) if mode.startswith("process") else []
         switch = sys.getswitchinterval()
         if mode == "process-1ms":
             sys.setswitchinterval(0.001)
-        child_cpu0 = sum(_cpu_s(p) for p in child_pids)
+        child_cpu0 = sum(cpu_s(p) for p in child_pids)
         gc_worst = [0.0]
         gc_started = [0.0]
 
@@ -195,8 +146,8 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str) -> dict:
             sys.setswitchinterval(switch)
         wall = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
-        child_cpu = sum(_cpu_s(p) for p in child_pids) - child_cpu0
-        server_cpu = _cpu_s(server.pid) - server_cpu0
+        child_cpu = sum(cpu_s(p) for p in child_pids) - child_cpu0
+        server_cpu = cpu_s(server.pid) - server_cpu0
         stored = st.stats().entries
         st.close()
         agent.close()
@@ -263,7 +214,7 @@ def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
     parsed = [open_batch(d, pub) for d in batches]
     t_parse = time.perf_counter() - t0
     for p in parsed:
-        st.ingest(p, "push", _now_ms())
+        st.ingest(p, "push", now_ms())
     total = time.perf_counter() - t0
     st.close()
     return n / total, n / t_parse
@@ -316,10 +267,10 @@ def run(quick: bool) -> None:
         pristine = tmp / "pristine"
         db0 = tmp / "setup.db"
         shutil.copy(keys_dir / "sealing.key", tmp / "sealing.key")
-        server = _Server(db0)
+        server = ServerProcess(str(db0), bench="sync", nice=5)
         try:
             st = SQLiteStorage(db0)
-            provision(server.url, issue_tokens(st, "market-east", now_ms=_now_ms())[0], pristine)
+            provision(server.url, issue_tokens(st, "market-east", now_ms=now_ms())[0], pristine)
             st.close()
         finally:
             server.stop()

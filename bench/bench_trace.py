@@ -22,15 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from .procs import now_ms
 from .timing import interleaved, median, ratios, table
 
 DAY = 86_400_000
 HOUR = 3_600_000
 TRACED = "ff" * 16
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _say(text: str) -> None:
@@ -44,7 +41,7 @@ class _Shape:
         self.per_device = n // self.devices
         self.n = self.devices * self.per_device
         self.cards = max(1000, self.n // 5)
-        self.now = _now_ms()
+        self.now = now_ms()
         self.start = self.now - 30 * DAY
         self.step = (30 * DAY) // self.per_device  # each device scans through the 30 days
 

@@ -9,12 +9,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 from urllib.parse import quote
+
+from .procs import free_port
 
 
 def find_bin_dir() -> Path | None:
@@ -27,12 +28,6 @@ def find_bin_dir() -> Path | None:
         if c and (Path(c) / "initdb").is_file() and (Path(c) / "pg_ctl").is_file():
             return Path(c)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgCluster:
@@ -60,7 +55,7 @@ class PgCluster:
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                    "--locale=C.UTF-8", "-N"])
         for attempt in range(5):
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self.start()
                 break

@@ -58,6 +58,12 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The sample at fraction ``q`` of the sorted values (nearest rank, no interpolation)."""
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
 def quartiles(values: Sequence[float]) -> tuple[float, float]:
     """The 25th and 75th percentiles (the middle half of the samples)."""
     if len(values) < 2:

@@ -71,6 +71,34 @@ def run_guarded(fn, *args, **kwargs):
         fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
 
 
+_TRUST_OPTIONS = (
+    click.option("--trust", "trust_paths", multiple=True, metavar="PATH",
+                 help="Issuer public key (PEM), certificate (PEM/DER) or signed trust bundle (JSON). Repeatable."),
+    click.option("--trust-root", "roots", multiple=True, metavar="PEM",
+                 help="Root public key that trust bundles must be signed with. Repeatable."),
+    click.option("--at", "at", type=TIME, default=None, help="Verify as of this time instead of now."),
+    click.option("--clock-skew", type=click.IntRange(0, 86400), default=300, show_default=True,
+                 help="Seconds of tolerance for exp/nbf."),
+)
+
+
+def trust_options(fn):
+    """--trust, --trust-root, --at and --clock-skew, for every command that verifies cards."""
+    for option in reversed(_TRUST_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def load_cli_trust(trust_paths, roots):
+    """The TrustStore that --trust and --trust-root name; one error line and exit 2 without one."""
+    from .trust import load_root, load_trust
+
+    if not trust_paths:
+        fail("no trust given: use --trust PATH (issuer key, certificate or bundle)")
+    root_keys = [run_guarded(load_root, p) for p in roots]
+    return run_guarded(load_trust, trust_paths, root_keys)
+
+
 def date_utc(epoch: int) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d")
 
@@ -105,13 +133,7 @@ def main() -> None:
 # ---------------------------------------------------------------- verify
 
 @main.command()
-@click.option("--trust", "trust_paths", multiple=True, metavar="PATH",
-              help="Issuer public key (PEM), certificate (PEM/DER) or signed trust bundle (JSON). Repeatable.")
-@click.option("--trust-root", "roots", multiple=True, metavar="PEM",
-              help="Root public key that trust bundles must be signed with. Repeatable.")
-@click.option("--at", "at", type=TIME, default=None, help="Verify as of this time instead of now.")
-@click.option("--clock-skew", type=click.IntRange(0, 86400), default=300, show_default=True,
-              help="Seconds of tolerance for exp/nbf.")
+@trust_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--lang", type=LANG, default=None, help="Language of the human line (default vi).")
 @click.argument("texts", nargs=-1, metavar="[TEXT|-]...")
@@ -121,13 +143,9 @@ def verify(trust_paths, roots, at, clock_skew, as_json, lang, texts):
     Several TEXTs (or several stdin lines) are the parts of one multi-part SMART Health Card
     (shc:/i/n/...), in any order."""
     from .formats.shc import verify_parts
-    from .trust import load_root, load_trust
     from .verifier import verify as verify_text
 
-    if not trust_paths:
-        fail("no trust given: use --trust PATH (issuer key, certificate or bundle)")
-    root_keys = [run_guarded(load_root, p) for p in roots]
-    store = run_guarded(load_trust, trust_paths, root_keys)
+    store = load_cli_trust(trust_paths, roots)
     for note in store.notes:
         click.echo(f"checkpoint: warning: {escape(note)}", err=True)
     texts = list(texts) or ["-"]

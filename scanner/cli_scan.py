@@ -15,7 +15,7 @@ import time
 import click
 
 from . import i18n
-from .cli import LANG, TIME, fail, human_verdict, main, run_guarded
+from .cli import LANG, fail, human_verdict, load_cli_trust, main, trust_options
 from .decode import NAMES as DECODER_NAMES
 from .decode import check_roi
 from .safetext import escape, json_line
@@ -46,13 +46,7 @@ def _roi(value: str | None):
 @click.option("--hid", "hids", multiple=True, metavar="PATH|VID:PID",
               help="A USB keyboard-wedge reader (/dev/input path or vendor:product). Repeatable.")
 @click.option("--stdin", "use_stdin", is_flag=True, help="Read one code per line from stdin.")
-@click.option("--trust", "trust_paths", multiple=True, metavar="PATH",
-              help="Issuer public key (PEM), certificate (PEM/DER) or signed trust bundle (JSON). Repeatable.")
-@click.option("--trust-root", "roots", multiple=True, metavar="PEM",
-              help="Root public key that trust bundles must be signed with. Repeatable.")
-@click.option("--at", "at", type=TIME, default=None, help="Verify as of this time instead of now.")
-@click.option("--clock-skew", type=click.IntRange(0, 86400), default=300, show_default=True,
-              help="Seconds of tolerance for exp/nbf.")
+@trust_options
 @click.option("--cooldown", type=click.FloatRange(0, 3600), default=3.0, show_default=True,
               help="Seconds within which the same card from the same input is one scan.")
 @click.option("--decoder", type=click.Choice(DECODER_NAMES), default="auto", show_default=True)
@@ -71,15 +65,11 @@ def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, a
          decoder, roi, size, fps, layout, suffix, baud, terminator, direction, as_json, lang, once):
     """Scan cards from cameras, files and readers; print one line per verdict until stopped (Ctrl-C)."""
     from .pipeline import Pipeline, SourceState
-    from .trust import load_root, load_trust
     from .verifier import verify as verify_text
 
-    if not trust_paths:
-        fail("no trust given: use --trust PATH (issuer key, certificate or bundle)")
+    store = load_cli_trust(trust_paths, roots)
     if not (cameras or videos or folders or ports or hids or use_stdin):
         fail("no input given: use --camera, --video, --images, --serial, --hid or --stdin")
-    root_keys = [run_guarded(load_root, p) for p in roots]
-    store = run_guarded(load_trust, trust_paths, root_keys)
     try:
         inputs = _inputs(cameras, videos, folders, ports, hids, use_stdin, decoder=decoder, roi=_roi(roi),
                          size=size, fps=fps, layout=layout, suffix=suffix, baud=baud, terminator=terminator,

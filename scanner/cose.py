@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from . import cbor
-from .cbor import CborError, Tag
+from .cbor import Tag
 
 ALG_EDDSA = -8
 ALG_ES256 = -7

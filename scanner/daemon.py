@@ -46,7 +46,7 @@ from .preview import Preview
 from .safetext import escape
 from .scan import Scan
 from .sdnotify import Notifier
-from .trust import TrustStore, load_root, load_trust
+from .trust import TrustStore, load_device_trust
 from .verdict import Verdict
 from .verifier import verify as verify_text
 
@@ -420,13 +420,8 @@ class Appliance:
     def reload_trust(self, *, initial: bool = False) -> bool:
         """Load the installed bundle and the configured key files; swap them in atomically. On any
         failure the trust in use stays (and the error is kept for the health check)."""
-        state = self.state_dir
         try:
-            roots = [load_root(state / "trust-root.pem")] if (state / "trust-root.pem").exists() else []
-            roots += [load_root(p) for p in self.config["trust"]["roots"]]
-            paths = ([state / "bundle.json"] if (state / "bundle.json").exists() else [])
-            paths += list(self.config["trust"]["files"])
-            store = load_trust(paths, roots)
+            store = load_device_trust(self.state_dir, self.config["trust"]["roots"], self.config["trust"]["files"])
         except (CheckpointError, OSError) as exc:
             code = getattr(exc, "code", "unreadable")
             self.trust_error = f"{code}: {exc}"

@@ -7,6 +7,7 @@ only around symbols that were seen but not read. Why, with measurements: docs/de
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -432,6 +433,20 @@ def _dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+@contextlib.contextmanager
+def _opencv_silent():
+    """Silence OpenCV's own log for a moment: cv2.utils.logging in OpenCV 5, cv2.setLogLevel in 4.x
+    (the 4.x build is what pip picks beside Raspberry Pi OS's numpy 1.x for picamera2)."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    get, set_ = (log.getLogLevel, log.setLogLevel) if log is not None else (cv2.getLogLevel, cv2.setLogLevel)
+    level = get()
+    set_(0)  # LOG_LEVEL_SILENT in both
+    try:
+        yield
+    finally:
+        set_(level)
+
+
 def read_gray(path: str | os.PathLike) -> np.ndarray:
     """Load any image OpenCV reads (PNG, JPEG, WebP...) as 8-bit grayscale; raise ImageUnreadable otherwise."""
     path = Path(path)
@@ -445,15 +460,11 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
     dims = _dimensions(data)
     if dims is not None and dims[0] * dims[1] > MAX_PIXELS:
         raise ImageUnreadable(path, f"image too large ({dims[0]}x{dims[1]} pixels)")
-    log = cv2.utils.logging
-    level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)  # broken files are reported once, by us, not by OpenCV on stderr
-    try:
-        gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
-    except cv2.error:
-        gray = None
-    finally:
-        log.setLogLevel(level)
+    with _opencv_silent():  # broken files are reported once, by us, not by OpenCV on stderr
+        try:
+            gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
+        except cv2.error:
+            gray = None
     if gray is None or gray.size == 0:  # imdecode reports failure by returning None, not raising
         raise ImageUnreadable(path, "not an image OpenCV can read")
     if gray.shape[0] * gray.shape[1] > MAX_PIXELS:

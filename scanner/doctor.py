@@ -249,16 +249,10 @@ def check_clock(config: Config, live_status=None) -> Check:
 
 def check_trust(config: Config) -> Check:
     from .errors import CheckpointError
-    from .trust import load_root, load_trust
+    from .trust import load_device_trust
 
-    state = config.state_dir
-    roots = []
     try:
-        if (state / "trust-root.pem").exists():
-            roots.append(load_root(state / "trust-root.pem"))
-        roots += [load_root(p) for p in config["trust"]["roots"]]
-        paths = ([state / "bundle.json"] if (state / "bundle.json").exists() else []) + list(config["trust"]["files"])
-        store = load_trust(paths, roots)
+        store = load_device_trust(config.state_dir, config["trust"]["roots"], config["trust"]["files"])
     except (CheckpointError, OSError) as exc:
         return Check("trust", FAIL, f"refused: {exc}", "`checkpoint sync now` fetches a good bundle; check [trust] files")
     if store.key_count == 0:

@@ -53,14 +53,6 @@ def public_key_from_spki(der: bytes) -> PublicKey:
     return key
 
 
-def certificate_from_der(der: bytes) -> x509.Certificate:
-    """Load a DER X.509 certificate; raise KeyFileError if unreadable."""
-    try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise KeyFileError(f"not an X.509 certificate: {exc}") from None
-
-
 def load_public_keys(path: str | os.PathLike) -> list[tuple[PublicKey, x509.Certificate | None]]:
     """Read a PEM public key, or one or more PEM certificates, or one DER certificate or key."""
     path = Path(path)
@@ -136,3 +128,29 @@ def write_private_key(path: str | os.PathLike, key: PrivateKey) -> None:
     with os.fdopen(fd, "wb") as fh:
         os.fchmod(fh.fileno(), 0o600)
         fh.write(private_pem(key))
+
+
+def create_private_key(path: str | os.PathLike, key) -> bool:
+    """Write ``key`` (any cryptography private key) as a new key file, mode 0600, atomically and
+    only if there is none yet: False when another process made one meanwhile (theirs is kept).
+    The device key and the server's keys are made this way, once, then only loaded."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, private_pem(key))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if the file exists: never replaces a key
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return True

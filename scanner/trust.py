@@ -163,3 +163,15 @@ def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed255
         else:
             loose.extend(key_from_file(path))
     return TrustStore.build(loose, bundles, crls, notes)
+
+
+def load_device_trust(state_dir: str | os.PathLike, root_paths: Iterable[str | os.PathLike] = (),
+                      files: Iterable[str | os.PathLike] = ()) -> TrustStore:
+    """The trust of an appliance: the root pinned at provisioning (STATE/trust-root.pem, if any) and
+    ``root_paths``; the installed bundle (STATE/bundle.json, if any) and the key ``files``."""
+    state = Path(state_dir)
+    roots = [load_root(state / "trust-root.pem")] if (state / "trust-root.pem").exists() else []
+    roots += [load_root(p) for p in root_paths]
+    paths = [state / "bundle.json"] if (state / "bundle.json").exists() else []
+    paths += list(files)
+    return load_trust(paths, roots)

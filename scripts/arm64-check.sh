@@ -30,9 +30,10 @@
 #
 # Caches (all under ARM64_CACHE, outside the repository): the debootstrapped base root (a tarball,
 # rebuilt after 30 days); apt's .deb files and pip's cache, shared by the runs; and the root as it
-# was right after a successful install, keyed by setup.py + setup.sh (+ the install mode) and
-# reused for 7 days: a second run with unchanged install files copies the current sources over
-# that root's project (keeping .venv) and goes straight to the tests. The summary says which.
+# was right after a successful install, keyed by setup.py + setup.sh (+ the install mode), the
+# two newest kept (~0.5 GB each) and reused for 7 days: a second run with unchanged install files
+# copies the current sources over that root's project (keeping .venv) and goes straight to the
+# tests. The summary says which.
 #
 # Needs root (debootstrap, chroot, mounts) on a Debian/Ubuntu host; installs debootstrap,
 # qemu-user-static, binfmt-support and zstd with apt when missing. Not part of the regular test run:
@@ -245,6 +246,12 @@ else
     dirty=$(git -C "$REPO" status --porcelain | wc -l)
     source_note="work tree at $(git -C "$REPO" rev-parse --short HEAD) with $dirty changed/untracked paths"
 fi
+if [ -n "$reused" ]; then
+    # setup.py's content is what was installed (the cache key), but its mtime is now the commit's
+    # or the edit's; date it back to the install stamp so that setup.sh's `-nt` check agrees
+    stamp=$(ls -tr "$ROOT$PROJECT_DIR"/.venv/.installed* 2>/dev/null | head -n1)
+    [ -z "$stamp" ] || touch -r "$stamp" "$ROOT$PROJECT_DIR/setup.py"
+fi
 
 # The network, not the project: where this host reaches PyPI through a proxy or a TLS-inspecting
 # gateway, pass its proxy variables and the CA bundle its own pip is configured with (a public
@@ -335,8 +342,10 @@ if [ "$install_rc" -eq 0 ]; then
     cp "$LOGS"/install.log "$LOGS"/pip.log "$LOGS"/pip-report.json "$LOGS"/install.env "$INSTALLED.part/" 2>/dev/null || true
     rm -rf "$INSTALLED"
     mv "$INSTALLED.part" "$INSTALLED"
-    # installed roots of other install files are stale now
-    find "$CACHE/installed" -mindepth 1 -maxdepth 1 -type d ! -path "$INSTALLED" -mtime "+$INSTALLED_MAX_AGE" -exec rm -rf {} +
+    # keep this one and the one before it (~0.5 GB each); drop older ones and any past their age
+    find "$CACHE/installed" -mindepth 1 -maxdepth 1 -type d -mtime "+$INSTALLED_MAX_AGE" -exec rm -rf {} +
+    find "$CACHE/installed" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' | sort -rn | tail -n +3 |
+        cut -d' ' -f2- | while IFS= read -r old; do rm -rf "$old"; done
 fi
 fi
 py_version=$(chroot "$ROOT" python3 --version 2>&1 || true)

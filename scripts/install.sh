@@ -66,6 +66,11 @@ if [ "$VENV" -eq 1 ]; then
         python3 -m venv --system-site-packages "$(D "$PREFIX")/.venv"
     fi
     say "pip install $(D "$PREFIX")"
+    if dpkg-query -W -f='${Status}' python3-picamera2 2>/dev/null | grep -q "ok installed"; then
+        # keep NumPy 1.x: picamera2's compiled parts from apt break under NumPy 2
+        PIP_CONSTRAINT="$SRC/scripts/picamera-constraints.txt"
+        export PIP_CONSTRAINT
+    fi
     "$(D "$PREFIX")/.venv/bin/python" -m pip install -q --disable-pip-version-check "$(D "$PREFIX")"
 fi
 mkdir -p "$(D /usr/local/bin)"

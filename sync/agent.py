@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -32,7 +32,7 @@ from scanner.errors import TrustError
 from . import batch as batchmod
 from . import identity, trustupdate
 from .client import RejectedError, SyncClient, SyncError, TransientError
-from .state import QUARANTINE_DIR, DeviceConfig, StateFile, SyncState
+from .state import QUARANTINE_DIR, DeviceConfig, Quarantined, StateFile, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +198,8 @@ def quarantine(state_dir: str | os.PathLike, state: SyncState, sb: batchmod.Sign
     path = qdir / f"{info.first_seq:012d}-{info.last_seq:012d}-{info.batch_id}.ckb"
     trustupdate.atomic_write(path, sb.data, 0o600)
     if not any(q["batch_id"] == info.batch_id for q in state.quarantined):
-        state.quarantined.append({"batch_id": info.batch_id, "first_seq": info.first_seq,
-                                  "last_seq": info.last_seq, "code": code, "message": message[:300],
-                                  "at_ms": now_ms(), "file": str(path)})
+        state.quarantined.append(asdict(Quarantined(info.batch_id, info.first_seq, info.last_seq, code,
+                                                    message[:300], now_ms(), str(path))))
     state.set_alarm("batch_quarantined", True)
     log.error("batch %s (seq %d..%d) refused by the server (%s); quarantined in %s, going on",
               info.batch_id, info.first_seq, info.last_seq, code, path)

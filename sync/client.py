@@ -109,6 +109,31 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return min(max(0.0, when.timestamp() - now), 3600.0)
 
 
+def read_limited(resp: requests.Response, max_bytes: int, path: str, error: type[CheckpointError]) -> bytes:
+    """The body of a streamed answer; ``error`` (code bad_answer) as soon as it passes ``max_bytes``."""
+    chunks, n = [], 0
+    for chunk in resp.iter_content(64 * 1024):
+        n += len(chunk)
+        if n > max_bytes:
+            raise error(f"answer from {path} larger than {max_bytes} bytes", code="bad_answer")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def refusal(status: int, body: bytes, path: str) -> tuple[str, str]:
+    """(code, message) of an answer that is not a success: the protocol's JSON error document
+    (``error``, ``message``) when there is one, else the HTTP status."""
+    code, message = f"http_{status}", f"HTTP {status} from {path}"
+    try:
+        doc = json.loads(body)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            code = doc["error"][:64]
+            message = f"{code}: {str(doc.get('message', ''))[:300]}"
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        pass
+    return code, message
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
@@ -190,12 +215,7 @@ class SyncClient:
             with self.session.request(method, self.base_url + path_qs, data=body or None, headers=headers,
                                       timeout=self.timeout, verify=self.verify, stream=True,
                                       allow_redirects=False) as resp:
-                chunks, n = [], 0
-                for chunk in resp.iter_content(64 * 1024):
-                    n += len(chunk)
-                    if n > max_bytes:
-                        raise TransientError(f"answer from {path} larger than {max_bytes} bytes", code="bad_answer")
-                    chunks.append(chunk)
+                body = read_limited(resp, max_bytes, path, TransientError)
                 status, resp_headers = resp.status_code, CaseInsensitiveDict(resp.headers)
         except requests.exceptions.SSLError as exc:
             raise TransientError(f"TLS: {_short(exc)}", code="tls") from None
@@ -207,7 +227,7 @@ class SyncClient:
             raise TransientError(f"request failed: {_short(exc)}", code="network") from None
         received = _now_ms()
         server_ms = _ms_header(resp_headers.get(protocol.TIME_HEADER))
-        reply = Reply(status, resp_headers, b"".join(chunks), server_ms, sent, received,
+        reply = Reply(status, resp_headers, body, server_ms, sent, received,
                       _ms_header(resp_headers.get(protocol.RECEIVED_HEADER)))
         if server_ms is not None:
             self.last_server_time_ms = server_ms
@@ -219,14 +239,7 @@ class SyncClient:
 
     @staticmethod
     def _raise(reply: Reply, path: str) -> None:
-        code, message = f"http_{reply.status}", f"HTTP {reply.status} from {path}"
-        try:
-            doc = json.loads(reply.body)
-            if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-                code = doc["error"][:64]
-                message = f"{code}: {str(doc.get('message', ''))[:300]}"
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            pass
+        code, message = refusal(reply.status, reply.body, path)
         retry_after = parse_retry_after(reply.headers.get("Retry-After"))
         if reply.status >= 500 or reply.status in (408, 429):
             raise TransientError(message, code=code, retry_after=retry_after)

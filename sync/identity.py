@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.errors import CheckpointError
+from scanner.keys import create_private_key
 
 from .protocol import device_id_for
 
@@ -68,22 +69,8 @@ def load_or_create(state_dir: str | os.PathLike) -> tuple[ed25519.Ed25519Private
         return load(state_dir), False
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    tmp = path.with_name(f".{KEY_NAME}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if another process made one meanwhile: keep theirs
-    except FileExistsError:
-        os.unlink(tmp)
+    if not create_private_key(path, key):  # another process made one meanwhile: keep theirs
         return load(state_dir), False
-    os.unlink(tmp)
-    _fsync_dir(path.parent)
     log.info("device key created at %s", path)
     return key, True
 
@@ -95,10 +82,3 @@ def _tighten(path: Path) -> None:
         os.chmod(path, 0o600)
         log.warning("device key %s had mode %o; set to 0600", path, mode)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

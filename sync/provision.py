@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner import sealing
 from scanner.errors import CheckpointError, KeyFileError, TrustError
+from scanner.keys import public_pem
 from scanner.trust import load_root
 
 from . import identity, protocol, trustupdate
@@ -40,10 +41,6 @@ class ProvisionResult:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
-
-
-def _pem(public_key) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_file: str | None = None,
@@ -86,26 +83,25 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
         root_mode = "none"
         root_path = state / trustupdate.ROOT_NAME
         if pinned is not None:
-            if server_root is not None and _pem(server_root) != _pem(pinned):
+            if server_root is not None and public_pem(server_root) != public_pem(pinned):
                 raise ProvisionError("the server publishes bundles of another root than --trust-root")
-            trustupdate.atomic_write(root_path, _pem(pinned))
+            trustupdate.atomic_write(root_path, public_pem(pinned))
             root_mode = "pinned"
         elif root_path.exists():
             root_mode = "pinned"  # kept from an earlier provisioning
-            if server_root is not None and _pem(server_root) != root_path.read_bytes():
+            if server_root is not None and public_pem(server_root) != root_path.read_bytes():
                 raise ProvisionError(f"the server's trust root differs from {root_path}")
         elif server_root is not None:
-            trustupdate.atomic_write(root_path, _pem(server_root))
+            trustupdate.atomic_write(root_path, public_pem(server_root))
             root_mode = "server"
         trustupdate.atomic_write(state / SEALING_PUB_NAME, sealing.public_key_pem(seal_pub))
         if pull_pub is not None:  # the server may pull batches signed with it (sync/pull.py)
-            trustupdate.atomic_write(state / PULL_PUB_NAME, _pem(pull_pub))
+            trustupdate.atomic_write(state / PULL_PUB_NAME, public_pem(pull_pub))
         DeviceConfig(device_id, checkpoint_id, client.base_url, ca_file, now_ms()).save(state)
         roots = trustupdate.load_roots(state)
         bundle_status, version = "none", None
         if roots and doc.get("bundle_version") is not None:
             inline = doc.get("bundle")
-            cur = None
             try:
                 cur = trustupdate.current(state, roots)
             except TrustError:

@@ -412,23 +412,21 @@ def create_pull_app(state_dir: str | os.PathLike, entry_log: EntryLog | str | os
             return Response(status_code=204, headers={"Cache-Control": "no-store"})
         return Response(sb.data, media_type=protocol.BATCH_TYPE, headers={"Cache-Control": "no-store"})
 
-    async def ack(request: Request) -> Response:
+    async def posted(request: Request, handle) -> Response:
+        """A POST with a JSON body: authenticated, then ``handle(doc, who)`` in a worker thread."""
         body = await _body(request)
         who = await auth(request, body)
         try:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise PullError("request body is not JSON", code=protocol.E_BAD_REQUEST, status=400) from None
-        return JSONResponse(await run_in_threadpool(svc.ack, doc, who))
+        return JSONResponse(await run_in_threadpool(handle, doc, who))
+
+    async def ack(request: Request) -> Response:
+        return await posted(request, svc.ack)
 
     async def refused(request: Request) -> Response:
-        body = await _body(request)
-        who = await auth(request, body)
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise PullError("request body is not JSON", code=protocol.E_BAD_REQUEST, status=400) from None
-        return JSONResponse(await run_in_threadpool(svc.refused, doc, who))
+        return await posted(request, svc.refused)
 
     async def on_pull_error(request: Request, exc: PullError) -> Response:
         if exc.status == 401:

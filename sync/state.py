@@ -62,6 +62,8 @@ class DeviceConfig:
 
 @dataclass
 class Quarantined:
+    """A batch the server refused, kept in QUARANTINE_DIR; SyncState.quarantined holds these as dicts."""
+
     batch_id: str
     first_seq: int
     last_seq: int
@@ -93,7 +95,7 @@ class SyncState:
     trust_checked_ms: int | None = None
     trust_error: str | None = None
     alarms: list = field(default_factory=list)
-    quarantined: list = field(default_factory=list)  # of Quarantined as dicts
+    quarantined: list = field(default_factory=list)  # of asdict(Quarantined)
     exported: list = field(default_factory=list)  # recent exports: {dir, batches, first_seq, last_seq, at_ms}
 
     def quarantine_ranges(self) -> list[tuple[int, int]]:

@@ -7,7 +7,7 @@ import struct
 
 import cbor2
 import pytest
-from hypothesis import assume, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scanner import cbor
@@ -415,8 +415,11 @@ scalars = st.one_of(
     st.text(max_size=20), st.binary(max_size=20),
     st.text(min_size=250, max_size=300), st.binary(min_size=250, max_size=300),
 )
+# cbor2 gives tags 25/256 (string references) and 28/29 (shared values) meaning in its decoder
+# core, so they cannot be compared plainly against it: leave them out of the differential tests.
+_CBOR2_SEMANTIC = frozenset({25, 28, 29, 256})
 tag_numbers = st.one_of(st.integers(0, 300), st.integers(0, 2**64 - 1),
-                        st.sampled_from([18, 55799, 1004, 43000]))
+                        st.sampled_from([18, 55799, 1004, 43000])).filter(lambda t: t not in _CBOR2_SEMANTIC)
 values = st.recursive(
     scalars,
     lambda children: st.one_of(
@@ -476,6 +479,8 @@ def _check_against_cbor2(data: bytes) -> None:
     try:
         ours = cbor.loads(data)
     except CborError:
+        return
+    if tags_in(ours) & _CBOR2_SEMANTIC:  # cbor2 resolves these itself: no plain comparison possible
         return
     try:
         theirs = cbor2_loads_plain(data, tags_in(ours))

@@ -19,12 +19,11 @@ from starlette.routing import Route
 from test_sync_support import (
     BACKENDS,
     Faults,
-    ServerThread,
     assert_exactly_once,
-    db_url_for,
     free_port,
     provision_device,
     record,
+    running_server,
     wait_for,
 )
 
@@ -49,11 +48,9 @@ def verdicts(make_card, trust, now):
 
 @pytest.fixture(params=BACKENDS)
 def server(request, tmp_path):
-    (tmp_path / "server").mkdir()
-    db = tmp_path / "server" / "central.db"
-    srv = ServerThread(db, url=db_url_for(request.param, db)).start()
-    yield srv
-    srv.stop()
+    """The real server on uvicorn, on SQLite and on PostgreSQL (the same tests for both)."""
+    with running_server(request.param, tmp_path) as srv:
+        yield srv
 
 
 def local_api() -> Starlette:

@@ -11,7 +11,16 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from test_sync_support import BACKENDS, ServerThread, db_url_for, free_port, now_ms, provision_device, record
+from test_sync_support import (
+    BACKENDS,
+    ServerThread,
+    db_url_for,
+    free_port,
+    now_ms,
+    provision_device,
+    record,
+    running_server,
+)
 
 from scanner import verifier
 from scanner.cli import main
@@ -32,11 +41,8 @@ def verdicts(make_card, trust, now):
 @pytest.fixture(params=BACKENDS)
 def server(request, tmp_path):
     """The real server on uvicorn, on SQLite and on PostgreSQL (the same tests for both)."""
-    (tmp_path / "server").mkdir()
-    db = tmp_path / "server" / "central.db"
-    srv = ServerThread(db, url=db_url_for(request.param, db)).start()
-    yield srv
-    srv.stop()
+    with running_server(request.param, tmp_path) as srv:
+        yield srv
 
 
 def test_enrollment_tokens(server):

@@ -22,6 +22,7 @@ from test_sync_support import (
     free_port,
     provision_device,
     record,
+    running_server,
     wait_for,
 )
 
@@ -42,11 +43,8 @@ def verdicts(make_card, trust, now):
 @pytest.fixture(params=BACKENDS)
 def server(request, tmp_path):
     """The real server on uvicorn, on SQLite and on PostgreSQL (the same tests for both)."""
-    (tmp_path / "server").mkdir()
-    db = tmp_path / "server" / "central.db"
-    srv = ServerThread(db, url=db_url_for(request.param, db)).start()
-    yield srv
-    srv.stop()
+    with running_server(request.param, tmp_path) as srv:
+        yield srv
 
 
 def agent_for(device, *, url=None, read_timeout=10.0, **kw) -> SyncAgent:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -154,6 +155,17 @@ class ServerThread:
 
     def token(self, checkpoint: str = "market-east") -> str:
         return issue_tokens(self.storage, checkpoint, 1, now_ms=now_ms())[0]
+
+
+@contextlib.contextmanager
+def running_server(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
+    """The real server on uvicorn for one test, on ``backend`` (one of BACKENDS), its keys and
+    SQLite file in tmp_path/server (what the tests' ``server`` fixtures yield)."""
+    (tmp_path / "server").mkdir()
+    db = tmp_path / "server" / "central.db"
+    srv = ServerThread(db, url=db_url_for(backend, db)).start()
+    yield srv
+    srv.stop()
 
 
 class ServerProcess:

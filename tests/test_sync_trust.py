@@ -10,15 +10,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
-from test_sync_support import (
-    BACKENDS,
-    ServerThread,
-    db_url_for,
-    free_port,
-    now_ms,
-    provision_device,
-    wait_for,
-)
+from test_sync_support import BACKENDS, free_port, now_ms, provision_device, running_server, wait_for
 
 from scanner import keys as keymod
 from scanner.bundle import BundleKey, open_bundle
@@ -100,11 +92,8 @@ def test_install_keeps_the_old_bundle_on_failure(tmp_path, make_bundle_bytes, ro
 @pytest.fixture(params=BACKENDS)
 def server(request, tmp_path):
     """The real server on uvicorn, on SQLite and on PostgreSQL (the same tests for both)."""
-    (tmp_path / "server").mkdir()
-    db = tmp_path / "server" / "central.db"
-    srv = ServerThread(db, url=db_url_for(request.param, db)).start()
-    yield srv
-    srv.stop()
+    with running_server(request.param, tmp_path) as srv:
+        yield srv
 
 
 def test_not_modified_delta_and_full_over_http(server, tmp_path, make_bundle_bytes, root_key):

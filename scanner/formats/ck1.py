@@ -10,17 +10,17 @@ import datetime as dt
 import re
 import zlib
 
-from .. import base45, cbor, cose
-from ..cbor import CborError
-from ..cose import CoseError
+from .. import base45, cose
 from ..errors import CardRejected, Reason
 from ..trust import TrustStore
 from ..verdict import Card, Holder, Verdict, accept, reject
+from .cose_card import CoseRules, authenticate, cwt_claims
 
 NAME = "CK1"
 PREFIX = "CK1:"
 MAX_INFLATED = 16 * 1024
 ALGS = {cose.ALG_EDDSA: "EdDSA", cose.ALG_ES256: "ES256"}
+RULES = CoseRules(NAME, ALGS, signer="issuer key", key="key", documents="cards")
 
 CLAIM_ISS = 1
 CLAIM_EXP = 4
@@ -102,12 +102,7 @@ def check_date(value: object, what: str, *, partial: bool) -> str:
 
 def parse_claims(payload: bytes, kid: bytes) -> Card:
     """Decode and check the CWT claims of an authenticated payload."""
-    try:
-        claims = cbor.loads(payload)
-    except CborError as exc:
-        raise _malformed(f"payload: {exc}") from None
-    if type(claims) is not dict:
-        raise _malformed("payload is not a CWT claims map")
+    claims = cwt_claims(payload)
     issuer = _text(claims.get(CLAIM_ISS), "iss (issuer)", MAX_ISSUER)
     exp = _time(claims, CLAIM_EXP, "exp")
     nbf = _time(claims, CLAIM_NBF, "nbf", required=False)
@@ -139,40 +134,8 @@ class CK1Format:
     prefix = PREFIX
 
     def verify(self, text: str, trust: TrustStore, now: int, clock_skew: int) -> Verdict:
-        try:
-            msg = cose.parse_sign1(unwrap(text))
-        except (CborError, CoseError) as exc:
-            raise _malformed(f"COSE: {exc}") from None
-        kid = msg.kid
-        if kid is None:
-            raise _malformed("no kid in the COSE header")
-        if msg.alg not in ALGS:
-            raise CardRejected(Reason.MALFORMED,
-                               f"alg {msg.alg} is not allowed in CK1 (EdDSA -8 or ES256 -7)", kid)
-        if kid in trust.revoked_kids:
-            raise CardRejected(Reason.REVOKED, "the issuer key is revoked", kid)
-        candidates = trust.lookup(kid)
-        if not candidates:
-            raise CardRejected(Reason.UNKNOWN_KEY, "no trusted key with this kid", kid)
-        alg_name = ALGS[msg.alg]
-        usable = []
-        for k in candidates:
-            if k.alg == alg_name and (k.formats is None or NAME in k.formats):
-                usable.append(k)
-        if not usable:
-            k = candidates[0]
-            why = (f"header alg {alg_name} does not match the key's {k.alg}" if k.alg != alg_name
-                   else "the key is not trusted for CK1 cards")
-            raise CardRejected(Reason.BAD_SIGNATURE, why, kid)
-        tbs = msg.to_be_signed()
-        signers = [k for k in usable if cose.verify_signature(k.public_key, msg.alg, tbs, msg.signature)]
-        if not signers:
-            raise CardRejected(Reason.BAD_SIGNATURE, "signature does not verify", kid)
-        try:
-            card = parse_claims(msg.payload, kid)
-        except CardRejected as exc:
-            exc.kid = kid
-            raise
+        card, signers = authenticate(unwrap(text), trust, RULES, parse_claims)
+        kid = card.kid
         # the same key may be listed for several issuers: the card's issuer must be one of them
         key = next((k for k in signers if k.issuer is None or k.issuer == card.issuer), None)
         if key is None:

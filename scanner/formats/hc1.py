@@ -21,12 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .. import base45, cbor, cose, x509util
 from ..bundle import BundleKey
-from ..cbor import CborError
-from ..cose import CoseError
 from ..errors import CardRejected, KeyFileError, Reason
 from ..trust import TrustStore
 from ..verdict import Card, Holder, Verdict
 from .ck1 import check_card, check_date, inflate
+from .cose_card import CoseRules, authenticate, cwt_claims
 
 NAME = "HC1"
 PREFIX = "HC1:"
@@ -76,6 +75,10 @@ def verify_signature(public_key: Any, alg: int, message: bytes, signature: bytes
     except InvalidSignature:
         return False
     return True
+
+
+RULES = CoseRules(NAME, ALGS, signer="signer key", key="signer certificate", documents="certificates",
+                  verify_signature=verify_signature)
 
 
 def _time(claims: Mapping, key: int, what: str) -> int:
@@ -146,12 +149,7 @@ def _status(kind: str, entry: Mapping) -> tuple[str | None, str | None]:
 
 def parse_claims(payload: bytes, kid: bytes) -> Card:
     """Decode the CWT claims and the hcert certificate of an authenticated payload."""
-    try:
-        claims = cbor.loads(payload)
-    except CborError as exc:
-        raise _malformed(f"payload: {exc}") from None
-    if type(claims) is not dict:
-        raise _malformed("payload is not a CWT claims map")
+    claims = cwt_claims(payload)
     exp = _time(claims, CLAIM_EXP, "exp")
     iat = _time(claims, CLAIM_IAT, "iat")
     hcert = claims.get(CLAIM_HCERT)
@@ -205,43 +203,14 @@ class HC1Format:
     prefix = PREFIX
 
     def verify(self, text: str, trust: TrustStore, now: int, clock_skew: int) -> Verdict:
-        try:
-            msg = cose.parse_sign1(unwrap(text))
-        except (CborError, CoseError) as exc:
-            raise _malformed(f"COSE: {exc}") from None
-        kid = msg.kid
-        if kid is None:
-            raise _malformed("no kid in the COSE header")
-        if msg.alg not in ALGS:
-            raise _malformed(f"alg {msg.alg} is not allowed in HC1 (ES256 -7 or PS256 -37)", kid)
-        if kid in trust.revoked_kids:
-            raise CardRejected(Reason.REVOKED, "the signer key is revoked", kid)
-        candidates = trust.lookup(kid)
-        if not candidates:
-            raise CardRejected(Reason.UNKNOWN_KEY, "no trusted signer certificate with this kid", kid)
-        alg_name = ALGS[msg.alg]
-        usable = [k for k in candidates if k.alg == alg_name and (k.formats is None or NAME in k.formats)]
-        if not usable:
-            k = candidates[0]
-            why = (f"header alg {alg_name} does not match the key's {k.alg}" if k.alg != alg_name
-                   else "the key is not trusted for HC1 certificates")
-            raise CardRejected(Reason.BAD_SIGNATURE, why, kid)
-        tbs = msg.to_be_signed()
-        signers = [k for k in usable if verify_signature(k.public_key, msg.alg, tbs, msg.signature)]
-        if not signers:
-            raise CardRejected(Reason.BAD_SIGNATURE, "signature does not verify", kid)
-        try:
-            card = parse_claims(msg.payload, kid)
-        except CardRejected as exc:
-            exc.kid = kid
-            raise
+        card, signers = authenticate(unwrap(text), trust, RULES, parse_claims)
         problems = []
         for key in signers:
             why, checked = _dsc_rules(key, card)
             if why is None:
                 return check_card(checked, trust, now, clock_skew)
             problems.append(why)
-        raise CardRejected(Reason.BAD_SIGNATURE, problems[0], kid)
+        raise CardRejected(Reason.BAD_SIGNATURE, problems[0], card.kid)
 
 
 FORMAT = HC1Format()

@@ -111,17 +111,21 @@ def _path_qs(request: Request) -> str:
 def create_app(storage: Storage, config: ServerConfig) -> Starlette:
     inflight = 0
 
+    async def active_device(device_id: str):
+        """(the enrolled device, its public key); ServerError for unknown and revoked devices."""
+        device = await run_in_threadpool(storage.device, device_id)
+        if device is None:
+            raise unknown_device(device_id)
+        if device.revoked_ms is not None:
+            raise revoked_device(device_id)
+        return device, ed25519.Ed25519PublicKey.from_public_bytes(device.public_key)
+
     async def authenticate(request: Request, body: bytes):
         try:
             auth = protocol.parse_auth(request.headers.get(protocol.AUTH_HEADER))
         except protocol.ProtocolError as exc:
             raise ServerError(str(exc), code=protocol.E_BAD_SIGNATURE, status=401) from None
-        device = await run_in_threadpool(storage.device, auth.device_id)
-        if device is None:
-            raise unknown_device(auth.device_id)
-        if device.revoked_ms is not None:
-            raise revoked_device(auth.device_id)
-        public = ed25519.Ed25519PublicKey.from_public_bytes(device.public_key)
+        device, public = await active_device(auth.device_id)
         if not protocol.check_request(auth, public, request.method, _path_qs(request), body):
             raise ServerError("request signature does not verify", code=protocol.E_BAD_SIGNATURE, status=401)
         return device
@@ -168,12 +172,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
             if len(data) > config.max_batch_bytes:  # read whole, so the device gets the answer, not a reset
                 raise ServerError(f"batch over {config.max_batch_bytes} bytes", code=protocol.E_TOO_LARGE, status=413)
             info = read_header(data)
-            device = await run_in_threadpool(storage.device, info.device_id)
-            if device is None:
-                raise unknown_device(info.device_id)
-            if device.revoked_ms is not None:
-                raise revoked_device(info.device_id)
-            public = ed25519.Ed25519PublicKey.from_public_bytes(device.public_key)
+            _, public = await active_device(info.device_id)
             parsed = await run_in_threadpool(open_batch, data, public)
             done = await run_in_threadpool(storage.ingest, parsed, "push", now_ms())
             return _json(done.ack.to_dict())

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from scanner import keys as keymod
 from scanner import sealing
 from scanner.errors import CheckpointError
 
@@ -25,20 +26,7 @@ def _load_or_create(keys_dir: str | os.PathLike, name: str, generate, kind: type
     path = Path(keys_dir) / name
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        pem = generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption())
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process made it first: use theirs
-        os.unlink(tmp)
+        keymod.create_private_key(path, generate())  # False: another process made it first; theirs is used
     return load_private_key(path, kind)
 
 
@@ -68,5 +56,4 @@ def sealing_public_pem(key: X25519PrivateKey) -> str:
 
 def public_pem(key: ed25519.Ed25519PrivateKey) -> str:
     """The public half of an Ed25519 key as PEM text (SubjectPublicKeyInfo)."""
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    return keymod.public_pem(key.public_key()).decode("ascii")

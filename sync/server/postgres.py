@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import re
 import threading
@@ -30,20 +29,13 @@ from scanner.errors import CheckpointError
 
 from .. import protocol
 from ..batch import ParsedBatch
-from . import chain
+from .sqlstorage import QmarkCursor, SQLStorage, entry_row
 from .storage import (
-    SEEN_COLUMNS,
     SOURCES,
-    BundleMeta,
-    ChainEvent,
     Device,
-    DeviceStatus,
     Ingested,
     PurgeResult,
-    SeenEntry,
-    ServerError,
     Stats,
-    Storage,
     StorageUnavailable,
     revoked_device,
     unknown_device,
@@ -128,7 +120,7 @@ def partition_day(name: str) -> int | None:
     return (dt.datetime.strptime(m.group(1), "%Y%m%d").date() - dt.date(1970, 1, 1)).days
 
 
-class PostgresStorage(Storage):
+class PostgresStorage(SQLStorage):
     def __init__(self, url: str, *, max_connections: int = 16, connect_timeout_s: float = 15.0,
                  now_ms=None) -> None:
         import time
@@ -181,8 +173,18 @@ class PostgresStorage(Storage):
             raise StorageUnavailable(f"database unavailable: {_pg_message(exc)}") from None
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of one query written with ``?`` placeholders (the shared SQL, sync/server/sqlstorage.py)."""
         with self._cursor(tx=False) as cur:
-            return cur.execute(sql, params).fetchall()
+            return QmarkCursor(cur).execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[QmarkCursor]:
+        """One transaction for the shared SQL (``?`` placeholders)."""
+        with self._cursor() as cur:
+            yield QmarkCursor(cur)
+
+    def _lock_bundles(self, tx: QmarkCursor) -> None:
+        tx.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_BUNDLES,))
 
     def close(self) -> None:
         self.pool.close()
@@ -258,37 +260,13 @@ class PostgresStorage(Storage):
             log.info("created entry partitions %s", ", ".join(made))
         return made
 
-    # ------------------------------------------------------------ meta
-
-    def get_meta(self, key: str) -> str | None:
-        rows = self._read("SELECT value FROM meta WHERE key = %s", (key,))
-        return rows[0][0] if rows else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._cursor() as cur:
-            cur.execute("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
-                        "SET value = excluded.value", (key, value))
-
     # ------------------------------------------------------------ enrollment
-
-    def add_tokens(self, hashes: list[str], checkpoint_id: str, expires_ms: int, now_ms: int) -> None:
-        with self._cursor() as cur:
-            cur.executemany("INSERT INTO tokens (token_hash, checkpoint_id, created_ms, expires_ms) "
-                            "VALUES (%s, %s, %s, %s)", [(h, checkpoint_id, now_ms, expires_ms) for h in hashes])
 
     def enroll(self, token_hash: str, device_id: str, public_key: bytes, now_ms: int) -> Device:
         with self._cursor() as cur:
             row = cur.execute("SELECT checkpoint_id, expires_ms, device_id, public_key FROM tokens "
                               "WHERE token_hash = %s FOR UPDATE", (token_hash,)).fetchone()
-            if row is None:
-                raise ServerError("unknown enrollment token", code=protocol.E_TOKEN_INVALID, status=403)
-            checkpoint_id, expires_ms, used_by, used_key = row
-            if used_by is not None:
-                if bytes(used_key) != public_key:
-                    raise ServerError("this token has already enrolled another device",
-                                      code=protocol.E_TOKEN_USED, status=409)
-            elif now_ms > expires_ms:
-                raise ServerError("enrollment token expired", code=protocol.E_TOKEN_EXPIRED, status=403)
+            checkpoint_id, used_by = self._check_token(row, public_key, now_ms)
             cur.execute("INSERT INTO devices (device_id, checkpoint_id, public_key, enrolled_ms) "
                         "VALUES (%s, %s, %s, %s) ON CONFLICT (device_id) DO NOTHING",
                         (device_id, checkpoint_id, public_key, now_ms))
@@ -302,34 +280,6 @@ class PostgresStorage(Storage):
                 cur.execute("UPDATE tokens SET device_id = %s, public_key = %s, used_ms = %s WHERE token_hash = %s",
                             (device_id, public_key, now_ms, token_hash))
             return Device(device_id, checkpoint_id, bytes(existing[2]), existing[3], None)
-
-    def device(self, device_id: str) -> Device | None:
-        rows = self._read("SELECT device_id, checkpoint_id, public_key, enrolled_ms, revoked_ms FROM devices "
-                          "WHERE device_id = %s", (device_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return Device(r[0], r[1], bytes(r[2]), r[3], r[4])
-
-    def revoke_device(self, device_id: str, now_ms: int) -> bool:
-        with self._cursor() as cur:
-            cur.execute("UPDATE devices SET revoked_ms = %s WHERE device_id = %s AND revoked_ms IS NULL",
-                        (now_ms, device_id))
-            return cur.rowcount == 1
-
-    def devices(self) -> list[DeviceStatus]:
-        rows = self._read(
-            "SELECT d.device_id, d.checkpoint_id, d.public_key, d.enrolled_ms, d.revoked_ms, d.held_seq, "
-            "d.entries, h.received_ms, h.doc, "
-            "(SELECT count(*) FROM chain_events c WHERE c.device_id = d.device_id AND c.kind != 'conflict'), "
-            "(SELECT count(*) FROM conflicts f WHERE f.device_id = d.device_id), d.purged "
-            "FROM devices d LEFT JOIN heartbeats h ON h.device_id = d.device_id ORDER BY d.device_id")
-        out = []
-        for r in rows:
-            dev = Device(r[0], r[1], bytes(r[2]), r[3], r[4])
-            out.append(DeviceStatus(dev, r[7], json.loads(r[8]) if r[8] else None, r[5], r[6] - r[11],
-                                    max(0, r[5] - r[6]), r[9], r[10]))
-        return out
 
     # ------------------------------------------------------------ batches
 
@@ -365,23 +315,11 @@ class PostgresStorage(Storage):
             if new:
                 with cur.copy(COPY_ENTRIES) as copy:
                     for e in new:
-                        copy.write_row((e.device_id, e.seq, e.entry_id, e.checkpoint_id, e.direction, e.at_ms,
-                                        e.clock, e.source, e.source_id, e.decision, e.reason, e.format, e.card_id,
-                                        e.issuer, e.kid, e.kind, e.ref_entry_id, e.sealed, e.prev_hash, e.hash,
-                                        info.batch_id, now_ms))
+                        copy.write_row(entry_row(e, info.batch_id, now_ms))
             stored = len(new)
             duplicates = info.count - stored
-            from scanner.entry import to_export_dict
-            for e in batch.entries:
-                if existing.get(e.seq, e.hash) != e.hash:  # held with other content: kept aside
-                    cur.execute("INSERT INTO conflicts (device_id, seq, hash, entry_id, batch_id, received_ms, row, "
-                                "sealed) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                                (e.device_id, e.seq, e.hash, e.entry_id, info.batch_id, now_ms,
-                                 json.dumps(to_export_dict(e)), e.sealed))
-                    cur.execute("INSERT INTO chain_events (device_id, kind, seq, detail, at_ms) VALUES "
-                                "(%s, 'conflict', %s, %s, %s) ON CONFLICT DO NOTHING",
-                                (e.device_id, e.seq, f"seq {e.seq} delivered again with different content", now_ms))
-                    log.warning("device %s: conflicting entry at seq %d", e.device_id, e.seq)
+            tx = QmarkCursor(cur)
+            self._record_conflicts(tx, batch, existing, now_ms)
             below = above = None
             if info.first_seq > 1:
                 if info.first_seq - 1 == held_seq:
@@ -390,11 +328,7 @@ class PostgresStorage(Storage):
                     below = self._hash_at(cur, info.device_id, info.first_seq - 1)
             if info.last_seq < held_seq:
                 above = self._prev_hash_at(cur, info.device_id, info.last_seq + 1)
-            for p in chain.check(batch.entries, below, above):
-                cur.execute("INSERT INTO chain_events (device_id, kind, seq, detail, at_ms) "
-                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                            (info.device_id, p.kind, p.seq, p.detail, now_ms))
-                log.warning("device %s: chain %s at seq %d", info.device_id, p.kind, p.seq)
+            self._record_chain(tx, batch, below, above, now_ms)
             held = max(held_seq, info.last_seq)
             top_hash = info.last_hash if info.last_seq > held_seq else held_hash
             cur.execute(f"UPDATE devices SET held_seq = %s, held_hash = %s, entries = entries + %s, "
@@ -402,10 +336,7 @@ class PostgresStorage(Storage):
                         f"{src} = {src} + 1 WHERE device_id = %s",
                         (held, top_hash, stored, duplicates, info.device_id))
             ack = protocol.Ack(info.batch_id, info.first_seq, info.last_seq, info.count, stored, duplicates, held)
-            cur.execute("INSERT INTO batches (device_id, batch_id, first_seq, last_seq, count, stored, duplicates, "
-                        "held_seq, source, received_ms, size) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                        (info.device_id, info.batch_id, info.first_seq, info.last_seq, info.count, stored,
-                         duplicates, held, source, now_ms, batch.size))
+            self._record_batch(tx, batch, stored, duplicates, held, source, now_ms)
             return Ingested(ack, stored, duplicates)
 
     @staticmethod
@@ -419,47 +350,13 @@ class PostgresStorage(Storage):
                           (device_id, seq)).fetchone()
         return bytes(row[0]) if row else None
 
-    def acks_after(self, device_id: str, after_seq: int, limit: int) -> list[tuple[str, int, int]]:
-        return [tuple(r) for r in self._read(
-            "SELECT batch_id, first_seq, last_seq FROM batches WHERE device_id = %s AND last_seq > %s "
-            "ORDER BY last_seq, first_seq LIMIT %s", (device_id, after_seq, limit))]
-
-    def held_seq(self, device_id: str) -> int:
-        rows = self._read("SELECT held_seq FROM devices WHERE device_id = %s", (device_id,))
-        return rows[0][0] if rows else 0
-
     def gaps(self, device_id: str, limit: int = 100) -> list[tuple[int, int]]:
         rows = self._read(
-            "WITH f AS (SELECT coalesce((SELECT purged_seq FROM devices WHERE device_id = %s), 0) AS floor) "
+            "WITH f AS (SELECT coalesce((SELECT purged_seq FROM devices WHERE device_id = ?), 0) AS floor) "
             "SELECT prev + 1, seq - 1 FROM (SELECT seq, coalesce(lag(seq) OVER (ORDER BY seq), "
-            "(SELECT floor FROM f)) AS prev FROM entries WHERE device_id = %s AND seq > (SELECT floor FROM f)) s "
-            "WHERE seq > prev + 1 ORDER BY seq LIMIT %s", (device_id, device_id, limit))
+            "(SELECT floor FROM f)) AS prev FROM entries WHERE device_id = ? AND seq > (SELECT floor FROM f)) s "
+            "WHERE seq > prev + 1 ORDER BY seq LIMIT ?", (device_id, device_id, limit))
         return [tuple(r) for r in rows]
-
-    def chain_events(self, device_id: str | None = None, limit: int = 100) -> list[ChainEvent]:
-        if device_id is None:
-            rows = self._read("SELECT device_id, kind, seq, detail, at_ms FROM chain_events "
-                              "ORDER BY at_ms, device_id, seq LIMIT %s", (limit,))
-        else:
-            rows = self._read("SELECT device_id, kind, seq, detail, at_ms FROM chain_events WHERE device_id = %s "
-                              "ORDER BY seq LIMIT %s", (device_id, limit))
-        return [ChainEvent(*r) for r in rows]
-
-    def entry_hashes(self, device_id: str) -> dict[int, bytes]:
-        return {seq: bytes(h) for seq, h in self._read("SELECT seq, hash FROM entries WHERE device_id = %s",
-                                                       (device_id,))}
-
-    # ------------------------------------------------------------ tracing and retention
-
-    def visits(self, card_id: str, since_ms: int, until_ms: int, limit: int) -> list[SeenEntry]:
-        return [_seen(r) for r in self._read(
-            f"SELECT {SEEN_COLUMNS} FROM entries WHERE card_id = %s AND at_ms >= %s AND at_ms < %s "
-            "ORDER BY at_ms, device_id, seq LIMIT %s", (card_id, since_ms, until_ms, limit))]
-
-    def seen_at(self, checkpoint_id: str, from_ms: int, to_ms: int, limit: int) -> list[SeenEntry]:
-        return [_seen(r) for r in self._read(
-            f"SELECT {SEEN_COLUMNS} FROM entries WHERE checkpoint_id = %s AND at_ms BETWEEN %s AND %s "
-            "ORDER BY at_ms, device_id, seq LIMIT %s", (checkpoint_id, from_ms, to_ms, limit))]
 
     def purge(self, cutoff_ms: int, *, lock_timeout_s: float = 10.0) -> PurgeResult:
         """Drop every day partition that ends at or before ``cutoff_ms`` and whose entries all arrived
@@ -506,50 +403,6 @@ class PostgresStorage(Storage):
             cur.executemany("UPDATE devices SET purged = purged + %s, purged_seq = greatest(purged_seq, %s) "
                             "WHERE device_id = %s", [(n, top, dev) for dev, n, top in per_device])
 
-    # ------------------------------------------------------------ heartbeats
-
-    def record_heartbeat(self, device_id: str, doc: dict, now_ms: int) -> bool:
-        with self._cursor() as cur:
-            cur.execute(
-                "INSERT INTO heartbeats (device_id, received_ms, hb_seq, doc) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (device_id) DO UPDATE SET received_ms = excluded.received_ms, "
-                "hb_seq = excluded.hb_seq, doc = excluded.doc WHERE excluded.hb_seq > heartbeats.hb_seq",
-                (device_id, now_ms, doc["hb_seq"], json.dumps(doc, ensure_ascii=False)))
-            return cur.rowcount == 1
-
-    # ------------------------------------------------------------ bundles
-
-    def publish_bundle(self, meta: BundleMeta, data: bytes, gz: bytes, deltas: dict[int, bytes]) -> None:
-        with self._cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_BUNDLES,))
-            top = cur.execute("SELECT max(version) FROM bundles").fetchone()[0]
-            if top is not None and meta.version <= top:
-                raise ServerError(f"bundle version {meta.version} is not above the published {top}",
-                                  code="bundle_rollback", status=409)
-            cur.execute("INSERT INTO bundles (version, digest, issued_at, expires_at, published_ms, size, data, gz) "
-                        "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", (meta.version, meta.digest, meta.issued_at,
-                                                             meta.expires_at, meta.published_ms, meta.size, data, gz))
-            cur.executemany("INSERT INTO deltas (from_version, to_version, data) VALUES (%s, %s, %s)",
-                            [(v, meta.version, d) for v, d in deltas.items()])
-
-    def latest_bundle(self) -> BundleMeta | None:
-        rows = self._read("SELECT version, digest, issued_at, expires_at, published_ms, size FROM bundles "
-                          "ORDER BY version DESC LIMIT 1")
-        return BundleMeta(*rows[0]) if rows else None
-
-    def bundle_versions(self) -> list[BundleMeta]:
-        return [BundleMeta(*r) for r in self._read(
-            "SELECT version, digest, issued_at, expires_at, published_ms, size FROM bundles ORDER BY version")]
-
-    def bundle_data(self, version: int, gz: bool = False) -> bytes | None:
-        rows = self._read(f"SELECT {'gz' if gz else 'data'} FROM bundles WHERE version = %s", (version,))
-        return bytes(rows[0][0]) if rows else None
-
-    def delta(self, from_version: int, to_version: int) -> bytes | None:
-        rows = self._read("SELECT data FROM deltas WHERE from_version = %s AND to_version = %s",
-                          (from_version, to_version))
-        return bytes(rows[0][0]) if rows else None
-
     # ------------------------------------------------------------ stats
 
     def stats(self) -> Stats:
@@ -568,10 +421,6 @@ class PostgresStorage(Storage):
         by_source = {"push": int(push), "import": int(imp), "pull": int(pull)}
         return Stats(devices, revoked, int(entries - purged), batches, int(deliveries), int(replayed), int(dropped),
                      conflicts, problems, unused, version, by_source, int(purged))
-
-
-def _seen(r: tuple) -> SeenEntry:
-    return SeenEntry(*r[:9], bytes(r[9]) if r[9] is not None else None)
 
 
 def _pg_message(exc: BaseException) -> str:

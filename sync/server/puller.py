@@ -23,7 +23,7 @@ from scanner.errors import CheckpointError
 from .. import protocol
 from .. import pull as pullproto
 from ..batch import BatchError, open_batch, read_header
-from ..client import is_loopback
+from ..client import is_loopback, read_limited, refusal
 from .storage import ServerError, Storage
 
 
@@ -94,24 +94,12 @@ class PullClient:
             with self.session.request(method, self.base_url + path_qs, data=body or None, headers=headers,
                                       timeout=self.timeout, verify=self.verify, stream=True,
                                       allow_redirects=False) as resp:
-                chunks, n = [], 0
-                for chunk in resp.iter_content(64 * 1024):
-                    n += len(chunk)
-                    if n > max_bytes:
-                        raise PullFailed(f"answer from {path} larger than {max_bytes} bytes", code="bad_answer")
-                    chunks.append(chunk)
-                resp._content = b"".join(chunks)
+                resp._content = read_limited(resp, max_bytes, path, PullFailed)
         except requests.exceptions.RequestException as exc:
             raise PullFailed(f"{self.base_url}: {type(exc).__name__}: {str(exc)[:200]}", code="network") from None
         if resp.status_code in (200, 204):
             return resp
-        code, message = f"http_{resp.status_code}", f"HTTP {resp.status_code} from {path}"
-        try:
-            err = json.loads(resp.content)
-            if isinstance(err, dict) and isinstance(err.get("error"), str):
-                code, message = err["error"][:64], f"{err['error'][:64]}: {str(err.get('message', ''))[:300]}"
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            pass
+        code, message = refusal(resp.status_code, resp.content, path)
         if code == pullproto.E_NONCE and retry_nonce and self.key is not None:
             self.info()  # the device restarted or the nonce expired: a new one, once
             return self._request(method, path, params=params, doc=doc, max_bytes=max_bytes, retry_nonce=False)

@@ -3,7 +3,8 @@
 Every method is blocking (the app runs them in a thread pool) and each write is one transaction:
 an acknowledgement is only ever built after its transaction committed. SQLite is the default
 backend (sync/server/sqlite.py); PostgreSQL (sync/server/postgres.py: entries partitioned by day,
-retention drops whole partitions) implements the same class and passes the same tests.
+retention drops whole partitions) implements the same class and passes the same tests; what
+both do alike is in sync/server/sqlstorage.py.
 """
 from __future__ import annotations
 

@@ -1,0 +1,63 @@
+"""Processes for the benchmarks: a free port, CPU seconds from /proc, and the reference server
+(`checkpoint server run`) in its own process, the 'remote' machine."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds (/proc/PID/stat); 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerProcess:
+    """`checkpoint server run --db DB_URL [ARGS]` on a free port of 127.0.0.1, started and healthy
+    (SystemExit naming ``bench`` if not within 60 s); ``nice`` lowers its priority."""
+
+    def __init__(self, db_url: str, *args: str, bench: str, nice: int = 0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "scanner", "server", "run", "--db", db_url,
+                                      "--listen", f"127.0.0.1:{self.port}", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+        self.pid = self.proc.pid  # `nice` execs python: the pid is the server's
+        end = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(self.url + "/v1/health", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise SystemExit(f"{bench} bench: the server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
