@@ -16,7 +16,7 @@ SERVER = [
 
 setup(
     name="checkpoint-edge",
-    version="0.1.0",
+    version="0.2.0",
     description="Offline verification and logging of signed personal QR cards at checkpoints",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

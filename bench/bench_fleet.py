@@ -67,7 +67,7 @@ class _Fleet:
                           direction="in" if i % 2 else "out", at_ms=now - (n - i) * 3000, clock="synced",
                           source="camera", source_id="cam0", decision="accept", reason="ok", format="CK1",
                           card_id=os.urandom(16).hex(), issuer="VN-HUE", kid="3q2+7wABAgM=", prev_hash=prev,
-                          sealed=os.urandom(121))  # the size of sealed holder details
+                          sealed=os.urandom(133))  # the size of sealed holder details (v2)
                 e = replace(e, hash=chain_hash(prev, hash_fields(e)))
                 entries.append(e)
                 prev = e.hash

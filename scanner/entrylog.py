@@ -123,6 +123,14 @@ MIGRATION_NAMES = tuple(m.name for m in MIGRATIONS._migrations)
 COLUMNS = ("seq, entry_id, device_id, checkpoint_id, direction, at_ms, clock, source, source_id, "
            "decision, reason, format, card_id, issuer, kid, kind, ref_entry_id, NULL, batch_id, "
            "prev_hash, hash, sealed")  # the order of Entry's fields
+# The last admission of a card at a checkpoint in a direction, not cancelled by a follow-up.
+# `+e.checkpoint_id`: probe the card's index (a handful of rows), never the checkpoint's (every scan
+# there in the window: SQLite picked that one, tests/test_entrylog.py checks the plan)
+PASSBACK_SQL = (
+    "SELECT e.at_ms FROM entries e WHERE e.card_id = ? AND e.at_ms >= ? AND e.at_ms <= ? "
+    "AND +e.checkpoint_id = ? AND e.direction = ? AND e.kind IS NULL AND e.decision = 'accept' "
+    "AND NOT EXISTS (SELECT 1 FROM entries f WHERE f.ref_entry_id = e.entry_id "
+    "AND f.kind = 'did_not_pass') ORDER BY e.at_ms DESC LIMIT 1")
 INSERT_SQL = ("INSERT INTO entries (seq, entry_id, device_id, checkpoint_id, direction, at_ms, clock, "
               "source, source_id, decision, reason, format, card_id, issuer, kid, kind, ref_entry_id, "
               "batch_id, prev_hash, hash, sealed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
@@ -289,6 +297,7 @@ class EntryLog:
         if sealing_key is not None and not isinstance(sealing_key, X25519PublicKey):
             sealing_key = sealing.load_public_key(sealing_key)  # PEM, raw 32 bytes or a file
         self.sealing_key = sealing_key
+        self._sealer = sealing.Sealer(sealing_key) if sealing_key is not None else None
         if holder_details == "sealed" and sealing_key is None:
             self.holder_details, self.holder_details_note = "none", "no sealing key configured"
         else:
@@ -402,6 +411,8 @@ class EntryLog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        if self._sealer is not None:
+            self._sealer.rotate()  # drop the session key with the log
 
     def __enter__(self) -> EntryLog:
         return self
@@ -525,7 +536,7 @@ class EntryLog:
         card = verdict.card
         sealed = None
         if card is not None and self.holder_details == "sealed":
-            sealed = sealing.seal(card.holder, self.sealing_key, entry_id)
+            sealed = self._sealer.seal(card.holder, entry_id)
         return _Draft(entry_id, round(scan.at * 1000), self._clock_state(), direction, scan.source,
                       scan.source_id, verdict, card.card_id.hex() if card is not None else None, sealed)
 
@@ -577,8 +588,8 @@ class EntryLog:
             if last is None:
                 a = self._anchor(conn)
                 last = (a.seq, a.hash)
-            draft_entry = Entry(last[0] + 1, prev_hash=last[1], sealed=d.sealed, **entry_fields)
-            entry = replace(draft_entry, hash=entry_hash(draft_entry))
+            entry = Entry(last[0] + 1, prev_hash=last[1], sealed=d.sealed, **entry_fields)
+            object.__setattr__(entry, "hash", entry_hash(entry))  # frozen: set once, before anyone sees it
             conn.execute(INSERT_SQL, entry_row(entry))
             conn.execute("COMMIT")
         except BaseException:
@@ -600,12 +611,8 @@ class EntryLog:
         duplicate = False
         if v.accepted and d.card_id is not None and self.passback_window_ms > 0:
             w = self.passback_window_ms
-            row = conn.execute(
-                "SELECT e.at_ms FROM entries e WHERE e.card_id = ? AND e.at_ms >= ? AND e.at_ms <= ? "
-                "AND e.checkpoint_id = ? AND e.direction = ? AND e.kind IS NULL AND e.decision = 'accept' "
-                "AND NOT EXISTS (SELECT 1 FROM entries f WHERE f.ref_entry_id = e.entry_id "
-                "AND f.kind = 'did_not_pass') ORDER BY e.at_ms DESC LIMIT 1",
-                (d.card_id, d.at_ms - w, d.at_ms + w, self.checkpoint_id, d.direction)).fetchone()
+            row = conn.execute(PASSBACK_SQL, (d.card_id, d.at_ms - w, d.at_ms + w, self.checkpoint_id,
+                                              d.direction)).fetchone()
             if row is not None:
                 duplicate = True
                 ago = (d.at_ms - row[0]) / 1000

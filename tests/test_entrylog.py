@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from scanner import sealing, verifier
 from scanner.entry import GENESIS
-from scanner.entrylog import EntryLog, EntryLogError
+from scanner.entrylog import PASSBACK_SQL, EntryLog, EntryLogError
 from scanner.errors import Reason
 from scanner.scan import Scan
 from scanner.verdict import Decision
@@ -183,6 +183,20 @@ def test_window_zero_disables_anti_passback(open_log, verdict_for):
     log = open_log(passback_window_s=0)
     v = verdict_for()
     assert not any(log.record(scan(NOW + i), v, direction="in").duplicate for i in range(3))
+
+
+def test_anti_passback_probes_the_cards_index_not_the_checkpoints(open_log, verdict_for):
+    """A busy checkpoint has hundreds of scans in the window: the query must look up the card."""
+    log = open_log(passback_window_s=120)
+    for i in range(300):  # other cards at this checkpoint, and a few at another one, for the planner
+        log.record(scan(NOW + i * 0.4), verdict_for(), direction="in")
+    for analyze in (False, True):  # without statistics (the device) and with them
+        if analyze:
+            log._conn.execute("ANALYZE")
+        plan = " ".join(r[3] for r in log._conn.execute("EXPLAIN QUERY PLAN " + PASSBACK_SQL,
+                                                       ("ab" * 16, 0, 1, "market-east", "in")))
+        assert "USING INDEX entries_card (card_id=?" in plan, plan
+        assert "entries_checkpoint" not in plan, plan
 
 
 def test_occupancy_and_totals_per_local_day(open_log, verdict_for):

@@ -34,18 +34,109 @@ def test_round_trip_keeps_name_birth_date_and_masked_id_only(server):
         assert text.encode("utf-8") not in blob
 
 
+def _raw(pub) -> bytes:
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def test_documented_format_opens_with_plain_primitives(server):
-    """docs/entry-log.md#sealed-holder-details, re-implemented from the text: what the server runs."""
+    """docs/entry-log.md#sealed-holder-details (version 2), re-implemented from the text."""
     blob = sealing.seal(HOLDER, server.public_key(), ENTRY_ID)
-    server_pub = server.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    assert blob[0] == 1
+    server_pub = _raw(server.public_key())
+    assert blob[0] == 2
     assert blob[1:9] == hashlib.sha256(server_pub).digest()[:8]
-    eph_pub = blob[9:41]
+    eph_pub, nonce = blob[9:41], blob[41:53]
     shared = server.exchange(X25519PublicKey.from_public_bytes(eph_pub))
-    okm = HKDF(hashes.SHA256(), 44, salt=eph_pub + server_pub, info=b"checkpoint-edge seal v1").derive(shared)
-    plain = AESGCM(okm[:32]).decrypt(okm[32:44], blob[41:], blob[:41] + ENTRY_ID.encode())
+    key = HKDF(hashes.SHA256(), 32, salt=eph_pub + server_pub, info=b"checkpoint-edge seal v2").derive(shared)
+    plain = AESGCM(key).decrypt(nonce, blob[53:], blob[:53] + ENTRY_ID.encode())
     assert len(plain) % 64 == 0
     assert json.loads(plain) == {"n": HOLDER.name, "b": HOLDER.birth_date, "i": HOLDER.id_masked}
+
+
+def _seal_v1(holder: Holder, server_pub: X25519PublicKey, entry_id: str) -> bytes:
+    """A version-1 blob built from the documented text (what devices before v2 wrote)."""
+    eph = X25519PrivateKey.generate()
+    eph_pub, spub = _raw(eph.public_key()), _raw(server_pub)
+    okm = HKDF(hashes.SHA256(), 44, salt=eph_pub + spub, info=b"checkpoint-edge seal v1").derive(eph.exchange(server_pub))
+    header = b"\x01" + hashlib.sha256(spub).digest()[:8] + eph_pub
+    data = json.dumps({"n": holder.name, "b": holder.birth_date, "i": holder.id_masked},
+                      ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    data += b" " * (-len(data) % 64)
+    return header + AESGCM(okm[:32]).encrypt(okm[32:44], data, header + entry_id.encode())
+
+
+def test_version_1_blobs_from_older_devices_still_open(server):
+    blob = _seal_v1(HOLDER, server.public_key(), ENTRY_ID)
+    assert (len(blob) - (1 + 8 + 32) - 16) % 64 == 0
+    assert sealing.open(blob, server, ENTRY_ID).name == HOLDER.name
+    with pytest.raises(SealError):
+        sealing.open(blob, server, "another-entry")
+    bad = bytearray(blob)
+    bad[-1] ^= 1
+    with pytest.raises(SealError):
+        sealing.open(bytes(bad), server, ENTRY_ID)
+
+
+def test_a_session_shares_one_ephemeral_key_with_fresh_nonces(server):
+    sealer = sealing.Sealer(server.public_key())
+    blobs = [sealer.seal(HOLDER, f"entry-{i}") for i in range(50)]
+    assert len({b[9:41] for b in blobs}) == 1 and sealer.sessions == 1
+    assert len({b[41:53] for b in blobs}) == 50  # random nonces, never reused
+    for i, b in enumerate(blobs):
+        assert sealing.open(b, server, f"entry-{i}").name == HOLDER.name
+        with pytest.raises(SealError):  # the shared key does not let a blob move to another entry
+            sealing.open(b, server, f"entry-{i + 1}")
+
+
+def test_session_ends_after_max_blobs_max_age_or_rotate(server):
+    now = [100.0]
+    sealer = sealing.Sealer(server.public_key(), max_blobs=3, max_age_s=60, clock=lambda: now[0])
+    eph = [sealer.seal(HOLDER, "e")[9:41] for _ in range(7)]
+    assert eph[0] == eph[1] == eph[2] != eph[3] == eph[4] == eph[5] != eph[6]
+    assert sealer.sessions == 3
+    now[0] += 59.9
+    assert sealer.seal(HOLDER, "e")[9:41] == eph[6]
+    now[0] += 0.2  # the session of eph[6] began at 100.0: now 60.1 s old
+    fresh = sealer.seal(HOLDER, "e")[9:41]
+    assert fresh != eph[6] and sealer.sessions == 4
+    now[0] -= 30  # a clock that steps back never stretches a session
+    stepped = sealer.seal(HOLDER, "e")[9:41]
+    assert stepped != fresh and sealer.sessions == 5
+    sealer.rotate()
+    assert sealer.seal(HOLDER, "e")[9:41] != stepped and sealer.sessions == 6
+
+
+def test_sealer_is_thread_safe(server):
+    import threading
+    sealer = sealing.Sealer(server.public_key(), max_blobs=7)
+    out: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def work(t):
+        for i in range(40):
+            ctx = f"{t}-{i}"
+            b = sealer.seal(HOLDER, ctx)
+            with lock:
+                out.append((ctx, b))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(out) == 160
+    assert len({b[41:53] for _, b in out}) == 160
+    per_session: dict[bytes, int] = {}
+    for ctx, b in out:
+        assert sealing.open(b, server, ctx).name == HOLDER.name
+        per_session[b[9:41]] = per_session.get(b[9:41], 0) + 1
+    assert max(per_session.values()) <= 7 and sealer.sessions == len(per_session)
+
+
+def test_sealer_rejects_nonsense_limits(server):
+    with pytest.raises(ValueError):
+        sealing.Sealer(server.public_key(), max_blobs=0)
+    with pytest.raises(ValueError):
+        sealing.Sealer(server.public_key(), max_age_s=0)
 
 
 def test_masked_id_may_be_absent(server):
@@ -62,7 +153,7 @@ def test_every_seal_uses_a_fresh_ephemeral_key(server):
 def test_length_hides_the_name_length(server):
     short = sealing.seal(Holder("An", "1990-01-01", None), server.public_key(), ENTRY_ID)
     longer = sealing.seal(Holder("Nguyễn Văn An Bình", "1990-01-01", None), server.public_key(), ENTRY_ID)
-    assert len(short) == len(longer) == 1 + 8 + 32 + 64 + 16
+    assert len(short) == len(longer) == 1 + 8 + 32 + 12 + 64 + 16
 
 
 def test_other_key_or_other_entry_cannot_open(server):
