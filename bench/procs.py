@@ -36,9 +36,12 @@ def cpu_s(pid: int) -> float:
 
 class ServerProcess:
     """`checkpoint server run --db DB_URL [ARGS]` on a free port of 127.0.0.1, started and healthy
-    (SystemExit naming ``bench`` if not within 60 s); ``nice`` lowers its priority."""
+    (SystemExit naming ``bench`` if not within 60 s); ``nice`` lowers its priority, ``cpus`` pins it,
+    ``idle`` makes it SCHED_IDLE (a central server is another machine: it should not take the
+    device's CPU)."""
 
-    def __init__(self, db_url: str, *args: str, bench: str, nice: int = 0) -> None:
+    def __init__(self, db_url: str, *args: str, bench: str, nice: int = 0, cpus: set[int] | None = None,
+                 idle: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -47,6 +50,10 @@ class ServerProcess:
                                       "--listen", f"127.0.0.1:{self.port}", *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
         self.pid = self.proc.pid  # `nice` execs python: the pid is the server's
+        if cpus:
+            os.sched_setaffinity(self.pid, cpus)  # its threads are started after this (python is still loading)
+        if idle:  # SCHED_IDLE: never keeps a waking device thread off a CPU
+            os.sched_setscheduler(self.pid, os.SCHED_IDLE, os.sched_param(0))
         end = time.monotonic() + 60
         while True:
             try:

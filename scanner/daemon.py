@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
 
-from . import __version__, degraded, enroll, i18n
+from . import __version__, degraded, enroll, i18n, runtime
 from .clockguard import ClockGuard
 from .config import Config, discover_inputs
 from .doctor import FAIL, PASS, WARN, Check
@@ -131,6 +131,7 @@ class Appliance:
         self._trust_changed = threading.Event()
         self._lock = threading.Lock()
         self._started_mono = time.monotonic()
+        self._tuning: runtime.Tuning | None = None  # set once started (scanner/runtime.py)
         self.state_dir = config.state_dir
         self.policy = degraded.Policy.from_config(config)
         self.hub = EventHub(config["api"]["display_s"], max_subscribers=config["api"]["max_clients"])
@@ -202,6 +203,8 @@ class Appliance:
             self.shutdown()
             raise
         self._tick()
+        t = self._tuning = runtime.tune_for_scanning()  # the long-lived objects exist now: out of the GC's walks
+        log.info("runtime: switch interval %.0f ms, %d objects frozen", t.switch_interval_s * 1000, t.frozen_objects)
         self.notifier.ready(self._status_line())
 
     def _floor_from_log(self) -> float | None:
@@ -435,6 +438,8 @@ class Appliance:
             self.trust, self.trust_age, self.trust_error = store, age, None
         log.info("trust: %d keys, bundle %s, %d revoked cards", store.key_count,
                  f"v{age.version}" if age.version is not None else "none", len(store.revoked_cards))
+        if not initial:
+            runtime.freeze_survivors()  # the old store goes, the new one joins the frozen objects
         return True
 
     # ================================================================ the verdict worker
@@ -979,6 +984,9 @@ class Appliance:
         if self.guard is not None:
             self.guard.save()
         self.notifier.close()
+        if self._tuning is not None:
+            runtime.restore(self._tuning)  # for a process that goes on (tests, `checkpoint demo`)
+            self._tuning = None
         with self._lock:
             counts = dict(self.counts)
         log.info("stopped after %.1f s of shutdown: %d entries logged this run, verdicts %s",

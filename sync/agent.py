@@ -106,6 +106,7 @@ _CHILD: dict = {}
 def _child_init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
     if nice:
         os.nice(nice)
+        _sched_idle()
     _CHILD["log"] = EntryLog(log_path, create=False)
     _CHILD["key"] = identity.load(state_dir)
     _CHILD["device_id"] = device_id
@@ -126,9 +127,21 @@ def _child_trust(state_dir: str, connect_timeout: float, read_timeout: float) ->
         client.close()
 
 
+def _sched_idle() -> bool:
+    """SCHED_IDLE for this (worker) process: a scan thread that wakes up takes the CPU from it at
+    once, where nice 10 alone left it waiting up to a scheduler slice (~4 ms, docs/benchmarks.md#sync).
+    It still gets a small share of a saturated CPU, so sync never stops entirely."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or refused: nice alone then
+        return False
+    return True
+
+
 class ProcessBuilder:
-    """Builds batches in a separate, lower-priority process (spawned once, kept): reading the log,
-    serialising, compressing and signing never hold the appliance process's GIL."""
+    """Builds batches in a separate, lower-priority process (spawned once, kept; nice 10 and
+    SCHED_IDLE): reading the log, serialising, compressing and signing never hold the appliance
+    process's GIL nor keep a scan thread off the CPU."""
 
     def __init__(self, log_path: str | os.PathLike, state_dir: str | os.PathLike, device_id: str,
                  nice: int = 10) -> None:

@@ -4,8 +4,10 @@ log that cannot commit (nobody admitted, error state, recovery), staff direction
 reader, and readers found by their udev names without any input configured (also hot-plugged)."""
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 import threading
 import time
 import tty
@@ -14,7 +16,7 @@ import pytest
 from appliance_support import WAIT, make_pki, standalone, write_config
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanner import jwks
+from scanner import jwks, runtime
 from scanner.config import load
 from scanner.daemon import Appliance
 from scanner.entrylog import EntryLog, EntryLogWriteError
@@ -194,6 +196,38 @@ def test_staff_direction_applies_to_inputs_without_their_own(tmp_path, pki):
     finally:
         r.stop()
     assert r.entries()[0].direction == "out"
+
+
+def test_a_started_appliance_shortens_gil_handoffs_and_freezes_its_start_up_objects(tmp_path, pki):
+    """scanner/runtime.py: the scan loop must not wait 5 ms for the GIL or behind a full collection
+    of start-up objects; shutdown gives a process that goes on its settings back."""
+    before = sys.getswitchinterval()
+    gc.unfreeze()
+    r = Running(tmp_path, standalone(tmp_path / "state", pki, api={"enabled": False}))
+    try:
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        frozen = gc.get_freeze_count()
+        assert frozen > 1000  # the appliance and everything imported before it
+        garbage = [[i] for i in range(2000)]  # objects made after start-up stay collectable
+        assert gc.get_freeze_count() == frozen
+        del garbage
+        r.send(pki.card())
+        assert r.wait(lambda e: e.kind == "verdict").data["decision"] == "accept"
+    finally:
+        r.stop()
+    assert sys.getswitchinterval() == pytest.approx(before)
+    assert gc.get_freeze_count() == 0
+
+
+def test_tuning_helpers_round_trip():
+    before = sys.getswitchinterval()
+    t = runtime.tune_for_scanning(0.002)
+    try:
+        assert sys.getswitchinterval() == pytest.approx(0.002) and t.frozen_objects == gc.get_freeze_count() > 0
+        assert t.previous_switch_interval_s == pytest.approx(before)
+    finally:
+        runtime.restore(t)
+    assert sys.getswitchinterval() == pytest.approx(before) and gc.get_freeze_count() == 0
 
 
 def test_an_unplugged_reader_puts_the_device_in_error(tmp_path, pki):

@@ -206,5 +206,9 @@ def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle
         assert res.complete and res.batches == 3 and res.trust == "delta"
         assert StateFile(dev.state).load().trust_version == 2
         assert_exactly_once(server.storage, dev)
+        # the worker never keeps a scan thread off the CPU: SCHED_IDLE, nice 10
+        (pid,) = builder._pool._processes
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
     finally:
         agent.close()
