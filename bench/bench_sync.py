@@ -90,7 +90,49 @@ class _Ticker:
         return s[int(len(s) * 0.99)] if s else 0.0
 
 
-def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str) -> dict:
+class _ScanProbe:
+    """The verdict worker beside the sync: records a scan every 50 ms through its own EntryLog on
+    the same file (as the appliance's worker does beside the sync thread's log) and times each
+    record() (verify is not included: it does not touch the log)."""
+
+    def __init__(self, path: Path, verdicts, every_s: float = 0.05) -> None:
+        from sync.state import DeviceConfig
+        cfg = DeviceConfig.load(path.parent)
+        pub = path.parent / "sealing.pub"
+        self.log = EntryLog(path, device_id=cfg.device_id, checkpoint_id=cfg.checkpoint_id,
+                            sealing_key=pub if pub.exists() else None, create=False)
+        self.verdicts, self.every_s = verdicts, every_s
+        self.times: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from scanner.scan import Scan
+        i = 0
+        while not self.stop.wait(self.every_s):
+            v = self.verdicts[i % len(self.verdicts)]
+            i += 1
+            t0 = time.perf_counter()
+            self.log.record(Scan("probe", "camera", "cam0", time.time()), v, direction="in")
+            self.times.append(time.perf_counter() - t0)
+
+    def __enter__(self) -> _ScanProbe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.log.close()
+
+    def p50(self) -> float:
+        return median(self.times) if self.times else 0.0
+
+    def worst(self) -> float:
+        return max(self.times, default=0.0)
+
+
+def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str, verdicts) -> dict:
     from sync.agent import Backoff, InlineBuilder, ProcessBuilder, SyncAgent
     from sync.provision import provision
     from sync.server.sqlite import SQLiteStorage
@@ -143,7 +185,7 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str) -> dict:
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         try:
-            with _Ticker() as ticker:
+            with _Ticker() as ticker, _ScanProbe(log.path, verdicts) as probe:
                 res = agent.sync_until_done(600, trust=False)
         finally:
             gc.callbacks.remove(gc_watch)
@@ -154,16 +196,20 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str) -> dict:
         cpu = time.process_time() - cpu0
         child_cpu = sum(cpu_s(p) for p in child_pids) - child_cpu0
         server_cpu = cpu_s(server.pid) - server_cpu0
+        if res.complete:  # the probe's last scans, recorded while the upload finished
+            res = agent.sync_until_done(600, trust=False)
         stored = st.stats().entries
         st.close()
         agent.close()
         log.close()
-        if not res.complete or stored != n:
-            raise SystemExit(f"sync bench: upload incomplete ({res}, server holds {stored})")
+        if not res.complete or stored != n + len(probe.times):
+            raise SystemExit(f"sync bench: upload incomplete ({res}, server holds {stored} of "
+                             f"{n} + {len(probe.times)} probe scans)")
         return {"wall": wall, "cpu": cpu, "child_cpu": child_cpu, "server_cpu": server_cpu,
                 "device_cpus": len(device_cpus or affinity),
                 "bytes": sum(sizes), "requests": len(sizes), "stall": ticker.worst, "p99": ticker.p99(),
-                "over": ticker.over(), "gc": gc_worst[0]}
+                "over": ticker.over(), "gc": gc_worst[0], "scan_p50": probe.p50(), "scan_worst": probe.worst(),
+                "scans": len(probe.times)}
     finally:
         os.sched_setaffinity(0, affinity)
         server.stop()
@@ -179,19 +225,21 @@ def _split_cpus() -> tuple[set[int] | None, set[int] | None]:
     return {cpus[-1]}, set(cpus[:-1])
 
 
-def _idle_stall(seconds: float = 8.0) -> tuple[float, float, float]:
-    """The noise floor: the ticker's worst and p99 lateness, and ticks over 5 ms late per 10k,
-    with nothing else running in this process, on the device's CPUs (as in the uploads)."""
+def _idle_stall(pristine: Path, tmp: Path, verdicts, seconds: float = 8.0) -> dict:
+    """The noise floor: the ticker's worst and p99 lateness, ticks over 5 ms late per 10k, and the
+    scan probe's record() times, with no sync running, on the device's CPUs (as in the uploads)."""
+    shutil.copytree(pristine, tmp / "idle")
     affinity = os.sched_getaffinity(0)
     device_cpus = _split_cpus()[1]
     if device_cpus:
         os.sched_setaffinity(0, device_cpus)
     try:
-        with _Ticker() as ticker:
+        with _Ticker() as ticker, _ScanProbe(tmp / "idle" / "entries.db", verdicts) as probe:
             time.sleep(seconds)
     finally:
         os.sched_setaffinity(0, affinity)
-    return ticker.worst, ticker.p99(), ticker.over()
+    return {"worst": ticker.worst, "p99": ticker.p99(), "over": ticker.over(), "scan_p50": probe.p50(),
+            "scan_worst": probe.worst(), "scans": len(probe.times)}
 
 
 def _json_peer_stall(log: EntryLog, n: int = 10_000) -> float:
@@ -306,13 +354,15 @@ def run(quick: bool) -> None:
         _fill(log, n, server_key.public_key())
         fill_s = time.perf_counter() - t0
         peer_stall = _json_peer_stall(log, min(10_000, n))
-        idle_worst, idle_p99, idle_over = _idle_stall()
         log.close()
+        from .bench_entrylog import _verdicts
+        verdicts = _verdicts(64)[0]
+        idle = _idle_stall(pristine, tmp, verdicts)
         results: dict[str, list[dict]] = {"appliance": [], "process": [], "thread": []}
         for r in range(rounds):
             modes = ["appliance", "process", "thread"]
             for mode in (modes if r % 2 == 0 else modes[::-1]):
-                results[mode].append(_upload_run(pristine, tmp, mode, n, f"{mode}-{r}"))
+                results[mode].append(_upload_run(pristine, tmp, mode, n, f"{mode}-{r}", verdicts))
         ingest, parse = _ingest_rate(pristine, tmp, n)
     server_cpus, device_cpus = _split_cpus()
     where = (f"server pinned to CPU {sorted(server_cpus)}, device (this process, its threads, the builder) to "
@@ -331,17 +381,24 @@ def run(quick: bool) -> None:
                      f"{median([x['cpu'] for x in rs]):.1f}", f"{median([x['server_cpu'] for x in rs]):.1f}",
                      f"{max(x['stall'] for x in rs) * 1000:.1f} ({median([x['stall'] for x in rs]) * 1000:.1f})",
                      f"{median([x['p99'] for x in rs]) * 1000:.2f}",
-                     f"{median([x['over'] for x in rs]):.1f}", f"{max(x['gc'] for x in rs) * 1000:.1f}"])
+                     f"{median([x['over'] for x in rs]):.1f}", f"{max(x['gc'] for x in rs) * 1000:.1f}",
+                     f"{median([x['scan_p50'] for x in rs]) * 1000:.2f} / {max(x['scan_worst'] for x in rs) * 1000:.1f}"])
     print(table(["mode", "entries/s e2e", "bytes/entry", "requests", "device CPU s", "of it main proc s",
-                 "server CPU s", "worst stall ms (median round)", "p99 late ms", ">5 ms /10k ticks", "worst GC pause ms"], rows))
+                 "server CPU s", "worst stall ms (median round)", "p99 late ms", ">5 ms /10k ticks", "worst GC pause ms",
+                 "scan commit p50 / worst ms"], rows))
     worst = max(x["stall"] for x in results["appliance"])
     print(f"peer: json.dumps of {min(10_000, n):,} entries as one document stalls the ticker "
           f"{peer_stall * 1000:.1f} ms; worst stall during the upload (the appliance's way) = "
           f"{worst / peer_stall:.2f}x that; {worst * 1000:.1f} ms: goal under 5 ms "
           + ("met" if worst < 0.005 else "MISSED"))
-    print(f"noise floor: the same ticker with nothing running in this process: worst {idle_worst * 1000:.1f} ms, "
-          f"p99 {idle_p99 * 1000:.2f} ms, {idle_over:.1f} ticks >5 ms late per 10k "
+    print(f"noise floor: the same ticker and scan probe without a sync, {idle['scans']} scans in 8 s: ticker worst "
+          f"{idle['worst'] * 1000:.1f} ms, p99 {idle['p99'] * 1000:.2f} ms, {idle['over']:.1f} ticks >5 ms late per "
+          f"10k; scan commit p50 {idle['scan_p50'] * 1000:.2f} ms, worst {idle['scan_worst'] * 1000:.1f} ms "
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)")
+    a = results["appliance"]
+    print(f"scan commits during the upload (appliance, {sum(x['scans'] for x in a)} scans, a scan every 50 ms): "
+          f"p50 {median([x['scan_p50'] for x in a]) / idle['scan_p50']:.2f}x and worst "
+          f"{max(x['scan_worst'] for x in a) / idle['scan_worst']:.2f}x the same probe without a sync")
     print(f"server ingest without HTTP (open_batch + SQLite commit): {ingest:,.0f} entries/s; "
           f"open_batch alone {parse:,.0f} entries/s")
     print()

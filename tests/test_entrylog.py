@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from scanner import sealing, verifier
 from scanner.entry import GENESIS
+from scanner import entrylog as entrylog_mod
 from scanner.entrylog import PASSBACK_SQL, EntryLog, EntryLogError
 from scanner.errors import Reason
 from scanner.scan import Scan
@@ -281,6 +282,24 @@ def test_batch_marking_does_not_touch_the_chain(open_log, verdict_for):
 
 
 # ---------------------------------------------------------------- sync side
+
+
+def test_mark_synced_in_chunks_is_still_all_or_nothing(open_log, verdict_for, monkeypatch):
+    """Long runs are written in MARK_CHUNK transactions (a scan never waits behind a whole batch);
+    a conflict anywhere in the run still marks nothing."""
+    monkeypatch.setattr(entrylog_mod, "MARK_CHUNK", 3)
+    log = open_log()
+    for i in range(11):
+        log.record(scan(NOW + i), verdict_for(), direction="in")
+    log.mark_synced("early", 9, 9)
+    with pytest.raises(EntryLogError) as exc:
+        log.mark_synced("big", 1, 11)  # seq 9 is in another batch: found before any chunk is written
+    assert exc.value.code == "sync_conflict"
+    assert [e.seq for e in log.pending()] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
+    assert log.mark_synced("big", 1, 8) == 8  # three chunks: 1-3, 4-6, 7-8
+    assert log.mark_synced("big", 1, 8) == 0
+    assert [e.seq for e in log.pending()] == [10, 11]
+    assert {log.get(e.entry_id).batch_id for e in log.tail(11) if e.seq <= 8} == {"big"}
 
 
 def test_pending_and_mark_synced(open_log, verdict_for):
