@@ -190,6 +190,26 @@ def test_connection_reset_mid_body(server, tmp_path, verdicts):
     proxy.close()
 
 
+def test_crash_between_marking_chunks_heals_without_duplicates(server, tmp_path, verdicts):
+    """mark_synced writes 500 entries per transaction: a device that dies after the first chunk of
+    an acknowledged batch finds the rest pending; the next contact marks them from the server's
+    batch list, and nothing is stored twice."""
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 60)
+    agent = agent_for(dev, max_batch=60)
+    agent.client.heartbeat(agent.heartbeat_doc(StateFile(dev.state).load()))
+    batch = agent.builder.build(0, 60, [], 0)
+    agent.client.upload(batch.data)
+    assert server.storage.stats().entries == 60
+    dev.log.mark_synced(batch.info.batch_id, 1, 20)  # what the first chunk wrote before the crash
+    assert [e.seq for e in dev.log.pending(0, 100)] == list(range(21, 61))
+    res = agent.sync_until_done(120, sleep=Sleeps())
+    assert res.complete and res.stored == 0 and dev.log.pending(0, 100) == []
+    assert_exactly_once(server.storage, dev)
+    assert server.storage.stats().batches == 1
+    agent.close()
+
+
 def test_response_lost_after_commit(server, tmp_path, verdicts):
     dev = provision_device(server, tmp_path)
     record(dev, verdicts, 60)
