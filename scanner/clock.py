@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 
@@ -113,3 +115,24 @@ def read() -> ClockStatus:
 def state() -> str:
     """"synced", "unsynced" or "unknown" right now (one cheap system call)."""
     return read().state
+
+
+class CachedState:
+    """`state()` read at most once per ``ttl_s`` (a callable like `state`). The kernel's verdict
+    changes over seconds to minutes (maxerror grows 0.5 ms/s), while a scan's commit paid ~10 µs for
+    the system call and its classification right after an fsync (docs/benchmarks.md#entry-log)."""
+
+    def __init__(self, ttl_s: float = 1.0, read_state=None, monotonic=time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._read = read_state or state
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._value: str | None = None
+        self._at = 0.0
+
+    def __call__(self) -> str:
+        now = self._monotonic()
+        with self._lock:
+            if self._value is None or not (0 <= now - self._at < self.ttl_s):
+                self._value, self._at = self._read(), now
+            return self._value

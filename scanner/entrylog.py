@@ -283,7 +283,7 @@ class EntryLog:
                  synchronous: str = "FULL", busy_timeout_s: float = 10.0,
                  passback_window_s: float = 120.0, retention_days: int = 21,
                  min_free_bytes: int = 100 * MIB, max_db_bytes: int | None = None,
-                 retry_queue_max: int = 1000, clock: Callable[[], str] = clockmod.state,
+                 retry_queue_max: int = 1000, clock: Callable[[], str] | None = None,
                  tz: dt.tzinfo | None = None, create: bool = True) -> None:
         if holder_details not in HOLDER_MODES:
             raise ValueError(f"holder_details must be one of {HOLDER_MODES}")
@@ -309,7 +309,7 @@ class EntryLog:
         self.retention_days = retention_days
         self.min_free_bytes = min_free_bytes
         self.retry_queue_max = retry_queue_max
-        self._clock = clock
+        self._clock = clock if clock is not None else clockmod.CachedState()  # the kernel's, read once a second
         self.tz = tz
         self._lock = threading.RLock()
         self._queue: deque[_Draft] = deque()

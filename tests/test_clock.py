@@ -41,3 +41,26 @@ def test_reads_the_kernel_with_the_right_struct_layout():
 
 def test_state_is_one_of_the_three():
     assert clock.state() in ("synced", "unsynced", "unknown")
+
+
+def test_cached_state_reads_at_most_once_per_ttl():
+    now, reads, answer = [100.0], [], ["synced"]
+
+    def read():
+        reads.append(now[0])
+        return answer[0]
+
+    cached = clock.CachedState(1.0, read, monotonic=lambda: now[0])
+    assert cached() == "synced" and reads == [100.0]
+    answer[0] = "unsynced"
+    now[0] = 100.9
+    assert cached() == "synced" and len(reads) == 1  # within the second: the cached answer
+    now[0] = 101.0
+    assert cached() == "unsynced" and reads == [100.0, 101.0]
+    now[0] = 50.0  # a monotonic clock never goes back, but a cache must not trust that
+    answer[0] = "synced"
+    assert cached() == "synced" and len(reads) == 3
+
+
+def test_cached_state_defaults_to_the_kernel():
+    assert clock.CachedState()() in clock.STATES
