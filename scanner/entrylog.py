@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -768,7 +768,7 @@ class EntryLog:
         another batch, marking nothing. Returns how many entries were newly marked. Writes in
         transactions of at most MARK_CHUNK entries, so a scan's commit never waits behind the
         marking of a whole batch (5,000 entries: 10-18 ms here); a crash between two of them
-        leaves the rest pending, and the next sync sends them again (the server keeps one copy).
+        leaves the rest pending until the next contact marks them from the server's batch list.
         """
         if not batch_id or not isinstance(batch_id, str):
             raise ValueError("batch_id must be non-empty text")

@@ -60,9 +60,8 @@ def _context(context: bytes | str) -> bytes:
 
 
 def _derive(version: int, shared: bytes, eph_pub: bytes, server_pub: bytes) -> tuple[bytes, bytes | None]:
-    """v1: AES key and nonce (the key is used once); v2: the session's AES key only."""
-    if shared == bytes(32):  # a low-order ephemeral key: every party could compute this "secret"
-        raise SealError("invalid ephemeral key in sealed blob")
+    """v1: AES key and nonce (the key is used once); v2: the session's AES key only. (A low-order
+    ephemeral key never gets here: `exchange` refuses an all-zero shared secret with ValueError.)"""
     length = 44 if version == 1 else 32
     okm = HKDF(algorithm=hashes.SHA256(), length=length, salt=eph_pub + server_pub,
                info=INFO[version]).derive(shared)
