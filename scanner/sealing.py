@@ -48,7 +48,11 @@ class SealError(CheckpointError):
 
 def key_id(public_key: X25519PublicKey) -> bytes:
     """First 8 bytes of SHA-256 over the raw 32-byte public key (which server key to use)."""
-    return hashlib.sha256(_raw(public_key)).digest()[:KEY_ID_LEN]
+    return _key_id_of_raw(_raw(public_key))
+
+
+def _key_id_of_raw(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()[:KEY_ID_LEN]
 
 
 def _raw(public_key: X25519PublicKey) -> bytes:
@@ -92,7 +96,7 @@ class Sealer:
             raise ValueError("a sealing session needs max_blobs >= 1 and max_age_s > 0")
         self._server = server_public_key
         self._server_raw = _raw(server_public_key)
-        self._key_id = key_id(server_public_key)
+        self._key_id = _key_id_of_raw(self._server_raw)
         self.max_blobs, self.max_age_s, self._clock = max_blobs, max_age_s, clock
         self._lock = threading.Lock()
         self._session: tuple[bytes, AESGCM, float] | None = None  # header prefix, cipher, started
@@ -102,9 +106,9 @@ class Sealer:
     def _new_session(self, now: float) -> tuple[bytes, AESGCM, float]:
         eph = X25519PrivateKey.generate()
         eph_pub = _raw(eph.public_key())
-        key, _ = _derive(2, eph.exchange(self._server), eph_pub, self._server_raw)
+        key, _ = _derive(VERSION, eph.exchange(self._server), eph_pub, self._server_raw)
         self.sessions += 1
-        return bytes([2]) + self._key_id + eph_pub, AESGCM(key), now
+        return bytes([VERSION]) + self._key_id + eph_pub, AESGCM(key), now
 
     def seal(self, holder: Holder, context: bytes | str) -> bytes:
         """The holder's name, birth date and masked id, readable only with the server's private key;
@@ -167,7 +171,7 @@ def open(blob: bytes, server_private_key: X25519PrivateKey, context: bytes | str
         raise SealError(f"sealed blob version {version} is not supported")
     server_public = server_private_key.public_key()
     server_raw = _raw(server_public)
-    if blob[1:1 + KEY_ID_LEN] != hashlib.sha256(server_raw).digest()[:KEY_ID_LEN]:
+    if blob[1:1 + KEY_ID_LEN] != _key_id_of_raw(server_raw):
         raise SealError("sealed to a different server key")
     header = blob[:header_len]
     eph_pub = blob[1 + KEY_ID_LEN:HEADER_LEN_V1]
