@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import sys
 import time
@@ -15,6 +16,7 @@ import click
 
 from . import __version__, i18n
 from .errors import CheckpointError, UsageError
+from .fsutil import AtomicFile, write_output
 from .safetext import escape, json_line
 from .verdict import Verdict
 
@@ -69,6 +71,18 @@ def run_guarded(fn, *args, **kwargs):
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+
+
+@contextlib.contextmanager
+def output_file(path: str, *, encoding: str | None = "utf-8"):
+    """A file a person named (-o/--out), mode 0600: written atomically and never through a
+    symlink (fsutil.AtomicFile.output); its errors become one line and exit 2."""
+    out = run_guarded(AtomicFile.output, path, 0o600, encoding=encoding)
+    try:
+        yield out.file
+        run_guarded(out.commit)
+    finally:
+        out.abort()
 
 
 _TRUST_OPTIONS = (
@@ -233,7 +247,7 @@ def keygen(alg, prefix, force):
             fail(f"{p} exists (use --force to overwrite)")
     key = run_guarded(keys.generate, alg)
     run_guarded(keys.write_private_key, priv_path, key)
-    run_guarded(pub_path.write_bytes, keys.public_pem(key.public_key()))
+    run_guarded(write_output, pub_path, keys.public_pem(key.public_key()), 0o644)
     kid = base64.b64encode(keys.kid_of(key.public_key())).decode()
     click.echo(json_line({"alg": alg, "kid": kid, "private": str(priv_path), "public": str(pub_path)}))
 
@@ -335,7 +349,7 @@ def _write(out, data: bytes) -> None:
     if out == "-":
         sys.stdout.buffer.write(data)
     else:
-        run_guarded(Path(out).write_bytes, data)
+        run_guarded(write_output, out, data, 0o644)
 
 
 @issuer.command()

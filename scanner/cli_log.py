@@ -4,13 +4,12 @@ These commands print counts, times, reasons and card ids only: never holder deta
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from . import i18n
-from .cli import EXIT_ACCEPT, EXIT_REJECT, TIME, fail, main, run_guarded
+from .cli import EXIT_ACCEPT, EXIT_REJECT, TIME, fail, main, output_file, run_guarded
 from .entry import FORMATS, iso_ms, read_export, to_export_dict, verify_chain, write_export
 from .entrylog import MIB, EntryLog, Stats, default_db_path
 from .safetext import escape, json_line
@@ -122,7 +121,7 @@ def tail(db_path, count, as_json):
 @click.option("--until", type=TIME, default=None, help="Up to this time (exclusive).")
 @click.option("--format", "fmt", type=FORMAT, default="jsonl", show_default=True)
 @click.option("-o", "--out", "out_path", default="-", show_default=True,
-              help="Output file ('-' for stdout); a new file is created with mode 0600.")
+              help="Output file ('-' for stdout): replaced atomically, mode 0600; a symlink is refused.")
 def export(db_path, since, until, fmt, out_path):
     """Entries in [--since, --until) as JSONL or CSV: no holder details (only whether sealed)."""
     with _open(db_path) as log:
@@ -130,11 +129,7 @@ def export(db_path, since, until, fmt, out_path):
         if out_path == "-":
             n = run_guarded(write_export, rows, sys.stdout, fmt)
         else:
-            try:
-                fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                fail(f"{out_path}: {exc.strerror}")
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            with output_file(out_path) as fh:
                 n = run_guarded(write_export, rows, fh, fmt)
     click.echo(f"{n} entries exported", err=True)
 

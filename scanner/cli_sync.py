@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import i18n
-from .cli import fail, main, run_guarded
+from .cli import fail, main, output_file, run_guarded
 from .entry import iso_ms
 from .safetext import escape, json_line
 
@@ -516,11 +516,10 @@ def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None):
 @click.option("--no-holders", is_flag=True, help="Do not open holder details (card ids and times only).")
 @click.option("--tz", "tz_name", default=None, help="Time zone of the times shown (default: this machine's).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the report to this file (created with mode 0600) instead of stdout.")
+              help="Write the report to this file (replaced atomically, mode 0600; a symlink is refused) "
+                   "instead of stdout.")
 def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, no_holders, tz_name, out_path):
     """Where and when a card was seen and, with --contacts, who else was there (CSV or JSON)."""
-    import os
-
     from sync.server import trace as tracemod
 
     window_ms = run_guarded(tracemod.parse_window, window) if contacts else None
@@ -536,8 +535,7 @@ def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, 
         storage.close()
     text = (json_line(tracemod.to_dict(report, tz)) + "\n") if fmt == "json" else tracemod.csv_text(report, tz)
     if out_path:
-        fd = run_guarded(os.open, out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        with output_file(out_path) as fh:
             fh.write(text)
     else:
         click.echo(text, nl=False)

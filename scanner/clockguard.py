@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import clock as clockmod
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -178,15 +179,8 @@ class ClockGuard:
                    "confirmed_ms": int(self._confirmed_at * 1000) if self._confirmed_at else 0,
                    "confirmed_by": self._by}
             self._saved_at = self._mono()
-        tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, (json.dumps(doc) + "\n").encode("ascii"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, (json.dumps(doc) + "\n").encode("ascii"), 0o600)
         except OSError as exc:
             log.warning("clock: cannot save %s: %s", self.path, exc)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from . import base45, cbor, cose, i18n, issuer, keys, render
 from .bundle import BundleKey, make_bundle, open_bundle
 from .errors import Reason
+from .fsutil import atomic_write
 from .formats import ck1
 from .safetext import escape
 from .trust import TrustStore
@@ -226,14 +227,14 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
     root, hue, dng, rogue = (keys.generate(a) for a in ("EdDSA", "EdDSA", "ES256", "EdDSA"))
     for name, key in (("root", root), ("vn-hue", hue), ("vn-dng", dng), ("rogue", rogue)):
         keys.write_private_key(key_dir / f"{name}.key", key)
-        (key_dir / f"{name}.pub").write_bytes(keys.public_pem(key.public_key()))
+        atomic_write(key_dir / f"{name}.pub", keys.public_pem(key.public_key()))
     revoked_id = issuer.new_card_id()
     bundle_bytes = make_bundle(
         root, version=1, issued_at=now, expires_at=now + 30 * DAY,
         keys=[BundleKey(keys.kid_of(hue.public_key()), "EdDSA", "VN-HUE", hue.public_key(), frozenset({"CK1"})),
               BundleKey(keys.kid_of(dng.public_key()), "ES256", "VN-DNG", dng.public_key(), frozenset({"CK1"}))],
         revoked_cards=[revoked_id])
-    (base / "bundle.json").write_bytes(bundle_bytes)
+    atomic_write(base / "bundle.json", bundle_bytes)
     cards = make_cards(now, hue, dng, rogue, revoked_id)
     trust = TrustStore.build(bundles=[open_bundle(bundle_bytes, [root.public_key()])])
     for i, card in enumerate(cards, 1):  # the printed cards a person would carry
@@ -256,9 +257,8 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
         video = base / "camera.avi"
         demo_video.write(video, shots, demo_video.FPS)
         config_path = base / "checkpoint.toml"
-        config_path.write_text(_config_text(base, video, server.url, demo_video.FPS, speed, duration is not None,
-                                             lang),
-                               encoding="utf-8")
+        atomic_write(config_path, _config_text(base, video, server.url, demo_video.FPS, speed, duration is not None,
+                                               lang).encode("utf-8"))
         echo(t("files", dir=escape(str(base))))
         echo(t("server", url=server.url))
         config = load(config_path)

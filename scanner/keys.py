@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .errors import KeyFileError
+from .fsutil import atomic_write, write_output
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -122,35 +123,13 @@ def generate(alg: str) -> PrivateKey:
 
 
 def write_private_key(path: str | os.PathLike, key: PrivateKey) -> None:
-    """Write a private key readable by its owner only (created 0600, never world-readable)."""
-    path = Path(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(private_pem(key))
+    """Write a private key readable by its owner only (mode 0600, never world-readable), to a path
+    a person named: atomically, refused if ``path`` is a symlink (fsutil.AtomicFile.output)."""
+    write_output(path, private_pem(key), 0o600)
 
 
 def create_private_key(path: str | os.PathLike, key) -> bool:
     """Write ``key`` (any cryptography private key) as a new key file, mode 0600, atomically and
     only if there is none yet: False when another process made one meanwhile (theirs is kept).
     The device key and the server's keys are made this way, once, then only loaded."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, private_pem(key))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if the file exists: never replaces a key
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return True
+    return atomic_write(path, private_pem(key), 0o600, replace=False)

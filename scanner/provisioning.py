@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import DEFAULT_STATE_DIR, Config, ConfigError, discover_inputs, load
 from .errors import CheckpointError
+from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,7 @@ def provision_appliance(server_url: str | None, token: str, *, config_path: str 
     elif config_file is not None and write_config:
         config_file.parent.mkdir(parents=True, exist_ok=True)
         text = render_config(state, res.server_url, discover_inputs(dev))
-        tmp = config_file.with_name(f".{config_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, config_file)
+        atomic_write(config_file, text.encode("utf-8"), 0o644)
         written = "written"
         log.info("provision: wrote %s", config_file)
     owner_name = None

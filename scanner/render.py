@@ -13,12 +13,12 @@ import re
 import textwrap
 import unicodedata
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
 import segno
 
 from .errors import UsageError
+from .fsutil import write_output
 from .safetext import escape as safe_escape
 
 ERROR_LEVEL = "M"
@@ -53,7 +53,9 @@ def qr_png(text: str, path: str | os.PathLike, *, scale: int = 8, border: int = 
     """Write the QR code of ``text`` as a black-on-white PNG (``scale`` px per module, ``border`` modules)."""
     if scale < 1 or border < 0:
         raise UsageError("scale must be at least 1 and border at least 0")
-    _qr(text).save(os.fspath(path), kind="png", scale=scale, border=border, dark="#000", light="#fff")
+    buf = io.BytesIO()
+    _qr(text).save(buf, kind="png", scale=scale, border=border, dark="#000", light="#fff")
+    write_output(path, buf.getvalue(), 0o644)
 
 
 def _qr_path(qr: segno.QRCode) -> str:
@@ -178,5 +180,5 @@ def card_svg(text: str, *, name: str, birth_date: str, issuer: str, expires_at: 
         + "\n".join(parts) + "\n</svg>\n"
     )
     if path is not None:
-        Path(path).write_text(svg, encoding="utf-8")
+        write_output(path, svg.encode("utf-8"), 0o644)
     return svg

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import CheckpointError
+from .fsutil import atomic_write
 
 # (vendor, product or "*" for every product of a vendor that makes only scanners, description)
 KNOWN_READERS: tuple[tuple[str, str, str], ...] = (
@@ -93,13 +94,10 @@ def rules(extra: Iterable[str] = (), *, group: str = "checkpoint") -> str:
 def install(text: str, path: str | os.PathLike = DEFAULT_FILE) -> None:
     """Write the rules and make udev apply them to readers already plugged in (needs root)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="ascii")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write(path, text.encode("ascii"), 0o644)
     except OSError as exc:
-        raise UdevError(f"{path}: {exc.strerror} (run as root)") from None
+        raise UdevError(f"{path}: {exc.strerror or exc} (run as root)") from None
     udevadm = shutil.which("udevadm")
     if udevadm is None:
         return

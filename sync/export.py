@@ -8,6 +8,8 @@ bytes a push would send (docs/sync-protocol.md#offline-export).
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,15 +17,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.entrylog import EntryLog
 from scanner.errors import CheckpointError
+from scanner.fsutil import SYMLINK, Dir, UnsafePathError
 
 from . import identity, protocol
 from .agent import build_next, now_ms
 from .batch import BatchError, open_batch, read_header
 from .state import DeviceConfig, StateFile
-from .trustupdate import atomic_write
 
 EXPORT_SUBDIR = "checkpoint-batches"
 SUFFIX = ".ckb"
+DIR_MODE = 0o700  # the batch files are 0600 anyway
+MAX_DEPTH = 8  # DIR/checkpoint-batches/<device_id>/ is 2 deep; room for an operator's own layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,33 +42,35 @@ class ExportResult:
 def export_pending(state_dir: str | os.PathLike, entry_log: EntryLog, to_dir: str | os.PathLike, *,
                    batch_size: int = 5000) -> ExportResult:
     """Write every pending entry (except quarantined runs) as signed batch files under ``to_dir``.
-    Entries stay pending on the device until the server acknowledges them."""
+    Entries stay pending on the device until the server acknowledges them. ``to_dir`` is used as
+    named (made if missing); nothing below it is followed if it is a symlink (fsutil)."""
     config = DeviceConfig.load(Path(state_dir))
     key: ed25519.Ed25519PrivateKey = identity.load(state_dir)
     files_ = StateFile(state_dir)
     quarantined = files_.load().quarantine_ranges()
-    out = Path(to_dir) / EXPORT_SUBDIR / config.device_id
-    out.mkdir(parents=True, exist_ok=True)
+    shown = Path(to_dir) / EXPORT_SUBDIR / config.device_id
     written, entries, first, last, cursor = [], 0, None, None, 0
-    while True:
-        sb = build_next(entry_log, key, config.device_id, cursor, min(batch_size, protocol.MAX_BATCH_ENTRIES),
-                        quarantined, now_ms())
-        if sb is None:
-            break
-        info = sb.info
-        path = out / f"{info.first_seq:012d}-{info.last_seq:012d}-{info.batch_id}{SUFFIX}"
-        atomic_write(path, sb.data, 0o600)  # a stick pulled out mid-write leaves no half file
-        written.append(str(path))
-        entries += info.count
-        first = info.first_seq if first is None else first
-        last = info.last_seq
-        cursor = info.last_seq
+    with Dir.open(to_dir, create_mode=0o777) as top, top.subdir(EXPORT_SUBDIR, create_mode=DIR_MODE) as sub, \
+            sub.subdir(config.device_id, create_mode=DIR_MODE) as out:
+        while True:
+            sb = build_next(entry_log, key, config.device_id, cursor, min(batch_size, protocol.MAX_BATCH_ENTRIES),
+                            quarantined, now_ms())
+            if sb is None:
+                break
+            info = sb.info
+            name = f"{info.first_seq:012d}-{info.last_seq:012d}-{info.batch_id}{SUFFIX}"
+            out.write(name, sb.data, 0o600)  # a stick pulled out mid-write leaves no half file
+            written.append(str(shown / name))
+            entries += info.count
+            first = info.first_seq if first is None else first
+            last = info.last_seq
+            cursor = info.last_seq
     with files_.lock():
         state = files_.load()
-        state.exported = (state.exported + [{"dir": str(out), "batches": len(written), "entries": entries,
+        state.exported = (state.exported + [{"dir": str(shown), "batches": len(written), "entries": entries,
                                              "first_seq": first, "last_seq": last, "at_ms": now_ms()}])[-20:]
         files_.save(state)
-    return ExportResult(str(out), tuple(written), entries, first, last)
+    return ExportResult(str(shown), tuple(written), entries, first, last)
 
 
 @dataclass
@@ -83,37 +89,71 @@ class ImportResult:
 
 def import_dir(storage, path: str | os.PathLike, *, now: int | None = None) -> ImportResult:
     """Import every *.ckb file under ``path`` into the server's storage (same checks as a push:
-    enrolled, not revoked, signature, bounds; then deduplicated). Bad files are listed, not fatal."""
+    enrolled, not revoked, signature, bounds; then deduplicated). Bad files are listed, not fatal:
+    symlinks (never followed), FIFOs and devices (never opened), hard-linked and oversize files
+    are refused like forged ones. ``path`` itself is used as named."""
     from .server.storage import ServerError
 
     result = ImportResult()
-    root = Path(path)
-    if not root.exists():
-        raise CheckpointError(f"{root}: no such directory", code="import_missing")
-    for file in sorted(root.rglob(f"*{SUFFIX}")):
-        if not file.is_file():
-            continue
-        result.files += 1
-        try:
-            if file.stat().st_size > protocol.MAX_BATCH_BYTES:
-                raise BatchError("file larger than a batch can be", code=protocol.E_TOO_LARGE)
-            data = file.read_bytes()
-            info = read_header(data)
-            device = storage.device(info.device_id)
-            if device is None:
-                raise BatchError(f"device {info.device_id} is not enrolled", code=protocol.E_UNKNOWN_DEVICE)
-            if device.revoked_ms is not None:
-                raise BatchError(f"device {info.device_id} is revoked", code=protocol.E_DEVICE_REVOKED)
-            parsed = open_batch(data, ed25519.Ed25519PublicKey.from_public_bytes(device.public_key))
-            done = storage.ingest(parsed, "import", now_ms() if now is None else now)
-        except (BatchError, ServerError) as exc:
-            result.refused.append((str(file), exc.code, str(exc)[:300]))
-            continue
-        except OSError as exc:
-            result.refused.append((str(file), "unreadable", exc.strerror or str(exc)))
-            continue
-        result.batches += 1
-        result.entries += done.ack.count
-        result.stored += done.stored
-        result.duplicates += done.duplicates
+    try:
+        top = Dir.open(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"{path}: no such directory", code="import_missing") from None
+    with top:
+        for d, name in _batch_names(top, 0, result.refused):
+            result.files += 1
+            try:
+                data = d.read(name, protocol.MAX_BATCH_BYTES)
+                info = read_header(data)
+                device = storage.device(info.device_id)
+                if device is None:
+                    raise BatchError(f"device {info.device_id} is not enrolled", code=protocol.E_UNKNOWN_DEVICE)
+                if device.revoked_ms is not None:
+                    raise BatchError(f"device {info.device_id} is revoked", code=protocol.E_DEVICE_REVOKED)
+                parsed = open_batch(data, ed25519.Ed25519PublicKey.from_public_bytes(device.public_key))
+                done = storage.ingest(parsed, "import", now_ms() if now is None else now)
+            except (BatchError, ServerError, UnsafePathError) as exc:
+                result.refused.append((d.shown(name), exc.code, str(exc)[:300]))
+                continue
+            except OSError as exc:
+                result.refused.append((d.shown(name), "unreadable", exc.strerror or str(exc)))
+                continue
+            result.batches += 1
+            result.entries += done.ack.count
+            result.stored += done.stored
+            result.duplicates += done.duplicates
     return result
+
+
+def _batch_names(d: Dir, depth: int, refused: list) -> Iterator[tuple[Dir, str]]:
+    """(directory, name) of every *.ckb entry below ``d``, depth first in name order. A symlink
+    is never entered (and listed as refused); so is a directory deeper than MAX_DEPTH."""
+    try:
+        names = d.names()
+    except OSError as exc:
+        refused.append((d.path, "unreadable", exc.strerror or str(exc)))
+        return
+    for name in names:
+        try:
+            mode = d.lstat(name).st_mode
+        except OSError as exc:
+            refused.append((d.shown(name), "unreadable", exc.strerror or str(exc)))
+            continue
+        if stat.S_ISDIR(mode):
+            if depth >= MAX_DEPTH:
+                refused.append((d.shown(name), "too_deep", f"more than {MAX_DEPTH} directories deep: not searched"))
+                continue
+            try:
+                sub = d.subdir(name)
+            except UnsafePathError as exc:  # swapped for a symlink since the lstat
+                refused.append((d.shown(name), exc.code, str(exc)))
+                continue
+            except OSError as exc:
+                refused.append((d.shown(name), "unreadable", exc.strerror or str(exc)))
+                continue
+            with sub:
+                yield from _batch_names(sub, depth + 1, refused)
+        elif name.endswith(SUFFIX):
+            yield d, name  # Dir.read refuses what is not a regular file
+        elif stat.S_ISLNK(mode):
+            refused.append((d.shown(name), SYMLINK, f"{d.shown(name)} is a symbolic link: not followed"))

@@ -46,12 +46,12 @@ from starlette.routing import Route
 
 from scanner.entrylog import EntryLog, EntryLogError
 from scanner.errors import CheckpointError
+from scanner.fsutil import atomic_write
 
 from . import batch as batchmod
 from . import identity, protocol
 from .agent import MAX_BATCH, build_next, mark_acked, now_ms, quarantine
 from .state import PULL_PUB_NAME, DeviceConfig, StateError, StateFile
-from .trustupdate import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from scanner.errors import CheckpointError
-
-from .trustupdate import atomic_write
+from scanner.fsutil import atomic_write
 
 DEVICE_NAME = "device.json"
 STATE_NAME = "sync-state.json"

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.bundle import Bundle, open_bundle, root_kid
 from scanner.errors import TrustError
+from scanner.fsutil import atomic_write
 from scanner.trust import load_root
 
 BUNDLE_NAME = "bundle.json"
@@ -300,31 +301,6 @@ def apply_delta(current_file: bytes, current: Bundle, delta_file: bytes,
 
 
 # ---------------------------------------------------------------- the device's files
-
-
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file:
-    write a temporary file in the same directory, fsync it, rename it over, fsync the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def load_roots(state_dir: str | os.PathLike) -> list[ed25519.Ed25519PublicKey]:
