@@ -57,7 +57,8 @@ def preload_lgpio() -> None:
     lgpio creates that FIFO in the working directory when it is imported, and its import fails
     where that directory is not writable (a service running in /); with LG_WD set it changes the
     process's working directory instead. So it is imported with LG_WD pointing to a private
-    directory (unless the operator set LG_WD), and the working directory is restored afterwards.
+    directory (unless the operator set LG_WD), and the working directory is restored afterwards
+    (or, where this user may not enter it again, the process works in /: _return_to).
     If lgpio cannot be imported, gpiozero reports that when it tries its default pin factories.
     Call it at start-up, before other threads use relative paths (open_feedback does).
     """
@@ -74,9 +75,21 @@ def preload_lgpio() -> None:
     except (ImportError, OSError) as exc:
         log.debug("feedback: lgpio cannot be imported (%s: %s)", type(exc).__name__, exc)
     finally:
-        os.chdir(cwd)
+        _return_to(cwd)
         if set_here:
             del os.environ["LG_WD"]
+
+
+def _return_to(cwd: str) -> None:
+    """Back to ``cwd`` after lgpio's chdir; to / if this user may not enter it again (started by
+    `sudo -u` in root's home): no relative path could be used there anyway."""
+    try:
+        if os.getcwd() != cwd:
+            os.chdir(cwd)
+    except OSError as exc:
+        log.warning("feedback: cannot return to the working directory %s (%s); working in / instead", cwd,
+                    exc.strerror or exc)
+        os.chdir("/")
 
 
 def make_pin_factory(name: str | None) -> Factory | None:
