@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_sync_support import bulk_fill, enroll_direct
 
@@ -256,6 +256,8 @@ def test_fuzz_import_of_hostile_sticks(fuzz_site, entries):
     with deadline(60):
         res = import_dir(storage, stick)
     refused = {Path(path): code for path, code, _ in res.refused}
+    for code in sorted(set(refused.values())) + (["imported"] if res.batches else []):
+        event(code)  # --hypothesis-show-statistics: how often each case came up
     for p in links:  # every symlink is refused, named, never followed (one below too deep a tree is not seen)
         if len(p.relative_to(stick).parts) <= MAX_DEPTH + 1:
             assert refused.get(p) == fsutil.SYMLINK, (p, res.refused)
