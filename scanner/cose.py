@@ -62,8 +62,10 @@ _HEADER_CACHE_SIZE = 64
 _HEADER_CACHE_MAX_BYTES = 64
 
 
-def parse_sign1(data: bytes) -> Sign1:
-    """Parse a tagged or untagged COSE_Sign1; raise CborError or CoseError."""
+def parse_sign1(data: bytes, *, alg_unprotected: bool = False) -> Sign1:
+    """Parse a tagged or untagged COSE_Sign1; raise CborError or CoseError. The alg must be in the
+    protected header unless ``alg_unprotected`` (a format that allows it, e.g. HC1): then an alg
+    only in the unprotected header counts too, and the protected one wins when both are there."""
     msg = cbor.loads(data)
     if isinstance(msg, Tag):
         if msg.tag != COSE_SIGN1_TAG:
@@ -91,7 +93,12 @@ def parse_sign1(data: bytes) -> Sign1:
             _HEADERS[protected] = fields
     alg, kid = fields
     if HDR_ALG in unprotected:
-        raise CoseError("alg must be in the protected header")
+        if not alg_unprotected:
+            raise CoseError("alg must be in the protected header")
+        if alg is None:
+            alg = unprotected[HDR_ALG]
+            if type(alg) is not int:
+                raise CoseError("alg must be an integer")
     if kid is None:
         kid = unprotected.get(HDR_KID)
     if kid is not None and type(kid) is not bytes:

@@ -110,6 +110,15 @@ def test_alg_in_unprotected_header_rejected():
         cose.parse_sign1(envelope(protected=cbor.dumps({4: KID}), unprotected={1: -8}))
 
 
+def test_alg_in_unprotected_header_when_the_format_allows_it():
+    msg = cose.parse_sign1(envelope(protected=b"", unprotected={1: -7, 4: KID}), alg_unprotected=True)
+    assert (msg.alg, msg.kid, msg.protected) == (-7, KID, b"")
+    msg = cose.parse_sign1(envelope(unprotected={1: -7}), alg_unprotected=True)
+    assert msg.alg == -8  # in both headers the protected one counts
+    with pytest.raises(CoseError):
+        cose.parse_sign1(envelope(protected=b"", unprotected={1: "ES256", 4: KID}), alg_unprotected=True)
+
+
 @pytest.mark.parametrize("tag", [0, 16, 17, 19, 96, 98, 55799])
 def test_wrong_tag_rejected(tag):
     with pytest.raises(CoseError):

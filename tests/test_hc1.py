@@ -91,12 +91,13 @@ def card(key, der: bytes, kind: str = "vaccination", *, iat: int = NOW - DAY, ex
 
 def signed(key, der: bytes, claims, *, alg: int | None = None, protected: dict | None = None,
            unprotected: dict | None = None, tag61: bool = False, compress: bool = True) -> str:
-    """QR text of a COSE_Sign1 around any payload, correctly signed (for malformed-but-authentic)."""
+    """QR text of a COSE_Sign1 around any payload, correctly signed (for malformed-but-authentic).
+    ``protected={}`` is the empty protected header (a zero-length byte string, RFC 9052)."""
     payload = claims if isinstance(claims, bytes) else cbor.dumps(claims)
     if alg is None:
         alg = cose.ALG_PS256 if isinstance(key, rsa.RSAPrivateKey) else cose.ALG_ES256
     header = protected if protected is not None else {1: alg, 4: x509util.hc1_kid(der)}
-    prot = cbor.dumps(header)
+    prot = cbor.dumps(header) if header else b""
     sig = cose.sign(key, alg, cose.sig_structure(prot, payload))
     raw = cbor.dumps(cbor.Tag(18, [prot, unprotected or {}, payload, sig]))
     if tag61:
@@ -153,7 +154,6 @@ def test_envelope_variants(es_key):
     ok = [
         signed(es_key, der, claims),
         signed(es_key, der, claims, tag61=True),  # CWT tag 61 around the COSE tag
-        signed(es_key, der, claims, compress=False),
         signed(es_key, der, claims, protected={1: cose.ALG_ES256}, unprotected={4: kid}),  # kid unprotected
         card(es_key, der, kid_unprotected=True),
     ]
@@ -162,6 +162,69 @@ def test_envelope_variants(es_key):
     # a kid in both headers: the protected one counts (here a wrong one)
     both = signed(es_key, der, claims, protected={1: cose.ALG_ES256, 4: b"12345678"}, unprotected={4: kid})
     assert verify(both, store, NOW).reason is Reason.UNKNOWN_KEY
+
+
+@pytest.mark.parametrize("alg", ["ES256", "PS256"])
+def test_alg_only_in_the_unprotected_header_verifies(alg, es_key, ps_key):
+    """The EU test suite expects a DCC whose protected header is empty, alg and kid unprotected, to
+    verify. The unprotected alg is not signed, but a key is used only with its own alg."""
+    key = es_key if alg == "ES256" else ps_key
+    der = make_der(key)
+    kid, alg_id = x509util.hc1_kid(der), cose.ALG_IDS[alg]
+    text = signed(key, der, claims_of(), alg=alg_id, protected={}, unprotected={1: alg_id, 4: kid})
+    v = verify(text, store_of(der), NOW)
+    assert v.reason is Reason.OK, v
+    assert cbor.loads(zlib.decompress(base45.decode(text[4:]))).value[0] == b""  # really empty
+    # alg in the protected header and kid unprotected, alg unprotected and kid protected
+    assert verify(signed(key, der, claims_of(), alg=alg_id, protected={1: alg_id}, unprotected={4: kid}),
+                  store_of(der), NOW).reason is Reason.OK
+    assert verify(signed(key, der, claims_of(), alg=alg_id, protected={4: kid}, unprotected={1: alg_id}),
+                  store_of(der), NOW).reason is Reason.OK
+    # changing the unsigned alg only makes the check fail: the key's own alg decides
+    other = cose.ALG_PS256 if alg == "ES256" else cose.ALG_ES256
+    v = verify(signed(key, der, claims_of(), alg=alg_id, protected={}, unprotected={1: other, 4: kid}),
+               store_of(der), NOW)
+    assert v.reason is Reason.BAD_SIGNATURE and "alg" in v.detail
+    # in both headers the protected alg counts, as for the kid
+    v = verify(signed(key, der, claims_of(), alg=alg_id, protected={1: alg_id, 4: kid}, unprotected={1: other}),
+               store_of(der), NOW)
+    assert v.reason is Reason.OK
+    # an alg that is not an integer, or not an HC1 alg, is still malformed
+    for bad in ("ES256", cose.ALG_EDDSA):
+        v = verify(signed(key, der, claims_of(), alg=alg_id, protected={}, unprotected={1: bad, 4: kid}),
+                   store_of(der), NOW)
+        assert v.reason is Reason.MALFORMED
+
+
+def test_a_payload_that_is_not_zlib_compressed_is_malformed(es_key):
+    """hcert: the COSE bytes SHALL be ZLIB-compressed; the EU test suite expects an uncompressed
+    payload to fail, signature valid or not."""
+    der = make_der(es_key)
+    for text in (signed(es_key, der, claims_of(), compress=False),
+                 signed(es_key, der, claims_of(), compress=False, tag61=True),
+                 "HC1:" + base45.encode(zlib.compress(b"x")[:2] + cose.sign1(cbor.dumps(claims_of()), es_key,
+                                                                               cose.ALG_ES256, x509util.hc1_kid(der)))):
+        v = verify(text, store_of(der), NOW)
+        assert v.reason is Reason.MALFORMED and "zlib" in v.detail.lower(), v
+    # raw DEFLATE without the zlib header is not ZLIB either
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = raw.compress(cose.sign1(cbor.dumps(claims_of()), es_key, cose.ALG_ES256, x509util.hc1_kid(der)))
+    v = verify("HC1:" + base45.encode(deflated + raw.flush()), store_of(der), NOW)
+    assert v.reason is Reason.MALFORMED
+
+
+def test_a_long_issuer_name_is_shown_and_a_hostile_one_refused(es_key):
+    """hcert sets no length for iss: an 80-character ministry name is a genuine certificate; only
+    a length no issuer writes (over 255) is refused, as malformed."""
+    der = make_der(es_key)
+    ministry = "Bộ Y tế nước Cộng hoà xã hội chủ nghĩa Việt Nam - Cục Y tế dự phòng, Hà Nội 2021"
+    assert len(ministry) == 80
+    v = verify(card(es_key, der, iss=ministry), store_of(der), NOW)
+    assert v.reason is Reason.OK and v.card.issuer == ministry
+    assert verify(card(es_key, der, iss=ministry), store_of(der, issuer=ministry), NOW).accepted
+    assert verify(card(es_key, der, iss="X" * 255), store_of(der), NOW).accepted
+    v = verify(card(es_key, der, iss="X" * 256), store_of(der), NOW)
+    assert v.reason is Reason.MALFORMED and "iss" in v.detail and "255" in v.detail
 
 
 # ============================================================================ signature and keys
@@ -336,7 +399,7 @@ def test_card_times(es_key):
     (claims_of(over={-260: {1: dcc("test", t=[])}}), "non-empty list"),
     (claims_of(over={-260: {1: dcc("test", t=["x"])}}), "non-empty list"),
     (claims_of(over={1: 7}), "iss"),
-    (claims_of(over={1: "X" * 65}), "iss"),
+    (claims_of(over={1: "X" * 256}), "iss"),
     ({1: "VN", 6: NOW, -260: {1: dcc()}}, "exp"),
     (claims_of(over={4: "tomorrow"}), "exp"),
     (claims_of(over={6: float("nan")}), "iat"),

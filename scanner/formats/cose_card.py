@@ -27,6 +27,9 @@ class CoseRules:
     key: str  # what the trust store holds: "key", "signer certificate"
     documents: str  # "cards", "certificates"
     verify_signature: Callable[[Any, int, bytes, bytes], bool] = cose.verify_signature
+    # an alg only in the unprotected header is accepted (it is not signed, but it can only pick one
+    # of ``algs``, and a key is used only with its own alg: a changed alg fails, never passes)
+    alg_unprotected: bool = False
 
 
 def authenticate(raw: bytes, trust: TrustStore, rules: CoseRules,
@@ -34,7 +37,7 @@ def authenticate(raw: bytes, trust: TrustStore, rules: CoseRules,
     """COSE_Sign1 bytes → (the card its payload holds, the trusted keys whose signature verifies).
     Raises CardRejected (malformed, revoked, unknown_key, bad_signature) with the kid when known."""
     try:
-        msg = cose.parse_sign1(raw)
+        msg = cose.parse_sign1(raw, alg_unprotected=rules.alg_unprotected)
     except (CborError, CoseError) as exc:
         raise CardRejected(Reason.MALFORMED, f"COSE: {exc}") from None
     kid = msg.kid

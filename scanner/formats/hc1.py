@@ -41,7 +41,9 @@ CWT_TAG = b"\xd8\x3d"  # CBOR tag 61 (CWT), which some issuers put around the CO
 ENTRY_TYPES = {"v": "vaccination", "t": "test", "r": "recovery"}
 TEST_RESULTS = {"260415000": "negative", "260373001": "positive"}  # SNOMED CT: (not) detected
 MAX_NAME_PART = 80  # DCC schema: fn/gn at most 80 characters
-MAX_ISSUER = 64
+# hcert sets no length for iss (a country code is suggested; real issuers write ministry names of
+# 80 characters): 255 only bounds hostile input, as for SHC, within the 256 a sync batch carries
+MAX_ISSUER = 255
 # RSASSA-PSS as hcert uses it: SHA-256, MGF1-SHA-256. The spec's salt is 32 bytes, but the salt
 # length is read from the signature (any length verifies), as OpenSSL-based verifiers do.
 _PSS_ANY_SALT = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
@@ -52,13 +54,15 @@ def _malformed(detail: str, kid: bytes | None = None) -> CardRejected:
 
 
 def unwrap(text: str) -> bytes:
-    """QR text → COSE bytes: strip the prefix, base45-decode, inflate (bounded), drop a CWT tag."""
+    """QR text → COSE bytes: strip the prefix, base45-decode, inflate (bounded), drop a CWT tag.
+    hcert requires ZLIB compression: bytes that are not one zlib stream are malformed."""
     try:
         raw = base45.decode(text[len(PREFIX):])
     except base45.Base45Error as exc:
         raise _malformed(f"base45: {exc}") from None
-    if raw[:1] == b"\x78":
-        raw = inflate(raw, MAX_INFLATED)
+    if len(raw) < 2 or raw[0] & 0x0F != 8 or (raw[0] << 8 | raw[1]) % 31:  # RFC 1950 header: CM 8, FCHECK
+        raise _malformed("not zlib-compressed (hcert requires ZLIB, RFC 1950)")
+    raw = inflate(raw, MAX_INFLATED)
     if raw[:2] == CWT_TAG:
         raw = raw[2:]
     return raw
@@ -78,7 +82,7 @@ def verify_signature(public_key: Any, alg: int, message: bytes, signature: bytes
 
 
 RULES = CoseRules(NAME, ALGS, signer="signer key", key="signer certificate", documents="certificates",
-                  verify_signature=verify_signature)
+                  verify_signature=verify_signature, alg_unprotected=True)
 
 
 def _time(claims: Mapping, key: int, what: str) -> int:
