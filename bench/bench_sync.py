@@ -169,7 +169,7 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str, verdicts
         if mode != "thread":  # start the worker before timing (a daemon does it once at boot)
             builder.build(10**12, 1, [], 0)
         server_cpu0 = cpu_s(server.pid)
-        child_pids = list(builder._pool._processes) if mode != "thread" else []
+        child_pids = [builder.pid] if mode != "thread" else []
         switch = sys.getswitchinterval()
         tuning = runtime.tune_for_scanning() if mode == "appliance" else None  # what `checkpoint run` does
         child_cpu0 = sum(cpu_s(p) for p in child_pids)

@@ -10,15 +10,15 @@ separate low-priority process, so serialising a large backlog never stalls the s
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import pickle
 import random
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,7 +103,8 @@ class InlineBuilder:
 _CHILD: dict = {}
 
 
-def _child_init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
+def child_init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
+    """Set up the builder process (sync/builder.py): its priority, the log, the device key."""
     if nice:
         os.nice(nice)
         _sched_idle()
@@ -112,12 +113,12 @@ def _child_init(log_path: str, state_dir: str, device_id: str, nice: int) -> Non
     _CHILD["device_id"] = device_id
 
 
-def _child_build(after_seq: int, limit: int, quarantined: list, created_ms: int) -> batchmod.SignedBatch | None:
+def child_build(after_seq: int, limit: int, quarantined: list, created_ms: int) -> batchmod.SignedBatch | None:
     return build_next(_CHILD["log"], _CHILD["key"], _CHILD["device_id"], after_seq, limit,
                       [tuple(q) for q in quarantined], created_ms)
 
 
-def _child_trust(state_dir: str, connect_timeout: float, read_timeout: float) -> dict:
+def child_trust(state_dir: str, connect_timeout: float, read_timeout: float) -> dict:
     cfg = DeviceConfig.load(Path(state_dir))
     client = SyncClient(cfg.server_url, _CHILD["key"], device_id=cfg.device_id, ca_file=cfg.ca_file,
                         connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -139,39 +140,86 @@ def _sched_idle() -> bool:
 
 
 class ProcessBuilder:
-    """Builds batches in a separate, lower-priority process (spawned once, kept; nice 10 and
-    SCHED_IDLE): reading the log, serialising, compressing and signing never hold the appliance
-    process's GIL nor keep a scan thread off the CPU."""
+    """Builds batches in a separate, lower-priority process (started at the first request, kept;
+    nice 10 and SCHED_IDLE): reading the log, serialising, compressing and signing never hold the
+    appliance process's GIL nor keep a scan thread off the CPU. The process is `python -m
+    sync.builder` on two pipes (no multiprocessing, so no resource tracker); it dies with this
+    one however this one dies (it watches its request pipe for the hang-up)."""
 
     def __init__(self, log_path: str | os.PathLike, state_dir: str | os.PathLike, device_id: str,
                  nice: int = 10) -> None:
-        self._args = (str(log_path), str(state_dir), device_id, nice)
-        self._pool = self._start()
+        self._args = (str(log_path), str(state_dir), device_id, str(nice))
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._requests = self._answers = None
 
-    def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_child_init, initargs=self._args)
+    @property
+    def pid(self) -> int | None:
+        """The builder process's pid while it runs (None before the first request)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def _start(self) -> None:
+        request_r, request_w = os.pipe()  # both ends close-on-exec: only the child gets its two ends
+        answer_r, answer_w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "sync.builder", str(request_r), str(answer_w), *self._args],
+                stdin=subprocess.DEVNULL, pass_fds=(request_r, answer_w))
+        except OSError:
+            for fd in (request_w, answer_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(request_r)
+            os.close(answer_w)
+        self._requests, self._answers = open(request_w, "wb"), open(answer_r, "rb")
+
+    def _stop(self) -> None:
+        """Close the pipes (the child exits on the hang-up) and reap it; kill it if it lingers."""
+        proc, self._proc = self._proc, None
+        for f in (self._requests, self._answers):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:  # a broken pipe on the last flush: the child is gone already
+                    continue
+        self._requests = self._answers = None
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _call(self, *request):
+        with self._lock:
+            if self._proc is None:
+                self._start()
+            try:
+                pickle.dump(request, self._requests, protocol=pickle.HIGHEST_PROTOCOL)
+                self._requests.flush()
+                ok, value = pickle.load(self._answers)
+            except (OSError, EOFError, pickle.UnpicklingError):
+                self._stop()  # the worker died (e.g. killed): start another next time
+                raise SyncError("batch builder process died; restarted", code="builder_died") from None
+        if not ok:
+            raise value
+        return value
 
     def build(self, after_seq: int, limit: int, quarantined: Sequence[tuple[int, int]],
               created_ms: int) -> batchmod.SignedBatch | None:
-        try:
-            return self._pool.submit(_child_build, after_seq, limit, list(quarantined), created_ms).result()
-        except BrokenProcessPool:
-            self._pool = self._start()  # the worker died (e.g. killed): start another next time
-            raise SyncError("batch builder process died; restarted", code="builder_died") from None
+        return self._call("build", after_seq, limit, list(quarantined), created_ms)
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
         """The trust update in the worker process too: checking and rebuilding a bundle with a
         million revocations takes seconds of CPU that must not hold the scan loop's GIL."""
         connect, read = client.timeout
-        try:
-            return self._pool.submit(_child_trust, str(state_dir), connect, read).result()
-        except BrokenProcessPool:
-            self._pool = self._start()
-            raise SyncError("batch builder process died; restarted", code="builder_died") from None
+        return self._call("trust", str(state_dir), connect, read)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._stop()
 
 
 # ---------------------------------------------------------------- marking

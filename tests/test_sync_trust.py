@@ -4,6 +4,7 @@ not modified, delta, full, a tampered bundle, a rollback."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 import pytest
@@ -207,8 +208,45 @@ def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle
         assert StateFile(dev.state).load().trust_version == 2
         assert_exactly_once(server.storage, dev)
         # the worker never keeps a scan thread off the CPU: SCHED_IDLE, nice 10
-        (pid,) = builder._pool._processes
+        pid = builder.pid
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
     finally:
         agent.close()
+
+
+def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp_path, make_card, trust, now):
+    """A worker killed under it is a clean `builder_died` and a new worker at the next request; an
+    error in the worker comes back as itself; close() leaves no process behind."""
+    from test_sync_support import record
+
+    from scanner import verifier
+    from scanner.entrylog import EntryLogError
+    from sync.agent import ProcessBuilder
+    from sync.client import SyncError
+
+    dev = provision_device(server, tmp_path)
+    record(dev, [verifier.verify(make_card(), trust, now)], 3)
+    builder = ProcessBuilder(dev.log.path, dev.state, dev.device_id)
+    try:
+        assert builder.pid is None  # started by the first request
+        assert builder.build(0, 10, [], now_ms()).info.count == 3
+        first = builder.pid
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: builder.pid is None, "the worker gone")
+        with pytest.raises(SyncError) as info:
+            builder.build(0, 10, [], now_ms())
+        assert info.value.code == "builder_died"
+        assert builder.build(0, 10, [], now_ms()).info.count == 3
+        second = builder.pid
+        assert second not in (None, first)
+    finally:
+        builder.close()
+    assert builder.pid is None and not os.path.exists(f"/proc/{second}")
+    missing = ProcessBuilder(tmp_path / "no.db", dev.state, dev.device_id)
+    try:
+        with pytest.raises(EntryLogError) as info:
+            missing.build(0, 10, [], now_ms())
+        assert info.value.code == "no_log"
+    finally:
+        missing.close()
