@@ -117,6 +117,56 @@ def state() -> str:
     return read().state
 
 
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+@dataclass(frozen=True, slots=True)
+class BootTime:
+    """A moment within one boot of the kernel: its boot id (a fresh random UUID at every boot;
+    None if unreadable) and the milliseconds since that boot (CLOCK_BOOTTIME, which no one can set)."""
+
+    boot_id: str | None
+    since_boot_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTime:
+    """A server's time answer as the device recorded it: the offset (server minus device, ms), the
+    device's wall clock (epoch ms) and the boot moment when it came."""
+
+    offset_ms: int
+    checked_ms: int
+    boot: BootTime | None  # None: recorded without one (by an older version): from an unknown boot
+
+    def offset_now(self, now: BootTime, wall_ms: int) -> int | None:
+        """The server's offset as it stands now: the answer's offset less any step of the wall
+        clock since (the wall clock's elapsed time minus the boot clock's); None if the answer
+        cannot speak for this clock any more: recorded in another (or an unknown) boot."""
+        then = self.boot
+        if then is None or then.boot_id is None or then.boot_id != now.boot_id:
+            return None
+        elapsed_ms = now.since_boot_ms - then.since_boot_ms
+        if elapsed_ms < 0:
+            return None
+        return self.offset_ms - ((wall_ms - self.checked_ms) - elapsed_ms)
+
+
+def boot_time(boot_id_path: str = BOOT_ID_PATH) -> BootTime:
+    """This moment of this boot (Linux; elsewhere the boot id is None and no answer is reused)."""
+    return BootTime(_boot_id(boot_id_path), time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
+                    if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic_ns() // 1_000_000)
+
+
+@cache
+def _boot_id(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            value = f.read(64).strip()
+    except (OSError, ValueError):
+        return None
+    return value or None
+
+
 class CachedState:
     """`state()` read at most once per ``ttl_s`` (a callable like `state`). The kernel's verdict
     changes over seconds to minutes (maxerror grows 0.5 ms/s), while a scan's commit paid ~10 µs for

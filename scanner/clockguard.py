@@ -6,7 +6,9 @@ STATE/clock.json), and when the wall clock is behind it (it stepped back, or sta
 time goes on from there with the monotonic clock instead. The clock is *confirmed* when the
 kernel says NTP has synchronised it, or when the central server's time (sync-state.json, every
 contact) is within ``max_offset_s``; until then the device is degraded, and past
-``max_unconfirmed_s`` since the last confirmation the degraded-mode policy applies.
+``max_unconfirmed_s`` since the last confirmation the degraded-mode policy applies. A server
+answer counts only in the boot it came in, and only as far as the wall clock has not been stepped
+since (clock.ServerTime.offset_now): a restarted daemon may reuse it, a rebooted Pi may not.
 docs/configuration.md#clock.
 """
 from __future__ import annotations
@@ -33,7 +35,8 @@ SLACK_S = 0.002  # wall and monotonic clocks read a moment apart never count as 
 class ClockStatus:
     """The clock as the health check and the policy see it.
 
-    ``confirmed``: confirmed since this process started; ``behind``: the wall clock is earlier
+    ``confirmed``: confirmed since this process started (by NTP, or by a server answer of this
+    boot, which may be older than the process); ``behind``: the wall clock is earlier
     than the last time seen (times come from the guard instead); ``confirmed_at`` when it was last
     confirmed (also before this start; None if never) and ``by`` what ("ntp" or "server");
     ``offset_ms`` the last server offset seen.
@@ -57,10 +60,11 @@ class ClockGuard:
     def __init__(self, state_dir: str | os.PathLike | None, *, max_offset_s: float = 10.0,
                  floor: float | None = None, wall: Callable[[], float] = time.time,
                  mono: Callable[[], float] = time.monotonic,
-                 kernel: Callable[[], clockmod.ClockStatus] = clockmod.read) -> None:
+                 kernel: Callable[[], clockmod.ClockStatus] = clockmod.read,
+                 boot: Callable[[], clockmod.BootTime] = clockmod.boot_time) -> None:
         self.path = Path(state_dir) / FILE_NAME if state_dir is not None else None
         self.max_offset_s = max_offset_s
-        self._wall, self._mono, self._kernel = wall, mono, kernel
+        self._wall, self._mono, self._kernel, self._boot = wall, mono, kernel, boot
         self._lock = threading.Lock()
         saved = self._load()
         last_seen = max(saved.get("last_seen_ms", 0) / 1000, floor or 0.0)
@@ -101,27 +105,39 @@ class ClockGuard:
 
     # ------------------------------------------------------------ confirmation
 
-    def refresh(self, server_offset_ms: int | None = None, server_checked_ms: int | None = None) -> ClockStatus:
-        """Ask the kernel, take the server's last offset (from sync-state.json), and confirm the
+    def refresh(self, server: clockmod.ServerTime | None = None) -> ClockStatus:
+        """Ask the kernel, take the server's last answer (from sync-state.json), and confirm the
         clock if either says it is right. Called by the daemon about once a second."""
         kernel = self._kernel()
         with self._lock:
             self._kernel_state = kernel.state
         if kernel.state == clockmod.SYNCED:
             self._confirm("ntp")
-        if server_offset_ms is not None and server_checked_ms is not None \
-                and server_checked_ms != self._server_checked_ms:
+        if server is not None and server.checked_ms != self._server_checked_ms:
             with self._lock:
-                self._server_checked_ms = server_checked_ms
-                self._offset_ms = server_offset_ms
-            if abs(server_offset_ms) <= self.max_offset_s * 1000:
-                self._confirm("server")
-            else:
-                log.warning("clock: %+.1f s off the server's time (limit %.1f s): not confirmed",
-                            server_offset_ms / 1000, self.max_offset_s)
+                self._server_checked_ms = server.checked_ms
+            self._take_server_answer(server)
         return self.status()
 
-    def _confirm(self, by: str) -> None:
+    def _take_server_answer(self, server: clockmod.ServerTime) -> None:
+        """Confirm by a server answer of this boot whose offset, less any step of the wall clock
+        since, is within the limit; an answer from an earlier boot says nothing about this clock."""
+        boot, wall = self._boot(), self._wall()
+        offset = server.offset_now(boot, int(wall * 1000))
+        if offset is None:
+            log.info("clock: the server's last answer is from an earlier boot: not used; waiting for a new one")
+            return
+        with self._lock:
+            self._offset_ms = offset
+        if abs(offset) > self.max_offset_s * 1000:
+            log.warning("clock: %+.1f s off the server's time (limit %.1f s): not confirmed",
+                        offset / 1000, self.max_offset_s)
+            return
+        age_s = (boot.since_boot_ms - server.boot.since_boot_ms) / 1000 if server.boot else 0.0
+        self._confirm("server", at=wall - age_s)
+
+    def _confirm(self, by: str, at: float | None = None) -> None:
+        """Confirmed by ``by``; ``at``: when the evidence was taken (default now)."""
         wall, mono = self._wall(), self._mono()
         with self._lock:
             if self._behind or wall + SLACK_S < self._last:
@@ -131,10 +147,16 @@ class ClockGuard:
                 self._last = wall
                 self._behind = False
             self._anchor = (wall, mono)
+            at = wall if at is None else min(at, wall)
             if not self._confirmed_now:
-                log.info("clock: confirmed by %s", by)
+                if wall - at >= 1:
+                    log.info("clock: confirmed by %s (its answer of %.0f s ago, this boot, no clock step since)",
+                             by, wall - at)
+                else:
+                    log.info("clock: confirmed by %s", by)
             self._confirmed_now = True
-            self._confirmed_at, self._by = wall, by
+            if self._confirmed_at is None or at >= self._confirmed_at:
+                self._confirmed_at, self._by = at, by
 
     def status(self) -> ClockStatus:
         with self._lock:

@@ -763,11 +763,8 @@ class Appliance:
         self._maybe_discover(now_mono)
 
     def _refresh_clock(self) -> None:
-        offset = checked = None
         st = self._sync_state
-        if st is not None:
-            offset, checked = st.clock_offset_ms, st.clock_checked_ms
-        self.guard.refresh(offset, checked)
+        self.guard.refresh(st.server_time() if st is not None else None)
 
     def _monitor_loop(self) -> None:
         """The "health" thread: asks the entry log (which may block behind a slow commit) so that

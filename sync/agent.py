@@ -420,8 +420,7 @@ class SyncAgent:
 
     def _note_clock(self, state: SyncState) -> None:
         if self.client.last_clock_offset_ms is not None:
-            state.clock_offset_ms = self.client.last_clock_offset_ms
-            state.clock_checked_ms = now_ms()
+            state.note_clock(self.client.last_clock_offset_ms)
 
     def catch_up_acks(self, state: SyncState) -> int:
         """Apply the server's batch list to the log: entries it holds (pushed earlier with the answer

@@ -121,7 +121,7 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
                 bundle = trustupdate.current(state, roots)[1]
                 st.trust_version, st.trust_issued_at, st.trust_checked_ms = bundle.version, bundle.issued_at, now_ms()
             if client.last_clock_offset_ms is not None:
-                st.clock_offset_ms, st.clock_checked_ms = client.last_clock_offset_ms, now_ms()
+                st.note_clock(client.last_clock_offset_ms)
             files.save(st)
     finally:
         client.close()

@@ -7,10 +7,12 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from scanner import clock
 from scanner.errors import CheckpointError
 from scanner.fsutil import atomic_write
 
@@ -89,6 +91,8 @@ class SyncState:
     hb_seq: int = 0
     clock_offset_ms: int | None = None
     clock_checked_ms: int | None = None
+    clock_boot_id: str | None = None  # the boot the last clock answer came in (clock.ServerTime)
+    clock_boot_ms: int | None = None
     trust_version: int | None = None
     trust_issued_at: int | None = None
     trust_checked_ms: int | None = None
@@ -96,6 +100,22 @@ class SyncState:
     alarms: list = field(default_factory=list)
     quarantined: list = field(default_factory=list)  # of asdict(Quarantined)
     exported: list = field(default_factory=list)  # recent exports: {dir, batches, first_seq, last_seq, at_ms}
+
+    def note_clock(self, offset_ms: int, boot: clock.BootTime | None = None) -> None:
+        """Record a server's time answer now, with the boot it came in: after a reboot it must not
+        confirm the clock again (a Pi without a battery clock starts wrong)."""
+        boot = boot or clock.boot_time()
+        self.clock_offset_ms, self.clock_checked_ms = offset_ms, time.time_ns() // 1_000_000
+        self.clock_boot_id, self.clock_boot_ms = boot.boot_id, boot.since_boot_ms
+
+    def server_time(self) -> clock.ServerTime | None:
+        """The last server time answer, or None if there is none."""
+        if type(self.clock_offset_ms) is not int or type(self.clock_checked_ms) is not int:
+            return None
+        boot = None
+        if type(self.clock_boot_id) is str and type(self.clock_boot_ms) is int:
+            boot = clock.BootTime(self.clock_boot_id, self.clock_boot_ms)
+        return clock.ServerTime(self.clock_offset_ms, self.clock_checked_ms, boot)
 
     def quarantine_ranges(self) -> list[tuple[int, int]]:
         return sorted((q["first_seq"], q["last_seq"]) for q in self.quarantined)

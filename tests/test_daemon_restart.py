@@ -1,19 +1,24 @@
-"""The provisioned daemon (`checkpoint run`, a subprocess) killed: no process of it outlives it
-holding the entry log (its batch builder)."""
+"""The provisioned daemon (`checkpoint run`, a subprocess) killed and started again: no process of
+it outlives it holding the entry log (its batch builder), and a clock confirmation from an earlier
+boot is not reused, while one from this boot is (docs/configuration.md#clock)."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+import time
+import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from appliance_support import Daemon, make_pki, write_config
 from test_sync_support import ServerThread, free_port, now_ms, wait_for
 
 from scanner import keys
 from scanner.bundle import BundleKey, make_bundle
 from scanner.provisioning import provision_appliance
+from sync.state import StateFile
 
 GONE_S = 15.0  # a child that dies with its parent is gone at once; this only bounds the wait
 
@@ -140,3 +145,43 @@ def _describe(pid: int) -> str:
 
 def _device_id(site) -> str:
     return json.loads((site["state"] / "device.json").read_text())["device_id"]
+
+
+def _clock(site) -> dict:
+    return requests.get(site["url"] + "/api/v1/status", timeout=10).json()["clock"]
+
+
+def test_a_clock_answer_from_an_earlier_boot_does_not_confirm_the_clock(site):
+    """The server is down; sync-state.json holds a good answer (offset 0) from the boot before
+    this one, as a Pi without a battery clock finds it after a power cut."""
+    site["server"].stop()
+    path = site["state"] / "sync-state.json"
+    doc = json.loads(path.read_text())
+    doc.update(clock_offset_ms=0, clock_checked_ms=now_ms() - 60_000,  # what the last boot recorded
+               clock_boot_id=str(uuid.uuid4()), clock_boot_ms=98_765_432)
+    path.write_text(json.dumps(doc))
+    daemon = Daemon(site["config"])
+    try:
+        daemon.wait_line(r"runtime: switch interval")  # after the first clock check
+        assert not _clock(site)["confirmed"], daemon.log
+        assert "clock: the server's last answer is from an earlier boot" in daemon.log
+        time.sleep(1.5)  # a few more checks of the same file: still not confirmed
+        status = _clock(site)
+        assert not status["confirmed"] and status["offset_ms"] is None, status
+        assert "clock: confirmed by server" not in daemon.log
+    finally:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0, daemon.log
+    # the same answer recorded in this boot: a restarted daemon keeps the confirmation
+    files = StateFile(site["state"])
+    st = files.load()
+    st.note_clock(0)
+    files.save(st)
+    daemon = Daemon(site["config"])
+    try:
+        daemon.wait_line(r"clock: confirmed by server")
+        status = _clock(site)
+        assert status["confirmed"] and status["by"] == "server", status
+    finally:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0, daemon.log
