@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import signal
 import sys
 import threading
 
@@ -58,6 +59,7 @@ def _picklable(exc: BaseException) -> BaseException:
 def main(argv: list[str]) -> int:
     request_fd, answer_fd = int(argv[0]), int(argv[1])
     log_path, state_dir, device_id, nice = argv[2], argv[3], argv[4], int(argv[5])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the daemon: it closes the pipe
     threading.Thread(target=watch_parent, args=(request_fd,), name="parent-watch", daemon=True).start()
     try:
         agent.child_init(log_path, state_dir, device_id, nice)

@@ -216,8 +216,9 @@ def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle
 
 
 def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp_path, make_card, trust, now):
-    """A worker killed under it is a clean `builder_died` and a new worker at the next request; an
-    error in the worker comes back as itself; close() leaves no process behind."""
+    """A worker killed under it is a clean `builder_died` and a new worker at the next request (an
+    interrupt does not kill it); an error in the worker comes back as itself; close() leaves no
+    process behind."""
     from test_sync_support import record
 
     from scanner import verifier
@@ -232,6 +233,8 @@ def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp
         assert builder.pid is None  # started by the first request
         assert builder.build(0, 10, [], now_ms()).info.count == 3
         first = builder.pid
+        os.kill(first, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group: for the daemon only
+        assert builder.build(0, 10, [], now_ms()).info.count == 3 and builder.pid == first
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: builder.pid is None, "the worker gone")
         with pytest.raises(SyncError) as info:
