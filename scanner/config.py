@@ -188,7 +188,8 @@ SECTIONS: tuple[Section, ...] = (
         K("interval_s", cs.number(1, 86400), "seconds", 30.0, "Idle time between contacts with the server."),
         K("trust_interval_s", cs.number(10, 7 * 86400), "seconds", 3600.0, "How often to ask for a newer trust bundle."),
         K("builder", cs.choice("process", "inline"), "`process` / `inline`", "process",
-          "Build batches in a separate low-priority process (keeps the scan loop smooth) or in the sync thread."),
+          "Build batches in a separate low-priority process (keeps the scan loop smooth; it exits with the daemon "
+          "however the daemon ends) or in the sync thread."),
         K("connect_timeout_s", cs.number(0.5, 120), "seconds", 5.0, "HTTP connect timeout."),
         K("read_timeout_s", cs.number(1, 600), "seconds", 30.0, "HTTP read timeout."),
         K("backlog_max", cs.integer(1, 100_000_000), "entries", 5000,
@@ -380,7 +381,7 @@ and its **clock** (a Pi has no battery clock). Each has its own limit and its ow
 | | degraded (amber slow blink) when | past the limit, `open` (default) | past the limit, `closed` |
 |---|---|---|---|
 | trust bundle | older than `[trust] max_age_h` (from its `issued_at`) or past its own `expires_at` | accept, flagged degraded | reject, reason `trust_expired` |
-| clock | not confirmed since start (NTP or the server's time) | accept, flagged degraded | reject, reason `clock_unconfirmed` (after `[clock] max_unconfirmed_h` since the last confirmation) |
+| clock | not confirmed since start (NTP, or the server's time in this boot) | accept, flagged degraded | reject, reason `clock_unconfirmed` (after `[clock] max_unconfirmed_h` since the last confirmation) |
 
 Only accepted cards are affected (a forged card stays `bad_signature`). The default is to fail
 open so that one late bundle never stops a whole fleet at once; a site that must never admit on
@@ -396,6 +397,17 @@ The daemon never uses a time earlier than the last one it has seen: that time is
 clock steps back) time continues from it. The clock counts as confirmed while the kernel says NTP
 has synchronised it, or when the server's time (every sync contact) is within `max_offset_s`.
 Entries record `clock = "synced"` only while it is confirmed.
+
+A server answer confirms the clock only in the boot it came in. `sync-state.json` keeps it with
+the kernel's boot id (`/proc/sys/kernel/random/boot_id`, new at every boot) and the time since
+boot (`CLOCK_BOOTTIME`, which nobody can set). After a reboot the clock stays unconfirmed, however
+good the last answer was, until the server answers again or NTP synchronises it: a Pi without a
+battery clock starts at the last time saved, or in 1970. A daemon restarted within the same boot
+(a crash, `systemctl restart`, a new configuration) takes the last answer again, if the wall clock
+has not been stepped since: the answer's offset less the step (the wall clock's elapsed time minus
+the boot clock's) must still be within `max_offset_s`. It then counts as confirmed as of the
+answer's time, so `max_unconfirmed_h` runs from then, as if the daemon had not restarted. An
+answer recorded without a boot (by an older version) is not reused.
 
 ## Local HTTP API
 
