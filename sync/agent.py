@@ -173,7 +173,7 @@ class ProcessBuilder:
         finally:
             os.close(request_r)
             os.close(answer_w)
-        self._requests, self._answers = open(request_w, "wb"), open(answer_r, "rb")
+        self._requests, self._answers = os.fdopen(request_w, "wb"), os.fdopen(answer_r, "rb")
 
     def _stop(self) -> None:
         """Close the pipes (the child exits on the hang-up) and reap it; kill it if it lingers."""

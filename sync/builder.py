@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
         failed = None
     except Exception as exc:  # e.g. the log or the key unreadable: the answer to every request
         failed = exc
-    with open(request_fd, "rb") as requests, open(answer_fd, "wb") as answers:
+    with os.fdopen(request_fd, "rb") as requests, os.fdopen(answer_fd, "wb") as answers:
         while True:
             try:
                 request = pickle.load(requests)
