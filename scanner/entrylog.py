@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -246,6 +246,16 @@ class _Draft:
     sealed: bytes | None = None
     kind: str | None = None
     ref_entry_id: str | None = None
+
+
+def _refused(draft: _Draft, code: str, detail: str) -> _Draft:
+    """A scan whose commit failed (``code``: disk_full, io_error, db_busy, write_failed) as the
+    refusal the caller shows instead of its verdict; the card's facts are kept. Follow-ups unchanged."""
+    v = draft.verdict
+    if v is None or draft.kind is not None:
+        return draft
+    return replace(draft, verdict=reject(Reason(code), f"entry log could not commit: {detail}", v.format,
+                                         v.kid, v.card))
 
 
 def _b64(raw: bytes | None) -> str | None:
@@ -557,8 +567,10 @@ class EntryLog:
                 self._enqueue(draft, code, str(exc))
 
     def _enqueue(self, draft: _Draft, code: str, detail: str) -> None:
-        """Keep the draft for the retry loop and raise the typed error (never a silent drop)."""
+        """Keep the draft for the retry loop and raise the typed error (never a silent drop). A
+        scan is kept as what its person was shown: refused, with the failure as the reason."""
         self._write_problem, self._write_detail = code, detail
+        draft = _refused(draft, code, detail)
         if len(self._queue) >= self.retry_queue_max:
             self._write_problem = "log_queue_full"
             log.error("entry log: retry queue full (%d); entry %s NOT recorded (%s)",

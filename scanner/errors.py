@@ -23,6 +23,12 @@ class Reason(StrEnum):
     # decided by the appliance's degraded-mode policy when set to fail closed (docs/configuration.md#degraded-mode)
     TRUST_EXPIRED = "trust_expired"
     CLOCK_UNCONFIRMED = "clock_unconfirmed"
+    # decided by the entry log: its commit failed, so the person was refused ("do not admit") and the
+    # entry, kept for retry, records that refusal when it is committed later (docs/entry-log.md)
+    DISK_FULL = "disk_full"
+    IO_ERROR = "io_error"
+    DB_BUSY = "db_busy"
+    WRITE_FAILED = "write_failed"
 
 
 class CheckpointError(Exception):

@@ -163,7 +163,9 @@ def test_a_log_that_cannot_commit_admits_nobody_and_recovers(tmp_path, pki):
         assert len([e for e in r.events if e.kind == "verdict"]) == 1
         log.set_max_db_bytes(None)  # space again: the retry loop commits the kept entries
         r.until(lambda: len(r.entries()) == 1 + fill + 1, "the kept entries committed")
-        assert r.entries()[-1].decision == "accept"  # the second card, committed late, as verified
+        late = r.entries()[-1]  # the second card, committed late as what its holder was shown
+        assert (late.decision, late.reason, late.format) == ("reject", "disk_full", "CK1")
+        assert (log.totals().admitted_in, log.totals().occupancy) == (1, 1)
         r.until(lambda: r.app.health()["state"] != "error", "error state cleared")
     finally:
         r.stop()

@@ -409,6 +409,52 @@ def test_disk_full_tiny_tmpfs(tmp_path, server, verdicts):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
+def test_a_scan_refused_on_a_full_disk_is_committed_as_that_refusal(tmp_path, server, verdicts):
+    """Genuine cards scanned while the filesystem is full are refused ("do not admit"); the entries
+    kept for retry record that refusal with its reason when they are committed, keep the card's
+    facts, and never count as admitted (nor for anti-passback)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if not _try_mount_tmpfs(mnt, "2m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        log = EntryLog(mnt / "entries.db", device_id="d", checkpoint_id="gate", sealing_key=server.public_key(),
+                       passback_window_s=120)
+        for i in range(2):
+            assert log.record(_scan(i), verdicts[i], direction="in").verdict.accepted
+        fd = os.open(mnt / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)  # the filesystem, full to the last block
+        try:
+            with pytest.raises(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        refused = []
+        for i in (2, 3):  # cards not admitted before
+            with pytest.raises(EntryLogWriteError) as exc:
+                log.record(_scan(i), verdicts[i], direction="in")
+            assert exc.value.queued and exc.value.code in ("disk_full", "io_error"), exc.value
+            refused.append(exc.value)
+        (mnt / "ballast").unlink()
+        assert log.flush_pending() == 2 and log.queued() == 0
+        late = log.tail(2)
+        assert [e.entry_id for e in late] == [x.entry_id for x in refused]
+        for e, x, v in zip(late, refused, verdicts[2:4]):
+            assert (e.decision, e.reason) == ("reject", x.code)  # what the person was shown
+            assert (e.card_id, e.issuer, e.sealed is not None) == (v.card.card_id.hex(), v.card.issuer, True)
+        t = log.totals(now=NOW)
+        assert (t.scans, t.accepted, t.rejected, t.admitted_in, t.occupancy) == (4, 2, 2, 2, 2)
+        assert t.by_reason == {"ok": 2, refused[0].code: 2}
+        # the refused person was never admitted: scanned again, the card is accepted, not a duplicate
+        again = log.record(_scan(4), verdicts[2], direction="in")
+        assert again.verdict.accepted and not again.duplicate
+        assert log.totals(now=NOW).occupancy == 3
+        assert log.verify().ok
+        log.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
 # ---------------------------------------------------------------- migration
 
 # sqlite_master of a v1 file exactly as schema v1 shipped (a migration must never be edited)
