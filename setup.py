@@ -50,6 +50,7 @@ setup(
             "hypothesis>=6.100",
             "cbor2>=5.6",
             "selenium>=4.15",  # drives Debian's chromium + chromedriver for the kiosk page's tests (no downloads)
+            "inotify_simple>=1.3",  # counts the sync state file's writes in tests/test_sync_faults.py
             *SERVER,  # the server tests run on SQLite and PostgreSQL
         ],
     },

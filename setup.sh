@@ -14,6 +14,8 @@ APT_PACKAGES="python3 python3-venv python3-pip libzbar0 gcc python3-dev openssl 
 case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES postgresql" ;; esac
 # the kiosk page's tests and benchmark drive a real headless Chromium (bench/browser.py); a font with Vietnamese
 case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES chromium chromium-driver fonts-dejavu-core" ;; esac
+# the fsync benchmark counts the daemon's fsyncs with strace (bench/bench_fsync.py)
+case "$target" in bench) APT_PACKAGES="$APT_PACKAGES strace" ;; esac
 
 missing=""
 for pkg in $APT_PACKAGES; do

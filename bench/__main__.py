@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|trace|daemon|kiosk]: print the benchmark tables to stdout."""
+"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|trace|daemon|kiosk|fsync]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short run with small sizes (checks that the benchmarks work)")
     parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
-                                                  "formats", "sync", "fleet", "trace", "daemon", "kiosk"),
+                                                  "formats", "sync", "fleet", "trace", "daemon", "kiosk", "fsync"),
                         help="run one benchmark only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "kiosk"):
         from . import bench_kiosk
         bench_kiosk.run(args.quick)
+    if args.only in (None, "fsync"):
+        from . import bench_fsync
+        bench_fsync.run(args.quick)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

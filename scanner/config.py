@@ -186,6 +186,9 @@ SECTIONS: tuple[Section, ...] = (
           "CA certificate(s) for a server with a private CA (used at provisioning).",
           fix="point to an existing, readable PEM file"),
         K("interval_s", cs.number(1, 86400), "seconds", 30.0, "Idle time between contacts with the server."),
+        K("upload_delay_s", cs.number(0, 600), "seconds", 2.0,
+          "After a scan, wait this long for more before uploading, so a stream of scans makes one upload, "
+          "not one each (50 new entries upload at once). A single scan reaches the server about this long after it."),
         K("trust_interval_s", cs.number(10, 7 * 86400), "seconds", 3600.0, "How often to ask for a newer trust bundle."),
         K("builder", cs.choice("process", "inline"), "`process` / `inline`", "process",
           "Build batches in a separate low-priority process (keeps the scan loop smooth; it exits with the daemon "

@@ -395,7 +395,8 @@ class Appliance:
             agent = SyncAgent(self.state_dir, sync_log, builder=builder, inputs=self._inputs_up,
                               on_trust=lambda version: self._trust_changed.set(),
                               connect_timeout=cfg["connect_timeout_s"], read_timeout=cfg["read_timeout_s"],
-                              trust_interval_s=cfg["trust_interval_s"], idle_interval_s=cfg["interval_s"])
+                              trust_interval_s=cfg["trust_interval_s"], idle_interval_s=cfg["interval_s"],
+                              upload_delay_s=cfg["upload_delay_s"])
         except CheckpointError as exc:
             sync_log.close()
             raise DaemonError(f"sync: {exc}", code=exc.code) from None
@@ -737,7 +738,7 @@ class Appliance:
         if core is None or core.agent is None:
             return
         deadline = time.monotonic() + self.sync_timeout_s
-        core.agent.wake()
+        core.agent.wake(at_once=True)
         pause = threading.Event()
         while time.monotonic() < deadline and not (interruptible and self._stop.is_set()):
             if core.log.backlog()[0] == 0:
@@ -787,9 +788,9 @@ class Appliance:
         except Exception as exc:  # sqlite3 errors included: the health check reports the log itself
             log.warning("entry log: cannot count the backlog: %s", exc)
         if core.agent is not None:
-            from sync.state import StateError, StateFile
+            from sync.state import StateError
             try:
-                self._sync_state = StateFile(self.state_dir).load()
+                self._sync_state = core.agent.snapshot()  # the agent's own state, not its file
             except StateError as exc:
                 log.warning("sync state unreadable: %s", exc)
 

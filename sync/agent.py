@@ -9,6 +9,7 @@ separate low-priority process, so serialising a large backlog never stalls the s
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
@@ -27,18 +28,29 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from scanner import __version__
 from scanner.entry import Entry
 from scanner.entrylog import EntryLog, EntryLogError
-from scanner.errors import TrustError
+from scanner.errors import CheckpointError, TrustError
 
 from . import batch as batchmod
 from . import identity, trustupdate
 from .client import RejectedError, SyncClient, SyncError, TransientError
-from .state import QUARANTINE_DIR, DeviceConfig, Quarantined, StateFile, SyncState
+from .state import (
+    HB_RESERVE,
+    PROGRESS_EVERY_S,
+    QUARANTINE_DIR,
+    DeviceConfig,
+    Quarantined,
+    StateFile,
+    SyncState,
+    durable_part,
+    merge_progress,
+)
 
 log = logging.getLogger(__name__)
 
 MIN_BATCH = 50
 MAX_BATCH = 5000
 TARGET_S = 2.0  # a batch should take about this long on the link
+UPLOAD_DELAY_S = 2.0  # after a new entry, wait this long for more (or MIN_BATCH of them) before a contact
 
 
 def now_ms() -> int:
@@ -367,8 +379,8 @@ class SyncAgent:
                  builder=None, inputs: Callable[[], dict] | None = None,
                  on_trust: Callable[[int], None] | None = None, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, trust_interval_s: float = 3600.0, idle_interval_s: float = 30.0,
-                 min_batch: int = MIN_BATCH, max_batch: int = MAX_BATCH, target_s: float = TARGET_S,
-                 backoff: Backoff | None = None) -> None:
+                 upload_delay_s: float = UPLOAD_DELAY_S, min_batch: int = MIN_BATCH, max_batch: int = MAX_BATCH,
+                 target_s: float = TARGET_S, backoff: Backoff | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.config = DeviceConfig.load(self.state_dir)
         self.key = identity.load(self.state_dir)
@@ -382,13 +394,83 @@ class SyncAgent:
         self.files = StateFile(self.state_dir)
         self.trust_interval_s = trust_interval_s
         self.idle_interval_s = idle_interval_s
+        self.upload_delay_s = upload_delay_s
         self.min_batch, self.max_batch, self.target_s = min_batch, max_batch, target_s
         self.backoff = backoff or Backoff()
-        self._wake = threading.Event()
+        self._state: SyncState | None = None  # in memory between passes; the file follows (see _save)
+        self._stamp: tuple | None = None  # the file as last read or written here
+        self._written: dict | None = None
+        self._saved_at = time.monotonic()
+        self._view: SyncState | None = None  # a copy for other threads (snapshot)
+        self._woke = threading.Condition()
+        self._woken_at: float | None = None  # monotonic time of the first wake since the last pass began
+        self._wakes = 0
+        self._urgent = False
 
     def close(self) -> None:
-        self.builder.close()
-        self.client.close()
+        """Write the progress kept in memory (unless another uploader holds the lock), then stop."""
+        try:
+            self._flush_state()
+        finally:
+            self.builder.close()
+            self.client.close()
+
+    # ------------------------------------------------------------ the state file
+
+    def _load_state(self) -> SyncState:
+        """The state for a pass (under the uploader lock): the one in memory, merged with the file
+        when another process (``sync now``, export, pull) has written it since."""
+        stamp = self.files.stamp()
+        if self._state is not None and stamp == self._stamp:
+            return self._state
+        disk = self.files.load()
+        state = disk if self._state is None else merge_progress(disk, self._state)
+        state.hb_seq = max(state.hb_seq, disk.hb_reserved)  # numbers up to it may have been sent
+        self._state, self._stamp, self._written = state, stamp, disk.to_dict()
+        self._saved_at = time.monotonic()
+        return state
+
+    def _save(self, state: SyncState, *, progress: bool) -> None:
+        """Write the state if a durable field changed; progress alone only when ``progress`` or
+        PROGRESS_EVERY_S after the last write. Nothing changed, nothing written."""
+        doc = state.to_dict()
+        if doc == self._written:
+            return
+        due = progress or time.monotonic() - self._saved_at >= PROGRESS_EVERY_S
+        if not due and self._written is not None and durable_part(doc) == durable_part(self._written):
+            return
+        self.files.save(state)
+        self._stamp, self._written, self._saved_at = self.files.stamp(), doc, time.monotonic()
+
+    def _flush_state(self) -> None:
+        if self._state is None:
+            return
+        try:
+            with self.files.lock(wait=False) as held:
+                if not held:
+                    log.info("sync: another uploader holds the lock; it writes the state")
+                    return
+                self._save(self._load_state(), progress=True)
+        except (OSError, CheckpointError) as exc:
+            log.warning("sync: progress not saved: %s", exc)
+
+    def _publish(self, state: SyncState) -> None:
+        self._view = copy.deepcopy(state)
+
+    def snapshot(self) -> SyncState:
+        """The state as of the last pass, for other threads (the daemon's health and clock): a copy
+        not to be changed; read from the file before the first pass."""
+        view = self._view
+        return view if view is not None else self.files.load()
+
+    def _next_heartbeat(self, state: SyncState) -> int:
+        """The next heartbeat number; a new block is reserved (the state written) before the first
+        number of it leaves, so a restart never sends a number the server has seen."""
+        state.hb_seq += 1
+        if state.hb_seq > state.hb_reserved:
+            state.hb_reserved = state.hb_seq + HB_RESERVE
+            self._save(state, progress=False)
+        return state.hb_seq
 
     # ------------------------------------------------------------ status
 
@@ -406,9 +488,8 @@ class SyncAgent:
             free = shutil.disk_usage(self.state_dir).free
         except OSError:
             free = None
-        state.hb_seq += 1
         return {
-            "hb_seq": state.hb_seq, "device_time_ms": now, "software_version": __version__,
+            "hb_seq": self._next_heartbeat(state), "device_time_ms": now, "software_version": __version__,
             "queue_depth": depth, "oldest_unsynced_age_s": None if oldest is None else max(0, now - oldest) / 1000,
             "last_acked_seq": state.last_acked_seq, "trust_version": state.trust_version,
             "trust_age_s": None if state.trust_issued_at is None else max(0, now // 1000 - state.trust_issued_at),
@@ -473,7 +554,7 @@ class SyncAgent:
     def upload_pending(self, state: SyncState, deadline: float | None = None) -> tuple[int, int, int, int, int]:
         """Upload pending entries batch by batch until none are left (or ``deadline``, monotonic).
         Returns (batches, entries, stored, duplicates, quarantined). Raises TransientError /
-        RejectedError (not batch-specific) to the caller, with everything acknowledged so far saved."""
+        RejectedError (not batch-specific) to the caller, with everything acknowledged so far marked."""
         size = max(self.min_batch, min(self.max_batch, state.batch_size))
         batches = entries = stored = duplicates = quarantined = 0
         cursor = 0
@@ -505,7 +586,7 @@ class SyncAgent:
                     continue
                 if exc.batch_bad:
                     self._quarantine(state, sb, exc)
-                    self.files.save(state)
+                    self._save(state, progress=False)
                     quarantined += 1
                     cursor = info.last_seq
                     continue
@@ -530,18 +611,22 @@ class SyncAgent:
                 size = max(self.min_batch, min(self.max_batch, int(size * scale)))
             state.batch_size = size
             self._note_clock(state)
-            self.files.save(state)
+            self._publish(state)
             cursor = info.last_seq
         return batches, entries, stored, duplicates, quarantined
 
     # ------------------------------------------------------------ one pass
 
     def sync_once(self, *, deadline: float | None = None, trust: bool | None = None,
-                  retry_quarantined: bool = False) -> SyncResult:
+                  retry_quarantined: bool = False, save_progress: bool = True) -> SyncResult:
         """One contact: heartbeat, acknowledgements, trust update (when due, or if ``trust``),
-        then upload everything pending. Errors are recorded in the state and returned."""
+        then upload everything pending. Errors are recorded in the state and returned. The state
+        file is written at the end when anything changed; with ``save_progress`` False (the
+        appliance's loop) only when a durable field changed or progress is PROGRESS_EVERY_S old."""
+        with self._woke:  # what is recorded from now on is for the next pass
+            self._woken_at, self._wakes, self._urgent = None, 0, False
         with self.files.lock():
-            state = self.files.load()
+            state = self._load_state()
             if retry_quarantined and state.quarantined:
                 state.quarantined = []
                 state.set_alarm("batch_quarantined", False)
@@ -563,7 +648,8 @@ class SyncAgent:
                 state.last_error, state.last_error_code, state.last_error_ms = str(exc)[:300], exc.code, now_ms()
                 auth = isinstance(exc, RejectedError) and exc.auth
                 state.set_alarm("sync_auth_failed", auth)
-                self.files.save(state)
+                self._save(state, progress=save_progress)
+                self._publish(state)
                 level = logging.ERROR if isinstance(exc, RejectedError) else logging.WARNING
                 log.log(level, "sync: %s", exc)
                 pending, _ = self.pending_count()
@@ -572,7 +658,8 @@ class SyncAgent:
             state.last_error = state.last_error_code = None
             state.last_success_ms = now_ms()
             state.set_alarm("sync_auth_failed", False)
-            self.files.save(state)
+            self._save(state, progress=save_progress)
+            self._publish(state)
             pending, _ = self.pending_count()
             return SyncResult(*counts, pending, pending == 0, trust=trust_result)
 
@@ -584,7 +671,7 @@ class SyncAgent:
         result = self.sync_once(deadline=deadline, retry_quarantined=retry_quarantined, trust=trust)
         while not result.complete and time.monotonic() < deadline:
             if result.error is None:  # nothing failed: what is left is quarantined or arrived meanwhile
-                if result.pending == 0 or result.quarantined or self.files.load().quarantined:
+                if result.pending == 0 or result.quarantined or self._state.quarantined:
                     break
                 self.backoff.reset()
             elif result.error_code in ("sync_config",) or (result.error_code in _FATAL):
@@ -599,36 +686,50 @@ class SyncAgent:
 
     # ------------------------------------------------------------ background
 
-    def wake(self) -> None:
-        """New entries (or a reconnect) — don't wait for the idle interval."""
-        self._wake.set()
+    def wake(self, *, at_once: bool = False) -> None:
+        """New entries: contact the server after ``upload_delay_s`` (or as soon as ``min_batch``
+        wakes have come), so that a stream of scans makes one upload, not one each. ``at_once``:
+        without waiting (a technician's request, a drain before exit), even during a backoff."""
+        with self._woke:
+            if self._woken_at is None:
+                self._woken_at = time.monotonic()
+            self._wakes += 1
+            self._urgent = self._urgent or at_once
+            self._woke.notify_all()
 
     def run(self, stop: threading.Event) -> None:
-        """The appliance's sync thread: contact, upload, then wait (idle interval, or backoff after
-        a failure); until ``stop`` is set."""
+        """The appliance's sync thread: contact, upload, then wait: the idle interval or a wake
+        (coalesced, see wake), or the backoff delay after a failure; until ``stop`` is set."""
         while not stop.is_set():
             try:
-                result = self.sync_once()
+                result = self.sync_once(save_progress=False)
             except (SyncError, OSError, EntryLogError) as exc:
                 log.error("sync pass failed: %s", exc)
                 result = SyncResult(0, 0, 0, 0, 0, 0, False, str(exc), getattr(exc, "code", "error"))
             if result.error is None:
                 self.backoff.reset()
-                delay = self.idle_interval_s
-            else:
-                delay = self.backoff.next(result.retry_after)
-            self._wake.clear()
-            if result.error is None and result.pending and not self.files.load().quarantined:
-                continue  # more arrived while uploading
-            if stop.wait(0) or self._wait(stop, delay):
+                if result.pending and not (self._state is not None and self._state.quarantined):
+                    self.wake()  # more arrived while uploading: the next contact, coalesced
+                if self._wait(stop, self.idle_interval_s, woken=True):
+                    return
+            elif self._wait(stop, self.backoff.next(result.retry_after), woken=False):
                 return
 
-    def _wait(self, stop: threading.Event, delay: float) -> bool:
+    def _wait(self, stop: threading.Event, delay: float, *, woken: bool) -> bool:
+        """Wait ``delay`` or, if ``woken``, until the wakes are due (see wake); an ``at_once`` wake
+        ends any wait. True if ``stop`` was set."""
         end = time.monotonic() + delay
-        while not stop.is_set():
-            left = end - time.monotonic()
-            if left <= 0 or self._wake.wait(min(left, 0.5)):
-                return False
+        with self._woke:
+            while not stop.is_set():
+                now = time.monotonic()
+                if self._urgent or now >= end:
+                    return False
+                left = end - now
+                if woken and self._woken_at is not None:
+                    if self._wakes >= self.min_batch or now >= self._woken_at + self.upload_delay_s:
+                        return False
+                    left = min(left, self._woken_at + self.upload_delay_s - now)
+                self._woke.wait(min(left, 0.5))
         return True
 
 

@@ -1,5 +1,11 @@
 """The device's sync files in its state directory: what provisioning wrote (device.json), the sync
-progress (sync-state.json, replaced atomically), and a lock so only one uploader runs at a time.
+state (sync-state.json, replaced atomically), and a lock so only one uploader runs at a time.
+
+What the state holds is of two kinds: decisions that must survive a restart as soon as they are
+made (DURABLE_FIELDS: alarms, quarantine, exports, trust, the current error, the heartbeat
+reservation), and progress (acknowledged seq, batch-list cursor, times, batch size, clock offset),
+which the appliance keeps in memory and writes at most every PROGRESS_EVERY_S: lost in a crash, it
+is learned again from the server (docs/sync-protocol.md#device-files-and-the-background-loop).
 """
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from scanner import clock
@@ -23,6 +29,11 @@ SEALING_PUB_NAME = "sealing.pub"
 PULL_PUB_NAME = "server-pull.pub"  # the server's Ed25519 key for pulls (sync/pull.py), from enrollment
 QUARANTINE_DIR = "quarantine"
 DEFAULT_STATE_DIR = "/var/lib/checkpoint"
+PROGRESS_EVERY_S = 300.0  # progress alone reaches the disk at most this often (and at a clean stop)
+HB_RESERVE = 1000  # heartbeat numbers reserved by one write of the state
+# written at once when they change; the other fields are progress
+DURABLE_FIELDS = ("alarms", "quarantined", "exported", "trust_version", "trust_issued_at", "trust_error",
+                  "last_error_code", "hb_reserved")
 
 
 class StateError(CheckpointError):
@@ -89,6 +100,7 @@ class SyncState:
     last_error_ms: int | None = None
     batch_size: int = 500
     hb_seq: int = 0
+    hb_reserved: int = 0  # heartbeats up to this number may have been sent: a restart goes on above it
     clock_offset_ms: int | None = None
     clock_checked_ms: int | None = None
     clock_boot_id: str | None = None  # the boot the last clock answer came in (clock.ServerTime)
@@ -130,6 +142,28 @@ class SyncState:
         return asdict(self)
 
 
+def durable_part(doc: dict) -> dict:
+    """The fields of a state (as ``to_dict``) that are written as soon as they change."""
+    return {name: doc[name] for name in DURABLE_FIELDS}
+
+
+def merge_progress(disk: SyncState, mine: SyncState) -> SyncState:
+    """The state another process wrote (``disk``) with the progress this one made meanwhile: the
+    other's decisions (alarms, quarantine, exports, trust, error) stand; counters and times are the
+    furthest of the two; the heartbeat goes on above every number either may have sent."""
+    out = replace(disk, alarms=list(disk.alarms), quarantined=list(disk.quarantined), exported=list(disk.exported))
+    for name in ("last_acked_seq", "ack_cursor", "server_held_seq", "hb_reserved"):
+        setattr(out, name, max(getattr(disk, name), getattr(mine, name)))
+    for name in ("last_success_ms", "last_attempt_ms", "trust_checked_ms"):
+        values = [v for v in (getattr(disk, name), getattr(mine, name)) if v is not None]
+        setattr(out, name, max(values) if values else None)
+    if (mine.clock_checked_ms or 0) > (disk.clock_checked_ms or 0):
+        out.clock_offset_ms, out.clock_checked_ms = mine.clock_offset_ms, mine.clock_checked_ms
+    out.hb_seq = max(disk.hb_seq, mine.hb_seq, disk.hb_reserved)
+    out.batch_size = mine.batch_size
+    return out
+
+
 class StateFile:
     """sync-state.json: loaded whole, saved whole (atomic replace), never half-written."""
 
@@ -149,6 +183,14 @@ class StateFile:
 
     def save(self, state: SyncState) -> None:
         atomic_write(self.path, (json.dumps(state.to_dict(), indent=1) + "\n").encode("utf-8"), 0o600)
+
+    def stamp(self) -> tuple[int, int, int] | None:
+        """Identifies the file's current content (a replace makes a new inode): None if it is missing."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     @contextlib.contextmanager
     def lock(self, wait: bool = True) -> Iterator[bool]:

@@ -302,6 +302,23 @@ def test_mark_synced_in_chunks_is_still_all_or_nothing(open_log, verdict_for, mo
     assert {log.get(e.entry_id).batch_id for e in log.tail(11) if e.seq <= 8} == {"big"}
 
 
+@pytest.mark.parametrize("mode", ["FULL", "NORMAL"])
+def test_marks_leave_the_scans_commits_as_configured(open_log, verdict_for, mode):
+    """Marks are committed without an fsync of their own (synchronous=NORMAL); a scan's commit
+    after them is as durable as configured, also after a refused mark."""
+    log = open_log(synchronous=mode)
+    levels = {"FULL": 2, "NORMAL": 1}
+    for i in range(3):
+        log.record(scan(NOW + i), verdict_for(), direction="in")
+    assert log.mark_synced("b1", 1, 2) == 2
+    assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == levels[mode]
+    with pytest.raises(EntryLogError):
+        log.mark_synced("b2", 2, 3)
+    assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == levels[mode]
+    log.record(scan(NOW + 9), verdict_for(), direction="in")
+    assert [e.seq for e in log.pending()] == [3, 4] and log.verify().ok
+
+
 def test_pending_and_mark_synced(open_log, verdict_for):
     log = open_log()
     for i in range(10):

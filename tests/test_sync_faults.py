@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from pathlib import Path
 
+import inotify_simple
 import pytest
 import requests
 from test_sync_support import (
     BACKENDS,
+    WAIT_S,
     FaultProxy,
     ServerProcess,
     ServerThread,
@@ -32,7 +35,7 @@ from sync import identity, protocol
 from sync.agent import Backoff, SyncAgent
 from sync.client import ConfigError, SyncClient, check_server_url
 from sync.export import export_pending, import_dir
-from sync.state import DeviceConfig, StateFile
+from sync.state import STATE_NAME, DeviceConfig, StateFile
 
 
 @pytest.fixture(scope="module")
@@ -496,3 +499,86 @@ def test_offline_backlog_of_100k_then_link_returns(tmp_path):
         agent.close()
         srv.stop()
         log.close()
+
+
+# ---------------------------------------------------------------- the state file and coalescing
+
+
+def _state_writes(watch: inotify_simple.INotify) -> int:
+    """How many times sync-state.json was written (replaced or rewritten) since the last call."""
+    return sum(1 for ev in watch.read(timeout=0) if ev.name == STATE_NAME)
+
+
+def test_a_stream_of_scans_makes_few_uploads_and_no_state_writes(tmp_path, verdicts):
+    """The agent's loop with scans coming one every 50 ms, each waking it as the daemon does: the
+    uploads are coalesced (not one per scan) and sync-state.json is not rewritten on every pass
+    (nothing durable changed); its progress is written at the clean stop."""
+    n = 40
+    with running_server("sqlite", tmp_path) as srv:
+        dev = provision_device(srv, tmp_path)
+        watch = inotify_simple.INotify()
+        watch.add_watch(dev.state, inotify_simple.flags.MOVED_TO | inotify_simple.flags.CLOSE_WRITE)
+        agent = agent_for(dev)
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+        record(dev, verdicts, 1)
+        thread.start()
+        try:
+            wait_for(lambda: srv.storage.stats().entries == 1 and not dev.log.pending(0, 1), "the first contact")
+            _state_writes(watch)  # the first contact's writes (heartbeat numbers, trust) are not counted
+            batches = srv.storage.stats().batches
+            for _ in range(n):
+                record(dev, verdicts, 1)
+                agent.wake()
+                time.sleep(0.05)  # the pace of a busy gate, not a timing assertion
+            wait_for(lambda: srv.storage.stats().entries == n + 1 and not dev.log.pending(0, 1), "every scan acknowledged")
+            assert _state_writes(watch) == 0
+            uploads = srv.storage.stats().batches - batches
+            assert 1 <= uploads <= n // 5, uploads
+        finally:
+            stop.set()
+            thread.join(WAIT_S)
+            agent.close()
+        assert not thread.is_alive()
+        assert _state_writes(watch) == 1  # the progress, once, at the stop
+        st = StateFile(dev.state).load()
+        assert st.last_acked_seq == n + 1 and st.last_success_ms is not None
+        assert_exactly_once(srv.storage, dev)
+        watch.close()
+
+
+def test_heartbeat_numbers_go_on_after_a_crash(server, tmp_path, verdicts):
+    """Progress kept in memory is lost in a crash; heartbeat numbers are reserved on disk first, so
+    the next run's heartbeats are never taken for old ones, and the entries heal exactly once."""
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 30)
+    a = agent_for(dev, max_batch=10, min_batch=10)
+    for _ in range(3):
+        assert a.sync_once(save_progress=False).complete
+    sent = a.snapshot().hb_seq
+    a.client.close()  # the process dies: no close(), the progress in memory is gone
+    assert StateFile(dev.state).load().hb_reserved >= sent
+    record(dev, verdicts, 5)
+    b = agent_for(dev)
+    assert b.sync_once().complete
+    (status,) = [d for d in server.storage.devices() if d.device.device_id == dev.device_id]
+    assert status.heartbeat["hb_seq"] == b.snapshot().hb_seq > sent  # kept: newer than every old one
+    assert_exactly_once(server.storage, dev)
+    b.close()
+
+
+def test_what_another_process_writes_to_the_state_is_kept(server, tmp_path, verdicts):
+    """The agent keeps its state in memory between passes; an export (another process) writing the
+    file meanwhile is merged in, not overwritten, and the agent's progress is kept too."""
+    dev = provision_device(server, tmp_path)
+    record(dev, verdicts, 10)
+    agent = agent_for(dev)
+    assert agent.sync_once(save_progress=False).complete
+    record(dev, verdicts, 5)
+    res = export_pending(dev.state, dev.log, tmp_path / "usb")
+    assert res.entries == 5
+    assert agent.sync_once(save_progress=False).complete
+    agent.close()
+    st = StateFile(dev.state).load()
+    assert len(st.exported) == 1 and st.last_acked_seq == 15
+    assert_exactly_once(server.storage, dev)
