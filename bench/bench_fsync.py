@@ -20,6 +20,10 @@ import threading
 import time
 from pathlib import Path
 
+from sync.provision import provision
+from sync.server.sqlite import SQLiteStorage
+from sync.server.tokens import issue_tokens
+
 from .appliance import hue_cards
 from .procs import ROOT, ServerProcess, now_ms
 from .timing import median, table
@@ -137,7 +141,6 @@ def _one_run(tmp: Path, tag: str, cards: list[str], pub: Path, pace_s: float, se
     state.mkdir(parents=True)
     batches0 = 0
     if server is not None:
-        from sync.provision import provision
         provision(server["url"], server["token"](), state)
         batches0 = server["batches"]()
     fifo = run / "in.fifo"
@@ -182,9 +185,6 @@ def _one_run(tmp: Path, tag: str, cards: list[str], pub: Path, pace_s: float, se
 def run(quick: bool = False) -> None:
     if shutil.which("strace") is None:
         raise SystemExit("fsync bench: strace is not installed (sh setup.sh bench installs it)")
-    from sync.server.sqlite import SQLiteStorage
-    from sync.server.tokens import issue_tokens
-
     n = 60 if quick else 300
     rounds = 1 if quick else 3
     pace_s = 0.1
