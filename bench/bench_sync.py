@@ -18,12 +18,33 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from scanner import runtime, sealing
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner import keys, runtime, sealing
 from scanner.entry import Entry, chain_hash, hash_fields
 from scanner.entrylog import INSERT_SQL, EntryLog, entry_row
+from sync import credential
+from sync.server import credentials
+from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
 
 from .procs import ServerProcess, cpu_s, now_ms
 from .timing import median, table
+
+ROOT = ed25519.Ed25519PrivateKey.generate()  # the operator's root: vouches for each bench server
+
+
+def vouch(storage, keys_dir: Path, url: str) -> Path:
+    """The operator's part for a server (`issuer server-credential`, `server credential publish`):
+    the root signs its URL and keys; returns the root's public key file devices are provisioned with."""
+    seal, pull = load_or_create_sealing_key(keys_dir).public_key(), load_or_create_pull_key(keys_dir).public_key()
+    old = credentials.current(storage)
+    serial = credential.open_credential(old, [ROOT.public_key()]).serial + 1 if old else 1
+    credentials.publish(storage, credential.issue(ROOT, urls=[url], sealing_key=seal, pull_key=pull, serial=serial,
+                                                  issued_at=int(time.time())),
+                        sealing_public=seal, pull_public=pull, root=ROOT.public_key())
+    root_pub = Path(keys_dir) / "root.pub"
+    root_pub.write_bytes(keys.public_pem(ROOT.public_key()))
+    return root_pub
 
 MB = 1024 * 1024
 
@@ -98,9 +119,8 @@ class _ScanProbe:
     def __init__(self, path: Path, verdicts, every_s: float = 0.05) -> None:
         from sync.state import DeviceConfig
         cfg = DeviceConfig.load(path.parent)
-        pub = path.parent / "sealing.pub"
         self.log = EntryLog(path, device_id=cfg.device_id, checkpoint_id=cfg.checkpoint_id,
-                            sealing_key=pub if pub.exists() else None, create=False)
+                            sealing_key=credential.load(path.parent).sealing_key, create=False)
         self.verdicts, self.every_s = verdicts, every_s
         self.times: list[float] = []
         self.stop = threading.Event()
@@ -151,7 +171,7 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str, verdicts
     try:
         st = SQLiteStorage(db)
         token = issue_tokens(st, "market-east", now_ms=now_ms())[0]
-        provision(server.url, token, run_dir / "dev")
+        provision(server.url, token, run_dir / "dev", trust_root=vouch(st, run_dir, server.url))
         cfg = DeviceConfig.load(run_dir / "dev")
         log = EntryLog(run_dir / "dev" / "entries.db", device_id=cfg.device_id, checkpoint_id=cfg.checkpoint_id,
                        create=False)
@@ -343,7 +363,8 @@ def run(quick: bool) -> None:
         server = ServerProcess(str(db0), bench="sync", nice=5)
         try:
             st = SQLiteStorage(db0)
-            provision(server.url, issue_tokens(st, "market-east", now_ms=now_ms())[0], pristine)
+            provision(server.url, issue_tokens(st, "market-east", now_ms=now_ms())[0], pristine,
+                      trust_root=vouch(st, tmp, server.url))
             st.close()
         finally:
             server.stop()

@@ -413,6 +413,34 @@ def revoke(bundle_path, root_key, cards, cards_file, kids, valid_days, out):
                f"{len(set(new_kids))} kid(s) added", err=True)
 
 
+@issuer.command("server-credential")
+@click.option("--root-key", required=True, type=click.Path(dir_okay=False), help="Root private key (Ed25519 PEM).")
+@click.option("--server-url", "urls", multiple=True, required=True,
+              help="A URL devices reach the server at (https://HOST[:PORT]); repeatable. A device enrolls only "
+                   "with a server whose credential names the URL it was given.")
+@click.option("--sealing-pub", required=True, type=click.Path(dir_okay=False),
+              help="The server's sealing public key (X25519 PEM: `checkpoint server keys --out DIR`).")
+@click.option("--pull-pub", default=None, type=click.Path(dir_okay=False),
+              help="The server's pull public key (Ed25519 PEM), if it pulls from devices.")
+@click.option("--server-id", default=None, help="A short name for the server (default: its host name).")
+@click.option("--serial", type=click.IntRange(1), default=1, show_default=True,
+              help="Must grow with every credential for this server (devices refuse a lower one).")
+@click.option("-o", "--out", default="-", show_default=True, help="Output file ('-' for stdout).")
+def server_credential(root_key, urls, sealing_pub, pull_pub, server_id, serial, out):
+    """Sign a credential for a central server: its URLs and keys, vouched for by the root."""
+    from sync import credential  # deferred: the sync stack is not loaded for the other commands
+
+    from . import sealing
+    from .trust import load_root
+
+    root = _load_root_private(root_key)
+    seal = run_guarded(sealing.load_public_key, Path(sealing_pub))
+    pull = run_guarded(load_root, pull_pub) if pull_pub is not None else None  # one Ed25519 public key
+    data = run_guarded(credential.issue, root, urls=urls, sealing_key=seal, pull_key=pull, server_id=server_id,
+                       serial=serial, issued_at=int(time.time()))
+    _write(out, data)
+
+
 # ---------------------------------------------------------------- demo
 
 @main.command()

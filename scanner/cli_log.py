@@ -5,11 +5,13 @@ These commands print counts, times, reasons and card ids only: never holder deta
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from . import i18n
+from . import i18n, readiness
 from .cli import EXIT_ACCEPT, EXIT_REJECT, TIME, fail, main, output_file, run_guarded
+from .config import DEFAULT_PATH, ConfigError, defaults, load
 from .entry import FORMATS, iso_ms, read_export, to_export_dict, verify_chain, write_export
 from .entrylog import MIB, EntryLog, Stats, default_db_path
 from .safetext import escape, json_line
@@ -45,8 +47,8 @@ def log_group() -> None:
 # ---------------------------------------------------------------- stats
 
 
-def stats_lines(s: Stats, lang: str) -> list[str]:
-    """The human summary of `checkpoint log stats` (counts only)."""
+def stats_lines(s: Stats, lang: str, ready: readiness.Readiness | None = None) -> list[str]:
+    """The human summary of `checkpoint log stats` (counts only), and the device's readiness."""
     t = lambda key, **kw: i18n.t("log." + key, lang, **kw)  # noqa: E731
     first = "-" if s.first_seq is None else s.first_seq
     last = "-" if s.last_seq is None else s.last_seq
@@ -66,24 +68,51 @@ def stats_lines(s: Stats, lang: str) -> list[str]:
     h = s.health
     state = i18n.t("log_health." + h.state, lang)
     lines.append(t("health", state=state) + (f" ({', '.join(h.problems)})" if h.problems else ""))
+    if ready is not None:
+        lines.append(t("device", state=ready.message(lang)))
     return lines
+
+
+def device_config(config_path: str | None, db: Path):
+    """The configuration of the device whose log this is: --config, else the default file when its
+    log is this one, else the built-in defaults with the log's folder as the state directory."""
+    path = Path(config_path or DEFAULT_PATH)
+    try:
+        if config_path is not None:
+            return load(path)
+        if path.exists():
+            config = load(path)
+            if config.db_path.resolve() == db.resolve():
+                return config
+    except ConfigError as exc:
+        if config_path is not None:
+            fail(f"{path}: {'; '.join(exc.lines()[:3])}")
+    return defaults(db.parent)
 
 
 @log_group.command()
 @_db_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help=f"The device's configuration: its log (unless --db) and its readiness (default {DEFAULT_PATH} "
+                   "when its log is this one, else built-in defaults with the log's folder as the state directory).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--lang", type=click.Choice(i18n.LANGS), default=None, help="vi (default) or en.")
-def stats(db_path, as_json, lang):
-    """Counts: entries, unsynced, purged, today's totals and occupancy, disk and health."""
+def stats(db_path, config_path, as_json, lang):
+    """Counts: entries, unsynced, purged, today's totals and occupancy, disk and health; and
+    whether the device can check cards (the same answer as its health API and doctor)."""
+    if db_path is None and config_path is not None:
+        db_path = str(device_config(config_path, Path(".")).db_path)
     with _open(db_path) as log:
         s = run_guarded(log.stats)
+    ready = readiness.of_config(device_config(config_path, Path(s.path)))
     if as_json:
         d = s.to_dict()
         # the mode of this (unkeyed) CLI instance says nothing about the service: counts only
         del d["holder_details"], d["holder_details_note"]
+        d["device"] = ready.to_dict()
         click.echo(json_line(d))
         return
-    for line in stats_lines(s, lang or i18n.default_lang()):
+    for line in stats_lines(s, lang or i18n.default_lang(), ready):
         click.echo(line)
 
 

@@ -57,9 +57,13 @@ def _when(ms: int | None, lang: str) -> str:
 @click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="CA certificate(s) to verify the server's TLS certificate with (default: the system's).")
 @click.option("--trust-root", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Pin this Ed25519 root public key (PEM) for trust bundles (default: the server's).")
+              help="The operator's Ed25519 root public key (PEM, from the installation media): it must have "
+                   "signed the server's credential and the trust bundles (default: [enroll] trust_root of "
+                   "--config, else the root pinned before).")
+@click.option("--wait-bundle", "wait_bundle_s", type=click.FloatRange(0, 86400), default=0, metavar="SECONDS",
+              help="If the server has no trust bundle yet, wait this long for one (exit 1 if none came).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def provision(server_url, token, config_path, state_dir, ca_file, trust_root, as_json):
+def provision(server_url, token, config_path, state_dir, ca_file, trust_root, wait_bundle_s, as_json):
     """Enroll this device, secure its state directory and write its config (safe to run again)."""
     from .provisioning import provision_appliance
 
@@ -67,14 +71,19 @@ def provision(server_url, token, config_path, state_dir, ca_file, trust_root, as
         fail("give --server URL (or --config FILE whose [sync] server names it)")
     res = run_guarded(provision_appliance, server_url, token, config_path=config_path,
                       state_dir=_state_dir(state_dir) if state_dir or not config_path else None,
-                      ca_file=ca_file, trust_root=trust_root)
+                      ca_file=ca_file, trust_root=trust_root, wait_bundle_s=wait_bundle_s)
+    lang = i18n.default_lang()
     if as_json:
         click.echo(json_line(res.to_dict()))
     else:
-        lang = i18n.default_lang()
         click.echo(i18n.t("sync.provisioned", lang, device=escape(res.device_id),
                           checkpoint=escape(res.checkpoint_id), state=escape(res.state_dir),
                           version=res.bundle_version if res.bundle_version is not None else "-"))
+    if res.bundle_version is None:  # enrolled, but it cannot check a card until the server publishes a bundle
+        key = "sync.no_bundle_waited" if wait_bundle_s else "sync.no_bundle"
+        click.echo("checkpoint: " + i18n.t(key, lang, seconds=f"{wait_bundle_s:g}"), err=True)
+        if wait_bundle_s:
+            sys.exit(EXIT_INCOMPLETE)
 
 
 # ---------------------------------------------------------------- sync
@@ -451,6 +460,68 @@ def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json):
     else:
         click.echo(f"bundle version {meta.version} published ({meta.size} bytes); deltas from "
                    f"{', '.join(map(str, deltas)) or 'none'}")
+
+
+def _server_keys(db_url: str, keys_dir: str | None):
+    """The server's (sealing, pull) private keys from its key directory, made if absent (as `server run` does)."""
+    from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
+    from sync.server.storage import default_keys_dir
+
+    directory = Path(keys_dir) if keys_dir else run_guarded(default_keys_dir, db_url)
+    return run_guarded(load_or_create_sealing_key, directory), run_guarded(load_or_create_pull_key, directory)
+
+
+@server_group.command("keys")
+@_db_url_option
+@_keys_option("sealing.key, pull.key: made if absent")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Write the public halves here: sealing.pub (X25519), pull.pub (Ed25519).")
+def server_keys(db_url, keys_dir, out_dir):
+    """Export the server's public keys, for the operator to sign a credential for (`issuer server-credential`)."""
+    from scanner.keys import public_pem
+    from scanner.sealing import public_key_pem
+
+    sealing_key, pull_key = _server_keys(db_url, keys_dir)
+    out = Path(out_dir)
+    run_guarded(out.mkdir, parents=True, exist_ok=True)
+    run_guarded((out / "sealing.pub").write_bytes, public_key_pem(sealing_key.public_key()))
+    run_guarded((out / "pull.pub").write_bytes, public_pem(pull_key.public_key()))
+    click.echo(f"wrote {escape(str(out / 'sealing.pub'))} and {escape(str(out / 'pull.pub'))}")
+
+
+@server_group.group("credential")
+def credential_group() -> None:
+    """The server's credential: its URL and keys, signed by the trust root (devices enroll only with it)."""
+
+
+@credential_group.command("publish")
+@_db_url_option
+@click.argument("credential_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--root", "root_pub", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Root public key (PEM); needed when no bundle was published yet, must match afterwards.")
+@_keys_option("the credential must name its sealing and pull keys")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
+    """Publish a credential made by `checkpoint issuer server-credential` (checked against the root and
+    this server's own keys); devices get it at enrollment and at their trust checks."""
+    from sync.server.credentials import publish
+
+    from .trust import load_root
+
+    root = run_guarded(load_root, root_pub) if root_pub else None
+    sealing_key, pull_key = _server_keys(db_url, keys_dir)
+    data = run_guarded(Path(credential_file).read_bytes)
+    storage = _storage(db_url)
+    try:
+        cred = run_guarded(publish, storage, data, sealing_public=sealing_key.public_key(),
+                           pull_public=pull_key.public_key(), root=root)
+    finally:
+        storage.close()
+    if as_json:
+        click.echo(json_line(cred.summary()))
+    else:
+        click.echo(f"credential serial {cred.serial} of {escape(cred.server_id)} published "
+                   f"({', '.join(escape(u) for u in cred.urls)})")
 
 
 # ---------------------------------------------------------------- issue 7: retention, tracing, pull

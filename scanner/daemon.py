@@ -33,7 +33,10 @@ from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
 
-from . import __version__, degraded, enroll, i18n, runtime
+from hardware.feedback import DeviceState
+from sync import credential
+
+from . import __version__, degraded, enroll, i18n, readiness, runtime
 from .clockguard import ClockGuard
 from .config import Config, discover_inputs
 from .doctor import FAIL, PASS, WARN, Check
@@ -140,6 +143,9 @@ class Appliance:
         self.trust = TrustStore()
         self.trust_age = degraded.TrustAge()
         self.trust_error: str | None = None
+        self._root_pinned = readiness.root_pinned(config)  # again after enrollment
+        self._credential: credential.ServerCredential | None = None  # the root-signed server identity in use
+        self._credential_error: str | None = None
         self.chunks = ChunkAssembler(config["scan"]["shc_hold_s"])
         self._assembled: str | None = None  # the joined parts _prepare just made (worker thread only)
         self.counts: Counter = Counter()
@@ -151,7 +157,7 @@ class Appliance:
         self._log_health = None  # (Health, monotonic time): refreshed by the "health" thread
         self._monitor: threading.Thread | None = None
         self._health: dict = {"state": "starting", "problems": [], "degraded": []}
-        self._last_state: str | None = None
+        self._last_state: tuple[str, str] | None = None
         self._last_ping = 0.0
         self._hung_logged = False
         self._purge_due = time.monotonic() + 60.0  # the first purge a minute after start, then every interval
@@ -358,10 +364,10 @@ class Appliance:
     def _start_core(self, device_id: str, checkpoint_id: str, mode: str) -> None:
         cfg = self.config
         lg = cfg["log"]
-        sealing = self.state_dir / "sealing.pub"
+        sealing_key = self._load_credential() if mode == "provisioned" else None
         try:
             entries = EntryLog(cfg.db_path, device_id=device_id, checkpoint_id=checkpoint_id,
-                               sealing_key=sealing if sealing.exists() else None,
+                               sealing_key=sealing_key,
                                holder_details=lg["holder_details"], synchronous=lg["synchronous"],
                                passback_window_s=lg["passback_window_s"], retention_days=lg["retention_days"],
                                min_free_bytes=lg["min_free_mb"] * 1024 * 1024, clock=self.guard.entry_state)
@@ -382,6 +388,33 @@ class Appliance:
         self._backlog = entries.backlog()
         log.info("device %s at checkpoint %s (%s)", device_id, escape(checkpoint_id), mode)
 
+    def _load_credential(self):
+        """The sealing key of the server credential, verified again against the pinned root and this
+        device's server; None (holder details are then not stored) when there is no valid one."""
+        try:
+            cred = credential.load(self.state_dir)
+        except (credential.CredentialError, CheckpointError) as exc:
+            with self._lock:
+                self._credential, self._credential_error = None, exc.code
+            log.error("server credential: %s; holder details are not stored until a valid one is installed",
+                      escape(str(exc)))
+            return None
+        with self._lock:
+            self._credential, self._credential_error = cred, None
+        log.info("server credential: %s (serial %d), sealing key %s", escape(cred.server_id), cred.serial,
+                 cred.sealing_key_id())
+        return cred.sealing_key
+
+    def _reload_credential(self) -> None:
+        """After a trust update: a new credential (verified when installed) brings its sealing key."""
+        core = self.core
+        if core is None or core.mode != "provisioned":
+            return
+        before = self._credential
+        key = self._load_credential()
+        if key is not None and (before is None or before.data != self._credential.data):
+            core.log.set_sealing_key(key)
+
     def _start_sync(self, core: Core) -> None:
         from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
 
@@ -393,7 +426,7 @@ class Appliance:
                        if cfg["builder"] == "process"
                        else InlineBuilder(sync_log, identity.load(self.state_dir), core.device_id))
             agent = SyncAgent(self.state_dir, sync_log, builder=builder, inputs=self._inputs_up,
-                              on_trust=lambda version: self._trust_changed.set(),
+                              on_trust=lambda version: self._trust_changed.set(),  # a bundle or credential
                               connect_timeout=cfg["connect_timeout_s"], read_timeout=cfg["read_timeout_s"],
                               trust_interval_s=cfg["trust_interval_s"], idle_interval_s=cfg["interval_s"],
                               upload_delay_s=cfg["upload_delay_s"])
@@ -480,6 +513,10 @@ class Appliance:
             self.hub.publish("error", {"code": "already_provisioned", "source": scan.source,
                                        "source_id": scan.source_id})
             return
+        ready = self.readiness()
+        if not ready.ready:  # no verdict at all: a card that could not be checked is not a rejected card
+            self._not_ready(scan, ready)
+            return
         now = self.guard.now()
         with self._lock:
             trust_age = self.trust_age
@@ -511,8 +548,6 @@ class Appliance:
 
     def _not_admitted(self, scan: Scan, verdict: Verdict, code: str, *, queued: bool, entry_id: str | None) -> None:
         """The entry could not be committed: error state, no verdict shown, nobody admitted."""
-        from hardware.feedback import DeviceState
-
         self._write_problem = code
         self.feedback.set_state(DeviceState.ERROR)
         with self._lock:
@@ -523,6 +558,17 @@ class Appliance:
                                        "en": "Cannot write the log: do not admit, call a technician"}})
         log.error("not admitted source=%s:%s: entry log %s (%s)", scan.source, escape(scan.source_id), code,
                   f"entry {entry_id} queued for retry" if queued else "entry NOT recorded")
+
+    def _not_ready(self, scan: Scan, ready: readiness.Readiness) -> None:
+        """A scan the device cannot check: its fault state, the reason on the screen, nothing logged."""
+        self.feedback.set_state(DeviceState.ERROR)
+        with self._lock:
+            self.counts["not_ready"] += 1
+        self.hub.publish("error", {"code": "not_ready", "readiness": ready.to_dict(), "source": scan.source,
+                                   "source_id": scan.source_id,
+                                   "message": {lang: ready.message(lang) for lang in i18n.LANGS}})
+        log.warning("not ready (%s): the scan from %s:%s was not checked", ready.code, scan.source,
+                    escape(scan.source_id))
 
     def _publish_verdict(self, scan: Scan, verdict: Verdict, entry, direction: str, flags: tuple) -> None:
         card = verdict.card
@@ -542,6 +588,10 @@ class Appliance:
         """Not provisioned: only an enrollment QR does anything."""
         from .provisioning import provision_appliance
 
+        ready = self.readiness()
+        if ready.code == readiness.NO_TRUST_ROOT:  # nothing to check a server with: no QR is accepted
+            self._not_ready(scan, ready)
+            return
         if not enroll.is_enroll_text(scan.text):
             log.info("not provisioned: ignored a scan from %s:%s (waiting for an enrollment QR)", scan.source,
                      escape(scan.source_id))
@@ -557,6 +607,7 @@ class Appliance:
             res = provision_appliance(code.server, code.token, state_dir=self.state_dir, root_sha256=code.root_sha256,
                                       trust_root=trust_root, ca_file=str(ca_file) if ca_file else None,
                                       owner_user=None, write_config=False)
+            self._root_pinned = True
             self._start_core(res.device_id, res.checkpoint_id, "provisioned")
         except CheckpointError as exc:
             log.error("enrollment failed (%s): %s", exc.code, escape(str(exc)))
@@ -600,12 +651,19 @@ class Appliance:
         with self._lock:
             return dict(self._health)
 
+    def readiness(self) -> readiness.Readiness:
+        """Can this device check cards now (scanner/readiness.py: the one answer every surface shows)."""
+        with self._lock:
+            trust, error = self.trust, self.trust_error
+        return readiness.assess(readiness.Facts(self.mode, self._root_pinned, trust.key_count, error))
+
     def status(self) -> dict:
         core = self.core
         pipe = self.pipeline.health() if self.pipeline else None
         with self._lock:
             health, age, counts = dict(self._health), self.trust_age, dict(self.counts)
             trust_error = self.trust_error
+            cred, cred_error = self._credential, self._credential_error
         today = None
         if core is not None:
             t = core.log.totals()
@@ -617,7 +675,8 @@ class Appliance:
         clock = self.guard.status()
         return {
             "version": __version__, "state": health["state"], "problems": health["problems"],
-            "degraded": health["degraded"], "mode": self.mode,
+            "degraded": health["degraded"], "mode": self.mode, "readiness": self.readiness().to_dict(),
+            "credential": {**cred.summary(), "error": None} if cred is not None else {"error": cred_error},
             "device": {"id": core.device_id if core else None, "checkpoint": core.checkpoint_id if core else None,
                        "name": self.config["device"]["name"]},
             "direction": self.feedback.direction, "uptime_s": round(time.monotonic() - self._started_mono, 1),
@@ -755,6 +814,7 @@ class Appliance:
         if self._trust_changed.is_set():
             self._trust_changed.clear()
             self.reload_trust()
+            self._reload_credential()
         self.hub.expire()
         self._refresh_clock()
         self._update_health()
@@ -795,8 +855,6 @@ class Appliance:
                 log.warning("sync state unreadable: %s", exc)
 
     def _update_health(self) -> None:
-        from hardware.feedback import DeviceState
-
         problems: list[str] = []
         core = self.core
         for h in self.pipeline.health().sources:
@@ -814,8 +872,9 @@ class Appliance:
                 self._write_problem = None  # the log recovered (its retry queue is empty)
         if self._write_problem is not None:
             problems.append(f"log:{self._write_problem}")
-        if self.trust.key_count == 0 and core is not None:
-            problems.append("trust_missing")
+        ready = self.readiness()
+        if not ready.ready and ready.code != readiness.NOT_PROVISIONED:
+            problems.append(ready.code)
         if self.feedback.fault:
             problems.append("feedback_fault")
         now = self.guard.now()
@@ -826,19 +885,23 @@ class Appliance:
                                     oldest_pending_ms=oldest))
         if log_state == "warning":
             flags.append(degraded.LOW_DISK)
-        if core is None:
+        if ready.code == readiness.NOT_PROVISIONED:
             flags.append(degraded.NOT_PROVISIONED)
+        if core is not None and core.mode == "provisioned" and self._credential is None:
+            flags.append(degraded.NO_CREDENTIAL)
         if self._sync_state is not None and self._sync_state.alarms:
             flags += [f"sync:{a}" for a in self._sync_state.alarms]
         problems = sorted(set(problems))
         state = "error" if problems else "degraded" if flags else "ok"
         with self._lock:
-            self._health = {"state": state, "problems": problems, "degraded": flags, "mode": self.mode}
+            self._health = {"state": state, "problems": problems, "degraded": flags, "mode": self.mode,
+                            "readiness": ready.to_dict()}
         self.feedback.set_state({"ok": DeviceState.OK, "degraded": DeviceState.DEGRADED,
                                  "error": DeviceState.ERROR}[state])
-        if state != self._last_state:
-            self._last_state = state
-            self.hub.publish("state", {"state": state, "problems": problems, "degraded": flags, "mode": self.mode})
+        if (state, ready.code) != self._last_state:
+            self._last_state = (state, ready.code)
+            self.hub.publish("state", {"state": state, "problems": problems, "degraded": flags, "mode": self.mode,
+                                       "readiness": ready.to_dict()})
             level = logging.INFO if state == "ok" else logging.WARNING
             log.log(level, "state %s problems=%s degraded=%s", state, ",".join(problems) or "-",
                     ",".join(flags) or "-")

@@ -23,6 +23,7 @@ CLOCK_BEHIND = "clock_behind"
 SYNC_BACKLOG = "sync_backlog"
 LOW_DISK = "low_disk"
 NOT_PROVISIONED = "not_provisioned"
+NO_CREDENTIAL = "no_credential"  # provisioned, but no valid root-signed server credential: holder details not kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The demo: the whole appliance on built-in defaults, without hardware.
 
 Fresh keys and a signed trust bundle; a reference server (sync/server) on 127.0.0.1 with the
-bundle published and a one-time enrollment QR; a simulated camera playing a generated video
+bundle and its root-signed credential published and a one-time enrollment QR; the device has the
+root pinned in its config, as from its installation media; a simulated camera playing a generated video
 (scanner/demo_video.py) that shows the enrollment QR, then cards: valid, expired, not yet valid,
 revoked, forged, signed by an unknown issuer, not a card, a phone screen in dark mode, the same
 card held for seconds (one scan) and shown again later (anti-passback: duplicate). The device in a
@@ -21,6 +22,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from sync import credential
+from sync.server import credentials
+from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
 
 from . import base45, cbor, cose, i18n, issuer, keys, render
 from .bundle import BundleKey, make_bundle, open_bundle
@@ -156,8 +161,19 @@ class ReferenceServer:
         self.storage.close()
 
 
+def publish_credential(server: ReferenceServer, root, now: int) -> None:
+    """What the operator does once per server: the root signs the server's URL and public keys
+    (`checkpoint issuer server-credential`), the server publishes it."""
+    sealing_key = load_or_create_sealing_key(server.keys_dir).public_key()
+    pull_key = load_or_create_pull_key(server.keys_dir).public_key()
+    data = credential.issue(root, urls=[server.url], sealing_key=sealing_key, pull_key=pull_key,
+                            server_id="demo-server", issued_at=now)
+    credentials.publish(server.storage, data, sealing_public=sealing_key, pull_public=pull_key,
+                        root=root.public_key())
+
+
 def _config_text(base: Path, video: Path, server_url: str, fps: float, speed: float, loop: bool,
-                 lang: str) -> str:
+                 lang: str, root_pub: Path) -> str:
     return f"""# The demo device's configuration (written by `checkpoint demo`; see docs/configuration.md).
 [device]
 state_dir = "{base / 'state'}"
@@ -171,6 +187,9 @@ cooldown_s = {3.0 / speed:.3f}
 server = "{server_url}"
 builder = "inline"
 interval_s = 2
+
+[enroll]
+trust_root = "{root_pub}"
 
 [api]
 listen = "127.0.0.1:0"
@@ -250,6 +269,7 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
     server = ReferenceServer(base / "server").start()
     try:
         publish(server.storage, bundle_bytes, now_ms=time.time_ns() // 1_000_000, root=root.public_key())
+        publish_credential(server, root, now)
         code = enroll.create(server.storage, server.url, CHECKPOINT, now_ms=time.time_ns() // 1_000_000,
                              ttl_hours=1, root_public_key=root.public_key())
         render.qr_png(code.text(), base / "enroll.png")
@@ -258,7 +278,7 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
         demo_video.write(video, shots, demo_video.FPS)
         config_path = base / "checkpoint.toml"
         atomic_write(config_path, _config_text(base, video, server.url, demo_video.FPS, speed, duration is not None,
-                                               lang).encode("utf-8"))
+                                               lang, key_dir / "root.pub").encode("utf-8"))
         echo(t("files", dir=escape(str(base))))
         echo(t("server", url=server.url))
         config = load(config_path)

@@ -1,8 +1,10 @@
 """`checkpoint doctor`: is this device able to do its job? One check per part, pass/warn/fail + a fix.
 
-Checks: configuration, state directory, provisioning, each camera (delivers a frame), each reader
+Checks: configuration, state directory, provisioning, readiness (scanner/readiness.py: the same
+answer as the health API, the kiosk and `log stats`), each camera (delivers a frame), each reader
 (present and readable), GPIO, the entry log (writable, integrity), free disk, the clock (NTP /
-server), the trust bundle (present, age), the server (reachable) and the sync backlog. Run by
+server), the trust bundle (present, age), the server's root-signed credential, the server
+(reachable) and the sync backlog. Run by
 itself it opens the devices; inside the daemon (``live``) it reads the running parts' health
 instead, because the daemon holds the devices. The same report as JSON feeds the status page.
 """
@@ -21,7 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sync import credential
+from sync.state import DeviceConfig, StateError
+
 from . import clock as clockmod
+from . import readiness
 from .config import Config
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -83,7 +89,6 @@ def check_state_dir(state: Path) -> Check:
 
 
 def check_provisioned(config: Config) -> Check:
-    from sync.state import DeviceConfig, StateError
     try:
         dev = DeviceConfig.load(config.state_dir)
     except StateError as exc:
@@ -94,10 +99,38 @@ def check_provisioned(config: Config) -> Check:
                          "set [device] checkpoint_id, or enable sync and run `checkpoint provision`")
         if exc.code != "not_provisioned":
             return Check("provisioned", FAIL, str(exc), "run `checkpoint provision` again")
+        if not readiness.root_pinned(config):
+            return Check("provisioned", WARN, "not provisioned, and no trust root to check a server with",
+                         readiness.FIXES[readiness.NO_TRUST_ROOT])
         how = ("show it an enrollment QR (zero-touch) or " if config["enroll"]["qr"] else "")
         return Check("provisioned", WARN, "not provisioned",
                      f"{how}run `checkpoint provision --server URL --token T`")
     return Check("provisioned", PASS, f"device {dev.device_id} at checkpoint {dev.checkpoint_id}")
+
+
+def check_ready(ready: readiness.Readiness) -> Check:
+    """The device's readiness (the same answer as the health API and the kiosk)."""
+    if ready.ready:
+        return Check("ready", PASS, f"ready to check cards ({ready.detail})")
+    status = WARN if ready.code == readiness.NOT_PROVISIONED else FAIL
+    return Check("ready", status, f"{ready.message('en')} ({ready.code}: {ready.detail})", ready.fix)
+
+
+def check_credential(config: Config) -> Check | None:
+    """The server's root-signed credential (provisioned devices only): holder details are sealed to
+    its key only."""
+    try:
+        DeviceConfig.load(config.state_dir)
+    except StateError:
+        return None
+    try:
+        cred = credential.load(config.state_dir)
+    except (credential.CredentialError, StateError) as exc:
+        return Check("credential", WARN, f"no valid server credential ({exc.code}: {exc}): holder details are "
+                     "not stored", "`checkpoint sync now` fetches it from the server; the operator issues it "
+                     "(`checkpoint issuer server-credential`) and publishes it (`checkpoint server credential publish`)")
+    return Check("credential", PASS, f"server {cred.server_id} (serial {cred.serial}) vouched for by the trust root; "
+                 f"sealing key {cred.sealing_key_id()}")
 
 
 def _read_one_frame(cfg, timeout: float) -> tuple[Any, str | None]:
@@ -256,8 +289,7 @@ def check_trust(config: Config) -> Check:
     except (CheckpointError, OSError) as exc:
         return Check("trust", FAIL, f"refused: {exc}", "`checkpoint sync now` fetches a good bundle; check [trust] files")
     if store.key_count == 0:
-        return Check("trust", FAIL, "no trusted issuer keys", "provision the device (it fetches the bundle) "
-                     "or list key files in [trust] files")
+        return Check("trust", FAIL, "no trusted issuer keys", readiness.FIXES[readiness.NO_TRUST])
     if not store.bundles:
         return Check("trust", PASS, f"{store.key_count} keys from files (no bundle)")
     newest = max(store.bundles, key=lambda b: b.version)
@@ -275,7 +307,6 @@ def check_trust(config: Config) -> Check:
 def check_server(config: Config, timeout: float = 5.0) -> Check:
     if not config["sync"]["enabled"]:
         return Check("server", PASS, "sync disabled")
-    from sync.state import DeviceConfig, StateError
     try:
         dev = DeviceConfig.load(config.state_dir)
     except StateError:
@@ -355,6 +386,7 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
     checks = [Check("config", PASS, str(config.path) if config.path else "built-in defaults (no file)")]
     checks.append(check_state_dir(config.state_dir))
     checks.append(check_provisioned(config))
+    checks.append(check_ready(live.readiness() if live is not None else readiness.of_config(config)))
     if live is not None:
         checks += live.input_checks()
     else:
@@ -378,6 +410,9 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
     checks.append(check_disk(config.state_dir, config["log"]["min_free_mb"]))
     checks.append(check_clock(config, live.clock_status() if live is not None else None))
     checks.append(check_trust(config))
+    cred = check_credential(config)
+    if cred is not None:
+        checks.append(cred)
     checks.append(check_server(config, server_timeout))
     checks.append(check_sync(config, live.backlog() if live is not None else _offline_backlog(config)))
     return Report(tuple(checks))

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DB_NAME = "entries.db"
 DEFAULT_STATE_DIR = "/var/lib/checkpoint"
 HOLDER_MODES = ("sealed", "none")
+NO_SEALING_KEY = "no sealing key configured"  # holder_details_note when "sealed" was asked for without a key
 MARK_CHUNK = 500  # entries marked synced per write transaction (~1 ms here): see mark_synced
 SYNC_MODES = ("FULL", "NORMAL")
 MIB = 1024 * 1024
@@ -310,7 +311,7 @@ class EntryLog:
         self.sealing_key = sealing_key
         self._sealer = sealing.Sealer(sealing_key) if sealing_key is not None else None
         if holder_details == "sealed" and sealing_key is None:
-            self.holder_details, self.holder_details_note = "none", "no sealing key configured"
+            self.holder_details, self.holder_details_note = "none", NO_SEALING_KEY
         else:
             self.holder_details, self.holder_details_note = holder_details, ""
         self.synchronous = synchronous
@@ -418,6 +419,17 @@ class EntryLog:
                 os.chmod(p, stat.S_IMODE(st.st_mode) & 0o600)
             if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
                 os.chown(p, owner.st_uid, owner.st_gid)
+
+    def set_sealing_key(self, sealing_key: X25519PublicKey) -> None:
+        """Seal later entries to this key (the device installed a new server credential); entries
+        already written keep theirs. A log that stored no details for want of a key starts to."""
+        with self._lock:
+            old, self._sealer = self._sealer, sealing.Sealer(sealing_key)  # before the mode: never sealed to None
+            self.sealing_key = sealing_key
+            if self.holder_details_note == NO_SEALING_KEY:
+                self.holder_details, self.holder_details_note = "sealed", ""
+        if old is not None:
+            old.rotate()
 
     def close(self) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """Provisioning the appliance: the state directory with its owner and modes, enrollment (sync's
-part, sync.provision), the pinned root checked against an enrollment code, and the final config.
+part, sync.provision: only with a server the pinned root vouches for), the pinned root checked
+against an enrollment code before anything is sent, and the final config.
 
 `provision_appliance` is what `checkpoint provision --config FILE` and zero-touch enrollment run.
 It is idempotent: running it again re-enrolls the same key as the same device, fixes owners and
@@ -15,15 +16,16 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sync.provision import pinned_root, provision
+
 from .config import DEFAULT_STATE_DIR, Config, ConfigError, discover_inputs, load
+from .enroll import root_fingerprint
 from .errors import CheckpointError
 from .fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
 SERVICE_USER = "checkpoint"
-# what sync.provision writes besides the device key (removed again when the root check fails)
-ENROLLMENT_FILES = ("device.json", "trust-root.pem", "bundle.json", "sealing.pub", "sync-state.json")
 
 
 class ProvisioningError(CheckpointError):
@@ -41,6 +43,8 @@ class ApplianceProvisioned:
     key_created: bool
     root: str
     bundle_version: int | None
+    bundle: str  # installed, not_modified, or none: the server has published no trust bundle yet
+    server_id: str
     owner: str | None  # the user the state directory belongs to (None: left as the caller's)
     config_path: str | None
     config: str  # "written", "kept" (existed and is valid) or "none"
@@ -80,20 +84,6 @@ def secure_state_dir(state_dir: Path, owner: tuple[int, int] | None) -> None:
         os.chown(state_dir, *owner)
 
 
-def _check_root(state_dir: Path, root_sha256: str) -> None:
-    from sync.trustupdate import load_roots
-
-    from .enroll import root_fingerprint
-
-    roots = load_roots(state_dir)
-    if roots and root_fingerprint(roots[0]) == root_sha256:
-        return
-    for name in ENROLLMENT_FILES:  # undo the enrollment's pinning: this server is not the expected one
-        (state_dir / name).unlink(missing_ok=True)
-    raise ProvisioningError("the server's trust root is not the one the enrollment code names; "
-                            "nothing kept (check the code, or the server)", code="root_mismatch")
-
-
 def render_config(state_dir: Path, server_url: str, inputs: dict) -> str:
     """A minimal config file for a provisioned device: its state directory, server and inputs."""
     lines = ["# Written by `checkpoint provision`; see docs/configuration.md for every key.", "",
@@ -116,16 +106,15 @@ def provision_appliance(server_url: str | None, token: str, *, config_path: str 
                         state_dir: str | os.PathLike | None = None, ca_file: str | None = None,
                         trust_root: str | os.PathLike | None = None, root_sha256: str | None = None,
                         owner_user: str | None = SERVICE_USER, write_config: bool = True,
-                        dev: str = "/dev") -> ApplianceProvisioned:
+                        dev: str = "/dev", wait_bundle_s: float = 0.0) -> ApplianceProvisioned:
     """Enroll this device and leave it ready to run (see the module docstring).
 
     ``config_path``: an existing file is checked and its state directory, server, CA file and
     root pin are used; a missing one is written (with the readers and camera found) unless
-    ``write_config`` is False. ``root_sha256`` (from an enrollment code) must match the root the
-    server publishes, else nothing is kept.
+    ``write_config`` is False. The root is ``trust_root``, the config's ``[enroll] trust_root``
+    or the one pinned before; there must be one. ``root_sha256`` (from an enrollment code) must
+    be its fingerprint, else the server is not even contacted.
     """
-    from sync.provision import provision
-
     config: Config | None = None
     config_file = Path(config_path) if config_path is not None else None
     if config_file is not None and config_file.exists():
@@ -141,11 +130,13 @@ def provision_appliance(server_url: str | None, token: str, *, config_path: str 
             trust_root = config["enroll"]["trust_root"]
     if not server_url:
         raise ProvisioningError("no server: give --server URL or set [sync] server in the config")
+    root, _ = pinned_root(state, trust_root)
+    if root_sha256 is not None and root_fingerprint(root) != root_sha256:
+        raise ProvisioningError("the enrollment code names another trust root than this device's; nothing "
+                                "sent to its server (check the code, or the device's trust root)", code="root_mismatch")
     owner = service_owner(owner_user)
     secure_state_dir(state, owner)
-    res = provision(server_url, token, state, ca_file=ca_file, trust_root=trust_root)
-    if root_sha256 is not None:
-        _check_root(state, root_sha256)
+    res = provision(server_url, token, state, ca_file=ca_file, trust_root=trust_root, wait_bundle_s=wait_bundle_s)
     secure_state_dir(state, owner)  # the files enrollment wrote belong to the service too
     written = "none"
     if config is not None:
@@ -162,5 +153,5 @@ def provision_appliance(server_url: str | None, token: str, *, config_path: str 
         with_group = grp.getgrgid(owner[1]).gr_name
         log.info("provision: %s belongs to %s:%s", state, owner_name, with_group)
     return ApplianceProvisioned(str(state), res.device_id, res.checkpoint_id, res.server_url, res.key_created,
-                                res.root, res.bundle_version, owner_name,
+                                res.root, res.bundle_version, res.bundle, res.server_id, owner_name,
                                 str(config_file) if config_file else None, written)

@@ -31,7 +31,7 @@ from scanner.entrylog import EntryLog, EntryLogError
 from scanner.errors import CheckpointError, TrustError
 
 from . import batch as batchmod
-from . import identity, trustupdate
+from . import credential, identity, protocol, trustupdate
 from .client import RejectedError, SyncClient, SyncError, TransientError
 from .state import (
     HB_RESERVE,
@@ -339,7 +339,7 @@ def trust_job(client: SyncClient, state_dir: str | os.PathLike) -> dict:
     (the bundle was refused, the old one kept) or {"status": "error"|"rejected", "code", ...}."""
     roots = trustupdate.load_roots(state_dir)
     if not roots:
-        return {"status": "failed", "error": "no trust root pinned on this device"}
+        return {"status": "failed", "error": "no trust root pinned on this device (provision it with --trust-root)"}
     try:
         kind, bundle = refresh_bundle(client, state_dir, roots)
     except TrustError as exc:
@@ -347,6 +347,8 @@ def trust_job(client: SyncClient, state_dir: str | os.PathLike) -> dict:
     except TransientError as exc:
         return {"status": "error", "code": exc.code, "message": str(exc), "retry_after": exc.retry_after}
     except RejectedError as exc:
+        if exc.code == protocol.E_NO_BUNDLE:  # nothing published yet: asked again at every contact
+            return {"status": "none", "version": None, "issued_at": None}
         return {"status": "rejected", "code": exc.code, "message": str(exc), "http": exc.status}
     return {"status": kind, "version": bundle.version if bundle is not None else None,
             "issued_at": bundle.issued_at if bundle is not None else None}
@@ -369,7 +371,7 @@ class SyncResult:
     error: str | None = None
     error_code: str | None = None
     retry_after: float | None = None
-    trust: str | None = None  # not_modified | delta | full | failed | None (not checked)
+    trust: str | None = None  # not_modified | delta | full | none (nothing published) | failed | None (not checked)
 
 
 class SyncAgent:
@@ -532,16 +534,40 @@ class SyncAgent:
             raise RejectedError(res["message"], code=res["code"], status=res["http"])
         if status == "failed":
             self._trust_failed(state, res["error"])
+            self.update_credential(state)
             return "failed"
         state.trust_error = None
         state.set_alarm("trust_update_failed", False)
+        changed = False
         if res["version"] is not None:
             state.trust_version, state.trust_issued_at = res["version"], res["issued_at"]
             if status != "not_modified":
                 log.info("trust bundle version %d installed (%s)", res["version"], status)
-                if self.on_trust is not None:
-                    self.on_trust(res["version"])
+                changed = True
+        if self.update_credential(state) == "installed":
+            changed = True
+        if changed and self.on_trust is not None:
+            self.on_trust(state.trust_version)
         return status
+
+    def update_credential(self, state: SyncState) -> str:
+        """Fetch the server's credential and keep it only if the pinned root signed it for this
+        device's server and it is newer than the one kept ("installed", "not_modified", "none" when
+        the server has none, "failed": refused, the old one kept, alarm ``credential_refused``)."""
+        data = self.client.credential()
+        if data is None:
+            return "none"
+        try:
+            cred, changed = credential.install(self.state_dir, data, trustupdate.load_roots(self.state_dir),
+                                               self.config.server_url)
+        except credential.CredentialError as exc:
+            state.set_alarm("credential_refused", True)
+            log.error("server credential refused (%s), the one kept stays: %s", exc.code, exc)
+            return "failed"
+        state.set_alarm("credential_refused", False)
+        if changed:
+            log.info("server credential serial %d of %s installed", cred.serial, cred.server_id)
+        return "installed" if changed else "not_modified"
 
     def _trust_failed(self, state: SyncState, message: str) -> None:
         state.trust_error = message
@@ -639,7 +665,7 @@ class SyncAgent:
                 finally:
                     self._note_clock(state)
                 self.catch_up_acks(state)
-                due = (state.trust_checked_ms is None
+                due = (state.trust_checked_ms is None or state.trust_version is None  # no bundle yet: every contact
                        or now_ms() - state.trust_checked_ms >= self.trust_interval_s * 1000)
                 if trust or (trust is None and due):
                     trust_result = self.update_trust(state)

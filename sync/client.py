@@ -290,6 +290,16 @@ class SyncClient:
         kind = "delta" if ctype.startswith(protocol.DELTA_TYPE) else "full"
         return TrustReply(kind, server_version, reply.body)
 
+    def credential(self) -> bytes | None:
+        """The server's credential file as it sent it (unchecked), or None when it has none (404:
+        none published, or a server older than credentials)."""
+        try:
+            return self._request("GET", protocol.CREDENTIAL, max_bytes=64 * 1024).body
+        except RejectedError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def heartbeat(self, doc: dict) -> dict:
         body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
         return self._request("POST", protocol.HEARTBEAT, body=body, content_type="application/json").json()

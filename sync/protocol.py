@@ -22,6 +22,7 @@ ACKS = f"{PREFIX}/acks"
 TRUST = f"{PREFIX}/trust"
 HEARTBEAT = f"{PREFIX}/heartbeat"
 HEALTH = f"{PREFIX}/health"
+CREDENTIAL = f"{PREFIX}/credential"  # the server's root-signed credential (sync/credential.py)
 
 TIME_HEADER = "X-Checkpoint-Time"  # the server's clock when it answered, epoch ms, on every response
 RECEIVED_HEADER = "X-Checkpoint-Received"  # the server's clock when the request arrived (NTP-style offset)
@@ -53,6 +54,7 @@ E_BAD_REQUEST = "bad_request"  # 400: a malformed request that is not a batch
 E_BUSY = "busy"  # 503 + Retry-After
 E_INTERNAL = "internal"  # 500
 E_NO_BUNDLE = "no_bundle"  # 404: nothing published yet
+E_NO_CREDENTIAL = "no_credential"  # 404: the operator has not published the server's credential
 
 BATCH_BAD_CODES = frozenset({E_MALFORMED})
 AUTH_CODES = frozenset({E_UNKNOWN_DEVICE, E_BAD_SIGNATURE, E_DEVICE_REVOKED})

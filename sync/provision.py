@@ -1,27 +1,30 @@
 """Enrollment, the sync part of `checkpoint provision`: state directory, device key, enroll with a
-one-time token, and write what the device needs (device.json, the server's sealing key, the
-pinned trust root, the current trust bundle). Running it again is harmless: the same key enrolls
-as the same device, and files are only replaced atomically. The daemon issue adds the config file.
+one-time token, and write what the device needs (device.json, the server's root-signed
+credential, the pinned trust root, the current trust bundle). Nothing is written before the
+server has shown a credential signed by the pinned root for the URL the device talks to
+(sync/credential.py). Running it again is harmless: the same key enrolls as the same device, and
+files are only replaced atomically.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner import sealing
 from scanner.errors import CheckpointError, KeyFileError, TrustError
 from scanner.keys import public_pem
 from scanner.trust import load_root
 
-from . import identity, protocol, trustupdate
+from . import credential, identity, protocol, trustupdate
 from .agent import now_ms, refresh_bundle
-from .client import SyncClient
-from .state import PULL_PUB_NAME, SEALING_PUB_NAME, DeviceConfig, StateFile
+from .client import RejectedError, SyncClient
+from .state import LEGACY_KEY_FILES, DeviceConfig, StateFile
+
+BUNDLE_POLL_S = 2.0  # how often --wait-bundle asks the server again
 
 
 class ProvisionError(CheckpointError):
@@ -35,26 +38,40 @@ class ProvisionResult:
     checkpoint_id: str
     server_url: str
     key_created: bool
-    root: str  # "pinned" (given with --trust-root), "server" (taken at enrollment) or "none"
+    root: str  # "pinned" (given with --trust-root) or "kept" (pinned before, in the state directory)
     bundle_version: int | None
-    bundle: str  # what happened to the bundle: installed, not_modified, none
+    bundle: str  # what happened to the bundle: installed, not_modified, none (the server has none yet)
+    server_id: str  # from the server's credential
+    credential_serial: int
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
+def pinned_root(state_dir: str | os.PathLike, trust_root: str | os.PathLike | None):
+    """(the root this device trusts, "pinned" | "kept"): ``trust_root`` (from the installation media),
+    else the one pinned in the state directory before. ProvisionError ``no_trust_root`` without
+    either: a device never takes its root from the network."""
+    path = trust_root if trust_root is not None else Path(state_dir) / trustupdate.ROOT_NAME
+    if trust_root is None and not Path(path).exists():
+        raise ProvisionError("no trust root: give --trust-root ROOT.pub (from the installation media) or "
+                             "[enroll] trust_root in the config; a device does not take its root from a server",
+                             code="no_trust_root")
+    try:
+        return load_root(path), "pinned" if trust_root is not None else "kept"
+    except KeyFileError as exc:
+        raise ProvisionError(f"trust root: {exc}", code="no_trust_root") from None
+
+
 def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_file: str | None = None,
-              trust_root: str | os.PathLike | None = None, connect_timeout: float = 10.0,
-              read_timeout: float = 120.0) -> ProvisionResult:
+              trust_root: str | os.PathLike | None = None, wait_bundle_s: float = 0.0,
+              connect_timeout: float = 10.0, read_timeout: float = 120.0) -> ProvisionResult:
+    """Enroll with the server at ``server_url`` (see the module docstring). ``wait_bundle_s``: when
+    the server has no trust bundle yet, ask again for this long before giving up (bundle "none")."""
     state = Path(state_dir)
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(state, 0o700)
-    pinned = None
-    if trust_root is not None:
-        try:
-            pinned = load_root(trust_root)
-        except KeyFileError as exc:
-            raise ProvisionError(f"--trust-root: {exc}") from None
+    root, root_mode = pinned_root(state, trust_root)
     key, created = identity.load_or_create(state)
     client = SyncClient(server_url, key, ca_file=ca_file, connect_timeout=connect_timeout, read_timeout=read_timeout)
     try:
@@ -62,45 +79,35 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
         device_id, checkpoint_id = doc.get("device_id"), doc.get("checkpoint_id")
         if device_id != identity.device_id(key) or not isinstance(checkpoint_id, str) or not checkpoint_id:
             raise ProvisionError("enrollment answer names another device or no checkpoint")
+        cred_text = doc.get("server_credential")
+        if not isinstance(cred_text, str) or not cred_text:
+            raise ProvisionError(f"the server at {client.base_url} has no credential signed by the trust root "
+                                 "(the operator issues one: `checkpoint issuer server-credential`, then "
+                                 "`checkpoint server credential publish`); nothing kept",
+                                 code="credential_missing")
         try:
-            seal_pub = sealing.load_public_key(str(doc.get("sealing_public_key", "")).encode("ascii"))
-        except (CheckpointError, UnicodeEncodeError, ValueError):
-            raise ProvisionError("enrollment answer has no usable sealing key") from None
-        server_root = None
+            cred = credential.open_credential(cred_text.encode("utf-8"), [root])
+            cred.check_url(client.base_url)
+        except credential.CredentialError as exc:
+            raise ProvisionError(f"the server at {client.base_url} is not vouched for by the trust root: {exc}; "
+                                 "nothing kept", code=exc.code) from None
         if doc.get("root_public_key"):
             try:
                 server_root = serialization.load_pem_public_key(str(doc["root_public_key"]).encode("ascii"))
             except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
                 raise ProvisionError("enrollment answer has an unreadable trust root") from None
-        pull_pub = None
-        if doc.get("pull_public_key"):
-            try:
-                pull_pub = serialization.load_pem_public_key(str(doc["pull_public_key"]).encode("ascii"))
-            except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
-                pull_pub = None
-            if not isinstance(pull_pub, ed25519.Ed25519PublicKey):
-                raise ProvisionError("enrollment answer has an unreadable pull key")
-        root_mode = "none"
-        root_path = state / trustupdate.ROOT_NAME
-        if pinned is not None:
-            if server_root is not None and public_pem(server_root) != public_pem(pinned):
-                raise ProvisionError("the server publishes bundles of another root than --trust-root")
-            trustupdate.atomic_write(root_path, public_pem(pinned))
-            root_mode = "pinned"
-        elif root_path.exists():
-            root_mode = "pinned"  # kept from an earlier provisioning
-            if server_root is not None and public_pem(server_root) != root_path.read_bytes():
-                raise ProvisionError(f"the server's trust root differs from {root_path}")
-        elif server_root is not None:
-            trustupdate.atomic_write(root_path, public_pem(server_root))
-            root_mode = "server"
-        trustupdate.atomic_write(state / SEALING_PUB_NAME, sealing.public_key_pem(seal_pub))
-        if pull_pub is not None:  # the server may pull batches signed with it (sync/pull.py)
-            trustupdate.atomic_write(state / PULL_PUB_NAME, public_pem(pull_pub))
+            if public_pem(server_root) != public_pem(root):
+                raise ProvisionError("the server publishes bundles of another root than the one pinned",
+                                     code="root_mismatch")
+        # everything checked: only now does this device keep anything of this server
+        trustupdate.atomic_write(state / trustupdate.ROOT_NAME, public_pem(root))
+        credential.install(state, cred.data, [root], client.base_url, replace=True)
+        for name in LEGACY_KEY_FILES:  # keys of older versions, never vouched for by the root
+            (state / name).unlink(missing_ok=True)
         DeviceConfig(device_id, checkpoint_id, client.base_url, ca_file, now_ms()).save(state)
-        roots = trustupdate.load_roots(state)
+        roots = [root]
         bundle_status, version = "none", None
-        if roots and doc.get("bundle_version") is not None:
+        if doc.get("bundle_version") is not None:
             inline = doc.get("bundle")
             try:
                 cur = trustupdate.current(state, roots)
@@ -114,6 +121,8 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
                 kind, b = refresh_bundle(client, state, roots)
                 bundle_status = "not_modified" if kind == "not_modified" else "installed"
                 version = b.version if b is not None else None
+        elif wait_bundle_s > 0:
+            bundle_status, version = _wait_for_bundle(client, state, roots, wait_bundle_s)
         files = StateFile(state)
         with files.lock():
             st = files.load()
@@ -126,4 +135,20 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
     finally:
         client.close()
     return ProvisionResult(str(state), device_id, checkpoint_id, client.base_url, created, root_mode, version,
-                           bundle_status)
+                           bundle_status, cred.server_id, cred.serial)
+
+
+def _wait_for_bundle(client: SyncClient, state: Path, roots, wait_s: float) -> tuple[str, int | None]:
+    """Ask the server for its first bundle until it has one or ``wait_s`` passes."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            _, bundle = refresh_bundle(client, state, roots)
+            return "installed", bundle.version
+        except RejectedError as exc:
+            if exc.code != protocol.E_NO_BUNDLE:
+                raise
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "none", None
+        time.sleep(min(BUNDLE_POLL_S, left))

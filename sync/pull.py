@@ -49,9 +49,9 @@ from scanner.errors import CheckpointError
 from scanner.fsutil import atomic_write
 
 from . import batch as batchmod
-from . import identity, protocol
+from . import credential, identity, protocol
 from .agent import MAX_BATCH, build_next, mark_acked, now_ms, quarantine
-from .state import PULL_PUB_NAME, DeviceConfig, StateError, StateFile
+from .state import DeviceConfig, StateError, StateFile
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class PullService:
         self._nonces: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
         self._ident: tuple[DeviceConfig, ed25519.Ed25519PrivateKey] | None = None
-        self._keys_cache: tuple[float | None, list] = (None, [])
+        self._keys_cache: tuple[int | None, list] = (None, [])
 
     @property
     def log(self) -> EntryLog:
@@ -182,13 +182,22 @@ class PullService:
         return self._ident
 
     def server_keys(self) -> dict[str, ed25519.Ed25519PublicKey]:
-        path = self.state_dir / PULL_PUB_NAME
+        """The pull key of the root-signed server credential (checked again whenever the file
+        changes) and the keys given to this service."""
+        path = self.state_dir / credential.FILE_NAME
         try:
-            mtime = path.stat().st_mtime
+            mtime = path.stat().st_mtime_ns
         except FileNotFoundError:
             mtime = None
         if mtime != self._keys_cache[0]:
-            self._keys_cache = (mtime, load_public_keys([path]) if mtime is not None else [])
+            keys = []
+            if mtime is not None:
+                try:
+                    cred = credential.load(self.state_dir)
+                    keys = [cred.pull_key] if cred.pull_key is not None else []
+                except (credential.CredentialError, StateError) as exc:
+                    log.warning("pull: server credential not usable (%s): no pull key from it", exc.code)
+            self._keys_cache = (mtime, keys)
         return {key_id(k): k for k in self._keys_cache[1] + self.extra_keys}
 
     # ------------------------------------------------------------ authentication

@@ -25,8 +25,9 @@ from scanner.fsutil import atomic_write
 DEVICE_NAME = "device.json"
 STATE_NAME = "sync-state.json"
 LOCK_NAME = "sync.lock"
-SEALING_PUB_NAME = "sealing.pub"
-PULL_PUB_NAME = "server-pull.pub"  # the server's Ed25519 key for pulls (sync/pull.py), from enrollment
+# The server's keys as older versions kept them, unsigned: never read; provisioning removes them.
+# The keys a device uses come from its root-signed server credential (sync/credential.py).
+LEGACY_KEY_FILES = ("sealing.pub", "server-pull.pub")
 QUARANTINE_DIR = "quarantine"
 DEFAULT_STATE_DIR = "/var/lib/checkpoint"
 PROGRESS_EVERY_S = 300.0  # progress alone reaches the disk at most this often (and at a clean stop)

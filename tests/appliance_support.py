@@ -2,6 +2,7 @@
 as a subprocess with its output read line by line, pty serial readers and video files."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner import issuer, keys
+from scanner.config import load
+from scanner.daemon import Appliance
 from scanner.verdict import Holder
 
 WAIT = 60.0  # seconds: generous for a loaded 2-core machine; never reached when things work
@@ -211,3 +214,51 @@ def write_video(path: Path, shots: list, fps: float = 10.0) -> Path:
     from scanner import demo_video
     demo_video.write(path, shots, fps)
     return path
+
+
+class Lane:
+    """The appliance in this process, a named pipe as its reader, every event it publishes kept and
+    its feedback mirrored as console lines (one per pattern: what the LEDs showed)."""
+
+    def __init__(self, tmp: Path, tables: dict) -> None:
+        self.fifo = tmp / f"lane-{len(list(tmp.glob('lane-*')))}.fifo"
+        os.mkfifo(self.fifo)
+        self.fd = os.open(self.fifo, os.O_RDWR)
+        tables = {"feedback": {"pin_factory": "mock", "console": True}, "feedback.green": {"pin": 17},
+                  "feedback.red": {"pin": 27}, "feedback.amber": {"pin": 22}, **tables,
+                  "stdin": [{"name": "desk", "path": str(self.fifo)}]}
+        self.config = load(write_config(tmp / f"{self.fifo.stem}.toml", tables))
+        self.out = io.StringIO()
+        self.app = Appliance(self.config, stdout=self.out)
+        self.events: list = []
+        self._cond = threading.Condition()
+        self.app.hub.listen(self._heard)
+
+    def _heard(self, event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def start(self) -> Lane:
+        self.app.start()
+        threading.Thread(target=self.app.supervise, daemon=True).start()
+        return self
+
+    def send(self, *texts: str) -> None:
+        os.write(self.fd, "".join(t + "\n" for t in texts).encode())
+
+    def wait(self, pred, n: int = 1, timeout: float = WAIT) -> list:
+        """The events matching ``pred`` once there are ``n`` of them."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: sum(1 for e in self.events if pred(e)) >= n, timeout)
+            assert ok, [(e.kind, e.data) for e in self.events]
+            return [e for e in self.events if pred(e)]
+
+    def kinds(self, kind: str) -> list:
+        with self._cond:
+            return [e for e in self.events if e.kind == kind]
+
+    def stop(self) -> None:
+        self.app.request_stop()
+        self.app.shutdown()
+        os.close(self.fd)

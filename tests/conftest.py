@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import settings
+from test_sync_support import OPERATOR_ROOT
 
 from scanner import base45, cbor, cose
 from scanner import issuer as issuer_mod
@@ -68,7 +69,7 @@ def now() -> int:
 
 @pytest.fixture(scope="session")
 def root_key() -> ed25519.Ed25519PrivateKey:
-    return ed25519.Ed25519PrivateKey.generate()
+    return OPERATOR_ROOT  # the root that vouches for the test servers too (test_sync_support)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ from bench import browser
 from scanner import keys
 from scanner.bundle import BundleKey, make_bundle
 from scanner.provisioning import provision_appliance
+from sync.server.bundles import publish
 
 pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))
 
@@ -68,19 +69,15 @@ def _feedback_tables() -> dict:
 class Site:
     """A provisioned device (subprocess) with its server, camera folder, reader pipe and fixed port."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, bundle: bool = True) -> None:
         self.tmp = tmp
         (tmp / "server").mkdir()
         self.server = ServerThread(tmp / "server" / "central.db").start()
-        from sync.server.bundles import publish
-        root = keys.generate("EdDSA")
         self.pki = make_pki(tmp / "pki")
-        pub = self.pki.key.public_key()
-        now = now_ms() // 1000
-        publish(self.server.storage, make_bundle(root, version=1, issued_at=now - 60, expires_at=now + 86400,
-                                                 keys=[BundleKey(keys.kid_of(pub), "EdDSA", "VN-HUE", pub)]),
-                now_ms=now_ms(), root=root.public_key())
-        provision_appliance(self.server.url, self.server.token("cho-dong"), state_dir=tmp / "state")
+        if bundle:
+            self.publish_bundle()
+        provision_appliance(self.server.url, self.server.token("cho-dong"), state_dir=tmp / "state",
+                            trust_root=self.server.root_pub)
         self.cam = tmp / "cam"
         self.cam.mkdir()
         show(self.cam, None)
@@ -101,6 +98,15 @@ class Site:
             "stdin": [{"name": "desk", "path": str(self.fifo)}],
         })
         self.daemon: Daemon | None = None
+
+    def publish_bundle(self) -> None:
+        """The operator's root (it vouches for the server too) signs a bundle trusting the issuer."""
+        root = self.server.root
+        pub = self.pki.key.public_key()
+        now = now_ms() // 1000
+        publish(self.server.storage, make_bundle(root, version=1, issued_at=now - 60, expires_at=now + 86400,
+                                                 keys=[BundleKey(keys.kid_of(pub), "EdDSA", "VN-HUE", pub)]),
+                now_ms=now_ms(), root=root.public_key())
 
     def start(self) -> None:
         self.daemon = Daemon(self.config)
@@ -272,6 +278,41 @@ def test_the_status_page_renders_the_doctor_checks_and_escapes_what_it_shows(sit
     assert chrome.execute_script("return document.querySelector('#errors-body img')") is None  # ... never as HTML
     browser.screenshot(chrome, shots / "status.png")
     browser.set_viewport(chrome, 800, 480)
+
+
+# ---------------------------------------------------------------- a device without a trust list
+
+
+def test_without_a_trust_list_the_kiosk_shows_a_device_fault_never_a_verdict(chrome, tmp_path_factory, shots):
+    """Provisioned before the server published a bundle: the fault screen, in Vietnamese and English; a
+    genuine card read meanwhile gets no verdict (the screen says it was not checked); once the bundle is
+    published the device takes it by itself and the same card is admitted."""
+    site = Site(tmp_path_factory.mktemp("no-trust"), bundle=False)
+    site.start()
+    try:
+        open_kiosk(chrome, site.url)
+        browser.wait_js(chrome, "document.body.dataset.view === 'fault'", WAIT, "the device-fault screen")
+        assert chrome.execute_script("return document.body.dataset.readiness") == "no_trust"
+        assert text(chrome, "word") == "CHƯA SẴN SÀNG"
+        assert text(chrome, "reason") == "Thiết bị chưa sẵn sàng: không có danh sách tin cậy"
+        assert png_size(browser.screenshot(chrome, shots / "kiosk-not-ready.png")) == (800, 480)
+        chrome.find_element("id", "lang").click()
+        assert text(chrome, "word") == "NOT READY" and text(chrome, "reason") == "Device not ready: no trust list"
+        chrome.find_element("id", "lang").click()
+        site.send(site.pki.card(name=NAME))
+        site.daemon.wait_line(r"not ready \(no_trust\): the scan from stdin:desk was not checked", WAIT)
+        browser.wait_js(chrome, "!document.getElementById('toast').hidden && document.getElementById('toast')"
+                        ".textContent.startsWith('Thẻ chưa được kiểm tra')", WAIT, "the not-checked notice")
+        assert view(chrome) == "fault" and text(chrome, "name") == "" and "seq" not in chrome.execute_script(
+            "return Object.keys(document.body.dataset)")  # no verdict ever reached the page
+        site.publish_bundle()
+        browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the device to take the bundle")
+        assert text(chrome, "word") == "SẴN SÀNG"
+        site.send(site.pki.card(name=NAME))
+        browser.wait_js(chrome, "document.body.dataset.view === 'accept'", WAIT, "the accept verdict")
+        assert text(chrome, "name") == NAME
+    finally:
+        site.close()
 
 
 # ---------------------------------------------------------------- a degraded device

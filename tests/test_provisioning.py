@@ -38,7 +38,7 @@ def published(server, tmp_path):
     """A root, an issuer and the bundle trusting it, published on the server."""
     from sync.server.bundles import publish
 
-    root = keys.generate("EdDSA")
+    root = server.root  # the operator's root: it vouches for the server and signs the bundles
     pki = make_pki(tmp_path / "pki")
     pub = pki.key.public_key()
     data = make_bundle(root, version=1, issued_at=now_ms() // 1000 - 60, expires_at=now_ms() // 1000 + 86400,
@@ -77,10 +77,11 @@ def test_provision_appliance_state_config_and_idempotence(server, published, tmp
     root, _ = published
     state, conf = tmp_path / "state", tmp_path / "etc" / "checkpoint.toml"
     token = server.token("cho-dong")
-    res = provision_appliance(server.url, token, config_path=conf, state_dir=state, dev=str(tmp_path / "nodev"))
+    res = provision_appliance(server.url, token, config_path=conf, state_dir=state, dev=str(tmp_path / "nodev"),
+                              trust_root=server.root_pub)
     assert (res.checkpoint_id, res.config, res.bundle_version) == ("cho-dong", "written", 1)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
-    for name in ("device.key", "device.json", "trust-root.pem", "bundle.json", "sealing.pub"):
+    for name in ("device.key", "device.json", "trust-root.pem", "bundle.json", "server-credential.json"):
         mode = stat.S_IMODE((state / name).stat().st_mode)
         assert mode & 0o007 == 0, (name, oct(mode))
     assert stat.S_IMODE((state / "device.key").stat().st_mode) == 0o600
@@ -94,13 +95,14 @@ def test_provision_appliance_state_config_and_idempotence(server, published, tmp
         provision_appliance(server.url, token, config_path=conf, state_dir=state)
 
 
-def test_a_root_pin_that_does_not_match_keeps_nothing(server, published, tmp_path):
+def test_a_root_pin_that_does_not_match_sends_nothing(server, published, tmp_path):
     state = tmp_path / "state"
     with pytest.raises(ProvisioningError) as err:
-        provision_appliance(server.url, server.token(), state_dir=state, root_sha256="0" * 64)
+        provision_appliance(server.url, server.token(), state_dir=state, root_sha256="0" * 64,
+                            trust_root=server.root_pub)
     assert err.value.code == "root_mismatch"
     assert not (state / "device.json").exists() and not (state / "trust-root.pem").exists()
-    assert (state / "device.key").exists()
+    assert server.storage.stats().tokens_unused == 1  # the server was not even asked
 
 
 def test_zero_touch_enrollment_from_a_scanned_qr(server, published, tmp_path):
@@ -118,6 +120,7 @@ def test_zero_touch_enrollment_from_a_scanned_qr(server, published, tmp_path):
     state = tmp_path / "state"
     config = load(write_config(tmp_path / "c.toml", {
         "device": {"state_dir": str(state)}, "sync": {"builder": "inline", "interval_s": 1},
+        "enroll": {"trust_root": str(server.root_pub)},
         "api": {"enabled": False}, "feedback": {"pin_factory": "mock"},
         "stdin": [{"name": "desk", "path": str(fifo)}]}))
     app = Appliance(config)
@@ -170,7 +173,7 @@ def test_the_server_pulls_through_the_daemons_api(server, published, tmp_path):
 
     root, pki = published
     state = tmp_path / "state"
-    provision_appliance(server.url, server.token("vpn-site"), state_dir=state)
+    provision_appliance(server.url, server.token("vpn-site"), state_dir=state, trust_root=server.root_pub)
     lines = tmp_path / "lines.txt"
     lines.write_text("".join(pki.card(name=f"Người {i}") + "\n" for i in range(3)))
     config = load(write_config(tmp_path / "c.toml", {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import pytest
 import requests
@@ -27,18 +28,18 @@ from test_sync_support import (
     wait_for,
 )
 
-from scanner import verifier
+from scanner import keys, verifier
 from scanner.cli import main
 from scanner.cli_sync import status_dict
 from sync import batch as batchmod
-from sync import identity, protocol
+from sync import credential, identity, protocol
 from sync import pull as pullmod
 from sync.agent import Backoff, SyncAgent
 from sync.client import SyncClient
 from sync.export import export_pending, import_dir
 from sync.server.app import make_server
 from sync.server.puller import PullClient, PullFailed, check_device_url, pull_device
-from sync.state import PULL_PUB_NAME, StateFile
+from sync.state import StateFile
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ class DeviceApi:
 
 def test_pull_everything_exactly_once_then_nothing(server, tmp_path, verdicts):
     dev = provision_device(server, tmp_path)
-    assert (dev.state / PULL_PUB_NAME).exists()  # the server's pull key, learned at enrollment
+    assert credential.load(dev.state).pull_key is not None  # the server's pull key, vouched for by the root
     record(dev, verdicts, 130)
     # as the daemon mounts it: the log by its path (the pull side opens its own connection)
     app = pullmod.with_pull(local_api(), dev.state, str(dev.log.path))
@@ -154,11 +155,17 @@ def test_pull_is_never_anonymous(server, tmp_path, verdicts):
         r = _signed(server.pull_key, "POST", u, pullmod.ACK, device_id=dev.device_id, nonce=nonce, body=body)
         assert r.status_code == 400 and r.json()["error"] == pullmod.E_ACK_MISMATCH
         assert len(dev.log.pending(0, 100)) == 12
-    # a device with neither a server key nor a token refuses everything
-    (dev.state / PULL_PUB_NAME).unlink()
+    # a device with neither a server key nor a token refuses everything: its credential names no pull key,
+    # and a key file planted where older versions kept it is never read
+    no_pull = credential.issue(server.root, urls=[server.url], sealing_key=server.sealing_key.public_key(),
+                               serial=2, issued_at=int(time.time()))
+    credential.install(dev.state, no_pull, [server.root.public_key()], server.url)
+    stranger = ed25519.Ed25519PrivateKey.generate()
+    (dev.state / "server-pull.pub").write_bytes(keys.public_pem(stranger.public_key()))
     with DeviceApi(pullmod.create_pull_app(dev.state, dev.log)) as api:
-        r = _signed(server.pull_key, "GET", api.url, pullmod.INFO)
-        assert r.status_code == 403 and r.json()["error"] == pullmod.E_DISABLED
+        for key in (server.pull_key, stranger):
+            r = _signed(key, "GET", api.url, pullmod.INFO)
+            assert r.status_code == 403 and r.json()["error"] == pullmod.E_DISABLED
     # with a token (and no key): the token works, over http only to loopback
     token = "pull-token-" + os.urandom(12).hex()
     with DeviceApi(pullmod.create_pull_app(dev.state, dev.log, token=token)) as api:

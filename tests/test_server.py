@@ -27,7 +27,7 @@ from scanner.cli import main
 from scanner.entry import chain_hash, hash_fields
 from scanner.errors import CheckpointError
 from sync import batch as batchmod
-from sync import identity, protocol
+from sync import credential, identity, protocol
 from sync.client import RejectedError, SyncClient
 from sync.server.storage import default_keys_dir, open_storage
 from sync.server.tokens import issue_tokens, token_hash
@@ -182,7 +182,8 @@ def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, mak
     r = CliRunner()
     tok = server.token()
     for _ in range(2):  # a second run is harmless
-        out = r.invoke(main, ["provision", "--server", server.url, "--token", tok, "--state-dir", str(state), "--json"])
+        out = r.invoke(main, ["provision", "--server", server.url, "--token", tok, "--state-dir", str(state),
+                              "--trust-root", str(server.root_pub), "--json"])
         assert out.exit_code == 0, out.output
     res = json.loads(out.output)
     assert res["bundle_version"] == 2 and not res["key_created"]
@@ -191,7 +192,7 @@ def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, mak
 
     from scanner.entrylog import EntryLog
     log = EntryLog(state / "entries.db", device_id=res["device_id"], checkpoint_id=res["checkpoint_id"],
-                   sealing_key=state / "sealing.pub", passback_window_s=0)
+                   sealing_key=credential.load(state).sealing_key, passback_window_s=0)
     dev = Device(state, log, res["device_id"], res["checkpoint_id"])
     record(dev, verdicts, 15)
     out = r.invoke(main, ["sync", "status", "--state-dir", str(state), "--json"])
@@ -230,7 +231,7 @@ def test_provision_with_a_config_file_writes_it_and_keeps_it(server, tmp_path, m
     state, cfg = tmp_path / "state", tmp_path / "etc" / "checkpoint.toml"
     r = CliRunner()
     out = r.invoke(main, ["provision", "--server", server.url, "--token", server.token(), "--state-dir", str(state),
-                          "--config", str(cfg), "--json"])
+                          "--config", str(cfg), "--trust-root", str(server.root_pub), "--json"])
     assert out.exit_code == 0, out.output
     res = json.loads(out.output)
     assert res["config"] == "written" and res["bundle_version"] == 3

@@ -250,7 +250,7 @@ def test_server_killed_and_restarted_mid_upload(tmp_path, backend):
 
         st = open_storage(url)
         token = issue_tokens(st, "gate-1", now_ms=now_ms())[0]
-        res = provision(srv.url, token, tmp_path / "dev")
+        res = provision(srv.url, token, tmp_path / "dev", trust_root=srv.root_pub)
         log = EntryLog(tmp_path / "dev" / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,
                        holder_details="none", synchronous="NORMAL")
         dev = Device(tmp_path / "dev", log, res.device_id, res.checkpoint_id)
@@ -460,7 +460,7 @@ def test_tls_with_ca_file(tmp_path, verdicts):
         from sync.client import TransientError
         from sync.provision import provision
         with pytest.raises(TransientError) as exc_info:  # the system CAs do not know this server
-            provision(srv.url, srv.token(), tmp_path / "d0")
+            provision(srv.url, srv.token(), tmp_path / "d0", trust_root=srv.root_pub)
         assert exc_info.value.code == "tls"
         dev = provision_device(srv, tmp_path, ca_file=str(certf))
         record(dev, verdicts, 5)
@@ -480,7 +480,7 @@ def test_offline_backlog_of_100k_then_link_returns(tmp_path):
 
     from scanner.entrylog import EntryLog
     from sync.provision import provision
-    res = provision(srv.url, srv.token(), tmp_path / "dev")
+    res = provision(srv.url, srv.token(), tmp_path / "dev", trust_root=srv.root_pub)
     srv.stop()  # the link goes away for a long time
     log = EntryLog(tmp_path / "dev" / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,
                    holder_details="none", synchronous="NORMAL")

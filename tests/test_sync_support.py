@@ -21,16 +21,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import requests
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from scanner import keys
 from scanner.entry import Entry, chain_hash, hash_fields
 from scanner.entrylog import INSERT_SQL, EntryLog, entry_row
 from scanner.scan import Scan
+from sync import credential
+from sync.server import credentials
 from sync.server.app import ServerConfig, create_app, make_server
 from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key, public_pem, sealing_public_pem
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens
 
 WAIT_S = 60.0  # generous: the machine is shared and slow at times
+
+# The operator's trust root of the test session (conftest's ``root_key``): it signs the bundles and
+# vouches for the test servers (their credentials); devices are provisioned with its public half.
+OPERATOR_ROOT = ed25519.Ed25519PrivateKey.generate()
 
 
 def free_port() -> int:
@@ -69,6 +77,26 @@ def db_url_for(backend: str, db: Path) -> str:
 
 
 # ---------------------------------------------------------------- servers
+
+
+def vouch(storage, keys_dir: Path, url: str, root: ed25519.Ed25519PrivateKey, **kw) -> bytes:
+    """What the operator does for a server: the root signs its URL and keys (as `checkpoint issuer
+    server-credential`), the server publishes it (`server credential publish`). Also writes the
+    root's public half to KEYS/root.pub (the file a device is provisioned with)."""
+    sealing_key = load_or_create_sealing_key(keys_dir).public_key()
+    pull_key = load_or_create_pull_key(keys_dir).public_key()
+    (Path(keys_dir) / "root.pub").write_bytes(keys.public_pem(root.public_key()))
+    previous = None
+    with contextlib.suppress(credential.CredentialError):
+        published = credentials.current(storage)
+        previous = credential.open_credential(published, [root.public_key()]) if published else None
+    if previous is not None and previous.names(url) and not kw:  # the same server again on its database
+        return previous.data
+    kw.setdefault("serial", previous.serial + 1 if previous is not None else 1)
+    data = credential.issue(root, urls=[url], sealing_key=sealing_key, pull_key=pull_key,
+                            issued_at=int(time.time()), **kw)
+    credentials.publish(storage, data, sealing_public=sealing_key, pull_public=pull_key, root=root.public_key())
+    return data
 
 
 class Faults:
@@ -120,9 +148,11 @@ class ServerThread:
     """The real server app on uvicorn in a thread, on a free port of 127.0.0.1."""
 
     def __init__(self, db: Path, *, config: dict | None = None, port: int | None = None,
-                 tls: tuple[str, str] | None = None, url: str | None = None) -> None:
+                 tls: tuple[str, str] | None = None, url: str | None = None,
+                 root: ed25519.Ed25519PrivateKey | None = OPERATOR_ROOT) -> None:
         """``db``: the SQLite file (its directory holds the server's keys); ``url``: another
-        database (PostgreSQL) to use instead, keys still beside ``db``."""
+        database (PostgreSQL) to use instead, keys still beside ``db``; ``root``: the operator's
+        root that vouches for this server (None: no credential, a server no device accepts)."""
         self.db = Path(db)
         self.db_url = url or str(self.db)
         self.keys_dir = self.db.parent
@@ -138,10 +168,18 @@ class ServerThread:
         self.server = make_server(self.faults, "127.0.0.1", self.port,
                                   tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.root = root
+        if root is not None:
+            vouch(self.storage, self.keys_dir, self.url, root)
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def root_pub(self) -> Path:
+        """The operator root's public key file devices are provisioned with."""
+        return self.keys_dir / "root.pub"
 
     def start(self) -> ServerThread:
         self.thread.start()
@@ -171,11 +209,23 @@ def running_server(backend: str, tmp_path: Path) -> Iterator[ServerThread]:
 class ServerProcess:
     """`checkpoint server run` as a subprocess (to kill -9 and restart on the same database)."""
 
-    def __init__(self, db: Path, port: int | None = None, url: str | None = None) -> None:
+    def __init__(self, db: Path, port: int | None = None, url: str | None = None,
+                 root: ed25519.Ed25519PrivateKey | None = OPERATOR_ROOT) -> None:
         self.db = Path(db)
         self.db_url = url or str(self.db)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
+        self.root = root
+        if root is not None:  # the keys made now are the ones `server run` loads
+            storage = open_storage(self.db_url)
+            try:
+                vouch(storage, self.db.parent, self.url, root)
+            finally:
+                storage.close()
+
+    @property
+    def root_pub(self) -> Path:
+        return self.db.parent / "root.pub"
 
     @property
     def url(self) -> str:
@@ -343,9 +393,10 @@ def provision_device(server, tmp: Path, name: str = "dev", **kw) -> Device:
     from sync.provision import provision
 
     state = tmp / name
+    kw.setdefault("trust_root", server.root_pub)
     res = provision(server.url, server.token(), state, **kw)
     log = EntryLog(state / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,
-                   sealing_key=state / "sealing.pub", synchronous="NORMAL", passback_window_s=0)
+                   sealing_key=credential.load(state).sealing_key, synchronous="NORMAL", passback_window_s=0)
     return Device(state, log, res.device_id, res.checkpoint_id)
 
 

@@ -11,7 +11,7 @@
   const S = {
     settings: null,
     status: null,
-    health: { state: "starting", problems: [], degraded: [] },
+    health: { state: "starting", problems: [], degraded: [], readiness: null },
     direction: null,
     view: null,            // what the verdict area shows: {kind, ...} or null when idle
     viewTimer: 0,
@@ -32,12 +32,25 @@
 
   // ------------------------------------------------------------------ the verdict area
 
+  // A device that cannot check cards (scanner/readiness.py) shows why, and never a card verdict.
+  function notReady() {
+    const r = S.health.readiness;
+    return r && !r.ready && r.code !== "not_provisioned" ? r : null;
+  }
+
   function render() {
     const v = S.view;
     const t = CK.t;
     const word = $("word"), reason = $("reason"), name = $("name"), born = $("born");
     let kind = "idle", symbol = "scan", noteFlags = [];
-    if (v && v.kind === "verdict") {
+    const fault = notReady();
+    if (fault) {
+      kind = "fault";
+      symbol = "warn";
+      word.textContent = t("kiosk.not_ready");
+      reason.textContent = t(`readiness.${fault.code}`);
+      body.dataset.readiness = fault.code;
+    } else if (v && v.kind === "verdict") {
       const d = v.data;
       kind = d.decision === "accept" ? "accept" : "reject";
       symbol = kind === "accept" ? "ok" : "no";
@@ -68,6 +81,7 @@
       reason.textContent = S.health.degraded.includes("not_provisioned") ? t("kiosk.not_provisioned")
         : t(cams ? "kiosk.prompt_camera" : "kiosk.prompt");
     }
+    if (!fault) delete body.dataset.readiness;
     if (kind !== "accept" && kind !== "reject") {
       name.textContent = "";
       born.textContent = "";
@@ -99,6 +113,7 @@
   }
 
   function onVerdict(d) {
+    if (notReady()) return;  // the daemon sends none then; a late one from before must not cover the fault
     const received = wallNow();
     show({ kind: "verdict", data: d }, d.display_s || (S.settings && S.settings.display_s) || 5);
     // The frame that shows the verdict starts its rendering when this callback runs (the rAF's own
@@ -191,7 +206,8 @@
   }
 
   function setHealth(h) {
-    S.health = { state: h.state, problems: h.problems || [], degraded: h.degraded || [] };
+    S.health = { state: h.state, problems: h.problems || [], degraded: h.degraded || [],
+      readiness: h.readiness || null };
     body.dataset.state = h.state;
     if (h.state !== "error") S.silenced = false;
     $("silence").hidden = !(h.state === "error" && !S.silenced);
@@ -205,7 +221,7 @@
     try {
       const st = await CK.getJSON(CK.url("/api/v1/status"));
       S.status = st;
-      setHealth({ state: st.state, problems: st.problems, degraded: st.degraded });
+      setHealth({ state: st.state, problems: st.problems, degraded: st.degraded, readiness: st.readiness });
       setDirection(st.direction);
       counts();
       body.dataset.statusAt = String(Date.now());
@@ -284,6 +300,13 @@
     es.addEventListener("error", (e) => {
       if (!(e instanceof MessageEvent)) return;  // the connection's "error", handled above
       const d = JSON.parse(e.data);
+      if (d.code === "not_ready") {  // a card was read but could not be checked: the fault screen, and say so
+        S.health.readiness = d.readiness;
+        clearView();
+        toast(CK.t("kiosk.not_ready_scan"));
+        refreshStatusSoon(100);
+        return;
+      }
       if (d.message) show({ kind: "error", data: d }, (S.settings && S.settings.display_s) || 5);
       else if (d.code === "not_provisioned") toast(CK.t("kiosk.not_provisioned"));
       else if (d.code === "already_provisioned") toast(CK.t("kiosk.already_enrolled"));

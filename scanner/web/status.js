@@ -35,6 +35,10 @@
     document.body.dataset.state = st.state;
     const lv = st.state === "ok" ? "ok" : st.state === "error" ? "bad" : "warn";
     const why = [];
+    if (st.readiness && !st.readiness.ready) {  // the same answer as the kiosk and doctor (scanner/readiness.py)
+      why.push(CK.el("span", { class: "why", id: "readiness", "data-readiness": st.readiness.code },
+        t(`readiness.${st.readiness.code}`)));
+    }
     if (st.problems.length) why.push(CK.el("span", { class: "why" }, `${t("status_page.problems")}: ${st.problems.join(", ")}`));
     if (st.degraded.length) {
       why.push(CK.el("span", { class: "why" },

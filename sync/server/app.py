@@ -23,7 +23,8 @@ from scanner import __version__
 
 from .. import protocol
 from ..batch import BatchError, open_batch, read_header
-from . import bundles
+from ..credential import MEDIA_TYPE as CREDENTIAL_TYPE
+from . import bundles, credentials
 from .storage import ServerError, Storage, revoked_device, unknown_device
 from .tokens import token_hash
 
@@ -155,11 +156,20 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         if latest is not None and latest.size <= INLINE_BUNDLE_MAX:
             inline = protocol.b64(await run_in_threadpool(storage.bundle_data, latest.version))
         root = await run_in_threadpool(storage.get_meta, bundles.ROOT_META)
+        credential = await run_in_threadpool(storage.get_meta, credentials.CREDENTIAL_META)
         log.info("enrolled device %s at checkpoint %s", device.device_id, device.checkpoint_id)
         return _json({"protocol": protocol.VERSION, "device_id": device.device_id,
                       "checkpoint_id": device.checkpoint_id, "sealing_public_key": config.sealing_public_pem,
                       "root_public_key": root, "bundle_version": latest.version if latest else None,
-                      "bundle": inline, "pull_public_key": config.pull_public_pem})
+                      "bundle": inline, "pull_public_key": config.pull_public_pem,
+                      "server_credential": credential})
+
+    async def credential(request: Request) -> Response:
+        await authenticate(request, b"")
+        data = await run_in_threadpool(credentials.current, storage)
+        if data is None:
+            return _error(404, protocol.E_NO_CREDENTIAL, "no server credential published yet")
+        return Response(data, media_type=CREDENTIAL_TYPE)
 
     async def batches(request: Request) -> Response:
         nonlocal inflight
@@ -245,6 +255,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         Route(protocol.ACKS, acks, methods=["GET"]),
         Route(protocol.TRUST, trust, methods=["GET"]),
         Route(protocol.HEARTBEAT, heartbeat, methods=["POST"]),
+        Route(protocol.CREDENTIAL, credential, methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={
         ServerError: on_server_error, BatchError: on_batch_error, ClientDisconnect: on_disconnect,
