@@ -230,9 +230,11 @@ SECTIONS: tuple[Section, ...] = (
     ), doc="The kiosk screen and the status page in the browser (docs/configuration.md#kiosk-screen-and-status-page)."),
     Section("enroll", (
         K("qr", cs.boolean(), "boolean", True,
-          "A device that is not provisioned enrolls itself when shown an enrollment QR (`CKENROLL:`)."),
+          "A device that is not provisioned enrolls itself when shown an enrollment QR (`CKENROLL:`), "
+          "if it has a trust root."),
         K("trust_root", cs.optional(cs.path(must_exist=True)), "path", None,
-          "Pin this Ed25519 root for zero-touch enrollment (from the installation media).",
+          "The operator's Ed25519 root public key (from the installation media): it must have signed the "
+          "server's credential and bundles. Without it (or STATE/trust-root.pem) no enrollment QR is accepted.",
           fix="point to an existing, readable PEM file"),
     ), doc="Zero-touch enrollment (docs/provisioning.md#zero-touch-enrollment)."),
     Section("udev", (
@@ -421,7 +423,7 @@ refused. No endpoint returns anything from the entry log but counts.
 
 | endpoint | what |
 |---|---|
-| `GET /api/v1/health` | `{"state": "ok"/"degraded"/"error", "problems": [...]}` |
+| `GET /api/v1/health` | `{"state": "ok"/"degraded"/"error", "problems": [...], "degraded": [...], "mode", "readiness": {"ready", "code", "detail", "message": {"vi", "en"}}}` ([readiness](provisioning.md#device-readiness)) |
 | `GET /api/v1/status` | device, direction, today's counts and occupancy, inputs, sync, trust, clock, config summary (no secrets), recent errors |
 | `GET /api/v1/doctor` | the `checkpoint doctor` checks as JSON |
 | `GET /api/v1/events` | server-sent events: `verdict`, `clear`, `partial`, `state`, `direction`, `silence`, `error` |
@@ -451,7 +453,10 @@ call the page makes, and stored nowhere).
   phone). The verdict of the card just read fills the screen as a colour field, a symbol and a
   word, so that staff who cannot tell red from green read it as fast: green, a circle with a
   check and CHẤP NHẬN; red, an octagon with a cross and TỪ CHỐI; a striped field with a warning
-  triangle and LỖI THIẾT BỊ when the entry could not be logged (do not admit). Under it the
+  triangle and LỖI THIẾT BỊ when the entry could not be logged (do not admit); an amber-striped
+  field, the triangle and CHƯA SẴN SÀNG with the reason when the device cannot check cards at
+  all ([not ready](provisioning.md#device-readiness): no trust list, no trust root), and then no
+  card ever gets a verdict there. Under it the
   holder's name and birth year (from the live `verdict` event only, removed with the `clear`
   event after `[api] display_s`), the reason in plain words, and an amber strip naming why the
   device is degraded, if it is. At the side: the camera preview with the code it sees outlined
@@ -472,7 +477,7 @@ No page shows anything from the entry log but counts, and nothing personal is st
 browser. The pages are plain HTML, CSS and JavaScript in `scanner/web/` (no build step, nothing
 loaded from elsewhere: their Content-Security-Policy allows only this device); every word they
 show is in `scanner/translations.toml`. Screenshots (the kiosk at 800x480: accept, reject,
-degraded, error; on a phone; the status page): [docs/screenshots](screenshots/), taken by the browser tests
+degraded, error, not ready; on a phone; the status page): [docs/screenshots](screenshots/), taken by the browser tests
 (`tests/test_kiosk_browser.py`, in a real headless Chromium); to take them again:
 `CHECKPOINT_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_kiosk_browser.py`.
 """
