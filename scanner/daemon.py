@@ -18,8 +18,11 @@
 SIGTERM/SIGINT: inputs stop, queued verdicts finish and are committed, outputs go to their safe
 state, files are flushed, exit 0 within a few seconds. SIGHUP: the config file is read again and
 its live keys applied, and the trust bundle is reloaded. A device that is not provisioned runs
-the same inputs in enrollment mode: an enrollment QR (scanner/enroll.py) provisions it, and it
-goes on as a provisioned device without a restart. Spec: issue 8, docs/configuration.md.
+the same inputs in enrollment mode: an enrollment QR (scanner/enroll.py) provisions it if it has
+a trust root to check the server with, and it goes on as a provisioned device without a restart.
+A device that cannot check cards (scanner/readiness.py) shows a fault, never a verdict. Holder
+details are sealed only to the key of the root-signed server credential (sync/credential.py).
+Spec: issue 8, docs/configuration.md.
 """
 from __future__ import annotations
 
@@ -412,7 +415,11 @@ class Appliance:
             return
         before = self._credential
         key = self._load_credential()
-        if key is not None and (before is None or before.data != self._credential.data):
+        if key is None and before is not None:  # changed on disk, not by the agent (it installs only verified ones)
+            with self._lock:
+                self._credential = before
+            log.error("server credential: keeping the one verified before (serial %d)", before.serial)
+        elif key is not None and (before is None or before.data != self._credential.data):
             core.log.set_sealing_key(key)
 
     def _start_sync(self, core: Core) -> None:

@@ -2,9 +2,10 @@
 
 ``CKENROLL:`` followed by URL-encoded fields: ``v=1``, ``s`` the server URL (https; plain http
 only to a loopback address), ``t`` a one-time enrollment token, and optionally ``r`` the SHA-256
-(hex) of the trust root's public key (SubjectPublicKeyInfo DER) that the device must find at the
-server. A device that is not provisioned and reads such a code through its camera or reader
-enrolls itself (scanner/daemon.py). docs/provisioning.md#zero-touch-enrollment.
+(hex) of the trust root's public key (SubjectPublicKeyInfo DER), which must be the device's own.
+A device that is not provisioned, has a pinned root and reads such a code through its camera or
+reader enrolls itself (scanner/daemon.py) with the server, if the root vouches for it
+(sync/credential.py). docs/provisioning.md#zero-touch-enrollment.
 """
 from __future__ import annotations
 

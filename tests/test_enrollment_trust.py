@@ -84,34 +84,32 @@ def test_a_strangers_server_with_every_public_file_gets_no_device_and_no_name(op
         r = cli("server", "bundle", "publish", "--db", str(stranger.db), str(operator.bundle),
                 "--root", str(operator.root_pub))
         assert r.returncode == 0, r.stderr  # the genuine bundle, republished
-        # the operator's credential is refused by the stranger's own server: it names another key and URL ...
-        r = cli("server", "credential", "publish", "--db", str(stranger.db), str(operator.credential))
-        assert r.returncode == 2 and "sealing key is not this server's" in r.stderr
         lane = Lane(tmp_path, {"device": {"state_dir": str(tmp_path / "state")},
                                "sync": {"builder": "inline", "interval_s": 1},
                                "enroll": {"trust_root": str(operator.root_pub)}, "api": {"enabled": False}}).start()
-        try:
-            refused = []
-            # 1. the stranger has no credential at all
+        state = tmp_path / "state"
+
+        def attempt(n: int) -> str:
+            """Show the stranger's QR (pinning the operator's root); the code it was refused with."""
             lane.send(enroll_qr(stranger.db, stranger.url, operator.root_pub))
-            refused.append(lane.wait(lambda e: e.kind == "error" and e.data["code"] != "not_provisioned")[-1])
-            # 2. ... so it serves the operator's genuine one, written into its database by hand
+            event = lane.wait(lambda e: e.kind == "enrolled" or (e.kind == "error"
+                                                                 and e.data["code"] != "not_provisioned"), n)[-1]
+            assert event.kind == "error" and lane.app.mode == "unprovisioned", (event.kind, event.data)
+            return event.data["code"]
+        try:
+            assert attempt(1) == "credential_missing"  # the stranger has no credential at all ...
+            # ... so it serves the operator's genuine one (public: every device gets it), put in its database
             st = open_storage(str(stranger.db))
             st.set_meta(CREDENTIAL_META, operator.credential.read_text())
-            lane.send(enroll_qr(stranger.db, stranger.url, operator.root_pub))
-            refused.append(lane.wait(lambda e: e.kind == "error" and e.data["code"] != "not_provisioned", 2)[-1])
-            # 3. ... or one of its own, for its URL and key, signed by a root of its own
+            assert attempt(2) == "credential_wrong_server"
+            # ... or one of its own, for its URL and key, signed by a root of its own
             own_root = ed25519.Ed25519PrivateKey.generate()
             own_key = load_private_key(tmp_path / "stranger" / "sealing.key", X25519PrivateKey).public_key()
             st.set_meta(CREDENTIAL_META, credential.issue(own_root, urls=[stranger.url], sealing_key=own_key,
                                                           issued_at=int(time.time())).decode())
             st.close()
-            lane.send(enroll_qr(stranger.db, stranger.url, operator.root_pub))
-            refused.append(lane.wait(lambda e: e.kind == "error" and e.data["code"] != "not_provisioned", 3)[-1])
-            assert [e.data["code"] for e in refused] == ["credential_missing", "credential_wrong_server",
-                                                         "credential_wrong_root"]
-            assert lane.app.mode == "unprovisioned" and lane.kinds("enrolled") == []
-            state = tmp_path / "state"
+            assert attempt(3) == "credential_wrong_root"
+            assert lane.kinds("enrolled") == []
             assert sorted(p.name for p in state.iterdir() if p.name != "clock.json") == ["device.key"]
             lane.send(*(operator.pki.card(name=n) for n in NAMES))  # people arrive meanwhile: nothing logged
             lane.wait(lambda e: e.kind == "error" and e.data["code"] == "not_provisioned", len(NAMES))
@@ -133,6 +131,9 @@ def test_a_strangers_server_with_every_public_file_gets_no_device_and_no_name(op
             assert held.stats().entries == 0 and held.stats().batches == 0  # nothing uploaded to the stranger
         finally:
             held.close()
+        # and the stranger's own server would not even publish the operator's credential: other key, other URL
+        r = cli("server", "credential", "publish", "--db", str(stranger.db), str(operator.credential))
+        assert r.returncode == 2 and "sealing key is not this server's" in r.stderr
     finally:
         stranger.stop()
 
@@ -168,8 +169,18 @@ def test_a_planted_sealing_key_or_forged_credential_is_never_used(operator, tmp_
     dev = provision_device(operator, tmp_path)
     dev.log.close()
     state = dev.state
+    plain = {"device": {"state_dir": str(state)}, "sync": {"enabled": False}, "api": {"enabled": False}}
     thief = X25519PrivateKey.generate()
-    (state / "sealing.pub").write_bytes(sealing.public_key_pem(thief.public_key()))  # where older versions looked
+    # a key file where older versions looked for the server's key: never read
+    (state / "sealing.pub").write_bytes(sealing.public_key_pem(thief.public_key()))
+    lane = Lane(tmp_path, plain).start()
+    try:
+        lane.send(operator.pki.card(name=NAMES[0]))
+        assert lane.wait(lambda e: e.kind == "verdict")[0].data["reason"] == "ok"
+    finally:
+        lane.stop()
+    assert opened_by(state, thief) == [] and opened_by(state, operator.sealing_key) == [NAMES[0]]
+    # a credential not signed by the pinned root, one whose payload was changed, none: nothing sealed
     genuine = (state / credential.FILE_NAME).read_bytes()
     other_root = ed25519.Ed25519PrivateKey.generate()
     forged = credential.issue(other_root, urls=[operator.url], sealing_key=thief.public_key(), serial=9,
@@ -183,29 +194,19 @@ def test_a_planted_sealing_key_or_forged_credential_is_never_used(operator, tmp_
             path.unlink()
         else:
             path.write_bytes(planted)
-        lane = Lane(tmp_path, {"device": {"state_dir": str(state)}, "sync": {"enabled": False},
-                               "api": {"enabled": False}}).start()
+        lane = Lane(tmp_path, plain).start()
         try:
             assert lane.app._credential_error == code
             assert "no_credential" in lane.app.health()["degraded"]
-            lane.send(operator.pki.card(name=NAMES[0]))
+            lane.send(operator.pki.card(name=NAMES[1]))
             assert lane.wait(lambda e: e.kind == "verdict")[0].data["reason"] == "ok"
         finally:
             lane.stop()
         assert check_credential(lane.config).status == "warn"
     with EntryLog(state / "entries.db", create=False) as log:
         stats = log.stats()
-        assert stats.entries == 3 and stats.holder_sealed == 0  # nothing sealed, to anyone
-    # the genuine credential back: sealed again, to the operator's key only
-    (state / credential.FILE_NAME).write_bytes(genuine)
-    lane = Lane(tmp_path, {"device": {"state_dir": str(state)}, "sync": {"enabled": False},
-                           "api": {"enabled": False}}).start()
-    try:
-        lane.send(operator.pki.card(name=NAMES[1]))
-        lane.wait(lambda e: e.kind == "verdict")
-    finally:
-        lane.stop()
-    assert opened_by(state, thief) == [] and opened_by(state, operator.sealing_key) == [NAMES[1]]
+        assert stats.entries == 4 and stats.holder_sealed == 1  # the three since were sealed to no one
+    assert opened_by(state, thief) == [] and opened_by(state, operator.sealing_key) == [NAMES[0]]
 
 
 def test_credentials_refuse_other_roots_urls_tampering_and_rollback(operator, tmp_path):

@@ -44,9 +44,9 @@ def test_provision_warns_when_the_server_has_no_bundle_and_can_wait_for_it(tmp_p
         base = ["provision", "--server", server.url, "--trust-root", str(server.root_pub)]
         r = cli(*base, "--token", server.token(), "--state-dir", str(tmp_path / "a"), "--json")
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["bundle"] == "none"
         assert "warning: the server has published no trust bundle yet" in r.stderr
         assert "takes the first bundle by itself" in r.stderr
+        assert json.loads(r.stdout)["bundle"] == "none"
         r = cli(*base, "--token", server.token(), "--state-dir", str(tmp_path / "b"), "--wait-bundle", "1")
         assert r.returncode == 1 and "still has no trust bundle after 1 s" in r.stderr
         timer = threading.Timer(1.5, lambda: publish(server.storage, bundle_for(server, pki), now_ms=now_ms()))
@@ -90,7 +90,7 @@ def test_before_the_first_bundle_the_device_shows_a_fault_then_takes_the_bundle_
                            "api": {"listen": "127.0.0.1:0"}}).start()
     try:
         url = lane.app.api.url
-        wait_for(lambda: lane.app.health().get("readiness"), "the first health check")
+        wait_for(lambda: lane.app.health()["state"] != "starting", "the first health check")
         health = requests.get(url + "/api/v1/health", timeout=T).json()
         assert health["state"] == "error" and health["problems"] == ["no_trust"]
         assert health["readiness"]["message"]["vi"] == "Thiết bị chưa sẵn sàng: không có danh sách tin cậy"
