@@ -182,7 +182,7 @@ def open_credential(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> S
                          _b64(outer["sig"], "sig"))
     root = next((r for r in roots if root_kid(r) == kid), None)
     if root is None:
-        raise CredentialError("the server credential is not signed by this device's trust root",
+        raise CredentialError("the server credential is not signed by the expected trust root",
                               code="credential_wrong_root")
     try:
         root.verify(sig, DOMAIN + payload)

@@ -296,3 +296,47 @@ def test_readiness_is_one_function_of_the_facts():
     r = readiness.assess(f("provisioned", True, 0)).to_dict()
     assert r["message"] == {"vi": "Thiết bị chưa sẵn sàng: không có danh sách tin cậy",
                             "en": "Device not ready: no trust list"}
+
+
+def test_the_operator_vouches_for_a_server_from_the_command_line(tmp_path):
+    """`server keys` → `issuer server-credential` (where the root is) → `server credential publish`:
+    then devices provisioned with the root enroll; a credential of another root, for other keys or
+    an older one is refused by the server already."""
+    (tmp_path / "srv").mkdir()
+    server = ServerThread(tmp_path / "srv" / "central.db", root=None).start()
+    try:
+        db = str(server.db)
+        assert cli("issuer", "keygen", "--out", str(tmp_path / "root")).returncode == 0
+        assert cli("issuer", "keygen", "--out", str(tmp_path / "other")).returncode == 0
+        r = cli("server", "keys", "--db", db, "--out", str(tmp_path / "pub"))
+        assert r.returncode == 0, r.stderr
+        assert sealing.load_public_key(tmp_path / "pub" / "sealing.pub") is not None
+
+        def issue(root: str, serial: int, *extra: str) -> str:
+            out = tmp_path / f"cred-{root}-{serial}-{len(extra)}.json"
+            r = cli("issuer", "server-credential", "--root-key", str(tmp_path / f"{root}.key"), "--server-url",
+                    server.url, "--sealing-pub", str(tmp_path / "pub" / "sealing.pub"), "--pull-pub",
+                    str(tmp_path / "pub" / "pull.pub"), "--server-id", "central-test", "--serial", str(serial),
+                    "-o", str(out), *extra)
+            assert r.returncode == 0, r.stderr
+            return str(out)
+
+        r = cli("server", "credential", "publish", "--db", db, issue("root", 1))
+        assert r.returncode == 2 and "no trust root" in r.stderr  # the first time, --root names it
+        r = cli("server", "credential", "publish", "--db", db, issue("root", 1), "--root", str(tmp_path / "root.pub"),
+                "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["server_id"] == "central-test" and json.loads(r.stdout)["serial"] == 1
+        r = cli("server", "credential", "publish", "--db", db, issue("other", 5))
+        assert r.returncode == 2 and "not signed by the expected trust root" in r.stderr
+        r = cli("server", "credential", "publish", "--db", db, issue("root", 1, "--server-url", "https://x.example.vn"))
+        assert r.returncode == 2 and "not above the published 1" in r.stderr
+        r = cli("provision", "--server", server.url, "--token", server.token(), "--trust-root",
+                str(tmp_path / "root.pub"), "--state-dir", str(tmp_path / "dev"), "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["server_id"] == "central-test"
+        assert credential.load(tmp_path / "dev").sealing_key_id() == credential.open_credential(
+            (tmp_path / "cred-root-1-0.json").read_bytes(), [keys.load_public_keys(tmp_path / "root.pub")[0][0]]
+        ).sealing_key_id()
+    finally:
+        server.stop()

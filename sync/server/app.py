@@ -290,6 +290,9 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
     try:
         key = load_or_create_sealing_key(keys_dir)
         pull_key = load_or_create_pull_key(keys_dir)
+        if credentials.current(storage) is None:
+            log.warning("no server credential published: devices will not enroll (the operator signs one with "
+                        "`checkpoint issuer server-credential`; then `checkpoint server credential publish`)")
         app = create_app(storage, ServerConfig(sealing_public_pem(key), max_inflight_batches=max_inflight,
                                                retry_after_s=retry_after_s, pull_public_pem=public_pem(pull_key)))
         server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=access_log)
