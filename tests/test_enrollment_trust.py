@@ -7,6 +7,7 @@ enrolls it. A device without a pinned root takes no QR at all; a sealing key pla
 state directory is never used; credentials are checked for root, signature, URL and rollback."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import time
 import pytest
 from appliance_support import ROOT, WAIT, Lane, make_pki
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from test_sync_support import ServerProcess, ServerThread, now_ms, provision_device, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_sync_support import OPERATOR_ROOT, ServerProcess, ServerThread, now_ms, provision_device, wait_for
 
 from scanner import keys, readiness, sealing
 from scanner.bundle import BundleKey, make_bundle
@@ -340,3 +343,22 @@ def test_the_operator_vouches_for_a_server_from_the_command_line(tmp_path):
         ).sealing_key_id()
     finally:
         server.stop()
+
+
+_GOOD = credential.issue(OPERATOR_ROOT, urls=["https://central.example.vn"],
+                         sealing_key=X25519PrivateKey.generate().public_key(), issued_at=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=400),
+                 st.tuples(st.integers(0, len(_GOOD) - 1), st.binary(min_size=1, max_size=8)).map(
+                     lambda cut: _GOOD[:cut[0]] + cut[1] + _GOOD[cut[0] + len(cut[1]):])))
+def test_fuzz_credential_files_open_or_raise_their_error(data):
+    """Any bytes, and the genuine file with a few bytes changed: a verified credential only when the
+    signed payload is untouched, else CredentialError (never another exception)."""
+    try:
+        cred = credential.open_credential(data, [OPERATOR_ROOT.public_key()])
+    except credential.CredentialError:
+        return
+    payload = (base64.b64decode(json.loads(d)["credential"]) for d in (data, _GOOD))
+    assert next(payload) == next(payload) and cred.urls == ("https://central.example.vn:443",)
