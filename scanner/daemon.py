@@ -396,7 +396,7 @@ class Appliance:
         device's server; None (holder details are then not stored) when there is no valid one."""
         try:
             cred = credential.load(self.state_dir)
-        except (credential.CredentialError, CheckpointError) as exc:
+        except CheckpointError as exc:  # CredentialError, or StateError for an unreadable device.json
             with self._lock:
                 self._credential, self._credential_error = None, exc.code
             log.error("server credential: %s; holder details are not stored until a valid one is installed",

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from scanner import sealing
 from scanner.bundle import root_kid
 from scanner.errors import CheckpointError
 
@@ -75,12 +76,13 @@ class ServerCredential:
                                   code="credential_wrong_server")
 
     def sealing_key_id(self) -> str:
-        return _raw(self.sealing_key).hex()[:16]
+        """The key id sealed blobs carry (scanner.sealing.key_id), in hex."""
+        return sealing.key_id(self.sealing_key).hex()
 
     def summary(self) -> dict:
-        """What status pages and `provision --json` show (public data only)."""
+        """What status pages and `server credential publish --json` show (public data only)."""
         return {"server_id": self.server_id, "serial": self.serial, "urls": list(self.urls),
-                "sealing_key": _raw(self.sealing_key).hex()[:16], "pull_key": self.pull_key is not None}
+                "sealing_key": self.sealing_key_id(), "pull_key": self.pull_key is not None}
 
 
 def _raw(key) -> bytes:

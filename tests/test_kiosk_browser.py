@@ -315,6 +315,30 @@ def test_without_a_trust_list_the_kiosk_shows_a_device_fault_never_a_verdict(chr
         site.close()
 
 
+def test_a_device_without_a_trust_root_says_it_needs_a_technician(chrome, tmp_path):
+    """Not provisioned and no root to check a server with: the fault screen says why, and an
+    enrollment QR shown to it is not taken."""
+    os.mkfifo(tmp_path / "in.fifo")
+    fd = os.open(tmp_path / "in.fifo", os.O_RDWR)
+    port = free_port()
+    config = write_config(tmp_path / "checkpoint.toml", {
+        "device": {"state_dir": str(tmp_path / "state")}, "api": {"listen": f"127.0.0.1:{port}"},
+        **_feedback_tables(), "stdin": [{"name": "desk", "path": str(tmp_path / "in.fifo")}]})
+    daemon = Daemon(config)
+    try:
+        daemon.wait_line(rf"api http://127\.0\.0\.1:{port}")
+        open_kiosk(chrome, f"http://127.0.0.1:{port}")
+        browser.wait_js(chrome, "document.body.dataset.view === 'fault'", WAIT, "the device-fault screen")
+        assert chrome.execute_script("return document.body.dataset.readiness") == "no_trust_root"
+        assert text(chrome, "word") == "CHƯA SẴN SÀNG" and "chưa có gốc tin cậy" in text(chrome, "reason")
+        os.write(fd, b"CKENROLL:v=1&s=http%3A%2F%2F127.0.0.1%3A9&t=tok_EN-0123456789\n")
+        daemon.wait_line(r"not ready \(no_trust_root\)", WAIT)
+        assert view(chrome) == "fault"
+    finally:
+        daemon.stop()
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- a degraded device
 
 
