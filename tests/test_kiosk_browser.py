@@ -7,7 +7,10 @@ all, and the holder is gone after the display time; a rejected card shows its re
 and, switched on the screen, in English; staff switch the direction from the screen; the page
 reconnects by itself after the daemon restarts; the status page renders the doctor's checks and
 an attacker's text in the recent errors as text. A second device, whose trust bundle is stale,
-shows the degraded state, its error state, and the alarm silenced from the screen. Screenshots
+shows the degraded state, its error state, and the alarm silenced from the screen. A device
+provisioned before its server published a trust bundle shows the device-fault screen and gives no
+verdict until it takes the bundle by itself; one without a trust root says it needs a technician
+and takes no enrollment QR. Screenshots
 at 800x480 are taken of each state; with CHECKPOINT_SCREENSHOTS=1 they are written to
 docs/screenshots/ (the committed ones), else to the test's temporary directory."""
 from __future__ import annotations
