@@ -29,6 +29,7 @@ from scanner import __version__
 from scanner.entry import Entry
 from scanner.entrylog import EntryLog, EntryLogError
 from scanner.errors import CheckpointError, TrustError
+from scanner.fsutil import atomic_write
 
 from . import batch as batchmod
 from . import credential, identity, protocol, trustupdate
@@ -269,7 +270,7 @@ def quarantine(state_dir: str | os.PathLike, state: SyncState, sb: batchmod.Sign
     qdir.mkdir(mode=0o700, exist_ok=True)
     info = sb.info
     path = qdir / f"{info.first_seq:012d}-{info.last_seq:012d}-{info.batch_id}.ckb"
-    trustupdate.atomic_write(path, sb.data, 0o600)
+    atomic_write(path, sb.data, 0o600)
     if not any(q["batch_id"] == info.batch_id for q in state.quarantined):
         state.quarantined.append(asdict(Quarantined(info.batch_id, info.first_seq, info.last_seq, code,
                                                     message[:300], now_ms(), str(path))))

@@ -27,10 +27,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from scanner import sealing
 from scanner.bundle import root_kid
 from scanner.errors import CheckpointError
+from scanner.fsutil import atomic_write
 
 from .client import ConfigError, check_server_url
 from .state import DeviceConfig
-from .trustupdate import atomic_write, load_roots
+from .trustupdate import load_roots
 
 TYPE = "checkpoint-server-credential"
 FORMAT = 1

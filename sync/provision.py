@@ -16,6 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from scanner.errors import CheckpointError, KeyFileError, TrustError
+from scanner.fsutil import atomic_write
 from scanner.keys import public_pem
 from scanner.trust import load_root
 
@@ -100,7 +101,7 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
                 raise ProvisionError("the server publishes bundles of another root than the one pinned",
                                      code="root_mismatch")
         # everything checked: only now does this device keep anything of this server
-        trustupdate.atomic_write(state / trustupdate.ROOT_NAME, public_pem(root))
+        atomic_write(state / trustupdate.ROOT_NAME, public_pem(root))
         credential.install(state, cred.data, [root], client.base_url, replace=True)
         for name in LEGACY_KEY_FILES:  # keys of older versions, never vouched for by the root
             (state / name).unlink(missing_ok=True)

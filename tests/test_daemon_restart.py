@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from appliance_support import Daemon, make_pki, write_config
-from test_sync_support import ServerThread, free_port, now_ms, wait_for
+from test_sync_support import OPERATOR_ROOT, ServerThread, free_port, now_ms, wait_for
 
 from scanner import keys
 from scanner.bundle import BundleKey, make_bundle
@@ -30,7 +30,7 @@ def site(tmp_path):
 
     (tmp_path / "server").mkdir()
     server = ServerThread(tmp_path / "server" / "central.db").start()
-    root = keys.generate("EdDSA")
+    root = OPERATOR_ROOT  # the root that vouches for the test server (its credential)
     pki = make_pki(tmp_path / "pki")
     pub = pki.key.public_key()
     now = now_ms() // 1000
@@ -38,7 +38,7 @@ def site(tmp_path):
                                         keys=[BundleKey(keys.kid_of(pub), "EdDSA", "VN-HUE", pub)]),
             now_ms=now_ms(), root=root.public_key())
     state = tmp_path / "state"
-    provision_appliance(server.url, server.token("cong-bac"), state_dir=state)
+    provision_appliance(server.url, server.token("cong-bac"), state_dir=state, trust_root=server.root_pub)
     fifo = tmp_path / "in.fifo"
     os.mkfifo(fifo)
     fd = os.open(fifo, os.O_RDWR)
