@@ -25,7 +25,7 @@ from sync.server.sqlite import SQLiteStorage
 from sync.server.tokens import issue_tokens
 
 from .appliance import hue_cards
-from .procs import ROOT, ServerProcess, now_ms
+from .procs import ROOT, ServerProcess, now_ms, vouch
 from .timing import median, table
 
 GOAL = 1.05
@@ -128,7 +128,7 @@ def _count(trace: Path, since: float, until: float = float("inf")) -> tuple[int,
         if m and since <= float(m.group(2)) < until:
             n += 1
             name = m.group(5) or "?"
-            base = re.sub(r"\.\d+\.tmp$", ".tmp", os.path.basename(name) or name)
+            base = re.sub(r"\.[0-9a-f]+\.tmp$", ".tmp", os.path.basename(name) or name)
             by_file[base + "/ (directory)" if os.path.isdir(name) else base] += 1
     return n, by_file
 
@@ -141,7 +141,7 @@ def _one_run(tmp: Path, tag: str, cards: list[str], pub: Path, pace_s: float, se
     state.mkdir(parents=True)
     batches0 = 0
     if server is not None:
-        provision(server["url"], server["token"](), state)
+        provision(server["url"], server["token"](), state, trust_root=server["root"])
         batches0 = server["batches"]()
     fifo = run / "in.fifo"
     os.mkfifo(fifo)
@@ -198,7 +198,7 @@ def run(quick: bool = False) -> None:
         st = SQLiteStorage(db)
         try:
             srv = {"url": server.url, "token": lambda: issue_tokens(st, "bench-fsync", now_ms=now_ms())[0],
-                   "batches": lambda: st.stats().batches}
+                   "batches": lambda: st.stats().batches, "root": vouch(st, db.parent, server.url)}
             results: dict[str, list[dict]] = {"sync": [], "standalone": []}
             for r in range(rounds):
                 order = ("sync", "standalone") if r % 2 == 0 else ("standalone", "sync")

@@ -18,33 +18,14 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner import keys, runtime, sealing
+from scanner import runtime, sealing
 from scanner.entry import Entry, chain_hash, hash_fields
 from scanner.entrylog import INSERT_SQL, EntryLog, entry_row
 from sync import credential
-from sync.server import credentials
-from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
 
-from .procs import ServerProcess, cpu_s, now_ms
+from .procs import ServerProcess, cpu_s, now_ms, vouch
 from .timing import median, table
-
-ROOT = ed25519.Ed25519PrivateKey.generate()  # the operator's root: vouches for each bench server
-
-
-def vouch(storage, keys_dir: Path, url: str) -> Path:
-    """The operator's part for a server (`issuer server-credential`, `server credential publish`):
-    the root signs its URL and keys; returns the root's public key file devices are provisioned with."""
-    seal, pull = load_or_create_sealing_key(keys_dir).public_key(), load_or_create_pull_key(keys_dir).public_key()
-    old = credentials.current(storage)
-    serial = credential.open_credential(old, [ROOT.public_key()]).serial + 1 if old else 1
-    credentials.publish(storage, credential.issue(ROOT, urls=[url], sealing_key=seal, pull_key=pull, serial=serial,
-                                                  issued_at=int(time.time())),
-                        sealing_public=seal, pull_public=pull, root=ROOT.public_key())
-    root_pub = Path(keys_dir) / "root.pub"
-    root_pub.write_bytes(keys.public_pem(ROOT.public_key()))
-    return root_pub
 
 MB = 1024 * 1024
 
