@@ -13,6 +13,7 @@ import click
 from . import i18n
 from .cli import fail, main, output_file, run_guarded
 from .entry import iso_ms
+from .fsutil import atomic_write
 from .safetext import escape, json_line
 
 EXIT_OK, EXIT_INCOMPLETE = 0, 1
@@ -484,8 +485,8 @@ def server_keys(db_url, keys_dir, out_dir):
     sealing_key, pull_key = _server_keys(db_url, keys_dir)
     out = Path(out_dir)
     run_guarded(out.mkdir, parents=True, exist_ok=True)
-    run_guarded((out / "sealing.pub").write_bytes, public_key_pem(sealing_key.public_key()))
-    run_guarded((out / "pull.pub").write_bytes, public_pem(pull_key.public_key()))
+    run_guarded(atomic_write, out / "sealing.pub", public_key_pem(sealing_key.public_key()))
+    run_guarded(atomic_write, out / "pull.pub", public_pem(pull_key.public_key()))
     click.echo(f"wrote {escape(str(out / 'sealing.pub'))} and {escape(str(out / 'pull.pub'))}")
 
 
