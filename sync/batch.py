@@ -163,16 +163,27 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 _BATCH_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
 
 
-def read_header(data: bytes) -> BatchInfo:
-    """The header of a batch, bounded and type-checked, WITHOUT checking the signature (to find
-    the device's key). BatchError if the bytes are not a batch."""
-    if len(data) > protocol.MAX_BATCH_BYTES:
+def header_end(prefix: bytes, total: int) -> int:
+    """How many leading bytes of a batch of ``total`` bytes hold its header, from its first 8 bytes
+    (``prefix``); BatchError if they are not the start of a batch."""
+    if total > protocol.MAX_BATCH_BYTES:
         raise _fail(f"batch larger than {protocol.MAX_BATCH_BYTES} bytes", protocol.E_TOO_LARGE)
-    if len(data) < 8 + SIG_LEN or data[:4] != MAGIC:
+    if total < 8 + SIG_LEN or len(prefix) < 8 or prefix[:4] != MAGIC:
         raise _fail("not a CKB1 batch")
-    (hlen,) = struct.unpack(">I", data[4:8])
-    if hlen > MAX_HEADER or 8 + hlen + SIG_LEN > len(data):
+    (hlen,) = struct.unpack(">I", prefix[4:8])
+    if hlen > MAX_HEADER or 8 + hlen + SIG_LEN > total:
         raise _fail("batch header length out of bounds")
+    return 8 + hlen
+
+
+def read_header(data: bytes, total: int | None = None) -> BatchInfo:
+    """The header of a batch, bounded and type-checked, WITHOUT checking the signature (to find
+    the device's key). ``data`` may be only the first header_end() bytes of a batch of ``total``
+    bytes (the server looks before it reads the rest). BatchError if the bytes are not a batch."""
+    total = len(data) if total is None else total
+    hlen = header_end(data[:8], total) - 8
+    if len(data) < 8 + hlen:
+        raise _fail("batch header truncated")
     try:
         h = json.loads(data[8:8 + hlen].decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -205,12 +205,24 @@ class SyncClient:
                  content_type: str | None = None, sign: bool = True, max_bytes: int = protocol.MAX_JSON_BYTES,
                  ok: tuple[int, ...] = (200,)) -> Reply:
         path_qs = path + (f"?{urlencode(params)}" if params else "")
+        reply = self._exchange(method, path, path_qs, body, content_type, sign, max_bytes)
+        if reply.status == 401 and sign and refusal(reply.status, reply.body, path)[0] == protocol.E_STALE_REQUEST:
+            # signed with a stale idea of the server's clock; this answer has set it right
+            reply = self._exchange(method, path, path_qs, body, content_type, sign, max_bytes)
+        if reply.status in ok:
+            return reply
+        self._raise(reply, path)
+        return reply  # not reached
+
+    def _exchange(self, method: str, path: str, path_qs: str, body: bytes, content_type: str | None, sign: bool,
+                  max_bytes: int) -> Reply:
         headers = {}
         if content_type:
             headers["Content-Type"] = content_type
         sent = _now_ms()
-        if sign:
-            headers[protocol.AUTH_HEADER] = protocol.auth_header(self.device_id, self.key, method, path_qs, sent, body)
+        if sign:  # ts: the server's clock as this device last saw it (a Pi without a battery clock may be far off)
+            ts = sent + (self.last_clock_offset_ms or 0)
+            headers[protocol.AUTH_HEADER] = protocol.auth_header_v2(self.device_id, self.key, method, path_qs, ts, body)
         try:
             with self.session.request(method, self.base_url + path_qs, data=body or None, headers=headers,
                                       timeout=self.timeout, verify=self.verify, stream=True,
@@ -232,16 +244,13 @@ class SyncClient:
         if server_ms is not None:
             self.last_server_time_ms = server_ms
             self.last_clock_offset_ms = reply.clock_offset_ms
-        if status in ok:
-            return reply
-        self._raise(reply, path)
-        return reply  # not reached
+        return reply
 
     @staticmethod
     def _raise(reply: Reply, path: str) -> None:
         code, message = refusal(reply.status, reply.body, path)
         retry_after = parse_retry_after(reply.headers.get("Retry-After"))
-        if reply.status >= 500 or reply.status in (408, 429):
+        if reply.status >= 500 or reply.status in (408, 429) or code in protocol.RETRY_CODES:
             raise TransientError(message, code=code, retry_after=retry_after)
         raise RejectedError(message, code=code, status=reply.status)
 
@@ -258,7 +267,7 @@ class SyncClient:
         return reply.json()
 
     def upload(self, data: bytes) -> protocol.Ack:
-        reply = self._request("POST", protocol.BATCHES, body=data, content_type=protocol.BATCH_TYPE, sign=False)
+        reply = self._request("POST", protocol.BATCHES, body=data, content_type=protocol.BATCH_TYPE)
         try:
             return protocol.Ack.from_dict(reply.json())
         except protocol.ProtocolError as exc:

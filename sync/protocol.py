@@ -7,6 +7,7 @@ import base64
 import binascii
 import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -28,7 +29,10 @@ TIME_HEADER = "X-Checkpoint-Time"  # the server's clock when it answered, epoch 
 RECEIVED_HEADER = "X-Checkpoint-Received"  # the server's clock when the request arrived (NTP-style offset)
 BUNDLE_VERSION_HEADER = "X-Checkpoint-Bundle-Version"
 AUTH_HEADER = "Authorization"
-AUTH_SCHEME = "CK-Sig"
+AUTH_SCHEME = "CK-Sig"  # request signature v1: over the body, checkable only once the body is read
+AUTH_SCHEME_V2 = "CK-Sig2"  # v2: over the body's hash named in the header, checked before the body is read
+REQUEST_AUTH_VERSION = 2  # the newest request signature this side speaks (/v1/health says it)
+AUTH_WINDOW_MS = 5 * 60_000  # a v2 header's ts must be this close to the server's clock; each nonce works once
 
 BATCH_TYPE = "application/vnd.checkpoint.batch"
 BUNDLE_TYPE = "application/vnd.checkpoint.bundle+json"
@@ -38,6 +42,7 @@ DELTA_TYPE = "application/vnd.checkpoint.bundle-delta+json"
 MAX_BATCH_BYTES = 16 * 1024 * 1024  # one signed batch on the wire
 MAX_BATCH_ENTRIES = 20_000
 MAX_JSON_BYTES = 64 * 1024  # enroll / heartbeat request bodies, and JSON answers
+LEGACY_MAX_BATCH_BYTES = 1024 * 1024  # default cap of a batch sent without a v2 header (old devices)
 MAX_BUNDLE_DOWNLOAD = 256 * 1024 * 1024  # as scanner.bundle.MAX_BUNDLE_BYTES
 MAX_ACKS = 1000  # batches per /acks answer
 
@@ -55,11 +60,19 @@ E_BUSY = "busy"  # 503 + Retry-After
 E_INTERNAL = "internal"  # 500
 E_NO_BUNDLE = "no_bundle"  # 404: nothing published yet
 E_NO_CREDENTIAL = "no_credential"  # 404: the operator has not published the server's credential
+E_STALE_REQUEST = "stale_request"  # 401: a v2 header's ts is off the server's clock; sign again with its time
+E_REPLAYED = "replayed_request"  # 401: a v2 header (its nonce) was used before
+E_BODY_TIMEOUT = "body_timeout"  # 408: the body came too slowly (deadline or minimum rate)
+E_LENGTH_REQUIRED = "length_required"  # 411: a body without Content-Length
+E_REQUEST_TOO_LARGE = "request_too_large"  # 413: a request body (not a batch) over its limit
+E_TOO_MANY = "too_many_requests"  # 429 + Retry-After: this device or address already has its share in progress
 
 BATCH_BAD_CODES = frozenset({E_MALFORMED})
 AUTH_CODES = frozenset({E_UNKNOWN_DEVICE, E_BAD_SIGNATURE, E_DEVICE_REVOKED})
+RETRY_CODES = frozenset({E_STALE_REQUEST, E_REPLAYED})  # 401s that are not the device's standing: retry later
 
 _REQ_DOMAIN = b"CKREQ1"
+_REQ_DOMAIN_V2 = b"CKREQ2"
 
 
 class ProtocolError(CheckpointError):
@@ -82,38 +95,85 @@ def unb64(text: object, what: str, max_len: int = 1 << 20) -> bytes:
 
 
 def signing_input(method: str, path_qs: str, ts_ms: int, body: bytes) -> bytes:
-    """What a device signs for a request: domain, method, path with query, its time, body hash."""
+    """What a device signs for a v1 request: domain, method, path with query, its time, body hash."""
     return b"\n".join((_REQ_DOMAIN, method.upper().encode("ascii"), path_qs.encode("utf-8"),
                        str(int(ts_ms)).encode("ascii"), hashlib.sha256(body).hexdigest().encode("ascii")))
 
 
 def auth_header(device_id: str, key: ed25519.Ed25519PrivateKey, method: str, path_qs: str,
                 ts_ms: int, body: bytes) -> str:
+    """A v1 request signature (CK-Sig): what devices before v2 send; the enrollment request uses it."""
     sig = key.sign(signing_input(method, path_qs, ts_ms, body))
     return f"{AUTH_SCHEME} device={device_id},ts={int(ts_ms)},sig={b64(sig)}"
 
 
+def signing_input_v2(method: str, path_qs: str, device_id: str, ts_ms: int, nonce: str, body_sha256: str) -> bytes:
+    """What a device signs for a v2 request: domain, method, path with query, its id, the server's
+    time as the device knows it, a nonce, and the hex SHA-256 of the body it will send."""
+    return b"\n".join((_REQ_DOMAIN_V2, method.upper().encode("ascii"), path_qs.encode("utf-8"),
+                       device_id.encode("ascii"), str(int(ts_ms)).encode("ascii"), nonce.encode("ascii"),
+                       body_sha256.encode("ascii")))
+
+
+def auth_header_v2(device_id: str, key: ed25519.Ed25519PrivateKey, method: str, path_qs: str, ts_ms: int,
+                   body: bytes, nonce: str | None = None) -> str:
+    """A v2 request signature (CK-Sig2) over the body's hash: the server checks it before reading the
+    body. ``ts_ms`` is the server's clock as the device knows it; a fresh nonce unless one is given."""
+    nonce = nonce or secrets.token_hex(16)
+    digest = hashlib.sha256(body).hexdigest()
+    sig = key.sign(signing_input_v2(method, path_qs, device_id, ts_ms, nonce, digest))
+    return f"{AUTH_SCHEME_V2} device={device_id},ts={int(ts_ms)},nonce={nonce},sha256={digest},sig={b64(sig)}"
+
+
 _AUTH = re.compile(rf"{AUTH_SCHEME} device=([A-Za-z0-9_-]{{1,64}}),ts=(-?\d{{1,16}}),sig=([A-Za-z0-9+/=]{{1,128}})",
                    re.ASCII)
+_AUTH_V2 = re.compile(rf"{AUTH_SCHEME_V2} device=([A-Za-z0-9_-]{{1,64}}),ts=(\d{{1,16}}),nonce=([0-9a-f]{{32}}),"
+                      r"sha256=([0-9a-f]{64}),sig=([A-Za-z0-9+/=]{1,128})", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
 class RequestAuth:
+    """A parsed request signature header; ``version`` 1 (CK-Sig) or 2 (CK-Sig2, with ``nonce`` and
+    the ``body_sha256`` the body must have)."""
+
     device_id: str
     ts_ms: int
     signature: bytes
+    version: int = 1
+    nonce: str | None = None
+    body_sha256: str | None = None
 
 
 def parse_auth(value: str | None) -> RequestAuth:
-    """The parts of an Authorization header; ProtocolError if it is not a CK-Sig header."""
+    """The parts of an Authorization header; ProtocolError if it is neither CK-Sig nor CK-Sig2."""
+    m = _AUTH_V2.fullmatch(value or "")
+    if m:
+        return RequestAuth(m.group(1), int(m.group(2)), unb64(m.group(5), "signature"), 2, m.group(3), m.group(4))
     m = _AUTH.fullmatch(value or "")
     if not m:
         raise ProtocolError("missing or malformed Authorization header")
     return RequestAuth(m.group(1), int(m.group(2)), unb64(m.group(3), "signature"))
 
 
+def check_header(auth: RequestAuth, public_key: ed25519.Ed25519PublicKey, method: str, path_qs: str) -> bool:
+    """A v2 header's signature, before any of the body is read (the body must then hash to
+    ``auth.body_sha256``). False for a v1 header: it can only be checked with the body."""
+    if auth.version != 2:
+        return False
+    try:
+        public_key.verify(auth.signature, signing_input_v2(method, path_qs, auth.device_id, auth.ts_ms,
+                                                           auth.nonce, auth.body_sha256))
+    except InvalidSignature:
+        return False
+    return True
+
+
 def check_request(auth: RequestAuth, public_key: ed25519.Ed25519PublicKey, method: str, path_qs: str,
                   body: bytes) -> bool:
+    """A request signature (either version) over the whole request, body included."""
+    if auth.version == 2:
+        return hashlib.sha256(body).hexdigest() == auth.body_sha256 and check_header(auth, public_key, method,
+                                                                                      path_qs)
     try:
         public_key.verify(auth.signature, signing_input(method, path_qs, auth.ts_ms, body))
     except InvalidSignature:

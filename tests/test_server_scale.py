@@ -297,31 +297,32 @@ def test_fleet_of_20_devices_pushing_concurrently_stores_each_entry_once(tmp_pat
             es = chain_entries(dev, f"cp-{d % 5}", [now - 1000 * i for i in range(120, 0, -1)],
                                [f"{d:04x}{i:028x}" for i in range(120)])
             batches = [batchmod.build(es[i:i + 40], key, device_id=dev, created_ms=now).data for i in range(0, 120, 40)]
-            devices.append((dev, es, batches))
+            devices.append((dev, key, es, batches))
         start = threading.Barrier(20)
         failures, busy = [], []
 
-        def device(dev, batches):
+        def device(dev, key, batches):
             with requests.Session() as s:
                 start.wait(60)
                 for data in batches + batches[:1]:  # and the first one again: a replay
                     for _ in range(1000):
+                        auth = protocol.auth_header_v2(dev, key, "POST", protocol.BATCHES, now_ms(), data)
                         r = s.post(srv.url + protocol.BATCHES, data=data, timeout=60,
-                                   headers={"Content-Type": protocol.BATCH_TYPE})
-                        if r.status_code != 503:
+                                   headers={"Content-Type": protocol.BATCH_TYPE, "Authorization": auth})
+                        if r.status_code not in (429, 503):  # busy: server-wide, or this address's share
                             break
                         busy.append(1)
                         time.sleep(0.01)
                     if r.status_code != 200:
                         failures.append((dev, r.status_code, r.text[:200]))
 
-        threads = [threading.Thread(target=device, args=(dev, b)) for dev, _, b in devices]
+        threads = [threading.Thread(target=device, args=(dev, key, b)) for dev, key, _, b in devices]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
         assert failures == []
-        for dev, es, _ in devices:
+        for dev, _, es, _ in devices:
             assert srv.storage.entry_hashes(dev) == {e.seq: e.hash for e in es}
             assert srv.storage.gaps(dev) == []
         s = srv.storage.stats()

@@ -166,7 +166,8 @@ class ServerThread:
         self.port = port or free_port()
         self.tls = tls
         self.server = make_server(self.faults, "127.0.0.1", self.port,
-                                  tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None)
+                                  tls_cert=tls[0] if tls else None, tls_key=tls[1] if tls else None,
+                                  limits=(config or {}).get("limits"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.root = root
         if root is not None:

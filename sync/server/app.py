@@ -2,15 +2,19 @@
 
 Handlers are async; every storage call and every CPU-heavy step (signature checks, decompression,
 parsing) runs in the thread pool, so the event loop keeps answering. An acknowledgement is sent
-only after the batch's transaction committed.
+only after the batch's transaction committed. A body is read only within the admission limits and
+read deadlines of limits.py, and a CK-Sig2 request is authenticated from its header before any of
+its body is read (docs/sync-protocol.md#limits).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.applications import Starlette
@@ -22,9 +26,10 @@ from starlette.routing import Route
 from scanner import __version__
 
 from .. import protocol
-from ..batch import BatchError, open_batch, read_header
+from ..batch import BatchError, header_end, open_batch, read_header
 from ..credential import MEDIA_TYPE as CREDENTIAL_TYPE
 from . import bundles, credentials
+from .limits import BodyReader, Busy, Claim, Gate, Limits, ReplayCache, declared_length, guarded_h11, peer_key
 from .storage import ServerError, Storage, revoked_device, unknown_device
 from .tokens import token_hash
 
@@ -40,10 +45,11 @@ def now_ms() -> int:
 @dataclass
 class ServerConfig:
     sealing_public_pem: str
-    max_inflight_batches: int = 32  # beyond this many batches being processed: 503 + Retry-After
+    max_inflight_batches: int = 32  # authenticated batches in progress (header checked to answer); beyond: 503
     retry_after_s: int = 2
     max_batch_bytes: int = protocol.MAX_BATCH_BYTES  # larger batches: 413, the device sends smaller ones
     pull_public_pem: str | None = None  # Ed25519: devices accept pulls signed by it (docs/sync-protocol.md#server-pull)
+    limits: Limits = field(default_factory=Limits)  # per client, unauthenticated requests, read deadlines
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -81,17 +87,37 @@ class ServerTimeMiddleware:
         await self.app(scope, receive, send_with_time)
 
 
-async def _body(request: Request, limit: int, too_large_code: str = protocol.E_BAD_REQUEST) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise ServerError(f"request body over {limit} bytes", code=too_large_code, status=413)
-    chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise ServerError(f"request body over {limit} bytes", code=too_large_code, status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+class DrainOrCloseMiddleware:
+    """An answer sent before the request's body was read whole (a refusal) leaves the connection to
+    read and drop the rest (a client sends its whole body before it reads; closing on unread data
+    would reset the connection and lose the answer), within limits.guarded_h11's drain deadline.
+    After a read deadline, or for a body no request may have, the connection is closed instead."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        done = b"transfer-encoding" not in headers and length in (b"0", b"")
+        drain = b"transfer-encoding" not in headers and length.isdigit() and int(length) <= protocol.MAX_BATCH_BYTES
+
+        async def receive_tracked():
+            nonlocal done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        async def send_closing(message) -> None:
+            if message["type"] == "http.response.start" and not done and (message["status"] == 408 or not drain):
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive_tracked, send_closing)
 
 
 def _json_body(data: bytes) -> dict:
@@ -109,8 +135,15 @@ def _path_qs(request: Request) -> str:
     return request.url.path + (f"?{query}" if query else "")
 
 
+def _peer(request: Request) -> str:
+    return peer_key(request.client.host if request.client else None)
+
+
 def create_app(storage: Storage, config: ServerConfig) -> Starlette:
-    inflight = 0
+    limits = config.limits
+    gate = Gate(config.retry_after_s)
+    replays = ReplayCache(per_device=limits.replay_per_device)
+    swept = [0]
 
     async def active_device(device_id: str):
         """(the enrolled device, its public key); ServerError for unknown and revoked devices."""
@@ -121,21 +154,77 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
             raise revoked_device(device_id)
         return device, ed25519.Ed25519PublicKey.from_public_bytes(device.public_key)
 
-    async def authenticate(request: Request, body: bytes):
+    def request_auth(request: Request, *, required: bool = True) -> protocol.RequestAuth | None:
+        value = request.headers.get(protocol.AUTH_HEADER)
+        if value is None and not required:
+            return None
         try:
-            auth = protocol.parse_auth(request.headers.get(protocol.AUTH_HEADER))
+            return protocol.parse_auth(value)
         except protocol.ProtocolError as exc:
             raise ServerError(str(exc), code=protocol.E_BAD_SIGNATURE, status=401) from None
+
+    async def authenticate_header(request: Request, auth: protocol.RequestAuth):
+        """A CK-Sig2 header, before any of the body is read: its time near the server's clock, the
+        enrolled key's signature, a nonce not used before. (the device, its public key)"""
+        now = now_ms()
+        if not replays.fresh(auth.ts_ms, now):
+            raise ServerError(f"request time {auth.ts_ms} is more than {protocol.AUTH_WINDOW_MS // 1000} s from the "
+                              f"server's clock {now}", code=protocol.E_STALE_REQUEST, status=401)
+        device, public = await active_device(auth.device_id)
+        if not protocol.check_header(auth, public, request.method, _path_qs(request)):
+            raise ServerError("request signature does not verify", code=protocol.E_BAD_SIGNATURE, status=401)
+        if now - swept[0] > 60_000:
+            replays.sweep(now)
+            swept[0] = now
+        first = replays.first_use(device.device_id, auth.nonce, auth.ts_ms, now)
+        if first is None:
+            raise Busy(f"device {device.device_id} sent more than {limits.replay_per_device} requests within "
+                       f"{protocol.AUTH_WINDOW_MS // 1000} s", code=protocol.E_TOO_MANY, status=429,
+                       retry_after=config.retry_after_s)
+        if not first:
+            raise ServerError("this request signature was used before", code=protocol.E_REPLAYED, status=401)
+        return device, public
+
+    async def authenticate(request: Request, body: bytes):
+        """A request without a body to read (GET), or a v1 request whose body was read: the device."""
+        auth = request_auth(request)
+        if auth.version == 2:
+            device, _ = await authenticate_header(request, auth)
+            if auth.body_sha256 != hashlib.sha256(body).hexdigest():
+                raise ServerError("request body does not match its signed hash", code=protocol.E_BAD_SIGNATURE,
+                                  status=401)
+            return device
         device, public = await active_device(auth.device_id)
         if not protocol.check_request(auth, public, request.method, _path_qs(request), body):
             raise ServerError("request signature does not verify", code=protocol.E_BAD_SIGNATURE, status=401)
         return device
 
+    def device_claims(request: Request, device_id: str) -> list[Claim]:
+        return [Claim("device", device_id, limits.per_device), Claim("authenticated", _peer(request), limits.per_peer)]
+
+    def unauthenticated_claims(request: Request) -> list[Claim]:
+        return [Claim("unauthenticated", "", limits.legacy_inflight),
+                Claim("unauthenticated", _peer(request), limits.legacy_per_peer)]
+
+    async def signed_body(request: Request, auth: protocol.RequestAuth, length: int) -> bytes:
+        """The body of a request whose CK-Sig2 header was checked: read within the limits, then
+        compared with the hash the device signed."""
+        reader = BodyReader(request.receive, length, limits)
+        body = await reader.read()
+        if reader.sha256() != auth.body_sha256:
+            raise ServerError("request body does not match its signed hash", code=protocol.E_BAD_SIGNATURE,
+                              status=401)
+        return body
+
     async def health(request: Request) -> Response:
-        return _json({"ok": True, "protocol": protocol.VERSION, "software_version": __version__})
+        return _json({"ok": True, "protocol": protocol.VERSION, "request_auth": protocol.REQUEST_AUTH_VERSION,
+                      "software_version": __version__})
 
     async def enroll(request: Request) -> Response:
-        body = await _body(request, protocol.MAX_JSON_BYTES)
+        length = declared_length(request.headers, protocol.MAX_JSON_BYTES, protocol.E_REQUEST_TOO_LARGE)
+        with gate.hold([Claim("enroll", "", limits.enroll_inflight),
+                        Claim("enroll", _peer(request), limits.enroll_per_peer)]):
+            body = await BodyReader(request.receive, length, limits).read()
         doc = _json_body(body)
         token, pub_b64 = doc.get("token"), doc.get("public_key")
         if not isinstance(token, str) or not 8 <= len(token) <= 200:
@@ -172,22 +261,33 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         return Response(data, media_type=CREDENTIAL_TYPE)
 
     async def batches(request: Request) -> Response:
-        nonlocal inflight
-        if inflight >= config.max_inflight_batches:
-            return _error(503, protocol.E_BUSY, "too many batches in progress; retry later",
-                          {"Retry-After": str(config.retry_after_s)})
-        inflight += 1
-        try:
-            data = await _body(request, protocol.MAX_BATCH_BYTES, protocol.E_TOO_LARGE)
-            if len(data) > config.max_batch_bytes:  # read whole, so the device gets the answer, not a reset
-                raise ServerError(f"batch over {config.max_batch_bytes} bytes", code=protocol.E_TOO_LARGE, status=413)
-            info = read_header(data)
-            _, public = await active_device(info.device_id)
+        auth = request_auth(request, required=False)
+        if auth is None or auth.version != 2:
+            return await unauthenticated_batch(request)
+        device, public = await authenticate_header(request, auth)
+        length = declared_length(request.headers, config.max_batch_bytes, protocol.E_TOO_LARGE)
+        with gate.hold([Claim("batch", "", config.max_inflight_batches), *device_claims(request, device.device_id)]):
+            data = await signed_body(request, auth, length)
+            if read_header(data).device_id != device.device_id:
+                raise ServerError("a batch must be sent by its own device", code=protocol.E_BAD_SIGNATURE, status=401)
             parsed = await run_in_threadpool(open_batch, data, public)
             done = await run_in_threadpool(storage.ingest, parsed, "push", now_ms())
-            return _json(done.ack.to_dict())
-        finally:
-            inflight -= 1
+        return _json(done.ack.to_dict())
+
+    async def unauthenticated_batch(request: Request) -> Response:
+        """A batch without a CK-Sig2 header (a device older than it): accepted within the small
+        unauthenticated budget; its first bytes must be the header of an enrolled device's batch
+        before the rest is read, and its own signature is checked before it is opened."""
+        cap = min(limits.legacy_max_bytes, config.max_batch_bytes)
+        length = declared_length(request.headers, cap, protocol.E_TOO_LARGE)
+        with gate.hold(unauthenticated_claims(request)):
+            reader = BodyReader(request.receive, length, limits)
+            head = await reader.read(header_end(await reader.read(8), length))
+            _, public = await active_device(read_header(head, length).device_id)
+            data = await reader.read()
+            parsed = await run_in_threadpool(open_batch, data, public)
+            done = await run_in_threadpool(storage.ingest, parsed, "push", now_ms())
+        return _json(done.ack.to_dict())
 
     async def acks(request: Request) -> Response:
         device = await authenticate(request, b"")
@@ -222,8 +322,16 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         return Response(ans.data, media_type=media, headers=headers)
 
     async def heartbeat(request: Request) -> Response:
-        body = await _body(request, protocol.MAX_JSON_BYTES)
-        device = await authenticate(request, body)
+        auth = request_auth(request)
+        length = declared_length(request.headers, protocol.MAX_JSON_BYTES, protocol.E_REQUEST_TOO_LARGE)
+        if auth.version == 2:
+            device, _ = await authenticate_header(request, auth)
+            with gate.hold(device_claims(request, device.device_id)):
+                body = await signed_body(request, auth, length)
+        else:  # a v1 signature can only be checked once the body is read
+            with gate.hold(unauthenticated_claims(request)):
+                body = await BodyReader(request.receive, length, limits).read()
+                device = await authenticate(request, body)
         try:
             doc = protocol.check_heartbeat(_json_body(body))
         except protocol.ProtocolError as exc:
@@ -233,7 +341,10 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         return _json({"kept": kept, "held_seq": held})
 
     async def on_server_error(request: Request, exc: ServerError) -> Response:
-        return _error(exc.status, exc.code, str(exc))
+        if exc.status == 408:  # a slow body cut (bounded by the pools: a few per grace period)
+            log.info("%s %s from %s: %s", request.method, request.url.path, _peer(request), exc)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        return _error(exc.status, exc.code, str(exc), headers)
 
     async def on_batch_error(request: Request, exc: BatchError) -> Response:
         status = {protocol.E_TOO_LARGE: 413, protocol.E_BAD_SIGNATURE: 401}.get(exc.code, 400)
@@ -261,26 +372,42 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         ServerError: on_server_error, BatchError: on_batch_error, ClientDisconnect: on_disconnect,
         Exception: on_crash,
     })
+    app.add_middleware(DrainOrCloseMiddleware)
     app.add_middleware(ServerTimeMiddleware)
     app.state.storage = storage
     return app
 
 
 def make_server(app, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None,
-                access_log: bool = False, log_level: str = "warning", sock=None):
-    """A uvicorn Server for ``app`` (pure-Python stack: asyncio loop, h11)."""
+                access_log: bool = False, log_level: str = "warning", sock=None, limits: Limits | None = None):
+    """A uvicorn Server for ``app`` (pure-Python stack: asyncio loop, h11), its connections held to
+    ``limits`` (per peer, header deadline)."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http="h11", ws="none",
+    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http=guarded_h11(limits or Limits()), ws="none",
                             lifespan="off", access_log=access_log, log_level=log_level,
                             ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
                             server_header=False)
     return uvicorn.Server(config)
 
 
+def raise_open_files_limit() -> int:
+    """The soft limit of open files raised to the hard one (every connection is a file; systemd's
+    default soft limit, 1024, is few connections). The limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("open files limit stays %d: %s", soft, exc)
+    return soft
+
+
 def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls_cert: str | None = None,
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 32,
-          retry_after_s: int = 2) -> None:
+          retry_after_s: int = 2, limits: Limits | None = None) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`)."""
     from .keys import load_or_create_pull_key, load_or_create_sealing_key, public_pem, sealing_public_pem
     from .storage import default_keys_dir, open_storage
@@ -293,9 +420,13 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
         if credentials.current(storage) is None:
             log.warning("no server credential published: devices will not enroll (the operator signs one with "
                         "`checkpoint issuer server-credential`; then `checkpoint server credential publish`)")
+        limits = limits or Limits()
         app = create_app(storage, ServerConfig(sealing_public_pem(key), max_inflight_batches=max_inflight,
-                                               retry_after_s=retry_after_s, pull_public_pem=public_pem(pull_key)))
-        server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=access_log)
+                                               retry_after_s=retry_after_s, pull_public_pem=public_pem(pull_key),
+                                               limits=limits))
+        raise_open_files_limit()
+        server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=access_log,
+                             limits=limits)
         if ready is not None:
             ready(server)
         asyncio.run(server.serve())

@@ -1,0 +1,281 @@
+"""What a client can make the reference server hold, and for how long (docs/sync-protocol.md#limits).
+
+Connections: at most so many per peer address, and request headers within a deadline (the uvicorn
+protocol class of guarded_h11). Admission pools count requests in progress (server-wide, per peer
+address, per device) and refuse beyond their limit instead of queueing. Bodies are read by
+BodyReader: never more than the declared Content-Length, within a deadline and above a minimum rate,
+hashed as they come. ReplayCache lets each CK-Sig2 header be used once. Everything here runs on
+the event loop's thread (no locks).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import h11
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .. import protocol
+from .storage import ServerError
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The server's connection, admission and body-reading policy (`checkpoint server run` options)."""
+
+    connections_per_peer: int = 64  # open connections per peer address (IPv6: per /64); beyond: closed at once
+    header_timeout_s: float = 10.0  # a new connection's request headers, complete (then keep-alive's timeout)
+    per_device: int = 2  # authenticated requests with a body in progress, per device
+    per_peer: int = 16  # authenticated requests with a body in progress, per peer address
+    legacy_inflight: int = 2  # requests read before they can be authenticated (devices without CK-Sig2)
+    legacy_per_peer: int = 1
+    legacy_max_bytes: int = protocol.LEGACY_MAX_BATCH_BYTES  # larger unauthenticated batches: 413 unread
+    enroll_inflight: int = 4  # enrollment requests (authenticated by the token in their body)
+    enroll_per_peer: int = 1
+    body_grace_s: float = 10.0  # the minimum rate applies after this long
+    min_rate_bps: int = 4096  # bytes per second, averaged from the start of the body
+    body_timeout_s: float = 120.0  # a whole body, however fast it has been coming
+    replay_per_device: int = 10_000  # nonces remembered per device (in AUTH_WINDOW_MS); beyond: 429
+
+
+def peer_key(host: str | None) -> str:
+    """Whom per-peer limits count: the address, an IPv6 address by its /64 (one subscriber's
+    prefix), an IPv4-mapped IPv6 address as the IPv4 address."""
+    if not host:
+        return "-"
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+def guarded_h11(limits: Limits) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, with at most ``connections_per_peer`` connections per peer; request
+    headers due within ``header_timeout_s`` of connecting (within the keep-alive timeout of the last
+    answer on a reused connection), however slowly their bytes trickle in; and the rest of a body
+    answered before it was read (uvicorn reads and drops it) due within ``body_timeout_s``."""
+    open_per_peer: Counter = Counter()
+
+    class GuardedH11Protocol(H11Protocol):
+        _peer: str | None = None
+        _timer: asyncio.TimerHandle | None = None
+        _draining = False
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._peer = peer_key(self.client[0] if self.client else None)
+            open_per_peer[self._peer] += 1
+            if open_per_peer[self._peer] > limits.connections_per_peer:
+                transport.close()
+                return
+            self._arm(limits.header_timeout_s)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._peer is not None:
+                open_per_peer[self._peer] -= 1
+                if open_per_peer[self._peer] <= 0:
+                    del open_per_peer[self._peer]
+                self._peer = None
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.timeout_keep_alive_task is not None:  # uvicorn leaves it (and so this object) for
+                self.timeout_keep_alive_task.cancel()  # its whole timeout when a connection was reset
+                self.timeout_keep_alive_task = None
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._draining = self._answered_unread()
+                self._arm(limits.body_timeout_s if self._draining else self.timeout_keep_alive)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._draining and not self._answered_unread():  # the dropped rest has come: idle now
+                self._draining = False
+                if not self.transport.is_closing():
+                    self._arm(self.timeout_keep_alive)
+
+        def _answered_unread(self) -> bool:
+            return self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.DONE
+
+        def _arm(self, seconds: float) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(seconds, self._due)
+
+        def _due(self) -> None:
+            """Close a connection whose request headers, or the rest of an answered body, are late
+            (a request the app is still reading or answering is the app's to time out)."""
+            self._timer = None
+            late = self.conn.their_state is h11.IDLE or self._answered_unread()
+            if late and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
+class Busy(ServerError):
+    """A request refused before its body was read because a pool is full: 503 busy (server-wide)
+    or 429 too_many_requests (this device's or address's share); ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, code: str, status: int, retry_after: int) -> None:
+        super().__init__(message, code=code, status=status)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One count a request holds while it is in progress: ``pool`` and ``who`` (an address, a
+    device id, or "" for the whole server) up to ``limit``."""
+
+    pool: str
+    who: str
+    limit: int
+
+
+class Gate:
+    """Requests in progress per (pool, who); ``hold`` takes every claim or none (never waits)."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        self.held: Counter = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, claims: Sequence[Claim]) -> Iterator[None]:
+        for c in claims:
+            if self.held[(c.pool, c.who)] >= c.limit:
+                raise self._busy(c)
+        for c in claims:
+            self.held[(c.pool, c.who)] += 1
+        try:
+            yield
+        finally:
+            for c in claims:
+                key = (c.pool, c.who)
+                self.held[key] -= 1
+                if self.held[key] <= 0:
+                    del self.held[key]
+
+    def _busy(self, c: Claim) -> Busy:
+        if c.who:
+            return Busy(f"{c.who} already has {c.limit} {c.pool} requests in progress; retry later",
+                        code=protocol.E_TOO_MANY, status=429, retry_after=self.retry_after_s)
+        return Busy(f"too many {c.pool} requests in progress; retry later", code=protocol.E_BUSY, status=503,
+                    retry_after=self.retry_after_s)
+
+
+def declared_length(headers, limit: int, too_large_code: str) -> int:
+    """The body length a request declares (0 without a body): 411 for a body without
+    Content-Length (chunked), 413 over ``limit`` — both before a byte of it is read."""
+    if "transfer-encoding" in headers:
+        raise ServerError("a request body needs a Content-Length", code=protocol.E_LENGTH_REQUIRED, status=411)
+    length = headers.get("content-length")
+    if length is None:
+        return 0
+    if not length.isdigit() or len(length) > 15:
+        raise ServerError("Content-Length is not a number", code=protocol.E_BAD_REQUEST, status=400)
+    if int(length) > limit:
+        raise ServerError(f"request body over {limit} bytes", code=too_large_code, status=413)
+    return int(length)
+
+
+class BodyReader:
+    """A request body read within ``limits``: at most ``length`` bytes (h11 holds the client to its
+    Content-Length), all of it within body_timeout_s and, after body_grace_s, at min_rate_bps on
+    average since the first byte was awaited; 408 body_timeout otherwise. Hashed as it comes."""
+
+    def __init__(self, receive, length: int, limits: Limits, clock=time.monotonic) -> None:
+        self._receive = receive
+        self.length = length
+        self.limits = limits
+        self._clock = clock
+        self._start = clock()
+        self._chunks: list[bytes] = []
+        self.received = 0
+        self.done = length == 0
+        self._hash = hashlib.sha256()
+
+    def _deadline(self) -> float:
+        lim = self.limits
+        return self._start + min(lim.body_timeout_s, lim.body_grace_s + self.received / lim.min_rate_bps)
+
+    async def read(self, at_least: int | None = None) -> bytes:
+        """Everything received so far, once it is at least ``at_least`` bytes or the whole body."""
+        want = self.length if at_least is None else min(at_least, self.length)
+        while not self.done and self.received < want:
+            timeout = self._deadline() - self._clock()
+            try:
+                if timeout <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(self._receive(), timeout)
+            except TimeoutError:
+                raise ServerError(f"request body too slow: {self.received} of {self.length} bytes in "
+                                  f"{self._clock() - self._start:.0f} s", code=protocol.E_BODY_TIMEOUT,
+                                  status=408) from None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            if self.received + len(chunk) > self.length:
+                raise ServerError("request body longer than its Content-Length", code=protocol.E_BAD_REQUEST,
+                                  status=400)
+            if chunk:
+                self._chunks.append(chunk)
+                self._hash.update(chunk)
+                self.received += len(chunk)
+            self.done = not message.get("more_body", False)
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
+    def sha256(self) -> str:
+        """The hex SHA-256 of the body (call once it is read whole)."""
+        return self._hash.hexdigest()
+
+
+class ReplayCache:
+    """The nonces of accepted CK-Sig2 headers, per device, until their ts leaves the window: a
+    captured header cannot be sent again. Only headers whose signature verified are kept."""
+
+    def __init__(self, window_ms: int = protocol.AUTH_WINDOW_MS, per_device: int = 10_000) -> None:
+        self.window_ms = window_ms
+        self.per_device = per_device
+        self._seen: dict[str, dict[str, int]] = {}
+
+    def fresh(self, ts_ms: int, now_ms: int) -> bool:
+        return abs(ts_ms - now_ms) <= self.window_ms
+
+    def first_use(self, device_id: str, nonce: str, ts_ms: int, now_ms: int) -> bool | None:
+        """True the first time (then remembered), False for a replay, None when the device already
+        has ``per_device`` nonces in the window (refuse: it is sending far more than a device does)."""
+        seen = self._seen.setdefault(device_id, {})
+        if nonce in seen:
+            return False
+        if len(seen) >= self.per_device:
+            for old in [n for n, expiry in seen.items() if expiry < now_ms]:
+                del seen[old]
+            if len(seen) >= self.per_device:
+                return None
+        seen[nonce] = ts_ms + self.window_ms
+        return True
+
+    def sweep(self, now_ms: int) -> None:
+        """Forget every nonce whose ts has left the window."""
+        for device_id in list(self._seen):
+            seen = self._seen[device_id]
+            for old in [n for n, expiry in seen.items() if expiry < now_ms]:
+                del seen[old]
+            if not seen:
+                del self._seen[device_id]
