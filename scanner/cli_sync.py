@@ -153,6 +153,13 @@ def status_dict(state: Path, log) -> dict:
     }
 
 
+def _error_text(code: str | None, message: str, lang: str) -> str:
+    """A sync error for people: its catalogue text and code, or the message when the code has none."""
+    key = f"sync_error.{code}"
+    text = i18n.t(key, lang)
+    return f"{text} ({escape(code)})" if code and text != key else escape(message)
+
+
 @sync_group.command("status")
 @_state_option
 @_log_option
@@ -174,7 +181,8 @@ def sync_status(state_dir, db_path, as_json, lang):
                  acked=d["last_acked_seq"]))
     click.echo(t("last", ok=_when(d["last_success_ms"], lang), attempt=_when(d["last_attempt_ms"], lang)))
     if d["last_error"]:
-        click.echo(t("error", error=escape(d["last_error"]), at=_when(d["last_error_ms"], lang)))
+        click.echo(t("error", error=_error_text(d["last_error_code"], d["last_error"], lang),
+                     at=_when(d["last_error_ms"], lang)))
     age = "-" if d["trust_age_s"] is None else f"{d['trust_age_s'] / 86400:.1f}"
     click.echo(t("trust", version=d["trust_version"] if d["trust_version"] is not None else "-", days=age))
     if d["trust_error"]:

@@ -619,7 +619,7 @@ class SyncAgent:
                     continue
                 raise
             except TransientError as exc:
-                if exc.code == "timeout":  # the link could not carry this size in time
+                if exc.code in ("timeout", protocol.E_BODY_TIMEOUT):  # the link could not carry this size in time
                     state.batch_size = max(self.min_batch, size // 2)
                 raise
             elapsed = time.monotonic() - t0

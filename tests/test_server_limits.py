@@ -14,13 +14,16 @@ import time
 
 import pytest
 import requests
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from test_sync_support import WAIT_S, ServerThread, now_ms, provision_device, record, wait_for
 
 from scanner import verifier
+from scanner.cli import main
 from sync import batch as batchmod
 from sync import identity, protocol
+from sync.agent import Backoff, SyncAgent
 from sync.client import SyncClient
 from sync.server.limits import Limits, ReplayCache, peer_key
 
@@ -291,6 +294,25 @@ def test_slow_bodies_are_cut_and_free_their_places(tmp_path, verdicts):
         client = SyncClient(srv.url, key, device_id=dev.device_id)
         assert client.upload(_batch(dev, key, verdicts)).stored == 5
         client.close()
+    finally:
+        srv.stop()
+
+
+def test_a_device_sends_smaller_batches_after_a_body_timeout(tmp_path, verdicts):
+    srv = _server(tmp_path)
+    try:
+        dev = provision_device(srv, tmp_path)
+        record(dev, verdicts, 30)
+        agent = SyncAgent(dev.state, dev.log, backoff=Backoff(base_s=0.01, cap_s=0.05))
+        before = agent.files.load().batch_size
+        srv.faults.fail(protocol.BATCHES, 408, code=protocol.E_BODY_TIMEOUT)  # what a too-slow link gets
+        res = agent.sync_once()
+        assert res.error_code == protocol.E_BODY_TIMEOUT and not res.complete
+        assert agent.files.load().batch_size == before // 2
+        shown = CliRunner().invoke(main, ["sync", "status", "--state-dir", str(dev.state), "--lang", "en"]).output
+        assert "the server cut the upload; the device sends smaller batches (body_timeout)" in shown
+        assert agent.sync_once().complete
+        agent.close()
     finally:
         srv.stop()
 

@@ -108,17 +108,18 @@ class Faults:
         self.plan: deque = deque()
         self.hits = 0
 
-    def fail(self, path: str, status: int, times: int = 1, headers: dict | None = None) -> None:
+    def fail(self, path: str, status: int, times: int = 1, headers: dict | None = None,
+             code: str = "injected") -> None:
         for _ in range(times):
-            self.plan.append(("fail", path, status, headers or {}))
+            self.plan.append(("fail", path, status, headers or {}, code))
 
     def delay_after(self, path: str, seconds: float) -> None:
         """Let the real app answer (and commit), then hold the answer ``seconds``."""
-        self.plan.append(("delay", path, seconds, {}))
+        self.plan.append(("delay", path, seconds, {}, None))
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and self.plan and scope["path"] == self.plan[0][1]:
-            kind, _, arg, headers = self.plan.popleft()
+            kind, _, arg, headers, code = self.plan.popleft()
             self.hits += 1
             if kind == "fail":
                 while True:  # read the request body first, as a real server would
@@ -127,7 +128,7 @@ class Faults:
                         break
                 hdrs = [(b"content-type", b"application/json")] + [
                     (k.lower().encode(), v.encode()) for k, v in headers.items()]
-                body = b'{"error":"injected","message":"injected fault"}'
+                body = b'{"error":"%s","message":"injected fault"}' % code.encode()
                 await send({"type": "http.response.start", "status": arg, "headers": hdrs})
                 await send({"type": "http.response.body", "body": body})
                 return
