@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|trace|daemon|kiosk|fsync]: print the benchmark tables to stdout."""
+"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|flood|trace|daemon|kiosk|fsync]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short run with small sizes (checks that the benchmarks work)")
     parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
-                                                  "formats", "sync", "fleet", "trace", "daemon", "kiosk", "fsync"),
+                                                  "formats", "sync", "fleet", "flood", "trace", "daemon",
+                                                  "kiosk", "fsync"),
                         help="run one benchmark only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "fleet"):
         from . import bench_fleet
         bench_fleet.run(args.quick)
+    if args.only in (None, "flood"):
+        from . import bench_flood
+        bench_flood.run(args.quick)
     if args.only in (None, "trace"):
         from . import bench_trace
         bench_trace.run(args.quick)

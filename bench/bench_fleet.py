@@ -6,8 +6,10 @@ server (and of PostgreSQL), and checks that every entry is stored exactly once.
 
 Two admission settings: the server's defaults (32 batches in flight, then 503 + Retry-After 2 s,
 which devices honour) and admission open (--max-inflight 256: every batch is queued, which
-measures what the server and its database can ingest). The peer is the raw cost of the server's
-own work per batch (open_batch: signature, inflate, parse) in one thread of this process.
+measures what the server and its database can ingest). Uploads carry CK-Sig2 headers, as devices
+send them; the per-address limits are lifted, since all devices share 127.0.0.1 here. The peer is
+the raw cost of the server's own work per batch (open_batch: signature, inflate, parse) in one
+thread of this process.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import requests
+
+from sync import protocol
 
 from .procs import ServerProcess, cpu_s, now_ms
 from .timing import table
@@ -110,7 +114,7 @@ def _push_all(fleet: _Fleet, url: str, deadline_s: float) -> dict:
     lock = threading.Lock()
     stop_at = [0.0]
 
-    def device(data: list[bytes]) -> None:
+    def device(key, dev: str, data: list[bytes]) -> None:
         with requests.Session() as s:
             start.wait(120)
             for b in data:
@@ -120,14 +124,15 @@ def _push_all(fleet: _Fleet, url: str, deadline_s: float) -> dict:
                         with lock:
                             failures.append("deadline")
                         return
+                    auth = protocol.auth_header_v2(dev, key, "POST", protocol.BATCHES, now_ms(), b)
                     try:
-                        r = s.post(url + "/v1/batches", data=b, timeout=300,
-                                   headers={"Content-Type": "application/vnd.checkpoint.batch"})
+                        r = s.post(url + protocol.BATCHES, data=b, timeout=300,
+                                   headers={"Content-Type": protocol.BATCH_TYPE, "Authorization": auth})
                     except requests.RequestException as exc:
                         with lock:
                             failures.append(type(exc).__name__)
                         return
-                    if r.status_code == 503:
+                    if r.status_code in (429, 503):
                         with lock:
                             busy[0] += 1
                         time.sleep(float(r.headers.get("Retry-After", "1")))
@@ -139,7 +144,7 @@ def _push_all(fleet: _Fleet, url: str, deadline_s: float) -> dict:
                     else:
                         failures.append(f"HTTP {r.status_code}")
 
-    threads = [threading.Thread(target=device, args=(d[4],), daemon=True) for d in fleet.devices]
+    threads = [threading.Thread(target=device, args=(d[0], d[1], d[4]), daemon=True) for d in fleet.devices]
     for t in threads:
         t.start()
     cpu0 = time.process_time()
@@ -162,7 +167,9 @@ def _one(fleet: _Fleet, backend: str, url: str, keys: Path, max_inflight: int, d
         fleet.enroll(st)
     finally:
         st.close()
-    server = ServerProcess(url, "--keys", str(keys), "--max-inflight", str(max_inflight), bench="fleet")
+    # every simulated device comes from 127.0.0.1 here (in the field each has its own address)
+    server = ServerProcess(url, "--keys", str(keys), "--max-inflight", str(max_inflight), "--max-per-peer", "10000",
+                           "--max-connections-per-peer", "100000", bench="fleet")
     try:
         s_cpu0, pg_cpu0 = cpu_s(server.pid), _tree_cpu_s(pg_pid)
         res = _push_all(fleet, server.url, deadline_s)
