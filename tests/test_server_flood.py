@@ -9,10 +9,18 @@ import os
 import threading
 
 import pytest
-from test_sync_support import Device, ServerProcess, assert_exactly_once, bulk_fill, now_ms, wait_for
+from test_sync_support import (
+    Device,
+    ServerProcess,
+    assert_exactly_once,
+    bulk_fill,
+    now_ms,
+    wait_for,
+)
 
 from bench.flood import JUNK, SLOW, Flood, proc_kib, reset_peak
 from scanner.entrylog import EntryLog
+from sync import credential
 from sync.agent import Backoff, SyncAgent
 from sync.provision import provision
 from sync.server.storage import open_storage
@@ -38,9 +46,9 @@ def _devices(srv: ServerProcess, tmp_path, n: int, entries: int) -> list[Device]
     out = []
     for i, tok in enumerate(tokens):
         state = tmp_path / f"dev{i}"
-        res = provision(srv.url, tok, state)
+        res = provision(srv.url, tok, state, trust_root=srv.root_pub)
         log = EntryLog(state / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,
-                       sealing_key=state / "sealing.pub", synchronous="NORMAL", passback_window_s=0)
+                       sealing_key=credential.load(state).sealing_key, synchronous="NORMAL", passback_window_s=0)
         bulk_fill(log, entries, sealed=os.urandom(133))
         out.append(Device(state, log, res.device_id, res.checkpoint_id))
     return out
