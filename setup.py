@@ -24,7 +24,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["scanner", "scanner.*", "sync", "sync.*", "hardware", "hardware.*"]),
     # scanner/web: the kiosk screen and the status page (plain HTML, CSS and JavaScript, served by the API)
-    package_data={"scanner": ["translations.toml", "web/*.html", "web/*.css", "web/*.js"]},
+    package_data={"scanner.base": ["translations.toml"], "scanner.appliance": ["web/*.html", "web/*.css", "web/*.js"]},
     install_requires=[
         "cryptography>=42",
         "numpy>=1.26",
@@ -54,7 +54,7 @@ setup(
             *SERVER,  # the server tests run on SQLite and PostgreSQL
         ],
     },
-    entry_points={"console_scripts": ["checkpoint=scanner.cli:main"]},
+    entry_points={"console_scripts": ["checkpoint=scanner.cli.main:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Operating System :: POSIX :: Linux",

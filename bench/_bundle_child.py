@@ -2,7 +2,7 @@
 
     python -m bench._bundle_child MODE FILE ROOT_HEX REPEAT
 
-MODE is "open" (scanner.bundle.open_bundle: signature check and parsing), "b64" (peer:
+MODE is "open" (scanner.cards.bundle.open_bundle: signature check and parsing), "b64" (peer:
 json.loads of the file + base64 decode of the payload) or "b64+json" (the same, plus json.loads of
 the payload). Prints one JSON line: seconds of each load, and RSS figures of the first load
 (bytes above the RSS just before it): delta while the result is still held, and peak.
@@ -17,7 +17,7 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner.bundle import open_bundle
+from scanner.cards.bundle import open_bundle
 
 
 def _status() -> dict[str, int]:

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scanner import issuer, keys
-from scanner.verdict import Holder
+from scanner.cards import issuer, keys
+from scanner.cards.verdict import Holder
 
 
 def hue_cards(tmp: Path, count: int) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from scanner.bundle import open_bundle
+from scanner.cards.bundle import open_bundle
 
 from .timing import interleaved, median, quartiles, ratios, table, us
 from .world import bundle_bytes, world

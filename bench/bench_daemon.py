@@ -1,6 +1,6 @@
 """The appliance: from a code read to its verdict on the kiosk's event stream, over real HTTP.
 
-A running appliance (scanner.daemon.Appliance: pipeline, degraded-mode policy, entry log with
+A running appliance (scanner.appliance.daemon.Appliance: pipeline, degraded-mode policy, entry log with
 synchronous=FULL, feedback on MockFactory pins, the local API on 127.0.0.1) reads cards from a
 named pipe (a stdin reader, so the whole input path is in it). For each card the time from writing
 its line to (a) the event being published inside the daemon and (b) the server-sent event arriving
@@ -17,18 +17,18 @@ import threading
 import time
 from pathlib import Path
 
-from scanner.entrylog import EntryLog
-from scanner.scan import Scan
-from scanner.trust import load_trust
-from scanner.verifier import verify
+from hardware.scan import Scan
+from scanner.cards.trust import load_trust
+from scanner.cards.verifier import verify
+from scanner.store.entrylog import EntryLog
 
 from .appliance import SseClient, hue_cards
 from .timing import percentile, table
 
 
 def run(quick: bool = False) -> None:
-    from scanner.config import load
-    from scanner.daemon import Appliance
+    from scanner.appliance.config import load
+    from scanner.appliance.daemon import Appliance
 
     n = 30 if quick else 200
     logging.getLogger().setLevel(logging.ERROR)

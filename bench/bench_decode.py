@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scanner.decode import DOWNSCALE_ABOVE, DecoderUnavailable, make_decoder, read_gray
+from hardware.decode import DOWNSCALE_ABOVE, DecoderUnavailable, make_decoder, read_gray
 
 from . import fixtures
 from .timing import interleaved, median, quartiles, ratios, table

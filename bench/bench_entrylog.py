@@ -18,12 +18,13 @@ import time
 import uuid
 from pathlib import Path
 
-from scanner import sealing, verifier
-from scanner.bundle import open_bundle
-from scanner.entry import GENESIS, Entry, entry_hash, verify_chain, write_export
-from scanner.entrylog import COLUMNS, INSERT_SQL, EntryLog, entry_row
-from scanner.scan import Scan
-from scanner.trust import TrustStore
+from hardware.scan import Scan
+from scanner.cards import verifier
+from scanner.cards.bundle import open_bundle
+from scanner.cards.trust import TrustStore
+from scanner.store import sealing
+from scanner.store.entry import GENESIS, Entry, entry_hash, verify_chain, write_export
+from scanner.store.entrylog import COLUMNS, INSERT_SQL, EntryLog, entry_row
 
 from . import fixtures
 from .timing import interleaved, median, quartiles, table, us

@@ -17,10 +17,15 @@ from gpiozero import LED
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from hardware.feedback import Patterns
-from hardware.feedback_config import BuzzerConfig, FeedbackConfig, LedConfig, RelayConfig
+from hardware.feedback_config import (
+    BuzzerConfig,
+    FeedbackConfig,
+    LedConfig,
+    RelayConfig,
+)
 from hardware.gpio_feedback import GpioFeedback
-from scanner.errors import Reason
-from scanner.verdict import Decision, Verdict, reject
+from scanner.base.errors import Reason
+from scanner.cards.verdict import Decision, Verdict, reject
 
 from .timing import table, us
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from sync import protocol
+from sync.wire import protocol
 
 from .procs import ServerProcess, cpu_s, now_ms
 from .timing import table
@@ -53,9 +53,9 @@ class _Fleet:
     def __init__(self, devices: int, batches: int, per_batch: int) -> None:
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
-        from scanner.entry import Entry, chain_hash, hash_fields
-        from sync import batch as batchmod
-        from sync import identity
+        from scanner.store.entry import Entry, chain_hash, hash_fields
+        from sync.wire import batch as batchmod
+        from sync.wire import identity
 
         self.devices = []
         now = now_ms()
@@ -82,8 +82,8 @@ class _Fleet:
         self.bytes = sum(len(b) for d in self.devices for b in d[4])
 
     def enroll(self, storage) -> None:
-        from sync import identity
         from sync.server.tokens import token_hash
+        from sync.wire import identity
 
         for key, dev, cp, _, _ in self.devices:
             tok = f"fleet-token-{dev}"
@@ -92,7 +92,7 @@ class _Fleet:
 
     def parse_rate(self) -> float:
         """The peer: open_batch (what the server does to every batch before storing it), entries/s."""
-        from sync.batch import open_batch
+        from sync.wire.batch import open_batch
 
         sample = self.devices[: max(1, len(self.devices) // 10)]
         t0 = time.perf_counter()

@@ -18,9 +18,9 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 
-from sync import protocol
 from sync.client import RejectedError, SyncClient, TransientError
 from sync.server.storage import open_storage
+from sync.wire import protocol
 
 from .bench_fleet import _Fleet
 from .flood import JUNK, SLOW, Flood, proc_kib, reset_peak

@@ -8,11 +8,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from scanner import cose, jwks, verifier, x509util
-from scanner import keys as keymod
-from scanner.bundle import BundleKey
-from scanner.formats import hc1, shc
-from scanner.trust import TrustStore, load_trust
+from scanner.cards import cose, jwks, verifier, x509util
+from scanner.cards import keys as keymod
+from scanner.cards.bundle import BundleKey
+from scanner.cards.formats import hc1, shc
+from scanner.cards.trust import TrustStore, load_trust
 
 from . import fixtures
 from .timing import interleaved, median, quartiles, ratios, table, us

@@ -1,6 +1,6 @@
 """The kiosk: from a verdict being published to it being painted in a real browser.
 
-A running appliance (scanner.daemon.Appliance: pipeline, entry log, feedback on MockFactory pins,
+A running appliance (scanner.appliance.daemon.Appliance: pipeline, entry log, feedback on MockFactory pins,
 the local API on 127.0.0.1) reads cards one at a time from a named pipe; a headless Chromium
 (Debian's, via selenium: bench/browser.py) shows the kiosk page. For each verdict the page records
 when the server-sent event reached its handler (``received``), when the next animation frame, the
@@ -12,7 +12,7 @@ and when a task posted from that callback ran, after the frame was painted (``pa
 card by card; a raw HTTP client on the same stream is the peer for delivery. Issue 9's goal:
 updates on screen within 100 ms of the verdict.
 
-Also the camera preview's cost per frame (scanner/preview.py) against decoding that frame: the
+Also the camera preview's cost per frame (scanner/appliance/preview.py) against decoding that frame: the
 hook while nobody watches, scaling a frame when one is due, and the JPEG encode (done in the
 API's threads, not the camera's).
 """
@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from scanner import issuer, keys
-from scanner.verdict import Holder
+from scanner.cards import issuer, keys
+from scanner.cards.verdict import Holder
 
 from . import browser
 from .appliance import SseClient, hue_cards
@@ -61,8 +61,8 @@ path = "{fifo}"
 
 
 def paint_latency(n: int) -> None:
-    from scanner.config import load
-    from scanner.daemon import Appliance
+    from scanner.appliance.config import load
+    from scanner.appliance.daemon import Appliance
 
     why = browser.unavailable()
     if why is not None:
@@ -141,9 +141,9 @@ def preview_cost(quick: bool) -> None:
     """Per-frame cost of the preview hook (unwatched, watched) and of the encode, against decoding."""
     import asyncio
 
-    from scanner import demo_video
-    from scanner.decode import make_decoder
-    from scanner.preview import Preview, encode_jpeg, scale_frame
+    from hardware.decode import make_decoder
+    from scanner.appliance.preview import Preview, encode_jpeg, scale_frame
+    from scanner.demo import video as demo_video
 
     frame = next(demo_video.frames([demo_video.Shot(issuer.issue(issuer.CardSpec(
         "VN-HUE", Holder("Nguyễn Văn An", "1985"), int(time.time()) - 60, int(time.time()) + 86400),

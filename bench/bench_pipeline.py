@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from scanner.bundle import open_bundle
-from scanner.decode import make_decoder
-from scanner.trust import TrustStore
-from scanner.verifier import verify
+from hardware.decode import make_decoder
+from scanner.cards.bundle import open_bundle
+from scanner.cards.trust import TrustStore
+from scanner.cards.verifier import verify
 
 from . import fixtures
 from .bench_decode import scene, with_code
@@ -63,7 +63,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def latency_bench(n: int, size: tuple[int, int] = (640, 480)) -> dict:
     from hardware.camera import CameraConfig, CameraInput
-    from scanner.pipeline import Pipeline
+    from scanner.appliance.pipeline import Pipeline
 
     w = world()
     trust = TrustStore.build(bundles=[open_bundle(bundle_bytes(10_000), [w.root.public_key()])])
@@ -118,7 +118,7 @@ def latency_bench(n: int, size: tuple[int, int] = (640, 480)) -> dict:
 def memory_child(video: str, seconds: float) -> dict:
     """Run in a fresh process: a pipeline with an OpenCV camera source for ``seconds``; RSS figures."""
     from hardware.camera import CameraConfig, CameraInput
-    from scanner.pipeline import Pipeline
+    from scanner.appliance.pipeline import Pipeline
 
     def status() -> dict[str, int]:
         vals = {}

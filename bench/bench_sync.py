@@ -18,10 +18,10 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-
-from scanner import runtime, sealing
-from scanner.entry import Entry, chain_hash, hash_fields
-from scanner.entrylog import INSERT_SQL, EntryLog, entry_row
+from scanner.appliance import runtime
+from scanner.store import sealing
+from scanner.store.entry import Entry, chain_hash, hash_fields
+from scanner.store.entrylog import INSERT_SQL, EntryLog, entry_row
 from sync import credential
 
 from .procs import ServerProcess, cpu_s, now_ms, vouch
@@ -34,7 +34,7 @@ def _fill(log: EntryLog, n: int, server_pub) -> None:
     """n chained entries as EntryLog writes them, holder details really sealed (realistic sizes)."""
     import sqlite3
 
-    from scanner.verdict import Holder
+    from scanner.cards.verdict import Holder
     holder = Holder("Nguyễn Thị Thanh Hương", "1987-03-15", "079******1234")
     sealer = sealing.Sealer(server_pub)  # as EntryLog seals: sessions of up to 1024 blobs
     seq, prev = 0, bytes(32)
@@ -108,7 +108,7 @@ class _ScanProbe:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from scanner.scan import Scan
+        from hardware.scan import Scan
         i = 0
         while not self.stop.wait(self.every_s):
             v = self.verdicts[i % len(self.verdicts)]
@@ -157,7 +157,7 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str, verdicts
         log = EntryLog(run_dir / "dev" / "entries.db", device_id=cfg.device_id, checkpoint_id=cfg.checkpoint_id,
                        create=False)
         builder = (ProcessBuilder(log.path, run_dir / "dev", cfg.device_id) if mode != "thread"
-                   else InlineBuilder(log, __import__("sync.identity", fromlist=["x"]).load(run_dir / "dev"),
+                   else InlineBuilder(log, __import__("sync.wire.identity", fromlist=["x"]).load(run_dir / "dev"),
                                       cfg.device_id))
         agent = SyncAgent(run_dir / "dev", log, builder=builder, backoff=Backoff(0.05, 1))
         sizes: list[int] = []
@@ -245,7 +245,7 @@ def _idle_stall(pristine: Path, tmp: Path, verdicts, seconds: float = 8.0) -> di
 
 def _json_peer_stall(log: EntryLog, n: int = 10_000) -> float:
     """The peer: the longest ticker stall while serialising n entries as one JSON document."""
-    from scanner.entry import to_export_dict
+    from scanner.store.entry import to_export_dict
     entries = log.pending(0, n)
     docs = [to_export_dict(e) for e in entries]
     worst = 0.0
@@ -262,10 +262,10 @@ def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
     """Server ingest without HTTP: open_batch + storage.ingest, entries/s; and open_batch alone."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from sync import identity
     from sync.agent import build_next
-    from sync.batch import open_batch
     from sync.server.sqlite import SQLiteStorage
+    from sync.wire import identity
+    from sync.wire.batch import open_batch
 
     key = identity.load(pristine)
     cfg = json.loads((pristine / "device.json").read_text())
@@ -280,7 +280,7 @@ def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
     log.close()
     st = SQLiteStorage(tmp / "ingest.db")
     st.add_tokens(["h"], "market-east", 10**15, 0)
-    from sync.protocol import device_id_for
+    from sync.wire.protocol import device_id_for
     raw = identity.public_raw(key)
     st.enroll("h", device_id_for(raw), raw, 0)
     pub = ed25519.Ed25519PublicKey.from_public_bytes(raw)
@@ -297,8 +297,8 @@ def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
 def _trust_sizes(n_revoked: int) -> list[list]:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from scanner import keys as keymod
-    from scanner.bundle import BundleKey, make_bundle, open_bundle
+    from scanner.cards import keys as keymod
+    from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
     from sync import trustupdate
 
     root = ed25519.Ed25519PrivateKey.generate()

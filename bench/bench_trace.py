@@ -1,9 +1,9 @@
 """The tracing query on 10 million entries (`--quick`: 200,000), SQLite and PostgreSQL side by side:
 where a card was seen in 14 days, the other cards at the same checkpoints within ±1 h of each visit,
-and the whole call-centre answer with the holders' details opened (scanner.sealing.open, X25519 +
+and the whole call-centre answer with the holders' details opened (scanner.store.sealing.open, X25519 +
 AES-GCM per contact). Peers in the same interleaved rounds: one indexed lookup that finds nothing
 (the fixed cost of a query on that backend) and the raw cost of opening the answer's sealed
-blobs with scanner.sealing.open alone. The same queries with their indexes unusable (full scans)
+blobs with scanner.store.sealing.open alone. The same queries with their indexes unusable (full scans)
 are timed once, for what the indexes buy.
 
 The bulk rows are generated inside the database (INSERT ... SELECT over generate_series or a
@@ -131,12 +131,12 @@ def _plant(storage, shape: _Shape, server_pub, visits: int, rng: random.Random) 
 
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from scanner import sealing
-    from scanner.entry import Entry, chain_hash, hash_fields
-    from scanner.verdict import Holder
-    from sync import batch as batchmod
-    from sync import identity
+    from scanner.cards.verdict import Holder
+    from scanner.store import sealing
+    from scanner.store.entry import Entry, chain_hash, hash_fields
     from sync.server.tokens import token_hash
+    from sync.wire import batch as batchmod
+    from sync.wire import identity
 
     for v in range(visits):
         cp = f"checkpoint-{rng.randrange(shape.checkpoints):05d}"
@@ -188,8 +188,8 @@ def _unindexed_s(backend: str, target, shape: _Shape, visits) -> float:
 
 
 def _open_all(blobs, key) -> int:
-    """The raw cost of the holder details in an answer: scanner.sealing.open of each blob."""
-    from scanner import sealing
+    """The raw cost of the holder details in an answer: scanner.store.sealing.open of each blob."""
+    from scanner.store import sealing
 
     ok = 0
     for blob, entry_id in blobs:
@@ -211,7 +211,7 @@ def _size(backend: str, target) -> int:
 
 
 def run(quick: bool) -> None:
-    from scanner.sealing import key_id
+    from scanner.store.sealing import key_id
     from sync.server.keys import load_or_create_sealing_key
     from sync.server.storage import open_storage
     from sync.server.trace import trace

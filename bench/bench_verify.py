@@ -5,10 +5,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from scanner import cose, verifier
-from scanner.bundle import open_bundle
-from scanner.formats import ck1
-from scanner.trust import TrustStore
+from scanner.cards import cose, verifier
+from scanner.cards.bundle import open_bundle
+from scanner.cards.formats import ck1
+from scanner.cards.trust import TrustStore
 
 from . import fixtures
 from .timing import interleaved, median, quartiles, ratios, table, us

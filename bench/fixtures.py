@@ -6,10 +6,10 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from scanner import keys as keymod
-from scanner.bundle import BundleKey, make_bundle
-from scanner.issuer import CardSpec, issue
-from scanner.verdict import Holder
+from scanner.cards import keys as keymod
+from scanner.cards.bundle import BundleKey, make_bundle
+from scanner.cards.issuer import CardSpec, issue
+from scanner.cards.verdict import Holder
 
 ISSUER = "Sở Y tế TP. Hồ Chí Minh"
 HOLDER = Holder(name="Nguyễn Thị Thanh Hương", birth_date="1987-03-15", id_masked="079******1234",

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 
-from sync import protocol
+from sync.wire import protocol
 
 FLOOD_ADDRS = tuple(f"127.0.0.{i}" for i in range(2, 10))  # the attacker's addresses (loopback is a /8)
 SLOW = 64

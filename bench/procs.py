@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner import keys
+from scanner.cards import keys
 from sync import credential
 from sync.server import credentials
 from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner.bundle import BundleKey
+from scanner.cards.bundle import BundleKey
 
 from . import fixtures
 

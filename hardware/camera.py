@@ -21,11 +21,20 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from scanner.decode import (IMAGE_SUFFIXES, Decoder, DecoderUnavailable, ImageUnreadable, Roi, check_roi,
-                            decode_region, make_decoder, read_gray)
-from scanner.errors import CheckpointError
-from scanner.pipeline import Backoff, InputThread, SourceReason, SourceState
-from scanner.safetext import escape
+from hardware.decode import (
+    IMAGE_SUFFIXES,
+    Decoder,
+    DecoderUnavailable,
+    ImageUnreadable,
+    Roi,
+    check_roi,
+    decode_region,
+    make_decoder,
+    read_gray,
+)
+from scanner.appliance.pipeline import Backoff, InputThread, SourceReason, SourceState
+from scanner.base.errors import CheckpointError
+from scanner.base.safetext import escape
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +272,7 @@ def make_source(config: CameraConfig) -> FrameSource:
     """The frame source a config describes (picamera2 is imported only here, only when asked for)."""
     backend = config.resolved_backend()
     if backend == "picamera2":
-        from .camera_picamera2 import Picamera2Source
+        from hardware.camera_picamera2 import Picamera2Source
         return Picamera2Source(config)
     if backend == "files":
         return ImageFolderSource(config.device, config.source_id)

@@ -2,7 +2,7 @@
 
 picamera2 needs libcamera from Raspberry Pi OS and cannot be installed from PyPI alone, so it is
 imported only when a camera is configured with backend "picamera2". The decoder reads the lores
-stream's luma plane in place (`scanner.decode.y_plane`): no colour conversion, no copy.
+stream's luma plane in place (`hardware.decode.y_plane`): no colour conversion, no copy.
 """
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import importlib
 
 import numpy as np
 
-from scanner.decode import y_plane
-from scanner.pipeline import SourceReason
-
-from .camera import CameraConfig, SourceUnavailable
+from hardware.camera import CameraConfig, SourceUnavailable
+from hardware.decode import y_plane
+from scanner.appliance.pipeline import SourceReason
 
 INSTALL_HINT = ("picamera2 is not installed: sudo apt install python3-picamera2 and create the venv "
                 "with --system-site-packages")

@@ -12,10 +12,9 @@ import sys
 import threading
 from typing import TextIO
 
-from scanner.i18n import t
-from scanner.verdict import Verdict
-
-from .feedback import Callbacks, EntryId, Outputs, PatternFeedback, Patterns
+from hardware.feedback import Callbacks, EntryId, Outputs, PatternFeedback, Patterns
+from scanner.base.i18n import t
+from scanner.cards.verdict import Verdict
 
 _COLORS = {"green": "32", "red": "31", "amber": "33"}
 _DETAILED = ("reject", "duplicate")

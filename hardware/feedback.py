@@ -16,12 +16,22 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Self
 
-from scanner.scan import DIRECTIONS
-from scanner.verdict import Verdict
-
-from .feedback_patterns import OFF, OUTPUTS, Outputs, Pattern, Patterns, Step, Timings, beeps, blink, steady
-from .feedback_player import Player
-from .passage import PassageMonitor
+from hardware.feedback_patterns import (
+    OFF,
+    OUTPUTS,
+    Outputs,
+    Pattern,
+    Patterns,
+    Step,
+    Timings,
+    beeps,
+    blink,
+    steady,
+)
+from hardware.feedback_player import Player
+from hardware.passage import PassageMonitor
+from hardware.scan import DIRECTIONS
+from scanner.cards.verdict import Verdict
 
 __all__ = ["OFF", "OUTPUTS", "Callbacks", "DeviceState", "EntryId", "FeedbackDevice", "Outputs", "Pattern",
            "PatternFeedback", "Patterns", "Step", "Timings", "beeps", "blink", "steady"]

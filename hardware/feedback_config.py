@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 from gpiozero.tones import Tone
 
-from scanner.errors import CheckpointError
-from scanner.scan import DIRECTIONS
-
-from .feedback_patterns import Patterns
+from hardware.feedback_patterns import Patterns
+from hardware.scan import DIRECTIONS
+from scanner.base.errors import CheckpointError
 
 Pin = int | str
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scanner.errors import Reason
-from scanner.verdict import Verdict
+from scanner.base.errors import Reason
+from scanner.cards.verdict import Verdict
 
 Step = tuple[float, float]  # (value, seconds): LED brightness 0..1, or buzzer frequency in Hz (0 = silent)
 OUTPUTS = ("green", "red", "amber", "buzzer")

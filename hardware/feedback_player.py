@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .feedback_patterns import OFF, OUTPUTS, Outputs, Pattern
+from hardware.feedback_patterns import OFF, OUTPUTS, Outputs, Pattern
 
 log = logging.getLogger(__name__)
 

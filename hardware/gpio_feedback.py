@@ -32,9 +32,9 @@ from gpiozero.pins import Factory
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 from gpiozero.tones import Tone
 
-from .console_feedback import ConsoleFeedback, ConsoleLine
-from .feedback import Callbacks, Outputs, PatternFeedback
-from .feedback_config import FeedbackConfig, FeedbackConfigError, gpio_number
+from hardware.console_feedback import ConsoleFeedback, ConsoleLine
+from hardware.feedback import Callbacks, Outputs, PatternFeedback
+from hardware.feedback_config import FeedbackConfig, FeedbackConfigError, gpio_number
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import BinaryIO
 
-from scanner.base45 import ALPHABET as BASE45_ALPHABET
-from scanner.pipeline import Backoff, InputThread, SourceReason, SourceState
-from scanner.safetext import escape
-from scanner.verifier import MAX_TEXT
-
-from . import keymaps
+from hardware import keymaps
+from scanner.appliance.pipeline import Backoff, InputThread, SourceReason, SourceState
+from scanner.base.safetext import escape
+from scanner.cards.base45 import ALPHABET as BASE45_ALPHABET
+from scanner.cards.verifier import MAX_TEXT
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from scanner.pipeline import Backoff, SourceReason, SourceState
-
-from . import keymaps
-from .readers import LineAssembler, Problem, ReaderInput, parse_terminator
+from hardware import keymaps
+from hardware.readers import LineAssembler, Problem, ReaderInput, parse_terminator
+from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
 
 EV_KEY = 1
 _VID_PID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")

@@ -1,4 +1,4 @@
 """`python -m scanner` is the `checkpoint` command."""
-from .cli import main
+from scanner.cli.main import main
 
 main(prog_name="checkpoint")

@@ -1,6 +1,7 @@
 """Signed, idempotent batches of entries to the central server, and trust-bundle updates back.
 
-Device side: identity (key), batch (signed batch format), protocol, client (HTTP), state (files),
-agent (the loop), trustupdate (bundles and deltas), export (USB), provision (enrollment).
-Server side: sync/server/. Specification: docs/sync-protocol.md.
+Device side: client (HTTP), state (files), agent (the loop) and its batch builder process,
+trustupdate (bundles and deltas), credential (the server the root vouches for), export (USB),
+pull (the server pulls), provision (enrollment). What both sides share: ``sync.wire``. The central
+side: ``sync.server``, which the device never imports. Specification: docs/sync-protocol.md.
 """

@@ -26,15 +26,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner import __version__
-from scanner.entry import Entry
-from scanner.entrylog import EntryLog, EntryLogError
-from scanner.errors import CheckpointError, TrustError
-from scanner.fsutil import atomic_write
-
-from . import batch as batchmod
-from . import credential, identity, protocol, trustupdate
-from .client import RejectedError, SyncClient, SyncError, TransientError
-from .state import (
+from scanner.base.errors import CheckpointError, TrustError
+from scanner.base.fsutil import atomic_write
+from scanner.store.entry import Entry
+from scanner.store.entrylog import EntryLog, EntryLogError
+from sync import credential, trustupdate
+from sync.client import RejectedError, SyncClient, SyncError, TransientError
+from sync.state import (
     HB_RESERVE,
     PROGRESS_EVERY_S,
     QUARANTINE_DIR,
@@ -45,6 +43,8 @@ from .state import (
     durable_part,
     merge_progress,
 )
+from sync.wire import batch as batchmod
+from sync.wire import identity, protocol
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import signal
 import sys
 import threading
 
-from . import agent
-from .client import SyncError
+from sync import agent
+from sync.client import SyncError
 
 PARENT_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 

@@ -17,11 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from requests.structures import CaseInsensitiveDict
 
 from scanner import __version__
-from scanner.errors import CheckpointError
-
-from . import protocol
-from .identity import device_id as device_id_of
-from .identity import public_raw
+from scanner.base.errors import CheckpointError
+from sync.wire import protocol
+from sync.wire.identity import device_id as device_id_of
+from sync.wire.identity import public_raw
 
 
 class SyncError(CheckpointError):

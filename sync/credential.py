@@ -24,14 +24,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from scanner import sealing
-from scanner.bundle import root_kid
-from scanner.errors import CheckpointError
-from scanner.fsutil import atomic_write
-
-from .client import ConfigError, check_server_url
-from .state import DeviceConfig
-from .trustupdate import load_roots
+from scanner.base.errors import CheckpointError
+from scanner.base.fsutil import atomic_write
+from scanner.cards.bundle import root_kid
+from scanner.store import sealing
+from sync.client import ConfigError, check_server_url
+from sync.state import DeviceConfig
+from sync.trustupdate import load_roots
 
 TYPE = "checkpoint-server-credential"
 FORMAT = 1
@@ -77,7 +76,7 @@ class ServerCredential:
                                   code="credential_wrong_server")
 
     def sealing_key_id(self) -> str:
-        """The key id sealed blobs carry (scanner.sealing.key_id), in hex."""
+        """The key id sealed blobs carry (scanner.store.sealing.key_id), in hex."""
         return sealing.key_id(self.sealing_key).hex()
 
     def summary(self) -> dict:

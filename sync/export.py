@@ -15,14 +15,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner.entrylog import EntryLog
-from scanner.errors import CheckpointError
-from scanner.fsutil import SYMLINK, Dir, UnsafePathError
-
-from . import identity, protocol
-from .agent import build_next, now_ms
-from .batch import BatchError, open_batch, read_header
-from .state import DeviceConfig, StateFile
+from scanner.base.errors import CheckpointError
+from scanner.base.fsutil import SYMLINK, Dir, UnsafePathError
+from scanner.store.entrylog import EntryLog
+from sync.agent import build_next, now_ms
+from sync.state import DeviceConfig, StateFile
+from sync.wire import identity, protocol
+from sync.wire.batch import BatchError, open_batch, read_header
 
 EXPORT_SUBDIR = "checkpoint-batches"
 SUFFIX = ".ckb"
@@ -92,7 +91,7 @@ def import_dir(storage, path: str | os.PathLike, *, now: int | None = None) -> I
     enrolled, not revoked, signature, bounds; then deduplicated). Bad files are listed, not fatal:
     symlinks (never followed), FIFOs and devices (never opened), hard-linked and oversize files
     are refused like forged ones. ``path`` itself is used as named."""
-    from .server.storage import ServerError
+    from sync.server.storage import ServerError
 
     result = ImportResult()
     try:

@@ -15,15 +15,15 @@ from pathlib import Path
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from scanner.errors import CheckpointError, KeyFileError, TrustError
-from scanner.fsutil import atomic_write
-from scanner.keys import public_pem
-from scanner.trust import load_root
-
-from . import credential, identity, protocol, trustupdate
-from .agent import now_ms, refresh_bundle
-from .client import RejectedError, SyncClient
-from .state import LEGACY_KEY_FILES, DeviceConfig, StateFile
+from scanner.base.errors import CheckpointError, KeyFileError, TrustError
+from scanner.base.fsutil import atomic_write
+from scanner.cards.keys import public_pem
+from scanner.cards.trust import load_root
+from sync import credential, trustupdate
+from sync.agent import now_ms, refresh_bundle
+from sync.client import RejectedError, SyncClient
+from sync.state import LEGACY_KEY_FILES, DeviceConfig, StateFile
+from sync.wire import identity, protocol
 
 BUNDLE_POLL_S = 2.0  # how often --wait-bundle asks the server again
 

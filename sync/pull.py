@@ -34,8 +34,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.applications import Starlette
@@ -44,14 +43,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from scanner.entrylog import EntryLog, EntryLogError
-from scanner.errors import CheckpointError
-from scanner.fsutil import atomic_write
-
-from . import batch as batchmod
-from . import credential, identity, protocol
-from .agent import MAX_BATCH, build_next, mark_acked, now_ms, quarantine
-from .state import DeviceConfig, StateError, StateFile
+from scanner.base.errors import CheckpointError
+from scanner.base.fsutil import atomic_write
+from scanner.store.entrylog import EntryLog, EntryLogError
+from sync import credential
+from sync.agent import MAX_BATCH, build_next, mark_acked, now_ms, quarantine
+from sync.state import DeviceConfig, StateError, StateFile
+from sync.wire import batch as batchmod
+from sync.wire import identity, protocol
 
 log = logging.getLogger(__name__)
 

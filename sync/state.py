@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from scanner import clock
-from scanner.errors import CheckpointError
-from scanner.fsutil import atomic_write
+from scanner.base.errors import CheckpointError
+from scanner.base.fsutil import atomic_write
+from scanner.store import clock
 
 DEVICE_NAME = "device.json"
 STATE_NAME = "sync-state.json"

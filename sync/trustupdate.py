@@ -2,10 +2,10 @@
 (root signature, version) before an atomic swap (write, fsync, rename), the old bundle kept on any
 failure. Also makes deltas (server/issuer side). Format: docs/sync-protocol.md#trust-updates.
 
-A delta takes bundle N (exactly as scanner.bundle.make_bundle wrote it) to bundle M: keys removed
+A delta takes bundle N (exactly as scanner.cards.bundle.make_bundle wrote it) to bundle M: keys removed
 and added, revoked cards and kids removed and added, and the root's signature over M's payload.
 The device rebuilds M's payload byte for byte, so what it installs is the genuine root-signed
-bundle M, checked by scanner.bundle.open_bundle like any other.
+bundle M, checked by scanner.cards.bundle.open_bundle like any other.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner.bundle import Bundle, open_bundle, root_kid
-from scanner.errors import TrustError
-from scanner.fsutil import atomic_write
-from scanner.trust import load_root
+from scanner.base.errors import TrustError
+from scanner.base.fsutil import atomic_write
+from scanner.cards.bundle import Bundle, open_bundle, root_kid
+from scanner.cards.trust import load_root
 
 BUNDLE_NAME = "bundle.json"
 ROOT_NAME = "trust-root.pem"

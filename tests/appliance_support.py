@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scanner import issuer, keys
-from scanner.config import load
-from scanner.daemon import Appliance
-from scanner.verdict import Holder
+from scanner.appliance.config import load
+from scanner.appliance.daemon import Appliance
+from scanner.cards import issuer, keys
+from scanner.cards.verdict import Holder
 
 WAIT = 60.0  # seconds: generous for a loaded 2-core machine; never reached when things work
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,8 +210,8 @@ def wait_inputs_ok(daemon: Daemon) -> str:
 
 
 def write_video(path: Path, shots: list, fps: float = 10.0) -> Path:
-    """A Motion-JPEG video of QR shots, written by OpenCV (scanner.demo_video)."""
-    from scanner import demo_video
+    """A Motion-JPEG video of QR shots, written by OpenCV (scanner.demo.video)."""
+    from scanner.demo import video as demo_video
     demo_video.write(path, shots, fps)
     return path
 

@@ -17,9 +17,9 @@ make_bundle_bytes(**kw)      signed bundle file bytes (defaults: the two issuers
 bundle_bytes   the standard bundle file
 trust          TrustStore built from the standard bundle
 make_trust(**kw)             TrustStore from a bundle made with make_bundle_bytes(**kw)
-make_spec(key="ed", **kw)    scanner.issuer.CardSpec valid at ``now`` for that issuer
-make_claims(key="ed", **kw)  the CWT claims dict of such a card (scanner.issuer.claims)
-make_card(key="ed", compress=False, kid=None, **kw)   QR text "CK1:..." via scanner.issuer.issue
+make_spec(key="ed", **kw)    scanner.cards.issuer.CardSpec valid at ``now`` for that issuer
+make_claims(key="ed", **kw)  the CWT claims dict of such a card (scanner.cards.issuer.claims)
+make_card(key="ed", compress=False, kid=None, **kw)   QR text "CK1:..." via scanner.cards.issuer.issue
 sign_payload(payload, key="ed", ...)  QR text of ANY payload (bytes or a value to CBOR-encode),
                correctly signed: for building malformed-but-authentic cards
 """
@@ -34,12 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import settings
 from test_sync_support import OPERATOR_ROOT
 
-from scanner import base45, cbor, cose
-from scanner import issuer as issuer_mod
-from scanner import keys as keymod
-from scanner.bundle import BundleKey, make_bundle, open_bundle
-from scanner.trust import TrustStore
-from scanner.verdict import Holder
+from scanner.cards import base45, cbor, cose
+from scanner.cards import issuer as issuer_mod
+from scanner.cards import keys as keymod
+from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
+from scanner.cards.trust import TrustStore
+from scanner.cards.verdict import Holder
 
 # The suite is the gate every change lands through, so by default Hypothesis draws the same
 # examples on every run (derandomize): a red run means a real change, never the dice.
@@ -160,7 +160,7 @@ def make_claims(make_spec):
 
 @pytest.fixture(scope="session")
 def make_card(issuers, make_spec):
-    """QR text of a card issued with scanner.issuer.issue. ``key``: "ed", "es" or a private key."""
+    """QR text of a card issued with scanner.cards.issuer.issue. ``key``: "ed", "es" or a private key."""
     def factory(key="ed", *, compress: bool = False, kid: bytes | None = None, **kw) -> str:
         if isinstance(key, str):
             private = issuers[key].key
@@ -176,7 +176,7 @@ def make_card(issuers, make_spec):
 def sign_payload(issuers):
     """QR text of a correctly signed COSE_Sign1 around an arbitrary payload.
 
-    ``payload``: bytes (used as is) or any value (encoded with scanner.cbor.dumps).
+    ``payload``: bytes (used as is) or any value (encoded with scanner.cards.cbor.dumps).
     ``key``: "ed"/"es" or a private key; ``alg``/``kid`` override the header values.
     """
     def factory(payload, key="ed", *, alg: int | None = None, kid: bytes | None = None,
@@ -212,7 +212,7 @@ def sign_payload(issuers):
 
 
 def wrap(cose_bytes: bytes, *, compress: bool = False) -> str:
-    """COSE bytes -> QR text, independent of scanner.issuer.wrap."""
+    """COSE bytes -> QR text, independent of scanner.cards.issuer.wrap."""
     if compress:
         cose_bytes = zlib.compress(cose_bytes, 9)
     return "CK1:" + base45.encode(cose_bytes)

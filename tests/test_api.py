@@ -12,8 +12,8 @@ import pytest
 import requests
 from appliance_support import NAME, make_pki, standalone, write_config
 
-from scanner.config import load
-from scanner.daemon import Appliance
+from scanner.appliance.config import load
+from scanner.appliance.daemon import Appliance
 
 T = (5, 60)  # connect and read timeouts: generous, never reached when things work
 

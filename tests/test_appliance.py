@@ -17,14 +17,15 @@ import pytest
 from appliance_support import WAIT, make_pki, standalone, write_config
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanner import jwks, runtime
-from scanner.config import load
-from scanner.daemon import Appliance
-from scanner.entrylog import EntryLog, EntryLogWriteError
-from scanner.errors import Reason
-from scanner.formats import shc
-from scanner.scan import Scan
-from scanner.verdict import reject
+from hardware.scan import Scan
+from scanner.appliance import runtime
+from scanner.appliance.config import load
+from scanner.appliance.daemon import Appliance
+from scanner.base.errors import Reason
+from scanner.cards import jwks
+from scanner.cards.formats import shc
+from scanner.cards.verdict import reject
+from scanner.store.entrylog import EntryLog, EntryLogWriteError
 
 
 class Running:
@@ -206,7 +207,7 @@ class _Cycle:
 
 
 def test_a_started_appliance_shortens_gil_handoffs_and_freezes_its_start_up_objects(tmp_path, pki):
-    """scanner/runtime.py: the scan loop must not wait 5 ms for the GIL or behind a full collection
+    """scanner/appliance/runtime.py: the scan loop must not wait 5 ms for the GIL or behind a full collection
     of start-up objects; shutdown gives a process that goes on its settings back."""
     before = sys.getswitchinterval()
     gc.unfreeze()

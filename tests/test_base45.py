@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scanner import base45
-from scanner.base45 import ALPHABET, Base45Error
+from scanner.cards import base45
+from scanner.cards.base45 import ALPHABET, Base45Error
 
 RFC_VECTORS = [
     (b"AB", "BB8"),

@@ -1,4 +1,4 @@
-"""Signed batches (sync/batch.py): round trip with entries from a real entry log, signature over the
+"""Signed batches (sync/wire/batch.py): round trip with entries from a real entry log, signature over the
 exact bytes, bounds, row validation, and a fuzz of the parser."""
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanner import sealing, verifier
-from scanner.entrylog import EntryLog
-from scanner.scan import Scan
-from sync import batch as b
-from sync import identity, protocol
+from hardware.scan import Scan
+from scanner.cards import verifier
+from scanner.store import sealing
+from scanner.store.entrylog import EntryLog
+from sync.wire import batch as b
+from sync.wire import identity, protocol
 
 KEY = ed25519.Ed25519PrivateKey.generate()
 DEV = identity.device_id(KEY)

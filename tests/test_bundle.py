@@ -1,4 +1,4 @@
-"""Signed trust bundles (scanner.bundle) and loading trust from files (scanner.trust)."""
+"""Signed trust bundles (scanner.cards.bundle) and loading trust from files (scanner.cards.trust)."""
 from __future__ import annotations
 
 import base64
@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from scanner import keys as keymod
-from scanner import trust as trustmod
-from scanner.bundle import BundleKey, make_bundle, open_bundle, root_kid
-from scanner.errors import KeyFileError, Reason, TrustError
-from scanner.trust import TrustStore, load_root, load_trust
-from scanner.verifier import verify
+from scanner.base.errors import KeyFileError, Reason, TrustError
+from scanner.cards import keys as keymod
+from scanner.cards import trust as trustmod
+from scanner.cards.bundle import BundleKey, make_bundle, open_bundle, root_kid
+from scanner.cards.trust import TrustStore, load_root, load_trust
+from scanner.cards.verifier import verify
 
 NOW = 1_750_000_000
 

@@ -18,10 +18,17 @@ import pytest
 import segno
 
 from hardware import camera as cam
-from hardware.camera import (ArraySource, CameraConfig, CameraInput, ImageFolderSource, OpenCVSource,
-                             SourceUnavailable, make_source)
-from scanner.decode import make_decoder
-from scanner.pipeline import Backoff, SourceReason, SourceState
+from hardware.camera import (
+    ArraySource,
+    CameraConfig,
+    CameraInput,
+    ImageFolderSource,
+    OpenCVSource,
+    SourceUnavailable,
+    make_source,
+)
+from hardware.decode import make_decoder
+from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
 
 WAIT = 60.0  # seconds: generous, for a loaded 2-core machine; never reached when things work
 W, H = 640, 480

@@ -1,4 +1,4 @@
-"""scanner.cbor: RFC 8949 Appendix A vectors, limits for hostile input, and a differential test
+"""scanner.cards.cbor: RFC 8949 Appendix A vectors, limits for hostile input, and a differential test
 against cbor2 (an independent implementation)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from scanner import cbor
-from scanner.cbor import UNDEFINED, CborError, Tag
+from scanner.cards import cbor
+from scanner.cards.cbor import UNDEFINED, CborError, Tag
 
 
 def h(text: str) -> bytes:
@@ -59,7 +59,7 @@ def tags_in(v) -> set[int]:
 
 
 def depth_of(v) -> int:
-    """Nesting depth as scanner.cbor counts it: arrays, maps and tags each add one."""
+    """Nesting depth as scanner.cards.cbor counts it: arrays, maps and tags each add one."""
     if isinstance(v, Tag):
         return 1 + depth_of(v.value)
     if isinstance(v, (list, tuple)):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner import keys as keymod
+from scanner.cards import keys as keymod
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,8 +120,8 @@ def test_revoke_makes_a_newer_bundle(pki, tmp_path):
     assert verify(pki, card["text"]).returncode == 0
     r = run("verify", "--json", "--trust", str(out), "--trust-root", str(pki / "root.pub"), card["text"])
     assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "revoked"
-    from scanner.bundle import open_bundle
-    from scanner.trust import load_root
+    from scanner.cards.bundle import open_bundle
+    from scanner.cards.trust import load_root
     assert open_bundle(out.read_bytes(), [load_root(pki / "root.pub")]).version == 4
 
 

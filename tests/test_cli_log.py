@@ -12,10 +12,10 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from scanner import verifier
-from scanner.entry import read_export
-from scanner.entrylog import EntryLog
-from scanner.scan import Scan
+from hardware.scan import Scan
+from scanner.cards import verifier
+from scanner.store.entry import read_export
+from scanner.store.entrylog import EntryLog
 
 NOW = 1_750_000_000
 NAME, BIRTH = "Lê Thị Mỹ Duyên", "1979-12-01"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from scanner import clock
+from scanner.store import clock
 
 
 @pytest.mark.parametrize("ret, status, maxerror, expected", [

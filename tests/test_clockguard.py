@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from scanner import clock as clockmod
-from scanner import degraded
-from scanner.clockguard import ClockGuard, ClockStatus
-from scanner.errors import Reason
-from scanner.verdict import Decision, Verdict, reject
+from scanner.appliance import degraded
+from scanner.appliance.clockguard import ClockGuard, ClockStatus
+from scanner.base.errors import Reason
+from scanner.cards.verdict import Decision, Verdict, reject
+from scanner.store import clock as clockmod
 
 T0 = 1_750_000_000.0
 
@@ -100,7 +100,7 @@ def test_confirmation_by_ntp_and_by_the_server(tmp_path):
 def test_a_server_answer_from_an_earlier_boot_does_not_confirm(tmp_path, caplog):
     """A Pi without a battery clock, rebooted while the server is down: sync-state.json still holds
     the last boot's good answer. It says nothing about this boot's clock."""
-    caplog.set_level(logging.INFO, logger="scanner.clockguard")
+    caplog.set_level(logging.INFO, logger="scanner.appliance.clockguard")
     before = Clocks(boot_id=BOOT, since_boot=86_400)
     answer = before.answer(120)  # 0.12 s off: a good answer, in that boot
     after = Clocks(wall=T0 + 600, boot_id="0d9e8f7a-1b2c-4d3e-8f4a-5b6c7d8e9f00", since_boot=40)
@@ -185,7 +185,7 @@ def test_ntp_overrules_a_saved_time_from_the_future(tmp_path):
 
 
 def _accept(make_card, trust, now) -> Verdict:
-    from scanner.verifier import verify
+    from scanner.cards.verifier import verify
     v = verify(make_card(), trust, now)
     assert v.accepted
     return v

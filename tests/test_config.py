@@ -11,8 +11,8 @@ from appliance_support import ROOT, make_pki, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanner import config as cfg
-from scanner.configschema import Problem
+from scanner.appliance import config as cfg
+from scanner.appliance.configschema import Problem
 
 EXAMPLES = sorted((ROOT / "config").glob("*.toml"))
 
@@ -189,7 +189,7 @@ def test_fuzz_any_document_gives_a_config_or_problems(doc):
 
 
 def test_toml_written_by_provisioning_is_valid(tmp_path):
-    from scanner.provisioning import render_config
+    from scanner.appliance.provisioning import render_config
     text = render_config(tmp_path / "st", "https://server.example", {"hid": [{"name": "r", "device": "/dev/x"}]})
     c = cfg.parse(tomllib.loads(text))
     assert c["sync"]["server"] == "https://server.example" and c.state_dir == tmp_path / "st"

@@ -23,13 +23,13 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from scanner import base45
-from scanner.cli import parse_time
-from scanner.decode import make_decoder, scan_file
-from scanner.errors import CardRejected, Reason
-from scanner.formats import hc1
-from scanner.trust import load_trust
-from scanner.verifier import verify
+from hardware.decode import make_decoder, scan_file
+from scanner.base.errors import CardRejected, Reason
+from scanner.cards import base45
+from scanner.cards.formats import hc1
+from scanner.cards.trust import load_trust
+from scanner.cards.verifier import verify
+from scanner.cli.main import parse_time
 
 DCC = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcc"
 if not DCC.is_dir():

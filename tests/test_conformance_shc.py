@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanner import jwks
-from scanner.cli import parse_time
-from scanner.decode import make_decoder, scan_file
-from scanner.errors import KeyFileError, Reason
-from scanner.formats import shc
-from scanner.trust import load_trust
-from scanner.verifier import verify
+from hardware.decode import make_decoder, scan_file
+from scanner.base.errors import KeyFileError, Reason
+from scanner.cards import jwks
+from scanner.cards.formats import shc
+from scanner.cards.trust import load_trust
+from scanner.cards.verifier import verify
+from scanner.cli.main import parse_time
 
 SHC = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "shc"
 if not (SHC / "cases.json").is_file():

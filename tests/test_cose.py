@@ -1,4 +1,4 @@
-"""scanner.cose: COSE_Sign1 envelopes (RFC 9052 section 4.2), signing and verification."""
+"""scanner.cards.cose: COSE_Sign1 envelopes (RFC 9052 section 4.2), signing and verification."""
 from __future__ import annotations
 
 import cbor2
@@ -8,9 +8,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from scanner import cbor, cose
-from scanner.cbor import CborError, Tag
-from scanner.cose import CoseError
+from scanner.cards import cbor, cose
+from scanner.cards.cbor import CborError, Tag
+from scanner.cards.cose import CoseError
 
 PAYLOAD = cbor.dumps({1: "VN-HUE", 4: 2_000_000_000})
 KID = b"\x01\x02\x03\x04\x05\x06\x07\x08"

@@ -10,11 +10,20 @@ import sqlite3
 import tty
 
 import pytest
-from appliance_support import (NAME, WAIT, Daemon, NotifySocket, make_pki, standalone, wait_inputs_ok,
-                                write_config, write_video)
+from appliance_support import (
+    NAME,
+    WAIT,
+    Daemon,
+    NotifySocket,
+    make_pki,
+    standalone,
+    wait_inputs_ok,
+    write_config,
+    write_video,
+)
 
-from scanner.demo_video import Shot
-from scanner.entrylog import EntryLog
+from scanner.demo.video import Shot
+from scanner.store.entrylog import EntryLog
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import requests
 from appliance_support import Daemon, make_pki, write_config
 from test_sync_support import OPERATOR_ROOT, ServerThread, free_port, now_ms, wait_for
 
-from scanner import keys
-from scanner.bundle import BundleKey, make_bundle
-from scanner.provisioning import provision_appliance
+from scanner.appliance.provisioning import provision_appliance
+from scanner.cards import keys
+from scanner.cards.bundle import BundleKey, make_bundle
 from sync.state import StateFile
 
 GONE_S = 15.0  # a child that dies with its parent is gone at once; this only bounds the wait

@@ -1,4 +1,4 @@
-"""scanner.decode: QR codes out of images with both decoders, typed errors, and the shared real-world samples."""
+"""hardware.decode: QR codes out of images with both decoders, typed errors, and the shared real-world samples."""
 from __future__ import annotations
 
 import sys
@@ -10,10 +10,21 @@ import numpy as np
 import pytest
 import segno
 
-from scanner import decode
-from scanner.decode import (ApplianceDecoder, DecodedCode, DecoderUnavailable, ImageUnreadable, ScanResult,
-                            decode_region, make_decoder, read_gray, roi_view, scan_file, y_plane)
-from scanner.errors import CheckpointError
+from hardware import decode
+from hardware.decode import (
+    ApplianceDecoder,
+    DecodedCode,
+    DecoderUnavailable,
+    ImageUnreadable,
+    ScanResult,
+    decode_region,
+    make_decoder,
+    read_gray,
+    roi_view,
+    scan_file,
+    y_plane,
+)
+from scanner.base.errors import CheckpointError
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "qr"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -9,9 +9,9 @@ import sys
 
 from appliance_support import ROOT, WAIT
 
-from scanner.demo import _summary
-from scanner.entrylog import EntryLog
-from scanner.errors import Reason
+from scanner.base.errors import Reason
+from scanner.demo.main import _summary
+from scanner.store.entrylog import EntryLog
 
 
 def test_the_demo_runs_the_appliance_and_every_entry_reaches_the_server_once(tmp_path):

@@ -8,11 +8,19 @@ import socket
 import subprocess
 import sys
 
-from appliance_support import ROOT, WAIT, Daemon, make_pki, standalone, write_config, write_video
+from appliance_support import (
+    ROOT,
+    WAIT,
+    Daemon,
+    make_pki,
+    standalone,
+    write_config,
+    write_video,
+)
 
-from scanner import doctor
-from scanner.config import load
-from scanner.demo_video import Shot
+from scanner.appliance import doctor
+from scanner.appliance.config import load
+from scanner.demo.video import Shot
 
 
 def run_doctor(*args: str) -> subprocess.CompletedProcess:

@@ -18,12 +18,21 @@ from appliance_support import ROOT, WAIT, Lane, make_pki
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sync_support import OPERATOR_ROOT, ServerProcess, ServerThread, now_ms, provision_device, wait_for
+from test_sync_support import (
+    OPERATOR_ROOT,
+    ServerProcess,
+    ServerThread,
+    now_ms,
+    provision_device,
+    wait_for,
+)
 
-from scanner import keys, readiness, sealing
-from scanner.bundle import BundleKey, make_bundle
-from scanner.doctor import check_credential
-from scanner.entrylog import EntryLog
+from scanner.appliance import readiness
+from scanner.appliance.doctor import check_credential
+from scanner.cards import keys
+from scanner.cards.bundle import BundleKey, make_bundle
+from scanner.store import sealing
+from scanner.store.entrylog import EntryLog
 from sync import credential
 from sync.server.credentials import CREDENTIAL_META, publish
 from sync.server.keys import X25519PrivateKey, load_private_key

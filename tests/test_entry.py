@@ -12,8 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scanner import entry as E
-from scanner.entry import GENESIS, Anchor, Entry, ExportFormatError, chain_hash, read_export, verify_chain
+from scanner.store import entry as E
+from scanner.store.entry import (
+    GENESIS,
+    Anchor,
+    Entry,
+    ExportFormatError,
+    chain_hash,
+    read_export,
+    verify_chain,
+)
 
 # ---------------------------------------------------------------- strategies
 

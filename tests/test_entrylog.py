@@ -12,13 +12,14 @@ import uuid
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from scanner import sealing, verifier
-from scanner.entry import GENESIS
-from scanner import entrylog as entrylog_mod
-from scanner.entrylog import PASSBACK_SQL, EntryLog, EntryLogError
-from scanner.errors import Reason
-from scanner.scan import Scan
-from scanner.verdict import Decision
+from hardware.scan import Scan
+from scanner.base.errors import Reason
+from scanner.cards import verifier
+from scanner.cards.verdict import Decision
+from scanner.store import entrylog as entrylog_mod
+from scanner.store import sealing
+from scanner.store.entry import GENESIS
+from scanner.store.entrylog import PASSBACK_SQL, EntryLog, EntryLogError
 
 NOW = 1_750_000_000  # conftest's verification time: 2025-06-15T15:06:40Z
 UTC7 = dt.timezone(dt.timedelta(hours=7))

@@ -19,10 +19,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlite_utils import Database
 
-from scanner import verifier
-from scanner.entry import GENESIS, Entry, chain_hash, hash_fields
-from scanner.entrylog import MIGRATIONS, EntryLog, EntryLogWriteError
-from scanner.scan import Scan
+from hardware.scan import Scan
+from scanner.cards import verifier
+from scanner.store.entry import GENESIS, Entry, chain_hash, hash_fields
+from scanner.store.entrylog import MIGRATIONS, EntryLog, EntryLogWriteError
 
 NOW = 1_750_000_000
 WAIT = 120.0  # generous: the machine is shared and slow phases happen

@@ -24,8 +24,8 @@ from hardware.feedback import (
     steady,
 )
 from hardware.feedback_player import Player
-from scanner.errors import Reason
-from scanner.verdict import Decision, Verdict, reject
+from scanner.base.errors import Reason
+from scanner.cards.verdict import Decision, Verdict, reject
 
 WAIT = 30.0
 EPS = 1e-6

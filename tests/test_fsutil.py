@@ -1,4 +1,4 @@
-"""The project's one atomic write and its symlink-proof directory walk (scanner/fsutil.py), on
+"""The project's one atomic write and its symlink-proof directory walk (scanner/base/fsutil.py), on
 real files: a writer SIGKILLed mid-write, the order of fsyncs and the rename, planted symlinks,
 FIFOs and hard links; and every place that writes a file goes through it."""
 from __future__ import annotations
@@ -17,11 +17,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from test_sync_support import bulk_fill
 
-from scanner import fsutil
-from scanner.clockguard import ClockGuard
-from scanner.entrylog import EntryLog
-from scanner.fsutil import AtomicFile, Dir, UnsafePathError, atomic_write, write_output
-from scanner.keys import create_private_key
+from scanner.appliance.clockguard import ClockGuard
+from scanner.base import fsutil
+from scanner.base.fsutil import (
+    AtomicFile,
+    Dir,
+    UnsafePathError,
+    atomic_write,
+    write_output,
+)
+from scanner.cards.keys import create_private_key
+from scanner.store.entrylog import EntryLog
 from sync.server.storage import open_storage
 from sync.state import DeviceConfig
 
@@ -33,7 +39,7 @@ def test_a_writer_killed_mid_write_leaves_the_old_file(tmp_path):
     target.write_bytes(b"old and whole\n")
     child = textwrap.dedent(f"""
         import sys, time
-        from scanner.fsutil import AtomicFile
+        from scanner.base.fsutil import AtomicFile
         f = AtomicFile.at({str(target)!r}, 0o600)
         with f as fh:
             fh.write(b"new " * 1_000_000)  # 4 MB of the new content, not all of it

@@ -9,13 +9,13 @@ import zlib
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
-from scanner import base45, cbor, cose, formats
-from scanner.cbor import CborError, Tag
-from scanner.errors import Reason
-from scanner.verifier import MAX_TEXT, verify
+from scanner.base.errors import Reason
+from scanner.cards import base45, cbor, cose, formats
+from scanner.cards.cbor import CborError, Tag
+from scanner.cards.verifier import MAX_TEXT, verify
 
 NOW = 1_750_000_000
 DAY = 86_400

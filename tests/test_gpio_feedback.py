@@ -27,8 +27,8 @@ from hardware.feedback_config import (
     RgbLedConfig,
 )
 from hardware.gpio_feedback import GpioFeedback, open_feedback
-from scanner.errors import Reason
-from scanner.verdict import Decision, Verdict, reject
+from scanner.base.errors import Reason
+from scanner.cards.verdict import Decision, Verdict, reject
 
 SLACK = 3.0     # seconds a step may overrun on a loaded machine
 EPS = 1e-6      # float rounding of the mock pins' timestamps
@@ -647,8 +647,8 @@ def test_uncaught_exception_still_leaves_safe_state(tmp_path):
         "from hardware.feedback import Pattern, Patterns, steady\n"
         "from hardware.feedback_config import FeedbackConfig, LedConfig, RelayConfig\n"
         "from hardware.gpio_feedback import GpioFeedback\n"
-        "from scanner.verdict import Decision, Verdict\n"
-        "from scanner.errors import Reason\n"
+        "from scanner.cards.verdict import Decision, Verdict\n"
+        "from scanner.base.errors import Reason\n"
         "factory = MockFactory(pin_class=MockPWMPin)\n"
         "def report():\n"
         "    print(json.dumps({p: [float(s.state) for s in factory.pin(p).states] for p in (17, 23)}))\n"

@@ -28,8 +28,8 @@ CHILD = r"""
 import io, json, logging, sys, warnings
 from hardware.feedback_config import FeedbackConfig, LedConfig, RelayConfig
 from hardware.gpio_feedback import open_feedback
-from scanner.verdict import Decision, Verdict
-from scanner.errors import Reason
+from scanner.cards.verdict import Decision, Verdict
+from scanner.base.errors import Reason
 
 log = io.StringIO()
 logging.basicConfig(level=logging.WARNING, stream=log, format="%(levelname)s %(name)s: %(message)s")
@@ -45,7 +45,7 @@ for name in (None, "lgpio"):
     out[str(name)] = {"kind": fb.kind, "reason": fb.fallback_reason, "idle": idle,
                       "leaked": [str(w.message) for w in leaked]}
 out["log"] = log.getvalue().splitlines()
-out["code"] = [sys.modules[m].__file__ for m in ("hardware.gpio_feedback", "scanner.verdict")]
+out["code"] = [sys.modules[m].__file__ for m in ("hardware.gpio_feedback", "scanner.cards.verdict")]
 print(json.dumps(out))
 """
 

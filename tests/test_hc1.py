@@ -1,7 +1,7 @@
 """EU Digital COVID Certificates ("HC1:"): real keys and certificates made here, every verdict path.
 
-Signer certificates (DSCs) are made with cryptography's X.509 builder (scanner.x509util.make_dsc),
-cards with scanner.formats.hc1.issue; the conformance test (test_conformance_dcc.py) runs the EU's
+Signer certificates (DSCs) are made with cryptography's X.509 builder (scanner.cards.x509util.make_dsc),
+cards with scanner.cards.formats.hc1.issue; the conformance test (test_conformance_dcc.py) runs the EU's
 own test data.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanner import base45, cbor, cose, x509util
-from scanner import keys as keymod
-from scanner.bundle import BundleKey, make_bundle, open_bundle
-from scanner.errors import Reason
-from scanner.formats import hc1
-from scanner.trust import TrustStore, load_trust
-from scanner.verifier import verify
+from scanner.base.errors import Reason
+from scanner.cards import base45, cbor, cose, x509util
+from scanner.cards import keys as keymod
+from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
+from scanner.cards.formats import hc1
+from scanner.cards.trust import TrustStore, load_trust
+from scanner.cards.verifier import verify
 
 NOW = 1_750_000_000
 DAY = 86_400

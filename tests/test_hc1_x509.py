@@ -1,4 +1,4 @@
-"""Lenient signer-certificate reading (scanner/x509util.py): agrees with cryptography where that
+"""Lenient signer-certificate reading (scanner/cards/x509util.py): agrees with cryptography where that
 reads a certificate, with the openssl command where only OpenSSL does, and fails cleanly otherwise."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanner import keys as keymod
-from scanner import x509util
-from scanner.errors import KeyFileError
+from scanner.base.errors import KeyFileError
+from scanner.cards import keys as keymod
+from scanner.cards import x509util
 
 NOW = 1_750_000_000
 YEAR = 365 * 86_400

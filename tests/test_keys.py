@@ -6,8 +6,9 @@ import base64
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanner import keys, sealing
-from scanner.errors import KeyFileError
+from scanner.base.errors import KeyFileError
+from scanner.cards import keys
+from scanner.store import sealing
 
 EC_OID = bytes.fromhex("2a8648ce3d0201")  # 1.2.840.10045.2.1 id-ecPublicKey
 

@@ -30,9 +30,9 @@ from test_sync_support import ServerThread, free_port, now_ms
 
 sys.path.insert(0, str(ROOT))  # the repository: bench/browser.py (shared with the benchmark)
 from bench import browser
-from scanner import keys
-from scanner.bundle import BundleKey, make_bundle
-from scanner.provisioning import provision_appliance
+from scanner.appliance.provisioning import provision_appliance
+from scanner.cards import keys
+from scanner.cards.bundle import BundleKey, make_bundle
 from sync.server.bundles import publish
 
 pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))

@@ -19,10 +19,9 @@ import requests
 from appliance_support import NAME, WAIT, make_pki, standalone, write_config
 from test_api import Fifo, _lan_address, events
 
-from scanner import demo_video, i18n
-from scanner.config import load
-from scanner.daemon import Appliance
-from scanner.degraded import (
+from scanner.appliance.config import load
+from scanner.appliance.daemon import Appliance
+from scanner.appliance.degraded import (
     CLOCK_BEHIND,
     CLOCK_UNCONFIRMED,
     LOW_DISK,
@@ -30,12 +29,14 @@ from scanner.degraded import (
     SYNC_BACKLOG,
     TRUST_STALE,
 )
-from scanner.errors import Reason
-from scanner.pages import TEXT_SECTIONS
-from scanner.preview import Preview, encode_jpeg, scale_frame
+from scanner.appliance.pages import TEXT_SECTIONS
+from scanner.appliance.preview import Preview, encode_jpeg, scale_frame
+from scanner.base import i18n
+from scanner.base.errors import Reason
+from scanner.demo import video as demo_video
 
 T = (5, 60)
-WEB = Path(__file__).resolve().parents[1] / "scanner" / "web"
+WEB = Path(__file__).resolve().parents[1] / "scanner" / "appliance" / "web"
 
 
 def show(folder, text: str | None) -> None:
@@ -219,7 +220,7 @@ def test_the_camera_preview_outlines_the_code_and_costs_nothing_unwatched(runnin
 
 
 def test_scale_and_encode_map_the_corners():
-    from scanner.decode import DecodedCode
+    from hardware.decode import DecodedCode
     frame = np.full((480, 640), 128, np.uint8)
     code = DecodedCode("x", b"x", ((100, 100), (300, 100), (300, 300), (100, 300)))
     small, outlines = scale_frame(frame, 320, [code, DecodedCode("y", b"y", None)])

@@ -1,4 +1,4 @@
-"""scanner.pipeline: real inputs (video files, pty serial readers, pipes) → one queue → real verdicts."""
+"""scanner.appliance.pipeline: real inputs (video files, pty serial readers, pipes) → one queue → real verdicts."""
 from __future__ import annotations
 
 import os
@@ -7,16 +7,22 @@ import time
 from dataclasses import FrozenInstanceError
 
 import pytest
+from test_camera import WAIT, card_frame, write_video
+from test_readers import Pty
 
 from hardware.camera import CameraConfig, CameraInput
 from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
-from scanner.errors import Reason
-from scanner.pipeline import (Backoff, InputThread, Pipeline, PipelineHealth, SourceHealth, SourceReason,
-                              SourceState)
-from scanner.scan import Scan
-
-from test_camera import WAIT, card_frame, write_video
-from test_readers import Pty
+from hardware.scan import Scan
+from scanner.appliance.pipeline import (
+    Backoff,
+    InputThread,
+    Pipeline,
+    PipelineHealth,
+    SourceHealth,
+    SourceReason,
+    SourceState,
+)
+from scanner.base.errors import Reason
 
 NOW = 1_750_000_000
 

@@ -12,7 +12,6 @@ import time
 import cv2
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from test_camera import WAIT, card_frame, write_video
 from test_readers import Pty
 

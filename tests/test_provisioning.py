@@ -17,12 +17,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sync_support import ServerThread, now_ms, wait_for
 
-from scanner import enroll, keys
-from scanner.bundle import BundleKey, make_bundle
-from scanner.config import check_file, load
-from scanner.daemon import Appliance
-from scanner.entrylog import EntryLog
-from scanner.provisioning import ProvisioningError, provision_appliance
+from scanner.appliance import enroll
+from scanner.appliance.config import check_file, load
+from scanner.appliance.daemon import Appliance
+from scanner.appliance.provisioning import ProvisioningError, provision_appliance
+from scanner.cards import keys
+from scanner.cards.bundle import BundleKey, make_bundle
+from scanner.store.entrylog import EntryLog
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import requests
 from appliance_support import ROOT, WAIT, Lane, make_pki
 from test_sync_support import ServerThread, now_ms, wait_for
 
-from scanner import keys
-from scanner.bundle import BundleKey, make_bundle
-from scanner.entrylog import EntryLog
+from scanner.cards import keys
+from scanner.cards.bundle import BundleKey, make_bundle
+from scanner.store.entrylog import EntryLog
 from sync.agent import SyncAgent
 from sync.provision import provision
 from sync.server.bundles import publish

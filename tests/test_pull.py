@@ -28,11 +28,10 @@ from test_sync_support import (
     wait_for,
 )
 
-from scanner import keys, verifier
-from scanner.cli import main
-from scanner.cli_sync import status_dict
-from sync import batch as batchmod
-from sync import credential, identity, protocol
+from scanner.cards import keys, verifier
+from scanner.cli.main import main
+from scanner.cli.sync import status_dict
+from sync import credential
 from sync import pull as pullmod
 from sync.agent import Backoff, SyncAgent
 from sync.client import SyncClient
@@ -40,6 +39,8 @@ from sync.export import export_pending, import_dir
 from sync.server.app import make_server
 from sync.server.puller import PullClient, PullFailed, check_device_url, pull_device
 from sync.state import StateFile
+from sync.wire import batch as batchmod
+from sync.wire import identity, protocol
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def server(request, tmp_path):
 
 
 def local_api() -> Starlette:
-    """Stands in for the daemon's local API (scanner/api.py): the pull endpoints go in front of it."""
+    """Stands in for the daemon's local API (scanner/appliance/api.py): the pull endpoints go in front of it."""
     async def health(request):
         return JSONResponse({"ok": True})
     return Starlette(routes=[Route("/api/v1/health", health)])

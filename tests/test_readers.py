@@ -7,13 +7,20 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hardware.readers import (MAX_TEXT, ByteLines, LineAssembler, SerialReader, SerialReaderConfig, StdinReader,
-                              check_read, parse_terminator)
-from scanner.base45 import ALPHABET
-from scanner.pipeline import Backoff, SourceReason, SourceState
-
 from test_camera import WAIT, Collector
+
+from hardware.readers import (
+    MAX_TEXT,
+    ByteLines,
+    LineAssembler,
+    SerialReader,
+    SerialReaderConfig,
+    StdinReader,
+    check_read,
+    parse_terminator,
+)
+from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
+from scanner.cards.base45 import ALPHABET
 
 CARD = "CK1:" + "6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK G2EP4J0BGJLF%"  # 60 base45 characters
 

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import pytest
+from test_camera import WAIT, Collector
 
 from hardware import keymaps
 from hardware.keymaps import KeyTranslator, keystrokes
 from hardware.readers import check_read
 from hardware.readers_hid import HidReader, HidReaderConfig, KeyEvents, uinput_available
-from scanner.base45 import ALPHABET
-from scanner.pipeline import Backoff, SourceReason, SourceState
-
-from test_camera import WAIT, Collector
+from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
+from scanner.cards.base45 import ALPHABET
 
 evdev = pytest.importorskip("evdev")
 ecodes = evdev.ecodes

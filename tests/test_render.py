@@ -1,4 +1,4 @@
-"""scanner.render: the PNG decodes back to the exact card text; the SVG card is valid, escaped XML."""
+"""scanner.cards.render: the PNG decodes back to the exact card text; the SVG card is valid, escaped XML."""
 from __future__ import annotations
 
 import re
@@ -8,10 +8,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from scanner import issuer, keys, render
-from scanner.decode import DecoderUnavailable, make_decoder, read_gray, scan_file
-from scanner.errors import UsageError
-from scanner.verdict import Holder
+from hardware.decode import DecoderUnavailable, make_decoder, read_gray, scan_file
+from scanner.base.errors import UsageError
+from scanner.cards import issuer, keys, render
+from scanner.cards.verdict import Holder
 
 SVG = "{http://www.w3.org/2000/svg}"
 NAME = "Nguyễn Thị Phương Thảo"

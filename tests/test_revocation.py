@@ -1,4 +1,4 @@
-"""scanner.revocation.RevocationSet: a sorted, bucket-indexed set of 16-byte card ids."""
+"""scanner.cards.revocation.RevocationSet: a sorted, bucket-indexed set of 16-byte card ids."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scanner.revocation import RevocationSet
+from scanner.cards.revocation import RevocationSet
 
 A = bytes(range(16))
 B = bytes(range(1, 17))

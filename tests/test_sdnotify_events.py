@@ -6,8 +6,8 @@ import os
 import socket
 import uuid
 
-from scanner.events import EventHub
-from scanner.sdnotify import Notifier
+from scanner.appliance.events import EventHub
+from scanner.appliance.sdnotify import Notifier
 
 
 def _recv(sock: socket.socket) -> dict:

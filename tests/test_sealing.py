@@ -7,15 +7,18 @@ import json
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanner import sealing
-from scanner.sealing import SealError
-from scanner.verdict import Holder
+from scanner.cards.verdict import Holder
+from scanner.store import sealing
+from scanner.store.sealing import SealError
 
 HOLDER = Holder("Nguyễn Thị Thanh Hương", "1987-03-15", "079******1234", status="đã tiêm", last_dose="2021-11-20")
 ENTRY_ID = "6f1c1d2e-8a4b-4c6d-9e0f-112233445566"

@@ -22,15 +22,16 @@ from test_sync_support import (
     running_server,
 )
 
-from scanner import verifier
-from scanner.cli import main
-from scanner.entry import chain_hash, hash_fields
-from scanner.errors import CheckpointError
-from sync import batch as batchmod
-from sync import credential, identity, protocol
+from scanner.base.errors import CheckpointError
+from scanner.cards import verifier
+from scanner.cli.main import main
+from scanner.store.entry import chain_hash, hash_fields
+from sync import credential
 from sync.client import RejectedError, SyncClient
 from sync.server.storage import default_keys_dir, open_storage
 from sync.server.tokens import issue_tokens, token_hash
+from sync.wire import batch as batchmod
+from sync.wire import identity, protocol
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, mak
     assert oct(os.stat(state / "device.key").st_mode & 0o777) == "0o600"
     from test_sync_support import Device
 
-    from scanner.entrylog import EntryLog
+    from scanner.store.entrylog import EntryLog
     log = EntryLog(state / "entries.db", device_id=res["device_id"], checkpoint_id=res["checkpoint_id"],
                    sealing_key=credential.load(state).sealing_key, passback_window_s=0)
     dev = Device(state, log, res["device_id"], res["checkpoint_id"])
@@ -224,9 +225,8 @@ def test_sync_now_exits_1_when_the_server_is_gone(tmp_path, verdicts):
 def test_provision_with_a_config_file_writes_it_and_keeps_it(server, tmp_path, make_bundle_bytes, root_key):
     """`checkpoint provision --config FILE`: the first run writes a config that `config check`
     accepts; a second run finds it, keeps it, and takes the server from it."""
+    from scanner.appliance.config import load
     from sync.server.bundles import publish
-
-    from scanner.config import load
     publish(server.storage, make_bundle_bytes(version=3), now_ms=now_ms(), root=root_key.public_key())
     state, cfg = tmp_path / "state", tmp_path / "etc" / "checkpoint.toml"
     r = CliRunner()

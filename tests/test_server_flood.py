@@ -19,7 +19,7 @@ from test_sync_support import (
 )
 
 from bench.flood import JUNK, SLOW, Flood, proc_kib, reset_peak
-from scanner.entrylog import EntryLog
+from scanner.store.entrylog import EntryLog
 from sync import credential
 from sync.agent import Backoff, SyncAgent
 from sync.provision import provision

@@ -16,16 +16,23 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from test_sync_support import (
+    WAIT_S,
+    ServerThread,
+    now_ms,
+    provision_device,
+    record,
+    wait_for,
+)
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from test_sync_support import WAIT_S, ServerThread, now_ms, provision_device, record, wait_for
 
-from scanner import verifier
-from scanner.cli import main
-from sync import batch as batchmod
-from sync import identity, protocol
+from scanner.cards import verifier
+from scanner.cli.main import main
 from sync.agent import Backoff, SyncAgent
 from sync.client import SyncClient
 from sync.server.limits import Limits, ReplayCache, peer_key
+from sync.wire import batch as batchmod
+from sync.wire import identity, protocol
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,14 @@ from test_sync_support import (
     now_ms,
 )
 
-from scanner.cli import main
-from scanner.sealing import generate_server_key
-from scanner.verdict import Holder
-from sync import batch as batchmod
-from sync import protocol
+from scanner.cards.verdict import Holder
+from scanner.cli.main import main
+from scanner.store.sealing import generate_server_key
 from sync.server.keys import load_or_create_sealing_key
 from sync.server.storage import open_storage
 from sync.server.trace import TraceError, parse_card, parse_window, trace
+from sync.wire import batch as batchmod
+from sync.wire import protocol
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -337,7 +337,7 @@ def test_fleet_of_20_devices_pushing_concurrently_stores_each_entry_once(tmp_pat
 
 @pytest.fixture(scope="module")
 def verdicts(make_card, trust, now):
-    from scanner import verifier
+    from scanner.cards import verifier
     return [verifier.verify(make_card(card_id=os.urandom(16)), trust, now) for _ in range(3)]
 
 
@@ -349,9 +349,9 @@ def test_postgres_killed_under_the_server_then_back_nothing_lost(tmp_path, verdi
     from test_sync_support import assert_exactly_once, provision_device, record
 
     from bench.pgcluster import PgCluster
-    from sync import identity
     from sync.agent import Backoff, SyncAgent
     from sync.client import SyncClient
+    from sync.wire import identity
 
     pg_support.cluster()  # skips here, with the reason, where PostgreSQL cannot run
     pg = PgCluster(pg_support.find_bin_dir(), durable=True)  # its own server, to kill

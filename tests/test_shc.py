@@ -15,13 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanner import cose, jwks
-from scanner.bundle import BundleKey
-from scanner.errors import Reason
-from scanner.formats import shc
-from scanner.jwks import b64url_encode
-from scanner.trust import TrustStore, load_trust
-from scanner.verifier import verify
+from scanner.base.errors import Reason
+from scanner.cards import cose, jwks
+from scanner.cards.bundle import BundleKey
+from scanner.cards.formats import shc
+from scanner.cards.jwks import b64url_encode
+from scanner.cards.trust import TrustStore, load_trust
+from scanner.cards.verifier import verify
 
 NOW = 1_750_000_000
 DAY = 86_400
@@ -275,7 +275,7 @@ def test_crls_for_one_key_merge(key, jwk):
 def test_revocation_by_card_id(key, jwk, store):
     text = text_of(key, jwk)
     card_id = verify(text, store, NOW).card.card_id
-    from scanner.revocation import RevocationSet
+    from scanner.cards.revocation import RevocationSet
     revoked = dataclasses.replace(store, revoked_cards=RevocationSet([card_id]))
     assert reason(text, revoked) is Reason.REVOKED
 

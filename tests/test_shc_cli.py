@@ -10,8 +10,8 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanner import jwks
-from scanner.formats import shc
+from scanner.cards import jwks
+from scanner.cards.formats import shc
 
 AT = "1750000000"
 NBF = 1_749_900_000

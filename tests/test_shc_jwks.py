@@ -1,4 +1,4 @@
-"""JWKS and SHC revocation lists (scanner/jwks.py): thumbprints, key rules, CRL rules."""
+"""JWKS and SHC revocation lists (scanner/cards/jwks.py): thumbprints, key rules, CRL rules."""
 from __future__ import annotations
 
 import base64
@@ -7,8 +7,8 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanner import jwks, x509util
-from scanner.errors import KeyFileError
+from scanner.base.errors import KeyFileError
+from scanner.cards import jwks, x509util
 
 NOW = 1_750_000_000
 

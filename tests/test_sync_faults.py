@@ -29,13 +29,13 @@ from test_sync_support import (
     wait_for,
 )
 
-from scanner import verifier
-from sync import batch as batchmod
-from sync import identity, protocol
+from scanner.cards import verifier
 from sync.agent import Backoff, SyncAgent
 from sync.client import ConfigError, SyncClient, check_server_url
 from sync.export import export_pending, import_dir
 from sync.state import STATE_NAME, DeviceConfig, StateFile
+from sync.wire import batch as batchmod
+from sync.wire import identity, protocol
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,7 @@ def test_server_killed_and_restarted_mid_upload(tmp_path, backend):
     try:
         from test_sync_support import Device, now_ms
 
-        from scanner.entrylog import EntryLog
+        from scanner.store.entrylog import EntryLog
         from sync.provision import provision
         from sync.server.storage import open_storage
         from sync.server.tokens import issue_tokens
@@ -478,7 +478,7 @@ def test_offline_backlog_of_100k_then_link_returns(tmp_path):
     srv = ServerThread(tmp_path / "s" / "c.db", port=port).start()
     from test_sync_support import Device
 
-    from scanner.entrylog import EntryLog
+    from scanner.store.entrylog import EntryLog
     from sync.provision import provision
     res = provision(srv.url, srv.token(), tmp_path / "dev", trust_root=srv.root_pub)
     srv.stop()  # the link goes away for a long time

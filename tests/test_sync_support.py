@@ -23,14 +23,19 @@ from pathlib import Path
 import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner import keys
-from scanner.entry import Entry, chain_hash, hash_fields
-from scanner.entrylog import INSERT_SQL, EntryLog, entry_row
-from scanner.scan import Scan
+from hardware.scan import Scan
+from scanner.cards import keys
+from scanner.store.entry import Entry, chain_hash, hash_fields
+from scanner.store.entrylog import INSERT_SQL, EntryLog, entry_row
 from sync import credential
 from sync.server import credentials
 from sync.server.app import ServerConfig, create_app, make_server
-from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key, public_pem, sealing_public_pem
+from sync.server.keys import (
+    load_or_create_pull_key,
+    load_or_create_sealing_key,
+    public_pem,
+    sealing_public_pem,
+)
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens
 
@@ -458,7 +463,7 @@ def chain_entries(device_id: str, checkpoint_id: str, times_ms, cards, *, first_
     """Valid chained entries of one device (as EntryLog would make them) at the given times with
     the given card ids; ``holders`` (Holder or None per entry) sealed to ``seal_to`` (an X25519
     public key) when given."""
-    from scanner import sealing
+    from scanner.store import sealing
 
     out, prev, seq = [], prev_hash, first_seq
     for i, (at, card) in enumerate(zip(times_ms, cards, strict=True)):
@@ -479,8 +484,8 @@ def enroll_direct(storage, checkpoint_id: str):
     """A new device key enrolled straight into ``storage`` (no HTTP): (key, device_id)."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from sync import identity
     from sync.server.tokens import token_hash
+    from sync.wire import identity
 
     key = ed25519.Ed25519PrivateKey.generate()
     token = issue_tokens(storage, checkpoint_id, 1, now_ms=now_ms())[0]
@@ -490,7 +495,7 @@ def enroll_direct(storage, checkpoint_id: str):
 
 def ingest_entries(storage, key, device_id: str, entries, *, source: str = "push", at_ms: int | None = None):
     """Sign ``entries`` as one batch and store it the way the server does (parse, then ingest)."""
-    from sync import batch as batchmod
+    from sync.wire import batch as batchmod
 
     sb = batchmod.build(entries, key, device_id=device_id, created_ms=now_ms())
     parsed = batchmod.open_batch(sb.data, key.public_key())

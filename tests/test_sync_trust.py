@@ -11,16 +11,24 @@ import pytest
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
-from test_sync_support import BACKENDS, free_port, now_ms, provision_device, running_server, wait_for
+from test_sync_support import (
+    BACKENDS,
+    free_port,
+    now_ms,
+    provision_device,
+    running_server,
+    wait_for,
+)
 
-from scanner import keys as keymod
-from scanner.bundle import BundleKey, open_bundle
-from scanner.errors import TrustError
-from sync import protocol, trustupdate
+from scanner.base.errors import TrustError
+from scanner.cards import keys as keymod
+from scanner.cards.bundle import BundleKey, open_bundle
+from sync import trustupdate
 from sync.agent import SyncAgent
 from sync.server.app import make_server
 from sync.server.bundles import publish
 from sync.state import StateFile
+from sync.wire import protocol
 
 
 def ids(n):
@@ -160,8 +168,8 @@ def test_bad_bundles_are_refused_and_the_old_one_kept(server, tmp_path, make_bun
         media = protocol.DELTA_TYPE
     impostor = Impostor(body, media)
     try:
-        from sync import identity
         from sync.client import SyncClient
+        from sync.wire import identity
         cfg_key = identity.load(dev.state)
         client = SyncClient(f"http://127.0.0.1:{impostor.port}", cfg_key, device_id=dev.device_id)
         agent = SyncAgent(dev.state, dev.log, client=client)
@@ -191,7 +199,7 @@ def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle
     """The appliance's default: batches and trust checks in a separate process."""
     from test_sync_support import assert_exactly_once, record
 
-    from scanner import verifier
+    from scanner.cards import verifier
     from sync.agent import ProcessBuilder
 
     publish(server.storage, make_bundle_bytes(version=1, revoked_cards=ids(50)), now_ms=now_ms(),
@@ -221,8 +229,8 @@ def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp
     process behind."""
     from test_sync_support import record
 
-    from scanner import verifier
-    from scanner.entrylog import EntryLogError
+    from scanner.cards import verifier
+    from scanner.store.entrylog import EntryLogError
     from sync.agent import ProcessBuilder
     from sync.client import SyncError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from appliance_support import ROOT, WAIT, make_pki, standalone, write_config
 
-from scanner import udev
+from scanner.appliance import udev
 
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
 ANALYZE = shutil.which("systemd-analyze")
@@ -83,7 +83,7 @@ def test_install_script_staged_in_a_directory(tmp_path):
     unit = (dest / "etc" / "systemd" / "system" / "checkpoint.service").read_text()
     assert "ExecStart=/opt/cp/.venv/bin/checkpoint run --config /etc/checkpoint/checkpoint.toml" in unit
     assert (dest / "etc" / "udev" / "rules.d" / "70-checkpoint-readers.rules").read_text() == udev.rules()
-    assert (dest / "opt" / "cp" / "scanner" / "daemon.py").exists() and not (dest / "opt" / "cp" / ".git").exists()
+    assert (dest / "opt" / "cp" / "scanner" / "appliance" / "daemon.py").exists() and not (dest / "opt" / "cp" / ".git").exists()
     assert os.readlink(dest / "usr" / "local" / "bin" / "checkpoint") == "/opt/cp/.venv/bin/checkpoint"
     r2 = subprocess.run(["sh", str(ROOT / "scripts" / "install.sh"), "--destdir", str(dest), "--no-venv",
                          "--prefix", "/opt/cp"], capture_output=True, text=True, timeout=WAIT)
@@ -172,8 +172,9 @@ runpy.run_module("scanner", run_name="__main__")
 def test_the_daemon_runs_under_memory_deny_write_execute(tmp_path):
     """checkpoint.service sets MemoryDenyWriteExecute=yes: no writable and executable memory, ever.
     The kernel's own W^X switch (PR_SET_MDWE) enforces the same for a real `--once` run here."""
-    from scanner.demo_video import Shot
     from appliance_support import write_video
+
+    from scanner.demo.video import Shot
     pki = make_pki(tmp_path / "pki")
     video = write_video(tmp_path / "cam.avi", [Shot(pki.card(), 1.0), Shot(None, 0.2)])
     state = tmp_path / "state"

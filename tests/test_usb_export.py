@@ -21,14 +21,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_sync_support import bulk_fill, enroll_direct
 
-from scanner import fsutil
-from scanner.entrylog import EntryLog
-from scanner.keys import create_private_key
-from sync import identity, protocol
-from sync.batch import read_header
+from scanner.base import fsutil
+from scanner.cards.keys import create_private_key
+from scanner.store.entrylog import EntryLog
 from sync.export import EXPORT_SUBDIR, MAX_DEPTH, export_pending, import_dir
 from sync.server.storage import open_storage
 from sync.state import DeviceConfig, StateFile
+from sync.wire import identity, protocol
+from sync.wire.batch import read_header
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"

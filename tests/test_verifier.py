@@ -1,4 +1,4 @@
-"""scanner.verifier.verify on CK1 cards: one test (at least) per reason code, Ed25519 and ES256."""
+"""scanner.cards.verifier.verify on CK1 cards: one test (at least) per reason code, Ed25519 and ES256."""
 from __future__ import annotations
 
 import base64
@@ -8,13 +8,13 @@ import zlib
 
 import pytest
 
-from scanner import base45, cbor, cose
-from scanner.bundle import BundleKey
-from scanner.cbor import Tag
-from scanner.errors import Reason
-from scanner.safetext import escape, json_line
-from scanner.verdict import Decision
-from scanner.verifier import DEFAULT_CLOCK_SKEW, MAX_TEXT, verify
+from scanner.base.errors import Reason
+from scanner.base.safetext import escape, json_line
+from scanner.cards import base45, cbor, cose
+from scanner.cards.bundle import BundleKey
+from scanner.cards.cbor import Tag
+from scanner.cards.verdict import Decision
+from scanner.cards.verifier import DEFAULT_CLOCK_SKEW, MAX_TEXT, verify
 
 KEYS = ["ed", "es"]
 DAY = 86_400
@@ -73,7 +73,7 @@ def padded_card(sign_payload, claims: dict, target_cose_len: int, *, key="ed", c
 # =========================================================================== ok
 
 def test_ok(key, make_spec, issuers, trust, now):
-    from scanner.issuer import issue
+    from scanner.cards.issuer import issue
     spec = make_spec(key, id_masked="***1234", status="F0", last_dose="2021-09-30", not_before=now - 10)
     v = verify(issue(spec, issuers[key].key), trust, now)
     assert v.reason is Reason.OK and v.accepted and v.decision is Decision.ACCEPT
@@ -196,7 +196,7 @@ def test_float_now(key, make_card, trust, now):
 
 
 def test_loose_key_accepts_any_issuer(key, make_card, issuers, now):
-    from scanner.trust import TrustStore
+    from scanner.cards.trust import TrustStore
     i = issuers[key]
     store = TrustStore.build(keys=[BundleKey(i.kid, i.alg_name, None, i.key.public_key())])
     assert reason(make_card(key, issuer="XX-ANY"), store, now) is Reason.OK
@@ -209,7 +209,7 @@ DICT_KEYS = {"decision", "reason", "detail", "format", "card_id", "issuer", "kid
 
 
 def test_to_dict_accept(key, make_spec, issuers, trust, now):
-    from scanner.issuer import issue
+    from scanner.cards.issuer import issue
     spec = make_spec(key, id_masked="***9", status="ok", last_dose="2022-01-31")
     d = verify(issue(spec, issuers[key].key), trust, now).to_dict()
     assert set(d) == DICT_KEYS
@@ -539,7 +539,7 @@ def test_birth_year_with_non_ascii_digits_is_malformed(make_claims, sign_payload
 # =========================================================================== unknown_key
 
 def test_unknown_key(key, rogue_ed_key, rogue_es_key, make_card, trust, now):
-    from scanner.keys import kid_of
+    from scanner.cards.keys import kid_of
     rogue = rogue_ed_key if key == "ed" else rogue_es_key
     v = verify(make_card(rogue), trust, now)
     assert v.reason is Reason.UNKNOWN_KEY
@@ -553,7 +553,7 @@ def test_unknown_kid_with_trusted_signature(key, make_card, trust, now):
 
 
 def test_empty_trust_store_means_unknown_key(key, make_card, now):
-    from scanner.trust import TrustStore
+    from scanner.cards.trust import TrustStore
     assert reason(make_card(key), TrustStore.build(), now) is Reason.UNKNOWN_KEY
 
 
@@ -779,7 +779,7 @@ def test_revocation_is_checked_on_authentic_cards_only(key, make_trust, make_car
 
 def test_revoked_kid_decides_before_key_lookup_and_signature(key, issuers, rogue_ed_key, rogue_es_key,
                                                              make_trust, make_card, now):
-    from scanner.keys import kid_of
+    from scanner.cards.keys import kid_of
     rogue = rogue_ed_key if key == "ed" else rogue_es_key
     rogue_kid = kid_of(rogue.public_key())
     store = make_trust(revoked_kids=[issuers[key].kid, rogue_kid])

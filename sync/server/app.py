@@ -24,14 +24,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from scanner import __version__
-
-from .. import protocol
-from ..batch import BatchError, header_end, open_batch, read_header
-from ..credential import MEDIA_TYPE as CREDENTIAL_TYPE
-from . import bundles, credentials
-from .limits import BodyReader, Busy, Claim, Gate, Limits, ReplayCache, declared_length, guarded_h11, peer_key
-from .storage import ServerError, Storage, revoked_device, unknown_device
-from .tokens import token_hash
+from sync.credential import MEDIA_TYPE as CREDENTIAL_TYPE
+from sync.server import bundles, credentials
+from sync.server.limits import (
+    BodyReader,
+    Busy,
+    Claim,
+    Gate,
+    Limits,
+    ReplayCache,
+    declared_length,
+    guarded_h11,
+    peer_key,
+)
+from sync.server.storage import ServerError, Storage, revoked_device, unknown_device
+from sync.server.tokens import token_hash
+from sync.wire import protocol
+from sync.wire.batch import BatchError, header_end, open_batch, read_header
 
 log = logging.getLogger(__name__)
 
@@ -409,8 +418,13 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 32,
           retry_after_s: int = 2, limits: Limits | None = None) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`)."""
-    from .keys import load_or_create_pull_key, load_or_create_sealing_key, public_pem, sealing_public_pem
-    from .storage import default_keys_dir, open_storage
+    from sync.server.keys import (
+        load_or_create_pull_key,
+        load_or_create_sealing_key,
+        public_pem,
+        sealing_public_pem,
+    )
+    from sync.server.storage import default_keys_dir, open_storage
 
     keys_dir = keys_dir or default_keys_dir(db_url)
     storage = open_storage(db_url)

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner import keys as keymod
-from scanner.bundle import open_bundle
-from scanner.errors import TrustError
-
-from ..trustupdate import make_delta
-from .storage import BundleMeta, Storage
+from scanner.base.errors import TrustError
+from scanner.cards import keys as keymod
+from scanner.cards.bundle import open_bundle
+from sync.server.storage import BundleMeta, Storage
+from sync.trustupdate import make_delta
 
 log = logging.getLogger(__name__)
 

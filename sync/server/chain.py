@@ -1,11 +1,11 @@
-"""Per-device chain checks on the server, with the device's own code (scanner.entry.verify_chain):
+"""Per-device chain checks on the server, with the device's own code (scanner.store.entry.verify_chain):
 does a batch hash correctly, and does it link to the stored entries on both sides."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scanner.entry import GENESIS, Entry, verify_chain
+from scanner.store.entry import GENESIS, Entry, verify_chain
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from scanner import keys as keymod
-
-from ..credential import CredentialError, ServerCredential, open_credential
-from .bundles import ROOT_META, root_of
-from .storage import Storage
+from scanner.cards import keys as keymod
+from sync.credential import CredentialError, ServerCredential, open_credential
+from sync.server.bundles import ROOT_META, root_of
+from sync.server.storage import Storage
 
 CREDENTIAL_META = "server_credential"
 

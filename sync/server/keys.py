@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from scanner import keys as keymod
-from scanner import sealing
-from scanner.errors import CheckpointError
+from scanner.base.errors import CheckpointError
+from scanner.cards import keys as keymod
+from scanner.store import sealing
 
 SEALING_KEY_NAME = "sealing.key"
 PULL_KEY_NAME = "pull.key"

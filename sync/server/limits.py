@@ -22,8 +22,8 @@ import h11
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .. import protocol
-from .storage import ServerError
+from sync.server.storage import ServerError
+from sync.wire import protocol
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,9 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from scanner.errors import CheckpointError
-
-from .. import protocol
-from ..batch import ParsedBatch
-from .sqlstorage import QmarkCursor, SQLStorage, entry_row
-from .storage import (
+from scanner.base.errors import CheckpointError
+from sync.server.sqlstorage import QmarkCursor, SQLStorage, entry_row
+from sync.server.storage import (
     SOURCES,
     Device,
     Ingested,
@@ -40,6 +37,8 @@ from .storage import (
     revoked_device,
     unknown_device,
 )
+from sync.wire import protocol
+from sync.wire.batch import ParsedBatch
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,12 @@ from urllib.parse import urlencode, urlsplit
 import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from scanner.errors import CheckpointError
-
-from .. import protocol
-from .. import pull as pullproto
-from ..batch import BatchError, open_batch, read_header
-from ..client import is_loopback, read_limited, refusal
-from .storage import ServerError, Storage
+from scanner.base.errors import CheckpointError
+from sync import pull as pullproto
+from sync.client import is_loopback, read_limited, refusal
+from sync.server.storage import ServerError, Storage
+from sync.wire import protocol
+from sync.wire.batch import BatchError, open_batch, read_header
 
 
 class PullFailed(CheckpointError):

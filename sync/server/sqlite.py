@@ -9,12 +9,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from scanner.errors import CheckpointError
-
-from .. import protocol
-from ..batch import ParsedBatch
-from .sqlstorage import SQLStorage, entry_row
-from .storage import (
+from scanner.base.errors import CheckpointError
+from sync.server.sqlstorage import SQLStorage, entry_row
+from sync.server.storage import (
     SOURCES,
     Device,
     Ingested,
@@ -23,6 +20,8 @@ from .storage import (
     revoked_device,
     unknown_device,
 )
+from sync.wire import protocol
+from sync.wire.batch import ParsedBatch
 
 SCHEMA_VERSION = 2
 SCHEMA = """

@@ -12,12 +12,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from scanner.entry import Entry, to_export_dict
-
-from .. import protocol
-from ..batch import ParsedBatch
-from . import chain
-from .storage import (
+from scanner.store.entry import Entry, to_export_dict
+from sync.server import chain
+from sync.server.storage import (
     SEEN_COLUMNS,
     BundleMeta,
     ChainEvent,
@@ -27,6 +24,8 @@ from .storage import (
     ServerError,
     Storage,
 )
+from sync.wire import protocol
+from sync.wire.batch import ParsedBatch
 
 log = logging.getLogger(__name__)
 

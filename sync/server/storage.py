@@ -13,10 +13,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scanner.errors import CheckpointError
-
-from .. import protocol
-from ..batch import ParsedBatch
+from scanner.base.errors import CheckpointError
+from sync.wire import protocol
+from sync.wire.batch import ParsedBatch
 
 SOURCES = ("push", "import", "pull")
 
@@ -263,11 +262,11 @@ def open_storage(url: str) -> Storage:
     """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or a plain file path: SQLite;
     ``postgresql://USER@HOST[:PORT]/DB[?options]`` (libpq URL): PostgreSQL (the `server` extra:
     psycopg 3). Other schemes are refused with a clear error."""
-    from .sqlite import SQLiteStorage
+    from sync.server.sqlite import SQLiteStorage
 
     if is_postgres_url(url):
         try:
-            from .postgres import PostgresStorage
+            from sync.server.postgres import PostgresStorage
         except ImportError as exc:
             raise CheckpointError(f"PostgreSQL support needs psycopg 3 (pip install 'checkpoint-edge[server]'): "
                                   f"{exc}", code="db_url") from None

@@ -19,11 +19,10 @@ from typing import TextIO
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from scanner import sealing
-from scanner.errors import CheckpointError
-from scanner.safetext import escape
-
-from .storage import SeenEntry, Storage
+from scanner.base.errors import CheckpointError
+from scanner.base.safetext import escape
+from scanner.store import sealing
+from sync.server.storage import SeenEntry, Storage
 
 DAY_MS = 86_400_000
 MAX_VISITS = 10_000

@@ -1,0 +1,366 @@
+"""A small declarative schema for TOML configuration: types, ranges, defaults, docs, all problems at once.
+
+Sections and keys are declared once (scanner/appliance/config.py); the same declaration validates a file,
+fills defaults and writes docs/configuration.md, so no key can exist undocumented.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a config file: which key, what is wrong, how to fix it."""
+
+    key: str
+    problem: str
+    fix: str
+
+    def line(self, source: str = "") -> str:
+        where = f"{source}: " if source else ""
+        return f"{where}{self.key}: {self.problem}; fix: {self.fix}"
+
+
+# A checker turns a raw TOML value into the validated value, or returns a Problem text.
+Check = Callable[[Any], tuple[Any, str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One configuration key: its type (as a checker), default, and the doc line a technician reads."""
+
+    name: str
+    check: Check
+    type_doc: str
+    default: Any = REQUIRED
+    doc: str = ""
+    fix: str = ""
+    example: str | None = None
+    live: bool = False  # takes effect on SIGHUP (reload) without a restart
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A TOML table ([name]) or, if ``array``, an array of tables ([[name]]).
+
+    A dotted ``name`` ("feedback.relay") is a table inside another ([feedback.relay]). An
+    ``optional`` table that is absent validates to None (a part that is not fitted) instead of
+    a table of defaults.
+    """
+
+    name: str
+    keys: tuple[Key, ...]
+    doc: str = ""
+    array: bool = False
+    required: bool = False
+    optional: bool = False
+    # cross-key checks within one table: (table dict, key prefix) -> problems
+    checks: tuple[Callable[[dict, str], list[Problem]], ...] = field(default=())
+
+    def key(self, name: str) -> Key | None:
+        return next((k for k in self.keys if k.name == name), None)
+
+
+# ---------------------------------------------------------------- checkers
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def string(*, min_len: int = 0, max_len: int = 200, allowed: str | None = None) -> Check:
+    def check(v):
+        if type(v) is not str:
+            return None, f"must be a string, not {_type_name(v)}"
+        if not min_len <= len(v) <= max_len:
+            return None, f"must be {min_len}..{max_len} characters long"
+        if allowed is not None and any(c not in allowed for c in v):
+            return None, "has a character outside letters, digits, '-', '_' and '.'"
+        return v, None
+    return check
+
+
+ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+
+
+def identifier() -> Check:
+    return string(min_len=1, max_len=64, allowed=ID_CHARS)
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Check:
+    def check(v):
+        if type(v) is not int:
+            return None, f"must be an integer, not {_type_name(v)}"
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return None, f"must be between {lo} and {hi} (got {v})"
+        return v, None
+    return check
+
+
+def number(lo: float | None = None, hi: float | None = None) -> Check:
+    def check(v):
+        if type(v) not in (int, float) or not math.isfinite(v):
+            return None, f"must be a number, not {_type_name(v)}"
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return None, f"must be between {lo} and {hi} (got {v})"
+        return float(v), None
+    return check
+
+
+def boolean() -> Check:
+    def check(v):
+        if type(v) is not bool:
+            return None, f"must be true or false, not {_type_name(v)}"
+        return v, None
+    return check
+
+
+def choice(*options: str) -> Check:
+    def check(v):
+        if v not in options or type(v) is not str:
+            return None, f"must be one of {', '.join(repr(o) for o in options)} (got {v!r})"
+        return v, None
+    return check
+
+
+def optional(inner: Check) -> Check:
+    """The inner check, or an empty string meaning "not set" (TOML has no null)."""
+    def check(v):
+        if v == "":
+            return None, None
+        return inner(v)
+    return check
+
+
+def path(*, must_exist: bool = False, kind: str = "file") -> Check:
+    def check(v):
+        if type(v) is not str or not v:
+            return None, f"must be a path string, not {_type_name(v)}"
+        p = Path(v)
+        if must_exist:
+            if not p.exists():
+                return None, f"{v} does not exist"
+            if kind == "file" and not p.is_file():
+                return None, f"{v} is not a file"
+            if kind == "dir" and not p.is_dir():
+                return None, f"{v} is not a directory"
+            if not os.access(p, os.R_OK):
+                return None, f"{v} is not readable by this user"
+        return p, None
+    return check
+
+
+def list_of(inner: Check, *, min_items: int = 0, max_items: int = 64) -> Check:
+    def check(v):
+        if type(v) is not list:
+            return None, f"must be an array, not {_type_name(v)}"
+        if not min_items <= len(v) <= max_items:
+            return None, f"must have {min_items}..{max_items} items"
+        out = []
+        for i, item in enumerate(v):
+            value, problem = inner(item)
+            if problem:
+                return None, f"item {i + 1}: {problem}"
+            out.append(value)
+        return tuple(out), None
+    return check
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url(*, allow_http_loopback: bool = True) -> Check:
+    """An https URL; plain http only to a loopback address (tests, a local reference server)."""
+    def check(v):
+        if type(v) is not str:
+            return None, f"must be a URL string, not {_type_name(v)}"
+        parts = urlsplit(v)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            return None, f"{v!r} is not an http(s) URL"
+        if parts.scheme == "http" and not (allow_http_loopback and is_loopback(parts.hostname)):
+            return None, f"{v!r} is not https (plain http is only allowed to 127.0.0.1/localhost)"
+        return v.rstrip("/"), None
+    return check
+
+
+def listen_address(*, allow_port_zero: bool = False) -> Check:
+    """HOST:PORT with an IP address (or localhost); port 0 (any free port) only if allowed."""
+    lowest = 0 if allow_port_zero else 1
+
+    def check(v):
+        if type(v) is not str:
+            return None, f"must be HOST:PORT, not {_type_name(v)}"
+        host, sep, port = v.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
+            return None, f"{v!r} is not HOST:PORT"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                return None, f"{host!r} is not an IP address"
+        return (host, int(port)), None
+    return check
+
+
+def usb_id() -> Check:
+    """A USB "vendor:product" pair in hex, as lsusb shows it ("0c2e:0b61"); stored lowercase."""
+    def check(v):
+        if type(v) is not str:
+            return None, f"must be a \"vendor:product\" string, not {_type_name(v)}"
+        vendor, sep, product = v.partition(":")
+        hexdigits = "0123456789abcdefABCDEF"
+        if not (sep and len(vendor) == 4 and len(product) == 4
+                and all(c in hexdigits for c in vendor + product)):
+            return None, f"{v!r} is not vendor:product (four hex digits each, e.g. \"0c2e:0b61\")"
+        return v.lower(), None
+    return check
+
+
+# ---------------------------------------------------------------- validation
+
+def _lookup(data: Mapping, dotted: str) -> Any:
+    """The value at a dotted path of nested tables, or None if any part is absent."""
+    node: Any = data
+    for part in dotted.split("."):
+        if type(node) is not dict or part not in node:
+            return None
+        node = node[part]
+    return node
+
+def validate(data: Mapping, sections: tuple[Section, ...]) -> tuple[dict, list[Problem]]:
+    """Check a parsed TOML document against the sections; return (values with defaults, problems)."""
+    problems: list[Problem] = []
+    out: dict[str, Any] = {}
+    top = sorted({s.name.split(".")[0] for s in sections})
+    for name in data:
+        if name not in top:
+            problems.append(Problem(name, "unknown section",
+                                    f"remove it or use one of: {', '.join(top)}"))
+    for section in sections:
+        raw = _lookup(data, section.name)
+        children = {s.name[len(section.name) + 1:] for s in sections
+                    if s.name.startswith(section.name + ".") and "." not in s.name[len(section.name) + 1:]}
+        if section.array:
+            if raw is None:
+                raw = []
+            if type(raw) is not list or not all(type(t) is dict for t in raw):
+                problems.append(Problem(section.name, "must be an array of tables",
+                                        f"write each one as [[{section.name}]]"))
+                out[section.name] = ()
+                continue
+            tables = []
+            for i, table in enumerate(raw):
+                values, p = _validate_table(table, section, f"{section.name}[{i}]", children)
+                problems += p
+                tables.append(values)
+            out[section.name] = tuple(tables)
+        else:
+            if raw is None:
+                if section.required:
+                    problems.append(Problem(section.name, "section is missing",
+                                            f"add a [{section.name}] table"))
+                if section.optional:
+                    out[section.name] = None
+                    continue
+                raw = {}
+            if type(raw) is not dict:
+                problems.append(Problem(section.name, "must be a table", f"write it as [{section.name}]"))
+                raw = {}
+            values, p = _validate_table(raw, section, section.name, children)
+            problems += p
+            out[section.name] = values
+    return out, problems
+
+
+def _validate_table(table: dict, section: Section, prefix: str,
+                    children: set[str] = frozenset()) -> tuple[dict, list[Problem]]:
+    problems = []
+    values: dict[str, Any] = {}
+    for name in table:
+        if section.key(name) is None and name not in children:
+            names = ", ".join([k.name for k in section.keys] + [f"[{section.name}.{c}]" for c in sorted(children)])
+            problems.append(Problem(f"{prefix}.{name}", "unknown key", f"remove it; known keys: {names}"))
+    for key in section.keys:
+        full = f"{prefix}.{key.name}"
+        if key.name not in table:
+            if key.default is REQUIRED:
+                problems.append(Problem(full, "is required", key.fix or f"set {key.name} = {key.example or '...'}"))
+            else:
+                values[key.name] = _default_value(key)
+            continue
+        value, problem = key.check(table[key.name])
+        if problem:
+            problems.append(Problem(full, problem, key.fix or f"see docs/configuration.md#{section.name}"))
+        else:
+            values[key.name] = value
+    if not problems:
+        for cross in section.checks:
+            problems += cross(values, prefix)
+    return values, problems
+
+
+def _default_value(key: Key) -> Any:
+    """A default is written as its TOML value and goes through the key's check like a written one
+    (so "/var/lib/x" becomes a Path and "HOST:PORT" a pair); None means "not set"."""
+    if key.default is None:
+        return None
+    value, problem = key.check(key.default)
+    if problem:
+        raise ValueError(f"the default of {key.name} is invalid: {problem}")
+    return value
+
+
+# ---------------------------------------------------------------- docs
+
+def _default_doc(key: Key) -> str:
+    if key.default is REQUIRED:
+        return "**required**"
+    d = key.default
+    if isinstance(d, Path):
+        d = str(d)
+    if isinstance(d, (tuple, list)):
+        return "`[" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in d) + "]`"
+    if d is None:
+        return "not set"
+    if isinstance(d, bool):
+        return f"`{str(d).lower()}`"
+    return f'`"{d}"`' if isinstance(d, str) else f"`{d}`"
+
+
+def markdown(sections: tuple[Section, ...], intro: str) -> str:
+    """docs/configuration.md, written from the schema (a test keeps the file in sync)."""
+    lines = [intro.rstrip(), ""]
+    for s in sections:
+        header = f"[[{s.name}]]" if s.array else f"[{s.name}]"
+        note = " — required" if s.required else " — optional (absent: not fitted)" if s.optional else ""
+        lines += [f"## {s.name}", "", f"`{header}`{note}", ""]
+        if s.doc:
+            lines += [s.doc, ""]
+        lines += ["| key | type | default | live | meaning |", "|---|---|---|---|---|"]
+        for k in s.keys:
+            live = "yes" if k.live else ""
+            lines.append(f"| `{k.name}` | {k.type_doc} | {_default_doc(k)} | {live} | {k.doc} |")
+        lines.append("")
+    return "\n".join(lines)

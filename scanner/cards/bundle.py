@@ -1,0 +1,387 @@
+"""Signed trust bundles: issuer keys and revocations, signed by the provisioned root (Ed25519).
+
+File format (docs/card-format.md#trust-bundle): JSON {"payload": b64(B), "sig": b64(sig over B),
+"kid": b64(root kid)}, B being UTF-8 JSON {"version", "issued_at", "expires_at", "keys",
+"revoked_cards", "revoked_kids"}. Opening checks the signature before looking inside B; a bundle
+that fails any check is refused as a whole (TrustError with a stable code).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner.base.errors import KeyFileError, TrustError
+from scanner.cards import keys as keymod
+from scanner.cards import x509util
+from scanner.cards.revocation import RevocationSet
+
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BundleKey:
+    """One issuer key of a bundle. ``issuer`` None means any issuer (only from PEM files, not bundles)."""
+
+    kid: bytes
+    alg: str
+    issuer: str | None
+    public_key: keymod.PublicKey
+    formats: frozenset[str] | None = None
+    not_after: int | None = None
+    x509_der: bytes | None = None
+
+    def to_json(self) -> dict:
+        entry: dict = {"kid": _b64(self.kid), "alg": self.alg, "issuer": self.issuer}
+        if self.x509_der is not None:
+            entry["x509"] = _b64(self.x509_der)
+        else:
+            entry["spki"] = _b64(keymod.spki_der(self.public_key))
+        if self.formats is not None:
+            entry["formats"] = sorted(self.formats)
+        if self.not_after is not None:
+            entry["not_after"] = self.not_after
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """The verified content of a trust bundle."""
+
+    version: int
+    issued_at: int
+    expires_at: int
+    keys: tuple[BundleKey, ...]
+    revoked_cards: RevocationSet
+    revoked_kids: frozenset[bytes]
+    root_kid: bytes
+    digest: str  # SHA-256 of the signed payload, hex: identifies this exact bundle
+
+    def expired(self, now: float) -> bool:
+        return now > self.expires_at
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object, what: str) -> bytes:
+    if type(text) is _Decoded:  # the payload, already decoded by the fast path of open_bundle
+        return text.value
+    if type(text) is not str:
+        raise TrustError(f"bundle: {what} is not a base64 string", code="bundle_malformed")
+    try:
+        return _strict_b64(text)
+    except (binascii.Error, ValueError):
+        raise TrustError(f"bundle: {what} is not valid base64", code="bundle_malformed") from None
+
+
+def _strict_b64(data) -> bytes:
+    """Standard base64 with nothing but alphabet and final padding (base64.b64decode(validate=True)
+    in Python >= 3.11); takes str, bytes or a memoryview without copying it first."""
+    return binascii.a2b_base64(data, strict_mode=True)
+
+
+def _int(obj: dict, name: str, *, optional: bool = False) -> int | None:
+    value = obj.get(name)
+    if value is None and optional:
+        return None
+    if type(value) is not int or value < 0:
+        raise TrustError(f"bundle: {name!r} must be a non-negative integer", code="bundle_malformed")
+    return value
+
+
+def root_kid(root: ed25519.Ed25519PublicKey) -> bytes:
+    """The kid of a root key (same rule as issuer keys)."""
+    return keymod.kid_of(root)
+
+
+def open_bundle(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
+                min_version: int | None = None) -> Bundle:
+    """Verify and parse a bundle file's bytes against the provisioned root key(s).
+
+    ``min_version``: refuse a bundle whose version is not above it (no rollback).
+    """
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise TrustError("bundle file is larger than 256 MiB", code="bundle_malformed")
+    outer = _loads_with_big_value(data, "payload", _base64_string)
+    if outer is None:
+        try:
+            outer = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise TrustError("bundle file is not JSON", code="bundle_malformed") from None
+    if type(outer) is not dict or not {"payload", "sig", "kid"} <= outer.keys():
+        raise TrustError("bundle file must be a JSON object with payload, sig and kid",
+                         code="bundle_malformed")
+    payload = _unb64(outer["payload"], "payload")
+    signature = _unb64(outer["sig"], "sig")
+    kid = _unb64(outer["kid"], "kid")
+    del outer  # with json.loads, it holds the payload as (large) base64 text
+    if not roots:
+        raise TrustError("no trust root given to check the bundle against", code="bundle_no_root")
+    root = next((r for r in roots if root_kid(r) == kid), None)
+    if root is None:
+        raise TrustError("bundle is signed by a root this device does not trust "
+                         f"(kid {_b64(kid)})", code="bundle_wrong_root")
+    try:
+        root.verify(signature, payload)
+    except InvalidSignature:
+        raise TrustError("bundle signature does not verify against the trust root",
+                         code="bundle_bad_signature") from None
+    bundle = _parse_payload(payload, kid)
+    if min_version is not None and bundle.version <= min_version:
+        raise TrustError(f"bundle version {bundle.version} is not newer than {min_version} "
+                         "(rollback refused)", code="bundle_rollback")
+    return bundle
+
+
+def _parse_payload(payload: bytes, kid: bytes) -> Bundle:
+    body = _loads_with_big_value(payload, "revoked_cards", _hex_id_array)
+    if body is None:
+        try:
+            body = json.loads(payload)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise TrustError("bundle payload is not UTF-8 JSON", code="bundle_malformed") from None
+    if type(body) is not dict:
+        raise TrustError("bundle payload must be a JSON object", code="bundle_malformed")
+    version = _int(body, "version")
+    issued_at = _int(body, "issued_at")
+    expires_at = _int(body, "expires_at")
+    raw_keys = body.get("keys", [])
+    if type(raw_keys) is not list:
+        raise TrustError("bundle: 'keys' must be a list", code="bundle_malformed")
+    parsed = tuple(_parse_key(entry, i) for i, entry in enumerate(raw_keys))
+    cards = body.get("revoked_cards", [])
+    kids = body.get("revoked_kids", [])
+    if type(cards) not in (list, _Decoded) or type(kids) is not list:
+        raise TrustError("bundle: revocation lists must be lists", code="bundle_malformed")
+    try:
+        if type(cards) is _Decoded:  # already checked: each id 32 hex digits
+            revoked_cards = RevocationSet.from_blob(cards.value)
+        else:
+            revoked_cards = RevocationSet.from_hex(cards)
+    except ValueError as exc:
+        raise TrustError(f"bundle: {exc}", code="bundle_malformed") from None
+    revoked_kids = frozenset(_unb64(k, "revoked kid") for k in kids)
+    return Bundle(version, issued_at, expires_at, parsed, revoked_cards, revoked_kids, kid,
+                  hashlib.sha256(payload).hexdigest())
+
+
+def _parse_key(entry: object, i: int) -> BundleKey:
+    where = f"keys[{i}]"
+    if type(entry) is not dict:
+        raise TrustError(f"bundle: {where} is not an object", code="bundle_malformed")
+    kid = _unb64(entry.get("kid"), f"{where}.kid")
+    alg = entry.get("alg")
+    if alg not in keymod.ALGS:
+        raise TrustError(f"bundle: {where}.alg must be one of {', '.join(keymod.ALGS)}",
+                         code="bundle_malformed")
+    issuer = entry.get("issuer")
+    if type(issuer) is not str or not issuer:
+        raise TrustError(f"bundle: {where}.issuer must be a non-empty string", code="bundle_malformed")
+    x509_der = None
+    try:
+        if "x509" in entry:
+            x509_der = _unb64(entry["x509"], f"{where}.x509")
+            public_key = x509util.read_certificate(x509_der).public_key  # lenient, as OpenSSL reads
+        else:
+            public_key = keymod.public_key_from_spki(_unb64(entry.get("spki"), f"{where}.spki"))
+        if keymod.alg_of(public_key) != alg:
+            raise TrustError(f"bundle: {where} is a {keymod.alg_of(public_key)} key but says alg {alg}",
+                             code="bundle_malformed")
+    except KeyFileError as exc:
+        raise TrustError(f"bundle: {where}: {exc}", code="bundle_malformed") from None
+    formats = entry.get("formats")
+    if formats is not None:
+        if type(formats) is not list or not all(type(f) is str for f in formats):
+            raise TrustError(f"bundle: {where}.formats must be a list of strings", code="bundle_malformed")
+        formats = frozenset(formats)
+    not_after = _int(entry, "not_after", optional=True)
+    return BundleKey(kid, alg, issuer, public_key, formats, not_after, x509_der)
+
+
+# Fast path for large bundles. A province-wide bundle is mostly one value: the base64 payload in
+# the file, the list of revoked card ids in the payload. json.loads would turn a million ids into a
+# million str objects (and the file into two copies of the payload as text) before any of it is
+# checked; instead that one value is checked and decoded straight from the bytes with NumPy, and
+# the rest of the document, with the value replaced by "[]", is parsed by the json module.
+#
+# The fast path only ever *accepts* a document json.loads accepts, with the same result: the value
+# is taken only if it is a complete JSON value of the exact expected shape (canonical layout, as
+# make_bundle writes it), and only if the json module confirms it is the value of that key in the
+# top-level object (the last one, if the key is repeated). Anything else returns None and the
+# caller runs the plain json.loads path, which then decides everything, errors included.
+
+class _Decoded:
+    """A JSON value the fast path has already checked and decoded (bytes)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+
+_WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as the json module skips it
+_JSON = json.JSONDecoder()
+_WS_BYTES = b" \t\n\r"
+_ID_HEX = 32
+_ID_ROW = _ID_HEX + 3  # '"' + 32 hex digits + '"' + ',' (the last one ends with ']' instead)
+_ROWS_A_CHUNK = 1 << 15
+_QUOTE, _COMMA = 16, 17
+_ID_CHARS = bytearray([255]) * 256  # hex digit -> its value, '"' and ',' -> codes, else 255
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _ID_CHARS[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _ID_CHARS[_c] = 10 + _i  # bytes.fromhex takes upper case too
+_ID_CHARS[ord('"')] = _QUOTE
+_ID_CHARS[ord(",")] = _COMMA
+_ID_CHARS = bytes(_ID_CHARS)
+
+
+def _loads_with_big_value(doc: bytes, key: str,
+                          parse_value: Callable[[bytes, int], tuple[bytes, int] | None]) -> dict | None:
+    """json.loads(doc) for a JSON object, with the top-level ``key`` value as _Decoded, or None."""
+    if type(doc) is not bytes or json.detect_encoding(doc) != "utf-8":  # as json.loads decodes it
+        return None
+    marker = b'"' + key.encode("ascii") + b'":'
+    at = doc.find(marker)
+    if at < 0:
+        return None
+    start = at + len(marker)
+    while doc[start:start + 1] and doc[start] in _WS_BYTES:
+        start += 1
+    parsed = parse_value(doc, start)
+    if parsed is None:
+        return None
+    value, end = parsed
+    try:  # both cuts are next to ASCII punctuation, so they never split a UTF-8 sequence
+        head = doc[:start].decode("utf-8", "surrogatepass")
+        text = head + "[]" + doc[end:].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    found = _object_value_starts(text)
+    if found is None:
+        return None
+    obj, starts = found
+    if starts.get(key) != len(head):
+        return None
+    obj[key] = _Decoded(value)
+    return obj
+
+
+def _object_value_starts(text: str) -> tuple[dict, dict[str, int]] | None:
+    """Parse ``text`` as json.loads parses a top-level JSON object (same grammar, whitespace and
+    last-duplicate-wins rule, each value by the json module) and also say where each key's
+    (last) value starts; None if it is not exactly one JSON object."""
+    try:
+        i = _WS.match(text, 0).end()
+        if text[i:i + 1] != "{":
+            return None
+        i = _WS.match(text, i + 1).end()
+        pairs = []
+        starts = {}
+        if text[i:i + 1] == "}":
+            i += 1
+        else:
+            while True:
+                if text[i:i + 1] != '"':
+                    return None
+                key, i = _JSON.raw_decode(text, i)
+                i = _WS.match(text, i).end()
+                if text[i:i + 1] != ":":
+                    return None
+                i = _WS.match(text, i + 1).end()
+                starts[key] = i
+                value, i = _JSON.raw_decode(text, i)
+                pairs.append((key, value))
+                i = _WS.match(text, i).end()
+                c = text[i:i + 1]
+                i += 1
+                if c == "}":
+                    break
+                if c != ",":
+                    return None
+                i = _WS.match(text, i).end()
+        if _WS.match(text, i).end() != len(text):
+            return None
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return None
+    return dict(pairs), starts
+
+
+def _base64_string(doc: bytes, start: int) -> tuple[bytes, int] | None:
+    """A JSON string of strict base64 at ``start``: (decoded bytes, end) or None.
+
+    A string without escapes is its own text, and strict base64 has no '\\' or '"', so the first
+    '"' after the opening one ends it and the decoded bytes are what _unb64 would return.
+    """
+    if doc[start:start + 1] != b'"':
+        return None
+    close = doc.find(b'"', start + 1)
+    if close < 0:
+        return None
+    try:
+        value = _strict_b64(memoryview(doc)[start + 1:close])  # no copy of the text
+    except (binascii.Error, ValueError):
+        return None
+    return value, close + 1
+
+
+def _hex_id_array(doc: bytes, start: int) -> tuple[bytes, int] | None:
+    """A JSON array of 32-hex-digit strings in make_bundle's compact layout ["…","…"] at
+    ``start``: (the ids as concatenated bytes, end) or None.
+
+    Such an array holds no ']' before its end, so the first ']' ends it; its length must then be a
+    whole number of 35-byte rows '"' 32 hex digits '"' ',' (the last ']'), each checked with NumPy.
+    """
+    if doc[start:start + 1] != b"[":
+        return None
+    if doc[start + 1:start + 2] == b"]":
+        return b"", start + 2
+    close = doc.find(b"]", start)
+    if close < 0 or (close - start) % _ID_ROW:
+        return None
+    count = (close - start) // _ID_ROW
+    out = np.empty((count, _ID_HEX // 2), dtype=np.uint8)
+    for i in range(0, count, _ROWS_A_CHUNK):  # in chunks, to keep temporary copies small
+        n = min(_ROWS_A_CHUNK, count - i)
+        first = start + 1 + i * _ID_ROW
+        rows = np.frombuffer(doc[first:first + n * _ID_ROW].translate(_ID_CHARS), dtype=np.uint8)
+        rows = rows.reshape(n, _ID_ROW)
+        commas = rows[:-1, -1] if i + n == count else rows[:, -1]  # the very last is doc[close]
+        if (rows[:, 0] != _QUOTE).any() or (rows[:, -2] != _QUOTE).any() or (commas != _COMMA).any():
+            return None
+        digits = rows[:, 1:_ID_HEX + 1]
+        if digits.max() > 15:
+            return None
+        np.left_shift(digits[:, 0::2], 4, out=out[i:i + n])
+        out[i:i + n] |= digits[:, 1::2]
+    return out.tobytes(), close + 1
+
+
+def make_bundle(root_private: ed25519.Ed25519PrivateKey, *, version: int, issued_at: int,
+                expires_at: int, keys: Iterable[BundleKey], revoked_cards: Iterable[bytes] = (),
+                revoked_kids: Iterable[bytes] = ()) -> bytes:
+    """Build and sign a bundle file (issuer side); returns the file's bytes."""
+    if not isinstance(root_private, ed25519.Ed25519PrivateKey):
+        raise TrustError("the bundle root key must be an Ed25519 private key", code="bundle_root_key")
+    body = {
+        "version": version,
+        "issued_at": issued_at,
+        "expires_at": expires_at,
+        "keys": [k.to_json() for k in keys],
+        "revoked_cards": sorted({c.hex() for c in revoked_cards}),
+        "revoked_kids": sorted({_b64(k) for k in revoked_kids}),
+    }
+    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    outer = {"payload": _b64(payload), "sig": _b64(root_private.sign(payload)),
+             "kid": _b64(root_kid(root_private.public_key()))}
+    return (json.dumps(outer, indent=1) + "\n").encode("ascii")

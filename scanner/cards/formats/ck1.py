@@ -1,0 +1,161 @@
+"""CK1, the checkpoint's own signed personal card (spec: docs/card-format.md).
+
+QR text "CK1:" + base45(COSE_Sign1 [optionally zlib-compressed]) whose payload is a CWT with the
+card claim -65537. Verification order: envelope, key, signature, then the (now authenticated)
+claims, issuer binding, revocation and validity period.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zlib
+
+from scanner.base.errors import CardRejected, Reason
+from scanner.cards import base45, cose
+from scanner.cards.formats.cose_card import CoseRules, authenticate, cwt_claims
+from scanner.cards.trust import TrustStore
+from scanner.cards.verdict import Card, Holder, Verdict, accept, reject
+
+NAME = "CK1"
+PREFIX = "CK1:"
+MAX_INFLATED = 16 * 1024
+ALGS = {cose.ALG_EDDSA: "EdDSA", cose.ALG_ES256: "ES256"}
+RULES = CoseRules(NAME, ALGS, signer="issuer key", key="key", documents="cards")
+
+CLAIM_ISS = 1
+CLAIM_EXP = 4
+CLAIM_NBF = 5
+CLAIM_IAT = 6
+CLAIM_CTI = 7
+CLAIM_CARD = -65537
+CARD_SCHEMA = 1
+MAX_NAME = 80
+MAX_ISSUER = 64
+MAX_SHORT = 32
+
+_DATE_FULL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_DATE_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}\Z")
+_DATE_YEAR = re.compile(r"[0-9]{4}\Z")
+
+
+def _malformed(detail: str) -> CardRejected:
+    return CardRejected(Reason.MALFORMED, detail)
+
+
+def unwrap(text: str) -> bytes:
+    """QR text → COSE bytes: strip the prefix, base45-decode, inflate when zlib-compressed."""
+    try:
+        raw = base45.decode(text[len(PREFIX):])
+    except base45.Base45Error as exc:
+        raise _malformed(f"base45: {exc}") from None
+    if raw[:1] == b"\x78":
+        raw = inflate(raw)
+    return raw
+
+
+def inflate(data: bytes, limit: int = MAX_INFLATED) -> bytes:
+    """Inflate one complete RFC 1950 stream of at most ``limit`` bytes, or reject as malformed."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise _malformed(f"zlib: {exc}") from None
+    if len(out) > limit:
+        raise _malformed(f"inflated data over {limit // 1024} KiB")
+    if not d.eof:
+        raise _malformed("zlib stream is truncated")
+    if d.unused_data:
+        raise _malformed("bytes after the zlib stream")
+    return out
+
+
+def _text(value: object, what: str, max_len: int, min_len: int = 1) -> str:
+    if type(value) is not str or not min_len <= len(value) <= max_len:
+        raise _malformed(f"{what} must be text of {min_len}..{max_len} characters")
+    return value
+
+
+def _time(claims: dict, key: int, what: str, required: bool = True) -> int | None:
+    if not required and key not in claims:
+        return None
+    value = claims.get(key)
+    if type(value) is not int or not 0 <= value < 1 << 40:
+        raise _malformed(f"{what} must be an integer time")
+    return value
+
+
+def check_date(value: object, what: str, *, partial: bool) -> str:
+    """A calendar date YYYY-MM-DD (or, if ``partial``, YYYY-MM or YYYY) that really exists."""
+    if type(value) is not str or len(value) > 10:
+        raise _malformed(f"{what} must be a date")
+    try:
+        if _DATE_FULL.match(value):
+            dt.date.fromisoformat(value)
+        elif partial and _DATE_MONTH.match(value):
+            dt.date.fromisoformat(value + "-01")
+        elif not (partial and _DATE_YEAR.match(value) and value != "0000"):
+            raise ValueError
+    except ValueError:
+        raise _malformed(f"{what} {value!r} is not a valid date") from None
+    return value
+
+
+def parse_claims(payload: bytes, kid: bytes) -> Card:
+    """Decode and check the CWT claims of an authenticated payload."""
+    claims = cwt_claims(payload)
+    issuer = _text(claims.get(CLAIM_ISS), "iss (issuer)", MAX_ISSUER)
+    exp = _time(claims, CLAIM_EXP, "exp")
+    nbf = _time(claims, CLAIM_NBF, "nbf", required=False)
+    iat = _time(claims, CLAIM_IAT, "iat")
+    if exp < iat:
+        raise _malformed("exp is before iat")
+    cti = claims.get(CLAIM_CTI)
+    if type(cti) is not bytes or len(cti) != 16:
+        raise _malformed("cti (card id) must be 16 bytes")
+    card = claims.get(CLAIM_CARD)
+    if type(card) is not dict:
+        raise _malformed("card claim (-65537) missing or not a map")
+    if card.get("v") != CARD_SCHEMA or type(card.get("v")) is not int:
+        raise _malformed(f"card schema version must be {CARD_SCHEMA}")
+    name = _text(card.get("n"), "holder name", MAX_NAME)
+    birth = check_date(card.get("d"), "birth date", partial=True)
+    # optional fields are absent or of their type (null is not "absent": one encoding per card)
+    id_masked = _text(card["id"], "masked id", MAX_SHORT) if "id" in card else None
+    status = _text(card["st"], "status", MAX_SHORT) if "st" in card else None
+    last_dose = check_date(card["vd"], "last dose date", partial=False) if "vd" in card else None
+    holder = Holder(name, birth, id_masked, status, last_dose)
+    return Card(NAME, cti, issuer, kid, iat, exp, nbf, holder)
+
+
+class CK1Format:
+    """The CK1 card format (registered by prefix "CK1:")."""
+
+    name = NAME
+    prefix = PREFIX
+
+    def verify(self, text: str, trust: TrustStore, now: int, clock_skew: int) -> Verdict:
+        card, signers = authenticate(unwrap(text), trust, RULES, parse_claims)
+        kid = card.kid
+        # the same key may be listed for several issuers: the card's issuer must be one of them
+        key = next((k for k in signers if k.issuer is None or k.issuer == card.issuer), None)
+        if key is None:
+            raise CardRejected(Reason.BAD_SIGNATURE, f"issuer {card.issuer!r} does not match the key's "
+                               f"issuer {signers[0].issuer!r}", kid)
+        if key.not_after is not None and card.issued_at > key.not_after:
+            raise CardRejected(Reason.BAD_SIGNATURE, "card issued after its key's not_after", kid)
+        return check_card(card, trust, now, clock_skew)
+
+
+def check_card(card: Card, trust: TrustStore, now: int, clock_skew: int) -> Verdict:
+    """Revocation and validity period of an authentic card (shared by formats with CWT times)."""
+    if card.card_id in trust.revoked_cards:
+        return reject(Reason.REVOKED, "the card is revoked", card.format, card.kid, card)
+    if now > card.expires_at + clock_skew:
+        return reject(Reason.EXPIRED, "the card has expired", card.format, card.kid, card)
+    start = card.issued_at if card.not_before is None else max(card.not_before, card.issued_at)
+    if now + clock_skew < start:
+        return reject(Reason.NOT_YET_VALID, "the card is not valid yet", card.format, card.kid, card)
+    return accept(card.format, card)
+
+
+FORMAT = CK1Format()

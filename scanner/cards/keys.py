@@ -1,0 +1,135 @@
+"""Reading issuer keys and certificates, and the key id (kid) every card format looks keys up by."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from scanner.base.errors import KeyFileError
+from scanner.base.fsutil import atomic_write, write_output
+
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+ALGS = ("EdDSA", "ES256", "PS256")
+
+
+def spki_der(public_key: PublicKey) -> bytes:
+    """DER SubjectPublicKeyInfo of a public key."""
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def kid_of(public_key: PublicKey) -> bytes:
+    """CK1 key id: the first 8 bytes of SHA-256 over the DER SubjectPublicKeyInfo."""
+    return hashlib.sha256(spki_der(public_key)).digest()[:8]
+
+
+def alg_of(public_key: PublicKey) -> str:
+    """The signature algorithm a key is used with; raise KeyFileError for unsupported keys."""
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        if isinstance(public_key.curve, ec.SECP256R1):
+            return "ES256"
+        raise KeyFileError(f"EC curve {public_key.curve.name} is not supported (only P-256)")
+    if isinstance(public_key, rsa.RSAPublicKey):
+        if public_key.key_size < 2048:
+            raise KeyFileError(f"RSA key of {public_key.key_size} bits is too short (at least 2048)")
+        return "PS256"
+    raise KeyFileError(f"unsupported key type {type(public_key).__name__}")
+
+
+def public_key_from_spki(der: bytes) -> PublicKey:
+    """Load a DER SubjectPublicKeyInfo; raise KeyFileError if it is not a supported key."""
+    try:
+        key = serialization.load_der_public_key(der)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"not a public key: {exc}") from None
+    alg_of(key)
+    return key
+
+
+def load_public_keys(path: str | os.PathLike) -> list[tuple[PublicKey, x509.Certificate | None]]:
+    """Read a PEM public key, or one or more PEM certificates, or one DER certificate or key."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
+    found: list[tuple[PublicKey, x509.Certificate | None]] = []
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            for cert in x509.load_pem_x509_certificates(data):
+                found.append((cert.public_key(), cert))
+        elif b"-----BEGIN PUBLIC KEY-----" in data:
+            found.append((serialization.load_pem_public_key(data), None))
+        elif b"-----BEGIN" in data:
+            raise KeyFileError(f"{path}: expected a PEM public key or certificate (is this a private key?)")
+        else:
+            try:
+                cert = x509.load_der_x509_certificate(data)
+                found.append((cert.public_key(), cert))
+            except ValueError:
+                found.append((serialization.load_der_public_key(data), None))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: not a readable public key or certificate ({exc})") from None
+    for key, _ in found:
+        try:
+            alg_of(key)
+        except KeyFileError as exc:
+            raise KeyFileError(f"{path}: {exc}") from None
+    return found
+
+
+def load_private_key(path: str | os.PathLike) -> PrivateKey:
+    """Read an unencrypted PEM private key (Ed25519, P-256 or RSA)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        key = serialization.load_pem_private_key(data, password=None)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: not a readable unencrypted PEM private key ({exc})") from None
+    alg_of(key.public_key())
+    return key
+
+
+def private_pem(key: PrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted (the file itself is kept 0600)."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def public_pem(key: PublicKey) -> bytes:
+    """SubjectPublicKeyInfo PEM."""
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def generate(alg: str) -> PrivateKey:
+    """A new private key for EdDSA (Ed25519), ES256 (P-256) or PS256 (RSA-3072)."""
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if alg == "PS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    raise KeyFileError(f"unknown algorithm {alg!r} (choose from {', '.join(ALGS)})")
+
+
+def write_private_key(path: str | os.PathLike, key: PrivateKey) -> None:
+    """Write a private key readable by its owner only (mode 0600, never world-readable), to a path
+    a person named: atomically, refused if ``path`` is a symlink (fsutil.AtomicFile.output)."""
+    write_output(path, private_pem(key), 0o600)
+
+
+def create_private_key(path: str | os.PathLike, key) -> bool:
+    """Write ``key`` (any cryptography private key) as a new key file, mode 0600, atomically and
+    only if there is none yet: False when another process made one meanwhile (theirs is kept).
+    The device key and the server's keys are made this way, once, then only loaded."""
+    return atomic_write(path, private_pem(key), 0o600, replace=False)

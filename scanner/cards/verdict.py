@@ -1,0 +1,100 @@
+"""The verifier's answer: value types that cross module borders (pipeline, log, screen, sync)."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from enum import StrEnum
+
+from scanner.base.errors import Reason
+
+
+class Decision(StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Personal details printed on the card (never stored in the clear; see the entry log)."""
+
+    name: str
+    birth_date: str
+    id_masked: str | None = None
+    status: str | None = None
+    last_dose: str | None = None
+
+    @property
+    def birth_year(self) -> str:
+        return self.birth_date[:4]
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """Facts of a card whose signature verified.
+
+    ``expires_at`` is None only for a SMART Health Card without ``exp`` (those never expire);
+    ``cert_type`` is the kind of health certificate ("vaccination", "test", "recovery") for the
+    formats that carry one (HC1, SHC), else None (docs/health-certificates.md).
+    """
+
+    format: str
+    card_id: bytes
+    issuer: str
+    kid: bytes
+    issued_at: int
+    expires_at: int | None
+    not_before: int | None
+    holder: Holder
+    cert_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Decision, stable reason code, an English detail for logs, and the card when it is authentic."""
+
+    decision: Decision
+    reason: Reason
+    format: str | None = None
+    detail: str = ""
+    kid: bytes | None = None
+    card: Card | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.decision is Decision.ACCEPT
+
+    def to_dict(self) -> dict:
+        """The JSON shape of `checkpoint verify --json` (docs/card-format.md#verify-output)."""
+        card = self.card
+        kid = card.kid if card else self.kid
+        out = {
+            "decision": str(self.decision),
+            "reason": str(self.reason),
+            "detail": self.detail,
+            "format": self.format,
+            "card_id": card.card_id.hex() if card else None,
+            "issuer": card.issuer if card else None,
+            "kid": base64.b64encode(kid).decode("ascii") if kid is not None else None,
+            "holder": {
+                "name": card.holder.name,
+                "birth_date": card.holder.birth_date,
+                "id_masked": card.holder.id_masked,
+                "status": card.holder.status,
+                "last_dose": card.holder.last_dose,
+            } if card else None,
+            "issued_at": card.issued_at if card else None,
+            "not_before": card.not_before if card else None,
+            "expires_at": card.expires_at if card else None,
+        }
+        if card is not None and card.cert_type is not None:  # health certificates only (HC1, SHC)
+            out["cert_type"] = card.cert_type
+        return out
+
+
+def accept(fmt: str, card: Card) -> Verdict:
+    return Verdict(Decision.ACCEPT, Reason.OK, fmt, "", card.kid, card)
+
+
+def reject(reason: Reason, detail: str, fmt: str | None = None, kid: bytes | None = None,
+           card: Card | None = None) -> Verdict:
+    return Verdict(Decision.REJECT, reason, fmt, detail, kid, card)

@@ -1,0 +1,172 @@
+"""`checkpoint scan`: run the scan pipeline from cameras, video files, image folders, readers and stdin.
+
+A thin wrapper over `scanner.appliance.pipeline.Pipeline` and the inputs in `hardware/`: one line per
+verdict on stdout (JSON with --json, with source and time), read issues and input state changes
+as one line each on stderr. docs/cli.md#checkpoint-scan.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import sys
+import threading
+import time
+
+import click
+
+from hardware.decode import NAMES as DECODER_NAMES
+from hardware.decode import check_roi
+from scanner.base import i18n
+from scanner.base.safetext import escape, json_line
+from scanner.cli.main import (
+    LANG,
+    fail,
+    human_verdict,
+    load_cli_trust,
+    main,
+    trust_options,
+)
+
+
+def _roi(value: str | None):
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("expected four numbers x,y,w,h (fractions of the frame)") from None
+    if len(parts) != 4:
+        raise click.BadParameter("expected four numbers x,y,w,h (fractions of the frame)")
+    try:
+        check_roi(parts)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return parts
+
+
+@main.command("scan")
+@click.option("--camera", "cameras", multiple=True, metavar="DEV|FILE",
+              help="A camera: V4L2 index or /dev/video path, picamera2[:N], a stream URL; or a file. Repeatable.")
+@click.option("--video", "videos", multiple=True, metavar="FILE", help="A video file, every frame decoded. Repeatable.")
+@click.option("--images", "folders", multiple=True, metavar="DIR", help="A folder of images, one frame each. Repeatable.")
+@click.option("--serial", "ports", multiple=True, metavar="PORT", help="A serial / USB CDC-ACM reader. Repeatable.")
+@click.option("--hid", "hids", multiple=True, metavar="PATH|VID:PID",
+              help="A USB keyboard-wedge reader (/dev/input path or vendor:product). Repeatable.")
+@click.option("--stdin", "use_stdin", is_flag=True, help="Read one code per line from stdin.")
+@trust_options
+@click.option("--cooldown", type=click.FloatRange(0, 3600), default=3.0, show_default=True,
+              help="Seconds within which the same card from the same input is one scan.")
+@click.option("--decoder", type=click.Choice(DECODER_NAMES), default="auto", show_default=True)
+@click.option("--roi", default=None, metavar="X,Y,W,H", help="Camera region of interest, fractions of the frame.")
+@click.option("--size", default="640x480", show_default=True, metavar="WxH", help="Camera frame size.")
+@click.option("--fps", type=click.FloatRange(1, 120), default=None, help="Camera frame rate.")
+@click.option("--layout", default="us", show_default=True, help="Keyboard layout HID readers type for (us, uk, de, fr).")
+@click.option("--suffix", default="enter", show_default=True, help="What ends a code on HID readers (enter, tab, text).")
+@click.option("--baud", type=click.IntRange(50, 4_000_000), default=9600, show_default=True, help="Serial baud rate.")
+@click.option("--terminator", default="auto", show_default=True, help="Serial line end (auto, cr, lf, crlf, text).")
+@click.option("--direction", type=click.Choice(["in", "out"]), default=None, help="Direction of these inputs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per verdict.")
+@click.option("--lang", type=LANG, default=None, help="Language of the human lines (default vi).")
+@click.option("--once", is_flag=True, help="Stop when the file inputs (video, images, stdin) are exhausted.")
+def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, at, clock_skew, cooldown,
+         decoder, roi, size, fps, layout, suffix, baud, terminator, direction, as_json, lang, once):
+    """Scan cards from cameras, files and readers; print one line per verdict until stopped (Ctrl-C)."""
+    from scanner.appliance.pipeline import Pipeline, SourceState
+    from scanner.cards.verifier import verify as verify_text
+
+    store = load_cli_trust(trust_paths, roots)
+    if not (cameras or videos or folders or ports or hids or use_stdin):
+        fail("no input given: use --camera, --video, --images, --serial, --hid or --stdin")
+    try:
+        inputs = _inputs(cameras, videos, folders, ports, hids, use_stdin, decoder=decoder, roi=_roi(roi),
+                         size=size, fps=fps, layout=layout, suffix=suffix, baud=baud, terminator=terminator,
+                         direction=direction)
+    except (ValueError, click.BadParameter) as exc:
+        fail(str(exc.message if isinstance(exc, click.BadParameter) else exc))
+    if once and not any(i.finite for i in inputs):
+        fail("--once needs a file input (--video, --images, --stdin or a camera given as a file)")
+
+    lang = lang or i18n.default_lang()
+    out_lock = threading.Lock()
+
+    def sink(scan, verdict) -> None:
+        if as_json:
+            line = json_line({**verdict.to_dict(), "source": scan.source, "source_id": scan.source_id,
+                              "at": round(scan.at, 3), "direction": scan.direction})
+        else:
+            when = dt.datetime.fromtimestamp(scan.at).strftime("%H:%M:%S")
+            line = f"{when} {scan.source}:{escape(scan.source_id)} {human_verdict(verdict, lang)}"
+        with out_lock:
+            click.echo(line)
+            sys.stdout.flush()
+
+    def on_issue(issue) -> None:
+        with out_lock:
+            click.echo(f"checkpoint: warning: {issue.source} {escape(issue.source_id)}: {issue.code}: "
+                       f"{escape(issue.hint)} ({escape(issue.sample)})", err=True)
+
+    now = (lambda: float(at)) if at is not None else time.time
+    pipe = Pipeline(store, sink, cooldown=cooldown, on_issue=on_issue, clock=now,
+                    verify=lambda text, trust, t: verify_text(text, trust, t, clock_skew=clock_skew))
+    for inp in inputs:
+        pipe.add(inp)
+    stop = threading.Event()
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop.set())
+    shown: dict[str, tuple] = {}
+    failed_all = False
+    try:
+        pipe.start()
+        all_finite = all(i.finite for i in inputs)
+        while not stop.is_set():
+            health = pipe.health()
+            for h in health.sources:
+                key = (h.state, h.reason)
+                if shown.get(h.source_id) != key and h.state in (SourceState.REOPENING, SourceState.FAILED):
+                    with out_lock:
+                        click.echo(f"checkpoint: warning: {h.source} {escape(h.source_id)}: {h.state}"
+                                   f"{' (' + h.reason + ')' if h.reason else ''}: {escape(h.detail)}", err=True)
+                shown[h.source_id] = key
+            if all(h.state is SourceState.FAILED for h in health.sources):
+                failed_all = True
+                break
+            finite_done = all(i.join(0) for i in inputs if i.finite)
+            if (once or all_finite) and finite_done and pipe.wait_idle(0.0):
+                break
+            stop.wait(0.05)
+    finally:
+        pipe.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failed_all:
+        fail("every input failed (see the warnings above)")
+
+
+def _inputs(cameras, videos, folders, ports, hids, use_stdin, *, decoder, roi, size, fps, layout, suffix, baud,
+            terminator, direction) -> list:
+    """The input objects the options describe (ValueError for a bad combination of values)."""
+    from hardware.camera import CameraConfig, CameraInput
+    from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
+    from hardware.readers_hid import HidReader, HidReaderConfig
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    inputs: list = []
+    for dev in cameras:
+        inputs.append(CameraInput(CameraConfig(dev, width=width, height=height, fps=fps, roi=roi, decoder=decoder,
+                                               direction=direction)))
+    for path in videos:
+        inputs.append(CameraInput(CameraConfig(path, backend="opencv", live=False, roi=roi, decoder=decoder,
+                                               direction=direction)))
+    for path in folders:
+        inputs.append(CameraInput(CameraConfig(path, backend="files", roi=roi, decoder=decoder, direction=direction)))
+    for port in ports:
+        inputs.append(SerialReader(SerialReaderConfig(port, baud=baud, terminator=terminator, direction=direction)))
+    for dev in hids:
+        inputs.append(HidReader(HidReaderConfig(dev, layout=layout, suffix=suffix, direction=direction)))
+    if use_stdin:
+        inputs.append(StdinReader(direction=direction))
+    return inputs

@@ -1,0 +1,393 @@
+"""The demo: the whole appliance on built-in defaults, without hardware.
+
+Fresh keys and a signed trust bundle; a reference server (sync/server) on 127.0.0.1 with the
+bundle and its root-signed credential published and a one-time enrollment QR; the device has the
+root pinned in its config, as from its installation media; a simulated camera playing a generated video
+(scanner/demo/video.py) that shows the enrollment QR, then cards: valid, expired, not yet valid,
+revoked, forged, signed by an unknown issuer, not a card, a phone screen in dark mode, the same
+card held for seconds (one scan) and shown again later (anti-passback: duplicate). The device in a
+temporary state directory enrolls itself from the QR (zero-touch), verifies, logs, shows LEDs and
+buzzer as a live terminal line, syncs to the server, and serves its local API. The summary counts
+scans, verdicts by reason, entries logged and entries the server acknowledged. Exit status 0 only
+when every scan gave its expected verdict and the server holds every entry exactly once, so it
+doubles as an end-to-end smoke test on a new device.
+"""
+from __future__ import annotations
+
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from scanner.base import i18n
+from scanner.base.errors import Reason
+from scanner.base.fsutil import atomic_write
+from scanner.base.safetext import escape
+from scanner.cards import base45, cbor, cose, issuer, keys, render
+from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
+from scanner.cards.formats import ck1
+from scanner.cards.trust import TrustStore
+from scanner.cards.verdict import Holder
+from scanner.cards.verifier import verify
+from sync import credential
+from sync.server import credentials
+from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
+
+DAY = 86400
+CHECKPOINT = "cho-dong-demo"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoCard:
+    label: str
+    text: str
+    expected: Reason
+
+
+def forge(text: str, new_name: str) -> str:
+    """Change the holder's name in a signed card but keep its signature (a forgery)."""
+    msg = cose.parse_sign1(ck1.unwrap(text))
+    claims = cbor.loads(msg.payload)
+    claims[ck1.CLAIM_CARD]["n"] = new_name
+    forged = cbor.dumps(cbor.Tag(18, [msg.protected, {}, cbor.dumps(claims), msg.signature]))
+    return ck1.PREFIX + base45.encode(forged)
+
+
+def make_cards(now: int, hue: keys.PrivateKey, dng: keys.PrivateKey, rogue: keys.PrivateKey,
+               revoked_id: bytes) -> list[DemoCard]:
+    """The demo's cards: two genuine ones, and one for each way a card can fail."""
+    an = issuer.CardSpec("VN-HUE", Holder("Nguyễn Văn An", "1985-03-02", "*********123", "vaccinated",
+                                          "2021-10-15"), now - 30 * DAY, now + 335 * DAY)
+    ngoc = issuer.CardSpec("VN-DNG", Holder("Trần Thị Bích Ngọc", "1992-11", None, "vaccinated"),
+                           now - 10 * DAY, now + 355 * DAY)
+    valid = issuer.issue(an, hue)
+    return [
+        DemoCard("valid-ed25519", valid, Reason.OK),
+        DemoCard("valid-es256", issuer.issue(ngoc, dng), Reason.OK),
+        DemoCard("expired", issuer.issue(issuer.renew(
+            an, holder=Holder("Lê Văn Cường", "1970"), issued_at=now - 400 * DAY,
+            expires_at=now - 35 * DAY), hue), Reason.EXPIRED),
+        DemoCard("not-yet-valid", issuer.issue(issuer.renew(
+            ngoc, holder=Holder("Phạm Minh Đức", "2001-07-30"), not_before=now + 7 * DAY), dng),
+            Reason.NOT_YET_VALID),
+        DemoCard("revoked", issuer.issue(issuer.renew(
+            an, holder=Holder("Hoàng Thị Em", "1999-01-09"), card_id=revoked_id), hue), Reason.REVOKED),
+        DemoCard("forged-name", forge(valid, "Kẻ Mạo Danh"), Reason.BAD_SIGNATURE),
+        DemoCard("forged-key", issuer.issue(an, rogue, kid=keys.kid_of(hue.public_key())),
+                 Reason.BAD_SIGNATURE),
+        DemoCard("unknown-issuer", issuer.issue(issuer.renew(an, issuer="XX-FAKE"), rogue), Reason.UNKNOWN_KEY),
+        DemoCard("not-a-card", "https://example.vn/thuc-don", Reason.UNSUPPORTED_FORMAT),
+    ]
+
+
+def timeline(cards: list[DemoCard], enroll_text: str):
+    """The video's shots and the verdict expected for each scan, in order."""
+    from scanner.demo.video import Shot
+
+    by = {c.label: c for c in cards}
+    gap = Shot(None, 0.5)
+    shots = [Shot(None, 0.5), Shot(enroll_text, 1.0), Shot(None, 1.5),
+             Shot(by["valid-ed25519"].text, 3.0), gap]  # held for 3 seconds: one scan
+    expected = [Reason.OK]
+    for label in ("expired", "not-yet-valid", "revoked", "forged-name", "forged-key"):
+        shots += [Shot(by[label].text, 1.0), gap]
+        expected.append(by[label].expected)
+    shots += [Shot(by["valid-es256"].text, 1.5, "phone_dark"), gap]
+    expected.append(Reason.OK)
+    for label in ("unknown-issuer", "not-a-card"):
+        shots += [Shot(by[label].text, 1.0), gap]
+        expected.append(by[label].expected)
+    shots += [Shot(by["valid-ed25519"].text, 1.0), Shot(None, 1.0)]  # the same card again: anti-passback
+    expected.append(Reason.DUPLICATE)
+    return shots, expected
+
+
+class ReferenceServer:
+    """The reference central server (sync.server.app.serve, as `checkpoint server run` runs it) on
+    127.0.0.1 in a thread, and a second handle on its database to publish bundles and make tokens."""
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+
+        from sync.server.storage import open_storage
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.db = str(directory / "central.db")
+        self.keys_dir = str(directory)
+        with socket.socket() as probe:  # a free port for the server to listen on
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.storage = open_storage(self.db)
+        self.server = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="demo-server", daemon=True)
+
+    def _serve(self) -> None:
+        from sync.server.app import serve
+
+        def ready(server) -> None:
+            self.server = server
+            self._ready.set()
+        try:
+            serve(self.db, "127.0.0.1", self.port, keys_dir=self.keys_dir, ready=ready)
+        finally:
+            self._ready.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ReferenceServer:
+        self.thread.start()
+        self._ready.wait(30)
+        deadline = time.monotonic() + 30
+        while self.server is not None and not self.server.started and self.thread.is_alive() \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.server is None or not self.server.started:
+            raise RuntimeError("the reference server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        self.thread.join(10)
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+def publish_credential(server: ReferenceServer, root, now: int) -> None:
+    """What the operator does once per server: the root signs the server's URL and public keys
+    (`checkpoint issuer server-credential`), the server publishes it."""
+    sealing_key = load_or_create_sealing_key(server.keys_dir).public_key()
+    pull_key = load_or_create_pull_key(server.keys_dir).public_key()
+    data = credential.issue(root, urls=[server.url], sealing_key=sealing_key, pull_key=pull_key,
+                            server_id="demo-server", issued_at=now)
+    credentials.publish(server.storage, data, sealing_public=sealing_key, pull_public=pull_key,
+                        root=root.public_key())
+
+
+def _config_text(base: Path, video: Path, server_url: str, fps: float, speed: float, loop: bool,
+                 lang: str, root_pub: Path) -> str:
+    return f"""# The demo device's configuration (written by `checkpoint demo`; see docs/configuration.md).
+[device]
+state_dir = "{base / 'state'}"
+name = "Demo"
+lang = "{lang}"
+
+[scan]
+cooldown_s = {3.0 / speed:.3f}
+
+[sync]
+server = "{server_url}"
+builder = "inline"
+interval_s = 2
+
+[enroll]
+trust_root = "{root_pub}"
+
+[api]
+listen = "127.0.0.1:0"
+
+[feedback]
+pin_factory = "mock"
+console = true
+
+[feedback.green]
+pin = 17
+[feedback.red]
+pin = 27
+[feedback.amber]
+pin = 22
+[feedback.buzzer]
+pin = 18
+[feedback.relay]
+pin = 23
+pulse_s = 1.0
+
+[[camera]]
+name = "demo-camera"
+device = "{video}"
+backend = "opencv"
+kind = "file"
+pace = {fps * speed:g}
+loop = {str(loop).lower()}
+"""
+
+
+def run_demo(out_dir: Path | None, lang: str, echo: Callable[[str], None] = print, *,
+             duration: float | None = None, speed: float = 1.0, stdout=None) -> int:
+    """Run the demo (see the module docstring); 0 when every scan gave its expected verdict and the
+    server acknowledged every entry exactly once."""
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="checkpoint-demo-") as tmp:
+            return _run(Path(tmp), lang, echo, duration, speed, stdout)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _run(out_dir, lang, echo, duration, speed, stdout)
+
+
+def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdout) -> int:
+    from scanner.appliance import enroll, logsetup
+    from scanner.appliance.config import load
+    from scanner.appliance.daemon import Appliance
+    from scanner.demo import video as demo_video
+    from sync.server.bundles import publish
+
+    t = lambda key, **kw: i18n.t("demo_run." + key, lang, **kw)  # noqa: E731
+    now = int(time.time())
+    key_dir, card_dir = base / "keys", base / "cards"
+    key_dir.mkdir(parents=True, exist_ok=True)
+    card_dir.mkdir(parents=True, exist_ok=True)
+    root, hue, dng, rogue = (keys.generate(a) for a in ("EdDSA", "EdDSA", "ES256", "EdDSA"))
+    for name, key in (("root", root), ("vn-hue", hue), ("vn-dng", dng), ("rogue", rogue)):
+        keys.write_private_key(key_dir / f"{name}.key", key)
+        atomic_write(key_dir / f"{name}.pub", keys.public_pem(key.public_key()))
+    revoked_id = issuer.new_card_id()
+    bundle_bytes = make_bundle(
+        root, version=1, issued_at=now, expires_at=now + 30 * DAY,
+        keys=[BundleKey(keys.kid_of(hue.public_key()), "EdDSA", "VN-HUE", hue.public_key(), frozenset({"CK1"})),
+              BundleKey(keys.kid_of(dng.public_key()), "ES256", "VN-DNG", dng.public_key(), frozenset({"CK1"}))],
+        revoked_cards=[revoked_id])
+    atomic_write(base / "bundle.json", bundle_bytes)
+    cards = make_cards(now, hue, dng, rogue, revoked_id)
+    trust = TrustStore.build(bundles=[open_bundle(bundle_bytes, [root.public_key()])])
+    for i, card in enumerate(cards, 1):  # the printed cards a person would carry
+        png = card_dir / f"{i:02d}-{card.label}.png"
+        render.qr_png(card.text, png)
+        verdict = verify(card.text, trust, now)
+        if verdict.accepted and verdict.card is not None:
+            c = verdict.card
+            render.card_svg(card.text, name=c.holder.name, birth_date=c.holder.birth_date, issuer=c.issuer,
+                            expires_at=c.expires_at, card_id_hex=c.card_id.hex(), path=png.with_suffix(".svg"))
+
+    echo(t("title"))
+    server = ReferenceServer(base / "server").start()
+    try:
+        publish(server.storage, bundle_bytes, now_ms=time.time_ns() // 1_000_000, root=root.public_key())
+        publish_credential(server, root, now)
+        code = enroll.create(server.storage, server.url, CHECKPOINT, now_ms=time.time_ns() // 1_000_000,
+                             ttl_hours=1, root_public_key=root.public_key())
+        render.qr_png(code.text(), base / "enroll.png")
+        shots, expected = timeline(cards, code.text())
+        video = base / "camera.avi"
+        demo_video.write(video, shots, demo_video.FPS)
+        config_path = base / "checkpoint.toml"
+        atomic_write(config_path, _config_text(base, video, server.url, demo_video.FPS, speed, duration is not None,
+                                               lang, key_dir / "root.pub").encode("utf-8"))
+        echo(t("files", dir=escape(str(base))))
+        echo(t("server", url=server.url))
+        config = load(config_path)
+        recent = logsetup.setup(level=40)  # errors only: the terminal is for the live line
+        appliance = Appliance(config, once=duration is None, stdout=stdout, recent_errors=recent,
+                              sync_timeout_s=30.0)
+        seen: list[str] = []
+        printer = _Printer(stdout, lang, seen)
+        appliance.hub.listen(printer)
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, lambda *_: appliance.request_stop())
+        timer = threading.Timer(duration, appliance.request_stop) if duration is not None else None
+        try:
+            appliance.start()
+            if appliance.api is not None:
+                echo(t("kiosk", url=appliance.api.url))
+            echo("")
+            if timer is not None:
+                timer.start()
+            appliance.supervise()
+            if duration is not None:  # --once drains by itself; after a timed run, deliver the rest too
+                appliance.drain_sync(interruptible=False)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            appliance.shutdown()
+            for s, h in previous.items():
+                signal.signal(s, h)
+        device_id = appliance.core.device_id if appliance.core is not None else None
+        logged = appliance.logged
+    finally:
+        server.stop()
+    try:
+        held = server.storage.entry_hashes(device_id) if device_id else {}
+        local = _local_hashes(config.db_path) if device_id else {}
+    finally:
+        server.close()
+    return _summary(echo, t, seen, expected, logged, held, local, looping=duration is not None)
+
+
+def _local_hashes(db: Path) -> dict[int, bytes]:
+    from scanner.store.entrylog import EntryLog
+    with EntryLog(db, create=False) as entries:
+        return {e.seq: e.hash for e in entries.entries()}
+
+
+def _summary(echo, t, seen: list[str], expected: list[Reason], logged: int, held: dict, local: dict, *,
+             looping: bool) -> int:
+    counts = Counter(seen)
+    echo("")
+    echo(t("summary", scans=len(seen), logged=len(local), acked=len(held)))
+    echo("  " + " · ".join(f"{reason} {n}" for reason, n in sorted(counts.items())))
+    mismatches = 0
+    for i, got in enumerate(seen):
+        want = expected[i % len(expected)]
+        if i < len(expected) or not looping:
+            ok = got == want
+        else:  # later rounds of a looping video: genuine cards may be duplicates or admitted again
+            ok = got == want or (want in (Reason.OK, Reason.DUPLICATE) and got in (Reason.OK, Reason.DUPLICATE))
+        if not ok:
+            mismatches += 1
+            echo(t("mismatch_line", n=i + 1, got=got, want=want))
+    # once through, every shot must have been scanned; a timed run may stop in the middle of a round
+    missing = len(expected) - len(seen) if not looping else (0 if seen else len(expected))
+    if missing > 0:
+        mismatches += missing
+        echo(t("missing", n=missing))
+    exactly_once = held == local and len(local) == logged
+    if not exactly_once:
+        echo(t("not_synced", logged=len(local), acked=len(held)))
+    echo(t("all_ok", n=len(seen)) if not mismatches and exactly_once else t("failed", n=mismatches))
+    return 0 if not mismatches and exactly_once else 1
+
+
+class _Printer:
+    """Verdict and device events as terminal lines (the live feedback line is the daemon's own)."""
+
+    def __init__(self, stream, lang: str, seen: list[str]) -> None:
+        import sys
+        self.stream = stream or sys.stdout
+        self.lang = lang
+        self.seen = seen
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.lock = threading.Lock()
+
+    def __call__(self, event) -> None:
+        d = event.data
+        lang = self.lang
+        if event.kind == "verdict":
+            self.seen.append(d["reason"])
+            mark = "✔" if d["decision"] == "accept" else "✘"
+            who = ""
+            if d["holder"]:
+                who = f" · {escape(d['holder']['name'])} ({i18n.t('label.born', lang)} {d['holder']['birth_year']})"
+            flags = f" [{', '.join(d['degraded'])}]" if d["degraded"] else ""
+            line = (f"{time.strftime('%H:%M:%S')} {d['source']}:{escape(d['source_id'])} #{d['seq']} {mark} "
+                    f"{i18n.t('decision.' + d['decision'], lang)} · {i18n.t('reason.' + d['reason'], lang)} "
+                    f"({d['reason']}){who}{flags}")
+        elif event.kind == "enrolled":
+            line = i18n.t("demo_run.enrolled", lang, device=d["device_id"], checkpoint=escape(d["checkpoint_id"]))
+        elif event.kind == "state":
+            line = i18n.t("demo_run.state", lang, state=d["state"],
+                          why=", ".join(d["problems"] + d["degraded"]) or "-")
+        else:
+            return
+        with self.lock:
+            self.stream.write(("\r\x1b[K" if self.tty else "") + line + "\n")
+            self.stream.flush()

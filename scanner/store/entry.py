@@ -1,0 +1,452 @@
+"""One entry of the log: the value type, its hash chain, and its export forms (JSONL, CSV).
+
+Spec: docs/entry-log.md (fields, chain hash encoding, export formats). Entries carry no personal
+data in the clear: the holder's details exist only as an opaque blob sealed to the server
+(scanner.store.sealing), and exports carry only that blob's SHA-256, never the blob.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import operator
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+from hardware.scan import DIRECTIONS, SOURCES
+from scanner.base.errors import CheckpointError, Reason
+from scanner.base.safetext import json_line
+from scanner.cards.verdict import Decision
+from scanner.store.clock import STATES as CLOCK_STATES
+
+GENESIS = bytes(32)  # prev_hash of a device's first entry
+HASH_DOMAIN = b"CKE1"
+FOLLOWUP_KINDS = ("did_not_pass",)
+DECISIONS = tuple(str(d) for d in Decision)
+REASONS = tuple(str(r) for r in Reason)
+FORMATS = ("jsonl", "csv")
+
+# Fields covered by the chain hash, in the order they are hashed (sorted by name).
+# batch_id is not covered: it is set later, when the entry is synced.
+HASHED_FIELDS = tuple(sorted((
+    "seq", "entry_id", "device_id", "checkpoint_id", "direction", "at_ms", "clock", "source",
+    "source_id", "decision", "reason", "format", "card_id", "issuer", "kid", "kind",
+    "ref_entry_id", "sealed_sha256",
+)))
+
+# The columns of an export, in order (docs/entry-log.md#export).
+EXPORT_FIELDS = (
+    "seq", "entry_id", "device_id", "checkpoint_id", "direction", "at", "clock", "source",
+    "source_id", "decision", "reason", "format", "card_id", "issuer", "kid", "kind",
+    "ref_entry_id", "holder", "sealed_sha256", "batch_id", "prev_hash", "hash",
+)
+
+
+class ExportFormatError(CheckpointError):
+    """An export line or file that is not what `checkpoint log export` writes."""
+
+    code = "export_malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One committed log entry (a scan, or a follow-up such as "did_not_pass" of an earlier one).
+
+    ``at_ms`` is UTC epoch milliseconds; ``card_id`` hex, ``kid`` base64; ``sealed`` the holder
+    details sealed to the server (None when not stored, and always None in exports, which keep
+    only ``sealed_sha256``). ``kind`` is None for a scan; a follow-up names the original entry in
+    ``ref_entry_id``.
+    """
+
+    seq: int
+    entry_id: str
+    device_id: str
+    checkpoint_id: str
+    direction: str
+    at_ms: int
+    clock: str
+    source: str
+    source_id: str
+    decision: str
+    reason: str
+    format: str | None = None
+    card_id: str | None = None
+    issuer: str | None = None
+    kid: str | None = None
+    kind: str | None = None
+    ref_entry_id: str | None = None
+    sealed_sha256: str | None = None
+    batch_id: str | None = None
+    prev_hash: bytes = GENESIS
+    hash: bytes = b""
+    sealed: bytes | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.sealed is not None and self.sealed_sha256 is None:
+            object.__setattr__(self, "sealed_sha256", hashlib.sha256(self.sealed).hexdigest())
+
+    @property
+    def is_followup(self) -> bool:
+        return self.kind is not None
+
+    @property
+    def accepted(self) -> bool:
+        return self.decision == "accept"
+
+    @property
+    def holder(self) -> str:
+        """"sealed" when holder details were stored (sealed), else "none"."""
+        return "none" if self.sealed_sha256 is None else "sealed"
+
+    @property
+    def at_iso(self) -> str:
+        return iso_ms(self.at_ms)
+
+    def hash_fields(self) -> dict[str, str]:
+        return hash_fields(self)
+
+    def computed_hash(self) -> bytes:
+        """What ``hash`` must be, given ``prev_hash`` and the fields."""
+        return entry_hash(self)
+
+
+# ---------------------------------------------------------------- chain
+
+
+def hash_fields(entry: Entry) -> dict[str, str]:
+    """The hashed fields as text, omitting those that are None (so new optional fields added by a
+    later schema never change the hash of an older entry)."""
+    return {name: str(value) for name, value in zip(HASHED_FIELDS, _hashed_values(entry)) if value is not None}
+
+
+_hashed_values = operator.attrgetter(*HASHED_FIELDS)
+_FIELD_PREFIX = {name: bytes([len(name)]) + name.encode("ascii") for name in HASHED_FIELDS}
+_PREFIXES = tuple(_FIELD_PREFIX[name] for name in HASHED_FIELDS)
+
+
+def chain_hash(prev_hash: bytes, fields: Mapping[str, object]) -> bytes:
+    """SHA-256 over "CKE1" ‖ prev_hash ‖ for each field in name order: u8 len(name) ‖ name ‖
+    u32be len(value) ‖ value (UTF-8 text; integers in decimal). Fields whose value is None are
+    left out (docs/entry-log.md#hash-chain)."""
+    if len(prev_hash) != 32:
+        raise ValueError("prev_hash must be 32 bytes")
+    parts = [HASH_DOMAIN, bytes(prev_hash)]
+    for name in sorted(fields):
+        value = fields[name]
+        if value is None:
+            continue
+        k = _FIELD_PREFIX.get(name) or bytes([len(name)]) + name.encode("ascii")
+        v = str(value).encode("utf-8")
+        parts += (k, len(v).to_bytes(4, "big"), v)
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+def entry_hash(entry: Entry, prev_hash: bytes | None = None) -> bytes:
+    """chain_hash(prev_hash, hash_fields(entry)), without the intermediate dict (the hot path)."""
+    prev = entry.prev_hash if prev_hash is None else prev_hash
+    if len(prev) != 32:
+        raise ValueError("prev_hash must be 32 bytes")
+    parts = [HASH_DOMAIN, bytes(prev)]
+    for prefix, value in zip(_PREFIXES, _hashed_values(entry)):
+        if value is None:
+            continue
+        v = (value if type(value) is str else str(value)).encode("utf-8")
+        parts += (prefix, len(v).to_bytes(4, "big"), v)
+    return hashlib.sha256(b"".join(parts)).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where the chain kept in the log starts: the last purged entry (seq 0 + GENESIS if none)."""
+
+    seq: int = 0
+    hash: bytes = GENESIS
+    purged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """Result of checking a chain: ``ok``, how many entries were checked, and the first problem."""
+
+    ok: bool
+    checked: int
+    first_seq: int | None
+    last_seq: int | None
+    anchor_seq: int | None
+    bad_seq: int | None = None
+    problem: str = ""  # "gap" | "relinked" | "altered" | "order" (stable codes)
+    detail: str = ""
+
+
+def verify_chain(entries: Iterable[Entry], anchor: Anchor | None = None) -> ChainReport:
+    """Check seq continuity, prev_hash links and every hash, in seq order.
+
+    With ``anchor`` None (an export that may start anywhere) the first entry's prev_hash is taken
+    as given; otherwise the first entry must follow the anchor.
+    """
+    prev_seq = anchor.seq if anchor is not None else None
+    prev_hash = anchor.hash if anchor is not None else None
+    first = last = None
+    n = 0
+    for e in entries:
+        if prev_seq is not None and e.seq != prev_seq + 1:
+            problem = "gap" if e.seq > prev_seq + 1 else "order"
+            return ChainReport(False, n, first, last, anchor.seq if anchor else None, e.seq, problem,
+                               f"expected seq {prev_seq + 1}, found {e.seq}")
+        if prev_hash is not None and e.prev_hash != prev_hash:
+            return ChainReport(False, n, first, last, anchor.seq if anchor else None, e.seq, "relinked",
+                               f"seq {e.seq} does not link to the entry before it")
+        if e.computed_hash() != e.hash:
+            return ChainReport(False, n, first, last, anchor.seq if anchor else None, e.seq, "altered",
+                               f"seq {e.seq} does not match its hash")
+        if first is None:
+            first = e.seq
+        last = e.seq
+        prev_seq, prev_hash = e.seq, e.hash
+        n += 1
+    return ChainReport(True, n, first, last, anchor.seq if anchor else None)
+
+
+# ---------------------------------------------------------------- time
+
+
+def iso_ms(at_ms: int) -> str:
+    """UTC ISO 8601 with milliseconds and a Z: 2025-06-15T15:06:40.123Z."""
+    secs, ms = divmod(at_ms, 1000)
+    if 0 <= at_ms <= MAX_AT_MS:
+        t = time.gmtime(secs)
+        return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min,
+                                                         t.tm_sec, ms)
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=at_ms)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+_ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z", re.ASCII)
+
+
+def parse_iso_ms(text: str) -> int:
+    m = _ISO.fullmatch(text)
+    if not m:
+        raise ExportFormatError(f"time {text[:40]!r} is not YYYY-MM-DDTHH:MM:SS.mmmZ")
+    y, mo, d, h, mi, s, ms = (int(g) for g in m.groups())
+    try:
+        moment = dt.datetime(y, mo, d, h, mi, s, tzinfo=dt.timezone.utc)
+    except ValueError:
+        raise ExportFormatError(f"time {text[:40]!r} is not a valid date") from None
+    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 1000 + ms
+
+
+MIN_AT_MS = 0
+MAX_AT_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+
+
+# ---------------------------------------------------------------- export
+
+
+def to_export_dict(entry: Entry) -> dict:
+    """The export record of an entry: no sealed blob, only whether there is one and its digest."""
+    return {
+        "seq": entry.seq,
+        "entry_id": entry.entry_id,
+        "device_id": entry.device_id,
+        "checkpoint_id": entry.checkpoint_id,
+        "direction": entry.direction,
+        "at": iso_ms(entry.at_ms),
+        "clock": entry.clock,
+        "source": entry.source,
+        "source_id": entry.source_id,
+        "decision": entry.decision,
+        "reason": entry.reason,
+        "format": entry.format,
+        "card_id": entry.card_id,
+        "issuer": entry.issuer,
+        "kid": entry.kid,
+        "kind": entry.kind,
+        "ref_entry_id": entry.ref_entry_id,
+        "holder": entry.holder,
+        "sealed_sha256": entry.sealed_sha256,
+        "batch_id": entry.batch_id,
+        "prev_hash": entry.prev_hash.hex(),
+        "hash": entry.hash.hex(),
+    }
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+_CARD_ID = re.compile(r"(?:[0-9a-f]{2}){1,256}", re.ASCII)
+_REQUIRED_TEXT = ("device_id", "checkpoint_id", "source_id")
+_OPTIONAL_TEXT = ("format", "issuer", "batch_id")
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise ExportFormatError(what)
+
+
+def from_export_dict(d: Mapping) -> Entry:
+    """An Entry (without the sealed blob) from an export record; ExportFormatError if malformed."""
+    _need(isinstance(d, Mapping), "an export record must be an object")
+    keys = set(d)
+    _need(keys == set(EXPORT_FIELDS), f"export record fields differ: "
+          f"missing {sorted(set(EXPORT_FIELDS) - keys)[:5]}, unexpected {len(keys - set(EXPORT_FIELDS))}")
+    seq = d["seq"]
+    _need(type(seq) is int and 1 <= seq < 1 << 63, "seq must be a positive integer")
+    for name in _REQUIRED_TEXT:
+        _need(isinstance(d[name], str), f"{name} must be text")
+    for name in _OPTIONAL_TEXT:
+        _need(d[name] is None or isinstance(d[name], str), f"{name} must be text or null")
+    for name in ("entry_id",):
+        _need(isinstance(d[name], str) and bool(_UUID.fullmatch(d[name])), f"{name} must be a UUID")
+    _need(d["ref_entry_id"] is None or (isinstance(d["ref_entry_id"], str) and bool(_UUID.fullmatch(d["ref_entry_id"]))),
+          "ref_entry_id must be a UUID or null")
+    _need(d["direction"] in DIRECTIONS, "direction must be in or out")
+    _need(d["clock"] in CLOCK_STATES, "clock must be synced, unsynced or unknown")
+    _need(d["source"] in SOURCES, "unknown source")
+    _need(d["decision"] in DECISIONS, "unknown decision")
+    _need(d["reason"] in REASONS, "unknown reason")
+    _need(d["kind"] is None or d["kind"] in FOLLOWUP_KINDS, "unknown kind")
+    _need(d["card_id"] is None or (isinstance(d["card_id"], str) and bool(_CARD_ID.fullmatch(d["card_id"]))),
+          "card_id must be lowercase hex or null")
+    kid = d["kid"]
+    if kid is not None:
+        _need(isinstance(kid, str) and len(kid) <= 512, "kid must be base64 text or null")
+        try:
+            base64.b64decode(kid, validate=True)
+        except (binascii.Error, ValueError):
+            raise ExportFormatError("kid must be base64") from None
+    _need(isinstance(d["at"], str), "at must be text")
+    at_ms = parse_iso_ms(d["at"])
+    _need(MIN_AT_MS <= at_ms <= MAX_AT_MS, "at out of range")
+    holder, digest = d["holder"], d["sealed_sha256"]
+    _need(holder in ("sealed", "none"), "holder must be sealed or none")
+    if holder == "sealed":
+        _need(isinstance(digest, str) and bool(_HEX64.fullmatch(digest)), "sealed_sha256 must be 64 hex digits")
+    else:
+        _need(digest is None, "sealed_sha256 must be null when holder is none")
+    hashes = []
+    for name in ("prev_hash", "hash"):
+        v = d[name]
+        _need(isinstance(v, str) and bool(_HEX64.fullmatch(v)), f"{name} must be 64 hex digits")
+        hashes.append(bytes.fromhex(v))
+    return Entry(seq, d["entry_id"], d["device_id"], d["checkpoint_id"], d["direction"], at_ms,
+                 d["clock"], d["source"], d["source_id"], d["decision"], d["reason"], d["format"],
+                 d["card_id"], d["issuer"], kid, d["kind"], d["ref_entry_id"], digest, d["batch_id"],
+                 hashes[0], hashes[1])
+
+
+# CSV cells: None is an empty cell. Text is escaped reversibly: "\" -> "\\", control and bidi
+# characters -> "\uXXXX"; a cell that would be empty or start with = + - @ ' (spreadsheet
+# formulas) gets a leading "'", removed again on import.
+_CSV_UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_CSV_UNESCAPE = re.compile(r"\\(\\|u[0-9a-f]{4})")
+_FORMULA = ("=", "+", "-", "@", "'")
+_INT_FIELDS = ("seq",)
+
+
+def _csv_escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    return "\\\\" if c == "\\" else f"\\u{ord(c):04x}"
+
+
+def csv_cell(value: object) -> str:
+    if value is None:
+        return ""
+    text = _CSV_UNSAFE.sub(_csv_escape_char, str(value))
+    if text == "" or text.startswith(_FORMULA):
+        text = "'" + text
+    return text
+
+
+def _csv_unescape_char(m: re.Match[str]) -> str:
+    g = m.group(1)
+    return "\\" if g == "\\" else chr(int(g[1:], 16))
+
+
+def csv_value(cell: str) -> str | None:
+    if cell == "":
+        return None
+    if cell.startswith("'"):
+        cell = cell[1:]
+    # every backslash written by csv_cell starts a \\ or \uXXXX escape
+    if "\\" in _CSV_UNESCAPE.sub("", cell):
+        raise ExportFormatError("stray backslash in a CSV cell")
+    return _CSV_UNESCAPE.sub(_csv_unescape_char, cell)
+
+
+def write_export(entries: Iterable[Entry], out: IO[str], fmt: str = "jsonl") -> int:
+    """Write entries as JSONL (one object per line) or CSV (header + rows); returns the count."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}")
+    n = 0
+    if fmt == "jsonl":
+        for e in entries:
+            out.write(json_line(to_export_dict(e)))
+            out.write("\n")
+            n += 1
+        return n
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_FIELDS)
+    for e in entries:
+        d = to_export_dict(e)
+        writer.writerow([csv_cell(d[k]) for k in EXPORT_FIELDS])
+        n += 1
+    return n
+
+
+def read_export(lines: Iterable[str], fmt: str = "jsonl") -> Iterator[Entry]:
+    """Entries back from an export (what write_export wrote); ExportFormatError on anything else."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}")
+    if fmt == "jsonl":
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                raise ExportFormatError(f"line {lineno}: not JSON") from None
+            try:
+                yield from_export_dict(doc)
+            except ExportFormatError as exc:
+                raise ExportFormatError(f"line {lineno}: {exc}") from None
+        return
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        if tuple(header) != EXPORT_FIELDS:
+            raise ExportFormatError("CSV header is not the export header")
+        for row in reader:
+            if len(row) != len(EXPORT_FIELDS):
+                raise ExportFormatError(f"line {reader.line_num}: {len(row)} cells, expected {len(EXPORT_FIELDS)}")
+            doc: dict = {}
+            for k, cell in zip(EXPORT_FIELDS, row):
+                value = csv_value(cell)
+                if k in _INT_FIELDS and value is not None:
+                    if not value.isascii() or not value.isdigit():
+                        raise ExportFormatError(f"line {reader.line_num}: {k} is not an integer")
+                    doc[k] = int(value)
+                else:
+                    doc[k] = value
+            try:
+                yield from_export_dict(doc)
+            except ExportFormatError as exc:
+                raise ExportFormatError(f"line {reader.line_num}: {exc}") from None
+    except csv.Error as exc:
+        raise ExportFormatError(f"CSV: {exc}") from None
+
+
+def export_text(entries: Iterable[Entry], fmt: str = "jsonl") -> str:
+    """The export as one string (small exports and tests)."""
+    buf = io.StringIO()
+    write_export(entries, buf, fmt)
+    return buf.getvalue()
