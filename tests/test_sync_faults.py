@@ -524,7 +524,10 @@ def test_a_stream_of_scans_makes_few_uploads_and_no_state_writes(tmp_path, verdi
         record(dev, verdicts, 1)
         thread.start()
         try:
-            wait_for(lambda: srv.storage.stats().entries == 1 and not dev.log.pending(0, 1), "the first contact")
+            # the first pass is over once its state is published (after its write): only then are
+            # its writes (heartbeat numbers, trust) all seen, and not counted
+            wait_for(lambda: srv.storage.stats().entries == 1 and not dev.log.pending(0, 1)
+                     and agent.snapshot().last_success_ms is not None, "the first contact")
             _state_writes(watch)  # the first contact's writes (heartbeat numbers, trust) are not counted
             batches = srv.storage.stats().batches
             for _ in range(n):
