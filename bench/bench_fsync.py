@@ -20,12 +20,13 @@ import threading
 import time
 from pathlib import Path
 
+from scanner.base.timeutil import now_ms
 from sync.provision import provision
 from sync.server.sqlite import SQLiteStorage
 from sync.server.tokens import issue_tokens
 
 from .appliance import hue_cards
-from .procs import ROOT, ServerProcess, now_ms, vouch
+from .procs import ROOT, ServerProcess, vouch
 from .timing import median, table
 
 GOAL = 1.05

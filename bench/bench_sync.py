@@ -19,12 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from scanner.appliance import runtime
+from scanner.base.timeutil import now_ms
 from scanner.store import sealing
 from scanner.store.entry import Entry, chain_hash, hash_fields
 from scanner.store.entrylog import INSERT_SQL, EntryLog, entry_row
 from sync import credential
 
-from .procs import ServerProcess, cpu_s, now_ms, vouch
+from .procs import ServerProcess, cpu_s, vouch
 from .timing import median, table
 
 MB = 1024 * 1024

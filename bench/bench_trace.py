@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .procs import now_ms
+from scanner.base.timeutil import DAY_MS, now_ms
+
 from .timing import interleaved, median, ratios, table
 
-DAY = 86_400_000
 HOUR = 3_600_000
 TRACED = "ff" * 16
 
@@ -42,8 +42,8 @@ class _Shape:
         self.n = self.devices * self.per_device
         self.cards = max(1000, self.n // 5)
         self.now = now_ms()
-        self.start = self.now - 30 * DAY
-        self.step = (30 * DAY) // self.per_device  # each device scans through the 30 days
+        self.start = self.now - 30 * DAY_MS
+        self.step = (30 * DAY_MS) // self.per_device  # each device scans through the 30 days
 
 
 SQLITE_BULK = """
@@ -143,9 +143,9 @@ def _plant(storage, shape: _Shape, server_pub, visits: int, rng: random.Random) 
         key = ed25519.Ed25519PrivateKey.generate()
         dev = identity.device_id(key)
         tok = f"plant-{dev}"
-        storage.add_tokens([token_hash(tok)], cp, shape.now + DAY, shape.now)
+        storage.add_tokens([token_hash(tok)], cp, shape.now + DAY_MS, shape.now)
         storage.enroll(token_hash(tok), dev, identity.public_raw(key), shape.now)
-        at = shape.now - rng.randrange(1, 14) * DAY + rng.randrange(DAY // 2)
+        at = shape.now - rng.randrange(1, 14) * DAY_MS + rng.randrange(DAY_MS // 2)
         people = [(at, TRACED, Holder("Nguyễn Văn Truy", "1970-01-01", None))]
         people += [(at + rng.randrange(-50, 50) * 60_000, os.urandom(16).hex(),
                     Holder(f"Người tiếp xúc {v}-{i}", "1990-05-05", "079******1234")) for i in range(10)]
@@ -165,7 +165,7 @@ def _plant(storage, shape: _Shape, server_pub, visits: int, rng: random.Random) 
 
 def _unindexed_s(backend: str, target, shape: _Shape, visits) -> float:
     """The visits query and one visit's contacts without their indexes (full scans), once."""
-    since = shape.now - 14 * DAY
+    since = shape.now - 14 * DAY_MS
     t0 = time.perf_counter()
     if backend == "sqlite":  # an expression on the column: no index can serve the term
         conn = sqlite3.connect(str(target))
@@ -244,7 +244,7 @@ def run(quick: bool) -> None:
             for name, st in stores.items():
                 _plant(st, shape, key.public_key(), visits_n, random.Random(11))
                 results[name]["size"] = _size(name, results[name]["target"])
-            since, until = shape.now - 14 * DAY, shape.now + 1
+            since, until = shape.now - 14 * DAY_MS, shape.now + 1
             absent = "ee" * 16
             cases = {}
             for name, st in stores.items():

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 
+from scanner.base.timeutil import now_ms
 from sync.wire import protocol
 
 FLOOD_ADDRS = tuple(f"127.0.0.{i}" for i in range(2, 10))  # the attacker's addresses (loopback is a /8)
@@ -135,7 +136,7 @@ class Flood:
             auth = ""
             if kind == "forged":  # well-formed, naming an enrolled device, signed by nobody
                 auth = (f"Authorization: {protocol.AUTH_SCHEME_V2} device={self.forged_device},"
-                        f"ts={time.time_ns() // 1_000_000},nonce={os.urandom(16).hex()},"
+                        f"ts={now_ms()},nonce={os.urandom(16).hex()},"
                         f"sha256={os.urandom(32).hex()},sig={protocol.b64(os.urandom(64))}\r\n")
             head = (f"POST {protocol.BATCHES} HTTP/1.1\r\nHost: x\r\nContent-Type: {protocol.BATCH_TYPE}\r\n"
                     f"{auth}Content-Length: {length}\r\n\r\n").encode()

@@ -20,10 +20,6 @@ from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

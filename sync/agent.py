@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from scanner import __version__
 from scanner.base.errors import CheckpointError, TrustError
 from scanner.base.fsutil import atomic_write
+from scanner.base.timeutil import now_ms
 from scanner.store.entry import Entry
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync import credential, trustupdate
@@ -52,10 +53,6 @@ MIN_BATCH = 50
 MAX_BATCH = 5000
 TARGET_S = 2.0  # a batch should take about this long on the link
 UPLOAD_DELAY_S = 2.0  # after a new entry, wait this long for more (or MIN_BATCH of them) before a contact
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # ---------------------------------------------------------------- building batches

@@ -18,6 +18,7 @@ from requests.structures import CaseInsensitiveDict
 
 from scanner import __version__
 from scanner.base.errors import CheckpointError
+from scanner.base.timeutil import now_ms
 from sync.wire import protocol
 from sync.wire.identity import device_id as device_id_of
 from sync.wire.identity import public_raw
@@ -171,10 +172,6 @@ class TrustReply:
     data: bytes
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class SyncClient:
     """One device talking to one server. Thread-safe for one caller at a time (a requests Session)."""
 
@@ -218,7 +215,7 @@ class SyncClient:
         headers = {}
         if content_type:
             headers["Content-Type"] = content_type
-        sent = _now_ms()
+        sent = now_ms()
         if sign:  # ts: the server's clock as this device last saw it (a Pi without a battery clock may be far off)
             ts = sent + (self.last_clock_offset_ms or 0)
             headers[protocol.AUTH_HEADER] = protocol.auth_header_v2(self.device_id, self.key, method, path_qs, ts, body)
@@ -236,7 +233,7 @@ class SyncClient:
             raise TransientError(f"network: {_short(exc)}", code="network") from None
         except requests.exceptions.RequestException as exc:
             raise TransientError(f"request failed: {_short(exc)}", code="network") from None
-        received = _now_ms()
+        received = now_ms()
         server_ms = _ms_header(resp_headers.get(protocol.TIME_HEADER))
         reply = Reply(status, resp_headers, body, server_ms, sent, received,
                       _ms_header(resp_headers.get(protocol.RECEIVED_HEADER)))

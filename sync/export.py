@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import SYMLINK, Dir, UnsafePathError
+from scanner.base.timeutil import now_ms
 from scanner.store.entrylog import EntryLog
-from sync.agent import build_next, now_ms
+from sync.agent import build_next
 from sync.state import DeviceConfig, StateFile
 from sync.wire import identity, protocol
 from sync.wire.batch import BatchError, open_batch, read_header

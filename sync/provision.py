@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives import serialization
 
 from scanner.base.errors import CheckpointError, KeyFileError, TrustError
 from scanner.base.fsutil import atomic_write
+from scanner.base.timeutil import now_ms
 from scanner.cards.keys import public_pem
 from scanner.cards.trust import load_root
 from sync import credential, trustupdate
-from sync.agent import now_ms, refresh_bundle
+from sync.agent import refresh_bundle
 from sync.client import RejectedError, SyncClient
 from sync.state import LEGACY_KEY_FILES, DeviceConfig, StateFile
 from sync.wire import identity, protocol

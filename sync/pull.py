@@ -45,9 +45,10 @@ from starlette.routing import Route
 
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
+from scanner.base.timeutil import now_ms
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync import credential
-from sync.agent import MAX_BATCH, build_next, mark_acked, now_ms, quarantine
+from sync.agent import MAX_BATCH, build_next, mark_acked, quarantine
 from sync.state import DeviceConfig, StateError, StateFile
 from sync.wire import batch as batchmod
 from sync.wire import identity, protocol

@@ -13,13 +13,13 @@ import contextlib
 import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
+from scanner.base.timeutil import now_ms
 from scanner.store import clock
 
 DEVICE_NAME = "device.json"
@@ -118,7 +118,7 @@ class SyncState:
         """Record a server's time answer now, with the boot it came in: after a reboot it must not
         confirm the clock again (a Pi without a battery clock starts wrong)."""
         boot = boot or clock.boot_time()
-        self.clock_offset_ms, self.clock_checked_ms = offset_ms, time.time_ns() // 1_000_000
+        self.clock_offset_ms, self.clock_checked_ms = offset_ms, now_ms()
         self.clock_boot_id, self.clock_boot_ms = boot.boot_id, boot.since_boot_ms
 
     def server_time(self) -> clock.ServerTime | None:

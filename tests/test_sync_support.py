@@ -24,6 +24,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hardware.scan import Scan
+from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.store.entry import Entry, chain_hash, hash_fields
 from scanner.store.entrylog import INSERT_SQL, EntryLog, entry_row
@@ -62,10 +63,6 @@ def wait_for(cond, what: str, timeout: float = WAIT_S, interval: float = 0.01):
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 BACKENDS = ("sqlite", "postgresql")

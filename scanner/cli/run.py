@@ -8,13 +8,13 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from scanner.appliance.config import DEFAULT_PATH
 from scanner.base.safetext import escape, json_line
+from scanner.base.timeutil import now_ms
 from scanner.cli.main import EXIT_USAGE, fail, main, run_guarded
 from scanner.cli.sync import server_group
 
@@ -229,7 +229,7 @@ def enroll_qr(db_url, server_url, checkpoint_id, ttl_hours, root_pub, png_path, 
     storage = run_guarded(open_storage, db_url)
     try:
         code = run_guarded(enroll.create, storage, server_url, checkpoint_id, ttl_hours=ttl_hours,
-                           root_public_key=root, now_ms=time.time_ns() // 1_000_000)
+                           root_public_key=root, now_ms=now_ms())
     finally:
         storage.close()
     text = code.text()

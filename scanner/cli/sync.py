@@ -13,6 +13,7 @@ import click
 from scanner.base import i18n
 from scanner.base.fsutil import atomic_write
 from scanner.base.safetext import escape, json_line
+from scanner.base.timeutil import DAY_MS, now_ms
 from scanner.cli.main import fail, main, output_file, run_guarded
 from scanner.store.entry import iso_ms
 
@@ -235,10 +236,6 @@ def _storage(db_url: str):
     return run_guarded(open_storage, db_url)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @main.group("server")
 def server_group() -> None:
     """The reference central server: run it, enrollment tokens, devices, stats, import, bundles."""
@@ -311,7 +308,7 @@ def token_create(db_url, checkpoint_id, count, ttl_hours, as_json):
 
     storage = _storage(db_url)
     try:
-        tokens = run_guarded(issue_tokens, storage, checkpoint_id, count, ttl_hours=ttl_hours, now_ms=_now_ms())
+        tokens = run_guarded(issue_tokens, storage, checkpoint_id, count, ttl_hours=ttl_hours, now_ms=now_ms())
     finally:
         storage.close()
     if as_json:
@@ -361,7 +358,7 @@ def server_devices(db_url, stale_min, as_json):
     """Every device with its latest heartbeat, stale ones first."""
     storage = _storage(db_url)
     try:
-        rows = run_guarded(device_rows, storage, stale_min * 60, _now_ms())
+        rows = run_guarded(device_rows, storage, stale_min * 60, now_ms())
     finally:
         storage.close()
     for d in rows:
@@ -423,7 +420,7 @@ def server_revoke(db_url, device_id):
     try:
         if run_guarded(storage.device, device_id) is None:
             fail(f"no device {device_id}")
-        changed = run_guarded(storage.revoke_device, device_id, _now_ms())
+        changed = run_guarded(storage.revoke_device, device_id, now_ms())
     finally:
         storage.close()
     click.echo(f"{device_id}: {'revoked' if changed else 'already revoked'}")
@@ -475,7 +472,7 @@ def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json):
     data = run_guarded(Path(bundle_file).read_bytes)
     storage = _storage(db_url)
     try:
-        meta, deltas = run_guarded(publish, storage, data, now_ms=_now_ms(), root=root, root_private=root_private)
+        meta, deltas = run_guarded(publish, storage, data, now_ms=now_ms(), root=root, root_private=root_private)
     finally:
         storage.close()
     if as_json:
@@ -559,7 +556,7 @@ def server_purge(db_url, days, as_json):
     """Retention: remove entries older than DAYS (PostgreSQL drops whole day partitions)."""
     storage = _storage(db_url)
     try:
-        res = run_guarded(storage.purge, _now_ms() - days * 86_400_000)
+        res = run_guarded(storage.purge, now_ms() - days * DAY_MS)
     finally:
         storage.close()
     if as_json:
@@ -620,10 +617,10 @@ def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, 
     card_id = run_guarded(tracemod.parse_card, card)
     tz = _local_tz(tz_name)
     key = None if no_holders else _sealing_key(db_url, key_file, keys_dir)
-    until = _now_ms()
+    until = now_ms()
     storage = _storage(db_url)
     try:
-        report = run_guarded(tracemod.trace, storage, card_id, since_ms=until - days * 86_400_000, until_ms=until + 1,
+        report = run_guarded(tracemod.trace, storage, card_id, since_ms=until - days * DAY_MS, until_ms=until + 1,
                              window_ms=window_ms, sealing_key=key)
     finally:
         storage.close()

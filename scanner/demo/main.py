@@ -27,6 +27,7 @@ from scanner.base import i18n
 from scanner.base.errors import Reason
 from scanner.base.fsutil import atomic_write
 from scanner.base.safetext import escape
+from scanner.base.timeutil import now_ms
 from scanner.cards import base45, cbor, cose, issuer, keys, render
 from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
 from scanner.cards.formats import ck1
@@ -268,9 +269,9 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
     echo(t("title"))
     server = ReferenceServer(base / "server").start()
     try:
-        publish(server.storage, bundle_bytes, now_ms=time.time_ns() // 1_000_000, root=root.public_key())
+        publish(server.storage, bundle_bytes, now_ms=now_ms(), root=root.public_key())
         publish_credential(server, root, now)
-        code = enroll.create(server.storage, server.url, CHECKPOINT, now_ms=time.time_ns() // 1_000_000,
+        code = enroll.create(server.storage, server.url, CHECKPOINT, now_ms=now_ms(),
                              ttl_hours=1, root_public_key=root.public_key())
         render.qr_png(code.text(), base / "enroll.png")
         shots, expected = timeline(cards, code.text())

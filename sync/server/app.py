@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import resource
-import time
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -24,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from scanner import __version__
+from scanner.base.timeutil import now_ms
 from sync.credential import MEDIA_TYPE as CREDENTIAL_TYPE
 from sync.server import bundles, credentials
 from sync.server.limits import (
@@ -45,10 +45,6 @@ from sync.wire.batch import BatchError, header_end, open_batch, read_header
 log = logging.getLogger(__name__)
 
 INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up to this size
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

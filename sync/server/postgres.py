@@ -25,7 +25,9 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
+from scanner.base.timeutil import DAY_MS
 from sync.server.sqlstorage import QmarkCursor, SQLStorage, entry_row
 from sync.server.storage import (
     SOURCES,
@@ -43,7 +45,6 @@ from sync.wire.batch import ParsedBatch
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DAY_MS = 86_400_000
 PAST_DAYS = 92  # entries up to this many days old get a day partition of their own ...
 FUTURE_DAYS = 2  # ... and up to this many days ahead; others go to entries_other
 LOCK_SCHEMA = 0x43_4B_53_31  # advisory lock ids ("CKS1", "CKP1", "CKB1")
@@ -122,10 +123,8 @@ def partition_day(name: str) -> int | None:
 class PostgresStorage(SQLStorage):
     def __init__(self, url: str, *, max_connections: int = 16, connect_timeout_s: float = 15.0,
                  now_ms=None) -> None:
-        import time
-
         self.url = url
-        self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self._now_ms = now_ms or timeutil.now_ms
         self._days: set[int] = set()
         self._days_lock = threading.Lock()
         try:  # one plain connection first: fail fast, with libpq's reason, if the database is unusable

@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
 from sync import pull as pullproto
 from sync.client import is_loopback, read_limited, refusal
@@ -143,7 +144,7 @@ def pull_device(storage: Storage, url: str, *, key: ed25519.Ed25519PrivateKey | 
                 now_ms=None) -> PullResult:
     """Pull everything pending from the device at ``url`` (until ``timeout_s``). Never raises for
     the device's or the network's trouble: the result says what was done and what stopped it."""
-    now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+    now_ms = now_ms or timeutil.now_ms
     deadline = time.monotonic() + timeout_s
     counts = {"batches": 0, "entries": 0, "stored": 0, "duplicates": 0, "marked": 0, "quarantined": 0}
     device_id = None

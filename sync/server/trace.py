@@ -24,7 +24,6 @@ from scanner.base.safetext import escape
 from scanner.store import sealing
 from sync.server.storage import SeenEntry, Storage
 
-DAY_MS = 86_400_000
 MAX_VISITS = 10_000
 MAX_CONTACTS_PER_VISIT = 20_000
 MAX_WINDOW_MS = 24 * 3_600_000
