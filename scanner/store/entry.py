@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -32,22 +33,6 @@ FOLLOWUP_KINDS = ("did_not_pass",)
 DECISIONS = tuple(str(d) for d in Decision)
 REASONS = tuple(str(r) for r in Reason)
 FORMATS = ("jsonl", "csv")
-
-# Fields covered by the chain hash, in the order they are hashed (sorted by name).
-# batch_id is not covered: it is set later, when the entry is synced.
-HASHED_FIELDS = tuple(sorted((
-    "seq", "entry_id", "device_id", "checkpoint_id", "direction", "at_ms", "clock", "source",
-    "source_id", "decision", "reason", "format", "card_id", "issuer", "kid", "kind",
-    "ref_entry_id", "sealed_sha256",
-)))
-
-# The columns of an export, in order (docs/entry-log.md#export).
-EXPORT_FIELDS = (
-    "seq", "entry_id", "device_id", "checkpoint_id", "direction", "at", "clock", "source",
-    "source_id", "decision", "reason", "format", "card_id", "issuer", "kid", "kind",
-    "ref_entry_id", "holder", "sealed_sha256", "batch_id", "prev_hash", "hash",
-)
-
 
 class ExportFormatError(CheckpointError):
     """An export line or file that is not what `checkpoint log export` writes."""
@@ -115,6 +100,24 @@ class Entry:
     def computed_hash(self) -> bytes:
         """What ``hash`` must be, given ``prev_hash`` and the fields."""
         return entry_hash(self)
+
+
+# ---------------------------------------------------------------- the field registry
+# Every list of an entry's fields (table columns, rows, hash input, export record) is derived
+# from Entry's own fields here, so a field is added in one place: the dataclass.
+
+ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))  # in the order of Entry(*values)
+COMPUTED_FIELDS = ("sealed_sha256",)  # derived from ``sealed``: never stored
+STORED_FIELDS = tuple(n for n in ENTRY_FIELDS if n not in COMPUTED_FIELDS)  # what a table keeps
+# Fields covered by the chain hash, in the order they are hashed (sorted by name). Not covered:
+# batch_id (set later, when the entry is synced), the links themselves, and the sealed blob (its
+# SHA-256 is covered instead).
+NOT_HASHED = ("batch_id", "prev_hash", "hash", "sealed")
+HASHED_FIELDS = tuple(sorted(n for n in ENTRY_FIELDS if n not in NOT_HASHED))
+# The fields of an export record, in order (docs/entry-log.md#export): Entry's, with the time as
+# text (``at``) and the sealed blob replaced by ``holder`` (whether there is one) before its digest.
+_EXPORTED_AS = {"at_ms": ("at",), "sealed_sha256": ("holder", "sealed_sha256"), "sealed": ()}
+EXPORT_FIELDS = tuple(name for f in ENTRY_FIELDS for name in _EXPORTED_AS.get(f, (f,)))
 
 
 # ---------------------------------------------------------------- chain
@@ -251,38 +254,23 @@ MAX_AT_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 # ---------------------------------------------------------------- export
 
 
+_export_sources = operator.attrgetter(*("at_ms" if n == "at" else n for n in EXPORT_FIELDS))
+
+
 def to_export_dict(entry: Entry) -> dict:
     """The export record of an entry: no sealed blob, only whether there is one and its digest."""
-    return {
-        "seq": entry.seq,
-        "entry_id": entry.entry_id,
-        "device_id": entry.device_id,
-        "checkpoint_id": entry.checkpoint_id,
-        "direction": entry.direction,
-        "at": iso_ms(entry.at_ms),
-        "clock": entry.clock,
-        "source": entry.source,
-        "source_id": entry.source_id,
-        "decision": entry.decision,
-        "reason": entry.reason,
-        "format": entry.format,
-        "card_id": entry.card_id,
-        "issuer": entry.issuer,
-        "kid": entry.kid,
-        "kind": entry.kind,
-        "ref_entry_id": entry.ref_entry_id,
-        "holder": entry.holder,
-        "sealed_sha256": entry.sealed_sha256,
-        "batch_id": entry.batch_id,
-        "prev_hash": entry.prev_hash.hex(),
-        "hash": entry.hash.hex(),
-    }
+    d = dict(zip(EXPORT_FIELDS, _export_sources(entry)))
+    d["at"], d["prev_hash"], d["hash"] = iso_ms(entry.at_ms), entry.prev_hash.hex(), entry.hash.hex()
+    return d
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
 _CARD_ID = re.compile(r"(?:[0-9a-f]{2}){1,256}", re.ASCII)
 _REQUIRED_TEXT = ("device_id", "checkpoint_id", "source_id")
+# the fields taken from an export record as they are (once checked)
+_EXPORTED_UNCHANGED = tuple(n for n in EXPORT_FIELDS if n in ENTRY_FIELDS
+                            and n not in ("sealed_sha256", "prev_hash", "hash"))
 _OPTIONAL_TEXT = ("format", "issuer", "batch_id")
 
 
@@ -336,10 +324,8 @@ def from_export_dict(d: Mapping) -> Entry:
         v = d[name]
         _need(isinstance(v, str) and bool(_HEX64.fullmatch(v)), f"{name} must be 64 hex digits")
         hashes.append(bytes.fromhex(v))
-    return Entry(seq, d["entry_id"], d["device_id"], d["checkpoint_id"], d["direction"], at_ms,
-                 d["clock"], d["source"], d["source_id"], d["decision"], d["reason"], d["format"],
-                 d["card_id"], d["issuer"], kid, d["kind"], d["ref_entry_id"], digest, d["batch_id"],
-                 hashes[0], hashes[1])
+    same = {name: d[name] for name in _EXPORTED_UNCHANGED}
+    return Entry(**same, at_ms=at_ms, sealed_sha256=digest, prev_hash=hashes[0], hash=hashes[1])
 
 
 # CSV cells: None is an empty cell. Text is escaped reversibly: "\" -> "\\", control and bidi

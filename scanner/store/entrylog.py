@@ -11,6 +11,7 @@ import base64
 import contextlib
 import datetime as dt
 import logging
+import operator
 import os
 import shutil
 import sqlite3
@@ -32,7 +33,10 @@ from scanner.cards.verdict import Verdict, reject
 from scanner.store import clock as clockmod
 from scanner.store import sealing
 from scanner.store.entry import (
+    COMPUTED_FIELDS,
+    ENTRY_FIELDS,
     FOLLOWUP_KINDS,
+    STORED_FIELDS,
     Anchor,
     ChainReport,
     Entry,
@@ -129,9 +133,8 @@ def _m002_followups_and_anchor(db: Database) -> None:
 SCHEMA_VERSION = len(MIGRATIONS._migrations)
 MIGRATION_NAMES = tuple(m.name for m in MIGRATIONS._migrations)
 
-COLUMNS = ("seq, entry_id, device_id, checkpoint_id, direction, at_ms, clock, source, source_id, "
-           "decision, reason, format, card_id, issuer, kid, kind, ref_entry_id, NULL, batch_id, "
-           "prev_hash, hash, sealed")  # the order of Entry's fields
+# SELECT {COLUMNS} gives rows for Entry(*row) (a computed field comes back as NULL: Entry fills it in)
+COLUMNS = ", ".join("NULL" if name in COMPUTED_FIELDS else name for name in ENTRY_FIELDS)
 # The last admission of a card at a checkpoint in a direction, not cancelled by a follow-up.
 # `+e.checkpoint_id`: probe the card's index (a handful of rows), never the checkpoint's (every scan
 # there in the window: SQLite picked that one, tests/test_entrylog.py checks the plan)
@@ -140,16 +143,9 @@ PASSBACK_SQL = (
     "AND +e.checkpoint_id = ? AND e.direction = ? AND e.kind IS NULL AND e.decision = 'accept' "
     "AND NOT EXISTS (SELECT 1 FROM entries f WHERE f.ref_entry_id = e.entry_id "
     "AND f.kind = 'did_not_pass') ORDER BY e.at_ms DESC LIMIT 1")
-INSERT_SQL = ("INSERT INTO entries (seq, entry_id, device_id, checkpoint_id, direction, at_ms, clock, "
-              "source, source_id, decision, reason, format, card_id, issuer, kid, kind, ref_entry_id, "
-              "batch_id, prev_hash, hash, sealed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-
-
-def entry_row(e: Entry) -> tuple:
-    """The INSERT_SQL parameters of an entry."""
-    return (e.seq, e.entry_id, e.device_id, e.checkpoint_id, e.direction, e.at_ms, e.clock, e.source,
-            e.source_id, e.decision, e.reason, e.format, e.card_id, e.issuer, e.kid, e.kind,
-            e.ref_entry_id, e.batch_id, e.prev_hash, e.hash, e.sealed)
+INSERT_SQL = (f"INSERT INTO entries ({', '.join(STORED_FIELDS)}) "
+              f"VALUES ({', '.join('?' * len(STORED_FIELDS))})")
+entry_row: Callable[[Entry], tuple] = operator.attrgetter(*STORED_FIELDS)  # the INSERT_SQL parameters of an entry
 
 
 def default_db_path() -> Path:

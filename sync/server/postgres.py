@@ -28,7 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
 from scanner.base.timeutil import DAY_MS
-from sync.server.sqlstorage import QmarkCursor, SQLStorage, entry_row
+from sync.server.sqlstorage import ENTRY_COLUMNS, QmarkCursor, SQLStorage, entry_row
 from sync.server.storage import (
     SOURCES,
     Device,
@@ -98,9 +98,6 @@ CREATE TABLE IF NOT EXISTS deltas (
     PRIMARY KEY (from_version, to_version));
 """
 
-ENTRY_COLUMNS = ("device_id", "seq", "entry_id", "checkpoint_id", "direction", "at_ms", "clock", "source",
-                 "source_id", "decision", "reason", "format", "card_id", "issuer", "kid", "kind", "ref_entry_id",
-                 "sealed", "prev_hash", "hash", "batch_id", "received_ms")
 COPY_ENTRIES = f"COPY entries ({', '.join(ENTRY_COLUMNS)}) FROM STDIN"
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scanner.base.errors import CheckpointError
-from sync.server.sqlstorage import SQLStorage, entry_row
+from sync.server.sqlstorage import ENTRY_COLUMNS, SQLStorage, entry_row
 from sync.server.storage import (
     SOURCES,
     Device,
@@ -72,10 +72,8 @@ ALTER TABLE devices ADD COLUMN purged INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE devices ADD COLUMN purged_seq INTEGER NOT NULL DEFAULT 0;
 """
 
-_INSERT_ENTRY = ("INSERT OR IGNORE INTO entries (device_id, seq, entry_id, checkpoint_id, direction, at_ms, "
-                 "clock, source, source_id, decision, reason, format, card_id, issuer, kid, kind, ref_entry_id, "
-                 "sealed, prev_hash, hash, batch_id, received_ms) VALUES "
-                 "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_INSERT_ENTRY = (f"INSERT OR IGNORE INTO entries ({', '.join(ENTRY_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(ENTRY_COLUMNS))})")
 
 
 class SQLiteStorage(SQLStorage):

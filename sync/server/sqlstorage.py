@@ -9,10 +9,11 @@ import abc
 import contextlib
 import json
 import logging
+import operator
 from collections.abc import Mapping
 from typing import Any
 
-from scanner.store.entry import Entry, to_export_dict
+from scanner.store.entry import STORED_FIELDS, Entry, to_export_dict
 from sync.server import chain
 from sync.server.storage import (
     SEEN_COLUMNS,
@@ -38,11 +39,15 @@ DEVICES_SQL = (
 BUNDLE_META_COLUMNS = "version, digest, issued_at, expires_at, published_ms, size"
 
 
+# The server's ``entries`` columns (both backends): an entry's stored fields, then the batch that
+# brought it and when.
+ENTRY_COLUMNS = tuple(n for n in STORED_FIELDS if n != "batch_id") + ("batch_id", "received_ms")
+_received_fields = operator.attrgetter(*ENTRY_COLUMNS[:-2])
+
+
 def entry_row(e: Entry, batch_id: str, received_ms: int) -> tuple:
-    """The ``entries`` row of a received entry (columns in the order of both schemas)."""
-    return (e.device_id, e.seq, e.entry_id, e.checkpoint_id, e.direction, e.at_ms, e.clock, e.source,
-            e.source_id, e.decision, e.reason, e.format, e.card_id, e.issuer, e.kid, e.kind, e.ref_entry_id,
-            e.sealed, e.prev_hash, e.hash, batch_id, received_ms)
+    """The ENTRY_COLUMNS values of a received entry."""
+    return (*_received_fields(e), batch_id, received_ms)
 
 
 class SQLStorage(Storage):
