@@ -22,7 +22,8 @@ from scanner.appliance import runtime
 from scanner.base.timeutil import now_ms
 from scanner.store import sealing
 from scanner.store.entry import Entry, chain_hash, hash_fields
-from scanner.store.entrylog import INSERT_SQL, EntryLog, entry_row
+from scanner.store.entrylog import EntryLog
+from scanner.store.schema import INSERT_SQL, entry_row
 from sync import credential
 
 from .procs import ServerProcess, cpu_s, vouch

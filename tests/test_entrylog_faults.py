@@ -3,6 +3,7 @@ and processes), a full disk (size-limited database, and a tiny tmpfs where we ma
 upgrade of a schema-v1 file."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import random
@@ -14,6 +15,7 @@ import threading
 import time
 import traceback
 import uuid
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -22,8 +24,10 @@ from sqlite_utils import Database
 from hardware.scan import Scan
 from scanner.cards import verifier
 from scanner.store.entry import GENESIS, Entry, chain_hash, hash_fields
-from scanner.store.entrylog import MIGRATIONS, EntryLog, EntryLogWriteError
+from scanner.store.entrylog import EntryLog, EntryLogWriteError
+from scanner.store.schema import MIGRATION_NAMES, MIGRATIONS, SCHEMA_VERSION
 
+ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_750_000_000
 WAIT = 120.0  # generous: the machine is shared and slow phases happen
 
@@ -516,3 +520,14 @@ def test_upgrade_from_schema_v1_keeps_every_entry(tmp_path, server, verdicts):
     log.close()
     with EntryLog(path) as again:  # opening an up-to-date file changes nothing
         assert again.schema_version() == 2 and again.verify().ok
+
+
+def test_migrations_are_known_through_sqlite_utils_public_api_only(tmp_path):
+    """The list of migrations is kept by the log itself; sqlite-utils' private attributes are not read."""
+    db = Database(sqlite3.connect(":memory:"))
+    assert MIGRATION_NAMES == tuple(m.name for m in MIGRATIONS.pending(db))  # every one, in order
+    assert SCHEMA_VERSION == len(MIGRATION_NAMES) == 2
+    private = [f"{p.relative_to(ROOT)}:{node.lineno}" for p in sorted((ROOT / "scanner").rglob("*.py"))
+               for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Attribute) and node.attr == "_migrations"]
+    assert private == []

@@ -27,7 +27,8 @@ from hardware.scan import Scan
 from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.store.entry import Entry, chain_hash, hash_fields
-from scanner.store.entrylog import INSERT_SQL, EntryLog, entry_row
+from scanner.store.entrylog import EntryLog
+from scanner.store.schema import INSERT_SQL, entry_row
 from sync import credential
 from sync.server import credentials
 from sync.server.app import ServerConfig, create_app, make_server

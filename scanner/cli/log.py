@@ -22,6 +22,7 @@ from scanner.cli.main import (
     output_file,
     run_guarded,
 )
+from scanner.store.disk import MIB
 from scanner.store.entry import (
     FORMATS,
     iso_ms,
@@ -30,7 +31,8 @@ from scanner.store.entry import (
     verify_chain,
     write_export,
 )
-from scanner.store.entrylog import MIB, EntryLog, Stats, default_db_path
+from scanner.store.entrylog import EntryLog, Stats
+from scanner.store.schema import default_db_path
 
 FORMAT = click.Choice(FORMATS)
 

@@ -37,7 +37,8 @@ def _state_dir(state_dir: str | None) -> Path:
 
 
 def _open_log(state: Path, db_path: str | None):
-    from scanner.store.entrylog import DEFAULT_DB_NAME, EntryLog
+    from scanner.store.entrylog import EntryLog
+    from scanner.store.schema import DEFAULT_DB_NAME
     return run_guarded(EntryLog, Path(db_path) if db_path else state / DEFAULT_DB_NAME, create=False)
 
 

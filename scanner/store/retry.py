@@ -1,0 +1,118 @@
+"""The retry queue: entries whose commit failed, kept in order (bounded) until the disk comes back.
+
+A queued scan is kept as what its person was shown: refused, with the failure as the reason and
+the card's facts. Nothing is dropped silently: a full queue raises ``log_queue_full`` and the
+entry is not recorded. docs/entry-log.md#failures-retry-queue-and-health.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import NoReturn
+
+from scanner.base.errors import Reason
+from scanner.cards.verdict import Verdict, reject
+from scanner.store.errors import EntryLogError, EntryLogWriteError, write_error_code
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An entry before it has a seq and a place in the chain (what the retry queue holds)."""
+
+    entry_id: str
+    at_ms: int
+    clock: str
+    direction: str | None
+    source: str | None
+    source_id: str | None
+    verdict: Verdict | None = None
+    card_id: str | None = None
+    sealed: bytes | None = None
+    kind: str | None = None
+    ref_entry_id: str | None = None
+
+
+def refused(draft: Draft, code: str, detail: str) -> Draft:
+    """A scan whose commit failed (``code``: disk_full, io_error, db_busy, write_failed) as the
+    refusal the caller shows instead of its verdict; the card's facts are kept. Follow-ups unchanged."""
+    v = draft.verdict
+    if v is None or draft.kind is not None:
+        return draft
+    return replace(draft, verdict=reject(Reason(code), f"entry log could not commit: {detail}", v.format,
+                                         v.kid, v.card))
+
+
+class RetryQueue:
+    """Drafts whose commit failed, oldest first, at most ``max_len``; and the last write problem.
+
+    Not locked itself: the entry log calls it under ``lock`` (its own), which ``wait_empty`` shares.
+    """
+
+    def __init__(self, max_len: int, lock: threading.RLock) -> None:
+        if max_len < 1:
+            raise ValueError("the retry queue must hold at least one entry")
+        self.max_len = max_len
+        self._drafts: deque[Draft] = deque()
+        self._emptied = threading.Condition(lock)
+        self.problem: str | None = None  # the last failure's code while commits fail
+        self.detail = ""
+
+    def __len__(self) -> int:
+        return len(self._drafts)
+
+    def holds(self, entry_id: str) -> bool:
+        return any(d.entry_id == entry_id for d in self._drafts)
+
+    def keep(self, draft: Draft, code: str, detail: str) -> NoReturn:
+        """Keep the draft for the retry loop and raise the typed error (never a silent drop)."""
+        self.problem, self.detail = code, detail
+        draft = refused(draft, code, detail)
+        if len(self._drafts) >= self.max_len:
+            self.problem = "log_queue_full"
+            log.error("entry log: retry queue full (%d); entry %s NOT recorded (%s)",
+                      len(self._drafts), draft.entry_id, code)
+            raise EntryLogWriteError(f"entry log retry queue full ({len(self._drafts)}): entry NOT "
+                                     f"recorded; last error: {detail}", code="log_queue_full",
+                                     entry_id=draft.entry_id, queued=False)
+        self._drafts.append(draft)
+        log.error("entry log: commit failed (%s); entry %s queued for retry (%d waiting)",
+                  code, draft.entry_id, len(self._drafts))
+        raise EntryLogWriteError(f"entry log commit failed ({code}): {detail}; entry kept for retry",
+                                 code=code, entry_id=draft.entry_id, queued=True)
+
+    def flush(self, commit: Callable[[Draft], object], reopen: Callable[[], None]) -> int:
+        """Commit the queued drafts, oldest first; returns how many. On a storage failure, raise
+        EntryLogWriteError and keep the rest (``reopen`` first after an I/O error)."""
+        n = 0
+        while self._drafts:
+            draft = self._drafts[0]
+            try:
+                commit(draft)
+            except sqlite3.Error as exc:
+                code = write_error_code(exc)
+                if code is None:
+                    raise
+                self.problem, self.detail = code, str(exc)
+                if code == "io_error":
+                    reopen()
+                raise EntryLogWriteError(f"entry log retry failed ({code}): {exc}", code=code,
+                                         entry_id=draft.entry_id, queued=True) from None
+            except EntryLogError as exc:  # e.g. the original of a follow-up is gone: report it loudly
+                log.error("entry log: queued %s %s cannot be committed: %s", draft.kind or "entry",
+                          draft.entry_id, exc)
+            self._drafts.popleft()
+            n += 1
+        self.problem, self.detail = None, ""
+        self._emptied.notify_all()
+        return n
+
+    def wait_empty(self, timeout: float | None = None) -> bool:
+        """Block until the queue is empty (True) or ``timeout`` passes (False)."""
+        with self._emptied:
+            return self._emptied.wait_for(lambda: not self._drafts, timeout)
