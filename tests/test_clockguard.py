@@ -1,5 +1,5 @@
-"""The clock guard (never earlier than the last time seen; confirmation by NTP or the server) and
-the degraded-mode policy that acts on it and on the trust bundle's age."""
+"""The clock guard: never earlier than the last time seen; confirmation by NTP or the server.
+(The degraded-mode policy that acts on its status: tests/test_admission.py.)"""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,7 @@ import os
 
 import pytest
 
-from scanner.appliance import degraded
-from scanner.appliance.clockguard import ClockGuard, ClockStatus
-from scanner.base.errors import Reason
-from scanner.cards.verdict import Decision, Verdict, reject
+from scanner.appliance.clockguard import ClockGuard
 from scanner.store import clock as clockmod
 
 T0 = 1_750_000_000.0
@@ -41,7 +38,7 @@ class Clocks:
 
     def guard(self, state_dir, **kw) -> ClockGuard:
         return ClockGuard(state_dir, wall=lambda: self.wall, mono=lambda: self.mono,
-                          kernel=lambda: clockmod.ClockStatus(self.kernel), boot=self.boot, **kw)
+                          kernel=lambda: clockmod.KernelClock(self.kernel), boot=self.boot, **kw)
 
 
 def test_time_never_goes_back_and_goes_on_from_the_last_seen(tmp_path):
@@ -179,50 +176,3 @@ def test_ntp_overrules_a_saved_time_from_the_future(tmp_path):
     c.kernel = clockmod.SYNCED
     g.refresh()
     assert g.now() == T0 and not g.status().behind
-
-
-# ---------------------------------------------------------------- the policy
-
-
-def _accept(make_card, trust, now) -> Verdict:
-    from scanner.cards.verifier import verify
-    v = verify(make_card(), trust, now)
-    assert v.accepted
-    return v
-
-
-CONFIRMED = ClockStatus(True, False, T0, "ntp", None, clockmod.SYNCED)
-
-
-def test_policy_fail_open_and_closed(make_card, trust, now):
-    v = _accept(make_card, trust, now)
-    fresh = degraded.TrustAge(now - 3600, now + 86400, 7)
-    old = degraded.TrustAge(now - 10 * 86400, now + 86400, 7)
-    open_ = degraded.Policy()
-    closed = degraded.Policy(when_stale="closed", when_unconfirmed="closed")
-    clock_ok = ClockStatus(True, False, now - 60, "ntp", None, clockmod.SYNCED)
-    never = ClockStatus(False, False, None, None, None, clockmod.UNSYNCED)
-    assert degraded.apply(closed, v, fresh, clock_ok, now) is v
-    assert degraded.apply(open_, v, old, never, now) is v  # fail open: accepted, flagged
-    assert set(degraded.flags(open_, old, never, now)) == {"trust_stale", "clock_unconfirmed"}
-    r = degraded.apply(closed, v, old, clock_ok, now)
-    assert (r.decision, r.reason, r.card) == (Decision.REJECT, Reason.TRUST_EXPIRED, v.card)
-    r = degraded.apply(closed, v, fresh, never, now)
-    assert (r.decision, r.reason) == (Decision.REJECT, Reason.CLOCK_UNCONFIRMED)
-    recent = ClockStatus(False, False, now - 3600, "server", None, clockmod.UNSYNCED)  # restarted an hour ago
-    assert degraded.apply(closed, v, fresh, recent, now) is v
-    assert degraded.flags(closed, fresh, recent, now) == ("clock_unconfirmed",)
-    expired_bundle = degraded.TrustAge(now - 3600, now - 60, 7)
-    assert degraded.apply(closed, v, expired_bundle, clock_ok, now).reason is Reason.TRUST_EXPIRED
-    assert degraded.apply(closed, v, degraded.TrustAge(), clock_ok, now) is v  # loose keys do not age
-    bad = reject(Reason.BAD_SIGNATURE, "forged")
-    assert degraded.apply(closed, bad, old, never, now) is bad  # rejects are never changed
-
-
-def test_backlog_and_clock_behind_flags(now):
-    p = degraded.Policy(backlog_max=10, backlog_max_age_s=3600)
-    behind = ClockStatus(True, True, now, "ntp", None, clockmod.SYNCED)
-    assert degraded.flags(p, degraded.TrustAge(), CONFIRMED, T0, backlog=11) == ("sync_backlog",)
-    assert degraded.flags(p, degraded.TrustAge(), CONFIRMED, T0, oldest_pending_ms=int((T0 - 7200) * 1000)) == \
-        ("sync_backlog",)
-    assert degraded.flags(p, degraded.TrustAge(), behind, now) == ("clock_behind",)

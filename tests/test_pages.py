@@ -21,7 +21,12 @@ from test_api import Fifo, _lan_address, events
 
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
-from scanner.appliance.degraded import (
+from scanner.appliance.pages import TEXT_SECTIONS
+from scanner.appliance.preview import Preview, encode_jpeg, scale_frame
+from scanner.base import i18n
+from scanner.base.errors import Reason
+from scanner.demo import video as demo_video
+from scanner.store.admission import (
     CLOCK_BEHIND,
     CLOCK_UNCONFIRMED,
     LOW_DISK,
@@ -29,11 +34,6 @@ from scanner.appliance.degraded import (
     SYNC_BACKLOG,
     TRUST_STALE,
 )
-from scanner.appliance.pages import TEXT_SECTIONS
-from scanner.appliance.preview import Preview, encode_jpeg, scale_frame
-from scanner.base import i18n
-from scanner.base.errors import Reason
-from scanner.demo import video as demo_video
 
 T = (5, 60)
 WEB = Path(__file__).resolve().parents[1] / "scanner" / "appliance" / "web"

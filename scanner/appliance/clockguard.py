@@ -19,39 +19,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from scanner.base.fsutil import atomic_write
 from scanner.store import clock as clockmod
+from scanner.store.clock import ClockStatus
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "clock.json"
 SLACK_S = 0.002  # wall and monotonic clocks read a moment apart never count as a step back
-
-
-@dataclass(frozen=True, slots=True)
-class ClockStatus:
-    """The clock as the health check and the policy see it.
-
-    ``confirmed``: confirmed since this process started (by NTP, or by a server answer of this
-    boot, which may be older than the process); ``behind``: the wall clock is earlier
-    than the last time seen (times come from the guard instead); ``confirmed_at`` when it was last
-    confirmed (also before this start; None if never) and ``by`` what ("ntp" or "server");
-    ``offset_ms`` the last server offset seen.
-    """
-
-    confirmed: bool
-    behind: bool
-    confirmed_at: float | None
-    by: str | None
-    offset_ms: int | None
-    kernel: str
-
-    def unconfirmed_for(self, now: float) -> float:
-        """Seconds since the last confirmation (infinite if never)."""
-        return float("inf") if self.confirmed_at is None else max(0.0, now - self.confirmed_at)
 
 
 class ClockGuard:
@@ -60,7 +37,7 @@ class ClockGuard:
     def __init__(self, state_dir: str | os.PathLike | None, *, max_offset_s: float = 10.0,
                  floor: float | None = None, wall: Callable[[], float] = time.time,
                  mono: Callable[[], float] = time.monotonic,
-                 kernel: Callable[[], clockmod.ClockStatus] = clockmod.read,
+                 kernel: Callable[[], clockmod.KernelClock] = clockmod.read,
                  boot: Callable[[], clockmod.BootTime] = clockmod.boot_time) -> None:
         self.path = Path(state_dir) / FILE_NAME if state_dir is not None else None
         self.max_offset_s = max_offset_s

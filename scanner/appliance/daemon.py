@@ -39,7 +39,7 @@ from typing import BinaryIO
 from hardware.feedback import DeviceState
 from hardware.scan import Scan
 from scanner import __version__
-from scanner.appliance import degraded, enroll, readiness, runtime
+from scanner.appliance import enroll, readiness, runtime
 from scanner.appliance.clockguard import ClockGuard
 from scanner.appliance.config import Config, discover_inputs
 from scanner.appliance.doctor import FAIL, PASS, WARN, Check
@@ -54,6 +54,7 @@ from scanner.cards.formats.shc import ChunkAssembler, parse_chunk, verify_parts
 from scanner.cards.trust import TrustStore, load_device_trust
 from scanner.cards.verdict import Verdict
 from scanner.cards.verifier import verify as verify_text
+from scanner.store import admission
 from scanner.store.entrylog import EntryLog, EntryLogError, EntryLogWriteError
 from sync import credential
 
@@ -140,12 +141,12 @@ class Appliance:
         self._started_mono = time.monotonic()
         self._tuning: runtime.Tuning | None = None  # set once started (scanner/appliance/runtime.py)
         self.state_dir = config.state_dir
-        self.policy = degraded.Policy.from_config(config)
+        self.policy = admission.Policy.from_config(config)
         self.hub = EventHub(config["api"]["display_s"], max_subscribers=config["api"]["max_clients"])
         self.core: Core | None = None
         self.mode = "unprovisioned"
         self.trust = TrustStore()
-        self.trust_age = degraded.TrustAge()
+        self.trust_age = admission.TrustAge()
         self.trust_error: str | None = None
         self._root_pinned = readiness.root_pinned(config)  # again after enrollment
         self._credential: credential.ServerCredential | None = None  # the root-signed server identity in use
@@ -475,7 +476,7 @@ class Appliance:
         for note in store.notes:
             log.warning("trust: %s", escape(note))
         newest = max(store.bundles, key=lambda b: b.version) if store.bundles else None
-        age = degraded.TrustAge(newest.issued_at, newest.expires_at, newest.version) if newest else degraded.TrustAge()
+        age = admission.TrustAge(newest.issued_at, newest.expires_at, newest.version) if newest else admission.TrustAge()
         with self._lock:
             self.trust, self.trust_age, self.trust_error = store, age, None
         log.info("trust: %d keys, bundle %s, %d revoked cards", store.key_count,
@@ -525,24 +526,21 @@ class Appliance:
         if not ready.ready:  # no verdict at all: a card that could not be checked is not a rejected card
             self._not_ready(scan, ready)
             return
-        now = self.guard.now()
         with self._lock:
             trust_age = self.trust_age
-        clock = self.guard.status()
-        final = degraded.apply(self.policy, verdict, trust_age, clock, now)
-        flags = degraded.flags(self.policy, trust_age, clock, now)
+        conditions = admission.Conditions(self.guard.now(), self.policy, trust_age, self.guard.status())
         direction = scan.direction or self.feedback.direction
         try:
-            result = core.log.record(scan, final, direction=direction)
+            result = core.log.record(scan, verdict, direction=direction, conditions=conditions)
         except EntryLogWriteError as exc:
-            self._not_admitted(scan, final, exc.code, queued=exc.queued, entry_id=exc.entry_id)
+            self._not_admitted(scan, verdict, exc.code, queued=exc.queued, entry_id=exc.entry_id)
             return
         except EntryLogError as exc:
-            self._not_admitted(scan, final, exc.code, queued=False, entry_id=None)
+            self._not_admitted(scan, verdict, exc.code, queued=False, entry_id=None)
             return
         if self._write_problem is not None:
             self._write_problem = None
-        final, entry = result.verdict, result.entry
+        final, entry, flags = result.verdict, result.entry, result.flags
         self.feedback.show(final, entry.entry_id)
         self._publish_verdict(scan, final, entry, direction, flags)
         with self._lock:
@@ -701,7 +699,7 @@ class Appliance:
                      "alarms": list(st.alarms) if st else []},
             "trust": {"version": age.version, "issued_at": age.issued_at, "expires_at": age.expires_at,
                       "age_s": None if age.issued_at is None else max(0, round(now - age.issued_at)),
-                      "keys": self.trust.key_count, "stale": degraded.trust_stale(self.policy, age, now),
+                      "keys": self.trust.key_count, "stale": admission.trust_stale(self.policy, age, now),
                       "error": trust_error},
             "clock": {"confirmed": clock.confirmed, "by": clock.by, "behind": clock.behind,
                       "kernel": clock.kernel, "offset_ms": clock.offset_ms,
@@ -889,14 +887,14 @@ class Appliance:
         with self._lock:
             age = self.trust_age
         backlog, oldest = self._backlog
-        flags = list(degraded.flags(self.policy, age, self.guard.status(), now, backlog=backlog,
+        flags = list(admission.flags(self.policy, age, self.guard.status(), now, backlog=backlog,
                                     oldest_pending_ms=oldest))
         if log_state == "warning":
-            flags.append(degraded.LOW_DISK)
+            flags.append(admission.LOW_DISK)
         if ready.code == readiness.NOT_PROVISIONED:
-            flags.append(degraded.NOT_PROVISIONED)
+            flags.append(admission.NOT_PROVISIONED)
         if core is not None and core.mode == "provisioned" and self._credential is None:
-            flags.append(degraded.NO_CREDENTIAL)
+            flags.append(admission.NO_CREDENTIAL)
         if self._sync_state is not None and self._sync_state.alarms:
             flags += [f"sync:{a}" for a in self._sync_state.alarms]
         problems = sorted(set(problems))
@@ -984,7 +982,7 @@ class Appliance:
         self.notifier.ready(self._status_line())
 
     def _apply_live(self, new: Config) -> None:
-        self.policy = degraded.Policy.from_config(new)
+        self.policy = admission.Policy.from_config(new)
         self.pipeline.cooldown = new["scan"]["cooldown_s"]
         self.chunks.hold_seconds = float(new["scan"]["shc_hold_s"])
         self.hub.display_s = new["api"]["display_s"]

@@ -1,4 +1,5 @@
-"""Whether the wall clock can be trusted: the kernel's NTP state, read with adjtimex(2).
+"""Whether the wall clock can be trusted: the kernel's NTP state, read with adjtimex(2), and the
+status the appliance's clock guard keeps from it and the server's time (``ClockStatus``).
 
 Every log entry records the clock's trust state next to its time (docs/entry-log.md#time-and-clock)
 so that the server can weigh entries stamped by a device whose clock was never set. The state is
@@ -62,7 +63,7 @@ class _Timex(ctypes.Structure):
 
 
 @dataclass(frozen=True, slots=True)
-class ClockStatus:
+class KernelClock:
     """What the kernel says about the clock; ``state`` is one of STATES."""
 
     state: str
@@ -98,23 +99,47 @@ def _adjtimex():
     return fn
 
 
-def read() -> ClockStatus:
+def read() -> KernelClock:
     """Ask the kernel (adjtimex with modes=0: read only, no privilege needed)."""
     fn = _adjtimex()
     if fn is None:
-        return ClockStatus(UNKNOWN, detail="adjtimex(2) is not available on this system")
+        return KernelClock(UNKNOWN, detail="adjtimex(2) is not available on this system")
     tx = _Timex()
     ret = fn(ctypes.byref(tx))
     if ret < 0:
         err = ctypes.get_errno()
-        return ClockStatus(UNKNOWN, detail=f"adjtimex(2) failed: errno {err}")
-    return ClockStatus(classify(ret, tx.status, tx.maxerror), int(tx.maxerror), int(tx.esterror),
+        return KernelClock(UNKNOWN, detail=f"adjtimex(2) failed: errno {err}")
+    return KernelClock(classify(ret, tx.status, tx.maxerror), int(tx.maxerror), int(tx.esterror),
                        int(tx.status), int(tx.time_sec), int(tx.tick))
 
 
 def state() -> str:
     """"synced", "unsynced" or "unknown" right now (one cheap system call)."""
     return read().state
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStatus:
+    """The clock as the appliance's clock guard sees it: what the health check and the admission
+    policy judge.
+
+    ``confirmed``: confirmed since this process started (by NTP, or by a server answer of this
+    boot, which may be older than the process); ``behind``: the wall clock is earlier
+    than the last time seen (times come from the guard instead); ``confirmed_at`` when it was last
+    confirmed (also before this start; None if never) and ``by`` what ("ntp" or "server");
+    ``offset_ms`` the last server offset seen; ``kernel`` the kernel's state (one of STATES).
+    """
+
+    confirmed: bool
+    behind: bool
+    confirmed_at: float | None
+    by: str | None
+    offset_ms: int | None
+    kernel: str
+
+    def unconfirmed_for(self, now: float) -> float:
+        """Seconds since the last confirmation (infinite if never)."""
+        return float("inf") if self.confirmed_at is None else max(0.0, now - self.confirmed_at)
 
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"

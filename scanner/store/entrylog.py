@@ -1,10 +1,11 @@
 """The entry log: every scan committed durably to SQLite before its verdict is shown.
 
 `EntryLog` is the facade over one SQLite file in the device's state directory: it records scans
-and follow-ups in a per-device hash chain (anti-passback inside the same transaction), answers the
-sync side and the reads, and hands the rest to its parts: the file and its migrations
-(``schema``), the retry queue (``retry``), disk space and health (``disk``), totals and stats
-(``reports``) and retention (``retention``). Spec: docs/entry-log.md.
+and follow-ups in a per-device hash chain, each scan with the admission decided inside the same
+transaction (``admission``: degraded mode, anti-passback), answers the sync side and the reads,
+and hands the rest to its parts: the file and its migrations (``schema``), the retry queue
+(``retry``), disk space and health (``disk``), totals and stats (``reports``) and retention
+(``retention``). Spec: docs/entry-log.md.
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from hardware.scan import DIRECTIONS, Scan
-from scanner.base.errors import Reason
 from scanner.base.timeutil import DAY_MS
-from scanner.cards.verdict import Verdict, reject
+from scanner.cards.verdict import Verdict
 from scanner.store import clock as clockmod
 from scanner.store import disk, reports, retention, schema, sealing
+from scanner.store.admission import Admission, Conditions, Previous, admit
 from scanner.store.disk import MIB, Health
 from scanner.store.entry import (
     FOLLOWUP_KINDS,
@@ -63,7 +64,7 @@ MARK_CHUNK = 500  # entries marked synced per write transaction (~1 ms here): se
 # `+e.checkpoint_id`: probe the card's index (a handful of rows), never the checkpoint's (every scan
 # there in the window: SQLite picked that one, tests/test_entrylog.py checks the plan)
 PASSBACK_SQL = (
-    "SELECT e.at_ms FROM entries e WHERE e.card_id = ? AND e.at_ms >= ? AND e.at_ms <= ? "
+    "SELECT e.entry_id, e.at_ms FROM entries e WHERE e.card_id = ? AND e.at_ms >= ? AND e.at_ms <= ? "
     "AND +e.checkpoint_id = ? AND e.direction = ? AND e.kind IS NULL AND e.decision = 'accept' "
     "AND NOT EXISTS (SELECT 1 FROM entries f WHERE f.ref_entry_id = e.entry_id "
     "AND f.kind = 'did_not_pass') ORDER BY e.at_ms DESC LIMIT 1")
@@ -71,11 +72,24 @@ PASSBACK_SQL = (
 
 @dataclass(frozen=True, slots=True)
 class RecordResult:
-    """The final verdict (possibly turned into ``duplicate``) and the committed entry."""
+    """The admission decided for a scan and the entry that records it."""
 
-    verdict: Verdict
+    admission: Admission
     entry: Entry
-    duplicate: bool = False
+
+    @property
+    def verdict(self) -> Verdict:
+        """The final verdict: what is shown (an accept may have become a reject, e.g. ``duplicate``)."""
+        return self.admission.verdict
+
+    @property
+    def duplicate(self) -> bool:
+        return self.admission.duplicate
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The degraded flags the verdict was decided with."""
+        return self.admission.flags
 
 
 def _b64(raw: bytes | None) -> str | None:
@@ -223,17 +237,21 @@ class EntryLog:
 
     # ------------------------------------------------------------ recording
 
-    def record(self, scan: Scan, verdict: Verdict, *, direction: str | None = None) -> RecordResult:
-        """Commit the entry for one verified scan, durably, BEFORE anyone is shown the verdict.
+    def record(self, scan: Scan, verdict: Verdict, *, direction: str | None = None,
+               conditions: Conditions | None = None) -> RecordResult:
+        """Decide the admission of one verified scan and commit its entry, durably, in one
+        transaction, BEFORE anyone is shown the verdict.
 
-        Anti-passback: an accepted card already admitted at this checkpoint in this direction
-        within the window becomes a reject with reason ``duplicate`` (card facts kept) and is
-        logged as such. Raises EntryLogWriteError if the commit fails; the entry then waits in the
-        retry queue (``health()`` says "error") unless that queue is full.
+        ``conditions``: the policy, trust age and clock status the verdict is judged under (fail
+        open or closed; default: none degrade it, judged at the scan's time). Anti-passback: an
+        accepted card already admitted at this checkpoint in this direction within the window
+        becomes a reject with reason ``duplicate`` (card facts kept) and is logged as such.
+        Raises EntryLogWriteError if the commit fails; the entry then waits in the retry queue
+        (``health()`` says "error") unless that queue is full.
         """
-        draft = self._draft_scan(scan, verdict, direction)
-        entry, final, duplicate = self._submit(draft)
-        return RecordResult(final, entry, duplicate)
+        draft = self._draft_scan(scan, verdict, direction, conditions or Conditions(scan.at))
+        entry, decided = self._submit(draft)
+        return RecordResult(decided, entry)
 
     def record_followup(self, entry_id: str, kind: str = "did_not_pass", *,
                         at: float | None = None) -> Entry:
@@ -247,7 +265,7 @@ class EntryLog:
         with self._lock:
             if not self._retry.holds(entry_id) and self._surely_missing(entry_id):
                 raise EntryLogError(f"no entry {entry_id} to follow up", code="unknown_entry")
-        entry, _, _ = self._submit(draft)
+        entry, _ = self._submit(draft)
         return entry
 
     def _surely_missing(self, entry_id: str) -> bool:
@@ -263,7 +281,7 @@ class EntryLog:
         st = self._clock()
         return st if st in clockmod.STATES else clockmod.UNKNOWN
 
-    def _draft_scan(self, scan: Scan, verdict: Verdict, direction: str | None) -> Draft:
+    def _draft_scan(self, scan: Scan, verdict: Verdict, direction: str | None, conditions: Conditions) -> Draft:
         if self.device_id is None or self.checkpoint_id is None:
             raise EntryLogError("device_id and checkpoint_id must be configured to record entries",
                                 code="log_not_configured")
@@ -276,9 +294,10 @@ class EntryLog:
         if card is not None and self.holder_details == "sealed":
             sealed = self._sealer.seal(card.holder, entry_id)
         return Draft(entry_id, round(scan.at * 1000), self._clock_state(), direction, scan.source,
-                     scan.source_id, verdict, card.card_id.hex() if card is not None else None, sealed)
+                     scan.source_id, verdict, card.card_id.hex() if card is not None else None, sealed,
+                     conditions=conditions)
 
-    def _submit(self, draft: Draft) -> tuple[Entry, Verdict | None, bool]:
+    def _submit(self, draft: Draft) -> tuple[Entry, Admission | None]:
         with self._lock:
             if len(self._retry):
                 try:
@@ -293,19 +312,22 @@ class EntryLog:
                     raise
                 self._retry.keep(draft, code, str(exc))
 
-    def _commit(self, d: Draft) -> tuple[Entry, Verdict | None, bool]:
+    def _commit(self, d: Draft) -> tuple[Entry, Admission | None]:
+        """One transaction: decide (a scan's admission, with its passback lookup), link, insert."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             if d.kind is None:
-                entry_fields, verdict, duplicate = self._scan_fields(conn, d)
+                decided = admit(d.verdict, d.direction, d.conditions or Conditions(d.at_ms / 1000),
+                                self._previous(conn, d))
+                entry_fields = self._scan_fields(d, decided.verdict)
             else:
                 existing = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE ref_entry_id = ? AND kind = ?",
                                         (d.ref_entry_id, d.kind)).fetchone()
                 if existing is not None:
                     conn.execute("ROLLBACK")
-                    return Entry(*existing), None, False
-                entry_fields, verdict, duplicate = self._followup_fields(conn, d), None, False
+                    return Entry(*existing), None
+                entry_fields, decided = self._followup_fields(conn, d), None
             last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
             if last is None:
                 a = schema.read_anchor(conn)
@@ -318,28 +340,27 @@ class EntryLog:
             schema.rollback(conn)
             raise
         self._disk.check()
-        return entry, verdict, duplicate
+        return entry, decided
 
-    def _scan_fields(self, conn: sqlite3.Connection, d: Draft) -> tuple[dict, Verdict, bool]:
-        v = d.verdict
-        duplicate = False
-        if v.accepted and d.card_id is not None and self.passback_window_ms > 0:
-            w = self.passback_window_ms
-            row = conn.execute(PASSBACK_SQL, (d.card_id, d.at_ms - w, d.at_ms + w, self.checkpoint_id,
-                                              d.direction)).fetchone()
-            if row is not None:
-                duplicate = True
-                ago = (d.at_ms - row[0]) / 1000
-                v = reject(Reason.DUPLICATE, f"admitted {d.direction} at this checkpoint {ago:.0f} s ago "
-                           f"(anti-passback window {w // 1000} s)", v.format, v.kid, v.card)
+    def _previous(self, conn: sqlite3.Connection, d: Draft) -> Previous | None:
+        """The card's last admission here in this direction within the anti-passback window (only
+        looked up for an accepted card, and not when the window is off)."""
+        w = self.passback_window_ms
+        if not d.verdict.accepted or d.card_id is None or w <= 0:
+            return None
+        row = conn.execute(PASSBACK_SQL, (d.card_id, d.at_ms - w, d.at_ms + w, self.checkpoint_id,
+                                          d.direction)).fetchone()
+        return None if row is None else Previous(row[0], row[1], self.checkpoint_id, d.direction, w)
+
+    def _scan_fields(self, d: Draft, v: Verdict) -> dict:
         card = v.card
-        return ({
+        return {
             "entry_id": d.entry_id, "device_id": self.device_id, "checkpoint_id": self.checkpoint_id,
             "direction": d.direction, "at_ms": d.at_ms, "clock": d.clock, "source": d.source,
             "source_id": d.source_id, "decision": str(v.decision), "reason": str(v.reason),
             "format": v.format, "card_id": d.card_id, "issuer": card.issuer if card is not None else None,
             "kid": _b64(card.kid if card is not None else v.kid),
-        }, v, duplicate)
+        }
 
     def _followup_fields(self, conn: sqlite3.Connection, d: Draft) -> dict:
         row = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE entry_id = ?", (d.ref_entry_id,)).fetchone()

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from scanner.base.errors import Reason
 from scanner.cards.verdict import Verdict, reject
+from scanner.store.admission import Conditions
 from scanner.store.errors import EntryLogError, EntryLogWriteError, write_error_code
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Draft:
     sealed: bytes | None = None
     kind: str | None = None
     ref_entry_id: str | None = None
+    conditions: Conditions | None = None  # what a scan's verdict is judged under when it is committed
 
 
 def refused(draft: Draft, code: str, detail: str) -> Draft:
