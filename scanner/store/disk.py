@@ -49,7 +49,7 @@ def health(write_problem: str | None, write_detail: str, queued: int, free_bytes
     else:
         state = "ok"
     detail = write_detail
-    if low and not detail:
+    if low and not detail and free_bytes is not None:
         detail = f"free disk {free_bytes // MIB} MiB < {min_free_bytes // MIB} MiB"
     return Health(state, tuple(problems), queued, free_bytes, detail)
 

@@ -414,17 +414,17 @@ def read_export(lines: Iterable[str], fmt: str = "jsonl") -> Iterator[Entry]:
         for row in reader:
             if len(row) != len(EXPORT_FIELDS):
                 raise ExportFormatError(f"line {reader.line_num}: {len(row)} cells, expected {len(EXPORT_FIELDS)}")
-            doc: dict = {}
+            record: dict = {}
             for k, cell in zip(EXPORT_FIELDS, row):
                 value = csv_value(cell)
                 if k in _INT_FIELDS and value is not None:
                     if not value.isascii() or not value.isdigit():
                         raise ExportFormatError(f"line {reader.line_num}: {k} is not an integer")
-                    doc[k] = int(value)
+                    record[k] = int(value)
                 else:
-                    doc[k] = value
+                    record[k] = value
             try:
-                yield from_export_dict(doc)
+                yield from_export_dict(record)
             except ExportFormatError as exc:
                 raise ExportFormatError(f"line {reader.line_num}: {exc}") from None
     except csv.Error as exc:

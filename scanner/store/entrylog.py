@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -42,7 +43,7 @@ from scanner.store.entry import (
 from scanner.store.errors import EntryLogError, EntryLogWriteError, write_error_code
 from scanner.store.reports import Stats, Totals
 from scanner.store.retention import PurgeResult
-from scanner.store.retry import Draft, RetryQueue
+from scanner.store.retry import Draft, FollowupDraft, RetryQueue, ScanDraft
 from scanner.store.schema import (
     COLUMNS,
     INSERT_SQL,
@@ -55,6 +56,8 @@ __all__ = ["EntryLog", "EntryLogError", "EntryLogWriteError", "Health", "PurgeRe
            "Totals"]
 
 log = logging.getLogger(__name__)
+D = TypeVar("D", ScanDraft, FollowupDraft)
+R = TypeVar("R")
 
 HOLDER_MODES = ("sealed", "none")
 NO_SEALING_KEY = "no sealing key configured"  # holder_details_note when "sealed" was asked for without a key
@@ -250,8 +253,7 @@ class EntryLog:
         (``health()`` says "error") unless that queue is full.
         """
         draft = self._draft_scan(scan, verdict, direction, conditions or Conditions(scan.at))
-        entry, decided = self._submit(draft)
-        return RecordResult(decided, entry)
+        return self._submit(draft, self._commit_scan)
 
     def record_followup(self, entry_id: str, kind: str = "did_not_pass", *,
                         at: float | None = None) -> Entry:
@@ -260,13 +262,11 @@ class EntryLog:
         if kind not in FOLLOWUP_KINDS:
             raise ValueError(f"unknown follow-up kind {kind!r}")
         at_s = time.time() if at is None else at
-        draft = Draft(str(uuid.uuid4()), round(at_s * 1000), self._clock_state(), None, None, None,
-                      kind=kind, ref_entry_id=entry_id)
+        draft = FollowupDraft(str(uuid.uuid4()), round(at_s * 1000), self._clock_state(), kind, entry_id)
         with self._lock:
             if not self._retry.holds(entry_id) and self._surely_missing(entry_id):
                 raise EntryLogError(f"no entry {entry_id} to follow up", code="unknown_entry")
-        entry, _ = self._submit(draft)
-        return entry
+        return self._submit(draft, self._commit_followup)
 
     def _surely_missing(self, entry_id: str) -> bool:
         """True if the entry is certainly not in the file (False when the file cannot be read now:
@@ -281,7 +281,7 @@ class EntryLog:
         st = self._clock()
         return st if st in clockmod.STATES else clockmod.UNKNOWN
 
-    def _draft_scan(self, scan: Scan, verdict: Verdict, direction: str | None, conditions: Conditions) -> Draft:
+    def _draft_scan(self, scan: Scan, verdict: Verdict, direction: str | None, conditions: Conditions) -> ScanDraft:
         if self.device_id is None or self.checkpoint_id is None:
             raise EntryLogError("device_id and checkpoint_id must be configured to record entries",
                                 code="log_not_configured")
@@ -291,13 +291,14 @@ class EntryLog:
         entry_id = str(uuid.uuid4())
         card = verdict.card
         sealed = None
-        if card is not None and self.holder_details == "sealed":
+        if card is not None and self.holder_details == "sealed" and self._sealer is not None:
             sealed = self._sealer.seal(card.holder, entry_id)
-        return Draft(entry_id, round(scan.at * 1000), self._clock_state(), direction, scan.source,
-                     scan.source_id, verdict, card.card_id.hex() if card is not None else None, sealed,
-                     conditions=conditions)
+        return ScanDraft(entry_id, round(scan.at * 1000), self._clock_state(), self.device_id, self.checkpoint_id,
+                         direction, scan.source, scan.source_id, verdict, conditions,
+                         card.card_id.hex() if card is not None else None, sealed)
 
-    def _submit(self, draft: Draft) -> tuple[Entry, Admission | None]:
+    def _submit(self, draft: D, commit: Callable[[D], R]) -> R:
+        """Commit ``draft`` after the queued ones, or keep it in the retry queue and raise."""
         with self._lock:
             if len(self._retry):
                 try:
@@ -305,64 +306,83 @@ class EntryLog:
                 except EntryLogWriteError as exc:
                     self._retry.keep(draft, exc.code, str(exc))
             try:
-                return self._commit(draft)
+                return commit(draft)
             except sqlite3.Error as exc:
                 code = write_error_code(exc)
                 if code is None:
                     raise
                 self._retry.keep(draft, code, str(exc))
 
-    def _commit(self, d: Draft) -> tuple[Entry, Admission | None]:
-        """One transaction: decide (a scan's admission, with its passback lookup), link, insert."""
+    def _commit(self, d: Draft) -> object:
+        """Commit a draft of either kind (what the retry queue calls)."""
+        return self._commit_scan(d) if isinstance(d, ScanDraft) else self._commit_followup(d)
+
+    def _commit_scan(self, d: ScanDraft) -> RecordResult:
+        """One transaction: look up the card's previous admission, decide, link, insert."""
+        with self._write() as conn:
+            decided = admit(d.verdict, d.direction, d.conditions, self._previous(conn, d))
+            entry = self._append(conn, self._scan_fields(d, decided.verdict), d.sealed)
+        self._disk.check()
+        return RecordResult(decided, entry)
+
+    def _commit_followup(self, d: FollowupDraft) -> Entry:
+        """One transaction: the follow-up already there (idempotent), or a new link after the original."""
+        with self._write() as conn:
+            existing = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE ref_entry_id = ? AND kind = ?",
+                                    (d.ref_entry_id, d.kind)).fetchone()
+            if existing is not None:
+                return Entry(*existing)
+            entry = self._append(conn, self._followup_fields(conn, d), None)
+        self._disk.check()
+        return entry
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A BEGIN IMMEDIATE transaction on the log's connection: committed when the block ends,
+        rolled back if it raises."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if d.kind is None:
-                decided = admit(d.verdict, d.direction, d.conditions or Conditions(d.at_ms / 1000),
-                                self._previous(conn, d))
-                entry_fields = self._scan_fields(d, decided.verdict)
-            else:
-                existing = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE ref_entry_id = ? AND kind = ?",
-                                        (d.ref_entry_id, d.kind)).fetchone()
-                if existing is not None:
-                    conn.execute("ROLLBACK")
-                    return Entry(*existing), None
-                entry_fields, decided = self._followup_fields(conn, d), None
-            last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-            if last is None:
-                a = schema.read_anchor(conn)
-                last = (a.seq, a.hash)
-            entry = Entry(last[0] + 1, prev_hash=last[1], sealed=d.sealed, **entry_fields)
-            object.__setattr__(entry, "hash", entry_hash(entry))  # frozen: set once, before anyone sees it
-            conn.execute(INSERT_SQL, entry_row(entry))
+            yield conn
             conn.execute("COMMIT")
         except BaseException:
             schema.rollback(conn)
             raise
-        self._disk.check()
-        return entry, decided
 
-    def _previous(self, conn: sqlite3.Connection, d: Draft) -> Previous | None:
+    @staticmethod
+    def _append(conn: sqlite3.Connection, fields: dict, sealed: bytes | None) -> Entry:
+        """Insert the next link of the chain (after the last entry, or the anchor) with ``fields``."""
+        last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        if last is None:
+            a = schema.read_anchor(conn)
+            last = (a.seq, a.hash)
+        entry = Entry(last[0] + 1, prev_hash=last[1], sealed=sealed, **fields)
+        object.__setattr__(entry, "hash", entry_hash(entry))  # frozen: set once, before anyone sees it
+        conn.execute(INSERT_SQL, entry_row(entry))
+        return entry
+
+    def _previous(self, conn: sqlite3.Connection, d: ScanDraft) -> Previous | None:
         """The card's last admission here in this direction within the anti-passback window (only
         looked up for an accepted card, and not when the window is off)."""
         w = self.passback_window_ms
         if not d.verdict.accepted or d.card_id is None or w <= 0:
             return None
-        row = conn.execute(PASSBACK_SQL, (d.card_id, d.at_ms - w, d.at_ms + w, self.checkpoint_id,
+        row = conn.execute(PASSBACK_SQL, (d.card_id, d.at_ms - w, d.at_ms + w, d.checkpoint_id,
                                           d.direction)).fetchone()
-        return None if row is None else Previous(row[0], row[1], self.checkpoint_id, d.direction, w)
+        return None if row is None else Previous(row[0], row[1], d.checkpoint_id, d.direction, w)
 
-    def _scan_fields(self, d: Draft, v: Verdict) -> dict:
+    @staticmethod
+    def _scan_fields(d: ScanDraft, v: Verdict) -> dict:
         card = v.card
         return {
-            "entry_id": d.entry_id, "device_id": self.device_id, "checkpoint_id": self.checkpoint_id,
+            "entry_id": d.entry_id, "device_id": d.device_id, "checkpoint_id": d.checkpoint_id,
             "direction": d.direction, "at_ms": d.at_ms, "clock": d.clock, "source": d.source,
             "source_id": d.source_id, "decision": str(v.decision), "reason": str(v.reason),
             "format": v.format, "card_id": d.card_id, "issuer": card.issuer if card is not None else None,
             "kid": _b64(card.kid if card is not None else v.kid),
         }
 
-    def _followup_fields(self, conn: sqlite3.Connection, d: Draft) -> dict:
+    def _followup_fields(self, conn: sqlite3.Connection, d: FollowupDraft) -> dict:
         row = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE entry_id = ?", (d.ref_entry_id,)).fetchone()
         if row is None:
             raise EntryLogError(f"no entry {d.ref_entry_id} to follow up", code="unknown_entry")

@@ -23,29 +23,44 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Draft:
-    """An entry before it has a seq and a place in the chain (what the retry queue holds)."""
+class ScanDraft:
+    """A scan's entry before it has a seq and a place in the chain: the verdict and the conditions
+    its admission is decided under when it is committed."""
 
     entry_id: str
     at_ms: int
     clock: str
-    direction: str | None
-    source: str | None
-    source_id: str | None
-    verdict: Verdict | None = None
+    device_id: str
+    checkpoint_id: str
+    direction: str
+    source: str
+    source_id: str
+    verdict: Verdict
+    conditions: Conditions
     card_id: str | None = None
     sealed: bytes | None = None
-    kind: str | None = None
-    ref_entry_id: str | None = None
-    conditions: Conditions | None = None  # what a scan's verdict is judged under when it is committed
+
+
+@dataclass(frozen=True, slots=True)
+class FollowupDraft:
+    """A follow-up (``kind``, e.g. "did_not_pass") about the entry ``ref_entry_id``, not yet committed."""
+
+    entry_id: str
+    at_ms: int
+    clock: str
+    kind: str
+    ref_entry_id: str
+
+
+Draft = ScanDraft | FollowupDraft  # what the retry queue holds
 
 
 def refused(draft: Draft, code: str, detail: str) -> Draft:
     """A scan whose commit failed (``code``: disk_full, io_error, db_busy, write_failed) as the
     refusal the caller shows instead of its verdict; the card's facts are kept. Follow-ups unchanged."""
-    v = draft.verdict
-    if v is None or draft.kind is not None:
+    if isinstance(draft, FollowupDraft):
         return draft
+    v = draft.verdict
     return replace(draft, verdict=reject(Reason(code), f"entry log could not commit: {detail}", v.format,
                                          v.kid, v.card))
 
@@ -106,8 +121,8 @@ class RetryQueue:
                 raise EntryLogWriteError(f"entry log retry failed ({code}): {exc}", code=code,
                                          entry_id=draft.entry_id, queued=True) from None
             except EntryLogError as exc:  # e.g. the original of a follow-up is gone: report it loudly
-                log.error("entry log: queued %s %s cannot be committed: %s", draft.kind or "entry",
-                          draft.entry_id, exc)
+                log.error("entry log: queued %s %s cannot be committed: %s",
+                          draft.kind if isinstance(draft, FollowupDraft) else "entry", draft.entry_id, exc)
             self._drafts.popleft()
             n += 1
         self.problem, self.detail = None, ""

@@ -90,8 +90,8 @@ def _m001_entries(db: Database) -> None:
 @_migration("m002_followups_and_anchor")
 def _m002_followups_and_anchor(db: Database) -> None:
     """Follow-up entries ("granted, did not pass") and the chain anchor kept by retention."""
-    db["entries"].add_column("kind", str)
-    db["entries"].add_column("ref_entry_id", str)
+    db.table("entries").add_column("kind", str)
+    db.table("entries").add_column("ref_entry_id", str)
     db.execute("CREATE INDEX entries_ref ON entries (ref_entry_id) WHERE ref_entry_id IS NOT NULL")
     db.execute("""
         CREATE TABLE chain_anchor (

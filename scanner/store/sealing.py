@@ -165,7 +165,7 @@ _server_keys = _KeyCache()
 def open(blob: bytes, server_private_key: X25519PrivateKey, context: bytes | str) -> Holder:  # noqa: A001
     """The Holder sealed in ``blob`` (version 1 or 2) for ``context``; SealError if it cannot be opened."""
     blob = bytes(blob)
-    version = blob[0] if blob else None
+    version = blob[0] if blob else 0
     header_len = {1: HEADER_LEN_V1, 2: HEADER_LEN}.get(version, HEADER_LEN)
     if len(blob) < header_len + TAG_LEN or len(blob) > MAX_BLOB:
         raise SealError(f"sealed blob of {len(blob)} bytes is not a sealed blob")
@@ -177,6 +177,7 @@ def open(blob: bytes, server_private_key: X25519PrivateKey, context: bytes | str
         raise SealError("sealed to a different server key")
     header = blob[:header_len]
     eph_pub = blob[1 + KEY_ID_LEN:HEADER_LEN_V1]
+    nonce = header[HEADER_LEN_V1:]  # v2: in the header; v1: derived below
     tag = server_raw + eph_pub
     cipher = _server_keys.get(tag) if version == 2 else None
     if cipher is None:
@@ -184,10 +185,10 @@ def open(blob: bytes, server_private_key: X25519PrivateKey, context: bytes | str
             shared = server_private_key.exchange(X25519PublicKey.from_public_bytes(eph_pub))
         except ValueError:
             raise SealError("invalid ephemeral key in sealed blob") from None
-        key, nonce = _derive(version, shared, eph_pub, server_raw)
+        key, derived_nonce = _derive(version, shared, eph_pub, server_raw)
         cipher = AESGCM(key)
-    if version == 2:
-        nonce = header[HEADER_LEN_V1:]
+        if derived_nonce is not None:
+            nonce = derived_nonce
     try:
         plain = cipher.decrypt(nonce, blob[header_len:], header + _context(context))
     except InvalidTag:
