@@ -13,7 +13,7 @@ docs/entry-log.md#admission, docs/configuration.md#degraded-mode.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from scanner.base.errors import Reason
 from scanner.cards.verdict import Verdict, reject
@@ -96,8 +96,8 @@ class Conditions:
     appliance's clock guard). The defaults degrade nothing."""
 
     now: float
-    policy: Policy = field(default_factory=Policy)
-    trust: TrustAge = field(default_factory=TrustAge)
+    policy: Policy = Policy()  # frozen values: one default instance serves every Conditions
+    trust: TrustAge = TrustAge()
     clock: ClockStatus | None = None
 
     def flags(self) -> tuple[str, ...]:
