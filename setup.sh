@@ -10,7 +10,7 @@ target=${1:-demo}
 [ $# -gt 0 ] && shift
 
 APT_PACKAGES="python3 python3-venv python3-pip libzbar0 gcc python3-dev openssl systemd udev"
-# the central server's tests and benchmarks run a private PostgreSQL (tests/pg_support.py); not on devices
+# the central server's tests and benchmarks run a private PostgreSQL (tests/support/postgres.py); not on devices
 case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES postgresql" ;; esac
 # the kiosk page's tests and benchmark drive a real headless Chromium (bench/browser.py); a font with Vietnamese
 case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES chromium chromium-driver fonts-dejavu-core" ;; esac

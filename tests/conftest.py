@@ -32,7 +32,6 @@ from typing import Any, NamedTuple
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from hypothesis import settings
-from test_sync_support import OPERATOR_ROOT
 
 from scanner.cards import base45, cbor, cose
 from scanner.cards import issuer as issuer_mod
@@ -40,6 +39,10 @@ from scanner.cards import keys as keymod
 from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
 from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Holder
+
+pytest.register_assert_rewrite("support")  # the shared helpers' asserts explain themselves like a test's
+
+from support.pki import OPERATOR_ROOT  # noqa: E402  (after the rewrite is registered)
 
 # The suite is the gate every change lands through, so by default Hypothesis draws the same
 # examples on every run (derandomize): a red run means a real change, never the dice.
@@ -69,7 +72,7 @@ def now() -> int:
 
 @pytest.fixture(scope="session")
 def root_key() -> ed25519.Ed25519PrivateKey:
-    return OPERATOR_ROOT  # the root that vouches for the test servers too (test_sync_support)
+    return OPERATOR_ROOT  # the root that vouches for the test servers too (support.servers)
 
 
 @pytest.fixture(scope="session")

@@ -3,34 +3,19 @@ doctor, the event stream (the holder's name only in the live verdict, forgotten 
 time), staff actions, and who may call (loopback, Host header, same origin, token off loopback)."""
 from __future__ import annotations
 
-import json
-import os
-import socket
 import threading
 
 import pytest
 import requests
-from appliance_support import NAME, make_pki, standalone, write_config
+from support.appliance import events, lan_address
+from support.config import standalone, write_config
+from support.inputs import Fifo
+from support.pki import NAME, make_pki
 
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
 
 T = (5, 60)  # connect and read timeouts: generous, never reached when things work
-
-
-class Fifo:
-    """A named pipe as the appliance's [[stdin]] input; the test writes card lines into it."""
-
-    def __init__(self, path):
-        os.mkfifo(path)
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR)
-
-    def send(self, text: str) -> None:
-        os.write(self.fd, (text + "\n").encode())
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def start(tmp_path, pki, **extra):
@@ -51,19 +36,6 @@ def running(tmp_path_factory):
     fifo.close()
     app.request_stop()
     app.shutdown()
-
-
-def events(url: str, **kw):
-    """(event, data) pairs from a server-sent-events stream."""
-    r = requests.get(url, stream=True, timeout=T, **kw)
-    r.raise_for_status()
-    assert r.headers["content-type"].startswith("text/event-stream")
-    kind = None
-    for line in r.iter_lines(decode_unicode=True):
-        if line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            yield kind, json.loads(line[6:])
 
 
 def test_health_status_and_doctor(running):
@@ -139,19 +111,8 @@ def test_staff_actions_and_refusals(running):
         assert (resp.status_code, resp.json()["error"]) == (status, code)
 
 
-def _lan_address() -> str | None:
-    """This machine's address on its LAN (no packet is sent), or None if it has only loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.254.254.254", 9))
-            addr = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if addr.startswith("127.") else addr
-
-
 def test_a_token_is_needed_from_other_machines(tmp_path):
-    lan = _lan_address()
+    lan = lan_address()
     if lan is None:
         pytest.skip("this machine has no non-loopback IPv4 address to call the API from")
     pki = make_pki(tmp_path / "pki")

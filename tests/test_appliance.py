@@ -14,8 +14,10 @@ import tty
 import weakref
 
 import pytest
-from appliance_support import WAIT, make_pki, standalone, write_config
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.config import standalone, write_config
+from support.pki import make_pki
+from support.waiting import WAIT
 
 from hardware.scan import Scan
 from scanner.appliance import runtime

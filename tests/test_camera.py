@@ -9,13 +9,13 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-import threading
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import segno
+from support.cameras import H, W, card_frame, code_image, write_video
+from support.inputs import Collector
+from support.waiting import WAIT
 
 from hardware import camera as cam
 from hardware.camera import (
@@ -30,93 +30,11 @@ from hardware.camera import (
 from hardware.decode import make_decoder
 from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
 
-WAIT = 60.0  # seconds: generous, for a loaded 2-core machine; never reached when things work
-W, H = 640, 480
-
-
-def code_image(text: str, scale: int = 4, border: int = 4) -> np.ndarray:
-    """Black-on-white QR modules of ``text`` (alphanumeric mode for card text), uint8."""
-    qr = segno.make_qr(text, error="m", boost_error=False)
-    return np.array([[0 if d else 255 for d in row] for row in qr.matrix_iter(scale=scale, border=border)],
-                    np.uint8)
-
-
-def card_frame(text: str | None, kind: str = "plain", *, size: tuple[int, int] = (W, H),
-               scale: int = 4) -> np.ndarray:
-    """A grey 'scene' frame with the code of ``text`` (None: no code) degraded as ``kind`` says."""
-    w, h = size
-    rng = np.random.default_rng(abs(hash((text, kind))) % 2**32)
-    frame = np.full((h, w), 120, np.float32)
-    cv2.rectangle(frame, (20, 20), (w // 3, h - 40), 90, -1)  # some scene structure
-    cv2.line(frame, (0, h - 10), (w, h // 2), 170, 3)
-    if text is not None:
-        code = code_image(text, scale).astype(np.float32)
-        if kind == "low_contrast":
-            code = 105 + code * (60 / 255)  # dark 105, light 165
-        if kind == "inverted":
-            code = 255 - code
-        side = code.shape[0]
-        src = np.float32([(0, 0), (side, 0), (side, side), (0, side)])
-        cx, cy = w / 2, h / 2
-        pts = src - side / 2
-        if kind == "rotated":
-            a = np.deg2rad(33)
-            pts = pts @ np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]).T
-        if kind == "perspective":
-            pts = pts * np.float32([[1, 1], [0.8, 0.9], [0.8, 0.9], [1, 1]])
-        dst = (pts + (cx, cy)).astype(np.float32)
-        m = cv2.getPerspectiveTransform(src, dst)
-        frame = cv2.warpPerspective(code, m, (w, h), dst=frame, flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_TRANSPARENT)
-        if kind == "blurred":
-            frame = cv2.GaussianBlur(frame, (0, 0), 1.1)
-    frame += rng.normal(0, 3, frame.shape)  # sensor noise
-    return frame.clip(0, 255).astype(np.uint8)
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 30.0) -> Path:
-    """A Motion-JPEG AVI of grayscale frames, written by OpenCV."""
-    h, w = frames[0].shape
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h), isColor=False)
-    assert writer.isOpened(), "OpenCV cannot write MJPG here"
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    return path
-
 
 def card_text(tag: str) -> str:
     """A card-like text of realistic length (385 characters, base45 alphabet), unique per tag."""
     body = (tag.upper() + " " + "6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK G2EP4J0BGJLF") * 8
     return "CK1:" + body[:381]
-
-
-class Collector:
-    """The pipeline's two callbacks, recording what an input hands over; wait() is event-driven."""
-
-    def __init__(self) -> None:
-        self.scans = []
-        self.issues = []
-        self._cond = threading.Condition()
-
-    def submit(self, scan) -> bool:
-        with self._cond:
-            self.scans.append(scan)
-            self._cond.notify_all()
-        return True
-
-    def report(self, issue) -> None:
-        with self._cond:
-            self.issues.append(issue)
-            self._cond.notify_all()
-
-    def texts(self) -> list[str]:
-        with self._cond:
-            return [s.text for s in self.scans]
-
-    def wait(self, predicate, timeout: float = WAIT) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self), timeout)
 
 
 def run_input(inp, timeout: float = WAIT) -> Collector:

@@ -7,9 +7,11 @@ import sys
 import tomllib
 
 import pytest
-from appliance_support import ROOT, make_pki, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.config import write_config
+from support.paths import ROOT
+from support.pki import make_pki
 
 from scanner.appliance import config as cfg
 from scanner.appliance.configschema import Problem

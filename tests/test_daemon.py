@@ -10,17 +10,11 @@ import sqlite3
 import tty
 
 import pytest
-from appliance_support import (
-    NAME,
-    WAIT,
-    Daemon,
-    NotifySocket,
-    make_pki,
-    standalone,
-    wait_inputs_ok,
-    write_config,
-    write_video,
-)
+from support.appliance import Daemon, NotifySocket, wait_inputs_ok
+from support.cameras import write_shots
+from support.config import standalone, write_config
+from support.pki import NAME, make_pki
+from support.waiting import WAIT
 
 from scanner.demo.video import Shot
 from scanner.store.entrylog import EntryLog
@@ -54,7 +48,7 @@ def entries(state):
 
 def test_once_with_a_video_and_a_text_file(tmp_path, pki):
     valid, expired = pki.card(), pki.card(name="Lê Văn Cường", expired=True)
-    video = write_video(tmp_path / "cam.avi", [Shot(None, 0.3), Shot(valid, 2.0), Shot(None, 0.3),
+    video = write_shots(tmp_path / "cam.avi", [Shot(None, 0.3), Shot(valid, 2.0), Shot(None, 0.3),
                                                Shot(expired, 1.0), Shot(None, 0.3)])
     lines = tmp_path / "lines.txt"
     lines.write_text(pki.card(name="Trần Văn Ba") + "\nnot a card\n\x00\x01binary\n", encoding="utf-8")

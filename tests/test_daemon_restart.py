@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from appliance_support import Daemon, make_pki, write_config
-from test_sync_support import OPERATOR_ROOT, ServerThread, free_port, now_ms, wait_for
+from support.appliance import Daemon
+from support.config import write_config
+from support.pki import OPERATOR_ROOT, make_pki
+from support.servers import ServerThread, free_port, now_ms
+from support.waiting import wait_for
 
 from scanner.appliance.provisioning import provision_appliance
 from scanner.cards import keys

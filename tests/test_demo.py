@@ -7,7 +7,8 @@ import stat
 import subprocess
 import sys
 
-from appliance_support import ROOT, WAIT
+from support.paths import ROOT
+from support.waiting import WAIT
 
 from scanner.base.errors import Reason
 from scanner.demo.main import _summary

@@ -8,15 +8,12 @@ import socket
 import subprocess
 import sys
 
-from appliance_support import (
-    ROOT,
-    WAIT,
-    Daemon,
-    make_pki,
-    standalone,
-    write_config,
-    write_video,
-)
+from support.appliance import Daemon
+from support.cameras import write_shots
+from support.config import standalone, write_config
+from support.paths import ROOT
+from support.pki import make_pki
+from support.waiting import WAIT
 
 from scanner.appliance import doctor
 from scanner.appliance.config import load
@@ -30,7 +27,7 @@ def run_doctor(*args: str) -> subprocess.CompletedProcess:
 
 def test_checks_pass_warn_and_fail_with_fixes(tmp_path):
     pki = make_pki(tmp_path / "pki")
-    video = write_video(tmp_path / "cam.avi", [Shot(pki.card(), 0.3)])
+    video = write_shots(tmp_path / "cam.avi", [Shot(pki.card(), 0.3)])
     state = tmp_path / "state"
     tables = standalone(state, pki, camera=[{"name": "front", "device": str(video), "kind": "file"}],
                         serial=[{"name": "entry", "port": str(tmp_path / "no-such-tty")}],

@@ -14,18 +14,15 @@ import sys
 import time
 
 import pytest
-from appliance_support import ROOT, WAIT, Lane, make_pki
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sync_support import (
-    OPERATOR_ROOT,
-    ServerProcess,
-    ServerThread,
-    now_ms,
-    provision_device,
-    wait_for,
-)
+from support.appliance import Lane
+from support.devices import provision_device
+from support.paths import ROOT
+from support.pki import OPERATOR_ROOT, make_pki
+from support.servers import ServerProcess, ServerThread, now_ms
+from support.waiting import WAIT, wait_for
 
 from scanner.appliance import readiness
 from scanner.appliance.doctor import check_credential

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from test_sync_support import bulk_fill
+from support.entries import bulk_fill
 
 from scanner.appliance.clockguard import ClockGuard
 from scanner.base import fsutil

@@ -24,9 +24,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from appliance_support import NAME, ROOT, WAIT, Daemon, make_pki, write_config
-from test_pages import show
-from test_sync_support import ServerThread, free_port, now_ms
+from support.appliance import Daemon
+from support.cameras import show
+from support.config import write_config
+from support.paths import ROOT
+from support.pki import NAME, make_pki
+from support.servers import ServerThread, free_port, now_ms
+from support.waiting import WAIT
 
 sys.path.insert(0, str(ROOT))  # the repository: bench/browser.py (shared with the benchmark)
 from bench import browser

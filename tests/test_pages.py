@@ -6,7 +6,6 @@ verdict's publish time, versions on the status, and the token rule for the pages
 The pages themselves run in a real browser in tests/test_kiosk_browser.py."""
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -16,8 +15,12 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from appliance_support import NAME, WAIT, make_pki, standalone, write_config
-from test_api import Fifo, _lan_address, events
+from support.appliance import events, lan_address
+from support.cameras import show
+from support.config import standalone, write_config
+from support.inputs import Fifo
+from support.pki import NAME, make_pki
+from support.waiting import WAIT
 
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
@@ -25,7 +28,6 @@ from scanner.appliance.pages import TEXT_SECTIONS
 from scanner.appliance.preview import Preview, encode_jpeg, scale_frame
 from scanner.base import i18n
 from scanner.base.errors import Reason
-from scanner.demo import video as demo_video
 from scanner.store.admission import (
     CLOCK_BEHIND,
     CLOCK_UNCONFIRMED,
@@ -37,14 +39,6 @@ from scanner.store.admission import (
 
 T = (5, 60)
 WEB = Path(__file__).resolve().parents[1] / "scanner" / "appliance" / "web"
-
-
-def show(folder, text: str | None) -> None:
-    """The simulated camera's scene: one image in its folder, swapped atomically (a card held up, or none)."""
-    frame = next(demo_video.frames([demo_video.Shot(text, 0.1)]))
-    tmp = folder.parent / "next.png"
-    cv2.imwrite(str(tmp), frame)
-    os.replace(tmp, folder / "frame.png")
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +232,7 @@ def test_scale_and_encode_map_the_corners():
 
 
 def test_pages_need_the_token_from_other_machines_but_their_code_does_not(tmp_path):
-    lan = _lan_address()
+    lan = lan_address()
     if lan is None:
         pytest.skip("this machine has no non-loopback IPv4 address to call the API from")
     pki = make_pki(tmp_path / "pki")

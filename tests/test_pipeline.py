@@ -7,8 +7,9 @@ import time
 from dataclasses import FrozenInstanceError
 
 import pytest
-from test_camera import WAIT, card_frame, write_video
-from test_readers import Pty
+from support.cameras import card_frame, write_video
+from support.inputs import Pty
+from support.waiting import WAIT
 
 from hardware.camera import CameraConfig, CameraInput
 from hardware.readers import SerialReader, SerialReaderConfig, StdinReader

@@ -12,8 +12,9 @@ import time
 import cv2
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from test_camera import WAIT, card_frame, write_video
-from test_readers import Pty
+from support.cameras import card_frame, write_video
+from support.inputs import Pty
+from support.waiting import WAIT
 
 NOW = "1750000000"
 

@@ -12,10 +12,13 @@ import sys
 import threading
 
 import pytest
-from appliance_support import ROOT, WAIT, make_pki, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sync_support import ServerThread, now_ms, wait_for
+from support.config import write_config
+from support.paths import ROOT
+from support.pki import make_pki
+from support.servers import ServerThread, now_ms
+from support.waiting import WAIT, wait_for
 
 from scanner.appliance import enroll
 from scanner.appliance.config import check_file, load

@@ -11,8 +11,11 @@ import sys
 import threading
 
 import requests
-from appliance_support import ROOT, WAIT, Lane, make_pki
-from test_sync_support import ServerThread, now_ms, wait_for
+from support.appliance import Lane
+from support.paths import ROOT
+from support.pki import make_pki
+from support.servers import ServerThread, now_ms
+from support.waiting import WAIT, wait_for
 
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle

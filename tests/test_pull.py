@@ -17,16 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from test_sync_support import (
-    BACKENDS,
-    Faults,
-    assert_exactly_once,
-    free_port,
-    provision_device,
-    record,
-    running_server,
-    wait_for,
-)
+from support.devices import assert_exactly_once, provision_device, record
+from support.servers import BACKENDS, Faults, free_port, running_server
+from support.waiting import wait_for
 
 from scanner.cards import keys, verifier
 from scanner.cli.main import main

@@ -7,7 +7,8 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_camera import WAIT, Collector
+from support.inputs import Collector, Pty
+from support.waiting import WAIT
 
 from hardware.readers import (
     MAX_TEXT,
@@ -126,21 +127,6 @@ def test_parse_terminator(name, value):
 
 
 # ------------------------------------------------------------------ serial readers on pty pairs
-
-class Pty:
-    """A pty pair standing in for a USB CDC-ACM reader: we write to the master, the reader opens the slave."""
-
-    def __init__(self) -> None:
-        self.master, slave = os.openpty()
-        self.slave_path = os.ttyname(slave)
-        os.close(slave)  # the reader opens it itself
-
-    def send(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def unplug(self) -> None:
-        os.close(self.master)
-
 
 def _link(path, target: str) -> None:
     """Point ``path`` at ``target`` atomically, as udev does with /dev/serial/by-id links."""

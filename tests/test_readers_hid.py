@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from test_camera import WAIT, Collector
+from support.inputs import Collector
+from support.waiting import WAIT
 
 from hardware import keymaps
 from hardware.keymaps import KeyTranslator, keystrokes

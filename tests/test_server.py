@@ -11,14 +11,13 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from test_sync_support import (
+from support.devices import provision_device, record
+from support.servers import (
     BACKENDS,
     ServerThread,
     db_url_for,
     free_port,
     now_ms,
-    provision_device,
-    record,
     running_server,
 )
 
@@ -189,7 +188,7 @@ def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, mak
     res = json.loads(out.output)
     assert res["bundle_version"] == 2 and not res["key_created"]
     assert oct(os.stat(state / "device.key").st_mode & 0o777) == "0o600"
-    from test_sync_support import Device
+    from support.devices import Device
 
     from scanner.store.entrylog import EntryLog
     log = EntryLog(state / "entries.db", device_id=res["device_id"], checkpoint_id=res["checkpoint_id"],

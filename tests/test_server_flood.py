@@ -9,14 +9,10 @@ import os
 import threading
 
 import pytest
-from test_sync_support import (
-    Device,
-    ServerProcess,
-    assert_exactly_once,
-    bulk_fill,
-    now_ms,
-    wait_for,
-)
+from support.devices import Device, assert_exactly_once
+from support.entries import bulk_fill
+from support.servers import ServerProcess, now_ms
+from support.waiting import wait_for
 
 from bench.flood import JUNK, SLOW, Flood, proc_kib, reset_peak
 from scanner.store.entrylog import EntryLog

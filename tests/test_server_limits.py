@@ -16,14 +16,9 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from test_sync_support import (
-    WAIT_S,
-    ServerThread,
-    now_ms,
-    provision_device,
-    record,
-    wait_for,
-)
+from support.devices import provision_device, record
+from support.servers import ServerThread, now_ms
+from support.waiting import WAIT, wait_for
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from scanner.cards import verifier
@@ -46,7 +41,7 @@ def _server(tmp_path, **limits) -> ServerThread:
 
 
 def _connect(srv: ServerThread, source: str = "127.0.0.1") -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT_S, source_address=(source, 0))
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT, source_address=(source, 0))
     return s
 
 
@@ -127,17 +122,17 @@ def test_signed_header_is_checked_before_the_body_is_read(tmp_path, verdicts):
         genuine = protocol.auth_header_v2(dev.device_id, key, "POST", path, now_ms(), data)
         other = bytearray(data)
         other[-1] ^= 1
-        r = requests.post(srv.url + path, data=bytes(other), headers={"Authorization": genuine}, timeout=WAIT_S)
+        r = requests.post(srv.url + path, data=bytes(other), headers={"Authorization": genuine}, timeout=WAIT)
         assert (r.status_code, r.json()["error"]) == (401, protocol.E_BAD_SIGNATURE)
         assert srv.storage.stats().entries == 0
         # a header works once: the upload it signed is stored, the same request again is refused
         good = protocol.auth_header_v2(dev.device_id, key, "POST", path, now_ms(), data)
-        r = requests.post(srv.url + path, data=data, headers={"Authorization": good}, timeout=WAIT_S)
+        r = requests.post(srv.url + path, data=data, headers={"Authorization": good}, timeout=WAIT)
         assert r.status_code == 200 and r.json()["stored"] == 5
-        r = requests.post(srv.url + path, data=data, headers={"Authorization": good}, timeout=WAIT_S)
+        r = requests.post(srv.url + path, data=data, headers={"Authorization": good}, timeout=WAIT)
         assert (r.status_code, r.json()["error"]) == (401, protocol.E_REPLAYED)
         assert srv.storage.stats().entries == 5
-        assert requests.get(srv.url + protocol.HEALTH, timeout=WAIT_S).json()["request_auth"] == 2
+        assert requests.get(srv.url + protocol.HEALTH, timeout=WAIT).json()["request_auth"] == 2
     finally:
         srv.stop()
 
@@ -200,11 +195,11 @@ def test_an_answered_body_is_dropped_as_it_comes_and_its_connection_closed_if_it
     srv = _server(tmp_path, legacy_max_bytes=64 * 1024, body_timeout_s=1.0)
     try:
         big = os.urandom(512 * 1024)
-        r = requests.post(srv.url + protocol.BATCHES, data=big, timeout=WAIT_S)  # sent whole, then read
+        r = requests.post(srv.url + protocol.BATCHES, data=big, timeout=WAIT)  # sent whole, then read
         assert (r.status_code, r.json()["error"]) == (413, protocol.E_TOO_LARGE)
         with requests.Session() as session:
             for _ in range(2):  # the same connection, twice
-                r = session.post(srv.url + protocol.BATCHES, data=big, timeout=WAIT_S)
+                r = session.post(srv.url + protocol.BATCHES, data=big, timeout=WAIT)
                 assert r.status_code == 413
         with _connect(srv) as s:
             s.sendall(_head(protocol.BATCHES, len(big)) + big[:1000])
@@ -244,7 +239,7 @@ def test_devices_without_v2_headers_are_still_served(tmp_path, verdicts):
         dev = provision_device(srv, tmp_path)
         key = identity.load(dev.state)
         data = _batch(dev, key, verdicts, 7)
-        r = requests.post(srv.url + protocol.BATCHES, data=data, timeout=WAIT_S,
+        r = requests.post(srv.url + protocol.BATCHES, data=data, timeout=WAIT,
                           headers={"Content-Type": protocol.BATCH_TYPE})
         assert r.status_code == 200 and r.json()["stored"] == 7
         hb = {"hb_seq": 1, "device_time_ms": now_ms(), "software_version": "0.1", "queue_depth": 0,
@@ -252,11 +247,11 @@ def test_devices_without_v2_headers_are_still_served(tmp_path, verdicts):
               "clock_offset_ms": None, "inputs": {}, "disk_free_bytes": None, "alarms": [], "last_error": None}
         body = json.dumps(hb).encode()
         auth = protocol.auth_header(dev.device_id, key, "POST", protocol.HEARTBEAT, now_ms(), body)
-        r = requests.post(srv.url + protocol.HEARTBEAT, data=body, headers={"Authorization": auth}, timeout=WAIT_S)
+        r = requests.post(srv.url + protocol.HEARTBEAT, data=body, headers={"Authorization": auth}, timeout=WAIT)
         assert r.status_code == 200 and r.json()["kept"] is True
         path = protocol.ACKS + "?after=0"
         auth = protocol.auth_header(dev.device_id, key, "GET", path, now_ms(), b"")
-        r = requests.get(srv.url + path, headers={"Authorization": auth}, timeout=WAIT_S)
+        r = requests.get(srv.url + path, headers={"Authorization": auth}, timeout=WAIT)
         assert r.status_code == 200 and r.json()["held_seq"] == 7
     finally:
         srv.stop()
@@ -291,13 +286,13 @@ def test_slow_bodies_are_cut_and_free_their_places(tmp_path, verdicts):
                             break
                     except TimeoutError:
                         continue
-                s.settimeout(WAIT_S)
+                s.settimeout(WAIT)
                 status, _, doc = _answer(s)
                 assert (what, status, doc["error"]) == (what, 408, protocol.E_BODY_TIMEOUT)
                 assert _closed(s)
         # the places they held are free again: an old device and a current one upload
         more = _batch(dev, key, verdicts)
-        assert requests.post(srv.url + protocol.BATCHES, data=more, timeout=WAIT_S).status_code == 200
+        assert requests.post(srv.url + protocol.BATCHES, data=more, timeout=WAIT).status_code == 200
         client = SyncClient(srv.url, key, device_id=dev.device_id)
         assert client.upload(_batch(dev, key, verdicts)).stored == 5
         client.close()
@@ -328,7 +323,7 @@ def test_a_device_sends_smaller_batches_after_a_body_timeout(tmp_path, verdicts)
 
 
 def test_one_device_or_address_cannot_hold_more_than_its_share(tmp_path, verdicts):
-    srv = _server(tmp_path, per_device=2, legacy_inflight=2, legacy_per_peer=1, body_grace_s=WAIT_S * 2)
+    srv = _server(tmp_path, per_device=2, legacy_inflight=2, legacy_per_peer=1, body_grace_s=WAIT * 2)
     held: list[socket.socket] = []
     try:
         a = provision_device(srv, tmp_path, "a")
@@ -389,7 +384,7 @@ def test_connections_per_address_and_the_header_deadline(tmp_path, verdicts):
             slow_headers.sendall(part)
         t0 = time.monotonic()
         assert all(_closed(s) for s in idle + [slow_headers])  # 2 at once (over 4), the rest at the deadline
-        assert time.monotonic() - t0 < WAIT_S
+        assert time.monotonic() - t0 < WAIT
         client = SyncClient(srv.url, key, device_id=dev.device_id)
         assert client.upload(_batch(dev, key, verdicts)).stored == 5
         time.sleep(0.8)  # longer than the header deadline: a kept-alive connection is not cut by it

@@ -14,10 +14,10 @@ import time
 import pytest
 import requests
 from click.testing import CliRunner
-from test_sync_support import (
+from support.entries import chain_entries
+from support.servers import (
     BACKENDS,
     ServerThread,
-    chain_entries,
     db_url_for,
     enroll_direct,
     ingest_entries,
@@ -345,16 +345,16 @@ def test_postgres_killed_under_the_server_then_back_nothing_lost(tmp_path, verdi
     """PostgreSQL crashes (pg_ctl stop -m immediate) while devices sync: the server answers
     503 db_unavailable, the device keeps its entries and retries; once PostgreSQL is back (crash
     recovery) the pool reconnects and every entry is stored exactly once."""
-    import pg_support
-    from test_sync_support import assert_exactly_once, provision_device, record
+    from support import postgres
+    from support.devices import assert_exactly_once, provision_device, record
 
-    from bench.pgcluster import PgCluster
+    from bench.pgcluster import PgCluster, find_bin_dir
     from sync.agent import Backoff, SyncAgent
     from sync.client import SyncClient
     from sync.wire import identity
 
-    pg_support.cluster()  # skips here, with the reason, where PostgreSQL cannot run
-    pg = PgCluster(pg_support.find_bin_dir(), durable=True)  # its own server, to kill
+    postgres.cluster()  # skips here, with the reason, where PostgreSQL cannot run
+    pg = PgCluster(find_bin_dir(), durable=True)  # its own server, to kill
     (tmp_path / "s").mkdir()
     srv = ServerThread(tmp_path / "s" / "c.db", url=pg.url()).start()
     try:

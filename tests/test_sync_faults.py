@@ -13,21 +13,18 @@ from pathlib import Path
 import inotify_simple
 import pytest
 import requests
-from test_sync_support import (
+from support.devices import assert_exactly_once, provision_device, record
+from support.entries import bulk_fill
+from support.proxy import FaultProxy
+from support.servers import (
     BACKENDS,
-    WAIT_S,
-    FaultProxy,
     ServerProcess,
     ServerThread,
-    assert_exactly_once,
-    bulk_fill,
     db_url_for,
     free_port,
-    provision_device,
-    record,
     running_server,
-    wait_for,
 )
+from support.waiting import WAIT, wait_for
 
 from scanner.cards import verifier
 from sync.agent import Backoff, SyncAgent
@@ -241,7 +238,8 @@ def test_server_killed_and_restarted_mid_upload(tmp_path, backend):
     url = db_url_for(backend, db)
     srv = ServerProcess(db, url=url).start()
     try:
-        from test_sync_support import Device, now_ms
+        from support.devices import Device
+        from support.servers import now_ms
 
         from scanner.store.entrylog import EntryLog
         from sync.provision import provision
@@ -476,7 +474,7 @@ def test_offline_backlog_of_100k_then_link_returns(tmp_path):
     port = free_port()
     (tmp_path / "s").mkdir()
     srv = ServerThread(tmp_path / "s" / "c.db", port=port).start()
-    from test_sync_support import Device
+    from support.devices import Device
 
     from scanner.store.entrylog import EntryLog
     from sync.provision import provision
@@ -540,7 +538,7 @@ def test_a_stream_of_scans_makes_few_uploads_and_no_state_writes(tmp_path, verdi
             assert 1 <= uploads <= n // 5, uploads
         finally:
             stop.set()
-            thread.join(WAIT_S)
+            thread.join(WAIT)
             agent.close()
         assert not thread.is_alive()
         assert _state_writes(watch) == 1  # the progress, once, at the stop

@@ -11,14 +11,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
-from test_sync_support import (
-    BACKENDS,
-    free_port,
-    now_ms,
-    provision_device,
-    running_server,
-    wait_for,
-)
+from support.devices import provision_device
+from support.servers import BACKENDS, free_port, now_ms, running_server
+from support.waiting import wait_for
 
 from scanner.base.errors import TrustError
 from scanner.cards import keys as keymod
@@ -197,7 +192,7 @@ def test_server_refuses_to_publish_a_rollback_or_another_root(server, make_bundl
 def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle_bytes, root_key, make_card,
                                                    trust, now):
     """The appliance's default: batches and trust checks in a separate process."""
-    from test_sync_support import assert_exactly_once, record
+    from support.devices import assert_exactly_once, record
 
     from scanner.cards import verifier
     from sync.agent import ProcessBuilder
@@ -227,7 +222,7 @@ def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp
     """A worker killed under it is a clean `builder_died` and a new worker at the next request (an
     interrupt does not kill it); an error in the worker comes back as itself; close() leaves no
     process behind."""
-    from test_sync_support import record
+    from support.devices import record
 
     from scanner.cards import verifier
     from scanner.store.entrylog import EntryLogError

@@ -14,7 +14,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from appliance_support import ROOT, WAIT, make_pki, standalone, write_config
+from support.config import standalone, write_config
+from support.paths import ROOT
+from support.pki import make_pki
+from support.waiting import WAIT
 
 from scanner.appliance import udev
 
@@ -172,11 +175,11 @@ runpy.run_module("scanner", run_name="__main__")
 def test_the_daemon_runs_under_memory_deny_write_execute(tmp_path):
     """checkpoint.service sets MemoryDenyWriteExecute=yes: no writable and executable memory, ever.
     The kernel's own W^X switch (PR_SET_MDWE) enforces the same for a real `--once` run here."""
-    from appliance_support import write_video
+    from support.cameras import write_shots
 
     from scanner.demo.video import Shot
     pki = make_pki(tmp_path / "pki")
-    video = write_video(tmp_path / "cam.avi", [Shot(pki.card(), 1.0), Shot(None, 0.2)])
+    video = write_shots(tmp_path / "cam.avi", [Shot(pki.card(), 1.0), Shot(None, 0.2)])
     state = tmp_path / "state"
     config = write_config(tmp_path / "c.toml", standalone(state, pki, camera=[{"device": str(video), "kind": "file"}]))
     r = subprocess.run([sys.executable, "-c", MDWE, "run", "--config", str(config), "--once"], capture_output=True,

@@ -19,7 +19,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_sync_support import bulk_fill, enroll_direct
+from support.entries import bulk_fill
+from support.servers import enroll_direct
 
 from scanner.base import fsutil
 from scanner.cards.keys import create_private_key

@@ -1,5 +1,6 @@
-"""Helpers for the appliance tests: keys and cards, config files, a real NOTIFY_SOCKET, the daemon
-as a subprocess with its output read line by line, pty serial readers and video files."""
+"""The appliance under test: in this process with every event it publishes kept (Lane), as
+`checkpoint run` in a subprocess with its output read line by line (Daemon), a real NOTIFY_SOCKET,
+and its local API's event stream."""
 from __future__ import annotations
 
 import io
@@ -13,79 +14,16 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
-from scanner.cards import issuer, keys
-from scanner.cards.verdict import Holder
-
-WAIT = 60.0  # seconds: generous for a loaded 2-core machine; never reached when things work
-ROOT = Path(__file__).resolve().parents[1]
-NAME = "Nguyễn Thị Hương"
-
-
-@dataclass
-class Pki:
-    dir: Path
-    key: object
-    pub: Path
-
-    def card(self, *, name: str = NAME, birth: str = "1987-06-05", days: int = 365, expired: bool = False,
-             card_id: bytes | None = None) -> str:
-        now = int(time.time())
-        issued, exp = (now - 400 * 86400, now - 30 * 86400) if expired else (now - 86400, now + days * 86400)
-        kw = {} if card_id is None else {"card_id": card_id}
-        return issuer.issue(issuer.CardSpec("VN-HUE", Holder(name, birth), issued, exp, **kw), self.key)
-
-
-def make_pki(directory: Path, name: str = "hue") -> Pki:
-    directory.mkdir(parents=True, exist_ok=True)
-    key = keys.generate("EdDSA")
-    keys.write_private_key(directory / f"{name}.key", key)
-    pub = directory / f"{name}.pub"
-    pub.write_bytes(keys.public_pem(key.public_key()))
-    return Pki(directory, key, pub)
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(str(v), ensure_ascii=False)
-
-
-def write_config(path: Path, tables: dict) -> Path:
-    """A TOML file from {"device": {...}, "feedback.green": {...}, "camera": [{...}, ...]}."""
-    lines = []
-    for name, body in tables.items():
-        for table in (body if isinstance(body, list) else [body]):
-            lines.append(f"[[{name}]]" if isinstance(body, list) else f"[{name}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-            lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
-def standalone(state: Path, pki: Pki, **extra) -> dict:
-    """A device without a server: standalone identity, trust from the issuer's public key,
-    simulated pins, the API on a free port."""
-    tables = {
-        "device": {"state_dir": str(state), "checkpoint_id": "gate-test"},
-        "sync": {"enabled": False},
-        "trust": {"files": [str(pki.pub)]},
-        "api": {"listen": "127.0.0.1:0"},
-        "feedback": {"pin_factory": "mock"},
-        "feedback.green": {"pin": 17}, "feedback.red": {"pin": 27}, "feedback.amber": {"pin": 22},
-        "feedback.buzzer": {"pin": 18},
-    }
-    for k, v in extra.items():
-        tables[k.replace("__", ".")] = v
-    return tables
+from support.config import write_config
+from support.inputs import Fifo
+from support.paths import ROOT
+from support.waiting import HTTP_TIMEOUT, WAIT, wait_for
 
 
 class NotifySocket:
@@ -197,23 +135,14 @@ class Daemon:
 def wait_inputs_ok(daemon: Daemon) -> str:
     """Wait until every input of the daemon is open (a serial port flushes its input when it
     opens, so a test writes to it only after this); returns the API's URL."""
-    import requests
-
     url = daemon.wait_line(r"api (http://127\.0\.0\.1:\d+)").group(1)
-    deadline = time.monotonic() + WAIT
-    while True:
-        inputs = requests.get(url + "/api/v1/status", timeout=(5, WAIT)).json()["inputs"]
-        if inputs and all(i["state"] == "ok" for i in inputs):
-            return url
-        assert time.monotonic() < deadline, f"inputs not open: {inputs}"
-        time.sleep(0.02)
+    seen: list = []
 
-
-def write_video(path: Path, shots: list, fps: float = 10.0) -> Path:
-    """A Motion-JPEG video of QR shots, written by OpenCV (scanner.demo.video)."""
-    from scanner.demo import video as demo_video
-    demo_video.write(path, shots, fps)
-    return path
+    def all_open() -> bool:
+        seen[:] = requests.get(url + "/api/v1/status", timeout=HTTP_TIMEOUT).json()["inputs"]
+        return bool(seen) and all(i["state"] == "ok" for i in seen)
+    wait_for(all_open, lambda: f"every input open (last seen: {seen})", interval=0.02)
+    return url
 
 
 class Lane:
@@ -221,13 +150,11 @@ class Lane:
     its feedback mirrored as console lines (one per pattern: what the LEDs showed)."""
 
     def __init__(self, tmp: Path, tables: dict) -> None:
-        self.fifo = tmp / f"lane-{len(list(tmp.glob('lane-*')))}.fifo"
-        os.mkfifo(self.fifo)
-        self.fd = os.open(self.fifo, os.O_RDWR)
+        self.fifo = Fifo(tmp / f"lane-{len(list(tmp.glob('lane-*')))}.fifo")
         tables = {"feedback": {"pin_factory": "mock", "console": True}, "feedback.green": {"pin": 17},
                   "feedback.red": {"pin": 27}, "feedback.amber": {"pin": 22}, **tables,
-                  "stdin": [{"name": "desk", "path": str(self.fifo)}]}
-        self.config = load(write_config(tmp / f"{self.fifo.stem}.toml", tables))
+                  "stdin": [{"name": "desk", "path": str(self.fifo.path)}]}
+        self.config = load(write_config(tmp / f"{self.fifo.path.stem}.toml", tables))
         self.out = io.StringIO()
         self.app = Appliance(self.config, stdout=self.out)
         self.events: list = []
@@ -245,7 +172,7 @@ class Lane:
         return self
 
     def send(self, *texts: str) -> None:
-        os.write(self.fd, "".join(t + "\n" for t in texts).encode())
+        self.fifo.send(*texts)
 
     def wait(self, pred, n: int = 1, timeout: float = WAIT) -> list:
         """The events matching ``pred`` once there are ``n`` of them."""
@@ -261,4 +188,28 @@ class Lane:
     def stop(self) -> None:
         self.app.request_stop()
         self.app.shutdown()
-        os.close(self.fd)
+        self.fifo.close()
+
+
+def events(url: str, **kw):
+    """(event, data) pairs from the API's server-sent-events stream at ``url``."""
+    r = requests.get(url, stream=True, timeout=HTTP_TIMEOUT, **kw)
+    r.raise_for_status()
+    assert r.headers["content-type"].startswith("text/event-stream")
+    kind = None
+    for line in r.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            yield kind, json.loads(line[6:])
+
+
+def lan_address() -> str | None:
+    """This machine's address on its LAN (no packet is sent), or None if it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.254.254.254", 9))
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr

@@ -1,19 +1,16 @@
-"""The tests' private PostgreSQL server (no tests here): bench/pgcluster.py's throwaway cluster
-(Debian's `postgresql` package, which `sh setup.sh test` installs), fsync off, started once per
-test session on first use and stopped when the session's process exits. Each test gets a fresh
-schema (cheap) through the URL's search_path. Skipped with a clear message where it cannot run."""
+"""The tests' private PostgreSQL server: bench/pgcluster.py's throwaway cluster (Debian's
+`postgresql` package, which `sh setup.sh test` installs), fsync off, started once per test session
+on first use and stopped when the session's process exits. Each test gets a fresh schema (cheap)
+through the URL's search_path. Skipped with a clear message where it cannot run."""
 from __future__ import annotations
 
 import atexit
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: bench/pgcluster.py
-from bench.pgcluster import PgCluster, find_bin_dir  # noqa: E402
+from bench.pgcluster import PgCluster, find_bin_dir
 
 _lock = threading.Lock()
 _cluster: PgCluster | None = None
@@ -26,7 +23,7 @@ def cluster() -> PgCluster:
     with _lock:
         if _cluster is None and _failure is None:
             try:
-                import psycopg  # noqa: F401
+                import psycopg  # noqa: F401  (optional: the server extra; without it these tests skip)
             except ImportError:
                 _failure = "psycopg is not installed (pip install -e '.[dev]')"
             else:
