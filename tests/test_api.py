@@ -11,11 +11,10 @@ from support.appliance import events, lan_address
 from support.config import standalone, write_config
 from support.inputs import Fifo
 from support.pki import NAME, make_pki
+from support.waiting import HTTP_TIMEOUT as T
 
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
-
-T = (5, 60)  # connect and read timeouts: generous, never reached when things work
 
 
 def start(tmp_path, pki, **extra):

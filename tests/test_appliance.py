@@ -16,8 +16,9 @@ import weakref
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from support.config import standalone, write_config
+from support.inputs import Fifo
 from support.pki import make_pki
-from support.waiting import WAIT
+from support.waiting import WAIT, wait_for
 
 from hardware.scan import Scan
 from scanner.appliance import runtime
@@ -34,12 +35,10 @@ class Running:
     """An appliance started in this process, its events, and a named pipe as its text input."""
 
     def __init__(self, tmp_path, tables: dict, *, fifo: bool = True, **kw) -> None:
-        self.fifo_fd = None
+        self.fifo = None
         if fifo:
-            path = tmp_path / "in.fifo"
-            os.mkfifo(path)
-            self.fifo_fd = os.open(path, os.O_RDWR)
-            tables.setdefault("stdin", [{"name": "desk", "path": str(path)}])
+            self.fifo = Fifo(tmp_path / "in.fifo")
+            tables.setdefault("stdin", [{"name": "desk", "path": str(self.fifo.path)}])
         self.app = Appliance(load(write_config(tmp_path / "c.toml", tables)), **kw)
         self.events = []
         self.cond = threading.Condition()
@@ -54,7 +53,7 @@ class Running:
             self.cond.notify_all()
 
     def send(self, *lines: str) -> None:
-        os.write(self.fifo_fd, "".join(line + "\n" for line in lines).encode())
+        self.fifo.send(*lines)
 
     def wait(self, pred, what: str = "event"):
         with self.cond:
@@ -63,19 +62,15 @@ class Running:
             return next(e for e in self.events if pred(e))
 
     def until(self, cond, what: str):
-        deadline = time.monotonic() + WAIT
-        while not cond():
-            assert time.monotonic() < deadline, what
-            with self.cond:
-                self.cond.wait(0.05)
+        wait_for(cond, what)
 
     def entries(self):
         with EntryLog(self.app.config.db_path, create=False) as log:
             return list(log.entries())
 
     def stop(self) -> None:
-        if self.fifo_fd is not None:
-            os.close(self.fifo_fd)
+        if self.fifo is not None:
+            self.fifo.close()
         self.app.request_stop()
         self.app.shutdown()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlite_utils import Database
+from support.waiting import WAIT, wait_for
 
 from hardware.scan import Scan
 from scanner.cards import verifier
@@ -29,7 +30,7 @@ from scanner.store.schema import MIGRATION_NAMES, MIGRATIONS, SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_750_000_000
-WAIT = 120.0  # generous: the machine is shared and slow phases happen
+SLOW = 2 * WAIT  # these tests run long phases (forks, kills, many commits): twice the usual wait
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_sigkill_at_random_moments_loses_no_committed_entry(tmp_path, server, ve
         try:
             # most rounds: kill while committing; every fifth: kill while opening/migrating
             if round_no % 5:
-                deadline = time.monotonic() + WAIT
+                deadline = time.monotonic() + SLOW
                 while len(seen) < 2 and time.monotonic() < deadline:
                     seen += _read_lines(r, buf, 1.0)
                 assert len(seen) >= 2, "child did not start writing"
@@ -229,7 +230,7 @@ def test_writer_marker_and_reader_threads(tmp_path, server, verdicts):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(WAIT * 3)
+        t.join(SLOW * 3)
         assert not t.is_alive()
     assert not errors, [repr(e) for e in errors]
     assert counts["marker"] == N_WRITES and counts["reader"] > 0
@@ -253,7 +254,7 @@ def test_one_log_object_shared_by_threads(tmp_path, server, verdicts):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(WAIT)
+        t.join(SLOW)
     assert not errors, errors
     assert log.verify().checked == 120 and log.verify().ok
     log.close()
@@ -274,15 +275,17 @@ def _fork(fn, *args) -> int:
 
 
 def _wait(pid) -> int:
-    deadline = time.monotonic() + WAIT * 3
-    while time.monotonic() < deadline:
+    """The child's exit code; a child still running after the wait is killed and fails the test."""
+    def exited() -> list[int] | None:
         done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError("child process hung")
+        return [os.waitstatus_to_exitcode(status)] if done else None  # a list: exit code 0 is an answer too
+
+    try:
+        return wait_for(exited, "the child process to exit (it hung)", timeout=SLOW * 3, interval=0.05)[0]
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
 
 
 def test_writer_marker_and_reader_processes_racing_to_create_the_file(tmp_path, server, verdicts):
@@ -344,10 +347,10 @@ def test_disk_full_size_limited_database(tmp_path, server, verdicts):
     loop.start()
     try:
         log.set_max_db_bytes(None)
-        assert log.wait_flushed(WAIT)
+        assert log.wait_flushed(SLOW)
     finally:
         stop.set()
-        loop.join(WAIT)
+        loop.join(SLOW)
     assert log.health().state == "ok" and log.queued() == 0
     new = log.record(_scan(30_000), verdicts[1], direction="in").entry
     assert new.seq == len(committed) + 4

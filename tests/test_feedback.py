@@ -9,6 +9,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.waiting import WAIT
 
 from hardware.feedback import (
     OFF,
@@ -27,7 +28,6 @@ from hardware.feedback_player import Player
 from scanner.base.errors import Reason
 from scanner.cards.verdict import Decision, Verdict, reject
 
-WAIT = 30.0
 EPS = 1e-6
 SLACK = 3.0
 

@@ -8,13 +8,13 @@ import pty
 import threading
 
 import pytest
+from support.waiting import WAIT
 
 from hardware.console_feedback import ConsoleFeedback, ConsoleLine, render
 from hardware.feedback import OFF, Callbacks, DeviceState, Outputs, Patterns, Timings
 from scanner.base.errors import Reason
 from scanner.cards.verdict import Decision, Verdict, reject
 
-WAIT = 30.0
 T = Timings(verdict_s=0.05, beep_s=0.01, beep_gap_s=0.01, fast_blink_s=0.01, slow_blink_s=0.02, chirp_s=0.01)
 ACCEPT = Verdict(Decision.ACCEPT, Reason.OK)
 

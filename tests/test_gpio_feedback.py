@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 from gpiozero import LED
 from gpiozero.pins.mock import MockFactory, MockPWMPin
+from support.waiting import WAIT
 
 from hardware.console_feedback import ConsoleLine
 from hardware.feedback import Callbacks, DeviceState, Pattern, Patterns, Timings, steady
@@ -32,7 +33,6 @@ from scanner.cards.verdict import Decision, Verdict, reject
 
 SLACK = 3.0     # seconds a step may overrun on a loaded machine
 EPS = 1e-6      # float rounding of the mock pins' timestamps
-WAIT = 30.0     # generous timeout for event-driven waits
 
 T = Timings(verdict_s=0.4, beep_s=0.06, beep_gap_s=0.06, fast_blink_s=0.08, slow_blink_s=0.2,
             chirp_s=0.04, alarm_every_s=0.6)

@@ -30,9 +30,11 @@ from support.config import write_config
 from support.paths import ROOT
 from support.pki import NAME, make_pki
 from support.servers import ServerThread, free_port, now_ms
-from support.waiting import WAIT
+from support.waiting import WAIT, wait_for
 
 sys.path.insert(0, str(ROOT))  # the repository: bench/browser.py (shared with the benchmark)
+from support.waiting import HTTP_TIMEOUT as T
+
 from bench import browser
 from scanner.appliance.provisioning import provision_appliance
 from scanner.cards import keys
@@ -41,7 +43,6 @@ from sync.server.bundles import publish
 
 pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))
 
-T = (5, 60)
 EXPIRED_NAME = "Lê Văn Cường"
 VI = {"accept": "CHẤP NHẬN", "reject": "TỪ CHỐI", "expired": "Thẻ đã hết hạn", "ok": "Thẻ hợp lệ"}
 
@@ -187,10 +188,7 @@ def settled(chrome, url: str) -> None:
     browser.wait_js(chrome, f"document.getElementById('today').textContent === '{today['accepted']}' && "
                     f"document.getElementById('rejected').textContent.includes('{today['rejected']}')", WAIT,
                     "today's counts on the page")
-    deadline = time.monotonic() + WAIT
-    while outlined_preview(chrome) < 100:
-        assert time.monotonic() < deadline, "the preview never showed the outlined code"
-        time.sleep(0.1)
+    wait_for(lambda: outlined_preview(chrome) >= 100, "the preview to show the outlined code", interval=0.1)
 
 
 def test_a_card_shown_to_the_camera_gets_its_verdict_on_the_page_then_the_holder_is_gone(site, chrome, shots):

@@ -20,7 +20,8 @@ from support.cameras import show
 from support.config import standalone, write_config
 from support.inputs import Fifo
 from support.pki import NAME, make_pki
-from support.waiting import WAIT
+from support.waiting import HTTP_TIMEOUT as T
+from support.waiting import wait_for
 
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
@@ -37,7 +38,6 @@ from scanner.store.admission import (
     TRUST_STALE,
 )
 
-T = (5, 60)
 WEB = Path(__file__).resolve().parents[1] / "scanner" / "appliance" / "web"
 
 
@@ -189,26 +189,19 @@ def test_the_camera_preview_outlines_the_code_and_costs_nothing_unwatched(runnin
     encoded = preview.encoded
     camera = next(i for i in app.pipeline.inputs() if i.kind == "camera")
     start = camera.frames
-    deadline = time.monotonic() + WAIT
-    while camera.frames < start + 3:
-        assert time.monotonic() < deadline, "the camera does not deliver frames"
-        time.sleep(0.02)
+    wait_for(lambda: camera.frames >= start + 3, "the camera to deliver frames", interval=0.02)
     assert preview.encoded == encoded and not preview.watched("door") and preview.jpeg("door", 0) is None
     show(cam, pki.card(name="Preview Test"))
-    frames = None
-    deadline = time.monotonic() + WAIT
-    while True:  # the card may take a frame or two to be in view
+
+    def outlined() -> list | None:  # the card may take a frame or two to be in view
         frames = _mjpeg_frames(base + "/api/v1/preview/door", 2)
-        if _green(frames[-1]) > 150:
-            break
-        assert time.monotonic() < deadline, "no outlined code in the preview"
+        return frames if _green(frames[-1]) > 150 else None
+    frames = wait_for(outlined, "an outlined code in the preview", interval=0)
     img = frames[-1]
     assert img.shape[1] == 320 and img.shape[0] == 240  # scaled down to preview_width, 4:3 kept
     assert preview.encoded > encoded
-    deadline = time.monotonic() + WAIT
-    while preview.watched("door"):  # the client went away: the stream ends, the picture is dropped
-        assert time.monotonic() < deadline, "the preview stream outlived its client"
-        time.sleep(0.05)
+    # the client went away: the stream ends, the picture is dropped
+    wait_for(lambda: not preview.watched("door"), "the preview stream to end with its client", interval=0.05)
     show(cam, None)
     assert requests.get(base + "/api/v1/preview/nothing", timeout=T).status_code == 404
 

@@ -8,10 +8,9 @@ import threading
 import time
 
 import pytest
+from support.waiting import WAIT
 
 from hardware.passage import PassageMonitor
-
-WAIT = 30.0
 
 
 class Log:

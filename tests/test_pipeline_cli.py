@@ -7,14 +7,13 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from support.cameras import card_frame, write_video
 from support.inputs import Pty
-from support.waiting import WAIT
+from support.waiting import WAIT, wait_for
 
 NOW = "1750000000"
 
@@ -65,17 +64,16 @@ def test_serial_reader_until_sigterm(trust_args, make_card):
                              *trust_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         card = make_card()
-        deadline = time.monotonic() + WAIT
-        line = ""
         os.set_blocking(pty.master, False)
-        while not line and time.monotonic() < deadline:  # resend until the reader has the port open
+
+        def verdict_line() -> str:  # resend until the reader has the port open
             try:
                 os.write(pty.master, card.encode() + b"\r\n")
             except BlockingIOError:  # nobody reads the pty yet and its buffer is full
                 pass
             ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-            if ready:
-                line = proc.stdout.readline()
+            return proc.stdout.readline() if ready else ""
+        line = wait_for(verdict_line, "a verdict line from the serial reader", interval=0)
         assert json.loads(line)["source"] == "serial" and json.loads(line)["reason"] == "ok"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0

@@ -15,6 +15,7 @@ from support.appliance import Lane
 from support.paths import ROOT
 from support.pki import make_pki
 from support.servers import ServerThread, now_ms
+from support.waiting import HTTP_TIMEOUT as T
 from support.waiting import WAIT, wait_for
 
 from scanner.cards import keys
@@ -24,8 +25,6 @@ from sync.agent import SyncAgent
 from sync.provision import provision
 from sync.server.bundles import publish
 from sync.state import DeviceConfig, StateFile
-
-T = (5, 60)
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
