@@ -29,7 +29,6 @@ from scanner.base.errors import Reason
 from scanner.cards.verdict import Decision, Verdict, reject
 
 EPS = 1e-6
-SLACK = 3.0
 
 
 class Recorder:
