@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -172,7 +173,6 @@ def test_a_log_that_cannot_commit_admits_nobody_and_recovers(tmp_path, pki):
 def _fill_to_the_cap(log) -> int:
     """Cap the database at its size and write filler entries until a commit fails (it is kept in
     the retry queue); returns how many entries that was, the failed one included."""
-    import sqlite3
     conn = sqlite3.connect(str(log.path))
     pages, size = conn.execute("PRAGMA page_count").fetchone()[0], conn.execute("PRAGMA page_size").fetchone()[0]
     conn.close()

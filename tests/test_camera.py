@@ -27,6 +27,7 @@ from hardware.camera import (
     SourceUnavailable,
     make_source,
 )
+from hardware.camera_picamera2 import Picamera2Source
 from hardware.decode import make_decoder
 from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
 
@@ -309,7 +310,6 @@ def test_picamera2_source_decodes_the_lores_y_plane(monkeypatch):
 
 
 def test_picamera2_bad_device_name():
-    from hardware.camera_picamera2 import Picamera2Source
     with pytest.raises(SourceUnavailable) as info:
         Picamera2Source(CameraConfig("picamera2:left"))
     assert info.value.code == SourceReason.BAD_CONFIG and not info.value.retry

@@ -1,6 +1,7 @@
 """The `checkpoint` command as a user runs it: real processes, real files, exit codes and output."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from scanner.cards import keys as keymod
+from scanner.cards.bundle import open_bundle
+from scanner.cards.trust import load_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,8 +123,6 @@ def test_revoke_makes_a_newer_bundle(pki, tmp_path):
     assert verify(pki, card["text"]).returncode == 0
     r = run("verify", "--json", "--trust", str(out), "--trust-root", str(pki / "root.pub"), card["text"])
     assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "revoked"
-    from scanner.cards.bundle import open_bundle
-    from scanner.cards.trust import load_root
     assert open_bundle(out.read_bytes(), [load_root(pki / "root.pub")]).version == 4
 
 
@@ -154,7 +155,6 @@ def test_usage_errors_exit_2_with_one_line(pki, args, needle):
 
 def test_tampered_bundle_is_refused_with_exit_2(pki, tmp_path):
     doc = json.loads((pki / "bundle.json").read_text())
-    import base64
     payload = base64.b64decode(doc["payload"]).replace(b'"version":3', b'"version":9')
     doc["payload"] = base64.b64encode(payload).decode()
     bad = tmp_path / "bad.json"

@@ -10,6 +10,7 @@ import pytest
 
 from scanner.appliance.clockguard import ClockGuard
 from scanner.store import clock as clockmod
+from sync.state import StateFile, SyncState
 
 T0 = 1_750_000_000.0
 
@@ -154,8 +155,6 @@ def test_boot_time_reads_the_kernel_boot_id(tmp_path):
 
 
 def test_sync_state_records_the_boot_with_the_answer(tmp_path):
-    from sync.state import StateFile, SyncState
-
     st = SyncState()
     assert st.server_time() is None
     st.note_clock(-250)

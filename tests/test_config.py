@@ -15,6 +15,7 @@ from support.pki import make_pki
 
 from scanner.appliance import config as cfg
 from scanner.appliance.configschema import Problem
+from scanner.appliance.provisioning import render_config
 
 EXAMPLES = sorted((ROOT / "config").glob("*.toml"))
 
@@ -191,7 +192,6 @@ def test_fuzz_any_document_gives_a_config_or_problems(doc):
 
 
 def test_toml_written_by_provisioning_is_valid(tmp_path):
-    from scanner.appliance.provisioning import render_config
     text = render_config(tmp_path / "st", "https://server.example", {"hid": [{"name": "r", "device": "/dev/x"}]})
     c = cfg.parse(tomllib.loads(text))
     assert c["sync"]["server"] == "https://server.example" and c.state_dir == tmp_path / "st"

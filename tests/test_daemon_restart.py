@@ -20,6 +20,7 @@ from support.waiting import wait_for
 from scanner.appliance.provisioning import provision_appliance
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
+from sync.server.bundles import publish
 from sync.state import StateFile
 
 GONE_S = 15.0  # a child that dies with its parent is gone at once; this only bounds the wait
@@ -29,8 +30,6 @@ GONE_S = 15.0  # a child that dies with its parent is gone at once; this only bo
 def site(tmp_path):
     """A device provisioned against a real server, its config (sync on, batches built in a
     separate process as shipped) and a card reader that is a named pipe."""
-    from sync.server.bundles import publish
-
     (tmp_path / "server").mkdir()
     server = ServerThread(tmp_path / "server" / "central.db").start()
     root = OPERATOR_ROOT  # the root that vouches for the test server (its credential)

@@ -13,6 +13,7 @@ from support.waiting import WAIT
 from scanner.base.errors import Reason
 from scanner.demo.main import _summary
 from scanner.store.entrylog import EntryLog
+from sync.server.storage import open_storage
 
 
 def test_the_demo_runs_the_appliance_and_every_entry_reaches_the_server_once(tmp_path):
@@ -28,7 +29,6 @@ def test_the_demo_runs_the_appliance_and_every_entry_reaches_the_server_once(tmp
     assert len(list((out / "cards").glob("*.png"))) == 9 and (out / "camera.avi").stat().st_size > 0
     assert stat.S_IMODE((out / "keys" / "root.key").stat().st_mode) == 0o600
     # the files say the same as the summary: the server holds exactly the device's chain
-    from sync.server.storage import open_storage
     with EntryLog(out / "state" / "entries.db", create=False) as log:
         local = {e.seq: e.hash for e in log.entries()}
         reasons = [e.reason for e in log.entries()]

@@ -7,13 +7,20 @@ Timings are checked on the pins' recorded history with gpiozero's MockPin.assert
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
+from io import StringIO
+from pathlib import Path
 
 import pytest
-from gpiozero import LED
+from gpiozero import LED, Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 from support.waiting import WAIT
 
@@ -23,6 +30,7 @@ from hardware.feedback_config import (
     ButtonConfig,
     BuzzerConfig,
     FeedbackConfig,
+    FeedbackConfigError,
     LedConfig,
     PassageSensorConfig,
     RelayConfig,
@@ -505,7 +513,6 @@ def test_show_never_blocks_even_when_the_outputs_do(factory):
 
 
 def test_mirror_gets_every_frame(factory):
-    from io import StringIO
     out = StringIO()
     fb = GpioFeedback(config(), pin_factory=factory, mirror=ConsoleLine(out, tty=False, lang="en"))
     fb.show(ACCEPT)
@@ -519,7 +526,6 @@ def test_mirror_gets_every_frame(factory):
 # -- falling back to the console ------------------------------------------------------------------
 
 def test_pin_in_use_falls_back_to_console(factory, caplog):
-    from io import StringIO
     squatter = LED(RELAY, pin_factory=factory)
     out = StringIO()
     with caplog.at_level(logging.WARNING, logger="hardware.gpio_feedback"):
@@ -541,14 +547,11 @@ def test_pin_in_use_falls_back_to_console(factory, caplog):
 
 
 def test_not_a_pi_falls_back_to_console_with_one_log_line(caplog, recwarn, monkeypatch):
-    from pathlib import Path
     model = Path("/proc/device-tree/model")
     if model.exists() and b"Raspberry Pi" in model.read_bytes():
         pytest.skip("this machine is a Raspberry Pi: gpiozero's default factory works here")
     monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
-    from io import StringIO
 
-    from gpiozero import Device
     monkeypatch.setattr(Device, "pin_factory", None)  # gpiozero chooses its default on first use
     with caplog.at_level(logging.WARNING):
         fb = open_feedback(config(), stream=StringIO())
@@ -563,14 +566,11 @@ def test_not_a_pi_falls_back_to_console_with_one_log_line(caplog, recwarn, monke
 
 
 def test_bad_config_is_an_error_not_a_fallback(factory):
-    from hardware.feedback_config import FeedbackConfigError
     with pytest.raises(FeedbackConfigError, match="GPIO17 is used twice: green LED and relay"):
         open_feedback(config(relay=RelayConfig(17)), pin_factory=factory)
 
 
 def child_env() -> dict[str, str]:
-    import os
-    from pathlib import Path
     env = {k: v for k, v in os.environ.items() if k not in ("LG_WD", "GPIOZERO_PIN_FACTORY")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     return env
@@ -579,10 +579,6 @@ def child_env() -> dict[str, str]:
 def test_lgpio_import_leaves_no_fifo_and_keeps_the_cwd(tmp_path):
     """lgpio drops a FIFO (.lgd-nfy0) into the working directory on import, or chdirs into LG_WD:
     open_feedback must do neither to the process (a fresh one, so lgpio is not imported yet)."""
-    import importlib.util
-    import json
-    import subprocess
-    import sys
     if importlib.util.find_spec("lgpio") is None:
         pytest.skip("lgpio is not installed")
     child = (
@@ -603,7 +599,6 @@ def test_lgpio_import_leaves_no_fifo_and_keeps_the_cwd(tmp_path):
 
 @pytest.mark.parametrize("name", ["rpigpio", "pigpio"])
 def test_named_pin_factory_that_cannot_load_falls_back(name, caplog):
-    from io import StringIO
     with caplog.at_level(logging.WARNING, logger="hardware.gpio_feedback"):
         fb = open_feedback(config(pin_factory=name), stream=StringIO())
     try:
@@ -640,9 +635,6 @@ def test_door_contact_with_external_pull_up_is_active_high(make, factory):
 def test_uncaught_exception_still_leaves_safe_state(tmp_path):
     """The program dies of an uncaught exception mid-pattern: the atexit hook still writes the safe
     state before gpiozero releases the pins (a reporter registered first runs last and prints)."""
-    import json
-    import subprocess
-    import sys
     child = (
         "import atexit, json\n"
         "from dataclasses import replace\n"

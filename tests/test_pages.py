@@ -23,6 +23,7 @@ from support.pki import NAME, make_pki
 from support.waiting import HTTP_TIMEOUT as T
 from support.waiting import wait_for
 
+from hardware.decode import DecodedCode
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
 from scanner.appliance.pages import TEXT_SECTIONS
@@ -207,7 +208,6 @@ def test_the_camera_preview_outlines_the_code_and_costs_nothing_unwatched(runnin
 
 
 def test_scale_and_encode_map_the_corners():
-    from hardware.decode import DecodedCode
     frame = np.full((480, 640), 128, np.uint8)
     code = DecodedCode("x", b"x", ((100, 100), (300, 100), (300, 300), (100, 300)))
     small, outlines = scale_frame(frame, 320, [code, DecodedCode("y", b"y", None)])

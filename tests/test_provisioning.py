@@ -27,6 +27,8 @@ from scanner.appliance.provisioning import ProvisioningError, provision_applianc
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.store.entrylog import EntryLog
+from sync.server.bundles import publish
+from sync.server.puller import pull_device
 
 
 @pytest.fixture
@@ -40,8 +42,6 @@ def server(tmp_path):
 @pytest.fixture
 def published(server, tmp_path):
     """A root, an issuer and the bundle trusting it, published on the server."""
-    from sync.server.bundles import publish
-
     root = server.root  # the operator's root: it vouches for the server and signs the bundles
     pki = make_pki(tmp_path / "pki")
     pub = pki.key.public_key()
@@ -173,8 +173,6 @@ def test_zero_touch_enrollment_from_a_scanned_qr(server, published, tmp_path):
 def test_the_server_pulls_through_the_daemons_api(server, published, tmp_path):
     """A site where only the server can open connections: sync push off, the server pulls from the
     running appliance's API (sync/pull.py, mounted by the daemon), every entry exactly once."""
-    from sync.server.puller import pull_device
-
     root, pki = published
     state = tmp_path / "state"
     provision_appliance(server.url, server.token("vpn-site"), state_dir=state, trust_root=server.root_pub)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -109,7 +110,6 @@ def test_session_ends_after_max_blobs_max_age_or_rotate(server):
 
 
 def test_sealer_is_thread_safe(server):
-    import threading
     sealer = sealing.Sealer(server.public_key(), max_blobs=7)
     out: list[tuple[str, bytes]] = []
     lock = threading.Lock()

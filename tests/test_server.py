@@ -10,8 +10,9 @@ import os
 import pytest
 import requests
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from support.devices import provision_device, record
+from support.devices import Device, provision_device, record
 from support.servers import (
     BACKENDS,
     ServerThread,
@@ -21,12 +22,15 @@ from support.servers import (
     running_server,
 )
 
+from scanner.appliance.config import load
 from scanner.base.errors import CheckpointError
 from scanner.cards import verifier
 from scanner.cli.main import main
 from scanner.store.entry import chain_hash, hash_fields
+from scanner.store.entrylog import EntryLog
 from sync import credential
 from sync.client import RejectedError, SyncClient
+from sync.server.bundles import publish
 from sync.server.storage import default_keys_dir, open_storage
 from sync.server.tokens import issue_tokens, token_hash
 from sync.wire import batch as batchmod
@@ -156,7 +160,6 @@ def test_storage_urls(tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_server_cli_tokens_stats_bundle(tmp_path, make_bundle_bytes, root_key, backend):
-    from cryptography.hazmat.primitives import serialization
     db = db_url_for(backend, tmp_path / "c.db")
     r = CliRunner()
     out = r.invoke(main, ["server", "token", "create", "--db", db, "--checkpoint", "gate-2", "--count", "3", "--json"])
@@ -176,7 +179,6 @@ def test_server_cli_tokens_stats_bundle(tmp_path, make_bundle_bytes, root_key, b
 
 
 def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, make_bundle_bytes, root_key):
-    from sync.server.bundles import publish
     publish(server.storage, make_bundle_bytes(version=2), now_ms=now_ms(), root=root_key.public_key())
     state = tmp_path / "dev"
     r = CliRunner()
@@ -188,9 +190,7 @@ def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, mak
     res = json.loads(out.output)
     assert res["bundle_version"] == 2 and not res["key_created"]
     assert oct(os.stat(state / "device.key").st_mode & 0o777) == "0o600"
-    from support.devices import Device
 
-    from scanner.store.entrylog import EntryLog
     log = EntryLog(state / "entries.db", device_id=res["device_id"], checkpoint_id=res["checkpoint_id"],
                    sealing_key=credential.load(state).sealing_key, passback_window_s=0)
     dev = Device(state, log, res["device_id"], res["checkpoint_id"])
@@ -224,8 +224,6 @@ def test_sync_now_exits_1_when_the_server_is_gone(tmp_path, verdicts):
 def test_provision_with_a_config_file_writes_it_and_keeps_it(server, tmp_path, make_bundle_bytes, root_key):
     """`checkpoint provision --config FILE`: the first run writes a config that `config check`
     accepts; a second run finds it, keeps it, and takes the server from it."""
-    from scanner.appliance.config import load
-    from sync.server.bundles import publish
     publish(server.storage, make_bundle_bytes(version=3), now_ms=now_ms(), root=root_key.public_key())
     state, cfg = tmp_path / "state", tmp_path / "etc" / "checkpoint.toml"
     r = CliRunner()

@@ -10,10 +10,13 @@ import json
 import os
 import threading
 import time
+from urllib.parse import quote, unquote
 
 import pytest
 import requests
 from click.testing import CliRunner
+from support import postgres
+from support.devices import assert_exactly_once, provision_device, record
 from support.entries import chain_entries
 from support.servers import (
     BACKENDS,
@@ -24,14 +27,18 @@ from support.servers import (
     now_ms,
 )
 
+from bench.pgcluster import PgCluster, find_bin_dir
+from scanner.cards import verifier
 from scanner.cards.verdict import Holder
 from scanner.cli.main import main
 from scanner.store.sealing import generate_server_key
+from sync.agent import Backoff, SyncAgent
+from sync.client import SyncClient
 from sync.server.keys import load_or_create_sealing_key
 from sync.server.storage import open_storage
 from sync.server.trace import TraceError, parse_card, parse_window, trace
 from sync.wire import batch as batchmod
-from sync.wire import protocol
+from sync.wire import identity, protocol
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -83,7 +90,8 @@ def test_retention_removes_old_entries_keeps_late_arrivals_and_counts(store):
 
 
 def test_postgres_partitions_by_day_made_on_demand_and_dropped_whole(tmp_path):
-    from sync.server.postgres import DAY_MS, partition_name
+    # local: sync.server.postgres needs psycopg (the server extra), and these tests skip without it
+    from sync.server.postgres import DAY_MS, PostgresStorage, partition_name
 
     url = db_url_for("postgresql", tmp_path / "c.db")
     st = open_storage(url)
@@ -116,7 +124,6 @@ def test_postgres_partitions_by_day_made_on_demand_and_dropped_whole(tmp_path):
             st2.close()
         # 39 days on, the future-dated entry's day enters the window: its partition is made and the
         # entry moves there out of the default partition
-        from sync.server.postgres import PostgresStorage
         later = PostgresStorage(url, now_ms=lambda: now + 39 * DAY)
         try:
             assert later.ensure_partitions([today + 40]) == [partition_name(today + 40)]
@@ -226,14 +233,13 @@ def test_trace_visits_and_contacts_with_holders(world):
     assert capped.truncated and len(capped.visits) == 1
     assert trace(st, "ff" * 16, since_ms=0, until_ms=now, window_ms=HOUR).visits == ()
     if world["url"].startswith("postgresql"):  # a read-only connection (as to a hot standby) can trace
-        from urllib.parse import quote, unquote
         base, _, opts = world["url"].partition("?options=")
         ro_url = f"{base}?options=" + quote(unquote(opts) + " -cdefault_transaction_read_only=on", safe="")
         ro = open_storage(ro_url)
         try:
             again = trace(ro, c["X"], since_ms=now - 14 * DAY, until_ms=now, window_ms=HOUR, sealing_key=world["key"])
             assert again == rep
-            import psycopg
+            import psycopg  # local: the server extra's driver; without it this branch is never reached
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
                 ro.set_meta("x", "y")
         finally:
@@ -337,7 +343,6 @@ def test_fleet_of_20_devices_pushing_concurrently_stores_each_entry_once(tmp_pat
 
 @pytest.fixture(scope="module")
 def verdicts(make_card, trust, now):
-    from scanner.cards import verifier
     return [verifier.verify(make_card(card_id=os.urandom(16)), trust, now) for _ in range(3)]
 
 
@@ -345,14 +350,6 @@ def test_postgres_killed_under_the_server_then_back_nothing_lost(tmp_path, verdi
     """PostgreSQL crashes (pg_ctl stop -m immediate) while devices sync: the server answers
     503 db_unavailable, the device keeps its entries and retries; once PostgreSQL is back (crash
     recovery) the pool reconnects and every entry is stored exactly once."""
-    from support import postgres
-    from support.devices import assert_exactly_once, provision_device, record
-
-    from bench.pgcluster import PgCluster, find_bin_dir
-    from sync.agent import Backoff, SyncAgent
-    from sync.client import SyncClient
-    from sync.wire import identity
-
     postgres.cluster()  # skips here, with the reason, where PostgreSQL cannot run
     pg = PgCluster(find_bin_dir(), durable=True)  # its own server, to kill
     (tmp_path / "s").mkdir()

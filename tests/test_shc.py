@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from scanner.cards import cose, jwks
 from scanner.cards.bundle import BundleKey
 from scanner.cards.formats import shc
 from scanner.cards.jwks import b64url_encode
+from scanner.cards.revocation import RevocationSet
 from scanner.cards.trust import TrustStore, load_trust
 from scanner.cards.verifier import verify
 
@@ -192,7 +194,6 @@ def test_signatures(key, jwk, store):
     jws = jws_of(key, jwk)
     head, body, sig = jws.split(".")
     raw = jwks.b64url_decode(sig)
-    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
     v = verify(shc.qr_texts(f"{head}.{body}.{b64url_encode(der)}")[0], store, NOW)
     assert v.reason is Reason.BAD_SIGNATURE and "64 bytes" in v.detail
@@ -275,7 +276,6 @@ def test_crls_for_one_key_merge(key, jwk):
 def test_revocation_by_card_id(key, jwk, store):
     text = text_of(key, jwk)
     card_id = verify(text, store, NOW).card.card_id
-    from scanner.cards.revocation import RevocationSet
     revoked = dataclasses.replace(store, revoked_cards=RevocationSet([card_id]))
     assert reason(text, revoked) is Reason.REVOKED
 

@@ -5,6 +5,8 @@ backlog. After each, the server holds every logged entry exactly once and the de
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import ipaddress
 import os
 import threading
 import time
@@ -13,7 +15,11 @@ from pathlib import Path
 import inotify_simple
 import pytest
 import requests
-from support.devices import assert_exactly_once, provision_device, record
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+from support.devices import Device, assert_exactly_once, provision_device, record
 from support.entries import bulk_fill
 from support.proxy import FaultProxy
 from support.servers import (
@@ -22,14 +28,19 @@ from support.servers import (
     ServerThread,
     db_url_for,
     free_port,
+    now_ms,
     running_server,
 )
 from support.waiting import WAIT, wait_for
 
 from scanner.cards import verifier
+from scanner.store.entrylog import EntryLog
 from sync.agent import Backoff, SyncAgent
-from sync.client import ConfigError, SyncClient, check_server_url
+from sync.client import ConfigError, SyncClient, TransientError, check_server_url
 from sync.export import export_pending, import_dir
+from sync.provision import provision
+from sync.server.storage import open_storage
+from sync.server.tokens import issue_tokens
 from sync.state import STATE_NAME, DeviceConfig, StateFile
 from sync.wire import batch as batchmod
 from sync.wire import identity, protocol
@@ -238,13 +249,6 @@ def test_server_killed_and_restarted_mid_upload(tmp_path, backend):
     url = db_url_for(backend, db)
     srv = ServerProcess(db, url=url).start()
     try:
-        from support.devices import Device
-        from support.servers import now_ms
-
-        from scanner.store.entrylog import EntryLog
-        from sync.provision import provision
-        from sync.server.storage import open_storage
-        from sync.server.tokens import issue_tokens
 
         st = open_storage(url)
         token = issue_tokens(st, "gate-1", now_ms=now_ms())[0]
@@ -312,7 +316,6 @@ def test_overlapping_batch_stores_only_new_entries(server, tmp_path, verdicts):
 def test_batch_of_unknown_device_is_refused(server, tmp_path, verdicts):
     dev = provision_device(server, tmp_path)
     entries = record(dev, verdicts, 5)
-    from cryptography.hazmat.primitives.asymmetric import ed25519
     stranger = ed25519.Ed25519PrivateKey.generate()
     sid = identity.device_id(stranger)
     forged = [dataclasses.replace(e, device_id=sid) for e in entries]
@@ -431,17 +434,9 @@ def test_http_only_on_loopback():
 
 
 def test_tls_with_ca_file(tmp_path, verdicts):
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
-    import ipaddress
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=1))
@@ -455,8 +450,6 @@ def test_tls_with_ca_file(tmp_path, verdicts):
     (tmp_path / "s").mkdir()
     srv = ServerThread(tmp_path / "s" / "c.db", tls=(str(certf), str(keyf))).start()
     try:
-        from sync.client import TransientError
-        from sync.provision import provision
         with pytest.raises(TransientError) as exc_info:  # the system CAs do not know this server
             provision(srv.url, srv.token(), tmp_path / "d0", trust_root=srv.root_pub)
         assert exc_info.value.code == "tls"
@@ -474,10 +467,7 @@ def test_offline_backlog_of_100k_then_link_returns(tmp_path):
     port = free_port()
     (tmp_path / "s").mkdir()
     srv = ServerThread(tmp_path / "s" / "c.db", port=port).start()
-    from support.devices import Device
 
-    from scanner.store.entrylog import EntryLog
-    from sync.provision import provision
     res = provision(srv.url, srv.token(), tmp_path / "dev", trust_root=srv.root_pub)
     srv.stop()  # the link goes away for a long time
     log = EntryLog(tmp_path / "dev" / "entries.db", device_id=res.device_id, checkpoint_id=res.checkpoint_id,

@@ -8,22 +8,26 @@ import signal
 import threading
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
-from support.devices import provision_device
+from support.devices import assert_exactly_once, provision_device, record
 from support.servers import BACKENDS, free_port, now_ms, running_server
 from support.waiting import wait_for
 
 from scanner.base.errors import TrustError
 from scanner.cards import keys as keymod
+from scanner.cards import verifier
 from scanner.cards.bundle import BundleKey, open_bundle
+from scanner.store.entrylog import EntryLogError
 from sync import trustupdate
-from sync.agent import SyncAgent
+from sync.agent import ProcessBuilder, SyncAgent
+from sync.client import SyncClient, SyncError
 from sync.server.app import make_server
 from sync.server.bundles import publish
 from sync.state import StateFile
-from sync.wire import protocol
+from sync.wire import identity, protocol
 
 
 def ids(n):
@@ -32,7 +36,6 @@ def ids(n):
 
 @pytest.fixture(scope="module")
 def other_key():
-    from cryptography.hazmat.primitives.asymmetric import ed25519
     k = ed25519.Ed25519PrivateKey.generate()
     return BundleKey(keymod.kid_of(k.public_key()), "EdDSA", "VN-SGN", k.public_key())
 
@@ -163,8 +166,6 @@ def test_bad_bundles_are_refused_and_the_old_one_kept(server, tmp_path, make_bun
         media = protocol.DELTA_TYPE
     impostor = Impostor(body, media)
     try:
-        from sync.client import SyncClient
-        from sync.wire import identity
         cfg_key = identity.load(dev.state)
         client = SyncClient(f"http://127.0.0.1:{impostor.port}", cfg_key, device_id=dev.device_id)
         agent = SyncAgent(dev.state, dev.log, client=client)
@@ -192,11 +193,6 @@ def test_server_refuses_to_publish_a_rollback_or_another_root(server, make_bundl
 def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle_bytes, root_key, make_card,
                                                    trust, now):
     """The appliance's default: batches and trust checks in a separate process."""
-    from support.devices import assert_exactly_once, record
-
-    from scanner.cards import verifier
-    from sync.agent import ProcessBuilder
-
     publish(server.storage, make_bundle_bytes(version=1, revoked_cards=ids(50)), now_ms=now_ms(),
             root=root_key.public_key())
     dev = provision_device(server, tmp_path)
@@ -222,12 +218,6 @@ def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp
     """A worker killed under it is a clean `builder_died` and a new worker at the next request (an
     interrupt does not kill it); an error in the worker comes back as itself; close() leaves no
     process behind."""
-    from support.devices import record
-
-    from scanner.cards import verifier
-    from scanner.store.entrylog import EntryLogError
-    from sync.agent import ProcessBuilder
-    from sync.client import SyncError
 
     dev = provision_device(server, tmp_path)
     record(dev, [verifier.verify(make_card(), trust, now)], 3)

@@ -4,6 +4,7 @@
 the daemon under MemoryDenyWriteExecute (which the unit sets)."""
 from __future__ import annotations
 
+import grp
 import os
 import re
 import shutil
@@ -14,12 +15,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support.cameras import write_shots
 from support.config import standalone, write_config
 from support.paths import ROOT
 from support.pki import make_pki
 from support.waiting import WAIT
 
 from scanner.appliance import udev
+from scanner.demo.video import Shot
 
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
 ANALYZE = shutil.which("systemd-analyze")
@@ -139,7 +142,6 @@ def test_udevadm_reads_the_rules_without_complaint():
     rules_dir = Path("/run/udev/rules.d")
     rules_dir.mkdir(parents=True, exist_ok=True)
     path = rules_dir / f"70-checkpoint-test-{uuid.uuid4().hex[:8]}.rules"
-    import grp
     try:  # the service's group exists on an installed device; here a group that exists stands in for it
         group = grp.getgrnam("checkpoint").gr_name
     except KeyError:
@@ -175,9 +177,6 @@ runpy.run_module("scanner", run_name="__main__")
 def test_the_daemon_runs_under_memory_deny_write_execute(tmp_path):
     """checkpoint.service sets MemoryDenyWriteExecute=yes: no writable and executable memory, ever.
     The kernel's own W^X switch (PR_SET_MDWE) enforces the same for a real `--once` run here."""
-    from support.cameras import write_shots
-
-    from scanner.demo.video import Shot
     pki = make_pki(tmp_path / "pki")
     video = write_shots(tmp_path / "cam.avi", [Shot(pki.card(), 1.0), Shot(None, 0.2)])
     state = tmp_path / "state"

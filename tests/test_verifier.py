@@ -7,12 +7,17 @@ import unicodedata
 import zlib
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from scanner.base.errors import Reason
 from scanner.base.safetext import escape, json_line
 from scanner.cards import base45, cbor, cose
 from scanner.cards.bundle import BundleKey
 from scanner.cards.cbor import Tag
+from scanner.cards.issuer import issue
+from scanner.cards.keys import kid_of
+from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Decision
 from scanner.cards.verifier import DEFAULT_CLOCK_SKEW, MAX_TEXT, verify
 
@@ -73,7 +78,6 @@ def padded_card(sign_payload, claims: dict, target_cose_len: int, *, key="ed", c
 # =========================================================================== ok
 
 def test_ok(key, make_spec, issuers, trust, now):
-    from scanner.cards.issuer import issue
     spec = make_spec(key, id_masked="***1234", status="F0", last_dose="2021-09-30", not_before=now - 10)
     v = verify(issue(spec, issuers[key].key), trust, now)
     assert v.reason is Reason.OK and v.accepted and v.decision is Decision.ACCEPT
@@ -196,7 +200,6 @@ def test_float_now(key, make_card, trust, now):
 
 
 def test_loose_key_accepts_any_issuer(key, make_card, issuers, now):
-    from scanner.cards.trust import TrustStore
     i = issuers[key]
     store = TrustStore.build(keys=[BundleKey(i.kid, i.alg_name, None, i.key.public_key())])
     assert reason(make_card(key, issuer="XX-ANY"), store, now) is Reason.OK
@@ -209,7 +212,6 @@ DICT_KEYS = {"decision", "reason", "detail", "format", "card_id", "issuer", "kid
 
 
 def test_to_dict_accept(key, make_spec, issuers, trust, now):
-    from scanner.cards.issuer import issue
     spec = make_spec(key, id_masked="***9", status="ok", last_dose="2022-01-31")
     d = verify(issue(spec, issuers[key].key), trust, now).to_dict()
     assert set(d) == DICT_KEYS
@@ -539,7 +541,6 @@ def test_birth_year_with_non_ascii_digits_is_malformed(make_claims, sign_payload
 # =========================================================================== unknown_key
 
 def test_unknown_key(key, rogue_ed_key, rogue_es_key, make_card, trust, now):
-    from scanner.cards.keys import kid_of
     rogue = rogue_ed_key if key == "ed" else rogue_es_key
     v = verify(make_card(rogue), trust, now)
     assert v.reason is Reason.UNKNOWN_KEY
@@ -553,7 +554,6 @@ def test_unknown_kid_with_trusted_signature(key, make_card, trust, now):
 
 
 def test_empty_trust_store_means_unknown_key(key, make_card, now):
-    from scanner.cards.trust import TrustStore
     assert reason(make_card(key), TrustStore.build(), now) is Reason.UNKNOWN_KEY
 
 
@@ -605,8 +605,6 @@ def test_tampered_signature(key, make_card, trust, now, change):
 
 
 def test_es256_der_signature_is_bad_signature(make_card, issuers, trust, now):
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
     es = issuers["es"]
 
     def edit(m):
@@ -779,7 +777,6 @@ def test_revocation_is_checked_on_authentic_cards_only(key, make_trust, make_car
 
 def test_revoked_kid_decides_before_key_lookup_and_signature(key, issuers, rogue_ed_key, rogue_es_key,
                                                              make_trust, make_card, now):
-    from scanner.cards.keys import kid_of
     rogue = rogue_ed_key if key == "ed" else rogue_es_key
     rogue_kid = kid_of(rogue.public_key())
     store = make_trust(revoked_kids=[issuers[key].kid, rogue_kid])
