@@ -15,8 +15,6 @@ from scanner.cards import keys as keymod
 from scanner.cards.bundle import open_bundle
 from scanner.cards.trust import load_root
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def run(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):
     """Run `python -m scanner ARGS` and return the CompletedProcess (text mode)."""

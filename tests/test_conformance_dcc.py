@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from support.paths import TESTDATA
 
 from hardware.decode import make_decoder, scan_file
 from scanner.base.errors import CardRejected, Reason
@@ -31,7 +32,7 @@ from scanner.cards.trust import load_trust
 from scanner.cards.verifier import verify
 from scanner.cli.main import parse_time
 
-DCC = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "dcc"
+DCC = TESTDATA / "dcc"
 if not DCC.is_dir():
     pytest.skip(f"EU DCC test data not found at {DCC} (../shared/testdata/dcc)", allow_module_level=True)
 

@@ -8,10 +8,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.paths import TESTDATA
 
 from hardware.decode import make_decoder, scan_file
 from scanner.base.errors import KeyFileError, Reason
@@ -21,7 +21,7 @@ from scanner.cards.trust import load_trust
 from scanner.cards.verifier import verify
 from scanner.cli.main import parse_time
 
-SHC = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "shc"
+SHC = TESTDATA / "shc"
 if not (SHC / "cases.json").is_file():
     pytest.skip(f"SMART Health Cards test data not found at {SHC} (../shared/testdata/shc)",
                 allow_module_level=True)

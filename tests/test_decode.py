@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import segno
+from support.paths import TESTDATA
 
 from hardware import decode
 from hardware.decode import (
@@ -26,7 +27,7 @@ from hardware.decode import (
 )
 from scanner.base.errors import CheckpointError
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "qr"
+SAMPLES = TESTDATA / "qr"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 CK1_LIKE = "CK1:6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK G2EP4J0BGJLFX3R3VHXK.PJ:2DPF6R:5SVBHABVCNN95SWMPHQUHQN%A0SOE+QQAB-HQ/HQ7IR.SQEEOK9SAI4- 7Y15KBPD34  QWSP0WRGTQFNPLIR.KQNA7N95U/3FJCTG90OARH9P1J4HGZJKBEG%123ZC$0BCI757TLXKIBTV5TN%2LXK-$CH4TSXKZ4S/$K%0KPQ1HEP9.PZE9Q$95:UENEUW6646936HRTO$9KZ56DE/.QC$Q3J62:6LZ6O59++9-G9+E93ZM$96TV6NRNJ1"

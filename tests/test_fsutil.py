@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support.entries import bulk_fill
+from support.paths import ROOT as REPO
 
 from scanner.appliance.clockguard import ClockGuard
 from scanner.base import fsutil
@@ -30,8 +31,6 @@ from scanner.cards.keys import create_private_key
 from scanner.store.entrylog import EntryLog
 from sync.server.storage import open_storage
 from sync.state import DeviceConfig
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_writer_killed_mid_write_leaves_the_old_file(tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from gpiozero import LED, Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
+from support.paths import ROOT
 from support.waiting import WAIT
 
 from hardware.console_feedback import ConsoleLine
@@ -572,7 +573,7 @@ def test_bad_config_is_an_error_not_a_fallback(factory):
 
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("LG_WD", "GPIOZERO_PIN_FACTORY")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(ROOT)
     return env
 
 

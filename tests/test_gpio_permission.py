@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.paths import ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CHECKOUT = "/dev/checkout"  # where the child sees REPO (SETUP)
 
 CHILD = r"""

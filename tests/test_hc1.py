@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -32,7 +31,6 @@ from scanner.cards.verifier import verify
 
 NOW = 1_750_000_000
 DAY = 86_400
-ROOT = Path(__file__).resolve().parents[1]
 VACC_OIDS = {"test": "1.3.6.1.4.1.1847.2021.1.1", "vaccination": "1.3.6.1.4.1.1847.2021.1.2",
              "recovery": "1.3.6.1.4.1.1847.2021.1.3"}
 ALT_OIDS = {k: v.replace("4.1.1847", "4.1.0.1847") for k, v in VACC_OIDS.items()}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,6 +18,7 @@ from support.appliance import events, lan_address
 from support.cameras import show
 from support.config import standalone, write_config
 from support.inputs import Fifo
+from support.paths import ROOT
 from support.pki import NAME, make_pki
 from support.waiting import HTTP_TIMEOUT as T
 from support.waiting import wait_for
@@ -39,7 +39,7 @@ from scanner.store.admission import (
     TRUST_STALE,
 )
 
-WEB = Path(__file__).resolve().parents[1] / "scanner" / "appliance" / "web"
+WEB = ROOT / "scanner" / "appliance" / "web"
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from sync.state import DeviceConfig, StateFile
 from sync.wire import identity, protocol
 from sync.wire.batch import read_header
 
-REPO = Path(__file__).resolve().parents[1]
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n"
 
 
