@@ -14,10 +14,11 @@ import requests
 from support.appliance import Daemon
 from support.config import write_config
 from support.pki import OPERATOR_ROOT, make_pki
-from support.servers import ServerThread, free_port, now_ms
+from support.servers import ServerThread, free_port
 from support.waiting import wait_for
 
 from scanner.appliance.provisioning import provision_appliance
+from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
 from sync.server.bundles import publish

@@ -21,11 +21,12 @@ from support.appliance import Lane
 from support.devices import provision_device
 from support.paths import ROOT
 from support.pki import OPERATOR_ROOT, make_pki
-from support.servers import ServerProcess, ServerThread, now_ms
+from support.servers import ServerProcess, ServerThread
 from support.waiting import WAIT, wait_for
 
 from scanner.appliance import readiness
 from scanner.appliance.doctor import check_credential
+from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.store import sealing

@@ -29,8 +29,10 @@ from support.cameras import show
 from support.config import write_config
 from support.paths import ROOT
 from support.pki import NAME, make_pki
-from support.servers import ServerThread, free_port, now_ms
+from support.servers import ServerThread, free_port
 from support.waiting import WAIT, wait_for
+
+from scanner.base.timeutil import now_ms
 
 sys.path.insert(0, str(ROOT))  # the repository: bench/browser.py (shared with the benchmark)
 from support.waiting import HTTP_TIMEOUT as T

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 from support.config import write_config
 from support.paths import ROOT
 from support.pki import make_pki
-from support.servers import ServerThread, now_ms
+from support.servers import ServerThread
 from support.waiting import WAIT, wait_for
 
 from scanner.appliance import enroll
 from scanner.appliance.config import check_file, load
 from scanner.appliance.daemon import Appliance
 from scanner.appliance.provisioning import ProvisioningError, provision_appliance
+from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.store.entrylog import EntryLog

@@ -14,10 +14,11 @@ import requests
 from support.appliance import Lane
 from support.paths import ROOT
 from support.pki import make_pki
-from support.servers import ServerThread, now_ms
+from support.servers import ServerThread
 from support.waiting import HTTP_TIMEOUT as T
 from support.waiting import WAIT, wait_for
 
+from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.store.entrylog import EntryLog

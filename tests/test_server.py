@@ -18,12 +18,12 @@ from support.servers import (
     ServerThread,
     db_url_for,
     free_port,
-    now_ms,
     running_server,
 )
 
 from scanner.appliance.config import load
 from scanner.base.errors import CheckpointError
+from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.cli.main import main
 from scanner.store.entry import chain_hash, hash_fields

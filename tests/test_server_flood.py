@@ -11,10 +11,11 @@ import threading
 import pytest
 from support.devices import Device, assert_exactly_once
 from support.entries import bulk_fill
-from support.servers import ServerProcess, now_ms
+from support.servers import ServerProcess
 from support.waiting import wait_for
 
 from bench.flood import JUNK, SLOW, Flood, proc_kib, reset_peak
+from scanner.base.timeutil import now_ms
 from scanner.store.entrylog import EntryLog
 from sync import credential
 from sync.agent import Backoff, SyncAgent

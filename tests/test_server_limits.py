@@ -17,10 +17,11 @@ import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support.devices import provision_device, record
-from support.servers import ServerThread, now_ms
+from support.servers import ServerThread
 from support.waiting import WAIT, wait_for
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.cli.main import main
 from sync.agent import Backoff, SyncAgent

@@ -24,10 +24,10 @@ from support.servers import (
     db_url_for,
     enroll_direct,
     ingest_entries,
-    now_ms,
 )
 
 from bench.pgcluster import PgCluster, find_bin_dir
+from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.cards.verdict import Holder
 from scanner.cli.main import main

@@ -28,11 +28,11 @@ from support.servers import (
     ServerThread,
     db_url_for,
     free_port,
-    now_ms,
     running_server,
 )
 from support.waiting import WAIT, wait_for
 
+from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.store.entrylog import EntryLog
 from sync.agent import Backoff, SyncAgent

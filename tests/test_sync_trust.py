@@ -13,10 +13,11 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 from support.devices import assert_exactly_once, provision_device, record
-from support.servers import BACKENDS, free_port, now_ms, running_server
+from support.servers import BACKENDS, free_port, running_server
 from support.waiting import wait_for
 
 from scanner.base.errors import TrustError
+from scanner.base.timeutil import now_ms
 from scanner.cards import keys as keymod
 from scanner.cards import verifier
 from scanner.cards.bundle import BundleKey, open_bundle
