@@ -7,6 +7,7 @@ Timings are checked on the pins' recorded history with gpiozero's MockPin.assert
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -42,6 +43,7 @@ from scanner.base.errors import Reason
 from scanner.cards.verdict import Decision, Verdict, reject
 
 EPS = 1e-6      # float rounding of the mock pins' timestamps
+TRIES = 3       # runs of a timing test before an overrun counts (see in_time)
 
 T = Timings(verdict_s=0.4, beep_s=0.06, beep_gap_s=0.06, fast_blink_s=0.08, slow_blink_s=0.2,
             chirp_s=0.04, alarm_every_s=0.6)
@@ -104,7 +106,8 @@ def config(**kw) -> FeedbackConfig:
 
 @pytest.fixture
 def make(factory):
-    """GpioFeedback on the mock factory, idle and with every pin's history cleared."""
+    """GpioFeedback on the mock factory, idle and with every pin's history cleared; ``make.reset()``
+    closes what was made and gives the factory fresh pins."""
     made = []
 
     def build(cfg: FeedbackConfig | None = None, **kw) -> GpioFeedback:
@@ -115,9 +118,14 @@ def make(factory):
             pin.clear_states()
         return fb
 
+    def reset() -> None:
+        while made:
+            made.pop().close()
+        factory.reset()
+
+    build.reset = reset
     yield build
-    for fb in made:
-        fb.close()
+    reset()
 
 
 def runs(pin) -> list[tuple[float, float | None]]:
@@ -130,24 +138,47 @@ def levels(pin) -> list[float]:
     return [float(s.state) for s in pin.states]
 
 
+class Overrun(AssertionError):
+    """A step lasted longer than gpiozero's tolerance allows; the states and their order were right
+    and no step was cut short."""
+
+
 def check_track(pin, expected: list[tuple[float, float | None]], *, prefix: bool = False) -> None:
     """The pin went through exactly these (state, nominal seconds) runs (``prefix``: began with
-    them), each timed one lasting its time within gpiozero's tolerance and never less; None: not
-    timed (before the pattern began, or still on)."""
+    them), each timed one never shorter than its time (the player's guarantee) and within
+    gpiozero's tolerance of it (else Overrun); None: not timed (before the pattern, or still on)."""
     states = pin.states
     want = [s for s, _ in expected]
     got = [float(s.state) for s in states]
     assert (got[:len(want)] if prefix else got) == want, runs(pin)
+    short = [(i, states[i].timestamp, nominal) for i, (_, nominal) in enumerate(expected[:-1], start=1)
+             if nominal is not None and states[i].timestamp < nominal - EPS]
+    assert not short, f"cut short (state index, seconds, nominal): {short}; {runs(pin)}"
     # gpiozero's timestamp of a state is how long the state before it lasted
     times = [states[0].timestamp] + [states[i].timestamp if nominal is None else nominal
                                      for i, (_, nominal) in enumerate(expected[:-1], start=1)]
     try:
         pin.assert_states_and_times(list(zip(times, want, strict=True)))
     except AssertionError as exc:
-        raise AssertionError(f"not {expected}: {runs(pin)}") from exc
-    short = [(i, states[i].timestamp, nominal) for i, (_, nominal) in enumerate(expected[:-1], start=1)
-             if nominal is not None and states[i].timestamp < nominal - EPS]
-    assert not short, f"cut short (state index, seconds, nominal): {short}; {runs(pin)}"
+        raise Overrun(f"not {expected}: {runs(pin)}") from exc
+
+
+def in_time(test):
+    """Run a pattern-timing test again, on fresh pins and feedback, when a step overran: at most
+    TRIES times in all. A pattern with a wrong time overruns every time and fails; a machine too busy
+    to wake the player thread within gpiozero's tolerance overruns a run by chance. Any other
+    failure (wrong states, a step cut short) fails at once."""
+    @functools.wraps(test)
+    def run(*args, **kw):
+        overruns = []
+        for _ in range(TRIES):
+            try:
+                return test(*args, **kw)
+            except Overrun as exc:
+                overruns.append(str(exc))
+                kw["make"].reset()
+        raise AssertionError(f"a step overran in all {TRIES} runs:\n" + "\n".join(overruns))
+    return run
 
 
 def absolute(pin) -> list[tuple[float, float]]:
@@ -157,6 +188,7 @@ def absolute(pin) -> list[tuple[float, float]]:
 
 # -- every pattern --------------------------------------------------------------------------------
 
+@in_time
 def test_accept_green_one_beep_and_relay_pulse(make, factory):
     fb = make()
     fb.show(ACCEPT, entry_id=1)
@@ -167,6 +199,7 @@ def test_accept_green_one_beep_and_relay_pulse(make, factory):
     assert levels(factory.pin(RED)) == [0] and levels(factory.pin(AMBER)) == [0]
 
 
+@in_time
 def test_reject_red_three_beeps_no_relay(make, factory):
     fb = make()
     fb.show(REJECT)
@@ -177,6 +210,7 @@ def test_reject_red_three_beeps_no_relay(make, factory):
     assert levels(factory.pin(RELAY)) == [0] and levels(factory.pin(GREEN)) == [0]
 
 
+@in_time
 def test_duplicate_amber_two_beeps_no_relay(make, factory):
     fb = make()
     fb.show(DUPLICATE)
@@ -188,6 +222,7 @@ def test_duplicate_amber_two_beeps_no_relay(make, factory):
 
 @pytest.mark.parametrize("state, half", [(DeviceState.ERROR, T.fast_blink_s),
                                          (DeviceState.DEGRADED, T.slow_blink_s)])
+@in_time
 def test_state_blinks_amber(make, factory, state, half):
     fb = make()
     amber = factory.pin(AMBER)
@@ -201,6 +236,7 @@ def test_state_blinks_amber(make, factory, state, half):
     assert levels(factory.pin(BUZZER)) == [0]  # no alarm unless configured
 
 
+@in_time
 def test_same_state_again_does_not_restart_the_blink(make, factory):
     fb = make()
     amber = factory.pin(AMBER)
@@ -231,6 +267,7 @@ def test_after_a_verdict_the_state_shows_again(make, factory):
     assert fb.wait_idle(WAIT)
 
 
+@in_time
 def test_error_alarm_beeps_until_acknowledged(make, factory):
     acked = threading.Event()
     cfg = config(patterns=Patterns.default(T, alarm=True))
@@ -256,6 +293,7 @@ def test_error_alarm_beeps_until_acknowledged(make, factory):
 
 # -- pre-emption and the relay --------------------------------------------------------------------
 
+@in_time
 def test_new_verdict_pre_empts_at_once(make, factory):
     slow = Patterns.default(T)
     slow = replace(slow, reject=Pattern("reject", red=steady(60.0),
@@ -276,6 +314,7 @@ def test_new_verdict_pre_empts_at_once(make, factory):
     check_track(buzzer, [(0, None), (1, T.beep_s), (0, None)])
 
 
+@in_time
 def test_reject_does_not_cut_the_gate_pulse_and_accept_extends_it(make, factory):
     fb = make()
     relay = factory.pin(RELAY)
@@ -295,6 +334,7 @@ def test_reject_does_not_cut_the_gate_pulse_and_accept_extends_it(make, factory)
     assert t_off >= t_second + PULSE  # the second accept kept the gate open a full pulse more
 
 
+@in_time
 def test_relay_pulse_length_configurable(make, factory):
     fb = make(config(relay=RelayConfig(RELAY, pulse_s=0.7)))
     fb.show(ACCEPT)
@@ -304,6 +344,7 @@ def test_relay_pulse_length_configurable(make, factory):
 
 # -- wiring variants --------------------------------------------------------------------------------
 
+@in_time
 def test_active_low_wiring(make, factory):
     cfg = config(green=LedConfig(GREEN, active_high=False), buzzer=BuzzerConfig(BUZZER, active_high=False),
                  relay=RelayConfig(RELAY, active_high=False, pulse_s=PULSE))
@@ -320,6 +361,7 @@ def test_active_low_wiring(make, factory):
         assert last_driven(factory.pin(pin)) == 1
 
 
+@in_time
 def test_fail_open_relay_is_released_for_the_pulse_and_on_shutdown(make, factory):
     fb = make(config(relay=RelayConfig(RELAY, pulse_s=PULSE, fail_safe="open")))
     relay = factory.pin(RELAY)
@@ -331,6 +373,7 @@ def test_fail_open_relay_is_released_for_the_pulse_and_on_shutdown(make, factory
     assert last_driven(relay) == 0
 
 
+@in_time
 def test_rgb_led_colours(make, factory):
     cfg = config(green=None, red=None, amber=None, rgb=RgbLedConfig(5, 6, 13))
     fb = make(cfg)
@@ -345,6 +388,7 @@ def test_rgb_led_colours(make, factory):
     assert levels(g)[-2:] == [0.4, 0] and levels(b) == [0]
 
 
+@in_time
 def test_rgb_common_anode_without_pwm(make, factory):
     cfg = config(green=None, red=None, amber=None, rgb=RgbLedConfig(5, 6, 13, active_high=False, pwm=False))
     fb = make(cfg)
@@ -357,6 +401,7 @@ def test_rgb_common_anode_without_pwm(make, factory):
     assert levels(b) == [1]
 
 
+@in_time
 def test_tonal_buzzer_frequencies(make, factory):
     fb = make(config(buzzer=BuzzerConfig(BUZZER, tonal=True)))
     pin = factory.pin(BUZZER)
@@ -373,6 +418,7 @@ def test_tonal_buzzer_frequencies(make, factory):
 
 # -- staff button and passage sensor ----------------------------------------------------------------
 
+@in_time
 def test_button_press_toggles_direction_and_chirps(make, factory):
     directions: list[str] = []
     cfg = config(button=ButtonConfig(BUTTON, hold_s=30.0))  # a press can never count as a hold
