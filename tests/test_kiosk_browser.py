@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -30,15 +29,12 @@ from support.config import write_config
 from support.paths import ROOT
 from support.pki import NAME, make_pki
 from support.servers import ServerThread, free_port
-from support.waiting import WAIT, wait_for
-
-from scanner.base.timeutil import now_ms
-
-sys.path.insert(0, str(ROOT))  # the repository: bench/browser.py (shared with the benchmark)
 from support.waiting import HTTP_TIMEOUT as T
+from support.waiting import WAIT, wait_for
 
 from bench import browser
 from scanner.appliance.provisioning import provision_appliance
+from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
 from sync.server.bundles import publish
