@@ -161,7 +161,7 @@ def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str, verdicts
         builder = (ProcessBuilder(log.path, run_dir / "dev", cfg.device_id) if mode != "thread"
                    else InlineBuilder(log, __import__("sync.wire.identity", fromlist=["x"]).load(run_dir / "dev"),
                                       cfg.device_id))
-        agent = SyncAgent(run_dir / "dev", log, builder=builder, backoff=Backoff(0.05, 1))
+        agent = SyncAgent(run_dir / "dev", log, builder=builder, backoff=Backoff(0.05, cap_s=1, jitter=True))
         sizes: list[int] = []
         upload = agent.client.upload
 

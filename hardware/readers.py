@@ -21,7 +21,8 @@ from functools import cache
 from typing import BinaryIO
 
 from hardware import keymaps
-from scanner.appliance.pipeline import Backoff, InputThread, SourceReason, SourceState
+from scanner.appliance.pipeline import InputThread, SourceReason, SourceState
+from scanner.base.backoff import Backoff
 from scanner.base.safetext import escape
 from scanner.cards.base45 import ALPHABET as BASE45_ALPHABET
 from scanner.cards.verifier import MAX_TEXT

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from hardware import keymaps
 from hardware.readers import LineAssembler, Problem, ReaderInput, parse_terminator
-from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
+from scanner.appliance.pipeline import SourceReason, SourceState
+from scanner.base.backoff import Backoff
 
 EV_KEY = 1
 _VID_PID = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")

@@ -13,7 +13,6 @@ import copy
 import logging
 import os
 import pickle
-import random
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner import __version__
+from scanner.base.backoff import Backoff
 from scanner.base.errors import CheckpointError, TrustError
 from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
@@ -276,30 +276,6 @@ def quarantine(state_dir: str | os.PathLike, state: SyncState, sb: batchmod.Sign
               info.batch_id, info.first_seq, info.last_seq, code, path)
 
 
-# ---------------------------------------------------------------- backoff
-
-
-class Backoff:
-    """Exponential backoff with jitter: the n-th delay is drawn from [x/2, x], x = base·2^n capped;
-    a server's Retry-After is a lower bound."""
-
-    def __init__(self, base_s: float = 1.0, cap_s: float = 300.0, rng: random.Random | None = None) -> None:
-        self.base_s, self.cap_s = base_s, cap_s
-        self.rng = rng or random.Random()
-        self.failures = 0
-
-    def next(self, retry_after: float | None = None) -> float:
-        x = min(self.cap_s, self.base_s * (2 ** min(self.failures, 30)))
-        self.failures += 1
-        delay = x / 2 + self.rng.uniform(0, x / 2)
-        if retry_after is not None:
-            delay = max(delay, retry_after)  # already capped at an hour by the client
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 # ---------------------------------------------------------------- trust
 
 
@@ -396,7 +372,7 @@ class SyncAgent:
         self.idle_interval_s = idle_interval_s
         self.upload_delay_s = upload_delay_s
         self.min_batch, self.max_batch, self.target_s = min_batch, max_batch, target_s
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(1.0, 2.0, 300.0, jitter=True)  # Retry-After: capped at an hour by the client
         self._state: SyncState | None = None  # in memory between passes; the file follows (see _save)
         self._stamp: tuple | None = None  # the file as last read or written here
         self._written: dict | None = None

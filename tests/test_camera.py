@@ -29,7 +29,8 @@ from hardware.camera import (
 )
 from hardware.camera_picamera2 import Picamera2Source
 from hardware.decode import make_decoder
-from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
+from scanner.appliance.pipeline import SourceReason, SourceState
+from scanner.base.backoff import Backoff
 
 
 def card_text(tag: str) -> str:

@@ -15,7 +15,6 @@ from hardware.camera import CameraConfig, CameraInput
 from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
 from hardware.scan import Scan
 from scanner.appliance.pipeline import (
-    Backoff,
     InputThread,
     Pipeline,
     PipelineHealth,
@@ -23,6 +22,7 @@ from scanner.appliance.pipeline import (
     SourceReason,
     SourceState,
 )
+from scanner.base.backoff import Backoff
 from scanner.base.errors import Reason
 
 NOW = 1_750_000_000

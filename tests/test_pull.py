@@ -233,7 +233,7 @@ def test_push_pull_and_usb_import_mixed_store_every_entry_once(server, tmp_path,
         record(dev, verdicts, 20)  # 101..120: pushed by the device itself
         cfg_key = identity.load(dev.state)
         client = SyncClient(server.url, cfg_key, device_id=dev.device_id)
-        agent = SyncAgent(dev.state, dev.log, client=client, backoff=Backoff(base_s=0.01, cap_s=0.05))
+        agent = SyncAgent(dev.state, dev.log, client=client, backoff=Backoff(base_s=0.01, cap_s=0.05, jitter=True))
         pushed = agent.sync_once()
         assert pushed.complete and pushed.stored == 20
         agent.close()

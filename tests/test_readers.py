@@ -20,7 +20,8 @@ from hardware.readers import (
     check_read,
     parse_terminator,
 )
-from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
+from scanner.appliance.pipeline import SourceReason, SourceState
+from scanner.base.backoff import Backoff
 from scanner.cards.base45 import ALPHABET
 
 CARD = "CK1:" + "6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK G2EP4J0BGJLF%"  # 60 base45 characters

@@ -9,7 +9,8 @@ from hardware import keymaps
 from hardware.keymaps import KeyTranslator, keystrokes
 from hardware.readers import check_read
 from hardware.readers_hid import HidReader, HidReaderConfig, KeyEvents, uinput_available
-from scanner.appliance.pipeline import Backoff, SourceReason, SourceState
+from scanner.appliance.pipeline import SourceReason, SourceState
+from scanner.base.backoff import Backoff
 from scanner.cards.base45 import ALPHABET
 
 evdev = pytest.importorskip("evdev")

@@ -57,7 +57,7 @@ def test_devices_upload_through_a_flood_with_server_memory_bounded(server, tmp_p
     connections first (settling into whatever they can hold), then the junk, then devices upload."""
     devices = _devices(server, tmp_path, 3, 1200)
     pid = server.proc.pid
-    agents = [SyncAgent(d.state, d.log, backoff=Backoff(base_s=0.05, cap_s=1.0)) for d in devices]
+    agents = [SyncAgent(d.state, d.log, backoff=Backoff(base_s=0.05, cap_s=1.0, jitter=True)) for d in devices]
     warm = SyncAgent(devices[0].state, devices[0].log)
     warm.client.heartbeat(warm.heartbeat_doc(warm.files.load()))  # the server has answered a device once
     warm.close()

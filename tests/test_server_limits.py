@@ -306,7 +306,7 @@ def test_a_device_sends_smaller_batches_after_a_body_timeout(tmp_path, verdicts)
     try:
         dev = provision_device(srv, tmp_path)
         record(dev, verdicts, 30)
-        agent = SyncAgent(dev.state, dev.log, backoff=Backoff(base_s=0.01, cap_s=0.05))
+        agent = SyncAgent(dev.state, dev.log, backoff=Backoff(base_s=0.01, cap_s=0.05, jitter=True))
         before = agent.files.load().batch_size
         srv.faults.fail(protocol.BATCHES, 408, code=protocol.E_BODY_TIMEOUT)  # what a too-slow link gets
         res = agent.sync_once()

@@ -357,7 +357,7 @@ def test_postgres_killed_under_the_server_then_back_nothing_lost(tmp_path, verdi
     try:
         dev = provision_device(srv, tmp_path)
         client = SyncClient(srv.url, identity.load(dev.state), device_id=dev.device_id, read_timeout=60)
-        agent = SyncAgent(dev.state, dev.log, client=client, backoff=Backoff(base_s=0.05, cap_s=0.5))
+        agent = SyncAgent(dev.state, dev.log, client=client, backoff=Backoff(base_s=0.05, cap_s=0.5, jitter=True))
         record(dev, verdicts, 30)
         assert agent.sync_once().complete
         pg.kill()

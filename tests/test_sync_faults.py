@@ -63,7 +63,7 @@ def agent_for(device, *, url=None, read_timeout=10.0, **kw) -> SyncAgent:
     key = identity.load(device.state)
     client = SyncClient(url or cfg.server_url, key, device_id=cfg.device_id, connect_timeout=5,
                         read_timeout=read_timeout)
-    kw.setdefault("backoff", Backoff(base_s=0.01, cap_s=0.05))
+    kw.setdefault("backoff", Backoff(base_s=0.01, cap_s=0.05, jitter=True))
     return SyncAgent(device.state, device.log, client=client, **kw)
 
 

@@ -126,24 +126,6 @@ class Input(Protocol):
     def health(self) -> SourceHealth: ...
 
 
-class Backoff:
-    """Reopen delays: ``initial`` seconds, times ``factor`` per failure, at most ``maximum``."""
-
-    def __init__(self, initial: float = 0.25, factor: float = 2.0, maximum: float = 5.0) -> None:
-        if initial <= 0 or factor < 1 or maximum < initial:
-            raise ValueError("backoff needs 0 < initial <= maximum and factor >= 1")
-        self.initial, self.factor, self.maximum = initial, factor, maximum
-        self._next = initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.maximum, self._next * self.factor)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
 class SourceStatus:
     """Thread-safe state of one input, turned into `SourceHealth` snapshots."""
 
