@@ -5,12 +5,10 @@ policy (sync/agent.py); this module makes one attempt per call.
 """
 from __future__ import annotations
 
-import email.utils
-import ipaddress
 import json
-import time
+import os
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -20,6 +18,7 @@ from scanner import __version__
 from scanner.base.errors import CheckpointError
 from scanner.base.timeutil import now_ms
 from sync.wire import protocol
+from sync.wire.http import SyncConfigError, check_server_url, parse_retry_after, read_limited, refusal
 from sync.wire.identity import device_id as device_id_of
 from sync.wire.identity import public_raw
 
@@ -28,12 +27,6 @@ class SyncError(CheckpointError):
     """Base of the client's errors; ``code`` is stable."""
 
     code = "sync_error"
-
-
-class ConfigError(SyncError):
-    """A server URL or CA file that cannot be used (never retried)."""
-
-    code = "sync_config"
 
 
 class TransientError(SyncError):
@@ -66,72 +59,6 @@ class RejectedError(SyncError):
     @property
     def too_large(self) -> bool:
         return self.status == 413
-
-
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_server_url(url: str) -> str:
-    """The base URL without a trailing slash. https is required, except on the loopback
-    interface (tests, and a server on the same machine)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(f"server URL {url!r} must be https://HOST[:PORT]")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ConfigError(f"server URL {url!r}: plain http is only allowed on the loopback interface; use https")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"server URL {url!r} must not have a query or fragment")
-    return url.rstrip("/")
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped at one hour."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), 3600.0)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    now = time.time() if now is None else now
-    return min(max(0.0, when.timestamp() - now), 3600.0)
-
-
-def read_limited(resp: requests.Response, max_bytes: int, path: str, error: type[CheckpointError]) -> bytes:
-    """The body of a streamed answer; ``error`` (code bad_answer) as soon as it passes ``max_bytes``."""
-    chunks, n = [], 0
-    for chunk in resp.iter_content(64 * 1024):
-        n += len(chunk)
-        if n > max_bytes:
-            raise error(f"answer from {path} larger than {max_bytes} bytes", code="bad_answer")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def refusal(status: int, body: bytes, path: str) -> tuple[str, str]:
-    """(code, message) of an answer that is not a success: the protocol's JSON error document
-    (``error``, ``message``) when there is one, else the HTTP status."""
-    code, message = f"http_{status}", f"HTTP {status} from {path}"
-    try:
-        doc = json.loads(body)
-        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-            code = doc["error"][:64]
-            message = f"{code}: {str(doc.get('message', ''))[:300]}"
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        pass
-    return code, message
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +107,8 @@ class SyncClient:
                  session: requests.Session | None = None) -> None:
         self.base_url = check_server_url(base_url)
         if ca_file is not None:
-            import os
             if not os.path.isfile(ca_file):
-                raise ConfigError(f"CA file {ca_file} does not exist")
+                raise SyncConfigError(f"CA file {ca_file} does not exist")
         self.verify: str | bool = ca_file if ca_file is not None else True
         self.key = key
         self.device_id = device_id or device_id_of(key)

@@ -28,9 +28,9 @@ from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
 from scanner.cards.bundle import root_kid
 from scanner.store import sealing
-from sync.client import ConfigError, check_server_url
 from sync.state import DeviceConfig
 from sync.trustupdate import load_roots
+from sync.wire.http import SyncConfigError, check_server_url
 
 TYPE = "checkpoint-server-credential"
 FORMAT = 1
@@ -96,7 +96,7 @@ def canonical_url(url: str) -> str:
         base = check_server_url(url)
         parts = urlsplit(base)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except (ConfigError, ValueError) as exc:
+    except (SyncConfigError, ValueError) as exc:
         raise CredentialError(f"server URL {url!r} cannot be used: {exc}", code="credential_malformed") from None
     if parts.username or parts.password:
         raise CredentialError(f"server URL {url!r} must not carry a user name", code="credential_malformed")

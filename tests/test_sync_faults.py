@@ -36,7 +36,7 @@ from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.store.entrylog import EntryLog
 from sync.agent import Backoff, SyncAgent
-from sync.client import ConfigError, SyncClient, TransientError, check_server_url
+from sync.client import SyncClient, TransientError
 from sync.export import export_pending, import_dir
 from sync.provision import provision
 from sync.server.storage import open_storage
@@ -44,6 +44,7 @@ from sync.server.tokens import issue_tokens
 from sync.state import STATE_NAME, DeviceConfig, StateFile
 from sync.wire import batch as batchmod
 from sync.wire import identity, protocol
+from sync.wire.http import SyncConfigError, check_server_url
 
 
 @pytest.fixture(scope="module")
@@ -427,9 +428,9 @@ def test_import_refuses_tampered_and_foreign_files(server, tmp_path, verdicts):
 def test_http_only_on_loopback():
     assert check_server_url("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
     assert check_server_url("https://central.example.vn")
-    with pytest.raises(ConfigError):
+    with pytest.raises(SyncConfigError):
         check_server_url("http://central.example.vn")
-    with pytest.raises(ConfigError):
+    with pytest.raises(SyncConfigError):
         check_server_url("ftp://127.0.0.1")
 
 

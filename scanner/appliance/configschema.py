@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sync.wire.http import is_loopback
+
 
 class _Required:
     def __repr__(self) -> str:
@@ -179,15 +181,6 @@ def list_of(inner: Check, *, min_items: int = 0, max_items: int = 64) -> Check:
             out.append(value)
         return tuple(out), None
     return check
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost",):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def url(*, allow_http_loopback: bool = True) -> Check:

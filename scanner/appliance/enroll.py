@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlencode
 
 from cryptography.hazmat.primitives import serialization
 
-from scanner.appliance.configschema import is_loopback
 from scanner.base.errors import CheckpointError
+from sync.wire.http import is_loopback
 
 PREFIX = "CKENROLL:"
 VERSION = "1"

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
 from sync import pull as pullproto
-from sync.client import is_loopback, read_limited, refusal
 from sync.server.storage import ServerError, Storage
 from sync.wire import protocol
 from sync.wire.batch import BatchError, open_batch, read_header
+from sync.wire.http import is_loopback, read_limited, refusal
 
 
 class PullFailed(CheckpointError):
