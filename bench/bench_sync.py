@@ -301,7 +301,7 @@ def _trust_sizes(n_revoked: int) -> list[list]:
 
     from scanner.cards import keys as keymod
     from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
-    from sync import trustupdate
+    from sync.wire import delta as deltamod
 
     root = ed25519.Ed25519PrivateKey.generate()
     iss = ed25519.Ed25519PrivateKey.generate()
@@ -310,11 +310,11 @@ def _trust_sizes(n_revoked: int) -> list[list]:
     old = make_bundle(root, version=1, issued_at=1, expires_at=2**40, keys=[k], revoked_cards=cards)
     new = make_bundle(root, version=2, issued_at=2, expires_at=2**40, keys=[k],
                       revoked_cards=cards[100:] + [os.urandom(16) for _ in range(1000)])
-    delta = trustupdate.make_delta(root, old, new)
+    delta = deltamod.make_delta(root, old, new)
     roots = [root.public_key()]
     cur = open_bundle(old, roots)
     t0 = time.perf_counter()
-    trustupdate.apply_delta(old, cur, delta, roots)
+    deltamod.apply_delta(old, cur, delta, roots)
     t_apply = time.perf_counter() - t0
     t0 = time.perf_counter()
     open_bundle(new, roots, min_version=1)

@@ -45,6 +45,7 @@ from sync.state import (
     merge_progress,
 )
 from sync.wire import batch as batchmod
+from sync.wire import delta as deltamod
 from sync.wire import identity, protocol
 
 log = logging.getLogger(__name__)
@@ -295,7 +296,7 @@ def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> t
     if reply.kind == "delta":
         if cur is not None:
             try:
-                data, bundle = trustupdate.apply_delta(cur[0], cur[1], reply.data, roots)
+                data, bundle = deltamod.apply_delta(cur[0], cur[1], reply.data, roots)
                 return "delta", trustupdate.install(state_dir, data, roots, min_version=version, verified=bundle)
             except TrustError as exc:
                 log.warning("trust delta refused (%s: %s); fetching the full bundle", exc.code, exc)

@@ -28,6 +28,7 @@ from sync.client import SyncClient, SyncError
 from sync.server.app import make_server
 from sync.server.bundles import publish
 from sync.state import StateFile
+from sync.wire import delta as deltamod
 from sync.wire import identity, protocol
 
 
@@ -44,8 +45,8 @@ def other_key():
 def test_split_join_is_exact(make_bundle_bytes, root_key):
     for cards in ([], ids(1), ids(500)):
         data = make_bundle_bytes(revoked_cards=cards, revoked_kids=[b"12345678"])
-        payload, _, _ = trustupdate.file_parts(data)
-        assert trustupdate.join_payload(trustupdate.split_payload(payload)) == payload
+        payload, _, _ = deltamod.file_parts(data)
+        assert deltamod.join_payload(deltamod.split_payload(payload)) == payload
 
 
 def test_delta_rebuilds_the_exact_new_bundle(make_bundle_bytes, root_key, bundle_keys, other_key):
@@ -53,10 +54,10 @@ def test_delta_rebuilds_the_exact_new_bundle(make_bundle_bytes, root_key, bundle
     old = make_bundle_bytes(version=1, revoked_cards=cards)
     new = make_bundle_bytes(version=2, revoked_cards=cards[10:] + ids(300), keys=bundle_keys[1:] + [other_key],
                             revoked_kids=[b"abcdefgh"])
-    delta = trustupdate.make_delta(root_key, old, new)
+    delta = deltamod.make_delta(root_key, old, new)
     assert delta is not None and len(delta) < len(new) // 3
     cur = open_bundle(old, [root_key.public_key()])
-    data, bundle = trustupdate.apply_delta(old, cur, delta, [root_key.public_key()])
+    data, bundle = deltamod.apply_delta(old, cur, delta, [root_key.public_key()])
     assert data == new and bundle.version == 2 and len(bundle.revoked_cards) == 2290
 
 
@@ -64,18 +65,18 @@ def test_delta_checks(make_bundle_bytes, root_key, other_root_key):
     roots = [root_key.public_key()]
     old = make_bundle_bytes(version=1, revoked_cards=ids(10))
     new = make_bundle_bytes(version=2, revoked_cards=ids(12))
-    delta = trustupdate.make_delta(root_key, old, new)
+    delta = deltamod.make_delta(root_key, old, new)
     cur = open_bundle(old, roots)
-    with pytest.raises(trustupdate.DeltaError, match="does not trust"):  # signed by another root
-        trustupdate.open_delta(trustupdate.make_delta(other_root_key, make_bundle_bytes(root=other_root_key),
+    with pytest.raises(deltamod.DeltaError, match="does not trust"):  # signed by another root
+        deltamod.open_delta(deltamod.make_delta(other_root_key, make_bundle_bytes(root=other_root_key),
                                                       make_bundle_bytes(root=other_root_key, version=8)), roots)
     other_base = open_bundle(make_bundle_bytes(version=1, revoked_cards=ids(3)), roots)
-    with pytest.raises(trustupdate.DeltaError, match="for version"):  # another version-1 bundle
-        trustupdate.apply_delta(old, other_base, delta, roots)
+    with pytest.raises(deltamod.DeltaError, match="for version"):  # another version-1 bundle
+        deltamod.apply_delta(old, other_base, delta, roots)
     tampered = delta.replace(b'"delta": "', b'"delta": "A', 1)
-    with pytest.raises(trustupdate.DeltaError):
-        trustupdate.apply_delta(old, cur, tampered, roots)
-    assert trustupdate.make_delta(root_key, new, old) is None  # never a delta backwards
+    with pytest.raises(deltamod.DeltaError):
+        deltamod.apply_delta(old, cur, tampered, roots)
+    assert deltamod.make_delta(root_key, new, old) is None  # never a delta backwards
 
 
 def test_install_keeps_the_old_bundle_on_failure(tmp_path, make_bundle_bytes, root_key):
@@ -162,7 +163,7 @@ def test_bad_bundles_are_refused_and_the_old_one_kept(server, tmp_path, make_bun
     elif attack == "rollback":
         body = make_bundle_bytes(version=4)  # genuine, but older
     else:
-        body = trustupdate.make_delta(root_key, v5, make_bundle_bytes(version=6, revoked_cards=ids(2)))
+        body = deltamod.make_delta(root_key, v5, make_bundle_bytes(version=6, revoked_cards=ids(2)))
         body = body.replace(b'"sig": "', b'"sig": "AAAA', 1)
         media = protocol.DELTA_TYPE
     impostor = Impostor(body, media)

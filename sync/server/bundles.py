@@ -12,7 +12,7 @@ from scanner.base.errors import TrustError
 from scanner.cards import keys as keymod
 from scanner.cards.bundle import open_bundle
 from sync.server.storage import BundleMeta, Storage
-from sync.trustupdate import make_delta
+from sync.wire.delta import make_delta
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,293 @@
+"""The trust-bundle delta format: the server makes a signed delta from bundle N to bundle M, the
+device applies it to the N it holds. Format: docs/sync-protocol.md#trust-updates.
+
+A delta takes bundle N (exactly as scanner.cards.bundle.make_bundle wrote it) to bundle M: keys removed
+and added, revoked cards and kids removed and added, and the root's signature over M's payload.
+The device rebuilds M's payload byte for byte, so what it installs is the genuine root-signed
+bundle M, checked by scanner.cards.bundle.open_bundle like any other.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner.base.errors import TrustError
+from scanner.cards.bundle import Bundle, open_bundle, root_kid
+
+DELTA_TYPE = "checkpoint-bundle-delta"
+DELTA_FORMAT = 1
+MAX_DELTA_BYTES = 64 * 1024 * 1024
+
+_CARDS_OPEN = b',"revoked_cards":['
+_KIDS_OPEN = b'],"revoked_kids":'
+_ROW = 35  # '"' + 32 hex digits + '"' + ','
+_HEX = np.zeros(256, dtype=bool)
+_HEX[list(b"0123456789abcdef")] = True
+
+
+class DeltaError(TrustError):
+    """A delta that cannot be used (malformed, wrong base, bad signature): fetch the full bundle."""
+
+    code = "delta_invalid"
+
+
+# ---------------------------------------------------------------- canonical payloads
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """A bundle payload taken apart: head values, revoked card ids as sorted hex rows, kids."""
+
+    version: int
+    issued_at: int
+    expires_at: int
+    keys: list
+    cards: np.ndarray  # dtype S32: lowercase hex, strictly increasing
+    kids: list
+
+
+def _cards_bytes(cards: np.ndarray) -> bytes:
+    n = len(cards)
+    if n == 0:
+        return b""
+    rows = np.empty((n, _ROW), dtype=np.uint8)
+    rows[:, 0] = ord('"')
+    rows[:, 1:33] = np.frombuffer(cards.tobytes(), dtype=np.uint8).reshape(n, 32)
+    rows[:, 33] = ord('"')
+    rows[:, 34] = ord(",")
+    return rows.tobytes()[:-1]
+
+
+def join_payload(p: Parts) -> bytes:
+    """The payload bytes make_bundle writes for these values (compact JSON, fixed key order)."""
+    head = json.dumps({"version": p.version, "issued_at": p.issued_at, "expires_at": p.expires_at,
+                       "keys": p.keys}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    kids = json.dumps(p.kids, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return head[:-1] + _CARDS_OPEN + _cards_bytes(p.cards) + _KIDS_OPEN + kids + b"}"
+
+
+def _strictly_increasing(cards: np.ndarray) -> bool:
+    return len(cards) < 2 or bool((cards[1:] > cards[:-1]).all())
+
+
+def split_payload(payload: bytes) -> Parts:
+    """Take a canonical payload apart; DeltaError if it is not exactly in make_bundle's layout."""
+    start = payload.find(_CARDS_OPEN)
+    end = payload.find(_KIDS_OPEN, start + 1) if start >= 0 else -1
+    if start < 0 or end < 0:
+        raise DeltaError("bundle payload is not in the canonical layout")
+    try:
+        head = json.loads(payload[:start] + b"}")
+        tail = json.loads(b"{" + payload[end + 2:])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise DeltaError("bundle payload is not in the canonical layout") from None
+    if not isinstance(head, dict) or list(head) != ["version", "issued_at", "expires_at", "keys"] \
+            or not isinstance(tail, dict) or list(tail) != ["revoked_kids"]:
+        raise DeltaError("bundle payload is not in the canonical layout")
+    seg = payload[start + len(_CARDS_OPEN):end]
+    if seg:
+        if (len(seg) + 1) % _ROW:
+            raise DeltaError("revoked card list is not in the canonical layout")
+        rows = np.frombuffer(seg + b",", dtype=np.uint8).reshape(-1, _ROW)
+        if ((rows[:, 0] != ord('"')).any() or (rows[:, 33] != ord('"')).any()
+                or (rows[:, 34] != ord(",")).any() or not _HEX[rows[:, 1:33]].all()):
+            raise DeltaError("revoked card list is not in the canonical layout")
+        cards = np.ascontiguousarray(rows[:, 1:33]).view("S32").reshape(-1)
+    else:
+        cards = np.empty(0, dtype="S32")
+    if not _strictly_increasing(cards):
+        raise DeltaError("revoked card list is not sorted")
+    parts = Parts(head["version"], head["issued_at"], head["expires_at"], head["keys"], cards,
+                  tail["revoked_kids"])
+    # the card rows were checked above; the rest must re-serialise to exactly the same bytes
+    empty = join_payload(Parts(parts.version, parts.issued_at, parts.expires_at, parts.keys,
+                               np.empty(0, dtype="S32"), parts.kids))
+    if empty != payload[:start + len(_CARDS_OPEN)] + payload[end:]:
+        raise DeltaError("bundle payload is not in the canonical layout")
+    return parts
+
+
+def file_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(payload, sig, kid) of a bundle file, without checking anything."""
+    try:
+        outer = json.loads(data)
+        return (base64.b64decode(outer["payload"], validate=True), base64.b64decode(outer["sig"], validate=True),
+                base64.b64decode(outer["kid"], validate=True))
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, RecursionError, binascii.Error):
+        raise DeltaError("not a bundle file") from None
+
+
+def bundle_file(payload: bytes, sig: bytes, kid: bytes) -> bytes:
+    """A bundle file in make_bundle's layout."""
+    outer = {"payload": base64.b64encode(payload).decode("ascii"), "sig": base64.b64encode(sig).decode("ascii"),
+             "kid": base64.b64encode(kid).decode("ascii")}
+    return (json.dumps(outer, indent=1) + "\n").encode("ascii")
+
+
+# ---------------------------------------------------------------- deltas
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    from_version: int
+    from_digest: str
+    version: int
+    issued_at: int
+    expires_at: int
+    keys_removed: list
+    keys_added: list
+    cards_removed: np.ndarray
+    cards_added: np.ndarray
+    kids_removed: list
+    kids_added: list
+    bundle_sig: bytes
+    root_kid: bytes
+
+
+def apply_parts(old: Parts, d: Delta) -> Parts:
+    """The parts of bundle M from those of N and the delta N -> M."""
+    keys = [k for k in old.keys if k not in d.keys_removed] + list(d.keys_added)
+    cards = old.cards
+    if len(d.cards_removed):
+        cards = cards[~np.isin(cards, d.cards_removed)]
+    if len(d.cards_added):
+        cards = np.insert(cards, np.searchsorted(cards, d.cards_added), d.cards_added)
+    if not _strictly_increasing(cards):
+        raise DeltaError("delta adds a card that is already revoked")
+    kids = sorted((set(old.kids) - set(d.kids_removed)) | set(d.kids_added))
+    return Parts(d.version, d.issued_at, d.expires_at, keys, cards, kids)
+
+
+def _hex_list(cards: np.ndarray) -> list[str]:
+    return [c.decode("ascii") for c in cards.tolist()]
+
+
+def make_delta(root_private: ed25519.Ed25519PrivateKey, old_file: bytes, new_file: bytes) -> bytes | None:
+    """The signed delta from bundle file ``old_file`` to ``new_file`` (both signed by this root),
+    or None if the new payload cannot be rebuilt exactly from the old one (then only full)."""
+    old_payload, _, _ = file_parts(old_file)
+    new_payload, new_sig, kid = file_parts(new_file)
+    root_pub = root_private.public_key()
+    if kid != root_kid(root_pub):
+        raise TrustError("the new bundle is not signed by this root", code="bundle_wrong_root")
+    try:
+        root_pub.verify(new_sig, new_payload)
+        old, new = split_payload(old_payload), split_payload(new_payload)
+    except InvalidSignature:
+        raise TrustError("the new bundle's signature does not verify", code="bundle_bad_signature") from None
+    except DeltaError:
+        return None
+    if new.version <= old.version:
+        return None
+    removed = [k for k in old.keys if k not in new.keys]
+    added = [k for k in new.keys if k not in old.keys]
+    if [k for k in old.keys if k not in removed] + added != new.keys:
+        removed, added = list(old.keys), list(new.keys)  # order changed: replace them all
+    body = {
+        "type": DELTA_TYPE, "v": DELTA_FORMAT,
+        "from_version": old.version, "from_digest": hashlib.sha256(old_payload).hexdigest(),
+        "version": new.version, "issued_at": new.issued_at, "expires_at": new.expires_at,
+        "keys_removed": removed, "keys_added": added,
+        "revoked_cards_removed": _hex_list(np.setdiff1d(old.cards, new.cards, assume_unique=True)),
+        "revoked_cards_added": _hex_list(np.setdiff1d(new.cards, old.cards, assume_unique=True)),
+        "revoked_kids_removed": sorted(set(old.kids) - set(new.kids)),
+        "revoked_kids_added": sorted(set(new.kids) - set(old.kids)),
+        "bundle_sig": base64.b64encode(new_sig).decode("ascii"),
+    }
+    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    outer = {"delta": base64.b64encode(payload).decode("ascii"),
+             "sig": base64.b64encode(root_private.sign(payload)).decode("ascii"),
+             "kid": base64.b64encode(kid).decode("ascii")}
+    data = (json.dumps(outer, indent=1) + "\n").encode("ascii")
+    delta = open_delta(data, [root_pub])
+    if join_payload(apply_parts(old, delta)) != new_payload:
+        return None
+    return data
+
+
+def _cards_array(values: object, what: str) -> np.ndarray:
+    if not isinstance(values, list) or not all(isinstance(v, str) and len(v) == 32 for v in values):
+        raise DeltaError(f"delta: {what} must be a list of 32-hex-digit ids")
+    if not values:
+        return np.empty(0, dtype="S32")
+    raw = "".join(values).encode("ascii", "replace")
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    if not _HEX[arr].all():
+        raise DeltaError(f"delta: {what} must be lowercase hex")
+    cards = np.frombuffer(raw, dtype="S32").copy()
+    if not _strictly_increasing(cards):
+        raise DeltaError(f"delta: {what} must be sorted")
+    return cards
+
+
+def open_delta(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> Delta:
+    """Verify a delta file against the root(s) and parse it; DeltaError if anything is off."""
+    if len(data) > MAX_DELTA_BYTES:
+        raise DeltaError("delta file too large")
+    try:
+        outer = json.loads(data)
+        payload = base64.b64decode(outer["delta"], validate=True)
+        sig = base64.b64decode(outer["sig"], validate=True)
+        kid = base64.b64decode(outer["kid"], validate=True)
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, RecursionError, binascii.Error):
+        raise DeltaError("not a delta file") from None
+    root = next((r for r in roots if root_kid(r) == kid), None)
+    if root is None:
+        raise DeltaError("delta signed by a root this device does not trust")
+    try:
+        root.verify(sig, payload)
+    except InvalidSignature:
+        raise DeltaError("delta signature does not verify against the trust root") from None
+    try:
+        b = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise DeltaError("delta payload is not JSON") from None
+    if not isinstance(b, dict) or b.get("type") != DELTA_TYPE or b.get("v") != DELTA_FORMAT:
+        raise DeltaError("not a v1 bundle delta")
+    for name in ("from_version", "version", "issued_at", "expires_at"):
+        if type(b.get(name)) is not int or b[name] < 0:
+            raise DeltaError(f"delta: {name} must be a non-negative integer")
+    lists = ("keys_removed", "keys_added", "revoked_kids_removed", "revoked_kids_added")
+    if not all(isinstance(b.get(n), list) for n in lists):
+        raise DeltaError("delta: lists missing")
+    if not all(isinstance(k, dict) for k in b["keys_removed"] + b["keys_added"]):
+        raise DeltaError("delta: keys must be objects")
+    if not all(isinstance(k, str) for k in b["revoked_kids_removed"] + b["revoked_kids_added"]):
+        raise DeltaError("delta: kids must be strings")
+    if not isinstance(b.get("from_digest"), str) or not isinstance(b.get("bundle_sig"), str):
+        raise DeltaError("delta: from_digest / bundle_sig missing")
+    try:
+        bundle_sig = base64.b64decode(b["bundle_sig"], validate=True)
+    except (ValueError, binascii.Error):
+        raise DeltaError("delta: bundle_sig is not base64") from None
+    return Delta(b["from_version"], b["from_digest"], b["version"], b["issued_at"], b["expires_at"],
+                 b["keys_removed"], b["keys_added"], _cards_array(b.get("revoked_cards_removed"), "removed cards"),
+                 _cards_array(b.get("revoked_cards_added"), "added cards"), b["revoked_kids_removed"],
+                 b["revoked_kids_added"], bundle_sig, kid)
+
+
+def apply_delta(current_file: bytes, current: Bundle, delta_file: bytes,
+                roots: Sequence[ed25519.Ed25519PublicKey]) -> tuple[bytes, Bundle]:
+    """Bundle M's file (and its verified content) from the current bundle N and a delta N -> M.
+
+    Checks the delta's root signature and its base (version and payload digest of N), rebuilds
+    M's payload, and opens the result with open_bundle(min_version=N): the root's own signature
+    over M decides.
+    """
+    d = open_delta(delta_file, roots)
+    if d.from_version != current.version or d.from_digest != current.digest:
+        raise DeltaError(f"delta is for version {d.from_version}, this device has {current.version}")
+    payload, _, _ = file_parts(current_file)
+    if hashlib.sha256(payload).hexdigest() != current.digest:
+        raise DeltaError("current bundle file does not match its digest")
+    new_payload = join_payload(apply_parts(split_payload(payload), d))
+    new_file = bundle_file(new_payload, d.bundle_sig, d.root_kid)
+    return new_file, open_bundle(new_file, roots, min_version=current.version)
