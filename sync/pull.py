@@ -3,8 +3,8 @@ but not the other way, the device's local HTTP API offers its pending entries as
 batches a push would send, and takes the server's acknowledgement (docs/sync-protocol.md#server-pull).
 
 Never anonymous. A request is accepted when it is signed with a server pull key the device knows
-(STATE/server-pull.pub from enrollment, or keys given) over a nonce the device issued (no clocks
-involved), or when it carries the configured token (``Authorization: Bearer``). With neither
+(the one its root-signed server credential names, or keys given) over a nonce the device issued
+(no clocks involved; the signature: sync.wire.pullauth), or when it carries the configured token (``Authorization: Bearer``). With neither
 configured every request is refused (``pull_disabled``).
 
 The daemon mounts it in front of its API with one line (the log is given as its path: the pull
@@ -19,14 +19,11 @@ pull and USB import can be mixed freely.
 """
 from __future__ import annotations
 
-import base64
 import binascii
-import hashlib
 import hmac
 import json
 import logging
 import os
-import re
 import secrets
 import threading
 import time
@@ -34,8 +31,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -52,82 +48,40 @@ from sync.agent import MAX_BATCH, build_next, mark_acked, quarantine
 from sync.state import DeviceConfig, StateError, StateFile
 from sync.wire import batch as batchmod
 from sync.wire import identity, protocol
+from sync.wire.pullauth import (
+    ACK,
+    BATCH,
+    DEFAULT_LIMIT,
+    E_ACK_MISMATCH,
+    E_DISABLED,
+    E_NONCE,
+    E_NOT_PROVISIONED,
+    E_UNAUTHORIZED,
+    INFO,
+    NO_NONCE,
+    PREFIX,
+    REFUSED,
+    key_id,
+    parse_auth,
+    signing_input,
+)
 
 log = logging.getLogger(__name__)
 
-PREFIX = "/sync/v1/pull"
-INFO = f"{PREFIX}/info"
-BATCH = f"{PREFIX}/batch"
-ACK = f"{PREFIX}/ack"
-REFUSED = f"{PREFIX}/refused"
-
-AUTH_SCHEME = "CK-Pull"
-DOMAIN = b"CKPULL1"
-NO_NONCE = "-"
 NONCE_TTL_S = 600.0
 MAX_NONCES = 64
-DEFAULT_LIMIT = 2000
 MAX_ACK_ROWS = protocol.MAX_ACKS
 PULL_STATE_NAME = "pull-state.json"
 
-E_UNAUTHORIZED = "pull_unauthorized"  # 401: no or bad credentials
-E_NONCE = "pull_nonce"  # 401: unknown or expired nonce: GET /info again
-E_DISABLED = "pull_disabled"  # 403: no server key and no token configured
-E_NOT_PROVISIONED = "not_provisioned"  # 503: the device has no identity yet
-E_ACK_MISMATCH = "ack_mismatch"  # 400: an acknowledgement that is not of this device's entries
-
 
 class PullError(CheckpointError):
-    """A refused pull request: ``code`` (above) and the HTTP ``status``."""
+    """A refused pull request: ``code`` (sync.wire.pullauth) and the HTTP ``status``."""
 
     code = E_UNAUTHORIZED
 
     def __init__(self, message: str, *, code: str, status: int) -> None:
         super().__init__(message, code=code)
         self.status = status
-
-
-# ---------------------------------------------------------------- the signature (both sides)
-
-
-def key_id(public_key: ed25519.Ed25519PublicKey) -> str:
-    """16 hex digits naming a server pull key: SHA-256 of its raw public bytes, first 8 bytes."""
-    return hashlib.sha256(identity.public_raw(public_key)).digest()[:8].hex()
-
-
-def signing_input(device_id: str, nonce: str, method: str, path_qs: str, body: bytes) -> bytes:
-    """What the server signs: domain, the device it talks to ("-" before it knows), the device's
-    nonce ("-" only for /info), method, path with query, and the body's SHA-256."""
-    return b"\n".join((DOMAIN, device_id.encode("ascii"), nonce.encode("ascii"), method.upper().encode("ascii"),
-                       path_qs.encode("utf-8"), hashlib.sha256(body).hexdigest().encode("ascii")))
-
-
-def auth_header(key: ed25519.Ed25519PrivateKey, device_id: str, nonce: str, method: str, path_qs: str,
-                body: bytes) -> str:
-    sig = key.sign(signing_input(device_id, nonce, method, path_qs, body))
-    return f"{AUTH_SCHEME} key={key_id(key.public_key())},nonce={nonce},sig={base64.b64encode(sig).decode('ascii')}"
-
-
-_AUTH = re.compile(rf"{AUTH_SCHEME} key=([0-9a-f]{{16}}),nonce=([0-9a-f]{{32}}|-),sig=([A-Za-z0-9+/=]{{1,128}})",
-                   re.ASCII)
-
-
-def load_public_keys(paths: Iterable[str | os.PathLike]) -> list[ed25519.Ed25519PublicKey]:
-    """Ed25519 public keys from PEM files (missing files are skipped; other kinds refused)."""
-    keys = []
-    for path in paths:
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            continue
-        try:
-            key = serialization.load_pem_public_key(data)
-        except (ValueError, UnsupportedAlgorithm):
-            raise CheckpointError(f"{path}: not a PEM public key", code="pull_key") from None
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise CheckpointError(f"{path}: not an Ed25519 public key", code="pull_key")
-        keys.append(key)
-    return keys
 
 
 # ---------------------------------------------------------------- the device side
@@ -234,11 +188,11 @@ class PullService:
             if self.token is not None and given and hmac.compare_digest(given, self.token):
                 return "token"
             raise PullError("wrong token", code=E_UNAUTHORIZED, status=401)
-        m = _AUTH.fullmatch(value)
-        if not m:
+        parsed = parse_auth(value)
+        if parsed is None:
             raise PullError("pull requests must be signed by the server or carry the token",
                             code=E_UNAUTHORIZED, status=401)
-        kid, nonce, sig_b64 = m.groups()
+        kid, nonce, sig_b64 = parsed
         public = keys.get(kid)
         if public is None:
             raise PullError(f"unknown server key {kid}", code=E_UNAUTHORIZED, status=401)

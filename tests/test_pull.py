@@ -33,7 +33,7 @@ from sync.server.app import make_server
 from sync.server.puller import PullClient, PullFailed, check_device_url, pull_device
 from sync.state import StateFile
 from sync.wire import batch as batchmod
-from sync.wire import identity, protocol
+from sync.wire import identity, protocol, pullauth
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +101,12 @@ def test_pull_everything_exactly_once_then_nothing(server, tmp_path, verdicts):
 def test_a_device_not_provisioned_yet_says_so(tmp_path):
     token = "pull-token-" + os.urandom(12).hex()
     with DeviceApi(pullmod.create_pull_app(tmp_path / "state", tmp_path / "state" / "entries.db", token=token)) as api:
-        r = requests.get(api.url + pullmod.INFO, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        assert r.status_code == 503 and r.json()["error"] == pullmod.E_NOT_PROVISIONED
+        r = requests.get(api.url + pullauth.INFO, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"] == pullauth.E_NOT_PROVISIONED
 
 
 def _signed(key, method: str, url: str, path_qs: str, *, device_id="-", nonce="-", body=b""):
-    headers = {"Authorization": pullmod.auth_header(key, device_id, nonce, method, path_qs, body)}
+    headers = {"Authorization": pullauth.auth_header(key, device_id, nonce, method, path_qs, body)}
     if body:
         headers["Content-Type"] = "application/json"
     return requests.request(method, url + path_qs, data=body or None, headers=headers, timeout=30)
@@ -118,36 +118,36 @@ def test_pull_is_never_anonymous(server, tmp_path, verdicts):
     app = pullmod.with_pull(local_api(), dev.state, dev.log)
     with DeviceApi(app) as api:
         u = api.url
-        r = requests.get(u + pullmod.INFO, timeout=30)
-        assert r.status_code == 401 and r.json()["error"] == pullmod.E_UNAUTHORIZED
-        r = requests.get(u + pullmod.BATCH, headers={"Authorization": "Bearer guess-guess-guess"}, timeout=30)
+        r = requests.get(u + pullauth.INFO, timeout=30)
+        assert r.status_code == 401 and r.json()["error"] == pullauth.E_UNAUTHORIZED
+        r = requests.get(u + pullauth.BATCH, headers={"Authorization": "Bearer guess-guess-guess"}, timeout=30)
         assert r.status_code == 401  # no token configured: no token is right
         stranger = ed25519.Ed25519PrivateKey.generate()
-        assert _signed(stranger, "GET", u, pullmod.INFO).status_code == 401
-        info = _signed(server.pull_key, "GET", u, pullmod.INFO)
+        assert _signed(stranger, "GET", u, pullauth.INFO).status_code == 401
+        info = _signed(server.pull_key, "GET", u, pullauth.INFO)
         assert info.status_code == 200
         nonce = info.json()["nonce"]
         assert info.json()["pending"] == 12 and info.json()["device_id"] == dev.device_id
-        r = _signed(server.pull_key, "GET", u, pullmod.BATCH + "?after=0")  # only /info goes without a nonce
-        assert r.status_code == 401 and r.json()["error"] == pullmod.E_NONCE
-        r = _signed(server.pull_key, "GET", u, pullmod.BATCH + "?after=0", device_id=dev.device_id, nonce="0" * 32)
-        assert r.json()["error"] == pullmod.E_NONCE
+        r = _signed(server.pull_key, "GET", u, pullauth.BATCH + "?after=0")  # only /info goes without a nonce
+        assert r.status_code == 401 and r.json()["error"] == pullauth.E_NONCE
+        r = _signed(server.pull_key, "GET", u, pullauth.BATCH + "?after=0", device_id=dev.device_id, nonce="0" * 32)
+        assert r.json()["error"] == pullauth.E_NONCE
         # signed for one query, sent with another: refused
-        h = pullmod.auth_header(server.pull_key, dev.device_id, nonce, "GET", pullmod.BATCH + "?after=0", b"")
-        r = requests.get(u + pullmod.BATCH + "?after=5", headers={"Authorization": h}, timeout=30)
+        h = pullauth.auth_header(server.pull_key, dev.device_id, nonce, "GET", pullauth.BATCH + "?after=0", b"")
+        r = requests.get(u + pullauth.BATCH + "?after=5", headers={"Authorization": h}, timeout=30)
         assert r.status_code == 401
         # signed for another device: refused
-        r = _signed(server.pull_key, "GET", u, pullmod.BATCH + "?after=0", device_id="d-" + "0" * 24, nonce=nonce)
+        r = _signed(server.pull_key, "GET", u, pullauth.BATCH + "?after=0", device_id="d-" + "0" * 24, nonce=nonce)
         assert r.status_code == 401
-        ok = _signed(server.pull_key, "GET", u, pullmod.BATCH + "?after=0&limit=5", device_id=dev.device_id,
+        ok = _signed(server.pull_key, "GET", u, pullauth.BATCH + "?after=0&limit=5", device_id=dev.device_id,
                      nonce=nonce)
         assert ok.status_code == 200 and ok.headers["content-type"] == protocol.BATCH_TYPE
         head = batchmod.read_header(ok.content)
         assert (head.first_seq, head.last_seq) == (1, 5)
         # an acknowledgement that is not of this device's entries marks nothing
         body = json.dumps({"batches": [["0" * 32, 1, 5]], "held_seq": 5}).encode()
-        r = _signed(server.pull_key, "POST", u, pullmod.ACK, device_id=dev.device_id, nonce=nonce, body=body)
-        assert r.status_code == 400 and r.json()["error"] == pullmod.E_ACK_MISMATCH
+        r = _signed(server.pull_key, "POST", u, pullauth.ACK, device_id=dev.device_id, nonce=nonce, body=body)
+        assert r.status_code == 400 and r.json()["error"] == pullauth.E_ACK_MISMATCH
         assert len(dev.log.pending(0, 100)) == 12
     # a device with neither a server key nor a token refuses everything: its credential names no pull key,
     # and a key file planted where older versions kept it is never read
@@ -158,17 +158,17 @@ def test_pull_is_never_anonymous(server, tmp_path, verdicts):
     (dev.state / "server-pull.pub").write_bytes(keys.public_pem(stranger.public_key()))
     with DeviceApi(pullmod.create_pull_app(dev.state, dev.log)) as api:
         for key in (server.pull_key, stranger):
-            r = _signed(key, "GET", api.url, pullmod.INFO)
-            assert r.status_code == 403 and r.json()["error"] == pullmod.E_DISABLED
+            r = _signed(key, "GET", api.url, pullauth.INFO)
+            assert r.status_code == 403 and r.json()["error"] == pullauth.E_DISABLED
     # with a token (and no key): the token works, over http only to loopback
     token = "pull-token-" + os.urandom(12).hex()
     with DeviceApi(pullmod.create_pull_app(dev.state, dev.log, token=token)) as api:
-        assert requests.get(api.url + pullmod.INFO, headers={"Authorization": "Bearer nope-nope"},
+        assert requests.get(api.url + pullauth.INFO, headers={"Authorization": "Bearer nope-nope"},
                             timeout=30).status_code == 401
         res = pull_device(server.storage, api.url, token=token)
         assert res.complete and res.stored == 12
         bad = pull_device(server.storage, api.url, key=server.pull_key)
-        assert bad.error_code == pullmod.E_UNAUTHORIZED and not bad.complete
+        assert bad.error_code == pullauth.E_UNAUTHORIZED and not bad.complete
     with pytest.raises(PullFailed, match="never sent over plain http"):
         check_device_url("http://10.8.0.12:8080", token=True)
     assert check_device_url("http://10.8.0.12:8080/", token=False) == "http://10.8.0.12:8080"
@@ -196,7 +196,7 @@ def test_bad_entry_is_quarantined_and_a_lost_ack_is_learned_later(server, tmp_pa
     record(dev, verdicts, 1, source_id="x" * 300)  # the server bounds source_id at 256 characters
     record(dev, verdicts, 10)
     faults = Faults(pullmod.with_pull(local_api(), dev.state, dev.log))
-    faults.fail(pullmod.ACK, 500)  # the first acknowledgement is lost (the server has committed)
+    faults.fail(pullauth.ACK, 500)  # the first acknowledgement is lost (the server has committed)
     with DeviceApi(faults) as api:
         first = pull_device(server.storage, api.url, key=server.pull_key, limit=4)
         assert first.error_code == "injected" and not first.complete

@@ -2,7 +2,7 @@
 for its pending batches, store them with the same checks and deduplication as a push (source
 "pull"), and acknowledge them; first tell the device about batches the server already holds
 (pushed earlier with the answer lost, or imported from a USB stick). Protocol:
-docs/sync-protocol.md#server-pull; device side: sync/pull.py.
+docs/sync-protocol.md#server-pull; the request signature: sync/wire/pullauth.py; device side: sync/pull.py.
 
 Requests are signed with the server's pull key (keys dir, ``pull.key``) over the device's nonce, or
 carry a token. A token is never sent over plain http except to a loopback address; a signed pull
@@ -20,9 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
-from sync import pull as pullproto
 from sync.server.storage import ServerError, Storage
-from sync.wire import protocol
+from sync.wire import protocol, pullauth
 from sync.wire.batch import BatchError, open_batch, read_header
 from sync.wire.http import is_loopback, read_limited, refusal
 
@@ -74,8 +73,8 @@ class PullClient:
         self.verify: str | bool = ca_file if ca_file else True
         self.timeout = (connect_timeout, read_timeout)
         self.session = requests.Session()
-        self.device_id = pullproto.NO_NONCE
-        self.nonce = pullproto.NO_NONCE
+        self.device_id = pullauth.NO_NONCE
+        self.nonce = pullauth.NO_NONCE
 
     def close(self) -> None:
         self.session.close()
@@ -86,7 +85,7 @@ class PullClient:
         body = b"" if doc is None else json.dumps(doc, separators=(",", ":")).encode("utf-8")
         headers = {"Content-Type": "application/json"} if doc is not None else {}
         if self.key is not None:
-            headers["Authorization"] = pullproto.auth_header(self.key, self.device_id, self.nonce, method, path_qs,
+            headers["Authorization"] = pullauth.auth_header(self.key, self.device_id, self.nonce, method, path_qs,
                                                              body)
         else:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -100,7 +99,7 @@ class PullClient:
         if resp.status_code in (200, 204):
             return resp
         code, message = refusal(resp.status_code, resp.content, path)
-        if code == pullproto.E_NONCE and retry_nonce and self.key is not None:
+        if code == pullauth.E_NONCE and retry_nonce and self.key is not None:
             self.info()  # the device restarted or the nonce expired: a new one, once
             return self._request(method, path, params=params, doc=doc, max_bytes=max_bytes, retry_nonce=False)
         raise PullFailed(message, code=code)
@@ -115,8 +114,8 @@ class PullClient:
         return doc
 
     def info(self) -> dict:
-        self.device_id, self.nonce = pullproto.NO_NONCE, pullproto.NO_NONCE
-        doc = self._json(self._request("GET", pullproto.INFO, retry_nonce=False))
+        self.device_id, self.nonce = pullauth.NO_NONCE, pullauth.NO_NONCE
+        doc = self._json(self._request("GET", pullauth.INFO, retry_nonce=False))
         device_id, nonce = doc.get("device_id"), doc.get("nonce")
         if not (isinstance(device_id, str) and 0 < len(device_id) <= 64 and device_id.isascii()
                 and isinstance(nonce, str) and len(nonce) == 32):
@@ -125,21 +124,21 @@ class PullClient:
         return doc
 
     def batch(self, after_seq: int, limit: int) -> bytes | None:
-        resp = self._request("GET", pullproto.BATCH, params={"after": after_seq, "limit": limit},
+        resp = self._request("GET", pullauth.BATCH, params={"after": after_seq, "limit": limit},
                              max_bytes=protocol.MAX_BATCH_BYTES)
         return None if resp.status_code == 204 else resp.content
 
     def ack(self, rows: list, held_seq: int) -> dict:
-        return self._json(self._request("POST", pullproto.ACK, doc={"batches": [list(r) for r in rows],
+        return self._json(self._request("POST", pullauth.ACK, doc={"batches": [list(r) for r in rows],
                                                                      "held_seq": held_seq}))
 
     def refused(self, batch_id: str, first: int, last: int, code: str, message: str) -> dict:
-        return self._json(self._request("POST", pullproto.REFUSED, doc={
+        return self._json(self._request("POST", pullauth.REFUSED, doc={
             "batch_id": batch_id, "first_seq": first, "last_seq": last, "code": code, "message": message[:300]}))
 
 
 def pull_device(storage: Storage, url: str, *, key: ed25519.Ed25519PrivateKey | None = None,
-                token: str | None = None, ca_file: str | None = None, limit: int = pullproto.DEFAULT_LIMIT,
+                token: str | None = None, ca_file: str | None = None, limit: int = pullauth.DEFAULT_LIMIT,
                 timeout_s: float = 600.0, connect_timeout: float = 5.0, read_timeout: float = 60.0,
                 now_ms=None) -> PullResult:
     """Pull everything pending from the device at ``url`` (until ``timeout_s``). Never raises for
