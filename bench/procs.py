@@ -13,9 +13,9 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.cards import keys
-from sync import credential
 from sync.server import credentials
 from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
+from sync.wire import credential
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -47,6 +47,7 @@ from sync.state import (
 from sync.wire import batch as batchmod
 from sync.wire import delta as deltamod
 from sync.wire import identity, protocol
+from sync.wire.credential import CredentialError
 
 log = logging.getLogger(__name__)
 
@@ -535,7 +536,7 @@ class SyncAgent:
         try:
             cred, changed = credential.install(self.state_dir, data, trustupdate.load_roots(self.state_dir),
                                                self.config.server_url)
-        except credential.CredentialError as exc:
+        except CredentialError as exc:
             state.set_alarm("credential_refused", True)
             log.error("server credential refused (%s), the one kept stays: %s", exc.code, exc)
             return "failed"

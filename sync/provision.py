@@ -2,7 +2,7 @@
 one-time token, and write what the device needs (device.json, the server's root-signed
 credential, the pinned trust root, the current trust bundle). Nothing is written before the
 server has shown a credential signed by the pinned root for the URL the device talks to
-(sync/credential.py). Running it again is harmless: the same key enrolls as the same device, and
+(sync/wire/credential.py). Running it again is harmless: the same key enrolls as the same device, and
 files are only replaced atomically.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sync.agent import refresh_bundle
 from sync.client import RejectedError, SyncClient
 from sync.state import LEGACY_KEY_FILES, DeviceConfig, StateFile
 from sync.wire import identity, protocol
+from sync.wire.credential import CredentialError, open_credential
 
 BUNDLE_POLL_S = 2.0  # how often --wait-bundle asks the server again
 
@@ -88,9 +89,9 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
                                  "`checkpoint server credential publish`); nothing kept",
                                  code="credential_missing")
         try:
-            cred = credential.open_credential(cred_text.encode("utf-8"), [root])
+            cred = open_credential(cred_text.encode("utf-8"), [root])
             cred.check_url(client.base_url)
-        except credential.CredentialError as exc:
+        except CredentialError as exc:
             raise ProvisionError(f"the server at {client.base_url} is not vouched for by the trust root: {exc}; "
                                  "nothing kept", code=exc.code) from None
         if doc.get("root_public_key"):

@@ -48,6 +48,7 @@ from sync.agent import MAX_BATCH, build_next, mark_acked, quarantine
 from sync.state import DeviceConfig, StateError, StateFile
 from sync.wire import batch as batchmod
 from sync.wire import identity, protocol
+from sync.wire.credential import CredentialError
 from sync.wire.pullauth import (
     ACK,
     BATCH,
@@ -149,7 +150,7 @@ class PullService:
                 try:
                     cred = credential.load(self.state_dir)
                     keys = [cred.pull_key] if cred.pull_key is not None else []
-                except (credential.CredentialError, StateError) as exc:
+                except (CredentialError, StateError) as exc:
                     log.warning("pull: server credential not usable (%s): no pull key from it", exc.code)
             self._keys_cache = (mtime, keys)
         return {key_id(k): k for k in self._keys_cache[1] + self.extra_keys}

@@ -35,6 +35,7 @@ from sync import credential
 from sync.server.credentials import CREDENTIAL_META, publish
 from sync.server.keys import X25519PrivateKey, load_private_key
 from sync.server.storage import open_storage
+from sync.wire import credential as credwire
 
 NAMES = ["Nguyễn Văn An", "Trần Thị Bích", "Lê Văn Cường", "Phạm Minh Đức", "Hoàng Thị Em"]
 
@@ -115,8 +116,8 @@ def test_a_strangers_server_with_every_public_file_gets_no_device_and_no_name(op
             # ... or one of its own, for its URL and key, signed by a root of its own
             own_root = ed25519.Ed25519PrivateKey.generate()
             own_key = load_private_key(tmp_path / "stranger" / "sealing.key", X25519PrivateKey).public_key()
-            st.set_meta(CREDENTIAL_META, credential.issue(own_root, urls=[stranger.url], sealing_key=own_key,
-                                                          issued_at=int(time.time())).decode())
+            st.set_meta(CREDENTIAL_META, credwire.issue(own_root, urls=[stranger.url], sealing_key=own_key,
+                                                        issued_at=int(time.time())).decode())
             st.close()
             assert attempt(3) == "credential_wrong_root"
             assert lane.kinds("enrolled") == []
@@ -193,8 +194,8 @@ def test_a_planted_sealing_key_or_forged_credential_is_never_used(operator, tmp_
     # a credential not signed by the pinned root, one whose payload was changed, none: nothing sealed
     genuine = (state / credential.FILE_NAME).read_bytes()
     other_root = ed25519.Ed25519PrivateKey.generate()
-    forged = credential.issue(other_root, urls=[operator.url], sealing_key=thief.public_key(), serial=9,
-                              issued_at=int(time.time()))
+    forged = credwire.issue(other_root, urls=[operator.url], sealing_key=thief.public_key(), serial=9,
+                            issued_at=int(time.time()))
     tampered = json.loads(genuine)
     tampered["credential"] = json.loads(forged)["credential"]  # the operator's signature over another payload
     for planted, code in ((forged, "credential_wrong_root"), (json.dumps(tampered).encode(), "credential_bad_signature"),
@@ -223,41 +224,41 @@ def test_credentials_refuse_other_roots_urls_tampering_and_rollback(operator, tm
     root = operator.root
     seal = X25519PrivateKey.generate().public_key()
     url = operator.url
-    one = credential.issue(root, urls=[url, "https://Central.Example.VN/"], sealing_key=seal, issued_at=1)
-    cred = credential.open_credential(one, [root.public_key()])
+    one = credwire.issue(root, urls=[url, "https://Central.Example.VN/"], sealing_key=seal, issued_at=1)
+    cred = credwire.open_credential(one, [root.public_key()])
     assert cred.urls == (url, "https://central.example.vn:443")
     assert cred.names(url + "/") and cred.names("https://central.example.vn:443") and not cred.names(
         "https://central.example.vn:8443")
-    with pytest.raises(credential.CredentialError) as err:
-        credential.open_credential(one, [ed25519.Ed25519PrivateKey.generate().public_key()])
+    with pytest.raises(credwire.CredentialError) as err:
+        credwire.open_credential(one, [ed25519.Ed25519PrivateKey.generate().public_key()])
     assert err.value.code == "credential_wrong_root"
     for bad in (b"", b"{}", b"[1]", b"x" * 20000, one.replace(b'"sig": "', b'"sig": "AAAA'),
                 json.dumps({"credential": "e30=", "kid": json.loads(one)["kid"], "sig": json.loads(one)["sig"]}).encode()):
-        with pytest.raises(credential.CredentialError):
-            credential.open_credential(bad, [root.public_key()])
-    with pytest.raises(credential.CredentialError):  # plain http off loopback is never a server URL
-        credential.issue(root, urls=["http://central.example.vn"], sealing_key=seal, issued_at=1)
+        with pytest.raises(credwire.CredentialError):
+            credwire.open_credential(bad, [root.public_key()])
+    with pytest.raises(credwire.CredentialError):  # plain http off loopback is never a server URL
+        credwire.issue(root, urls=["http://central.example.vn"], sealing_key=seal, issued_at=1)
     # on the device: installed once, a newer serial replaces it, an older one or a twin does not
     state = tmp_path / "dev"
     dev = provision_device(operator, tmp_path)
     dev.log.close()
     roots = [root.public_key()]
     installed = credential.load(state).serial
-    newer = credential.issue(root, urls=[url], sealing_key=seal, serial=installed + 1, issued_at=2)
+    newer = credwire.issue(root, urls=[url], sealing_key=seal, serial=installed + 1, issued_at=2)
     assert credential.install(state, newer, roots, url)[1] is True
-    twin = credential.issue(root, urls=[url], sealing_key=operator.sealing_key.public_key(), serial=installed + 1,
-                            issued_at=3)
+    twin = credwire.issue(root, urls=[url], sealing_key=operator.sealing_key.public_key(), serial=installed + 1,
+                          issued_at=3)
     for refused in (one, twin):
-        with pytest.raises(credential.CredentialError) as err:
+        with pytest.raises(credwire.CredentialError) as err:
             credential.install(state, refused, roots, url)
         assert err.value.code in ("credential_rollback", "credential_wrong_server")
     assert credential.load(state).data == newer
-    other = credential.issue(root, urls=["https://elsewhere.example.vn"], sealing_key=seal, serial=99, issued_at=4)
-    with pytest.raises(credential.CredentialError) as err:
+    other = credwire.issue(root, urls=["https://elsewhere.example.vn"], sealing_key=seal, serial=99, issued_at=4)
+    with pytest.raises(credwire.CredentialError) as err:
         credential.install(state, other, roots, url)
     assert err.value.code == "credential_wrong_server"
     # the server publishes only a credential for its own keys, and never an older one
-    with pytest.raises(credential.CredentialError) as err:
+    with pytest.raises(credwire.CredentialError) as err:
         publish(operator.storage, newer, sealing_public=operator.sealing_key.public_key(), pull_public=None)
     assert err.value.code == "credential_wrong_key"
 
@@ -275,15 +276,15 @@ def test_a_new_credential_from_the_server_is_checked_and_used_for_new_entries(op
         lane.wait(lambda e: e.kind == "verdict")
         # the operator re-issues the credential (say the server got a new address too) ...
         old = credential.load(state)
-        newer = credential.issue(operator.root, urls=[operator.url, "https://central.example.vn"],
-                                 sealing_key=operator.sealing_key.public_key(), pull_key=operator.pull_key.public_key(),
-                                 serial=old.serial + 1, issued_at=int(time.time()))
+        newer = credwire.issue(operator.root, urls=[operator.url, "https://central.example.vn"],
+                               sealing_key=operator.sealing_key.public_key(), pull_key=operator.pull_key.public_key(),
+                               serial=old.serial + 1, issued_at=int(time.time()))
         publish(operator.storage, newer, sealing_public=operator.sealing_key.public_key(),
                 pull_public=operator.pull_key.public_key())
         lane.app.core.agent.sync_once(trust=True)
         assert credential.load(state).serial == old.serial + 1
         # ... and a server that sends one its root never signed changes nothing, and says so
-        operator.storage.set_meta(CREDENTIAL_META, credential.issue(
+        operator.storage.set_meta(CREDENTIAL_META, credwire.issue(
             ed25519.Ed25519PrivateKey.generate(), urls=[operator.url], sealing_key=X25519PrivateKey.generate().public_key(),
             serial=50, issued_at=1).decode())
         lane.app.core.agent.sync_once(trust=True)
@@ -345,15 +346,15 @@ def test_the_operator_vouches_for_a_server_from_the_command_line(tmp_path):
                 str(tmp_path / "root.pub"), "--state-dir", str(tmp_path / "dev"), "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["server_id"] == "central-test"
-        assert credential.load(tmp_path / "dev").sealing_key_id() == credential.open_credential(
+        assert credential.load(tmp_path / "dev").sealing_key_id() == credwire.open_credential(
             (tmp_path / "cred-root-1-0.json").read_bytes(), [keys.load_public_keys(tmp_path / "root.pub")[0][0]]
         ).sealing_key_id()
     finally:
         server.stop()
 
 
-_GOOD = credential.issue(OPERATOR_ROOT, urls=["https://central.example.vn"],
-                         sealing_key=X25519PrivateKey.generate().public_key(), issued_at=1)
+_GOOD = credwire.issue(OPERATOR_ROOT, urls=["https://central.example.vn"],
+                       sealing_key=X25519PrivateKey.generate().public_key(), issued_at=1)
 
 
 @settings(max_examples=300, deadline=None)
@@ -364,8 +365,8 @@ def test_fuzz_credential_files_open_or_raise_their_error(data):
     """Any bytes, and the genuine file with a few bytes changed: a verified credential only when the
     signed payload is untouched, else CredentialError (never another exception)."""
     try:
-        cred = credential.open_credential(data, [OPERATOR_ROOT.public_key()])
-    except credential.CredentialError:
+        cred = credwire.open_credential(data, [OPERATOR_ROOT.public_key()])
+    except credwire.CredentialError:
         return
     payload = (base64.b64decode(json.loads(d)["credential"]) for d in (data, _GOOD))
     assert next(payload) == next(payload) and cred.urls == ("https://central.example.vn:443",)

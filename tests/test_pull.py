@@ -33,6 +33,7 @@ from sync.server.app import make_server
 from sync.server.puller import PullClient, PullFailed, check_device_url, pull_device
 from sync.state import StateFile
 from sync.wire import batch as batchmod
+from sync.wire import credential as credwire
 from sync.wire import identity, protocol, pullauth
 
 
@@ -151,8 +152,8 @@ def test_pull_is_never_anonymous(server, tmp_path, verdicts):
         assert len(dev.log.pending(0, 100)) == 12
     # a device with neither a server key nor a token refuses everything: its credential names no pull key,
     # and a key file planted where older versions kept it is never read
-    no_pull = credential.issue(server.root, urls=[server.url], sealing_key=server.sealing_key.public_key(),
-                               serial=2, issued_at=int(time.time()))
+    no_pull = credwire.issue(server.root, urls=[server.url], sealing_key=server.sealing_key.public_key(),
+                             serial=2, issued_at=int(time.time()))
     credential.install(dev.state, no_pull, [server.root.public_key()], server.url)
     stranger = ed25519.Ed25519PrivateKey.generate()
     (dev.state / "server-pull.pub").write_bytes(keys.public_pem(stranger.public_key()))

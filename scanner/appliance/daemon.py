@@ -21,7 +21,7 @@ its live keys applied, and the trust bundle is reloaded. A device that is not pr
 the same inputs in enrollment mode: an enrollment QR (scanner/appliance/enroll.py) provisions it if it has
 a trust root to check the server with, and it goes on as a provisioned device without a restart.
 A device that cannot check cards (scanner/appliance/readiness.py) shows a fault, never a verdict. Holder
-details are sealed only to the key of the root-signed server credential (sync/credential.py).
+details are sealed only to the key of the root-signed server credential (sync/wire/credential.py).
 Spec: issue 8, docs/configuration.md.
 """
 from __future__ import annotations
@@ -57,6 +57,7 @@ from scanner.cards.verifier import verify as verify_text
 from scanner.store import admission
 from scanner.store.entrylog import EntryLog, EntryLogError, EntryLogWriteError
 from sync import credential
+from sync.wire.credential import ServerCredential
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class Appliance:
         self.trust_age = admission.TrustAge()
         self.trust_error: str | None = None
         self._root_pinned = readiness.root_pinned(config)  # again after enrollment
-        self._credential: credential.ServerCredential | None = None  # the root-signed server identity in use
+        self._credential: ServerCredential | None = None  # the root-signed server identity in use
         self._credential_error: str | None = None
         self.chunks = ChunkAssembler(config["scan"]["shc_hold_s"])
         self._assembled: str | None = None  # the joined parts _prepare just made (worker thread only)

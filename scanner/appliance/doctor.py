@@ -28,6 +28,7 @@ from scanner.appliance.config import Config
 from scanner.store import clock as clockmod
 from sync import credential
 from sync.state import DeviceConfig, StateError
+from sync.wire.credential import CredentialError
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 MIB = 1024 * 1024
@@ -124,7 +125,7 @@ def check_credential(config: Config) -> Check | None:
         return None
     try:
         cred = credential.load(config.state_dir)
-    except (credential.CredentialError, StateError) as exc:
+    except (CredentialError, StateError) as exc:
         return Check("credential", WARN, f"no valid server credential ({exc.code}: {exc}): holder details are "
                      "not stored", "`checkpoint sync now` fetches it from the server; the operator issues it "
                      "(`checkpoint issuer server-credential`) and publishes it (`checkpoint server credential publish`)")

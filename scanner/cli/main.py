@@ -431,7 +431,7 @@ def server_credential(root_key, urls, sealing_pub, pull_pub, server_id, serial, 
     """Sign a credential for a central server: its URLs and keys, vouched for by the root."""
     from scanner.cards.trust import load_root
     from scanner.store import sealing
-    from sync import (
+    from sync.wire import (
         credential,  # deferred: the sync stack is not loaded for the other commands
     )
 

@@ -34,9 +34,9 @@ from scanner.cards.formats import ck1
 from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Holder
 from scanner.cards.verifier import verify
-from sync import credential
 from sync.server import credentials
 from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
+from sync.wire import credential
 
 DAY = 86400
 CHECKPOINT = "cho-dong-demo"

@@ -24,7 +24,6 @@ from starlette.routing import Route
 
 from scanner import __version__
 from scanner.base.timeutil import now_ms
-from sync.credential import MEDIA_TYPE as CREDENTIAL_TYPE
 from sync.server import bundles, credentials
 from sync.server.limits import (
     BodyReader,
@@ -41,6 +40,7 @@ from sync.server.storage import ServerError, Storage, revoked_device, unknown_de
 from sync.server.tokens import token_hash
 from sync.wire import protocol
 from sync.wire.batch import BatchError, header_end, open_batch, read_header
+from sync.wire.credential import MEDIA_TYPE as CREDENTIAL_TYPE
 
 log = logging.getLogger(__name__)
 

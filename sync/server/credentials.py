@@ -1,4 +1,4 @@
-"""Publishing the server's root-signed credential (sync/credential.py): checked against the
+"""Publishing the server's root-signed credential (sync/wire/credential.py): checked against the
 server's root and its own keys before devices are given it at enrollment and on `/v1/credential`."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from scanner.cards import keys as keymod
-from sync.credential import CredentialError, ServerCredential, open_credential
 from sync.server.bundles import ROOT_META, root_of
 from sync.server.storage import Storage
+from sync.wire.credential import CredentialError, ServerCredential, open_credential
 
 CREDENTIAL_META = "server_credential"
 

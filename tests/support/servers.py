@@ -23,7 +23,6 @@ from scanner.cards import keys
 from support import postgres
 from support.pki import OPERATOR_ROOT
 from support.waiting import WAIT, wait_for
-from sync import credential
 from sync.server import credentials
 from sync.server.app import ServerConfig, create_app, make_server
 from sync.server.keys import (
@@ -35,6 +34,7 @@ from sync.server.keys import (
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens, token_hash
 from sync.wire import batch as batchmod
+from sync.wire import credential as credwire
 from sync.wire import identity
 
 BACKENDS = ("sqlite", "postgresql")
@@ -57,14 +57,14 @@ def vouch(storage, keys_dir: Path, url: str, root: ed25519.Ed25519PrivateKey, **
     pull_key = load_or_create_pull_key(keys_dir).public_key()
     (Path(keys_dir) / "root.pub").write_bytes(keys.public_pem(root.public_key()))
     previous = None
-    with contextlib.suppress(credential.CredentialError):
+    with contextlib.suppress(credwire.CredentialError):
         published = credentials.current(storage)
-        previous = credential.open_credential(published, [root.public_key()]) if published else None
+        previous = credwire.open_credential(published, [root.public_key()]) if published else None
     if previous is not None and previous.names(url) and not kw:  # the same server again on its database
         return previous.data
     kw.setdefault("serial", previous.serial + 1 if previous is not None else 1)
-    data = credential.issue(root, urls=[url], sealing_key=sealing_key, pull_key=pull_key,
-                            issued_at=int(time.time()), **kw)
+    data = credwire.issue(root, urls=[url], sealing_key=sealing_key, pull_key=pull_key,
+                          issued_at=int(time.time()), **kw)
     credentials.publish(storage, data, sealing_public=sealing_key, pull_public=pull_key, root=root.public_key())
     return data
 
