@@ -268,7 +268,7 @@ def quarantine(state_dir: str | os.PathLike, state: SyncState, sb: batchmod.Sign
     qdir = Path(state_dir) / QUARANTINE_DIR
     qdir.mkdir(mode=0o700, exist_ok=True)
     info = sb.info
-    path = qdir / f"{info.first_seq:012d}-{info.last_seq:012d}-{info.batch_id}.ckb"
+    path = qdir / info.file_name
     atomic_write(path, sb.data, 0o600)
     if not any(q["batch_id"] == info.batch_id for q in state.quarantined):
         state.quarantined.append(asdict(Quarantined(info.batch_id, info.first_seq, info.last_seq, code,

@@ -28,8 +28,9 @@ from sync import credential
 from sync import pull as pullmod
 from sync.agent import Backoff, SyncAgent
 from sync.client import SyncClient
-from sync.export import export_pending, import_dir
+from sync.export import export_pending
 from sync.server.app import make_server
+from sync.server.imports import import_dir
 from sync.server.puller import PullClient, PullFailed, check_device_url, pull_device
 from sync.state import StateFile
 from sync.wire import batch as batchmod

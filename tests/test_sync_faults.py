@@ -37,8 +37,9 @@ from scanner.cards import verifier
 from scanner.store.entrylog import EntryLog
 from sync.agent import Backoff, SyncAgent
 from sync.client import SyncClient, TransientError
-from sync.export import export_pending, import_dir
+from sync.export import export_pending
 from sync.provision import provision
+from sync.server.imports import import_dir
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens
 from sync.state import STATE_NAME, DeviceConfig, StateFile

@@ -25,7 +25,8 @@ from support.servers import enroll_direct
 from scanner.base import fsutil
 from scanner.cards.keys import create_private_key
 from scanner.store.entrylog import EntryLog
-from sync.export import EXPORT_SUBDIR, MAX_DEPTH, export_pending, import_dir
+from sync.export import EXPORT_SUBDIR, export_pending
+from sync.server.imports import MAX_DEPTH, import_dir
 from sync.server.storage import open_storage
 from sync.state import DeviceConfig, StateFile
 from sync.wire import identity, protocol

@@ -387,19 +387,11 @@ def server_devices(db_url, stale_min, as_json):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def server_import(db_url, dirs, as_json):
     """Import batch files written by `checkpoint sync export` (deduplicated like pushes)."""
-    from sync.export import ImportResult, import_dir
+    from sync.server.imports import import_dirs
 
     storage = _storage(db_url)
-    total = ImportResult()
     try:
-        for d in dirs:
-            r = run_guarded(import_dir, storage, d)
-            total.files += r.files
-            total.batches += r.batches
-            total.entries += r.entries
-            total.stored += r.stored
-            total.duplicates += r.duplicates
-            total.refused.extend(r.refused)
+        total = run_guarded(import_dirs, storage, dirs)
     finally:
         storage.close()
     if as_json:

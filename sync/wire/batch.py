@@ -42,6 +42,7 @@ MAGIC = b"CKB1"
 FORMAT_VERSION = 1
 SIG_LEN = 64
 MAX_HEADER = 4096
+FILE_SUFFIX = ".ckb"  # a batch kept as a file (offline export, quarantine): exactly the bytes a push sends
 MAX_ROW_BYTES = 16 * 1024
 MAX_RAW_BYTES = 64 * 1024 * 1024
 CHUNK = 256  # rows serialised per step (callers may yield between steps)
@@ -73,6 +74,11 @@ class BatchInfo:
     last_hash: bytes
     raw_len: int
     created_ms: int
+
+    @property
+    def file_name(self) -> str:
+        """The batch's file name, FIRST-LAST-BATCHID.ckb (sequence numbers zero-padded: names sort in order)."""
+        return f"{self.first_seq:012d}-{self.last_seq:012d}-{self.batch_id}{FILE_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)
