@@ -20,7 +20,6 @@ from support.pki import make_pki
 from support.servers import ServerThread
 from support.waiting import WAIT, wait_for
 
-from scanner.appliance import enroll
 from scanner.appliance.config import check_file, load
 from scanner.appliance.daemon import Appliance
 from scanner.appliance.provisioning import ProvisioningError, provision_appliance
@@ -30,6 +29,7 @@ from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.store.entrylog import EntryLog
 from sync.server.bundles import publish
 from sync.server.puller import pull_device
+from sync.wire import enrollcode as enroll
 
 
 @pytest.fixture

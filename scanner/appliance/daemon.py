@@ -18,7 +18,7 @@
 SIGTERM/SIGINT: inputs stop, queued verdicts finish and are committed, outputs go to their safe
 state, files are flushed, exit 0 within a few seconds. SIGHUP: the config file is read again and
 its live keys applied, and the trust bundle is reloaded. A device that is not provisioned runs
-the same inputs in enrollment mode: an enrollment QR (scanner/appliance/enroll.py) provisions it if it has
+the same inputs in enrollment mode: an enrollment QR (sync/wire/enrollcode.py) provisions it if it has
 a trust root to check the server with, and it goes on as a provisioned device without a restart.
 A device that cannot check cards (scanner/appliance/readiness.py) shows a fault, never a verdict. Holder
 details are sealed only to the key of the root-signed server credential (sync/wire/credential.py).
@@ -39,7 +39,7 @@ from typing import BinaryIO
 from hardware.feedback import DeviceState
 from hardware.scan import Scan
 from scanner import __version__
-from scanner.appliance import enroll, readiness, runtime
+from scanner.appliance import readiness, runtime
 from scanner.appliance.clockguard import ClockGuard
 from scanner.appliance.config import Config, discover_inputs
 from scanner.appliance.doctor import FAIL, PASS, WARN, Check
@@ -57,6 +57,7 @@ from scanner.cards.verifier import verify as verify_text
 from scanner.store import admission
 from scanner.store.entrylog import EntryLog, EntryLogError, EntryLogWriteError
 from sync import credential
+from sync.wire import enrollcode as enroll
 from sync.wire.credential import ServerCredential
 
 log = logging.getLogger(__name__)

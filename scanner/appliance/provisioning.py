@@ -23,10 +23,10 @@ from scanner.appliance.config import (
     discover_inputs,
     load,
 )
-from scanner.appliance.enroll import root_fingerprint
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
 from sync.provision import pinned_root, provision
+from sync.wire.enrollcode import root_fingerprint
 
 log = logging.getLogger(__name__)
 

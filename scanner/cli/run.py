@@ -221,14 +221,14 @@ def udev_rules(config_path, install_path, group):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (text, token) instead of the QR.")
 def enroll_qr(db_url, server_url, checkpoint_id, ttl_hours, root_pub, png_path, as_json):
     """Make a one-time enrollment QR: a device without a config enrolls itself when shown it."""
-    from scanner.appliance import enroll
+    from sync.server import enrollcodes
     from scanner.cards.trust import load_root
     from sync.server.storage import open_storage
 
     root = run_guarded(load_root, root_pub) if root_pub else None
     storage = run_guarded(open_storage, db_url)
     try:
-        code = run_guarded(enroll.create, storage, server_url, checkpoint_id, ttl_hours=ttl_hours,
+        code = run_guarded(enrollcodes.create, storage, server_url, checkpoint_id, ttl_hours=ttl_hours,
                            root_public_key=root, now_ms=now_ms())
     finally:
         storage.close()

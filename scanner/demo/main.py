@@ -34,7 +34,7 @@ from scanner.cards.formats import ck1
 from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Holder
 from scanner.cards.verifier import verify
-from sync.server import credentials
+from sync.server import credentials, enrollcodes
 from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
 from sync.wire import credential
 
@@ -233,7 +233,7 @@ def run_demo(out_dir: Path | None, lang: str, echo: Callable[[str], None] = prin
 
 
 def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdout) -> int:
-    from scanner.appliance import enroll, logsetup
+    from scanner.appliance import logsetup
     from scanner.appliance.config import load
     from scanner.appliance.daemon import Appliance
     from scanner.demo import video as demo_video
@@ -271,7 +271,7 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
     try:
         publish(server.storage, bundle_bytes, now_ms=now_ms(), root=root.public_key())
         publish_credential(server, root, now)
-        code = enroll.create(server.storage, server.url, CHECKPOINT, now_ms=now_ms(),
+        code = enrollcodes.create(server.storage, server.url, CHECKPOINT, now_ms=now_ms(),
                              ttl_hours=1, root_public_key=root.public_key())
         render.qr_png(code.text(), base / "enroll.png")
         shots, expected = timeline(cards, code.text())

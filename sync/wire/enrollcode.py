@@ -1,10 +1,11 @@
 """Enrollment QR codes for zero-touch provisioning: the server's URL and a one-time token as QR text.
+The server makes them (sync/server/enrollcodes.py), a device reads them.
 
 ``CKENROLL:`` followed by URL-encoded fields: ``v=1``, ``s`` the server URL (https; plain http
 only to a loopback address), ``t`` a one-time enrollment token, and optionally ``r`` the SHA-256
 (hex) of the trust root's public key (SubjectPublicKeyInfo DER), which must be the device's own.
 A device that is not provisioned, has a pinned root and reads such a code through its camera or
-reader enrolls itself (scanner/appliance/daemon.py) with the server, if the root vouches for it
+reader enrolls itself (the appliance's daemon) with the server, if the root vouches for it
 (sync/credential.py). docs/provisioning.md#zero-touch-enrollment.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
@@ -76,7 +77,8 @@ def parse(text: str) -> EnrollCode:
 
 
 def check_server(url: str) -> str:
-    from urllib.parse import urlsplit
+    """The server URL of a code without a trailing slash; EnrollCodeError unless https (or plain
+    http to a loopback address)."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
         raise EnrollCodeError("enrollment code server is not an http(s) URL")
@@ -89,15 +91,3 @@ def root_fingerprint(public_key) -> str:
     """SHA-256 (hex) of a public key's SubjectPublicKeyInfo DER: what ``r`` pins."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
-
-
-def create(storage, server_url: str, checkpoint_id: str, *, now_ms: int, ttl_hours: float = 72.0,
-           root_public_key=None) -> EnrollCode:
-    """A new one-time token for ``checkpoint_id`` on the reference server's ``storage`` (made by
-    sync.server.tokens.issue_tokens) as an enrollment code; pins the root when one is given."""
-    from sync.server.tokens import issue_tokens
-
-    server = check_server(server_url)
-    token = issue_tokens(storage, checkpoint_id, 1, ttl_hours=ttl_hours, now_ms=now_ms)[0]
-    root = root_fingerprint(root_public_key) if root_public_key is not None else None
-    return EnrollCode(server, token, root)
