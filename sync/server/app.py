@@ -15,6 +15,7 @@ import logging
 import resource
 from dataclasses import dataclass, field
 
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +26,7 @@ from starlette.routing import Route
 from scanner import __version__
 from scanner.base.timeutil import now_ms
 from sync.server import bundles, credentials
+from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key, public_pem, sealing_public_pem
 from sync.server.limits import (
     BodyReader,
     Busy,
@@ -36,7 +38,8 @@ from sync.server.limits import (
     guarded_h11,
     peer_key,
 )
-from sync.server.storage import ServerError, Storage, revoked_device, unknown_device
+from sync.server.model import ServerError, Storage, revoked_device, unknown_device
+from sync.server.storage import default_keys_dir, open_storage
 from sync.server.tokens import token_hash
 from sync.wire import protocol
 from sync.wire.batch import BatchError, header_end, open_batch, read_header
@@ -387,8 +390,6 @@ def make_server(app, host: str, port: int, *, tls_cert: str | None = None, tls_k
                 access_log: bool = False, log_level: str = "warning", sock=None, limits: Limits | None = None):
     """A uvicorn Server for ``app`` (pure-Python stack: asyncio loop, h11), its connections held to
     ``limits`` (per peer, header deadline)."""
-    import uvicorn
-
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http=guarded_h11(limits or Limits()), ws="none",
                             lifespan="off", access_log=access_log, log_level=log_level,
                             ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
@@ -414,14 +415,6 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 32,
           retry_after_s: int = 2, limits: Limits | None = None) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`)."""
-    from sync.server.keys import (
-        load_or_create_pull_key,
-        load_or_create_sealing_key,
-        public_pem,
-        sealing_public_pem,
-    )
-    from sync.server.storage import default_keys_dir, open_storage
-
     keys_dir = keys_dir or default_keys_dir(db_url)
     storage = open_storage(db_url)
     try:

@@ -6,12 +6,13 @@ import gzip
 import logging
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
 from scanner.cards import keys as keymod
 from scanner.cards.bundle import open_bundle
-from sync.server.storage import BundleMeta, Storage
+from sync.server.model import BundleMeta, Storage
 from sync.wire.delta import make_delta
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ def root_of(storage: Storage) -> ed25519.Ed25519PublicKey | None:
 
 
 def _spki(pem: str) -> bytes:
-    from cryptography.hazmat.primitives import serialization
     return serialization.load_pem_public_key(pem.encode("ascii")).public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -65,7 +65,6 @@ def publish(storage: Storage, data: bytes, *, now_ms: int, root: ed25519.Ed25519
     meta = BundleMeta(bundle.version, bundle.digest, bundle.issued_at, bundle.expires_at, now_ms, len(data))
     storage.publish_bundle(meta, data, gzip.compress(data, 6, mtime=0), deltas)
     if stored is None:
-        from cryptography.hazmat.primitives import serialization
         storage.set_meta(ROOT_META, root.public_bytes(serialization.Encoding.PEM,
                                                       serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii"))
     return meta, sorted(deltas)

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from scanner.cards import keys as keymod
 from sync.server.bundles import ROOT_META, root_of
-from sync.server.storage import Storage
+from sync.server.model import Storage
 from sync.wire.credential import CredentialError, ServerCredential, open_credential
 
 CREDENTIAL_META = "server_credential"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from sync.server.storage import Storage
+from sync.server.model import Storage
 from sync.server.tokens import issue_tokens
 from sync.wire.enrollcode import EnrollCode, check_server, root_fingerprint
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import SYMLINK, Dir, UnsafePathError
 from scanner.base.timeutil import now_ms
-from sync.server.storage import ServerError, Storage
+from sync.server.model import ServerError, Storage
 from sync.wire import protocol
 from sync.wire.batch import FILE_SUFFIX, BatchError, open_batch, read_header
 

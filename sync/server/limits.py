@@ -22,7 +22,7 @@ import h11
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from sync.server.storage import ServerError
+from sync.server.model import ServerError
 from sync.wire import protocol
 
 

@@ -28,8 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
 from scanner.base.timeutil import DAY_MS
-from sync.server.sqlstorage import ENTRY_COLUMNS, QmarkCursor, SQLStorage, entry_row
-from sync.server.storage import (
+from sync.server.model import (
     SOURCES,
     Device,
     Ingested,
@@ -39,6 +38,7 @@ from sync.server.storage import (
     revoked_device,
     unknown_device,
 )
+from sync.server.sqlstorage import ENTRY_COLUMNS, QmarkCursor, SQLStorage, entry_row
 from sync.wire import protocol
 from sync.wire.batch import ParsedBatch
 

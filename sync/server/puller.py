@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
-from sync.server.storage import ServerError, Storage
+from sync.server.model import ServerError, Storage
 from sync.wire import protocol, pullauth
 from sync.wire.batch import BatchError, open_batch, read_header
 from sync.wire.http import is_loopback, read_limited, refusal

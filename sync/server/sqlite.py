@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scanner.base.errors import CheckpointError
-from sync.server.sqlstorage import ENTRY_COLUMNS, SQLStorage, entry_row
-from sync.server.storage import (
+from sync.server.model import (
     SOURCES,
     Device,
     Ingested,
@@ -20,6 +19,7 @@ from sync.server.storage import (
     revoked_device,
     unknown_device,
 )
+from sync.server.sqlstorage import ENTRY_COLUMNS, SQLStorage, entry_row
 from sync.wire import protocol
 from sync.wire.batch import ParsedBatch
 

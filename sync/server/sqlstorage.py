@@ -15,7 +15,7 @@ from typing import Any
 
 from scanner.store.entry import STORED_FIELDS, Entry, to_export_dict
 from sync.server import chain
-from sync.server.storage import (
+from sync.server.model import (
     SEEN_COLUMNS,
     BundleMeta,
     ChainEvent,

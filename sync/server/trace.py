@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
 from scanner.store import sealing
-from sync.server.storage import SeenEntry, Storage
+from sync.server.model import SeenEntry, Storage
 
 MAX_VISITS = 10_000
 MAX_CONTACTS_PER_VISIT = 20_000
