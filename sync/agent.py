@@ -349,6 +349,12 @@ class SyncResult:
     retry_after: float | None = None
     trust: str | None = None  # not_modified | delta | full | none (nothing published) | failed | None (not checked)
 
+    def to_dict(self) -> dict:
+        """The report of `checkpoint sync now --json` (no retry delay: that is the caller's business)."""
+        return {"complete": self.complete, "batches": self.batches, "entries": self.entries, "stored": self.stored,
+                "duplicates": self.duplicates, "quarantined": self.quarantined, "pending": self.pending,
+                "error": self.error, "error_code": self.error_code, "trust": self.trust}
+
 
 class SyncAgent:
     """Everything sync does on the device, for one state directory and one entry log."""

@@ -27,11 +27,18 @@ DIR_MODE = 0o700  # the batch files are 0600 anyway
 
 @dataclass(frozen=True, slots=True)
 class ExportResult:
+    """What an export wrote: the directory, the batch files, and the entries and seq range they hold."""
+
     dir: str
     files: tuple[str, ...]
     entries: int
     first_seq: int | None
     last_seq: int | None
+
+    def to_dict(self) -> dict:
+        """The report of `checkpoint sync export --json` (the number of files, not their names)."""
+        return {"dir": self.dir, "files": len(self.files), "entries": self.entries, "first_seq": self.first_seq,
+                "last_seq": self.last_seq}
 
 
 def export_pending(state_dir: str | os.PathLike, entry_log: EntryLog, to_dir: str | os.PathLike, *,

@@ -45,7 +45,7 @@ from scanner.base.timeutil import now_ms
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync import credential
 from sync.agent import MAX_BATCH, build_next, mark_acked, quarantine
-from sync.state import DeviceConfig, StateError, StateFile
+from sync.state import PULL_STATE_NAME, DeviceConfig, StateError, StateFile
 from sync.wire import batch as batchmod
 from sync.wire import identity, protocol
 from sync.wire.credential import CredentialError
@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 NONCE_TTL_S = 600.0
 MAX_NONCES = 64
 MAX_ACK_ROWS = protocol.MAX_ACKS
-PULL_STATE_NAME = "pull-state.json"
 
 
 class PullError(CheckpointError):
@@ -314,14 +313,6 @@ class PullService:
                 doc["server_held_seq"] = fields["held_seq"]
             doc["marked_total"] = int(doc.get("marked_total") or 0) + fields.get("marked", 0)
             atomic_write(path, (json.dumps(doc, indent=1) + "\n").encode("utf-8"), 0o600)
-
-
-def read_pull_state(state_dir: str | os.PathLike) -> dict | None:
-    try:
-        doc = json.loads((Path(state_dir) / PULL_STATE_NAME).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 # ---------------------------------------------------------------- HTTP

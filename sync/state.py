@@ -1,5 +1,6 @@
 """The device's sync files in its state directory: what provisioning wrote (device.json), the sync
-state (sync-state.json, replaced atomically), and a lock so only one uploader runs at a time.
+state (sync-state.json, replaced atomically), a lock so only one uploader runs at a time, and when
+the server last pulled (pull-state.json, written by sync/pull.py); and the status report made of them.
 
 What the state holds is of two kinds: decisions that must survive a restart as soon as they are
 made (DURABLE_FIELDS: alarms, quarantine, exports, trust, the current error, the heartbeat
@@ -21,10 +22,12 @@ from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
 from scanner.store import clock
+from scanner.store.entrylog import EntryLog
 
 DEVICE_NAME = "device.json"
 STATE_NAME = "sync-state.json"
 LOCK_NAME = "sync.lock"
+PULL_STATE_NAME = "pull-state.json"
 # The server's keys as older versions kept them, unsigned: never read; provisioning removes them.
 # The keys a device uses come from its root-signed server credential (sync/credential.py).
 LEGACY_KEY_FILES = ("sealing.pub", "server-pull.pub")
@@ -209,3 +212,36 @@ class StateFile:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def read_pull_state(state_dir: str | os.PathLike) -> dict | None:
+    """When and by whom the server last pulled from this device (pull-state.json), or None."""
+    try:
+        doc = json.loads((Path(state_dir) / PULL_STATE_NAME).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def status_dict(state_dir: str | os.PathLike, log: EntryLog) -> dict:
+    """What `checkpoint sync status` reports, from the device's files and its entry log (the
+    daemon need not run): who it is, what is pending, the last success and error, trust, alarms."""
+    cfg = DeviceConfig.load(Path(state_dir))
+    st = StateFile(state_dir).load()
+    first = log.pending(0, 1)
+    unsynced = log.stats().unsynced if first else 0
+    now = now_ms() // 1000
+    return {
+        "device_id": cfg.device_id, "checkpoint_id": cfg.checkpoint_id, "server": cfg.server_url,
+        "pending": unsynced, "oldest_pending_ms": first[0].at_ms if first else None,
+        "last_acked_seq": st.last_acked_seq, "server_held_seq": st.server_held_seq,
+        "last_success_ms": st.last_success_ms, "last_attempt_ms": st.last_attempt_ms,
+        "last_error": st.last_error, "last_error_code": st.last_error_code, "last_error_ms": st.last_error_ms,
+        "trust_version": st.trust_version,
+        "trust_age_s": None if st.trust_issued_at is None else max(0, now - st.trust_issued_at),
+        "trust_checked_ms": st.trust_checked_ms, "trust_error": st.trust_error,
+        "clock_offset_ms": st.clock_offset_ms, "alarms": st.alarms,
+        "quarantined": [{k: q[k] for k in ("batch_id", "first_seq", "last_seq", "code")} for q in st.quarantined],
+        "batch_size": st.batch_size,
+        "pull": read_pull_state(state_dir),  # when the server last pulled from this device (sync/pull.py)
+    }

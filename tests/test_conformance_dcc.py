@@ -30,7 +30,7 @@ from scanner.cards import base45
 from scanner.cards.formats import hc1
 from scanner.cards.trust import load_trust
 from scanner.cards.verifier import verify
-from scanner.cli.main import parse_time
+from scanner.cli.common import parse_time
 
 DCC = TESTDATA / "dcc"
 if not DCC.is_dir():

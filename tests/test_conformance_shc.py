@@ -19,7 +19,7 @@ from scanner.cards import jwks
 from scanner.cards.formats import shc
 from scanner.cards.trust import load_trust
 from scanner.cards.verifier import verify
-from scanner.cli.main import parse_time
+from scanner.cli.common import parse_time
 
 SHC = TESTDATA / "shc"
 if not (SHC / "cases.json").is_file():

@@ -23,7 +23,6 @@ from support.waiting import wait_for
 
 from scanner.cards import keys, verifier
 from scanner.cli.main import main
-from scanner.cli.sync import status_dict
 from sync import credential
 from sync import pull as pullmod
 from sync.agent import Backoff, SyncAgent
@@ -32,7 +31,7 @@ from sync.export import export_pending
 from sync.server.app import make_server
 from sync.server.imports import import_dir
 from sync.server.puller import PullClient, PullFailed, check_device_url, pull_device
-from sync.state import StateFile
+from sync.state import StateFile, status_dict
 from sync.wire import batch as batchmod
 from sync.wire import credential as credwire
 from sync.wire import identity, protocol, pullauth

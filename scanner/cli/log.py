@@ -13,12 +13,11 @@ from scanner.appliance import readiness
 from scanner.appliance.config import DEFAULT_PATH, ConfigError, defaults, load
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
-from scanner.cli.main import (
+from scanner.cli.common import (
     EXIT_ACCEPT,
     EXIT_REJECT,
     TIME,
     fail,
-    main,
     output_file,
     run_guarded,
 )
@@ -57,7 +56,7 @@ def _size(n: int | None) -> str:
     return f"{n / 1024:.0f} KiB"
 
 
-@main.group("log")
+@click.group("log")
 def log_group() -> None:
     """The entry log: counts, recent entries, export, retention, chain check (never holder data)."""
 

@@ -1,6 +1,5 @@
-"""`checkpoint run`, `checkpoint config check`, `checkpoint doctor`, `checkpoint udev-rules` and
-`checkpoint server enroll-qr`: thin wrappers over scanner.appliance.daemon, scanner.appliance.config, scanner.appliance.doctor,
-scanner.appliance.udev and scanner.appliance.enroll (docs/cli.md#the-appliance).
+"""`checkpoint run`, `checkpoint config check|docs`, `checkpoint doctor` and `checkpoint udev-rules`:
+thin wrappers over scanner.appliance's daemon, config, doctor and udev (docs/cli.md#the-appliance).
 """
 from __future__ import annotations
 
@@ -11,12 +10,14 @@ import sys
 from pathlib import Path
 
 import click
+import requests
 
-from scanner.appliance.config import DEFAULT_PATH
+from hardware.camera import CameraInput
+from scanner.appliance import doctor, logsetup, udev
+from scanner.appliance.config import DEFAULT_PATH, ConfigError, check_file, defaults, load, markdown
+from scanner.appliance.daemon import Appliance, DaemonError
 from scanner.base.safetext import escape, json_line
-from scanner.base.timeutil import now_ms
-from scanner.cli.main import EXIT_USAGE, fail, main, run_guarded
-from scanner.cli.sync import server_group
+from scanner.cli.common import EXIT_USAGE, fail, run_guarded
 
 EXIT_FATAL = 1
 
@@ -24,8 +25,6 @@ EXIT_FATAL = 1
 def load_config(path: str | None, *, allow_missing_default: bool = True):
     """The Config for ``path``; the built-in defaults when the default file is absent. A bad file
     prints one line per problem and exits 2."""
-    from scanner.appliance.config import ConfigError, defaults, load
-
     file = Path(path or DEFAULT_PATH)
     if path is None and allow_missing_default and not file.exists():
         return defaults(os.environ.get("CHECKPOINT_STATE_DIR") or None)
@@ -40,7 +39,7 @@ def load_config(path: str | None, *, allow_missing_default: bool = True):
 # ---------------------------------------------------------------- run
 
 
-@main.command("run")
+@click.command("run")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help=f"The configuration (default {DEFAULT_PATH}; built-in defaults when that file is absent).")
 @click.option("--once", is_flag=True,
@@ -53,9 +52,6 @@ def run_cmd(config_path, once, sync_timeout, log_level):
     """Run the appliance: inputs, verifier, entry log, feedback, sync and the local API.
 
     SIGTERM/SIGINT stop it cleanly (exit 0); SIGHUP reloads the config's live keys and the trust."""
-    from scanner.appliance import logsetup
-    from scanner.appliance.daemon import Appliance, DaemonError
-
     config = load_config(config_path)
     if once and not (config["stdin"] or any(not _is_live(c) for c in config.cameras())):
         fail("--once needs a file input ([[stdin]] with a path, or a [[camera]] that is a file)")
@@ -82,14 +78,13 @@ def run_cmd(config_path, once, sync_timeout, log_level):
 
 
 def _is_live(camera_config) -> bool:
-    from hardware.camera import CameraInput
     return not CameraInput(camera_config).finite
 
 
 # ---------------------------------------------------------------- config
 
 
-@main.group("config")
+@click.group("config")
 def config_group() -> None:
     """Check the configuration file; print its documentation."""
 
@@ -98,8 +93,6 @@ def config_group() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def config_check(file):
     """Check FILE: every problem on its own line (key, problem, fix), exit 2; else "ok", exit 0."""
-    from scanner.appliance.config import check_file
-
     lines = check_file(file)
     for line in lines:
         click.echo(f"checkpoint: error: {escape(line)}", err=True)
@@ -111,25 +104,20 @@ def config_check(file):
 @config_group.command("docs")
 def config_docs():
     """Print docs/configuration.md as generated from the schema."""
-    from scanner.appliance.config import markdown
-
     click.echo(markdown(), nl=False)
 
 
 # ---------------------------------------------------------------- doctor
 
 
-@main.command("doctor")
+@click.command("doctor")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help=f"The configuration (default {DEFAULT_PATH}).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--local", is_flag=True, help="Check here even when the daemon is running (it holds the devices).")
 def doctor_cmd(config_path, as_json, local):
     """Check camera, readers, GPIO, log, disk, clock, trust, server and sync. Exit 1 if any check fails."""
-    from scanner.appliance import doctor
-
     config, problems = None, []
-    from scanner.appliance.config import ConfigError, defaults, load
     file = Path(config_path or DEFAULT_PATH)
     try:
         config = load(file) if (config_path or file.exists()) else defaults(os.environ.get("CHECKPOINT_STATE_DIR")
@@ -156,8 +144,6 @@ def doctor_cmd(config_path, as_json, local):
 
 def _from_daemon(config) -> dict | None:
     """The running daemon's doctor report over its API, or None (not running, API off)."""
-    import requests
-
     api = config["api"]
     if not api["enabled"] or api["listen"][1] == 0:
         return None
@@ -185,7 +171,7 @@ def _from_daemon(config) -> dict | None:
 # ---------------------------------------------------------------- udev
 
 
-@main.command("udev-rules")
+@click.command("udev-rules")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Add the config's [udev] extra_readers.")
 @click.option("--install", "install_path", is_flag=False, flag_value="/etc/udev/rules.d/70-checkpoint-readers.rules",
@@ -194,8 +180,6 @@ def _from_daemon(config) -> dict | None:
 @click.option("--group", default="checkpoint", show_default=True, help="The group the readers get.")
 def udev_rules(config_path, install_path, group):
     """Print udev rules giving known USB QR readers a stable name and the service's group."""
-    from scanner.appliance import udev
-
     extra = ()
     if config_path is not None:
         extra = load_config(config_path, allow_missing_default=False)["udev"]["extra_readers"]
@@ -205,43 +189,3 @@ def udev_rules(config_path, install_path, group):
         return
     run_guarded(udev.install, text, install_path)
     click.echo(f"wrote {escape(install_path)}; udev reloaded", err=True)
-
-
-# ---------------------------------------------------------------- enrollment QR (server side)
-
-
-@server_group.command("enroll-qr")
-@click.option("--db", "db_url", required=True, metavar="URL", help="The server's database (as for `server run`).")
-@click.option("--server-url", required=True, help="The URL devices reach the server at (https://...).")
-@click.option("--checkpoint", "checkpoint_id", required=True, help="The checkpoint the device will serve.")
-@click.option("--ttl-hours", type=click.FloatRange(0.01, 24 * 365), default=72, show_default=True)
-@click.option("--root", "root_pub", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Trust root public key (PEM) the device must find at the server (pinned in the QR).")
-@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Also write the QR as PNG.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (text, token) instead of the QR.")
-def enroll_qr(db_url, server_url, checkpoint_id, ttl_hours, root_pub, png_path, as_json):
-    """Make a one-time enrollment QR: a device without a config enrolls itself when shown it."""
-    from sync.server import enrollcodes
-    from scanner.cards.trust import load_root
-    from sync.server.storage import open_storage
-
-    root = run_guarded(load_root, root_pub) if root_pub else None
-    storage = run_guarded(open_storage, db_url)
-    try:
-        code = run_guarded(enrollcodes.create, storage, server_url, checkpoint_id, ttl_hours=ttl_hours,
-                           root_public_key=root, now_ms=now_ms())
-    finally:
-        storage.close()
-    text = code.text()
-    if png_path:
-        from scanner.cards import render
-        run_guarded(render.qr_png, text, png_path)
-    if as_json:
-        click.echo(json_line({"text": text, "checkpoint_id": checkpoint_id, "server": code.server,
-                              "root_sha256": code.root_sha256}))
-        return
-    import segno
-    qr = segno.make(text, error="m")
-    if sys.stdout.isatty():
-        qr.terminal(compact=True)
-    click.echo(text)

@@ -14,18 +14,16 @@ import time
 
 import click
 
+from hardware.camera import CameraConfig, CameraInput
 from hardware.decode import NAMES as DECODER_NAMES
 from hardware.decode import check_roi
+from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
+from hardware.readers_hid import HidReader, HidReaderConfig
+from scanner.appliance.pipeline import Pipeline, SourceState
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
-from scanner.cli.main import (
-    LANG,
-    fail,
-    human_verdict,
-    load_cli_trust,
-    main,
-    trust_options,
-)
+from scanner.cards.verifier import verify as verify_text
+from scanner.cli.common import LANG, fail, human_verdict, load_cli_trust, trust_options
 
 
 def _roi(value: str | None):
@@ -44,7 +42,7 @@ def _roi(value: str | None):
     return parts
 
 
-@main.command("scan")
+@click.command("scan")
 @click.option("--camera", "cameras", multiple=True, metavar="DEV|FILE",
               help="A camera: V4L2 index or /dev/video path, picamera2[:N], a stream URL; or a file. Repeatable.")
 @click.option("--video", "videos", multiple=True, metavar="FILE", help="A video file, every frame decoded. Repeatable.")
@@ -71,9 +69,6 @@ def _roi(value: str | None):
 def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, at, clock_skew, cooldown,
          decoder, roi, size, fps, layout, suffix, baud, terminator, direction, as_json, lang, once):
     """Scan cards from cameras, files and readers; print one line per verdict until stopped (Ctrl-C)."""
-    from scanner.appliance.pipeline import Pipeline, SourceState
-    from scanner.cards.verifier import verify as verify_text
-
     store = load_cli_trust(trust_paths, roots)
     if not (cameras or videos or folders or ports or hids or use_stdin):
         fail("no input given: use --camera, --video, --images, --serial, --hid or --stdin")
@@ -146,10 +141,6 @@ def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, a
 def _inputs(cameras, videos, folders, ports, hids, use_stdin, *, decoder, roi, size, fps, layout, suffix, baud,
             terminator, direction) -> list:
     """The input objects the options describe (ValueError for a bad combination of values)."""
-    from hardware.camera import CameraConfig, CameraInput
-    from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
-    from hardware.readers_hid import HidReader, HidReaderConfig
-
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:

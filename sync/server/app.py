@@ -26,7 +26,13 @@ from starlette.routing import Route
 from scanner import __version__
 from scanner.base.timeutil import now_ms
 from sync.server import bundles, credentials
-from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key, public_pem, sealing_public_pem
+from sync.server.keys import (
+    key_dir,
+    load_or_create_pull_key,
+    load_or_create_sealing_key,
+    public_pem,
+    sealing_public_pem,
+)
 from sync.server.limits import (
     BodyReader,
     Busy,
@@ -39,7 +45,7 @@ from sync.server.limits import (
     peer_key,
 )
 from sync.server.model import ServerError, Storage, revoked_device, unknown_device
-from sync.server.storage import default_keys_dir, open_storage
+from sync.server.storage import open_storage
 from sync.server.tokens import token_hash
 from sync.wire import protocol
 from sync.wire.batch import BatchError, header_end, open_batch, read_header
@@ -415,7 +421,7 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 32,
           retry_after_s: int = 2, limits: Limits | None = None) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`)."""
-    keys_dir = keys_dir or default_keys_dir(db_url)
+    keys_dir = key_dir(db_url, keys_dir)
     storage = open_storage(db_url)
     try:
         key = load_or_create_sealing_key(keys_dir)

@@ -1,0 +1,169 @@
+"""What every `checkpoint` command shares: exit statuses, one-line errors, output files, time and
+trust options, the human verdict line, and resources closed when the command ends.
+
+Exit status: 0 accept / success, 1 reject, 2 usage or configuration error (one line on stderr).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sys
+from typing import NoReturn, Protocol, TypeVar
+
+import click
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner.base import i18n
+from scanner.base.errors import CheckpointError, UsageError
+from scanner.base.fsutil import AtomicFile, write_output
+from scanner.base.safetext import escape
+from scanner.cards import keys
+from scanner.cards.trust import TrustStore, load_root, load_trust
+from scanner.cards.verdict import Verdict
+
+EXIT_ACCEPT = 0
+EXIT_REJECT = 1
+EXIT_USAGE = 2
+EXIT_OK, EXIT_INCOMPLETE = 0, 1  # commands that finish a job: all of it done, or some left (sync, import, pull)
+
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+def parse_time(value: str) -> int:
+    """Epoch seconds from an integer or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{value!r} is neither epoch seconds nor an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp())
+
+
+class TimeParam(click.ParamType):
+    name = "ISO8601|EPOCH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time(value)
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = TimeParam()
+LANG = click.Choice(i18n.LANGS)
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2."""
+    click.echo(f"checkpoint: error: {escape(message)}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Call library code; a CheckpointError or unreadable file becomes one line and exit 2."""
+    try:
+        return fn(*args, **kwargs)
+    except CheckpointError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+
+
+def closing(resource: C) -> C:
+    """``resource`` (a storage, a log, a client), closed when the command ends, however it ends
+    (click's Context.call_on_close)."""
+    click.get_current_context().call_on_close(resource.close)
+    return resource
+
+
+@contextlib.contextmanager
+def output_file(path: str, *, encoding: str | None = "utf-8"):
+    """A file a person named (-o/--out), mode 0600: written atomically and never through a
+    symlink (fsutil.AtomicFile.output); its errors become one line and exit 2."""
+    out = run_guarded(AtomicFile.output, path, 0o600, encoding=encoding)
+    try:
+        yield out.file
+        run_guarded(out.commit)
+    finally:
+        out.abort()
+
+
+_TRUST_OPTIONS = (
+    click.option("--trust", "trust_paths", multiple=True, metavar="PATH",
+                 help="Issuer public key (PEM), certificate (PEM/DER) or signed trust bundle (JSON). Repeatable."),
+    click.option("--trust-root", "roots", multiple=True, metavar="PEM",
+                 help="Root public key that trust bundles must be signed with. Repeatable."),
+    click.option("--at", "at", type=TIME, default=None, help="Verify as of this time instead of now."),
+    click.option("--clock-skew", type=click.IntRange(0, 86400), default=300, show_default=True,
+                 help="Seconds of tolerance for exp/nbf."),
+)
+
+
+def trust_options(fn):
+    """--trust, --trust-root, --at and --clock-skew, for every command that verifies cards."""
+    for option in reversed(_TRUST_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def load_cli_trust(trust_paths, roots) -> TrustStore:
+    """The TrustStore that --trust and --trust-root name; one error line and exit 2 without one."""
+    if not trust_paths:
+        fail("no trust given: use --trust PATH (issuer key, certificate or bundle)")
+    root_keys = [run_guarded(load_root, p) for p in roots]
+    return run_guarded(load_trust, trust_paths, root_keys)
+
+
+def date_utc(epoch: int) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def human_verdict(verdict: Verdict, lang: str) -> str:
+    """One line for a person: decision, reason in words, and the holder when the card is authentic."""
+    mark = "✔" if verdict.accepted else "✘"
+    parts = [f"{mark} {i18n.t('decision.' + verdict.decision, lang)}",
+             f"{i18n.t('reason.' + verdict.reason, lang)} ({verdict.reason})"]
+    card = verdict.card
+    if card is not None:
+        h = card.holder
+        parts.append(f"{escape(h.name) or '—'} ({i18n.t('label.born', lang)} {h.birth_year or '?'})")
+        if card.cert_type is not None:  # health certificates (HC1, SHC)
+            parts.append(i18n.t("health." + card.cert_type, lang))
+        parts.append(f"{i18n.t('label.issuer', lang)} {escape(card.issuer)}")
+        if card.expires_at is None:  # an SHC without exp never expires
+            parts.append(i18n.t("health.no_expiry", lang))
+        else:
+            parts.append(f"{i18n.t('label.expires', lang)} {date_utc(card.expires_at)}")
+    if verdict.detail and not verdict.accepted:
+        parts.append(escape(verdict.detail))
+    return " · ".join(parts)
+
+
+def load_root_private(path) -> ed25519.Ed25519PrivateKey:
+    """The trust root's private key (Ed25519) from ``path``; one error line and exit 2 otherwise."""
+    key = run_guarded(keys.load_private_key, path)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        fail(f"{path}: the bundle root key must be Ed25519 (issuer keygen --alg EdDSA)")
+    return key
+
+
+def write_out(out: str, data: bytes) -> None:
+    """``data`` to stdout ('-') or to the file ``out`` (atomically, mode 0644)."""
+    if out == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        run_guarded(write_output, out, data, 0o644)

@@ -1,0 +1,447 @@
+"""`checkpoint server ...`: the reference central server, thin wrappers over sync/server (run it,
+enrollment tokens and QR codes, devices, stats, import, bundles, credentials, keys, retention,
+tracing, pull; docs/sync-protocol.md#command-line). They print counts, ids, times and error codes;
+holder details only where `server trace` is given the sealing key.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+import segno
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from scanner.base.safetext import escape, json_line
+from scanner.base.timeutil import DAY_MS, now_ms
+from scanner.cards import render
+from scanner.cards.trust import load_root
+from scanner.cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    closing,
+    fail,
+    load_root_private,
+    output_file,
+    run_guarded,
+)
+from scanner.store.entry import iso_ms
+from sync.server import bundles, credentials, enrollcodes, keys
+from sync.server import trace as tracemod
+from sync.server.app import Limits, serve
+from sync.server.imports import import_dirs
+from sync.server.model import Storage
+from sync.server.puller import pull_device
+from sync.server.reports import chain_report, device_rows
+from sync.server.storage import open_storage
+from sync.server.tokens import issue_tokens
+
+
+def _db_url_option(fn):
+    return click.option("--db", "db_url", required=True, metavar="URL",
+                        help="sqlite:///PATH, sqlite:PATH, a file path, or postgresql://USER@HOST[:PORT]/DB.")(fn)
+
+
+def _keys_option(what: str):
+    return click.option("--keys", "keys_dir", type=click.Path(file_okay=False), default=None,
+                        help=f"Directory of the server's keys ({what}; default: beside the SQLite file; "
+                             "required with PostgreSQL).")
+
+
+def _storage(db_url: str) -> Storage:
+    """The server's storage, closed when the command ends."""
+    return closing(run_guarded(open_storage, db_url))
+
+
+@click.group("server")
+def server_group() -> None:
+    """The reference central server: run it, enrollment tokens, devices, stats, import, bundles."""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@server_group.command("run")
+@_db_url_option
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on.")
+@_keys_option("sealing.key, pull.key: made on first start")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--max-inflight", type=click.IntRange(1, 10_000), default=32, show_default=True,
+              help="Batches processed at once; more are answered 503 busy with Retry-After.")
+@click.option("--retry-after", "retry_after_s", type=click.IntRange(1, 3600), default=2, show_default=True,
+              help="Seconds a device is told to wait after a 503 busy or 429.")
+@click.option("--max-per-peer", type=click.IntRange(1, 10_000), default=16, show_default=True,
+              help="Signed requests with a body in progress per client address; more: 429.")
+@click.option("--max-connections-per-peer", type=click.IntRange(1, 100_000), default=64, show_default=True,
+              help="Open connections per client address (IPv6: per /64); more are closed at once.")
+@click.option("--legacy-inflight", type=click.IntRange(0, 1000), default=2, show_default=True,
+              help="Requests of devices without CK-Sig2 headers read at once (0: none); more: 503 busy.")
+@click.option("--legacy-max-bytes", type=click.IntRange(1024, 16 * 1024 * 1024), default=1024 * 1024,
+              show_default=True, help="Largest batch of a device without CK-Sig2 headers; larger: 413.")
+@click.option("--min-body-rate", type=click.IntRange(1, 1 << 30), default=4096, show_default=True,
+              help="Bytes per second a request body must average after 10 s; slower: 408 and closed.")
+@click.option("--body-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+              help="Seconds a whole request body may take; longer: 408 and closed.")
+def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, max_inflight, retry_after_s, max_per_peer,
+               max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate, body_timeout):
+    """Serve the sync protocol until SIGINT/SIGTERM."""
+    host, port = parse_listen(listen)
+    if bool(tls_cert) != bool(tls_key):
+        fail("--tls-cert and --tls-key go together")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"checkpoint server: listening on {scheme}://{listen} (database {escape(db_url)})", err=True)
+    limits = Limits(per_peer=max_per_peer, connections_per_peer=max_connections_per_peer,
+                    legacy_inflight=legacy_inflight, legacy_max_bytes=legacy_max_bytes, min_rate_bps=min_body_rate,
+                    body_timeout_s=body_timeout)
+    run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
+                access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits)
+
+
+@server_group.group("token")
+def token_group() -> None:
+    """One-time enrollment tokens."""
+
+
+@token_group.command("create")
+@_db_url_option
+@click.option("--checkpoint", "checkpoint_id", required=True, help="The checkpoint the device will serve.")
+@click.option("--count", type=click.IntRange(1, 10000), default=1, show_default=True)
+@click.option("--ttl-hours", type=click.FloatRange(0.01, 24 * 365), default=72, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def token_create(db_url, checkpoint_id, count, ttl_hours, as_json):
+    """Print new one-time tokens (shown once; the server keeps only their hashes)."""
+    tokens = run_guarded(issue_tokens, _storage(db_url), checkpoint_id, count, ttl_hours=ttl_hours, now_ms=now_ms())
+    if as_json:
+        click.echo(json_line({"checkpoint_id": checkpoint_id, "tokens": tokens}))
+    else:
+        for tok in tokens:
+            click.echo(tok)
+
+
+# ---------------------------------------------------------------- enrollment QR
+
+
+@server_group.command("enroll-qr")
+@click.option("--db", "db_url", required=True, metavar="URL", help="The server's database (as for `server run`).")
+@click.option("--server-url", required=True, help="The URL devices reach the server at (https://...).")
+@click.option("--checkpoint", "checkpoint_id", required=True, help="The checkpoint the device will serve.")
+@click.option("--ttl-hours", type=click.FloatRange(0.01, 24 * 365), default=72, show_default=True)
+@click.option("--root", "root_pub", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Trust root public key (PEM) the device must find at the server (pinned in the QR).")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Also write the QR as PNG.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (text, token) instead of the QR.")
+def enroll_qr(db_url, server_url, checkpoint_id, ttl_hours, root_pub, png_path, as_json):
+    """Make a one-time enrollment QR: a device without a config enrolls itself when shown it."""
+    root = run_guarded(load_root, root_pub) if root_pub else None
+    code = run_guarded(enrollcodes.create, _storage(db_url), server_url, checkpoint_id, ttl_hours=ttl_hours,
+                       root_public_key=root, now_ms=now_ms())
+    text = code.text()
+    if png_path:
+        run_guarded(render.qr_png, text, png_path)
+    if as_json:
+        click.echo(json_line({"text": text, "checkpoint_id": checkpoint_id, "server": code.server,
+                              "root_sha256": code.root_sha256}))
+        return
+    qr = segno.make(text, error="m")
+    if sys.stdout.isatty():
+        qr.terminal(compact=True)
+    click.echo(text)
+
+
+@server_group.command("stats")
+@_db_url_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def server_stats(db_url, as_json):
+    """Devices, entries, batches, duplicates dropped, chain problems."""
+    d = run_guarded(_storage(db_url).stats).to_dict()
+    if as_json:
+        click.echo(json_line(d))
+    else:
+        for k, v in d.items():
+            click.echo(f"{k}: {v}")
+
+
+@server_group.command("devices")
+@_db_url_option
+@click.option("--stale-after", "stale_min", type=click.FloatRange(0), default=15, show_default=True,
+              help="Minutes without a heartbeat after which a device is stale.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
+def server_devices(db_url, stale_min, as_json):
+    """Every device with its latest heartbeat, stale ones first."""
+    for d in run_guarded(device_rows, _storage(db_url), stale_min * 60, now_ms()):
+        if as_json:
+            click.echo(json_line(d))
+            continue
+        hb = d["heartbeat"] or {}
+        flags = ["STALE"] if d["stale"] else []
+        if d["revoked_ms"] is not None:
+            flags.append("REVOKED")
+        if d["missing"]:
+            flags.append(f"missing {d['missing']}")
+        if d["chain_problems"] or d["conflicts"]:
+            flags.append(f"chain problems {d['chain_problems']}, conflicts {d['conflicts']}")
+        click.echo(f"{d['device_id']} {escape(d['checkpoint_id'])} last seen "
+                   f"{iso_ms(d['last_seen_ms']) if d['last_seen_ms'] else 'never'} held {d['held_seq']} "
+                   f"queue {hb.get('queue_depth', '-')} trust v{hb.get('trust_version', '-')} "
+                   f"offset {hb.get('clock_offset_ms', '-')} ms alarms {','.join(hb.get('alarms', [])) or '-'}"
+                   + (f" [{'; '.join(flags)}]" if flags else ""))
+
+
+@server_group.command("import")
+@_db_url_option
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def server_import(db_url, dirs, as_json):
+    """Import batch files written by `checkpoint sync export` (deduplicated like pushes)."""
+    total = run_guarded(import_dirs, _storage(db_url), dirs)
+    if as_json:
+        click.echo(json_line(total.to_dict()))
+    else:
+        click.echo(f"{total.files} files: {total.batches} batches, {total.entries} entries, {total.stored} stored, "
+                   f"{total.duplicates} already held, {len(total.refused)} refused")
+        for file, code, message in total.refused:
+            click.echo(f"refused {escape(file)}: {code}: {escape(message)}", err=True)
+    sys.exit(EXIT_OK if not total.refused else EXIT_INCOMPLETE)
+
+
+@server_group.command("revoke")
+@_db_url_option
+@click.argument("device_id")
+def server_revoke(db_url, device_id):
+    """Refuse everything from DEVICE_ID from now on (a lost or stolen device)."""
+    storage = _storage(db_url)
+    if run_guarded(storage.device, device_id) is None:
+        fail(f"no device {device_id}")
+    changed = run_guarded(storage.revoke_device, device_id, now_ms())
+    click.echo(f"{device_id}: {'revoked' if changed else 'already revoked'}")
+
+
+@server_group.command("chain")
+@_db_url_option
+@click.option("--device", "device_id", default=None, help="One device (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per problem.")
+def server_chain(db_url, device_id, as_json):
+    """Chain problems the server found (relinked, altered, conflict) and sequence gaps."""
+    report = run_guarded(chain_report, _storage(db_url), device_id)
+    for e in report.events:
+        row = {"device_id": e.device_id, "kind": e.kind, "seq": e.seq, "detail": e.detail, "at_ms": e.at_ms}
+        click.echo(json_line(row) if as_json else f"{e.device_id} {e.kind} seq {e.seq}: {escape(e.detail)}")
+    for dev, ranges in report.gaps.items():
+        for lo, hi in ranges:
+            row = {"device_id": dev, "kind": "gap", "first_seq": lo, "last_seq": hi}
+            click.echo(json_line(row) if as_json else f"{dev} gap seq {lo}..{hi}")
+
+
+@server_group.group("bundle")
+def bundle_group() -> None:
+    """Trust bundles devices fetch."""
+
+
+@bundle_group.command("publish")
+@_db_url_option
+@click.argument("bundle_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--root", "root_pub", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Root public key (PEM); needed the first time, must match afterwards.")
+@click.option("--root-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Root private key: also publish deltas from recent versions (small updates).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json):
+    """Publish a bundle made by `checkpoint issuer bundle|revoke` as the current one."""
+    root = run_guarded(load_root, root_pub) if root_pub else None
+    root_private = load_root_private(root_key) if root_key else None
+    data = run_guarded(Path(bundle_file).read_bytes)
+    meta, deltas = run_guarded(bundles.publish, _storage(db_url), data, now_ms=now_ms(), root=root,
+                               root_private=root_private)
+    if as_json:
+        click.echo(json_line({"version": meta.version, "digest": meta.digest, "size": meta.size,
+                              "deltas_from": deltas}))
+    else:
+        click.echo(f"bundle version {meta.version} published ({meta.size} bytes); deltas from "
+                   f"{', '.join(map(str, deltas)) or 'none'}")
+
+
+def _server_keys(db_url: str, keys_dir: str | None) -> keys.ServerKeys:
+    """The server's private keys from its key directory, made if absent (as `server run` does)."""
+    return run_guarded(keys.load_or_create, run_guarded(keys.key_dir, db_url, keys_dir))
+
+
+@server_group.command("keys")
+@_db_url_option
+@_keys_option("sealing.key, pull.key: made if absent")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Write the public halves here: sealing.pub (X25519), pull.pub (Ed25519).")
+def server_keys(db_url, keys_dir, out_dir):
+    """Export the server's public keys, for the operator to sign a credential for (`issuer server-credential`)."""
+    sealing_pub, pull_pub = run_guarded(keys.write_public_keys, _server_keys(db_url, keys_dir), out_dir)
+    click.echo(f"wrote {escape(str(sealing_pub))} and {escape(str(pull_pub))}")
+
+
+@server_group.group("credential")
+def credential_group() -> None:
+    """The server's credential: its URL and keys, signed by the trust root (devices enroll only with it)."""
+
+
+@credential_group.command("publish")
+@_db_url_option
+@click.argument("credential_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--root", "root_pub", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Root public key (PEM); needed when no bundle was published yet, must match afterwards.")
+@_keys_option("the credential must name its sealing and pull keys")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
+    """Publish a credential made by `checkpoint issuer server-credential` (checked against the root and
+    this server's own keys); devices get it at enrollment and at their trust checks."""
+    root = run_guarded(load_root, root_pub) if root_pub else None
+    server_keys = _server_keys(db_url, keys_dir)
+    data = run_guarded(Path(credential_file).read_bytes)
+    cred = run_guarded(credentials.publish, _storage(db_url), data, sealing_public=server_keys.sealing.public_key(),
+                       pull_public=server_keys.pull.public_key(), root=root)
+    if as_json:
+        click.echo(json_line(cred.summary()))
+    else:
+        click.echo(f"credential serial {cred.serial} of {escape(cred.server_id)} published "
+                   f"({', '.join(escape(u) for u in cred.urls)})")
+
+
+# ---------------------------------------------------------------- retention, tracing, pull
+
+
+@server_group.command("purge")
+@_db_url_option
+@click.option("--days", type=click.IntRange(1, 3660), required=True,
+              help="Keep entries of the last DAYS days (by time and by arrival).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def server_purge(db_url, days, as_json):
+    """Retention: remove entries older than DAYS (PostgreSQL drops whole day partitions)."""
+    res = run_guarded(_storage(db_url).purge, now_ms() - days * DAY_MS)
+    if as_json:
+        click.echo(json_line(res.to_dict()))
+    else:
+        click.echo(f"removed {res.entries} entries; partitions dropped: {', '.join(res.partitions) or 'none'}"
+                   + (f"; busy, left for the next run: {', '.join(res.skipped)}" if res.skipped else ""))
+
+
+def _local_tz(name: str | None):
+    if not name:
+        return dt.datetime.now().astimezone().tzinfo
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(f"unknown time zone {escape(name)!r} (an IANA name such as Asia/Ho_Chi_Minh)")
+
+
+def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None) -> X25519PrivateKey:
+    """--sealing-key FILE, else the sealing key in the server's key directory (it must exist)."""
+    if key_file is None:
+        key_file = run_guarded(keys.key_dir, db_url, keys_dir) / keys.SEALING_KEY_NAME
+        if not key_file.exists():
+            fail(f"no sealing key at {escape(str(key_file))}: give --sealing-key FILE (or --no-holders)")
+    return run_guarded(keys.load_private_key, key_file, X25519PrivateKey)
+
+
+@server_group.command("trace")
+@_db_url_option
+@click.option("--card", "card", required=True, help="The card id, hex (as `checkpoint log` shows it).")
+@click.option("--days", type=click.IntRange(1, 3660), default=14, show_default=True,
+              help="Look back this many days from now.")
+@click.option("--contacts", is_flag=True,
+              help="Also list the other cards seen at the same checkpoints around each visit.")
+@click.option("--window", default="1h", show_default=True,
+              help="With --contacts: ± this around each visit (30m, 1h, 2h30m).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--sealing-key", "key_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The server's sealing private key, to open holder details (default: KEYS/sealing.key).")
+@_keys_option("sealing.key")
+@click.option("--no-holders", is_flag=True, help="Do not open holder details (card ids and times only).")
+@click.option("--tz", "tz_name", default=None, help="Time zone of the times shown (default: this machine's).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the report to this file (replaced atomically, mode 0600; a symlink is refused) "
+                   "instead of stdout.")
+def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, no_holders, tz_name, out_path):
+    """Where and when a card was seen and, with --contacts, who else was there (CSV or JSON)."""
+    window_ms = run_guarded(tracemod.parse_window, window) if contacts else None
+    card_id = run_guarded(tracemod.parse_card, card)
+    tz = _local_tz(tz_name)
+    key = None if no_holders else _sealing_key(db_url, key_file, keys_dir)
+    until = now_ms()
+    report = run_guarded(tracemod.trace, _storage(db_url), card_id, since_ms=until - days * DAY_MS,
+                         until_ms=until + 1, window_ms=window_ms, sealing_key=key)
+    text = (json_line(tracemod.to_dict(report, tz)) + "\n") if fmt == "json" else tracemod.csv_text(report, tz)
+    if out_path:
+        with output_file(out_path) as fh:
+            fh.write(text)
+    else:
+        click.echo(text, nl=False)
+    summary = f"card {card_id}: {len(report.visits)} visits in {days} days"
+    if contacts:
+        summary += f", {len(report.contacts)} contact entries of {report.contact_cards} cards within ±{escape(window)}"
+    if report.truncated:
+        summary += "; LIMIT REACHED, narrow the period or the window"
+    click.echo(summary, err=True)
+
+
+def _device_urls(urls: tuple[str, ...], urls_file: str | None) -> list[str]:
+    out = list(urls)
+    if urls_file:
+        text = run_guarded(Path(urls_file).read_text, encoding="utf-8")
+        out += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    if not out:
+        fail("give --device URL (repeatable) or --devices FILE")
+    return out
+
+
+@server_group.command("pull")
+@_db_url_option
+@click.option("--device", "urls", multiple=True, metavar="URL",
+              help="A device's local API, http(s)://HOST:PORT (repeatable).")
+@click.option("--devices", "urls_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A file of device URLs, one a line (# starts a comment).")
+@_keys_option("pull.key signs the requests")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Use this token (first line of the file) instead of the server's pull key.")
+@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="CA certificate(s) for devices served over https with a private CA.")
+@click.option("--limit", type=click.IntRange(1, 5000), default=2000, show_default=True, help="Entries per batch.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86400), default=600, show_default=True,
+              help="Stop pulling from a device after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
+def server_pull(db_url, urls, urls_file, keys_dir, token_file, ca_file, limit, timeout_s, as_json):
+    """Fetch pending batches from devices the server can reach (VPN). Exit 0 only when every
+    device has nothing pending left."""
+    targets = _device_urls(urls, urls_file)
+    key = token = None
+    if token_file:
+        token = run_guarded(Path(token_file).read_text, encoding="utf-8").splitlines()[0:1]
+        token = token[0].strip() if token else ""
+        if not token:
+            fail(f"{escape(token_file)}: empty token file")
+    else:
+        key_file = run_guarded(keys.key_dir, db_url, keys_dir) / keys.PULL_KEY_NAME
+        if not key_file.exists():
+            fail(f"no pull key at {escape(str(key_file))} (`checkpoint server run` makes it; devices learn it "
+                 "at enrollment)")
+        key = run_guarded(keys.load_private_key, key_file, ed25519.Ed25519PrivateKey)
+    storage = _storage(db_url)
+    results = []
+    for url in targets:
+        res = pull_device(storage, url, key=key, token=token, ca_file=ca_file, limit=limit, timeout_s=timeout_s)
+        results.append(res)
+        if as_json:
+            click.echo(json_line(res.to_dict()))
+        else:
+            click.echo(f"{escape(url)} {res.device_id or '-'}: {res.batches} batches, {res.entries} entries "
+                       f"({res.stored} new, {res.duplicates} already held), {res.marked} marked on the device, "
+                       f"{res.quarantined} quarantined; pending {res.pending if res.pending is not None else '-'}"
+                       + (f"; error {res.error_code}: {escape(res.error or '')}" if res.error else ""))
+    sys.exit(EXIT_OK if all(r.complete for r in results) else EXIT_INCOMPLETE)
