@@ -81,61 +81,76 @@ def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, a
     if once and not any(i.finite for i in inputs):
         fail("--once needs a file input (--video, --images, --stdin or a camera given as a file)")
 
-    lang = lang or i18n.default_lang()
-    out_lock = threading.Lock()
+    printer = _Printer(as_json, lang or i18n.default_lang())
+    now = (lambda: float(at)) if at is not None else time.time
+    pipe = Pipeline(store, printer.verdict, cooldown=cooldown, on_issue=printer.issue, clock=now,
+                    verify=lambda text, trust, t: verify_text(text, trust, t, clock_skew=clock_skew))
+    for inp in inputs:
+        pipe.add(inp)
+    if not _run(pipe, inputs, until_done=once or all(i.finite for i in inputs), on_trouble=printer.trouble):
+        fail("every input failed (see the warnings above)")
 
-    def sink(scan, verdict) -> None:
-        if as_json:
+
+class _Printer:
+    """What `checkpoint scan` prints, one whole line at a time from whichever thread: verdicts on
+    stdout, read issues and inputs in trouble on stderr."""
+
+    def __init__(self, as_json: bool, lang: str) -> None:
+        self.as_json, self.lang = as_json, lang
+        self._lock = threading.Lock()
+
+    def _echo(self, line: str, *, err: bool = False) -> None:
+        with self._lock:
+            click.echo(line, err=err)
+            if not err:
+                sys.stdout.flush()
+
+    def verdict(self, scan, verdict) -> None:
+        if self.as_json:
             line = json_line({**verdict.to_dict(), "source": scan.source, "source_id": scan.source_id,
                               "at": round(scan.at, 3), "direction": scan.direction})
         else:
             when = dt.datetime.fromtimestamp(scan.at).strftime("%H:%M:%S")
-            line = f"{when} {scan.source}:{escape(scan.source_id)} {human_verdict(verdict, lang)}"
-        with out_lock:
-            click.echo(line)
-            sys.stdout.flush()
+            line = f"{when} {scan.source}:{escape(scan.source_id)} {human_verdict(verdict, self.lang)}"
+        self._echo(line)
 
-    def on_issue(issue) -> None:
-        with out_lock:
-            click.echo(f"checkpoint: warning: {issue.source} {escape(issue.source_id)}: {issue.code}: "
-                       f"{escape(issue.hint)} ({escape(issue.sample)})", err=True)
+    def issue(self, issue) -> None:
+        self._echo(f"checkpoint: warning: {issue.source} {escape(issue.source_id)}: {issue.code}: "
+                   f"{escape(issue.hint)} ({escape(issue.sample)})", err=True)
 
-    now = (lambda: float(at)) if at is not None else time.time
-    pipe = Pipeline(store, sink, cooldown=cooldown, on_issue=on_issue, clock=now,
-                    verify=lambda text, trust, t: verify_text(text, trust, t, clock_skew=clock_skew))
-    for inp in inputs:
-        pipe.add(inp)
+    def trouble(self, h) -> None:
+        self._echo(f"checkpoint: warning: {h.source} {escape(h.source_id)}: {h.state}"
+                   f"{' (' + h.reason + ')' if h.reason else ''}: {escape(h.detail)}", err=True)
+
+
+def _run(pipe: Pipeline, inputs: list, *, until_done: bool, on_trouble) -> bool:
+    """Run ``pipe`` until SIGINT/SIGTERM, or (``until_done``) until its file inputs are exhausted and
+    every scan is answered; ``on_trouble`` once for each input that starts reopening or fails.
+    False if every input failed."""
     stop = threading.Event()
     previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, lambda *_: stop.set())
     shown: dict[str, tuple] = {}
-    failed_all = False
     try:
         pipe.start()
-        all_finite = all(i.finite for i in inputs)
         while not stop.is_set():
             health = pipe.health()
             for h in health.sources:
                 key = (h.state, h.reason)
                 if shown.get(h.source_id) != key and h.state in (SourceState.REOPENING, SourceState.FAILED):
-                    with out_lock:
-                        click.echo(f"checkpoint: warning: {h.source} {escape(h.source_id)}: {h.state}"
-                                   f"{' (' + h.reason + ')' if h.reason else ''}: {escape(h.detail)}", err=True)
+                    on_trouble(h)
                 shown[h.source_id] = key
             if all(h.state is SourceState.FAILED for h in health.sources):
-                failed_all = True
-                break
-            finite_done = all(i.join(0) for i in inputs if i.finite)
-            if (once or all_finite) and finite_done and pipe.wait_idle(0.0):
+                return False
+            if until_done and all(i.join(0) for i in inputs if i.finite) and pipe.wait_idle(0.0):
                 break
             stop.wait(0.05)
     finally:
         pipe.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if failed_all:
-        fail("every input failed (see the warnings above)")
+    return True
 
 
 def _inputs(cameras, videos, folders, ports, hids, use_stdin, *, decoder, roi, size, fps, layout, suffix, baud,
