@@ -17,12 +17,15 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
 from scanner.store import clock
-from scanner.store.entrylog import EntryLog
+
+if TYPE_CHECKING:  # only for annotations: reading the state files needs no database driver
+    from scanner.store.entrylog import EntryLog
 
 DEVICE_NAME = "device.json"
 STATE_NAME = "sync-state.json"

@@ -53,13 +53,20 @@ def test_no_command_module_imports_the_top_group():
             assert "scanner.cli.main" not in imports_of(path), path.name
 
 
-def test_every_command_resolves_to_its_module():
+def test_every_command_resolves_to_its_module_and_summary():
     ctx = click.Context(main)
     assert main.list_commands(ctx) == sorted(COMMANDS)
-    for name, target in COMMANDS.items():
+    for name, lazy in COMMANDS.items():
         command = main.get_command(ctx, name)
         assert isinstance(command, click.Command) and command.name == name, name
-        assert target.startswith(f"{command.callback.__module__}:"), name
+        assert lazy.target.startswith(f"{command.callback.__module__}:"), name
+        assert lazy.summary == command.help.split("\n\n")[0], name  # what `checkpoint --help` shows
+
+
+def test_the_command_list_loads_no_command():
+    code, modules = loaded_by("--help")
+    assert code == 0
+    assert sorted(m for m in modules if m.startswith("scanner.cli.")) == ["scanner.cli.main"]
 
 
 def test_verify_loads_only_what_it_needs(tmp_path, issuers, make_card, now):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sys
+from pathlib import Path
 from typing import NoReturn, Protocol, TypeVar
 
 import click
@@ -20,6 +21,7 @@ from scanner.base.safetext import escape
 from scanner.cards import keys
 from scanner.cards.trust import TrustStore, load_root, load_trust
 from scanner.cards.verdict import Verdict
+from sync.state import default_state_dir
 
 EXIT_ACCEPT = 0
 EXIT_REJECT = 1
@@ -151,6 +153,18 @@ def human_verdict(verdict: Verdict, lang: str) -> str:
     if verdict.detail and not verdict.accepted:
         parts.append(escape(verdict.detail))
     return " · ".join(parts)
+
+
+def state_option(fn):
+    """--state-dir, for the commands that work on a device's state directory."""
+    return click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+                        help="The device's state directory (default: $CHECKPOINT_STATE_DIR, "
+                             "else /var/lib/checkpoint).")(fn)
+
+
+def state_dir_of(state_dir: str | None) -> Path:
+    """--state-dir as given, else the default state directory."""
+    return Path(state_dir) if state_dir else default_state_dir()
 
 
 def load_root_private(path) -> ed25519.Ed25519PrivateKey:

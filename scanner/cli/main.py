@@ -2,38 +2,58 @@
 
 Each command (or group) lives in its own module and imports what it needs at its top; this group
 loads only the module of the command being run (click's lazily loaded subcommands), so starting
-`checkpoint verify` does not load the server, the daemon or the camera stack.
+`checkpoint verify` does not load the server, the daemon or the camera stack, and `checkpoint
+--help` lists the commands from the table below without loading any of them.
 """
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 import click
 
 from scanner import __version__
 
+
+class Lazy(NamedTuple):
+    target: str  # "module:object" of the click command
+    summary: str  # the first paragraph of its help (tests/test_cli_layout.py keeps the two the same)
+
+
 COMMANDS = {
-    "config": "scanner.cli.run:config_group",
-    "demo": "scanner.cli.demo:demo",
-    "doctor": "scanner.cli.run:doctor_cmd",
-    "issuer": "scanner.cli.issuer:issuer",
-    "log": "scanner.cli.log:log_group",
-    "provision": "scanner.cli.sync:provision",
-    "run": "scanner.cli.run:run_cmd",
-    "scan": "scanner.cli.scan:scan",
-    "scan-image": "scanner.cli.scan_image:scan_image",
-    "server": "scanner.cli.server:server_group",
-    "sync": "scanner.cli.sync:sync_group",
-    "udev-rules": "scanner.cli.run:udev_rules",
-    "verify": "scanner.cli.verify:verify",
+    "config": Lazy("scanner.cli.run:config_group", "Check the configuration file; print its documentation."),
+    "demo": Lazy("scanner.cli.demo:demo",
+                 "The whole appliance without hardware: server, simulated camera, virtual lights, sync, summary."),
+    "doctor": Lazy("scanner.cli.run:doctor_cmd",
+                   "Check camera, readers, GPIO, log, disk, clock, trust, server and sync. Exit 1 if any check fails."),
+    "issuer": Lazy("scanner.cli.issuer:issuer",
+                   "Issuer tools: keys, cards, trust bundles, revocations (for pilots, demo and tests)."),
+    "log": Lazy("scanner.cli.log:log_group",
+                "The entry log: counts, recent entries, export, retention, chain check (never holder data)."),
+    "provision": Lazy("scanner.cli.provision:provision",
+                      "Enroll this device, secure its state directory and write its config (safe to run again)."),
+    "run": Lazy("scanner.cli.run:run_cmd",
+                "Run the appliance: inputs, verifier, entry log, feedback, sync and the local API."),
+    "scan": Lazy("scanner.cli.scan:scan",
+                 "Scan cards from cameras, files and readers; print one line per verdict until stopped (Ctrl-C)."),
+    "scan-image": Lazy("scanner.cli.scan_image:scan_image",
+                       "Decode every QR code in image FILES (PNG, JPEG, WebP...). Exit 2 if a file is unreadable."),
+    "server": Lazy("scanner.cli.server:server_group",
+                   "The reference central server: run it, enrollment tokens, devices, stats, import, bundles."),
+    "sync": Lazy("scanner.cli.sync:sync_group",
+                 "Upload entries to the central server, trust updates back, offline export."),
+    "udev-rules": Lazy("scanner.cli.run:udev_rules",
+                       "Print udev rules giving known USB QR readers a stable name and the service's group."),
+    "verify": Lazy("scanner.cli.verify:verify",
+                   "Verify decoded QR TEXT (or '-' to read it from stdin). Exit 0 accept, 1 reject, 2 error."),
 }
-"""Command name → "module:object" of its click command."""
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported when first asked for (click's documented pattern)."""
+    """A group whose subcommands are imported when first asked for (click's documented pattern);
+    its help lists them from their summaries."""
 
-    def __init__(self, *args, lazy_subcommands: dict[str, str], **kwargs) -> None:
+    def __init__(self, *args, lazy_subcommands: dict[str, Lazy], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lazy_subcommands = lazy_subcommands
 
@@ -41,16 +61,27 @@ class LazyGroup(click.Group):
         return sorted([*super().list_commands(ctx), *self.lazy_subcommands])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.lazy_subcommands:
-            return self._load(cmd_name)
-        return super().get_command(ctx, cmd_name)
-
-    def _load(self, cmd_name: str) -> click.Command:
-        module_name, _, attr = self.lazy_subcommands[cmd_name].partition(":")
+        lazy = self.lazy_subcommands.get(cmd_name)
+        if lazy is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attr = lazy.target.partition(":")
         command = getattr(importlib.import_module(module_name), attr)
         if not isinstance(command, click.Command):
-            raise TypeError(f"{self.lazy_subcommands[cmd_name]} is not a click command")
+            raise TypeError(f"{lazy.target} is not a click command")
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = []
+        for name in names:
+            lazy = self.lazy_subcommands.get(name)
+            if lazy is not None:  # shortened as click shortens a command's own help
+                rows.append((name, click.Command(name, help=lazy.summary).get_short_help_str(limit)))
+            elif (command := super().get_command(ctx, name)) is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, lazy_subcommands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

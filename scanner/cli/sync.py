@@ -1,6 +1,6 @@
-"""`checkpoint provision` and `checkpoint sync ...`: the device's side of sync, thin wrappers over
-sync/ (docs/sync-protocol.md#command-line). They print counts, ids, times and error codes; never
-holder details.
+"""`checkpoint sync ...`: the device's side of sync, thin wrappers over sync/
+(docs/sync-protocol.md#command-line). They print counts, ids, times and error codes; never holder
+details.
 """
 from __future__ import annotations
 
@@ -9,31 +9,20 @@ from pathlib import Path
 
 import click
 
-from scanner.appliance.provisioning import provision_appliance
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
-from scanner.cli.common import EXIT_INCOMPLETE, EXIT_OK, closing, fail, run_guarded
+from scanner.cli.common import EXIT_INCOMPLETE, EXIT_OK, closing, run_guarded, state_dir_of, state_option
 from scanner.store.entry import iso_ms
 from scanner.store.entrylog import EntryLog
 from scanner.store.schema import DEFAULT_DB_NAME
 from sync.agent import SyncAgent
 from sync.export import export_pending
-from sync.state import default_state_dir, status_dict
-
-
-def _state_option(fn):
-    return click.option("--state-dir", type=click.Path(file_okay=False), default=None,
-                        help="The device's state directory (default: $CHECKPOINT_STATE_DIR, "
-                             "else /var/lib/checkpoint).")(fn)
+from sync.state import status_dict
 
 
 def _log_option(fn):
     return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
                         help="The entry log (default: STATE_DIR/entries.db).")(fn)
-
-
-def _state_dir(state_dir: str | None) -> Path:
-    return Path(state_dir) if state_dir else default_state_dir()
 
 
 def _open_log(state: Path, db_path: str | None) -> EntryLog:
@@ -45,47 +34,6 @@ def _when(ms: int | None, lang: str) -> str:
     return i18n.t("sync.never", lang) if ms is None else iso_ms(ms)
 
 
-# ---------------------------------------------------------------- provision
-
-
-@click.command()
-@click.option("--server", "server_url", default=None,
-              help="The central server, https://HOST[:PORT] (default: [sync] server of --config).")
-@click.option("--token", required=True, help="One-time enrollment token (`checkpoint server token create`).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="The appliance's config file: an existing one is checked and used, a missing one is "
-                   "written with the inputs found on this device.")
-@_state_option
-@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="CA certificate(s) to verify the server's TLS certificate with (default: the system's).")
-@click.option("--trust-root", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="The operator's Ed25519 root public key (PEM, from the installation media): it must have "
-                   "signed the server's credential and the trust bundles (default: [enroll] trust_root of "
-                   "--config, else the root pinned before).")
-@click.option("--wait-bundle", "wait_bundle_s", type=click.FloatRange(0, 86400), default=0, metavar="SECONDS",
-              help="If the server has no trust bundle yet, wait this long for one (exit 1 if none came).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def provision(server_url, token, config_path, state_dir, ca_file, trust_root, wait_bundle_s, as_json):
-    """Enroll this device, secure its state directory and write its config (safe to run again)."""
-    if server_url is None and config_path is None:
-        fail("give --server URL (or --config FILE whose [sync] server names it)")
-    res = run_guarded(provision_appliance, server_url, token, config_path=config_path,
-                      state_dir=_state_dir(state_dir) if state_dir or not config_path else None,
-                      ca_file=ca_file, trust_root=trust_root, wait_bundle_s=wait_bundle_s)
-    lang = i18n.default_lang()
-    if as_json:
-        click.echo(json_line(res.to_dict()))
-    else:
-        click.echo(i18n.t("sync.provisioned", lang, device=escape(res.device_id),
-                          checkpoint=escape(res.checkpoint_id), state=escape(res.state_dir),
-                          version=res.bundle_version if res.bundle_version is not None else "-"))
-    if res.bundle_version is None:  # enrolled, but it cannot check a card until the server publishes a bundle
-        key = "sync.no_bundle_waited" if wait_bundle_s else "sync.no_bundle"
-        click.echo("checkpoint: " + i18n.t(key, lang, seconds=f"{wait_bundle_s:g}"), err=True)
-        if wait_bundle_s:
-            sys.exit(EXIT_INCOMPLETE)
-
-
 # ---------------------------------------------------------------- sync
 
 
@@ -95,7 +43,7 @@ def sync_group() -> None:
 
 
 @sync_group.command("now")
-@_state_option
+@state_option
 @_log_option
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86400), default=300, show_default=True,
               help="Give up after this many seconds of retrying.")
@@ -103,7 +51,7 @@ def sync_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def sync_now(state_dir, db_path, timeout_s, retry_quarantined, as_json):
     """Upload everything pending. Exit 0 only when all of it is acknowledged."""
-    state = _state_dir(state_dir)
+    state = state_dir_of(state_dir)
     log = _open_log(state, db_path)
     agent = closing(run_guarded(SyncAgent, state, log))
     res = run_guarded(agent.sync_until_done, timeout_s, retry_quarantined=retry_quarantined, trust=True)
@@ -126,13 +74,13 @@ def _error_text(code: str | None, message: str, lang: str) -> str:
 
 
 @sync_group.command("status")
-@_state_option
+@state_option
 @_log_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--lang", type=click.Choice(i18n.LANGS), default=None, help="vi (default) or en.")
 def sync_status(state_dir, db_path, as_json, lang):
     """Pending entries, last acknowledged sequence, last success and error, trust version and age."""
-    state = _state_dir(state_dir)
+    state = state_dir_of(state_dir)
     d = run_guarded(status_dict, state, _open_log(state, db_path))
     if as_json:
         click.echo(json_line(d))
@@ -162,12 +110,12 @@ def sync_status(state_dir, db_path, as_json, lang):
 
 @sync_group.command("export")
 @click.option("--to", "to_dir", required=True, type=click.Path(file_okay=False), help="Directory (e.g. a USB stick).")
-@_state_option
+@state_option
 @_log_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def sync_export(to_dir, state_dir, db_path, as_json):
     """Write pending entries as signed batch files for `checkpoint server import`."""
-    state = _state_dir(state_dir)
+    state = state_dir_of(state_dir)
     res = run_guarded(export_pending, state, _open_log(state, db_path), to_dir)
     if as_json:
         click.echo(json_line(res.to_dict()))
