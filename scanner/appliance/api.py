@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import socket
@@ -29,13 +28,13 @@ from starlette.routing import Route
 from scanner.appliance.events import EventHub
 from scanner.appliance.pages import is_static
 from scanner.base.safetext import escape
+from sync.wire.http import is_loopback
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
 KEEPALIVE_S = 15.0
 RETRY_MS = 1000  # how soon a browser's EventSource reconnects after the daemon restarts
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 class Backend(Protocol):
@@ -50,17 +49,6 @@ class Backend(Protocol):
     def set_direction(self, direction: str | None) -> str: ...
 
     def silence(self) -> None: ...
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_name(host_header: str) -> str:
@@ -109,10 +97,10 @@ class Guard:
         host = _host_name(headers.get(b"host", b"").decode("latin-1"))
         if self._token_ok(scope):
             pass
-        elif not _is_loopback(client):
+        elif not is_loopback(client):
             await _error(401, "token_required", "this API needs a token from other machines")(scope, receive, send)
             return
-        elif not (_is_loopback(host) or host == self.listen_host):
+        elif not (is_loopback(host) or host == self.listen_host):
             await _error(403, "bad_host", "unexpected Host header")(scope, receive, send)
             return
         if scope["method"] == "POST":

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS deltas (
     from_version INTEGER NOT NULL, to_version INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (from_version, to_version)) STRICT;
 """
-# Version 2 (issue 7): retention. ``entries`` stays the count ever stored (so ``missing`` stays right),
+# Version 2: retention. ``entries`` stays the count ever stored (so ``missing`` stays right),
 # ``purged`` counts those removed; gaps are looked for only above ``purged_seq``.
 MIGRATE_2 = """
 ALTER TABLE devices ADD COLUMN purged INTEGER NOT NULL DEFAULT 0;
