@@ -343,11 +343,12 @@ def _local_tz(name: str | None):
 
 def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None) -> X25519PrivateKey:
     """--sealing-key FILE, else the sealing key in the server's key directory (it must exist)."""
-    if key_file is None:
-        key_file = run_guarded(keys.key_dir, db_url, keys_dir) / keys.SEALING_KEY_NAME
-        if not key_file.exists():
-            fail(f"no sealing key at {escape(str(key_file))}: give --sealing-key FILE (or --no-holders)")
-    return run_guarded(keys.load_private_key, key_file, X25519PrivateKey)
+    if key_file is not None:
+        return run_guarded(keys.load_private_key, key_file, X25519PrivateKey)
+    path = run_guarded(keys.key_dir, db_url, keys_dir) / keys.SEALING_KEY_NAME
+    if not path.exists():
+        fail(f"no sealing key at {escape(str(path))}: give --sealing-key FILE (or --no-holders)")
+    return run_guarded(keys.load_private_key, path, X25519PrivateKey)
 
 
 @server_group.command("trace")

@@ -421,11 +421,11 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 32,
           retry_after_s: int = 2, limits: Limits | None = None) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`)."""
-    keys_dir = key_dir(db_url, keys_dir)
+    directory = key_dir(db_url, keys_dir)
     storage = open_storage(db_url)
     try:
-        key = load_or_create_sealing_key(keys_dir)
-        pull_key = load_or_create_pull_key(keys_dir)
+        key = load_or_create_sealing_key(directory)
+        pull_key = load_or_create_pull_key(directory)
         if credentials.current(storage) is None:
             log.warning("no server credential published: devices will not enroll (the operator signs one with "
                         "`checkpoint issuer server-credential`; then `checkpoint server credential publish`)")

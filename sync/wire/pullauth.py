@@ -55,4 +55,4 @@ def auth_header(key: ed25519.Ed25519PrivateKey, device_id: str, nonce: str, meth
 def parse_auth(value: str) -> tuple[str, str, str] | None:
     """(key id, nonce, base64 signature) of a signed pull request's header, or None if it is not one."""
     m = _AUTH.fullmatch(value)
-    return m.groups() if m else None
+    return (m[1], m[2], m[3]) if m else None
