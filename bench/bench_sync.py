@@ -136,7 +136,8 @@ class _ScanProbe:
 
 
 def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str, verdicts) -> dict:
-    from sync.agent import Backoff, InlineBuilder, ProcessBuilder, SyncAgent
+    from scanner.base.backoff import Backoff
+    from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
     from sync.provision import provision
     from sync.server.sqlite import SQLiteStorage
     from sync.server.tokens import issue_tokens

@@ -21,11 +21,12 @@ from support.devices import assert_exactly_once, provision_device, record
 from support.servers import BACKENDS, Faults, free_port, running_server
 from support.waiting import wait_for
 
+from scanner.base.backoff import Backoff
 from scanner.cards import keys, verifier
 from scanner.cli.main import main
 from sync import credential
 from sync import pull as pullmod
-from sync.agent import Backoff, SyncAgent
+from sync.agent import SyncAgent
 from sync.client import SyncClient
 from sync.export import export_pending
 from sync.server.app import make_server

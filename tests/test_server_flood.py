@@ -15,10 +15,11 @@ from support.servers import ServerProcess
 from support.waiting import wait_for
 
 from bench.flood import JUNK, SLOW, Flood, proc_kib, reset_peak
+from scanner.base.backoff import Backoff
 from scanner.base.timeutil import now_ms
 from scanner.store.entrylog import EntryLog
 from sync import credential
-from sync.agent import Backoff, SyncAgent
+from sync.agent import SyncAgent
 from sync.provision import provision
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens

@@ -21,10 +21,11 @@ from support.servers import ServerThread
 from support.waiting import WAIT, wait_for
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from scanner.base.backoff import Backoff
 from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.cli.main import main
-from sync.agent import Backoff, SyncAgent
+from sync.agent import SyncAgent
 from sync.client import SyncClient
 from sync.server.limits import Limits, ReplayCache, peer_key
 from sync.wire import batch as batchmod

@@ -27,12 +27,13 @@ from support.servers import (
 )
 
 from bench.pgcluster import PgCluster, find_bin_dir
+from scanner.base.backoff import Backoff
 from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.cards.verdict import Holder
 from scanner.cli.main import main
 from scanner.store.sealing import generate_server_key
-from sync.agent import Backoff, SyncAgent
+from sync.agent import SyncAgent
 from sync.client import SyncClient
 from sync.server.keys import load_or_create_sealing_key
 from sync.server.storage import open_storage

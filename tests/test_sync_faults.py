@@ -32,10 +32,11 @@ from support.servers import (
 )
 from support.waiting import WAIT, wait_for
 
+from scanner.base.backoff import Backoff
 from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.store.entrylog import EntryLog
-from sync.agent import Backoff, SyncAgent
+from sync.agent import SyncAgent
 from sync.client import SyncClient, TransientError
 from sync.export import export_pending
 from sync.provision import provision
