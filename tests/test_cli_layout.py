@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import click
+import pytest
 
 from scanner.cards import keys as keymod
 from scanner.cli.main import COMMANDS, main
+from scanner.cli.server import SERVER_COMMANDS, server_group
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / "scanner" / "cli"
@@ -53,20 +55,26 @@ def test_no_command_module_imports_the_top_group():
             assert "scanner.cli.main" not in imports_of(path), path.name
 
 
-def test_every_command_resolves_to_its_module_and_summary():
-    ctx = click.Context(main)
-    assert main.list_commands(ctx) == sorted(COMMANDS)
-    for name, lazy in COMMANDS.items():
-        command = main.get_command(ctx, name)
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+@pytest.mark.parametrize("group, table", [(main, COMMANDS), (server_group, SERVER_COMMANDS)], ids=["checkpoint", "server"])
+def test_every_lazy_command_resolves_to_its_module_and_summary(group, table):
+    ctx = click.Context(group)
+    assert set(table) <= set(group.list_commands(ctx))
+    for name, lazy in table.items():
+        command = group.get_command(ctx, name)
         assert isinstance(command, click.Command) and command.name == name, name
         assert lazy.target.startswith(f"{command.callback.__module__}:"), name
-        assert lazy.summary == command.help.split("\n\n")[0], name  # what `checkpoint --help` shows
+        assert words(lazy.summary) == words(command.help.split("\n\n")[0]), name  # what the group's help shows
 
 
 def test_the_command_list_loads_no_command():
     code, modules = loaded_by("--help")
     assert code == 0
-    assert sorted(m for m in modules if m.startswith("scanner.cli.")) == ["scanner.cli.main"]
+    command_modules = {lazy.target.partition(":")[0] for lazy in COMMANDS.values()}
+    assert command_modules & modules == set()
 
 
 def test_verify_loads_only_what_it_needs(tmp_path, issuers, make_card, now):
@@ -84,3 +92,9 @@ def test_a_group_loads_its_own_module_only():
     assert code == 0
     assert "scanner.cli.sync" in modules
     assert not {"scanner.cli.server", "scanner.cli.run", "sync.server.app"} & modules
+
+
+def test_the_server_loads_its_http_stacks_only_for_run_and_pull():
+    code, modules = loaded_by("server", "--help")
+    assert code == 0 and "scanner.cli.server" in modules
+    assert not {"scanner.cli.server_run", "scanner.cli.server_pull", "sync.server.app", "sync.server.puller"} & modules

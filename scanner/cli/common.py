@@ -1,5 +1,6 @@
 """What every `checkpoint` command shares: exit statuses, one-line errors, output files, time and
-trust options, the human verdict line, and resources closed when the command ends.
+state-directory options, and resources closed when the command ends. Kept light: `checkpoint
+--help` and every command load it.
 
 Exit status: 0 accept / success, 1 reject, 2 usage or configuration error (one line on stderr).
 """
@@ -19,8 +20,6 @@ from scanner.base.errors import CheckpointError, UsageError
 from scanner.base.fsutil import AtomicFile, write_output
 from scanner.base.safetext import escape
 from scanner.cards import keys
-from scanner.cards.trust import TrustStore, load_root, load_trust
-from scanner.cards.verdict import Verdict
 from sync.state import default_state_dir
 
 EXIT_ACCEPT = 0
@@ -102,57 +101,6 @@ def output_file(path: str, *, encoding: str | None = "utf-8"):
         run_guarded(out.commit)
     finally:
         out.abort()
-
-
-_TRUST_OPTIONS = (
-    click.option("--trust", "trust_paths", multiple=True, metavar="PATH",
-                 help="Issuer public key (PEM), certificate (PEM/DER) or signed trust bundle (JSON). Repeatable."),
-    click.option("--trust-root", "roots", multiple=True, metavar="PEM",
-                 help="Root public key that trust bundles must be signed with. Repeatable."),
-    click.option("--at", "at", type=TIME, default=None, help="Verify as of this time instead of now."),
-    click.option("--clock-skew", type=click.IntRange(0, 86400), default=300, show_default=True,
-                 help="Seconds of tolerance for exp/nbf."),
-)
-
-
-def trust_options(fn):
-    """--trust, --trust-root, --at and --clock-skew, for every command that verifies cards."""
-    for option in reversed(_TRUST_OPTIONS):
-        fn = option(fn)
-    return fn
-
-
-def load_cli_trust(trust_paths, roots) -> TrustStore:
-    """The TrustStore that --trust and --trust-root name; one error line and exit 2 without one."""
-    if not trust_paths:
-        fail("no trust given: use --trust PATH (issuer key, certificate or bundle)")
-    root_keys = [run_guarded(load_root, p) for p in roots]
-    return run_guarded(load_trust, trust_paths, root_keys)
-
-
-def date_utc(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d")
-
-
-def human_verdict(verdict: Verdict, lang: str) -> str:
-    """One line for a person: decision, reason in words, and the holder when the card is authentic."""
-    mark = "✔" if verdict.accepted else "✘"
-    parts = [f"{mark} {i18n.t('decision.' + verdict.decision, lang)}",
-             f"{i18n.t('reason.' + verdict.reason, lang)} ({verdict.reason})"]
-    card = verdict.card
-    if card is not None:
-        h = card.holder
-        parts.append(f"{escape(h.name) or '—'} ({i18n.t('label.born', lang)} {h.birth_year or '?'})")
-        if card.cert_type is not None:  # health certificates (HC1, SHC)
-            parts.append(i18n.t("health." + card.cert_type, lang))
-        parts.append(f"{i18n.t('label.issuer', lang)} {escape(card.issuer)}")
-        if card.expires_at is None:  # an SHC without exp never expires
-            parts.append(i18n.t("health.no_expiry", lang))
-        else:
-            parts.append(f"{i18n.t('label.expires', lang)} {date_utc(card.expires_at)}")
-    if verdict.detail and not verdict.accepted:
-        parts.append(escape(verdict.detail))
-    return " · ".join(parts)
 
 
 def state_option(fn):

@@ -23,7 +23,8 @@ from scanner.appliance.pipeline import Pipeline, SourceState
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
 from scanner.cards.verifier import verify as verify_text
-from scanner.cli.common import LANG, fail, human_verdict, load_cli_trust, trust_options
+from scanner.cli.common import LANG, fail
+from scanner.cli.verdicts import human_verdict, load_cli_trust, trust_options
 
 
 def _roi(value: str | None):

@@ -1,19 +1,18 @@
-"""`checkpoint server ...`: the reference central server, thin wrappers over sync/server (run it,
-enrollment tokens and QR codes, devices, stats, import, bundles, credentials, keys, retention,
-tracing, pull; docs/sync-protocol.md#command-line). They print counts, ids, times and error codes;
-holder details only where `server trace` is given the sealing key.
+"""`checkpoint server ...`: the reference central server, thin wrappers over sync/server (enrollment
+tokens and QR codes, devices, stats, import, bundles, credentials, keys, retention, tracing;
+docs/sync-protocol.md#command-line). `server run` and `server pull` are modules of their own,
+loaded only when they run. They print counts, ids, times and error codes; holder details only
+where `server trace` is given the sealing key.
 """
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import sys
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 import segno
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from scanner.base.safetext import escape, json_line
@@ -29,83 +28,46 @@ from scanner.cli.common import (
     output_file,
     run_guarded,
 )
+from scanner.cli.lazy import Lazy, LazyGroup
 from scanner.store.entry import iso_ms
 from sync.server import bundles, credentials, enrollcodes, keys
 from sync.server import trace as tracemod
-from sync.server.app import Limits, serve
 from sync.server.imports import import_dirs
 from sync.server.model import Storage
-from sync.server.puller import pull_device
 from sync.server.reports import chain_report, device_rows
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens
 
 
-def _db_url_option(fn):
+def db_url_option(fn):
+    """--db URL, the server's database, for every `server` command."""
     return click.option("--db", "db_url", required=True, metavar="URL",
                         help="sqlite:///PATH, sqlite:PATH, a file path, or postgresql://USER@HOST[:PORT]/DB.")(fn)
 
 
-def _keys_option(what: str):
+def keys_option(what: str):
+    """--keys DIR, the server's key directory; ``what`` says which keys the command uses."""
     return click.option("--keys", "keys_dir", type=click.Path(file_okay=False), default=None,
                         help=f"Directory of the server's keys ({what}; default: beside the SQLite file; "
                              "required with PostgreSQL).")
 
 
-def _storage(db_url: str) -> Storage:
+def open_server_storage(db_url: str) -> Storage:
     """The server's storage, closed when the command ends."""
     return closing(run_guarded(open_storage, db_url))
 
 
-@click.group("server")
+SERVER_COMMANDS = {
+    "pull": Lazy("scanner.cli.server_pull:server_pull", "Fetch pending batches from devices the server can reach "
+                 "(VPN). Exit 0 only when every device has nothing pending left."),
+    "run": Lazy("scanner.cli.server_run:server_run", "Serve the sync protocol until SIGINT/SIGTERM."),
+}
+"""The server's commands with heavy dependencies of their own (the HTTP server, the HTTP client)."""
+
+
+@click.group("server", cls=LazyGroup, lazy_subcommands=SERVER_COMMANDS)
 def server_group() -> None:
     """The reference central server: run it, enrollment tokens, devices, stats, import, bundles."""
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-@server_group.command("run")
-@_db_url_option
-@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on.")
-@_keys_option("sealing.key, pull.key: made on first start")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None)
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None)
-@click.option("--access-log", is_flag=True, help="Log every request.")
-@click.option("--max-inflight", type=click.IntRange(1, 10_000), default=32, show_default=True,
-              help="Batches processed at once; more are answered 503 busy with Retry-After.")
-@click.option("--retry-after", "retry_after_s", type=click.IntRange(1, 3600), default=2, show_default=True,
-              help="Seconds a device is told to wait after a 503 busy or 429.")
-@click.option("--max-per-peer", type=click.IntRange(1, 10_000), default=16, show_default=True,
-              help="Signed requests with a body in progress per client address; more: 429.")
-@click.option("--max-connections-per-peer", type=click.IntRange(1, 100_000), default=64, show_default=True,
-              help="Open connections per client address (IPv6: per /64); more are closed at once.")
-@click.option("--legacy-inflight", type=click.IntRange(0, 1000), default=2, show_default=True,
-              help="Requests of devices without CK-Sig2 headers read at once (0: none); more: 503 busy.")
-@click.option("--legacy-max-bytes", type=click.IntRange(1024, 16 * 1024 * 1024), default=1024 * 1024,
-              show_default=True, help="Largest batch of a device without CK-Sig2 headers; larger: 413.")
-@click.option("--min-body-rate", type=click.IntRange(1, 1 << 30), default=4096, show_default=True,
-              help="Bytes per second a request body must average after 10 s; slower: 408 and closed.")
-@click.option("--body-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
-              help="Seconds a whole request body may take; longer: 408 and closed.")
-def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, max_inflight, retry_after_s, max_per_peer,
-               max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate, body_timeout):
-    """Serve the sync protocol until SIGINT/SIGTERM."""
-    host, port = parse_listen(listen)
-    if bool(tls_cert) != bool(tls_key):
-        fail("--tls-cert and --tls-key go together")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    scheme = "https" if tls_cert else "http"
-    click.echo(f"checkpoint server: listening on {scheme}://{listen} (database {escape(db_url)})", err=True)
-    limits = Limits(per_peer=max_per_peer, connections_per_peer=max_connections_per_peer,
-                    legacy_inflight=legacy_inflight, legacy_max_bytes=legacy_max_bytes, min_rate_bps=min_body_rate,
-                    body_timeout_s=body_timeout)
-    run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
-                access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits)
 
 
 @server_group.group("token")
@@ -114,14 +76,14 @@ def token_group() -> None:
 
 
 @token_group.command("create")
-@_db_url_option
+@db_url_option
 @click.option("--checkpoint", "checkpoint_id", required=True, help="The checkpoint the device will serve.")
 @click.option("--count", type=click.IntRange(1, 10000), default=1, show_default=True)
 @click.option("--ttl-hours", type=click.FloatRange(0.01, 24 * 365), default=72, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def token_create(db_url, checkpoint_id, count, ttl_hours, as_json):
     """Print new one-time tokens (shown once; the server keeps only their hashes)."""
-    tokens = run_guarded(issue_tokens, _storage(db_url), checkpoint_id, count, ttl_hours=ttl_hours, now_ms=now_ms())
+    tokens = run_guarded(issue_tokens, open_server_storage(db_url), checkpoint_id, count, ttl_hours=ttl_hours, now_ms=now_ms())
     if as_json:
         click.echo(json_line({"checkpoint_id": checkpoint_id, "tokens": tokens}))
     else:
@@ -144,7 +106,7 @@ def token_create(db_url, checkpoint_id, count, ttl_hours, as_json):
 def enroll_qr(db_url, server_url, checkpoint_id, ttl_hours, root_pub, png_path, as_json):
     """Make a one-time enrollment QR: a device without a config enrolls itself when shown it."""
     root = run_guarded(load_root, root_pub) if root_pub else None
-    code = run_guarded(enrollcodes.create, _storage(db_url), server_url, checkpoint_id, ttl_hours=ttl_hours,
+    code = run_guarded(enrollcodes.create, open_server_storage(db_url), server_url, checkpoint_id, ttl_hours=ttl_hours,
                        root_public_key=root, now_ms=now_ms())
     text = code.text()
     if png_path:
@@ -160,11 +122,11 @@ def enroll_qr(db_url, server_url, checkpoint_id, ttl_hours, root_pub, png_path, 
 
 
 @server_group.command("stats")
-@_db_url_option
+@db_url_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def server_stats(db_url, as_json):
     """Devices, entries, batches, duplicates dropped, chain problems."""
-    d = run_guarded(_storage(db_url).stats).to_dict()
+    d = run_guarded(open_server_storage(db_url).stats).to_dict()
     if as_json:
         click.echo(json_line(d))
     else:
@@ -173,13 +135,13 @@ def server_stats(db_url, as_json):
 
 
 @server_group.command("devices")
-@_db_url_option
+@db_url_option
 @click.option("--stale-after", "stale_min", type=click.FloatRange(0), default=15, show_default=True,
               help="Minutes without a heartbeat after which a device is stale.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
 def server_devices(db_url, stale_min, as_json):
     """Every device with its latest heartbeat, stale ones first."""
-    for d in run_guarded(device_rows, _storage(db_url), stale_min * 60, now_ms()):
+    for d in run_guarded(device_rows, open_server_storage(db_url), stale_min * 60, now_ms()):
         if as_json:
             click.echo(json_line(d))
             continue
@@ -199,12 +161,12 @@ def server_devices(db_url, stale_min, as_json):
 
 
 @server_group.command("import")
-@_db_url_option
+@db_url_option
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def server_import(db_url, dirs, as_json):
     """Import batch files written by `checkpoint sync export` (deduplicated like pushes)."""
-    total = run_guarded(import_dirs, _storage(db_url), dirs)
+    total = run_guarded(import_dirs, open_server_storage(db_url), dirs)
     if as_json:
         click.echo(json_line(total.to_dict()))
     else:
@@ -216,11 +178,11 @@ def server_import(db_url, dirs, as_json):
 
 
 @server_group.command("revoke")
-@_db_url_option
+@db_url_option
 @click.argument("device_id")
 def server_revoke(db_url, device_id):
     """Refuse everything from DEVICE_ID from now on (a lost or stolen device)."""
-    storage = _storage(db_url)
+    storage = open_server_storage(db_url)
     if run_guarded(storage.device, device_id) is None:
         fail(f"no device {device_id}")
     changed = run_guarded(storage.revoke_device, device_id, now_ms())
@@ -228,12 +190,12 @@ def server_revoke(db_url, device_id):
 
 
 @server_group.command("chain")
-@_db_url_option
+@db_url_option
 @click.option("--device", "device_id", default=None, help="One device (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per problem.")
 def server_chain(db_url, device_id, as_json):
     """Chain problems the server found (relinked, altered, conflict) and sequence gaps."""
-    report = run_guarded(chain_report, _storage(db_url), device_id)
+    report = run_guarded(chain_report, open_server_storage(db_url), device_id)
     for e in report.events:
         row = {"device_id": e.device_id, "kind": e.kind, "seq": e.seq, "detail": e.detail, "at_ms": e.at_ms}
         click.echo(json_line(row) if as_json else f"{e.device_id} {e.kind} seq {e.seq}: {escape(e.detail)}")
@@ -249,7 +211,7 @@ def bundle_group() -> None:
 
 
 @bundle_group.command("publish")
-@_db_url_option
+@db_url_option
 @click.argument("bundle_file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--root", "root_pub", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Root public key (PEM); needed the first time, must match afterwards.")
@@ -261,7 +223,7 @@ def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json):
     root = run_guarded(load_root, root_pub) if root_pub else None
     root_private = load_root_private(root_key) if root_key else None
     data = run_guarded(Path(bundle_file).read_bytes)
-    meta, deltas = run_guarded(bundles.publish, _storage(db_url), data, now_ms=now_ms(), root=root,
+    meta, deltas = run_guarded(bundles.publish, open_server_storage(db_url), data, now_ms=now_ms(), root=root,
                                root_private=root_private)
     if as_json:
         click.echo(json_line({"version": meta.version, "digest": meta.digest, "size": meta.size,
@@ -277,8 +239,8 @@ def _server_keys(db_url: str, keys_dir: str | None) -> keys.ServerKeys:
 
 
 @server_group.command("keys")
-@_db_url_option
-@_keys_option("sealing.key, pull.key: made if absent")
+@db_url_option
+@keys_option("sealing.key, pull.key: made if absent")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Write the public halves here: sealing.pub (X25519), pull.pub (Ed25519).")
 def server_keys(db_url, keys_dir, out_dir):
@@ -293,11 +255,11 @@ def credential_group() -> None:
 
 
 @credential_group.command("publish")
-@_db_url_option
+@db_url_option
 @click.argument("credential_file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--root", "root_pub", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Root public key (PEM); needed when no bundle was published yet, must match afterwards.")
-@_keys_option("the credential must name its sealing and pull keys")
+@keys_option("the credential must name its sealing and pull keys")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
     """Publish a credential made by `checkpoint issuer server-credential` (checked against the root and
@@ -305,7 +267,7 @@ def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
     root = run_guarded(load_root, root_pub) if root_pub else None
     server_keys = _server_keys(db_url, keys_dir)
     data = run_guarded(Path(credential_file).read_bytes)
-    cred = run_guarded(credentials.publish, _storage(db_url), data, sealing_public=server_keys.sealing.public_key(),
+    cred = run_guarded(credentials.publish, open_server_storage(db_url), data, sealing_public=server_keys.sealing.public_key(),
                        pull_public=server_keys.pull.public_key(), root=root)
     if as_json:
         click.echo(json_line(cred.summary()))
@@ -318,13 +280,13 @@ def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
 
 
 @server_group.command("purge")
-@_db_url_option
+@db_url_option
 @click.option("--days", type=click.IntRange(1, 3660), required=True,
               help="Keep entries of the last DAYS days (by time and by arrival).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def server_purge(db_url, days, as_json):
     """Retention: remove entries older than DAYS (PostgreSQL drops whole day partitions)."""
-    res = run_guarded(_storage(db_url).purge, now_ms() - days * DAY_MS)
+    res = run_guarded(open_server_storage(db_url).purge, now_ms() - days * DAY_MS)
     if as_json:
         click.echo(json_line(res.to_dict()))
     else:
@@ -352,7 +314,7 @@ def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None) -> X25
 
 
 @server_group.command("trace")
-@_db_url_option
+@db_url_option
 @click.option("--card", "card", required=True, help="The card id, hex (as `checkpoint log` shows it).")
 @click.option("--days", type=click.IntRange(1, 3660), default=14, show_default=True,
               help="Look back this many days from now.")
@@ -363,7 +325,7 @@ def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None) -> X25
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--sealing-key", "key_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="The server's sealing private key, to open holder details (default: KEYS/sealing.key).")
-@_keys_option("sealing.key")
+@keys_option("sealing.key")
 @click.option("--no-holders", is_flag=True, help="Do not open holder details (card ids and times only).")
 @click.option("--tz", "tz_name", default=None, help="Time zone of the times shown (default: this machine's).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
@@ -376,7 +338,7 @@ def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, 
     tz = _local_tz(tz_name)
     key = None if no_holders else _sealing_key(db_url, key_file, keys_dir)
     until = now_ms()
-    report = run_guarded(tracemod.trace, _storage(db_url), card_id, since_ms=until - days * DAY_MS,
+    report = run_guarded(tracemod.trace, open_server_storage(db_url), card_id, since_ms=until - days * DAY_MS,
                          until_ms=until + 1, window_ms=window_ms, sealing_key=key)
     text = (json_line(tracemod.to_dict(report, tz)) + "\n") if fmt == "json" else tracemod.csv_text(report, tz)
     if out_path:
@@ -390,59 +352,3 @@ def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, 
     if report.truncated:
         summary += "; LIMIT REACHED, narrow the period or the window"
     click.echo(summary, err=True)
-
-
-def _device_urls(urls: tuple[str, ...], urls_file: str | None) -> list[str]:
-    out = list(urls)
-    if urls_file:
-        text = run_guarded(Path(urls_file).read_text, encoding="utf-8")
-        out += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
-    if not out:
-        fail("give --device URL (repeatable) or --devices FILE")
-    return out
-
-
-@server_group.command("pull")
-@_db_url_option
-@click.option("--device", "urls", multiple=True, metavar="URL",
-              help="A device's local API, http(s)://HOST:PORT (repeatable).")
-@click.option("--devices", "urls_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="A file of device URLs, one a line (# starts a comment).")
-@_keys_option("pull.key signs the requests")
-@click.option("--token-file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Use this token (first line of the file) instead of the server's pull key.")
-@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="CA certificate(s) for devices served over https with a private CA.")
-@click.option("--limit", type=click.IntRange(1, 5000), default=2000, show_default=True, help="Entries per batch.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86400), default=600, show_default=True,
-              help="Stop pulling from a device after this many seconds.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
-def server_pull(db_url, urls, urls_file, keys_dir, token_file, ca_file, limit, timeout_s, as_json):
-    """Fetch pending batches from devices the server can reach (VPN). Exit 0 only when every
-    device has nothing pending left."""
-    targets = _device_urls(urls, urls_file)
-    key = token = None
-    if token_file:
-        token = run_guarded(Path(token_file).read_text, encoding="utf-8").splitlines()[0:1]
-        token = token[0].strip() if token else ""
-        if not token:
-            fail(f"{escape(token_file)}: empty token file")
-    else:
-        key_file = run_guarded(keys.key_dir, db_url, keys_dir) / keys.PULL_KEY_NAME
-        if not key_file.exists():
-            fail(f"no pull key at {escape(str(key_file))} (`checkpoint server run` makes it; devices learn it "
-                 "at enrollment)")
-        key = run_guarded(keys.load_private_key, key_file, ed25519.Ed25519PrivateKey)
-    storage = _storage(db_url)
-    results = []
-    for url in targets:
-        res = pull_device(storage, url, key=key, token=token, ca_file=ca_file, limit=limit, timeout_s=timeout_s)
-        results.append(res)
-        if as_json:
-            click.echo(json_line(res.to_dict()))
-        else:
-            click.echo(f"{escape(url)} {res.device_id or '-'}: {res.batches} batches, {res.entries} entries "
-                       f"({res.stored} new, {res.duplicates} already held), {res.marked} marked on the device, "
-                       f"{res.quarantined} quarantined; pending {res.pending if res.pending is not None else '-'}"
-                       + (f"; error {res.error_code}: {escape(res.error or '')}" if res.error else ""))
-    sys.exit(EXIT_OK if all(r.complete for r in results) else EXIT_INCOMPLETE)

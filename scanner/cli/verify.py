@@ -12,15 +12,8 @@ from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
 from scanner.cards.formats.shc import verify_parts
 from scanner.cards.verifier import verify as verify_text
-from scanner.cli.common import (
-    EXIT_ACCEPT,
-    EXIT_REJECT,
-    LANG,
-    fail,
-    human_verdict,
-    load_cli_trust,
-    trust_options,
-)
+from scanner.cli.common import EXIT_ACCEPT, EXIT_REJECT, LANG, fail
+from scanner.cli.verdicts import human_verdict, load_cli_trust, trust_options
 
 
 @click.command()

@@ -1,0 +1,58 @@
+"""`checkpoint server run`: the reference central server until SIGINT/SIGTERM (docs/sync-protocol.md)."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from scanner.base.safetext import escape
+from scanner.cli.common import fail, run_guarded
+from scanner.cli.server import db_url_option, keys_option
+from sync.server.app import Limits, serve
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """(host, port) of --listen HOST:PORT (IPv6 in brackets)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@click.command("run")
+@db_url_option
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on.")
+@keys_option("sealing.key, pull.key: made on first start")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None)
+@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--max-inflight", type=click.IntRange(1, 10_000), default=32, show_default=True,
+              help="Batches processed at once; more are answered 503 busy with Retry-After.")
+@click.option("--retry-after", "retry_after_s", type=click.IntRange(1, 3600), default=2, show_default=True,
+              help="Seconds a device is told to wait after a 503 busy or 429.")
+@click.option("--max-per-peer", type=click.IntRange(1, 10_000), default=16, show_default=True,
+              help="Signed requests with a body in progress per client address; more: 429.")
+@click.option("--max-connections-per-peer", type=click.IntRange(1, 100_000), default=64, show_default=True,
+              help="Open connections per client address (IPv6: per /64); more are closed at once.")
+@click.option("--legacy-inflight", type=click.IntRange(0, 1000), default=2, show_default=True,
+              help="Requests of devices without CK-Sig2 headers read at once (0: none); more: 503 busy.")
+@click.option("--legacy-max-bytes", type=click.IntRange(1024, 16 * 1024 * 1024), default=1024 * 1024,
+              show_default=True, help="Largest batch of a device without CK-Sig2 headers; larger: 413.")
+@click.option("--min-body-rate", type=click.IntRange(1, 1 << 30), default=4096, show_default=True,
+              help="Bytes per second a request body must average after 10 s; slower: 408 and closed.")
+@click.option("--body-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+              help="Seconds a whole request body may take; longer: 408 and closed.")
+def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, max_inflight, retry_after_s, max_per_peer,
+               max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate, body_timeout):
+    """Serve the sync protocol until SIGINT/SIGTERM."""
+    host, port = parse_listen(listen)
+    if bool(tls_cert) != bool(tls_key):
+        fail("--tls-cert and --tls-key go together")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"checkpoint server: listening on {scheme}://{listen} (database {escape(db_url)})", err=True)
+    limits = Limits(per_peer=max_per_peer, connections_per_peer=max_connections_per_peer,
+                    legacy_inflight=legacy_inflight, legacy_max_bytes=legacy_max_bytes, min_rate_bps=min_body_rate,
+                    body_timeout_s=body_timeout)
+    run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
+                access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits)
