@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|flood|trace|daemon|kiosk|fsync]: print the benchmark tables to stdout."""
+"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|flood|trace|daemon|kiosk|fsync|cli]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a short run with small sizes (checks that the benchmarks work)")
     parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
                                                   "formats", "sync", "fleet", "flood", "trace", "daemon",
-                                                  "kiosk", "fsync"),
+                                                  "kiosk", "fsync", "cli"),
                         help="run one benchmark only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "fsync"):
         from . import bench_fsync
         bench_fsync.run(args.quick)
+    if args.only in (None, "cli"):
+        from . import bench_cli
+        bench_cli.run(args.quick)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

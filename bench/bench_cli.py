@@ -1,0 +1,79 @@
+"""Start-up of the `checkpoint` command: CPU time of a fresh process running a command, against a peer
+process doing the same work through the library (its imports included), in the same rounds. What the
+CLI adds is its own imports; a command that loads modules it does not need shows up here."""
+from __future__ import annotations
+
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from scanner.cards import keys as keymod
+
+from . import fixtures
+from .timing import median, quartiles, table
+from .world import world
+
+GOALS = {"checkpoint verify": 1.3, "checkpoint --help": 1.5}
+"""Most the command may cost, as a multiple of its peer (the CLI's own imports: click, the group)."""
+
+VERIFY_PEER = """
+import sys
+from scanner.cards.trust import load_trust
+from scanner.cards.verifier import verify
+sys.exit(0 if verify(sys.argv[3], load_trust([sys.argv[1]], []), int(sys.argv[2])).accepted else 1)
+"""
+HELP_PEER = "import click; click.echo('checkpoint')"
+
+
+def _cpu_s(argv: list[str], cwd: Path) -> float:
+    """User + system CPU seconds of one child process (robust to a busy machine, unlike wall time)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"bench fixture broken: {' '.join(argv[:4])}... exited {r.returncode}: "
+                         f"{r.stderr[-300:]!r}")
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def run(quick: bool = False) -> dict:
+    root = Path(__file__).resolve().parent.parent
+    w = world()
+    rounds = 3 if quick else 15
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+        pub = Path(tmp) / "issuer.pub"
+        pub.write_bytes(keymod.public_pem(w.ed_key.public_key()))
+        text = fixtures.card_text(w.ed_key, w.at)
+        py = sys.executable
+        pairs = {
+            "checkpoint verify": ([py, "-m", "scanner", "verify", "--trust", str(pub), "--at", str(w.at), text],
+                                  [py, "-c", VERIFY_PEER, str(pub), str(w.at), text]),
+            "checkpoint --help": ([py, "-m", "scanner", "--help"], [py, "-c", HELP_PEER]),
+        }
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
+        rng = random.Random(1)
+        for _ in range(rounds):
+            order = list(pairs)
+            rng.shuffle(order)
+            for name in order:
+                command, peer = pairs[name]
+                first, second = (command, peer) if rng.random() < 0.5 else (peer, command)
+                a, b = _cpu_s(first, root), _cpu_s(second, root)
+                samples[name].append((a, b) if first is command else (b, a))
+    print(f"== CLI start-up: CPU ms of a fresh process ({rounds} interleaved rounds, medians; "
+          "peer: the same work through the library)")
+    rows, result = [], {}
+    for name, pairs_ in samples.items():
+        ratio = [c / p for c, p in pairs_]
+        q1, q3 = quartiles(ratio)
+        ok = median(ratio) <= GOALS[name]
+        command_ms, peer_ms = median([c for c, _ in pairs_]) * 1000, median([p for _, p in pairs_]) * 1000
+        rows.append([name, f"{command_ms:.0f}", f"{peer_ms:.0f}", f"{median(ratio):.2f}", f"{q1:.2f}-{q3:.2f}",
+                     f"<= {GOALS[name]} {'ok' if ok else 'MISSED'}"])
+        result[name] = {"ms": command_ms, "peer_ms": peer_ms, "ratio": median(ratio), "goal_met": ok}
+    print(table(["command", "ms", "peer ms", "x peer", "p25-p75", "goal"], rows))
+    print()
+    return result
