@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from scanner.cards import keys as keymod
 
 from . import fixtures
@@ -42,11 +44,13 @@ def _cpu_s(argv: list[str], cwd: Path) -> float:
 def run(quick: bool = False) -> dict:
     root = Path(__file__).resolve().parent.parent
     w = world()
+    issuer = w.ed_key
+    assert isinstance(issuer, ed25519.Ed25519PrivateKey)
     rounds = 3 if quick else 15
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
         pub = Path(tmp) / "issuer.pub"
-        pub.write_bytes(keymod.public_pem(w.ed_key.public_key()))
-        text = fixtures.card_text(w.ed_key, w.at)
+        pub.write_bytes(keymod.public_pem(issuer.public_key()))
+        text = fixtures.card_text(issuer, w.at)
         py = sys.executable
         pairs = {
             "checkpoint verify": ([py, "-m", "scanner", "verify", "--trust", str(pub), "--at", str(w.at), text],

@@ -95,7 +95,7 @@ def canonical_url(url: str) -> str:
         raise CredentialError(f"server URL {url!r} cannot be used: {exc}", code="credential_malformed") from None
     if parts.username or parts.password:
         raise CredentialError(f"server URL {url!r} must not carry a user name", code="credential_malformed")
-    host = parts.hostname
+    host = parts.hostname or ""  # check_server_url refused a URL without one
     host = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
 
