@@ -11,12 +11,12 @@ from pathlib import Path
 
 import click
 import pytest
+from support.paths import ROOT
 
 from scanner.cards import keys as keymod
 from scanner.cli.main import COMMANDS, main
 from scanner.cli.server import SERVER_COMMANDS, server_group
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI = ROOT / "scanner" / "cli"
 
 PROBE = """

@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ABOVE_SYNC = ("scanner.appliance", "scanner.cli", "scanner.demo")
 
 
