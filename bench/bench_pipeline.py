@@ -83,7 +83,7 @@ def latency_bench(n: int, size: tuple[int, int] = (640, 480)) -> dict:
         done.set()
 
     camera = CameraInput(CameraConfig("bench", backend="opencv", live=True), src, decoder=decoder)
-    pipe = Pipeline(trust, sink, clock=lambda: w.at)
+    pipe = Pipeline.verifying(trust, sink, clock=lambda: w.at)
     pipe.add(camera)
     pipe.start()
     latency, bare = [], []
@@ -134,7 +134,7 @@ def memory_child(video: str, seconds: float) -> dict:
     make_decoder("auto").decode(np.zeros((480, 640), np.uint8))  # libraries loaded, as in the baseline
     verdicts = []
     camera = CameraInput(CameraConfig(video, backend="opencv", loop=True, pace=30.0), decoder=make_decoder("auto"))
-    pipe = Pipeline(trust, lambda s, v: verdicts.append(v.reason), clock=lambda: w.at, cooldown=0.5)
+    pipe = Pipeline.verifying(trust, lambda s, v: verdicts.append(v.reason), clock=lambda: w.at, cooldown=0.5)
     pipe.add(camera)
     before = status()["VmRSS"]
     try:

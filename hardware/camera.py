@@ -32,7 +32,7 @@ from hardware.decode import (
     make_decoder,
     read_gray,
 )
-from scanner.appliance.pipeline import InputThread, SourceReason, SourceState
+from hardware.inputs import InputThread, SourceReason, SourceState
 from scanner.base.backoff import Backoff
 from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape

@@ -12,7 +12,7 @@ import numpy as np
 
 from hardware.camera import CameraConfig, SourceUnavailable
 from hardware.decode import y_plane
-from scanner.appliance.pipeline import SourceReason
+from hardware.inputs import SourceReason
 
 INSTALL_HINT = ("picamera2 is not installed: sudo apt install python3-picamera2 and create the venv "
                 "with --system-site-packages")

@@ -21,9 +21,10 @@ from functools import cache
 from typing import BinaryIO
 
 from hardware import keymaps
-from scanner.appliance.pipeline import InputThread, SourceReason, SourceState
+from hardware.inputs import InputThread, SourceReason, SourceState
 from scanner.base.backoff import Backoff
 from scanner.base.safetext import escape
+from scanner.cards import formats
 from scanner.cards.base45 import ALPHABET as BASE45_ALPHABET
 from scanner.cards.verifier import MAX_TEXT
 
@@ -32,10 +33,10 @@ log = logging.getLogger(__name__)
 MAX_LINE_BYTES = MAX_TEXT * 4
 """A serial line longer than this many bytes (4 bytes per character at most in UTF-8) is discarded."""
 
-BASE45_PREFIXES = ("CK1:", "HC1:")
+BASE45_PREFIXES = formats.schemes(base45_body=True)
 """Card formats whose body is base45 (checked character by character and for its length)."""
-OTHER_PREFIXES = ("shc:/",)
-"""Card formats whose body is digits."""
+OTHER_PREFIXES = formats.schemes(base45_body=False)
+"""The other card formats (SMART Health Cards: digits)."""
 
 _BASE45 = frozenset(BASE45_ALPHABET)
 _TERMINATORS = {"auto": None, "cr": "\r", "lf": "\n", "crlf": "\r\n", "enter": "\n", "tab": "\t"}

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hardware import keymaps
+from hardware.inputs import SourceReason, SourceState
 from hardware.readers import LineAssembler, Problem, ReaderInput, parse_terminator
-from scanner.appliance.pipeline import SourceReason, SourceState
 from scanner.base.backoff import Backoff
 
 EV_KEY = 1

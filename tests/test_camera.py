@@ -29,7 +29,7 @@ from hardware.camera import (
 )
 from hardware.camera_picamera2 import Picamera2Source
 from hardware.decode import make_decoder
-from scanner.appliance.pipeline import SourceReason, SourceState
+from hardware.inputs import SourceReason, SourceState
 from scanner.base.backoff import Backoff
 
 

@@ -12,16 +12,15 @@ from support.inputs import Pty
 from support.waiting import WAIT
 
 from hardware.camera import CameraConfig, CameraInput
-from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
-from hardware.scan import Scan
-from scanner.appliance.pipeline import (
+from hardware.inputs import (
     InputThread,
-    Pipeline,
-    PipelineHealth,
     SourceHealth,
     SourceReason,
     SourceState,
 )
+from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
+from hardware.scan import Scan
+from scanner.appliance.pipeline import Pipeline, PipelineHealth
 from scanner.base.backoff import Backoff
 from scanner.base.errors import Reason
 
@@ -71,7 +70,7 @@ def test_card_held_for_three_seconds_beeps_once(tmp_path, make_card, trust):
     video = write_video(tmp_path / "held.avi", frames)
     clock = FrameClock()
     sink = Verdicts()
-    pipe = Pipeline(trust, sink, clock=lambda: NOW, monotonic=clock)
+    pipe = Pipeline.verifying(trust, sink, clock=lambda: NOW, monotonic=clock)
     clock.camera = pipe.add(CameraInput(CameraConfig(str(video), name="gate")))
     started = time.time()
     with pipe:
@@ -91,7 +90,7 @@ def test_card_shown_again_after_the_cooldown_is_a_new_scan(tmp_path, make_card, 
     video = write_video(tmp_path / "twice.avi", frames)
     clock = FrameClock()
     sink = Verdicts()
-    pipe = Pipeline(trust, sink, cooldown=3.0, clock=lambda: NOW, monotonic=clock)
+    pipe = Pipeline.verifying(trust, sink, cooldown=3.0, clock=lambda: NOW, monotonic=clock)
     clock.camera = pipe.add(CameraInput(CameraConfig(str(video))))
     with pipe:
         assert pipe.wait_finished(WAIT)
@@ -105,7 +104,7 @@ def test_all_inputs_feed_one_queue_and_verdicts_carry_their_source(tmp_path, mak
     pty = Pty()
     r, w = os.pipe()
     sink = Verdicts()
-    pipe = Pipeline(trust, sink, clock=lambda: now)
+    pipe = Pipeline.verifying(trust, sink, clock=lambda: now)
     serial = pipe.add(SerialReader(SerialReaderConfig(pty.slave_path, name="desk"), backoff=Backoff(0.01, 2, 0.1)))
     pipe.add(CameraInput(CameraConfig(str(video), name="cam")))
     pipe.add(StdinReader(os.fdopen(r, "rb", buffering=0)))
@@ -126,7 +125,7 @@ def test_slow_sink_never_blocks_capture_and_one_verdict_per_text_in_flight(tmp_p
     card, other = make_card(name="One"), make_card(name="Two")
     video = write_video(tmp_path / "v.avi", [card_frame(card)] * 40 + [card_frame(other)] * 5)
     sink = Verdicts(hold=True)
-    pipe = Pipeline(trust, sink, cooldown=0.0, clock=lambda: now)
+    pipe = Pipeline.verifying(trust, sink, cooldown=0.0, clock=lambda: now)
     camera = pipe.add(CameraInput(CameraConfig(str(video))))
     with pipe:
         assert sink.entered.wait(WAIT)  # the worker is inside the sink, held there
@@ -145,7 +144,7 @@ def test_slow_sink_never_blocks_capture_and_one_verdict_per_text_in_flight(tmp_p
 def test_same_text_from_another_source_after_its_verdict_is_verified(make_card, trust, now):
     card = make_card()
     sink = Verdicts()
-    with Pipeline(trust, sink, clock=lambda: now) as pipe:
+    with Pipeline.verifying(trust, sink, clock=lambda: now) as pipe:
         assert pipe.submit(Scan(card, "camera", "cam", now))
         assert pipe.wait_idle(WAIT)
         assert not pipe.submit(Scan(card, "camera", "cam", now))  # same source, within the cooldown
@@ -157,7 +156,7 @@ def test_same_text_from_another_source_after_its_verdict_is_verified(make_card, 
 def test_cooldown_runs_from_the_last_sighting():
     t = [0.0]
     sink = Verdicts()
-    pipe = Pipeline(lambda: None, sink, cooldown=3.0, verify=lambda text, trust, now: text, monotonic=lambda: t[0])
+    pipe = Pipeline.verifying(lambda: None, sink, cooldown=3.0, verify=lambda text, trust, now: text, monotonic=lambda: t[0])
     with pipe:
         assert pipe.submit(Scan("CK1:X", "camera", "c", 0))
         assert pipe.wait_idle(WAIT)
@@ -171,7 +170,7 @@ def test_cooldown_runs_from_the_last_sighting():
 
 def test_full_queue_drops_and_counts_without_blocking(trust, now):
     sink = Verdicts(hold=True)
-    pipe = Pipeline(trust, sink, queue_size=1, clock=lambda: now)
+    pipe = Pipeline.verifying(trust, sink, queue_size=1, clock=lambda: now)
     with pipe:
         assert pipe.submit(Scan("CK1:A", "stdin", "s", now))
         assert sink.entered.wait(WAIT)
@@ -193,7 +192,7 @@ def test_failing_sink_is_counted_and_the_worker_goes_on(trust, now):
         if scan.text == "CK1:BAD":
             raise RuntimeError("entry log on fire")
 
-    with Pipeline(trust, sink, clock=lambda: now) as pipe:
+    with Pipeline.verifying(trust, sink, clock=lambda: now) as pipe:
         pipe.submit(Scan("CK1:BAD", "stdin", "s", now))
         pipe.submit(Scan("CK1:GOOD", "stdin", "s", now))
         assert pipe.wait_idle(WAIT)
@@ -205,7 +204,7 @@ def test_the_rest_keeps_working_while_a_camera_is_unplugged(tmp_path, make_card,
     card = make_card()
     r, w = os.pipe()
     sink = Verdicts()
-    pipe = Pipeline(trust, sink, clock=lambda: now)
+    pipe = Pipeline.verifying(trust, sink, clock=lambda: now)
     camera = pipe.add(CameraInput(CameraConfig(str(tmp_path / "video0.avi"), name="cam", live=True),
                                   backoff=Backoff(0.01, 2, 0.05)))
     pipe.add(StdinReader(os.fdopen(r, "rb", buffering=0), name="keyboard"))
@@ -227,7 +226,7 @@ def test_the_rest_keeps_working_while_a_camera_is_unplugged(tmp_path, make_card,
 def test_read_issues_reach_the_callback(trust, now):
     issues = []
     r, w = os.pipe()
-    pipe = Pipeline(trust, Verdicts(), on_issue=issues.append, clock=lambda: now)
+    pipe = Pipeline.verifying(trust, Verdicts(), on_issue=issues.append, clock=lambda: now)
     reader = pipe.add(StdinReader(os.fdopen(r, "rb", buffering=0)))
     with pipe:
         os.write(w, b"\x07\x00bell\n")
@@ -243,7 +242,7 @@ def test_a_crashing_input_is_reported_failed(trust, now):
         def run(self):
             raise KeyError("bug")
 
-    with Pipeline(trust, Verdicts(), clock=lambda: now) as pipe:
+    with Pipeline.verifying(trust, Verdicts(), clock=lambda: now) as pipe:
         broken = pipe.add(Broken("broken"))
         assert broken.join(WAIT)
         assert broken.health().state is SourceState.FAILED
@@ -253,7 +252,7 @@ def test_a_crashing_input_is_reported_failed(trust, now):
 
 def test_bad_cooldown():
     with pytest.raises(ValueError):
-        Pipeline(lambda: None, Verdicts(), cooldown=-1)
+        Pipeline.verifying(lambda: None, Verdicts(), cooldown=-1)
     with pytest.raises(ValueError):
         Backoff(0, 2, 1)
 
@@ -266,7 +265,7 @@ def test_backoff_grows_to_its_cap():
 
 
 def test_stop_is_prompt_with_live_inputs(tmp_path, trust, now):
-    pipe = Pipeline(trust, Verdicts(), clock=lambda: now)
+    pipe = Pipeline.verifying(trust, Verdicts(), clock=lambda: now)
     pipe.add(CameraInput(CameraConfig(str(tmp_path / "none.avi"), live=True), backoff=Backoff(30, 1, 30)))
     pipe.start()
     started = time.monotonic()

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from support.inputs import Collector, Pty
 from support.waiting import WAIT
 
+from hardware.inputs import SourceReason, SourceState
 from hardware.readers import (
     MAX_TEXT,
     ByteLines,
@@ -20,8 +21,8 @@ from hardware.readers import (
     check_read,
     parse_terminator,
 )
-from scanner.appliance.pipeline import SourceReason, SourceState
 from scanner.base.backoff import Backoff
+from scanner.cards import formats
 from scanner.cards.base45 import ALPHABET
 
 CARD = "CK1:" + "6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK G2EP4J0BGJLF%"  # 60 base45 characters
@@ -68,6 +69,18 @@ def test_problem_sample_never_holds_the_read():
 def test_layout_hint_names_the_layouts():
     problem = check_read("CK1>ABC", keyboard_layout="us")
     assert "DE" in problem.hint and 'layout = "de"' in problem.hint
+
+
+def test_the_read_checks_know_every_registered_card_format():
+    """The readers take the card prefixes from the formats' registry: each format's texts are
+    recognised (wrong case, and a non-base45 body where the body is base45)."""
+    registered = [formats.for_text(f"{p}0") for p in ("CK1:", "HC1:", "shc:/")]
+    assert {f.scheme for f in registered} == set(formats.schemes())
+    for fmt in registered:
+        assert fmt.scheme.startswith(fmt.prefix)
+        wrong_case = fmt.scheme.swapcase() + ("ABC" if fmt.base45_body else "56")
+        assert check_read(wrong_case).code == SourceReason.GARBLED_READ
+        assert (check_read(fmt.scheme + "AB;") is not None) == fmt.base45_body
 
 
 @settings(max_examples=200, deadline=None)

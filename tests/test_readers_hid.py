@@ -6,10 +6,10 @@ from support.inputs import Collector
 from support.waiting import WAIT
 
 from hardware import keymaps
+from hardware.inputs import SourceReason, SourceState
 from hardware.keymaps import KeyTranslator, keystrokes
 from hardware.readers import check_read
 from hardware.readers_hid import HidReader, HidReaderConfig, KeyEvents, uinput_available
-from scanner.appliance.pipeline import SourceReason, SourceState
 from scanner.base.backoff import Backoff
 from scanner.cards.base45 import ALPHABET
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from hardware.feedback import DeviceState
+from hardware.inputs import SourceState
 from hardware.scan import Scan
 from scanner import __version__
 from scanner.appliance import readiness, runtime
@@ -44,7 +45,7 @@ from scanner.appliance.clockguard import ClockGuard
 from scanner.appliance.config import Config, discover_inputs
 from scanner.appliance.doctor import FAIL, PASS, WARN, Check
 from scanner.appliance.events import EventHub
-from scanner.appliance.pipeline import Pipeline, SourceState
+from scanner.appliance.pipeline import Pipeline
 from scanner.appliance.preview import Preview
 from scanner.appliance.sdnotify import Notifier
 from scanner.base import i18n
@@ -270,9 +271,8 @@ class Appliance:
 
     def _build_pipeline(self) -> None:
         scan = self.config["scan"]
-        self.pipeline = Pipeline(lambda: self.trust, self._sink, cooldown=scan["cooldown_s"],
-                                 queue_size=scan["queue_size"], on_issue=self._on_issue, verify=self._verify,
-                                 prepare=self._prepare, clock=self.guard.now)
+        self.pipeline = Pipeline(self._handle, cooldown=scan["cooldown_s"], queue_size=scan["queue_size"],
+                                 on_issue=self._on_issue)
         for inp in self._inputs_from_config():
             self._add_input(inp)
         if not self._known_inputs:
@@ -488,6 +488,13 @@ class Appliance:
         return True
 
     # ================================================================ the verdict worker
+
+    def _handle(self, scan: Scan) -> None:
+        ready = self._prepare(scan)
+        if ready is not None:  # None: held back (one part of a multi-part card)
+            with self._lock:
+                trust = self.trust
+            self._sink(ready, self._verify(ready.text, trust, self.guard.now()))
 
     def _verify(self, text: str, trust: TrustStore, now: float) -> Verdict:
         skew = self.config["scan"]["clock_skew_s"]

@@ -17,9 +17,10 @@ import click
 from hardware.camera import CameraConfig, CameraInput
 from hardware.decode import NAMES as DECODER_NAMES
 from hardware.decode import check_roi
+from hardware.inputs import SourceState
 from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
 from hardware.readers_hid import HidReader, HidReaderConfig
-from scanner.appliance.pipeline import Pipeline, SourceState
+from scanner.appliance.pipeline import Pipeline
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
 from scanner.cards.verifier import verify as verify_text
@@ -84,8 +85,8 @@ def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, a
 
     printer = _Printer(as_json, lang or i18n.default_lang())
     now = (lambda: float(at)) if at is not None else time.time
-    pipe = Pipeline(store, printer.verdict, cooldown=cooldown, on_issue=printer.issue, clock=now,
-                    verify=lambda text, trust, t: verify_text(text, trust, t, clock_skew=clock_skew))
+    pipe = Pipeline.verifying(store, printer.verdict, cooldown=cooldown, on_issue=printer.issue, clock=now,
+                              verify=lambda text, trust, t: verify_text(text, trust, t, clock_skew=clock_skew))
     for inp in inputs:
         pipe.add(inp)
     if not _run(pipe, inputs, until_done=once or all(i.finite for i in inputs), on_trouble=printer.trouble):

@@ -17,6 +17,8 @@ from scanner.cards.verdict import Verdict
 class CardFormat(Protocol):
     name: str
     prefix: str
+    scheme: str  # how every QR text of the format begins: the prefix and any fixed separator after it
+    base45_body: bool  # the text after the scheme is base45 (readers check it character by character)
 
     def verify(self, text: str, trust: TrustStore, now: int, clock_skew: int) -> Verdict:
         """Verify text that starts with ``prefix``; raise CardRejected or return a Verdict."""
@@ -53,6 +55,11 @@ def for_text(text: str) -> CardFormat | None:
 
 def names() -> list[str]:
     return [f.name for f in _REGISTRY]
+
+
+def schemes(*, base45_body: bool | None = None) -> tuple[str, ...]:
+    """How the registered formats' QR texts begin; only those with (or without) a base45 body if asked."""
+    return tuple(f.scheme for f in _REGISTRY if base45_body is None or f.base45_body == base45_body)
 
 
 from scanner.cards.formats import ck1 as _ck1  # noqa: E402  (registers itself)

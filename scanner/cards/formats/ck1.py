@@ -132,6 +132,8 @@ class CK1Format:
 
     name = NAME
     prefix = PREFIX
+    scheme = PREFIX
+    base45_body = True
 
     def verify(self, text: str, trust: TrustStore, now: int, clock_skew: int) -> Verdict:
         card, signers = authenticate(unwrap(text), trust, RULES, parse_claims)

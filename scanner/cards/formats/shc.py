@@ -342,6 +342,8 @@ class SHCFormat:
 
     name = NAME
     prefix = PREFIX
+    scheme = SCHEME
+    base45_body = False
     trims_whitespace = True
 
     def verify(self, text: str, trust: TrustStore, now: int, clock_skew: int) -> Verdict:
