@@ -124,12 +124,6 @@ def test_device_flags_beyond_a_verdict(now):
     assert Conditions(NOW).flags() == ()  # the defaults degrade nothing
 
 
-def test_policy_from_the_configuration():
-    config = {"trust": {"max_age_h": 48, "when_stale": "closed"}, "clock": {"max_unconfirmed_h": 6,
-              "when_unconfirmed": "open"}, "sync": {"backlog_max": 9, "backlog_max_age_h": 2}}
-    assert Policy.from_config(config) == Policy(48 * HOUR, CLOSED, 6 * HOUR, OPEN, 9, 2 * HOUR)
-
-
 # ---------------------------------------------------------------- properties
 
 clocks = st.none() | st.builds(

@@ -2,6 +2,7 @@
 2), the hardware dataclasses built from it, docs/configuration.md generated from the schema."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tomllib
@@ -14,8 +15,11 @@ from support.paths import ROOT
 from support.pki import make_pki
 
 from scanner.appliance import config as cfg
+from scanner.appliance import schema
+from scanner.appliance import settings as typed
 from scanner.appliance.configschema import Problem
 from scanner.appliance.provisioning import render_config
+from scanner.store.admission import Policy
 
 EXAMPLES = sorted((ROOT / "config").glob("*.toml"))
 
@@ -35,10 +39,46 @@ def test_the_three_examples_exist_and_pass_config_check():
 
 def test_docs_are_generated_from_the_schema():
     doc = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    assert doc == cfg.markdown(), "docs/configuration.md is stale: run `checkpoint config docs > docs/configuration.md`"
-    for section in cfg.SECTIONS:  # every key is documented
+    assert doc == schema.markdown(), "docs/configuration.md is stale: run `checkpoint config docs > docs/configuration.md`"
+    for section in schema.SECTIONS:  # every key is documented
         for key in section.keys:
             assert f"| `{key.name}` |" in doc
+
+
+def test_the_typed_sections_are_generated_from_the_schema():
+    source = (ROOT / "scanner" / "appliance" / "settings.py").read_text(encoding="utf-8")
+    assert source == schema.settings_source(), (
+        "scanner/appliance/settings.py is stale: run `python -m scanner.appliance.schema > scanner/appliance/settings.py`")
+    r = subprocess.run([sys.executable, "-m", "scanner.appliance.schema"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and r.stdout == source
+    # the generator never imports what it generates (a broken settings.py can always be written again)
+    r = subprocess.run([sys.executable, "-c", "import sys, scanner.appliance.schema; "
+                        "print('scanner.appliance.settings' in sys.modules)"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.stdout.strip() == "False", r.stderr
+
+
+def test_sections_are_typed_values_and_a_misspelt_name_raises(tmp_path):
+    c = cfg.parse(tomllib.loads('[scan]\ncooldown_s = 2\n[[camera]]\ndevice = "0"\n[feedback.relay]\npin = 23\n'))
+    assert c.scan.cooldown_s == 2.0 and c.camera[0].device == "0" and c.camera[0].width == 640
+    assert c.feedback.relay.pin == 23 and c.feedback.timings.verdict_s == 1.5 and c.feedback.buzzer is None
+    assert isinstance(c.scan, typed.ScanSection) and isinstance(c.camera, tuple)
+    with pytest.raises(AttributeError):
+        c.scan.cooldown  # noqa: B018  (a typo is an error, never a default)
+    with pytest.raises(AttributeError):
+        c.kiosks  # noqa: B018
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.scan.cooldown_s = 5  # type: ignore[misc]
+    for section in schema.SECTIONS:  # every key of the schema is a field of its section's class
+        assert {f.name for f in dataclasses.fields(typed.TYPES[section.name])} >= {k.name for k in section.keys}
+
+
+def test_the_admission_policy_comes_from_the_trust_clock_and_sync_sections():
+    c = cfg.parse({"trust": {"max_age_h": 48, "when_stale": "closed"},
+                   "clock": {"max_unconfirmed_h": 6, "when_unconfirmed": "open"},
+                   "sync": {"backlog_max": 9, "backlog_max_age_h": 2}})
+    assert c.admission_policy() == Policy(48 * 3600, "closed", 6 * 3600, "open", 9, 2 * 3600)
 
 
 def test_every_problem_at_once_one_line_each(tmp_path):
@@ -130,7 +170,7 @@ def test_examples_build_the_hardware_configs():
     fb = gate.feedback_config().validate()
     assert fb.relay.active_high is False and fb.relay.fail_safe == "locked" and fb.relay.pulse_s == 1.5
     assert fb.passage.pull_up is True and fb.passage.timeout_s == 10
-    assert gate["log"]["passback_window_s"] == 300
+    assert gate.log.passback_window_s == 300
     venue = cfg.load(ROOT / "config" / "venue.toml")
     (hid,) = venue.hid_readers()
     assert hid.vendor_product == (0x0C2E, 0x0B61)
@@ -150,7 +190,7 @@ def test_defaults_discovery_and_live_keys(tmp_path):
     d = cfg.defaults(tmp_path / "state", found)
     assert d.state_dir == tmp_path / "state" and d.db_path == tmp_path / "state" / "entries.db"
     assert len(d.cameras()) == len(d.hid_readers()) == len(d.serial_readers()) == 1
-    assert d["api"]["listen"] == ("127.0.0.1", 8080) and d["feedback.relay"] is None
+    assert d.api.listen == ("127.0.0.1", 8080) and d.feedback.relay is None
     a = write_config(tmp_path / "a.toml", {"device": {"state_dir": "/tmp/s"}, "scan": {"cooldown_s": 2.0}})
     b = write_config(tmp_path / "b.toml", {"device": {"state_dir": "/tmp/other"}, "scan": {"cooldown_s": 5.0},
                                            "trust": {"when_stale": "closed"}})
@@ -171,7 +211,7 @@ _scalars = st.one_of(st.booleans(), st.integers(-10, 100_000), st.floats(allow_n
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from([s.name.split(".")[0] for s in cfg.SECTIONS] + ["x"]),
+@given(st.dictionaries(st.sampled_from([s.name.split(".")[0] for s in schema.SECTIONS] + ["x"]),
                        st.one_of(st.dictionaries(st.sampled_from(["pin", "device", "port", "listen", "state_dir",
                                                                   "cooldown_s", "direction", "token", "green",
                                                                   "files", "name", "zz"]),
@@ -194,5 +234,5 @@ def test_fuzz_any_document_gives_a_config_or_problems(doc):
 def test_toml_written_by_provisioning_is_valid(tmp_path):
     text = render_config(tmp_path / "st", "https://server.example", {"hid": [{"name": "r", "device": "/dev/x"}]})
     c = cfg.parse(tomllib.loads(text))
-    assert c["sync"]["server"] == "https://server.example" and c.state_dir == tmp_path / "st"
-    assert c["hid"] == ()  # inputs found at provisioning are listed as comments: found again at each start
+    assert c.sync.server == "https://server.example" and c.state_dir == tmp_path / "st"
+    assert c.hid == ()  # inputs found at provisioning are listed as comments: found again at each start

@@ -90,11 +90,11 @@ def test_provision_appliance_state_config_and_idempotence(server, published, tmp
         mode = stat.S_IMODE((state / name).stat().st_mode)
         assert mode & 0o007 == 0, (name, oct(mode))
     assert stat.S_IMODE((state / "device.key").stat().st_mode) == 0o600
-    assert check_file(conf) == [] and load(conf)["sync"]["server"] == server.url
+    assert check_file(conf) == [] and load(conf).sync.server == server.url
     conf.write_text(conf.read_text() + "\n[log]\nretention_days = 30\n")  # the technician's edit survives
     again = provision_appliance(server.url, token, config_path=conf, state_dir=state)
     assert (again.device_id, again.config, again.key_created) == (res.device_id, "kept", False)
-    assert load(conf)["log"]["retention_days"] == 30
+    assert load(conf).log.retention_days == 30
     conf.write_text("[device]\nwrong = 1\n")
     with pytest.raises(ProvisioningError, match="device.wrong: unknown key"):
         provision_appliance(server.url, token, config_path=conf, state_dir=state)

@@ -1,33 +1,45 @@
-"""The appliance's configuration: one TOML file, declared once here, checked all at once.
+"""The appliance's configuration: one TOML file, checked all at once against the schema
+(scanner/appliance/schema.py).
 
-The sections and keys below (scanner/appliance/configschema.py) validate a file, fill in defaults, tell
-which keys may change with a reload (SIGHUP), and write docs/configuration.md, so no key exists
-undocumented. ``load(path)`` gives a `Config` or raises `ConfigError` listing every problem (key,
-problem, fix). `Config` turns the tables into the hardware modules' own dataclasses
-(CameraConfig, SerialReaderConfig, HidReaderConfig, FeedbackConfig). Spec: docs/configuration.md.
+``load(path)`` gives a `Config`, whose sections are the typed values generated from the schema
+(scanner/appliance/settings.py: ``config.scan.cooldown_s``, ``config.camera[0].device``), or
+raises `ConfigError` listing every problem (key, problem, fix). The hardware modules' own
+dataclasses (CameraConfig, SerialReaderConfig, HidReaderConfig, FeedbackConfig) are built from
+the typed sections here, one function each. Spec: docs/configuration.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hardware.decode import NAMES as DECODER_NAMES
+from hardware.camera import CameraConfig
+from hardware.feedback_config import (
+    ButtonConfig,
+    BuzzerConfig,
+    FeedbackConfig,
+    FeedbackConfigError,
+    LedConfig,
+    PassageSensorConfig,
+    RelayConfig,
+    RgbLedConfig,
+    gpio_number,
+)
+from hardware.feedback_patterns import Patterns, Timings
+from hardware.readers import SerialReaderConfig
+from hardware.readers_hid import HidReaderConfig
 from scanner.appliance import configschema as cs
-from scanner.appliance.configschema import REQUIRED, Key, Problem, Section
+from scanner.appliance import settings
+from scanner.appliance.configschema import Problem
+from scanner.appliance.schema import SECTIONS
+from scanner.appliance.settings import Settings
 from scanner.base.errors import CheckpointError
+from scanner.store import admission
 
 DEFAULT_PATH = "/etc/checkpoint/checkpoint.toml"
-DEFAULT_STATE_DIR = "/var/lib/checkpoint"
-DEFAULT_LISTEN = "127.0.0.1:8080"
-DIRECTIONS = ("in", "out")
-LANGS = ("vi", "en")
-POLICIES = ("open", "closed")
-LAYOUTS = ("us", "uk", "de", "fr")
-CAMERA_BACKENDS = ("auto", "opencv", "picamera2", "files")
-INPUT_SECTIONS = ("camera", "serial", "hid", "stdin")
 
 
 class ConfigError(CheckpointError):
@@ -46,587 +58,190 @@ class ConfigError(CheckpointError):
         return [p.line(self.source) for p in self.problems]
 
 
-# ---------------------------------------------------------------- checkers specific to this file
-
-def _direction() -> cs.Check:
-    return cs.optional(cs.choice(*DIRECTIONS))
-
-
-def _pin() -> cs.Check:
-    """A GPIO pin: BCM number (17), "GPIO17", "BCM17", or a header pin ("BOARD11", "J8:11")."""
-    def check(v):
-        from hardware.feedback_config import FeedbackConfigError, gpio_number
-        if type(v) not in (int, str):
-            return None, f"must be a GPIO number or name such as 17, \"GPIO17\" or \"BOARD11\", not {cs._type_name(v)}"
-        try:
-            gpio_number(v)
-        except FeedbackConfigError as exc:
-            return None, str(exc).removeprefix("pin: ")
-        return v, None
-    return check
+def _section(config: Settings, name: str) -> Any:
+    """A section's value by its dotted name ("feedback.timings"); None for an absent optional table."""
+    node: Any = config
+    for part in name.split("."):
+        node = getattr(node, part)
+    return node
 
 
-def _roi() -> cs.Check:
-    def check(v):
-        from hardware.decode import check_roi
-        value, problem = cs.list_of(cs.number(0, 1), min_items=4, max_items=4)(v)
-        if problem:
-            return None, problem
-        try:
-            check_roi(value)
-        except ValueError as exc:
-            return None, str(exc)
-        return value, None
-    return check
+def _typed(values: dict) -> dict[str, Any]:
+    """The top-level sections of validated values, as the generated classes (children inside their parents)."""
+    built: dict[str, Any] = {}
+    for section in sorted(SECTIONS, key=lambda s: -s.name.count(".")):  # the tables inside others first
+        cls = settings.TYPES[section.name]
+        inner = {c.name.rpartition(".")[2]: built.pop(c.name) for c in cs.children_of(section, SECTIONS)}
+        raw = values[section.name]
+        if section.array:
+            built[section.name] = tuple(cls(**table) for table in raw)
+        elif raw is None:
+            built[section.name] = None
+        else:
+            built[section.name] = cls(**raw, **inner)
+    return built
 
 
-def _levels() -> cs.Check:
-    return cs.list_of(cs.number(0, 1), min_items=3, max_items=3)
+def _plain(config: Settings) -> dict:
+    """The validated values again ({section: {key: value}}, as `cs.validate` gives them)."""
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        value = _section(config, section.name)
+        if section.array:
+            out[section.name] = tuple({k.name: getattr(t, k.name) for k in section.keys} for t in value)
+        else:
+            out[section.name] = None if value is None else {k.name: getattr(value, k.name) for k in section.keys}
+    return out
 
 
-def _terminator() -> cs.Check:
-    def check(v):
-        from hardware.readers import parse_terminator
-        value, problem = cs.string(min_len=1, max_len=16)(v)
-        if problem:
-            return None, problem
-        try:
-            parse_terminator(value)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return None, str(exc)
-        return value, None
-    return check
+# ---------------------------------------------------------------- the hardware modules' configs
+
+def camera_config(c: settings.CameraSection, scan: settings.ScanSection) -> CameraConfig:
+    live = {"auto": None, "live": True, "file": False}[c.kind]
+    return CameraConfig(c.device, name=c.name, backend=c.backend, width=c.width, height=c.height, fps=c.fps,
+                        exposure=c.exposure, focus=c.focus, roi=c.roi, decoder=c.decoder or scan.decoder,
+                        direction=c.direction, live=live, pace=c.pace, loop=c.loop)
 
 
-def K(name: str, check: cs.Check, type_doc: str, default: Any = REQUIRED, doc: str = "", *,
-      live: bool = False, fix: str = "", example: str | None = None) -> Key:
-    return Key(name, check, type_doc, default, doc, fix, example, live)
+def serial_reader_config(s: settings.SerialSection) -> SerialReaderConfig:
+    return SerialReaderConfig(s.port, name=s.name, baud=s.baud, terminator=s.terminator, timeout=s.timeout_s,
+                              direction=s.direction)
 
 
-def _led(name: str) -> Section:
-    return Section(f"feedback.{name}", (
-        K("pin", _pin(), "GPIO", doc=f"The {name} LED's pin.", example="17"),
-        K("active_high", cs.boolean(), "boolean", True,
-          "false when the LED is wired from 3V3 to the pin (lit when the pin is low)."),
-    ), doc=f"The {name} LED (docs/wiring.md).", optional=True)
+def hid_reader_config(h: settings.HidSection) -> HidReaderConfig:
+    return HidReaderConfig(h.device, name=h.name, layout=h.layout, suffix=h.suffix, timeout=h.timeout_s,
+                           grab=h.grab, direction=h.direction)
 
 
-# ---------------------------------------------------------------- the schema
+def feedback_config(fb: settings.FeedbackSection, device: settings.DeviceSection) -> FeedbackConfig:
+    """The FeedbackConfig of [feedback] and its part tables (hardware/feedback_config.py)."""
+    rgb, buzzer, relay, button, passage = fb.rgb, fb.buzzer, fb.relay, fb.button, fb.passage
+    return FeedbackConfig(
+        green=LedConfig(fb.green.pin, fb.green.active_high) if fb.green else None,
+        red=LedConfig(fb.red.pin, fb.red.active_high) if fb.red else None,
+        amber=LedConfig(fb.amber.pin, fb.amber.active_high) if fb.amber else None,
+        rgb=RgbLedConfig(rgb.red, rgb.green, rgb.blue, rgb.active_high, rgb.pwm, rgb.amber) if rgb else None,
+        buzzer=BuzzerConfig(buzzer.pin, buzzer.active_high, buzzer.tonal, buzzer.mid_tone_hz, buzzer.octaves)
+        if buzzer else None,
+        relay=RelayConfig(relay.pin, relay.active_high, relay.pulse_s, relay.fail_safe) if relay else None,
+        button=ButtonConfig(button.pin, button.pull_up, button.bounce_s or None, button.hold_s, button.press,
+                            button.hold) if button else None,
+        passage=PassageSensorConfig(passage.pin, {"up": True, "down": False, "none": None}[passage.pull],
+                                    (passage.active == "high") if passage.pull == "none" else None,
+                                    passage.bounce_s or None, passage.timeout_s) if passage else None,
+        patterns=Patterns.default(Timings(**dataclasses.asdict(fb.timings)), alarm=fb.alarm),
+        direction=device.direction,
+        pin_factory=fb.pin_factory,
+    )
 
-SECTIONS: tuple[Section, ...] = (
-    Section("device", (
-        K("state_dir", cs.path(), "path", DEFAULT_STATE_DIR,
-          "Device key, entry log, trust bundle and sync state (systemd's StateDirectory; mode 0700)."),
-        K("checkpoint_id", cs.optional(cs.identifier()), "text", None,
-          "Only for a device without a server (`[sync] enabled = false`): the checkpoint it serves. "
-          "With a server the checkpoint comes from enrollment."),
-        K("name", cs.optional(cs.string(max_len=64)), "text", None,
-          "A label for the status page (e.g. \"Cổng chợ Đông\")."),
-        K("direction", cs.choice(*DIRECTIONS), "`in` / `out`", "in",
-          "Direction of inputs that have none of their own, until staff toggle it."),
-        K("lang", cs.choice(*LANGS), "`vi` / `en`", "vi", "Language of console lines."),
-    ), doc="Who and where this device is."),
-    Section("scan", (
-        K("cooldown_s", cs.number(0, 3600), "seconds", 3.0,
-          "The same card from the same input within this time is one scan.", live=True),
-        K("clock_skew_s", cs.integer(0, 86400), "seconds", 300,
-          "Tolerance for a card's expiry and not-before times.", live=True),
-        K("decoder", cs.choice(*DECODER_NAMES), "`auto` / `zxing` / `pyzbar`", "auto",
-          "QR decoder for cameras that do not name one (docs/decoding.md)."),
-        K("queue_size", cs.integer(16, 100_000), "integer", 256, "Scans waiting for verification, at most."),
-        K("shc_hold_s", cs.number(1, 600), "seconds", 60.0,
-          "Parts of a multi-part SMART Health Card are held this long for the next part.", live=True),
-    ), doc="The scan pipeline (docs/readers.md, docs/decoding.md)."),
-    Section("trust", (
-        K("files", cs.list_of(cs.path(must_exist=True)), "array of paths", [],
-          "Extra issuer keys, certificates, JWKS files, SHC revocation lists or trust bundles. The "
-          "bundle sync installs (STATE/bundle.json) is always used.", fix="point to an existing, readable file"),
-        K("roots", cs.list_of(cs.path(must_exist=True)), "array of paths", [],
-          "Extra Ed25519 root public keys for bundles in `files` (STATE/trust-root.pem is always used).",
-          fix="point to an existing, readable PEM file"),
-        K("max_age_h", cs.number(1, 24 * 3660), "hours", 168.0,
-          "A trust bundle older than this (or past its own expiry) makes the device degraded, and "
-          "`when_stale` decides what happens to accepted cards.", live=True),
-        K("when_stale", cs.choice(*POLICIES), "`open` / `closed`", "open",
-          "`open`: accept, flagged degraded (amber); `closed`: reject with reason `trust_expired`.", live=True),
-    ), doc="What the verifier trusts, and how old that may get (docs/configuration.md#degraded-mode)."),
-    Section("clock", (
-        K("max_unconfirmed_h", cs.number(0.1, 24 * 3660), "hours", 72.0,
-          "How long after the clock's last confirmation (NTP, or the server's time) `when_unconfirmed` "
-          "applies. Until confirmed the device is degraded.", live=True),
-        K("when_unconfirmed", cs.choice(*POLICIES), "`open` / `closed`", "open",
-          "`open`: accept, flagged degraded; `closed`: reject with reason `clock_unconfirmed`.", live=True),
-        K("max_offset_s", cs.number(0.1, 86400), "seconds", 10.0,
-          "The server's time confirms the clock only if the two differ by at most this.", live=True),
-        K("persist_interval_s", cs.number(5, 3600), "seconds", 60.0,
-          "How often the last time seen is saved (the clock is never allowed to go back before it)."),
-    ), doc="A Raspberry Pi has no battery clock (docs/configuration.md#clock)."),
-    Section("log", (
-        K("db", cs.optional(cs.path()), "path", None, "The entry log (default STATE/entries.db)."),
-        K("synchronous", cs.choice("FULL", "NORMAL"), "`FULL` / `NORMAL`", "FULL",
-          "SQLite durability (docs/entry-log.md#durability)."),
-        K("holder_details", cs.choice("sealed", "none"), "`sealed` / `none`", "sealed",
-          "Store the holder's details sealed to the server's key, or not at all."),
-        K("passback_window_s", cs.number(0, 86400), "seconds", 120.0,
-          "The same card admitted again in the same direction within this time is a `duplicate` (0: off).",
-          live=True),
-        K("retention_days", cs.integer(0, 3650), "days", 21, "Synced entries older than this are purged.",
-          live=True),
-        K("min_free_mb", cs.integer(1, 1_000_000), "MiB", 100, "Free disk below this raises a health warning.",
-          live=True),
-        K("purge_interval_h", cs.number(0.1, 168), "hours", 6.0, "How often retention runs."),
-    ), doc="The entry log (docs/entry-log.md)."),
-    Section("sync", (
-        K("enabled", cs.boolean(), "boolean", True,
-          "Deliver entries to the central server and take trust updates (docs/sync-protocol.md)."),
-        K("server", cs.optional(cs.url()), "URL", None,
-          "The central server for `checkpoint provision` when `--server` is not given (https; plain "
-          "http only to 127.0.0.1).", fix="use https://HOST[:PORT] (http only to 127.0.0.1 / localhost)"),
-        K("ca_file", cs.optional(cs.path(must_exist=True)), "path", None,
-          "CA certificate(s) for a server with a private CA (used at provisioning).",
-          fix="point to an existing, readable PEM file"),
-        K("interval_s", cs.number(1, 86400), "seconds", 30.0, "Idle time between contacts with the server."),
-        K("upload_delay_s", cs.number(0, 600), "seconds", 2.0,
-          "After a scan, wait this long for more before uploading, so a stream of scans makes one upload, "
-          "not one each (50 new entries upload at once). A single scan reaches the server about this long after it."),
-        K("trust_interval_s", cs.number(10, 7 * 86400), "seconds", 3600.0, "How often to ask for a newer trust bundle."),
-        K("builder", cs.choice("process", "inline"), "`process` / `inline`", "process",
-          "Build batches in a separate low-priority process (keeps the scan loop smooth; it exits with the daemon "
-          "however the daemon ends) or in the sync thread."),
-        K("connect_timeout_s", cs.number(0.5, 120), "seconds", 5.0, "HTTP connect timeout."),
-        K("read_timeout_s", cs.number(1, 600), "seconds", 30.0, "HTTP read timeout."),
-        K("backlog_max", cs.integer(1, 100_000_000), "entries", 5000,
-          "More unsynced entries than this makes the device degraded.", live=True),
-        K("backlog_max_age_h", cs.number(0.1, 24 * 3660), "hours", 24.0,
-          "An unsynced entry older than this makes the device degraded.", live=True),
-    ), doc="The central server."),
-    Section("api", (
-        K("enabled", cs.boolean(), "boolean", True, "Serve the local HTTP API (kiosk, status page)."),
-        K("listen", cs.listen_address(allow_port_zero=True), "HOST:PORT", DEFAULT_LISTEN,
-          "Where the API listens. Anything but a loopback address needs a token.",
-          fix="use HOST:PORT, e.g. \"127.0.0.1:8080\""),
-        K("token", cs.optional(cs.string(min_len=16, max_len=200)), "text", None,
-          "Bearer token for clients that are not on this machine (prefer `token_file`)."),
-        K("token_file", cs.optional(cs.path(must_exist=True)), "path", None,
-          "A file holding the token (first line), readable by the service only.",
-          fix="point to an existing file readable by the service"),
-        K("display_s", cs.number(1, 60), "seconds", 5.0,
-          "The holder's name and birth year stay on the kiosk (and in memory) this long.", live=True),
-        K("max_clients", cs.integer(1, 256), "integer", 16, "Event-stream clients at once, at most."),
-    ), doc="The local HTTP API (docs/configuration.md#local-http-api)."),
-    Section("kiosk", (
-        K("enabled", cs.boolean(), "boolean", True,
-          "Serve the kiosk screen at `/` and the technician status page at `/status` (on the API's address)."),
-        K("lang", cs.choice(*LANGS), "`vi` / `en`", "vi",
-          "Language the pages start in (staff can switch on the screen).", live=True),
-        K("occupancy", cs.boolean(), "boolean", False,
-          "Show how many people are inside (admitted in minus out today): for venues with entry and exit.",
-          live=True),
-        K("preview", cs.boolean(), "boolean", True,
-          "Offer a live camera preview with the detected code outlined (frames are encoded only while a "
-          "screen watches)."),
-        K("preview_fps", cs.number(0.2, 15), "frames/s", 3.0, "Preview frames per second, at most."),
-        K("preview_width", cs.integer(80, 1280), "pixels", 320, "Preview frames are scaled down to this width."),
-    ), doc="The kiosk screen and the status page in the browser (docs/configuration.md#kiosk-screen-and-status-page)."),
-    Section("enroll", (
-        K("qr", cs.boolean(), "boolean", True,
-          "A device that is not provisioned enrolls itself when shown an enrollment QR (`CKENROLL:`), "
-          "if it has a trust root."),
-        K("trust_root", cs.optional(cs.path(must_exist=True)), "path", None,
-          "The operator's Ed25519 root public key (from the installation media): it must have signed the "
-          "server's credential and bundles. Without it (or STATE/trust-root.pem) no enrollment QR is accepted.",
-          fix="point to an existing, readable PEM file"),
-    ), doc="Zero-touch enrollment (docs/provisioning.md#zero-touch-enrollment)."),
-    Section("udev", (
-        K("extra_readers", cs.list_of(cs.usb_id()), "array of \"vvvv:pppp\"", [],
-          "USB readers to add to the built-in list for the udev rules (`checkpoint udev-rules`)."),
-    ), doc="USB QR readers that get a stable name and the service's group (docs/provisioning.md#usb-readers)."),
-    Section("feedback", (
-        K("pin_factory", cs.optional(cs.choice("mock", "lgpio", "rpigpio", "pigpio", "native")), "text", None,
-          "gpiozero pin factory (default: gpiozero's choice; `mock` simulates the pins)."),
-        K("console", cs.boolean(), "boolean", False, "Also show the lights as a live line on stdout (the demo)."),
-        K("alarm", cs.boolean(), "boolean", False,
-          "Beep in the device-error state until staff acknowledge (button or kiosk)."),
-    ), doc="LEDs, buzzer, gate relay, staff button, passage sensor (docs/wiring.md). A part is "
-           "fitted when its table is present."),
-    Section("feedback.timings", (
-        K("verdict_s", cs.number(0.1, 30), "seconds", 1.5, "How long a verdict's light stays on."),
-        K("beep_s", cs.number(0.01, 5), "seconds", 0.1, "One short beep."),
-        K("beep_gap_s", cs.number(0.01, 5), "seconds", 0.1, "Silence between beeps."),
-        K("fast_blink_s", cs.number(0.05, 5), "seconds", 0.15, "Device error blink."),
-        K("slow_blink_s", cs.number(0.1, 10), "seconds", 1.0, "Degraded blink."),
-        K("chirp_s", cs.number(0.01, 1), "seconds", 0.05, "Direction-change chirp."),
-        K("accept_hz", cs.number(20, 20000), "Hz", 1760.0, "Accept beep (tonal buzzers)."),
-        K("reject_hz", cs.number(20, 20000), "Hz", 440.0, "Reject beeps."),
-        K("duplicate_hz", cs.number(20, 20000), "Hz", 880.0, "Duplicate beeps."),
-        K("chirp_hz", cs.number(20, 20000), "Hz", 2640.0, "Direction chirp."),
-        K("alarm_every_s", cs.number(1, 3600), "seconds", 10.0, "Error alarm period."),
-    ), doc="Pattern timings (defaults: docs/wiring.md)."),
-    _led("green"),
-    _led("red"),
-    _led("amber"),
-    Section("feedback.rgb", (
-        K("red", _pin(), "GPIO", example="17"), K("green", _pin(), "GPIO", example="27"),
-        K("blue", _pin(), "GPIO", example="22"),
-        K("active_high", cs.boolean(), "boolean", True, "true for common cathode, false for common anode."),
-        K("pwm", cs.boolean(), "boolean", True, "Dim channels with PWM (amber as a mix)."),
-        K("amber", _levels(), "3 numbers 0..1", [1.0, 0.4, 0.0], "The red, green, blue mix shown for amber."),
-    ), doc="One RGB LED instead of three.", optional=True),
-    Section("feedback.buzzer", (
-        K("pin", _pin(), "GPIO", example="18"),
-        K("active_high", cs.boolean(), "boolean", True, "Active buzzers: pin level that sounds it."),
-        K("tonal", cs.boolean(), "boolean", False, "A passive buzzer driven with PWM tones."),
-        K("mid_tone_hz", cs.number(20, 20000), "Hz", 1320.0, "Tonal buzzers: middle of the tone range."),
-        K("octaves", cs.integer(1, 9), "integer", 2, "Tonal buzzers: octaves either side."),
-    ), doc="The buzzer.", optional=True),
-    Section("feedback.relay", (
-        K("pin", _pin(), "GPIO", example="23"),
-        K("active_high", cs.boolean(), "boolean", True, "false for the common active-low relay boards."),
-        K("pulse_s", cs.number(0.05, 60), "seconds", 1.0, "How long the gate opens on an accept."),
-        K("fail_safe", cs.choice("locked", "open"), "`locked` / `open`", "locked",
-          "What the gate does when the program stops or the power fails (docs/wiring.md#gate-relay)."),
-    ), doc="The gate or turnstile relay.", optional=True),
-    Section("feedback.button", (
-        K("pin", _pin(), "GPIO", example="24"),
-        K("pull_up", cs.boolean(), "boolean", True, "Button to ground with the internal pull-up."),
-        K("bounce_s", cs.number(0, 1), "seconds", 0.05, "Debounce time."),
-        K("hold_s", cs.number(0.1, 30), "seconds", 2.0, "A press this long is a hold."),
-        K("press", cs.optional(cs.choice("toggle_direction", "acknowledge")), "action", "toggle_direction",
-          "What a short press does (\"\" for nothing)."),
-        K("hold", cs.optional(cs.choice("toggle_direction", "acknowledge")), "action", "acknowledge",
-          "What a hold does (\"\" for nothing)."),
-    ), doc="The staff button.", optional=True),
-    Section("feedback.passage", (
-        K("pin", _pin(), "GPIO", example="25"),
-        K("pull", cs.choice("up", "down", "none"), "`up` / `down` / `none`", "up",
-          "Internal pull resistor; `none` for an external one (then set `active`)."),
-        K("active", cs.choice("high", "low"), "`high` / `low`", "low",
-          "With `pull = \"none\"`: the level that means somebody passed."),
-        K("bounce_s", cs.number(0, 1), "seconds", 0.05, "Debounce time."),
-        K("timeout_s", cs.number(0.5, 600), "seconds", 10.0,
-          "After an accept, nobody passing within this time records \"granted, did not pass\"."),
-    ), doc="Turnstile rotation sensor or door contact (needs a relay).", optional=True),
-    Section("camera", (
-        K("name", cs.optional(cs.identifier()), "text", None, "A short name for logs and health (default: the device)."),
-        K("device", cs.string(min_len=1, max_len=500), "text",
-          doc="V4L2 index (\"0\") or path (/dev/video0, /dev/v4l/by-id/...), \"picamera2\" or "
-              "\"picamera2:N\", a stream URL, a video file, or a folder of images.", example="\"picamera2\""),
-        K("backend", cs.choice(*CAMERA_BACKENDS), "`auto` / `opencv` / `picamera2` / `files`", "auto",
-          "How to read it (auto: from `device`)."),
-        K("width", cs.integer(16, 8192), "pixels", 640, "Frame width asked of the camera."),
-        K("height", cs.integer(16, 8192), "pixels", 480, "Frame height asked of the camera."),
-        K("fps", cs.optional(cs.number(0.1, 1000)), "frames/s", None, "Frame rate asked of the camera."),
-        K("exposure", cs.optional(cs.number()), "number", None, "Manual exposure (OpenCV units; picamera2 µs)."),
-        K("focus", cs.optional(cs.number()), "number", None, "Manual focus (OpenCV units; picamera2 dioptres)."),
-        K("roi", cs.optional(_roi()), "4 numbers 0..1", None, "Region decoded: x, y, width, height fractions."),
-        K("decoder", cs.optional(cs.choice(*DECODER_NAMES)), "text", None, "Decoder (default `[scan] decoder`)."),
-        K("direction", _direction(), "`in` / `out`", None, "Direction of this camera's scans."),
-        K("kind", cs.choice("auto", "live", "file"), "`auto` / `live` / `file`", "auto",
-          "Whether `device` is a live camera (reopened when lost) or a file (ends)."),
-        K("pace", cs.optional(cs.number(0.1, 1000)), "frames/s", None, "Play a file at this rate (simulated camera)."),
-        K("loop", cs.boolean(), "boolean", False, "Play a file again and again (simulated camera)."),
-    ), doc="A camera (repeat the table for several).", array=True),
-    Section("serial", (
-        K("name", cs.optional(cs.identifier()), "text", None, "A short name (default: the port)."),
-        K("port", cs.string(min_len=1, max_len=500), "path",
-          doc="Best a /dev/serial/by-id/... or /dev/checkpoint/... path.", example="\"/dev/checkpoint/serial-1eab-1306\""),
-        K("baud", cs.integer(50, 4_000_000), "integer", 9600, "Baud rate (CDC-ACM readers ignore it)."),
-        K("terminator", _terminator(), "text", "auto", "Line end: auto, cr, lf, crlf, or literal text."),
-        K("timeout_s", cs.number(0.01, 60), "seconds", 0.5, "A read without its terminator for this long is dropped."),
-        K("direction", _direction(), "`in` / `out`", None, "Direction of this reader's scans."),
-    ), doc="A serial / USB CDC-ACM reader (docs/readers.md).", array=True),
-    Section("hid", (
-        K("name", cs.optional(cs.identifier()), "text", None, "A short name (default: the device)."),
-        K("device", cs.string(min_len=1, max_len=500), "text",
-          doc="/dev/input/by-id/...-event-kbd, /dev/checkpoint/hid-..., or \"vendor:product\".",
-          example="\"0c2e:0b61\""),
-        K("layout", cs.choice(*LAYOUTS), "`us` / `uk` / `de` / `fr`", "us", "Keyboard layout the reader types for."),
-        K("suffix", _terminator(), "text", "enter", "What ends a code: enter, tab, or literal text."),
-        K("timeout_s", cs.number(0.01, 60), "seconds", 0.5, "A half-typed code is dropped after this long."),
-        K("grab", cs.boolean(), "boolean", True, "Take the device exclusively (its keys never reach a console)."),
-        K("direction", _direction(), "`in` / `out`", None, "Direction of this reader's scans."),
-    ), doc="A USB keyboard-wedge reader (docs/readers.md).", array=True),
-    Section("stdin", (
-        K("name", cs.identifier(), "text", "stdin", "A short name."),
-        K("path", cs.string(min_len=1, max_len=500), "path", "-",
-          "\"-\" for standard input, or a file or named pipe with one code per line (ends with the file)."),
-        K("direction", _direction(), "`in` / `out`", None, "Direction of these scans."),
-    ), doc="Codes as text lines (scripts, tests).", array=True),
-)
-
-INTRO = """# Configuration
-
-One TOML file, by default `/etc/checkpoint/checkpoint.toml` (`checkpoint run --config FILE`;
-without that file the daemon runs on the defaults below). A file without any `[[camera]]`,
-`[[hid]]`, `[[serial]]` or `[[stdin]]` table finds its inputs by itself, and keeps looking while
-it runs: USB readers named by the udev rules (`/dev/checkpoint/hid-*`, `/dev/checkpoint/serial-*`,
-docs/provisioning.md#usb-readers) and the first camera (`/dev/video0`).
-Copy an example from `config/` (`kiosk.toml`: a kiosk with a Pi camera; `venue.toml`: one USB
-reader; `gate.toml`: entry and exit readers and a relay) and check it:
-
-```sh
-checkpoint config check /etc/checkpoint/checkpoint.toml
-```
-
-Every problem is reported at once, one line each naming the key, the problem and the fix, and the
-exit status is 2; nothing starts with a bad file. Unknown sections and keys are errors (a typo
-never silently falls back to a default). Keys marked *live* take effect when the daemon reloads
-(`systemctl reload checkpoint`, i.e. SIGHUP); the others need a restart. TOML has no null: an
-empty string `""` means "not set" for optional keys.
-
-This page is generated from the schema in `scanner/appliance/config.py` (a test keeps it in sync); the
-degraded-mode policy, the clock and the API are described after the tables.
-"""
-
-OUTRO = """## Degraded mode
-
-Two things age on a device that is offline: its **trust bundle** (issuer keys and revocations)
-and its **clock** (a Pi has no battery clock). Each has its own limit and its own policy:
-
-| | degraded (amber slow blink) when | past the limit, `open` (default) | past the limit, `closed` |
-|---|---|---|---|
-| trust bundle | older than `[trust] max_age_h` (from its `issued_at`) or past its own `expires_at` | accept, flagged degraded | reject, reason `trust_expired` |
-| clock | not confirmed since start (NTP, or the server's time in this boot) | accept, flagged degraded | reject, reason `clock_unconfirmed` (after `[clock] max_unconfirmed_h` since the last confirmation) |
-
-Only accepted cards are affected (a forged card stays `bad_signature`). The default is to fail
-open so that one late bundle never stops a whole fleet at once; a site that must never admit on
-stale revocations sets `when_stale = "closed"`. Other degraded causes (no policy, amber only):
-sync backlog over `[sync] backlog_max` entries or `backlog_max_age_h`, free disk below
-`[log] min_free_mb`. The device **error** state (amber fast blink) is for an input that is down or
-an entry log that cannot write; a scan whose entry cannot be committed is never shown as admitted.
-
-## Clock
-
-The daemon never uses a time earlier than the last one it has seen: that time is saved in
-`STATE/clock.json` every `persist_interval_s` and at shutdown, and after a restart (or if the
-clock steps back) time continues from it. The clock counts as confirmed while the kernel says NTP
-has synchronised it, or when the server's time (every sync contact) is within `max_offset_s`.
-Entries record `clock = "synced"` only while it is confirmed.
-
-A server answer confirms the clock only in the boot it came in. `sync-state.json` keeps it with
-the kernel's boot id (`/proc/sys/kernel/random/boot_id`, new at every boot) and the time since
-boot (`CLOCK_BOOTTIME`, which nobody can set). After a reboot the clock stays unconfirmed, however
-good the last answer was, until the server answers again or NTP synchronises it: a Pi without a
-battery clock starts at the last time saved, or in 1970. A daemon restarted within the same boot
-(a crash, `systemctl restart`, a new configuration) takes the last answer again, if the wall clock
-has not been stepped since: the answer's offset less the step (the wall clock's elapsed time minus
-the boot clock's) must still be within `max_offset_s`. It then counts as confirmed as of the
-answer's time, so `max_unconfirmed_h` runs from then, as if the daemon had not restarted. An
-answer recorded without a boot (by an older version) is not reused.
-
-## Local HTTP API
-
-Bound to `127.0.0.1:8080` by default (`[api] listen`). Listening on any other address requires a
-token (`Authorization: Bearer TOKEN`, or `?token=` for an event stream); requests from this
-machine need none. Requests with a foreign `Host` header (DNS rebinding) and cross-site `POST`s are
-refused. No endpoint returns anything from the entry log but counts.
-
-| endpoint | what |
-|---|---|
-| `GET /api/v1/health` | `{"state": "ok"/"degraded"/"error", "problems": [...], "degraded": [...], "mode", "readiness": {"ready", "code", "detail", "message": {"vi", "en"}}}` ([readiness](provisioning.md#device-readiness)) |
-| `GET /api/v1/status` | device, direction, today's counts and occupancy, inputs, sync, trust, clock, config summary (no secrets), recent errors |
-| `GET /api/v1/doctor` | the `checkpoint doctor` checks as JSON |
-| `GET /api/v1/events` | server-sent events: `verdict`, `clear`, `partial`, `state`, `direction`, `silence`, `error` |
-| `POST /api/v1/direction` | `{"direction": "in"/"out"}` sets it, an empty object toggles it |
-| `POST /api/v1/silence` | acknowledge the alarm |
-| `GET /` and `GET /status` | the kiosk screen and the technician status page (below) |
-| `GET /api/v1/kiosk` | what the kiosk page needs: language, occupancy shown, display time, cameras with a preview |
-| `GET /api/v1/texts` | the pages' texts in Vietnamese and English, from `scanner/base/translations.toml` |
-| `GET /api/v1/preview/CAMERA` | the camera's live preview as Motion-JPEG, the codes it sees outlined |
-| `GET /static/FILE` | the pages' CSS and JavaScript (public code: no token needed) |
-| `/sync/v1/pull/...` | server pull for sites the server can reach but that cannot reach it ([sync-protocol.md](sync-protocol.md#server-pull)); authenticated by the server's pull key, not by the token above |
-
-A `verdict` event carries the holder's name and birth year (only while `display_s` lasts; they
-exist in memory only, never read from the entry log), the decision, the stable reason code, the
-format, direction, source and any degraded flags, and `published_ms` (the daemon's wall clock
-when it was sent: the kiosk's paint latency is measured against it). After `display_s` a `clear`
-event follows and the name is forgotten.
-
-## Kiosk screen and status page
-
-The daemon serves two pages on the API's address (`[kiosk] enabled`); the kiosk unit's Chromium
-shows the first full screen (`systemd/checkpoint-kiosk.service` opens `http://127.0.0.1:8080/`).
-From another machine add the token: `http://DEVICE:8080/?token=TOKEN` (it is passed on to every
-call the page makes, and stored nowhere).
-
-- **`/`, the kiosk screen**, made for the 800x480 Raspberry Pi touchscreen (and usable on a
-  phone). The verdict of the card just read fills the screen as a colour field, a symbol and a
-  word, so that staff who cannot tell red from green read it as fast: green, a circle with a
-  check and CHẤP NHẬN; red, an octagon with a cross and TỪ CHỐI; a striped field with a warning
-  triangle and LỖI THIẾT BỊ when the entry could not be logged (do not admit); an amber-striped
-  field, the triangle and CHƯA SẴN SÀNG with the reason when the device cannot check cards at
-  all ([not ready](provisioning.md#device-readiness): no trust list, no trust root), and then no
-  card ever gets a verdict there. Under it the
-  holder's name and birth year (from the live `verdict` event only, removed with the `clear`
-  event after `[api] display_s`), the reason in plain words, and an amber strip naming why the
-  device is degraded, if it is. At the side: the camera preview with the code it sees outlined
-  (Motion-JPEG at `preview_fps`, scaled to `preview_width`; frames are scaled and encoded only
-  while a screen watches), today's admitted and rejected counts and, with `occupancy = true`, how
-  many are inside; the direction, which staff switch by tapping it; *Tắt báo động* (silence the
-  alarm) while the device is in its error state. Along the top, health badges: camera, reader,
-  sync backlog, trust bundle age, clock (each with a colour and a ✓ / ! / ✗ mark). Vietnamese by
-  default (`lang`), English by the button at the top right (or `?lang=en`). Updates arrive over
-  the event stream as they happen; when the daemon restarts the page shows that it lost the
-  connection (and clears any verdict) and reconnects by itself.
-- **`/status`, the technician status page**: the device's state and why, every `checkpoint
-  doctor` check with its fix, today's counts, the inputs, sync, trust and clock state, the software
-  versions, the configuration summary (no secrets, no file contents) and the last warnings and
-  errors (escaped). The same data as JSON: `GET /api/v1/status` and `GET /api/v1/doctor`.
-
-No page shows anything from the entry log but counts, and nothing personal is stored by the
-browser. The pages are plain HTML, CSS and JavaScript in `scanner/appliance/web/` (no build step, nothing
-loaded from elsewhere: their Content-Security-Policy allows only this device); every word they
-show is in `scanner/base/translations.toml`. Screenshots (the kiosk at 800x480: accept, reject,
-degraded, error, not ready; on a phone; the status page): [docs/screenshots](screenshots/), taken by the browser tests
-(`tests/test_kiosk_browser.py`, in a real headless Chromium); to take them again:
-`CHECKPOINT_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_kiosk_browser.py`.
-"""
-
-
-def markdown() -> str:
-    """docs/configuration.md (written from the schema; tests/test_config.py keeps the file in sync)."""
-    return cs.markdown(SECTIONS, INTRO) + "\n" + OUTRO
 
 
 # ---------------------------------------------------------------- loading
 
 @dataclass(frozen=True, slots=True)
-class Config:
-    """A validated configuration: ``values[section]`` is a dict of keys (None for an absent optional
-    table, a tuple of dicts for an array of tables). ``path`` is None for the built-in defaults."""
+class Config(Settings):
+    """A validated configuration: every section as a typed value (scanner/appliance/settings.py), so
+    ``config.scan.cooldown_s`` is checked by the type checker and a misspelt name raises.
+    ``path`` is None for the built-in defaults."""
 
-    values: dict
     path: Path | None = None
 
-    def __getitem__(self, section: str) -> Any:
-        return self.values[section]
+    @classmethod
+    def from_values(cls, values: dict, path: Path | None = None) -> Config:
+        """The configuration of validated values ({section name: table}, as `cs.validate` gives them)."""
+        return cls(**_typed(values), path=path)
 
     @property
     def state_dir(self) -> Path:
-        return Path(self["device"]["state_dir"])
+        return Path(self.device.state_dir)
 
     @property
     def db_path(self) -> Path:
-        return Path(self["log"]["db"]) if self["log"]["db"] else self.state_dir / "entries.db"
+        return Path(self.log.db) if self.log.db else self.state_dir / "entries.db"
+
+    @property
+    def has_inputs(self) -> bool:
+        """Whether the file lists any input (without one, inputs are found by their udev names)."""
+        return bool(self.camera or self.serial or self.hid or self.stdin)
 
     def api_token(self) -> str | None:
         """The API token (from `token` or the first line of `token_file`), or None."""
-        api = self["api"]
-        if api["token"]:
-            return api["token"]
-        if api["token_file"]:
-            text = Path(api["token_file"]).read_text(encoding="utf-8").strip().splitlines()
+        if self.api.token:
+            return self.api.token
+        if self.api.token_file:
+            text = Path(self.api.token_file).read_text(encoding="utf-8").strip().splitlines()
             return text[0].strip() if text and text[0].strip() else None
         return None
 
     def input_names(self) -> list[str]:
-        names = []
-        for c in self["camera"]:
-            names.append(c["name"] or c["device"])
-        for s in self["serial"]:
-            names.append(s["name"] or s["port"])
-        for h in self["hid"]:
-            names.append(h["name"] or h["device"])
-        for s in self["stdin"]:
-            names.append(s["name"])
-        return names
+        return ([c.name or c.device for c in self.camera] + [s.name or s.port for s in self.serial]
+                + [h.name or h.device for h in self.hid] + [s.name for s in self.stdin])
 
-    # -------------------------------------------------------- the hardware modules' configs
+    def cameras(self) -> list[CameraConfig]:
+        return [camera_config(c, self.scan) for c in self.camera]
 
-    def cameras(self) -> list:
-        from hardware.camera import CameraConfig
-        out = []
-        for c in self["camera"]:
-            live = {"auto": None, "live": True, "file": False}[c["kind"]]
-            out.append(CameraConfig(c["device"], name=c["name"], backend=c["backend"], width=c["width"],
-                                    height=c["height"], fps=c["fps"], exposure=c["exposure"], focus=c["focus"],
-                                    roi=c["roi"], decoder=c["decoder"] or self["scan"]["decoder"],
-                                    direction=c["direction"], live=live, pace=c["pace"], loop=c["loop"]))
-        return out
+    def serial_readers(self) -> list[SerialReaderConfig]:
+        return [serial_reader_config(s) for s in self.serial]
 
-    def serial_readers(self) -> list:
-        from hardware.readers import SerialReaderConfig
-        return [SerialReaderConfig(s["port"], name=s["name"], baud=s["baud"], terminator=s["terminator"],
-                                   timeout=s["timeout_s"], direction=s["direction"]) for s in self["serial"]]
+    def hid_readers(self) -> list[HidReaderConfig]:
+        return [hid_reader_config(h) for h in self.hid]
 
-    def hid_readers(self) -> list:
-        from hardware.readers_hid import HidReaderConfig
-        return [HidReaderConfig(h["device"], name=h["name"], layout=h["layout"], suffix=h["suffix"],
-                                timeout=h["timeout_s"], grab=h["grab"], direction=h["direction"])
-                for h in self["hid"]]
+    def feedback_config(self) -> FeedbackConfig:
+        return feedback_config(self.feedback, self.device)
 
-    def feedback_config(self):
-        """The FeedbackConfig of [feedback] and its part tables (hardware/feedback_config.py)."""
-        from hardware.feedback_config import (
-            ButtonConfig,
-            BuzzerConfig,
-            FeedbackConfig,
-            LedConfig,
-            PassageSensorConfig,
-            RelayConfig,
-            RgbLedConfig,
-        )
-        from hardware.feedback_patterns import Patterns, Timings
-
-        fb = self["feedback"]
-        leds = {c: LedConfig(t["pin"], t["active_high"]) if (t := self[f"feedback.{c}"]) else None
-                for c in ("green", "red", "amber")}
-        rgb = self["feedback.rgb"]
-        buzzer = self["feedback.buzzer"]
-        relay = self["feedback.relay"]
-        button = self["feedback.button"]
-        passage = self["feedback.passage"]
-        timings = Timings(**self["feedback.timings"])
-        pull = passage and passage["pull"]
-        return FeedbackConfig(
-            green=leds["green"], red=leds["red"], amber=leds["amber"],
-            rgb=RgbLedConfig(rgb["red"], rgb["green"], rgb["blue"], rgb["active_high"], rgb["pwm"],
-                             tuple(rgb["amber"])) if rgb else None,
-            buzzer=BuzzerConfig(buzzer["pin"], buzzer["active_high"], buzzer["tonal"], buzzer["mid_tone_hz"],
-                                buzzer["octaves"]) if buzzer else None,
-            relay=RelayConfig(relay["pin"], relay["active_high"], relay["pulse_s"], relay["fail_safe"])
-            if relay else None,
-            button=ButtonConfig(button["pin"], button["pull_up"], button["bounce_s"] or None, button["hold_s"],
-                                button["press"], button["hold"]) if button else None,
-            passage=PassageSensorConfig(passage["pin"], {"up": True, "down": False, "none": None}[pull],
-                                        (passage["active"] == "high") if pull == "none" else None,
-                                        passage["bounce_s"] or None, passage["timeout_s"]) if passage else None,
-            patterns=Patterns.default(timings, alarm=fb["alarm"]),
-            direction=self["device"]["direction"],
-            pin_factory=fb["pin_factory"],
-        )
+    def admission_policy(self) -> admission.Policy:
+        """The degraded-mode policy of the ``trust``, ``clock`` and ``sync`` sections."""
+        return admission.Policy(self.trust.max_age_h * 3600, self.trust.when_stale,
+                                self.clock.max_unconfirmed_h * 3600, self.clock.when_unconfirmed,
+                                self.sync.backlog_max, self.sync.backlog_max_age_h * 3600)
 
     def summary(self) -> dict:
         """What the status page shows of the configuration: no secrets, no file contents."""
+        fb = self.feedback
         return {
             "path": str(self.path) if self.path else None,
             "state_dir": str(self.state_dir),
-            "name": self["device"]["name"],
+            "name": self.device.name,
             "inputs": self.input_names(),
-            "sync": self["sync"]["enabled"],
-            "api_listen": self["api"]["listen"][0] + ":" + str(self["api"]["listen"][1]),
-            "api_token": bool(self["api"]["token"] or self["api"]["token_file"]),
-            "trust_policy": {"max_age_h": self["trust"]["max_age_h"], "when_stale": self["trust"]["when_stale"]},
-            "clock_policy": {"max_unconfirmed_h": self["clock"]["max_unconfirmed_h"],
-                             "when_unconfirmed": self["clock"]["when_unconfirmed"]},
+            "sync": self.sync.enabled,
+            "api_listen": self.api.listen[0] + ":" + str(self.api.listen[1]),
+            "api_token": bool(self.api.token or self.api.token_file),
+            "trust_policy": {"max_age_h": self.trust.max_age_h, "when_stale": self.trust.when_stale},
+            "clock_policy": {"max_unconfirmed_h": self.clock.max_unconfirmed_h,
+                             "when_unconfirmed": self.clock.when_unconfirmed},
             "feedback": [part for part in ("green", "red", "amber", "rgb", "buzzer", "relay", "button", "passage")
-                         if self[f"feedback.{part}"] is not None],
-            "kiosk": {k: self["kiosk"][k] for k in ("enabled", "lang", "occupancy", "preview")},
+                         if getattr(fb, part) is not None],
+            "kiosk": {"enabled": self.kiosk.enabled, "lang": self.kiosk.lang, "occupancy": self.kiosk.occupancy,
+                      "preview": self.kiosk.preview},
         }
 
     def live_changes(self, new: Config) -> tuple[list[str], list[str]]:
         """Keys that differ in ``new``: (those a reload applies, those that need a restart)."""
-        live, restart = [], []
+        live: list[str] = []
+        restart: list[str] = []
         for section in SECTIONS:
-            old_v, new_v = self.values.get(section.name), new.values.get(section.name)
+            old_v, new_v = _section(self, section.name), _section(new, section.name)
             if section.array or old_v is None or new_v is None:
                 if old_v != new_v:
                     restart.append(section.name)
                 continue
             for key in section.keys:
-                if old_v.get(key.name) != new_v.get(key.name):
+                if getattr(old_v, key.name) != getattr(new_v, key.name):
                     (live if key.live else restart).append(f"{section.name}.{key.name}")
         return live, restart
+
+    def with_live_keys(self, new: Config) -> Config:
+        """This configuration with the live keys of ``new`` (a reload): the other keys keep their
+        running values until a restart."""
+        old_values, new_values = _plain(self), _plain(new)
+        merged: dict[str, Any] = {}
+        for section in SECTIONS:
+            old_t, new_t = old_values[section.name], new_values[section.name]
+            if section.array or old_t is None or new_t is None:
+                merged[section.name] = old_t
+            else:
+                merged[section.name] = {k.name: (new_t if k.live else old_t)[k.name] for k in section.keys}
+        return Config.from_values(merged, self.path)
 
 
 def _cross_checks(values: dict) -> list[Problem]:
@@ -651,7 +266,6 @@ def _cross_checks(values: dict) -> list[Problem]:
             problems.append(Problem(f"stdin[{i}].path", f"{table['path']} does not exist",
                                     "create the file or named pipe first, or use \"-\""))
     # pins: every use named by its key, a pin used twice names both keys
-    from hardware.feedback_config import FeedbackConfigError, gpio_number
     uses: dict[int, str] = {}
     pin_keys = [(f"feedback.{c}", "pin") for c in ("green", "red", "amber")]
     pin_keys += [("feedback.rgb", c) for c in ("red", "green", "blue")]
@@ -700,7 +314,6 @@ def _hardware_checks(config: Config) -> list[Problem]:
             build()
         except ValueError as exc:
             problems.append(Problem(kind, str(exc), "see docs/configuration.md#" + kind))
-    from hardware.feedback_config import FeedbackConfigError
     try:
         config.feedback_config().validate()
     except (FeedbackConfigError, ValueError) as exc:
@@ -715,7 +328,7 @@ def parse(data: dict, path: Path | None = None) -> Config:
     problems += _cross_checks(values)
     if problems:
         raise ConfigError(problems, source)
-    config = Config(values, path)
+    config = Config.from_values(values, path)
     problems = _hardware_checks(config)
     if problems:
         raise ConfigError(problems, source)
@@ -765,7 +378,7 @@ def defaults(state_dir: str | os.PathLike | None = None, inputs: dict | None = N
     values, problems = cs.validate(data, SECTIONS)
     if problems:
         raise ConfigError(problems, "(built-in defaults)")
-    return Config(values, None)
+    return Config.from_values(values, None)
 
 
 def discover_inputs(dev: str | os.PathLike = "/dev") -> dict:

@@ -1,14 +1,18 @@
 """A small declarative schema for TOML configuration: types, ranges, defaults, docs, all problems at once.
 
-Sections and keys are declared once (scanner/appliance/config.py); the same declaration validates a file,
-fills defaults and writes docs/configuration.md, so no key can exist undocumented.
+Sections and keys are declared once (scanner/appliance/schema.py); the same declaration validates a file,
+fills defaults, writes docs/configuration.md (no key exists undocumented) and writes the typed
+section classes (scanner/appliance/settings.py) that the rest of the code reads the values through.
 """
 from __future__ import annotations
 
 import ipaddress
 import math
 import os
+import re
+import textwrap
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +42,16 @@ class Problem:
         return f"{where}{self.key}: {self.problem}; fix: {self.fix}"
 
 
-# A checker turns a raw TOML value into the validated value, or returns a Problem text.
-Check = Callable[[Any], tuple[Any, str | None]]
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A checker: turns a raw TOML value into (the validated value, None) or (None, a problem text).
+    ``annotation`` is the validated value's Python type as the generated settings module writes it."""
+
+    fn: Callable[[Any], tuple[Any, str | None]]
+    annotation: str
+
+    def __call__(self, value: Any) -> tuple[Any, str | None]:
+        return self.fn(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +106,7 @@ def string(*, min_len: int = 0, max_len: int = 200, allowed: str | None = None) 
         if allowed is not None and any(c not in allowed for c in v):
             return None, "has a character outside letters, digits, '-', '_' and '.'"
         return v, None
-    return check
+    return Check(check, "str")
 
 
 ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
@@ -111,7 +123,7 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             return None, f"must be between {lo} and {hi} (got {v})"
         return v, None
-    return check
+    return Check(check, "int")
 
 
 def number(lo: float | None = None, hi: float | None = None) -> Check:
@@ -121,7 +133,7 @@ def number(lo: float | None = None, hi: float | None = None) -> Check:
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             return None, f"must be between {lo} and {hi} (got {v})"
         return float(v), None
-    return check
+    return Check(check, "float")
 
 
 def boolean() -> Check:
@@ -129,7 +141,7 @@ def boolean() -> Check:
         if type(v) is not bool:
             return None, f"must be true or false, not {_type_name(v)}"
         return v, None
-    return check
+    return Check(check, "bool")
 
 
 def choice(*options: str) -> Check:
@@ -137,7 +149,7 @@ def choice(*options: str) -> Check:
         if v not in options or type(v) is not str:
             return None, f"must be one of {', '.join(repr(o) for o in options)} (got {v!r})"
         return v, None
-    return check
+    return Check(check, "Literal[" + ", ".join(f'"{o}"' for o in options) + "]")
 
 
 def optional(inner: Check) -> Check:
@@ -146,7 +158,7 @@ def optional(inner: Check) -> Check:
         if v == "":
             return None, None
         return inner(v)
-    return check
+    return Check(check, f"{inner.annotation} | None")
 
 
 def path(*, must_exist: bool = False, kind: str = "file") -> Check:
@@ -164,7 +176,7 @@ def path(*, must_exist: bool = False, kind: str = "file") -> Check:
             if not os.access(p, os.R_OK):
                 return None, f"{v} is not readable by this user"
         return p, None
-    return check
+    return Check(check, "Path")
 
 
 def list_of(inner: Check, *, min_items: int = 0, max_items: int = 64) -> Check:
@@ -180,7 +192,9 @@ def list_of(inner: Check, *, min_items: int = 0, max_items: int = 64) -> Check:
                 return None, f"item {i + 1}: {problem}"
             out.append(value)
         return tuple(out), None
-    return check
+    fixed = min_items == max_items and max_items <= 8
+    return Check(check, f"tuple[{', '.join([inner.annotation] * max_items)}]" if fixed
+                 else f"tuple[{inner.annotation}, ...]")
 
 
 def url(*, allow_http_loopback: bool = True) -> Check:
@@ -194,7 +208,7 @@ def url(*, allow_http_loopback: bool = True) -> Check:
         if parts.scheme == "http" and not (allow_http_loopback and is_loopback(parts.hostname)):
             return None, f"{v!r} is not https (plain http is only allowed to 127.0.0.1/localhost)"
         return v.rstrip("/"), None
-    return check
+    return Check(check, "str")
 
 
 def listen_address(*, allow_port_zero: bool = False) -> Check:
@@ -214,7 +228,7 @@ def listen_address(*, allow_port_zero: bool = False) -> Check:
             if host != "localhost":
                 return None, f"{host!r} is not an IP address"
         return (host, int(port)), None
-    return check
+    return Check(check, "tuple[str, int]")
 
 
 def usb_id() -> Check:
@@ -228,7 +242,7 @@ def usb_id() -> Check:
                 and all(c in hexdigits for c in vendor + product)):
             return None, f"{v!r} is not vendor:product (four hex digits each, e.g. \"0c2e:0b61\")"
         return v.lower(), None
-    return check
+    return Check(check, "str")
 
 
 # ---------------------------------------------------------------- validation
@@ -288,7 +302,7 @@ def validate(data: Mapping, sections: tuple[Section, ...]) -> tuple[dict, list[P
 
 
 def _validate_table(table: dict, section: Section, prefix: str,
-                    children: set[str] = frozenset()) -> tuple[dict, list[Problem]]:
+                    children: AbstractSet[str] = frozenset()) -> tuple[dict, list[Problem]]:
     problems = []
     values: dict[str, Any] = {}
     for name in table:
@@ -357,3 +371,57 @@ def markdown(sections: tuple[Section, ...], intro: str) -> str:
             lines.append(f"| `{k.name}` | {k.type_doc} | {_default_doc(k)} | {live} | {k.doc} |")
         lines.append("")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- typed sections (Python source)
+
+def class_name(section: Section) -> str:
+    """The generated class of a section: "feedback.timings" → FeedbackTimingsSection."""
+    return "".join(part.capitalize() for part in section.name.replace("_", ".").split(".")) + "Section"
+
+
+def children_of(section: Section, sections: tuple[Section, ...]) -> list[Section]:
+    """The tables directly inside ``section`` ([feedback.timings] in [feedback])."""
+    return [s for s in sections if s.name.rpartition(".")[0] == section.name]
+
+
+def field_annotation(section: Section) -> str:
+    """How a parent holds a section: the class, a tuple of them (an array), or None when absent (optional)."""
+    name = class_name(section)
+    return f"tuple[{name}, ...]" if section.array else f"{name} | None" if section.optional else name
+
+
+def _comment(text: str, indent: str) -> list[str]:
+    words = re.sub(r"\s+", " ", text).strip()
+    return [f"{indent}# {line}" for line in textwrap.wrap(words, 100 - len(indent) - 2, break_on_hyphens=False, break_long_words=False)] if words else []
+
+
+def python_source(sections: tuple[Section, ...], doc: str) -> str:
+    """A module of frozen, slotted dataclasses, one per section, and `Settings` holding the top-level
+    ones; ``TYPES`` maps each section's name to its class (a test keeps the file in sync)."""
+    annotations = " ".join(k.check.annotation for s in sections for k in s.keys)
+    typing = [name for name in ("Literal",) if f"{name}[" in annotations]
+    out = [f'"""{doc}"""', "from __future__ import annotations", "", "from dataclasses import dataclass"]
+    if re.search(r"\bPath\b", annotations):
+        out.append("from pathlib import Path")
+    if typing:
+        out.append(f"from typing import {', '.join(typing)}")
+    for s in sections:
+        header = f"[[{s.name}]]" if s.array else f"[{s.name}]"
+        summary = textwrap.wrap(f"{header}: {s.doc}", 96, break_on_hyphens=False, break_long_words=False)
+        out += ["", "", "@dataclass(frozen=True, slots=True)", f"class {class_name(s)}:"]
+        out += [f'    """{summary[0]}'] + [f"    {line}" for line in summary[1:]]
+        out[-1] += '"""'
+        out.append("")
+        for k in s.keys:
+            out += _comment(k.doc, "    ")
+            out.append(f"    {k.name}: {k.check.annotation}")
+        for child in children_of(s, sections):
+            out.append(f"    {child.name.rpartition('.')[2]}: {field_annotation(child)}")
+    out += ["", "", "@dataclass(frozen=True, slots=True)", "class Settings:",
+            '    """Every section of the configuration file."""', ""]
+    out += [f"    {s.name}: {field_annotation(s)}" for s in sections if "." not in s.name]
+    out += ["", "", "TYPES: dict[str, type] = {"]
+    out += [f'    "{s.name}": {class_name(s)},' for s in sections]
+    out += ["}", ""]
+    return "\n".join(out)

@@ -144,8 +144,8 @@ class Appliance:
         self._started_mono = time.monotonic()
         self._tuning: runtime.Tuning | None = None  # set once started (scanner/appliance/runtime.py)
         self.state_dir = config.state_dir
-        self.policy = admission.Policy.from_config(config)
-        self.hub = EventHub(config["api"]["display_s"], max_subscribers=config["api"]["max_clients"])
+        self.policy = config.admission_policy()
+        self.hub = EventHub(config.api.display_s, max_subscribers=config.api.max_clients)
         self.core: Core | None = None
         self.mode = "unprovisioned"
         self.trust = TrustStore()
@@ -154,7 +154,7 @@ class Appliance:
         self._root_pinned = readiness.root_pinned(config)  # again after enrollment
         self._credential: ServerCredential | None = None  # the root-signed server identity in use
         self._credential_error: str | None = None
-        self.chunks = ChunkAssembler(config["scan"]["shc_hold_s"])
+        self.chunks = ChunkAssembler(config.scan.shc_hold_s)
         self._assembled: str | None = None  # the joined parts _prepare just made (worker thread only)
         self.counts: Counter = Counter()
         self.logged = 0
@@ -175,10 +175,10 @@ class Appliance:
         self.feedback = None
         self.pipeline: Pipeline | None = None
         self.api = None
-        kiosk = config["kiosk"]
+        kiosk = config.kiosk
         self.preview = None  # the kiosk's camera preview (scanner/appliance/preview.py)
-        if kiosk["enabled"] and kiosk["preview"] and config["api"]["enabled"]:
-            self.preview = Preview(kiosk["preview_fps"], kiosk["preview_width"], max_viewers=config["api"]["max_clients"])
+        if kiosk.enabled and kiosk.preview and config.api.enabled:
+            self.preview = Preview(kiosk.preview_fps, kiosk.preview_width, max_viewers=config.api.max_clients)
         self._pull = None
         self.guard: ClockGuard | None = None
 
@@ -191,7 +191,7 @@ class Appliance:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise DaemonError(f"state directory {self.state_dir}: {exc.strerror}") from None
-        self.guard = ClockGuard(self.state_dir, max_offset_s=cfg["clock"]["max_offset_s"],
+        self.guard = ClockGuard(self.state_dir, max_offset_s=cfg.clock.max_offset_s,
                                 floor=self._floor_from_log())
         try:
             self._open_feedback()
@@ -200,7 +200,7 @@ class Appliance:
             identity = self._identity()
             if identity is not None:
                 self._start_core(*identity)
-            elif not cfg["enroll"]["qr"]:
+            elif not cfg.enroll.qr:
                 raise DaemonError("this device is not provisioned: run `checkpoint provision --server URL --token T` "
                                   "(zero-touch enrollment is off: [enroll] qr = false)", code="not_provisioned")
             else:
@@ -240,26 +240,26 @@ class Appliance:
         from hardware.gpio_feedback import open_feedback
 
         cfg = self.config
-        mirror = ConsoleLine(self.stdout, lang=cfg["device"]["lang"]) if cfg["feedback"]["console"] else None
+        mirror = ConsoleLine(self.stdout, lang=cfg.device.lang) if cfg.feedback.console else None
         callbacks = Callbacks(on_no_passage=self._no_passage, on_passage=None,
                               on_direction=self._direction_changed, on_acknowledge=self._acknowledged)
         self.feedback = open_feedback(cfg.feedback_config(), pin_factory=self._pin_factory, callbacks=callbacks,
-                                      mirror=mirror, stream=self.stdout, lang=cfg["device"]["lang"])
+                                      mirror=mirror, stream=self.stdout, lang=cfg.device.lang)
         self.hub.publish("direction", {"direction": self.feedback.direction, "by": "config"})
 
     def _open_api(self) -> None:
         from scanner.appliance import api as apimod
 
-        cfg = self.config["api"]
-        if not cfg["enabled"]:
+        cfg = self.config.api
+        if not cfg.enabled:
             return
-        host, port = cfg["listen"]
+        host, port = cfg.listen
         try:
             sock = apimod.bind(host, port)
         except OSError as exc:
             raise DaemonError(f"api: cannot listen on {host}:{port}: {exc.strerror}", code="api_listen") from None
         kw = {} if self._keepalive_s is None else {"keepalive_s": self._keepalive_s}
-        if self.config["kiosk"]["enabled"]:
+        if self.config.kiosk.enabled:
             from scanner.appliance import pages
             kw["extra_routes"] = pages.routes(self.kiosk_settings, self.preview)
         app = apimod.create_app(self, self.hub, token=self.config.api_token(), listen_host=host, **kw)
@@ -270,8 +270,8 @@ class Appliance:
         self.api = apimod.ApiServer(app, sock)
 
     def _build_pipeline(self) -> None:
-        scan = self.config["scan"]
-        self.pipeline = Pipeline(self._handle, cooldown=scan["cooldown_s"], queue_size=scan["queue_size"],
+        scan = self.config.scan
+        self.pipeline = Pipeline(self._handle, cooldown=scan.cooldown_s, queue_size=scan.queue_size,
                                  on_issue=self._on_issue)
         for inp in self._inputs_from_config():
             self._add_input(inp)
@@ -286,22 +286,22 @@ class Appliance:
         cfg = self.config
         clock = self.guard.now
         inputs: list = []
-        if not any(cfg[k] for k in ("camera", "serial", "hid", "stdin")):
+        if not cfg.has_inputs:
             return self._discovered_inputs()
         inputs += [CameraInput(c, clock=clock, on_frame=self._preview_hook(c)) for c in cfg.cameras()]
         inputs += [SerialReader(c, clock=clock) for c in cfg.serial_readers()]
         inputs += [HidReader(c, clock=clock) for c in cfg.hid_readers()]
-        for table in cfg["stdin"]:
-            if table["path"] == "-":
+        for table in cfg.stdin:
+            if table.path == "-":
                 import sys
                 stream = sys.stdin.buffer
             else:
                 try:
-                    stream = open(table["path"], "rb")  # noqa: SIM115 (closed at shutdown)
+                    stream = open(table.path, "rb")  # noqa: SIM115 (closed at shutdown)
                 except OSError as exc:
                     raise DaemonError(f"stdin[{table['name']}]: {table['path']}: {exc.strerror}") from None
                 self._streams.append(stream)
-            inputs.append(StdinReader(stream, name=table["name"], direction=table["direction"], clock=clock))
+            inputs.append(StdinReader(stream, name=table.name, direction=table.direction, clock=clock))
         return inputs
 
     def _discovered_inputs(self) -> list:
@@ -353,12 +353,12 @@ class Appliance:
             if exc.code != "not_provisioned":
                 raise DaemonError(str(exc), code=exc.code) from None
         else:
-            if not self.config["sync"]["enabled"]:
+            if not self.config.sync.enabled:
                 log.warning("provisioned for %s, but [sync] enabled = false: entries stay on this device",
                             dev.server_url)
             return dev.device_id, dev.checkpoint_id, "provisioned"
-        checkpoint = self.config["device"]["checkpoint_id"]
-        if not self.config["sync"]["enabled"]:
+        checkpoint = self.config.device.checkpoint_id
+        if not self.config.sync.enabled:
             if not checkpoint:
                 raise DaemonError("without a server ([sync] enabled = false) set [device] checkpoint_id",
                                   code="not_provisioned")
@@ -370,14 +370,14 @@ class Appliance:
 
     def _start_core(self, device_id: str, checkpoint_id: str, mode: str) -> None:
         cfg = self.config
-        lg = cfg["log"]
+        lg = cfg.log
         sealing_key = self._load_credential() if mode == "provisioned" else None
         try:
             entries = EntryLog(cfg.db_path, device_id=device_id, checkpoint_id=checkpoint_id,
                                sealing_key=sealing_key,
-                               holder_details=lg["holder_details"], synchronous=lg["synchronous"],
-                               passback_window_s=lg["passback_window_s"], retention_days=lg["retention_days"],
-                               min_free_bytes=lg["min_free_mb"] * 1024 * 1024, clock=self.guard.entry_state)
+                               holder_details=lg.holder_details, synchronous=lg.synchronous,
+                               passback_window_s=lg.passback_window_s, retention_days=lg.retention_days,
+                               min_free_bytes=lg.min_free_mb * 1024 * 1024, clock=self.guard.entry_state)
         except (EntryLogError, OSError) as exc:
             raise DaemonError(f"entry log {cfg.db_path}: {exc}", code=getattr(exc, "code", "log_unusable")) from None
         if entries.holder_details_note:
@@ -386,7 +386,7 @@ class Appliance:
         retry = threading.Thread(target=entries.retry_loop, args=(retry_stop,), name="log-retry", daemon=True)
         core = Core(device_id, checkpoint_id, mode, entries, retry_stop, retry)
         self.reload_trust(initial=True)
-        if mode == "provisioned" and cfg["sync"]["enabled"]:
+        if mode == "provisioned" and cfg.sync.enabled:
             self._start_sync(core)
         retry.start()
         if core.sync_thread is not None:
@@ -429,18 +429,18 @@ class Appliance:
     def _start_sync(self, core: Core) -> None:
         from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
 
-        cfg = self.config["sync"]
+        cfg = self.config.sync
         sync_log = EntryLog(self.config.db_path, create=False)  # the agent's own connection
         try:
             from sync.wire import identity
             builder = (ProcessBuilder(self.config.db_path, self.state_dir, core.device_id)
-                       if cfg["builder"] == "process"
+                       if cfg.builder == "process"
                        else InlineBuilder(sync_log, identity.load(self.state_dir), core.device_id))
             agent = SyncAgent(self.state_dir, sync_log, builder=builder, inputs=self._inputs_up,
                               on_trust=lambda version: self._trust_changed.set(),  # a bundle or credential
-                              connect_timeout=cfg["connect_timeout_s"], read_timeout=cfg["read_timeout_s"],
-                              trust_interval_s=cfg["trust_interval_s"], idle_interval_s=cfg["interval_s"],
-                              upload_delay_s=cfg["upload_delay_s"])
+                              connect_timeout=cfg.connect_timeout_s, read_timeout=cfg.read_timeout_s,
+                              trust_interval_s=cfg.trust_interval_s, idle_interval_s=cfg.interval_s,
+                              upload_delay_s=cfg.upload_delay_s)
         except CheckpointError as exc:
             sync_log.close()
             raise DaemonError(f"sync: {exc}", code=exc.code) from None
@@ -469,7 +469,7 @@ class Appliance:
         """Load the installed bundle and the configured key files; swap them in atomically. On any
         failure the trust in use stays (and the error is kept for the health check)."""
         try:
-            store = load_device_trust(self.state_dir, self.config["trust"]["roots"], self.config["trust"]["files"])
+            store = load_device_trust(self.state_dir, self.config.trust.roots, self.config.trust.files)
         except (CheckpointError, OSError) as exc:
             code = getattr(exc, "code", "unreadable")
             self.trust_error = f"{code}: {exc}"
@@ -497,7 +497,7 @@ class Appliance:
             self._sink(ready, self._verify(ready.text, trust, self.guard.now()))
 
     def _verify(self, text: str, trust: TrustStore, now: float) -> Verdict:
-        skew = self.config["scan"]["clock_skew_s"]
+        skew = self.config.scan.clock_skew_s
         assembled, self._assembled = self._assembled, None
         if assembled is not None and text == assembled:  # the parts of a multi-part SHC card, from _prepare
             return verify_parts(text.split("\n"), trust, now, clock_skew=skew)
@@ -617,8 +617,8 @@ class Appliance:
             code = enroll.parse(scan.text)
             log.info("enrollment QR read from %s:%s: enrolling with %s", scan.source, escape(scan.source_id),
                      escape(code.server))
-            trust_root = self.config["enroll"]["trust_root"]
-            ca_file = self.config["sync"]["ca_file"]
+            trust_root = self.config.enroll.trust_root
+            ca_file = self.config.sync.ca_file
             res = provision_appliance(code.server, code.token, state_dir=self.state_dir, root_sha256=code.root_sha256,
                                       trust_root=trust_root, ca_file=str(ca_file) if ca_file else None,
                                       owner_user=None, write_config=False)
@@ -693,7 +693,7 @@ class Appliance:
             "degraded": health["degraded"], "mode": self.mode, "readiness": self.readiness().to_dict(),
             "credential": {**cred.summary(), "error": None} if cred is not None else {"error": cred_error},
             "device": {"id": core.device_id if core else None, "checkpoint": core.checkpoint_id if core else None,
-                       "name": self.config["device"]["name"]},
+                       "name": self.config.device.name},
             "direction": self.feedback.direction, "uptime_s": round(time.monotonic() - self._started_mono, 1),
             "today": today, "since_start": counts,
             "inputs": [{"kind": h.source, "id": h.source_id, "state": str(h.state), "reason": h.reason,
@@ -722,10 +722,10 @@ class Appliance:
 
     def kiosk_settings(self) -> dict:
         """What the kiosk page needs to know of its device (`GET /api/v1/kiosk`): no data, no secrets."""
-        k = self.config["kiosk"]
-        return {"lang": k["lang"], "langs": list(i18n.LANGS), "occupancy": k["occupancy"],
-                "display_s": self.hub.display_s, "name": self.config["device"]["name"],
-                "preview": {"cameras": self.preview.cameras(), "fps": k["preview_fps"]}
+        k = self.config.kiosk
+        return {"lang": k.lang, "langs": list(i18n.LANGS), "occupancy": k.occupancy,
+                "display_s": self.hub.display_s, "name": self.config.device.name,
+                "preview": {"cameras": self.preview.cameras(), "fps": k.preview_fps}
                 if self.preview is not None else None}
 
     def doctor(self) -> dict:
@@ -834,7 +834,7 @@ class Appliance:
         self._refresh_clock()
         self._update_health()
         self._watchdog(now_mono)
-        self.guard.save_if_due(self.config["clock"]["persist_interval_s"])
+        self.guard.save_if_due(self.config.clock.persist_interval_s)
         self._maybe_purge(now_mono)
         self._maybe_discover(now_mono)
 
@@ -947,7 +947,7 @@ class Appliance:
         core = self.core
         if core is None or now_mono < self._purge_due:
             return
-        self._purge_due = now_mono + self.config["log"]["purge_interval_h"] * 3600
+        self._purge_due = now_mono + self.config.log.purge_interval_h * 3600
 
         def purge() -> None:
             try:
@@ -961,7 +961,7 @@ class Appliance:
 
     def _maybe_discover(self, now_mono: float) -> None:
         cfg = self.config
-        if any(cfg[k] for k in ("camera", "serial", "hid", "stdin")) or \
+        if cfg.has_inputs or \
                 now_mono - self._discover_at < self.discover_every_s:
             return
         self._discover_at = now_mono
@@ -991,28 +991,18 @@ class Appliance:
         self.notifier.ready(self._status_line())
 
     def _apply_live(self, new: Config) -> None:
-        self.policy = admission.Policy.from_config(new)
-        self.pipeline.cooldown = new["scan"]["cooldown_s"]
-        self.chunks.hold_seconds = float(new["scan"]["shc_hold_s"])
-        self.hub.display_s = new["api"]["display_s"]
-        self.guard.max_offset_s = new["clock"]["max_offset_s"]
+        self.policy = new.admission_policy()
+        self.pipeline.cooldown = new.scan.cooldown_s
+        self.chunks.hold_seconds = float(new.scan.shc_hold_s)
+        self.hub.display_s = new.api.display_s
+        self.guard.max_offset_s = new.clock.max_offset_s
         core = self.core
         if core is not None:
-            lg = new["log"]
-            core.log.passback_window_ms = int(lg["passback_window_s"] * 1000)
-            core.log.retention_days = lg["retention_days"]
-            core.log.min_free_bytes = lg["min_free_mb"] * 1024 * 1024
-        # keys that are not live keep their running values (until a restart)
-        from scanner.appliance.config import SECTIONS
-        old = self.config
-        merged = {}
-        for section in SECTIONS:
-            if section.array or new.values.get(section.name) is None or old.values.get(section.name) is None:
-                merged[section.name] = old.values.get(section.name)
-                continue
-            merged[section.name] = {k.name: (new[section.name][k.name] if k.live else old[section.name][k.name])
-                                    for k in section.keys}
-        self.config = Config(merged, old.path)
+            lg = new.log
+            core.log.passback_window_ms = int(lg.passback_window_s * 1000)
+            core.log.retention_days = lg.retention_days
+            core.log.min_free_bytes = lg.min_free_mb * 1024 * 1024
+        self.config = self.config.with_live_keys(new)  # the other keys keep their running values
 
     # ================================================================ shutdown
 

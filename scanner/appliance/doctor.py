@@ -92,9 +92,9 @@ def check_provisioned(config: Config) -> Check:
     try:
         dev = DeviceConfig.load(config.state_dir)
     except StateError as exc:
-        if not config["sync"]["enabled"]:
-            if config["device"]["checkpoint_id"]:
-                return Check("provisioned", PASS, f"standalone (no server) at {config['device']['checkpoint_id']}")
+        if not config.sync.enabled:
+            if config.device.checkpoint_id:
+                return Check("provisioned", PASS, f"standalone (no server) at {config.device.checkpoint_id}")
             return Check("provisioned", FAIL, "no server and no [device] checkpoint_id",
                          "set [device] checkpoint_id, or enable sync and run `checkpoint provision`")
         if exc.code != "not_provisioned":
@@ -102,7 +102,7 @@ def check_provisioned(config: Config) -> Check:
         if not readiness.root_pinned(config):
             return Check("provisioned", WARN, "not provisioned, and no trust root to check a server with",
                          readiness.FIXES[readiness.NO_TRUST_ROOT])
-        how = ("show it an enrollment QR (zero-touch) or " if config["enroll"]["qr"] else "")
+        how = ("show it an enrollment QR (zero-touch) or " if config.enroll.qr else "")
         return Check("provisioned", WARN, "not provisioned",
                      f"{how}run `checkpoint provision --server URL --token T`")
     return Check("provisioned", PASS, f"device {dev.device_id} at checkpoint {dev.checkpoint_id}")
@@ -256,8 +256,8 @@ def check_disk(state: Path, min_free_mb: int) -> Check:
 
 def check_clock(config: Config, live_status=None) -> Check:
     kernel = clockmod.read()
-    max_h = config["clock"]["max_unconfirmed_h"]
-    closed = config["clock"]["when_unconfirmed"] == "closed"
+    max_h = config.clock.max_unconfirmed_h
+    closed = config.clock.when_unconfirmed == "closed"
     if kernel.state == clockmod.SYNCED:
         return Check("clock", PASS, "synchronised (NTP)")
     confirmed_at, by = None, None
@@ -285,7 +285,7 @@ def check_trust(config: Config) -> Check:
     from scanner.cards.trust import load_device_trust
 
     try:
-        store = load_device_trust(config.state_dir, config["trust"]["roots"], config["trust"]["files"])
+        store = load_device_trust(config.state_dir, config.trust.roots, config.trust.files)
     except (CheckpointError, OSError) as exc:
         return Check("trust", FAIL, f"refused: {exc}", "`checkpoint sync now` fetches a good bundle; check [trust] files")
     if store.key_count == 0:
@@ -294,18 +294,18 @@ def check_trust(config: Config) -> Check:
         return Check("trust", PASS, f"{store.key_count} keys from files (no bundle)")
     newest = max(store.bundles, key=lambda b: b.version)
     age = time.time() - newest.issued_at
-    limit = config["trust"]["max_age_h"] * 3600
+    limit = config.trust.max_age_h * 3600
     stale = age > limit or time.time() > newest.expires_at
     detail = f"bundle v{newest.version}, {_age(max(0.0, age))} old, {store.key_count} keys, {len(store.revoked_cards)} revoked"
     if stale:
-        closed = config["trust"]["when_stale"] == "closed"
+        closed = config.trust.when_stale == "closed"
         return Check("trust", FAIL if closed else WARN, detail + " (stale: past its limit or expiry)",
                      "let the device reach the server (`checkpoint sync now`), or publish a fresh bundle")
     return Check("trust", PASS, detail)
 
 
 def check_server(config: Config, timeout: float = 5.0) -> Check:
-    if not config["sync"]["enabled"]:
+    if not config.sync.enabled:
         return Check("server", PASS, "sync disabled")
     try:
         dev = DeviceConfig.load(config.state_dir)
@@ -327,7 +327,7 @@ def check_server(config: Config, timeout: float = 5.0) -> Check:
 
 
 def check_sync(config: Config, backlog: tuple[int, int | None] | None) -> Check:
-    if not config["sync"]["enabled"]:
+    if not config.sync.enabled:
         return Check("sync", PASS, "sync disabled")
     from sync.state import StateError, StateFile
     try:
@@ -349,8 +349,8 @@ def check_sync(config: Config, backlog: tuple[int, int | None] | None) -> Check:
     if st.quarantined:
         return Check("sync", WARN, f"{detail}; {len(st.quarantined)} batches quarantined",
                      "see `checkpoint sync status`; `checkpoint sync now --retry-quarantined`")
-    too_many = pending is not None and pending > config["sync"]["backlog_max"]
-    too_old = oldest is not None and time.time() * 1000 - oldest > config["sync"]["backlog_max_age_h"] * 3_600_000
+    too_many = pending is not None and pending > config.sync.backlog_max
+    too_old = oldest is not None and time.time() * 1000 - oldest > config.sync.backlog_max_age_h * 3_600_000
     if too_many or too_old:
         return Check("sync", WARN, f"{detail} (backlog over its limit)",
                      "check the link to the server; `checkpoint sync export --to /media/usb` for sites without one")
@@ -393,7 +393,7 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
         checks += [check_camera(c, camera_timeout) for c in config.cameras()]
         checks += [check_serial(c) for c in config.serial_readers()]
         checks += [check_hid(c) for c in config.hid_readers()]
-        if not any(config[k] for k in ("camera", "serial", "hid", "stdin")):
+        if not config.has_inputs:
             from scanner.appliance.config import discover_inputs
             found = discover_inputs()
             detail = ", ".join(t.get("device") or t.get("port") for ts in found.values() for t in ts)
@@ -402,12 +402,12 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
                                 "" if found else "plug in a USB reader (see docs/provisioning.md#usb-readers) "
                                 "or configure a [[camera]]"))
     checks.append(live.gpio_check() if live is not None else check_gpio(config))
-    checks.append(check_database(config.db_path, config["log"]["min_free_mb"]))
+    checks.append(check_database(config.db_path, config.log.min_free_mb))
     if live is not None:
         log_check = live.log_check()
         if log_check is not None:
             checks.append(log_check)
-    checks.append(check_disk(config.state_dir, config["log"]["min_free_mb"]))
+    checks.append(check_disk(config.state_dir, config.log.min_free_mb))
     checks.append(check_clock(config, live.clock_status() if live is not None else None))
     checks.append(check_trust(config))
     cred = check_credential(config)

@@ -16,13 +16,8 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from scanner.appliance.config import (
-    DEFAULT_STATE_DIR,
-    Config,
-    ConfigError,
-    discover_inputs,
-    load,
-)
+from scanner.appliance.config import Config, ConfigError, discover_inputs, load
+from scanner.appliance.schema import DEFAULT_STATE_DIR
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
 from sync.provision import pinned_root, provision
@@ -129,10 +124,10 @@ def provision_appliance(server_url: str | None, token: str, *, config_path: str 
             raise ProvisioningError(f"{config_file}: {'; '.join(exc.lines())}", code="config") from None
     state = Path(state_dir) if state_dir is not None else (config.state_dir if config else Path(DEFAULT_STATE_DIR))
     if config is not None:
-        server_url = server_url or config["sync"]["server"]
-        ca_file = ca_file or (str(config["sync"]["ca_file"]) if config["sync"]["ca_file"] else None)
-        if trust_root is None and config["enroll"]["trust_root"]:
-            trust_root = config["enroll"]["trust_root"]
+        server_url = server_url or config.sync.server
+        ca_file = ca_file or (str(config.sync.ca_file) if config.sync.ca_file else None)
+        if trust_root is None and config.enroll.trust_root:
+            trust_root = config.enroll.trust_root
     if not server_url:
         raise ProvisioningError("no server: give --server URL or set [sync] server in the config")
     root, _ = pinned_root(state, trust_root)

@@ -79,7 +79,7 @@ def assess(f: Facts) -> Readiness:
 
 def root_pinned(config: Config) -> bool:
     """Whether the device has a root to check an enrollment server with."""
-    return bool(config["enroll"]["trust_root"]) or (Path(config.state_dir) / ROOT_NAME).exists()
+    return bool(config.enroll.trust_root) or (Path(config.state_dir) / ROOT_NAME).exists()
 
 
 def facts(config: Config) -> Facts:
@@ -88,11 +88,11 @@ def facts(config: Config) -> Facts:
         DeviceConfig.load(config.state_dir)
         mode = "provisioned"
     except StateError:
-        mode = "standalone" if not config["sync"]["enabled"] and config["device"]["checkpoint_id"] else "unprovisioned"
+        mode = "standalone" if not config.sync.enabled and config.device.checkpoint_id else "unprovisioned"
     keys, error = 0, None
     if mode != "unprovisioned":
         try:
-            keys = load_device_trust(config.state_dir, config["trust"]["roots"], config["trust"]["files"]).key_count
+            keys = load_device_trust(config.state_dir, config.trust.roots, config.trust.files).key_count
         except (CheckpointError, OSError) as exc:
             error = f"{getattr(exc, 'code', 'unreadable')}: {exc}"
     return Facts(mode, root_pinned(config), keys, error)

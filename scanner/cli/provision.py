@@ -10,7 +10,13 @@ import click
 from scanner.appliance.provisioning import provision_appliance
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
-from scanner.cli.common import EXIT_INCOMPLETE, fail, run_guarded, state_dir_of, state_option
+from scanner.cli.common import (
+    EXIT_INCOMPLETE,
+    fail,
+    run_guarded,
+    state_dir_of,
+    state_option,
+)
 
 
 @click.command()

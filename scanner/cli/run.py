@@ -14,8 +14,15 @@ import requests
 
 from hardware.camera import CameraInput
 from scanner.appliance import doctor, logsetup, udev
-from scanner.appliance.config import DEFAULT_PATH, ConfigError, check_file, defaults, load, markdown
+from scanner.appliance.config import (
+    DEFAULT_PATH,
+    ConfigError,
+    check_file,
+    defaults,
+    load,
+)
 from scanner.appliance.daemon import Appliance, DaemonError
+from scanner.appliance.schema import markdown
 from scanner.base.safetext import escape, json_line
 from scanner.cli.common import EXIT_USAGE, fail, run_guarded
 
@@ -53,7 +60,7 @@ def run_cmd(config_path, once, sync_timeout, log_level):
 
     SIGTERM/SIGINT stop it cleanly (exit 0); SIGHUP reloads the config's live keys and the trust."""
     config = load_config(config_path)
-    if once and not (config["stdin"] or any(not _is_live(c) for c in config.cameras())):
+    if once and not (config.stdin or any(not _is_live(c) for c in config.cameras())):
         fail("--once needs a file input ([[stdin]] with a path, or a [[camera]] that is a file)")
     recent = logsetup.setup(getattr(logging, log_level.upper()))
     appliance = Appliance(config, once=once, recent_errors=recent, sync_timeout_s=sync_timeout)
@@ -144,10 +151,10 @@ def doctor_cmd(config_path, as_json, local):
 
 def _from_daemon(config) -> dict | None:
     """The running daemon's doctor report over its API, or None (not running, API off)."""
-    api = config["api"]
-    if not api["enabled"] or api["listen"][1] == 0:
+    api = config.api
+    if not api.enabled or api.listen[1] == 0:
         return None
-    host, port = api["listen"]
+    host, port = api.listen
     host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v1/doctor"
     token = config.api_token()
@@ -182,7 +189,7 @@ def udev_rules(config_path, install_path, group):
     """Print udev rules giving known USB QR readers a stable name and the service's group."""
     extra = ()
     if config_path is not None:
-        extra = load_config(config_path, allow_missing_default=False)["udev"]["extra_readers"]
+        extra = load_config(config_path, allow_missing_default=False).udev.extra_readers
     text = run_guarded(udev.rules, extra, group=group)
     if install_path is None:
         click.echo(text, nl=False)

@@ -11,7 +11,14 @@ import click
 
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
-from scanner.cli.common import EXIT_INCOMPLETE, EXIT_OK, closing, run_guarded, state_dir_of, state_option
+from scanner.cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    closing,
+    run_guarded,
+    state_dir_of,
+    state_option,
+)
 from scanner.store.entry import iso_ms
 from scanner.store.entrylog import EntryLog
 from scanner.store.schema import DEFAULT_DB_NAME

@@ -43,13 +43,6 @@ class Policy:
     backlog_max: int = 5000
     backlog_max_age_s: float = 24 * 3600
 
-    @classmethod
-    def from_config(cls, config) -> Policy:
-        """From the device configuration's ``trust``, ``clock`` and ``sync`` tables."""
-        return cls(config["trust"]["max_age_h"] * 3600, config["trust"]["when_stale"],
-                   config["clock"]["max_unconfirmed_h"] * 3600, config["clock"]["when_unconfirmed"],
-                   config["sync"]["backlog_max"], config["sync"]["backlog_max_age_h"] * 3600)
-
 
 @dataclass(frozen=True, slots=True)
 class TrustAge:
