@@ -88,7 +88,10 @@ class Input(Protocol):
 
     kind: str
     source_id: str
-    finite: bool  # ends by itself (a file, stdin); a camera or reader runs until stopped
+
+    @property
+    def finite(self) -> bool:
+        """Whether it ends by itself (a file, stdin); a camera or reader runs until stopped."""
 
     def start(self, submit: Callable[[Scan], bool], report: Callable[[ReadIssue], None]) -> None: ...
 

@@ -1,7 +1,8 @@
 """The appliance in-process, with real parts: multi-part SMART Health Cards through the pipeline,
 the gate relay and passage sensor on gpiozero's MockFactory pins ("granted, did not pass"), an entry
 log that cannot commit (nobody admitted, error state, recovery), staff direction, an unplugged
-reader, and readers found by their udev names without any input configured (also hot-plugged)."""
+reader, readers found by their udev names without any input configured (also hot-plugged), and
+zero-touch enrollment beside the verdict lane (a slow server holds neither the lane nor the watchdog)."""
 from __future__ import annotations
 
 import gc
@@ -16,6 +17,7 @@ import weakref
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.appliance import HeldServer, NotifySocket
 from support.config import standalone, write_config
 from support.inputs import Fifo
 from support.pki import make_pki
@@ -25,11 +27,13 @@ from hardware.scan import Scan
 from scanner.appliance import runtime
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
+from scanner.appliance.sdnotify import Notifier
 from scanner.base.errors import Reason
 from scanner.cards import jwks
 from scanner.cards.formats import shc
 from scanner.cards.verdict import reject
 from scanner.store.entrylog import EntryLog, EntryLogWriteError
+from sync.wire import enrollcode
 
 
 class Running:
@@ -109,7 +113,8 @@ def test_a_multi_part_smart_health_card_is_assembled_and_verified_once(tmp_path,
         assert v.data["holder"]["birth_year"] == "1990"
         assert [e.data["index"] for e in r.events if e.kind == "partial"] == [2, 1]
         # one text that merely contains the parts (a single QR with newlines) is not a multi-part card
-        assert not r.app._verify("\n".join(parts), r.app.trust, time.time()).accepted
+        joined = r.app.lane.prepare(Scan("\n".join(parts), "manual", "test", time.time()))
+        assert joined.texts == ("\n".join(parts),) and not r.app.lane.verify(joined).accepted
     finally:
         r.stop()
     (entry,) = r.entries()
@@ -270,3 +275,35 @@ def test_readers_are_found_by_their_udev_names_also_when_plugged_in_later(tmp_pa
         r.stop()
         os.close(master)
         os.close(slave)
+
+
+def test_enrollment_runs_beside_the_lane_which_answers_meanwhile_and_the_watchdog_goes_on(tmp_path, pki):
+    """A server that holds the enrollment holds neither the lane nor the watchdog; a card read
+    meanwhile waits for the enrollment's end and is then checked as the device is."""
+    server = HeldServer()
+    notify = NotifySocket(tmp_path)
+    tables = {"device": {"state_dir": str(tmp_path / "state")}, "enroll": {"trust_root": str(pki.pub)},
+              "api": {"enabled": False}, "feedback": {"pin_factory": "mock"}}
+    notifier = Notifier({"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
+    r = Running(tmp_path, tables, notifier=notifier)
+    try:
+        assert r.app.mode == "unprovisioned"
+        r.send(enrollcode.EnrollCode(server.url, "tok_held-0123456789").text())
+        assert server.asked.wait(WAIT), "the enrollment never reached the server"
+        pings = notify.count("WATCHDOG")
+        r.send(pki.card(), enrollcode.EnrollCode(server.url, "tok_again-0123456789").text())
+        r.wait(lambda e: e.kind == "error" and e.data["code"] == "enrolling", "the lane's answer meanwhile")
+        r.until(lambda: notify.count("WATCHDOG") >= pings + 4, "watchdog pings while the server holds it")
+        assert r.app.pipeline.busy_for() is None
+        assert [e.data["server"] for e in r.events if e.kind == "enrolling"] == [server.url]
+        assert not any(e.kind == "error" and e.data["code"] == "not_provisioned" for e in r.events)  # the card waits
+        server.release.set()  # the server answers at last: refused, the device stays unprovisioned
+        failed = r.wait(lambda e: e.kind == "error" and e.data["code"] not in ("not_provisioned", "enrolling"),
+                        "the enrollment's result")
+        assert failed.data["source"] == "stdin" and r.app.mode == "unprovisioned"
+        r.wait(lambda e: e.kind == "error" and e.data["code"] == "not_provisioned", "the card that waited, answered")
+        assert not any(e.kind == "enrolled" for e in r.events)
+    finally:
+        r.stop()
+        server.close()
+        notify.close()

@@ -53,9 +53,8 @@ def test_the_typed_sections_are_generated_from_the_schema():
                        cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout == source
     # the generator never imports what it generates (a broken settings.py can always be written again)
-    r = subprocess.run([sys.executable, "-c", "import sys, scanner.appliance.schema; "
-                        "print('scanner.appliance.settings' in sys.modules)"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=120)
+    probe = "import sys, scanner.appliance.schema; print('scanner.appliance.settings' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.stdout.strip() == "False", r.stderr
 
 

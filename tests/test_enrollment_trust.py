@@ -207,7 +207,7 @@ def test_a_planted_sealing_key_or_forged_credential_is_never_used(operator, tmp_
             path.write_bytes(planted)
         lane = Lane(tmp_path, plain).start()
         try:
-            assert lane.app._credential_error == code
+            assert lane.app.device.credential_error == code
             assert "no_credential" in lane.app.health()["degraded"]
             lane.send(operator.pki.card(name=NAMES[1]))
             assert lane.wait(lambda e: e.kind == "verdict")[0].data["reason"] == "ok"

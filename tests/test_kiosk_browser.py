@@ -10,7 +10,7 @@ an attacker's text in the recent errors as text. A second device, whose trust bu
 shows the degraded state, its error state, and the alarm silenced from the screen. A device
 provisioned before its server published a trust bundle shows the device-fault screen and gives no
 verdict until it takes the bundle by itself; one without a trust root says it needs a technician
-and takes no enrollment QR. Screenshots
+and takes no enrollment QR; one enrolling says so until its server answers. Screenshots
 at 800x480 are taken of each state; with CHECKPOINT_SCREENSHOTS=1 they are written to
 docs/screenshots/ (the committed ones), else to the test's temporary directory."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support.appliance import Daemon
+from support.appliance import Daemon, HeldServer
 from support.cameras import show
 from support.config import write_config
 from support.paths import ROOT
@@ -38,6 +38,7 @@ from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
 from sync.server.bundles import publish
+from sync.wire.enrollcode import EnrollCode
 
 pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))
 
@@ -339,6 +340,37 @@ def test_a_device_without_a_trust_root_says_it_needs_a_technician(chrome, tmp_pa
         assert view(chrome) == "fault"
     finally:
         daemon.stop()
+        os.close(fd)
+
+
+def test_an_enrolling_device_says_so_until_the_server_answers(chrome, tmp_path, shots):
+    """An enrollment QR shown to a device with a pinned root: the screen says "enrolling" while the
+    server holds the answer, and what came of it once it answers (here: refused)."""
+    server = HeldServer()
+    os.mkfifo(tmp_path / "in.fifo")
+    fd = os.open(tmp_path / "in.fifo", os.O_RDWR)
+    port = free_port()
+    pki = make_pki(tmp_path / "pki")
+    config = write_config(tmp_path / "checkpoint.toml", {
+        "device": {"state_dir": str(tmp_path / "state")}, "enroll": {"trust_root": str(pki.pub)},
+        "api": {"listen": f"127.0.0.1:{port}"}, **_feedback_tables(),
+        "stdin": [{"name": "desk", "path": str(tmp_path / "in.fifo")}]})
+    daemon = Daemon(config)
+    try:
+        daemon.wait_line(rf"api http://127\.0\.0\.1:{port}")
+        open_kiosk(chrome, f"http://127.0.0.1:{port}")
+        os.write(fd, (EnrollCode(server.url, "tok_held-0123456789").text() + "\n").encode())
+        assert server.asked.wait(WAIT), "the enrollment never reached the server"
+        browser.wait_js(chrome, "document.body.dataset.view === 'enrolling'", WAIT, "the enrolling screen")
+        assert text(chrome, "word") == "ĐANG ĐĂNG KÝ" and "máy chủ" in text(chrome, "reason")
+        chrome.save_screenshot(str(shots / "kiosk-enrolling.png"))
+        server.release.set()
+        browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the screen after the refusal")
+        assert "Không đăng ký được" in text(chrome, "toast")
+        daemon.wait_line(r"enrollment failed \(", WAIT)
+    finally:
+        daemon.stop()
+        server.close()
         os.close(fd)
 
 

@@ -1,7 +1,7 @@
 """Provisioning against a real reference server on 127.0.0.1: the state directory and its modes,
 the final config, idempotence, a root pin that does not match; enrollment QR codes; and zero-touch
 enrollment: a device without provisioning reads the QR through an input and goes on scanning and
-syncing, without a restart."""
+syncing, without a restart; the running daemon takes sync's state from the agent, not its file."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 
+import inotify_simple
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -195,3 +196,32 @@ def test_the_server_pulls_through_the_daemons_api(server, published, tmp_path):
         local = {e.seq: e.hash for e in log.entries()}
         assert log.pending(0, 1) == []  # the device took the server's acknowledgement
     assert server.storage.entry_hashes(app.core.device_id) == local
+
+
+def test_the_running_daemon_asks_sync_for_its_state_and_never_reads_its_file(server, published, tmp_path):
+    """The health, the status page and the doctor inside the daemon take sync's state from the
+    agent (the file is the agent's own, written by it alone while the daemon runs)."""
+    root, pki = published
+    state = tmp_path / "state"
+    provision_appliance(server.url, server.token("ward-8"), state_dir=state, trust_root=server.root_pub)
+    config = load(write_config(tmp_path / "c.toml", {
+        "device": {"state_dir": str(state)}, "sync": {"builder": "inline", "interval_s": 1},
+        "api": {"enabled": False}, "feedback": {"pin_factory": "mock"}}))
+    app = Appliance(config)
+    app.start()
+    threading.Thread(target=app.supervise, daemon=True).start()
+    try:
+        wait_for(lambda: app.core.agent.snapshot().last_success_ms is not None, "the agent's first contact")
+        watch = inotify_simple.INotify()
+        watch.add_watch(state, inotify_simple.flags.OPEN)
+        try:
+            doctor = {c["name"]: c for c in app.doctor()["checks"]}
+            status = app.status()
+            opened = [ev.name for ev in watch.read(timeout=0)]
+        finally:
+            watch.close()
+        assert doctor["sync"]["status"] == "pass" and status["sync"]["enabled"]
+        assert "sync-state.json" not in opened, opened
+    finally:
+        app.request_stop()
+        app.shutdown()

@@ -4,7 +4,7 @@ Starlette on uvicorn (pure-Python stack: asyncio, h11), in its own thread with i
 loop, on a socket the daemon binds before it says READY. Bound to 127.0.0.1 by default; clients
 that are not on this machine need the configured token. No endpoint reads the entry log beyond
 counts: the holder's name and birth year reach the kiosk only inside a live ``verdict`` event,
-from memory (scanner/appliance/events.py). The kiosk and status pages (scanner/appliance/pages.py, issue 9) are
+from memory (scanner/appliance/events.py). The kiosk and status pages (scanner/appliance/pages.py) are
 served here too. Endpoints: docs/configuration.md#local-http-api.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -38,7 +39,7 @@ RETRY_MS = 1000  # how soon a browser's EventSource reconnects after the daemon 
 
 
 class Backend(Protocol):
-    """What the API needs from the daemon (scanner/appliance/daemon.py implements it)."""
+    """What the API needs from the daemon (scanner/appliance/status.py implements it)."""
 
     def health(self) -> dict: ...
 
@@ -230,8 +231,6 @@ class ApiServer:
     """uvicorn serving the app on a pre-bound socket, in a thread named "api"."""
 
     def __init__(self, app, sock: socket.socket) -> None:
-        import uvicorn
-
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.host, self.port = host, port

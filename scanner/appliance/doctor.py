@@ -18,16 +18,22 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from hardware.camera import SourceUnavailable, make_source
+from hardware.readers_hid import _NotFound, find_device
 from scanner.appliance import readiness
-from scanner.appliance.config import Config
+from scanner.appliance.config import Config, discover_inputs
+from scanner.base.errors import CheckpointError
+from scanner.cards.trust import load_device_trust
 from scanner.store import clock as clockmod
 from sync import credential
-from sync.state import DeviceConfig, StateError
+from sync.state import DeviceConfig, StateError, StateFile, SyncState
 from sync.wire.credential import CredentialError
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -134,7 +140,6 @@ def check_credential(config: Config) -> Check | None:
 
 
 def _read_one_frame(cfg, timeout: float) -> tuple[Any, str | None]:
-    from hardware.camera import SourceUnavailable, make_source
     out: list = [None, "no frame within the time limit"]
 
     def grab() -> None:
@@ -191,10 +196,9 @@ def check_hid(cfg) -> Check:
             return Check(name, FAIL, f"{cfg.device}: permission denied", "add the service user to the 'input' group")
         return Check(name, PASS, f"{cfg.device} present")
     try:
-        import evdev
+        import evdev  # optional: Linux only (readers by vendor:product)
     except ImportError:
         return Check(name, FAIL, "evdev is not installed", "pip install evdev (Linux only)")
-    from hardware.readers_hid import _NotFound, find_device
     try:
         dev = find_device(evdev, cfg)
     except _NotFound as exc:
@@ -281,9 +285,6 @@ def check_clock(config: Config, live_status=None) -> Check:
 
 
 def check_trust(config: Config) -> Check:
-    from scanner.base.errors import CheckpointError
-    from scanner.cards.trust import load_device_trust
-
     try:
         store = load_device_trust(config.state_dir, config.trust.roots, config.trust.files)
     except (CheckpointError, OSError) as exc:
@@ -311,7 +312,6 @@ def check_server(config: Config, timeout: float = 5.0) -> Check:
         dev = DeviceConfig.load(config.state_dir)
     except StateError:
         return Check("server", WARN, "not provisioned: no server yet", "run `checkpoint provision`")
-    import requests
     try:
         r = requests.get(dev.server_url + "/v1/health", timeout=(timeout, timeout), verify=dev.ca_file or True,
                          allow_redirects=False)
@@ -326,12 +326,13 @@ def check_server(config: Config, timeout: float = 5.0) -> Check:
     return Check("server", PASS, f"{dev.server_url} reachable")
 
 
-def check_sync(config: Config, backlog: tuple[int, int | None] | None) -> Check:
+def check_sync(config: Config, backlog: tuple[int, int | None] | None, state: Callable[[], SyncState]) -> Check:
+    """Sync's alarms, quarantine and backlog; ``state`` gives sync's state (the running agent's, or
+    its file when the daemon does not run)."""
     if not config.sync.enabled:
         return Check("sync", PASS, "sync disabled")
-    from sync.state import StateError, StateFile
     try:
-        st = StateFile(config.state_dir).load()
+        st = state()
     except StateError as exc:
         return Check("sync", FAIL, str(exc), "delete sync-state.json (it is rebuilt from the server)")
     if "sync_auth_failed" in st.alarms:
@@ -394,7 +395,6 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
         checks += [check_serial(c) for c in config.serial_readers()]
         checks += [check_hid(c) for c in config.hid_readers()]
         if not config.has_inputs:
-            from scanner.appliance.config import discover_inputs
             found = discover_inputs()
             detail = ", ".join(t.get("device") or t.get("port") for ts in found.values() for t in ts)
             checks.append(Check("inputs", PASS if found else WARN, f"found automatically: {detail}" if found
@@ -414,7 +414,10 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
     if cred is not None:
         checks.append(cred)
     checks.append(check_server(config, server_timeout))
-    checks.append(check_sync(config, live.backlog() if live is not None else _offline_backlog(config)))
+    if live is not None:
+        checks.append(check_sync(config, live.backlog(), live.sync_state))
+    else:
+        checks.append(check_sync(config, _offline_backlog(config), StateFile(config.state_dir).load))
     return Report(tuple(checks))
 
 

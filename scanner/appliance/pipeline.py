@@ -116,6 +116,18 @@ class Pipeline:
             self._pending.add(scan.text)
             return True
 
+    def resubmit(self, scan: Scan) -> bool:
+        """Queue again a scan the handler held back (no cooldown: it was read once); never blocks."""
+        with self._lock:
+            try:
+                self._queue.put_nowait(scan)
+            except queue.Full:
+                self._dropped += 1
+                log.error("scan queue full: dropped a held scan from %s %s", scan.source, escape(scan.source_id))
+                return False
+            self._pending.add(scan.text)
+            return True
+
     def _forget(self, now: float) -> None:
         """Drop cooldown entries that have run out (bounds memory under a flood of distinct texts)."""
         for k in [k for k, t in self._last_seen.items() if now - t >= self.cooldown]:

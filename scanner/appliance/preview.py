@@ -156,7 +156,7 @@ class Preview:
         with self._lock:
             slot = self._slots.get(camera_id)
             frame = slot.frame if slot is not None else None
-        if frame is None or frame.seq <= after:
+        if slot is None or frame is None or frame.seq <= after:
             return None
         with slot.encode_lock:
             cached = slot.jpeg

@@ -38,7 +38,7 @@ FIXES = {  # for people at a terminal (doctor), in English like the other checks
 class Facts:
     """What readiness depends on."""
 
-    mode: str  # provisioned | standalone | unprovisioned (scanner.appliance.daemon.MODES)
+    mode: str  # provisioned | standalone | unprovisioned (scanner.appliance.device.MODES)
     root_pinned: bool  # a root to check an enrollment server with: [enroll] trust_root or STATE/trust-root.pem
     trust_keys: int  # issuer keys in use
     trust_error: str | None = None  # why the trust could not be loaded, if it could not

@@ -1,8 +1,10 @@
 """The appliance under test: in this process with every event it publishes kept (Lane), as
 `checkpoint run` in a subprocess with its output read line by line (Daemon), a real NOTIFY_SOCKET,
-and its local API's event stream."""
+its local API's event stream, and a server that holds its answers (an enrollment server slow to
+answer)."""
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -70,6 +72,41 @@ class NotifySocket:
     def close(self) -> None:
         self._stop = True
         self.sock.close()
+
+
+class HeldServer:
+    """A real HTTP server on 127.0.0.1 that holds every request until released, then answers 503:
+    an enrollment server that is slow to answer."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.release = threading.Event()
+        held = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _hold(self) -> None:
+                held.asked.set()
+                held.release.wait(WAIT)
+                body = b'{"error": "unavailable", "message": "held"}'
+                self.send_response(503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _hold
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 class Daemon:

@@ -30,6 +30,8 @@
 
   function wallNow() { return performance.timeOrigin + performance.now(); }
 
+  const ENROLL_VIEW_S = 180;  // the "enrolling" view at most this long (the server's timeouts are shorter)
+
   // ------------------------------------------------------------------ the verdict area
 
   // A device that cannot check cards (scanner/appliance/readiness.py) shows why, and never a card verdict.
@@ -70,6 +72,11 @@
       symbol = "scan";
       word.textContent = t("kiosk.scanning");
       reason.textContent = (v.data.message && (v.data.message[CK.lang] || v.data.message.en)) || "";
+    } else if (v && v.kind === "enrolling") {  // until the daemon says how the enrollment ended
+      kind = "enrolling";
+      symbol = "scan";
+      word.textContent = t("kiosk.enrolling");
+      reason.textContent = t("kiosk.enrolling_hint");
     } else if (S.health.state === "error") {
       kind = "error";
       symbol = "warn";
@@ -310,9 +317,19 @@
       if (d.message) show({ kind: "error", data: d }, (S.settings && S.settings.display_s) || 5);
       else if (d.code === "not_provisioned") toast(CK.t("kiosk.not_provisioned"));
       else if (d.code === "already_provisioned") toast(CK.t("kiosk.already_enrolled"));
-      else toast(CK.t("kiosk.read_problem"));
+      else if (d.code === "enrolling") toast(CK.t("kiosk.enrolling_hint"));
+      else if (S.view && S.view.kind === "enrolling") {  // the enrollment's result: it failed
+        clearView();
+        toast(CK.t("kiosk.enroll_failed"));
+      } else toast(CK.t("kiosk.read_problem"));
     });
-    es.addEventListener("enrolled", () => { toast(CK.t("kiosk.enrolled")); refreshStatus(); });
+    // enrollment runs beside the lane: "enrolling" until "enrolled" or an error ends it
+    es.addEventListener("enrolling", () => show({ kind: "enrolling" }, ENROLL_VIEW_S));
+    es.addEventListener("enrolled", () => {
+      if (S.view && S.view.kind === "enrolling") clearView();
+      toast(CK.t("kiosk.enrolled"));
+      refreshStatus();
+    });
   }
 
   function toast(text) {
