@@ -161,14 +161,33 @@ class Supervisor:
         self._maybe_discover(now_mono)
 
     def _update_health(self) -> None:
+        ready = self.device.readiness()
+        problems, log_state = self._problems(ready)
+        flags = self._degraded(ready, log_state)
+        state = "error" if problems else "degraded" if flags else "ok"
+        with self._lock:
+            self._health = {"state": state, "problems": problems, "degraded": flags, "mode": self.device.mode,
+                            "readiness": ready.to_dict()}
+        self.feedback.set_state({"ok": DeviceState.OK, "degraded": DeviceState.DEGRADED,
+                                 "error": DeviceState.ERROR}[state])
+        if (state, ready.code) != self._last_state:
+            self._last_state = (state, ready.code)
+            self.hub.publish("state", {"state": state, "problems": problems, "degraded": flags,
+                                       "mode": self.device.mode, "readiness": ready.to_dict()})
+            level = logging.INFO if state == "ok" else logging.WARNING
+            log.log(level, "state %s problems=%s degraded=%s", state, ",".join(problems) or "-",
+                    ",".join(flags) or "-")
+            self.notifier.status(self.status_line())
+
+    def _problems(self, ready: readiness.Readiness) -> tuple[list[str], str | None]:
+        """What puts the device in its error state (sorted), and the entry log's health state."""
         device = self.device
         problems: list[str] = []
-        core = device.core
         for h in self.pipeline.health().sources:
             if h.state in (SourceState.REOPENING, SourceState.FAILED):
                 problems.append(f"input_down:{h.source_id}")
         log_state = None
-        if core is not None and self._log_health is not None:
+        if device.core is not None and self._log_health is not None:
             lh, at = self._log_health
             log_state = lh.state
             if time.monotonic() - at > LOG_STALE_S:
@@ -179,39 +198,29 @@ class Supervisor:
                 device.write_problem = None  # the log recovered (its retry queue is empty)
         if device.write_problem is not None:
             problems.append(f"log:{device.write_problem}")
-        ready = device.readiness()
         if not ready.ready and ready.code != readiness.NOT_PROVISIONED:
             problems.append(ready.code)
         if self.feedback.fault:
             problems.append("feedback_fault")
-        now = self.guard.now()
+        return sorted(set(problems)), log_state
+
+    def _degraded(self, ready: readiness.Readiness, log_state: str | None) -> list[str]:
+        """Why the device is degraded (the policy's flags, then low disk, provisioning, sync's alarms)."""
+        device = self.device
         _, age = device.trust_in_use()
         backlog, oldest = self._backlog
-        flags = list(admission.flags(device.policy, age, self.guard.status(), now, backlog=backlog,
-                                    oldest_pending_ms=oldest))
+        flags = list(admission.flags(device.policy, age, self.guard.status(), self.guard.now(), backlog=backlog,
+                                     oldest_pending_ms=oldest))
         if log_state == "warning":
             flags.append(admission.LOW_DISK)
         if ready.code == readiness.NOT_PROVISIONED:
             flags.append(admission.NOT_PROVISIONED)
+        core = device.core
         if core is not None and core.mode == "provisioned" and device.credential is None:
             flags.append(admission.NO_CREDENTIAL)
         if self._sync_state is not None and self._sync_state.alarms:
             flags += [f"sync:{a}" for a in self._sync_state.alarms]
-        problems = sorted(set(problems))
-        state = "error" if problems else "degraded" if flags else "ok"
-        with self._lock:
-            self._health = {"state": state, "problems": problems, "degraded": flags, "mode": device.mode,
-                            "readiness": ready.to_dict()}
-        self.feedback.set_state({"ok": DeviceState.OK, "degraded": DeviceState.DEGRADED,
-                                 "error": DeviceState.ERROR}[state])
-        if (state, ready.code) != self._last_state:
-            self._last_state = (state, ready.code)
-            self.hub.publish("state", {"state": state, "problems": problems, "degraded": flags, "mode": device.mode,
-                                       "readiness": ready.to_dict()})
-            level = logging.INFO if state == "ok" else logging.WARNING
-            log.log(level, "state %s problems=%s degraded=%s", state, ",".join(problems) or "-",
-                    ",".join(flags) or "-")
-            self.notifier.status(self.status_line())
+        return flags
 
     def _watchdog(self, now_mono: float) -> None:
         interval = self.notifier.watchdog_s
