@@ -74,7 +74,8 @@ class Section:
 
     A dotted ``name`` ("feedback.relay") is a table inside another ([feedback.relay]). An
     ``optional`` table that is absent validates to None (a part that is not fitted) instead of
-    a table of defaults.
+    a table of defaults. Sections of the same keys may share one generated class: ``type_name``
+    names it ("FeedbackLed") and ``type_doc`` says what it is.
     """
 
     name: str
@@ -83,6 +84,8 @@ class Section:
     array: bool = False
     required: bool = False
     optional: bool = False
+    type_name: str = ""
+    type_doc: str = ""
     # cross-key checks within one table: (table dict, key prefix) -> problems
     checks: tuple[Callable[[dict, str], list[Problem]], ...] = field(default=())
 
@@ -376,8 +379,9 @@ def markdown(sections: tuple[Section, ...], intro: str) -> str:
 # ---------------------------------------------------------------- typed sections (Python source)
 
 def class_name(section: Section) -> str:
-    """The generated class of a section: "feedback.timings" → FeedbackTimingsSection."""
-    return "".join(part.capitalize() for part in section.name.replace("_", ".").split(".")) + "Section"
+    """The generated class of a section: "feedback.timings" → FeedbackTimingsSection (or its ``type_name``)."""
+    name = section.type_name or "".join(part.capitalize() for part in section.name.replace("_", ".").split("."))
+    return name + "Section"
 
 
 def children_of(section: Section, sections: tuple[Section, ...]) -> list[Section]:
@@ -401,14 +405,25 @@ def python_source(sections: tuple[Section, ...], doc: str) -> str:
     ones; ``TYPES`` maps each section's name to its class (a test keeps the file in sync)."""
     annotations = " ".join(k.check.annotation for s in sections for k in s.keys)
     typing = [name for name in ("Literal",) if f"{name}[" in annotations]
+    shared: dict[str, list[Section]] = {}
+    for s in sections:
+        shared.setdefault(class_name(s), []).append(s)
+    for name, group in shared.items():
+        shapes = {tuple((k.name, k.check.annotation) for k in s.keys) for s in group}
+        if len(shapes) > 1 or any(children_of(s, sections) for s in group[1:]):
+            raise ValueError(f"sections sharing {name} differ: {', '.join(s.name for s in group)}")
     out = [f'"""{doc}"""', "from __future__ import annotations", "", "from dataclasses import dataclass"]
     if re.search(r"\bPath\b", annotations):
         out.append("from pathlib import Path")
     if typing:
         out.append(f"from typing import {', '.join(typing)}")
     for s in sections:
-        header = f"[[{s.name}]]" if s.array else f"[{s.name}]"
-        summary = textwrap.wrap(f"{header}: {s.doc}", 96, break_on_hyphens=False, break_long_words=False)
+        group = shared[class_name(s)]
+        if s is not group[0]:
+            continue  # its class is written already
+        header = ", ".join(f"[[{g.name}]]" if g.array else f"[{g.name}]" for g in group)
+        about = s.type_doc if len(group) > 1 and s.type_doc else s.doc
+        summary = textwrap.wrap(f"{header}: {about}", 96, break_on_hyphens=False, break_long_words=False)
         out += ["", "", "@dataclass(frozen=True, slots=True)", f"class {class_name(s)}:"]
         out += [f'    """{summary[0]}'] + [f"    {line}" for line in summary[1:]]
         out[-1] += '"""'

@@ -83,10 +83,11 @@ def K(name: str, check: cs.Check, type_doc: str, default: Any = REQUIRED, doc: s
 
 def _led(name: str) -> Section:
     return Section(f"feedback.{name}", (
-        K("pin", _pin(), "GPIO", doc=f"The {name} LED's pin.", example="17"),
+        K("pin", _pin(), "GPIO", doc="The LED's pin.", example="17"),
         K("active_high", cs.boolean(), "boolean", True,
           "false when the LED is wired from 3V3 to the pin (lit when the pin is low)."),
-    ), doc=f"The {name} LED (docs/wiring.md).", optional=True)
+    ), doc=f"The {name} LED (docs/wiring.md).", optional=True, type_name="FeedbackLed",
+        type_doc="One LED: green, red or amber (docs/wiring.md).")
 
 
 # ---------------------------------------------------------------- the schema

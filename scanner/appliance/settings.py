@@ -198,9 +198,9 @@ class FeedbackSection:
     # Beep in the device-error state until staff acknowledge (button or kiosk).
     alarm: bool
     timings: FeedbackTimingsSection
-    green: FeedbackGreenSection | None
-    red: FeedbackRedSection | None
-    amber: FeedbackAmberSection | None
+    green: FeedbackLedSection | None
+    red: FeedbackLedSection | None
+    amber: FeedbackLedSection | None
     rgb: FeedbackRgbSection | None
     buzzer: FeedbackBuzzerSection | None
     relay: FeedbackRelaySection | None
@@ -237,30 +237,11 @@ class FeedbackTimingsSection:
 
 
 @dataclass(frozen=True, slots=True)
-class FeedbackGreenSection:
-    """[feedback.green]: The green LED (docs/wiring.md)."""
+class FeedbackLedSection:
+    """[feedback.green], [feedback.red], [feedback.amber]: One LED: green, red or amber
+    (docs/wiring.md)."""
 
-    # The green LED's pin.
-    pin: int | str
-    # false when the LED is wired from 3V3 to the pin (lit when the pin is low).
-    active_high: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FeedbackRedSection:
-    """[feedback.red]: The red LED (docs/wiring.md)."""
-
-    # The red LED's pin.
-    pin: int | str
-    # false when the LED is wired from 3V3 to the pin (lit when the pin is low).
-    active_high: bool
-
-
-@dataclass(frozen=True, slots=True)
-class FeedbackAmberSection:
-    """[feedback.amber]: The amber LED (docs/wiring.md)."""
-
-    # The amber LED's pin.
+    # The LED's pin.
     pin: int | str
     # false when the LED is wired from 3V3 to the pin (lit when the pin is low).
     active_high: bool
@@ -460,9 +441,9 @@ TYPES: dict[str, type] = {
     "udev": UdevSection,
     "feedback": FeedbackSection,
     "feedback.timings": FeedbackTimingsSection,
-    "feedback.green": FeedbackGreenSection,
-    "feedback.red": FeedbackRedSection,
-    "feedback.amber": FeedbackAmberSection,
+    "feedback.green": FeedbackLedSection,
+    "feedback.red": FeedbackLedSection,
+    "feedback.amber": FeedbackLedSection,
     "feedback.rgb": FeedbackRgbSection,
     "feedback.buzzer": FeedbackBuzzerSection,
     "feedback.relay": FeedbackRelaySection,
