@@ -11,6 +11,7 @@ import contextlib
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from hardware import enhance
 from scanner.base.errors import CheckpointError, UsageError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -190,12 +192,17 @@ class FrameDecode:
     """What the appliance decoder made of one frame: the codes, and how hard it had to try.
 
     ``seen`` counts symbols whose finder patterns were found but whose text was not read by the
-    first pass; ``stage`` is "pass1", "probe", "pass2" (where the codes came from) or "none".
+    first pass; ``stage`` is "pass1", "probe", "pass2", "search" (where the codes came from) or
+    "none". ``located`` outlines, in frame pixels, what was looked at without being read: symbols
+    seen but not read, or regions of code-like texture (the kiosk's aiming hint reads them).
+    ``attempts`` counts second-pass decodes tried on this frame.
     """
 
     codes: tuple[DecodedCode, ...]
     seen: int
     stage: str
+    located: tuple[Corners, ...] = ()
+    attempts: int = 0
 
 
 DOWNSCALE_ABOVE = 1600
@@ -203,11 +210,28 @@ DOWNSCALE_ABOVE = 1600
 frames (up to 1280x720) do not, the half-resolution probe stands in for it at a fraction of the cost."""
 
 SECOND_PASS_SYMBOLS = 2
-"""At most this many seen-but-unread symbols per frame get a second pass (bounds the worst case)."""
+"""At most this many seen-but-unread symbols (or code-like regions) per frame get a second pass."""
+
+MODULE_GUESS = 60
+"""Modules across a symbol, to guess the module size from its outline (CK1 cards are 65, EU DCCs 53-77)."""
+READABLE_MODULE_PX = 3.5
+"""A crop whose modules are smaller than this (pixels) is upscaled for the second pass."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One way of looking again at a symbol: a name, and how to make the image zxing-cpp is given.
+
+    ``make()`` returns (image, binarizer name, to_frame), where ``to_frame(x, y)`` takes a point of
+    that image back to the frame's pixels. Images are made only when an attempt is tried.
+    """
+
+    name: str
+    make: Callable[[], tuple[np.ndarray, str, Callable[[float, float], tuple[int, int]]]]
 
 
 class ApplianceDecoder:
-    """zxing-cpp (QR only) in up to three steps; the default decoder (docs/decoding.md).
+    """zxing-cpp (QR only) in up to four steps; the default decoder (docs/decoding.md).
 
     1. one zxing-cpp pass over the frame (local-average binarizer, inverted codes too; at full
        resolution only, unless the image is larger than DOWNSCALE_ABOVE), asking it to also report
@@ -215,20 +239,28 @@ class ApplianceDecoder:
     2. nothing read: a probe at half resolution with the global-histogram binarizer (a few percent
        of step 1 on an empty frame; it reads busy "artistic" codes the local binarizer breaks up);
     3. only where step 1 or 2 located a symbol without reading it: a second pass on that symbol's
-       crop — upscaled (small or blurred modules), sharpened, another binarizer, contrast-limited
-       equalisation, and pyzbar when installed — stopping at the first text.
+       crop, through the `attempts` (deblurred for the defocus or motion its spectrum shows,
+       squared up, upscaled, sharpened, other binarizers, pyzbar when installed), stopping at the
+       first text;
+    4. with ``search`` (single images): nothing located at all, the regions of code-like texture
+       (a code too blurred or too tilted for its finder patterns to be found) get that second pass.
+
+    `StreamDecoder` (hardware/stream_decode.py) runs the same steps on a camera's frames, spread
+    over consecutive frames so that an empty frame costs no more than step 1.
     """
 
     name = "zxing-cpp+2pass"
 
-    def __init__(self, *, probe: bool = True, second_pass: bool = True, downscale: bool | None = None,
-                 helper: Decoder | None = None) -> None:
+    def __init__(self, *, probe: bool = True, second_pass: bool = True, search: bool = True,
+                 downscale: bool | None = None, helper: Decoder | None = None) -> None:
         self._zxing = ZxingDecoder()
         self._zx = self._zxing._zx
         self._formats = self._zxing._formats
+        self._binarizers = {"local": self._zx.Binarizer.LocalAverage, "global": self._zx.Binarizer.GlobalHistogram}
         self._probe = probe
         self._downscale = downscale
         self._second_pass = second_pass
+        self._search = search
         if helper is None and second_pass:
             try:
                 helper = PyzbarDecoder()
@@ -239,75 +271,161 @@ class ApplianceDecoder:
     def decode(self, gray: np.ndarray) -> list[DecodedCode]:
         return list(self.analyse(gray).codes)
 
-    def analyse(self, gray: np.ndarray) -> FrameDecode:
-        """Decode one frame and say which step found the codes (for benchmarks and statistics)."""
+    def analyse(self, gray: np.ndarray, detail: np.ndarray | None = None) -> FrameDecode:
+        """Decode one frame and say which step found the codes (for benchmarks and statistics).
+
+        ``detail``, when given, is the same picture at a higher resolution (a camera's main stream
+        beside the low-resolution one ``gray`` is): second passes crop from it.
+        """
         gray = _as_gray(gray, row_strided_ok=True)
         if gray.size == 0:
             return FrameDecode((), 0, "none")
+        codes, seen = self.first_pass(gray)
+        if codes:
+            return FrameDecode(codes, 0, "pass1")
+        stage = "pass2"
+        if self._probe:
+            codes, probed = self.probe(gray)
+            if codes:
+                return FrameDecode(codes, len(seen), "probe")
+            seen = seen + probed
+        quads = _distinct(seen)[:SECOND_PASS_SYMBOLS]
+        if not quads and self._search:
+            quads, stage = self.search(gray), "search"
+        if not quads:
+            return FrameDecode((), 0, "none")
+        tried = 0
+        if self._second_pass:
+            for quad in quads:
+                for attempt in self.attempts(gray, quad, detail):
+                    tried += 1
+                    codes, _ = self.attempt(attempt)
+                    if codes:
+                        return FrameDecode(codes, len(seen), stage, attempts=tried)
+        return FrameDecode((), len(seen), "none", tuple(quads), tried)
+
+    def first_pass(self, gray: np.ndarray) -> tuple[tuple[DecodedCode, ...], list[Corners]]:
+        """Step 1: the codes read, else the outlines of the symbols located but not read."""
         zx = self._zx
-        h, w = gray.shape
-        downscale = self._downscale if self._downscale is not None else max(h, w) > DOWNSCALE_ABOVE
+        downscale = self._downscale if self._downscale is not None else max(gray.shape) > DOWNSCALE_ABOVE
         found = zx.read_barcodes(gray, formats=self._formats, try_invert=True, try_downscale=downscale,
                                  text_mode=zx.TextMode.Plain, return_errors=True)
         codes = [_zx_code(r) for r in found if r.valid]
         if codes:
-            return FrameDecode(tuple(_unique(codes)), 0, "pass1")
-        seen = [_corners(r.position) for r in found]
-        if self._probe and h >= 64 and w >= 64:
-            half = cv2.resize(gray, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-            sx, sy = w / (w // 2), h / (h // 2)
-            probed = zx.read_barcodes(half, formats=self._formats, try_invert=False, try_rotate=False,
-                                      try_downscale=False, binarizer=zx.Binarizer.GlobalHistogram,
-                                      text_mode=zx.TextMode.Plain, return_errors=True)
-            codes = [_scaled(_zx_code(r), sx, sy) for r in probed if r.valid]
-            if codes:
-                return FrameDecode(tuple(_unique(codes)), len(seen), "probe")
-            seen += [_scaled_corners(_corners(r.position), sx, sy) for r in probed]
-        if not seen:
-            return FrameDecode((), 0, "none")
-        if self._second_pass:
-            for quad in _distinct(seen)[:SECOND_PASS_SYMBOLS]:
-                codes = self._second(gray, quad)
-                if codes:
-                    return FrameDecode(tuple(_unique(codes)), len(seen), "pass2")
-        return FrameDecode((), len(seen), "none")
+            return tuple(_unique(codes)), []
+        return (), [_corners(r.position) for r in found]
 
-    def _second(self, gray: np.ndarray, quad: Corners) -> list[DecodedCode]:
-        """Try harder on the crop around one located symbol; the first strategy that reads it wins."""
+    def probe(self, gray: np.ndarray) -> tuple[tuple[DecodedCode, ...], list[Corners]]:
+        """Step 2: half resolution, global-histogram binarizer; codes read, else symbols located."""
         h, w = gray.shape
-        xs, ys = [p[0] for p in quad], [p[1] for p in quad]
-        side = max(max(xs) - min(xs), max(ys) - min(ys), 1)
-        m = side // 6 + 4
-        x0, y0 = max(0, min(xs) - m), max(0, min(ys) - m)
-        x1, y1 = min(w, max(xs) + m), min(h, max(ys) + m)
-        if x1 - x0 < 8 or y1 - y0 < 8:
-            return []
-        crop = np.ascontiguousarray(gray[y0:y1, x0:x1])
+        if h < 64 or w < 64:
+            return (), []
         zx = self._zx
-        big = max(crop.shape) > 500  # large crops are downscaled rather than upscaled
+        half = cv2.resize(gray, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        sx, sy = w / (w // 2), h / (h // 2)
+        probed = zx.read_barcodes(half, formats=self._formats, try_invert=False, try_rotate=False,
+                                  try_downscale=False, binarizer=zx.Binarizer.GlobalHistogram,
+                                  text_mode=zx.TextMode.Plain, return_errors=True)
+        codes = [_scaled(_zx_code(r), sx, sy) for r in probed if r.valid]
+        if codes:
+            return tuple(_unique(codes)), []
+        return (), [_scaled_corners(_corners(r.position), sx, sy) for r in probed]
+
+    @staticmethod
+    def search(gray: np.ndarray) -> list[Corners]:
+        """Step 4: regions of code-like texture where no finder pattern was found (enhance.texture_regions)."""
+        return enhance.texture_regions(gray, limit=SECOND_PASS_SYMBOLS)
+
+    def attempt(self, attempt: Attempt) -> tuple[tuple[DecodedCode, ...], list[Corners]]:
+        """Try one attempt: the codes it reads (frame corners), else the symbols it located (frame corners)."""
+        img, binarizer, to_frame = attempt.make()
+        if img is None or min(img.shape) < 16:
+            return (), []
+        if binarizer == "pyzbar":
+            if self._helper is None:
+                return (), []
+            return tuple(DecodedCode(c.text, c.raw, None) for c in self._helper.decode(img)), []
+        zx = self._zx
+        found = zx.read_barcodes(np.ascontiguousarray(img), formats=self._formats, try_invert=True,
+                                 binarizer=self._binarizers[binarizer], text_mode=zx.TextMode.Plain,
+                                 return_errors=True)
+        codes, located = [], []
+        for r in found:
+            p = r.position
+            quad = tuple(to_frame(pt.x, pt.y) for pt in (p.top_left, p.top_right, p.bottom_right, p.bottom_left))
+            if r.valid:
+                raw = bytes(r.bytes)
+                codes.append(DecodedCode(_text(raw, r.text), raw, quad))
+            else:
+                located.append(quad)
+        return tuple(_unique(codes)), located
+
+    def attempts(self, gray: np.ndarray, quad: Corners, detail: np.ndarray | None = None) -> list[Attempt]:
+        """The second pass's ways of looking again at one symbol (or code-like region), likeliest first.
+
+        The crop is taken from ``detail`` when given (the same picture at a higher resolution).
+        Deblurring comes first when the crop's spectrum shows a defocus disc or a motion streak;
+        the rest are the cheap fixes that read small, low-contrast or busy codes.
+        """
+        src, scale = (gray, 1.0) if detail is None else (_as_gray(detail), detail.shape[1] / gray.shape[1])
+        crop = enhance.crop_around(src, quad, 1 / 6, scale=scale)
+        if crop is None:
+            return []
+        return self.attempts_on(np.ascontiguousarray(crop.image), quad, crop, scale, src)
+
+    def attempts_on(self, img: np.ndarray, quad: Corners, crop: enhance.Crop, scale: float,
+                    src: np.ndarray | None = None) -> list[Attempt]:
+        """`attempts` for ``img``, a picture of ``crop``'s place (the crop itself, or several frames'
+        crops averaged); squaring up needs the whole ``src`` image and is left out without it."""
+        module = enhance.quad_side(quad) * scale / MODULE_GUESS
+        up = min(3.0, max(1.0, READABLE_MODULE_PX / module))
+        big = max(img.shape) > 500 and up == 1.0  # large crops (photos) are downscaled rather than upscaled
         factor = 0.5 if big else 2.0
-        interp = cv2.INTER_AREA if big else cv2.INTER_CUBIC
-        resized = cv2.resize(crop, None, fx=factor, fy=factor, interpolation=interp)
-        sharp = cv2.addWeighted(crop, 1.8, cv2.GaussianBlur(crop, (0, 0), 1.5), -0.8, 0)
-        attempts = [
-            (resized, zx.Binarizer.LocalAverage, factor),
-            (cv2.resize(sharp, None, fx=factor, fy=factor, interpolation=interp), zx.Binarizer.LocalAverage, factor),
-            (resized, zx.Binarizer.GlobalHistogram, factor),
-            (cv2.createCLAHE(3.0, (4, 4)).apply(crop), zx.Binarizer.LocalAverage, 1.0),
-        ]
+        inv = 1 / scale
+
+        def back(f: float) -> Callable[[float, float], tuple[int, int]]:
+            return lambda x, y: (int(round((x / f + crop.x0) * inv)), int(round((y / f + crop.y0) * inv)))
+
+        def sized(image: np.ndarray, f: float) -> np.ndarray:
+            if f == 1.0:
+                return image
+            return cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+
+        def resized(f: float, binarizer: str = "local"):
+            return lambda: (sized(img, f), binarizer, back(f))
+
+        def deblurred(psf: np.ndarray):
+            return lambda: (sized(enhance.wiener(img, psf), up), "local", back(up))
+
+        def squared():
+            side = int(min(900, max(64, enhance.quad_side(quad) * scale * up)))
+            frame_quad = tuple((x * scale, y * scale) for x, y in quad)
+            square, to_src = enhance.square_up(src, frame_quad, side)
+
+            def to_frame(x: float, y: float) -> tuple[int, int]:
+                px, py, pw = to_src @ (x, y, 1.0)
+                return int(round(px / pw * inv)), int(round(py / pw * inv))
+            return square, "local", to_frame
+
+        sharp = lambda: (sized(enhance.unsharp(img), factor), "local", back(factor))  # noqa: E731
+        out = [Attempt("crop", resized(factor))]
+        blur = enhance.estimate_blur(img)
+        if blur.radii:
+            out.append(Attempt("defocus", deblurred(enhance.disc_psf(blur.radii[0]))))
+        if blur.streak:
+            out.append(Attempt("motion", deblurred(enhance.streak_psf(*blur.streak))))
+        if src is not None:
+            out.append(Attempt("square", squared))
+        out.append(Attempt("sharpen", sharp))
+        if len(blur.radii) > 1:
+            out.append(Attempt("defocus", deblurred(enhance.disc_psf(blur.radii[1]))))
         if not big:
-            attempts.insert(2, (cv2.resize(crop, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC),
-                                zx.Binarizer.LocalAverage, 3.0))
-        for img, binarizer, scale in attempts:
-            found = zx.read_barcodes(img, formats=self._formats, try_invert=True, binarizer=binarizer,
-                                     text_mode=zx.TextMode.Plain)
-            if found:
-                return [_zx_code(r, 1 / scale, x0, y0) for r in found]
+            out.append(Attempt("upscale", resized(3.0)))
+        out += [Attempt("global", resized(factor, "global")),
+                Attempt("equalise", lambda: (cv2.createCLAHE(3.0, (4, 4)).apply(img), "local", back(1.0)))]
         if self._helper is not None:
-            helped = self._helper.decode(resized)
-            if helped:
-                return [DecodedCode(c.text, c.raw, None) for c in helped]
-        return []
+            out.append(Attempt("pyzbar", resized(factor, "pyzbar")))
+        return out
 
 
 def _scaled_corners(corners: Corners, sx: float, sy: float) -> Corners:

@@ -1,0 +1,284 @@
+"""Image work for codes that are seen but not read: where a blurred code may be, how it is blurred, cleaner crops.
+
+Pure functions on 8-bit grayscale numpy arrays (OpenCV and numpy only). The decoder calls them
+only around a symbol that was located but not read, or in a region that looks like a code, so an
+empty frame never pays for them. docs/decoding.md says what each is for and what it gains.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+Point = tuple[int, int]
+Quad = tuple[Point, Point, Point, Point]
+"""Four corners going round a symbol, in image pixels."""
+
+THUMB_WIDTH = 320
+"""Width of the thumbnail the search for code-like texture looks at."""
+TEXTURE_LEVEL = 200.0
+"""RMS gradient (3x3 Sobel of 8-bit pixels) over a window above which texture may be a code.
+
+A code's modules give 250-600 in the thumbnail even defocused by a module or seen in low light;
+lines of text, card edges and sensor noise on their own stay lower (bench/frames.py frames)."""
+ISOTROPY = 0.5
+"""Texture whose gradients agree in direction more than this (coherence 0..1) is an edge, not a code."""
+MIN_REGION_PX = 14
+"""Smallest side (thumbnail pixels) of a code-like region: a 25-module code at 1.5 px per module."""
+MAX_ASPECT = 3.2
+"""Longest to shortest side of a code-like region: a square tilted 60° away is 2:1, plus slack."""
+WIENER_NSR = 0.006
+"""Noise-to-signal ratio of the Wiener deconvolution (8-bit images, a point-spread function summing to 1)."""
+MIN_BLUR_PX, MAX_BLUR_PX = 1.5, 9.0
+"""Range of defocus radii and motion streak lengths (pixels) that are estimated and undone."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crop:
+    """A part of an image and where it lies: ``image[y, x]`` is the source's ``[y + y0, x + x0]``."""
+
+    image: np.ndarray
+    x0: int
+    y0: int
+
+
+def quad_side(quad: Quad) -> float:
+    """The longest side of a quadrilateral (pixels)."""
+    return max(math.dist(quad[i], quad[(i + 1) % 4]) for i in range(4))
+
+
+def quad_centre(quad: Quad) -> tuple[float, float]:
+    return sum(p[0] for p in quad) / 4, sum(p[1] for p in quad) / 4
+
+
+def crop_around(gray: np.ndarray, quad: Quad, margin: float = 0.2, *, scale: float = 1.0) -> Crop | None:
+    """The axis-aligned crop around ``quad`` (given in units ``scale`` times smaller than ``gray``'s pixels),
+    widened by ``margin`` of its longest side on every edge; None when too small to hold a code."""
+    h, w = gray.shape
+    xs = [p[0] * scale for p in quad]
+    ys = [p[1] * scale for p in quad]
+    m = quad_side(quad) * scale * margin + 4
+    x0, y0 = max(0, int(min(xs) - m)), max(0, int(min(ys) - m))
+    x1, y1 = min(w, int(math.ceil(max(xs) + m))), min(h, int(math.ceil(max(ys) + m)))
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return None
+    return Crop(gray[y0:y1, x0:x1], x0, y0)
+
+
+def thumbnail(gray: np.ndarray, width: int = THUMB_WIDTH) -> tuple[np.ndarray, float]:
+    """The image halved (area average, OpenCV's fast path) until at most ``width`` wide, and the factor."""
+    thumb = gray
+    while thumb.shape[1] > width and thumb.shape[0] >= 32:
+        thumb = cv2.resize(thumb, (thumb.shape[1] // 2, thumb.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return thumb, gray.shape[1] / thumb.shape[1]
+
+
+def texture_regions(gray: np.ndarray, limit: int = 2) -> list[Quad]:
+    """Where a QR code may be though no finder pattern was found: strong texture with no main direction.
+
+    A code is the densest texture in a scene even when defocused or tilted, and unlike an edge or
+    a line of text its gradients point every way (a low coherence of the structure tensor).
+    Regions of such texture, roughly rectangular (a square seen at an angle) and not too thin,
+    are returned largest first as the rotated rectangles around them, in ``gray``'s pixels.
+    """
+    thumb, scale = thumbnail(gray)
+    if min(thumb.shape) < MIN_REGION_PX:
+        return []
+    t = thumb.astype(np.float32)
+    gx = cv2.Sobel(t, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(t, cv2.CV_32F, 0, 1)
+    win = (7, 7)
+    jxx, jyy, jxy = cv2.blur(gx * gx, win), cv2.blur(gy * gy, win), cv2.blur(gx * gy, win)
+    energy = jxx + jyy
+    coherence = cv2.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (energy + 1e-3)
+    mask = ((energy > TEXTURE_LEVEL ** 2) & (coherence < ISOTROPY)).astype(np.uint8) * 255
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    found: list[tuple[float, Quad]] = []
+    for contour in contours:
+        area = cv2.contourArea(contour)
+        if area < MIN_REGION_PX * MIN_REGION_PX:
+            continue
+        (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
+        if min(rw, rh) < MIN_REGION_PX or max(rw, rh) > MAX_ASPECT * min(rw, rh) or area < 0.5 * rw * rh:
+            continue
+        box = cv2.boxPoints(((cx, cy), (rw, rh), angle)) * scale
+        found.append((area, tuple((int(round(x)), int(round(y))) for x, y in box)))
+    found.sort(key=lambda f: -f[0])
+    return [q for _, q in found[:limit]]
+
+
+# ------------------------------------------------------------------ blur: estimate and undo
+
+SPECTRUM_SIDE = 256
+"""Largest square (pixels) whose spectrum the blur is estimated from: the middle of the code."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blur:
+    """How a code's crop looks blurred: defocus radii (pixels, likeliest first) and a motion streak
+    (length in pixels, direction in degrees) when its spectrum shows one."""
+
+    radii: tuple[float, ...]
+    streak: tuple[float, float] | None
+
+
+_RINGS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _rings(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For an n x n spectrum: each frequency's ring index, the pixel count per ring, ring frequencies."""
+    if n not in _RINGS:
+        f = np.fft.fftfreq(n)
+        radius = np.hypot(f[:, None], f[None, :])
+        bins = n // 2
+        idx = np.minimum((radius * 2 * bins).astype(np.int32), bins).ravel()
+        _RINGS[n] = (idx, np.maximum(np.bincount(idx, minlength=bins + 1)[:bins], 1),
+                     (np.arange(bins) + 0.5) / (2 * bins))
+    return _RINGS[n]
+
+
+def estimate_blur(img: np.ndarray, limit: int = 2) -> Blur:
+    """Defocus and motion blur read from the spectrum of the middle of a code's crop.
+
+    A defocus disc of radius R multiplies the spectrum by 2·J1(2πRf)/(2πRf), zero on a ring at
+    f = 0.61/R cycles per pixel; a code's own spectrum is broad and smooth, so the deepest dark
+    rings of the radially averaged power spectrum give R. A motion streak of length L multiplies
+    it by a sinc whose zeros are lines 1/L apart across its direction; the cepstrum (transform of
+    the log spectrum) then has its deepest negative point at ±L along the streak.
+    """
+    n = min(SPECTRUM_SIDE, *img.shape)
+    while n >= 32 and cv2.getOptimalDFTSize(n) != n:  # the largest fast transform size that fits
+        n -= 1
+    if n < 32:
+        return Blur((), None)
+    y0, x0 = (img.shape[0] - n) // 2, (img.shape[1] - n) // 2
+    f = img[y0:y0 + n, x0:x0 + n].astype(np.float32)
+    f -= f.mean()
+    f *= cv2.createHanningWindow((n, n), cv2.CV_32F)
+    mag = cv2.magnitude(*cv2.split(cv2.dft(f, flags=cv2.DFT_COMPLEX_OUTPUT)))
+    idx, count, freq = _rings(n)
+    profile = np.log(np.bincount(idx, weights=(mag * mag).ravel(), minlength=len(count) + 1)[:len(count)] / count
+                     + 1e-6)
+    profile = np.convolve(profile, np.ones(3) / 3, mode="same")
+    dips = []
+    for k in range(2, len(profile) - 2):
+        r = 0.61 / freq[k]
+        if MIN_BLUR_PX <= r <= MAX_BLUR_PX and profile[k] < profile[k - 1] and profile[k] <= profile[k + 1]:
+            depth = min(profile[max(0, k - 6):k].max(), profile[k + 1:k + 7].max()) - profile[k]
+            dips.append((depth, round(float(r), 2)))
+    dips.sort(key=lambda d: -d[0])
+    # the log spectrum is real and even, so its forward transform is the (real) cepstrum
+    cep = cv2.dft(np.log(mag + 1e-3), flags=cv2.DFT_COMPLEX_OUTPUT)[..., 0]
+    return Blur(tuple(r for _, r in dips[:limit]), _streak_from(cep))
+
+
+def _streak_from(cep: np.ndarray) -> tuple[float, float] | None:
+    """The motion streak at the cepstrum's deepest negative point near the origin (None if out of range)."""
+    h, w = cep.shape
+    m = int(MAX_BLUR_PX) + 2
+    rows = np.r_[0:m + 1, h - m:h]
+    cols = np.r_[0:m + 1, w - m:w]
+    near = cep[np.ix_(rows, cols)]
+    dy = np.where(rows > h // 2, rows - h, rows).astype(np.float32)[:, None]
+    dx = np.where(cols > w // 2, cols - w, cols).astype(np.float32)[None, :]
+    dist = np.hypot(dy, dx)
+    near = np.where((dist >= 2.5) & (dist <= MAX_BLUR_PX + 1), near, np.inf)
+    iy, ix = divmod(int(np.argmin(near)), near.shape[1])
+    ddx, ddy = float(dx[0, ix]), float(dy[iy, 0])
+    length = math.hypot(ddx, ddy) - 0.5  # the cepstral dip sits half a pixel beyond the streak's end
+    if not (MIN_BLUR_PX <= length <= MAX_BLUR_PX):
+        return None
+    return length, math.degrees(math.atan2(ddy, ddx)) % 180.0
+
+
+def disc_psf(radius: float) -> np.ndarray:
+    """A defocus point-spread function: a uniform disc of ``radius`` pixels, antialiased, summing to 1."""
+    n = int(math.ceil(radius)) + 1
+    ss = 4
+    grid = (np.arange((2 * n + 1) * ss, dtype=np.float32) + 0.5) / ss - (n + 0.5)
+    inside = ((grid[None, :] ** 2 + grid[:, None] ** 2) <= radius * radius).astype(np.float32)
+    k = cv2.resize(inside, (2 * n + 1, 2 * n + 1), interpolation=cv2.INTER_AREA)
+    return k / k.sum()
+
+
+def streak_psf(length: float, angle_deg: float) -> np.ndarray:
+    """A motion point-spread function: a line of ``length`` pixels at ``angle_deg``, antialiased, summing to 1."""
+    n = int(math.ceil(length / 2)) + 1
+    ss = 4
+    size = (2 * n + 1) * ss
+    k = np.zeros((size, size), np.float32)
+    c = size / 2
+    dx = math.cos(math.radians(angle_deg)) * length * ss / 2
+    dy = math.sin(math.radians(angle_deg)) * length * ss / 2
+    cv2.line(k, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))), 1.0, ss)
+    k = cv2.resize(k, (2 * n + 1, 2 * n + 1), interpolation=cv2.INTER_AREA)
+    return k / k.sum()
+
+
+def wiener(img: np.ndarray, psf: np.ndarray, nsr: float = WIENER_NSR) -> np.ndarray:
+    """Undo a known blur (Wiener deconvolution); edges mirrored so the crop's border does not ring."""
+    pad = psf.shape[0] * 2
+    h0, w0 = img.shape
+    h, w = cv2.getOptimalDFTSize(h0 + 2 * pad), cv2.getOptimalDFTSize(w0 + 2 * pad)
+    f = cv2.copyMakeBorder(img, pad, h - h0 - pad, pad, w - w0 - pad, cv2.BORDER_REFLECT).astype(np.float32)
+    kernel = np.zeros((h, w), np.float32)
+    n = psf.shape[0]
+    kernel[:n, :n] = psf
+    kernel = np.roll(kernel, (-(n // 2), -(n // 2)), axis=(0, 1))
+    otf = cv2.dft(kernel, flags=cv2.DFT_COMPLEX_OUTPUT)
+    re, im = otf[..., 0], otf[..., 1]
+    den = re * re + im * im + nsr
+    inverse = np.dstack([re / den, -im / den])
+    spectrum = cv2.mulSpectrums(cv2.dft(f, flags=cv2.DFT_COMPLEX_OUTPUT), inverse, 0)
+    restored = cv2.idft(spectrum, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    return np.clip(restored[pad:pad + h0, pad:pad + w0] + 0.5, 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ geometry, frames
+
+def square_up(gray: np.ndarray, quad: Quad, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The quadrilateral mapped onto a ``side``-pixel square with a fifth of a side of margin (the quiet
+    zone), and the homography that takes the square's pixels back to ``gray``'s."""
+    m = side / 5
+    dst = np.float32([(m, m), (m + side, m), (m + side, m + side), (m, m + side)])
+    hom = cv2.getPerspectiveTransform(np.float32(quad), dst)
+    size = int(side + 2 * m)
+    out = cv2.warpPerspective(gray, hom, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    return out, np.linalg.inv(hom)
+
+
+def unsharp(img: np.ndarray, sigma: float = 1.5, amount: float = 0.8) -> np.ndarray:
+    """Unsharp masking: ``img`` plus ``amount`` of its detail finer than ``sigma`` pixels."""
+    return cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigma), -amount, 0)
+
+
+def align_average(crops: list[np.ndarray]) -> np.ndarray | None:
+    """Crops of the same code from consecutive frames, shifted onto the last one and averaged (less noise).
+
+    The shift of each is found by phase correlation; crops that do not line up (a weak
+    correlation peak) are left out. None when fewer than two agree.
+    """
+    if len(crops) < 2:
+        return None
+    ref = crops[-1]
+    h, w = ref.shape
+    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    ref_f = ref.astype(np.float32)
+    acc = ref_f.copy()
+    used = 1
+    for other in crops[:-1]:
+        if other.shape != ref.shape:
+            continue
+        o = other.astype(np.float32)
+        (dx, dy), response = cv2.phaseCorrelate(o, ref_f, window)
+        if response < 0.2:
+            continue
+        shift = np.float32([[1, 0, dx], [0, 1, dy]])
+        acc += cv2.warpAffine(o, shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        used += 1
+    if used < 2:
+        return None
+    return np.clip(acc / used + 0.5, 0, 255).astype(np.uint8)
