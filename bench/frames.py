@@ -203,26 +203,34 @@ def _rotation(tilt_deg: float, tilt_axis_deg: float, roll_deg: float) -> np.ndar
 
 
 def _disc(radius: float) -> np.ndarray:
-    """Defocus point-spread function: a uniform disc of ``radius`` pixels, antialiased, sums to 1."""
-    n = int(math.ceil(radius)) + 1
+    """Defocus point-spread function of a real lens, not the decoder's model: a disc of ``radius``
+    pixels whose rim is brighter (spherical aberration), softened by the sensor (Gaussian, 0.4 px)."""
+    n = int(math.ceil(radius)) + 2
     ss = 8
     grid = (np.arange((2 * n + 1) * ss, dtype=np.float32) + 0.5) / ss - (n + 0.5)
-    inside = ((grid[None, :] ** 2 + grid[:, None] ** 2) <= radius * radius).astype(np.float32)
-    k = cv2.resize(inside, (2 * n + 1, 2 * n + 1), interpolation=cv2.INTER_AREA)
+    r2 = (grid[None, :] ** 2 + grid[:, None] ** 2) / (radius * radius)
+    disc = np.where(r2 <= 1.0, 1.0 + 0.4 * r2, 0.0).astype(np.float32)
+    k = cv2.resize(disc, (2 * n + 1, 2 * n + 1), interpolation=cv2.INTER_AREA)
+    k = cv2.GaussianBlur(k, (0, 0), 0.4)
     return k / k.sum()
 
 
 def _streak(length: float, angle_deg: float) -> np.ndarray:
-    """Motion point-spread function: a line of ``length`` pixels at ``angle_deg``, sums to 1."""
-    n = int(math.ceil(length / 2)) + 1
+    """Motion point-spread function of a hand that speeds up: a line of ``length`` pixels at
+    ``angle_deg`` whose weight grows from 0.6 to 1.4 along it, softened by the sensor (0.4 px)."""
+    n = int(math.ceil(length / 2)) + 2
     ss = 8
     size = (2 * n + 1) * ss
     k = np.zeros((size, size), np.float32)
     c = size / 2
-    dx = math.cos(math.radians(angle_deg)) * length * ss / 2
-    dy = math.sin(math.radians(angle_deg)) * length * ss / 2
-    cv2.line(k, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))), 1.0, ss)
+    steps = max(2, int(length * ss))
+    for i in range(steps + 1):
+        t = i / steps - 0.5
+        x = c + t * math.cos(math.radians(angle_deg)) * length * ss
+        y = c + t * math.sin(math.radians(angle_deg)) * length * ss
+        cv2.circle(k, (int(round(x)), int(round(y))), ss // 2, 1.0 + 0.8 * t, -1)
     k = cv2.resize(k, (2 * n + 1, 2 * n + 1), interpolation=cv2.INTER_AREA)
+    k = cv2.GaussianBlur(k, (0, 0), 0.4)
     return k / k.sum()
 
 

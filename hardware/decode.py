@@ -394,8 +394,8 @@ class ApplianceDecoder:
         def resized(f: float, binarizer: str = "local"):
             return lambda: (sized(img, f), binarizer, back(f))
 
-        def deblurred(psf: np.ndarray):
-            return lambda: (sized(enhance.wiener(img, psf), up), "local", back(up))
+        def deblurred(psf: np.ndarray, nsr: float = enhance.WIENER_NSR):
+            return lambda: (sized(enhance.wiener(img, psf, nsr), up), "local", back(up))
 
         def squared():
             side = int(min(900, max(64, enhance.quad_side(quad) * scale * up)))
@@ -413,12 +413,16 @@ class ApplianceDecoder:
         if blur.radii:
             out.append(Attempt("defocus", deblurred(enhance.disc_psf(blur.radii[0]))))
         if blur.streak:
-            out.append(Attempt("motion", deblurred(enhance.streak_psf(*blur.streak))))
+            length, angle = blur.streak
+            out.append(Attempt("motion", deblurred(enhance.streak_psf(length, angle), enhance.STREAK_NSR)))
         if src is not None:
             out.append(Attempt("square", squared))
         out.append(Attempt("sharpen", sharp))
         if len(blur.radii) > 1:
             out.append(Attempt("defocus", deblurred(enhance.disc_psf(blur.radii[1]))))
+        if blur.streak and blur.streak[0] * 1.6 <= enhance.MAX_STREAK_PX:
+            length, angle = blur.streak  # a hand that speeds up fills the first dip: try longer
+            out.append(Attempt("motion", deblurred(enhance.streak_psf(length * 1.6, angle), enhance.STREAK_NSR)))
         if not big:
             out.append(Attempt("upscale", resized(3.0)))
         out += [Attempt("global", resized(factor, "global")),

@@ -31,8 +31,10 @@ MAX_ASPECT = 3.2
 """Longest to shortest side of a code-like region: a square tilted 60° away is 2:1, plus slack."""
 WIENER_NSR = 0.006
 """Noise-to-signal ratio of the Wiener deconvolution (8-bit images, a point-spread function summing to 1)."""
-MIN_BLUR_PX, MAX_BLUR_PX = 1.5, 9.0
-"""Range of defocus radii and motion streak lengths (pixels) that are estimated and undone."""
+STREAK_NSR = 0.02
+"""The same for a motion streak, whose model (an even speed) fits a real hand less well."""
+MIN_BLUR_PX, MAX_BLUR_PX, MAX_STREAK_PX = 1.5, 9.0, 14.0
+"""Defocus radii and motion streak lengths (pixels) that are estimated and undone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,28 +142,47 @@ def _rings(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _RINGS[n]
 
 
-def estimate_blur(img: np.ndarray, limit: int = 2) -> Blur:
-    """Defocus and motion blur read from the spectrum of the middle of a code's crop.
-
-    A defocus disc of radius R multiplies the spectrum by 2·J1(2πRf)/(2πRf), zero on a ring at
-    f = 0.61/R cycles per pixel; a code's own spectrum is broad and smooth, so the deepest dark
-    rings of the radially averaged power spectrum give R. A motion streak of length L multiplies
-    it by a sinc whose zeros are lines 1/L apart across its direction; the cepstrum (transform of
-    the log spectrum) then has its deepest negative point at ±L along the streak.
-    """
+def _spectrum(img: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """The power spectrum of the largest fast-transform square in the middle of ``img``, Hann-windowed."""
     n = min(SPECTRUM_SIDE, *img.shape)
     while n >= 32 and cv2.getOptimalDFTSize(n) != n:  # the largest fast transform size that fits
         n -= 1
     if n < 32:
-        return Blur((), None)
+        return None
     y0, x0 = (img.shape[0] - n) // 2, (img.shape[1] - n) // 2
     f = img[y0:y0 + n, x0:x0 + n].astype(np.float32)
     f -= f.mean()
     f *= cv2.createHanningWindow((n, n), cv2.CV_32F)
     mag = cv2.magnitude(*cv2.split(cv2.dft(f, flags=cv2.DFT_COMPLEX_OUTPUT)))
+    return mag * mag, n
+
+
+_POLAR: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _polar(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For an n x n spectrum: each frequency's radius (cycles per pixel) and direction (degrees, 0-180)."""
+    if n not in _POLAR:
+        f = np.fft.fftfreq(n)
+        _POLAR[n] = (np.hypot(f[:, None], f[None, :]), np.degrees(np.arctan2(f[:, None], f[None, :])) % 180)
+    return _POLAR[n]
+
+
+def estimate_blur(img: np.ndarray, limit: int = 2) -> Blur:
+    """Defocus and motion blur read from the spectrum of the middle of a code's crop.
+
+    A defocus disc of radius R multiplies the spectrum by 2·J1(2πRf)/(2πRf), zero on a ring at
+    f = 0.61/R cycles per pixel; a code's own spectrum is broad and smooth, so the deepest dark
+    rings of the radially averaged power spectrum give R. A motion streak takes away the high
+    frequencies along its direction only: that direction is the one with the least energy, and
+    its length the first dip of the spectrum along it relative to the spectrum across it.
+    """
+    got = _spectrum(img)
+    if got is None:
+        return Blur((), None)
+    power, n = got
     idx, count, freq = _rings(n)
-    profile = np.log(np.bincount(idx, weights=(mag * mag).ravel(), minlength=len(count) + 1)[:len(count)] / count
-                     + 1e-6)
+    profile = np.log(np.bincount(idx, weights=power.ravel(), minlength=len(count) + 1)[:len(count)] / count + 1e-6)
     profile = np.convolve(profile, np.ones(3) / 3, mode="same")
     dips = []
     for k in range(2, len(profile) - 2):
@@ -170,28 +191,35 @@ def estimate_blur(img: np.ndarray, limit: int = 2) -> Blur:
             depth = min(profile[max(0, k - 6):k].max(), profile[k + 1:k + 7].max()) - profile[k]
             dips.append((depth, round(float(r), 2)))
     dips.sort(key=lambda d: -d[0])
-    # the log spectrum is real and even, so its forward transform is the (real) cepstrum
-    cep = cv2.dft(np.log(mag + 1e-3), flags=cv2.DFT_COMPLEX_OUTPUT)[..., 0]
-    return Blur(tuple(r for _, r in dips[:limit]), _streak_from(cep))
+    return Blur(tuple(r for _, r in dips[:limit]), _streak(np.log(power + 1e-6), n))
 
 
-def _streak_from(cep: np.ndarray) -> tuple[float, float] | None:
-    """The motion streak at the cepstrum's deepest negative point near the origin (None if out of range)."""
-    h, w = cep.shape
-    m = int(MAX_BLUR_PX) + 2
-    rows = np.r_[0:m + 1, h - m:h]
-    cols = np.r_[0:m + 1, w - m:w]
-    near = cep[np.ix_(rows, cols)]
-    dy = np.where(rows > h // 2, rows - h, rows).astype(np.float32)[:, None]
-    dx = np.where(cols > w // 2, cols - w, cols).astype(np.float32)[None, :]
-    dist = np.hypot(dy, dx)
-    near = np.where((dist >= 2.5) & (dist <= MAX_BLUR_PX + 1), near, np.inf)
-    iy, ix = divmod(int(np.argmin(near)), near.shape[1])
-    ddx, ddy = float(dx[0, ix]), float(dy[iy, 0])
-    length = math.hypot(ddx, ddy) - 0.5  # the cepstral dip sits half a pixel beyond the streak's end
-    if not (MIN_BLUR_PX <= length <= MAX_BLUR_PX):
+STREAK_ANISOTROPY = 1.0
+"""Log-energy gap between the weakest and strongest direction below which no streak is reported."""
+
+
+def _streak(log_power: np.ndarray, n: int) -> tuple[float, float] | None:
+    """A motion streak's length (pixels) and direction (degrees) from the log power spectrum, or None."""
+    radius, direction = _polar(n)
+    band = (radius > 0.06) & (radius < 0.3)
+    angles = np.arange(0, 180, 6)
+    wedges = [np.abs((direction - a + 90) % 180 - 90) < 8 for a in angles]
+    energy = np.array([log_power[band & w].mean() for w in wedges])
+    k = int(np.argmin(energy))
+    if energy.max() - energy[k] < STREAK_ANISOTROPY:
         return None
-    return length, math.degrees(math.atan2(ddy, ddx)) % 180.0
+    along, across = wedges[k], wedges[(k + len(angles) // 2) % len(angles)]
+    bins = np.minimum((radius * 128).astype(np.int32), 64)
+
+    def profile(sel: np.ndarray) -> np.ndarray:
+        total = np.bincount(bins[sel], weights=log_power[sel], minlength=65)[:64]
+        return total / np.maximum(np.bincount(bins[sel], minlength=65)[:64], 1)
+
+    ratio = profile(along) - profile(across)
+    freq = (np.arange(64) + 0.5) / 128
+    usable = (freq > 1 / MAX_STREAK_PX) & (freq < 1 / MIN_BLUR_PX)
+    f = freq[int(np.argmin(np.where(usable, ratio, np.inf)))]
+    return float(1 / f), float(angles[k])
 
 
 def disc_psf(radius: float) -> np.ndarray:
