@@ -1,41 +1,32 @@
-"""QR decoding: rate and time per backend on the shared real-world set, and ms per camera frame.
+"""QR decoding: rate and time per backend on the shared real-world set, on camera-like frames and
+clips (bench/frames.py), and ms per camera frame.
 
-Backends side by side in one run: pyzbar (QR only), zxing-cpp (one pass, QR only) and the
-appliance decoder ("auto": zxing-cpp + probe + second pass). Frames: empty and with one card, at
-640x480 and 1280x720; the appliance call is compared with the raw library call on the same frame.
+Peers in the same run: pyzbar (QR only), zxing-cpp alone with the first pass's options, the
+appliance decoder (one frame at a time) and, on clips and live-camera costs, the stream decoder
+a camera runs. Empty frames are a static lane with fresh sensor noise in every frame.
 """
 from __future__ import annotations
 
+import itertools
 import random
+import statistics
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from hardware.decode import DOWNSCALE_ABOVE, DecoderUnavailable, make_decoder, read_gray
+from hardware.decode import DOWNSCALE_ABOVE, ApplianceDecoder, DecoderUnavailable, make_decoder, read_gray
+from hardware.stream_decode import StreamDecoder
 
 from . import fixtures
+from . import frames as camera_frames
+from .frames import scene
 from .timing import interleaved, median, quartiles, ratios, table
 from .world import world
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "qr"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def scene(w: int, h: int, seed: int = 3) -> np.ndarray:
-    """A plausible empty lane as the camera sees it: shapes, edges, some text, sensor noise."""
-    rng = np.random.default_rng(seed)
-    img = np.tile(np.linspace(90, 170, w, dtype=np.float32), (h, 1))
-    for _ in range(12):
-        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
-        cv2.rectangle(img, (x, y), (x + int(rng.integers(20, w // 3)), y + int(rng.integers(20, h // 3))),
-                      float(rng.integers(30, 230)), int(rng.choice([-1, 2, 4])))
-    img8 = img.astype(np.uint8)
-    for i in range(3):
-        cv2.putText(img8, "LOI RA / EXIT 0123", (int(w * 0.05), int(h * (0.3 + 0.25 * i))),
-                    cv2.FONT_HERSHEY_SIMPLEX, w / 900, 40, 2)
-    return (img8 + rng.normal(0, 3, img.shape)).clip(0, 255).astype(np.uint8)
 
 
 def with_code(frame: np.ndarray, text: str, scale: int) -> np.ndarray:
@@ -124,8 +115,27 @@ def samples_bench(rounds: int) -> dict:
     return out
 
 
+def _variants(frame: np.ndarray, name: str, n: int = 8) -> list[np.ndarray]:
+    """``n`` frames of the same picture as a camera gives them: fresh sensor noise in each (a new
+    uniform noise for the noise frame), or for the passer-by a dark shape moving across the lane."""
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(n):
+        if name.endswith("empty noise"):
+            out.append(rng.integers(0, 256, frame.shape, dtype=np.uint8))
+            continue
+        f = frame.astype(np.float32)
+        if "passer-by" in name:
+            h, w = frame.shape
+            x = int(w * (0.2 + 0.6 * i / n))
+            cv2.ellipse(f, (x, h // 2), (w // 10, h // 2), 0, 0, 360, 60, -1)
+            cv2.rectangle(f, (x - w // 20, h // 3), (x + w // 20, h // 3 + h // 8), 200, -1)
+        out.append((f + rng.normal(0, 2, frame.shape)).clip(0, 255).astype(np.uint8))
+    return out
+
+
 def frames_bench(rounds: int) -> dict:
-    """ms per frame: raw library calls and the appliance decoder on the same frames, interleaved."""
+    """ms per frame: raw library calls, the appliance decoder and the stream decoder on the same frames."""
     import zxingcpp
     fmt = zxingcpp.BarcodeFormat
     qr = [fmt.QRCodeModel1, fmt.QRCodeModel2] if hasattr(fmt, "QRCodeModel2") else fmt.QRCode
@@ -137,45 +147,213 @@ def frames_bench(rounds: int) -> dict:
         pyzbar = None
     results: dict = {}
     rows = []
-    for name, (frame, expected) in frames().items():
+    all_frames = frames()
+    all_frames["1280x720 passer-by"] = (scene(1280, 720), None)
+    for name, (frame, expected) in all_frames.items():
         got = [c.text for c in appliance.decode(frame)]
         if got != ([expected] if expected else []):
             raise SystemExit(f"bench fixture broken: appliance decoder on {name!r} gave {got!r}")
         big = max(frame.shape) > DOWNSCALE_ABOVE
+        seq = _variants(frame, name)
+        stream = StreamDecoder()
+        for f in seq * 8:  # a camera that has been looking at this lane for a while
+            stream.feed(f)
+
+        def nxt(seq=seq):
+            it = itertools.cycle(seq)
+            return lambda: next(it)
         cases = {
-            "zxing raw": lambda f=frame: zxingcpp.read_barcodes(f, formats=qr),
-            # the appliance's first pass alone, as a raw call: what the probe and Python add on top
-            "zxing pass-1 opts": lambda f=frame: zxingcpp.read_barcodes(f, formats=qr, try_downscale=big,
-                                                                        return_errors=True),
-            "appliance": lambda f=frame: appliance.decode(f),
+            "zxing raw": lambda f=nxt(): zxingcpp.read_barcodes(f(), formats=qr),
+            # the first pass alone, as a raw call with exactly its options: the stream's peer
+            "zxing pass-1 opts": lambda f=nxt(): zxingcpp.read_barcodes(
+                f(), formats=qr, try_invert=True, try_downscale=big, text_mode=zxingcpp.TextMode.Plain,
+                return_errors=True),
+            "appliance": lambda f=nxt(): appliance.decode(f()),
+            "stream": lambda f=nxt(), s=stream: s.feed(f()),
         }
         if pyzbar is not None:
-            cases["pyzbar QR"] = lambda f=frame: pyzbar.decode(f, symbols=zbar_qr)
-            if name == "640x480 empty noise":
-                cases["pyzbar all"] = lambda f=frame: pyzbar.decode(f)
+            cases["pyzbar QR"] = lambda f=nxt(): pyzbar.decode(f(), symbols=zbar_qr)
         samples = interleaved(cases, rounds=rounds, target_s=0.02)
         res = {k: median(v) * 1e3 for k, v in samples.items()}
-        app_raw = ratios(samples, "appliance", "zxing raw")
-        res["x_raw"], res["x_raw_iqr"] = median(app_raw), quartiles(app_raw)
-        res["x_pass1"] = median(ratios(samples, "appliance", "zxing pass-1 opts"))
+        x_pass1 = ratios(samples, "stream", "zxing pass-1 opts")
+        res["x_pass1"], res["x_pass1_iqr"] = median(x_pass1), quartiles(x_pass1)
+        res["x_raw"] = median(ratios(samples, "stream", "zxing raw"))
         if "pyzbar QR" in samples:
-            res["x_pyzbar"] = median(ratios(samples, "appliance", "pyzbar QR"))
+            x_zb = ratios(samples, "stream", "pyzbar QR")
+            res["x_pyzbar"], res["x_pyzbar_iqr"] = median(x_zb), quartiles(x_zb)
         results[name] = res
         rows.append((name, f"{res['zxing raw']:.2f}", f"{res['zxing pass-1 opts']:.2f}", f"{res['appliance']:.2f}",
-                     f"{res['x_raw']:.2f} ({res['x_raw_iqr'][0]:.2f}-{res['x_raw_iqr'][1]:.2f})",
-                     f"{res['x_pass1']:.2f}",
+                     f"{res['stream']:.2f}",
+                     f"{res['x_pass1']:.2f} ({res['x_pass1_iqr'][0]:.2f}-{res['x_pass1_iqr'][1]:.2f})",
                      f"{res['pyzbar QR']:.2f}" if "pyzbar QR" in res else "-",
-                     f"{res['x_pyzbar']:.2f}" if "x_pyzbar" in res else "-",
-                     f"{res['pyzbar all']:.1f}" if "pyzbar all" in res else ""))
-    print(f"ms per frame (medians of {rounds} interleaved rounds; goals: appliance <= 1.1x zxing raw, "
-          "empty 640x480 appliance <= 0.25x pyzbar QR)")
-    print(table(("frame", "zxing raw", "zxing pass-1", "appliance", "x raw (p25-p75)", "x pass-1", "pyzbar QR",
-                 "x pyzbar", "pyzbar all"), rows))
+                     f"{res['x_pyzbar']:.3f} ({res['x_pyzbar_iqr'][0]:.3f}-{res['x_pyzbar_iqr'][1]:.3f})"
+                     if "x_pyzbar" in res else "-"))
+    print(f"ms per frame (medians of {rounds} interleaved rounds over 8 frames of each kind, fresh sensor noise "
+          "in each; 'stream' = StreamDecoder, what a camera runs; 'appliance' = one frame at a time, as scan-image)")
+    print(table(("frame", "zxing raw", "zxing pass-1", "appliance", "stream", "stream x pass-1 (p25-p75)",
+                 "pyzbar QR", "stream x pyzbar QR (p25-p75)"), rows))
+    empty = {k: v for k, v in results.items() if "empty" in k}
+    worst_pass1 = max(v["x_pass1"] for v in empty.values())
+    worst_zb = max(v.get("x_pyzbar", 0.0) for v in empty.values())
+    print(f"goal: empty frame <= 1.1x zxing with the first pass's options: worst {worst_pass1:.2f}x "
+          f"({'met' if worst_pass1 <= 1.1 else 'MISSED'}); <= 0.2x pyzbar QR-only: worst {worst_zb:.3f}x "
+          f"({'met' if worst_zb <= 0.2 else 'MISSED'})")
     print()
     return results
 
 
+def _zxing_alone():
+    """zxing-cpp alone with the appliance's first-pass options (the peer on camera-like frames)."""
+    import zxingcpp
+    fmt = zxingcpp.BarcodeFormat
+    qr = [fmt.QRCodeModel1, fmt.QRCodeModel2] if hasattr(fmt, "QRCodeModel2") else fmt.QRCode
+    return lambda f: [r.text for r in zxingcpp.read_barcodes(f, formats=qr, try_invert=True, try_downscale=False,
+                                                               text_mode=zxingcpp.TextMode.Plain)]
+
+
+def _pyzbar_qr():
+    """pyzbar restricted to QR, one call per frame (no inverted retry): the issue's "pyzbar (QR only)"."""
+    try:
+        from pyzbar import pyzbar
+    except (ImportError, OSError):
+        return None
+    symbols = [pyzbar.ZBarSymbol.QRCODE]
+    return lambda f: [r.data.decode("utf-8", "replace") for r in pyzbar.decode(f, symbols=symbols)]
+
+
+def camera_set_bench(per_category: int, seed: int) -> dict:
+    """Read rate per frame, per category of the camera-like frame set, each frame decoded on its own."""
+    text = camera_frames.card_text()
+    camera = camera_frames.Camera(text)
+    shots = camera_frames.frame_set(camera, per_category, seed)
+    appliance = ApplianceDecoder()
+    peers = {"zxing-cpp": _zxing_alone(), "pyzbar QR": _pyzbar_qr(),
+             "appliance": lambda f: [c.text for c in appliance.decode(f)]}
+    peers = {k: v for k, v in peers.items() if v is not None}
+    rows, out = [], {}
+    missed = rescued = 0
+    for cat, group in shots.items():
+        ok = {k: 0 for k in peers}
+        ms = {k: [] for k in peers}
+        wrong = 0
+        for shot in group:
+            for name, fn in peers.items():
+                t0 = time.perf_counter()
+                got = fn(shot.frame)
+                ms[name].append((time.perf_counter() - t0) * 1e3)
+                ok[name] += got == [text]
+                wrong += name == "appliance" and bool(got) and got != [text]
+            if cat in camera_frames.BLUR_AND_PERSPECTIVE and fn is not None:
+                if peers["zxing-cpp"](shot.frame) != [text]:
+                    missed += 1
+                    rescued += peers["appliance"](shot.frame) == [text]
+        n = len(group)
+        out[cat] = {k: ok[k] / n for k in peers} | {"wrong": wrong}
+        rows.append((cat, *(f"{100 * ok[k] / n:.0f}%" for k in peers),
+                     *(f"{statistics.median(ms[k]):.1f}" for k in peers), wrong))
+    print(f"camera-like frames (bench/frames.py, seed {seed}, {per_category} frames per category, 1280x720; "
+          "read rate per frame = exact text; ms = median per frame)")
+    print(table(("category", *peers, *(f"{k} ms" for k in peers), "wrong"), rows))
+    share = rescued / missed if missed else 1.0
+    losses = [c for c, v in out.items() if v["appliance"] < v["zxing-cpp"]]
+    print(f"goal: of the {missed} frames zxing-cpp misses in the blur and perspective categories the appliance reads "
+          f"{rescued} ({100 * share:.0f}%; goal >= 90%: {'met' if share >= 0.9 else 'MISSED'}); "
+          f"categories where it reads fewer than zxing-cpp: {', '.join(losses) or 'none'}")
+    print()
+    out["_rescued"] = (rescued, missed)
+    return out
+
+
+PI4_FACTOR = 6.0
+"""x86 decode time x this = the Pi 4 estimate (docs/raspberry-pi.md)."""
+
+
+def _first_read(decode, frames: list[np.ndarray], text: str, slow: float = 1.0,
+                detail: list[np.ndarray] | None = None) -> float | None:
+    """Camera time (s) from the card's first frame to the end of the decode that reads it, at FPS.
+
+    The camera delivers frame i at i / FPS; the decoder always takes the newest frame, so frames
+    that arrive while it works are skipped (as hardware.camera does). Decode times are measured
+    here and multiplied by ``slow`` (a slower machine)."""
+    period = 1 / camera_frames.FPS
+    t, i = 0.0, 0
+    while i < len(frames):
+        t = max(t, i * period)
+        t0 = time.perf_counter()
+        got = decode(frames[i]) if detail is None else decode(frames[i], detail[i])
+        t += (time.perf_counter() - t0) * slow
+        if got == [text]:
+            return t
+        i = max(i + 1, int(t / period))
+    return None
+
+
+def clips_bench(per_category: int, seed: int) -> dict:
+    """Time to first read per clip (a card held for a second), per category, every decoder in the same run."""
+    text = camera_frames.card_text()
+    camera = camera_frames.Camera(text)
+    clips = camera_frames.clips(camera, per_category, seed)
+    lane = [camera.shoot(camera_frames.Pose(1e6), camera_frames.Look(), np.random.default_rng(i)).frame
+            for i in range(8)]
+    lane_lores = [cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA) for f in lane]
+    zx, zb = _zxing_alone(), _pyzbar_qr()
+
+    def stream(lores: bool = False):
+        s = StreamDecoder()
+        for f in (lane_lores if lores else lane) * 6:  # the camera watched an empty lane before
+            s.feed(f)
+        if lores:
+            return lambda f, d: [c.text for c in s.feed(f, d).codes]
+        return lambda f: [c.text for c in s.feed(f).codes]
+
+    rows, out = [], {}
+    for cat, group in clips.items():
+        res: dict[str, list] = {"stream": [], "stream Pi 4": [], "lores+main": [], "zxing-cpp": [], "pyzbar QR": []}
+        for clip in group:
+            full = [s.frame for s in clip]
+            lores = [cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA) for f in full]
+            res["stream"].append(_first_read(stream(), full, text))
+            res["stream Pi 4"].append(_first_read(stream(), full, text, PI4_FACTOR))
+            res["lores+main"].append(_first_read(stream(True), lores, text, detail=full))
+            res["zxing-cpp"].append(_first_read(zx, full, text))
+            if zb is not None:
+                res["pyzbar QR"].append(_first_read(zb, full, text))
+        out[cat] = res
+        cells = []
+        for name, times in res.items():
+            got = sorted(t for t in times if t is not None)
+            if not times:
+                cells.append("-")
+            elif not got:
+                cells.append(f"0/{len(times)}")
+            else:
+                cells.append(f"{len(got)}/{len(times)} {statistics.median(got) * 1e3:.0f} ({got[-1] * 1e3:.0f})")
+        rows.append((cat, *cells))
+    print(f"clips (bench/frames.py, seed {seed}, {per_category} clips per category: a card held for one second, "
+          f"{camera_frames.CLIP_FRAMES} frames at {camera_frames.FPS:.0f} fps, hand shake; "
+          "read/clips, median (worst) ms of camera time to the first read; 'Pi 4' = decode times x6; "
+          "'lores+main' = the stream decoder on 640x360 with 1280x720 crops, as on picamera2)")
+    print(table(("category", *res), rows))
+    slow = [c for c, r in out.items() if not _fast_enough(r["stream"])]
+    print(f"goal: median time to first read <= 300 ms in every category (stream, x86): "
+          f"{'met' if not slow else 'MISSED in ' + ', '.join(slow)}")
+    print()
+    return out
+
+
+def _fast_enough(times: list) -> bool:
+    """Every clip read, and half of them within 300 ms."""
+    got = [t for t in times if t is not None]
+    return len(got) == len(times) and statistics.median(got) <= 0.3
+
+
 def run(quick: bool = False) -> dict:
     print("== decode ==")
-    out = {"samples": samples_bench(1 if quick else 5), "frames": frames_bench(5 if quick else 31)}
+    out = {"samples": samples_bench(1 if quick else 5), "frames": frames_bench(5 if quick else 21),
+           "camera set": camera_set_bench(3 if quick else 30, SEED),
+           "clips": clips_bench(1 if quick else 8, SEED)}
     return out
+
+
+SEED = 2026
+"""The frame set the bench reports on; the decoder was developed on other seeds (11), so this set is held out."""
