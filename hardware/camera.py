@@ -23,6 +23,8 @@ import numpy as np
 
 from hardware.decode import (
     IMAGE_SUFFIXES,
+    ApplianceDecoder,
+    DecodedCode,
     Decoder,
     DecoderUnavailable,
     ImageUnreadable,
@@ -31,8 +33,10 @@ from hardware.decode import (
     decode_region,
     make_decoder,
     read_gray,
+    roi_view,
 )
 from hardware.inputs import InputThread, SourceReason, SourceState
+from hardware.stream_decode import StreamDecoder
 from scanner.base.backoff import Backoff
 from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
@@ -40,6 +44,7 @@ from scanner.base.safetext import escape
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "opencv", "picamera2", "files")
+EXPOSURE_MODES = ("auto", "short")
 
 
 class SourceUnavailable(CheckpointError):
@@ -62,7 +67,11 @@ class CameraConfig:
     module. ``width``/``height``/``fps`` are asked of the backend (it may choose the nearest it
     has); ``exposure`` (OpenCV: backend units; picamera2: microseconds) and ``focus`` (OpenCV:
     backend units; picamera2: lens position in dioptres) are None for automatic. ``roi`` is the
-    part of the frame decoded, as (x, y, w, h) fractions. ``live`` overrides the guess whether the
+    part of the frame decoded, as (x, y, w, h) fractions. ``gain`` is a manual sensor gain (with a
+    manual exposure). ``exposure_mode`` "short" asks for short exposures and more gain (against
+    motion blur; picamera2's AeExposureMode Short). ``detail_width``/``detail_height`` (picamera2):
+    a higher-resolution main stream beside the width x height one that is decoded, from which the
+    second pass crops (docs/decoding.md). ``live`` overrides the guess whether the
     device is a camera (frames may be dropped, end of stream means "lost") or a file (every frame
     decoded, end of stream means "finished"); ``pace`` plays a file at that many frames per second.
     """
@@ -75,6 +84,10 @@ class CameraConfig:
     fps: float | None = None
     exposure: float | None = None
     focus: float | None = None
+    gain: float | None = None
+    exposure_mode: str = "auto"
+    detail_width: int | None = None
+    detail_height: int | None = None
     roi: Roi | None = None
     decoder: str = "auto"
     direction: str | None = None
@@ -95,6 +108,14 @@ class CameraConfig:
                 raise ValueError(f"camera {field} must be between 0 and 1000, got {value!r}")
         if self.roi is not None:
             check_roi(tuple(self.roi))
+        if self.exposure_mode not in EXPOSURE_MODES:
+            raise ValueError(f"camera exposure_mode must be one of {', '.join(EXPOSURE_MODES)}, "
+                             f"got {self.exposure_mode!r}")
+        if (self.detail_width is None) != (self.detail_height is None):
+            raise ValueError("camera detail_width and detail_height go together")
+        for field, value in (("detail_width", self.detail_width), ("detail_height", self.detail_height)):
+            if value is not None and not (16 <= value <= 8192):
+                raise ValueError(f"camera {field} must be between 16 and 8192, got {value!r}")
 
     @property
     def source_id(self) -> str:
@@ -112,17 +133,42 @@ class CameraConfig:
         return "opencv"
 
 
+@dataclass(frozen=True, slots=True)
+class DualFrame:
+    """A frame and the same picture at a higher resolution (picamera2's lores and main streams):
+    the decoder looks at ``gray`` and crops what it must look at again from ``detail``."""
+
+    gray: np.ndarray
+    detail: np.ndarray
+
+
 class FrameSource(Protocol):
-    """Where frames come from. ``read`` returns a 2-D uint8 frame, or None at the end of a file."""
+    """Where frames come from. ``read`` returns a 2-D uint8 frame (or a `DualFrame`), or None at the end of a file."""
 
     name: str
     live: bool
 
     def open(self) -> None: ...
 
-    def read(self) -> np.ndarray | None: ...
+    def read(self) -> np.ndarray | DualFrame | None: ...
 
     def close(self) -> None: ...
+
+
+def v4l2_settings(cfg: CameraConfig) -> list[tuple[str, int, float]]:
+    """The V4L2 controls (through OpenCV's properties) a config asks for: (name, property, value).
+
+    Manual exposure turns auto exposure off (V4L2 auto_exposure 1 = manual); manual focus turns
+    autofocus off. Nothing is asked for what the config leaves automatic.
+    """
+    out: list[tuple[str, int, float]] = []
+    if cfg.exposure is not None:
+        out += [("auto_exposure", cv2.CAP_PROP_AUTO_EXPOSURE, 1), ("exposure", cv2.CAP_PROP_EXPOSURE, cfg.exposure)]
+    if cfg.focus is not None:
+        out += [("autofocus", cv2.CAP_PROP_AUTOFOCUS, 0), ("focus", cv2.CAP_PROP_FOCUS, cfg.focus)]
+    if cfg.gain is not None:
+        out.append(("gain", cv2.CAP_PROP_GAIN, cfg.gain))
+    return out
 
 
 def _is_device(dev: str) -> bool:
@@ -174,7 +220,7 @@ class OpenCVSource:
 
     @staticmethod
     def _configure(cap: cv2.VideoCapture, cfg: CameraConfig) -> None:
-        """Ask for size, rate, exposure and focus; a backend that cannot do one keeps its own."""
+        """Ask for size, rate, exposure, focus and gain; the V4L2 controls a camera lacks are logged once."""
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not one from 4 frames ago
         if cfg.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
@@ -182,12 +228,11 @@ class OpenCVSource:
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
         if cfg.fps:
             cap.set(cv2.CAP_PROP_FPS, cfg.fps)
-        if cfg.exposure is not None:
-            cap.set(cv2.CAP_PROP_AUTO_EXPOSURE, 1)  # V4L2: 1 = manual, 3 = aperture priority (auto)
-            cap.set(cv2.CAP_PROP_EXPOSURE, cfg.exposure)
-        if cfg.focus is not None:
-            cap.set(cv2.CAP_PROP_AUTOFOCUS, 0)
-            cap.set(cv2.CAP_PROP_FOCUS, cfg.focus)
+        refused = [name for name, prop, value in v4l2_settings(cfg)
+                   if not cap.set(prop, value)]
+        if refused:
+            log.warning("camera %s: the camera has no (or refused the) %s control", escape(cfg.source_id),
+                        ", ".join(refused))
 
     def read(self) -> np.ndarray | None:
         cap = self._cap
@@ -328,6 +373,8 @@ class CameraInput(InputThread):
         self._backoff = backoff or Backoff()
         self._on_frame = on_frame
         self.frames = 0
+        self.stream: StreamDecoder | None = None
+        """The stream decoder while running (its ``hint`` says what would help the camera), if the decoder is one."""
         self._live: bool | None = None
 
     @property
@@ -352,6 +399,9 @@ class CameraInput(InputThread):
             except DecoderUnavailable as exc:
                 self.status.set(SourceState.FAILED, SourceReason.DECODER_UNAVAILABLE, str(exc))
                 return
+        if isinstance(decoder, ApplianceDecoder):
+            decoder = StreamDecoder(decoder)  # a camera's frames are a stream (hardware/stream_decode.py)
+        self.stream = decoder if isinstance(decoder, StreamDecoder) else None
         while not self._stop.is_set():
             try:
                 source = self._factory()
@@ -441,11 +491,29 @@ class CameraInput(InputThread):
             if failure:
                 raise failure[0]
 
-    def _decode(self, frame: np.ndarray, decoder: Decoder) -> None:
+    def _decode(self, frame: np.ndarray | DualFrame, decoder: Decoder) -> None:
         self.frames += 1
-        codes = decode_region(decoder, frame, self.config.roi)
+        if isinstance(frame, DualFrame):
+            detail, frame = frame.detail, frame.gray
+        else:
+            detail = None
+        if isinstance(decoder, StreamDecoder):
+            codes = self._feed(decoder, frame, detail)
+        else:
+            codes = decode_region(decoder, frame, self.config.roi)
         for code in codes:
             self._emit(code.text)
         if self._on_frame is not None:
             self._on_frame(frame, codes)
+
+    def _feed(self, stream: StreamDecoder, frame: np.ndarray, detail: np.ndarray | None) -> list:
+        """The region of interest of the frame (and of its detail) through the stream decoder, corners in frame pixels."""
+        view, dx, dy = roi_view(frame, self.config.roi)
+        if detail is not None and self.config.roi is not None:
+            detail = roi_view(detail, self.config.roi)[0]
+        codes = list(stream.feed(view, detail).codes)
+        if not (dx or dy):
+            return codes
+        return [DecodedCode(c.text, c.raw, tuple((x + dx, y + dy) for x, y in c.corners) if c.corners else None)
+                for c in codes]
 
