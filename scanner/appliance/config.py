@@ -99,7 +99,9 @@ def _plain(config: Settings) -> dict:
 def camera_config(c: settings.CameraSection, scan: settings.ScanSection) -> CameraConfig:
     live = {"auto": None, "live": True, "file": False}[c.kind]
     return CameraConfig(c.device, name=c.name, backend=c.backend, width=c.width, height=c.height, fps=c.fps,
-                        exposure=c.exposure, focus=c.focus, roi=c.roi, decoder=c.decoder or scan.decoder,
+                        exposure=c.exposure, focus=c.focus, gain=c.gain,
+                        exposure_mode=c.exposure_mode, detail_width=c.detail_width,
+                        detail_height=c.detail_height, roi=c.roi, decoder=c.decoder or scan.decoder,
                         direction=c.direction, live=live, pace=c.pace, loop=c.loop)
 
 

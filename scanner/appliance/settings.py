@@ -343,6 +343,14 @@ class CameraSection:
     exposure: float | None
     # Manual focus (OpenCV units; picamera2 dioptres).
     focus: float | None
+    # Manual sensor gain (with a manual exposure).
+    gain: float | None
+    # `short`: short exposures and more gain, against motion blur (picamera2).
+    exposure_mode: Literal["auto", "short"]
+    # picamera2: main stream width, cropped by the second pass (docs/decoding.md).
+    detail_width: int | None
+    # picamera2: main stream height.
+    detail_height: int | None
     # Region decoded: x, y, width, height fractions.
     roi: tuple[float, float, float, float] | None
     # Decoder (default `[scan] decoder`).
