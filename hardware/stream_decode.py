@@ -256,7 +256,7 @@ class StreamDecoder:
             return self.hint
         h, w = gray.shape
         quad = track.quad
-        margin = 2
+        margin = max(2, w // 100)  # a search rectangle is clipped to the frame: near the edge is out of it
         if any(x <= margin or y <= margin or x >= w - 1 - margin or y >= h - 1 - margin for x, y in quad):
             return Hint("further", "out_of_frame")
         module = enhance.quad_side(quad) / 60

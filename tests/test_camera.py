@@ -252,9 +252,11 @@ class _FakePicamera2:
 
     def __init__(self, num: int = 0) -> None:
         self.num = num
+        self.dual = 0
         self.controls = {}
         self.started = self.closed = False
-        self.camera_controls = {"FrameDurationLimits": (), "ExposureTime": (), "AfMode": (), "LensPosition": ()}
+        self.camera_controls = {"FrameDurationLimits": (), "ExposureTime": (), "AfMode": (), "LensPosition": (),
+                                "AeExposureMode": (), "AnalogueGain": ()}
         _FakePicamera2.instances.append(self)
 
     def create_video_configuration(self, main, lores, buffer_count):
@@ -266,7 +268,9 @@ class _FakePicamera2:
         self.stride = (w + 63) // 64 * 64 + 64
 
     def camera_configuration(self):
-        return {"lores": {**self.cfg["lores"], "stride": self.stride}}
+        w, h = self.cfg["main"]["size"]
+        return {"lores": {**self.cfg["lores"], "stride": self.stride},
+                "main": {**self.cfg["main"], "stride": (w + 63) // 64 * 64}}
 
     def set_controls(self, controls):
         self.controls.update(controls)
@@ -281,6 +285,32 @@ class _FakePicamera2:
         y[:, :w] = card_frame("CK1:PI CAMERA", size=(w, h))
         chroma = np.full(h // 2 * self.stride // 2, 128, np.uint8)
         return np.concatenate([y.reshape(-1), chroma, chroma])
+
+    def capture_buffers(self, names, wait=None):
+        """Both streams of one request (lores and main), as picamera2's capture_buffers hands them over."""
+        assert list(names) == ["lores", "main"] and self.started
+        w, h = self.cfg["main"]["size"]
+        stride = (w + 63) // 64 * 64
+        main = np.full((h, stride), 7, np.uint8)
+        main[:, :w] = self.main_frame(w, h)
+        chroma = np.full(h // 2 * stride // 2, 128, np.uint8)
+        lores_w, lores_h = self.cfg["lores"]["size"]
+        small = cv2.resize(main[:, :w], (lores_w, lores_h), interpolation=cv2.INTER_AREA)
+        y = np.full((lores_h, self.stride), 7, np.uint8)
+        y[:, :lores_w] = small
+        lchroma = np.full(lores_h // 2 * self.stride // 2, 128, np.uint8)
+        self.dual += 1
+        return [np.concatenate([y.reshape(-1), lchroma, lchroma]),
+                np.concatenate([main.reshape(-1), chroma, chroma])], {}
+
+    @staticmethod
+    def main_frame(w, h):
+        """A card code small enough that the lores stream cannot read it, but the main stream can."""
+        frame = np.full((h, w), 200, np.uint8)
+        code = code_image(card_text("main stream"), scale=2)
+        code = cv2.GaussianBlur(code, (0, 0), 1.2)
+        frame[40:40 + code.shape[0], 60:60 + code.shape[1]] = code
+        return frame
 
     def stop(self):
         self.started = False
@@ -308,6 +338,47 @@ def test_picamera2_source_decodes_the_lores_y_plane(monkeypatch):
     assert fake.cfg["lores"] == {"size": (320, 240), "format": "YUV420"}
     assert fake.controls == {"FrameDurationLimits": (50000, 50000), "AeEnable": False, "ExposureTime": 8000,
                              "AfMode": 2}
+
+
+def test_picamera2_main_stream_crops_what_lores_cannot_read(monkeypatch):
+    """With detail_width/height the first pass reads the small lores plane and the second pass crops
+    the main plane of the same request: a code too small for lores is read from main."""
+    module = type(sys)("picamera2")
+    module.Picamera2 = _FakePicamera2
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    _FakePicamera2.instances.clear()
+    text = card_text("main stream")
+    small = cv2.resize(_FakePicamera2.main_frame(640, 480), (320, 240), interpolation=cv2.INTER_AREA)
+    assert make_decoder("zxing").decode(small) == []  # lores alone cannot read it, nor the appliance decoder
+    assert make_decoder("auto").decode(small) == []
+    cfg = CameraConfig("picamera2", width=320, height=240, detail_width=640, detail_height=480,
+                       exposure_mode="short")
+    inp = CameraInput(cfg, backoff=Backoff(0.01, 1, 0.01))
+    got = Collector()
+    inp.start(got.submit, got.report)
+    try:
+        assert got.wait(lambda c: text in c.texts())
+    finally:
+        inp.stop()
+        assert inp.join(WAIT)
+    fake = _FakePicamera2.instances[0]
+    assert fake.cfg["main"] == {"size": (640, 480), "format": "YUV420"} and fake.dual > 0
+    assert fake.controls["AeExposureMode"] == 1 and "AeEnable" not in fake.controls
+
+
+def test_v4l2_settings_from_the_config():
+    assert cam.v4l2_settings(CameraConfig("/dev/video0")) == []
+    settings = cam.v4l2_settings(CameraConfig("/dev/video0", exposure=120, focus=0, gain=4))
+    assert [(name, value) for name, _, value in settings] == [
+        ("auto_exposure", 1), ("exposure", 120), ("autofocus", 0), ("focus", 0), ("gain", 4)]
+    assert settings[0][1] == cv2.CAP_PROP_AUTO_EXPOSURE and settings[3][1] == cv2.CAP_PROP_FOCUS
+
+
+@pytest.mark.parametrize("kwargs", [{"exposure_mode": "long"}, {"detail_width": 1280},
+                                    {"detail_width": 8, "detail_height": 8}])
+def test_bad_camera_settings(kwargs):
+    with pytest.raises(ValueError):
+        CameraConfig("picamera2", **kwargs)
 
 
 def test_picamera2_bad_device_name():

@@ -1,0 +1,139 @@
+"""Reading what a fixed-focus camera sees: defocused, tilted, moving cards, one frame and a stream of them.
+
+Frames come from bench/frames.py: a card issued by the issuer tools, photographed by a simulated
+Pi camera (pinhole pose, lens-like defocus, motion streak, sensor noise), made with OpenCV here.
+zxing-cpp alone (the first pass's options) is the peer every result is compared with.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import frames as F
+from hardware import enhance
+from hardware.decode import ApplianceDecoder
+from hardware.stream_decode import ChangeGate, StreamDecoder
+
+zxingcpp = pytest.importorskip("zxingcpp")
+QR = [zxingcpp.BarcodeFormat.QRCodeModel1, zxingcpp.BarcodeFormat.QRCodeModel2]
+
+
+@pytest.fixture(scope="module")
+def camera():
+    return F.Camera(F.card_text())
+
+
+@pytest.fixture(scope="module")
+def text():
+    return F.card_text()
+
+
+def zxing_alone(frame: np.ndarray) -> list[str]:
+    return [r.text for r in zxingcpp.read_barcodes(frame, formats=QR, try_invert=True, try_downscale=False,
+                                                   text_mode=zxingcpp.TextMode.Plain)]
+
+
+def lane(camera, n: int = 6) -> list[np.ndarray]:
+    """An empty lane (the card far out of sight), fresh sensor noise in each frame."""
+    return [camera.shoot(F.Pose(1e6), F.Look(), np.random.default_rng(100 + i)).frame for i in range(n)]
+
+
+def test_frame_set_is_made_at_run_time_and_the_same_for_a_seed(camera):
+    a = F.frame_set(camera, 1, seed=5)
+    b = F.frame_set(camera, 1, seed=5)
+    assert list(a) == list(F.CATEGORIES)
+    for cat in a:
+        assert a[cat][0].frame.shape == (720, 1280) and a[cat][0].frame.dtype == np.uint8
+        assert np.array_equal(a[cat][0].frame, b[cat][0].frame)
+    assert F.card_text() == F.card_text() and F.card_text().startswith("CK1:")
+    clip = F.clip(camera, "sharp", np.random.default_rng(1), frames=3)
+    assert len(clip) == 3 and not np.array_equal(clip[0].frame, clip[1].frame)  # the hand moves
+
+
+def test_defocused_cards_zxing_misses_are_read(camera, text):
+    """A disc of a module's radius (a fixed-focus camera at 15-25 cm): no finder pattern is found,
+    the search finds the code's texture, its spectrum gives the radius, the deconvolved crop reads."""
+    shots = F.frame_set(camera, 4, seed=11, categories=("defocus 1.0",))["defocus 1.0"]
+    assert all(zxing_alone(s.frame) == [] for s in shots)
+    dec = ApplianceDecoder()
+    for shot in shots:
+        result = dec.analyse(shot.frame)
+        assert [c.text for c in result.codes] == [text]
+        assert result.stage == "search"
+
+
+def test_tilted_and_moving_cards_read_more_than_zxing(camera, text):
+    shots = F.frame_set(camera, 8, seed=11, categories=("tilt 60", "motion"))
+    dec = ApplianceDecoder()
+    zx = app = 0
+    for group in shots.values():
+        for shot in group:
+            z = zxing_alone(shot.frame) == [text]
+            a = [c.text for c in dec.decode(shot.frame)] == [text]
+            assert a or not z, "the appliance lost a frame zxing-cpp reads"
+            zx += z
+            app += a
+    assert app > zx
+
+
+def test_blur_is_estimated_from_the_spectrum(camera):
+    """The defocus radius the crop's spectrum gives is within 10% of the lens's."""
+    shot = F.frame_set(camera, 1, seed=3, categories=("defocus 1.0",))["defocus 1.0"][0]
+    quads = enhance.texture_regions(shot.frame)
+    assert quads
+    crop = enhance.crop_around(shot.frame, quads[0], 0.0)
+    radius = shot.look.defocus * shot.module_px
+    assert any(abs(r - radius) / radius < 0.1 for r in enhance.estimate_blur(np.ascontiguousarray(crop.image)).radii)
+
+
+def test_texture_search_finds_nothing_in_an_empty_lane():
+    assert enhance.texture_regions(F.scene(1280, 720)) == []
+    assert enhance.texture_regions(F.scene(640, 480)) == []
+
+
+def test_stream_reads_a_defocused_card_within_a_few_frames(camera, text):
+    clip = F.clip(camera, "defocus 1.0", np.random.default_rng(7))
+    stream = StreamDecoder()
+    for frame in lane(camera):
+        stream.feed(frame)
+    read_at = next((i for i, shot in enumerate(clip) if [c.text for c in stream.feed(shot.frame).codes] == [text]),
+                   None)
+    assert read_at is not None and read_at <= 3
+    assert all(zxing_alone(shot.frame) == [] for shot in clip[:read_at + 1])
+
+
+def test_an_empty_still_lane_costs_only_the_first_pass(camera):
+    """Once the picture is still, a frame without a located symbol gets no probe, search or second pass."""
+    frames = lane(camera)
+    stream = StreamDecoder(active_frames=5)
+    for frame in frames * 2:
+        stream.feed(frame)
+    searched = []
+    stream.decoder.search = lambda gray: searched.append(1) or []
+    stream.decoder.probe = lambda gray: searched.append(1) or ((), [])
+    for frame in frames:
+        result = stream.feed(frame)
+        assert result.stage == "none" and result.attempts == 0
+    assert searched == []
+
+
+def test_change_gate_ignores_sensor_noise_and_sees_a_card(camera):
+    gate = ChangeGate(active_frames=3)
+    frames = lane(camera)
+    for frame in frames:
+        gate.update(frame)
+    assert not any(gate.update(f) for f in frames)  # noise alone: quiet
+    card = F.frame_set(camera, 1, seed=1, categories=("sharp",))["sharp"][0].frame
+    assert gate.update(card)
+
+
+def test_hint_for_a_code_running_out_of_the_frame(camera):
+    """A defocused code half out of the frame is seen, not read: the person is asked to step back."""
+    stream = StreamDecoder()
+    cut = camera.shoot(F.Pose(180.0, offset_mm=(105.0, 0.0)), F.Look(defocus=1.0), np.random.default_rng(2)).frame
+    results = [stream.feed(cut) for _ in range(4)]
+    assert all(r.codes == () and r.located for r in results)
+    assert stream.hint is not None and stream.hint.action == "further"
+    assert stream.hint.reason == "out_of_frame"
+    clear = F.frame_set(camera, 1, seed=1, categories=("sharp",))["sharp"][0].frame
+    assert stream.feed(clear).codes and stream.hint is None  # read: the hint goes away
