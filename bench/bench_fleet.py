@@ -24,9 +24,10 @@ from pathlib import Path
 
 import requests
 
+from scanner.base.timeutil import now_ms
 from sync.wire import protocol
 
-from .procs import ServerProcess, cpu_s, now_ms
+from .procs import ServerProcess, cpu_s
 from .timing import table
 
 
