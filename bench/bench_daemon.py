@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from hardware.scan import Scan
+from scanner.cards.scan import Scan
 from scanner.cards.trust import load_trust
 from scanner.cards.verifier import verify
 from scanner.store.entrylog import EntryLog

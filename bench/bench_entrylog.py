@@ -18,10 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
-from hardware.scan import Scan
 from scanner.base.timeutil import DAY_MS
 from scanner.cards import verifier
 from scanner.cards.bundle import open_bundle
+from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
 from scanner.store import sealing
 from scanner.store.entry import GENESIS, Entry, entry_hash, verify_chain, write_export

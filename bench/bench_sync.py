@@ -110,7 +110,7 @@ class _ScanProbe:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from hardware.scan import Scan
+        from scanner.cards.scan import Scan
         i = 0
         while not self.stop.wait(self.every_s):
             v = self.verdicts[i % len(self.verdicts)]

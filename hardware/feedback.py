@@ -30,7 +30,7 @@ from hardware.feedback_patterns import (
 )
 from hardware.feedback_player import Player
 from hardware.passage import PassageMonitor
-from hardware.scan import DIRECTIONS
+from scanner.cards.scan import DIRECTIONS
 from scanner.cards.verdict import Verdict
 
 __all__ = ["OFF", "OUTPUTS", "Callbacks", "DeviceState", "EntryId", "FeedbackDevice", "Outputs", "Pattern",

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from gpiozero.tones import Tone
 
 from hardware.feedback_patterns import Patterns
-from hardware.scan import DIRECTIONS
 from scanner.base.errors import CheckpointError
+from scanner.cards.scan import DIRECTIONS
 
 Pin = int | str
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from hardware.scan import Scan
 from scanner.base.safetext import escape
+from scanner.cards.scan import Scan
 
 log = logging.getLogger(__name__)
 

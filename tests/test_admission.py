@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.scan import Scan
 from scanner.base.errors import Reason
 from scanner.cards import verifier
+from scanner.cards.scan import Scan
 from scanner.cards.verdict import Decision, reject
 from scanner.store import clock as clockmod
 from scanner.store.admission import (

@@ -23,7 +23,6 @@ from support.inputs import Fifo
 from support.pki import make_pki
 from support.waiting import WAIT, wait_for
 
-from hardware.scan import Scan
 from scanner.appliance import runtime
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
@@ -31,6 +30,7 @@ from scanner.appliance.sdnotify import Notifier
 from scanner.base.errors import Reason
 from scanner.cards import jwks
 from scanner.cards.formats import shc
+from scanner.cards.scan import Scan
 from scanner.cards.verdict import reject
 from scanner.store.entrylog import EntryLog, EntryLogWriteError
 from sync.wire import enrollcode

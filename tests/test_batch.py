@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hardware.scan import Scan
 from scanner.cards import verifier
+from scanner.cards.scan import Scan
 from scanner.store import sealing
 from scanner.store.entrylog import EntryLog
 from sync.wire import batch as b

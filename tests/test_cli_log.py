@@ -12,8 +12,8 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from hardware.scan import Scan
 from scanner.cards import verifier
+from scanner.cards.scan import Scan
 from scanner.store.entry import read_export
 from scanner.store.entrylog import EntryLog
 

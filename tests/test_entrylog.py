@@ -12,9 +12,9 @@ import uuid
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from hardware.scan import Scan
 from scanner.base.errors import Reason
 from scanner.cards import verifier
+from scanner.cards.scan import Scan
 from scanner.cards.verdict import Decision
 from scanner.store import entrylog as entrylog_mod
 from scanner.store import sealing

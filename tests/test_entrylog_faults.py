@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlite_utils import Database
 from support.waiting import WAIT, wait_for
 
-from hardware.scan import Scan
 from scanner.cards import verifier
+from scanner.cards.scan import Scan
 from scanner.store.entry import GENESIS, Entry, chain_hash, hash_fields
 from scanner.store.entrylog import EntryLog, EntryLogWriteError
 from scanner.store.schema import MIGRATION_NAMES, MIGRATIONS, SCHEMA_VERSION

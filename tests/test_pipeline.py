@@ -19,10 +19,10 @@ from hardware.inputs import (
     SourceState,
 )
 from hardware.readers import SerialReader, SerialReaderConfig, StdinReader
-from hardware.scan import Scan
 from scanner.appliance.pipeline import Pipeline, PipelineHealth
 from scanner.base.backoff import Backoff
 from scanner.base.errors import Reason
+from scanner.cards.scan import Scan
 
 NOW = 1_750_000_000
 

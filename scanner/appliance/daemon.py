@@ -40,7 +40,6 @@ from hardware.gpio_feedback import open_feedback
 from hardware.inputs import Input, ReadIssue, SourceState
 from hardware.readers import SerialReader, StdinReader
 from hardware.readers_hid import HidReader
-from hardware.scan import Scan
 from scanner import __version__
 from scanner.appliance import api as apimod
 from scanner.appliance import pages, readiness, runtime
@@ -64,6 +63,7 @@ from scanner.appliance.status import Backend
 from scanner.appliance.supervisor import DISCOVER_EVERY_S, TICK_S, Hooks, Supervisor
 from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
+from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from hardware.scan import Scan
 from scanner.base.errors import CheckpointError
+from scanner.cards.scan import Scan
 from sync.wire.enrollcode import EnrollCode
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 from hardware.feedback import DeviceState, PatternFeedback
-from hardware.scan import Scan
 from scanner.appliance import readiness
 from scanner.appliance.clockguard import ClockGuard
 from scanner.appliance.device import Core, Device
@@ -29,6 +28,7 @@ from scanner.appliance.events import EventHub
 from scanner.base import i18n
 from scanner.base.safetext import escape
 from scanner.cards.formats.shc import ChunkAssembler
+from scanner.cards.scan import Scan
 from scanner.cards.verdict import Verdict
 from scanner.cards.verifier import verify_card
 from scanner.store import admission

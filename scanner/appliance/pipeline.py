@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hardware.inputs import Input, ReadIssue, SourceHealth
-from hardware.scan import Scan
 from scanner.base.safetext import escape
+from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Verdict
 from scanner.cards.verifier import verify as verify_text

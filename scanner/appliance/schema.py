@@ -16,10 +16,10 @@ from hardware.decode import NAMES as DECODER_NAMES
 from hardware.decode import check_roi
 from hardware.feedback_config import FeedbackConfigError, gpio_number
 from hardware.readers import parse_terminator
-from hardware.scan import DIRECTIONS
 from scanner.appliance import configschema as cs
 from scanner.appliance.configschema import REQUIRED, Key, Section
 from scanner.base.i18n import LANGS
+from scanner.cards.scan import DIRECTIONS
 
 DEFAULT_STATE_DIR = "/var/lib/checkpoint"
 DEFAULT_LISTEN = "127.0.0.1:8080"

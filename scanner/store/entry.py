@@ -21,9 +21,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
-from hardware.scan import DIRECTIONS, SOURCES
 from scanner.base.errors import CheckpointError, Reason
 from scanner.base.safetext import json_line
+from scanner.cards.scan import DIRECTIONS, SOURCES
 from scanner.cards.verdict import Decision
 from scanner.store.clock import STATES as CLOCK_STATES
 

@@ -25,8 +25,8 @@ from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from hardware.scan import DIRECTIONS, Scan
 from scanner.base.timeutil import DAY_MS
+from scanner.cards.scan import DIRECTIONS, Scan
 from scanner.cards.verdict import Verdict
 from scanner.store import clock as clockmod
 from scanner.store import disk, reports, retention, schema, sealing

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hardware.scan import DIRECTIONS, SOURCES
 from scanner.base.errors import CheckpointError
+from scanner.cards.scan import DIRECTIONS, SOURCES
 from scanner.store.clock import STATES as CLOCK_STATES
 from scanner.store.entry import (
     DECISIONS,

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hardware.scan import Scan
+from scanner.cards.scan import Scan
 from scanner.store.entrylog import EntryLog
 from sync import credential
 from sync.provision import provision

@@ -1,4 +1,4 @@
-"""A decoded text from one input, before verification: what every source hands the pipeline."""
+"""A decoded text from one input, before verification: the value a card's text travels in to the lane."""
 from __future__ import annotations
 
 from dataclasses import dataclass
