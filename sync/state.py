@@ -35,7 +35,6 @@ PULL_STATE_NAME = "pull-state.json"
 # The keys a device uses come from its root-signed server credential (sync/credential.py).
 LEGACY_KEY_FILES = ("sealing.pub", "server-pull.pub")
 QUARANTINE_DIR = "quarantine"
-DEFAULT_STATE_DIR = "/var/lib/checkpoint"
 PROGRESS_EVERY_S = 300.0  # progress alone reaches the disk at most this often (and at a clean stop)
 HB_RESERVE = 1000  # heartbeat numbers reserved by one write of the state
 # written at once when they change; the other fields are progress
@@ -47,11 +46,6 @@ class StateError(CheckpointError):
     """The device is not provisioned, or its sync files cannot be read."""
 
     code = "not_provisioned"
-
-
-def default_state_dir() -> Path:
-    """$CHECKPOINT_STATE_DIR, else /var/lib/checkpoint (the entry log's default too)."""
-    return Path(os.environ.get("CHECKPOINT_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 @dataclass(frozen=True, slots=True)

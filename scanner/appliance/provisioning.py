@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scanner.appliance.config import Config, ConfigError, discover_inputs, load
-from scanner.appliance.schema import DEFAULT_STATE_DIR
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
+from scanner.base.paths import DEFAULT_STATE_DIR
 from sync.provision import pinned_root, provision
 from sync.wire.enrollcode import root_fingerprint
 

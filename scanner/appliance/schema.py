@@ -19,9 +19,9 @@ from hardware.readers import parse_terminator
 from scanner.appliance import configschema as cs
 from scanner.appliance.configschema import REQUIRED, Key, Section
 from scanner.base.i18n import LANGS
+from scanner.base.paths import DEFAULT_STATE_DIR
 from scanner.cards.scan import DIRECTIONS
 
-DEFAULT_STATE_DIR = "/var/lib/checkpoint"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 POLICIES = ("open", "closed")
 LAYOUTS = tuple(keymaps.LAYOUTS)

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from scanner.base import i18n
 from scanner.base.errors import CheckpointError, UsageError
 from scanner.base.fsutil import AtomicFile, write_output
+from scanner.base.paths import default_state_dir
 from scanner.base.safetext import escape
 from scanner.cards import keys
-from sync.state import default_state_dir
 
 EXIT_ACCEPT = 0
 EXIT_REJECT = 1

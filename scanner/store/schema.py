@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlite_utils import Database, Migrations
 
+from scanner.base.paths import default_state_dir
 from scanner.store.entry import (
     COMPUTED_FIELDS,
     ENTRY_FIELDS,
@@ -28,14 +29,13 @@ from scanner.store.errors import EntryLogError
 log = logging.getLogger(__name__)
 
 DEFAULT_DB_NAME = "entries.db"
-DEFAULT_STATE_DIR = "/var/lib/checkpoint"
 SYNC_MODES = ("FULL", "NORMAL")
 _NO_PAGE_LIMIT = 0xFFFFFFFE  # SQLite clamps this to its compiled-in maximum
 
 
 def default_db_path() -> Path:
     """$CHECKPOINT_STATE_DIR/entries.db, else /var/lib/checkpoint/entries.db."""
-    return Path(os.environ.get("CHECKPOINT_STATE_DIR") or DEFAULT_STATE_DIR) / DEFAULT_DB_NAME
+    return default_state_dir() / DEFAULT_DB_NAME
 
 
 # ---------------------------------------------------------------- migrations
