@@ -18,7 +18,7 @@ from . import fixtures
 from .timing import median, quartiles, table
 from .world import world
 
-GOALS = {"checkpoint verify": 1.3, "checkpoint --help": 1.5}
+GOALS = {"checkpoint verify": 1.3, "checkpoint --help": 1.5, "checkpoint config check": 1.3}
 """Most the command may cost, as a multiple of its peer (the CLI's own imports: click, the group)."""
 
 VERIFY_PEER = """
@@ -28,6 +28,11 @@ from scanner.cards.verifier import verify
 sys.exit(0 if verify(sys.argv[3], load_trust([sys.argv[1]], []), int(sys.argv[2])).accepted else 1)
 """
 HELP_PEER = "import click; click.echo('checkpoint')"
+CONFIG_PEER = """
+import sys
+from scanner.appliance.config import check_file
+sys.exit(2 if check_file(sys.argv[1]) else 0)
+"""
 
 
 def _cpu_s(argv: list[str], cwd: Path) -> float:
@@ -51,11 +56,14 @@ def run(quick: bool = False) -> dict:
         pub = Path(tmp) / "issuer.pub"
         pub.write_bytes(keymod.public_pem(issuer.public_key()))
         text = fixtures.card_text(issuer, w.at)
+        config = root / "config" / "venue.toml"  # the shipped example: every section the schema checks
         py = sys.executable
         pairs = {
             "checkpoint verify": ([py, "-m", "scanner", "verify", "--trust", str(pub), "--at", str(w.at), text],
                                   [py, "-c", VERIFY_PEER, str(pub), str(w.at), text]),
             "checkpoint --help": ([py, "-m", "scanner", "--help"], [py, "-c", HELP_PEER]),
+            "checkpoint config check": ([py, "-m", "scanner", "config", "check", str(config)],
+                                        [py, "-c", CONFIG_PEER, str(config)]),
         }
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
         rng = random.Random(1)

@@ -98,3 +98,13 @@ def test_the_server_loads_its_http_stacks_only_for_run_and_pull():
     code, modules = loaded_by("server", "--help")
     assert code == 0 and "scanner.cli.server" in modules
     assert not {"scanner.cli.server_run", "scanner.cli.server_pull", "sync.server.app", "sync.server.puller"} & modules
+
+
+@pytest.mark.parametrize("args", [("config", "docs"), ("doctor", "--help"), ("udev-rules", "--help")],
+                         ids=lambda a: a[0])
+def test_the_appliance_helpers_do_not_load_the_daemon(args):
+    """config, doctor and udev-rules are quick tools beside `run`: they leave the daemon, its lane
+    and its threads unloaded."""
+    code, modules = loaded_by(*args)
+    assert code == 0
+    assert not {"scanner.cli.run", "scanner.appliance.daemon", "scanner.appliance.lane"} & modules

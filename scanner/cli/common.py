@@ -26,6 +26,7 @@ EXIT_ACCEPT = 0
 EXIT_REJECT = 1
 EXIT_USAGE = 2
 EXIT_OK, EXIT_INCOMPLETE = 0, 1  # commands that finish a job: all of it done, or some left (sync, import, pull)
+EXIT_FATAL = 1  # the appliance stopped on an error, or a doctor check failed
 
 
 

@@ -13,10 +13,10 @@ from scanner import __version__
 from scanner.cli.lazy import Lazy, LazyGroup
 
 COMMANDS = {
-    "config": Lazy("scanner.cli.run:config_group", "Check the configuration file; print its documentation."),
+    "config": Lazy("scanner.cli.config:config_group", "Check the configuration file; print its documentation."),
     "demo": Lazy("scanner.cli.demo:demo",
                  "The whole appliance without hardware: server, simulated camera, virtual lights, sync, summary."),
-    "doctor": Lazy("scanner.cli.run:doctor_cmd",
+    "doctor": Lazy("scanner.cli.doctor:doctor_cmd",
                    "Check camera, readers, GPIO, log, disk, clock, trust, server and sync. Exit 1 if any check fails."),
     "issuer": Lazy("scanner.cli.issuer:issuer",
                    "Issuer tools: keys, cards, trust bundles, revocations (for pilots, demo and tests)."),
@@ -34,7 +34,7 @@ COMMANDS = {
                    "The reference central server: run it, enrollment tokens, devices, stats, import, bundles."),
     "sync": Lazy("scanner.cli.sync:sync_group",
                  "Upload entries to the central server, trust updates back, offline export."),
-    "udev-rules": Lazy("scanner.cli.run:udev_rules",
+    "udev-rules": Lazy("scanner.cli.udev:udev_rules",
                        "Print udev rules giving known USB QR readers a stable name and the service's group."),
     "verify": Lazy("scanner.cli.verify:verify",
                    "Verify decoded QR TEXT (or '-' to read it from stdin). Exit 0 accept, 1 reject, 2 error."),
