@@ -14,6 +14,9 @@ PRODUCT = ("scanner", "sync", "hardware")
 # literal → the one module that may spell it out
 FACTS = {
     "/var/lib/checkpoint": "scanner/base/paths.py",
+    "CK1:": "scanner/cards/formats/ck1.py",
+    "HC1:": "scanner/cards/formats/hc1.py",
+    "shc:/": "scanner/cards/formats/shc.py",
 }
 
 
@@ -34,3 +37,20 @@ def spelled_in(value: str) -> list[str]:
 @pytest.mark.parametrize("value", sorted(FACTS))
 def test_each_fact_is_spelled_out_in_one_module(value):
     assert spelled_in(value) == [FACTS[value]]
+
+
+def names_used(name: str) -> list[str]:
+    """Modules that refer to ``name`` (a call, an import or an attribute), its own module included."""
+    found = []
+    for path in product_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        if any((isinstance(n, ast.Name) and n.id == name) or (isinstance(n, ast.Attribute) and n.attr == name)
+               or (isinstance(n, ast.alias) and n.name == name) or (isinstance(n, ast.FunctionDef) and n.name == name)
+               for n in ast.walk(tree)):
+            found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_multi_part_cards_are_put_together_in_one_place():
+    """Every caller verifies a card through verifier.verify_card, which alone picks single or multi-part."""
+    assert names_used("verify_parts") == ["scanner/cards/formats/shc.py", "scanner/cards/verifier.py"]

@@ -10,8 +10,8 @@ import click
 
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
-from scanner.cards.formats.shc import verify_parts
-from scanner.cards.verifier import verify as verify_text
+from scanner.cards.formats.shc import SCHEME
+from scanner.cards.verifier import verify_card
 from scanner.cli.common import EXIT_ACCEPT, EXIT_REJECT, LANG, fail
 from scanner.cli.verdicts import human_verdict, load_cli_trust, trust_options
 
@@ -41,12 +41,9 @@ def verify(trust_paths, roots, at, clock_skew, as_json, lang, texts):
         text = text.removesuffix("\n").removesuffix("\r")
         texts = _shc_part_lines(text) or [text]
     now = at if at is not None else time.time()
-    if len(texts) == 1:
-        verdict = verify_text(texts[0], store, now, clock_skew=clock_skew)
-    else:
-        if not all(t.strip(" \t\r\n").startswith("shc:/") for t in texts):
-            fail("several TEXTs must be the parts of one multi-part SMART Health Card (shc:/i/n/...)")
-        verdict = verify_parts(texts, store, now, clock_skew=clock_skew)
+    if len(texts) > 1 and not all(t.strip(" \t\r\n").startswith(SCHEME) for t in texts):
+        fail(f"several TEXTs must be the parts of one multi-part SMART Health Card ({SCHEME}i/n/...)")
+    verdict = verify_card(texts, store, now, clock_skew=clock_skew)
     if as_json:
         click.echo(json_line(verdict.to_dict()))
     else:
@@ -59,6 +56,6 @@ def _shc_part_lines(text: str) -> list[str] | None:
     multi-part card), else None: any other text is verified exactly as read."""
     lines = [line.strip(" \t\r") for line in text.split("\n")]
     lines = [line for line in lines if line]
-    if len(lines) >= 2 and all(line.startswith("shc:/") for line in lines):
+    if len(lines) >= 2 and all(line.startswith(SCHEME) for line in lines):
         return lines
     return None
