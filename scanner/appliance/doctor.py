@@ -30,6 +30,7 @@ from hardware.readers_hid import _NotFound, find_device
 from scanner.appliance import readiness
 from scanner.appliance.config import Config, discover_inputs
 from scanner.base.errors import CheckpointError
+from scanner.base.timeutil import now_ms
 from scanner.cards.trust import load_device_trust
 from scanner.store import clock as clockmod
 from sync import credential
@@ -351,7 +352,7 @@ def check_sync(config: Config, backlog: tuple[int, int | None] | None, state: Ca
         return Check("sync", WARN, f"{detail}; {len(st.quarantined)} batches quarantined",
                      "see `checkpoint sync status`; `checkpoint sync now --retry-quarantined`")
     too_many = pending is not None and pending > config.sync.backlog_max
-    too_old = oldest is not None and time.time() * 1000 - oldest > config.sync.backlog_max_age_h * 3_600_000
+    too_old = oldest is not None and now_ms() - oldest > config.sync.backlog_max_age_h * 3_600_000
     if too_many or too_old:
         return Check("sync", WARN, f"{detail} (backlog over its limit)",
                      "check the link to the server; `checkpoint sync export --to /media/usb` for sites without one")
