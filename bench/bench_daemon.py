@@ -5,7 +5,7 @@ synchronous=FULL, feedback on MockFactory pins, the local API on 127.0.0.1) read
 named pipe (a stdin reader, so the whole input path is in it). For each card the time from writing
 its line to (a) the event being published inside the daemon and (b) the server-sent event arriving
 at an HTTP client is compared with the bare work a scan needs, verify + EntryLog.record of the same
-kind of card, measured in the same run, card by card (interleaved). Goal (issue 8): the kiosk
+kind of card, measured in the same run, card by card (interleaved). Goal: the kiosk
 hears of a verdict within 100 ms.
 """
 from __future__ import annotations

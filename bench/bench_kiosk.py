@@ -9,7 +9,7 @@ and when a task posted from that callback ran, after the frame was painted (``pa
 ``performance.timeOrigin + performance.now()``, against the event's ``published_ms`` (the daemon's
 ``time.time()`` just before it publishes: the same wall clock, checked). Reported: delivery
 (published → received, the event stream alone), frame and paint, and each as a ratio to delivery,
-card by card; a raw HTTP client on the same stream is the peer for delivery. Issue 9's goal:
+card by card; a raw HTTP client on the same stream is the peer for delivery. The kiosk's goal:
 updates on screen within 100 ms of the verdict.
 
 Also the camera preview's cost per frame (scanner/appliance/preview.py) against decoding that frame: the

@@ -5,7 +5,7 @@ None at the end of a file), ``close()``. `CameraInput` runs one source for the p
 frames, decodes the region of interest, hands every code it sees to the pipeline (which folds
 repeats), and reopens a source that stops delivering with backoff while the rest of the appliance
 goes on. Live cameras are read in their own thread and only the newest frame is decoded, so a slow
-decode never makes the picture lag. Specification: issue 3, docs/decoding.md.
+decode never makes the picture lag. Specification: docs/decoding.md.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class SourceUnavailable(CheckpointError):
 
 @dataclass(frozen=True, slots=True)
 class CameraConfig:
-    """One camera as configured (issue 8 builds these from TOML).
+    """One camera as configured (scanner.appliance.config builds these from the TOML file).
 
     ``device``: a V4L2 index ("0") or path (/dev/video0, /dev/v4l/by-id/...), a video file, a
     stream URL, a folder of images, or "picamera2" / "picamera2:N" for a Raspberry Pi camera

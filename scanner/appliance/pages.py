@@ -7,7 +7,7 @@ and the event stream of scanner/appliance/api.py, and their words from scanner/b
 ``/api/v1/texts``: no text is written twice. The kiosk shows the holder of the card just read from
 the live ``verdict`` event only, and forgets it with the ``clear`` event. Static files are public
 code (no data) and need no token; every page and endpoint that carries data goes through the
-API's guard. Spec: issue 9, docs/configuration.md#kiosk-screen-and-status-page.
+API's guard. Spec: docs/configuration.md#kiosk-screen-and-status-page.
 """
 from __future__ import annotations
 

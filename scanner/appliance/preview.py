@@ -5,7 +5,7 @@ watches, that is one attribute read and a return: nothing is copied or encoded. 
 most ``fps`` frames a second are scaled down (which also copies them, so the camera may reuse its
 buffer) together with the corners of the codes found in them; the JPEG is encoded later, in the
 API's thread pool, once per frame however many screens watch, off the scan path. Served as
-Motion-JPEG by scanner/appliance/pages.py. Spec: issue 9, docs/configuration.md#kiosk-screen-and-status-page.
+Motion-JPEG by scanner/appliance/pages.py. Spec: docs/configuration.md#kiosk-screen-and-status-page.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 /* What the kiosk and status pages share: the API token, JSON calls, the texts of
    scanner/base/translations.toml (served by /api/v1/texts, never copied here) and safe text.
-   Spec: issue 9, docs/configuration.md#kiosk-screen-and-status-page. */
+   Spec: docs/configuration.md#kiosk-screen-and-status-page. */
 "use strict";
 
 const CK = (() => {

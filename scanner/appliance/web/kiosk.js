@@ -2,7 +2,7 @@
    (/api/v1/status) feeds counts and health badges; staff toggle the direction and silence the
    alarm. The holder's name and birth year exist only in the DOM while the verdict is shown and are
    removed on the daemon's "clear" event (or after its display time, whichever is first).
-   Spec: issue 9, docs/configuration.md#kiosk-screen-and-status-page. */
+   Spec: docs/configuration.md#kiosk-screen-and-status-page. */
 "use strict";
 
 (() => {

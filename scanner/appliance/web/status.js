@@ -1,6 +1,6 @@
 /* The technician status page: renders /api/v1/status and /api/v1/doctor, refreshed every 10 s.
    Everything the device reports is set as text (never as HTML), escaped once more by CK.safe.
-   Spec: issue 9, docs/configuration.md#kiosk-screen-and-status-page. */
+   Spec: docs/configuration.md#kiosk-screen-and-status-page. */
 "use strict";
 
 (() => {
