@@ -318,7 +318,7 @@ def make_source(config: CameraConfig) -> FrameSource:
     """The frame source a config describes (picamera2 is imported only here, only when asked for)."""
     backend = config.resolved_backend()
     if backend == "picamera2":
-        from hardware.camera_picamera2 import Picamera2Source
+        from hardware.camera_picamera2 import Picamera2Source  # deferred: picamera2 exists on a Pi only
         return Picamera2Source(config)
     if backend == "files":
         return ImageFolderSource(config.device, config.source_id)

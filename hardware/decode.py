@@ -122,7 +122,7 @@ class ZxingDecoder:
 
     def __init__(self) -> None:
         try:
-            import zxingcpp
+            import zxingcpp  # deferred: a native decoder, loaded when this decoder is chosen
         except ImportError:
             raise DecoderUnavailable("zxing-cpp is not installed: pip install zxing-cpp") from None
         self._zx = zxingcpp
@@ -159,7 +159,7 @@ class PyzbarDecoder:
 
     def __init__(self) -> None:
         try:
-            from pyzbar import pyzbar
+            from pyzbar import pyzbar  # deferred: needs libzbar0, loaded when this decoder is chosen
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] == "pyzbar":
                 raise DecoderUnavailable("pyzbar is not installed: pip install pyzbar") from None

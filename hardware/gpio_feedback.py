@@ -71,7 +71,7 @@ def preload_lgpio() -> None:
         atexit.register(shutil.rmtree, workdir, True)
         os.environ["LG_WD"] = workdir
     try:
-        import lgpio  # noqa: F401
+        import lgpio  # noqa: F401  # deferred: Pi only, and imported inside the private LG_WD set above
     except (ImportError, OSError) as exc:
         log.debug("feedback: lgpio cannot be imported (%s: %s)", type(exc).__name__, exc)
     finally:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import BinaryIO
 
+import serial
+
 from hardware import keymaps
 from hardware.inputs import InputThread, SourceReason, SourceState
 from scanner.base.backoff import Backoff
@@ -280,11 +282,6 @@ class SerialReader(ReaderInput):
         self._backoff = backoff or Backoff()
 
     def run(self) -> None:
-        try:
-            import serial
-        except ImportError:
-            self.status.set(SourceState.FAILED, SourceReason.LIBRARY_MISSING, "pyserial is not installed: pip install pyserial")
-            return
         cfg = self.config
         while not self._stop.is_set():
             try:

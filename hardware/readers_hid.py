@@ -146,7 +146,7 @@ class HidReader(ReaderInput):
 
     def run(self) -> None:
         try:
-            import evdev
+            import evdev  # deferred: Linux only, and needed only when a HID reader is configured
         except ImportError:
             self.status.set(SourceState.FAILED, SourceReason.LIBRARY_MISSING,
                             "evdev is not installed (Linux only): pip install evdev")

@@ -20,7 +20,9 @@ from functools import lru_cache
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from scanner.base.errors import KeyFileError
 from scanner.cards import keys as keymod
@@ -315,9 +317,6 @@ def make_dsc(private_key: keymod.PrivateKey, *, country: str, not_before: int, n
              san_uris: tuple[str, ...] = (), common_name: str = "DSC") -> bytes:
     """A self-signed signer certificate (DER) for pilots, tests and benchmarks: ``key_usages`` are
     extended key usage OIDs (e.g. the DCC ones in DCC_TYPES_BY_OID), ``extensions`` any others."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
     name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, country),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)

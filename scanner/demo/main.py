@@ -15,6 +15,8 @@ doubles as an end-to-end smoke test on a new device.
 from __future__ import annotations
 
 import signal
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -23,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from scanner.appliance import logsetup
+from scanner.appliance.config import load
+from scanner.appliance.daemon import Appliance
 from scanner.base import i18n
 from scanner.base.errors import Reason
 from scanner.base.fsutil import atomic_write
@@ -34,8 +39,14 @@ from scanner.cards.formats import ck1
 from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Holder
 from scanner.cards.verifier import verify
+from scanner.demo import video as demo_video
+from scanner.demo.video import Shot
+from scanner.store.entrylog import EntryLog
 from sync.server import credentials, enrollcodes
+from sync.server.app import serve
+from sync.server.bundles import publish
 from sync.server.keys import load_or_create_pull_key, load_or_create_sealing_key
+from sync.server.storage import open_storage
 from sync.wire import credential
 
 DAY = 86400
@@ -87,8 +98,6 @@ def make_cards(now: int, hue: keys.PrivateKey, dng: keys.PrivateKey, rogue: keys
 
 def timeline(cards: list[DemoCard], enroll_text: str):
     """The video's shots and the verdict expected for each scan, in order."""
-    from scanner.demo.video import Shot
-
     by = {c.label: c for c in cards}
     gap = Shot(None, 0.5)
     shots = [Shot(None, 0.5), Shot(enroll_text, 1.0), Shot(None, 1.5),
@@ -112,10 +121,6 @@ class ReferenceServer:
     127.0.0.1 in a thread, and a second handle on its database to publish bundles and make tokens."""
 
     def __init__(self, directory: Path) -> None:
-        import socket
-
-        from sync.server.storage import open_storage
-
         directory.mkdir(parents=True, exist_ok=True)
         self.db = str(directory / "central.db")
         self.keys_dir = str(directory)
@@ -128,8 +133,6 @@ class ReferenceServer:
         self.thread = threading.Thread(target=self._serve, name="demo-server", daemon=True)
 
     def _serve(self) -> None:
-        from sync.server.app import serve
-
         def ready(server) -> None:
             self.server = server
             self._ready.set()
@@ -233,12 +236,6 @@ def run_demo(out_dir: Path | None, lang: str, echo: Callable[[str], None] = prin
 
 
 def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdout) -> int:
-    from scanner.appliance import logsetup
-    from scanner.appliance.config import load
-    from scanner.appliance.daemon import Appliance
-    from scanner.demo import video as demo_video
-    from sync.server.bundles import publish
-
     t = lambda key, **kw: i18n.t("demo_run." + key, lang, **kw)  # noqa: E731
     now = int(time.time())
     key_dir, card_dir = base / "keys", base / "cards"
@@ -322,7 +319,6 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
 
 
 def _local_hashes(db: Path) -> dict[int, bytes]:
-    from scanner.store.entrylog import EntryLog
     with EntryLog(db, create=False) as entries:
         return {e.seq: e.hash for e in entries.entries()}
 
@@ -359,7 +355,6 @@ class _Printer:
     """Verdict and device events as terminal lines (the live feedback line is the daemon's own)."""
 
     def __init__(self, stream, lang: str, seen: list[str]) -> None:
-        import sys
         self.stream = stream or sys.stdout
         self.lang = lang
         self.seen = seen
