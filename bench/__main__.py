@@ -1,4 +1,5 @@
-"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|flood|trace|daemon|kiosk|fsync|cli]: print the benchmark tables to stdout."""
+"""python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|flood|trace|
+daemon|kiosk|fsync|cli]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse

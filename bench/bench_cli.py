@@ -38,7 +38,7 @@ sys.exit(2 if check_file(sys.argv[1]) else 0)
 def _cpu_s(argv: list[str], cwd: Path) -> float:
     """User + system CPU seconds of one child process (robust to a busy machine, unlike wall time)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+    r = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise SystemExit(f"bench fixture broken: {' '.join(argv[:4])}... exited {r.returncode}: "

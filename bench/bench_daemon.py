@@ -32,8 +32,8 @@ def run(quick: bool = False) -> None:
 
     n = 30 if quick else 200
     logging.getLogger().setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp_name:
+        tmp = Path(tmp_name)
         cards = hue_cards(tmp, 2 * n + 10)
         fifo = tmp / "in.fifo"
         os.mkfifo(fifo)
@@ -85,7 +85,7 @@ path = "{fifo}"
                 seq = i + 1
                 arrived = client.wait(seq)
                 with pub_cond:
-                    pub_cond.wait_for(lambda: seq in published, 60)
+                    pub_cond.wait_for(lambda seq=seq: seq in published, 60)
                 t1 = time.perf_counter()
                 v = verify(cards[n + 5 + i], trust, time.time())
                 bare_log.record(Scan(cards[n + 5 + i], "stdin", "bench", time.time(), "in"), v)
@@ -102,9 +102,11 @@ path = "{fifo}"
             bare_log.close()
     ratios = sorted(s / b for s, b in zip(to_stream, bare))
     rows = [
-        ("bare verify + EntryLog.record (FULL)", f"{percentile(bare, 0.5) * 1e3:.2f}", f"{percentile(bare, 0.95) * 1e3:.2f}", "1.00"),
+        ("bare verify + EntryLog.record (FULL)", f"{percentile(bare, 0.5) * 1e3:.2f}",
+         f"{percentile(bare, 0.95) * 1e3:.2f}", "1.00"),
         ("line written → event published (in the daemon)", f"{percentile(to_publish, 0.5) * 1e3:.2f}",
-         f"{percentile(to_publish, 0.95) * 1e3:.2f}", f"{percentile(sorted(p / b for p, b in zip(to_publish, bare)), 0.5):.2f}"),
+         f"{percentile(to_publish, 0.95) * 1e3:.2f}",
+         f"{percentile(sorted(p / b for p, b in zip(to_publish, bare)), 0.5):.2f}"),
         ("line written → SSE event received (HTTP)", f"{percentile(to_stream, 0.5) * 1e3:.2f}",
          f"{percentile(to_stream, 0.95) * 1e3:.2f}", f"{percentile(ratios, 0.5):.2f}"),
     ]

@@ -83,8 +83,8 @@ def samples_bench(rounds: int) -> dict:
         return {}
     decoders = _decoders()
     times = {name: [[] for _ in samples] for name in decoders}
-    correct = {name: 0 for name in decoders}
-    wrong = {name: 0 for name in decoders}
+    correct = dict.fromkeys(decoders, 0)
+    wrong = dict.fromkeys(decoders, 0)
     rng = random.Random(2)
     for r in range(rounds):
         for i, (_, gray, expected) in enumerate(samples):
@@ -163,16 +163,16 @@ def frames_bench(rounds: int) -> dict:
             it = itertools.cycle(seq)
             return lambda: next(it)
         cases = {
-            "zxing raw": lambda f=nxt(): zxingcpp.read_barcodes(f(), formats=qr),
+            "zxing raw": lambda f=nxt(): zxingcpp.read_barcodes(f(), formats=qr),  # noqa: B008 - one cycle per case, bound once
             # the first pass alone, as a raw call with exactly its options: the stream's peer
-            "zxing pass-1 opts": lambda f=nxt(): zxingcpp.read_barcodes(
+            "zxing pass-1 opts": lambda f=nxt(), big=big: zxingcpp.read_barcodes(  # noqa: B008 - as above
                 f(), formats=qr, try_invert=True, try_downscale=big, text_mode=zxingcpp.TextMode.Plain,
                 return_errors=True),
-            "appliance": lambda f=nxt(): appliance.decode(f()),
-            "stream": lambda f=nxt(), s=stream: s.feed(f()),
+            "appliance": lambda f=nxt(): appliance.decode(f()),  # noqa: B008 - one cycle per case, bound once
+            "stream": lambda f=nxt(), s=stream: s.feed(f()),  # noqa: B008 - one cycle per case, bound once
         }
         if pyzbar is not None:
-            cases["pyzbar QR"] = lambda f=nxt(): pyzbar.decode(f(), symbols=zbar_qr)
+            cases["pyzbar QR"] = lambda f=nxt(): pyzbar.decode(f(), symbols=zbar_qr)  # noqa: B008 - one cycle per case, bound once
         samples = interleaved(cases, rounds=rounds, target_s=0.02)
         res = {k: median(v) * 1e3 for k, v in samples.items()}
         x_pass1 = ratios(samples, "stream", "zxing pass-1 opts")
@@ -233,7 +233,7 @@ def camera_set_bench(per_category: int, seed: int) -> dict:
     rows, out = [], {}
     missed = rescued = 0
     for cat, group in shots.items():
-        ok = {k: 0 for k in peers}
+        ok = dict.fromkeys(peers, 0)
         ms = {k: [] for k in peers}
         wrong = 0
         for shot in group:
@@ -243,10 +243,10 @@ def camera_set_bench(per_category: int, seed: int) -> dict:
                 ms[name].append((time.perf_counter() - t0) * 1e3)
                 ok[name] += got == [text]
                 wrong += name == "appliance" and bool(got) and got != [text]
-            if cat in camera_frames.BLUR_AND_PERSPECTIVE and fn is not None:
-                if peers["zxing-cpp"](shot.frame) != [text]:
-                    missed += 1
-                    rescued += peers["appliance"](shot.frame) == [text]
+            if (cat in camera_frames.BLUR_AND_PERSPECTIVE and fn is not None
+                    and peers["zxing-cpp"](shot.frame) != [text]):
+                missed += 1
+                rescued += peers["appliance"](shot.frame) == [text]
         n = len(group)
         out[cat] = {k: ok[k] / n for k in peers} | {"wrong": wrong}
         rows.append((cat, *(f"{100 * ok[k] / n:.0f}%" for k in peers),
@@ -320,7 +320,7 @@ def clips_bench(per_category: int, seed: int) -> dict:
                 res["pyzbar QR"].append(_first_read(zb, full, text))
         out[cat] = res
         cells = []
-        for name, times in res.items():
+        for _name, times in res.items():
             got = sorted(t for t in times if t is not None)
             if not times:
                 cells.append("-")

@@ -182,7 +182,8 @@ def commit_bench(tmp: Path, quick: bool) -> dict:
     print(f"== entry log: per-scan commit latency (per mode: {rounds} rounds x {steps} steps, each step one "
           f"commit per case in a shuffled order: {n} commits per case; files on {_fs_type(tmp)})")
     print("record = EntryLog.record: seal holder, anti-passback query, chain link, INSERT, COMMIT;\n"
-          "bare = sqlite3 BEGIN + INSERT of the same rows (cards, times) into the same schema + COMMIT (same pragmas);\n"
+          "bare = sqlite3 BEGIN + INSERT of the same rows (cards, times) into the same schema + COMMIT "
+          "(same pragmas);\n"
           "overhead = median of the per-step differences record - bare")
     rows, result = [], {}
 
@@ -200,7 +201,8 @@ def commit_bench(tmp: Path, quick: bool) -> dict:
 
     for mode in ("FULL", "NORMAL"):
         b = samples[f"bare {mode}"]
-        rows.append([f"bare sqlite3, synchronous={mode}", us(_pct(b, 0.5)), us(_pct(b, 0.95)), "1.00", "1.00", "", "", ""])
+        rows.append([f"bare sqlite3, synchronous={mode}", us(_pct(b, 0.5)), us(_pct(b, 0.95)), "1.00", "1.00", "", "",
+                     ""])
         result[mode] = row(f"EntryLog.record, synchronous={mode}", f"record {mode}", f"bare {mode}", "")
         rows[-1][-1] = f"<= {GOAL} " + ("ok" if result[mode]["ratio_rounds"] <= GOAL else "MISSED")
     result["NORMAL none"] = row("  the same, holder_details=none (no sealing)", "record NORMAL none", "bare NORMAL", "")
@@ -376,7 +378,8 @@ def run(quick: bool = False) -> dict:
     rows = [[f"export {fmt}", f"{rate:,.0f}", f"{q['raw_rate'] / rate:.1f}", f"{size:.0f}"]
             for fmt, (rate, size) in q["export"].items()]
     rows.append(["peer: raw sqlite3 cursor over the same rows", f"{q['raw_rate']:,.0f}", "1.0", ""])
-    rows.append(["verify_chain (every hash recomputed)", f"{q['verify_rate']:,.0f}", f"{q['raw_rate'] / q['verify_rate']:.1f}", ""])
+    rows.append(["verify_chain (every hash recomputed)", f"{q['verify_rate']:,.0f}",
+                 f"{q['raw_rate'] / q['verify_rate']:.1f}", ""])
     print(f"bulk export of the first {q['export_n']:,} entries (write_export over EntryLog.entries):")
     print(table(["case", "rows/s", "x slower than raw", "bytes/row"], rows))
     print()

@@ -69,8 +69,8 @@ def paint_latency(n: int) -> None:
         print(f"kiosk: verdict to paint: skipped ({why})\n")
         return
     logging.getLogger().setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="bench-kiosk-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-kiosk-") as tmp_name:
+        tmp = Path(tmp_name)
         cards = hue_cards(tmp, n + 5)
         fifo = tmp / "in.fifo"
         os.mkfifo(fifo)

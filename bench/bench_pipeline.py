@@ -88,15 +88,15 @@ def latency_bench(n: int, size: tuple[int, int] = (640, 480)) -> dict:
     pipe.start()
     latency, bare = [], []
     try:
-        for i, (frame, card) in enumerate(zip(frames, cards)):
-            def through_pipeline() -> None:
+        for i, (frame, _card) in enumerate(zip(frames, cards)):
+            def through_pipeline(i: int = i, frame=frame) -> None:
                 done.clear()
                 src.frames.put((i, frame))
                 if not done.wait(30):
                     raise SystemExit("pipeline gave no verdict within 30 s")
                 latency.append(out[i] - src.entered[i])
 
-            def direct() -> None:
+            def direct(frame=frame) -> None:
                 t0 = time.perf_counter()
                 codes = decoder.decode(frame)
                 v = verify(codes[0].text, trust, w.at)
@@ -165,7 +165,7 @@ def memory_bench(seconds: float) -> list[dict]:
                 writer.write(f)
             writer.release()
             proc = subprocess.run([sys.executable, "-m", "bench.bench_pipeline", "--child", path, str(seconds)],
-                                  capture_output=True, text=True, timeout=seconds + 120)
+                                  capture_output=True, text=True, timeout=seconds + 120, check=False)
             if proc.returncode != 0:
                 raise SystemExit(f"memory child failed: {proc.stderr.strip()[-2000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Self
 
 from scanner.appliance import runtime
 from scanner.base.timeutil import now_ms
@@ -77,7 +78,7 @@ class _Ticker:
             self.lates.append(late)
             self.worst = max(self.worst, late)
 
-    def __enter__(self) -> _Ticker:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -119,7 +120,7 @@ class _ScanProbe:
             self.log.record(Scan("probe", "camera", "cam0", time.time()), v, direction="in")
             self.times.append(time.perf_counter() - t0)
 
-    def __enter__(self) -> _ScanProbe:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -322,7 +323,8 @@ def _trust_sizes(n_revoked: int) -> list[list]:
     t_full = time.perf_counter() - t0
     gz = len(gzip.compress(new, 6))
     return [
-        ["full bundle (v2)", f"{len(new) / MB:.1f} MiB", f"{len(new) / len(delta):.0f}x", f"{t_full:.2f} s (open_bundle)"],
+        ["full bundle (v2)", f"{len(new) / MB:.1f} MiB", f"{len(new) / len(delta):.0f}x",
+         f"{t_full:.2f} s (open_bundle)"],
         ["full bundle, gzip on the wire", f"{gz / MB:.1f} MiB", f"{gz / len(delta):.0f}x", "-"],
         ["delta v1 -> v2 (+1000, -100 cards)", f"{len(delta) / 1024:.0f} KiB", "1x",
          f"{t_apply:.2f} s (apply + open_bundle)"],
@@ -387,9 +389,11 @@ def run(quick: bool) -> None:
                      f"{max(x['stall'] for x in rs) * 1000:.1f} ({median([x['stall'] for x in rs]) * 1000:.1f})",
                      f"{median([x['p99'] for x in rs]) * 1000:.2f}",
                      f"{median([x['over'] for x in rs]):.1f}", f"{max(x['gc'] for x in rs) * 1000:.1f}",
-                     f"{median([x['scan_p50'] for x in rs]) * 1000:.2f} / {max(x['scan_worst'] for x in rs) * 1000:.1f}"])
+                     (f"{median([x['scan_p50'] for x in rs]) * 1000:.2f} / "
+                      f"{max(x['scan_worst'] for x in rs) * 1000:.1f}")])
     print(table(["mode", "entries/s e2e", "bytes/entry", "requests", "device CPU s", "of it main proc s",
-                 "server CPU s", "worst stall ms (median round)", "p99 late ms", ">5 ms /10k ticks", "worst GC pause ms",
+                 "server CPU s", "worst stall ms (median round)", "p99 late ms", ">5 ms /10k ticks",
+                 "worst GC pause ms",
                  "scan commit p50 / worst ms"], rows))
     worst = max(x["stall"] for x in results["appliance"])
     print(f"peer: json.dumps of {min(10_000, n):,} entries as one document stalls the ticker "

@@ -252,7 +252,7 @@ class Camera:
     def shoot(self, pose: Pose, look: Look, rng: np.random.Generator, category: str = "") -> Shot:
         surf = self.surfaces[look.surface]
         module_px = self.module_px(look, pose)
-        w, h = self.size
+        _w, _h = self.size
         rot = _rotation(pose.tilt_deg, pose.tilt_axis_deg, pose.roll_deg)
         th, tw = surf.texture.shape
         # the pose places the code's centre; the surface's own centre is offset from it
@@ -381,7 +381,8 @@ def sample(category: str, rng: np.random.Generator, camera: Camera) -> tuple[Pos
     elif category == "dark mode":
         look = replace(look, surface="dark phone")
     elif category == "creased":
-        look = replace(look, fold=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(10, 25)) * float(rng.choice([-1, 1])),
+        look = replace(look, fold=(float(rng.uniform(0.3, 0.7)),
+                                   float(rng.uniform(10, 25)) * float(rng.choice([-1, 1])),
                                    float(rng.uniform(0, 180))))
     elif category == "moire":
         look = replace(look, surface="screen")

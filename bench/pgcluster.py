@@ -73,10 +73,10 @@ class PgCluster:
         """Stop the server the hard way (`pg_ctl stop -m immediate`: no shutdown checkpoint, like a
         crash); the data stays for start()."""
         subprocess.run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                                       "-w", "stop"], capture_output=True, timeout=120)
+                                       "-w", "stop"], capture_output=True, timeout=120, check=False)
 
     def _run(self, cmd: list[str]) -> None:
-        res = subprocess.run(self.as_user + cmd, capture_output=True, text=True, timeout=180)
+        res = subprocess.run(self.as_user + cmd, capture_output=True, text=True, timeout=180, check=False)
         if res.returncode != 0:
             log = self.dir / "server.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""

@@ -81,8 +81,8 @@ def vouch(storage, keys_dir: Path, url: str) -> Path:
     seal, pull = load_or_create_sealing_key(keys_dir).public_key(), load_or_create_pull_key(keys_dir).public_key()
     old = credentials.current(storage)
     serial = credential.open_credential(old, [OPERATOR_ROOT.public_key()]).serial + 1 if old else 1
-    credentials.publish(storage, credential.issue(OPERATOR_ROOT, urls=[url], sealing_key=seal, pull_key=pull, serial=serial,
-                                                  issued_at=int(time.time())),
+    credentials.publish(storage, credential.issue(OPERATOR_ROOT, urls=[url], sealing_key=seal, pull_key=pull,
+                                                  serial=serial, issued_at=int(time.time())),
                         sealing_public=seal, pull_public=pull, root=OPERATOR_ROOT.public_key())
     root_pub = Path(keys_dir) / "root.pub"
     root_pub.write_bytes(keys.public_pem(OPERATOR_ROOT.public_key()))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -20,7 +20,7 @@ class World:
     keys: tuple[BundleKey, ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def world() -> World:
     ed = fixtures.issuer_key("EdDSA")
     es = fixtures.issuer_key("ES256")
@@ -28,7 +28,7 @@ def world() -> World:
                  (fixtures.bundle_key(ed), fixtures.bundle_key(es)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def bundle_bytes(revoked: int) -> bytes:
     """A signed bundle file with the two issuer keys and ``revoked`` revoked card ids."""
     w = world()

@@ -470,7 +470,7 @@ class CameraInput(InputThread):
                         self._decode(frame, decoder)
                     elif done.is_set():  # the last frame before the end is still decoded
                         return
-            except Exception as exc:  # handed to the capture thread, which fails the input with it
+            except Exception as exc:  # noqa: BLE001 - handed to the capture thread, which fails the input with it
                 failure.append(exc)
                 done.set()
 
@@ -507,7 +507,8 @@ class CameraInput(InputThread):
             self._on_frame(frame, codes)
 
     def _feed(self, stream: StreamDecoder, frame: np.ndarray, detail: np.ndarray | None) -> list:
-        """The region of interest of the frame (and of its detail) through the stream decoder, corners in frame pixels."""
+        """The region of interest of the frame (and of its detail) through the stream decoder, corners in
+        frame pixels."""
         view, dx, dy = roi_view(frame, self.config.roi)
         if detail is not None and self.config.roi is not None:
             detail = roi_view(detail, self.config.roi)[0]

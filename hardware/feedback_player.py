@@ -143,7 +143,7 @@ class Player:
                     self._busy = False
                     self._frames += 1
                     self._cond.notify_all()
-        except Exception as exc:  # the outputs failed (device unplugged, closed under us): stop safely
+        except Exception as exc:  # noqa: BLE001 - the outputs failed (device unplugged, closed under us): stop safely
             self._fault = f"{type(exc).__name__}: {exc}"
             log.error("feedback: writing the outputs failed (%s); feedback stopped", self._fault)
             self._write_safe(self._safe)
@@ -153,7 +153,7 @@ class Player:
     def _write_safe(self, safe: Outputs) -> None:
         try:
             self._write(safe, "off")
-        except Exception as exc:  # nothing more can be done from software; say so once
+        except Exception as exc:  # noqa: BLE001 - nothing more can be done from software; say so once
             log.error("feedback: could not write the safe state (%s: %s)", type(exc).__name__, exc)
 
     def _start(self, pattern: Pattern, transient: bool) -> list[_Track]:

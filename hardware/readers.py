@@ -73,7 +73,8 @@ def _sample(text: str, bad: str = "") -> str:
 
 @cache
 def _mangled_prefixes() -> dict[str, tuple[str, str]]:
-    """How each card prefix reads when the reader's layout and the configured one differ: text → (reader, configured)."""
+    """How each card prefix reads when the reader's layout and the configured one differ:
+    text → (reader, configured)."""
     out: dict[str, tuple[str, str]] = {}
     for prefix in BASE45_PREFIXES + OTHER_PREFIXES:
         for sent in keymaps.LAYOUTS:

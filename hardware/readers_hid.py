@@ -112,7 +112,8 @@ def find_device(evdev, config: HidReaderConfig):
         try:
             return evdev.InputDevice(config.device)
         except OSError as exc:
-            hint = " (run as root or add the user to the 'input' group)" if exc.errno in (errno.EACCES, errno.EPERM) else ""
+            denied = exc.errno in (errno.EACCES, errno.EPERM)
+            hint = " (run as root or add the user to the 'input' group)" if denied else ""
             raise _NotFound(_os_code(exc), f"{exc.strerror}{hint}") from None
     denied = False
     for path in sorted(evdev.list_devices()):

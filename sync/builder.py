@@ -43,7 +43,7 @@ def answer(request: tuple) -> tuple[bool, object]:
         if kind == "trust":
             return True, agent.child_trust(*args)
         return False, SyncError(f"unknown builder request {kind!r}", code="builder_error")
-    except Exception as exc:  # the parent raises it (as ProcessPoolExecutor did)
+    except Exception as exc:  # noqa: BLE001 - the parent raises it (as ProcessPoolExecutor did)
         return False, exc
 
 
@@ -51,7 +51,7 @@ def _picklable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling both ways, else a SyncError saying what it was."""
     try:
         pickle.loads(pickle.dumps(exc))
-    except Exception:  # any failure to pickle: send what it said instead
+    except Exception:  # noqa: BLE001 - any failure to pickle: send what it said instead
         return SyncError(f"{type(exc).__name__}: {exc}", code="builder_error")
     return exc
 
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     try:
         agent.child_init(log_path, state_dir, device_id, nice)
         failed = None
-    except Exception as exc:  # e.g. the log or the key unreadable: the answer to every request
+    except Exception as exc:  # noqa: BLE001 - e.g. the log or the key unreadable: the answer to every request
         failed = exc
     with os.fdopen(request_fd, "rb") as requests, os.fdopen(answer_fd, "wb") as answers:
         while True:

@@ -106,9 +106,8 @@ class SyncClient:
                  ca_file: str | None = None, connect_timeout: float = 5.0, read_timeout: float = 30.0,
                  session: requests.Session | None = None) -> None:
         self.base_url = check_server_url(base_url)
-        if ca_file is not None:
-            if not os.path.isfile(ca_file):
-                raise SyncConfigError(f"CA file {ca_file} does not exist")
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise SyncConfigError(f"CA file {ca_file} does not exist")
         self.verify: str | bool = ca_file if ca_file is not None else True
         self.key = key
         self.device_id = device_id or device_id_of(key)

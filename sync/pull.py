@@ -4,8 +4,8 @@ batches a push would send, and takes the server's acknowledgement (docs/sync-pro
 
 Never anonymous. A request is accepted when it is signed with a server pull key the device knows
 (the one its root-signed server credential names, or keys given) over a nonce the device issued
-(no clocks involved; the signature: sync.wire.pullauth), or when it carries the configured token (``Authorization: Bearer``). With neither
-configured every request is refused (``pull_disabled``).
+(no clocks involved; the signature: sync.wire.pullauth), or when it carries the configured token
+(``Authorization: Bearer``). With neither configured every request is refused (``pull_disabled``).
 
 The daemon mounts it in front of its API with one line (the log is given as its path: the pull
 side opens its own connection when first asked, so the API can start before the device is

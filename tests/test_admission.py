@@ -135,7 +135,8 @@ trust_ages = st.builds(TrustAge, st.none() | st.integers(NOW - 30 * 86400, NOW +
 policies = st.builds(Policy, st.floats(0, 400 * HOUR), st.sampled_from([OPEN, CLOSED]), st.floats(0, 400 * HOUR),
                      st.sampled_from([OPEN, CLOSED]), st.integers(0, 10_000), st.floats(0, 100 * HOUR))
 previous = st.none() | st.builds(Previous, st.uuids().map(str), st.integers((NOW - 600) * 1000, (NOW + 600) * 1000),
-                                 st.just("gate"), st.sampled_from(["in", "out"]), st.integers(1, 600).map(lambda s: s * 1000))
+                                 st.just("gate"), st.sampled_from(["in", "out"]),
+                                 st.integers(1, 600).map(lambda s: s * 1000))
 
 
 @settings(max_examples=400, deadline=None)
@@ -225,7 +226,7 @@ def test_one_card_at_many_writers_is_admitted_once(tmp_path, accepted):
             start.wait(30)
             results.append(entry_log.record(scan(NOW), accepted, direction="in",
                                             conditions=Conditions(NOW, OPEN_P, FRESH, CLOCK_OK)))
-        except Exception as exc:  # a thread's failure is reported by the assertion below
+        except Exception as exc:  # noqa: BLE001 - a thread's failure is reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(entry_log,)) for entry_log in logs]

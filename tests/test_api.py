@@ -38,7 +38,7 @@ def running(tmp_path_factory):
 
 
 def test_health_status_and_doctor(running):
-    app, fifo, pki = running
+    app, _fifo, _pki = running
     base = app.api.url
     h = requests.get(base + "/api/v1/health", timeout=T)
     assert h.status_code == 200 and h.json()["state"] in ("ok", "degraded") and h.headers["cache-control"] == "no-store"
@@ -78,7 +78,7 @@ def test_a_verdict_reaches_the_stream_with_the_holder_then_is_forgotten(running)
 
 
 def test_staff_actions_and_refusals(running):
-    app, fifo, pki = running
+    app, _fifo, _pki = running
     base = app.api.url
     stream = events(base + "/api/v1/events")
     before = app.feedback.direction
@@ -88,8 +88,10 @@ def test_staff_actions_and_refusals(running):
     while not (kind == "direction" and data["by"] == "staff"):
         kind, data = next(stream)
     assert data["direction"] != before
-    assert requests.post(base + "/api/v1/direction", json={"direction": before}, timeout=T).json() == {"direction": before}
-    assert requests.post(base + "/api/v1/direction", json={"direction": before}, timeout=T).json() == {"direction": before}
+    assert requests.post(base + "/api/v1/direction", json={"direction": before},
+                         timeout=T).json() == {"direction": before}
+    assert requests.post(base + "/api/v1/direction", json={"direction": before},
+                         timeout=T).json() == {"direction": before}
     assert requests.post(base + "/api/v1/silence", json={}, timeout=T).json() == {"silenced": True}
     kind, _ = next(stream)
     while kind != "silence":

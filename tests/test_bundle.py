@@ -53,7 +53,7 @@ def self_signed_cert(key, *, not_before: dt.datetime, not_after: dt.datetime, cn
 
 
 def utc(ts: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
 # --------------------------------------------------------------------------- round trip
@@ -447,7 +447,7 @@ def outcome(data: bytes, root) -> tuple:
 
 
 def escaped(key: str) -> str:
-    return '"\\u%04x%s"' % (ord(key[0]), key[1:])
+    return f'"\\u{ord(key[0]):04x}{key[1:]}"'
 
 
 def reference_payload(text: str) -> bytes:
@@ -472,7 +472,7 @@ _odd_id_text = st.one_of(
     _hex_ids.map(lambda h: json.dumps("g" + h[1:])),
     _hex_ids.map(lambda h: json.dumps(h[:10] + " " + h[11:])),
     _hex_ids.map(lambda h: json.dumps(h[:10] + "  " + h[12:])),
-    _hex_ids.map(lambda h: '"\\u00%x%s"' % (ord(h[0]), h[1:])),  # an escaped digit: same string
+    _hex_ids.map(lambda h: f'"\\u00{ord(h[0]):x}{h[1:]}"'),  # an escaped digit: same string
     st.just("12"), st.just("null"), st.just('"' + "0" * 32 + '"'),
 )
 
@@ -520,7 +520,7 @@ def test_outer_layout_does_not_change_the_meaning(root_key, bundle_keys, data):
     value = data.draw(st.sampled_from([
         json.dumps(b64p),
         json.dumps(b64p).replace("/", "\\/"),  # JSON escapes: the same string
-        '"\\u%04x' % ord(b64p[0]) + b64p[1:] + '"',
+        f'"\\u{ord(b64p[0]):04x}' + b64p[1:] + '"',
         json.dumps(b64p[:-1]),  # broken padding
         json.dumps(b64p[:40] + "\n" + b64p[40:]),  # whitespace inside
         json.dumps(b64p[:40] + "*" + b64p[40:]),
@@ -545,7 +545,7 @@ def test_escaped_payload_string_is_accepted(root_key, bundle_bytes):
     doc = json.loads(bundle_bytes)
     value = doc["payload"]
     # the same JSON string, spelled with escapes: "\/" for "/" and \uXXXX for the first character
-    spelled = '"\\u%04x' % ord(value[0]) + value[1:].replace("/", "\\/") + '"'
+    spelled = f'"\\u{ord(value[0]):04x}' + value[1:].replace("/", "\\/") + '"'
     assert json.loads(spelled) == value
     text = ('{"payload": ' + spelled + ', "sig": ' + json.dumps(doc["sig"]) + ', "kid": '
             + json.dumps(doc["kid"]) + "}")

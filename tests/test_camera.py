@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -248,7 +249,7 @@ class _FakePicamera2:
     Y-plane path, not the camera. The real camera path is untested on this machine.
     """
 
-    instances: list = []
+    instances: ClassVar[list] = []
 
     def __init__(self, num: int = 0) -> None:
         self.num = num
@@ -264,11 +265,11 @@ class _FakePicamera2:
 
     def configure(self, cfg):
         self.cfg = cfg
-        w, h = cfg["lores"]["size"]
+        w, _h = cfg["lores"]["size"]
         self.stride = (w + 63) // 64 * 64 + 64
 
     def camera_configuration(self):
-        w, h = self.cfg["main"]["size"]
+        w, _h = self.cfg["main"]["size"]
         return {"lores": {**self.cfg["lores"], "stride": self.stride},
                 "main": {**self.cfg["main"], "stride": (w + 63) // 64 * 64}}
 

@@ -20,7 +20,7 @@ def run(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict
     """Run `python -m scanner ARGS` and return the CompletedProcess (text mode)."""
     full_env = {**os.environ, "CHECKPOINT_LANG": "", **(env or {})}
     return subprocess.run([sys.executable, "-m", "scanner", *args], input=stdin, capture_output=True,
-                          text=True, cwd=cwd, env=full_env, timeout=120)
+                          text=True, cwd=cwd, env=full_env, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")

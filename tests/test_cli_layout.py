@@ -43,7 +43,8 @@ def imports_of(path: Path) -> set[str]:
 
 def loaded_by(*args: str) -> tuple[int, set[str]]:
     """(exit status, modules loaded) of `checkpoint ARGS` run in a fresh interpreter."""
-    r = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       check=False)
     assert r.returncode == 0, r.stderr
     code, modules = json.loads(r.stdout.splitlines()[-1])
     return code, set(modules)
@@ -59,7 +60,8 @@ def words(text: str) -> list[str]:
     return text.split()
 
 
-@pytest.mark.parametrize("group, table", [(main, COMMANDS), (server_group, SERVER_COMMANDS)], ids=["checkpoint", "server"])
+@pytest.mark.parametrize("group, table", [(main, COMMANDS), (server_group, SERVER_COMMANDS)], ids=["checkpoint",
+                                                                                                   "server"])
 def test_every_lazy_command_resolves_to_its_module_and_summary(group, table):
     ctx = click.Context(group)
     assert set(table) <= set(group.list_commands(ctx))

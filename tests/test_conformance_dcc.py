@@ -43,11 +43,11 @@ TIMES = {Reason.EXPIRED, Reason.NOT_YET_VALID}
 # Expectations that are wrong upstream: our verdict (checked) and why the data, not we, are wrong.
 KNOWN_DATA_FAULTS = {
     "IS/2DCode/raw/3.json": (
-        Reason.OK, "EXPECTEDKEYUSAGE is false, but the DSC names none of the DCC key-usage OIDs, "
-                   "so by the hcert rule it may sign every type; the signature and dates are valid"),
+        Reason.OK, ("EXPECTEDKEYUSAGE is false, but the DSC names none of the DCC key-usage OIDs, "
+                   "so by the hcert rule it may sign every type; the signature and dates are valid")),
     "LI/2DCode/raw/4.json": (
-        Reason.BAD_SIGNATURE, "EXPECTEDVERIFY/EXPIRATIONCHECK are true (so: accept), but the DSC's "
-                              "extended key usage allows vaccinations only and the certificate is a test"),
+        Reason.BAD_SIGNATURE, ("EXPECTEDVERIFY/EXPIRATIONCHECK are true (so: accept), but the DSC's "
+                              "extended key usage allows vaccinations only and the certificate is a test")),
 }
 
 
@@ -243,7 +243,7 @@ def test_cli(case, tmp_path):
     env = {**os.environ, "CHECKPOINT_LANG": ""}
     r = subprocess.run([sys.executable, "-m", "scanner", "verify", "--trust", str(tmp_path / "dsc.der"),
                         "--at", data["TESTCTX"]["VALIDATIONCLOCK"], "--json", "-"],
-                       input=data["PREFIX"] + "\n", capture_output=True, text=True, env=env, timeout=120)
+                       input=data["PREFIX"] + "\n", capture_output=True, text=True, env=env, timeout=120, check=False)
     assert r.returncode in (0, 1), r.stderr
     out = json.loads(r.stdout)
     assert (out["decision"], out["reason"]) == CLI_CASES[case], out

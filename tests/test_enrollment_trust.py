@@ -42,7 +42,7 @@ NAMES = ["Nguyễn Văn An", "Trần Thị Bích", "Lê Văn Cường", "Phạm 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "scanner", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=WAIT)
+                          timeout=WAIT, check=False)
 
 
 def enroll_qr(db, url: str, root_pub) -> str:
@@ -198,7 +198,8 @@ def test_a_planted_sealing_key_or_forged_credential_is_never_used(operator, tmp_
                             issued_at=int(time.time()))
     tampered = json.loads(genuine)
     tampered["credential"] = json.loads(forged)["credential"]  # the operator's signature over another payload
-    for planted, code in ((forged, "credential_wrong_root"), (json.dumps(tampered).encode(), "credential_bad_signature"),
+    for planted, code in ((forged, "credential_wrong_root"), (json.dumps(tampered).encode(),
+                                                              "credential_bad_signature"),
                           (None, "credential_missing")):
         path = state / credential.FILE_NAME
         if planted is None:
@@ -233,7 +234,8 @@ def test_credentials_refuse_other_roots_urls_tampering_and_rollback(operator, tm
         credwire.open_credential(one, [ed25519.Ed25519PrivateKey.generate().public_key()])
     assert err.value.code == "credential_wrong_root"
     for bad in (b"", b"{}", b"[1]", b"x" * 20000, one.replace(b'"sig": "', b'"sig": "AAAA'),
-                json.dumps({"credential": "e30=", "kid": json.loads(one)["kid"], "sig": json.loads(one)["sig"]}).encode()):
+                json.dumps({"credential": "e30=", "kid": json.loads(one)["kid"],
+                            "sig": json.loads(one)["sig"]}).encode()):
         with pytest.raises(credwire.CredentialError):
             credwire.open_credential(bad, [root.public_key()])
     with pytest.raises(credwire.CredentialError):  # plain http off loopback is never a server URL
@@ -285,7 +287,8 @@ def test_a_new_credential_from_the_server_is_checked_and_used_for_new_entries(op
         assert credential.load(state).serial == old.serial + 1
         # ... and a server that sends one its root never signed changes nothing, and says so
         operator.storage.set_meta(CREDENTIAL_META, credwire.issue(
-            ed25519.Ed25519PrivateKey.generate(), urls=[operator.url], sealing_key=X25519PrivateKey.generate().public_key(),
+            ed25519.Ed25519PrivateKey.generate(), urls=[operator.url],
+            sealing_key=X25519PrivateKey.generate().public_key(),
             serial=50, issued_at=1).decode())
         lane.app.core.agent.sync_once(trust=True)
         assert credential.load(state).serial == old.serial + 1

@@ -101,8 +101,10 @@ def test_batch_id_and_the_blob_itself_are_not_hashed_but_its_digest_is():
 def test_any_change_to_a_hashed_field_changes_the_hash(e, name):
     new = {"checkpoint_id": e.checkpoint_id + "x", "direction": "out" if e.direction == "in" else "in",
            "at_ms": e.at_ms ^ 1, "decision": "reject" if e.decision == "accept" else "accept",
-           "reason": "revoked" if e.reason != "revoked" else "ok", "card_id": "ff" * 16 if e.card_id != "ff" * 16 else None,
-           "seq": e.seq + 1, "source_id": e.source_id + "!", "prev_hash": bytes(32) if e.prev_hash != bytes(32) else b"\x01" * 32}
+           "reason": "revoked" if e.reason != "revoked" else "ok",
+           "card_id": "ff" * 16 if e.card_id != "ff" * 16 else None,
+           "seq": e.seq + 1, "source_id": e.source_id + "!",
+           "prev_hash": bytes(32) if e.prev_hash != bytes(32) else b"\x01" * 32}
     assert dataclasses.replace(e, **{name: new[name]}).computed_hash() != e.hash
 
 
@@ -115,7 +117,10 @@ def test_optional_none_fields_are_left_out_so_old_entries_keep_their_hash():
 # ---------------------------------------------------------------- chain
 
 
-def chain(n: int, start: Anchor = Anchor()) -> list[Entry]:
+START = Anchor()  # the empty log's anchor
+
+
+def chain(n: int, start: Anchor = START) -> list[Entry]:
     out, prev = [], start.hash
     for i in range(n):
         e = sample(seq=start.seq + 1 + i, entry_id=str(uuid.uuid4()), prev_hash=prev, at_ms=1_750_000_000_000 + i)

@@ -32,7 +32,7 @@ def full_entry(seq: int = 7) -> Entry:
 
 def test_every_field_list_derives_from_the_dataclass():
     names = tuple(f.name for f in dataclasses.fields(Entry))
-    assert E.ENTRY_FIELDS == names
+    assert names == E.ENTRY_FIELDS
     assert set(E.STORED_FIELDS) | set(E.COMPUTED_FIELDS) == set(names)
     assert E.HASHED_FIELDS == SPEC_HASHED
     assert E.EXPORT_FIELDS == SPEC_EXPORT

@@ -335,7 +335,7 @@ def test_pending_and_mark_synced(open_log, verdict_for):
     with pytest.raises(EntryLogError) as exc:
         log.mark_synced("batch-2", 4, 6)  # 4 is in batch-1
     assert exc.value.code == "sync_conflict"
-    assert [e.seq for e in log.pending()][0] == 5  # nothing half-marked
+    assert next(e.seq for e in log.pending()) == 5  # nothing half-marked
     with pytest.raises(EntryLogError):
         log.mark_synced("batch-2", 9, 12)  # 11, 12 do not exist
     with pytest.raises(ValueError):

@@ -81,7 +81,7 @@ def _crash_child(path, wfd, server_pub, verdicts) -> None:
                 f = log.record_followup(r.entry.entry_id)
                 os.write(wfd, f"{f.seq} {f.entry_id}\n".encode())
             i += 1
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - a forked child: print what failed, then leave with its status
         traceback.print_exc()
     finally:
         os._exit(status)
@@ -215,7 +215,7 @@ def test_writer_marker_and_reader_threads(tmp_path, server, verdicts):
     def guarded(name, fn, *args):
         try:
             counts[name] = fn(*args)
-        except BaseException as exc:  # collected and asserted below
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
         finally:
             if name == "writer":
@@ -247,7 +247,7 @@ def test_one_log_object_shared_by_threads(tmp_path, server, verdicts):
             for i in range(40):
                 log.record(_scan(k * 1000 + i), verdicts[i % 4], direction="in")
                 log.stats(now=NOW)
-        except BaseException as exc:  # collected and asserted below
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(k,)) for k in range(3)]
@@ -267,7 +267,7 @@ def _fork(fn, *args) -> int:
         try:
             fn(*args)
             code = 0
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a forked child: print what failed, then leave with its status
             traceback.print_exc()
         finally:
             os._exit(code)
@@ -363,7 +363,7 @@ def _try_mount_tmpfs(where, size: str) -> bool:
         return False
     try:
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
-                           capture_output=True, timeout=30)
+                           capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
@@ -413,7 +413,7 @@ def test_disk_full_tiny_tmpfs(tmp_path, server, verdicts):
         assert log.verify().ok and log.verify().checked == len(committed) + 2
         log.close()
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30, check=False)
 
 
 def test_a_scan_refused_on_a_full_disk_is_committed_as_that_refusal(tmp_path, server, verdicts):
@@ -459,7 +459,7 @@ def test_a_scan_refused_on_a_full_disk_is_committed_as_that_refusal(tmp_path, se
         assert log.verify().ok
         log.close()
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30, check=False)
 
 
 # ---------------------------------------------------------------- migration
@@ -528,7 +528,7 @@ def test_upgrade_from_schema_v1_keeps_every_entry(tmp_path, server, verdicts):
 def test_migrations_are_known_through_sqlite_utils_public_api_only(tmp_path):
     """The list of migrations is kept by the log itself; sqlite-utils' private attributes are not read."""
     db = Database(sqlite3.connect(":memory:"))
-    assert MIGRATION_NAMES == tuple(m.name for m in MIGRATIONS.pending(db))  # every one, in order
+    assert tuple(m.name for m in MIGRATIONS.pending(db)) == MIGRATION_NAMES  # every one, in order
     assert SCHEMA_VERSION == len(MIGRATION_NAMES) == 2
     private = [f"{p.relative_to(ROOT)}:{node.lineno}" for p in sorted((ROOT / "scanner").rglob("*.py"))
                for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))

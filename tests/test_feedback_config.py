@@ -105,7 +105,7 @@ def test_tonal_buzzer_range():
         full(buzzer=BuzzerConfig(18, tonal=True, mid_tone_hz=440.0, octaves=1)).validate()
     with pytest.raises(FeedbackConfigError, match="not playable"):
         full(buzzer=BuzzerConfig(18, tonal=True, mid_tone_hz=10000.0, octaves=4)).validate()
-    with pytest.raises(FeedbackConfigError, match="octaves must be 1..9"):
+    with pytest.raises(FeedbackConfigError, match=r"octaves must be 1\.\.9"):
         full(buzzer=BuzzerConfig(18, tonal=True, octaves=0)).validate()
     high = replace(Patterns.default(), accept=Pattern("accept", buzzer=((6000.0, 0.1),)))
     with pytest.raises(FeedbackConfigError, match="6000 Hz"):

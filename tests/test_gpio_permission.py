@@ -136,5 +136,5 @@ def test_lgpio_preload_started_in_a_directory_it_cannot_enter_again(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["cwd"] == "/"
-    assert out["log"] == ["WARNING hardware.gpio_feedback: feedback: cannot return to the working directory "
-                          "/dev/private (Permission denied); working in / instead"]
+    assert out["log"] == [("WARNING hardware.gpio_feedback: feedback: cannot return to the working directory "
+                          "/dev/private (Permission denied); working in / instead")]

@@ -156,7 +156,8 @@ def test_same_text_from_another_source_after_its_verdict_is_verified(make_card, 
 def test_cooldown_runs_from_the_last_sighting():
     t = [0.0]
     sink = Verdicts()
-    pipe = Pipeline.verifying(lambda: None, sink, cooldown=3.0, verify=lambda text, trust, now: text, monotonic=lambda: t[0])
+    pipe = Pipeline.verifying(lambda: None, sink, cooldown=3.0, verify=lambda text, trust, now: text,
+                              monotonic=lambda: t[0])
     with pipe:
         assert pipe.submit(Scan("CK1:X", "camera", "c", 0))
         assert pipe.wait_idle(WAIT)

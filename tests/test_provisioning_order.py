@@ -30,7 +30,7 @@ from sync.state import DeviceConfig, StateFile
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "scanner", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=WAIT, env={**os.environ, "CHECKPOINT_LANG": "en", **(env or {})})
+                          timeout=WAIT, env={**os.environ, "CHECKPOINT_LANG": "en", **(env or {})}, check=False)
 
 
 def bundle_for(server: ServerThread, pki) -> bytes:

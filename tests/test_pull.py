@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+from typing import Self
 
 import pytest
 import requests
@@ -66,7 +67,7 @@ class DeviceApi:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> DeviceApi:
+    def __enter__(self) -> Self:
         self.thread.start()
         wait_for(lambda: self.server.started, "device API start")
         return self

@@ -39,7 +39,8 @@ def test_every_card_character_passes():
 
 def test_other_codes_pass_to_the_verifier():
     """A QR code that is not a card is the verifier's business (unsupported_format), not a garbled read."""
-    for text in ("https://example.org/x?y=1", "WIFI:S:cafe;T:WPA;P:secret;;", "Nguyễn Văn An", "shc:/5676290952432060346029"):
+    for text in ("https://example.org/x?y=1", "WIFI:S:cafe;T:WPA;P:secret;;", "Nguyễn Văn An",
+                 "shc:/5676290952432060346029"):
         assert check_read(text) is None
 
 
@@ -166,7 +167,7 @@ def serial_reader(tmp_path):
 
 
 def test_serial_reader_reads_lines(serial_reader):
-    reader, pty, _, got = serial_reader
+    _reader, pty, _, got = serial_reader
     pty.send(CARD.encode() + b"\r\n")
     pty.send(b"CK1:SECOND\r")
     assert got.wait(lambda c: len(c.scans) == 2)
@@ -216,7 +217,7 @@ def test_serial_port_missing_at_start(tmp_path):
 
 
 def test_serial_half_line_times_out(serial_reader):
-    reader, pty, _, got = serial_reader
+    _reader, pty, _, got = serial_reader
     pty.send(b"CK1:NO TERMINATOR")
     assert got.wait(lambda c: len(c.issues) == 1)
     assert got.issues[0].code == SourceReason.TIMEOUT and got.texts() == []

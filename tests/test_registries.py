@@ -6,7 +6,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from support.paths import ROOT
 
 PRODUCT = ("scanner", "sync", "hardware")

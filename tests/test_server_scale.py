@@ -64,7 +64,7 @@ def _day_start(ms: int) -> int:
 
 
 def test_retention_removes_old_entries_keeps_late_arrivals_and_counts(store):
-    st, url, _ = store
+    st, _url, _ = store
     key, dev = enroll_direct(st, "market")
     now = now_ms()
     times = [now - 10 * DAY, now - 5 * DAY, now - 1 * DAY, 31_536_000_000 + 3 * HOUR, 31_622_400_000 + 3 * HOUR]
@@ -268,7 +268,7 @@ def test_trace_cli_csv_and_json_for_the_call_centre(world, tmp_path):
     assert "2 visits in 14 days, 7 contact entries of 6 cards" in out.stderr
     assert len(rows) == 7 and rows[0]["name"] == "Lê Văn S" and rows[0]["offset_s"] == "-3540"
     assert rows[0]["visit_at"].endswith("+07:00")
-    inj = [row for row in rows if row["contact_card_id"] == world["cards"]["U"]][0]
+    inj = next(row for row in rows if row["contact_card_id"] == world["cards"]["U"])
     assert inj["name"].startswith("'=HYPERLINK") and "\x1b" not in inj["name"] and "\\u001b" in inj["name"]
     assert {row["holder_status"] for row in rows} == {"ok", "unreadable", "none"}
     out = r.invoke(main, base + ["--contacts", "--format", "json", "--out", str(tmp_path / "trace.json")])

@@ -252,7 +252,7 @@ def test_revocation_by_rid(key, jwk):
     kid = jwk["kid"]
     base = jwks.parse_jwks({"keys": [jwk]}).keys
     crl = jwks.parse_crl({"kid": kid, "method": "rid", "ctr": 3,
-                          "rids": ["outright1", "until12345.%d" % (NOW - DAY)]})
+                          "rids": ["outright1", f"until12345.{NOW - DAY}"]})
     other = jwks.parse_crl({"kid": b64url_encode(b"\2" * 32), "method": "rid", "ctr": 1, "rids": ["free"]})
     store = TrustStore.build(base, crls=[crl, other])
     assert reason(text_of(key, jwk, rid="outright1"), store) is Reason.REVOKED

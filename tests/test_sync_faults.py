@@ -525,7 +525,8 @@ def test_a_stream_of_scans_makes_few_uploads_and_no_state_writes(tmp_path, verdi
                 record(dev, verdicts, 1)
                 agent.wake()
                 time.sleep(0.05)  # the pace of a busy gate, not a timing assertion
-            wait_for(lambda: srv.storage.stats().entries == n + 1 and not dev.log.pending(0, 1), "every scan acknowledged")
+            wait_for(lambda: srv.storage.stats().entries == n + 1 and not dev.log.pending(0, 1),
+                     "every scan acknowledged")
             assert _state_writes(watch) == 0
             uploads = srv.storage.stats().batches - batches
             assert 1 <= uploads <= n // 5, uploads

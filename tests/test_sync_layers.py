@@ -68,6 +68,7 @@ def test_nothing_below_the_cli_imports_the_server(folder):
 def test_the_check_sees_what_it_looks_for(tmp_path):
     """The import reader finds imports in functions and of the form ``from sync import x``."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from sync import agent\n\ndef f():\n    import sync.server.app\n    from sync.server import keys\n")
+    probe.write_text("from sync import agent\n\ndef f():\n"
+                     "    import sync.server.app\n    from sync.server import keys\n")
     assert {"sync.agent", "sync.server.app", "sync.server.keys"} <= imported(probe)
     assert sorted(n for n in imported(probe) if device_side(n)) == ["sync.agent"]

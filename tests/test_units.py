@@ -49,14 +49,14 @@ def runnable_unit(unit: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_systemd_analyze_verify(unit, tmp_path):
     r = subprocess.run([ANALYZE, "verify", str(runnable_unit(unit, tmp_path))], capture_output=True, text=True,
-                       timeout=WAIT)
+                       timeout=WAIT, check=False)
     assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stdout + r.stderr
 
 
 @needs_analyze
 def test_security_exposure_is_low_and_documented(tmp_path):
     r = subprocess.run([ANALYZE, "security", "--offline=true", str(ROOT / "systemd" / "checkpoint.service")],
-                       capture_output=True, text=True, timeout=WAIT)
+                       capture_output=True, text=True, timeout=WAIT, check=False)
     m = re.search(r"Overall exposure level for checkpoint\.service: (\d+\.\d)", r.stdout)
     assert m, r.stdout + r.stderr
     exposure = float(m.group(1))
@@ -75,7 +75,7 @@ def test_security_exposure_is_low_and_documented(tmp_path):
 def test_install_script_staged_in_a_directory(tmp_path):
     dest = tmp_path / "root"
     r = subprocess.run(["sh", str(ROOT / "scripts" / "install.sh"), "--destdir", str(dest), "--no-venv",
-                        "--prefix", "/opt/cp"], capture_output=True, text=True, timeout=WAIT)
+                        "--prefix", "/opt/cp"], capture_output=True, text=True, timeout=WAIT, check=False)
     assert r.returncode == 0, r.stderr
     passwd = {line.split(":")[0]: line.split(":") for line in (dest / "etc" / "passwd").read_text().splitlines()}
     groups = {line.split(":")[0]: line.split(":")[3].split(",") for line in
@@ -89,10 +89,11 @@ def test_install_script_staged_in_a_directory(tmp_path):
     unit = (dest / "etc" / "systemd" / "system" / "checkpoint.service").read_text()
     assert "ExecStart=/opt/cp/.venv/bin/checkpoint run --config /etc/checkpoint/checkpoint.toml" in unit
     assert (dest / "etc" / "udev" / "rules.d" / "70-checkpoint-readers.rules").read_text() == udev.rules()
-    assert (dest / "opt" / "cp" / "scanner" / "appliance" / "daemon.py").exists() and not (dest / "opt" / "cp" / ".git").exists()
+    assert (dest / "opt" / "cp" / "scanner" / "appliance" / "daemon.py").exists()
+    assert not (dest / "opt" / "cp" / ".git").exists()
     assert os.readlink(dest / "usr" / "local" / "bin" / "checkpoint") == "/opt/cp/.venv/bin/checkpoint"
     r2 = subprocess.run(["sh", str(ROOT / "scripts" / "install.sh"), "--destdir", str(dest), "--no-venv",
-                         "--prefix", "/opt/cp"], capture_output=True, text=True, timeout=WAIT)
+                         "--prefix", "/opt/cp"], capture_output=True, text=True, timeout=WAIT, check=False)
     assert r2.returncode == 0, r2.stderr  # again: harmless
     assert [line for line in (dest / "etc" / "passwd").read_text().splitlines() if line.startswith("checkpoint:")] \
         == [":".join(user)]
@@ -153,7 +154,7 @@ def test_udevadm_reads_the_rules_without_complaint():
         if device is None:
             pytest.skip("no sysfs device to run `udevadm test` on")
         r = subprocess.run(["udevadm", "test", "--action=add", device], capture_output=True, text=True,
-                           timeout=WAIT)
+                           timeout=WAIT, check=False)
         out = r.stdout + r.stderr
         assert f"Reading rules file: {path}" in out, out[-2000:]
         mine = [line for line in out.splitlines() if path.name in line and "Reading rules file" not in line]
@@ -182,7 +183,7 @@ def test_the_daemon_runs_under_memory_deny_write_execute(tmp_path):
     state = tmp_path / "state"
     config = write_config(tmp_path / "c.toml", standalone(state, pki, camera=[{"device": str(video), "kind": "file"}]))
     r = subprocess.run([sys.executable, "-c", MDWE, "run", "--config", str(config), "--once"], capture_output=True,
-                       text=True, timeout=WAIT, cwd=ROOT)
+                       text=True, timeout=WAIT, cwd=ROOT, check=False)
     if r.returncode == 77:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -303,7 +303,8 @@ def _cross_checks(values: dict) -> list[Problem]:
         problems.append(Problem("api.token", "both token and token_file are set", "keep one of them"))
     if api.get("enabled") and listen and not cs.is_loopback(listen[0]) \
             and not (api.get("token") or api.get("token_file")):
-        problems.append(Problem("api.token_file", f"the API listens on {listen[0]}, beyond this machine, without a token",
+        problems.append(Problem("api.token_file",
+                                f"the API listens on {listen[0]}, beyond this machine, without a token",
                                 "set api.token_file (or api.token), or listen on 127.0.0.1"))
     return problems
 

@@ -397,7 +397,8 @@ def field_annotation(section: Section) -> str:
 
 def _comment(text: str, indent: str) -> list[str]:
     words = re.sub(r"\s+", " ", text).strip()
-    return [f"{indent}# {line}" for line in textwrap.wrap(words, 100 - len(indent) - 2, break_on_hyphens=False, break_long_words=False)] if words else []
+    return [f"{indent}# {line}" for line in textwrap.wrap(words, 100 - len(indent) - 2, break_on_hyphens=False,
+                                                          break_long_words=False)] if words else []
 
 
 def python_source(sections: tuple[Section, ...], doc: str) -> str:

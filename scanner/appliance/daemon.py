@@ -391,7 +391,7 @@ class Appliance:
             self._start_core(res.device_id, res.checkpoint_id, "provisioned")
         return res
 
-    def _enrolled(self, scan: Scan, outcome: ApplianceProvisioned | None | CheckpointError, held: list[Scan]) -> None:
+    def _enrolled(self, scan: Scan, outcome: ApplianceProvisioned | CheckpointError | None, held: list[Scan]) -> None:
         """What came of an enrollment, on the kiosk and in the log; the scans that waited for it are
         handled now, as the device is."""
         if isinstance(outcome, CheckpointError):
@@ -571,9 +571,8 @@ class Appliance:
             elif core.agent is not None and core.sync_log is not None:
                 core.agent.close()
                 core.sync_log.close()
-        if core.log.queued():
-            if not core.log.wait_flushed(SHUTDOWN_STEP_S):
-                log.error("entry log: %d entries could not be committed before exit", core.log.queued())
+        if core.log.queued() and not core.log.wait_flushed(SHUTDOWN_STEP_S):
+            log.error("entry log: %d entries could not be committed before exit", core.log.queued())
         core.retry_stop.set()
         if core.retry_thread.is_alive():
             core.retry_thread.join(SHUTDOWN_STEP_S)

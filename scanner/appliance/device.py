@@ -99,7 +99,8 @@ class Device:
         for note in store.notes:
             log.warning("trust: %s", escape(note))
         newest = max(store.bundles, key=lambda b: b.version) if store.bundles else None
-        age = admission.TrustAge(newest.issued_at, newest.expires_at, newest.version) if newest else admission.TrustAge()
+        age = (admission.TrustAge(newest.issued_at, newest.expires_at, newest.version) if newest
+               else admission.TrustAge())
         with self.lock:
             self.trust, self.trust_age, self.trust_error = store, age, None
         log.info("trust: %d keys, bundle %s, %d revoked cards", store.key_count,

@@ -135,7 +135,8 @@ def check_credential(config: Config) -> Check | None:
     except (CredentialError, StateError) as exc:
         return Check("credential", WARN, f"no valid server credential ({exc.code}: {exc}): holder details are "
                      "not stored", "`checkpoint sync now` fetches it from the server; the operator issues it "
-                     "(`checkpoint issuer server-credential`) and publishes it (`checkpoint server credential publish`)")
+                     "(`checkpoint issuer server-credential`) and publishes it "
+                     "(`checkpoint server credential publish`)")
     return Check("credential", PASS, f"server {cred.server_id} (serial {cred.serial}) vouched for by the trust root; "
                  f"sealing key {cred.sealing_key_id()}")
 
@@ -154,7 +155,7 @@ def _read_one_frame(cfg, timeout: float) -> tuple[Any, str | None]:
             out[:] = [frame, None if frame is not None else "opened, but gave no frame"]
         except SourceUnavailable as exc:
             out[:] = [None, f"{exc.code}: {exc}"]
-        except Exception as exc:  # a driver error must become a failed check, not a crash
+        except Exception as exc:  # noqa: BLE001 - a driver error must become a failed check, not a crash
             out[:] = [None, f"{type(exc).__name__}: {exc}"]
 
     t = threading.Thread(target=grab, name="doctor-camera", daemon=True)
@@ -242,7 +243,8 @@ def check_database(db: Path, min_free_mb: int) -> Check:
     except sqlite3.Error as exc:
         return Check("database", FAIL, f"{db}: {exc}", "move the file aside and restart (a new log starts)")
     if result != "ok":
-        return Check("database", FAIL, f"integrity: {result[:200]}", "copy the file off for the server, then move it aside")
+        return Check("database", FAIL, f"integrity: {result[:200]}",
+                     "copy the file off for the server, then move it aside")
     return Check("database", PASS, f"{db}: writable, integrity ok ({n} unsynced)")
 
 
@@ -289,7 +291,8 @@ def check_trust(config: Config) -> Check:
     try:
         store = load_device_trust(config.state_dir, config.trust.roots, config.trust.files)
     except (CheckpointError, OSError) as exc:
-        return Check("trust", FAIL, f"refused: {exc}", "`checkpoint sync now` fetches a good bundle; check [trust] files")
+        return Check("trust", FAIL, f"refused: {exc}",
+                     "`checkpoint sync now` fetches a good bundle; check [trust] files")
     if store.key_count == 0:
         return Check("trust", FAIL, "no trusted issuer keys", readiness.FIXES[readiness.NO_TRUST])
     if not store.bundles:
@@ -298,7 +301,8 @@ def check_trust(config: Config) -> Check:
     age = time.time() - newest.issued_at
     limit = config.trust.max_age_h * 3600
     stale = age > limit or time.time() > newest.expires_at
-    detail = f"bundle v{newest.version}, {_age(max(0.0, age))} old, {store.key_count} keys, {len(store.revoked_cards)} revoked"
+    detail = (f"bundle v{newest.version}, {_age(max(0.0, age))} old, {store.key_count} keys, "
+              f"{len(store.revoked_cards)} revoked")
     if stale:
         closed = config.trust.when_stale == "closed"
         return Check("trust", FAIL if closed else WARN, detail + " (stale: past its limit or expiry)",

@@ -46,7 +46,7 @@ class RecentErrors(logging.Handler):
         try:
             self.records.append({"at": round(time.time(), 3), "level": record.levelname.lower(),
                                  "logger": record.name, "message": escape(record.getMessage())[:500]})
-        except Exception:  # logging must never raise into the code that logs
+        except Exception:  # noqa: BLE001 - logging must never raise into the code that logs
             self.handleError(record)
 
     def list(self) -> list[dict]:

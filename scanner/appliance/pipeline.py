@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from hardware.inputs import Input, ReadIssue, SourceHealth
 from scanner.base.safetext import escape
@@ -188,7 +188,7 @@ class Pipeline:
             self._worker = None
         self._running = False
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -168,7 +168,8 @@ SECTIONS: tuple[Section, ...] = (
         K("upload_delay_s", cs.number(0, 600), "seconds", 2.0,
           "After a scan, wait this long for more before uploading, so a stream of scans makes one upload, "
           "not one each (50 new entries upload at once). A single scan reaches the server about this long after it."),
-        K("trust_interval_s", cs.number(10, 7 * 86400), "seconds", 3600.0, "How often to ask for a newer trust bundle."),
+        K("trust_interval_s", cs.number(10, 7 * 86400), "seconds", 3600.0,
+          "How often to ask for a newer trust bundle."),
         K("builder", cs.choice("process", "inline"), "`process` / `inline`", "process",
           "Build batches in a separate low-priority process (keeps the scan loop smooth; it exits with the daemon "
           "however the daemon ends) or in the sync thread."),
@@ -286,7 +287,8 @@ SECTIONS: tuple[Section, ...] = (
           "After an accept, nobody passing within this time records \"granted, did not pass\"."),
     ), doc="Turnstile rotation sensor or door contact (needs a relay).", optional=True),
     Section("camera", (
-        K("name", cs.optional(cs.identifier()), "text", None, "A short name for logs and health (default: the device)."),
+        K("name", cs.optional(cs.identifier()), "text", None,
+          "A short name for logs and health (default: the device)."),
         K("device", cs.string(min_len=1, max_len=500), "text",
           doc="V4L2 index (\"0\") or path (/dev/video0, /dev/v4l/by-id/...), \"picamera2\" or "
               "\"picamera2:N\", a stream URL, a video file, or a folder of images.", example="\"picamera2\""),
@@ -314,7 +316,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("serial", (
         K("name", cs.optional(cs.identifier()), "text", None, "A short name (default: the port)."),
         K("port", cs.string(min_len=1, max_len=500), "path",
-          doc="Best a /dev/serial/by-id/... or /dev/checkpoint/... path.", example="\"/dev/checkpoint/serial-1eab-1306\""),
+          doc="Best a /dev/serial/by-id/... or /dev/checkpoint/... path.",
+          example="\"/dev/checkpoint/serial-1eab-1306\""),
         K("baud", cs.integer(50, 4_000_000), "integer", 9600, "Baud rate (CDC-ACM readers ignore it)."),
         K("terminator", _terminator(), "text", "auto", "Line end: auto, cr, lf, crlf, or literal text."),
         K("timeout_s", cs.number(0.01, 60), "seconds", 0.5, "A read without its terminator for this long is dropped."),

@@ -133,7 +133,7 @@ class Supervisor:
         self._backlog_at = now_mono
         try:
             self._backlog = core.log.backlog()
-        except Exception as exc:  # sqlite3 errors included: the health check reports the log itself
+        except Exception as exc:  # noqa: BLE001 - sqlite3 errors included: the health check reports the log itself
             log.warning("entry log: cannot count the backlog: %s", exc)
         if core.agent is not None:
             try:

@@ -66,7 +66,8 @@ def rules(extra: Iterable[str] = (), *, group: str = "checkpoint") -> str:
         readers.append((vendor, product, "from the configuration ([udev] extra_readers)"))
     lines = [
         "# USB QR readers for checkpoint-edge: a stable name and the service's group.",
-        "# Written by `checkpoint udev-rules`; the list is in scanner/appliance/udev.py (docs/provisioning.md#usb-readers).",
+        ("# Written by `checkpoint udev-rules`; the list is in scanner/appliance/udev.py "
+         "(docs/provisioning.md#usb-readers)."),
         'ACTION=="remove", GOTO="checkpoint_readers_end"',
         "",
     ]
@@ -82,8 +83,8 @@ def rules(extra: Iterable[str] = (), *, group: str = "checkpoint") -> str:
     lines += [
         "",
         "# two readers of one model (entry and exit): tell them apart by the USB port they are in",
-        'ENV{CHECKPOINT_READER}=="hid|serial", ENV{ID_PATH}=="?*", '
-        'SYMLINK+="checkpoint/by-path/$env{CHECKPOINT_READER}-$env{ID_PATH}"',
+        ('ENV{CHECKPOINT_READER}=="hid|serial", ENV{ID_PATH}=="?*", '
+        'SYMLINK+="checkpoint/by-path/$env{CHECKPOINT_READER}-$env{ID_PATH}"'),
         "",
         'LABEL="checkpoint_readers_end"',
         "",

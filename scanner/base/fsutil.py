@@ -19,7 +19,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from scanner.base.errors import CheckpointError
 
@@ -76,7 +76,7 @@ class Dir:
             Path(path).mkdir(mode=create_mode, parents=True, exist_ok=True)
         return cls(os.open(path, _DIR_FLAGS), os.fspath(path))
 
-    def __enter__(self) -> Dir:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -201,8 +201,9 @@ class AtomicFile:
         self._tmp = tmp
         try:
             os.fchmod(fd, mode)
-            self.file: IO = (open(fd, "w", encoding=encoding, newline="") if encoding is not None
-                             else open(fd, "wb"))
+            # the file lives as long as this AtomicFile, which closes it on commit or abort
+            self.file: IO = (open(fd, "w", encoding=encoding, newline="") if encoding is not None  # noqa: SIM115
+                             else open(fd, "wb"))  # noqa: SIM115
         except BaseException:
             os.close(fd)
             self._remove_tmp()

@@ -134,7 +134,7 @@ def card_svg(text: str, *, name: str, birth_date: str, issuer: str, expires_at: 
     if cid and not re.fullmatch(r"[0-9a-f]+", cid):
         raise UsageError(f"card id {card_id_hex!r} is not hexadecimal")
     try:
-        expires = dt.datetime.fromtimestamp(expires_at, dt.timezone.utc).strftime("%Y-%m-%d") + " UTC"
+        expires = dt.datetime.fromtimestamp(expires_at, dt.UTC).strftime("%Y-%m-%d") + " UTC"
     except (OverflowError, OSError, ValueError):
         raise UsageError(f"expiry {expires_at!r} is not a usable epoch time") from None
 
@@ -146,10 +146,10 @@ def card_svg(text: str, *, name: str, birth_date: str, issuer: str, expires_at: 
     label = dict(size=1.7, width=width, fill="#555")
 
     parts = [
-        f'<rect x="0.2" y="0.2" width="{_n(CARD_W - 0.4)}" height="{_n(CARD_H - 0.4)}" rx="3.18" '
-        'fill="#fff" stroke="#999" stroke-width="0.2"/>',
-        f'<path transform="translate({_n(qx + 4 * unit)} {_n(qy + 4 * unit)}) scale({unit:.6g})" '
-        f'stroke="#000" stroke-width="1" fill="none" shape-rendering="crispEdges" d="{_qr_path(qr)}"/>',
+        (f'<rect x="0.2" y="0.2" width="{_n(CARD_W - 0.4)}" height="{_n(CARD_H - 0.4)}" rx="3.18" '
+        'fill="#fff" stroke="#999" stroke-width="0.2"/>'),
+        (f'<path transform="translate({_n(qx + 4 * unit)} {_n(qy + 4 * unit)}) scale({unit:.6g})" '
+        f'stroke="#000" stroke-width="1" fill="none" shape-rendering="crispEdges" d="{_qr_path(qr)}"/>'),
     ]
     y = 7.0
     for line, size, weight in ((HEADLINE[0], 3.0, "bold"), (HEADLINE[1], 2.4, "bold")):

@@ -20,7 +20,7 @@ _SCAN = 32  # at most this many records are searched linearly (512 bytes)
 class RevocationSet:
     """An immutable set of 16-byte card ids with O(log n) membership."""
 
-    __slots__ = ("_blob", "_index", "_count")
+    __slots__ = ("_blob", "_count", "_index")
 
     def __init__(self, ids: Iterable[bytes] = ()) -> None:
         ids = list(ids)

@@ -321,8 +321,8 @@ def make_dsc(private_key: keymod.PrivateKey, *, country: str, not_before: int, n
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                .public_key(private_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(dt.datetime.fromtimestamp(not_before, dt.timezone.utc))
-               .not_valid_after(dt.datetime.fromtimestamp(not_after, dt.timezone.utc)))
+               .not_valid_before(dt.datetime.fromtimestamp(not_before, dt.UTC))
+               .not_valid_after(dt.datetime.fromtimestamp(not_after, dt.UTC)))
     if key_usages:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([x509.ObjectIdentifier(o) for o in key_usages]), critical=False)

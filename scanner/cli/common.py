@@ -49,7 +49,7 @@ def parse_time(value: str) -> int:
     except ValueError:
         raise UsageError(f"{value!r} is neither epoch seconds nor an ISO 8601 time") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return int(moment.timestamp())
 
 

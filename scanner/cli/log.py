@@ -217,7 +217,7 @@ def verify_cmd(db_path, file_path, fmt, as_json):
     integrity = None
     if file_path is not None:
         try:
-            fh = open(file_path, encoding="utf-8", newline="")
+            fh = open(file_path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the `with` below
         except OSError as exc:
             fail(f"{file_path}: {exc.strerror}")
         with fh:

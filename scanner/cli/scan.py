@@ -48,7 +48,8 @@ def _roi(value: str | None):
 @click.option("--camera", "cameras", multiple=True, metavar="DEV|FILE",
               help="A camera: V4L2 index or /dev/video path, picamera2[:N], a stream URL; or a file. Repeatable.")
 @click.option("--video", "videos", multiple=True, metavar="FILE", help="A video file, every frame decoded. Repeatable.")
-@click.option("--images", "folders", multiple=True, metavar="DIR", help="A folder of images, one frame each. Repeatable.")
+@click.option("--images", "folders", multiple=True, metavar="DIR",
+              help="A folder of images, one frame each. Repeatable.")
 @click.option("--serial", "ports", multiple=True, metavar="PORT", help="A serial / USB CDC-ACM reader. Repeatable.")
 @click.option("--hid", "hids", multiple=True, metavar="PATH|VID:PID",
               help="A USB keyboard-wedge reader (/dev/input path or vendor:product). Repeatable.")
@@ -60,8 +61,10 @@ def _roi(value: str | None):
 @click.option("--roi", default=None, metavar="X,Y,W,H", help="Camera region of interest, fractions of the frame.")
 @click.option("--size", default="640x480", show_default=True, metavar="WxH", help="Camera frame size.")
 @click.option("--fps", type=click.FloatRange(1, 120), default=None, help="Camera frame rate.")
-@click.option("--layout", default="us", show_default=True, help="Keyboard layout HID readers type for (us, uk, de, fr).")
-@click.option("--suffix", default="enter", show_default=True, help="What ends a code on HID readers (enter, tab, text).")
+@click.option("--layout", default="us", show_default=True,
+              help="Keyboard layout HID readers type for (us, uk, de, fr).")
+@click.option("--suffix", default="enter", show_default=True,
+              help="What ends a code on HID readers (enter, tab, text).")
 @click.option("--baud", type=click.IntRange(50, 4_000_000), default=9600, show_default=True, help="Serial baud rate.")
 @click.option("--terminator", default="auto", show_default=True, help="Serial line end (auto, cr, lf, crlf, text).")
 @click.option("--direction", type=click.Choice(["in", "out"]), default=None, help="Direction of these inputs.")

@@ -83,7 +83,8 @@ def token_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def token_create(db_url, checkpoint_id, count, ttl_hours, as_json):
     """Print new one-time tokens (shown once; the server keeps only their hashes)."""
-    tokens = run_guarded(issue_tokens, open_server_storage(db_url), checkpoint_id, count, ttl_hours=ttl_hours, now_ms=now_ms())
+    tokens = run_guarded(issue_tokens, open_server_storage(db_url), checkpoint_id, count, ttl_hours=ttl_hours,
+                         now_ms=now_ms())
     if as_json:
         click.echo(json_line({"checkpoint_id": checkpoint_id, "tokens": tokens}))
     else:
@@ -267,7 +268,8 @@ def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
     root = run_guarded(load_root, root_pub) if root_pub else None
     server_keys = _server_keys(db_url, keys_dir)
     data = run_guarded(Path(credential_file).read_bytes)
-    cred = run_guarded(credentials.publish, open_server_storage(db_url), data, sealing_public=server_keys.sealing.public_key(),
+    cred = run_guarded(credentials.publish, open_server_storage(db_url), data,
+                       sealing_public=server_keys.sealing.public_key(),
                        pull_public=server_keys.pull.public_key(), root=root)
     if as_json:
         click.echo(json_line(cred.summary()))

@@ -40,7 +40,7 @@ def load_cli_trust(trust_paths, roots) -> TrustStore:
 
 
 def date_utc(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d")
 
 
 def human_verdict(verdict: Verdict, lang: str) -> str:

@@ -225,9 +225,9 @@ def iso_ms(at_ms: int) -> str:
     secs, ms = divmod(at_ms, 1000)
     if 0 <= at_ms <= MAX_AT_MS:
         t = time.gmtime(secs)
-        return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min,
-                                                         t.tm_sec, ms)
-    moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(milliseconds=at_ms)
+        return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+                f"{t.tm_sec:02d}.{ms:03d}Z")
+    moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=at_ms)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -240,10 +240,10 @@ def parse_iso_ms(text: str) -> int:
         raise ExportFormatError(f"time {text[:40]!r} is not YYYY-MM-DDTHH:MM:SS.mmmZ")
     y, mo, d, h, mi, s, ms = (int(g) for g in m.groups())
     try:
-        moment = dt.datetime(y, mo, d, h, mi, s, tzinfo=dt.timezone.utc)
+        moment = dt.datetime(y, mo, d, h, mi, s, tzinfo=dt.UTC)
     except ValueError:
         raise ExportFormatError(f"time {text[:40]!r} is not a valid date") from None
-    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86400 + delta.seconds) * 1000 + ms
 
 
@@ -293,7 +293,8 @@ def from_export_dict(d: Mapping) -> Entry:
         _need(d[name] is None or isinstance(d[name], str), f"{name} must be text or null")
     for name in ("entry_id",):
         _need(isinstance(d[name], str) and bool(_UUID.fullmatch(d[name])), f"{name} must be a UUID")
-    _need(d["ref_entry_id"] is None or (isinstance(d["ref_entry_id"], str) and bool(_UUID.fullmatch(d["ref_entry_id"]))),
+    _need(d["ref_entry_id"] is None or (isinstance(d["ref_entry_id"],
+                                                   str) and bool(_UUID.fullmatch(d["ref_entry_id"]))),
           "ref_entry_id must be a UUID or null")
     _need(d["direction"] in DIRECTIONS, "direction must be in or out")
     _need(d["clock"] in CLOCK_STATES, "clock must be synced, unsynced or unknown")

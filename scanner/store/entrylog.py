@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -174,7 +174,7 @@ class EntryLog:
         if self._sealer is not None:
             self._sealer.rotate()  # drop the session key with the log
 
-    def __enter__(self) -> EntryLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -162,7 +162,7 @@ class _KeyCache:
 _server_keys = _KeyCache()
 
 
-def open(blob: bytes, server_private_key: X25519PrivateKey, context: bytes | str) -> Holder:  # noqa: A001
+def open(blob: bytes, server_private_key: X25519PrivateKey, context: bytes | str) -> Holder:
     """The Holder sealed in ``blob`` (version 1 or 2) for ``context``; SealError if it cannot be opened."""
     blob = bytes(blob)
     version = blob[0] if blob else 0

@@ -168,7 +168,7 @@ def _entry_dict(e: SeenEntry, tz: dt.tzinfo) -> dict:
             "clock": e.clock, "card_id": e.card_id}
 
 
-def to_dict(report: TraceReport, tz: dt.tzinfo = dt.timezone.utc) -> dict:
+def to_dict(report: TraceReport, tz: dt.tzinfo = dt.UTC) -> dict:
     """The report as one JSON document: visits, each with its contacts."""
     by_visit: dict[str, list[Contact]] = {}
     for c in report.contacts:
@@ -206,7 +206,7 @@ def _cell(value: object) -> str:
     return text
 
 
-def csv_rows(report: TraceReport, tz: dt.tzinfo = dt.timezone.utc) -> Iterable[tuple[str, ...]]:
+def csv_rows(report: TraceReport, tz: dt.tzinfo = dt.UTC) -> Iterable[tuple[str, ...]]:
     """Header, then one row per visit (no window) or one row per contact (with a window)."""
     if report.window_ms is None:
         yield VISIT_COLUMNS
@@ -225,13 +225,13 @@ def csv_rows(report: TraceReport, tz: dt.tzinfo = dt.timezone.utc) -> Iterable[t
                                        e.reason, e.clock, h.status, h.name, h.birth_date, h.id_masked))
 
 
-def write_csv(report: TraceReport, out: TextIO, tz: dt.tzinfo = dt.timezone.utc) -> None:
+def write_csv(report: TraceReport, out: TextIO, tz: dt.tzinfo = dt.UTC) -> None:
     writer = csv.writer(out, lineterminator="\r\n")
     for row in csv_rows(report, tz):
         writer.writerow(row)
 
 
-def csv_text(report: TraceReport, tz: dt.tzinfo = dt.timezone.utc) -> str:
+def csv_text(report: TraceReport, tz: dt.tzinfo = dt.UTC) -> str:
     buf = io.StringIO()
     write_csv(report, buf, tz)
     return buf.getvalue()

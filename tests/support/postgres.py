@@ -19,7 +19,7 @@ _failure: str | None = None
 
 def cluster() -> PgCluster:
     """The session's PostgreSQL server, started on first use; pytest.skip if it cannot run here."""
-    global _cluster, _failure
+    global _cluster, _failure  # noqa: PLW0603 - one server for the whole session, started on first use
     with _lock:
         if _cluster is None and _failure is None:
             try:

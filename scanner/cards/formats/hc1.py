@@ -116,7 +116,7 @@ def _birth_date(dob: object) -> str:
     """The dob as written (YYYY, YYYY-MM or YYYY-MM-DD; a time part is dropped), or ""."""
     if type(dob) is not str:
         return ""
-    return dob[:10] if len(dob) > 10 and dob[10:11] == "T" else dob[:10]
+    return dob[:10]
 
 
 def _entry(dcc: Mapping) -> tuple[str, dict]:

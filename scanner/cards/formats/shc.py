@@ -367,10 +367,7 @@ def verify_parts(parts: Sequence[str], trust: TrustStore, now: float, *, clock_s
     if any(len(p) > MAX_TEXT for p in parts):
         return reject(Reason.MALFORMED, f"text longer than a QR code can hold ({MAX_TEXT})")
     try:
-        if len(parts) == 1 and parse_chunk(parts[0]) is None:
-            jws = text_to_jws(parts[0])
-        else:
-            jws = parts_to_jws(parts)
+        jws = text_to_jws(parts[0]) if len(parts) == 1 and parse_chunk(parts[0]) is None else parts_to_jws(parts)
         return verify_jws(jws, trust, int(now), clock_skew)
     except CardRejected as exc:
         return reject(exc.reason, exc.detail, NAME, exc.kid)
