@@ -13,10 +13,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import cv2
 import numpy as np
@@ -103,11 +103,11 @@ class CameraConfig:
         for field, value in (("width", self.width), ("height", self.height)):
             if value is not None and not (16 <= value <= 8192):
                 raise ValueError(f"camera {field} must be between 16 and 8192, got {value!r}")
-        for field, value in (("fps", self.fps), ("pace", self.pace)):
-            if value is not None and not (0 < value <= 1000):
-                raise ValueError(f"camera {field} must be between 0 and 1000, got {value!r}")
+        for name, rate in (("fps", self.fps), ("pace", self.pace)):
+            if rate is not None and not (0 < rate <= 1000):
+                raise ValueError(f"camera {name} must be between 0 and 1000, got {rate!r}")
         if self.roi is not None:
-            check_roi(tuple(self.roi))
+            check_roi(self.roi)
         if self.exposure_mode not in EXPOSURE_MODES:
             raise ValueError(f"camera exposure_mode must be one of {', '.join(EXPOSURE_MODES)}, "
                              f"got {self.exposure_mode!r}")
@@ -300,7 +300,7 @@ class ArraySource:
         self._frames = frames
         self.name = name
         self.live = live
-        self._it = None
+        self._it: Iterator[np.ndarray] | None = None
 
     def open(self) -> None:
         self._it = iter(self._frames)
@@ -330,17 +330,17 @@ class _Latest:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._frame: np.ndarray | None = None
+        self._frame: np.ndarray | DualFrame | None = None
         self.dropped = 0
 
-    def put(self, frame: np.ndarray) -> None:
+    def put(self, frame: np.ndarray | DualFrame) -> None:
         with self._cond:
             if self._frame is not None:
                 self.dropped += 1
             self._frame = frame
             self._cond.notify()
 
-    def take(self, timeout: float) -> np.ndarray | None:
+    def take(self, timeout: float) -> np.ndarray | DualFrame | None:
         with self._cond:
             if self._frame is None:
                 self._cond.wait(timeout)
@@ -367,8 +367,9 @@ class CameraInput(InputThread):
             self._factory: Callable[[], FrameSource] = lambda: make_source(config)
         elif callable(source) and not hasattr(source, "read"):
             self._factory = source
-        else:
-            self._factory = lambda: source
+        else:  # a source object (it has read()): the same one every time
+            fixed = cast(FrameSource, source)
+            self._factory = lambda: fixed
         self._decoder = decoder
         self._backoff = backoff or Backoff()
         self._on_frame = on_frame
@@ -441,7 +442,7 @@ class CameraInput(InputThread):
         self._backoff.reset()
         if not source.live:
             period = 1.0 / self.config.pace if self.config.pace else 0.0
-            frame: np.ndarray | None = first
+            frame: np.ndarray | DualFrame | None = first
             next_at = time.monotonic()
             while frame is not None:
                 self._decode(frame, decoder)
@@ -455,7 +456,7 @@ class CameraInput(InputThread):
             return True
         return self._stream_live(source, decoder, first)
 
-    def _stream_live(self, source: FrameSource, decoder: Decoder, first: np.ndarray) -> bool:
+    def _stream_live(self, source: FrameSource, decoder: Decoder, first: np.ndarray | DualFrame) -> bool:
         """Capture in this thread, decode the newest frame in a helper thread."""
         box = _Latest()
         box.put(first)

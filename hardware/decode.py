@@ -54,7 +54,7 @@ class ImageUnreadable(UsageError):
         self.why = why
 
 
-Corners = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
+Corners = tuple[tuple[int, int], ...]  # four points going round the symbol
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +135,8 @@ class ZxingDecoder:
         gray = _as_gray(gray, row_strided_ok=True)
         if gray.size == 0:
             return []
-        found = self._zx.read_barcodes(gray, formats=self._formats, try_invert=True,
+        # zxing-cpp's stubs type formats as BarcodeFormats; zxing-cpp 3 takes the list of formats too
+        found = self._zx.read_barcodes(gray, formats=self._formats, try_invert=True,  # type: ignore[arg-type]
                                        text_mode=self._zx.TextMode.Plain)
         return _unique([_zx_code(r) for r in found])
 
@@ -501,7 +502,8 @@ def y_plane(buffer: np.ndarray, width: int, height: int, stride: int) -> np.ndar
     return flat[:stride * height].reshape(height, stride)[:, :width]
 
 
-_FACTORIES = {"zxing": ZxingDecoder, "zxing-cpp": ZxingDecoder, "pyzbar": PyzbarDecoder}
+_FACTORIES: dict[str, Callable[[], Decoder]] = {"zxing": ZxingDecoder, "zxing-cpp": ZxingDecoder,
+                                                "pyzbar": PyzbarDecoder}
 
 
 def make_decoder(name: str = "auto") -> Decoder:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 Point = tuple[int, int]
-Quad = tuple[Point, Point, Point, Point]
+Quad = tuple[Point, ...]
 """Four corners going round a symbol, in image pixels."""
 
 THUMB_WIDTH = 320
@@ -96,8 +96,8 @@ def texture_regions(gray: np.ndarray, limit: int = 2) -> list[Quad]:
     energy = jxx + jyy
     coherence = cv2.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (energy + 1e-3)
     mask = ((energy > TEXTURE_LEVEL ** 2) & (coherence < ISOTROPY)).astype(np.uint8) * 255
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     found: list[tuple[float, Quad]] = []
     for contour in contours:
         area = cv2.contourArea(contour)
@@ -242,8 +242,8 @@ def streak_psf(length: float, angle_deg: float) -> np.ndarray:
     dx = math.cos(math.radians(angle_deg)) * length * ss / 2
     dy = math.sin(math.radians(angle_deg)) * length * ss / 2
     cv2.line(k, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))), 1.0, ss)
-    k = cv2.resize(k, (2 * n + 1, 2 * n + 1), interpolation=cv2.INTER_AREA)
-    return k / k.sum()
+    small = cv2.resize(k, (2 * n + 1, 2 * n + 1), interpolation=cv2.INTER_AREA)
+    return small / small.sum()
 
 
 def wiener(img: np.ndarray, psf: np.ndarray, nsr: float = WIENER_NSR) -> np.ndarray:
@@ -271,8 +271,8 @@ def square_up(gray: np.ndarray, quad: Quad, side: int) -> tuple[np.ndarray, np.n
     """The quadrilateral mapped onto a ``side``-pixel square with a fifth of a side of margin (the quiet
     zone), and the homography that takes the square's pixels back to ``gray``'s."""
     m = side / 5
-    dst = np.float32([(m, m), (m + side, m), (m + side, m + side), (m, m + side)])
-    hom = cv2.getPerspectiveTransform(np.float32(quad), dst)
+    dst = np.array([(m, m), (m + side, m), (m + side, m + side), (m, m + side)], np.float32)
+    hom = cv2.getPerspectiveTransform(np.array(quad, np.float32), dst)
     size = int(side + 2 * m)
     out = cv2.warpPerspective(gray, hom, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     return out, np.linalg.inv(hom)
@@ -304,7 +304,7 @@ def align_average(crops: list[np.ndarray]) -> np.ndarray | None:
         (dx, dy), response = cv2.phaseCorrelate(o, ref_f, window)
         if response < 0.2:
             continue
-        shift = np.float32([[1, 0, dx], [0, 1, dy]])
+        shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
         acc += cv2.warpAffine(o, shift, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         used += 1
     if used < 2:

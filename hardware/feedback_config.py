@@ -235,6 +235,8 @@ class FeedbackConfig:
 
     def _check_tones(self) -> None:
         buzzer = self.buzzer
+        if buzzer is None:
+            return
         octaves = buzzer.octaves
         if isinstance(octaves, bool) or not isinstance(octaves, int) or not 1 <= octaves <= 9:
             raise FeedbackConfigError(f"buzzer octaves must be 1..9, not {octaves!r}")

@@ -214,5 +214,5 @@ class Player:
 
     def _frame(self) -> Outputs:
         tracks = self._tracks
-        return Outputs(*(tracks[o].value if o in tracks else 0.0 for o in OUTPUTS),
-                       gate_open=self._gate_open)
+        green, red, amber, buzzer_hz = (tracks[o].value if o in tracks else 0.0 for o in OUTPUTS)
+        return Outputs(green, red, amber, buzzer_hz, gate_open=self._gate_open)

@@ -196,18 +196,22 @@ class GpioFeedback(PatternFeedback):
         elif action == "acknowledge":
             self.acknowledge()
 
+    # the button's handlers are attached only when a button is configured
     def _button_pressed(self) -> None:
         self._held = False
-        if self.config.button.hold is None:  # nothing to wait for: act at once
-            self._button_action(self.config.button.press)
+        button = self.config.button
+        if button is not None and button.hold is None:  # nothing to wait for: act at once
+            self._button_action(button.press)
 
     def _button_held(self) -> None:
         self._held = True
-        self._button_action(self.config.button.hold)
+        if self.config.button is not None:
+            self._button_action(self.config.button.hold)
 
     def _button_released(self) -> None:
-        if self.config.button.hold is not None and not self._held:
-            self._button_action(self.config.button.press)
+        button = self.config.button
+        if button is not None and button.hold is not None and not self._held:
+            self._button_action(button.press)
 
     # -- outputs -----------------------------------------------------------------------------------
 
@@ -236,17 +240,21 @@ class GpioFeedback(PatternFeedback):
             self.mirror(frame, label, direction=self.direction)
 
     def _play_tone(self, hz: float) -> None:
+        if self.buzzer is None:
+            return
         if hz > 0:
             self.buzzer.play(Tone.from_frequency(hz))
         else:
             self.buzzer.stop()
 
     def _rgb_color(self, frame: Outputs) -> tuple[float, float, float]:
-        amber = self.config.rgb.amber
+        rgb = self.config.rgb
+        assert rgb is not None  # asked only when an RGB LED is configured
+        amber = rgb.amber
         r = max(frame.red, frame.amber * amber[0])
         g = max(frame.green, frame.amber * amber[1])
         b = frame.amber * amber[2]
-        if not self.config.rgb.pwm:
+        if not rgb.pwm:
             return (float(r > 0), float(g > 0), float(b > 0))
         return (r, g, b)
 

@@ -172,7 +172,11 @@ class InputThread:
     """
 
     kind = "manual"
-    finite = False
+
+    @property
+    def finite(self) -> bool:
+        """Whether the input ends by itself (a file): `run --once` waits for its end."""
+        return False
 
     def __init__(self, source_id: str, *, direction: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:

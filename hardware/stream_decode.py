@@ -92,11 +92,12 @@ class ChangeGate:
     def update(self, gray: np.ndarray) -> bool:
         step = max(1, gray.shape[1] // GATE_CELLS)
         thumb = np.ascontiguousarray(gray[step // 2::step, step // 2::step])
-        if self._background is None or self._background.shape != thumb.shape:
+        previous = self._previous
+        if self._background is None or previous is None or self._background.shape != thumb.shape:
             self._background, self._previous = thumb, thumb
             self._left = self.active_frames
             return True
-        jitter = cv2.mean(cv2.absdiff(thumb, self._previous))[0]
+        jitter = cv2.mean(cv2.absdiff(thumb, previous))[0]
         self._noise = 0.9 * self._noise + 0.1 * max(jitter, 1.0)
         _, moved = cv2.threshold(cv2.absdiff(thumb, self._background), max(24.0, 4 * self._noise), 255,
                                  cv2.THRESH_BINARY)
@@ -193,7 +194,7 @@ class StreamDecoder:
                 stage: str, tracked: bool) -> FrameDecode:
         dec = self.decoder
         track = self._track
-        if tracked:
+        if tracked and track is not None:
             track.age += 1  # looked for where it was; it counts as seen again only if an attempt locates it
         elif track is None or not any(track.near(q) for q in quads):
             track = self._track = _Track(quads[0])
@@ -234,6 +235,8 @@ class StreamDecoder:
     def _fused(self, gray: np.ndarray, quad: Corners, detail: np.ndarray | None):
         """An attempt on the tracked symbol's crops of the last frames, aligned and averaged, then deblurred."""
         track = self._track
+        if track is None:
+            return None
         src, scale = (gray, 1.0) if detail is None else (detail, detail.shape[1] / gray.shape[1])
         crop = enhance.crop_around(src, quad, 1 / 6, scale=scale)
         if crop is None:

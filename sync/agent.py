@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -29,6 +30,7 @@ from scanner.base.backoff import Backoff
 from scanner.base.errors import CheckpointError, TrustError
 from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
+from scanner.cards.bundle import Bundle
 from scanner.store.entry import Entry
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync import credential, trustupdate
@@ -163,7 +165,8 @@ class ProcessBuilder:
         self._args = (str(log_path), str(state_dir), device_id, str(nice))
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
-        self._requests = self._answers = None
+        self._requests: BinaryIO | None = None
+        self._answers: BinaryIO | None = None
 
     @property
     def pid(self) -> int | None:
@@ -208,10 +211,12 @@ class ProcessBuilder:
         with self._lock:
             if self._proc is None:
                 self._start()
+            requests, answers = self._requests, self._answers
+            assert requests is not None and answers is not None  # _start opened both
             try:
-                pickle.dump(request, self._requests, protocol=pickle.HIGHEST_PROTOCOL)
-                self._requests.flush()
-                ok, value = pickle.load(self._answers)
+                pickle.dump(request, requests, protocol=pickle.HIGHEST_PROTOCOL)
+                requests.flush()
+                ok, value = pickle.load(answers)
             except (OSError, EOFError, pickle.UnpicklingError):
                 self._stop()  # the worker died (e.g. killed): start another next time
                 raise SyncError("batch builder process died; restarted", code="builder_died") from None
@@ -281,7 +286,7 @@ def quarantine(state_dir: str | os.PathLike, state: SyncState, sb: batchmod.Sign
 # ---------------------------------------------------------------- trust
 
 
-def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> tuple[str, object]:
+def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> tuple[str, Bundle | None]:
     """Bring the installed trust bundle up to the server's: ("not_modified" | "delta" | "full", the
     installed Bundle or None). A delta that does not apply falls back to the full bundle; a bundle
     that fails any check (root signature, rollback) raises TrustError and the old one stays."""
@@ -361,7 +366,7 @@ class SyncAgent:
 
     def __init__(self, state_dir: str | os.PathLike, entry_log: EntryLog, *, client: SyncClient | None = None,
                  builder=None, inputs: Callable[[], dict] | None = None,
-                 on_trust: Callable[[int], None] | None = None, connect_timeout: float = 5.0,
+                 on_trust: Callable[[int | None], None] | None = None, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, trust_interval_s: float = 3600.0, idle_interval_s: float = 30.0,
                  upload_delay_s: float = UPLOAD_DELAY_S, min_batch: int = MIN_BATCH, max_batch: int = MAX_BATCH,
                  target_s: float = TARGET_S, backoff: Backoff | None = None) -> None:
@@ -679,7 +684,7 @@ class SyncAgent:
         result = self.sync_once(deadline=deadline, retry_quarantined=retry_quarantined, trust=trust)
         while not result.complete and time.monotonic() < deadline:
             if result.error is None:  # nothing failed: what is left is quarantined or arrived meanwhile
-                if result.pending == 0 or result.quarantined or self._state.quarantined:
+                if result.pending == 0 or result.quarantined or (self._state is not None and self._state.quarantined):
                     break
                 self.backoff.reset()
             elif result.error_code in ("sync_config",) or (result.error_code in _FATAL):

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
             except EOFError:  # the parent closed the pipe: done
                 return 0
             ok, value = (False, failed) if failed is not None else answer(request)
-            if not ok:
+            if not ok and isinstance(value, BaseException):
                 value = _picklable(value)
             pickle.dump((ok, value), answers, protocol=pickle.HIGHEST_PROTOCOL)
             answers.flush()

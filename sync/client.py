@@ -204,7 +204,7 @@ class SyncClient:
         return doc
 
     def trust(self, version: int | None, digest: str | None, *, full: bool = False) -> TrustReply:
-        params = {}
+        params: dict[str, int | str] = {}
         if version is not None:
             params["version"] = version
             params["digest"] = digest or ""

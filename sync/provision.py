@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import CheckpointError, KeyFileError, TrustError
 from scanner.base.fsutil import atomic_write
@@ -99,7 +100,7 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
                 server_root = serialization.load_pem_public_key(str(doc["root_public_key"]).encode("ascii"))
             except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
                 raise ProvisionError("enrollment answer has an unreadable trust root") from None
-            if public_pem(server_root) != public_pem(root):
+            if not isinstance(server_root, ed25519.Ed25519PublicKey) or public_pem(server_root) != public_pem(root):
                 raise ProvisionError("the server publishes bundles of another root than the one pinned",
                                      code="root_mismatch")
         # everything checked: only now does this device keep anything of this server
@@ -121,16 +122,17 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
                                         min_version=cur[1].version if cur else None)
                 bundle_status, version = "installed", b.version
             else:
-                kind, b = refresh_bundle(client, state, roots)
+                kind, refreshed = refresh_bundle(client, state, roots)
                 bundle_status = "not_modified" if kind == "not_modified" else "installed"
-                version = b.version if b is not None else None
+                version = refreshed.version if refreshed is not None else None
         elif wait_bundle_s > 0:
             bundle_status, version = _wait_for_bundle(client, state, roots, wait_bundle_s)
         files = StateFile(state)
         with files.lock():
             st = files.load()
-            if version is not None:
-                bundle = trustupdate.current(state, roots)[1]
+            installed = trustupdate.current(state, roots) if version is not None else None
+            if installed is not None:
+                bundle = installed[1]
                 st.trust_version, st.trust_issued_at, st.trust_checked_ms = bundle.version, bundle.issued_at, now_ms()
             if client.last_clock_offset_ms is not None:
                 st.note_clock(client.last_clock_offset_ms)
@@ -147,7 +149,7 @@ def _wait_for_bundle(client: SyncClient, state: Path, roots, wait_s: float) -> t
     while True:
         try:
             _, bundle = refresh_bundle(client, state, roots)
-            return "installed", bundle.version
+            return "installed", bundle.version if bundle is not None else None
         except RejectedError as exc:
             if exc.code != protocol.E_NO_BUNDLE:
                 raise

@@ -111,6 +111,7 @@ class PullService:
         if self._log is None:
             with self._lock:
                 if self._log is None:
+                    assert self._log_path is not None  # a path is kept whenever no log was given
                     try:
                         self._log = EntryLog(self._log_path, create=False)
                     except EntryLogError as exc:
@@ -400,7 +401,8 @@ def create_pull_app(state_dir: str | os.PathLike, entry_log: EntryLog | str | os
         Route(BATCH, batch, methods=["GET"]),
         Route(ACK, ack, methods=["POST"]),
         Route(REFUSED, refused, methods=["POST"]),
-    ], exception_handlers={PullError: on_pull_error, 404: not_found, Exception: on_crash})
+    # starlette types each handler as taking any Exception; on_pull_error takes the PullError it is registered for
+    ], exception_handlers={PullError: on_pull_error, 404: not_found, Exception: on_crash})  # type: ignore[dict-item]
     app.state.pull = svc
     return app
 

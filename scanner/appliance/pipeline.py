@@ -145,7 +145,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the worker
 
-    def start(self) -> Pipeline:
+    def start(self) -> Self:
         if self._running:
             return self
         self._running = True

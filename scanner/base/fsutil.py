@@ -249,16 +249,19 @@ class AtomicFile:
     def commit(self) -> bool:
         """Make the file ``name`` (see the class); True if it was written."""
         try:
+            tmp = self._tmp
+            if tmp is None:
+                raise ValueError(f"{self.dir.shown(self.name)}: already committed or aborted")
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
             if self.replace:
-                os.rename(self._tmp, self.name, src_dir_fd=self.dir.fd, dst_dir_fd=self.dir.fd)
+                os.rename(tmp, self.name, src_dir_fd=self.dir.fd, dst_dir_fd=self.dir.fd)
                 self._tmp = None
                 self.written = True
             else:
                 try:
-                    os.link(self._tmp, self.name, src_dir_fd=self.dir.fd, dst_dir_fd=self.dir.fd,
+                    os.link(tmp, self.name, src_dir_fd=self.dir.fd, dst_dir_fd=self.dir.fd,
                             follow_symlinks=False)
                     self.written = True
                 except FileExistsError:

@@ -9,10 +9,10 @@ from __future__ import annotations
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 
 _INVALID = 255
-_TABLE = bytearray([_INVALID] * 256)
+_table = bytearray([_INVALID] * 256)
 for _i, _c in enumerate(ALPHABET):
-    _TABLE[ord(_c)] = _i
-_TABLE = bytes(_TABLE)
+    _table[ord(_c)] = _i
+_TABLE = bytes(_table)
 _MASKS: dict[int, tuple[int, int]] = {}
 
 

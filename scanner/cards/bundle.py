@@ -90,13 +90,15 @@ def _strict_b64(data) -> bytes:
     return binascii.a2b_base64(data, strict_mode=True)
 
 
-def _int(obj: dict, name: str, *, optional: bool = False) -> int | None:
+def _int(obj: dict, name: str) -> int:
     value = obj.get(name)
-    if value is None and optional:
-        return None
     if type(value) is not int or value < 0:
         raise TrustError(f"bundle: {name!r} must be a non-negative integer", code="bundle_malformed")
     return value
+
+
+def _optional_int(obj: dict, name: str) -> int | None:
+    return None if obj.get(name) is None else _int(obj, name)
 
 
 def root_kid(root: ed25519.Ed25519PublicKey) -> bytes:
@@ -204,7 +206,7 @@ def _parse_key(entry: object, i: int) -> BundleKey:
         if type(formats) is not list or not all(type(f) is str for f in formats):
             raise TrustError(f"bundle: {where}.formats must be a list of strings", code="bundle_malformed")
         formats = frozenset(formats)
-    not_after = _int(entry, "not_after", optional=True)
+    not_after = _optional_int(entry, "not_after")
     return BundleKey(kid, alg, issuer, public_key, formats, not_after, x509_der)
 
 
@@ -230,20 +232,26 @@ class _Decoded:
 
 
 _WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace, as the json module skips it
+
+
+def _skip_ws(text: str, i: int) -> int:
+    """The index past the JSON whitespace at ``i`` (the pattern matches everywhere, if only "")."""
+    m = _WS.match(text, i)
+    return m.end() if m is not None else i
 _JSON = json.JSONDecoder()
 _WS_BYTES = b" \t\n\r"
 _ID_HEX = 32
 _ID_ROW = _ID_HEX + 3  # '"' + 32 hex digits + '"' + ',' (the last one ends with ']' instead)
 _ROWS_A_CHUNK = 1 << 15
 _QUOTE, _COMMA = 16, 17
-_ID_CHARS = bytearray([255]) * 256  # hex digit -> its value, '"' and ',' -> codes, else 255
+_id_chars = bytearray([255]) * 256  # hex digit -> its value, '"' and ',' -> codes, else 255
 for _i, _c in enumerate(b"0123456789abcdef"):
-    _ID_CHARS[_c] = _i
+    _id_chars[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
-    _ID_CHARS[_c] = 10 + _i  # bytes.fromhex takes upper case too
-_ID_CHARS[ord('"')] = _QUOTE
-_ID_CHARS[ord(",")] = _COMMA
-_ID_CHARS = bytes(_ID_CHARS)
+    _id_chars[_c] = 10 + _i  # bytes.fromhex takes upper case too
+_id_chars[ord('"')] = _QUOTE
+_id_chars[ord(",")] = _COMMA
+_ID_CHARS = bytes(_id_chars)
 
 
 def _loads_with_big_value(doc: bytes, key: str,
@@ -282,10 +290,10 @@ def _object_value_starts(text: str) -> tuple[dict, dict[str, int]] | None:
     last-duplicate-wins rule, each value by the json module) and also say where each key's
     (last) value starts; None if it is not exactly one JSON object."""
     try:
-        i = _WS.match(text, 0).end()
+        i = _skip_ws(text, 0)
         if text[i:i + 1] != "{":
             return None
-        i = _WS.match(text, i + 1).end()
+        i = _skip_ws(text, i + 1)
         pairs = []
         starts = {}
         if text[i:i + 1] == "}":
@@ -295,22 +303,22 @@ def _object_value_starts(text: str) -> tuple[dict, dict[str, int]] | None:
                 if text[i:i + 1] != '"':
                     return None
                 key, i = _JSON.raw_decode(text, i)
-                i = _WS.match(text, i).end()
+                i = _skip_ws(text, i)
                 if text[i:i + 1] != ":":
                     return None
-                i = _WS.match(text, i + 1).end()
+                i = _skip_ws(text, i + 1)
                 starts[key] = i
                 value, i = _JSON.raw_decode(text, i)
                 pairs.append((key, value))
-                i = _WS.match(text, i).end()
+                i = _skip_ws(text, i)
                 c = text[i:i + 1]
                 i += 1
                 if c == "}":
                     break
                 if c != ",":
                     return None
-                i = _WS.match(text, i).end()
-        if _WS.match(text, i).end() != len(text):
+                i = _skip_ws(text, i)
+        if _skip_ws(text, i) != len(text):
             return None
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return None

@@ -64,6 +64,9 @@ def loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 # head bytes past the end raise IndexError, which loads() reports as "truncated"; every length is
 # checked against the bytes that remain before anything is sliced or allocated.
 
+_INDEFINITE = -1  # the length of an indefinite-length item (a real length is never negative)
+
+
 def _item(data: bytes, pos: int, end: int, depth: int, max_depth: int) -> tuple[Any, int]:
     ib = data[pos]
     pos += 1
@@ -84,11 +87,11 @@ def _item(data: bytes, pos: int, end: int, depth: int, max_depth: int) -> tuple[
         arg = int.from_bytes(data[pos:pos + size], "big")
         pos += size
     elif ai == 31 and major not in (0, 1, 6):
-        arg = None
+        arg = _INDEFINITE
     else:
         raise CborError(f"reserved or invalid additional information {ai}")
     if major == 3 or major == 2:
-        if arg is None:
+        if arg == _INDEFINITE:
             raw, pos = _chunks(data, pos, end, major)
         else:
             if arg > end - pos:
@@ -123,8 +126,8 @@ def _item(data: bytes, pos: int, end: int, depth: int, max_depth: int) -> tuple[
     if depth > max_depth:
         raise CborError(f"nested deeper than {max_depth}")
     if major == 5:
-        out = {}
-        if arg is None:
+        out: dict = {}
+        if arg == _INDEFINITE:
             while True:
                 key, pos = _item(data, pos, end, depth, max_depth)
                 if key is _BREAK:
@@ -201,13 +204,13 @@ def _item(data: bytes, pos: int, end: int, depth: int, max_depth: int) -> tuple[
             out[key] = value
         return out, pos
     if major == 4:
-        out = []
-        if arg is None:
+        items: list = []
+        if arg == _INDEFINITE:
             while True:
                 value, pos = _item(data, pos, end, depth, max_depth)
                 if value is _BREAK:
-                    return out, pos
-                out.append(value)
+                    return items, pos
+                items.append(value)
         if arg > end - pos:
             raise CborError("array longer than the data")
         for _ in range(arg):
@@ -221,14 +224,14 @@ def _item(data: bytes, pos: int, end: int, depth: int, max_depth: int) -> tuple[
                     pos += 1
                 if n > end - pos:
                     raise CborError("string longer than the data")
-                out.append(data[pos:pos + n])
+                items.append(data[pos:pos + n])
                 pos += n
                 continue
             value, pos = _item(data, pos, end, depth, max_depth)
             if value is _BREAK:
                 raise CborError("unexpected break")
-            out.append(value)
-        return out, pos
+            items.append(value)
+        return items, pos
     # major == 6
     value, pos = _item(data, pos, end, depth, max_depth)
     if value is _BREAK:
@@ -238,7 +241,7 @@ def _item(data: bytes, pos: int, end: int, depth: int, max_depth: int) -> tuple[
 
 def _chunks(data: bytes, pos: int, end: int, major: int) -> tuple[bytes, int]:
     """The joined chunks of an indefinite-length byte or text string (each of the same major type)."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         if pos >= end:
             raise CborError("truncated")

@@ -29,6 +29,22 @@ def kid_of(public_key: PublicKey) -> bytes:
     return hashlib.sha256(spki_der(public_key)).digest()[:8]
 
 
+def supported_public_key(key: object) -> PublicKey:
+    """``key`` if it is a key the formats use (Ed25519, P-256, RSA of 2048 bits or more); else KeyFileError."""
+    if isinstance(key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        alg_of(key)  # the curve and the size
+        return key
+    raise KeyFileError(f"unsupported key type {type(key).__name__}")
+
+
+def supported_private_key(key: object) -> PrivateKey:
+    """``key`` if it is a private key of a supported kind (as supported_public_key); else KeyFileError."""
+    if isinstance(key, (ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        alg_of(key.public_key())
+        return key
+    raise KeyFileError(f"unsupported key type {type(key).__name__}")
+
+
 def alg_of(public_key: PublicKey) -> str:
     """The signature algorithm a key is used with; raise KeyFileError for unsupported keys."""
     if isinstance(public_key, ed25519.Ed25519PublicKey):
@@ -50,8 +66,7 @@ def public_key_from_spki(der: bytes) -> PublicKey:
         key = serialization.load_der_public_key(der)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"not a public key: {exc}") from None
-    alg_of(key)
-    return key
+    return supported_public_key(key)
 
 
 def load_public_keys(path: str | os.PathLike) -> list[tuple[PublicKey, x509.Certificate | None]]:
@@ -61,7 +76,7 @@ def load_public_keys(path: str | os.PathLike) -> list[tuple[PublicKey, x509.Cert
         data = path.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
-    found: list[tuple[PublicKey, x509.Certificate | None]] = []
+    found: list[tuple[object, x509.Certificate | None]] = []
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
             for cert in x509.load_pem_x509_certificates(data):
@@ -78,12 +93,10 @@ def load_public_keys(path: str | os.PathLike) -> list[tuple[PublicKey, x509.Cert
                 found.append((serialization.load_der_public_key(data), None))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path}: not a readable public key or certificate ({exc})") from None
-    for key, _ in found:
-        try:
-            alg_of(key)
-        except KeyFileError as exc:
-            raise KeyFileError(f"{path}: {exc}") from None
-    return found
+    try:
+        return [(supported_public_key(key), cert) for key, cert in found]
+    except KeyFileError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
 
 
 def load_private_key(path: str | os.PathLike) -> PrivateKey:
@@ -96,8 +109,7 @@ def load_private_key(path: str | os.PathLike) -> PrivateKey:
         raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path}: not a readable unencrypted PEM private key ({exc})") from None
-    alg_of(key.public_key())
-    return key
+    return supported_private_key(key)
 
 
 def private_pem(key: PrivateKey) -> bytes:

@@ -63,9 +63,10 @@ def _qr_path(qr: segno.QRCode) -> str:
     buf = io.BytesIO()
     qr.save(buf, kind="svg", scale=1, border=0, xmldecl=False, svgns=True, nl=False)
     path = ET.fromstring(buf.getvalue()).find("{http://www.w3.org/2000/svg}path")
-    if path is None or not path.get("d"):
+    d = None if path is None else path.get("d")
+    if not d:
         raise RuntimeError("segno's SVG has no path")
-    return path.get("d")
+    return d
 
 
 def _printable(text: str) -> str:
@@ -143,7 +144,7 @@ def card_svg(text: str, *, name: str, birth_date: str, issuer: str, expires_at: 
     unit = side / modules
     qx, qy = 2.0, (CARD_H - side) / 2
     x, width = qx + side + 1.5, CARD_W - (qx + side + 1.5) - 2.5
-    label = dict(size=1.7, width=width, fill="#555")
+    label_size, label_fill = 1.7, "#555"
 
     parts = [
         (f'<rect x="0.2" y="0.2" width="{_n(CARD_W - 0.4)}" height="{_n(CARD_H - 0.4)}" rx="3.18" '
@@ -165,7 +166,7 @@ def card_svg(text: str, *, name: str, birth_date: str, issuer: str, expires_at: 
               ("Hết hạn / Expires", expires, 2.6, "normal", 1),
               ("Mã thẻ / Card ID", cid[:8] or "—", 2.6, "normal", 1))
     for caption, value, size, weight, max_lines in fields:
-        svg, y = _text(x, y, caption, **label)
+        svg, y = _text(x, y, caption, size=label_size, width=width, fill=label_fill)
         parts.append(svg)
         y += size * 1.05
         svg, y = _text(x, y, value, size=size, width=width, weight=weight, max_lines=max_lines, min_size=1.8)

@@ -171,6 +171,6 @@ def load_device_trust(state_dir: str | os.PathLike, root_paths: Iterable[str | o
     state = Path(state_dir)
     roots = [load_root(state / "trust-root.pem")] if (state / "trust-root.pem").exists() else []
     roots += [load_root(p) for p in root_paths]
-    paths = [state / "bundle.json"] if (state / "bundle.json").exists() else []
+    paths: list[str | os.PathLike] = [state / "bundle.json"] if (state / "bundle.json").exists() else []
     paths += list(files)
     return load_trust(paths, roots)

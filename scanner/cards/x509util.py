@@ -272,10 +272,9 @@ def read_certificate(der: bytes) -> CertInfo:
     lenient = False
     try:
         cert = x509.load_der_x509_certificate(der)
-        public_key = cert.public_key()
+        public_key = keymod.supported_public_key(cert.public_key())
         not_before = int(cert.not_valid_before_utc.timestamp())
         not_after = int(cert.not_valid_after_utc.timestamp())
-        keymod.alg_of(public_key)
     except (ValueError, TypeError, UnsupportedAlgorithm, KeyFileError) as strict_error:
         try:
             public_key, not_before, not_after = _walk(der)

@@ -76,7 +76,7 @@ def stats_lines(s: Stats, lang: str, ready: readiness.Readiness | None = None) -
           purged=s.purged, anchor=s.anchor_seq),
         t("holders", sealed=s.holder_sealed, none=s.holder_not_stored),
     ]
-    if s.oldest_at_ms is not None:
+    if s.oldest_at_ms is not None and s.newest_at_ms is not None:
         lines.append(t("span", oldest=iso_ms(s.oldest_at_ms), newest=iso_ms(s.newest_at_ms)))
     for d in s.today:
         lines.append(t("today", day=d.day, checkpoint=escape(d.checkpoint_id or "*"), scans=d.scans,

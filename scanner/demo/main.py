@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from scanner.appliance import logsetup
 from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
@@ -241,7 +243,8 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
     key_dir, card_dir = base / "keys", base / "cards"
     key_dir.mkdir(parents=True, exist_ok=True)
     card_dir.mkdir(parents=True, exist_ok=True)
-    root, hue, dng, rogue = (keys.generate(a) for a in ("EdDSA", "EdDSA", "ES256", "EdDSA"))
+    root = ed25519.Ed25519PrivateKey.generate()  # bundles are signed by an Ed25519 root
+    hue, dng, rogue = (keys.generate(a) for a in ("EdDSA", "ES256", "EdDSA"))
     for name, key in (("root", root), ("vn-hue", hue), ("vn-dng", dng), ("rogue", rogue)):
         keys.write_private_key(key_dir / f"{name}.key", key)
         atomic_write(key_dir / f"{name}.pub", keys.public_pem(key.public_key()))
@@ -258,8 +261,8 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
         png = card_dir / f"{i:02d}-{card.label}.png"
         render.qr_png(card.text, png)
         verdict = verify(card.text, trust, now)
-        if verdict.accepted and verdict.card is not None:
-            c = verdict.card
+        c = verdict.card
+        if verdict.accepted and c is not None and c.expires_at is not None:
             render.card_svg(card.text, name=c.holder.name, birth_date=c.holder.birth_date, issuer=c.issuer,
                             expires_at=c.expires_at, card_id_hex=c.card_id.hex(), path=png.with_suffix(".svg"))
 

@@ -83,7 +83,7 @@ def frames(shots: list[Shot], fps: float = FPS, seed: int = 7):
 
 def write(path: str | os.PathLike, shots: list[Shot], fps: float = FPS) -> int:
     """Write the video; returns the number of frames."""
-    writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (W, H), isColor=False)
+    writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (W, H), isColor=False)
     if not writer.isOpened():
         raise OSError(f"OpenCV cannot write a Motion-JPEG video to {path}")
     n = 0

@@ -168,10 +168,12 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
             raise revoked_device(device_id)
         return device, ed25519.Ed25519PublicKey.from_public_bytes(device.public_key)
 
-    def request_auth(request: Request, *, required: bool = True) -> protocol.RequestAuth | None:
+    def optional_request_auth(request: Request) -> protocol.RequestAuth | None:
+        """The request's signature header, None without one."""
+        return None if request.headers.get(protocol.AUTH_HEADER) is None else request_auth(request)
+
+    def request_auth(request: Request) -> protocol.RequestAuth:
         value = request.headers.get(protocol.AUTH_HEADER)
-        if value is None and not required:
-            return None
         try:
             return protocol.parse_auth(value)
         except protocol.ProtocolError as exc:
@@ -181,6 +183,9 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         """A CK-Sig2 header, before any of the body is read: its time near the server's clock, the
         enrolled key's signature, a nonce not used before. (the device, its public key)"""
         now = now_ms()
+        nonce = auth.nonce
+        if auth.version != 2 or nonce is None:  # the callers send CK-Sig2 headers only
+            raise ServerError("not a CK-Sig2 request signature", code=protocol.E_BAD_SIGNATURE, status=401)
         if not replays.fresh(auth.ts_ms, now):
             raise ServerError(f"request time {auth.ts_ms} is more than {protocol.AUTH_WINDOW_MS // 1000} s from the "
                               f"server's clock {now}", code=protocol.E_STALE_REQUEST, status=401)
@@ -190,7 +195,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         if now - swept[0] > 60_000:
             replays.sweep(now)
             swept[0] = now
-        first = replays.first_use(device.device_id, auth.nonce, auth.ts_ms, now)
+        first = replays.first_use(device.device_id, nonce, auth.ts_ms, now)
         if first is None:
             raise Busy(f"device {device.device_id} sent more than {limits.replay_per_device} requests within "
                        f"{protocol.AUTH_WINDOW_MS // 1000} s", code=protocol.E_TOO_MANY, status=429,
@@ -257,7 +262,8 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         latest = await run_in_threadpool(storage.latest_bundle)
         inline = None
         if latest is not None and latest.size <= INLINE_BUNDLE_MAX:
-            inline = protocol.b64(await run_in_threadpool(storage.bundle_data, latest.version))
+            data = await run_in_threadpool(storage.bundle_data, latest.version)
+            inline = None if data is None else protocol.b64(data)
         root = await run_in_threadpool(storage.get_meta, bundles.ROOT_META)
         credential = await run_in_threadpool(storage.get_meta, credentials.CREDENTIAL_META)
         log.info("enrolled device %s at checkpoint %s", device.device_id, device.checkpoint_id)
@@ -275,7 +281,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         return Response(data, media_type=CREDENTIAL_TYPE)
 
     async def batches(request: Request) -> Response:
-        auth = request_auth(request, required=False)
+        auth = optional_request_auth(request)
         if auth is None or auth.version != 2:
             return await unauthenticated_batch(request)
         device, public = await authenticate_header(request, auth)
@@ -382,8 +388,9 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         Route(protocol.HEARTBEAT, heartbeat, methods=["POST"]),
         Route(protocol.CREDENTIAL, credential, methods=["GET"]),
     ]
+    # starlette types each handler as taking any Exception; each here takes the class it is registered for
     app = Starlette(routes=routes, exception_handlers={
-        ServerError: on_server_error, BatchError: on_batch_error, ClientDisconnect: on_disconnect,
+        ServerError: on_server_error, BatchError: on_batch_error, ClientDisconnect: on_disconnect,  # type: ignore[dict-item]
         Exception: on_crash,
     })
     app.add_middleware(DrainOrCloseMiddleware)

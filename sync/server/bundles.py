@@ -25,7 +25,10 @@ def root_of(storage: Storage) -> ed25519.Ed25519PublicKey | None:
     pem = storage.get_meta(ROOT_META)
     if pem is None:
         return None
-    return keymod.public_key_from_spki(_spki(pem))
+    key = keymod.public_key_from_spki(_spki(pem))
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise TrustError("the stored trust root is not an Ed25519 key", code="bundle_wrong_root")
+    return key
 
 
 def _spki(pem: str) -> bytes:
@@ -92,6 +95,7 @@ def answer(storage: Storage, have_version: int | None, have_digest: str | None, 
         delta = storage.delta(have_version, latest.version)
         if delta is not None:
             return TrustAnswer("delta", latest.version, delta)
-    if gzip_ok:
-        return TrustAnswer("full", latest.version, storage.bundle_data(latest.version, gz=True), True)
-    return TrustAnswer("full", latest.version, storage.bundle_data(latest.version))
+    data = storage.bundle_data(latest.version, gz=gzip_ok)
+    if data is None:  # pruned between the two reads: as if nothing were published
+        return None
+    return TrustAnswer("full", latest.version, data, gzip_ok)

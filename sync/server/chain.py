@@ -30,7 +30,8 @@ def check(entries: Sequence[Entry], below_hash: bytes | None, above_prev_hash: b
         out.append(ChainProblem("relinked", first.seq, f"seq {first.seq} does not link to the entry before it"))
     report = verify_chain(entries, None)  # links inside the run, and every hash
     if not report.ok:
-        out.append(ChainProblem(report.problem, report.bad_seq, report.detail))
+        bad = report.bad_seq if report.bad_seq is not None else first.seq  # a broken chain names its entry
+        out.append(ChainProblem(report.problem, bad, report.detail))
     if above_prev_hash is not None and above_prev_hash != entries[-1].hash:
         seq = entries[-1].seq + 1
         out.append(ChainProblem("relinked", seq, f"seq {seq} does not link to the entry before it"))

@@ -44,6 +44,13 @@ from sync.wire.batch import ParsedBatch
 
 log = logging.getLogger(__name__)
 
+
+def _one(row: tuple | None) -> tuple:
+    """The row of a query that always returns one (an aggregate, a row just upserted)."""
+    if row is None:
+        raise CheckpointError("the database returned no row where one is always expected", code="db_unusable")
+    return row
+
 SCHEMA_VERSION = 1
 PAST_DAYS = 92  # entries up to this many days old get a day partition of their own ...
 FUTURE_DAYS = 2  # ... and up to this many days ahead; others go to entries_other
@@ -243,7 +250,7 @@ class PostgresStorage(SQLStorage):
             name, lo, hi = partition_name(day), day * DAY_MS, (day + 1) * DAY_MS
             with self._cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PARTITIONS,))
-                if cur.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None:
+                if _one(cur.execute("SELECT to_regclass(%s)", (name,)).fetchone())[0] is None:
                     cur.execute(f"CREATE TABLE {name} (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
                     cur.execute(f"WITH moved AS (DELETE FROM entries_other WHERE at_ms >= %s AND at_ms < %s "
                                 f"RETURNING *) INSERT INTO {name} SELECT * FROM moved", (lo, hi))
@@ -265,8 +272,8 @@ class PostgresStorage(SQLStorage):
             cur.execute("INSERT INTO devices (device_id, checkpoint_id, public_key, enrolled_ms) "
                         "VALUES (%s, %s, %s, %s) ON CONFLICT (device_id) DO NOTHING",
                         (device_id, checkpoint_id, public_key, now_ms))
-            existing = cur.execute("SELECT device_id, checkpoint_id, public_key, enrolled_ms, revoked_ms "
-                                   "FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone()
+            existing = _one(cur.execute("SELECT device_id, checkpoint_id, public_key, enrolled_ms, revoked_ms "
+                                        "FROM devices WHERE device_id = %s FOR UPDATE", (device_id,)).fetchone())
             if existing[4] is not None:
                 raise revoked_device(device_id)
             if existing[1] != checkpoint_id:  # an enrolled device given a token of another checkpoint
@@ -403,16 +410,16 @@ class PostgresStorage(SQLStorage):
     def stats(self) -> Stats:
         with self._cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            (devices, revoked, entries, purged, deliveries, replayed, dropped, push, imp, pull) = cur.execute(
+            (devices, revoked, entries, purged, deliveries, replayed, dropped, push, imp, pull) = _one(cur.execute(
                 "SELECT count(*), count(revoked_ms), coalesce(sum(entries), 0), coalesce(sum(purged), 0), "
                 "coalesce(sum(deliveries), 0), coalesce(sum(replayed), 0), coalesce(sum(duplicates_dropped), 0), "
                 "coalesce(sum(src_push), 0), coalesce(sum(src_import), 0), coalesce(sum(src_pull), 0) "
-                "FROM devices").fetchone()
-            batches = cur.execute("SELECT count(*) FROM batches").fetchone()[0]
-            conflicts = cur.execute("SELECT count(*) FROM conflicts").fetchone()[0]
-            problems = cur.execute("SELECT count(*) FROM chain_events WHERE kind != 'conflict'").fetchone()[0]
-            unused = cur.execute("SELECT count(*) FROM tokens WHERE device_id IS NULL").fetchone()[0]
-            version = cur.execute("SELECT max(version) FROM bundles").fetchone()[0]
+                "FROM devices").fetchone())
+            batches = _one(cur.execute("SELECT count(*) FROM batches").fetchone())[0]
+            conflicts = _one(cur.execute("SELECT count(*) FROM conflicts").fetchone())[0]
+            problems = _one(cur.execute("SELECT count(*) FROM chain_events WHERE kind != 'conflict'").fetchone())[0]
+            unused = _one(cur.execute("SELECT count(*) FROM tokens WHERE device_id IS NULL").fetchone())[0]
+            version = _one(cur.execute("SELECT max(version) FROM bundles").fetchone())[0]
         by_source = {"push": int(push), "import": int(imp), "pull": int(pull)}
         return Stats(devices, revoked, int(entries - purged), batches, int(deliveries), int(replayed), int(dropped),
                      conflicts, problems, unused, version, by_source, int(purged))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import TypedDict
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -30,6 +31,17 @@ class PullFailed(CheckpointError):
     """A pull that could not go on; ``code`` says why (network, pull_unauthorized, unknown_device, ...)."""
 
     code = "pull_failed"
+
+
+class _Counts(TypedDict):
+    """What a pull has done so far (PullResult's counters)."""
+
+    batches: int
+    entries: int
+    stored: int
+    duplicates: int
+    marked: int
+    quarantined: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +157,7 @@ def pull_device(storage: Storage, url: str, *, key: ed25519.Ed25519PrivateKey | 
     the device's or the network's trouble: the result says what was done and what stopped it."""
     now_ms = now_ms or timeutil.now_ms
     deadline = time.monotonic() + timeout_s
-    counts = {"batches": 0, "entries": 0, "stored": 0, "duplicates": 0, "marked": 0, "quarantined": 0}
+    counts: _Counts = {"batches": 0, "entries": 0, "stored": 0, "duplicates": 0, "marked": 0, "quarantined": 0}
     device_id = None
     pending = None
     try:

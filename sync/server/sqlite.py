@@ -208,8 +208,8 @@ class SQLiteStorage(SQLStorage):
             return Ingested(ack, stored, duplicates)
 
     def gaps(self, device_id: str, limit: int = 100) -> list[tuple[int, int]]:
-        floor = self._read("SELECT purged_seq FROM devices WHERE device_id = ?", (device_id,))
-        floor = floor[0][0] if floor else 0
+        purged = self._read("SELECT purged_seq FROM devices WHERE device_id = ?", (device_id,))
+        floor = purged[0][0] if purged else 0
         rows = self._read(
             "SELECT prev + 1, seq - 1 FROM (SELECT seq, coalesce(lag(seq) OVER (ORDER BY seq), ?) AS prev "
             "FROM entries WHERE device_id = ? AND seq > ?) WHERE seq > prev + 1 ORDER BY seq LIMIT ?",

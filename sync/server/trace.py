@@ -210,16 +210,16 @@ def csv_rows(report: TraceReport, tz: dt.tzinfo = dt.UTC) -> Iterable[tuple[str,
     """Header, then one row per visit (no window) or one row per contact (with a window)."""
     if report.window_ms is None:
         yield VISIT_COLUMNS
-        for v in report.visits:
-            e, h = v.entry, v.holder
+        for visit in report.visits:
+            e, h = visit.entry, visit.holder
             yield tuple(_cell(x) for x in (e.entry_id, _iso(e.at_ms, tz), e.checkpoint_id, e.device_id, e.direction,
                                            e.decision, e.reason, e.clock, h.status, h.name, h.birth_date,
                                            h.id_masked))
         return
-    visits = {v.entry.entry_id: v.entry for v in report.visits}
+    visited = {v.entry.entry_id: v.entry for v in report.visits}
     yield CONTACT_COLUMNS
     for c in report.contacts:
-        v, e, h = visits[c.visit_entry_id], c.entry, c.holder
+        v, e, h = visited[c.visit_entry_id], c.entry, c.holder
         yield tuple(_cell(x) for x in (v.entry_id, _iso(v.at_ms, tz), e.checkpoint_id, e.card_id, _iso(e.at_ms, tz),
                                        round(c.offset_ms / 1000), e.entry_id, e.device_id, e.direction, e.decision,
                                        e.reason, e.clock, h.status, h.name, h.birth_date, h.id_masked))

@@ -9,6 +9,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -158,7 +159,7 @@ def parse_auth(value: str | None) -> RequestAuth:
 def check_header(auth: RequestAuth, public_key: ed25519.Ed25519PublicKey, method: str, path_qs: str) -> bool:
     """A v2 header's signature, before any of the body is read (the body must then hash to
     ``auth.body_sha256``). False for a v1 header: it can only be checked with the body."""
-    if auth.version != 2:
+    if auth.version != 2 or auth.nonce is None or auth.body_sha256 is None:
         return False
     try:
         public_key.verify(auth.signature, signing_input_v2(method, path_qs, auth.device_id, auth.ts_ms,
@@ -226,7 +227,7 @@ class Ack:
 
 
 # Heartbeat: what a device reports with each contact; the server keeps the latest per device.
-HEARTBEAT_FIELDS = {
+HEARTBEAT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "hb_seq": int,  # grows with every heartbeat: the server ignores a replayed older one
     "device_time_ms": int,
     "software_version": str,
@@ -247,7 +248,7 @@ def check_heartbeat(doc: object) -> dict:
     """The heartbeat fields of ``doc``, type-checked and bounded; ProtocolError otherwise."""
     if not isinstance(doc, dict):
         raise ProtocolError("a heartbeat must be an object")
-    out = {}
+    out: dict[str, Any] = {}
     for name, types in HEARTBEAT_FIELDS.items():
         if name not in doc:
             raise ProtocolError(f"heartbeat without {name}")

@@ -75,9 +75,7 @@ def _text(value: object, what: str, max_len: int, min_len: int = 1) -> str:
     return value
 
 
-def _time(claims: dict, key: int, what: str, required: bool = True) -> int | None:
-    if not required and key not in claims:
-        return None
+def _time(claims: dict, key: int, what: str) -> int:
     value = claims.get(key)
     if type(value) is not int or not 0 <= value < 1 << 40:
         raise _malformed(f"{what} must be an integer time")
@@ -105,7 +103,7 @@ def parse_claims(payload: bytes, kid: bytes) -> Card:
     claims = cwt_claims(payload)
     issuer = _text(claims.get(CLAIM_ISS), "iss (issuer)", MAX_ISSUER)
     exp = _time(claims, CLAIM_EXP, "exp")
-    nbf = _time(claims, CLAIM_NBF, "nbf", required=False)
+    nbf = _time(claims, CLAIM_NBF, "nbf") if CLAIM_NBF in claims else None
     iat = _time(claims, CLAIM_IAT, "iat")
     if exp < iat:
         raise _malformed("exp is before iat")
@@ -152,7 +150,7 @@ def check_card(card: Card, trust: TrustStore, now: int, clock_skew: int) -> Verd
     """Revocation and validity period of an authentic card (shared by formats with CWT times)."""
     if card.card_id in trust.revoked_cards:
         return reject(Reason.REVOKED, "the card is revoked", card.format, card.kid, card)
-    if now > card.expires_at + clock_skew:
+    if card.expires_at is not None and now > card.expires_at + clock_skew:
         return reject(Reason.EXPIRED, "the card has expired", card.format, card.kid, card)
     start = card.issued_at if card.not_before is None else max(card.not_before, card.issued_at)
     if now + clock_skew < start:

@@ -43,15 +43,16 @@ def authenticate(raw: bytes, trust: TrustStore, rules: CoseRules,
     kid = msg.kid
     if kid is None:
         raise CardRejected(Reason.MALFORMED, "no kid in the COSE header")
-    if msg.alg not in rules.algs:
-        allowed = " or ".join(f"{name} {alg}" for alg, name in rules.algs.items())
-        raise CardRejected(Reason.MALFORMED, f"alg {msg.alg} is not allowed in {rules.name} ({allowed})", kid)
+    alg = msg.alg
+    if alg is None or alg not in rules.algs:
+        allowed = " or ".join(f"{name} {a}" for a, name in rules.algs.items())
+        raise CardRejected(Reason.MALFORMED, f"alg {alg} is not allowed in {rules.name} ({allowed})", kid)
     if kid in trust.revoked_kids:
         raise CardRejected(Reason.REVOKED, f"the {rules.signer} is revoked", kid)
     candidates = trust.lookup(kid)
     if not candidates:
         raise CardRejected(Reason.UNKNOWN_KEY, f"no trusted {rules.key} with this kid", kid)
-    alg_name = rules.algs[msg.alg]
+    alg_name = rules.algs[alg]
     usable = [k for k in candidates if k.alg == alg_name and (k.formats is None or rules.name in k.formats)]
     if not usable:
         k = candidates[0]
@@ -59,7 +60,7 @@ def authenticate(raw: bytes, trust: TrustStore, rules: CoseRules,
                else f"the key is not trusted for {rules.name} {rules.documents}")
         raise CardRejected(Reason.BAD_SIGNATURE, why, kid)
     tbs = msg.to_be_signed()
-    signers = [k for k in usable if rules.verify_signature(k.public_key, msg.alg, tbs, msg.signature)]
+    signers = [k for k in usable if rules.verify_signature(k.public_key, alg, tbs, msg.signature)]
     if not signers:
         raise CardRejected(Reason.BAD_SIGNATURE, "signature does not verify", kid)
     try:

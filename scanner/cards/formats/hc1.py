@@ -147,7 +147,8 @@ def _status(kind: str, entry: Mapping) -> tuple[str | None, str | None]:
             last = None
         return status, last
     if kind == "test":
-        return TEST_RESULTS.get(entry.get("tr")) if type(entry.get("tr")) is str else None, None
+        result = entry.get("tr")
+        return TEST_RESULTS.get(result) if isinstance(result, str) else None, None
     return "recovered", None
 
 
@@ -195,7 +196,7 @@ def _dsc_rules(key: BundleKey, card: Card) -> tuple[str | None, Card]:
             not_after = info.not_after if not_after is None else min(not_after, info.not_after)
     if not_after is not None and card.issued_at > not_after:
         return "certificate issued after its signer certificate expired", card
-    expires_at = card.expires_at if not_after is None else min(card.expires_at, not_after)
+    expires_at = card.expires_at if not_after is None or card.expires_at is None else min(card.expires_at, not_after)
     start = not_before if not_before is not None and not_before > card.issued_at else None
     return None, dataclasses.replace(card, expires_at=expires_at, not_before=start)
 

@@ -175,6 +175,13 @@ def _json(raw: bytes | str, what: str) -> Any:
         raise _malformed(f"{what} is not JSON") from None
 
 
+def _required_time(claims: Mapping, name: str) -> int:
+    value = _time(claims, name, required=True)
+    if value is None:  # a required time is never None: _time raised
+        raise _malformed(f"{name} must be a time in seconds")
+    return value
+
+
 def _time(claims: Mapping, name: str, required: bool) -> int | None:
     value = claims.get(name)
     if value is None and not required:
@@ -236,7 +243,7 @@ def parse_claims(payload: bytes, kid: bytes, card_id: bytes) -> tuple[Card, str 
     issuer = claims.get("iss")
     if type(issuer) is not str or not 0 < len(issuer) <= MAX_ISSUER:
         raise _malformed(f"iss must be text of 1..{MAX_ISSUER} characters")
-    nbf = _time(claims, "nbf", required=True)
+    nbf = _required_time(claims, "nbf")
     exp = _time(claims, "exp", required=False)
     vc = claims.get("vc")
     if type(vc) is not dict:
