@@ -51,6 +51,12 @@ setup(
             "cbor2>=5.6",
             "selenium>=4.15",  # drives Debian's chromium + chromedriver for the kiosk page's tests (no downloads)
             "inotify_simple>=1.3",  # counts the sync state file's writes in tests/test_sync_faults.py
+            # the code checks tests/test_code_quality.py runs (settings: pyproject.toml, .importlinter);
+            # exact versions, so that a new release's new rules cannot turn CI red
+            "ruff==0.17.6",
+            "mypy==2.4.1",
+            "import-linter==2.17",
+            "types-pyserial==3.5.0.20261122",
             *SERVER,  # the server tests run on SQLite and PostgreSQL
         ],
     },
