@@ -53,3 +53,25 @@ def names_used(name: str) -> list[str]:
 def test_multi_part_cards_are_put_together_in_one_place():
     """Every caller verifies a card through verifier.verify_card, which alone picks single or multi-part."""
     assert names_used("verify_parts") == ["scanner/cards/formats/shc.py", "scanner/cards/verifier.py"]
+
+
+# name → the one module that defines it (a def or class at module level)
+DEFINED_ONCE = {
+    "now_ms": "scanner/base/timeutil.py",
+    "Backoff": "scanner/base/backoff.py",
+    "atomic_write": "scanner/base/fsutil.py",
+    "AtomicFile": "scanner/base/fsutil.py",
+    "ConfigError": "scanner/appliance/config.py",
+    "default_state_dir": "scanner/base/paths.py",
+    "verify_card": "scanner/cards/verifier.py",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFINED_ONCE))
+def test_each_shared_helper_is_defined_in_one_module(name):
+    found = []
+    for path in product_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        if any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name for n in tree.body):
+            found.append(str(path.relative_to(ROOT)))
+    assert found == [DEFINED_ONCE[name]]
