@@ -6,6 +6,7 @@ but for optional heavy dependencies, each deferred with a comment saying why."""
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import subprocess
 import sys
@@ -117,7 +118,7 @@ def test_the_readme_layout_names_the_floors_of_the_contract():
     """The README's table and docs/architecture.md show the floors .importlinter enforces."""
     floors, readme = contract_floors(), readme_floors()
     assert set(readme) == set().union(*floors)
-    for upper, lower in zip(floors, floors[1:]):
+    for upper, lower in itertools.pairwise(floors):
         assert min(readme[p] for p in upper) > max(readme[p] for p in lower), (upper, lower)
     assert all(len({readme[p] for p in floor}) == 1 for floor in floors)
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
