@@ -33,6 +33,7 @@ setup(
         "zxing-cpp>=2.2",
         "segno>=1.6",
         "click>=8.1",
+        "msgspec>=0.18",  # batch rows decoded and type-checked in one pass (sync/wire/batch.py)
         "sqlite-utils>=4.0",  # Migrations (the entry log schema) arrived in 4.0
         "requests>=2.31",
         "starlette>=0.37",  # the reference sync server (sync/server), pure Python

@@ -6,12 +6,17 @@ import os
 import sqlite3
 import uuid
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from scanner.store import entry as E
 from scanner.store.entry import GENESIS, Entry
 from scanner.store.entrylog import EntryLog
 from scanner.store.schema import COLUMNS, INSERT_SQL, entry_row
 from sync.server import sqlstorage
 from sync.server.sqlite import SQLiteStorage
+from sync.wire.batch import build, open_batch
+
+KEY = ed25519.Ed25519PrivateKey.generate()
 
 # the spec's lists (docs/entry-log.md#hash-chain, #export), frozen: a change here is a format change
 SPEC_HASHED = ("at_ms", "card_id", "checkpoint_id", "clock", "decision", "device_id", "direction", "entry_id",
@@ -56,8 +61,9 @@ def test_the_server_table_keeps_every_stored_field_and_when(tmp_path):
     try:
         conn = sqlite3.connect(tmp_path / "server.db")
         assert {r[1] for r in conn.execute("PRAGMA table_info(entries)")} == set(sqlstorage.ENTRY_COLUMNS)
-        e = full_entry()
-        row = sqlstorage.entry_row(e, "batch-9", 1_750_000_009_000)
+        e = dataclasses.replace(full_entry(), batch_id=None)
+        (row,) = open_batch(build([e], KEY, device_id="dev-1", created_ms=1).data, KEY.public_key()).rows
+        row = sqlstorage.entry_row(row, "batch-9", 1_750_000_009_000)
         assert dict(zip(sqlstorage.ENTRY_COLUMNS, row)) == {
             **{n: getattr(e, n) for n in E.STORED_FIELDS}, "batch_id": "batch-9", "received_ms": 1_750_000_009_000}
         conn.close()

@@ -153,16 +153,24 @@ def chain_hash(prev_hash: bytes, fields: Mapping[str, object]) -> bytes:
 
 def entry_hash(entry: Entry, prev_hash: bytes | None = None) -> bytes:
     """chain_hash(prev_hash, hash_fields(entry)), without the intermediate dict (the hot path)."""
-    prev = entry.prev_hash if prev_hash is None else prev_hash
-    if len(prev) != 32:
+    return values_hash(entry.prev_hash if prev_hash is None else prev_hash, _hashed_values(entry))
+
+
+def values_hash(prev_hash: bytes, values: Iterable[object]) -> bytes:
+    """chain_hash of the HASHED_FIELDS values in that order (a server checks rows without making
+    Entry values of them)."""
+    if len(prev_hash) != 32:
         raise ValueError("prev_hash must be 32 bytes")
-    parts = [HASH_DOMAIN, bytes(prev)]
-    for prefix, value in zip(_PREFIXES, _hashed_values(entry)):
+    parts = [HASH_DOMAIN, bytes(prev_hash)]
+    for prefix, value in zip(_PREFIXES, values):
         if value is None:
             continue
         v = (value if type(value) is str else str(value)).encode("utf-8")
-        parts += (prefix, len(v).to_bytes(4, "big"), v)
+        parts += (prefix, _LEN4[len(v)] if len(v) < 1024 else len(v).to_bytes(4, "big"), v)
     return hashlib.sha256(b"".join(parts)).digest()
+
+
+_LEN4 = tuple(n.to_bytes(4, "big") for n in range(1024))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,14 @@
-"""Per-device chain checks on the server, with the device's own code (scanner.store.entry.verify_chain):
+"""Per-device chain checks on the server, with the device's own hash (scanner.store.entry.values_hash):
 does a batch hash correctly, and does it link to the stored entries on both sides."""
 from __future__ import annotations
 
+import hashlib
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scanner.store.entry import GENESIS, Entry, verify_chain
+from scanner.store.entry import GENESIS, HASHED_FIELDS, values_hash
+from sync.wire.batch import RECEIVED_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,21 +21,42 @@ class ChainProblem:
     detail: str
 
 
-def check(entries: Sequence[Entry], below_hash: bytes | None, above_prev_hash: bytes | None
-          ) -> list[ChainProblem]:
-    """Problems of a run of entries (contiguous, seq order) given the stored neighbours: the hash of
-    the entry just before it (None if not stored) and the prev_hash of the entry just after it."""
-    first = entries[0]
-    if first.seq == 1:
+_SEALED_AT = HASHED_FIELDS.index("sealed_sha256")  # derived from the sealed blob, not a column
+_before = operator.itemgetter(*(RECEIVED_FIELDS.index(n) for n in HASHED_FIELDS[:_SEALED_AT]))
+_after = operator.itemgetter(*(RECEIVED_FIELDS.index(n) for n in HASHED_FIELDS[_SEALED_AT + 1:]))
+_SEQ, _PREV, _HASH, _SEALED = (RECEIVED_FIELDS.index(n) for n in ("seq", "prev_hash", "hash", "sealed"))
+
+
+def row_hash(row: tuple) -> bytes:
+    """What the hash of a received row (sync.wire.batch.RECEIVED_FIELDS) must be."""
+    sealed = row[_SEALED]
+    digest = None if sealed is None else hashlib.sha256(sealed).hexdigest()
+    return values_hash(row[_PREV], (*_before(row), digest, *_after(row)))
+
+
+def altered(rows: Sequence[tuple]) -> ChainProblem | None:
+    """The first received row (contiguous, seq order, each linked to the one before by the parser)
+    that does not match its hash; pure, so a server checks it before it opens a transaction."""
+    for r in rows:
+        if row_hash(r) != r[_HASH]:
+            return ChainProblem("altered", r[_SEQ], f"seq {r[_SEQ]} does not match its hash")
+    return None
+
+
+def check(rows: Sequence[tuple], below_hash: bytes | None, above_prev_hash: bytes | None,
+          altered_row: ChainProblem | None) -> list[ChainProblem]:
+    """Problems of a run of received rows given the stored neighbours (the hash of the entry just
+    before it, None if not stored; the prev_hash of the entry just after it) and ``altered(rows)``."""
+    first, last = rows[0], rows[-1]
+    if first[_SEQ] == 1:
         below_hash = GENESIS
     out = []
-    if below_hash is not None and first.prev_hash != below_hash:
-        out.append(ChainProblem("relinked", first.seq, f"seq {first.seq} does not link to the entry before it"))
-    report = verify_chain(entries, None)  # links inside the run, and every hash
-    if not report.ok:
-        bad = report.bad_seq if report.bad_seq is not None else first.seq  # a broken chain names its entry
-        out.append(ChainProblem(report.problem, bad, report.detail))
-    if above_prev_hash is not None and above_prev_hash != entries[-1].hash:
-        seq = entries[-1].seq + 1
+    if below_hash is not None and first[_PREV] != below_hash:
+        seq = first[_SEQ]
+        out.append(ChainProblem("relinked", seq, f"seq {seq} does not link to the entry before it"))
+    if altered_row is not None:
+        out.append(altered_row)
+    if above_prev_hash is not None and above_prev_hash != last[_HASH]:
+        seq = last[_SEQ] + 1
         out.append(ChainProblem("relinked", seq, f"seq {seq} does not link to the entry before it"))
     return out

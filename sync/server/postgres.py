@@ -38,7 +38,8 @@ from sync.server.model import (
     revoked_device,
     unknown_device,
 )
-from sync.server.sqlstorage import ENTRY_COLUMNS, QmarkCursor, SQLStorage, entry_row
+from sync.server import chain
+from sync.server.sqlstorage import ENTRY_COLUMNS, QmarkCursor, SQLStorage
 from sync.wire import protocol
 from sync.wire.batch import ParsedBatch
 
@@ -105,7 +106,8 @@ CREATE TABLE IF NOT EXISTS deltas (
     PRIMARY KEY (from_version, to_version));
 """
 
-COPY_ENTRIES = f"COPY entries ({', '.join(ENTRY_COLUMNS)}) FROM STDIN"
+COPY_ENTRIES = f"COPY entries ({', '.join(ENTRY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_SEQ, _AT_MS = ENTRY_COLUMNS.index("seq"), ENTRY_COLUMNS.index("at_ms")
 
 
 def day_of(at_ms: int) -> int:
@@ -148,6 +150,7 @@ class PostgresStorage(SQLStorage):
         try:
             self._init_schema()
             self._load_days()
+            self._copy_types = self._column_types("entries", ENTRY_COLUMNS)
         except psycopg.Error as exc:
             self.pool.close()
             raise CheckpointError(f"PostgreSQL database {_safe_url(url)}: {_pg_message(exc)}",
@@ -222,6 +225,14 @@ class PostgresStorage(SQLStorage):
                 cur.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) ON CONFLICT (key) "
                             "DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
 
+    def _column_types(self, table: str, columns: Iterable[str]) -> list[str]:
+        """The SQL types of ``columns`` of ``table``, as the table declares them (for binary COPY)."""
+        with self._cursor(tx=False) as cur:
+            types = dict(cur.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                                     "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                                     (table,)).fetchall())
+        return [types[c] for c in columns]
+
     def _partitions(self, cur) -> list[str]:
         return [r[0] for r in cur.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -289,7 +300,8 @@ class PostgresStorage(SQLStorage):
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
         info = batch.info
-        self.ensure_partitions({day_of(e.at_ms) for e in batch.entries})
+        self.ensure_partitions({day_of(r[_AT_MS]) for r in batch.rows})
+        altered = chain.altered(batch.rows)
         src = f"src_{source}"
         with self._cursor() as cur:
             dev = cur.execute("SELECT revoked_ms, held_seq, held_hash FROM devices WHERE device_id = %s FOR UPDATE",
@@ -313,11 +325,13 @@ class PostgresStorage(SQLStorage):
                 existing = {seq: bytes(h) for seq, h in cur.execute(
                     "SELECT seq, hash FROM entries WHERE device_id = %s AND seq BETWEEN %s AND %s",
                     (info.device_id, info.first_seq, info.last_seq))}
-            new = [e for e in batch.entries if e.seq not in existing]
+            new = [r for r in batch.rows if r[_SEQ] not in existing] if existing else batch.rows
             if new:
                 with cur.copy(COPY_ENTRIES) as copy:
-                    for e in new:
-                        copy.write_row(entry_row(e, info.batch_id, now_ms))
+                    copy.set_types(self._copy_types)
+                    write = copy.write_row
+                    for r in new:
+                        write((*r, info.batch_id, now_ms))
             stored = len(new)
             duplicates = info.count - stored
             tx = QmarkCursor(cur)
@@ -330,7 +344,7 @@ class PostgresStorage(SQLStorage):
                     below = self._hash_at(cur, info.device_id, info.first_seq - 1)
             if info.last_seq < held_seq:
                 above = self._prev_hash_at(cur, info.device_id, info.last_seq + 1)
-            self._record_chain(tx, batch, below, above, now_ms)
+            self._record_chain(tx, batch, below, above, now_ms, altered)
             held = max(held_seq, info.last_seq)
             top_hash = info.last_hash if info.last_seq > held_seq else held_hash
             cur.execute(f"UPDATE devices SET held_seq = %s, held_hash = %s, entries = entries + %s, "

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scanner.base.errors import CheckpointError
+from sync.server import chain
 from sync.server.model import (
     SOURCES,
     Device,
@@ -169,6 +170,7 @@ class SQLiteStorage(SQLStorage):
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
         info = batch.info
+        altered = chain.altered(batch.rows)
         with self._tx() as conn:
             dev = conn.execute("SELECT revoked_ms FROM devices WHERE device_id = ?", (info.device_id,)).fetchone()
             if dev is None:
@@ -185,7 +187,7 @@ class SQLiteStorage(SQLStorage):
                 self._bump(conn, f"source_{source}")
                 return Ingested(protocol.Ack(*seen), 0, info.count, True)
             before = conn.total_changes
-            conn.executemany(_INSERT_ENTRY, [entry_row(e, info.batch_id, now_ms) for e in batch.entries])
+            conn.executemany(_INSERT_ENTRY, [entry_row(r, info.batch_id, now_ms) for r in batch.rows])
             stored = conn.total_changes - before
             duplicates = info.count - stored
             if duplicates:  # entries already held: those with other content are conflicts
@@ -196,7 +198,8 @@ class SQLiteStorage(SQLStorage):
                                  (info.device_id, info.first_seq - 1)).fetchone()
             above = conn.execute("SELECT prev_hash FROM entries WHERE device_id = ? AND seq = ?",
                                  (info.device_id, info.last_seq + 1)).fetchone()
-            self._record_chain(conn, batch, below[0] if below else None, above[0] if above else None, now_ms)
+            self._record_chain(conn, batch, below[0] if below else None, above[0] if above else None, now_ms,
+                               altered)
             conn.execute("UPDATE devices SET held_seq = max(held_seq, ?), entries = entries + ? "
                          "WHERE device_id = ?", (info.last_seq, stored, info.device_id))
             held = conn.execute("SELECT held_seq FROM devices WHERE device_id = ?", (info.device_id,)).fetchone()[0]

@@ -9,11 +9,10 @@ import abc
 import contextlib
 import json
 import logging
-import operator
 from collections.abc import Mapping
 from typing import Any
 
-from scanner.store.entry import STORED_FIELDS, Entry, to_export_dict
+from scanner.store.entry import Entry, to_export_dict
 from sync.server import chain
 from sync.server.model import (
     SEEN_COLUMNS,
@@ -26,7 +25,7 @@ from sync.server.model import (
     Storage,
 )
 from sync.wire import protocol
-from sync.wire.batch import ParsedBatch
+from sync.wire.batch import RECEIVED_FIELDS, ParsedBatch
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +40,13 @@ BUNDLE_META_COLUMNS = "version, digest, issued_at, expires_at, published_ms, siz
 
 # The server's ``entries`` columns (both backends): an entry's stored fields, then the batch that
 # brought it and when.
-ENTRY_COLUMNS = tuple(n for n in STORED_FIELDS if n != "batch_id") + ("batch_id", "received_ms")
-_received_fields = operator.attrgetter(*ENTRY_COLUMNS[:-2])
+ENTRY_COLUMNS = RECEIVED_FIELDS + ("batch_id", "received_ms")
+_SEQ, _HASH = RECEIVED_FIELDS.index("seq"), RECEIVED_FIELDS.index("hash")
 
 
-def entry_row(e: Entry, batch_id: str, received_ms: int) -> tuple:
-    """The ENTRY_COLUMNS values of a received entry."""
-    return (*_received_fields(e), batch_id, received_ms)
+def entry_row(row: tuple, batch_id: str, received_ms: int) -> tuple:
+    """The ENTRY_COLUMNS values of a received row (sync.wire.batch.ParsedBatch.rows)."""
+    return (*row, batch_id, received_ms)
 
 
 class SQLStorage(Storage):
@@ -120,8 +119,11 @@ class SQLStorage(Storage):
     def _record_conflicts(tx: Any, batch: ParsedBatch, held: Mapping[int, bytes], now_ms: int) -> None:
         """Entries whose seq is already ``held`` with another hash: kept aside and reported."""
         info = batch.info
-        for e in batch.entries:
-            if held.get(e.seq, e.hash) != e.hash:
+        entries: tuple[Entry, ...] = ()
+        for i, r in enumerate(batch.rows):
+            if held.get(r[_SEQ], r[_HASH]) != r[_HASH]:
+                entries = entries or batch.entries
+                e = entries[i]
                 tx.execute("INSERT INTO conflicts (device_id, seq, hash, entry_id, batch_id, received_ms, row, "
                            "sealed) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                            (e.device_id, e.seq, e.hash, e.entry_id, info.batch_id, now_ms,
@@ -132,10 +134,12 @@ class SQLStorage(Storage):
                 log.warning("device %s: conflicting entry at seq %d", e.device_id, e.seq)
 
     @staticmethod
-    def _record_chain(tx: Any, batch: ParsedBatch, below: bytes | None, above: bytes | None, now_ms: int) -> None:
-        """Chain problems of the batch against its stored neighbours (sync/server/chain.py)."""
+    def _record_chain(tx: Any, batch: ParsedBatch, below: bytes | None, above: bytes | None, now_ms: int,
+                      altered: chain.ChainProblem | None) -> None:
+        """Chain problems of the batch against its stored neighbours, and ``altered`` (chain.altered
+        of its rows, found before the transaction): sync/server/chain.py."""
         device_id = batch.info.device_id
-        for p in chain.check(batch.entries, below, above):
+        for p in chain.check(batch.rows, below, above, altered):
             tx.execute("INSERT INTO chain_events (device_id, kind, seq, detail, at_ms) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT DO NOTHING", (device_id, p.kind, p.seq, p.detail, now_ms))
             log.warning("device %s: chain %s at seq %d", device_id, p.kind, p.seq)

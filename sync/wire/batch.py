@@ -7,7 +7,9 @@ Layout (docs/sync-protocol.md#batch-format)::
 The signature covers every byte before it. The header names the device, the run (first_seq,
 last_seq, count), the chain links (prev_hash of the first entry, hash of the last) and the body's
 decompressed length. The body is JSON Lines, one array per entry in ROW_FIELDS order. Parsing
-checks the signature before it decompresses anything, and bounds every size.
+checks the signature before it decompresses anything, and bounds every size; rows are decoded and
+type-checked by msgspec in one pass and kept as tuples (a server reads many thousands a second),
+turned into Entry values only where a caller asks for them.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
+import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -33,6 +37,7 @@ from scanner.store.entry import (
     MAX_AT_MS,
     MIN_AT_MS,
     REASONS,
+    STORED_FIELDS,
     Entry,
 )
 from scanner.store.sealing import MAX_BLOB
@@ -43,13 +48,16 @@ FORMAT_VERSION = 1
 SIG_LEN = 64
 MAX_HEADER = 4096
 FILE_SUFFIX = ".ckb"  # a batch kept as a file (offline export, quarantine): exactly the bytes a push sends
-MAX_ROW_BYTES = 16 * 1024
 MAX_RAW_BYTES = 64 * 1024 * 1024
 CHUNK = 256  # rows serialised per step (callers may yield between steps)
 
 ROW_FIELDS = ("seq", "entry_id", "device_id", "checkpoint_id", "direction", "at_ms", "clock", "source",
               "source_id", "decision", "reason", "format", "card_id", "issuer", "kid", "kind",
               "ref_entry_id", "sealed", "hash")
+# What a parsed row holds, in this order: an entry's stored fields but the batch it came in
+# (the server's columns, sync/server/sqlstorage.py ENTRY_COLUMNS, add batch_id and received_ms).
+RECEIVED_FIELDS = tuple(n for n in STORED_FIELDS if n != "batch_id")
+_HASH = RECEIVED_FIELDS.index("hash")
 HEADER_FIELDS = ("v", "device_id", "batch_id", "first_seq", "last_seq", "count", "prev_hash",
                  "last_hash", "raw_len", "created_ms")
 
@@ -91,11 +99,17 @@ class SignedBatch:
 
 @dataclass(frozen=True, slots=True)
 class ParsedBatch:
-    """A batch whose signature checked out, with its entries (prev_hash filled in from the chain)."""
+    """A batch whose signature checked out: its rows (RECEIVED_FIELDS values, seq order, prev_hash
+    filled in from the chain)."""
 
     info: BatchInfo
-    entries: tuple[Entry, ...]
+    rows: tuple[tuple, ...]
     size: int
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        """The rows as Entry values (made on each call)."""
+        return tuple(Entry(**dict(zip(RECEIVED_FIELDS, r, strict=True))) for r in self.rows)
 
 
 def batch_id_for(device_id: str, first_seq: int, last_seq: int, last_hash: bytes) -> str:
@@ -227,10 +241,10 @@ def verify_signature(data: bytes, public_key: ed25519.Ed25519PublicKey) -> None:
 
 
 def open_batch(data: bytes, public_key: ed25519.Ed25519PublicKey) -> ParsedBatch:
-    """Check the signature, then decompress (bounded) and parse every entry.
+    """Check the signature, then decompress (bounded) and parse and validate every row.
 
-    The entries' prev_hash links are filled in from the header and the previous row's hash; the
-    hashes themselves are the device's and are checked by the caller (scanner.store.entry.verify_chain).
+    The rows' prev_hash links are filled in from the header and the previous row's hash; the
+    hashes themselves are the device's and are checked by the caller (sync.server.chain).
     """
     info = read_header(data)
     verify_signature(data, public_key)
@@ -243,101 +257,115 @@ def open_batch(data: bytes, public_key: ed25519.Ed25519PublicKey) -> ParsedBatch
         raise _fail("batch body is not zlib data") from None
     if len(raw) != info.raw_len or d.unconsumed_tail or not d.eof or d.unused_data:
         raise _fail("batch body length differs from its header")
+    lines = raw.count(b"\n")
+    if lines != info.count or not raw.endswith(b"\n"):
+        raise _fail(f"batch body holds {lines} rows, header says {info.count}")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _fail("batch body is not UTF-8") from None
+        decoded = _ROWS.decode_lines(raw)
+    except msgspec.ValidationError as exc:
+        raise _fail(_row_problem(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise _fail(f"batch body is not JSON Lines: {exc}") from None
     del raw
-    lines = text.split("\n")
-    if lines[-1] != "" or len(lines) - 1 != info.count:
-        raise _fail(f"batch body holds {len(lines) - 1} rows, header says {info.count}")
-    entries = []
-    prev_hash = info.prev_hash
-    for i, line in enumerate(lines[:-1]):
-        if len(line) > MAX_ROW_BYTES:
-            raise _fail(f"row {i} is too long")
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            raise _fail(f"row {i} is not JSON") from None
-        e = _entry(row, i, info, prev_hash)
-        entries.append(e)
-        prev_hash = e.hash
-    if entries[-1].hash != info.last_hash:
+    if len(decoded) != info.count:
+        raise _fail(f"batch body holds {len(decoded)} rows, header says {info.count}")
+    rows = _received_rows(decoded, info)
+    if rows[-1][_HASH] != info.last_hash:
         raise _fail("the last entry's hash differs from the header")
-    return ParsedBatch(info, tuple(entries), len(data))
+    return ParsedBatch(info, rows, len(data))
 
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
-_CARD = re.compile(r"(?:[0-9a-f]{2}){1,256}", re.ASCII)
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_uuid = re.compile(_UUID, re.ASCII).fullmatch
+_card = re.compile(r"(?:[0-9a-f]{2}){1,256}", re.ASCII).fullmatch
 
 
-def _text(v: object, limit: int = 256, optional: bool = False) -> bool:
-    if v is None:
-        return optional
-    return isinstance(v, str) and 0 < len(v) <= limit
+def _text(limit: int = 256) -> Any:
+    return Annotated[str, msgspec.Meta(min_length=1, max_length=limit)]
 
 
-def _entry(row: object, i: int, info: BatchInfo, prev_hash: bytes) -> Entry:
-    if not isinstance(row, list) or len(row) != len(ROW_FIELDS):
-        raise _fail(f"row {i} must be an array of {len(ROW_FIELDS)} values")
-    (seq, entry_id, device_id, checkpoint_id, direction, at_ms, clock, source, source_id, decision,
-     reason, fmt, card_id, issuer, kid, kind, ref_entry_id, sealed, hash_hex) = row
-    problems = []
-    if type(seq) is not int or seq != info.first_seq + i:
-        problems.append("seq out of order")
-    if not (isinstance(entry_id, str) and _UUID.fullmatch(entry_id)):
-        problems.append("entry_id")
-    if device_id != info.device_id:
-        problems.append("device_id differs from the batch's device")
-    if not _text(checkpoint_id):
-        problems.append("checkpoint_id")
-    if direction not in DIRECTIONS:
-        problems.append("direction")
-    if type(at_ms) is not int or not MIN_AT_MS <= at_ms <= MAX_AT_MS:
-        problems.append("at_ms")
-    if clock not in CLOCK_STATES:
-        problems.append("clock")
-    if source not in SOURCES:
-        problems.append("source")
-    if not _text(source_id):
-        problems.append("source_id")
-    if decision not in DECISIONS:
-        problems.append("decision")
-    if reason not in REASONS:
-        problems.append(f"reason {str(reason)[:32]!r}")
-    if not _text(fmt, 32, True):
-        problems.append("format")
-    if not (card_id is None or (isinstance(card_id, str) and _CARD.fullmatch(card_id))):
-        problems.append("card_id")
-    if not _text(issuer, 256, True):
-        problems.append("issuer")
-    if not _text(kid, 512, True):
-        problems.append("kid")
-    if not (kind is None or kind in FOLLOWUP_KINDS):
-        problems.append("kind")
-    if not (ref_entry_id is None or (isinstance(ref_entry_id, str) and _UUID.fullmatch(ref_entry_id))):
-        problems.append("ref_entry_id")
-    if not (isinstance(hash_hex, str) and _HEX64.fullmatch(hash_hex)):
-        problems.append("hash")
-    blob = None
-    if sealed is not None:
-        if not isinstance(sealed, str) or len(sealed) > (MAX_BLOB * 4 // 3 + 4):
-            problems.append("sealed")
-        else:
-            try:
-                blob = binascii.a2b_base64(sealed, strict_mode=True)
-            except (binascii.Error, ValueError):
-                problems.append("sealed")
-    if kid is not None and isinstance(kid, str) and "kid" not in problems:
+class _WireRow(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True, gc=False):
+    """One row of a batch body as it is on the wire (ROW_FIELDS): types, lengths, ranges and the
+    closed vocabularies are checked by msgspec as it decodes; what a pattern checks is left to
+    _received_rows (cheaper in one pass there)."""
+
+    seq: int
+    entry_id: str
+    device_id: str
+    checkpoint_id: _text()
+    direction: Literal[DIRECTIONS]
+    at_ms: Annotated[int, msgspec.Meta(ge=MIN_AT_MS, le=MAX_AT_MS)]
+    clock: Literal[CLOCK_STATES]
+    source: Literal[SOURCES]
+    source_id: _text()
+    decision: Literal[DECISIONS]
+    reason: Literal[REASONS]
+    format: _text(32) | None
+    card_id: Annotated[str, msgspec.Meta(min_length=2, max_length=512)] | None
+    issuer: _text() | None
+    kid: _text(512) | None
+    kind: Literal[FOLLOWUP_KINDS] | None
+    ref_entry_id: str | None
+    sealed: Annotated[str, msgspec.Meta(max_length=MAX_BLOB * 4 // 3 + 4)] | None
+    hash: Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
+
+
+assert _WireRow.__struct_fields__ == ROW_FIELDS
+_ROWS = msgspec.json.Decoder(_WireRow)
+_AT = re.compile(r"\$\[(\d+)\]\[(\d+)\]")
+
+
+def _row_problem(message: str) -> str:
+    """A decoder's complaint as "row I: bad FIELD (what)"."""
+    m = _AT.search(message)
+    if m is None:
+        return f"batch rows: {message}"
+    i, k = int(m.group(1)), int(m.group(2))
+    field = ROW_FIELDS[k] if k < len(ROW_FIELDS) else "length"
+    return f"row {i}: bad {field} ({message.split(' - at ')[0]})"
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _received_rows(decoded: list[_WireRow], info: BatchInfo) -> tuple[tuple, ...]:
+    """RECEIVED_FIELDS tuples of decoded rows, after the checks msgspec leaves: sequence, ids,
+    hex and base64 fields; prev_hash from the header, then each row's hash."""
+    out = []
+    prev_hash = info.prev_hash
+    seq = info.first_seq
+    device_id = info.device_id
+    for i, r in enumerate(decoded):
+        problems = []
+        if r.seq != seq + i:
+            problems.append("seq out of order")
+        if not _uuid(r.entry_id):
+            problems.append("entry_id")
+        if r.device_id != device_id:
+            problems.append("device_id differs from the batch's device")
+        if r.card_id is not None and not _card(r.card_id):
+            problems.append("card_id")
+        if r.ref_entry_id is not None and not _uuid(r.ref_entry_id):
+            problems.append("ref_entry_id")
         try:
-            binascii.a2b_base64(kid, strict_mode=True)
-        except (binascii.Error, ValueError):
+            digest = bytes.fromhex(r.hash)
+        except ValueError:
+            digest = b""
+        if digest.hex() != r.hash:
+            problems.append("hash")
+        blob = None
+        if r.sealed is not None and (blob := _b64(r.sealed)) is None:
+            problems.append("sealed")
+        if r.kid is not None and _b64(r.kid) is None:
             problems.append("kid")
-    if problems:
-        raise _fail(f"row {i}: bad {', '.join(problems[:4])}")
-    return Entry(seq=seq, entry_id=entry_id, device_id=device_id, checkpoint_id=checkpoint_id,
-                 direction=direction, at_ms=at_ms, clock=clock, source=source, source_id=source_id,
-                 decision=decision, reason=reason, format=fmt, card_id=card_id, issuer=issuer, kid=kid,
-                 kind=kind, ref_entry_id=ref_entry_id, prev_hash=prev_hash, hash=bytes.fromhex(hash_hex),
-                 sealed=blob)
+        if problems:
+            raise _fail(f"row {i}: bad {', '.join(problems[:4])}")
+        out.append((r.seq, r.entry_id, r.device_id, r.checkpoint_id, r.direction, r.at_ms, r.clock, r.source,
+                    r.source_id, r.decision, r.reason, r.format, r.card_id, r.issuer, r.kid, r.kind,
+                    r.ref_entry_id, prev_hash, digest, blob))
+        prev_hash = digest
+    return tuple(out)
