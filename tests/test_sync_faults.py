@@ -152,7 +152,7 @@ def test_server_busy_answers_503_with_retry_after(tmp_path, verdicts):
         dev = provision_device(srv, tmp_path)
         record(dev, verdicts, 5)
         res = agent_for(dev).sync_once()
-        assert not res.complete and res.error_code == protocol.E_BUSY and res.retry_after == 3
+        assert not res.complete and res.error_code == protocol.E_BUSY and 3 <= res.retry_after <= 6  # jittered
         assert srv.storage.stats().entries == 0 and dev.log.pending(0, 10)
     finally:
         srv.stop()

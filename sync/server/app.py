@@ -12,7 +12,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import resource
+import signal
+import socket
+import threading
+import time
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -34,6 +40,7 @@ from sync.server.keys import (
     sealing_public_pem,
 )
 from sync.server.limits import (
+    Admission,
     BodyReader,
     Busy,
     Claim,
@@ -42,10 +49,11 @@ from sync.server.limits import (
     ReplayCache,
     declared_length,
     guarded_h11,
+    jittered,
     peer_key,
 )
-from sync.server.model import ServerError, Storage, revoked_device, unknown_device
-from sync.server.storage import open_storage
+from sync.server.model import ServerError, Storage, StorageUnavailable, revoked_device, unknown_device
+from sync.server.storage import is_postgres_url, open_storage
 from sync.server.tokens import token_hash
 from sync.wire import protocol
 from sync.wire.batch import BatchError, header_end, open_batch, read_header
@@ -59,8 +67,10 @@ INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up
 @dataclass
 class ServerConfig:
     sealing_public_pem: str
-    max_inflight_batches: int = 32  # authenticated batches in progress (header checked to answer); beyond: 503
-    retry_after_s: int = 2
+    max_inflight_batches: int = 256  # authenticated batches in progress (header checked to answer); beyond: 503
+    max_inflight_bytes: int = 256 * 1024 * 1024  # and their declared bytes
+    queue_target_s: float = 2.0  # admitted while the queued batches' estimated wait is under this (limits.Admission)
+    retry_after_s: int = 2  # the least Retry-After; jittered up to twice (limits.jittered)
     max_batch_bytes: int = protocol.MAX_BATCH_BYTES  # larger batches: 413, the device sends smaller ones
     pull_public_pem: str | None = None  # Ed25519: devices accept pulls signed by it (docs/sync-protocol.md#server-pull)
     limits: Limits = field(default_factory=Limits)  # per client, unauthenticated requests, read deadlines
@@ -156,6 +166,8 @@ def _peer(request: Request) -> str:
 def create_app(storage: Storage, config: ServerConfig) -> Starlette:
     limits = config.limits
     gate = Gate(config.retry_after_s)
+    admission = Admission(config.max_inflight_batches, config.max_inflight_bytes, config.queue_target_s,
+                          config.retry_after_s)
     replays = ReplayCache(per_device=limits.replay_per_device)
     swept = [0]
 
@@ -286,7 +298,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
             return await unauthenticated_batch(request)
         device, public = await authenticate_header(request, auth)
         length = declared_length(request.headers, config.max_batch_bytes, protocol.E_TOO_LARGE)
-        with gate.hold([Claim("batch", "", config.max_inflight_batches), *device_claims(request, device.device_id)]):
+        with gate.hold(device_claims(request, device.device_id)), admission.hold(length):
             data = await signed_body(request, auth, length)
             if read_header(data).device_id != device.device_id:
                 raise ServerError("a batch must be sent by its own device", code=protocol.E_BAD_SIGNATURE, status=401)
@@ -363,7 +375,11 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
     async def on_server_error(request: Request, exc: ServerError) -> Response:
         if exc.status == 408:  # a slow body cut (bounded by the pools: a few per grace period)
             log.info("%s %s from %s: %s", request.method, request.url.path, _peer(request), exc)
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else None
+        headers = None
+        if isinstance(exc, Busy):
+            headers = {"Retry-After": str(exc.retry_after)}
+        elif isinstance(exc, StorageUnavailable):  # a database restarting or failing over: spread the retries
+            headers = {"Retry-After": str(jittered(config.retry_after_s, gate.rng))}
         return _error(exc.status, exc.code, str(exc), headers)
 
     async def on_batch_error(request: Request, exc: BatchError) -> Response:
@@ -424,27 +440,99 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+def default_workers(db_url: str) -> int:
+    """Processes `server run` starts by default: one per CPU on PostgreSQL; one on SQLite, whose
+    writes are serialised whatever the number of processes."""
+    return max(1, os.cpu_count() or 1) if is_postgres_url(db_url) else 1
+
+
 def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls_cert: str | None = None,
-          tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 32,
-          retry_after_s: int = 2, limits: Limits | None = None) -> None:
-    """Run the server until SIGINT/SIGTERM (`checkpoint server run`)."""
+          tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 256,
+          retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0, queue_target_s: float = 2.0) -> None:
+    """Run the server until SIGINT/SIGTERM (`checkpoint server run`): in this process, or in
+    ``workers`` processes (0: default_workers) sharing one listening socket, each with its own
+    connections to the database (they keep no state of their own: docs/scaling.md)."""
     directory = key_dir(db_url, keys_dir)
-    storage = open_storage(db_url)
+    limits = limits or Limits()
+    storage = open_storage(db_url)  # creates or upgrades the schema once, before any worker starts
     try:
         key = load_or_create_sealing_key(directory)
         pull_key = load_or_create_pull_key(directory)
         if credentials.current(storage) is None:
             log.warning("no server credential published: devices will not enroll (the operator signs one with "
                         "`checkpoint issuer server-credential`; then `checkpoint server credential publish`)")
-        limits = limits or Limits()
-        app = create_app(storage, ServerConfig(sealing_public_pem(key), max_inflight_batches=max_inflight,
-                                               retry_after_s=retry_after_s, pull_public_pem=public_pem(pull_key),
-                                               limits=limits))
+        config = ServerConfig(sealing_public_pem(key), max_inflight_batches=max_inflight, retry_after_s=retry_after_s,
+                              queue_target_s=queue_target_s, pull_public_pem=public_pem(pull_key), limits=limits)
         raise_open_files_limit()
-        server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=access_log,
-                             limits=limits)
-        if ready is not None:
-            ready(server)
-        asyncio.run(server.serve())
+        workers = workers or default_workers(db_url)
+        if workers == 1:
+            server = make_server(create_app(storage, config), host, port, tls_cert=tls_cert, tls_key=tls_key,
+                                 access_log=access_log, limits=limits)
+            if ready is not None:
+                ready(server)
+            asyncio.run(server.serve())
+            return
     finally:
         storage.close()
+    _supervise(workers, dict(db_url=db_url, config=config, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
+                             access_log=access_log))
+
+
+def _worker(sock: socket.socket, *, db_url: str, config: ServerConfig, host: str, port: int, tls_cert: str | None,
+            tls_key: str | None, access_log: bool) -> None:
+    """One worker process: its own storage (pool of connections), the app, uvicorn on ``sock``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+    parent = os.getppid()
+    storage = open_storage(db_url)
+    try:
+        server = make_server(create_app(storage, config), host, port, tls_cert=tls_cert, tls_key=tls_key,
+                             access_log=access_log, limits=config.limits)
+
+        def orphaned() -> None:  # the supervisor was killed (SIGKILL): stop serving rather than linger
+            while os.getppid() == parent and not server.should_exit:
+                time.sleep(1.0)
+            server.should_exit = True
+
+        threading.Thread(target=orphaned, name="orphan-watch", daemon=True).start()
+        server.run(sockets=[sock])
+    finally:
+        storage.close()
+
+
+def _supervise(workers: int, settings: dict) -> None:
+    """Bind the socket, start ``workers`` worker processes on it and keep that many running until
+    SIGINT/SIGTERM, then stop them (each finishes the requests it has)."""
+    family = socket.AF_INET6 if ":" in settings["host"] else socket.AF_INET
+    sock = socket.create_server((settings["host"], settings["port"]), family=family, backlog=2048)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no threads or connections inherited
+    stop = threading.Event()
+
+    def start(i: int) -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(target=_worker, args=(sock,), kwargs=settings, name=f"checkpoint-worker-{i}", daemon=True)
+        proc.start()
+        return proc
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    procs = [start(i) for i in range(workers)]
+    log.info("%d worker processes on %s:%d", workers, settings["host"], settings["port"])
+    try:
+        while not stop.wait(0.5):
+            for i, proc in enumerate(procs):
+                if not proc.is_alive():
+                    log.warning("worker %d exited with %s; starting another", proc.pid, proc.exitcode)
+                    procs[i] = start(i)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(10)
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

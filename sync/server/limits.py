@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import hashlib
 import ipaddress
+import math
+import random
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -146,11 +148,19 @@ class Claim:
     limit: int
 
 
+def jittered(seconds: float, rng: random.Random) -> int:
+    """A Retry-After value: whole seconds drawn from [s, 2s] (s at least 1), so that devices told
+    to wait at the same moment come back spread over as long again, not all at once."""
+    low = max(1, math.ceil(seconds))
+    return rng.randint(low, 2 * low)
+
+
 class Gate:
     """Requests in progress per (pool, who); ``hold`` takes every claim or none (never waits)."""
 
-    def __init__(self, retry_after_s: int) -> None:
+    def __init__(self, retry_after_s: int, rng: random.Random | None = None) -> None:
         self.retry_after_s = retry_after_s
+        self.rng = rng or random.Random()
         self.held: Counter = Counter()
 
     @contextlib.contextmanager
@@ -170,11 +180,73 @@ class Gate:
                     del self.held[key]
 
     def _busy(self, c: Claim) -> Busy:
+        wait = jittered(self.retry_after_s, self.rng)
         if c.who:
             return Busy(f"{c.who} already has {c.limit} {c.pool} requests in progress; retry later",
-                        code=protocol.E_TOO_MANY, status=429, retry_after=self.retry_after_s)
+                        code=protocol.E_TOO_MANY, status=429, retry_after=wait)
         return Busy(f"too many {c.pool} requests in progress; retry later", code=protocol.E_BUSY, status=503,
-                    retry_after=self.retry_after_s)
+                    retry_after=wait)
+
+
+class Admission:
+    """Batches in progress in this process, admitted while the work already queued can be done
+    within ``target_s`` at the rate the process has been storing batches (bytes per second of busy
+    time, measured), and within hard caps on their number and bytes. Beyond: 503 busy with a
+    Retry-After of about the time the queue needs to drain, jittered. Until a rate is measured only
+    the caps apply. Runs on the event loop's thread, like Gate."""
+
+    WINDOW_S = 1.0  # the rate is re-estimated after this much busy time
+
+    def __init__(self, max_batches: int, max_bytes: int, target_s: float, retry_after_s: int,
+                 rng: random.Random | None = None, clock=time.monotonic) -> None:
+        self.max_batches, self.max_bytes, self.target_s = max_batches, max_bytes, target_s
+        self.retry_after_s = retry_after_s
+        self.rng = rng or random.Random()
+        self._clock = clock
+        self.batches = 0
+        self.bytes = 0
+        self.rate: float | None = None  # bytes per second while busy
+        self._busy_since = 0.0
+        self._window_s = 0.0
+        self._window_bytes = 0
+        self.refused = 0
+
+    def wait_s(self, extra: int = 0) -> float:
+        """Estimated seconds until what is queued (and ``extra`` bytes more) is done."""
+        return 0.0 if self.rate is None else (self.bytes + extra) / self.rate
+
+    @contextlib.contextmanager
+    def hold(self, length: int) -> Iterator[None]:
+        """Admit a batch of ``length`` bytes for the block, or raise Busy (503)."""
+        if self.batches >= self.max_batches or (self.batches and (self.bytes + length > self.max_bytes
+                                                                  or self.wait_s(length) > self.target_s)):
+            self.refused += 1
+            drain = max(self.wait_s() - self.target_s / 2, self.retry_after_s)
+            raise Busy(f"{self.batches} batches queued ({self.wait_s():.1f} s of work); retry later",
+                       code=protocol.E_BUSY, status=503, retry_after=jittered(drain, self.rng))
+        now = self._clock()
+        if self.batches == 0:
+            self._busy_since = now
+        self.batches += 1
+        self.bytes += length
+        done = False
+        try:
+            yield
+            done = True
+        finally:
+            self.batches -= 1
+            self.bytes -= length
+            self._account(length if done else 0)
+
+    def _account(self, done_bytes: int) -> None:
+        now = self._clock()
+        self._window_s += now - self._busy_since
+        self._busy_since = now
+        self._window_bytes += done_bytes
+        if self._window_s >= self.WINDOW_S and self._window_bytes:
+            measured = self._window_bytes / self._window_s
+            self.rate = measured if self.rate is None else 0.5 * self.rate + 0.5 * measured
+            self._window_s, self._window_bytes = 0.0, 0
 
 
 def declared_length(headers, limit: int, too_large_code: str) -> int:

@@ -182,8 +182,9 @@ class ServerProcess:
     """`checkpoint server run` as a subprocess (to kill -9 and restart on the same database)."""
 
     def __init__(self, db: Path, port: int | None = None, url: str | None = None,
-                 root: ed25519.Ed25519PrivateKey | None = OPERATOR_ROOT) -> None:
+                 root: ed25519.Ed25519PrivateKey | None = OPERATOR_ROOT, args: tuple[str, ...] = ()) -> None:
         self.db = Path(db)
+        self.args = args  # more options of `server run`
         self.db_url = url or str(self.db)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
@@ -206,7 +207,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scanner", "server", "run", "--db", self.db_url, "--keys", str(self.db.parent),
-             "--listen", f"127.0.0.1:{self.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--listen", f"127.0.0.1:{self.port}", *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def up():
             assert self.proc.poll() is None, "server process exited"
