@@ -1,38 +1,44 @@
-"""Fleet load: 200 simulated devices push signed batches at the same moment to the reference server
-(`checkpoint server run` in its own process) on 127.0.0.1, a fixed number of batches each, on
-SQLite and on PostgreSQL side by side. Measures server ingest entries/s, the acknowledgement
-latency a device sees (first send to its 200, 503-busy waits included; p50/p95/max), CPU of the
-server (and of PostgreSQL), and checks that every entry is stored exactly once.
+"""Fleet load: simulated devices push signed batches at the same moment to the reference server
+(`checkpoint server run --db postgresql://...` with its default settings, its own process) on
+127.0.0.1, a fixed number of batches each. The devices are a load generator in processes of their
+own (bench/loadgen.py), each device from its own loopback address among 127.0.0.1-127.0.0.50, so
+the server's per-address limits stay at their defaults too.
 
-Two admission settings: the server's defaults (32 batches in flight, then 503 + Retry-After 2 s,
-which devices honour) and admission open (--max-inflight 256: every batch is queued, which
-measures what the server and its database can ingest). Uploads carry CK-Sig2 headers, as devices
-send them; the per-address limits are lifted, since all devices share 127.0.0.1 here. The peer is
-the raw cost of the server's own work per batch (open_batch: signature, inflate, parse) in one
-thread of this process.
+Measures ingest entries/s (entries stored / release to last acknowledgement), the acknowledgement
+latency a device sees (first send to its 200, busy waits included), busy answers, CPU of the server
+(all its processes), of PostgreSQL and of the load generator, and checks that every entry is stored
+exactly once. Several runs, each on a fresh database; medians and the spread.
+
+The peer, in the same run: a bare psycopg binary COPY of the same rows (the columns the server
+stores) in one transaction into a plain table with the same columns and indexes, in the same
+PostgreSQL server: what the database takes when nothing else is done.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import requests
+from cryptography.hazmat.primitives import serialization
 
 from scanner.base.timeutil import now_ms
-from sync.wire import protocol
 
-from .procs import ServerProcess, cpu_s
+from .procs import ROOT, ServerProcess, cpu_s
 from .timing import table
+
+ADDRESSES = 50  # devices spread over 127.0.0.1-127.0.0.50: 4 each of 200 (the default --max-per-peer is 16)
+LOADGEN_PROCESSES = 2
 
 
 def _tree_cpu_s(root_pid: int | None) -> float:
-    """CPU seconds of a process and its children (PostgreSQL's postmaster and backends)."""
+    """CPU seconds of a process and its children (PostgreSQL's backends, the server's workers)."""
     if root_pid is None:
         return 0.0
     total = cpu_s(root_pid)
@@ -49,9 +55,10 @@ def _tree_cpu_s(root_pid: int | None) -> float:
 
 
 class _Fleet:
-    """Device keys and their signed batches (made once, sent to each backend)."""
+    """Device keys and their signed batches, written once as .ckb files (sent in every run), and
+    the rows the server will store of them (for the COPY peer)."""
 
-    def __init__(self, devices: int, batches: int, per_batch: int) -> None:
+    def __init__(self, devices: int, batches: int, per_batch: int, where: Path) -> None:
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
         from scanner.store.entry import Entry, chain_hash, hash_fields
@@ -59,16 +66,17 @@ class _Fleet:
         from sync.wire import identity
 
         self.devices = []
+        self.rows: list[tuple] = []
         now = now_ms()
         n = batches * per_batch
+        where.mkdir(parents=True, exist_ok=True)
         for d in range(devices):
             key = ed25519.Ed25519PrivateKey.generate()
             dev = identity.device_id(key)
             cp = f"checkpoint-{d // 2:04d}"
             prev, entries = bytes(32), []
             for i in range(n):
-                entry_id = str(uuid.uuid4())
-                e = Entry(seq=i + 1, entry_id=entry_id, device_id=dev, checkpoint_id=cp,
+                e = Entry(seq=i + 1, entry_id=str(uuid.uuid4()), device_id=dev, checkpoint_id=cp,
                           direction="in" if i % 2 else "out", at_ms=now - (n - i) * 3000, clock="synced",
                           source="camera", source_id="cam0", decision="accept", reason="ok", format="CK1",
                           card_id=os.urandom(16).hex(), issuer="VN-HUE", kid="3q2+7wABAgM=", prev_hash=prev,
@@ -76,91 +84,91 @@ class _Fleet:
                 e = replace(e, hash=chain_hash(prev, hash_fields(e)))
                 entries.append(e)
                 prev = e.hash
-            data = [batchmod.build(entries[b:b + per_batch], key, device_id=dev, created_ms=now).data
-                    for b in range(0, n, per_batch)]
-            self.devices.append((key, dev, cp, {e.seq: e.hash for e in entries}, data))
+            paths = []
+            for b in range(0, n, per_batch):
+                built = batchmod.build(entries[b:b + per_batch], key, device_id=dev, created_ms=now)
+                path = where / f"{dev}-{b // per_batch}.ckb"
+                path.write_bytes(built.data)
+                paths.append(str(path))
+                parsed = batchmod.open_batch(built.data, key.public_key())
+                self.rows += [(*r, parsed.info.batch_id, now) for r in parsed.rows]
+            raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                    serialization.NoEncryption())
+            self.devices.append({"key": raw.hex(), "device_id": dev, "checkpoint": cp, "public": key.public_key(),
+                                 "source": f"127.0.0.{1 + d % ADDRESSES}", "batches": paths,
+                                 "hashes": {e.seq: e.hash for e in entries}})
         self.entries = devices * n
-        self.bytes = sum(len(b) for d in self.devices for b in d[4])
+        self.bytes = sum(os.path.getsize(p) for d in self.devices for p in d["batches"])
 
     def enroll(self, storage) -> None:
         from sync.server.tokens import token_hash
         from sync.wire import identity
 
-        for key, dev, cp, _, _ in self.devices:
-            tok = f"fleet-token-{dev}"
-            storage.add_tokens([token_hash(tok)], cp, now_ms() + 3_600_000, now_ms())
-            storage.enroll(token_hash(tok), dev, identity.public_raw(key), now_ms())
+        for d in self.devices:
+            tok = f"fleet-token-{d['device_id']}"
+            storage.add_tokens([token_hash(tok)], d["checkpoint"], now_ms() + 3_600_000, now_ms())
+            storage.enroll(token_hash(tok), d["device_id"], identity.public_raw(d["public"]), now_ms())
 
-    def parse_rate(self) -> float:
-        """The peer: open_batch (what the server does to every batch before storing it), entries/s."""
-        from sync.wire.batch import open_batch
 
-        sample = self.devices[: max(1, len(self.devices) // 10)]
+def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int = LOADGEN_PROCESSES) -> dict:
+    """The fleet released at once against ``url`` by ``processes`` load generator processes."""
+    start_at = time.time() + 3.0  # time for the processes to start and read their batches
+    procs, outs = [], []
+    for i in range(processes):
+        spec = {"url": url, "start_at": start_at, "deadline_s": deadline_s,
+                "devices": [{k: d[k] for k in ("key", "device_id", "source", "batches")}
+                            for d in fleet.devices[i::processes]]}
+        spec_path, out = tmp / f"loadgen-{i}.json", tmp / f"loadgen-{i}.out.json"
+        spec_path.write_text(json.dumps(spec))
+        out.unlink(missing_ok=True)
+        outs.append(out)
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.loadgen", str(spec_path), str(out)], cwd=ROOT,
+                                      env=dict(os.environ, PYTHONPATH=str(ROOT))))
+    for p in procs:
+        p.wait(deadline_s + 120)
+    res = {"lat": [], "acked_at": [], "failures": [], "busy": 0, "errors": 0, "client_cpu": 0.0}
+    for p, out in zip(procs, outs):
+        if p.returncode != 0 or not out.exists():
+            res["failures"].append(f"load generator exited {p.returncode}")
+            continue
+        r = json.loads(out.read_text())
+        for k in ("lat", "acked_at", "failures"):
+            res[k] += r[k]
+        res["busy"] += r["busy"]
+        res["errors"] += r["errors"]
+        res["client_cpu"] += r["cpu_s"]
+    res["lat"].sort()
+    res["wall"] = (max(res["acked_at"]) - start_at) if res["acked_at"] else float("nan")
+    return res
+
+
+def _copy_peer(fleet: _Fleet, url: str) -> float:
+    """The peer: a bare binary COPY of the fleet's rows into a table like ``entries``; entries/s."""
+    import psycopg
+
+    from sync.server.sqlstorage import ENTRY_COLUMNS
+
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE copy_peer (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                     "INCLUDING INDEXES)")
+        types = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                                  "WHERE attrelid = 'copy_peer'::regclass AND attnum > 0").fetchall())
+        conn.commit()
         t0 = time.perf_counter()
-        n = 0
-        for key, _, _, _, data in sample:
-            pub = key.public_key()
-            for b in data:
-                n += open_batch(b, pub).info.count
-        return n / (time.perf_counter() - t0)
+        with conn.cursor() as cur, cur.copy(f"COPY copy_peer ({', '.join(ENTRY_COLUMNS)}) FROM STDIN "
+                                            "(FORMAT BINARY)") as copy:
+            copy.set_types([types[c] for c in ENTRY_COLUMNS])
+            for r in fleet.rows:
+                copy.write_row(r)
+        conn.commit()
+        elapsed = time.perf_counter() - t0
+        conn.execute("DROP TABLE copy_peer")
+        conn.commit()
+    return len(fleet.rows) / elapsed
 
 
-def _push_all(fleet: _Fleet, url: str, deadline_s: float) -> dict:
-    """Every device in its own thread, all released at once; each sends its batches one after
-    another, waiting Retry-After (at least) after a 503."""
-    start = threading.Barrier(len(fleet.devices) + 1)
-    lat: list[float] = []
-    busy = [0]
-    failures: list[str] = []
-    lock = threading.Lock()
-    stop_at = [0.0]
-
-    def device(key, dev: str, data: list[bytes]) -> None:
-        with requests.Session() as s:
-            start.wait(120)
-            for b in data:
-                t0 = time.perf_counter()
-                while True:
-                    if time.perf_counter() > stop_at[0]:
-                        with lock:
-                            failures.append("deadline")
-                        return
-                    auth = protocol.auth_header_v2(dev, key, "POST", protocol.BATCHES, now_ms(), b)
-                    try:
-                        r = s.post(url + protocol.BATCHES, data=b, timeout=300,
-                                   headers={"Content-Type": protocol.BATCH_TYPE, "Authorization": auth})
-                    except requests.RequestException as exc:
-                        with lock:
-                            failures.append(type(exc).__name__)
-                        return
-                    if r.status_code in (429, 503):
-                        with lock:
-                            busy[0] += 1
-                        time.sleep(float(r.headers.get("Retry-After", "1")))
-                        continue
-                    break
-                with lock:
-                    if r.status_code == 200:
-                        lat.append(time.perf_counter() - t0)
-                    else:
-                        failures.append(f"HTTP {r.status_code}")
-
-    threads = [threading.Thread(target=device, args=(d[0], d[1], d[4]), daemon=True) for d in fleet.devices]
-    for t in threads:
-        t.start()
-    cpu0 = time.process_time()
-    start.wait(120)
-    t0 = time.perf_counter()
-    stop_at[0] = t0 + deadline_s
-    for t in threads:
-        t.join(max(1.0, stop_at[0] + 30 - time.perf_counter()))
-    wall = time.perf_counter() - t0
-    return {"wall": wall, "lat": sorted(lat), "busy": busy[0], "failures": failures,
-            "client_cpu": time.process_time() - cpu0}
-
-
-def _one(fleet: _Fleet, backend: str, url: str, keys: Path, max_inflight: int, deadline_s: float,
-         pg_pid: int | None) -> dict:
+def _one(fleet: _Fleet, url: str, keys: Path, deadline_s: float, pg_pid: int | None, tmp: Path,
+         server_args: tuple[str, ...]) -> dict:
     from sync.server.storage import open_storage
 
     st = open_storage(url)
@@ -168,19 +176,18 @@ def _one(fleet: _Fleet, backend: str, url: str, keys: Path, max_inflight: int, d
         fleet.enroll(st)
     finally:
         st.close()
-    # every simulated device comes from 127.0.0.1 here (in the field each has its own address)
-    server = ServerProcess(url, "--keys", str(keys), "--max-inflight", str(max_inflight), "--max-per-peer", "10000",
-                           "--max-connections-per-peer", "100000", bench="fleet")
+    server = ServerProcess(url, "--keys", str(keys), *server_args, bench="fleet")
     try:
-        s_cpu0, pg_cpu0 = cpu_s(server.pid), _tree_cpu_s(pg_pid)
-        res = _push_all(fleet, server.url, deadline_s)
-        res["server_cpu"] = cpu_s(server.pid) - s_cpu0
+        time.sleep(1.0)  # the workers start after the supervisor answers
+        s_cpu0, pg_cpu0 = _tree_cpu_s(server.pid), _tree_cpu_s(pg_pid)
+        res = push(fleet, server.url, deadline_s, tmp)
+        res["server_cpu"] = _tree_cpu_s(server.pid) - s_cpu0
         res["db_cpu"] = _tree_cpu_s(pg_pid) - pg_cpu0
     finally:
         server.stop()
     st = open_storage(url)
     try:
-        exact = all(st.entry_hashes(dev) == hashes for _, dev, _, hashes, _ in fleet.devices)
+        exact = all(st.entry_hashes(d["device_id"]) == d["hashes"] for d in fleet.devices)
         s = st.stats()
     finally:
         st.close()
@@ -189,57 +196,66 @@ def _one(fleet: _Fleet, backend: str, url: str, keys: Path, max_inflight: int, d
     return res
 
 
+def _spread(values: list[float], fmt: str = ",.0f", scale: float = 1.0) -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med * scale:{fmt}}"
+    return f"{med * scale:{fmt}} ({min(values) * scale:{fmt}}–{max(values) * scale:{fmt}})"
+
+
 def run(quick: bool) -> None:
-    devices, batches, per_batch = (20, 2, 50) if quick else (200, 5, 200)
+    devices, batches, per_batch, runs = (50, 2, 200, 2) if quick else (200, 5, 200, 3)
     deadline_s = 120.0 if quick else 600.0
     from .pgcluster import PgCluster, find_bin_dir
 
-    t0 = time.perf_counter()
-    fleet = _Fleet(devices, batches, per_batch)
-    made_s = time.perf_counter() - t0
-    peer = fleet.parse_rate()
     bin_dir = find_bin_dir()
-    rows, notes = [], []
+    if bin_dir is None:
+        print("== fleet: not measured (no /usr/lib/postgresql/*/bin: install the postgresql package)\n")
+        return
+    settings = [("defaults", ())]
+    rows = []
     with tempfile.TemporaryDirectory(prefix="ckbench-fleet-") as tmpname:
         tmp = Path(tmpname)
-        cluster = None
+        t0 = time.perf_counter()
+        fleet = _Fleet(devices, batches, per_batch, tmp / "batches")
+        made_s = time.perf_counter() - t0
+        cluster = PgCluster(bin_dir, durable=True)
         try:
-            if bin_dir is None:
-                notes.append("PostgreSQL: not measured (no /usr/lib/postgresql/*/bin: install the postgresql package)")
-            else:
-                cluster = PgCluster(bin_dir, durable=True)
-                import psycopg
-                with psycopg.connect(cluster.url(), autocommit=True) as conn:
-                    for i in range(2):
-                        conn.execute(f"CREATE DATABASE fleet{i}")
-            for setting, inflight in (("defaults (32 in flight, Retry-After 2 s)", 32), ("admission open", 256)):
-                for backend in ("sqlite", "postgresql"):
-                    if backend == "postgresql" and cluster is None:
-                        continue
-                    i = 0 if inflight == 32 else 1
-                    url = str(tmp / f"fleet{i}.db") if backend == "sqlite" else cluster.url(f"fleet{i}")
-                    res = _one(fleet, backend, url, tmp / "keys", inflight, deadline_s,
-                               cluster.postmaster_pid() if (cluster and backend == "postgresql") else None)
-                    lat = res["lat"] or [float("nan")]
-                    p95 = lat[min(len(lat) - 1, int(len(lat) * 0.95))]
-                    rate = res["stored"] / res["wall"]
-                    rows.append([backend, setting, f"{rate:,.0f}", f"{rate / peer:.2f}",
-                                 f"{statistics.median(lat) * 1000:,.0f}", f"{p95 * 1000:,.0f}",
-                                 f"{lat[-1] * 1000:,.0f}", f"{res['busy']}", f"{res['server_cpu']:.1f}",
-                                 f"{res['db_cpu']:.1f}" if backend == "postgresql" else "-", f"{res['client_cpu']:.1f}",
-                                 "yes" if res["exactly_once"] and not res["failures"] else
-                                 f"NO ({res['stored']:,} stored, {len(res['failures'])} failed)"])
+            import psycopg
+            for name, args in settings:
+                results, peers = [], []
+                for r in range(runs):
+                    db = f"fleet_{len(rows)}_{r}"
+                    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+                        conn.execute(f"CREATE DATABASE {db}")
+                    res = _one(fleet, cluster.url(db), tmp / "keys", deadline_s, cluster.postmaster_pid(), tmp, args)
+                    res["peer"] = _copy_peer(fleet, cluster.url(db))
+                    results.append(res)
+                rates = [res["stored"] / res["wall"] for res in results]
+                ratio = [rate / res["peer"] for rate, res in zip(rates, results)]
+                p95 = [res["lat"][min(len(res["lat"]) - 1, int(len(res["lat"]) * 0.95))] if res["lat"] else
+                       float("nan") for res in results]
+                p50 = [statistics.median(res["lat"]) if res["lat"] else float("nan") for res in results]
+                ok = all(res["exactly_once"] and not res["failures"] for res in results)
+                rows.append([name, _spread(rates), _spread([res["peer"] for res in results]), _spread(ratio, ".2f"),
+                             _spread(p50, ",.0f", 1000), _spread(p95, ",.0f", 1000),
+                             "/".join(str(res["busy"]) for res in results),
+                             _spread([res["server_cpu"] / fleet.entries for res in results], ".0f", 1e6),
+                             _spread([res["db_cpu"] / fleet.entries for res in results], ".0f", 1e6),
+                             _spread([res["client_cpu"] / fleet.entries for res in results], ".0f", 1e6),
+                             "yes" if ok else "NO: " + "; ".join(
+                                 f"{res['stored']:,} stored, {len(res['failures'])} failed "
+                                 f"{sorted(set(res['failures']))[:2]}" for res in results)])
         finally:
-            if cluster is not None:
-                cluster.stop()
+            cluster.stop()
     print(f"== fleet: {devices} devices x {batches} batches x {per_batch} entries = {fleet.entries:,} entries "
-          f"({fleet.bytes / fleet.entries:.0f} bytes/entry on the wire), all devices released at once against "
-          f"`checkpoint server run` on 127.0.0.1 (batches made in {made_s:.1f} s beforehand)")
-    print(table(["backend", "admission", "ingest entries/s", "x peer", "ack p50 ms", "ack p95 ms", "ack max ms",
-                 "503 busy", "server CPU s", "PostgreSQL CPU s", "devices CPU s", "each entry once"], rows, left=2))
-    print(f"peer: open_batch (signature, inflate, parse) alone in one thread: {peer:,.0f} entries/s; "
-          f"{os.cpu_count()} cpus shared by the server, the database and the {devices} device threads "
+          f"({fleet.bytes / fleet.entries:.0f} bytes/entry on the wire), all released at once from "
+          f"{LOADGEN_PROCESSES} load generator processes ({ADDRESSES} loopback addresses) against "
+          f"`checkpoint server run` on PostgreSQL (durable defaults); {runs} runs, median (min–max); "
+          f"batches made in {made_s:.1f} s beforehand")
+    print(table(["server settings", "ingest entries/s", "peer: COPY entries/s", "x peer", "ack p50 ms",
+                 "ack p95 ms", "503/429 per run", "server CPU µs/entry", "PostgreSQL CPU µs/entry",
+                 "devices CPU µs/entry", "each entry once"], rows, left=2))
+    print(f"{os.cpu_count()} cpus shared by the server, PostgreSQL and the load generator "
           f"(load average {os.getloadavg()[0]:.1f})")
-    for n in notes:
-        print(n)
     print()

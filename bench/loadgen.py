@@ -1,0 +1,106 @@
+"""A fleet's load generator in its own process (`python -m bench.loadgen SPEC OUT`): simulated
+devices, one thread each with one kept-alive HTTP/1.1 connection (http.client) from their own
+loopback address (127.0.0.x, so the server's per-address limits stay at their defaults), push the
+signed batches the spec names one after another from the moment the spec says, honouring
+Retry-After after a 503 or 429 (and after a connection error), and write what they saw as JSON.
+
+SPEC (JSON): {"url", "start_at" (time.time() to release every device at), "deadline_s",
+"devices": [{"key": hex of the Ed25519 private key, "device_id", "source": "127.0.0.x",
+"batches": [paths of .ckb files]}]}. OUT: {"lat": [seconds from a batch's first send to its 200],
+"acked_at": [time.time() of each 200], "busy": n, "errors": n, "failures": [...], "cpu_s": n}.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from sync.wire import protocol
+
+RETRY_ON_ERROR_S = 1.0  # a refused or reset connection (the server restarting, its database failing over)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def run(spec: dict) -> dict:
+    url = urlsplit(spec["url"])
+    lat: list[float] = []
+    acked_at: list[float] = []
+    failures: list[str] = []
+    counts = {"busy": 0, "errors": 0}
+    lock = threading.Lock()
+    stop_at = spec["start_at"] + spec["deadline_s"]
+
+    def device(d: dict) -> None:
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(d["key"]))
+        dev = d["device_id"]
+        bodies = [Path(p).read_bytes() for p in d["batches"]]
+        conn = None
+        time.sleep(max(0.0, spec["start_at"] - time.time()))
+        for body in bodies:
+            t0 = time.perf_counter()
+            while True:
+                if time.time() > stop_at:
+                    with lock:
+                        failures.append("deadline")
+                    return
+                if conn is None:
+                    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300,
+                                                      source_address=(d["source"], 0))
+                auth = protocol.auth_header_v2(dev, key, "POST", protocol.BATCHES, _now_ms(), body)
+                try:
+                    conn.request("POST", protocol.BATCHES, body=body,
+                                 headers={"Content-Type": protocol.BATCH_TYPE, "Authorization": auth})
+                    r = conn.getresponse()
+                    doc = r.read()
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    conn = None
+                    with lock:
+                        counts["errors"] += 1
+                    time.sleep(RETRY_ON_ERROR_S)
+                    continue
+                if r.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+                if r.status in (429, 503):
+                    with lock:
+                        counts["busy"] += 1
+                    time.sleep(float(r.getheader("Retry-After") or 1))
+                    continue
+                break
+            with lock:
+                if r.status == 200:
+                    lat.append(time.perf_counter() - t0)
+                    acked_at.append(time.time())
+                else:
+                    failures.append(f"HTTP {r.status} {doc[:120]!r}")
+        if conn is not None:
+            conn.close()
+
+    cpu0 = time.process_time()
+    threads = [threading.Thread(target=device, args=(d,), daemon=True) for d in spec["devices"]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(1.0, stop_at + 60 - time.time()))
+    return {"lat": lat, "acked_at": acked_at, "failures": failures, "cpu_s": time.process_time() - cpu0, **counts}
+
+
+def main(argv: list[str]) -> int:
+    spec_path, out_path = argv
+    spec = json.loads(Path(spec_path).read_text())
+    Path(out_path).write_text(json.dumps(run(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
