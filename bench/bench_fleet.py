@@ -203,8 +203,9 @@ def _spread(values: list[float], fmt: str = ",.0f", scale: float = 1.0) -> str:
     return f"{med * scale:{fmt}} ({min(values) * scale:{fmt}}–{max(values) * scale:{fmt}})"
 
 
-def run(quick: bool) -> None:
-    devices, batches, per_batch, runs = (50, 2, 200, 2) if quick else (200, 5, 200, 3)
+def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> None:
+    """``sizes``: (devices, batches each, entries per batch, runs) instead of the standard ones."""
+    devices, batches, per_batch, runs = sizes or ((50, 2, 200, 2) if quick else (200, 5, 200, 3))
     deadline_s = 120.0 if quick else 600.0
     from .pgcluster import PgCluster, find_bin_dir
 
