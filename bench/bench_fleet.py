@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,8 +111,10 @@ class _Fleet:
             storage.enroll(token_hash(tok), d["device_id"], identity.public_raw(d["public"]), now_ms())
 
 
-def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int = LOADGEN_PROCESSES) -> dict:
-    """The fleet released at once against ``url`` by ``processes`` load generator processes."""
+def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int = LOADGEN_PROCESSES,
+         during: Callable[[float], None] | None = None) -> dict:
+    """The fleet released at once against ``url`` by ``processes`` load generator processes;
+    ``during(start_at)`` runs meanwhile (in this process), if given."""
     start_at = time.time() + 3.0  # time for the processes to start and read their batches
     procs, outs = [], []
     for i in range(processes):
@@ -124,15 +127,17 @@ def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int =
         outs.append(out)
         procs.append(subprocess.Popen([sys.executable, "-m", "bench.loadgen", str(spec_path), str(out)], cwd=ROOT,
                                       env=dict(os.environ, PYTHONPATH=str(ROOT))))
+    if during is not None:
+        during(start_at)
     for p in procs:
         p.wait(deadline_s + 120)
-    res = {"lat": [], "acked_at": [], "failures": [], "busy": 0, "errors": 0, "client_cpu": 0.0}
+    res = {"lat": [], "acked_at": [], "acked": [], "failures": [], "busy": 0, "errors": 0, "client_cpu": 0.0}
     for p, out in zip(procs, outs):
         if p.returncode != 0 or not out.exists():
             res["failures"].append(f"load generator exited {p.returncode}")
             continue
         r = json.loads(out.read_text())
-        for k in ("lat", "acked_at", "failures"):
+        for k in ("lat", "acked_at", "acked", "failures"):
             res[k] += r[k]
         res["busy"] += r["busy"]
         res["errors"] += r["errors"]

@@ -7,7 +7,8 @@ Retry-After after a 503 or 429 (and after a connection error), and write what th
 SPEC (JSON): {"url", "start_at" (time.time() to release every device at), "deadline_s",
 "devices": [{"key": hex of the Ed25519 private key, "device_id", "source": "127.0.0.x",
 "batches": [paths of .ckb files]}]}. OUT: {"lat": [seconds from a batch's first send to its 200],
-"acked_at": [time.time() of each 200], "busy": n, "errors": n, "failures": [...], "cpu_s": n}.
+"acked_at": [time.time() of each 200], "acked": [batch_id of each 200], "busy": n, "errors": n (connections
+refused or cut), "failures": [...], "cpu_s": n}.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def run(spec: dict) -> dict:
     url = urlsplit(spec["url"])
     lat: list[float] = []
     acked_at: list[float] = []
+    acked: list[str] = []
     failures: list[str] = []
     counts = {"busy": 0, "errors": 0}
     lock = threading.Lock()
@@ -81,6 +83,7 @@ def run(spec: dict) -> dict:
                 if r.status == 200:
                     lat.append(time.perf_counter() - t0)
                     acked_at.append(time.time())
+                    acked.append(json.loads(doc)["batch_id"])
                 else:
                     failures.append(f"HTTP {r.status} {doc[:120]!r}")
         if conn is not None:
@@ -92,7 +95,7 @@ def run(spec: dict) -> dict:
         t.start()
     for t in threads:
         t.join(max(1.0, stop_at + 60 - time.time()))
-    return {"lat": lat, "acked_at": acked_at, "failures": failures, "cpu_s": time.process_time() - cpu0, **counts}
+    return {"lat": lat, "acked_at": acked_at, "acked": acked, "failures": failures, "cpu_s": time.process_time() - cpu0, **counts}
 
 
 def main(argv: list[str]) -> int:

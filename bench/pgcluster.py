@@ -9,6 +9,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -34,7 +35,9 @@ class PgCluster:
     """One running PostgreSQL server (see the module docstring); ``stop()`` removes it."""
 
     def __init__(self, bin_dir: Path, *, durable: bool = True, settings: dict | None = None,
-                 parent_dir: str | None = None) -> None:
+                 parent_dir: str | None = None, standby_of: PgCluster | None = None) -> None:
+        """``standby_of``: a streaming-replication standby of that (running) server, made with
+        pg_basebackup, instead of a new database cluster."""
         self.bin = bin_dir
         self.dir = Path(tempfile.mkdtemp(prefix="checkpoint-pg-", dir=parent_dir))
         self.data = self.dir / "data"
@@ -52,8 +55,12 @@ class PgCluster:
             conf |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         conf |= settings or {}
         self._conf = conf
-        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                   "--locale=C.UTF-8", "-N"])
+        if standby_of is None:
+            self._run([str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                       "--locale=C.UTF-8", "-N"])
+        else:  # -R: standby.signal and primary_conninfo; -X stream: the WAL written meanwhile too
+            self._run([str(self.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(standby_of.port), "-U", "postgres",
+                       "-D", str(self.data), "-R", "-X", "stream", "-c", "fast", "--no-sync"])
         for attempt in range(5):
             self.port = free_port()
             try:
@@ -74,6 +81,17 @@ class PgCluster:
         crash); the data stays for start()."""
         subprocess.run(self.as_user + [str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
                                        "-w", "stop"], capture_output=True, timeout=120, check=False)
+
+    def promote(self) -> None:
+        """Make a standby the primary (`pg_ctl promote`, waiting until it accepts writes)."""
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "120", "promote"])
+
+    def kill_postmaster(self) -> None:
+        """SIGKILL of the postmaster alone, as when its machine dies: its backends notice and exit,
+        nothing is shut down cleanly."""
+        pid = self.postmaster_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
 
     def _run(self, cmd: list[str]) -> None:
         res = subprocess.run(self.as_user + cmd, capture_output=True, text=True, timeout=180, check=False)
