@@ -12,6 +12,8 @@ target=${1:-demo}
 APT_PACKAGES="python3 python3-venv python3-pip libzbar0 gcc python3-dev openssl systemd udev"
 # the central server's tests and benchmarks run a private PostgreSQL (tests/support/postgres.py); not on devices
 case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES postgresql" ;; esac
+# the failover test and benchmark run a pg_auto_failover formation (bench/autofailover.py): Debian 12's PostgreSQL is 15
+case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES postgresql-15-auto-failover" ;; esac
 # the kiosk page's tests and benchmark drive a real headless Chromium (bench/browser.py); a font with Vietnamese
 case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES chromium chromium-driver fonts-dejavu-core" ;; esac
 # the fsync benchmark counts the daemon's fsyncs with strace (bench/bench_fsync.py)

@@ -1,18 +1,19 @@
 """The PostgreSQL primary dies mid-ingest (SIGKILL of its postmaster) and its synchronous standby is
-promoted: `checkpoint server run` on a multi-host URL finds the new primary by itself, devices
+promoted (by pg_auto_failover's monitor, and by hand): `checkpoint server run` on a multi-host URL finds the new primary by itself, devices
 retry, and the new primary holds every entry exactly once and every batch a device saw
 acknowledged (bench/bench_failover.py's scenario, on a small fleet)."""
 from __future__ import annotations
 
 import pytest
 
-from bench.bench_failover import scenario
-from bench.pgcluster import find_bin_dir
+from bench.bench_failover import managers, scenario
 
 
-@pytest.mark.skipif(find_bin_dir() is None, reason="PostgreSQL server binaries not found (the postgresql package)")
-def test_the_primary_killed_mid_ingest_loses_and_doubles_nothing(tmp_path):
-    r = scenario(tmp_path, devices=8, batches=6, per_batch=50, kill_after=16, deadline_s=240)
+@pytest.mark.parametrize("manager", ["pg_auto_failover", "pg_ctl"])
+def test_the_primary_killed_mid_ingest_loses_and_doubles_nothing(tmp_path, manager):
+    if manager not in managers():
+        pytest.skip(f"{manager} cannot run here (Debian packages postgresql, postgresql-15-auto-failover)")
+    r = scenario(tmp_path, devices=8, batches=6, per_batch=50, kill_after=16, deadline_s=240, manager=manager)
     assert not r["failures"], r["failures"][:5]
     assert r["acks_before_kill"] > 0 and r["acks_after_kill"] > 0  # killed mid-ingest
     assert len(r["acked"]) == r["expected_batches"] == 48  # every batch acknowledged in the end

@@ -1,0 +1,159 @@
+"""A throwaway pg_auto_failover formation for benchmarks and tests: a monitor and two PostgreSQL
+nodes (a primary and its synchronous standby) on free ports of 127.0.0.1, each run by its own
+`pg_autoctl run` (Debian's `postgresql-15-auto-failover` package; setup.sh installs it for the test
+and bench targets), trust authentication, everything in a temporary directory. As root the
+processes run as the `postgres` user, like bench/pgcluster.py. The monitor's health checks are
+made faster than the defaults (a failover in seconds rather than about 45 s) so that a test can
+wait for one.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .procs import free_port
+
+# the monitor's settings (pgautofailover GUCs, milliseconds): how soon a silent primary is failed over
+FAST_FAILOVER = {
+    "pgautofailover.health_check_period": 1000,
+    "pgautofailover.health_check_timeout": 1000,
+    "pgautofailover.health_check_max_retries": 1,
+    "pgautofailover.health_check_retry_delay": 500,
+    "pgautofailover.node_considered_unhealthy_timeout": 3000,
+    "pgautofailover.primary_demote_timeout": 5000,
+}
+
+
+def find_pg_autoctl(bin_dir: Path) -> str | None:
+    """The pg_autoctl command, if pg_auto_failover is installed for the PostgreSQL in ``bin_dir``."""
+    found = shutil.which("pg_autoctl")
+    if found is None or not (bin_dir.parent / "lib" / "pgautofailover.so").exists():
+        return None
+    return found
+
+
+class AutoFailover:
+    """A monitor and two nodes, started and replicating (RuntimeError if not within ``timeout_s``);
+    ``stop()`` removes everything."""
+
+    def __init__(self, bin_dir: Path, autoctl: str, *, timeout_s: float = 120.0) -> None:
+        self.bin = bin_dir
+        self.autoctl = autoctl
+        self.dir = Path(tempfile.mkdtemp(prefix="checkpoint-paf-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.env = ["env", f"PATH={bin_dir}:/usr/bin:/bin", f"PG_CONFIG={bin_dir / 'pg_config'}",
+                    f"XDG_CONFIG_HOME={self.dir / 'config'}", f"XDG_DATA_HOME={self.dir / 'share'}",
+                    f"XDG_RUNTIME_DIR={self.dir / 'run'}"]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.killed: set[str] = set()
+        self.ports: dict[str, int] = {}
+        try:
+            self.ports["monitor"] = free_port()
+            self._run("create", "monitor", "--pgdata", str(self.dir / "monitor"), "--pgport", str(self.ports["monitor"]),
+                      "--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl")
+            self._start("monitor", "run", "--pgdata", str(self.dir / "monitor"))
+            self._wait(lambda: self._monitor_query("SELECT 1"), "the monitor", timeout_s)
+            for k, v in FAST_FAILOVER.items():
+                self._monitor_query(f"ALTER SYSTEM SET {k} = {v}")
+            self._monitor_query("SELECT pg_reload_conf()")
+            for name in ("node_a", "node_b"):  # one after the other: the first becomes the primary
+                self.ports[name] = free_port()
+                self._start(name, "create", "postgres", "--pgdata", str(self.dir / name), "--pgport",
+                            str(self.ports[name]), "--hostname", "127.0.0.1", "--name", name, "--monitor",
+                            self.monitor_url, "--auth", "trust", "--no-ssl", "--run")
+                self._wait(lambda n=name: self._state(n) in ("single", "primary", "secondary"), f"{name} up", timeout_s)
+            self._wait(lambda: self._state("node_a") == "primary" and self._state("node_b") == "secondary",
+                       "a primary and a secondary", timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def monitor_url(self) -> str:
+        return f"postgres://autoctl_node@127.0.0.1:{self.ports['monitor']}/pg_auto_failover"
+
+    def url(self, database: str = "postgres") -> str:
+        """Both nodes, the writable one chosen at each connection (libpq's target_session_attrs)."""
+        hosts = ",".join(f"127.0.0.1:{self.ports[n]}" for n in ("node_a", "node_b"))
+        return f"postgresql://postgres@{hosts}/{database}?target_session_attrs=read-write&connect_timeout=2"
+
+    def node_url(self, name: str, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.ports[name]}/{database}"
+
+    def primary(self) -> str | None:
+        for name in ("node_a", "node_b"):
+            if self._state(name) in ("primary", "wait_primary"):
+                return name
+        return None
+
+    def kill(self, name: str) -> None:
+        """The node's machine dies: SIGKILL of its postmaster and of the pg_autoctl that runs it."""
+        proc = self.procs[name]
+        self.killed.add(name)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+
+    def wait_promoted(self, name: str, timeout_s: float = 120.0) -> None:
+        """Until the monitor has made ``name`` a writable primary."""
+        self._wait(lambda: self._state(name) in ("primary", "wait_primary"), f"{name} promoted", timeout_s)
+
+    def _state(self, name: str) -> str | None:
+        rows = self._monitor_query("SELECT reportedstate FROM pgautofailover.node WHERE nodename = %s "
+                                   "AND reportedstate = goalstate", (name,))
+        return rows[0][0] if rows else None
+
+    def _monitor_query(self, sql: str, params: tuple = ()) -> list[tuple] | None:
+        import psycopg
+
+        try:
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.ports['monitor']}/pg_auto_failover",
+                                 autocommit=True, connect_timeout=2) as conn:
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error:
+            return None
+
+    def _wait(self, cond, what: str, timeout_s: float) -> None:
+        end = time.monotonic() + timeout_s
+        while not cond():
+            for name, proc in self.procs.items():
+                if name not in self.killed and proc.poll() is not None:
+                    raise RuntimeError(f"pg_autoctl ({name}) exited: {self._log(name)}")
+            if time.monotonic() > end:
+                raise RuntimeError(f"pg_auto_failover: timed out waiting for {what}")
+            time.sleep(0.2)
+
+    def _log(self, name: str) -> str:
+        path = self.dir / f"{name}.log"
+        return path.read_text(errors="replace")[-1500:] if path.exists() else ""
+
+    def _run(self, *args: str) -> None:
+        res = subprocess.run([*self.as_user, *self.env, self.autoctl, *args], capture_output=True, text=True,
+                             timeout=180)
+        if res.returncode != 0:
+            raise RuntimeError(f"pg_autoctl {' '.join(args[:2])} failed ({res.returncode}): {res.stderr[-1500:]}")
+
+    def _start(self, name: str, *args: str) -> None:
+        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 (the process keeps it)
+        self.procs[name] = subprocess.Popen([*self.as_user, *self.env, self.autoctl, *args], stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def stop(self) -> None:
+        """Stop every process (SIGKILL: nothing here is kept) and remove the directory."""
+        for name in list(self.procs):
+            self.kill(name)
+        shutil.rmtree(self.dir, ignore_errors=True)
