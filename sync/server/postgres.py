@@ -176,6 +176,8 @@ class PostgresStorage(SQLStorage):
             if isinstance(exc, pgerrors.LockNotAvailable):
                 raise
             raise StorageUnavailable(f"database unavailable: {_pg_message(exc)}") from None
+        except pgerrors.ReadOnlySqlTransaction:  # a standby (or a primary being demoted): the writable one is elsewhere
+            raise StorageUnavailable("database is read-only (a standby): writes go to the primary") from None
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Rows of one query written with ``?`` placeholders (the shared SQL, sync/server/sqlstorage.py)."""
