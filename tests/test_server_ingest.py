@@ -1,8 +1,9 @@
-"""Ingest at scale: admission by the queued work's estimated wait, Retry-After spread with jitter,
+"""Ingest at scale: admission caps per process, Retry-After spread with jitter,
 `server run` with several worker processes on one port, and exactly once when the same batch
 reaches two server processes of one PostgreSQL database at the same moment."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -22,49 +23,25 @@ from sync.wire import batch as batchmod
 from sync.wire import protocol
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def test_admission_refuses_beyond_the_queue_target_and_says_how_long_to_wait():
-    clock = Clock()
-    adm = Admission(max_batches=100, max_bytes=10_000_000, target_s=2.0, retry_after_s=1, rng=random.Random(7),
-                    clock=clock)
-    # no rate measured yet: only the caps apply
-    with adm.hold(9_000_000):
-        assert adm.rate is None
-        clock.t += 0.5  # busy time under the window: no rate yet
-    assert adm.rate is None
-    with adm.hold(1_000_000):
-        clock.t += 0.5  # 10 MB in 1 s... and a second window to average with
-    assert adm.rate == pytest.approx(10_000_000)
-    with adm.hold(1_000_000):
-        clock.t += 1.0
-    with adm.hold(1_000_000), adm.hold(1_000_000):
-        clock.t += 10.0  # 2 MB in 10 s, averaged with the estimate before: about 1 MB/s
-    assert adm.rate == pytest.approx(0.5 * (0.5 * 10_000_000 + 0.5 * 1_000_000) + 0.5 * 100_000)
-    adm.rate = 1_000_000.0  # (the estimate, set to a round figure for what follows)
-    with adm.hold(1_500_000):  # 1.5 s of work queued: admitted
-        with pytest.raises(Busy) as busy:
-            with adm.hold(600_000):  # 2.1 s: beyond the target
-                pass
-        assert busy.value.status == 503 and busy.value.code == protocol.E_BUSY
-        assert 1 <= busy.value.retry_after <= 2
-        with adm.hold(400_000):  # 1.9 s: admitted
-            assert adm.batches == 2
-    # one batch is always admitted when nothing is queued, however long it takes
-    with adm.hold(9_000_000):
+def test_admission_caps_batches_and_bytes_in_progress_and_spreads_the_retries():
+    adm = Admission(max_batches=3, max_bytes=1000, retry_after_s=2, rng=random.Random(3))
+    with contextlib.ExitStack() as held:
+        held.enter_context(adm.hold(5000))  # one batch is always admitted when none is in progress
+        with pytest.raises(Busy):
+            adm.hold(1).__enter__()  # over the bytes
+    with contextlib.ExitStack() as held:
+        for _ in range(3):
+            held.enter_context(adm.hold(100))
+        waits = set()
+        for _ in range(40):
+            with pytest.raises(Busy) as busy:
+                adm.hold(1).__enter__()  # over the count
+            assert busy.value.status == 503 and busy.value.code == protocol.E_BUSY
+            waits.add(busy.value.retry_after)
+        assert waits == {2, 3, 4}
+    assert adm.batches == 0 and adm.bytes == 0 and adm.refused == 41
+    with adm.hold(900), adm.hold(100):  # room again
         pass
-    # the hard caps
-    capped = Admission(max_batches=1, max_bytes=10, target_s=2.0, retry_after_s=3, clock=clock)
-    with capped.hold(5), pytest.raises(Busy) as busy:
-        with capped.hold(1):
-            pass
-    assert 3 <= busy.value.retry_after <= 6 and capped.refused == 1
 
 
 def test_retry_after_is_jittered_between_the_least_and_twice_it():

@@ -30,8 +30,6 @@ def parse_listen(value: str) -> tuple[str, int]:
               help="Server processes sharing the port (0: one per CPU on PostgreSQL, one on SQLite).")
 @click.option("--max-inflight", type=click.IntRange(1, 10_000), default=256, show_default=True,
               help="Batches in progress per process at most; more are answered 503 busy with Retry-After.")
-@click.option("--queue-target", "queue_target_s", type=click.FloatRange(0.1, 600), default=2.0, show_default=True,
-              help="Seconds of queued work (at the measured rate) beyond which batches get 503 busy.")
 @click.option("--retry-after", "retry_after_s", type=click.IntRange(1, 3600), default=2, show_default=True,
               help="Least seconds a device is told to wait after a 503 or 429 (jittered up to twice that).")
 @click.option("--max-per-peer", type=click.IntRange(1, 10_000), default=16, show_default=True,
@@ -46,9 +44,8 @@ def parse_listen(value: str) -> tuple[str, int]:
               help="Bytes per second a request body must average after 10 s; slower: 408 and closed.")
 @click.option("--body-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="Seconds a whole request body may take; longer: 408 and closed.")
-def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers, max_inflight, queue_target_s,
-               retry_after_s, max_per_peer, max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate,
-               body_timeout):
+def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers, max_inflight, retry_after_s,
+               max_per_peer, max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate, body_timeout):
     """Serve the sync protocol until SIGINT/SIGTERM."""
     host, port = parse_listen(listen)
     if bool(tls_cert) != bool(tls_key):
@@ -61,4 +58,4 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
                     body_timeout_s=body_timeout)
     run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
                 access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits,
-                workers=workers, queue_target_s=queue_target_s)
+                workers=workers)

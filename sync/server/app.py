@@ -52,7 +52,7 @@ from sync.server.limits import (
     jittered,
     peer_key,
 )
-from sync.server.model import ServerError, Storage, StorageUnavailable, revoked_device, unknown_device
+from sync.server.model import Ingested, ServerError, Storage, StorageUnavailable, revoked_device, unknown_device
 from sync.server.storage import is_postgres_url, open_storage
 from sync.server.tokens import token_hash
 from sync.wire import protocol
@@ -68,8 +68,7 @@ INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up
 class ServerConfig:
     sealing_public_pem: str
     max_inflight_batches: int = 256  # authenticated batches in progress (header checked to answer); beyond: 503
-    max_inflight_bytes: int = 256 * 1024 * 1024  # and their declared bytes
-    queue_target_s: float = 2.0  # admitted while the queued batches' estimated wait is under this (limits.Admission)
+    max_inflight_bytes: int = 256 * 1024 * 1024  # and their declared bytes (limits.Admission)
     retry_after_s: int = 2  # the least Retry-After; jittered up to twice (limits.jittered)
     max_batch_bytes: int = protocol.MAX_BATCH_BYTES  # larger batches: 413, the device sends smaller ones
     pull_public_pem: str | None = None  # Ed25519: devices accept pulls signed by it (docs/sync-protocol.md#server-pull)
@@ -166,8 +165,7 @@ def _peer(request: Request) -> str:
 def create_app(storage: Storage, config: ServerConfig) -> Starlette:
     limits = config.limits
     gate = Gate(config.retry_after_s)
-    admission = Admission(config.max_inflight_batches, config.max_inflight_bytes, config.queue_target_s,
-                          config.retry_after_s)
+    admission = Admission(config.max_inflight_batches, config.max_inflight_bytes, config.retry_after_s)
     replays = ReplayCache(per_device=limits.replay_per_device)
     swept = [0]
 
@@ -292,6 +290,10 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
             return _error(404, protocol.E_NO_CREDENTIAL, "no server credential published yet")
         return Response(data, media_type=CREDENTIAL_TYPE)
 
+    def store(data: bytes, public) -> Ingested:
+        """Open a pushed batch and store it, in one trip to a worker thread."""
+        return storage.ingest(open_batch(data, public), "push", now_ms())
+
     async def batches(request: Request) -> Response:
         auth = optional_request_auth(request)
         if auth is None or auth.version != 2:
@@ -302,8 +304,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
             data = await signed_body(request, auth, length)
             if read_header(data).device_id != device.device_id:
                 raise ServerError("a batch must be sent by its own device", code=protocol.E_BAD_SIGNATURE, status=401)
-            parsed = await run_in_threadpool(open_batch, data, public)
-            done = await run_in_threadpool(storage.ingest, parsed, "push", now_ms())
+            done = await run_in_threadpool(store, data, public)
         return _json(done.ack.to_dict())
 
     async def unauthenticated_batch(request: Request) -> Response:
@@ -317,8 +318,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
             head = await reader.read(header_end(await reader.read(8), length))
             _, public = await active_device(read_header(head, length).device_id)
             data = await reader.read()
-            parsed = await run_in_threadpool(open_batch, data, public)
-            done = await run_in_threadpool(storage.ingest, parsed, "push", now_ms())
+            done = await run_in_threadpool(store, data, public)
         return _json(done.ack.to_dict())
 
     async def acks(request: Request) -> Response:
@@ -448,7 +448,7 @@ def default_workers(db_url: str) -> int:
 
 def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls_cert: str | None = None,
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 256,
-          retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0, queue_target_s: float = 2.0) -> None:
+          retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`): in this process, or in
     ``workers`` processes (0: default_workers) sharing one listening socket, each with its own
     connections to the database (they keep no state of their own: docs/scaling.md)."""
@@ -462,7 +462,7 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
             log.warning("no server credential published: devices will not enroll (the operator signs one with "
                         "`checkpoint issuer server-credential`; then `checkpoint server credential publish`)")
         config = ServerConfig(sealing_public_pem(key), max_inflight_batches=max_inflight, retry_after_s=retry_after_s,
-                              queue_target_s=queue_target_s, pull_public_pem=public_pem(pull_key), limits=limits)
+                              pull_public_pem=public_pem(pull_key), limits=limits)
         raise_open_files_limit()
         workers = workers or default_workers(db_url)
         if workers == 1:

@@ -189,64 +189,36 @@ class Gate:
 
 
 class Admission:
-    """Batches in progress in this process, admitted while the work already queued can be done
-    within ``target_s`` at the rate the process has been storing batches (bytes per second of busy
-    time, measured), and within hard caps on their number and bytes. Beyond: 503 busy with a
-    Retry-After of about the time the queue needs to drain, jittered. Until a rate is measured only
-    the caps apply. Runs on the event loop's thread, like Gate."""
+    """Batches in progress in this process (from the header's check to the answer), within caps on
+    their number and on their declared bytes; one is always admitted when none is in progress.
+    Beyond: 503 busy with a jittered Retry-After. Every batch admitted waits in the process's
+    queue instead of being refused while there is room: a refused device comes back no sooner than
+    Retry-After, so refusing early costs throughput and latency (the fleet bench). Runs on the event
+    loop's thread, like Gate."""
 
-    WINDOW_S = 1.0  # the rate is re-estimated after this much busy time
-
-    def __init__(self, max_batches: int, max_bytes: int, target_s: float, retry_after_s: int,
-                 rng: random.Random | None = None, clock=time.monotonic) -> None:
-        self.max_batches, self.max_bytes, self.target_s = max_batches, max_bytes, target_s
+    def __init__(self, max_batches: int, max_bytes: int, retry_after_s: int,
+                 rng: random.Random | None = None) -> None:
+        self.max_batches, self.max_bytes = max_batches, max_bytes
         self.retry_after_s = retry_after_s
         self.rng = rng or random.Random()
-        self._clock = clock
         self.batches = 0
         self.bytes = 0
-        self.rate: float | None = None  # bytes per second while busy
-        self._busy_since = 0.0
-        self._window_s = 0.0
-        self._window_bytes = 0
         self.refused = 0
-
-    def wait_s(self, extra: int = 0) -> float:
-        """Estimated seconds until what is queued (and ``extra`` bytes more) is done."""
-        return 0.0 if self.rate is None else (self.bytes + extra) / self.rate
 
     @contextlib.contextmanager
     def hold(self, length: int) -> Iterator[None]:
         """Admit a batch of ``length`` bytes for the block, or raise Busy (503)."""
-        if self.batches >= self.max_batches or (self.batches and (self.bytes + length > self.max_bytes
-                                                                  or self.wait_s(length) > self.target_s)):
+        if self.batches >= self.max_batches or (self.batches and self.bytes + length > self.max_bytes):
             self.refused += 1
-            drain = max(self.wait_s() - self.target_s / 2, self.retry_after_s)
-            raise Busy(f"{self.batches} batches queued ({self.wait_s():.1f} s of work); retry later",
-                       code=protocol.E_BUSY, status=503, retry_after=jittered(drain, self.rng))
-        now = self._clock()
-        if self.batches == 0:
-            self._busy_since = now
+            raise Busy(f"{self.batches} batches ({self.bytes:,} bytes) in progress; retry later",
+                       code=protocol.E_BUSY, status=503, retry_after=jittered(self.retry_after_s, self.rng))
         self.batches += 1
         self.bytes += length
-        done = False
         try:
             yield
-            done = True
         finally:
             self.batches -= 1
             self.bytes -= length
-            self._account(length if done else 0)
-
-    def _account(self, done_bytes: int) -> None:
-        now = self._clock()
-        self._window_s += now - self._busy_since
-        self._busy_since = now
-        self._window_bytes += done_bytes
-        if self._window_s >= self.WINDOW_S and self._window_bytes:
-            measured = self._window_bytes / self._window_s
-            self.rate = measured if self.rate is None else 0.5 * self.rate + 0.5 * measured
-            self._window_s, self._window_bytes = 0.0, 0
 
 
 def declared_length(headers, limit: int, too_large_code: str) -> int:
