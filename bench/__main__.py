@@ -1,5 +1,5 @@
 """python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|failover|
-flood|trace|daemon|kiosk|fsync|cli]: print the benchmark tables to stdout."""
+drain|flood|trace|daemon|kiosk|fsync|cli]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short run with small sizes (checks that the benchmarks work)")
     parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
-                                                  "formats", "sync", "fleet", "failover", "flood", "trace", "daemon",
+                                                  "formats", "sync", "fleet", "failover", "drain", "flood", "trace", "daemon",
                                                   "kiosk", "fsync", "cli"),
                         help="run one benchmark only")
     args = parser.parse_args(argv)
@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "failover"):
         from . import bench_failover
         bench_failover.run(args.quick)
+    if args.only in (None, "drain"):
+        from . import bench_drain
+        bench_drain.run(args.quick)
     if args.only in (None, "flood"):
         from . import bench_flood
         bench_flood.run(args.quick)
