@@ -116,7 +116,7 @@ class AutoFailover:
         return rows[0][0] if rows else None
 
     def _monitor_query(self, sql: str, params: tuple = ()) -> list[tuple] | None:
-        import psycopg
+        import psycopg  # deferred: the optional `server` extra
 
         try:
             with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.ports['monitor']}/pg_auto_failover",

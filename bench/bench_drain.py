@@ -15,17 +15,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from sync.server.sqlstorage import ENTRY_COLUMNS
+from sync.wire.batch import open_batch
+
 from .bench_fleet import _Fleet, _one
+from .pgcluster import PgCluster, find_bin_dir
 from .timing import table
 
 
 def _copy_peer(fleet: _Fleet, url: str) -> float:
     """A bare binary COPY of the fleet's rows into a table like ``entries``, fed batch by batch
     (each parsed untimed, so that two million rows never sit in memory at once); entries/s."""
-    import psycopg
-
-    from sync.server.sqlstorage import ENTRY_COLUMNS
-    from sync.wire.batch import open_batch
+    import psycopg  # deferred: the optional `server` extra
 
     spent, n = 0.0, 0
     with psycopg.connect(url) as conn:
@@ -57,8 +58,6 @@ def _copy_peer(fleet: _Fleet, url: str) -> float:
 
 def run(quick: bool) -> None:
     devices, backlog, per_batch = (50, 2_000, 1_000) if quick else (200, 10_000, 1_000)
-    from .pgcluster import PgCluster, find_bin_dir
-
     bin_dir = find_bin_dir()
     if bin_dir is None:
         print("== drain: not measured (no /usr/lib/postgresql/*/bin: install the postgresql package)\n")
@@ -70,7 +69,7 @@ def run(quick: bool) -> None:
         made_s = time.perf_counter() - t0
         cluster = PgCluster(bin_dir, durable=True)
         try:
-            import psycopg
+            import psycopg  # deferred: the optional `server` extra
             with psycopg.connect(cluster.url(), autocommit=True) as conn:
                 conn.execute("CREATE DATABASE drain")
             res = _one(fleet, cluster.url("drain"), tmp / "keys", 3600.0, cluster.postmaster_pid(), tmp, ())

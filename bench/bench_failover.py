@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sync.server.storage import open_storage
+
 from .autofailover import AutoFailover, find_pg_autoctl
 from .bench_fleet import _Fleet, push
 from .pgcluster import PgCluster, find_bin_dir
@@ -25,7 +27,7 @@ PROMOTE_AFTER_S = 1.0  # the primary is gone this long before the standby is pro
 
 
 def _wait_sync(primary: PgCluster, timeout_s: float = 60.0) -> None:
-    import psycopg
+    import psycopg  # deferred: the optional `server` extra
 
     end = time.monotonic() + timeout_s
     with psycopg.connect(primary.url(), autocommit=True) as conn:
@@ -106,9 +108,7 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
     "pg_ctl"); ``kill_after``: batches stored on the primary before it is killed. Returns the load
     generator's results with the checks made on the new primary and the times of the kill and of
     the promotion."""
-    import psycopg
-
-    from sync.server.storage import open_storage
+    import psycopg  # deferred: the optional `server` extra
 
     bin_dir = find_bin_dir()
     if bin_dir is None:

@@ -28,9 +28,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.timeutil import now_ms
+from scanner.store.entry import Entry, chain_hash, hash_fields
+from sync.server.sqlstorage import ENTRY_COLUMNS
+from sync.server.storage import open_storage
+from sync.server.tokens import token_hash
+from sync.wire import batch as batchmod
+from sync.wire import identity
 
+from .pgcluster import PgCluster, find_bin_dir
 from .procs import ROOT, ServerProcess, cpu_s
 from .timing import table
 
@@ -60,12 +68,6 @@ class _Fleet:
     the rows the server will store of them (for the COPY peer; unless ``rows`` is False)."""
 
     def __init__(self, devices: int, batches: int, per_batch: int, where: Path, rows: bool = True) -> None:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
-        from scanner.store.entry import Entry, chain_hash, hash_fields
-        from sync.wire import batch as batchmod
-        from sync.wire import identity
-
         self.devices = []
         self.rows: list[tuple] = []
         now = now_ms()
@@ -103,9 +105,6 @@ class _Fleet:
         self.bytes = sum(os.path.getsize(p) for d in self.devices for p in d["batches"])
 
     def enroll(self, storage) -> None:
-        from sync.server.tokens import token_hash
-        from sync.wire import identity
-
         for d in self.devices:
             tok = f"fleet-token-{d['device_id']}"
             storage.add_tokens([token_hash(tok)], d["checkpoint"], now_ms() + 3_600_000, now_ms())
@@ -150,9 +149,7 @@ def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int =
 
 def _copy_peer(fleet: _Fleet, url: str) -> float:
     """The peer: a bare binary COPY of the fleet's rows into a table like ``entries``; entries/s."""
-    import psycopg
-
-    from sync.server.sqlstorage import ENTRY_COLUMNS
+    import psycopg  # deferred: the optional `server` extra
 
     with psycopg.connect(url) as conn:
         conn.execute("CREATE TABLE copy_peer (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
@@ -175,8 +172,6 @@ def _copy_peer(fleet: _Fleet, url: str) -> float:
 
 def _one(fleet: _Fleet, url: str, keys: Path, deadline_s: float, pg_pid: int | None, tmp: Path,
          server_args: tuple[str, ...]) -> dict:
-    from sync.server.storage import open_storage
-
     st = open_storage(url)
     try:
         fleet.enroll(st)
@@ -213,8 +208,6 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> None:
     """``sizes``: (devices, batches each, entries per batch, runs) instead of the standard ones."""
     devices, batches, per_batch, runs = sizes or ((50, 2, 200, 2) if quick else (200, 5, 200, 3))
     deadline_s = 120.0 if quick else 600.0
-    from .pgcluster import PgCluster, find_bin_dir
-
     bin_dir = find_bin_dir()
     if bin_dir is None:
         print("== fleet: not measured (no /usr/lib/postgresql/*/bin: install the postgresql package)\n")
@@ -228,9 +221,9 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> None:
         made_s = time.perf_counter() - t0
         cluster = PgCluster(bin_dir, durable=True)
         try:
-            import psycopg
+            import psycopg  # deferred: the optional `server` extra
             for name, args in settings:
-                results, peers = [], []
+                results = []
                 for r in range(runs):
                     db = f"fleet_{len(rows)}_{r}"
                     with psycopg.connect(cluster.url(), autocommit=True) as conn:
