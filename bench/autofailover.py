@@ -71,7 +71,8 @@ class AutoFailover:
                 self._start(name, "create", "postgres", "--pgdata", str(self.dir / name), "--pgport",
                             str(self.ports[name]), "--hostname", "127.0.0.1", "--name", name, "--monitor",
                             self.monitor_url, "--auth", "trust", "--no-ssl", "--run")
-                self._wait(lambda n=name: self._state(n) in ("single", "primary", "secondary"), f"{name} up", timeout_s)
+                self._wait(lambda n=name: self._state(n) in ("single", "primary", "secondary")
+                           and self._accepts(n), f"{name} up", timeout_s)
             self._wait(lambda: self._state("node_a") == "primary" and self._state("node_b") == "secondary",
                        "a primary and a secondary", timeout_s)
         except BaseException:
@@ -114,6 +115,16 @@ class AutoFailover:
         rows = self._monitor_query("SELECT reportedstate FROM pgautofailover.node WHERE nodename = %s "
                                    "AND reportedstate = goalstate", (name,))
         return rows[0][0] if rows else None
+
+    def _accepts(self, name: str) -> bool:
+        """Whether the node's PostgreSQL takes connections (the next node copies it at once)."""
+        import psycopg  # deferred: the optional `server` extra
+
+        try:
+            psycopg.connect(self.node_url(name), connect_timeout=2).close()
+        except psycopg.Error:
+            return False
+        return True
 
     def _monitor_query(self, sql: str, params: tuple = ()) -> list[tuple] | None:
         import psycopg  # deferred: the optional `server` extra
