@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short run with small sizes (checks that the benchmarks work)")
     parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
-                                                  "formats", "sync", "fleet", "failover", "drain", "flood", "trace", "daemon",
-                                                  "kiosk", "fsync", "cli"),
+                                                  "formats", "sync", "fleet", "failover", "drain", "flood", "trace",
+                                                  "daemon", "kiosk", "fsync", "cli"),
                         help="run one benchmark only")
     args = parser.parse_args(argv)
     started = time.perf_counter()

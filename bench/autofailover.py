@@ -59,8 +59,8 @@ class AutoFailover:
         self.ports: dict[str, int] = {}
         try:
             self.ports["monitor"] = free_port()
-            self._run("create", "monitor", "--pgdata", str(self.dir / "monitor"), "--pgport", str(self.ports["monitor"]),
-                      "--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl")
+            self._run("create", "monitor", "--pgdata", str(self.dir / "monitor"), "--pgport",
+                      str(self.ports["monitor"]), "--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl")
             self._start("monitor", "run", "--pgdata", str(self.dir / "monitor"))
             self._wait(lambda: self._monitor_query("SELECT 1"), "the monitor", timeout_s)
             for k, v in FAST_FAILOVER.items():
@@ -153,7 +153,7 @@ class AutoFailover:
 
     def _run(self, *args: str) -> None:
         res = subprocess.run([*self.as_user, *self.env, self.autoctl, *args], capture_output=True, text=True,
-                             timeout=180)
+                             timeout=180, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"pg_autoctl {' '.join(args[:2])} failed ({res.returncode}): {res.stderr[-1500:]}")
 

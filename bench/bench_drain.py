@@ -82,13 +82,14 @@ def run(quick: bool) -> None:
     lat = res["lat"] or [float("nan")]
     p95 = lat[min(len(lat) - 1, int(len(lat) * 0.95))]
     acks = sorted(res["acked_at"])
-    per_10s = [sum(1 for t in acks if acks[0] + i <= t < acks[0] + i + 10) for i in range(0, int(acks[-1] - acks[0]) + 1, 10)] \
-        if acks else []
+    per_10s = [sum(1 for t in acks if acks[0] + i <= t < acks[0] + i + 10)
+               for i in range(0, int(acks[-1] - acks[0]) + 1, 10)] if acks else []
     print(f"== drain after an outage: {devices} devices x {backlog:,} entries backlog (batches of {per_batch:,}) = "
           f"{fleet.entries:,} entries, all devices back at once against `checkpoint server run` (defaults) on "
           f"PostgreSQL; batches made in {made_s:.0f} s beforehand")
-    print(table(["time to drain s", "entries/s", "peer: COPY entries/s", "x peer", "ack p50 s", "ack p95 s", "ack max s", "503/429", "connection errors",
-                 "server CPU µs/entry", "PostgreSQL CPU µs/entry", "each entry once"],
+    print(table(["time to drain s", "entries/s", "peer: COPY entries/s", "x peer", "ack p50 s", "ack p95 s",
+                 "ack max s", "503/429", "connection errors", "server CPU µs/entry", "PostgreSQL CPU µs/entry",
+                 "each entry once"],
                 [[f"{res['wall']:.0f}", f"{res['stored'] / res['wall']:,.0f}", f"{peer:,.0f}",
                   f"{res['stored'] / res['wall'] / peer:.2f}", f"{statistics.median(lat):.1f}",
                   f"{p95:.1f}", f"{lat[-1]:.1f}", str(res["busy"]), str(res["errors"]),

@@ -10,6 +10,7 @@ acknowledgement around the kill.
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import tempfile
 import time
@@ -169,7 +170,7 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
         res["acks_before_kill"], res["acks_after_kill"] = len(before), len(after)
         # the longest time without an acknowledgement, from the last one before the kill on
         around = before[-1:] + after
-        res["stall_s"] = max((b - a for a, b in zip(around, around[1:])), default=float("nan"))
+        res["stall_s"] = max((b - a for a, b in itertools.pairwise(around)), default=float("nan"))
         promoted = [t for t in acks if t >= times["promoted_at"]]
         res["resumed_after_promotion_s"] = (promoted[0] - times["promoted_at"]) if promoted else float("nan")
         return res

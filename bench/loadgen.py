@@ -95,7 +95,8 @@ def run(spec: dict) -> dict:
         t.start()
     for t in threads:
         t.join(max(1.0, stop_at + 60 - time.time()))
-    return {"lat": lat, "acked_at": acked_at, "acked": acked, "failures": failures, "cpu_s": time.process_time() - cpu0, **counts}
+    return {"lat": lat, "acked_at": acked_at, "acked": acked, "failures": failures,
+            "cpu_s": time.process_time() - cpu0, **counts}
 
 
 def main(argv: list[str]) -> int:

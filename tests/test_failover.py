@@ -1,7 +1,7 @@
 """The PostgreSQL primary dies mid-ingest (SIGKILL of its postmaster) and its synchronous standby is
-promoted (by pg_auto_failover's monitor, and by hand): `checkpoint server run` on a multi-host URL finds the new primary by itself, devices
-retry, and the new primary holds every entry exactly once and every batch a device saw
-acknowledged (bench/bench_failover.py's scenario, on a small fleet)."""
+promoted (by pg_auto_failover's monitor, and by hand): `checkpoint server run` on a multi-host URL
+finds the new primary by itself, devices retry, and the new primary holds every entry exactly once
+and every batch a device saw acknowledged (bench/bench_failover.py's scenario, on a small fleet)."""
 from __future__ import annotations
 
 import pytest

@@ -55,8 +55,8 @@ def _batch(storage, n: int = 20, first_seq: int = 1, key=None, dev=None, prev=by
     if key is None:
         key, dev = enroll_direct(storage, "cp-1")
     now = now_ms()
-    es = chain_entries(dev, "cp-1", [now - 1000 * (n - i) for i in range(n)], [f"{first_seq + i:032x}" for i in range(n)],
-                       first_seq=first_seq, prev_hash=prev)
+    es = chain_entries(dev, "cp-1", [now - 1000 * (n - i) for i in range(n)],
+                       [f"{first_seq + i:032x}" for i in range(n)], first_seq=first_seq, prev_hash=prev)
     return key, dev, es, batchmod.build(es, key, device_id=dev, created_ms=now).data
 
 
@@ -155,7 +155,7 @@ def test_the_same_batches_at_two_server_processes_at_once_are_stored_once(tmp_pa
         for t in threads:
             t.join(120)
         assert len(answers) == 4 * 2 * len(devices) and {s for _, s, _ in answers} == {200}
-        for key, dev, hashes, _ in devices:
+        for _, dev, hashes, _ in devices:
             assert storage.entry_hashes(dev) == hashes
             assert {doc["batch_id"] for d, _, doc in answers if d == dev} == {
                 batchmod.read_header(x).batch_id for x in devices[[d[1] for d in devices].index(dev)][3]}

@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
 from scanner.base.timeutil import DAY_MS
+from sync.server import chain
 from sync.server.model import (
     SOURCES,
     Device,
@@ -38,7 +39,6 @@ from sync.server.model import (
     revoked_device,
     unknown_device,
 )
-from sync.server import chain
 from sync.server.sqlstorage import ENTRY_COLUMNS, QmarkCursor, SQLStorage
 from sync.wire import protocol
 from sync.wire.batch import ParsedBatch
