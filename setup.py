@@ -13,6 +13,16 @@ SERVER = [
     "psycopg>=3.1; " + " and ".join(f"platform_machine != '{m}'" for m in _WHEELS),
     "psycopg-pool>=3.2",
 ]
+# The central console (sync/server/console) and its opener: password hashing, second factor, pages,
+# form uploads, spreadsheet export, the sealing key split into shares.
+CONSOLE = [
+    "argon2-cffi>=23.1",
+    "pyotp>=2.9",
+    "jinja2>=3.1",
+    "python-multipart>=0.0.9",
+    "xlsxwriter>=3.1",
+    "pycryptodome>=3.20",
+]
 
 setup(
     name="checkpoint-edge",
@@ -24,7 +34,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["scanner", "scanner.*", "sync", "sync.*", "hardware", "hardware.*"]),
     # scanner/web: the kiosk screen and the status page (plain HTML, CSS and JavaScript, served by the API)
-    package_data={"scanner.base": ["translations.toml"], "scanner.appliance": ["web/*.html", "web/*.css", "web/*.js"]},
+    package_data={"scanner.base": ["translations.toml"], "scanner.appliance": ["web/*.html", "web/*.css", "web/*.js"],
+                  "sync.server.console": ["templates/*.html", "static/*.css"]},
     install_requires=[
         "cryptography>=42",
         "numpy>=1.26",
@@ -45,7 +56,7 @@ setup(
     ],
     extras_require={
         "picamera": ["picamera2>=0.3.17"],
-        "server": SERVER,  # PostgreSQL for the central server (sync/server/postgres.py)
+        "server": SERVER + CONSOLE,  # PostgreSQL (sync/server/postgres.py), the console and its opener
         "dev": [
             "pytest>=8",
             "hypothesis>=6.100",
@@ -59,6 +70,8 @@ setup(
             "import-linter==2.17",
             "types-pyserial==3.5.0.20261122",
             *SERVER,  # the server tests run on SQLite and PostgreSQL
+            *CONSOLE,
+            "openpyxl>=3.1",  # the console's tests open its XLSX exports as a spreadsheet program would
         ],
     },
     entry_points={"console_scripts": ["checkpoint=scanner.cli.main:main"]},

@@ -30,7 +30,7 @@ from scanner.cli.common import (
 )
 from scanner.cli.lazy import Lazy, LazyGroup
 from scanner.store.entry import iso_ms
-from sync.server import bundles, credentials, enrollcodes, keys
+from sync.server import bundles, credentials, enrollcodes, keys, retention
 from sync.server import trace as tracemod
 from sync.server.imports import import_dirs
 from sync.server.model import Storage
@@ -61,6 +61,14 @@ SERVER_COMMANDS = {
     "pull": Lazy("scanner.cli.server_pull:server_pull", "Fetch pending batches from devices the server can reach "
                  "(VPN). Exit 0 only when every device has nothing pending left."),
     "run": Lazy("scanner.cli.server_run:server_run", "Serve the sync protocol until SIGINT/SIGTERM."),
+    "console": Lazy("scanner.cli.server_console:server_console", "Serve the central console (web pages for staff) "
+                    "until SIGINT/SIGTERM."),
+    "opener": Lazy("scanner.cli.server_opener:server_opener", "Hold the sealing key and open holder details for the "
+                   "console, over a Unix socket, until SIGINT/SIGTERM."),
+    "key-split": Lazy("scanner.cli.server_opener:key_split", "Split the sealing key into shares, any THRESHOLD of "
+                      "which give it back."),
+    "user": Lazy("scanner.cli.server_users:user_group", "Console accounts: add, passwd, role, disable, enable, list."),
+    "audit": Lazy("scanner.cli.server_users:audit_group", "The console's audit trail: verify its chain, show it."),
 }
 """The server's commands with heavy dependencies of their own (the HTTP server, the HTTP client)."""
 
@@ -283,17 +291,20 @@ def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
 
 @server_group.command("purge")
 @db_url_option
-@click.option("--days", type=click.IntRange(1, 3660), required=True,
+@click.option("--days", type=click.IntRange(1, 3660), default=retention.DEFAULT_DAYS, show_default=True,
               help="Keep entries of the last DAYS days (by time and by arrival).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def server_purge(db_url, days, as_json):
-    """Retention: remove entries older than DAYS (PostgreSQL drops whole day partitions)."""
-    res = run_guarded(open_server_storage(db_url).purge, now_ms() - days * DAY_MS)
+    """Retention: remove entries older than DAYS (PostgreSQL drops whole day partitions) and the
+    holder details kept with old conflicts; the deletion is recorded in the audit trail."""
+    done = run_guarded(retention.apply, open_server_storage(db_url), days, now_ms=now_ms())
+    res = done.result
     if as_json:
-        click.echo(json_line(res.to_dict()))
+        click.echo(json_line(done.to_dict()))
     else:
         click.echo(f"removed {res.entries} entries; partitions dropped: {', '.join(res.partitions) or 'none'}"
-                   + (f"; busy, left for the next run: {', '.join(res.skipped)}" if res.skipped else ""))
+                   + (f"; busy, left for the next run: {', '.join(res.skipped)}" if res.skipped else "")
+                   + f"; audit record {done.record.seq}")
 
 
 def _local_tz(name: str | None):

@@ -9,6 +9,7 @@ from scanner.base.safetext import escape
 from scanner.cli.common import fail, run_guarded
 from scanner.cli.server import db_url_option, keys_option
 from sync.server.app import Limits, serve
+from sync.server.console.openerclient import OpenerClient
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -44,8 +45,12 @@ def parse_listen(value: str) -> tuple[str, int]:
               help="Bytes per second a request body must average after 10 s; slower: 408 and closed.")
 @click.option("--body-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="Seconds a whole request body may take; longer: 408 and closed.")
+@click.option("--opener", "opener_socket", type=click.Path(dir_okay=False), default=None,
+              help="Take the sealing key's public half from the opener's socket; the private key is then never "
+                   "read by this process (docs/console.md#opener).")
 def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers, max_inflight, retry_after_s,
-               max_per_peer, max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate, body_timeout):
+               max_per_peer, max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate,
+               body_timeout, opener_socket):
     """Serve the sync protocol until SIGINT/SIGTERM."""
     host, port = parse_listen(listen)
     if bool(tls_cert) != bool(tls_key):
@@ -56,6 +61,7 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
     limits = Limits(per_peer=max_per_peer, connections_per_peer=max_connections_per_peer,
                     legacy_inflight=legacy_inflight, legacy_max_bytes=legacy_max_bytes, min_rate_bps=min_body_rate,
                     body_timeout_s=body_timeout)
+    sealing_public = run_guarded(OpenerClient(opener_socket).public_pem) if opener_socket else None
     run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
                 access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits,
-                workers=workers)
+                workers=workers, sealing_public=sealing_public)

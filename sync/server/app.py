@@ -448,20 +448,23 @@ def default_workers(db_url: str) -> int:
 
 def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls_cert: str | None = None,
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 256,
-          retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0) -> None:
+          retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0,
+          sealing_public: str | None = None) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`): in this process, or in
     ``workers`` processes (0: default_workers) sharing one listening socket, each with its own
-    connections to the database (they keep no state of their own: docs/scaling.md)."""
+    connections to the database (they keep no state of their own: docs/scaling.md).
+    ``sealing_public``: the sealing key's public half (PEM, from the opener): then the private key is
+    never loaded here."""
     directory = key_dir(db_url, keys_dir)
     limits = limits or Limits()
     storage = open_storage(db_url)  # creates or upgrades the schema once, before any worker starts
     try:
-        key = load_or_create_sealing_key(directory)
+        sealing_pem = sealing_public or sealing_public_pem(load_or_create_sealing_key(directory))
         pull_key = load_or_create_pull_key(directory)
         if credentials.current(storage) is None:
             log.warning("no server credential published: devices will not enroll (the operator signs one with "
                         "`checkpoint issuer server-credential`; then `checkpoint server credential publish`)")
-        config = ServerConfig(sealing_public_pem(key), max_inflight_batches=max_inflight, retry_after_s=retry_after_s,
+        config = ServerConfig(sealing_pem, max_inflight_batches=max_inflight, retry_after_s=retry_after_s,
                               pull_public_pem=public_pem(pull_key), limits=limits)
         raise_open_files_limit()
         workers = workers or default_workers(db_url)

@@ -13,8 +13,8 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -95,37 +95,40 @@ class TraceReport:
         return len({c.entry.card_id for c in self.contacts})
 
 
-class _Opener:
-    def __init__(self, key: X25519PrivateKey | None) -> None:
-        self.key = key
+def open_holder(entry_id: str, sealed: bytes | None, key: X25519PrivateKey | None) -> HolderView:
+    """The holder details of one entry's sealed blob (the entry id is the sealing context)."""
+    if sealed is None:
+        return HolderView("none")
+    if key is None:
+        return HolderView("not_opened")
+    try:
+        h = sealing.open(sealed, key, entry_id)
+    except sealing.SealError:
+        return HolderView("unreadable")
+    return HolderView("ok", h.name, h.birth_date, h.id_masked)
 
-    def __call__(self, e: SeenEntry) -> HolderView:
-        if e.sealed is None:
-            return HolderView("none")
-        if self.key is None:
-            return HolderView("not_opened")
-        try:
-            h = sealing.open(e.sealed, self.key, e.entry_id)
-        except sealing.SealError:
-            return HolderView("unreadable")
-        return HolderView("ok", h.name, h.birth_date, h.id_masked)
+
+OpenMany = Callable[[Sequence[SeenEntry]], Sequence[HolderView]]
 
 
 def trace(storage: Storage, card_id: str, *, since_ms: int, until_ms: int, window_ms: int | None = None,
           sealing_key: X25519PrivateKey | None = None, max_visits: int = MAX_VISITS,
-          max_contacts_per_visit: int = MAX_CONTACTS_PER_VISIT) -> TraceReport:
+          max_contacts_per_visit: int = MAX_CONTACTS_PER_VISIT, open_many: OpenMany | None = None) -> TraceReport:
     """The visits of ``card_id`` with since_ms <= at_ms < until_ms and, with ``window_ms``, the
     entries of other cards at the same checkpoint within ±window_ms of a visit (each contact entry
     once, attached to its nearest visit). Entries without a card id (unreadable codes) are no
-    contacts: nobody could call them."""
+    contacts: nobody could call them. Holder details are opened with ``sealing_key`` here, or by
+    ``open_many`` (one call for every entry of the answer: the console's opener process)."""
     card_id = parse_card(card_id)
     if until_ms <= since_ms:
         raise TraceError("the period is empty")
-    open_holder = _Opener(sealing_key)
+
+    def open_holder_here(e: SeenEntry) -> HolderView:
+        return open_holder(e.entry_id, e.sealed, sealing_key)
     rows = storage.visits(card_id, since_ms, until_ms, max_visits + 1)
     truncated = len(rows) > max_visits
     rows = rows[:max_visits]
-    visits = tuple(Visit(e, open_holder(e)) for e in rows)
+    visits = tuple(Visit(e, open_holder_here(e)) for e in rows)
     contacts: list[Contact] = []
     if window_ms is not None:
         nearest: dict[str, tuple[int, SeenEntry, SeenEntry]] = {}
@@ -143,7 +146,13 @@ def trace(storage: Storage, card_id: str, *, since_ms: int, until_ms: int, windo
                 if best is None or abs(off) < abs(best[0]):
                     nearest[e.entry_id] = (off, v, e)
         ordered = sorted(nearest.values(), key=lambda t: (t[1].at_ms, t[1].entry_id, t[2].at_ms, t[2].entry_id))
-        contacts = [Contact(v.entry_id, e, off, open_holder(e)) for off, v, e in ordered]
+        contacts = [Contact(v.entry_id, e, off, open_holder_here(e)) for off, v, e in ordered]
+    if open_many is not None:
+        views = list(open_many([v.entry for v in visits] + [c.entry for c in contacts]))
+        if len(views) != len(visits) + len(contacts):
+            raise TraceError("the holder details came back for other entries than asked")
+        visits = tuple(replace(v, holder=h) for v, h in zip(visits, views))
+        contacts = [replace(c, holder=h) for c, h in zip(contacts, views[len(visits):])]
     return TraceReport(card_id, since_ms, until_ms, window_ms, visits, tuple(contacts), truncated)
 
 

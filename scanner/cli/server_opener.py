@@ -1,0 +1,124 @@
+"""`checkpoint server opener` (the only process that holds the sealing key, on a Unix socket) and
+`checkpoint server key-split` (the key as shares held by several officers); docs/console.md."""
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import signal
+import threading
+from pathlib import Path
+
+import click
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from scanner.base.fsutil import atomic_write
+from scanner.base.safetext import escape
+from scanner.cli.common import fail, run_guarded
+from scanner.cli.server import _sealing_key, db_url_option, keys_option, open_server_storage
+from sync.server import keys, keyshares
+from sync.server.console.store import ConsoleStore
+from sync.server.opener import ANCHORS_NAME, Opener, Policy, bind
+
+
+def _uid(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        fail(f"no user {escape(text)!r}")
+
+
+def _gid(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        fail(f"no group {escape(text)!r}")
+
+
+def _key_from_shares(paths: tuple[str, ...]) -> X25519PrivateKey:
+    texts = [run_guarded(Path(p).read_text, encoding="ascii") for p in paths]
+    return run_guarded(keyshares.combine, texts)
+
+
+@click.command("opener")
+@db_url_option
+@click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False),
+              help="The Unix socket to listen on (made mode 0660).")
+@click.option("--sealing-key", "key_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The sealing private key (default: KEYS/sealing.key).")
+@keys_option("sealing.key")
+@click.option("--share", "shares", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A key share (`server key-split`); give THRESHOLD of them instead of the key.")
+@click.option("--allow", "allowed", multiple=True, metavar="USER|UID",
+              help="A user whose processes may ask (the console's); repeat. Default: this process's own user.")
+@click.option("--socket-group", default=None, metavar="GROUP|GID", help="Group of the socket file.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
+              help="Where the opener keeps its audit anchors (default: the key directory).")
+@click.option("--max-per-request", type=click.IntRange(1, 100_000), default=Policy.max_per_request,
+              show_default=True, help="Entries one request may name.")
+@click.option("--per-case-hour", type=click.IntRange(1, 10_000_000), default=Policy.per_case_per_hour,
+              show_default=True, help="Entries opened for one case number in any hour.")
+@click.option("--total-hour", type=click.IntRange(1, 100_000_000), default=Policy.total_per_hour,
+              show_default=True, help="Entries opened in all in any hour.")
+def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, socket_group, state_dir,
+                  max_per_request, per_case_hour, total_hour):
+    """Hold the sealing key and open holder details for the console, over a Unix socket, until
+    SIGINT/SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if shares and (key_file or keys_dir):
+        fail("give the key (--sealing-key / --keys) or its shares (--share), not both")
+    key = _key_from_shares(shares) if shares else _sealing_key(db_url, key_file, keys_dir)
+    if state_dir is None:
+        if shares:
+            fail("with --share give --state DIR for the opener's audit anchors")
+        state_dir = str(Path(key_file).parent if key_file else run_guarded(keys.key_dir, db_url, keys_dir))
+    policy = Policy(frozenset(_uid(a) for a in allowed), max_per_request, per_case_hour, total_hour)
+    storage = open_server_storage(db_url)
+    opener = Opener(key, run_guarded(ConsoleStore, storage), Path(state_dir) / ANCHORS_NAME, policy)
+    server = run_guarded(bind, socket_path, opener, group=_gid(socket_group) if socket_group else None)
+
+    def stop(signum, frame):  # serve_forever returns once shutdown() is called from another thread
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    who = ", ".join(str(u) for u in sorted(policy.allowed_uids)) or f"{os.getuid()} (its own)"
+    click.echo(f"checkpoint opener: listening on {escape(socket_path)} for uid {who}", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        os.unlink(socket_path)
+    click.echo("checkpoint opener: stopped", err=True)
+
+
+@click.command("key-split")
+@db_url_option
+@click.option("--sealing-key", "key_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The sealing private key (default: KEYS/sealing.key).")
+@keys_option("sealing.key")
+@click.option("--threshold", type=click.IntRange(2, keyshares.MAX_SHARES), required=True,
+              help="Shares needed to give the key back.")
+@click.option("--shares", "count", type=click.IntRange(2, keyshares.MAX_SHARES), required=True,
+              help="Shares to make (one per officer).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Write share-1.txt ... share-N.txt here (mode 0600; existing files are not replaced).")
+def key_split(db_url, key_file, keys_dir, threshold, count, out_dir):
+    """Split the sealing key into shares, any THRESHOLD of which give it back."""
+    if threshold > count:
+        fail("--threshold cannot be more than --shares")
+    key = _sealing_key(db_url, key_file, keys_dir)
+    texts = run_guarded(keyshares.split, key, threshold, count)
+    out = Path(out_dir)
+    run_guarded(out.mkdir, mode=0o700, parents=True, exist_ok=True)
+    for i, text in enumerate(texts, 1):
+        path = out / f"share-{i}.txt"
+        if not run_guarded(atomic_write, path, (text + "\n").encode("ascii"), 0o600, replace=False):
+            fail(f"{escape(str(path))} exists: choose an empty directory")
+    click.echo(f"wrote {count} shares to {escape(out_dir)}; any {threshold} give the key back. Give one to each "
+               "officer, then remove the key file (docs/console.md#splitting-the-key).")

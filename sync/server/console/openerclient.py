@@ -1,0 +1,71 @@
+"""The console's side of the opener's socket (sync/server/opener.py): the console sends the entries
+of a trace with the case, the reason and the person asking, and gets their holder details back. It
+never sees the sealing key."""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scanner.base.errors import CheckpointError
+from sync.server.model import SeenEntry
+from sync.server.opener import MAX_REQUEST_BYTES
+from sync.server.trace import HolderView
+
+TIMEOUT_S = 60.0
+
+
+class OpenerUnavailable(CheckpointError):
+    """The opener could not be reached, or refused (``code``: its reason, e.g. case_rate)."""
+
+    code = "opener_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenerClient:
+    socket_path: str
+
+    def _call(self, doc: dict) -> dict:
+        data = json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
+        if len(data) > MAX_REQUEST_BYTES:
+            raise OpenerUnavailable("too many entries in one request", code="too_many")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(TIMEOUT_S)
+                conn.connect(self.socket_path)
+                conn.sendall(data)
+                with conn.makefile("rb") as fh:
+                    line = fh.readline(MAX_REQUEST_BYTES * 2)
+        except OSError as exc:
+            raise OpenerUnavailable(f"the opener at {self.socket_path} cannot be reached: {exc.strerror or exc}") \
+                from None
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            raise OpenerUnavailable("the opener gave no answer") from None
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            code = answer.get("error", "opener_refused") if isinstance(answer, dict) else "opener_refused"
+            message = answer.get("message", "") if isinstance(answer, dict) else ""
+            raise OpenerUnavailable(f"the opener refused: {message}", code=str(code)[:40])
+        return answer
+
+    def public_pem(self) -> str:
+        return str(self._call({"op": "public_key"})["pem"])
+
+    def anchors(self) -> list[tuple[int, bytes]]:
+        return [(int(seq), bytes.fromhex(h)) for seq, h in self._call({"op": "anchors"})["anchors"]]
+
+    def open(self, entries: Sequence[SeenEntry], *, actor: str, case_number: str, reason: str) -> list[HolderView]:
+        """Holder views for ``entries``, in order (one request; audited by the opener)."""
+        if not entries:
+            return []
+        items = [[e.entry_id, base64.b64encode(e.sealed).decode("ascii") if e.sealed is not None else None]
+                 for e in entries]
+        answer = self._call({"op": "open", "actor": actor, "case": case_number, "reason": reason, "entries": items})
+        holders = answer.get("holders")
+        if not isinstance(holders, list) or len(holders) != len(entries):
+            raise OpenerUnavailable("the opener answered for other entries than asked")
+        return [HolderView(str(h.get("status")), h.get("name"), h.get("birth_date"), h.get("id_masked"))
+                for h in holders]
