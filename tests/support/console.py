@@ -195,11 +195,13 @@ class ConsoleThread:
     """The console on uvicorn over TLS (or plain HTTP with ``tls=False``) on 127.0.0.1."""
 
     def __init__(self, db: Path, tmp: Path, *, opener_socket: Path | None, tls: bool = True,
-                 policy: Policy | None = None, server_url: str = "https://sync.example.vn") -> None:
+                 policy: Policy | None = None, server_url: str = "https://sync.example.vn",
+                 login_limit: int = 1000) -> None:
+        """``login_limit``: login attempts per address per 5 minutes (every test client is 127.0.0.1)."""
         self.storage = open_storage(str(db))
         self.cert, self.key = tls_files(tmp / "tls") if tls else (None, None)
         config = ConsoleConfig(opener=OpenerClient(str(opener_socket)) if opener_socket else None,
-                               policy=policy or Policy(secure=tls), server_url=server_url)
+                               policy=policy or Policy(secure=tls), server_url=server_url, login_limit=login_limit)
         self.app = create_console(self.storage, config)
         self.port = free_port()
         self.server = make_server(self.app, "127.0.0.1", self.port, tls_cert=self.cert, tls_key=self.key)
