@@ -188,3 +188,46 @@ def test_the_daemon_runs_under_memory_deny_write_execute(tmp_path):
         pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "decision=accept reason=ok" in r.stderr
+
+
+# ---------------------------------------------------------------- the central server's units
+
+CENTRAL = ("checkpoint-opener.service", "checkpoint-console.service")
+
+
+@needs_analyze
+@pytest.mark.parametrize("name", CENTRAL)
+def test_central_units_are_hardened_and_their_exposure_documented(name):
+    r = subprocess.run([ANALYZE, "security", "--offline=true", str(ROOT / "systemd" / name)],
+                       capture_output=True, text=True, timeout=WAIT)
+    m = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d)", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) < 2.0
+    who = name.split("-")[1].split(".")[0]
+    assert f"{who} **{m.group(1)}**" in (ROOT / "docs" / "console.md").read_text(encoding="utf-8"), \
+        "update the figure in docs/console.md"
+
+
+def _settings(name: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in (ROOT / "systemd" / name).read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_the_console_runs_as_another_user_than_the_opener_and_cannot_see_the_key():
+    opener, console = _settings("checkpoint-opener.service"), _settings("checkpoint-console.service")
+    assert opener["User"] == ["checkpoint-opener"] and console["User"] == ["checkpoint-console"]
+    key_dir = "/var/lib/" + opener["StateDirectory"][0]
+    assert opener["StateDirectoryMode"] == ["0700"] and f"--keys {key_dir}" in opener["ExecStart"][0]
+    assert f"-{key_dir}" in console["InaccessiblePaths"]
+    assert "--allow checkpoint-console" in opener["ExecStart"][0]  # SO_PEERCRED: the console's user only
+    socket = re.search(r"--socket (\S+)", opener["ExecStart"][0]).group(1)
+    assert f"--opener {socket}" in console["ExecStart"][0] and "--keys" not in console["ExecStart"][0]
+    assert "PrivateUsers" not in opener  # the console's uid must reach the opener as itself
+    for unit in (opener, console):
+        assert unit["LimitCORE"] == ["0"] and unit["NoNewPrivileges"] == ["yes"]
+    users = (ROOT / "systemd" / "checkpoint-server.sysusers").read_text()
+    assert "u checkpoint-opener " in users and "u checkpoint-console " in users

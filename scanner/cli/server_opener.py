@@ -21,6 +21,8 @@ from sync.server import keys, keyshares
 from sync.server.console.store import ConsoleStore
 from sync.server.opener import ANCHORS_NAME, Opener, Policy, bind
 
+_DEFAULTS = Policy()  # a slotted dataclass: its defaults are read from an instance
+
 
 def _uid(text: str) -> int:
     if text.isdigit():
@@ -59,11 +61,11 @@ def _key_from_shares(paths: tuple[str, ...]) -> X25519PrivateKey:
 @click.option("--socket-group", default=None, metavar="GROUP|GID", help="Group of the socket file.")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
               help="Where the opener keeps its audit anchors (default: the key directory).")
-@click.option("--max-per-request", type=click.IntRange(1, 100_000), default=Policy.max_per_request,
+@click.option("--max-per-request", type=click.IntRange(1, 100_000), default=_DEFAULTS.max_per_request,
               show_default=True, help="Entries one request may name.")
-@click.option("--per-case-hour", type=click.IntRange(1, 10_000_000), default=Policy.per_case_per_hour,
+@click.option("--per-case-hour", type=click.IntRange(1, 10_000_000), default=_DEFAULTS.per_case_per_hour,
               show_default=True, help="Entries opened for one case number in any hour.")
-@click.option("--total-hour", type=click.IntRange(1, 100_000_000), default=Policy.total_per_hour,
+@click.option("--total-hour", type=click.IntRange(1, 100_000_000), default=_DEFAULTS.total_per_hour,
               show_default=True, help="Entries opened in all in any hour.")
 def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, socket_group, state_dir,
                   max_per_request, per_case_hour, total_hour):
