@@ -255,7 +255,7 @@ def test_security_headers_and_no_cors(site):
         assert "default-src 'none'" in h["content-security-policy"] and "script-src" not in h["content-security-policy"]
         assert "frame-ancestors 'none'" in h["content-security-policy"]
         assert h["x-frame-options"] == "DENY" and h["x-content-type-options"] == "nosniff"
-        assert h["referrer-policy"] == "no-referrer" and "max-age" in h["strict-transport-security"]
+        assert h["referrer-policy"] == "same-origin" and "max-age" in h["strict-transport-security"]
         assert not any(k.lower().startswith("access-control-") for k in h), path
     r = c.http.options(c.base + "/trace", headers={"Origin": "https://evil.example",
                                                    "Access-Control-Request-Method": "POST"}, verify=c.verify)

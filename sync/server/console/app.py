@@ -59,7 +59,7 @@ LANG_COOKIE = "ck-lang"
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'")
 HEADERS = {
-    "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY", "Cache-Control": "no-store", "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin", "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
@@ -161,7 +161,7 @@ class BodyLimit:
 
 class SecurityHeaders:
     """The same headers on every answer (pages, errors, files): no framing, no sniffing, no
-    referrer, no caching, no script at all; HSTS under TLS. No CORS header is ever sent."""
+    referrer to other sites (same-origin: forms keep their Origin), no caching, no script at all; HSTS under TLS. No CORS header is ever sent."""
 
     def __init__(self, app, secure: bool) -> None:
         self.app = app

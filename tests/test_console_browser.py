@@ -1,0 +1,226 @@
+"""The central console in a real headless Chromium (Debian's chromium and chromedriver, driven by
+selenium), against the console over TLS on 127.0.0.1 with the real opener on a Unix socket: each
+role logs in as a person does (password, then a TOTP code computed by pyotp) and sees only what the
+role may see; a tracer finds an infected person from a photo of their card, opens a case with a
+number and a reason, sees the contact list with names, and downloads it as CSV and XLSX (no formula
+in any cell); the auditor sees every step in the trail and its chain verified; the pages switch to
+English. Screenshots of the main pages are taken at 1280x800; with CHECKPOINT_SCREENSHOTS=1 they
+are written to docs/screenshots/ (the committed ones), else to the test's temporary directory."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import cv2
+import openpyxl
+import pytest
+from support.cameras import card_frame
+from support.console import (
+    HOSTILE_NAMES,
+    INFECTED_NAME,
+    OUTSIDER_NAME,
+    WARD_A,
+    WARD_B,
+    ConsoleThread,
+    OpenerThread,
+    StaffAccount,
+    make_accounts,
+    make_world,
+    totp_codes,
+)
+from support.paths import ROOT
+from support.waiting import wait_for
+
+from bench import browser
+from sync.server.console import audit
+
+pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))
+
+W, H = 1280, 800
+FORBIDDEN_VI = "Vai trò của bạn không được phép"
+# what each role's menu holds (written here, not taken from the app)
+MENUS = {"admin": {"/fleet", "/counts", "/enroll", "/trust", "/accounts"}, "tracer": {"/trace"},
+         "officer": {"/fleet", "/counts"}, "auditor": {"/audit"}}
+ALL_PAGES = ("/fleet", "/counts", "/enroll", "/trust", "/accounts", "/trace", "/audit")
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if os.environ.get("CHECKPOINT_SCREENSHOTS"):
+        return ROOT / "docs" / "screenshots"
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("console-browser")
+    world = make_world(tmp)
+    staff = make_accounts(world.db)
+    opener = OpenerThread(world.db, world.keys_dir, tmp / "opener.sock")
+    console = ConsoleThread(world.db, tmp, opener_socket=tmp / "opener.sock")
+    yield {"world": world, "staff": staff, "console": console, "opener": opener, "tmp": tmp}
+    console.stop()
+    opener.stop()
+
+
+@pytest.fixture(scope="module")
+def chrome(site):
+    driver = browser.launch(W, H)
+    # the console's certificate is self-signed for 127.0.0.1; the page is still a secure context
+    driver.execute_cdp_cmd("Security.setIgnoreCertificateErrors", {"ignore": True})
+    downloads = site["tmp"] / "downloads"
+    downloads.mkdir()
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.ck_downloads = downloads
+    yield driver
+    browser.close(driver)
+
+
+def by_id(driver, element_id: str):
+    from selenium.webdriver.common.by import By  # deferred like bench/browser's: selenium is a test extra
+
+    return driver.find_element(By.ID, element_id)
+
+
+def page_text(driver) -> str:
+    return driver.execute_script("return document.body.innerText;")
+
+
+def menu(driver) -> set[str]:
+    return set(driver.execute_script(
+        "return Array.from(document.querySelectorAll('header nav a')).map(a => a.getAttribute('href'));")) - {"/"}
+
+
+def devices(driver) -> list[str]:
+    return driver.execute_script("return Array.from(document.querySelectorAll('tr[data-device]'))"
+                                 ".map(r => r.getAttribute('data-device'));")
+
+
+def login(driver, base: str, account: StaffAccount) -> None:
+    """As a person: the password form, then the code form with the code of the authenticator app."""
+    driver.delete_all_cookies()
+    driver.get(base + "/login")
+    by_id(driver, "username").send_keys(account.username)
+    by_id(driver, "password").send_keys(account.password)
+    by_id(driver, "login-submit").click()
+    wait_for(lambda: driver.current_url.endswith("/login/code"),
+             lambda: f"the code form ({driver.current_url}: {page_text(driver)[:300]})")
+    for code in totp_codes(account.totp_secret):  # this step's code, or the next one's if it was used
+        by_id(driver, "code").send_keys(code)
+        by_id(driver, "code-submit").click()
+        browser.wait_js(driver, f"location.href.replace(/\\/$/, '') === {base!r} || "
+                        "(document.readyState === 'complete' && document.getElementById('error') !== null)",
+                        what="the code's answer")
+        if driver.current_url.rstrip("/") == base:
+            break
+    assert driver.current_url.rstrip("/") == base, page_text(driver)
+
+
+def test_each_role_sees_only_its_own_pages(site, chrome, shots):
+    base = site["console"].url
+    w = site["world"]
+    for role, account in site["staff"].items():
+        login(chrome, base, account)
+        assert menu(chrome) == MENUS[role], role
+        assert account.username in by_id(chrome, "me").text
+        for page in ALL_PAGES:
+            chrome.get(base + page)
+            text = page_text(chrome)
+            if page in MENUS[role]:
+                assert FORBIDDEN_VI not in text, (role, page)
+            else:
+                assert FORBIDDEN_VI in text, (role, page)
+            assert INFECTED_NAME not in text and "Nguyễn Thị Lan" not in text  # no holder without a case
+        if role == "officer":
+            chrome.get(base + "/fleet")
+            assert devices(chrome) == [w.devices["a1"]]
+            chrome.get(base + "/counts")
+            assert WARD_B not in page_text(chrome)
+            browser.screenshot(chrome, shots / "console-counts.png")
+        if role == "admin":
+            chrome.get(base + "/fleet")
+            stale = chrome.execute_script("return Array.from(document.querySelectorAll('tr.stale'))"
+                                          ".map(r => r.getAttribute('data-device'));")
+            assert stale == [w.devices["b2"]]  # the silent device stands out
+            assert sorted(devices(chrome)) == sorted(w.devices.values())
+            browser.screenshot(chrome, shots / "console-fleet.png")
+        by_id(chrome, "logout").click()
+        wait_for(lambda: chrome.current_url.endswith("/login"), "the login page after logging out")
+        chrome.get(base + "/")
+        assert chrome.current_url.endswith("/login")
+    chrome.get(base + "/login")
+    browser.screenshot(chrome, shots / "console-login.png")
+
+
+def _downloaded(chrome, name: str) -> bytes:
+    path = chrome.ck_downloads / name
+    wait_for(lambda: path.exists() and path.stat().st_size > 0 and not any(
+        p.suffix == ".crdownload" for p in chrome.ck_downloads.iterdir()), f"the download {name}")
+    return path.read_bytes()
+
+
+def test_a_tracer_goes_from_a_photo_to_the_contact_list_and_exports_it(site, chrome, shots):
+    base = site["console"].url
+    w = site["world"]
+    photo = site["tmp"] / "the-card.png"
+    cv2.imwrite(str(photo), card_frame(w.infected_card, "perspective", size=(1024, 768), scale=5))
+    login(chrome, base, site["staff"]["tracer"])
+    chrome.get(base + "/trace")
+    browser.screenshot(chrome, shots / "console-trace.png")
+    by_id(chrome, "photo").send_keys(str(photo))
+    by_id(chrome, "find").click()
+    wait_for(lambda: "/trace/card/" in chrome.current_url, lambda: f"the card's page ({page_text(chrome)[:300]})")
+    assert chrome.current_url.split("/trace/card/")[1].split("?")[0] == w.infected_id
+    text = page_text(chrome)
+    assert "2 lần xuất hiện" in text and "9 lượt tiếp xúc" in text
+    assert INFECTED_NAME not in text and "Nguyễn Thị Lan" not in text  # no holder before a case
+    browser.screenshot(chrome, shots / "console-trace-card.png")
+
+    by_id(chrome, "case-number").send_keys("ĐN-2026/0153")
+    by_id(chrome, "case-reason").send_keys("ca bệnh xác nhận ngày 5/12, cần gọi người tiếp xúc")
+    by_id(chrome, "open-case").click()
+    wait_for(lambda: "/cases/" in chrome.current_url, lambda: f"the case page ({page_text(chrome)[:300]})")
+    names = chrome.execute_script("return Array.from(document.querySelectorAll('#contacts td.name'))"
+                                  ".map(td => td.textContent);")
+    assert "Nguyễn Thị Lan" in names and "Võ Thị Bình" in names and OUTSIDER_NAME not in names
+    assert "<script>alert(1)</script>" in names  # shown as text, not run
+    browser.screenshot(chrome, shots / "console-case.png")
+    export_name = "contacts-" + chrome.current_url.split("/cases/")[1][:8]
+
+    by_id(chrome, "export-csv").click()
+    rows = list(csv.reader(io.StringIO(_downloaded(chrome, export_name + ".csv").decode("utf-8-sig"))))
+    flat = [cell for row in rows for cell in row]
+    assert len(rows) == 10 and "Nguyễn Thị Lan" in flat
+    for hostile in HOSTILE_NAMES[:4]:
+        assert "'" + hostile in flat and hostile not in flat
+    by_id(chrome, "export-xlsx").click()
+    book = openpyxl.load_workbook(io.BytesIO(_downloaded(chrome, export_name + ".xlsx")))
+    cells = [cell for row in book.active.iter_rows() for cell in row if cell.value is not None]
+    assert all(cell.data_type == "s" for cell in cells)  # strings only: no formula ("f"), no number
+    assert not any(str(cell.value).startswith(("=", "+", "@")) for cell in cells)
+    assert "Nguyễn Thị Lan" in [c.value for c in cells]
+
+    by_id(chrome, "export-print").click()
+    wait_for(lambda: chrome.current_url.endswith("/print"), "the printable page")
+    assert "Nguyễn Thị Lan" in page_text(chrome)
+
+    chrome.get(chrome.current_url + "?lang=en")
+    assert "Contacts" in page_text(chrome)
+    chrome.get(base + "/trace?lang=vi")
+
+    login(chrome, base, site["staff"]["auditor"])
+    chrome.get(base + "/audit")
+    assert "Chuỗi kiểm toán nguyên vẹn" in by_id(chrome, "chain").text
+    actions = chrome.execute_script("return Array.from(document.querySelectorAll('#audit tr[data-action]'))"
+                                    ".map(r => [r.getAttribute('data-action'), r.cells[4].textContent]);")
+    mine = [a for a, case in actions if case == "ĐN-2026/0153"]
+    for step in (audit.CASE_OPEN, audit.HOLDERS_OPENED, audit.EXPORT):
+        assert step in mine, (step, mine)
+    assert mine.count(audit.EXPORT) >= 3  # CSV, XLSX and the printable page
+    assert audit.TRACE in [a for a, _ in actions] and audit.LOGIN_OK in [a for a, _ in actions]
+    assert INFECTED_NAME not in page_text(chrome)
+    browser.screenshot(chrome, shots / "console-audit.png")
+
+
