@@ -35,7 +35,10 @@ class OpenerClient:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
                 conn.settimeout(TIMEOUT_S)
                 conn.connect(self.socket_path)
-                conn.sendall(data)
+                try:
+                    conn.sendall(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the opener refused before reading it all (peer_refused): its answer is there to read
                 with conn.makefile("rb") as fh:
                     line = fh.readline(MAX_REQUEST_BYTES * 2)
         except OSError as exc:
