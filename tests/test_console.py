@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import logging
 import re
 import sqlite3
 from zoneinfo import ZoneInfo
 
 import openpyxl
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.console import (
     HOSTILE_NAMES,
     INFECTED_NAME,
@@ -30,8 +32,11 @@ from support.console import (
     make_world,
     totp_codes,
 )
+from support.pki import OPERATOR_ROOT
 
 from scanner.base.timeutil import now_ms
+from scanner.cards import keys as keymod
+from scanner.cards.bundle import BundleKey, make_bundle
 from sync.server.console import audit
 from sync.server.console.app import ANY, PENDING, PUBLIC, routes_of
 from sync.server.console.sessions import Policy, token_hash
@@ -42,9 +47,33 @@ CASE = {"case_number": "ĐN-2026/0153", "reason": "ca bệnh xác nhận ngày 5
         "days": "14", "window_min": "60", "hours": "4"}
 
 
+class Collected(logging.Handler):
+    """Every log record of every logger while the module's console runs (for the no-holder check)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name} {record.getMessage()} {record.exc_text or ''}")
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("console")
+    logs = Collected()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(logs)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield from _site(tmp, logs)
+    finally:
+        root.removeHandler(logs)
+        root.setLevel(old_level)
+
+
+def _site(tmp, logs):
     world = make_world(tmp)
     staff = make_accounts(world.db)
     opener = OpenerThread(world.db, world.keys_dir, tmp / "opener.sock")
@@ -53,7 +82,8 @@ def site(tmp_path_factory):
     for role, account in staff.items():
         clients[role] = Client(console)
         clients[role].login(account)
-    yield {"world": world, "staff": staff, "console": console, "clients": clients, "opener": opener, "tmp": tmp}
+    yield {"world": world, "staff": staff, "console": console, "clients": clients, "opener": opener, "tmp": tmp,
+           "logs": logs}
     console.stop()
     opener.stop()
 
@@ -371,3 +401,59 @@ def test_a_tampered_audit_record_is_found(tmp_path):
         assert not check.ok and check.problem in ("anchor_mismatch", "anchor_missing")
     finally:
         storage.close()
+
+
+# ---------------------------------------------------------------- the administrator's work
+
+
+def test_the_administrator_revokes_a_device_prints_enrollment_qrs_and_publishes_a_bundle(tmp_path):
+    world = make_world(tmp_path)
+    staff = make_accounts(world.db)
+    console = ConsoleThread(world.db, tmp_path, opener_socket=None)
+    try:
+        admin = Client(console)
+        admin.login(staff["admin"])
+        device = world.devices["b2"]
+        asked = admin.post("/fleet/revoke", {"device_id": device})
+        assert asked.status_code == 200 and 'name="confirm" value="yes"' in asked.text  # asks first
+        assert console.app.state.store.storage.device(device).revoked_ms is None
+        done = admin.post("/fleet/revoke", {"device_id": device, "confirm": "yes"})
+        assert done.status_code == 303
+        assert console.app.state.store.storage.device(device).revoked_ms is not None
+        assert admin.post("/fleet/revoke", {"device_id": "d-no-such", "confirm": "yes"}).status_code == 404
+
+        printed = admin.post("/enroll", {"checkpoint": WARD_A, "count": "3", "ttl_hours": "24"})
+        assert printed.status_code == 200 and printed.text.count('src="data:image/svg+xml') == 3
+        assert admin.post("/enroll", {"checkpoint": WARD_A, "count": "500"}).status_code == 400
+
+        now_s = now_ms() // 1000
+        pub = world.pki.key.public_key()
+        bundle = make_bundle(OPERATOR_ROOT, version=2, issued_at=now_s - 60, expires_at=now_s + 86400 * 30,
+                             keys=[BundleKey(keymod.kid_of(pub), "EdDSA", "VN-HUE", pub)],
+                             revoked_cards=[bytes.fromhex(world.infected_id)])
+        staged = admin.post("/trust/publish", files={"bundle": ("bundle.cbor", bundle)})
+        assert staged.status_code == 200 and 'id="revoked-count">1 (+1)' in staged.text
+        assert console.app.state.store.storage.latest_bundle().version == 1  # not before the confirmation
+        stage = re.search(r'name="stage" value="([^"]+)"', staged.text).group(1)
+        assert admin.post("/trust/publish", {"stage": stage}).status_code == 303
+        assert console.app.state.store.storage.latest_bundle().version == 2
+        assert admin.post("/trust/publish", {"stage": stage}).status_code == 400  # a confirmation is good once
+        forged = make_bundle(Ed25519PrivateKey.generate(), version=3, issued_at=now_s, expires_at=now_s + 86400,
+                             keys=[BundleKey(keymod.kid_of(pub), "EdDSA", "VN-HUE", pub)])
+        refused = admin.post("/trust/publish", files={"bundle": ("bundle.cbor", forged)})
+        assert refused.status_code == 400 and console.app.state.store.storage.latest_bundle().version == 2
+        actions = [(r.action, r.target) for r in console.app.state.store.audit_all()]
+        assert (audit.DEVICE_REVOKE, device) in actions and (audit.ENROLL_CODES, WARD_A) in actions
+        assert (audit.BUNDLE_PUBLISH, "2") in actions
+    finally:
+        console.stop()
+
+
+def test_no_holder_detail_in_any_log(site):
+    """Everything the module's console, opener and library logged, at every level."""
+    test_trace_from_the_cards_text_to_the_contact_list_and_exports(site)  # a whole trace, whatever ran before
+    lines = site["logs"].lines
+    assert any("opened" in line for line in lines)  # the opener's line about an opening is there...
+    text = "\n".join(lines)
+    for detail in (INFECTED_NAME, "Nguyễn Thị Lan", "Võ Thị Bình", "1980-02-03", "079******0042", "HYPERLINK"):
+        assert detail not in text  # ...without whose details

@@ -15,10 +15,12 @@ import sys
 
 import pyotp
 import pytest
+import requests
 from support.console import WARD_A, OpenerThread, make_world
 from support.paths import ROOT
 from support.waiting import WAIT, wait_for
 
+from bench.procs import free_port
 from scanner.base.timeutil import DAY_MS, now_ms
 from sync.server import keyshares, retention
 from sync.server.console import accounts, audit
@@ -234,3 +236,26 @@ def test_retention_deletes_old_entries_and_is_audited(world, tmp_path):
     r = cli("server", "purge", "--db", str(copy), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["audit_seq"] > records[-1].seq
 
+
+
+def test_server_run_takes_the_public_half_from_the_opener_and_never_reads_the_key(world, tmp_path):
+    opener = OpenerThread(world.db, world.keys_dir, tmp_path / "o.sock")
+    keys = tmp_path / "server-keys"  # the sync server's own keys (the pull key); no sealing key here
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scanner", "server", "run", "--db", str(world.db), "--keys",
+                             str(keys), "--listen", f"127.0.0.1:{port}", "--opener", str(tmp_path / "o.sock")],
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def healthy() -> bool:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).ok
+            except requests.RequestException:
+                return False
+        wait_for(healthy, "the sync server")
+        assert (keys / "pull.key").exists() and not (keys / "sealing.key").exists()
+    finally:
+        proc.terminate()
+        proc.wait(WAIT)
+        opener.stop()
