@@ -4,7 +4,9 @@ and the whole call-centre answer with the holders' details opened (scanner.store
 AES-GCM per contact). Peers in the same interleaved rounds: one indexed lookup that finds nothing
 (the fixed cost of a query on that backend) and the raw cost of opening the answer's sealed
 blobs with scanner.store.sealing.open alone. The same queries with their indexes unusable (full scans)
-are timed once, for what the indexes buy.
+are timed once, for what the indexes buy. The same answer through the central console: a tracer's
+case page over HTTP, the console and the opener (which holds the key) each in its own process
+(bench/console.py), compared with the library call in the same rounds.
 
 The bulk rows are generated inside the database (INSERT ... SELECT over generate_series or a
 recursive CTE, in primary-key order, indexes built afterwards): 30 days, 1,000 checkpoints with
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sqlite3
 import sys
 import tempfile
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from scanner.base.timeutil import DAY_MS, now_ms
 
+from .console import ConsoleProcesses
 from .timing import interleaved, median, ratios, table
 
 HOUR = 3_600_000
@@ -230,6 +234,7 @@ def run(quick: bool) -> None:
         cluster = None
         bin_dir = find_bin_dir()
         stores = {}
+        consoles: dict[str, ConsoleProcesses] = {}
         try:
             _say(f"building {shape.n:,} rows on SQLite")
             db = tmp / "central.db"
@@ -258,6 +263,14 @@ def run(quick: bool) -> None:
                                                                window_ms=HOUR)
                 cases[f"{name}:full"] = lambda st=st: trace(st, TRACED, since_ms=since, until_ms=until,
                                                            window_ms=HOUR, sealing_key=key)
+                target = str(results[name]["target"])
+                _say(f"{name}: starting the console and its opener")
+                consoles[name] = console = ConsoleProcesses(target, tmp / "keys", tmp / f"run-{name}", bench="trace")
+                path = console.open_case(TRACED, days=14, window_min=60)
+                page = console.get(path)
+                results[name]["console_rows"] = page.count('<td class="name">')
+                results[name]["console_names"] = len(re.findall(r'<td class="name">Người tiếp xúc \d', page))
+                cases[f"{name}:console"] = lambda console=console, path=path: console.get(path)
             _say("timing")
             samples = interleaved(cases, rounds=rounds, target_s=0.05)
             for name, st in stores.items():
@@ -267,6 +280,8 @@ def run(quick: bool) -> None:
                                   "cards": rep.contact_cards,
                                   "unindexed": _unindexed_s(name, results[name]["target"], shape, rep.visits)}
         finally:
+            for console in consoles.values():
+                console.stop()
             for st in stores.values():
                 st.close()
             if cluster is not None:
@@ -287,6 +302,10 @@ def run(quick: bool) -> None:
         raw_ms = median(samples[f"{name}:raw_open"]) * 1000
         rows.append([name, "raw: sealing.open of the answer's blobs alone", f"{raw_ms:.2f}",
                      f"{median(ratios(samples, f'{name}:raw_open', f'{name}:peer')):,.1f}", "1.00"])
+        rows.append([name, "the same answer through the console (case page, HTTP)",
+                     f"{median(samples[f'{name}:console']) * 1000:.2f}",
+                     f"{median(ratios(samples, f'{name}:console', f'{name}:peer')):,.1f}",
+                     f"{median(ratios(samples, f'{name}:console', f'{name}:raw_open')):.2f}"])
         rows.append([name, "visits + one visit's contacts, indexes unusable (once)", f"{r['unindexed'] * 1000:,.0f}",
                      f"{r['unindexed'] / peer:,.0f}", "-"])
     print(table(["backend", "query", "ms", "x peer", "x raw open"], rows, left=2))
@@ -298,6 +317,13 @@ def run(quick: bool) -> None:
               f"entries {r['size'] / 2**30:.2f} GiB with indexes; the answer: {r['visits']} visits, "
               f"{r['contacts']} contact entries of {r['cards']} cards, {r['opened']} holders opened (the rest "
               "are bulk rows with unopenable blobs, same cost)")
+    for name in stores:
+        r = results[name]
+        through = ratios(samples, f"{name}:console", f"{name}:full")
+        print(f"{name}: the console's case page / the library call (same answer, holders opened): "
+              f"{median(through):.2f}x (spread {min(through):.2f}-{max(through):.2f}); its contact list: "
+              f"{r['console_rows']} rows, {r['console_names']} holders' names shown (library: {r['contacts']} "
+              f"contact entries, {r['opened']} holders opened)")
     if "postgresql" in stores:
         full = ratios(samples, "postgresql:full", "sqlite:full")
         print(f"postgresql / sqlite, the call-centre answer: {median(full):.2f}x")
