@@ -3,7 +3,8 @@ for the first administrator (then logging in with what it printed, a pyotp code 
 audit verify` finding a tampered record; the opener's refusals (a peer it does not trust, no case
 or reason, too many entries, a spent hourly budget, malformed requests, a planted file at its
 socket's path), each refusal audited; the key split into shares and the opener started from two of
-them; retention deleting old entries and recording it."""
+them; retention deleting old entries and recording it; `server run` taking the sealing key's public
+half from the opener; the console's tables on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ import pytest
 import requests
 from support.console import WARD_A, OpenerThread, make_world
 from support.paths import ROOT
+from support.servers import BACKENDS, db_url_for
 from support.waiting import WAIT, wait_for
 
 from bench.procs import free_port
@@ -259,3 +261,28 @@ def test_server_run_takes_the_public_half_from_the_opener_and_never_reads_the_ke
         proc.terminate()
         proc.wait(WAIT)
         opener.stop()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_console_store_on_both_backends(backend, tmp_path):
+    """Accounts, a login, the audit trail append-only under its guard, retention audited: on SQLite
+    and on PostgreSQL (the server's two storages)."""
+    storage = open_storage(db_url_for(backend, tmp_path / "c.db"))
+    try:
+        store = ConsoleStore(storage)
+        now = now_ms()
+        new = accounts.add(store, "truy-vet", "tracer", (), actor="cli:test", now_ms=now)
+        assert accounts.check_password_step(store, "truy-vet", new.password, now_ms=now).ok
+        assert not accounts.check_password_step(store, "truy-vet", "sai-mat-khau-roi", now_ms=now).ok
+        store.append(audit.Event("truy-vet", audit.EXPORT, "C-1", REASON, target="csv", holders=3), now)
+        done = retention.apply(storage, 30, now_ms=now)
+        records = list(store.audit_all())
+        assert [r.action for r in records] == [audit.ACCOUNT_ADD, audit.LOGIN_FAILED, audit.EXPORT, audit.RETENTION]
+        assert done.record == records[-1] and audit.verify(records).ok
+        for sql in ("UPDATE console_audit SET holders = 0 WHERE seq = 3", "DELETE FROM console_audit WHERE seq = 1"):
+            with pytest.raises(Exception, match="append-only"):  # sqlite3.IntegrityError or psycopg's RaiseException
+                with storage._tx() as tx:
+                    tx.execute(sql)
+        assert [r.hash for r in store.audit_all()] == [r.hash for r in records]
+    finally:
+        storage.close()
