@@ -23,6 +23,10 @@ class Reason(StrEnum):
     # decided by the appliance's degraded-mode policy when set to fail closed (docs/configuration.md#degraded-mode)
     TRUST_EXPIRED = "trust_expired"
     CLOCK_UNCONFIRMED = "clock_unconfirmed"
+    # decided by the entry log on the site's shared view across gates (docs/site.md#admission)
+    ALREADY_INSIDE = "already_inside"
+    SITE_ISOLATED = "site_isolated"
+    SITE_FULL = "site_full"
     # decided by the entry log: its commit failed, so the person was refused ("do not admit") and the
     # entry, kept for retry, records that refusal when it is committed later (docs/entry-log.md)
     DISK_FULL = "disk_full"

@@ -6,13 +6,17 @@ older than its limit (or past its own expiry) and a clock not confirmed for long
 each fail *open* (the accept stands, flagged degraded: amber) or *closed* (a reject with reason
 ``trust_expired`` / ``clock_unconfirmed``, the card's facts kept) as the policy says; then an
 accepted card already admitted at this checkpoint in this direction within the anti-passback
-window becomes a ``duplicate``. The entry log looks up that earlier admission and calls `admit`
-inside the transaction that records the result, so the decision and the lookup are one step.
-A later input (say a site-wide view across gates) is one more argument and one more rule here.
-docs/entry-log.md#admission, docs/configuration.md#degraded-mode.
+window becomes a ``duplicate``; last, for a gate of a site (``Conditions.site``, from the
+site's shared view across gates), an entry of a card already inside the site becomes
+``already_inside``, and while the gate is cut off from the others (isolated) or the site is at
+its capacity an entry fails open or closed as the site's policy says. The entry log looks up
+that earlier admission and calls `admit` inside the transaction that records the result, so the
+decision and the lookup are one step. docs/entry-log.md#admission,
+docs/configuration.md#degraded-mode, docs/site.md#admission.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from scanner.base.errors import Reason
@@ -29,6 +33,7 @@ CLOCK_BEHIND = "clock_behind"
 SYNC_BACKLOG = "sync_backlog"
 LOW_DISK = "low_disk"
 NOT_PROVISIONED = "not_provisioned"
+SITE_ISOLATED = "site_isolated"  # a gate of a site that hears none of the others
 NO_CREDENTIAL = "no_credential"  # provisioned, but no valid root-signed server credential: holder details not kept
 
 
@@ -83,19 +88,45 @@ def flags(policy: Policy, trust: TrustAge, clock: ClockStatus | None, now: float
 
 
 @dataclass(frozen=True, slots=True)
+class SiteLast:
+    """A card's last admission anywhere on the site today, from the site's shared view."""
+
+    device_id: str
+    gate: str
+    direction: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What the site's shared view says for one scan: the card's last admission on the site, the
+    site's occupancy against its capacity (None: no limit), and whether this gate is isolated and
+    what it then does on entries (``OPEN``: admit, flagged; ``CLOSED``: refuse)."""
+
+    last: SiteLast | None = None
+    occupancy: int = 0
+    capacity: int | None = None
+    isolated: bool = False
+    when_isolated: str = OPEN
+
+
+@dataclass(frozen=True, slots=True)
 class Conditions:
     """What a verdict is judged under besides the card: the time (epoch s), the policy, the trust
-    bundle's age and the clock's status (None: not judged, as for a log used without the
-    appliance's clock guard). The defaults degrade nothing."""
+    bundle's age, the clock's status (None: not judged, as for a log used without the
+    appliance's clock guard) and, for a gate of a site, the site's view (None: a gate on its own).
+    The defaults degrade nothing."""
 
     now: float
     policy: Policy = Policy()  # frozen values: one default instance serves every Conditions
     trust: TrustAge = TrustAge()
     clock: ClockStatus | None = None
+    site: Site | None = None
 
     def flags(self) -> tuple[str, ...]:
         """The degraded flags that go with a verdict judged now."""
-        return flags(self.policy, self.trust, self.clock, self.now)
+        found = flags(self.policy, self.trust, self.clock, self.now)
+        return found + (SITE_ISOLATED,) if self.site is not None and self.site.isolated else found
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +170,41 @@ def admit(verdict: Verdict, direction: str, conditions: Conditions, previous: Pr
     refusal = _degraded_refusal(verdict, conditions)
     if refusal is not None:
         return Admission(refusal, found)
-    if previous is not None:
+    site = conditions.site
+    if previous is not None and not _passed_since(previous, direction, site):
         ago = conditions.now - previous.at_ms / 1000
         return Admission(reject(Reason.DUPLICATE, f"admitted {direction} at this checkpoint {ago:.0f} s ago "
                                 f"(anti-passback window {previous.window_ms // 1000} s)", verdict.format,
                                 verdict.kid, verdict.card), found, previous.entry_id)
+    if site is not None and direction == "in":
+        refusal = _site_refusal(verdict, site)
+        if refusal is not None:
+            return Admission(refusal, found)
     return Admission(verdict, found)
+
+
+def _passed_since(previous: Previous, direction: str, site: Site | None) -> bool:
+    """Whether the site saw the card pass the other way after ``previous`` (an exit at another
+    gate): then a new entry here is no duplicate."""
+    last = site.last if site is not None else None
+    return last is not None and last.direction != direction and last.at_ms > previous.at_ms
+
+
+def _site_refusal(verdict: Verdict, site: Site) -> Verdict | None:
+    """The reject an accepted entry becomes on the site's view: already inside, or (failing
+    closed) an isolated gate, or a site at its capacity."""
+    last = site.last
+    if last is not None and last.direction == "in":
+        at = time.strftime("%H:%M", time.localtime(last.at_ms / 1000))
+        return reject(Reason.ALREADY_INSIDE, f"already inside, entered at {last.gate} at {at}", verdict.format,
+                      verdict.kid, verdict.card)
+    if site.isolated and site.when_isolated == CLOSED:
+        return reject(Reason.SITE_ISOLATED, "this gate hears none of the site's other gates and the site's policy "
+                      "fails closed", verdict.format, verdict.kid, verdict.card)
+    if site.capacity is not None and site.occupancy >= site.capacity:
+        return reject(Reason.SITE_FULL, f"the site is full ({site.occupancy} inside, capacity {site.capacity})",
+                      verdict.format, verdict.kid, verdict.card)
+    return None
 
 
 def _degraded_refusal(verdict: Verdict, c: Conditions) -> Verdict | None:

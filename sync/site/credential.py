@@ -1,0 +1,163 @@
+"""The site credential: the operator's trust root vouches that one device (its Ed25519 key) is a
+gate of one site.
+
+A peer is believed only with a credential signed by a root this device has pinned, for this
+site, naming the key that signed the peer's message. Issued offline with the root's private key
+(`checkpoint issuer site-credential`), kept in the state directory as ``site-credential.json``.
+Format: docs/site.md#site-credential.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner.base.errors import CheckpointError
+from scanner.cards.bundle import root_kid
+from sync.wire.identity import public_raw
+from sync.wire.protocol import device_id_for
+
+TYPE = "checkpoint-site-credential"
+FORMAT = 1
+DOMAIN = b"CKSITECRED1\n"  # signed with the payload: never a server credential's, a bundle's or a message's
+MAX_BYTES = 4096
+FILE_NAME = "site-credential.json"
+FIELDS = ("device_key", "expires_at", "issued_at", "serial", "site_id", "type", "v")
+_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.")
+
+
+class SiteCredentialError(CheckpointError):
+    """A site credential that is missing, malformed, not signed by a pinned root, expired, for
+    another site or for another device."""
+
+    code = "site_credential_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteCredential:
+    """A verified credential: the site and the device key the root vouches for."""
+
+    site_id: str
+    device_key: ed25519.Ed25519PublicKey
+    device_id: str  # derived from the key (sync.wire.protocol.device_id_for)
+    serial: int
+    issued_at: int
+    expires_at: int | None
+    root_kid: bytes
+    data: bytes  # the file as signed: peers send it with their messages
+
+    def valid_at(self, now: float) -> bool:
+        return self.issued_at <= now + 300 and (self.expires_at is None or now < self.expires_at)
+
+
+def check_site_id(site_id: object) -> str:
+    """A site id: 1-64 letters, digits or -_. (it is also a DNS-SD TXT value)."""
+    if not isinstance(site_id, str) or not 1 <= len(site_id) <= 64 or not set(site_id) <= _ID_CHARS:
+        raise SiteCredentialError("site_id must be 1-64 letters, digits or -_.", code="site_credential_malformed")
+    return site_id
+
+
+def issue(root_private: ed25519.Ed25519PrivateKey, *, site_id: str, device_key: ed25519.Ed25519PublicKey,
+          issued_at: int, expires_at: int | None = None, serial: int = 1) -> bytes:
+    """A credential making the device with ``device_key`` a gate of ``site_id``, signed by the root."""
+    body = {"device_key": base64.b64encode(public_raw(device_key)).decode("ascii"), "expires_at": expires_at,
+            "issued_at": issued_at, "serial": serial, "site_id": check_site_id(site_id), "type": TYPE,
+            "v": FORMAT}
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    outer = {"credential": base64.b64encode(payload).decode("ascii"),
+             "kid": base64.b64encode(root_kid(root_private.public_key())).decode("ascii"),
+             "sig": base64.b64encode(root_private.sign(DOMAIN + payload)).decode("ascii")}
+    data = json.dumps(outer, separators=(",", ":")).encode("ascii")
+    open_credential(data, [root_private.public_key()])  # what is issued must open
+    return data
+
+
+def _malformed(why: str) -> SiteCredentialError:
+    return SiteCredentialError(f"site credential: {why}", code="site_credential_malformed")
+
+
+def _b64(value: object, what: str) -> bytes:
+    if not isinstance(value, str) or len(value) > 1024:
+        raise _malformed(f"{what} is not base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _malformed(f"{what} is not base64") from None
+
+
+def _int(body: dict, name: str, *, nullable: bool = False) -> int | None:
+    v = body[name]
+    if v is None and nullable:
+        return None
+    if type(v) is not int or not 0 <= v < 2 ** 53:
+        raise _malformed(f"{name} must be a non-negative integer")
+    return v
+
+
+def open_credential(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> SiteCredential:
+    """Verify a credential against the pinned root(s) and parse it; SiteCredentialError with a
+    reason code if it is not a well-formed credential signed by one of them."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_BYTES:
+        raise _malformed("not a site credential (or larger than 4 KiB)")
+    try:
+        outer = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _malformed("not JSON") from None
+    if not isinstance(outer, dict) or set(outer) != {"credential", "kid", "sig"}:
+        raise _malformed("not a site credential file")
+    payload, kid, sig = _b64(outer["credential"], "credential"), _b64(outer["kid"], "kid"), _b64(outer["sig"], "sig")
+    root = next((r for r in roots if root_kid(r) == kid), None)
+    if root is None:
+        raise SiteCredentialError("the site credential is not signed by a pinned trust root",
+                                  code="site_credential_wrong_root")
+    try:
+        root.verify(sig, DOMAIN + payload)
+    except InvalidSignature:
+        raise SiteCredentialError("the site credential's signature does not verify",
+                                  code="site_credential_bad_signature") from None
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _malformed("payload is not JSON") from None
+    if not isinstance(body, dict) or sorted(body) != list(FIELDS):
+        raise _malformed(f"payload must have exactly the fields {', '.join(FIELDS)}")
+    if body["type"] != TYPE or type(body["v"]) is not int or body["v"] != FORMAT:
+        raise _malformed(f"not a {TYPE} of format {FORMAT}")
+    serial, issued = _int(body, "serial"), _int(body, "issued_at")
+    expires = _int(body, "expires_at", nullable=True)
+    assert serial is not None and issued is not None  # not nullable
+    if serial < 1:
+        raise _malformed("serial must be at least 1")
+    raw = _b64(body["device_key"], "device_key")
+    if len(raw) != 32:
+        raise _malformed("device_key must be 32 bytes (Ed25519)")
+    key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    return SiteCredential(check_site_id(body["site_id"]), key, device_id_for(raw), serial, issued, expires, kid,
+                          bytes(data))
+
+
+def load(path: str | Path, roots: Sequence[ed25519.Ed25519PublicKey], *, site_id: str,
+         device_key: ed25519.Ed25519PrivateKey, now: float) -> SiteCredential:
+    """This device's own credential, checked: a pinned root, this site, this device's key, in date."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SiteCredentialError(f"{path}: no site credential on this device", code="site_credential_missing") from None
+    except OSError as exc:
+        raise SiteCredentialError(f"{path}: {exc.strerror}", code="site_credential_unreadable") from None
+    cred = open_credential(data, roots)
+    if cred.site_id != site_id:
+        raise SiteCredentialError(f"the site credential is for site {cred.site_id!r}, not {site_id!r}",
+                                  code="site_credential_wrong_site")
+    if public_raw(cred.device_key) != public_raw(device_key):
+        raise SiteCredentialError("the site credential names another device's key", code="site_credential_wrong_device")
+    if not cred.valid_at(now):
+        raise SiteCredentialError("the site credential is expired or not valid yet", code="site_credential_expired")
+    return cred
