@@ -1,0 +1,100 @@
+"""Finding the site's other gates on the LAN with mDNS/DNS-SD (python-zeroconf).
+
+Each gate advertises ``<device id>._checkpoint-site._udp.local.`` with its site id in the TXT
+record and browses for the others of its site. What discovery says is only an address to try:
+nothing is believed until a message from it opens (a pinned root's site credential, a valid
+signature), so a stranger who advertises itself gains nothing. docs/site.md#discovery.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+
+import ifaddr
+from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+
+from scanner.base.safetext import escape
+
+log = logging.getLogger(__name__)
+
+SERVICE = "_checkpoint-site._udp.local."
+RESOLVE_TIMEOUT_MS = 3000
+
+
+def local_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback (what a gate listening on 0.0.0.0 advertises)."""
+    out = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                out.append(ip.ip)
+    return sorted(set(out))
+
+
+class Discovery:
+    """Advertises this gate and reports the site's others to ``on_peer(device_id, (host, port))``
+    from its own thread."""
+
+    def __init__(self, site_id: str, device_id: str, port: int, addresses: Sequence[str],
+                 on_peer: Callable[[str, tuple[str, int]], None]) -> None:
+        self.site_id = site_id
+        self.device_id = device_id
+        self.port = port
+        self.addresses = list(addresses)
+        self.on_peer = on_peer
+        self._names: queue.Queue[str | None] = queue.Queue()
+        self._zc: Zeroconf | None = None
+        self._browser: ServiceBrowser | None = None
+        self._info: ServiceInfo | None = None
+        self._thread = threading.Thread(target=self._run, name="site-discovery", daemon=True)
+        self.error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            zc = self._zc = Zeroconf(ip_version=IPVersion.V4Only)
+            self._info = ServiceInfo(SERVICE, f"{self.device_id}.{SERVICE}", port=self.port,
+                                     properties={"site": self.site_id, "dev": self.device_id},
+                                     parsed_addresses=self.addresses or None)
+            self._browser = ServiceBrowser(zc, SERVICE, handlers=[self._changed])
+            zc.register_service(self._info)
+        except OSError as exc:  # no multicast route, no interface: the static peers still work
+            self.error = f"mDNS unavailable: {exc.strerror or exc}"
+            log.warning("site: %s; only the configured peers are used", self.error)
+            return
+        while True:
+            name = self._names.get()
+            if name is None:
+                return
+            self._resolve(zc, name)
+
+    def _changed(self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            self._names.put(name)
+
+    def _resolve(self, zc: Zeroconf, name: str) -> None:
+        info = zc.get_service_info(SERVICE, name, RESOLVE_TIMEOUT_MS)
+        if info is None or info.port is None:
+            return
+        props = {k.decode("ascii", "replace"): (v or b"").decode("ascii", "replace")
+                 for k, v in (info.properties or {}).items()}
+        if props.get("site") != self.site_id or props.get("dev") in (None, self.device_id):
+            return
+        for address in info.parsed_addresses(IPVersion.V4Only):
+            log.info("site: found %s at %s:%d", escape(props["dev"]), address, info.port)
+            self.on_peer(props["dev"], (address, info.port))
+
+    def close(self) -> None:
+        self._names.put(None)
+        zc = self._zc
+        if zc is not None:
+            try:
+                if self._info is not None:
+                    zc.unregister_service(self._info)
+            finally:
+                zc.close()
+        self._thread.join(2.0)

@@ -1,0 +1,322 @@
+"""A gate's part in its site: the shared view, kept current over UDP with the site's other gates.
+
+After each entry is committed the lane hands it to `SiteNode.note` (a queue put: the lane never
+waits for the network); the "site-send" thread signs it and sends it to every peer whose
+messages have opened. Every ``heartbeat_s`` each gate says which of its own seqs it holds today
+("have"); a peer that lacks some asks for them ("want") and gets them ("events"): so a lost
+datagram, a restart or a partition heals by the same anti-entropy, and the merge (sync/site/view.py)
+counts each entry once. A gate that has heard no peer for ``peer_timeout_s`` is isolated.
+`SiteNode.site_for` gives admission its input (scanner/store/admission.py `Site`).
+docs/site.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from scanner.base.safetext import escape
+from scanner.base.timeutil import now_ms as wall_ms
+from scanner.store import admission
+from scanner.store.entry import Entry
+from sync.site.credential import SiteCredential
+from sync.site.discovery import Discovery, local_addresses
+from sync.site.message import MAX_EVENTS, MAX_WANT, Inbox, Message, SiteEvent, SiteMessageError, card_key, day_of, encode
+from sync.site.view import SiteView
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 65535
+REFUSALS_KEPT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The ``[site]`` section as the node uses it (docs/configuration.md#site)."""
+
+    site_id: str
+    secret: bytes
+    listen: tuple[str, int]
+    peers: tuple[tuple[str, int], ...] = ()
+    discovery: bool = True
+    heartbeat_s: float = 1.0
+    peer_timeout_s: float = 5.0
+    max_skew_s: float = 5.0
+    when_isolated: str = admission.OPEN
+    capacity: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A gate this one has heard: where, when last, its clock against ours, its log's last seq."""
+
+    device_id: str
+    address: str
+    last_heard_ms: int
+    last_kind: str
+    skew_ms: int
+    clock: str
+    last_seq: int
+    alive: bool
+
+    def to_dict(self) -> dict:
+        return {"device_id": self.device_id, "address": self.address, "last_heard_ms": self.last_heard_ms,
+                "last_kind": self.last_kind, "skew_ms": self.skew_ms, "clock": self.clock,
+                "last_seq": self.last_seq, "alive": self.alive}
+
+
+class SiteNode:
+    """This gate's node (see the module docstring). ``now_ms`` is the device's confirmed wall
+    clock (the clock guard's); ``clock_confirmed`` says whether it is confirmed now."""
+
+    def __init__(self, settings: Settings, key: ed25519.Ed25519PrivateKey, credential: SiteCredential,
+                 roots: Sequence[ed25519.Ed25519PublicKey], *, now_ms: Callable[[], int] = wall_ms,
+                 clock_confirmed: Callable[[], bool] = lambda: True, tz: dt.tzinfo | None = None) -> None:
+        self.settings = settings
+        self.key = key
+        self.credential = credential
+        self.device_id = credential.device_id
+        self.now_ms = now_ms
+        self.clock_confirmed = clock_confirmed
+        self.tz = tz or dt.datetime.now().astimezone().tzinfo
+        self.inbox = Inbox(roots, settings.site_id, self.device_id, max_skew_ms=round(settings.max_skew_s * 1000))
+        self.view = SiteView(self._day_start(now_ms()))
+        self._lock = threading.Lock()
+        self._n = 0
+        self._peers: dict[str, Peer] = {}
+        self._verified: dict[str, tuple[str, int]] = {}  # device -> address its messages came from
+        self._candidates: set[tuple[str, int]] = set(settings.peers)  # configured or discovered: heartbeats only
+        self._own_ids: dict[str, int] = {}  # entry_id -> seq of today's own entries (follow-ups name them)
+        self._outbox: queue.Queue[SiteEvent | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._started_mono = time.monotonic()
+        self.refused: list[tuple[int, str, str]] = []  # (ms, code, from) of the last refused datagrams
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(settings.listen)
+        self.address = self.sock.getsockname()
+        self.discovery: Discovery | None = None
+        self._threads = [threading.Thread(target=self._receive, name="site-recv", daemon=True),
+                         threading.Thread(target=self._send, name="site-send", daemon=True),
+                         threading.Thread(target=self._heartbeat, name="site-heartbeat", daemon=True)]
+
+    # ------------------------------------------------------------ life
+
+    def start(self, own: Iterable[Entry] = ()) -> None:
+        """Load this gate's entries of today into the view, then start talking."""
+        for entry in own:
+            self._own(entry)
+        for t in self._threads:
+            t.start()
+        if self.settings.discovery:
+            host, port = self.address
+            addresses = local_addresses() if host == "0.0.0.0" else [host]
+            self.discovery = Discovery(self.settings.site_id, self.device_id, port, addresses, self._discovered)
+            self.discovery.start()
+        log.info("site %s: gate %s listening on %s:%d, %d configured peers, discovery %s",
+                 escape(self.settings.site_id), self.device_id, *self.address, len(self.settings.peers),
+                 "on" if self.settings.discovery else "off")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._outbox.put(None)
+        if self.discovery is not None:
+            self.discovery.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # a UDP socket that never connected: shutdown is refused, close below still ends recv
+        self.sock.close()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(2.0)
+
+    # ------------------------------------------------------------ the lane's side
+
+    def _day_start(self, at_ms: int) -> int:
+        d = dt.datetime.fromtimestamp(at_ms / 1000, self.tz)
+        return round(d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
+
+    def card(self, card_id: str, at_ms: int) -> str:
+        return card_key(self.settings.secret, self.settings.site_id, day_of(at_ms, self.tz), card_id)
+
+    def _event(self, entry: Entry) -> SiteEvent | None:
+        cancels = None
+        if entry.is_followup:
+            if entry.kind != "did_not_pass" or entry.ref_entry_id is None:
+                return None
+            cancels = self._own_ids.get(entry.ref_entry_id)
+            if cancels is None:  # an entry of another day: nothing of today to cancel
+                return None
+        card = self.card(entry.card_id, entry.at_ms) if entry.card_id else None
+        return SiteEvent(self.device_id, entry.seq, entry.at_ms, entry.checkpoint_id, entry.direction,
+                         entry.decision, card, cancels)
+
+    def _own(self, entry: Entry) -> SiteEvent | None:
+        with self._lock:
+            if not entry.is_followup:
+                self._own_ids[entry.entry_id] = entry.seq
+            event = self._event(entry)
+        if event is None or not self.view.add([event]):
+            return None
+        return event
+
+    def note(self, entry: Entry) -> None:
+        """A committed entry of this gate: into the view now, to the peers from the sender thread."""
+        event = self._own(entry)
+        if event is not None:
+            self._outbox.put(event)
+
+    def site_for(self, card_id: str | None, at_s: float) -> admission.Site:
+        """What the site's view says for this card now: admission's input."""
+        last = None
+        if card_id:
+            e = self.view.last_admission(self.card(card_id, round(at_s * 1000)))
+            if e is not None:
+                last = admission.SiteLast(e.device, e.gate, e.direction, e.at_ms)
+        s = self.settings
+        return admission.Site(last, self.view.occupancy(), s.capacity, self.isolated(), s.when_isolated)
+
+    # ------------------------------------------------------------ peers
+
+    def isolated(self) -> bool:
+        """No peer heard for ``peer_timeout_s`` (after as long since start)."""
+        timeout = self.settings.peer_timeout_s
+        if time.monotonic() - self._started_mono < timeout:
+            return False
+        return not any(p.alive for p in self.peers())
+
+    def peers(self) -> list[Peer]:
+        now = self.now_ms()
+        limit = self.settings.peer_timeout_s * 1000
+        with self._lock:
+            peers = list(self._peers.values())
+        return sorted((Peer(p.device_id, p.address, p.last_heard_ms, p.last_kind, p.skew_ms, p.clock,
+                            self.view.high(p.device_id), now - p.last_heard_ms <= limit) for p in peers),
+                      key=lambda p: p.device_id)
+
+    def summary(self) -> dict:
+        """What the status page, the kiosk and the doctor show."""
+        n_in, n_out = self.view.totals()
+        return {"site_id": self.settings.site_id, "device_id": self.device_id,
+                "listen": f"{self.address[0]}:{self.address[1]}", "isolated": self.isolated(),
+                "when_isolated": self.settings.when_isolated, "occupancy": self.view.occupancy(),
+                "capacity": self.settings.capacity, "in": n_in, "out": n_out, "events": len(self.view),
+                "peers": [p.to_dict() for p in self.peers()],
+                "discovery": None if self.discovery is None else (self.discovery.error or "ok"),
+                "refused": [{"at_ms": at, "code": code, "from": src} for at, code, src in self.refused[-5:]]}
+
+    def _discovered(self, device_id: str, address: tuple[str, int]) -> None:
+        self.add_peer(address)
+
+    def add_peer(self, address: tuple[str, int]) -> None:
+        """An address to send heartbeats to until a message from it opens."""
+        if address == self.address:
+            return
+        with self._lock:
+            self._candidates.add(address)
+
+    def _targets(self, *, verified_only: bool) -> list[tuple[str, int]]:
+        with self._lock:
+            verified = set(self._verified.values())
+            return sorted(verified if verified_only else verified | self._candidates)
+
+    # ------------------------------------------------------------ sending
+
+    def _datagram(self, kind: str, **kw) -> bytes:
+        now = self.now_ms()
+        with self._lock:
+            self._n = max(self._n + 1, now * 1000)  # strictly increasing, across restarts too (a microsecond clock)
+            n = self._n
+        return encode(self.key, self.credential, kind=kind, n=n, at_ms=now,
+                      clock="confirmed" if self.clock_confirmed() else "unconfirmed", **kw)
+
+    def _sendto(self, data: bytes, targets: Iterable[tuple[str, int]]) -> None:
+        for addr in targets:
+            try:
+                self.sock.sendto(data, addr)
+            except OSError as exc:  # unreachable now (a partition, a peer gone): anti-entropy catches up later
+                log.debug("site: send to %s:%d failed: %s", addr[0], addr[1], exc)
+
+    def _send(self) -> None:
+        while True:
+            first = self._outbox.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_EVENTS:
+                try:
+                    more = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._outbox.put(None)
+                    break
+                batch.append(more)
+            self._sendto(self._datagram("events", events=batch), self._targets(verified_only=True))
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_s):
+            self.beat()
+
+    def beat(self) -> None:
+        """Roll the view over at midnight, then tell every peer (and candidate) what this gate holds."""
+        start = self._day_start(self.now_ms())
+        if start != self.view.since_ms:
+            self.view.reset(start)
+            with self._lock:
+                self._own_ids.clear()
+        high = self.view.high(self.device_id)
+        first = self._first_own() if high else None
+        self._sendto(self._datagram("have", first=first, last=high or None), self._targets(verified_only=False))
+
+    def _first_own(self) -> int:
+        with self._lock:
+            return min(self._own_ids.values(), default=self.view.high(self.device_id))
+
+    # ------------------------------------------------------------ receiving
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(RECV_BYTES)
+            except OSError:
+                return  # closed by stop()
+            if not data:
+                continue
+            now = self.now_ms()
+            try:
+                msg = self.inbox.open(data, now)
+            except SiteMessageError as exc:
+                if exc.code != "site_own":
+                    self.refused = (self.refused + [(now, exc.code, f"{addr[0]}:{addr[1]}")])[-REFUSALS_KEPT:]
+                    log.info("site: refused a datagram from %s:%d (%s): %s", addr[0], addr[1], exc.code,
+                             escape(str(exc)))
+                continue
+            self._heard(msg, addr, now)
+            self._handle(msg, addr)
+
+    def _heard(self, msg: Message, addr: tuple[str, int], now: int) -> None:
+        with self._lock:
+            self._verified[msg.sender] = addr
+            self._candidates.discard(addr)
+            self._peers[msg.sender] = Peer(msg.sender, f"{addr[0]}:{addr[1]}", now, msg.kind, msg.at_ms - now,
+                                           msg.clock, 0, True)
+
+    def _handle(self, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.kind == "events":
+            self.view.add(msg.events)
+        elif msg.kind == "have" and msg.first is not None and msg.last is not None:
+            missing = self.view.missing(msg.sender, msg.first, msg.last, MAX_WANT)
+            if missing:
+                self._sendto(self._datagram("want", want=missing), [addr])
+        elif msg.kind == "want":
+            found = self.view.get(self.device_id, msg.want)
+            for i in range(0, len(found), MAX_EVENTS):
+                self._sendto(self._datagram("events", events=found[i:i + MAX_EVENTS]), [addr])
