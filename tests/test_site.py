@@ -197,8 +197,8 @@ def test_view_in_any_order_with_repeats_counts_exactly_once(evs, rnd):
     view = SiteView()
     view.add(arrivals)
     assert view.snapshot() == want
-    n_in, n_out = counts(want.values())
-    assert view.totals() == (n_in, n_out) and view.occupancy() == max(0, n_in - n_out)
+    n_in, n_out, inside = counts(want.values())
+    assert view.totals() == (n_in, n_out) and view.occupancy() == inside
     cancelled = {(e.device, e.cancels) for e in want.values() if e.cancels is not None}
     for card in ("aa" * 16, "bb" * 16):
         admitted = [e for e in want.values() if e.card == card and e.decision == "accept" and e.cancels is None
@@ -215,11 +215,13 @@ def test_partition_then_merge_reconciles_counts():
     left.add(shared), right.add(shared)
     left.add([SiteEvent("d-a", 2, NOW_MS + 10, "g1", "in", "accept", "bb" * 16),
               SiteEvent("d-a", 3, NOW_MS + 20, "g1", "out", "accept", "aa" * 16)])
-    right.add([SiteEvent("d-b", 1, NOW_MS + 15, "g2", "in", "accept", "cc" * 16)])
-    assert (left.occupancy(), right.occupancy()) == (1, 2)
+    right.add([SiteEvent("d-b", 1, NOW_MS + 15, "g2", "in", "accept", "cc" * 16),
+               SiteEvent("d-b", 2, NOW_MS + 16, "g2", "in", "accept", "bb" * 16)])  # bb admitted on both sides
+    assert (left.occupancy(), right.occupancy()) == (1, 3)
     left.add(right.snapshot().values()), right.add(left.snapshot().values())
-    assert left.snapshot() == right.snapshot() and left.totals() == right.totals() == (3, 1)
-    assert left.occupancy() == 2 and left.missing("d-a", 1, 3, 10) == []
+    assert left.snapshot() == right.snapshot() and left.totals() == right.totals() == (4, 1)
+    assert left.occupancy() == right.occupancy() == 2  # bb and cc inside, bb once
+    assert left.missing("d-a", 1, 3, 10) == []
     assert SiteView().missing("d-a", 1, 3, 2) == [1, 2]
 
 

@@ -296,6 +296,10 @@ def _cross_checks(values: dict) -> list[Problem]:
     if button and button.get("press") is None and button.get("hold") is None:
         problems.append(Problem("feedback.button", "the staff button has no action",
                                 "set press or hold to \"toggle_direction\" or \"acknowledge\""))
+    site = values.get("site")
+    if site and site.get("peer_timeout_s", 5.0) < 2 * site.get("heartbeat_s", 1.0):
+        problems.append(Problem("site.peer_timeout_s", "shorter than two heartbeats: gates would be isolated "
+                                "between two of them", "set peer_timeout_s to at least twice heartbeat_s"))
     # the API: a token for anything but loopback, and not two of them
     api = values.get("api") or {}
     listen = api.get("listen")

@@ -31,6 +31,7 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from hardware.camera import CameraConfig, CameraInput
@@ -64,11 +65,15 @@ from scanner.appliance.supervisor import DISCOVER_EVERY_S, TICK_S, Hooks, Superv
 from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
 from scanner.cards.scan import Scan
-from scanner.cards.trust import TrustStore
+from scanner.cards.trust import TrustStore, load_root
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
 from sync.pull import PullService, with_pull
+from sync.site import credential as sitecred
+from sync.site.node import Settings as SiteSettings
+from sync.site.node import SiteNode
 from sync.state import DeviceConfig, StateError
+from sync.trustupdate import load_roots
 from sync.wire import enrollcode, identity
 
 log = logging.getLogger(__name__)
@@ -337,15 +342,55 @@ class Appliance:
         retry_stop = threading.Event()
         retry = threading.Thread(target=entries.retry_loop, args=(retry_stop,), name="log-retry", daemon=True)
         core = Core(device_id, checkpoint_id, mode, entries, retry_stop, retry)
+        if cfg.site is not None:
+            try:
+                core.site = self._site_node(device_id)
+            except DaemonError:
+                entries.close()
+                raise
         self._reload_trust(initial=True)
         if mode == "provisioned" and cfg.sync.enabled:
             self._start_sync(core)
         retry.start()
         if core.sync_thread is not None:
             core.sync_thread.start()
+        if core.site is not None:
+            core.site.start(entries.entries(since_ms=core.site.view.since_ms))
         self.device.core, self.device.mode = core, mode
         self.supervisor.refresh()
         log.info("device %s at checkpoint %s (%s)", device_id, escape(checkpoint_id), mode)
+
+    def _site_node(self, device_id: str) -> SiteNode:
+        """This gate's part in its site ([site]): its credential checked against the pinned roots,
+        the site's secret, the UDP socket bound; DaemonError (a reason code) if any is wrong."""
+        cfg, site = self.config, self.config.site
+        assert site is not None and self.guard is not None
+        guard = self.guard
+        try:
+            roots = load_roots(self.state_dir) + [load_root(p) for p in (*cfg.trust.roots, cfg.enroll.trust_root) if p]
+            key = identity.load(self.state_dir)
+            cred = sitecred.load(site.credential or self.state_dir / sitecred.FILE_NAME, roots, site_id=site.site_id,
+                                 device_key=key, now=guard.now())
+            secret = Path(site.secret_file).read_bytes()
+        except CheckpointError as exc:
+            raise DaemonError(f"site {site.site_id}: {exc}", code=exc.code) from None
+        except OSError as exc:
+            raise DaemonError(f"site {site.site_id}: {site.secret_file}: {exc.strerror}",
+                              code="site_secret_unreadable") from None
+        if len(secret) < 16:
+            raise DaemonError(f"site {site.site_id}: {site.secret_file} holds fewer than 16 bytes",
+                              code="site_secret_short")
+        if cred.device_id != device_id:
+            raise DaemonError(f"site {site.site_id}: the credential names device {cred.device_id}, this is {device_id}",
+                              code="site_credential_wrong_device")
+        settings = SiteSettings(site.site_id, secret, site.listen, tuple(site.peers), site.discovery, site.heartbeat_s,
+                                site.peer_timeout_s, site.max_skew_s, site.when_isolated, site.capacity or None)
+        try:
+            return SiteNode(settings, key, cred, roots, now_ms=lambda: round(guard.now() * 1000),
+                            clock_confirmed=lambda: guard.status().confirmed)
+        except OSError as exc:
+            raise DaemonError(f"site {site.site_id}: cannot listen on {site.listen[0]}:{site.listen[1]}: "
+                              f"{exc.strerror}", code="site_listen") from None
 
     def _start_sync(self, core: Core) -> None:
         cfg = self.config.sync
@@ -458,8 +503,10 @@ class Appliance:
         if core is None:
             return
         try:
-            core.log.record_followup(str(entry_id), "did_not_pass")
+            followup = core.log.record_followup(str(entry_id), "did_not_pass")
             log.info("did not pass entry=%s", entry_id)
+            if core.site is not None:
+                core.site.note(followup)
         except (EntryLogError, ValueError) as exc:
             log.error("cannot record that entry %s did not pass: %s", entry_id, getattr(exc, "code", exc))
 
@@ -562,6 +609,8 @@ class Appliance:
 
     @staticmethod
     def _close_core(core: Core) -> None:
+        if core.site is not None:
+            core.site.stop()
         if core.sync_thread is not None and core.sync_stop is not None:
             core.sync_stop.set()
             if core.sync_thread.is_alive():

@@ -20,6 +20,7 @@ from scanner.store import admission
 from scanner.store.entrylog import EntryLog
 from sync import credential
 from sync.agent import SyncAgent
+from sync.site.node import SiteNode
 from sync.wire.credential import ServerCredential
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Core:
     sync_log: EntryLog | None = None
     sync_stop: threading.Event | None = None
     sync_thread: threading.Thread | None = None
+    site: SiteNode | None = None  # a gate of a site: the site's shared view (sync/site)
 
 
 class Device:

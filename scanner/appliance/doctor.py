@@ -4,7 +4,7 @@ Checks: configuration, state directory, provisioning, readiness (scanner/applian
 answer as the health API, the kiosk and `log stats`), each camera (delivers a frame), each reader
 (present and readable), GPIO, the entry log (writable, integrity), free disk, the clock (NTP /
 server), the trust bundle (present, age), the server's root-signed credential, the server
-(reachable) and the sync backlog. Run by
+(reachable), the sync backlog and, for a gate of a site, the peers it hears. Run by
 itself it opens the devices; inside the daemon (``live``) it reads the running parts' health
 instead, because the daemon holds the devices. The same report as JSON feeds the status page.
 """
@@ -363,6 +363,26 @@ def check_sync(config: Config, backlog: tuple[int, int | None] | None, state: Ca
     return Check("sync", PASS, detail)
 
 
+def check_site(config: Config, summary: dict | None) -> Check | None:
+    """A gate of a site: the peers it hears, their last message and clock skew (the running
+    daemon's view; without it, only that the gate is configured)."""
+    site = config.site
+    if site is None:
+        return None
+    if summary is None:
+        return Check("site", PASS, f"gate of site {site.site_id}; its peers are seen while the daemon runs")
+    now_ms = time.time() * 1000
+    peers = [f"{p['device_id']} at {p['address']}: last {p['last_kind']} {_age(max(0.0, (now_ms - p['last_heard_ms']) / 1000))}"
+             f" ago, clock {p['skew_ms'] / 1000:+.2f} s" + ("" if p["alive"] else " (lost)") for p in summary["peers"]]
+    detail = (f"site {summary['site_id']}: {sum(p['alive'] for p in summary['peers'])}/{len(peers)} peers heard; "
+              f"occupancy {summary['occupancy']}" + (f"/{summary['capacity']}" if summary["capacity"] else "")
+              + ("; " + "; ".join(peers) if peers else ""))
+    if summary["isolated"]:
+        return Check("site", WARN, f"isolated (entries {summary['when_isolated']}): {detail}",
+                     "check the LAN link to the other gates, and that they run with the same [site] site_id")
+    return Check("site", PASS, detail)
+
+
 def _offline_backlog(config: Config) -> tuple[int, int | None] | None:
     db = config.db_path
     if not db.exists():
@@ -418,6 +438,9 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
     cred = check_credential(config)
     if cred is not None:
         checks.append(cred)
+    site = check_site(config, live.site_summary() if live is not None else None)
+    if site is not None:
+        checks.append(site)
     checks.append(check_server(config, server_timeout))
     if live is not None:
         checks.append(check_sync(config, live.backlog(), live.sync_state))

@@ -8,8 +8,9 @@ enrollment QR goes to the enroller's own thread, so the lane never waits for a s
 read while it enrolls wait there for its end), or not ready (its fault, nothing logged).
 `verify` is the pure verifier. `record` hands the verdict and the conditions it is judged under
 to the entry log, which decides the admission (scanner/store/admission.py: degraded mode, then
-anti-passback) in the transaction that commits the entry, before anything is shown: an entry
-that cannot be committed admits nobody. `show` plays the final verdict, publishes it to the
+anti-passback, then for a gate of a site the site's shared view) in the transaction that commits
+the entry, before anything is shown: an entry that cannot be committed admits nobody; a
+committed one goes to the site's other gates. `show` plays the final verdict, publishes it to the
 kiosk and wakes sync.
 """
 from __future__ import annotations
@@ -161,7 +162,11 @@ class Lane:
         that commits the entry; None when it could not be committed (nobody is admitted)."""
         with self.device.lock:
             trust_age = self.device.trust_age
-        conditions = admission.Conditions(self.guard.now(), self.device.policy, trust_age, self.guard.status())
+        now = self.guard.now()
+        site = None
+        if core.site is not None:  # a gate of a site: what the other gates saw is one more input
+            site = core.site.site_for(verdict.card.card_id.hex() if verdict.card is not None else None, now)
+        conditions = admission.Conditions(now, self.device.policy, trust_age, self.guard.status(), site)
         direction = scan.direction or self.feedback.direction
         try:
             result = core.log.record(scan, verdict, direction=direction, conditions=conditions)
@@ -171,6 +176,8 @@ class Lane:
         except EntryLogError as exc:
             self.not_admitted(scan, exc.code, queued=False, entry_id=None)
             return None
+        if core.site is not None:
+            core.site.note(result.entry)  # a queue put: the send happens on the site's own thread
         return result
 
     def not_admitted(self, scan: Scan, code: str, *, queued: bool, entry_id: str | None) -> None:

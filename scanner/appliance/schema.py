@@ -121,7 +121,8 @@ SECTIONS: tuple[Section, ...] = (
           "Extra issuer keys, certificates, JWKS files, SHC revocation lists or trust bundles. The "
           "bundle sync installs (STATE/bundle.json) is always used.", fix="point to an existing, readable file"),
         K("roots", cs.list_of(cs.path(must_exist=True)), "array of paths", [],
-          "Extra Ed25519 root public keys for bundles in `files` (STATE/trust-root.pem is always used).",
+          "Extra Ed25519 root public keys for bundles in `files` and for site credentials ([site]) "
+          "(STATE/trust-root.pem is always used).",
           fix="point to an existing, readable PEM file"),
         K("max_age_h", cs.number(1, 24 * 3660), "hours", 168.0,
           "A trust bundle older than this (or past its own expiry) makes the device degraded, and "
@@ -217,6 +218,35 @@ SECTIONS: tuple[Section, ...] = (
           "server's credential and bundles. Without it (or STATE/trust-root.pem) no enrollment QR is accepted.",
           fix="point to an existing, readable PEM file"),
     ), doc="Zero-touch enrollment (docs/provisioning.md#zero-touch-enrollment)."),
+    Section("site", (
+        K("site_id", cs.identifier(), "text", doc="The site this gate belongs to: the gates of one site share "
+          "what they saw (its site credential must name it).", example="\"cho-dong-ba\""),
+        K("secret_file", cs.path(must_exist=True), "path",
+          doc="The site's shared secret (at least 16 bytes, the same file on every gate of the site, mode 0600): "
+              "cards are shared only as a keyed hash of it, the site and the day.",
+          fix="copy the site's secret file to this gate", example="\"/etc/checkpoint/site.secret\""),
+        K("credential", cs.optional(cs.path(must_exist=True)), "path", None,
+          "This gate's site credential, signed by the operator's root (`checkpoint issuer site-credential`); "
+          "default STATE/site-credential.json.", fix="point to an existing, readable file"),
+        K("listen", cs.listen_address(allow_port_zero=True), "HOST:PORT", "0.0.0.0:7410",
+          "The UDP address the gate talks to the others on.", fix="use HOST:PORT, e.g. \"0.0.0.0:7410\""),
+        K("peers", cs.list_of(cs.listen_address()), "array of HOST:PORT", [],
+          "Other gates' addresses, for a network where mDNS does not reach (the rest are found by mDNS).",
+          fix="use HOST:PORT, e.g. \"192.168.1.21:7410\""),
+        K("discovery", cs.boolean(), "boolean", True, "Find the site's other gates with mDNS/DNS-SD."),
+        K("heartbeat_s", cs.number(0.05, 60), "seconds", 1.0,
+          "How often the gate tells the others which of its entries it holds (lost ones are sent again)."),
+        K("peer_timeout_s", cs.number(0.2, 3600), "seconds", 5.0,
+          "A gate that has heard no other gate for this long is isolated (amber, `site_isolated`)."),
+        K("max_skew_s", cs.number(0.5, 3600), "seconds", 5.0,
+          "A message whose sender's clock is further off than this is refused (`site_clock_skew`)."),
+        K("when_isolated", cs.choice(*POLICIES), "`open` / `closed`", "open",
+          "What an isolated gate does with entries: `open` admits on its own view (flagged degraded); "
+          "`closed` refuses entries with reason `site_isolated` (exits always pass).", live=True),
+        K("capacity", cs.integer(0, 10_000_000), "people", 0,
+          "The site's capacity: entries are refused with reason `site_full` while the site's occupancy is "
+          "at it (0: no limit).", live=True),
+    ), doc="Gates of one site that share what they saw, without a server (docs/site.md).", optional=True),
     Section("udev", (
         K("extra_readers", cs.list_of(cs.usb_id()), "array of \"vvvv:pppp\"", [],
           "USB readers to add to the built-in list for the udev rules (`checkpoint udev-rules`)."),

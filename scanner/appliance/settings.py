@@ -49,7 +49,8 @@ class TrustSection:
     # Extra issuer keys, certificates, JWKS files, SHC revocation lists or trust bundles. The bundle
     # sync installs (STATE/bundle.json) is always used.
     files: tuple[Path, ...]
-    # Extra Ed25519 root public keys for bundles in `files` (STATE/trust-root.pem is always used).
+    # Extra Ed25519 root public keys for bundles in `files` and for site credentials ([site])
+    # (STATE/trust-root.pem is always used).
     roots: tuple[Path, ...]
     # A trust bundle older than this (or past its own expiry) makes the device degraded, and
     # `when_stale` decides what happens to accepted cards.
@@ -175,6 +176,39 @@ class EnrollSection:
     # server's credential and bundles. Without it (or STATE/trust-root.pem) no enrollment QR is
     # accepted.
     trust_root: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSection:
+    """[site]: Gates of one site that share what they saw, without a server (docs/site.md)."""
+
+    # The site this gate belongs to: the gates of one site share what they saw (its site credential
+    # must name it).
+    site_id: str
+    # The site's shared secret (at least 16 bytes, the same file on every gate of the site, mode
+    # 0600): cards are shared only as a keyed hash of it, the site and the day.
+    secret_file: Path
+    # This gate's site credential, signed by the operator's root (`checkpoint issuer
+    # site-credential`); default STATE/site-credential.json.
+    credential: Path | None
+    # The UDP address the gate talks to the others on.
+    listen: tuple[str, int]
+    # Other gates' addresses, for a network where mDNS does not reach (the rest are found by mDNS).
+    peers: tuple[tuple[str, int], ...]
+    # Find the site's other gates with mDNS/DNS-SD.
+    discovery: bool
+    # How often the gate tells the others which of its entries it holds (lost ones are sent again).
+    heartbeat_s: float
+    # A gate that has heard no other gate for this long is isolated (amber, `site_isolated`).
+    peer_timeout_s: float
+    # A message whose sender's clock is further off than this is refused (`site_clock_skew`).
+    max_skew_s: float
+    # What an isolated gate does with entries: `open` admits on its own view (flagged degraded);
+    # `closed` refuses entries with reason `site_isolated` (exits always pass).
+    when_isolated: Literal["open", "closed"]
+    # The site's capacity: entries are refused with reason `site_full` while the site's occupancy is
+    # at it (0: no limit).
+    capacity: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +462,7 @@ class Settings:
     api: ApiSection
     kiosk: KioskSection
     enroll: EnrollSection
+    site: SiteSection | None
     udev: UdevSection
     feedback: FeedbackSection
     camera: tuple[CameraSection, ...]
@@ -446,6 +481,7 @@ TYPES: dict[str, type] = {
     "api": ApiSection,
     "kiosk": KioskSection,
     "enroll": EnrollSection,
+    "site": SiteSection,
     "udev": UdevSection,
     "feedback": FeedbackSection,
     "feedback.timings": FeedbackTimingsSection,

@@ -141,6 +141,7 @@ class Backend:
                       "confirmed_at": clock.confirmed_at},
             "feedback": {"kind": self.feedback.kind, "fault": self.feedback.fault,
                          "fallback": getattr(self.feedback, "fallback_reason", None)},
+            "site": core.site.summary() if core is not None and core.site is not None else None,
             "versions": versions(),
             "config": config.summary(),
             "recent_errors": self.recent_errors.list() if self.recent_errors is not None else [],
@@ -156,6 +157,11 @@ class Backend:
                 if self.preview is not None else None}
 
     # ------------------------------------------------------------ the doctor's view of the running parts
+
+    def site_summary(self) -> dict | None:
+        """The site's view and peers (None: not a gate of a site, or not started yet)."""
+        core = self.device.core
+        return core.site.summary() if core is not None and core.site is not None else None
 
     def input_checks(self) -> list[Check]:
         out = []

@@ -218,6 +218,8 @@ class Supervisor:
         core = device.core
         if core is not None and core.mode == "provisioned" and device.credential is None:
             flags.append(admission.NO_CREDENTIAL)
+        if core is not None and core.site is not None and core.site.isolated():
+            flags.append(admission.SITE_ISOLATED)
         if self._sync_state is not None and self._sync_state.alarms:
             flags += [f"sync:{a}" for a in self._sync_state.alarms]
         return flags

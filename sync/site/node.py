@@ -304,6 +304,9 @@ class SiteNode:
 
     def _heard(self, msg: Message, addr: tuple[str, int], now: int) -> None:
         with self._lock:
+            known = self._peers.get(msg.sender)
+            if known is None or now - known.last_heard_ms > self.settings.peer_timeout_s * 1000:
+                log.info("site: gate %s heard at %s:%d", msg.sender, addr[0], addr[1])
             self._verified[msg.sender] = addr
             self._candidates.discard(addr)
             self._peers[msg.sender] = Peer(msg.sender, f"{addr[0]}:{addr[1]}", now, msg.kind, msg.at_ms - now,

@@ -4,8 +4,10 @@ The view is a grow-only set of events keyed by (device, seq): merging is a set u
 commutative, associative and idempotent, and gates that were cut off from each other agree again
 once each has the other's events, whatever the order they arrive in (a CRDT). What admission
 reads from it: the card's last admission anywhere on the site, and the site's occupancy (in −
-out, admissions only, cancelled ones not counted). Each gate's own log stays the record of
-truth; the view is a cache rebuilt from the logs. docs/site.md#shared-view.
+out, admissions only, cancelled ones not counted). A card counts as inside while its last
+admission on the site is an entry, so a card admitted at two gates that could not hear each
+other is one person inside once they merge. Each gate's own log stays the record of truth; the
+view is a cache rebuilt from the logs. docs/site.md#shared-view.
 """
 from __future__ import annotations
 
@@ -32,17 +34,25 @@ def merge(a: Mapping[Key, SiteEvent], b: Mapping[Key, SiteEvent]) -> dict[Key, S
     return out
 
 
-def counts(events: Iterable[SiteEvent], since_ms: int = 0) -> tuple[int, int]:
-    """(admitted in, admitted out) among ``events`` since ``since_ms``, cancelled admissions not
-    counted: the reference the incremental view must agree with."""
+def _order(e: SiteEvent) -> tuple:
+    return (e.at_ms, e.device, e.seq)
+
+
+def counts(events: Iterable[SiteEvent]) -> tuple[int, int, int]:
+    """(admitted in, admitted out, inside) among ``events``, cancelled admissions not counted;
+    inside: cards whose last admission is an entry, plus entries without a card less exits
+    without one. The reference the incremental view must agree with."""
     evs = list(events)
     cancelled = {(e.device, e.cancels) for e in evs if e.cancels is not None}
-    n_in = n_out = 0
-    for e in evs:
-        if e.cancels is None and e.decision == "accept" and e.at_ms >= since_ms and e.key not in cancelled:
-            n_in += e.direction == "in"
-            n_out += e.direction == "out"
-    return n_in, n_out
+    admitted = [e for e in evs if e.cancels is None and e.decision == "accept" and e.key not in cancelled]
+    n_in = sum(e.direction == "in" for e in admitted)
+    last: dict[str, SiteEvent] = {}
+    for e in sorted((e for e in admitted if e.card is not None), key=_order):
+        last[e.card] = e  # type: ignore[index]  # card is not None here
+    anon = [e for e in admitted if e.card is None]
+    inside = sum(e.direction == "in" for e in last.values()) + max(
+        0, sum(e.direction == "in" for e in anon) - sum(e.direction == "out" for e in anon))
+    return n_in, len(admitted) - n_in, inside
 
 
 class SiteView:
@@ -61,6 +71,8 @@ class SiteView:
             self._by_card: dict[str, list[Key]] = {}
             self._cancelled: set[Key] = set()
             self._in = self._out = 0
+            self._anon_in = self._anon_out = 0  # admissions without a card
+            self._inside: set[str] = set()  # cards whose last admission is an entry
             self._high: dict[str, int] = {}
 
     def add(self, events: Iterable[SiteEvent]) -> list[SiteEvent]:
@@ -86,8 +98,27 @@ class SiteView:
     def _count(self, e: SiteEvent, sign: int) -> None:
         if e.direction == "in":
             self._in += sign
+            if e.card is None:
+                self._anon_in += sign
         else:
             self._out += sign
+            if e.card is None:
+                self._anon_out += sign
+        if e.card is not None:
+            last = self._last(e.card)
+            if last is not None and last.direction == "in":
+                self._inside.add(e.card)
+            else:
+                self._inside.discard(e.card)
+
+    def _last(self, card: str) -> SiteEvent | None:
+        best = None
+        for k in self._by_card.get(card, ()):
+            if k not in self._cancelled:
+                e = self._events[k]
+                if best is None or _order(e) > _order(best):
+                    best = e
+        return best
 
     def _put(self, e: SiteEvent) -> None:
         self._events[e.key] = e
@@ -96,14 +127,16 @@ class SiteView:
             target = (e.device, e.cancels)
             if target not in self._cancelled:
                 t = self._events.get(target)
-                if t is not None and self._counted(t):
-                    self._count(t, -1)
+                counted = t is not None and self._counted(t)
                 self._cancelled.add(target)
+                if counted:
+                    assert t is not None
+                    self._count(t, -1)
             return
-        if self._counted(e):
-            self._count(e, +1)
         if e.card is not None and e.decision == "accept":
             self._by_card.setdefault(e.card, []).append(e.key)
+        if self._counted(e):
+            self._count(e, +1)
 
     def _drop(self, e: SiteEvent) -> None:
         del self._events[e.key]
@@ -115,29 +148,24 @@ class SiteView:
                 if t is not None and self._counted(t):
                     self._count(t, +1)
             return
-        if self._counted(e):
-            self._count(e, -1)
+        counted = self._counted(e)
         if e.card is not None and e.decision == "accept":
             self._by_card[e.card].remove(e.key)
+        if counted:
+            self._count(e, -1)
 
     # ------------------------------------------------------------ reads
 
     def last_admission(self, card: str) -> SiteEvent | None:
         """The card's latest admission on the site (any gate, either direction), not cancelled."""
         with self._lock:
-            best = None
-            for k in self._by_card.get(card, ()):
-                if k in self._cancelled:
-                    continue
-                e = self._events[k]
-                if best is None or (e.at_ms, e.device, e.seq) > (best.at_ms, best.device, best.seq):
-                    best = e
-            return best
+            return self._last(card)
 
     def occupancy(self) -> int:
-        """People inside the site now: admitted in − admitted out, never negative."""
+        """People inside the site now: cards whose last admission is an entry (each once, however
+        many gates admitted it), and entries without a card less exits without one."""
         with self._lock:
-            return max(0, self._in - self._out)
+            return len(self._inside) + max(0, self._anon_in - self._anon_out)
 
     def totals(self) -> tuple[int, int]:
         with self._lock:

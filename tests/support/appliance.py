@@ -112,10 +112,11 @@ class HeldServer:
 class Daemon:
     """`checkpoint run` as a subprocess; stderr (the log) and stdout are read line by line."""
 
-    def __init__(self, config: Path, *args: str, env: dict | None = None) -> None:
+    def __init__(self, config: Path, *args: str, env: dict | None = None, prefix: tuple[str, ...] = ()) -> None:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "CHECKPOINT_LANG": "en", **(env or {})}
         full_env.pop("JOURNAL_STREAM", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "scanner", "run", "--config", str(config), *args],
+        # prefix: e.g. `ip netns exec NS` to run the daemon inside a namespace the test made
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "scanner", "run", "--config", str(config), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=str(ROOT))
         self.err: list[str] = []
         self.out: list[str] = []
