@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.paths import ROOT
 
 from scanner.base.errors import Reason
-from scanner.cards import verifier
+from scanner.cards import keys, verifier
 from scanner.store.admission import CLOSED, OPEN, SITE_ISOLATED, Conditions, Previous, Site, SiteLast, admit
 from sync.site import credential as sitecred
 from sync.site.message import MAGIC, Inbox, SiteEvent, SiteMessageError, card_key, encode
@@ -270,3 +274,20 @@ def test_an_exit_elsewhere_ends_the_local_duplicate(accepted):
     assert admit(accepted, "in", Conditions(NOW, site=Site(OUTSIDE)), earlier).verdict.reason is Reason.OK
     stale_exit = SiteLast("d-c", "gate-3", "out", NOW_MS - 60_000)  # before the entry: still a duplicate
     assert admit(accepted, "in", Conditions(NOW, site=Site(stale_exit)), earlier).duplicate
+
+
+def test_issuer_site_credential_from_the_command_line(tmp_path, root_key):
+    """`issuer site-credential` with the device's public key (as `openssl pkey -pubout` prints it)."""
+    device = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "root.key").write_bytes(keys.private_pem(root_key))
+    (tmp_path / "device.pub").write_bytes(keys.public_pem(device.public_key()))
+    run = [sys.executable, "-m", "scanner", "issuer", "site-credential", "--root-key", str(tmp_path / "root.key"),
+           "--site", SITE, "--device-pub", str(tmp_path / "device.pub"), "--valid-days", "30", "-o",
+           str(tmp_path / "cred.json")]
+    r = subprocess.run(run, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    cred = sitecred.load(tmp_path / "cred.json", [root_key.public_key()], site_id=SITE, device_key=device,
+                         now=time.time())
+    assert cred.expires_at is not None and 29 * 86400 < cred.expires_at - time.time() <= 30 * 86400
+    r = subprocess.run([*run[:8], "bad site!", *run[9:]], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("checkpoint: error:") and "Traceback" not in r.stderr

@@ -19,6 +19,7 @@ from scanner.cards.trust import key_from_file, load_root
 from scanner.cards.verdict import Holder
 from scanner.cli.common import TIME, fail, load_root_private, run_guarded, write_out
 from scanner.store import sealing
+from sync.site import credential as sitecred
 from sync.wire import credential
 
 
@@ -199,3 +200,24 @@ def server_credential(root_key, urls, sealing_pub, pull_pub, server_id, serial, 
     data = run_guarded(credential.issue, root, urls=urls, sealing_key=seal, pull_key=pull, server_id=server_id,
                        serial=serial, issued_at=int(time.time()))
     write_out(out, data)
+
+
+@issuer.command("site-credential")
+@click.option("--root-key", required=True, type=click.Path(dir_okay=False), help="Root private key (Ed25519 PEM).")
+@click.option("--site", "site_id", required=True, help="The site's id (its gates' [site] site_id).")
+@click.option("--device-pub", required=True, type=click.Path(dir_okay=False),
+              help="The gate's device public key (Ed25519 PEM; on the device: "
+                   "`openssl pkey -in /var/lib/checkpoint/device.key -pubout`).")
+@click.option("--valid-days", type=click.IntRange(1, 3660), default=None,
+              help="Expires after this many days (default: no expiry).")
+@click.option("--serial", type=click.IntRange(1), default=1, show_default=True, help="The credential's serial.")
+@click.option("-o", "--out", default="-", show_default=True,
+              help="Output file ('-' for stdout); the gate keeps it as STATE/site-credential.json.")
+def site_credential(root_key, site_id, device_pub, valid_days, serial, out):
+    """Sign a site credential: the root vouches that this device is a gate of the site (docs/site.md)."""
+    root = load_root_private(root_key)
+    device = run_guarded(load_root, device_pub)  # one Ed25519 public key
+    now = int(time.time())
+    data = run_guarded(sitecred.issue, root, site_id=site_id, device_key=device, issued_at=now,
+                       expires_at=now + valid_days * 86400 if valid_days else None, serial=serial)
+    write_out(out, data + b"\n")
