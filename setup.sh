@@ -16,6 +16,8 @@ case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES postgresql" ;; esac
 case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES postgresql-15-auto-failover" ;; esac
 # the kiosk page's tests and benchmark drive a real headless Chromium (bench/browser.py); a font with Vietnamese
 case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES chromium chromium-driver fonts-dejavu-core" ;; esac
+# the site tests and benchmark make network namespaces, veth pairs and a bridge, and cut a gate off with tc
+case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES iproute2" ;; esac
 # the fsync benchmark counts the daemon's fsyncs with strace (bench/bench_fsync.py)
 case "$target" in bench) APT_PACKAGES="$APT_PACKAGES strace" ;; esac
 

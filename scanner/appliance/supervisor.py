@@ -77,6 +77,7 @@ class Supervisor:
         self._backlog_at = 0.0
         self._sync_state: SyncState | None = None
         self._monitor: threading.Thread | None = None
+        self._site_seen: tuple | None = None  # what the last "site" event said
 
     # ------------------------------------------------------------ requests (any thread)
 
@@ -159,6 +160,7 @@ class Supervisor:
         self.guard.save_if_due(self.config().clock.persist_interval_s)
         self._maybe_purge(now_mono)
         self._maybe_discover(now_mono)
+        self._site_changes()
 
     def _update_health(self) -> None:
         ready = self.device.readiness()
@@ -223,6 +225,20 @@ class Supervisor:
         if self._sync_state is not None and self._sync_state.alarms:
             flags += [f"sync:{a}" for a in self._sync_state.alarms]
         return flags
+
+    def _site_changes(self) -> None:
+        """A gate of a site: a "site" event when the site's occupancy, this gate's isolation or
+        the gates it hears change (the kiosk shows them as they change)."""
+        core = self.device.core
+        if core is None or core.site is None:
+            return
+        node = core.site
+        peers = node.peers()
+        now = (node.view.occupancy(), node.settings.capacity, node.isolated(), sum(p.alive for p in peers), len(peers))
+        if now != self._site_seen:
+            self._site_seen = now
+            self.hub.publish("site", {"occupancy": now[0], "capacity": now[1], "isolated": now[2],
+                                      "gates_heard": now[3], "gates_known": now[4]})
 
     def _watchdog(self, now_mono: float) -> None:
         interval = self.notifier.watchdog_s

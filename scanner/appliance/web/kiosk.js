@@ -172,6 +172,11 @@
       out.push({ key: "sync", label: t("badge.sync"), level: bad ? "bad" : warn ? "warn" : "ok",
         value: st.sync.pending ? t("badge.pending", { n: st.sync.pending }) : t("badge.synced") });
     }
+    if (st && st.site) {
+      const alive = st.site.peers.filter((p) => p.alive).length;
+      out.push({ key: "site", label: t("badge.site"), level: st.site.isolated ? "bad" : "ok",
+        value: st.site.isolated ? t("badge.isolated") : t("badge.gates", { n: alive + 1 }) });
+    }
     if (st) {
       const tr = st.trust;
       const closed = st.config && st.config.trust_policy && st.config.trust_policy.when_stale === "closed";
@@ -203,6 +208,14 @@
     const occ = !!(S.settings && S.settings.occupancy);
     $("occupancy-box").hidden = !occ;
     $("occupancy").textContent = today ? String(today.occupancy) : "–";
+    const site = S.status && S.status.site;  // a gate of a site: the whole site's occupancy, and whether it is cut off
+    $("site-box").hidden = !site;
+    if (site) {
+      $("site-occupancy").textContent = site.capacity ? `${site.occupancy} / ${site.capacity}` : String(site.occupancy);
+      $("site-box").dataset.isolated = site.isolated ? "true" : "false";
+      $("site-sub").textContent = site.isolated ? CK.t("kiosk.site_isolated")
+        : CK.t("kiosk.site_gates", { n: site.peers.filter((p) => p.alive).length + 1 });
+    }
   }
 
   function setDirection(direction) {
@@ -299,6 +312,7 @@
     es.addEventListener("partial", (e) => show({ kind: "partial", data: JSON.parse(e.data) }, 20));
     es.addEventListener("state", (e) => { setHealth(JSON.parse(e.data)); refreshStatusSoon(100); });
     es.addEventListener("direction", (e) => setDirection(JSON.parse(e.data).direction));
+    es.addEventListener("site", () => refreshStatusSoon(100));  // the site's occupancy or its gates changed
     es.addEventListener("silence", () => {
       S.silenced = true;
       $("silence").hidden = true;

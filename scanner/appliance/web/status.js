@@ -70,6 +70,22 @@
       ["status_page.oldest", ago(s.oldest_pending_ms)], ["status_page.last_success", ago(s.last_success_ms)],
       ["status_page.last_error", s.last_error_code], ["status_page.alarms", s.alarms],
     ]);
+    const site = st.site;  // a gate of a site: the peers it hears, their last message and clock skew
+    $("site-card").hidden = !site;
+    if (site) {
+      kv("site-kv", [
+        ["status_page.site_id", site.site_id], ["status_page.isolated", site.isolated],
+        ["status_page.when_isolated", site.when_isolated],
+        ["status_page.site_occupancy", site.capacity ? `${site.occupancy} / ${site.capacity}` : site.occupancy],
+        ["status_page.in", site.in], ["status_page.out", site.out], ["status_page.listen", site.listen],
+      ]);
+      $("peers-body").replaceChildren(...(site.peers.length ? site.peers.map((p) => {
+        const plv = p.alive ? "ok" : "bad";
+        return CK.el("tr", { "data-level": plv, "data-peer": p.device_id }, CK.el("td", {}, mark(plv), p.device_id),
+          CK.el("td", {}, p.address), CK.el("td", {}, `${p.last_kind} · ${ago(p.last_heard_ms)}`),
+          CK.el("td", {}, `${(p.skew_ms / 1000).toFixed(2)} s`), CK.el("td", {}, String(p.last_seq)));
+      }) : [CK.el("tr", {}, CK.el("td", { colSpan: 5 }, t("status_page.none")))]));
+    }
     const tr = st.trust;
     kv("trust-kv", [
       ["status_page.bundle", tr.version === null ? null : `v${tr.version}`], ["status_page.keys", tr.keys],
