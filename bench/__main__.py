@@ -1,5 +1,5 @@
 """python -m bench [--quick] [--only verify|bundle|entrylog|feedback|decode|pipeline|formats|sync|fleet|failover|
-drain|flood|trace|daemon|kiosk|fsync|cli]: print the benchmark tables to stdout."""
+drain|flood|trace|daemon|kiosk|fsync|cli|site]: print the benchmark tables to stdout."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a short run with small sizes (checks that the benchmarks work)")
     parser.add_argument("--only", choices=("verify", "bundle", "entrylog", "feedback", "decode", "pipeline",
                                                   "formats", "sync", "fleet", "failover", "drain", "flood", "trace",
-                                                  "daemon", "kiosk", "fsync", "cli"),
+                                                  "daemon", "kiosk", "fsync", "cli", "site"),
                         help="run one benchmark only")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "cli"):
         from . import bench_cli
         bench_cli.run(args.quick)
+    if args.only in (None, "site"):
+        from . import bench_site
+        bench_site.run(args.quick)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

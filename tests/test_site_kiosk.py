@@ -4,17 +4,18 @@ kiosk follows an entry at the other gate, the status page lists the peer, and wh
 is gone the kiosk says the gate is isolated (badge, strip, the site box)."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 import requests
 from support.appliance import Daemon, Fifo
 from support.config import standalone, write_config
+from support.paths import ROOT
 from support.pki import make_pki
 from support.servers import free_port
 from support.waiting import HTTP_TIMEOUT as T
 from support.waiting import WAIT
-from test_kiosk_browser import open_kiosk, shots, text  # noqa: F401  (shots: the screenshots fixture)
 
 from bench import browser
 from scanner.cards import keys
@@ -24,6 +25,23 @@ from sync.wire import identity
 pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))
 
 SITE = "cho-dong-ba"
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    """Where screenshots go: docs/screenshots with CHECKPOINT_SCREENSHOTS=1 (as the kiosk's tests)."""
+    return ROOT / "docs" / "screenshots" if os.environ.get("CHECKPOINT_SCREENSHOTS") else tmp_path_factory.mktemp("s")
+
+
+def text(chrome, element_id: str) -> str:
+    return chrome.execute_script(f"return document.getElementById('{element_id}').textContent;")
+
+
+def open_kiosk(chrome, url: str) -> None:
+    browser.set_viewport(chrome, 800, 480)
+    chrome.get(url + "/")
+    browser.wait_js(chrome, "document.body.dataset.ready === 'true' && document.body.dataset.connected === 'true'",
+                    WAIT, "the kiosk page to start and connect")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +67,7 @@ def gate(tmp, name, pki, root, root_pem, secret, port, peer_port):
     return d, d.wait_line(r"api (http://127\.0\.0\.1:\d+)").group(1), fifo, identity.device_id(key)
 
 
-def test_the_kiosk_shows_the_site_and_that_the_gate_is_isolated(tmp_path, root_key, chrome, shots):  # noqa: F811
+def test_the_kiosk_shows_the_site_and_that_the_gate_is_isolated(tmp_path, root_key, chrome, shots):
     pki = make_pki(tmp_path / "pki")
     root_pem = tmp_path / "root.pem"
     root_pem.write_bytes(keys.public_pem(root_key.public_key()))

@@ -78,8 +78,10 @@ class SiteNode:
 
     def __init__(self, settings: Settings, key: ed25519.Ed25519PrivateKey, credential: SiteCredential,
                  roots: Sequence[ed25519.Ed25519PublicKey], *, now_ms: Callable[[], int] = wall_ms,
-                 clock_confirmed: Callable[[], bool] = lambda: True, tz: dt.tzinfo | None = None) -> None:
+                 clock_confirmed: Callable[[], bool] = lambda: True, tz: dt.tzinfo | None = None,
+                 on_events: Callable[[list[SiteEvent]], None] | None = None) -> None:
         self.settings = settings
+        self.on_events = on_events  # told of each other gate's events new to the view (receive thread)
         self.key = key
         self.credential = credential
         self.device_id = credential.device_id
@@ -190,7 +192,9 @@ class SiteNode:
         timeout = self.settings.peer_timeout_s
         if time.monotonic() - self._started_mono < timeout:
             return False
-        return not any(p.alive for p in self.peers())
+        now = self.now_ms()
+        with self._lock:
+            return not any(now - p.last_heard_ms <= timeout * 1000 for p in self._peers.values())
 
     def peers(self) -> list[Peer]:
         now = self.now_ms()
@@ -314,7 +318,9 @@ class SiteNode:
 
     def _handle(self, msg: Message, addr: tuple[str, int]) -> None:
         if msg.kind == "events":
-            self.view.add(msg.events)
+            new = self.view.add(msg.events)
+            if new and self.on_events is not None:
+                self.on_events(new)
         elif msg.kind == "have" and msg.first is not None and msg.last is not None:
             missing = self.view.missing(msg.sender, msg.first, msg.last, MAX_WANT)
             if missing:
