@@ -130,7 +130,8 @@ def run(quick: bool = False) -> None:
             for i in range(1, n_gates):
                 (tmp / f"g{i}.key").write_bytes(keys.private_pem(gate_keys[i]))
                 (tmp / f"g{i}.cred").write_bytes(creds[i])
-                cfg = {"root_pub": str(tmp / "root.pub"), "key": str(tmp / f"g{i}.key"), "cred": str(tmp / f"g{i}.cred"),
+                cfg = {"root_pub": str(tmp / "root.pub"), "key": str(tmp / f"g{i}.key"),
+                       "cred": str(tmp / f"g{i}.cred"),
                        "site": SITE, "secret": secret.hex(), "port": ports[i],
                        "peers": [p for j, p in enumerate(ports) if j != i], "heartbeat_s": 1.0, "peer_timeout_s": 5.0,
                        "ping_port": ping_ports[i]}

@@ -14,14 +14,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.appliance import Daemon
+from support.config import standalone, write_config
 from support.paths import ROOT
+from support.pki import make_pki
 
+from scanner.appliance import config as cfg
 from scanner.base.errors import Reason
 from scanner.cards import keys, verifier
 from scanner.store.admission import CLOSED, OPEN, SITE_ISOLATED, Conditions, Previous, Site, SiteLast, admit
 from sync.site import credential as sitecred
 from sync.site.message import MAGIC, Inbox, SiteEvent, SiteMessageError, card_key, encode
 from sync.site.view import SiteView, counts, merge
+from sync.wire import identity
 
 NOW = 1_750_000_000
 NOW_MS = NOW * 1000
@@ -125,7 +130,8 @@ def test_forged_stranger_skewed_and_own_messages_refused(root_key, other_root_ke
     tampered[-30] ^= 1
     stranger = member(other_root_key)  # a valid device of another operator: its credential is not ours
     other_site = member(root_key, site="stadium")
-    borrowed = encode(stranger[0], a[1], kind="events", n=6, at_ms=NOW_MS, clock="confirmed")  # a's credential, other key
+    # a's credential, another key
+    borrowed = encode(stranger[0], a[1], kind="events", n=6, at_ms=NOW_MS, clock="confirmed")
     for data, code in ((bytes(tampered), ("site_forged", "site_message_malformed")),
                        (borrowed, ("site_forged",)),
                        (send(stranger), ("site_stranger",)),
@@ -233,6 +239,7 @@ def test_view_keeps_only_the_day():
     view = SiteView(since_ms=NOW_MS)
     assert view.add([SiteEvent("d-a", 1, NOW_MS - 1, "g1", "in", "accept", "aa" * 16)]) == []
     assert view.occupancy() == 0
+    assert view.missing("d-a", 1, 2, 10) == [2]  # the entry of yesterday is not asked for again
 
 
 # ---------------------------------------------------------------- admission on the site's view
@@ -291,3 +298,46 @@ def test_issuer_site_credential_from_the_command_line(tmp_path, root_key):
     assert cred.expires_at is not None and 29 * 86400 < cred.expires_at - time.time() <= 30 * 86400
     r = subprocess.run([*run[:8], "bad site!", *run[9:]], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("checkpoint: error:") and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- [site] in the configuration and at start
+
+
+def test_site_table_is_checked_key_by_key(tmp_path):
+    secret = tmp_path / "site.secret"
+    secret.write_bytes(b"x" * 32)
+    good = f'[site]\nsite_id = "{SITE}"\nsecret_file = "{secret}"\n'
+    assert cfg.parse_text(good).site.listen == ("0.0.0.0", 7410)
+    assert cfg.parse_text("").site is None  # no [site]: a gate on its own
+    bad = (f'[site]\nsite_id = "cho dong"\nsecret_file = "{tmp_path / "none"}"\nwhen_isolated = "maybe"\n'
+           'peers = ["gate-2"]\nheartbeat_s = 2.0\npeer_timeout_s = 3.0\ncapacity = -1\nlisten = "0.0.0.0"\nport = 1\n')
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse_text(bad)
+    assert [p.key for p in err.value.problems] == [
+        "site.port", "site.site_id", "site.secret_file", "site.listen", "site.peers", "site.when_isolated",
+        "site.capacity", "site.peer_timeout_s"]  # every problem at once, each naming its key
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.parse_text(good + "heartbeat_s = 2.0\npeer_timeout_s = 3.0\n")
+    assert [p.key for p in err.value.problems] == ["site.peer_timeout_s"]
+
+
+def test_a_gate_without_its_site_credential_does_not_start(tmp_path, root_key):
+    """One line with the reason code, exit status 1, nothing half-started."""
+    pki = make_pki(tmp_path / "pki")
+    root_pem = tmp_path / "root.pem"
+    root_pem.write_bytes(keys.public_pem(root_key.public_key()))
+    secret = tmp_path / "site.secret"
+    secret.write_bytes(b"x" * 32)
+    state = tmp_path / "state"
+    tables = standalone(state, pki, site={"site_id": SITE, "secret_file": str(secret), "listen": "127.0.0.1:0",
+                                          "discovery": False})
+    tables["trust"]["roots"] = [str(root_pem)]
+    d = Daemon(write_config(tmp_path / "c.toml", tables))
+    assert d.wait() == 1
+    assert "site_credential_missing" in d.log and "Traceback" not in d.log
+    key, _ = identity.load_or_create(state)
+    other = ed25519.Ed25519PrivateKey.generate()  # a credential for another device's key
+    (state / sitecred.FILE_NAME).write_bytes(sitecred.issue(root_key, site_id=SITE, device_key=other.public_key(),
+                                                            issued_at=int(time.time())))
+    d = Daemon(write_config(tmp_path / "c.toml", tables))
+    assert d.wait() == 1 and "site_credential_wrong_device" in d.log

@@ -7,6 +7,7 @@ root) and a replayed or forged datagram are refused."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -57,6 +58,10 @@ class Gate:
     def site(self) -> dict:
         return self.status()["site"]
 
+    def doctor_site(self) -> dict:
+        checks = json.loads(self.lan.fetch(self.i, self.url + "/api/v1/doctor"))["checks"]
+        return next(c for c in checks if c["name"] == "site")
+
     def scan(self, card: str, direction: str = "in") -> tuple[str, str]:
         (self.fifo_in if direction == "in" else self.fifo_out).send(card)
         m = self.daemon.wait_line(rf"verdict source=stdin:{direction} decision=(\w+) reason=(\w+)")
@@ -96,6 +101,10 @@ def test_three_gates_share_admission_and_merge_after_a_partition(site, other_roo
     lan, (a, b, c), pki, tmp, secret = site
     for g in (a, b, c):
         wait_for(lambda g=g: heard(g, 2), f"{g.name} hears the two others (mDNS across the bridge)")
+    check = a.doctor_site()  # doctor: the peers seen, their last message, their clock skew
+    assert check["status"] == "pass" and "2/2 peers heard" in check["detail"], check
+    assert b.device_id in check["detail"] and c.device_id in check["detail"], check
+    assert len(re.findall(r"last have [^;]* ago, clock [+-]\d+\.\d\d s", check["detail"])) == 2, check
     x, y, z = (pki.card(card_id=bytes([n]) * 16) for n in (1, 2, 3))
 
     assert a.scan(x) == ("accept", "ok")
@@ -109,6 +118,8 @@ def test_three_gates_share_admission_and_merge_after_a_partition(site, other_roo
     lan.cut(2)  # C loses the others
     wait_for(lambda: c.site()["isolated"] and "site_isolated" in c.status()["degraded"], "C isolated")
     wait_for(lambda: heard(a, 1) and not a.site()["isolated"], "A hears only B")
+    check = c.doctor_site()
+    assert check["status"] == "warn" and check["detail"].startswith("isolated (entries open)") and check["fix"]
     assert a.scan(y) == ("accept", "ok")
     assert c.scan(y) == ("accept", "ok")  # fail open: C cannot know y is inside
     assert c.scan(z) == ("accept", "ok")

@@ -373,7 +373,7 @@ class Appliance:
                                  device_key=key, now=guard.now())
             secret = Path(site.secret_file).read_bytes()
         except CheckpointError as exc:
-            raise DaemonError(f"site {site.site_id}: {exc}", code=exc.code) from None
+            raise DaemonError(f"site {site.site_id}: {exc} ({exc.code})", code=exc.code) from None
         except OSError as exc:
             raise DaemonError(f"site {site.site_id}: {site.secret_file}: {exc.strerror}",
                               code="site_secret_unreadable") from None
@@ -381,8 +381,8 @@ class Appliance:
             raise DaemonError(f"site {site.site_id}: {site.secret_file} holds fewer than 16 bytes",
                               code="site_secret_short")
         if cred.device_id != device_id:
-            raise DaemonError(f"site {site.site_id}: the credential names device {cred.device_id}, this is {device_id}",
-                              code="site_credential_wrong_device")
+            raise DaemonError(f"site {site.site_id}: the credential names device {cred.device_id}, this is {device_id} "
+                              "(site_credential_wrong_device)", code="site_credential_wrong_device")
         settings = SiteSettings(site.site_id, secret, site.listen, tuple(site.peers), site.discovery, site.heartbeat_s,
                                 site.peer_timeout_s, site.max_skew_s, site.when_isolated, site.capacity or None)
         try:

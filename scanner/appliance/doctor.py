@@ -372,8 +372,9 @@ def check_site(config: Config, summary: dict | None) -> Check | None:
     if summary is None:
         return Check("site", PASS, f"gate of site {site.site_id}; its peers are seen while the daemon runs")
     now_ms = time.time() * 1000
-    peers = [f"{p['device_id']} at {p['address']}: last {p['last_kind']} {_age(max(0.0, (now_ms - p['last_heard_ms']) / 1000))}"
-             f" ago, clock {p['skew_ms'] / 1000:+.2f} s" + ("" if p["alive"] else " (lost)") for p in summary["peers"]]
+    peers = [f"{p['device_id']} at {p['address']}: last {p['last_kind']} "
+             f"{_age(max(0.0, (now_ms - p['last_heard_ms']) / 1000))} ago, clock {p['skew_ms'] / 1000:+.2f} s"
+             + ("" if p["alive"] else " (lost)") for p in summary["peers"]]
     detail = (f"site {summary['site_id']}: {sum(p['alive'] for p in summary['peers'])}/{len(peers)} peers heard; "
               f"occupancy {summary['occupancy']}" + (f"/{summary['capacity']}" if summary["capacity"] else "")
               + ("; " + "; ".join(peers) if peers else ""))

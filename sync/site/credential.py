@@ -149,7 +149,8 @@ def load(path: str | Path, roots: Sequence[ed25519.Ed25519PublicKey], *, site_id
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise SiteCredentialError(f"{path}: no site credential on this device", code="site_credential_missing") from None
+        raise SiteCredentialError(f"{path}: no site credential on this device",
+                                  code="site_credential_missing") from None
     except OSError as exc:
         raise SiteCredentialError(f"{path}: {exc.strerror}", code="site_credential_unreadable") from None
     cred = open_credential(data, roots)

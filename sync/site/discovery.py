@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 import ifaddr
+from zeroconf import Error as ZeroconfError
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 from scanner.base.safetext import escape
@@ -62,8 +63,8 @@ class Discovery:
                                      parsed_addresses=self.addresses or None)
             self._browser = ServiceBrowser(zc, SERVICE, handlers=[self._changed])
             zc.register_service(self._info)
-        except OSError as exc:  # no multicast route, no interface: the static peers still work
-            self.error = f"mDNS unavailable: {exc.strerror or exc}"
+        except (OSError, ZeroconfError) as exc:  # no multicast route, no interface, name taken: static peers still work
+            self.error = f"mDNS unavailable: {getattr(exc, 'strerror', None) or exc}"
             log.warning("site: %s; only the configured peers are used", self.error)
             return
         while True:

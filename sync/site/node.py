@@ -28,7 +28,17 @@ from scanner.store import admission
 from scanner.store.entry import Entry
 from sync.site.credential import SiteCredential
 from sync.site.discovery import Discovery, local_addresses
-from sync.site.message import MAX_EVENTS, MAX_WANT, Inbox, Message, SiteEvent, SiteMessageError, card_key, day_of, encode
+from sync.site.message import (
+    MAX_EVENTS,
+    MAX_WANT,
+    Inbox,
+    Message,
+    SiteEvent,
+    SiteMessageError,
+    card_key,
+    day_of,
+    encode,
+)
 from sync.site.view import SiteView
 
 log = logging.getLogger(__name__)

@@ -74,6 +74,7 @@ class SiteView:
             self._anon_in = self._anon_out = 0  # admissions without a card
             self._inside: set[str] = set()  # cards whose last admission is an entry
             self._high: dict[str, int] = {}
+            self._old: set[Key] = set()  # seen, but of an earlier day: never asked for again
 
     def add(self, events: Iterable[SiteEvent]) -> list[SiteEvent]:
         """Merge ``events``; returns those that were new."""
@@ -81,6 +82,7 @@ class SiteView:
         with self._lock:
             for e in events:
                 if e.at_ms < self.since_ms:
+                    self._old.add(e.key)
                     continue
                 mine = self._events.get(e.key)
                 if mine is not None:
@@ -185,7 +187,7 @@ class SiteView:
         out = []
         with self._lock:
             for s in range(max(first, 1), last + 1):
-                if (device, s) not in self._events:
+                if (device, s) not in self._events and (device, s) not in self._old:
                     out.append(s)
                     if len(out) >= limit:
                         break
