@@ -72,3 +72,8 @@ def test_the_check_sees_what_it_looks_for(tmp_path):
                      "    import sync.server.app\n    from sync.server import keys\n")
     assert {"sync.agent", "sync.server.app", "sync.server.keys"} <= imported(probe)
     assert sorted(n for n in imported(probe) if device_side(n)) == ["sync.agent"]
+
+
+def test_the_site_stays_on_the_device_floor():
+    """sync.site (the gates of a site) is device side: never the server, nothing above sync."""
+    assert offending(modules("sync/site"), lambda n: under(n, "sync.server", *ABOVE_SYNC)) == {}
