@@ -270,6 +270,7 @@ OUTSIDE = SiteLast("d-c", "gate-3", "out", NOW_MS - 10_000)
 def test_site_rules(accepted, site, direction, reason, flags):
     got = admit(accepted, direction, Conditions(NOW, site=site))
     assert got.verdict.reason is reason and got.flags == flags
+    assert got.inside == (site.last if reason is Reason.ALREADY_INSIDE else None)
     if reason is Reason.ALREADY_INSIDE:
         assert "already inside, entered at gate-1 at " in got.verdict.detail and got.verdict.card is accepted.card
 

@@ -87,6 +87,11 @@ def test_the_kiosk_shows_the_site_and_that_the_gate_is_isolated(tmp_path, root_k
         browser.wait_js(chrome, "document.getElementById('site-occupancy').textContent === '1 / 250'", WAIT,
                         "the entry at gate B counted on gate A's kiosk")
         assert text(chrome, "site-sub") == "2 cổng đang kết nối"
+        fifo_a.send(pki.card(card_id=b"\x11" * 16))  # the same card at gate A: already inside, by gate B
+        a.wait_line(r"verdict source=stdin:desk decision=reject reason=already_inside")
+        browser.wait_js(chrome, "document.body.dataset.view === 'reject'", WAIT, "the reject on A's kiosk")
+        assert text(chrome, "reason").startswith("Đã ở trong khu vực: vào qua gate-B lúc ")
+        browser.screenshot(chrome, shots / "kiosk-site-already-inside.png")
         assert text(chrome, "occupancy") in ("–", "0")  # this gate's own count is not the site's
 
         browser.set_viewport(chrome, 1000, 1400)

@@ -218,6 +218,8 @@ class Lane:
             "holder": {"name": card.holder.name, "birth_year": card.holder.birth_year} if card else None,
             "direction": recorded.entry.direction, "source": scan.source, "source_id": scan.source_id,
             "at": round(scan.at, 3), "seq": recorded.entry.seq, "degraded": list(recorded.flags),
+            # already inside: where and when the card entered (a gate of a site)
+            "inside": {"gate": inside.gate, "at_ms": inside.at_ms} if (inside := recorded.admission.inside) else None,
             "display_s": self.hub.display_s,
             "published_ms": round(time.time() * 1000, 3),  # wall clock, for the kiosk's paint latency
         })

@@ -460,7 +460,8 @@ refused. No endpoint returns anything from the entry log but counts.
 
 A `verdict` event carries the holder's name and birth year (only while `display_s` lasts; they
 exist in memory only, never read from the entry log), the decision, the stable reason code, the
-format, direction, source and any degraded flags, and `published_ms` (the daemon's wall clock
+format, direction, source and any degraded flags, for an entry refused as `already_inside` where
+and when the card entered (`inside`: gate and time, [site.md](site.md#admission)), and `published_ms` (the daemon's wall clock
 when it was sent: the kiosk's paint latency is measured against it). After `display_s` a `clear`
 event follows and the name is forgotten.
 

@@ -144,11 +144,13 @@ class Previous:
 @dataclass(frozen=True, slots=True)
 class Admission:
     """The decision: the verdict the device acts on (what is shown and logged), the degraded
-    flags it was decided with, and the earlier admission that made it a duplicate."""
+    flags it was decided with, the earlier admission that made it a duplicate, and the site's
+    admission that made it ``already_inside`` (where and when the card entered)."""
 
     verdict: Verdict
     flags: tuple[str, ...] = ()
     duplicate_of: str | None = None
+    inside: SiteLast | None = None
 
     @property
     def admitted(self) -> bool:
@@ -179,7 +181,7 @@ def admit(verdict: Verdict, direction: str, conditions: Conditions, previous: Pr
     if site is not None and direction == "in":
         refusal = _site_refusal(verdict, site)
         if refusal is not None:
-            return Admission(refusal, found)
+            return Admission(refusal, found, inside=site.last if refusal.reason is Reason.ALREADY_INSIDE else None)
     return Admission(verdict, found)
 
 

@@ -57,7 +57,10 @@
       kind = d.decision === "accept" ? "accept" : "reject";
       symbol = kind === "accept" ? "ok" : "no";
       word.textContent = t(`decision.${d.decision}`);
-      reason.textContent = t(`reason.${d.reason}`);
+      reason.textContent = d.inside  // already inside: entered at which gate, when
+        ? t("kiosk.entered_at", { gate: CK.safe(d.inside.gate), time: new Date(d.inside.at_ms)
+          .toLocaleTimeString(CK.lang === "vi" ? "vi-VN" : "en-GB", { hour: "2-digit", minute: "2-digit" }) })
+        : t(`reason.${d.reason}`);
       const holder = d.holder;
       name.textContent = holder ? CK.safe(holder.name) : "";
       born.textContent = holder && holder.birth_year ? t("kiosk.born", { year: CK.safe(holder.birth_year) }) : "";
