@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 RECV_BYTES = 65535
 REFUSALS_KEPT = 20
+REFUSAL_LOG_EVERY_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class SiteNode:
         self._stop = threading.Event()
         self._started_mono = time.monotonic()
         self.refused: list[tuple[int, str, str]] = []  # (ms, code, from) of the last refused datagrams
+        self._logged: dict[tuple[tuple[str, int], str], int] = {}  # (address, code) -> when last logged
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(settings.listen)
         self.address = self.sock.getsockname()
@@ -309,12 +311,21 @@ class SiteNode:
                 msg = self.inbox.open(data, now)
             except SiteMessageError as exc:
                 if exc.code != "site_own":
-                    self.refused = (self.refused + [(now, exc.code, f"{addr[0]}:{addr[1]}")])[-REFUSALS_KEPT:]
-                    log.info("site: refused a datagram from %s:%d (%s): %s", addr[0], addr[1], exc.code,
-                             escape(str(exc)))
+                    self._refused(now, exc, addr)
                 continue
             self._heard(msg, addr, now)
             self._handle(msg, addr)
+
+    def _refused(self, now: int, exc: SiteMessageError, addr: tuple[str, int]) -> None:
+        """Kept for the status page; logged once a minute per sender and reason (a stranger's
+        heartbeats would fill the journal)."""
+        self.refused = (self.refused + [(now, exc.code, f"{addr[0]}:{addr[1]}")])[-REFUSALS_KEPT:]
+        key = (addr, exc.code)
+        if now - self._logged.get(key, 0) >= REFUSAL_LOG_EVERY_MS:
+            if len(self._logged) > 1000:
+                self._logged.clear()
+            self._logged[key] = now
+            log.info("site: refused a datagram from %s:%d (%s): %s", addr[0], addr[1], exc.code, escape(str(exc)))
 
     def _heard(self, msg: Message, addr: tuple[str, int], now: int) -> None:
         with self._lock:
