@@ -52,8 +52,8 @@ setup(
         "gpiozero>=2.0",
         "lgpio>=0.2.2; sys_platform == 'linux'",  # gpiozero's pin factory on a Pi 5 (and 4)
         "pyserial>=3.5",  # serial / USB CDC-ACM QR readers
-        "evdev>=1.6; sys_platform == 'linux'",
-        "zeroconf>=0.131",  # mDNS/DNS-SD: the gates of a site find each other on the LAN (sync/site)  # USB keyboard-wedge QR readers (built from source: gcc, python3-dev)
+        "evdev>=1.6; sys_platform == 'linux'",  # USB keyboard-wedge QR readers (built from source: gcc, python3-dev)
+        "zeroconf>=0.131",  # mDNS/DNS-SD: the gates of a site find each other on the LAN (sync/site)
     ],
     extras_require={
         "picamera": ["picamera2>=0.3.17"],

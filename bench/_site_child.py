@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -32,8 +33,8 @@ def say(line: str) -> None:
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     root = load_root(cfg["root_pub"])
-    key = load_pem_private_key(open(cfg["key"], "rb").read(), password=None)
-    cred = sitecred.open_credential(open(cfg["cred"], "rb").read(), [root])
+    key = load_pem_private_key(Path(cfg["key"]).read_bytes(), password=None)
+    cred = sitecred.open_credential(Path(cfg["cred"]).read_bytes(), [root])
     settings = Settings(cfg["site"], bytes.fromhex(cfg["secret"]), ("127.0.0.1", cfg["port"]),
                         tuple(("127.0.0.1", p) for p in cfg["peers"]), discovery=False,
                         heartbeat_s=cfg["heartbeat_s"], peer_timeout_s=cfg["peer_timeout_s"])

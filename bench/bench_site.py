@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import random
 import socket
 import subprocess
@@ -34,9 +33,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hardware.scan import Scan
 from scanner.appliance import runtime
 from scanner.cards import keys
+from scanner.cards.scan import Scan
 from scanner.cards.trust import load_trust
 from scanner.cards.verifier import verify
 from scanner.store.admission import Conditions

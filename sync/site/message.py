@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from hardware.scan import DIRECTIONS
 from scanner.base.errors import CheckpointError
+from scanner.cards.scan import DIRECTIONS
 from sync.site.credential import SiteCredential, SiteCredentialError, open_credential
 
 MAGIC = b"CKS1"

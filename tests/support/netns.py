@@ -86,4 +86,4 @@ class Lan:
 
     def close(self) -> None:
         for ns in [*self.gates, self.bridge_ns]:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True, timeout=30)
