@@ -235,6 +235,36 @@ def test_a_rejected_card_shows_its_reason_in_vietnamese_and_english(site, chrome
     show(site.cam, None)
 
 
+def test_a_duplicate_says_already_admitted_when_and_where_in_amber_never_a_refusal(site, chrome, shots):
+    """The same card again within the anti-passback window (here from the desk reader after the
+    camera): its own amber screen, as the LED shows it, with the time and place of the admission."""
+    open_kiosk(chrome, site.url)
+    card = site.pki.card(name="Phạm Thị Dung")
+    show(site.cam, card)
+    browser.wait_js(chrome, "document.body.dataset.view === 'accept'", WAIT, "the first admission")
+    first = int(chrome.execute_script("return document.body.dataset.seq"))
+    site.send(card)
+    browser.wait_js(chrome, f"Number(document.body.dataset.seq) > {first}", WAIT, "the second scan's verdict")
+    assert view(chrome) == "duplicate"
+    assert text(chrome, "word") == "ĐÃ CHO QUA" and text(chrome, "name") == "Phạm Thị Dung"
+    reason = text(chrome, "reason")
+    assert reason.startswith("Đã vào lúc ") and "tại Cổng chợ Đông" in reason, reason
+    hhmm = chrome.execute_script("return new Date().toLocaleTimeString('vi-VN', {hour: '2-digit', minute: '2-digit'})")
+    assert hhmm in reason or hhmm[:-1] in reason, (hhmm, reason)  # the time of the first scan (a minute may turn)
+    shown = chrome.execute_script("""const s = getComputedStyle(document.getElementById('verdict'));
+        return [s.backgroundColor, document.querySelector('#symbol use').getAttribute('href')];""")
+    assert shown == ["rgb(242, 169, 0)", "#i-dup"], shown  # amber, as the LED; not the red octagon
+    settled(chrome, site.url)
+    assert view(chrome) == "duplicate", "the verdict went before the screenshot (display_s too short here?)"
+    assert png_size(browser.screenshot(chrome, shots / "kiosk-duplicate.png")) == (800, 480)
+    chrome.find_element("id", "lang").click()
+    browser.wait_js(chrome, "document.getElementById('word').textContent === 'ALREADY ADMITTED'", WAIT, "English")
+    assert text(chrome, "reason").startswith("Came in at ") and "at Cổng chợ Đông" in text(chrome, "reason")
+    chrome.find_element("id", "lang").click()
+    browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the verdict to clear")
+    show(site.cam, None)
+
+
 def test_staff_switch_the_direction_from_the_screen(site, chrome):
     open_kiosk(chrome, site.url)
     first = site.status()["direction"]

@@ -211,6 +211,7 @@ class Lane:
     def publish_verdict(self, scan: Scan, recorded: RecordResult) -> None:
         verdict = recorded.verdict
         card = verdict.card
+        before = recorded.admission.previous
         self.hub.publish("verdict", {
             "decision": str(verdict.decision), "reason": str(verdict.reason), "format": verdict.format,
             "cert_type": card.cert_type if card else None, "issuer": card.issuer if card else None,
@@ -220,6 +221,9 @@ class Lane:
             "at": round(scan.at, 3), "seq": recorded.entry.seq, "degraded": list(recorded.flags),
             # already inside: where and when the card entered (a gate of a site)
             "inside": {"gate": inside.gate, "at_ms": inside.at_ms} if (inside := recorded.admission.inside) else None,
+            # a duplicate: the admission it repeats (the kiosk says when and where the person was let in)
+            "duplicate_of": {"at_ms": before.at_ms, "checkpoint_id": before.checkpoint_id,
+                             "direction": before.direction} if before is not None else None,
             "display_s": self.hub.display_s,
             "published_ms": round(time.time() * 1000, 3),  # wall clock, for the kiosk's paint latency
         })

@@ -144,12 +144,14 @@ class Previous:
 @dataclass(frozen=True, slots=True)
 class Admission:
     """The decision: the verdict the device acts on (what is shown and logged), the degraded
-    flags it was decided with, the earlier admission that made it a duplicate, and the site's
-    admission that made it ``already_inside`` (where and when the card entered)."""
+    flags it was decided with, the earlier admission that made it a duplicate (its id, and
+    when, where and which way it was: what the kiosk shows), and the site's admission that made
+    it ``already_inside`` (where and when the card entered)."""
 
     verdict: Verdict
     flags: tuple[str, ...] = ()
     duplicate_of: str | None = None
+    previous: Previous | None = None
     inside: SiteLast | None = None
 
     @property
@@ -177,7 +179,7 @@ def admit(verdict: Verdict, direction: str, conditions: Conditions, previous: Pr
         ago = conditions.now - previous.at_ms / 1000
         return Admission(reject(Reason.DUPLICATE, f"admitted {direction} at this checkpoint {ago:.0f} s ago "
                                 f"(anti-passback window {previous.window_ms // 1000} s)", verdict.format,
-                                verdict.kid, verdict.card), found, previous.entry_id)
+                                verdict.kid, verdict.card), found, previous.entry_id, previous)
     if site is not None and direction == "in":
         refusal = _site_refusal(verdict, site)
         if refusal is not None:

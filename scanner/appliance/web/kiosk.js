@@ -52,6 +52,19 @@
       word.textContent = t("kiosk.not_ready");
       reason.textContent = t(`readiness.${fault.code}`);
       body.dataset.readiness = fault.code;
+    } else if (v && v.kind === "verdict" && isDuplicate(v.data)) {
+      // already admitted here: amber as the LED, never the red of a refusal; says when and where
+      const d = v.data, before = d.duplicate_of;
+      kind = "duplicate";
+      symbol = "dup";
+      word.textContent = t("kiosk.duplicate");
+      const place = (S.settings && S.settings.name) || before.checkpoint_id;
+      reason.textContent = t(`kiosk.duplicate_${before.direction === "out" ? "out" : "in"}`,
+        { time: clockHM(before.at_ms), place: CK.safe(place) });
+      const holder = d.holder;
+      name.textContent = holder ? CK.safe(holder.name) : "";
+      born.textContent = holder && holder.birth_year ? t("kiosk.born", { year: CK.safe(holder.birth_year) }) : "";
+      noteFlags = d.degraded || [];
     } else if (v && v.kind === "verdict") {
       const d = v.data;
       kind = d.decision === "accept" ? "accept" : "reject";
@@ -92,7 +105,7 @@
         : t(cams ? "kiosk.prompt_camera" : "kiosk.prompt");
     }
     if (!fault) delete body.dataset.readiness;
-    if (kind !== "accept" && kind !== "reject") {
+    if (kind !== "accept" && kind !== "reject" && kind !== "duplicate") {
       name.textContent = "";
       born.textContent = "";
     }
@@ -107,6 +120,13 @@
     }
     $("symbol").firstElementChild.setAttribute("href", `#i-${symbol}`);
     body.dataset.view = kind;
+  }
+
+  function isDuplicate(d) { return d.reason === "duplicate" && !!d.duplicate_of; }
+
+  // The time of day of an earlier admission, as staff read it ("14:05").
+  function clockHM(ms) {
+    return new Date(ms).toLocaleTimeString(CK.lang === "vi" ? "vi-VN" : "en-GB", { hour: "2-digit", minute: "2-digit" });
   }
 
   function show(view, seconds) {
