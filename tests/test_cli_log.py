@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -148,3 +149,21 @@ def test_help_lists_the_commands():
     r = run("--help")
     for cmd in ("stats", "tail", "export", "purge", "verify"):
         assert cmd in r.stdout
+
+
+def test_rejected_is_one_count_everywhere_duplicates_are_not_refusals(tmp_path, make_card, trust):
+    """Today's figures: an admission, the same card again (a duplicate: already admitted) and an
+    expired card. `rejected` is the one refusal, in the log's totals (what the kiosk and the status
+    page show) and in `log stats`; the duplicate is counted on its own."""
+    path = tmp_path / "entries.db"
+    now = time.time()
+    with EntryLog(path, device_id="dev-1", checkpoint_id="gate", sealing_key=None, passback_window_s=60) as log:
+        v = verifier.verify(make_card(card_id=b"\x01" * 16), trust, NOW)
+        log.record(Scan("x", "usb", "r0", now), v, direction="in")
+        log.record(Scan("x", "usb", "r0", now + 1), v, direction="in")
+        expired = verifier.verify(make_card(card_id=b"\x02" * 16), trust, NOW + 400 * DAY)
+        log.record(Scan("y", "usb", "r0", now + 2), expired, direction="in")
+        t = log.totals()
+    assert (t.scans, t.accepted, t.duplicates, t.rejected) == (3, 1, 1, 1)
+    r = run("stats", "--db", str(path), "--lang", "en")
+    assert "duplicates 1 · rejected 1 ·" in r.stdout, r.stdout

@@ -81,7 +81,7 @@ def stats_lines(s: Stats, lang: str, ready: readiness.Readiness | None = None) -
     for d in s.today:
         lines.append(t("today", day=d.day, checkpoint=escape(d.checkpoint_id or "*"), scans=d.scans,
                        a_in=d.admitted_in, a_out=d.admitted_out, inside=d.occupancy,
-                       dup=d.duplicates, rejected=d.rejected - d.duplicates, dnp=d.did_not_pass))
+                       dup=d.duplicates, rejected=d.rejected, dnp=d.did_not_pass))
     h = s.health
     state = i18n.t("log_health." + h.state, lang)
     lines.append(t("health", state=state) + (f" ({', '.join(h.problems)})" if h.problems else ""))

@@ -21,7 +21,9 @@ _ADMITTED = ("e.kind IS NULL AND e.decision = 'accept' AND NOT EXISTS (SELECT 1 
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """One day at one checkpoint (or all, when ``checkpoint_id`` is None)."""
+    """One day at one checkpoint (or all, when ``checkpoint_id`` is None). ``rejected`` are the
+    refused scans; ``duplicates`` (already admitted) are not among them: scans = accepted +
+    rejected + duplicates, on every surface (kiosk, status page, `log stats`)."""
 
     checkpoint_id: str | None
     day: str
@@ -103,10 +105,10 @@ def totals(conn: sqlite3.Connection, checkpoint_id: str | None, start_ms: int, e
         by_reason[reason] = by_reason.get(reason, 0) + n
         if decision == "accept":
             accepted += n
+        elif reason == "duplicate":  # already admitted: its own count, not a refusal
+            duplicates += n
         else:
             rejected += n
-            if reason == "duplicate":
-                duplicates += n
     a_in, a_out = admitted.get("in", 0), admitted.get("out", 0)
     return Totals(checkpoint_id, day, scans, accepted, rejected, duplicates, a_in, a_out, did_not_pass,
                   max(0, a_in - a_out), dict(sorted(by_reason.items())))
