@@ -4,6 +4,7 @@ running daemon over its API."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,9 +21,9 @@ from scanner.appliance.config import load
 from scanner.demo.video import Shot
 
 
-def run_doctor(*args: str) -> subprocess.CompletedProcess:
+def run_doctor(*args: str, lang: str = "en") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "scanner", "doctor", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=WAIT, check=False)
+                          cwd=ROOT, timeout=WAIT, check=False, env={**os.environ, "CHECKPOINT_LANG": lang})
 
 
 def test_checks_pass_warn_and_fail_with_fixes(tmp_path):

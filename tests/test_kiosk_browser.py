@@ -31,6 +31,7 @@ from support.pki import NAME, make_pki
 from support.servers import ServerThread, free_port
 from support.waiting import HTTP_TIMEOUT as T
 from support.waiting import WAIT, wait_for
+from support.words import foreign
 
 from bench import browser
 from scanner.appliance.provisioning import provision_appliance
@@ -311,6 +312,37 @@ def test_the_status_page_renders_the_doctor_checks_and_escapes_what_it_shows(sit
     assert "discarded read" in errors and "'<img'" in errors  # the reader's markup shown as text ...
     assert chrome.execute_script("return document.querySelector('#errors-body img')") is None  # ... never as HTML
     browser.screenshot(chrome, shots / "status.png")
+    browser.set_viewport(chrome, 800, 480)
+
+
+def visible_text(chrome, leave_out: str = "") -> str:
+    """What the page shows as text, less the elements of ``leave_out`` (a CSS selector)."""
+    return chrome.execute_script("""const body = document.body.cloneNode(true);
+        if (arguments[0]) body.querySelectorAll(arguments[0]).forEach((e) => e.remove());
+        body.querySelectorAll('[hidden], script, style, svg').forEach((e) => e.remove());
+        const w = document.createTreeWalker(body, NodeFilter.SHOW_TEXT); const out = [];
+        while (w.nextNode()) out.push(w.currentNode.data);
+        return out.join(' ');""", leave_out)
+
+
+def test_the_kiosk_and_the_status_page_show_no_english_in_vietnamese(site, chrome):
+    """Every word on the Vietnamese screens is from the catalogue's Vietnamese texts (besides the
+    device's own ids and names). The status page's raw data for technicians (software versions,
+    configuration keys, log lines, check ids, JSON links) is data, not text, and left out."""
+    open_kiosk(chrome, site.url)
+    show(site.cam, site.pki.card(name=NAME))
+    browser.wait_js(chrome, "document.body.dataset.view !== 'idle'", WAIT, "a verdict")
+    st = site.status()
+    ids = [NAME, st["device"]["id"], "cho-dong", "Cổng chợ Đông", "camera", "desk", "EN"]
+    kiosk = visible_text(chrome)
+    assert not foreign(kiosk, ids), (foreign(kiosk, ids), kiosk)
+    show(site.cam, None)
+    chrome.get(site.url + "/status?lang=vi")
+    browser.wait_js(chrome, "document.body.dataset.loaded === 'true'", WAIT, "the status page")
+    page = visible_text(chrome, "#versions-kv, #config-kv, #errors-body, .name, .json, #lang, #json-status, "
+                                "#json-doctor")
+    found = foreign(page, ids + [st["version"], "English", "JSON"])
+    assert not found, f"{found}: {' '.join(page.split())}"
     browser.set_viewport(chrome, 800, 480)
 
 

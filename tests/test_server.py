@@ -20,6 +20,7 @@ from support.servers import (
     free_port,
     running_server,
 )
+from support.words import foreign
 
 from scanner.appliance.config import load
 from scanner.base.errors import CheckpointError
@@ -203,7 +204,11 @@ def test_device_cli_provision_sync_status_export(server, tmp_path, verdicts, mak
     out = r.invoke(main, ["sync", "now", "--state-dir", str(state), "--json"])
     assert out.exit_code == 0 and json.loads(out.output)["complete"]
     out = r.invoke(main, ["sync", "status", "--state-dir", str(state), "--lang", "en"])
-    assert "Pending 0 entries" in out.output and "last acknowledged seq 15" in out.output
+    assert "Nothing pending; last acknowledged seq 15" in out.output and "issued " in out.output
+    vi = r.invoke(main, ["sync", "status", "--state-dir", str(state), "--lang", "vi"]).output
+    assert "Không có mục nào chờ đồng bộ" in vi and "phát hành cách đây" in vi  # not "oldest never", "0.0 days"
+    found = foreign(vi, [res["device_id"], res["checkpoint_id"], server.url])
+    assert not found, (found, vi)  # no English on a Vietnamese technician's screen
     out = r.invoke(main, ["server", "import", "--db", server.db_url, str(tmp_path / "usb"), "--json"])
     assert json.loads(out.output)["duplicates"] == 15
     log.close()

@@ -19,7 +19,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ from hardware.camera import SourceUnavailable, make_source
 from hardware.readers_hid import _NotFound, find_device
 from scanner.appliance import readiness
 from scanner.appliance.config import Config, discover_inputs
+from scanner.base import i18n
 from scanner.base.errors import CheckpointError
+from scanner.base.i18n import text as _t
 from scanner.base.timeutil import now_ms
 from scanner.cards.trust import load_device_trust
 from scanner.store import clock as clockmod
@@ -43,10 +45,30 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Check:
+    """One check: its id, pass/warn/fail, what was found and how to fix it (texts of the catalogue,
+    in the reader's language; a ``{lang: text}`` mapping when read back from JSON)."""
+
     name: str
     status: str
-    detail: str
-    fix: str = ""
+    detail: i18n.Text | str | dict
+    fix: i18n.Text | str | dict = ""
+
+    def detail_in(self, lang: str | None = None) -> str:
+        return i18n.render(self.detail, lang)
+
+    def fix_in(self, lang: str | None = None) -> str:
+        return i18n.render(self.fix, lang)
+
+    def to_dict(self) -> dict:
+        """``detail`` and ``fix`` in English (scripts match them), ``texts`` in every language."""
+        return {"name": self.name, "status": self.status, "detail": self.detail_in("en"), "fix": self.fix_in("en"),
+                "texts": {lang: {"detail": self.detail_in(lang), "fix": self.fix_in(lang)} for lang in i18n.LANGS}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Check:
+        texts = d.get("texts") or {}
+        return cls(d["name"], d["status"], {lang: v["detail"] for lang, v in texts.items()} or d["detail"],
+                   {lang: v["fix"] for lang, v in texts.items()} or d.get("fix", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +87,10 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "worst": self.worst, "at": round(self.at, 3),
-                "checks": [asdict(c) for c in self.checks]}
+                "checks": [c.to_dict() for c in self.checks]}
 
 
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+_age = i18n.age
 
 
 # ---------------------------------------------------------------- the checks
@@ -83,16 +98,14 @@ def _age(seconds: float) -> str:
 
 def check_state_dir(state: Path) -> Check:
     if not state.is_dir():
-        return Check("state_dir", FAIL, f"{state} does not exist",
-                     "run `checkpoint provision` (or start the service once: systemd creates it)")
+        return Check("state_dir", FAIL, _t("doctor.missing", path=state), _t("doctor.fix_state_dir"))
     st = state.stat()
     if not os.access(state, os.W_OK):
-        return Check("state_dir", FAIL, f"{state} is not writable by this user",
-                     "run as the service user (sudo -u checkpoint ...) or fix its owner")
+        return Check("state_dir", FAIL, _t("doctor.not_writable", path=state), _t("doctor.fix_owner"))
     if stat.S_IMODE(st.st_mode) & 0o077:
-        return Check("state_dir", WARN, f"{state} has mode {stat.S_IMODE(st.st_mode):o}",
+        return Check("state_dir", WARN, _t("doctor.mode", path=state, mode=f"{stat.S_IMODE(st.st_mode):o}"),
                      f"chmod 700 {state}")
-    return Check("state_dir", PASS, f"{state} (mode 700)")
+    return Check("state_dir", PASS, _t("doctor.mode", path=state, mode="700"))
 
 
 def check_provisioned(config: Config) -> Check:
@@ -101,26 +114,26 @@ def check_provisioned(config: Config) -> Check:
     except StateError as exc:
         if not config.sync.enabled:
             if config.device.checkpoint_id:
-                return Check("provisioned", PASS, f"standalone (no server) at {config.device.checkpoint_id}")
-            return Check("provisioned", FAIL, "no server and no [device] checkpoint_id",
-                         "set [device] checkpoint_id, or enable sync and run `checkpoint provision`")
+                return Check("provisioned", PASS, _t("doctor.standalone", checkpoint=config.device.checkpoint_id))
+            return Check("provisioned", FAIL, _t("doctor.no_checkpoint"), _t("doctor.fix_no_checkpoint"))
         if exc.code != "not_provisioned":
-            return Check("provisioned", FAIL, str(exc), "run `checkpoint provision` again")
+            return Check("provisioned", FAIL, str(exc), _t("doctor.fix_provision_again"))
         if not readiness.root_pinned(config):
-            return Check("provisioned", WARN, "not provisioned, and no trust root to check a server with",
-                         readiness.FIXES[readiness.NO_TRUST_ROOT])
-        how = ("show it an enrollment QR (zero-touch) or " if config.enroll.qr else "")
-        return Check("provisioned", WARN, "not provisioned",
-                     f"{how}run `checkpoint provision --server URL --token T`")
-    return Check("provisioned", PASS, f"device {dev.device_id} at checkpoint {dev.checkpoint_id}")
+            return Check("provisioned", WARN, _t("doctor.not_provisioned_no_root"),
+                         readiness.fix_text(readiness.NO_TRUST_ROOT))
+        return Check("provisioned", WARN, _t("doctor.not_provisioned"),
+                     _t("doctor.fix_provision_qr" if config.enroll.qr else "doctor.fix_provision"))
+    return Check("provisioned", PASS, _t("doctor.provisioned", device=dev.device_id, checkpoint=dev.checkpoint_id))
 
 
 def check_ready(ready: readiness.Readiness) -> Check:
     """The device's readiness (the same answer as the health API and the kiosk)."""
     if ready.ready:
-        return Check("ready", PASS, f"ready to check cards ({ready.detail})")
+        return Check("ready", PASS, _t("doctor.ready", detail=ready.detail))
     status = WARN if ready.code == readiness.NOT_PROVISIONED else FAIL
-    return Check("ready", status, f"{ready.message('en')} ({ready.code}: {ready.detail})", ready.fix)
+    return Check("ready", status, _t("doctor.not_ready", message=_t(f"readiness.{ready.code}"), code=ready.code,
+                                     detail=ready.detail),
+                 readiness.fix_text(ready.code))
 
 
 def check_credential(config: Config) -> Check | None:
@@ -133,16 +146,14 @@ def check_credential(config: Config) -> Check | None:
     try:
         cred = credential.load(config.state_dir)
     except (CredentialError, StateError) as exc:
-        return Check("credential", WARN, f"no valid server credential ({exc.code}: {exc}): holder details are "
-                     "not stored", "`checkpoint sync now` fetches it from the server; the operator issues it "
-                     "(`checkpoint issuer server-credential`) and publishes it "
-                     "(`checkpoint server credential publish`)")
-    return Check("credential", PASS, f"server {cred.server_id} (serial {cred.serial}) vouched for by the trust root; "
-                 f"sealing key {cred.sealing_key_id()}")
+        return Check("credential", WARN, _t("doctor.no_credential", error=f"{exc.code}: {exc}"),
+                     _t("doctor.fix_credential"))
+    return Check("credential", PASS, _t("doctor.credential", server=cred.server_id, serial=cred.serial,
+                                        sealing=cred.sealing_key_id()))
 
 
 def _read_one_frame(cfg, timeout: float) -> tuple[Any, str | None]:
-    out: list = [None, "no frame within the time limit"]
+    out: list = [None, _t("doctor.no_frame_in_time")]
 
     def grab() -> None:
         try:
@@ -152,7 +163,7 @@ def _read_one_frame(cfg, timeout: float) -> tuple[Any, str | None]:
                 frame = src.read()
             finally:
                 src.close()
-            out[:] = [frame, None if frame is not None else "opened, but gave no frame"]
+            out[:] = [frame, None if frame is not None else _t("doctor.no_frame")]
         except SourceUnavailable as exc:
             out[:] = [None, f"{exc.code}: {exc}"]
         except Exception as exc:  # noqa: BLE001 - a driver error must become a failed check, not a crash
@@ -168,71 +179,73 @@ def check_camera(cfg, timeout: float = 8.0) -> Check:
     name = f"camera:{cfg.source_id}"
     frame, problem = _read_one_frame(cfg, timeout)
     if frame is not None:
-        return Check(name, PASS, f"delivers frames ({frame.shape[1]}x{frame.shape[0]})")
-    fix = "check the cable and the device path; `ls /dev/video* /dev/v4l/by-id`"
-    if problem and "permission" in problem:
-        fix = "add the service user to the 'video' group"
-    elif problem and "library_missing" in problem:
-        fix = "sudo apt install python3-picamera2 and create the venv with --system-site-packages"
-    elif problem and "busy" in problem.lower():
-        fix = "another program (the running daemon?) holds the camera: see `checkpoint doctor` on the running daemon"
-    return Check(name, FAIL, problem or "no frame", fix)
+        return Check(name, PASS, _t("doctor.frames", size=f"{frame.shape[1]}x{frame.shape[0]}"))
+    said = i18n.render(problem or "", "en")
+    fix = _t("doctor.fix_camera")
+    if "permission" in said:
+        fix = _t("doctor.fix_group", group="video")
+    elif "library_missing" in said:
+        fix = _t("doctor.fix_picamera")
+    elif "busy" in said.lower():
+        fix = _t("doctor.fix_camera_busy")
+    return Check(name, FAIL, problem or _t("doctor.no_frame"), fix)
 
 
 def check_serial(cfg) -> Check:
     name = f"reader:{cfg.source_id}"
     port = cfg.port
     if not os.path.exists(port):
-        return Check(name, FAIL, f"{port} not present", "plug the reader in; `ls /dev/serial/by-id /dev/checkpoint`")
+        return Check(name, FAIL, _t("doctor.absent", path=port),
+                     _t("doctor.fix_plug", where="`ls /dev/serial/by-id /dev/checkpoint`"))
     if not os.access(port, os.R_OK | os.W_OK):
-        return Check(name, FAIL, f"{port}: permission denied", "add the service user to the 'dialout' group")
-    return Check(name, PASS, f"{port} present")
+        return Check(name, FAIL, _t("doctor.denied", path=port), _t("doctor.fix_group", group="dialout"))
+    return Check(name, PASS, _t("doctor.present", path=port))
 
 
 def check_hid(cfg) -> Check:
     name = f"reader:{cfg.source_id}"
     if cfg.vendor_product is None:
         if not os.path.exists(cfg.device):
-            return Check(name, FAIL, f"{cfg.device} not present", "plug the reader in; `ls /dev/input/by-id`")
+            return Check(name, FAIL, _t("doctor.absent", path=cfg.device),
+                         _t("doctor.fix_plug", where="`ls /dev/input/by-id`"))
         if not os.access(cfg.device, os.R_OK):
-            return Check(name, FAIL, f"{cfg.device}: permission denied", "add the service user to the 'input' group")
-        return Check(name, PASS, f"{cfg.device} present")
+            return Check(name, FAIL, _t("doctor.denied", path=cfg.device), _t("doctor.fix_group", group="input"))
+        return Check(name, PASS, _t("doctor.present", path=cfg.device))
     try:
         import evdev  # optional: Linux only (readers by vendor:product)
     except ImportError:
-        return Check(name, FAIL, "evdev is not installed", "pip install evdev (Linux only)")
+        return Check(name, FAIL, _t("doctor.no_evdev"), _t("doctor.fix_evdev"))
     try:
         dev = find_device(evdev, cfg)
     except _NotFound as exc:
-        fix = ("add the service user to the 'input' group" if exc.code == "permission_denied"
-               else "plug the reader in; `lsusb` shows vendor:product")
+        fix = (_t("doctor.fix_group", group="input") if exc.code == "permission_denied"
+               else _t("doctor.fix_plug", where="`lsusb`"))
         return Check(name, FAIL, f"{exc.code}: {exc}", fix)
     path = dev.path
     dev.close()
-    return Check(name, PASS, f"{cfg.device} at {path}")
+    return Check(name, PASS, _t("doctor.present", path=f"{cfg.device} → {path}"))
 
 
 def check_gpio(config: Config) -> Check:
     fb = config.feedback_config()
     if not fb.pins():
-        return Check("gpio", PASS, "no GPIO parts configured (lights on the console)")
+        return Check("gpio", PASS, _t("doctor.gpio_none"))
     if fb.pin_factory == "mock":
-        return Check("gpio", PASS, "simulated pins (pin_factory = \"mock\")")
+        return Check("gpio", PASS, _t("doctor.gpio_mock"))
     chips = sorted(glob.glob("/dev/gpiochip*"))
     if not chips:
-        return Check("gpio", WARN, "no /dev/gpiochip*: not a Raspberry Pi; lights shown on the console",
-                     "run on the Pi, or set [feedback] pin_factory = \"mock\"")
+        return Check("gpio", WARN, _t("doctor.gpio_no_chip"), _t("doctor.fix_gpio_no_chip"))
     if not all(os.access(c, os.R_OK | os.W_OK) for c in chips):
-        return Check("gpio", FAIL, f"{chips[0]}: permission denied", "add the service user to the 'gpio' group")
-    return Check("gpio", PASS, f"{len(fb.pins())} pins, {', '.join(os.path.basename(c) for c in chips)} accessible")
+        return Check("gpio", FAIL, _t("doctor.denied", path=chips[0]), _t("doctor.fix_group", group="gpio"))
+    return Check("gpio", PASS, _t("doctor.gpio_ok", n=len(fb.pins()),
+                                  chips=", ".join(os.path.basename(c) for c in chips)))
 
 
 def check_database(db: Path, min_free_mb: int) -> Check:
     if not db.exists():
-        return Check("database", WARN, f"{db} not created yet", "start the daemon once (it creates the log)")
+        return Check("database", WARN, _t("doctor.db_missing", path=db), _t("doctor.fix_db_missing"))
     if not os.access(db, os.R_OK | os.W_OK) or not os.access(db.parent, os.W_OK):
-        return Check("database", FAIL, f"{db} is not writable by this user",
-                     "run as the service user, or fix the owner (systemd does at the next start)")
+        return Check("database", FAIL, _t("doctor.not_writable", path=db), _t("doctor.fix_owner"))
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
@@ -241,24 +254,21 @@ def check_database(db: Path, min_free_mb: int) -> Check:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        return Check("database", FAIL, f"{db}: {exc}", "move the file aside and restart (a new log starts)")
+        return Check("database", FAIL, f"{db}: {exc}", _t("doctor.fix_db_broken"))
     if result != "ok":
-        return Check("database", FAIL, f"integrity: {result[:200]}",
-                     "copy the file off for the server, then move it aside")
-    return Check("database", PASS, f"{db}: writable, integrity ok ({n} unsynced)")
+        return Check("database", FAIL, _t("doctor.db_integrity", result=result[:200]), _t("doctor.fix_db_integrity"))
+    return Check("database", PASS, _t("doctor.db_ok", path=db, n=n))
 
 
 def check_disk(state: Path, min_free_mb: int) -> Check:
     try:
         free = shutil.disk_usage(state if state.exists() else state.parent).free
     except OSError as exc:
-        return Check("disk", FAIL, f"cannot read free space: {exc.strerror}", "check the SD card")
-    detail = f"{free // MIB} MiB free"
+        return Check("disk", FAIL, _t("doctor.disk_unreadable", error=exc.strerror), _t("doctor.fix_sd"))
     if free < min_free_mb * MIB:
         status = FAIL if free < 10 * MIB else WARN
-        return Check("disk", status, f"{detail} (below {min_free_mb} MiB)",
-                     "sync (synced entries are purged), or free space on the SD card")
-    return Check("disk", PASS, detail)
+        return Check("disk", status, _t("doctor.disk_low", n=free // MIB, limit=min_free_mb), _t("doctor.fix_disk"))
+    return Check("disk", PASS, _t("doctor.disk_free", n=free // MIB))
 
 
 def check_clock(config: Config, live_status=None) -> Check:
@@ -266,11 +276,12 @@ def check_clock(config: Config, live_status=None) -> Check:
     max_h = config.clock.max_unconfirmed_h
     closed = config.clock.when_unconfirmed == "closed"
     if kernel.state == clockmod.SYNCED:
-        return Check("clock", PASS, "synchronised (NTP)")
+        return Check("clock", PASS, _t("doctor.clock_ntp"))
     confirmed_at, by = None, None
     if live_status is not None:
         if live_status.confirmed and not live_status.behind:
-            return Check("clock", PASS, f"confirmed by {live_status.by} (kernel: {kernel.state})")
+            return Check("clock", PASS, _t("doctor.clock_confirmed", by=_t(f"clock_by.{live_status.by}"),
+                                           kernel=_t(f"clock_kernel.{kernel.state}")))
         confirmed_at, by = live_status.confirmed_at, live_status.by
     else:
         try:
@@ -279,87 +290,80 @@ def check_clock(config: Config, live_status=None) -> Check:
         except (OSError, ValueError, AttributeError):
             pass
     age = None if confirmed_at is None else time.time() - confirmed_at
-    last = "never confirmed" if age is None else f"last confirmed by {by} {_age(age)} ago"
+    last = _t("doctor.clock_never") if age is None else _t("doctor.clock_last", by=_t(f"clock_by.{by}"), age=_age(age))
     overdue = age is None or age > max_h * 3600
     status = FAIL if (overdue and closed) else WARN
-    return Check("clock", status, f"not synchronised ({kernel.state}; {last})",
-                 "give the device network for NTP (`timedatectl`; a Pi has no battery clock) or let it reach "
-                 "the server")
+    return Check("clock", status, _t("doctor.clock_unsynced", kernel=_t(f"clock_kernel.{kernel.state}"), last=last), _t("doctor.fix_clock"))
 
 
 def check_trust(config: Config) -> Check:
     try:
         store = load_device_trust(config.state_dir, config.trust.roots, config.trust.files)
     except (CheckpointError, OSError) as exc:
-        return Check("trust", FAIL, f"refused: {exc}",
-                     "`checkpoint sync now` fetches a good bundle; check [trust] files")
+        return Check("trust", FAIL, _t("doctor.trust_refused", error=str(exc)), _t("doctor.fix_trust_refused"))
     if store.key_count == 0:
-        return Check("trust", FAIL, "no trusted issuer keys", readiness.FIXES[readiness.NO_TRUST])
+        return Check("trust", FAIL, _t("doctor.trust_none"), readiness.fix_text(readiness.NO_TRUST))
     if not store.bundles:
-        return Check("trust", PASS, f"{store.key_count} keys from files (no bundle)")
+        return Check("trust", PASS, _t("doctor.trust_files", n=store.key_count))
     newest = max(store.bundles, key=lambda b: b.version)
     age = time.time() - newest.issued_at
     limit = config.trust.max_age_h * 3600
     stale = age > limit or time.time() > newest.expires_at
-    detail = (f"bundle v{newest.version}, {_age(max(0.0, age))} old, {store.key_count} keys, "
-              f"{len(store.revoked_cards)} revoked")
+    detail = _t("doctor.trust_bundle", version=newest.version, age=_age(max(0.0, age)), keys=store.key_count,
+                revoked=len(store.revoked_cards))
     if stale:
         closed = config.trust.when_stale == "closed"
-        return Check("trust", FAIL if closed else WARN, detail + " (stale: past its limit or expiry)",
-                     "let the device reach the server (`checkpoint sync now`), or publish a fresh bundle")
+        return Check("trust", FAIL if closed else WARN, _t("doctor.trust_stale", detail=detail),
+                     _t("doctor.fix_trust_stale"))
     return Check("trust", PASS, detail)
 
 
 def check_server(config: Config, timeout: float = 5.0) -> Check:
     if not config.sync.enabled:
-        return Check("server", PASS, "sync disabled")
+        return Check("server", PASS, _t("doctor.sync_off"))
     try:
         dev = DeviceConfig.load(config.state_dir)
     except StateError:
-        return Check("server", WARN, "not provisioned: no server yet", "run `checkpoint provision`")
+        return Check("server", WARN, _t("doctor.no_server"), _t("doctor.fix_provision"))
     try:
         r = requests.get(dev.server_url + "/v1/health", timeout=(timeout, timeout), verify=dev.ca_file or True,
                          allow_redirects=False)
     except requests.exceptions.SSLError as exc:
-        return Check("server", FAIL, f"{dev.server_url}: TLS: {type(exc).__name__}",
-                     "check the server certificate, the device clock, or the CA file given at provisioning")
+        return Check("server", FAIL, f"{dev.server_url}: TLS: {type(exc).__name__}", _t("doctor.fix_tls"))
     except requests.RequestException as exc:
-        return Check("server", FAIL, f"{dev.server_url}: {type(exc).__name__}",
-                     "check the network (Wi-Fi, mobile link) and the server address")
+        return Check("server", FAIL, f"{dev.server_url}: {type(exc).__name__}", _t("doctor.fix_network"))
     if not r.ok:
-        return Check("server", FAIL, f"{dev.server_url}: HTTP {r.status_code}", "check the server")
-    return Check("server", PASS, f"{dev.server_url} reachable")
+        return Check("server", FAIL, f"{dev.server_url}: HTTP {r.status_code}", _t("doctor.fix_server"))
+    return Check("server", PASS, _t("doctor.server_ok", url=dev.server_url))
 
 
 def check_sync(config: Config, backlog: tuple[int, int | None] | None, state: Callable[[], SyncState]) -> Check:
     """Sync's alarms, quarantine and backlog; ``state`` gives sync's state (the running agent's, or
     its file when the daemon does not run)."""
     if not config.sync.enabled:
-        return Check("sync", PASS, "sync disabled")
+        return Check("sync", PASS, _t("doctor.sync_off"))
     try:
         st = state()
     except StateError as exc:
-        return Check("sync", FAIL, str(exc), "delete sync-state.json (it is rebuilt from the server)")
+        return Check("sync", FAIL, str(exc), _t("doctor.fix_sync_state"))
     if "sync_auth_failed" in st.alarms:
-        return Check("sync", FAIL, f"the server refuses this device ({st.last_error_code})",
-                     "re-provision with a new token, or ask the server's operator")
+        return Check("sync", FAIL, _t("doctor.sync_refused", code=st.last_error_code), _t("doctor.fix_sync_refused"))
     pending, oldest = backlog if backlog is not None else (None, None)
-    parts = []
+    parts: list[i18n.Text] = []
     if pending is not None:
-        parts.append(f"{pending} pending")
+        parts.append(_t("doctor.sync_pending", n=pending))
     if oldest is not None:
-        parts.append(f"oldest {_age(max(0.0, time.time() - oldest / 1000))}")
+        parts.append(_t("doctor.sync_oldest", age=_age(max(0.0, time.time() - oldest / 1000))))
     if st.last_success_ms:
-        parts.append(f"last success {_age(max(0.0, time.time() - st.last_success_ms / 1000))} ago")
-    detail = ", ".join(parts) or "nothing yet"
+        parts.append(_t("doctor.sync_last", age=_age(max(0.0, time.time() - st.last_success_ms / 1000))))
+    detail = _join(parts) if parts else _t("doctor.sync_nothing")
     if st.quarantined:
-        return Check("sync", WARN, f"{detail}; {len(st.quarantined)} batches quarantined",
-                     "see `checkpoint sync status`; `checkpoint sync now --retry-quarantined`")
+        return Check("sync", WARN, _t("doctor.sync_quarantined", detail=detail, n=len(st.quarantined)),
+                     _t("doctor.fix_quarantined"))
     too_many = pending is not None and pending > config.sync.backlog_max
     too_old = oldest is not None and now_ms() - oldest > config.sync.backlog_max_age_h * 3_600_000
     if too_many or too_old:
-        return Check("sync", WARN, f"{detail} (backlog over its limit)",
-                     "check the link to the server; `checkpoint sync export --to /media/usb` for sites without one")
+        return Check("sync", WARN, _t("doctor.sync_backlog", detail=detail), _t("doctor.fix_backlog"))
     return Check("sync", PASS, detail)
 
 
@@ -382,6 +386,11 @@ def check_site(config: Config, summary: dict | None) -> Check | None:
         return Check("site", WARN, f"isolated (entries {summary['when_isolated']}): {detail}",
                      "check the LAN link to the other gates, and that they run with the same [site] site_id")
     return Check("site", PASS, detail)
+
+
+def _join(parts: Sequence[i18n.Text]) -> i18n.Text:
+    """Texts joined with commas, in whichever language they are read."""
+    return _t("doctor.list", **{"items": {lang: ", ".join(p(lang) for p in parts) for lang in i18n.LANGS}})
 
 
 def _offline_backlog(config: Config) -> tuple[int, int | None] | None:
@@ -408,9 +417,9 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
     """Every check for ``config``. ``live`` (the running daemon) supplies input, log and clock
     health instead of opening devices the daemon holds."""
     if config is None:
-        return Report((Check("config", FAIL, "; ".join(config_problems[:3]) or "no configuration",
-                             "`checkpoint config check FILE` lists every problem and its fix"),))
-    checks = [Check("config", PASS, str(config.path) if config.path else "built-in defaults (no file)")]
+        return Report((Check("config", FAIL, "; ".join(config_problems[:3]) or _t("doctor.no_config"),
+                             _t("doctor.fix_config")),))
+    checks = [Check("config", PASS, str(config.path) if config.path else _t("doctor.defaults"))]
     checks.append(check_state_dir(config.state_dir))
     checks.append(check_provisioned(config))
     checks.append(check_ready(live.readiness() if live is not None else readiness.of_config(config)))
@@ -423,10 +432,8 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
         if not config.has_inputs:
             found = discover_inputs()
             detail = ", ".join(t.get("device") or t.get("port") for ts in found.values() for t in ts)
-            checks.append(Check("inputs", PASS if found else WARN, f"found automatically: {detail}" if found
-                                else "no input configured and none found",
-                                "" if found else "plug in a USB reader (see docs/provisioning.md#usb-readers) "
-                                "or configure a [[camera]]"))
+            checks.append(Check("inputs", PASS if found else WARN, _t("doctor.inputs_found", found=detail) if found
+                                else _t("doctor.inputs_none"), "" if found else _t("doctor.fix_inputs")))
     checks.append(live.gpio_check() if live is not None else check_gpio(config))
     checks.append(check_database(config.db_path, config.log.min_free_mb))
     if live is not None:
@@ -450,12 +457,15 @@ def run(config: Config | None, *, config_problems: Sequence[str] = (), live=None
     return Report(tuple(checks))
 
 
-def table(report: Report) -> list[str]:
+def table(report: Report, lang: str | None = None) -> list[str]:
     """The report as lines for a terminal: status, check, detail; the fix under anything not passing."""
     width = max((len(c.name) for c in report.checks), default=5)
+    marks = {s: i18n.t(f"status_page.{s}", lang) for s in (PASS, WARN, FAIL)}
+    mark_w = max(len(m) for m in marks.values())
+    fix = i18n.t("doctor.fix_label", lang)
     lines = []
     for c in report.checks:
-        lines.append(f"{c.status.upper():<4}  {c.name:<{width}}  {c.detail}")
-        if c.status != PASS and c.fix:
-            lines.append(f"{'':<4}  {'':<{width}}  fix: {c.fix}")
+        lines.append(f"{marks.get(c.status, c.status):<{mark_w}}  {c.name:<{width}}  {c.detail_in(lang)}")
+        if c.status != PASS and c.fix_in(lang):
+            lines.append(f"{'':<{mark_w}}  {'':<{width}}  {fix}: {c.fix_in(lang)}")
     return lines

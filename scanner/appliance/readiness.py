@@ -22,16 +22,9 @@ NO_TRUST_ROOT = "no_trust_root"  # not provisioned and no root pinned: an enroll
 NO_TRUST = "no_trust"  # no issuer key to check a card with (no bundle yet, or every one refused)
 CODES = (READY, NOT_PROVISIONED, NO_TRUST_ROOT, NO_TRUST)
 
-FIXES = {  # for people at a terminal (doctor), in English like the other checks' fixes
-    NOT_PROVISIONED: "show it the enrollment QR (`checkpoint server enroll-qr`), or run "
-                     "`checkpoint provision --server URL --token T`",
-    NO_TRUST_ROOT: "provision it with the operator's root: `checkpoint provision --server URL --token T "
-                   "--trust-root ROOT.pub`, or put ROOT.pub on the device and set [enroll] trust_root, then show "
-                   "it the enrollment QR",
-    NO_TRUST: "publish a trust bundle on the server (`checkpoint server bundle publish`): the device takes the "
-              "first one signed by its root by itself (`checkpoint sync now` fetches it at once); a device "
-              "without a server needs issuer keys in [trust] files",
-}
+def fix_text(code: str) -> i18n.Text | str:
+    """What a technician does about ``code`` ([readiness_fix] in the catalogue; none when ready)."""
+    return i18n.text(f"readiness_fix.{code}") if code in (NOT_PROVISIONED, NO_TRUST_ROOT, NO_TRUST) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +49,8 @@ class Readiness:
     def message(self, lang: str | None = None) -> str:
         return i18n.t(f"readiness.{self.code}", lang)
 
-    @property
-    def fix(self) -> str:
-        return FIXES.get(self.code, "")
+    def fix(self, lang: str | None = None) -> str:
+        return i18n.render(fix_text(self.code), lang)
 
     def to_dict(self) -> dict:
         return {"ready": self.ready, "code": self.code, "detail": self.detail,

@@ -168,25 +168,28 @@ class Backend:
         for h in self.pipeline.health().sources:
             ok = h.state in (SourceState.OK, SourceState.FINISHED)
             status = PASS if ok else FAIL if h.state is SourceState.FAILED else WARN
-            detail = f"{h.state}" + (f" ({h.reason})" if h.reason else "") + f", {h.scans} reads"
+            said = {lang: i18n.t(f"input_state.{h.state}", lang) + (f" ({h.reason})" if h.reason else "")
+                    for lang in i18n.LANGS}
+            detail: i18n.Text | dict = i18n.text("doctor.input_state", state=said, n=h.scans)
             if h.detail and not ok:
-                detail += f": {escape(h.detail)}"
-            fix = "" if ok else ("plug it in / check the cable; it is retried by itself"
-                                 if h.state is SourceState.REOPENING else "see the detail; fix the config")
+                detail = {lang: f"{i18n.render(detail, lang)}: {escape(h.detail)}" for lang in i18n.LANGS}
+            fix = "" if ok else i18n.text("doctor.fix_input_reopening" if h.state is SourceState.REOPENING
+                                          else "doctor.fix_input")
             out.append(Check(f"{'camera' if h.source == 'camera' else 'reader'}:{h.source_id}", status, detail, fix))
         if not out:
-            out.append(Check("inputs", WARN, "no input", "plug in a USB reader or configure a [[camera]]"))
+            out.append(Check("inputs", WARN, i18n.text("doctor.no_input"), i18n.text("doctor.fix_inputs")))
         return out
 
     def gpio_check(self) -> Check:
         fb = self.feedback
         fallback = getattr(fb, "fallback_reason", None)
         if fb.kind == "console" and fallback:
-            return Check("gpio", WARN, f"GPIO unavailable, lights on the console: {escape(fallback)}",
-                         "add the service user to the 'gpio' group, or check the pins (docs/wiring.md)")
+            return Check("gpio", WARN, i18n.text("doctor.gpio_console", why=escape(fallback)),
+                         i18n.text("doctor.fix_gpio"))
         if fb.fault:
-            return Check("gpio", FAIL, f"outputs stopped: {escape(fb.fault)}", "check the wiring; restart the service")
-        return Check("gpio", PASS, f"feedback on {fb.kind}")
+            return Check("gpio", FAIL, i18n.text("doctor.gpio_stopped", why=escape(fb.fault)),
+                         i18n.text("doctor.fix_gpio_stopped"))
+        return Check("gpio", PASS, i18n.text("doctor.gpio_live", kind=fb.kind))
 
     def log_check(self) -> Check | None:
         core = self.device.core
@@ -196,8 +199,9 @@ class Backend:
         if h.state == "ok":
             return None
         status = FAIL if h.state == "error" else WARN
-        return Check("database:health", status, f"{h.state}: {', '.join(h.problems)} ({h.queued} queued)",
-                     "free disk space or replace the SD card; entries are kept in memory meanwhile")
+        return Check("database:health", status, i18n.text("doctor.log_health", state=i18n.text(f"log_health.{h.state}"),
+                                                          problems=", ".join(h.problems), n=h.queued),
+                     i18n.text("doctor.fix_log_health"))
 
     def clock_status(self) -> ClockStatus:
         return self.guard.status()

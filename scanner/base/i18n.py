@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -42,3 +43,52 @@ def catalogue(sections: tuple[str, ...]) -> dict[str, dict[str, str]]:
             for lang in LANGS:
                 out[lang][f"{section}.{name}"] = entry.get(lang) or entry.get("en") or f"{section}.{name}"
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A text for people, not yet put in a language: a catalogue key and its parameters (plain
+    values, or Texts themselves). Rendered when the reader's language is known."""
+
+    key: str
+    params: tuple[tuple[str, object], ...] = ()
+
+    def __call__(self, lang: str | None = None) -> str:
+        return t(self.key, lang, **{k: render(v, lang) for k, v in self.params})
+
+
+def text(key: str, /, **params: object) -> Text:
+    return Text(key, tuple(params.items()))
+
+
+def render(value: object, lang: str | None = None) -> str:
+    """``value`` for a reader of ``lang``: a Text in that language, a ``{lang: text}`` mapping's own
+    (else English), anything else as it is."""
+    if isinstance(value, Text):
+        return value(lang)
+    if isinstance(value, dict):
+        return str(value.get(lang or default_lang()) or value.get("en") or "")
+    return str(value)
+
+
+def age(seconds: float) -> Text:
+    """A duration or an age for people ("47 giây", "5 phút", "3.5 giờ", "2.0 ngày")."""
+    if seconds < 120:
+        return text("age.s", n=f"{seconds:.0f}")
+    if seconds < 7200:
+        return text("age.min", n=f"{seconds / 60:.0f}")
+    if seconds < 172800:
+        return text("age.h", n=f"{seconds / 3600:.1f}")
+    return text("age.d", n=f"{seconds / 86400:.1f}")
+
+
+def problem_text(code: str, lang: str | None = None) -> str:
+    """A health problem ("code" or "code:what", scanner/appliance/supervisor.py) in words: [problem]
+    of the catalogue, else [readiness], else the code itself. The pages do the same (common.js)."""
+    head, _, what = code.partition(":")
+    table = _table()
+    if head in table.get("problem", {}):
+        return t(f"problem.{head}", lang, what=what)
+    if code in table.get("readiness", {}):
+        return t(f"readiness.{code}", lang)
+    return code

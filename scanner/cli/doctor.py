@@ -11,9 +11,10 @@ import requests
 
 from scanner.appliance import doctor
 from scanner.appliance.config import DEFAULT_PATH, ConfigError, defaults, load
+from scanner.base import i18n
 from scanner.base.paths import STATE_DIR_ENV
 from scanner.base.safetext import escape, json_line
-from scanner.cli.common import EXIT_FATAL
+from scanner.cli.common import EXIT_FATAL, LANG
 
 
 @click.command("doctor")
@@ -21,7 +22,8 @@ from scanner.cli.common import EXIT_FATAL
               help=f"The configuration (default {DEFAULT_PATH}).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--local", is_flag=True, help="Check here even when the daemon is running (it holds the devices).")
-def doctor_cmd(config_path, as_json, local):
+@click.option("--lang", type=LANG, default=None, help="Language of the table (default vi).")
+def doctor_cmd(config_path, as_json, local, lang):
     """Check camera, readers, GPIO, log, disk, clock, trust, server and sync. Exit 1 if any check fails."""
     config, problems = None, []
     file = Path(config_path or DEFAULT_PATH)
@@ -40,9 +42,11 @@ def doctor_cmd(config_path, as_json, local):
     if as_json:
         click.echo(json_line(doc))
     else:
+        lang = lang or i18n.default_lang()
         if doc.get("source") == "daemon":
-            click.echo("(from the running daemon)")
-        for line in doctor.table(doctor.Report(tuple(doctor.Check(**c) for c in doc["checks"]), doc["at"])):
+            click.echo(i18n.t("doctor.from_daemon", lang))
+        checks = tuple(doctor.Check.from_dict(c) for c in doc["checks"])
+        for line in doctor.table(doctor.Report(checks, doc["at"]), lang):
             click.echo(escape(line))
     sys.exit(0 if doc["ok"] else EXIT_FATAL)
 

@@ -212,8 +212,10 @@ def purge(db_path, retention_days, dry_run, as_json):
               help="Check an export file instead of the database.")
 @click.option("--format", "fmt", type=FORMAT, default="jsonl", show_default=True, help="Format of --file.")
 @click.option("--json", "as_json", is_flag=True)
-def verify_cmd(db_path, file_path, fmt, as_json):
+@click.option("--lang", type=click.Choice(i18n.LANGS), default=None, help="vi (default) or en.")
+def verify_cmd(db_path, file_path, fmt, as_json, lang):
     """Check the hash chain (and the database's integrity). Exit 0 intact, 1 broken, 2 unusable."""
+    lang = lang or i18n.default_lang()
     integrity = None
     if file_path is not None:
         try:
@@ -233,14 +235,18 @@ def verify_cmd(db_path, file_path, fmt, as_json):
                               "anchor_seq": report.anchor_seq, "bad_seq": report.bad_seq,
                               "problem": report.problem or None, "detail": report.detail or None}))
     elif ok:
-        span = f"seq {report.first_seq}-{report.last_seq}" if report.checked else "empty"
-        anchor = f", anchor seq {report.anchor_seq}" if report.anchor_seq is not None else ""
-        click.echo(f"chain ok: {report.checked} entries ({span}{anchor})"
-                   + ("; integrity ok" if integrity else ""))
+        t = lambda key, **kw: i18n.t("log_verify." + key, lang, **kw)  # noqa: E731
+        line = t("ok", n=report.checked, first=report.first_seq, last=report.last_seq) if report.checked \
+            else t("ok_empty")
+        if report.anchor_seq is not None:
+            line += t("anchor", seq=report.anchor_seq)
+        click.echo(line + (t("integrity_ok") if integrity else ""))
     else:
+        t = lambda key, **kw: i18n.t("log_verify." + key, lang, **kw)  # noqa: E731
         if integrity not in (None, "ok"):
-            click.echo(f"database integrity check FAILED: {escape(integrity[:500])}")
+            click.echo(t("integrity_failed", result=escape(integrity[:500])))
         if not report.ok:
-            click.echo(f"chain BROKEN at seq {report.bad_seq}: {report.problem} ({report.detail}); "
-                       f"{report.checked} entries before it are intact")
+            click.echo(t("broken", seq=report.bad_seq, problem=i18n.t(f"chain_problem.{report.problem}", lang),
+                         n=report.checked,
+                         detail=escape(report.detail)))
     sys.exit(EXIT_ACCEPT if ok else EXIT_REJECT)

@@ -96,14 +96,20 @@ def sync_status(state_dir, db_path, as_json, lang):
     t = lambda key, **kw: i18n.t("sync." + key, lang, **kw)  # noqa: E731
     click.echo(t("device", device=escape(d["device_id"]), checkpoint=escape(d["checkpoint_id"]),
                  server=escape(d["server"])))
-    click.echo(t("pending", n=d["pending"], oldest=_when(d["oldest_pending_ms"], lang),
-                 acked=d["last_acked_seq"]))
+    if d["oldest_pending_ms"] is None:
+        click.echo(t("pending_none", acked=d["last_acked_seq"]))
+    else:
+        click.echo(t("pending", n=d["pending"], oldest=_when(d["oldest_pending_ms"], lang),
+                     acked=d["last_acked_seq"]))
     click.echo(t("last", ok=_when(d["last_success_ms"], lang), attempt=_when(d["last_attempt_ms"], lang)))
     if d["last_error"]:
         click.echo(t("error", error=_error_text(d["last_error_code"], d["last_error"], lang),
                      at=_when(d["last_error_ms"], lang)))
-    age = "-" if d["trust_age_s"] is None else f"{d['trust_age_s'] / 86400:.1f}"
-    click.echo(t("trust", version=d["trust_version"] if d["trust_version"] is not None else "-", days=age))
+    if d["trust_version"] is None:
+        click.echo(t("trust_none"))
+    else:
+        click.echo(t("trust", version=d["trust_version"], age=i18n.render(i18n.age(max(0.0, d["trust_age_s"] or 0)),
+                                                                          lang)))
     if d["trust_error"]:
         click.echo(t("trust_error", error=escape(d["trust_error"])))
     if d["quarantined"]:

@@ -59,6 +59,6 @@ def human_verdict(verdict: Verdict, lang: str) -> str:
             parts.append(i18n.t("health.no_expiry", lang))
         else:
             parts.append(f"{i18n.t('label.expires', lang)} {date_utc(card.expires_at)}")
-    if verdict.detail and not verdict.accepted:
+    if verdict.detail and not verdict.accepted and lang == "en":  # the verifier's technical words are English
         parts.append(escape(verdict.detail))
     return " · ".join(parts)

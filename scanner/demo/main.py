@@ -376,15 +376,17 @@ class _Printer:
             who = ""
             if d["holder"]:
                 who = f" · {escape(d['holder']['name'])} ({i18n.t('label.born', lang)} {d['holder']['birth_year']})"
-            flags = f" [{', '.join(d['degraded'])}]" if d["degraded"] else ""
+            flags = f" [{', '.join(i18n.t(f'degraded.{f}', lang) for f in d['degraded'])}]" if d["degraded"] else ""
             line = (f"{time.strftime('%H:%M:%S')} {d['source']}:{escape(d['source_id'])} #{d['seq']} {mark} "
                     f"{i18n.t('decision.' + d['decision'], lang)} · {i18n.t('reason.' + d['reason'], lang)} "
                     f"({d['reason']}){who}{flags}")
         elif event.kind == "enrolled":
             line = i18n.t("demo_run.enrolled", lang, device=d["device_id"], checkpoint=escape(d["checkpoint_id"]))
         elif event.kind == "state":
-            line = i18n.t("demo_run.state", lang, state=d["state"],
-                          why=", ".join(d["problems"] + d["degraded"]) or "-")
+            state = i18n.t(f"status_page.state_{d['state']}", lang)
+            why = [i18n.problem_text(p, lang) for p in d["problems"]] + [i18n.t(f"degraded.{f}", lang) for f in d["degraded"]]
+            line = (i18n.t("demo_run.state", lang, state=state, why="; ".join(why)) if why
+                    else i18n.t("demo_run.state_plain", lang, state=state))
         else:
             return
         with self.lock:

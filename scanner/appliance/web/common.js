@@ -115,6 +115,21 @@ const CK = (() => {
     return t("badge.age_d", { n: Math.round(seconds / 86400) });
   }
 
+  // A health problem ("code" or "code:what", scanner/appliance/supervisor.py) in words.
+  function problem(code) {
+    const i = code.indexOf(":");
+    const head = i < 0 ? code : code.slice(0, i);
+    if (texts && texts.en && texts.en[`problem.${head}`]) return t(`problem.${head}`, { what: i < 0 ? "" : code.slice(i + 1) });
+    if (texts && texts.en && texts.en[`readiness.${code}`]) return t(`readiness.${code}`);
+    return code;
+  }
+
+  // A duration for people ("4 min 47 s" in English), from [age] of the catalogue.
+  function duration(s) {
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+    return h ? t("age.h_min", { h, m }) : t("age.min_s", { m, s: Math.floor(s % 60) });
+  }
+
   function clockTime(epochSeconds) {
     if (!epochSeconds) return t("status_page.not_set");
     return new Date(epochSeconds * 1000).toLocaleString(lang === "vi" ? "vi-VN" : "en-GB");
@@ -122,6 +137,6 @@ const CK = (() => {
 
   return {
     token, url, getJSON, postJSON, patiently, loadTexts, pickLang, setLang, t, safe, el, icon, age,
-    clockTime, get lang() { return lang; },
+    clockTime, problem, duration, get lang() { return lang; },
   };
 })();

@@ -23,11 +23,6 @@
 
   function ago(ms) { return ms ? `${CK.clockTime(ms / 1000)} (${CK.age(Math.max(0, Date.now() - ms) / 1000)})` : null; }
 
-  function duration(s) {
-    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
-    return h ? `${h} h ${m} min` : `${m} min ${Math.floor(s % 60)} s`;
-  }
-
   function mark(level) { return CK.icon(`mark-${level}`, "mark"); }
 
   function renderStatus() {
@@ -39,7 +34,7 @@
       why.push(CK.el("span", { class: "why", id: "readiness", "data-readiness": st.readiness.code },
         t(`readiness.${st.readiness.code}`)));
     }
-    if (st.problems.length) why.push(CK.el("span", { class: "why" }, `${t("status_page.problems")}: ${st.problems.join(", ")}`));
+    if (st.problems.length) why.push(CK.el("span", { class: "why" }, `${t("status_page.problems")}: ${st.problems.map(CK.problem).join(", ")}`));
     if (st.degraded.length) {
       why.push(CK.el("span", { class: "why" },
         `${t("status_page.degraded")}: ${st.degraded.map((f) => t(`degraded.${f}`)).join(", ")}`));
@@ -48,8 +43,8 @@
       t(`status_page.state_${st.state}`)), ...why);
     kv("overview-kv", [
       ["status_page.name", st.device.name], ["status_page.device", st.device.id],
-      ["status_page.checkpoint", st.device.checkpoint], ["status_page.mode", st.mode],
-      ["status_page.version", st.version], ["status_page.uptime", duration(st.uptime_s)],
+      ["status_page.checkpoint", st.device.checkpoint], ["status_page.mode", t(`mode.${st.mode}`)],
+      ["status_page.version", st.version], ["status_page.uptime", CK.duration(st.uptime_s)],
       ["status_page.direction", t(`kiosk.dir_${st.direction}`)],
     ]);
     const d = st.today || {};
@@ -60,15 +55,15 @@
     ]);
     $("inputs-body").replaceChildren(...st.inputs.map((i) => {
       const ilv = i.state === "ok" || i.state === "finished" ? "ok" : i.state === "failed" || i.state === "reopening" ? "bad" : "warn";
-      return CK.el("tr", { "data-level": ilv }, CK.el("td", {}, i.kind), CK.el("td", {}, i.id),
-        CK.el("td", {}, mark(ilv), i.state + (i.reason ? ` (${i.reason})` : "")), CK.el("td", {}, String(i.scans)),
+      return CK.el("tr", { "data-level": ilv }, CK.el("td", {}, t(`input_kind.${i.kind}`)), CK.el("td", {}, i.id),
+        CK.el("td", {}, mark(ilv), t(`input_state.${i.state}`) + (i.reason ? ` (${i.reason})` : "")), CK.el("td", {}, String(i.scans)),
         CK.el("td", {}, String(i.issues)));
     }));
     const s = st.sync;
     kv("sync-kv", [
       ["status_page.enabled", s.enabled], ["status_page.pending", s.pending],
       ["status_page.oldest", ago(s.oldest_pending_ms)], ["status_page.last_success", ago(s.last_success_ms)],
-      ["status_page.last_error", s.last_error_code], ["status_page.alarms", s.alarms],
+      ["status_page.last_error", s.last_error_code ? `${t(`sync_error.${s.last_error_code}`)} (${s.last_error_code})` : null], ["status_page.alarms", s.alarms],
     ]);
     const site = st.site;  // a gate of a site: the peers it hears, their last message and clock skew
     $("site-card").hidden = !site;
@@ -96,8 +91,8 @@
     ]);
     const c = st.clock;
     kv("clock-kv", [
-      ["status_page.confirmed", c.confirmed], ["status_page.confirmed_by", c.by],
-      ["status_page.behind", c.behind], ["status_page.kernel", c.kernel],
+      ["status_page.confirmed", c.confirmed], ["status_page.confirmed_by", c.by ? t(`clock_by.${c.by}`) : null],
+      ["status_page.behind", c.behind], ["status_page.kernel", c.kernel ? t(`clock_kernel.${c.kernel}`) : null],
       ["status_page.offset", c.offset_ms === null ? null : `${c.offset_ms} ms`],
     ]);
     const versions = st.versions || {};
@@ -113,12 +108,16 @@
       : [CK.el("tr", {}, CK.el("td", { colSpan: 4 }, t("status_page.none")))]));
   }
 
+  // A check's detail or fix in the page's language (the doctor gives every language).
+  function said(c, what) { return (c.texts && c.texts[CK.lang] && c.texts[CK.lang][what]) || c[what]; }
+
   function renderDoctor() {
     $("checks-body").replaceChildren(...doctor.checks.map((c) => {
       const lv = c.status === "pass" ? "ok" : c.status === "warn" ? "warn" : "bad";
       return CK.el("tr", { "data-level": lv, "data-check": c.name },
         CK.el("td", { class: "result" }, mark(lv), t(`status_page.${c.status}`)),
-        CK.el("td", { class: "name" }, c.name), CK.el("td", {}, c.detail), CK.el("td", {}, c.status === "pass" ? "" : c.fix));
+        CK.el("td", { class: "name" }, c.name), CK.el("td", {}, said(c, "detail")),
+        CK.el("td", {}, c.status === "pass" ? "" : said(c, "fix")));
     }));
   }
 

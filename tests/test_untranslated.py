@@ -1,0 +1,111 @@
+"""No English on a Vietnamese reader's terminal: the human output of the commands a technician
+and staff run, with CHECKPOINT_LANG=vi, has only words of the catalogue's Vietnamese texts
+(tests/support/words.py), besides the ids, names and paths the test itself put there. The kiosk
+and the status page are checked the same way in tests/test_kiosk_browser.py."""
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from support.config import standalone, write_config
+from support.paths import ROOT
+from support.pki import NAME, make_pki
+from support.waiting import WAIT
+from support.words import foreign
+
+from hardware.scan import Scan
+from scanner.appliance.events import EventHub
+from scanner.cards import verifier
+from scanner.cards.trust import load_trust
+from scanner.demo.main import _Printer
+from scanner.store.entrylog import EntryLog
+
+HOLDER = "Đỗ Thị Hạnh"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "scanner", *args], capture_output=True, text=True, cwd=ROOT,
+                       timeout=WAIT, env={**os.environ, "CHECKPOINT_LANG": "vi"})
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def vietnamese_only(out: str, *allowed: str) -> None:
+    found = foreign(out, allowed)
+    assert not found, f"untranslated words {sorted(set(found))} in:\n{out}"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_the_words_check_catches_english():
+    """The check itself: English in a Vietnamese line is found, the Vietnamese line passes."""
+    assert foreign("✘ TỪ CHỐI · Thẻ đã hết hạn · signature does not verify") == ["signature", "does", "not", "verify"]
+    assert foreign("Chế độ provisioned") == ["provisioned"] and foreign("4 min 47 s") == ["min", "s"]
+    assert foreign("✔ CHẤP NHẬN · Thẻ hợp lệ · Ana (sinh 1990)", ["Ana"]) == []
+
+
+def test_verify_says_it_in_vietnamese(pki, tmp_path):
+    rogue = make_pki(tmp_path / "rogue")
+    forged = run("verify", "--trust", str(pki.pub), rogue.card(name=HOLDER))
+    assert forged.returncode == 1
+    vietnamese_only(forged.stdout, HOLDER, "unknown_key")  # the reason code is for technicians, in any language
+    good = run("verify", "--trust", str(pki.pub), pki.card(name=HOLDER))
+    assert good.returncode == 0
+    vietnamese_only(good.stdout, HOLDER, "ok", "VN-HUE")
+
+
+def test_log_stats_and_log_verify_say_it_in_vietnamese(pki, tmp_path):
+    db = tmp_path / "state" / "entries.db"
+    trust = load_trust([pki.pub], [])
+    now = time.time()
+    with EntryLog(db, device_id="dev-1", checkpoint_id="cho-dong", sealing_key=None) as log:
+        for i in range(3):
+            log.record(Scan(pki.card(name=HOLDER), "usb", "r0", now + i), verifier.verify(pki.card(), trust, now),
+                       direction="in")
+    stats = run("log", "stats", "--db", str(db))
+    assert stats.returncode == 0, stats.stderr
+    vietnamese_only(stats.stdout, str(db), "cho-dong")
+    ok = run("log", "verify", "--db", str(db))
+    assert ok.returncode == 0, ok.stderr
+    vietnamese_only(ok.stdout)
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE entries SET source_id = 'r9' WHERE seq = 2")  # an entry altered after the fact
+    conn.commit()
+    conn.close()
+    broken = run("log", "verify", "--db", str(db))
+    assert broken.returncode == 1
+    vietnamese_only(broken.stdout, "(altered)")  # the stable code beside its words
+
+
+def test_doctor_says_it_in_vietnamese(pki, tmp_path):
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.toml", standalone(state, pki, serial=[{"name": "entry",
+                                                                           "port": str(tmp_path / "no-tty")}]))
+    r = run("doctor", "--local", "--config", str(config))
+    assert r.returncode == 1
+    vietnamese_only(r.stdout, "gate-test", "reader:entry", "state_dir", "provisioned", "ready", "gpio", "database",
+                    "disk", "clock", "trust", "server", "sync", "config", "unsynced", "unknown", "synced")
+
+
+def test_the_demo_says_the_device_state_in_vietnamese():
+    """The demo's terminal lines for the device state and a degraded verdict, as the daemon's events give them."""
+    out = io.StringIO()
+    printer = _Printer(out, "vi", [])
+    hub = EventHub(display_s=1)
+    hub.listen(printer)
+    hub.publish("state", {"state": "degraded", "problems": [], "degraded": ["clock_unconfirmed", "not_provisioned"]})
+    hub.publish("state", {"state": "ok", "problems": [], "degraded": []})
+    hub.publish("state", {"state": "error", "problems": ["input_down:cam0", "no_trust"], "degraded": []})
+    hub.publish("verdict", {"decision": "accept", "reason": "ok", "holder": None, "degraded": ["trust_stale"],
+                            "source": "camera", "source_id": "cam0", "seq": 1})
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "Tình trạng thiết bị: bình thường"  # not "ok (-)"
+    vietnamese_only(out.getvalue(), "cam0", "camera", "(ok)")  # the reason code beside its words
