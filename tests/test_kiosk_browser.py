@@ -492,6 +492,44 @@ def test_on_a_phone_the_page_reflows(stale, chrome, shots):
     browser.set_viewport(chrome, 800, 480)
 
 
+LONG_NAME = "Nguyễn Thị Hoàng Phương Thảo Tôn Nữ Minh Nguyệt Công Tằng Tôn Nữ Diệu Huyền Châu"[:80]
+
+
+def fits(chrome) -> dict:
+    """Where the verdict's word, name and reason are: each whole (not clipped) and inside the
+    verdict area, above the "limited operation" strip."""
+    return chrome.execute_script("""
+        const box = (id) => document.getElementById(id).getBoundingClientRect();
+        const main = document.querySelector('.verdict-main').getBoundingClientRect();
+        const note = document.getElementById('note');
+        const floor = note.hidden ? box('verdict').bottom : note.getBoundingClientRect().top;
+        const out = {};
+        for (const id of ['symbol', 'word', 'name', 'reason']) {
+          const el = document.getElementById(id), r = box(id);
+          out[id] = {inside: r.top >= main.top - 0.5 && r.bottom <= Math.min(main.bottom, floor) + 0.5 && r.height > 0,
+                     whole: getComputedStyle(el).overflow === 'visible' || el.scrollHeight <= el.clientHeight + 1};
+        }
+        return out;""")
+
+
+def test_a_long_name_with_the_strip_showing_leaves_verdict_name_and_reason_in_view(stale, chrome, shots):
+    """An 80-character holder name (a four-word Vietnamese name wraps) at 800x480, with the
+    "limited operation" strip showing: the verdict word, the whole name and the reason all fit."""
+    daemon, url, pki, cam, _ = stale
+    open_kiosk(chrome, url)
+    browser.wait_js(chrome, "document.body.dataset.state === 'degraded'", WAIT, "the degraded state")
+    assert len(LONG_NAME) == 80
+    show(cam, pki.card(name=LONG_NAME, birth="1990-01-01"))
+    browser.wait_js(chrome, "document.body.dataset.view === 'accept'", WAIT, "the accept verdict")
+    assert chrome.execute_script("return !document.getElementById('note').hidden")  # the strip shows
+    assert text(chrome, "name") == LONG_NAME
+    where = fits(chrome)
+    assert all(v["inside"] and v["whole"] for v in where.values()), where
+    assert png_size(browser.screenshot(chrome, shots / "kiosk-long-name.png")) == (800, 480)
+    browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the verdict to clear")
+    show(cam, None)
+
+
 def test_a_degraded_device_says_why_and_staff_silence_its_alarm(stale, chrome, shots):
     daemon, url, pki, cam, _ = stale
     open_kiosk(chrome, url)

@@ -120,6 +120,29 @@
     }
     $("symbol").firstElementChild.setAttribute("href", `#i-${symbol}`);
     body.dataset.view = kind;
+    fit();
+  }
+
+  // Shrink the verdict's symbol and texts (the CSS variable --fit) until the symbol, word, name and
+  // reason all fit in the verdict area: a long name (two or three lines) must not push the reason
+  // out of view or under the "limited operation" strip.
+  function fit() {
+    const main = document.querySelector(".verdict-main");
+    main.style.setProperty("--fit", "1");
+    const parts = ["symbol", "word", "holder", "reason"].map($);
+    const over = () => {
+      const box = main.getBoundingClientRect();
+      const shown = parts.filter((el) => el.getBoundingClientRect().height > 0);
+      if (!shown.length) return false;
+      const name = $("name");
+      return shown[0].getBoundingClientRect().top < box.top - 0.5
+        || shown[shown.length - 1].getBoundingClientRect().bottom > box.bottom + 0.5
+        || name.scrollHeight > name.clientHeight + 1;
+    };
+    for (let f = 1; f > 0.5 && over(); ) {
+      f = Math.round((f - 0.05) * 100) / 100;
+      main.style.setProperty("--fit", String(f));
+    }
   }
 
   function isDuplicate(d) { return d.reason === "duplicate" && !!d.duplicate_of; }
@@ -406,6 +429,8 @@
     CK.setLang(CK.lang === "vi" ? "en" : "vi");
     applyLang();
   });
+
+  window.addEventListener("resize", () => fit());
 
   function applyLang() {
     $("lang").textContent = CK.t("kiosk.other_lang_short");
