@@ -346,6 +346,50 @@ def test_the_kiosk_and_the_status_page_show_no_english_in_vietnamese(site, chrom
     browser.set_viewport(chrome, 800, 480)
 
 
+def broken_words_and_cut_values(chrome) -> dict:
+    """On the status page: the words split over two lines in its tables and lists ("came|ra"), and
+    the values (today's counts...) that end outside the window or their card."""
+    return chrome.execute_script("""
+        const broken = [], cut = [];
+        for (const cell of document.querySelectorAll('#inputs-body td, .kv dt, .kv dd, #checks-body td.result')) {
+          const node = [...cell.childNodes].find((n) => n.nodeType === 3 && n.data.trim());
+          if (!node) continue;
+          const re = /\S+/g; let m;
+          while ((m = re.exec(node.data))) {
+            const r = document.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+            const lines = new Set([...r.getClientRects()].map((x) => Math.round(x.top)));
+            if (lines.size > 1 && /^[\\p{L}]+[,.:;)]?$/u.test(m[0])) broken.push(m[0]);  // words; paths may wrap
+          }
+        }
+        for (const dd of document.querySelectorAll('#today-kv dd, #today-kv dt')) {
+          const r = dd.getBoundingClientRect(), card = dd.closest('.card').getBoundingClientRect();
+          if (r.right > Math.min(window.innerWidth, card.right) + 0.5 || r.width === 0) cut.push(dd.textContent);
+        }
+        return {broken, cut};""")
+
+
+def test_the_status_page_keeps_words_whole_and_counts_in_view_on_a_phone(site, chrome):
+    """On a phone, the kiosk's 800x480 and a laptop: no word of the status page split over two
+    lines, today's counts (the status page's and the kiosk's) wholly in view, no sideways scrolling."""
+    for width, height, mobile in ((360, 740, True), (390, 844, True), (800, 480, False), (1280, 800, False)):
+        browser.set_viewport(chrome, width, height, mobile=mobile)
+        chrome.get(site.url + "/status")
+        browser.wait_js(chrome, "document.body.dataset.loaded === 'true'", WAIT, "the status page")
+        found = broken_words_and_cut_values(chrome)
+        assert found == {"broken": [], "cut": []}, (width, found)
+        overflow = chrome.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow}px wider than the screen ({width}px)"
+        chrome.get(site.url + "/")  # the kiosk's own counts on the same screen
+        browser.wait_js(chrome, "document.body.dataset.statusAt !== undefined", WAIT, "the kiosk's counts")
+        cut = chrome.execute_script("""return ['today', 'rejected', 'occupancy'].filter((id) => {
+            const el = document.getElementById(id), r = el.getBoundingClientRect();
+            const box = el.closest('.count').getBoundingClientRect();
+            return r.width === 0 || r.right > Math.min(window.innerWidth, box.right) + 0.5
+              || el.scrollWidth > el.clientWidth + 1; });""")
+        assert cut == [], (width, cut)
+    browser.set_viewport(chrome, 800, 480)
+
+
 # ---------------------------------------------------------------- a device without a trust list
 
 
