@@ -220,13 +220,13 @@ def read_pull_state(state_dir: str | os.PathLike) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def status_dict(state_dir: str | os.PathLike, log: EntryLog) -> dict:
+def status_dict(state_dir: str | os.PathLike, log: EntryLog | None) -> dict:
     """What `checkpoint sync status` reports, from the device's files and its entry log (the
     daemon need not run): who it is, what is pending, the last success and error, trust, alarms."""
     cfg = DeviceConfig.load(Path(state_dir))
     st = StateFile(state_dir).load()
-    first = log.pending(0, 1)
-    unsynced = log.stats().unsynced if first else 0
+    first = log.pending(0, 1) if log is not None else []  # no log yet: the daemon has not run
+    unsynced = log.stats().unsynced if first and log is not None else 0
     now = now_ms() // 1000
     return {
         "device_id": cfg.device_id, "checkpoint_id": cfg.checkpoint_id, "server": cfg.server_url,

@@ -354,7 +354,7 @@ def broken_words_and_cut_values(chrome) -> dict:
         for (const cell of document.querySelectorAll('#inputs-body td, .kv dt, .kv dd, #checks-body td.result')) {
           const node = [...cell.childNodes].find((n) => n.nodeType === 3 && n.data.trim());
           if (!node) continue;
-          const re = /\S+/g; let m;
+          const re = /\\S+/g; let m;
           while ((m = re.exec(node.data))) {
             const r = document.createRange(); r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
             const lines = new Set([...r.getClientRects()].map((x) => Math.round(x.top)));

@@ -305,3 +305,16 @@ def write_output(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> Non
     with AtomicFile.output(path, mode) as fh:
         fh.write(data)
 
+
+
+def give_to_owner(directory: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give ``path`` (and an SQLite file's -wal and -shm) to the owner of ``directory`` when they
+    differ: a file a technician made as root in a service's directory stays writable by the service."""
+    st = os.stat(directory)
+    for p in (os.fspath(path), f"{os.fspath(path)}-wal", f"{os.fspath(path)}-shm"):
+        try:
+            mine = os.stat(p, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
+            os.chown(p, st.st_uid, st.st_gid, follow_symlinks=False)

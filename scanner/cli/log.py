@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from scanner.appliance import readiness
-from scanner.appliance.config import DEFAULT_PATH, ConfigError, defaults, load
+from scanner.appliance.config import defaults
 from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
 from scanner.cli.common import (
@@ -21,6 +21,7 @@ from scanner.cli.common import (
     output_file,
     run_guarded,
 )
+from scanner.cli.device import config_option, db_path_for, device_config
 from scanner.store.disk import MIB
 from scanner.store.entry import (
     FORMATS,
@@ -31,19 +32,19 @@ from scanner.store.entry import (
     write_export,
 )
 from scanner.store.entrylog import EntryLog, Stats
-from scanner.store.schema import default_db_path
 
 FORMAT = click.Choice(FORMATS)
 
 
 def _db_option(fn):
-    return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
-                        help="The entry log (default: $CHECKPOINT_STATE_DIR/entries.db, "
-                             "else /var/lib/checkpoint/entries.db).")(fn)
+    """--db and --config: the log, or the device whose log it is (scanner/cli/device.py)."""
+    return config_option(click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                                      help="The entry log (default: the configuration's, else "
+                                           "$CHECKPOINT_STATE_DIR/entries.db, else /var/lib/checkpoint/entries.db).")(fn))
 
 
-def _open(db_path: str | None) -> EntryLog:
-    return run_guarded(EntryLog, db_path or default_db_path(), create=False)
+def _open(db_path: str | None, config_path: str | None) -> EntryLog:
+    return run_guarded(EntryLog, db_path_for(db_path, None, device_config(config_path)), create=False)
 
 
 def _size(n: int | None) -> str:
@@ -90,38 +91,21 @@ def stats_lines(s: Stats, lang: str, ready: readiness.Readiness | None = None) -
     return lines
 
 
-def device_config(config_path: str | None, db: Path):
-    """The configuration of the device whose log this is: --config, else the default file when its
-    log is this one, else the built-in defaults with the log's folder as the state directory."""
-    path = Path(config_path or DEFAULT_PATH)
-    try:
-        if config_path is not None:
-            return load(path)
-        if path.exists():
-            config = load(path)
-            if config.db_path.resolve() == db.resolve():
-                return config
-    except ConfigError as exc:
-        if config_path is not None:
-            fail(f"{path}: {'; '.join(exc.lines()[:3])}")
-    return defaults(db.parent)
-
-
 @log_group.command()
 @_db_option
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help=f"The device's configuration: its log (unless --db) and its readiness (default {DEFAULT_PATH} "
-                   "when its log is this one, else built-in defaults with the log's folder as the state directory).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--lang", type=click.Choice(i18n.LANGS), default=None, help="vi (default) or en.")
 def stats(db_path, config_path, as_json, lang):
     """Counts: entries, unsynced, purged, today's totals and occupancy, disk and health; and
     whether the device can check cards (the same answer as its health API and doctor)."""
-    if db_path is None and config_path is not None:
-        db_path = str(device_config(config_path, Path(".")).db_path)
-    with _open(db_path) as log:
+    config = device_config(config_path)
+    with run_guarded(EntryLog, db_path_for(db_path, None, config), create=False) as log:
         s = run_guarded(log.stats)
-    ready = readiness.of_config(device_config(config_path, Path(s.path)))
+    # the readiness of the device: the configuration given, or the installed one when this is its log,
+    # else the built-in defaults with the log's folder as the state directory
+    if config is None or (config_path is None and config.db_path.resolve() != Path(s.path).resolve()):
+        config = defaults(Path(s.path).parent)
+    ready = readiness.of_config(config)
     if as_json:
         d = s.to_dict()
         # the mode of this (unkeyed) CLI instance says nothing about the service: counts only
@@ -150,9 +134,9 @@ def tail_line(e) -> str:
 @_db_option
 @click.option("-n", "count", type=click.IntRange(0, 100000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry (the export record).")
-def tail(db_path, count, as_json):
+def tail(db_path, config_path, count, as_json):
     """The last N entries, oldest first."""
-    with _open(db_path) as log:
+    with _open(db_path, config_path) as log:
         entries = run_guarded(log.tail, count)
     for e in entries:
         click.echo(json_line(to_export_dict(e)) if as_json else tail_line(e))
@@ -168,9 +152,9 @@ def tail(db_path, count, as_json):
 @click.option("--format", "fmt", type=FORMAT, default="jsonl", show_default=True)
 @click.option("-o", "--out", "out_path", default="-", show_default=True,
               help="Output file ('-' for stdout): replaced atomically, mode 0600; a symlink is refused.")
-def export(db_path, since, until, fmt, out_path):
+def export(db_path, config_path, since, until, fmt, out_path):
     """Entries in [--since, --until) as JSONL or CSV: no holder details (only whether sealed)."""
-    with _open(db_path) as log:
+    with _open(db_path, config_path) as log:
         rows = log.entries(None if since is None else since * 1000, None if until is None else until * 1000)
         if out_path == "-":
             n = run_guarded(write_export, rows, sys.stdout, fmt)
@@ -189,9 +173,9 @@ def export(db_path, since, until, fmt, out_path):
               help="Keep synced entries this many days; unsynced entries are always kept.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.option("--json", "as_json", is_flag=True)
-def purge(db_path, retention_days, dry_run, as_json):
+def purge(db_path, config_path, retention_days, dry_run, as_json):
     """Delete synced entries older than the retention (keeping the chain verifiable)."""
-    with _open(db_path) as log:
+    with _open(db_path, config_path) as log:
         r = run_guarded(log.purge, retention_days, dry_run=dry_run)
     if as_json:
         click.echo(json_line({"purged": r.purged, "dry_run": r.dry_run, "anchor_seq": r.anchor_seq,
@@ -213,7 +197,7 @@ def purge(db_path, retention_days, dry_run, as_json):
 @click.option("--format", "fmt", type=FORMAT, default="jsonl", show_default=True, help="Format of --file.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--lang", type=click.Choice(i18n.LANGS), default=None, help="vi (default) or en.")
-def verify_cmd(db_path, file_path, fmt, as_json, lang):
+def verify_cmd(db_path, config_path, file_path, fmt, as_json, lang):
     """Check the hash chain (and the database's integrity). Exit 0 intact, 1 broken, 2 unusable."""
     lang = lang or i18n.default_lang()
     integrity = None
@@ -225,7 +209,7 @@ def verify_cmd(db_path, file_path, fmt, as_json, lang):
         with fh:
             report = run_guarded(lambda: verify_chain(read_export(fh, fmt)))
     else:
-        with _open(db_path) as log:
+        with _open(db_path, config_path) as log:
             integrity = run_guarded(log.integrity_check)
             report = run_guarded(log.verify)
     ok = report.ok and integrity in (None, "ok")

@@ -10,31 +10,48 @@ from pathlib import Path
 import click
 
 from scanner.base import i18n
+from scanner.base.fsutil import give_to_owner
 from scanner.base.safetext import escape, json_line
 from scanner.cli.common import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     closing,
     run_guarded,
-    state_dir_of,
     state_option,
 )
+from scanner.cli.device import config_option, db_path_for, device_config, state_dir_for
 from scanner.store.entry import iso_ms
 from scanner.store.entrylog import EntryLog
-from scanner.store.schema import DEFAULT_DB_NAME
 from sync.agent import SyncAgent
 from sync.export import export_pending
-from sync.state import status_dict
+from sync.state import DeviceConfig, status_dict
 
 
 def _log_option(fn):
-    return click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
-                        help="The entry log (default: STATE_DIR/entries.db).")(fn)
+    """--db and --config (scanner/cli/device.py)."""
+    return config_option(click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                                      help="The entry log (default: the configuration's, else STATE_DIR/entries.db).")(fn))
 
 
-def _open_log(state: Path, db_path: str | None) -> EntryLog:
-    """The device's entry log (it must exist), closed when the command ends."""
-    return closing(run_guarded(EntryLog, Path(db_path) if db_path else state / DEFAULT_DB_NAME, create=False))
+def _device(state_dir: str | None, db_path: str | None, config_path: str | None) -> tuple[Path, Path]:
+    """The device's state directory and entry log."""
+    config = device_config(config_path)
+    state = state_dir_for(state_dir, config)
+    return state, db_path_for(db_path, state, config)
+
+
+def _open_log(state: Path, db: Path, *, create: bool = False) -> EntryLog | None:
+    """The device's entry log, closed when the command ends. A provisioned device whose daemon has
+    not run yet has none: None, or with ``create`` a new one as the daemon makes it (given to the
+    state directory's owner, so that the service can write it)."""
+    if not db.exists():
+        run_guarded(DeviceConfig.load, state)  # not provisioned: its one-line error
+        if not create:
+            return None
+        log = closing(run_guarded(EntryLog, db, create=True))
+        run_guarded(give_to_owner, state, db)
+        return log
+    return closing(run_guarded(EntryLog, db, create=False))
 
 
 def _when(ms: int | None, lang: str) -> str:
@@ -56,10 +73,10 @@ def sync_group() -> None:
               help="Give up after this many seconds of retrying.")
 @click.option("--retry-quarantined", is_flag=True, help="Send quarantined batches again.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def sync_now(state_dir, db_path, timeout_s, retry_quarantined, as_json):
+def sync_now(state_dir, db_path, config_path, timeout_s, retry_quarantined, as_json):
     """Upload everything pending. Exit 0 only when all of it is acknowledged."""
-    state = state_dir_of(state_dir)
-    log = _open_log(state, db_path)
+    state, db = _device(state_dir, db_path, config_path)
+    log = _open_log(state, db, create=True)
     agent = closing(run_guarded(SyncAgent, state, log))
     res = run_guarded(agent.sync_until_done, timeout_s, retry_quarantined=retry_quarantined, trust=True)
     if as_json:
@@ -85,10 +102,10 @@ def _error_text(code: str | None, message: str, lang: str) -> str:
 @_log_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--lang", type=click.Choice(i18n.LANGS), default=None, help="vi (default) or en.")
-def sync_status(state_dir, db_path, as_json, lang):
+def sync_status(state_dir, db_path, config_path, as_json, lang):
     """Pending entries, last acknowledged sequence, last success and error, trust version and age."""
-    state = state_dir_of(state_dir)
-    d = run_guarded(status_dict, state, _open_log(state, db_path))
+    state, db = _device(state_dir, db_path, config_path)
+    d = run_guarded(status_dict, state, _open_log(state, db))
     if as_json:
         click.echo(json_line(d))
         return
@@ -126,10 +143,10 @@ def sync_status(state_dir, db_path, as_json, lang):
 @state_option
 @_log_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def sync_export(to_dir, state_dir, db_path, as_json):
+def sync_export(to_dir, state_dir, db_path, config_path, as_json):
     """Write pending entries as signed batch files for `checkpoint server import`."""
-    state = state_dir_of(state_dir)
-    res = run_guarded(export_pending, state, _open_log(state, db_path), to_dir)
+    state, db = _device(state_dir, db_path, config_path)
+    res = run_guarded(export_pending, state, _open_log(state, db, create=True), to_dir)
     if as_json:
         click.echo(json_line(res.to_dict()))
     else:
