@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.entries import bulk_fill
 
 from scanner.cards import keys as keymod
 from scanner.cards.bundle import open_bundle
 from scanner.cards.trust import load_root
+from scanner.store.entrylog import EntryLog
 
 
 def run(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):
@@ -223,3 +225,40 @@ def test_version_and_help():
     assert run("--version").stdout.startswith("checkpoint")
     r = run("--help")
     assert r.returncode == 0 and "verify" in r.stdout and "scan-image" in r.stdout
+
+
+# ---------------------------------------------------------------- usage errors and pipes
+
+
+def _checkpoint(*args: str, lang: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scanner", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CHECKPOINT_LANG": lang})
+
+
+@pytest.mark.parametrize("args, vi, en", [
+    (("verify", "--nope"), "không có tùy chọn --nope", "no such option --nope"),
+    (("log", "stats", "--lang", "xx"), "giá trị không hợp lệ cho '--lang'", "invalid value for '--lang'"),
+    (("sync", "now", "--timeout"), "tùy chọn --timeout dùng sai", "option --timeout used wrongly"),
+    (("nope",), "không có lệnh 'nope'", "no such command 'nope'"),
+    (("scan-image",), "thiếu 'FILES...'", "missing 'FILES...'"),
+])
+def test_a_usage_error_is_one_translated_line(args, vi, en):
+    for lang, want in (("vi", vi), ("en", en)):
+        r = _checkpoint(*args, lang=lang)
+        assert r.returncode == 2 and r.stdout == "", r
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("checkpoint: error: ") and want in lines[0], (lang, r.stderr)
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
+    """`checkpoint log export | head -n 1`: no "Broken pipe" error, as Unix tools do."""
+    db = tmp_path / "entries.db"
+    with EntryLog(db, device_id="dev-1", checkpoint_id="gate", sealing_key=None) as log:
+        bulk_fill(log, 3000)
+    p = subprocess.Popen([sys.executable, "-m", "scanner", "log", "export", "--db", str(db)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()  # as head does after its line
+    err = p.stderr.read().decode()
+    p.wait(timeout=60)
+    assert first.startswith(b"{") and err == "" and p.returncode == 1, (p.returncode, err)

@@ -81,6 +81,8 @@ def run_guarded(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except CheckpointError as exc:
         fail(str(exc))
+    except BrokenPipeError:
+        raise  # our reader went away (`... | head`): click ends the command quietly
     except OSError as exc:
         fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
 

@@ -5,9 +5,15 @@ lists its commands from their summaries without loading any.
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple
+import sys
+from typing import Any, NamedTuple
 
 import click
+
+from scanner.base import i18n
+from scanner.base.safetext import escape
+
+EXIT_USAGE = 2
 
 
 class Lazy(NamedTuple):
@@ -38,6 +44,26 @@ class LazyGroup(click.Group):
             raise TypeError(f"{lazy.target} is not a click command")
         return command
 
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's main, but a usage error is one translated line (`checkpoint: error: ...`, exit 2).
+        A reader that goes away (`checkpoint log export | head`) ends the command quietly, exit 1
+        (click's own handling of EPIPE)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            click.echo(f"checkpoint: error: {escape(usage_text(exc, i18n.default_lang()))}", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo(i18n.t("usage.aborted"), err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"checkpoint: error: {escape(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names))
@@ -50,3 +76,34 @@ class LazyGroup(click.Group):
                 rows.append((name, command.get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def usage_text(exc: click.UsageError, lang: str) -> str:
+    """A usage error in words of the catalogue, with where to look for help."""
+    t = lambda key, **kw: i18n.t("usage." + key, lang, **kw)  # noqa: E731
+    if isinstance(exc, click.NoSuchOption):
+        near = ", ".join(sorted(exc.possibilities or ()))
+        text = t("no_such_option", option=exc.option_name) + (t("did_you_mean", names=near) if near else "")
+    elif isinstance(exc, click.MissingParameter):
+        text = t("missing", param=_param(exc))
+    elif isinstance(exc, click.BadParameter):
+        text = t("bad_value", param=_param(exc), message=exc.message)
+    elif isinstance(exc, click.BadOptionUsage):
+        text = t("bad_option", option=exc.option_name, message=exc.message)
+    elif exc.message.startswith("No such command"):
+        text = t("no_such_command", name=exc.message.partition(" command ")[2].rstrip("."))
+    elif exc.message.startswith("Got unexpected extra argument"):
+        text = t("extra", args=exc.message.partition("(")[2].rstrip(")"))
+    else:
+        text = exc.message
+    command = exc.ctx.command_path if exc.ctx is not None else "checkpoint"
+    return text + t("see_help", command=command)
+
+
+def _param(exc: click.BadParameter) -> str:
+    if exc.param_hint is not None:
+        hint = exc.param_hint
+        return " / ".join(hint) if isinstance(hint, (list, tuple)) else str(hint)
+    if exc.param is not None:
+        return exc.param.get_error_hint(exc.ctx) if exc.ctx is not None else str(exc.param.name)
+    return "?"
