@@ -387,6 +387,7 @@ class SyncAgent:
         self.min_batch, self.max_batch, self.target_s = min_batch, max_batch, target_s
         self.backoff = backoff or Backoff(1.0, 2.0, 300.0, jitter=True)  # Retry-After: capped at an hour by the client
         self._state: SyncState | None = None  # in memory between passes; the file follows (see _save)
+        self._logged_error: str | None = None  # the last failure logged: a retry failing the same way is not
         self._stamp: tuple | None = None  # the file as last read or written here
         self._written: dict | None = None
         self._saved_at = time.monotonic()
@@ -664,11 +665,17 @@ class SyncAgent:
                 self._save(state, progress=save_progress)
                 self._publish(state)
                 level = logging.ERROR if isinstance(exc, RejectedError) else logging.WARNING
+                if str(exc) == self._logged_error:  # the same failure again: once is enough
+                    level = logging.DEBUG
+                self._logged_error = str(exc)
                 log.log(level, "sync: %s", exc)
                 pending, _ = self.pending_count()
                 return SyncResult(*counts, pending, False, str(exc), exc.code,
                                   getattr(exc, "retry_after", None), trust_result)
             state.last_error = state.last_error_code = None
+            if self._logged_error is not None:
+                log.info("sync: the server answers again")
+                self._logged_error = None
             state.last_success_ms = now_ms()
             state.set_alarm("sync_auth_failed", False)
             self._save(state, progress=save_progress)

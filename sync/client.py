@@ -5,8 +5,11 @@ policy (sync/agent.py); this module makes one attempt per call.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -151,13 +154,16 @@ class SyncClient:
                 body = read_limited(resp, max_bytes, path, TransientError)
                 status, resp_headers = resp.status_code, CaseInsensitiveDict(resp.headers)
         except requests.exceptions.SSLError as exc:
-            raise TransientError(f"TLS: {_short(exc)}", code="tls") from None
-        except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout) as exc:
-            raise TransientError(f"timeout: {_short(exc)}", code="timeout") from None
+            raise TransientError(f"TLS with the server at {self.base_url} failed: {cause(exc)}", code="tls") from None
+        except requests.exceptions.ConnectTimeout:
+            raise TransientError(f"server not reachable at {self.base_url}: no answer in time", code="timeout") from None
+        except requests.exceptions.ReadTimeout:
+            raise TransientError(f"the server at {self.base_url} did not answer in time", code="timeout") from None
         except requests.exceptions.ConnectionError as exc:
-            raise TransientError(f"network: {_short(exc)}", code="network") from None
+            raise TransientError(f"server not reachable at {self.base_url}: {cause(exc)}", code="network") from None
         except requests.exceptions.RequestException as exc:
-            raise TransientError(f"request failed: {_short(exc)}", code="network") from None
+            raise TransientError(f"request to the server at {self.base_url} failed: {cause(exc)}",
+                                 code="network") from None
         received = now_ms()
         server_ms = _ms_header(resp_headers.get(protocol.TIME_HEADER))
         reply = Reply(status, resp_headers, body, server_ms, sent, received,
@@ -239,6 +245,33 @@ def _ms_header(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() and len(value) < 17 else None
 
 
-def _short(exc: Exception) -> str:
+_ERRNO_WORDS = {errno.ECONNREFUSED: "connection refused (is the server running? is the port right?)",
+                errno.ECONNRESET: "connection reset", errno.ENETUNREACH: "network unreachable (check the link)",
+                errno.EHOSTUNREACH: "host unreachable (check the link and the address)",
+                errno.ETIMEDOUT: "no answer in time"}
+
+
+def cause(exc: BaseException) -> str:
+    """What went wrong under a requests/urllib3 error, in a few words a technician can act on
+    (the library's own text names pools and retries and runs long)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror):
+            return "the server's name does not resolve (check the address and DNS)"
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"certificate not trusted ({e.verify_message})"
+        if isinstance(e, OSError) and e.errno in _ERRNO_WORDS:
+            return _ERRNO_WORDS[e.errno]
+        todo += [x for x in (e.__cause__, e.__context__, getattr(e, "reason", None)) if isinstance(x, BaseException)]
+        todo += [x for x in e.args if isinstance(x, BaseException)]
     text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."
+    if "Connection refused" in text:  # urllib3 keeps only the text of the socket's error
+        return _ERRNO_WORDS[errno.ECONNREFUSED]
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return "the server's name does not resolve (check the address and DNS)"
+    return type(exc).__name__

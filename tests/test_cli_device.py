@@ -12,6 +12,7 @@ from support.config import write_config
 from support.paths import ROOT
 from support.servers import ServerThread
 from support.waiting import WAIT
+from support.words import foreign
 
 from scanner.appliance.provisioning import provision_appliance
 
@@ -25,7 +26,7 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def provisioned(tmp_path):
+def provisioned(tmp_path, request):
     """A device just provisioned by a real server: its config file names a state directory that
     is not the default, with the entry log elsewhere; the daemon has never run."""
     (tmp_path / "server").mkdir()
@@ -36,6 +37,7 @@ def provisioned(tmp_path):
     config = write_config(tmp_path / "checkpoint.toml", {
         "device": {"state_dir": str(state)}, "log": {"db": str(tmp_path / "logs" / "entries.db")}})
     (tmp_path / "logs").mkdir(mode=0o700)
+    request.node.server = server
     yield config, state, tmp_path / "logs" / "entries.db"
     server.stop()
 
@@ -70,3 +72,17 @@ def test_log_commands_take_the_config(provisioned):
 def test_without_config_they_say_which_device_is_missing(tmp_path):
     r = cli("sync", "status", "--state-dir", str(tmp_path / "none"))
     assert r.returncode == 2 and r.stderr.startswith("checkpoint: error:") and len(r.stderr.splitlines()) == 1
+
+
+def test_a_server_that_cannot_be_reached_is_said_once_in_words_with_what_to_check(provisioned, request):
+    config, _, _ = provisioned
+    server = request.node.server
+    url = server.url
+    server.stop()
+    r = cli("sync", "now", "--config", str(config), "--timeout", "4")
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert lines == [f"checkpoint: server not reachable at {url}: connection refused "
+                     "(is the server running? is the port right?)"], r.stderr  # once, whole, no library text
+    vi = cli("sync", "now", "--config", str(config), "--timeout", "2", CHECKPOINT_LANG="vi")
+    assert len(vi.stderr.splitlines()) == 1 and not foreign(vi.stderr, ["checkpoint", "(network)"]), vi.stderr

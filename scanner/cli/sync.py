@@ -4,6 +4,7 @@ details.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def sync_group() -> None:
 def sync_now(state_dir, db_path, config_path, timeout_s, retry_quarantined, as_json):
     """Upload everything pending. Exit 0 only when all of it is acknowledged."""
     state, db = _device(state_dir, db_path, config_path)
+    logging.getLogger("sync").setLevel(logging.CRITICAL)  # each retry's failure: the last one is said below
     log = _open_log(state, db, create=True)
     agent = closing(run_guarded(SyncAgent, state, log))
     res = run_guarded(agent.sync_until_done, timeout_s, retry_quarantined=retry_quarantined, trust=True)
@@ -85,8 +87,9 @@ def sync_now(state_dir, db_path, config_path, timeout_s, retry_quarantined, as_j
         lang = i18n.default_lang()
         click.echo(i18n.t("sync.now", lang, batches=res.batches, entries=res.entries, stored=res.stored,
                           dup=res.duplicates, pending=res.pending))
-        if res.error:
-            click.echo(f"checkpoint: {escape(res.error)}", err=True)
+        if res.error:  # what failed and what to check: the client's words in English, the catalogue's else
+            said = escape(res.error) if lang == "en" else _error_text(res.error_code, res.error, lang)
+            click.echo(f"checkpoint: {said}", err=True)
     sys.exit(EXIT_OK if res.complete else EXIT_INCOMPLETE)
 
 
