@@ -15,6 +15,7 @@ from support.waiting import WAIT
 from support.words import foreign
 
 from scanner.appliance.provisioning import provision_appliance
+from scanner.store.entrylog import EntryLog
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -75,14 +76,16 @@ def test_without_config_they_say_which_device_is_missing(tmp_path):
 
 
 def test_a_server_that_cannot_be_reached_is_said_once_in_words_with_what_to_check(provisioned, request):
-    config, _, _ = provisioned
+    _, state, db = provisioned
+    EntryLog(db).close()
     server = request.node.server
     url = server.url
     server.stop()
-    r = cli("sync", "now", "--config", str(config), "--timeout", "4")
+    where = ("--state-dir", str(state), "--db", str(db))
+    r = cli("sync", "now", *where, "--timeout", "4")
     assert r.returncode == 1
     lines = r.stderr.splitlines()
     assert lines == [f"checkpoint: server not reachable at {url}: connection refused "
                      "(is the server running? is the port right?)"], r.stderr  # once, whole, no library text
-    vi = cli("sync", "now", "--config", str(config), "--timeout", "2", CHECKPOINT_LANG="vi")
+    vi = cli("sync", "now", *where, "--timeout", "2", CHECKPOINT_LANG="vi")
     assert len(vi.stderr.splitlines()) == 1 and not foreign(vi.stderr, ["checkpoint", "(network)"]), vi.stderr
