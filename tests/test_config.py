@@ -238,3 +238,33 @@ def test_toml_written_by_provisioning_is_valid(tmp_path):
     c = cfg.parse(tomllib.loads(text))
     assert c.sync.server == "https://server.example" and c.state_dir == tmp_path / "st"
     assert c.hid == ()  # inputs found at provisioning are listed as comments: found again at each start
+
+
+def test_config_check_refuses_what_the_device_cannot_use(tmp_path):
+    """A state directory that is a file, a camera video that is not there, two unnamed [[stdin]]
+    (named after what the daemon calls them, never None) and trust files given as one string (the
+    fix says to make it an array): every one a problem with its fix, all at once."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'''[device]
+state_dir = "/etc/passwd"
+checkpoint_id = "gate"
+[sync]
+enabled = false
+[trust]
+files = "{tmp_path}/issuer.pem"
+[[camera]]
+device = "{tmp_path}/no-such-video.avi"
+[[stdin]]
+path = "{lines}"
+[[stdin]]
+path = "{lines}"
+''')
+    r = run_cli("config", "check", str(bad))
+    assert r.returncode == 2, r
+    got = {line.split(": ")[3]: line for line in r.stderr.splitlines()}  # checkpoint: error: FILE: KEY: ...
+    assert "is not a directory" in got["device.state_dir"]
+    assert "does not exist" in got["camera[0].device"]
+    assert "input name 'stdin' is also used by stdin[0]" in got["stdin[1].name"] and "None" not in r.stderr
+    assert f'fix: make it an array: files = ["{tmp_path}/issuer.pem"]' in got["trust.files"]

@@ -253,12 +253,23 @@ def _cross_checks(values: dict) -> list[Problem]:
     seen: dict[str, str] = {}
     for kind, ident in (("camera", "device"), ("serial", "port"), ("hid", "device"), ("stdin", "name")):
         for i, table in enumerate(values.get(kind, ())):
-            name = table.get("name") or table.get(ident)
+            name = table.get("name") or table.get(ident) or kind  # an unnamed [[stdin]] is "stdin"
             where = f"{kind}[{i}]"
             if name in seen:
                 problems.append(Problem(f"{where}.name", f"input name {name!r} is also used by {seen[name]}",
                                         "give each input its own name"))
             seen[name] = where
+    for i, table in enumerate(values.get("camera", ())):  # a video file or a folder of pictures must be there
+        device = str(table.get("device") or "")
+        as_file = table.get("kind") == "file" or (table.get("kind", "auto") == "auto" and "/" in device
+                                                   and "://" not in device and not device.startswith("/dev/"))
+        if as_file and device and not os.path.exists(device):
+            problems.append(Problem(f"camera[{i}].device", f"{device} does not exist",
+                                    "give the path of the video file or folder, or a camera device (/dev/video0)"))
+    state = (values.get("device") or {}).get("state_dir")
+    if state is not None and os.path.exists(state) and not os.path.isdir(state):
+        problems.append(Problem("device.state_dir", f"{state} is not a directory",
+                                "give a directory of its own (default /var/lib/checkpoint); the device creates it"))
     stdin_dash = [i for i, t in enumerate(values.get("stdin", ())) if t.get("path") == "-"]
     if len(stdin_dash) > 1:
         problems.append(Problem(f"stdin[{stdin_dash[1]}].path", "standard input is used by two [[stdin]] tables",

@@ -7,6 +7,7 @@ section classes (scanner/appliance/settings.py) that the rest of the code reads 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import re
@@ -322,7 +323,12 @@ def _validate_table(table: dict, section: Section, prefix: str,
             continue
         value, problem = key.check(table[key.name])
         if problem:
-            problems.append(Problem(full, problem, key.fix or f"see docs/configuration.md#{section.name}"))
+            given = table[key.name]
+            if key.check.annotation.startswith("tuple[") and isinstance(given, str):  # one item, not in [ ]
+                fix = f"make it an array: {key.name} = [{json.dumps(given, ensure_ascii=False)}]"
+            else:
+                fix = key.fix or f"see docs/configuration.md#{section.name}"
+            problems.append(Problem(full, problem, fix))
         else:
             values[key.name] = value
     if not problems:

@@ -499,8 +499,8 @@ call the page makes, and stored nowhere).
 No page shows anything from the entry log but counts, and nothing personal is stored by the
 browser. The pages are plain HTML, CSS and JavaScript in `scanner/appliance/web/` (no build step, nothing
 loaded from elsewhere: their Content-Security-Policy allows only this device); every word they
-show is in `scanner/base/translations.toml`. Screenshots (the kiosk at 800x480: accept, reject,
-degraded, error, not ready, enrolling; on a phone; the status page): [docs/screenshots](screenshots/), taken by the browser tests
+show is in `scanner/base/translations.toml`. Screenshots (the kiosk at 800x480: accept, reject, duplicate,
+degraded, a long name with the "limited operation" strip, error, not ready, enrolling; on a phone; the status page): [docs/screenshots](screenshots/), taken by the browser tests
 (`tests/test_kiosk_browser.py`, in a real headless Chromium); to take them again:
 `CHECKPOINT_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_kiosk_browser.py`.
 """
