@@ -14,10 +14,16 @@ from support.appliance import Daemon, NotifySocket, wait_inputs_ok
 from support.cameras import write_shots
 from support.config import standalone, write_config
 from support.pki import NAME, make_pki
+from support.servers import ServerThread
 from support.waiting import WAIT
 
+from scanner.appliance.provisioning import provision_appliance
+from scanner.base.timeutil import now_ms
+from scanner.cards import keys
+from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.demo.video import Shot
 from scanner.store.entrylog import EntryLog
+from sync.server.bundles import publish
 
 
 @pytest.fixture
@@ -193,3 +199,32 @@ def config_path(tmp_path):
     p = tmp_path / "empty.txt"
     p.write_text("")
     return p
+
+
+def test_once_exits_3_when_entries_are_left_unacknowledged(tmp_path, pki):
+    """`run --once` with sync: exit 0 once the server holds every entry; exit 3 (not 0) when the
+    server went away and entries are left, so that a script can tell."""
+    (tmp_path / "server").mkdir()
+    server = ServerThread(tmp_path / "server" / "central.db").start()
+    try:
+        pub = pki.key.public_key()
+        now = now_ms() // 1000
+        publish(server.storage, make_bundle(server.root, version=1, issued_at=now - 60, expires_at=now + 86400,
+                                            keys=[BundleKey(keys.kid_of(pub), "EdDSA", "VN-HUE", pub)]),
+                now_ms=now_ms(), root=server.root.public_key())
+        state = tmp_path / "state"
+        provision_appliance(server.url, server.token("cho-dong"), state_dir=state, trust_root=server.root_pub,
+                            owner_user=None)
+        lines = tmp_path / "lines.txt"
+        lines.write_text(pki.card() + "\n")
+        config = write_config(tmp_path / "c.toml", {"device": {"state_dir": str(state)},
+                                                    "api": {"listen": "127.0.0.1:0"},
+                                                    "stdin": [{"name": "file", "path": str(lines)}]})
+        d = Daemon(config, "--once", "--sync-timeout", "30")
+        assert d.wait() == 0, d.log  # delivered
+        lines.write_text(pki.card(name="Trần Văn Ba") + "\n")
+    finally:
+        server.stop()
+    d = Daemon(config, "--once", "--sync-timeout", "3")
+    assert d.wait() == 3, d.log  # the server is gone: the new entry is left unacknowledged
+    assert "1 entries not yet acknowledged" in d.log

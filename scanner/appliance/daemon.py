@@ -79,6 +79,7 @@ from sync.wire import enrollcode, identity
 log = logging.getLogger(__name__)
 
 SHUTDOWN_STEP_S = 2.5
+EXIT_UNACKED = 3  # `run --once` ended with entries the server has not acknowledged (scripts can tell)
 
 
 class DaemonError(CheckpointError):
@@ -97,6 +98,7 @@ class Appliance:
                  discover_every_s: float = DISCOVER_EVERY_S) -> None:
         self.config = config
         self.once = once
+        self.unacked = 0  # --once: entries the server had not acknowledged when it ended
         self.notifier = notifier or Notifier()
         self.stdout = stdout
         self.recent_errors = recent_errors
@@ -525,13 +527,14 @@ class Appliance:
         self._reload_requested.set()
 
     def run(self) -> int:
-        """Start, supervise until stopped (or, with ``once``, the file inputs are done), shut down."""
+        """Start, supervise until stopped (or, with ``once``, the file inputs are done), shut down.
+        0, or EXIT_UNACKED when ``once`` ended with entries the server has not acknowledged."""
         self.start()
         try:
             self.supervise()
         finally:
             self.shutdown()
-        return 0
+        return EXIT_UNACKED if self.unacked else 0
 
     def supervise(self) -> None:
         """The main thread's loop after start(): until stopped, or with ``once`` until done."""
@@ -540,7 +543,7 @@ class Appliance:
         while not self._stop.is_set():
             supervisor.tick()
             if self.once and self._files_done():
-                self.drain_sync()
+                self.unacked = self.drain_sync()
                 return
             self._stop.wait(TICK_S)
 
@@ -549,21 +552,23 @@ class Appliance:
         inputs = [i for i in self.pipeline.inputs() if i.finite]
         return all(i.join(0) for i in inputs) and self.pipeline.wait_idle(0.0)
 
-    def drain_sync(self, *, interruptible: bool = True) -> None:
+    def drain_sync(self, *, interruptible: bool = True) -> int:
         """Wait until the sync thread has delivered everything logged (at most ``sync_timeout_s``;
-        a stop request ends the wait if ``interruptible``): --once, and the demo's timed run."""
+        a stop request ends the wait if ``interruptible``): --once, and the demo's timed run.
+        The entries still not acknowledged (0 without sync)."""
         core = self.device.core
         if core is None or core.agent is None:
-            return
+            return 0
         deadline = time.monotonic() + self.sync_timeout_s
         core.agent.wake(at_once=True)
         pause = threading.Event()
         while time.monotonic() < deadline and not (interruptible and self._stop.is_set()):
             if core.log.backlog()[0] == 0:
-                return
+                return 0
             pause.wait(0.1)
-        log.warning("%d entries not yet acknowledged by the server after %.0f s",
-                    core.log.backlog()[0], self.sync_timeout_s)
+        left = core.log.backlog()[0]
+        log.warning("%d entries not yet acknowledged by the server after %.0f s", left, self.sync_timeout_s)
+        return left
 
     # ================================================================ shutdown
 
