@@ -156,7 +156,8 @@ class SyncClient:
         except requests.exceptions.SSLError as exc:
             raise TransientError(f"TLS with the server at {self.base_url} failed: {cause(exc)}", code="tls") from None
         except requests.exceptions.ConnectTimeout:
-            raise TransientError(f"server not reachable at {self.base_url}: no answer in time", code="timeout") from None
+            raise TransientError(f"server not reachable at {self.base_url}: no answer in time",
+                                 code="timeout") from None
         except requests.exceptions.ReadTimeout:
             raise TransientError(f"the server at {self.base_url} did not answer in time", code="timeout") from None
         except requests.exceptions.ConnectionError as exc:

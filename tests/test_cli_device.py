@@ -20,7 +20,7 @@ from scanner.store.entrylog import EntryLog
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k != "CHECKPOINT_STATE_DIR"}
-    r = subprocess.run([sys.executable, "-m", "scanner", *args], capture_output=True, text=True, cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "scanner", *args], capture_output=True, text=True, cwd=ROOT, check=False,
                        timeout=WAIT, env={**full, "CHECKPOINT_LANG": "en", **env})
     assert "Traceback" not in r.stderr, r.stderr
     return r
@@ -85,7 +85,7 @@ def test_a_server_that_cannot_be_reached_is_said_once_in_words_with_what_to_chec
     r = cli("sync", "now", *where, "--timeout", "4")
     assert r.returncode == 1
     lines = r.stderr.splitlines()
-    assert lines == [f"checkpoint: server not reachable at {url}: connection refused "
-                     "(is the server running? is the port right?)"], r.stderr  # once, whole, no library text
+    assert lines == [(f"checkpoint: server not reachable at {url}: connection refused "
+                      "(is the server running? is the port right?)")], r.stderr  # once, whole, no library text
     vi = cli("sync", "now", *where, "--timeout", "2", CHECKPOINT_LANG="vi")
     assert len(vi.stderr.splitlines()) == 1 and not foreign(vi.stderr, ["checkpoint", "(network)"]), vi.stderr

@@ -559,7 +559,7 @@ def fits(chrome) -> dict:
 def test_a_long_name_with_the_strip_showing_leaves_verdict_name_and_reason_in_view(stale, chrome, shots):
     """An 80-character holder name (a four-word Vietnamese name wraps) at 800x480, with the
     "limited operation" strip showing: the verdict word, the whole name and the reason all fit."""
-    daemon, url, pki, cam, _ = stale
+    _, url, pki, cam, _ = stale
     open_kiosk(chrome, url)
     browser.wait_js(chrome, "document.body.dataset.state === 'degraded'", WAIT, "the degraded state")
     assert len(LONG_NAME) == 80

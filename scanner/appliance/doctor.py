@@ -293,7 +293,8 @@ def check_clock(config: Config, live_status=None) -> Check:
     last = _t("doctor.clock_never") if age is None else _t("doctor.clock_last", by=_t(f"clock_by.{by}"), age=_age(age))
     overdue = age is None or age > max_h * 3600
     status = FAIL if (overdue and closed) else WARN
-    return Check("clock", status, _t("doctor.clock_unsynced", kernel=_t(f"clock_kernel.{kernel.state}"), last=last), _t("doctor.fix_clock"))
+    return Check("clock", status, _t("doctor.clock_unsynced", kernel=_t(f"clock_kernel.{kernel.state}"), last=last),
+                 _t("doctor.fix_clock"))
 
 
 def check_trust(config: Config) -> Check:

@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 
 from scanner.appliance.config import DEFAULT_PATH, Config, ConfigError, load
+from scanner.base.paths import STATE_DIR_ENV, default_state_dir
 from scanner.cli.common import fail
 from scanner.store.schema import DEFAULT_DB_NAME
-from sync.state import default_state_dir
 
 
 def config_option(fn):
@@ -25,7 +25,7 @@ def device_config(config_path: str | None) -> Config | None:
     """The configuration --config names (one error line and exit 2 if it is bad); without it, the
     installed one unless $CHECKPOINT_STATE_DIR says where the device is; None when there is none."""
     if config_path is None:
-        if os.environ.get("CHECKPOINT_STATE_DIR") or not Path(DEFAULT_PATH).is_file():
+        if os.environ.get(STATE_DIR_ENV) or not Path(DEFAULT_PATH).is_file():
             return None
         config_path = DEFAULT_PATH
     try:

@@ -38,9 +38,10 @@ FORMAT = click.Choice(FORMATS)
 
 def _db_option(fn):
     """--db and --config: the log, or the device whose log it is (scanner/cli/device.py)."""
-    return config_option(click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
-                                      help="The entry log (default: the configuration's, else "
-                                           "$CHECKPOINT_STATE_DIR/entries.db, else /var/lib/checkpoint/entries.db).")(fn))
+    db = click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                      help="The entry log (default: the configuration's, else $CHECKPOINT_STATE_DIR/entries.db, "
+                           "else /var/lib/checkpoint/entries.db).")
+    return config_option(db(fn))
 
 
 def _open(db_path: str | None, config_path: str | None) -> EntryLog:

@@ -30,8 +30,9 @@ from sync.state import DeviceConfig, status_dict
 
 def _log_option(fn):
     """--db and --config (scanner/cli/device.py)."""
-    return config_option(click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
-                                      help="The entry log (default: the configuration's, else STATE_DIR/entries.db).")(fn))
+    db = click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+                      help="The entry log (default: the configuration's, else STATE_DIR/entries.db).")
+    return config_option(db(fn))
 
 
 def _device(state_dir: str | None, db_path: str | None, config_path: str | None) -> tuple[Path, Path]:

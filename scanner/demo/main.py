@@ -384,7 +384,8 @@ class _Printer:
             line = i18n.t("demo_run.enrolled", lang, device=d["device_id"], checkpoint=escape(d["checkpoint_id"]))
         elif event.kind == "state":
             state = i18n.t(f"status_page.state_{d['state']}", lang)
-            why = [i18n.problem_text(p, lang) for p in d["problems"]] + [i18n.t(f"degraded.{f}", lang) for f in d["degraded"]]
+            why = [i18n.problem_text(p, lang) for p in d["problems"]]
+            why += [i18n.t(f"degraded.{f}", lang) for f in d["degraded"]]
             line = (i18n.t("demo_run.state", lang, state=state, why="; ".join(why)) if why
                     else i18n.t("demo_run.state_plain", lang, state=state))
         else:
