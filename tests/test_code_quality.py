@@ -20,7 +20,9 @@ SUFFIXES = (".py", ".toml", ".html", ".js", ".css")
 ISSUE_NUMBER = re.compile(r"\bissues?\s*#?\d+", re.IGNORECASE)
 PRODUCT = ("scanner", "sync", "hardware")
 # what may be imported inside a function: optional or platform-only, heavy or native
-OPTIONAL = {"evdev", "lgpio", "zxingcpp", "pyzbar.pyzbar", "hardware.camera_picamera2", "sync.server.postgres"}
+# (hardware.decode: the central server reads a photo of a card with it, and loads OpenCV only then)
+OPTIONAL = {"evdev", "lgpio", "zxingcpp", "pyzbar.pyzbar", "hardware.camera_picamera2", "sync.server.postgres",
+            "hardware.decode"}
 
 
 # each tool through the interpreter running the tests, so the suite uses the pinned versions

@@ -26,8 +26,8 @@ from support.console import (
     WARD_B,
     Client,
     ConsoleThread,
-    StaffAccount,
     OpenerThread,
+    StaffAccount,
     make_accounts,
     make_world,
     totp_codes,
@@ -229,7 +229,8 @@ def test_five_failures_lock_the_account_and_it_is_audited(site):
     unknown = Client(site["console"])
     token = re.search(r'name="login_token" value="([^"]+)"', unknown.get("/login").text).group(1)
     r = unknown.post("/login", {"username": "khong-co", "password": PASSWORD, "login_token": token}, csrf=False)
-    assert r.status_code == 401 and "Sai tên tài khoản, mật khẩu hoặc mã" in r.text  # the same words as a wrong password
+    # the same words as a wrong password
+    assert r.status_code == 401 and "Sai tên tài khoản, mật khẩu hoặc mã" in r.text
 
 
 def test_login_attempts_from_one_address_are_limited(site, tmp_path):
@@ -382,9 +383,8 @@ def test_a_tampered_audit_record_is_found(tmp_path):
         for i in range(5):
             store.append(audit.Event("truy-vet", audit.EXPORT, "C-1", "lý do đủ dài", target="csv", holders=i), i)
         assert audit.verify(store.audit_all()).ok
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            with storage._tx() as tx:
-                tx.execute("UPDATE console_audit SET holders = 0 WHERE seq = 3")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"), storage._tx() as tx:
+            tx.execute("UPDATE console_audit SET holders = 0 WHERE seq = 3")
         with storage._tx() as tx:  # an attacker with the file drops the guard, then edits
             tx.execute("DROP TRIGGER console_audit_no_update")
             tx.execute("UPDATE console_audit SET holders = 0 WHERE seq = 3")

@@ -21,7 +21,6 @@ from support.console import (
     HOSTILE_NAMES,
     INFECTED_NAME,
     OUTSIDER_NAME,
-    WARD_A,
     WARD_B,
     ConsoleThread,
     OpenerThread,

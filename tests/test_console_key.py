@@ -116,7 +116,7 @@ def test_the_web_process_never_holds_the_sealing_key(tmp_path, shared_dir):
     url = f"http://127.0.0.1:{port}"
     # as nobody, the key file is out of reach (its mode and its directory's), whatever the process tries
     probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import sys; open(sys.argv[1], 'rb')", str(key_file)],
-                           capture_output=True, text=True, timeout=WAIT)
+                           capture_output=True, text=True, timeout=WAIT, check=False)
     assert probe.returncode != 0 and "PermissionError" in probe.stderr
     console = subprocess.Popen([*AS_NOBODY, sys.executable, "-m", "scanner", "server", "console", "--db", str(db),
                                 "--listen", f"127.0.0.1:{port}", "--insecure-http", "--opener", str(sock)],

@@ -199,7 +199,7 @@ CENTRAL = ("checkpoint-opener.service", "checkpoint-console.service")
 @pytest.mark.parametrize("name", CENTRAL)
 def test_central_units_are_hardened_and_their_exposure_documented(name):
     r = subprocess.run([ANALYZE, "security", "--offline=true", str(ROOT / "systemd" / name)],
-                       capture_output=True, text=True, timeout=WAIT)
+                       capture_output=True, text=True, timeout=WAIT, check=False)
     m = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d)", r.stdout)
     assert m, r.stdout + r.stderr
     assert float(m.group(1)) < 2.0

@@ -12,7 +12,7 @@ import segno
 
 from scanner.base.safetext import escape, json_line
 from scanner.base.timeutil import now_ms
-from scanner.cli.common import fail, run_guarded
+from scanner.cli.common import run_guarded
 from scanner.cli.server import db_url_option, open_server_storage
 from scanner.store.entry import iso_ms
 from sync.server.console import accounts, audit, roles

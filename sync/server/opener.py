@@ -36,36 +36,18 @@ from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
 from scanner.base.timeutil import now_ms
 from sync.server.console import audit
+from sync.server.console.case import MAX_REQUEST_BYTES, OpenerError, check_case
 from sync.server.console.store import ConsoleStore
 from sync.server.keys import sealing_public_pem
 from sync.server.trace import open_holder
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_SEALED_BYTES = 4096
 IO_TIMEOUT_S = 30.0
 ANCHORS_NAME = "opener-anchors.jsonl"
 HOUR_S = 3600.0
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class OpenerError(CheckpointError):
-    """A refused request; ``code`` goes back to the client."""
-
-    code = "opener"
-
-
-def check_case(case_number: object, reason: object) -> tuple[str, str]:
-    """A case number (2 to 64 characters, one line) and a reason (10 to 500 characters, one line,
-    said in words): both are required before any holder detail is opened."""
-    if not isinstance(case_number, str) or not 2 <= len(case_number.strip()) <= 64 \
-            or any(ord(c) < 32 or ord(c) == 127 for c in case_number):
-        raise OpenerError("a case number (2 to 64 characters, one line) is required", code="case_required")
-    if not isinstance(reason, str) or not 10 <= len(reason.strip()) <= 500 \
-            or any(ord(c) < 32 or ord(c) == 127 for c in reason):
-        raise OpenerError("a reason (10 to 500 characters, one line) is required", code="reason_required")
-    return case_number.strip(), reason.strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +134,7 @@ class Opener:
         parsed = []
         for item in entries:
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and len(item[0]) <= 64
-                    and (item[1] is None or isinstance(item[1], str) and len(item[1]) <= MAX_SEALED_BYTES * 2)):
+                    and (item[1] is None or (isinstance(item[1], str) and len(item[1]) <= MAX_SEALED_BYTES * 2))):
                 raise OpenerError("each entry is [entry_id, sealed_base64 or null]", code="bad_request")
             try:
                 sealed = base64.b64decode(item[1], validate=True) if item[1] is not None else None

@@ -22,7 +22,7 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -284,6 +284,24 @@ def _text(limit: int = 256) -> Any:
     return Annotated[str, msgspec.Meta(min_length=1, max_length=limit)]
 
 
+# msgspec checks a row against the constrained types below as it decodes; they are built from the
+# vocabularies at run time, which a type checker cannot follow, so it sees the plain str they hold
+if TYPE_CHECKING:
+    _Text: TypeAlias = str
+    _Text32: TypeAlias = str
+    _Text512: TypeAlias = str
+    _Direction: TypeAlias = str
+    _Clock: TypeAlias = str
+    _Source: TypeAlias = str
+    _Decision: TypeAlias = str
+    _Reason: TypeAlias = str
+    _Kind: TypeAlias = str
+else:
+    _Text, _Text32, _Text512 = _text(), _text(32), _text(512)
+    _Direction, _Clock, _Source = Literal[DIRECTIONS], Literal[CLOCK_STATES], Literal[SOURCES]
+    _Decision, _Reason, _Kind = Literal[DECISIONS], Literal[REASONS], Literal[FOLLOWUP_KINDS]
+
+
 class _WireRow(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True, gc=False):
     """One row of a batch body as it is on the wire (ROW_FIELDS): types, lengths, ranges and the
     closed vocabularies are checked by msgspec as it decodes; what a pattern checks is left to
@@ -292,19 +310,19 @@ class _WireRow(msgspec.Struct, array_like=True, forbid_unknown_fields=True, froz
     seq: int
     entry_id: str
     device_id: str
-    checkpoint_id: _text()
-    direction: Literal[DIRECTIONS]
+    checkpoint_id: _Text
+    direction: _Direction
     at_ms: Annotated[int, msgspec.Meta(ge=MIN_AT_MS, le=MAX_AT_MS)]
-    clock: Literal[CLOCK_STATES]
-    source: Literal[SOURCES]
-    source_id: _text()
-    decision: Literal[DECISIONS]
-    reason: Literal[REASONS]
-    format: _text(32) | None
+    clock: _Clock
+    source: _Source
+    source_id: _Text
+    decision: _Decision
+    reason: _Reason
+    format: _Text32 | None
     card_id: Annotated[str, msgspec.Meta(min_length=2, max_length=512)] | None
-    issuer: _text() | None
-    kid: _text(512) | None
-    kind: Literal[FOLLOWUP_KINDS] | None
+    issuer: _Text | None
+    kid: _Text512 | None
+    kind: _Kind | None
     ref_entry_id: str | None
     sealed: Annotated[str, msgspec.Meta(max_length=MAX_BLOB * 4 // 3 + 4)] | None
     hash: Annotated[str, msgspec.Meta(min_length=64, max_length=64)]

@@ -19,23 +19,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support.entries import chain_entries
-from support.pki import OPERATOR_ROOT, Pki, make_pki
-from support.servers import enroll_direct, ingest_entries
-from support.waiting import HTTP_TIMEOUT, WAIT, wait_for
 
 from bench.procs import free_port
 from scanner.base.timeutil import now_ms
 from scanner.cards import keys as keymod
 from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.cards.verdict import Holder
+from support.entries import chain_entries
+from support.pki import OPERATOR_ROOT, Pki, make_pki
+from support.servers import enroll_direct, ingest_entries
+from support.waiting import HTTP_TIMEOUT, WAIT, wait_for
 from sync.server import bundles
+from sync.server.app import make_server
 from sync.server.console import accounts
 from sync.server.console.app import ConsoleConfig, create_console
 from sync.server.console.openerclient import OpenerClient
 from sync.server.console.sessions import Policy
 from sync.server.console.store import ConsoleStore
-from sync.server.app import make_server
 from sync.server.keys import load_or_create_sealing_key
 from sync.server.opener import ANCHORS_NAME, Opener, bind
 from sync.server.opener import Policy as OpenerPolicy
@@ -108,7 +108,8 @@ def make_world(tmp: Path) -> World:
         pki = make_pki(tmp / "pki")
         now_s = now_ms() // 1000
         pub = pki.key.public_key()
-        bundles.publish(storage, make_bundle(OPERATOR_ROOT, version=1, issued_at=now_s - 3600, expires_at=now_s + 86400 * 30,
+        bundles.publish(storage, make_bundle(OPERATOR_ROOT, version=1, issued_at=now_s - 3600,
+                                             expires_at=now_s + 86400 * 30,
                                              keys=[BundleKey(keymod.kid_of(pub), "EdDSA", "VN-HUE", pub)]),
                         now_ms=now_ms(), root=OPERATOR_ROOT.public_key())
         card_bytes = bytes.fromhex("c0ffee" * 5 + "aa")
@@ -125,7 +126,7 @@ def make_world(tmp: Path) -> World:
         infected = card_bytes.hex()
         times = [at - 40 * 60_000 + i * 11 * 60_000 for i in range(len(CONTACT_NAMES))]
         people = sorted([(at, infected, Holder(INFECTED_NAME, "1980-02-03", "079******0042"))] +
-                        [(t, f"{i + 1:02x}" * 16, Holder(n, "1990-01-0%d" % (i % 9 + 1), "079******%04d" % i))
+                        [(t, f"{i + 1:02x}" * 16, Holder(n, f"1990-01-0{i % 9 + 1}", f"079******{i:04d}"))
                          for i, (t, n) in enumerate(zip(times, CONTACT_NAMES))])
         entries = chain_entries(devices["a1"], WARD_A, [p[0] for p in people], [p[1] for p in people],
                                 holders=[p[2] for p in people], seal_to=sealing_pub)

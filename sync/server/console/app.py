@@ -41,12 +41,20 @@ from sync.server import bundles, cardfind, enrollcodes, reports
 from sync.server import trace as tracemod
 from sync.server.app import make_server
 from sync.server.console import accounts, audit, exports, roles, sessions
+from sync.server.console.case import check_case
 from sync.server.console.openerclient import OpenerClient, OpenerUnavailable
 from sync.server.console.store import Case, ConsoleStore
 from sync.server.model import Storage
-from sync.server.opener import check_case
 
 log = logging.getLogger(__name__)
+
+
+class RuledRoute(Route):
+    """A route with its permission, which the tests read to try every route as every role."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], rule: Rule, **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.rule = rule
 
 MAX_BODY_BYTES = 40 * 1024 * 1024  # a trust bundle of a million revoked cards, or a photo, with room
 MAX_FORM_FIELD = 64 * 1024
@@ -161,7 +169,8 @@ class BodyLimit:
 
 class SecurityHeaders:
     """The same headers on every answer (pages, errors, files): no framing, no sniffing, no
-    referrer to other sites (same-origin: forms keep their Origin), no caching, no script at all; HSTS under TLS. No CORS header is ever sent."""
+    referrer to other sites (same-origin: forms keep their Origin), no caching, no script at all; HSTS under
+    TLS. No CORS header is ever sent."""
 
     def __init__(self, app, secure: bool) -> None:
         self.app = app
@@ -338,9 +347,7 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
                     if form is not None:
                         await form.close()
 
-            r = Route(path, endpoint, methods=list(methods), name=handler.__name__)
-            r.rule = rule  # the route's permission, for the tests that try every route as every role
-            return r
+            return RuledRoute(path, endpoint, rule, methods=list(methods), name=handler.__name__)
         return wrap
 
     def audit_event(ctx: Ctx, action: str, **kw) -> audit.Record:
@@ -367,12 +374,12 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
         now = now_ms()
         step = accounts.check_password_step(store, ctx.get("username").strip().lower(), ctx.get("password"),
                                             now_ms=now)
-        if not step.ok:
+        if not step.ok or step.account is None:
             return render(ctx, "login.html", 401 if step.code != "locked" else 423, login_token=pre,
                           error=ctx.t("login_locked" if step.code == "locked" else "login_failed"))
         if ctx.session is not None:
             store.drop_session(ctx.session.token_hash)
-        token, row = sessions.start(store, step.account.username, sessions.TOTP_STAGE, now)
+        token, _ = sessions.start(store, step.account.username, sessions.TOTP_STAGE, now)
         session_cookie(ctx, token)
         return redirect(ctx, "/login/code")
 
@@ -385,7 +392,7 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
         now = now_ms()
         username = ctx.session.username
         step = accounts.check_code_step(store, username, ctx.get("code"), now_ms=now)
-        if not step.ok:
+        if not step.ok or step.account is None:
             tries = store.count_try(ctx.session.token_hash)
             if step.code == "locked" or tries >= sessions.MAX_CODE_TRIES:
                 store.drop_session(ctx.session.token_hash)
@@ -396,7 +403,7 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
             return render(ctx, "code.html", 401, error=ctx.t("code_failed"))
         store.drop_session(ctx.session.token_hash)  # a new token for the logged-in session (no fixation)
         store.drop_sessions_before(now - policy.idle_ms, now - policy.max_age_ms)
-        token, row = sessions.start(store, username, sessions.FULL_STAGE, now)
+        token, _ = sessions.start(store, username, sessions.FULL_STAGE, now)
         session_cookie(ctx, token)
         clear_cookie(ctx, policy.pre_cookie)
         store.append(audit.Event(username, audit.LOGIN_OK, detail=f"role={step.account.role}"), now)
@@ -490,7 +497,7 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
             data = staged.take(ctx.session.token_hash, stage_id)
             if data is None:
                 return fail(ctx, ctx.t("stage_expired"))
-            meta, deltas = bundles.publish(storage, data, now_ms=now_ms())
+            meta, _ = bundles.publish(storage, data, now_ms=now_ms())
             audit_event(ctx, audit.BUNDLE_PUBLISH, target=str(meta.version),
                         detail=f"digest={meta.digest[:16]} size={meta.size}")
             return redirect(ctx, "/trust")
@@ -742,9 +749,7 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
     routes = [login, login_code, logout, home, fleet, device, revoke, enroll, trust, trust_publish, accounts_page,
               account_add, account_role, account_disable, account_reset, counts, trace_page, trace_find, trace_card,
               trace_open, case_page, case_csv, case_xlsx, case_print, audit_page]
-    css_route = Route("/static/console.css", stylesheet, methods=["GET"])
-    css_route.rule = PUBLIC
-    routes.append(css_route)
+    routes.append(RuledRoute("/static/console.css", stylesheet, PUBLIC, methods=["GET"]))
 
     async def not_found(request: Request, exc) -> Response:
         return HTMLResponse("<!doctype html><title>404</title><p>404</p>", status_code=404)
@@ -773,7 +778,8 @@ NAV = (
 
 def routes_of(app: Starlette) -> list[tuple[str, tuple[str, ...], Rule]]:
     """(path, methods, rule) of every route (the tests try each as every role)."""
-    return [(r.path, tuple(sorted(r.methods - {"HEAD"})), r.rule) for r in app.routes]
+    return [(r.path, tuple(sorted((r.methods or set()) - {"HEAD"})), r.rule) for r in app.routes
+            if isinstance(r, RuledRoute)]
 
 
 def serve(app: Starlette, host: str, port: int, *, tls_cert: str | None, tls_key: str | None, ready=None) -> None:

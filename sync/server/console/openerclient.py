@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scanner.base.errors import CheckpointError
+from sync.server.console.case import MAX_REQUEST_BYTES
 from sync.server.model import SeenEntry
-from sync.server.opener import MAX_REQUEST_BYTES
 from sync.server.trace import HolderView
 
 TIMEOUT_S = 60.0

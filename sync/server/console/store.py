@@ -35,17 +35,17 @@ CREATE TABLE IF NOT EXISTS console_audit (
     prev_hash {BLOB} NOT NULL, hash {BLOB} NOT NULL){STRICT}
 """
 _SQLITE_GUARDS = (
-    "CREATE TRIGGER IF NOT EXISTS console_audit_no_update BEFORE UPDATE ON console_audit "
-    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS console_audit_no_delete BEFORE DELETE ON console_audit "
-    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    ("CREATE TRIGGER IF NOT EXISTS console_audit_no_update BEFORE UPDATE ON console_audit "
+     "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"),
+    ("CREATE TRIGGER IF NOT EXISTS console_audit_no_delete BEFORE DELETE ON console_audit "
+     "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"),
 )
 _PG_GUARDS = (
-    "CREATE OR REPLACE FUNCTION console_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-    "$$ BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$",
+    ("CREATE OR REPLACE FUNCTION console_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+     "$$ BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$"),
     "DROP TRIGGER IF EXISTS console_audit_guard ON console_audit",
-    "CREATE TRIGGER console_audit_guard BEFORE UPDATE OR DELETE OR TRUNCATE ON console_audit "
-    "FOR EACH STATEMENT EXECUTE FUNCTION console_audit_append_only()",
+    ("CREATE TRIGGER console_audit_guard BEFORE UPDATE OR DELETE OR TRUNCATE ON console_audit "
+     "FOR EACH STATEMENT EXECUTE FUNCTION console_audit_append_only()"),
 )
 _AUDIT_COLUMNS = "seq, at_ms, actor, action, case_number, reason, target, holders, detail, prev_hash, hash"
 _ACCOUNT_COLUMNS = "username, role, scope, disabled, failures, locked_until_ms, created_ms, changed_ms"
@@ -144,7 +144,7 @@ class ConsoleStore:
     def _init_schema(self) -> None:
         if self.sqlite:
             tables = _TABLES.format(INT="INTEGER", BLOB="BLOB", STRICT=" STRICT")
-            guards = _SQLITE_GUARDS
+            guards: tuple[str, ...] = _SQLITE_GUARDS
         else:
             tables = _TABLES.format(INT="bigint", BLOB="bytea", STRICT="")
             guards = _PG_GUARDS
@@ -263,7 +263,8 @@ class ConsoleStore:
 
     def add_case(self, c: Case) -> None:
         with self._tx() as tx:
-            tx.execute("INSERT INTO console_cases (case_id, username, case_number, reason, card_id, since_ms, until_ms, "
+            tx.execute("INSERT INTO console_cases (case_id, username, case_number, reason, card_id, since_ms, "
+                       "until_ms, "
                        "window_ms, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (c.case_id, c.username, c.case_number, c.reason, c.card_id, c.since_ms, c.until_ms,
                         c.window_ms, c.created_ms, c.expires_ms))
@@ -296,7 +297,9 @@ class ConsoleStore:
 
     @staticmethod
     def _record(row: tuple) -> audit.Record:
-        return audit.Record(*row[:9], bytes(row[9]), bytes(row[10]))
+        seq, at_ms, actor, action, case_number, reason, target, holders, detail, prev_hash, digest = row
+        return audit.Record(seq, at_ms, actor, action, case_number, reason, target, holders, detail,
+                            bytes(prev_hash), bytes(digest))
 
     def audit_records(self, after_seq: int = 0, limit: int = 10_000) -> list[audit.Record]:
         return [self._record(r) for r in self._read(
@@ -314,7 +317,8 @@ class ConsoleStore:
 
     def audit_tail(self, limit: int, before_seq: int | None = None, action: str | None = None) -> list[audit.Record]:
         """The latest ``limit`` records (before ``before_seq``, of ``action``), newest first."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[object] = []
         if before_seq is not None:
             where.append("seq < ?")
             params.append(before_seq)
