@@ -36,7 +36,7 @@ from hardware.decode import (
     roi_view,
 )
 from hardware.inputs import InputThread, SourceReason, SourceState
-from hardware.stream_decode import StreamDecoder
+from hardware.stream_decode import Hint, StreamDecoder
 from scanner.base.backoff import Backoff
 from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
@@ -348,11 +348,17 @@ class _Latest:
             return frame
 
 
+HINT_REPEAT_S = 2.0
+"""A hint that stays is handed on again this often."""
+
+
 class CameraInput(InputThread):
     """One camera for the pipeline: capture, decode (region of interest), hand on, reopen when lost.
 
     ``source`` is a FrameSource or a factory making a fresh one per (re)open. ``on_frame(frame,
-    codes)`` is called after each decoded frame (benchmarks and the kiosk preview use it).
+    codes)`` is called after each decoded frame (benchmarks and the kiosk preview use it);
+    ``on_hint(hint)`` whenever the stream decoder's `Hint` changes (None: nothing to say any more),
+    and again every HINT_REPEAT_S while it stays (a screen drops a hint that is not repeated).
     """
 
     kind = "camera"
@@ -360,6 +366,7 @@ class CameraInput(InputThread):
     def __init__(self, config: CameraConfig, source: FrameSource | Callable[[], FrameSource] | None = None, *,
                  decoder: Decoder | None = None, backoff: Backoff | None = None,
                  on_frame: Callable[[np.ndarray, Sequence], None] | None = None,
+                 on_hint: Callable[[Hint | None], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(config.source_id, direction=config.direction, clock=clock)
         self.config = config
@@ -373,6 +380,9 @@ class CameraInput(InputThread):
         self._decoder = decoder
         self._backoff = backoff or Backoff()
         self._on_frame = on_frame
+        self._on_hint = on_hint
+        self._hint: Hint | None = None
+        self._hint_at = 0.0
         self.frames = 0
         self.stream: StreamDecoder | None = None
         """The stream decoder while running (its ``hint`` says what would help the camera), if the decoder is one."""
@@ -500,6 +510,11 @@ class CameraInput(InputThread):
             detail = None
         if isinstance(decoder, StreamDecoder):
             codes = self._feed(decoder, frame, detail)
+            hint, now = decoder.hint, time.monotonic()
+            if hint != self._hint or (hint is not None and now - self._hint_at >= HINT_REPEAT_S):
+                self._hint, self._hint_at = hint, now
+                if self._on_hint is not None:
+                    self._on_hint(hint)
         else:
             codes = decode_region(decoder, frame, self.config.roi)
         for code in codes:

@@ -395,8 +395,9 @@ class ApplianceDecoder:
         def resized(f: float, binarizer: str = "local"):
             return lambda: (sized(img, f), binarizer, back(f))
 
-        def deblurred(psf: np.ndarray, nsr: float = enhance.WIENER_NSR):
-            return lambda: (sized(enhance.wiener(img, psf, nsr), up), "local", back(up))
+        def deblurred(psf: np.ndarray, nsr: float = enhance.WIENER_NSR, at_least: float = 1.0):
+            f = up if big else max(up, at_least)
+            return lambda: (sized(enhance.wiener(img, psf, nsr), f), "local", back(f))
 
         def squared():
             side = int(min(900, max(64, enhance.quad_side(quad) * scale * up)))
@@ -415,15 +416,16 @@ class ApplianceDecoder:
             out.append(Attempt("defocus", deblurred(enhance.disc_psf(blur.radii[0]))))
         if blur.streak:
             length, angle = blur.streak
-            out.append(Attempt("motion", deblurred(enhance.streak_psf(length, angle), enhance.STREAK_NSR)))
+            out.append(Attempt("motion", deblurred(enhance.streak_psf(length, angle), enhance.STREAK_NSR, 2.0)))
         if src is not None:
             out.append(Attempt("square", squared))
         out.append(Attempt("sharpen", sharp))
         if len(blur.radii) > 1:
             out.append(Attempt("defocus", deblurred(enhance.disc_psf(blur.radii[1]))))
-        if blur.streak and blur.streak[0] * 1.6 <= enhance.MAX_STREAK_PX:
-            length, angle = blur.streak  # a hand that speeds up fills the first dip: try longer
-            out.append(Attempt("motion", deblurred(enhance.streak_psf(length * 1.6, angle), enhance.STREAK_NSR)))
+        if blur.streak:
+            angle = blur.streak[1]  # the spectrum's dips are shallow: its other guesses at the length
+            out += [Attempt("motion", deblurred(enhance.streak_psf(length, angle), enhance.STREAK_NSR, 2.0))
+                    for length in blur.streak_lengths]
         if not big:
             out.append(Attempt("upscale", resized(3.0)))
         out += [Attempt("global", resized(factor, "global")),
