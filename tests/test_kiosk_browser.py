@@ -21,6 +21,8 @@ import signal
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import requests
 from support.appliance import Daemon, HeldServer
@@ -34,6 +36,7 @@ from support.waiting import WAIT, wait_for
 from support.words import foreign
 
 from bench import browser
+from bench import frames
 from scanner.appliance.provisioning import provision_appliance
 from scanner.base.timeutil import now_ms
 from scanner.cards import keys
@@ -264,6 +267,30 @@ def test_a_duplicate_says_already_admitted_when_and_where_in_amber_never_a_refus
     chrome.find_element("id", "lang").click()
     browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the verdict to clear")
     show(site.cam, None)
+
+
+def test_a_code_the_camera_sees_but_cannot_read_asks_the_person_to_move_it(site, chrome, shots):
+    """A defocused card running out of the frame (bench/frames.py's simulated Pi camera): its finder
+    patterns are found, it is not read, so the screen asks to move it further away, in Vietnamese and
+    in English; the prompt comes back when the card is gone."""
+    open_kiosk(chrome, site.url)
+    browser.wait_js(chrome, "document.body.dataset.view === 'idle'", WAIT, "the idle screen")
+    camera = frames.Camera(frames.card_text())
+    cut = camera.shoot(frames.Pose(180.0, offset_mm=(105.0, 0.0)), frames.Look(defocus=1.0),
+                       np.random.default_rng(2)).frame
+    picture = site.tmp / "next.png"
+    cv2.imwrite(str(picture), cut)
+    os.replace(picture, site.cam / "frame.png")
+    browser.wait_js(chrome, "document.body.dataset.aim === 'further'", WAIT, "the hint on the screen")
+    assert view(chrome) == "idle" and text(chrome, "reason") == "Đưa mã ra xa camera hơn"
+    assert png_size(browser.screenshot(chrome, shots / "kiosk-aim.png")) == (800, 480)
+    chrome.find_element("id", "lang").click()
+    browser.wait_js(chrome, "document.getElementById('reason').textContent === "
+                    "'Move the code further from the camera'", WAIT, "the hint in English")
+    chrome.find_element("id", "lang").click()
+    show(site.cam, None)
+    browser.wait_js(chrome, "document.body.dataset.aim === undefined", WAIT, "the hint to go")
+    assert text(chrome, "reason") == "Mời đưa mã QR trước camera"
 
 
 def test_staff_switch_the_direction_from_the_screen(site, chrome):

@@ -41,6 +41,7 @@ from hardware.gpio_feedback import open_feedback
 from hardware.inputs import Input, ReadIssue, SourceState
 from hardware.readers import SerialReader, StdinReader
 from hardware.readers_hid import HidReader
+from hardware.stream_decode import Hint
 from scanner import __version__
 from scanner.appliance import api as apimod
 from scanner.appliance import pages, readiness, runtime
@@ -249,7 +250,8 @@ class Appliance:
     def _hardware_inputs(self, cfg: Config) -> list[Input]:
         """The cameras and readers of a configuration."""
         clock = self._clock()
-        inputs: list[Input] = [CameraInput(c, clock=clock, on_frame=self._preview_hook(c)) for c in cfg.cameras()]
+        inputs: list[Input] = [CameraInput(c, clock=clock, on_frame=self._preview_hook(c), on_hint=self._aim_hook(c))
+                               for c in cfg.cameras()]
         inputs += [SerialReader(c, clock=clock) for c in cfg.serial_readers()]
         inputs += [HidReader(c, clock=clock) for c in cfg.hid_readers()]
         return inputs
@@ -275,6 +277,15 @@ class Appliance:
     def _preview_hook(self, camera_config: CameraConfig):
         """The camera's ``on_frame`` hook feeding the kiosk preview (None without a preview)."""
         return self.preview.add_camera(camera_config.source_id) if self.preview is not None else None
+
+    def _aim_hook(self, camera_config: CameraConfig):
+        """The camera's ``on_hint`` hook: an ``aim`` event for the kiosk ("move closer / further / hold still")."""
+        source_id = camera_config.source_id
+
+        def aim(hint: Hint | None) -> None:
+            self.hub.publish("aim", {"source_id": source_id, "action": hint.action if hint else None,
+                                     "reason": hint.reason if hint else None})
+        return aim
 
     @staticmethod
     def _input_key(inp: Input) -> str:

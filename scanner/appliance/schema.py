@@ -448,7 +448,7 @@ refused. No endpoint returns anything from the entry log but counts.
 | `GET /api/v1/health` | `{"state": "ok"/"degraded"/"error", "problems": [...], "degraded": [...], "mode", "readiness": {"ready", "code", "detail", "message": {"vi", "en"}}}` ([readiness](provisioning.md#device-readiness)) |
 | `GET /api/v1/status` | device, direction, today's counts and occupancy, inputs, sync, trust, clock, the site (its occupancy, peers, their last message and clock skew), config summary (no secrets), recent errors |
 | `GET /api/v1/doctor` | the `checkpoint doctor` checks as JSON |
-| `GET /api/v1/events` | server-sent events: `verdict`, `clear`, `partial`, `state`, `direction`, `silence`, `error`, `enrolling`, `enrolled`, `site` (a gate of a site: its occupancy, isolation, gates heard) |
+| `GET /api/v1/events` | server-sent events: `verdict`, `clear`, `partial`, `state`, `direction`, `silence`, `error`, `enrolling`, `enrolled`, `site` (a gate of a site: its occupancy, isolation, gates heard), `aim` (`{"source_id", "action": "closer"/"further"/"hold_still"/null, "reason"}`: a camera sees a code it cannot read) |
 | `POST /api/v1/direction` | `{"direction": "in"/"out"}` sets it, an empty object toggles it |
 | `POST /api/v1/silence` | acknowledge the alarm |
 | `GET /` and `GET /status` | the kiosk screen and the technician status page (below) |

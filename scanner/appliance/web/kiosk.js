@@ -22,7 +22,11 @@
     toastTimer: 0,
     silenced: false,
     previewCamera: null,
+    aim: null,             // the camera's "move closer / further / hold still" while it sees a code it cannot read
+    aimTimer: 0,
   };
+
+  const AIM_SHOW_S = 4;  // a hint the daemon has not repeated or withdrawn by then is dropped
 
   // Verdict-to-paint timings for the benchmark (bench/bench_kiosk.py): no personal data.
   const timings = [];
@@ -102,8 +106,10 @@
       word.textContent = t("kiosk.ready");
       const cams = S.settings && S.settings.preview && S.settings.preview.cameras.length;
       reason.textContent = S.health.degraded.includes("not_provisioned") ? t("kiosk.not_provisioned")
-        : t(cams ? "kiosk.prompt_camera" : "kiosk.prompt");
+        : S.aim ? t(`kiosk.aim_${S.aim}`) : t(cams ? "kiosk.prompt_camera" : "kiosk.prompt");
     }
+    if (kind === "idle" && S.aim) body.dataset.aim = S.aim;
+    else delete body.dataset.aim;
     if (!fault) delete body.dataset.readiness;
     if (kind !== "accept" && kind !== "reject" && kind !== "duplicate") {
       name.textContent = "";
@@ -183,6 +189,15 @@
     });
     body.dataset.seq = String(d.seq);
     refreshStatusSoon(400);  // today's counts (the entry was committed before the event was sent)
+  }
+
+  const AIM_ACTIONS = ["closer", "further", "hold_still"];
+
+  function onAim(d) {
+    clearTimeout(S.aimTimer);
+    S.aim = AIM_ACTIONS.includes(d.action) ? d.action : null;
+    if (S.aim) S.aimTimer = setTimeout(() => { S.aim = null; if (!S.view) render(); }, AIM_SHOW_S * 1000);
+    if (!S.view) render();
   }
 
   // ------------------------------------------------------------------ health badges and counts
@@ -355,6 +370,7 @@
     });
     es.addEventListener("verdict", (e) => onVerdict(JSON.parse(e.data)));
     es.addEventListener("clear", () => { if (S.view && S.view.kind === "verdict") clearView(); });
+    es.addEventListener("aim", (e) => onAim(JSON.parse(e.data)));
     es.addEventListener("partial", (e) => show({ kind: "partial", data: JSON.parse(e.data) }, 20));
     es.addEventListener("state", (e) => { setHealth(JSON.parse(e.data)); refreshStatusSoon(100); });
     es.addEventListener("direction", (e) => setDirection(JSON.parse(e.data).direction));
