@@ -9,28 +9,30 @@ import time
 from collections.abc import Callable, Sequence
 
 
-def calibrate(fn: Callable[[], object], target_s: float) -> int:
+def calibrate(fn: Callable[[], object], target_s: float, clock: Callable[[], float] = time.perf_counter) -> int:
     """How many calls of ``fn`` take about ``target_s`` (a power of two, at least 1)."""
     n = 1
     while True:
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in itertools.repeat(None, n):
             fn()
-        elapsed = time.perf_counter() - t0
+        elapsed = clock() - t0
         if elapsed >= target_s or n >= 1 << 22:
             return n
         n *= 2 if elapsed > target_s / 8 else 8
 
 
 def interleaved(cases: dict[str, Callable[[], object]], *, rounds: int, target_s: float = 0.004,
-                seed: int = 1) -> dict[str, list[float]]:
+                seed: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Per-call seconds of every case, one sample per case per round.
 
     Every round runs every case once (a batch of calls sized to ``target_s``), in a shuffled order,
     so slow phases of a noisy machine hit all cases alike; ratios are then taken within a round.
-    The garbage collector is off while timing (as in timeit) and run between rounds.
+    The garbage collector is off while timing (as in timeit) and run between rounds. ``clock`` may
+    be `time.process_time` for single-threaded CPU-bound work: the CPU it costs, which other
+    processes on a shared machine do not inflate (its wall time they do, several times over).
     """
-    loops = {name: calibrate(fn, target_s) for name, fn in cases.items()}
+    loops = {name: calibrate(fn, target_s, clock) for name, fn in cases.items()}
     samples: dict[str, list[float]] = {name: [] for name in cases}
     order = list(cases)
     rng = random.Random(seed)
@@ -43,10 +45,10 @@ def interleaved(cases: dict[str, Callable[[], object]], *, rounds: int, target_s
             for name in order:
                 fn = cases[name]
                 n = loops[name]
-                t0 = time.perf_counter()
+                t0 = clock()
                 for _ in itertools.repeat(None, n):
                     fn()
-                samples[name].append((time.perf_counter() - t0) / n)
+                samples[name].append((clock() - t0) / n)
             gc.enable()
     finally:
         if gc_was_enabled:

@@ -305,11 +305,14 @@ class ApplianceDecoder:
                         return FrameDecode(codes, len(seen), stage, attempts=tried)
         return FrameDecode((), len(seen), "none", tuple(quads), tried)
 
-    def first_pass(self, gray: np.ndarray) -> tuple[tuple[DecodedCode, ...], list[Corners]]:
-        """Step 1: the codes read, else the outlines of the symbols located but not read."""
+    def first_pass(self, gray: np.ndarray, invert: bool = True) -> tuple[tuple[DecodedCode, ...], list[Corners]]:
+        """Step 1: the codes read, else the outlines of the symbols located but not read.
+
+        ``invert=False`` leaves out zxing-cpp's look at the inverted image (light codes on dark
+        screens): a third of the call's CPU time on an empty frame, nearly half on a noisy one."""
         zx = self._zx
         downscale = self._downscale if self._downscale is not None else max(gray.shape) > DOWNSCALE_ABOVE
-        found = zx.read_barcodes(gray, formats=self._formats, try_invert=True, try_downscale=downscale,
+        found = zx.read_barcodes(gray, formats=self._formats, try_invert=invert, try_downscale=downscale,
                                  text_mode=zx.TextMode.Plain, return_errors=True)
         codes = [_zx_code(r) for r in found if r.valid]
         if codes:

@@ -1,7 +1,9 @@
 """A camera's frames → codes, using the stream: what one frame does not read, the next ones try differently.
 
 A card held up for a second gives 10-30 frames. `StreamDecoder` runs the appliance decoder's first
-pass on every frame, exactly as `ApplianceDecoder` does. Everything else is spread over frames:
+pass on every frame, as `ApplianceDecoder` does, except that on a still picture with nothing in
+view it looks for light-on-dark codes on every other frame only. Everything else is spread over
+frames:
 
 * a symbol located but not read is *tracked*; each following frame tries the two likeliest second-
   pass attempts on its fresh crop (new noise, a slightly different pose) plus one more from the
@@ -141,6 +143,7 @@ class StreamDecoder:
         self.head = head
         self.rotating = rotating
         self.gate = ChangeGate(active_frames)
+        self._frames = 0
         self._track: _Track | None = None
         self.hint: Hint | None = None
         """The latest hint (None while nothing is seen, or once the code is read)."""
@@ -160,14 +163,17 @@ class StreamDecoder:
         if gray.size == 0:
             return FrameDecode((), 0, "none")
         dec = self.decoder
-        codes, seen = dec.first_pass(gray)
+        active = self.gate.update(gray)
+        track = self._track
+        self._frames += 1
+        # on a still picture with nothing tracked, light-on-dark codes (dark-mode phones) are looked
+        # for on every other frame: a still phone is read a frame later, an empty lane costs less
+        codes, seen = dec.first_pass(gray, invert=active or track is not None or self._frames % 2 == 0)
         if codes:
             self._read()
             return FrameDecode(codes, 0, "pass1")
-        active = self.gate.update(gray)
         stage = "pass2"
         quads = _distinct(seen)[:SECOND_PASS_SYMBOLS]
-        track = self._track
         if quads and not active and (track is None or not any(track.near(q) for q in quads)):
             # on a still picture a symbol must be located twice in a row before it costs a second pass:
             # sensor noise makes finder-pattern look-alikes in a different place every frame
