@@ -23,8 +23,12 @@ TEXTURE_LEVEL = 200.0
 
 A code's modules give 250-600 in the thumbnail even defocused by a module or seen in low light;
 lines of text, card edges and sensor noise on their own stay lower (bench/frames.py frames)."""
-ISOTROPY = 0.5
-"""Texture whose gradients agree in direction more than this (coherence 0..1) is an edge, not a code."""
+ISOTROPY = (0.5, 0.62)
+"""Texture whose gradients agree in direction more than this (coherence 0..1) is an edge, not a code.
+
+Both are tried: a code seen 60° from the side is squeezed to half its width, which favours one
+gradient direction (up to about 0.6 there), but the looser level lets a code's region run into
+the text beside it on other frames, and the merged shape is then no code's."""
 MIN_REGION_PX = 14
 """Smallest side (thumbnail pixels) of a code-like region: a 25-module code at 1.5 px per module."""
 MAX_ASPECT = 3.2
@@ -95,21 +99,25 @@ def texture_regions(gray: np.ndarray, limit: int = 2) -> list[Quad]:
     jxx, jyy, jxy = cv2.blur(gx * gx, win), cv2.blur(gy * gy, win), cv2.blur(gx * gy, win)
     energy = jxx + jyy
     coherence = cv2.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (energy + 1e-3)
-    mask = ((energy > TEXTURE_LEVEL ** 2) & (coherence < ISOTROPY)).astype(np.uint8) * 255
-    opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    found: list[tuple[float, Quad]] = []
-    for contour in contours:
-        area = cv2.contourArea(contour)
-        if area < MIN_REGION_PX * MIN_REGION_PX:
-            continue
-        (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
-        if min(rw, rh) < MIN_REGION_PX or max(rw, rh) > MAX_ASPECT * min(rw, rh) or area < 0.5 * rw * rh:
-            continue
-        box = cv2.boxPoints(((cx, cy), (rw, rh), angle)) * scale
-        found.append((area, tuple((int(round(x)), int(round(y))) for x, y in box)))
+    strong = energy > TEXTURE_LEVEL ** 2
+    found: list[tuple[float, tuple[float, float], float, Quad]] = []
+    for level in ISOTROPY:
+        mask = (strong & (coherence < level)).astype(np.uint8) * 255
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for contour in contours:
+            area = cv2.contourArea(contour)
+            if area < MIN_REGION_PX * MIN_REGION_PX:
+                continue
+            (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
+            if min(rw, rh) < MIN_REGION_PX or max(rw, rh) > MAX_ASPECT * min(rw, rh) or area < 0.5 * rw * rh:
+                continue
+            if any(math.dist((cx, cy), c) < side / 3 for _, c, side, _ in found):
+                continue  # the same region at the other level
+            box = cv2.boxPoints(((cx, cy), (rw, rh), angle)) * scale
+            found.append((area, (cx, cy), max(rw, rh), tuple((int(round(x)), int(round(y))) for x, y in box)))
     found.sort(key=lambda f: -f[0])
-    return [q for _, q in found[:limit]]
+    return [q for *_, q in found[:limit]]
 
 
 # ------------------------------------------------------------------ blur: estimate and undo

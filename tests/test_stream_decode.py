@@ -6,6 +6,8 @@ zxing-cpp alone (the first pass's options) is the peer every result is compared 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from support.inputs import Collector
@@ -112,6 +114,17 @@ def test_moving_cards_zxing_misses_are_mostly_read(camera, text):
     assert len(missed) >= 10
     read = sum([c.text for c in dec.decode(s.frame)] == [text] for s in missed)
     assert read >= 0.7 * len(missed), f"{read} of {len(missed)}"
+
+
+def test_texture_search_outlines_codes_tilted_60_degrees(camera):
+    """A code seen 60° from the side is squeezed to half: its texture still counts as a code's (a
+    region centred on it), and the card's text beside it does not swallow it."""
+    for shot in F.frame_set(camera, 16, seed=11, categories=("tilt 60",))["tilt 60"]:
+        centre = (camera.size[0] / 2 + shot.pose.offset_mm[0] * camera.focal / shot.pose.distance_mm,
+                  camera.size[1] / 2 + shot.pose.offset_mm[1] * camera.focal / shot.pose.distance_mm)
+        regions = enhance.texture_regions(shot.frame)
+        side = shot.module_px * 65
+        assert any(math.dist(enhance.quad_centre(r), centre) < side / 4 for r in regions), shot.pose
 
 
 def test_texture_search_finds_nothing_in_an_empty_lane():
