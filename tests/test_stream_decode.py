@@ -180,9 +180,10 @@ def test_hint_for_a_code_running_out_of_the_frame(camera):
     assert stream.feed(clear).codes and stream.hint is None  # read: the hint goes away
 
 
-def test_a_camera_hands_each_new_hint_on_once_and_withdraws_it(camera):
+def test_a_camera_hands_the_hint_on_and_withdraws_it(camera):
     """CameraInput tells its ``on_hint`` hook (the daemon's kiosk "aim" event) when the hint changes:
-    "further" while a blurred code runs out of the frame, then None once a card is read."""
+    "further" while a blurred code runs out of the frame (again every 2 s while it stays: a slow
+    machine may take that long), then None once a card is read."""
     cut = camera.shoot(F.Pose(180.0, offset_mm=(105.0, 0.0)), F.Look(defocus=1.0), np.random.default_rng(2)).frame
     clear = F.frame_set(camera, 1, seed=1, categories=("sharp",))["sharp"][0].frame
     hints = []
@@ -192,7 +193,8 @@ def test_a_camera_hands_each_new_hint_on_once_and_withdraws_it(camera):
     inp.start(got.submit, got.report)
     assert inp.join(WAIT)
     assert set(got.texts()) == {F.card_text()}
-    assert hints == [Hint("further", "out_of_frame"), None]
+    further = Hint("further", "out_of_frame")
+    assert hints[0] == further and hints[-1] is None and all(h == further for h in hints[1:-1])
 
 
 def test_on_a_still_picture_light_on_dark_codes_are_looked_for_every_other_frame(camera, text):
