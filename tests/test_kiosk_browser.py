@@ -35,8 +35,7 @@ from support.waiting import HTTP_TIMEOUT as T
 from support.waiting import WAIT, wait_for
 from support.words import foreign
 
-from bench import browser
-from bench import frames
+from bench import browser, frames
 from scanner.appliance.provisioning import provision_appliance
 from scanner.base.timeutil import now_ms
 from scanner.cards import keys
