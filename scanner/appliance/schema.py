@@ -482,7 +482,13 @@ call the page makes, and stored nowhere).
   card ever gets a verdict there. Under it the
   holder's name and birth year (from the live `verdict` event only, removed with the `clear`
   event after `[api] display_s`), the reason in plain words, and an amber strip naming why the
-  device is degraded, if it is. At the side: the camera preview with the code it sees outlined
+  device is degraded, if it is. While a camera sees a code it cannot read (its finder patterns
+  found, no text for three frames), the idle screen's prompt becomes what would help: *Đưa mã lại
+  gần camera hơn* (modules under 2 pixels), *Đưa mã ra xa camera hơn* (too defocused for a
+  fixed-focus camera, or running out of the frame), *Giữ yên mã trước camera* (a motion streak);
+  the `aim` event carries it, repeated every 2 s while it holds, withdrawn once the code is read
+  or gone ([decoding.md](decoding.md#what-a-fixed-focus-camera-sees-and-the-stream)). At the side:
+  the camera preview with the code it sees outlined
   (Motion-JPEG at `preview_fps`, scaled to `preview_width`; frames are scaled and encoded only
   while a screen watches), today's admitted and rejected counts and, with `occupancy = true`, how
   many are inside; the direction, which staff switch by tapping it; *Tắt báo động* (silence the
@@ -500,7 +506,7 @@ No page shows anything from the entry log but counts, and nothing personal is st
 browser. The pages are plain HTML, CSS and JavaScript in `scanner/appliance/web/` (no build step, nothing
 loaded from elsewhere: their Content-Security-Policy allows only this device); every word they
 show is in `scanner/base/translations.toml`. Screenshots (the kiosk at 800x480: accept, reject, duplicate,
-degraded, a long name with the "limited operation" strip, error, not ready, enrolling; on a phone; the status page): [docs/screenshots](screenshots/), taken by the browser tests
+degraded, a long name with the "limited operation" strip, error, not ready, enrolling, a hint to move the card; on a phone; the status page): [docs/screenshots](screenshots/), taken by the browser tests
 (`tests/test_kiosk_browser.py`, in a real headless Chromium); to take them again:
 `CHECKPOINT_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_kiosk_browser.py`.
 """
