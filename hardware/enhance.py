@@ -103,8 +103,8 @@ def texture_regions(gray: np.ndarray, limit: int = 2) -> list[Quad]:
     found: list[tuple[float, tuple[float, float], float, Quad]] = []
     for level in ISOTROPY:
         mask = (strong & (coherence < level)).astype(np.uint8) * 255
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         for contour in contours:
             area = cv2.contourArea(contour)
             if area < MIN_REGION_PX * MIN_REGION_PX:

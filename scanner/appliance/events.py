@@ -21,7 +21,8 @@ from scanner.base.safetext import json_line
 
 log = logging.getLogger(__name__)
 
-KINDS = ("verdict", "clear", "partial", "state", "direction", "silence", "error", "enrolling", "enrolled", "site", "aim")
+KINDS = ("verdict", "clear", "partial", "state", "direction", "silence", "error", "enrolling", "enrolled", "site",
+         "aim")
 
 
 @dataclass(frozen=True, slots=True)
