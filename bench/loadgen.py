@@ -22,13 +22,10 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from scanner.base.timeutil import now_ms
 from sync.wire import protocol
 
 RETRY_ON_ERROR_S = 1.0  # a refused or reset connection (the server restarting, its database failing over)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def run(spec: dict) -> dict:
@@ -57,7 +54,7 @@ def run(spec: dict) -> dict:
                 if conn is None:
                     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300,
                                                       source_address=(d["source"], 0))
-                auth = protocol.auth_header_v2(dev, key, "POST", protocol.BATCHES, _now_ms(), body)
+                auth = protocol.auth_header_v2(dev, key, "POST", protocol.BATCHES, now_ms(), body)
                 try:
                     conn.request("POST", protocol.BATCHES, body=body,
                                  headers={"Content-Type": protocol.BATCH_TYPE, "Authorization": auth})
