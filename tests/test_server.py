@@ -144,6 +144,27 @@ def test_chain_breaks_alterations_conflicts_and_gaps_are_reported(server, tmp_pa
     assert "relinked seq 31" in out.output and "conflict seq 5" in out.output
 
 
+def test_read_only_commands_refuse_a_missing_database_and_say_what_they_found(server, tmp_path, verdicts):
+    """A mistyped --db: `devices`, `stats`, `chain`, `trace` refuse it (one line, exit 2) and create
+    nothing. On the real database: `stats` is a table (or --json), `chain` says when all is well."""
+    missing = tmp_path / "typo" / "centrl.db"
+    (tmp_path / "typo").mkdir()
+    for args in (["devices"], ["stats"], ["chain"], ["trace", "--card", "00" * 16, "--no-holders"]):
+        out = CliRunner().invoke(main, ["server", *args, "--db", str(missing)])
+        assert out.exit_code == 2 and "no such database" in out.output, (args, out.output)
+        assert len(out.output.splitlines()) == 1 and not missing.exists()
+    dev = provision_device(server, tmp_path)
+    es = record(dev, verdicts, 3)
+    assert requests.post(server.url + protocol.BATCHES, timeout=30, data=batchmod.build(
+        es, identity.load(dev.state), device_id=dev.device_id, created_ms=1).data).ok
+    chain = CliRunner().invoke(main, ["server", "chain", "--db", server.db_url])
+    assert chain.exit_code == 0 and chain.output == "chain intact: 1 devices, 3 entries\n", chain.output
+    stats = CliRunner().invoke(main, ["server", "stats", "--db", server.db_url]).output
+    assert "{" not in stats and any(line.split() == ["entries", "3"] for line in stats.splitlines()), stats
+    assert json.loads(CliRunner().invoke(main, ["server", "stats", "--db", server.db_url, "--json"]).output)[
+        "entries"] == 3
+
+
 def test_storage_urls(tmp_path):
     for url in (f"sqlite:///{tmp_path}/a.db", str(tmp_path / "b.db")):
         open_storage(url).close()

@@ -52,9 +52,10 @@ def keys_option(what: str):
                              "required with PostgreSQL).")
 
 
-def open_server_storage(db_url: str) -> Storage:
-    """The server's storage, closed when the command ends."""
-    return closing(run_guarded(open_storage, db_url))
+def open_server_storage(db_url: str, *, read_only: bool = False) -> Storage:
+    """The server's storage, closed when the command ends. ``read_only`` commands refuse a database
+    that does not exist (a mistyped --db), where the others create it."""
+    return closing(run_guarded(open_storage, db_url, must_exist=read_only))
 
 
 SERVER_COMMANDS = {
@@ -135,12 +136,15 @@ def enroll_qr(db_url, server_url, checkpoint_id, ttl_hours, root_pub, png_path, 
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def server_stats(db_url, as_json):
     """Devices, entries, batches, duplicates dropped, chain problems."""
-    d = run_guarded(open_server_storage(db_url).stats).to_dict()
+    d = run_guarded(open_server_storage(db_url, read_only=True).stats).to_dict()
     if as_json:
         click.echo(json_line(d))
-    else:
-        for k, v in d.items():
-            click.echo(f"{k}: {v}")
+        return
+    rows = [(k.replace("_", " "), "-" if v is None else str(v)) for k, v in d.items() if k != "by_source"]
+    rows += [(f"  from {escape(str(source))}", str(n)) for source, n in sorted(d["by_source"].items())]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v:>10}")
 
 
 @server_group.command("devices")
@@ -150,7 +154,7 @@ def server_stats(db_url, as_json):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
 def server_devices(db_url, stale_min, as_json):
     """Every device with its latest heartbeat, stale ones first."""
-    for d in run_guarded(device_rows, open_server_storage(db_url), stale_min * 60, now_ms()):
+    for d in run_guarded(device_rows, open_server_storage(db_url, read_only=True), stale_min * 60, now_ms()):
         if as_json:
             click.echo(json_line(d))
             continue
@@ -204,7 +208,12 @@ def server_revoke(db_url, device_id):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per problem.")
 def server_chain(db_url, device_id, as_json):
     """Chain problems the server found (relinked, altered, conflict) and sequence gaps."""
-    report = run_guarded(chain_report, open_server_storage(db_url), device_id)
+    storage = open_server_storage(db_url, read_only=True)
+    report = run_guarded(chain_report, storage, device_id)
+    if not report.events and not any(report.gaps.values()) and not as_json:  # all is well: say so
+        s = run_guarded(storage.stats)
+        click.echo(f"chain intact: {s.devices} devices, {s.entries} entries" if device_id is None
+                   else f"chain intact: device {escape(device_id)}")
     for e in report.events:
         row = {"device_id": e.device_id, "kind": e.kind, "seq": e.seq, "detail": e.detail, "at_ms": e.at_ms}
         click.echo(json_line(row) if as_json else f"{e.device_id} {e.kind} seq {e.seq}: {escape(e.detail)}")
@@ -351,7 +360,8 @@ def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, 
     tz = _local_tz(tz_name)
     key = None if no_holders else _sealing_key(db_url, key_file, keys_dir)
     until = now_ms()
-    report = run_guarded(tracemod.trace, open_server_storage(db_url), card_id, since_ms=until - days * DAY_MS,
+    storage = open_server_storage(db_url, read_only=True)
+    report = run_guarded(tracemod.trace, storage, card_id, since_ms=until - days * DAY_MS,
                          until_ms=until + 1, window_ms=window_ms, sealing_key=key)
     text = (json_line(tracemod.to_dict(report, tz)) + "\n") if fmt == "json" else tracemod.csv_text(report, tz)
     if out_path:

@@ -16,10 +16,11 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, *, must_exist: bool = False) -> Storage:
     """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or a plain file path: SQLite;
     ``postgresql://USER@HOST[:PORT]/DB[?options]`` (libpq URL): PostgreSQL (the `server` extra:
-    psycopg 3). Other schemes are refused with a clear error."""
+    psycopg 3). Other schemes are refused with a clear error. ``must_exist``: a SQLite file that
+    is not there is refused, not created (a read-only command given a mistyped path)."""
     if is_postgres_url(url):
         try:  # deferred: psycopg is the optional `server` extra, needed only for PostgreSQL
             from sync.server.postgres import PostgresStorage
@@ -34,12 +35,19 @@ def open_storage(url: str) -> Storage:
         elif path.startswith("//"):
             raise CheckpointError(f"{url}: use sqlite:///ABSOLUTE/PATH or sqlite:RELATIVE/PATH",
                                   code="db_url")
-        return SQLiteStorage(path)
+        return _sqlite(path, must_exist)
     if "://" in url:
         scheme = url.split("://", 1)[0]
         raise CheckpointError(f"database scheme {scheme!r} is not supported by this server "
                               "(sqlite: or postgresql:)", code="db_url")
-    return SQLiteStorage(url)
+    return _sqlite(url, must_exist)
+
+
+def _sqlite(path: str, must_exist: bool) -> Storage:
+    if must_exist and not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such database (this command does not create one: check --db)",
+                              code="db_missing")
+    return SQLiteStorage(path)
 
 
 def default_keys_dir(url: str) -> Path:
