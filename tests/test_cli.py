@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from support.entries import bulk_fill
 
@@ -262,3 +264,30 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(tmp_path):
     err = p.stderr.read().decode()
     p.wait(timeout=60)
     assert first.startswith(b"{") and err == "" and p.returncode == 1, (p.returncode, err)
+
+
+# ---------------------------------------------------------------- verify --image
+
+
+def test_verify_reads_the_card_from_a_picture(pki, tmp_path):
+    """The pilot's last step without a pipe: a picture whose name has spaces, two pictures at once
+    (one line each, named), and a picture without a QR code (one clear line, exit 2)."""
+    good = tmp_path / "thẻ của An.png"
+    run("issuer", "issue", "--key", str(pki / "hue.key"), "--issuer", "VN-HUE", "--name", "Nguyễn Văn An",
+        "--birth-date", "1985-03-02", "--png", str(good))
+    forged = tmp_path / "forged card.png"
+    run("issuer", "issue", "--key", str(pki / "rogue.key"), "--issuer", "VN-HUE", "--name", "Nguyễn Văn An",
+        "--birth-date", "1985-03-02", "--png", str(forged))
+    blank = tmp_path / "no code.png"
+    cv2.imwrite(str(blank), np.full((200, 200), 255, np.uint8))
+    one = verify(pki, "--image", str(good), "--lang", "en")
+    assert one.returncode == 0 and one.stdout.startswith("✔ ACCEPTED") and "Nguyễn Văn An" in one.stdout, one
+    two = verify(pki, "--image", str(good), "--image", str(forged), "--lang", "en")
+    lines = two.stdout.splitlines()
+    assert two.returncode == 1 and len(lines) == 2, two
+    assert lines[0].startswith(f"{good}: ✔ ACCEPTED") and lines[1].startswith(f"{forged}: ✘ REJECTED"), lines
+    none = verify(pki, "--image", str(blank), "--lang", "en")
+    assert none.returncode == 2 and none.stdout == "", none
+    assert none.stderr.splitlines() == [f"checkpoint: error: {blank}: no QR code found"], none.stderr
+    j = json.loads(verify(pki, "--image", str(good), "--json").stdout)
+    assert j["decision"] == "accept" and j["image"] == str(good)

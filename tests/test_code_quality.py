@@ -20,7 +20,8 @@ SUFFIXES = (".py", ".toml", ".html", ".js", ".css")
 ISSUE_NUMBER = re.compile(r"\bissues?\s*#?\d+", re.IGNORECASE)
 PRODUCT = ("scanner", "sync", "hardware")
 # what may be imported inside a function: optional or platform-only, heavy or native
-# (hardware.decode: the central server reads a photo of a card with it, and loads OpenCV only then)
+# (hardware.decode: `checkpoint verify --image` and the central server read a photo of a card with it, and
+# load OpenCV only then)
 OPTIONAL = {"evdev", "lgpio", "zxingcpp", "pyzbar.pyzbar", "hardware.camera_picamera2", "sync.server.postgres",
             "hardware.decode"}
 
