@@ -26,6 +26,14 @@ def test_the_demo_runs_the_appliance_and_every_entry_reaches_the_server_once(tmp
     assert "Summary: 10 scans · 10 entries logged · 10 entries acknowledged by the server" in text
     assert "All 10 scans gave the expected verdict; the server holds every entry exactly once." in text
     assert "/api/v1/status" in text and "(duplicate)" in text and "Trần Thị Bích Ngọc" in text
+    # each scan says which case it shows, before its verdict
+    verdicts = [line for line in text.splitlines() if " ✔ " in line or " ✘ " in line]
+    assert len(verdicts) == 10, verdicts
+    for line, case in zip(verdicts, ("a valid card held up for 3 s", "an expired card", "a card not valid yet",
+                                     "a revoked card", "forged: the name changed", "forged: signed with a key",
+                                     "a valid card on a phone in dark mode", "an issuer not trusted",
+                                     "a QR code that is no card", "the first card again"), strict=True):
+        assert f"[{case}" in line, (case, line)
     assert len(list((out / "cards").glob("*.png"))) == 9 and (out / "camera.avi").stat().st_size > 0
     assert stat.S_IMODE((out / "keys" / "root.key").stat().st_mode) == 0o600
     # the files say the same as the summary: the server holds exactly the device's chain

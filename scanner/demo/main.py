@@ -98,8 +98,13 @@ def make_cards(now: int, hue: keys.PrivateKey, dng: keys.PrivateKey, rogue: keys
     ]
 
 
+# The case each scan of the video shows ([demo_case] of the catalogue), in the order of timeline()'s scans.
+CASES = ("held", "expired", "not_yet_valid", "revoked", "forged_name", "forged_key", "phone_dark", "unknown_issuer",
+         "not_a_card", "again")
+
+
 def timeline(cards: list[DemoCard], enroll_text: str):
-    """The video's shots and the verdict expected for each scan, in order."""
+    """The video's shots and the verdict expected for each scan, in order (their cases: CASES)."""
     by = {c.label: c for c in cards}
     gap = Shot(None, 0.5)
     shots = [Shot(None, 0.5), Shot(enroll_text, 1.0), Shot(None, 1.5),
@@ -287,7 +292,7 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
         appliance = Appliance(config, once=duration is None, stdout=stdout, recent_errors=recent,
                               sync_timeout_s=30.0)
         seen: list[str] = []
-        printer = _Printer(stdout, lang, seen)
+        printer = _Printer(stdout, lang, seen, CASES)
         appliance.hub.listen(printer)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in previous:
@@ -357,10 +362,11 @@ def _summary(echo, t, seen: list[str], expected: list[Reason], logged: int, held
 class _Printer:
     """Verdict and device events as terminal lines (the live feedback line is the daemon's own)."""
 
-    def __init__(self, stream, lang: str, seen: list[str]) -> None:
+    def __init__(self, stream, lang: str, seen: list[str], cases: tuple[str, ...] = ()) -> None:
         self.stream = stream or sys.stdout
         self.lang = lang
         self.seen = seen
+        self.cases = cases  # what each scan in turn shows, said before its verdict
         try:
             self.tty = self.stream.isatty()
         except (AttributeError, ValueError):
@@ -377,7 +383,10 @@ class _Printer:
             if d["holder"]:
                 who = f" · {escape(d['holder']['name'])} ({i18n.t('label.born', lang)} {d['holder']['birth_year']})"
             flags = f" [{', '.join(i18n.t(f'degraded.{f}', lang) for f in d['degraded'])}]" if d["degraded"] else ""
-            line = (f"{time.strftime('%H:%M:%S')} {d['source']}:{escape(d['source_id'])} #{d['seq']} {mark} "
+            case = ""
+            if self.cases:
+                case = f"[{i18n.t('demo_case.' + self.cases[(len(self.seen) - 1) % len(self.cases)], lang)}] "
+            line = (f"{time.strftime('%H:%M:%S')} {case}{d['source']}:{escape(d['source_id'])} #{d['seq']} {mark} "
                     f"{i18n.t('decision.' + d['decision'], lang)} · {i18n.t('reason.' + d['reason'], lang)} "
                     f"({d['reason']}){who}{flags}")
         elif event.kind == "enrolled":
