@@ -60,6 +60,9 @@ class ConsoleLine:
         with self._lock:
             self.last = render(frame, label, direction=direction, detail=detail, lang=self.lang)
             if self.tty:
+                width = _columns(self.stream)
+                if width and len(self.last) >= width:  # a wrapped line could not be rewritten in place
+                    line = self.last[:max(1, width - 2)] + "…"
                 self.stream.write(f"\r{line}\x1b[K")
                 self._live = True
             elif label != self._last_label:
@@ -76,6 +79,14 @@ class ConsoleLine:
                 self.stream.write("\n")
                 self.stream.flush()
                 self._live = False
+
+
+def _columns(stream: TextIO) -> int | None:
+    """The width of the terminal ``stream`` writes to, or None when it cannot be known."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or None
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -2,9 +2,13 @@
 console device with the same patterns, reasons, simulated gate and passage."""
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import pty
+import re
+import struct
+import termios
 import threading
 
 import pytest
@@ -66,6 +70,27 @@ def test_live_line_rewrites_in_place_on_a_real_tty(monkeypatch):
     assert out.count("\r") == 3 and out.count("\x1b[K") == 3 and out.endswith("\n")
     assert "\x1b[32m●\x1b[0m green" in out and "ready" in out
     assert line.last == render(OFF, "idle", lang="en")
+
+
+def test_on_a_narrow_terminal_the_live_line_never_wraps(monkeypatch):
+    """A line wider than the terminal would wrap, and rewriting it in place would leave its first
+    row behind, running into the next line: it is cut to the width instead."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
+    try:
+        with open(slave, "w", encoding="utf-8", closefd=False) as stream:
+            line = ConsoleLine(stream, lang="en")
+            line(Outputs(red=1.0, buzzer_hz=440.0), "reject", detail="Card has expired", direction="out")
+            line(OFF, "idle")
+            line.end()
+        out = read_all(master).decode("utf-8")
+    finally:
+        os.close(master)
+        os.close(slave)
+    shown = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", part) for part in out.replace("\r\n", "\n").split("\r") if part]
+    assert len(shown) == 2 and all(len(s.rstrip("\n")) < 40 for s in shown), shown
+    assert shown[0].startswith(render(Outputs(red=1.0, buzzer_hz=440.0), "reject", lang="en")[:20])
 
 
 def test_no_color_is_respected_on_a_tty(monkeypatch):
