@@ -14,3 +14,17 @@ install:
 .PHONY: arm64-check
 arm64-check:
 	bash scripts/arm64-check.sh
+# The SD-card image for a Raspberry Pi (Debian 12 arm64, the appliance installed by scripts/install.sh),
+# cached under /var/cache/checkpoint-image; root. IMAGE_ARGS: --xz, --kiosk, --worktree, --rebuild.
+# docs/raspberry-pi.md#the-sd-card-image
+.PHONY: image
+image:
+	bash scripts/image/build.sh $(IMAGE_ARGS)
+# Boot that image in qemu-system-aarch64 (-M raspi3b) and test the appliance as a whole machine (root,
+# 40-60 min on 2 cores; the smoke version: boot, one card on the USB keyboard, one power cut).
+# FIELD_TEST_ARGS: --cuts N, --machine virt, --seed N, --worktree. docs/raspberry-pi.md#field-test
+.PHONY: field-test field-test-smoke
+field-test:
+	bash scripts/field-test/run.sh $(FIELD_TEST_ARGS)
+field-test-smoke:
+	bash scripts/field-test/run.sh --smoke $(FIELD_TEST_ARGS)

@@ -19,6 +19,7 @@ from support.cameras import write_shots
 from support.config import standalone, write_config
 from support.paths import ROOT
 from support.pki import make_pki
+from support.units import runnable_unit
 from support.waiting import WAIT
 
 from scanner.appliance import udev
@@ -27,22 +28,6 @@ from scanner.demo.video import Shot
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed here")
-
-
-def runnable_unit(unit: Path, tmp_path: Path) -> Path:
-    """The unit as written, except that executables not installed on this machine (the venv under
-    /opt, cage, chromium) point to stand-ins, so verify checks everything else."""
-    text = unit.read_text()
-    for exe in sorted(set(re.findall(r"(?m)(?:^Exec\w+=[-@!+:]*|\s)(/[\w./-]+)", text))):
-        if exe.startswith(("/usr/bin/", "/opt/", "/bin/")) and not os.access(exe, os.X_OK):
-            stand_in = tmp_path / "bin" / exe.strip("/").replace("/", "_")
-            stand_in.parent.mkdir(exist_ok=True)
-            stand_in.write_text("#!/bin/sh\n")
-            stand_in.chmod(0o755)
-            text = text.replace(exe, str(stand_in))
-    out = tmp_path / unit.name
-    out.write_text(text)
-    return out
 
 
 @needs_analyze

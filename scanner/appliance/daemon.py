@@ -54,6 +54,7 @@ from scanner.appliance.config import (
     load,
 )
 from scanner.appliance.device import Core, Device
+from scanner.appliance.enrollfile import EnrollFileInput, enroll_file_for
 from scanner.appliance.enroller import Enroller
 from scanner.appliance.events import EventHub
 from scanner.appliance.lane import Lane
@@ -173,6 +174,8 @@ class Appliance:
                                   "(zero-touch enrollment is off: [enroll] qr = false)", code="not_provisioned")
             else:
                 log.warning("not provisioned: waiting for an enrollment QR (%s...) at any input", enrollcode.PREFIX)
+                if (enroll_file := enroll_file_for(cfg)) is not None:  # the SD card's enroll.txt, as a scan
+                    self._add_input(EnrollFileInput(enroll_file, lambda: self.device.core is not None))
             if self.api is not None:
                 self.api.start()
             log.info("starting %s: mode %s, %d inputs, api %s", __version__, self.device.mode,

@@ -18,6 +18,8 @@ COMMANDS = {
                  "The whole appliance without hardware: server, simulated camera, virtual lights, sync, summary."),
     "doctor": Lazy("scanner.cli.doctor:doctor_cmd",
                    "Check camera, readers, GPIO, log, disk, clock, trust, server and sync. Exit 1 if any check fails."),
+    "image": Lazy("scanner.cli.image:image_group",
+                  "The SD-card image's boot steps: apply the card's configuration files, show why not."),
     "issuer": Lazy("scanner.cli.issuer:issuer",
                    "Issuer tools: keys, cards, trust bundles, revocations (for pilots, demo and tests)."),
     "log": Lazy("scanner.cli.log:log_group",
