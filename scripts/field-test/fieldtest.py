@@ -317,8 +317,11 @@ def fields(message: str) -> dict:
     return dict(w.split("=", 1) for w in message.split() if "=" in w)
 
 
+VERDICT_LINE = re.compile(r"^(?:[\w.]+: )?verdict ")  # "appliance.lane: verdict source=..." (logsetup's format)
+
+
 def is_verdict(entry: dict) -> bool:
-    return (entry.get("m") or "").startswith("verdict ")
+    return VERDICT_LINE.match(entry.get("m") or "") is not None
 
 
 # ---------------------------------------------------------------- one power-on of the emulated Pi
@@ -355,13 +358,11 @@ class Guest:
                  "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off",
                  "-chardev", f"socket,id=reader,path={run / 'reader.sock'},server=on,wait=off",
                  "-display", "none", "-monitor", "none", "-no-reboot"]
-        # raspi3b's dwc2 has one root port: with port=1 the device sits on it (without, QEMU puts an
-        # emulated full-speed hub in front); a second reader is plugged in later (plug())
-        port = ",port=1" if rig.machine == "raspi3b" else ""
+        # raspi3b's dwc2 has one root port: QEMU puts its emulated USB hub in front of the two readers
         if "kbd" in usb:
-            argv += ["-device", f"usb-kbd,id=kbd{port}"]
-        elif "serial" in usb:
-            argv += ["-device", f"usb-serial,id=serial,chardev=reader{port}"]
+            argv += ["-device", "usb-kbd,id=kbd"]
+        if "serial" in usb:
+            argv += ["-device", "usb-serial,id=serial,chardev=reader"]
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(NICE + argv, stdout=subprocess.DEVNULL, stderr=open(run / f"qemu-{label}.err", "w"))
         self.agent = AgentLink(run / "agent.sock", rig.server_port, online)
