@@ -212,6 +212,8 @@ in_root "$LOGS/image.log" systemctl mask systemd-firstboot.service
 : >"$ROOT/etc/machine-id"
 rm -f "$ROOT/var/lib/dbus/machine-id"
 mkdir -p "$ROOT/data" "$ROOT/etc/checkpoint" "$ROOT/var/lib/checkpoint" "$ROOT/var/lib/systemd/timesync"
+# systemd-logind's StateDirectory: systemd cannot make it at boot on the read-only root
+mkdir -p "$ROOT/var/lib/systemd/linger"
 # the versions inside, for the build record
 py_version=$(chroot "$ROOT" /opt/checkpoint-edge/.venv/bin/python --version 2>&1)
 unmount_all_under "$ROOT"  # first: the apt and pip caches are the host's, bind-mounted
