@@ -121,22 +121,7 @@ class Qmp:
         the rig switches on: Guest.kbd_drops counts them). So the keys are paced: ``per_code_s``
         seconds per code sent, 2 per key, 4 with shift."""
         for ch in text:
-            if "a" <= ch <= "z" or "0" <= ch <= "9":
-                key, shift = ch, False
-            elif "A" <= ch <= "Z":
-                key, shift = ch.lower(), True
-            elif ch in SHIFTED:
-                key, shift = SHIFTED[ch], True
-            elif ch in PLAIN:
-                key, shift = PLAIN[ch], False
-            else:
-                raise ValueError(f"no key for {ch!r}")
-            events = []
-            if shift:
-                events.append(_key("shift", True))
-            events += [_key(key, True), _key(key, False)]
-            if shift:
-                events.append(_key("shift", False))
+            events = key_events(ch)
             self.cmd("input-send-event", events=events)
             time.sleep(per_code_s * len(events))
 
@@ -145,6 +130,22 @@ class Qmp:
             self.sock.close()
         except OSError:
             pass
+
+
+def key_events(ch: str) -> list[dict]:
+    """The QMP input events that type ``ch`` on a US keyboard (shift held around it if needed)."""
+    if "a" <= ch <= "z" or "0" <= ch <= "9":
+        key, shift = ch, False
+    elif "A" <= ch <= "Z":
+        key, shift = ch.lower(), True
+    elif ch in SHIFTED:
+        key, shift = SHIFTED[ch], True
+    elif ch in PLAIN:
+        key, shift = PLAIN[ch], False
+    else:
+        raise ValueError(f"no key for {ch!r}")
+    events = [_key(key, True), _key(key, False)]
+    return [_key("shift", True), *events, _key("shift", False)] if shift else events
 
 
 def _key(qcode: str, down: bool) -> dict:

@@ -1,0 +1,67 @@
+"""The field-test rig's own parts that run without QEMU (scripts/field-test/fieldtest.py): what it
+types on the emulated USB keyboard is read back as the card by the daemon's key translator, and it
+recognises the daemon's verdict lines as journald stores them."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import time
+from types import SimpleNamespace
+
+import evdev
+import pytest
+from support.paths import ROOT
+from support.pki import make_pki
+
+from hardware.readers_hid import KeyEvents
+from scanner.appliance.logsetup import LineFormatter
+
+_spec = importlib.util.spec_from_file_location("fieldtest", ROOT / "scripts" / "field-test" / "fieldtest.py")
+fieldtest = importlib.util.module_from_spec(_spec)
+sys.modules["fieldtest"] = fieldtest  # its dataclasses look their module up
+_spec.loader.exec_module(fieldtest)
+
+# QEMU's key names (qcodes) for the keys the rig uses, as Linux key codes; the rest are KEY_<NAME>
+QCODE_TO_KEY = {"shift": "KEY_LEFTSHIFT", "spc": "KEY_SPACE", "ret": "KEY_ENTER"}
+
+
+def typed_back(text: str) -> list[tuple[str, object]]:
+    """The reads the daemon's HID translator (US layout, Enter ends a read) makes of the rig's key events."""
+    events, t = [], time.time()
+    for ch in text:
+        for ev in fieldtest.key_events(ch):
+            qcode = ev["data"]["key"]["data"]
+            code = evdev.ecodes.ecodes[QCODE_TO_KEY.get(qcode, f"KEY_{qcode.upper()}")]
+            t += 0.01
+            events.append(SimpleNamespace(type=evdev.ecodes.EV_KEY, code=code, value=1 if ev["data"]["down"] else 0,
+                                          timestamp=lambda t=t: t))
+    return KeyEvents("us", "enter", 3.0).feed(events)
+
+
+def test_cards_typed_on_the_emulated_keyboard_read_back_as_the_cards(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    cards = [pki.card(), pki.card(expired=True), pki.card(name="Trần Thị Ánh")]
+    for card in cards:
+        assert typed_back(card + "\n") == [(card, None)]
+    assert typed_back("CKENROLL:v=1&s=http%3A%2F%2F127.0.0.1%3A8443&t=tok_EN-01\n")[0][1] is None
+
+
+def test_the_rig_recognises_the_daemons_verdict_lines_as_journald_stores_them():
+    fmt = LineFormatter(journal=True)
+    record = logging.LogRecord("scanner.appliance.lane", logging.INFO, __file__, 1,
+                               "verdict source=%s:%s decision=%s reason=%s seq=%d entry=%s", ("serial", "desk", "accept",
+                                                                                              "ok", 7, "e-1"), None)
+    line = fmt.format(record)
+    message = line[line.index(">") + 1:]  # journald takes the <6> priority prefix off
+    assert fieldtest.is_verdict({"m": message})
+    assert fieldtest.fields(message) == {"source": "serial:desk", "decision": "accept", "reason": "ok", "seq": "7",
+                                         "entry": "e-1"}
+    assert not fieldtest.is_verdict({"m": "appliance.clockguard: clock: not confirmed (verdict pending)"})
+
+
+def test_pin_spans_from_level_samples():
+    samples = [(0.0, 0), (0.1, 1 << 17), (0.2, 1 << 17), (0.3, 0), (0.4, 1 << 17 | 1 << 23), (0.5, 1 << 23)]
+    assert fieldtest.high(samples, 17) == [(0.1, pytest.approx(0.2)), (0.4, pytest.approx(0.1))]
+    assert fieldtest.high(samples, 23) == [(0.4, pytest.approx(0.1))]  # still on at the last sample
+    assert fieldtest.high(samples, 27) == []
