@@ -55,7 +55,7 @@ GUEST_SYNC_PORT = 8443  # the tunnel's end in the guest: the device's server is 
 GPLEV0 = 0x3F200034      # BCM2835 GPIO pin level register 0 (GPIO0..31) on a Pi 3
 PINS = {"green": 17, "red": 27, "amber": 22, "buzzer": 18, "relay": 23}
 KBD_ID, SERIAL_ID = "0627:0001", "0403:6001"  # QEMU's usb-kbd and usb-serial (an FTDI chip)
-NICE = ["nice", "-n", "10"]
+NICE = ["nice", "-n", "5"]  # QEMU: below interactive work, not starved by the test suites of a shared host
 CHECKPOINT_ID = "field-gate"
 SHIFTED = {"!": "1", "@": "2", "#": "3", "$": "4", "%": "5", "^": "6", "&": "7", "*": "8", "(": "9", ")": "0",
            "_": "minus", "+": "equal", ":": "semicolon", '"': "apostrophe", "<": "comma", ">": "dot", "?": "slash"}
@@ -467,6 +467,7 @@ class Rig:
         self.results: list[Result] = []
         self.server_proc = None
         self.rnd = random.Random(args.seed)
+        self.started = time.monotonic()
         self.cards_made = 0
 
     # -- preparation ----------------------------------------------------------------------
@@ -651,6 +652,7 @@ class Rig:
         say(f"{mark} {result.scenario} [{result.machine}]: {result.figure}")
         for line in result.detail:
             print(f"      {line}", flush=True)
+        report(self, time.monotonic() - self.started, final=False)  # a run cut short keeps its table
         return result
 
     def scenario(self, name: str, fn, *args) -> Result:
@@ -1129,12 +1131,12 @@ def main() -> int:
                 rig.scenario("GPIO: LEDs, buzzer, relay", gpio, g)
             rig.scenario("sync: entries acknowledged", sync_acked, g)
             rig.scenario("watchdog (SIGSTOP)", watchdog, g)
-            g = run_swapping(rig, "no battery clock (clock set back)", clock_back, g)
-            g = run_swapping(rig, "broken checkpoint.toml on the card", config_error, g)
         g = run_swapping(rig, f"power cuts x{1 if args.smoke else args.cuts}", power_cuts, g,
                          1 if args.smoke else args.cuts)
         if not args.smoke:
             rig.scenario("sync after the cuts", sync_acked, g)
+            g = run_swapping(rig, "no battery clock (clock set back)", clock_back, g)
+            g = run_swapping(rig, "broken checkpoint.toml on the card", config_error, g)
         rig.scenario("clean shutdown, file systems", final_check, g)
         g = None
     finally:
@@ -1165,15 +1167,18 @@ def run_swapping(rig: Rig, name: str, fn, g: Guest, *extra):
     return holder["g"]
 
 
-def report(rig: Rig, total_s: float) -> None:
+def report(rig: Rig, total_s: float, *, final: bool = True) -> None:
+    """The table (printed at the end) and results.md / results.json (rewritten after every scenario)."""
     info = rig.image_info
+    state = f"total {total_s / 60:.0f} min" if final else f"unfinished: {total_s / 60:.0f} min so far"
     lines = ["", f"field test, {time.strftime('%Y-%m-%d %H:%M %Z')}: image {Path(info['image']).name}, "
-             f"QEMU {qemu_version()}, host {os.cpu_count()} CPUs, total {total_s / 60:.0f} min", "",
+             f"QEMU {qemu_version()}, host {os.cpu_count()} CPUs, seed {rig.args.seed}, {state}", "",
              "| scenario | machine | result | figure |", "|---|---|---|---|"]
     for r in rig.results:
         lines.append(f"| {r.scenario} | {r.machine} | {'PASS' if r.ok else 'FAIL'} | {r.figure} |")
     text = "\n".join(lines)
-    print(text, flush=True)
+    if final:
+        print(text, flush=True)
     out = CACHE / "field-test"
     (out / "results.md").write_text(text + "\n\n" + "\n".join(
         f"- {r.scenario}:\n" + "\n".join(f"  - {d}" for d in r.detail) for r in rig.results) + "\n")
