@@ -14,7 +14,8 @@ The rig, and what it changes in the copy of the image it boots (never the image 
   out; the driver falls back to PIO as it does on a Pi without DMA), and no Bluetooth on the PL011
   UART, which carries the agent's line instead;
 - the provisioning files go onto the boot partition (mtools), as a technician would put them;
-- scripts/field-test/agent.py and its unit go into the root file system (debugfs), test-only;
+- scripts/field-test/agent.py and its unit go into the root file system (debugfs), test-only, and
+  the card's fstab lines get x-systemd.device-timeout=15min (emulation on a busy host is slow);
 - the card is padded to a power of two (QEMU's SD card needs it); CKDATA grows into it at first boot.
 The disk is attached with cache=writethrough: every write the guest completes is on the host file
 (O_DSYNC), so killing QEMU loses only what the guest itself had not written yet.
@@ -570,8 +571,17 @@ class Rig:
             "[Service]", "Type=notify", "NotifyAccess=main", "ExecStart=/usr/bin/python3 /usr/local/lib/checkpoint-fieldtest/agent.py",
             "Restart=always", "RestartSec=2", "", "[Install]", "WantedBy=sysinit.target", ""]))
         agent = REPO / "scripts" / "field-test" / "agent.py"
+        root_fs = f"{self.disk}?offset={self.parts[1][0]}"
+        # the card's partitions may take minutes to appear under TCG on a loaded host: systemd 252
+        # gives a device 90 s (not systemd.default_timeout_start_sec), then goes to emergency mode
+        shipped = subprocess.run(["debugfs", "-R", "cat /etc/fstab", root_fs], capture_output=True, text=True,
+                                 check=True).stdout
+        fstab = self.run / "fstab"
+        fstab.write_text("".join(re.sub(r"^(LABEL=\S+\s+\S+\s+\S+\s+)(\S+)", r"\1\2,x-systemd.device-timeout=15min", line)
+                                 for line in shipped.splitlines(keepends=True)))
         cmds = self.run / "debugfs.cmds"
         cmds.write_text("\n".join([
+            "rm /etc/fstab", f"write {fstab} /etc/fstab", "sif /etc/fstab mode 0100644",
             "mkdir /usr/local/lib/checkpoint-fieldtest",
             f"write {agent} /usr/local/lib/checkpoint-fieldtest/agent.py",
             "sif /usr/local/lib/checkpoint-fieldtest/agent.py mode 0100755",
@@ -580,8 +590,7 @@ class Rig:
             "mkdir /etc/systemd/system/sysinit.target.wants",
             "symlink /etc/systemd/system/sysinit.target.wants/checkpoint-fieldtest-agent.service "
             "/etc/systemd/system/checkpoint-fieldtest-agent.service", ""]))
-        r = subprocess.run(["debugfs", "-w", "-f", str(cmds), f"{self.disk}?offset={self.parts[1][0]}"],
-                           capture_output=True, text=True)
+        r = subprocess.run(["debugfs", "-w", "-f", str(cmds), root_fs], capture_output=True, text=True)
         bad = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("debugfs ")
                and "already exists" not in line]
         check(r.returncode == 0 and not bad, f"debugfs: {r.stderr.strip()}")
