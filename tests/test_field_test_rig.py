@@ -50,8 +50,8 @@ def test_cards_typed_on_the_emulated_keyboard_read_back_as_the_cards(tmp_path):
 def test_the_rig_recognises_the_daemons_verdict_lines_as_journald_stores_them():
     fmt = LineFormatter(journal=True)
     record = logging.LogRecord("scanner.appliance.lane", logging.INFO, __file__, 1,
-                               "verdict source=%s:%s decision=%s reason=%s seq=%d entry=%s", ("serial", "desk", "accept",
-                                                                                              "ok", 7, "e-1"), None)
+                               "verdict source=%s:%s decision=%s reason=%s seq=%d entry=%s",
+                               ("serial", "desk", "accept", "ok", 7, "e-1"), None)
     line = fmt.format(record)
     message = line[line.index(">") + 1:]  # journald takes the <6> priority prefix off
     assert fieldtest.is_verdict({"m": message})

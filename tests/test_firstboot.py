@@ -125,7 +125,7 @@ def test_a_broken_config_is_refused_with_the_config_check_lines_and_nothing_chan
 
 
 def test_the_files_must_fit_together(tmp_path, config_dir):
-    root, pem = root_pem()
+    _, pem = root_pem()
     other, _ = root_pem()
     wrong_root = enroll.EnrollCode("https://checkpoint.example.gov.vn", "tok_EN-0123456789abcdef",
                                    enroll.root_fingerprint(other.public_key()))
@@ -170,8 +170,9 @@ class PowerCut(BaseException):
 
 
 def test_a_crash_at_any_step_leaves_the_old_set_or_the_new_one(tmp_path, config_dir, monkeypatch):
-    root, pem = root_pem()
-    old_card = card_dir(tmp_path / "old", {"checkpoint.toml": venue_toml(config_dir, name="old"), "trust-root.pem": pem})
+    _, pem = root_pem()
+    old_card = card_dir(tmp_path / "old", {"checkpoint.toml": venue_toml(config_dir, name="old"),
+                                           "trust-root.pem": pem})
     firstboot.apply_card(old_card, config_dir)
     old = snapshot(config_dir)
     new_card = card_dir(tmp_path / "new", {"checkpoint.toml": venue_toml(config_dir, name="new", trust_root=False),
@@ -186,7 +187,7 @@ def test_a_crash_at_any_step_leaves_the_old_set_or_the_new_one(tmp_path, config_
         calls = {"n": 0}
         real = {name: getattr(os, name) for name in ("rename", "unlink", "fsync", "link", "rmdir")}
 
-        def counted(name, at=steps):
+        def counted(name, at=steps, calls=calls, real=real):
             def call(*args, **kwargs):
                 calls["n"] += 1
                 if calls["n"] > at:
@@ -226,10 +227,11 @@ def test_cli_refuses_and_the_error_service_shows_it_on_the_page(tmp_path, config
     errors.parent.mkdir()
     r = subprocess.run([sys.executable, "-m", "scanner", "image", "apply-card", "--boot", str(boot),
                         "--config-dir", str(config_dir), "--errors", str(errors), "--lang", "en"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=WAIT)
+                       capture_output=True, text=True, cwd=ROOT, timeout=WAIT, check=False)
     assert r.returncode == 2 and "NOT installed" in r.stderr, r.stderr
     report = json.loads(errors.read_text(encoding="utf-8"))
-    lines = [line.removeprefix("checkpoint: error: ") for line in r.stderr.splitlines() if line.startswith("checkpoint:")]
+    lines = [line.removeprefix("checkpoint: error: ") for line in r.stderr.splitlines()
+             if line.startswith("checkpoint:")]
     assert report["problems"] == lines and len(lines) >= 2 and snapshot(config_dir) == {}
     assert report["feedback"] == {"pin_factory": "mock", "green": {"pin": 17}, "red": {"pin": 27}}
     port = free_port()
@@ -297,7 +299,8 @@ def test_an_enrollment_file_enrolls_the_device_like_a_scanned_qr(tmp_path):
         config = load(write_config(etc / "checkpoint.toml", {
             "device": {"state_dir": str(state)}, "sync": {"builder": "inline", "interval_s": 1},
             "enroll": {"trust_root": str(etc / "trust-root.pem")},
-            "api": {"enabled": False}, "feedback": {"pin_factory": "mock"}, "stdin": [{"name": "none", "path": "/dev/null"}]}))
+            "api": {"enabled": False}, "feedback": {"pin_factory": "mock"},
+            "stdin": [{"name": "none", "path": "/dev/null"}]}))
         app = Appliance(config)
         enrolled = threading.Event()
         app.hub.listen(lambda e: e.kind == "enrolled" and enrolled.set())
@@ -339,9 +342,11 @@ def test_the_image_units_verify(tmp_path):
         for exe in ("/usr/local/sbin/checkpoint-growdata",):  # the image's own script, not installed here
             text = text.replace(exe, str(ROOT / "image" / "rootfs" / exe.lstrip("/")))
         unit.write_text(text)
-        r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=WAIT)
+        r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=WAIT,
+                           check=False)
         problems = [line for line in (r.stdout + r.stderr).splitlines()
                     if line.strip() and "checkpoint.service" not in line and "checkpoint-kiosk.service" not in line]
         assert r.returncode == 0 and not problems, r.stdout + r.stderr
     firstboot_unit = (units / "checkpoint-firstboot.service").read_text()
-    assert "RequiredBy=checkpoint.service" in firstboot_unit and "OnFailure=checkpoint-config-error.service" in firstboot_unit
+    assert "RequiredBy=checkpoint.service" in firstboot_unit
+    assert "OnFailure=checkpoint-config-error.service" in firstboot_unit

@@ -54,8 +54,8 @@ from scanner.appliance.config import (
     load,
 )
 from scanner.appliance.device import Core, Device
-from scanner.appliance.enrollfile import EnrollFileInput, enroll_file_for
 from scanner.appliance.enroller import Enroller
+from scanner.appliance.enrollfile import EnrollFileInput, enroll_file_for
 from scanner.appliance.events import EventHub
 from scanner.appliance.lane import Lane
 from scanner.appliance.pipeline import Pipeline

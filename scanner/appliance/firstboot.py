@@ -141,7 +141,8 @@ def check_installed(config_dir: Path, card: CardFiles) -> list[str]:
                                     "put the Ed25519 public key (PEM) the server's bundles are signed with")
                             .line(str(root_path)))
         if config is not None and root_path not in _used_roots(config):
-            problems.append(Problem("enroll.trust_root", f"{TRUST_ROOT_NAME} is on the card but the config does not use it",
+            problems.append(Problem("enroll.trust_root",
+                                    f"{TRUST_ROOT_NAME} is on the card but the config does not use it",
                                     f'set [enroll] trust_root = "{root_path}"').line(str(config_path)))
         elif card.get(CONFIG_NAME) is None:
             problems.append(Problem("(file)", f"{TRUST_ROOT_NAME} is on the card without a {CONFIG_NAME} that uses it",

@@ -31,7 +31,8 @@ def image_group() -> None:
 @image_group.command("apply-card")
 @click.option("--boot", "boot_dir", required=True, type=click.Path(file_okay=False),
               help="The card's boot partition (/boot/firmware).")
-@click.option("--config-dir", required=True, type=click.Path(file_okay=False), help="Where the files go (/etc/checkpoint).")
+@click.option("--config-dir", required=True, type=click.Path(file_okay=False),
+              help="Where the files go (/etc/checkpoint).")
 @click.option("--errors", "errors_path", type=click.Path(dir_okay=False), default=None,
               help="On a problem, write the report checkpoint-config-error.service shows (JSON).")
 @click.option("--udev-rules", "rules_path", type=click.Path(dir_okay=False), default=None,
@@ -125,7 +126,7 @@ def show_error(errors_path, listen):
 
 def _page_handler(page: bytes):
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):
             if self.path.split("?")[0] not in ("/", "/index.html"):
                 self.send_error(404)
                 return
@@ -137,7 +138,7 @@ def _page_handler(page: bytes):
             self.end_headers()
             self.wfile.write(page)
 
-        def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+        def log_message(self, format, *args):
             return  # one line per request is noise in the journal
 
     return Handler
