@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -19,14 +20,32 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Self
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from scanner.appliance import runtime
+from scanner.base.backoff import Backoff
 from scanner.base.timeutil import now_ms
+from scanner.cards import keys as keymod
+from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
+from scanner.cards.scan import Scan
+from scanner.cards.verdict import Holder
 from scanner.store import sealing
-from scanner.store.entry import Entry, chain_hash, hash_fields
+from scanner.store.entry import Entry, chain_hash, hash_fields, to_export_dict
 from scanner.store.entrylog import EntryLog
 from scanner.store.schema import INSERT_SQL, entry_row
 from sync import credential
+from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent, build_next
+from sync.provision import provision
+from sync.server.keys import load_or_create_sealing_key
+from sync.server.sqlite import SQLiteStorage
+from sync.server.tokens import issue_tokens
+from sync.state import DeviceConfig
+from sync.wire import delta as deltamod
+from sync.wire import identity
+from sync.wire.batch import open_batch
+from sync.wire.protocol import device_id_for
 
+from .bench_entrylog import _verdicts
 from .procs import ServerProcess, cpu_s, vouch
 from .timing import median, table
 
@@ -35,9 +54,6 @@ MB = 1024 * 1024
 
 def _fill(log: EntryLog, n: int, server_pub) -> None:
     """n chained entries as EntryLog writes them, holder details really sealed (realistic sizes)."""
-    import sqlite3
-
-    from scanner.cards.verdict import Holder
     holder = Holder("Nguyễn Thị Thanh Hương", "1987-03-15", "079******1234")
     sealer = sealing.Sealer(server_pub)  # as EntryLog seals: sessions of up to 1024 blobs
     seq, prev = 0, bytes(32)
@@ -63,7 +79,6 @@ def _fill(log: EntryLog, n: int, server_pub) -> None:
 class _Ticker:
     """A thread that wants to run every 1 ms, like a scan loop polling its inputs; records how
     late it got to run (the stall)."""
-
     def __init__(self) -> None:
         self.worst = 0.0
         self.lates: list[float] = []
@@ -99,9 +114,7 @@ class _ScanProbe:
     """The verdict worker beside the sync: records a scan every 50 ms through its own EntryLog on
     the same file (as the appliance's worker does beside the sync thread's log) and times each
     record() (verify is not included: it does not touch the log)."""
-
     def __init__(self, path: Path, verdicts, every_s: float = 0.05) -> None:
-        from sync.state import DeviceConfig
         cfg = DeviceConfig.load(path.parent)
         self.log = EntryLog(path, device_id=cfg.device_id, checkpoint_id=cfg.checkpoint_id,
                             sealing_key=credential.load(path.parent).sealing_key, create=False)
@@ -111,7 +124,6 @@ class _ScanProbe:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from scanner.cards.scan import Scan
         i = 0
         while not self.stop.wait(self.every_s):
             v = self.verdicts[i % len(self.verdicts)]
@@ -137,13 +149,6 @@ class _ScanProbe:
 
 
 def _upload_run(pristine: Path, tmp: Path, mode: str, n: int, tag: str, verdicts) -> dict:
-    from scanner.base.backoff import Backoff
-    from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
-    from sync.provision import provision
-    from sync.server.sqlite import SQLiteStorage
-    from sync.server.tokens import issue_tokens
-    from sync.state import DeviceConfig
-
     run_dir = tmp / f"run-{tag}"
     shutil.copytree(pristine, run_dir / "dev")
     db = run_dir / "central.db"
@@ -249,7 +254,6 @@ def _idle_stall(pristine: Path, tmp: Path, verdicts, seconds: float = 8.0) -> di
 
 def _json_peer_stall(log: EntryLog, n: int = 10_000) -> float:
     """The peer: the longest ticker stall while serialising n entries as one JSON document."""
-    from scanner.store.entry import to_export_dict
     entries = log.pending(0, n)
     docs = [to_export_dict(e) for e in entries]
     worst = 0.0
@@ -264,13 +268,6 @@ def _json_peer_stall(log: EntryLog, n: int = 10_000) -> float:
 
 def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
     """Server ingest without HTTP: open_batch + storage.ingest, entries/s; and open_batch alone."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    from sync.agent import build_next
-    from sync.server.sqlite import SQLiteStorage
-    from sync.wire import identity
-    from sync.wire.batch import open_batch
-
     key = identity.load(pristine)
     cfg = json.loads((pristine / "device.json").read_text())
     log = EntryLog(pristine / "entries.db", create=False)
@@ -284,7 +281,6 @@ def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
     log.close()
     st = SQLiteStorage(tmp / "ingest.db")
     st.add_tokens(["h"], "market-east", 10**15, 0)
-    from sync.wire.protocol import device_id_for
     raw = identity.public_raw(key)
     st.enroll("h", device_id_for(raw), raw, 0)
     pub = ed25519.Ed25519PublicKey.from_public_bytes(raw)
@@ -299,12 +295,6 @@ def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
 
 
 def _trust_sizes(n_revoked: int) -> list[list]:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    from scanner.cards import keys as keymod
-    from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
-    from sync.wire import delta as deltamod
-
     root = ed25519.Ed25519PrivateKey.generate()
     iss = ed25519.Ed25519PrivateKey.generate()
     k = BundleKey(keymod.kid_of(iss.public_key()), "EdDSA", "VN-HUE", iss.public_key())
@@ -336,10 +326,6 @@ def run(quick: bool) -> None:
     rounds = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="ckbench-sync-") as tmpname:
         tmp = Path(tmpname)
-        from sync.provision import provision
-        from sync.server.keys import load_or_create_sealing_key
-        from sync.server.sqlite import SQLiteStorage
-        from sync.server.tokens import issue_tokens
 
         keys_dir = tmp / "central-keys"
         server_key = load_or_create_sealing_key(keys_dir)
@@ -362,7 +348,6 @@ def run(quick: bool) -> None:
         fill_s = time.perf_counter() - t0
         peer_stall = _json_peer_stall(log, min(10_000, n))
         log.close()
-        from .bench_entrylog import _verdicts
         verdicts = _verdicts(64)[0]
         idle = _idle_stall(pristine, tmp, verdicts)
         results: dict[str, list[dict]] = {"appliance": [], "process": [], "thread": []}
