@@ -114,7 +114,8 @@ def login(driver, base: str, account: StaffAccount) -> None:
                         what="the code's answer")
         if driver.current_url.rstrip("/") == base:
             break
-    assert driver.current_url.rstrip("/") == base, page_text(driver)
+    # the last submit may be judged on the previous answer's page (its error still showing): wait for the new one
+    wait_for(lambda: driver.current_url.rstrip("/") == base, lambda: page_text(driver))
 
 
 def test_each_role_sees_only_its_own_pages(site, chrome, shots):
