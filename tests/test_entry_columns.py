@@ -38,10 +38,10 @@ def full_entry(seq: int = 7) -> Entry:
 def test_every_field_list_derives_from_the_dataclass():
     names = tuple(f.name for f in dataclasses.fields(Entry))
     assert names == E.ENTRY_FIELDS
-    assert set(E.STORED_FIELDS) | set(E.COMPUTED_FIELDS) == set(names)
+    assert set(E.STORED_FIELDS) | set(E.COMPUTED_FIELDS) | set(E.SYNC_FIELDS) == set(names)
     assert E.HASHED_FIELDS == SPEC_HASHED
     assert E.EXPORT_FIELDS == SPEC_EXPORT
-    assert set(sqlstorage.ENTRY_COLUMNS) == set(E.STORED_FIELDS) | {"received_ms"}
+    assert set(sqlstorage.ENTRY_COLUMNS) == set(E.STORED_FIELDS) | {"batch_id", "received_ms"}
 
 
 def test_the_device_table_keeps_every_stored_field(tmp_path):
@@ -51,6 +51,7 @@ def test_the_device_table_keeps_every_stored_field(tmp_path):
     e = full_entry()
     assert len(entry_row(e)) == INSERT_SQL.count("?")
     conn.execute(INSERT_SQL, entry_row(e))
+    conn.execute("INSERT INTO synced_runs VALUES (?, ?, ?)", (e.seq, e.seq, e.batch_id))  # its batch, as marked
     back = Entry(*conn.execute(f"SELECT {COLUMNS} FROM entries").fetchone())
     assert back == e and back.sealed == e.sealed and back.sealed_sha256 == e.sealed_sha256
     conn.close()

@@ -7,6 +7,7 @@ import os
 import pwd
 import sqlite3
 import stat
+import time
 import uuid
 
 import pytest
@@ -17,7 +18,7 @@ from scanner.cards import verifier
 from scanner.cards.scan import Scan
 from scanner.cards.verdict import Decision
 from scanner.store import entrylog as entrylog_mod
-from scanner.store import sealing
+from scanner.store import schema, sealing
 from scanner.store.entry import GENESIS
 from scanner.store.entrylog import PASSBACK_SQL, EntryLog, EntryLogError
 
@@ -282,25 +283,118 @@ def test_batch_marking_does_not_touch_the_chain(open_log, verdict_for):
     assert log.verify().ok
 
 
+def test_the_chain_continues_when_another_connection_appends_between(open_log, verdict_for):
+    """The log keeps its last link in memory; an entry appended meanwhile by another log on the
+    same file (another process) is found, and the chain goes on after it."""
+    a = open_log()
+    b = open_log()
+    seqs = []
+    for i in range(6):
+        writer = a if i % 3 else b
+        seqs.append(writer.record(scan(NOW + i), verdict_for(), direction="in").entry.seq)
+        if i == 3:
+            seqs.append(b.record_followup(a.tail(1)[0].entry_id).seq)
+    assert seqs == list(range(1, 8))
+    assert a.verify().ok and a.verify().checked == 7
+    entries = a.tail(7)
+    assert all(e.prev_hash == p.hash for p, e in zip(entries, entries[1:]))
+
+
+def _wal_pages(log: EntryLog) -> int:
+    return schema.wal_frames(log.path, 4096)
+
+
+def test_idle_checkpoints_never_run_inside_a_commit(open_log, verdict_for, monkeypatch):
+    """With wal_checkpoints="idle" no commit checkpoints the WAL (SQLite's own would at 1000
+    pages); checkpoint_when_idle copies it once enough has piled up and no scan was committed
+    for a while, or once there is too much whatever the lane does."""
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_QUIET_S", 0.3)
+    log = open_log(wal_checkpoints="idle", passback_window_s=0)
+    v = verdict_for()
+    assert log._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    i = 0
+    while _wal_pages(log) < entrylog_mod.CHECKPOINT_FRAMES + 200:
+        log.record(scan(NOW + i), v, direction="in")
+        i += 1
+    assert log.checkpoint_when_idle() is None  # a scan was committed just now
+    time.sleep(0.35)
+    assert log.checkpoint_when_idle() > entrylog_mod.CHECKPOINT_FRAMES
+    assert log.checkpoint_when_idle() is None  # nothing new since
+    log.record(scan(NOW + i), v, direction="in")
+    i += 1
+    assert _wal_pages(log) < 20  # the WAL started over (and its file with it)
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_MAX_FRAMES", entrylog_mod.CHECKPOINT_FRAMES + 100)
+    while _wal_pages(log) < entrylog_mod.CHECKPOINT_FRAMES + 100:
+        log.record(scan(NOW + i), v, direction="in")
+        i += 1
+    assert log.checkpoint_when_idle() > 0  # busy, but too much in the WAL
+    assert log.verify().ok and log.verify().checked == i
+
+
+def test_idle_checkpoints_keep_normals_power_cut_window(open_log, verdict_for):
+    """synchronous=NORMAL syncs the WAL only at checkpoints: there one is due at CHECKPOINT_FRAMES
+    whether the lane is busy or not, as with SQLite's own."""
+    log = open_log(wal_checkpoints="idle", synchronous="NORMAL", passback_window_s=0)
+    v = verdict_for()
+    i = 0
+    while _wal_pages(log) < entrylog_mod.CHECKPOINT_FRAMES:
+        log.record(scan(NOW + i), v, direction="in")
+        i += 1
+    assert log.checkpoint_when_idle() >= entrylog_mod.CHECKPOINT_FRAMES
+
+
 # ---------------------------------------------------------------- sync side
 
 
-def test_mark_synced_in_chunks_is_still_all_or_nothing(open_log, verdict_for, monkeypatch):
-    """Long runs are written in MARK_CHUNK transactions (a scan never waits behind a whole batch);
-    a conflict anywhere in the run still marks nothing."""
-    monkeypatch.setattr(entrylog_mod, "MARK_CHUNK", 3)
+def test_mark_synced_is_all_or_nothing(open_log, verdict_for):
+    """A conflict anywhere in the run marks nothing; a run marked in part before by the same batch
+    is completed."""
     log = open_log()
     for i in range(11):
         log.record(scan(NOW + i), verdict_for(), direction="in")
     log.mark_synced("early", 9, 9)
     with pytest.raises(EntryLogError) as exc:
-        log.mark_synced("big", 1, 11)  # seq 9 is in another batch: found before any chunk is written
+        log.mark_synced("big", 1, 11)  # seq 9 is in another batch
     assert exc.value.code == "sync_conflict"
     assert [e.seq for e in log.pending()] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 11]
-    assert log.mark_synced("big", 1, 8) == 8  # three chunks: 1-3, 4-6, 7-8
+    assert log.mark_synced("big", 3, 5) == 3
+    assert log.mark_synced("big", 1, 8) == 5  # 1-2 and 6-8 were missing
     assert log.mark_synced("big", 1, 8) == 0
     assert [e.seq for e in log.pending()] == [10, 11]
     assert {log.get(e.entry_id).batch_id for e in log.tail(11) if e.seq <= 8} == {"big"}
+    assert log.get(log.tail(11)[8].entry_id).batch_id == "early"
+
+
+def test_marking_a_batch_writes_a_few_pages_whatever_its_size(open_log, verdict_for):
+    """The server's acknowledgement of 1,500 entries is one run and one span, not 1,500 updated
+    entries: the WAL grows by a page or two (the scans' commits sync what the marks wrote)."""
+    log = open_log(passback_window_s=0)
+    v = verdict_for()
+    for i in range(1500):
+        log.record(scan(NOW + i), v, direction="in")
+    c = raw(log)
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert log.mark_synced("b-all", 1, 1500) == 1500
+    busy, frames, _ = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames <= 4, frames
+    assert log.pending() == [] and log.backlog() == (0, None)
+
+
+def test_pending_skips_a_refused_run_and_spans_merge(open_log, verdict_for):
+    log = open_log(passback_window_s=0)
+    v = verdict_for()
+    for i in range(12):
+        log.record(scan(NOW + i), v, direction="in")
+    log.mark_synced("a", 1, 4)
+    log.mark_synced("c", 8, 10)  # 5..7 refused by the server (quarantined): the uploads went on
+    assert [e.seq for e in log.pending()] == [5, 6, 7, 11, 12]
+    assert [e.seq for e in log.pending(after_seq=6, limit=2)] == [7, 11]
+    assert log.backlog() == (5, log.tail(12)[4].at_ms)
+    assert [e.batch_id for e in log.tail(12)] == ["a"] * 4 + [None] * 3 + ["c"] * 3 + [None] * 2
+    log.mark_synced("b", 5, 7)
+    log.mark_synced("d", 11, 12)
+    assert raw(log).execute("SELECT first_seq, last_seq FROM synced_spans").fetchall() == [(1, 12)]
+    assert log.pending() == [] and log.backlog() == (0, None)
 
 
 @pytest.mark.parametrize("mode", ["FULL", "NORMAL"])

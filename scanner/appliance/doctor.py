@@ -35,6 +35,7 @@ from scanner.base.i18n import text as _t
 from scanner.base.timeutil import now_ms
 from scanner.cards.trust import load_device_trust
 from scanner.store import clock as clockmod
+from scanner.store import synced
 from sync import credential
 from sync.state import DeviceConfig, StateError, StateFile, SyncState
 from sync.wire.credential import CredentialError
@@ -250,14 +251,16 @@ def check_database(db: Path, min_free_mb: int) -> Check:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
-            n = conn.execute("SELECT count(*) FROM entries WHERE batch_id IS NULL").fetchone()[0]
+            backlog = synced.unsynced_in_file(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
         return Check("database", FAIL, f"{db}: {exc}", _t("doctor.fix_db_broken"))
     if result != "ok":
         return Check("database", FAIL, _t("doctor.db_integrity", result=result[:200]), _t("doctor.fix_db_integrity"))
-    return Check("database", PASS, _t("doctor.db_ok", path=db, n=n))
+    if backlog is None:
+        return Check("database", PASS, _t("doctor.db_ok_old_schema", path=db))
+    return Check("database", PASS, _t("doctor.db_ok", path=db, n=backlog[0]))
 
 
 def check_disk(state: Path, min_free_mb: int) -> Check:
@@ -401,13 +404,11 @@ def _offline_backlog(config: Config) -> tuple[int, int | None] | None:
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            n = conn.execute("SELECT count(*) FROM entries WHERE batch_id IS NULL").fetchone()[0]
-            row = conn.execute("SELECT at_ms FROM entries WHERE batch_id IS NULL ORDER BY seq LIMIT 1").fetchone()
+            return synced.unsynced_in_file(conn)
         finally:
             conn.close()
     except sqlite3.Error:
         return None
-    return n, row[0] if row else None
 
 
 # ---------------------------------------------------------------- running them

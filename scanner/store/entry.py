@@ -108,7 +108,8 @@ class Entry:
 
 ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))  # in the order of Entry(*values)
 COMPUTED_FIELDS = ("sealed_sha256",)  # derived from ``sealed``: never stored
-STORED_FIELDS = tuple(n for n in ENTRY_FIELDS if n not in COMPUTED_FIELDS)  # what a table keeps
+SYNC_FIELDS = ("batch_id",)  # the device keeps it with the acknowledged runs (scanner/store/synced.py)
+STORED_FIELDS = tuple(n for n in ENTRY_FIELDS if n not in COMPUTED_FIELDS + SYNC_FIELDS)  # an entries row
 # Fields covered by the chain hash, in the order they are hashed (sorted by name). Not covered:
 # batch_id (set later, when the entry is synced), the links themselves, and the sealed blob (its
 # SHA-256 is covered instead).

@@ -29,7 +29,7 @@ from scanner.base.timeutil import DAY_MS
 from scanner.cards.scan import DIRECTIONS, Scan
 from scanner.cards.verdict import Verdict
 from scanner.store import clock as clockmod
-from scanner.store import disk, reports, retention, schema, sealing
+from scanner.store import disk, reports, retention, schema, sealing, synced
 from scanner.store.admission import Admission, Conditions, Previous, admit
 from scanner.store.disk import MIB, Health
 from scanner.store.entry import (
@@ -60,8 +60,13 @@ D = TypeVar("D", ScanDraft, FollowupDraft)
 R = TypeVar("R")
 
 HOLDER_MODES = ("sealed", "none")
+# "auto": SQLite checkpoints the WAL inside the commit that takes it past 1000 pages (whichever
+# connection's that is); "idle": never inside a commit, the owner calls checkpoint_when_idle
+CHECKPOINT_MODES = ("auto", "idle")
+CHECKPOINT_FRAMES = 1000  # an idle checkpoint once the WAL holds this many pages not yet in the database
+CHECKPOINT_QUIET_S = 1.0  # ... and this log has committed no scan for this long (the lane is idle)
+CHECKPOINT_MAX_FRAMES = 8000  # ... or, idle or not, once it holds this many (32 MB of 4 KiB pages)
 NO_SEALING_KEY = "no sealing key configured"  # holder_details_note when "sealed" was asked for without a key
-MARK_CHUNK = 500  # entries marked synced per write transaction (~1 ms here): see mark_synced
 
 # The last admission of a card at a checkpoint in a direction, not cancelled by a follow-up.
 # `+e.checkpoint_id`: probe the card's index (a handful of rows), never the checkpoint's (every scan
@@ -99,6 +104,13 @@ def _b64(raw: bytes | None) -> str | None:
     return None if raw is None else base64.b64encode(raw).decode("ascii")
 
 
+def _link(head: tuple[int, bytes], fields: dict, sealed: bytes | None) -> Entry:
+    """The entry after ``head`` (its seq and hash) with ``fields``, hashed."""
+    entry = Entry(head[0] + 1, prev_hash=head[1], sealed=sealed, **fields)
+    object.__setattr__(entry, "hash", entry_hash(entry))  # frozen: set once, before anyone sees it
+    return entry
+
+
 class EntryLog:
     """The device's entry log in one SQLite file (see docs/entry-log.md).
 
@@ -113,7 +125,7 @@ class EntryLog:
                  passback_window_s: float = 120.0, retention_days: int = 21,
                  min_free_bytes: int = 100 * MIB, max_db_bytes: int | None = None,
                  retry_queue_max: int = 1000, clock: Callable[[], str] | None = None,
-                 tz: dt.tzinfo | None = None, create: bool = True) -> None:
+                 tz: dt.tzinfo | None = None, create: bool = True, wal_checkpoints: str = "auto") -> None:
         if holder_details not in HOLDER_MODES:
             raise ValueError(f"holder_details must be one of {HOLDER_MODES}")
         synchronous = synchronous.upper()
@@ -143,8 +155,18 @@ class EntryLog:
         self._retry = RetryQueue(retry_queue_max, self._lock)
         self._disk = disk.DiskSpace(self.path.parent)
         self._max_db_bytes = max_db_bytes
+        self._head: tuple[int, bytes] | None = None  # seq and hash of the last entry this log committed
+        self._committed_at = 0.0  # monotonic time of this log's last scan commit
+        if wal_checkpoints not in CHECKPOINT_MODES:
+            raise ValueError(f"wal_checkpoints must be one of {CHECKPOINT_MODES}")
+        self.wal_checkpoints = wal_checkpoints
+        self._checkpointer: sqlite3.Connection | None = None  # the idle checkpoints' own connection
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointed: tuple[int, int] | None = None  # (WAL pages, pages copied) of the last checkpoint
         self._conn = schema.connect(self.path, create=create, busy_timeout_s=busy_timeout_s,
-                                    synchronous=synchronous, max_db_bytes=max_db_bytes)
+                                    synchronous=synchronous, max_db_bytes=max_db_bytes,
+                                    autocheckpoint=wal_checkpoints == "auto")
+        self._page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         self._disk.check(force=True)
 
     @property
@@ -169,6 +191,10 @@ class EntryLog:
             old.rotate()
 
     def close(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
         with self._lock:
             self._conn.close()
         if self._sealer is not None:
@@ -319,9 +345,18 @@ class EntryLog:
 
     def _commit_scan(self, d: ScanDraft) -> RecordResult:
         """One transaction: look up the card's previous admission, decide, link, insert."""
-        with self._write() as conn:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
             decided = admit(d.verdict, d.direction, d.conditions, self._previous(conn, d))
             entry = self._append(conn, self._scan_fields(d, decided.verdict), d.sealed)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._head = None
+            schema.rollback(conn)
+            raise
+        self._head = entry.seq, entry.hash
+        self._committed_at = time.monotonic()
         self._disk.check()
         return RecordResult(decided, entry)
 
@@ -333,6 +368,7 @@ class EntryLog:
             if existing is not None:
                 return Entry(*existing)
             entry = self._append(conn, self._followup_fields(conn, d), None)
+        self._head = entry.seq, entry.hash
         self._disk.check()
         return entry
 
@@ -346,18 +382,27 @@ class EntryLog:
             yield conn
             conn.execute("COMMIT")
         except BaseException:
+            self._head = None
             schema.rollback(conn)
             raise
 
-    @staticmethod
-    def _append(conn: sqlite3.Connection, fields: dict, sealed: bytes | None) -> Entry:
-        """Insert the next link of the chain (after the last entry, or the anchor) with ``fields``."""
+    def _append(self, conn: sqlite3.Connection, fields: dict, sealed: bytes | None) -> Entry:
+        """Insert the next link of the chain with ``fields``: after the head this log wrote last
+        (kept in memory: one query less per scan), or, if another connection has appended since
+        (the insert then hits its seq), after the last entry in the file or the anchor."""
+        head = self._head
+        if head is not None:
+            entry = _link(head, fields, sealed)
+            try:
+                conn.execute(INSERT_SQL, entry_row(entry))
+                return entry
+            except sqlite3.IntegrityError:
+                self._head = None
         last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
         if last is None:
             a = schema.read_anchor(conn)
             last = (a.seq, a.hash)
-        entry = Entry(last[0] + 1, prev_hash=last[1], sealed=sealed, **fields)
-        object.__setattr__(entry, "hash", entry_hash(entry))  # frozen: set once, before anyone sees it
+        entry = _link(last, fields, sealed)
         conn.execute(INSERT_SQL, entry_row(entry))
         return entry
 
@@ -418,11 +463,12 @@ class EntryLog:
         """After an I/O error SQLite may need a fresh file handle (e.g. a remounted card)."""
         try:
             conn = schema.reconnect(self.path, busy_timeout_s=self.busy_timeout_s, synchronous=self.synchronous,
-                                    max_db_bytes=self._max_db_bytes)
+                                    max_db_bytes=self._max_db_bytes, autocheckpoint=self.wal_checkpoints == "auto")
         except (sqlite3.Error, EntryLogError) as exc:
             log.warning("entry log: reopening %s failed: %s", self.path, exc)
             return
         old, self._conn = self._conn, conn
+        self._head = None
         old.close()
 
     def wait_flushed(self, timeout: float | None = None) -> bool:
@@ -440,6 +486,37 @@ class EntryLog:
                 except EntryLogWriteError as exc:
                     log.warning("entry log: still failing (%s); %d entries waiting", exc.code, self.queued())
 
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint_when_idle(self) -> int | None:
+        """Copy the WAL into the database (a PASSIVE checkpoint: it never waits for a writer or a
+        reader, and the lane's commits go on meanwhile) once the WAL holds CHECKPOINT_FRAMES pages
+        not yet copied and this log has committed no scan for CHECKPOINT_QUIET_S; or once it holds
+        CHECKPOINT_MAX_FRAMES, idle or not (with synchronous=NORMAL the WAL is synced only here,
+        so there CHECKPOINT_FRAMES is the limit either way: what a power cut can lose stays what it
+        was with SQLite's own checkpoints). For a log opened with ``wal_checkpoints="idle"``, called
+        from a thread other than the scan lane's (the appliance's supervisor, every tick). Returns
+        the pages copied, or None when none was due."""
+        frames = schema.wal_frames(self.path, self._page_size)
+        if frames < CHECKPOINT_FRAMES:
+            return None
+        hard = CHECKPOINT_FRAMES if self.synchronous == "NORMAL" else CHECKPOINT_MAX_FRAMES
+        if frames < hard and time.monotonic() - self._committed_at < CHECKPOINT_QUIET_S:
+            return None
+        with self._checkpoint_lock:
+            try:
+                if self._checkpointer is None:
+                    self._checkpointer = schema.reconnect(self.path, busy_timeout_s=self.busy_timeout_s,
+                                                          synchronous=self.synchronous,
+                                                          max_db_bytes=self._max_db_bytes, autocheckpoint=False)
+                done = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:  # the next tick tries again; the WAL keeps every commit meanwhile
+                log.warning("entry log: checkpoint failed: %s", exc)
+                return None
+            # (log, copied) as after the last one: the WAL was copied already and has not started over
+            fresh, self._checkpointed = done[1:] != self._checkpointed, done[1:]
+        return done[2] if fresh else None
+
     # ------------------------------------------------------------ health
 
     def health(self) -> Health:
@@ -452,71 +529,53 @@ class EntryLog:
     # ------------------------------------------------------------ sync side
 
     def pending(self, after_seq: int = 0, limit: int = 500) -> list[Entry]:
-        """Entries not yet in a sync batch with seq > ``after_seq``, in seq order (with the sealed
-        blobs: this is what the sync side uploads)."""
-        return self._select("WHERE batch_id IS NULL AND seq > ?", (after_seq,),
-                            f"ORDER BY seq LIMIT {max(0, int(limit))}")
+        """Entries the server does not hold yet with seq > ``after_seq``, in seq order (with the
+        sealed blobs: this is what the sync side uploads)."""
+        out: list[Entry] = []
+        limit = max(0, int(limit))
+        with self._lock:
+            for lo, hi in synced.gaps(self._conn, after_seq):
+                if len(out) >= limit:
+                    break
+                out += self._select("WHERE seq BETWEEN ? AND ?", (lo, hi if hi is not None else 1 << 62),
+                                    f"ORDER BY seq LIMIT {limit - len(out)}")
+        return out
 
     def backlog(self) -> tuple[int, int | None]:
         """(entries not yet synced, at_ms of the oldest of them): cheap enough for a health check
-        every few seconds (both answered from the partial index of unsynced entries)."""
+        every few seconds (what is pending lies in the few gaps between acknowledged spans)."""
         with self._lock:
-            n = self._conn.execute("SELECT count(*) FROM entries WHERE batch_id IS NULL").fetchone()[0]
-            row = self._conn.execute("SELECT at_ms FROM entries WHERE batch_id IS NULL ORDER BY seq LIMIT 1"
-                                     ).fetchone()
-        return n, row[0] if row else None
+            self._conn.execute("BEGIN")
+            try:
+                return synced.unsynced(self._conn)
+            finally:
+                self._conn.execute("COMMIT")
 
     def mark_synced(self, batch_id: str, first_seq: int, last_seq: int) -> int:
         """Record that the server has the contiguous run first_seq..last_seq in ``batch_id``.
 
         Idempotent (marking the same run with the same batch again changes nothing, returns 0).
         Refuses (EntryLogError "sync_conflict") a run with missing entries or entries already in
-        another batch, marking nothing. Returns how many entries were newly marked. Writes in
-        transactions of at most MARK_CHUNK entries, so a scan's commit never waits behind the
-        marking of a whole batch (5,000 entries: 10-18 ms here); a crash between two of them
-        leaves the rest pending until the next contact marks them from the server's batch list.
-        The marks are committed with synchronous=NORMAL: they need no fsync of their own (the next
-        scan's commit or checkpoint makes them durable), and one lost to a power cut is learned
-        again from that same list.
+        another batch, marking nothing. Returns how many entries were newly marked. One short
+        transaction writes the run and its span (scanner/store/synced.py), whatever the run's size,
+        so a scan's commit never waits behind the marking. It commits with synchronous=NORMAL: it
+        needs no fsync of its own (the next scan's commit or checkpoint makes it durable), and a
+        mark lost to a power cut is learned again from the server's batch list.
         """
         if not batch_id or not isinstance(batch_id, str):
             raise ValueError("batch_id must be non-empty text")
         if first_seq < 1 or last_seq < first_seq:
             raise ValueError("need 1 <= first_seq <= last_seq")
         with self._lock:
-            self._check_run(self._conn, batch_id, first_seq, last_seq)  # the whole run first: all or nothing
-        marked = 0
-        for lo in range(first_seq, last_seq + 1, MARK_CHUNK):
-            hi = min(last_seq, lo + MARK_CHUNK - 1)
-            with self._lock:
-                conn = self._conn
+            conn = self._conn
+            if self.synchronous != "NORMAL":
                 conn.execute("PRAGMA synchronous = NORMAL")
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        self._check_run(conn, batch_id, lo, hi)  # unchanged since? (another process may mark)
-                        cur = conn.execute("UPDATE entries SET batch_id = ? WHERE seq BETWEEN ? AND ? "
-                                           "AND batch_id IS NULL", (batch_id, lo, hi))
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        schema.rollback(conn)
-                        raise
-                finally:
+            try:
+                with self._write() as conn:
+                    return synced.mark(conn, batch_id, first_seq, last_seq)
+            finally:
+                if self.synchronous != "NORMAL":
                     conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            marked += cur.rowcount
-        return marked
-
-    @staticmethod
-    def _check_run(conn: sqlite3.Connection, batch_id: str, first_seq: int, last_seq: int) -> None:
-        n, unsynced, same = conn.execute(
-            "SELECT count(*), total(batch_id IS NULL), total(batch_id = ?) FROM entries "
-            "WHERE seq BETWEEN ? AND ?", (batch_id, first_seq, last_seq)).fetchone()
-        if n != last_seq - first_seq + 1:
-            raise EntryLogError(f"seq {first_seq}..{last_seq}: {last_seq - first_seq + 1 - n} entries "
-                                "missing", code="sync_conflict")
-        if int(unsynced) + int(same) != n:
-            raise EntryLogError(f"seq {first_seq}..{last_seq}: some entries are already in another "
-                                "batch", code="sync_conflict")
 
     # ------------------------------------------------------------ counting
 

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 
+from scanner.store import synced
 from scanner.store.disk import Health
 from scanner.store.entry import Anchor
 from scanner.store.schema import read_anchor
@@ -142,7 +143,7 @@ def counts(conn: sqlite3.Connection) -> Counts:
     try:
         n, first, last, oldest, newest, sealed = conn.execute(
             "SELECT count(*), min(seq), max(seq), min(at_ms), max(at_ms), count(sealed) FROM entries").fetchone()
-        unsynced = conn.execute("SELECT count(*) FROM entries WHERE batch_id IS NULL").fetchone()[0]
+        unsynced = synced.unsynced(conn)[0]
         anchor = read_anchor(conn)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     finally:

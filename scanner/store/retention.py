@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from scanner.store import synced
 from scanner.store.schema import read_anchor, rollback
 
 
@@ -25,16 +26,15 @@ def purge(conn: sqlite3.Connection, cutoff_ms: int, now_ms: int, *, dry_run: boo
     (or count them, ``dry_run``), move the anchor to the last one deleted, and give the space back."""
     conn.execute("BEGIN" if dry_run else "BEGIN IMMEDIATE")
     try:
-        stop = conn.execute("SELECT seq FROM entries WHERE batch_id IS NULL OR at_ms >= ? "
-                            "ORDER BY seq LIMIT 1", (cutoff_ms,)).fetchone()
-        if stop is None:
-            last = conn.execute("SELECT max(seq) FROM entries").fetchone()[0]
-            stop_seq = (last or 0) + 1
-        else:
-            stop_seq = stop[0]
+        first_unsynced = synced.first_unsynced(conn)
+        if first_unsynced is None:
+            first_unsynced = (conn.execute("SELECT max(seq) FROM entries").fetchone()[0] or 0) + 1
+        recent = conn.execute("SELECT seq FROM entries WHERE at_ms >= ? AND seq < ? ORDER BY seq LIMIT 1",
+                              (cutoff_ms, first_unsynced)).fetchone()
+        stop_seq = first_unsynced if recent is None else recent[0]
         victim = conn.execute("SELECT seq, hash FROM entries WHERE seq < ? ORDER BY seq DESC LIMIT 1",
                               (stop_seq,)).fetchone()
-        unsynced = conn.execute("SELECT count(*) FROM entries WHERE batch_id IS NULL").fetchone()[0]
+        unsynced = synced.unsynced(conn)[0]
         anchor = read_anchor(conn)
         if victim is None:
             conn.execute("ROLLBACK")
@@ -44,6 +44,7 @@ def purge(conn: sqlite3.Connection, cutoff_ms: int, now_ms: int, *, dry_run: boo
             conn.execute("ROLLBACK")
             return PurgeResult(n, victim[0], cutoff_ms, unsynced, True)
         conn.execute("DELETE FROM entries WHERE seq < ?", (stop_seq,))
+        synced.trim(conn, victim[0])
         conn.execute("INSERT INTO chain_anchor (id, seq, hash, purged, at_ms) VALUES (1, ?, ?, ?, ?) "
                      "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
                      "purged = excluded.purged, at_ms = excluded.at_ms",

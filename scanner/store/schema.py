@@ -21,16 +21,19 @@ from scanner.store.entry import (
     COMPUTED_FIELDS,
     ENTRY_FIELDS,
     STORED_FIELDS,
+    SYNC_FIELDS,
     Anchor,
     Entry,
 )
 from scanner.store.errors import EntryLogError
+from scanner.store.synced import BATCH_OF_SEQ
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DB_NAME = "entries.db"
 SYNC_MODES = ("FULL", "NORMAL")
 _NO_PAGE_LIMIT = 0xFFFFFFFE  # SQLite clamps this to its compiled-in maximum
+WAL_HEADER, WAL_FRAME_HEADER = 32, 24  # bytes (sqlite.org/fileformat2.html#the_write_ahead_log)
 
 
 def default_db_path() -> Path:
@@ -103,13 +106,43 @@ def _m002_followups_and_anchor(db: Database) -> None:
         ) STRICT""")
 
 
+@_migration("m003_synced_runs")
+def _m003_synced_runs(db: Database) -> None:
+    """What the server holds moves from a column of every entry to its acknowledged runs and their
+    merged spans (scanner/store/synced.py): marking a batch writes two rows, not every entry."""
+    db.executescript("""
+        CREATE TABLE synced_runs (
+            first_seq INTEGER PRIMARY KEY,
+            last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq),
+            batch_id TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE synced_spans (
+            first_seq INTEGER PRIMARY KEY,
+            last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq)
+        ) STRICT;
+        INSERT INTO synced_runs (first_seq, last_seq, batch_id)
+            SELECT min(seq), max(seq), batch_id FROM (
+                SELECT seq, batch_id, seq - row_number() OVER (PARTITION BY batch_id ORDER BY seq) AS island
+                FROM entries WHERE batch_id IS NOT NULL)
+            GROUP BY batch_id, island;
+        INSERT INTO synced_spans (first_seq, last_seq)
+            SELECT min(seq), max(seq) FROM (
+                SELECT seq, seq - row_number() OVER (ORDER BY seq) AS island FROM entries WHERE batch_id IS NOT NULL)
+            GROUP BY island;
+        DROP INDEX entries_unsynced;
+        ALTER TABLE entries DROP COLUMN batch_id;
+    """)
+
+
 MIGRATION_NAMES = tuple(_names)
 SCHEMA_VERSION = len(MIGRATION_NAMES)
 
 # ---------------------------------------------------------------- columns
 
-# SELECT {COLUMNS} gives rows for Entry(*row) (a computed field comes back as NULL: Entry fills it in)
-COLUMNS = ", ".join("NULL" if name in COMPUTED_FIELDS else name for name in ENTRY_FIELDS)
+# SELECT {COLUMNS} FROM entries gives rows for Entry(*row) (a computed field comes back as NULL: Entry fills it
+# in; the batch comes from the acknowledged runs)
+_EXPRESSIONS = {**dict.fromkeys(COMPUTED_FIELDS, "NULL"), **dict.fromkeys(SYNC_FIELDS, BATCH_OF_SEQ)}
+COLUMNS = ", ".join(_EXPRESSIONS.get(name, name) for name in ENTRY_FIELDS)
 INSERT_SQL = (f"INSERT INTO entries ({', '.join(STORED_FIELDS)}) "
               f"VALUES ({', '.join('?' * len(STORED_FIELDS))})")
 entry_row: Callable[[Entry], tuple] = operator.attrgetter(*STORED_FIELDS)  # the INSERT_SQL parameters of an entry
@@ -125,7 +158,7 @@ def read_anchor(conn: sqlite3.Connection) -> Anchor:
 
 
 def connect(path: Path, *, create: bool, busy_timeout_s: float, synchronous: str,
-            max_db_bytes: int | None) -> sqlite3.Connection:
+            max_db_bytes: int | None, autocheckpoint: bool = True) -> sqlite3.Connection:
     """Open (or create, mode 0600 in a 0700 directory) the log file, configured and migrated."""
     if not path.exists():
         if not create:
@@ -138,7 +171,8 @@ def connect(path: Path, *, create: bool, busy_timeout_s: float, synchronous: str
         os.close(fd)
     conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     try:
-        configure(conn, path, busy_timeout_s=busy_timeout_s, synchronous=synchronous, max_db_bytes=max_db_bytes)
+        configure(conn, path, busy_timeout_s=busy_timeout_s, synchronous=synchronous, max_db_bytes=max_db_bytes,
+                  autocheckpoint=autocheckpoint)
         migrate(conn, path)
         fix_file_modes(path)
     except sqlite3.DatabaseError as exc:
@@ -151,11 +185,13 @@ def connect(path: Path, *, create: bool, busy_timeout_s: float, synchronous: str
 
 
 def reconnect(path: Path, *, busy_timeout_s: float, synchronous: str,
-              max_db_bytes: int | None) -> sqlite3.Connection:
-    """A fresh, configured connection to a log that is already there (after an I/O error)."""
+              max_db_bytes: int | None, autocheckpoint: bool = True) -> sqlite3.Connection:
+    """A fresh, configured connection to a log that is already there (after an I/O error, or for
+    the idle checkpoints)."""
     conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     try:
-        configure(conn, path, busy_timeout_s=busy_timeout_s, synchronous=synchronous, max_db_bytes=max_db_bytes)
+        configure(conn, path, busy_timeout_s=busy_timeout_s, synchronous=synchronous, max_db_bytes=max_db_bytes,
+                  autocheckpoint=autocheckpoint)
     except BaseException:
         conn.close()
         raise
@@ -163,7 +199,9 @@ def reconnect(path: Path, *, busy_timeout_s: float, synchronous: str,
 
 
 def configure(conn: sqlite3.Connection, path: Path, *, busy_timeout_s: float, synchronous: str,
-              max_db_bytes: int | None) -> None:
+              max_db_bytes: int | None, autocheckpoint: bool = True) -> None:
+    """The log's settings on a connection; ``autocheckpoint`` False: its commits never checkpoint
+    the WAL (EntryLog.checkpoint_when_idle does)."""
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
     if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
@@ -171,6 +209,8 @@ def configure(conn: sqlite3.Connection, path: Path, *, busy_timeout_s: float, sy
     if mode.lower() != "wal":
         raise EntryLogError(f"{path}: cannot switch to WAL (journal_mode {mode})", code="log_unusable")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {1000 if autocheckpoint else 0}")
+    conn.execute("PRAGMA journal_size_limit = 0")  # the WAL file's size says how much it holds (wal_frames)
     conn.execute("PRAGMA secure_delete = ON")  # purged entries are overwritten, not just unlinked
     conn.execute("PRAGMA foreign_keys = OFF")
     apply_page_limit(conn, max_db_bytes)
@@ -221,6 +261,18 @@ def fix_file_modes(path: Path) -> None:
             os.chmod(p, stat.S_IMODE(st.st_mode) & 0o600)
         if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
             os.chown(p, owner.st_uid, owner.st_gid)
+
+
+def wal_frames(path: Path, page_size: int) -> int:
+    """Pages in the WAL file of the database at ``path``, from its size alone (never opened: a
+    descriptor closed here would drop SQLite's locks on it for the whole process). With
+    ``journal_size_limit`` 0 (`configure`) the file starts over at the first commit after each
+    complete checkpoint, so until that commit these pages may already be in the database."""
+    try:
+        size = os.stat(f"{path}-wal").st_size
+    except OSError:
+        return 0
+    return max(0, size - WAL_HEADER) // (page_size + WAL_FRAME_HEADER)
 
 
 def rollback(conn: sqlite3.Connection) -> None:
