@@ -350,7 +350,8 @@ class Appliance:
                                sealing_key=sealing_key,
                                holder_details=lg.holder_details, synchronous=lg.synchronous,
                                passback_window_s=lg.passback_window_s, retention_days=lg.retention_days,
-                               min_free_bytes=lg.min_free_mb * 1024 * 1024, clock=self.guard.entry_state)
+                               min_free_bytes=lg.min_free_mb * 1024 * 1024, clock=self.guard.entry_state,
+                               wal_checkpoints="idle")  # checkpointed by the tick, never inside a scan's commit
         except (EntryLogError, OSError) as exc:
             raise DaemonError(f"entry log {cfg.db_path}: {exc}", code=getattr(exc, "code", "log_unusable")) from None
         if entries.holder_details_note:
@@ -412,7 +413,7 @@ class Appliance:
         cfg = self.config.sync
         supervisor = self.supervisor
         assert supervisor is not None, "started"
-        sync_log = EntryLog(self.config.db_path, create=False)  # the agent's own connection
+        sync_log = EntryLog(self.config.db_path, create=False, wal_checkpoints="idle")  # the agent's own connection
         try:
             builder = (ProcessBuilder(self.config.db_path, self.state_dir, core.device_id)
                        if cfg.builder == "process"

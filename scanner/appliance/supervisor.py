@@ -161,6 +161,9 @@ class Supervisor:
         self._maybe_purge(now_mono)
         self._maybe_discover(now_mono)
         self._site_changes()
+        core = self.device.core
+        if core is not None:
+            core.log.checkpoint_when_idle()  # the log's WAL, between scans (never inside a scan's commit)
 
     def _update_health(self) -> None:
         ready = self.device.readiness()
