@@ -26,7 +26,7 @@ from .appliance import SseClient, hue_cards
 from .timing import percentile, table
 
 
-def run(quick: bool = False) -> None:
+def run(quick: bool = False) -> dict:
     from scanner.appliance.config import load
     from scanner.appliance.daemon import Appliance
 
@@ -113,3 +113,5 @@ path = "{fifo}"
     print(f"appliance: scan to kiosk event ({n} cards, one at a time; goal: within 100 ms)")
     print(table(("path", "p50 ms", "p95 ms", "x bare (median)"), rows))
     print()
+    return {"n": n, "paths": [{"path": r[0], "p50_ms": float(r[1]), "p95_ms": float(r[2]), "x_bare": float(r[3])}
+                              for r in rows]}

@@ -126,7 +126,7 @@ def _phase(server: ServerProcess, fleet: _Fleet, half: int, lo: int, hi: int, fl
             **{f"{g}_s": (max(acked[g]) - t0) if len(acked[g]) == want else None for g in acked}}
 
 
-def run(quick: bool) -> None:
+def run(quick: bool) -> dict:
     rounds, half, per_phase, per_batch = (1, 2, 1, 100) if quick else (3, 4, 2, 200)
     deadline_s = 60.0
     fleet = _Fleet(2 * half, rounds * 2 * per_phase, per_batch)
@@ -147,7 +147,7 @@ def run(quick: bool) -> None:
                     lo += per_phase
         finally:
             server.stop()
-    rows = []
+    rows, figures = [], []
     for group, label in (("current", "current (CK-Sig2)"), ("old", "old (no header)")):
         quiet_s = [r[f"{group}_s"] for r in results["quiet"]]
         for phase in ("quiet", "flood"):
@@ -158,6 +158,12 @@ def run(quick: bool) -> None:
             done = [t for t in times if t is not None]
             ratios = [t / q for t, q in zip(times, quiet_s, strict=True) if t is not None and q]
             growth = [r["growth_mib"] for r in rs]
+            figures.append({"devices": group, "phase": phase, "acked": acked, "want": want,
+                            "upload_s": statistics.median(done) if done else None,
+                            "upload_s_range": [min(done), max(done)] if done else None,
+                            "x_quiet": statistics.median(ratios) if ratios else None,
+                            "x_quiet_range": [min(ratios), max(ratios)] if ratios else None,
+                            "growth_mib": statistics.median(growth), "growth_mib_max": max(growth)})
             rows.append([label, phase, f"{acked}/{want} ({100 * acked / want:.0f}%)",
                          f"{statistics.median(done):.2f} ({min(done):.2f}–{max(done):.2f})" if done else "not all",
                          f"{statistics.median(ratios):.1f} ({min(ratios):.1f}–{max(ratios):.1f})" if ratios else "-",
@@ -177,3 +183,7 @@ def run(quick: bool) -> None:
     mem = max(r["growth_mib"] for r in results["flood"]) <= MEMORY_BOUND_MIB
     print(f"current devices all acknowledged during the flood: {'met' if cur else 'MISS'}; "
           f"server peak RSS growth <= {MEMORY_BOUND_MIB} MiB: {'met' if mem else 'MISS'}\n")
+    return {"rounds": rounds, "devices_per_group": half, "batches_per_phase": per_phase, "per_batch": per_batch,
+            "phases": figures,
+            "answers": {f"{k} {s if s is not None else 'reset'}": n for (k, s), n in answers.items()},
+            "current_all_acked": cur, "memory_bounded": mem, "memory_bound_mib": MEMORY_BOUND_MIB}

@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 
 from scanner.base.timeutil import now_ms
+from scanner.store import synced
 from sync.provision import provision
 from sync.server.sqlite import SQLiteStorage
 from sync.server.tokens import issue_tokens
 
 from .appliance import hue_cards
+from .goals import judge
 from .procs import ROOT, ServerProcess, vouch
 from .timing import median, table
 
-GOAL = 1.05
 SYNC_CALLS = "fsync,fdatasync,sync_file_range,syncfs"
 _CALL = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(fsync|fdatasync|sync_file_range|syncfs)\((\d+)(?:<([^>]*)>)?")
 _VERDICT = re.compile(r"\bverdict source=\S+ .*\bseq=(\d+)\b")
@@ -115,9 +116,34 @@ class _Daemon:
 def _unsynced(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        return conn.execute("SELECT count(*) FROM entries WHERE batch_id IS NULL").fetchone()[0]
+        return synced.unsynced_in_file(conn)[0]
     finally:
         conn.close()
+
+
+def _memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (the peak) of a process, KiB (empty if it is gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    name, value = line.split(":", 1)
+                    out[name] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                kids += [int(k) for k in fh.read().split()]
+    except OSError:
+        pass
+    return kids
 
 
 def _count(trace: Path, since: float, until: float = float("inf")) -> tuple[int, collections.Counter]:
@@ -171,6 +197,9 @@ def _one_run(tmp: Path, tag: str, cards: list[str], pub: Path, pace_s: float, se
                 daemon.stop()
                 raise SystemExit("fsync bench: the server never acknowledged every entry")
         acked = time.time()
+        pid = daemon.daemon_pid()
+        memory = _memory_kib(pid) if pid else {}
+        kids = [_memory_kib(k).get("VmRSS", 0) for k in (_children(pid) if pid else [])]
     finally:
         os.close(w)
     code = daemon.stop()
@@ -180,10 +209,12 @@ def _one_run(tmp: Path, tag: str, cards: list[str], pub: Path, pace_s: float, se
     upto_ack, _ = _count(trace, since, acked)
     shutil.rmtree(run, ignore_errors=True)
     return {"total": total, "until_ack": upto_ack, "by_file": by_file, "n": len(cards),
-            "uploads": server["batches"]() - batches0 if server is not None else 0}
+            "uploads": server["batches"]() - batches0 if server is not None else 0,
+            "rss_mib": memory.get("VmRSS", 0) / 1024, "peak_mib": memory.get("VmHWM", 0) / 1024,
+            "children_rss_mib": sum(kids) / 1024}
 
 
-def run(quick: bool = False) -> None:
+def run(quick: bool = False) -> dict:
     if shutil.which("strace") is None:
         raise SystemExit("fsync bench: strace is not installed (sh setup.sh bench installs it)")
     n = 60 if quick else 300
@@ -228,9 +259,20 @@ def run(quick: bool = False) -> None:
         files.update(x["by_file"])
     total_scans = sum(x["n"] for x in results["sync"])
     print("  sync on, by file: " + ", ".join(f"{name} {k / total_scans:.3f}" for name, k in files.most_common(8)))
-    verdict = "met" if median(sync_per) <= GOAL else "NOT MET"
-    print(f"  goal: sync on ≤ {GOAL} fsync per scan (median): {median(sync_per):.3f}, {verdict}; "
-          f"x standalone {ratio:.2f}")
+    goal = judge("fsync.per_scan", sync_per)
+    print(goal.line() + f"; x standalone {ratio:.2f}")
     if quick:
         print(f"  (quick: {n} scans carry the start and stop's few fsyncs; judge the goal on a full run)")
+    mem = {mode: {k: median([x[k] for x in results[mode]]) for k in ("rss_mib", "peak_mib", "children_rss_mib")}
+           for mode in results}
+    print("  the daemon's memory at the end of a run (median): " + "; ".join(
+        f"{mode}: RSS {m['rss_mib']:.0f} MiB, peak {m['peak_mib']:.0f} MiB, "
+        f"child processes {m['children_rss_mib']:.0f} MiB"
+        for mode, m in mem.items()))
     print()
+    return {"n": n, "runs": rounds, "pace_ms": pace_s * 1000,
+            "per_scan": {mode: [x["total"] / x["n"] for x in res] for mode, res in results.items()},
+            "until_ack": {mode: [x["until_ack"] / x["n"] for x in res] for mode, res in results.items()},
+            "uploads": [x["uploads"] for x in results["sync"]], "x_standalone": ratio,
+            "by_file_per_scan": {name: k / total_scans for name, k in files.most_common(8)},
+            "memory": mem, "goals": [goal.as_dict()]}

@@ -60,14 +60,14 @@ path = "{fifo}"
     return path
 
 
-def paint_latency(n: int) -> None:
+def paint_latency(n: int) -> dict:
     from scanner.appliance.config import load
     from scanner.appliance.daemon import Appliance
 
     why = browser.unavailable()
     if why is not None:
         print(f"kiosk: verdict to paint: skipped ({why})\n")
-        return
+        return {"skipped": why}
     logging.getLogger().setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="bench-kiosk-") as tmp_name:
         tmp = Path(tmp_name)
@@ -122,7 +122,11 @@ def paint_latency(n: int) -> None:
         if seq in peer.arrived:
             peer_ms.append(peer.arrived[seq] - published[seq])
 
+    figures = []
+
     def row(name: str, values: list[float], ratio: str) -> tuple:
+        figures.append({"path": name, "p50_ms": percentile(values, 0.5), "p95_ms": percentile(values, 0.95),
+                        "max_ms": max(values), "x_delivery": None if ratio == "-" else float(ratio)})
         return name, f"{percentile(values, 0.5):.2f}", f"{percentile(values, 0.95):.2f}", f"{max(values):.2f}", ratio
 
     print(f"kiosk: verdict to paint in headless Chromium ({n} cards, one at a time; goal: on screen within 100 ms)")
@@ -135,9 +139,10 @@ def paint_latency(n: int) -> None:
     ]))
     print(f"clock check: the page's Date.now() - (timeOrigin + now()) = {skew:.2f} ms (0 = one clock)")
     print()
+    return {"n": n, "paths": figures, "clock_skew_ms": skew}
 
 
-def preview_cost(quick: bool) -> None:
+def preview_cost(quick: bool) -> dict:
     """Per-frame cost of the preview hook (unwatched, watched) and of the encode, against decoding."""
     import asyncio
 
@@ -178,8 +183,8 @@ def preview_cost(quick: bool) -> None:
           "at most preview_fps a second while watched)")
     print(table(("step", "median", "x decode"), rows))
     print()
+    return {name: {"us": median(v) * 1e6, "x_decode": median(v) / base} for name, v in samples.items()}
 
 
-def run(quick: bool = False) -> None:
-    paint_latency(20 if quick else 150)
-    preview_cost(quick)
+def run(quick: bool = False) -> dict:
+    return {"paint": paint_latency(20 if quick else 150), "preview": preview_cost(quick)}

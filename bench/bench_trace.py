@@ -214,7 +214,7 @@ def _size(backend: str, target) -> int:
                                 "WHERE inhparent = 'entries'::regclass").fetchone()[0])
 
 
-def run(quick: bool) -> None:
+def run(quick: bool) -> dict:
     from scanner.store.sealing import key_id
     from sync.server.keys import load_or_create_sealing_key
     from sync.server.storage import open_storage
@@ -289,16 +289,22 @@ def run(quick: bool) -> None:
     print(f"== tracing: {shape.n:,} entries (30 days, {shape.checkpoints:,} checkpoints x 2 devices, "
           f"{shape.cards:,} cards); card seen {visits_n} times in the last 14 days, contacts within ±1 h; "
           f"medians of {rounds} interleaved rounds")
-    rows = []
+    rows, figures = [], {}
     for name in stores:
         r = results[name]
         peer = median(samples[f"{name}:peer"])
+        figures[name] = {"peer_ms": peer * 1000, "raw_open_ms": median(samples[f"{name}:raw_open"]) * 1000,
+                         "unindexed_ms": r["unindexed"] * 1000, "build_s": r["build"], "size_gib": r["size"] / 2**30,
+                         "visits": r["visits"], "contacts": r["contacts"], "cards": r["cards"], "opened": r["opened"]}
         for case, label in (("visits", "visits (card, 14 days)"), ("contacts", "+ contacts ±1 h (no holders)"),
                             ("full", "+ holders opened: the call-centre answer")):
             t = median(samples[f"{name}:{case}"])
             x = median(ratios(samples, f"{name}:{case}", f"{name}:peer"))
             raw = (f"{median(ratios(samples, f'{name}:{case}', f'{name}:raw_open')):.2f}" if case == "full" else "-")
             rows.append([name, label, f"{t * 1000:.2f}", f"{x:,.1f}", raw])
+            figures[name][f"{case}_ms"] = t * 1000
+            if case == "full":
+                figures[name]["full_x_raw_open"] = median(ratios(samples, f"{name}:{case}", f"{name}:raw_open"))
         raw_ms = median(samples[f"{name}:raw_open"]) * 1000
         rows.append([name, "raw: sealing.open of the answer's blobs alone", f"{raw_ms:.2f}",
                      f"{median(ratios(samples, f'{name}:raw_open', f'{name}:peer')):,.1f}", "1.00"])
@@ -327,6 +333,9 @@ def run(quick: bool) -> None:
     if "postgresql" in stores:
         full = ratios(samples, "postgresql:full", "sqlite:full")
         print(f"postgresql / sqlite, the call-centre answer: {median(full):.2f}x")
+        figures["postgresql_x_sqlite"] = median(full)
     else:
         print("PostgreSQL: not measured (no /usr/lib/postgresql/*/bin: install the postgresql package)")
     print()
+    return {"n": shape.n, "checkpoints": shape.checkpoints, "cards": shape.cards, "visits": visits_n,
+            "rounds": rounds, "backends": figures}

@@ -305,15 +305,19 @@ class ApplianceDecoder:
                         return FrameDecode(codes, len(seen), stage, attempts=tried)
         return FrameDecode((), len(seen), "none", tuple(quads), tried)
 
+    def first_pass_options(self, shape: tuple[int, ...], invert: bool = True) -> dict:
+        """The keyword arguments of step 1's ``zxingcpp.read_barcodes`` for a frame of ``shape``
+        (the benchmark's raw-library peer makes the same call)."""
+        downscale = self._downscale if self._downscale is not None else max(shape[:2]) > DOWNSCALE_ABOVE
+        return {"formats": self._formats, "try_invert": invert, "try_downscale": downscale,
+                "text_mode": self._zx.TextMode.Plain, "return_errors": True}
+
     def first_pass(self, gray: np.ndarray, invert: bool = True) -> tuple[tuple[DecodedCode, ...], list[Corners]]:
         """Step 1: the codes read, else the outlines of the symbols located but not read.
 
         ``invert=False`` leaves out zxing-cpp's look at the inverted image (light codes on dark
         screens): a third of the call's CPU time on an empty frame, nearly half on a noisy one."""
-        zx = self._zx
-        downscale = self._downscale if self._downscale is not None else max(gray.shape) > DOWNSCALE_ABOVE
-        found = zx.read_barcodes(gray, formats=self._formats, try_invert=invert, try_downscale=downscale,
-                                 text_mode=zx.TextMode.Plain, return_errors=True)
+        found = self._zx.read_barcodes(gray, **self.first_pass_options(gray.shape, invert))
         codes = [_zx_code(r) for r in found if r.valid]
         if codes:
             return tuple(_unique(codes)), []

@@ -32,6 +32,7 @@ from scanner.cards import jwks
 from scanner.cards.formats import shc
 from scanner.cards.scan import Scan
 from scanner.cards.verdict import reject
+from scanner.store import entrylog as entrylog_mod
 from scanner.store.entrylog import EntryLog, EntryLogWriteError
 from sync.wire import enrollcode
 
@@ -231,6 +232,25 @@ def test_a_started_appliance_shortens_gil_handoffs_and_freezes_its_start_up_obje
         r.stop()
     assert sys.getswitchinterval() == pytest.approx(before)
     assert gc.get_freeze_count() == 0
+
+
+def test_the_lanes_log_is_checkpointed_by_the_tick_when_idle_never_in_a_commit(tmp_path, pki, monkeypatch):
+    """The scan lane's commits never copy the WAL into the database (SQLite's own checkpoints would,
+    inside the commit that crosses 1000 pages); the supervisor's tick does, once the lane is idle."""
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_COMMITS", 1)  # due after any scan...
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_QUIET_S", 1.0)  # ... once the lane has been idle this long
+    r = Running(tmp_path, standalone(tmp_path / "state", pki, api={"enabled": False}))
+    try:
+        log = r.app.core.log
+        assert log._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        db = r.app.config.db_path
+        written = db.stat().st_mtime_ns
+        r.send(*[pki.card() for _ in range(5)])
+        r.until(lambda: sum(1 for e in r.events if e.kind == "verdict") == 5, "5 verdicts")
+        assert db.stat().st_mtime_ns == written  # the scans are in the WAL only
+        r.until(lambda: db.stat().st_mtime_ns > written, "a checkpoint by the tick")
+    finally:
+        r.stop()
 
 
 def test_tuning_helpers_round_trip():

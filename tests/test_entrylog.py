@@ -3,6 +3,7 @@ the hash chain, sync marking, retention, files and schema guards."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import pwd
 import sqlite3
@@ -18,7 +19,7 @@ from scanner.cards import verifier
 from scanner.cards.scan import Scan
 from scanner.cards.verdict import Decision
 from scanner.store import entrylog as entrylog_mod
-from scanner.store import schema, sealing
+from scanner.store import sealing
 from scanner.store.entry import GENESIS
 from scanner.store.entrylog import PASSBACK_SQL, EntryLog, EntryLogError
 
@@ -297,50 +298,47 @@ def test_the_chain_continues_when_another_connection_appends_between(open_log, v
     assert seqs == list(range(1, 8))
     assert a.verify().ok and a.verify().checked == 7
     entries = a.tail(7)
-    assert all(e.prev_hash == p.hash for p, e in zip(entries, entries[1:]))
+    assert all(e.prev_hash == p.hash for p, e in itertools.pairwise(entries))
 
 
 def _wal_pages(log: EntryLog) -> int:
-    return schema.wal_frames(log.path, 4096)
+    """Pages the WAL file has room for (its size; a checkpoint does not shrink it)."""
+    return max(0, os.stat(f"{log.path}-wal").st_size - 32) // (4096 + 24)
 
 
 def test_idle_checkpoints_never_run_inside_a_commit(open_log, verdict_for, monkeypatch):
     """With wal_checkpoints="idle" no commit checkpoints the WAL (SQLite's own would at 1000
-    pages); checkpoint_when_idle copies it once enough has piled up and no scan was committed
-    for a while, or once there is too much whatever the lane does."""
+    pages); checkpoint_when_idle copies it once enough commits have piled up and the lane is
+    between scans, or after too many whatever the lane does; the WAL is then reused in place."""
     monkeypatch.setattr(entrylog_mod, "CHECKPOINT_QUIET_S", 0.3)
     log = open_log(wal_checkpoints="idle", passback_window_s=0)
     v = verdict_for()
     assert log._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    i = 0
-    while _wal_pages(log) < entrylog_mod.CHECKPOINT_FRAMES + 200:
+    for i in range(entrylog_mod.CHECKPOINT_COMMITS + 50):
         log.record(scan(NOW + i), v, direction="in")
-        i += 1
+    grown = _wal_pages(log)
+    assert grown > 1000  # past SQLite's own threshold, and never checkpointed by a commit
     assert log.checkpoint_when_idle() is None  # a scan was committed just now
     time.sleep(0.35)
-    assert log.checkpoint_when_idle() > entrylog_mod.CHECKPOINT_FRAMES
+    assert log.checkpoint_when_idle() >= grown - 10  # (the WAL's header pages aside)
     assert log.checkpoint_when_idle() is None  # nothing new since
-    log.record(scan(NOW + i), v, direction="in")
-    i += 1
-    assert _wal_pages(log) < 20  # the WAL started over (and its file with it)
-    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_MAX_FRAMES", entrylog_mod.CHECKPOINT_FRAMES + 100)
-    while _wal_pages(log) < entrylog_mod.CHECKPOINT_FRAMES + 100:
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_MAX_COMMITS", entrylog_mod.CHECKPOINT_COMMITS + 20)
+    n = entrylog_mod.CHECKPOINT_COMMITS + 50
+    for i in range(n, n + entrylog_mod.CHECKPOINT_MAX_COMMITS):
         log.record(scan(NOW + i), v, direction="in")
-        i += 1
-    assert log.checkpoint_when_idle() > 0  # busy, but too much in the WAL
-    assert log.verify().ok and log.verify().checked == i
+    assert log.checkpoint_when_idle() > 0  # just committed, but too many since the last one
+    assert _wal_pages(log) <= grown + 10  # the WAL was overwritten in place, not grown
+    assert log.verify().ok and log.verify().checked == n + entrylog_mod.CHECKPOINT_MAX_COMMITS
 
 
 def test_idle_checkpoints_keep_normals_power_cut_window(open_log, verdict_for):
-    """synchronous=NORMAL syncs the WAL only at checkpoints: there one is due at CHECKPOINT_FRAMES
-    whether the lane is busy or not, as with SQLite's own."""
+    """synchronous=NORMAL syncs the WAL only at checkpoints: there one is due after
+    CHECKPOINT_COMMITS whether the lane is between scans or not, as with SQLite's own."""
     log = open_log(wal_checkpoints="idle", synchronous="NORMAL", passback_window_s=0)
     v = verdict_for()
-    i = 0
-    while _wal_pages(log) < entrylog_mod.CHECKPOINT_FRAMES:
+    for i in range(entrylog_mod.CHECKPOINT_COMMITS):
         log.record(scan(NOW + i), v, direction="in")
-        i += 1
-    assert log.checkpoint_when_idle() >= entrylog_mod.CHECKPOINT_FRAMES
+    assert log.checkpoint_when_idle() > 0
 
 
 # ---------------------------------------------------------------- sync side

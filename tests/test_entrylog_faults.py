@@ -11,7 +11,6 @@ import select
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -538,11 +537,11 @@ def _my_posix_locks(path: Path) -> list[str]:
 
 
 def test_idle_checkpoints_leave_sqlites_locks_alone(tmp_path, monkeypatch):
-    """The idle checkpoint sizes up the WAL without opening any of the log's files: closing a
-    descriptor of one drops every POSIX lock of the process on it, SQLite's too, and the next
-    process to open the log would then reset the shared memory under this one (a SIGBUS at its
-    next commit, seen once in the fsync bench)."""
-    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_FRAMES", 1)
+    """The idle checkpoint never opens one of the log's files behind SQLite: closing a descriptor
+    of one drops every POSIX lock of the process on it, SQLite's too, and the next process to open
+    the log would then reset the shared memory under this one (a SIGBUS at its next commit, seen
+    once in the fsync bench when the WAL was sized up by reading its -shm file)."""
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_COMMITS", 1)
     monkeypatch.setattr(entrylog_mod, "CHECKPOINT_QUIET_S", 0.0)
     log = EntryLog(tmp_path / "entries.db", device_id="d", checkpoint_id="gate", wal_checkpoints="idle",
                    passback_window_s=0)

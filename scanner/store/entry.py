@@ -127,7 +127,8 @@ EXPORT_FIELDS = tuple(name for f in ENTRY_FIELDS for name in _EXPORTED_AS.get(f,
 def hash_fields(entry: Entry) -> dict[str, str]:
     """The hashed fields as text, omitting those that are None (so new optional fields added by a
     later schema never change the hash of an older entry)."""
-    return {name: str(value) for name, value in zip(HASHED_FIELDS, _hashed_values(entry)) if value is not None}
+    return {name: str(value) for name, value in zip(HASHED_FIELDS, _hashed_values(entry))
+            if value is not None}
 
 
 _hashed_values = operator.attrgetter(*HASHED_FIELDS)

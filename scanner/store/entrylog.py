@@ -63,9 +63,9 @@ HOLDER_MODES = ("sealed", "none")
 # "auto": SQLite checkpoints the WAL inside the commit that takes it past 1000 pages (whichever
 # connection's that is); "idle": never inside a commit, the owner calls checkpoint_when_idle
 CHECKPOINT_MODES = ("auto", "idle")
-CHECKPOINT_FRAMES = 1000  # an idle checkpoint once the WAL holds this many pages not yet in the database
-CHECKPOINT_QUIET_S = 1.0  # ... and this log has committed no scan for this long (the lane is idle)
-CHECKPOINT_MAX_FRAMES = 8000  # ... or, idle or not, once it holds this many (32 MB of 4 KiB pages)
+CHECKPOINT_COMMITS = 200  # an idle checkpoint after this many commits of this log (~1000 pages, SQLite's own)
+CHECKPOINT_QUIET_S = 0.02  # ... while no commit of it is in flight and none ended this recently (between scans)
+CHECKPOINT_MAX_COMMITS = 1600  # ... or, between scans or not, after this many
 NO_SEALING_KEY = "no sealing key configured"  # holder_details_note when "sealed" was asked for without a key
 
 # The last admission of a card at a checkpoint in a direction, not cancelled by a follow-up.
@@ -162,11 +162,11 @@ class EntryLog:
         self.wal_checkpoints = wal_checkpoints
         self._checkpointer: sqlite3.Connection | None = None  # the idle checkpoints' own connection
         self._checkpoint_lock = threading.Lock()
-        self._checkpointed: tuple[int, int] | None = None  # (WAL pages, pages copied) of the last checkpoint
+        self._commits = 0  # this log's commits since its last idle checkpoint
+        self._in_flight = False  # a commit of this log is under way
         self._conn = schema.connect(self.path, create=create, busy_timeout_s=busy_timeout_s,
                                     synchronous=synchronous, max_db_bytes=max_db_bytes,
                                     autocheckpoint=wal_checkpoints == "auto")
-        self._page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         self._disk.check(force=True)
 
     @property
@@ -326,18 +326,22 @@ class EntryLog:
     def _submit(self, draft: D, commit: Callable[[D], R]) -> R:
         """Commit ``draft`` after the queued ones, or keep it in the retry queue and raise."""
         with self._lock:
-            if len(self._retry):
-                try:
-                    self._flush_locked()
-                except EntryLogWriteError as exc:
-                    self._retry.keep(draft, exc.code, str(exc))
+            self._in_flight = True
             try:
-                return commit(draft)
-            except sqlite3.Error as exc:
-                code = write_error_code(exc)
-                if code is None:
-                    raise
-                self._retry.keep(draft, code, str(exc))
+                if len(self._retry):
+                    try:
+                        self._flush_locked()
+                    except EntryLogWriteError as exc:
+                        self._retry.keep(draft, exc.code, str(exc))
+                try:
+                    return commit(draft)
+                except sqlite3.Error as exc:
+                    code = write_error_code(exc)
+                    if code is None:
+                        raise
+                    self._retry.keep(draft, code, str(exc))
+            finally:
+                self._in_flight = False
 
     def _commit(self, d: Draft) -> object:
         """Commit a draft of either kind (what the retry queue calls)."""
@@ -356,6 +360,7 @@ class EntryLog:
             schema.rollback(conn)
             raise
         self._head = entry.seq, entry.hash
+        self._commits += 1
         self._committed_at = time.monotonic()
         self._disk.check()
         return RecordResult(decided, entry)
@@ -369,6 +374,7 @@ class EntryLog:
                 return Entry(*existing)
             entry = self._append(conn, self._followup_fields(conn, d), None)
         self._head = entry.seq, entry.hash
+        self._commits += 1
         self._disk.check()
         return entry
 
@@ -489,33 +495,35 @@ class EntryLog:
     # ------------------------------------------------------------ checkpoints
 
     def checkpoint_when_idle(self) -> int | None:
-        """Copy the WAL into the database (a PASSIVE checkpoint: it never waits for a writer or a
-        reader, and the lane's commits go on meanwhile) once the WAL holds CHECKPOINT_FRAMES pages
-        not yet copied and this log has committed no scan for CHECKPOINT_QUIET_S; or once it holds
-        CHECKPOINT_MAX_FRAMES, idle or not (with synchronous=NORMAL the WAL is synced only here,
-        so there CHECKPOINT_FRAMES is the limit either way: what a power cut can lose stays what it
-        was with SQLite's own checkpoints). For a log opened with ``wal_checkpoints="idle"``, called
-        from a thread other than the scan lane's (the appliance's supervisor, every tick). Returns
-        the pages copied, or None when none was due."""
-        frames = schema.wal_frames(self.path, self._page_size)
-        if frames < CHECKPOINT_FRAMES:
+        """Copy the WAL into the database (a PASSIVE checkpoint on a connection of its own: it never
+        waits for a writer or a reader, and the lane's commits go on meanwhile) once this log has
+        committed CHECKPOINT_COMMITS entries since the last one, while none of its commits is in
+        flight and none ended in the last CHECKPOINT_QUIET_S (the lane is between scans); or after
+        CHECKPOINT_MAX_COMMITS whatever the lane does. With synchronous=NORMAL the WAL is synced
+        only at checkpoints, so there CHECKPOINT_COMMITS is the limit either way: what a power cut
+        can lose stays what it was with SQLite's own checkpoints. The WAL is never truncated, so
+        after a checkpoint the lane's commits overwrite it in place (an fsync of a file that grows
+        also commits its new size). For a log opened with ``wal_checkpoints="idle"``, called from a
+        thread other than the scan lane's (the appliance's supervisor, every tick). Returns the
+        pages copied, or None when none was due."""
+        commits = self._commits
+        if commits < CHECKPOINT_COMMITS:
             return None
-        hard = CHECKPOINT_FRAMES if self.synchronous == "NORMAL" else CHECKPOINT_MAX_FRAMES
-        if frames < hard and time.monotonic() - self._committed_at < CHECKPOINT_QUIET_S:
+        hard = CHECKPOINT_COMMITS if self.synchronous == "NORMAL" else CHECKPOINT_MAX_COMMITS
+        if commits < hard and (self._in_flight or time.monotonic() - self._committed_at < CHECKPOINT_QUIET_S):
             return None
         with self._checkpoint_lock:
+            self._commits = 0  # what is committed from now on is for the next one
             try:
                 if self._checkpointer is None:
                     self._checkpointer = schema.reconnect(self.path, busy_timeout_s=self.busy_timeout_s,
                                                           synchronous=self.synchronous,
                                                           max_db_bytes=self._max_db_bytes, autocheckpoint=False)
-                done = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                return self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[2]
             except sqlite3.Error as exc:  # the next tick tries again; the WAL keeps every commit meanwhile
+                self._commits += commits
                 log.warning("entry log: checkpoint failed: %s", exc)
                 return None
-            # (log, copied) as after the last one: the WAL was copied already and has not started over
-            fresh, self._checkpointed = done[1:] != self._checkpointed, done[1:]
-        return done[2] if fresh else None
 
     # ------------------------------------------------------------ health
 

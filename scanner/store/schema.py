@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 DEFAULT_DB_NAME = "entries.db"
 SYNC_MODES = ("FULL", "NORMAL")
 _NO_PAGE_LIMIT = 0xFFFFFFFE  # SQLite clamps this to its compiled-in maximum
-WAL_HEADER, WAL_FRAME_HEADER = 32, 24  # bytes (sqlite.org/fileformat2.html#the_write_ahead_log)
 
 
 def default_db_path() -> Path:
@@ -210,7 +209,6 @@ def configure(conn: sqlite3.Connection, path: Path, *, busy_timeout_s: float, sy
         raise EntryLogError(f"{path}: cannot switch to WAL (journal_mode {mode})", code="log_unusable")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA wal_autocheckpoint = {1000 if autocheckpoint else 0}")
-    conn.execute("PRAGMA journal_size_limit = 0")  # the WAL file's size says how much it holds (wal_frames)
     conn.execute("PRAGMA secure_delete = ON")  # purged entries are overwritten, not just unlinked
     conn.execute("PRAGMA foreign_keys = OFF")
     apply_page_limit(conn, max_db_bytes)
@@ -261,18 +259,6 @@ def fix_file_modes(path: Path) -> None:
             os.chmod(p, stat.S_IMODE(st.st_mode) & 0o600)
         if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
             os.chown(p, owner.st_uid, owner.st_gid)
-
-
-def wal_frames(path: Path, page_size: int) -> int:
-    """Pages in the WAL file of the database at ``path``, from its size alone (never opened: a
-    descriptor closed here would drop SQLite's locks on it for the whole process). With
-    ``journal_size_limit`` 0 (`configure`) the file starts over at the first commit after each
-    complete checkpoint, so until that commit these pages may already be in the database."""
-    try:
-        size = os.stat(f"{path}-wal").st_size
-    except OSError:
-        return 0
-    return max(0, size - WAL_HEADER) // (page_size + WAL_FRAME_HEADER)
 
 
 def rollback(conn: sqlite3.Connection) -> None:

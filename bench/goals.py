@@ -1,0 +1,89 @@
+"""The product's goals, and how a bench judges one: on the median of several runs, with the spread
+of the runs and how many of them met it. A goal met in fewer than half of the runs is not met, and
+fewer than MIN_RUNS runs (a --quick run) judge nothing."""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MIN_RUNS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    key: str
+    what: str  # what is compared, in words
+    limit: float  # met when the median of the runs is at most this
+    unit: str  # "x" (a ratio to a peer in the same run), "ms" (above a peer), "fsync/scan"
+
+
+GOALS = {g.key: g for g in (
+    Goal("verify.EdDSA", "full verify / raw Ed25519 signature check", 1.3, "x"),
+    Goal("verify.ES256", "full verify / raw ES256 signature check", 1.5, "x"),
+    Goal("decode.empty.pyzbar", "appliance decode of an empty frame / pyzbar QR-only", 0.2, "x"),
+    Goal("decode.empty.zxing", "appliance decode of an empty frame / zxing-cpp with the same options", 1.1, "x"),
+    Goal("entrylog.record", "EntryLog.record / raw insert+commit of the same row (FULL, fast disk)", 1.3, "x"),
+    Goal("sync.stall.p99", "scan lane p99 during a 100k upload, above idle", 2.0, "ms"),
+    Goal("sync.stall.max", "scan lane max during a 100k upload, above idle", 5.0, "ms"),
+    Goal("fsync.per_scan", "fsyncs per scan with sync on", 1.05, "fsync/scan"),
+)}
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """A goal judged on ``runs`` (one figure per run), for ``case`` (say a frame); ``verdict`` is
+    "met", "not met" or "not judged" (too few runs, or ``unjudged`` says why)."""
+
+    goal: Goal
+    case: str
+    runs: tuple[float, ...]
+    verdict: str
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def met_runs(self) -> int:
+        return sum(1 for r in self.runs if r <= self.goal.limit)
+
+    def line(self) -> str:
+        """One line for the bench's output."""
+        g = self.goal
+        case = f" [{self.case}]" if self.case else ""
+        runs = (f"median {fmt(self.median, g.unit)} of {len(self.runs)} runs "
+                f"({fmt(min(self.runs), g.unit)}–{fmt(max(self.runs), g.unit)}), met in {self.met_runs} of "
+                f"{len(self.runs)}")
+        note = f"; {self.note}" if self.note else ""
+        return f"  goal {g.key}{case}: {g.what} ≤ {fmt(g.limit, g.unit)}: {runs}: {self.verdict.upper()}{note}"
+
+    def as_dict(self) -> dict:
+        return {"key": self.goal.key, "case": self.case, "what": self.goal.what, "limit": self.goal.limit,
+                "unit": self.goal.unit, "runs": list(self.runs), "median": self.median,
+                "min": min(self.runs), "max": max(self.runs), "met_runs": self.met_runs, "verdict": self.verdict,
+                "note": self.note}
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "x":
+        return f"{value:.2f}x"
+    if unit == "ms":
+        return f"{value:+.2f} ms" if value < 0 else f"{value:.2f} ms"
+    return f"{value:.3f}"
+
+
+def judge(key: str, runs: Sequence[float], case: str = "", *, unjudged: str = "") -> Judged:
+    """The goal ``key`` on one figure per run: met if the median is within the limit (so at least
+    half the runs met it), "not judged" with fewer than MIN_RUNS runs or when ``unjudged`` gives a
+    reason (say the disk was too slow to show what the goal is about)."""
+    goal = GOALS[key]
+    runs = tuple(float(r) for r in runs)
+    if not runs:
+        raise ValueError(f"goal {key}: no runs")
+    if unjudged:
+        return Judged(goal, case, runs, "not judged", unjudged)
+    if len(runs) < MIN_RUNS:
+        return Judged(goal, case, runs, "not judged", f"{len(runs)} run(s): at least {MIN_RUNS} are needed")
+    return Judged(goal, case, runs, "met" if statistics.median(runs) <= goal.limit else "not met")

@@ -1,0 +1,474 @@
+"""The figures of docs/benchmarks.md, docs/raspberry-pi.md and README.md, generated from a named
+results file (bench/results.py), so the docs cannot go stale without a test saying so.
+
+    python -m bench.report [--results FILE] [--check]
+
+Each doc names its results file once, ``<!-- bench-results: bench/results/FILE.json -->``, and holds
+generated parts between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (a table, or a figure
+inside a sentence). The command rewrites those parts from the file each doc names (``--results``:
+point every doc at FILE first); ``--check`` changes nothing and exits 1 if a doc differs from what
+its file gives (tests/test_bench.py runs it).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections.abc import Callable
+
+from . import results
+
+ROOT = results.ROOT
+DOCS = ("docs/benchmarks.md", "docs/raspberry-pi.md", "README.md")
+_NAMED = re.compile(r"<!-- bench-results: (\S+) -->")
+_PART = re.compile(r"<!-- bench:(\S+) -->(.*?)<!-- /bench:\1 -->", re.S)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _n(v: float | None, digits: int = 1) -> str:
+    """A figure with ``digits`` decimals and thousands separators ("–" when missing)."""
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def _us(v: float) -> str:
+    return _n(v, 2 if v < 10 else 1)
+
+
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(head: list[str], rows: list[list], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(head) - 1)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join([_row(head), _row(rule), *(_row(r) for r in rows)])
+
+
+def _bench(doc: dict, name: str) -> dict:
+    b = doc["benches"].get(name)
+    if b is None:
+        raise _Missing(name)
+    return b
+
+
+class _Missing(Exception):
+    """A benchmark the results file does not hold: its parts say so."""
+
+
+def _when(b: dict) -> str:
+    code = f", code {b['commit']}" if b.get("commit") else ""
+    return (f"{b['started'][:16].replace('T', ' ')}, load average {b['load_average'][0]:.1f}, "
+            f"`{b['command']}`{code}")
+
+
+# ---------------------------------------------------------------- the parts
+
+
+def machine(doc: dict) -> str:
+    m = doc["machine"]
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
+    return (f"{m['host']}: {m['arch']}, {m['cpus']} CPUs ({m['cpu']}), {m['memory_mib'] / 1024:.1f} GiB, "
+            f"Linux {m['kernel']}, {m['python']}, SQLite {m['sqlite']}; {libs}; code {m['commit']}")
+
+
+def goals(doc: dict) -> str:
+    rows = []
+    for _name, b in doc["benches"].items():
+        for g in b.get("goals", []):
+            fmt = _goal_value(g["unit"])
+            rows.append([f"`{g['key']}`" + (f" ({g['case']})" if g["case"] else ""), g["what"],
+                         "≤ " + fmt(g["limit"]), f"**{fmt(g['median'])}**", f"{fmt(g['min'])} – {fmt(g['max'])}",
+                         f"{g['met_runs']} of {len(g['runs'])}",
+                         f"**{g['verdict']}**" + (f": {g['note']}" if g["note"] else "")])
+    return _table(["goal", "what", "limit", "median of runs", "runs' range", "runs within", "verdict"], rows,
+                  "lllrrrl")
+
+
+def _goal_value(unit: str) -> Callable[[float], str]:
+    if unit == "x":
+        return lambda v: f"{v:.2f}×"
+    if unit == "ms":
+        return lambda v: f"{v:+.2f} ms"
+    return lambda v: f"{v:.3f}"
+
+
+def _goal(doc: dict, bench: str, key: str, case: str = "") -> dict:
+    for g in _bench(doc, bench).get("goals", []):
+        if g["key"] == key and g["case"] == case:
+            return g
+    raise _Missing(f"{bench}: goal {key}")
+
+
+def verify(doc: dict) -> str:
+    b = _bench(doc, "verify")
+    f = b["figures"]
+    rows = []
+    for alg in ("EdDSA", "ES256"):
+        x, g = f[alg], _goal(doc, "verify", f"verify.{alg}")
+        rows += [[f"{alg} raw `cryptography` verify", _us(x["raw_us"]), "1.00", "", ""],
+                 [f"{alg} full `verifier.verify`", _us(x["full_us"]), f"**{x['ratio']:.2f}**",
+                  f"{x['ratio_p25']:.2f}–{x['ratio_p75']:.2f}", f"{g['min']:.2f}–{g['max']:.2f}"],
+                 [f"{alg} overhead (full − raw)", _us(x["overhead_us"]), "", "", ""]]
+    main = _table(["verify ({} revoked in store)".format(f"{b['revoked']:,}"), "µs", "× raw", "p25–p75 of rounds",
+                   f"{b['runs']} runs' medians"], rows)
+    steps = [[name, _us(v)] for name, v in f["steps_us"].items()]
+    steps.append(["all Python-side work (signature check stubbed)", _us(f["python_us"])])
+    return (main + "\n\n" + _table(["breakdown (Ed25519 card)", "µs"], steps) + "\n\n"
+            + f"The stubbed verify cost {f['python_of_full']:.2f}× the full one (fastest samples). {_when(b)}.")
+
+
+def bundle(doc: dict) -> str:
+    b = _bench(doc, "bundle")
+    rows = [[f"{int(k):,} revoked", _n(v["open_ms"]), _x(v["x_b64"]), _x(v["x_b64json"]), _n(v["rss_mb"]),
+             _n(v["peak_mb"]), _n(v.get("nbytes_mb"))] for k, v in b["load"].items()]
+    lk = b["lookup"]
+    return (_table(["bundle load", "ms", "× b64", "× b64+json", "RSS delta MiB", "peak MiB", "RevocationSet MiB"],
+                   rows)
+            + f"\n\nLook-up at {max(int(k) for k in b['load']):,} ids: hit {_us(lk['hit_us'])} µs, miss "
+              f"{_us(lk['miss_us'])} µs. {_when(b)}.")
+
+
+def feedback(doc: dict) -> str:
+    b = _bench(doc, "feedback")
+    rows = [[name, _us(v["p50_us"]), _us(v["p95_us"]), _n(v["x_bare_p50"]), _n(v["x_bare_p95"]),
+             _us(v["call_p50_us"]), _us(v["call_p95_us"])]
+            for name, v in b.items() if isinstance(v, dict) and "p50_us" in v]
+    return (_table(["case", "pin p50 µs", "pin p95 µs", "× bare p50", "× bare p95", "call p50 µs", "call p95 µs"],
+                   rows) + f"\n\n{_when(b)}.")
+
+
+def feedback_handover(doc: dict) -> str:
+    b = _bench(doc, "feedback")
+    return _us(b["show(), caller waits"]["p50_us"] - b["bare LED.on()"]["p50_us"])
+
+
+def formats(doc: dict) -> str:
+    b = _bench(doc, "formats")
+    rows = [[name, _us(v["raw_us"]), _us(v["full_us"]), f"**{v['ratio']:.2f}**", _us(v["overhead_us"])]
+            for name, v in b.items() if isinstance(v, dict) and "ratio" in v]
+    steps = "; ".join(f"{k[6:]} {_us(v)} µs" for k, v in b.items() if k.startswith("step: "))
+    return (_table(["format", "raw µs", "full µs", "× raw", "overhead µs"], rows)
+            + f"\n\nSteps on their own: {steps}. {_when(b)}.")
+
+
+
+def pipeline(doc: dict) -> str:
+    b = _bench(doc, "pipeline")
+    rows = [[r["size"], r["n"], _n(r["bare_p50_ms"], 2), _n(r["p50_ms"], 2), f"**{r['x_p50']:.2f}**",
+             _n(r["bare_p95_ms"], 2), _n(r["p95_ms"], 2), _x(r["x_p95"])] for r in b["latency"]]
+    mib = 1024 * 1024
+    mem = [[m["size"], _n(m["baseline"] / mib), _n(m["rss"] / mib), f"**{m['peak'] / mib:.1f}**",
+            _n((m["peak"] - m["baseline"]) / mib), m["frames"]] for m in b["memory"]]
+    return (_table(["frame", "n", "bare p50 ms", "pipeline p50 ms", "× bare p50", "bare p95 ms", "pipeline p95 ms",
+                    "× bare p95"], rows) + "\n\n"
+            + _table(["camera frames", "RSS before MiB", "RSS running MiB", "peak MiB", "peak − before MiB",
+                      "frames decoded"], mem) + f"\n\n{_when(b)}.")
+
+
+def entrylog(doc: dict) -> str:
+    b = _bench(doc, "entrylog")
+    c = b["commit"]
+    g = _goal(doc, "entrylog", "entrylog.record", "synchronous=FULL")
+    rows = []
+    for mode, label in (("FULL", "`EntryLog.record`, FULL (the default)"), ("NORMAL", "`EntryLog.record`, NORMAL"),
+                        ("NORMAL none", "`EntryLog.record`, NORMAL, `holder_details=none`")):
+        x = c[mode]
+        if mode != "NORMAL none":
+            rows.append([f"bare sqlite3, `synchronous={mode}`", _us(x["bare_p50_us"]), _us(x["bare_p95_us"]), "1.00",
+                         "", ""])
+        rows.append([label, _us(x["record_p50_us"]), _us(x["record_p95_us"]), f"**{x['ratio_p50']:.2f}**",
+                     f"{x['ratio_rounds']:.2f} ({x['ratio_rounds_p25']:.2f}–{x['ratio_rounds_p75']:.2f})",
+                     _us(x["overhead_us"])])
+    parts = [[k, _us(v)] for k, v in c["parts_us"].items()]
+    bare = ", ".join(_us(v) for v in c["runs_bare_full_us"])
+    return (_table(["per-scan commit", "p50 µs", "p95 µs", "p50 × bare", "per-round ratio (p25–p75)",
+                    "overhead µs"], rows)
+            + f"\n\nThe goal's runs: × bare {', '.join(f'{r:.2f}' for r in g['runs'])}; bare FULL commit p50 per run "
+              f"{bare} µs (a fast disk: ≤ {_us(c['fast_disk_max_us'])} µs), files on {c['fs']}.\n\n"
+            + _table(["part of `record()` outside SQLite (hot loop)", "µs"], parts) + f"\n\n{_when(b)}.")
+
+
+def entrylog_scale(doc: dict) -> str:
+    s = _bench(doc, "entrylog")["scale"]
+    q = s["queries_us"]
+    rows = [
+        ["database bytes per entry", f"{s['bytes_per_entry']:.0f}"],
+        [f"entries for card X ({s['rows']['card']:.1f} rows)",
+         f"{_us(q['card'])} µs ({s['query_ratio']['card']:.2f}× raw)"],
+        [f"entries at a checkpoint in a 2-hour window ({s['rows']['window']:.1f} rows)",
+         f"{_us(q['window'])} µs ({s['query_ratio']['window']:.2f}× raw)"],
+        ["the same window query without its index (full table scan)", f"{s['full_scan_ms']:,.0f} ms"],
+        [f"export JSONL / CSV of {s['export_n']:,} entries",
+         (f"{s['export_rows_per_s']['jsonl']:,.0f} / {s['export_rows_per_s']['csv']:,.0f} rows/s "
+         f"(raw cursor {s['raw_rows_per_s']:,.0f})")],
+        ["`verify_chain` (every hash recomputed)", f"{s['verify_chain_per_s']:,.0f} entries/s"],
+        ["build with `executemany` (bench set-up)", f"{s['build_s']:.0f} s"],
+    ]
+    return _table([f"at scale: {s['n']:,} entries", "figure"], rows, "lr")
+
+
+def sync(doc: dict) -> str:
+    b = _bench(doc, "sync")
+    rows = []
+    for i, x in enumerate(b["runs"], 1):
+        u, idle = x["upload"], x["idle"]
+        rows.append([i, _n(x["entries_per_s"], 0), f"{x['bytes_per_entry']:.0f}", x["requests"],
+                     f"{x['main_cpu_s']:.1f} + {x['builder_cpu_s']:.1f}", f"{x['server_cpu_s']:.1f}",
+                     f"{u['scans']} / {idle['scans']}", f"{u['p50_ms']:.2f} / {idle['p50_ms']:.2f}",
+                     f"{u['p99_ms']:.2f} / {idle['p99_ms']:.2f}", f"{u['max_ms']:.2f} / {idle['max_ms']:.2f}",
+                     f"{u['record_max_ms']:.2f} / {idle['record_max_ms']:.2f}", x["checkpoints"]])
+    t = b["trust"]
+    return (_table(["run", "entries/s while uploading", "bytes/entry", "batches", ("device CPU s (scan process + "
+                    "builder)"), "server CPU s", "scans (upload / idle)", "scan p50 ms", "scan p99 ms", "scan max ms",
+                    "`record()` max ms", "idle checkpoints"], rows)
+            + f"\n\nServer ingest without HTTP (`open_batch` + SQLite commit): {b['ingest_per_s']:,.0f} entries/s "
+              f"(`open_batch` alone {b['open_batch_per_s']:,.0f}/s). Trust update with 1,000,000 revoked cards: the "
+              f"full bundle {t['full_mib']:.1f} MiB ({t['gzip_mib']:.1f} MiB gzipped on the wire, `open_bundle` "
+              f"{t['open_full_s']:.2f} s), the delta (+1,000 / −100 cards) {t['delta_kib']:.0f} KiB (apply + "
+              f"`open_bundle` of the rebuilt bundle {t['apply_delta_s']:.2f} s). {_when(b)}.")
+
+
+
+def flood(doc: dict) -> str:
+    b = _bench(doc, "flood")
+    rows = []
+    for p in b["phases"]:
+        lo_hi = p["upload_s_range"]
+        up = "not all" if p["upload_s"] is None else f"{p['upload_s']:.2f} ({lo_hi[0]:.2f}–{lo_hi[1]:.2f})"
+        q_lo_hi = p["x_quiet_range"]
+        xq = "–" if p["x_quiet"] is None else f"{p['x_quiet']:.1f} ({q_lo_hi[0]:.1f}–{q_lo_hi[1]:.1f})"
+        rows.append([p["devices"], p["phase"], f"{p['acked']}/{p['want']}", up, xq,
+                     f"{p['growth_mib']:.1f} (max {p['growth_mib_max']:.1f})"])
+    answers = ", ".join(f"{k} × {v:,}" for k, v in sorted(b["answers"].items()))
+    return (_table(["devices", "phase", "batches acknowledged", "upload s (min–max)", "× quiet",
+                    "server peak RSS growth MiB"], rows, "llrrrr")
+            + f"\n\nThe attacker was answered: {answers}. {_when(b)}.")
+
+
+def trace(doc: dict) -> str:
+    b = _bench(doc, "trace")
+    rows = []
+    for name, f in b["backends"].items():
+        if not isinstance(f, dict):
+            continue
+        rows += [[name, "visits", _n(f["visits_ms"], 2), ""],
+                 [name, f"+ contacts ({f['contacts']} entries of {f['cards']} cards)", _n(f["contacts_ms"], 1), ""],
+                 [name, "**+ holders opened: the call-centre answer**", f"**{f['full_ms']:.1f}**",
+                  f"**{f['full_x_raw_open']:.2f}**"],
+                 [name, "raw: `sealing.open` of the answer's blobs alone", _n(f["raw_open_ms"], 1), "1.00"],
+                 [name, "visits + one visit's contacts, indexes unusable", f"{f['unindexed_ms']:,.0f}", ""]]
+    sizes = "; ".join(f"{n}: built in {f['build_s']:.0f} s, {f['size_gib']:.1f} GiB" for n, f in b["backends"].items()
+                      if isinstance(f, dict))
+    return (_table(["backend", f"query ({b['n']:,} entries; card seen {b['visits']} times in 14 days, ±1 h)", "ms",
+                    "× raw open"], rows, "llrr") + f"\n\n{sizes}. {_when(b)}.")
+
+
+def daemon(doc: dict) -> str:
+    b = _bench(doc, "daemon")
+    rows = [[p["path"], _n(p["p50_ms"], 2), _n(p["p95_ms"], 2), _x(p["x_bare"])] for p in b["paths"]]
+    return _table(["path", "p50 ms", "p95 ms", "× bare (median)"], rows) + f"\n\n{b['n']} cards. {_when(b)}."
+
+
+def kiosk(doc: dict) -> str:
+    b = _bench(doc, "kiosk")
+    p = b["paint"]
+    if "skipped" in p:
+        paint = f"Verdict to paint: skipped ({p['skipped']})."
+    else:
+        paint = _table(["from the verdict published to ...", "p50 ms", "p95 ms", "max ms", "× delivery (median)"],
+                       [[x["path"], _n(x["p50_ms"], 2), _n(x["p95_ms"], 2), _n(x["max_ms"], 2),
+                         "–" if x["x_delivery"] is None else f"{x['x_delivery']:.1f}"] for x in p["paths"]])
+    pre = _table(["preview step (640x480 frame)", "median µs", "× decode"],
+                 [[k, _us(v["us"]), f"{v['x_decode']:.4f}"] for k, v in b["preview"].items()])
+    return f"{paint}\n\n{pre}\n\n{_when(b)}."
+
+
+def fsync(doc: dict) -> str:
+    b = _bench(doc, "fsync")
+    g = _goal(doc, "fsync", "fsync.per_scan")
+    rows = []
+    for mode, label in (("standalone", "standalone (peer)"), ("sync", "enrolled, sync on as shipped")):
+        per = b["per_scan"][mode]
+        rows.append([label, len(per), f"**{statistics.median(per):.3f}**", f"{min(per):.3f}–{max(per):.3f}",
+                     f"{statistics.median(b['until_ack'][mode]):.3f}",
+                     f"{statistics.median(b['uploads']):.0f}" if mode == "sync" else "–"])
+    files = ", ".join(f"{k} {v:.3f}" for k, v in b["by_file_per_scan"].items())
+    mem = "; ".join(f"{mode}: RSS {m['rss_mib']:.0f} MiB, peak {m['peak_mib']:.0f} MiB, child processes "
+                    f"{m['children_rss_mib']:.0f} MiB" for mode, m in b["memory"].items())
+    return (_table(["device", "runs", "fsyncs per scan (median)", "spread", "until acknowledged", "uploads per run"],
+                   rows)
+            + f"\n\nSync on, per file and scan: {files}. Goal: **{g['verdict']}**. The daemon's memory at the end "
+              f"of a run (`VmRSS`, `VmHWM`; median of runs): {mem}. {b['n']} cards a run, one every "
+              f"{b['pace_ms']:.0f} ms. {_when(b)}.")
+
+
+def cli(doc: dict) -> str:
+    b = _bench(doc, "cli")
+    peers = {"checkpoint verify": ("`checkpoint verify --trust KEY TEXT`",
+                                   "`verify(text, load_trust(...))` in `python -c`"),
+             "checkpoint --help": ("`checkpoint --help`", '`python -c "import click"`')}
+    rows = [[*peers.get(name, (f"`{name}`", "")), _n(f["ms"], 0), _n(f["peer_ms"], 0), f"**{f['ratio']:.2f}**",
+             "ok" if f["goal_met"] else "MISSED"]
+            for name, f in b.items() if isinstance(f, dict) and "ratio" in f]
+    return _table(["command", "peer", "CPU ms", "peer ms", "x peer", "goal"], rows, "llrrrl") + f"\n\n{_when(b)}"
+
+
+# Pi models against the x86 figures (docs/raspberry-pi.md states where each comes from): a Pi 4's
+# Ed25519 verify as published (µs), its CPython and its decode against x86, and the other models
+# against the Pi 4, each as a (low, high) range.
+PI4_ED25519_US = (240.0, 280.0)
+PI4_PYTHON = (3.0, 4.0)
+PI4_DECODE = (6.0, 6.0)
+PI_MODELS = (("Pi 5", (0.4, 0.5)), ("Pi 4", (1.0, 1.0)), ("Pi 3B+", (2.0, 2.5)), ("Pi Zero 2 W", (2.8, 3.5)))
+_FRAMES = ("640x480 one card", "1280x720 one card", "640x480 empty scene", "640x480 empty noise")
+
+
+def _pi_inputs(doc: dict) -> dict:
+    v, d, e = (_bench(doc, "verify")["figures"], _bench(doc, "decode")["frames"],
+               _bench(doc, "entrylog")["commit"])
+    return {"raw_us": v["EdDSA"]["raw_us"], "python_us": v["EdDSA"]["overhead_us"],
+            "decode_ms": {f: d[f]["appliance"] for f in _FRAMES}, "log_us": e["NORMAL"]["overhead_us"],
+            "seal_us": e["parts_us"]["seal holder in a session (AES-GCM)"]}
+
+
+def pi_inputs(doc: dict) -> str:
+    x = _pi_inputs(doc)
+    ms = x["decode_ms"]
+    return _table(["figure on this x86 machine ([benchmarks.md](benchmarks.md))", "value"], [
+        ["Ed25519 raw `cryptography` verify", f"{_us(x['raw_us'])} µs"],
+        ["interpreter work in `verifier.verify` (full − raw)", f"{_us(x['python_us'])} µs"],
+        ["appliance decode, 640x480 frame with one CK1 card / empty scene / uniform noise (worst)",
+         f"{ms[_FRAMES[0]]:.2f} / {ms[_FRAMES[2]]:.2f} / {ms[_FRAMES[3]]:.2f} ms"],
+        ["appliance decode, 1280x720 frame with one card", f"{ms[_FRAMES[1]]:.2f} ms"],
+        [("`EntryLog.record` CPU beyond a bare commit (NORMAL; sealing in a session is "
+         f"{_us(x['seal_us'])} µs of it)"), f"{_us(x['log_us'])} µs"],
+    ], "lr")
+
+
+def pi_budget(doc: dict) -> str:
+    x = _pi_inputs(doc)
+    ms = x["decode_ms"]
+
+    def span(lo: float, hi: float, digits: int = 2) -> str:
+        if round(lo, digits) == round(hi, digits):
+            return f"{lo:.{digits}f} ms"
+        return f"{lo:.{digits}f}–{hi:.{digits}f} ms"
+
+    verify_ms = (x["raw_us"] + x["python_us"]) / 1000
+    log_ms = x["log_us"] / 1000
+    rows = [["x86 here (measured)", span(verify_ms, verify_ms), span(ms[_FRAMES[0]], ms[_FRAMES[0]]),
+             span(ms[_FRAMES[1]], ms[_FRAMES[1]]), f"{ms[_FRAMES[2]]:.2f} / {ms[_FRAMES[3]]:.2f} ms",
+             span(log_ms, log_ms),
+             f"**{span(verify_ms + ms[_FRAMES[0]] + log_ms, verify_ms + ms[_FRAMES[0]] + log_ms, 1)}**"]]
+    for model, (lo, hi) in PI_MODELS:
+        v = [(PI4_ED25519_US[i] + x["python_us"] * PI4_PYTHON[i]) * f / 1000 for i, f in ((0, lo), (1, hi))]
+        dec = {fr: (ms[fr] * PI4_DECODE[0] * lo, ms[fr] * PI4_DECODE[1] * hi) for fr in _FRAMES}
+        lg = (x["log_us"] * PI4_PYTHON[0] * lo / 1000, x["log_us"] * PI4_PYTHON[1] * hi / 1000)
+        total = (v[0] + dec[_FRAMES[0]][0] + lg[0], v[1] + dec[_FRAMES[0]][1] + lg[1])
+        rows.append([model, span(*v), span(*dec[_FRAMES[0]], 1), span(*dec[_FRAMES[1]], 1),
+                     f"{span(*dec[_FRAMES[2]], 1)[:-3]} / {span(*dec[_FRAMES[3]], 1)}", span(*lg),
+                     f"**{span(*total, 1)}**"])
+    return _table(["per scan (estimates)", "verify, Ed25519", "decode 640x480, card", "decode 1280x720, card",
+                   "decode 640x480, empty / noise", "entry log CPU", "CPU per scan at 640x480"], rows)
+
+
+def readme_decode(doc: dict) -> str:
+    x = _bench(doc, "decode")["samples"]
+    if not x:
+        raise _Missing("decode: the shared sample photos")
+    app, zx, zb = x["appliance (auto)"], x["zxing-cpp"], x["pyzbar"]
+    return (f"reads {app['correct']} of the {app['n']} real-world sample photos, against {zx['correct']} for "
+            f"zxing-cpp alone and {zb['correct']} for pyzbar")
+
+
+def readme_trace(doc: dict) -> str:
+    b = _bench(doc, "trace")
+    parts = [f"{f['full_ms']:.0f} ms on {name.replace('sqlite', 'SQLite').replace('postgresql', 'PostgreSQL')}"
+             for name, f in b["backends"].items() if isinstance(f, dict)]
+    return f"{' and '.join(parts)} with {b['n'] // 1_000_000}M entries"
+
+
+def _value(path: str) -> Callable[[dict], str]:
+    """An inline figure: ``bench.key.key...|format`` from the results."""
+    spec, _, fmt = path.partition("|")
+
+    def render(doc: dict) -> str:
+        bench, *keys = spec.split(".")
+        v = _bench(doc, bench)
+        try:
+            for k in keys:
+                v = v[int(k)] if isinstance(v, list) else v[k]
+        except (KeyError, IndexError, ValueError):
+            raise _Missing(spec) from None
+        return format(v, fmt) if fmt else str(v)
+    return render
+
+
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "machine": machine, "goals": goals, "verify": verify, "bundle": bundle, "feedback": feedback,
+    "feedback.handover": feedback_handover, "formats": formats, "pipeline": pipeline,
+    "entrylog": entrylog, "entrylog.scale": entrylog_scale, "sync": sync, "flood": flood,
+    "trace": trace, "daemon": daemon, "kiosk": kiosk, "fsync": fsync, "cli": cli, "pi.inputs": pi_inputs,
+    "pi.budget": pi_budget, "readme.decode": readme_decode, "readme.trace": readme_trace,
+}
+
+
+def render(name: str, doc: dict) -> str:
+    fn = RENDERERS.get(name) or (_value(name[2:]) if name.startswith("=:") else None)
+    if fn is None:
+        raise SystemExit(f"bench.report: no part named {name!r}")
+    try:
+        return fn(doc)
+    except _Missing as exc:
+        return f"(not in this results file: {exc})"
+
+
+def generate(text: str, results_file: str | None = None) -> str:
+    """The doc ``text`` with its generated parts made from the results file it names (or
+    ``results_file``, which it is made to name)."""
+    named = _NAMED.search(text)
+    if named is None:
+        raise SystemExit("bench.report: the doc names no results file (<!-- bench-results: FILE -->)")
+    if results_file is not None:
+        text = text[:named.start(1)] + results_file + text[named.end(1):]
+    doc = results.load(ROOT / (results_file or named.group(1)))
+
+    def part(m: re.Match) -> str:
+        body = render(m.group(1), doc)
+        inner = f"\n{body}\n" if "\n" in m.group(2) or "\n" in body else body
+        return f"<!-- bench:{m.group(1)} -->{inner}<!-- /bench:{m.group(1)} -->"
+    return _PART.sub(part, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", metavar="FILE", help="point every doc at this results file (relative to the "
+                        "repository) before generating")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a doc is stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for name in DOCS:
+        path = ROOT / name
+        old = path.read_text(encoding="utf-8")
+        new = generate(old, args.results)
+        if new != old:
+            stale.append(name)
+            if not args.check:
+                path.write_text(new, encoding="utf-8")
+    if args.check and stale:
+        print(f"stale: {', '.join(stale)}: run python -m bench.report", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

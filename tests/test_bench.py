@@ -1,0 +1,113 @@
+"""The benchmarks' own machinery: goals judged on several runs, the results file, the docs made from
+one, and peers and stubs that measure what they claim to (the timings themselves are bench/'s)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+import zxingcpp
+from support.paths import ROOT
+
+from bench import bench_verify, fixtures, goals, report, results
+from bench.world import bundle_bytes, world
+from hardware.decode import make_decoder
+from scanner.cards import verifier
+from scanner.cards.bundle import open_bundle
+from scanner.cards.trust import TrustStore
+
+
+def test_the_goals_are_the_products():
+    limits = {k: (g.limit, g.unit) for k, g in goals.GOALS.items()}
+    assert limits == {
+        "verify.EdDSA": (1.3, "x"), "verify.ES256": (1.5, "x"),
+        "decode.empty.pyzbar": (0.2, "x"), "decode.empty.zxing": (1.1, "x"),
+        "entrylog.record": (1.3, "x"),
+        "sync.stall.p99": (2.0, "ms"), "sync.stall.max": (5.0, "ms"),
+        "fsync.per_scan": (1.05, "fsync/scan"),
+    }
+
+
+def test_a_goal_is_judged_on_the_median_of_the_runs():
+    two_of_five = goals.judge("verify.EdDSA", [1.1, 1.2, 1.4, 1.5, 1.6])
+    assert (two_of_five.verdict, two_of_five.met_runs) == ("not met", 2)
+    three_of_five = goals.judge("verify.EdDSA", [1.1, 1.2, 1.25, 1.5, 1.6])
+    assert (three_of_five.verdict, three_of_five.median) == ("met", 1.25)
+    assert goals.judge("verify.EdDSA", [1.0, 1.0]).verdict == "not judged"  # a --quick run
+    slow = goals.judge("entrylog.record", [1.0, 1.0, 1.0], unjudged="the disk is slow")
+    assert (slow.verdict, slow.note) == ("not judged", "the disk is slow")
+    assert "2 of 5: NOT MET" in two_of_five.line()
+
+
+def test_a_results_file_holds_the_machine_and_each_benchmark(tmp_path):
+    path = tmp_path / "r.json"
+    at = dt.datetime(2026, 12, 6, 10, 0).astimezone()
+    g = goals.judge("fsync.per_scan", [1.01, 1.02, 1.03])
+    results.save(path, "fsync", {"n": 300, "goals": [g.as_dict()]}, quick=False, started=at, seconds=12.0)
+    results.save(path, "verify", {"figures": {"x": np.float64(1.5)}}, quick=False, started=at, seconds=3.0)
+    results.save(path, "fsync", {"n": 301}, quick=False, started=at, seconds=1.0)  # again: replaces its part
+    doc = results.load(path)
+    m = doc["machine"]
+    assert m["cpus"] and m["cpu"] and m["python"].startswith("CPython") and m["sqlite"] and m["host"]
+    assert set(doc["benches"]) == {"fsync", "verify"}
+    assert doc["benches"]["fsync"]["n"] == 301 and "goals" not in doc["benches"]["fsync"]
+    assert doc["benches"]["verify"]["figures"]["x"] == 1.5 and not doc["benches"]["verify"]["quick"]
+    with pytest.raises(ValueError):
+        results.save(path, "x", {"bad": float("nan")}, quick=False, started=at, seconds=1.0)
+
+
+def test_the_docs_are_generated_from_the_results_file_they_name():
+    for name in report.DOCS:
+        text = (ROOT / name).read_text(encoding="utf-8")
+        assert "<!-- bench-results: bench/results/" in text, name
+        assert report.generate(text) == text, f"{name} is stale: run `python -m bench.report`"
+
+
+def test_a_doc_part_follows_its_results_file(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    g = goals.judge("fsync.per_scan", [1.01, 1.02, 1.09])
+    results.save(path, "fsync", {"goals": [g.as_dict()]}, quick=False,
+                 started=dt.datetime.now().astimezone(), seconds=1.0)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    text = ("<!-- bench-results: r.json -->\nMedian <!-- bench:=:fsync.goals.0.median|.3f -->?"
+            "<!-- /bench:=:fsync.goals.0.median|.3f -->.\n<!-- bench:goals -->\n<!-- /bench:goals -->\n"
+            "<!-- bench:verify -->\n<!-- /bench:verify -->\n")
+    out = report.generate(text)
+    assert "-->1.020<!--" in out and "| `fsync.per_scan` |" in out and "**met**" in out
+    assert "(not in this results file: verify)" in out
+    assert report.generate(out) == out
+    doc = json.loads(path.read_text())
+    doc["benches"]["fsync"]["goals"][0]["median"] = 1.5
+    path.write_text(json.dumps(doc))
+    assert "-->1.500<!--" in report.generate(out)
+
+
+def test_the_stubbed_verify_skips_the_signature_check():
+    """bench_verify's Python-side case must reach the verifier: it accepts a card whose signature
+    is broken, which the real verify rejects."""
+    w = world()
+    trust = TrustStore.build(bundles=[open_bundle(bundle_bytes(10), [w.root.public_key()])])
+    text = fixtures.card_text(w.ed_key, w.at)
+    forged = bench_verify._forged(text)
+    assert verifier.verify(text, trust, w.at).accepted and not verifier.verify(forged, trust, w.at).accepted
+    stubbed = bench_verify.stubbed_verify(trust, w.at)
+    assert stubbed(forged).accepted and stubbed(text).accepted
+    assert not verifier.verify(forged, trust, w.at).accepted  # the stub is gone again
+
+
+def test_the_decode_peer_makes_the_first_passs_call(monkeypatch):
+    """bench_decode's zxing peer is the appliance's first pass as a bare library call: the same
+    options, read from the decoder itself."""
+    calls = []
+    real = zxingcpp.read_barcodes
+
+    def recording(image, **kwargs):
+        calls.append(kwargs)
+        return real(image, **kwargs)
+    monkeypatch.setattr(zxingcpp, "read_barcodes", recording)
+    decoder = make_decoder("auto")
+    for shape in ((480, 640), (720, 1280), (1800, 2400)):
+        calls.clear()
+        decoder.decode(np.full(shape, 128, np.uint8))
+        assert calls[0] == decoder.first_pass_options(shape)
