@@ -257,7 +257,9 @@ def test_tuning_helpers_round_trip():
     before = sys.getswitchinterval()
     t = runtime.tune_for_scanning(0.002)
     try:
-        assert sys.getswitchinterval() == pytest.approx(0.002) and t.frozen_objects == gc.get_freeze_count() > 0
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+        # frozen objects can still be freed by reference counting (the count only falls after freeze)
+        assert 0 < gc.get_freeze_count() <= t.frozen_objects
         assert t.previous_switch_interval_s == pytest.approx(before)
     finally:
         runtime.restore(t)
