@@ -14,7 +14,12 @@ scan without sharing (verify + EntryLog.record, synchronous=FULL) and with it (t
 lookup + verify + record with the site's input + the hand-off of the entry to the sender thread,
 while that thread signs and sends it to the 19 others and the gate answers their heartbeats).
 The view holds a day's worth of other entries (20 000) so its lookups are not of an empty table.
-Goal: the share costs the lane at most 1 ms at p95.
+Goal: the share costs the lane at most 1 ms at p95: judged on the site's own steps timed inside
+each scan, and on the lane's p95 with sharing minus its p95 without when the logs are on a fast
+disk ($CHECKPOINT_BENCH_FAST_DIR; on a slow one each scan's fsync varies by more than the goal).
+
+Three runs of each (one with --quick), the goals judged on the runs (bench/goals.py). A scan not
+known to all others within 2 s counts as 2 s in its run's p95.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,11 +52,13 @@ from sync.site.message import SiteEvent
 from sync.site.node import Settings, SiteNode
 
 from .appliance import hue_cards
+from .files import bench_dir, fs_type
+from .goals import GOALS, judge
 from .timing import median, percentile, quartiles, table
 
 SITE = "bench-site"
-GOAL_PROPAGATION_S = 0.200
-GOAL_OVERHEAD_S = 0.001
+RUNS = 3
+MISS_S = 2.0  # a scan not known to all others within this counts as this (a lower bound) in the p95
 
 
 def _ports(n: int) -> list[int]:
@@ -102,7 +110,8 @@ def _read(proc: subprocess.Popen, me: str, arrivals: Arrivals) -> None:
                 arrivals.cond.notify_all()
 
 
-def run(quick: bool = False) -> None:
+def run(quick: bool = False) -> dict:
+    runs = 1 if quick else RUNS
     n_gates = 5 if quick else 20
     n_scans = 40 if quick else 400
     n_lane = 60 if quick else 400
@@ -148,10 +157,15 @@ def run(quick: bool = False) -> None:
             time.sleep(2.5)  # every gate has heard every other (two heartbeats)
             tuning = runtime.tune_for_scanning()  # as the daemon runs its lane (and the children theirs)
             cpu0, t0 = _cpu([p.pid for p in children]), time.monotonic()
-            prop_all, prop_each, missed, bare = _propagation(node, children, ids, arrivals, n_scans,
-                                                             ping_ports[1:])
+            props = [_propagation(node, children, ids, arrivals, n_scans, ping_ports[1:], base=r * n_scans,
+                                  seed=7 + r) for r in range(runs)]
             cpu_share = (_cpu([p.pid for p in children]) - cpu0) / (time.monotonic() - t0) / len(children)
-            lane = _lane(node, tmp, n_lane)
+            lane_dir = bench_dir("site-lane", fast=True)
+            try:
+                lanes = [_lane(node, tmp / f"lane{r}", lane_dir / f"run{r}", n_lane, seed=3 + r) for r in range(runs)]
+                disk = fs_type(lane_dir)
+            finally:
+                shutil.rmtree(lane_dir, ignore_errors=True)
             runtime.restore(tuning)
         finally:
             for proc in children:
@@ -167,7 +181,7 @@ def run(quick: bool = False) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             node.stop()
-    _report(n_gates, n_scans, prop_all, prop_each, missed, lane, cpu_share, bare)
+    return _report(n_gates, n_scans, props, lanes, cpu_share, disk)
 
 
 def _cpu(pids: list[int]) -> float:
@@ -194,12 +208,15 @@ def _ping(arrivals: Arrivals, ping_ports: list[int], k: int) -> float | None:
         return (max(arrivals.got[("ping", k)].values()) - t) / 1e9
 
 
-def _propagation(node: SiteNode, children, ids, arrivals: Arrivals, n_scans: int, ping_ports: list[int]):
+def _propagation(node: SiteNode, children, ids, arrivals: Arrivals, n_scans: int, ping_ports: list[int],
+                 base: int = 0, seed: int = 7):
+    """One run of ``n_scans`` scans (numbered from ``base`` + 1, so runs never share a key): the
+    seconds until all others / each other gate had each, the scans missed, the peer's times."""
     n = len(ids)
-    rng = random.Random(7)
+    rng = random.Random(seed)
     all_s, each_s, missed, bare = [], [], 0, []
-    own_seq = 0
-    for k in range(1, n_scans + 1):
+    own_seq = base
+    for k in range(base + 1, base + n_scans + 1):
         if rng.random() < 0.5:  # the peer before or after the scan, at random
             bare.append(_ping(arrivals, ping_ports, k))
         origin = k % n
@@ -217,9 +234,10 @@ def _propagation(node: SiteNode, children, ids, arrivals: Arrivals, n_scans: int
             proc.stdin.write(f"scan {seq}\n")
             proc.stdin.flush()
         key = (ids[origin], seq)
-        if not arrivals.wait(key, n - 1, 2.0):
+        if not arrivals.wait(key, n - 1, MISS_S):
             missed += 1
-            if len(bare) < k:
+            all_s.append(MISS_S)
+            if len(bare) < k - base:
                 bare.append(_ping(arrivals, ping_ports, k))
             continue
         with arrivals.cond:
@@ -227,7 +245,7 @@ def _propagation(node: SiteNode, children, ids, arrivals: Arrivals, n_scans: int
             times = list(arrivals.got[key].values())
         each_s += [(t - sent) / 1e9 for t in times]
         all_s.append((max(times) - sent) / 1e9)
-        if len(bare) < k:
+        if len(bare) < k - base:
             bare.append(_ping(arrivals, ping_ports, k))
         time.sleep(rng.uniform(0.005, 0.04))  # scans at the site spread out a little, as people arrive
     return all_s, each_s, missed, [b for b in bare if b is not None]
@@ -238,17 +256,20 @@ def _entry(device_id: str, seq: int, card: str | None = None) -> Entry:
                  "desk", "accept", "ok", "CK1", card or f"{seq:032x}")
 
 
-def _lane(node: SiteNode, tmp: Path, n: int) -> dict[str, list[float]]:
-    """Per-scan seconds of the lane's work without and with sharing, interleaved card by card."""
+def _lane(node: SiteNode, tmp: Path, logs: Path, n: int, seed: int = 3) -> dict[str, list[float]]:
+    """Per-scan seconds of the lane's work without and with sharing, interleaved card by card; the
+    cards and trust made in ``tmp``, the two entry logs in ``logs``."""
+    tmp.mkdir(parents=True)
+    logs.mkdir(parents=True)
     cards = hue_cards(tmp, 2 * n)
     trust = load_trust([tmp / "hue.pub"])
     now_ms = int(time.time() * 1000)
     node.view.add(SiteEvent("d-preload", i, now_ms - 1000, "gate-x", "in" if i % 3 else "out", "accept",
                             f"{i:032x}") for i in range(1, 20_001))
-    alone = EntryLog(tmp / "alone.db", device_id=node.device_id, checkpoint_id="gate-0")
-    shared = EntryLog(tmp / "shared.db", device_id=node.device_id, checkpoint_id="gate-0")
+    alone = EntryLog(logs / "alone.db", device_id=node.device_id, checkpoint_id="gate-0")
+    shared = EntryLog(logs / "shared.db", device_id=node.device_id, checkpoint_id="gate-0")
     out: dict[str, list[float]] = {"alone": [], "shared": [], "share": []}
-    rng = random.Random(3)
+    rng = random.Random(seed)
     try:
         for i in range(n):
             order = ["alone", "shared"]
@@ -282,9 +303,13 @@ def _ms(s: float) -> str:
     return f"{s * 1000:.1f}"
 
 
-def _report(n_gates, n_scans, prop_all, prop_each, missed, lane, cpu_share, bare) -> None:
-    print(f"## Site: {n_gates} gates on 127.0.0.1, {n_scans} scans (goal: known to all others, p95 <= "
-          f"{GOAL_PROPAGATION_S * 1000:.0f} ms)")
+def _report(n_gates, n_scans, props, lanes, cpu_share, disk) -> dict:
+    print(f"## Site: {n_gates} gates on 127.0.0.1, {len(props)} run(s) of {n_scans} scans (goal: known to all "
+          f"others, p95 <= {GOALS['site.propagation.p95'].limit:.0f} ms)")
+    prop_all = [x for run in props for x in run[0]]
+    prop_each = [x for run in props for x in run[1]]
+    bare = [x for run in props for x in run[3]]
+    missed = sum(run[2] for run in props)
     rows = []
     for name, vals in (("known to each other gate", prop_each), ("known to all others", prop_all),
                        ("peer: a bare datagram to all others", bare)):
@@ -292,26 +317,43 @@ def _report(n_gates, n_scans, prop_all, prop_each, missed, lane, cpu_share, bare
             lo, hi = quartiles(vals)
             rows.append((name, len(vals), _ms(median(vals)), f"{_ms(lo)}-{_ms(hi)}", _ms(percentile(vals, 0.95)),
                          _ms(max(vals))))
-    print(table(["propagation", "n", "median ms", "IQR ms", "p95 ms", "max ms"], rows))
-    p95 = percentile(prop_all, 0.95) if prop_all else float("inf")
-    verdict = "ok" if p95 <= GOAL_PROPAGATION_S and not missed else "MISS"
-    peer = (f"; the peer's p95 {_ms(percentile(bare, 0.95))} ms (known to all x{p95 / percentile(bare, 0.95):.1f})"
-            if bare else "")
-    print(f"p95 known to all: {_ms(p95)} ms, {missed} scans not known to all within 2 s: {verdict}{peer}")
+    print(table(["propagation (all runs)", "n", "median ms", "IQR ms", "p95 ms", "max ms"], rows))
+    run_p95 = [percentile(run[0], 0.95) * 1e3 for run in props]
+    run_bare = [percentile(run[3], 0.95) * 1e3 if run[3] else None for run in props]
+    print(f"per run: p95 known to all {', '.join(f'{v:.1f}' for v in run_p95)} ms; the peer's p95 "
+          f"{', '.join('-' if v is None else f'{v:.1f}' for v in run_bare)} ms; {missed} scans not known to all "
+          f"within {MISS_S:.0f} s (counted as {MISS_S:.0f} s)")
     print(f"each gate's process used {cpu_share * 100:.1f}% of a core meanwhile; {n_gates} gates share this "
           f"machine's {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}), where each gate of a site "
           f"has its own\n")
 
-    a, s, share = lane["alone"], lane["shared"], lane["share"]
-    ratios = [y / x for x, y in zip(a, s)]
-    rows = [(name, len(v), f"{median(v) * 1e3:.3f}", f"{percentile(v, 0.95) * 1e3:.3f}") for name, v in
-            (("lane without sharing", a), ("lane with sharing", s),
-             ("  of which the site's steps (lookup, hand-off)", share))]
-    print(table(["scan lane (verify + record, synchronous=FULL)", "n", "median ms", "p95 ms"], rows))
-    lo, hi = quartiles(ratios)
-    cost = percentile(s, 0.95) - percentile(a, 0.95)
-    own = percentile(share, 0.95)
-    verdict = "ok" if own <= GOAL_OVERHEAD_S else "MISS"  # the p95 difference of two fsync-bound lanes is noise
-    print(f"with/without: median of per-scan ratios {median(ratios):.3f} (IQR {lo:.3f}-{hi:.3f}); p95 with - p95 "
-          f"without = {cost * 1e3:+.3f} ms; the site's own steps p95 {own * 1e3:.3f} ms (goal: <= "
-          f"{GOAL_OVERHEAD_S * 1e3:.0f} ms): {verdict}\n")
+    per_run = []
+    for lane in lanes:
+        a, s, share = lane["alone"], lane["shared"], lane["share"]
+        per_run.append({"alone_p50_ms": median(a) * 1e3, "alone_p95_ms": percentile(a, 0.95) * 1e3,
+                        "shared_p50_ms": median(s) * 1e3, "shared_p95_ms": percentile(s, 0.95) * 1e3,
+                        "share_p50_ms": median(share) * 1e3, "share_p95_ms": percentile(share, 0.95) * 1e3,
+                        "ratio_median": median([y / x for x, y in zip(a, s)])})
+    for r in per_run:
+        r["p95_delta_ms"] = r["shared_p95_ms"] - r["alone_p95_ms"]
+    rows = [(i + 1, f"{r['alone_p50_ms']:.3f}", f"{r['alone_p95_ms']:.3f}", f"{r['shared_p50_ms']:.3f}",
+             f"{r['shared_p95_ms']:.3f}", f"{r['p95_delta_ms']:+.3f}", f"{r['ratio_median']:.3f}",
+             f"{r['share_p50_ms']:.3f}", f"{r['share_p95_ms']:.3f}") for i, r in enumerate(per_run)]
+    print(f"scan lane (verify + record, synchronous=FULL; logs on {disk}), {len(lanes[0]['alone'])} scans each way "
+          "per run, interleaved:")
+    print(table(["run", "without p50 ms", "without p95 ms", "with p50 ms", "with p95 ms", "p95 with - without ms",
+                 "median ratio with/without", "site's steps p50 ms", "site's steps p95 ms"], rows))
+    slow = not os.environ.get("CHECKPOINT_BENCH_FAST_DIR")
+    judged = [judge("site.propagation.p95", run_p95),
+              judge("site.lane.share_p95", [r["share_p95_ms"] for r in per_run]),
+              judge("site.lane.p95_delta", [r["p95_delta_ms"] for r in per_run],
+                    unjudged=("no fast disk given ($CHECKPOINT_BENCH_FAST_DIR): each scan's fsync varies by more "
+                              "than the goal") if slow else "")]
+    for g in judged:
+        print(g.line())
+    print()
+    return {"gates": n_gates, "scans_per_run": n_scans, "missed": missed, "lane_disk": disk,
+            "propagation": {"p95_ms_runs": run_p95, "bare_p95_ms_runs": run_bare,
+                            "all_median_ms": median(prop_all) * 1e3, "each_median_ms": median(prop_each) * 1e3},
+            "lane": per_run, "cpu_share": cpu_share, "goals": [g.as_dict() for g in judged]}
+

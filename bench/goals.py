@@ -15,7 +15,8 @@ class Goal:
     key: str
     what: str  # what is compared, in words
     limit: float  # met when the median of the runs is at most this
-    unit: str  # "x" (a ratio to a peer in the same run), "ms" (above a peer), "fsync/scan"
+    unit: str  # "x" (a ratio to a peer in the same run), "ms", "fsync/scan"
+    difference: bool = False  # the figure is a difference of two noisy measurements (ms above a peer)
 
 
 GOALS = {g.key: g for g in (
@@ -24,9 +25,12 @@ GOALS = {g.key: g for g in (
     Goal("decode.empty.pyzbar", "appliance decode of an empty frame / pyzbar QR-only", 0.2, "x"),
     Goal("decode.empty.zxing", "appliance decode of an empty frame / zxing-cpp with the same options", 1.1, "x"),
     Goal("entrylog.record", "EntryLog.record / raw insert+commit of the same row (FULL, fast disk)", 1.3, "x"),
-    Goal("sync.stall.p99", "scan lane p99 during a 100k upload, above idle", 2.0, "ms"),
-    Goal("sync.stall.max", "scan lane max during a 100k upload, above idle", 5.0, "ms"),
+    Goal("sync.stall.p99", "scan lane p99 during a 100k upload, above idle", 2.0, "ms", difference=True),
+    Goal("sync.stall.max", "scan lane max during a 100k upload, above idle", 5.0, "ms", difference=True),
     Goal("fsync.per_scan", "fsyncs per scan with sync on", 1.05, "fsync/scan"),
+    Goal("site.propagation.p95", "a scan at one of 20 gates known to all the others, p95", 200.0, "ms"),
+    Goal("site.lane.share_p95", "the site's own steps inside a scan (look-up, hand-off), p95", 1.0, "ms"),
+    Goal("site.lane.p95_delta", "scan lane p95 with sharing minus without (fast disk)", 1.0, "ms", difference=True),
 )}
 
 
@@ -77,7 +81,8 @@ def fmt(value: float, unit: str) -> str:
 def judge(key: str, runs: Sequence[float], case: str = "", *, unjudged: str = "") -> Judged:
     """The goal ``key`` on one figure per run: met if the median is within the limit (so at least
     half the runs met it), "not judged" with fewer than MIN_RUNS runs or when ``unjudged`` gives a
-    reason (say the disk was too slow to show what the goal is about)."""
+    reason (say the disk was too slow to show what the goal is about), or when a goal on a difference
+    has runs on both sides of the limit spread wider than twice it (noise, not a figure)."""
     goal = GOALS[key]
     runs = tuple(float(r) for r in runs)
     if not runs:
@@ -86,4 +91,7 @@ def judge(key: str, runs: Sequence[float], case: str = "", *, unjudged: str = ""
         return Judged(goal, case, runs, "not judged", unjudged)
     if len(runs) < MIN_RUNS:
         return Judged(goal, case, runs, "not judged", f"{len(runs)} run(s): at least {MIN_RUNS} are needed")
+    if goal.difference and min(runs) <= goal.limit < max(runs) and max(runs) - min(runs) > 2 * goal.limit:
+        return Judged(goal, case, runs, "not judged", "the runs fall on both sides of the goal and disagree by more "
+                      "than twice it: the machine's noise is larger than what is judged")
     return Judged(goal, case, runs, "met" if statistics.median(runs) <= goal.limit else "not met")

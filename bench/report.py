@@ -311,6 +311,23 @@ def fsync(doc: dict) -> str:
               f"{b['pace_ms']:.0f} ms. {_when(b)}.")
 
 
+def site(doc: dict) -> str:
+    b = _bench(doc, "site")
+    p = b["propagation"]
+    runs = [[i + 1, f"{v:.1f}", f"{bare:.1f}" if bare is not None else "–"]
+            for i, (v, bare) in enumerate(zip(p["p95_ms_runs"], p["bare_p95_ms_runs"], strict=True))]
+    lanes = [[i + 1, f"{r['alone_p50_ms']:.2f} / {r['alone_p95_ms']:.2f}", (f"{r['shared_p50_ms']:.2f} / "
+              f"{r['shared_p95_ms']:.2f}"), f"{r['p95_delta_ms']:+.2f}", f"{r['ratio_median']:.2f}",
+              f"{r['share_p50_ms']:.3f} / **{r['share_p95_ms']:.3f}**"] for i, r in enumerate(b["lane"])]
+    return (_table(["run", "known to all, p95 ms", "peer (bare datagram to all), p95 ms"], runs)
+            + f"\n\n{b['gates']} gates, {b['scans_per_run']} scans a run; known to each other gate median "
+              f"{p['each_median_ms']:.1f} ms, to all {p['all_median_ms']:.1f} ms; {b['missed']} scans not known to "
+              f"all within 2 s (each counted as 2 s).\n\n"
+            + _table(["run", "lane without sharing p50 / p95 ms", "with sharing p50 / p95 ms", "p95 with − without ms",
+                      "median per-scan ratio", "the site's own steps p50 / p95 ms"], lanes)
+            + f"\n\nThe lane's entry logs on {b['lane_disk']}. {_when(b)}.")
+
+
 def cli(doc: dict) -> str:
     b = _bench(doc, "cli")
     peers = {"checkpoint verify": ("`checkpoint verify --trust KEY TEXT`",
@@ -417,7 +434,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "machine": machine, "goals": goals, "verify": verify, "bundle": bundle, "feedback": feedback,
     "feedback.handover": feedback_handover, "formats": formats, "pipeline": pipeline,
     "entrylog": entrylog, "entrylog.scale": entrylog_scale, "sync": sync, "flood": flood,
-    "trace": trace, "daemon": daemon, "kiosk": kiosk, "fsync": fsync, "cli": cli, "pi.inputs": pi_inputs,
+    "trace": trace, "daemon": daemon, "kiosk": kiosk, "fsync": fsync, "site": site, "cli": cli,
+    "pi.inputs": pi_inputs,
     "pi.budget": pi_budget, "readme.decode": readme_decode, "readme.trace": readme_trace,
 }
 

@@ -26,6 +26,8 @@ def test_the_goals_are_the_products():
         "entrylog.record": (1.3, "x"),
         "sync.stall.p99": (2.0, "ms"), "sync.stall.max": (5.0, "ms"),
         "fsync.per_scan": (1.05, "fsync/scan"),
+        "site.propagation.p95": (200.0, "ms"), "site.lane.share_p95": (1.0, "ms"),
+        "site.lane.p95_delta": (1.0, "ms"),
     }
 
 
@@ -38,6 +40,10 @@ def test_a_goal_is_judged_on_the_median_of_the_runs():
     slow = goals.judge("entrylog.record", [1.0, 1.0, 1.0], unjudged="the disk is slow")
     assert (slow.verdict, slow.note) == ("not judged", "the disk is slow")
     assert "2 of 5: NOT MET" in two_of_five.line()
+    noisy = goals.judge("sync.stall.p99", [-19.0, -6.3, 18.5])  # ms above a peer, straddling the 2 ms goal
+    assert noisy.verdict == "not judged" and "noise" in noisy.note
+    assert goals.judge("sync.stall.p99", [30.0, 45.0, 215.0]).verdict == "not met"  # all above: a miss, noisy or not
+    assert goals.judge("sync.stall.p99", [0.5, 1.0, 1.5]).verdict == "met"
 
 
 def test_a_results_file_holds_the_machine_and_each_benchmark(tmp_path):
