@@ -8,6 +8,7 @@ wait for one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -38,6 +39,31 @@ def find_pg_autoctl(bin_dir: Path) -> str | None:
     return found
 
 
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", encoding="ascii", errors="replace") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _one(row: tuple | None) -> tuple:
+    if row is None:
+        raise RuntimeError("a query that always returns a row returned none")
+    return row
+
+
 class AutoFailover:
     """A monitor and two nodes, started and replicating (RuntimeError if not within ``timeout_s``);
     ``stop()`` removes everything."""
@@ -56,6 +82,7 @@ class AutoFailover:
                     f"XDG_RUNTIME_DIR={self.dir / 'run'}"]
         self.procs: dict[str, subprocess.Popen] = {}
         self.killed: set[str] = set()
+        self.frozen: dict[str, list[int]] = {}
         self.ports: dict[str, int] = {}
         try:
             self.ports["monitor"] = free_port()
@@ -106,6 +133,37 @@ class AutoFailover:
         except ProcessLookupError:
             pass
         proc.wait(30)
+
+    def freeze(self, name: str) -> None:
+        """The node stops answering anyone, as when a network partition cuts its machine off
+        (SIGSTOP of its pg_autoctl and postmaster, then of every backend: each is a session of its
+        own; open connections stay open, nothing answers on them)."""
+        os.killpg(self.procs[name].pid, signal.SIGSTOP)  # first: no new backends from here on
+        self.frozen[name] = _descendants(self.procs[name].pid)
+        for pid in self.frozen[name]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        """The partition heals (SIGCONT): the node learns from the monitor what it is now."""
+        for pid in self.frozen.pop(name, []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        os.killpg(self.procs[name].pid, signal.SIGCONT)
+
+    def writable(self, name: str) -> bool:
+        """Whether the node's PostgreSQL takes writes now (a primary that is not being demoted)."""
+        import psycopg  # deferred: the optional `server` extra
+
+        try:
+            with psycopg.connect(self.node_url(name), connect_timeout=2, autocommit=True) as conn:
+                return not _one(conn.execute("SELECT pg_is_in_recovery()").fetchone())[0]
+        except psycopg.Error:
+            return False
+
+    def wait_state(self, name: str, states: tuple[str, ...], timeout_s: float = 120.0) -> None:
+        """Until the monitor reports ``name`` in one of ``states`` (and that is its goal too)."""
+        self._wait(lambda: self._state(name) in states, f"{name} in {'/'.join(states)}", timeout_s)
 
     def wait_promoted(self, name: str, timeout_s: float = 120.0) -> None:
         """Until the monitor has made ``name`` a writable primary."""
@@ -165,6 +223,8 @@ class AutoFailover:
 
     def stop(self) -> None:
         """Stop every process (SIGKILL: nothing here is kept) and remove the directory."""
+        for name in list(self.frozen):  # a frozen backend would outlive its killed postmaster
+            self.thaw(name)
         for name in list(self.procs):
             self.kill(name)
         shutil.rmtree(self.dir, ignore_errors=True)

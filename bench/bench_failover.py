@@ -1,12 +1,14 @@
-"""PostgreSQL failover under ingest: a primary and a synchronous streaming-replication standby on
+"""PostgreSQL failures under ingest: a primary and a synchronous streaming-replication standby on
 127.0.0.1 ports, `checkpoint server run` on a multi-host URL (target_session_attrs=read-write),
-a fleet uploading continuously (bench/loadgen.py in its own process). Mid-ingest the primary's
-postmaster is killed (SIGKILL) and the standby promoted (`pg_ctl promote`, standing in for a
-failover manager: see docs/scaling.md). Afterwards the new primary must hold every entry exactly
-once and every batch a device saw acknowledged; the stall is the longest time without an
-acknowledgement around the kill.
+a fleet uploading continuously (bench/loadgen.py in its own process). Mid-ingest one fault
+(FAULTS): the primary's postmaster is killed (SIGKILL) and the standby promoted (by
+pg_auto_failover's monitor, or by hand with `pg_ctl promote`); the standby dies; the monitor dies;
+or the primary is cut off from everyone (frozen with SIGSTOP: connections stay open and nothing
+answers, as in a network partition), the monitor promotes the standby, and later the partition
+heals. Afterwards the primary must hold every entry exactly once and every batch a device saw
+acknowledged; the stall is the longest time without an acknowledgement around the fault.
 
-``scenario`` is also the failover test's (tests/test_failover.py), on a smaller fleet.
+``scenario`` is also the failover tests' (tests/test_failover.py), on a smaller fleet.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from .procs import ServerProcess
 from .timing import table
 
 PROMOTE_AFTER_S = 1.0  # the primary is gone this long before the standby is promoted (a manager's detection)
+FAULTS = ("primary_killed", "standby_killed", "monitor_killed", "primary_frozen")
+RESUME_TIMEOUT_S = 120.0  # how long a fault's part of the scenario waits for ingest to go on
 
 
 def _wait_sync(primary: PgCluster, timeout_s: float = 60.0) -> None:
@@ -57,14 +61,18 @@ class _Promoted:
             raise
         self.url = (f"postgresql://postgres@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}/postgres"
                     f"?target_session_attrs=read-write&connect_timeout=2")
-        self.primary_url, self.new_primary_url = self.primary.url(), self.standby.url()
+        self.primary_url = self.primary.url()
 
-    def kill_primary(self) -> None:
+    def final_primary_url(self, fault: str) -> str:
+        return self.standby.url()
+
+    def fault(self, fault: str, times: dict[str, float], resumed) -> None:
+        if fault != "primary_killed":
+            raise ValueError(f"{fault}: the promotion by hand is tested with the primary killed only")
         self.primary.kill_postmaster()
-
-    def promote(self) -> None:
         time.sleep(PROMOTE_AFTER_S)
         self.standby.promote()
+        times["settled_at"] = time.time()
 
     def stop(self) -> None:
         if self.standby is not None:
@@ -82,13 +90,41 @@ class _Managed:
     def __init__(self, bin_dir: Path, autoctl: str) -> None:
         self.formation = AutoFailover(bin_dir, autoctl)
         self.url = self.formation.url()
-        self.primary_url, self.new_primary_url = self.formation.node_url("node_a"), self.formation.node_url("node_b")
+        self.primary_url = self.formation.node_url("node_a")
 
-    def kill_primary(self) -> None:
-        self.formation.kill("node_a")
+    def final_primary_url(self, fault: str) -> str:
+        return self.formation.node_url("node_b" if fault in ("primary_killed", "primary_frozen") else "node_a")
 
-    def promote(self) -> None:
-        self.formation.wait_promoted("node_b")
+    def fault(self, fault: str, times: dict[str, float], resumed) -> None:
+        """Cause ``fault`` and wait until the formation has dealt with it; ``times["settled_at"]``:
+        when it had (the standby promoted; the primary no longer waiting for a lost standby; the
+        monitor killed: at once). ``resumed(url)`` waits until ingest goes on there."""
+        f = self.formation
+        if fault == "primary_killed":
+            f.kill("node_a")
+            f.wait_promoted("node_b")
+        elif fault == "standby_killed":
+            f.kill("node_b")
+            f.wait_state("node_a", ("wait_primary",))  # commits no longer wait for the standby
+        elif fault == "monitor_killed":
+            f.kill("monitor")
+        elif fault == "primary_frozen":
+            f.freeze("node_a")
+            f.wait_promoted("node_b")
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+        times["settled_at"] = time.time()
+        if fault == "primary_frozen":
+            resumed(f.node_url("node_b"))  # the server goes on without the frozen node ...
+            times["resumed_at"] = time.time()
+            f.thaw("node_a")  # ... and the partition heals: the old primary must not take writes again
+            times["thawed_at"] = time.time()
+            end = time.monotonic() + RESUME_TIMEOUT_S
+            while f.writable("node_a"):
+                if time.monotonic() > end:
+                    raise RuntimeError("the old primary still takes writes after the partition healed")
+                time.sleep(0.2)
+            times["old_primary_demoted_at"] = time.time()
 
     def stop(self) -> None:
         self.formation.stop()
@@ -104,16 +140,20 @@ def managers() -> list[str]:
 
 
 def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: int, deadline_s: float = 300.0,
-             manager: str = "pg_auto_failover") -> dict:
-    """Run the failover once (see the module docstring) with ``manager`` ("pg_auto_failover" or
-    "pg_ctl"); ``kill_after``: batches stored on the primary before it is killed. Returns the load
-    generator's results with the checks made on the new primary and the times of the kill and of
-    the promotion."""
+             manager: str = "pg_auto_failover", fault: str = "primary_killed") -> dict:
+    """Run one fault (FAULTS; see the module docstring) with ``manager`` ("pg_auto_failover" or
+    "pg_ctl": the primary killed only); ``kill_after``: batches stored before the fault. Returns the
+    load generator's results with the checks made on the primary afterwards and the times of the
+    fault (``fault_at``) and of its settling (``settled_at``, and for a frozen primary
+    ``resumed_at``, ``thawed_at``, ``old_primary_demoted_at``)."""
     import psycopg  # deferred: the optional `server` extra
 
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}")
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise RuntimeError("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin): install the postgresql package")
+    db: _Managed | _Promoted
     if manager == "pg_auto_failover":
         autoctl = find_pg_autoctl(bin_dir)
         if autoctl is None:
@@ -136,25 +176,35 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
         server = ServerProcess(url, "--keys", str(tmp / "keys"), bench="failover")
         times: dict[str, float] = {}
 
-        def kill_mid_ingest(start_at: float) -> None:
-            with psycopg.connect(db.primary_url, autocommit=True) as conn:
-                while conn.execute("SELECT count(*) FROM batches").fetchone()[0] < kill_after:
-                    if time.time() > start_at + deadline_s:
-                        raise RuntimeError("the fleet did not get going")
-                    time.sleep(0.02)
-                times["killed_at"] = time.time()
-                db.kill_primary()
-            db.promote()
-            times["promoted_at"] = time.time()
+        def stored_batches(node_url: str) -> int:
+            with psycopg.connect(node_url, autocommit=True, connect_timeout=5) as conn:
+                return int(conn.execute("SELECT count(*) FROM batches").fetchone()[0])
 
-        res = push(fleet, server.url, deadline_s, tmp, processes=1, during=kill_mid_ingest)
+        def resumed(node_url: str) -> None:
+            """Until ``node_url`` stores a batch more than it held when this was called."""
+            held, end = stored_batches(node_url), time.monotonic() + RESUME_TIMEOUT_S
+            while stored_batches(node_url) <= held:
+                if time.monotonic() > end:
+                    raise RuntimeError(f"ingest did not go on within {RESUME_TIMEOUT_S:.0f} s")
+                time.sleep(0.1)
+
+        def fault_mid_ingest(start_at: float) -> None:
+            while stored_batches(db.primary_url) < kill_after:
+                if time.time() > start_at + deadline_s:
+                    raise RuntimeError("the fleet did not get going")
+                time.sleep(0.02)
+            times["fault_at"] = time.time()
+            db.fault(fault, times, resumed)
+
+        res = push(fleet, server.url, deadline_s, tmp, processes=1, during=fault_mid_ingest)
         res |= times
-        st = open_storage(db.new_primary_url)
+        final = db.final_primary_url(fault)
+        st = open_storage(final)
         try:
             held = {d["device_id"]: st.entry_hashes(d["device_id"]) for d in fleet.devices}
             s = st.stats()
-            with psycopg.connect(db.new_primary_url) as conn:
-                stored_batches = {r[0] for r in conn.execute("SELECT batch_id FROM batches")}
+            with psycopg.connect(final) as conn:
+                stored = {r[0] for r in conn.execute("SELECT batch_id FROM batches")}
         finally:
             st.close()
         res["expected_entries"] = fleet.entries
@@ -163,16 +213,18 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
         res["conflicts"] = s.conflicts
         res["chain_problems"] = s.chain_problems
         res["exact"] = all(held[d["device_id"]] == d["hashes"] for d in fleet.devices)
-        res["acked_missing"] = len(set(res["acked"]) - stored_batches)
+        res["acked_missing"] = len(set(res["acked"]) - stored)
         acks = sorted(res["acked_at"])
-        before = [t for t in acks if t < times["killed_at"]]
-        after = [t for t in acks if t >= times["killed_at"]]
+        before = [t for t in acks if t < times["fault_at"]]
+        after = [t for t in acks if t >= times["fault_at"]]
         res["acks_before_kill"], res["acks_after_kill"] = len(before), len(after)
-        # the longest time without an acknowledgement, from the last one before the kill on
+        # the longest time without an acknowledgement, from the last one before the fault on
         around = before[-1:] + after
         res["stall_s"] = max((b - a for a, b in itertools.pairwise(around)), default=float("nan"))
-        promoted = [t for t in acks if t >= times["promoted_at"]]
-        res["resumed_after_promotion_s"] = (promoted[0] - times["promoted_at"]) if promoted else float("nan")
+        settled = [t for t in acks if t >= times["settled_at"]]
+        res["resumed_after_settled_s"] = (settled[0] - times["settled_at"]) if settled else float("nan")
+        if "thawed_at" in times:
+            res["acks_while_frozen"] = sum(times["fault_at"] <= t < times["thawed_at"] for t in acks)
         return res
     finally:
         if server is not None:
@@ -180,37 +232,48 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
         db.stop()
 
 
+def cases() -> list[tuple[str, str]]:
+    """(manager, fault) pairs that can run here."""
+    found = managers()
+    return ([("pg_auto_failover", f) for f in FAULTS] if "pg_auto_failover" in found else []) + \
+        ([("pg_ctl", "primary_killed")] if "pg_ctl" in found else [])
+
+
 def run(quick: bool) -> None:
     devices, batches, per_batch, runs = (20, 10, 100, 1) if quick else (50, 10, 200, 2)
-    found = managers()
+    found = cases()
     if not found:
         print("== failover: not measured (no PostgreSQL server binaries: install the postgresql package)\n")
         return
     rows, stalls = [], {}
-    for manager in found:
+    for manager, fault in found:
         for _ in range(runs):
             with tempfile.TemporaryDirectory(prefix="ckbench-failover-") as tmpname:
                 r = scenario(Path(tmpname), devices, batches, per_batch, kill_after=devices * batches // 3,
-                             manager=manager)
+                             manager=manager, fault=fault)
             ok = (r["exact"] and r["entries"] == r["expected_entries"] and not r["conflicts"]
                   and not r["chain_problems"] and not r["acked_missing"] and len(r["acked"]) == r["expected_batches"]
                   and not r["failures"])
-            stalls.setdefault(manager, []).append(r["stall_s"])
-            rows.append([manager, f"{r['acks_before_kill']}/{r['acks_after_kill']}",
-                         f"{r['promoted_at'] - r['killed_at']:.1f}", f"{r['stall_s']:.1f}",
-                         f"{r['resumed_after_promotion_s']:.1f}", str(r["busy"]), str(r["errors"]),
+            stalls.setdefault((manager, fault), []).append(r["stall_s"])
+            codes = ", ".join(f"{n} {c}" for c, n in sorted(r["busy_codes"].items())) or "0"
+            rows.append([manager, fault, f"{r['acks_before_kill']}/{r['acks_after_kill']}",
+                         f"{r['settled_at'] - r['fault_at']:.1f}", f"{r['stall_s']:.1f}",
+                         f"{r['resumed_after_settled_s']:.1f}", codes, str(r["errors"]),
                          f"{r['entries']:,} of {r['expected_entries']:,}", str(r["acked_missing"]),
                          "yes" if ok else "NO"])
     print(f"== failover: {devices} devices x {batches} batches x {per_batch} entries uploading (one load generator "
           f"process) to `checkpoint server run` (defaults) on a multi-host URL (target_session_attrs=read-write); "
-          f"after a third of the batches the primary dies: pg_auto_failover: its postmaster and pg_autoctl "
-          f"SIGKILLed, the monitor promotes the standby (health checks made faster: bench/autofailover.py); "
-          f"pg_ctl: its postmaster SIGKILLed, the standby promoted {PROMOTE_AFTER_S:.0f} s later by hand; "
+          f"after a third of the batches a fault: primary_killed: pg_auto_failover: the primary's postmaster and "
+          f"pg_autoctl SIGKILLed, the monitor promotes the standby (health checks made faster: "
+          f"bench/autofailover.py); pg_ctl: its postmaster SIGKILLed, the standby promoted "
+          f"{PROMOTE_AFTER_S:.0f} s later by hand; standby_killed: the standby's node SIGKILLed (settled: the "
+          f"primary stops waiting for it); monitor_killed; primary_frozen: the primary's node SIGSTOPped (a "
+          f"partition), the standby promoted, ingest goes on, then SIGCONT (the old primary is demoted); "
           f"{runs} run(s) each")
-    print(table(["failover", "acks before/after the kill", "kill to promotion s", "stall s",
-                 "first ack after promotion s", "503/429", "connection errors", "entries on the new primary",
+    print(table(["manager", "fault", "acks before/after the fault", "fault to settled s", "stall s",
+                 "first ack after settled s", "503/429 (code)", "connection errors", "entries on the primary",
                  "acked batches missing", "0 lost, 0 doubled"], rows, left=2))
-    for manager, values in stalls.items():
-        print(f"{manager}: uploads stalled {statistics.median(values):.1f} s (median; min {min(values):.1f}, "
-              f"max {max(values):.1f})")
+    for (manager, fault), values in stalls.items():
+        print(f"{manager}, {fault}: uploads stalled {statistics.median(values):.1f} s (median; min "
+              f"{min(values):.1f}, max {max(values):.1f})")
     print()

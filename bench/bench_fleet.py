@@ -131,14 +131,17 @@ def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int =
         during(start_at)
     for p in procs:
         p.wait(deadline_s + 120)
-    res = {"lat": [], "acked_at": [], "acked": [], "failures": [], "busy": 0, "errors": 0, "client_cpu": 0.0}
+    res = {"lat": [], "acked_at": [], "acked": [], "failures": [], "busy": 0, "errors": 0, "client_cpu": 0.0,
+           "busy_codes": {}, "busy_at": []}
     for p, out in zip(procs, outs):
         if p.returncode != 0 or not out.exists():
             res["failures"].append(f"load generator exited {p.returncode}")
             continue
         r = json.loads(out.read_text())
-        for k in ("lat", "acked_at", "acked", "failures"):
+        for k in ("lat", "acked_at", "acked", "failures", "busy_at"):
             res[k] += r[k]
+        for code, n in r["busy_codes"].items():
+            res["busy_codes"][code] = res["busy_codes"].get(code, 0) + n
         res["busy"] += r["busy"]
         res["errors"] += r["errors"]
         res["client_cpu"] += r["cpu_s"]

@@ -7,8 +7,9 @@ Retry-After after a 503 or 429 (and after a connection error), and write what th
 SPEC (JSON): {"url", "start_at" (time.time() to release every device at), "deadline_s",
 "devices": [{"key": hex of the Ed25519 private key, "device_id", "source": "127.0.0.x",
 "batches": [paths of .ckb files]}]}. OUT: {"lat": [seconds from a batch's first send to its 200],
-"acked_at": [time.time() of each 200], "acked": [batch_id of each 200], "busy": n, "errors": n (connections
-refused or cut), "failures": [...], "cpu_s": n}.
+"acked_at": [time.time() of each 200], "acked": [batch_id of each 200], "busy": n, "busy_codes": {error
+code of a 503/429: n}, "busy_at": [time.time() of each 503/429], "errors": n (connections refused or cut),
+"failures": [...], "cpu_s": n}.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def run(spec: dict) -> dict:
     acked: list[str] = []
     failures: list[str] = []
     counts = {"busy": 0, "errors": 0}
+    busy_codes: dict[str, int] = {}
+    busy_at: list[float] = []
     lock = threading.Lock()
     stop_at = spec["start_at"] + spec["deadline_s"]
 
@@ -71,8 +74,11 @@ def run(spec: dict) -> dict:
                     conn.close()
                     conn = None
                 if r.status in (429, 503):
+                    code = _error_code(doc)
                     with lock:
                         counts["busy"] += 1
+                        busy_codes[code] = busy_codes.get(code, 0) + 1
+                        busy_at.append(time.time())
                     time.sleep(float(r.getheader("Retry-After") or 1))
                     continue
                 break
@@ -92,8 +98,17 @@ def run(spec: dict) -> dict:
         t.start()
     for t in threads:
         t.join(max(1.0, stop_at + 60 - time.time()))
-    return {"lat": lat, "acked_at": acked_at, "acked": acked, "failures": failures,
-            "cpu_s": time.process_time() - cpu0, **counts}
+    return {"lat": lat, "acked_at": acked_at, "acked": acked, "failures": failures, "busy_codes": busy_codes,
+            "busy_at": busy_at, "cpu_s": time.process_time() - cpu0, **counts}
+
+
+def _error_code(doc: bytes) -> str:
+    """The protocol error code of an error answer ("?" if it has none)."""
+    try:
+        code = json.loads(doc).get("error")
+    except (ValueError, AttributeError):
+        return "?"
+    return code if isinstance(code, str) else "?"
 
 
 def main(argv: list[str]) -> int:

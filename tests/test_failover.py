@@ -1,8 +1,16 @@
-"""The PostgreSQL primary dies mid-ingest (SIGKILL of its postmaster) and its synchronous standby is
-promoted (by pg_auto_failover's monitor, and by hand): `checkpoint server run` on a multi-host URL
-finds the new primary by itself, devices retry, and the new primary holds every entry exactly once
-and every batch a device saw acknowledged (bench/bench_failover.py's scenario, on a small fleet)."""
+"""PostgreSQL failures mid-ingest (bench/bench_failover.py's scenario, on a small fleet): the primary
+dies (SIGKILL of its postmaster) and its synchronous standby is promoted (by pg_auto_failover's
+monitor, and by hand); the standby dies; the monitor dies; the primary is cut off by a partition and
+comes back. `checkpoint server run` on a multi-host URL finds the writable node by itself, devices
+retry, and afterwards the primary holds every entry exactly once and every batch a device saw
+acknowledged. And a connection whose database stops answering is cut at the server's deadline."""
 from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import threading
 
 import pytest
 from support.entries import chain_entries
@@ -16,19 +24,94 @@ from sync.server.storage import open_storage
 from sync.server.trace import trace
 
 
-@pytest.mark.parametrize("manager", ["pg_auto_failover", "pg_ctl"])
-def test_the_primary_killed_mid_ingest_loses_and_doubles_nothing(tmp_path, manager):
+def _run(tmp_path, manager: str, fault: str, batches: int = 6) -> dict:
     if manager not in managers():
         pytest.skip(f"{manager} cannot run here (Debian packages postgresql, postgresql-15-auto-failover)")
-    r = scenario(tmp_path, devices=8, batches=6, per_batch=50, kill_after=16, deadline_s=240, manager=manager)
+    r = scenario(tmp_path, devices=8, batches=batches, per_batch=50, kill_after=16, deadline_s=240, manager=manager,
+                 fault=fault)
     assert not r["failures"], r["failures"][:5]
-    assert r["acks_before_kill"] > 0 and r["acks_after_kill"] > 0  # killed mid-ingest
-    assert len(r["acked"]) == r["expected_batches"] == 48  # every batch acknowledged in the end
-    assert r["acked_missing"] == 0  # and every acknowledged one is on the new primary
-    assert r["exact"] and r["entries"] == r["expected_entries"] == 2400  # nothing lost, nothing twice
+    assert r["acks_before_kill"] > 0 and r["acks_after_kill"] > 0  # the fault came mid-ingest
+    assert len(r["acked"]) == r["expected_batches"] == 8 * batches  # every batch acknowledged in the end
+    assert r["acked_missing"] == 0  # and every acknowledged one is on the primary afterwards
+    assert r["exact"] and r["entries"] == r["expected_entries"] == 8 * batches * 50  # nothing lost, nothing twice
     assert r["conflicts"] == 0 and r["chain_problems"] == 0
-    print(f"uploads stalled {r['stall_s']:.1f} s; first ack {r['resumed_after_promotion_s']:.1f} s after the "
-          f"promotion; {r['busy']} busy answers, {r['errors']} connection errors")
+    print(f"{manager}, {fault}: uploads stalled {r['stall_s']:.1f} s; first ack {r['resumed_after_settled_s']:.1f} s "
+          f"after it settled; busy answers {r['busy_codes']}, {r['errors']} connection errors")
+    return r
+
+
+@pytest.mark.parametrize("manager", ["pg_auto_failover", "pg_ctl"])
+def test_the_primary_killed_mid_ingest_loses_and_doubles_nothing(tmp_path, manager):
+    r = _run(tmp_path, manager, "primary_killed")
+    # while there was no primary, devices were told so (503 db_unavailable) and retried
+    assert r["busy_codes"].get("db_unavailable", 0) > 0
+
+
+def test_the_standby_dying_mid_ingest_loses_and_doubles_nothing(tmp_path):
+    """Commits wait for the synchronous standby until the monitor tells the primary to go on
+    alone (wait_primary); ingest then goes on on the same primary."""
+    r = _run(tmp_path, "pg_auto_failover", "standby_killed")
+    assert math.isfinite(r["resumed_after_settled_s"])  # acknowledgements after it settled
+
+
+def test_the_monitor_dying_mid_ingest_does_not_stop_ingest(tmp_path):
+    """The monitor only decides failovers: without it the primary and its standby go on."""
+    _run(tmp_path, "pg_auto_failover", "monitor_killed")
+
+
+def test_a_partitioned_primary_is_left_behind_and_demoted_when_it_returns(tmp_path):
+    """The primary cut off from everyone (frozen: its connections stay open, nothing answers on
+    them): requests holding those connections are answered 503 db_unavailable after the server's
+    deadline instead of waiting for the partition to heal; the standby is promoted and ingest goes
+    on there while the old primary is still cut off; when it returns it takes no writes."""
+    r = _run(tmp_path, "pg_auto_failover", "primary_frozen", batches=10)
+    assert r["busy_codes"].get("db_unavailable", 0) > 0
+    assert r["acks_while_frozen"] > 0  # ingest went on before the partition healed
+    assert r["old_primary_demoted_at"] >= r["thawed_at"]
+
+
+def test_a_database_that_stops_answering_is_cut_at_the_deadline(tmp_path):
+    """A query on a connection whose server stopped answering (every process of it frozen: the
+    kernel keeps the connection open) fails as StorageUnavailable at the storage's deadline, and
+    the storage works again once the server answers."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (the postgresql package)")
+    db = PgCluster(bin_dir, durable=False)
+    frozen: list[int] = []
+    try:
+        st = open_storage(db.url(), work_deadline_s=2.0)
+        try:
+            _, dev = enroll_direct(st, "cp-1")
+            assert st.device(dev) is not None
+            pm = db.postmaster_pid()
+            children = subprocess.run(["pgrep", "-P", str(pm)], capture_output=True, text=True, check=False)
+            frozen = [pm, *map(int, children.stdout.split())]
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            outcome: list[BaseException | object] = []
+
+            def ask() -> None:
+                try:
+                    outcome.append(st.device(dev))
+                except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                    outcome.append(exc)
+
+            worker = threading.Thread(target=ask, daemon=True)
+            worker.start()
+            worker.join(60)  # far beyond the deadline: without it the query waits for the database for ever
+            assert not worker.is_alive(), "the query still waits for a database that does not answer"
+            assert isinstance(outcome[0], StorageUnavailable), outcome
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+            frozen = []
+            assert st.device(dev) is not None  # a fresh connection: working again
+        finally:
+            st.close()
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        db.stop()
 
 
 def test_tracing_reads_from_the_streaming_standby(tmp_path):

@@ -62,6 +62,9 @@ from sync.wire.credential import MEDIA_TYPE as CREDENTIAL_TYPE
 log = logging.getLogger(__name__)
 
 INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up to this size
+# a request's database work longer than this fails as 503 db_unavailable (the device retries): a
+# database frozen or cut off must not hold requests and connections until it comes back
+DB_WORK_DEADLINE_S = 15.0
 
 
 @dataclass
@@ -457,7 +460,8 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
     never loaded here."""
     directory = key_dir(db_url, keys_dir)
     limits = limits or Limits()
-    storage = open_storage(db_url)  # creates or upgrades the schema once, before any worker starts
+    # creates or upgrades the schema once, before any worker starts
+    storage = open_storage(db_url, work_deadline_s=DB_WORK_DEADLINE_S)
     try:
         sealing_pem = sealing_public or sealing_public_pem(load_or_create_sealing_key(directory))
         pull_key = load_or_create_pull_key(directory)
@@ -486,7 +490,7 @@ def _worker(sock: socket.socket, *, db_url: str, config: ServerConfig, host: str
     """One worker process: its own storage (pool of connections), the app, uvicorn on ``sock``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
     parent = os.getppid()
-    storage = open_storage(db_url)
+    storage = open_storage(db_url, work_deadline_s=DB_WORK_DEADLINE_S)
     try:
         server = make_server(create_app(storage, config), host, port, tls_cert=tls_cert, tls_key=tls_key,
                              access_log=access_log, limits=config.limits)

@@ -10,15 +10,21 @@ as SQLite (tests/test_server.py runs the same tests on both), for a province-siz
   devices' batches go in parallel. New entries above the highest held sequence number (the usual
   case) need no lookup; only overlapping runs are compared with what is stored.
 - Per-device counters live on the device's row (no hot row shared by all ingests).
-- A database that cannot be reached raises StorageUnavailable (HTTP 503: devices retry).
+- A database that cannot be reached raises StorageUnavailable (HTTP 503: devices retry), and so
+  does one that stops answering on a connection already open (a primary frozen or cut off by a
+  network partition: its kernel may keep the connection open for ever): a server gives every piece
+  of work a deadline (``work_deadline_s``), past which the connection is cut (``_Deadlines``).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import logging
+import os
 import re
+import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 
 import psycopg
@@ -126,10 +132,64 @@ def partition_day(name: str) -> int | None:
     return (dt.datetime.strptime(m.group(1), "%Y%m%d").date() - dt.date(1970, 1, 1)).days
 
 
+class _Deadlines:
+    """Cuts (shuts down the socket of) a connection still in use ``seconds`` after it was taken:
+    the blocked libpq call then fails at once (psycopg.OperationalError, the connection broken and
+    dropped by the pool). Without it a request would wait as long as the peer stays silent: a
+    frozen postmaster's kernel, or a path that drops packets while the connection looks open."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._due: dict[int, tuple[float, psycopg.Connection]] = {}
+        self._thread: threading.Thread | None = None
+        self.cut = 0  # connections cut so far
+
+    @contextlib.contextmanager
+    def watch(self, conn: psycopg.Connection) -> Iterator[None]:
+        key = id(conn)
+        with self._lock:
+            self._due[key] = (time.monotonic() + self.seconds, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="db-deadlines", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._due.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.seconds / 4))
+            now = time.monotonic()
+            with self._lock:  # held while cutting: a connection is never given back to the pool meanwhile
+                for key, (due, conn) in list(self._due.items()):
+                    if due <= now:
+                        del self._due[key]
+                        self._cut(conn)
+
+    def _cut(self, conn: psycopg.Connection) -> None:
+        fd = conn.pgconn.socket if not conn.closed else -1
+        if fd < 0:
+            return
+        self.cut += 1
+        log.warning("database connection cut: no answer within %.0f s", self.seconds)
+        with socket.socket(fileno=os.dup(fd)) as sock:  # a duplicate: libpq's own descriptor stays valid
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError as exc:  # already disconnected: libpq sees that itself
+                log.info("cutting a database connection: %s", exc)
+
+
 class PostgresStorage(SQLStorage):
     def __init__(self, url: str, *, max_connections: int = 16, connect_timeout_s: float = 15.0,
-                 now_ms=None) -> None:
+                 now_ms=None, work_deadline_s: float | None = None) -> None:
+        """``work_deadline_s``: the longest one transaction or query may hold its connection before
+        the connection is cut and the work fails as StorageUnavailable (None: no limit, for
+        commands an operator runs and watches)."""
         self.url = url
+        self._deadlines: _Deadlines | None = None
         self._now_ms = now_ms or timeutil.now_ms
         self._days: set[int] = set()
         self._days_lock = threading.Lock()
@@ -155,6 +215,8 @@ class PostgresStorage(SQLStorage):
             self.pool.close()
             raise CheckpointError(f"PostgreSQL database {_safe_url(url)}: {_pg_message(exc)}",
                                   code="db_unusable") from None
+        if work_deadline_s is not None:  # from here on: opening (schema, partitions) is not limited
+            self._deadlines = _Deadlines(work_deadline_s)
 
     # ------------------------------------------------------------ plumbing
 
@@ -163,7 +225,8 @@ class PostgresStorage(SQLStorage):
         """A cursor on a pooled connection, in one transaction (committed at the end) unless ``tx``
         is False. Connection failures become StorageUnavailable."""
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection() as conn, (self._deadlines.watch(conn) if self._deadlines
+                                                  else contextlib.nullcontext()):
                 if tx:
                     with conn.transaction(), conn.cursor() as cur:
                         yield cur

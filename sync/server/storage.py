@@ -16,18 +16,20 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
-def open_storage(url: str, *, must_exist: bool = False) -> Storage:
+def open_storage(url: str, *, must_exist: bool = False, work_deadline_s: float | None = None) -> Storage:
     """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or a plain file path: SQLite;
     ``postgresql://USER@HOST[:PORT]/DB[?options]`` (libpq URL): PostgreSQL (the `server` extra:
     psycopg 3). Other schemes are refused with a clear error. ``must_exist``: a SQLite file that
-    is not there is refused, not created (a read-only command given a mistyped path)."""
+    is not there is refused, not created (a read-only command given a mistyped path).
+    ``work_deadline_s`` (PostgreSQL): the longest a transaction may hold its connection (the server's
+    requests: sync.server.postgres.PostgresStorage)."""
     if is_postgres_url(url):
         try:  # deferred: psycopg is the optional `server` extra, needed only for PostgreSQL
             from sync.server.postgres import PostgresStorage
         except ImportError as exc:
             raise CheckpointError(f"PostgreSQL support needs psycopg 3 (pip install 'checkpoint-edge[server]'): "
                                   f"{exc}", code="db_url") from None
-        return PostgresStorage(url)
+        return PostgresStorage(url, work_deadline_s=work_deadline_s)
     if url.startswith("sqlite:"):
         path = url[len("sqlite:"):]
         if path.startswith("///"):
