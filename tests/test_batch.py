@@ -7,6 +7,7 @@ import json
 import struct
 import zlib
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -135,3 +136,59 @@ def test_fuzz_parser_only_raises_batch_errors(entries, data, flips):
             b.open_batch(candidate, KEY.public_key())
         except b.BatchError:
             pass
+
+
+def test_format_2_carries_the_same_rows_as_format_1(entries):
+    """Format 2 (a MessagePack body, blobs and hashes as bytes) opens to exactly the rows format 1
+    gives, under the same batch id; format 1 stays what build() writes unless told."""
+    es, _ = entries
+    one = b.build(es, KEY, device_id=DEV, created_ms=5)
+    two = b.build(es, KEY, device_id=DEV, created_ms=5, version=2)
+    assert one.info.version == 1 and two.info.version == 2 and _parts(two.data)[0]["v"] == 2
+    p1, p2 = b.open_batch(one.data, KEY.public_key()), b.open_batch(two.data, KEY.public_key())
+    assert p2.info == two.info and p2.info.batch_id == p1.info.batch_id
+    assert p2.rows == p1.rows and any(r[-1] for r in p2.rows)  # sealed blobs among them
+    for a, c in zip(es, p2.entries):
+        assert dataclasses.astuple(a) == dataclasses.astuple(c)
+    with pytest.raises(ValueError):
+        b.build(es, KEY, device_id=DEV, created_ms=5, version=3)
+
+
+def test_format_2_rows_are_checked_like_format_1(entries):
+    es, _ = entries
+    header, body = _parts(b.build(es[:5], KEY, device_id=DEV, created_ms=1, version=2).data)
+    rows = msgspec.msgpack.decode(zlib.decompress(body))
+
+    def signed(rows: list, **changes) -> bytes:
+        raw = msgspec.msgpack.encode(rows)
+        return _resign(dict(header, raw_len=len(raw), **changes), zlib.compress(raw))
+
+    for i, value, problem in ((18, b"\x01" * 31, "hash"), (18, "ab" * 32, "hash"), (17, "c2VhbGVk", "sealed"),
+                              (10, "some_future_reason", "reason"), (1, "not-a-uuid", "entry_id")):
+        bad = [list(r) for r in rows]
+        bad[2][i] = value
+        with pytest.raises(b.BatchError, match=problem) as exc_info:
+            b.open_batch(signed(bad), KEY.public_key())
+        assert exc_info.value.code == protocol.E_MALFORMED
+    with pytest.raises(b.BatchError, match=r"header says|rows"):  # fewer rows than the header counts
+        b.open_batch(signed(rows[:4]), KEY.public_key())
+    packed = msgspec.msgpack.encode(rows)
+    with pytest.raises(b.BatchError) as exc_info:  # a format 2 body under a format 1 header: refused, not guessed
+        b.open_batch(_resign(dict(header, raw_len=len(packed), v=1), zlib.compress(packed)), KEY.public_key())
+    assert exc_info.value.code == protocol.E_MALFORMED
+    with pytest.raises(b.BatchError, match="version"):
+        b.open_batch(signed(rows, v=7), KEY.public_key())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.integers(0, 10_000), min_size=1, max_size=4))
+def test_fuzz_format_2_parser_only_raises_batch_errors(entries, flips):
+    es, _ = entries
+    header, body = _parts(b.build(es[:3], KEY, device_id=DEV, created_ms=1, version=2).data)
+    raw = bytearray(zlib.decompress(body))
+    for f in flips:
+        raw[f % len(raw)] ^= 0xFF
+    try:
+        b.open_batch(_resign(dict(header, raw_len=len(raw)), zlib.compress(bytes(raw))), KEY.public_key())
+    except b.BatchError:
+        pass

@@ -184,3 +184,35 @@ def test_a_batch_acknowledged_by_one_process_is_a_duplicate_at_the_other(tmp_pat
         storage.close()
         a.stop()
         b.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_format_1_and_format_2_batches_of_one_device_are_both_stored_once(tmp_path, backend):
+    """A device still sending format 1 and one sending format 2 are both accepted; the same run
+    sent again in the other format is a duplicate (one batch id), and every entry is stored once."""
+    (tmp_path / "s").mkdir()
+    url = postgres.cluster().new_schema() if backend == "postgresql" else None
+    srv = ServerProcess(tmp_path / "s" / "c.db", url=url).start()
+    storage = open_storage(url or str(tmp_path / "s" / "c.db"))
+    try:
+        key, dev, es, v1 = _batch(storage, 30)
+        v2 = batchmod.build(es[:10], key, device_id=dev, created_ms=now_ms(), version=2).data
+        assert batchmod.read_header(v2).version == 2
+        first = _post(srv.url, key, dev, v2)
+        assert first.status_code == 200, first.text
+        assert first.json()["stored"] == 10
+        later = batchmod.build(es[10:], key, device_id=dev, created_ms=now_ms()).data  # format 1
+        assert _post(srv.url, key, dev, later).json()["stored"] == 20
+        again = batchmod.build(es[:10], key, device_id=dev, created_ms=now_ms()).data  # the first run, format 1
+        doc = _post(srv.url, key, dev, again).json()
+        assert doc["stored"] == 10 and doc["held_seq"] == 10  # the first answer: nothing stored twice
+        tail = batchmod.build(es[10:], key, device_id=dev, created_ms=now_ms(), version=2).data
+        assert _post(srv.url, key, dev, tail).json()["stored"] == 20  # the first answer again
+        assert storage.entry_hashes(dev) == {e.seq: e.hash for e in es}
+        s = storage.stats()
+        assert s.entries == 30 and s.batches == 2 and s.batches_replayed == 2
+        assert s.conflicts == 0 and s.chain_problems == 0
+        assert v1 != v2
+    finally:
+        storage.close()
+        srv.stop()

@@ -6,8 +6,10 @@ Layout (docs/sync-protocol.md#batch-format)::
 
 The signature covers every byte before it. The header names the device, the run (first_seq,
 last_seq, count), the chain links (prev_hash of the first entry, hash of the last) and the body's
-decompressed length. The body is JSON Lines, one array per entry in ROW_FIELDS order. Parsing
-checks the signature before it decompresses anything, and bounds every size; rows are decoded and
+decompressed length. The body, in format 1, is JSON Lines, one array per entry in ROW_FIELDS order
+(sealed in base64, hash in hex); in format 2 (header "v": 2) it is one MessagePack array of such
+arrays with sealed and hash as bytes: less to inflate, decode and convert per entry. Parsing checks
+the signature before it decompresses anything, and bounds every size; rows are decoded and
 type-checked by msgspec in one pass and kept as tuples (a server reads many thousands a second),
 turned into Entry values only where a caller asks for them.
 """
@@ -44,7 +46,8 @@ from scanner.store.sealing import MAX_BLOB
 from sync.wire import protocol
 
 MAGIC = b"CKB1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what build() writes unless told (every server reads it)
+FORMAT_VERSIONS = (1, 2)  # what open_batch() reads
 SIG_LEN = 64
 MAX_HEADER = 4096
 FILE_SUFFIX = ".ckb"  # a batch kept as a file (offline export, quarantine): exactly the bytes a push sends
@@ -82,6 +85,7 @@ class BatchInfo:
     last_hash: bytes
     raw_len: int
     created_ms: int
+    version: int = FORMAT_VERSION
 
     @property
     def file_name(self) -> str:
@@ -126,9 +130,16 @@ def _row(e: Entry) -> list:
             e.ref_entry_id, sealed, e.hash.hex()]
 
 
+def _row2(e: Entry) -> list:
+    return [e.seq, e.entry_id, e.device_id, e.checkpoint_id, e.direction, e.at_ms, e.clock, e.source,
+            e.source_id, e.decision, e.reason, e.format, e.card_id, e.issuer, e.kid, e.kind,
+            e.ref_entry_id, e.sealed, e.hash]
+
+
 def build(entries: Sequence[Entry], key: ed25519.Ed25519PrivateKey, *, device_id: str, created_ms: int,
-          level: int = 6, step: Callable[[], None] | None = None) -> SignedBatch:
-    """Sign a contiguous run of entries (seq order, no gaps) as one batch.
+          level: int = 6, step: Callable[[], None] | None = None, version: int = FORMAT_VERSION) -> SignedBatch:
+    """Sign a contiguous run of entries (seq order, no gaps) as one batch in format ``version``
+    (FORMAT_VERSIONS; 2 only for a server that reads it).
 
     ``step`` is called between chunks of CHUNK rows, so a caller in a thread can yield the GIL.
     """
@@ -136,6 +147,8 @@ def build(entries: Sequence[Entry], key: ed25519.Ed25519PrivateKey, *, device_id
         raise ValueError("a batch needs at least one entry")
     if len(entries) > protocol.MAX_BATCH_ENTRIES:
         raise ValueError(f"a batch holds at most {protocol.MAX_BATCH_ENTRIES} entries")
+    if version not in FORMAT_VERSIONS:
+        raise ValueError(f"batch format version {version} is not one of {FORMAT_VERSIONS}")
     first, last = entries[0], entries[-1]
     if last.seq - first.seq + 1 != len(entries):
         raise ValueError("a batch must be a contiguous run of entries")
@@ -143,6 +156,11 @@ def build(entries: Sequence[Entry], key: ed25519.Ed25519PrivateKey, *, device_id
     parts: list[bytes] = []
     raw_len = 0
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    packs = _PACK.encode
+    if version == 2:  # one MessagePack array (array 32 header) of the rows, each packed on its own
+        head = b"\xdd" + struct.pack(">I", len(entries))
+        raw_len += len(head)
+        parts.append(comp.compress(head))
     prev = first.seq - 1
     for i in range(0, len(entries), CHUNK):
         chunk = entries[i:i + CHUNK]
@@ -150,8 +168,10 @@ def build(entries: Sequence[Entry], key: ed25519.Ed25519PrivateKey, *, device_id
             if e.seq != prev + 1:
                 raise ValueError("a batch must be a contiguous run of entries")
             prev = e.seq
-        text = "\n".join(dumps(_row(e)) for e in chunk) + "\n"
-        raw = text.encode("utf-8")
+        if version == 2:
+            raw = b"".join(packs(_row2(e)) for e in chunk)
+        else:
+            raw = ("\n".join(dumps(_row(e)) for e in chunk) + "\n").encode("utf-8")
         raw_len += len(raw)
         parts.append(comp.compress(raw))
         if step is not None:
@@ -159,9 +179,9 @@ def build(entries: Sequence[Entry], key: ed25519.Ed25519PrivateKey, *, device_id
     parts.append(comp.flush())
     body = b"".join(parts)
     info = BatchInfo(device_id, batch_id_for(device_id, first.seq, last.seq, last.hash), first.seq,
-                     last.seq, len(entries), first.prev_hash, last.hash, raw_len, created_ms)
+                     last.seq, len(entries), first.prev_hash, last.hash, raw_len, created_ms, version)
     header = json.dumps({
-        "v": FORMAT_VERSION, "device_id": info.device_id, "batch_id": info.batch_id,
+        "v": version, "device_id": info.device_id, "batch_id": info.batch_id,
         "first_seq": info.first_seq, "last_seq": info.last_seq, "count": info.count,
         "prev_hash": info.prev_hash.hex(), "last_hash": info.last_hash.hex(), "raw_len": raw_len,
         "created_ms": created_ms,
@@ -209,7 +229,7 @@ def read_header(data: bytes, total: int | None = None) -> BatchInfo:
         raise _fail("batch header is not ASCII JSON") from None
     if not isinstance(h, dict) or set(h) != set(HEADER_FIELDS):
         raise _fail("batch header fields differ")
-    if h["v"] != FORMAT_VERSION:
+    if type(h["v"]) is not int or h["v"] not in FORMAT_VERSIONS:
         raise _fail(f"batch format version {h['v']!r} is not supported")
     ints = ("first_seq", "last_seq", "count", "raw_len", "created_ms")
     if not all(type(h[k]) is int and 0 <= h[k] < 1 << 63 for k in ints):
@@ -229,7 +249,7 @@ def read_header(data: bytes, total: int | None = None) -> BatchInfo:
     if h["batch_id"] != batch_id_for(h["device_id"], first, last, last_hash):
         raise _fail("batch id does not match its run")
     return BatchInfo(h["device_id"], h["batch_id"], first, last, count, bytes.fromhex(h["prev_hash"]),
-                     last_hash, h["raw_len"], h["created_ms"])
+                     last_hash, h["raw_len"], h["created_ms"], h["v"])
 
 
 def verify_signature(data: bytes, public_key: ed25519.Ed25519PublicKey) -> None:
@@ -257,15 +277,24 @@ def open_batch(data: bytes, public_key: ed25519.Ed25519PublicKey) -> ParsedBatch
         raise _fail("batch body is not zlib data") from None
     if len(raw) != info.raw_len or d.unconsumed_tail or not d.eof or d.unused_data:
         raise _fail("batch body length differs from its header")
-    lines = raw.count(b"\n")
-    if lines != info.count or not raw.endswith(b"\n"):
-        raise _fail(f"batch body holds {lines} rows, header says {info.count}")
-    try:
-        decoded = _ROWS.decode_lines(raw)
-    except msgspec.ValidationError as exc:
-        raise _fail(_row_problem(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise _fail(f"batch body is not JSON Lines: {exc}") from None
+    decoded: list[Any]
+    if info.version == 2:
+        try:
+            decoded = _ROWS2.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise _fail(_row_problem(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise _fail(f"batch body is not a MessagePack array: {exc}") from None
+    else:
+        lines = raw.count(b"\n")
+        if lines != info.count or not raw.endswith(b"\n"):
+            raise _fail(f"batch body holds {lines} rows, header says {info.count}")
+        try:
+            decoded = _ROWS.decode_lines(raw)
+        except msgspec.ValidationError as exc:
+            raise _fail(_row_problem(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise _fail(f"batch body is not JSON Lines: {exc}") from None
     del raw
     if len(decoded) != info.count:
         raise _fail(f"batch body holds {len(decoded)} rows, header says {info.count}")
@@ -330,6 +359,14 @@ class _WireRow(msgspec.Struct, array_like=True, forbid_unknown_fields=True, froz
 
 assert _WireRow.__struct_fields__ == ROW_FIELDS
 _ROWS = msgspec.json.Decoder(_WireRow)
+# format 2: the same row with the sealed blob and the hash as bytes (MessagePack bin), in one array
+_BINARY = {"sealed": Annotated[bytes, msgspec.Meta(max_length=MAX_BLOB)] | None,
+           "hash": Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]}
+_WireRow2 = msgspec.defstruct(
+    "_WireRow2", [(f.name, _BINARY.get(f.name, f.type)) for f in msgspec.structs.fields(_WireRow)],
+    array_like=True, forbid_unknown_fields=True, frozen=True, gc=False)
+_ROWS2 = msgspec.msgpack.Decoder(list[_WireRow2])  # type: ignore[valid-type]
+_PACK = msgspec.msgpack.Encoder()
 _AT = re.compile(r"\$\[(\d+)\]\[(\d+)\]")
 
 
@@ -350,13 +387,15 @@ def _b64(text: str) -> bytes | None:
         return None
 
 
-def _received_rows(decoded: list[_WireRow], info: BatchInfo) -> tuple[tuple, ...]:
+def _received_rows(decoded: list[Any], info: BatchInfo) -> tuple[tuple, ...]:
     """RECEIVED_FIELDS tuples of decoded rows, after the checks msgspec leaves: sequence, ids,
-    hex and base64 fields; prev_hash from the header, then each row's hash."""
+    hex and base64 fields (format 1: hash and sealed are text there); prev_hash from the header,
+    then each row's hash."""
     out = []
     prev_hash = info.prev_hash
     seq = info.first_seq
     device_id = info.device_id
+    text = info.version == 1
     for i, r in enumerate(decoded):
         problems = []
         if r.seq != seq + i:
@@ -369,15 +408,18 @@ def _received_rows(decoded: list[_WireRow], info: BatchInfo) -> tuple[tuple, ...
             problems.append("card_id")
         if r.ref_entry_id is not None and not _uuid(r.ref_entry_id):
             problems.append("ref_entry_id")
-        try:
-            digest = bytes.fromhex(r.hash)
-        except ValueError:
-            digest = b""
-        if digest.hex() != r.hash:
-            problems.append("hash")
-        blob = None
-        if r.sealed is not None and (blob := _b64(r.sealed)) is None:
-            problems.append("sealed")
+        if text:
+            try:
+                digest = bytes.fromhex(r.hash)
+            except ValueError:
+                digest = b""
+            if digest.hex() != r.hash:
+                problems.append("hash")
+            blob = None
+            if r.sealed is not None and (blob := _b64(r.sealed)) is None:
+                problems.append("sealed")
+        else:
+            digest, blob = r.hash, r.sealed
         if r.kid is not None and _b64(r.kid) is None:
             problems.append("kid")
         if problems:
