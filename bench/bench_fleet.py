@@ -11,7 +11,12 @@ exactly once. Several runs, each on a fresh database; medians and the spread.
 
 The peer, in the same run: a bare psycopg binary COPY of the same rows (the columns the server
 stores) in one transaction into a plain table with the same columns and indexes, in the same
-PostgreSQL server: what the database takes when nothing else is done.
+PostgreSQL server: what the database takes when nothing else is done. The ack p95 is also given
+against the time that COPY took for the whole fleet (the least in which the last device could be
+answered).
+
+The same entries are sent as format 1 batches (JSON Lines: every device in the field) and as format
+2 (MessagePack), alternating in each run (sync/wire/batch.py).
 """
 from __future__ import annotations
 
@@ -64,10 +69,12 @@ def _tree_cpu_s(root_pid: int | None) -> float:
 
 
 class _Fleet:
-    """Device keys and their signed batches, written once as .ckb files (sent in every run), and
-    the rows the server will store of them (for the COPY peer; unless ``rows`` is False)."""
+    """Device keys and their signed batches, written once as .ckb files (sent in every run) in each
+    of ``versions`` (batch formats; ``batches`` in the first), and the rows the server will store of
+    them (for the COPY peer; unless ``rows`` is False)."""
 
-    def __init__(self, devices: int, batches: int, per_batch: int, where: Path, rows: bool = True) -> None:
+    def __init__(self, devices: int, batches: int, per_batch: int, where: Path, rows: bool = True,
+                 versions: tuple[int, ...] = (1,)) -> None:
         self.devices = []
         self.rows: list[tuple] = []
         now = now_ms()
@@ -87,22 +94,24 @@ class _Fleet:
                 e = replace(e, hash=chain_hash(prev, hash_fields(e)))
                 entries.append(e)
                 prev = e.hash
-            paths = []
+            paths: dict[int, list[str]] = {v: [] for v in versions}
             for b in range(0, n, per_batch):
-                built = batchmod.build(entries[b:b + per_batch], key, device_id=dev, created_ms=now)
-                path = where / f"{dev}-{b // per_batch}.ckb"
-                path.write_bytes(built.data)
-                paths.append(str(path))
+                for v in versions:
+                    built = batchmod.build(entries[b:b + per_batch], key, device_id=dev, created_ms=now, version=v)
+                    path = where / f"{dev}-{b // per_batch}-v{v}.ckb"
+                    path.write_bytes(built.data)
+                    paths[v].append(str(path))
                 if rows:
                     parsed = batchmod.open_batch(built.data, key.public_key())
                     self.rows += [(*r, parsed.info.batch_id, now) for r in parsed.rows]
             raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                     serialization.NoEncryption())
             self.devices.append({"key": raw.hex(), "device_id": dev, "checkpoint": cp, "public": key.public_key(),
-                                 "source": f"127.0.0.{1 + d % ADDRESSES}", "batches": paths,
+                                 "source": f"127.0.0.{1 + d % ADDRESSES}", "batches": paths[versions[0]],
+                                 "by_version": paths,
                                  "hashes": {e.seq: e.hash for e in entries}})
         self.entries = devices * n
-        self.bytes = sum(os.path.getsize(p) for d in self.devices for p in d["batches"])
+        self.bytes = {v: sum(os.path.getsize(p) for d in self.devices for p in d["by_version"][v]) for v in versions}
 
     def enroll(self, storage) -> None:
         for d in self.devices:
@@ -112,14 +121,16 @@ class _Fleet:
 
 
 def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int = LOADGEN_PROCESSES,
-         during: Callable[[float], None] | None = None) -> dict:
-    """The fleet released at once against ``url`` by ``processes`` load generator processes;
-    ``during(start_at)`` runs meanwhile (in this process), if given."""
+         during: Callable[[float], None] | None = None, version: int | None = None) -> dict:
+    """The fleet released at once against ``url`` by ``processes`` load generator processes, its
+    batches in format ``version`` (None: the fleet's first); ``during(start_at)`` runs meanwhile
+    (in this process), if given."""
     start_at = time.time() + 3.0  # time for the processes to start and read their batches
     procs, outs = [], []
     for i in range(processes):
         spec = {"url": url, "start_at": start_at, "deadline_s": deadline_s,
-                "devices": [{k: d[k] for k in ("key", "device_id", "source", "batches")}
+                "devices": [{"key": d["key"], "device_id": d["device_id"], "source": d["source"],
+                             "batches": d["batches"] if version is None else d["by_version"][version]}
                             for d in fleet.devices[i::processes]]}
         spec_path, out = tmp / f"loadgen-{i}.json", tmp / f"loadgen-{i}.out.json"
         spec_path.write_text(json.dumps(spec))
@@ -151,7 +162,7 @@ def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int =
 
 
 def _copy_peer(fleet: _Fleet, url: str) -> float:
-    """The peer: a bare binary COPY of the fleet's rows into a table like ``entries``; entries/s."""
+    """The peer: a bare binary COPY of the fleet's rows into a table like ``entries``; seconds."""
     import psycopg  # deferred: the optional `server` extra
 
     with psycopg.connect(url) as conn:
@@ -170,11 +181,11 @@ def _copy_peer(fleet: _Fleet, url: str) -> float:
         elapsed = time.perf_counter() - t0
         conn.execute("DROP TABLE copy_peer")
         conn.commit()
-    return len(fleet.rows) / elapsed
+    return elapsed
 
 
 def _one(fleet: _Fleet, url: str, keys: Path, deadline_s: float, pg_pid: int | None, tmp: Path,
-         server_args: tuple[str, ...]) -> dict:
+         server_args: tuple[str, ...], version: int = 1) -> dict:
     st = open_storage(url)
     try:
         fleet.enroll(st)
@@ -184,7 +195,7 @@ def _one(fleet: _Fleet, url: str, keys: Path, deadline_s: float, pg_pid: int | N
     try:
         time.sleep(1.0)  # the workers start after the supervisor answers
         s_cpu0, pg_cpu0 = _tree_cpu_s(server.pid), _tree_cpu_s(pg_pid)
-        res = push(fleet, server.url, deadline_s, tmp)
+        res = push(fleet, server.url, deadline_s, tmp, version=version)
         res["server_cpu"] = _tree_cpu_s(server.pid) - s_cpu0
         res["db_cpu"] = _tree_cpu_s(pg_pid) - pg_cpu0
     finally:
@@ -215,50 +226,53 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> None:
     if bin_dir is None:
         print("== fleet: not measured (no /usr/lib/postgresql/*/bin: install the postgresql package)\n")
         return
-    settings = [("defaults", ())]
+    versions = (1, 2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ckbench-fleet-") as tmpname:
         tmp = Path(tmpname)
         t0 = time.perf_counter()
-        fleet = _Fleet(devices, batches, per_batch, tmp / "batches")
+        fleet = _Fleet(devices, batches, per_batch, tmp / "batches", versions=versions)
         made_s = time.perf_counter() - t0
         cluster = PgCluster(bin_dir, durable=True)
         try:
             import psycopg  # deferred: the optional `server` extra
-            for name, args in settings:
-                results = []
-                for r in range(runs):
-                    db = f"fleet_{len(rows)}_{r}"
+            results: dict[int, list[dict]] = {v: [] for v in versions}
+            for r in range(runs):
+                for v in versions if r % 2 == 0 else versions[::-1]:  # alternating: neither always goes first
+                    db = f"fleet_v{v}_{r}"
                     with psycopg.connect(cluster.url(), autocommit=True) as conn:
                         conn.execute(f"CREATE DATABASE {db}")
-                    res = _one(fleet, cluster.url(db), tmp / "keys", deadline_s, cluster.postmaster_pid(), tmp, args)
-                    res["peer"] = _copy_peer(fleet, cluster.url(db))
-                    results.append(res)
-                rates = [res["stored"] / res["wall"] for res in results]
-                ratio = [rate / res["peer"] for rate, res in zip(rates, results)]
-                p95 = [res["lat"][min(len(res["lat"]) - 1, int(len(res["lat"]) * 0.95))] if res["lat"] else
-                       float("nan") for res in results]
-                p50 = [statistics.median(res["lat"]) if res["lat"] else float("nan") for res in results]
-                worst = [res["lat"][-1] if res["lat"] else float("nan") for res in results]
-                ok = all(res["exactly_once"] and not res["failures"] for res in results)
-                rows.append([name, _spread(rates), _spread([res["peer"] for res in results]), _spread(ratio, ".2f"),
-                             _spread(p50, ",.0f", 1000), _spread(p95, ",.0f", 1000), _spread(worst, ",.0f", 1000),
-                             "/".join(str(res["busy"]) for res in results),
-                             _spread([res["server_cpu"] / fleet.entries for res in results], ".0f", 1e6),
-                             _spread([res["db_cpu"] / fleet.entries for res in results], ".0f", 1e6),
-                             _spread([res["client_cpu"] / fleet.entries for res in results], ".0f", 1e6),
-                             "yes" if ok else "NO: " + "; ".join(
-                                 f"{res['stored']:,} stored, {len(res['failures'])} failed "
-                                 f"{sorted(set(res['failures']))[:2]}" for res in results)])
+                    res = _one(fleet, cluster.url(db), tmp / "keys", deadline_s, cluster.postmaster_pid(), tmp, (),
+                               version=v)
+                    res["peer_s"] = _copy_peer(fleet, cluster.url(db))
+                    results[v].append(res)
         finally:
             cluster.stop()
-    print(f"== fleet: {devices} devices x {batches} batches x {per_batch} entries = {fleet.entries:,} entries "
-          f"({fleet.bytes / fleet.entries:.0f} bytes/entry on the wire), all released at once from "
-          f"{LOADGEN_PROCESSES} load generator processes ({ADDRESSES} loopback addresses) against "
-          f"`checkpoint server run` on PostgreSQL (durable defaults); {runs} runs, median (min–max); "
-          f"batches made in {made_s:.1f} s beforehand")
-    print(table(["server settings", "ingest entries/s", "peer: COPY entries/s", "x peer", "ack p50 ms",
-                 "ack p95 ms", "ack max ms", "503/429 per run", "server CPU µs/entry", "PostgreSQL CPU µs/entry",
+    for v in versions:
+        rs = results[v]
+        rates = [res["stored"] / res["wall"] for res in rs]
+        peer = [len(fleet.rows) / res["peer_s"] for res in rs]
+        p95 = [res["lat"][min(len(res["lat"]) - 1, int(len(res["lat"]) * 0.95))] if res["lat"] else float("nan")
+               for res in rs]
+        p50 = [statistics.median(res["lat"]) if res["lat"] else float("nan") for res in rs]
+        ok = all(res["exactly_once"] and not res["failures"] for res in rs)
+        rows.append([f"format {v} ({fleet.bytes[v] / fleet.entries:.0f} B/entry)", _spread(rates), _spread(peer),
+                     _spread([a / b for a, b in zip(rates, peer)], ".2f"), _spread(p50, ",.0f", 1000),
+                     _spread(p95, ",.0f", 1000), _spread([a / res["peer_s"] for a, res in zip(p95, rs)], ".2f"),
+                     "/".join(str(res["busy"]) for res in rs),
+                     _spread([res["server_cpu"] / fleet.entries for res in rs], ".0f", 1e6),
+                     _spread([res["db_cpu"] / fleet.entries for res in rs], ".0f", 1e6),
+                     _spread([res["client_cpu"] / fleet.entries for res in rs], ".0f", 1e6),
+                     "yes" if ok else "NO: " + "; ".join(
+                         f"{res['stored']:,} stored, {len(res['failures'])} failed "
+                         f"{sorted(set(res['failures']))[:2]}" for res in rs)])
+    print(f"== fleet: {devices} devices x {batches} batches x {per_batch} entries = {fleet.entries:,} entries, all "
+          f"released at once from {LOADGEN_PROCESSES} load generator processes ({ADDRESSES} loopback addresses) "
+          f"against `checkpoint server run` (defaults) on PostgreSQL (durable defaults), as format 1 and as format 2 "
+          f"batches in turn; {runs} runs, median (min–max); batches made in {made_s:.1f} s beforehand; the peer: a "
+          f"bare COPY of the same rows after each run; 'p95 / peer': the ack p95 over the time that COPY took")
+    print(table(["batches", "ingest entries/s", "peer: COPY entries/s", "x peer", "ack p50 ms",
+                 "ack p95 ms", "p95 / peer", "503/429 per run", "server CPU µs/entry", "PostgreSQL CPU µs/entry",
                  "devices CPU µs/entry", "each entry once"], rows, left=2))
     print(f"{os.cpu_count()} cpus shared by the server, PostgreSQL and the load generator "
           f"(load average {os.getloadavg()[0]:.1f})")
