@@ -195,6 +195,7 @@ def test_format_1_and_format_2_batches_of_one_device_are_both_stored_once(tmp_pa
     srv = ServerProcess(tmp_path / "s" / "c.db", url=url).start()
     storage = open_storage(url or str(tmp_path / "s" / "c.db"))
     try:
+        assert requests.get(srv.url + protocol.HEALTH, timeout=60).json()["batch_formats"] == [1, 2]
         key, dev, es, v1 = _batch(storage, 30)
         v2 = batchmod.build(es[:10], key, device_id=dev, created_ms=now_ms(), version=2).data
         assert batchmod.read_header(v2).version == 2

@@ -56,7 +56,7 @@ from sync.server.model import Ingested, ServerError, Storage, StorageUnavailable
 from sync.server.storage import is_postgres_url, open_storage
 from sync.server.tokens import token_hash
 from sync.wire import protocol
-from sync.wire.batch import BatchError, header_end, open_batch, read_header
+from sync.wire.batch import FORMAT_VERSIONS, BatchError, header_end, open_batch, read_header
 from sync.wire.credential import MEDIA_TYPE as CREDENTIAL_TYPE
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
 
     async def health(request: Request) -> Response:
         return _json({"ok": True, "protocol": protocol.VERSION, "request_auth": protocol.REQUEST_AUTH_VERSION,
-                      "software_version": __version__})
+                      "batch_formats": list(FORMAT_VERSIONS), "software_version": __version__})
 
     async def enroll(request: Request) -> Response:
         length = declared_length(request.headers, protocol.MAX_JSON_BYTES, protocol.E_REQUEST_TOO_LARGE)
