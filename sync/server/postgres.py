@@ -143,7 +143,6 @@ class _Deadlines:
         self._lock = threading.Lock()
         self._due: dict[int, tuple[float, psycopg.Connection]] = {}
         self._thread: threading.Thread | None = None
-        self.cut = 0  # connections cut so far
 
     @contextlib.contextmanager
     def watch(self, conn: psycopg.Connection) -> Iterator[None]:
@@ -170,10 +169,12 @@ class _Deadlines:
                         self._cut(conn)
 
     def _cut(self, conn: psycopg.Connection) -> None:
-        fd = conn.pgconn.socket if not conn.closed else -1
+        try:
+            fd = -1 if conn.closed else conn.pgconn.socket
+        except psycopg.Error:  # no socket any more: nothing to cut
+            fd = -1
         if fd < 0:
             return
-        self.cut += 1
         log.warning("database connection cut: no answer within %.0f s", self.seconds)
         with socket.socket(fileno=os.dup(fd)) as sock:  # a duplicate: libpq's own descriptor stays valid
             try:
