@@ -43,6 +43,7 @@ from sync.server.tokens import token_hash
 from sync.wire import batch as batchmod
 from sync.wire import identity
 
+from . import goals as goalsmod
 from .pgcluster import PgCluster, find_bin_dir
 from .procs import ROOT, ServerProcess, cpu_s
 from .timing import table
@@ -218,7 +219,7 @@ def _spread(values: list[float], fmt: str = ",.0f", scale: float = 1.0) -> str:
     return f"{med * scale:{fmt}} ({min(values) * scale:{fmt}}–{max(values) * scale:{fmt}})"
 
 
-def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> None:
+def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> dict | None:
     """``sizes``: (devices, batches each, entries per batch, runs) instead of the standard ones."""
     devices, batches, per_batch, runs = sizes or ((50, 2, 200, 2) if quick else (200, 5, 200, 3))
     deadline_s = 120.0 if quick else 600.0
@@ -228,6 +229,8 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> None:
         return
     versions = (1, 2)
     rows = []
+    judged: list[goalsmod.Judged] = []
+    figures: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="ckbench-fleet-") as tmpname:
         tmp = Path(tmpname)
         t0 = time.perf_counter()
@@ -256,9 +259,19 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> None:
                for res in rs]
         p50 = [statistics.median(res["lat"]) if res["lat"] else float("nan") for res in rs]
         ok = all(res["exactly_once"] and not res["failures"] for res in rs)
+        over_copy = [b / a for a, b in zip(rates, peer)]
+        p95_over = [a / res["peer_s"] for a, res in zip(p95, rs)]
+        case = f"format {v}"
+        judged += [goalsmod.judge("fleet.copy_over_ingest", over_copy, case),
+                   goalsmod.judge("fleet.p95_over_copy", p95_over, case)]
+        figures[case] = {"entries_per_s": rates, "copy_entries_per_s": peer, "ack_p50_s": p50, "ack_p95_s": p95,
+                         "busy": [res["busy"] for res in rs], "exactly_once": ok,
+                         "server_cpu_us": [res["server_cpu"] / fleet.entries * 1e6 for res in rs],
+                         "db_cpu_us": [res["db_cpu"] / fleet.entries * 1e6 for res in rs],
+                         "bytes_per_entry": fleet.bytes[v] / fleet.entries}
         rows.append([f"format {v} ({fleet.bytes[v] / fleet.entries:.0f} B/entry)", _spread(rates), _spread(peer),
                      _spread([a / b for a, b in zip(rates, peer)], ".2f"), _spread(p50, ",.0f", 1000),
-                     _spread(p95, ",.0f", 1000), _spread([a / res["peer_s"] for a, res in zip(p95, rs)], ".2f"),
+                     _spread(p95, ",.0f", 1000), _spread(p95_over, ".2f"),
                      "/".join(str(res["busy"]) for res in rs),
                      _spread([res["server_cpu"] / fleet.entries for res in rs], ".0f", 1e6),
                      _spread([res["db_cpu"] / fleet.entries for res in rs], ".0f", 1e6),
@@ -274,6 +287,10 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> None:
     print(table(["batches", "ingest entries/s", "peer: COPY entries/s", "x peer", "ack p50 ms",
                  "ack p95 ms", "p95 / peer", "503/429 per run", "server CPU µs/entry", "PostgreSQL CPU µs/entry",
                  "devices CPU µs/entry", "each entry once"], rows, left=2))
+    for g in judged:
+        print(g.line())
     print(f"{os.cpu_count()} cpus shared by the server, PostgreSQL and the load generator "
           f"(load average {os.getloadavg()[0]:.1f})")
     print()
+    return {"devices": devices, "batches": batches, "per_batch": per_batch, "runs": runs, "figures": figures,
+            "goals": [g.as_dict() for g in judged]}

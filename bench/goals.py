@@ -31,6 +31,10 @@ GOALS = {g.key: g for g in (
     Goal("site.propagation.p95", "a scan at one of 20 gates known to all the others, p95", 200.0, "ms"),
     Goal("site.lane.share_p95", "the site's own steps inside a scan (look-up, hand-off), p95", 1.0, "ms"),
     Goal("site.lane.p95_delta", "scan lane p95 with sharing minus without (fast disk)", 1.0, "ms", difference=True),
+    # central ingest (200 devices x 1,000 entries released at once, the server's defaults): near what the
+    # database takes when nothing else is done; ack p95 under 2 s where storing the fleet at 50,000/s takes 4 s
+    Goal("fleet.copy_over_ingest", "bare COPY of the same rows / server ingest, entries/s", 1.1, "x"),
+    Goal("fleet.p95_over_copy", "ack p95 / time the bare COPY takes for the whole fleet", 0.5, "x"),
 )}
 
 

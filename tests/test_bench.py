@@ -28,6 +28,7 @@ def test_the_goals_are_the_products():
         "fsync.per_scan": (1.05, "fsync/scan"),
         "site.propagation.p95": (200.0, "ms"), "site.lane.share_p95": (1.0, "ms"),
         "site.lane.p95_delta": (1.0, "ms"),
+        "fleet.copy_over_ingest": (1.1, "x"), "fleet.p95_over_copy": (0.5, "x"),
     }
 
 
