@@ -68,8 +68,13 @@ class ServerProcess:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """SIGTERM (each worker finishes its requests), SIGKILL if it has not stopped within 60 s."""
         self.proc.terminate()
-        self.proc.wait(60)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
 
 
 OPERATOR_ROOT = ed25519.Ed25519PrivateKey.generate()  # the operator's root: vouches for each bench server
