@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import requests
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from requests.adapters import HTTPAdapter
 
 from sync.client import RejectedError, SyncClient, TransientError
@@ -93,7 +94,7 @@ def _phase(server: ServerProcess, fleet: _Fleet, half: int, lo: int, hi: int, fl
     base = proc_kib(server.pid, "VmRSS")
     attack = None
     if flood:
-        attack = Flood(server.port, fleet.devices[0][1])
+        attack = Flood(server.port, fleet.devices[0]["device_id"])
         attack.start_slow()
         attack.wait(lambda: attack.slow_open >= SLOW, "slow connections open")
         time.sleep(3.0)  # the slow connections settle into whatever they can hold
@@ -103,7 +104,9 @@ def _phase(server: ServerProcess, fleet: _Fleet, half: int, lo: int, hi: int, fl
     t0 = time.monotonic()
     deadline = t0 + deadline_s
     threads = []
-    for i, (key, dev, _, _, data) in enumerate(fleet.devices):
+    for i, d in enumerate(fleet.devices):
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(d["key"]))
+        dev, data = d["device_id"], [Path(p).read_bytes() for p in d["batches"]]
         addr = f"127.0.0.{20 + i}"
         if i < half:
             args = (server.url, key, dev, addr, data[lo:hi], deadline, acked["current"])
@@ -129,9 +132,9 @@ def _phase(server: ServerProcess, fleet: _Fleet, half: int, lo: int, hi: int, fl
 def run(quick: bool) -> dict:
     rounds, half, per_phase, per_batch = (1, 2, 1, 100) if quick else (3, 4, 2, 200)
     deadline_s = 60.0
-    fleet = _Fleet(2 * half, rounds * 2 * per_phase, per_batch)
     results: dict[str, list[dict]] = {"quiet": [], "flood": []}
     with tempfile.TemporaryDirectory(prefix="ckbench-flood-") as tmpname:
+        fleet = _Fleet(2 * half, rounds * 2 * per_phase, per_batch, Path(tmpname) / "batches", rows=False)
         db = str(Path(tmpname) / "central.db")
         st = open_storage(db)
         try:
