@@ -260,7 +260,7 @@ def test_trace_parsing():
 
 def test_trace_cli_csv_and_json_for_the_call_centre(world, tmp_path):
     r = CliRunner()
-    base = ["server", "trace", "--db", world["url"], "--card", world["cards"]["X"], "--days", "14",
+    base = ["server", "trace", "--lang", "en", "--db", world["url"], "--card", world["cards"]["X"], "--days", "14",
             "--keys", str(world["keys"]), "--tz", "Asia/Ho_Chi_Minh"]
     out = r.invoke(main, base + ["--contacts", "--window", "1h"])
     assert out.exit_code == 0, out.output

@@ -15,13 +15,16 @@ import click
 import segno
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from scanner.base import i18n
+from scanner.base.errors import Reason
 from scanner.base.safetext import escape, json_line
-from scanner.base.timeutil import DAY_MS, now_ms
+from scanner.base.timeutil import now_ms
 from scanner.cards import render
 from scanner.cards.trust import load_root
 from scanner.cli.common import (
     EXIT_INCOMPLETE,
     EXIT_OK,
+    LANG,
     closing,
     fail,
     load_root_private,
@@ -30,13 +33,15 @@ from scanner.cli.common import (
 )
 from scanner.cli.lazy import Lazy, LazyGroup
 from scanner.store.entry import iso_ms
-from sync.server import bundles, credentials, enrollcodes, keys, retention
+from sync.server import bundles, cardfind, credentials, enrollcodes, keys, retention
 from sync.server import trace as tracemod
 from sync.server.imports import import_dirs
 from sync.server.model import Storage
 from sync.server.reports import chain_report, device_rows
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens
+
+lang_option = click.option("--lang", type=LANG, default=None, help="vi (default) or en.")
 
 
 def db_url_option(fn):
@@ -335,9 +340,38 @@ def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None) -> X25
     return run_guarded(keys.load_private_key, path, X25519PrivateKey)
 
 
+def _read_head(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of the file at ``path``."""
+    with open(path, "rb") as fh:
+        return fh.read(limit)
+
+
+def _find_card(storage: Storage, card: str | None, photo: str | None, now: int, since: int,
+               lang: str) -> cardfind.Found:
+    """The card to trace, as the console finds it (sync.server.cardfind); one translated line and exit 2
+    when it names nobody."""
+    try:
+        if photo is not None:
+            data = run_guarded(_read_head, photo, cardfind.MAX_PHOTO_BYTES + 1)  # more is refused, unread
+            return cardfind.from_photo(data, cardfind.server_trust(storage), now, since_ms=since)
+        return cardfind.from_id_or_text(card or "", storage, now, since_ms=since)
+    except cardfind.CardNotFound as exc:
+        if photo is None and exc.code == Reason.UNSUPPORTED_FORMAT:
+            why = i18n.t("server.not_id_or_text", lang)
+        elif exc.code in Reason.__members__.values():
+            why = i18n.t(f"reason.{exc.code}", lang)
+        else:
+            why = i18n.t(f"card_find.{exc.code}", lang, mib=cardfind.MAX_PHOTO_BYTES // (1024 * 1024))
+        fail(i18n.t("server.card_names_nobody", lang, why=why, code=exc.code))
+
+
 @server_group.command("trace")
 @db_url_option
-@click.option("--card", "card", required=True, help="The card id, hex (as `checkpoint log` shows it).")
+@click.option("--card", "card", default=None,
+              help="The card id, hex (as `checkpoint log` shows it), or the card's text (its QR content, as "
+                   "`checkpoint scan-image` prints it): verified against the trust bundle this server publishes.")
+@click.option("--photo", "photo", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A photo of the card (PNG, JPEG...): its QR code is decoded as the devices do, then verified.")
 @click.option("--days", type=click.IntRange(1, 3660), default=14, show_default=True,
               help="Look back this many days from now.")
 @click.option("--contacts", is_flag=True,
@@ -353,25 +387,36 @@ def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None) -> X25
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Write the report to this file (replaced atomically, mode 0600; a symlink is refused) "
                    "instead of stdout.")
-def server_trace(db_url, card, days, contacts, window, fmt, key_file, keys_dir, no_holders, tz_name, out_path):
-    """Where and when a card was seen and, with --contacts, who else was there (CSV or JSON)."""
+@lang_option
+def server_trace(db_url, card, photo, days, contacts, window, fmt, key_file, keys_dir, no_holders, tz_name,
+                 out_path, lang):
+    """Where and when a card was seen and, with --contacts, who else was there (CSV or JSON). The card:
+    its id or its text (--card), or a photo of it (--photo)."""
+    lang = lang or i18n.default_lang()
+    if (card is None) == (photo is None):
+        fail(i18n.t("server.card_or_photo", lang))
     window_ms = run_guarded(tracemod.parse_window, window) if contacts else None
-    card_id = run_guarded(tracemod.parse_card, card)
     tz = _local_tz(tz_name)
     key = None if no_holders else _sealing_key(db_url, key_file, keys_dir)
-    until = now_ms()
     storage = open_server_storage(db_url, read_only=True)
-    report = run_guarded(tracemod.trace, storage, card_id, since_ms=until - days * DAY_MS,
-                         until_ms=until + 1, window_ms=window_ms, sealing_key=key)
+    now = now_ms()
+    since, until = cardfind.period(now, days)
+    found = _find_card(storage, card, photo, now, since, lang)
+    report = run_guarded(tracemod.trace, storage, found.card_id, since_ms=since, until_ms=until, window_ms=window_ms,
+                         sealing_key=key)
     text = (json_line(tracemod.to_dict(report, tz)) + "\n") if fmt == "json" else tracemod.csv_text(report, tz)
     if out_path:
         with output_file(out_path) as fh:
             fh.write(text)
     else:
         click.echo(text, nl=False)
-    summary = f"card {card_id}: {len(report.visits)} visits in {days} days"
+    how = "" if found.how == "id" else i18n.t(f"server.trace_how_{found.how}", lang, format=found.format)
+    summary = i18n.t("server.trace_summary", lang, card=found.card_id, how=how, visits=len(report.visits), days=days)
+    if found.reason == Reason.EXPIRED:
+        summary += i18n.t("server.trace_expired", lang)
     if contacts:
-        summary += f", {len(report.contacts)} contact entries of {report.contact_cards} cards within ±{escape(window)}"
+        summary += i18n.t("server.trace_contacts", lang, contacts=len(report.contacts), cards=report.contact_cards,
+                          window=escape(window))
     if report.truncated:
-        summary += "; LIMIT REACHED, narrow the period or the window"
+        summary += i18n.t("server.trace_limit", lang)
     click.echo(summary, err=True)

@@ -17,7 +17,7 @@ from scanner.cards.trust import TrustStore
 from scanner.cards.verifier import verify
 from sync.server import bundles
 from sync.server.model import Storage
-from sync.server.trace import parse_card
+from sync.server.trace import TraceError, parse_card
 
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
 
@@ -97,6 +97,15 @@ def from_photo(data: bytes, trust: TrustStore, now_ms: int, *, since_ms: int | N
 
 def from_id(text: str) -> Found:
     return Found(parse_card(text), "id")
+
+
+def from_id_or_text(text: str, storage: Storage, now_ms: int, *, since_ms: int | None = None) -> Found:
+    """The card a person typed or pasted: its id (hex, as the logs show it), else its QR text,
+    verified against the server's published trust (a card's text is never plain hex)."""
+    try:
+        return from_id(text)
+    except TraceError:
+        return from_text(text, server_trust(storage), now_ms, since_ms=since_ms)
 
 
 def period(now_ms: int, days: int) -> tuple[int, int]:
