@@ -21,6 +21,13 @@ case "$target" in test|bench) APT_PACKAGES="$APT_PACKAGES iproute2" ;; esac
 # the fsync benchmark counts the daemon's fsyncs with strace (bench/bench_fsync.py)
 case "$target" in bench) APT_PACKAGES="$APT_PACKAGES strace" ;; esac
 
+# progress (apt's and pip's own) for a person at a terminal; quiet in CI and when the output is kept
+if [ -t 2 ] && [ -z "${CI:-}" ]; then
+    APT_QUIET=""; APT_OUT=/dev/stderr; PIP_QUIET=""
+else
+    APT_QUIET="-qq"; APT_OUT=/dev/null; PIP_QUIET="-q"
+fi
+
 missing=""
 for pkg in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
@@ -28,8 +35,8 @@ done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     echo "setup: installing Debian packages:$missing" >&2
-    $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    $SUDO apt-get update $APT_QUIET >"$APT_OUT"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y $APT_QUIET --no-install-recommends $missing >"$APT_OUT"
 fi
 
 PYTHON=${PYTHON:-python3}
@@ -45,7 +52,7 @@ install() {  # pip install the package (with extras $1, if any) unless done sinc
     if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
         echo "setup: pip install -e $spec" >&2
         # `|| exit 1`: inside a function called with &&, set -e is off; never stamp a failed install
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" || exit 1
+        .venv/bin/python -m pip install $PIP_QUIET --disable-pip-version-check -e "$spec" >&2 || exit 1
         touch "$stamp"
     fi
 }

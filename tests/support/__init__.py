@@ -13,4 +13,5 @@ proxy      a fault-injecting TCP proxy between device and server
 devices    provisioned devices with real entry logs
 entries    valid chained log entries made fast, for large backlogs and the central side
 postgres   the session's private PostgreSQL server
+terminal   a command run on a pty, as a person at a terminal runs it (and Ctrl-C)
 """
