@@ -3,25 +3,37 @@ mode; every scan gives its expected verdict and every entry logged reaches the s
 once. Also: the demo exits non-zero when a verdict differs or sync is incomplete."""
 from __future__ import annotations
 
+import os
+import re
 import stat
 import subprocess
 import sys
 
+import pytest
+import requests
 from support.paths import ROOT
-from support.waiting import WAIT
+from support.terminal import Terminal
+from support.waiting import HTTP_TIMEOUT, WAIT, wait_for
 
+from bench import browser
 from scanner.base.errors import Reason
 from scanner.demo.main import _summary
 from scanner.store.entrylog import EntryLog
 from sync.server.storage import open_storage
 
+NO_DESKTOP = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
+
 
 def test_the_demo_runs_the_appliance_and_every_entry_reaches_the_server_once(tmp_path):
+    """Off a terminal, and asked to open a browser where there is none (no desktop session here)."""
     out = tmp_path / "d"
-    r = subprocess.run([sys.executable, "-m", "scanner", "demo", "--out", str(out), "--lang", "en", "--speed", "4"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=WAIT * 3, check=False)
+    r = subprocess.run([sys.executable, "-m", "scanner", "demo", "--out", str(out), "--lang", "en", "--speed", "4",
+                        "--open"], capture_output=True, text=True, cwd=ROOT, timeout=WAIT * 3, check=False,
+                       env=NO_DESKTOP)
     assert r.returncode == 0, r.stdout + r.stderr
     text = r.stdout
+    assert "No browser could be started (no graphical session" in text and "until you press Ctrl-C" not in text
+    assert "The kiosk is up only while the demo runs" in text  # it says how long the address works
     assert "Device enrolled itself from the QR" in text  # zero-touch, through the simulated camera
     assert "Summary: 10 scans · 10 entries logged · 10 entries acknowledged by the server" in text
     assert "All 10 scans gave the expected verdict; the server holds every entry exactly once." in text
@@ -70,3 +82,33 @@ def test_the_summary_fails_on_a_wrong_verdict_or_incomplete_sync():
     assert _summary(lines.append, lambda k, **kw: k, ["ok"], expected, 0, {}, {},
                     looping=True) == 0  # stopped mid-round
     assert _summary(lines.append, lambda k, **kw: k, [], expected, 0, {}, {}, looping=True) == 1  # nothing at all
+
+
+def test_on_a_terminal_the_kiosk_stays_up_until_ctrl_c_and_opens_in_the_browser(tmp_path):
+    """Run by a person: the summary, then the kiosk still served (and shown by the browser --open
+    started: a real headless Chromium, named by $BROWSER as a person names theirs) until Ctrl-C."""
+    if browser.unavailable():
+        pytest.fail(browser.unavailable())
+    dom = tmp_path / "kiosk-dom.html"
+    opener = tmp_path / "open-kiosk"
+    opener.write_text(f"#!/bin/sh\nexec {browser.CHROMIUM[0]} --headless=new --no-sandbox --disable-gpu "
+                      f"--user-data-dir={tmp_path / 'profile'} --dump-dom \"$1\" >{dom} 2>/dev/null\n")
+    opener.chmod(0o755)
+    term = Terminal([sys.executable, "-m", "scanner", "demo", "--lang", "en", "--speed", "4", "--open"],
+                    env={**NO_DESKTOP, "BROWSER": str(opener)}, cwd=ROOT)
+    try:
+        shown = term.wait_for("until you press Ctrl-C", timeout=WAIT * 3)
+        assert "All 10 scans gave the expected verdict" in shown and "Opened the kiosk in a browser." in shown
+        assert "only while the demo runs" not in shown
+        kiosk = re.search(r"The kiosk stays up at (http://127\.0\.0\.1:\d+)/ until", shown).group(1)
+        assert term.proc.poll() is None
+        page = requests.get(kiosk + "/", timeout=HTTP_TIMEOUT)  # after the summary: still served
+        assert page.ok and "<title>checkpoint-edge</title>" in page.text
+        wait_for(lambda: dom.exists() and "data-view=" in dom.read_text(encoding="utf-8"), "the browser's kiosk page")
+        term.ctrl_c()
+        assert term.finish() == 0, term.text()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(kiosk + "/", timeout=HTTP_TIMEOUT)
+        assert "Traceback" not in term.text()
+    finally:
+        term.close()

@@ -19,7 +19,10 @@ from scanner.demo.main import run_demo
               help="Run this long, playing the camera video again and again (default: once through).")
 @click.option("--speed", type=click.FloatRange(0.25, 20), default=1.0, show_default=True,
               help="Play the simulated camera this many times faster.")
-def demo(out_dir, lang, duration, speed):
+@click.option("--open", "open_browser", is_flag=True,
+              help="Show the kiosk screen in this machine's browser ($BROWSER, else the desktop's). On a terminal "
+                   "the kiosk stays up after the summary until Ctrl-C.")
+def demo(out_dir, lang, duration, speed, open_browser):
     """The whole appliance without hardware: server, simulated camera, virtual lights, sync, summary."""
     sys.exit(run_guarded(run_demo, Path(out_dir) if out_dir else None, lang or i18n.default_lang(), click.echo,
-                         duration=duration, speed=speed))
+                         duration=duration, speed=speed, open_browser=open_browser))

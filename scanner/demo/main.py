@@ -14,12 +14,14 @@ doubles as an end-to-end smoke test on a new device.
 """
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
 import tempfile
 import threading
 import time
+import webbrowser
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,18 +234,43 @@ loop = {str(loop).lower()}
 
 
 def run_demo(out_dir: Path | None, lang: str, echo: Callable[[str], None] = print, *,
-             duration: float | None = None, speed: float = 1.0, stdout=None) -> int:
+             duration: float | None = None, speed: float = 1.0, stdout=None, open_browser: bool = False) -> int:
     """Run the demo (see the module docstring); 0 when every scan gave its expected verdict and the
-    server acknowledged every entry exactly once."""
+    server acknowledged every entry exactly once. On a terminal the kiosk stays up after the
+    summary until Ctrl-C; ``open_browser`` shows it in this machine's browser."""
     if out_dir is None:
         with tempfile.TemporaryDirectory(prefix="checkpoint-demo-") as tmp:
-            return _run(Path(tmp), lang, echo, duration, speed, stdout)
+            return _run(Path(tmp), lang, echo, duration, speed, stdout, open_browser)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _run(out_dir, lang, echo, duration, speed, stdout)
+    return _run(out_dir, lang, echo, duration, speed, stdout, open_browser)
 
 
-def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdout) -> int:
+def on_terminal(stdout) -> bool:
+    """A person at a terminal runs the demo (and can press Ctrl-C): stdin and the output are ttys."""
+    try:
+        return sys.stdin.isatty() and (stdout or sys.stdout).isatty()
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
+
+
+def start_browser(url: str) -> bool:
+    """Open ``url`` in this machine's graphical browser ($BROWSER, else what Python's webbrowser finds
+    in the desktop session: xdg-open, Chromium, Firefox...), in the background. False when there is
+    none: no $BROWSER and no graphical session (a text browser would take over the demo's terminal)."""
+    if not (os.environ.get("BROWSER") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    # some browsers' open() waits until the browser ends: never hold the demo for it
+    threading.Thread(target=browser.open, args=(url,), name="browser", daemon=True).start()
+    return True
+
+
+def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdout, open_browser: bool) -> int:
     t = lambda key, **kw: i18n.t("demo_run." + key, lang, **kw)  # noqa: E731
+    interactive = on_terminal(stdout)
     now = int(time.time())
     key_dir, card_dir = base / "keys", base / "cards"
     key_dir.mkdir(parents=True, exist_ok=True)
@@ -295,35 +322,56 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
         printer = _Printer(stdout, lang, seen, CASES)
         appliance.hub.listen(printer)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        interrupted = threading.Event()
+
+        def stop(*_) -> None:
+            interrupted.set()
+            appliance.request_stop()
+
         for s in previous:
-            signal.signal(s, lambda *_: appliance.request_stop())
+            signal.signal(s, stop)
         timer = threading.Timer(duration, appliance.request_stop) if duration is not None else None
+        def summary() -> int:
+            device_id = appliance.core.device_id if appliance.core is not None else None
+            held = server.storage.entry_hashes(device_id) if device_id else {}
+            local = _local_hashes(config.db_path) if device_id else {}
+            return _summary(echo, t, seen, expected, appliance.logged, held, local, looping=duration is not None)
+
+        # once through on a terminal, the kiosk stays up after the summary until Ctrl-C; a timed run ends with it
+        linger = interactive and duration is None
+        status = None
         try:
             appliance.start()
-            if appliance.api is not None:
-                echo(t("kiosk", url=appliance.api.url))
+            kiosk = appliance.api.url if appliance.api is not None else None
+            if kiosk is not None:
+                echo(t("kiosk", url=kiosk))
+                if not linger:
+                    echo(t("kiosk_while"))
+                if open_browser:
+                    echo(t("browser", url=kiosk) if start_browser(kiosk + "/") else t("no_browser", url=kiosk))
             echo("")
             if timer is not None:
                 timer.start()
             appliance.supervise()
             if duration is not None:  # --once drains by itself; after a timed run, deliver the rest too
                 appliance.drain_sync(interruptible=False)
+            if linger and kiosk is not None and not interrupted.is_set():
+                status = summary()  # --once: every input is done, nothing more comes in
+                echo("")
+                echo(t("kiosk_until_ctrl_c", url=kiosk))
+                interrupted.wait()  # set by the signal handler: Ctrl-C, or SIGTERM
         finally:
             if timer is not None:
                 timer.cancel()
             appliance.shutdown()
             for s, h in previous.items():
                 signal.signal(s, h)
-        device_id = appliance.core.device_id if appliance.core is not None else None
-        logged = appliance.logged
+        if status is None:
+            status = summary()
     finally:
         server.stop()
-    try:
-        held = server.storage.entry_hashes(device_id) if device_id else {}
-        local = _local_hashes(config.db_path) if device_id else {}
-    finally:
         server.close()
-    return _summary(echo, t, seen, expected, logged, held, local, looping=duration is not None)
+    return status
 
 
 def _local_hashes(db: Path) -> dict[int, bytes]:
