@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import tomllib
@@ -19,14 +20,16 @@ from scanner.appliance import schema
 from scanner.appliance import settings as typed
 from scanner.appliance.configschema import Problem
 from scanner.appliance.provisioning import render_config
+from scanner.base import i18n
 from scanner.store.admission import Policy
 
 EXAMPLES = sorted((ROOT / "config").glob("*.toml"))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The command as an English reader runs it (tests/test_untranslated.py has the Vietnamese)."""
     return subprocess.run([sys.executable, "-m", "scanner", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120, check=False)
+                          timeout=120, check=False, env={**os.environ, "CHECKPOINT_LANG": "en"})
 
 
 def test_the_three_examples_exist_and_pass_config_check():
@@ -147,7 +150,8 @@ def test_single_problems(text, key, words, tmp_path):
         return
     with pytest.raises(cfg.ConfigError) as err:
         cfg.load(path)
-    assert any(p.key == key and words in p.problem for p in err.value.problems), err.value.lines()
+    assert any(p.key == key and words in i18n.render(p.problem, "en") for p in err.value.problems), \
+        err.value.lines()
 
 
 def test_unreadable_files(tmp_path):

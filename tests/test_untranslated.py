@@ -19,6 +19,7 @@ from support.waiting import WAIT
 from support.words import foreign
 
 from scanner.appliance.events import EventHub
+from scanner.appliance.schema import SECTIONS
 from scanner.cards import verifier
 from scanner.cards.scan import Scan
 from scanner.cards.trust import load_trust
@@ -109,3 +110,47 @@ def test_the_demo_says_the_device_state_in_vietnamese():
     lines = out.getvalue().splitlines()
     assert lines[1] == "Tình trạng thiết bị: bình thường"  # not "ok (-)"
     vietnamese_only(out.getvalue(), "cam0", "camera", "(ok)")  # the reason code beside its words
+
+
+def test_config_check_says_every_problem_in_vietnamese(tmp_path):
+    """Type, range, choice, unknown keys and sections, missing files, an array given as a string,
+    inputs and pins used twice, an open API: the problems and their fixes, in Vietnamese."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f"""
+[device]
+direction = "sideways"
+colour = "blue"
+state_dir = "/etc/passwd"
+[sync]
+server = "http://checkpoint.example.vn"
+[trust]
+files = "{tmp_path}/missing.pem"
+[api]
+listen = "0.0.0.0:8080"
+[feedback.green]
+pin = 17
+[feedback.relay]
+pin = "BOARD11"
+[feedback.passage]
+pin = 25
+[scan]
+cooldown_s = -1
+[[camera]]
+device = "{tmp_path}/no-such-video.avi"
+width = "wide"
+[[serial]]
+port = "/dev/ttyACM0"
+[[serial]]
+port = "/dev/ttyACM0"
+[bogus]
+x = 1
+""", encoding="utf-8")
+    r = run("config", "check", str(bad))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) >= 10, r.stderr
+    sections = ", ".join(sorted({s.name.split(".")[0] for s in SECTIONS}))  # the names the fixes list
+    device_keys = ", ".join(k.name for k in next(s for s in SECTIONS if s.name == "device").keys)
+    vietnamese_only(r.stderr.replace("checkpoint: error:", ""), str(bad), sections, device_keys, "bogus",
+                    "'sideways'", "'in'", "'out'", "'wide'")
+    ok = run("config", "check", str(ROOT / "config" / "venue.toml"))
+    assert ok.returncode == 0
+    vietnamese_only(ok.stdout, str(ROOT / "config" / "venue.toml"))

@@ -36,6 +36,7 @@ from scanner.appliance import settings
 from scanner.appliance.configschema import Problem
 from scanner.appliance.schema import SECTIONS
 from scanner.appliance.settings import Settings
+from scanner.base import i18n
 from scanner.base.errors import CheckpointError
 from scanner.store import admission
 
@@ -54,8 +55,9 @@ class ConfigError(CheckpointError):
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         super().__init__(first + more)
 
-    def lines(self) -> list[str]:
-        return [p.line(self.source) for p in self.problems]
+    def lines(self, lang: str | None = "en") -> list[str]:
+        """One line per problem, in ``lang`` (English, as logs have it, unless a reader's language is given)."""
+        return [p.line(self.source, lang) for p in self.problems]
 
 
 def _section(config: Settings, name: str) -> Any:
@@ -256,28 +258,28 @@ def _cross_checks(values: dict) -> list[Problem]:
             name = table.get("name") or table.get(ident) or kind  # an unnamed [[stdin]] is "stdin"
             where = f"{kind}[{i}]"
             if name in seen:
-                problems.append(Problem(f"{where}.name", f"input name {name!r} is also used by {seen[name]}",
-                                        "give each input its own name"))
+                problems.append(Problem(f"{where}.name", i18n.text("config.name_used", name=repr(name), by=seen[name]),
+                                        i18n.text("config.fix_name")))
             seen[name] = where
     for i, table in enumerate(values.get("camera", ())):  # a video file or a folder of pictures must be there
         device = str(table.get("device") or "")
         as_file = table.get("kind") == "file" or (table.get("kind", "auto") == "auto" and "/" in device
                                                    and "://" not in device and not device.startswith("/dev/"))
         if as_file and device and not os.path.exists(device):
-            problems.append(Problem(f"camera[{i}].device", f"{device} does not exist",
-                                    "give the path of the video file or folder, or a camera device (/dev/video0)"))
+            problems.append(Problem(f"camera[{i}].device", i18n.text("config.not_exist", path=device),
+                                    i18n.text("config.fix_camera")))
     state = (values.get("device") or {}).get("state_dir")
     if state is not None and os.path.exists(state) and not os.path.isdir(state):
-        problems.append(Problem("device.state_dir", f"{state} is not a directory",
-                                "give a directory of its own (default /var/lib/checkpoint); the device creates it"))
+        problems.append(Problem("device.state_dir", i18n.text("config.not_dir", path=state),
+                                i18n.text("config.fix_state_dir")))
     stdin_dash = [i for i, t in enumerate(values.get("stdin", ())) if t.get("path") == "-"]
     if len(stdin_dash) > 1:
-        problems.append(Problem(f"stdin[{stdin_dash[1]}].path", "standard input is used by two [[stdin]] tables",
-                                "keep one, or give the others a file path"))
+        problems.append(Problem(f"stdin[{stdin_dash[1]}].path", i18n.text("config.stdin_twice"),
+                                i18n.text("config.fix_stdin_twice")))
     for i, table in enumerate(values.get("stdin", ())):
         if table.get("path") not in (None, "-") and not os.path.exists(table["path"]):
-            problems.append(Problem(f"stdin[{i}].path", f"{table['path']} does not exist",
-                                    "create the file or named pipe first, or use \"-\""))
+            problems.append(Problem(f"stdin[{i}].path", i18n.text("config.not_exist", path=table["path"]),
+                                    i18n.text("config.fix_stdin_path")))
     # pins: every use named by its key, a pin used twice names both keys
     uses: dict[int, str] = {}
     pin_keys = [(f"feedback.{c}", "pin") for c in ("green", "red", "amber")]
@@ -293,34 +295,32 @@ def _cross_checks(values: dict) -> list[Problem]:
             continue  # already reported by the key's own check
         full = f"{section}.{key}"
         if number in uses:
-            problems.append(Problem(full, f"GPIO{number} is also used by {uses[number]}",
-                                    "wire one of them to a free GPIO (docs/wiring.md) and set its pin"))
+            problems.append(Problem(full, i18n.text("config.pin_used", pin=f"GPIO{number}", by=uses[number]),
+                                    i18n.text("config.fix_pin")))
         else:
             uses[number] = full
     if values.get("feedback.rgb") and any(values.get(f"feedback.{c}") for c in ("green", "red", "amber")):
-        problems.append(Problem("feedback.rgb", "an RGB LED and separate green/red/amber LEDs are both configured",
-                                "keep either [feedback.rgb] or the [feedback.green|red|amber] tables"))
+        problems.append(Problem("feedback.rgb", i18n.text("config.rgb_and_leds"), i18n.text("config.fix_rgb_and_leds")))
     if values.get("feedback.passage") and not values.get("feedback.relay"):
-        problems.append(Problem("feedback.passage", "a passage sensor needs a gate relay",
-                                "add a [feedback.relay] table or remove [feedback.passage]"))
+        problems.append(Problem("feedback.passage", i18n.text("config.passage_relay"),
+                                i18n.text("config.fix_passage_relay")))
     button = values.get("feedback.button")
     if button and button.get("press") is None and button.get("hold") is None:
-        problems.append(Problem("feedback.button", "the staff button has no action",
-                                "set press or hold to \"toggle_direction\" or \"acknowledge\""))
+        problems.append(Problem("feedback.button", i18n.text("config.button_idle"),
+                                i18n.text("config.fix_button_idle")))
     site = values.get("site")
     if site and site.get("peer_timeout_s", 5.0) < 2 * site.get("heartbeat_s", 1.0):
-        problems.append(Problem("site.peer_timeout_s", "shorter than two heartbeats: gates would be isolated "
-                                "between two of them", "set peer_timeout_s to at least twice heartbeat_s"))
+        problems.append(Problem("site.peer_timeout_s", i18n.text("config.peer_timeout"),
+                                i18n.text("config.fix_peer_timeout")))
     # the API: a token for anything but loopback, and not two of them
     api = values.get("api") or {}
     listen = api.get("listen")
     if api.get("token") and api.get("token_file"):
-        problems.append(Problem("api.token", "both token and token_file are set", "keep one of them"))
+        problems.append(Problem("api.token", i18n.text("config.two_tokens"), i18n.text("config.fix_two_tokens")))
     if api.get("enabled") and listen and not cs.is_loopback(listen[0]) \
             and not (api.get("token") or api.get("token_file")):
-        problems.append(Problem("api.token_file",
-                                f"the API listens on {listen[0]}, beyond this machine, without a token",
-                                "set api.token_file (or api.token), or listen on 127.0.0.1"))
+        problems.append(Problem("api.token_file", i18n.text("config.api_open", host=listen[0]),
+                                i18n.text("config.fix_api_open")))
     return problems
 
 
@@ -331,11 +331,11 @@ def _hardware_checks(config: Config) -> list[Problem]:
         try:
             build()
         except ValueError as exc:
-            problems.append(Problem(kind, str(exc), "see docs/configuration.md#" + kind))
+            problems.append(Problem(kind, str(exc), i18n.text("config.see", where="docs/configuration.md#" + kind)))
     try:
         config.feedback_config().validate()
     except (FeedbackConfigError, ValueError) as exc:
-        problems.append(Problem("feedback", str(exc), "see docs/wiring.md"))
+        problems.append(Problem("feedback", str(exc), i18n.text("config.see", where="docs/wiring.md")))
     return problems
 
 
@@ -357,7 +357,7 @@ def parse_text(text: str, path: Path | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([Problem("(file)", f"not valid TOML: {exc}", "fix the syntax at that line")],
+        raise ConfigError([Problem("(file)", i18n.text("config.not_toml", why=str(exc)), i18n.text("config.fix_toml"))],
                           str(path) if path else "") from None
     return parse(data, path)
 
@@ -368,22 +368,24 @@ def load(path: str | os.PathLike) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError([Problem("(file)", f"{path} does not exist", "copy an example from config/")]) from None
+        raise ConfigError([Problem("(file)", i18n.text("config.not_exist", path=str(path)),
+                                   i18n.text("config.fix_no_file"))]) from None
     except OSError as exc:
-        raise ConfigError([Problem("(file)", f"{path}: {exc.strerror}", "make it readable by this user")]) from None
+        raise ConfigError([Problem("(file)", f"{path}: {exc.strerror}", i18n.text("config.fix_unreadable"))]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError([Problem("(file)", "is not UTF-8 text", "save the file as UTF-8")], str(path)) from None
+        raise ConfigError([Problem("(file)", i18n.text("config.not_utf8"), i18n.text("config.fix_utf8"))],
+                          str(path)) from None
     return parse_text(text, path)
 
 
-def check_file(path: str | os.PathLike) -> list[str]:
-    """`checkpoint config check`: one line per problem ([] when the file is good)."""
+def check_file(path: str | os.PathLike, lang: str | None = "en") -> list[str]:
+    """`checkpoint config check`: one line per problem in ``lang`` ([] when the file is good)."""
     try:
         load(path)
     except ConfigError as exc:
-        return exc.lines()
+        return exc.lines(lang)
     return []
 
 

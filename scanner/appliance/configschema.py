@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from scanner.base.i18n import Text, text
 from sync.wire.http import is_loopback
 
 
@@ -32,15 +33,17 @@ REQUIRED: Any = _Required()
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with a config file: which key, what is wrong, how to fix it."""
+    """One thing wrong with a config file: which key, what is wrong, how to fix it (texts of the
+    catalogue, or plain text another part gave)."""
 
     key: str
-    problem: str
-    fix: str
+    problem: str | Text
+    fix: str | Text
 
-    def line(self, source: str = "") -> str:
+    def line(self, source: str = "", lang: str | None = "en") -> str:
+        """The problem in one line, in ``lang`` (English, as logs have it, unless a reader's language is given)."""
         where = f"{source}: " if source else ""
-        return f"{where}{self.key}: {self.problem}; fix: {self.fix}"
+        return where + text("config.line", name=self.key, problem=self.problem, fix=self.fix)(lang)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +51,10 @@ class Check:
     """A checker: turns a raw TOML value into (the validated value, None) or (None, a problem text).
     ``annotation`` is the validated value's Python type as the generated settings module writes it."""
 
-    fn: Callable[[Any], tuple[Any, str | None]]
+    fn: Callable[[Any], tuple[Any, str | Text | None]]
     annotation: str
 
-    def __call__(self, value: Any) -> tuple[Any, str | None]:
+    def __call__(self, value: Any) -> tuple[Any, str | Text | None]:
         return self.fn(value)
 
 
@@ -64,7 +67,7 @@ class Key:
     type_doc: str
     default: Any = REQUIRED
     doc: str = ""
-    fix: str = ""
+    fix: str | Text = ""
     example: str | None = None
     live: bool = False  # takes effect on SIGHUP (reload) without a restart
 
@@ -96,19 +99,24 @@ class Section:
 
 # ---------------------------------------------------------------- checkers
 
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+def _type_name(value: Any) -> Text | str:
+    kind = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}.get(type(value))
+    return text(f"config.a_{kind}") if kind else type(value).__name__
+
+
+def must_be(what: str, value: Any) -> Text:
+    """"must be WHAT, not (the type of value)": ``what`` names a text of [config] ("a_str", "a_path"...)."""
+    return text("config.must_be", what=text(f"config.{what}"), got=_type_name(value))
 
 
 def string(*, min_len: int = 0, max_len: int = 200, allowed: str | None = None) -> Check:
     def check(v):
         if type(v) is not str:
-            return None, f"must be a string, not {_type_name(v)}"
+            return None, must_be("a_str", v)
         if not min_len <= len(v) <= max_len:
-            return None, f"must be {min_len}..{max_len} characters long"
+            return None, text("config.length", lo=min_len, hi=max_len)
         if allowed is not None and any(c not in allowed for c in v):
-            return None, "has a character outside letters, digits, '-', '_' and '.'"
+            return None, text("config.id_chars")
         return v, None
     return Check(check, "str")
 
@@ -123,9 +131,9 @@ def identifier() -> Check:
 def integer(lo: int | None = None, hi: int | None = None) -> Check:
     def check(v):
         if type(v) is not int:
-            return None, f"must be an integer, not {_type_name(v)}"
+            return None, must_be("a_int", v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            return None, f"must be between {lo} and {hi} (got {v})"
+            return None, text("config.range", lo=lo, hi=hi, got=v)
         return v, None
     return Check(check, "int")
 
@@ -133,9 +141,9 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
 def number(lo: float | None = None, hi: float | None = None) -> Check:
     def check(v):
         if type(v) not in (int, float) or not math.isfinite(v):
-            return None, f"must be a number, not {_type_name(v)}"
+            return None, must_be("a_float", v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            return None, f"must be between {lo} and {hi} (got {v})"
+            return None, text("config.range", lo=lo, hi=hi, got=v)
         return float(v), None
     return Check(check, "float")
 
@@ -143,7 +151,7 @@ def number(lo: float | None = None, hi: float | None = None) -> Check:
 def boolean() -> Check:
     def check(v):
         if type(v) is not bool:
-            return None, f"must be true or false, not {_type_name(v)}"
+            return None, must_be("a_bool", v)
         return v, None
     return Check(check, "bool")
 
@@ -151,7 +159,7 @@ def boolean() -> Check:
 def choice(*options: str) -> Check:
     def check(v):
         if v not in options or type(v) is not str:
-            return None, f"must be one of {', '.join(repr(o) for o in options)} (got {v!r})"
+            return None, text("config.choice", options=", ".join(repr(o) for o in options), got=repr(v))
         return v, None
     return Check(check, "Literal[" + ", ".join(f'"{o}"' for o in options) + "]")
 
@@ -168,17 +176,17 @@ def optional(inner: Check) -> Check:
 def path(*, must_exist: bool = False, kind: str = "file") -> Check:
     def check(v):
         if type(v) is not str or not v:
-            return None, f"must be a path string, not {_type_name(v)}"
+            return None, must_be("a_path", v)
         p = Path(v)
         if must_exist:
             if not p.exists():
-                return None, f"{v} does not exist"
+                return None, text("config.not_exist", path=v)
             if kind == "file" and not p.is_file():
-                return None, f"{v} is not a file"
+                return None, text("config.not_file", path=v)
             if kind == "dir" and not p.is_dir():
-                return None, f"{v} is not a directory"
+                return None, text("config.not_dir", path=v)
             if not os.access(p, os.R_OK):
-                return None, f"{v} is not readable by this user"
+                return None, text("config.not_readable", path=v)
         return p, None
     return Check(check, "Path")
 
@@ -186,14 +194,14 @@ def path(*, must_exist: bool = False, kind: str = "file") -> Check:
 def list_of(inner: Check, *, min_items: int = 0, max_items: int = 64) -> Check:
     def check(v):
         if type(v) is not list:
-            return None, f"must be an array, not {_type_name(v)}"
+            return None, must_be("a_list", v)
         if not min_items <= len(v) <= max_items:
-            return None, f"must have {min_items}..{max_items} items"
+            return None, text("config.items", lo=min_items, hi=max_items)
         out = []
         for i, item in enumerate(v):
             value, problem = inner(item)
             if problem:
-                return None, f"item {i + 1}: {problem}"
+                return None, text("config.item", n=i + 1, problem=problem)
             out.append(value)
         return tuple(out), None
     fixed = min_items == max_items and max_items <= 8
@@ -205,12 +213,12 @@ def url(*, allow_http_loopback: bool = True) -> Check:
     """An https URL; plain http only to a loopback address (tests, a local reference server)."""
     def check(v):
         if type(v) is not str:
-            return None, f"must be a URL string, not {_type_name(v)}"
+            return None, must_be("a_url", v)
         parts = urlsplit(v)
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            return None, f"{v!r} is not an http(s) URL"
+            return None, text("config.not_url", value=repr(v))
         if parts.scheme == "http" and not (allow_http_loopback and is_loopback(parts.hostname)):
-            return None, f"{v!r} is not https (plain http is only allowed to 127.0.0.1/localhost)"
+            return None, text("config.not_https", value=repr(v))
         return v.rstrip("/"), None
     return Check(check, "str")
 
@@ -221,16 +229,16 @@ def listen_address(*, allow_port_zero: bool = False) -> Check:
 
     def check(v):
         if type(v) is not str:
-            return None, f"must be HOST:PORT, not {_type_name(v)}"
+            return None, must_be("a_hostport", v)
         host, sep, port = v.rpartition(":")
         host = host.strip("[]")
         if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
-            return None, f"{v!r} is not HOST:PORT"
+            return None, text("config.not_hostport", value=repr(v))
         try:
             ipaddress.ip_address(host)
         except ValueError:
             if host != "localhost":
-                return None, f"{host!r} is not an IP address"
+                return None, text("config.not_ip", value=repr(host))
         return (host, int(port)), None
     return Check(check, "tuple[str, int]")
 
@@ -239,12 +247,12 @@ def usb_id() -> Check:
     """A USB "vendor:product" pair in hex, as lsusb shows it ("0c2e:0b61"); stored lowercase."""
     def check(v):
         if type(v) is not str:
-            return None, f"must be a \"vendor:product\" string, not {_type_name(v)}"
+            return None, must_be("a_usb", v)
         vendor, sep, product = v.partition(":")
         hexdigits = "0123456789abcdefABCDEF"
         if not (sep and len(vendor) == 4 and len(product) == 4
                 and all(c in hexdigits for c in vendor + product)):
-            return None, f"{v!r} is not vendor:product (four hex digits each, e.g. \"0c2e:0b61\")"
+            return None, text("config.not_usb", value=repr(v))
         return v.lower(), None
     return Check(check, "str")
 
@@ -267,8 +275,8 @@ def validate(data: Mapping, sections: tuple[Section, ...]) -> tuple[dict, list[P
     top = sorted({s.name.split(".")[0] for s in sections})
     for name in data:
         if name not in top:
-            problems.append(Problem(name, "unknown section",
-                                    f"remove it or use one of: {', '.join(top)}"))
+            problems.append(Problem(name, text("config.unknown_section"),
+                                    text("config.use_sections", names=", ".join(top))))
     for section in sections:
         raw = _lookup(data, section.name)
         children = {s.name[len(section.name) + 1:] for s in sections
@@ -277,8 +285,8 @@ def validate(data: Mapping, sections: tuple[Section, ...]) -> tuple[dict, list[P
             if raw is None:
                 raw = []
             if type(raw) is not list or not all(type(t) is dict for t in raw):
-                problems.append(Problem(section.name, "must be an array of tables",
-                                        f"write each one as [[{section.name}]]"))
+                problems.append(Problem(section.name, text("config.array_of_tables"),
+                                        text("config.write_array", name=section.name)))
                 out[section.name] = ()
                 continue
             tables = []
@@ -290,14 +298,15 @@ def validate(data: Mapping, sections: tuple[Section, ...]) -> tuple[dict, list[P
         else:
             if raw is None:
                 if section.required:
-                    problems.append(Problem(section.name, "section is missing",
-                                            f"add a [{section.name}] table"))
+                    problems.append(Problem(section.name, text("config.section_missing"),
+                                            text("config.add_section", name=section.name)))
                 if section.optional:
                     out[section.name] = None
                     continue
                 raw = {}
             if type(raw) is not dict:
-                problems.append(Problem(section.name, "must be a table", f"write it as [{section.name}]"))
+                problems.append(Problem(section.name, text("config.a_table"), text("config.write_table",
+                                                                                          name=section.name)))
                 raw = {}
             values, p = _validate_table(raw, section, section.name, children)
             problems += p
@@ -312,12 +321,14 @@ def _validate_table(table: dict, section: Section, prefix: str,
     for name in table:
         if section.key(name) is None and name not in children:
             names = ", ".join([k.name for k in section.keys] + [f"[{section.name}.{c}]" for c in sorted(children)])
-            problems.append(Problem(f"{prefix}.{name}", "unknown key", f"remove it; known keys: {names}"))
+            problems.append(Problem(f"{prefix}.{name}", text("config.unknown_key"), text("config.known_keys",
+                                                                                            names=names)))
     for key in section.keys:
         full = f"{prefix}.{key.name}"
         if key.name not in table:
             if key.default is REQUIRED:
-                problems.append(Problem(full, "is required", key.fix or f"set {key.name} = {key.example or '...'}"))
+                problems.append(Problem(full, text("config.required"),
+                                        key.fix or text("config.set_key", name=key.name, example=key.example or "...")))
             else:
                 values[key.name] = _default_value(key)
             continue
@@ -325,9 +336,10 @@ def _validate_table(table: dict, section: Section, prefix: str,
         if problem:
             given = table[key.name]
             if key.check.annotation.startswith("tuple[") and isinstance(given, str):  # one item, not in [ ]
-                fix = f"make it an array: {key.name} = [{json.dumps(given, ensure_ascii=False)}]"
+                fix: str | Text = text("config.make_array", name=key.name,
+                                       value=json.dumps(given, ensure_ascii=False))
             else:
-                fix = key.fix or f"see docs/configuration.md#{section.name}"
+                fix = key.fix or text("config.see", where=f"docs/configuration.md#{section.name}")
             problems.append(Problem(full, problem, fix))
         else:
             values[key.name] = value

@@ -18,7 +18,7 @@ from hardware.feedback_config import FeedbackConfigError, gpio_number
 from hardware.readers import parse_terminator
 from scanner.appliance import configschema as cs
 from scanner.appliance.configschema import REQUIRED, Key, Section
-from scanner.base.i18n import LANGS
+from scanner.base.i18n import LANGS, Text, text
 from scanner.base.paths import DEFAULT_STATE_DIR
 from scanner.cards.scan import DIRECTIONS
 
@@ -37,7 +37,7 @@ def _pin() -> cs.Check:
     """A GPIO pin: BCM number (17), "GPIO17", "BCM17", or a header pin ("BOARD11", "J8:11")."""
     def check(v):
         if type(v) not in (int, str):
-            return None, f"must be a GPIO number or name such as 17, \"GPIO17\" or \"BOARD11\", not {cs._type_name(v)}"
+            return None, cs.must_be("a_pin", v)
         try:
             gpio_number(v)
         except FeedbackConfigError as exc:
@@ -77,7 +77,7 @@ def _terminator() -> cs.Check:
 
 
 def K(name: str, check: cs.Check, type_doc: str, default: Any = REQUIRED, doc: str = "", *,
-      live: bool = False, fix: str = "", example: str | None = None) -> Key:
+      live: bool = False, fix: str | Text = "", example: str | None = None) -> Key:
     return Key(name, check, type_doc, default, doc, fix, example, live)
 
 
@@ -119,11 +119,11 @@ SECTIONS: tuple[Section, ...] = (
     Section("trust", (
         K("files", cs.list_of(cs.path(must_exist=True)), "array of paths", [],
           "Extra issuer keys, certificates, JWKS files, SHC revocation lists or trust bundles. The "
-          "bundle sync installs (STATE/bundle.json) is always used.", fix="point to an existing, readable file"),
+          "bundle sync installs (STATE/bundle.json) is always used.", fix=text("config.fix_file")),
         K("roots", cs.list_of(cs.path(must_exist=True)), "array of paths", [],
           "Extra Ed25519 root public keys for bundles in `files` and for site credentials ([site]) "
           "(STATE/trust-root.pem is always used).",
-          fix="point to an existing, readable PEM file"),
+          fix=text("config.fix_pem")),
         K("max_age_h", cs.number(1, 24 * 3660), "hours", 168.0,
           "A trust bundle older than this (or past its own expiry) makes the device degraded, and "
           "`when_stale` decides what happens to accepted cards.", live=True),
@@ -161,10 +161,10 @@ SECTIONS: tuple[Section, ...] = (
           "Deliver entries to the central server and take trust updates (docs/sync-protocol.md)."),
         K("server", cs.optional(cs.url()), "URL", None,
           "The central server for `checkpoint provision` when `--server` is not given (https; plain "
-          "http only to 127.0.0.1).", fix="use https://HOST[:PORT] (http only to 127.0.0.1 / localhost)"),
+          "http only to 127.0.0.1).", fix=text("config.fix_https")),
         K("ca_file", cs.optional(cs.path(must_exist=True)), "path", None,
           "CA certificate(s) for a server with a private CA (used at provisioning).",
-          fix="point to an existing, readable PEM file"),
+          fix=text("config.fix_pem")),
         K("interval_s", cs.number(1, 86400), "seconds", 30.0, "Idle time between contacts with the server."),
         K("upload_delay_s", cs.number(0, 600), "seconds", 2.0,
           "After a scan, wait this long for more before uploading, so a stream of scans makes one upload, "
@@ -185,12 +185,12 @@ SECTIONS: tuple[Section, ...] = (
         K("enabled", cs.boolean(), "boolean", True, "Serve the local HTTP API (kiosk, status page)."),
         K("listen", cs.listen_address(allow_port_zero=True), "HOST:PORT", DEFAULT_LISTEN,
           "Where the API listens. Anything but a loopback address needs a token.",
-          fix="use HOST:PORT, e.g. \"127.0.0.1:8080\""),
+          fix=text("config.fix_hostport", example="\"127.0.0.1:8080\"")),
         K("token", cs.optional(cs.string(min_len=16, max_len=200)), "text", None,
           "Bearer token for clients that are not on this machine (prefer `token_file`)."),
         K("token_file", cs.optional(cs.path(must_exist=True)), "path", None,
           "A file holding the token (first line), readable by the service only.",
-          fix="point to an existing file readable by the service"),
+          fix=text("config.fix_service_file")),
         K("display_s", cs.number(1, 60), "seconds", 5.0,
           "The holder's name and birth year stay on the kiosk (and in memory) this long.", live=True),
         K("max_clients", cs.integer(1, 256), "integer", 16, "Event-stream clients at once, at most."),
@@ -216,7 +216,7 @@ SECTIONS: tuple[Section, ...] = (
         K("trust_root", cs.optional(cs.path(must_exist=True)), "path", None,
           "The operator's Ed25519 root public key (from the installation media): it must have signed the "
           "server's credential and bundles. Without it (or STATE/trust-root.pem) no enrollment QR is accepted.",
-          fix="point to an existing, readable PEM file"),
+          fix=text("config.fix_pem")),
     ), doc="Zero-touch enrollment (docs/provisioning.md#zero-touch-enrollment)."),
     Section("site", (
         K("site_id", cs.identifier(), "text", doc="The site this gate belongs to: the gates of one site share "
@@ -224,15 +224,15 @@ SECTIONS: tuple[Section, ...] = (
         K("secret_file", cs.path(must_exist=True), "path",
           doc="The site's shared secret (at least 16 bytes, the same file on every gate of the site, mode 0600): "
               "cards are shared only as a keyed hash of it, the site and the day.",
-          fix="copy the site's secret file to this gate", example="\"/etc/checkpoint/site.secret\""),
+          fix=text("config.fix_site_secret"), example="\"/etc/checkpoint/site.secret\""),
         K("credential", cs.optional(cs.path(must_exist=True)), "path", None,
           "This gate's site credential, signed by the operator's root (`checkpoint issuer site-credential`); "
-          "default STATE/site-credential.json.", fix="point to an existing, readable file"),
+          "default STATE/site-credential.json.", fix=text("config.fix_file")),
         K("listen", cs.listen_address(allow_port_zero=True), "HOST:PORT", "0.0.0.0:7410",
-          "The UDP address the gate talks to the others on.", fix="use HOST:PORT, e.g. \"0.0.0.0:7410\""),
+          "The UDP address the gate talks to the others on.", fix=text("config.fix_hostport", example="\"0.0.0.0:7410\"")),
         K("peers", cs.list_of(cs.listen_address()), "array of HOST:PORT", [],
           "Other gates' addresses, for a network where mDNS does not reach (the rest are found by mDNS).",
-          fix="use HOST:PORT, e.g. \"192.168.1.21:7410\""),
+          fix=text("config.fix_hostport", example="\"192.168.1.21:7410\"")),
         K("discovery", cs.boolean(), "boolean", True, "Find the site's other gates with mDNS/DNS-SD."),
         K("heartbeat_s", cs.number(0.05, 60), "seconds", 1.0,
           "How often the gate tells the others which of its entries it holds (lost ones are sent again)."),

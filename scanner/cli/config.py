@@ -10,9 +10,10 @@ import click
 
 from scanner.appliance.config import DEFAULT_PATH, Config, ConfigError, check_file, defaults, load
 from scanner.appliance.schema import markdown
+from scanner.base import i18n
 from scanner.base.paths import STATE_DIR_ENV
 from scanner.base.safetext import escape
-from scanner.cli.common import EXIT_USAGE
+from scanner.cli.common import EXIT_USAGE, LANG
 
 
 def load_config(path: str | None, *, allow_missing_default: bool = True) -> Config:
@@ -36,14 +37,16 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
-def config_check(file):
+@click.option("--lang", type=LANG, default=None, help="vi (default) or en.")
+def config_check(file, lang):
     """Check FILE: every problem on its own line (key, problem, fix), exit 2; else "ok", exit 0."""
-    lines = check_file(file)
+    lang = lang or i18n.default_lang()
+    lines = check_file(file, lang)
     for line in lines:
         click.echo(f"checkpoint: error: {escape(line)}", err=True)
     if lines:
         sys.exit(EXIT_USAGE)
-    click.echo(f"{escape(file)}: ok")
+    click.echo(i18n.t("config.ok", lang, file=escape(file)))
 
 
 @config_group.command("docs")
