@@ -74,6 +74,11 @@ def test_log_stats_and_log_verify_say_it_in_vietnamese(pki, tmp_path):
     stats = run("log", "stats", "--db", str(db))
     assert stats.returncode == 0, stats.stderr
     vietnamese_only(stats.stdout, str(db), "cho-dong")
+    # a device whose threshold says its disk is nearly full: the problem in words, its code beside them
+    config = write_config(tmp_path / "c.toml", standalone(db.parent, pki, log={"min_free_mb": 1_000_000}))
+    low = run("log", "stats", "--config", str(config))
+    assert low.returncode == 0 and "(low_disk)" in low.stdout, low.stdout + low.stderr
+    vietnamese_only(low.stdout, str(db), "cho-dong", "(low_disk)")
     ok = run("log", "verify", "--db", str(db))
     assert ok.returncode == 0, ok.stderr
     vietnamese_only(ok.stdout)

@@ -86,7 +86,8 @@ def stats_lines(s: Stats, lang: str, ready: readiness.Readiness | None = None) -
                        dup=d.duplicates, rejected=d.rejected, dnp=d.did_not_pass))
     h = s.health
     state = i18n.t("log_health." + h.state, lang)
-    lines.append(t("health", state=state) + (f" ({', '.join(h.problems)})" if h.problems else ""))
+    problems = "; ".join(f"{i18n.t('log_problem.' + p, lang)} ({p})" for p in h.problems)
+    lines.append(t("health", state=state) + (f" ({problems})" if problems else ""))
     if ready is not None:
         lines.append(t("device", state=ready.message(lang)))
     return lines
@@ -100,7 +101,9 @@ def stats(db_path, config_path, as_json, lang):
     """Counts: entries, unsynced, purged, today's totals and occupancy, disk and health; and
     whether the device can check cards (the same answer as its health API and doctor)."""
     config = device_config(config_path)
-    with run_guarded(EntryLog, db_path_for(db_path, None, config), create=False) as log:
+    # the device's own low-disk threshold when its configuration is known, as its health API has it
+    limits = {"min_free_bytes": config.log.min_free_mb * MIB} if config is not None else {}
+    with run_guarded(EntryLog, db_path_for(db_path, None, config), create=False, **limits) as log:
         s = run_guarded(log.stats)
     # the readiness of the device: the configuration given, or the installed one when this is its log,
     # else the built-in defaults with the log's folder as the state directory
