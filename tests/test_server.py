@@ -140,7 +140,7 @@ def test_chain_breaks_alterations_conflicts_and_gaps_are_reported(server, tmp_pa
     assert {("relinked", 31), ("conflict", 5)} <= kinds
     s = server.storage.stats()
     assert s.conflicts == 1 and s.chain_problems >= 2
-    out = CliRunner().invoke(main, ["server", "chain", "--db", server.db_url])
+    out = CliRunner().invoke(main, ["server", "chain", "--db", server.db_url, "--lang", "en"])
     assert "relinked seq 31" in out.output and "conflict seq 5" in out.output
 
 
@@ -157,9 +157,9 @@ def test_read_only_commands_refuse_a_missing_database_and_say_what_they_found(se
     es = record(dev, verdicts, 3)
     assert requests.post(server.url + protocol.BATCHES, timeout=30, data=batchmod.build(
         es, identity.load(dev.state), device_id=dev.device_id, created_ms=1).data).ok
-    chain = CliRunner().invoke(main, ["server", "chain", "--db", server.db_url])
+    chain = CliRunner().invoke(main, ["server", "chain", "--db", server.db_url, "--lang", "en"])
     assert chain.exit_code == 0 and chain.output == "chain intact: 1 devices, 3 entries\n", chain.output
-    stats = CliRunner().invoke(main, ["server", "stats", "--db", server.db_url]).output
+    stats = CliRunner().invoke(main, ["server", "stats", "--db", server.db_url, "--lang", "en"]).output
     assert "{" not in stats and any(line.split() == ["entries", "3"] for line in stats.splitlines()), stats
     assert json.loads(CliRunner().invoke(main, ["server", "stats", "--db", server.db_url, "--json"]).output)[
         "entries"] == 3

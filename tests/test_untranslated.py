@@ -13,14 +13,17 @@ import time
 
 import pytest
 from support.config import standalone, write_config
+from support.console import WARD_A, WARD_B, make_world
 from support.paths import ROOT
-from support.pki import make_pki
+from support.pki import OPERATOR_ROOT, make_pki
 from support.waiting import WAIT
 from support.words import foreign
 
 from scanner.appliance.events import EventHub
 from scanner.appliance.schema import SECTIONS
+from scanner.cards import keys as keymod
 from scanner.cards import verifier
+from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.cards.scan import Scan
 from scanner.cards.trust import load_trust
 from scanner.demo.main import _Printer
@@ -159,3 +162,26 @@ x = 1
     ok = run("config", "check", str(ROOT / "config" / "venue.toml"))
     assert ok.returncode == 0
     vietnamese_only(ok.stdout, str(ROOT / "config" / "venue.toml"))
+
+
+def test_the_server_commands_say_it_in_vietnamese(tmp_path):
+    """stats, devices, chain, revoke, keys, bundle publish, import, purge and trace on a province's
+    database: every word from the catalogue, besides ids, checkpoint names and the devices' alarm codes."""
+    world = make_world(tmp_path)
+    db = str(world.db)
+    names = (*world.devices.values(), WARD_A, WARD_B, "trust_update_failed", world.infected_id)
+    now_s = int(time.time())
+    pub = world.pki.key.public_key()
+    bundle = tmp_path / "bundle-2.json"
+    bundle.write_bytes(make_bundle(OPERATOR_ROOT, version=2, issued_at=now_s, expires_at=now_s + 86400,
+                                   keys=[BundleKey(keymod.kid_of(pub), "EdDSA", "VN-HUE", pub)]))
+    (tmp_path / "usb").mkdir()
+    for args in (["stats"], ["devices"], ["chain"], ["revoke", world.devices["b2"]], ["revoke", world.devices["b2"]],
+                 ["keys", "--out", str(tmp_path / "pub")], ["bundle", "publish", str(bundle)],
+                 ["import", str(tmp_path / "usb")], ["purge", "--days", "30"],
+                 ["trace", "--card", world.infected_id, "--no-holders", "--contacts"]):
+        r = run("server", *args, "--db", db)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        out = r.stderr if args[0] == "trace" else r.stdout + r.stderr
+        assert out.strip(), args
+        vietnamese_only(out, *names, str(tmp_path))

@@ -36,7 +36,7 @@ from scanner.store.entry import iso_ms
 from sync.server import bundles, cardfind, credentials, enrollcodes, keys, retention
 from sync.server import trace as tracemod
 from sync.server.imports import import_dirs
-from sync.server.model import Storage
+from sync.server.model import SOURCES, Storage
 from sync.server.reports import chain_report, device_rows
 from sync.server.storage import open_storage
 from sync.server.tokens import issue_tokens
@@ -139,14 +139,17 @@ def enroll_qr(db_url, server_url, checkpoint_id, ttl_hours, root_pub, png_path, 
 @server_group.command("stats")
 @db_url_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def server_stats(db_url, as_json):
+@lang_option
+def server_stats(db_url, as_json, lang):
     """Devices, entries, batches, duplicates dropped, chain problems."""
     d = run_guarded(open_server_storage(db_url, read_only=True).stats).to_dict()
     if as_json:
         click.echo(json_line(d))
         return
-    rows = [(k.replace("_", " "), "-" if v is None else str(v)) for k, v in d.items() if k != "by_source"]
-    rows += [(f"  from {escape(str(source))}", str(n)) for source, n in sorted(d["by_source"].items())]
+    lang = lang or i18n.default_lang()
+    rows = [(i18n.t(f"server_stats.{k}", lang), "-" if v is None else str(v)) for k, v in d.items() if k != "by_source"]
+    rows += [(i18n.t(f"server_stats.from_{source}" if source in SOURCES else "server_stats.from", lang,
+                     source=escape(str(source))), str(n)) for source, n in sorted(d["by_source"].items())]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v:>10}")
@@ -157,24 +160,27 @@ def server_stats(db_url, as_json):
 @click.option("--stale-after", "stale_min", type=click.FloatRange(0), default=15, show_default=True,
               help="Minutes without a heartbeat after which a device is stale.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
-def server_devices(db_url, stale_min, as_json):
+@lang_option
+def server_devices(db_url, stale_min, as_json, lang):
     """Every device with its latest heartbeat, stale ones first."""
+    lang = lang or i18n.default_lang()
+    t = lambda key, **kw: i18n.t("server_devices." + key, lang, **kw)  # noqa: E731
     for d in run_guarded(device_rows, open_server_storage(db_url, read_only=True), stale_min * 60, now_ms()):
         if as_json:
             click.echo(json_line(d))
             continue
         hb = d["heartbeat"] or {}
-        flags = ["STALE"] if d["stale"] else []
+        flags = [t("stale")] if d["stale"] else []
         if d["revoked_ms"] is not None:
-            flags.append("REVOKED")
+            flags.append(t("revoked"))
         if d["missing"]:
-            flags.append(f"missing {d['missing']}")
+            flags.append(t("missing", n=d["missing"]))
         if d["chain_problems"] or d["conflicts"]:
-            flags.append(f"chain problems {d['chain_problems']}, conflicts {d['conflicts']}")
-        click.echo(f"{d['device_id']} {escape(d['checkpoint_id'])} last seen "
-                   f"{iso_ms(d['last_seen_ms']) if d['last_seen_ms'] else 'never'} held {d['held_seq']} "
-                   f"queue {hb.get('queue_depth', '-')} trust v{hb.get('trust_version', '-')} "
-                   f"offset {hb.get('clock_offset_ms', '-')} ms alarms {','.join(hb.get('alarms', [])) or '-'}"
+            flags.append(t("chain", problems=d["chain_problems"], conflicts=d["conflicts"]))
+        click.echo(t("line", device=d["device_id"], checkpoint=escape(d["checkpoint_id"]),
+                     seen=iso_ms(d["last_seen_ms"]) if d["last_seen_ms"] else i18n.t("sync.never", lang),
+                     held=d["held_seq"], queue=hb.get("queue_depth", "-"), trust=hb.get("trust_version", "-"),
+                     offset=hb.get("clock_offset_ms", "-"), alarms=",".join(hb.get("alarms", [])) or "-")
                    + (f" [{'; '.join(flags)}]" if flags else ""))
 
 
@@ -182,50 +188,58 @@ def server_devices(db_url, stale_min, as_json):
 @db_url_option
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def server_import(db_url, dirs, as_json):
+@lang_option
+def server_import(db_url, dirs, as_json, lang):
     """Import batch files written by `checkpoint sync export` (deduplicated like pushes)."""
     total = run_guarded(import_dirs, open_server_storage(db_url), dirs)
     if as_json:
         click.echo(json_line(total.to_dict()))
     else:
-        click.echo(f"{total.files} files: {total.batches} batches, {total.entries} entries, {total.stored} stored, "
-                   f"{total.duplicates} already held, {len(total.refused)} refused")
+        lang = lang or i18n.default_lang()
+        click.echo(i18n.t("server.imported", lang, files=total.files, batches=total.batches, entries=total.entries,
+                          stored=total.stored, dup=total.duplicates, refused=len(total.refused)))
         for file, code, message in total.refused:
-            click.echo(f"refused {escape(file)}: {code}: {escape(message)}", err=True)
+            click.echo(i18n.t("server.import_refused", lang, file=escape(file), code=code, why=escape(message)),
+                       err=True)
     sys.exit(EXIT_OK if not total.refused else EXIT_INCOMPLETE)
 
 
 @server_group.command("revoke")
 @db_url_option
 @click.argument("device_id")
-def server_revoke(db_url, device_id):
+@lang_option
+def server_revoke(db_url, device_id, lang):
     """Refuse everything from DEVICE_ID from now on (a lost or stolen device)."""
+    lang = lang or i18n.default_lang()
     storage = open_server_storage(db_url)
     if run_guarded(storage.device, device_id) is None:
-        fail(f"no device {device_id}")
+        fail(i18n.t("server.no_device", lang, device=device_id))
     changed = run_guarded(storage.revoke_device, device_id, now_ms())
-    click.echo(f"{device_id}: {'revoked' if changed else 'already revoked'}")
+    click.echo(i18n.t("server.revoked" if changed else "server.already_revoked", lang, device=escape(device_id)))
 
 
 @server_group.command("chain")
 @db_url_option
 @click.option("--device", "device_id", default=None, help="One device (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per problem.")
-def server_chain(db_url, device_id, as_json):
+@lang_option
+def server_chain(db_url, device_id, as_json, lang):
     """Chain problems the server found (relinked, altered, conflict) and sequence gaps."""
+    lang = lang or i18n.default_lang()
     storage = open_server_storage(db_url, read_only=True)
     report = run_guarded(chain_report, storage, device_id)
     if not report.events and not any(report.gaps.values()) and not as_json:  # all is well: say so
         s = run_guarded(storage.stats)
-        click.echo(f"chain intact: {s.devices} devices, {s.entries} entries" if device_id is None
-                   else f"chain intact: device {escape(device_id)}")
+        click.echo(i18n.t("server.chain_intact", lang, devices=s.devices, entries=s.entries) if device_id is None
+                   else i18n.t("server.chain_intact_device", lang, device=escape(device_id)))
     for e in report.events:
         row = {"device_id": e.device_id, "kind": e.kind, "seq": e.seq, "detail": e.detail, "at_ms": e.at_ms}
-        click.echo(json_line(row) if as_json else f"{e.device_id} {e.kind} seq {e.seq}: {escape(e.detail)}")
+        click.echo(json_line(row) if as_json else
+                   f"{e.device_id} {i18n.t('chain_problem.' + e.kind, lang)} seq {e.seq}: {escape(e.detail)}")
     for dev, ranges in report.gaps.items():
         for lo, hi in ranges:
             row = {"device_id": dev, "kind": "gap", "first_seq": lo, "last_seq": hi}
-            click.echo(json_line(row) if as_json else f"{dev} gap seq {lo}..{hi}")
+            click.echo(json_line(row) if as_json else f"{dev} {i18n.t('chain_problem.gap', lang)} seq {lo}..{hi}")
 
 
 @server_group.group("bundle")
@@ -241,7 +255,8 @@ def bundle_group() -> None:
 @click.option("--root-key", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Root private key: also publish deltas from recent versions (small updates).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json):
+@lang_option
+def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json, lang):
     """Publish a bundle made by `checkpoint issuer bundle|revoke` as the current one."""
     root = run_guarded(load_root, root_pub) if root_pub else None
     root_private = load_root_private(root_key) if root_key else None
@@ -252,8 +267,9 @@ def bundle_publish(db_url, bundle_file, root_pub, root_key, as_json):
         click.echo(json_line({"version": meta.version, "digest": meta.digest, "size": meta.size,
                               "deltas_from": deltas}))
     else:
-        click.echo(f"bundle version {meta.version} published ({meta.size} bytes); deltas from "
-                   f"{', '.join(map(str, deltas)) or 'none'}")
+        lang = lang or i18n.default_lang()
+        click.echo(i18n.t("server.bundle_published", lang, version=meta.version, size=meta.size,
+                          deltas=", ".join(map(str, deltas)) or i18n.t("server.none", lang)))
 
 
 def _server_keys(db_url: str, keys_dir: str | None) -> keys.ServerKeys:
@@ -266,10 +282,12 @@ def _server_keys(db_url: str, keys_dir: str | None) -> keys.ServerKeys:
 @keys_option("sealing.key, pull.key: made if absent")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Write the public halves here: sealing.pub (X25519), pull.pub (Ed25519).")
-def server_keys(db_url, keys_dir, out_dir):
+@lang_option
+def server_keys(db_url, keys_dir, out_dir, lang):
     """Export the server's public keys, for the operator to sign a credential for (`issuer server-credential`)."""
     sealing_pub, pull_pub = run_guarded(keys.write_public_keys, _server_keys(db_url, keys_dir), out_dir)
-    click.echo(f"wrote {escape(str(sealing_pub))} and {escape(str(pull_pub))}")
+    click.echo(i18n.t("server.keys_written", lang or i18n.default_lang(), sealing=escape(str(sealing_pub)),
+                      pull=escape(str(pull_pub))))
 
 
 @server_group.group("credential")
@@ -284,7 +302,8 @@ def credential_group() -> None:
               help="Root public key (PEM); needed when no bundle was published yet, must match afterwards.")
 @keys_option("the credential must name its sealing and pull keys")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
+@lang_option
+def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json, lang):
     """Publish a credential made by `checkpoint issuer server-credential` (checked against the root and
     this server's own keys); devices get it at enrollment and at their trust checks."""
     root = run_guarded(load_root, root_pub) if root_pub else None
@@ -296,8 +315,8 @@ def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
     if as_json:
         click.echo(json_line(cred.summary()))
     else:
-        click.echo(f"credential serial {cred.serial} of {escape(cred.server_id)} published "
-                   f"({', '.join(escape(u) for u in cred.urls)})")
+        click.echo(i18n.t("server.credential_published", lang or i18n.default_lang(), serial=cred.serial,
+                          server=escape(cred.server_id), urls=", ".join(escape(u) for u in cred.urls)))
 
 
 # ---------------------------------------------------------------- retention, tracing, pull
@@ -308,7 +327,8 @@ def credential_publish(db_url, credential_file, root_pub, keys_dir, as_json):
 @click.option("--days", type=click.IntRange(1, 3660), default=retention.DEFAULT_DAYS, show_default=True,
               help="Keep entries of the last DAYS days (by time and by arrival).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def server_purge(db_url, days, as_json):
+@lang_option
+def server_purge(db_url, days, as_json, lang):
     """Retention: remove entries older than DAYS (PostgreSQL drops whole day partitions) and the
     holder details kept with old conflicts; the deletion is recorded in the audit trail."""
     done = run_guarded(retention.apply, open_server_storage(db_url), days, now_ms=now_ms())
@@ -316,9 +336,10 @@ def server_purge(db_url, days, as_json):
     if as_json:
         click.echo(json_line(done.to_dict()))
     else:
-        click.echo(f"removed {res.entries} entries; partitions dropped: {', '.join(res.partitions) or 'none'}"
-                   + (f"; busy, left for the next run: {', '.join(res.skipped)}" if res.skipped else "")
-                   + f"; audit record {done.record.seq}")
+        lang = lang or i18n.default_lang()
+        skipped = i18n.t("server.purge_skipped", lang, names=", ".join(res.skipped)) if res.skipped else ""
+        click.echo(i18n.t("server.purged", lang, entries=res.entries, skipped=skipped, record=done.record.seq,
+                          partitions=", ".join(res.partitions) or i18n.t("server.none", lang)))
 
 
 def _local_tz(name: str | None):
