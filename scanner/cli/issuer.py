@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from scanner.base import i18n
 from scanner.base.fsutil import write_output
 from scanner.base.safetext import json_line
 from scanner.cards import bundle as bundlemod
@@ -28,6 +29,11 @@ def issuer() -> None:
     """Issuer tools: keys, cards, trust bundles, revocations (for pilots, demo and tests)."""
 
 
+def _t(key: str, **params: object) -> str:
+    """A text of the issuer tools in the reader's language ($CHECKPOINT_LANG, Vietnamese by default)."""
+    return i18n.t("issuer." + key, None, **params)
+
+
 @issuer.command()
 @click.option("--alg", type=click.Choice(["EdDSA", "ES256", "PS256"]), default="EdDSA", show_default=True)
 @click.option("--out", "prefix", required=True, metavar="PREFIX",
@@ -38,7 +44,7 @@ def keygen(alg, prefix, force):
     priv_path, pub_path = Path(prefix + ".key"), Path(prefix + ".pub")
     for p in (priv_path, pub_path):
         if p.exists() and not force:
-            fail(f"{p} exists (use --force to overwrite)")
+            fail(_t("exists", path=p))
     key = run_guarded(keys.generate, alg)
     run_guarded(keys.write_private_key, priv_path, key)
     run_guarded(write_output, pub_path, keys.public_pem(key.public_key()), 0o644)
@@ -78,7 +84,7 @@ def issue(key_path, issuer_id, name, birth_date, id_masked, status, last_dose, i
         except ValueError:
             cid = b""
         if len(cid) != 16:
-            fail("--card-id must be 32 hex digits")
+            fail(_t("card_id"))
     spec = iss.CardSpec(issuer_id, Holder(name, birth_date, id_masked, status, last_dose),
                         issued_at, expires, not_before, cid)
     text = run_guarded(iss.issue, spec, key, compress=compress)
@@ -108,7 +114,7 @@ def _read_card_ids(cards, cards_file) -> list[bytes]:
         except ValueError:
             raw = b""
         if len(raw) != 16:
-            fail(f"revoked card id {h[:40]!r} is not 32 hex digits")
+            fail(_t("revoked_card_id", value=repr(h[:40])))
         out.append(raw)
     return out
 
@@ -119,7 +125,7 @@ def _read_kids(kids) -> list[bytes]:
         try:
             out.append(base64.b64decode(k, validate=True))
         except (binascii.Error, ValueError):
-            fail(f"kid {k!r} is not base64")
+            fail(_t("kid", value=repr(k)))
     return out
 
 
@@ -143,7 +149,7 @@ def bundle(root_key, key_specs, formats, version, valid_days, cards, cards_file,
     for spec in key_specs:
         issuer_id, sep, path = spec.partition("=")
         if not sep or not issuer_id or not path:
-            fail(f"--key {spec!r}: expected ISSUER=PATH")
+            fail(_t("key_spec", value=repr(spec)))
         entries.extend(run_guarded(key_from_file, path, issuer_id, fmts))
     now = int(time.time())
     data = bundlemod.make_bundle(root, version=version, issued_at=now, expires_at=now + valid_days * 86400,
@@ -166,7 +172,7 @@ def revoke(bundle_path, root_key, cards, cards_file, kids, valid_days, out):
     new_cards = _read_card_ids(cards, cards_file)
     new_kids = _read_kids(kids)
     if not new_cards and not new_kids:
-        fail("nothing to revoke: give --card, --cards-file or --kid")
+        fail(_t("nothing_to_revoke"))
     data = run_guarded(Path(bundle_path).read_bytes)
     old = run_guarded(bundlemod.open_bundle, data, [root.public_key()])
     now = int(time.time())
@@ -175,8 +181,7 @@ def revoke(bundle_path, root_key, cards, cards_file, kids, valid_days, out):
                                 revoked_cards=list(old.revoked_cards) + new_cards,
                                 revoked_kids=set(old.revoked_kids) | set(new_kids))
     write_out(out, new)
-    click.echo(f"bundle version {old.version + 1}: {len(set(new_cards))} card(s), "
-               f"{len(set(new_kids))} kid(s) added", err=True)
+    click.echo(_t("revoked", version=old.version + 1, cards=len(set(new_cards)), kids=len(set(new_kids))), err=True)
 
 
 @issuer.command("server-credential")
