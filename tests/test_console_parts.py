@@ -38,7 +38,8 @@ REASON = "ca bệnh xác nhận, gọi người tiếp xúc"
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "scanner", *args], input=stdin, capture_output=True, text=True,
-                          check=False, timeout=WAIT, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          check=False, timeout=WAIT, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), CHECKPOINT_LANG="en"))
 
 
 @pytest.fixture(scope="module")

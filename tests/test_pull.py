@@ -21,6 +21,7 @@ from starlette.routing import Route
 from support.devices import assert_exactly_once, provision_device, record
 from support.servers import BACKENDS, Faults, free_port, running_server
 from support.waiting import wait_for
+from support.words import foreign
 
 from scanner.base.backoff import Backoff
 from scanner.cards import keys, verifier
@@ -263,8 +264,11 @@ def test_server_pull_cli(server, tmp_path, verdicts):
         row = json.loads(out.stdout.splitlines()[0])
         assert row["complete"] and row["stored"] == 7 and row["device_id"] == dev.device_id
         out = r.invoke(main, ["server", "pull", "--db", server.db_url, "--keys", str(server.keys_dir),
-                              "--device", api.url, "--device", dead])
+                              "--device", api.url, "--device", dead, "--lang", "en"])
         assert out.exit_code == 1 and "error network" in out.stdout
+        out = r.invoke(main, ["server", "pull", "--db", server.db_url, "--keys", str(server.keys_dir),
+                              "--device", api.url, "--lang", "vi"])
+        assert out.exit_code == 0 and not foreign(out.stdout, [api.url, dev.device_id]), out.stdout
         out = r.invoke(main, ["server", "pull", "--db", server.db_url, "--keys", str(tmp_path / "nokeys"),
                               "--device", api.url])
         assert out.exit_code == 2 and "no pull key" in out.output

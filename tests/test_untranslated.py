@@ -28,6 +28,7 @@ from scanner.cards.scan import Scan
 from scanner.cards.trust import load_trust
 from scanner.demo.main import _Printer
 from scanner.store.entrylog import EntryLog
+from sync.server.keys import load_or_create_sealing_key
 
 HOLDER = "Đỗ Thị Hạnh"
 
@@ -208,3 +209,21 @@ def test_the_issuer_tools_say_it_in_vietnamese(tmp_path):
         r = run(*revoke, *args)
         assert r.returncode == status and r.stderr.strip(), (args, r.stderr)
         vietnamese_only(r.stderr, "'zz'", "'***'")
+
+
+def test_the_console_accounts_audit_and_key_shares_say_it_in_vietnamese(tmp_path):
+    """`server user add|role|disable|list`, `server audit verify` and `server key-split` (`audit show`
+    lists the records as stored: action codes and key=value details)."""
+    db = str(tmp_path / "server" / "c.db")
+    (tmp_path / "server").mkdir()
+    load_or_create_sealing_key(tmp_path / "server")
+    for args in (["user", "add", "quan-tri", "--role", "admin"], ["user", "add", "truy-vet", "--role", "tracer"],
+                 ["user", "role", "truy-vet", "auditor"], ["user", "disable", "truy-vet"], ["user", "list"],
+                 ["audit", "verify"],
+                 ["key-split", "--threshold", "2", "--shares", "3", "--out", str(tmp_path / "shares")]):
+        r = run("server", *args, "--db", db)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        out = r.stdout + r.stderr
+        if args[:2] == ["user", "add"]:  # the secrets themselves, shown once
+            out = "\n".join(line.split(": ")[0] for line in out.splitlines())
+        vietnamese_only(out, "quan-tri", "truy-vet", "(admin)", "(tracer)", "(auditor)", "cli:root", str(tmp_path))

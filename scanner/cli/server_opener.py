@@ -13,10 +13,11 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from scanner.base import i18n
 from scanner.base.fsutil import atomic_write
 from scanner.base.safetext import escape
 from scanner.cli.common import fail, run_guarded
-from scanner.cli.server import _sealing_key, db_url_option, keys_option, open_server_storage
+from scanner.cli.server import _sealing_key, db_url_option, keys_option, lang_option, open_server_storage
 from sync.server import keys, keyshares
 from sync.server.console.store import ConsoleStore
 from sync.server.opener import ANCHORS_NAME, Opener, Policy, bind
@@ -110,7 +111,8 @@ def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, sock
               help="Shares to make (one per officer).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Write share-1.txt ... share-N.txt here (mode 0600; existing files are not replaced).")
-def key_split(db_url, key_file, keys_dir, threshold, count, out_dir):
+@lang_option
+def key_split(db_url, key_file, keys_dir, threshold, count, out_dir, lang):
     """Split the sealing key into shares, any THRESHOLD of which give it back."""
     if threshold > count:
         fail("--threshold cannot be more than --shares")
@@ -122,5 +124,4 @@ def key_split(db_url, key_file, keys_dir, threshold, count, out_dir):
         path = out / f"share-{i}.txt"
         if not run_guarded(atomic_write, path, (text + "\n").encode("ascii"), 0o600, replace=False):
             fail(f"{escape(str(path))} exists: choose an empty directory")
-    click.echo(f"wrote {count} shares to {escape(out_dir)}; any {threshold} give the key back. Give one to each "
-               "officer, then remove the key file (docs/console.md#splitting-the-key).")
+    click.echo(i18n.t("server_users.shares_written", lang, n=count, dir=escape(out_dir), threshold=threshold))

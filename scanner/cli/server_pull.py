@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
 from scanner.cli.common import EXIT_INCOMPLETE, EXIT_OK, fail, run_guarded
-from scanner.cli.server import db_url_option, keys_option, open_server_storage
+from scanner.cli.server import db_url_option, keys_option, lang_option, open_server_storage
 from sync.server import keys
 from sync.server.puller import pull_device
 
@@ -41,7 +42,8 @@ def _device_urls(urls: tuple[str, ...], urls_file: str | None) -> list[str]:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1, 86400), default=600, show_default=True,
               help="Stop pulling from a device after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per device.")
-def server_pull(db_url, urls, urls_file, keys_dir, token_file, ca_file, limit, timeout_s, as_json):
+@lang_option
+def server_pull(db_url, urls, urls_file, keys_dir, token_file, ca_file, limit, timeout_s, as_json, lang):
     """Fetch pending batches from devices the server can reach (VPN). Exit 0 only when every
     device has nothing pending left."""
     targets = _device_urls(urls, urls_file)
@@ -65,8 +67,10 @@ def server_pull(db_url, urls, urls_file, keys_dir, token_file, ca_file, limit, t
         if as_json:
             click.echo(json_line(res.to_dict()))
         else:
-            click.echo(f"{escape(url)} {res.device_id or '-'}: {res.batches} batches, {res.entries} entries "
-                       f"({res.stored} new, {res.duplicates} already held), {res.marked} marked on the device, "
-                       f"{res.quarantined} quarantined; pending {res.pending if res.pending is not None else '-'}"
-                       + (f"; error {res.error_code}: {escape(res.error or '')}" if res.error else ""))
+            click.echo(i18n.t("server.pulled", lang, url=escape(url), device=res.device_id or "-",
+                              batches=res.batches, entries=res.entries, stored=res.stored, dup=res.duplicates,
+                              marked=res.marked, quarantined=res.quarantined,
+                              pending=res.pending if res.pending is not None else "-")
+                       + (i18n.t("server.pull_error", lang, code=res.error_code, why=escape(res.error or ""))
+                          if res.error else ""))
     sys.exit(EXIT_OK if all(r.complete for r in results) else EXIT_INCOMPLETE)

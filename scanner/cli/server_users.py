@@ -10,10 +10,11 @@ from pathlib import Path
 import click
 import segno
 
+from scanner.base import i18n
 from scanner.base.safetext import escape, json_line
 from scanner.base.timeutil import now_ms
 from scanner.cli.common import run_guarded
-from scanner.cli.server import db_url_option, open_server_storage
+from scanner.cli.server import db_url_option, lang_option, open_server_storage
 from scanner.store.entry import iso_ms
 from sync.server.console import accounts, audit, roles
 from sync.server.console.openerclient import OpenerClient
@@ -36,16 +37,20 @@ def _password(from_stdin: bool) -> str | None:
     return run_guarded(accounts.check_password, line)
 
 
-def _show(new: accounts.NewSecrets, password_given: bool) -> None:
-    click.echo(f"account: {new.username}")
+def _t(key: str, lang: str | None, **params: object) -> str:
+    return i18n.t("server_users." + key, lang, **params)
+
+
+def _show(new: accounts.NewSecrets, password_given: bool, lang: str | None) -> None:
+    click.echo(f"{_t('account', lang)}: {new.username}")
     if not password_given:
-        click.echo(f"password: {new.password}")
+        click.echo(f"{_t('password', lang)}: {new.password}")
     if new.totp_secret:
-        click.echo(f"TOTP secret: {new.totp_secret}")
-        click.echo(f"authenticator URI: {new.totp_uri}")
+        click.echo(f"{_t('totp_secret', lang)}: {new.totp_secret}")
+        click.echo(f"{_t('totp_uri', lang)}: {new.totp_uri}")
         if sys.stdout.isatty():
             segno.make(new.totp_uri, error="m").terminal(compact=True)
-    click.echo("shown once: hand it to the person; the server keeps only a hash of the password", err=True)
+    click.echo(_t("shown_once", lang), err=True)
 
 
 @click.group("user")
@@ -59,12 +64,13 @@ def user_group() -> None:
 @click.option("--role", type=click.Choice(roles.ROLES), required=True)
 @click.option("--checkpoint", "scope", multiple=True, help="An officer's checkpoint; repeat for several.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input (else one is made).")
-def user_add(db_url, username, role, scope, password_stdin):
+@lang_option
+def user_add(db_url, username, role, scope, password_stdin, lang):
     """Add an account with a new TOTP secret (the first administrator is made this way)."""
     password = _password(password_stdin)
     new = run_guarded(accounts.add, _store(db_url), username, role, tuple(scope), actor=_actor(), now_ms=now_ms(),
                       password=password)
-    _show(new, password is not None)
+    _show(new, password is not None, lang)
 
 
 @user_group.command("passwd")
@@ -72,12 +78,13 @@ def user_add(db_url, username, role, scope, password_stdin):
 @click.argument("username")
 @click.option("--keep-totp", is_flag=True, help="Keep the account's TOTP secret (default: a new one).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input (else one is made).")
-def user_passwd(db_url, username, keep_totp, password_stdin):
+@lang_option
+def user_passwd(db_url, username, keep_totp, password_stdin, lang):
     """Give an account a new password (and TOTP secret); its sessions end and its lock is lifted."""
     password = _password(password_stdin)
     new = run_guarded(accounts.reset, _store(db_url), username, actor=_actor(), now_ms=now_ms(), password=password,
                       new_totp=not keep_totp)
-    _show(new, password is not None)
+    _show(new, password is not None, lang)
 
 
 @user_group.command("role")
@@ -85,34 +92,38 @@ def user_passwd(db_url, username, keep_totp, password_stdin):
 @click.argument("username")
 @click.argument("role", type=click.Choice(roles.ROLES))
 @click.option("--checkpoint", "scope", multiple=True, help="An officer's checkpoint; repeat for several.")
-def user_role(db_url, username, role, scope):
+@lang_option
+def user_role(db_url, username, role, scope, lang):
     """Change an account's role (an officer's checkpoints with it)."""
     run_guarded(accounts.set_role, _store(db_url), username, role, tuple(scope), actor=_actor(), now_ms=now_ms())
-    click.echo(f"{username}: {role}")
+    click.echo(f"{username}: {i18n.t('console.role_' + role, lang)} ({role})")
 
 
 @user_group.command("disable")
 @db_url_option
 @click.argument("username")
-def user_disable(db_url, username):
+@lang_option
+def user_disable(db_url, username, lang):
     """Disable an account (its sessions end at once)."""
     run_guarded(accounts.set_disabled, _store(db_url), username, True, actor=_actor(), now_ms=now_ms())
-    click.echo(f"{username}: disabled")
+    click.echo(f"{username}: {_t('disabled', lang)}")
 
 
 @user_group.command("enable")
 @db_url_option
 @click.argument("username")
-def user_enable(db_url, username):
+@lang_option
+def user_enable(db_url, username, lang):
     """Enable a disabled account again."""
     run_guarded(accounts.set_disabled, _store(db_url), username, False, actor=_actor(), now_ms=now_ms())
-    click.echo(f"{username}: enabled")
+    click.echo(f"{username}: {_t('enabled', lang)}")
 
 
 @user_group.command("list")
 @db_url_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per account.")
-def user_list(db_url, as_json):
+@lang_option
+def user_list(db_url, as_json, lang):
     """Every account with its role and state."""
     now = now_ms()
     for a in run_guarded(_store(db_url).accounts):
@@ -120,8 +131,8 @@ def user_list(db_url, as_json):
         if as_json:
             click.echo(json_line({"username": a.username, "role": a.role, "scope": list(a.scope), "state": state}))
         else:
-            click.echo(f"{a.username} {a.role} {state}" + (f" [{', '.join(escape(s) for s in a.scope)}]"
-                                                          if a.scope else ""))
+            click.echo(f"{a.username} {i18n.t('console.role_' + a.role, lang)} ({a.role}) {_t(state, lang)}"
+                       + (f" [{', '.join(escape(s) for s in a.scope)}]" if a.scope else ""))
 
 
 @click.group("audit")
@@ -147,15 +158,15 @@ def _anchors(opener_socket: str | None, anchors_file: str | None) -> list[tuple[
               help="Also compare with the anchors the opener keeps (its socket).")
 @click.option("--anchors", "anchors_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Or with the opener's anchor file itself.")
-def audit_verify(db_url, opener_socket, anchors_file):
+@lang_option
+def audit_verify(db_url, opener_socket, anchors_file, lang):
     """Recompute the audit trail's hash chain. Exit 0 if intact, 1 if it was tampered with."""
     anchors = _anchors(opener_socket, anchors_file)
     check = audit.verify(_store(db_url).audit_all(), anchors)
     if check.ok:
-        click.echo(f"audit chain intact: {check.records} records, {len(anchors)} anchors match")
+        click.echo(i18n.t("console.chain_ok", lang, n=check.records, anchors=len(anchors)))
         return
-    click.echo(f"AUDIT CHAIN TAMPERED at record {check.bad_seq} ({check.problem}); {check.records} records before "
-               "it are intact")
+    click.echo(i18n.t("console.chain_broken", lang, seq=check.bad_seq, problem=check.problem, n=check.records))
     sys.exit(1)
 
 
@@ -163,7 +174,8 @@ def audit_verify(db_url, opener_socket, anchors_file):
 @db_url_option
 @click.option("--last", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
-def audit_show(db_url, last, as_json):
+@lang_option
+def audit_show(db_url, last, as_json, lang):
     """The latest records, oldest first."""
     for r in reversed(run_guarded(_store(db_url).audit_tail, last)):
         row = {"seq": r.seq, "at": iso_ms(r.at_ms), "actor": r.actor, "action": r.action, "case": r.case_number,
@@ -172,7 +184,7 @@ def audit_show(db_url, last, as_json):
             click.echo(json_line(row))
         else:
             click.echo(f"{r.seq} {row['at']} {escape(r.actor)} {r.action}"
-                       + (f" case {escape(r.case_number)}" if r.case_number else "")
+                       + (f" {_t('case', lang)} {escape(r.case_number)}" if r.case_number else "")
                        + (f" ({escape(r.reason)})" if r.reason else "")
                        + (f" {escape(r.target)}" if r.target else "")
-                       + (f" holders {r.holders}" if r.holders else "") + f" {escape(r.detail)}")
+                       + (f" {_t('holders', lang)} {r.holders}" if r.holders else "") + f" {escape(r.detail)}")
