@@ -16,6 +16,8 @@ from support.config import standalone, write_config
 from support.console import WARD_A, WARD_B, make_world
 from support.paths import ROOT
 from support.pki import OPERATOR_ROOT, make_pki
+from support.servers import free_port
+from support.terminal import Terminal
 from support.waiting import WAIT
 from support.words import foreign
 
@@ -227,3 +229,27 @@ def test_the_console_accounts_audit_and_key_shares_say_it_in_vietnamese(tmp_path
         if args[:2] == ["user", "add"]:  # the secrets themselves, shown once
             out = "\n".join(line.split(": ")[0] for line in out.splitlines())
         vietnamese_only(out, "quan-tri", "truy-vet", "(admin)", "(tracer)", "(auditor)", "cli:root", str(tmp_path))
+
+
+def test_the_server_daemons_say_where_they_listen_in_vietnamese(tmp_path):
+    """`server run`, `server console` and `server opener`: the line each prints when it starts (and the
+    opener's when it stops), as a technician sees them on a terminal."""
+    (tmp_path / "server").mkdir()
+    db = str(tmp_path / "server" / "c.db")
+    load_or_create_sealing_key(tmp_path / "server")
+    sock = str(tmp_path / "opener.sock")
+    for args, said in ((["run", "--listen", f"127.0.0.1:{free_port()}"], "đang nghe"),
+                       (["console", "--insecure-http", "--listen", f"127.0.0.1:{free_port()}"], "đang nghe"),
+                       (["opener", "--socket", sock], "đã dừng")):
+        term = Terminal([sys.executable, "-m", "scanner", "server", *args, "--db", db], cwd=ROOT,
+                        env={**os.environ, "CHECKPOINT_LANG": "vi"})
+        try:
+            term.wait_for("đang nghe")
+            term.ctrl_c()
+            term.finish()
+            lines = [line for line in term.text().splitlines() if line.startswith("checkpoint ") and said in line]
+            assert lines, term.text()
+            vietnamese_only("\n".join(lines).replace("checkpoint server:", " ").replace("checkpoint console:", " ")
+                            .replace("checkpoint opener:", " "), db, sock, str(os.getuid()))
+        finally:
+            term.close()

@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from scanner.base import i18n
 from scanner.base.safetext import escape
 from scanner.cli.common import fail, run_guarded
 from scanner.cli.server import _local_tz, db_url_option, open_server_storage
@@ -54,7 +55,9 @@ def server_console(db_url, listen, opener_socket, tls_cert, tls_key, insecure_ht
                            tz=_local_tz(tz_name), server_url=server_url, stale_after_s=stale_min * 60)
     app = run_guarded(create_console, open_server_storage(db_url), config)
     scheme = "https" if tls_cert else "http"
-    click.echo(f"checkpoint console: listening on {scheme}://{listen} (database {escape(db_url)}"
-               f"{', opener ' + escape(opener_socket) if opener_socket else ', no opener: holder details stay shut'})",
+    opener = (i18n.t("server.console_opener", socket=escape(opener_socket)) if opener_socket
+              else i18n.t("server.console_no_opener"))
+    click.echo("checkpoint console: " + i18n.t("server.console_listening", url=f"{scheme}://{listen}",
+                                               db=escape(db_url), opener=opener),
                err=True)
     run_guarded(serve, app, host, port, tls_cert=tls_cert, tls_key=tls_key)

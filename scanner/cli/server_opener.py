@@ -90,14 +90,16 @@ def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, sock
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    who = ", ".join(str(u) for u in sorted(policy.allowed_uids)) or f"{os.getuid()} (its own)"
-    click.echo(f"checkpoint opener: listening on {escape(socket_path)} for uid {who}", err=True)
+    who = (", ".join(str(u) for u in sorted(policy.allowed_uids))
+           or i18n.t("server.opener_own_uid", uid=os.getuid()))
+    click.echo("checkpoint opener: " + i18n.t("server.opener_listening", socket=escape(socket_path), uids=who),
+               err=True)
     try:
         server.serve_forever()
     finally:
         server.server_close()
         os.unlink(socket_path)
-    click.echo("checkpoint opener: stopped", err=True)
+    click.echo("checkpoint opener: " + i18n.t("server.opener_stopped"), err=True)
 
 
 @click.command("key-split")

@@ -5,6 +5,7 @@ import logging
 
 import click
 
+from scanner.base import i18n
 from scanner.base.safetext import escape
 from scanner.cli.common import fail, run_guarded
 from scanner.cli.server import db_url_option, keys_option
@@ -57,7 +58,8 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
         fail("--tls-cert and --tls-key go together")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     scheme = "https" if tls_cert else "http"
-    click.echo(f"checkpoint server: listening on {scheme}://{listen} (database {escape(db_url)})", err=True)
+    click.echo("checkpoint server: " + i18n.t("server.server_listening", url=f"{scheme}://{listen}",
+                                              db=escape(db_url)), err=True)
     limits = Limits(per_peer=max_per_peer, connections_per_peer=max_connections_per_peer,
                     legacy_inflight=legacy_inflight, legacy_max_bytes=legacy_max_bytes, min_rate_bps=min_body_rate,
                     body_timeout_s=body_timeout)
