@@ -4,7 +4,8 @@ audit verify` finding a tampered record; the opener's refusals (a peer it does n
 or reason, too many entries, a spent hourly budget, malformed requests, a planted file at its
 socket's path), each refusal audited; the key split into shares and the opener started from two of
 them; retention deleting old entries and recording it; `server run` taking the sealing key's public
-half from the opener; the console's tables on SQLite and PostgreSQL."""
+half from the opener; retention on PostgreSQL dropping day partitions and naming them in its audit
+record; the console's tables on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ import pyotp
 import pytest
 import requests
 from support.console import WARD_A, OpenerThread, make_world
+from support.entries import chain_entries
 from support.paths import ROOT
-from support.servers import BACKENDS, db_url_for
+from support.servers import BACKENDS, db_url_for, enroll_direct, ingest_entries
 from support.waiting import WAIT, wait_for
 
 from bench.procs import free_port
@@ -240,6 +242,38 @@ def test_retention_deletes_old_entries_and_is_audited(world, tmp_path):
     r = cli("server", "purge", "--db", str(copy), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["audit_seq"] > records[-1].seq
 
+
+
+def test_retention_on_postgres_drops_day_partitions_and_records_which(tmp_path):
+    """The daily retention (`server purge`) on PostgreSQL: the day partitions older than the period
+    are dropped whole, the recent one stays, and the audit record names the days dropped."""
+    # local: sync.server.postgres needs psycopg (the server extra), and PostgreSQL tests skip without it
+    from sync.server.postgres import day_of, partition_name
+
+    url = db_url_for("postgresql", tmp_path / "c.db")
+    storage = open_storage(url)
+    try:
+        key, dev = enroll_direct(storage, WARD_A)
+        now = now_ms()
+        times = [now - 40 * DAY_MS, now - 35 * DAY_MS, now - 2 * DAY_MS]
+        for i, at in enumerate(chain_entries(dev, WARD_A, times, [f"{i:02x}" * 16 for i in range(3)])):
+            assert ingest_entries(storage, key, dev, [at], at_ms=times[i]).stored == 1
+        old = [partition_name(day_of(t)) for t in times[:2]]
+        recent = partition_name(day_of(times[2]))
+        assert set(old) | {recent} <= set(storage.partitions())
+        r = cli("server", "purge", "--db", url, "--json")
+        assert r.returncode == 0, r.stderr
+        done = json.loads(r.stdout)
+        assert sorted(done["partitions"]) == sorted(old) and done["entries"] == 2
+        left = storage.partitions()
+        assert not set(old) & set(left) and recent in left and storage.stats().entries == 1
+        records = list(ConsoleStore(storage).audit_all())
+        assert audit.verify(records).ok
+        (record,) = [x for x in records if x.action == audit.RETENTION]
+        assert record.seq == done["audit_seq"] and "entries=2" in record.detail and "days=30" in record.detail
+        assert f"dropped={','.join(sorted(old))}" in record.detail
+    finally:
+        storage.close()
 
 
 def test_server_run_takes_the_public_half_from_the_opener_and_never_reads_the_key(world, tmp_path):

@@ -31,6 +31,7 @@ def apply(storage: Storage, days: int, *, now_ms: int, actor: str = "system:rete
     result = storage.purge(cutoff)
     blobs = store.clear_conflict_blobs(cutoff)
     detail = (f"days={days} entries={result.entries} partitions={len(result.partitions)} "
-              f"skipped={len(result.skipped)} conflict_blobs={blobs}")
+              f"skipped={len(result.skipped)} conflict_blobs={blobs}"
+              + (f" dropped={','.join(sorted(result.partitions))}" if result.partitions else ""))
     record = store.append(audit.Event(actor, audit.RETENTION, target=f"before {cutoff}", detail=detail), now_ms)
     return Retention(result, blobs, record)

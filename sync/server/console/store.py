@@ -148,7 +148,7 @@ class ConsoleStore:
         else:
             tables = _TABLES.format(INT="bigint", BLOB="bytea", STRICT="")
             guards = _PG_GUARDS
-        present = self._read("SELECT count(*) FROM information_schema.tables WHERE table_name = 'console_audit'"
+        present = self._read("SELECT count(to_regclass('console_audit'))"  # in this connection's schema
                              if not self.sqlite else
                              "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
                              "AND name = 'console_audit_no_delete'")[0][0]
