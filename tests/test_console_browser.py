@@ -4,17 +4,20 @@ role logs in as a person does (password, then a TOTP code computed by pyotp) and
 role may see; a tracer finds an infected person from a photo of their card, opens a case with a
 number and a reason, sees the contact list with names, and downloads it as CSV and XLSX (no formula
 in any cell); the auditor sees every step in the trail and its chain verified; the pages switch to
-English. Screenshots of the main pages are taken at 1280x800; with CHECKPOINT_SCREENSHOTS=1 they
+English; the main pages fit a 360 px wide phone screen with no sideways scrolling. Screenshots of
+the main pages are taken at 1280x800; with CHECKPOINT_SCREENSHOTS=1 they
 are written to docs/screenshots/ (the committed ones), else to the test's temporary directory."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import os
 from pathlib import Path
 
 import cv2
 import openpyxl
+import pyotp
 import pytest
 from support.cameras import card_frame
 from support.console import (
@@ -34,6 +37,8 @@ from support.waiting import wait_for
 
 from bench import browser
 from sync.server.console import audit
+from sync.server.console.store import ConsoleStore
+from sync.server.storage import open_storage
 
 pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))
 
@@ -224,3 +229,73 @@ def test_a_tracer_goes_from_a_photo_to_the_contact_list_and_exports_it(site, chr
     browser.screenshot(chrome, shots / "console-audit.png")
 
 
+
+
+PHONE_W, PHONE_H = 360, 740
+# What sticks out of a phone's screen: the page's own width, and every element reaching past the
+# viewport's edges that is not inside a box scrolling on its own (a wide table may scroll in its box).
+OVERFLOW_JS = """
+const width = document.documentElement.clientWidth;
+const out = [];
+for (const el of document.body.querySelectorAll('*')) {
+  const box = el.getBoundingClientRect();
+  if (box.width === 0 || (box.right <= width + 0.5 && box.left >= -0.5)) continue;
+  let p = el.parentElement, boxed = false;
+  for (; p && p !== document.body; p = p.parentElement) {
+    if (['auto', 'scroll'].includes(getComputedStyle(p).overflowX)) { boxed = true; break; }
+  }
+  if (!boxed) {
+    out.push(`${el.tagName.toLowerCase()}#${el.id}.${el.className} ${Math.round(box.left)}..${Math.round(box.right)}`);
+  }
+}
+return [document.documentElement.scrollWidth, width, out.slice(0, 8)];
+"""
+
+
+def overflow(driver) -> list:
+    """[the page's scroll width, the viewport's width, elements sticking out (at most 8)]."""
+    return driver.execute_script(OVERFLOW_JS)
+
+
+def first_code_unused(db: Path, account: StaffAccount) -> None:
+    """Wait until the account's code of this 30 s step is unused (it logged in a moment ago, in an
+    earlier test), so that the first code typed is taken."""
+    storage = open_storage(str(db))
+    try:
+        used = ConsoleStore(storage).secrets(account.username).totp_step
+    finally:
+        storage.close()
+    totp = pyotp.TOTP(account.totp_secret)
+    wait_for(lambda: totp.timecode(dt.datetime.now(dt.UTC)) > used, "a fresh code step", timeout=2 * totp.interval)
+
+
+def test_the_main_pages_fit_a_phone_screen(site, chrome, shots):
+    """At 360x740 (a small phone) no page scrolls sideways: text wraps, forms fit, and wide tables
+    scroll inside their own box."""
+    base = site["console"].url
+    w = site["world"]
+    pages = {"admin": ("/", "/fleet", f"/fleet/device/{w.devices['a1']}", "/counts", "/enroll", "/trust",
+                       "/accounts"),
+             "officer": ("/", "/fleet", "/counts"),
+             "auditor": ("/", "/audit"),
+             "tracer": ("/", "/trace", f"/trace/card/{w.infected_id}")}
+    browser.set_viewport(chrome, PHONE_W, PHONE_H, mobile=True)
+    try:
+        chrome.delete_all_cookies()
+        chrome.get(base + "/login")
+        assert overflow(chrome) == [PHONE_W, PHONE_W, []], "/login"
+        for role, paths in pages.items():
+            first_code_unused(w.db, site["staff"][role])
+            login(chrome, base, site["staff"][role])
+            for path in paths:
+                chrome.get(base + path)
+                assert overflow(chrome) == [PHONE_W, PHONE_W, []], (role, path)
+        by_id(chrome, "case-number").send_keys("ĐN-2026/0154")
+        by_id(chrome, "case-reason").send_keys("ca bệnh xác nhận ngày 5/12, gọi từ điện thoại")
+        by_id(chrome, "open-case").click()
+        wait_for(lambda: "/cases/" in chrome.current_url, lambda: f"the case page ({page_text(chrome)[:300]})")
+        assert "Nguyễn Thị Lan" in page_text(chrome)
+        assert overflow(chrome) == [PHONE_W, PHONE_W, []], "the case page"
+        browser.screenshot(chrome, shots / "console-case-phone.png")
+    finally:
+        browser.set_viewport(chrome, W, H)
