@@ -1,6 +1,7 @@
 """The central console for the benchmarks, as it runs on a server: the opener (`checkpoint server
 opener`, holding the sealing key) and the console (`checkpoint server console`) each in its own
-process on 127.0.0.1, a tracer's account, and a person's HTTP session logged in with a pyotp code
+process on 127.0.0.1 (a case needs a second officer's approval, as deployed), a tracer's and an
+approving administrator's accounts, and each one's HTTP session logged in with a pyotp code
 (docs/console.md)."""
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sync.server.storage import open_storage
 from .procs import ROOT, free_port
 
 _TOKEN = re.compile(r'name="(?:csrf|login_token)" value="([^"]+)"')
-USER = "bench-tracer"
+USER, APPROVER = "bench-tracer", "bench-approver"
 
 
 def _token(html: str) -> str:
@@ -34,14 +35,17 @@ def _token(html: str) -> str:
 
 class ConsoleProcesses:
     """The opener and the console on ``db_url`` with the key in ``keys_dir`` (its own processes),
-    and ``self.http``: a tracer logged in. The opener's hourly budgets are lifted: a benchmark opens
-    the same case many times."""
+    ``self.http``: a tracer logged in, and ``self.approver``: an administrator who approves the
+    tracer's cases. The opener's hourly budgets are lifted: a benchmark opens the same case many
+    times."""
 
     def __init__(self, db_url: str, keys_dir: Path, run_dir: Path, *, bench: str) -> None:
         self.bench = bench
         storage = open_storage(db_url)
         try:
-            new = accounts.add(ConsoleStore(storage), USER, "tracer", (), actor="bench", now_ms=now_ms())
+            store = ConsoleStore(storage)
+            new = accounts.add(store, USER, "tracer", (), actor="bench", now_ms=now_ms())
+            approver = accounts.add(store, APPROVER, "admin", (), actor="bench", now_ms=now_ms())
         finally:
             storage.close()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -49,7 +53,8 @@ class ConsoleProcesses:
         sock = run_dir / "opener.sock"
         self.opener = subprocess.Popen([sys.executable, "-m", "scanner", "server", "opener", "--db", db_url, "--keys",
                                         str(keys_dir), "--socket", str(sock), "--max-per-request", "100000",
-                                        "--per-case-hour", "10000000", "--total-hour", "100000000"],
+                                        "--per-case-hour", "10000000", "--total-hour", "100000000",
+                                        "--approvers", "tracer,admin"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
         self.url = f"http://127.0.0.1:{free_port()}"
         self.console = subprocess.Popen([sys.executable, "-m", "scanner", "server", "console", "--db", db_url,
@@ -68,22 +73,24 @@ class ConsoleProcesses:
                 self.stop()
                 raise SystemExit(f"{bench} bench: the console or its opener did not start")
             time.sleep(0.05)
-        self.http = requests.Session()
-        self._login(new.password, new.totp_secret)
+        self.http, self.csrf = self._login(USER, new.password, new.totp_secret)
+        self.approver, self.approver_csrf = self._login(APPROVER, approver.password, approver.totp_secret)
 
-    def _post(self, path: str, data: dict) -> requests.Response:
-        return self.http.post(self.url + path, data=data, headers={"Origin": self.url}, allow_redirects=False,
-                              timeout=600)
+    def _post(self, path: str, data: dict, http: requests.Session | None = None) -> requests.Response:
+        return (http or self.http).post(self.url + path, data=data, headers={"Origin": self.url},
+                                        allow_redirects=False, timeout=600)
 
-    def _login(self, password: str, secret: str) -> None:
-        token = _token(self.http.get(self.url + "/login", timeout=60).text)
-        r = self._post("/login", {"username": USER, "password": password, "login_token": token})
-        csrf = _token(self.http.get(self.url + "/login/code", timeout=60).text)
+    def _login(self, user: str, password: str, secret: str) -> tuple[requests.Session, str]:
+        """A session of ``user`` logged in, and its CSRF token."""
+        http = requests.Session()
+        token = _token(http.get(self.url + "/login", timeout=60).text)
+        r = self._post("/login", {"username": user, "password": password, "login_token": token}, http)
+        csrf = _token(http.get(self.url + "/login/code", timeout=60).text)
         totp = pyotp.TOTP(secret)
-        r = self._post("/login/code", {"code": totp.now(), "csrf": csrf})
+        r = self._post("/login/code", {"code": totp.now(), "csrf": csrf}, http)
         if r.status_code != 303:
             raise SystemExit(f"{self.bench} bench: logging in to the console failed ({r.status_code})")
-        self.csrf = _token(self.http.get(self.url + "/", timeout=60).text)
+        return http, _token(http.get(self.url + "/", timeout=60).text)
 
     def open_case(self, card_id: str, *, days: int, window_min: int) -> str:
         """A case for ``card_id`` (its number and reason given); the case page's path."""
@@ -93,7 +100,11 @@ class ConsoleProcesses:
                                                         "hours": "24"})
         if r.status_code != 303:
             raise SystemExit(f"{self.bench} bench: the console did not open the case ({r.status_code})")
-        return r.headers["location"]
+        path = r.headers["location"]
+        r = self._post(f"/approvals/{path.rsplit('/', 1)[1]}", {"csrf": self.approver_csrf}, self.approver)
+        if r.status_code != 303:
+            raise SystemExit(f"{self.bench} bench: the case was not approved ({r.status_code})")
+        return path
 
     def get(self, path: str) -> str:
         r = self.http.get(self.url + path, timeout=600)

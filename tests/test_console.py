@@ -108,6 +108,7 @@ ALLOWED = {
     "/trace/card/{card_id}": {"tracer"}, "/trace/card/{card_id}/open": {"tracer"},
     "/cases/{case_id}": {"tracer"}, "/cases/{case_id}/export.csv": {"tracer"},
     "/cases/{case_id}/export.xlsx": {"tracer"}, "/cases/{case_id}/print": {"tracer"}, "/audit": {"auditor"},
+    "/approvals": {"admin", "tracer"}, "/approvals/{case_id}": {"admin", "tracer"},
 }
 OPEN_TO_ALL = {"/login", "/login/code", "/logout", "/", "/static/console.css"}
 ROLES = ("admin", "tracer", "officer", "auditor")
@@ -363,8 +364,8 @@ def test_every_step_is_in_the_audit_trail_and_its_chain_verifies(site):
     tracer.get(case_url + "/export.xlsx")
     records = list(store_of(site).audit_all())
     mine = [r for r in records if r.case_number == "HUE-77"]
-    assert [r.action for r in mine] == [audit.CASE_OPEN, audit.HOLDERS_OPENED, audit.EXPORT]
-    opened = mine[2]
+    assert [r.action for r in mine] == [audit.OPEN_REQUESTED, audit.CASE_OPEN, audit.HOLDERS_OPENED, audit.EXPORT]
+    opened = mine[3]
     assert opened.actor == "truy-vet" and opened.reason == CASE["reason"] and opened.holders == 11
     assert any(r.action == audit.LOGIN_OK and r.actor == "quan-tri" for r in records)
     assert any(r.action == audit.TRACE and r.target == site["world"].infected_id for r in records)

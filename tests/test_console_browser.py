@@ -1,12 +1,13 @@
 """The central console in a real headless Chromium (Debian's chromium and chromedriver, driven by
 selenium), against the console over TLS on 127.0.0.1 with the real opener on a Unix socket: each
 role logs in as a person does (password, then a TOTP code computed by pyotp) and sees only what the
-role may see; a tracer finds an infected person from a photo of their card, opens a case with a
-number and a reason, sees the contact list with names, and downloads it as CSV and XLSX (no formula
-in any cell); the auditor sees every step in the trail and its chain verified; the pages switch to
-English; the main pages fit a 360 px wide phone screen with no sideways scrolling. Screenshots of
-the main pages are taken at 1280x800; with CHECKPOINT_SCREENSHOTS=1 they
-are written to docs/screenshots/ (the committed ones), else to the test's temporary directory."""
+role may see; a tracer finds an infected person from a photo of their card, asks to open a case with
+a number and a reason, the administrator approves it, the tracer sees the contact list with names
+and downloads it as CSV and XLSX (no formula in any cell); the auditor sees every step in the trail
+and its chain verified; the pages switch to English; the main pages fit a 360 px wide phone screen
+with no sideways scrolling. Screenshots of the main pages are taken at 1280x800; with
+CHECKPOINT_SCREENSHOTS=1 they are written to docs/screenshots/ (the committed ones), else to the
+test's temporary directory."""
 from __future__ import annotations
 
 import csv
@@ -38,6 +39,7 @@ from support.waiting import wait_for
 from bench import browser
 from sync.server.console import audit
 from sync.server.console.store import ConsoleStore
+from sync.server.opener import Policy as OpenerPolicy
 from sync.server.storage import open_storage
 
 pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(browser.unavailable()))
@@ -45,9 +47,9 @@ pytestmark = pytest.mark.skipif(browser.unavailable() is not None, reason=str(br
 W, H = 1280, 800
 FORBIDDEN_VI = "Vai trò của bạn không được phép"
 # what each role's menu holds (written here, not taken from the app)
-MENUS = {"admin": {"/fleet", "/counts", "/enroll", "/trust", "/accounts"}, "tracer": {"/trace"},
-         "officer": {"/fleet", "/counts"}, "auditor": {"/audit"}}
-ALL_PAGES = ("/fleet", "/counts", "/enroll", "/trust", "/accounts", "/trace", "/audit")
+MENUS = {"admin": {"/fleet", "/counts", "/enroll", "/trust", "/accounts", "/approvals"},
+         "tracer": {"/trace", "/approvals"}, "officer": {"/fleet", "/counts"}, "auditor": {"/audit"}}
+ALL_PAGES = ("/fleet", "/counts", "/enroll", "/trust", "/accounts", "/trace", "/approvals", "/audit")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,8 @@ def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("console-browser")
     world = make_world(tmp)
     staff = make_accounts(world.db)
-    opener = OpenerThread(world.db, world.keys_dir, tmp / "opener.sock")
+    opener = OpenerThread(world.db, world.keys_dir, tmp / "opener.sock",
+                          OpenerPolicy(approver_roles=frozenset({"tracer", "admin"})))
     console = ConsoleThread(world.db, tmp, opener_socket=tmp / "opener.sock")
     yield {"world": world, "staff": staff, "console": console, "opener": opener, "tmp": tmp}
     console.stop()
@@ -102,8 +105,23 @@ def devices(driver) -> list[str]:
                                  ".map(r => r.getAttribute('data-device'));")
 
 
-def login(driver, base: str, account: StaffAccount) -> None:
-    """As a person: the password form, then the code form with the code of the authenticator app."""
+def first_code_unused(db: Path, account: StaffAccount) -> None:
+    """Wait until the account's code of this 30 s step is unused (it logged in a moment ago, in an
+    earlier test), so that the first code typed is taken."""
+    storage = open_storage(str(db))
+    try:
+        used = ConsoleStore(storage).secrets(account.username).totp_step
+    finally:
+        storage.close()
+    totp = pyotp.TOTP(account.totp_secret)
+    wait_for(lambda: totp.timecode(dt.datetime.now(dt.UTC)) > used, "a fresh code step", timeout=2 * totp.interval)
+
+
+def login(driver, base: str, account: StaffAccount, db: Path | None = None) -> None:
+    """As a person: the password form, then the code form with the code of the authenticator app
+    (with ``db``: once the account's code of this step is unused, for a second login soon after)."""
+    if db is not None:
+        first_code_unused(db, account)
     driver.delete_all_cookies()
     driver.get(base + "/login")
     by_id(driver, "username").send_keys(account.username)
@@ -159,6 +177,22 @@ def test_each_role_sees_only_its_own_pages(site, chrome, shots):
     browser.screenshot(chrome, shots / "console-login.png")
 
 
+def approve_as_admin(site, chrome, case_url: str, shots: Path | None = None) -> None:
+    """The administrator approves the tracer's case waiting at ``case_url``; the tracer logs back
+    in and is on the case's page."""
+    base = site["console"].url
+    case_id = case_url.split("/cases/")[1]
+    login(chrome, base, site["staff"]["admin"], site["world"].db)
+    chrome.get(base + "/approvals")
+    if shots is not None:
+        browser.screenshot(chrome, shots / "console-approvals.png")
+    by_id(chrome, f"approve-{case_id[:8]}").click()
+    wait_for(lambda: chrome.current_url.endswith("/approvals") and f'data-case="{case_id}"' not in chrome.page_source,
+             lambda: f"the approval ({page_text(chrome)[:300]})")
+    login(chrome, base, site["staff"]["tracer"], site["world"].db)
+    chrome.get(case_url)
+
+
 def _downloaded(chrome, name: str) -> bytes:
     path = chrome.ck_downloads / name
     wait_for(lambda: path.exists() and path.stat().st_size > 0 and not any(
@@ -187,6 +221,9 @@ def test_a_tracer_goes_from_a_photo_to_the_contact_list_and_exports_it(site, chr
     by_id(chrome, "case-reason").send_keys("ca bệnh xác nhận ngày 5/12, cần gọi người tiếp xúc")
     by_id(chrome, "open-case").click()
     wait_for(lambda: "/cases/" in chrome.current_url, lambda: f"the case page ({page_text(chrome)[:300]})")
+    case_url = chrome.current_url
+    assert "chờ phê duyệt" in by_id(chrome, "case-waiting").text and "Nguyễn Thị Lan" not in page_text(chrome)
+    approve_as_admin(site, chrome, case_url, shots)
     names = chrome.execute_script("return Array.from(document.querySelectorAll('#contacts td.name'))"
                                   ".map(td => td.textContent);")
     assert "Nguyễn Thị Lan" in names and "Võ Thị Bình" in names and OUTSIDER_NAME not in names
@@ -221,7 +258,7 @@ def test_a_tracer_goes_from_a_photo_to_the_contact_list_and_exports_it(site, chr
     actions = chrome.execute_script("return Array.from(document.querySelectorAll('#audit tr[data-action]'))"
                                     ".map(r => [r.getAttribute('data-action'), r.cells[4].textContent]);")
     mine = [a for a, case in actions if case == "ĐN-2026/0153"]
-    for step in (audit.CASE_OPEN, audit.HOLDERS_OPENED, audit.EXPORT):
+    for step in (audit.OPEN_REQUESTED, audit.CASE_OPEN, audit.OPEN_APPROVED, audit.HOLDERS_OPENED, audit.EXPORT):
         assert step in mine, (step, mine)
     assert mine.count(audit.EXPORT) >= 3  # CSV, XLSX and the printable page
     assert audit.TRACE in [a for a, _ in actions] and audit.LOGIN_OK in [a for a, _ in actions]
@@ -257,25 +294,13 @@ def overflow(driver) -> list:
     return driver.execute_script(OVERFLOW_JS)
 
 
-def first_code_unused(db: Path, account: StaffAccount) -> None:
-    """Wait until the account's code of this 30 s step is unused (it logged in a moment ago, in an
-    earlier test), so that the first code typed is taken."""
-    storage = open_storage(str(db))
-    try:
-        used = ConsoleStore(storage).secrets(account.username).totp_step
-    finally:
-        storage.close()
-    totp = pyotp.TOTP(account.totp_secret)
-    wait_for(lambda: totp.timecode(dt.datetime.now(dt.UTC)) > used, "a fresh code step", timeout=2 * totp.interval)
-
-
 def test_the_main_pages_fit_a_phone_screen(site, chrome, shots):
     """At 360x740 (a small phone) no page scrolls sideways: text wraps, forms fit, and wide tables
     scroll inside their own box."""
     base = site["console"].url
     w = site["world"]
     pages = {"admin": ("/", "/fleet", f"/fleet/device/{w.devices['a1']}", "/counts", "/enroll", "/trust",
-                       "/accounts"),
+                       "/accounts", "/approvals"),
              "officer": ("/", "/fleet", "/counts"),
              "auditor": ("/", "/audit"),
              "tracer": ("/", "/trace", f"/trace/card/{w.infected_id}")}
@@ -285,8 +310,7 @@ def test_the_main_pages_fit_a_phone_screen(site, chrome, shots):
         chrome.get(base + "/login")
         assert overflow(chrome) == [PHONE_W, PHONE_W, []], "/login"
         for role, paths in pages.items():
-            first_code_unused(w.db, site["staff"][role])
-            login(chrome, base, site["staff"][role])
+            login(chrome, base, site["staff"][role], w.db)
             for path in paths:
                 chrome.get(base + path)
                 assert overflow(chrome) == [PHONE_W, PHONE_W, []], (role, path)
@@ -294,6 +318,8 @@ def test_the_main_pages_fit_a_phone_screen(site, chrome, shots):
         by_id(chrome, "case-reason").send_keys("ca bệnh xác nhận ngày 5/12, gọi từ điện thoại")
         by_id(chrome, "open-case").click()
         wait_for(lambda: "/cases/" in chrome.current_url, lambda: f"the case page ({page_text(chrome)[:300]})")
+        assert overflow(chrome) == [PHONE_W, PHONE_W, []], "the case waiting for its approval"
+        approve_as_admin(site, chrome, chrome.current_url)
         assert "Nguyễn Thị Lan" in page_text(chrome)
         assert overflow(chrome) == [PHONE_W, PHONE_W, []], "the case page"
         browser.screenshot(chrome, shots / "console-case-phone.png")

@@ -19,6 +19,7 @@ from scanner.base.safetext import escape
 from scanner.cli.common import fail, run_guarded
 from scanner.cli.server import _sealing_key, db_url_option, keys_option, lang_option, open_server_storage
 from sync.server import keys, keyshares
+from sync.server.console import roles
 from sync.server.console.store import ConsoleStore
 from sync.server.opener import ANCHORS_NAME, Opener, Policy, bind
 
@@ -41,6 +42,15 @@ def _gid(text: str) -> int:
         return grp.getgrnam(text).gr_gid
     except KeyError:
         fail(f"no group {escape(text)!r}")
+
+
+def _approver_roles(text: str) -> frozenset[str]:
+    if text.strip().lower() == "none":
+        return frozenset()
+    found = frozenset(r.strip() for r in text.split(",") if r.strip())
+    if not found or not found <= {roles.TRACER, roles.ADMIN}:
+        fail(f"--approvers is a list of {roles.TRACER} and {roles.ADMIN}, or none (not {escape(text)!r})")
+    return found
 
 
 def _key_from_shares(paths: tuple[str, ...]) -> X25519PrivateKey:
@@ -68,8 +78,13 @@ def _key_from_shares(paths: tuple[str, ...]) -> X25519PrivateKey:
               show_default=True, help="Entries opened for one case number in any hour.")
 @click.option("--total-hour", type=click.IntRange(1, 100_000_000), default=_DEFAULTS.total_per_hour,
               show_default=True, help="Entries opened in all in any hour.")
+@click.option("--approvers", default="tracer,admin", show_default=True, metavar="ROLES|none",
+              help="Roles whose accounts approve another's case before it opens (a second officer, other than "
+                   "the tracer who asked); `none`: a case opens without approval.")
+@click.option("--approval-minutes", type=click.IntRange(1, 24 * 60), default=_DEFAULTS.approval_s // 60,
+              show_default=True, help="How long a case's request waits for its approval.")
 def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, socket_group, state_dir,
-                  max_per_request, per_case_hour, total_hour):
+                  max_per_request, per_case_hour, total_hour, approvers, approval_minutes):
     """Hold the sealing key and open holder details for the console, over a Unix socket, until
     SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -80,7 +95,8 @@ def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, sock
         if shares:
             fail("with --share give --state DIR for the opener's audit anchors")
         state_dir = str(Path(key_file).parent if key_file else run_guarded(keys.key_dir, db_url, keys_dir))
-    policy = Policy(frozenset(_uid(a) for a in allowed), max_per_request, per_case_hour, total_hour)
+    policy = Policy(frozenset(_uid(a) for a in allowed), max_per_request, per_case_hour, total_hour,
+                    _approver_roles(approvers), approval_minutes * 60)
     storage = open_server_storage(db_url)
     opener = Opener(key, run_guarded(ConsoleStore, storage), Path(state_dir) / ANCHORS_NAME, policy)
     server = run_guarded(bind, socket_path, opener, group=_gid(socket_group) if socket_group else None)
@@ -92,8 +108,11 @@ def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, sock
     signal.signal(signal.SIGINT, stop)
     who = (", ".join(str(u) for u in sorted(policy.allowed_uids))
            or i18n.t("server.opener_own_uid", uid=os.getuid()))
-    click.echo("checkpoint opener: " + i18n.t("server.opener_listening", socket=escape(socket_path), uids=who),
-               err=True)
+    approval = (i18n.t("server.opener_approval", roles=" | ".join(sorted(policy.approver_roles)),
+                       minutes=approval_minutes)
+                if policy.approver_roles else i18n.t("server.opener_no_approval"))
+    click.echo("checkpoint opener: " + i18n.t("server.opener_listening", socket=escape(socket_path), uids=who)
+               + "; " + approval, err=True)
     try:
         server.serve_forever()
     finally:

@@ -7,8 +7,17 @@ per case and in all. Every opening and every refusal goes into the audit trail f
 console that was taken over still cannot open holder details unrecorded; each record's hash is
 also kept in this process's own anchor file, which the console's user cannot write.
 
+With ``approver_roles`` set, each case is opened by two officers: the tracer's request and a second,
+different account's approval (of one of those roles, within ``approval_s``) are records the opener
+writes and anchors itself; it opens a case's entries only while it finds both in the audit trail,
+each with its hash among its own anchors (a record the console wrote, or changed, is not one), and
+the case's hours since the approval have not run out.
+
 Protocol: one JSON object per line each way, one request per connection.
-``{"op": "open", "actor", "case", "reason", "entries": [[entry_id, sealed_b64 | null], ...]}`` →
+``{"op": "request", "actor", "case_id", "case", "reason", "card", "hours"}`` → ``{"ok": true,
+"approval": needed?, "audit_seq"}``; ``{"op": "approve", "actor", "case_id"}`` → ``{"ok": true,
+"approved_ms", "audit_seq"}``; ``{"op": "policy"}`` → ``{"ok": true, "approver_roles", "approval_s"}``;
+``{"op": "open", "actor", "case_id", "case", "reason", "entries": [[entry_id, sealed_b64 | null], ...]}`` →
 ``{"ok": true, "holders": [{"status", "name", "birth_date", "id_masked"}, ...], "audit_seq"}``;
 ``{"op": "public_key"}`` → ``{"ok": true, "pem"}``; ``{"op": "anchors"}`` → ``{"ok": true,
 "anchors": [[seq, hash_hex], ...]}``; a refusal → ``{"ok": false, "error": code, "message"}``.
@@ -20,6 +29,7 @@ import binascii
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import stat
@@ -27,6 +37,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +47,13 @@ from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
 from scanner.base.timeutil import now_ms
 from sync.server.console import audit
-from sync.server.console.case import MAX_REQUEST_BYTES, OpenerError, check_case
+from sync.server.console.case import (
+    MAX_REQUEST_BYTES,
+    OpenerError,
+    check_case,
+    check_case_id,
+    check_hours,
+)
 from sync.server.console.store import ConsoleStore
 from sync.server.keys import sealing_public_pem
 from sync.server.trace import open_holder
@@ -48,6 +65,8 @@ IO_TIMEOUT_S = 30.0
 ANCHORS_NAME = "opener-anchors.jsonl"
 HOUR_S = 3600.0
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_CARD = re.compile(r"[0-9a-f]{2,128}", re.ASCII)
+_HOURS = re.compile(r"\bhours=(\d+)\b", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +77,8 @@ class Policy:
     max_per_request: int = 2_000  # entries named in one request (a trace with its contacts)
     per_case_per_hour: int = 10_000  # entries opened for one case number in any hour
     total_per_hour: int = 50_000  # entries opened in all in any hour
+    approver_roles: frozenset[str] = frozenset()  # who approves another's case (empty: no approval needed)
+    approval_s: int = 1800  # how long a case's request waits for its approval
 
 
 class Budget:
@@ -98,11 +119,13 @@ class Opener:
     store: ConsoleStore
     anchors_path: Path
     policy: Policy = field(default_factory=Policy)
+    clock: Callable[[], int] = now_ms  # the time in ms (a test gives another)
 
     def __post_init__(self) -> None:
         self.budget = Budget(self.policy.per_case_per_hour, self.policy.total_per_hour)
         self.public_pem = sealing_public_pem(self.key)
         self._anchor_lock = threading.Lock()
+        self._anchored = {(seq, bytes.fromhex(digest)) for seq, digest in self.anchors()}
 
     def peer_allowed(self, uid: int) -> bool:
         return uid in (self.policy.allowed_uids or {os.getuid()})
@@ -117,17 +140,107 @@ class Opener:
             return {"ok": True, "anchors": self.anchors()}
         if op == "open":
             return self.open(doc, peer)
-        raise OpenerError("op must be open, public_key or anchors", code="bad_request")
+        if op == "request":
+            return self.request(doc, peer)
+        if op == "approve":
+            return self.approve(doc, peer)
+        if op == "policy":
+            return {"ok": True, "approver_roles": sorted(self.policy.approver_roles),
+                    "approval_s": self.policy.approval_s}
+        raise OpenerError("op must be open, request, approve, policy, public_key or anchors", code="bad_request")
 
-    def open(self, doc: dict, peer: tuple[int, int, int]) -> dict:
+    @staticmethod
+    def _actor(doc: dict) -> str:
         actor = doc.get("actor")
         if not isinstance(actor, str) or not 1 <= len(actor) <= 64:
             raise OpenerError("the person asking (actor) is required", code="actor_required")
+        return actor
+
+    def anchored(self, case_id: str, action: str) -> audit.Record | None:
+        """The record of ``action`` on ``case_id`` that this opener wrote: its content hashes to a
+        hash among this opener's anchors (None if there is none)."""
+        for r in self.store.audit_of(case_id, action):
+            if (r.seq, r.hash) in self._anchored and r.hash == audit.record_hash(r.prev_hash, r.seq, r.at_ms,
+                                                                                    audit.event_of(r)):
+                return r
+        return None
+
+    def request(self, doc: dict, peer: tuple[int, int, int]) -> dict:
+        """A tracer asks to open a case: recorded (and anchored) here, to be approved by another."""
+        actor = self._actor(doc)
+        case_number, reason = check_case(doc.get("case"), doc.get("reason"))
+        case_id = check_case_id(doc.get("case_id"))
+        hours = check_hours(doc.get("hours"))
+        card = doc.get("card")
+        if not isinstance(card, str) or not _CARD.fullmatch(card):
+            raise OpenerError("the card id (hex) is required", code="bad_request")
+        if self.store.audit_of(case_id, audit.OPEN_REQUESTED):
+            raise OpenerError("this case was requested before", code="case_exists")
+        pid, uid, _ = peer
+        record = self._write(audit.Event(actor, audit.OPEN_REQUESTED, case_number, reason, target=case_id,
+                                         detail=f"card={card} hours={hours} uid={uid} pid={pid}"))
+        return {"ok": True, "approval": bool(self.policy.approver_roles), "audit_seq": record.seq}
+
+    def approve(self, doc: dict, peer: tuple[int, int, int]) -> dict:
+        """A second officer approves a tracer's request: another account than the tracer's, of an
+        approving role, within the policy's time; recorded (and anchored) here."""
+        actor = self._actor(doc)
+        case_id = check_case_id(doc.get("case_id"))
+        pid, uid, _ = peer
+        req = self.anchored(case_id, audit.OPEN_REQUESTED)
+        if req is None:
+            raise OpenerError("no such request", code="no_request")
+        account = self.store.account(actor)
+        code = None
+        if not self.policy.approver_roles:
+            code = "approval_not_needed"
+        elif self.anchored(case_id, audit.OPEN_APPROVED) is not None:
+            code = "already_approved"
+        elif actor == req.actor:
+            code = "same_officer"
+        elif account is None or account.disabled or account.role not in self.policy.approver_roles:
+            code = "approver_role"
+        elif self.clock() - req.at_ms > self.policy.approval_s * 1000:
+            code = "approval_expired"
+        if code is not None:
+            self._refused(actor, req.case_number or "", req.reason or "", code, 0, uid, pid, target=case_id)
+            raise OpenerError(f"the approval is refused ({code})", code=code)
+        record = self._write(audit.Event(actor, audit.OPEN_APPROVED, req.case_number, req.reason, target=case_id,
+                                         detail=f"requested_by={req.actor} request_seq={req.seq} uid={uid} "
+                                                f"pid={pid}"))
+        log.info("case %s approved by %s", case_id, escape(actor))
+        return {"ok": True, "approved_ms": record.at_ms, "audit_seq": record.seq}
+
+    def _approval_problem(self, case_id: object, actor: str, case_number: str, reason: str) -> str | None:
+        """Why this opening lacks a valid approval (a refusal code), or None."""
+        if not isinstance(case_id, str):
+            return "approval_required"
+        req = self.anchored(check_case_id(case_id), audit.OPEN_REQUESTED)
+        if req is None:
+            return "approval_required"
+        if (req.actor, req.case_number, req.reason) != (actor, case_number, reason):
+            return "approval_mismatch"
+        approval = self.anchored(case_id, audit.OPEN_APPROVED)
+        if approval is None:
+            return "approval_required"
+        hours = _HOURS.search(req.detail)
+        if hours is None or self.clock() > approval.at_ms + int(hours.group(1)) * 3_600_000:
+            return "case_expired"
+        return None
+
+    def open(self, doc: dict, peer: tuple[int, int, int]) -> dict:
+        actor = self._actor(doc)
         case_number, reason = check_case(doc.get("case"), doc.get("reason"))
         entries = doc.get("entries")
         if not isinstance(entries, list) or not entries:
             raise OpenerError("entries must be a non-empty list", code="bad_request")
         pid, uid, _ = peer
+        if self.policy.approver_roles:
+            problem = self._approval_problem(doc.get("case_id"), actor, case_number, reason)
+            if problem is not None:
+                self._refused(actor, case_number, reason, problem, len(entries), uid, pid,
+                              target=doc.get("case_id") if isinstance(doc.get("case_id"), str) else None)
+                raise OpenerError("no valid approval by a second officer for this case", code=problem)
         if len(entries) > self.policy.max_per_request:
             self._refused(actor, case_number, reason, "too_many", len(entries), uid, pid)
             raise OpenerError(f"at most {self.policy.max_per_request} entries per request", code="too_many")
@@ -149,19 +262,25 @@ class Opener:
                               code=refusal)
         views = [open_holder(entry_id, sealed, self.key) for entry_id, sealed in parsed]
         opened = sum(1 for v in views if v.status == "ok")
-        record = self.store.append(audit.Event(actor, audit.HOLDERS_OPENED, case_number, reason,
-                                               detail=f"entries={len(parsed)} opened={opened} uid={uid} pid={pid}",
-                                               holders=opened), now_ms())
-        self._anchor(record)
+        case_id = doc.get("case_id") if isinstance(doc.get("case_id"), str) else None
+        record = self._write(audit.Event(actor, audit.HOLDERS_OPENED, case_number, reason, target=case_id,
+                                         detail=f"entries={len(parsed)} opened={opened} uid={uid} pid={pid}",
+                                         holders=opened))
         log.info("opened %d of %d entries for case %s (%s)", opened, len(parsed), escape(case_number), escape(actor))
         return {"ok": True, "audit_seq": record.seq,
                 "holders": [{"status": v.status, "name": v.name, "birth_date": v.birth_date,
                              "id_masked": v.id_masked} for v in views]}
 
-    def _refused(self, actor: str, case_number: str, reason: str, code: str, n: int, uid: int, pid: int) -> None:
-        record = self.store.append(audit.Event(actor, audit.OPEN_REFUSED, case_number, reason,
-                                               detail=f"{code} entries={n} uid={uid} pid={pid}"), now_ms())
+    def _write(self, event: audit.Event) -> audit.Record:
+        """Append ``event`` to the audit trail and anchor it."""
+        record = self.store.append(event, self.clock())
         self._anchor(record)
+        return record
+
+    def _refused(self, actor: str, case_number: str, reason: str, code: str, n: int, uid: int, pid: int,
+                 target: str | None = None) -> None:
+        self._write(audit.Event(actor, audit.OPEN_REFUSED, case_number, reason, target=target[:64] if target else None,
+                                detail=f"{code} entries={n} uid={uid} pid={pid}"))
         log.warning("refused to open %d entries for case %s (%s): %s", n, escape(case_number), escape(actor), code)
 
     def _anchor(self, record: audit.Record) -> None:
@@ -174,6 +293,7 @@ class Opener:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self._anchored.add((record.seq, record.hash))
 
     def anchors(self) -> list[list]:
         try:

@@ -41,8 +41,8 @@ from sync.server import bundles, cardfind, enrollcodes, reports
 from sync.server import trace as tracemod
 from sync.server.app import make_server
 from sync.server.console import accounts, audit, exports, roles, sessions
-from sync.server.console.case import check_case
-from sync.server.console.openerclient import OpenerClient, OpenerUnavailable
+from sync.server.console.case import MAX_CASE_HOURS, check_case
+from sync.server.console.openerclient import ApprovalPolicy, OpenerClient, OpenerUnavailable
 from sync.server.console.store import Case, ConsoleStore
 from sync.server.model import Storage
 
@@ -60,7 +60,7 @@ MAX_BODY_BYTES = 40 * 1024 * 1024  # a trust bundle of a million revoked cards, 
 MAX_FORM_FIELD = 64 * 1024
 DEFAULT_DAYS, MAX_DAYS = 14, 60
 DEFAULT_WINDOW = "1h"
-DEFAULT_CASE_HOURS, MAX_CASE_HOURS = 4, 24
+DEFAULT_CASE_HOURS = 4
 MAX_ENROLL_CODES = 50
 STAGED_TTL_S = 600  # an uploaded bundle waits this long for its confirmation
 LANG_COOKIE = "ck-lang"
@@ -71,6 +71,9 @@ HEADERS = {
     "X-Frame-Options": "DENY", "Cache-Control": "no-store", "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin", "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
+# the opener's refusals of an approval or of an opening without one (each has its text: console.refused_CODE)
+APPROVAL_REFUSALS = frozenset({"same_officer", "approver_role", "approval_expired", "already_approved",
+                               "approval_required", "approval_mismatch", "case_expired", "approval_not_needed"})
 _CASE_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}", re.ASCII)
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
@@ -327,6 +330,8 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
             return fail(ctx, ctx.t("forbidden"), exc.status)
         except OpenerUnavailable as exc:
             log.warning("opener: %s (%s)", exc.code, ctx.actor)
+            if exc.code in APPROVAL_REFUSALS:
+                return fail(ctx, ctx.t(f"refused_{exc.code}"), 403)
             return fail(ctx, ctx.t("opener_refused", code=exc.code), 503 if exc.code == "opener_unavailable" else 429)
         except CheckpointError as exc:
             return fail(ctx, f"{ctx.t('refused')} ({exc.code}): {exc}", 400)
@@ -656,13 +661,19 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
             case_number, reason = check_case(ctx.get("case_number"), ctx.get("reason"))
         except CheckpointError as exc:
             return fail(ctx, ctx.t(exc.code))
+        if config.opener is None:
+            raise OpenerUnavailable("no opener is configured for this console")
         now = now_ms()
         since, until = cardfind.period(now, days)
         case = Case(uuid.uuid4().hex, ctx.actor, case_number, reason, card_id, since, until, window_ms, now,
                     now + hours * 3_600_000)
+        waits = config.opener.request(actor=ctx.actor, case_id=case.case_id, case_number=case_number, reason=reason,
+                                      card_id=card_id, hours=hours)
         store.add_case(case)
+        if not waits:
+            store.approve_case(case.case_id, None, now)
         audit_event(ctx, audit.CASE_OPEN, case_number=case_number, reason=reason, target=card_id,
-                    detail=f"case_id={case.case_id} days={days} hours={hours}")
+                    detail=f"case_id={case.case_id} days={days} hours={hours} approval={int(waits)}")
         return redirect(ctx, f"/cases/{case.case_id}")
 
     def own_case(ctx: Ctx) -> Case:
@@ -681,14 +692,24 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
         opener = config.opener
 
         def open_many(entries):
-            return opener.open(entries, actor=ctx.actor, case_number=case.case_number, reason=case.reason)
+            return opener.open(entries, actor=ctx.actor, case_number=case.case_number, reason=case.reason,
+                               case_id=case.case_id)
 
         return tracemod.trace(storage, case.card_id, since_ms=case.since_ms, until_ms=case.until_ms,
                               window_ms=case.window_ms, open_many=open_many)
 
+    def approval_policy() -> ApprovalPolicy:
+        if config.opener is None:
+            raise OpenerUnavailable("no opener is configured for this console")
+        return config.opener.policy()
+
     @route("/cases/{case_id}", Rule(roles.HOLDERS))
     def case_page(ctx: Ctx) -> Response:
         case = own_case(ctx)
+        if case.approved_ms is None:
+            policy = approval_policy()
+            return render(ctx, "case_waiting.html", case=case, policy=policy,
+                          approver_names=", ".join(ctx.t(f"role_{r}") for r in policy.approver_roles))
         t0 = time.perf_counter()
         report = case_report(ctx, case)
         ms = (time.perf_counter() - t0) * 1000
@@ -696,6 +717,8 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
 
     def exported(ctx: Ctx, kind: str) -> tuple[Case, tracemod.TraceReport]:
         case = own_case(ctx)
+        if case.approved_ms is None:
+            raise CheckpointError(ctx.t("case_not_approved"), code="approval_required")
         report = case_report(ctx, case)
         opened = sum(1 for c in report.contacts if c.holder.status == "ok") + \
             sum(1 for v in report.visits if v.holder.status == "ok")
@@ -721,6 +744,33 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
     def case_print(ctx: Ctx) -> Response:
         case, report = exported(ctx, "print")
         return render(ctx, "case.html", case=case, report=report, ms=None, printable=True)
+
+    # ------------------------------------------------------------ approvals
+
+    @route("/approvals", Rule(roles.APPROVE))
+    def approvals(ctx: Ctx) -> Response:
+        policy = approval_policy()
+        waiting = store.waiting_cases(now_ms() - policy.approval_s * 1000) if policy.approver_roles else []
+        return render(ctx, "approvals.html", policy=policy, may=ctx.account.role in policy.approver_roles,
+                      approver_names=", ".join(ctx.t(f"role_{r}") for r in policy.approver_roles),
+                      cases=[c for c in waiting if c.username != ctx.actor],
+                      mine=[c for c in waiting if c.username == ctx.actor])
+
+    @route("/approvals/{case_id}", Rule(roles.APPROVE), ("POST",))
+    def approve(ctx: Ctx) -> Response:
+        case_id = ctx.request.path_params["case_id"]
+        case = store.case(case_id) if _CASE_ID.fullmatch(case_id) else None
+        if case is None:
+            raise Denied(404)
+        if case.username == ctx.actor:
+            return fail(ctx, ctx.t("approve_not_own"), 403)
+        if case.approved_ms is not None:
+            return fail(ctx, ctx.t("approve_done"), 409)
+        if config.opener is None:
+            raise OpenerUnavailable("no opener is configured for this console")
+        approved_ms = config.opener.approve(actor=ctx.actor, case_id=case.case_id)  # the opener checks and audits
+        store.approve_case(case.case_id, ctx.actor, approved_ms)
+        return redirect(ctx, "/approvals")
 
     # ------------------------------------------------------------ audit
 
@@ -748,7 +798,7 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
 
     routes = [login, login_code, logout, home, fleet, device, revoke, enroll, trust, trust_publish, accounts_page,
               account_add, account_role, account_disable, account_reset, counts, trace_page, trace_find, trace_card,
-              trace_open, case_page, case_csv, case_xlsx, case_print, audit_page]
+              trace_open, case_page, case_csv, case_xlsx, case_print, approvals, approve, audit_page]
     routes.append(RuledRoute("/static/console.css", stylesheet, PUBLIC, methods=["GET"]))
 
     async def not_found(request: Request, exc) -> Response:
@@ -772,6 +822,7 @@ NAV = (
     ("/trust", "nav_trust", roles.TRUST),
     ("/accounts", "nav_accounts", roles.ACCOUNTS),
     ("/trace", "nav_trace", roles.TRACE),
+    ("/approvals", "nav_approvals", roles.APPROVE),
     ("/audit", "nav_audit", roles.AUDIT),
 )
 

@@ -25,6 +25,8 @@ ACCOUNT_DISABLE = "account_disable"
 ACCOUNT_PASSWORD = "account_password"
 TRACE = "trace"
 CASE_OPEN = "case_open"
+OPEN_REQUESTED = "open_requested"  # the opener took a tracer's request to open a case
+OPEN_APPROVED = "open_approved"  # the opener took a second officer's approval of it
 HOLDERS_OPENED = "holders_opened"
 OPEN_REFUSED = "open_refused"
 EXPORT = "export"
@@ -33,8 +35,8 @@ BUNDLE_PUBLISH = "bundle_publish"
 ENROLL_CODES = "enroll_codes"
 RETENTION = "retention"
 ACTIONS = (LOGIN_OK, LOGIN_FAILED, LOGIN_LOCKED, LOGOUT, ACCOUNT_ADD, ACCOUNT_ROLE, ACCOUNT_DISABLE,
-           ACCOUNT_PASSWORD, TRACE, CASE_OPEN, HOLDERS_OPENED, OPEN_REFUSED, EXPORT, DEVICE_REVOKE,
-           BUNDLE_PUBLISH, ENROLL_CODES, RETENTION)
+           ACCOUNT_PASSWORD, TRACE, CASE_OPEN, OPEN_REQUESTED, OPEN_APPROVED, HOLDERS_OPENED, OPEN_REFUSED,
+           EXPORT, DEVICE_REVOKE, BUNDLE_PUBLISH, ENROLL_CODES, RETENTION)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,14 @@ class OpenerUnavailable(CheckpointError):
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalPolicy:
+    """Whose approval a case needs (roles; empty: none) and how long a request waits for it."""
+
+    approver_roles: tuple[str, ...]
+    approval_s: int
+
+
+@dataclass(frozen=True, slots=True)
 class OpenerClient:
     socket_path: str
 
@@ -60,13 +68,29 @@ class OpenerClient:
     def anchors(self) -> list[tuple[int, bytes]]:
         return [(int(seq), bytes.fromhex(h)) for seq, h in self._call({"op": "anchors"})["anchors"]]
 
-    def open(self, entries: Sequence[SeenEntry], *, actor: str, case_number: str, reason: str) -> list[HolderView]:
+    def policy(self) -> ApprovalPolicy:
+        answer = self._call({"op": "policy"})
+        return ApprovalPolicy(tuple(str(r) for r in answer.get("approver_roles", ())), int(answer["approval_s"]))
+
+    def request(self, *, actor: str, case_id: str, case_number: str, reason: str, card_id: str, hours: int) -> bool:
+        """Ask to open a case (recorded by the opener): True if it waits for a second officer's approval."""
+        answer = self._call({"op": "request", "actor": actor, "case_id": case_id, "case": case_number,
+                             "reason": reason, "card": card_id, "hours": hours})
+        return bool(answer.get("approval"))
+
+    def approve(self, *, actor: str, case_id: str) -> int:
+        """Approve another's case (recorded by the opener, which checks who may): the time it took it."""
+        return int(self._call({"op": "approve", "actor": actor, "case_id": case_id})["approved_ms"])
+
+    def open(self, entries: Sequence[SeenEntry], *, actor: str, case_number: str, reason: str,
+             case_id: str | None = None) -> list[HolderView]:
         """Holder views for ``entries``, in order (one request; audited by the opener)."""
         if not entries:
             return []
         items = [[e.entry_id, base64.b64encode(e.sealed).decode("ascii") if e.sealed is not None else None]
                  for e in entries]
-        answer = self._call({"op": "open", "actor": actor, "case": case_number, "reason": reason, "entries": items})
+        answer = self._call({"op": "open", "actor": actor, "case": case_number, "reason": reason, "case_id": case_id,
+                             "entries": items})
         holders = answer.get("holders")
         if not isinstance(holders, list) or len(holders) != len(entries):
             raise OpenerUnavailable("the opener answered for other entries than asked")

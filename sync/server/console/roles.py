@@ -1,7 +1,7 @@
 """Roles and what each may do: a pure table, checked by every route (docs/console.md#roles).
 
-- administrator: devices, enrollment QRs, trust bundles and revocations, accounts;
-- tracer: tracing and contacts, with holder details once a case is opened;
+- administrator: devices, enrollment QRs, trust bundles and revocations, accounts, approving cases;
+- tracer: tracing and contacts, with holder details once a case is opened, approving others' cases;
 - officer (ward or venue): counts, occupancy and device health of their own checkpoints, no holders;
 - auditor: the audit trail, read only.
 """
@@ -19,12 +19,13 @@ TRUST = "trust"  # publish bundles (new keys, revoked cards)
 ACCOUNTS = "accounts"
 TRACE = "trace"  # find a card, its timeline and contacts (no holders)
 HOLDERS = "holders"  # open a case: holder details, exports
+APPROVE = "approve"  # approve another's case (the opener decides whose approval counts)
 COUNTS = "counts"  # entries and occupancy per checkpoint
 AUDIT = "audit"
 
 GRANTS: dict[str, frozenset[str]] = {
-    ADMIN: frozenset({FLEET, FLEET_MANAGE, TRUST, ACCOUNTS, COUNTS}),
-    TRACER: frozenset({TRACE, HOLDERS}),
+    ADMIN: frozenset({FLEET, FLEET_MANAGE, TRUST, ACCOUNTS, COUNTS, APPROVE}),
+    TRACER: frozenset({TRACE, HOLDERS, APPROVE}),
     OFFICER: frozenset({FLEET, COUNTS}),
     AUDITOR: frozenset({AUDIT}),
 }

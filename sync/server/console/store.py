@@ -34,6 +34,12 @@ CREATE TABLE IF NOT EXISTS console_audit (
     case_number TEXT, reason TEXT, target TEXT, holders {INT} NOT NULL, detail TEXT NOT NULL,
     prev_hash {BLOB} NOT NULL, hash {BLOB} NOT NULL){STRICT}
 """
+# Added after the first release: made on every start if absent.
+_LATER = """
+CREATE TABLE IF NOT EXISTS console_approvals (
+    case_id TEXT PRIMARY KEY, approver TEXT, approved_ms {INT} NOT NULL){STRICT};
+CREATE INDEX IF NOT EXISTS console_audit_target ON console_audit (target, action)
+"""
 _SQLITE_GUARDS = (
     ("CREATE TRIGGER IF NOT EXISTS console_audit_no_update BEFORE UPDATE ON console_audit "
      "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"),
@@ -47,6 +53,9 @@ _PG_GUARDS = (
     ("CREATE TRIGGER console_audit_guard BEFORE UPDATE OR DELETE OR TRUNCATE ON console_audit "
      "FOR EACH STATEMENT EXECUTE FUNCTION console_audit_append_only()"),
 )
+_CASE_COLUMNS = ("c.case_id, c.username, c.case_number, c.reason, c.card_id, c.since_ms, c.until_ms, c.window_ms, "
+                 "c.created_ms, c.expires_ms, a.approved_ms, a.approver")
+_CASES = "console_cases c LEFT JOIN console_approvals a ON a.case_id = c.case_id"
 _AUDIT_COLUMNS = "seq, at_ms, actor, action, case_number, reason, target, holders, detail, prev_hash, hash"
 _ACCOUNT_COLUMNS = "username, role, scope, disabled, failures, locked_until_ms, created_ms, changed_ms"
 
@@ -99,7 +108,13 @@ class Case:
     until_ms: int
     window_ms: int
     created_ms: int
-    expires_ms: int
+    expires_ms: int  # until approved: when the request was made plus its hours
+    approved_ms: int | None = None  # None: waiting for a second officer's approval
+    approver: str | None = None  # who approved (None when the opener needs no approval)
+
+    @property
+    def hours(self) -> int:
+        return max(1, (self.expires_ms - self.created_ms) // 3_600_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,16 +167,20 @@ class ConsoleStore:
                              if not self.sqlite else
                              "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
                              "AND name = 'console_audit_no_delete'")[0][0]
-        if present:
+        later = _LATER.format(INT="INTEGER" if self.sqlite else "bigint", STRICT=" STRICT" if self.sqlite else "")
+        later_present = self._read("SELECT count(to_regclass('console_approvals'))" if not self.sqlite else
+                                   "SELECT count(*) FROM sqlite_master WHERE name = 'console_approvals'")[0][0]
+        if present and later_present:
             return
         with self._tx() as tx:
             if not self.sqlite:
                 tx.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_AUDIT,))
-            for stmt in tables.split(";"):
+            for stmt in ("" if present else tables).split(";") + later.split(";"):
                 if stmt.strip():
                     tx.execute(stmt)
-            for stmt in guards:
-                tx.execute(stmt)
+            if not present:
+                for stmt in guards:
+                    tx.execute(stmt)
 
     # ------------------------------------------------------------ accounts
 
@@ -270,14 +289,27 @@ class ConsoleStore:
                         c.window_ms, c.created_ms, c.expires_ms))
 
     def case(self, case_id: str) -> Case | None:
-        rows = self._read("SELECT case_id, username, case_number, reason, card_id, since_ms, until_ms, window_ms, "
-                          "created_ms, expires_ms FROM console_cases WHERE case_id = ?", (case_id,))
+        rows = self._read(f"SELECT {_CASE_COLUMNS} FROM {_CASES} WHERE c.case_id = ?", (case_id,))
         return Case(*rows[0]) if rows else None
 
     def cases_of(self, username: str, limit: int = 50) -> list[Case]:
         return [Case(*r) for r in self._read(
-            "SELECT case_id, username, case_number, reason, card_id, since_ms, until_ms, window_ms, created_ms, "
-            "expires_ms FROM console_cases WHERE username = ? ORDER BY created_ms DESC LIMIT ?", (username, limit))]
+            f"SELECT {_CASE_COLUMNS} FROM {_CASES} WHERE c.username = ? ORDER BY c.created_ms DESC LIMIT ?",
+            (username, limit))]
+
+    def waiting_cases(self, since_ms: int, limit: int = 100) -> list[Case]:
+        """Cases requested since ``since_ms`` and not approved yet, oldest first."""
+        return [Case(*r) for r in self._read(
+            f"SELECT {_CASE_COLUMNS} FROM {_CASES} WHERE a.case_id IS NULL AND c.created_ms >= ? "
+            "ORDER BY c.created_ms LIMIT ?", (since_ms, limit))]
+
+    def approve_case(self, case_id: str, approver: str | None, approved_ms: int) -> None:
+        """Record the approval (as the opener granted it): the case runs its hours from now on."""
+        with self._tx() as tx:
+            tx.execute("INSERT INTO console_approvals (case_id, approver, approved_ms) VALUES (?, ?, ?)",
+                       (case_id, approver, approved_ms))
+            tx.execute("UPDATE console_cases SET expires_ms = ? + (expires_ms - created_ms) WHERE case_id = ?",
+                       (approved_ms, case_id))
 
     # ------------------------------------------------------------ audit trail
 
@@ -314,6 +346,12 @@ class ConsoleStore:
             if len(rows) < batch:
                 return
             after = rows[-1].seq
+
+    def audit_of(self, target: str, action: str) -> list[audit.Record]:
+        """The records of ``action`` on ``target`` (e.g. a case's request), in order."""
+        return [self._record(r) for r in self._read(
+            f"SELECT {_AUDIT_COLUMNS} FROM console_audit WHERE target = ? AND action = ? ORDER BY seq LIMIT 100",
+            (target, action))]
 
     def audit_tail(self, limit: int, before_seq: int | None = None, action: str | None = None) -> list[audit.Record]:
         """The latest ``limit`` records (before ``before_seq``, of ``action``), newest first."""
