@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,16 @@ def wait_until_up(url: str, proc: subprocess.Popen) -> None:
     wait_for(up, "the console to start")
 
 
+def listening(sock: Path) -> bool:
+    """Whether the opener accepts connections at ``sock`` (its file appears a moment before it listens)."""
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(str(sock))
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def shared_dir():
     """A directory outside pytest's (which only root may enter), for what the console may reach."""
@@ -129,7 +140,7 @@ def test_the_web_process_never_holds_the_sealing_key(tmp_path, shared_dir):
                                    "--keys", str(world.keys_dir), "--socket", str(sock), "--allow", "nobody",
                                    "--socket-group", "nogroup"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(lambda: sock.exists() or opener.poll() is not None, "the opener's socket")
+        wait_for(lambda: listening(sock) or opener.poll() is not None, "the opener's socket")
         assert opener.poll() is None, opener.stderr.read()
         # this test runs as root, not the console's user: the opener turns it away
         with pytest.raises(OpenerUnavailable) as refused:
@@ -140,6 +151,9 @@ def test_the_web_process_never_holds_the_sealing_key(tmp_path, shared_dir):
         tracer.login(staff["tracer"])
         r = tracer.post(f"/trace/card/{world.infected_id}/open", CASE)
         assert r.status_code == 303, r.text[:500]
+        admin = Client(ConsoleAt(url))  # the second officer approves the case, as the opener requires by default
+        admin.login(staff["admin"])
+        assert admin.post(f"/approvals/{r.headers['location'].rsplit('/', 1)[1]}").status_code == 303
         page = tracer.get(r.headers["location"]).text
         names = re.findall(r'<td class="name">([^<]*)</td>', page)
         assert "Nguyễn Thị Lan" in names  # the opener opened them for the console

@@ -1,4 +1,5 @@
-"""`checkpoint server opener` (the only process that holds the sealing key, on a Unix socket) and
+"""`checkpoint server opener` (the only process that holds the sealing key, on a Unix socket and/or
+TCP with mutual TLS) and
 `checkpoint server key-split` (the key as shares held by several officers); docs/console.md."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pwd
 import signal
 import threading
 from pathlib import Path
+from socketserver import BaseServer
 
 import click
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -18,10 +20,11 @@ from scanner.base.fsutil import atomic_write
 from scanner.base.safetext import escape
 from scanner.cli.common import fail, run_guarded
 from scanner.cli.server import _sealing_key, db_url_option, keys_option, lang_option, open_server_storage
+from scanner.cli.server_run import parse_listen
 from sync.server import keys, keyshares
 from sync.server.console import roles
 from sync.server.console.store import ConsoleStore
-from sync.server.opener import ANCHORS_NAME, Opener, Policy, bind
+from sync.server.opener import ANCHORS_NAME, Opener, Policy, bind, bind_tls
 
 _DEFAULTS = Policy()  # a slotted dataclass: its defaults are read from an instance
 
@@ -60,8 +63,16 @@ def _key_from_shares(paths: tuple[str, ...]) -> X25519PrivateKey:
 
 @click.command("opener")
 @db_url_option
-@click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--socket", "socket_path", default=None, type=click.Path(dir_okay=False),
               help="The Unix socket to listen on (made mode 0660).")
+@click.option("--listen-tls", default=None, metavar="HOST:PORT",
+              help="Also (or instead) listen on TCP with mutual TLS, for a console on another machine.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="With --listen-tls: the opener's certificate (the console pins it).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="With --listen-tls: the opener's TLS private key.")
+@click.option("--client-cert", "client_certs", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="With --listen-tls: a console's client certificate, the only ones answered (pinned); repeat.")
 @click.option("--sealing-key", "key_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="The sealing private key (default: KEYS/sealing.key).")
 @keys_option("sealing.key")
@@ -83,11 +94,16 @@ def _key_from_shares(paths: tuple[str, ...]) -> X25519PrivateKey:
                    "the tracer who asked); `none`: a case opens without approval.")
 @click.option("--approval-minutes", type=click.IntRange(1, 24 * 60), default=_DEFAULTS.approval_s // 60,
               show_default=True, help="How long a case's request waits for its approval.")
-def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, socket_group, state_dir,
-                  max_per_request, per_case_hour, total_hour, approvers, approval_minutes):
+def server_opener(db_url, socket_path, listen_tls, tls_cert, tls_key, client_certs, key_file, keys_dir, shares,
+                  allowed, socket_group, state_dir, max_per_request, per_case_hour, total_hour, approvers,
+                  approval_minutes):
     """Hold the sealing key and open holder details for the console, over a Unix socket, until
     SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not socket_path and not listen_tls:
+        fail("give --socket PATH, --listen-tls HOST:PORT, or both")
+    if listen_tls and not (tls_cert and tls_key and client_certs):
+        fail("--listen-tls needs --tls-cert, --tls-key and at least one --client-cert (the console's)")
     if shares and (key_file or keys_dir):
         fail("give the key (--sealing-key / --keys) or its shares (--share), not both")
     key = _key_from_shares(shares) if shares else _sealing_key(db_url, key_file, keys_dir)
@@ -99,10 +115,21 @@ def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, sock
                     _approver_roles(approvers), approval_minutes * 60)
     storage = open_server_storage(db_url)
     opener = Opener(key, run_guarded(ConsoleStore, storage), Path(state_dir) / ANCHORS_NAME, policy)
-    server = run_guarded(bind, socket_path, opener, group=_gid(socket_group) if socket_group else None)
+    servers: list[BaseServer] = []
+    where = []
+    if socket_path:
+        servers.append(run_guarded(bind, socket_path, opener, group=_gid(socket_group) if socket_group else None))
+        where.append(escape(socket_path))
+    if listen_tls:
+        host, port = parse_listen(listen_tls)
+        servers.append(run_guarded(bind_tls, host, port, opener, cert=tls_cert, key=tls_key,
+                                   client_certs=list(client_certs)))
+        where.append(i18n.t("server.opener_tls_where", address=f"tls://{escape(listen_tls)}", n=len(client_certs)))
+    threads = [threading.Thread(target=srv.serve_forever, daemon=True) for srv in servers[1:]]
 
     def stop(signum, frame):  # serve_forever returns once shutdown() is called from another thread
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        for srv in servers:
+            threading.Thread(target=srv.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -111,13 +138,19 @@ def server_opener(db_url, socket_path, key_file, keys_dir, shares, allowed, sock
     approval = (i18n.t("server.opener_approval", roles=" | ".join(sorted(policy.approver_roles)),
                        minutes=approval_minutes)
                 if policy.approver_roles else i18n.t("server.opener_no_approval"))
-    click.echo("checkpoint opener: " + i18n.t("server.opener_listening", socket=escape(socket_path), uids=who)
+    click.echo("checkpoint opener: " + i18n.t("server.opener_listening", socket=", ".join(where), uids=who)
                + "; " + approval, err=True)
+    for thread in threads:
+        thread.start()
     try:
-        server.serve_forever()
+        servers[0].serve_forever()
     finally:
-        server.server_close()
-        os.unlink(socket_path)
+        for thread in threads:
+            thread.join(30)
+        for srv in servers:
+            srv.server_close()
+        if socket_path:
+            os.unlink(socket_path)
     click.echo("checkpoint opener: " + i18n.t("server.opener_stopped"), err=True)
 
 

@@ -1,7 +1,9 @@
 """The opener: the only process that holds the server's sealing private key (docs/console.md#opener).
 
-It listens on a Unix socket only, answers only peers whose uid it was told to trust (SO_PEERCRED,
-checked by the kernel, not claimed by the peer), and opens only the entries named in a request that
+It listens on a Unix socket, answering only peers whose uid it was told to trust (SO_PEERCRED,
+checked by the kernel, not claimed by the peer), or, on a machine of its own, on TCP with mutual
+TLS, answering only a console whose client certificate is one it was given (pinned by its SHA-256);
+it opens only the entries named in a request that
 carries a case number, a reason and the person asking, within a per-request cap and hourly budgets
 per case and in all. Every opening and every refusal goes into the audit trail from here, so a
 console that was taken over still cannot open holder details unrecorded; each record's hash is
@@ -26,12 +28,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
 import socket
 import socketserver
+import ssl
 import stat
 import struct
 import threading
@@ -314,14 +319,23 @@ class Opener:
 class _Handler(socketserver.StreamRequestHandler):
     timeout = IO_TIMEOUT_S
 
-    def handle(self) -> None:
+    def peer(self) -> tuple[int, int, int] | None:
+        """(pid, uid, gid) of an allowed peer on the Unix socket, else None."""
         opener: Opener = self.server.opener  # type: ignore[attr-defined]
         conn: socket.socket = self.request
         pid, uid, gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         if not opener.peer_allowed(uid):
             log.warning("refused a connection from uid %d (pid %d): not an allowed peer", uid, pid)
+            return None
+        return pid, uid, gid
+
+    def handle(self) -> None:
+        opener: Opener = self.server.opener  # type: ignore[attr-defined]
+        peer = self.peer()
+        if peer is None:
             self._answer({"ok": False, "error": "peer_refused", "message": "this process may not use the opener"})
             return
+        pid, uid, gid = peer
         try:
             line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
         except OSError:
@@ -348,6 +362,72 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     request_queue_size = 16
+
+
+class _TLSHandler(_Handler):
+    """A console over TCP: the TLS handshake (done here, in the connection's own thread) must show a
+    client certificate, and it must be one of the pinned ones."""
+
+    def setup(self) -> None:
+        raw: socket.socket = self.request
+        raw.settimeout(IO_TIMEOUT_S)
+        try:
+            self.request = self.server.tls.wrap_socket(raw, server_side=True)  # type: ignore[attr-defined]
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("refused a TLS connection from %s: %s", self.client_address[0], type(exc).__name__)
+            self.request = None
+            return
+        super().setup()
+
+    def peer(self) -> tuple[int, int, int] | None:
+        """(0, -1, -1) for a console with a pinned client certificate (no pid or uid over TCP), else None."""
+        der = self.request.getpeercert(binary_form=True)
+        digest = hashlib.sha256(der).digest() if der else b""
+        if not any(hmac.compare_digest(digest, pin) for pin in self.server.pins):  # type: ignore[attr-defined]
+            log.warning("refused a TLS connection from %s: client certificate not pinned", self.client_address[0])
+            return None
+        return 0, -1, -1
+
+    def handle(self) -> None:
+        if self.request is not None:
+            super().handle()
+
+    def finish(self) -> None:
+        if self.request is not None:
+            super().finish()
+
+
+class _TLSServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 16
+
+
+def cert_pin(pem: bytes) -> bytes:
+    """The SHA-256 of a PEM certificate's DER form: what a peer's certificate is pinned by."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))).digest()
+
+
+def bind_tls(host: str, port: int, opener: Opener, *, cert: str, key: str, client_certs: list[str]) -> _TLSServer:
+    """The opener on TCP ``host``:``port`` with mutual TLS (1.3): it shows ``cert`` (its key ``key``)
+    and answers only a client showing one of ``client_certs`` (PEM files, each trusted and pinned)."""
+    if not client_certs:
+        raise OpenerError("give the console's client certificate (pinned)", code="opener_tls")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_3
+    tls.verify_mode = ssl.CERT_REQUIRED
+    pins = []
+    try:
+        tls.load_cert_chain(cert, key)
+        for path in client_certs:
+            tls.load_verify_locations(cafile=path)
+            pins.append(cert_pin(Path(path).read_bytes()))
+    except (OSError, ssl.SSLError, ValueError, UnicodeDecodeError) as exc:
+        raise OpenerError(f"the opener's TLS files cannot be used: {exc}", code="opener_tls") from None
+    server = _TLSServer((host, port), _TLSHandler)
+    server.tls, server.pins = tls, pins  # type: ignore[attr-defined]
+    server.opener = opener  # type: ignore[attr-defined]
+    return server
 
 
 def bind(socket_path: str | os.PathLike, opener: Opener, *, group: int | None = None) -> _Server:

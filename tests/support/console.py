@@ -197,11 +197,14 @@ class ConsoleThread:
 
     def __init__(self, db: Path, tmp: Path, *, opener_socket: Path | None, tls: bool = True,
                  policy: Policy | None = None, server_url: str = "https://sync.example.vn",
-                 login_limit: int = 1000) -> None:
-        """``login_limit``: login attempts per address per 5 minutes (every test client is 127.0.0.1)."""
+                 login_limit: int = 1000, opener: OpenerClient | None = None) -> None:
+        """``login_limit``: login attempts per address per 5 minutes (every test client is 127.0.0.1);
+        ``opener``: another opener client than the Unix socket's (e.g. over TLS)."""
         self.storage = open_storage(str(db))
         self.cert, self.key = tls_files(tmp / "tls") if tls else (None, None)
-        config = ConsoleConfig(opener=OpenerClient(str(opener_socket)) if opener_socket else None,
+        if opener is None and opener_socket is not None:
+            opener = OpenerClient(str(opener_socket))
+        config = ConsoleConfig(opener=opener,
                                policy=policy or Policy(secure=tls), server_url=server_url, login_limit=login_limit)
         self.app = create_console(self.storage, config)
         self.port = free_port()

@@ -4,10 +4,14 @@ never sees the sealing key."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from scanner.base.errors import CheckpointError
 from sync.server.console.case import MAX_REQUEST_BYTES
@@ -32,25 +36,77 @@ class ApprovalPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenerTLS:
+    """The opener on another machine: TCP to ``host``:``port`` with mutual TLS; the console shows
+    ``cert`` (its key ``key``, pinned by the opener) and accepts only ``opener_cert`` (pinned here)."""
+
+    host: str
+    port: int
+    cert: str
+    key: str
+    opener_cert: str
+
+    def connect(self) -> socket.socket:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_3
+        tls.check_hostname = False  # the opener's certificate is pinned below, whatever names it holds
+        try:
+            pem = Path(self.opener_cert).read_bytes()
+            tls.load_verify_locations(cafile=self.opener_cert)
+            tls.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise OpenerUnavailable(f"the console's TLS files for the opener cannot be used: {exc}") from None
+        raw = socket.create_connection((self.host, self.port), timeout=TIMEOUT_S)
+        try:
+            conn = tls.wrap_socket(raw)
+        except BaseException:
+            raw.close()
+            raise
+        der = conn.getpeercert(binary_form=True) or b""
+        if not hmac.compare_digest(hashlib.sha256(der).digest(),
+                                   hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))).digest()):
+            conn.close()
+            raise OpenerUnavailable("the opener showed another certificate than the pinned one")
+        return conn
+
+
+@dataclass(frozen=True, slots=True)
 class OpenerClient:
-    socket_path: str
+    """The opener at its Unix socket ``socket_path``, or over TCP with mutual TLS (``tls``)."""
+
+    socket_path: str | None
+    tls: OpenerTLS | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.tls.host}:{self.tls.port}" if self.tls is not None else str(self.socket_path)
+
+    def _connect(self) -> socket.socket:
+        if self.tls is not None:
+            return self.tls.connect()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.settimeout(TIMEOUT_S)
+            conn.connect(str(self.socket_path))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _call(self, doc: dict) -> dict:
         data = json.dumps(doc, separators=(",", ":")).encode("utf-8") + b"\n"
         if len(data) > MAX_REQUEST_BYTES:
             raise OpenerUnavailable("too many entries in one request", code="too_many")
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.settimeout(TIMEOUT_S)
-                conn.connect(self.socket_path)
+            with self._connect() as conn:
                 try:
                     conn.sendall(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the opener refused before reading it all (peer_refused): its answer is there to read
                 with conn.makefile("rb") as fh:
                     line = fh.readline(MAX_REQUEST_BYTES * 2)
-        except OSError as exc:
-            raise OpenerUnavailable(f"the opener at {self.socket_path} cannot be reached: {exc.strerror or exc}") \
+        except OSError as exc:  # ssl.SSLError too: a handshake the opener refused
+            raise OpenerUnavailable(f"the opener at {self.where} cannot be reached: {exc.strerror or exc}") \
                 from None
         try:
             answer = json.loads(line)
