@@ -394,7 +394,10 @@ class _TLSHandler(_Handler):
 
     def finish(self) -> None:
         if self.request is not None:
-            super().finish()
+            try:
+                super().finish()
+            finally:
+                self.request.close()  # the TLS socket (the server closes only the raw one it accepted)
 
 
 class _TLSServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
