@@ -1,10 +1,13 @@
 """The field-test rig's own parts that run without QEMU (scripts/field-test/fieldtest.py): what it
 types on the emulated USB keyboard is read back as the card by the daemon's key translator, and it
-recognises the daemon's verdict lines as journald stores them."""
+recognises the daemon's verdict lines as journald stores them, and the agent's line to the host works on
+both kinds of port it gets (the Pi's UART, a tty; a virtio-serial port on -M virt, no tty)."""
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import pty
 import sys
 import time
 from types import SimpleNamespace
@@ -21,6 +24,9 @@ _spec = importlib.util.spec_from_file_location("fieldtest", ROOT / "scripts" / "
 fieldtest = importlib.util.module_from_spec(_spec)
 sys.modules["fieldtest"] = fieldtest  # its dataclasses look their module up
 _spec.loader.exec_module(fieldtest)
+_agent_spec = importlib.util.spec_from_file_location("ckft_agent", ROOT / "scripts" / "field-test" / "agent.py")
+agent = importlib.util.module_from_spec(_agent_spec)
+_agent_spec.loader.exec_module(agent)
 
 # QEMU's key names (qcodes) for the keys the rig uses, as Linux key codes; the rest are KEY_<NAME>
 QCODE_TO_KEY = {"shift": "KEY_LEFTSHIFT", "spc": "KEY_SPACE", "ret": "KEY_ENTER"}
@@ -65,3 +71,22 @@ def test_pin_spans_from_level_samples():
     assert fieldtest.high(samples, 17) == [(0.1, pytest.approx(0.2)), (0.4, pytest.approx(0.1))]
     assert fieldtest.high(samples, 23) == [(0.4, pytest.approx(0.1))]  # still on at the last sample
     assert fieldtest.high(samples, 27) == []
+
+
+def test_the_agents_line_works_on_a_port_that_is_no_tty(tmp_path):
+    """-M virt gives the agent a virtio-serial port: a character device without line settings (a FIFO
+    here is no tty either)."""
+    port = tmp_path / "port"
+    os.mkfifo(port)
+    link = agent.Link(str(port))
+    link.send({"ev": "up"})
+    assert next(link.lines()) == {"ev": "up"}
+
+
+def test_the_agents_line_on_a_uart_is_raw(tmp_path):
+    host, guest = pty.openpty()
+    link = agent.Link(os.ttyname(guest))
+    os.write(host, b'noise from the boot\r\n{"id": 1, "op": "hello"}\n')
+    assert next(link.lines()) == {"id": 1, "op": "hello"}
+    link.send({"id": 1, "ok": True})
+    assert os.read(host, 100) == b'{"id":1,"ok":true}\n'  # raw: no \r added, nothing echoed

@@ -70,11 +70,12 @@ class Link:
     def __init__(self, path: str) -> None:
         # O_NONBLOCK: a serial port's open() would wait for a carrier; CLOCAL then says there is none
         self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        attrs = termios.tcgetattr(self.fd)
-        attrs[0] &= ~(termios.IXON | termios.IXOFF)  # no software flow control: the data is binary-safe JSON
-        attrs[2] |= termios.CLOCAL | termios.CREAD
-        termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
+        if os.isatty(self.fd):  # a UART; a virtio-serial port (-M virt) is no tty and has no line settings
+            tty.setraw(self.fd)
+            attrs = termios.tcgetattr(self.fd)
+            attrs[0] &= ~(termios.IXON | termios.IXOFF)  # no software flow control: the data is binary-safe JSON
+            attrs[2] |= termios.CLOCAL | termios.CREAD
+            termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
         os.set_blocking(self.fd, True)
         self.lock = threading.Lock()
 
