@@ -1079,7 +1079,9 @@ def config_error(rig: Rig, detail: list[str], g: Guest) -> tuple[str, Guest]:
         detail.append("/etc/checkpoint/checkpoint.toml is still the previous (good) file")
     finally:
         g.poweroff()
-    subprocess.run(["mcopy", "-o", "-i", rig.fat, str(rig.run / "checkpoint.toml"), "::/checkpoint.toml"], check=True)
+        # the good file back on the card even if a check failed: the next boot must reach READY
+        subprocess.run(["mcopy", "-o", "-i", rig.fat, str(rig.run / "checkpoint.toml"), "::/checkpoint.toml"],
+                       check=True)
     g, _, _ = rig.boot("config-restored")
     return f"refused: {len(problems)} problems on the page, red/green alternating ({len(red)}/{len(green)} in 6 s)", g
 
