@@ -217,6 +217,13 @@ MODULE_GUESS = 60
 """Modules across a symbol, to guess the module size from its outline (CK1 cards are 65, EU DCCs 53-77)."""
 READABLE_MODULE_PX = 3.5
 """A crop whose modules are smaller than this (pixels) is upscaled for the second pass."""
+SLANTED_ASPECT = 1.3
+"""An outline this much longer than wide is a code seen at a slant: unslanting is tried second."""
+STREAK_FIRST = 1.5
+"""A crop squeezed this much (`enhance.squeeze`) and not slanted is streaked: its streak is undone before
+its defocus (a hand's shake, under a module, squeezes a defocused code 1.0-1.35x; a two-module streak 1.8x)."""
+UNSLANT_SCALE = 1.5
+"""An unslanted crop is also enlarged at least this much (its squeezed modules were smeared)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,23 +423,42 @@ class ApplianceDecoder:
                 return int(round(px / pw * inv)), int(round(py / pw * inv))
             return square, "local", to_frame
 
+        def unslanted():
+            got = enhance.unslant(img, max(up, UNSLANT_SCALE))
+            if got is None:
+                return None, "local", back(1.0)
+            image, to_img = got
+
+            def to_frame(x: float, y: float) -> tuple[int, int]:
+                px, py = to_img @ (x, y, 1.0)
+                return int(round((px + crop.x0) * inv)), int(round((py + crop.y0) * inv))
+            return image, "local", to_frame
+
         sharp = lambda: (sized(enhance.unsharp(img), factor), "local", back(factor))  # noqa: E731
-        out = [Attempt("crop", resized(factor))]
+
+        def motion(length: float, angle: float) -> Attempt:
+            return Attempt("motion", deblurred(enhance.streak_psf(length, angle), enhance.STREAK_NSR, 2.0))
+
         blur = enhance.estimate_blur(img)
-        if blur.radii:
-            out.append(Attempt("defocus", deblurred(enhance.disc_psf(blur.radii[0]))))
-        if blur.streak:
-            length, angle = blur.streak
-            out.append(Attempt("motion", deblurred(enhance.streak_psf(length, angle), enhance.STREAK_NSR, 2.0)))
+        slanted = enhance.quad_aspect(quad) >= SLANTED_ASPECT
+        defocus = [Attempt("defocus", deblurred(enhance.disc_psf(r))) for r in blur.radii]
+        streaks = [motion(length, blur.streak[1]) for length in (blur.streak[0], *blur.streak_lengths)] \
+            if blur.streak else []
+        out = [Attempt("crop", resized(factor))]
+        if slanted:  # a code seen at a slant: its squeeze also looks like a streak to the spectrum
+            out.append(Attempt("unslant", unslanted))
+            out += defocus[:1] + streaks[:1]
+        elif streaks and enhance.squeeze(img) >= STREAK_FIRST:  # a long streak: every guess at its length first
+            out += streaks + defocus[:1]
+            streaks = []
+        else:
+            out += defocus[:1] + streaks[:1]
+        if not slanted:
+            out.append(Attempt("unslant", unslanted))
         if src is not None:
             out.append(Attempt("square", squared))
         out.append(Attempt("sharpen", sharp))
-        if len(blur.radii) > 1:
-            out.append(Attempt("defocus", deblurred(enhance.disc_psf(blur.radii[1]))))
-        if blur.streak:
-            angle = blur.streak[1]  # the spectrum's dips are shallow: its other guesses at the length
-            out += [Attempt("motion", deblurred(enhance.streak_psf(length, angle), enhance.STREAK_NSR, 2.0))
-                    for length in blur.streak_lengths]
+        out += defocus[1:] + streaks[1:]  # the spectrum's dips are shallow: its other guesses
         if not big:
             out.append(Attempt("upscale", resized(3.0)))
         out += [Attempt("global", resized(factor, "global")),

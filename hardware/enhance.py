@@ -55,6 +55,13 @@ def quad_side(quad: Quad) -> float:
     return max(math.dist(quad[i], quad[(i + 1) % 4]) for i in range(4))
 
 
+def quad_aspect(quad: Quad) -> float:
+    """How much longer than wide a quadrilateral is: its mean opposite sides, longer over shorter."""
+    a = (math.dist(quad[0], quad[1]) + math.dist(quad[2], quad[3])) / 2
+    b = (math.dist(quad[1], quad[2]) + math.dist(quad[3], quad[0])) / 2
+    return max(a, b) / max(min(a, b), 1.0)
+
+
 def quad_centre(quad: Quad) -> tuple[float, float]:
     return sum(p[0] for p in quad) / 4, sum(p[1] for p in quad) / 4
 
@@ -234,13 +241,61 @@ def streak_direction(img: np.ndarray) -> float:
     streak's. (The spectrum's weakest wedge is not: a grid's own spectrum is weak along its
     diagonals.) Within 2-4° on the frame set, where the spectrum was 8-35° off.
     """
+    (jxx, jxy), (_, jyy) = structure_tensor(img)
+    strongest = 0.5 * math.degrees(math.atan2(2 * jxy, jxx - jyy))
+    return (strongest + 90) % 180
+
+
+def structure_tensor(img: np.ndarray) -> np.ndarray:
+    """The mean products of the gradients of the middle of a crop (2x2: xx, xy; xy, yy).
+
+    A code's square grid gives the same gradient energy in every direction, whatever its
+    rotation and however defocused; a motion streak weakens it along the streak, a slant
+    strengthens it across the squeezed direction.
+    """
     h, w = img.shape
     mid = img[h // 6:h - h // 6, w // 6:w - w // 6].astype(np.float32)
     gx = cv2.Sobel(mid, cv2.CV_32F, 1, 0)
     gy = cv2.Sobel(mid, cv2.CV_32F, 0, 1)
     jxx, jyy, jxy = float(cv2.mean(gx * gx)[0]), float(cv2.mean(gy * gy)[0]), float(cv2.mean(gx * gy)[0])
-    strongest = 0.5 * math.degrees(math.atan2(2 * jxy, jxx - jyy))
-    return (strongest + 90) % 180
+    return np.array([[jxx, jxy], [jxy, jyy]])
+
+
+def squeeze(img: np.ndarray) -> float:
+    """How much more gradient energy a crop has in its strongest direction than in its weakest,
+    square-rooted: 1 for a code seen square on, about 2 for one seen 60° from the side or
+    streaked over two modules."""
+    values = np.linalg.eigvalsh(structure_tensor(img))
+    return math.sqrt(values[1] / max(values[0], 1e-6))
+
+
+SLANT_MIN, SLANT_MAX = 1.2, 3.0
+"""Squeeze (the gradient energy's strongest to weakest direction, square-rooted) from which a crop
+is unslanted, and the most it is stretched: a square seen 60° from the side is squeezed 2x."""
+
+
+def unslant(img: np.ndarray, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """The crop stretched along its squeezed direction until its gradients have no main direction,
+    then scaled by ``factor``; and the 2x3 map from the result's pixels back to ``img``'s.
+
+    A code seen at a slant is, near enough, an affine image of a square grid: if ``img(x) =
+    grid(A x)`` its structure tensor is ``c·AᵀA``, so warping by the tensor's square root gives the
+    grid back up to a rotation (affine shape normalisation), skew included, without finding a
+    corner. None when the crop is not squeezed by at least SLANT_MIN.
+    """
+    values, vectors = np.linalg.eigh(structure_tensor(img))
+    squeeze = math.sqrt(values[1] / max(values[0], 1e-6))
+    if squeeze < SLANT_MIN:
+        return None
+    stretch = vectors @ np.diag([1.0, min(squeeze, SLANT_MAX)]) @ vectors.T * factor
+    h, w = img.shape
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64) @ stretch.T
+    low = corners.min(axis=0)
+    size = np.ceil(corners.max(axis=0) - low).astype(int)
+    forward = np.hstack([stretch, -low[:, None]])
+    out = cv2.warpAffine(img, forward, (int(size[0]), int(size[1])), flags=cv2.INTER_CUBIC,
+                         borderMode=cv2.BORDER_REPLICATE)
+    return out, cv2.invertAffineTransform(forward)
 
 
 def _streak_lengths(log_power: np.ndarray, n: int, angle: float) -> tuple[float, ...]:

@@ -127,6 +127,32 @@ def test_texture_search_outlines_codes_tilted_60_degrees(camera):
         assert any(math.dist(enhance.quad_centre(r), centre) < side / 4 for r in regions), shot.pose
 
 
+def test_unslant_squares_up_codes_seen_60_degrees_from_the_side(camera, text):
+    """The crop of a code's texture, stretched until its gradients have no main direction, reads
+    (without a corner found), and what is read maps back onto the code in the frame."""
+    shots = F.frame_set(camera, 12, seed=11, categories=("tilt 60",))["tilt 60"]
+    read = 0
+    for shot in shots:
+        crop = enhance.crop_around(shot.frame, enhance.texture_regions(shot.frame)[0], 1 / 6)
+        img = np.ascontiguousarray(crop.image)
+        assert enhance.squeeze(img) > enhance.SLANT_MIN
+        unslanted, back = enhance.unslant(img, 1.5)
+        found = zxingcpp.read_barcodes(unslanted, formats=QR, text_mode=zxingcpp.TextMode.Plain)
+        if [r.text for r in found] != [text]:
+            continue
+        read += 1
+        p = found[0].position
+        corners = [back @ (pt.x, pt.y, 1.0) + (crop.x0, crop.y0)
+                   for pt in (p.top_left, p.top_right, p.bottom_right, p.bottom_left)]
+        centre = (camera.size[0] / 2 + shot.pose.offset_mm[0] * camera.focal / shot.pose.distance_mm,
+                  camera.size[1] / 2 + shot.pose.offset_mm[1] * camera.focal / shot.pose.distance_mm)
+        assert math.dist(np.mean(corners, axis=0), centre) < 4 * shot.module_px
+    assert read >= 10
+    square_on = F.frame_set(camera, 1, seed=11, categories=("sharp",))["sharp"][0]
+    crop = enhance.crop_around(square_on.frame, enhance.texture_regions(square_on.frame)[0], 1 / 6)
+    assert enhance.unslant(np.ascontiguousarray(crop.image)) is None
+
+
 def test_texture_search_finds_nothing_in_an_empty_lane():
     assert enhance.texture_regions(F.scene(1280, 720)) == []
     assert enhance.texture_regions(F.scene(640, 480)) == []
