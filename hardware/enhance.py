@@ -23,12 +23,14 @@ TEXTURE_LEVEL = 200.0
 
 A code's modules give 250-600 in the thumbnail even defocused by a module or seen in low light;
 lines of text, card edges and sensor noise on their own stay lower (bench/frames.py frames)."""
-ISOTROPY = (0.5, 0.62)
+ISOTROPY = (0.5, 0.62, 0.75)
 """Texture whose gradients agree in direction more than this (coherence 0..1) is an edge, not a code.
 
-Both are tried: a code seen 60° from the side is squeezed to half its width, which favours one
-gradient direction (up to about 0.6 there), but the looser level lets a code's region run into
-the text beside it on other frames, and the merged shape is then no code's."""
+All are tried: a code seen 60° from the side is squeezed to half its width, which favours one
+gradient direction (up to about 0.6 there), but the looser levels let a code's region run into
+the text beside it on other frames, and the merged shape is then no code's. The loosest finds a
+code both slanted and streaked by a shaking hand, whose region is ragged at the others; an empty
+lane, sensor noise and a passer-by still give no region at it."""
 MIN_REGION_PX = 14
 """Smallest side (thumbnail pixels) of a code-like region: a 25-module code at 1.5 px per module."""
 MAX_ASPECT = 3.2

@@ -153,6 +153,18 @@ def test_unslant_squares_up_codes_seen_60_degrees_from_the_side(camera, text):
     assert enhance.unslant(np.ascontiguousarray(crop.image)) is None
 
 
+def test_texture_search_outlines_a_code_both_slanted_and_streaked(camera):
+    """A card at 60° moved by the hand over 1.2-1.6 modules: its texture region is ragged at the
+    stricter coherence levels, the loosest still outlines it."""
+    clip = F.clip(camera, "tilt 60", np.random.default_rng([12, 1000 + list(F.CATEGORIES).index("tilt 60"), 3]))
+    for shot in clip[2:6]:
+        assert shot.look.motion > 1.2
+        centre = (camera.size[0] / 2 + shot.pose.offset_mm[0] * camera.focal / shot.pose.distance_mm,
+                  camera.size[1] / 2 + shot.pose.offset_mm[1] * camera.focal / shot.pose.distance_mm)
+        regions = enhance.texture_regions(shot.frame)
+        assert any(math.dist(enhance.quad_centre(r), centre) < 6 * shot.module_px for r in regions), shot.pose
+
+
 def test_texture_search_finds_nothing_in_an_empty_lane():
     assert enhance.texture_regions(F.scene(1280, 720)) == []
     assert enhance.texture_regions(F.scene(640, 480)) == []
@@ -167,6 +179,31 @@ def test_stream_reads_a_defocused_card_within_a_few_frames(camera, text):
                    None)
     assert read_at is not None and read_at <= 3
     assert all(zxing_alone(shot.frame) == [] for shot in clip[:read_at + 1])
+
+
+def test_stream_reads_a_card_held_60_degrees_from_the_side_at_once(camera, text):
+    """A card held at 60° in a shaking hand, which no frame of zxing-cpp alone reads: the texture
+    region is elongated, so the second attempt of the first frame unslants its crop and reads it."""
+    clip = F.clip(camera, "tilt 60", np.random.default_rng([11, 1000 + list(F.CATEGORIES).index("tilt 60"), 4]))
+    assert all(zxing_alone(shot.frame) == [] for shot in clip[:3])
+    stream = StreamDecoder()
+    for frame in lane(camera):
+        stream.feed(frame)
+    read_at = next((i for i, shot in enumerate(clip) if [c.text for c in stream.feed(shot.frame).codes] == [text]),
+                   None)
+    assert read_at is not None and read_at <= 2
+
+
+def test_a_long_streak_is_undone_among_the_first_two_attempts(camera):
+    """The stream tries the first two attempts on every frame: for a streak of 1.5 modules and more
+    (crop squeezed 1.5x or more: 1.6 modules here) one of them deconvolves the streak, not the defocus disc its
+    spectrum also suggests."""
+    dec = ApplianceDecoder()
+    shots = [s for s in F.frame_set(camera, 16, seed=11, categories=("motion",))["motion"] if s.look.motion >= 1.6]
+    assert len(shots) >= 4
+    for shot in shots:
+        names = [a.name for a in dec.attempts(shot.frame, enhance.texture_regions(shot.frame)[0])]
+        assert "motion" in names[:2], (shot.look.motion, names)
 
 
 def test_an_empty_still_lane_costs_only_the_first_pass(camera):
