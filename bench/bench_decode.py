@@ -311,21 +311,33 @@ def clips_bench(per_category: int, seed: int) -> dict:
     lane_lores = [cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA) for f in lane]
     zx, zb = _zxing_alone(), _pyzbar_qr()
 
-    def stream(lores: bool = False):
+    def stream(lores: bool = False, trace: list[str] | None = None):
         s = StreamDecoder()
         for f in (lane_lores if lores else lane) * 6:  # the camera watched an empty lane before
             s.feed(f)
         if lores:
             return lambda f, d: [c.text for c in s.feed(f, d).codes]
-        return lambda f: [c.text for c in s.feed(f).codes]
+
+        def feed(f: np.ndarray) -> list[str]:
+            result = s.feed(f)
+            if trace is not None:
+                trace.append(_step(result))
+            return [c.text for c in result.codes]
+        return feed
 
     rows, out = [], {}
+    slow_clips = []
     for cat, group in clips.items():
         res: dict[str, list] = {"stream": [], "stream Pi 4": [], "lores+main": [], "zxing-cpp": [], "pyzbar QR": []}
-        for clip in group:
+        for j, clip in enumerate(group):
             full = [s.frame for s in clip]
             lores = [cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA) for f in full]
-            res["stream"].append(_first_read(stream(), full, text))
+            trace: list[str] = []
+            res["stream"].append(_first_read(stream(trace=trace), full, text))
+            if res["stream"][-1] is None or res["stream"][-1] > CLIP_GOAL_S:
+                slow_clips.append(f"  {cat} clip {j} ({_clip_blur(clip)}): "
+                                  f"{'not read' if res['stream'][-1] is None else 'read late'}; per decoded frame: "
+                                  + ", ".join(trace))
             res["stream Pi 4"].append(_first_read(stream(), full, text, PI4_FACTOR))
             res["lores+main"].append(_first_read(stream(True), lores, text, detail=full))
             res["zxing-cpp"].append(_first_read(zx, full, text))
@@ -347,11 +359,33 @@ def clips_bench(per_category: int, seed: int) -> dict:
           "read/clips, median (worst) ms of camera time to the first read; 'Pi 4' = decode CPU times x6; "
           "'lores+main' = the stream decoder on 640x360 with 1280x720 crops, as on picamera2)")
     print(table(("category", *res), rows))
+    if slow_clips:
+        print("clips the stream did not read within 300 ms: what it did on each frame it decoded (stage: pass1 = "
+              "read by the first pass, none = nothing read; seen = symbols located but not read by the first pass; "
+              "loc = outlines given a second pass, from the first pass, the probe or the texture search; att = "
+              "second-pass attempts)")
+        print("\n".join(slow_clips))
     slow = [c for c, r in out.items() if not _fast_enough(r["stream"])]
     print(f"goal: median time to first read <= 300 ms in every category (stream, x86): "
           f"{'met' if not slow else 'MISSED in ' + ', '.join(slow)}")
     print()
     return out
+
+
+CLIP_GOAL_S = 0.3
+"""Camera time to the first read of a clip (the issue's goal, 300 ms at 15 fps)."""
+
+
+def _step(result) -> str:
+    """What the stream decoder did on one frame, in a few characters (the clip trace)."""
+    return f"{result.stage} seen {result.seen} loc {len(result.located)} att {result.attempts}"
+
+
+def _clip_blur(clip: list) -> str:
+    """A clip's pose and blur in modules (its first frame's module size), for the clip trace."""
+    motion = [s.look.motion for s in clip]
+    return (f"{clip[0].module_px:.1f} px/module, tilt {clip[0].pose.tilt_deg:.0f}°, streak "
+            f"{min(motion):.1f}-{max(motion):.1f} modules")
 
 
 def _fast_enough(times: list) -> bool:
@@ -365,9 +399,14 @@ def run(quick: bool = False) -> dict:
     out = {"samples": samples_bench(1 if quick else 5), "frames": frames_bench(3 if quick else 7, 1 if quick else 3),
            "camera set": camera_set_bench(3 if quick else 30, SEED),
            "clips": clips_bench(1 if quick else 8, SEED)}
+    if not quick:
+        out[f"camera set, seed {SECOND_SEED}"] = camera_set_bench(30, SECOND_SEED)
+        out[f"clips, seed {SECOND_SEED}"] = clips_bench(8, SECOND_SEED)
     out["goals"] = out["frames"].pop("goals")
     return out
 
 
 SEED = 2026
-"""The frame set the bench reports on; the decoder was developed on other seeds (11), so this set is held out."""
+"""The frame set the bench reports on; the decoder was developed on other seeds (11-13), so this set is held out."""
+SECOND_SEED = 2027
+"""A second held-out frame set (never looked at while developing), reported beside the first in a full run."""
