@@ -105,6 +105,17 @@ def test_a_streak_direction_is_found_within_a_few_degrees(camera):
         assert off < 6, (shot.look, blur)
 
 
+def test_a_streak_length_is_found_from_the_derivative_autocorrelation(camera):
+    """Streaks of 1-2.5 modules (4-14 pixels): the length is within 25% of the hand's (it reads a
+    little long: the lens and sensor soften the ends), where the spectrum's comb was off by half."""
+    for shot in F.frame_set(camera, 16, seed=11, categories=("motion",))["motion"]:
+        crop = enhance.crop_around(shot.frame, enhance.texture_regions(shot.frame)[0], 1 / 6)
+        img = np.ascontiguousarray(crop.image)
+        length = enhance.streak_length(img, enhance.streak_direction(img))
+        true = shot.look.motion * shot.module_px
+        assert 0.95 < length / true < 1.25, (length, true)
+
+
 def test_moving_cards_zxing_misses_are_mostly_read(camera, text):
     """Streaks of 1-2.5 modules: of the frames zxing-cpp misses, the appliance reads at least 70%
     (its deconvolution tries the comb of the spectrum's zeros, the deepest dip and twice it)."""
