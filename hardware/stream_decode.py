@@ -129,6 +129,23 @@ class _Track:
         return math.hypot(ax - bx, ay - by) < side / 4 and 0.7 < other / max(side, 1.0) < 1.4
 
 
+WIDEN = 1.3
+"""A code-like region this much larger than a located outline it holds is looked at too (`_widened`)."""
+
+
+def _widened(quads: list[Corners], regions: list[Corners]) -> list[Corners]:
+    """The outlines, each preceded by a code-like region at least WIDEN times its size that holds its
+    centre: zxing-cpp sometimes locates only part of a blurred code (a finder pattern and its
+    neighbours), and the crop around that part cannot read the rest."""
+    out: list[Corners] = []
+    for quad in quads:
+        centre, side = enhance.quad_centre(quad), enhance.quad_side(quad)
+        out += [r for r in regions if enhance.quad_side(r) >= WIDEN * side
+                and cv2.pointPolygonTest(np.array(r, np.float32), centre, False) >= 0][:1]
+        out.append(quad)
+    return out[:SECOND_PASS_SYMBOLS]
+
+
 class StreamDecoder:
     """One camera's decoder: `ApplianceDecoder` steps spread over the frames of a stream (module docstring).
 
@@ -191,6 +208,8 @@ class StreamDecoder:
             quads = _distinct(probed)[:SECOND_PASS_SYMBOLS]
             if not quads:
                 quads, stage = dec.search(gray), "search"
+        elif active:
+            quads, tracked = _widened(quads, dec.search(gray)), False
         if not quads:
             self._lost()
             return FrameDecode((), 0, "none")

@@ -217,6 +217,21 @@ def test_a_long_streak_is_undone_among_the_first_two_attempts(camera):
         assert "motion" in names[:2], (shot.look.motion, names)
 
 
+def test_stream_widens_an_outline_that_holds_only_part_of_the_code(camera, text):
+    """zxing-cpp locates part of a card streaked over two modules (a finder pattern's corner of it):
+    the code-like region around that part is looked at too, and its crop reads on the first frames."""
+    clip = F.clip(camera, "motion", np.random.default_rng([13, 1000 + list(F.CATEGORIES).index("motion"), 0]))
+    dec = ApplianceDecoder()
+    _, seen = dec.first_pass(clip[0].frame)
+    assert seen and enhance.quad_side(seen[0]) < 0.75 * clip[0].module_px * 65  # a part, not the code
+    stream = StreamDecoder()
+    for frame in lane(camera):
+        stream.feed(frame)
+    read_at = next((i for i, shot in enumerate(clip) if [c.text for c in stream.feed(shot.frame).codes] == [text]),
+                   None)
+    assert read_at is not None and read_at <= 2
+
+
 def test_an_empty_still_lane_costs_only_the_first_pass(camera):
     """Once the picture is still, a frame without a located symbol gets no probe, search or second pass."""
     frames = lane(camera)
