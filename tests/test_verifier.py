@@ -678,6 +678,26 @@ def test_kid_collision_tries_every_candidate(key, issuers, rogue_ed_key, rogue_e
     assert reason(make_card(key), store, now) is Reason.OK
 
 
+def test_usable_keys_by_kid_alg_and_format(key, issuers, rogue_ed_key, make_card, now):
+    i = issuers[key]
+    ck1_only = BundleKey(i.kid, i.alg_name, i.name, i.key.public_key(), frozenset({"CK1"}))
+    hc1_only = BundleKey(i.kid, i.alg_name, i.name, rogue_ed_key.public_key(), frozenset({"HC1"}))
+    other_alg = BundleKey(i.kid, "PS256", i.name, rogue_ed_key.public_key())
+    store = TrustStore.build(keys=[ck1_only, hc1_only, other_alg])
+    assert store.usable(i.kid, i.alg_name, "CK1") == (ck1_only,)
+    assert store.usable(i.kid, i.alg_name, "HC1") == (hc1_only,)
+    assert store.usable(i.kid, "PS256", "CK1") == (other_alg,)
+    assert store.usable(b"\0" * 8, i.alg_name, "CK1") == ()
+    # asked again (now from the store's cache), the answers are the same
+    assert store.usable(i.kid, i.alg_name, "CK1") == (ck1_only,)
+    assert reason(make_card(key), store, now) is Reason.OK
+    # hostile cards name any kid they like: what the store remembers stays bounded
+    for n in range(1000):
+        store.usable(n.to_bytes(8, "big"), i.alg_name, "CK1")
+    assert len(store._usable) <= 256
+    assert store.usable(i.kid, i.alg_name, "HC1") == (hc1_only,)
+
+
 # =========================================================================== expired
 
 def test_expired(key, make_card, trust, now):

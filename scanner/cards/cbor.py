@@ -158,6 +158,11 @@ def _item(data: bytes, pos: int, end: int, depth: int, max_depth: int) -> tuple[
                 except UnicodeDecodeError:
                     raise CborError("text string is not UTF-8") from None
                 pos += n
+            elif ib == 0x3A:  # negative integer with a 4-byte argument (private claims: -65537)
+                if pos + 5 > end:
+                    raise CborError("truncated")
+                key = -1 - int.from_bytes(data[pos + 1:pos + 5], "big")
+                pos += 5
             else:
                 key, pos = _item(data, pos, end, depth, max_depth)
                 if key is _BREAK:

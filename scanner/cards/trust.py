@@ -23,6 +23,8 @@ from scanner.cards import x509util
 from scanner.cards.bundle import Bundle, BundleKey, open_bundle
 from scanner.cards.revocation import RevocationSet
 
+_USABLE_CACHE_SIZE = 256
+
 
 @dataclass(frozen=True, slots=True)
 class TrustStore:
@@ -36,6 +38,10 @@ class TrustStore:
     revoked_rids: Mapping[bytes, Mapping[str, int | None]] = field(
         default_factory=lambda: MappingProxyType({}))
     notes: tuple[str, ...] = ()  # keys that were skipped while loading, and why (for a warning)
+    # (kid, alg, format) -> the keys a card of that format and alg may be signed with: worked out once
+    # per kid, not on every scan (the store never changes, so neither does the answer)
+    _usable: dict[tuple[bytes, str, str], tuple[BundleKey, ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, keys: Iterable[BundleKey] = (), bundles: Iterable[Bundle] = (),
@@ -68,6 +74,17 @@ class TrustStore:
     def lookup(self, kid: bytes) -> tuple[BundleKey, ...]:
         """Keys with this kid (usually one; kids are 8 bytes, so collisions are possible)."""
         return self.by_kid.get(kid, ())
+
+    def usable(self, kid: bytes, alg: str, fmt: str) -> tuple[BundleKey, ...]:
+        """Keys with this kid, of this alg and trusted for cards of format ``fmt``."""
+        found = self._usable.get((kid, alg, fmt))
+        if found is None:
+            found = tuple(k for k in self.by_kid.get(kid, ())
+                          if k.alg == alg and (k.formats is None or fmt in k.formats))
+            if len(self._usable) >= _USABLE_CACHE_SIZE:  # bounded: kids come from hostile cards
+                self._usable.clear()
+            self._usable[(kid, alg, fmt)] = found
+        return found
 
     @property
     def key_count(self) -> int:

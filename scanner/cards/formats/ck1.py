@@ -113,7 +113,8 @@ def parse_claims(payload: bytes, kid: bytes) -> Card:
     card = claims.get(CLAIM_CARD)
     if type(card) is not dict:
         raise _malformed("card claim (-65537) missing or not a map")
-    if card.get("v") != CARD_SCHEMA or type(card.get("v")) is not int:
+    version = card.get("v")
+    if version != CARD_SCHEMA or type(version) is not int:
         raise _malformed(f"card schema version must be {CARD_SCHEMA}")
     name = _text(card.get("n"), "holder name", MAX_NAME)
     birth = check_date(card.get("d"), "birth date", partial=True)
@@ -137,8 +138,10 @@ class CK1Format:
         card, signers = authenticate(unwrap(text), trust, RULES, parse_claims)
         kid = card.kid
         # the same key may be listed for several issuers: the card's issuer must be one of them
-        key = next((k for k in signers if k.issuer is None or k.issuer == card.issuer), None)
-        if key is None:
+        for key in signers:
+            if key.issuer is None or key.issuer == card.issuer:
+                break
+        else:
             raise CardRejected(Reason.BAD_SIGNATURE, f"issuer {card.issuer!r} does not match the key's "
                                f"issuer {signers[0].issuer!r}", kid)
         if key.not_after is not None and card.issued_at > key.not_after:

@@ -53,14 +53,15 @@ def authenticate(raw: bytes, trust: TrustStore, rules: CoseRules,
     if not candidates:
         raise CardRejected(Reason.UNKNOWN_KEY, f"no trusted {rules.key} with this kid", kid)
     alg_name = rules.algs[alg]
-    usable = [k for k in candidates if k.alg == alg_name and (k.formats is None or rules.name in k.formats)]
+    usable = trust.usable(kid, alg_name, rules.name)
     if not usable:
         k = candidates[0]
         why = (f"header alg {alg_name} does not match the key's {k.alg}" if k.alg != alg_name
                else f"the key is not trusted for {rules.name} {rules.documents}")
         raise CardRejected(Reason.BAD_SIGNATURE, why, kid)
     tbs = msg.to_be_signed()
-    signers = [k for k in usable if rules.verify_signature(k.public_key, alg, tbs, msg.signature)]
+    check, signature = rules.verify_signature, msg.signature
+    signers = [k for k in usable if check(k.public_key, alg, tbs, signature)]
     if not signers:
         raise CardRejected(Reason.BAD_SIGNATURE, "signature does not verify", kid)
     try:
