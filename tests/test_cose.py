@@ -40,6 +40,17 @@ def test_sign1_round_trip(signer, tagged):
     assert cose.verify_signature(signer.key.public_key(), signer.alg, msg.to_be_signed(), msg.signature)
 
 
+def test_sign1_fields_are_those_of_parse_sign1(signer):
+    data = cose.sign1(PAYLOAD, signer.key, signer.alg, signer.kid, kid_unprotected=True)
+    fields = cose.sign1_fields(data)
+    msg = cose.parse_sign1(data)
+    assert fields == (msg.protected, msg.alg, msg.kid, msg.payload, msg.signature)
+    assert fields[2] == signer.kid and fields[3] == PAYLOAD
+    assert cose.sig_structure(fields[0], fields[3]) == msg.to_be_signed()
+    with pytest.raises(CoseError):
+        cose.sign1_fields(cbor.dumps([b"", {1: signer.alg}, PAYLOAD, b"sig"]))
+
+
 def test_sign1_is_decodable_by_cbor2(signer):
     data = cose.sign1(PAYLOAD, signer.key, signer.alg, signer.kid)
     decoded = cbor2.loads(data)

@@ -66,6 +66,13 @@ def parse_sign1(data: bytes, *, alg_unprotected: bool = False) -> Sign1:
     """Parse a tagged or untagged COSE_Sign1; raise CborError or CoseError. The alg must be in the
     protected header unless ``alg_unprotected`` (a format that allows it, e.g. HC1): then an alg
     only in the unprotected header counts too, and the protected one wins when both are there."""
+    return Sign1(*sign1_fields(data, alg_unprotected=alg_unprotected))
+
+
+def sign1_fields(data: bytes, *, alg_unprotected: bool = False
+                 ) -> tuple[bytes, int | None, bytes | None, bytes, bytes]:
+    """What `parse_sign1` gives, as the tuple (protected, alg, kid, payload, signature): the
+    verifier's path, which needs no Sign1 object per scan."""
     msg = cbor.loads(data)
     if isinstance(msg, Tag):
         if msg.tag != COSE_SIGN1_TAG:
@@ -103,7 +110,7 @@ def parse_sign1(data: bytes, *, alg_unprotected: bool = False) -> Sign1:
         kid = unprotected.get(HDR_KID)
     if kid is not None and type(kid) is not bytes:
         raise CoseError("kid must be a byte string")
-    return Sign1(protected, alg, kid, payload, signature)
+    return protected, alg, kid, payload, signature
 
 
 def verify_signature(public_key: Any, alg: int, message: bytes, signature: bytes) -> bool:

@@ -37,13 +37,11 @@ def authenticate(raw: bytes, trust: TrustStore, rules: CoseRules,
     """COSE_Sign1 bytes → (the card its payload holds, the trusted keys whose signature verifies).
     Raises CardRejected (malformed, revoked, unknown_key, bad_signature) with the kid when known."""
     try:
-        msg = cose.parse_sign1(raw, alg_unprotected=rules.alg_unprotected)
+        protected, alg, kid, payload, signature = cose.sign1_fields(raw, alg_unprotected=rules.alg_unprotected)
     except (CborError, CoseError) as exc:
         raise CardRejected(Reason.MALFORMED, f"COSE: {exc}") from None
-    kid = msg.kid
     if kid is None:
         raise CardRejected(Reason.MALFORMED, "no kid in the COSE header")
-    alg = msg.alg
     if alg is None or alg not in rules.algs:
         allowed = " or ".join(f"{name} {a}" for a, name in rules.algs.items())
         raise CardRejected(Reason.MALFORMED, f"alg {alg} is not allowed in {rules.name} ({allowed})", kid)
@@ -59,13 +57,13 @@ def authenticate(raw: bytes, trust: TrustStore, rules: CoseRules,
         why = (f"header alg {alg_name} does not match the key's {k.alg}" if k.alg != alg_name
                else f"the key is not trusted for {rules.name} {rules.documents}")
         raise CardRejected(Reason.BAD_SIGNATURE, why, kid)
-    tbs = msg.to_be_signed()
-    check, signature = rules.verify_signature, msg.signature
+    tbs = cose.sig_structure(protected, payload)
+    check = rules.verify_signature
     signers = [k for k in usable if check(k.public_key, alg, tbs, signature)]
     if not signers:
         raise CardRejected(Reason.BAD_SIGNATURE, "signature does not verify", kid)
     try:
-        card = parse_claims(msg.payload, kid)
+        card = parse_claims(payload, kid)
     except CardRejected as exc:
         exc.kid = kid
         raise
