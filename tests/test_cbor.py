@@ -524,3 +524,13 @@ def test_loads_raises_only_cborerror(data):
         cbor.loads(data)
     except CborError:
         pass
+
+
+@pytest.mark.parametrize("value", [[{}], [{}, {}, {}], [b"x", {}, b"y", {}], [[{}], {}], {1: [{}]}])
+def test_empty_maps_in_arrays(value):
+    data = cbor.dumps(value)
+    assert cbor.loads(data) == value == cbor2.loads(data)
+    with pytest.raises(CborError):
+        cbor.loads(data[:-1])
+    with pytest.raises(CborError):
+        cbor.loads(data + b"\xa0")

@@ -232,6 +232,10 @@ def _item(data: bytes, pos: int, end: int, depth: int, max_depth: int) -> tuple[
                 items.append(data[pos:pos + n])
                 pos += n
                 continue
+            if ib == 0xA0:  # an empty map (COSE_Sign1's usual unprotected header)
+                items.append({})
+                pos += 1
+                continue
             value, pos = _item(data, pos, end, depth, max_depth)
             if value is _BREAK:
                 raise CborError("unexpected break")
