@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from support.console import INFECTED_NAME, Client, make_accounts, make_world
 from support.paths import ROOT
-from support.waiting import WAIT, wait_for
+from support.waiting import WAIT, unix_listening, wait_for
 
 from bench.procs import free_port
 from sync.server.console.openerclient import OpenerClient, OpenerUnavailable
@@ -83,16 +82,6 @@ def wait_until_up(url: str, proc: subprocess.Popen) -> None:
     wait_for(up, "the console to start")
 
 
-def listening(sock: Path) -> bool:
-    """Whether the opener accepts connections at ``sock`` (its file appears a moment before it listens)."""
-    try:
-        with socket.socket(socket.AF_UNIX) as conn:
-            conn.connect(str(sock))
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def shared_dir():
     """A directory outside pytest's (which only root may enter), for what the console may reach."""
@@ -140,7 +129,7 @@ def test_the_web_process_never_holds_the_sealing_key(tmp_path, shared_dir):
                                    "--keys", str(world.keys_dir), "--socket", str(sock), "--allow", "nobody",
                                    "--socket-group", "nogroup"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(lambda: listening(sock) or opener.poll() is not None, "the opener's socket")
+        wait_for(lambda: unix_listening(sock) or opener.poll() is not None, "the opener's socket")
         assert opener.poll() is None, opener.stderr.read()
         # this test runs as root, not the console's user: the opener turns it away
         with pytest.raises(OpenerUnavailable) as refused:

@@ -22,7 +22,7 @@ from support.console import WARD_A, OpenerThread, make_world
 from support.entries import chain_entries
 from support.paths import ROOT
 from support.servers import BACKENDS, db_url_for, enroll_direct, ingest_entries
-from support.waiting import WAIT, wait_for
+from support.waiting import WAIT, unix_listening, wait_for
 
 from bench.procs import free_port
 from scanner.base.timeutil import DAY_MS, now_ms
@@ -207,7 +207,7 @@ def test_the_key_split_into_shares_any_two_of_three_give_it_back(world, tmp_path
                             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: sock.exists() or proc.poll() is not None, "the opener's socket")
+        wait_for(lambda: unix_listening(sock) or proc.poll() is not None, "the opener's socket")
         assert proc.poll() is None, proc.stderr.read()
         client = OpenerClient(str(sock))
         assert client.public_pem() == sealing_public_pem(key)

@@ -1,8 +1,10 @@
 """How long the tests wait: one generous timeout, and one way to wait for a condition."""
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 WAIT = 60.0  # seconds: generous for a loaded 2-core machine; never reached when things work
 HTTP_TIMEOUT = (5, WAIT)  # requests' (connect, read) timeouts
@@ -19,3 +21,14 @@ def wait_for(cond, what: str | Callable[[], str], timeout: float = WAIT, interva
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(interval)
+
+
+def unix_listening(sock: Path) -> bool:
+    """Whether a server accepts connections at the Unix socket ``sock`` (its file appears a moment
+    before it listens)."""
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(str(sock))
+        return True
+    except OSError:
+        return False
