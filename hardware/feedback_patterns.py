@@ -154,9 +154,10 @@ class Patterns:
                      if p is not None)
 
     def for_verdict(self, verdict: Verdict) -> Pattern:
-        """accept, duplicate (a genuine card scanned again, decided by the entry log) or reject."""
+        """accept, duplicate (a genuine card scanned again, decided by the entry log, or already
+        inside the site by another gate) or reject."""
         if verdict.accepted:
             return self.accept
-        if verdict.reason is Reason.DUPLICATE:
+        if verdict.reason in (Reason.DUPLICATE, Reason.ALREADY_INSIDE):
             return self.duplicate
         return self.reject

@@ -79,7 +79,7 @@ def test_default_patterns_match_the_spec():
     assert alarm.repeat and alarm.amber == p.error.amber and alarm.duration == pytest.approx(t.alarm_every_s)
 
 
-@pytest.mark.parametrize("reason", [r for r in Reason if r not in (Reason.OK, Reason.DUPLICATE)])
+@pytest.mark.parametrize("reason", [r for r in Reason if r not in (Reason.OK, Reason.DUPLICATE, Reason.ALREADY_INSIDE)])
 def test_every_reject_reason_is_red(reason):
     assert Patterns.default().for_verdict(reject(reason, "x")).name == "reject"
 
@@ -88,6 +88,7 @@ def test_verdict_to_pattern():
     p = Patterns.default()
     assert p.for_verdict(Verdict(Decision.ACCEPT, Reason.OK)) is p.accept
     assert p.for_verdict(reject(Reason.DUPLICATE, "again")) is p.duplicate
+    assert p.for_verdict(reject(Reason.ALREADY_INSIDE, "entered at gate-A")) is p.duplicate  # amber, not red
 
 
 def test_pattern_helpers_and_duration():

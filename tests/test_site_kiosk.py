@@ -1,6 +1,7 @@
 """The kiosk and the status page of a gate of a site, in a real headless Chromium, against two
 `checkpoint run` daemons that talk over loopback (static peers): the site's occupancy on the
-kiosk follows an entry at the other gate, the status page lists the peer, and when the other gate
+kiosk follows an entry at the other gate, a card already inside by the other gate gets the amber
+"already admitted" screen (not a refusal), the status page lists the peer, and when the other gate
 is gone the kiosk says the gate is isolated (badge, strip, the site box)."""
 from __future__ import annotations
 
@@ -89,8 +90,11 @@ def test_the_kiosk_shows_the_site_and_that_the_gate_is_isolated(tmp_path, root_k
         assert text(chrome, "site-sub") == "2 cổng đang kết nối"
         fifo_a.send(pki.card(card_id=b"\x11" * 16))  # the same card at gate A: already inside, by gate B
         a.wait_line(r"verdict source=stdin:desk decision=reject reason=already_inside")
-        browser.wait_js(chrome, "document.body.dataset.view === 'reject'", WAIT, "the reject on A's kiosk")
+        browser.wait_js(chrome, "document.body.dataset.view === 'duplicate'", WAIT,
+                        "the amber 'already admitted' screen on A's kiosk, not a refusal")
+        assert text(chrome, "word") == "ĐÃ CHO QUA"
         assert text(chrome, "reason").startswith("Đã ở trong khu vực: vào qua gate-B lúc ")
+        assert chrome.execute_script("return document.querySelector('#symbol use').getAttribute('href')") == "#i-dup"
         browser.screenshot(chrome, shots / "kiosk-site-already-inside.png")
         assert text(chrome, "occupancy") in ("–", "0")  # this gate's own count is not the site's
 

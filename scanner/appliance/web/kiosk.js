@@ -57,14 +57,19 @@
       reason.textContent = t(`readiness.${fault.code}`);
       body.dataset.readiness = fault.code;
     } else if (v && v.kind === "verdict" && isDuplicate(v.data)) {
-      // already admitted here: amber as the LED, never the red of a refusal; says when and where
+      // already admitted, here or (already inside) at another gate of the site: amber as the LED,
+      // never the red of a refusal; says when and where
       const d = v.data, before = d.duplicate_of;
       kind = "duplicate";
       symbol = "dup";
       word.textContent = t("kiosk.duplicate");
-      const place = (S.settings && S.settings.name) || before.checkpoint_id;
-      reason.textContent = t(`kiosk.duplicate_${before.direction === "out" ? "out" : "in"}`,
-        { time: clockHM(before.at_ms), place: CK.safe(place) });
+      if (before) {
+        const place = (S.settings && S.settings.name) || before.checkpoint_id;
+        reason.textContent = t(`kiosk.duplicate_${before.direction === "out" ? "out" : "in"}`,
+          { time: clockHM(before.at_ms), place: CK.safe(place) });
+      } else {
+        reason.textContent = t("kiosk.entered_at", { gate: CK.safe(d.inside.gate), time: clockHM(d.inside.at_ms) });
+      }
       const holder = d.holder;
       name.textContent = holder ? CK.safe(holder.name) : "";
       born.textContent = holder && holder.birth_year ? t("kiosk.born", { year: CK.safe(holder.birth_year) }) : "";
@@ -74,10 +79,7 @@
       kind = d.decision === "accept" ? "accept" : "reject";
       symbol = kind === "accept" ? "ok" : "no";
       word.textContent = t(`decision.${d.decision}`);
-      reason.textContent = d.inside  // already inside: entered at which gate, when
-        ? t("kiosk.entered_at", { gate: CK.safe(d.inside.gate), time: new Date(d.inside.at_ms)
-          .toLocaleTimeString(CK.lang === "vi" ? "vi-VN" : "en-GB", { hour: "2-digit", minute: "2-digit" }) })
-        : t(`reason.${d.reason}`);
+      reason.textContent = t(`reason.${d.reason}`);
       const holder = d.holder;
       name.textContent = holder ? CK.safe(holder.name) : "";
       born.textContent = holder && holder.birth_year ? t("kiosk.born", { year: CK.safe(holder.birth_year) }) : "";
@@ -151,7 +153,10 @@
     }
   }
 
-  function isDuplicate(d) { return d.reason === "duplicate" && !!d.duplicate_of; }
+  // A card already admitted: a duplicate here, or already inside the site (entered at another gate).
+  function isDuplicate(d) {
+    return (d.reason === "duplicate" && !!d.duplicate_of) || (d.reason === "already_inside" && !!d.inside);
+  }
 
   // The time of day of an earlier admission, as staff read it ("14:05").
   function clockHM(ms) {
