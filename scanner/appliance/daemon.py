@@ -44,7 +44,7 @@ from hardware.readers_hid import HidReader
 from hardware.stream_decode import Hint
 from scanner import __version__
 from scanner.appliance import api as apimod
-from scanner.appliance import pages, readiness, runtime
+from scanner.appliance import doctor, pages, readiness, runtime
 from scanner.appliance.clockguard import ClockGuard
 from scanner.appliance.config import (
     Config,
@@ -67,15 +67,13 @@ from scanner.appliance.supervisor import DISCOVER_EVERY_S, TICK_S, Hooks, Superv
 from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
 from scanner.cards.scan import Scan
-from scanner.cards.trust import TrustStore, load_root
+from scanner.cards.trust import TrustStore
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
 from sync.pull import PullService, with_pull
-from sync.site import credential as sitecred
 from sync.site.node import Settings as SiteSettings
 from sync.site.node import SiteNode
 from sync.state import DeviceConfig, StateError
-from sync.trustupdate import load_roots
 from sync.wire import enrollcode, identity
 
 log = logging.getLogger(__name__)
@@ -384,10 +382,7 @@ class Appliance:
         assert site is not None and self.guard is not None
         guard = self.guard
         try:
-            roots = load_roots(self.state_dir) + [load_root(p) for p in (*cfg.trust.roots, cfg.enroll.trust_root) if p]
-            key = identity.load(self.state_dir)
-            cred = sitecred.load(site.credential or self.state_dir / sitecred.FILE_NAME, roots, site_id=site.site_id,
-                                 device_key=key, now=guard.now())
+            key, cred, roots = doctor.site_credential(cfg, guard.now())
             secret = Path(site.secret_file).read_bytes()
         except CheckpointError as exc:
             raise DaemonError(f"site {site.site_id}: {exc} ({exc.code})", code=exc.code) from None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from hardware.camera import SourceUnavailable, make_source
 from hardware.readers_hid import _NotFound, find_device
@@ -33,11 +34,14 @@ from scanner.base import i18n
 from scanner.base.errors import CheckpointError
 from scanner.base.i18n import text as _t
 from scanner.base.timeutil import now_ms
-from scanner.cards.trust import load_device_trust
+from scanner.cards.trust import load_device_trust, load_root
 from scanner.store import clock as clockmod
 from scanner.store import synced
 from sync import credential
+from sync.site import credential as sitecred
 from sync.state import DeviceConfig, StateError, StateFile, SyncState
+from sync.trustupdate import load_roots
+from sync.wire import identity
 from sync.wire.credential import CredentialError
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -371,24 +375,48 @@ def check_sync(config: Config, backlog: tuple[int, int | None] | None, state: Ca
     return Check("sync", PASS, detail)
 
 
+def site_credential(config: Config, now: float
+                    ) -> tuple[ed25519.Ed25519PrivateKey, sitecred.SiteCredential, list[ed25519.Ed25519PublicKey]]:
+    """This gate's key, its site credential checked (a pinned root, this site, this device's key,
+    in date at ``now``) and the roots it is checked against: what the daemon starts the site with
+    and what the doctor checks without it. A CheckpointError with a reason code otherwise."""
+    site = config.site
+    assert site is not None
+    roots = load_roots(config.state_dir) + [load_root(p) for p in (*config.trust.roots, config.enroll.trust_root) if p]
+    key = identity.load(config.state_dir)
+    cred = sitecred.load(site.credential or config.state_dir / sitecred.FILE_NAME, roots, site_id=site.site_id,
+                         device_key=key, now=now)
+    return key, cred, roots
+
+
 def check_site(config: Config, summary: dict | None) -> Check | None:
     """A gate of a site: the peers it hears, their last message and clock skew (the running
-    daemon's view; without it, only that the gate is configured)."""
+    daemon's view); without the daemon, its site credential."""
     site = config.site
     if site is None:
         return None
     if summary is None:
-        return Check("site", PASS, f"gate of site {site.site_id}; its peers are seen while the daemon runs")
+        try:
+            _, cred, _ = site_credential(config, time.time())
+        except (CheckpointError, OSError) as exc:
+            code = getattr(exc, "code", "site_credential_unreadable")
+            return Check("site", FAIL, _t("doctor.site_credential_bad", site=site.site_id, code=code, why=str(exc)),
+                         _t("doctor.fix_site_credential"))
+        expires = (time.strftime("%Y-%m-%d %H:%M", time.localtime(cred.expires_at)) if cred.expires_at is not None
+                   else "-")
+        return Check("site", PASS, _t("doctor.site_credential", site=site.site_id, serial=cred.serial,
+                                      expires=expires))
     now_ms = time.time() * 1000
-    peers = [f"{p['device_id']} at {p['address']}: last {p['last_kind']} "
-             f"{_age(max(0.0, (now_ms - p['last_heard_ms']) / 1000))} ago, clock {p['skew_ms'] / 1000:+.2f} s"
-             + ("" if p["alive"] else " (lost)") for p in summary["peers"]]
-    detail = (f"site {summary['site_id']}: {sum(p['alive'] for p in summary['peers'])}/{len(peers)} peers heard; "
-              f"occupancy {summary['occupancy']}" + (f"/{summary['capacity']}" if summary["capacity"] else "")
-              + ("; " + "; ".join(peers) if peers else ""))
+    peers = [_t("doctor.site_peer_lost" if not p["alive"] else "doctor.site_peer", device=p["device_id"],
+                address=p["address"], kind=p["last_kind"], age=_age(max(0.0, (now_ms - p["last_heard_ms"]) / 1000)),
+                skew=f"{p['skew_ms'] / 1000:+.2f}") for p in summary["peers"]]
+    listed = {lang: "".join("; " + p(lang) for p in peers) for lang in i18n.LANGS}
+    capacity = f"/{summary['capacity']}" if summary["capacity"] else ""
+    detail = _t("doctor.site_live", site=summary["site_id"], alive=sum(p["alive"] for p in summary["peers"]),
+                n=len(peers), occupancy=f"{summary['occupancy']}{capacity}", peers=listed)
     if summary["isolated"]:
-        return Check("site", WARN, f"isolated (entries {summary['when_isolated']}): {detail}",
-                     "check the LAN link to the other gates, and that they run with the same [site] site_id")
+        return Check("site", WARN, _t("doctor.site_isolated", policy=summary["when_isolated"], detail=detail),
+                     _t("doctor.fix_site_isolated"))
     return Check("site", PASS, detail)
 
 

@@ -160,5 +160,8 @@ def load(path: str | Path, roots: Sequence[ed25519.Ed25519PublicKey], *, site_id
     if public_raw(cred.device_key) != public_raw(device_key):
         raise SiteCredentialError("the site credential names another device's key", code="site_credential_wrong_device")
     if not cred.valid_at(now):
-        raise SiteCredentialError("the site credential is expired or not valid yet", code="site_credential_expired")
+        if cred.expires_at is not None and now >= cred.expires_at:
+            raise SiteCredentialError("the site credential has expired", code="site_credential_expired")
+        raise SiteCredentialError("the site credential is not valid yet (issued later than this device's clock says "
+                                  "it is now)", code="site_credential_not_yet_valid")
     return cred
