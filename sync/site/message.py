@@ -34,6 +34,7 @@ SIG_BYTES = 64
 MAX_DATAGRAM = 32 * 1024
 MAX_EVENTS = 64  # per datagram
 MAX_WANT = 256
+REPLAY_KEPT = 4096  # senders whose last counter the saved replay cache keeps
 KINDS = ("events", "have", "want")
 CLOCK_STATES = ("confirmed", "unconfirmed")  # the sender's clock (scanner/store/clock.py ClockStatus.confirmed)
 DECISIONS = ("accept", "reject")
@@ -158,7 +159,37 @@ class Inbox:
         self._creds: OrderedDict[bytes, SiteCredential] = OrderedDict()  # verified credentials, by their bytes
         self._cache = cache
         self._last_n: dict[str, int] = {}
+        self._floor_ms = 0  # messages sent before this are refused (a restart whose replay cache was not saved)
         self._lock = threading.Lock()
+
+    # A restarted receiver must still refuse what it accepted before. Each counter ``n`` is at
+    # least its message's time in microseconds (sync/site/node.py), and a message older than
+    # ``max_skew_ms`` is refused anyway, so the cache only needs the senders heard within that
+    # time: saved at a clean stop, it is bounded by the site's size. After an unclean stop the
+    # cache is incomplete: then every message sent before the restart is refused instead.
+
+    def restore(self, saved: object, now_ms: int) -> None:
+        """Start from a saved cache (`saved_state`), or, when it is missing, not from a clean stop
+        or not well-formed, refuse every message sent before ``now_ms``."""
+        last = saved.get("last") if isinstance(saved, dict) else None
+        ok = isinstance(saved, dict) and saved.get("v") == 1 and saved.get("clean") is True and isinstance(last, dict)
+        with self._lock:
+            if not ok:
+                self._floor_ms = now_ms
+                return
+            assert isinstance(last, dict)
+            good = [(n, s) for s, n in last.items() if isinstance(s, str) and len(s) <= 128 and type(n) is int]
+            for n, sender in sorted(good, reverse=True)[:REPLAY_KEPT]:  # the latest, as saved_state keeps
+                self._last_n[sender] = max(n, self._last_n.get(sender, -1))
+
+    def saved_state(self, now_ms: int, *, clean: bool) -> dict:
+        """The replay cache to save: the senders whose last message may still be replayed (within
+        ``max_skew_ms`` of ``now_ms``), at most REPLAY_KEPT; ``clean`` only when no message can
+        be accepted after it (the receiver has stopped)."""
+        oldest = (now_ms - self.max_skew_ms) * 1000
+        with self._lock:
+            live = sorted(((n, s) for s, n in self._last_n.items() if n >= oldest), reverse=True)[:REPLAY_KEPT]
+        return {"v": 1, "clean": clean, "saved_ms": now_ms, "last": {s: n for n, s in live}}
 
     def _credential(self, data: bytes, now_ms: int) -> SiteCredential:
         with self._lock:
@@ -215,6 +246,9 @@ class Inbox:
             raise SiteMessageError(f"sender's clock is {(at - now_ms) / 1000:+.1f} s off (limit "
                                    f"{self.max_skew_ms / 1000:g} s)", code="site_clock_skew")
         with self._lock:
+            if at < self._floor_ms:
+                raise SiteMessageError(f"message {n} from {sender} was sent before this gate restarted without "
+                                       "saving its replay cache", code="site_replayed")
             if n <= self._last_n.get(sender, -1):
                 raise SiteMessageError(f"message {n} from {sender} seen before", code="site_replayed")
             self._last_n[sender] = n

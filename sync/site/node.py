@@ -12,6 +12,7 @@ docs/site.md.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import queue
 import socket
@@ -19,9 +20,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from scanner.base.fsutil import Dir, atomic_write
 from scanner.base.safetext import escape
 from scanner.base.timeutil import now_ms as wall_ms
 from scanner.store import admission
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 RECV_BYTES = 65535
 REFUSALS_KEPT = 20
 REFUSAL_LOG_EVERY_MS = 60_000
+REPLAY_FILE_BYTES = 1024 * 1024
+REPLAY_FILE_NAME = "site-replay.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +95,10 @@ class SiteNode:
     def __init__(self, settings: Settings, key: ed25519.Ed25519PrivateKey, credential: SiteCredential,
                  roots: Sequence[ed25519.Ed25519PublicKey], *, now_ms: Callable[[], int] = wall_ms,
                  clock_confirmed: Callable[[], bool] = lambda: True, tz: dt.tzinfo | None = None,
-                 on_events: Callable[[list[SiteEvent]], None] | None = None) -> None:
+                 on_events: Callable[[list[SiteEvent]], None] | None = None,
+                 replay_path: Path | None = None) -> None:
         self.settings = settings
+        self.replay_path = replay_path  # where the replay cache is kept across restarts (None: memory only)
         self.on_events = on_events  # told of each other gate's events new to the view (receive thread)
         self.key = key
         self.credential = credential
@@ -124,6 +131,9 @@ class SiteNode:
 
     def start(self, own: Iterable[Entry] = ()) -> None:
         """Load this gate's entries of today into the view, then start talking."""
+        if self.replay_path is not None:
+            self.inbox.restore(self._read_replay(self.replay_path), self.now_ms())
+            self._save_replay(clean=False)  # from now on a crash leaves it unclean
         for entry in own:
             self._own(entry)
         for t in self._threads:
@@ -150,6 +160,28 @@ class SiteNode:
         for t in self._threads:
             if t.is_alive():
                 t.join(2.0)
+        if self.replay_path is not None and not self._threads[0].is_alive():  # nothing is received any more
+            self._save_replay(clean=True)
+
+    def _read_replay(self, path: Path) -> object:
+        """The saved replay cache, or None (missing, unreadable, not JSON: the inbox then refuses
+        what was sent before now)."""
+        try:
+            with Dir.open(path.parent) as d:
+                return json.loads(d.read(path.name, REPLAY_FILE_BYTES))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("site: replay cache %s not used: %s", path, escape(str(exc)))
+            return None
+
+    def _save_replay(self, *, clean: bool) -> None:
+        assert self.replay_path is not None
+        data = json.dumps(self.inbox.saved_state(self.now_ms(), clean=clean), separators=(",", ":")).encode()
+        try:
+            atomic_write(self.replay_path, data, 0o600)
+        except OSError as exc:  # a full disk: the next start refuses what was sent before it instead
+            log.warning("site: cannot save the replay cache %s: %s", self.replay_path, escape(str(exc)))
 
     # ------------------------------------------------------------ the lane's side
 
