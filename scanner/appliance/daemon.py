@@ -71,8 +71,8 @@ from scanner.cards.trust import TrustStore
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
 from sync.pull import PullService, with_pull
-from sync.site.node import REPLAY_FILE_NAME, SiteNode
 from sync.site.node import Settings as SiteSettings
+from sync.site.node import SiteNode
 from sync.state import DeviceConfig, StateError
 from sync.wire import enrollcode, identity
 
@@ -400,7 +400,7 @@ class Appliance:
         try:
             return SiteNode(settings, key, cred, roots, now_ms=lambda: round(guard.now() * 1000),
                             clock_confirmed=lambda: guard.status().confirmed,
-                            replay_path=self.state_dir / REPLAY_FILE_NAME)
+                            state_dir=self.state_dir)
         except OSError as exc:
             raise DaemonError(f"site {site.site_id}: cannot listen on {site.listen[0]}:{site.listen[1]}: "
                               f"{exc.strerror}", code="site_listen") from None

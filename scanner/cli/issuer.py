@@ -226,3 +226,22 @@ def site_credential(root_key, site_id, device_pub, valid_days, serial, out):
     data = run_guarded(sitecred.issue, root, site_id=site_id, device_key=device, issued_at=now,
                        expires_at=now + valid_days * 86400 if valid_days else None, serial=serial)
     write_out(out, data + b"\n")
+
+
+@issuer.command("site-revocations")
+@click.option("--root-key", required=True, type=click.Path(dir_okay=False), help="Root private key (Ed25519 PEM).")
+@click.option("--site", "site_id", required=True, help="The site's id (its gates' [site] site_id).")
+@click.option("--version", type=click.IntRange(1), required=True,
+              help="Higher than the list it replaces: the gates keep the highest they have seen.")
+@click.option("--revoke", "devices", multiple=True, metavar="DEVICE_ID",
+              help="A gate whose site credential no longer counts (its device id; repeat for more).")
+@click.option("-o", "--out", default="-", show_default=True,
+              help="Output file ('-' for stdout); put it on any gate as STATE/site-revocations.json: it spreads "
+                   "to the others.")
+def site_revocations(root_key, site_id, version, devices, out):
+    """Sign the site's revocation list: the gates it names are no longer members, whatever their
+    credentials' expiry (docs/site.md#revoking-a-gate)."""
+    root = load_root_private(root_key)
+    data = run_guarded(sitecred.issue_revocations, root, site_id=site_id, version=version,
+                       issued_at=int(time.time()), revoked=list(devices))
+    write_out(out, data + b"\n")

@@ -83,8 +83,8 @@ def _malformed(why: str) -> SiteCredentialError:
     return SiteCredentialError(f"site credential: {why}", code="site_credential_malformed")
 
 
-def _b64(value: object, what: str) -> bytes:
-    if not isinstance(value, str) or len(value) > 1024:
+def _b64(value: object, what: str, limit: int = 1024) -> bytes:
+    if not isinstance(value, str) or len(value) > limit:
         raise _malformed(f"{what} is not base64 text")
     try:
         return base64.b64decode(value, validate=True)
@@ -165,3 +165,85 @@ def load(path: str | Path, roots: Sequence[ed25519.Ed25519PublicKey], *, site_id
         raise SiteCredentialError("the site credential is not valid yet (issued later than this device's clock says "
                                   "it is now)", code="site_credential_not_yet_valid")
     return cred
+
+
+# ---------------------------------------------------------------- revocations
+
+REVOCATIONS_TYPE = "checkpoint-site-revocations"
+REVOCATIONS_DOMAIN = b"CKSITEREV1\n"  # signed with the payload: never a credential's or a message's
+REVOCATIONS_FILE_NAME = "site-revocations.json"
+REVOCATIONS_MAX_BYTES = 16 * 1024  # it travels in one datagram between the gates
+REVOCATIONS_MAX = 256
+_REV_FIELDS = ("issued_at", "revoked", "site_id", "type", "v", "version")
+
+
+@dataclass(frozen=True, slots=True)
+class Revocations:
+    """A verified list of the site's gates (device ids) whose site credentials no longer count,
+    whatever their expiry; a higher ``version`` replaces a lower one."""
+
+    site_id: str
+    version: int
+    issued_at: int
+    revoked: frozenset[str]
+    data: bytes  # the file as signed: gates pass it on to each other
+
+
+def issue_revocations(root_private: ed25519.Ed25519PrivateKey, *, site_id: str, version: int, issued_at: int,
+                      revoked: Sequence[str]) -> bytes:
+    """A list revoking the site credentials of the gates ``revoked`` (device ids), signed by the root."""
+    body = {"issued_at": issued_at, "revoked": sorted(set(revoked)), "site_id": check_site_id(site_id),
+            "type": REVOCATIONS_TYPE, "v": FORMAT, "version": version}
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    outer = {"kid": base64.b64encode(root_kid(root_private.public_key())).decode("ascii"),
+             "revocations": base64.b64encode(payload).decode("ascii"),
+             "sig": base64.b64encode(root_private.sign(REVOCATIONS_DOMAIN + payload)).decode("ascii")}
+    data = json.dumps(outer, separators=(",", ":")).encode("ascii")
+    open_revocations(data, [root_private.public_key()], site_id=site_id)  # what is issued must open
+    return data
+
+
+def open_revocations(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *, site_id: str) -> Revocations:
+    """Verify a revocation list against the pinned root(s) for this site; SiteCredentialError with
+    a reason code (``site_revocations_...``) otherwise."""
+    def bad(why: str, code: str = "site_revocations_malformed") -> SiteCredentialError:
+        return SiteCredentialError(f"site revocations: {why}", code=code)
+
+    if not isinstance(data, (bytes, bytearray)) or len(data) > REVOCATIONS_MAX_BYTES:
+        raise bad("not a site revocation list (or larger than 16 KiB)")
+    try:
+        outer = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad("not JSON") from None
+    if not isinstance(outer, dict) or set(outer) != {"revocations", "kid", "sig"}:
+        raise bad("not a site revocation list file")
+    try:
+        payload = _b64(outer["revocations"], "revocations", REVOCATIONS_MAX_BYTES)
+        kid, sig = _b64(outer["kid"], "kid"), _b64(outer["sig"], "sig")
+    except SiteCredentialError:
+        raise bad("revocations, kid or sig is not base64") from None
+    root = next((r for r in roots if root_kid(r) == kid), None)
+    if root is None:
+        raise bad("not signed by a pinned trust root", "site_revocations_wrong_root")
+    try:
+        root.verify(sig, REVOCATIONS_DOMAIN + payload)
+    except InvalidSignature:
+        raise bad("the signature does not verify", "site_revocations_bad_signature") from None
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad("payload is not JSON") from None
+    if not isinstance(body, dict) or sorted(body) != list(_REV_FIELDS):
+        raise bad(f"payload must have exactly the fields {', '.join(_REV_FIELDS)}")
+    if body["type"] != REVOCATIONS_TYPE or type(body["v"]) is not int or body["v"] != FORMAT:
+        raise bad(f"not a {REVOCATIONS_TYPE} of format {FORMAT}")
+    version, issued = body["version"], body["issued_at"]
+    if any(type(v) is not int or not 0 <= v < 2 ** 53 for v in (version, issued)):
+        raise bad("version and issued_at must be non-negative integers")
+    revoked = body["revoked"]
+    if not isinstance(revoked, list) or len(revoked) > REVOCATIONS_MAX or not all(
+            isinstance(d, str) and 1 <= len(d) <= 128 and d.isprintable() for d in revoked):
+        raise bad(f"revoked must be a list of at most {REVOCATIONS_MAX} device ids")
+    if body["site_id"] != site_id:
+        raise bad(f"the list is for site {body['site_id']!r}, not {site_id!r}", "site_revocations_wrong_site")
+    return Revocations(site_id, version, issued, frozenset(revoked), bytes(data))

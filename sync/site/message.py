@@ -26,7 +26,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import CheckpointError
 from scanner.cards.scan import DIRECTIONS
-from sync.site.credential import SiteCredential, SiteCredentialError, open_credential
+from sync.site.credential import (
+    REVOCATIONS_MAX_BYTES,
+    Revocations,
+    SiteCredential,
+    SiteCredentialError,
+    open_credential,
+    open_revocations,
+)
 
 MAGIC = b"CKS1"
 DOMAIN = b"CKSITEMSG1\n"  # signed with the payload: a message signature is never a credential's or a batch's
@@ -35,11 +42,11 @@ MAX_DATAGRAM = 32 * 1024
 MAX_EVENTS = 64  # per datagram
 MAX_WANT = 256
 REPLAY_KEPT = 4096  # senders whose last counter the saved replay cache keeps
-KINDS = ("events", "have", "want")
+KINDS = ("events", "have", "want", "revocations")
 CLOCK_STATES = ("confirmed", "unconfirmed")  # the sender's clock (scanner/store/clock.py ClockStatus.confirmed)
 DECISIONS = ("accept", "reject")
 CARD_KEY_BYTES = 16
-_FIELDS = ("at", "clock", "cred", "events", "first", "from", "kind", "last", "n", "site", "v", "want")
+_FIELDS = ("at", "clock", "cred", "events", "first", "from", "kind", "last", "n", "rl", "rlist", "site", "v", "want")
 _EVENT_FIELDS = ("at", "cancels", "card", "decision", "dir", "gate", "seq")
 _HEX = frozenset("0123456789abcdef")
 
@@ -78,7 +85,9 @@ class SiteEvent:
 class Message:
     """A verified message. ``kind``: "events" (entries of the sender's log), "have" (its log
     holds seqs ``first``..``last`` of today: the heartbeat), "want" (the seqs of the receiver's
-    log the sender lacks)."""
+    log the sender lacks), "revocations" (``rlist``: the site's revocation list, root-signed,
+    passed on to a gate whose ``rl`` says it holds an older one). ``rl``: the version of the
+    revocation list the sender holds (0: none)."""
 
     sender: str
     kind: str
@@ -90,6 +99,8 @@ class Message:
     first: int | None = None
     last: int | None = None
     want: tuple[int, ...] = field(default=())
+    rl: int = 0
+    rlist: bytes | None = None
 
 
 def day_of(at_ms: int, tz: dt.tzinfo | None = None) -> str:
@@ -107,11 +118,12 @@ def card_key(secret: bytes, site_id: str, day: str, card_id: str) -> str:
 
 def encode(key: ed25519.Ed25519PrivateKey, credential: SiteCredential, *, kind: str, n: int, at_ms: int,
            clock: str, events: Sequence[SiteEvent] = (), first: int | None = None, last: int | None = None,
-           want: Sequence[int] = ()) -> bytes:
+           want: Sequence[int] = (), rl: int = 0, rlist: bytes | None = None) -> bytes:
     """A signed datagram from this device (``credential`` is its own)."""
     body = {"at": at_ms, "clock": clock, "cred": base64.b64encode(credential.data).decode("ascii"),
             "events": [e.to_wire() for e in events], "first": first, "from": credential.device_id, "kind": kind,
-            "last": last, "n": n, "site": credential.site_id, "v": 1, "want": list(want)}
+            "last": last, "n": n, "rl": rl, "rlist": None if rlist is None else base64.b64encode(rlist).decode("ascii"),
+            "site": credential.site_id, "v": 1, "want": list(want)}
     payload = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return MAGIC + key.sign(DOMAIN + payload) + payload
 
@@ -160,6 +172,7 @@ class Inbox:
         self._cache = cache
         self._last_n: dict[str, int] = {}
         self._floor_ms = 0  # messages sent before this are refused (a restart whose replay cache was not saved)
+        self.revocations: Revocations | None = None  # the site's newest revocation list this gate holds
         self._lock = threading.Lock()
 
     # A restarted receiver must still refuse what it accepted before. Each counter ``n`` is at
@@ -190,6 +203,24 @@ class Inbox:
         with self._lock:
             live = sorted(((n, s) for s, n in self._last_n.items() if n >= oldest), reverse=True)[:REPLAY_KEPT]
         return {"v": 1, "clean": clean, "saved_ms": now_ms, "last": {s: n for n, s in live}}
+
+    def revoke(self, data: bytes) -> Revocations | None:
+        """Adopt a revocation list (root-signed, for this site) if it is newer than the one held:
+        its gates' messages are refused from now on (``site_revoked``). Returns it if adopted;
+        SiteCredentialError (a reason code) if it does not verify."""
+        rev = open_revocations(data, self.roots, site_id=self.site_id)
+        with self._lock:
+            if self.revocations is not None and rev.version <= self.revocations.version:
+                return None
+            self.revocations = rev
+            for device in rev.revoked:
+                self._last_n.pop(device, None)
+        return rev
+
+    @property
+    def revocations_version(self) -> int:
+        rev = self.revocations
+        return 0 if rev is None else rev.version
 
     def _credential(self, data: bytes, now_ms: int) -> SiteCredential:
         with self._lock:
@@ -236,6 +267,10 @@ class Inbox:
         except InvalidSignature:
             raise SiteMessageError("the message's signature does not verify", code="site_forged") from None
         sender = cred.device_id
+        rev = self.revocations
+        if rev is not None and sender in rev.revoked:
+            raise SiteMessageError(f"gate {sender} is revoked by the site's revocation list v{rev.version}",
+                                   code="site_revoked")
         if body["site"] != self.site_id:
             raise SiteMessageError(f"message for site {body['site']!r}", code="site_stranger")
         if sender == self.own_device:
@@ -259,6 +294,15 @@ class Inbox:
         if not isinstance(events, list) or len(events) > MAX_EVENTS or not isinstance(want, list) \
                 or len(want) > MAX_WANT:
             raise SiteMessageError("events or want is not a list of the allowed size", code="site_message_malformed")
+        rl, rlist = _int(body["rl"], "rl"), body["rlist"]
+        assert rl is not None
+        if rlist is not None:
+            if not isinstance(rlist, str) or len(rlist) > 2 * REVOCATIONS_MAX_BYTES:
+                raise SiteMessageError("rlist is not base64 text", code="site_message_malformed")
+            try:
+                rlist = base64.b64decode(rlist, validate=True)
+            except (binascii.Error, ValueError):
+                raise SiteMessageError("rlist is not base64", code="site_message_malformed") from None
         return Message(sender, kind, n, at, body["clock"], cred, tuple(_event(sender, e) for e in events),
                        _int(body["first"], "first", nullable=True), _int(body["last"], "last", nullable=True),
-                       tuple(int(_int(s, "want") or 0) for s in want))
+                       tuple(int(_int(s, "want") or 0) for s in want), rl, rlist)

@@ -29,7 +29,8 @@ from scanner.base.safetext import escape
 from scanner.base.timeutil import now_ms as wall_ms
 from scanner.store import admission
 from scanner.store.entry import Entry
-from sync.site.credential import SiteCredential
+from sync.site import credential as sitecred
+from sync.site.credential import SiteCredential, SiteCredentialError
 from sync.site.discovery import Discovery, local_addresses
 from sync.site.message import (
     MAX_EVENTS,
@@ -96,9 +97,11 @@ class SiteNode:
                  roots: Sequence[ed25519.Ed25519PublicKey], *, now_ms: Callable[[], int] = wall_ms,
                  clock_confirmed: Callable[[], bool] = lambda: True, tz: dt.tzinfo | None = None,
                  on_events: Callable[[list[SiteEvent]], None] | None = None,
-                 replay_path: Path | None = None) -> None:
+                 state_dir: Path | None = None) -> None:
         self.settings = settings
-        self.replay_path = replay_path  # where the replay cache is kept across restarts (None: memory only)
+        # where the replay cache and the site's revocation list are kept across restarts (None: memory only)
+        self.replay_path = state_dir / REPLAY_FILE_NAME if state_dir is not None else None
+        self.revocations_path = state_dir / sitecred.REVOCATIONS_FILE_NAME if state_dir is not None else None
         self.on_events = on_events  # told of each other gate's events new to the view (receive thread)
         self.key = key
         self.credential = credential
@@ -132,8 +135,15 @@ class SiteNode:
     def start(self, own: Iterable[Entry] = ()) -> None:
         """Load this gate's entries of today into the view, then start talking."""
         if self.replay_path is not None:
-            self.inbox.restore(self._read_replay(self.replay_path), self.now_ms())
+            self.inbox.restore(self._read_json(self.replay_path), self.now_ms())
             self._save_replay(clean=False)  # from now on a crash leaves it unclean
+        if self.revocations_path is not None:
+            data = self._read(self.revocations_path, sitecred.REVOCATIONS_MAX_BYTES)
+            if data is not None:
+                try:
+                    self.install_revocations(data, save=False)
+                except SiteCredentialError as exc:
+                    log.warning("site: %s not used: %s (%s)", self.revocations_path, escape(str(exc)), exc.code)
         for entry in own:
             self._own(entry)
         for t in self._threads:
@@ -163,17 +173,46 @@ class SiteNode:
         if self.replay_path is not None and not self._threads[0].is_alive():  # nothing is received any more
             self._save_replay(clean=True)
 
-    def _read_replay(self, path: Path) -> object:
-        """The saved replay cache, or None (missing, unreadable, not JSON: the inbox then refuses
-        what was sent before now)."""
+    def _read(self, path: Path, max_bytes: int) -> bytes | None:
+        """A file of the state directory, or None (missing; unreadable: logged)."""
         try:
             with Dir.open(path.parent) as d:
-                return json.loads(d.read(path.name, REPLAY_FILE_BYTES))
+                return d.read(path.name, max_bytes)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            log.warning("site: replay cache %s not used: %s", path, escape(str(exc)))
+        except OSError as exc:
+            log.warning("site: %s not used: %s", path, escape(str(exc)))
             return None
+
+    def _read_json(self, path: Path) -> object:
+        """The saved replay cache, or None (missing, unreadable, not JSON: the inbox then refuses
+        what was sent before now)."""
+        data = self._read(path, REPLAY_FILE_BYTES)
+        try:
+            return None if data is None else json.loads(data)
+        except ValueError as exc:
+            log.warning("site: %s not used: %s", path, escape(str(exc)))
+            return None
+
+    def install_revocations(self, data: bytes, *, save: bool = True) -> bool:
+        """Adopt the site's revocation list if it is newer than the one held: the gates it names
+        are dropped from the peers and their messages refused; kept in the state directory and
+        passed on to the peers. False if it is not newer; SiteCredentialError if it does not verify."""
+        rev = self.inbox.revoke(data)
+        if rev is None:
+            return False
+        with self._lock:
+            for device in rev.revoked & set(self._peers):
+                self._peers.pop(device, None)
+                self._verified.pop(device, None)
+        log.warning("site: revocation list v%d: %d gate(s) revoked%s", rev.version, len(rev.revoked),
+                    "".join(f" {escape(d)}" for d in sorted(rev.revoked)[:10]))
+        if save and self.revocations_path is not None:
+            try:
+                atomic_write(self.revocations_path, rev.data, 0o600)
+            except OSError as exc:  # kept in memory: a restart gets it again from a peer
+                log.warning("site: cannot save %s: %s", self.revocations_path, escape(str(exc)))
+        return True
 
     def _save_replay(self, *, clean: bool) -> None:
         assert self.replay_path is not None
@@ -258,6 +297,7 @@ class SiteNode:
                 "capacity": self.settings.capacity, "in": n_in, "out": n_out, "events": len(self.view),
                 "peers": [p.to_dict() for p in self.peers()],
                 "discovery": None if self.discovery is None else (self.discovery.error or "ok"),
+                "revocations": self.inbox.revocations_version,
                 "refused": [{"at_ms": at, "code": code, "from": src} for at, code, src in self.refused[-5:]]}
 
     def _discovered(self, device_id: str, address: tuple[str, int]) -> None:
@@ -283,7 +323,8 @@ class SiteNode:
             self._n = max(self._n + 1, now * 1000)  # strictly increasing, across restarts too (a microsecond clock)
             n = self._n
         return encode(self.key, self.credential, kind=kind, n=n, at_ms=now,
-                      clock="confirmed" if self.clock_confirmed() else "unconfirmed", **kw)
+                      clock="confirmed" if self.clock_confirmed() else "unconfirmed",
+                      rl=self.inbox.revocations_version, **kw)
 
     def _sendto(self, data: bytes, targets: Iterable[tuple[str, int]]) -> None:
         for addr in targets:
@@ -370,7 +411,15 @@ class SiteNode:
                                            msg.clock, 0, True)
 
     def _handle(self, msg: Message, addr: tuple[str, int]) -> None:
-        if msg.kind == "events":
+        held = self.inbox.revocations
+        if held is not None and msg.rl < held.version:  # the sender lacks the newest list: pass it on
+            self._sendto(self._datagram("revocations", rlist=held.data), [addr])
+        if msg.kind == "revocations" and msg.rlist is not None:
+            try:
+                self.install_revocations(msg.rlist)
+            except SiteCredentialError as exc:
+                self._refused(self.now_ms(), SiteMessageError(str(exc), code=exc.code), addr)
+        elif msg.kind == "events":
             new = self.view.add(msg.events)
             if new and self.on_events is not None:
                 self.on_events(new)
