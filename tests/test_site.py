@@ -5,6 +5,7 @@ admission rules it feeds (already inside, an exit elsewhere, isolated, full)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from scanner.base.errors import Reason
 from scanner.cards import keys, verifier
 from scanner.store.admission import CLOSED, OPEN, SITE_ISOLATED, Conditions, Previous, Site, SiteLast, admit
 from sync.site import credential as sitecred
-from sync.site.message import MAGIC, Inbox, SiteEvent, SiteMessageError, card_key, encode
+from sync.site.message import MAGIC, Inbox, SiteEvent, SiteMessageError, card_key, encode, sign_event
 from sync.site.view import SiteView, counts, merge
 from sync.wire import identity
 
@@ -120,6 +121,29 @@ def test_events_are_the_senders_own(root_key, gates):
     a, b = gates[0], gates[1]
     msg = inbox(root_key, b).open(send(a, events=[EV]), NOW_MS)
     assert msg.events[0].device == a[1].device_id
+
+
+def test_events_passed_on_must_be_signed_by_their_own_gate(root_key, gates):
+    """C passes A's events on to B with A's credential: B takes them as A's when A signed each one;
+    an event C made up or altered in A's name is forged, and a revoked A's events are refused."""
+    a, b, c = gates[0], gates[1], gates[2]
+    signed = sign_event(a[0], SITE, SiteEvent(a[1].device_id, 4, NOW_MS, "gate-1", "in", "accept", "ab" * 16))
+    box = inbox(root_key, b)
+    msg = box.open(send(c, n=1, events=[signed], origin=a[1].data), NOW_MS)
+    assert msg.sender == c[1].device_id and msg.events == (signed,) and msg.events[0].device == a[1].device_id
+    assert msg.origin is not None and msg.origin.device_id == a[1].device_id
+    made_up = sign_event(c[0], SITE, signed)  # signed by C, not by A
+    altered = dataclasses.replace(signed, direction="out")
+    unsigned = dataclasses.replace(signed, sig=None)
+    for n, bad in enumerate((made_up, altered, unsigned), start=2):
+        with pytest.raises(SiteMessageError) as e:
+            box.open(send(c, n=n, events=[bad], origin=a[1].data), NOW_MS)
+        assert e.value.code == "site_forged"
+    assert box.revoke(sitecred.issue_revocations(root_key, site_id=SITE, version=1, issued_at=NOW,
+                                                 revoked=[a[1].device_id])) is not None
+    with pytest.raises(SiteMessageError) as e:
+        box.open(send(c, n=9, events=[signed], origin=a[1].data), NOW_MS)
+    assert e.value.code == "site_revoked"
 
 
 def test_forged_stranger_skewed_and_own_messages_refused(root_key, other_root_key, gates):

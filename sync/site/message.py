@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -41,13 +42,16 @@ SIG_BYTES = 64
 MAX_DATAGRAM = 32 * 1024
 MAX_EVENTS = 64  # per datagram
 MAX_WANT = 256
+MAX_HIGHS = 64  # devices a heartbeat describes (a site has at most a few dozen gates)
+EVENT_DOMAIN = b"CKSITEEVT1\n"  # an event signed by its own gate: it can be passed on by another
 REPLAY_KEPT = 4096  # senders whose last counter the saved replay cache keeps
 KINDS = ("events", "have", "want", "revocations")
 CLOCK_STATES = ("confirmed", "unconfirmed")  # the sender's clock (scanner/store/clock.py ClockStatus.confirmed)
 DECISIONS = ("accept", "reject")
 CARD_KEY_BYTES = 16
-_FIELDS = ("at", "clock", "cred", "events", "first", "from", "kind", "last", "n", "rl", "rlist", "site", "v", "want")
-_EVENT_FIELDS = ("at", "cancels", "card", "decision", "dir", "gate", "seq")
+_FIELDS = ("at", "clock", "cred", "events", "first", "from", "highs", "kind", "last", "n", "ocred", "rl", "rlist",
+           "site", "v", "want", "wdev")
+_EVENT_FIELDS = ("at", "cancels", "card", "decision", "dir", "gate", "seq", "sig")
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -61,7 +65,8 @@ class SiteMessageError(CheckpointError):
 class SiteEvent:
     """One entry of a gate's log, as shared: ``card`` the keyed hash (hex) or None for a scan
     without a card; ``cancels`` the seq of the same device's earlier admission this follow-up
-    cancels ("did not pass")."""
+    cancels ("did not pass"); ``sig`` the device's own signature of it (`sign_event`), which lets
+    any gate pass it on to gates that cannot hear that device (not part of its identity)."""
 
     device: str
     seq: int
@@ -71,6 +76,7 @@ class SiteEvent:
     decision: str
     card: str | None = None
     cancels: int | None = None
+    sig: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -78,16 +84,30 @@ class SiteEvent:
 
     def to_wire(self) -> dict:
         return {"at": self.at_ms, "cancels": self.cancels, "card": self.card, "decision": self.decision,
-                "dir": self.direction, "gate": self.gate, "seq": self.seq}
+                "dir": self.direction, "gate": self.gate, "seq": self.seq,
+                "sig": None if self.sig is None else base64.b64encode(self.sig).decode("ascii")}
+
+    def signed_bytes(self, site_id: str) -> bytes:
+        """What the device signs: the site, the device and the event, canonical."""
+        body = {**self.to_wire(), "device": self.device, "sig": None, "site": site_id}
+        return EVENT_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign_event(key: ed25519.Ed25519PrivateKey, site_id: str, event: SiteEvent) -> SiteEvent:
+    """The event with its device's signature (``key`` is that device's)."""
+    return dataclasses.replace(event, sig=key.sign(event.signed_bytes(site_id)))
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A verified message. ``kind``: "events" (entries of the sender's log), "have" (its log
-    holds seqs ``first``..``last`` of today: the heartbeat), "want" (the seqs of the receiver's
-    log the sender lacks), "revocations" (``rlist``: the site's revocation list, root-signed,
-    passed on to a gate whose ``rl`` says it holds an older one). ``rl``: the version of the
-    revocation list the sender holds (0: none)."""
+    """A verified message. ``kind``: "events" (entries of the sender's log, or of ``origin``'s),
+    "have" (its log holds seqs ``first``..``last`` of today: the heartbeat), "want" (the seqs of
+    the receiver's log the sender lacks; of the device ``wdev`` when it is another's),
+    "revocations" (``rlist``: the site's revocation list, root-signed, passed on to a gate whose
+    ``rl`` says it holds an older one). ``rl``: the version of the
+    revocation list the sender holds (0: none). ``highs``: per device, the (lowest seq, highest
+    seq, number of events) the sender's view holds today (the heartbeat). ``origin``: for events
+    passed on from another gate, that gate's credential (each event is then signed by it)."""
 
     sender: str
     kind: str
@@ -101,6 +121,9 @@ class Message:
     want: tuple[int, ...] = field(default=())
     rl: int = 0
     rlist: bytes | None = None
+    highs: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    wdev: str | None = None
+    origin: SiteCredential | None = None
 
 
 def day_of(at_ms: int, tz: dt.tzinfo | None = None) -> str:
@@ -118,14 +141,22 @@ def card_key(secret: bytes, site_id: str, day: str, card_id: str) -> str:
 
 def encode(key: ed25519.Ed25519PrivateKey, credential: SiteCredential, *, kind: str, n: int, at_ms: int,
            clock: str, events: Sequence[SiteEvent] = (), first: int | None = None, last: int | None = None,
-           want: Sequence[int] = (), rl: int = 0, rlist: bytes | None = None) -> bytes:
-    """A signed datagram from this device (``credential`` is its own)."""
+           want: Sequence[int] = (), rl: int = 0, rlist: bytes | None = None,
+           highs: dict[str, tuple[int, int, int]] | None = None, wdev: str | None = None,
+           origin: bytes | None = None) -> bytes:
+    """A signed datagram from this device (``credential`` is its own; ``origin`` the credential
+    of the gate whose signed events it passes on)."""
     body = {"at": at_ms, "clock": clock, "cred": base64.b64encode(credential.data).decode("ascii"),
-            "events": [e.to_wire() for e in events], "first": first, "from": credential.device_id, "kind": kind,
-            "last": last, "n": n, "rl": rl, "rlist": None if rlist is None else base64.b64encode(rlist).decode("ascii"),
-            "site": credential.site_id, "v": 1, "want": list(want)}
+            "events": [e.to_wire() for e in events], "first": first, "from": credential.device_id,
+            "highs": None if highs is None else {d: list(v) for d, v in highs.items()}, "kind": kind,
+            "last": last, "n": n, "ocred": _b64text(origin), "rl": rl, "rlist": _b64text(rlist),
+            "site": credential.site_id, "v": 1, "want": list(want), "wdev": wdev}
     payload = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return MAGIC + key.sign(DOMAIN + payload) + payload
+
+
+def _b64text(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
 
 
 def _int(v: object, what: str, *, nullable: bool = False) -> int | None:
@@ -155,8 +186,37 @@ def _event(device: str, raw: object) -> SiteEvent:
     assert seq is not None
     at = _int(raw["at"], "at")
     assert at is not None
+    sig = raw["sig"]
+    if sig is not None:
+        sig = _b64(sig, "an event's sig", 128)
+        if len(sig) != SIG_BYTES:
+            raise SiteMessageError("an event's sig must be 64 bytes", code="site_message_malformed")
     return SiteEvent(device, seq, at, _text(raw["gate"], "gate"), raw["dir"], raw["decision"], card,
-                     _int(raw["cancels"], "cancels", nullable=True))
+                     _int(raw["cancels"], "cancels", nullable=True), sig)
+
+
+def _b64(v: object, what: str, limit: int) -> bytes:
+    if not isinstance(v, str) or len(v) > limit:
+        raise SiteMessageError(f"{what} is not base64 text", code="site_message_malformed")
+    try:
+        return base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise SiteMessageError(f"{what} is not base64", code="site_message_malformed") from None
+
+
+def _highs(raw: object) -> dict[str, tuple[int, int, int]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_HIGHS:
+        raise SiteMessageError(f"highs must map at most {MAX_HIGHS} devices", code="site_message_malformed")
+    out = {}
+    for device, v in raw.items():
+        if not isinstance(v, list) or len(v) != 3:
+            raise SiteMessageError("highs must give [low, high, count]", code="site_message_malformed")
+        low, high, count = (_int(x, "highs") for x in v)
+        assert low is not None and high is not None and count is not None
+        out[_text(device, "a device id", 128)] = (low, high, count)
+    return out
 
 
 class Inbox:
@@ -294,15 +354,28 @@ class Inbox:
         if not isinstance(events, list) or len(events) > MAX_EVENTS or not isinstance(want, list) \
                 or len(want) > MAX_WANT:
             raise SiteMessageError("events or want is not a list of the allowed size", code="site_message_malformed")
-        rl, rlist = _int(body["rl"], "rl"), body["rlist"]
+        rl = _int(body["rl"], "rl")
         assert rl is not None
-        if rlist is not None:
-            if not isinstance(rlist, str) or len(rlist) > 2 * REVOCATIONS_MAX_BYTES:
-                raise SiteMessageError("rlist is not base64 text", code="site_message_malformed")
-            try:
-                rlist = base64.b64decode(rlist, validate=True)
-            except (binascii.Error, ValueError):
-                raise SiteMessageError("rlist is not base64", code="site_message_malformed") from None
-        return Message(sender, kind, n, at, body["clock"], cred, tuple(_event(sender, e) for e in events),
+        rlist = None if body["rlist"] is None else _b64(body["rlist"], "rlist", 2 * REVOCATIONS_MAX_BYTES)
+        wdev = None if body["wdev"] is None else _text(body["wdev"], "wdev", 128)
+        origin, device = None, sender
+        if body["ocred"] is not None:  # events of another gate, passed on: each must be signed by that gate
+            origin = self._credential(_b64(body["ocred"], "ocred", 8192), now_ms)
+            device = origin.device_id
+            held = self.revocations
+            if held is not None and device in held.revoked:
+                raise SiteMessageError(f"events of gate {device}, revoked by the site's revocation list "
+                                       f"v{held.version}", code="site_revoked")
+        parsed = tuple(_event(device, e) for e in events)
+        if origin is not None:
+            for e in parsed:
+                try:
+                    if e.sig is None:
+                        raise InvalidSignature
+                    origin.device_key.verify(e.sig, e.signed_bytes(self.site_id))
+                except InvalidSignature:
+                    raise SiteMessageError(f"an event passed on as gate {device}'s is not signed by it",
+                                           code="site_forged") from None
+        return Message(sender, kind, n, at, body["clock"], cred, parsed,
                        _int(body["first"], "first", nullable=True), _int(body["last"], "last", nullable=True),
-                       tuple(int(_int(s, "want") or 0) for s in want), rl, rlist)
+                       tuple(int(_int(s, "want") or 0) for s in want), rl, rlist, _highs(body["highs"]), wdev, origin)

@@ -34,6 +34,7 @@ from sync.site.credential import SiteCredential, SiteCredentialError
 from sync.site.discovery import Discovery, local_addresses
 from sync.site.message import (
     MAX_EVENTS,
+    MAX_HIGHS,
     MAX_WANT,
     Inbox,
     Message,
@@ -42,6 +43,7 @@ from sync.site.message import (
     card_key,
     day_of,
     encode,
+    sign_event,
 )
 from sync.site.view import SiteView
 
@@ -117,6 +119,8 @@ class SiteNode:
         self._verified: dict[str, tuple[str, int]] = {}  # device -> address its messages came from
         self._candidates: set[tuple[str, int]] = set(settings.peers)  # configured or discovered: heartbeats only
         self._own_ids: dict[str, int] = {}  # entry_id -> seq of today's own entries (follow-ups name them)
+        self._creds: dict[str, bytes] = {credential.device_id: credential.data}  # each gate's credential, to pass
+        # its signed events on to gates that cannot hear it
         self._outbox: queue.Queue[SiteEvent | None] = queue.Queue()
         self._stop = threading.Event()
         self._started_mono = time.monotonic()
@@ -240,8 +244,9 @@ class SiteNode:
             if cancels is None:  # an entry of another day: nothing of today to cancel
                 return None
         card = self.card(entry.card_id, entry.at_ms) if entry.card_id else None
-        return SiteEvent(self.device_id, entry.seq, entry.at_ms, entry.checkpoint_id, entry.direction,
-                         entry.decision, card, cancels)
+        return sign_event(self.key, self.settings.site_id, SiteEvent(
+            self.device_id, entry.seq, entry.at_ms, entry.checkpoint_id, entry.direction, entry.decision, card,
+            cancels))
 
     def _own(self, entry: Entry) -> SiteEvent | None:
         with self._lock:
@@ -363,7 +368,8 @@ class SiteNode:
                 self._own_ids.clear()
         high = self.view.high(self.device_id)
         first = self._first_own() if high else None
-        self._sendto(self._datagram("have", first=first, last=high or None), self._targets(verified_only=False))
+        self._sendto(self._datagram("have", first=first, last=high or None, highs=self.view.holdings(MAX_HIGHS)),
+                     self._targets(verified_only=False))
 
     def _first_own(self) -> int:
         with self._lock:
@@ -406,6 +412,9 @@ class SiteNode:
             if known is None or now - known.last_heard_ms > self.settings.peer_timeout_s * 1000:
                 log.info("site: gate %s heard at %s:%d", msg.sender, addr[0], addr[1])
             self._verified[msg.sender] = addr
+            self._creds[msg.sender] = msg.credential.data
+            if msg.origin is not None:
+                self._creds.setdefault(msg.origin.device_id, msg.origin.data)
             self._candidates.discard(addr)
             self._peers[msg.sender] = Peer(msg.sender, f"{addr[0]}:{addr[1]}", now, msg.kind, msg.at_ms - now,
                                            msg.clock, 0, True)
@@ -423,11 +432,35 @@ class SiteNode:
             new = self.view.add(msg.events)
             if new and self.on_events is not None:
                 self.on_events(new)
-        elif msg.kind == "have" and msg.first is not None and msg.last is not None:
-            missing = self.view.missing(msg.sender, msg.first, msg.last, MAX_WANT)
-            if missing:
-                self._sendto(self._datagram("want", want=missing), [addr])
+        elif msg.kind == "have":
+            self._catch_up(msg, addr)
         elif msg.kind == "want":
-            found = self.view.get(self.device_id, msg.want)
+            device = msg.wdev or self.device_id
+            origin = None if device == self.device_id else self._creds.get(device)
+            if device != self.device_id and origin is None:
+                return
+            found = [e for e in self.view.get(device, msg.want) if e.sig is not None or origin is None]
             for i in range(0, len(found), MAX_EVENTS):
-                self._sendto(self._datagram("events", events=found[i:i + MAX_EVENTS]), [addr])
+                self._sendto(self._datagram("events", events=found[i:i + MAX_EVENTS], origin=origin), [addr])
+
+    def _catch_up(self, msg: Message, addr: tuple[str, int]) -> None:
+        """Ask the sender of a heartbeat for the events its view holds and this one lacks: its own,
+        and those of gates this one does not hear itself (passed on: relaying). A device's seqs
+        are asked for only while the sender holds more of them, or a higher one, than this view,
+        so the seqs a gate never shares (follow-ups) are not asked for again and again."""
+        highs = dict(msg.highs)
+        if msg.first is not None and msg.last is not None and msg.sender not in highs:
+            highs[msg.sender] = (msg.first, msg.last, msg.last - msg.first + 1)
+        now = self.now_ms()
+        limit = self.settings.peer_timeout_s * 1000
+        with self._lock:
+            direct = {d for d, p in self._peers.items() if now - p.last_heard_ms <= limit}
+        for device, (low, high, count) in highs.items():
+            if device == self.device_id or (device != msg.sender and device in direct):
+                continue  # a gate heard directly answers for itself
+            if count <= self.view.count(device) and high <= self.view.high(device):
+                continue
+            missing = self.view.missing(device, low, high, MAX_WANT)
+            if missing:
+                self._sendto(self._datagram("want", want=missing, wdev=None if device == msg.sender else device),
+                             [addr])

@@ -74,6 +74,8 @@ class SiteView:
             self._anon_in = self._anon_out = 0  # admissions without a card
             self._inside: set[str] = set()  # cards whose last admission is an entry
             self._high: dict[str, int] = {}
+            self._low: dict[str, int] = {}
+            self._held: dict[str, int] = {}  # events held per device
             self._old: set[Key] = set()  # seen, but of an earlier day: never asked for again
 
     def add(self, events: Iterable[SiteEvent]) -> list[SiteEvent]:
@@ -125,6 +127,8 @@ class SiteView:
     def _put(self, e: SiteEvent) -> None:
         self._events[e.key] = e
         self._high[e.device] = max(self._high.get(e.device, 0), e.seq)
+        self._low[e.device] = min(self._low.get(e.device, e.seq), e.seq)
+        self._held[e.device] = self._held.get(e.device, 0) + 1
         if e.cancels is not None:
             target = (e.device, e.cancels)
             if target not in self._cancelled:
@@ -142,6 +146,7 @@ class SiteView:
 
     def _drop(self, e: SiteEvent) -> None:
         del self._events[e.key]
+        self._held[e.device] -= 1
         if e.cancels is not None:
             target = (e.device, e.cancels)
             if not any(o.cancels == e.cancels and o.device == e.device for o in self._events.values()):
@@ -192,6 +197,18 @@ class SiteView:
                     if len(out) >= limit:
                         break
         return out
+
+    def holdings(self, limit: int) -> dict[str, tuple[int, int, int]]:
+        """Per device (at most ``limit``): the lowest and highest seq held and how many events: what
+        a heartbeat tells the peers, so they ask for what they lack."""
+        with self._lock:
+            devices = sorted(self._high)[:limit]
+            return {d: (self._low[d], self._high[d], self._held[d]) for d in devices}
+
+    def count(self, device: str) -> int:
+        """How many of the device's events the view holds."""
+        with self._lock:
+            return self._held.get(device, 0)
 
     def high(self, device: str) -> int:
         """The highest seq of the device the view holds (0: none)."""

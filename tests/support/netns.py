@@ -1,7 +1,8 @@
 """A LAN of network namespaces made by the test: one bridge namespace, and per gate a namespace
 joined to the bridge by a veth pair (10.77.<net>.<10+i>/24, multicast on, so mDNS works across
 them). `cut` drops every packet a gate sends or is sent (a ``blackhole`` qdisc on both ends of its
-veth pair: this kernel has neither netem nor tc's drop action), `heal` ends that. Needs root
+veth pair: this kernel has neither netem nor tc's drop action), `heal` ends that; `block` keeps
+two gates from reaching each other while both reach the rest. Needs root
 (CAP_NET_ADMIN); `available()` says whether this machine allows it."""
 from __future__ import annotations
 
@@ -74,6 +75,12 @@ class Lan:
         for ns, dev in ((self.gates[i], "eth0"), (self.bridge_ns, f"v{self.tag}x{i}")):
             subprocess.run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=True, capture_output=True,
                            timeout=30)
+
+    def block(self, i: int, j: int) -> None:
+        """Gates ``i`` and ``j`` cannot reach each other (a blackhole route to the other in each
+        namespace); both still reach the rest, and multicast (mDNS) still passes."""
+        _ip("-n", self.gates[i], "route", "add", "blackhole", f"{self.address(j)}/32")
+        _ip("-n", self.gates[j], "route", "add", "blackhole", f"{self.address(i)}/32")
 
     def fetch(self, i: int, url: str, token: str | None = None) -> str:
         """GET ``url`` from inside gate ``i`` (its API listens on that namespace's loopback)."""
