@@ -199,3 +199,30 @@ def test_gates_that_cannot_reach_each_other_learn_through_a_third(tmp_path, root
         for g in gates:
             g.close()
         lan.close()
+
+
+def test_gates_on_an_ipv6_only_lan(tmp_path, root_key):
+    """Two gates in namespaces with IPv6 addresses only (ULA and link-local), listening on [::]:
+    mDNS over IPv6 finds them, and a card in at A is refused at B as already inside."""
+    lan = netns.Lan(2, subnet=2, ipv6=True)
+    pki = make_pki(tmp_path / "pki")
+    root_pem = tmp_path / "root.pem"
+    root_pem.write_bytes(keys.public_pem(root_key.public_key()))
+    secret = tmp_path / "site.secret"
+    secret.write_bytes(b"s3cret-of-the-market-at-dong-ba!")
+    gates: list[Gate] = []
+    try:
+        for i, name in enumerate(("gate-A", "gate-B")):
+            gates.append(Gate(lan, i, tmp_path, pki, root_key, root_pem, secret, name, listen=f"[::]:{PORT}"))
+        a, b = gates
+        wait_for(lambda: heard(a, 1) and heard(b, 1), "the two gates hear each other over IPv6")
+        assert all(p["address"].startswith("[") for g in gates for p in g.site()["peers"]), a.site()["peers"]
+        assert a.site()["listen"] == f"[::]:{PORT}"
+        x = pki.card(card_id=b"\x06" * 16)
+        assert a.scan(x) == ("accept", "ok")
+        wait_for(lambda: b.site()["in"] == 1, "A's entry at B")
+        assert b.scan(x) == ("reject", "already_inside")
+    finally:
+        for g in gates:
+            g.close()
+        lan.close()

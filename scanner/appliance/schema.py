@@ -229,10 +229,12 @@ SECTIONS: tuple[Section, ...] = (
           "This gate's site credential, signed by the operator's root (`checkpoint issuer site-credential`); "
           "default STATE/site-credential.json.", fix=text("config.fix_file")),
         K("listen", cs.listen_address(allow_port_zero=True), "HOST:PORT", "0.0.0.0:7410",
-          "The UDP address the gate talks to the others on.", fix=text("config.fix_hostport", example="\"0.0.0.0:7410\"")),
+          "The UDP address the gate talks to the others on: `0.0.0.0:7410` IPv4, `[::]:7410` IPv6 and IPv4 "
+          "(mDNS over both), or one address of this gate.",
+          fix=text("config.fix_hostport", example="\"0.0.0.0:7410\" / \"[::]:7410\"")),
         K("peers", cs.list_of(cs.listen_address()), "array of HOST:PORT", [],
           "Other gates' addresses, for a network where mDNS does not reach (the rest are found by mDNS).",
-          fix=text("config.fix_hostport", example="\"192.168.1.21:7410\"")),
+          fix=text("config.fix_hostport", example="\"192.168.1.21:7410\" / \"[fd00::21]:7410\"")),
         K("discovery", cs.boolean(), "boolean", True, "Find the site's other gates with mDNS/DNS-SD."),
         K("heartbeat_s", cs.number(0.05, 60), "seconds", 1.0,
           "How often the gate tells the others which of its entries it holds (lost ones are sent again)."),

@@ -191,7 +191,8 @@ class SiteSection:
     # This gate's site credential, signed by the operator's root (`checkpoint issuer
     # site-credential`); default STATE/site-credential.json.
     credential: Path | None
-    # The UDP address the gate talks to the others on.
+    # The UDP address the gate talks to the others on: `0.0.0.0:7410` IPv4, `[::]:7410` IPv6 and
+    # IPv4 (mDNS over both), or one address of this gate.
     listen: tuple[str, int]
     # Other gates' addresses, for a network where mDNS does not reach (the rest are found by mDNS).
     peers: tuple[tuple[str, int], ...]

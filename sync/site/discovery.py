@@ -1,9 +1,10 @@
 """Finding the site's other gates on the LAN with mDNS/DNS-SD (python-zeroconf).
 
 Each gate advertises ``<device id>._checkpoint-site._udp.local.`` with its site id in the TXT
-record and browses for the others of its site. What discovery says is only an address to try:
-nothing is believed until a message from it opens (a pinned root's site credential, a valid
-signature), so a stranger who advertises itself gains nothing. docs/site.md#discovery.
+record and browses for the others of its site, over IPv4, IPv6 or both as it listens. What
+discovery says is only an address to try: nothing is believed until a message from it opens (a
+pinned root's site credential, a valid signature), so a stranger who advertises itself gains
+nothing. docs/site.md#discovery.
 """
 from __future__ import annotations
 
@@ -24,14 +25,26 @@ SERVICE = "_checkpoint-site._udp.local."
 RESOLVE_TIMEOUT_MS = 3000
 
 
-def local_addresses() -> list[str]:
-    """This machine's IPv4 addresses other than loopback (what a gate listening on 0.0.0.0 advertises)."""
+def local_addresses(*, ipv6: bool = False) -> list[str]:
+    """This machine's addresses other than loopback: IPv4, and with ``ipv6`` IPv6 too (what a
+    gate listening on 0.0.0.0, or on :: for both, advertises)."""
     out = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
-                out.append(ip.ip)
+            if isinstance(ip.ip, str):
+                if not ip.ip.startswith("127."):
+                    out.append(ip.ip)
+            elif ipv6 and ip.ip[0] != "::1":  # (address, flowinfo, scope id)
+                out.append(ip.ip[0])
     return sorted(set(out))
+
+
+def ip_version(listen_host: str) -> IPVersion:
+    """What a gate listening on ``listen_host`` advertises and looks for: IPv4 on an IPv4 address,
+    both on ``::`` (the socket takes both), IPv6 on another IPv6 address."""
+    if ":" not in listen_host:
+        return IPVersion.V4Only
+    return IPVersion.All if listen_host == "::" else IPVersion.V6Only
 
 
 class Discovery:
@@ -39,8 +52,9 @@ class Discovery:
     from its own thread."""
 
     def __init__(self, site_id: str, device_id: str, port: int, addresses: Sequence[str],
-                 on_peer: Callable[[str, tuple[str, int]], None]) -> None:
+                 on_peer: Callable[[str, tuple[str, int]], None], version: IPVersion = IPVersion.V4Only) -> None:
         self.site_id = site_id
+        self.version = version
         self.device_id = device_id
         self.port = port
         self.addresses = list(addresses)
@@ -57,7 +71,7 @@ class Discovery:
 
     def _run(self) -> None:
         try:
-            zc = self._zc = Zeroconf(ip_version=IPVersion.V4Only)
+            zc = self._zc = Zeroconf(ip_version=self.version)
             self._info = ServiceInfo(SERVICE, f"{self.device_id}.{SERVICE}", port=self.port,
                                      properties={"site": self.site_id, "dev": self.device_id},
                                      parsed_addresses=self.addresses or None)
@@ -85,7 +99,7 @@ class Discovery:
                  for k, v in (info.properties or {}).items()}
         if props.get("site") != self.site_id or props.get("dev") in (None, self.device_id):
             return
-        for address in info.parsed_addresses(IPVersion.V4Only):
+        for address in info.parsed_scoped_addresses(self.version):  # a link-local one with its interface
             log.info("site: found %s at %s:%d", escape(props["dev"]), address, info.port)
             self.on_peer(props["dev"], (address, info.port))
 

@@ -31,7 +31,7 @@ from scanner.store import admission
 from scanner.store.entry import Entry
 from sync.site import credential as sitecred
 from sync.site.credential import SiteCredential, SiteCredentialError
-from sync.site.discovery import Discovery, local_addresses
+from sync.site.discovery import Discovery, ip_version, local_addresses
 from sync.site.message import (
     MAX_EVENTS,
     MAX_HIGHS,
@@ -54,6 +54,22 @@ REFUSALS_KEPT = 20
 REFUSAL_LOG_EVERY_MS = 60_000
 REPLAY_FILE_BYTES = 1024 * 1024
 REPLAY_FILE_NAME = "site-replay.json"
+
+
+def _plain(raw: tuple) -> tuple[str, int]:
+    """A socket address as (host, port): an IPv6 link-local one with its interface (``%2``), an
+    IPv4 one that came to a socket taking both without its ``::ffff:``."""
+    host, port = raw[0], raw[1]
+    if len(raw) == 4 and raw[3] and "%" not in host:
+        host = f"{host}%{raw[3]}"
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]
+    return host, port
+
+
+def shown(addr: tuple[str, int]) -> str:
+    """HOST:PORT, an IPv6 host in brackets."""
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +142,13 @@ class SiteNode:
         self._started_mono = time.monotonic()
         self.refused: list[tuple[int, str, str]] = []  # (ms, code, from) of the last refused datagrams
         self._logged: dict[tuple[tuple[str, int], str], int] = {}  # (address, code) -> when last logged
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        host = settings.listen[0]
+        self.ipv6 = ":" in host
+        self.sock = socket.socket(socket.AF_INET6 if self.ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+        if host == "::":  # both: IPv4 peers arrive as ::ffff:a.b.c.d
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         self.sock.bind(settings.listen)
-        self.address = self.sock.getsockname()
+        self.address = _plain(self.sock.getsockname())
         self.discovery: Discovery | None = None
         self._threads = [threading.Thread(target=self._receive, name="site-recv", daemon=True),
                          threading.Thread(target=self._send, name="site-send", daemon=True),
@@ -154,11 +174,12 @@ class SiteNode:
             t.start()
         if self.settings.discovery:
             host, port = self.address
-            addresses = local_addresses() if host == "0.0.0.0" else [host]
-            self.discovery = Discovery(self.settings.site_id, self.device_id, port, addresses, self._discovered)
+            addresses = local_addresses(ipv6=host == "::") if host in ("0.0.0.0", "::") else [host]
+            self.discovery = Discovery(self.settings.site_id, self.device_id, port, addresses, self._discovered,
+                                       ip_version(host))
             self.discovery.start()
-        log.info("site %s: gate %s listening on %s:%d, %d configured peers, discovery %s",
-                 escape(self.settings.site_id), self.device_id, *self.address, len(self.settings.peers),
+        log.info("site %s: gate %s listening on %s, %d configured peers, discovery %s",
+                 escape(self.settings.site_id), self.device_id, shown(self.address), len(self.settings.peers),
                  "on" if self.settings.discovery else "off")
 
     def stop(self) -> None:
@@ -297,7 +318,7 @@ class SiteNode:
         """What the status page, the kiosk and the doctor show."""
         n_in, n_out = self.view.totals()
         return {"site_id": self.settings.site_id, "device_id": self.device_id,
-                "listen": f"{self.address[0]}:{self.address[1]}", "isolated": self.isolated(),
+                "listen": shown(self.address), "isolated": self.isolated(),
                 "when_isolated": self.settings.when_isolated, "occupancy": self.view.occupancy(),
                 "capacity": self.settings.capacity, "in": n_in, "out": n_out, "events": len(self.view),
                 "peers": [p.to_dict() for p in self.peers()],
@@ -333,10 +354,13 @@ class SiteNode:
 
     def _sendto(self, data: bytes, targets: Iterable[tuple[str, int]]) -> None:
         for addr in targets:
+            host, port = addr
+            if self.ipv6 and ":" not in host:
+                host = "::ffff:" + host  # an IPv4 peer, from a socket that takes both
             try:
-                self.sock.sendto(data, addr)
+                self.sock.sendto(data, (host, port))
             except OSError as exc:  # unreachable now (a partition, a peer gone): anti-entropy catches up later
-                log.debug("site: send to %s:%d failed: %s", addr[0], addr[1], exc)
+                log.debug("site: send to %s failed: %s", shown(addr), exc)
 
     def _send(self) -> None:
         while True:
@@ -380,11 +404,12 @@ class SiteNode:
     def _receive(self) -> None:
         while not self._stop.is_set():
             try:
-                data, addr = self.sock.recvfrom(RECV_BYTES)
+                data, raw = self.sock.recvfrom(RECV_BYTES)
             except OSError:
                 return  # closed by stop()
-            if not data:
+            if not data or raw is None:  # stop() shut the socket down
                 continue
+            addr = _plain(raw)
             now = self.now_ms()
             try:
                 msg = self.inbox.open(data, now)
@@ -398,25 +423,25 @@ class SiteNode:
     def _refused(self, now: int, exc: SiteMessageError, addr: tuple[str, int]) -> None:
         """Kept for the status page; logged once a minute per sender and reason (a stranger's
         heartbeats would fill the journal)."""
-        self.refused = (self.refused + [(now, exc.code, f"{addr[0]}:{addr[1]}")])[-REFUSALS_KEPT:]
+        self.refused = (self.refused + [(now, exc.code, shown(addr))])[-REFUSALS_KEPT:]
         key = (addr, exc.code)
         if now - self._logged.get(key, 0) >= REFUSAL_LOG_EVERY_MS:
             if len(self._logged) > 1000:
                 self._logged.clear()
             self._logged[key] = now
-            log.info("site: refused a datagram from %s:%d (%s): %s", addr[0], addr[1], exc.code, escape(str(exc)))
+            log.info("site: refused a datagram from %s (%s): %s", shown(addr), exc.code, escape(str(exc)))
 
     def _heard(self, msg: Message, addr: tuple[str, int], now: int) -> None:
         with self._lock:
             known = self._peers.get(msg.sender)
             if known is None or now - known.last_heard_ms > self.settings.peer_timeout_s * 1000:
-                log.info("site: gate %s heard at %s:%d", msg.sender, addr[0], addr[1])
+                log.info("site: gate %s heard at %s", msg.sender, shown(addr))
             self._verified[msg.sender] = addr
             self._creds[msg.sender] = msg.credential.data
             if msg.origin is not None:
                 self._creds.setdefault(msg.origin.device_id, msg.origin.data)
             self._candidates.discard(addr)
-            self._peers[msg.sender] = Peer(msg.sender, f"{addr[0]}:{addr[1]}", now, msg.kind, msg.at_ms - now,
+            self._peers[msg.sender] = Peer(msg.sender, shown(addr), now, msg.kind, msg.at_ms - now,
                                            msg.clock, 0, True)
 
     def _handle(self, msg: Message, addr: tuple[str, int]) -> None:
