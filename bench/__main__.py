@@ -15,7 +15,7 @@ from pathlib import Path
 from . import results
 
 BENCHES = ("verify", "bundle", "entrylog", "feedback", "decode", "pipeline", "formats", "sync", "fleet", "failover",
-           "drain", "flood", "trace", "daemon", "kiosk", "fsync", "cli", "site")
+           "drain", "flood", "trace", "daemon", "kiosk", "fsync", "cli", "site", "soak")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,362 @@
+"""Memory soak: the real daemon (`checkpoint run`), provisioned against the reference server on
+127.0.0.1 with a trust bundle of a million revoked card ids, sync on as shipped, fed scans through
+a stdin reader (a named pipe) in chunks, each chunk waited for. After every chunk the memory of
+every process of the appliance (the daemon and all its children, from /proc: RSS and PSS from
+smaps_rollup) is sampled; a sampler thread also watches it every 20 ms. Reported: the steady
+memory after warm-up, the peak while the server publishes a newer bundle and the device swaps it
+in (the sampled maximum, and the sum of each process's VmHWM, reset just before), and the slope
+after warm-up (least squares, MB per 10k scans) with its spread (the slopes of the fifths of the
+run). The peer is a bare Python interpreter, sampled in the same run. Goals: bench/soak goals
+below (the whole appliance within 120 MB, the swap within 160 MB, flat after warm-up)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from scanner.base.timeutil import now_ms
+from scanner.cards.bundle import make_bundle
+from sync.provision import provision
+from sync.server import bundles
+from sync.server.sqlite import SQLiteStorage
+from sync.server.tokens import issue_tokens
+
+from . import fixtures
+from .procs import OPERATOR_ROOT, ROOT, ServerProcess, vouch
+from .timing import median, table
+
+MB = 1024 * 1024
+GOAL_STEADY_MB = 120.0  # every process of the appliance, 1M revoked ids
+GOAL_PEAK_MB = 160.0  # during a bundle swap
+GOAL_SLOPE_MB = 0.2  # MB per 10k scans after warm-up (2 MB over 100k scans)
+CHUNK = 200
+REVOKED_EVERY = 10  # every tenth card is a revoked one (the look-up is exercised)
+_VERDICT = re.compile(r"\bverdict source=\S+ .*\bseq=(\d+)\b")
+_STARTED = re.compile(r"\bdevice \S+ at checkpoint\b")
+_TRUST = re.compile(r"\btrust: \d+ keys, bundle v(\d+), (\d+) revoked cards")
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """The memory of a set of processes at one moment, bytes (summed over the processes)."""
+
+    rss: int
+    pss: int
+    processes: int
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (children of every thread, recursively)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children", encoding="ascii") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+            except OSError:
+                continue
+    return out
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup and the Vm lines of /proc/PID/status, bytes; {} if it is gone."""
+    fields: dict[str, int] = {}
+    try:
+        for name in ("smaps_rollup", "status"):
+            with open(f"/proc/{pid}/{name}", encoding="ascii") as fh:
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) == 3 and parts[2] == "kB":
+                        fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    except OSError:
+        return {}
+    return fields
+
+
+def by_process(pids: list[int]) -> str:
+    """Each process's RSS / PSS, MB, by what it runs (``python -m X`` as X)."""
+    out = []
+    for p in pids:
+        r = _rollup(p)
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as fh:
+                argv = fh.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        name = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else os.path.basename(argv[0])
+        out.append(f"{name} {r.get('Rss', 0) / MB:.1f}/{r.get('Pss', 0) / MB:.1f}")
+    return ", ".join(out)
+
+
+def measure(pids: list[int]) -> Memory:
+    rows = [r for r in map(_rollup, pids) if r]
+    return Memory(sum(r.get("Rss", 0) for r in rows), sum(r.get("Pss", 0) for r in rows), len(rows))
+
+
+def high_water(pids: list[int]) -> int:
+    """The sum of the processes' VmHWM (peak RSS since start or since reset_peaks), bytes."""
+    return sum(r.get("VmHWM", 0) for r in map(_rollup, pids) if r)
+
+
+def reset_peaks(pids: list[int]) -> None:
+    """Reset each process's VmHWM to its current RSS (clear_refs 5, Linux >= 4.0)."""
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")
+        except OSError:
+            continue
+
+
+class _Sampler:
+    """A thread measuring the appliance's processes every ``every_s``; keeps the maxima."""
+
+    def __init__(self, pid: int, every_s: float = 0.02) -> None:
+        self.pid, self.every_s = pid, every_s
+        self.max_rss = self.max_pss = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            m = measure(tree(self.pid))
+            self.max_rss, self.max_pss = max(self.max_rss, m.rss), max(self.max_pss, m.pss)
+
+    def restart(self) -> None:
+        self.max_rss = self.max_pss = 0
+
+
+class _Daemon:
+    """`checkpoint run --config FILE`, its log read line by line (verdict seq, trust swaps)."""
+
+    def __init__(self, config: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), CHECKPOINT_LANG="en")
+        self.proc = subprocess.Popen([sys.executable, "-m", "scanner", "run", "--config", str(config),
+                                      "--log-level", "info"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env, cwd=ROOT, text=True, errors="replace")
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self.seq = 0
+        self.started = False
+        self.bundle_version: int | None = None
+        self.revoked = 0
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            m = _VERDICT.search(line)
+            with self.cond:
+                if m:
+                    self.seq = max(self.seq, int(m.group(1)))
+                else:  # a verdict line a scan: keep the others (a few hundred) for errors
+                    self.lines.append(line.rstrip("\n"))
+                    if _STARTED.search(line):
+                        self.started = True
+                    t = _TRUST.search(line)
+                    if t:
+                        self.bundle_version, self.revoked = int(t.group(1)), int(t.group(2))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait(self, pred, what: str, timeout: float = 300.0) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: pred() or self.proc.poll() is not None, timeout) or not pred():
+                tail = "\n  ".join(self.lines[-15:])
+                self.stop()
+                raise SystemExit(f"soak bench: {what} did not happen; the daemon said:\n  {tail}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(120)
+        finally:
+            self.thread.join(30)
+
+
+def _config(path: Path, state: Path, fifo: Path) -> Path:
+    path.write_text(f"""
+[device]
+state_dir = "{state}"
+checkpoint_id = "bench-soak"
+[sync]
+enabled = true
+trust_interval_s = 10
+[api]
+listen = "127.0.0.1:0"
+[feedback]
+pin_factory = "mock"
+[[stdin]]
+name = "desk"
+path = "{fifo}"
+""", encoding="utf-8")
+    return path
+
+
+def _cards(key, revoked: list[bytes], n: int) -> Iterator[str]:
+    """``n`` distinct cards of ``key``, every REVOKED_EVERY-th one revoked."""
+    at = fixtures.now()
+    for i in range(n):
+        card_id = revoked[(i * 7919) % len(revoked)] if i % REVOKED_EVERY == REVOKED_EVERY - 1 else None
+        yield fixtures.card_text(key, at, card_id=card_id)
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """The least-squares slope of ys over xs."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+
+
+def _bare_python() -> Memory:
+    """The peer: a bare interpreter (``python -c``), waiting, measured the same way."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        return measure([proc.pid])
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(30)
+
+
+def run(quick: bool = False) -> None:
+    n = 4_000 if quick else 100_000
+    n_revoked = 1_000_000
+    warm = n // 5  # the first fifth warms the caches (SQLite pages, the allocator's arenas)
+    swap_at = warm // 2
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp_name:
+        tmp = Path(tmp_name)
+        central = tmp / "central"
+        central.mkdir()
+        db = central / "central.db"
+        server = ServerProcess(str(db), "--keys", str(central), bench="soak", nice=5)
+        st = SQLiteStorage(db)
+        try:
+            root_pub = vouch(st, central, server.url)
+            key = fixtures.issuer_key("EdDSA")
+            keys = [fixtures.bundle_key(key)]
+            revoked = fixtures.revoked_ids(n_revoked)
+            at = fixtures.now()
+            bundles.publish(st, make_bundle(OPERATOR_ROOT, version=1, issued_at=at, expires_at=at + 30 * fixtures.DAY,
+                                            keys=keys, revoked_cards=revoked), now_ms=now_ms())
+            state = tmp / "state"
+            provision(server.url, issue_tokens(st, "bench-soak", now_ms=now_ms())[0], state, trust_root=root_pub)
+            fifo = tmp / "in.fifo"
+            os.mkfifo(fifo)
+            w = os.open(fifo, os.O_RDWR)
+            daemon = _Daemon(_config(tmp / "c.toml", state, fifo))
+            peer = _bare_python()
+            samples: list[tuple[int, Memory]] = []
+            swap: dict = {}
+            try:
+                daemon.wait(lambda: daemon.started and daemon.bundle_version == 1, "start-up with bundle v1")
+                start = measure(tree(daemon.pid))
+                detail = {"start": by_process(tree(daemon.pid))}
+                sampler = _Sampler(daemon.pid)
+                sampler.thread.start()
+                cards = _cards(key, revoked, n)
+                done = 0
+                while done < n:
+                    k = min(CHUNK, n - done)
+                    os.write(w, "".join(next(cards) + "\n" for _ in range(k)).encode())
+                    done += k
+                    daemon.wait(lambda done=done: daemon.seq >= done, f"{done} verdicts")
+                    samples.append((done, measure(tree(daemon.pid))))
+                    if done >= swap_at and not swap:
+                        detail["before swap"] = by_process(tree(daemon.pid))
+                        swap = _swap(daemon, sampler, st, keys, revoked, at)
+                        detail["after swap"] = by_process(tree(daemon.pid))
+                detail["end"] = by_process(tree(daemon.pid))
+            finally:
+                os.close(w)
+                sampler.stop.set()
+                code = daemon.stop()
+            if code != 0:
+                raise SystemExit(f"soak bench: the daemon exited {code}: " + " | ".join(daemon.lines[-5:]))
+        finally:
+            st.close()
+            server.stop()
+    _report(n, n_revoked, warm, start, samples, swap, peer, quick)
+    for when, text in detail.items():
+        print(f"  RSS/PSS MB by process, {when}: {text}")
+    print()
+
+
+def _swap(daemon: _Daemon, sampler: _Sampler, st: SQLiteStorage, keys, revoked: list[bytes], at: int) -> dict:
+    """Publish bundle v2 (1,000 more revoked ids; the device gets a delta) and wait until the
+    daemon has swapped it in; the peak memory of the appliance meanwhile."""
+    pids = tree(daemon.pid)
+    before = measure(pids)
+    reset_peaks(pids)
+    sampler.restart()
+    more = fixtures.revoked_ids(1000, seed=8)
+    bundles.publish(st, make_bundle(OPERATOR_ROOT, version=2, issued_at=at + 1, expires_at=at + 30 * fixtures.DAY,
+                                    keys=keys, revoked_cards=revoked + more),
+                    now_ms=now_ms(), root_private=OPERATOR_ROOT)
+    t0 = time.monotonic()
+    daemon.wait(lambda: daemon.bundle_version == 2, "the swap to bundle v2", timeout=120)
+    seconds = time.monotonic() - t0
+    time.sleep(0.5)  # let the sampler see the end of it
+    pids = tree(daemon.pid)
+    return {"before": before, "max_rss": sampler.max_rss, "max_pss": sampler.max_pss, "hwm": high_water(pids),
+            "seconds": seconds, "revoked": daemon.revoked}
+
+
+def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tuple[int, Memory]], swap: dict,
+            peer: Memory, quick: bool) -> None:
+    after = [(x, m) for x, m in samples if x > warm]
+    steady_rss = median([m.rss for _, m in after]) / MB
+    steady_pss = median([m.pss for _, m in after]) / MB
+    xs = [x / 10_000 for x, _ in after]
+    rss_slope = slope(xs, [m.rss / MB for _, m in after])
+    pss_slope = slope(xs, [m.pss / MB for _, m in after])
+    fifths = [after[i * len(after) // 5:(i + 1) * len(after) // 5] for i in range(5)]
+    parts = [slope([x / 10_000 for x, _ in f], [m.rss / MB for _, m in f]) for f in fifths if len(f) > 2]
+    procs = max(m.processes for _, m in samples)
+    print(f"memory soak: `checkpoint run`, provisioned, sync on, bundle of {n_revoked:,} revoked ids, "
+          f"{n:,} scans through a stdin reader ({CHUNK} a chunk); every process of the appliance ({procs})")
+    rows = [
+        ("bare python interpreter (peer)", f"{peer.rss / MB:.1f}", f"{peer.pss / MB:.1f}", "1.00"),
+        ("appliance after start-up", f"{start.rss / MB:.1f}", f"{start.pss / MB:.1f}", f"{start.rss / peer.rss:.2f}"),
+        (f"appliance, steady (median after {warm:,} scans)", f"{steady_rss:.1f}", f"{steady_pss:.1f}",
+         f"{steady_rss * MB / peer.rss:.2f}"),
+        ("appliance at the end", f"{samples[-1][1].rss / MB:.1f}", f"{samples[-1][1].pss / MB:.1f}",
+         f"{samples[-1][1].rss / peer.rss:.2f}"),
+    ]
+    if swap:
+        rows.append((f"bundle swap v1 → v2 ({swap['revoked']:,} ids, {swap['seconds']:.1f} s): sampled peak",
+                     f"{swap['max_rss'] / MB:.1f}", f"{swap['max_pss'] / MB:.1f}", f"{swap['max_rss'] / peer.rss:.2f}"))
+        rows.append(("  sum of the processes' VmHWM over the swap", f"{swap['hwm'] / MB:.1f}", "-",
+                     f"{swap['hwm'] / peer.rss:.2f}"))
+    print(table(("", "RSS MB", "PSS MB", "x peer RSS"), rows))
+    spread = f"{min(parts):+.3f} … {max(parts):+.3f}" if parts else "-"
+    print(f"  slope after warm-up: RSS {rss_slope:+.3f} MB per 10k scans (fifths: {spread}), "
+          f"PSS {pss_slope:+.3f}")
+    peak = max(swap["max_rss"], swap["hwm"]) / MB if swap else float("nan")
+    for what, value, goal in (("steady RSS", steady_rss, GOAL_STEADY_MB), ("swap peak RSS", peak, GOAL_PEAK_MB),
+                              ("slope", rss_slope, GOAL_SLOPE_MB)):
+        print(f"  goal: {what} ≤ {goal:g}{' MB per 10k scans' if what == 'slope' else ' MB'}: {value:.2f}, "
+              f"{'met' if value <= goal else 'NOT MET'}")
+    if quick:
+        print(f"  (quick: {n:,} scans are too few for the slope; judge it on a full run)")
