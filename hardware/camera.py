@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-import cv2
 import numpy as np
 
 from hardware.decode import (
@@ -39,7 +38,13 @@ from hardware.inputs import InputThread, SourceReason, SourceState
 from hardware.stream_decode import Hint, StreamDecoder
 from scanner.base.backoff import Backoff
 from scanner.base.errors import CheckpointError
+from scanner.base.lazy import lazy_module
 from scanner.base.safetext import escape
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 log = logging.getLogger(__name__)
 

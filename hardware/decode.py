@@ -14,13 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import cv2
 import numpy as np
 
 from hardware import enhance
 from scanner.base.errors import CheckpointError, UsageError
+from scanner.base.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Larger image files are refused before they are read."""

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+
+from scanner.base.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 Point = tuple[int, int]
 Quad = tuple[Point, ...]

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from hardware import enhance
@@ -35,6 +35,12 @@ from hardware.decode import (
     _as_gray,
     _distinct,
 )
+from scanner.base.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 HEAD_ATTEMPTS = 2
 """Second-pass attempts every tracked frame starts with (the likeliest, on the fresh crop)."""

@@ -14,9 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+
+from scanner.base.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import cv2
+else:
+    cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 OUTLINE_BGR = (60, 220, 60)  # the outline drawn round a code: bright green on the grey picture
 QUALITY = 70
