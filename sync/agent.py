@@ -230,9 +230,16 @@ class ProcessBuilder:
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
         """The trust update in the worker process too: checking and rebuilding a bundle with a
-        million revocations takes seconds of CPU that must not hold the scan loop's GIL."""
+        million revocations takes seconds of CPU that must not hold the scan loop's GIL. A worker
+        that installed a bundle is ended after it: what the bundle took (a hundred MB and more
+        for a million revocations, kept by its allocator) goes back to the system, and the next
+        request starts a fresh one."""
         connect, read = client.timeout
-        return self._call("trust", str(state_dir), connect, read)
+        result = self._call("trust", str(state_dir), connect, read)
+        if result.get("status") in ("full", "delta"):
+            with self._lock:
+                self._stop()
+        return result
 
     def close(self) -> None:
         with self._lock:

@@ -216,6 +216,33 @@ def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle
         agent.close()
 
 
+def test_the_worker_that_installed_a_bundle_ends_and_gives_its_memory_back(server, tmp_path, make_bundle_bytes,
+                                                                           root_key, make_card, trust, now):
+    """Installing a bundle leaves the worker's allocator holding what the bundle took: that worker
+    ends (its memory goes back to the system) and the next request starts another; a check that
+    found nothing new keeps the worker."""
+    publish(server.storage, make_bundle_bytes(version=1, revoked_cards=ids(50)), now_ms=now_ms(),
+            root=root_key.public_key())
+    dev = provision_device(server, tmp_path)
+    record(dev, [verifier.verify(make_card(), trust, now)], 3)
+    builder = ProcessBuilder(dev.log.path, dev.state, dev.device_id)
+    client = SyncClient(server.url, identity.load(dev.state), device_id=dev.device_id)
+    try:
+        assert builder.refresh_trust(client, dev.state)["status"] == "not_modified"
+        first = builder.pid
+        assert first is not None
+        publish(server.storage, make_bundle_bytes(version=2, revoked_cards=ids(60)), now_ms=now_ms(),
+                root_private=root_key)
+        assert builder.refresh_trust(client, dev.state)["status"] == "delta"
+        assert builder.pid is None and not os.path.exists(f"/proc/{first}")
+        assert trustupdate.current(dev.state, [root_key.public_key()])[1].version == 2
+        assert builder.build(0, 10, [], now_ms()).info.count == 3
+        assert builder.pid not in (None, first)
+    finally:
+        client.close()
+        builder.close()
+
+
 def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp_path, make_card, trust, now):
     """A worker killed under it is a clean `builder_died` and a new worker at the next request (an
     interrupt does not kill it); an error in the worker comes back as itself; close() leaves no
