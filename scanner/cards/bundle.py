@@ -112,6 +112,14 @@ def open_bundle(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
 
     ``min_version``: refuse a bundle whose version is not above it (no rollback).
     """
+    payload, signature, kid = bundle_parts(data)
+    return open_parts(payload, signature, kid, roots, min_version=min_version)
+
+
+def bundle_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(payload, sig, kid) of a bundle file, decoded, nothing verified yet; a caller that drops the
+    file's bytes then does not hold them while the payload is checked and parsed (tens of MB
+    for a million revocations)."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise TrustError("bundle file is larger than 256 MiB", code="bundle_malformed")
     outer = _loads_with_big_value(data, "payload", _base64_string)
@@ -123,10 +131,12 @@ def open_bundle(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
     if type(outer) is not dict or not {"payload", "sig", "kid"} <= outer.keys():
         raise TrustError("bundle file must be a JSON object with payload, sig and kid",
                          code="bundle_malformed")
-    payload = _unb64(outer["payload"], "payload")
-    signature = _unb64(outer["sig"], "sig")
-    kid = _unb64(outer["kid"], "kid")
-    del outer  # with json.loads, it holds the payload as (large) base64 text
+    return _unb64(outer["payload"], "payload"), _unb64(outer["sig"], "sig"), _unb64(outer["kid"], "kid")
+
+
+def open_parts(payload: bytes, signature: bytes, kid: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
+               min_version: int | None = None) -> Bundle:
+    """open_bundle after bundle_parts: the root's signature over the payload, then its content."""
     if not roots:
         raise TrustError("no trust root given to check the bundle against", code="bundle_no_root")
     root = next((r for r in roots if root_kid(r) == kid), None)

@@ -20,7 +20,7 @@ from scanner.base.errors import KeyFileError, TrustError
 from scanner.cards import jwks as jwksmod
 from scanner.cards import keys as keymod
 from scanner.cards import x509util
-from scanner.cards.bundle import Bundle, BundleKey, open_bundle
+from scanner.cards.bundle import Bundle, BundleKey, bundle_parts, open_parts
 from scanner.cards.revocation import RevocationSet
 
 _USABLE_CACHE_SIZE = 256
@@ -173,7 +173,10 @@ def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed255
                 raise TrustError(f"{path} is a trust bundle: give the root key it is signed with "
                                  "(--trust-root)", code="bundle_no_root")
             try:
-                bundles.append(open_bundle(data, roots))
+                parts = bundle_parts(data)
+                del data  # a large bundle's file is not kept while its payload is parsed
+                bundles.append(open_parts(*parts, roots))
+                del parts
             except TrustError as exc:
                 raise TrustError(f"{path}: {exc}", code=exc.code) from None
         else:

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
-from scanner.cards.bundle import Bundle, open_bundle, root_kid
+from scanner.cards.bundle import Bundle, bundle_parts, open_bundle, root_kid
 
 DELTA_TYPE = "checkpoint-bundle-delta"
 DELTA_FORMAT = 1
@@ -29,6 +29,7 @@ MAX_DELTA_BYTES = 64 * 1024 * 1024
 _CARDS_OPEN = b',"revoked_cards":['
 _KIDS_OPEN = b'],"revoked_kids":'
 _ROW = 35  # '"' + 32 hex digits + '"' + ','
+_SLICE = 1 << 16  # rows checked at a time (bounded temporaries)
 _HEX = np.zeros(256, dtype=bool)
 _HEX[list(b"0123456789abcdef")] = True
 
@@ -54,24 +55,36 @@ class Parts:
     kids: list
 
 
-def _cards_bytes(cards: np.ndarray) -> bytes:
-    n = len(cards)
-    if n == 0:
-        return b""
-    rows = np.empty((n, _ROW), dtype=np.uint8)
-    rows[:, 0] = ord('"')
-    rows[:, 1:33] = np.frombuffer(cards.tobytes(), dtype=np.uint8).reshape(n, 32)
-    rows[:, 33] = ord('"')
-    rows[:, 34] = ord(",")
-    return rows.tobytes()[:-1]
+def _payload_buffer(p: Parts) -> bytearray:
+    """The payload make_bundle writes for these values (compact JSON, fixed key order), built in
+    one buffer: the card rows are written into it in place (no copies of a large list)."""
+    head = json.dumps({"version": p.version, "issued_at": p.issued_at, "expires_at": p.expires_at,
+                       "keys": p.keys}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    kids = json.dumps(p.kids, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    n = len(p.cards)
+    first = len(head) - 1 + len(_CARDS_OPEN)
+    rows_len = n * _ROW - 1 if n else 0
+    out = bytearray(first + rows_len + len(_KIDS_OPEN) + len(kids) + 1)
+    out[:first] = head[:-1] + _CARDS_OPEN
+    if n:
+        rows = np.frombuffer(out, dtype=np.uint8, count=n * _ROW - 1, offset=first)
+        body = rows[:(n - 1) * _ROW].reshape(n - 1, _ROW)
+        digits = np.frombuffer(p.cards.data, dtype=np.uint8).reshape(n, 32)
+        body[:, 0] = ord('"')
+        body[:, 1:33] = digits[:-1]
+        body[:, 33] = ord('"')
+        body[:, 34] = ord(",")
+        last = rows[(n - 1) * _ROW:]
+        last[0] = ord('"')
+        last[1:33] = digits[-1]
+        last[33] = ord('"')
+    out[first + rows_len:] = _KIDS_OPEN + kids + b"}"
+    return out
 
 
 def join_payload(p: Parts) -> bytes:
     """The payload bytes make_bundle writes for these values (compact JSON, fixed key order)."""
-    head = json.dumps({"version": p.version, "issued_at": p.issued_at, "expires_at": p.expires_at,
-                       "keys": p.keys}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    kids = json.dumps(p.kids, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return head[:-1] + _CARDS_OPEN + _cards_bytes(p.cards) + _KIDS_OPEN + kids + b"}"
+    return bytes(_payload_buffer(p))
 
 
 def _strictly_increasing(cards: np.ndarray) -> bool:
@@ -92,15 +105,26 @@ def split_payload(payload: bytes) -> Parts:
     if not isinstance(head, dict) or list(head) != ["version", "issued_at", "expires_at", "keys"] \
             or not isinstance(tail, dict) or list(tail) != ["revoked_kids"]:
         raise DeltaError("bundle payload is not in the canonical layout")
-    seg = payload[start + len(_CARDS_OPEN):end]
-    if seg:
-        if (len(seg) + 1) % _ROW:
+    first = start + len(_CARDS_OPEN)
+    size = end - first
+    if size:  # checked in place and in slices: a province's list is tens of MB
+        if (size + 1) % _ROW:
             raise DeltaError("revoked card list is not in the canonical layout")
-        rows = np.frombuffer(seg + b",", dtype=np.uint8).reshape(-1, _ROW)
-        if ((rows[:, 0] != ord('"')).any() or (rows[:, 33] != ord('"')).any()
-                or (rows[:, 34] != ord(",")).any() or not _HEX[rows[:, 1:33]].all()):
+        n = (size + 1) // _ROW
+        flat = np.frombuffer(payload, dtype=np.uint8, count=size, offset=first)
+        body = flat[:(n - 1) * _ROW].reshape(n - 1, _ROW)
+        last = flat[(n - 1) * _ROW:]
+        digits = np.empty((n, 32), dtype=np.uint8)
+        digits[:-1] = body[:, 1:33]
+        digits[-1] = last[1:33]
+        ok = last[0] == ord('"') and last[33] == ord('"')
+        for i in range(0, n, _SLICE):
+            rows = body[i:i + _SLICE]
+            ok = ok and not ((rows[:, 0] != ord('"')).any() or (rows[:, 33] != ord('"')).any()
+                             or (rows[:, 34] != ord(",")).any()) and bool(_HEX[digits[i:i + _SLICE]].all())
+        if not ok:
             raise DeltaError("revoked card list is not in the canonical layout")
-        cards = np.ascontiguousarray(rows[:, 1:33]).view("S32").reshape(-1)
+        cards = digits.view("S32").reshape(-1)
     else:
         cards = np.empty(0, dtype="S32")
     if not _strictly_increasing(cards):
@@ -118,18 +142,16 @@ def split_payload(payload: bytes) -> Parts:
 def file_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
     """(payload, sig, kid) of a bundle file, without checking anything."""
     try:
-        outer = json.loads(data)
-        return (base64.b64decode(outer["payload"], validate=True), base64.b64decode(outer["sig"], validate=True),
-                base64.b64decode(outer["kid"], validate=True))
-    except (ValueError, UnicodeDecodeError, TypeError, KeyError, RecursionError, binascii.Error):
+        return bundle_parts(data)
+    except TrustError:
         raise DeltaError("not a bundle file") from None
 
 
-def bundle_file(payload: bytes, sig: bytes, kid: bytes) -> bytes:
-    """A bundle file in make_bundle's layout."""
-    outer = {"payload": base64.b64encode(payload).decode("ascii"), "sig": base64.b64encode(sig).decode("ascii"),
-             "kid": base64.b64encode(kid).decode("ascii")}
-    return (json.dumps(outer, indent=1) + "\n").encode("ascii")
+def bundle_file(payload: bytes | bytearray, sig: bytes, kid: bytes) -> bytes:
+    """A bundle file in make_bundle's layout (json.dumps(indent=1) of the three base64 strings, which
+    need no escaping), joined as bytes: no text copies of a large payload."""
+    return b"".join((b'{\n "payload": "', base64.b64encode(payload), b'",\n "sig": "', base64.b64encode(sig),
+                     b'",\n "kid": "', base64.b64encode(kid), b'"\n}\n'))
 
 
 # ---------------------------------------------------------------- deltas
@@ -288,6 +310,8 @@ def apply_delta(current_file: bytes, current: Bundle, delta_file: bytes,
     payload, _, _ = file_parts(current_file)
     if hashlib.sha256(payload).hexdigest() != current.digest:
         raise DeltaError("current bundle file does not match its digest")
-    new_payload = join_payload(apply_parts(split_payload(payload), d))
+    new_payload = _payload_buffer(apply_parts(split_payload(payload), d))
+    del payload
     new_file = bundle_file(new_payload, d.bundle_sig, d.root_kid)
+    del new_payload
     return new_file, open_bundle(new_file, roots, min_version=current.version)
