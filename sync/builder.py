@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 
+from scanner.base.allocator import return_large_blocks
 from sync import agent
 from sync.client import SyncError
 
@@ -59,6 +60,7 @@ def _picklable(exc: BaseException) -> BaseException:
 def main(argv: list[str]) -> int:
     request_fd, answer_fd = int(argv[0]), int(argv[1])
     log_path, state_dir, device_id, nice = argv[2], argv[3], argv[4], int(argv[5])
+    return_large_blocks()  # what a trust update took goes back to the system
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the daemon: it closes the pipe
     threading.Thread(target=watch_parent, args=(request_fd,), name="parent-watch", daemon=True).start()
     try:

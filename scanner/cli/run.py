@@ -13,6 +13,7 @@ from hardware.camera import CameraInput
 from scanner.appliance import logsetup
 from scanner.appliance.config import DEFAULT_PATH
 from scanner.appliance.daemon import Appliance, DaemonError
+from scanner.base.allocator import return_large_blocks
 from scanner.base.safetext import escape
 from scanner.cli.common import EXIT_FATAL, fail
 from scanner.cli.config import load_config
@@ -31,6 +32,7 @@ def run_cmd(config_path, once, sync_timeout, log_level):
     """Run the appliance: inputs, verifier, entry log, feedback, sync and the local API.
 
     SIGTERM/SIGINT stop it cleanly (exit 0); SIGHUP reloads the config's live keys and the trust."""
+    return_large_blocks()  # a trust bundle's buffers go back to the system after each swap
     config = load_config(config_path)
     if once and not (config.stdin or any(not _is_live(c) for c in config.cameras())):
         fail("--once needs a file input ([[stdin]] with a path, or a [[camera]] that is a file)")
