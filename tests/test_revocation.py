@@ -242,3 +242,24 @@ def test_union_model(left, right, probes):
     assert len(u) == len(model)
     for p in left + right + probes:
         assert (p in u) == (p in model)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(card_ids, max_size=60), st.lists(card_ids, max_size=30), st.booleans())
+def test_adopted_buffer_model(members, probes, presorted):
+    """A set that keeps the parser's buffer as its storage (no copy) answers as a Python set, sorted
+    input or not, and hands out bytes like any other."""
+    model = set(members)
+    ids = sorted(model) if presorted else members
+    s = RevocationSet.adopt(bytearray(b"".join(ids)))
+    assert len(s) == len(model)
+    assert list(s) == sorted(model) and all(type(x) is bytes for x in s)
+    for p in members + probes:
+        assert (p in s) == (p in model)
+    u = s.union(RevocationSet(probes))
+    assert list(u) == sorted(model | set(probes))
+
+
+def test_adopt_rejects_a_partial_id():
+    with pytest.raises(ValueError):
+        RevocationSet.adopt(bytearray(A + b"\x00"))

@@ -75,7 +75,7 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: object, what: str) -> bytes:
     if type(text) is _Decoded:  # the payload, already decoded by the fast path of open_bundle
-        return text.value
+        return text.value if isinstance(text.value, bytes) else bytes(text.value)
     if type(text) is not str:
         raise TrustError(f"bundle: {what} is not a base64 string", code="bundle_malformed")
     try:
@@ -177,7 +177,9 @@ def _parse_payload(payload: bytes, kid: bytes) -> Bundle:
         raise TrustError("bundle: revocation lists must be lists", code="bundle_malformed")
     try:
         if type(cards) is _Decoded:  # already checked: each id 32 hex digits
-            revoked_cards = RevocationSet.from_blob(cards.value)
+            value = cards.value
+            revoked_cards = (RevocationSet.adopt(value) if isinstance(value, bytearray)
+                             else RevocationSet.from_blob(value))
         else:
             revoked_cards = RevocationSet.from_hex(cards)
     except ValueError as exc:
@@ -237,7 +239,7 @@ class _Decoded:
 
     __slots__ = ("value",)
 
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes | bytearray) -> None:
         self.value = value
 
 
@@ -265,7 +267,7 @@ _ID_CHARS = bytes(_id_chars)
 
 
 def _loads_with_big_value(doc: bytes, key: str,
-                          parse_value: Callable[[bytes, int], tuple[bytes, int] | None]) -> dict | None:
+                          parse_value: Callable[[bytes, int], tuple[bytes | bytearray, int] | None]) -> dict | None:
     """json.loads(doc) for a JSON object, with the top-level ``key`` value as _Decoded, or None."""
     if type(doc) is not bytes or json.detect_encoding(doc) != "utf-8":  # as json.loads decodes it
         return None
@@ -353,7 +355,7 @@ def _base64_string(doc: bytes, start: int) -> tuple[bytes, int] | None:
     return value, close + 1
 
 
-def _hex_id_array(doc: bytes, start: int) -> tuple[bytes, int] | None:
+def _hex_id_array(doc: bytes, start: int) -> tuple[bytearray, int] | None:
     """A JSON array of 32-hex-digit strings in make_bundle's compact layout ["…","…"] at
     ``start``: (the ids as concatenated bytes, end) or None.
 
@@ -363,12 +365,13 @@ def _hex_id_array(doc: bytes, start: int) -> tuple[bytes, int] | None:
     if doc[start:start + 1] != b"[":
         return None
     if doc[start + 1:start + 2] == b"]":
-        return b"", start + 2
+        return bytearray(), start + 2
     close = doc.find(b"]", start)
     if close < 0 or (close - start) % _ID_ROW:
         return None
     count = (close - start) // _ID_ROW
-    out = np.empty((count, _ID_HEX // 2), dtype=np.uint8)
+    buffer = bytearray(count * (_ID_HEX // 2))  # the ids' storage from here on (RevocationSet.adopt)
+    out = np.frombuffer(buffer, dtype=np.uint8).reshape(count, _ID_HEX // 2)
     for i in range(0, count, _ROWS_A_CHUNK):  # in chunks, to keep temporary copies small
         n = min(_ROWS_A_CHUNK, count - i)
         first = start + 1 + i * _ID_ROW
@@ -382,7 +385,8 @@ def _hex_id_array(doc: bytes, start: int) -> tuple[bytes, int] | None:
             return None
         np.left_shift(digits[:, 0::2], 4, out=out[i:i + n])
         out[i:i + n] |= digits[:, 1::2]
-    return out.tobytes(), close + 1
+    del out
+    return buffer, close + 1
 
 
 def make_bundle(root_private: ed25519.Ed25519PrivateKey, *, version: int, issued_at: int,

@@ -21,6 +21,7 @@ class RevocationSet:
     """An immutable set of 16-byte card ids with O(log n) membership."""
 
     __slots__ = ("_blob", "_count", "_index")
+    _blob: bytes | bytearray
 
     def __init__(self, ids: Iterable[bytes] = ()) -> None:
         ids = list(ids)
@@ -29,7 +30,7 @@ class RevocationSet:
                 raise ValueError("a revoked card id must be 16 bytes")
         self._set_blob(b"".join(ids))
 
-    def _set_blob(self, blob: bytes) -> None:
+    def _set_blob(self, blob: bytes | bytearray) -> None:
         """Sort and deduplicate concatenated ids and build the prefix index (NumPy, no Python loop)."""
         rows = np.frombuffer(blob, dtype=np.uint8).reshape(-1, ID_SIZE)
         if len(rows) > 1:
@@ -43,7 +44,7 @@ class RevocationSet:
                 keep[1:] = (rows[1:] != rows[:-1]).any(axis=1)
                 rows = rows[keep]
                 blob = rows.tobytes()
-        self._blob = bytes(blob)
+        self._blob = blob if type(blob) is bytearray else bytes(blob)  # a bytearray only from adopt()
         self._count = len(rows)
         prefix = rows[:, 0].astype(np.uint32) << 8 | rows[:, 1]
         counts = np.bincount(prefix, minlength=_BUCKETS)
@@ -52,12 +53,22 @@ class RevocationSet:
         self._index = array("I", index.tobytes())
 
     @classmethod
-    def from_blob(cls, blob: bytes) -> RevocationSet:
+    def from_blob(cls, blob: bytes | bytearray) -> RevocationSet:
         """Build from concatenated 16-byte ids, in any order (duplicates are dropped)."""
         if len(blob) % ID_SIZE:
             raise ValueError("a revoked card id must be 16 bytes")
         self = cls.__new__(cls)
         self._set_blob(bytes(blob))
+        return self
+
+    @classmethod
+    def adopt(cls, buffer: bytearray) -> RevocationSet:
+        """from_blob without a copy: the set keeps ``buffer`` as its storage when it is sorted
+        already (as a bundle lists its ids); the caller must not use ``buffer`` again."""
+        if len(buffer) % ID_SIZE:
+            raise ValueError("a revoked card id must be 16 bytes")
+        self = cls.__new__(cls)
+        self._set_blob(buffer)
         return self
 
     @classmethod
@@ -108,7 +119,7 @@ class RevocationSet:
     def __iter__(self) -> Iterator[bytes]:
         blob = self._blob
         for i in range(0, len(blob), ID_SIZE):
-            yield blob[i:i + ID_SIZE]
+            yield bytes(blob[i:i + ID_SIZE])
 
     def union(self, other: RevocationSet) -> RevocationSet:
         """A new set holding the ids of both."""
