@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +31,7 @@ from scanner.base.errors import CheckpointError, TrustError
 from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
 from scanner.cards.bundle import Bundle
+from scanner.cards.revocation import RevocationSet
 from scanner.store.entry import Entry
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync import credential, trustupdate
@@ -298,24 +299,26 @@ def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> t
     installed Bundle or None). A delta that does not apply falls back to the full bundle; a bundle
     that fails any check (root signature, rollback) raises TrustError and the old one stays."""
     try:
-        cur = trustupdate.current(state_dir, roots)
+        cur = trustupdate.installed(state_dir, roots)
     except TrustError as exc:
         log.error("installed trust bundle unusable (%s); fetching the full bundle", exc.code)
         cur = None
-    version, digest = (cur[1].version, cur[1].digest) if cur else (None, None)
+    version, digest = (cur.version, cur.digest) if cur else (None, None)
+    if cur is not None:  # a delta needs its version and digest only: the revoked ids are not kept meanwhile
+        cur = replace(cur, revoked_cards=RevocationSet())
     reply = client.trust(version, digest)
     if reply.kind == "not_modified":
-        return "not_modified", cur[1] if cur else None
+        return "not_modified", cur
     if reply.kind == "delta":
         if cur is not None:
-            try:
-                data, bundle = deltamod.apply_delta(cur[0], cur[1], reply.data, roots)
+            try:  # the file is read again there, its digest checked (and not held here meanwhile)
+                data, bundle = deltamod.apply_delta(Path(state_dir) / trustupdate.BUNDLE_NAME, cur, reply.data, roots)
                 return "delta", trustupdate.install(state_dir, data, roots, min_version=version, verified=bundle)
             except TrustError as exc:
                 log.warning("trust delta refused (%s: %s); fetching the full bundle", exc.code, exc)
         reply = client.trust(version, digest, full=True)
         if reply.kind == "not_modified":
-            return "not_modified", cur[1] if cur else None
+            return "not_modified", cur
         if reply.kind != "full":
             raise TrustError("server sent a delta when asked for the full bundle", code="bundle_malformed")
     return "full", trustupdate.install(state_dir, reply.data, roots, min_version=version)

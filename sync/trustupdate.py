@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
 from scanner.base.fsutil import atomic_write
-from scanner.cards.bundle import Bundle, open_bundle
+from scanner.cards.bundle import Bundle, bundle_parts, open_bundle, open_parts
 from scanner.cards.trust import load_root
 
 BUNDLE_NAME = "bundle.json"
@@ -36,6 +36,18 @@ def current(state_dir: str | os.PathLike, roots: Sequence[ed25519.Ed25519PublicK
     except FileNotFoundError:
         return None
     return data, open_bundle(data, roots)
+
+
+def installed(state_dir: str | os.PathLike, roots: Sequence[ed25519.Ed25519PublicKey]) -> Bundle | None:
+    """current() without the file's bytes: the installed bundle's content (verified), or None; the
+    file is not held while its payload is parsed."""
+    try:
+        data = (Path(state_dir) / BUNDLE_NAME).read_bytes()
+    except FileNotFoundError:
+        return None
+    parts = bundle_parts(data)
+    del data
+    return open_parts(*parts, roots)
 
 
 def install(state_dir: str | os.PathLike, data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,

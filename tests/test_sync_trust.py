@@ -61,6 +61,25 @@ def test_delta_rebuilds_the_exact_new_bundle(make_bundle_bytes, root_key, bundle
     assert data == new and bundle.version == 2 and len(bundle.revoked_cards) == 2290
 
 
+def test_delta_applies_to_the_installed_file_read_from_its_path(tmp_path, make_bundle_bytes, root_key):
+    """The device gives the path of its bundle (the file is then not held beside the rebuilt one);
+    a file changed since its digest was taken, or gone, is refused (the full bundle is fetched)."""
+    roots = [root_key.public_key()]
+    old = make_bundle_bytes(version=1, revoked_cards=ids(500))
+    new = make_bundle_bytes(version=2, revoked_cards=ids(520))
+    delta = deltamod.make_delta(root_key, old, new)
+    cur = open_bundle(old, roots)
+    path = tmp_path / "bundle.json"
+    path.write_bytes(old)
+    data, bundle = deltamod.apply_delta(path, cur, delta, roots)
+    assert data == new and bundle.version == 2 and len(bundle.revoked_cards) == 520
+    path.write_bytes(make_bundle_bytes(version=1, revoked_cards=ids(3)))
+    with pytest.raises(deltamod.DeltaError, match="digest"):
+        deltamod.apply_delta(path, cur, delta, roots)
+    with pytest.raises(deltamod.DeltaError, match="unreadable"):
+        deltamod.apply_delta(tmp_path / "gone.json", cur, delta, roots)
+
+
 def test_delta_checks(make_bundle_bytes, root_key, other_root_key):
     roots = [root_key.public_key()]
     old = make_bundle_bytes(version=1, revoked_cards=ids(10))

@@ -12,8 +12,10 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -296,9 +298,10 @@ def open_delta(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> Delta:
                  b["revoked_kids_added"], bundle_sig, kid)
 
 
-def apply_delta(current_file: bytes, current: Bundle, delta_file: bytes,
+def apply_delta(current_file: bytes | os.PathLike, current: Bundle, delta_file: bytes,
                 roots: Sequence[ed25519.Ed25519PublicKey]) -> tuple[bytes, Bundle]:
-    """Bundle M's file (and its verified content) from the current bundle N and a delta N -> M.
+    """Bundle M's file (and its verified content) from the current bundle N (its file, or the path
+    to read it from: then its bytes are let go once decoded) and a delta N -> M.
 
     Checks the delta's root signature and its base (version and payload digest of N), rebuilds
     M's payload, and opens the result with open_bundle(min_version=N): the root's own signature
@@ -307,7 +310,13 @@ def apply_delta(current_file: bytes, current: Bundle, delta_file: bytes,
     d = open_delta(delta_file, roots)
     if d.from_version != current.version or d.from_digest != current.digest:
         raise DeltaError(f"delta is for version {d.from_version}, this device has {current.version}")
+    if not isinstance(current_file, bytes):
+        try:
+            current_file = Path(current_file).read_bytes()
+        except OSError:
+            raise DeltaError("current bundle file unreadable") from None
     payload, _, _ = file_parts(current_file)
+    del current_file
     if hashlib.sha256(payload).hexdigest() != current.digest:
         raise DeltaError("current bundle file does not match its digest")
     new_payload = _payload_buffer(apply_parts(split_payload(payload), d))
