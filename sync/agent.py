@@ -32,9 +32,9 @@ from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
 from scanner.cards.bundle import Bundle
 from scanner.cards.revocation import RevocationSet
-from scanner.store.entry import Entry
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync import credential, trustupdate
+from sync.building import build_next
 from sync.client import RejectedError, SyncClient, SyncError, TransientError
 from sync.state import (
     HB_RESERVE,
@@ -63,40 +63,6 @@ UPLOAD_DELAY_S = 2.0  # after a new entry, wait this long for more (or MIN_BATCH
 # ---------------------------------------------------------------- building batches
 
 
-def next_run(entries: Sequence[Entry], quarantined: Sequence[tuple[int, int]]) -> tuple[list[Entry], int | None]:
-    """The contiguous run at the start of ``entries`` (pending, seq order) that touches no
-    quarantined range; or ([], skip_to) when the first entry lies in a quarantined range."""
-    if not entries:
-        return [], None
-    first = entries[0].seq
-    for lo, hi in quarantined:
-        if lo <= first <= hi:
-            return [], hi
-    stop = min((lo for lo, _ in quarantined if lo > first), default=None)
-    run = [entries[0]]
-    for e in entries[1:]:
-        if e.seq != run[-1].seq + 1 or (stop is not None and e.seq >= stop):
-            break
-        run.append(e)
-    return run, None
-
-
-def build_next(log_: EntryLog, key: ed25519.Ed25519PrivateKey, device_id: str, after_seq: int, limit: int,
-               quarantined: Sequence[tuple[int, int]], created_ms: int,
-               step: Callable[[], None] | None = None) -> batchmod.SignedBatch | None:
-    """The next batch of pending entries after ``after_seq`` (at most ``limit``), or None."""
-    cursor = after_seq
-    while True:
-        entries = log_.pending(cursor, limit)
-        run, skip_to = next_run(entries, quarantined)
-        if skip_to is not None:
-            cursor = skip_to
-            continue
-        if not run:
-            return None
-        return batchmod.build(run, key, device_id=device_id, created_ms=created_ms, step=step)
-
-
 class InlineBuilder:
     """Builds batches in the calling thread, yielding the GIL between chunks (CLI, tests)."""
 
@@ -115,43 +81,16 @@ class InlineBuilder:
         pass
 
 
-_CHILD: dict = {}
-
-
-def child_init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
-    """Set up the builder process (sync/builder.py): its priority, the log, the device key."""
-    if nice:
-        os.nice(nice)
-        _sched_idle()
-    _CHILD["log"] = EntryLog(log_path, create=False)
-    _CHILD["key"] = identity.load(state_dir)
-    _CHILD["device_id"] = device_id
-
-
-def child_build(after_seq: int, limit: int, quarantined: list, created_ms: int) -> batchmod.SignedBatch | None:
-    return build_next(_CHILD["log"], _CHILD["key"], _CHILD["device_id"], after_seq, limit,
-                      [tuple(q) for q in quarantined], created_ms)
-
-
-def child_trust(state_dir: str, connect_timeout: float, read_timeout: float) -> dict:
+def child_trust(key: ed25519.Ed25519PrivateKey, state_dir: str, connect_timeout: float,
+                read_timeout: float) -> dict:
+    """A trust check in the builder process (sync/builder.py), with the device's key."""
     cfg = DeviceConfig.load(Path(state_dir))
-    client = SyncClient(cfg.server_url, _CHILD["key"], device_id=cfg.device_id, ca_file=cfg.ca_file,
+    client = SyncClient(cfg.server_url, key, device_id=cfg.device_id, ca_file=cfg.ca_file,
                         connect_timeout=connect_timeout, read_timeout=read_timeout)
     try:
         return trust_job(client, state_dir)
     finally:
         client.close()
-
-
-def _sched_idle() -> bool:
-    """SCHED_IDLE for this (worker) process: a scan thread that wakes up takes the CPU from it at
-    once, where nice 10 alone left it waiting up to a scheduler slice (~4 ms, docs/benchmarks.md#sync).
-    It still gets a small share of a saturated CPU, so sync never stops entirely."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux, or refused: nice alone then
-        return False
-    return True
 
 
 class ProcessBuilder:
@@ -231,16 +170,16 @@ class ProcessBuilder:
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
         """The trust update in the worker process too: checking and rebuilding a bundle with a
-        million revocations takes seconds of CPU that must not hold the scan loop's GIL. A worker
-        that installed a bundle is ended after it: what the bundle took (a hundred MB and more
-        for a million revocations, kept by its allocator) goes back to the system, and the next
-        request starts a fresh one."""
+        million revocations takes seconds of CPU that must not hold the scan loop's GIL. The
+        worker is ended after it: what the check loaded (the HTTP client, the trust code, a
+        hundred MB and more for a million revocations, kept by its allocator) goes back to the
+        system, and the next request starts a fresh one that only builds batches."""
         connect, read = client.timeout
-        result = self._call("trust", str(state_dir), connect, read)
-        if result.get("status") in ("full", "delta"):
+        try:
+            return self._call("trust", str(state_dir), connect, read)
+        finally:
             with self._lock:
                 self._stop()
-        return result
 
     def close(self) -> None:
         with self._lock:

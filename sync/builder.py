@@ -18,8 +18,10 @@ import sys
 import threading
 
 from scanner.base.allocator import return_large_blocks
-from sync import agent
-from sync.client import SyncError
+from scanner.store.entrylog import EntryLog
+from sync.building import build_next
+from sync.wire import batch as batchmod
+from sync.wire import identity
 
 PARENT_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -34,18 +36,56 @@ def watch_parent(fd: int) -> None:
             os._exit(0)
 
 
+_STATE: dict = {}  # the log, the device key and id (set by init)
+
+
+def _sched_idle() -> bool:
+    """SCHED_IDLE for this (worker) process: a scan thread that wakes up takes the CPU from it at
+    once, where nice 10 alone left it waiting up to a scheduler slice (~4 ms, docs/benchmarks.md#sync).
+    It still gets a small share of a saturated CPU, so sync never stops entirely."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or refused: nice alone then
+        return False
+    return True
+
+
+def init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
+    """Set up this process: its priority, the log, the device key."""
+    if nice:
+        os.nice(nice)
+        _sched_idle()
+    _STATE["log"] = EntryLog(log_path, create=False)
+    _STATE["key"] = identity.load(state_dir)
+    _STATE["device_id"] = device_id
+
+
+def build(after_seq: int, limit: int, quarantined: list, created_ms: int) -> batchmod.SignedBatch | None:
+    return build_next(_STATE["log"], _STATE["key"], _STATE["device_id"], after_seq, limit,
+                      [tuple(q) for q in quarantined], created_ms)
+
+
 def answer(request: tuple) -> tuple[bool, object]:
     """Run one request: ("build", after_seq, limit, quarantined, created_ms) or
     ("trust", state_dir, connect_timeout, read_timeout)."""
     kind, *args = request
     try:
         if kind == "build":
-            return True, agent.child_build(*args)
+            return True, build(*args)
         if kind == "trust":
-            return True, agent.child_trust(*args)
-        return False, SyncError(f"unknown builder request {kind!r}", code="builder_error")
+            # deferred: the sync loop, its HTTP client and the trust code are loaded for a trust check
+            # only, and the parent ends this process after one (what they take goes with it)
+            from sync import agent
+            return True, agent.child_trust(_STATE["key"], *args)
+        return False, _builder_error(f"unknown builder request {kind!r}")
     except Exception as exc:  # noqa: BLE001 - the parent raises it (as ProcessPoolExecutor did)
         return False, exc
+
+
+def _builder_error(message: str) -> Exception:
+    """A SyncError ``builder_error`` (its module, with the HTTP client, is loaded only for this)."""
+    from sync.client import SyncError  # deferred: requests is not needed for building batches
+    return SyncError(message, code="builder_error")
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -53,7 +93,7 @@ def _picklable(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:  # noqa: BLE001 - any failure to pickle: send what it said instead
-        return SyncError(f"{type(exc).__name__}: {exc}", code="builder_error")
+        return _builder_error(f"{type(exc).__name__}: {exc}")
     return exc
 
 
@@ -64,7 +104,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the daemon: it closes the pipe
     threading.Thread(target=watch_parent, args=(request_fd,), name="parent-watch", daemon=True).start()
     try:
-        agent.child_init(log_path, state_dir, device_id, nice)
+        init(log_path, state_dir, device_id, nice)
         failed = None
     except Exception as exc:  # noqa: BLE001 - e.g. the log or the key unreadable: the answer to every request
         failed = exc

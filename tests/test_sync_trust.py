@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -13,8 +15,9 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 from support.devices import assert_exactly_once, provision_device, record
+from support.paths import ROOT
 from support.servers import BACKENDS, free_port, running_server
-from support.waiting import wait_for
+from support.waiting import WAIT, wait_for
 
 from scanner.base.errors import TrustError
 from scanner.base.timeutil import now_ms
@@ -235,11 +238,11 @@ def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle
         agent.close()
 
 
-def test_the_worker_that_installed_a_bundle_ends_and_gives_its_memory_back(server, tmp_path, make_bundle_bytes,
-                                                                           root_key, make_card, trust, now):
-    """Installing a bundle leaves the worker's allocator holding what the bundle took: that worker
-    ends (its memory goes back to the system) and the next request starts another; a check that
-    found nothing new keeps the worker."""
+def test_the_worker_ends_after_a_trust_check_and_gives_its_memory_back(server, tmp_path, make_bundle_bytes,
+                                                                       root_key, make_card, trust, now):
+    """A trust check loads the HTTP client and the trust code, and installing a bundle leaves the
+    worker's allocator holding what the bundle took: the worker ends after each check (its memory
+    goes back to the system) and the next request starts one that only builds batches."""
     publish(server.storage, make_bundle_bytes(version=1, revoked_cards=ids(50)), now_ms=now_ms(),
             root=root_key.public_key())
     dev = provision_device(server, tmp_path)
@@ -247,19 +250,31 @@ def test_the_worker_that_installed_a_bundle_ends_and_gives_its_memory_back(serve
     builder = ProcessBuilder(dev.log.path, dev.state, dev.device_id)
     client = SyncClient(server.url, identity.load(dev.state), device_id=dev.device_id)
     try:
-        assert builder.refresh_trust(client, dev.state)["status"] == "not_modified"
+        assert builder.build(0, 10, [], now_ms()).info.count == 3
         first = builder.pid
         assert first is not None
+        assert builder.refresh_trust(client, dev.state)["status"] == "not_modified"
+        assert builder.pid is None and not os.path.exists(f"/proc/{first}")
         publish(server.storage, make_bundle_bytes(version=2, revoked_cards=ids(60)), now_ms=now_ms(),
                 root_private=root_key)
         assert builder.refresh_trust(client, dev.state)["status"] == "delta"
-        assert builder.pid is None and not os.path.exists(f"/proc/{first}")
+        assert builder.pid is None
         assert trustupdate.current(dev.state, [root_key.public_key()])[1].version == 2
         assert builder.build(0, 10, [], now_ms()).info.count == 3
         assert builder.pid not in (None, first)
     finally:
         client.close()
         builder.close()
+
+
+def test_the_batch_builder_process_loads_no_http_client_nor_trust_code():
+    """What the worker imports to build batches: not the sync loop, requests or the bundle code."""
+    code = ("import sys, sync.builder; "
+            "print(sorted(m for m in ('requests', 'sync.agent', 'sync.client', 'scanner.cards.bundle') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=WAIT).stdout
+    assert out.strip() == "[]"
 
 
 def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp_path, make_card, trust, now):
