@@ -197,14 +197,14 @@ class _Daemon:
             self.thread.join(30)
 
 
-def _config(path: Path, state: Path, fifo: Path) -> Path:
+def _config(path: Path, state: Path, fifo: Path, trust_interval_s: int) -> Path:
     path.write_text(f"""
 [device]
 state_dir = "{state}"
 checkpoint_id = "bench-soak"
 [sync]
 enabled = true
-trust_interval_s = 10
+trust_interval_s = {trust_interval_s}
 [api]
 listen = "127.0.0.1:0"
 [feedback]
@@ -248,6 +248,7 @@ def run(quick: bool = False) -> None:
     n_revoked = 1_000_000
     warm = n // 5  # the first fifth warms the caches (SQLite pages, the allocator's arenas)
     swap_at = warm // 2
+    trust_interval_s = 10 if quick else 60  # shipped: hourly; often enough here for checks to be in the figures
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp_name:
         tmp = Path(tmp_name)
         central = tmp / "central"
@@ -268,9 +269,10 @@ def run(quick: bool = False) -> None:
             fifo = tmp / "in.fifo"
             os.mkfifo(fifo)
             w = os.open(fifo, os.O_RDWR)
-            daemon = _Daemon(_config(tmp / "c.toml", state, fifo))
+            daemon = _Daemon(_config(tmp / "c.toml", state, fifo, trust_interval_s))
             peer = _bare_python()
             samples: list[tuple[int, Memory]] = []
+            alone: list[Memory] = []  # the daemon process by itself, at the same moments
             swap: dict = {}
             sampler = _Sampler(daemon.pid)
             try:
@@ -286,6 +288,7 @@ def run(quick: bool = False) -> None:
                     done += k
                     daemon.wait(lambda done=done: daemon.seq >= done, f"{done} verdicts")
                     samples.append((done, measure(tree(daemon.pid))))
+                    alone.append(measure([daemon.pid]))
                     if done >= swap_at and not swap:
                         detail["before swap"] = by_process(tree(daemon.pid))
                         swap = _swap(daemon, sampler, st, keys, revoked, at)
@@ -301,7 +304,14 @@ def run(quick: bool = False) -> None:
         finally:
             st.close()
             server.stop()
-    _report(n, n_revoked, warm, start, samples, swap, peer, quick)
+    _report(n, n_revoked, warm, start, samples, swap, peer, quick, trust_interval_s)
+    after = [(x, m) for (x, _), m in zip(samples, alone) if x > warm]
+    xs = [x / 10_000 for x, _ in after]
+    fifths = [after[i * len(after) // 5:(i + 1) * len(after) // 5] for i in range(5)]
+    parts = [slope([x / 10_000 for x, _ in f], [m.rss / MB for _, m in f]) for f in fifths if len(f) > 2]
+    print(f"  the daemon alone: RSS {after[0][1].rss / MB:.1f} → {after[-1][1].rss / MB:.1f} MB after warm-up, slope "
+          f"{slope(xs, [m.rss / MB for _, m in after]):+.3f} MB per 10k scans"
+          + (f" (fifths: {min(parts):+.3f} … {max(parts):+.3f})" if parts else ""))
     for when, text in detail.items():
         print(f"  RSS/PSS MB by process, {when}: {text}")
     print()
@@ -327,7 +337,7 @@ def _swap(daemon: _Daemon, sampler: _Sampler, st: SQLiteStorage, keys, revoked: 
 
 
 def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tuple[int, Memory]], swap: dict,
-            peer: Memory, quick: bool) -> None:
+            peer: Memory, quick: bool, trust_interval_s: int) -> None:
     after = [(x, m) for x, m in samples if x > warm]
     steady_rss = median([m.rss for _, m in after]) / MB
     steady_pss = median([m.pss for _, m in after]) / MB
@@ -338,8 +348,8 @@ def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tupl
     parts = [slope([x / 10_000 for x, _ in f], [m.rss / MB for _, m in f]) for f in fifths if len(f) > 2]
     procs = max(m.processes for _, m in samples)
     print(f"memory soak: `checkpoint run`, provisioned, sync on, bundle of {n_revoked:,} revoked ids, "
-          f"{n:,} scans through a stdin reader ({CHUNK} a chunk), trust checked every 10 s (shipped: hourly); "
-          f"every process of the appliance (up to {procs} at once)")
+          f"{n:,} scans through a stdin reader ({CHUNK} a chunk), trust checked every {trust_interval_s} s "
+          f"(shipped: hourly); every process of the appliance (up to {procs} at once)")
     rows = [
         ("bare python interpreter (peer)", f"{peer.rss / MB:.1f}", f"{peer.pss / MB:.1f}", "1.00"),
         ("appliance after start-up", f"{start.rss / MB:.1f}", f"{start.pss / MB:.1f}", f"{start.rss / peer.rss:.2f}"),
