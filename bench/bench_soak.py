@@ -6,8 +6,8 @@ smaps_rollup) is sampled; a sampler thread also watches it every 20 ms. Reported
 memory after warm-up, the peak while the server publishes a newer bundle and the device swaps it
 in (the sampled maximum of the sum; the daemon's own VmHWM, reset just before), and the slope
 after warm-up (least squares, MB per 10k scans) with its spread (the slopes of the fifths of the
-run). The peer is a bare Python interpreter, sampled in the same run. Goals: bench/soak goals
-below (the whole appliance within 120 MB, the swap within 160 MB, flat after warm-up)."""
+run). The peer is a bare Python interpreter, sampled in the same run. Goals: soak.* in
+bench/goals.py (the whole appliance within 120 MB, the swap within 160 MB, flat after warm-up)."""
 from __future__ import annotations
 
 import os
@@ -30,14 +30,11 @@ from sync.server import bundles
 from sync.server.sqlite import SQLiteStorage
 from sync.server.tokens import issue_tokens
 
-from . import fixtures
+from . import fixtures, goals
 from .procs import OPERATOR_ROOT, ROOT, ServerProcess, vouch
 from .timing import median, table
 
 MB = 1024 * 1024
-GOAL_STEADY_MB = 120.0  # every process of the appliance, 1M revoked ids
-GOAL_PEAK_MB = 160.0  # during a bundle swap
-GOAL_SLOPE_MB = 0.2  # MB per 10k scans after warm-up (2 MB over 100k scans)
 CHUNK = 200
 REVOKED_EVERY = 10  # every tenth card is a revoked one (the look-up is exercised)
 _VERDICT = re.compile(r"\bverdict source=\S+ .*\bseq=(\d+)\b")
@@ -243,7 +240,7 @@ def _bare_python() -> Memory:
         proc.wait(30)
 
 
-def run(quick: bool = False) -> None:
+def run(quick: bool = False) -> dict:
     n = 4_000 if quick else 100_000
     n_revoked = 1_000_000
     warm = n // 5  # the first fifth warms the caches (SQLite pages, the allocator's arenas)
@@ -304,7 +301,7 @@ def run(quick: bool = False) -> None:
         finally:
             st.close()
             server.stop()
-    _report(n, n_revoked, warm, start, samples, swap, peer, quick, trust_interval_s)
+    result = _report(n, n_revoked, warm, start, samples, swap, peer, quick, trust_interval_s)
     after = [(x, m) for (x, _), m in zip(samples, alone) if x > warm]
     xs = [x / 10_000 for x, _ in after]
     fifths = [after[i * len(after) // 5:(i + 1) * len(after) // 5] for i in range(5)]
@@ -315,6 +312,7 @@ def run(quick: bool = False) -> None:
     for when, text in detail.items():
         print(f"  RSS/PSS MB by process, {when}: {text}")
     print()
+    return result
 
 
 def _swap(daemon: _Daemon, sampler: _Sampler, st: SQLiteStorage, keys, revoked: list[bytes], at: int) -> dict:
@@ -337,7 +335,7 @@ def _swap(daemon: _Daemon, sampler: _Sampler, st: SQLiteStorage, keys, revoked: 
 
 
 def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tuple[int, Memory]], swap: dict,
-            peer: Memory, quick: bool, trust_interval_s: int) -> None:
+            peer: Memory, quick: bool, trust_interval_s: int) -> dict:
     after = [(x, m) for x, m in samples if x > warm]
     steady_rss = median([m.rss for _, m in after]) / MB
     steady_pss = median([m.pss for _, m in after]) / MB
@@ -371,9 +369,15 @@ def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tupl
     print(f"  slope after warm-up: RSS {rss_slope:+.3f} MB per 10k scans (fifths: {spread}), "
           f"PSS {pss_slope:+.3f}")
     peak = swap["max_rss"] / MB if swap else float("nan")
-    for what, value, goal in (("steady RSS", steady_rss, GOAL_STEADY_MB), ("swap peak RSS", peak, GOAL_PEAK_MB),
-                              ("slope", rss_slope, GOAL_SLOPE_MB)):
-        print(f"  goal: {what} ≤ {goal:g}{' MB per 10k scans' if what == 'slope' else ' MB'}: {value:.2f}, "
-              f"{'met' if value <= goal else 'NOT MET'}")
+    judged = [goals.judge("soak.steady_rss", [steady_rss]), goals.judge("soak.swap_peak", [peak]),
+              goals.judge("soak.slope", [rss_slope])]
+    for j in judged:
+        print(j.line())
     if quick:
         print(f"  (quick: {n:,} scans are too few for the slope; judge it on a full run)")
+    return {"scans": n, "revoked": n_revoked, "trust_interval_s": trust_interval_s,
+            "start_rss_mib": start.rss / MB, "start_pss_mib": start.pss / MB,
+            "steady_rss_mib": steady_rss, "steady_pss_mib": steady_pss,
+            "swap_peak_rss_mib": peak, "swap_peak_pss_mib": swap["max_pss"] / MB if swap else None,
+            "slope_mib_per_10k": rss_slope, "slope_fifths": parts, "peer_rss_mib": peer.rss / MB,
+            "goals": [j.as_dict() for j in judged]}

@@ -35,6 +35,9 @@ GOALS = {g.key: g for g in (
     # database takes when nothing else is done; ack p95 under 2 s where storing the fleet at 50,000/s takes 4 s
     Goal("fleet.copy_over_ingest", "bare COPY of the same rows / server ingest, entries/s", 1.1, "x"),
     Goal("fleet.p95_over_copy", "ack p95 / time the bare COPY takes for the whole fleet", 0.5, "x"),
+    Goal("soak.steady_rss", "every process of the appliance, 1M revoked ids, sync on: steady RSS", 120.0, "MB"),
+    Goal("soak.swap_peak", "every process of the appliance during a 1M-id bundle swap: peak RSS", 160.0, "MB"),
+    Goal("soak.slope", "the appliance's RSS after warm-up, MB per 10,000 scans", 0.2, "MB/10k scans"),
 )}
 
 

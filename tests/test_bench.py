@@ -29,6 +29,7 @@ def test_the_goals_are_the_products():
         "site.propagation.p95": (200.0, "ms"), "site.lane.share_p95": (1.0, "ms"),
         "site.lane.p95_delta": (1.0, "ms"),
         "fleet.copy_over_ingest": (1.1, "x"), "fleet.p95_over_copy": (0.5, "x"),
+        "soak.steady_rss": (120.0, "MB"), "soak.swap_peak": (160.0, "MB"), "soak.slope": (0.2, "MB/10k scans"),
     }
 
 
