@@ -83,7 +83,7 @@ class InlineBuilder:
 
 def child_trust(key: ed25519.Ed25519PrivateKey, state_dir: str, connect_timeout: float,
                 read_timeout: float) -> dict:
-    """A trust check in the builder process (sync/builder.py), with the device's key."""
+    """A trust check in its own process (sync/trustcheck.py), with the device's key."""
     cfg = DeviceConfig.load(Path(state_dir))
     client = SyncClient(cfg.server_url, key, device_id=cfg.device_id, ca_file=cfg.ca_file,
                         connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -169,17 +169,23 @@ class ProcessBuilder:
         return self._call("build", after_seq, limit, list(quarantined), created_ms)
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
-        """The trust update in the worker process too: checking and rebuilding a bundle with a
-        million revocations takes seconds of CPU that must not hold the scan loop's GIL. The
-        worker is ended after it: what the check loaded (the HTTP client, the trust code, a
-        hundred MB and more for a million revocations, kept by its allocator) goes back to the
-        system, and the next request starts a fresh one that only builds batches."""
+        """The trust update in a process of its own (`python -m sync.trustcheck`, at the builder's
+        priority), one at a time with the builds: checking and rebuilding a bundle with a million
+        revocations takes seconds of CPU that must not hold the scan loop's GIL, and memory that
+        goes back to the system when that process ends. The batch builder is ended first (the next
+        build starts it again), so the two workers never hold memory at the same time."""
         connect, read = client.timeout
+        with self._lock:
+            self._stop()
+            proc = subprocess.run([sys.executable, "-m", "sync.trustcheck", str(state_dir), str(connect), str(read),
+                                   self._args[3]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
         try:
-            return self._call("trust", str(state_dir), connect, read)
-        finally:
-            with self._lock:
-                self._stop()
+            ok, value = pickle.loads(proc.stdout)
+        except (pickle.UnpicklingError, EOFError, ValueError):
+            raise SyncError(f"trust check process died (exit {proc.returncode})", code="builder_died") from None
+        if not ok:
+            raise value
+        return value
 
     def close(self) -> None:
         with self._lock:

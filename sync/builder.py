@@ -20,6 +20,7 @@ import threading
 from scanner.base.allocator import return_large_blocks
 from scanner.store.entrylog import EntryLog
 from sync.building import build_next
+from sync.client import SyncError
 from sync.wire import batch as batchmod
 from sync.wire import identity
 
@@ -39,7 +40,7 @@ def watch_parent(fd: int) -> None:
 _STATE: dict = {}  # the log, the device key and id (set by init)
 
 
-def _sched_idle() -> bool:
+def sched_idle() -> bool:
     """SCHED_IDLE for this (worker) process: a scan thread that wakes up takes the CPU from it at
     once, where nice 10 alone left it waiting up to a scheduler slice (~4 ms, docs/benchmarks.md#sync).
     It still gets a small share of a saturated CPU, so sync never stops entirely."""
@@ -50,11 +51,16 @@ def _sched_idle() -> bool:
     return True
 
 
-def init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
-    """Set up this process: its priority, the log, the device key."""
+def lower_priority(nice: int) -> None:
+    """``nice`` more (if not 0) and SCHED_IDLE for this worker process."""
     if nice:
         os.nice(nice)
-        _sched_idle()
+        sched_idle()
+
+
+def init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
+    """Set up this process: its priority, the log, the device key."""
+    lower_priority(nice)
     _STATE["log"] = EntryLog(log_path, create=False)
     _STATE["key"] = identity.load(state_dir)
     _STATE["device_id"] = device_id
@@ -66,41 +72,29 @@ def build(after_seq: int, limit: int, quarantined: list, created_ms: int) -> bat
 
 
 def answer(request: tuple) -> tuple[bool, object]:
-    """Run one request: ("build", after_seq, limit, quarantined, created_ms) or
-    ("trust", state_dir, connect_timeout, read_timeout)."""
+    """Run one request: ("build", after_seq, limit, quarantined, created_ms)."""
     kind, *args = request
     try:
         if kind == "build":
             return True, build(*args)
-        if kind == "trust":
-            # deferred: the sync loop, its HTTP client and the trust code are loaded for a trust check
-            # only, and the parent ends this process after one (what they take goes with it)
-            from sync import agent
-            return True, agent.child_trust(_STATE["key"], *args)
-        return False, _builder_error(f"unknown builder request {kind!r}")
+        return False, SyncError(f"unknown builder request {kind!r}", code="builder_error")
     except Exception as exc:  # noqa: BLE001 - the parent raises it (as ProcessPoolExecutor did)
         return False, exc
 
 
-def _builder_error(message: str) -> Exception:
-    """A SyncError ``builder_error`` (its module, with the HTTP client, is loaded only for this)."""
-    from sync.client import SyncError  # deferred: requests is not needed for building batches
-    return SyncError(message, code="builder_error")
-
-
-def _picklable(exc: BaseException) -> BaseException:
+def picklable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling both ways, else a SyncError saying what it was."""
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:  # noqa: BLE001 - any failure to pickle: send what it said instead
-        return _builder_error(f"{type(exc).__name__}: {exc}")
+        return SyncError(f"{type(exc).__name__}: {exc}", code="builder_error")
     return exc
 
 
 def main(argv: list[str]) -> int:
     request_fd, answer_fd = int(argv[0]), int(argv[1])
     log_path, state_dir, device_id, nice = argv[2], argv[3], argv[4], int(argv[5])
-    return_large_blocks()  # what a trust update took goes back to the system
+    return_large_blocks()  # large batches' buffers go back to the system once sent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the daemon: it closes the pipe
     threading.Thread(target=watch_parent, args=(request_fd,), name="parent-watch", daemon=True).start()
     try:
@@ -116,7 +110,7 @@ def main(argv: list[str]) -> int:
                 return 0
             ok, value = (False, failed) if failed is not None else answer(request)
             if not ok and isinstance(value, BaseException):
-                value = _picklable(value)
+                value = picklable(value)
             pickle.dump((ok, value), answers, protocol=pickle.HIGHEST_PROTOCOL)
             answers.flush()
 

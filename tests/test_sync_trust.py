@@ -238,11 +238,11 @@ def test_process_builder_uploads_and_updates_trust(server, tmp_path, make_bundle
         agent.close()
 
 
-def test_the_worker_ends_after_a_trust_check_and_gives_its_memory_back(server, tmp_path, make_bundle_bytes,
-                                                                       root_key, make_card, trust, now):
-    """A trust check loads the HTTP client and the trust code, and installing a bundle leaves the
-    worker's allocator holding what the bundle took: the worker ends after each check (its memory
-    goes back to the system) and the next request starts one that only builds batches."""
+def test_a_trust_check_runs_in_a_process_that_ends_beside_the_builder(server, tmp_path, make_bundle_bytes,
+                                                                      root_key, make_card, trust, now):
+    """A trust check loads the trust code, and installing a bundle leaves an allocator holding what
+    the bundle took: the check runs in a process of its own that ends (its memory goes back to the
+    system), with the batch builder ended meanwhile (started again by the next build)."""
     publish(server.storage, make_bundle_bytes(version=1, revoked_cards=ids(50)), now_ms=now_ms(),
             root=root_key.public_key())
     dev = provision_device(server, tmp_path)
@@ -251,27 +251,34 @@ def test_the_worker_ends_after_a_trust_check_and_gives_its_memory_back(server, t
     client = SyncClient(server.url, identity.load(dev.state), device_id=dev.device_id)
     try:
         assert builder.build(0, 10, [], now_ms()).info.count == 3
-        first = builder.pid
-        assert first is not None
+        worker = builder.pid
+        assert worker is not None
         assert builder.refresh_trust(client, dev.state)["status"] == "not_modified"
-        assert builder.pid is None and not os.path.exists(f"/proc/{first}")
         publish(server.storage, make_bundle_bytes(version=2, revoked_cards=ids(60)), now_ms=now_ms(),
                 root_private=root_key)
         assert builder.refresh_trust(client, dev.state)["status"] == "delta"
-        assert builder.pid is None
         assert trustupdate.current(dev.state, [root_key.public_key()])[1].version == 2
+        assert _children() == [] and builder.pid is None and not os.path.exists(f"/proc/{worker}")
         assert builder.build(0, 10, [], now_ms()).info.count == 3
-        assert builder.pid not in (None, first)
+        assert builder.pid not in (None, worker) and _children() == [builder.pid]
     finally:
         client.close()
         builder.close()
 
 
-def test_the_batch_builder_process_loads_no_http_client_nor_trust_code():
-    """What the worker imports to build batches: not the sync loop, requests or the bundle code."""
+def _children() -> list[int]:
+    """This process's child processes (of any of its threads)."""
+    kids = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children", encoding="ascii") as fh:
+            kids += [int(k) for k in fh.read().split()]
+    return kids
+
+
+def test_the_batch_builder_process_loads_neither_the_sync_loop_nor_the_trust_code():
+    """What the worker imports to build batches: not the sync loop, nor the bundle and delta code."""
     code = ("import sys, sync.builder; "
-            "print(sorted(m for m in ('requests', 'sync.agent', 'sync.client', 'scanner.cards.bundle') "
-            "if m in sys.modules))")
+            "print(sorted(m for m in ('sync.agent', 'scanner.cards.bundle', 'sync.wire.delta') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=WAIT).stdout
     assert out.strip() == "[]"

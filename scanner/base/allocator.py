@@ -3,14 +3,15 @@
 glibc serves a block of 128 KiB or more with its own mapping, but after the first such block is
 freed it raises that threshold (up to 32 MiB) and serves later large blocks from its heap, which
 it keeps after they are freed: each trust-bundle swap left tens of MB behind in the daemon and the
-batch builder. A fixed threshold keeps large blocks mapped, so freeing them returns the memory.
+batch builder. A fixed threshold keeps blocks of 4 MiB and more (a bundle's buffers) mapped, so
+freeing them returns the memory; smaller ones (a camera frame) are reused from the heap as before.
 """
 from __future__ import annotations
 
 import ctypes
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
-LARGE_BLOCK = 256 * 1024
+LARGE_BLOCK = 4 * 1024 * 1024
 
 
 def return_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
