@@ -2,22 +2,37 @@
 memory only in a process that uses it; a daemon with readers and no camera never does."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
+import threading
 from types import ModuleType
+from typing import Any
+
+
+class _LazyModule(ModuleType):
+    """Stands for a module until an attribute is first asked for; then imports it (once, under a
+    lock: several threads may ask at the same moment, which Python 3.11's LazyLoader does not
+    survive) and takes its attributes, so later look-ups cost what the module's own would."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.__dict__["_lazy_lock"] = threading.Lock()
+
+    def __getattr__(self, attr: str) -> Any:
+        with self.__dict__["_lazy_lock"]:
+            real = importlib.import_module(self.__name__)
+            for key, value in real.__dict__.items():
+                if key != "__name__":
+                    self.__dict__.setdefault(key, value)
+        return getattr(real, attr)
 
 
 def lazy_module(name: str) -> ModuleType:
-    """The module ``name``, executed at its first attribute access (importlib.util.LazyLoader);
-    one already imported is returned as it is. ModuleNotFoundError if it is not installed."""
+    """The module ``name``, imported at its first attribute access; one already imported is
+    returned as it is. ModuleNotFoundError at once if it is not installed."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
+    if importlib.util.find_spec(name) is None:
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+    return _LazyModule(name)
