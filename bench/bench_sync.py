@@ -18,11 +18,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Self
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from scanner.appliance import runtime
 from scanner.appliance.daemon import TICK_S
+from scanner.base.backoff import Backoff
 from scanner.base.timeutil import now_ms
+from scanner.cards import keys as keymod
 from scanner.cards import verifier
-from scanner.cards.bundle import open_bundle
+from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
 from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Holder
@@ -31,6 +35,16 @@ from scanner.store.entry import Entry, chain_hash, hash_fields
 from scanner.store.entrylog import EntryLog
 from scanner.store.schema import INSERT_SQL, entry_row
 from sync import credential
+from sync.agent import ProcessBuilder, SyncAgent, build_next
+from sync.provision import provision
+from sync.server.keys import load_or_create_sealing_key
+from sync.server.sqlite import SQLiteStorage
+from sync.server.tokens import issue_tokens
+from sync.state import DeviceConfig
+from sync.wire import delta as deltamod
+from sync.wire import identity
+from sync.wire.batch import open_batch
+from sync.wire.protocol import device_id_for
 
 from . import fixtures
 from .files import bench_dir, fs_type
@@ -75,7 +89,6 @@ class _Lane:
     Each scan's latency runs from when it was due to its commit, so a late wake-up counts too."""
 
     def __init__(self, path: Path, cards: list[str], trust, every_s: float = 0.05) -> None:
-        from sync.state import DeviceConfig
         cfg = DeviceConfig.load(path.parent)
         self.log = EntryLog(path, device_id=cfg.device_id, checkpoint_id=cfg.checkpoint_id,
                             sealing_key=credential.load(path.parent).sealing_key, create=False,
@@ -129,9 +142,6 @@ def _figures(scans: list[tuple[float, float, float]]) -> dict:
 
 
 def _provision(pristine: Path, run_dir: Path, server: ServerProcess, db: Path):
-    from sync.provision import provision
-    from sync.server.sqlite import SQLiteStorage
-    from sync.server.tokens import issue_tokens
 
     shutil.copytree(pristine, run_dir / "dev")
     st = SQLiteStorage(db)
@@ -162,9 +172,6 @@ def _upload(run_dir: Path, n: int, lane: _Lane, st) -> dict:
     batch list, one batch) at a time, each followed by a pause as long as it took, while the lane
     scans: its scans due during a contact are the upload's, those due in a pause (from GUARD_S after
     the contact) the idle lane's, so a slow phase of the machine hits both alike."""
-    from scanner.base.backoff import Backoff
-    from sync.agent import ProcessBuilder, SyncAgent
-    from sync.state import DeviceConfig
 
     cfg = DeviceConfig.load(run_dir / "dev")
     log = EntryLog(run_dir / "dev" / "entries.db", create=False, wal_checkpoints="idle")  # the agent's own
@@ -241,12 +248,7 @@ def _one_run(pristine: Path, tmp: Path, n: int, tag: str, cards: list[str], trus
 
 def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
     """Server ingest without HTTP: open_batch + storage.ingest, entries/s; and open_batch alone."""
-    from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from sync.agent import build_next
-    from sync.server.sqlite import SQLiteStorage
-    from sync.wire import identity
-    from sync.wire.batch import open_batch
 
     key = identity.load(pristine)
     cfg = json.loads((pristine / "device.json").read_text())
@@ -261,7 +263,6 @@ def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
     log.close()
     st = SQLiteStorage(tmp / "ingest.db")
     st.add_tokens(["h"], "market-east", 10**15, 0)
-    from sync.wire.protocol import device_id_for
     raw = identity.public_raw(key)
     st.enroll("h", device_id_for(raw), raw, 0)
     pub = ed25519.Ed25519PublicKey.from_public_bytes(raw)
@@ -276,11 +277,7 @@ def _ingest_rate(pristine: Path, tmp: Path, n: int) -> tuple[float, float]:
 
 
 def _trust_sizes(n_revoked: int) -> tuple[list[list], dict]:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from scanner.cards import keys as keymod
-    from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
-    from sync.wire import delta as deltamod
 
     root = ed25519.Ed25519PrivateKey.generate()
     iss = ed25519.Ed25519PrivateKey.generate()
@@ -315,10 +312,6 @@ def run(quick: bool) -> dict:
     runs = 1 if quick else 5
     base = bench_dir("sync")
     try:
-        from sync.provision import provision
-        from sync.server.keys import load_or_create_sealing_key
-        from sync.server.sqlite import SQLiteStorage
-        from sync.server.tokens import issue_tokens
 
         tmp = base
         keys_dir = tmp / "central-keys"

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import sqlite3
 import subprocess
 import sys
 from importlib import metadata
@@ -63,7 +64,6 @@ def _commit() -> str | None:
 def machine() -> dict:
     """What the figures were measured on: host, CPU, memory, kernel, Python, SQLite, libraries, the
     commit of the code, and the load when the description was taken."""
-    import sqlite3
     return {
         "host": platform.node(), "cpu": _cpu_model(), "cpus": os.cpu_count(), "arch": platform.machine(),
         "memory_mib": _memory_mib(), "kernel": platform.release(),
