@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from support.console import INFECTED_NAME, Client, ConsoleThread, make_accounts, make_world, tls_files
@@ -52,7 +53,7 @@ def site(tmp_path_factory):
     try:
         wait_for(lambda: proc.poll() is not None or _reachable(port), "the opener on 127.0.0.2")
         assert proc.poll() is None, proc.stderr.read()
-        yield {"world": world, "staff": staff, "certs": certs, "port": port, "tmp": tmp}
+        yield {"world": world, "staff": staff, "certs": certs, "port": port, "tmp": tmp, "pid": proc.pid}
     finally:
         proc.terminate()
         proc.wait(WAIT)
@@ -88,6 +89,43 @@ def test_only_the_pinned_console_is_answered_and_only_the_pinned_opener_trusted(
         assert b"BEGIN PUBLIC KEY" not in answer
     with pytest.raises(ConnectionRefusedError):  # and nothing listens on the console's own address
         socket.create_connection(("127.0.0.1", site["port"]), timeout=WAIT).close()
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def test_connections_that_never_handshake_hold_no_thread_and_the_console_is_still_served(site):
+    key = load_or_create_sealing_key(site["world"].keys_dir)
+    assert client(site).public_pem() == sealing_public_pem(key)
+    base = _threads(site["pid"])
+    # a stranger on the console's own address opens many connections and never starts a handshake
+    silent = [socket.create_connection((HOST, site["port"]), timeout=WAIT, source_address=("127.0.0.1", 0))
+              for _ in range(200)]
+    try:
+        # accepted in order: once the console is answered, the opener has accepted all of them
+        assert client(site).public_pem() == sealing_public_pem(key)
+        assert _threads(site["pid"]) <= base + 2
+        # and it closes them: the oldest beyond the per-address cap at once, the rest at the handshake deadline
+        for s in silent:
+            s.settimeout(WAIT / 3)  # the IO timeout (30 s) would be later
+        assert all(_closed(s) for s in silent)
+        assert client(site).public_pem() == sealing_public_pem(key)
+    finally:
+        for s in silent:
+            s.close()
+
+
+def _closed(s: socket.socket) -> bool:
+    try:
+        while True:
+            if not s.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
 
 
 def test_the_console_opens_an_approved_case_through_the_opener_over_tls(site):

@@ -16,6 +16,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from support.console import tls_files
 from support.devices import provision_device, record
 from support.servers import ServerThread
 from support.waiting import WAIT, wait_for
@@ -394,6 +395,23 @@ def test_connections_per_address_and_the_header_deadline(tmp_path, verdicts):
         client.close()
         for s in idle + [slow_headers]:
             s.close()
+    finally:
+        srv.stop()
+
+
+def test_a_tls_connection_that_never_finishes_its_handshake_is_closed_at_its_deadline(tmp_path):
+    (tmp_path / "s").mkdir()
+    cert, key = tls_files(tmp_path / "tls")
+    srv = ServerThread(tmp_path / "s" / "c.db", config={"limits": Limits(handshake_timeout_s=0.5)},
+                       tls=(cert, key)).start()
+    try:
+        silent = [_connect(srv, "127.0.0.2") for _ in range(3)]
+        for s in silent:
+            s.settimeout(WAIT / 3)  # well before asyncio's own deadline (60 s), which uvicorn leaves as it is
+        assert all(_closed(s) for s in silent)
+        for s in silent:
+            s.close()
+        assert requests.get(srv.url + protocol.HEALTH, verify=cert, timeout=WAIT).status_code == 200
     finally:
         srv.stop()
 

@@ -10,7 +10,6 @@ import pwd
 import signal
 import threading
 from pathlib import Path
-from socketserver import BaseServer
 
 import click
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -115,7 +114,7 @@ def server_opener(db_url, socket_path, listen_tls, tls_cert, tls_key, client_cer
                     _approver_roles(approvers), approval_minutes * 60)
     storage = open_server_storage(db_url)
     opener = Opener(key, run_guarded(ConsoleStore, storage), Path(state_dir) / ANCHORS_NAME, policy)
-    servers: list[BaseServer] = []
+    servers: list = []  # each with serve_forever, shutdown and server_close
     where = []
     if socket_path:
         servers.append(run_guarded(bind, socket_path, opener, group=_gid(socket_group) if socket_group else None))

@@ -8,7 +8,6 @@ its body is read (docs/sync-protocol.md#limits).
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -45,6 +44,7 @@ from sync.server.limits import (
     Busy,
     Claim,
     Gate,
+    GuardedServer,
     Limits,
     ReplayCache,
     declared_length,
@@ -421,12 +421,13 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
 def make_server(app, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None,
                 access_log: bool = False, log_level: str = "warning", sock=None, limits: Limits | None = None):
     """A uvicorn Server for ``app`` (pure-Python stack: asyncio loop, h11), its connections held to
-    ``limits`` (per peer, header deadline)."""
-    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http=guarded_h11(limits or Limits()), ws="none",
+    ``limits`` (per peer, handshake and header deadlines); ``run`` it."""
+    limits = limits or Limits()
+    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http=guarded_h11(limits), ws="none",
                             lifespan="off", access_log=access_log, log_level=log_level,
                             ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
                             server_header=False)
-    return uvicorn.Server(config)
+    return GuardedServer(config, limits)
 
 
 def raise_open_files_limit() -> int:
@@ -477,7 +478,7 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
                                  access_log=access_log, limits=limits)
             if ready is not None:
                 ready(server)
-            asyncio.run(server.serve())
+            server.run()
             return
     finally:
         storage.close()

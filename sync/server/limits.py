@@ -1,16 +1,18 @@
 """What a client can make the reference server hold, and for how long (docs/sync-protocol.md#limits).
 
-Connections: at most so many per peer address, and request headers within a deadline (the uvicorn
-protocol class of guarded_h11). Admission pools count requests in progress (server-wide, per peer
-address, per device) and refuse beyond their limit instead of queueing. Bodies are read by
-BodyReader: never more than the declared Content-Length, within a deadline and above a minimum rate,
-hashed as they come. ReplayCache lets each CK-Sig2 header be used once. Everything here runs on
-the event loop's thread (no locks).
+Connections: at most so many per peer address, a TLS handshake and then the request headers each
+within a deadline (GuardedServer's event loop and the uvicorn protocol class of guarded_h11; the
+opener's TLS port keeps the same policy, sync/server/opener.py). Admission pools count requests in
+progress (server-wide, per peer address, per device) and refuse beyond their limit instead of
+queueing. Bodies are read by BodyReader: never more than the declared Content-Length, within a
+deadline and above a minimum rate, hashed as they come. ReplayCache lets each CK-Sig2 header be
+used once. Everything here runs on the event loop's thread (no locks).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import math
@@ -21,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import h11
+import uvicorn
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -34,6 +37,7 @@ class Limits:
 
     connections_per_peer: int = 64  # open connections per peer address (IPv6: per /64); beyond: closed at once
     header_timeout_s: float = 10.0  # a new connection's request headers, complete (then keep-alive's timeout)
+    handshake_timeout_s: float = 10.0  # a TLS connection's handshake, complete (asyncio's own: 60 s)
     per_device: int = 2  # authenticated requests with a body in progress, per device
     per_peer: int = 16  # authenticated requests with a body in progress, per peer address
     legacy_inflight: int = 2  # requests read before they can be authenticated (devices without CK-Sig2)
@@ -127,6 +131,34 @@ def guarded_h11(limits: Limits) -> type[H11Protocol]:
                 self.transport.close()
 
     return GuardedH11Protocol
+
+
+class _HandshakeDeadlineLoop(asyncio.SelectorEventLoop):
+    """An event loop whose TLS listeners close a connection that has not finished its handshake
+    within ``handshake_timeout_s`` (uvicorn passes no deadline: asyncio's is 60 s, and the per-peer
+    count of guarded_h11 starts only once the handshake is done)."""
+
+    def __init__(self, handshake_timeout_s: float) -> None:
+        super().__init__()
+        self.handshake_timeout_s = handshake_timeout_s
+
+    async def create_server(self, *args, **kwargs):
+        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
+            kwargs["ssl_handshake_timeout"] = self.handshake_timeout_s
+        return await super().create_server(*args, **kwargs)
+
+
+class GuardedServer(uvicorn.Server):
+    """uvicorn's Server, run (``run``) on an event loop that holds TLS handshakes to ``limits``."""
+
+    def __init__(self, config: uvicorn.Config, limits: Limits) -> None:
+        super().__init__(config)
+        self.limits = limits
+
+    def run(self, sockets=None) -> None:
+        loop = functools.partial(_HandshakeDeadlineLoop, self.limits.handshake_timeout_s)
+        with asyncio.Runner(loop_factory=loop) as runner:
+            runner.run(self.serve(sockets=sockets))
 
 
 class Busy(ServerError):

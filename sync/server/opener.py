@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import selectors
 import socket
 import socketserver
 import ssl
@@ -61,12 +62,16 @@ from sync.server.console.case import (
 )
 from sync.server.console.store import ConsoleStore
 from sync.server.keys import sealing_public_pem
+from sync.server.limits import Limits, peer_key
 from sync.server.trace import open_holder
 
 log = logging.getLogger(__name__)
 
 MAX_SEALED_BYTES = 4096
 IO_TIMEOUT_S = 30.0
+LIMITS = Limits(connections_per_peer=16, handshake_timeout_s=5.0)  # pending TLS handshakes per address; deadline
+MAX_PENDING = 256  # pending TLS handshakes in all
+MAX_SESSIONS = 16  # consoles' connections served at a time (a thread each)
 ANCHORS_NAME = "opener-anchors.jsonl"
 HOUR_S = 3600.0
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -365,45 +370,172 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class _TLSHandler(_Handler):
-    """A console over TCP: the TLS handshake (done here, in the connection's own thread) must show a
-    client certificate, and it must be one of the pinned ones."""
-
-    def setup(self) -> None:
-        raw: socket.socket = self.request
-        raw.settimeout(IO_TIMEOUT_S)
-        try:
-            self.request = self.server.tls.wrap_socket(raw, server_side=True)  # type: ignore[attr-defined]
-        except (ssl.SSLError, OSError) as exc:
-            log.warning("refused a TLS connection from %s: %s", self.client_address[0], type(exc).__name__)
-            self.request = None
-            return
-        super().setup()
+    """A console over TCP, its handshake done and its pinned client certificate checked (_TLSServer)."""
 
     def peer(self) -> tuple[int, int, int] | None:
-        """(0, -1, -1) for a console with a pinned client certificate (no pid or uid over TCP), else None."""
-        der = self.request.getpeercert(binary_form=True)
-        digest = hashlib.sha256(der).digest() if der else b""
-        if not any(hmac.compare_digest(digest, pin) for pin in self.server.pins):  # type: ignore[attr-defined]
-            log.warning("refused a TLS connection from %s: client certificate not pinned", self.client_address[0])
-            return None
+        """(0, -1, -1): no pid or uid over TCP."""
         return 0, -1, -1
 
-    def handle(self) -> None:
-        if self.request is not None:
-            super().handle()
 
-    def finish(self) -> None:
-        if self.request is not None:
+@dataclass(slots=True)
+class _Pending:
+    """A TLS connection whose handshake has not finished."""
+
+    conn: ssl.SSLSocket
+    address: tuple
+    peer: str
+    deadline: float
+
+
+class _TLSServer:
+    """The opener on TCP with mutual TLS. One thread accepts connections and does their handshakes
+    without blocking: a host that connects and never finishes one holds a socket, no thread, for at
+    most the handshake deadline, and beyond LIMITS.connections_per_peer pending ones from one
+    address, or MAX_PENDING in all, the oldest is closed (so a flood does not lock a console out,
+    even from the same address). Only a console whose pinned certificate the handshake showed gets
+    a thread of its own, at most MAX_SESSIONS at a time (beyond: answered busy)."""
+
+    def __init__(self, address: tuple[str, int], tls: ssl.SSLContext, pins: list[bytes], opener: Opener,
+                 limits: Limits = LIMITS) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.create_server(address, family=family, backlog=64)
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        self.tls, self.pins, self.opener, self.limits = tls, pins, opener, limits
+        self._pending: dict[int, _Pending] = {}  # by file descriptor, oldest first
+        self._sessions = threading.BoundedSemaphore(MAX_SESSIONS)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._dropped = 0
+        self._dropped_logged = 0.0
+
+    def serve_forever(self) -> None:
+        """Accept and handshake until shutdown()."""
+        self._stopped.clear()
+        sel = selectors.DefaultSelector()
+        sel.register(self.socket, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                first = next(iter(self._pending.values()), None)
+                timeout = 1.0 if first is None else max(0.0, first.deadline - time.monotonic())
+                for key, _ in sel.select(timeout):
+                    if key.fileobj is self.socket:
+                        self._accept(sel)
+                    elif key.fileobj is self._wake_r:
+                        self._wake_r.recv(64)
+                    else:
+                        self._handshake(sel, key.fd)
+                now = time.monotonic()
+                for fd in [fd for fd, p in self._pending.items() if p.deadline <= now]:
+                    self._drop(sel, fd)
+                self._log_dropped()
+        finally:
+            for fd in list(self._pending):
+                self._drop(sel, fd)
+            sel.close()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever (from another thread) and wait for it to return."""
+        self._stop.set()
+        self._wake_w.send(b"x")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        for sock in (self.socket, self._wake_r, self._wake_w):
+            sock.close()
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        while True:
             try:
-                super().finish()
-            finally:
-                self.request.close()  # the TLS socket (the server closes only the raw one it accepted)
+                raw, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors: the pending ones' deadlines free some
+                log.warning("opener: cannot accept a TLS connection: %s", exc)
+                return
+            raw.setblocking(False)
+            try:
+                conn = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError):
+                raw.close()
+                continue
+            peer = peer_key(address[0])
+            mine = [fd for fd, p in self._pending.items() if p.peer == peer]
+            if len(mine) >= self.limits.connections_per_peer:
+                self._drop(sel, mine[0])
+            if len(self._pending) >= MAX_PENDING:
+                self._drop(sel, next(iter(self._pending)))
+            fd = conn.fileno()
+            self._pending[fd] = _Pending(conn, address, peer, time.monotonic() + self.limits.handshake_timeout_s)
+            sel.register(fd, selectors.EVENT_READ)
 
+    def _drop(self, sel: selectors.BaseSelector, fd: int) -> None:
+        """Close a connection whose handshake is late, or the oldest pending one beyond a cap."""
+        pending = self._pending.pop(fd)
+        sel.unregister(fd)
+        pending.conn.close()
+        self._dropped += 1
 
-class _TLSServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 16
+    def _log_dropped(self) -> None:
+        """A flood would fill the journal: the closed pending connections are counted, logged once a minute."""
+        now = time.monotonic()
+        if self._dropped and now - self._dropped_logged >= 60.0:
+            log.warning("opener: closed %d TLS connections that did not finish their handshake in time or were "
+                        "beyond the caps", self._dropped)
+            self._dropped, self._dropped_logged = 0, now
+
+    def _handshake(self, sel: selectors.BaseSelector, fd: int) -> None:
+        pending = self._pending[fd]
+        try:
+            pending.conn.do_handshake()
+        except ssl.SSLWantReadError:
+            sel.modify(fd, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            sel.modify(fd, selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("refused a TLS connection from %s: %s", pending.address[0], type(exc).__name__)
+            self._pending.pop(fd)
+            sel.unregister(fd)
+            pending.conn.close()
+            return
+        del self._pending[fd]
+        sel.unregister(fd)
+        conn = pending.conn
+        der = conn.getpeercert(binary_form=True)
+        digest = hashlib.sha256(der).digest() if der else b""
+        if not any(hmac.compare_digest(digest, pin) for pin in self.pins):
+            log.warning("refused a TLS connection from %s: client certificate not pinned", pending.address[0])
+            conn.close()
+            return
+        conn.setblocking(True)
+        if not self._sessions.acquire(blocking=False):
+            log.warning("opener: busy, refused a console's connection from %s (%d at a time)", pending.address[0],
+                        MAX_SESSIONS)
+            conn.settimeout(1.0)
+            try:
+                conn.sendall(json.dumps({"ok": False, "error": "busy",
+                                         "message": "the opener is busy; ask again"}).encode("ascii") + b"\n")
+            except OSError:
+                pass  # the console went away: nothing to tell it
+            conn.close()
+            return
+        conn.settimeout(IO_TIMEOUT_S)
+        threading.Thread(target=self._session, args=(conn, pending.address), name="opener-tls", daemon=True).start()
+
+    def _session(self, conn: ssl.SSLSocket, address: tuple) -> None:
+        try:
+            _TLSHandler(conn, address, self)  # type: ignore[arg-type]
+        except OSError as exc:
+            log.info("opener: a console's connection from %s ended: %s", address[0], exc)
+        finally:
+            conn.close()
+            self._sessions.release()
 
 
 def cert_pin(pem: bytes) -> bytes:
@@ -427,10 +559,7 @@ def bind_tls(host: str, port: int, opener: Opener, *, cert: str, key: str, clien
             pins.append(cert_pin(Path(path).read_bytes()))
     except (OSError, ssl.SSLError, ValueError, UnicodeDecodeError) as exc:
         raise OpenerError(f"the opener's TLS files cannot be used: {exc}", code="opener_tls") from None
-    server = _TLSServer((host, port), _TLSHandler)
-    server.tls, server.pins = tls, pins  # type: ignore[attr-defined]
-    server.opener = opener  # type: ignore[attr-defined]
-    return server
+    return _TLSServer((host, port), tls, pins, opener)
 
 
 def bind(socket_path: str | os.PathLike, opener: Opener, *, group: int | None = None) -> _Server:

@@ -8,7 +8,6 @@ which audits each opening. Nothing here logs a holder's detail.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import re
@@ -838,4 +837,4 @@ def serve(app: Starlette, host: str, port: int, *, tls_cert: str | None, tls_key
     server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=False)
     if ready is not None:
         ready(server)
-    asyncio.run(server.serve())
+    server.run()
