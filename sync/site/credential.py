@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import CheckpointError
-from scanner.cards.bundle import root_kid
+from sync.wire import envelope
 from sync.wire.identity import public_raw
 from sync.wire.protocol import device_id_for
 
@@ -38,6 +37,9 @@ class SiteCredentialError(CheckpointError):
     another site or for another device."""
 
     code = "site_credential_invalid"
+
+
+KIND = envelope.Kind("credential", DOMAIN, MAX_BYTES, "site credential", SiteCredentialError, "site_credential")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +73,7 @@ def issue(root_private: ed25519.Ed25519PrivateKey, *, site_id: str, device_key: 
             "issued_at": issued_at, "serial": serial, "site_id": check_site_id(site_id), "type": TYPE,
             "v": FORMAT}
     payload = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    outer = {"credential": base64.b64encode(payload).decode("ascii"),
-             "kid": base64.b64encode(root_kid(root_private.public_key())).decode("ascii"),
-             "sig": base64.b64encode(root_private.sign(DOMAIN + payload)).decode("ascii")}
-    data = json.dumps(outer, separators=(",", ":")).encode("ascii")
+    data = json.dumps(envelope.seal(KIND, root_private, payload), separators=(",", ":")).encode("ascii")
     open_credential(data, [root_private.public_key()])  # what is issued must open
     return data
 
@@ -104,30 +103,8 @@ def _int(body: dict, name: str, *, nullable: bool = False) -> int | None:
 def open_credential(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> SiteCredential:
     """Verify a credential against the pinned root(s) and parse it; SiteCredentialError with a
     reason code if it is not a well-formed credential signed by one of them."""
-    if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_BYTES:
-        raise _malformed("not a site credential (or larger than 4 KiB)")
-    try:
-        outer = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _malformed("not JSON") from None
-    if not isinstance(outer, dict) or set(outer) != {"credential", "kid", "sig"}:
-        raise _malformed("not a site credential file")
-    payload, kid, sig = _b64(outer["credential"], "credential"), _b64(outer["kid"], "kid"), _b64(outer["sig"], "sig")
-    root = next((r for r in roots if root_kid(r) == kid), None)
-    if root is None:
-        raise SiteCredentialError("the site credential is not signed by a pinned trust root",
-                                  code="site_credential_wrong_root")
-    try:
-        root.verify(sig, DOMAIN + payload)
-    except InvalidSignature:
-        raise SiteCredentialError("the site credential's signature does not verify",
-                                  code="site_credential_bad_signature") from None
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _malformed("payload is not JSON") from None
-    if not isinstance(body, dict) or sorted(body) != list(FIELDS):
-        raise _malformed(f"payload must have exactly the fields {', '.join(FIELDS)}")
+    payload, kid = envelope.open_envelope(KIND, data, roots)
+    body = envelope.payload_fields(KIND, payload, FIELDS)
     if body["type"] != TYPE or type(body["v"]) is not int or body["v"] != FORMAT:
         raise _malformed(f"not a {TYPE} of format {FORMAT}")
     serial, issued = _int(body, "serial"), _int(body, "issued_at")
@@ -175,6 +152,8 @@ REVOCATIONS_FILE_NAME = "site-revocations.json"
 REVOCATIONS_MAX_BYTES = 16 * 1024  # it travels in one datagram between the gates
 REVOCATIONS_MAX = 256
 _REV_FIELDS = ("issued_at", "revoked", "site_id", "type", "v", "version")
+REVOCATIONS_KIND = envelope.Kind("revocations", REVOCATIONS_DOMAIN, REVOCATIONS_MAX_BYTES, "site revocation list",
+                                 SiteCredentialError, "site_revocations")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +174,7 @@ def issue_revocations(root_private: ed25519.Ed25519PrivateKey, *, site_id: str, 
     body = {"issued_at": issued_at, "revoked": sorted(set(revoked)), "site_id": check_site_id(site_id),
             "type": REVOCATIONS_TYPE, "v": FORMAT, "version": version}
     payload = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    outer = {"kid": base64.b64encode(root_kid(root_private.public_key())).decode("ascii"),
-             "revocations": base64.b64encode(payload).decode("ascii"),
-             "sig": base64.b64encode(root_private.sign(REVOCATIONS_DOMAIN + payload)).decode("ascii")}
-    data = json.dumps(outer, separators=(",", ":")).encode("ascii")
+    data = json.dumps(envelope.seal(REVOCATIONS_KIND, root_private, payload), separators=(",", ":")).encode("ascii")
     open_revocations(data, [root_private.public_key()], site_id=site_id)  # what is issued must open
     return data
 
@@ -209,32 +185,8 @@ def open_revocations(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *, 
     def bad(why: str, code: str = "site_revocations_malformed") -> SiteCredentialError:
         return SiteCredentialError(f"site revocations: {why}", code=code)
 
-    if not isinstance(data, (bytes, bytearray)) or len(data) > REVOCATIONS_MAX_BYTES:
-        raise bad("not a site revocation list (or larger than 16 KiB)")
-    try:
-        outer = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise bad("not JSON") from None
-    if not isinstance(outer, dict) or set(outer) != {"revocations", "kid", "sig"}:
-        raise bad("not a site revocation list file")
-    try:
-        payload = _b64(outer["revocations"], "revocations", REVOCATIONS_MAX_BYTES)
-        kid, sig = _b64(outer["kid"], "kid"), _b64(outer["sig"], "sig")
-    except SiteCredentialError:
-        raise bad("revocations, kid or sig is not base64") from None
-    root = next((r for r in roots if root_kid(r) == kid), None)
-    if root is None:
-        raise bad("not signed by a pinned trust root", "site_revocations_wrong_root")
-    try:
-        root.verify(sig, REVOCATIONS_DOMAIN + payload)
-    except InvalidSignature:
-        raise bad("the signature does not verify", "site_revocations_bad_signature") from None
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise bad("payload is not JSON") from None
-    if not isinstance(body, dict) or sorted(body) != list(_REV_FIELDS):
-        raise bad(f"payload must have exactly the fields {', '.join(_REV_FIELDS)}")
+    payload, _ = envelope.open_envelope(REVOCATIONS_KIND, data, roots)
+    body = envelope.payload_fields(REVOCATIONS_KIND, payload, _REV_FIELDS)
     if body["type"] != REVOCATIONS_TYPE or type(body["v"]) is not int or body["v"] != FORMAT:
         raise bad(f"not a {REVOCATIONS_TYPE} of format {FORMAT}")
     version, issued = body["version"], body["issued_at"]

@@ -18,14 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from scanner.base.errors import CheckpointError
-from scanner.cards.bundle import root_kid
 from scanner.store import sealing
+from sync.wire import envelope
 from sync.wire.http import SyncConfigError, check_server_url
 
 TYPE = "checkpoint-server-credential"
@@ -43,6 +42,9 @@ class CredentialError(CheckpointError):
     server, or older than the one installed."""
 
     code = "credential_invalid"
+
+
+KIND = envelope.Kind("credential", DOMAIN, MAX_BYTES, "server credential", CredentialError, "credential")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +118,7 @@ def issue(root_private: ed25519.Ed25519PrivateKey, *, urls: Sequence[str], seali
             "serial": serial, "server_id": server_id, "type": TYPE, "urls": canon, "v": FORMAT}
     payload = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     _parse(payload)  # what is issued must open
-    outer = {"credential": base64.b64encode(payload).decode("ascii"),
-             "kid": base64.b64encode(root_kid(root_private.public_key())).decode("ascii"),
-             "sig": base64.b64encode(root_private.sign(DOMAIN + payload)).decode("ascii")}
-    data = (json.dumps(outer, indent=1) + "\n").encode("ascii")
+    data = (json.dumps(envelope.seal(KIND, root_private, payload), indent=1) + "\n").encode("ascii")
     open_credential(data, [root_private.public_key()])
     return data
 
@@ -134,13 +133,8 @@ def _b64(value: object, what: str) -> bytes:
 
 
 def _parse(payload: bytes) -> dict:
-    malformed = lambda why: CredentialError(f"credential: {why}", code="credential_malformed")  # noqa: E731
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise malformed("payload is not JSON") from None
-    if not isinstance(body, dict) or sorted(body) != list(FIELDS):
-        raise malformed(f"payload must have exactly the fields {', '.join(FIELDS)}")
+    malformed = KIND.malformed
+    body = envelope.payload_fields(KIND, payload, FIELDS)
     if body["type"] != TYPE or body["v"] != FORMAT or type(body["v"]) is not int:
         raise malformed(f"not a {TYPE} of format {FORMAT}")
     for name in ("serial", "issued_at"):
@@ -167,25 +161,7 @@ def _parse(payload: bytes) -> dict:
 def open_credential(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> ServerCredential:
     """Verify a credential file against the pinned root(s) and parse it; CredentialError if it is not
     a well-formed credential signed by one of them."""
-    if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_BYTES:
-        raise CredentialError("not a server credential (or larger than 16 KiB)", code="credential_malformed")
-    try:
-        outer = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise CredentialError("not a server credential (not JSON)", code="credential_malformed") from None
-    if not isinstance(outer, dict) or set(outer) != {"credential", "kid", "sig"}:
-        raise CredentialError("not a server credential file", code="credential_malformed")
-    payload, kid, sig = (_b64(outer["credential"], "credential"), _b64(outer["kid"], "kid"),
-                         _b64(outer["sig"], "sig"))
-    root = next((r for r in roots if root_kid(r) == kid), None)
-    if root is None:
-        raise CredentialError("the server credential is not signed by the expected trust root",
-                              code="credential_wrong_root")
-    try:
-        root.verify(sig, DOMAIN + payload)
-    except InvalidSignature:
-        raise CredentialError("the server credential's signature does not verify",
-                              code="credential_bad_signature") from None
+    payload, kid = envelope.open_envelope(KIND, data, roots)
     body = _parse(payload)
     pull = body["pull_public_key"]
     return ServerCredential(
