@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support.console import INFECTED_NAME, Client, ConsoleThread, make_accounts, make_world, tls_files
 from support.paths import ROOT
-from support.waiting import WAIT, wait_for
+from support.waiting import WAIT, closed_by_peer, wait_for
 
 from bench.procs import free_port
 from scanner.base.timeutil import DAY_MS, now_ms
@@ -110,22 +110,11 @@ def test_connections_that_never_handshake_hold_no_thread_and_the_console_is_stil
         # and it closes them: the oldest beyond the per-address cap at once, the rest at the handshake deadline
         for s in silent:
             s.settimeout(WAIT / 3)  # the IO timeout (30 s) would be later
-        assert all(_closed(s) for s in silent)
+        assert all(closed_by_peer(s) for s in silent)
         assert client(site).public_pem() == sealing_public_pem(key)
     finally:
         for s in silent:
             s.close()
-
-
-def _closed(s: socket.socket) -> bool:
-    try:
-        while True:
-            if not s.recv(65536):
-                return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def test_the_console_opens_an_approved_case_through_the_opener_over_tls(site):

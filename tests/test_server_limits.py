@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from support.console import tls_files
 from support.devices import provision_device, record
 from support.servers import ServerThread
-from support.waiting import WAIT, wait_for
+from support.waiting import WAIT, closed_by_peer, wait_for
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from scanner.base.backoff import Backoff
@@ -73,18 +73,6 @@ def _answer(s: socket.socket) -> tuple[int, dict, dict]:
         assert chunk
         rest += chunk
     return int(lines[0].split()[1]), headers, json.loads(rest[:n]) if n else {}
-
-
-def _closed(s: socket.socket) -> bool:
-    """The server closes ``s`` (EOF or reset) within the wait."""
-    try:
-        while True:
-            if not s.recv(65536):
-                return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def _batch(dev, key, verdicts, n: int = 5) -> bytes:
@@ -207,10 +195,10 @@ def test_an_answered_body_is_dropped_as_it_comes_and_its_connection_closed_if_it
         with _connect(srv) as s:
             s.sendall(_head(protocol.BATCHES, len(big)) + big[:1000])
             assert _answer(s)[0] == 413
-            assert _closed(s)  # the rest never came: closed at the drain deadline
+            assert closed_by_peer(s)  # the rest never came: closed at the drain deadline
         with _connect(srv) as s:  # larger than any request may be: closed at once, nothing drained
             s.sendall(_head(protocol.BATCHES, protocol.MAX_BATCH_BYTES + 1))
-            assert _answer(s)[0] == 413 and _closed(s)
+            assert _answer(s)[0] == 413 and closed_by_peer(s)
     finally:
         srv.stop()
 
@@ -292,7 +280,7 @@ def test_slow_bodies_are_cut_and_free_their_places(tmp_path, verdicts):
                 s.settimeout(WAIT)
                 status, _, doc = _answer(s)
                 assert (what, status, doc["error"]) == (what, 408, protocol.E_BODY_TIMEOUT)
-                assert _closed(s)
+                assert closed_by_peer(s)
         # the places they held are free again: an old device and a current one upload
         more = _batch(dev, key, verdicts)
         assert requests.post(srv.url + protocol.BATCHES, data=more, timeout=WAIT).status_code == 200
@@ -386,7 +374,7 @@ def test_connections_per_address_and_the_header_deadline(tmp_path, verdicts):
         for part in (b"POST /v1/batches HTTP/1.1\r\n", b"Host: t\r\n", b"X-Pad: 1\r\n"):
             slow_headers.sendall(part)
         t0 = time.monotonic()
-        assert all(_closed(s) for s in idle + [slow_headers])  # 2 at once (over 4), the rest at the deadline
+        assert all(closed_by_peer(s) for s in idle + [slow_headers])  # 2 at once (over 4), the rest at the deadline
         assert time.monotonic() - t0 < WAIT
         client = SyncClient(srv.url, key, device_id=dev.device_id)
         assert client.upload(_batch(dev, key, verdicts)).stored == 5
@@ -408,7 +396,7 @@ def test_a_tls_connection_that_never_finishes_its_handshake_is_closed_at_its_dea
         silent = [_connect(srv, "127.0.0.2") for _ in range(3)]
         for s in silent:
             s.settimeout(WAIT / 3)  # well before asyncio's own deadline (60 s), which uvicorn leaves as it is
-        assert all(_closed(s) for s in silent)
+        assert all(closed_by_peer(s) for s in silent)
         for s in silent:
             s.close()
         assert requests.get(srv.url + protocol.HEALTH, verify=cert, timeout=WAIT).status_code == 200

@@ -32,3 +32,16 @@ def unix_listening(sock: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def closed_by_peer(s: socket.socket) -> bool:
+    """Whether the other end closes ``s`` (EOF or reset) within its timeout; what it sends meanwhile
+    is read and dropped."""
+    try:
+        while True:
+            if not s.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
