@@ -11,12 +11,8 @@ import collections
 import os
 import re
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,13 +24,11 @@ from sync.server.tokens import issue_tokens
 
 from .appliance import hue_cards
 from .goals import judge
-from .procs import ROOT, ServerProcess, vouch
+from .procs import DaemonProcess, ServerProcess, vouch
 from .timing import median, table
 
 SYNC_CALLS = "fsync,fdatasync,sync_file_range,syncfs"
 _CALL = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(fsync|fdatasync|sync_file_range|syncfs)\((\d+)(?:<([^>]*)>)?")
-_VERDICT = re.compile(r"\bverdict source=\S+ .*\bseq=(\d+)\b")
-_STARTED = re.compile(r"\bdevice \S+ at checkpoint\b")
 
 
 def _config(path: Path, state: Path, fifo: Path, pub: Path, sync: bool) -> Path:
@@ -57,60 +51,10 @@ path = "{fifo}"
     return path
 
 
-class _Daemon:
-    """`checkpoint run --config FILE` under strace; its log lines read as they come."""
-
-    def __init__(self, config: Path, trace: Path) -> None:
-        cmd = ["strace", "-f", "-qq", "-ttt", "-y", "--seccomp-bpf", "-e", f"trace={SYNC_CALLS}",
-               "-e", "signal=none", "-o", str(trace),
-               sys.executable, "-m", "scanner", "run", "--config", str(config), "--log-level", "info"]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True)
-        self.lines: list[str] = []
-        self.seq = 0
-        self.started = False
-        self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            with self.cond:
-                self.lines.append(line.rstrip("\n"))
-                m = _VERDICT.search(line)
-                if m:
-                    self.seq = max(self.seq, int(m.group(1)))
-                if _STARTED.search(line):
-                    self.started = True
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def wait(self, pred, what: str, timeout: float = 120.0) -> None:
-        with self.cond:
-            if not self.cond.wait_for(lambda: pred() or self.proc.poll() is not None, timeout) or not pred():
-                tail = "\n  ".join(self.lines[-15:])
-                self.stop()
-                raise SystemExit(f"fsync bench: {what} did not happen; the daemon said:\n  {tail}")
-
-    def daemon_pid(self) -> int | None:
-        """The traced daemon (strace's child): the one a stop signal goes to."""
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children", encoding="ascii") as fh:
-                kids = fh.read().split()
-        except OSError:
-            return None
-        return int(kids[0]) if kids else None
-
-    def stop(self) -> int:
-        pid = self.daemon_pid() if self.proc.poll() is None else None
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)  # strace itself would only detach
-        try:
-            return self.proc.wait(120)
-        finally:
-            self.thread.join(30)
+def _daemon(config: Path, trace: Path) -> DaemonProcess:
+    """The daemon under strace, its fsyncs (in every thread and child) written to ``trace``."""
+    return DaemonProcess(config, bench="fsync", prefix=["strace", "-f", "-qq", "-ttt", "-y", "--seccomp-bpf", "-e",
+                                                        f"trace={SYNC_CALLS}", "-e", "signal=none", "-o", str(trace)])
 
 
 def _unsynced(db: Path) -> int:
@@ -174,7 +118,7 @@ def _one_run(tmp: Path, tag: str, cards: list[str], pub: Path, pace_s: float, se
     os.mkfifo(fifo)
     w = os.open(fifo, os.O_RDWR)
     trace = run / "strace.txt"
-    daemon = _Daemon(_config(run / "c.toml", state, fifo, pub, server is not None), trace)
+    daemon = _daemon(_config(run / "c.toml", state, fifo, pub, server is not None), trace)
     try:
         daemon.wait(lambda: daemon.started, "start-up")
         if server is not None:  # the first contact (heartbeat numbers, trust check) writes the state
@@ -204,7 +148,7 @@ def _one_run(tmp: Path, tag: str, cards: list[str], pub: Path, pace_s: float, se
         os.close(w)
     code = daemon.stop()
     if code != 0:
-        raise SystemExit(f"fsync bench: the daemon exited {code}: " + " | ".join(daemon.lines[-5:]))
+        raise SystemExit(f"fsync bench: the daemon exited {code}: " + " | ".join(list(daemon.lines)[-5:]))
     total, by_file = _count(trace, since)
     upto_ack, _ = _count(trace, since, acked)
     shutil.rmtree(run, ignore_errors=True)

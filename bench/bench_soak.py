@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,14 +30,12 @@ from sync.server.sqlite import SQLiteStorage
 from sync.server.tokens import issue_tokens
 
 from . import fixtures, goals
-from .procs import OPERATOR_ROOT, ROOT, ServerProcess, vouch
+from .procs import OPERATOR_ROOT, DaemonProcess, ServerProcess, vouch
 from .timing import median, table
 
 MB = 1024 * 1024
 CHUNK = 200
 REVOKED_EVERY = 10  # every tenth card is a revoked one (the look-up is exercised)
-_VERDICT = re.compile(r"\bverdict source=\S+ .*\bseq=(\d+)\b")
-_STARTED = re.compile(r"\bdevice \S+ at checkpoint\b")
 _TRUST = re.compile(r"\btrust: \d+ keys, bundle v(\d+), (\d+) revoked cards")
 
 
@@ -141,57 +138,18 @@ class _Sampler:
         self.max_rss = self.max_pss = 0
 
 
-class _Daemon:
-    """`checkpoint run --config FILE`, its log read line by line (verdict seq, trust swaps)."""
+class _Daemon(DaemonProcess):
+    """The daemon, and the trust bundle it has loaded (its version and revoked cards, from its log)."""
 
     def __init__(self, config: Path) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), CHECKPOINT_LANG="en")
-        self.proc = subprocess.Popen([sys.executable, "-m", "scanner", "run", "--config", str(config),
-                                      "--log-level", "info"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=env, cwd=ROOT, text=True, errors="replace")
-        self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self.seq = 0
-        self.started = False
         self.bundle_version: int | None = None
         self.revoked = 0
-        self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        super().__init__(config, bench="soak")
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            m = _VERDICT.search(line)
-            with self.cond:
-                if m:
-                    self.seq = max(self.seq, int(m.group(1)))
-                else:  # a verdict line a scan: keep the others (a few hundred) for errors
-                    self.lines.append(line.rstrip("\n"))
-                    if _STARTED.search(line):
-                        self.started = True
-                    t = _TRUST.search(line)
-                    if t:
-                        self.bundle_version, self.revoked = int(t.group(1)), int(t.group(2))
-                self.cond.notify_all()
-        with self.cond:
-            self.cond.notify_all()
-
-    def wait(self, pred, what: str, timeout: float = 300.0) -> None:
-        with self.cond:
-            if not self.cond.wait_for(lambda: pred() or self.proc.poll() is not None, timeout) or not pred():
-                tail = "\n  ".join(self.lines[-15:])
-                self.stop()
-                raise SystemExit(f"soak bench: {what} did not happen; the daemon said:\n  {tail}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(120)
-        finally:
-            self.thread.join(30)
+    def noted(self, line: str) -> None:
+        t = _TRUST.search(line)
+        if t:
+            self.bundle_version, self.revoked = int(t.group(1)), int(t.group(2))
 
 
 def _config(path: Path, state: Path, fifo: Path, trust_interval_s: int) -> Path:
@@ -297,7 +255,7 @@ def run(quick: bool = False) -> dict:
                 sampler.stop.set()
                 code = daemon.stop()
             if code != 0:
-                raise SystemExit(f"soak bench: the daemon exited {code}: " + " | ".join(daemon.lines[-5:]))
+                raise SystemExit(f"soak bench: the daemon exited {code}: " + " | ".join(list(daemon.lines)[-5:]))
         finally:
             st.close()
             server.stop()

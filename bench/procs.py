@@ -2,11 +2,16 @@
 (`checkpoint server run`) in its own process, the 'remote' machine."""
 from __future__ import annotations
 
+import collections
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
@@ -75,6 +80,81 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(30)
+
+
+_VERDICT = re.compile(r"\bverdict source=\S+ .*\bseq=(\d+)\b")
+_STARTED = re.compile(r"\bdevice \S+ at checkpoint\b")
+
+
+class DaemonProcess:
+    """`checkpoint run --config FILE` (under ``prefix``, e.g. strace), its log read line by line as
+    it comes: ``seq`` is the highest verdict's, ``started`` true once the device is up, ``lines`` the
+    last other lines (for errors); a subclass's ``noted`` sees those too. ``bench`` names the bench
+    in its SystemExit."""
+
+    def __init__(self, config: Path, *, bench: str, prefix: Sequence[str] = ()) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), CHECKPOINT_LANG="en")
+        self.bench, self.prefixed = bench, bool(prefix)
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "scanner", "run", "--config", str(config),
+                                      "--log-level", "info"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env, cwd=ROOT, text=True, errors="replace")
+        self.pid = self.proc.pid
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+        self.seq = 0
+        self.started = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def noted(self, line: str) -> None:
+        """A log line other than a verdict's (under ``cond``)."""
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            m = _VERDICT.search(line)
+            with self.cond:
+                if m:  # a verdict line a scan: only its seq is kept
+                    self.seq = max(self.seq, int(m.group(1)))
+                else:
+                    self.lines.append(line.rstrip("\n"))
+                    if _STARTED.search(line):
+                        self.started = True
+                    self.noted(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait(self, pred, what: str, timeout: float = 300.0) -> None:
+        """Until ``pred()`` (under ``cond``); SystemExit with the daemon's last lines if it exits first
+        or ``timeout`` s pass."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: pred() or self.proc.poll() is not None, timeout) or not pred():
+                tail = "\n  ".join(list(self.lines)[-15:])
+                self.stop()
+                raise SystemExit(f"{self.bench} bench: {what} did not happen; the daemon said:\n  {tail}")
+
+    def daemon_pid(self) -> int | None:
+        """The daemon's pid: under a prefix (strace), its child's (the one a stop signal goes to)."""
+        if not self.prefixed:
+            return self.pid
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children", encoding="ascii") as fh:
+                kids = fh.read().split()
+        except OSError:
+            return None
+        return int(kids[0]) if kids else None
+
+    def stop(self) -> int:
+        """SIGTERM to the daemon (strace itself would only detach); its exit code."""
+        pid = self.daemon_pid() if self.proc.poll() is None else None
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(120)
+        finally:
+            self.thread.join(30)
 
 
 OPERATOR_ROOT = ed25519.Ed25519PrivateKey.generate()  # the operator's root: vouches for each bench server
