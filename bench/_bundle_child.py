@@ -55,8 +55,8 @@ def main() -> None:
         def load():
             return open_bundle(data, [root])
     elif mode in ("b64", "b64+json"):
-        def load(with_json=mode == "b64+json"):
-            return _peer(data, with_json)
+        def load():
+            return _peer(data, mode == "b64+json")
     else:
         raise SystemExit(f"unknown mode {mode}")
     gc.collect()

@@ -34,7 +34,7 @@ def _child(mode: str, path: Path, root_hex: str, repeat: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _mb(n: int | None) -> str:
+def _mb(n: float | None) -> str:
     return "n/a" if n is None else f"{n / MB:.1f}"
 
 

@@ -10,6 +10,7 @@ hears of a verdict within 100 ms.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -73,7 +74,10 @@ path = "{fifo}"
         app.start()
         supervisor = threading.Thread(target=app.supervise, daemon=True)
         supervisor.start()
-        client = SseClient(app.api.host, app.api.port)
+        api = app.api
+        if api is None:
+            raise SystemExit("daemon bench: the appliance's API did not start")
+        client = SseClient(api.host, api.port)
         trust = load_trust([tmp / "hue.pub"])
         bare_log = EntryLog(tmp / "bare.db", device_id="d-bench", checkpoint_id="bench", passback_window_s=0)
         to_publish, to_stream, bare = [], [], []
@@ -85,7 +89,7 @@ path = "{fifo}"
                 seq = i + 1
                 arrived = client.wait(seq)
                 with pub_cond:
-                    pub_cond.wait_for(lambda seq=seq: seq in published, 60)
+                    pub_cond.wait_for(functools.partial(published.__contains__, seq), 60)
                 t1 = time.perf_counter()
                 v = verify(cards[n + 5 + i], trust, time.time())
                 bare_log.record(Scan(cards[n + 5 + i], "stdin", "bench", time.time(), "in"), v)

@@ -7,11 +7,14 @@ a camera runs. Empty frames are a static lane with fresh sensor noise in every f
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -86,7 +89,7 @@ def samples_bench(rounds: int) -> dict:
         print(f"decode rate: shared samples not found at {SAMPLES}; skipped\n")
         return {}
     decoders = _decoders()
-    times = {name: [[] for _ in samples] for name in decoders}
+    times: dict[str, list[list[float]]] = {name: [[] for _ in samples] for name in decoders}
     correct = dict.fromkeys(decoders, 0)
     wrong = dict.fromkeys(decoders, 0)
     rng = random.Random(2)
@@ -138,12 +141,18 @@ def _variants(frame: np.ndarray, name: str, n: int = 8) -> list[np.ndarray]:
     return out
 
 
+def _fed(seq: list[np.ndarray], fn: Callable[[np.ndarray], object]) -> Callable[[], object]:
+    """``fn`` on the frames of ``seq`` in turn, a cycle of its own for each case."""
+    it = itertools.cycle(seq)
+    return lambda: fn(next(it))
+
+
 def frames_bench(rounds: int, runs: int = 3) -> dict:
     """ms per frame: raw library calls, the appliance decoder and the stream decoder on the same frames;
     ``runs`` runs of ``rounds`` interleaved rounds each, the empty-frame goals judged on the runs."""
     import zxingcpp
     fmt = zxingcpp.BarcodeFormat
-    qr = [fmt.QRCodeModel1, fmt.QRCodeModel2] if hasattr(fmt, "QRCodeModel2") else fmt.QRCode
+    qr: Any = [fmt.QRCodeModel1, fmt.QRCodeModel2] if hasattr(fmt, "QRCodeModel2") else fmt.QRCode
     appliance = make_decoder("auto")
     try:
         from pyzbar import pyzbar
@@ -163,24 +172,20 @@ def frames_bench(rounds: int, runs: int = 3) -> dict:
         stream = StreamDecoder()
         for f in seq * 8:  # a camera that has been looking at this lane for a while
             stream.feed(f)
-
-        def nxt(seq=seq):
-            it = itertools.cycle(seq)
-            return lambda: next(it)
         cases = {
-            "zxing raw": lambda f=nxt(): zxingcpp.read_barcodes(f(), formats=qr),  # noqa: B008 - one cycle per case, bound once
+            "zxing raw": _fed(seq, functools.partial(zxingcpp.read_barcodes, formats=qr)),
             # the first pass alone, as a raw call with exactly its options: the stream's peer
-            "zxing pass-1 opts": lambda f=nxt(), big=big: zxingcpp.read_barcodes(  # noqa: B008 - as above
-                f(), formats=qr, try_invert=True, try_downscale=big, text_mode=zxingcpp.TextMode.Plain,
-                return_errors=True),
-            "appliance": lambda f=nxt(): appliance.decode(f()),  # noqa: B008 - one cycle per case, bound once
-            "stream": lambda f=nxt(), s=stream: s.feed(f()),  # noqa: B008 - one cycle per case, bound once
+            "zxing pass-1 opts": _fed(seq, functools.partial(
+                zxingcpp.read_barcodes, formats=qr, try_invert=True, try_downscale=big,
+                text_mode=zxingcpp.TextMode.Plain, return_errors=True)),
+            "appliance": _fed(seq, appliance.decode),
+            "stream": _fed(seq, stream.feed),
         }
         if pyzbar is not None:
-            cases["pyzbar QR"] = lambda f=nxt(): pyzbar.decode(f(), symbols=zbar_qr)  # noqa: B008 - one cycle per case, bound once
+            cases["pyzbar QR"] = _fed(seq, functools.partial(pyzbar.decode, symbols=zbar_qr))
         per_run = [interleaved(cases, rounds=rounds, target_s=0.02, seed=r, clock=CLOCK) for r in range(runs)]
         samples = {k: [x for run in per_run for x in run[k]] for k in cases}
-        res = {k: median(v) * 1e3 for k, v in samples.items()}
+        res: dict[str, Any] = {k: median(v) * 1e3 for k, v in samples.items()}
         res["runs_x_pass1"] = [median(ratios(run, "stream", "zxing pass-1 opts")) for run in per_run]
         if "pyzbar QR" in samples:
             res["runs_x_pyzbar"] = [median(ratios(run, "stream", "pyzbar QR")) for run in per_run]
@@ -243,11 +248,12 @@ def camera_set_bench(per_category: int, seed: int) -> dict:
     peers = {"zxing-cpp": _zxing_alone(), "pyzbar QR": _pyzbar_qr(),
              "appliance": lambda f: [c.text for c in appliance.decode(f)]}
     peers = {k: v for k, v in peers.items() if v is not None}
-    rows, out = [], {}
+    rows: list[tuple] = []
+    out: dict[str, Any] = {}
     missed = rescued = 0
     for cat, group in shots.items():
         ok = dict.fromkeys(peers, 0)
-        ms = {k: [] for k in peers}
+        ms: dict[str, list[float]] = {k: [] for k in peers}
         wrong = 0
         for shot in group:
             for name, fn in peers.items():

@@ -19,7 +19,7 @@ from sync.server.sqlstorage import ENTRY_COLUMNS
 from sync.wire.batch import open_batch
 
 from .bench_fleet import _Fleet, _one
-from .pgcluster import PgCluster, find_bin_dir
+from .pgcluster import PgCluster, find_bin_dir, scalar
 from .timing import table
 
 
@@ -32,7 +32,7 @@ def _copy_peer(fleet: _Fleet, url: str) -> float:
     with psycopg.connect(url) as conn:
         conn.execute("CREATE TABLE copy_peer (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
                      "INCLUDING INDEXES)")
-        types = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        types: dict[str, str] = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                                   "WHERE attrelid = 'copy_peer'::regclass AND attnum > 0").fetchall())
         conn.commit()
         now = int(time.time() * 1000)
@@ -74,8 +74,8 @@ def run(quick: bool) -> None:
                 conn.execute("CREATE DATABASE drain")
             res = _one(fleet, cluster.url("drain"), tmp / "keys", 3600.0, cluster.postmaster_pid(), tmp, ())
             with psycopg.connect(cluster.url("drain")) as conn:  # the disk the entries take, indexes included
-                disk = conn.execute("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
-                                    "WHERE inhparent = 'entries'::regclass").fetchone()[0]
+                disk = scalar(conn, "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+                                    "WHERE inhparent = 'entries'::regclass")
             peer = _copy_peer(fleet, cluster.url("drain"))
         finally:
             cluster.stop()

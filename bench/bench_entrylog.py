@@ -62,7 +62,7 @@ def _pct(values: list[float], p: float) -> float:
 # ---------------------------------------------------------------- commit latency
 
 
-def _commit_cases(tmp: Path, mode: str, verdicts, at: int, server) -> tuple[dict, object]:
+def _commit_cases(tmp: Path, mode: str, verdicts, at: int, server) -> tuple[dict, Entry]:
     """record (sealed), bare, and for NORMAL record without sealing: callables committing one row."""
     log = EntryLog(tmp / f"log-{mode}.db", device_id="bench-device", checkpoint_id="market-east",
                    sealing_key=server, synchronous=mode)
@@ -141,7 +141,7 @@ def commit_bench(tmp: Path, quick: bool) -> tuple[dict, list]:
     per_round: dict[str, list[float]] = {}
     run_ratio: list[float] = []
     run_bare: list[float] = []
-    templates = {}
+    templates: dict[str, Entry] = {}
     for mode in ("FULL", "NORMAL"):
         cases, templates[mode] = _commit_cases(tmp, mode, verdicts, at, server)
         # warm-up past the first WAL checkpoint (1000 pages): every file is measured in its steady

@@ -22,7 +22,7 @@ from sync.server.storage import open_storage
 
 from .autofailover import AutoFailover, find_pg_autoctl
 from .bench_fleet import _Fleet, push
-from .pgcluster import PgCluster, find_bin_dir
+from .pgcluster import PgCluster, find_bin_dir, scalar
 from .procs import ServerProcess
 from .timing import table
 
@@ -36,7 +36,7 @@ def _wait_sync(primary: PgCluster, timeout_s: float = 60.0) -> None:
 
     end = time.monotonic() + timeout_s
     with psycopg.connect(primary.url(), autocommit=True) as conn:
-        while conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").fetchone()[0] < 1:
+        while scalar(conn, "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") < 1:
             if time.monotonic() > end:
                 raise RuntimeError("the standby did not become a synchronous standby")
             time.sleep(0.1)
@@ -52,7 +52,6 @@ class _Promoted:
         # fsync off (a test machine) but every commit waits for the standby: an acknowledged batch is on both
         self.primary = PgCluster(bin_dir, durable=False, settings={"synchronous_commit": "on",
                                                                    "synchronous_standby_names": "walreceiver"})
-        self.standby: PgCluster | None = None
         try:
             self.standby = PgCluster(bin_dir, durable=False, standby_of=self.primary)
             _wait_sync(self.primary)
@@ -75,8 +74,9 @@ class _Promoted:
         times["settled_at"] = time.time()
 
     def stop(self) -> None:
-        if self.standby is not None:
-            self.standby.stop()
+        standby: PgCluster | None = getattr(self, "standby", None)  # None if it failed to start
+        if standby is not None:
+            standby.stop()
         self.primary.stop()
 
 
@@ -178,7 +178,7 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
 
         def stored_batches(node_url: str) -> int:
             with psycopg.connect(node_url, autocommit=True, connect_timeout=5) as conn:
-                return int(conn.execute("SELECT count(*) FROM batches").fetchone()[0])
+                return int(scalar(conn, "SELECT count(*) FROM batches"))
 
         def resumed(node_url: str) -> None:
             """Until ``node_url`` stores a batch more than it held when this was called."""
@@ -246,8 +246,9 @@ def run(quick: bool) -> None:
     found = cases()
     if not found:
         print("== failover: not measured (no PostgreSQL server binaries: install the postgresql package)\n")
-        return
-    rows, stalls = [], {}
+        return None
+    rows: list[list[str]] = []
+    stalls: dict[tuple[str, str], list[float]] = {}
     for manager, fault in found:
         for _ in range(runs):
             with tempfile.TemporaryDirectory(prefix="ckbench-failover-") as tmpname:

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -76,7 +77,7 @@ class _Fleet:
 
     def __init__(self, devices: int, batches: int, per_batch: int, where: Path, rows: bool = True,
                  versions: tuple[int, ...] = (1,)) -> None:
-        self.devices = []
+        self.devices: list[dict[str, Any]] = []
         self.rows: list[tuple] = []
         now = now_ms()
         n = batches * per_batch
@@ -143,7 +144,8 @@ def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int =
         during(start_at)
     for p in procs:
         p.wait(deadline_s + 120)
-    res = {"lat": [], "acked_at": [], "acked": [], "failures": [], "busy": 0, "errors": 0, "client_cpu": 0.0,
+    res: dict[str, Any] = {"lat": [], "acked_at": [], "acked": [], "failures": [], "busy": 0, "errors": 0,
+                           "client_cpu": 0.0,
            "busy_codes": {}, "busy_at": []}
     for p, out in zip(procs, outs):
         if p.returncode != 0 or not out.exists():
@@ -169,7 +171,7 @@ def _copy_peer(fleet: _Fleet, url: str) -> float:
     with psycopg.connect(url) as conn:
         conn.execute("CREATE TABLE copy_peer (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
                      "INCLUDING INDEXES)")
-        types = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        types: dict[str, str] = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
                                   "WHERE attrelid = 'copy_peer'::regclass AND attnum > 0").fetchall())
         conn.commit()
         t0 = time.perf_counter()
@@ -226,7 +228,7 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> dict | N
     bin_dir = find_bin_dir()
     if bin_dir is None:
         print("== fleet: not measured (no /usr/lib/postgresql/*/bin: install the postgresql package)\n")
-        return
+        return None
     versions = (1, 2)
     rows = []
     judged: list[goalsmod.Judged] = []

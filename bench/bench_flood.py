@@ -118,7 +118,7 @@ def _phase(server: ServerProcess, fleet: _Fleet, half: int, lo: int, hi: int, fl
         t.start()
     for t in threads:
         t.join(deadline_s + 60)
-    answers = Counter()
+    answers: Counter = Counter()
     if attack is not None:
         attack.stop()
         answers = attack.answers
@@ -144,8 +144,8 @@ def run(quick: bool) -> dict:
         server = ServerProcess(db, "--keys", tmpname, bench="flood")
         try:
             lo = 0
-            for r in range(rounds):
-                for phase in (("quiet", "flood") if r % 2 == 0 else ("flood", "quiet")):
+            for round_no in range(rounds):
+                for phase in (("quiet", "flood") if round_no % 2 == 0 else ("flood", "quiet")):
                     results[phase].append(_phase(server, fleet, half, lo, lo + per_phase, phase == "flood", deadline_s))
                     lo += per_phase
         finally:
@@ -177,7 +177,7 @@ def run(quick: bool) -> dict:
           f"512 KiB plain) from 8 addresses")
     print(table(["devices", "phase", "batches acknowledged", "upload s (min–max)", "x quiet",
                  "server peak RSS growth MiB"], rows, left=2))
-    answers = Counter()
+    answers: Counter = Counter()
     for r in results["flood"]:
         answers.update(r["answers"])
     print("attacker saw: " + ", ".join(f"{k} {s if s is not None else 'reset'}: {n:,}"

@@ -118,8 +118,8 @@ def run(quick: bool = False) -> dict:
     print(f"== formats: health certificates, QR text -> verdict ({rounds} interleaved rounds, medians; "
           f"HC1 text {len(es_text)}/{len(ps_text)} chars ES256/PS256 with a DSC whose key usage is checked; "
           f"SHC text {len(shc_text)} digits = JWS {len(jws)} chars)")
-    rows = []
-    result = {}
+    rows: list[list[str]] = []
+    result: dict[str, object] = {}
     for raw, full in (("raw HC1 ES256", "full HC1 ES256"), ("raw HC1 PS256", "full HC1 PS256"),
                       ("raw SHC", "full SHC"), ("raw SHC", "full SHC in 2 parts"),
                       ("raw SHC", "full SHC, framework's 1195-char card")):

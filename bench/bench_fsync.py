@@ -60,7 +60,10 @@ def _daemon(config: Path, trace: Path) -> DaemonProcess:
 def _unsynced(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        return synced.unsynced_in_file(conn)[0]
+        found = synced.unsynced_in_file(conn)
+        if found is None:
+            raise SystemExit(f"fsync bench: {db} has no acknowledged runs table")
+        return found[0]
     finally:
         conn.close()
 

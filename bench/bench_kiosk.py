@@ -18,6 +18,7 @@ API's threads, not the camera's).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -88,17 +89,20 @@ def paint_latency(n: int) -> dict:
         app.hub.listen(heard)
         app.start()
         threading.Thread(target=app.supervise, daemon=True).start()
+        api = app.api
+        if api is None:
+            raise SystemExit("kiosk bench: the appliance's API did not start")
         driver = browser.launch(800, 480)
         peer = None
         try:
-            driver.get(app.api.url + "/")
+            driver.get(api.url + "/")
             browser.wait_js(driver, "document.body.dataset.connected === 'true'", 60, "the kiosk page")
-            peer = SseClient(app.api.host, app.api.port, clock=lambda: time.time() * 1000)
+            peer = SseClient(api.host, api.port, clock=lambda: time.time() * 1000)
             time.sleep(0.3)  # both streams connected before the first card (not part of any figure)
             for seq, card in enumerate(cards, 1):
                 os.write(w, (card + "\n").encode())
                 with cond:
-                    if not cond.wait_for(lambda s=seq: s in published, 60):
+                    if not cond.wait_for(functools.partial(published.__contains__, seq), 60):
                         raise TimeoutError(f"verdict {seq} was never published")
                 # one card at a time, as at a checkpoint: the next after this one is surely on screen
                 browser.wait_js(driver, f"window.ckKiosk.timings.some(t => t.seq === {seq})", 60)

@@ -160,7 +160,7 @@ def memory_bench(seconds: float) -> list[dict]:
             base = scene(*size)
             frames = [base] * 20 + [with_code(base, fixtures.card_text(w.ed_key, w.at), 4)] * 10
             path = str(Path(tmp) / f"lane-{size[0]}.avi")
-            writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30, size, isColor=False)
+            writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*"MJPG"), 30, size, isColor=False)
             for f in frames:
                 writer.write(f)
             writer.release()
@@ -177,7 +177,7 @@ def memory_bench(seconds: float) -> list[dict]:
 def run(quick: bool = False) -> dict:
     print("== pipeline ==")
     lat = [latency_bench(20 if quick else 150), latency_bench(10 if quick else 60, (1280, 720))]
-    rows = [(r["size"], r["n"], f"{r['bare_p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{r['x_p50']:.2f}",
+    rows: list[tuple] = [(r["size"], r["n"], f"{r['bare_p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{r['x_p50']:.2f}",
              f"{r['bare_p95_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['x_p95']:.2f}") for r in lat]
     print("scan-to-verdict latency: frame handed to the pipeline -> sink called, against decode + verify of the "
           "same frame called directly (goal: overhead under 20%)")

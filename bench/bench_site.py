@@ -129,10 +129,15 @@ def run(quick: bool = False) -> dict:
         ids = [sitecred.open_credential(c, [root.public_key()]).device_id for c in creds]
         arrivals = Arrivals()
         me = ids[0]
+
+        def arrived(evs: list) -> None:
+            for e in evs:
+                arrivals.add(me, e.device, e.seq, time.time_ns())
+
         node = SiteNode(Settings(SITE, secret, ("127.0.0.1", ports[0]), tuple(("127.0.0.1", p) for p in ports[1:]),
                                  discovery=False, heartbeat_s=1.0, peer_timeout_s=5.0), gate_keys[0],
                         sitecred.open_credential(creds[0], [root.public_key()]), [root.public_key()],
-                        on_events=lambda evs: [arrivals.add(me, e.device, e.seq, time.time_ns()) for e in evs])
+                        on_events=arrived)
         children: list[subprocess.Popen] = []
         try:
             for i in range(1, n_gates):
@@ -310,7 +315,7 @@ def _report(n_gates, n_scans, props, lanes, cpu_share, disk) -> dict:
     prop_each = [x for run in props for x in run[1]]
     bare = [x for run in props for x in run[3]]
     missed = sum(run[2] for run in props)
-    rows = []
+    rows: list[tuple] = []
     for name, vals in (("known to each other gate", prop_each), ("known to all others", prop_all),
                        ("peer: a bare datagram to all others", bare)):
         if vals:

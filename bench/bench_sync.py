@@ -63,11 +63,14 @@ def _fill(log: EntryLog, n: int, server_pub) -> None:
     holder = Holder("Nguyễn Thị Thanh Hương", "1987-03-15", "079******1234")
     sealer = sealing.Sealer(server_pub)  # as EntryLog seals: sessions of up to 1024 blobs
     seq, prev = 0, bytes(32)
+    device_id, checkpoint_id = log.device_id, log.checkpoint_id
+    if device_id is None or checkpoint_id is None:
+        raise SystemExit("sync bench: the entry log has no device or checkpoint id")
     at = now_ms() - n * 2000
     rows = []
     for i in range(n):
         entry_id = str(uuid.uuid4())
-        e = Entry(seq=seq + 1, entry_id=entry_id, device_id=log.device_id, checkpoint_id=log.checkpoint_id,
+        e = Entry(seq=seq + 1, entry_id=entry_id, device_id=device_id, checkpoint_id=checkpoint_id,
                   direction="in" if i % 2 else "out", at_ms=at + i * 2000, clock="synced", source="camera",
                   source_id="cam0", decision="accept", reason="ok", format="CK1", card_id=os.urandom(16).hex(),
                   issuer="VN-HUE", kid="3q2+7wABAgM=", prev_hash=prev,
@@ -184,9 +187,12 @@ def _upload(run_dir: Path, n: int, lane: _Lane, st) -> dict:
     def counting_upload(data: bytes):
         sizes.append(len(data))
         return upload(data)
-    agent.client.upload = counting_upload
+    agent.client.upload = counting_upload  # type: ignore[method-assign]  # counts what goes up
     builder.build(10**12, 1, [], 0)  # the worker runs before timing (a daemon starts it once at boot)
-    child_cpu0, cpu0 = cpu_s(builder.pid), time.process_time()
+    builder_pid = builder.pid
+    if builder_pid is None:
+        raise SystemExit("sync bench: the builder process did not start")
+    child_cpu0, cpu0 = cpu_s(builder_pid), time.process_time()
     tuning = runtime.tune_for_scanning()  # what `checkpoint run` does
     contacts: list[tuple[float, float]] = []
     try:
@@ -206,9 +212,9 @@ def _upload(run_dir: Path, n: int, lane: _Lane, st) -> dict:
     finally:
         runtime.restore(tuning)
     busy = sum(b - a for a, b in contacts)
-    out = {"contacts": len(contacts), "upload_s": busy, "entries_per_s": n / busy,
+    out: dict[str, object] = {"contacts": len(contacts), "upload_s": busy, "entries_per_s": n / busy,
            "bytes_per_entry": sum(sizes) / n, "requests": len(sizes), "main_cpu_s": time.process_time() - cpu0,
-           "builder_cpu_s": cpu_s(builder.pid) - child_cpu0, "checkpoints": lane.checkpoints}
+           "builder_cpu_s": cpu_s(builder_pid) - child_cpu0, "checkpoints": lane.checkpoints}
     during = [x for x in lane.scans if any(a <= x[0] < b for a, b in contacts)]
     between = [x for x in lane.scans if contacts[0][0] <= x[0]
                and not any(a - GUARD_S <= x[0] < b + GUARD_S for a, b in contacts)]
@@ -287,6 +293,8 @@ def _trust_sizes(n_revoked: int) -> tuple[list[list], dict]:
     new = make_bundle(root, version=2, issued_at=2, expires_at=2**40, keys=[k],
                       revoked_cards=cards[100:] + [os.urandom(16) for _ in range(1000)])
     delta = deltamod.make_delta(root, old, new)
+    if delta is None:
+        raise SystemExit("sync bench: fixture broken: no delta between the two bundles")
     roots = [root.public_key()]
     cur = open_bundle(old, roots)
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ contacts are planted through the server's own ingest, with real sealed holder de
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -23,11 +24,14 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from scanner.base.timeutil import DAY_MS, now_ms
 
 from .console import ConsoleProcesses
+from .pgcluster import scalar
 from .timing import interleaved, median, ratios, table
 
 HOUR = 3_600_000
@@ -181,12 +185,12 @@ def _unindexed_s(backend: str, target, shape: _Shape, visits) -> float:
         conn.close()
     else:
         import psycopg
-        with psycopg.connect(target, autocommit=True) as conn:
-            conn.execute("SET enable_indexscan = off")
-            conn.execute("SET enable_bitmapscan = off")
-            conn.execute("SELECT entry_id FROM entries WHERE card_id = %s AND at_ms >= %s", (TRACED, since)).fetchall()
+        with psycopg.connect(target, autocommit=True) as pg:
+            pg.execute("SET enable_indexscan = off")
+            pg.execute("SET enable_bitmapscan = off")
+            pg.execute("SELECT entry_id FROM entries WHERE card_id = %s AND at_ms >= %s", (TRACED, since)).fetchall()
             v = visits[0].entry
-            conn.execute("SELECT entry_id FROM entries WHERE checkpoint_id = %s AND at_ms BETWEEN %s AND %s",
+            pg.execute("SELECT entry_id FROM entries WHERE checkpoint_id = %s AND at_ms BETWEEN %s AND %s",
                          (v.checkpoint_id, v.at_ms - HOUR, v.at_ms + HOUR)).fetchall()
     return time.perf_counter() - t0
 
@@ -210,8 +214,8 @@ def _size(backend: str, target) -> int:
         return sum(os.path.getsize(str(target) + s) for s in ("", "-wal") if os.path.exists(str(target) + s))
     import psycopg
     with psycopg.connect(target) as conn:
-        return int(conn.execute("SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
-                                "WHERE inhparent = 'entries'::regclass").fetchone()[0])
+        return int(scalar(conn, "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
+                                "WHERE inhparent = 'entries'::regclass"))
 
 
 def run(quick: bool) -> dict:
@@ -251,18 +255,18 @@ def run(quick: bool) -> dict:
                 results[name]["size"] = _size(name, results[name]["target"])
             since, until = shape.now - 14 * DAY_MS, shape.now + 1
             absent = "ee" * 16
-            cases = {}
+            cases: dict[str, Callable[[], object]] = {}
             for name, st in stores.items():
                 first = trace(st, TRACED, since_ms=since, until_ms=until, window_ms=HOUR)
                 blobs = [(e.sealed, e.entry_id) for e in [v.entry for v in first.visits] +
                          [c.entry for c in first.contacts] if e.sealed is not None]
-                cases[f"{name}:raw_open"] = lambda blobs=blobs: _open_all(blobs, key)
-                cases[f"{name}:peer"] = lambda st=st: st.visits(absent, since, until, 10)
-                cases[f"{name}:visits"] = lambda st=st: st.visits(TRACED, since, until, 10_000)
-                cases[f"{name}:contacts"] = lambda st=st: trace(st, TRACED, since_ms=since, until_ms=until,
-                                                               window_ms=HOUR)
-                cases[f"{name}:full"] = lambda st=st: trace(st, TRACED, since_ms=since, until_ms=until,
-                                                           window_ms=HOUR, sealing_key=key)
+                cases[f"{name}:raw_open"] = functools.partial(_open_all, blobs, key)
+                cases[f"{name}:peer"] = functools.partial(st.visits, absent, since, until, 10)
+                cases[f"{name}:visits"] = functools.partial(st.visits, TRACED, since, until, 10_000)
+                cases[f"{name}:contacts"] = functools.partial(trace, st, TRACED, since_ms=since, until_ms=until,
+                                                              window_ms=HOUR)
+                cases[f"{name}:full"] = functools.partial(trace, st, TRACED, since_ms=since, until_ms=until,
+                                                          window_ms=HOUR, sealing_key=key)
                 target = str(results[name]["target"])
                 _say(f"{name}: starting the console and its opener")
                 consoles[name] = console = ConsoleProcesses(target, tmp / "keys", tmp / f"run-{name}", bench="trace")
@@ -270,7 +274,7 @@ def run(quick: bool) -> dict:
                 page = console.get(path)
                 results[name]["console_rows"] = page.count('<td class="name">')
                 results[name]["console_names"] = len(re.findall(r'<td class="name">Người tiếp xúc \d', page))
-                cases[f"{name}:console"] = lambda console=console, path=path: console.get(path)
+                cases[f"{name}:console"] = functools.partial(console.get, path)
             _say("timing")
             samples = interleaved(cases, rounds=rounds, target_s=0.05)
             for name, st in stores.items():
@@ -289,7 +293,8 @@ def run(quick: bool) -> dict:
     print(f"== tracing: {shape.n:,} entries (30 days, {shape.checkpoints:,} checkpoints x 2 devices, "
           f"{shape.cards:,} cards); card seen {visits_n} times in the last 14 days, contacts within ±1 h; "
           f"medians of {rounds} interleaved rounds")
-    rows, figures = [], {}
+    rows: list[list[str]] = []
+    figures: dict[str, Any] = {}
     for name in stores:
         r = results[name]
         peer = median(samples[f"{name}:peer"])

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -53,27 +55,29 @@ def _cases(revoked: int):
     w = world()
     trust = TrustStore.build(bundles=[open_bundle(bundle_bytes(revoked), [w.root.public_key()])])
     ecdsa = ec.ECDSA(hashes.SHA256())
-    cases = {}
+    cases: dict[str, Callable[[], object]] = {}
     cards = {}
-    for alg, priv in (("EdDSA", w.ed_key), ("ES256", w.es_key)):
+    signers: tuple[tuple[str, Any], ...] = (("EdDSA", w.ed_key), ("ES256", w.es_key))
+    for alg, priv in signers:
         text = fixtures.card_text(priv, w.at)
         verdict = verifier.verify(text, trust, w.at)
         if not verdict.accepted:
             raise SystemExit(f"bench fixture broken: {alg} card not accepted: {verdict}")
         msg = cose.parse_sign1(ck1.unwrap(text))
+        if msg.alg is None:
+            raise SystemExit(f"bench fixture broken: the {alg} card's COSE message has no alg")
         tbs = msg.to_be_signed()
         pub = priv.public_key()
         if alg == "EdDSA":
             sig = msg.signature
-            cases["raw EdDSA"] = lambda pub=pub, sig=sig, tbs=tbs: pub.verify(sig, tbs)
+            cases["raw EdDSA"] = functools.partial(pub.verify, sig, tbs)
         else:
             der = encode_dss_signature(int.from_bytes(msg.signature[:32], "big"),
                                        int.from_bytes(msg.signature[32:], "big"))
-            cases["raw ES256"] = lambda pub=pub, der=der, tbs=tbs: pub.verify(der, tbs, ecdsa)
-        cases[f"full {alg}"] = lambda text=text, at=w.at: verifier.verify(text, trust, at)
-        cases[f"cose.verify_signature {alg}"] = (
-            lambda pub=pub, alg_id=msg.alg, tbs=tbs, sig=msg.signature:
-            cose.verify_signature(pub, alg_id, tbs, sig))
+            cases["raw ES256"] = functools.partial(pub.verify, der, tbs, ecdsa)
+        cases[f"full {alg}"] = functools.partial(verifier.verify, text, trust, w.at)
+        cases[f"cose.verify_signature {alg}"] = functools.partial(cose.verify_signature, pub, msg.alg, tbs,
+                                                                  msg.signature)
         cards[alg] = (text, msg)
     text, msg = cards["EdDSA"]
     python_only = stubbed_verify(trust, w.at)
@@ -82,11 +86,14 @@ def _cases(revoked: int):
         raise SystemExit("bench broken: the stubbed signature check does not reach the verifier")
     cases["python-side only (EdDSA)"] = lambda: python_only(text)
     raw = ck1.unwrap(text)
-    card_id = ck1.parse_claims(msg.payload, msg.kid).card_id
+    kid = msg.kid
+    if kid is None:
+        raise SystemExit("bench fixture broken: the card's COSE message has no kid")
+    card_id = ck1.parse_claims(msg.payload, kid).card_id
     if card_id in trust.revoked_cards:
         raise SystemExit("bench fixture broken: the card id is revoked")
     present = next(iter(trust.revoked_cards)) if len(trust.revoked_cards) else card_id
-    steps = (lambda: ck1.unwrap(text), lambda: cose.parse_sign1(raw), lambda: ck1.parse_claims(msg.payload, msg.kid),
+    steps = (lambda: ck1.unwrap(text), lambda: cose.parse_sign1(raw), lambda: ck1.parse_claims(msg.payload, kid),
              lambda: card_id in trust.revoked_cards, lambda: present in trust.revoked_cards)
     cases.update(zip(STEPS, steps))
     return cases, len(raw), len(msg.payload), len(text)
@@ -109,7 +116,9 @@ def run(quick: bool = False) -> dict:
     if cheaper > 0.6:
         raise SystemExit(f"bench broken: the verify with the signature check stubbed costs {cheaper:.2f}x the "
                          "full verify; the stub did not take effect")
-    rows, figures, goals = [], {}, []
+    rows: list[list[str]] = []
+    figures: dict = {}
+    goals = []
     for alg in ("EdDSA", "ES256"):
         raw, full = f"raw {alg}", f"full {alg}"
         r = ratios(samples, full, raw)

@@ -43,17 +43,20 @@ def launch(width: int = 800, height: int = 480):
 
     profile = tempfile.mkdtemp(prefix="ck-chromium-")
     options = webdriver.ChromeOptions()
-    options.binary_location = _first(CHROMIUM)
+    binary, chromedriver = _first(CHROMIUM), _first(CHROMEDRIVER)
+    if binary is None or chromedriver is None:
+        raise SystemExit(f"no Chromium or no chromedriver here ({unavailable()})")
+    options.binary_location = binary
     for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height + 200}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for js_errors()
     driver = None
     try:
-        driver = webdriver.Chrome(service=Service(_first(CHROMEDRIVER)), options=options)
+        driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     finally:
         if driver is None:  # it did not start: leave no profile behind
             shutil.rmtree(profile, ignore_errors=True)
-    driver.ck_profile = profile
+    driver.ck_profile = profile  # type: ignore[attr-defined]  # removed with the driver (quit)
     set_viewport(driver, width, height)
     return driver
 

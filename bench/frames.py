@@ -221,7 +221,7 @@ def _streak(length: float, angle_deg: float) -> np.ndarray:
     n = int(math.ceil(length / 2)) + 2
     ss = 8
     size = (2 * n + 1) * ss
-    k = np.zeros((size, size), np.float32)
+    k: np.ndarray = np.zeros((size, size), np.float32)
     c = size / 2
     steps = max(2, int(length * ss))
     for i in range(steps + 1):
@@ -278,8 +278,8 @@ class Camera:
         frame = np.clip(img * gain + noise * sigma + 0.5, 0, 255).astype(np.uint8)
         return Shot(frame, category, pose, look, module_px)
 
-    def _planes(self, surf: Surface, rot, centre, look: Look) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """(rotation, centre, brightness) of each flat part of the surface, with its texture mask."""
+    def _planes(self, surf: Surface, rot, centre, look: Look) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+        """(texture mask, rotation, centre, brightness) of each flat part of the surface."""
         th, tw = surf.texture.shape
         if look.fold is None:
             return [(np.ones((th, tw), np.float32), rot, centre, 1.0)]
@@ -307,7 +307,7 @@ class Camera:
 
     def _bbox(self, planes, surf: Surface, pad: int) -> tuple[int, int, int, int]:
         th, tw = surf.texture.shape
-        corners = np.float32([[[0, 0]], [[tw, 0]], [[tw, th]], [[0, th]]])
+        corners = np.array([[[0, 0]], [[tw, 0]], [[tw, th]], [[0, th]]], np.float32)
         pts = np.concatenate([cv2.perspectiveTransform(corners, self._homography(surf, r, c, 1.0, (0, 0)))
                               for _, r, c, _ in planes]).reshape(-1, 2)
         w, h = self.size

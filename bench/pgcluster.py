@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from .procs import free_port
@@ -29,6 +30,14 @@ def find_bin_dir() -> Path | None:
         if c and (Path(c) / "initdb").is_file() and (Path(c) / "pg_ctl").is_file():
             return Path(c)
     return None
+
+
+def scalar(conn, sql: str, params: tuple = ()) -> Any:
+    """The first column of the one row ``sql`` gives on a psycopg connection (RuntimeError if none)."""
+    row = conn.execute(sql, params or None).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from {sql!r}")
+    return row[0]
 
 
 class PgCluster:

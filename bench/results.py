@@ -108,7 +108,7 @@ def _plain(value):
 def save(path: Path, bench: str, result: dict, *, quick: bool, started: dt.datetime, seconds: float) -> None:
     """Put one benchmark's result into the file at ``path`` (made if missing), replacing what an
     earlier run of the same benchmark left there; the machine description is brought up to date."""
-    doc = load(path) if path.exists() else {"schema": SCHEMA, "benches": {}}
+    doc: dict = load(path) if path.exists() else {"schema": SCHEMA, "benches": {}}
     doc["machine"] = machine()
     doc["benches"][bench] = {"started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 1),
                              "quick": quick, "command": " ".join([Path(sys.executable).name, "-m", "bench",

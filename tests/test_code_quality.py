@@ -10,6 +10,7 @@ import itertools
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,13 @@ def run_tool(argv: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_the_tool_finds_nothing(argv):
     r = run_tool(argv)
     assert r.returncode == 0, r.stdout[-20000:] + r.stderr[-5000:]
+
+
+def test_mypy_checks_the_product_and_the_benchmarks():
+    """The type check covers what ruff lints but the tests (bench/ too: a benchmark's figures are
+    only as good as its code)."""
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert sorted(settings["tool"]["mypy"]["files"]) == sorted(f for f in FOLDERS if f != "tests")
 
 
 def test_each_tool_reports_a_planted_problem(tmp_path):
