@@ -404,7 +404,22 @@ def test_a_tls_connection_that_never_finishes_its_handshake_is_closed_at_its_dea
         srv.stop()
 
 
-# ---------------------------------------------------------------- pure parts
+def test_a_server_stops_soon_though_an_idle_tls_client_keeps_its_connection(tmp_path):
+    (tmp_path / "s").mkdir()
+    cert, key = tls_files(tmp_path / "tls")
+    srv = ServerThread(tmp_path / "s" / "c.db", config={"limits": Limits(tls_close_timeout_s=0.5)},
+                       tls=(cert, key)).start()
+    browser = requests.Session()  # keeps its connection open, and never answers the server's TLS close
+    try:
+        assert browser.get(srv.url + protocol.HEALTH, verify=cert, timeout=WAIT).status_code == 200
+        srv.server.should_exit = True
+        srv.thread.join(WAIT / 3)  # asyncio's own wait for the peer's TLS close is 30 s
+        assert not srv.thread.is_alive()
+    finally:
+        browser.close()
+        srv.stop()
+
+
 
 
 def test_replay_cache_and_peer_keys():

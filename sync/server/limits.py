@@ -38,6 +38,7 @@ class Limits:
     connections_per_peer: int = 64  # open connections per peer address (IPv6: per /64); beyond: closed at once
     header_timeout_s: float = 10.0  # a new connection's request headers, complete (then keep-alive's timeout)
     handshake_timeout_s: float = 10.0  # a TLS connection's handshake, complete (asyncio's own: 60 s)
+    tls_close_timeout_s: float = 5.0  # a closed TLS connection waits so long for the peer's close (asyncio's: 30 s)
     per_device: int = 2  # authenticated requests with a body in progress, per device
     per_peer: int = 16  # authenticated requests with a body in progress, per peer address
     legacy_inflight: int = 2  # requests read before they can be authenticated (devices without CK-Sig2)
@@ -133,30 +134,33 @@ def guarded_h11(limits: Limits) -> type[H11Protocol]:
     return GuardedH11Protocol
 
 
-class _HandshakeDeadlineLoop(asyncio.SelectorEventLoop):
-    """An event loop whose TLS listeners close a connection that has not finished its handshake
-    within ``handshake_timeout_s`` (uvicorn passes no deadline: asyncio's is 60 s, and the per-peer
-    count of guarded_h11 starts only once the handshake is done)."""
+class _TLSDeadlineLoop(asyncio.SelectorEventLoop):
+    """An event loop whose TLS listeners hold connections to ``limits``: one that has not finished
+    its handshake within ``handshake_timeout_s`` is closed (uvicorn passes no deadline: asyncio's is
+    60 s, and the per-peer count of guarded_h11 starts only once the handshake is done), and one the
+    server closes waits at most ``tls_close_timeout_s`` for the peer's TLS close (asyncio's: 30 s,
+    for every idle keep-alive connection when the server stops)."""
 
-    def __init__(self, handshake_timeout_s: float) -> None:
+    def __init__(self, limits: Limits) -> None:
         super().__init__()
-        self.handshake_timeout_s = handshake_timeout_s
+        self.limits = limits
 
     async def create_server(self, *args, **kwargs):
-        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
-            kwargs["ssl_handshake_timeout"] = self.handshake_timeout_s
+        if kwargs.get("ssl") is not None:
+            kwargs.setdefault("ssl_handshake_timeout", self.limits.handshake_timeout_s)
+            kwargs.setdefault("ssl_shutdown_timeout", self.limits.tls_close_timeout_s)
         return await super().create_server(*args, **kwargs)
 
 
 class GuardedServer(uvicorn.Server):
-    """uvicorn's Server, run (``run``) on an event loop that holds TLS handshakes to ``limits``."""
+    """uvicorn's Server, run (``run``) on an event loop that holds TLS handshakes and closes to ``limits``."""
 
     def __init__(self, config: uvicorn.Config, limits: Limits) -> None:
         super().__init__(config)
         self.limits = limits
 
     def run(self, sockets=None) -> None:
-        loop = functools.partial(_HandshakeDeadlineLoop, self.limits.handshake_timeout_s)
+        loop = functools.partial(_TLSDeadlineLoop, self.limits)
         with asyncio.Runner(loop_factory=loop) as runner:
             runner.run(self.serve(sockets=sockets))
 
