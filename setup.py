@@ -44,6 +44,7 @@ setup(
         "zxing-cpp>=2.2",
         "segno>=1.6",
         "click>=8.1",
+        "cbor2>=6.3",  # its compiled decoder reads card claims (scanner/cards/cbor.py keeps the rules)
         "msgspec>=0.18",  # batch rows decoded and type-checked in one pass (sync/wire/batch.py)
         "sqlite-utils>=4.0",  # Migrations (the entry log schema) arrived in 4.0
         "requests>=2.31",
@@ -61,7 +62,6 @@ setup(
         "dev": [
             "pytest>=8",
             "hypothesis>=6.100",
-            "cbor2>=5.6",
             "selenium>=4.15",  # drives Debian's chromium + chromedriver for the kiosk page's tests (no downloads)
             "inotify_simple>=1.3",  # counts the sync state file's writes in tests/test_sync_faults.py
             # the code checks tests/test_code_quality.py runs (settings: pyproject.toml, .importlinter);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 
 import cbor2
 import pytest
@@ -534,3 +535,145 @@ def test_empty_maps_in_arrays(value):
         cbor.loads(data[:-1])
     with pytest.raises(CborError):
         cbor.loads(data + b"\xa0")
+
+
+# --------------------------------------------------------------------------- the compiled path (cbor2)
+# `cbor.loads` decodes with cbor2's compiled decoder first and keeps its result only when it is
+# exactly what the Python decoder returns; these tests hold it to that, case by case and by fuzzing.
+
+CARD_CLAIMS = {1: "Sở Y tế TP. Hồ Chí Minh", 4: 1825518416, 6: 1793982416, 7: b"\xb2" * 16,
+               -65537: {"v": 1, "n": "Nguyễn Thị Thanh Hương", "d": "1987-03-15", "id": "079******1234",
+                        "st": "đã tiêm đủ", "vd": "2021-11-20"}}
+DCC_CLAIMS = {1: "AT", 4: 1825518416, 6: 1793982416,
+              -260: {1: {"ver": "1.3.0", "nam": {"fn": "Musterfrau", "gn": "Erika", "fnt": "MUSTERFRAU"},
+                         "dob": "1964-08-12", "v": [{"tg": "840539006", "dn": 2, "sd": 2, "dt": "2021-02-28",
+                                                     "co": "AT", "is": "BMSGPK", "ci": "URN:UVCI:01:AT:1"}]}}}
+
+
+def same_as_python(data: bytes, max_depth: int = cbor.MAX_DEPTH) -> None:
+    """loads gives what the Python decoder alone gives: the same value (tags included) or a CborError."""
+    try:
+        expected = cbor.python_loads(data, max_depth=max_depth)
+    except CborError:
+        with pytest.raises(CborError):
+            cbor.loads(data, max_depth=max_depth)
+        assert cbor.compiled_loads(data, max_depth) is cbor.MISS
+        return
+    got = cbor.loads(data, max_depth=max_depth)
+    assert norm(got) == norm(expected)
+    assert tags_in(got) == tags_in(expected)
+    compiled = cbor.compiled_loads(data, max_depth)
+    if compiled is not cbor.MISS:
+        assert norm(compiled) == norm(expected)
+        assert type(compiled) is type(expected)
+
+
+@pytest.mark.parametrize("claims", [CARD_CLAIMS, DCC_CLAIMS], ids=["ck1", "dcc"])
+def test_card_claims_take_the_compiled_path(claims):
+    data = cbor.dumps(claims)
+    assert cbor.compiled_loads(data) == claims == cbor.loads(data)
+    signed = cbor.dumps(Tag(18, [cbor.dumps({1: -8, 4: b"kid"}), {}, data, b"s" * 64]))
+    assert cbor.compiled_loads(signed) == Tag(18, [cbor.dumps({1: -8, 4: b"kid"}), {}, data, b"s" * 64])
+
+
+@pytest.mark.parametrize("hexdata", [
+    # what cbor2 accepts, or reads its own way, and the Python decoder does not: deep in a claims map
+    "a10101 00", "a10101 ff", "a10101 a0", "820102 ff00", "a10101 f6",  # bytes after the item
+    "a101e0", "8101f3", "a101f820", "a101f8ff", "a101f7", "81f7",  # simple values, undefined
+    "a1f93c0001", "a1f50101", "a1f601", "a1820102 01", "a1a001", "a10101 a1f501",  # keys
+    "a101c074323031332d30332d32315432303a30343a30305a",  # tag 0: cbor2 makes a datetime
+    "a101c11a514b67b0", "a101c24101", "a101c34101", "81c482212a",  # times, bignums, decimal
+    "a101d81c01", "a101d81d00", "81d81c81d81d00",  # shared values (cbor2 resolves references)
+    "a101d8190100", "a101d90100820102", "81d9010083616163d81900",  # string references
+    "a101d9d9f701", "a101d9010282 0102", "a101d9a7f882 0102",  # self-described, sets, tag 43000
+    "a101d82476612e2a", "a101d8236161", "a101d825 50 00112233445566778899aabbccddeeff",  # regexp, uuid
+    "a101d8344401020304", "a101d9010442c0a8", "a101d8641a514b67b0", "a101d903ec a10101",
+    "a101d2 820102", "a101d8 3d 820102", "d2 d2 80", "d8 3d d2 84 40 a0 40 40",  # tags: top and below
+    "d2", "d8", "d83d", "c0 ff", "d2 820102 00",  # top tags with nothing, a break or a byte after
+    "bf0102 0103ff", "a2 0101 0102", "a2 01f5 f501",  # duplicates (1 and True are different keys)
+    "7f61c361bcff", "62c328", "5f6161ff",  # text and chunks
+    "9f" * 15 + "80" + "ff" * 15, "81" * 16 + "00", "81" * 15 + "80", "81" * 16 + "80", "d2" + "81" * 15 + "80",
+    "d2" * 15 + "80", "d2" * 16 + "00", "d2" * 16 + "80", "c1" * 17 + "00",
+])
+def test_compiled_path_is_exactly_as_strict(hexdata):
+    same_as_python(h(hexdata))
+
+
+@pytest.mark.parametrize("max_depth", [0, 1, 2, 3, 16])
+@pytest.mark.parametrize("hexdata", ["00", "80", "8180", "818180", "d280", "d28180", "d200", "d2d200",
+                                     "a101a0", "a101a101a0", "9f9fffff"])
+def test_compiled_path_keeps_the_depth_limit(hexdata, max_depth):
+    same_as_python(h(hexdata), max_depth)
+
+
+def _tag_head(tag: int) -> bytes:
+    if tag < 24:
+        return bytes((0xC0 | tag,))
+    for ai, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if tag < 1 << (8 * size):
+            return bytes((0xC0 | ai,)) + tag.to_bytes(size, "big")
+    raise ValueError(tag)
+
+
+def test_every_tag_below_the_top_leaves_the_compiled_path():
+    """Were cbor2 to give a tag a meaning of its own that CBOR2_SEMANTIC_TAGS misses (a new release),
+    its value could pass as plain data: no tag number may come through."""
+    for tag in [*range(1 << 16), 1 << 16, 43000, 55799, 2**32 - 1, 2**32, 2**64 - 1]:
+        head = _tag_head(tag)
+        for body in (b"\x00", b"\xa0"):
+            assert cbor.compiled_loads(b"\x81" + head + body) is cbor.MISS, (tag, body)
+
+
+def test_compiled_path_in_threads():
+    """Each thread decodes into its own buffer: items decoded at once in several threads stay apart."""
+    items = [cbor.dumps({1: i, "x": [b"%d" % i] * (i % 7), -65537: {"n": "t" * i}}) for i in range(200)]
+    expected = [cbor.python_loads(item) for item in items]
+    results: list[list] = [[] for _ in range(4)]
+
+    def work(out: list) -> None:
+        for _ in range(5):
+            out.append([cbor.loads(item) for item in items])
+
+    threads = [threading.Thread(target=work, args=(out,)) for out in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(run == expected for out in results for run in out) and all(len(out) == 5 for out in results)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values)
+def test_compiled_path_agrees_on_encodings(value):
+    same_as_python(cbor2.dumps(to_cbor2(value), canonical=True))
+    same_as_python(cbor.dumps(value))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=60))
+@example(h("a10101ff"))
+def test_compiled_path_agrees_on_random_bytes(data):
+    same_as_python(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values, st.data())
+def test_compiled_path_agrees_on_mutated_encodings(value, data):
+    raw = bytearray(cbor.dumps(value))
+    for _ in range(data.draw(st.integers(1, 3))):
+        op = data.draw(st.sampled_from(["flip", "insert", "delete", "set", "append"]))
+        pos = data.draw(st.integers(0, len(raw)))
+        byte = data.draw(st.sampled_from([0x00, 0x1f, 0x5f, 0x7f, 0x9f, 0xbf, 0xff, 0xe0, 0xf7, 0xf8, 0xf9,
+                                          0xc0, 0xc2, 0xd2, 0xd8, 0xd9, 0x1b, 0x3b, 0xa0, 0x80]))
+        if op == "insert":
+            raw.insert(pos, byte)
+        elif op == "append":
+            raw.append(byte)
+        elif raw and pos < len(raw):
+            if op == "delete":
+                del raw[pos]
+            elif op == "flip":
+                raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+            else:
+                raw[pos] = byte
+    same_as_python(bytes(raw))

@@ -5,11 +5,19 @@ string, array and map must fit in the bytes that remain, nesting is capped (defa
 must be int/text/bytes and unique, and nothing follows the top-level item. It supports exactly the
 data model cards use: integers, byte and text strings (definite or indefinite), arrays, maps, tags,
 false/true/null/undefined and floats.
+
+`loads` first tries cbor2's compiled decoder and keeps its result only when it is exactly what the
+Python decoder here would return (plain data, every byte used, no tag below the top); anything else
+is decoded again here, so errors and edge cases are this module's alone.
 """
 from __future__ import annotations
 
+import io
 import struct
+import threading
 from typing import Any, NamedTuple
+
+import cbor2
 
 MAX_DEPTH = 16
 
@@ -45,6 +53,16 @@ def loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """Decode exactly one CBOR item from ``data``; raise CborError on anything else."""
     if type(data) is not bytes:
         data = bytes(data)
+    value = compiled_loads(data, max_depth)
+    if value is MISS:
+        return python_loads(data, max_depth=max_depth)
+    return value
+
+
+def python_loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """`loads` by this module's own decoder alone: the reference the compiled path must agree with."""
+    if type(data) is not bytes:
+        data = bytes(data)
     end = len(data)
     try:
         value, pos = _item(data, 0, end, 0, max_depth)
@@ -57,6 +75,100 @@ def loads(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     if pos != end:
         raise CborError(f"{end - pos} bytes after the item")
     return value
+
+
+class _Tagged(Exception):
+    """A tag inside the item: cbor2 would give it meaning (datetime, shared value, ...), we do not."""
+
+
+def _tagged(*_: Any) -> Any:
+    raise _Tagged
+
+
+MISS = object()  # compiled_loads: "decode it with the Python decoder"
+# Every tag cbor2 6.3 decodes itself (datetimes, bignums, string references, shared values, sets,
+# ...): each is routed to _tagged like any other tag (tests/test_cbor.py checks the list is whole).
+CBOR2_SEMANTIC_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261,
+                       1004, 43000, 55799)
+_NO_SEMANTICS = dict.fromkeys(CBOR2_SEMANTIC_TAGS, _tagged)
+_SCALARS = frozenset((int, str, bytes, float, bool, type(None)))
+
+
+# A cbor2 decoder costs more to make (and to point at new bytes) than a card's claims cost to
+# decode: each thread keeps one buffer, and one decoder per depth limit reading from it.
+_THREAD = threading.local()
+
+
+def _decoder(depth: int) -> tuple[io.BytesIO, cbor2.CBORDecoder]:
+    try:
+        buffer, decoders = _THREAD.buffer, _THREAD.decoders
+    except AttributeError:  # this thread's first item
+        buffer, decoders = _THREAD.buffer, _THREAD.decoders = io.BytesIO(), {}
+    decoder = decoders.get(depth)
+    if decoder is None:
+        decoder = decoders[depth] = cbor2.CBORDecoder(
+            buffer, semantic_decoders=_NO_SEMANTICS, tag_hook=_tagged, max_depth=depth,
+            allow_duplicate_keys=False)
+    return buffer, decoder
+
+
+def compiled_loads(data: bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """``data`` decoded by cbor2 when the result is exactly this module's, else MISS.
+
+    Tags at the top (a COSE_Sign1's 18) are taken off here; any tag below, a simple value other
+    than false/true/null, undefined, a key that is not an integer, text or bytes, and bytes after
+    the item all give MISS, and so does every error (the Python decoder then gives its own)."""
+    tags = []
+    pos = 0
+    end = len(data)
+    while pos < end and 0xC0 <= data[pos] <= 0xD8:
+        if data[pos] == 0xD8:
+            if pos + 1 >= end:
+                return MISS
+            tags.append(data[pos + 1])
+            pos += 2
+        else:
+            tags.append(data[pos] - 0xC0)
+            pos += 1
+    # cbor2's limit counts the containers around an item, ours the containers down to it (an empty
+    # array 17 deep is too deep here, not for cbor2 at 16): one less for cbor2 accepts only items
+    # within ours, and a scalar inside exactly ``max_depth`` containers goes to the Python decoder.
+    depth = max_depth - len(tags) - 1
+    if depth < 0:
+        return MISS
+    buffer, decoder = _decoder(depth)
+    buffer.seek(0)
+    buffer.truncate()
+    buffer.write(data)
+    buffer.seek(pos)
+    try:
+        value = decoder.decode()
+    except BaseException as exc:
+        # Any failure, cbor2's, a tag's, or a panic of its Rust code (pyo3's PanicException is a
+        # BaseException): the Python decoder decides and explains. A decoder that failed part-way
+        # keeps state that breaks its next item, so it is dropped.
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        del _THREAD.decoders[depth]
+        return MISS
+    if buffer.tell() != end or not _plain(value):
+        return MISS
+    for tag in reversed(tags):
+        value = Tag(tag, value)
+    return value
+
+
+def _plain(value: Any) -> bool:
+    """Only what this module's decoder returns: scalars, lists and maps with int/text/bytes keys."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) not in _KEY_TYPES or (type(item) not in _SCALARS and not _plain(item)):
+                return False
+        return True
+    if kind is list:
+        return all(type(item) in _SCALARS or _plain(item) for item in value)
+    return kind in _SCALARS
 
 
 # The decoder is a plain recursive function over (data, pos) rather than a closure, and decodes the
