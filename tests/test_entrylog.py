@@ -21,7 +21,7 @@ from scanner.cards.verdict import Decision
 from scanner.store import entrylog as entrylog_mod
 from scanner.store import sealing
 from scanner.store.entry import GENESIS
-from scanner.store.entrylog import PASSBACK_SQL, EntryLog, EntryLogError
+from scanner.store.entrylog import PASSBACK_SQL, EntryLog, EntryLogError, new_entry_id
 
 NOW = 1_750_000_000  # conftest's verification time: 2025-06-15T15:06:40Z
 UTC7 = dt.timezone(dt.timedelta(hours=7))
@@ -554,3 +554,15 @@ def test_health_ok_and_low_disk_warning(open_log):
     h = open_log("tight.db", min_free_bytes=1 << 62).health()
     assert (h.state, h.problems) == ("warning", ("low_disk",))
     assert h.free_bytes is not None and h.free_bytes > 0
+
+
+def test_entry_ids_are_random_version_4_uuids():
+    ids = [new_entry_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 4 and u.variant == uuid.RFC_4122
+    # every hex digit outside the version and variant bits varies
+    for pos in [i for i in range(36) if i not in (8, 13, 14, 18, 19, 23)]:
+        assert len({text[pos] for text in ids}) == 16, pos
+    assert {text[19] for text in ids} == set("89ab")

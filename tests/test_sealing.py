@@ -206,3 +206,16 @@ def test_load_public_key_pem_raw_and_wrong_type(tmp_path, server):
         sealing.load_public_key(ed_pem)
     with pytest.raises(SealError):
         sealing.load_public_key(b"not a key at all, definitely")
+
+
+_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=90)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_texts, _texts, st.none() | _texts)
+def test_plaintext_is_the_documented_json(name, birth, masked):
+    """The holder's plaintext written directly is byte for byte what the JSON encoder writes
+    (sorted keys, no spaces, UTF-8, escapes included), padded to 64."""
+    data = json.dumps({"n": name, "b": birth, "i": masked}, ensure_ascii=False, sort_keys=True,
+                      separators=(",", ":")).encode()
+    assert sealing._plaintext(Holder(name, birth, masked)) == data + b" " * (-len(data) % 64)

@@ -17,7 +17,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +97,13 @@ class RecordResult:
     def flags(self) -> tuple[str, ...]:
         """The degraded flags the verdict was decided with."""
         return self.admission.flags
+
+
+def new_entry_id() -> str:
+    """A random (version 4) UUID as text, as str(uuid.uuid4()) writes it, without making a UUID
+    object (a scan's hot path)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def _b64(raw: bytes | None) -> str | None:
@@ -288,7 +294,7 @@ class EntryLog:
         if kind not in FOLLOWUP_KINDS:
             raise ValueError(f"unknown follow-up kind {kind!r}")
         at_s = time.time() if at is None else at
-        draft = FollowupDraft(str(uuid.uuid4()), round(at_s * 1000), self._clock_state(), kind, entry_id)
+        draft = FollowupDraft(new_entry_id(), round(at_s * 1000), self._clock_state(), kind, entry_id)
         with self._lock:
             if not self._retry.holds(entry_id) and self._surely_missing(entry_id):
                 raise EntryLogError(f"no entry {entry_id} to follow up", code="unknown_entry")
@@ -314,7 +320,7 @@ class EntryLog:
         direction = direction or scan.direction
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        entry_id = str(uuid.uuid4())
+        entry_id = new_entry_id()
         card = verdict.card
         sealed = None
         if card is not None and self.holder_details == "sealed" and self._sealer is not None:
