@@ -58,6 +58,20 @@ MIN_BATCH = 50
 MAX_BATCH = 5000
 TARGET_S = 2.0  # a batch should take about this long on the link
 UPLOAD_DELAY_S = 2.0  # after a new entry, wait this long for more (or MIN_BATCH of them) before a contact
+SYNC_THREAD_NICE = 10  # the sync thread runs this much nicer than the rest of the process (its scan lane)
+
+
+def lower_thread_priority(nice: int = SYNC_THREAD_NICE) -> int | None:
+    """Make the calling thread ``nice`` steps nicer than it is (on Linux a thread has a nice value
+    of its own), so that a scan thread waking up is given the CPU before it. Returns the thread's
+    nice value now, or None where that cannot be done (then it runs as before)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except (AttributeError, OSError) as exc:  # not Linux, or refused
+        log.info("sync: the sync thread keeps its priority (%s)", exc)
+        return None
 
 
 # ---------------------------------------------------------------- building batches
@@ -674,7 +688,9 @@ class SyncAgent:
 
     def run(self, stop: threading.Event) -> None:
         """The appliance's sync thread: contact, upload, then wait: the idle interval or a wake
-        (coalesced, see wake), or the backoff delay after a failure; until ``stop`` is set."""
+        (coalesced, see wake), or the backoff delay after a failure; until ``stop`` is set. The
+        thread runs at a lower priority than the scan lane (lower_thread_priority)."""
+        lower_thread_priority()
         while not stop.is_set():
             try:
                 result = self.sync_once(save_progress=False)

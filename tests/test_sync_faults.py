@@ -36,7 +36,7 @@ from scanner.base.backoff import Backoff
 from scanner.base.timeutil import now_ms
 from scanner.cards import verifier
 from scanner.store.entrylog import EntryLog
-from sync.agent import SyncAgent
+from sync.agent import SYNC_THREAD_NICE, SyncAgent, lower_thread_priority
 from sync.client import SyncClient, TransientError
 from sync.export import export_pending
 from sync.provision import provision
@@ -577,3 +577,45 @@ def test_what_another_process_writes_to_the_state_is_kept(server, tmp_path, verd
     st = StateFile(dev.state).load()
     assert len(st.exported) == 1 and st.last_acked_seq == 15
     assert_exactly_once(server.storage, dev)
+
+
+def _thread_nice(tid: int) -> int:
+    """A thread's nice value as the kernel reports it (field 19 of /proc/self/task/<tid>/stat)."""
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[16])
+
+
+def test_lower_thread_priority_lowers_the_calling_thread_only():
+    base = _thread_nice(threading.get_native_id())
+    seen: dict[str, int | None] = {}
+
+    def lowered() -> None:
+        seen["returned"] = lower_thread_priority(3)
+        seen["kernel"] = _thread_nice(threading.get_native_id())
+
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert seen == {"returned": min(19, base + 3), "kernel": min(19, base + 3)}
+    assert _thread_nice(threading.get_native_id()) == base  # the caller's (the scan lane's) is as it was
+
+
+def test_the_sync_thread_runs_nicer_than_the_scan_lane(tmp_path, verdicts):
+    """The appliance's sync thread (SyncAgent.run) lowers its own priority while it uploads: the
+    kernel reports the thread SYNC_THREAD_NICE nicer than the rest of the process."""
+    with running_server("sqlite", tmp_path) as srv:
+        dev = provision_device(srv, tmp_path)
+        record(dev, verdicts, 3)
+        agent = agent_for(dev)
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: srv.storage.stats().entries == 3, "the upload")
+            assert thread.native_id is not None
+            base = _thread_nice(threading.get_native_id())
+            assert _thread_nice(thread.native_id) == min(19, base + SYNC_THREAD_NICE)
+        finally:
+            stop.set()
+            thread.join(WAIT)
+            agent.close()
