@@ -176,7 +176,7 @@ def pipeline(doc: dict) -> str:
 
 def entrylog(doc: dict) -> str:
     b = _bench(doc, "entrylog")
-    c = b["commit"]
+    c = b["commit_latency"]
     g = _goal(doc, "entrylog", "entrylog.record", "synchronous=FULL")
     rows = []
     for mode, label in (("FULL", "`EntryLog.record`, FULL (the default)"), ("NORMAL", "`EntryLog.record`, NORMAL"),
@@ -351,7 +351,7 @@ _FRAMES = ("640x480 one card", "1280x720 one card", "640x480 empty scene", "640x
 
 def _pi_inputs(doc: dict) -> dict:
     v, d, e = (_bench(doc, "verify")["figures"], _bench(doc, "decode")["frames"],
-               _bench(doc, "entrylog")["commit"])
+               _bench(doc, "entrylog")["commit_latency"])
     return {"raw_us": v["EdDSA"]["raw_us"], "python_us": v["EdDSA"]["overhead_us"],
             "decode_ms": {f: d[f]["appliance"] for f in _FRAMES}, "log_us": e["NORMAL"]["overhead_us"],
             "seal_us": e["parts_us"]["seal holder in a session (AES-GCM)"]}

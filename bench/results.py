@@ -105,9 +105,15 @@ def _plain(value):
     raise TypeError(f"cannot store {type(value).__name__} in a results file")
 
 
+_RUN_FIELDS = frozenset(("started", "seconds", "quick", "command", "commit", "load_average"))
+
+
 def save(path: Path, bench: str, result: dict, *, quick: bool, started: dt.datetime, seconds: float) -> None:
     """Put one benchmark's result into the file at ``path`` (made if missing), replacing what an
     earlier run of the same benchmark left there; the machine description is brought up to date."""
+    clash = sorted(set(result) & _RUN_FIELDS)
+    if clash:  # it would overwrite what says when and how the run was made (or be overwritten)
+        raise ValueError(f"{bench}: result keys {clash} are the results file's own")
     doc: dict = load(path) if path.exists() else {"schema": SCHEMA, "benches": {}}
     doc["machine"] = machine()
     doc["benches"][bench] = {"started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 1),

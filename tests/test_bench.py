@@ -65,6 +65,16 @@ def test_a_results_file_holds_the_machine_and_each_benchmark(tmp_path):
         results.save(path, "x", {"bad": float("nan")}, quick=False, started=at, seconds=1.0)
 
 
+def test_a_result_cannot_overwrite_when_and_how_its_run_was_made(tmp_path):
+    """A benchmark's figures under a key of the file's own (``commit``: the code's hash) would take
+    its place, and the docs would print the figures as the code's commit."""
+    at = dt.datetime(2026, 12, 6, 10, 0).astimezone()
+    for key in ("commit", "started", "load_average"):
+        with pytest.raises(ValueError):
+            results.save(tmp_path / "r.json", "entrylog", {key: {"FULL": 1.0}}, quick=False, started=at, seconds=1.0)
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_the_docs_are_generated_from_the_results_file_they_name():
     for name in report.DOCS:
         text = (ROOT / name).read_text(encoding="utf-8")
