@@ -9,7 +9,7 @@ from scanner.base import i18n
 from scanner.base.safetext import escape
 from scanner.cli.common import fail, run_guarded
 from scanner.cli.server import db_url_option, keys_option
-from sync.server.app import Limits, serve
+from sync.server.app import GROUP_COMMIT_MS, Limits, serve
 from sync.server.console.openerclient import OpenerClient
 
 
@@ -46,12 +46,15 @@ def parse_listen(value: str) -> tuple[str, int]:
               help="Bytes per second a request body must average after 10 s; slower: 408 and closed.")
 @click.option("--body-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="Seconds a whole request body may take; longer: 408 and closed.")
+@click.option("--group-commit-ms", type=click.FloatRange(0, 1000), default=GROUP_COMMIT_MS, show_default=True,
+              help="PostgreSQL: how long a batch waits for others to be stored with it in one transaction "
+                   "(0: each batch in its own).")
 @click.option("--opener", "opener_socket", type=click.Path(dir_okay=False), default=None,
               help="Take the sealing key's public half from the opener's socket; the private key is then never "
                    "read by this process (docs/console.md#opener).")
 def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers, max_inflight, retry_after_s,
                max_per_peer, max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate,
-               body_timeout, opener_socket):
+               body_timeout, group_commit_ms, opener_socket):
     """Serve the sync protocol until SIGINT/SIGTERM."""
     host, port = parse_listen(listen)
     if bool(tls_cert) != bool(tls_key):
@@ -66,4 +69,4 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
     sealing_public = run_guarded(OpenerClient(opener_socket).public_pem) if opener_socket else None
     run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
                 access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits,
-                workers=workers, sealing_public=sealing_public)
+                workers=workers, sealing_public=sealing_public, group_commit_ms=group_commit_ms)

@@ -31,6 +31,7 @@ from starlette.routing import Route
 from scanner import __version__
 from scanner.base.timeutil import now_ms
 from sync.server import bundles, credentials
+from sync.server.groupcommit import GroupSettings
 from sync.server.keys import (
     key_dir,
     load_or_create_pull_key,
@@ -65,6 +66,8 @@ INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up
 # a request's database work longer than this fails as 503 db_unavailable (the device retries): a
 # database frozen or cut off must not hold requests and connections until it comes back
 DB_WORK_DEADLINE_S = 15.0
+# how long a batch waits for others to share its transaction (group commit, sync/server/groupcommit.py)
+GROUP_COMMIT_MS = 2.0
 
 
 @dataclass
@@ -453,16 +456,18 @@ def default_workers(db_url: str) -> int:
 def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls_cert: str | None = None,
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 256,
           retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0,
-          sealing_public: str | None = None) -> None:
+          sealing_public: str | None = None, group_commit_ms: float = GROUP_COMMIT_MS) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`): in this process, or in
     ``workers`` processes (0: default_workers) sharing one listening socket, each with its own
     connections to the database (they keep no state of their own: docs/scaling.md).
     ``sealing_public``: the sealing key's public half (PEM, from the opener): then the private key is
-    never loaded here."""
+    never loaded here. ``group_commit_ms``: how long a batch may wait for others to be stored with
+    it in one transaction (PostgreSQL; 0: each batch in its own, sync/server/groupcommit.py)."""
     directory = key_dir(db_url, keys_dir)
+    group = GroupSettings(window_s=group_commit_ms / 1000) if group_commit_ms > 0 else None
     limits = limits or Limits()
     # creates or upgrades the schema once, before any worker starts
-    storage = open_storage(db_url, work_deadline_s=DB_WORK_DEADLINE_S)
+    storage = open_storage(db_url, work_deadline_s=DB_WORK_DEADLINE_S, group=group)
     try:
         sealing_pem = sealing_public or sealing_public_pem(load_or_create_sealing_key(directory))
         pull_key = load_or_create_pull_key(directory)
@@ -483,15 +488,15 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
     finally:
         storage.close()
     _supervise(workers, dict(db_url=db_url, config=config, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
-                             access_log=access_log))
+                             access_log=access_log, group=group))
 
 
 def _worker(sock: socket.socket, *, db_url: str, config: ServerConfig, host: str, port: int, tls_cert: str | None,
-            tls_key: str | None, access_log: bool) -> None:
+            tls_key: str | None, access_log: bool, group: GroupSettings | None) -> None:
     """One worker process: its own storage (pool of connections), the app, uvicorn on ``sock``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
     parent = os.getppid()
-    storage = open_storage(db_url, work_deadline_s=DB_WORK_DEADLINE_S)
+    storage = open_storage(db_url, work_deadline_s=DB_WORK_DEADLINE_S, group=group)
     try:
         server = make_server(create_app(storage, config), host, port, tls_cert=tls_cert, tls_key=tls_key,
                              access_log=access_log, limits=config.limits)

@@ -9,6 +9,11 @@ as SQLite (tests/test_server.py runs the same tests on both), for a province-siz
   (``SELECT ... FOR UPDATE``), so batches of one device are stored one after another while other
   devices' batches go in parallel. New entries above the highest held sequence number (the usual
   case) need no lookup; only overlapping runs are compared with what is stored.
+- Group commit (a server's default, sync/server/groupcommit.py): batches of several devices that
+  arrive together are stored in one transaction, their rows in one COPY, the devices' rows locked
+  in device order; each is acknowledged after that commit, a batch seen before is answered with its
+  first ack, and a batch the database refuses is refused alone (the others are stored again
+  without it).
 - Per-device counters live on the device's row (no hot row shared by all ingests).
 - A database that cannot be reached raises StorageUnavailable (HTTP 503: devices retry), and so
   does one that stops answering on a connection already open (a primary frozen or cut off by a
@@ -35,11 +40,13 @@ from scanner.base import timeutil
 from scanner.base.errors import CheckpointError
 from scanner.base.timeutil import DAY_MS
 from sync.server import chain
+from sync.server.groupcommit import GroupCommit, GroupSettings, Pending
 from sync.server.model import (
     SOURCES,
     Device,
     Ingested,
     PurgeResult,
+    ServerError,
     Stats,
     StorageUnavailable,
     revoked_device,
@@ -47,7 +54,7 @@ from sync.server.model import (
 )
 from sync.server.sqlstorage import ENTRY_COLUMNS, QmarkCursor, SQLStorage
 from sync.wire import protocol
-from sync.wire.batch import ParsedBatch
+from sync.wire.batch import BatchError, ParsedBatch
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,19 @@ CREATE TABLE IF NOT EXISTS deltas (
     PRIMARY KEY (from_version, to_version));
 """
 
+# one group's devices' counters and its batches, each in one statement (columns as arrays)
+GROUP_COUNTS = (
+    "UPDATE devices d SET held_seq = v.held_seq, held_hash = v.held_hash, entries = d.entries + v.stored, "
+    "deliveries = d.deliveries + 1, replayed = d.replayed + v.replayed, "
+    "duplicates_dropped = d.duplicates_dropped + v.duplicates, src_push = d.src_push + v.push, "
+    "src_import = d.src_import + v.imported, src_pull = d.src_pull + v.pulled "
+    "FROM unnest(%s::text[], %s::bigint[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::bigint[], %s::bigint[]) AS v(device_id, held_seq, held_hash, stored, replayed, duplicates, push, imported, "
+    "pulled) WHERE d.device_id = v.device_id")
+GROUP_BATCHES = (
+    "INSERT INTO batches (device_id, batch_id, first_seq, last_seq, count, stored, duplicates, held_seq, source, "
+    "received_ms, size) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::integer[], "
+    "%s::integer[], %s::integer[], %s::bigint[], %s::text[], %s::bigint[], %s::integer[])")
 COPY_ENTRIES = f"COPY entries ({', '.join(ENTRY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _SEQ, _AT_MS = ENTRY_COLUMNS.index("seq"), ENTRY_COLUMNS.index("at_ms")
 
@@ -185,12 +205,14 @@ class _Deadlines:
 
 class PostgresStorage(SQLStorage):
     def __init__(self, url: str, *, max_connections: int = 16, connect_timeout_s: float = 15.0,
-                 now_ms=None, work_deadline_s: float | None = None) -> None:
+                 now_ms=None, work_deadline_s: float | None = None, group: GroupSettings | None = None) -> None:
         """``work_deadline_s``: the longest one transaction or query may hold its connection before
         the connection is cut and the work fails as StorageUnavailable (None: no limit, for
-        commands an operator runs and watches)."""
+        commands an operator runs and watches). ``group``: batches ingested at about the same time
+        are stored in one transaction (sync/server/groupcommit.py); None: each in its own."""
         self.url = url
         self._deadlines: _Deadlines | None = None
+        self._group = GroupCommit(self._store_group, group) if group is not None else None
         self._now_ms = now_ms or timeutil.now_ms
         self._days: set[int] = set()
         self._days_lock = threading.Lock()
@@ -258,6 +280,8 @@ class PostgresStorage(SQLStorage):
         tx.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_BUNDLES,))
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         self.pool.close()
 
     def _current_version(self) -> int:
@@ -365,43 +389,83 @@ class PostgresStorage(SQLStorage):
     def ingest(self, batch: ParsedBatch, source: str, now_ms: int) -> Ingested:
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
-        info = batch.info
         self.ensure_partitions({day_of(r[_AT_MS]) for r in batch.rows})
-        altered = chain.altered(batch.rows)
-        src = f"src_{source}"
-        with self._cursor() as cur:
-            dev = cur.execute("SELECT revoked_ms, held_seq, held_hash FROM devices WHERE device_id = %s FOR UPDATE",
-                              (info.device_id,)).fetchone()
+        item = Pending(batch, source, now_ms, chain.altered(batch.rows))
+        if self._group is not None:
+            return self._group.submit(item)
+        self._store_group([item])  # group commit off: each batch its own transaction
+        return item.outcome()
+
+    def _store_group(self, items: list[Pending]) -> None:
+        """Store ``items`` (at most one per device) in one transaction; each gets its result or
+        its own refusal. A batch the database refuses (a value it cannot hold) fails the group's
+        transaction: then each is stored alone, and only that one is refused."""
+        try:
+            with self._cursor() as cur:
+                outcomes = self._group_tx(cur, items)
+        except (pgerrors.DataError, pgerrors.IntegrityError) as exc:
+            if len(items) > 1:
+                for item in items:
+                    self._store_group([item])
+                return
+            log.warning("batch %s of device %s refused by the database: %s", items[0].batch.info.batch_id,
+                        items[0].device_id, _pg_message(exc))
+            items[0].error = BatchError(f"the database refused a row of this batch: {_pg_message(exc)}",
+                                        code=protocol.E_MALFORMED)
+            return
+        for item, out in zip(items, outcomes, strict=True):  # after the commit
+            if isinstance(out, Ingested):
+                item.result = out
+            else:
+                item.error = out
+
+    def _group_tx(self, cur: psycopg.Cursor, items: list[Pending]) -> list[Ingested | ServerError]:
+        """The work of one group's transaction: the devices' rows locked (in device order: no
+        deadlock between groups), batches seen before answered with their first ack, the new rows
+        of all in one COPY, the devices' counters and the batches recorded in one statement each."""
+        infos = [item.batch.info for item in items]
+        devices = [i.device_id for i in infos]
+        if len(set(devices)) != len(devices):
+            raise ValueError("a group holds at most one batch per device")
+        held = {r[0]: r[1:] for r in cur.execute(
+            "SELECT device_id, revoked_ms, held_seq, held_hash FROM devices WHERE device_id = ANY(%s) "
+            "ORDER BY device_id FOR UPDATE", (sorted(devices),))}
+        seen = {r[0]: r[1:] for r in cur.execute(
+            "SELECT b.device_id, b.batch_id, b.first_seq, b.last_seq, b.count, b.stored, b.duplicates, b.held_seq "
+            "FROM batches b JOIN unnest(%s::text[], %s::text[]) AS g(device_id, batch_id) "
+            "ON b.device_id = g.device_id AND b.batch_id = g.batch_id", (devices, [i.batch_id for i in infos]))}
+        tx = QmarkCursor(cur)
+        outcomes: list[Ingested | ServerError] = []
+        new_rows: list[tuple[tuple[tuple, ...] | list[tuple], str, int]] = []
+        counts: list[tuple] = []  # per device: held_seq, held_hash, stored, replayed, duplicates, by source
+        recorded: list[tuple] = []  # the batches rows
+        for item, info in zip(items, infos, strict=True):
+            dev = held.get(info.device_id)
             if dev is None:
-                raise unknown_device(info.device_id)
+                outcomes.append(unknown_device(info.device_id))
+                continue
             if dev[0] is not None:
-                raise revoked_device(info.device_id)
+                outcomes.append(revoked_device(info.device_id))
+                continue
             held_seq, held_hash = dev[1], (bytes(dev[2]) if dev[2] is not None else None)
-            seen = cur.execute("SELECT batch_id, first_seq, last_seq, count, stored, duplicates, held_seq "
-                               "FROM batches WHERE device_id = %s AND batch_id = %s",
-                               (info.device_id, info.batch_id)).fetchone()
-            if seen is not None:  # the same batch again: nothing stored, the first answer
-                cur.execute(f"UPDATE devices SET deliveries = deliveries + 1, replayed = replayed + 1, "
-                            f"duplicates_dropped = duplicates_dropped + %s, {src} = {src} + 1 WHERE device_id = %s",
-                            (info.count, info.device_id))
-                return Ingested(protocol.Ack(*seen), 0, info.count, True)
+            by_source = tuple(int(item.source == s) for s in SOURCES)
+            first = seen.get(info.device_id)
+            if first is not None:  # the same batch again: nothing stored, the first answer
+                counts.append((info.device_id, held_seq, held_hash, 0, 1, info.count, *by_source))
+                outcomes.append(Ingested(protocol.Ack(*first), 0, info.count, True))
+                continue
             if info.first_seq > held_seq:  # the usual case: all new, nothing to compare
                 existing: dict[int, bytes] = {}
             else:
                 existing = {seq: bytes(h) for seq, h in cur.execute(
                     "SELECT seq, hash FROM entries WHERE device_id = %s AND seq BETWEEN %s AND %s",
                     (info.device_id, info.first_seq, info.last_seq))}
-            new = [r for r in batch.rows if r[_SEQ] not in existing] if existing else batch.rows
-            if new:
-                with cur.copy(COPY_ENTRIES) as copy:
-                    copy.set_types(self._copy_types)
-                    write = copy.write_row
-                    for r in new:
-                        write((*r, info.batch_id, now_ms))
-            stored = len(new)
+            rows = [r for r in item.batch.rows if r[_SEQ] not in existing] if existing else item.batch.rows
+            if rows:
+                new_rows.append((rows, info.batch_id, item.now_ms))
+            stored = len(rows)
             duplicates = info.count - stored
-            tx = QmarkCursor(cur)
-            self._record_conflicts(tx, batch, existing, now_ms)
+            self._record_conflicts(tx, item.batch, existing, item.now_ms)
             below = above = None
             if info.first_seq > 1:
                 if info.first_seq - 1 == held_seq:
@@ -410,16 +474,26 @@ class PostgresStorage(SQLStorage):
                     below = self._hash_at(cur, info.device_id, info.first_seq - 1)
             if info.last_seq < held_seq:
                 above = self._prev_hash_at(cur, info.device_id, info.last_seq + 1)
-            self._record_chain(tx, batch, below, above, now_ms, altered)
-            held = max(held_seq, info.last_seq)
+            self._record_chain(tx, item.batch, below, above, item.now_ms, item.altered)
+            top = max(held_seq, info.last_seq)
             top_hash = info.last_hash if info.last_seq > held_seq else held_hash
-            cur.execute(f"UPDATE devices SET held_seq = %s, held_hash = %s, entries = entries + %s, "
-                        f"deliveries = deliveries + 1, duplicates_dropped = duplicates_dropped + %s, "
-                        f"{src} = {src} + 1 WHERE device_id = %s",
-                        (held, top_hash, stored, duplicates, info.device_id))
-            ack = protocol.Ack(info.batch_id, info.first_seq, info.last_seq, info.count, stored, duplicates, held)
-            self._record_batch(tx, batch, stored, duplicates, held, source, now_ms)
-            return Ingested(ack, stored, duplicates)
+            counts.append((info.device_id, top, top_hash, stored, 0, duplicates, *by_source))
+            recorded.append((info.device_id, info.batch_id, info.first_seq, info.last_seq, info.count, stored,
+                             duplicates, top, item.source, item.now_ms, item.batch.size))
+            outcomes.append(Ingested(protocol.Ack(info.batch_id, info.first_seq, info.last_seq, info.count,
+                                                  stored, duplicates, top), stored, duplicates))
+        if new_rows:
+            with cur.copy(COPY_ENTRIES) as copy:
+                copy.set_types(self._copy_types)
+                write = copy.write_row
+                for rows, batch_id, received_ms in new_rows:
+                    for r in rows:
+                        write((*r, batch_id, received_ms))
+        if counts:
+            cur.execute(GROUP_COUNTS, [list(col) for col in zip(*counts, strict=True)])
+        if recorded:
+            cur.execute(GROUP_BATCHES, [list(col) for col in zip(*recorded, strict=True)])
+        return outcomes
 
     @staticmethod
     def _hash_at(cur, device_id: str, seq: int) -> bytes | None:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from scanner.base.errors import CheckpointError
+from sync.server.groupcommit import GroupSettings
 from sync.server.model import Storage
 from sync.server.sqlite import SQLiteStorage
 
@@ -16,20 +17,22 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
-def open_storage(url: str, *, must_exist: bool = False, work_deadline_s: float | None = None) -> Storage:
+def open_storage(url: str, *, must_exist: bool = False, work_deadline_s: float | None = None,
+                 group: GroupSettings | None = None) -> Storage:
     """``sqlite:///abs/path.db``, ``sqlite:relative.db`` or a plain file path: SQLite;
     ``postgresql://USER@HOST[:PORT]/DB[?options]`` (libpq URL): PostgreSQL (the `server` extra:
     psycopg 3). Other schemes are refused with a clear error. ``must_exist``: a SQLite file that
     is not there is refused, not created (a read-only command given a mistyped path).
     ``work_deadline_s`` (PostgreSQL): the longest a transaction may hold its connection (the server's
-    requests: sync.server.postgres.PostgresStorage)."""
+    requests: sync.server.postgres.PostgresStorage); ``group`` (PostgreSQL): group commit's settings
+    (None: each batch in its own transaction; SQLite's writes are one at a time anyway)."""
     if is_postgres_url(url):
         try:  # deferred: psycopg is the optional `server` extra, needed only for PostgreSQL
             from sync.server.postgres import PostgresStorage
         except ImportError as exc:
             raise CheckpointError(f"PostgreSQL support needs psycopg 3 (pip install 'checkpoint-edge[server]'): "
                                   f"{exc}", code="db_url") from None
-        return PostgresStorage(url, work_deadline_s=work_deadline_s)
+        return PostgresStorage(url, work_deadline_s=work_deadline_s, group=group)
     if url.startswith("sqlite:"):
         path = url[len("sqlite:"):]
         if path.startswith("///"):
