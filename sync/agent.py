@@ -9,6 +9,7 @@ separate low-priority process, so serialising a large backlog never stalls the s
 """
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import os
@@ -84,9 +85,9 @@ class InlineBuilder:
         self.log, self.key, self.device_id = log_, key, device_id
 
     def build(self, after_seq: int, limit: int, quarantined: Sequence[tuple[int, int]],
-              created_ms: int) -> batchmod.SignedBatch | None:
+              created_ms: int, version: int = batchmod.FORMAT_VERSION) -> batchmod.SignedBatch | None:
         return build_next(self.log, self.key, self.device_id, after_seq, limit, quarantined, created_ms,
-                          step=lambda: time.sleep(0))
+                          step=lambda: time.sleep(0), version=version)
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
         return trust_job(client, state_dir)
@@ -179,8 +180,8 @@ class ProcessBuilder:
         return value
 
     def build(self, after_seq: int, limit: int, quarantined: Sequence[tuple[int, int]],
-              created_ms: int) -> batchmod.SignedBatch | None:
-        return self._call("build", after_seq, limit, list(quarantined), created_ms)
+              created_ms: int, version: int = batchmod.FORMAT_VERSION) -> batchmod.SignedBatch | None:
+        return self._call("build", after_seq, limit, list(quarantined), created_ms, version)
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
         """The trust update in a process of its own (`python -m sync.trustcheck`, at the builder's
@@ -347,6 +348,7 @@ class SyncAgent:
                                            ca_file=self.config.ca_file, connect_timeout=connect_timeout,
                                            read_timeout=read_timeout)
         self.builder = builder or InlineBuilder(entry_log, self.key, self.config.device_id)
+        self.sent_formats: collections.Counter[int] = collections.Counter()  # batches acknowledged, by format
         self.inputs = inputs or (dict)
         self.on_trust = on_trust
         self.files = StateFile(self.state_dir)
@@ -538,6 +540,8 @@ class SyncAgent:
         Returns (batches, entries, stored, duplicates, quarantined). Raises TransientError /
         RejectedError (not batch-specific) to the caller, with everything acknowledged so far marked."""
         size = max(self.min_batch, min(self.max_batch, state.batch_size))
+        # format 2 where the server's last answer says it reads it (less work for it), else format 1
+        version = 2 if 2 in self.client.batch_formats else 1
         batches = entries = stored = duplicates = quarantined = 0
         cursor = 0
         probe_limit, probe_until = None, 0  # bisecting a refused batch down to its bad entries
@@ -546,7 +550,7 @@ class SyncAgent:
                 probe_limit = None
             limit = probe_limit or size
             try:
-                sb = self.builder.build(cursor, limit, state.quarantine_ranges(), now_ms())
+                sb = self.builder.build(cursor, limit, state.quarantine_ranges(), now_ms(), version)
             except ValueError as exc:  # the run would exceed the batch byte limit: fewer entries
                 if limit <= 1:
                     raise SyncError(f"entry after seq {cursor} cannot be sent: {exc}", code="entry_too_large") from None
@@ -559,6 +563,10 @@ class SyncAgent:
             try:
                 ack = self.client.upload(sb.data)
             except RejectedError as exc:
+                if exc.batch_bad and info.version != 1:  # a server behind the same address that reads format 1
+                    log.info("batch in format %d refused (%s): sending format 1", info.version, exc.code)
+                    version = 1
+                    continue
                 if exc.too_large and size > self.min_batch:
                     size = state.batch_size = max(self.min_batch, size // 2)
                     continue
@@ -581,6 +589,7 @@ class SyncAgent:
             if (ack.batch_id, ack.first_seq, ack.last_seq) != (info.batch_id, info.first_seq, info.last_seq):
                 raise TransientError("acknowledgement does not match the batch sent", code="bad_answer")
             mark_acked(self.log, ack.batch_id, ack.first_seq, ack.last_seq)
+            self.sent_formats[info.version] += 1
             batches += 1
             entries += info.count
             stored += ack.stored

@@ -66,13 +66,14 @@ def init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
     _STATE["device_id"] = device_id
 
 
-def build(after_seq: int, limit: int, quarantined: list, created_ms: int) -> batchmod.SignedBatch | None:
+def build(after_seq: int, limit: int, quarantined: list, created_ms: int,
+          version: int = batchmod.FORMAT_VERSION) -> batchmod.SignedBatch | None:
     return build_next(_STATE["log"], _STATE["key"], _STATE["device_id"], after_seq, limit,
-                      [tuple(q) for q in quarantined], created_ms)
+                      [tuple(q) for q in quarantined], created_ms, version=version)
 
 
 def answer(request: tuple) -> tuple[bool, object]:
-    """Run one request: ("build", after_seq, limit, quarantined, created_ms)."""
+    """Run one request: ("build", after_seq, limit, quarantined, created_ms, version)."""
     kind, *args = request
     try:
         if kind == "build":

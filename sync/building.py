@@ -31,8 +31,10 @@ def next_run(entries: Sequence[Entry], quarantined: Sequence[tuple[int, int]]) -
 
 def build_next(log_: EntryLog, key: ed25519.Ed25519PrivateKey, device_id: str, after_seq: int, limit: int,
                quarantined: Sequence[tuple[int, int]], created_ms: int,
-               step: Callable[[], None] | None = None) -> batchmod.SignedBatch | None:
-    """The next batch of pending entries after ``after_seq`` (at most ``limit``), or None."""
+               step: Callable[[], None] | None = None, version: int = batchmod.FORMAT_VERSION
+               ) -> batchmod.SignedBatch | None:
+    """The next batch of pending entries after ``after_seq`` (at most ``limit``) in batch format
+    ``version``, or None."""
     cursor = after_seq
     while True:
         entries = log_.pending(cursor, limit)
@@ -42,4 +44,4 @@ def build_next(log_: EntryLog, key: ed25519.Ed25519PrivateKey, device_id: str, a
             continue
         if not run:
             return None
-        return batchmod.build(run, key, device_id=device_id, created_ms=created_ms, step=step)
+        return batchmod.build(run, key, device_id=device_id, created_ms=created_ms, step=step, version=version)

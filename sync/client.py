@@ -119,6 +119,7 @@ class SyncClient:
         self.session.headers["User-Agent"] = f"checkpoint-edge/{__version__}"
         self.last_clock_offset_ms: int | None = None
         self.last_server_time_ms: int | None = None
+        self.batch_formats: tuple[int, ...] = (1,)  # what the server's last answer said it reads
 
     def close(self) -> None:
         self.session.close()
@@ -169,6 +170,7 @@ class SyncClient:
         server_ms = _ms_header(resp_headers.get(protocol.TIME_HEADER))
         reply = Reply(status, resp_headers, body, server_ms, sent, received,
                       _ms_header(resp_headers.get(protocol.RECEIVED_HEADER)))
+        self.batch_formats = protocol.parse_formats(resp_headers.get(protocol.FORMATS_HEADER))
         if server_ms is not None:
             self.last_server_time_ms = server_ms
             self.last_clock_offset_ms = reply.clock_offset_ms

@@ -49,12 +49,15 @@ def parse_listen(value: str) -> tuple[str, int]:
 @click.option("--group-commit-ms", type=click.FloatRange(0, 1000), default=GROUP_COMMIT_MS, show_default=True,
               help="PostgreSQL: how long a batch waits for others to be stored with it in one transaction "
                    "(0: each batch in its own).")
+@click.option("--batch-formats", type=click.Choice(["1", "1,2"]), default="1,2", show_default=True,
+              help="Batch formats read and announced to devices: 1 while servers that read only format 1 share "
+                   "this address (a rolling upgrade).")
 @click.option("--opener", "opener_socket", type=click.Path(dir_okay=False), default=None,
               help="Take the sealing key's public half from the opener's socket; the private key is then never "
                    "read by this process (docs/console.md#opener).")
 def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers, max_inflight, retry_after_s,
                max_per_peer, max_connections_per_peer, legacy_inflight, legacy_max_bytes, min_body_rate,
-               body_timeout, group_commit_ms, opener_socket):
+               body_timeout, group_commit_ms, batch_formats, opener_socket):
     """Serve the sync protocol until SIGINT/SIGTERM."""
     host, port = parse_listen(listen)
     if bool(tls_cert) != bool(tls_key):
@@ -69,4 +72,5 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
     sealing_public = run_guarded(OpenerClient(opener_socket).public_pem) if opener_socket else None
     run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
                 access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits,
-                workers=workers, sealing_public=sealing_public, group_commit_ms=group_commit_ms)
+                workers=workers, sealing_public=sealing_public, group_commit_ms=group_commit_ms,
+                batch_formats=tuple(int(v) for v in batch_formats.split(",")))

@@ -79,6 +79,8 @@ class ServerConfig:
     max_batch_bytes: int = protocol.MAX_BATCH_BYTES  # larger batches: 413, the device sends smaller ones
     pull_public_pem: str | None = None  # Ed25519: devices accept pulls signed by it (docs/sync-protocol.md#server-pull)
     limits: Limits = field(default_factory=Limits)  # per client, unauthenticated requests, read deadlines
+    batch_formats: tuple[int, ...] = FORMAT_VERSIONS  # read and announced (FORMATS_HEADER); fewer while older
+    # servers share the address (a rolling upgrade behind one load balancer)
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -93,10 +95,12 @@ def _json(doc: dict, status: int = 200) -> JSONResponse:
 
 class ServerTimeMiddleware:
     """Adds X-Checkpoint-Received and X-Checkpoint-Time (the server's clock when the request
-    arrived and when the answer left, epoch ms) to every response."""
+    arrived and when the answer left, epoch ms) and the batch formats the server reads to every
+    response."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, formats: tuple[int, ...] = FORMAT_VERSIONS) -> None:
         self.app = app
+        self.formats = ",".join(map(str, formats)).encode("ascii")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -110,6 +114,7 @@ class ServerTimeMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((protocol.RECEIVED_HEADER.lower().encode("ascii"), received))
                 headers.append((protocol.TIME_HEADER.lower().encode("ascii"), str(now_ms()).encode("ascii")))
+                headers.append((protocol.FORMATS_HEADER.lower().encode("ascii"), self.formats))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -253,7 +258,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
 
     async def health(request: Request) -> Response:
         return _json({"ok": True, "protocol": protocol.VERSION, "request_auth": protocol.REQUEST_AUTH_VERSION,
-                      "batch_formats": list(FORMAT_VERSIONS), "software_version": __version__})
+                      "batch_formats": list(config.batch_formats), "software_version": __version__})
 
     async def enroll(request: Request) -> Response:
         length = declared_length(request.headers, protocol.MAX_JSON_BYTES, protocol.E_REQUEST_TOO_LARGE)
@@ -298,6 +303,10 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
 
     def store(data: bytes, public) -> Ingested:
         """Open a pushed batch and store it, in one trip to a worker thread."""
+        version = read_header(data).version
+        if version not in config.batch_formats:
+            raise BatchError(f"batch format {version} is not read by this server (it reads "
+                             f"{', '.join(map(str, config.batch_formats))})", code=protocol.E_MALFORMED)
         return storage.ingest(open_batch(data, public), "push", now_ms())
 
     async def batches(request: Request) -> Response:
@@ -416,7 +425,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         Exception: on_crash,
     })
     app.add_middleware(DrainOrCloseMiddleware)
-    app.add_middleware(ServerTimeMiddleware)
+    app.add_middleware(ServerTimeMiddleware, formats=config.batch_formats)
     app.state.storage = storage
     return app
 
@@ -456,13 +465,15 @@ def default_workers(db_url: str) -> int:
 def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls_cert: str | None = None,
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 256,
           retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0,
-          sealing_public: str | None = None, group_commit_ms: float = GROUP_COMMIT_MS) -> None:
+          sealing_public: str | None = None, group_commit_ms: float = GROUP_COMMIT_MS,
+          batch_formats: tuple[int, ...] = FORMAT_VERSIONS) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`): in this process, or in
     ``workers`` processes (0: default_workers) sharing one listening socket, each with its own
     connections to the database (they keep no state of their own: docs/scaling.md).
     ``sealing_public``: the sealing key's public half (PEM, from the opener): then the private key is
     never loaded here. ``group_commit_ms``: how long a batch may wait for others to be stored with
-    it in one transaction (PostgreSQL; 0: each batch in its own, sync/server/groupcommit.py)."""
+    it in one transaction (PostgreSQL; 0: each batch in its own, sync/server/groupcommit.py).
+    ``batch_formats``: the batch formats read and announced to devices."""
     directory = key_dir(db_url, keys_dir)
     group = GroupSettings(window_s=group_commit_ms / 1000) if group_commit_ms > 0 else None
     limits = limits or Limits()
@@ -475,7 +486,7 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
             log.warning("no server credential published: devices will not enroll (the operator signs one with "
                         "`checkpoint issuer server-credential`; then `checkpoint server credential publish`)")
         config = ServerConfig(sealing_pem, max_inflight_batches=max_inflight, retry_after_s=retry_after_s,
-                              pull_public_pem=public_pem(pull_key), limits=limits)
+                              pull_public_pem=public_pem(pull_key), limits=limits, batch_formats=batch_formats)
         raise_open_files_limit()
         workers = workers or default_workers(db_url)
         if workers == 1:

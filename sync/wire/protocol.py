@@ -28,6 +28,15 @@ CREDENTIAL = f"{PREFIX}/credential"  # the server's root-signed credential (sync
 
 TIME_HEADER = "X-Checkpoint-Time"  # the server's clock when it answered, epoch ms, on every response
 RECEIVED_HEADER = "X-Checkpoint-Received"  # the server's clock when the request arrived (NTP-style offset)
+# the batch formats the server reads, e.g. "1,2", on every response; a server without it reads format 1 only
+FORMATS_HEADER = "X-Checkpoint-Batch-Formats"
+
+
+def parse_formats(value: str | None) -> tuple[int, ...]:
+    """The batch formats a FORMATS_HEADER value names (format 1 when absent or unreadable: every
+    server reads it)."""
+    found = sorted({int(p) for p in (value or "").split(",") if p.strip().isdigit() and len(p.strip()) < 4})
+    return tuple(found) or (1,)
 BUNDLE_VERSION_HEADER = "X-Checkpoint-Bundle-Version"
 AUTH_HEADER = "Authorization"
 AUTH_SCHEME = "CK-Sig"  # request signature v1: over the body, checkable only once the body is read
