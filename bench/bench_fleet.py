@@ -16,7 +16,9 @@ against the time that COPY took for the whole fleet (the least in which the last
 answered).
 
 The same entries are sent as format 1 batches (JSON Lines: every device in the field) and as format
-2 (MessagePack), alternating in each run (sync/wire/batch.py).
+2 (MessagePack) (sync/wire/batch.py), each to a server with group commit (its default: batches that
+arrive together share one transaction, sync/server/groupcommit.py) and to one without it
+(``--group-commit-ms 0``: a transaction per batch); the order of the four turns over in each run.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ from .pgcluster import PgCluster, find_bin_dir
 from .procs import ROOT, ServerProcess, cpu_s
 from .timing import table
 
+# (batch format, group commit) of each case; the goals are judged on the server's defaults (group commit on)
+CASES = ((1, True), (2, True), (1, False), (2, False))
 ADDRESSES = 50  # devices spread over 127.0.0.1-127.0.0.50: 4 each of 200 (the default --max-per-peer is 16)
 LOADGEN_PROCESSES = 2
 
@@ -241,20 +245,21 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> dict | N
         cluster = PgCluster(bin_dir, durable=True)
         try:
             import psycopg  # deferred: the optional `server` extra
-            results: dict[int, list[dict]] = {v: [] for v in versions}
+            results: dict[tuple[int, bool], list[dict]] = {c: [] for c in CASES}
             for r in range(runs):
-                for v in versions if r % 2 == 0 else versions[::-1]:  # alternating: neither always goes first
-                    db = f"fleet_v{v}_{r}"
+                for v, grouped in CASES[r % len(CASES):] + CASES[:r % len(CASES)]:  # none always goes first
+                    db = f"fleet_v{v}_{'g' if grouped else 'n'}_{r}"
                     with psycopg.connect(cluster.url(), autocommit=True) as conn:
                         conn.execute(f"CREATE DATABASE {db}")
-                    res = _one(fleet, cluster.url(db), tmp / "keys", deadline_s, cluster.postmaster_pid(), tmp, (),
+                    args = () if grouped else ("--group-commit-ms", "0")
+                    res = _one(fleet, cluster.url(db), tmp / "keys", deadline_s, cluster.postmaster_pid(), tmp, args,
                                version=v)
                     res["peer_s"] = _copy_peer(fleet, cluster.url(db))
-                    results[v].append(res)
+                    results[(v, grouped)].append(res)
         finally:
             cluster.stop()
-    for v in versions:
-        rs = results[v]
+    for v, grouped in CASES:
+        rs = results[(v, grouped)]
         rates = [res["stored"] / res["wall"] for res in rs]
         peer = [len(fleet.rows) / res["peer_s"] for res in rs]
         p95 = [res["lat"][min(len(res["lat"]) - 1, int(len(res["lat"]) * 0.95))] if res["lat"] else float("nan")
@@ -263,15 +268,17 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> dict | N
         ok = all(res["exactly_once"] and not res["failures"] for res in rs)
         over_copy = [b / a for a, b in zip(rates, peer)]
         p95_over = [a / res["peer_s"] for a, res in zip(p95, rs)]
-        case = f"format {v}"
-        judged += [goalsmod.judge("fleet.copy_over_ingest", over_copy, case),
-                   goalsmod.judge("fleet.p95_over_copy", p95_over, case)]
+        case = f"format {v}" + ("" if grouped else ", group commit off")
+        if grouped:
+            judged += [goalsmod.judge("fleet.copy_over_ingest", over_copy, case),
+                       goalsmod.judge("fleet.p95_over_copy", p95_over, case)]
         figures[case] = {"entries_per_s": rates, "copy_entries_per_s": peer, "ack_p50_s": p50, "ack_p95_s": p95,
                          "busy": [res["busy"] for res in rs], "exactly_once": ok,
                          "server_cpu_us": [res["server_cpu"] / fleet.entries * 1e6 for res in rs],
                          "db_cpu_us": [res["db_cpu"] / fleet.entries * 1e6 for res in rs],
-                         "bytes_per_entry": fleet.bytes[v] / fleet.entries}
-        rows.append([f"format {v} ({fleet.bytes[v] / fleet.entries:.0f} B/entry)", _spread(rates), _spread(peer),
+                         "bytes_per_entry": fleet.bytes[v] / fleet.entries, "group_commit": grouped,
+                         "x_peer": [a / b for a, b in zip(rates, peer)], "p95_over_copy": p95_over}
+        rows.append([f"{case} ({fleet.bytes[v] / fleet.entries:.0f} B/entry)", _spread(rates), _spread(peer),
                      _spread([a / b for a, b in zip(rates, peer)], ".2f"), _spread(p50, ",.0f", 1000),
                      _spread(p95, ",.0f", 1000), _spread(p95_over, ".2f"),
                      "/".join(str(res["busy"]) for res in rs),
@@ -283,9 +290,10 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> dict | N
                          f"{sorted(set(res['failures']))[:2]}" for res in rs)])
     print(f"== fleet: {devices} devices x {batches} batches x {per_batch} entries = {fleet.entries:,} entries, all "
           f"released at once from {LOADGEN_PROCESSES} load generator processes ({ADDRESSES} loopback addresses) "
-          f"against `checkpoint server run` (defaults) on PostgreSQL (durable defaults), as format 1 and as format 2 "
-          f"batches in turn; {runs} runs, median (min–max); batches made in {made_s:.1f} s beforehand; the peer: a "
-          f"bare COPY of the same rows after each run; 'p95 / peer': the ack p95 over the time that COPY took")
+          f"against `checkpoint server run` (defaults; and with --group-commit-ms 0) on PostgreSQL (durable "
+          f"defaults), as format 1 and as format 2 batches in turn; {runs} runs, median (min–max); batches made in "
+          f"{made_s:.1f} s beforehand; the peer: a bare COPY of the same rows after each run; 'p95 / peer': the "
+          f"ack p95 over the time that COPY took")
     print(table(["batches", "ingest entries/s", "peer: COPY entries/s", "x peer", "ack p50 ms",
                  "ack p95 ms", "p95 / peer", "503/429 per run", "server CPU µs/entry", "PostgreSQL CPU µs/entry",
                  "devices CPU µs/entry", "each entry once"], rows, left=2))
