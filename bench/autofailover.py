@@ -151,6 +151,27 @@ class AutoFailover:
                 os.kill(pid, signal.SIGCONT)
         os.killpg(self.procs[name].pid, signal.SIGCONT)
 
+    def restart(self, name: str) -> None:
+        """Start a killed node's (or the monitor's) `pg_autoctl run` again, on its data directory."""
+        self.killed.discard(name)
+        self._start(name, "run", "--pgdata", str(self.dir / name))
+
+    def allow(self, cidr: str) -> None:
+        """Let clients from ``cidr`` connect to both nodes (trust, like the rest of this formation)."""
+        import psycopg  # deferred: the optional `server` extra
+
+        for name in ("node_a", "node_b"):
+            with open(self.dir / name / "pg_hba.conf", "a", encoding="ascii") as fh:
+                fh.write(f"host all all {cidr} trust\n")
+            with psycopg.connect(self.node_url(name), autocommit=True, connect_timeout=5) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+
+    def failing_over(self) -> bool:
+        """Whether the monitor has begun a failover: a node's goal is a step of one."""
+        rows = self._monitor_query("SELECT count(*) FROM pgautofailover.node WHERE goalstate IN "
+                                   "('draining', 'demote_timeout', 'prepare_promotion', 'stop_replication')")
+        return bool(rows and rows[0][0])
+
     def writable(self, name: str) -> bool:
         """Whether the node's PostgreSQL takes writes now (a primary that is not being demoted)."""
         import psycopg  # deferred: the optional `server` extra
@@ -164,6 +185,10 @@ class AutoFailover:
     def wait_state(self, name: str, states: tuple[str, ...], timeout_s: float = 120.0) -> None:
         """Until the monitor reports ``name`` in one of ``states`` (and that is its goal too)."""
         self._wait(lambda: self._state(name) in states, f"{name} in {'/'.join(states)}", timeout_s)
+
+    def wait_for(self, cond, what: str, timeout_s: float = 120.0) -> None:
+        """Until ``cond()`` holds (RuntimeError naming ``what`` after ``timeout_s``)."""
+        self._wait(cond, what, timeout_s)
 
     def wait_promoted(self, name: str, timeout_s: float = 120.0) -> None:
         """Until the monitor has made ``name`` a writable primary."""

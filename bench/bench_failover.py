@@ -5,7 +5,11 @@ a fleet uploading continuously (bench/loadgen.py in its own process). Mid-ingest
 pg_auto_failover's monitor, or by hand with `pg_ctl promote`); the standby dies; the monitor dies;
 or the primary is cut off from everyone (frozen with SIGSTOP: connections stay open and nothing
 answers, as in a network partition), the monitor promotes the standby, and later the partition
-heals. Afterwards the primary must hold every entry exactly once and every batch a device saw
+heals; the path between the server and the primary alone is cut (the server in a network namespace
+of its own, bench/netpart.py: the monitor still sees a healthy primary, nothing fails over, the
+server answers 503 db_unavailable until the path heals); or the monitor dies in the middle of a
+failover (the primary killed, the monitor killed once it has begun, started again later).
+Afterwards the primary must hold every entry exactly once and every batch a device saw
 acknowledged; the stall is the longest time without an acknowledgement around the fault.
 
 ``scenario`` is also the failover tests' (tests/test_failover.py), on a smaller fleet.
@@ -20,14 +24,18 @@ from pathlib import Path
 
 from sync.server.storage import open_storage
 
+from . import netpart
 from .autofailover import AutoFailover, find_pg_autoctl
-from .bench_fleet import _Fleet, push
+from .bench_fleet import ADDRESSES, _Fleet, push
 from .pgcluster import PgCluster, find_bin_dir, scalar
 from .procs import ServerProcess
 from .timing import table
 
 PROMOTE_AFTER_S = 1.0  # the primary is gone this long before the standby is promoted (a manager's detection)
-FAULTS = ("primary_killed", "standby_killed", "monitor_killed", "primary_frozen")
+FAULTS = ("primary_killed", "standby_killed", "monitor_killed", "primary_frozen", "primary_partitioned",
+          "monitor_killed_in_failover")
+PARTITION_S = 20.0  # the server cut off from the primary this long: past the server's 15 s work deadline
+MONITOR_DOWN_S = 8.0  # the monitor dead this long in the middle of a failover
 RESUME_TIMEOUT_S = 120.0  # how long a fault's part of the scenario waits for ingest to go on
 
 
@@ -91,9 +99,24 @@ class _Managed:
         self.formation = AutoFailover(bin_dir, autoctl)
         self.url = self.formation.url()
         self.primary_url = self.formation.node_url("node_a")
+        self.net: netpart.ServerNet | None = None  # the server's own namespace (primary_partitioned)
+
+    def server_net(self, clients: int) -> netpart.ServerNet:
+        """Put the server behind links of its own to each node (bench/netpart.py); its URL then
+        names the nodes by those links' addresses."""
+        why = netpart.available()
+        if why is not None:
+            raise RuntimeError(why)
+        self.net = netpart.ServerNet(2, clients)
+        self.formation.allow(self.net.cidr)
+        f = self.formation
+        hosts = ",".join(f"{self.net.node_host(i)}:{f.ports[n]}" for i, n in enumerate(("node_a", "node_b")))
+        self.url = f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write&connect_timeout=2"
+        return self.net
 
     def final_primary_url(self, fault: str) -> str:
-        return self.formation.node_url("node_b" if fault in ("primary_killed", "primary_frozen") else "node_a")
+        moved = ("primary_killed", "primary_frozen", "monitor_killed_in_failover")
+        return self.formation.node_url("node_b" if fault in moved else "node_a")
 
     def fault(self, fault: str, times: dict[str, float], resumed) -> None:
         """Cause ``fault`` and wait until the formation has dealt with it; ``times["settled_at"]``:
@@ -111,6 +134,22 @@ class _Managed:
         elif fault == "primary_frozen":
             f.freeze("node_a")
             f.wait_promoted("node_b")
+        elif fault == "monitor_killed_in_failover":
+            f.kill("node_a")
+            f.wait_for(f.failing_over, "a failover begun")
+            f.kill("monitor")
+            times["monitor_killed_at"] = time.time()
+            time.sleep(MONITOR_DOWN_S)
+            f.restart("monitor")
+            times["monitor_back_at"] = time.time()
+            f.wait_promoted("node_b")
+        elif fault == "primary_partitioned":
+            if self.net is None:
+                raise RuntimeError("primary_partitioned needs the server in its own namespace (server_net)")
+            self.net.cut(0)
+            time.sleep(PARTITION_S)
+            self.net.heal(0)
+            times["healed_at"] = time.time()
         else:
             raise ValueError(f"unknown fault {fault!r}")
         times["settled_at"] = time.time()
@@ -127,7 +166,11 @@ class _Managed:
             times["old_primary_demoted_at"] = time.time()
 
     def stop(self) -> None:
-        self.formation.stop()
+        try:
+            self.formation.stop()
+        finally:
+            if self.net is not None:
+                self.net.close()
 
 
 def managers() -> list[str]:
@@ -166,14 +209,22 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
         db = _Promoted(bin_dir)
     server = None
     try:
-        url = db.url
         fleet = _Fleet(devices, batches, per_batch, tmp / "batches")
-        st = open_storage(url)
+        st = open_storage(db.url)
         try:
             fleet.enroll(st)
         finally:
             st.close()
-        server = ServerProcess(url, "--keys", str(tmp / "keys"), bench="failover")
+        if fault == "primary_partitioned":
+            if not isinstance(db, _Managed):
+                raise ValueError("the partition is tested with pg_auto_failover")
+            net = db.server_net(min(devices, ADDRESSES))
+            for i, d in enumerate(fleet.devices):
+                d["source"] = net.client_address(i)
+            server = ServerProcess(db.url, "--keys", str(tmp / "keys"), bench="failover", netns=net.ns,
+                                   host=net.server_host)
+        else:
+            server = ServerProcess(db.url, "--keys", str(tmp / "keys"), bench="failover")
         times: dict[str, float] = {}
 
         def stored_batches(node_url: str) -> int:
@@ -225,6 +276,8 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
         res["resumed_after_settled_s"] = (settled[0] - times["settled_at"]) if settled else float("nan")
         if "thawed_at" in times:
             res["acks_while_frozen"] = sum(times["fault_at"] <= t < times["thawed_at"] for t in acks)
+        if "healed_at" in times:  # (an answer already on its way when the path was cut may arrive just after)
+            res["acks_while_cut"] = sum(times["fault_at"] + 1.0 <= t < times["healed_at"] for t in acks)
         return res
     finally:
         try:
@@ -272,6 +325,9 @@ def run(quick: bool) -> None:
           f"{PROMOTE_AFTER_S:.0f} s later by hand; standby_killed: the standby's node SIGKILLed (settled: the "
           f"primary stops waiting for it); monitor_killed; primary_frozen: the primary's node SIGSTOPped (a "
           f"partition), the standby promoted, ingest goes on, then SIGCONT (the old primary is demoted); "
+          f"primary_partitioned: the server (in a network namespace of its own) cut off from the primary alone "
+          f"for {PARTITION_S:.0f} s (settled: healed); monitor_killed_in_failover: the primary killed, the monitor "
+          f"SIGKILLed once the failover has begun and started again {MONITOR_DOWN_S:.0f} s later; "
           f"{runs} run(s) each")
     print(table(["manager", "fault", "acks before/after the fault", "fault to settled s", "stall s",
                  "first ack after settled s", "503/429 (code)", "connection errors", "entries on the primary",

@@ -45,18 +45,21 @@ class ServerProcess:
     """`checkpoint server run --db DB_URL [ARGS]` on a free port of 127.0.0.1, started and healthy
     (SystemExit naming ``bench`` if not within 60 s); ``nice`` lowers its priority, ``cpus`` pins it,
     ``idle`` makes it SCHED_IDLE (a central server is another machine: it should not take the
-    device's CPU)."""
+    device's CPU). ``netns``: run it in that network namespace (``ip netns exec``), listening on
+    ``host`` there."""
 
     def __init__(self, db_url: str, *args: str, bench: str, nice: int = 0, cpus: set[int] | None = None,
-                 idle: bool = False) -> None:
+                 idle: bool = False, netns: str | None = None, host: str = "127.0.0.1") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         prefix = ["nice", "-n", str(nice)] if nice else []
+        if netns is not None:  # `ip netns exec` execs the command: the pid is still the server's
+            prefix = ["ip", "netns", "exec", netns, *prefix]
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "scanner", "server", "run", "--db", db_url,
-                                      "--listen", f"127.0.0.1:{self.port}", *args],
+                                      "--listen", f"{host}:{self.port}", *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-        self.pid = self.proc.pid  # `nice` execs python: the pid is the server's
+        self.pid = self.proc.pid  # `nice` (and `ip netns exec`) exec python: the pid is the server's
         if cpus:
             os.sched_setaffinity(self.pid, cpus)  # its threads are started after this (python is still loading)
         if idle:  # SCHED_IDLE: never keeps a waking device thread off a CPU

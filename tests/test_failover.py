@@ -1,7 +1,8 @@
 """PostgreSQL failures mid-ingest (bench/bench_failover.py's scenario, on a small fleet): the primary
 dies (SIGKILL of its postmaster) and its synchronous standby is promoted (by pg_auto_failover's
-monitor, and by hand); the standby dies; the monitor dies; the primary is cut off by a partition and
-comes back. `checkpoint server run` on a multi-host URL finds the writable node by itself, devices
+monitor, and by hand); the standby dies; the monitor dies, also in the middle of a failover; the
+primary is cut off by a partition and comes back; the path between the server and the primary alone
+is cut and heals. `checkpoint server run` on a multi-host URL finds the writable node by itself, devices
 retry, and afterwards the primary holds every entry exactly once and every batch a device saw
 acknowledged. And a connection whose database stops answering is cut at the server's deadline."""
 from __future__ import annotations
@@ -68,6 +69,29 @@ def test_a_partitioned_primary_is_left_behind_and_demoted_when_it_returns(tmp_pa
     assert r["busy_codes"].get("db_unavailable", 0) > 0
     assert r["acks_while_frozen"] > 0  # ingest went on before the partition healed
     assert r["old_primary_demoted_at"] >= r["thawed_at"]
+
+
+def test_the_path_between_the_server_and_the_primary_alone_cut_and_healed(tmp_path):
+    """The server in a network namespace of its own; every packet between it and the primary
+    dropped for longer than its work deadline while the monitor, the standby and the devices
+    still reach everything (the primary is healthy: nothing fails over). Meanwhile devices are
+    answered 503 db_unavailable (the standby takes no writes) and nothing is acknowledged; once the
+    path heals ingest goes on on the same primary, nothing lost or doubled."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace needs root")
+    r = _run(tmp_path, "pg_auto_failover", "primary_partitioned", batches=10)
+    assert r["busy_codes"].get("db_unavailable", 0) > 0
+    assert r["acks_while_cut"] == 0
+    assert math.isfinite(r["resumed_after_settled_s"])
+
+
+def test_the_monitor_dying_during_a_failover(tmp_path):
+    """The primary killed; once the monitor has begun the failover it is killed too, and started
+    again some seconds later: the failover completes, devices were told 503 db_unavailable while
+    there was no primary, and ingest goes on on the promoted standby, nothing lost or doubled."""
+    r = _run(tmp_path, "pg_auto_failover", "monitor_killed_in_failover", batches=10)
+    assert r["busy_codes"].get("db_unavailable", 0) > 0
+    assert r["monitor_killed_at"] < r["monitor_back_at"] <= r["settled_at"]
 
 
 def test_a_database_that_stops_answering_is_cut_at_the_deadline(tmp_path):
