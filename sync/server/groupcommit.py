@@ -70,6 +70,7 @@ class GroupCommit:
         self._storing: set[str] = set()  # devices with a batch in a group being stored
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._gathering = False  # one committer at a time gathers the next group; others store theirs
         self.groups = 0  # groups stored, and the batches in them (for logs and tests)
         self.batches = 0
 
@@ -125,20 +126,23 @@ class GroupCommit:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._eligible():
+                while not self._closed and (self._gathering or not self._eligible()):
                     self._cond.wait()
                 if self._closed:
                     return
-                end = time.monotonic() + self.settings.window_s
-                while not self._full(group := self._eligible()) and (left := end - time.monotonic()) > 0:
-                    self._cond.wait(left)
-                    if self._closed:
-                        return
-                if not group:  # another committer took them meanwhile
-                    continue
-                taken = set(map(id, group))
-                self._queue = [i for i in self._queue if id(i) not in taken]
-                self._storing.update(i.device_id for i in group)
+                self._gathering = True
+                try:
+                    end = time.monotonic() + self.settings.window_s
+                    while not self._full(group := self._eligible()) and (left := end - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                        if self._closed:
+                            return
+                    taken = set(map(id, group))
+                    self._queue = [i for i in self._queue if id(i) not in taken]
+                    self._storing.update(i.device_id for i in group)
+                finally:
+                    self._gathering = False
+                    self._cond.notify_all()
             try:
                 self.store(group)
             except Exception as exc:  # every caller of the group gets the failure
