@@ -4,12 +4,16 @@ recognises the daemon's verdict lines as journald stores them, and the agent's l
 both kinds of port it gets (the Pi's UART, a tty; a virtio-serial port on -M virt, no tty)."""
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import logging
 import os
 import pty
+import socket
 import sys
+import threading
 import time
+import urllib.request
 from types import SimpleNamespace
 
 import evdev
@@ -90,3 +94,69 @@ def test_the_agents_line_on_a_uart_is_raw(tmp_path):
     assert next(link.lines()) == {"id": 1, "op": "hello"}
     link.send({"id": 1, "ok": True})
     assert os.read(host, 100) == b'{"id":1,"ok":true}\n'  # raw: no \r added, nothing echoed
+
+
+def test_the_error_page_is_awaited_until_its_server_listens():
+    """checkpoint-config-error.service is active (Type=simple) before its page's server listens; the rig
+    asks again until the page answers instead of once after a fixed pause."""
+    page = b"<html>2 problems</html>"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, format, *args):
+            return
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = http.server.HTTPServer(("127.0.0.1", port), Handler, bind_and_activate=False)
+    tried = []
+
+    def fetch():
+        tried.append(time.monotonic())
+        if len(tried) == 3:  # the server comes up after two refused attempts
+            server.server_bind()
+            server.server_activate()
+            threading.Thread(target=server.handle_request, daemon=True).start()
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read().decode()
+        except OSError as exc:
+            raise fieldtest.Failure(str(exc)) from exc
+
+    try:
+        text, waited = fieldtest.wait_page(fetch, timeout=30, every_s=0.05)
+    finally:
+        server.server_close()
+    assert text == page.decode() and len(tried) == 3 and waited >= 0.1
+    with pytest.raises(fieldtest.Failure, match="did not answer within"):
+        fieldtest.wait_page(fetch, timeout=0.2, every_s=0.05)  # nothing listens any more
+
+
+def test_the_journal_lines_that_explain_a_restart():
+    """After a power cut the rig keeps the lines of the boot's journal that say why checkpoint.service
+    ran more than once (systemd 252's messages, journalctl -o short-monotonic)."""
+    journal = "\n".join([
+        "[  141.735242] checkpoint kernel: EXT4-fs (vda3): mounted filesystem with ordered data mode.",
+        "[  301.002113] checkpoint systemd[1]: Starting checkpoint.service - checkpoint-edge QR card scanner...",
+        "[  421.004551] checkpoint systemd[1]: checkpoint.service: start operation timed out. Terminating.",
+        "[  423.117702] checkpoint systemd[1]: checkpoint.service: Main process exited, code=killed, status=15/TERM",
+        "[  423.118013] checkpoint systemd[1]: checkpoint.service: Failed with result 'timeout'.",
+        "[  428.301113] checkpoint systemd[1]: checkpoint.service: Scheduled restart job, restart counter is at 1.",
+        "[  428.302554] checkpoint systemd[1]: Stopped checkpoint.service - checkpoint-edge QR card scanner.",
+        "[  430.100000] checkpoint checkpoint[612]: appliance.supervisor: state ok problems=- degraded=-",
+        "[  431.100000] checkpoint checkpoint[612]: Traceback (most recent call last):",
+        "[  432.500000] checkpoint systemd[1]: checkpoint-kiosk.service: Main process exited, code=exited, status=1",
+    ])
+    kept = fieldtest.restart_causes(journal)
+    assert [line.split(": ", 1)[1] if "systemd[1]" in line else line for line in kept] == [
+        "checkpoint.service: start operation timed out. Terminating.",
+        "checkpoint.service: Main process exited, code=killed, status=15/TERM",
+        "checkpoint.service: Failed with result 'timeout'.",
+        "checkpoint.service: Scheduled restart job, restart counter is at 1.",
+        "[  431.100000] checkpoint checkpoint[612]: Traceback (most recent call last):",
+    ]
