@@ -160,3 +160,21 @@ def test_the_journal_lines_that_explain_a_restart():
         "checkpoint.service: Scheduled restart job, restart counter is at 1.",
         "[  431.100000] checkpoint checkpoint[612]: Traceback (most recent call last):",
     ]
+
+
+def test_a_guest_kernel_panic_is_reported_with_the_disk_errors_before_it():
+    """A raspi3b boot on a starved host: the emulated SD host timed out, reads failed, systemd died and
+    the kernel panicked (these lines are from such a boot's console); the rig says so at once."""
+    console = "\n".join([
+        "[  730.779326] sdhost-bcm2835 3f202000.mmc: timeout waiting for hardware interrupt.",
+        "[  730.830380] I/O error, dev mmcblk0, sector 2641964 op 0x0:(READ) flags 0x80700 phys_seg 1 prio class 2",
+        "[  741.010346] sdhost-bcm2835 3f202000.mmc: timeout waiting for hardware interrupt.",
+        "[  741.068438] I/O error, dev mmcblk0, sector 2641965 op 0x0:(READ) flags 0x80700 phys_seg 1 prio class 2",
+        "[  906.973512] Internal error: Oops: 000000009200004f [#1] SMP",
+        "[  907.056770] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b",
+        "[  907.263324] ---[ end Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b ]---",
+    ])
+    assert fieldtest.kernel_panic(console) == (
+        "the guest's kernel panicked (Attempted to kill init! exitcode=0x0000000b) after 2 I/O errors on its disk "
+        "and 2 SD host interrupt timeouts")
+    assert fieldtest.kernel_panic(console.rsplit("\n", 2)[0]) is None  # an oops alone: the boot may go on

@@ -330,6 +330,17 @@ def fields(message: str) -> dict:
 VERDICT_LINE = re.compile(r"^(?:[\w.]+: )?verdict ")  # "appliance.lane: verdict source=..." (logsetup's format)
 
 
+def kernel_panic(console: str) -> str | None:
+    """What a guest console says when its kernel panicked (with the storage errors before it), or None."""
+    if "Kernel panic - not syncing" not in console:
+        return None
+    why = console.split("Kernel panic - not syncing:", 1)[1].split("\n", 1)[0].strip(" -]")
+    io_errors = console.count("I/O error, dev ")
+    timeouts = console.count("timeout waiting for hardware interrupt")
+    return (f"the guest's kernel panicked ({why}) after {io_errors} I/O errors on its disk "
+            f"and {timeouts} SD host interrupt timeouts")
+
+
 def is_verdict(entry: dict) -> bool:
     return VERDICT_LINE.match(entry.get("m") or "") is not None
 
@@ -390,6 +401,9 @@ class Guest:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise Failure(f"QEMU exited ({self.proc.returncode}); see {self.console}")
+            panic = kernel_panic(self.console.read_text(errors="replace"))
+            if panic:  # the guest will not come up: say why now rather than at the timeout
+                raise Failure(f"{panic}; see {self.console}")
             try:
                 self.agent.request("hello", timeout=5)
                 self.up_s = time.monotonic() - self.t0
