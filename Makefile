@@ -22,8 +22,9 @@ image:
 	bash scripts/image/build.sh $(IMAGE_ARGS)
 # Boot that image in qemu-system-aarch64 (-M raspi3b) and test the appliance as a whole machine (root;
 # hours on 2 shared cores with 10 power cuts, ~80 min on -M virt; the smoke version: boot, one card on
-# the USB keyboard, one power cut, 15-23+ min). Not in CI (too slow). FIELD_TEST_ARGS: --cuts N,
-# --cuts-only, --machine virt, --seed N, --worktree. docs/raspberry-pi.md#field-test
+# the USB keyboard, one power cut, 15-23+ min, plus ~11 min to build the image). Not in CI (too slow).
+# FIELD_TEST_ARGS: --cuts N, --cuts-only, --config-only, --machine virt, --seed N, --worktree.
+# docs/raspberry-pi.md#field-test
 .PHONY: field-test field-test-smoke
 field-test:
 	bash scripts/field-test/run.sh $(FIELD_TEST_ARGS)
