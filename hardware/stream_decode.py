@@ -135,6 +135,9 @@ class _Track:
         return math.hypot(ax - bx, ay - by) < side / 4 and 0.7 < other / max(side, 1.0) < 1.4
 
 
+OWN_OUTLINE = 0.5
+"""An outline an attempt locates is the symbol's own only if at least this share of the size of the one tried."""
+
 WIDEN = 1.3
 """A code-like region this much larger than a located outline it holds is looked at too (`_widened`)."""
 
@@ -253,8 +256,11 @@ class StreamDecoder:
                 if codes:
                     self._read()
                     return FrameDecode(codes, seen, stage, attempts=tried)
-                if located and refined is None:
-                    refined = located[0]
+                if refined is None:
+                    # an outline far smaller than the one tried is a look-alike in the reworked crop
+                    # (a module cluster, or all four corners on one point), not the symbol's own
+                    least = OWN_OUTLINE * enhance.quad_side(quad)
+                    refined = next((q for q in located if enhance.quad_side(q) >= least), None)
         track.turn += self.rotating
         if refined is not None:
             track.age = 0

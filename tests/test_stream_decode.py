@@ -232,6 +232,29 @@ def test_stream_widens_an_outline_that_holds_only_part_of_the_code(camera, text)
     assert read_at is not None and read_at <= 2
 
 
+def test_an_attempts_tiny_look_alike_does_not_replace_the_tracked_outline(camera):
+    """A card held still at 60°, found by the texture search only: on the first frame zxing-cpp
+    reports the unslanted crop's symbol as located at one point (all four corners on it). That
+    look-alike must not become the tracked outline: every following frame still tries attempts on
+    the code's own outline. (Before, the point was tracked, its crop too small for any attempt.)"""
+    shot = F.frame_set(camera, 13, seed=18, categories=("tilt 60",))["tilt 60"][12]
+    dec = ApplianceDecoder()
+    assert dec.first_pass(shot.frame) == ((), [])
+    region = dec.search(shot.frame)[0]
+    unslant = next(a for a in dec.attempts(shot.frame, region) if a.name == "unslant")
+    codes, located = dec.attempt(unslant)
+    assert not codes and located and enhance.quad_side(located[0]) < 0.5 * enhance.quad_side(region)
+    stream = StreamDecoder()
+    for frame in lane(camera):
+        stream.feed(frame)
+    stream.feed(shot.frame)
+    still = [camera.shoot(shot.pose, shot.look, np.random.default_rng(i)).frame for i in range(4)]
+    for frame in still:
+        result = stream.feed(frame)
+        assert result.attempts >= 3, result
+        assert [enhance.quad_side(q) for q in result.located] == [pytest.approx(enhance.quad_side(region), rel=0.3)]
+
+
 def test_an_empty_still_lane_costs_only_the_first_pass(camera):
     """Once the picture is still, a frame without a located symbol gets no probe, search or second pass."""
     frames = lane(camera)
