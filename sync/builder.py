@@ -20,7 +20,7 @@ import threading
 from scanner.base.allocator import return_large_blocks
 from scanner.store.entrylog import EntryLog
 from sync.building import build_next
-from sync.client import SyncError
+from sync.errors import SyncError
 from sync.wire import batch as batchmod
 from sync.wire import identity
 

@@ -18,18 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from requests.structures import CaseInsensitiveDict
 
 from scanner import __version__
-from scanner.base.errors import CheckpointError
 from scanner.base.timeutil import now_ms
+from sync.errors import SyncError as SyncError  # raised by the client, defined apart (sync/errors.py)
 from sync.wire import protocol
 from sync.wire.http import SyncConfigError, check_server_url, parse_retry_after, read_limited, refusal
 from sync.wire.identity import device_id as device_id_of
 from sync.wire.identity import public_raw
-
-
-class SyncError(CheckpointError):
-    """Base of the client's errors; ``code`` is stable."""
-
-    code = "sync_error"
 
 
 class TransientError(SyncError):

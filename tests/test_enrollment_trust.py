@@ -27,7 +27,7 @@ from support.waiting import WAIT, wait_for
 from scanner.appliance import readiness
 from scanner.appliance.doctor import check_credential
 from scanner.base.timeutil import now_ms
-from scanner.cards import keys
+from scanner.cards import keys, x509util
 from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.store import sealing
 from scanner.store.entrylog import EntryLog
@@ -350,7 +350,7 @@ def test_the_operator_vouches_for_a_server_from_the_command_line(tmp_path):
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["server_id"] == "central-test"
         assert credential.load(tmp_path / "dev").sealing_key_id() == credwire.open_credential(
-            (tmp_path / "cred-root-1-0.json").read_bytes(), [keys.load_public_keys(tmp_path / "root.pub")[0][0]]
+            (tmp_path / "cred-root-1-0.json").read_bytes(), [x509util.load_public_keys(tmp_path / "root.pub")[0][0]]
         ).sealing_key_id()
     finally:
         server.stop()

@@ -27,7 +27,8 @@ from scanner.cards.scan import Scan
 from scanner.store import entrylog as entrylog_mod
 from scanner.store.entry import GENESIS, STORED_FIELDS, Entry, chain_hash, hash_fields
 from scanner.store.entrylog import EntryLog, EntryLogWriteError
-from scanner.store.schema import MIGRATION_NAMES, MIGRATIONS, SCHEMA_VERSION, entry_row
+from scanner.store.migrations import MIGRATIONS, NAMES
+from scanner.store.schema import MIGRATION_NAMES, MIGRATION_SET, SCHEMA_VERSION, entry_row
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_750_000_000
@@ -592,7 +593,8 @@ def test_upgrade_to_runs_keeps_the_batch_of_every_entry(tmp_path, server):
 def test_migrations_are_known_through_sqlite_utils_public_api_only(tmp_path):
     """The list of migrations is kept by the log itself; sqlite-utils' private attributes are not read."""
     db = Database(sqlite3.connect(":memory:"))
-    assert tuple(m.name for m in MIGRATIONS.pending(db)) == MIGRATION_NAMES  # every one, in order
+    assert tuple(m.name for m in MIGRATIONS.pending(db)) == MIGRATION_NAMES == NAMES  # every one, in order
+    assert MIGRATIONS.name == MIGRATION_SET
     assert SCHEMA_VERSION == len(MIGRATION_NAMES) == 3
     private = [f"{p.relative_to(ROOT)}:{node.lineno}" for p in sorted((ROOT / "scanner").rglob("*.py"))
                for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))

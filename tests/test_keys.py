@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from scanner.base.errors import KeyFileError
-from scanner.cards import keys
+from scanner.cards import keys, x509util
 from scanner.store import sealing
 
 EC_OID = bytes.fromhex("2a8648ce3d0201")  # 1.2.840.10045.2.1 id-ecPublicKey
@@ -35,7 +35,7 @@ def test_unknown_key_type_in_a_file_is_a_key_file_error(tmp_path, encode):
     path = tmp_path / "odd.pub"
     path.write_bytes(encode(mangled_spki()))
     with pytest.raises(KeyFileError):
-        keys.load_public_keys(path)
+        x509util.load_public_keys(path)
 
 
 def test_unknown_key_type_as_sealing_key_is_a_seal_error():

@@ -284,6 +284,22 @@ def test_the_batch_builder_process_loads_neither_the_sync_loop_nor_the_trust_cod
     assert out.strip() == "[]"
 
 
+def test_the_batch_builder_builds_without_the_heavy_libraries(server, tmp_path, make_card, trust, now):
+    """A worker that opens a real log and builds a signed batch loads no NumPy, sqlite-utils,
+    requests, TLS or X.509 code: none is needed to read entries, encode, compress and sign (each
+    would add megabytes to a process that lives as long as the daemon)."""
+    dev = provision_device(server, tmp_path)
+    record(dev, [verifier.verify(make_card(), trust, now)], 5)
+    heavy = ("numpy", "sqlite_utils", "requests", "urllib3", "ssl", "cryptography.x509", "click")
+    code = ("import sys, sync.builder as b; "
+            f"b.init({str(dev.log.path)!r}, {str(dev.state)!r}, {dev.device_id!r}, 0); "
+            "sb = b.build(0, 10, [], 1); "
+            f"print(sb.info.count, sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=WAIT).stdout
+    assert out.strip() == "5 []"
+
+
 def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp_path, make_card, trust, now):
     """A worker killed under it is a clean `builder_died` and a new worker at the next request (an
     interrupt does not kill it); an error in the worker comes back as itself; close() leaves no

@@ -5,7 +5,6 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -67,36 +66,6 @@ def public_key_from_spki(der: bytes) -> PublicKey:
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"not a public key: {exc}") from None
     return supported_public_key(key)
-
-
-def load_public_keys(path: str | os.PathLike) -> list[tuple[PublicKey, x509.Certificate | None]]:
-    """Read a PEM public key, or one or more PEM certificates, or one DER certificate or key."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
-    found: list[tuple[object, x509.Certificate | None]] = []
-    try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            for cert in x509.load_pem_x509_certificates(data):
-                found.append((cert.public_key(), cert))
-        elif b"-----BEGIN PUBLIC KEY-----" in data:
-            found.append((serialization.load_pem_public_key(data), None))
-        elif b"-----BEGIN" in data:
-            raise KeyFileError(f"{path}: expected a PEM public key or certificate (is this a private key?)")
-        else:
-            try:
-                cert = x509.load_der_x509_certificate(data)
-                found.append((cert.public_key(), cert))
-            except ValueError:
-                found.append((serialization.load_der_public_key(data), None))
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"{path}: not a readable public key or certificate ({exc})") from None
-    try:
-        return [(supported_public_key(key), cert) for key, cert in found]
-    except KeyFileError as exc:
-        raise KeyFileError(f"{path}: {exc}") from None
 
 
 def load_private_key(path: str | os.PathLike) -> PrivateKey:

@@ -110,7 +110,7 @@ def key_from_file(path: str | os.PathLike, issuer: str | None = None,
     """
     out = []
     try:
-        found = keymod.load_public_keys(path)
+        found = x509util.load_public_keys(path)
     except KeyFileError as strict_error:
         # a certificate that is not strict DER: read it as OpenSSL would (scanner/cards/x509util.py)
         try:
@@ -132,7 +132,7 @@ def key_from_file(path: str | os.PathLike, issuer: str | None = None,
 
 def load_root(path: str | os.PathLike) -> ed25519.Ed25519PublicKey:
     """The provisioned root key that signs bundles (PEM Ed25519 public key)."""
-    found = keymod.load_public_keys(path)
+    found = x509util.load_public_keys(path)
     if len(found) != 1 or not isinstance(found[0][0], ed25519.Ed25519PublicKey):
         raise KeyFileError(f"{path}: a trust root must be one Ed25519 public key")
     return found[0][0]

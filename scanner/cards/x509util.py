@@ -14,13 +14,15 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
@@ -333,3 +335,34 @@ def make_dsc(private_key: keymod.PrivateKey, *, country: str, not_before: int, n
         builder = builder.add_extension(ext, critical=False)
     cert = builder.sign(private_key, hashes.SHA256())
     return cert.public_bytes(Encoding.DER)
+
+
+def load_public_keys(path: str | os.PathLike) -> list[tuple[keymod.PublicKey, x509.Certificate | None]]:
+    """Read a PEM public key, or one or more PEM certificates, or one DER certificate or key (here,
+    not in keys, so a process that only signs never loads cryptography's X.509 code)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
+    found: list[tuple[object, x509.Certificate | None]] = []
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            for cert in x509.load_pem_x509_certificates(data):
+                found.append((cert.public_key(), cert))
+        elif b"-----BEGIN PUBLIC KEY-----" in data:
+            found.append((serialization.load_pem_public_key(data), None))
+        elif b"-----BEGIN" in data:
+            raise KeyFileError(f"{path}: expected a PEM public key or certificate (is this a private key?)")
+        else:
+            try:
+                cert = x509.load_der_x509_certificate(data)
+                found.append((cert.public_key(), cert))
+            except ValueError:
+                found.append((serialization.load_der_public_key(data), None))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: not a readable public key or certificate ({exc})") from None
+    try:
+        return [(keymod.supported_public_key(key), cert) for key, cert in found]
+    except KeyFileError as exc:
+        raise KeyFileError(f"{path}: {exc}") from None

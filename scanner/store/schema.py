@@ -2,7 +2,8 @@
 
 WAL, a busy timeout, ``synchronous`` FULL or NORMAL, incremental auto-vacuum, secure delete, an
 optional size cap, and mode 0600 for every file of the database. Migrations are sqlite-utils'
-(its public API only); a file written by a newer version is refused. docs/entry-log.md#schema-and-migrations.
+(its public API only, scanner/store/migrations.py, loaded when a file needs one); a file written by a
+newer version is refused. docs/entry-log.md#schema-and-migrations.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import sqlite3
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlite_utils import Database, Migrations
-
+from scanner.base.lazy import lazy_module
 from scanner.base.paths import default_state_dir
 from scanner.store.entry import (
     COMPUTED_FIELDS,
@@ -27,6 +28,11 @@ from scanner.store.entry import (
 )
 from scanner.store.errors import EntryLogError
 from scanner.store.synced import BATCH_OF_SEQ
+
+if TYPE_CHECKING:
+    from scanner.store import migrations
+else:  # loaded when a file needs a migration: sqlite-utils (NumPy and click with it) cost every process ~10 MB
+    migrations = lazy_module("scanner.store.migrations")
 
 log = logging.getLogger(__name__)
 
@@ -42,98 +48,10 @@ def default_db_path() -> Path:
 
 # ---------------------------------------------------------------- migrations
 
-MIGRATIONS = Migrations("checkpoint-entry-log")
-_names: list[str] = []
-
-
-def _migration(name: str) -> Callable:
-    """Register a migration, in order, and keep its name (sqlite-utils lists only pending and
-    applied ones: a file's unknown migrations are found against this list)."""
-    def register(fn: Callable[[Database], None]) -> Callable[[Database], None]:
-        _names.append(name)
-        return MIGRATIONS(name=name)(fn)
-    return register
-
-
-# Schema v1, as first shipped. Never edit a migration once released: add a new one.
-V1_DDL = """
-CREATE TABLE entries (
-    seq INTEGER PRIMARY KEY,
-    entry_id TEXT NOT NULL UNIQUE,
-    device_id TEXT NOT NULL,
-    checkpoint_id TEXT NOT NULL,
-    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
-    at_ms INTEGER NOT NULL,
-    clock TEXT NOT NULL,
-    source TEXT NOT NULL,
-    source_id TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    format TEXT,
-    card_id TEXT,
-    issuer TEXT,
-    kid TEXT,
-    sealed BLOB,
-    batch_id TEXT,
-    prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
-) STRICT;
-CREATE INDEX entries_card ON entries (card_id, at_ms) WHERE card_id IS NOT NULL;
-CREATE INDEX entries_checkpoint ON entries (checkpoint_id, at_ms);
-CREATE INDEX entries_unsynced ON entries (seq) WHERE batch_id IS NULL;
-"""
-
-
-@_migration("m001_entries")
-def _m001_entries(db: Database) -> None:
-    db.executescript(V1_DDL)
-
-
-@_migration("m002_followups_and_anchor")
-def _m002_followups_and_anchor(db: Database) -> None:
-    """Follow-up entries ("granted, did not pass") and the chain anchor kept by retention."""
-    db.table("entries").add_column("kind", str)
-    db.table("entries").add_column("ref_entry_id", str)
-    db.execute("CREATE INDEX entries_ref ON entries (ref_entry_id) WHERE ref_entry_id IS NOT NULL")
-    db.execute("""
-        CREATE TABLE chain_anchor (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            seq INTEGER NOT NULL,
-            hash BLOB NOT NULL,
-            purged INTEGER NOT NULL,
-            at_ms INTEGER NOT NULL
-        ) STRICT""")
-
-
-@_migration("m003_synced_runs")
-def _m003_synced_runs(db: Database) -> None:
-    """What the server holds moves from a column of every entry to its acknowledged runs and their
-    merged spans (scanner/store/synced.py): marking a batch writes two rows, not every entry."""
-    db.executescript("""
-        CREATE TABLE synced_runs (
-            first_seq INTEGER PRIMARY KEY,
-            last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq),
-            batch_id TEXT NOT NULL
-        ) STRICT;
-        CREATE TABLE synced_spans (
-            first_seq INTEGER PRIMARY KEY,
-            last_seq INTEGER NOT NULL CHECK (last_seq >= first_seq)
-        ) STRICT;
-        INSERT INTO synced_runs (first_seq, last_seq, batch_id)
-            SELECT min(seq), max(seq), batch_id FROM (
-                SELECT seq, batch_id, seq - row_number() OVER (PARTITION BY batch_id ORDER BY seq) AS island
-                FROM entries WHERE batch_id IS NOT NULL)
-            GROUP BY batch_id, island;
-        INSERT INTO synced_spans (first_seq, last_seq)
-            SELECT min(seq), max(seq) FROM (
-                SELECT seq, seq - row_number() OVER (ORDER BY seq) AS island FROM entries WHERE batch_id IS NOT NULL)
-            GROUP BY island;
-        DROP INDEX entries_unsynced;
-        ALTER TABLE entries DROP COLUMN batch_id;
-    """)
-
-
-MIGRATION_NAMES = tuple(_names)
+# The entry log's migrations, in order: their steps are in scanner/store/migrations.py (sqlite-utils), which
+# is imported only when a file needs one; an up-to-date file is checked with plain sqlite3.
+MIGRATION_SET = "checkpoint-entry-log"
+MIGRATION_NAMES = ("m001_entries", "m002_followups_and_anchor", "m003_synced_runs")
 SCHEMA_VERSION = len(MIGRATION_NAMES)
 
 # ---------------------------------------------------------------- columns
@@ -223,26 +141,27 @@ def apply_page_limit(conn: sqlite3.Connection, max_db_bytes: int | None) -> None
         conn.execute(f"PRAGMA max_page_count = {max(1, max_db_bytes // page)}")
 
 
+def applied_migrations(conn: sqlite3.Connection) -> list[str]:
+    """The names of the migrations applied to the file, in order (sqlite-utils' table, read as is)."""
+    table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'"
+    if conn.execute(table).fetchone() is None:
+        return []
+    return [r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
+                                       (MIGRATION_SET,))]
+
+
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Apply the missing migrations in one BEGIN IMMEDIATE transaction (one process migrates; the
-    others wait, then find it done); refuse a file with a migration unknown here."""
-    db = Database(conn, execute_plugins=False, recursive_triggers=False)
-    applied = [m.name for m in MIGRATIONS.applied(db)]
+    others wait, then find it done); refuse a file with a migration unknown here. A file that has
+    them all is left alone without loading sqlite-utils (nor NumPy, which it imports)."""
+    applied = applied_migrations(conn)
     unknown = [n for n in applied if n not in MIGRATION_NAMES]
     if unknown:
         raise EntryLogError(f"{path} was written by a newer version (schema migration "
                             f"{unknown[0]!r} unknown here)", code="schema_too_new")
-    if not MIGRATIONS.pending(db):
+    if set(applied) == set(MIGRATION_NAMES):
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        MIGRATIONS.apply(db)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    migrations.apply(conn, SCHEMA_VERSION)
 
 
 def fix_file_modes(path: Path) -> None:
