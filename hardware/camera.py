@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
-import numpy as np
-
 from hardware.decode import (
     IMAGE_SUFFIXES,
     ApplianceDecoder,
@@ -43,7 +41,9 @@ from scanner.base.safetext import escape
 
 if TYPE_CHECKING:
     import cv2
+    import numpy as np
 else:
+    np = lazy_module("numpy")  # loaded at its first use: ~13 MB a process without a camera may never need
     cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 log = logging.getLogger(__name__)

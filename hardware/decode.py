@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 from hardware import enhance
 from scanner.base.errors import CheckpointError, UsageError
 from scanner.base.lazy import lazy_module
 
 if TYPE_CHECKING:
     import cv2
+    import numpy as np
 else:
+    np = lazy_module("numpy")  # loaded at its first use: ~13 MB a process without a camera may never need
     cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 MAX_FILE_BYTES = 64 * 1024 * 1024

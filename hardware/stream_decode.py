@@ -22,8 +22,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from hardware import enhance
 from hardware.decode import (
     SECOND_PASS_SYMBOLS,
@@ -39,7 +37,9 @@ from scanner.base.lazy import lazy_module
 
 if TYPE_CHECKING:
     import cv2
+    import numpy as np
 else:
+    np = lazy_module("numpy")  # loaded at its first use: ~13 MB a process without a camera may never need
     cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 HEAD_ATTEMPTS = 2

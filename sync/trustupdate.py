@@ -4,6 +4,7 @@ rename), the old bundle kept on any failure. Format: docs/sync-protocol.md#trust
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
 from scanner.base.fsutil import atomic_write
-from scanner.cards.bundle import Bundle, bundle_parts, open_bundle, open_parts
+from scanner.cards import trustfile
+from scanner.cards.bundle import Bundle, open_bundle
 from scanner.cards.trust import load_root
 
 BUNDLE_NAME = "bundle.json"
@@ -39,15 +41,13 @@ def current(state_dir: str | os.PathLike, roots: Sequence[ed25519.Ed25519PublicK
 
 
 def installed(state_dir: str | os.PathLike, roots: Sequence[ed25519.Ed25519PublicKey]) -> Bundle | None:
-    """current() without the file's bytes: the installed bundle's content (verified), or None; the
-    file is not held while its payload is parsed."""
+    """current() without the file's bytes: the installed bundle's content (verified), or None; read
+    from its checked file (scanner/cards/trustfile.py) when that matches, so a trust check that
+    finds nothing new never parses the bundle."""
     try:
-        data = (Path(state_dir) / BUNDLE_NAME).read_bytes()
+        return trustfile.open_checked(Path(state_dir) / BUNDLE_NAME, roots)
     except FileNotFoundError:
         return None
-    parts = bundle_parts(data)
-    del data
-    return open_parts(*parts, roots)
 
 
 def install(state_dir: str | os.PathLike, data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
@@ -60,5 +60,9 @@ def install(state_dir: str | os.PathLike, data: bytes, roots: Sequence[ed25519.E
     if min_version is not None and bundle.version <= min_version:
         raise TrustError(f"bundle version {bundle.version} is not newer than {min_version} "
                          "(rollback refused)", code="bundle_rollback")
-    atomic_write(Path(state_dir) / BUNDLE_NAME, data)
+    path = Path(state_dir) / BUNDLE_NAME
+    # the checked file first: a swap cut off between the two leaves it made from another bundle
+    # file than the one in place, so it is not used and the old bundle, still in place, is opened
+    trustfile.write(trustfile.path_for(path), bundle, hashlib.sha256(data).digest())
+    atomic_write(path, data)
     return bundle

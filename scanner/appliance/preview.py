@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from scanner.base.lazy import lazy_module
 
 if TYPE_CHECKING:
     import cv2
+    import numpy as np
 else:
+    np = lazy_module("numpy")  # loaded at its first use: ~13 MB a process without a camera may never need
     cv2 = lazy_module("cv2")  # loaded at its first use: a device without a camera never needs OpenCV
 
 OUTLINE_BGR = (60, 220, 60)  # the outline drawn round a code: bright green on the grey picture

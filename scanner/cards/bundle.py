@@ -14,15 +14,21 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import KeyFileError, TrustError
+from scanner.base.lazy import lazy_module
 from scanner.cards import keys as keymod
 from scanner.cards import x509util
 from scanner.cards.revocation import RevocationSet
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_module("numpy")  # loaded at its first use: ~13 MB a process without a camera may never need
 
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 
@@ -170,7 +176,7 @@ def _parse_payload(payload: bytes, kid: bytes) -> Bundle:
     raw_keys = body.get("keys", [])
     if type(raw_keys) is not list:
         raise TrustError("bundle: 'keys' must be a list", code="bundle_malformed")
-    parsed = tuple(_parse_key(entry, i) for i, entry in enumerate(raw_keys))
+    parsed = parse_keys(raw_keys)
     cards = body.get("revoked_cards", [])
     kids = body.get("revoked_kids", [])
     if type(cards) not in (list, _Decoded) or type(kids) is not list:
@@ -187,6 +193,11 @@ def _parse_payload(payload: bytes, kid: bytes) -> Bundle:
     revoked_kids = frozenset(_unb64(k, "revoked kid") for k in kids)
     return Bundle(version, issued_at, expires_at, parsed, revoked_cards, revoked_kids, kid,
                   hashlib.sha256(payload).hexdigest())
+
+
+def parse_keys(entries: list) -> tuple[BundleKey, ...]:
+    """The issuer keys of a bundle's "keys" list (each as BundleKey.to_json writes it)."""
+    return tuple(_parse_key(entry, i) for i, entry in enumerate(entries))
 
 
 def _parse_key(entry: object, i: int) -> BundleKey:

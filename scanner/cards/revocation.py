@@ -7,21 +7,30 @@ per-id Python object.
 """
 from __future__ import annotations
 
+import mmap
 from array import array
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-import numpy as np
+from scanner.base.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_module("numpy")  # loaded at its first use: ~13 MB a process without a camera may never need
+
 
 ID_SIZE = 16
 _BUCKETS = 1 << 16
 _SCAN = 32  # at most this many records are searched linearly (512 bytes)
+_EMPTY_INDEX = array("I", bytes(4 * (_BUCKETS + 1)))  # every bucket empty (shared by the empty sets)
 
 
 class RevocationSet:
     """An immutable set of 16-byte card ids with O(log n) membership."""
 
     __slots__ = ("_blob", "_count", "_index")
-    _blob: bytes | bytearray
+    _blob: bytes | bytearray | mmap.mmap
 
     def __init__(self, ids: Iterable[bytes] = ()) -> None:
         ids = list(ids)
@@ -32,6 +41,9 @@ class RevocationSet:
 
     def _set_blob(self, blob: bytes | bytearray) -> None:
         """Sort and deduplicate concatenated ids and build the prefix index (NumPy, no Python loop)."""
+        if not blob:  # the empty set needs no NumPy (a device may never load it)
+            self._blob, self._count, self._index = b"", 0, _EMPTY_INDEX
+            return
         rows = np.frombuffer(blob, dtype=np.uint8).reshape(-1, ID_SIZE)
         if len(rows) > 1:
             # big-endian 64-bit halves compare in the same order as the bytes
@@ -70,6 +82,25 @@ class RevocationSet:
         self = cls.__new__(cls)
         self._set_blob(buffer)
         return self
+
+    @classmethod
+    def mapped(cls, ids: mmap.mmap, index: array) -> RevocationSet:
+        """A set over ids already sorted, deduplicated and indexed (a checked trust file, see
+        scanner/cards/trustfile.py): ``ids`` is a read-only map of the file, so the ids cost no
+        anonymous memory and NumPy is not needed; ``index`` its 65,537 bucket starts."""
+        if len(ids) % ID_SIZE or len(index) != _BUCKETS + 1 or index[0] != 0 or index[-1] != len(ids) // ID_SIZE:
+            raise ValueError("revocation index does not match the ids")
+        self = cls.__new__(cls)
+        self._blob, self._count, self._index = ids, len(ids) // ID_SIZE, index
+        return self
+
+    def index(self) -> array:
+        """The 65,537 bucket starts (by the ids' first two bytes) of the sorted ids."""
+        return self._index
+
+    def blob(self) -> bytes | bytearray | mmap.mmap:
+        """The ids, sorted and distinct, 16 bytes each, as one buffer."""
+        return self._blob
 
     @classmethod
     def from_hex(cls, hex_ids: Iterable[str]) -> RevocationSet:
@@ -128,7 +159,7 @@ class RevocationSet:
         if not self:
             return other
         new = RevocationSet.__new__(RevocationSet)
-        new._set_blob(self._blob + other._blob)
+        new._set_blob(bytes(self._blob) + bytes(other._blob))
         return new
 
     def nbytes(self) -> int:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from scanner.base.errors import KeyFileError, TrustError
 from scanner.cards import jwks as jwksmod
 from scanner.cards import keys as keymod
-from scanner.cards import x509util
+from scanner.cards import trustfile, x509util
 from scanner.cards.bundle import Bundle, BundleKey, bundle_parts, open_parts
 from scanner.cards.revocation import RevocationSet
 
@@ -143,12 +143,13 @@ def is_bundle_file(data: bytes) -> bool:
     return data.lstrip()[:1] == b"{"
 
 
-def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed25519PublicKey] = ()
-               ) -> TrustStore:
-    """Build a store from key, certificate, bundle, JWKS and SHC CRL files; bundles need a root to
-    check against. Keys of a JWKS that cannot be used are skipped and named in ``notes``."""
+def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed25519PublicKey] = (),
+               bundles: Sequence[Bundle] = ()) -> TrustStore:
+    """Build a store from key, certificate, bundle, JWKS and SHC CRL files (and ``bundles`` opened
+    already); bundles need a root to check against. Keys of a JWKS that cannot be used are skipped
+    and named in ``notes``."""
     loose: list[BundleKey] = []
-    bundles: list[Bundle] = []
+    bundles = list(bundles)
     crls: list[jwksmod.Crl] = []
     notes: list[str] = []
     for p in paths:
@@ -191,6 +192,11 @@ def load_device_trust(state_dir: str | os.PathLike, root_paths: Iterable[str | o
     state = Path(state_dir)
     roots = [load_root(state / "trust-root.pem")] if (state / "trust-root.pem").exists() else []
     roots += [load_root(p) for p in root_paths]
-    paths: list[str | os.PathLike] = [state / "bundle.json"] if (state / "bundle.json").exists() else []
-    paths += list(files)
-    return load_trust(paths, roots)
+    installed = state / "bundle.json"
+    bundles = []
+    if installed.exists():  # through its checked file (scanner/cards/trustfile.py): not parsed again
+        try:
+            bundles.append(trustfile.open_checked(installed, roots))
+        except TrustError as exc:
+            raise TrustError(f"{installed}: {exc}", code=exc.code) from None
+    return load_trust(list(files), roots, bundles)

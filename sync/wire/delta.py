@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
+from scanner.base.lazy import lazy_module
 from scanner.cards.bundle import Bundle, bundle_parts, open_bundle, root_kid
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_module("numpy")  # loaded at its first use: ~13 MB a process without a camera may never need
 
 DELTA_TYPE = "checkpoint-bundle-delta"
 DELTA_FORMAT = 1
@@ -32,8 +39,14 @@ _CARDS_OPEN = b',"revoked_cards":['
 _KIDS_OPEN = b'],"revoked_kids":'
 _ROW = 35  # '"' + 32 hex digits + '"' + ','
 _SLICE = 1 << 16  # rows checked at a time (bounded temporaries)
-_HEX = np.zeros(256, dtype=bool)
-_HEX[list(b"0123456789abcdef")] = True
+
+
+@functools.cache
+def _hex_table() -> np.ndarray:
+    """True at the byte values of the lowercase hex digits (made at first use, as NumPy is loaded)."""
+    table = np.zeros(256, dtype=bool)
+    table[list(b"0123456789abcdef")] = True
+    return table
 
 
 class DeltaError(TrustError):
@@ -123,7 +136,7 @@ def split_payload(payload: bytes) -> Parts:
         for i in range(0, n, _SLICE):
             rows = body[i:i + _SLICE]
             ok = ok and not ((rows[:, 0] != ord('"')).any() or (rows[:, 33] != ord('"')).any()
-                             or (rows[:, 34] != ord(",")).any()) and bool(_HEX[digits[i:i + _SLICE]].all())
+                             or (rows[:, 34] != ord(",")).any()) and bool(_hex_table()[digits[i:i + _SLICE]].all())
         if not ok:
             raise DeltaError("revoked card list is not in the canonical layout")
         cards = digits.view("S32").reshape(-1)
@@ -244,7 +257,7 @@ def _cards_array(values: object, what: str) -> np.ndarray:
         return np.empty(0, dtype="S32")
     raw = "".join(values).encode("ascii", "replace")
     arr = np.frombuffer(raw, dtype=np.uint8)
-    if not _HEX[arr].all():
+    if not _hex_table()[arr].all():
         raise DeltaError(f"delta: {what} must be lowercase hex")
     cards = np.frombuffer(raw, dtype="S32").copy()
     if not _strictly_increasing(cards):

@@ -17,17 +17,21 @@ import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from scanner.base import i18n
 from scanner.base.errors import CardRejected, Reason
+from scanner.base.lazy import lazy_module
 from scanner.cards import cose
 from scanner.cards.formats.ck1 import check_date
 from scanner.cards.jwks import b64url_decode, b64url_encode
 from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Card, Holder, Verdict, accept, reject
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy_module("numpy")  # loaded at its first use: ~13 MB a process without a camera may never need
 
 NAME = "SHC"
 PREFIX = "shc:"
