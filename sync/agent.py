@@ -272,8 +272,8 @@ def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> t
     if reply.kind == "delta":
         if cur is not None:
             try:  # the file is read again there, its digest checked (and not held here meanwhile)
-                data, bundle = deltamod.apply_delta(Path(state_dir) / trustupdate.BUNDLE_NAME, cur, reply.data, roots)
-                return "delta", trustupdate.install(state_dir, data, roots, min_version=version, verified=bundle)
+                applied = deltamod.apply_delta_parts(Path(state_dir) / trustupdate.BUNDLE_NAME, cur, reply.data, roots)
+                return "delta", trustupdate.install_applied(state_dir, applied, min_version=version)
             except TrustError as exc:
                 log.warning("trust delta refused (%s: %s); fetching the full bundle", exc.code, exc)
         reply = client.trust(version, digest, full=True)

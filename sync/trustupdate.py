@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
-from scanner.base.fsutil import atomic_write
+from scanner.base.fsutil import AtomicFile
 from scanner.cards import trustfile
 from scanner.cards.bundle import Bundle, open_bundle
 from scanner.cards.trust import load_root
+from sync.wire import delta as deltamod
 
 BUNDLE_NAME = "bundle.json"
 ROOT_NAME = "trust-root.pem"
@@ -55,14 +56,37 @@ def install(state_dir: str | os.PathLike, data: bytes, roots: Sequence[ed25519.E
     """Verify ``data`` (root signature; version above ``min_version``) and only then swap it in
     atomically. On any failure the installed bundle is untouched and TrustError is raised.
     ``verified``: the result of open_bundle(data, roots, min_version=...) already done by the
-    caller (apply_delta does it), so a large bundle is not checked twice."""
+    caller, so a large bundle is not checked twice."""
     bundle = verified if verified is not None else open_bundle(data, roots, min_version=min_version)
+    _check_newer(bundle, min_version)
+    return _swap(state_dir, bundle, lambda: (data,))
+
+
+def install_applied(state_dir: str | os.PathLike, applied: deltamod.Applied, *, min_version: int | None) -> Bundle:
+    """install() for a bundle a delta made (verified by sync.wire.delta.apply_delta_parts): its file
+    is written in pieces from the payload, never held whole beside it."""
+    _check_newer(applied.bundle, min_version)
+    return _swap(state_dir, applied.bundle,
+                 lambda: deltamod.bundle_file_pieces(applied.payload, applied.sig, applied.kid))
+
+
+def _check_newer(bundle: Bundle, min_version: int | None) -> None:
     if min_version is not None and bundle.version <= min_version:
         raise TrustError(f"bundle version {bundle.version} is not newer than {min_version} "
                          "(rollback refused)", code="bundle_rollback")
+
+
+def _swap(state_dir: str | os.PathLike, bundle: Bundle, pieces: Callable[[], Iterable[bytes]]) -> Bundle:
+    """Put the verified ``bundle``, whose file is ``pieces()`` joined, in place: its checked file
+    first, then the bundle file (each written atomically). A swap cut off between the two leaves the
+    checked file made from another bundle file than the one in place, so it is not used and the old
+    bundle, still in place, is opened and serves."""
+    h = hashlib.sha256()
+    for piece in pieces():
+        h.update(piece)
     path = Path(state_dir) / BUNDLE_NAME
-    # the checked file first: a swap cut off between the two leaves it made from another bundle
-    # file than the one in place, so it is not used and the old bundle, still in place, is opened
-    trustfile.write(trustfile.path_for(path), bundle, hashlib.sha256(data).digest())
-    atomic_write(path, data)
+    trustfile.write(trustfile.path_for(path), bundle, h.digest())
+    with AtomicFile.at(path, 0o644) as fh:
+        for piece in pieces():
+            fh.write(piece)
     return bundle

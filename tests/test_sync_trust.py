@@ -9,8 +9,10 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings, strategies
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -332,3 +334,23 @@ def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp
         assert info.value.code == "no_log"
     finally:
         missing.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(old=strategies.sets(strategies.integers(0, 2000), max_size=60),
+       removed=strategies.sets(strategies.integers(0, 2000), max_size=20),
+       added=strategies.sets(strategies.integers(0, 2000), max_size=20))
+def test_a_delta_s_card_changes_give_exactly_the_new_set(old, removed, added):
+    """apply_parts copies the kept runs of the old sorted list around the removals and additions:
+    the result is the old set less the removed cards (absent ones ignored) plus the added ones, in
+    order; an addition already revoked is refused."""
+    def rows(ids) -> np.ndarray:
+        return np.array(sorted(f"{i:032x}".encode() for i in ids), dtype="S32")
+    parts = deltamod.Parts(1, 0, 9, [], rows(old), [])
+    d = deltamod.Delta(1, "", 2, 0, 9, [], [], rows(removed), rows(added), [], [], b"", b"")
+    if added & (old - removed):
+        with pytest.raises(deltamod.DeltaError):
+            deltamod.apply_parts(parts, d)
+        return
+    got = deltamod.apply_parts(parts, d)
+    assert got.cards.tolist() == rows((old - removed) | added).tolist()

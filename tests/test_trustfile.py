@@ -109,7 +109,8 @@ def test_a_swap_killed_half_way_leaves_the_old_bundle_serving(tmp_path, make_bun
     new.write_bytes(make_bundle_bytes(version=2, revoked_cards=REVOKED + LATER))
     code = ("import os, signal, sys; from pathlib import Path; from sync import trustupdate; "
             "from scanner.cards.trust import load_root; "
-            "trustupdate.atomic_write = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+            "write = trustupdate.trustfile.write; "
+            "trustupdate.trustfile.write = lambda *a: (write(*a), os.kill(os.getpid(), signal.SIGKILL)); "
             "state = Path(sys.argv[1]); "
             "trustupdate.install(state, Path(sys.argv[2]).read_bytes(), [load_root(state / 'trust-root.pem')], "
             "min_version=1)")

@@ -140,7 +140,7 @@ def bundle_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
     return _unb64(outer["payload"], "payload"), _unb64(outer["sig"], "sig"), _unb64(outer["kid"], "kid")
 
 
-def open_parts(payload: bytes, signature: bytes, kid: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
+def open_parts(payload: bytes | bytearray, signature: bytes, kid: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
                min_version: int | None = None) -> Bundle:
     """open_bundle after bundle_parts: the root's signature over the payload, then its content."""
     if not roots:
@@ -161,7 +161,7 @@ def open_parts(payload: bytes, signature: bytes, kid: bytes, roots: Sequence[ed2
     return bundle
 
 
-def _parse_payload(payload: bytes, kid: bytes) -> Bundle:
+def _parse_payload(payload: bytes | bytearray, kid: bytes) -> Bundle:
     body = _loads_with_big_value(payload, "revoked_cards", _hex_id_array)
     if body is None:
         try:
@@ -277,10 +277,11 @@ _id_chars[ord(",")] = _COMMA
 _ID_CHARS = bytes(_id_chars)
 
 
-def _loads_with_big_value(doc: bytes, key: str,
-                          parse_value: Callable[[bytes, int], tuple[bytes | bytearray, int] | None]) -> dict | None:
+def _loads_with_big_value(doc: bytes | bytearray, key: str,
+                          parse_value: Callable[[bytes | bytearray, int], tuple[bytes | bytearray, int] | None]
+                          ) -> dict | None:
     """json.loads(doc) for a JSON object, with the top-level ``key`` value as _Decoded, or None."""
-    if type(doc) is not bytes or json.detect_encoding(doc) != "utf-8":  # as json.loads decodes it
+    if type(doc) not in (bytes, bytearray) or json.detect_encoding(doc) != "utf-8":  # as json.loads decodes it
         return None
     marker = b'"' + key.encode("ascii") + b'":'
     at = doc.find(marker)
@@ -348,7 +349,7 @@ def _object_value_starts(text: str) -> tuple[dict, dict[str, int]] | None:
     return dict(pairs), starts
 
 
-def _base64_string(doc: bytes, start: int) -> tuple[bytes, int] | None:
+def _base64_string(doc: bytes | bytearray, start: int) -> tuple[bytes, int] | None:
     """A JSON string of strict base64 at ``start``: (decoded bytes, end) or None.
 
     A string without escapes is its own text, and strict base64 has no '\\' or '"', so the first
@@ -366,7 +367,7 @@ def _base64_string(doc: bytes, start: int) -> tuple[bytes, int] | None:
     return value, close + 1
 
 
-def _hex_id_array(doc: bytes, start: int) -> tuple[bytearray, int] | None:
+def _hex_id_array(doc: bytes | bytearray, start: int) -> tuple[bytearray, int] | None:
     """A JSON array of 32-hex-digit strings in make_bundle's compact layout ["…","…"] at
     ``start``: (the ids as concatenated bytes, end) or None.
 

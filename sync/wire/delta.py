@@ -14,7 +14,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
 from scanner.base.lazy import lazy_module
-from scanner.cards.bundle import Bundle, bundle_parts, open_bundle, root_kid
+from scanner.cards.bundle import Bundle, bundle_parts, open_parts, root_kid
 
 if TYPE_CHECKING:
     import numpy as np
@@ -106,7 +106,7 @@ def _strictly_increasing(cards: np.ndarray) -> bool:
     return len(cards) < 2 or bool((cards[1:] > cards[:-1]).all())
 
 
-def split_payload(payload: bytes) -> Parts:
+def split_payload(payload: bytes | bytearray) -> Parts:
     """Take a canonical payload apart; DeltaError if it is not exactly in make_bundle's layout."""
     start = payload.find(_CARDS_OPEN)
     end = payload.find(_KIDS_OPEN, start + 1) if start >= 0 else -1
@@ -165,8 +165,19 @@ def file_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
 def bundle_file(payload: bytes | bytearray, sig: bytes, kid: bytes) -> bytes:
     """A bundle file in make_bundle's layout (json.dumps(indent=1) of the three base64 strings, which
     need no escaping), joined as bytes: no text copies of a large payload."""
-    return b"".join((b'{\n "payload": "', base64.b64encode(payload), b'",\n "sig": "', base64.b64encode(sig),
-                     b'",\n "kid": "', base64.b64encode(kid), b'"\n}\n'))
+    return b"".join(bundle_file_pieces(payload, sig, kid))
+
+
+_PIECE = 3 << 18  # payload bytes encoded at a time (a multiple of 3: the pieces' base64 joins up exactly)
+
+
+def bundle_file_pieces(payload: bytes | bytearray, sig: bytes, kid: bytes) -> Iterator[bytes]:
+    """bundle_file in pieces of at most 1 MiB, to write or hash without holding the whole file."""
+    yield b'{\n "payload": "'
+    view = memoryview(payload)
+    for i in range(0, len(view), _PIECE):
+        yield base64.b64encode(view[i:i + _PIECE])
+    yield b'",\n "sig": "' + base64.b64encode(sig) + b'",\n "kid": "' + base64.b64encode(kid) + b'"\n}\n'
 
 
 # ---------------------------------------------------------------- deltas
@@ -190,17 +201,35 @@ class Delta:
 
 
 def apply_parts(old: Parts, d: Delta) -> Parts:
-    """The parts of bundle M from those of N and the delta N -> M."""
+    """The parts of bundle M from those of N and the delta N -> M. The changed rows are found by
+    binary search (both lists are sorted) and the kept runs copied once into the new array: no
+    temporary copies of a province's list."""
     keys = [k for k in old.keys if k not in d.keys_removed] + list(d.keys_added)
     cards = old.cards
-    if len(d.cards_removed):
-        cards = cards[~np.isin(cards, d.cards_removed)]
-    if len(d.cards_added):
-        cards = np.insert(cards, np.searchsorted(cards, d.cards_added), d.cards_added)
-    if not _strictly_increasing(cards):
+    at = np.searchsorted(cards, d.cards_removed)
+    found = at < len(cards)
+    found[found] = cards[at[found]] == d.cards_removed[found]
+    gone = at[found]  # rows of N that M drops, increasing
+    added = d.cards_added
+    where = np.searchsorted(cards, added)  # the row of N each added card goes before
+    out = np.empty(len(cards) - len(gone) + len(added), dtype=cards.dtype)
+    # events in N's row order: ("copy up to row r, skip it") for a removal, ("copy up to r, add") for an addition
+    events = sorted([(int(r), 1, 0) for r in gone] + [(int(r), 0, i) for i, r in enumerate(where)])
+    src = dst = 0
+    for row, removal, i in events:
+        n = row - src
+        out[dst:dst + n] = cards[src:row]
+        dst, src = dst + n, row
+        if removal:
+            src += 1
+        else:
+            out[dst] = added[i]
+            dst += 1
+    out[dst:] = cards[src:]
+    if not _strictly_increasing(out):
         raise DeltaError("delta adds a card that is already revoked")
     kids = sorted((set(old.kids) - set(d.kids_removed)) | set(d.kids_added))
-    return Parts(d.version, d.issued_at, d.expires_at, keys, cards, kids)
+    return Parts(d.version, d.issued_at, d.expires_at, keys, out, kids)
 
 
 def _hex_list(cards: np.ndarray) -> list[str]:
@@ -314,26 +343,78 @@ def open_delta(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> Delta:
 def apply_delta(current_file: bytes | os.PathLike, current: Bundle, delta_file: bytes,
                 roots: Sequence[ed25519.Ed25519PublicKey]) -> tuple[bytes, Bundle]:
     """Bundle M's file (and its verified content) from the current bundle N (its file, or the path
-    to read it from: then its bytes are let go once decoded) and a delta N -> M.
+    to read it from) and a delta N -> M: apply_delta_parts, the file joined."""
+    new = apply_delta_parts(current_file, current, delta_file, roots)
+    return bundle_file(new.payload, new.sig, new.kid), new.bundle
+
+
+_PAYLOAD_OPEN = b'{\n "payload": "'  # where make_bundle's layout puts the payload: at the very start
+
+
+def _payload_of_file(path: Path) -> bytes | bytearray:
+    """The decoded payload of the bundle file at ``path``, read and decoded 1 MiB at a time (the
+    file and the payload are never both held). Nothing is checked but the base64: the caller
+    compares the payload's digest. A file not in make_bundle's layout is read whole instead."""
+    with open(path, "rb") as fh:
+        if fh.read(len(_PAYLOAD_OPEN)) != _PAYLOAD_OPEN:
+            fh.seek(0)
+            return file_parts(fh.read())[0]
+        payload = bytearray()
+        while True:
+            piece = fh.read(_PIECE // 3 * 4)  # whole base64 quanta, up to the closing quote
+            end = piece.find(b'"')
+            if end >= 0:
+                piece = piece[:end]
+            try:
+                payload += binascii.a2b_base64(piece, strict_mode=True)
+            except binascii.Error:
+                raise DeltaError("current bundle file is not a bundle") from None
+            if end >= 0:
+                return payload
+            if not piece:
+                raise DeltaError("current bundle file is cut short")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """Bundle M as a delta made it: its payload, signature and root kid (the file's parts), and its
+    content as the root's signature over that payload verified it."""
+
+    payload: bytearray
+    sig: bytes
+    kid: bytes
+    bundle: Bundle
+
+
+def apply_delta_parts(current_file: bytes | os.PathLike, current: Bundle, delta_file: bytes,
+                      roots: Sequence[ed25519.Ed25519PublicKey]) -> Applied:
+    """Bundle M from the current bundle N (its file, or the path to read it from: then its bytes are
+    let go once decoded) and a delta N -> M, without M's file: the caller writes it in pieces
+    (bundle_file_pieces), so M's file and a second copy of its payload are never held.
 
     Checks the delta's root signature and its base (version and payload digest of N), rebuilds
-    M's payload, and opens the result with open_bundle(min_version=N): the root's own signature
-    over M decides.
+    M's payload, and opens it with open_parts(min_version=N): the root's own signature over M
+    decides. Each large value is let go as soon as the next one is made.
     """
     d = open_delta(delta_file, roots)
     if d.from_version != current.version or d.from_digest != current.digest:
         raise DeltaError(f"delta is for version {d.from_version}, this device has {current.version}")
-    if not isinstance(current_file, bytes):
+    if isinstance(current_file, bytes):
+        payload: bytes | bytearray = file_parts(current_file)[0]
+        del current_file
+    else:
         try:
-            current_file = Path(current_file).read_bytes()
+            payload = _payload_of_file(Path(current_file))
         except OSError:
             raise DeltaError("current bundle file unreadable") from None
-    payload, _, _ = file_parts(current_file)
-    del current_file
     if hashlib.sha256(payload).hexdigest() != current.digest:
         raise DeltaError("current bundle file does not match its digest")
-    new_payload = _payload_buffer(apply_parts(split_payload(payload), d))
-    del payload
-    new_file = bundle_file(new_payload, d.bundle_sig, d.root_kid)
-    del new_payload
-    return new_file, open_bundle(new_file, roots, min_version=current.version)
+    old = split_payload(payload)
+    del payload  # the rows are copied out of it
+    new = apply_parts(old, d)
+    del old
+    new_payload = _payload_buffer(new)
+    del new
+    return Applied(new_payload, d.bundle_sig, d.root_kid,
+                   open_parts(new_payload, d.bundle_sig, d.root_kid, roots,
+                              min_version=current.version))
