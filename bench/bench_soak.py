@@ -6,8 +6,9 @@ smaps_rollup) is sampled; a sampler thread also watches it every 20 ms. Reported
 memory after warm-up, the peak while the server publishes a newer bundle and the device swaps it
 in (the sampled maximum of the sum; the daemon's own VmHWM, reset just before), and the slope
 after warm-up (least squares, MB per 10k scans) with its spread (the slopes of the fifths of the
-run). The peer is a bare Python interpreter, sampled in the same run. Goals: soak.* in
-bench/goals.py (the whole appliance within 120 MB, the swap within 160 MB, flat after warm-up)."""
+run); three runs (one with --quick), the goals judged on them. The peer is a bare Python interpreter,
+sampled in the same run. Goals: soak.* in bench/goals.py (the whole appliance within 120 MB, the
+swap within 160 MB, flat after warm-up)."""
 from __future__ import annotations
 
 import os
@@ -198,7 +199,36 @@ def _bare_python() -> Memory:
         proc.wait(30)
 
 
+RUNS = 3  # full runs in one invocation: the goals are judged on their median
+
+
 def run(quick: bool = False) -> dict:
+    """``RUNS`` runs (one with ``quick``), each printed; the goals judged on the runs' figures, the
+    median and spread of each figure printed and stored with every run's figures."""
+    runs = [_one_run(quick, i + 1) for i in range(1 if quick else RUNS)]
+    figures = ("start_rss_mib", "steady_rss_mib", "steady_pss_mib", "swap_peak_rss_mib", "swap_peak_pss_mib",
+               "slope_mib_per_10k", "daemon_slope_mib_per_10k", "daemon_swap_hwm_mib", "builder_rss_mib",
+               "daemon_rss_mib")
+    summary = {k: {"median": statistics.median(r[k] for r in runs), "min": min(r[k] for r in runs),
+                   "max": max(r[k] for r in runs)} for k in figures}
+    print(f"memory soak, {len(runs)} run(s) of {runs[0]['scans']:,} scans: median (min … max)")
+    for k in figures:
+        f = summary[k]
+        print(f"  {k}: {f['median']:.2f} ({f['min']:.2f} … {f['max']:.2f})")
+    judged = [goals.judge("soak.steady_rss", [r["steady_rss_mib"] for r in runs]),
+              goals.judge("soak.swap_peak", [r["swap_peak_rss_mib"] for r in runs]),
+              goals.judge("soak.slope", [r["slope_mib_per_10k"] for r in runs])]
+    for j in judged:
+        print(j.line())
+    if quick:
+        print(f"  (quick: {runs[0]['scans']:,} scans are too few for the slope; judge it on a full run)")
+    print()
+    return {**{k: summary[k]["median"] for k in figures}, "summary": summary, "runs": runs,
+            "scans": runs[0]["scans"], "revoked": runs[0]["revoked"], "trust_interval_s": runs[0]["trust_interval_s"],
+            "goals": [j.as_dict() for j in judged]}
+
+
+def _one_run(quick: bool, number: int) -> dict:
     n = 4_000 if quick else 100_000
     n_revoked = 1_000_000
     warm = n // 5  # the first fifth warms the caches (SQLite pages, the allocator's arenas)
@@ -259,13 +289,18 @@ def run(quick: bool = False) -> dict:
         finally:
             st.close()
             server.stop()
-    result = _report(n, n_revoked, warm, start, samples, swap, peer, quick, trust_interval_s)
+    result = _report(n, n_revoked, warm, start, samples, swap, peer, trust_interval_s, number)
     after = [(x, m) for (x, _), m in zip(samples, alone) if x > warm]
     xs = [x / 10_000 for x, _ in after]
     fifths = [after[i * len(after) // 5:(i + 1) * len(after) // 5] for i in range(5)]
     parts = [slope([x / 10_000 for x, _ in f], [m.rss / MB for _, m in f]) for f in fifths if len(f) > 2]
+    daemon_slope = slope(xs, [m.rss / MB for _, m in after])
+    result.update(daemon_slope_mib_per_10k=daemon_slope, daemon_fifths=parts,
+                  daemon_rss_mib=median([m.rss for _, m in after]) / MB,
+                  builder_rss_mib=median([a.rss - m.rss for (x, a), m in zip(samples, alone) if x > warm]) / MB,
+                  by_process=detail)
     print(f"  the daemon alone: RSS {after[0][1].rss / MB:.1f} → {after[-1][1].rss / MB:.1f} MB after warm-up, slope "
-          f"{slope(xs, [m.rss / MB for _, m in after]):+.3f} MB per 10k scans"
+          f"{daemon_slope:+.3f} MB per 10k scans"
           + (f" (fifths: {min(parts):+.3f} … {max(parts):+.3f})" if parts else ""))
     for when, text in detail.items():
         print(f"  RSS/PSS MB by process, {when}: {text}")
@@ -293,7 +328,7 @@ def _swap(daemon: _Daemon, sampler: _Sampler, st: SQLiteStorage, keys, revoked: 
 
 
 def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tuple[int, Memory]], swap: dict,
-            peer: Memory, quick: bool, trust_interval_s: int) -> dict:
+            peer: Memory, trust_interval_s: int, number: int) -> dict:
     after = [(x, m) for x, m in samples if x > warm]
     steady_rss = median([m.rss for _, m in after]) / MB
     steady_pss = median([m.pss for _, m in after]) / MB
@@ -303,7 +338,7 @@ def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tupl
     fifths = [after[i * len(after) // 5:(i + 1) * len(after) // 5] for i in range(5)]
     parts = [slope([x / 10_000 for x, _ in f], [m.rss / MB for _, m in f]) for f in fifths if len(f) > 2]
     procs = max(m.processes for _, m in samples)
-    print(f"memory soak: `checkpoint run`, provisioned, sync on, bundle of {n_revoked:,} revoked ids, "
+    print(f"memory soak, run {number}: `checkpoint run`, provisioned, sync on, bundle of {n_revoked:,} revoked ids, "
           f"{n:,} scans through a stdin reader ({CHUNK} a chunk), trust checked every {trust_interval_s} s "
           f"(shipped: hourly); every process of the appliance (up to {procs} at once)")
     rows = [
@@ -327,15 +362,10 @@ def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tupl
     print(f"  slope after warm-up: RSS {rss_slope:+.3f} MB per 10k scans (fifths: {spread}), "
           f"PSS {pss_slope:+.3f}")
     peak = swap["max_rss"] / MB if swap else float("nan")
-    judged = [goals.judge("soak.steady_rss", [steady_rss]), goals.judge("soak.swap_peak", [peak]),
-              goals.judge("soak.slope", [rss_slope])]
-    for j in judged:
-        print(j.line())
-    if quick:
-        print(f"  (quick: {n:,} scans are too few for the slope; judge it on a full run)")
     return {"scans": n, "revoked": n_revoked, "trust_interval_s": trust_interval_s,
             "start_rss_mib": start.rss / MB, "start_pss_mib": start.pss / MB,
             "steady_rss_mib": steady_rss, "steady_pss_mib": steady_pss,
             "swap_peak_rss_mib": peak, "swap_peak_pss_mib": swap["max_pss"] / MB if swap else None,
             "slope_mib_per_10k": rss_slope, "slope_fifths": parts, "peer_rss_mib": peer.rss / MB,
-            "goals": [j.as_dict() for j in judged]}
+            "daemon_swap_hwm_mib": swap["hwm"] / MB if swap else None,
+            "whole_run_peak_rss_mib": swap["overall"].rss / MB if swap else None}

@@ -430,11 +430,38 @@ def _value(path: str) -> Callable[[dict], str]:
     return render
 
 
+def soak(doc: dict) -> str:
+    b = _bench(doc, "soak")
+    rows = []
+    for i, r in enumerate(b["runs"], 1):
+        fifths = r["slope_fifths"]
+        rows.append([i, f"{r['start_rss_mib']:.1f} / {r['start_pss_mib']:.1f}",
+                     f"{r['steady_rss_mib']:.1f} / {r['steady_pss_mib']:.1f}",
+                     f"{r['daemon_rss_mib']:.1f} + {r['builder_rss_mib']:.1f}",
+                     f"{r['swap_peak_rss_mib']:.1f} / {r['swap_peak_pss_mib']:.1f}", f"{r['daemon_swap_hwm_mib']:.1f}",
+                     f"{r['slope_mib_per_10k']:+.2f} ({min(fifths):+.2f} … {max(fifths):+.2f})",
+                     f"{r['daemon_slope_mib_per_10k']:+.2f}"])
+    f = b["summary"]
+
+    def mid(key: str, form: str = ".1f") -> str:
+        return f"**{f[key]['median']:{form}}** ({f[key]['min']:{form}} … {f[key]['max']:{form}})"
+    rows.append(["median (range)", mid("start_rss_mib"),
+                 mid("steady_rss_mib") + " / " + f"{f['steady_pss_mib']['median']:.1f}",
+                 f"{f['daemon_rss_mib']['median']:.1f} + {f['builder_rss_mib']['median']:.1f}",
+                 mid("swap_peak_rss_mib") + " / " + f"{f['swap_peak_pss_mib']['median']:.1f}",
+                 mid("daemon_swap_hwm_mib"), mid("slope_mib_per_10k", "+.2f"), mid("daemon_slope_mib_per_10k", "+.2f")])
+    return (_table(["run", "after start-up RSS / PSS MB", "steady RSS / PSS MB", "steady RSS: daemon + other processes",
+                    "bundle swap: sampled peak RSS / PSS MB", "the daemon's VmHWM over the swap",
+                    "slope MB per 10k scans (fifths)", "the daemon's slope"], rows)
+            + f"\n\n{b['scans']:,} scans a run, {b['revoked']:,} revoked ids, trust checked every "
+              f"{b['trust_interval_s']} s. {_when(b)}.")
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "machine": machine, "goals": goals, "verify": verify, "bundle": bundle, "feedback": feedback,
     "feedback.handover": feedback_handover, "formats": formats, "pipeline": pipeline,
     "entrylog": entrylog, "entrylog.scale": entrylog_scale, "sync": sync, "flood": flood,
-    "trace": trace, "daemon": daemon, "kiosk": kiosk, "fsync": fsync, "site": site, "cli": cli,
+    "trace": trace, "daemon": daemon, "kiosk": kiosk, "fsync": fsync, "site": site, "cli": cli, "soak": soak,
     "pi.inputs": pi_inputs,
     "pi.budget": pi_budget, "readme.decode": readme_decode, "readme.trace": readme_trace,
 }
