@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scanner.base.errors import Reason
-from scanner.cards.verdict import Verdict
+from scanner.cards.verdict import Shown, Verdict
 
 Step = tuple[float, float]  # (value, seconds): LED brightness 0..1, or buzzer frequency in Hz (0 = silent)
 OUTPUTS = ("green", "red", "amber", "buzzer")
@@ -156,8 +155,4 @@ class Patterns:
     def for_verdict(self, verdict: Verdict) -> Pattern:
         """accept, duplicate (a genuine card scanned again, decided by the entry log, or already
         inside the site by another gate) or reject."""
-        if verdict.accepted:
-            return self.accept
-        if verdict.reason in (Reason.DUPLICATE, Reason.ALREADY_INSIDE):
-            return self.duplicate
-        return self.reject
+        return {Shown.ACCEPT: self.accept, Shown.DUPLICATE: self.duplicate}.get(verdict.shown, self.reject)

@@ -125,6 +125,28 @@ def test_the_demo_says_the_device_state_in_vietnamese():
     vietnamese_only(out.getvalue(), "cam0", "camera", "(ok)")  # the reason code beside its words
 
 
+def test_the_demo_says_a_duplicate_as_the_kiosk_does():
+    """A card scanned again, or already inside by another gate: the terminal's line says what the
+    kiosk and the amber LED say (let in before, when and where), never the refusal's word."""
+    out = io.StringIO()
+    printer = _Printer(out, "vi", [], place="Cổng chợ Đông")
+    hub = EventHub(display_s=1)
+    hub.listen(printer)
+    at_ms = time.mktime((2026, 12, 6, 14, 5, 0, 0, 0, -1)) * 1000
+    base = {"decision": "reject", "holder": {"name": HOLDER, "birth_year": "1990"}, "degraded": [],
+            "source": "camera", "source_id": "cam0", "seq": 2, "duplicate_of": None, "inside": None}
+    hub.publish("verdict", {**base, "reason": "duplicate",
+                            "duplicate_of": {"at_ms": at_ms, "checkpoint_id": "cho-dong", "direction": "in"}})
+    hub.publish("verdict", {**base, "reason": "already_inside", "inside": {"gate": "gate-B", "at_ms": at_ms}})
+    hub.publish("verdict", {**base, "reason": "revoked"})
+    dup, inside, revoked = out.getvalue().splitlines()
+    assert "↺ ĐÃ CHO QUA · Đã vào lúc 14:05 tại Cổng chợ Đông, không tính lại (duplicate)" in dup, dup
+    assert "↺ ĐÃ CHO QUA · Đã ở trong khu vực: vào qua gate-B lúc 14:05 (already_inside)" in inside, inside
+    assert "✘ TỪ CHỐI · Thẻ đã bị thu hồi (revoked)" in revoked, revoked
+    vietnamese_only(out.getvalue(), "cam0", "camera", "Cổng chợ Đông", "gate-B", "(duplicate)", "(already_inside)",
+                    "(revoked)", HOLDER)
+
+
 def test_config_check_says_every_problem_in_vietnamese(tmp_path):
     """Type, range, choice, unknown keys and sections, missing files, an array given as a string,
     inputs and pins used twice, an open API: the problems and their fixes, in Vietnamese."""

@@ -213,7 +213,8 @@ class Lane:
         card = verdict.card
         before = recorded.admission.previous
         self.hub.publish("verdict", {
-            "decision": str(verdict.decision), "reason": str(verdict.reason), "format": verdict.format,
+            "decision": str(verdict.decision), "reason": str(verdict.reason), "shown": str(verdict.shown),
+            "format": verdict.format,
             "cert_type": card.cert_type if card else None, "issuer": card.issuer if card else None,
             "expires_at": card.expires_at if card else None,
             "holder": {"name": card.holder.name, "birth_year": card.holder.birth_year} if card else None,

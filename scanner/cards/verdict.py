@@ -13,6 +13,32 @@ class Decision(StrEnum):
     REJECT = "reject"
 
 
+class Shown(StrEnum):
+    """How staff are shown a verdict: the word (``decision.<shown>`` in the catalogue), the kiosk's
+    colour, the LEDs and the terminal's mark. A card scanned again, or already inside the site by
+    another gate, is a person let in before: amber, never the red of a refusal."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    DUPLICATE = "duplicate"
+
+    @property
+    def mark(self) -> str:
+        return _MARKS[self]
+
+
+_MARKS = {Shown.ACCEPT: "✔", Shown.REJECT: "✘", Shown.DUPLICATE: "↺"}
+
+
+def shown_as(decision: str, reason: str) -> Shown:
+    """The one place that decides how a decision and its reason are shown (the daemon's events carry it)."""
+    if decision == Decision.ACCEPT:
+        return Shown.ACCEPT
+    if reason in (Reason.DUPLICATE, Reason.ALREADY_INSIDE):
+        return Shown.DUPLICATE
+    return Shown.REJECT
+
+
 @dataclass(frozen=True, slots=True)
 class Holder:
     """Personal details printed on the card (never stored in the clear; see the entry log)."""
@@ -62,6 +88,10 @@ class Verdict:
     @property
     def accepted(self) -> bool:
         return self.decision is Decision.ACCEPT
+
+    @property
+    def shown(self) -> Shown:
+        return shown_as(self.decision, self.reason)
 
     def to_dict(self) -> dict:
         """The JSON shape of `checkpoint verify --json` (docs/card-format.md#verify-output)."""

@@ -45,8 +45,7 @@ def date_utc(epoch: int) -> str:
 
 def human_verdict(verdict: Verdict, lang: str) -> str:
     """One line for a person: decision, reason in words, and the holder when the card is authentic."""
-    mark = "✔" if verdict.accepted else "✘"
-    parts = [f"{mark} {i18n.t('decision.' + verdict.decision, lang)}",
+    parts = [f"{verdict.shown.mark} {i18n.t('decision.' + verdict.shown, lang)}",
              f"{i18n.t('reason.' + verdict.reason, lang)} ({verdict.reason})"]
     card = verdict.card
     if card is not None:

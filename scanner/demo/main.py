@@ -41,7 +41,7 @@ from scanner.cards import base45, cbor, cose, issuer, keys, render
 from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
 from scanner.cards.formats import ck1
 from scanner.cards.trust import TrustStore
-from scanner.cards.verdict import Holder
+from scanner.cards.verdict import Holder, Shown, shown_as
 from scanner.cards.verifier import verify
 from scanner.demo import video as demo_video
 from scanner.demo.video import Shot
@@ -319,7 +319,7 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
         appliance = Appliance(config, once=duration is None, stdout=stdout, recent_errors=recent,
                               sync_timeout_s=30.0)
         seen: list[str] = []
-        printer = _Printer(stdout, lang, seen, CASES)
+        printer = _Printer(stdout, lang, seen, CASES, place=config.device.name)
         appliance.hub.listen(printer)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         interrupted = threading.Event()
@@ -407,11 +407,30 @@ def _summary(echo, t, seen: list[str], expected: list[Reason], logged: int, held
     return 0 if not mismatches and exactly_once else 1
 
 
+def _reason_words(d: dict, shown: Shown, lang: str, place: str | None = None) -> str:
+    """A verdict event's reason as the kiosk words it: an admission repeated says when and where
+    (``place``: the device's name, else the checkpoint) the person was let in; kiosk.js does the
+    same from the same event."""
+    before, inside = d.get("duplicate_of"), d.get("inside")
+    if shown is Shown.DUPLICATE and before:
+        return i18n.t(f"kiosk.duplicate_{'out' if before['direction'] == 'out' else 'in'}", lang,
+                      time=_clock_hm(before["at_ms"]), place=escape(place or before["checkpoint_id"]))
+    if shown is Shown.DUPLICATE and inside:
+        return i18n.t("kiosk.entered_at", lang, gate=escape(inside["gate"]), time=_clock_hm(inside["at_ms"]))
+    return i18n.t("reason." + d["reason"], lang)
+
+
+def _clock_hm(at_ms: float) -> str:
+    return time.strftime("%H:%M", time.localtime(at_ms / 1000))
+
+
 class _Printer:
     """Verdict and device events as terminal lines (the live feedback line is the daemon's own)."""
 
-    def __init__(self, stream, lang: str, seen: list[str], cases: tuple[str, ...] = ()) -> None:
+    def __init__(self, stream, lang: str, seen: list[str], cases: tuple[str, ...] = (),
+                 place: str | None = None) -> None:
         self.stream = stream or sys.stdout
+        self.place = place  # the device's name, as the kiosk says where a person was let in
         self.lang = lang
         self.seen = seen
         self.cases = cases  # what each scan in turn shows, said before its verdict
@@ -426,7 +445,7 @@ class _Printer:
         lang = self.lang
         if event.kind == "verdict":
             self.seen.append(d["reason"])
-            mark = "✔" if d["decision"] == "accept" else "✘"
+            shown = shown_as(d["decision"], d["reason"])
             who = ""
             if d["holder"]:
                 who = f" · {escape(d['holder']['name'])} ({i18n.t('label.born', lang)} {d['holder']['birth_year']})"
@@ -434,8 +453,8 @@ class _Printer:
             case = ""
             if self.cases:
                 case = f"[{i18n.t('demo_case.' + self.cases[(len(self.seen) - 1) % len(self.cases)], lang)}] "
-            line = (f"{time.strftime('%H:%M:%S')} {case}{d['source']}:{escape(d['source_id'])} #{d['seq']} {mark} "
-                    f"{i18n.t('decision.' + d['decision'], lang)} · {i18n.t('reason.' + d['reason'], lang)} "
+            line = (f"{time.strftime('%H:%M:%S')} {case}{d['source']}:{escape(d['source_id'])} #{d['seq']} "
+                    f"{shown.mark} {i18n.t('decision.' + shown, lang)} · {_reason_words(d, shown, lang, self.place)} "
                     f"({d['reason']}){who}{flags}")
         elif event.kind == "enrolled":
             line = i18n.t("demo_run.enrolled", lang, device=d["device_id"], checkpoint=escape(d["checkpoint_id"]))

@@ -56,19 +56,21 @@
       word.textContent = t("kiosk.not_ready");
       reason.textContent = t(`readiness.${fault.code}`);
       body.dataset.readiness = fault.code;
-    } else if (v && v.kind === "verdict" && isDuplicate(v.data)) {
+    } else if (v && v.kind === "verdict" && v.data.shown === "duplicate") {
       // already admitted, here or (already inside) at another gate of the site: amber as the LED,
-      // never the red of a refusal; says when and where
+      // never the red of a refusal (the daemon's `shown`, scanner/cards/verdict.py); says when and where
       const d = v.data, before = d.duplicate_of;
       kind = "duplicate";
       symbol = "dup";
-      word.textContent = t("kiosk.duplicate");
+      word.textContent = t("decision.duplicate");
       if (before) {
         const place = (S.settings && S.settings.name) || before.checkpoint_id;
         reason.textContent = t(`kiosk.duplicate_${before.direction === "out" ? "out" : "in"}`,
           { time: clockHM(before.at_ms), place: CK.safe(place) });
-      } else {
+      } else if (d.inside) {
         reason.textContent = t("kiosk.entered_at", { gate: CK.safe(d.inside.gate), time: clockHM(d.inside.at_ms) });
+      } else {
+        reason.textContent = t(`reason.${d.reason}`);
       }
       const holder = d.holder;
       name.textContent = holder ? CK.safe(holder.name) : "";
@@ -151,11 +153,6 @@
       f = Math.round((f - 0.05) * 100) / 100;
       main.style.setProperty("--fit", String(f));
     }
-  }
-
-  // A card already admitted: a duplicate here, or already inside the site (entered at another gate).
-  function isDuplicate(d) {
-    return (d.reason === "duplicate" && !!d.duplicate_of) || (d.reason === "already_inside" && !!d.inside);
   }
 
   // The time of day of an earlier admission, as staff read it ("14:05").
