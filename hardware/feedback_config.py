@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from gpiozero.tones import Tone
 
 from hardware.feedback_patterns import Patterns
+from scanner.base import i18n
 from scanner.base.errors import CheckpointError
 from scanner.cards.scan import DIRECTIONS
 
@@ -50,16 +51,19 @@ def gpio_number(pin: Pin, what: str = "pin") -> int:
                 physical = int(text[len(prefix):])
                 if physical not in HEADER:
                     raise FeedbackConfigError(
-                        f"{what}: header pin {physical} is not a GPIO (power, ground or not on the header)")
+                        f"{what}: header pin {physical} is not a GPIO (power, ground or not on the header)",
+                        text=i18n.text("pin.not_gpio_header", physical=physical))
                 return HEADER[physical]
         for prefix in ("GPIO", "BCM", ""):
             if text.startswith(prefix) and _digits(text[len(prefix):]):
                 number = int(text[len(prefix):])
                 break
         else:
-            raise FeedbackConfigError(f"{what}: {pin!r} is not a GPIO pin (use 17, GPIO17 or BOARD11)")
+            raise FeedbackConfigError(f"{what}: {pin!r} is not a GPIO pin (use 17, GPIO17 or BOARD11)",
+                                      text=i18n.text("pin.not_a_pin", pin=repr(pin)))
     if not 0 <= number <= 27:
-        raise FeedbackConfigError(f"{what}: GPIO{number} is not on the 40-pin header (GPIO0..GPIO27)")
+        raise FeedbackConfigError(f"{what}: GPIO{number} is not on the 40-pin header (GPIO0..GPIO27)",
+                                  text=i18n.text("pin.off_header", number=number))
     return number
 
 

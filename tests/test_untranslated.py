@@ -4,6 +4,7 @@ and staff run, with CHECKPOINT_LANG=vi, has only words of the catalogue's Vietna
 and the status page are checked the same way in tests/test_kiosk_browser.py."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sqlite3
@@ -23,6 +24,7 @@ from support.words import foreign
 
 from scanner.appliance.events import EventHub
 from scanner.appliance.schema import SECTIONS
+from scanner.base.errors import error_text
 from scanner.cards import keys as keymod
 from scanner.cards import verifier
 from scanner.cards.bundle import BundleKey, make_bundle
@@ -31,6 +33,7 @@ from scanner.cards.trust import load_trust
 from scanner.demo.main import _Printer
 from scanner.store.entrylog import EntryLog
 from sync.server.keys import load_or_create_sealing_key
+from sync.server.storage import open_storage
 
 HOLDER = "Đỗ Thị Hạnh"
 
@@ -275,3 +278,71 @@ def test_the_server_daemons_say_where_they_listen_in_vietnamese(tmp_path):
                             .replace("checkpoint opener:", " "), db, sock, str(os.getuid()))
         finally:
             term.close()
+
+
+def test_operating_system_errors_are_said_by_their_errno_with_the_path_kept(tmp_path):
+    """Real failures of the system (no such file, a directory for a file, a full disk: /dev/full),
+    in the catalogue's words with their stable code, the path kept."""
+    found = []
+    for attempt in (lambda: open(tmp_path / "missing.pem", "rb"), lambda: open(tmp_path, "rb"),
+                    lambda: open("/dev/full", "wb", buffering=0).write(b"x")):
+        with pytest.raises(OSError) as exc:
+            attempt()
+        found.append(exc.value)
+    missing, directory, full = (error_text(e, "vi") for e in found)
+    assert missing == f"{tmp_path / 'missing.pem'}: không có tệp hoặc thư mục này (no_such_file)", missing
+    assert directory == f"{tmp_path}: là một thư mục, không phải tệp (is_a_directory)", directory
+    assert full.endswith("đĩa đầy (disk_full)") and found[2].errno == errno.ENOSPC, full
+    assert error_text(found[0], "en").endswith(": no such file or directory (no_such_file)")
+    for line in (missing, directory, full):
+        vietnamese_only(line, str(tmp_path), "/dev/full", "(no_such_file)", "(is_a_directory)", "(disk_full)")
+
+
+def test_library_errors_on_the_error_line_are_vietnamese(pki, tmp_path):
+    """`checkpoint: error: ...` for a key file that is missing or not a key, a folder that is not
+    there, an output that is a symlink, a card id or window the tracer refuses, and the refusals of
+    `server run|console|opener|pull|key-split`: the catalogue's words, the stable code beside."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("x = [\n", encoding="utf-8")
+    (tmp_path / "elsewhere").write_text("not to be overwritten\n", encoding="utf-8")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "elsewhere")
+    db = tmp_path / "state" / "entries.db"
+    EntryLog(db, device_id="dev-1", checkpoint_id="cho-dong", sealing_key=None).close()
+    server_db = tmp_path / "server" / "central.db"
+    server_db.parent.mkdir()
+    open_storage(str(server_db)).close()
+    sdb = ["--db", str(server_db)]
+    cases = [
+        (["verify", "--trust", str(tmp_path / "missing.pem"), "x"], "(key_unreadable)"),
+        (["verify", "--trust", str(garbage), "x"], "(key_unreadable)"),
+        (["issuer", "keygen", "--out", str(tmp_path / "no-dir" / "k")], "(no_such_file)"),
+        (["log", "export", "--db", str(db), "-o", str(tmp_path / "link.jsonl")], "(symlink_refused)"),
+        (["server", "trace", "--card", "ab", "--contacts", "--window", "soon", "--no-holders", *sdb], "(trace)"),
+        (["server", "trace", "--card", "ab", "--contacts", "--window", "25h", "--no-holders", *sdb], "(trace)"),
+        (["server", "run", "--listen", "nowhere", *sdb], None),
+        (["server", "run", "--tls-cert", str(garbage), *sdb], None),
+        (["server", "console", *sdb], None),
+        (["server", "console", "--opener-tls", "127.0.0.1:1", *sdb], None),
+        (["server", "opener", *sdb], None),
+        (["server", "opener", "--socket", str(tmp_path / "s"), "--allow", "no-such-user-here", *sdb], None),
+        (["server", "pull", *sdb], None),
+        (["server", "pull", "--device", "http://127.0.0.1:1", *sdb], None),
+        (["server", "key-split", "--threshold", "3", "--shares", "2", "--out", str(tmp_path / "sh"), *sdb], None),
+    ]
+    for args, code in cases:
+        r = run(*args)
+        assert r.returncode == 2 and r.stderr.startswith("checkpoint: error: "), (args, r.stdout, r.stderr)
+        assert code is None or code in r.stderr, (args, r.stderr)
+        vietnamese_only(r.stderr, str(tmp_path), "'soon'", "'nowhere'", "'no-such-user-here'",
+                        *([code] if code else []))
+    assert (tmp_path / "elsewhere").read_text(encoding="utf-8") == "not to be overwritten\n"
+
+
+def test_a_bad_pin_is_said_in_vietnamese(tmp_path):
+    """The hardware's own refusal of a pin (not a pin, off the header, a header pin that is no GPIO)."""
+    for pin in ('"x17"', "99", '"BOARD1"'):
+        config = tmp_path / "c.toml"
+        config.write_text(f"[feedback.green]\npin = {pin}\n", encoding="utf-8")
+        r = run("config", "check", str(config))
+        assert r.returncode == 2 and "feedback.green.pin" in r.stderr, r.stderr
+        vietnamese_only(r.stderr, str(config), "feedback.green.pin", "'x17'", "GPIO0..GPIO27")

@@ -37,7 +37,7 @@ from scanner.appliance.configschema import Problem
 from scanner.appliance.schema import SECTIONS
 from scanner.appliance.settings import Settings
 from scanner.base import i18n
-from scanner.base.errors import CheckpointError
+from scanner.base.errors import CheckpointError, os_error_words
 from scanner.store import admission
 
 DEFAULT_PATH = "/etc/checkpoint/checkpoint.toml"
@@ -371,7 +371,7 @@ def load(path: str | os.PathLike) -> Config:
         raise ConfigError([Problem("(file)", i18n.text("config.not_exist", path=str(path)),
                                    i18n.text("config.fix_no_file"))]) from None
     except OSError as exc:
-        raise ConfigError([Problem("(file)", f"{path}: {exc.strerror}", i18n.text("config.fix_unreadable"))]) from None
+        raise ConfigError([Problem("(file)", os_error_words(exc, path), i18n.text("config.fix_unreadable"))]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -41,7 +41,7 @@ def _pin() -> cs.Check:
         try:
             gpio_number(v)
         except FeedbackConfigError as exc:
-            return None, str(exc).removeprefix("pin: ")
+            return None, exc.text or str(exc).removeprefix("pin: ")
         return v, None
     return cs.Check(check, "int | str")
 

@@ -4,7 +4,12 @@ Reason codes are part of the external contract (docs/card-format.md#reason-codes
 """
 from __future__ import annotations
 
+import errno
+import os
 from enum import StrEnum
+
+from scanner.base.i18n import Text, t, text
+from scanner.base.safetext import escape
 
 
 class Reason(StrEnum):
@@ -36,14 +41,60 @@ class Reason(StrEnum):
 
 
 class CheckpointError(Exception):
-    """Base of every error the appliance raises on purpose; ``code`` is stable, ``str()`` is English."""
+    """Base of every error the appliance raises on purpose; ``code`` is stable, ``str()`` is English
+    (for logs), ``text`` what a person reads (the catalogue's words) when the error has them."""
 
     code = "error"
+    text: Text | None = None
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, text: Text | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        if text is not None:
+            self.text = text
+
+
+# an OSError's errno as a stable code; its words are the catalogue's [os_error]
+OS_ERRORS = {
+    errno.ENOENT: "no_such_file", errno.EACCES: "permission_denied", errno.EPERM: "permission_denied",
+    errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only",
+    errno.EISDIR: "is_a_directory", errno.ENOTDIR: "not_a_directory", errno.EEXIST: "exists",
+    errno.ENOTEMPTY: "not_empty", errno.ELOOP: "symlink", errno.ENAMETOOLONG: "name_too_long",
+    errno.EIO: "io_error", errno.EBUSY: "busy", errno.ENODEV: "no_device", errno.ENXIO: "no_device",
+    errno.ECONNREFUSED: "connection_refused", errno.ETIMEDOUT: "timed_out", errno.EADDRINUSE: "address_in_use",
+    errno.EADDRNOTAVAIL: "address_not_available", errno.EMFILE: "too_many_files", errno.ENFILE: "too_many_files",
+}
+
+
+def os_error_code(exc: OSError) -> str:
+    """The stable code of an OSError (its errno's), "os_error" for one without a known errno."""
+    return OS_ERRORS.get(exc.errno or 0, "os_error")
+
+
+def os_error_words(exc: OSError, path: object = None) -> Text:
+    """An OSError in the catalogue's words, after the path it names (``path``, else its own)."""
+    words = text("os_error." + os_error_code(exc))
+    where = path if path is not None else exc.filename
+    if where is None or where == "":
+        return words
+    return text("os_error.at", path=escape(os.fsdecode(where) if isinstance(where, str | bytes) else str(where)),
+                what=words)
+
+
+def error_text(exc: BaseException, lang: str | None = None) -> str:
+    """An error as a person reads it, with its stable code beside the words: a CheckpointError's
+    catalogue words when it has them (else its English message), an OSError by its errno with the
+    path(s) it names kept."""
+    if isinstance(exc, CheckpointError):
+        return f"{exc.text(lang)} ({exc.code})" if exc.text is not None else str(exc)
+    if isinstance(exc, OSError):
+        code = os_error_code(exc)
+        words = f"{t('os_error.' + code, lang)} ({code})"
+        paths = " → ".join(os.fsdecode(p) if isinstance(p, str | bytes) else str(p)
+                           for p in (exc.filename, exc.filename2) if p not in (None, ""))
+        return f"{escape(paths)}: {words}" if paths else words
+    return str(exc)
 
 
 class UsageError(CheckpointError):

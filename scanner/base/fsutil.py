@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Self
 
 from scanner.base.errors import CheckpointError
+from scanner.base.i18n import text
 
 SYMLINK = "symlink_refused"
 NOT_A_DIRECTORY = "not_a_directory"
@@ -46,7 +47,8 @@ class UnsafePathError(CheckpointError, OSError):
 
 def _check_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise UnsafePathError(f"{name!r} is not a plain file name", code=BAD_NAME)
+        raise UnsafePathError(f"{name!r} is not a plain file name", code=BAD_NAME,
+                              text=text("unsafe_path.bad_file_name", name=repr(name)))
 
 
 def _kind(mode: int) -> str:
@@ -125,9 +127,11 @@ class Dir:
         except OSError:
             mode = 0
         if stat.S_ISLNK(mode):
-            return UnsafePathError(f"{self.shown(name)} is a symbolic link: not followed", code=SYMLINK)
+            return UnsafePathError(f"{self.shown(name)} is a symbolic link: not followed", code=SYMLINK,
+                                  text=text("unsafe_path.symlink_refused", path=self.shown(name)))
         code = NOT_A_DIRECTORY if wanted == "a directory" else NOT_REGULAR
-        return UnsafePathError(f"{self.shown(name)} is {_kind(mode)}, not {wanted}", code=code)
+        return UnsafePathError(f"{self.shown(name)} is {_kind(mode)}, not {wanted}", code=code,
+                              text=text(f"unsafe_path.{code}", path=self.shown(name)))
 
     def read(self, name: str, max_bytes: int) -> bytes:
         """The content of the regular file ``name`` in this directory, at most ``max_bytes``.
@@ -146,15 +150,19 @@ class Dir:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):  # swapped after the lstat above
                 raise UnsafePathError(f"{self.shown(name)} is {_kind(st.st_mode)}, not a regular file",
-                                      code=NOT_REGULAR)
+                                      code=NOT_REGULAR, text=text("unsafe_path.not_a_regular_file",
+                                                                  path=self.shown(name)))
             if st.st_nlink > 1:
                 raise UnsafePathError(f"{self.shown(name)} has {st.st_nlink} hard links: refused",
-                                      code=HARD_LINK)
+                                      code=HARD_LINK, text=text("unsafe_path.hard_link_refused",
+                                                                path=self.shown(name), n=st.st_nlink))
             if st.st_size > max_bytes:
-                raise UnsafePathError(f"{self.shown(name)} is larger than {max_bytes} bytes", code=TOO_LARGE)
+                raise UnsafePathError(f"{self.shown(name)} is larger than {max_bytes} bytes", code=TOO_LARGE,
+                                      text=text("unsafe_path.file_too_large", path=self.shown(name), max=max_bytes))
             data = _read_at_most(fh, max_bytes + 1)
         if len(data) > max_bytes:
-            raise UnsafePathError(f"{self.shown(name)} is larger than {max_bytes} bytes", code=TOO_LARGE)
+            raise UnsafePathError(f"{self.shown(name)} is larger than {max_bytes} bytes", code=TOO_LARGE,
+                                  text=text("unsafe_path.file_too_large", path=self.shown(name), max=max_bytes))
         return data
 
     def write(self, name: str, data: bytes, mode: int = 0o644, *, replace: bool = True) -> bool:
@@ -232,9 +240,11 @@ class AtomicFile:
         else:
             if not stat.S_ISREG(st.st_mode):
                 if stat.S_ISLNK(st.st_mode):
-                    raise UnsafePathError(f"{os.fspath(path)} is a symbolic link: not followed", code=SYMLINK)
+                    raise UnsafePathError(f"{os.fspath(path)} is a symbolic link: not followed", code=SYMLINK,
+                                          text=text("unsafe_path.symlink_refused", path=os.fspath(path)))
                 raise UnsafePathError(f"{os.fspath(path)} is {_kind(st.st_mode)}, not a regular file",
-                                      code=NOT_REGULAR)
+                                      code=NOT_REGULAR, text=text("unsafe_path.not_a_regular_file",
+                                                                  path=os.fspath(path)))
         return cls.at(path, mode, encoding=encoding)
 
     def __enter__(self) -> IO:

@@ -9,8 +9,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from scanner.base.errors import KeyFileError
+from scanner.base.errors import KeyFileError, os_error_words
 from scanner.base.fsutil import atomic_write, write_output
+from scanner.base.i18n import text
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -75,9 +76,10 @@ def load_private_key(path: str | os.PathLike) -> PrivateKey:
         data = path.read_bytes()
         key = serialization.load_pem_private_key(data, password=None)
     except OSError as exc:
-        raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
+        raise KeyFileError(f"{path}: {exc.strerror or exc}", text=os_error_words(exc, path)) from None
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"{path}: not a readable unencrypted PEM private key ({exc})") from None
+        raise KeyFileError(f"{path}: not a readable unencrypted PEM private key ({exc})",
+                           text=text("key_file.not_private", path=str(path))) from None
     return supported_private_key(key)
 
 

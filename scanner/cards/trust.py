@@ -16,7 +16,7 @@ from types import MappingProxyType
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from scanner.base.errors import KeyFileError, TrustError
+from scanner.base.errors import KeyFileError, TrustError, os_error_words
 from scanner.cards import jwks as jwksmod
 from scanner.cards import keys as keymod
 from scanner.cards import trustfile, x509util
@@ -157,7 +157,7 @@ def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed255
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
+            raise KeyFileError(f"{path}: {exc.strerror or exc}", text=os_error_words(exc, path)) from None
         kind = jwksmod.sniff(data) if is_bundle_file(data) else None
         if kind is not None:
             try:

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from scanner.base.errors import KeyFileError
+from scanner.base.errors import KeyFileError, os_error_words
+from scanner.base.i18n import text
 from scanner.cards import keys as keymod
 
 MAX_CERT_BYTES = 64 * 1024
@@ -344,7 +345,7 @@ def load_public_keys(path: str | os.PathLike) -> list[tuple[keymod.PublicKey, x5
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
+        raise KeyFileError(f"{path}: {exc.strerror or exc}", text=os_error_words(exc, path)) from None
     found: list[tuple[object, x509.Certificate | None]] = []
     try:
         if b"-----BEGIN CERTIFICATE-----" in data:
@@ -353,7 +354,8 @@ def load_public_keys(path: str | os.PathLike) -> list[tuple[keymod.PublicKey, x5
         elif b"-----BEGIN PUBLIC KEY-----" in data:
             found.append((serialization.load_pem_public_key(data), None))
         elif b"-----BEGIN" in data:
-            raise KeyFileError(f"{path}: expected a PEM public key or certificate (is this a private key?)")
+            raise KeyFileError(f"{path}: expected a PEM public key or certificate (is this a private key?)",
+                               text=text("key_file.not_public_pem", path=str(path)))
         else:
             try:
                 cert = x509.load_der_x509_certificate(data)
@@ -361,7 +363,8 @@ def load_public_keys(path: str | os.PathLike) -> list[tuple[keymod.PublicKey, x5
             except ValueError:
                 found.append((serialization.load_der_public_key(data), None))
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"{path}: not a readable public key or certificate ({exc})") from None
+        raise KeyFileError(f"{path}: not a readable public key or certificate ({exc})",
+                           text=text("key_file.not_public", path=str(path))) from None
     try:
         return [(keymod.supported_public_key(key), cert) for key, cert in found]
     except KeyFileError as exc:

@@ -16,7 +16,7 @@ import click
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base import i18n
-from scanner.base.errors import CheckpointError, UsageError
+from scanner.base.errors import CheckpointError, UsageError, error_text
 from scanner.base.fsutil import AtomicFile, write_output
 from scanner.base.paths import default_state_dir
 from scanner.base.safetext import escape
@@ -69,10 +69,15 @@ TIME = TimeParam()
 LANG = click.Choice(i18n.LANGS)
 
 
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit status 2."""
-    click.echo(f"checkpoint: error: {escape(message)}", err=True)
+def fail(message: str | i18n.Text, lang: str | None = None) -> NoReturn:
+    """One line on stderr, exit status 2 (a catalogue text in ``lang``, else the reader's language)."""
+    click.echo(f"checkpoint: error: {escape(i18n.render(message, lang))}", err=True)
     sys.exit(EXIT_USAGE)
+
+
+def fail_on(exc: BaseException) -> NoReturn:
+    """An error a command cannot go on after, in the reader's words with its code: one line, exit 2."""
+    fail(error_text(exc, i18n.default_lang()))
 
 
 def run_guarded(fn, *args, **kwargs):
@@ -80,11 +85,11 @@ def run_guarded(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except CheckpointError as exc:
-        fail(str(exc))
+        fail_on(exc)
     except BrokenPipeError:
         raise  # our reader went away (`... | head`): click ends the command quietly
     except OSError as exc:
-        fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        fail_on(exc)
 
 
 def closing(resource: C) -> C:
@@ -122,7 +127,7 @@ def load_root_private(path) -> ed25519.Ed25519PrivateKey:
     """The trust root's private key (Ed25519) from ``path``; one error line and exit 2 otherwise."""
     key = run_guarded(keys.load_private_key, path)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        fail(f"{path}: the bundle root key must be Ed25519 (issuer keygen --alg EdDSA)")
+        fail(i18n.text("key_file.root_not_ed25519", path=str(path)))
     return key
 
 

@@ -20,7 +20,7 @@ from scanner.appliance.schema import DEFAULT_LISTEN
 from scanner.base import i18n
 from scanner.base.fsutil import atomic_write
 from scanner.base.safetext import escape
-from scanner.cli.common import EXIT_USAGE, fail, run_guarded
+from scanner.cli.common import EXIT_USAGE, fail, fail_on, run_guarded
 
 
 @click.group("image")
@@ -57,7 +57,7 @@ def apply_card(boot_dir, config_dir, errors_path, rules_path, lang):
                         0o644)
         sys.exit(EXIT_USAGE)
     except OSError as exc:
-        fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        fail_on(exc)
     if result.recovered:
         click.echo(i18n.t("card_config.recovered", lang))
     if result.outcome == "applied":
@@ -95,8 +95,10 @@ def show_error(errors_path, listen):
     Runs until SIGTERM/SIGINT (then the LEDs go dark)."""
     try:
         report = json.loads(Path(errors_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        fail(f"{errors_path}: {getattr(exc, 'strerror', None) or exc}")
+    except OSError as exc:
+        fail_on(exc)
+    except ValueError as exc:
+        fail(f"{errors_path}: {exc}")
     address, problem = listen_address()(listen)
     if problem:
         fail(f"--listen: {problem}")

@@ -18,7 +18,7 @@ from scanner.cards import issuer as iss
 from scanner.cards import keys, render
 from scanner.cards.trust import key_from_file, load_root
 from scanner.cards.verdict import Holder
-from scanner.cli.common import TIME, fail, load_root_private, run_guarded, write_out
+from scanner.cli.common import TIME, fail, fail_on, load_root_private, run_guarded, write_out
 from scanner.store import sealing
 from sync.site import credential as sitecred
 from sync.wire import credential
@@ -106,7 +106,7 @@ def _read_card_ids(cards, cards_file) -> list[bytes]:
         try:
             texts += Path(cards_file).read_text().split()
         except OSError as exc:
-            fail(f"{cards_file}: {exc.strerror}")
+            fail_on(exc)
     out = []
     for h in texts:
         try:

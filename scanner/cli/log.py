@@ -17,7 +17,7 @@ from scanner.cli.common import (
     EXIT_ACCEPT,
     EXIT_REJECT,
     TIME,
-    fail,
+    fail_on,
     output_file,
     run_guarded,
 )
@@ -209,7 +209,7 @@ def verify_cmd(db_path, config_path, file_path, fmt, as_json, lang):
         try:
             fh = open(file_path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the `with` below
         except OSError as exc:
-            fail(f"{file_path}: {exc.strerror}")
+            fail_on(exc)
         with fh:
             report = run_guarded(lambda: verify_chain(read_export(fh, fmt)))
     else:

@@ -348,7 +348,7 @@ def _local_tz(name: str | None):
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        fail(f"unknown time zone {escape(name)!r} (an IANA name such as Asia/Ho_Chi_Minh)")
+        fail(i18n.text("server_cli.time_zone", name=repr(name)))
 
 
 def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None) -> X25519PrivateKey:
@@ -357,7 +357,7 @@ def _sealing_key(db_url: str, key_file: str | None, keys_dir: str | None) -> X25
         return run_guarded(keys.load_private_key, key_file, X25519PrivateKey)
     path = run_guarded(keys.key_dir, db_url, keys_dir) / keys.SEALING_KEY_NAME
     if not path.exists():
-        fail(f"no sealing key at {escape(str(path))}: give --sealing-key FILE (or --no-holders)")
+        fail(i18n.text("server_cli.no_sealing_key", path=str(path)))
     return run_guarded(keys.load_private_key, path, X25519PrivateKey)
 
 

@@ -56,16 +56,15 @@ def server_console(db_url, listen, opener_socket, opener_tls, opener_cert, clien
     opener = None
     if opener_tls:
         if opener_socket or not (opener_cert and client_cert and client_key):
-            fail("--opener-tls needs --opener-cert, --client-cert and --client-key, and no --opener")
-        opener_host, opener_port = parse_listen(opener_tls)
+            fail(i18n.text("server_cli.opener_tls"))
+        opener_host, opener_port = parse_listen(opener_tls, "--opener-tls")
         opener = OpenerClient(None, OpenerTLS(opener_host, opener_port, client_cert, client_key, opener_cert))
     elif opener_socket:
         opener = OpenerClient(opener_socket)
     if bool(tls_cert) != bool(tls_key):
-        fail("--tls-cert and --tls-key go together")
+        fail(i18n.text("server_cli.tls_pair"))
     if not tls_cert and not (insecure_http and _loopback(host)):
-        fail("the console needs TLS (--tls-cert, --tls-key); plain HTTP only with --insecure-http on a loopback "
-             "address")
+        fail(i18n.text("server_cli.console_tls"))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     policy = Policy(idle_ms=idle_minutes * 60_000, secure=bool(tls_cert))
     config = ConsoleConfig(opener=opener, policy=policy,

@@ -34,7 +34,7 @@ def _uid(text: str) -> int:
     try:
         return pwd.getpwnam(text).pw_uid
     except KeyError:
-        fail(f"no user {escape(text)!r}")
+        fail(i18n.text("server_cli.no_user", name=repr(text)))
 
 
 def _gid(text: str) -> int:
@@ -43,7 +43,7 @@ def _gid(text: str) -> int:
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:
-        fail(f"no group {escape(text)!r}")
+        fail(i18n.text("server_cli.no_group", name=repr(text)))
 
 
 def _approver_roles(text: str) -> frozenset[str]:
@@ -51,7 +51,7 @@ def _approver_roles(text: str) -> frozenset[str]:
         return frozenset()
     found = frozenset(r.strip() for r in text.split(",") if r.strip())
     if not found or not found <= {roles.TRACER, roles.ADMIN}:
-        fail(f"--approvers is a list of {roles.TRACER} and {roles.ADMIN}, or none (not {escape(text)!r})")
+        fail(i18n.text("server_cli.approvers", tracer=roles.TRACER, admin=roles.ADMIN, value=repr(text)))
     return found
 
 
@@ -100,15 +100,15 @@ def server_opener(db_url, socket_path, listen_tls, tls_cert, tls_key, client_cer
     SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not socket_path and not listen_tls:
-        fail("give --socket PATH, --listen-tls HOST:PORT, or both")
+        fail(i18n.text("server_cli.opener_where"))
     if listen_tls and not (tls_cert and tls_key and client_certs):
-        fail("--listen-tls needs --tls-cert, --tls-key and at least one --client-cert (the console's)")
+        fail(i18n.text("server_cli.opener_listen_tls"))
     if shares and (key_file or keys_dir):
-        fail("give the key (--sealing-key / --keys) or its shares (--share), not both")
+        fail(i18n.text("server_cli.key_or_shares"))
     key = _key_from_shares(shares) if shares else _sealing_key(db_url, key_file, keys_dir)
     if state_dir is None:
         if shares:
-            fail("with --share give --state DIR for the opener's audit anchors")
+            fail(i18n.text("server_cli.shares_state"))
         state_dir = str(Path(key_file).parent if key_file else run_guarded(keys.key_dir, db_url, keys_dir))
     policy = Policy(frozenset(_uid(a) for a in allowed), max_per_request, per_case_hour, total_hour,
                     _approver_roles(approvers), approval_minutes * 60)
@@ -120,7 +120,7 @@ def server_opener(db_url, socket_path, listen_tls, tls_cert, tls_key, client_cer
         servers.append(run_guarded(bind, socket_path, opener, group=_gid(socket_group) if socket_group else None))
         where.append(escape(socket_path))
     if listen_tls:
-        host, port = parse_listen(listen_tls)
+        host, port = parse_listen(listen_tls, "--listen-tls")
         servers.append(run_guarded(bind_tls, host, port, opener, cert=tls_cert, key=tls_key,
                                    client_certs=list(client_certs)))
         where.append(i18n.t("server.opener_tls_where", address=f"tls://{escape(listen_tls)}", n=len(client_certs)))
@@ -168,7 +168,7 @@ def server_opener(db_url, socket_path, listen_tls, tls_cert, tls_key, client_cer
 def key_split(db_url, key_file, keys_dir, threshold, count, out_dir, lang):
     """Split the sealing key into shares, any THRESHOLD of which give it back."""
     if threshold > count:
-        fail("--threshold cannot be more than --shares")
+        fail(i18n.text("server_cli.threshold"), lang)
     key = _sealing_key(db_url, key_file, keys_dir)
     texts = run_guarded(keyshares.split, key, threshold, count)
     out = Path(out_dir)
@@ -176,5 +176,5 @@ def key_split(db_url, key_file, keys_dir, threshold, count, out_dir, lang):
     for i, text in enumerate(texts, 1):
         path = out / f"share-{i}.txt"
         if not run_guarded(atomic_write, path, (text + "\n").encode("ascii"), 0o600, replace=False):
-            fail(f"{escape(str(path))} exists: choose an empty directory")
+            fail(i18n.text("server_cli.share_exists", path=str(path)), lang)
     click.echo(i18n.t("server_users.shares_written", lang, n=count, dir=escape(out_dir), threshold=threshold))

@@ -23,7 +23,7 @@ def _device_urls(urls: tuple[str, ...], urls_file: str | None) -> list[str]:
         text = run_guarded(Path(urls_file).read_text, encoding="utf-8")
         out += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
     if not out:
-        fail("give --device URL (repeatable) or --devices FILE")
+        fail(i18n.text("server_cli.pull_where"))
     return out
 
 
@@ -52,12 +52,11 @@ def server_pull(db_url, urls, urls_file, keys_dir, token_file, ca_file, limit, t
         token = run_guarded(Path(token_file).read_text, encoding="utf-8").splitlines()[0:1]
         token = token[0].strip() if token else ""
         if not token:
-            fail(f"{escape(token_file)}: empty token file")
+            fail(i18n.text("server_cli.empty_token", path=token_file), lang)
     else:
         key_file = run_guarded(keys.key_dir, db_url, keys_dir) / keys.PULL_KEY_NAME
         if not key_file.exists():
-            fail(f"no pull key at {escape(str(key_file))} (`checkpoint server run` makes it; devices learn it "
-                 "at enrollment)")
+            fail(i18n.text("server_cli.no_pull_key", path=str(key_file)), lang)
         key = run_guarded(keys.load_private_key, key_file, ed25519.Ed25519PrivateKey)
     storage = open_server_storage(db_url)
     results = []

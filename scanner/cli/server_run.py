@@ -13,11 +13,11 @@ from sync.server.app import GROUP_COMMIT_MS, Limits, serve
 from sync.server.console.openerclient import OpenerClient
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """(host, port) of --listen HOST:PORT (IPv6 in brackets)."""
+def parse_listen(value: str, option: str = "--listen") -> tuple[str, int]:
+    """(host, port) of --listen HOST:PORT (IPv6 in brackets); one error line naming ``option`` otherwise."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+        fail(i18n.text("server_cli.listen", option=option, value=repr(value)))
     return host.strip("[]"), int(port)
 
 
@@ -61,7 +61,7 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
     """Serve the sync protocol until SIGINT/SIGTERM."""
     host, port = parse_listen(listen)
     if bool(tls_cert) != bool(tls_key):
-        fail("--tls-cert and --tls-key go together")
+        fail(i18n.text("server_cli.tls_pair"))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     scheme = "https" if tls_cert else "http"
     click.echo("checkpoint server: " + i18n.t("server.server_listening", url=f"{scheme}://{listen}",

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scanner.base.errors import os_error_words
+from scanner.base.i18n import text
 from scanner.base.lazy import lazy_module
 from scanner.base.paths import default_state_dir
 from scanner.store.entry import (
@@ -79,12 +81,14 @@ def connect(path: Path, *, create: bool, busy_timeout_s: float, synchronous: str
     """Open (or create, mode 0600 in a 0700 directory) the log file, configured and migrated."""
     if not path.exists():
         if not create:
-            raise EntryLogError(f"no entry log at {path}", code="no_log")
+            raise EntryLogError(f"no entry log at {path}", code="no_log",
+                                text=text("store_error.no_log", path=str(path)))
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise EntryLogError(f"cannot create {path}: {exc.strerror}", code="no_log") from None
+            raise EntryLogError(f"cannot create {path}: {exc.strerror}", code="no_log",
+                                text=text("store_error.cannot_create", what=os_error_words(exc, path))) from None
         os.close(fd)
     conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     try:

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from scanner.base import i18n
 from scanner.base.errors import CheckpointError
 from scanner.base.safetext import escape
 from scanner.store import sealing
@@ -39,7 +40,8 @@ def parse_card(text: str) -> str:
     """A card id as stored (lowercase hex); TraceError for anything else."""
     card = text.strip().lower()
     if not _CARD.fullmatch(card):
-        raise TraceError(f"card id must be hex (an even number of digits, at most 512): {escape(text[:80])!r}")
+        raise TraceError(f"card id must be hex (an even number of digits, at most 512): {escape(text[:80])!r}",
+                         text=i18n.text("trace_error.card", value=repr(escape(text[:80]))))
     return card
 
 
@@ -47,11 +49,12 @@ def parse_window(text: str) -> int:
     """"1h", "90m", "1h30m", "45s" → milliseconds (more than 0, at most 24 h)."""
     m = _DURATION.fullmatch(text.strip().lower())
     if not m or not any(m.groups()):
-        raise TraceError(f"window must look like 1h, 90m, 1h30m or 600s, not {escape(text[:40])!r}")
+        raise TraceError(f"window must look like 1h, 90m, 1h30m or 600s, not {escape(text[:40])!r}",
+                         text=i18n.text("trace_error.window", value=repr(escape(text[:40]))))
     h, mi, s = (int(g) if g else 0 for g in m.groups())
     ms = ((h * 60 + mi) * 60 + s) * 1000
     if not 0 < ms <= MAX_WINDOW_MS:
-        raise TraceError("window must be more than 0 and at most 24h")
+        raise TraceError("window must be more than 0 and at most 24h", text=i18n.text("trace_error.window_range"))
     return ms
 
 
@@ -121,7 +124,7 @@ def trace(storage: Storage, card_id: str, *, since_ms: int, until_ms: int, windo
     ``open_many`` (one call for every entry of the answer: the console's opener process)."""
     card_id = parse_card(card_id)
     if until_ms <= since_ms:
-        raise TraceError("the period is empty")
+        raise TraceError("the period is empty", text=i18n.text("trace_error.empty_period"))
 
     def open_holder_here(e: SeenEntry) -> HolderView:
         return open_holder(e.entry_id, e.sealed, sealing_key)
@@ -150,7 +153,8 @@ def trace(storage: Storage, card_id: str, *, since_ms: int, until_ms: int, windo
     if open_many is not None:
         views = list(open_many([v.entry for v in visits] + [c.entry for c in contacts]))
         if len(views) != len(visits) + len(contacts):
-            raise TraceError("the holder details came back for other entries than asked")
+            raise TraceError("the holder details came back for other entries than asked",
+                             text=i18n.text("trace_error.holders_mismatch"))
         visits = tuple(replace(v, holder=h) for v, h in zip(visits, views))
         contacts = [replace(c, holder=h) for c, h in zip(contacts, views[len(visits):])]
     return TraceReport(card_id, since_ms, until_ms, window_ms, visits, tuple(contacts), truncated)

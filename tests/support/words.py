@@ -1,7 +1,8 @@
 """Finds English (or any untranslated text) in what is shown to a Vietnamese reader: every word
 must be a word of the catalogue's Vietnamese texts (scanner/base/translations.toml), or a token the
-caller names (ids, names, paths it put there itself). Commands in backticks, paths and URLs (with a
-slash), file names, configuration sections ([trust]) and tokens with digits are not words."""
+caller names (ids, names, paths it put there itself). Commands in backticks, command-line options
+(--listen), paths and URLs (with a slash), file names, configuration sections ([trust]) and tokens
+with digits are not words."""
 from __future__ import annotations
 
 import re
@@ -11,7 +12,7 @@ from functools import cache
 from support.paths import ROOT
 
 WORD = re.compile(r"[^\W\d_]+(?:[_'’-][^\W\d_]+)*")  # letters; codes like clock_unconfirmed are one word
-NOT_WORDS = re.compile(r"`[^`]*`|\S*[/\\]\S*|\S*\d\S*|\{\w+\}|\[+\w+\]+|\S+\.[a-z]\w*")
+NOT_WORDS = re.compile(r"`[^`]*`|\S*[/\\]\S*|\S*\d\S*|\{\w+\}|\[+\w+\]+|\S+\.[a-z]\w*|(?<!\S)--?[a-z][\w-]*")
 
 
 @cache

@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from scanner import __version__
 from scanner.base import i18n
-from scanner.base.errors import CheckpointError, TrustError
+from scanner.base.errors import CheckpointError, TrustError, error_text
 from scanner.base.timeutil import DAY_MS, now_ms
 from scanner.cards.bundle import open_bundle
 from sync.server import bundles, cardfind, enrollcodes, reports
@@ -333,6 +333,8 @@ def create_console(storage: Storage, config: ConsoleConfig | None = None) -> Sta
                 return fail(ctx, ctx.t(f"refused_{exc.code}"), 403)
             return fail(ctx, ctx.t("opener_refused", code=exc.code), 503 if exc.code == "opener_unavailable" else 429)
         except CheckpointError as exc:
+            if exc.text is not None:
+                return fail(ctx, f"{ctx.t('refused')}: {error_text(exc, ctx.lang)}", 400)
             return fail(ctx, f"{ctx.t('refused')} ({exc.code}): {exc}", 400)
 
     def route(path: str, rule: Rule, methods: tuple[str, ...] = ("GET",)):
