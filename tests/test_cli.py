@@ -148,7 +148,7 @@ def test_revoke_kid(pki, tmp_path):
     (("--trust", "{pki}/hue.pub", "--at", "yesterday"), "ISO 8601"),
 ])
 def test_usage_errors_exit_2_with_one_line(pki, args, needle):
-    r = run("verify", *[a.format(pki=pki) for a in args], "CK1:ABC")
+    r = run("verify", *[a.format(pki=pki) for a in args], "CK1:ABC", env={"CHECKPOINT_LANG": "en"})
     assert r.returncode == 2
     assert needle.lower() in r.stderr.lower() or (needle == "different root" and "does not trust" in r.stderr)
     assert "Traceback" not in r.stderr

@@ -270,7 +270,7 @@ def test_server_pull_cli(server, tmp_path, verdicts):
                               "--device", api.url, "--lang", "vi"])
         assert out.exit_code == 0 and not foreign(out.stdout, [api.url, dev.device_id]), out.stdout
         out = r.invoke(main, ["server", "pull", "--db", server.db_url, "--keys", str(tmp_path / "nokeys"),
-                              "--device", api.url])
+                              "--device", api.url, "--lang", "en"])
         assert out.exit_code == 2 and "no pull key" in out.output
     assert_exactly_once(server.storage, dev)
     dev.log.close()

@@ -84,7 +84,7 @@ def test_export_refuses_a_symlinked_directory_on_the_stick(site, tmp_path, linke
     link.symlink_to(elsewhere)
     r = cli("sync", "export", "--to", str(usb), "--state-dir", str(site.state))
     assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.strip() == f"checkpoint: error: {link} is a symbolic link: not followed"
+    assert r.stderr.strip() == f"checkpoint: error: {link} is a symbolic link: not followed (symlink_refused)"
     assert list(elsewhere.iterdir()) == []
     assert len(site.log.pending(0, 100)) == 60 and StateFile(site.state).load().exported == []
 
