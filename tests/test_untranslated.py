@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from support.config import standalone, write_config
@@ -284,8 +285,8 @@ def test_operating_system_errors_are_said_by_their_errno_with_the_path_kept(tmp_
     """Real failures of the system (no such file, a directory for a file, a full disk: /dev/full),
     in the catalogue's words with their stable code, the path kept."""
     found = []
-    for attempt in (lambda: open(tmp_path / "missing.pem", "rb"), lambda: open(tmp_path, "rb"),
-                    lambda: open("/dev/full", "wb", buffering=0).write(b"x")):
+    for attempt in ((tmp_path / "missing.pem").read_bytes, tmp_path.read_bytes,
+                    lambda: Path("/dev/full").write_bytes(b"x")):
         with pytest.raises(OSError) as exc:
             attempt()
         found.append(exc.value)
