@@ -207,6 +207,7 @@ class ConsoleThread:
         config = ConsoleConfig(opener=opener,
                                policy=policy or Policy(secure=tls), server_url=server_url, login_limit=login_limit)
         self.app = create_console(self.storage, config)
+        self.clients: list[Client] = []  # closed (as browsers going away) before the console stops
         self.port = free_port()
         self.server = make_server(self.app, "127.0.0.1", self.port, tls_cert=self.cert, tls_key=self.key)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -218,6 +219,8 @@ class ConsoleThread:
         return f"{'https' if self.cert else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        for client in self.clients:
+            client.http.close()
         self.server.should_exit = True
         self.thread.join(WAIT)
         self.storage.close()
@@ -239,6 +242,7 @@ class Client:
     def __init__(self, console: ConsoleThread) -> None:
         self.base = console.url
         self.http = requests.Session()
+        console.clients.append(self)
         self.verify = console.cert if console.cert else True  # per request: REQUESTS_CA_BUNDLE beats Session.verify
         self.csrf = ""
 
