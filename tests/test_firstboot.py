@@ -24,14 +24,14 @@ from support.paths import ROOT
 from support.pki import make_pki
 from support.servers import ServerThread, free_port
 from support.units import runnable_unit
-from support.waiting import WAIT
+from support.waiting import WAIT, wait_for
 
 from hardware.feedback import DeviceState
 from hardware.gpio_feedback import open_feedback
 from scanner.appliance import firstboot
 from scanner.appliance.config import check_file, load
 from scanner.appliance.daemon import Appliance
-from scanner.appliance.enrollfile import EnrollFileInput
+from scanner.appliance.enrollfile import RETRY_S, EnrollFileInput
 from scanner.base.timeutil import now_ms
 from scanner.cards import keys
 from scanner.cards.bundle import BundleKey, make_bundle
@@ -310,10 +310,8 @@ def test_an_enrollment_file_enrolls_the_device_like_a_scanned_qr(tmp_path):
             assert enrolled.wait(WAIT) and app.mode == "provisioned" and app.core.checkpoint_id == "ward-9"
             inputs = [i for i in app.pipeline.inputs() if isinstance(i, EnrollFileInput)]
             assert len(inputs) == 1
-            deadline = time.monotonic() + WAIT
-            while inputs[0].health().state != "finished" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert inputs[0].health().state == "finished"
+            # it ends once the device is enrolled, not only when it next looks (RETRY_S later)
+            wait_for(lambda: inputs[0].health().state == "finished", "the enrollment file's end", timeout=RETRY_S / 2)
         finally:
             app.request_stop()
             app.shutdown()

@@ -124,6 +124,7 @@ class Appliance:
             self.preview = Preview(kiosk.preview_fps, kiosk.preview_width, max_viewers=config.api.max_clients)
         self._streams: list[BinaryIO] = []
         self._known_inputs: set[str] = set()
+        self._enroll_file: EnrollFileInput | None = None  # the SD card's enroll.txt, while not provisioned
         # built by start()
         self.guard: ClockGuard | None = None
         self.feedback: PatternFeedback | None = None
@@ -173,7 +174,8 @@ class Appliance:
             else:
                 log.warning("not provisioned: waiting for an enrollment QR (%s...) at any input", enrollcode.PREFIX)
                 if (enroll_file := enroll_file_for(cfg)) is not None:  # the SD card's enroll.txt, as a scan
-                    self._add_input(EnrollFileInput(enroll_file, lambda: self.device.core is not None))
+                    self._enroll_file = EnrollFileInput(enroll_file, lambda: self.device.core is not None)
+                    self._add_input(self._enroll_file)
             if self.api is not None:
                 self.api.start()
             log.info("starting %s: mode %s, %d inputs, api %s", __version__, self.device.mode,
@@ -457,6 +459,8 @@ class Appliance:
             self.hub.publish("error", {"code": outcome.code, "source": scan.source, "source_id": scan.source_id})
         elif outcome is not None:
             self.hub.publish("enrolled", {"device_id": outcome.device_id, "checkpoint_id": outcome.checkpoint_id})
+            if self._enroll_file is not None:  # done: it need not wait out its retry to see it
+                self._enroll_file.stop()
         pipeline = self.pipeline
         if pipeline is not None and not self._stop.is_set():
             for waiting in held:

@@ -1,7 +1,8 @@
 """An enrollment code left in a file (the SD card's enroll.txt, installed next to the config by
 scanner/appliance/firstboot.py) as an input: a device that is not provisioned reads it like a scanned
 enrollment QR, and again every ``retry_s`` while enrollment has not succeeded (the network may come
-up late). It stops once the device is provisioned. docs/raspberry-pi.md#what-runs-at-boot.
+up late). It stops once the device is provisioned (the daemon stops it as soon as an enrollment
+succeeds). docs/raspberry-pi.md#what-runs-at-boot.
 """
 from __future__ import annotations
 
@@ -56,5 +57,6 @@ class EnrollFileInput(InputThread):
                 self.status.set(SourceState.FAILED, SourceReason.BAD_CONFIG, str(self.path))
                 return
             if not self._sleep(self.retry_s):
-                return
-        self.status.set(SourceState.FINISHED)
+                break
+        if self.provisioned():
+            self.status.set(SourceState.FINISHED)
