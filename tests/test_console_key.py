@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -39,10 +39,12 @@ CASE = {"case_number": "ĐN-2026/0200", "reason": "ca bệnh xác nhận, gọi 
 
 @dataclass
 class ConsoleAt:
-    """What support.console.Client needs of a console: its URL and certificate (none: plain HTTP)."""
+    """What support.console.Client needs of a console: its URL, certificate (none: plain HTTP) and
+    the list its clients join."""
 
     url: str
     cert: None = None
+    clients: list = field(default_factory=list)
 
 
 def readable_memory(pid: int) -> bytes:
