@@ -71,8 +71,6 @@ class GroupCommit:
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._gathering = False  # one committer at a time gathers the next group; others store theirs
-        self.groups = 0  # groups stored, and the batches in them (for logs and tests)
-        self.batches = 0
 
     def submit(self, item: Pending) -> Ingested:
         """Store ``item`` in the next group; its Ingested once that group committed (or its error)."""
@@ -154,8 +152,6 @@ class GroupCommit:
             finally:
                 with self._cond:
                     self._storing.difference_update(i.device_id for i in group)
-                    self.groups += 1
-                    self.batches += len(group)
                     self._cond.notify_all()
                 for item in group:
                     item.done.set()
