@@ -78,7 +78,7 @@ def _together(calls) -> list:
 
 def test_batches_arriving_together_share_one_transaction_and_each_is_answered_alone():
     url = postgres.cluster().new_schema()
-    st = open_storage(url, group=GroupSettings(window_s=0.5, max_batches=64, committers=1))
+    st = open_storage(url, group=GroupSettings(window_s=1.0, max_batches=64, committers=1))
     try:
         devices = [enroll_direct(st, "cp-1") for _ in range(6)]
         sent = [(key, dev, _entries(dev, 20)) for key, dev in devices]
