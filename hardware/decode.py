@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from hardware import enhance
-from scanner.base.errors import CheckpointError, UsageError
+from scanner.base.errors import CheckpointError, UsageError, os_error_code
+from scanner.base.i18n import Text, text
 from scanner.base.lazy import lazy_module
 
 if TYPE_CHECKING:
@@ -53,10 +54,11 @@ class ImageUnreadable(UsageError):
 
     code = "image_unreadable"
 
-    def __init__(self, path: str | os.PathLike, why: str) -> None:
-        super().__init__(f"{path}: {why}")
+    def __init__(self, path: str | os.PathLike, why: str, words: Text) -> None:
+        super().__init__(f"{path}: {why}", text=text("os_error.at", path=str(path), what=words))
         self.path = str(path)
         self.why = why
+        self.words = words  # ``why`` in the catalogue's words
 
 
 Corners = tuple[tuple[int, int], ...]  # four points going round the symbol
@@ -617,22 +619,25 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise ImageUnreadable(path, f"file too large for an image ({size} bytes)")
+            raise ImageUnreadable(path, f"file too large for an image ({size} bytes)",
+                                  text("image_error.file_too_large", size=size))
         data = path.read_bytes()
     except OSError as exc:
-        raise ImageUnreadable(path, exc.strerror or str(exc)) from None
+        raise ImageUnreadable(path, exc.strerror or str(exc), text("os_error." + os_error_code(exc))) from None
     dims = _dimensions(data)
     if dims is not None and dims[0] * dims[1] > MAX_PIXELS:
-        raise ImageUnreadable(path, f"image too large ({dims[0]}x{dims[1]} pixels)")
+        raise ImageUnreadable(path, f"image too large ({dims[0]}x{dims[1]} pixels)",
+                              text("image_error.too_many_pixels", width=dims[0], height=dims[1]))
     with _opencv_silent():  # broken files are reported once, by us, not by OpenCV on stderr
         try:
             gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
         except cv2.error:
             gray = None
     if gray is None or gray.size == 0:  # imdecode reports failure by returning None, not raising
-        raise ImageUnreadable(path, "not an image OpenCV can read")
+        raise ImageUnreadable(path, "not an image OpenCV can read", text("image_error.not_an_image"))
     if gray.shape[0] * gray.shape[1] > MAX_PIXELS:
-        raise ImageUnreadable(path, f"image too large ({gray.shape[1]}x{gray.shape[0]} pixels)")
+        raise ImageUnreadable(path, f"image too large ({gray.shape[1]}x{gray.shape[0]} pixels)",
+                              text("image_error.too_many_pixels", width=gray.shape[1], height=gray.shape[0]))
     return gray
 
 
@@ -643,7 +648,8 @@ class ScanResult:
     file: str
     codes: tuple[str, ...]
     ms: float
-    error: str | None = None
+    error: str | None = None  # English, as the JSON line has it
+    problem: Text | None = None  # the error in the catalogue's words, for a person
 
     def to_dict(self) -> dict:
         """The JSON line of `checkpoint scan-image --json`; "error" only when there is one."""
@@ -658,7 +664,7 @@ def scan_file(path: str | os.PathLike, decoder: Decoder) -> ScanResult:
     try:
         gray = read_gray(path)
     except ImageUnreadable as exc:
-        return ScanResult(str(path), (), 0.0, exc.why)
+        return ScanResult(str(path), (), 0.0, exc.why, exc.words)
     t0 = time.perf_counter()
     codes = decoder.decode(gray)
     ms = (time.perf_counter() - t0) * 1000

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from requests.structures import CaseInsensitiveDict
 
 from scanner import __version__
+from scanner.base.i18n import Text, text
 from scanner.base.timeutil import now_ms
 from sync.errors import SyncError as SyncError  # raised by the client, defined apart (sync/errors.py)
 from sync.wire import protocol
@@ -32,8 +33,8 @@ class TransientError(SyncError):
 
     code = "transient"
 
-    def __init__(self, message: str, *, code: str, retry_after: float | None = None) -> None:
-        super().__init__(message, code=code)
+    def __init__(self, message: str, *, code: str, retry_after: float | None = None, text: Text | None = None) -> None:
+        super().__init__(message, code=code, text=text)
         self.retry_after = retry_after
 
 
@@ -149,17 +150,15 @@ class SyncClient:
                 body = read_limited(resp, max_bytes, path, TransientError)
                 status, resp_headers = resp.status_code, CaseInsensitiveDict(resp.headers)
         except requests.exceptions.SSLError as exc:
-            raise TransientError(f"TLS with the server at {self.base_url} failed: {cause(exc)}", code="tls") from None
+            raise _net_error("tls", self.base_url, cause(exc), code="tls") from None
         except requests.exceptions.ConnectTimeout:
-            raise TransientError(f"server not reachable at {self.base_url}: no answer in time",
-                                 code="timeout") from None
+            raise _net_error("unreachable", self.base_url, text("net_error.timed_out"), code="timeout") from None
         except requests.exceptions.ReadTimeout:
-            raise TransientError(f"the server at {self.base_url} did not answer in time", code="timeout") from None
+            raise _net_error("no_answer", self.base_url, None, code="timeout") from None
         except requests.exceptions.ConnectionError as exc:
-            raise TransientError(f"server not reachable at {self.base_url}: {cause(exc)}", code="network") from None
+            raise _net_error("unreachable", self.base_url, cause(exc), code="network") from None
         except requests.exceptions.RequestException as exc:
-            raise TransientError(f"request to the server at {self.base_url} failed: {cause(exc)}",
-                                 code="network") from None
+            raise _net_error("failed", self.base_url, cause(exc), code="network") from None
         received = now_ms()
         server_ms = _ms_header(resp_headers.get(protocol.TIME_HEADER))
         reply = Reply(status, resp_headers, body, server_ms, sent, received,
@@ -242,13 +241,18 @@ def _ms_header(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() and len(value) < 17 else None
 
 
-_ERRNO_WORDS = {errno.ECONNREFUSED: "connection refused (is the server running? is the port right?)",
-                errno.ECONNRESET: "connection reset", errno.ENETUNREACH: "network unreachable (check the link)",
-                errno.EHOSTUNREACH: "host unreachable (check the link and the address)",
-                errno.ETIMEDOUT: "no answer in time"}
+_ERRNO_WORDS = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.ENETUNREACH: "net_unreachable",
+                errno.EHOSTUNREACH: "host_unreachable", errno.ETIMEDOUT: "timed_out"}  # [net_error] of the catalogue
 
 
-def cause(exc: BaseException) -> str:
+def _net_error(what: str, url: str, why: Text | None, *, code: str) -> TransientError:
+    """A TransientError saying what failed with the server at ``url`` and why (English for logs, the
+    catalogue's words for a person)."""
+    said = text(f"net_error.{what}", url=url, why=why or "")
+    return TransientError(said("en"), code=code, text=said)
+
+
+def cause(exc: BaseException) -> Text:
     """What went wrong under a requests/urllib3 error, in a few words a technician can act on
     (the library's own text names pools and retries and runs long)."""
     seen: set[int] = set()
@@ -259,16 +263,16 @@ def cause(exc: BaseException) -> str:
             continue
         seen.add(id(e))
         if isinstance(e, socket.gaierror):
-            return "the server's name does not resolve (check the address and DNS)"
+            return text("net_error.no_name")
         if isinstance(e, ssl.SSLCertVerificationError):
-            return f"certificate not trusted ({e.verify_message})"
+            return text("net_error.certificate", why=e.verify_message)
         if isinstance(e, OSError) and e.errno in _ERRNO_WORDS:
-            return _ERRNO_WORDS[e.errno]
+            return text("net_error." + _ERRNO_WORDS[e.errno])
         todo += [x for x in (e.__cause__, e.__context__, getattr(e, "reason", None)) if isinstance(x, BaseException)]
         todo += [x for x in e.args if isinstance(x, BaseException)]
-    text = str(exc)
-    if "Connection refused" in text:  # urllib3 keeps only the text of the socket's error
-        return _ERRNO_WORDS[errno.ECONNREFUSED]
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return "the server's name does not resolve (check the address and DNS)"
-    return type(exc).__name__
+    message = str(exc)
+    if "Connection refused" in message:  # urllib3 keeps only the text of the socket's error
+        return text("net_error.refused")
+    if "Name or service not known" in message or "nodename nor servname" in message:
+        return text("net_error.no_name")
+    return text("net_error.other", kind=type(exc).__name__)

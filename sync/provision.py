@@ -16,6 +16,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from scanner.base import i18n
 from scanner.base.errors import CheckpointError, KeyFileError, TrustError
 from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
@@ -60,11 +61,12 @@ def pinned_root(state_dir: str | os.PathLike, trust_root: str | os.PathLike | No
     if trust_root is None and not Path(path).exists():
         raise ProvisionError("no trust root: give --trust-root ROOT.pub (from the installation media) or "
                              "[enroll] trust_root in the config; a device does not take its root from a server",
-                             code="no_trust_root")
+                             code="no_trust_root", text=i18n.text("cli_error.no_trust_root"))
     try:
         return load_root(path), "pinned" if trust_root is not None else "kept"
     except KeyFileError as exc:
-        raise ProvisionError(f"trust root: {exc}", code="no_trust_root") from None
+        raise ProvisionError(f"trust root: {exc}", code="no_trust_root",
+                             text=exc.text and i18n.text("cli_error.trust_root", what=exc.text)) from None
 
 
 def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_file: str | None = None,

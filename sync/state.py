@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scanner.base import i18n
 from scanner.base.errors import CheckpointError
 from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
@@ -68,7 +69,8 @@ class DeviceConfig:
             doc = json.loads(path.read_bytes())
             return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
         except FileNotFoundError:
-            raise StateError(f"{path}: this device is not provisioned (run `checkpoint provision`)") from None
+            raise StateError(f"{path}: this device is not provisioned (run `checkpoint provision`)",
+                             text=i18n.text("cli_error.not_provisioned", path=str(path))) from None
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise StateError(f"{path}: unreadable ({exc})", code="state_unreadable") from None
 

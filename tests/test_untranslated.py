@@ -347,3 +347,58 @@ def test_a_bad_pin_is_said_in_vietnamese(tmp_path):
         r = run("config", "check", str(config))
         assert r.returncode == 2 and "feedback.green.pin" in r.stderr, r.stderr
         vietnamese_only(r.stderr, str(config), "feedback.green.pin", "'x17'", "GPIO0..GPIO27")
+
+
+def test_every_command_on_error_paths_says_it_in_vietnamese(pki, tmp_path):
+    """A fresh or broken configuration, missing files, bad TOML, a dead server, an unreadable
+    database, a value click refuses: the error line is the catalogue's words (the daemon's own log
+    lines stay English, for the journal)."""
+    root = tmp_path / "root"
+    assert run("issuer", "keygen", "--out", str(root)).returncode == 0
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(bytes(range(256)) * 20)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[device]\nname = \n", encoding="utf-8")
+    missing = tmp_path / "missing.toml"
+    fresh = tmp_path / "fresh.toml"
+    fresh.write_text(f'[device]\nstate_dir = "{tmp_path / "st"}"\n[sync]\nenabled = false\n', encoding="utf-8")
+    unenrolled = tmp_path / "unenrolled.toml"
+    unenrolled.write_text(f'[device]\nstate_dir = "{tmp_path / "st2"}"\n[enroll]\nqr = false\n', encoding="utf-8")
+    dead = f"http://127.0.0.1:{free_port()}"
+    provision = ["provision", "--token", "abc", "--state-dir", str(tmp_path / "st3")]
+    cases = [
+        (["run", "--config", str(fresh)], "(not_provisioned)"),
+        (["run", "--config", str(unenrolled)], "(not_provisioned)"),
+        (["run", "--config", str(bad)], "(file)"),
+        (["log", "stats", "--config", str(bad)], "(file)"),
+        (["sync", "status", "--config", str(missing)], "(file)"),
+        (["log", "stats", "--db", str(junk)], "(log_unusable)"),
+        (["server", "stats", "--db", str(junk)], "(db_unusable)"),
+        (["server", "stats", "--db", str(tmp_path / "none.db")], "(db_missing)"),
+        (["server", "revoke", "dev-1", "--db", str(tmp_path / "no-dir" / "c.db")], "(db_url)"),
+        (["sync", "now", "--state-dir", str(tmp_path / "nostate")], "(not_provisioned)"),
+        (["scan-image", str(tmp_path / "missing.png"), str(bad)], "(image_unreadable)"),
+        (["verify", "CK1:ABC"], None),
+        (["log", "stats", "--db", str(tmp_path)], None),
+        (["server", "pull", "--limit", "0", "--device", dead], None),
+        (["verify", "--lang", "xx", "CK1:ABC"], None),
+        (["scan", "--stdin", "--trust", str(pki.pub), "--clock-skew", "soon"], None),
+        (["scan", "--trust", str(pki.pub)], None),
+        (["verify", "--trust", str(pki.pub), "--at", "yesterday", "CK1:ABC"], None),
+        (["verify", "--trust", str(pki.pub), "--image", str(bad), "CK1:ABC"], None),
+        ([*provision, "--server", dead], "(no_trust_root)"),
+        ([*provision, "--server", dead, "--trust-root", str(root) + ".pub"], "(network)"),
+        ([*provision, "--server", "http://checkpoint.example.vn", "--trust-root", str(root) + ".pub"],
+         "(sync_config)"),
+    ]
+    for args, code in cases:
+        r = run(*args)
+        said = "\n".join(line for line in r.stderr.splitlines() if line.startswith("checkpoint: error: "))
+        assert r.returncode in (1, 2) and said, (args, r.stdout, r.stderr)
+        assert code is None or code in said, (args, said)
+        vietnamese_only(said, str(tmp_path), dead, "'xx'", "'vi'", "'en'", "'soon'", "'yesterday'", "1<=x<=5000",
+                        "CK1:ABC", "'http://checkpoint.example.vn'", *([code] if code else []))
+    doctor = run("doctor", "--local", "--config", str(missing))
+    assert doctor.returncode == 1
+    vietnamese_only(doctor.stdout, str(missing), "config", "(file)")
+

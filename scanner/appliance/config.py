@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,9 +358,23 @@ def parse_text(text: str, path: Path | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([Problem("(file)", i18n.text("config.not_toml", why=str(exc)), i18n.text("config.fix_toml"))],
+        raise ConfigError([Problem("(file)", _toml_problem(str(exc)), i18n.text("config.fix_toml"))],
                           str(path) if path else "") from None
     return parse(data, path)
+
+
+_TOML_AT = re.compile(r"(?P<why>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)", re.S)
+
+
+def _toml_problem(message: str) -> i18n.Text:
+    """tomllib's message (English only) as a catalogue text: where the syntax breaks, in the reader's
+    words; the parser's own words only in English."""
+    m = _TOML_AT.fullmatch(message)
+    if m is None:
+        return i18n.text("config.not_toml", why=message, where="?")
+    where = (i18n.text("config.toml_at", line=m["line"], column=m["column"]) if m["line"]
+             else i18n.text("config.toml_at_end"))
+    return i18n.text("config.not_toml", why=m["why"], where=where)
 
 
 def load(path: str | os.PathLike) -> Config:

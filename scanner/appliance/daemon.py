@@ -64,7 +64,8 @@ from scanner.appliance.provisioning import ApplianceProvisioned, provision_appli
 from scanner.appliance.sdnotify import Notifier
 from scanner.appliance.status import Backend
 from scanner.appliance.supervisor import DISCOVER_EVERY_S, TICK_S, Hooks, Supervisor
-from scanner.base.errors import CheckpointError
+from scanner.base.errors import CheckpointError, os_error_words
+from scanner.base.i18n import text
 from scanner.base.safetext import escape
 from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
@@ -143,7 +144,9 @@ class Appliance:
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise DaemonError(f"state directory {self.state_dir}: {exc.strerror}") from None
+            raise DaemonError(f"state directory {self.state_dir}: {exc.strerror}",
+                              text=text("daemon_error.state_dir",
+                                        what=os_error_words(exc, self.state_dir))) from None
         guard = self.guard = ClockGuard(self.state_dir, max_offset_s=cfg.clock.max_offset_s,
                                         floor=self._floor_from_log())
         try:
@@ -170,7 +173,8 @@ class Appliance:
                 self._start_core(*found)
             elif not cfg.enroll.qr:
                 raise DaemonError("this device is not provisioned: run `checkpoint provision --server URL --token T` "
-                                  "(zero-touch enrollment is off: [enroll] qr = false)", code="not_provisioned")
+                                  "(zero-touch enrollment is off: [enroll] qr = false)", code="not_provisioned",
+                                  text=text("daemon_error.not_provisioned"))
             else:
                 log.warning("not provisioned: waiting for an enrollment QR (%s...) at any input", enrollcode.PREFIX)
                 if (enroll_file := enroll_file_for(cfg)) is not None:  # the SD card's enroll.txt, as a scan
@@ -221,7 +225,9 @@ class Appliance:
         try:
             sock = apimod.bind(host, port)
         except OSError as exc:
-            raise DaemonError(f"api: cannot listen on {host}:{port}: {exc.strerror}", code="api_listen") from None
+            raise DaemonError(f"api: cannot listen on {host}:{port}: {exc.strerror}", code="api_listen",
+                              text=text("daemon_error.listen", what="api", address=f"{host}:{port}",
+                                        why=os_error_words(exc, ""))) from None
         kw: dict[str, Any] = {} if self._keepalive_s is None else {"keepalive_s": self._keepalive_s}
         if self.config.kiosk.enabled:
             kw["extra_routes"] = pages.routes(backend.kiosk_settings, self.preview)
@@ -245,7 +251,9 @@ class Appliance:
                 try:
                     stream = open(table.path, "rb")  # noqa: SIM115 (closed at shutdown)
                 except OSError as exc:
-                    raise DaemonError(f"stdin[{table.name}]: {table.path}: {exc.strerror}") from None
+                    raise DaemonError(f"stdin[{table.name}]: {table.path}: {exc.strerror}",
+                                      text=text("os_error.at", path=f"stdin[{table.name}]",
+                                                what=os_error_words(exc, table.path))) from None
                 self._streams.append(stream)
             inputs.append(StdinReader(stream, name=table.name, direction=table.direction, clock=self._clock()))
         return inputs
@@ -323,7 +331,7 @@ class Appliance:
             dev = DeviceConfig.load(self.state_dir)
         except StateError as exc:
             if exc.code != "not_provisioned":
-                raise DaemonError(str(exc), code=exc.code) from None
+                raise DaemonError(str(exc), code=exc.code, text=exc.text) from None
         else:
             if not self.config.sync.enabled:
                 log.warning("provisioned for %s, but [sync] enabled = false: entries stay on this device",
@@ -333,7 +341,7 @@ class Appliance:
         if not self.config.sync.enabled:
             if not checkpoint:
                 raise DaemonError("without a server ([sync] enabled = false) set [device] checkpoint_id",
-                                  code="not_provisioned")
+                                  code="not_provisioned", text=text("daemon_error.no_checkpoint_id"))
             key, created = identity.load_or_create(self.state_dir)
             if created:
                 log.info("standalone device key created")
@@ -353,7 +361,9 @@ class Appliance:
                                min_free_bytes=lg.min_free_mb * 1024 * 1024, clock=self.guard.entry_state,
                                wal_checkpoints="idle")  # checkpointed by the tick, never inside a scan's commit
         except (EntryLogError, OSError) as exc:
-            raise DaemonError(f"entry log {cfg.db_path}: {exc}", code=getattr(exc, "code", "log_unusable")) from None
+            why = exc.text if isinstance(exc, CheckpointError) else os_error_words(exc, cfg.db_path)
+            raise DaemonError(f"entry log {cfg.db_path}: {exc}", code=getattr(exc, "code", "log_unusable"),
+                              text=why and text("daemon_error.entry_log", what=why)) from None
         if entries.holder_details_note:
             log.warning("entry log: holder details not stored (%s)", entries.holder_details_note)
         retry_stop = threading.Event()
@@ -423,7 +433,8 @@ class Appliance:
                               upload_delay_s=cfg.upload_delay_s)
         except CheckpointError as exc:
             sync_log.close()
-            raise DaemonError(f"sync: {exc}", code=exc.code) from None
+            raise DaemonError(f"sync: {exc}", code=exc.code,
+                              text=exc.text and text("daemon_error.sync", what=exc.text)) from None
         core.agent, core.sync_log = agent, sync_log
         core.sync_stop = threading.Event()
         core.sync_thread = threading.Thread(target=self._sync_main, args=(agent, core.sync_stop), name="sync",

@@ -82,6 +82,20 @@ def os_error_words(exc: OSError, path: object = None) -> Text:
                 what=words)
 
 
+# SQLite's result codes (sqlite3.Error.sqlite_errorname) as the catalogue's [db_error]
+_SQLITE = (("SQLITE_NOTADB", "not_a_database"), ("SQLITE_CORRUPT", "corrupt"), ("SQLITE_CANTOPEN", "cannot_open"),
+           ("SQLITE_READONLY", "read_only"), ("SQLITE_FULL", "disk_full"), ("SQLITE_IOERR", "io_error"),
+           ("SQLITE_BUSY", "busy"), ("SQLITE_LOCKED", "busy"), ("SQLITE_PERM", "permission_denied"),
+           ("SQLITE_AUTH", "permission_denied"))
+
+
+def sqlite_words(exc: Exception, path: object) -> Text:
+    """A database that cannot be used, in the catalogue's words by SQLite's result code, after its path."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    key = next((k for prefix, k in _SQLITE if name.startswith(prefix)), "unusable")
+    return text("os_error.at", path=escape(str(path)), what=text("db_error." + key))
+
+
 def error_text(exc: BaseException, lang: str | None = None) -> str:
     """An error as a person reads it, with its stable code beside the words: a CheckpointError's
     catalogue words when it has them (else its English message), an OSError by its errno with the

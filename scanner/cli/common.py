@@ -47,7 +47,8 @@ def parse_time(value: str) -> int:
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"{value!r} is neither epoch seconds nor an ISO 8601 time") from None
+        raise UsageError(f"{value!r} is neither epoch seconds nor an ISO 8601 time",
+                         text=i18n.text("usage.not_a_time", value=repr(value))) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return int(moment.timestamp())
@@ -62,7 +63,7 @@ class TimeParam(click.ParamType):
         try:
             return parse_time(value)
         except UsageError as exc:
-            self.fail(str(exc), param, ctx)
+            self.fail(exc.text() if exc.text is not None else str(exc), param, ctx)
 
 
 TIME = TimeParam()

@@ -25,7 +25,7 @@ def load_config(path: str | None, *, allow_missing_default: bool = True) -> Conf
     try:
         return load(file)
     except ConfigError as exc:
-        for line in exc.lines():
+        for line in exc.lines(i18n.default_lang()):
             click.echo(f"checkpoint: error: {escape(line)}", err=True)
         sys.exit(EXIT_USAGE)
 

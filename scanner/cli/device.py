@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from scanner.appliance.config import DEFAULT_PATH, Config, ConfigError, load
+from scanner.base import i18n
 from scanner.base.paths import STATE_DIR_ENV, default_state_dir
 from scanner.cli.common import fail
 from scanner.store.schema import DEFAULT_DB_NAME
@@ -31,7 +32,8 @@ def device_config(config_path: str | None) -> Config | None:
     try:
         return load(Path(config_path))
     except ConfigError as exc:
-        fail(f"{config_path}: {'; '.join(exc.lines()[:3])}")
+        lines = "; ".join(exc.lines(i18n.default_lang())[:3])
+        fail(lines if exc.source else f"{config_path}: {lines}")
 
 
 def state_dir_for(state_dir: str | None, config: Config | None) -> Path:

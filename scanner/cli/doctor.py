@@ -30,7 +30,7 @@ def doctor_cmd(config_path, as_json, local, lang):
     try:
         config = load(file) if (config_path or file.exists()) else defaults(os.environ.get(STATE_DIR_ENV) or None)
     except ConfigError as exc:
-        problems = exc.lines()
+        problems = exc.lines("en" if as_json else lang or i18n.default_lang())  # JSON in English, as its checks
     report = None
     if config is not None and not local:
         report = _from_daemon(config)

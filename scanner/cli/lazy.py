@@ -5,6 +5,7 @@ lists its commands from their summaries without loading any.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from typing import Any, NamedTuple
 
@@ -87,7 +88,7 @@ def usage_text(exc: click.UsageError, lang: str) -> str:
     elif isinstance(exc, click.MissingParameter):
         text = t("missing", param=_param(exc))
     elif isinstance(exc, click.BadParameter):
-        text = t("bad_value", param=_param(exc), message=exc.message)
+        text = t("bad_value", param=_param(exc), message=click_message(exc.message, lang))
     elif isinstance(exc, click.BadOptionUsage):
         text = t("bad_option", option=exc.option_name, message=exc.message)
     elif exc.message.startswith("No such command"):
@@ -98,6 +99,31 @@ def usage_text(exc: click.UsageError, lang: str) -> str:
         text = exc.message
     command = exc.ctx.command_path if exc.ctx is not None else "checkpoint"
     return text + t("see_help", command=command)
+
+
+# click's own refusals of a value (click/types.py; its texts are English only): their words in the catalogue
+_CLICK = (
+    (re.compile(r"(?:File|Directory|Path) (?P<path>'.*') (?P<what>does not exist|is a file|is a directory|"
+                r"is not readable|is not writable|is not executable)\.", re.S), "path_"),
+    (re.compile(r"(?P<value>.+) is not in the range (?P<range>.+)\.", re.S), "not_in_range"),
+    (re.compile(r"(?P<value>.+) is not one of (?P<choices>.+)\.", re.S), "not_one_of"),
+    (re.compile(r"(?P<value>.+) is not (?P<choices>'[^']*')\.", re.S), "not_one_of"),
+    (re.compile(r"(?P<value>.+) is not a valid (?:integer|float|boolean)\.?.*", re.S), "not_a_number"),
+)
+
+
+def click_message(message: str, lang: str) -> str:
+    """click's message for a refused value in the catalogue's words; a message not known here as it is."""
+    for pattern, key in _CLICK:
+        m = pattern.fullmatch(message)
+        if m is None:
+            continue
+        params = m.groupdict()
+        if key == "path_":
+            what = params.pop("what").removeprefix("is ").replace("does not exist", "missing").replace(" ", "_")
+            return i18n.t("usage.path_" + what, lang, **params)
+        return i18n.t("usage." + key, lang, **params)
+    return message
 
 
 def _param(exc: click.BadParameter) -> str:

@@ -39,7 +39,7 @@ from scanner.cli.common import (
 def provision(server_url, token, config_path, state_dir, ca_file, trust_root, wait_bundle_s, as_json):
     """Enroll this device, secure its state directory and write its config (safe to run again)."""
     if server_url is None and config_path is None:
-        fail("give --server URL (or --config FILE whose [sync] server names it)")
+        fail(i18n.text("cli_error.no_server"))
     res = run_guarded(provision_appliance, server_url, token, config_path=config_path,
                       state_dir=state_dir_of(state_dir) if state_dir or not config_path else None,
                       ca_file=ca_file, trust_root=trust_root, wait_bundle_s=wait_bundle_s)

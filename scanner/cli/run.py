@@ -13,7 +13,9 @@ from hardware.camera import CameraInput
 from scanner.appliance import logsetup
 from scanner.appliance.config import DEFAULT_PATH
 from scanner.appliance.daemon import Appliance, DaemonError
+from scanner.base import i18n
 from scanner.base.allocator import return_large_blocks
+from scanner.base.errors import error_text
 from scanner.base.safetext import escape
 from scanner.cli.common import EXIT_FATAL, fail
 from scanner.cli.config import load_config
@@ -35,7 +37,7 @@ def run_cmd(config_path, once, sync_timeout, log_level):
     return_large_blocks()  # a trust bundle's buffers go back to the system after each swap
     config = load_config(config_path)
     if once and not (config.stdin or any(not _is_live(c) for c in config.cameras())):
-        fail("--once needs a file input ([[stdin]] with a path, or a [[camera]] that is a file)")
+        fail(i18n.text("cli_error.run_once"))
     recent = logsetup.setup(getattr(logging, log_level.upper()))
     appliance = Appliance(config, once=once, recent_errors=recent, sync_timeout_s=sync_timeout)
     signals = {"n": 0}
@@ -53,7 +55,7 @@ def run_cmd(config_path, once, sync_timeout, log_level):
     try:
         code = appliance.run()
     except DaemonError as exc:
-        click.echo(f"checkpoint: error: {escape(str(exc))}", err=True)
+        click.echo(f"checkpoint: error: {escape(error_text(exc, i18n.default_lang()))}", err=True)
         sys.exit(EXIT_FATAL)
     sys.exit(code)
 

@@ -76,7 +76,7 @@ def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, a
     """Scan cards from cameras, files and readers; print one line per verdict until stopped (Ctrl-C)."""
     store = load_cli_trust(trust_paths, roots)
     if not (cameras or videos or folders or ports or hids or use_stdin):
-        fail("no input given: use --camera, --video, --images, --serial, --hid or --stdin")
+        fail(i18n.text("cli_error.no_input"))
     try:
         inputs = _inputs(cameras, videos, folders, ports, hids, use_stdin, decoder=decoder, roi=_roi(roi),
                          size=size, fps=fps, layout=layout, suffix=suffix, baud=baud, terminator=terminator,
@@ -84,7 +84,7 @@ def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, a
     except (ValueError, click.BadParameter) as exc:
         fail(str(exc.message if isinstance(exc, click.BadParameter) else exc))
     if once and not any(i.finite for i in inputs):
-        fail("--once needs a file input (--video, --images, --stdin or a camera given as a file)")
+        fail(i18n.text("cli_error.scan_once"))
 
     printer = _Printer(as_json, lang or i18n.default_lang())
     now = (lambda: float(at)) if at is not None else time.time
@@ -93,7 +93,7 @@ def scan(cameras, videos, folders, ports, hids, use_stdin, trust_paths, roots, a
     for inp in inputs:
         pipe.add(inp)
     if not _run(pipe, inputs, until_done=once or all(i.finite for i in inputs), on_trouble=printer.trouble):
-        fail("every input failed (see the warnings above)")
+        fail(i18n.text("cli_error.inputs_failed"))
 
 
 class _Printer:

@@ -34,7 +34,7 @@ def trust_options(fn):
 def load_cli_trust(trust_paths, roots) -> TrustStore:
     """The TrustStore that --trust and --trust-root name; one error line and exit 2 without one."""
     if not trust_paths:
-        fail("no trust given: use --trust PATH (issuer key, certificate or bundle)")
+        fail(i18n.text("cli_error.no_trust"))
     root_keys = [run_guarded(load_root, p) for p in roots]
     return run_guarded(load_trust, trust_paths, root_keys)
 

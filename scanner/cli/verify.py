@@ -34,12 +34,12 @@ def verify(trust_paths, roots, at, clock_skew, as_json, lang, images, texts):
     lang = lang or i18n.default_lang()
     if images:
         if texts:
-            fail("--image cannot be combined with TEXT arguments")
+            fail(i18n.text("cli_error.image_and_text"))
         sys.exit(_verify_images(images, store, at if at is not None else time.time(), clock_skew, as_json, lang))
     texts = list(texts) or ["-"]
     if "-" in texts:
         if len(texts) > 1:
-            fail("'-' (read stdin) cannot be combined with TEXT arguments")
+            fail(i18n.text("cli_error.stdin_and_text"))
         data = sys.stdin.buffer.read(64 * 1024)
         try:
             text = data.decode("utf-8")
@@ -49,7 +49,7 @@ def verify(trust_paths, roots, at, clock_skew, as_json, lang, images, texts):
         texts = _shc_part_lines(text) or [text]
     now = at if at is not None else time.time()
     if len(texts) > 1 and not all(t.strip(" \t\r\n").startswith(SCHEME) for t in texts):
-        fail(f"several TEXTs must be the parts of one multi-part SMART Health Card ({SCHEME}i/n/...)")
+        fail(i18n.text("cli_error.several_texts", scheme=SCHEME))
     verdict = verify_card(texts, store, now, clock_skew=clock_skew)
     if as_json:
         click.echo(json_line(verdict.to_dict()))
@@ -69,7 +69,8 @@ def _verify_images(images, store, now: float, clock_skew: int, as_json: bool, la
         shown = f"{escape(path)}: " if len(images) > 1 else ""
         result = scan_file(path, decoder)
         if result.error or not result.codes:
-            why = result.error or i18n.t("label.no_code", lang)
+            why = (f"{result.problem(lang)} (image_unreadable)" if result.problem is not None
+                   else result.error or i18n.t("label.no_code", lang))
             click.echo(f"checkpoint: error: {escape(path)}: {escape(why)}", err=True)
             status = EXIT_USAGE
             continue

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scanner.base.errors import os_error_words
+from scanner.base.errors import os_error_words, sqlite_words
 from scanner.base.i18n import text
 from scanner.base.lazy import lazy_module
 from scanner.base.paths import default_state_dir
@@ -98,7 +98,7 @@ def connect(path: Path, *, create: bool, busy_timeout_s: float, synchronous: str
         fix_file_modes(path)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise EntryLogError(f"{path}: {exc}", code="log_unusable") from None
+        raise EntryLogError(f"{path}: {exc}", code="log_unusable", text=sqlite_words(exc, path)) from None
     except BaseException:
         conn.close()
         raise

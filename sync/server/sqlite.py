@@ -9,7 +9,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from scanner.base.errors import CheckpointError
+from scanner.base.errors import CheckpointError, sqlite_words
+from scanner.base.i18n import text
 from sync.server import chain
 from sync.server.model import (
     SOURCES,
@@ -81,7 +82,9 @@ class SQLiteStorage(SQLStorage):
     def __init__(self, path: str | os.PathLike, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         if not self.path.parent.exists():
-            raise CheckpointError(f"{self.path.parent}: no such directory", code="db_url")
+            raise CheckpointError(f"{self.path.parent}: no such directory", code="db_url",
+                                  text=text("os_error.at", path=str(self.path.parent),
+                                            what=text("os_error.no_such_file")))
         new = not self.path.exists()
         if new:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -109,7 +112,8 @@ class SQLiteStorage(SQLStorage):
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            raise CheckpointError(f"{self.path}: {exc}", code="db_unusable") from None
+            raise CheckpointError(f"{self.path}: {exc}", code="db_unusable",
+                                  text=sqlite_words(exc, self.path)) from None
         self._conn = conn
 
     # ------------------------------------------------------------ plumbing

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from scanner.base import i18n
 from scanner.base.errors import CheckpointError
 from sync.server.groupcommit import GroupSettings
 from sync.server.model import Storage
@@ -51,7 +52,7 @@ def open_storage(url: str, *, must_exist: bool = False, work_deadline_s: float |
 def _sqlite(path: str, must_exist: bool) -> Storage:
     if must_exist and not Path(path).is_file():
         raise CheckpointError(f"{path}: no such database (this command does not create one: check --db)",
-                              code="db_missing")
+                              code="db_missing", text=i18n.text("cli_error.db_missing", path=path))
     return SQLiteStorage(path)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from scanner.base.errors import CheckpointError
+from scanner.base.i18n import text
 
 if TYPE_CHECKING:  # only for annotations: the schema checks URLs without loading an HTTP client
     import requests
@@ -41,11 +42,14 @@ def check_server_url(url: str) -> str:
     interface (tests, and a server on the same machine)."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise SyncConfigError(f"server URL {url!r} must be https://HOST[:PORT]")
+        raise SyncConfigError(f"server URL {url!r} must be https://HOST[:PORT]",
+                              text=text("server_url.scheme", url=repr(url)))
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise SyncConfigError(f"server URL {url!r}: plain http is only allowed on the loopback interface; use https")
+        raise SyncConfigError(f"server URL {url!r}: plain http is only allowed on the loopback interface; use https",
+                              text=text("server_url.plain_http", url=repr(url)))
     if parts.query or parts.fragment:
-        raise SyncConfigError(f"server URL {url!r} must not have a query or fragment")
+        raise SyncConfigError(f"server URL {url!r} must not have a query or fragment",
+                              text=text("server_url.query", url=repr(url)))
     return url.rstrip("/")
 
 

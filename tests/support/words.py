@@ -12,7 +12,8 @@ from functools import cache
 from support.paths import ROOT
 
 WORD = re.compile(r"[^\W\d_]+(?:[_'’-][^\W\d_]+)*")  # letters; codes like clock_unconfirmed are one word
-NOT_WORDS = re.compile(r"`[^`]*`|\S*[/\\]\S*|\S*\d\S*|\{\w+\}|\[+\w+\]+|\S+\.[a-z]\w*|(?<!\S)--?[a-z][\w-]*")
+NOT_WORDS = re.compile(r"`[^`]*`|\S*[/\\]\S*|\S*\d\S*|\{\w+\}|\[+\w+\]+|\S+\.[a-z]\w*"
+                       r"|(?<![\w-])--[a-z][\w-]*|(?<![\w-])-[a-z]\b")  # the last two: options (--listen, -o)
 
 
 @cache
