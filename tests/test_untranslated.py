@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import sqlite3
 import subprocess
@@ -402,3 +403,37 @@ def test_every_command_on_error_paths_says_it_in_vietnamese(pki, tmp_path):
     assert doctor.returncode == 1
     vietnamese_only(doctor.stdout, str(missing), "config", "(file)")
 
+
+def test_the_card_config_problems_are_vietnamese_on_the_terminal_and_the_page(tmp_path):
+    """`image apply-card` on a card whose files do not pass (a trust root the config does not use,
+    an enrollment file that is no code, a bad pin, a file that is a symlink): each problem, as the
+    terminal prints it and the broken-config page lists it, in Vietnamese."""
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    (tmp_path / "elsewhere.txt").write_text("CKENROLL:x\n", encoding="utf-8")
+    cases = {
+        "unused-root": {"checkpoint.toml": '[sync]\nserver = "https://checkpoint.example.vn"\n',
+                        "trust-root.pem": (tmp_path / "root.pub")},
+        "root-alone": {"trust-root.pem": (tmp_path / "root.pub")},
+        "bad-code": {"enroll.txt": "https://checkpoint.example.vn/enroll?t=1"},
+        "bad-pin": {"checkpoint.toml": '[feedback.green]\npin = "BOARD1"\n'},
+        "bad-toml": {"checkpoint.toml": "[device\n"},
+        "symlink": {},
+    }
+    assert run("issuer", "keygen", "--out", str(tmp_path / "root")).returncode == 0
+    for label, files in cases.items():
+        boot = tmp_path / label
+        boot.mkdir()
+        for name, data in files.items():
+            (boot / name).write_bytes(data.read_bytes() if isinstance(data, Path) else data.encode("utf-8"))
+        if label == "symlink":
+            (boot / "checkpoint.toml").symlink_to(tmp_path / "elsewhere.txt")
+        errors = tmp_path / f"{label}.json"
+        r = run("image", "apply-card", "--boot", str(boot), "--config-dir", str(config_dir), "--errors", str(errors))
+        assert r.returncode == 2, (label, r.stdout, r.stderr)
+        vietnamese_only(r.stderr, str(tmp_path), str(config_dir), "(file)", "trust-root.pem", "checkpoint.toml",
+                        "enroll.txt", "enroll.trust_root", "feedback.green.pin", "CKENROLL:", "(symlink_refused)",
+                        "(enroll_code)", "enroll-qr")
+        problems = json.loads(errors.read_text(encoding="utf-8"))["problems"]
+        assert problems and all(f"checkpoint: error: {p}" in r.stderr for p in problems), (label, problems)
+    assert not any(config_dir.iterdir())

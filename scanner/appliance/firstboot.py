@@ -28,7 +28,7 @@ from scanner.appliance.config import Config, ConfigError, load, parse
 from scanner.appliance.configschema import Problem
 from scanner.appliance.provisioning import service_owner
 from scanner.base import i18n
-from scanner.base.errors import CheckpointError
+from scanner.base.errors import CheckpointError, os_error_words
 from scanner.base.fsutil import Dir, UnsafePathError
 from scanner.cards.trust import load_root
 from sync.wire import enrollcode
@@ -91,12 +91,16 @@ class ApplyResult:
         return dataclasses.asdict(self)
 
 
+def _t(key: str, **params: object) -> i18n.Text:
+    return i18n.text("card_problem." + key, **params)
+
+
 # ---------------------------------------------------------------- reading the card
 
 
-def read_card(boot_dir: str | os.PathLike) -> CardFiles:
+def read_card(boot_dir: str | os.PathLike, lang: str | None = "en") -> CardFiles:
     """The provisioning files in ``boot_dir`` (never through a symlink, each within its size limit);
-    CardConfigError naming every file that cannot be read."""
+    CardConfigError naming every file that cannot be read (its lines in ``lang``)."""
     found: list[tuple[str, bytes]] = []
     problems: list[str] = []
     with Dir.open(boot_dir) as d:
@@ -107,10 +111,9 @@ def read_card(boot_dir: str | os.PathLike) -> CardFiles:
             try:
                 found.append((name, d.read(name, MAX_BYTES[name])))
             except UnsafePathError as exc:
-                problems.append(Problem("(file)", str(exc), "copy the file onto the card again").line(d.shown(name)))
+                problems.append(Problem("(file)", exc.text or str(exc), _t("copy_again")).line(d.shown(name), lang))
             except OSError as exc:
-                problems.append(Problem("(file)", exc.strerror or str(exc), "copy the file onto the card again")
-                                .line(d.shown(name)))
+                problems.append(Problem("(file)", os_error_words(exc, ""), _t("copy_again")).line(d.shown(name), lang))
     if problems:
         raise CardConfigError(problems)
     return CardFiles(tuple(found), os.fspath(boot_dir))
@@ -119,7 +122,7 @@ def read_card(boot_dir: str | os.PathLike) -> CardFiles:
 # ---------------------------------------------------------------- checks of the set as installed
 
 
-def check_installed(config_dir: Path, card: CardFiles) -> list[str]:
+def check_installed(config_dir: Path, card: CardFiles, lang: str | None = "en") -> list[str]:
     """Every problem of the card's files as they now lie in ``config_dir``: `config check` on the
     config (its lines exactly), the trust root's key, the enrollment code, and what ties them
     together (the config uses the trust root; a code pinning a root names this one)."""
@@ -130,46 +133,41 @@ def check_installed(config_dir: Path, card: CardFiles) -> list[str]:
         try:
             config = load(config_path)
         except ConfigError as exc:
-            problems += exc.lines()
+            problems += exc.lines(lang)
     root_path = config_dir / TRUST_ROOT_NAME
     root_key = None
     if card.get(TRUST_ROOT_NAME) is not None:
         try:
             root_key = load_root(root_path)
         except CheckpointError as exc:
-            problems.append(Problem("(file)", str(exc).removeprefix(f"{root_path}: "),
-                                    "put the Ed25519 public key (PEM) the server's bundles are signed with")
-                            .line(str(root_path)))
+            problems.append(Problem("(file)", exc.text or str(exc).removeprefix(f"{root_path}: "), _t("fix_root"))
+                            .line(str(root_path), lang))
         if config is not None and root_path not in _used_roots(config):
-            problems.append(Problem("enroll.trust_root",
-                                    f"{TRUST_ROOT_NAME} is on the card but the config does not use it",
-                                    f'set [enroll] trust_root = "{root_path}"').line(str(config_path)))
+            problems.append(Problem("enroll.trust_root", _t("root_unused", name=TRUST_ROOT_NAME),
+                                    _t("fix_root_unused", path=str(root_path))).line(str(config_path), lang))
         elif card.get(CONFIG_NAME) is None:
-            problems.append(Problem("(file)", f"{TRUST_ROOT_NAME} is on the card without a {CONFIG_NAME} that uses it",
-                                    f'add a {CONFIG_NAME} with [enroll] trust_root = "{root_path}"')
-                            .line(str(root_path)))
+            problems.append(Problem("(file)", _t("root_alone", name=TRUST_ROOT_NAME, config=CONFIG_NAME),
+                                    _t("fix_root_alone", config=CONFIG_NAME, path=str(root_path)))
+                            .line(str(root_path), lang))
     text = card.get(ENROLL_NAME)
     if text is not None:
         enroll_path = config_dir / ENROLL_NAME
         try:
             code = enrollcode.parse(text.decode("utf-8").strip())
         except UnicodeDecodeError:
-            problems.append(Problem("(file)", "is not UTF-8 text", "copy the CKENROLL: text as it is")
-                            .line(str(enroll_path)))
+            problems.append(Problem("(file)", _t("not_utf8"), _t("fix_not_utf8")).line(str(enroll_path), lang))
             code = None
         except enrollcode.EnrollCodeError as exc:
-            problems.append(Problem("(file)", str(exc), "copy the text `checkpoint server enroll-qr` printed")
-                            .line(str(enroll_path)))
+            problems.append(Problem("(file)", exc.text or _t("not_a_code", code=exc.code), _t("fix_not_a_code"))
+                            .line(str(enroll_path), lang))
             code = None
         if config is not None and not config.enroll.qr:
-            problems.append(Problem("enroll.qr", f"{ENROLL_NAME} is on the card but enrollment is off",
-                                    "remove [enroll] qr = false, or the enrollment file").line(str(config_path)))
+            problems.append(Problem("enroll.qr", _t("enroll_off", name=ENROLL_NAME), _t("fix_enroll_off"))
+                            .line(str(config_path), lang))
         pinned = root_key if root_key is not None else _config_root(config)
         if code is not None and code.root_sha256 and pinned is not None \
                 and enrollcode.root_fingerprint(pinned) != code.root_sha256:
-            problems.append(Problem("(file)", "the enrollment code is for another trust root than the one pinned",
-                                    "make the code with --root of this trust root, or fix the trust root")
-                            .line(str(enroll_path)))
+            problems.append(Problem("(file)", _t("other_root"), _t("fix_other_root")).line(str(enroll_path), lang))
     return problems
 
 
@@ -220,9 +218,9 @@ def recover(config_dir: str | os.PathLike) -> bool:
         return True
 
 
-def apply(card: CardFiles, config_dir: str | os.PathLike) -> ApplyResult:
+def apply(card: CardFiles, config_dir: str | os.PathLike, lang: str | None = "en") -> ApplyResult:
     """Install ``card``'s files into ``config_dir`` (see the module docstring); CardConfigError with
-    every problem, the old files left in place, if the set does not pass."""
+    every problem (in ``lang``), the old files left in place, if the set does not pass."""
     config_dir = Path(config_dir)
     recovered = recover(config_dir)
     with Dir.open(config_dir) as d:
@@ -257,7 +255,7 @@ def apply(card: CardFiles, config_dir: str | os.PathLike) -> ApplyResult:
                 for name in remove:
                     _unlink(d, name)
                 os.fsync(d.fd)
-        problems = check_installed(config_dir, card)
+        problems = check_installed(config_dir, card, lang)
         if problems:
             recover(config_dir)
             raise CardConfigError(problems)
@@ -268,18 +266,18 @@ def apply(card: CardFiles, config_dir: str | os.PathLike) -> ApplyResult:
     return ApplyResult("applied", tuple(card.names()), tuple(remove), recovered)
 
 
-def apply_card(boot_dir: str | os.PathLike, config_dir: str | os.PathLike) -> ApplyResult:
+def apply_card(boot_dir: str | os.PathLike, config_dir: str | os.PathLike, lang: str | None = "en") -> ApplyResult:
     """The boot step: undo an interrupted apply, then apply the card's files if they are new."""
-    card = read_card(boot_dir)
+    card = read_card(boot_dir, lang)
     if not card.files:
         return ApplyResult("none", recovered=recover(config_dir))
-    return apply(card, config_dir)
+    return apply(card, config_dir, lang)
 
 
 def _check_name_in_plan(name: str) -> None:
     if name not in (*CARD_FILES, RECORD_NAME):
-        raise CardConfigError([Problem("(file)", f"the apply journal names {name!r}",
-                                       f"remove {JOURNAL_NAME} from the configuration directory by hand").line()])
+        raise CardConfigError([Problem("(file)", _t("journal_name", name=repr(name)),
+                                       _t("fix_journal", journal=JOURNAL_NAME)).line()])
 
 
 def _unlink(d: Dir, name: str) -> None:

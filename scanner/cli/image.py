@@ -44,8 +44,8 @@ def apply_card(boot_dir, config_dir, errors_path, rules_path, lang):
     lang = lang or i18n.default_lang()
     card = None
     try:
-        card = firstboot.read_card(boot_dir)
-        result = (firstboot.apply(card, config_dir) if card.files
+        card = firstboot.read_card(boot_dir, lang)
+        result = (firstboot.apply(card, config_dir, lang) if card.files
                   else firstboot.ApplyResult("none", recovered=firstboot.recover(config_dir)))
     except firstboot.CardConfigError as exc:
         for line in exc.problems:
