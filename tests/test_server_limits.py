@@ -43,6 +43,13 @@ def _server(tmp_path, **limits) -> ServerThread:
     return ServerThread(tmp_path / "s" / "c.db", config={"limits": Limits(**limits)}).start()
 
 
+def _tls_server(tmp_path, **limits) -> tuple[ServerThread, str]:
+    """The server over TLS with ``limits``, and its certificate (for the clients to trust)."""
+    (tmp_path / "s").mkdir(exist_ok=True)
+    cert, key = tls_files(tmp_path / "tls")
+    return ServerThread(tmp_path / "s" / "c.db", config={"limits": Limits(**limits)}, tls=(cert, key)).start(), cert
+
+
 def _connect(srv: ServerThread, source: str = "127.0.0.1") -> socket.socket:
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT, source_address=(source, 0))
     return s
@@ -388,10 +395,7 @@ def test_connections_per_address_and_the_header_deadline(tmp_path, verdicts):
 
 
 def test_a_tls_connection_that_never_finishes_its_handshake_is_closed_at_its_deadline(tmp_path):
-    (tmp_path / "s").mkdir()
-    cert, key = tls_files(tmp_path / "tls")
-    srv = ServerThread(tmp_path / "s" / "c.db", config={"limits": Limits(handshake_timeout_s=0.5)},
-                       tls=(cert, key)).start()
+    srv, cert = _tls_server(tmp_path, handshake_timeout_s=0.5)
     try:
         silent = [_connect(srv, "127.0.0.2") for _ in range(3)]
         for s in silent:
@@ -405,10 +409,7 @@ def test_a_tls_connection_that_never_finishes_its_handshake_is_closed_at_its_dea
 
 
 def test_a_server_stops_soon_though_an_idle_tls_client_keeps_its_connection(tmp_path):
-    (tmp_path / "s").mkdir()
-    cert, key = tls_files(tmp_path / "tls")
-    srv = ServerThread(tmp_path / "s" / "c.db", config={"limits": Limits(tls_close_timeout_s=0.5)},
-                       tls=(cert, key)).start()
+    srv, cert = _tls_server(tmp_path, tls_close_timeout_s=0.5)
     browser = requests.Session()  # keeps its connection open, and never answers the server's TLS close
     try:
         assert browser.get(srv.url + protocol.HEALTH, verify=cert, timeout=WAIT).status_code == 200
