@@ -339,6 +339,13 @@
     setTimeout(() => { if (body.dataset.connected === "true") startPreview(); }, 3000);
   });
 
+  // leaving the page (the status page, a reload): its two streams end now, not when the browser
+  // gets round to it; held open they took the browser's six connections to the device
+  window.addEventListener("pagehide", () => {
+    if (S.es) S.es.close();
+    $("preview").removeAttribute("src");
+  });
+
   // ------------------------------------------------------------------ the event stream
 
   function setConnected(on) {
