@@ -437,3 +437,25 @@ def test_the_card_config_problems_are_vietnamese_on_the_terminal_and_the_page(tm
         problems = json.loads(errors.read_text(encoding="utf-8"))["problems"]
         assert problems and all(f"checkpoint: error: {p}" in r.stderr for p in problems), (label, problems)
     assert not any(config_dir.iterdir())
+
+
+def test_a_missing_reader_or_camera_is_said_in_vietnamese(pki, tmp_path):
+    """`scan`'s warning for a serial port that is not there and `doctor`'s camera check for a missing
+    device: the state and the reason in words, the reason code beside (no driver text)."""
+    port, video = str(tmp_path / "no-tty"), "/dev/video97"  # a V4L2 device not plugged in
+    term = Terminal([sys.executable, "-m", "scanner", "scan", "--serial", port, "--trust", str(pki.pub)], cwd=ROOT,
+                    env={**os.environ, "CHECKPOINT_LANG": "vi"})
+    try:
+        term.wait_for("(device_missing)")
+        term.ctrl_c()
+        term.finish()
+        (warning,) = [line for line in term.text().splitlines() if "(device_missing)" in line]
+    finally:
+        term.close()
+    vietnamese_only(warning.replace("checkpoint: warning:", " "), port, "serial", "(device_missing)")
+    config = write_config(tmp_path / "c.toml", standalone(tmp_path / "state", pki,
+                                                          camera=[{"name": "front", "device": video}]))
+    doctor = run("doctor", "--local", "--config", str(config))
+    (line,) = [line for line in doctor.stdout.splitlines() if "camera:front" in line]
+    assert "device_missing" in line, doctor.stdout
+    vietnamese_only(line, "camera:front", "device_missing", video)

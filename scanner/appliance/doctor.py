@@ -169,8 +169,9 @@ def _read_one_frame(cfg, timeout: float) -> tuple[Any, str | None]:
             finally:
                 src.close()
             out[:] = [frame, None if frame is not None else _t("doctor.no_frame")]
-        except SourceUnavailable as exc:
-            out[:] = [None, f"{exc.code}: {exc}"]
+        except SourceUnavailable as exc:  # the reason in words, after its code (the fix is chosen by the code)
+            out[:] = [None, i18n.text("doctor.source_problem", code=exc.code, device=str(cfg.device),
+                                      what=i18n.text(f"input_reason.{exc.code}"))]
         except Exception as exc:  # noqa: BLE001 - a driver error must become a failed check, not a crash
             out[:] = [None, f"{type(exc).__name__}: {exc}"]
 

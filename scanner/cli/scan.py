@@ -120,12 +120,16 @@ class _Printer:
         self._echo(line)
 
     def issue(self, issue) -> None:
+        hint = issue.hint if self.lang == "en" else i18n.t(f"input_reason.{issue.code}", self.lang)
         self._echo(f"checkpoint: warning: {issue.source} {escape(issue.source_id)}: {issue.code}: "
-                   f"{escape(issue.hint)} ({escape(issue.sample)})", err=True)
+                   f"{escape(hint)} ({escape(issue.sample)})", err=True)
 
     def trouble(self, h) -> None:
-        self._echo(f"checkpoint: warning: {h.source} {escape(h.source_id)}: {h.state}"
-                   f"{' (' + h.reason + ')' if h.reason else ''}: {escape(h.detail)}", err=True)
+        """An input in trouble: its state and reason in words (the driver's own detail, English, only in English)."""
+        detail = h.detail if self.lang == "en" or not h.reason else i18n.t(f"input_reason.{h.reason}", self.lang)
+        state = i18n.t(f"input_state.{h.state}", self.lang)
+        self._echo(f"checkpoint: warning: {h.source} {escape(h.source_id)}: {state}"
+                   f"{' (' + h.reason + ')' if h.reason else ''}: {escape(detail)}", err=True)
 
 
 def _run(pipe: Pipeline, inputs: list, *, until_done: bool, on_trouble) -> bool:
