@@ -58,6 +58,15 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _one(row: tuple | None) -> tuple:
     if row is None:
         raise RuntimeError("a query that always returns a row returned none")
@@ -125,14 +134,21 @@ class AutoFailover:
         return None
 
     def kill(self, name: str) -> None:
-        """The node's machine dies: SIGKILL of its postmaster and of the pg_autoctl that runs it."""
+        """The node's machine dies: SIGKILL of its pg_autoctl, its postmaster and every backend
+        (each backend is a session of its own: one left behind would keep the data directory's
+        shared memory, and a restarted node would refuse to start), waiting until all are gone."""
         proc = self.procs[name]
         self.killed.add(name)
-        try:
+        pids = _descendants(proc.pid)  # before the kill: orphans are adopted by init afterwards
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(30)
+        end = time.monotonic() + 30
+        while any(map(_alive, pids)) and time.monotonic() < end:
+            time.sleep(0.05)
 
     def freeze(self, name: str) -> None:
         """The node stops answering anyone, as when a network partition cuts its machine off
