@@ -11,6 +11,7 @@ import select
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -600,3 +601,21 @@ def test_migrations_are_known_through_sqlite_utils_public_api_only(tmp_path):
                for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
                if isinstance(node, ast.Attribute) and node.attr == "_migrations"]
     assert private == []
+
+
+def test_a_new_log_is_migrated_in_a_child_process_and_opened_without_sqlite_utils(tmp_path):
+    """premigrate.run (called by the daemon before it opens its log) makes and migrates a new log in
+    a child process, so the long-running process then opens an up-to-date log and never loads
+    sqlite-utils nor the NumPy it imports; an up-to-date log needs no child."""
+    path = tmp_path / "state" / "entries.db"
+    code = ("import sys; from pathlib import Path; from scanner.store import premigrate; "
+            "from scanner.store.entrylog import EntryLog; p = Path(sys.argv[1]); premigrate.run(p); "
+            "log = EntryLog(p, device_id='d', checkpoint_id='g'); "
+            "print(log.schema_version(), premigrate.up_to_date(p), "
+            "sorted(m for m in ('sqlite_utils', 'numpy', 'scanner.store.migrations') if m in sys.modules))")
+    for _ in range(2):  # new, then up to date
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().split(maxsplit=2) == ["3", "True", "[]"]
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600" and oct(os.stat(path.parent).st_mode & 0o777) == "0o700"

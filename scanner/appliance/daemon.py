@@ -69,6 +69,7 @@ from scanner.base.i18n import text
 from scanner.base.safetext import escape
 from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
+from scanner.store import premigrate
 from scanner.store.entrylog import EntryLog, EntryLogError
 from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
 from sync.pull import PullService, with_pull
@@ -354,6 +355,7 @@ class Appliance:
         assert self.guard is not None and self.supervisor is not None, "started"
         sealing_key = self.device.load_credential() if mode == "provisioned" else None
         try:
+            premigrate.run(cfg.db_path)  # a new or older log is migrated in a child: sqlite-utils never loads here
             entries = EntryLog(cfg.db_path, device_id=device_id, checkpoint_id=checkpoint_id,
                                sealing_key=sealing_key,
                                holder_details=lg.holder_details, synchronous=lg.synchronous,
