@@ -150,8 +150,9 @@ def test_read_only_commands_refuse_a_missing_database_and_say_what_they_found(se
     missing = tmp_path / "typo" / "centrl.db"
     (tmp_path / "typo").mkdir()
     for args in (["devices"], ["stats"], ["chain"], ["trace", "--card", "00" * 16, "--no-holders"]):
-        out = CliRunner().invoke(main, ["server", *args, "--db", str(missing)])
+        out = CliRunner().invoke(main, ["server", *args, "--db", str(missing), "--lang", "en"])
         assert out.exit_code == 2 and "no such database" in out.output, (args, out.output)
+        assert out.output.rstrip().endswith("(db_missing)"), out.output
         assert len(out.output.splitlines()) == 1 and not missing.exists()
     dev = provision_device(server, tmp_path)
     es = record(dev, verdicts, 3)

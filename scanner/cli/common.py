@@ -76,9 +76,17 @@ def fail(message: str | i18n.Text, lang: str | None = None) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+def command_lang() -> str:
+    """The running command's --lang when it has one, else the reader's language."""
+    ctx = click.get_current_context(silent=True)
+    lang = ctx.params.get("lang") if ctx is not None else None
+    return lang if lang in i18n.LANGS else i18n.default_lang()
+
+
 def fail_on(exc: BaseException) -> NoReturn:
-    """An error a command cannot go on after, in the reader's words with its code: one line, exit 2."""
-    fail(error_text(exc, i18n.default_lang()))
+    """An error a command cannot go on after, in the reader's words (its --lang) with its code: one
+    line, exit 2."""
+    fail(error_text(exc, command_lang()))
 
 
 def run_guarded(fn, *args, **kwargs):
