@@ -18,8 +18,8 @@ NBF = 1_749_900_000
 ISS = "https://health.example.vn/issuer"
 
 
-def run(*args, stdin=None):
-    env = {**os.environ, "CHECKPOINT_LANG": ""}
+def run(*args, stdin=None, lang=""):
+    env = {**os.environ, "CHECKPOINT_LANG": lang}
     return subprocess.run([sys.executable, "-m", "scanner", *args], input=stdin, capture_output=True,
                           text=True, env=env, timeout=120, check=False)
 
@@ -49,9 +49,9 @@ def world(tmp_path_factory):
     return d, card
 
 
-def verify(d, *args, stdin=None, trust=("jwks.json",)):
+def verify(d, *args, stdin=None, trust=("jwks.json",), lang=""):
     trust_args = [a for t in trust for a in ("--trust", str(d / t))]
-    return run("verify", *trust_args, "--at", AT, *args, stdin=stdin)
+    return run("verify", *trust_args, "--at", AT, *args, stdin=stdin, lang=lang)
 
 
 def test_single_card_as_argument_and_stdin(world):
@@ -94,9 +94,9 @@ def test_usage_errors(world):
     parts = shc.qr_texts(card(), 2)
     r = verify(d, parts[0], "-")
     assert r.returncode == 2 and r.stderr.startswith("checkpoint: error:") and r.stderr.count("\n") == 1
-    r = verify(d, "CK1:ABC", parts[0])
+    r = verify(d, "CK1:ABC", parts[0], lang="en")
     assert r.returncode == 2 and "multi-part" in r.stderr
-    r = verify(d, shc.qr_texts(card())[0], trust=("bad.json",))
+    r = verify(d, shc.qr_texts(card())[0], trust=("bad.json",), lang="en")
     assert r.returncode == 2 and "thumbprint" in r.stderr and r.stderr.count("\n") == 1
 
 
