@@ -6,6 +6,7 @@ the same counts with each entry once; a stranger gate (valid cards, a site crede
 root) and a replayed or forged datagram are refused."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -73,23 +74,33 @@ class Gate:
         self.fifo_out.close()
 
 
-@pytest.fixture
-def site(tmp_path, root_key):
-    lan = netns.Lan(4)
+@contextlib.contextmanager
+def running_gates(lan: netns.Lan, tmp_path, root_key, names, blocked=(), **site):
+    """Gates ``names`` in the LAN's first namespaces (after the pairs ``blocked`` are cut off from
+    each other), with one issuer, root and site secret; the gates and the LAN closed afterwards."""
     pki = make_pki(tmp_path / "pki")
     root_pem = tmp_path / "root.pem"
     root_pem.write_bytes(keys.public_pem(root_key.public_key()))
     secret = tmp_path / "site.secret"
     secret.write_bytes(b"s3cret-of-the-market-at-dong-ba!")
-    gates = []
+    gates: list[Gate] = []
     try:
-        for i, name in enumerate(("gate-A", "gate-B", "gate-C")):
-            gates.append(Gate(lan, i, tmp_path, pki, root_key, root_pem, secret, name))
-        yield lan, gates, pki, tmp_path, secret
+        for pair in blocked:
+            lan.block(*pair)
+        for i, name in enumerate(names):
+            gates.append(Gate(lan, i, tmp_path, pki, root_key, root_pem, secret, name, **site))
+        yield gates, pki, secret
     finally:
         for g in gates:
             g.close()
         lan.close()
+
+
+@pytest.fixture
+def site(tmp_path, root_key):
+    lan = netns.Lan(4)
+    with running_gates(lan, tmp_path, root_key, ("gate-A", "gate-B", "gate-C")) as (gates, pki, secret):
+        yield lan, gates, pki, tmp_path, secret
 
 
 def heard(gate: Gate, n: int) -> bool:
@@ -169,16 +180,7 @@ def test_gates_that_cannot_reach_each_other_learn_through_a_third(tmp_path, root
     C passes each one's signed entries on to the other: a card in at A is refused at B as already
     inside, and an exit at B is known at A, while A and B never hear each other."""
     lan = netns.Lan(3, subnet=1)
-    pki = make_pki(tmp_path / "pki")
-    root_pem = tmp_path / "root.pem"
-    root_pem.write_bytes(keys.public_pem(root_key.public_key()))
-    secret = tmp_path / "site.secret"
-    secret.write_bytes(b"s3cret-of-the-market-at-dong-ba!")
-    gates: list[Gate] = []
-    try:
-        lan.block(0, 1)
-        for i, name in enumerate(("gate-A", "gate-B", "gate-C")):
-            gates.append(Gate(lan, i, tmp_path, pki, root_key, root_pem, secret, name))
+    with running_gates(lan, tmp_path, root_key, ("gate-A", "gate-B", "gate-C"), blocked=[(0, 1)]) as (gates, pki, _):
         a, b, c = gates
         wait_for(lambda: heard(c, 2) and heard(a, 1) and heard(b, 1), "C hears both, A and B only C")
         x = pki.card(card_id=b"\x05" * 16)
@@ -195,25 +197,13 @@ def test_gates_that_cannot_reach_each_other_learn_through_a_third(tmp_path, root
                  lambda: f"every gate: {[(g.name, {k: g.site()[k] for k in want}) for g in gates]}")
         assert [p["device_id"] for p in a.site()["peers"]] == [c.device_id]  # A never heard B itself
         assert [p["device_id"] for p in b.site()["peers"]] == [c.device_id]
-    finally:
-        for g in gates:
-            g.close()
-        lan.close()
 
 
 def test_gates_on_an_ipv6_only_lan(tmp_path, root_key):
     """Two gates in namespaces with IPv6 addresses only (ULA and link-local), listening on [::]:
     mDNS over IPv6 finds them, and a card in at A is refused at B as already inside."""
     lan = netns.Lan(2, subnet=2, ipv6=True)
-    pki = make_pki(tmp_path / "pki")
-    root_pem = tmp_path / "root.pem"
-    root_pem.write_bytes(keys.public_pem(root_key.public_key()))
-    secret = tmp_path / "site.secret"
-    secret.write_bytes(b"s3cret-of-the-market-at-dong-ba!")
-    gates: list[Gate] = []
-    try:
-        for i, name in enumerate(("gate-A", "gate-B")):
-            gates.append(Gate(lan, i, tmp_path, pki, root_key, root_pem, secret, name, listen=f"[::]:{PORT}"))
+    with running_gates(lan, tmp_path, root_key, ("gate-A", "gate-B"), listen=f"[::]:{PORT}") as (gates, pki, _):
         a, b = gates
         wait_for(lambda: heard(a, 1) and heard(b, 1), "the two gates hear each other over IPv6")
         assert all(p["address"].startswith("[") for g in gates for p in g.site()["peers"]), a.site()["peers"]
@@ -222,7 +212,3 @@ def test_gates_on_an_ipv6_only_lan(tmp_path, root_key):
         assert a.scan(x) == ("accept", "ok")
         wait_for(lambda: b.site()["in"] == 1, "A's entry at B")
         assert b.scan(x) == ("reject", "already_inside")
-    finally:
-        for g in gates:
-            g.close()
-        lan.close()

@@ -43,6 +43,15 @@ def lane(camera, n: int = 6) -> list[np.ndarray]:
     return [camera.shoot(F.Pose(1e6), F.Look(), np.random.default_rng(100 + i)).frame for i in range(n)]
 
 
+def first_read(camera, clip, text: str) -> int | None:
+    """The index of the clip's first frame a stream decoder reads ``text`` on, after watching an
+    empty lane (None: never)."""
+    stream = StreamDecoder()
+    for frame in lane(camera):
+        stream.feed(frame)
+    return next((i for i, shot in enumerate(clip) if [c.text for c in stream.feed(shot.frame).codes] == [text]), None)
+
+
 def test_frame_set_is_made_at_run_time_and_the_same_for_a_seed(camera):
     a = F.frame_set(camera, 1, seed=5)
     b = F.frame_set(camera, 1, seed=5)
@@ -183,11 +192,7 @@ def test_texture_search_finds_nothing_in_an_empty_lane():
 
 def test_stream_reads_a_defocused_card_within_a_few_frames(camera, text):
     clip = F.clip(camera, "defocus 1.0", np.random.default_rng(7))
-    stream = StreamDecoder()
-    for frame in lane(camera):
-        stream.feed(frame)
-    read_at = next((i for i, shot in enumerate(clip) if [c.text for c in stream.feed(shot.frame).codes] == [text]),
-                   None)
+    read_at = first_read(camera, clip, text)
     assert read_at is not None and read_at <= 3
     assert all(zxing_alone(shot.frame) == [] for shot in clip[:read_at + 1])
 
@@ -197,11 +202,7 @@ def test_stream_reads_a_card_held_60_degrees_from_the_side_at_once(camera, text)
     region is elongated, so the second attempt of the first frame unslants its crop and reads it."""
     clip = F.clip(camera, "tilt 60", np.random.default_rng([11, 1000 + list(F.CATEGORIES).index("tilt 60"), 4]))
     assert all(zxing_alone(shot.frame) == [] for shot in clip[:3])
-    stream = StreamDecoder()
-    for frame in lane(camera):
-        stream.feed(frame)
-    read_at = next((i for i, shot in enumerate(clip) if [c.text for c in stream.feed(shot.frame).codes] == [text]),
-                   None)
+    read_at = first_read(camera, clip, text)
     assert read_at is not None and read_at <= 2
 
 
@@ -224,11 +225,7 @@ def test_stream_widens_an_outline_that_holds_only_part_of_the_code(camera, text)
     dec = ApplianceDecoder()
     _, seen = dec.first_pass(clip[0].frame)
     assert seen and enhance.quad_side(seen[0]) < 0.75 * clip[0].module_px * 65  # a part, not the code
-    stream = StreamDecoder()
-    for frame in lane(camera):
-        stream.feed(frame)
-    read_at = next((i for i, shot in enumerate(clip) if [c.text for c in stream.feed(shot.frame).codes] == [text]),
-                   None)
+    read_at = first_read(camera, clip, text)
     assert read_at is not None and read_at <= 2
 
 

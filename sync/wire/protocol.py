@@ -37,6 +37,8 @@ def parse_formats(value: str | None) -> tuple[int, ...]:
     server reads it)."""
     found = sorted({int(p) for p in (value or "").split(",") if p.strip().isdigit() and len(p.strip()) < 4})
     return tuple(found) or (1,)
+
+
 BUNDLE_VERSION_HEADER = "X-Checkpoint-Bundle-Version"
 AUTH_HEADER = "Authorization"
 AUTH_SCHEME = "CK-Sig"  # request signature v1: over the body, checkable only once the body is read
