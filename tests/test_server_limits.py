@@ -329,10 +329,17 @@ def test_one_device_or_address_cannot_hold_more_than_its_share(tmp_path, verdict
         ka, kb = identity.load(a.state), identity.load(b.state)
         data = _batch(a, ka, verdicts)
 
-        def hold(head: bytes, source: str = "127.0.0.1") -> socket.socket:
+        def in_progress(pool: str, who: str) -> int:
+            return srv.app.state.gate.held[(pool, who)]
+
+        def hold(head: bytes, pool: str, who: str, source: str = "127.0.0.1") -> socket.socket:
+            """Headers and no body, once the server holds the request in progress (so that a probe
+            sent after it can never be admitted ahead of it)."""
+            before = in_progress(pool, who)
             s = _connect(srv, source)
             s.sendall(head)  # and no body
             held.append(s)
+            wait_for(lambda: in_progress(pool, who) > before, f"{pool} request from {who or source} in progress")
             return s
 
         def signed_head() -> bytes:
@@ -351,14 +358,14 @@ def test_one_device_or_address_cannot_hold_more_than_its_share(tmp_path, verdict
                     return None, None, None
                 return status, doc["error"], headers.get("retry-after")
 
-        hold(signed_head())
-        hold(signed_head())
+        hold(signed_head(), "device", a.device_id)
+        hold(signed_head(), "device", a.device_id)
         wait_for(lambda: refused(signed_head())[:2] == (429, protocol.E_TOO_MANY), "device a at its share")
         assert 2 <= int(refused(signed_head())[2]) <= 4  # Retry-After 2 s, jittered up to twice that
-        hold(_head(protocol.BATCHES, 100_000), "127.0.0.2")
+        hold(_head(protocol.BATCHES, 100_000), "unauthenticated", peer_key("127.0.0.2"), "127.0.0.2")
         wait_for(lambda: refused(_head(protocol.BATCHES, 100_000), "127.0.0.2")[:2] == (429, protocol.E_TOO_MANY),
                  "address 127.0.0.2 at its share")
-        hold(_head(protocol.BATCHES, 100_000), "127.0.0.3")
+        hold(_head(protocol.BATCHES, 100_000), "unauthenticated", peer_key("127.0.0.3"), "127.0.0.3")
         wait_for(lambda: refused(_head(protocol.BATCHES, 100_000), "127.0.0.4")[:2] == (503, protocol.E_BUSY),
                  "the unauthenticated budget spent")
         # device b is not affected by any of it

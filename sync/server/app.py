@@ -427,6 +427,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
     app.add_middleware(DrainOrCloseMiddleware)
     app.add_middleware(ServerTimeMiddleware, formats=config.batch_formats)
     app.state.storage = storage
+    app.state.gate = gate  # the requests in progress, per (pool, who): what the limits act on
     return app
 
 
