@@ -114,6 +114,25 @@ def test_optional_none_fields_are_left_out_so_old_entries_keep_their_hash():
     assert chain_hash(GENESIS, {**e.hash_fields(), "kind": None}) == e.hash
 
 
+@given(entries(), st.text(min_size=1020, max_size=1100) | text)
+@settings(max_examples=200, deadline=None)
+def test_the_hash_of_any_text_is_the_specs(e, source_id):
+    """Any Unicode (the hash assembles its input as Latin-1 text) and values past 1023 bytes."""
+    e = dataclasses.replace(e, source_id=source_id)
+    assert e.computed_hash() == _spec_hash(e.prev_hash, {n: getattr(e, n) for n in E.HASHED_FIELDS})
+
+
+@given(entries())
+@settings(max_examples=200, deadline=None)
+def test_link_makes_the_entry_the_constructor_makes(e):
+    made = E.link(e.seq - 1, e.prev_hash, tuple(getattr(e, n) for n in E.LINK_FIELDS), e.sealed)
+    want = dataclasses.replace(e, batch_id=None)
+    assert made == want and made.hash == want.computed_hash() and made.sealed == e.sealed
+    assert made.sealed_sha256 == (None if e.sealed is None else hashlib.sha256(e.sealed).hexdigest())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.hash = b""  # type: ignore[misc]
+
+
 # ---------------------------------------------------------------- chain
 
 

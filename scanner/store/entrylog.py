@@ -13,6 +13,7 @@ import base64
 import contextlib
 import datetime as dt
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -33,10 +34,11 @@ from scanner.store.admission import Admission, Conditions, Previous, admit
 from scanner.store.disk import MIB, Health
 from scanner.store.entry import (
     FOLLOWUP_KINDS,
+    LINK_FIELDS,
     Anchor,
     ChainReport,
     Entry,
-    entry_hash,
+    link,
     verify_chain,
 )
 from scanner.store.errors import EntryLogError, EntryLogWriteError, write_error_code
@@ -110,11 +112,7 @@ def _b64(raw: bytes | None) -> str | None:
     return None if raw is None else base64.b64encode(raw).decode("ascii")
 
 
-def _link(head: tuple[int, bytes], fields: dict, sealed: bytes | None) -> Entry:
-    """The entry after ``head`` (its seq and hash) with ``fields``, hashed."""
-    entry = Entry(head[0] + 1, prev_hash=head[1], sealed=sealed, **fields)
-    object.__setattr__(entry, "hash", entry_hash(entry))  # frozen: set once, before anyone sees it
-    return entry
+_link_values = operator.itemgetter(*LINK_FIELDS)  # a dict of a new entry's fields as `link` takes them
 
 
 class EntryLog:
@@ -359,7 +357,7 @@ class EntryLog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             decided = admit(d.verdict, d.direction, d.conditions, self._previous(conn, d))
-            entry = self._append(conn, self._scan_fields(d, decided.verdict), d.sealed)
+            entry = self._append(conn, self._scan_values(d, decided.verdict), d.sealed)
             conn.execute("COMMIT")
         except BaseException:
             self._head = None
@@ -378,7 +376,7 @@ class EntryLog:
                                     (d.ref_entry_id, d.kind)).fetchone()
             if existing is not None:
                 return Entry(*existing)
-            entry = self._append(conn, self._followup_fields(conn, d), None)
+            entry = self._append(conn, _link_values(self._followup_fields(conn, d)), None)
         self._head = entry.seq, entry.hash
         self._commits += 1
         self._disk.check()
@@ -398,13 +396,13 @@ class EntryLog:
             schema.rollback(conn)
             raise
 
-    def _append(self, conn: sqlite3.Connection, fields: dict, sealed: bytes | None) -> Entry:
-        """Insert the next link of the chain with ``fields``: after the head this log wrote last
-        (kept in memory: one query less per scan), or, if another connection has appended since
-        (the insert then hits its seq), after the last entry in the file or the anchor."""
+    def _append(self, conn: sqlite3.Connection, values: tuple, sealed: bytes | None) -> Entry:
+        """Insert the next link of the chain with ``values`` (LINK_FIELDS, in order): after the head
+        this log wrote last (kept in memory: one query less per scan), or, if another connection has
+        appended since (the insert then hits its seq), after the last entry in the file or the anchor."""
         head = self._head
         if head is not None:
-            entry = _link(head, fields, sealed)
+            entry = link(head[0], head[1], values, sealed)
             try:
                 conn.execute(INSERT_SQL, entry_row(entry))
                 return entry
@@ -414,7 +412,7 @@ class EntryLog:
         if last is None:
             a = schema.read_anchor(conn)
             last = (a.seq, a.hash)
-        entry = _link(last, fields, sealed)
+        entry = link(last[0], last[1], values, sealed)
         conn.execute(INSERT_SQL, entry_row(entry))
         return entry
 
@@ -429,15 +427,12 @@ class EntryLog:
         return None if row is None else Previous(row[0], row[1], d.checkpoint_id, d.direction, w)
 
     @staticmethod
-    def _scan_fields(d: ScanDraft, v: Verdict) -> dict:
+    def _scan_values(d: ScanDraft, v: Verdict) -> tuple:
+        """A scan's entry fields, LINK_FIELDS in order (a tuple, not a dict: the hot path)."""
         card = v.card
-        return {
-            "entry_id": d.entry_id, "device_id": d.device_id, "checkpoint_id": d.checkpoint_id,
-            "direction": d.direction, "at_ms": d.at_ms, "clock": d.clock, "source": d.source,
-            "source_id": d.source_id, "decision": str(v.decision), "reason": str(v.reason),
-            "format": v.format, "card_id": d.card_id, "issuer": card.issuer if card is not None else None,
-            "kid": _b64(card.kid if card is not None else v.kid),
-        }
+        return (d.entry_id, d.device_id, d.checkpoint_id, d.direction, d.at_ms, d.clock, d.source, d.source_id,
+                str(v.decision), str(v.reason), v.format, d.card_id, card.issuer if card is not None else None,
+                _b64(card.kid if card is not None else v.kid), None, None)
 
     def _followup_fields(self, conn: sqlite3.Connection, d: FollowupDraft) -> dict:
         row = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE entry_id = ?", (d.ref_entry_id,)).fetchone()
