@@ -9,7 +9,7 @@ and hands the rest to its parts: the file and its migrations (``schema``), the r
 """
 from __future__ import annotations
 
-import base64
+import binascii
 import contextlib
 import datetime as dt
 import logging
@@ -109,7 +109,7 @@ def new_entry_id() -> str:
 
 
 def _b64(raw: bytes | None) -> str | None:
-    return None if raw is None else base64.b64encode(raw).decode("ascii")
+    return None if raw is None else binascii.b2a_base64(raw, newline=False).decode("ascii")  # base64.b64encode
 
 
 _link_values = operator.itemgetter(*LINK_FIELDS)  # a dict of a new entry's fields as `link` takes them

@@ -129,8 +129,9 @@ class Sealer:
                 s = self._session = self._new_session(now)
                 self._left = self.max_blobs
             self._left -= 1
-        header = s[0] + os.urandom(NONCE_LEN)
-        return header + s[1].encrypt(header[HEADER_LEN_V1:], _plaintext(holder), header + _context(context))
+        nonce = os.urandom(NONCE_LEN)
+        header = s[0] + nonce
+        return header + s[1].encrypt(nonce, _plaintext(holder), header + _context(context))
 
     def rotate(self) -> None:
         """End the current session now (its key is dropped; the next blob starts a new one)."""
