@@ -174,6 +174,111 @@ def pipeline(doc: dict) -> str:
                       "frames decoded"], mem) + f"\n\n{_when(b)}.")
 
 
+def _goal_lines(goals: list[dict]) -> str:
+    """The goals a benchmark judged, one sentence each (what, limit, median, the runs, the verdict)."""
+    out = []
+    for g in goals:
+        fmt = _goal_value(g["unit"])
+        out.append(f"`{g['key']}` ({g['case']}): {g['what']} ≤ {fmt(g['limit'])}: median **{fmt(g['median'])}** "
+                   f"(runs {fmt(g['min'])} – {fmt(g['max'])}, {g['met_runs']} of {len(g['runs'])} within), "
+                   f"**{g['verdict']}**" + (f" ({g['note']})" if g["note"] else "") + ".")
+    return " ".join(out)
+
+
+def decode_samples(doc: dict) -> str:
+    x = _bench(doc, "decode")["samples"]
+    if not x:
+        raise _Missing("decode: the shared sample photos")
+    rows = [[name, f"{v['correct']}/{v['n']} ({100 * v['correct'] / v['n']:.0f}%)", v["wrong"], _n(v["p50_ms"], 2),
+             _n(v["p95_ms"], 2)] for name, v in x.items()]
+    return _table(["backend", "correct", "wrong", "median CPU ms", "p95 CPU ms"], rows, "lrrrr")
+
+
+def decode_frames(doc: dict) -> str:
+    b = _bench(doc, "decode")
+    rows = []
+    for name, f in b["frames"].items():
+        zb = "pyzbar QR" in f
+        lo, hi = f["x_pass1_iqr"]
+        rows.append([name, _n(f["zxing raw"], 2), _n(f["zxing pass-1 opts"], 2), _n(f["appliance"], 2),
+                     _n(f["stream"], 2), f"**{f['x_pass1']:.2f}** ({lo:.2f}–{hi:.2f})",
+                     _x(f["x_raw"]), _n(f["pyzbar QR"], 2) if zb else "–",
+                     f"**{f['x_pyzbar']:.3f}** ({f['x_pyzbar_iqr'][0]:.3f}–{f['x_pyzbar_iqr'][1]:.3f})" if zb else "–"])
+    runs = len(next(iter(b["frames"].values()))["runs_x_pass1"])
+    return (_table(["frame", "zxing raw ms", "zxing pass-1 ms", "appliance ms", "stream ms",
+                    "stream × pass-1 (p25–p75)", "stream × raw", "pyzbar QR ms", "stream × pyzbar QR (p25–p75)"], rows)
+            + f"\n\nCPU ms, medians of {runs} runs. Goals on empty frames: {_goal_lines(b['goals'])} {_when(b)}.")
+
+
+def _seeds(b: dict, kind: str) -> list[tuple[str, dict]]:
+    """The held-out sets a decode run holds of ``kind`` ("camera set", "clips"): (label, figures), first seed first."""
+    return [(k.partition(", ")[2] or "the first seed", v) for k, v in b.items() if k.split(",")[0] == kind]
+
+
+def decode_camera(doc: dict) -> str:
+    b = _bench(doc, "decode")
+    sets = _seeds(b, "camera set")
+    peers = [k for k in next(iter(sets[0][1].values())) if k != "wrong"]
+    head = ["category"] + [f"{label}: {p}" if i else p for i, (label, _) in enumerate(sets) for p in peers]
+    head += [f"wrong ({label})" for label, _ in sets]
+    rows = []
+    for cat in (c for c in sets[0][1] if not c.startswith("_")):
+        rows.append([cat] + [f"{100 * s[cat][p]:.0f}%" for _, s in sets for p in peers]
+                    + [s[cat]["wrong"] for _, s in sets])
+    rescued = "; ".join(f"{label}: {s['_rescued'][0]} of {s['_rescued'][1]} "
+                        f"(**{100 * s['_rescued'][0] / max(1, s['_rescued'][1]):.0f}%**)" for label, s in sets)
+    return (_table(head, rows, "l" + "r" * (len(head) - 1))
+            + f"\n\nOf the frames zxing-cpp misses in the blur and perspective categories the appliance reads "
+              f"{rescued} (goal ≥ 90%). {_when(b)}.")
+
+
+def _clip_cell(times: list) -> str:
+    """read/clips, median (worst) ms of camera time to the first read: as the bench prints it."""
+    got = sorted(t for t in times if t is not None)
+    if not times:
+        return "–"
+    if not got:
+        return f"0/{len(times)}"
+    return f"{len(got)}/{len(times)} {statistics.median(got) * 1e3:.0f} ({got[-1] * 1e3:.0f})"
+
+
+def decode_clips(doc: dict, seed: int = 0) -> str:
+    b = _bench(doc, "decode")
+    sets = _seeds(b, "clips")
+    if seed >= len(sets):
+        raise _Missing("decode: clips of a second seed (a --quick run makes one)")
+    label, clips = sets[seed]
+    cols = list(next(iter(clips.values())))
+    rows = [[cat, *(_clip_cell(res[c]) for c in cols)] for cat, res in clips.items()]
+    return _table(["category", *cols], rows, "l" * (len(cols) + 1)) + f"\n\nClips of {label}. {_when(b)}."
+
+
+def _spread(values: list[float], fmt: Callable[[float], str], bold: bool = False, unit: str = "") -> str:
+    """median (min–max) of the runs."""
+    mid = fmt(statistics.median(values)) + unit
+    return f"{'**' + mid + '**' if bold else mid} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def fleet(doc: dict) -> str:
+    b = _bench(doc, "fleet")
+    rows = []
+    for name, f in b["figures"].items():
+        label = f"{name}" + (f", group commit ({f['bytes_per_entry']:.0f} B/entry)" if f["group_commit"] else "")
+        rows.append([label, _spread(f["entries_per_s"], lambda v: f"{v:,.0f}", True),
+                     _spread(f["copy_entries_per_s"], lambda v: f"{v:,.0f}"),
+                     _spread(f["x_peer"], lambda v: f"{v:.2f}", True),
+                     _spread(f["ack_p50_s"], lambda v: f"{v:.2f}", unit=" s"),
+                     _spread(f["ack_p95_s"], lambda v: f"{v:.2f}", True, " s"),
+                     _spread(f["p95_over_copy"], lambda v: f"{v:.2f}"), "/".join(str(x) for x in f["busy"]),
+                     _spread(f["server_cpu_us"], lambda v: f"{v:.0f}"), _spread(f["db_cpu_us"], lambda v: f"{v:.0f}"),
+                     "yes" if f["exactly_once"] else "**NO**"])
+    return (_table(["batches", "ingest entries/s", "peer: COPY entries/s", "× peer", "ack p50", "ack p95", "p95 / peer",
+                    "503/429 per run", "server CPU µs/entry", "PostgreSQL CPU µs/entry", "each entry once"], rows,
+                   "lrrrrrrrrrl")
+            + f"\n\n{b['devices']} devices × {b['batches']} batches × {b['per_batch']} entries, {b['runs']} runs "
+              f"(median, min–max). Goals: {_goal_lines(b['goals'])} {_when(b)}.")
+
+
 def entrylog(doc: dict) -> str:
     b = _bench(doc, "entrylog")
     c = b["commit_latency"]
@@ -462,6 +567,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "feedback.handover": feedback_handover, "formats": formats, "pipeline": pipeline,
     "entrylog": entrylog, "entrylog.scale": entrylog_scale, "sync": sync, "flood": flood,
     "trace": trace, "daemon": daemon, "kiosk": kiosk, "fsync": fsync, "site": site, "cli": cli, "soak": soak,
+    "decode.samples": decode_samples, "decode.frames": decode_frames, "decode.camera": decode_camera,
+    "decode.clips": decode_clips, "decode.clips.second": lambda doc: decode_clips(doc, 1), "fleet": fleet,
     "pi.inputs": pi_inputs,
     "pi.budget": pi_budget, "readme.decode": readme_decode, "readme.trace": readme_trace,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import numpy as np
 import pytest
@@ -80,6 +81,21 @@ def test_the_docs_are_generated_from_the_results_file_they_name():
         text = (ROOT / name).read_text(encoding="utf-8")
         assert "<!-- bench-results: bench/results/" in text, name
         assert report.generate(text) == text, f"{name} is stale: run `python -m bench.report`"
+
+
+def test_the_server_and_decode_sections_come_from_the_results_file_where_it_holds_them():
+    """A benchmark the results file holds is a generated part of docs/benchmarks.md; one it does not
+    hold says so in its section instead of passing off quoted figures as current."""
+    text = (ROOT / "docs/benchmarks.md").read_text(encoding="utf-8")
+    doc = results.load(ROOT / re.search(r"<!-- bench-results: (\S+) -->", text).group(1))
+    parts = set(re.findall(r"<!-- bench:([^ =]\S*) -->", text))
+    for bench in ("decode", "fleet", "failover", "drain", "trace"):
+        if bench in doc["benches"]:
+            assert {p for p in parts if p.split(".")[0] == bench}, f"{bench}: stored but not generated"
+        else:
+            assert f"no run of `--only {bench}`" in text, f"{bench}: not stored, and the section does not say so"
+    for name in ("decode.samples", "decode.frames", "decode.camera", "decode.clips", "fleet"):
+        assert "not in this results file" not in report.render(name, doc), name
 
 
 def test_a_doc_part_follows_its_results_file(tmp_path, monkeypatch):
