@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from scanner.store import entry as E
 from scanner.store.entry import GENESIS, Entry
 from scanner.store.entrylog import EntryLog
+from scanner.store.retry import ScanDraft
 from scanner.store.schema import COLUMNS, INSERT_SQL, entry_row
 from sync.server import sqlstorage
 from sync.server.sqlite import SQLiteStorage
@@ -42,6 +43,8 @@ def test_every_field_list_derives_from_the_dataclass():
     assert E.HASHED_FIELDS == SPEC_HASHED
     assert E.EXPORT_FIELDS == SPEC_EXPORT
     assert set(sqlstorage.ENTRY_COLUMNS) == set(E.STORED_FIELDS) | {"batch_id", "received_ms"}
+    # the log's hot path takes a scan draft's first eight fields as the entry's first eight
+    assert ScanDraft._fields[:8] == E.LINK_FIELDS[:8]
 
 
 def test_the_device_table_keeps_every_stored_field(tmp_path):

@@ -323,8 +323,8 @@ class EntryLog:
         sealed = None
         if card is not None and self.holder_details == "sealed" and self._sealer is not None:
             sealed = self._sealer.seal(card.holder, entry_id)
-        return ScanDraft(entry_id, round(scan.at * 1000), self._clock_state(), self.device_id, self.checkpoint_id,
-                         direction, scan.source, scan.source_id, verdict, conditions,
+        return ScanDraft(entry_id, self.device_id, self.checkpoint_id, direction, round(scan.at * 1000),
+                         self._clock_state(), scan.source, scan.source_id, verdict, conditions,
                          card.card_id.hex() if card is not None else None, sealed)
 
     def _submit(self, draft: D, commit: Callable[[D], R]) -> R:
@@ -430,9 +430,9 @@ class EntryLog:
     def _scan_values(d: ScanDraft, v: Verdict) -> tuple:
         """A scan's entry fields, LINK_FIELDS in order (a tuple, not a dict: the hot path)."""
         card = v.card
-        return (d.entry_id, d.device_id, d.checkpoint_id, d.direction, d.at_ms, d.clock, d.source, d.source_id,
-                str(v.decision), str(v.reason), v.format, d.card_id, card.issuer if card is not None else None,
-                _b64(card.kid if card is not None else v.kid), None, None)
+        return d[:8] + (str(v.decision), str(v.reason), v.format, d.card_id,
+                        card.issuer if card is not None else None, _b64(card.kid if card is not None else v.kid),
+                        None, None)
 
     def _followup_fields(self, conn: sqlite3.Connection, d: FollowupDraft) -> dict:
         row = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE entry_id = ?", (d.ref_entry_id,)).fetchone()

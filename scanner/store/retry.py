@@ -11,8 +11,8 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import NamedTuple, NoReturn
 
 from scanner.base.errors import Reason
 from scanner.cards.verdict import Verdict, reject
@@ -22,17 +22,18 @@ from scanner.store.errors import EntryLogError, EntryLogWriteError, write_error_
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ScanDraft:
+class ScanDraft(NamedTuple):
     """A scan's entry before it has a seq and a place in the chain: the verdict and the conditions
-    its admission is decided under when it is committed."""
+    its admission is decided under when it is committed. Immutable; a named tuple, not a frozen
+    dataclass, because one is made per scan (a third of the cost), and its first eight fields are
+    the entry's own first eight (``LINK_FIELDS``), in order: ``draft[:8]``."""
 
     entry_id: str
-    at_ms: int
-    clock: str
     device_id: str
     checkpoint_id: str
     direction: str
+    at_ms: int
+    clock: str
     source: str
     source_id: str
     verdict: Verdict
@@ -61,7 +62,7 @@ def refused(draft: Draft, code: str, detail: str) -> Draft:
     if isinstance(draft, FollowupDraft):
         return draft
     v = draft.verdict
-    return replace(draft, verdict=reject(Reason(code), f"entry log could not commit: {detail}", v.format,
+    return draft._replace(verdict=reject(Reason(code), f"entry log could not commit: {detail}", v.format,
                                          v.kid, v.card))
 
 
