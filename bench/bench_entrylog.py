@@ -24,7 +24,7 @@ from scanner.cards.bundle import open_bundle
 from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
 from scanner.store import sealing
-from scanner.store.entry import GENESIS, Entry, entry_hash, verify_chain, write_export
+from scanner.store.entry import GENESIS, LINK_FIELDS, Entry, entry_hash, link, verify_chain, write_export
 from scanner.store.entrylog import EntryLog, new_entry_id
 from scanner.store.schema import COLUMNS, INSERT_SQL, entry_row
 
@@ -83,9 +83,9 @@ def _commit_cases(tmp: Path, mode: str, verdicts, at: int, server) -> tuple[dict
     rows = [(seq, str(uuid.uuid4())) + base[2:5] + (template.at_ms + 3000 * seq,) + base[6:12]
             + (cards[seq % len(cards)],) + base[13:] for seq in range(1, 4001)]
 
-    def peer():
+    def peer():  # the log's transaction (BEGIN IMMEDIATE: it reads before it writes) without its own work
         seq = n["bare"] = n["bare"] + 1
-        bare.execute("BEGIN")
+        bare.execute("BEGIN IMMEDIATE")
         bare.execute(INSERT_SQL, rows[seq - 1])
         bare.execute("COMMIT")
 
@@ -161,11 +161,13 @@ def commit_bench(tmp: Path, quick: bool) -> tuple[dict, list]:
             bare_normal = cases["bare NORMAL"]
     e = templates["NORMAL"]
     holder = verdicts[0].card.holder
+    link_values = tuple(getattr(e, name) for name in LINK_FIELDS)
     sealer = sealing.Sealer(server)
     parts = interleaved({
         "seal holder, new session (X25519 + HKDF + AES-GCM)": lambda: sealing.seal(holder, server, e.entry_id),
         "seal holder in a session (AES-GCM)": lambda: sealer.seal(holder, e.entry_id),
         "chain hash": lambda: entry_hash(e),
+        "the entry: chain hash + object (entry.link)": lambda: link(e.seq - 1, e.prev_hash, link_values, e.sealed),
         "entry id (random UUID text)": new_entry_id,
         "bare NORMAL commit (reference)": bare_normal,
     }, rounds=5 if quick else 30, target_s=0.002)
@@ -174,7 +176,7 @@ def commit_bench(tmp: Path, quick: bool) -> tuple[dict, list]:
           f"one run; each step one commit per case in a shuffled order: {n} FULL commits per case; files on "
           f"{fs_type(tmp)})")
     print("record = EntryLog.record: seal holder, anti-passback query, chain link, INSERT, COMMIT;\n"
-          "bare = sqlite3 BEGIN + INSERT of the same rows (cards, times) into the same schema + COMMIT "
+          "bare = sqlite3 BEGIN IMMEDIATE + INSERT of the same rows (cards, times) into the same schema + COMMIT "
           "(same pragmas);\n"
           "overhead = median of the per-step differences record - bare")
     rows, result = [], {}
