@@ -194,7 +194,9 @@ def link(prev_seq: int, prev_hash: bytes, values: tuple, sealed: bytes | None) -
     """The entry after the one with ``prev_seq`` and ``prev_hash``: ``values`` (LINK_FIELDS, in
     order), ``sealed`` and its digest, hashed. A scan's hot path: the values are hashed as they
     are, and the frozen Entry is filled through its slots (Entry(...) sets its 22 fields one
-    object.__setattr__ at a time: twice the cost), once, before anyone sees it."""
+    object.__setattr__ at a time: twice the cost), once, before anyone sees it; what
+    ``Entry.__post_init__`` would add (the blob's digest) is computed here (tests/test_entry.py
+    compares the two ways)."""
     digest = None if sealed is None else hashlib.sha256(sealed).hexdigest()
     values = (prev_seq + 1, *values, digest, None, prev_hash)
     values += (values_hash(prev_hash, _hashed_of_values(values)), sealed)
