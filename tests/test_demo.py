@@ -42,7 +42,7 @@ def test_the_demo_runs_the_appliance_and_every_entry_reaches_the_server_once(tmp
     verdicts = [line for line in text.splitlines() if " ✔ " in line or " ✘ " in line or " ↺ " in line]
     assert len(verdicts) == 10, verdicts
     # the card again says what the kiosk and the amber LED say: let in before (when, where), no refusal
-    assert re.search(r" ↺ ALREADY ADMITTED · Came in at \d\d:\d\d at Demo, not counted again \(duplicate\)",
+    assert re.search(r" ↺ ALREADY ADMITTED · Came in at \d\d:\d\d at Demo gate, not counted again \(duplicate\)",
                      verdicts[-1]) and "REJECTED" not in verdicts[-1], verdicts[-1]
     for line, case in zip(verdicts, ("a valid card held up for 3 s", "an expired card", "a card not valid yet",
                                      "a revoked card", "forged: the name changed", "forged: signed with a key",

@@ -260,7 +260,8 @@ def test_the_console_accounts_audit_and_key_shares_say_it_in_vietnamese(tmp_path
 
 def test_the_server_daemons_say_where_they_listen_in_vietnamese(tmp_path):
     """`server run`, `server console` and `server opener`: the line each prints when it starts (and the
-    opener's when it stops), as a technician sees them on a terminal."""
+    opener's when it stops; the server's warning that no credential is published), as a technician
+    sees them on a terminal."""
     (tmp_path / "server").mkdir()
     db = str(tmp_path / "server" / "c.db")
     load_or_create_sealing_key(tmp_path / "server")
@@ -272,10 +273,16 @@ def test_the_server_daemons_say_where_they_listen_in_vietnamese(tmp_path):
                         env={**os.environ, "CHECKPOINT_LANG": "vi"})
         try:
             term.wait_for("đang nghe")
+            if args[0] == "run":
+                term.wait_for("`checkpoint server credential publish`")
             term.ctrl_c()
             term.finish()
             lines = [line for line in term.text().splitlines() if line.startswith("checkpoint ") and said in line]
             assert lines, term.text()
+            if args[0] == "run":  # a server without its credential warns the operator, in words too
+                lines += [line for line in term.text().splitlines() if line.startswith("checkpoint server: ")
+                          and "`checkpoint server credential publish`" in line]
+                assert len(lines) == 2, term.text()
             vietnamese_only("\n".join(lines).replace("checkpoint server:", " ").replace("checkpoint console:", " ")
                             .replace("checkpoint opener:", " "), db, sock, str(os.getuid()))
         finally:
@@ -459,3 +466,22 @@ def test_a_missing_reader_or_camera_is_said_in_vietnamese(pki, tmp_path):
     (line,) = [line for line in doctor.stdout.splitlines() if "camera:front" in line]
     assert "device_missing" in line, doctor.stdout
     vietnamese_only(line, "camera:front", "device_missing", video)
+
+
+def test_every_line_the_demo_prints_is_vietnamese(tmp_path):
+    """`checkpoint demo` as a new user runs it: every line on its terminal (stdout and stderr), the
+    reference server's and the daemon's included, is the catalogue's Vietnamese; the daemon's log lines
+    (English, for engineers) go to a file in the demo's folder, which the demo names."""
+    out = tmp_path / "d"
+    r = subprocess.run([sys.executable, "-m", "scanner", "demo", "--out", str(out), "--speed", "4"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=WAIT * 3, check=False,
+                       env={**os.environ, "CHECKPOINT_LANG": "vi"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    codes = [f"({reason})" for reason in ("ok", "expired", "not_yet_valid", "revoked", "bad_signature",
+                                           "unknown_key", "unsupported_format", "duplicate")]
+    tallies = [f"{reason[1:-1]} " for reason in codes]  # the summary's tally: reason codes and counts
+    device = json.loads((out / "state" / "device.json").read_text(encoding="utf-8"))["device_id"]
+    vietnamese_only(r.stdout + r.stderr, str(out), "camera:demo-camera", "cho-dong-demo", device, *codes, *tallies,
+                    "Nguyễn Văn An", "Lê Văn Cường", "Phạm Minh Đức", "Hoàng Thị Em", "Trần Thị Bích Ngọc")
+    log = out / "daemon.log"
+    assert str(log) in r.stdout and "sync" in log.read_text(encoding="utf-8")

@@ -68,3 +68,11 @@ def setup(level: int = logging.INFO, stream=None) -> RecentErrors:
     for noisy in ("uvicorn", "uvicorn.error", "uvicorn.access", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return recent
+
+
+def detach(stream) -> None:
+    """Stop logging to ``stream`` (a file about to be closed)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.StreamHandler) and h.stream is stream:
+            root.removeHandler(h)

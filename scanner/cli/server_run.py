@@ -73,4 +73,5 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
     run_guarded(serve, db_url, host, port, keys_dir=keys_dir, tls_cert=tls_cert, tls_key=tls_key,
                 access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits,
                 workers=workers, sealing_public=sealing_public, group_commit_ms=group_commit_ms,
-                batch_formats=tuple(int(v) for v in batch_formats.split(",")))
+                batch_formats=tuple(int(v) for v in batch_formats.split(",")),
+                warn=lambda words: click.echo("checkpoint server: " + words(i18n.default_lang()), err=True))

@@ -168,7 +168,8 @@ class ReferenceServer:
     def stop(self) -> None:
         if self.server is not None:
             self.server.should_exit = True
-        self.thread.join(10)
+        if self.thread.ident is not None:  # started
+            self.thread.join(10)
 
     def close(self) -> None:
         self.storage.close()
@@ -190,7 +191,7 @@ def _config_text(base: Path, video: Path, server_url: str, fps: float, speed: fl
     return f"""# The demo device's configuration (written by `checkpoint demo`; see docs/configuration.md).
 [device]
 state_dir = "{base / 'state'}"
-name = "Demo"
+name = "{i18n.t('demo_run.place', lang)}"
 lang = "{lang}"
 
 [scan]
@@ -299,10 +300,16 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
                             expires_at=c.expires_at, card_id_hex=c.card_id.hex(), path=png.with_suffix(".svg"))
 
     echo(t("title"))
-    server = ReferenceServer(base / "server").start()
+    # the log lines (English, for engineers) go to a file: the terminal is for the live line and the verdicts
+    log_path = base / "daemon.log"
+    log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed after the last log line, below
+    recent = logsetup.setup(stream=log_file)
+    server = ReferenceServer(base / "server")
     try:
+        # published before the server starts, as an operator does before devices enroll
         publish(server.storage, bundle_bytes, now_ms=now_ms(), root=root.public_key())
         publish_credential(server, root, now)
+        server.start()
         code = enrollcodes.create(server.storage, server.url, CHECKPOINT, now_ms=now_ms(),
                              ttl_hours=1, root_public_key=root.public_key())
         render.qr_png(code.text(), base / "enroll.png")
@@ -314,8 +321,8 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
                                                lang, key_dir / "root.pub").encode("utf-8"))
         echo(t("files", dir=escape(str(base))))
         echo(t("server", url=server.url))
+        echo(t("log", path=escape(str(log_path))))
         config = load(config_path)
-        recent = logsetup.setup(level=40)  # errors only: the terminal is for the live line
         appliance = Appliance(config, once=duration is None, stdout=stdout, recent_errors=recent,
                               sync_timeout_s=30.0)
         seen: list[str] = []
@@ -371,6 +378,8 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
     finally:
         server.stop()
         server.close()
+        logsetup.detach(log_file)
+        log_file.close()
     return status
 
 

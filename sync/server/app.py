@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from scanner import __version__
+from scanner.base.i18n import Text, text
 from scanner.base.timeutil import now_ms
 from sync.server import bundles, credentials
 from sync.server.groupcommit import GroupSettings
@@ -467,14 +469,15 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 256,
           retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0,
           sealing_public: str | None = None, group_commit_ms: float = GROUP_COMMIT_MS,
-          batch_formats: tuple[int, ...] = FORMAT_VERSIONS) -> None:
+          batch_formats: tuple[int, ...] = FORMAT_VERSIONS, warn: Callable[[Text], None] | None = None) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`): in this process, or in
     ``workers`` processes (0: default_workers) sharing one listening socket, each with its own
     connections to the database (they keep no state of their own: docs/scaling.md).
     ``sealing_public``: the sealing key's public half (PEM, from the opener): then the private key is
     never loaded here. ``group_commit_ms``: how long a batch may wait for others to be stored with
     it in one transaction (PostgreSQL; 0: each batch in its own, sync/server/groupcommit.py).
-    ``batch_formats``: the batch formats read and announced to devices."""
+    ``batch_formats``: the batch formats read and announced to devices. ``warn``: says a warning for
+    the operator in the reader's language (else it is logged in English)."""
     directory = key_dir(db_url, keys_dir)
     group = GroupSettings(window_s=group_commit_ms / 1000) if group_commit_ms > 0 else None
     limits = limits or Limits()
@@ -484,8 +487,7 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
         sealing_pem = sealing_public or sealing_public_pem(load_or_create_sealing_key(directory))
         pull_key = load_or_create_pull_key(directory)
         if credentials.current(storage) is None:
-            log.warning("no server credential published: devices will not enroll (the operator signs one with "
-                        "`checkpoint issuer server-credential`; then `checkpoint server credential publish`)")
+            (warn or (lambda words: log.warning("%s", words("en"))))(text("server.no_credential"))
         config = ServerConfig(sealing_pem, max_inflight_batches=max_inflight, retry_after_s=retry_after_s,
                               pull_public_pem=public_pem(pull_key), limits=limits, batch_formats=batch_formats)
         raise_open_files_limit()
