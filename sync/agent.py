@@ -286,15 +286,16 @@ def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> t
 
 def trust_job(client: SyncClient, state_dir: str | os.PathLike) -> dict:
     """refresh_bundle with the outcome as plain data (it may run in another process):
-    {"status": not_modified|delta|full, "version", "issued_at"} or {"status": "failed", "error"}
+    {"status": not_modified|delta|full, "version", "issued_at"} or {"status": "failed", "error", "code"}
     (the bundle was refused, the old one kept) or {"status": "error"|"rejected", "code", ...}."""
     roots = trustupdate.load_roots(state_dir)
     if not roots:
-        return {"status": "failed", "error": "no trust root pinned on this device (provision it with --trust-root)"}
+        return {"status": "failed", "error": "no trust root pinned on this device (provision it with --trust-root)",
+                "code": "no_trust_root"}
     try:
         kind, bundle = refresh_bundle(client, state_dir, roots)
     except TrustError as exc:
-        return {"status": "failed", "error": f"{exc.code}: {exc}"}
+        return {"status": "failed", "error": f"{exc.code}: {exc}", "code": exc.code}
     except TransientError as exc:
         return {"status": "error", "code": exc.code, "message": str(exc), "retry_after": exc.retry_after}
     except RejectedError as exc:
@@ -491,10 +492,10 @@ class SyncAgent:
         if status == "rejected":
             raise RejectedError(res["message"], code=res["code"], status=res["http"])
         if status == "failed":
-            self._trust_failed(state, res["error"])
+            self._trust_failed(state, res["error"], res["code"])
             self.update_credential(state)
             return "failed"
-        state.trust_error = None
+        state.trust_error = state.trust_error_code = None
         state.set_alarm("trust_update_failed", False)
         changed = False
         if res["version"] is not None:
@@ -527,8 +528,8 @@ class SyncAgent:
             log.info("server credential serial %d of %s installed", cred.serial, cred.server_id)
         return "installed" if changed else "not_modified"
 
-    def _trust_failed(self, state: SyncState, message: str) -> None:
-        state.trust_error = message
+    def _trust_failed(self, state: SyncState, message: str, code: str) -> None:
+        state.trust_error, state.trust_error_code = message, code
         state.set_alarm("trust_update_failed", True)
         log.error("trust update refused, old bundle kept: %s", message)
 

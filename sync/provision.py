@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base import i18n
-from scanner.base.errors import CheckpointError, KeyFileError, TrustError
+from scanner.base.errors import CheckpointError, KeyFileError, TrustError, words
 from scanner.base.fsutil import atomic_write
 from scanner.base.timeutil import now_ms
 from scanner.cards.keys import public_pem
@@ -84,24 +84,30 @@ def provision(server_url: str, token: str, state_dir: str | os.PathLike, *, ca_f
         doc = client.enroll(token)
         device_id, checkpoint_id = doc.get("device_id"), doc.get("checkpoint_id")
         if device_id != identity.device_id(key) or not isinstance(checkpoint_id, str) or not checkpoint_id:
-            raise ProvisionError("enrollment answer names another device or no checkpoint")
+            raise ProvisionError("enrollment answer names another device or no checkpoint",
+                                 text=i18n.text("cli_error.enroll_answer", url=client.base_url))
         cred_text = doc.get("server_credential")
         if not isinstance(cred_text, str) or not cred_text:
             raise ProvisionError(f"the server at {client.base_url} has no credential signed by the trust root "
                                  "(the operator issues one: `checkpoint issuer server-credential`, then "
                                  "`checkpoint server credential publish`); nothing kept",
-                                 code="credential_missing")
+                                 code="credential_missing",
+                                 text=i18n.text("cli_error.not_vouched", url=client.base_url,
+                                                what=i18n.text("error.credential_missing")))
         try:
             cred = open_credential(cred_text.encode("utf-8"), [root])
             cred.check_url(client.base_url)
         except CredentialError as exc:
             raise ProvisionError(f"the server at {client.base_url} is not vouched for by the trust root: {exc}; "
-                                 "nothing kept", code=exc.code) from None
+                                 "nothing kept", code=exc.code,
+                                 text=i18n.text("cli_error.not_vouched", url=client.base_url,
+                                                what=words(exc) or str(exc))) from None
         if doc.get("root_public_key"):
             try:
                 server_root = serialization.load_pem_public_key(str(doc["root_public_key"]).encode("ascii"))
             except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
-                raise ProvisionError("enrollment answer has an unreadable trust root") from None
+                raise ProvisionError("enrollment answer has an unreadable trust root",
+                                     text=i18n.text("cli_error.enroll_answer_root", url=client.base_url)) from None
             if not isinstance(server_root, ed25519.Ed25519PublicKey) or public_pem(server_root) != public_pem(root):
                 raise ProvisionError("the server publishes bundles of another root than the one pinned",
                                      code="root_mismatch")

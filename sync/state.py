@@ -40,7 +40,7 @@ PROGRESS_EVERY_S = 300.0  # progress alone reaches the disk at most this often (
 HB_RESERVE = 1000  # heartbeat numbers reserved by one write of the state
 # written at once when they change; the other fields are progress
 DURABLE_FIELDS = ("alarms", "quarantined", "exported", "trust_version", "trust_issued_at", "trust_error",
-                  "last_error_code", "hb_reserved")
+                  "trust_error_code", "last_error_code", "hb_reserved")
 
 
 class StateError(CheckpointError):
@@ -111,7 +111,8 @@ class SyncState:
     trust_version: int | None = None
     trust_issued_at: int | None = None
     trust_checked_ms: int | None = None
-    trust_error: str | None = None
+    trust_error: str | None = None  # why the last bundle was refused (English, for engineers)
+    trust_error_code: str | None = None  # its stable code (the screens say it with the catalogue's words)
     alarms: list = field(default_factory=list)
     quarantined: list = field(default_factory=list)  # of asdict(Quarantined)
     exported: list = field(default_factory=list)  # recent exports: {dir, batches, first_seq, last_seq, at_ms}
@@ -239,6 +240,7 @@ def status_dict(state_dir: str | os.PathLike, log: EntryLog | None) -> dict:
         "trust_version": st.trust_version,
         "trust_age_s": None if st.trust_issued_at is None else max(0, now - st.trust_issued_at),
         "trust_checked_ms": st.trust_checked_ms, "trust_error": st.trust_error,
+        "trust_error_code": st.trust_error_code,
         "clock_offset_ms": st.clock_offset_ms, "alarms": st.alarms,
         "quarantined": [{k: q[k] for k in ("batch_id", "first_seq", "last_seq", "code")} for q in st.quarantined],
         "batch_size": st.batch_size,

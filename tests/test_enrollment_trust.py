@@ -144,7 +144,7 @@ def test_a_strangers_server_with_every_public_file_gets_no_device_and_no_name(op
             held.close()
         # and the stranger's own server would not even publish the operator's credential: other key, other URL
         r = cli("server", "credential", "publish", "--db", str(stranger.db), str(operator.credential))
-        assert r.returncode == 2 and "sealing key is not this server's" in r.stderr
+        assert r.returncode == 2 and "(credential_wrong_key)" in r.stderr and "KEYS/sealing.key" in r.stderr
     finally:
         stranger.stop()
 
@@ -336,15 +336,15 @@ def test_the_operator_vouches_for_a_server_from_the_command_line(tmp_path):
             return str(out)
 
         r = cli("server", "credential", "publish", "--db", db, issue("root", 1))
-        assert r.returncode == 2 and "no trust root" in r.stderr  # the first time, --root names it
+        assert r.returncode == 2 and "(credential_no_root)" in r.stderr  # the first time, --root names it
         r = cli("server", "credential", "publish", "--db", db, issue("root", 1), "--root", str(tmp_path / "root.pub"),
                 "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["server_id"] == "central-test" and json.loads(r.stdout)["serial"] == 1
         r = cli("server", "credential", "publish", "--db", db, issue("other", 5))
-        assert r.returncode == 2 and "not signed by the expected trust root" in r.stderr
+        assert r.returncode == 2 and "(credential_wrong_root)" in r.stderr
         r = cli("server", "credential", "publish", "--db", db, issue("root", 1, "--server-url", "https://x.example.vn"))
-        assert r.returncode == 2 and "not above the published 1" in r.stderr
+        assert r.returncode == 2 and "(credential_rollback)" in r.stderr and "không lớn hơn số 1" in r.stderr
         r = cli("provision", "--server", server.url, "--token", server.token(), "--trust-root",
                 str(tmp_path / "root.pub"), "--state-dir", str(tmp_path / "dev"), "--json")
         assert r.returncode == 0, r.stderr

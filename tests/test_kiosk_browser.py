@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from support.appliance import Daemon, HeldServer
 from support.cameras import show
 from support.config import write_config
@@ -372,6 +373,45 @@ def test_the_kiosk_and_the_status_page_show_no_english_in_vietnamese(site, chrom
     found = foreign(page, ids + [st["version"], "English", "JSON"])
     assert not found, f"{found}: {' '.join(page.split())}"
     browser.set_viewport(chrome, 800, 480)
+
+
+def test_a_refused_bundle_and_a_driver_error_are_vietnamese_on_the_status_page(chrome, tmp_path):
+    """A trust bundle signed by a root the device does not trust, and a serial reader whose port is not
+    there: the status page says both in the catalogue's words with their codes; the driver's own
+    words are quoted after them, said to be the driver's (left out of the check: they are its data)."""
+    port = free_port()
+    pki, rogue = make_pki(tmp_path / "pki"), ed25519.Ed25519PrivateKey.generate()
+    pub = pki.key.public_key()
+    now = int(time.time())
+    (tmp_path / "bundle.json").write_bytes(make_bundle(rogue, version=1, issued_at=now, expires_at=now + 86400,
+                                                       keys=[BundleKey(keys.kid_of(pub), "EdDSA", "VN-HUE", pub)]))
+    root = tmp_path / "root.pub"
+    root.write_bytes(keys.public_pem(ed25519.Ed25519PrivateKey.generate().public_key()))
+    config = write_config(tmp_path / "checkpoint.toml", {
+        "device": {"state_dir": str(tmp_path / "state"), "checkpoint_id": "cho-dong", "lang": "vi"},
+        "sync": {"enabled": False}, "trust": {"files": [str(tmp_path / "bundle.json")], "roots": [str(root)]},
+        "api": {"listen": f"127.0.0.1:{port}"}, **_feedback_tables(),
+        "serial": [{"name": "entry", "port": str(tmp_path / "no-tty")}]})
+    daemon = Daemon(config)
+    try:
+        daemon.wait_line(rf"api http://127\.0\.0\.1:{port}")
+        chrome.get(f"http://127.0.0.1:{port}/status?lang=vi")
+        browser.wait_js(chrome, "document.body.dataset.loaded === 'true' && document.querySelector("
+                        "'#checks-body tr[data-check=\"reader:entry\"]')", WAIT, "the status page and its checks")
+        trust = text(chrome, "trust-kv")
+        assert "(bundle_wrong_root)" in trust and "một gốc mà thiết bị này không tin cậy" in trust, trust
+        reader = chrome.execute_script(
+            "return document.querySelector('#checks-body tr[data-check=\"reader:entry\"]').textContent")
+        driver = reader.partition("“")[2].rpartition("”")[0]  # the driver's own words, quoted
+        assert "(device_missing)" in reader and driver, reader
+        page = visible_text(chrome, "#versions-kv, #config-kv, #errors-body, .name, .json, #lang, #json-status, "
+                                    "#json-doctor")
+        st = requests.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=T).json()
+        found = foreign(page, [st["device"]["id"], st["version"], "cho-dong", "(bundle_wrong_root)", "(device_missing)",
+                               driver, "entry", "(no_trust)", "English", "JSON"])
+        assert not found, f"{found}: {' '.join(page.split())}"
+    finally:
+        daemon.stop()
 
 
 def broken_words_and_cut_values(chrome) -> dict:

@@ -19,6 +19,7 @@ from support.words import foreign
 
 from scanner.appliance import doctor
 from scanner.appliance.config import load
+from scanner.base import i18n
 from scanner.cards import keys
 from sync.site import credential as sitecred
 from sync.wire import identity
@@ -76,10 +77,16 @@ def test_without_the_daemon_the_site_credential_is_checked(gate, other_root_key,
     for code, how in cases.items():
         credential(**how)
         check = site_check(config)
-        assert check.status == "fail" and f"({code}: " in check.detail_in("en"), (code, check.detail_in("en"))
+        assert check.status == "fail" and f"({code})" in check.detail_in("en"), (code, check.detail_in("en"))
         assert f"({code})" in check.detail_in("vi") and "issuer site-credential" in check.fix_in("en"), code
+        # what is wrong, in the reader's words: the code's own, never the English detail
+        vi = check.detail_in("vi")
+        assert i18n.t(f"error.{code}", "vi") in vi and not foreign(vi, [SITE, f"({code})"]), vi
+        assert i18n.t(f"error.{code}", "en") in check.detail_in("en"), check.detail_in("en")
     (config.parent / "state" / sitecred.FILE_NAME).unlink()
-    assert "(site_credential_missing: " in site_check(config).detail_in("en")
+    missing = site_check(config)
+    assert "(site_credential_missing)" in missing.detail_in("en") and not foreign(missing.detail_in("vi"), [
+        SITE, "(site_credential_missing)", "`checkpoint issuer site-credential`"]), missing.detail_in("vi")
 
     # the command itself, in both languages
     credential(issued_at=now - 7200, expires_at=now - 60)

@@ -20,6 +20,7 @@ from support.devices import assert_exactly_once, provision_device, record
 from support.paths import ROOT
 from support.servers import BACKENDS, free_port, running_server
 from support.waiting import WAIT, wait_for
+from support.words import foreign
 
 from scanner.base.errors import TrustError
 from scanner.base.timeutil import now_ms
@@ -202,6 +203,15 @@ def test_bad_bundles_are_refused_and_the_old_one_kept(server, tmp_path, make_bun
         if attack == "rollback":
             assert st.trust_error.startswith("bundle_rollback")
         agent.close()
+        # `sync status` says why, in the reader's words with the stable code (the detail stays in the journal)
+        StateFile(dev.state).save(st)
+        r = subprocess.run([sys.executable, "-m", "scanner", "sync", "status", "--state-dir", str(dev.state)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=WAIT, check=False,
+                           env={**os.environ, "CHECKPOINT_LANG": "vi"})
+        assert r.returncode == 0, r.stderr
+        (line,) = [line for line in r.stdout.splitlines() if line.startswith("Cập nhật bộ tin cậy bị từ chối")]
+        assert line.endswith(f"({st.trust_error_code})") and st.trust_error.startswith(st.trust_error_code), line
+        assert not foreign(line, [f"({st.trust_error_code})"]), line
     finally:
         impostor.stop()
 

@@ -4,6 +4,7 @@ and staff run, with CHECKPOINT_LANG=vi, has only words of the catalogue's Vietna
 and the status page are checked the same way in tests/test_kiosk_browser.py."""
 from __future__ import annotations
 
+import base64
 import errno
 import io
 import json
@@ -15,11 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from support.config import standalone, write_config
 from support.console import WARD_A, WARD_B, make_world
 from support.paths import ROOT
 from support.pki import OPERATOR_ROOT, make_pki
-from support.servers import free_port
+from support.servers import ServerThread, free_port
 from support.terminal import Terminal
 from support.waiting import WAIT
 from support.words import foreign
@@ -34,6 +36,7 @@ from scanner.cards.scan import Scan
 from scanner.cards.trust import load_trust
 from scanner.demo.main import _Printer
 from scanner.store.entrylog import EntryLog
+from sync.server.bundles import publish
 from sync.server.keys import load_or_create_sealing_key
 from sync.server.storage import open_storage
 
@@ -485,3 +488,79 @@ def test_every_line_the_demo_prints_is_vietnamese(tmp_path):
                     "Nguyễn Văn An", "Lê Văn Cường", "Phạm Minh Đức", "Hoàng Thị Em", "Trần Thị Bích Ngọc")
     log = out / "daemon.log"
     assert str(log) in r.stdout and "sync" in log.read_text(encoding="utf-8")
+
+
+def _signed_bundle(root, payload: dict | bytes) -> bytes:
+    """A bundle file the root really signed, whatever its payload says (a malformed one, here)."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+    return json.dumps({"payload": base64.b64encode(body).decode(), "sig": base64.b64encode(root.sign(body)).decode(),
+                       "kid": base64.b64encode(keymod.kid_of(root.public_key())).decode()}).encode("utf-8")
+
+
+def test_refused_bundles_credentials_and_sites_are_vietnamese_on_the_error_line(pki, tmp_path):
+    """A trust bundle refused (another root, altered, a signed payload of the wrong form, not JSON),
+    a server no root vouches for or vouched for by another root, a token the server does not know, a
+    bundle of another root published, a gate without its site credential: the error line says what is
+    wrong in the catalogue's words, the stable code beside (the English detail is for the journal)."""
+    now_s = int(time.time())
+    pub = pki.key.public_key()
+    rogue = ed25519.Ed25519PrivateKey.generate()
+    good = make_bundle(OPERATOR_ROOT, version=1, issued_at=now_s, expires_at=now_s + 86400,
+                       keys=[BundleKey(keymod.kid_of(pub), "EdDSA", "VN-HUE", pub)])
+    root_pub = tmp_path / "root.pub"
+    root_pub.write_bytes(keymod.public_pem(OPERATOR_ROOT.public_key()))
+    rogue_pub = tmp_path / "rogue.pub"
+    rogue_pub.write_bytes(keymod.public_pem(rogue.public_key()))
+    files = {
+        "other-root.json": make_bundle(rogue, version=1, issued_at=now_s, expires_at=now_s + 86400, keys=[]),
+        "altered.json": good.replace(b'"sig": "', b'"sig": "AAAA', 1),
+        "keys-not-a-list.json": _signed_bundle(OPERATOR_ROOT, {"version": 2, "issued_at": now_s,
+                                                               "expires_at": now_s + 60, "keys": "VN-HUE"}),
+        "bad-alg.json": _signed_bundle(OPERATOR_ROOT, {"version": 2, "issued_at": now_s, "expires_at": now_s + 60,
+                                                      "keys": [{"kid": "AAAA", "alg": "MD5", "issuer": "x"}]}),
+        "not-json.json": b'{"payload": "' + b"x" * 10,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    card = pki.card(name=HOLDER)
+    verify = ["verify", "--trust-root", str(root_pub), "--trust"]
+    server_db = tmp_path / "central" / "central.db"
+    server_db.parent.mkdir()
+    load_or_create_sealing_key(server_db.parent)
+    publish(open_storage(str(server_db)), good, now_ms=now_s * 1000, root=OPERATOR_ROOT.public_key())
+    site_state = tmp_path / "gate"
+    secret = tmp_path / "site.secret"
+    secret.write_bytes(b"0123456789abcdef0123456789abcdef")
+    gate = write_config(tmp_path / "gate.toml", standalone(site_state, pki, site={
+        "site_id": "cho-dong-ba", "secret_file": str(secret), "listen": "127.0.0.1:0", "discovery": False}))
+    cases = [
+        ([*verify, str(tmp_path / "other-root.json"), card], "(bundle_wrong_root)", "không tin cậy"),
+        ([*verify, str(tmp_path / "altered.json"), card], "(bundle_bad_signature)", "chữ ký"),
+        ([*verify, str(tmp_path / "keys-not-a-list.json"), card], "(bundle_malformed)", "`keys` của bộ tin cậy"),
+        ([*verify, str(tmp_path / "bad-alg.json"), card], "(bundle_malformed)", "`keys[0].alg` của bộ tin cậy"),
+        ([*verify, str(tmp_path / "not-json.json"), card], "(bundle_malformed)", "không phải JSON"),
+        (["server", "bundle", "publish", str(tmp_path / "other-root.json"), "--db", str(server_db)],
+         "(bundle_wrong_root)", "gốc"),
+        (["run", "--config", str(gate)], "(site_credential_missing)", "khu vực cho-dong-ba"),
+    ]
+    for name in ("vouched", "stranger"):
+        (tmp_path / name).mkdir()
+    vouched = ServerThread(tmp_path / "vouched" / "c.db").start()
+    stranger = ServerThread(tmp_path / "stranger" / "c.db", root=None).start()  # no root vouches for it
+    try:
+        for server, pinned, code, said in (
+                (stranger, root_pub, "(credential_missing)", "không được gốc tin cậy bảo đảm"),
+                (vouched, rogue_pub, "(credential_wrong_root)", "không do gốc tin cậy"),
+                (vouched, root_pub, "(token_invalid)", "mã đăng ký")):
+            token = server.token() if code != "(token_invalid)" else "tok_not-a-token-of-this-server"
+            cases.append((["provision", "--server", server.url, "--token", token, "--trust-root", str(pinned),
+                           "--state-dir", str(tmp_path / f"st-{code[1:-1]}")], code, said))
+        for args, code, said in cases:
+            r = run(*args)
+            line = "\n".join(x for x in r.stderr.splitlines() if x.startswith("checkpoint: error: "))
+            assert r.returncode in (1, 2) and code in line and said in line, (args, r.stdout, r.stderr)
+            vietnamese_only(line, str(tmp_path), code, "cho-dong-ba", *(s.url for s in (vouched, stranger)))
+    finally:
+        vouched.stop()
+        stranger.stop()
+

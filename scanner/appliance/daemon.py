@@ -64,7 +64,7 @@ from scanner.appliance.provisioning import ApplianceProvisioned, provision_appli
 from scanner.appliance.sdnotify import Notifier
 from scanner.appliance.status import Backend
 from scanner.appliance.supervisor import DISCOVER_EVERY_S, TICK_S, Hooks, Supervisor
-from scanner.base.errors import CheckpointError, os_error_words
+from scanner.base.errors import CheckpointError, os_error_words, words
 from scanner.base.i18n import text
 from scanner.base.safetext import escape
 from scanner.cards.scan import Scan
@@ -332,7 +332,7 @@ class Appliance:
             dev = DeviceConfig.load(self.state_dir)
         except StateError as exc:
             if exc.code != "not_provisioned":
-                raise DaemonError(str(exc), code=exc.code, text=exc.text) from None
+                raise DaemonError(str(exc), code=exc.code, text=words(exc)) from None
         else:
             if not self.config.sync.enabled:
                 log.warning("provisioned for %s, but [sync] enabled = false: entries stay on this device",
@@ -363,7 +363,7 @@ class Appliance:
                                min_free_bytes=lg.min_free_mb * 1024 * 1024, clock=self.guard.entry_state,
                                wal_checkpoints="idle")  # checkpointed by the tick, never inside a scan's commit
         except (EntryLogError, OSError) as exc:
-            why = exc.text if isinstance(exc, CheckpointError) else os_error_words(exc, cfg.db_path)
+            why = words(exc) if isinstance(exc, CheckpointError) else os_error_words(exc, cfg.db_path)
             raise DaemonError(f"entry log {cfg.db_path}: {exc}", code=getattr(exc, "code", "log_unusable"),
                               text=why and text("daemon_error.entry_log", what=why)) from None
         if entries.holder_details_note:
@@ -399,16 +399,24 @@ class Appliance:
             key, cred, roots = doctor.site_credential(cfg, guard.now())
             secret = Path(site.secret_file).read_bytes()
         except CheckpointError as exc:
-            raise DaemonError(f"site {site.site_id}: {exc} ({exc.code})", code=exc.code) from None
+            said = words(exc)
+            raise DaemonError(f"site {site.site_id}: {exc} ({exc.code})", code=exc.code,
+                              text=said and text("daemon_error.site", site=escape(site.site_id), what=said)) from None
         except OSError as exc:
-            raise DaemonError(f"site {site.site_id}: {site.secret_file}: {exc.strerror}",
-                              code="site_secret_unreadable") from None
+            raise DaemonError(f"site {site.site_id}: {site.secret_file}: {exc.strerror}", code="site_secret_unreadable",
+                              text=text("daemon_error.site", site=escape(site.site_id),
+                                        what=os_error_words(exc, site.secret_file))) from None
         if len(secret) < 16:
             raise DaemonError(f"site {site.site_id}: {site.secret_file} holds fewer than 16 bytes",
-                              code="site_secret_short")
+                              code="site_secret_short",
+                              text=text("daemon_error.site", site=escape(site.site_id),
+                                        what=text("os_error.at", path=escape(str(site.secret_file)),
+                                                  what=text("error.site_secret_short"))))
         if cred.device_id != device_id:
             raise DaemonError(f"site {site.site_id}: the credential names device {cred.device_id}, this is {device_id} "
-                              "(site_credential_wrong_device)", code="site_credential_wrong_device")
+                              "(site_credential_wrong_device)", code="site_credential_wrong_device",
+                              text=text("daemon_error.site", site=escape(site.site_id),
+                                        what=text("error.site_credential_wrong_device")))
         settings = SiteSettings(site.site_id, secret, site.listen, tuple(site.peers), site.discovery, site.heartbeat_s,
                                 site.peer_timeout_s, site.max_skew_s, site.when_isolated, site.capacity or None)
         try:
@@ -417,7 +425,10 @@ class Appliance:
                             state_dir=self.state_dir)
         except OSError as exc:
             raise DaemonError(f"site {site.site_id}: cannot listen on {site.listen[0]}:{site.listen[1]}: "
-                              f"{exc.strerror}", code="site_listen") from None
+                              f"{exc.strerror}", code="site_listen",
+                              text=text("daemon_error.listen", address=f"{site.listen[0]}:{site.listen[1]}",
+                                        what=text("daemon_error.site_what", site=escape(site.site_id)),
+                                        why=os_error_words(exc))) from None
 
     def _start_sync(self, core: Core) -> None:
         cfg = self.config.sync
@@ -435,8 +446,9 @@ class Appliance:
                               upload_delay_s=cfg.upload_delay_s)
         except CheckpointError as exc:
             sync_log.close()
+            said = words(exc)
             raise DaemonError(f"sync: {exc}", code=exc.code,
-                              text=exc.text and text("daemon_error.sync", what=exc.text)) from None
+                              text=said and text("daemon_error.sync", what=said)) from None
         core.agent, core.sync_log = agent, sync_log
         core.sync_stop = threading.Event()
         core.sync_thread = threading.Thread(target=self._sync_main, args=(agent, core.sync_stop), name="sync",

@@ -58,7 +58,8 @@ class Device:
         self.root_pinned = root_pinned  # a root to check an enrollment server with (again after enrollment)
         self.trust = TrustStore()
         self.trust_age = admission.TrustAge()
-        self.trust_error: str | None = None
+        self.trust_error: str | None = None  # why the trust could not be loaded (English, for engineers)
+        self.trust_error_code: str | None = None  # its stable code
         self.credential: ServerCredential | None = None  # the root-signed server identity in use
         self.credential_error: str | None = None
         self.counts: Counter[str] = Counter()  # verdict reasons and the outcomes without one, this run
@@ -95,7 +96,7 @@ class Device:
             store = load_device_trust(self.state_dir, roots, files)
         except (CheckpointError, OSError) as exc:
             code = getattr(exc, "code", "unreadable")
-            self.trust_error = f"{code}: {exc}"
+            self.trust_error, self.trust_error_code = f"{code}: {exc}", code
             log.error("trust: %s; %s", escape(str(exc)), "no trust loaded" if initial else "keeping the trust in use")
             return False
         for note in store.notes:
@@ -104,7 +105,7 @@ class Device:
         age = (admission.TrustAge(newest.issued_at, newest.expires_at, newest.version) if newest
                else admission.TrustAge())
         with self.lock:
-            self.trust, self.trust_age, self.trust_error = store, age, None
+            self.trust, self.trust_age, self.trust_error, self.trust_error_code = store, age, None, None
         log.info("trust: %d keys, bundle %s, %d revoked cards", store.key_count,
                  f"v{age.version}" if age.version is not None else "none", len(store.revoked_cards))
         if not initial:

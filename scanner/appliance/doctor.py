@@ -31,7 +31,7 @@ from hardware.readers_hid import _NotFound, find_device
 from scanner.appliance import readiness
 from scanner.appliance.config import Config, discover_inputs
 from scanner.base import i18n
-from scanner.base.errors import CheckpointError
+from scanner.base.errors import CheckpointError, os_error_code, os_error_words, words
 from scanner.base.i18n import text as _t
 from scanner.base.timeutil import now_ms
 from scanner.cards.trust import load_device_trust, load_root
@@ -309,7 +309,9 @@ def check_trust(config: Config) -> Check:
     try:
         store = load_device_trust(config.state_dir, config.trust.roots, config.trust.files)
     except (CheckpointError, OSError) as exc:
-        return Check("trust", FAIL, _t("doctor.trust_refused", error=str(exc)), _t("doctor.fix_trust_refused"))
+        said = words(exc) or (os_error_words(exc) if isinstance(exc, OSError) else str(exc))
+        code = exc.code if isinstance(exc, CheckpointError) else os_error_code(exc)
+        return Check("trust", FAIL, _t("doctor.trust_refused", error=said, code=code), _t("doctor.fix_trust_refused"))
     if store.key_count == 0:
         return Check("trust", FAIL, _t("doctor.trust_none"), readiness.fix_text(readiness.NO_TRUST))
     if not store.bundles:
@@ -401,7 +403,8 @@ def check_site(config: Config, summary: dict | None) -> Check | None:
             _, cred, _ = site_credential(config, time.time())
         except (CheckpointError, OSError) as exc:
             code = getattr(exc, "code", "site_credential_unreadable")
-            return Check("site", FAIL, _t("doctor.site_credential_bad", site=site.site_id, code=code, why=str(exc)),
+            why = words(exc) or (os_error_words(exc) if isinstance(exc, OSError) else str(exc))
+            return Check("site", FAIL, _t("doctor.site_credential_bad", site=site.site_id, code=code, why=why),
                          _t("doctor.fix_site_credential"))
         expires = (time.strftime("%Y-%m-%d %H:%M", time.localtime(cred.expires_at)) if cred.expires_at is not None
                    else "-")

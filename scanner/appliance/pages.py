@@ -29,7 +29,7 @@ PAGES = {"/": "kiosk.html", "/status": "status.html"}
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml", ".html": "text/html; charset=utf-8"}
 TEXT_SECTIONS = ("decision", "reason", "kiosk", "badge", "degraded", "status_page", "readiness", "problem", "mode",
-                 "input_kind", "input_state", "age", "sync_error",
+                 "input_kind", "input_state", "input_reason", "age", "sync_error", "error",
                  "clock_by", "clock_kernel")
 BOUNDARY = b"frame"
 PREVIEW_IDLE_S = 2.0  # how often a preview stream with no new frame checks that its client is still there

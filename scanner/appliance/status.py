@@ -103,6 +103,7 @@ class Backend:
         with device.lock:
             trust, age, counts = device.trust, device.trust_age, dict(device.counts)
             trust_error, cred, cred_error = device.trust_error, device.credential, device.credential_error
+            trust_code = device.trust_error_code
         today = None
         if core is not None:
             t = core.log.totals()
@@ -135,7 +136,7 @@ class Backend:
             "trust": {"version": age.version, "issued_at": age.issued_at, "expires_at": age.expires_at,
                       "age_s": None if age.issued_at is None else max(0, round(now - age.issued_at)),
                       "keys": trust.key_count, "stale": admission.trust_stale(device.policy, age, now),
-                      "error": trust_error},
+                      "error": trust_error, "error_code": trust_code},
             "clock": {"confirmed": clock.confirmed, "by": clock.by, "behind": clock.behind,
                       "kernel": clock.kernel, "offset_ms": clock.offset_ms,
                       "confirmed_at": clock.confirmed_at},
@@ -170,9 +171,10 @@ class Backend:
             status = PASS if ok else FAIL if h.state is SourceState.FAILED else WARN
             said = {lang: i18n.t(f"input_state.{h.state}", lang) + (f" ({h.reason})" if h.reason else "")
                     for lang in i18n.LANGS}
-            detail: i18n.Text | dict = i18n.text("doctor.input_state", state=said, n=h.scans)
-            if h.detail and not ok:
-                detail = {lang: f"{i18n.render(detail, lang)}: {escape(h.detail)}" for lang in i18n.LANGS}
+            detail = i18n.text("doctor.input_state", state=said, n=h.scans)
+            if h.detail and not ok:  # the driver's own words (English) quoted, after the reason's
+                why = i18n.text(f"input_reason.{h.reason}") if i18n.known(f"input_reason.{h.reason}") else ""
+                detail = i18n.text("doctor.input_driver", state=said, n=h.scans, why=why, detail=escape(h.detail))
             fix = "" if ok else i18n.text("doctor.fix_input_reopening" if h.state is SourceState.REOPENING
                                           else "doctor.fix_input")
             out.append(Check(f"{'camera' if h.source == 'camera' else 'reader'}:{h.source_id}", status, detail, fix))

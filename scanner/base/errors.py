@@ -8,7 +8,7 @@ import errno
 import os
 from enum import StrEnum
 
-from scanner.base.i18n import Text, t, text
+from scanner.base.i18n import Text, known, t, text
 from scanner.base.safetext import escape
 
 
@@ -96,18 +96,41 @@ def sqlite_words(exc: Exception, path: object) -> Text:
     return text("os_error.at", path=escape(str(path)), what=text("db_error." + key))
 
 
+def code_words(code: str | None) -> Text | None:
+    """What a stable error code means, in the catalogue's [error] words, else a sync error's
+    ([sync_error]: the protocol's codes); None: it has none. The screens that know only an error's
+    code (sync status, the status page) say it with these."""
+    key = next((f"{section}.{code}" for section in ("error", "sync_error") if code and known(f"{section}.{code}")),
+               None)
+    return text(key) if key else None
+
+
+def words(exc: BaseException) -> Text | None:
+    """A CheckpointError's words for people: its own text, else its code's (None: neither)."""
+    if not isinstance(exc, CheckpointError):
+        return None
+    return exc.text if exc.text is not None else code_words(exc.code)
+
+
+def words_at(exc: BaseException, path: object) -> Text | None:
+    """An error's words after the path it concerns (None: it has no words)."""
+    said = words(exc)
+    return None if said is None else text("os_error.at", path=escape(str(path)), what=said)
+
+
 def error_text(exc: BaseException, lang: str | None = None) -> str:
     """An error as a person reads it, with its stable code beside the words: a CheckpointError's
-    catalogue words when it has them (else its English message), an OSError by its errno with the
-    path(s) it names kept."""
+    catalogue words (its own, else its code's; else its English message), an OSError by its errno
+    with the path(s) it names kept."""
     if isinstance(exc, CheckpointError):
-        return f"{exc.text(lang)} ({exc.code})" if exc.text is not None else str(exc)
+        said = words(exc)
+        return f"{said(lang)} ({exc.code})" if said is not None else str(exc)
     if isinstance(exc, OSError):
         code = os_error_code(exc)
-        words = f"{t('os_error.' + code, lang)} ({code})"
+        said_os = f"{t('os_error.' + code, lang)} ({code})"
         paths = " → ".join(os.fsdecode(p) if isinstance(p, str | bytes) else str(p)
                            for p in (exc.filename, exc.filename2) if p not in (None, ""))
-        return f"{escape(paths)}: {words}" if paths else words
+        return f"{escape(paths)}: {said_os}" if paths else said_os
     return str(exc)
 
 

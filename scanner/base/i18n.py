@@ -33,6 +33,12 @@ def t(key: str, lang: str | None = None, **params: object) -> str:
     return text.format(**params) if params else text
 
 
+def known(key: str) -> bool:
+    """Whether the catalogue has a text for the dotted ``key``."""
+    section, _, name = key.partition(".")
+    return name in _table().get(section, {})
+
+
 def catalogue(sections: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """Every text of ``sections`` as ``{lang: {"section.key": text}}`` (the browser pages' texts,
     served from this one file; a text missing in a language falls back to English)."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from scanner.base import i18n
 from scanner.base.errors import KeyFileError, TrustError
 from scanner.base.lazy import lazy_module
 from scanner.cards import keys as keymod
@@ -79,15 +80,20 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _malformed(message: str, key: str, **params: object) -> TrustError:
+    """A bundle refused for its form: ``message`` for the log, the catalogue's [trust_error] ``key`` for people."""
+    return TrustError(message, code="bundle_malformed", text=i18n.text("trust_error." + key, **params))
+
+
 def _unb64(text: object, what: str) -> bytes:
     if type(text) is _Decoded:  # the payload, already decoded by the fast path of open_bundle
         return text.value if isinstance(text.value, bytes) else bytes(text.value)
     if type(text) is not str:
-        raise TrustError(f"bundle: {what} is not a base64 string", code="bundle_malformed")
+        raise _malformed(f"bundle: {what} is not a base64 string", "not_base64", field=what)
     try:
         return _strict_b64(text)
     except (binascii.Error, ValueError):
-        raise TrustError(f"bundle: {what} is not valid base64", code="bundle_malformed") from None
+        raise _malformed(f"bundle: {what} is not valid base64", "not_base64", field=what) from None
 
 
 def _strict_b64(data) -> bytes:
@@ -99,7 +105,7 @@ def _strict_b64(data) -> bytes:
 def _int(obj: dict, name: str) -> int:
     value = obj.get(name)
     if type(value) is not int or value < 0:
-        raise TrustError(f"bundle: {name!r} must be a non-negative integer", code="bundle_malformed")
+        raise _malformed(f"bundle: {name!r} must be a non-negative integer", "not_int", field=name)
     return value
 
 
@@ -127,16 +133,15 @@ def bundle_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
     file's bytes then does not hold them while the payload is checked and parsed (tens of MB
     for a million revocations)."""
     if len(data) > MAX_BUNDLE_BYTES:
-        raise TrustError("bundle file is larger than 256 MiB", code="bundle_malformed")
+        raise _malformed("bundle file is larger than 256 MiB", "too_large")
     outer = _loads_with_big_value(data, "payload", _base64_string)
     if outer is None:
         try:
             outer = json.loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise TrustError("bundle file is not JSON", code="bundle_malformed") from None
+            raise _malformed("bundle file is not JSON", "not_json") from None
     if type(outer) is not dict or not {"payload", "sig", "kid"} <= outer.keys():
-        raise TrustError("bundle file must be a JSON object with payload, sig and kid",
-                         code="bundle_malformed")
+        raise _malformed("bundle file must be a JSON object with payload, sig and kid", "not_envelope")
     return _unb64(outer["payload"], "payload"), _unb64(outer["sig"], "sig"), _unb64(outer["kid"], "kid")
 
 
@@ -148,7 +153,8 @@ def open_parts(payload: bytes | bytearray, signature: bytes, kid: bytes, roots: 
     root = next((r for r in roots if root_kid(r) == kid), None)
     if root is None:
         raise TrustError("bundle is signed by a root this device does not trust "
-                         f"(kid {_b64(kid)})", code="bundle_wrong_root")
+                         f"(kid {_b64(kid)})", code="bundle_wrong_root",
+                         text=i18n.text("trust_error.wrong_root", kid=_b64(kid)))
     try:
         root.verify(signature, payload)
     except InvalidSignature:
@@ -157,7 +163,8 @@ def open_parts(payload: bytes | bytearray, signature: bytes, kid: bytes, roots: 
     bundle = _parse_payload(payload, kid)
     if min_version is not None and bundle.version <= min_version:
         raise TrustError(f"bundle version {bundle.version} is not newer than {min_version} "
-                         "(rollback refused)", code="bundle_rollback")
+                         "(rollback refused)", code="bundle_rollback",
+                         text=i18n.text("trust_error.rollback", version=bundle.version, current=min_version))
     return bundle
 
 
@@ -167,20 +174,20 @@ def _parse_payload(payload: bytes | bytearray, kid: bytes) -> Bundle:
         try:
             body = json.loads(payload)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise TrustError("bundle payload is not UTF-8 JSON", code="bundle_malformed") from None
+            raise _malformed("bundle payload is not UTF-8 JSON", "payload_not_json") from None
     if type(body) is not dict:
-        raise TrustError("bundle payload must be a JSON object", code="bundle_malformed")
+        raise _malformed("bundle payload must be a JSON object", "payload_not_json")
     version = _int(body, "version")
     issued_at = _int(body, "issued_at")
     expires_at = _int(body, "expires_at")
     raw_keys = body.get("keys", [])
     if type(raw_keys) is not list:
-        raise TrustError("bundle: 'keys' must be a list", code="bundle_malformed")
+        raise _malformed("bundle: 'keys' must be a list", "not_list", field="keys")
     parsed = parse_keys(raw_keys)
     cards = body.get("revoked_cards", [])
     kids = body.get("revoked_kids", [])
     if type(cards) not in (list, _Decoded) or type(kids) is not list:
-        raise TrustError("bundle: revocation lists must be lists", code="bundle_malformed")
+        raise _malformed("bundle: revocation lists must be lists", "not_list", field="revoked_cards, revoked_kids")
     try:
         if type(cards) is _Decoded:  # already checked: each id 32 hex digits
             value = cards.value
@@ -189,7 +196,7 @@ def _parse_payload(payload: bytes | bytearray, kid: bytes) -> Bundle:
         else:
             revoked_cards = RevocationSet.from_hex(cards)
     except ValueError as exc:
-        raise TrustError(f"bundle: {exc}", code="bundle_malformed") from None
+        raise _malformed(f"bundle: {exc}", "revoked_ids") from None
     revoked_kids = frozenset(_unb64(k, "revoked kid") for k in kids)
     return Bundle(version, issued_at, expires_at, parsed, revoked_cards, revoked_kids, kid,
                   hashlib.sha256(payload).hexdigest())
@@ -203,15 +210,15 @@ def parse_keys(entries: list) -> tuple[BundleKey, ...]:
 def _parse_key(entry: object, i: int) -> BundleKey:
     where = f"keys[{i}]"
     if type(entry) is not dict:
-        raise TrustError(f"bundle: {where} is not an object", code="bundle_malformed")
+        raise _malformed(f"bundle: {where} is not an object", "not_object", field=where)
     kid = _unb64(entry.get("kid"), f"{where}.kid")
     alg = entry.get("alg")
     if alg not in keymod.ALGS:
-        raise TrustError(f"bundle: {where}.alg must be one of {', '.join(keymod.ALGS)}",
-                         code="bundle_malformed")
+        raise _malformed(f"bundle: {where}.alg must be one of {', '.join(keymod.ALGS)}", "bad_alg",
+                         field=f"{where}.alg", algs=", ".join(keymod.ALGS))
     issuer = entry.get("issuer")
     if type(issuer) is not str or not issuer:
-        raise TrustError(f"bundle: {where}.issuer must be a non-empty string", code="bundle_malformed")
+        raise _malformed(f"bundle: {where}.issuer must be a non-empty string", "no_issuer", field=f"{where}.issuer")
     x509_der = None
     try:
         if "x509" in entry:
@@ -220,14 +227,15 @@ def _parse_key(entry: object, i: int) -> BundleKey:
         else:
             public_key = keymod.public_key_from_spki(_unb64(entry.get("spki"), f"{where}.spki"))
         if keymod.alg_of(public_key) != alg:
-            raise TrustError(f"bundle: {where} is a {keymod.alg_of(public_key)} key but says alg {alg}",
-                             code="bundle_malformed")
+            raise _malformed(f"bundle: {where} is a {keymod.alg_of(public_key)} key but says alg {alg}",
+                             "alg_mismatch", field=where, kind=keymod.alg_of(public_key), alg=alg)
     except KeyFileError as exc:
-        raise TrustError(f"bundle: {where}: {exc}", code="bundle_malformed") from None
+        raise TrustError(f"bundle: {where}: {exc}", code="bundle_malformed",
+                         text=i18n.text("trust_error.key", field=where, what=exc.text or str(exc))) from None
     formats = entry.get("formats")
     if formats is not None:
         if type(formats) is not list or not all(type(f) is str for f in formats):
-            raise TrustError(f"bundle: {where}.formats must be a list of strings", code="bundle_malformed")
+            raise _malformed(f"bundle: {where}.formats must be a list of strings", "not_list", field=f"{where}.formats")
         formats = frozenset(formats)
     not_after = _optional_int(entry, "not_after")
     return BundleKey(kid, alg, issuer, public_key, formats, not_after, x509_der)

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from scanner.base.errors import KeyFileError, TrustError, os_error_words
+from scanner.base.errors import KeyFileError, TrustError, os_error_words, words_at
 from scanner.cards import jwks as jwksmod
 from scanner.cards import keys as keymod
 from scanner.cards import trustfile, x509util
@@ -179,7 +179,7 @@ def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed255
                 bundles.append(open_parts(*parts, roots))
                 del parts
             except TrustError as exc:
-                raise TrustError(f"{path}: {exc}", code=exc.code) from None
+                raise TrustError(f"{path}: {exc}", code=exc.code, text=words_at(exc, path)) from None
         else:
             loose.extend(key_from_file(path))
     return TrustStore.build(loose, bundles, crls, notes)
@@ -198,5 +198,5 @@ def load_device_trust(state_dir: str | os.PathLike, root_paths: Iterable[str | o
         try:
             bundles.append(trustfile.open_checked(installed, roots))
         except TrustError as exc:
-            raise TrustError(f"{installed}: {exc}", code=exc.code) from None
+            raise TrustError(f"{installed}: {exc}", code=exc.code, text=words_at(exc, installed)) from None
     return load_trust(list(files), roots, bundles)

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from scanner.base import i18n
+from scanner.base.errors import code_words
 from scanner.base.fsutil import give_to_owner
 from scanner.base.safetext import escape, json_line
 from scanner.cli.common import (
@@ -95,10 +96,12 @@ def sync_now(state_dir, db_path, config_path, timeout_s, retry_quarantined, as_j
 
 
 def _error_text(code: str | None, message: str, lang: str) -> str:
-    """A sync error for people: its catalogue text and code, or the message when the code has none."""
-    key = f"sync_error.{code}"
-    text = i18n.t(key, lang)
-    return f"{text} ({escape(code)})" if code and text != key else escape(message)
+    """A sync error for people: its catalogue text ([sync_error], else [error]) and code, or the
+    message when the code has none."""
+    if code and i18n.known(f"sync_error.{code}"):
+        return f"{i18n.t(f'sync_error.{code}', lang)} ({escape(code)})"
+    said = code_words(code)
+    return f"{said(lang)} ({escape(code or '')})" if said is not None else escape(message)
 
 
 @sync_group.command("status")
@@ -132,7 +135,7 @@ def sync_status(state_dir, db_path, config_path, as_json, lang):
         click.echo(t("trust", version=d["trust_version"], age=i18n.render(i18n.age(max(0.0, d["trust_age_s"] or 0)),
                                                                           lang)))
     if d["trust_error"]:
-        click.echo(t("trust_error", error=escape(d["trust_error"])))
+        click.echo(t("trust_error", error=_error_text(d["trust_error_code"], d["trust_error"], lang)))
     if d["quarantined"]:
         click.echo(t("quarantined", n=len(d["quarantined"])))
     if d["alarms"]:

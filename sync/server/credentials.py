@@ -6,6 +6,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from scanner.base.i18n import text
 from scanner.cards import keys as keymod
 from sync.server.bundles import ROOT_META, root_of
 from sync.server.model import Storage
@@ -53,7 +54,9 @@ def publish(storage: Storage, data: bytes, *, sealing_public: X25519PublicKey,
             previous = None
         if previous is not None and previous.data != cred.data and cred.serial <= previous.serial:
             raise CredentialError(f"serial {cred.serial} is not above the published {previous.serial}",
-                                  code="credential_rollback")
+                                  code="credential_rollback",
+                                  text=text("trust_error.credential_serial", serial=cred.serial,
+                                            published=previous.serial))
     storage.set_meta(CREDENTIAL_META, cred.data.decode("ascii"))
     if stored is None:
         storage.set_meta(ROOT_META, keymod.public_pem(root).decode("ascii"))

@@ -63,7 +63,7 @@
     kv("sync-kv", [
       ["status_page.enabled", s.enabled], ["status_page.pending", s.pending],
       ["status_page.oldest", ago(s.oldest_pending_ms)], ["status_page.last_success", ago(s.last_success_ms)],
-      ["status_page.last_error", s.last_error_code ? `${t(`sync_error.${s.last_error_code}`)} (${s.last_error_code})` : null], ["status_page.alarms", s.alarms],
+      ["status_page.last_error", s.last_error_code ? `${codeWords(s.last_error_code)} (${s.last_error_code})` : null], ["status_page.alarms", s.alarms],
     ]);
     const site = st.site;  // a gate of a site: the peers it hears, their last message and clock skew
     $("site-card").hidden = !site;
@@ -87,7 +87,8 @@
       ["status_page.issued", tr.issued_at ? CK.clockTime(tr.issued_at) : null],
       ["status_page.age", tr.age_s === null ? null : CK.age(tr.age_s)],
       ["status_page.expires", tr.expires_at ? CK.clockTime(tr.expires_at) : null],
-      ["status_page.stale", tr.stale], ["status_page.error", tr.error],
+      ["status_page.stale", tr.stale],
+      ["status_page.error", tr.error_code ? `${codeWords(tr.error_code)} (${tr.error_code})` : tr.error],
     ]);
     const c = st.clock;
     kv("clock-kv", [
@@ -106,6 +107,15 @@
       CK.el("td", {}, CK.clockTime(e.at)), CK.el("td", {}, e.level), CK.el("td", {}, e.logger),
       CK.el("td", { class: "msg" }, e.message)))
       : [CK.el("tr", {}, CK.el("td", { colSpan: 4 }, t("status_page.none")))]));
+  }
+
+  // An error's stable code in words: a sync error's, else any error's ([error]); the code itself when it has none.
+  function codeWords(code) {
+    for (const key of [`sync_error.${code}`, `error.${code}`]) {
+      const said = t(key);
+      if (said !== key) return said;
+    }
+    return code;
   }
 
   // A check's detail or fix in the page's language (the doctor gives every language).
