@@ -9,12 +9,14 @@ import errno
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support.config import standalone, write_config
@@ -34,6 +36,7 @@ from scanner.cards import verifier
 from scanner.cards.bundle import BundleKey, make_bundle
 from scanner.cards.scan import Scan
 from scanner.cards.trust import load_trust
+from scanner.cli.main import main
 from scanner.demo.main import _Printer
 from scanner.store.entrylog import EntryLog
 from sync.server.bundles import publish
@@ -564,3 +567,47 @@ def test_refused_bundles_credentials_and_sites_are_vietnamese_on_the_error_line(
         vouched.stop()
         stranger.stop()
 
+
+def _command_paths(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    ctx = click.Context(group, info_name=path[-1] if path else "checkpoint")
+    out = [path]
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        out += _command_paths(command, (*path, name)) if isinstance(command, click.Group) else [(*path, name)]
+    return out
+
+
+def test_every_commands_help_is_vietnamese():
+    """`-h` of every command and group, as a Vietnamese reader gets it: the description, each option's
+    help and click's own words (Usage, Options, default) from the catalogue. The syntax is no words:
+    the usage line, metavars (FILE, TEXT, DEVICE_ID), the values an option takes ([debug|info]) and
+    its default value, as typed on the command line."""
+    paths = _command_paths(main)
+    assert len(paths) > 60
+    # an option's names and metavar (the first column); then, lines joined, a metavar in a text, a default value
+    column = re.compile(r"^  -\S.*?(?=\s{2,}|$)", re.M)
+    syntax = re.compile(r"\b[A-Z][A-Z0-9_]+\b|(?<=mặc định: )[^;\]]+")
+
+    def words_of(text: str) -> str:
+        return syntax.sub(" ", " ".join(column.sub(" ", text).split()))
+    for path in paths:
+        said = main.help_in("vi", "checkpoint", list(path))
+        body = re.sub(r"-\n\s+", "-", said.partition("\n\n")[2])  # the usage (syntax) is left out; wraps at a - undone
+        assert said.startswith("Cách dùng: checkpoint") and "Tùy chọn:" in body, (path, said)
+        vietnamese_only(words_of(_without_command_names(body)))
+    # on the command line: Vietnamese by default, English with --lang en, a group without its command
+    for args, first in ((["-h"], "Cách dùng: checkpoint [OPTIONS]"), (["server", "token", "create", "--help"],
+                                                                       "Cách dùng: checkpoint server token create"),
+                        (["verify", "--lang", "en", "-h"], "Usage: checkpoint verify")):
+        r = run(*args)
+        assert r.returncode == 0 and r.stdout.startswith(first), (args, r.stdout, r.stderr)
+    bare = run("server")
+    assert bare.returncode == 2 and bare.stderr.startswith("Cách dùng: checkpoint server") and "\\u000a" not in \
+        bare.stderr, bare.stderr
+    vietnamese_only(words_of(_without_command_names(bare.stderr.partition("\n\n")[2])))
+
+
+def _without_command_names(help_: str) -> str:
+    """A group's help less the names of its commands (the first word of each line of its list: syntax)."""
+    head, sep, listed = help_.partition("Lệnh:\n")
+    return head + sep + re.sub(r"^  \S+", "  ", listed, flags=re.M)

@@ -39,6 +39,13 @@ def known(key: str) -> bool:
     return name in _table().get(section, {})
 
 
+def help_text(english: str, lang: str) -> str | None:
+    """A command-line help paragraph in ``lang``: the catalogue's [help] keys them by their English
+    (whitespace as one space); None when there is none."""
+    entry = _table().get("help", {}).get(english)
+    return entry.get(lang) if entry is not None else None
+
+
 def catalogue(sections: tuple[str, ...]) -> dict[str, dict[str, str]]:
     """Every text of ``sections`` as ``{lang: {"section.key": text}}`` (the browser pages' texts,
     served from this one file; a text missing in a language falls back to English)."""

@@ -13,6 +13,7 @@ import click
 
 from scanner.base import i18n
 from scanner.base.safetext import escape
+from scanner.cli import helptext
 
 EXIT_USAGE = 2
 
@@ -52,8 +53,18 @@ class LazyGroup(click.Group):
         (click's own handling of EPIPE)."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        lang = helptext.lang_of(argv)
+        if lang != "en" and helptext.asks_help(argv):
+            click.echo(self.help_in(lang, prog_name, argv))
+            sys.exit(0)
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a group without its command: its help, as click does
+            help_ = exc.ctx.get_help() if lang == "en" or exc.ctx is None else \
+                helptext.render(exc.ctx, lang, _summaries(exc.ctx.command))
+            click.echo(help_, err=True)
+            sys.exit(EXIT_USAGE)
         except click.UsageError as exc:
             click.echo(f"checkpoint: error: {escape(usage_text(exc, i18n.default_lang()))}", err=True)
             sys.exit(EXIT_USAGE)
@@ -64,6 +75,11 @@ class LazyGroup(click.Group):
             click.echo(f"checkpoint: error: {escape(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def help_in(self, lang: str, prog_name: str | None, args: list[str]) -> str:
+        """The help of the command ``args`` name, in ``lang`` (scanner/cli/helptext.py)."""
+        ctx = helptext.context_for(self, prog_name or "checkpoint", args)
+        return helptext.render(ctx, lang, _summaries(ctx.command))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         names = self.list_commands(ctx)
@@ -77,6 +93,11 @@ class LazyGroup(click.Group):
                 rows.append((name, command.get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _summaries(command: click.Command) -> dict[str, str]:
+    """A lazy group's commands not loaded yet, with their summaries."""
+    return {name: lazy.summary for name, lazy in getattr(command, "lazy_subcommands", {}).items()}
 
 
 def usage_text(exc: click.UsageError, lang: str) -> str:
