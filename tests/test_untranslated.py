@@ -30,7 +30,7 @@ from support.words import foreign
 
 from scanner.appliance.events import EventHub
 from scanner.appliance.schema import SECTIONS
-from scanner.base.errors import error_text
+from scanner.base.errors import code_words, error_text
 from scanner.cards import keys as keymod
 from scanner.cards import verifier
 from scanner.cards.bundle import BundleKey, make_bundle
@@ -42,6 +42,7 @@ from scanner.store.entrylog import EntryLog
 from sync.server.bundles import publish
 from sync.server.keys import load_or_create_sealing_key
 from sync.server.storage import open_storage
+from sync.wire import protocol
 
 HOLDER = "Đỗ Thị Hạnh"
 
@@ -611,3 +612,18 @@ def _without_command_names(help_: str) -> str:
     """A group's help less the names of its commands (the first word of each line of its list: syntax)."""
     head, sep, listed = help_.partition("Lệnh:\n")
     return head + sep + re.sub(r"^  \S+", "  ", listed, flags=re.M)
+
+
+def test_every_sync_error_code_the_device_shows_has_words():
+    """`sync status`, `sync now` and the status page say the last sync error by its code: every code of
+    the protocol (sync/wire/protocol.py E_*) and every code the device's sync raises (sync/*.py) has
+    the catalogue's words in both languages."""
+    codes = {v for k, v in vars(protocol).items() if k.startswith("E_")}
+    for path in (ROOT / "sync").glob("*.py"):
+        codes |= set(re.findall(r'code="([a-z_]+)"', path.read_text(encoding="utf-8")))
+    assert {"batch_malformed", "token_invalid", "builder_died", "network"} <= codes
+    missing = sorted(c for c in codes if code_words(c) is None)
+    assert not missing, missing
+    for code in codes:
+        said = code_words(code)
+        assert said is not None and said("vi") != said("en") and not foreign(said("vi")), code
