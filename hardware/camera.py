@@ -389,6 +389,7 @@ class CameraInput(InputThread):
         self._hint: Hint | None = None
         self._hint_at = 0.0
         self.frames = 0
+        self._media_s: float | None = None  # a file played at a pace: its time (seconds), across loops
         self.stream: StreamDecoder | None = None
         """The stream decoder while running (its ``hint`` says what would help the camera), if the decoder is one."""
         self._live: bool | None = None
@@ -460,6 +461,8 @@ class CameraInput(InputThread):
             frame: np.ndarray | DualFrame | None = first
             next_at = time.monotonic()
             while frame is not None:
+                if period:  # the cooldown counts in the file's time, however late a busy machine plays it
+                    self._media_s = 0.0 if self._media_s is None else self._media_s + period
                 self._decode(frame, decoder)
                 if self._stop.is_set():
                     return False
@@ -523,7 +526,7 @@ class CameraInput(InputThread):
         else:
             codes = decode_region(decoder, frame, self.config.roi)
         for code in codes:
-            self._emit(code.text)
+            self._emit(code.text, self._media_s)
         if self._on_frame is not None:
             self._on_frame(frame, codes)
 

@@ -83,6 +83,14 @@ class ReadIssue:
     at: float = 0.0
 
 
+class Submit(Protocol):
+    """Where an input hands its reads (the pipeline's ``submit``): True if queued as a new scan.
+    ``seen`` is the input's own clock in seconds for the repeat cooldown (a file played at a pace
+    gives its media time); without it the receiver uses its own monotonic clock."""
+
+    def __call__(self, scan: Scan, seen: float | None = None, /) -> bool: ...
+
+
 class Input(Protocol):
     """What the pipeline needs from an input: start it with the two callbacks, stop it, ask its health."""
 
@@ -93,7 +101,7 @@ class Input(Protocol):
     def finite(self) -> bool:
         """Whether it ends by itself (a file, stdin); a camera or reader runs until stopped."""
 
-    def start(self, submit: Callable[[Scan], bool], report: Callable[[ReadIssue], None]) -> None: ...
+    def start(self, submit: Submit, report: Callable[[ReadIssue], None]) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -186,10 +194,10 @@ class InputThread:
         self.status = SourceStatus(self.kind, source_id, clock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._submit: Callable[[Scan], bool] | None = None
+        self._submit: Submit | None = None
         self._reporter: Callable[[ReadIssue], None] | None = None
 
-    def start(self, submit: Callable[[Scan], bool], report: Callable[[ReadIssue], None]) -> None:
+    def start(self, submit: Submit, report: Callable[[ReadIssue], None]) -> None:
         if self._thread is not None:
             raise RuntimeError(f"{self.kind} input {self.source_id!r} already started")
         self._submit, self._reporter = submit, report
@@ -221,12 +229,16 @@ class InputThread:
     def health(self) -> SourceHealth:
         return self.status.snapshot()
 
-    def _emit(self, text: str) -> bool:
-        """Hand one read to the pipeline (never blocks); True if it was queued as a new scan."""
+    def _emit(self, text: str, seen: float | None = None) -> bool:
+        """Hand one read to the pipeline (never blocks); True if it was queued as a new scan. ``seen``:
+        the input's own clock for the cooldown (see Submit)."""
         at = self._clock()
         self.status.scanned(at)
         submit = self._submit
-        return submit(Scan(text, self.kind, self.source_id, at, self.direction)) if submit else False
+        if submit is None:
+            return False
+        scan = Scan(text, self.kind, self.source_id, at, self.direction)
+        return submit(scan) if seen is None else submit(scan, seen)
 
     def _report(self, code: str, hint: str, sample: str = "") -> None:
         self.status.issue()

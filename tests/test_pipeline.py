@@ -97,6 +97,26 @@ def test_card_shown_again_after_the_cooldown_is_a_new_scan(tmp_path, make_card, 
     assert sink.texts() == [card, card]
 
 
+def test_a_file_played_late_by_a_busy_machine_counts_the_cooldown_in_its_own_time(tmp_path, make_card, trust):
+    """A video played at a pace (the demo's camera) on a machine too busy to keep it: one hold with
+    a short gap in it is still one scan, and the card shown again after the cooldown (in the file's
+    time) is a new one, however long the playing took on the wall clock."""
+    card = make_card()
+    away, gone = [card_frame(None)] * 10, [card_frame(None)] * 40  # 0.1 s and 0.4 s at 100 fps
+    video = write_video(tmp_path / "late.avi", [card_frame(card)] * 5 + away + [card_frame(card)] * 5 + gone
+                        + [card_frame(card)] * 5)
+    sink = Verdicts()
+    pipe = Pipeline.verifying(trust, sink, cooldown=0.3, clock=lambda: NOW)
+    camera = pipe.add(CameraInput(CameraConfig(str(video), name="gate", pace=100),
+                                  on_frame=lambda frame, codes: time.sleep(0.05)))  # 20 fps at best: 5x late
+    started = time.monotonic()
+    with pipe:
+        assert pipe.wait_finished(WAIT)
+    assert time.monotonic() - started > 65 * 0.05  # the wall clock saw gaps of 0.5 s and 2 s
+    assert camera.frames == 65
+    assert sink.texts() == [card, card]
+
+
 def test_all_inputs_feed_one_queue_and_verdicts_carry_their_source(tmp_path, make_card, trust, now):
     pytest.importorskip("serial")
     cam_card, serial_card, stdin_card = make_card(name="Camera"), make_card(name="Serial"), make_card(name="Stdin")

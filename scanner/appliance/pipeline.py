@@ -68,7 +68,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending: set[str] = set()  # texts queued or being handled (at most one verdict in flight each)
-        self._last_seen: dict[tuple[str, str, str], float] = {}  # (text, kind, id) -> monotonic time
+        # (text, kind, id) -> (the input's clock, this pipeline's monotonic clock) when last read
+        self._last_seen: dict[tuple[str, str, str], tuple[float, float]] = {}
         self._inputs: list[Input] = []
         self._worker: threading.Thread | None = None
         self._running = False
@@ -94,14 +95,18 @@ class Pipeline:
             inp.start(self.submit, self.report)
         return inp
 
-    def submit(self, scan: Scan) -> bool:
-        """Queue a scan unless it is a repeat; True if queued. Called from input threads; never blocks."""
+    def submit(self, scan: Scan, seen: float | None = None) -> bool:
+        """Queue a scan unless it is a repeat; True if queued. Called from input threads; never blocks.
+        ``seen`` is the input's own clock in seconds for the cooldown (a file played at a pace: its
+        media time, so a busy machine that plays it late does not turn one hold into two scans);
+        without it, this pipeline's monotonic clock."""
         now = self._mono()
+        at = now if seen is None else seen
         key = (scan.text, scan.source, scan.source_id)
         with self._lock:
             last = self._last_seen.get(key)
-            self._last_seen[key] = now
-            if (last is not None and now - last < self.cooldown) or scan.text in self._pending:
+            self._last_seen[key] = (at, now)
+            if (last is not None and at - last[0] < self.cooldown) or scan.text in self._pending:
                 self._folded += 1
                 return False
             if len(self._last_seen) > 4096:
@@ -130,7 +135,7 @@ class Pipeline:
 
     def _forget(self, now: float) -> None:
         """Drop cooldown entries that have run out (bounds memory under a flood of distinct texts)."""
-        for k in [k for k, t in self._last_seen.items() if now - t >= self.cooldown]:
+        for k in [k for k, (_, t) in self._last_seen.items() if now - t >= self.cooldown]:
             del self._last_seen[k]
 
     def report(self, issue: ReadIssue) -> None:
@@ -171,7 +176,10 @@ class Pipeline:
                 self._busy_since = None
                 with self._lock:
                     self._pending.discard(scan.text)
-                    self._last_seen[(scan.text, scan.source, scan.source_id)] = self._mono()
+                    # the cooldown runs from the verdict: each clock moved on by the time it took
+                    key, now = (scan.text, scan.source, scan.source_id), self._mono()
+                    at, then = self._last_seen.get(key, (now, now))
+                    self._last_seen[key] = (at + now - then, now)
                     self._verdicts += 1
                     self._idle.notify_all()
 

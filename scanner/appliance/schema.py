@@ -342,7 +342,7 @@ SECTIONS: tuple[Section, ...] = (
         K("direction", _direction(), "`in` / `out`", None, "Direction of this camera's scans."),
         K("kind", cs.choice("auto", "live", "file"), "`auto` / `live` / `file`", "auto",
           "Whether `device` is a live camera (reopened when lost) or a file (ends)."),
-        K("pace", cs.optional(cs.number(0.1, 1000)), "frames/s", None, "Play a file at this rate (simulated camera)."),
+        K("pace", cs.optional(cs.number(0.1, 1000)), "frames/s", None, "Play a file at this rate (simulated camera); the scan cooldown then counts in the file's time."),
         K("loop", cs.boolean(), "boolean", False, "Play a file again and again (simulated camera)."),
     ), doc="A camera (repeat the table for several).", array=True),
     Section("serial", (

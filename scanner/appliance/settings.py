@@ -394,7 +394,7 @@ class CameraSection:
     direction: Literal["in", "out"] | None
     # Whether `device` is a live camera (reopened when lost) or a file (ends).
     kind: Literal["auto", "live", "file"]
-    # Play a file at this rate (simulated camera).
+    # Play a file at this rate (simulated camera); the scan cooldown then counts in the file's time.
     pace: float | None
     # Play a file again and again (simulated camera).
     loop: bool
