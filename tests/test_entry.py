@@ -95,6 +95,17 @@ def test_batch_id_and_the_blob_itself_are_not_hashed_but_its_digest_is():
     assert other.computed_hash() != e.hash
 
 
+@given(st.lists(entries(), min_size=1, max_size=8), st.integers(1, 3))
+@settings(max_examples=100, deadline=None)
+def test_column_hashes_are_each_entrys_hash(items, times):
+    items = items * times  # values repeated in a column are encoded once: that path too
+    items.append(sample(checkpoint_id="ệ" * 400, source_id="x" * 1023, kid=None))  # a length of >= 1024 bytes
+    columns = [[getattr(e, name) for e in items] for name in E.HASHED_FIELDS]
+    assert E.column_hashes([e.prev_hash for e in items], columns) == [e.hash for e in items]
+    with pytest.raises(ValueError):
+        E.column_hashes([bytes(31)] * len(items), columns)
+
+
 @given(entries(), st.sampled_from(["checkpoint_id", "direction", "at_ms", "decision", "reason", "card_id",
                                    "seq", "source_id", "prev_hash"]))
 @settings(max_examples=100, deadline=None)

@@ -8,19 +8,22 @@ import os
 import random
 import signal
 import threading
+from dataclasses import replace
 
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from support import postgres
 from support.entries import chain_entries
 from support.servers import ServerProcess, ServerThread, enroll_direct
 from support.waiting import wait_for
 
 from scanner.base.timeutil import now_ms
+from sync.server import chain
 from sync.server.limits import Admission, Busy, jittered
 from sync.server.storage import open_storage
 from sync.wire import batch as batchmod
-from sync.wire import protocol
+from sync.wire import identity, protocol
 
 
 def test_admission_caps_batches_and_bytes_in_progress_and_spreads_the_retries():
@@ -58,6 +61,36 @@ def _batch(storage, n: int = 20, first_seq: int = 1, key=None, dev=None, prev=by
     es = chain_entries(dev, "cp-1", [now - 1000 * (n - i) for i in range(n)],
                        [f"{first_seq + i:032x}" for i in range(n)], first_seq=first_seq, prev_hash=prev)
     return key, dev, es, batchmod.build(es, key, device_id=dev, created_ms=now).data
+
+
+def test_the_chain_check_of_a_batch_finds_the_first_row_that_does_not_match_its_hash():
+    key = ed25519.Ed25519PrivateKey.generate()
+    dev = identity.device_id(key)
+    now = now_ms()
+    es = chain_entries(dev, "cp-1", [now - 1000 * (40 - i) for i in range(40)], [f"{i:032x}" for i in range(40)])
+    es = _relinked([replace(e, sealed=os.urandom(40 + i), sealed_sha256=None) if i % 3 else e  # blobs and none
+                    for i, e in enumerate(es)])
+    rows = batchmod.open_batch(batchmod.build(es, key, device_id=dev, created_ms=now).data, key.public_key()).rows
+    assert chain.altered(rows) is None
+    assert all(chain.row_hash(r) == r[18] for r in rows)
+    field = batchmod.RECEIVED_FIELDS.index
+    bad = list(rows)
+    bad[7] = bad[7][:field("reason")] + ("expired",) + bad[7][field("reason") + 1:]
+    bad[30] = bad[30][:field("sealed")] + (b"other",)
+    problem = chain.altered(bad)
+    assert problem is not None and (problem.kind, problem.seq) == ("altered", 8)
+    problem = chain.altered(bad[10:])
+    assert problem is not None and problem.seq == 31
+
+
+def _relinked(es: list) -> list:
+    """Entries chained again after a change (each prev_hash the hash of the one before)."""
+    out, prev = [], bytes(32)
+    for e in es:
+        linked = replace(e, prev_hash=prev)
+        out.append(replace(linked, hash=linked.computed_hash()))
+        prev = out[-1].hash
+    return out
 
 
 def _post(url: str, key, dev: str, data: bytes) -> requests.Response:

@@ -13,11 +13,12 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import operator
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -204,6 +205,32 @@ def link(prev_seq: int, prev_hash: bytes, values: tuple, sealed: bytes | None) -
     for set_slot, value in zip(_SLOT_SETTERS, values):
         set_slot(entry, value)
     return entry
+
+
+def _encoded(prefix: bytes, values: Sequence[object]) -> list[bytes]:
+    """One field's part of the hash input for each of ``values`` (b"" for None), as values_hash
+    writes it; a value repeated in the column (a device's checkpoint, its reader) encoded once."""
+    distinct = set(values)
+    if 2 * len(distinct) <= len(values):
+        enc = {v: _encoded(prefix, (v,))[0] for v in distinct}
+        return [enc[v] for v in values]
+    texts = [None if v is None else (v if type(v) is str else str(v)).encode("utf-8") for v in values]
+    return [b"" if v is None else prefix + (_LEN4[n] if (n := len(v)) < 1024 else n.to_bytes(4, "big")) + v
+            for v in texts]
+
+
+def column_hashes(prev_hashes: Sequence[bytes], columns: Sequence[Sequence[object]]) -> list[bytes]:
+    """values_hash of many rows given column by column (``columns``: the HASHED_FIELDS values in
+    that order, each as long as ``prev_hashes``): the same digests, a few times faster for a
+    batch, as every field is encoded in one pass over its column."""
+    if len(columns) != len(_PREFIXES):
+        raise ValueError(f"{len(_PREFIXES)} columns are hashed, not {len(columns)}")
+    if any(len(p) != 32 for p in prev_hashes):
+        raise ValueError("prev_hash must be 32 bytes")
+    parts = [_encoded(prefix, col) for prefix, col in zip(_PREFIXES, columns, strict=True)]
+    sha256, join = hashlib.sha256, b"".join
+    domain = itertools.repeat(HASH_DOMAIN, len(prev_hashes))
+    return [sha256(join(row)).digest() for row in zip(domain, prev_hashes, *parts, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)

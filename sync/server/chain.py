@@ -7,7 +7,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scanner.store.entry import GENESIS, HASHED_FIELDS, values_hash
+from scanner.store.entry import GENESIS, HASHED_FIELDS, column_hashes, values_hash
 from sync.wire.batch import RECEIVED_FIELDS
 
 
@@ -34,11 +34,25 @@ def row_hash(row: tuple) -> bytes:
     return values_hash(row[_PREV], (*_before(row), digest, *_after(row)))
 
 
+# where each hashed field is in a received row (None: sealed_sha256, the digest of the sealed blob)
+_HASHED_AT = tuple(None if n == "sealed_sha256" else RECEIVED_FIELDS.index(n) for n in HASHED_FIELDS)
+
+
 def altered(rows: Sequence[tuple]) -> ChainProblem | None:
     """The first received row (contiguous, seq order, each linked to the one before by the parser)
-    that does not match its hash; pure, so a server checks it before it opens a transaction."""
-    for r in rows:
-        if row_hash(r) != r[_HASH]:
+    that does not match its hash; pure, so a server checks it before it opens a transaction. The
+    rows are hashed column by column (scanner.store.entry.column_hashes): the same digests as
+    row_hash, in a fraction of the time."""
+    if not rows:
+        return None
+    cols = tuple(zip(*rows, strict=True))
+    sha256 = hashlib.sha256
+    digests = [None if s is None else sha256(s).hexdigest() for s in cols[_SEALED]]
+    hashes = column_hashes(cols[_PREV], [digests if i is None else cols[i] for i in _HASHED_AT])
+    if hashes == list(cols[_HASH]):
+        return None
+    for r, h in zip(rows, hashes, strict=True):
+        if h != r[_HASH]:
             return ChainProblem("altered", r[_SEQ], f"seq {r[_SEQ]} does not match its hash")
     return None
 
