@@ -250,3 +250,30 @@ def test_format_1_and_format_2_batches_of_one_device_are_both_stored_once(tmp_pa
     finally:
         storage.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_device_revoked_after_its_first_batch_has_the_next_refused_and_stored_nowhere(tmp_path, backend):
+    """A server keeps the keys of devices whose batches it took (no look-up per batch): a device
+    revoked since is still refused, by the storing of its batch, and nothing of it is stored."""
+    (tmp_path / "s").mkdir()
+    url = postgres.cluster().new_schema() if backend == "postgresql" else None
+    srv = ServerProcess(tmp_path / "s" / "c.db", url=url, args=("--workers", "1")).start()
+    storage = open_storage(url or str(tmp_path / "s" / "c.db"))
+    try:
+        key, dev, es, _ = _batch(storage, 30)
+        first = batchmod.build(es[:10], key, device_id=dev, created_ms=now_ms()).data
+        assert _post(srv.url, key, dev, first).json()["stored"] == 10
+        assert storage.revoke_device(dev, now_ms())
+        later = batchmod.build(es[10:], key, device_id=dev, created_ms=now_ms(), version=2).data
+        for body in (later, first):  # new entries, and a batch stored before
+            res = _post(srv.url, key, dev, body)
+            assert res.status_code == 403 and res.json()["error"] == protocol.E_DEVICE_REVOKED, res.text
+        auth = protocol.auth_header_v2(dev, key, "GET", protocol.ACKS, now_ms(), b"")
+        res = requests.get(srv.url + protocol.ACKS, headers={"Authorization": auth}, timeout=60)
+        assert res.status_code == 403 and res.json()["error"] == protocol.E_DEVICE_REVOKED
+        assert storage.entry_hashes(dev) == {e.seq: e.hash for e in es[:10]}
+        assert storage.stats().batches == 1
+    finally:
+        srv.stop()
+        storage.close()

@@ -70,6 +70,7 @@ INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up
 DB_WORK_DEADLINE_S = 15.0
 # how long a batch waits for others to share its transaction (group commit, sync/server/groupcommit.py)
 GROUP_COMMIT_MS = 2.0
+KEYS_KEPT = 100_000  # enrolled devices' keys a process keeps for authenticating batches (~20 MB)
 
 
 @dataclass
@@ -181,6 +182,9 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
     admission = Admission(config.max_inflight_batches, config.max_inflight_bytes, config.retry_after_s)
     replays = ReplayCache(per_device=limits.replay_per_device)
     swept = [0]
+    # enrolled devices' keys, for batches: an id is derived from its key (protocol.device_id_for), so
+    # a key kept here never goes stale; revocation is checked where each batch is stored
+    batch_keys: dict[str, ed25519.Ed25519PublicKey] = {}
 
     async def active_device(device_id: str):
         """(the enrolled device, its public key); ServerError for unknown and revoked devices."""
@@ -202,9 +206,12 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         except protocol.ProtocolError as exc:
             raise ServerError(str(exc), code=protocol.E_BAD_SIGNATURE, status=401) from None
 
-    async def authenticate_header(request: Request, auth: protocol.RequestAuth):
+    async def authenticate_header(request: Request, auth: protocol.RequestAuth,
+                                  *, storing: bool = False) -> tuple[str, ed25519.Ed25519PublicKey]:
         """A CK-Sig2 header, before any of the body is read: its time near the server's clock, the
-        enrolled key's signature, a nonce not used before. (the device, its public key)"""
+        enrolled key's signature, a nonce not used before. (the device's id, its public key)
+        ``storing``: for a batch, whose storing checks that its device is enrolled and not revoked,
+        the key of a device seen before is taken from memory (no look-up in the database)."""
         now = now_ms()
         nonce = auth.nonce
         if auth.version != 2 or nonce is None:  # the callers send CK-Sig2 headers only
@@ -212,34 +219,39 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         if not replays.fresh(auth.ts_ms, now):
             raise ServerError(f"request time {auth.ts_ms} is more than {protocol.AUTH_WINDOW_MS // 1000} s from the "
                               f"server's clock {now}", code=protocol.E_STALE_REQUEST, status=401)
-        device, public = await active_device(auth.device_id)
+        public = batch_keys.get(auth.device_id) if storing else None
+        if public is None:
+            device, public = await active_device(auth.device_id)
+            if len(batch_keys) >= KEYS_KEPT:
+                del batch_keys[next(iter(batch_keys))]  # the first kept
+            batch_keys[device.device_id] = public
         if not protocol.check_header(auth, public, request.method, _path_qs(request)):
             raise ServerError("request signature does not verify", code=protocol.E_BAD_SIGNATURE, status=401)
         if now - swept[0] > 60_000:
             replays.sweep(now)
             swept[0] = now
-        first = replays.first_use(device.device_id, nonce, auth.ts_ms, now)
+        first = replays.first_use(auth.device_id, nonce, auth.ts_ms, now)
         if first is None:
-            raise Busy(f"device {device.device_id} sent more than {limits.replay_per_device} requests within "
+            raise Busy(f"device {auth.device_id} sent more than {limits.replay_per_device} requests within "
                        f"{protocol.AUTH_WINDOW_MS // 1000} s", code=protocol.E_TOO_MANY, status=429,
                        retry_after=config.retry_after_s)
         if not first:
             raise ServerError("this request signature was used before", code=protocol.E_REPLAYED, status=401)
-        return device, public
+        return auth.device_id, public
 
-    async def authenticate(request: Request, body: bytes):
-        """A request without a body to read (GET), or a v1 request whose body was read: the device."""
+    async def authenticate(request: Request, body: bytes) -> str:
+        """A request without a body to read (GET), or a v1 request whose body was read: the device's id."""
         auth = request_auth(request)
         if auth.version == 2:
-            device, _ = await authenticate_header(request, auth)
+            device_id, _ = await authenticate_header(request, auth)
             if auth.body_sha256 != hashlib.sha256(body).hexdigest():
                 raise ServerError("request body does not match its signed hash", code=protocol.E_BAD_SIGNATURE,
                                   status=401)
-            return device
+            return device_id
         device, public = await active_device(auth.device_id)
         if not protocol.check_request(auth, public, request.method, _path_qs(request), body):
             raise ServerError("request signature does not verify", code=protocol.E_BAD_SIGNATURE, status=401)
-        return device
+        return device.device_id
 
     def device_claims(request: Request, device_id: str) -> list[Claim]:
         return [Claim("device", device_id, limits.per_device), Claim("authenticated", _peer(request), limits.per_peer)]
@@ -315,11 +327,11 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         auth = optional_request_auth(request)
         if auth is None or auth.version != 2:
             return await unauthenticated_batch(request)
-        device, public = await authenticate_header(request, auth)
+        device_id, public = await authenticate_header(request, auth, storing=True)
         length = declared_length(request.headers, config.max_batch_bytes, protocol.E_TOO_LARGE)
-        with gate.hold(device_claims(request, device.device_id)), admission.hold(length):
+        with gate.hold(device_claims(request, device_id)), admission.hold(length):
             data = await signed_body(request, auth, length)
-            if read_header(data).device_id != device.device_id:
+            if read_header(data).device_id != device_id:
                 raise ServerError("a batch must be sent by its own device", code=protocol.E_BAD_SIGNATURE, status=401)
             done = await run_in_threadpool(store, data, public)
         return _json(done.ack.to_dict())
@@ -339,14 +351,14 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         return _json(done.ack.to_dict())
 
     async def acks(request: Request) -> Response:
-        device = await authenticate(request, b"")
+        device_id = await authenticate(request, b"")
         try:
             after = int(request.query_params.get("after", "0"))
             limit = min(int(request.query_params.get("limit", str(protocol.MAX_ACKS))), protocol.MAX_ACKS)
         except ValueError:
             raise ServerError("after and limit must be integers", code=protocol.E_BAD_REQUEST, status=400) from None
-        rows = await run_in_threadpool(storage.acks_after, device.device_id, max(0, after), max(1, limit) + 1)
-        held = await run_in_threadpool(storage.held_seq, device.device_id)
+        rows = await run_in_threadpool(storage.acks_after, device_id, max(0, after), max(1, limit) + 1)
+        held = await run_in_threadpool(storage.held_seq, device_id)
         return _json({"batches": [list(r) for r in rows[:limit]], "more": len(rows) > limit, "held_seq": held})
 
     async def trust(request: Request) -> Response:
@@ -374,19 +386,19 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         auth = request_auth(request)
         length = declared_length(request.headers, protocol.MAX_JSON_BYTES, protocol.E_REQUEST_TOO_LARGE)
         if auth.version == 2:
-            device, _ = await authenticate_header(request, auth)
-            with gate.hold(device_claims(request, device.device_id)):
+            device_id, _ = await authenticate_header(request, auth)
+            with gate.hold(device_claims(request, device_id)):
                 body = await signed_body(request, auth, length)
         else:  # a v1 signature can only be checked once the body is read
             with gate.hold(unauthenticated_claims(request)):
                 body = await BodyReader(request.receive, length, limits).read()
-                device = await authenticate(request, body)
+                device_id = await authenticate(request, body)
         try:
             doc = protocol.check_heartbeat(_json_body(body))
         except protocol.ProtocolError as exc:
             raise ServerError(str(exc), code=protocol.E_BAD_REQUEST, status=400) from None
-        kept = await run_in_threadpool(storage.record_heartbeat, device.device_id, doc, now_ms())
-        held = await run_in_threadpool(storage.held_seq, device.device_id)
+        kept = await run_in_threadpool(storage.record_heartbeat, device_id, doc, now_ms())
+        held = await run_in_threadpool(storage.held_seq, device_id)
         return _json({"kept": kept, "held_seq": held})
 
     async def on_server_error(request: Request, exc: ServerError) -> Response:
