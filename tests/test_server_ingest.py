@@ -277,3 +277,20 @@ def test_a_device_revoked_after_its_first_batch_has_the_next_refused_and_stored_
     finally:
         srv.stop()
         storage.close()
+
+
+def test_a_batch_sent_under_another_devices_request_signature_is_refused(tmp_path):
+    (tmp_path / "s").mkdir()
+    srv = ServerProcess(tmp_path / "s" / "c.db", args=("--workers", "1")).start()
+    storage = open_storage(str(tmp_path / "s" / "c.db"))
+    try:
+        key_a, dev_a, _, batch_a = _batch(storage, 5)
+        key_b, dev_b, _, batch_b = _batch(storage, 5)
+        res = _post(srv.url, key_a, dev_a, batch_b)  # A's request, B's (validly signed) batch
+        assert res.status_code == 401 and res.json()["error"] == protocol.E_BAD_SIGNATURE, res.text
+        assert storage.stats().entries == 0
+        assert _post(srv.url, key_b, dev_b, batch_b).json()["stored"] == 5
+        assert _post(srv.url, key_a, dev_a, batch_a).json()["stored"] == 5
+    finally:
+        srv.stop()
+        storage.close()

@@ -315,13 +315,16 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
             return _error(404, protocol.E_NO_CREDENTIAL, "no server credential published yet")
         return Response(data, media_type=CREDENTIAL_TYPE)
 
-    def store(data: bytes, public) -> Ingested:
-        """Open a pushed batch and store it, in one trip to a worker thread."""
-        version = read_header(data).version
-        if version not in config.batch_formats:
-            raise BatchError(f"batch format {version} is not read by this server (it reads "
+    def store(data: bytes, public, sender: str | None = None) -> Ingested:
+        """Open a pushed batch (of ``sender``, the device whose request signature came with it, if
+        one did) and store it, in one trip to a worker thread."""
+        header = read_header(data)
+        if sender is not None and header.device_id != sender:
+            raise ServerError("a batch must be sent by its own device", code=protocol.E_BAD_SIGNATURE, status=401)
+        if header.version not in config.batch_formats:
+            raise BatchError(f"batch format {header.version} is not read by this server (it reads "
                              f"{', '.join(map(str, config.batch_formats))})", code=protocol.E_MALFORMED)
-        return storage.ingest(open_batch(data, public), "push", now_ms())
+        return storage.ingest(open_batch(data, public, header=header), "push", now_ms())
 
     async def batches(request: Request) -> Response:
         auth = optional_request_auth(request)
@@ -331,9 +334,7 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
         length = declared_length(request.headers, config.max_batch_bytes, protocol.E_TOO_LARGE)
         with gate.hold(device_claims(request, device_id)), admission.hold(length):
             data = await signed_body(request, auth, length)
-            if read_header(data).device_id != device_id:
-                raise ServerError("a batch must be sent by its own device", code=protocol.E_BAD_SIGNATURE, status=401)
-            done = await run_in_threadpool(store, data, public)
+            done = await run_in_threadpool(store, data, public, device_id)
         return _json(done.ack.to_dict())
 
     async def unauthenticated_batch(request: Request) -> Response:

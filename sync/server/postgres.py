@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import operator
 import os
 import re
 import socket
@@ -134,6 +135,7 @@ GROUP_BATCHES = (
     "%s::integer[], %s::integer[], %s::bigint[], %s::text[], %s::bigint[], %s::integer[])")
 COPY_ENTRIES = f"COPY entries ({', '.join(ENTRY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _SEQ, _AT_MS = ENTRY_COLUMNS.index("seq"), ENTRY_COLUMNS.index("at_ms")
+_at_ms = operator.itemgetter(_AT_MS)
 
 
 def day_of(at_ms: int) -> int:
@@ -389,7 +391,9 @@ class PostgresStorage(SQLStorage):
     def ingest(self, batch: ParsedBatch, source: str, now_ms: int) -> Ingested:
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
-        self.ensure_partitions({day_of(r[_AT_MS]) for r in batch.rows})
+        times = list(map(_at_ms, batch.rows))
+        first, last = day_of(min(times)), day_of(max(times))
+        self.ensure_partitions({first} if first == last else set(map(day_of, times)))
         item = Pending(batch, source, now_ms, chain.altered(batch.rows))
         if self._group is not None:
             return self._group.submit(item)

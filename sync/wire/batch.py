@@ -260,13 +260,14 @@ def verify_signature(data: bytes, public_key: ed25519.Ed25519PublicKey) -> None:
                     protocol.E_BAD_SIGNATURE) from None
 
 
-def open_batch(data: bytes, public_key: ed25519.Ed25519PublicKey) -> ParsedBatch:
+def open_batch(data: bytes, public_key: ed25519.Ed25519PublicKey, *, header: BatchInfo | None = None) -> ParsedBatch:
     """Check the signature, then decompress (bounded) and parse and validate every row.
+    ``header``: what read_header(data) returned, if the caller has it already.
 
     The rows' prev_hash links are filled in from the header and the previous row's hash; the
     hashes themselves are the device's and are checked by the caller (sync.server.chain).
     """
-    info = read_header(data)
+    info = read_header(data) if header is None else header
     verify_signature(data, public_key)
     (hlen,) = struct.unpack(">I", data[4:8])
     body = data[8 + hlen:-SIG_LEN]
