@@ -164,7 +164,9 @@ def test_format_2_rows_are_checked_like_format_1(entries):
         return _resign(dict(header, raw_len=len(raw), **changes), zlib.compress(raw))
 
     for i, value, problem in ((18, b"\x01" * 31, "hash"), (18, "ab" * 32, "hash"), (17, "c2VhbGVk", "sealed"),
-                              (10, "some_future_reason", "reason"), (1, "not-a-uuid", "entry_id")):
+                              (10, "some_future_reason", "reason"), (1, "not-a-uuid", "entry_id"),
+                              (12, "abc", "card_id"), (12, "ABCD", "card_id"), (12, "0g", "card_id"),
+                              (14, "not base64!", "kid")):
         bad = [list(r) for r in rows]
         bad[2][i] = value
         with pytest.raises(b.BatchError, match=problem) as exc_info:
