@@ -139,6 +139,8 @@ _FIELD_PREFIX = {name: bytes([len(name)]) + name.encode("ascii") for name in HAS
 _PREFIXES = tuple(_FIELD_PREFIX[name].decode("latin-1") for name in HASHED_FIELDS)
 _LEN4 = tuple(n.to_bytes(4, "big").decode("latin-1") for n in range(1024))
 _DOMAIN = HASH_DOMAIN.decode("latin-1")
+_PREFIX_BYTES = tuple(_FIELD_PREFIX[name] for name in HASHED_FIELDS)  # column_hashes works in bytes
+_LEN4_BYTES = tuple(n.to_bytes(4, "big") for n in range(1024))
 
 
 def chain_hash(prev_hash: bytes, fields: Mapping[str, object]) -> bytes:
@@ -215,7 +217,7 @@ def _encoded(prefix: bytes, values: Sequence[object]) -> list[bytes]:
         enc = {v: _encoded(prefix, (v,))[0] for v in distinct}
         return [enc[v] for v in values]
     texts = [None if v is None else (v if type(v) is str else str(v)).encode("utf-8") for v in values]
-    return [b"" if v is None else prefix + (_LEN4[n] if (n := len(v)) < 1024 else n.to_bytes(4, "big")) + v
+    return [b"" if v is None else prefix + (_LEN4_BYTES[n] if (n := len(v)) < 1024 else n.to_bytes(4, "big")) + v
             for v in texts]
 
 
@@ -223,11 +225,11 @@ def column_hashes(prev_hashes: Sequence[bytes], columns: Sequence[Sequence[objec
     """values_hash of many rows given column by column (``columns``: the HASHED_FIELDS values in
     that order, each as long as ``prev_hashes``): the same digests, a few times faster for a
     batch, as every field is encoded in one pass over its column."""
-    if len(columns) != len(_PREFIXES):
-        raise ValueError(f"{len(_PREFIXES)} columns are hashed, not {len(columns)}")
+    if len(columns) != len(_PREFIX_BYTES):
+        raise ValueError(f"{len(_PREFIX_BYTES)} columns are hashed, not {len(columns)}")
     if any(len(p) != 32 for p in prev_hashes):
         raise ValueError("prev_hash must be 32 bytes")
-    parts = [_encoded(prefix, col) for prefix, col in zip(_PREFIXES, columns, strict=True)]
+    parts = [_encoded(prefix, col) for prefix, col in zip(_PREFIX_BYTES, columns, strict=True)]
     sha256, join = hashlib.sha256, b"".join
     domain = itertools.repeat(HASH_DOMAIN, len(prev_hashes))
     return [sha256(join(row)).digest() for row in zip(domain, prev_hashes, *parts, strict=True)]
