@@ -248,7 +248,7 @@ def _one_run(quick: bool, number: int) -> dict:
             revoked = fixtures.revoked_ids(n_revoked)
             at = fixtures.now()
             bundles.publish(st, make_bundle(OPERATOR_ROOT, version=1, issued_at=at, expires_at=at + 30 * fixtures.DAY,
-                                            keys=keys, revoked_cards=revoked), now_ms=now_ms())
+                                            keys=keys, revoked_cards=revoked, fmt=2), now_ms=now_ms())
             state = tmp / "state"
             provision(server.url, issue_tokens(st, "bench-soak", now_ms=now_ms())[0], state, trust_root=root_pub)
             fifo = tmp / "in.fifo"
@@ -317,7 +317,7 @@ def _swap(daemon: _Daemon, sampler: _Sampler, st: SQLiteStorage, keys, revoked: 
     sampler.restart()
     more = fixtures.revoked_ids(1000, seed=8)
     bundles.publish(st, make_bundle(OPERATOR_ROOT, version=2, issued_at=at + 1, expires_at=at + 30 * fixtures.DAY,
-                                    keys=keys, revoked_cards=revoked + more),
+                                    keys=keys, revoked_cards=revoked + more, fmt=2),
                     now_ms=now_ms(), root_private=OPERATOR_ROOT)
     t0 = time.monotonic()
     daemon.wait(lambda: daemon.bundle_version == 2, "the swap to bundle v2", timeout=120)

@@ -266,21 +266,27 @@ def refresh_bundle(client: SyncClient, state_dir: str | os.PathLike, roots) -> t
     version, digest = (cur.version, cur.digest) if cur else (None, None)
     if cur is not None:  # a delta needs its version and digest only: the revoked ids are not kept meanwhile
         cur = replace(cur, revoked_cards=RevocationSet())
-    reply = client.trust(version, digest)
+    download = trustupdate.download_path(state_dir)
+    reply = client.trust(version, digest, into=download)
     if reply.kind == "not_modified":
         return "not_modified", cur
     if reply.kind == "delta":
         if cur is not None:
             try:  # the file is read again there, its digest checked (and not held here meanwhile)
+                delta = deltamod.open_any_delta(reply.data, roots)
+                if isinstance(delta, deltamod.StreamedDelta):
+                    return "delta", trustupdate.install_streamed_delta(state_dir, cur, delta, roots)
                 applied = deltamod.apply_delta_parts(Path(state_dir) / trustupdate.BUNDLE_NAME, cur, reply.data, roots)
                 return "delta", trustupdate.install_applied(state_dir, applied, min_version=version)
             except TrustError as exc:
                 log.warning("trust delta refused (%s: %s); fetching the full bundle", exc.code, exc)
-        reply = client.trust(version, digest, full=True)
+        reply = client.trust(version, digest, full=True, into=download)
         if reply.kind == "not_modified":
             return "not_modified", cur
         if reply.kind != "full":
             raise TrustError("server sent a delta when asked for the full bundle", code="bundle_malformed")
+    if reply.path is not None:
+        return "full", trustupdate.install_file(state_dir, reply.path, roots, min_version=version)
     return "full", trustupdate.install(state_dir, reply.data, roots, min_version=version)
 
 

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlencode
 
 import requests
@@ -18,11 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from requests.structures import CaseInsensitiveDict
 
 from scanner import __version__
+from scanner.base.fsutil import AtomicFile
 from scanner.base.i18n import Text, text
 from scanner.base.timeutil import now_ms
 from sync.errors import SyncError as SyncError  # raised by the client, defined apart (sync/errors.py)
 from sync.wire import protocol
-from sync.wire.http import SyncConfigError, check_server_url, parse_retry_after, read_limited, refusal
+from sync.wire.http import SyncConfigError, check_server_url, copy_limited, parse_retry_after, read_limited, refusal
 from sync.wire.identity import device_id as device_id_of
 from sync.wire.identity import public_raw
 
@@ -90,11 +92,13 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class TrustReply:
-    """``kind``: "not_modified", "delta" or "full"; ``version`` the server's current version."""
+    """``kind``: "not_modified", "delta" or "full"; ``version`` the server's current version;
+    ``data`` the delta or bundle, or for a bundle written to a file (``into``), ``path`` that file."""
 
     kind: str
     version: int | None
     data: bytes
+    path: Path | None = None
 
 
 class SyncClient:
@@ -123,19 +127,21 @@ class SyncClient:
 
     def _request(self, method: str, path: str, *, params: dict | None = None, body: bytes = b"",
                  content_type: str | None = None, sign: bool = True, max_bytes: int = protocol.MAX_JSON_BYTES,
-                 ok: tuple[int, ...] = (200,)) -> Reply:
+                 ok: tuple[int, ...] = (200,), into: Path | None = None) -> Reply:
+        """One request; ``into``: a 200 answer that is not a delta is written (atomically) to that
+        file instead of being held (its Reply's body is then empty)."""
         path_qs = path + (f"?{urlencode(params)}" if params else "")
-        reply = self._exchange(method, path, path_qs, body, content_type, sign, max_bytes)
+        reply = self._exchange(method, path, path_qs, body, content_type, sign, max_bytes, into)
         if reply.status == 401 and sign and refusal(reply.status, reply.body, path)[0] == protocol.E_STALE_REQUEST:
             # signed with a stale idea of the server's clock; this answer has set it right
-            reply = self._exchange(method, path, path_qs, body, content_type, sign, max_bytes)
+            reply = self._exchange(method, path, path_qs, body, content_type, sign, max_bytes, into)
         if reply.status in ok:
             return reply
         self._raise(reply, path)
         return reply  # not reached
 
     def _exchange(self, method: str, path: str, path_qs: str, body: bytes, content_type: str | None, sign: bool,
-                  max_bytes: int) -> Reply:
+                  max_bytes: int, into: Path | None = None) -> Reply:
         headers = {}
         if content_type:
             headers["Content-Type"] = content_type
@@ -147,7 +153,13 @@ class SyncClient:
             with self.session.request(method, self.base_url + path_qs, data=body or None, headers=headers,
                                       timeout=self.timeout, verify=self.verify, stream=True,
                                       allow_redirects=False) as resp:
-                body = read_limited(resp, max_bytes, path, TransientError)
+                if (into is not None and resp.status_code == 200
+                        and not resp.headers.get("Content-Type", "").startswith(protocol.DELTA_TYPE)):
+                    with AtomicFile.at(into, 0o600) as fh:
+                        copy_limited(resp, max_bytes, path, TransientError, fh)
+                    body = b""
+                else:
+                    body = read_limited(resp, max_bytes, path, TransientError)
                 status, resp_headers = resp.status_code, CaseInsensitiveDict(resp.headers)
         except requests.exceptions.SSLError as exc:
             raise _net_error("tls", self.base_url, cause(exc), code="tls") from None
@@ -205,7 +217,10 @@ class SyncClient:
             raise TransientError("bad /acks answer", code="bad_answer")
         return doc
 
-    def trust(self, version: int | None, digest: str | None, *, full: bool = False) -> TrustReply:
+    def trust(self, version: int | None, digest: str | None, *, full: bool = False,
+              into: Path | None = None) -> TrustReply:
+        """Ask for the trust bundle newer than ``version``; ``into``: write a full bundle to that file
+        (TrustReply.path) instead of holding it."""
         params: dict[str, int | str] = {}
         if version is not None:
             params["version"] = version
@@ -213,13 +228,15 @@ class SyncClient:
         if full:
             params["full"] = 1
         reply = self._request("GET", protocol.TRUST, params=params or None, max_bytes=protocol.MAX_BUNDLE_DOWNLOAD,
-                              ok=(200, 304))
+                              ok=(200, 304), into=into)
         header = reply.headers.get(protocol.BUNDLE_VERSION_HEADER)
         server_version = int(header) if header and header.isdigit() else None
         if reply.status == 304:
             return TrustReply("not_modified", server_version, b"")
         ctype = reply.headers.get("Content-Type", "")
         kind = "delta" if ctype.startswith(protocol.DELTA_TYPE) else "full"
+        if kind == "full" and into is not None:
+            return TrustReply(kind, server_version, b"", into)
         return TrustReply(kind, server_version, reply.body)
 
     def credential(self) -> bytes | None:

@@ -12,13 +12,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
-from scanner.base.fsutil import AtomicFile
+from scanner.base.fsutil import AtomicFile, Dir
 from scanner.cards import trustfile
-from scanner.cards.bundle import Bundle, open_bundle
+from scanner.cards.bundle import MAX_BUNDLE_BYTES, Bundle, is_streamed, open_bundle, root_kid
 from scanner.cards.trust import load_root
 from sync.wire import delta as deltamod
 
-BUNDLE_NAME = "bundle.json"
+BUNDLE_NAME = "bundle.json"  # either format (scanner/cards/bundle.py), the name kept from format 1
+DOWNLOAD_NAME = "bundle.json.new"  # a bundle received or made from a delta, until it is checked and in place
 ROOT_NAME = "trust-root.pem"
 
 
@@ -90,3 +91,49 @@ def _swap(state_dir: str | os.PathLike, bundle: Bundle, pieces: Callable[[], Ite
         for piece in pieces():
             fh.write(piece)
     return bundle
+
+
+def download_path(state_dir: str | os.PathLike) -> Path:
+    """Where a new bundle file is put until install_file has checked it (written atomically there)."""
+    return Path(state_dir) / DOWNLOAD_NAME
+
+
+def install_file(state_dir: str | os.PathLike, download: str | os.PathLike, roots: Sequence[ed25519.Ed25519PublicKey],
+                 *, min_version: int | None) -> Bundle:
+    """install() for a bundle file at ``download`` in the state directory. A format-2 file is checked
+    as it is read, its ids going straight into its checked file (never held whole); then the checked
+    file is put in place, then the file itself is renamed over the installed one, so a swap cut off
+    between the two leaves the old bundle serving. On any failure TrustError; the old bundle stays."""
+    path = Path(state_dir) / BUNDLE_NAME
+    try:
+        with open(download, "rb") as fh:
+            if not is_streamed(fh.read(8)):
+                fh.seek(0)
+                data = fh.read(MAX_BUNDLE_BYTES + 1)
+                fh.close()
+                return install(state_dir, data, roots, min_version=min_version)
+            fh.seek(0)
+            checked = trustfile.path_for(path)
+            source = trustfile.check_streamed(fh, roots, checked, min_version=min_version)
+        with Dir.open(Path(state_dir)) as directory:
+            os.rename(Path(download).name, BUNDLE_NAME, src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+            os.fsync(directory.fd)
+    finally:
+        Path(download).unlink(missing_ok=True)
+    bundle = trustfile.read(checked, source, {root_kid(r) for r in roots})
+    if bundle is None:
+        raise TrustError(f"{checked} was replaced while the bundle was installed", code="trustfile_corrupt")
+    return bundle
+
+
+def install_streamed_delta(state_dir: str | os.PathLike, current: Bundle, delta: deltamod.StreamedDelta,
+                           roots: Sequence[ed25519.Ed25519PublicKey]) -> Bundle:
+    """Apply a v2 delta to the installed format-2 bundle ``current``: bundle M's file is written
+    as the installed file is read (sync.wire.delta.apply_streamed), then installed by install_file."""
+    download = download_path(state_dir)
+    try:
+        with open(Path(state_dir) / BUNDLE_NAME, "rb") as old, AtomicFile.at(download, 0o600) as out:
+            deltamod.apply_streamed(old, current, delta, roots, out)
+    except OSError as exc:
+        raise deltamod.DeltaError(f"current bundle file unreadable ({exc.strerror})") from None
+    return install_file(state_dir, download, roots, min_version=current.version)

@@ -156,7 +156,10 @@ def test_usage_errors_exit_2_with_one_line(pki, args, needle):
 
 
 def test_tampered_bundle_is_refused_with_exit_2(pki, tmp_path):
-    doc = json.loads((pki / "bundle.json").read_text())
+    r = run("issuer", "bundle", "--root-key", str(pki / "root.key"), "--key", f"VN-HUE={pki / 'hue.pub'}",
+            "--version", "3", "--format", "1", "-o", str(tmp_path / "v1.json"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "v1.json").read_text())
     payload = base64.b64decode(doc["payload"]).replace(b'"version":3', b'"version":9')
     doc["payload"] = base64.b64encode(payload).decode()
     bad = tmp_path / "bad.json"

@@ -1,20 +1,28 @@
 """Signed trust bundles: issuer keys and revocations, signed by the provisioned root (Ed25519).
 
-File format (docs/card-format.md#trust-bundle): JSON {"payload": b64(B), "sig": b64(sig over B),
-"kid": b64(root kid)}, B being UTF-8 JSON {"version", "issued_at", "expires_at", "keys",
-"revoked_cards", "revoked_kids"}. Opening checks the signature before looking inside B; a bundle
-that fails any check is refused as a whole (TrustError with a stable code).
+Two file formats (docs/card-format.md#trust-bundle). Format 1: JSON {"payload": b64(B), "sig":
+b64(sig over B), "kid": b64(root kid)}, B being UTF-8 JSON {"version", "issued_at", "expires_at",
+"keys", "revoked_cards", "revoked_kids"}. Format 2 (streamed): a magic, then a HEAD part holding
+such a JSON envelope whose payload carries the count and SHA-256 of the revoked ids instead of the
+ids, then an IDS part of the ids as raw sorted 16-byte records, read and hashed in chunks
+(StreamReader), so a million revocations are never held whole. Opening checks the signature before
+looking inside B; a bundle that fails any check is refused as a whole (TrustError with a stable code).
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import io
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+import struct
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from itertools import islice
+from typing import IO, TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -24,7 +32,7 @@ from scanner.base.errors import KeyFileError, TrustError
 from scanner.base.lazy import lazy_module
 from scanner.cards import keys as keymod
 from scanner.cards import x509util
-from scanner.cards.revocation import RevocationSet
+from scanner.cards.revocation import ID_SIZE, RevocationSet
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,6 +93,12 @@ def _malformed(message: str, key: str, **params: object) -> TrustError:
     return TrustError(message, code="bundle_malformed", text=i18n.text("trust_error." + key, **params))
 
 
+def _rollback(version: int, current: int) -> TrustError:
+    """A bundle not newer than the one installed (no rollback)."""
+    return TrustError(f"bundle version {version} is not newer than {current} (rollback refused)",
+                      code="bundle_rollback", text=i18n.text("trust_error.rollback", version=version, current=current))
+
+
 def _unb64(text: object, what: str) -> bytes:
     if type(text) is _Decoded:  # the payload, already decoded by the fast path of open_bundle
         return text.value if isinstance(text.value, bytes) else bytes(text.value)
@@ -124,6 +138,8 @@ def open_bundle(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
 
     ``min_version``: refuse a bundle whose version is not above it (no rollback).
     """
+    if is_streamed(data):
+        return _open_streamed_bytes(data, roots, min_version)
     payload, signature, kid = bundle_parts(data)
     return open_parts(payload, signature, kid, roots, min_version=min_version)
 
@@ -148,6 +164,16 @@ def bundle_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
 def open_parts(payload: bytes | bytearray, signature: bytes, kid: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
                min_version: int | None = None) -> Bundle:
     """open_bundle after bundle_parts: the root's signature over the payload, then its content."""
+    _verify(payload, signature, kid, roots)
+    bundle = _parse_payload(payload, kid)
+    if min_version is not None and bundle.version <= min_version:
+        raise _rollback(bundle.version, min_version)
+    return bundle
+
+
+def _verify(payload: bytes | bytearray, signature: bytes, kid: bytes,
+            roots: Sequence[ed25519.Ed25519PublicKey]) -> None:
+    """The root with ``kid`` among ``roots`` signed ``payload``, else TrustError."""
     if not roots:
         raise TrustError("no trust root given to check the bundle against", code="bundle_no_root")
     root = next((r for r in roots if root_kid(r) == kid), None)
@@ -160,12 +186,6 @@ def open_parts(payload: bytes | bytearray, signature: bytes, kid: bytes, roots: 
     except InvalidSignature:
         raise TrustError("bundle signature does not verify against the trust root",
                          code="bundle_bad_signature") from None
-    bundle = _parse_payload(payload, kid)
-    if min_version is not None and bundle.version <= min_version:
-        raise TrustError(f"bundle version {bundle.version} is not newer than {min_version} "
-                         "(rollback refused)", code="bundle_rollback",
-                         text=i18n.text("trust_error.rollback", version=bundle.version, current=min_version))
-    return bundle
 
 
 def _parse_payload(payload: bytes | bytearray, kid: bytes) -> Bundle:
@@ -177,17 +197,12 @@ def _parse_payload(payload: bytes | bytearray, kid: bytes) -> Bundle:
             raise _malformed("bundle payload is not UTF-8 JSON", "payload_not_json") from None
     if type(body) is not dict:
         raise _malformed("bundle payload must be a JSON object", "payload_not_json")
-    version = _int(body, "version")
-    issued_at = _int(body, "issued_at")
-    expires_at = _int(body, "expires_at")
-    raw_keys = body.get("keys", [])
-    if type(raw_keys) is not list:
-        raise _malformed("bundle: 'keys' must be a list", "not_list", field="keys")
-    parsed = parse_keys(raw_keys)
+    if "format" in body or "revoked_cards_sha256" in body:  # a format-2 head taken out of its file
+        raise TrustError("bundle payload is not in format 1", code="bundle_format")
+    version, issued_at, expires_at, parsed, revoked_kids = _common(body)
     cards = body.get("revoked_cards", [])
-    kids = body.get("revoked_kids", [])
-    if type(cards) not in (list, _Decoded) or type(kids) is not list:
-        raise _malformed("bundle: revocation lists must be lists", "not_list", field="revoked_cards, revoked_kids")
+    if type(cards) not in (list, _Decoded):
+        raise _malformed("bundle: revocation lists must be lists", "not_list", field="revoked_cards")
     try:
         if type(cards) is _Decoded:  # already checked: each id 32 hex digits
             value = cards.value
@@ -197,9 +212,23 @@ def _parse_payload(payload: bytes | bytearray, kid: bytes) -> Bundle:
             revoked_cards = RevocationSet.from_hex(cards)
     except ValueError as exc:
         raise _malformed(f"bundle: {exc}", "revoked_ids") from None
-    revoked_kids = frozenset(_unb64(k, "revoked kid") for k in kids)
     return Bundle(version, issued_at, expires_at, parsed, revoked_cards, revoked_kids, kid,
                   hashlib.sha256(payload).hexdigest())
+
+
+def _common(body: dict) -> tuple[int, int, int, tuple[BundleKey, ...], frozenset[bytes]]:
+    """The values both formats' payloads hold: version, issued_at, expires_at, keys, revoked kids."""
+    version = _int(body, "version")
+    issued_at = _int(body, "issued_at")
+    expires_at = _int(body, "expires_at")
+    raw_keys = body.get("keys", [])
+    if type(raw_keys) is not list:
+        raise _malformed("bundle: 'keys' must be a list", "not_list", field="keys")
+    parsed = parse_keys(raw_keys)
+    kids = body.get("revoked_kids", [])
+    if type(kids) is not list:
+        raise _malformed("bundle: revocation lists must be lists", "not_list", field="revoked_kids")
+    return version, issued_at, expires_at, parsed, frozenset(_unb64(k, "revoked kid") for k in kids)
 
 
 def parse_keys(entries: list) -> tuple[BundleKey, ...]:
@@ -411,10 +440,15 @@ def _hex_id_array(doc: bytes | bytearray, start: int) -> tuple[bytearray, int] |
 
 def make_bundle(root_private: ed25519.Ed25519PrivateKey, *, version: int, issued_at: int,
                 expires_at: int, keys: Iterable[BundleKey], revoked_cards: Iterable[bytes] = (),
-                revoked_kids: Iterable[bytes] = ()) -> bytes:
-    """Build and sign a bundle file (issuer side); returns the file's bytes."""
+                revoked_kids: Iterable[bytes] = (), fmt: int = 1) -> bytes:
+    """Build and sign a bundle file (issuer side) in format ``fmt`` (1 or 2); returns the file's bytes."""
     if not isinstance(root_private, ed25519.Ed25519PrivateKey):
         raise TrustError("the bundle root key must be an Ed25519 private key", code="bundle_root_key")
+    if fmt == STREAMED:
+        return b"".join(streamed_pieces(root_private, version=version, issued_at=issued_at, expires_at=expires_at,
+                                        keys=keys, revoked_cards=revoked_cards, revoked_kids=revoked_kids))
+    if fmt != 1:
+        raise TrustError(f"bundle format {fmt} is not 1 or 2", code="bundle_format")
     body = {
         "version": version,
         "issued_at": issued_at,
@@ -424,6 +458,188 @@ def make_bundle(root_private: ed25519.Ed25519PrivateKey, *, version: int, issued
         "revoked_kids": sorted({_b64(k) for k in revoked_kids}),
     }
     payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _envelope(root_private, payload)
+
+
+def _envelope(root_private: ed25519.Ed25519PrivateKey, payload: bytes) -> bytes:
+    """The JSON envelope of a signed payload: the whole file in format 1, the HEAD part in format 2."""
     outer = {"payload": _b64(payload), "sig": _b64(root_private.sign(payload)),
              "kid": _b64(root_kid(root_private.public_key()))}
     return (json.dumps(outer, indent=1) + "\n").encode("ascii")
+
+
+# ---------------------------------------------------------------- format 2: streamed
+#
+# MAGIC2, then parts, each a 4-byte tag, a 64-bit little-endian length and that many bytes: first
+# HEAD (the JSON envelope of a signed payload {"format": 2, "version", "issued_at", "expires_at",
+# "keys", "revoked_cards_count", "revoked_cards_sha256", "revoked_kids"}), then IDS (the revoked
+# card ids, 16 bytes each, strictly increasing, exactly revoked_cards_count of them, whose SHA-256
+# the payload names), then nothing. The ids are checked chunk by chunk as they are read.
+
+STREAMED = 2
+MAGIC2 = b"CKBUNDL\x02"
+PART = struct.Struct("<4sQ")  # tag, length
+HEAD_TAG = b"HEAD"
+IDS_TAG = b"IDS\x00"
+MAX_HEAD_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 1 << 20  # ids read, hashed and checked at a time (65,536 ids)
+_BUCKETS = 1 << 16
+
+
+def is_streamed(data: bytes | bytearray) -> bool:
+    """True if ``data`` (a file's first bytes or more) starts like a format-2 bundle."""
+    return bytes(data[:len(MAGIC2)]) == MAGIC2
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    """A format-2 bundle's verified head: its content without the ids (``bundle.revoked_cards``
+    empty), how many ids its IDS part must hold and their SHA-256."""
+
+    bundle: Bundle
+    count: int
+    ids_sha256: bytes
+
+
+def open_head(part: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
+              min_version: int | None = None) -> StreamHead:
+    """Verify and parse a HEAD part (the root's signature first)."""
+    payload, signature, kid = bundle_parts(part)
+    _verify(payload, signature, kid, roots)
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _malformed("bundle payload is not UTF-8 JSON", "payload_not_json") from None
+    if type(body) is not dict:
+        raise _malformed("bundle payload must be a JSON object", "payload_not_json")
+    if body.get("format") != STREAMED or "revoked_cards" in body:
+        raise TrustError("bundle head is not in format 2", code="bundle_format")
+    count = _int(body, "revoked_cards_count")
+    digest = body.get("revoked_cards_sha256")
+    if type(digest) is not str or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise TrustError("bundle: 'revoked_cards_sha256' must be 64 lowercase hex digits", code="bundle_malformed")
+    if count * ID_SIZE > MAX_BUNDLE_BYTES:
+        raise TrustError(f"bundle: {count} revoked ids are more than a bundle may hold", code="bundle_part_oversized")
+    version, issued_at, expires_at, keys, revoked_kids = _common(body)
+    if min_version is not None and version <= min_version:
+        raise _rollback(version, min_version)
+    bundle = Bundle(version, issued_at, expires_at, keys, RevocationSet(), revoked_kids, kid,
+                    hashlib.sha256(payload).hexdigest())
+    return StreamHead(bundle, count, bytes.fromhex(digest))
+
+
+def _read_exact(fh: IO[bytes], n: int, what: str) -> bytes:
+    data = fh.read(n)
+    if len(data) != n:
+        raise TrustError(f"bundle file ends inside its {what}", code="bundle_truncated")
+    return data
+
+
+def _part(fh: IO[bytes], tag: bytes, limit: int) -> int:
+    """Read the header of the next part, which must be ``tag`` and at most ``limit`` bytes long."""
+    found, size = PART.unpack(_read_exact(fh, PART.size, f"{tag.decode().strip(chr(0))} part header"))
+    if found != tag:
+        raise TrustError(f"bundle part {found!r} where {tag!r} belongs", code="bundle_part_order")
+    if size > limit:
+        raise TrustError(f"bundle part {tag!r} of {size} bytes is larger than {limit}", code="bundle_part_oversized")
+    return size
+
+
+class StreamReader:
+    """A format-2 bundle read from a binary file: the head is verified on construction (``head``),
+    then ``ids()`` yields the IDS part in checked chunks (strictly increasing; at the end the SHA-256
+    and that nothing follows), and ``index()`` gives their prefix index. TrustError on any fault: a
+    caller writes the chunks somewhere it can throw away until the last one has passed."""
+
+    def __init__(self, fh: IO[bytes], roots: Sequence[ed25519.Ed25519PublicKey], *,
+                 min_version: int | None = None) -> None:
+        self._fh = fh
+        if not is_streamed(_read_exact(fh, len(MAGIC2), "magic")):
+            raise TrustError("not a format-2 bundle file", code="bundle_malformed")
+        self.head = open_head(_read_exact(fh, _part(fh, HEAD_TAG, MAX_HEAD_BYTES), "HEAD part"), roots,
+                              min_version=min_version)
+        size = _part(fh, IDS_TAG, MAX_BUNDLE_BYTES)
+        if size != self.head.count * ID_SIZE:
+            raise TrustError(f"bundle IDS part of {size} bytes, the head says {self.head.count} ids",
+                             code="bundle_part_oversized" if size > self.head.count * ID_SIZE else "bundle_truncated")
+        self._counts: array | None = None
+
+    def ids(self) -> Iterator[bytes]:
+        counts = array("I", bytes(4 * _BUCKETS))
+        h = hashlib.sha256()
+        left, last = self.head.count * ID_SIZE, b""
+        while left:
+            chunk = _read_exact(self._fh, min(left, CHUNK_BYTES), "IDS part")
+            h.update(chunk)
+            last = check_ids(chunk, last, counts)
+            left -= len(chunk)
+            yield chunk
+        if h.digest() != self.head.ids_sha256:
+            raise TrustError("bundle IDS part does not match the SHA-256 its head names", code="bundle_ids_digest")
+        if self._fh.read(1):
+            raise TrustError("bundle file goes on after its last part", code="bundle_part_order")
+        self._counts = counts
+
+    def index(self) -> array:
+        """The 65,537 bucket starts of the ids (after ids() ran to its end)."""
+        if self._counts is None:
+            raise TrustError("bundle ids not read to their end", code="bundle_truncated")
+        return bucket_starts(self._counts)
+
+
+def check_ids(chunk: bytes, last: bytes, counts: array) -> bytes:
+    """Check that ``chunk`` (whole 16-byte ids) is strictly increasing and above ``last`` (the id
+    before it, b"" for none), add its ids to the per-bucket ``counts``; return its last id."""
+    ids = [chunk[i:i + ID_SIZE] for i in range(0, len(chunk), ID_SIZE)]
+    if not ids:
+        return last
+    if not (last < ids[0] and all(map(bytes.__lt__, ids, islice(ids, 1, None)))):
+        raise TrustError("bundle revoked ids are not strictly increasing", code="bundle_ids_unsorted")
+    for (hi, lo), n in Counter(zip(chunk[0::ID_SIZE], chunk[1::ID_SIZE])).items():
+        counts[hi << 8 | lo] += n
+    return ids[-1]
+
+
+def bucket_starts(counts: array) -> array:
+    """The prefix index (65,537 starts) from the 65,536 bucket counts."""
+    index = array("I", [0]) * (_BUCKETS + 1)
+    total = 0
+    for b, n in enumerate(counts):
+        total += n
+        index[b + 1] = total
+    return index
+
+
+def _open_streamed_bytes(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey], min_version: int | None) -> Bundle:
+    """open_bundle of a format-2 file held in memory (a server, the issuer tools): its ids kept in one buffer."""
+    if len(data) > MAX_BUNDLE_BYTES + MAX_HEAD_BYTES + len(MAGIC2) + 2 * PART.size:
+        raise TrustError("bundle file is larger than 256 MiB", code="bundle_part_oversized")
+    reader = StreamReader(io.BytesIO(data), roots, min_version=min_version)
+    ids = bytearray(reader.head.count * ID_SIZE)
+    at = 0
+    for chunk in reader.ids():
+        ids[at:at + len(chunk)] = chunk
+        at += len(chunk)
+    head = reader.head.bundle
+    return Bundle(head.version, head.issued_at, head.expires_at, head.keys,
+                  RevocationSet.mapped(ids, reader.index()) if ids else RevocationSet(), head.revoked_kids,
+                  head.root_kid, head.digest)
+
+
+def streamed_pieces(root_private: ed25519.Ed25519PrivateKey, *, version: int, issued_at: int, expires_at: int,
+                    keys: Iterable[BundleKey], revoked_cards: Iterable[bytes] = (),
+                    revoked_kids: Iterable[bytes] = ()) -> Iterator[bytes]:
+    """A format-2 bundle file in pieces (issuer side)."""
+    ids = sorted(set(revoked_cards))
+    if any(type(c) is not bytes or len(c) != ID_SIZE for c in ids):
+        raise TrustError("a revoked card id must be 16 bytes", code="bundle_malformed")
+    h = hashlib.sha256()
+    for i in range(0, len(ids), CHUNK_BYTES // ID_SIZE):
+        h.update(b"".join(ids[i:i + CHUNK_BYTES // ID_SIZE]))
+    body = {"format": STREAMED, "version": version, "issued_at": issued_at, "expires_at": expires_at,
+            "keys": [k.to_json() for k in keys], "revoked_cards_count": len(ids),
+            "revoked_cards_sha256": h.hexdigest(), "revoked_kids": sorted({_b64(k) for k in revoked_kids})}
+    head = _envelope(root_private, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    yield MAGIC2 + PART.pack(HEAD_TAG, len(head)) + head + PART.pack(IDS_TAG, len(ids) * ID_SIZE)
+    for i in range(0, len(ids), CHUNK_BYTES // ID_SIZE):
+        yield b"".join(ids[i:i + CHUNK_BYTES // ID_SIZE])

@@ -84,10 +84,11 @@ class RevocationSet:
         return self
 
     @classmethod
-    def mapped(cls, ids: mmap.mmap, index: array) -> RevocationSet:
+    def mapped(cls, ids: mmap.mmap | bytes | bytearray, index: array) -> RevocationSet:
         """A set over ids already sorted, deduplicated and indexed (a checked trust file, see
-        scanner/cards/trustfile.py): ``ids`` is a read-only map of the file, so the ids cost no
-        anonymous memory and NumPy is not needed; ``index`` its 65,537 bucket starts."""
+        scanner/cards/trustfile.py, or a format-2 bundle's checked ids): ``ids`` is a read-only map
+        of the file (the ids then cost no anonymous memory) or a buffer the set keeps; NumPy is not
+        needed; ``index`` their 65,537 bucket starts."""
         if len(ids) % ID_SIZE or len(index) != _BUCKETS + 1 or index[0] != 0 or index[-1] != len(ids) // ID_SIZE:
             raise ValueError("revocation index does not match the ids")
         self = cls.__new__(cls)

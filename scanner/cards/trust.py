@@ -20,7 +20,7 @@ from scanner.base.errors import KeyFileError, TrustError, os_error_words, words_
 from scanner.cards import jwks as jwksmod
 from scanner.cards import keys as keymod
 from scanner.cards import trustfile, x509util
-from scanner.cards.bundle import Bundle, BundleKey, bundle_parts, open_parts
+from scanner.cards.bundle import Bundle, BundleKey, bundle_parts, is_streamed, open_bundle, open_parts
 from scanner.cards.revocation import RevocationSet
 
 _USABLE_CACHE_SIZE = 256
@@ -139,8 +139,8 @@ def load_root(path: str | os.PathLike) -> ed25519.Ed25519PublicKey:
 
 
 def is_bundle_file(data: bytes) -> bool:
-    """A bundle is JSON (starts with '{'); key files are PEM or DER."""
-    return data.lstrip()[:1] == b"{"
+    """A bundle is JSON (starts with '{') or a format-2 bundle (its magic); key files are PEM or DER."""
+    return is_streamed(data) or data.lstrip()[:1] == b"{"
 
 
 def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed25519PublicKey] = (),
@@ -158,7 +158,7 @@ def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed255
             data = path.read_bytes()
         except OSError as exc:
             raise KeyFileError(f"{path}: {exc.strerror or exc}", text=os_error_words(exc, path)) from None
-        kind = jwksmod.sniff(data) if is_bundle_file(data) else None
+        kind = jwksmod.sniff(data) if is_bundle_file(data) and not is_streamed(data) else None
         if kind is not None:
             try:
                 if kind == "jwks":
@@ -174,10 +174,13 @@ def load_trust(paths: Sequence[str | os.PathLike], roots: Sequence[ed25519.Ed255
                 raise TrustError(f"{path} is a trust bundle: give the root key it is signed with "
                                  "(--trust-root)", code="bundle_no_root")
             try:
-                parts = bundle_parts(data)
-                del data  # a large bundle's file is not kept while its payload is parsed
-                bundles.append(open_parts(*parts, roots))
-                del parts
+                if is_streamed(data):
+                    bundles.append(open_bundle(data, roots))
+                else:
+                    parts = bundle_parts(data)
+                    del data  # a large bundle's file is not kept while its payload is parsed
+                    bundles.append(open_parts(*parts, roots))
+                    del parts
             except TrustError as exc:
                 raise TrustError(f"{path}: {exc}", code=exc.code, text=words_at(exc, path)) from None
         else:

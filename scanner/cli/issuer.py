@@ -140,8 +140,10 @@ def _read_kids(kids) -> list[bytes]:
 @click.option("--revoked-cards", "cards_file", type=click.Path(dir_okay=False), default=None,
               help="File of card ids (hex), whitespace-separated.")
 @click.option("--revoke-kid", "kids", multiple=True, metavar="B64")
+@click.option("--format", "file_format", type=click.Choice(["1", "2"]), default="2", show_default=True,
+              help="File format: 2 (streamed: devices check its revoked ids in chunks), 1 (JSON, for older devices).")
 @click.option("-o", "--out", default="-", show_default=True, help="Output file ('-' for stdout).")
-def bundle(root_key, key_specs, formats, version, valid_days, cards, cards_file, kids, out):
+def bundle(root_key, key_specs, formats, version, valid_days, cards, cards_file, kids, file_format, out):
     """Build and sign a trust bundle."""
     root = load_root_private(root_key)
     fmts = frozenset(f.strip() for f in formats.split(",") if f.strip()) if formats else None
@@ -154,7 +156,7 @@ def bundle(root_key, key_specs, formats, version, valid_days, cards, cards_file,
     now = int(time.time())
     data = bundlemod.make_bundle(root, version=version, issued_at=now, expires_at=now + valid_days * 86400,
                                  keys=entries, revoked_cards=_read_card_ids(cards, cards_file),
-                                 revoked_kids=_read_kids(kids))
+                                 revoked_kids=_read_kids(kids), fmt=int(file_format))
     write_out(out, data)
 
 
@@ -165,8 +167,10 @@ def bundle(root_key, key_specs, formats, version, valid_days, cards, cards_file,
 @click.option("--cards-file", type=click.Path(dir_okay=False), default=None, help="File of card ids (hex).")
 @click.option("--kid", "kids", multiple=True, metavar="B64", help="Issuer key id to revoke. Repeatable.")
 @click.option("--valid-days", type=click.IntRange(1, 3660), default=30, show_default=True)
+@click.option("--format", "file_format", type=click.Choice(["1", "2"]), default=None,
+              help="File format of the new bundle (default: the current bundle's).")
 @click.option("-o", "--out", default="-", show_default=True, help="Output file ('-' for stdout).")
-def revoke(bundle_path, root_key, cards, cards_file, kids, valid_days, out):
+def revoke(bundle_path, root_key, cards, cards_file, kids, valid_days, file_format, out):
     """Add revocations to a bundle and re-sign it with the next version."""
     root = load_root_private(root_key)
     new_cards = _read_card_ids(cards, cards_file)
@@ -179,7 +183,8 @@ def revoke(bundle_path, root_key, cards, cards_file, kids, valid_days, out):
     new = bundlemod.make_bundle(root, version=old.version + 1, issued_at=now,
                                 expires_at=now + valid_days * 86400, keys=old.keys,
                                 revoked_cards=list(old.revoked_cards) + new_cards,
-                                revoked_kids=set(old.revoked_kids) | set(new_kids))
+                                revoked_kids=set(old.revoked_kids) | set(new_kids),
+                                fmt=int(file_format) if file_format else 2 if bundlemod.is_streamed(data) else 1)
     write_out(out, new)
     click.echo(_t("revoked", version=old.version + 1, cards=len(set(new_cards)), kids=len(set(new_kids))), err=True)
 

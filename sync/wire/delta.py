@@ -5,6 +5,10 @@ A delta takes bundle N (exactly as scanner.cards.bundle.make_bundle wrote it) to
 and added, revoked cards and kids removed and added, and the root's signature over M's payload.
 The device rebuilds M's payload byte for byte, so what it installs is the genuine root-signed
 bundle M, checked by scanner.cards.bundle.open_bundle like any other.
+
+Between two format-2 (streamed) bundles the delta (v 2) carries M's signed HEAD part as it is and the
+card ids removed and added; the device merges them into N's ids chunk by chunk as it reads N's
+file, writing M's file as it goes (apply_streamed): neither list is ever held whole.
 """
 from __future__ import annotations
 
@@ -12,19 +16,35 @@ import base64
 import binascii
 import functools
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import TrustError
 from scanner.base.lazy import lazy_module
-from scanner.cards.bundle import Bundle, bundle_parts, open_parts, root_kid
+from scanner.cards.bundle import (
+    HEAD_TAG,
+    IDS_TAG,
+    MAGIC2,
+    MAX_HEAD_BYTES,
+    PART,
+    Bundle,
+    StreamReader,
+    bundle_parts,
+    is_streamed,
+    open_bundle,
+    open_head,
+    open_parts,
+    root_kid,
+)
+from scanner.cards.revocation import ID_SIZE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,6 +53,7 @@ else:
 
 DELTA_TYPE = "checkpoint-bundle-delta"
 DELTA_FORMAT = 1
+DELTA_STREAMED = 2
 MAX_DELTA_BYTES = 64 * 1024 * 1024
 
 _CARDS_OPEN = b',"revoked_cards":['
@@ -239,6 +260,9 @@ def _hex_list(cards: np.ndarray) -> list[str]:
 def make_delta(root_private: ed25519.Ed25519PrivateKey, old_file: bytes, new_file: bytes) -> bytes | None:
     """The signed delta from bundle file ``old_file`` to ``new_file`` (both signed by this root),
     or None if the new payload cannot be rebuilt exactly from the old one (then only full)."""
+    if is_streamed(old_file) or is_streamed(new_file):
+        return _make_streamed_delta(root_private, old_file, new_file) if is_streamed(old_file) == is_streamed(
+            new_file) else None  # from one format to the other: the full bundle only
     old_payload, _, _ = file_parts(old_file)
     new_payload, new_sig, kid = file_parts(new_file)
     root_pub = root_private.public_key()
@@ -295,7 +319,15 @@ def _cards_array(values: object, what: str) -> np.ndarray:
 
 
 def open_delta(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> Delta:
-    """Verify a delta file against the root(s) and parse it; DeltaError if anything is off."""
+    """Verify a v1 delta file against the root(s) and parse it; DeltaError if anything is off."""
+    d = open_any_delta(data, roots)
+    if not isinstance(d, Delta):
+        raise DeltaError("not a v1 bundle delta")
+    return d
+
+
+def open_any_delta(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> Delta | StreamedDelta:
+    """Verify a delta file (v1 or v2) against the root(s) and parse it; DeltaError if anything is off."""
     if len(data) > MAX_DELTA_BYTES:
         raise DeltaError("delta file too large")
     try:
@@ -316,6 +348,8 @@ def open_delta(data: bytes, roots: Sequence[ed25519.Ed25519PublicKey]) -> Delta:
         b = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise DeltaError("delta payload is not JSON") from None
+    if isinstance(b, dict) and b.get("type") == DELTA_TYPE and b.get("v") == DELTA_STREAMED:
+        return _streamed_delta(b)
     if not isinstance(b, dict) or b.get("type") != DELTA_TYPE or b.get("v") != DELTA_FORMAT:
         raise DeltaError("not a v1 bundle delta")
     for name in ("from_version", "version", "issued_at", "expires_at"):
@@ -418,3 +452,136 @@ def apply_delta_parts(current_file: bytes | os.PathLike, current: Bundle, delta_
     return Applied(new_payload, d.bundle_sig, d.root_kid,
                    open_parts(new_payload, d.bundle_sig, d.root_kid, roots,
                               min_version=current.version))
+
+
+# ---------------------------------------------------------------- deltas between streamed bundles
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedDelta:
+    """A v2 delta: from bundle N (version, payload digest) to M, whose signed HEAD part it carries,
+    and the card ids (16 bytes each, sorted) M drops and adds."""
+
+    from_version: int
+    from_digest: str
+    head: bytes
+    cards_removed: list[bytes]
+    cards_added: list[bytes]
+
+
+def _id_list(values: object, what: str) -> list[bytes]:
+    """Sorted distinct 32-hex-digit ids as 16-byte values; DeltaError otherwise."""
+    if not isinstance(values, list) or not all(isinstance(v, str) and len(v) == 32 for v in values):
+        raise DeltaError(f"delta: {what} must be a list of 32-hex-digit ids")
+    try:
+        ids = [bytes.fromhex(v) for v in values]
+    except ValueError:
+        raise DeltaError(f"delta: {what} must be hex") from None
+    if any(len(i) != ID_SIZE for i in ids) or not all(map(bytes.__lt__, ids, ids[1:])):
+        raise DeltaError(f"delta: {what} must be sorted 32-hex-digit ids")
+    return ids
+
+
+def _streamed_delta(b: dict) -> StreamedDelta:
+    if type(b.get("from_version")) is not int or b["from_version"] < 0 or not isinstance(b.get("from_digest"), str):
+        raise DeltaError("delta: from_version / from_digest missing")
+    try:
+        head = base64.b64decode(b.get("head") or "", validate=True)
+    except (ValueError, TypeError, binascii.Error):
+        raise DeltaError("delta: head is not base64") from None
+    if not head or len(head) > MAX_HEAD_BYTES:
+        raise DeltaError("delta: head missing or too large")
+    return StreamedDelta(b["from_version"], b["from_digest"], head,
+                         _id_list(b.get("revoked_cards_removed"), "removed cards"),
+                         _id_list(b.get("revoked_cards_added"), "added cards"))
+
+
+def _head_part(data: bytes) -> bytes:
+    """The HEAD part of a format-2 bundle file held in memory."""
+    tag, size = PART.unpack_from(data, len(MAGIC2))
+    if tag != HEAD_TAG:
+        raise DeltaError("not a format-2 bundle file")
+    at = len(MAGIC2) + PART.size
+    return data[at:at + size]
+
+
+def _make_streamed_delta(root_private: ed25519.Ed25519PrivateKey, old_file: bytes, new_file: bytes) -> bytes | None:
+    root_pub = root_private.public_key()
+    old = open_bundle(old_file, [root_pub])
+    new = open_bundle(new_file, [root_pub])  # the new bundle is checked whole (the server holds it anyway)
+    if new.version <= old.version:
+        return None
+    old_ids, new_ids = set(old.revoked_cards), set(new.revoked_cards)
+    body = {
+        "type": DELTA_TYPE, "v": DELTA_STREAMED, "from_version": old.version, "from_digest": old.digest,
+        "head": base64.b64encode(_head_part(new_file)).decode("ascii"),
+        "revoked_cards_removed": sorted(i.hex() for i in old_ids - new_ids),
+        "revoked_cards_added": sorted(i.hex() for i in new_ids - old_ids),
+    }
+    del old_ids, new_ids
+    payload = json.dumps(body, separators=(",", ":")).encode("ascii")
+    kid = root_kid(root_pub)
+    data = (json.dumps({"delta": base64.b64encode(payload).decode("ascii"),
+                        "sig": base64.b64encode(root_private.sign(payload)).decode("ascii"),
+                        "kid": base64.b64encode(kid).decode("ascii")}, indent=1) + "\n").encode("ascii")
+    out = io.BytesIO()
+    d = open_any_delta(data, [root_pub])
+    assert isinstance(d, StreamedDelta)
+    apply_streamed(io.BytesIO(old_file), old, d, [root_pub], out)
+    return data if out.getvalue() == new_file else None
+
+
+def apply_streamed(old: IO[bytes], current: Bundle, d: StreamedDelta, roots: Sequence[ed25519.Ed25519PublicKey],
+                   out: IO[bytes]) -> None:
+    """Write bundle M's file to ``out`` from the installed format-2 bundle N (its file open as ``old``,
+    its content ``current``) and the v2 delta N -> M: M's head is checked (root signature, version
+    above N's) before anything is written; N's ids are read and checked (their digest too) a chunk at a
+    time and merged with the delta's; M's ids must come out exactly as many and with the SHA-256 its
+    signed head names. DeltaError if not (``out`` then holds a part: the caller throws it away)."""
+    if d.from_version != current.version or d.from_digest != current.digest:
+        raise DeltaError(f"delta is for version {d.from_version}, this device has {current.version}")
+    try:
+        head = open_head(d.head, roots, min_version=current.version)
+        reader = StreamReader(old, roots)
+    except TrustError as exc:
+        raise DeltaError(f"delta: {exc}") from None
+    if reader.head.bundle.digest != current.digest:
+        raise DeltaError("current bundle file does not match its digest")
+    out.write(MAGIC2 + PART.pack(HEAD_TAG, len(d.head)) + d.head + PART.pack(IDS_TAG, head.count * ID_SIZE))
+    h = hashlib.sha256()
+    removed, added = d.cards_removed, d.cards_added
+    r = a = written = 0
+
+    def put(ids: list[bytes]) -> None:
+        nonlocal written
+        data = b"".join(ids)
+        written += len(data)
+        if written > head.count * ID_SIZE:
+            raise DeltaError("delta makes more revoked ids than the new bundle's head says")
+        h.update(data)
+        out.write(data)
+
+    prev = b""
+    try:
+        for chunk in reader.ids():
+            ids = [chunk[i:i + ID_SIZE] for i in range(0, len(chunk), ID_SIZE)]
+            last = ids[-1]
+            gone = set()
+            while r < len(removed) and removed[r] <= last:
+                gone.add(removed[r])
+                r += 1
+            start = a
+            while a < len(added) and added[a] <= last:
+                a += 1
+            if gone or a > start:
+                ids = sorted([i for i in ids if i not in gone] + added[start:a])
+            if ids and not (prev < ids[0] and all(map(bytes.__lt__, ids, ids[1:]))):
+                raise DeltaError("delta adds a card that is already revoked")
+            if ids:
+                prev = ids[-1]
+            put(ids)
+    except TrustError as exc:
+        raise DeltaError(f"current bundle file: {exc}") from None
+    put(added[a:])
+    if written != head.count * ID_SIZE or h.digest() != head.ids_sha256:
+        raise DeltaError("the ids the delta makes do not match the new bundle's signed head")

@@ -9,7 +9,7 @@ import email.utils
 import ipaddress
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from scanner.base.errors import CheckpointError
@@ -79,6 +79,17 @@ def read_limited(resp: requests.Response, max_bytes: int, path: str, error: type
             raise error(f"answer from {path} larger than {max_bytes} bytes", code="bad_answer")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def copy_limited(resp: requests.Response, max_bytes: int, path: str, error: type[CheckpointError],
+                 out: IO[bytes]) -> None:
+    """read_limited into the file ``out`` (a large answer is never held whole)."""
+    n = 0
+    for chunk in resp.iter_content(64 * 1024):
+        n += len(chunk)
+        if n > max_bytes:
+            raise error(f"answer from {path} larger than {max_bytes} bytes", code="bad_answer")
+        out.write(chunk)
 
 
 def refusal(status: int, body: bytes, path: str) -> tuple[str, str]:
