@@ -26,7 +26,8 @@ from scanner.base.errors import TrustError
 from scanner.base.timeutil import now_ms
 from scanner.cards import keys as keymod
 from scanner.cards import verifier
-from scanner.cards.bundle import BundleKey, open_bundle
+from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
+from scanner.cards.trust import load_device_trust
 from scanner.store.entrylog import EntryLogError
 from sync import trustupdate
 from sync.agent import ProcessBuilder, SyncAgent
@@ -151,6 +152,37 @@ def test_not_modified_delta_and_full_over_http(server, tmp_path, make_bundle_byt
     publish(server.storage, v3, now_ms=now_ms())
     assert agent.update_trust(st) == "full"
     assert (dev.state / trustupdate.BUNDLE_NAME).read_bytes() == v3
+    agent.close()
+
+
+def test_streamed_bundles_delta_and_full_over_http(server, tmp_path, make_bundle_bytes, root_key, bundle_keys):
+    """Format-2 bundles end to end: enrollment brings one, a v2 delta is merged as the installed
+    file is read, a full one is written to bundle.json.new as it arrives and checked from there; a
+    switch from format 1 is a full bundle."""
+    def v2(version, cards):
+        return make_bundle(root_key, version=version, issued_at=now_ms() // 1000 - 60,
+                           expires_at=now_ms() // 1000 + 86400, keys=bundle_keys, revoked_cards=cards, fmt=2)
+    cards = sorted(ids(70_000))  # more than one chunk of ids
+    v1 = make_bundle_bytes(version=1, revoked_cards=cards[:10])
+    publish(server.storage, v1, now_ms=now_ms(), root=root_key.public_key())
+    dev = provision_device(server, tmp_path)
+    agent = SyncAgent(dev.state, dev.log)
+    st = StateFile(dev.state).load()
+    b2 = v2(2, cards)
+    assert publish(server.storage, b2, now_ms=now_ms(), root_private=root_key)[1] == []  # format 1 -> 2: no delta
+    assert agent.update_trust(st) == "full" and st.trust_version == 2
+    assert (dev.state / trustupdate.BUNDLE_NAME).read_bytes() == b2
+    assert not trustupdate.download_path(dev.state).exists()
+    more = sorted(ids(30))
+    b3 = v2(3, cards[5:] + more)
+    assert publish(server.storage, b3, now_ms=now_ms(), root_private=root_key)[1] == [2]
+    assert agent.update_trust(st) == "delta" and st.trust_version == 3
+    assert (dev.state / trustupdate.BUNDLE_NAME).read_bytes() == b3
+    store = load_device_trust(dev.state)
+    assert store.version == 3 and more[0] in store.revoked_cards and cards[0] not in store.revoked_cards
+    b4 = v2(4, cards)
+    publish(server.storage, b4, now_ms=now_ms())  # no root key: no delta
+    assert agent.update_trust(st) == "full" and (dev.state / trustupdate.BUNDLE_NAME).read_bytes() == b4
     agent.close()
 
 
