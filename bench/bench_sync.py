@@ -35,7 +35,7 @@ from scanner.store.entry import Entry, chain_hash, hash_fields
 from scanner.store.entrylog import EntryLog
 from scanner.store.schema import INSERT_SQL, entry_row
 from sync import credential
-from sync.agent import SYNC_THREAD_NICE, ProcessBuilder, SyncAgent, build_next, lower_thread_priority
+from sync.agent import SYNC_THREAD_NICE, InlineBuilder, ProcessBuilder, SyncAgent, build_next, lower_thread_priority
 from sync.provision import provision
 from sync.server.keys import load_or_create_sealing_key
 from sync.server.sqlite import SQLiteStorage
@@ -170,15 +170,17 @@ class _OneBatchPerContact:
         return getattr(self.builder, name)
 
 
-def _upload(run_dir: Path, n: int, lane: _Lane, st) -> dict:
-    """The appliance's sync of the backlog (builder process, runtime tuning), one contact (heartbeat,
+def _upload(run_dir: Path, n: int, lane: _Lane, st, builder_kind: str = "process") -> dict:
+    """The appliance's sync of the backlog (``builder_kind``: the builder process as shipped, or
+    `[sync] builder = "inline"`: batches built on the sync thread; runtime tuning), one contact (heartbeat,
     batch list, one batch) at a time, each followed by a pause as long as it took, while the lane
     scans: its scans due during a contact are the upload's, those due in a pause (from GUARD_S after
     the contact) the idle lane's, so a slow phase of the machine hits both alike."""
 
     cfg = DeviceConfig.load(run_dir / "dev")
     log = EntryLog(run_dir / "dev" / "entries.db", create=False, wal_checkpoints="idle")  # the agent's own
-    builder = ProcessBuilder(log.path, run_dir / "dev", cfg.device_id)
+    builder = (ProcessBuilder(log.path, run_dir / "dev", cfg.device_id) if builder_kind == "process"
+               else InlineBuilder(log, identity.load(run_dir / "dev"), cfg.device_id))  # as the daemon makes them
     paced = _OneBatchPerContact(builder)
     agent = SyncAgent(run_dir / "dev", log, builder=paced, backoff=Backoff(0.05, cap_s=1, jitter=True))
     sizes: list[int] = []
@@ -189,7 +191,7 @@ def _upload(run_dir: Path, n: int, lane: _Lane, st) -> dict:
         return upload(data)
     agent.client.upload = counting_upload  # type: ignore[method-assign]  # counts what goes up
     builder.build(10**12, 1, [], 0)  # the worker runs before timing (a daemon starts it once at boot)
-    builder_pid = builder.pid
+    builder_pid = builder.pid if isinstance(builder, ProcessBuilder) else os.getpid()
     if builder_pid is None:
         raise SystemExit("sync bench: the builder process did not start")
     child_cpu0, cpu0 = cpu_s(builder_pid), time.process_time()
@@ -226,7 +228,8 @@ def _upload(run_dir: Path, n: int, lane: _Lane, st) -> dict:
     busy = sum(b - a for a, b in contacts)
     out: dict[str, object] = {"contacts": len(contacts), "upload_s": busy, "entries_per_s": n / busy,
            "bytes_per_entry": sum(sizes) / n, "requests": len(sizes), "main_cpu_s": time.process_time() - cpu0,
-           "builder_cpu_s": cpu_s(builder_pid) - child_cpu0, "checkpoints": lane.checkpoints}
+           "builder_cpu_s": cpu_s(builder_pid) - child_cpu0 if isinstance(builder, ProcessBuilder) else 0.0,
+           "checkpoints": lane.checkpoints, "builder": builder_kind}
     during = [x for x in lane.scans if any(a <= x[0] < b for a, b in contacts)]
     between = [x for x in lane.scans if contacts[0][0] <= x[0]
                and not any(a - GUARD_S <= x[0] < b + GUARD_S for a, b in contacts)]
@@ -241,7 +244,8 @@ def _upload(run_dir: Path, n: int, lane: _Lane, st) -> dict:
     return out
 
 
-def _one_run(pristine: Path, tmp: Path, n: int, tag: str, cards: list[str], trust) -> dict:
+def _one_run(pristine: Path, tmp: Path, n: int, tag: str, cards: list[str], trust,
+             builder_kind: str = "process") -> dict:
     """One upload of the backlog with the lane scanning. The device's files are on the bench's disk
     (the lane's fsyncs are real); the server's database is in memory when /dev/shm exists: it stands
     for another machine, whose disk the device does not share."""
@@ -254,7 +258,7 @@ def _one_run(pristine: Path, tmp: Path, n: int, tag: str, cards: list[str], trus
     try:
         st = _provision(pristine, run_dir, server, db)
         server_cpu0 = cpu_s(server.pid)
-        out = _upload(run_dir, n, _Lane(run_dir / "dev" / "entries.db", cards, trust), st)
+        out = _upload(run_dir, n, _Lane(run_dir / "dev" / "entries.db", cards, trust), st, builder_kind)
         out["server_cpu_s"] = cpu_s(server.pid) - server_cpu0
         st.close()
     finally:
@@ -357,7 +361,10 @@ def run(quick: bool) -> dict:
         w = world()
         trust = TrustStore.build(bundles=[open_bundle(bundle_bytes(10_000), [w.root.public_key()])])
         cards = [fixtures.card_text(w.ed_key, w.at) for _ in range(1000)]
-        results = [_one_run(pristine, tmp, n, str(r), cards, trust) for r in range(runs)]
+        results, inline = [], []
+        for r in range(runs):  # the two builders in turn, so a slow phase of the machine hits both
+            results.append(_one_run(pristine, tmp, n, str(r), cards, trust))
+            inline.append(_one_run(pristine, tmp, n, f"{r}-inline", cards, trust, "inline"))
         ingest, parse = _ingest_rate(pristine, tmp, n)
         where = fs_type(tmp)
     finally:
@@ -370,9 +377,10 @@ def run(quick: bool) -> dict:
           f"pause, while the scan lane verifies and records a card every 50 ms through its own EntryLog (files on "
           f"{where}); {runs} run(s); backlog generated in {fill_s:.1f} s")
     rows = []
-    for i, x in enumerate(results):
+    for i, x in [(i, x) for i, x in enumerate(results)] + [(i, x) for i, x in enumerate(inline)]:
         u, idle = x["upload"], x["idle"]
-        rows.append([f"run {i + 1}", f"{x['entries_per_s']:,.0f}", f"{x['bytes_per_entry']:.0f}", x["requests"],
+        name = f"run {i + 1}" + (", inline" if x["builder"] == "inline" else "")
+        rows.append([name, f"{x['entries_per_s']:,.0f}", f"{x['bytes_per_entry']:.0f}", x["requests"],
                      f"{x['main_cpu_s']:.1f} + {x['builder_cpu_s']:.1f}", f"{x['server_cpu_s']:.1f}",
                      f"{u['scans']} / {idle['scans']}", f"{u['p50_ms']:.2f} / {idle['p50_ms']:.2f}",
                      f"{u['p99_ms']:.2f} / {idle['p99_ms']:.2f}", f"{u['max_ms']:.2f} / {idle['max_ms']:.2f}",
@@ -381,9 +389,12 @@ def run(quick: bool) -> dict:
                  "server CPU s", "scans upload / idle", "scan p50 ms", "p99 ms", "max ms", "record() max ms",
                  "idle checkpoints"], rows))
     print("scan = due -> verified and committed; upload / idle = the lane's scans due during a contact / in the "
-          "pauses between contacts")
+          "pauses between contacts; inline = `[sync] builder = \"inline\"` (batches built on the sync thread, "
+          "in the scan process)")
     goals = [judge("sync.stall.p99", [x["upload"]["p99_ms"] - x["idle"]["p99_ms"] for x in results]),
-             judge("sync.stall.max", [x["upload"]["max_ms"] - x["idle"]["max_ms"] for x in results])]
+             judge("sync.stall.max", [x["upload"]["max_ms"] - x["idle"]["max_ms"] for x in results]),
+             judge("sync.stall.p99", [x["upload"]["p99_ms"] - x["idle"]["p99_ms"] for x in inline], "inline"),
+             judge("sync.stall.max", [x["upload"]["max_ms"] - x["idle"]["max_ms"] for x in inline], "inline")]
     for g in goals:
         print(g.line())
     print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)")
@@ -395,7 +406,7 @@ def run(quick: bool) -> dict:
     trust_rows, trust_figures = _trust_sizes(size)
     print(table(["what the device downloads", "size", "vs delta", "device time"], trust_rows))
     print()
-    return {"n": n, "runs": results, "fill_s": fill_s, "fs": where,
+    return {"n": n, "runs": results, "inline_runs": inline, "fill_s": fill_s, "fs": where,
             "median": {k: median([x[k] for x in results]) for k in ("entries_per_s", "bytes_per_entry", "requests",
                                                                     "main_cpu_s", "builder_cpu_s", "server_cpu_s")},
             "ingest_per_s": ingest, "open_batch_per_s": parse, "trust": trust_figures,

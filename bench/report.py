@@ -324,7 +324,9 @@ def entrylog_scale(doc: dict) -> str:
 def sync(doc: dict) -> str:
     b = _bench(doc, "sync")
     rows = []
-    for i, x in enumerate(b["runs"], 1):
+    both = [(str(i), x) for i, x in enumerate(b["runs"], 1)]
+    both += [(f"{i}, inline", x) for i, x in enumerate(b.get("inline_runs", []), 1)]
+    for i, x in both:
         u, idle = x["upload"], x["idle"]
         rows.append([i, _n(x["entries_per_s"], 0), f"{x['bytes_per_entry']:.0f}", x["requests"],
                      f"{x['main_cpu_s']:.1f} + {x['builder_cpu_s']:.1f}", f"{x['server_cpu_s']:.1f}",
