@@ -1,4 +1,5 @@
-"""What the appliance keeps in memory: OpenCV only in a process that uses a camera."""
+"""What the appliance keeps in memory: OpenCV only in a process that uses a camera, zeroconf only
+in a gate of a site."""
 from __future__ import annotations
 
 import os
@@ -19,10 +20,10 @@ from support.waiting import HTTP_TIMEOUT, WAIT
 from scanner.base.lazy import lazy_module
 
 
-def _maps_opencv(pid: int) -> bool:
-    """True if OpenCV's native library is mapped into process ``pid``."""
+def _maps_opencv(pid: int, marker: str = "/cv2/") -> bool:
+    """True if OpenCV's native library (or another whose path holds ``marker``) is mapped into process ``pid``."""
     with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as fh:
-        return any("/cv2/" in line for line in fh)
+        return any(marker in line for line in fh)
 
 
 def test_a_daemon_without_a_camera_never_loads_opencv(tmp_path):
@@ -38,6 +39,7 @@ def test_a_daemon_without_a_camera_never_loads_opencv(tmp_path):
         for page in ("/api/v1/status", "/", "/status"):  # the kiosk and its status page too
             requests.get(url + page, timeout=HTTP_TIMEOUT)
         assert not _maps_opencv(d.proc.pid)
+        assert not _maps_opencv(d.proc.pid, "/zeroconf/")  # no [site]: no mDNS library (~6 MB)
     finally:
         d.stop()
         fifo.close()
@@ -59,3 +61,14 @@ def test_opencv_loads_at_its_first_use(tmp_path):
 def test_a_lazy_module_that_is_not_installed_is_refused_at_once():
     with pytest.raises(ModuleNotFoundError):
         lazy_module("no_such_module_anywhere")
+
+
+def test_zeroconf_loads_when_a_gate_looks_for_its_site(tmp_path):
+    code = ("from sync.site import discovery; "
+            "before = any('/zeroconf/' in l for l in open('/proc/self/maps')); "
+            "version = discovery.ip_version('0.0.0.0'); "
+            "after = any('/zeroconf/' in l for l in open('/proc/self/maps')); "
+            "print(before, after, version.name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout
+    assert out.split() == ["False", "True", "V4Only"]

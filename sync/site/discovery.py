@@ -12,12 +12,18 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import ifaddr
-from zeroconf import Error as ZeroconfError
-from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from scanner.base.lazy import lazy_module
 from scanner.base.safetext import escape
+
+if TYPE_CHECKING:
+    import zeroconf as zc_lib
+    from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+else:
+    zc_lib = lazy_module("zeroconf")  # loaded when a site gate starts discovery: ~6 MB a daemon without one never needs
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,8 @@ def ip_version(listen_host: str) -> IPVersion:
     """What a gate listening on ``listen_host`` advertises and looks for: IPv4 on an IPv4 address,
     both on ``::`` (the socket takes both), IPv6 on another IPv6 address."""
     if ":" not in listen_host:
-        return IPVersion.V4Only
-    return IPVersion.All if listen_host == "::" else IPVersion.V6Only
+        return zc_lib.IPVersion.V4Only
+    return zc_lib.IPVersion.All if listen_host == "::" else zc_lib.IPVersion.V6Only
 
 
 class Discovery:
@@ -52,9 +58,9 @@ class Discovery:
     from its own thread."""
 
     def __init__(self, site_id: str, device_id: str, port: int, addresses: Sequence[str],
-                 on_peer: Callable[[str, tuple[str, int]], None], version: IPVersion = IPVersion.V4Only) -> None:
+                 on_peer: Callable[[str, tuple[str, int]], None], version: IPVersion | None = None) -> None:
         self.site_id = site_id
-        self.version = version
+        self.version = zc_lib.IPVersion.V4Only if version is None else version
         self.device_id = device_id
         self.port = port
         self.addresses = list(addresses)
@@ -71,13 +77,13 @@ class Discovery:
 
     def _run(self) -> None:
         try:
-            zc = self._zc = Zeroconf(ip_version=self.version)
-            self._info = ServiceInfo(SERVICE, f"{self.device_id}.{SERVICE}", port=self.port,
+            zc = self._zc = zc_lib.Zeroconf(ip_version=self.version)
+            self._info = zc_lib.ServiceInfo(SERVICE, f"{self.device_id}.{SERVICE}", port=self.port,
                                      properties={"site": self.site_id, "dev": self.device_id},
                                      parsed_addresses=self.addresses or None)
-            self._browser = ServiceBrowser(zc, SERVICE, handlers=[self._changed])
+            self._browser = zc_lib.ServiceBrowser(zc, SERVICE, handlers=[self._changed])
             zc.register_service(self._info)
-        except (OSError, ZeroconfError) as exc:  # no multicast route, no interface, name taken: static peers still work
+        except (OSError, zc_lib.Error) as exc:  # no multicast route, no interface, name taken: static peers still work
             self.error = f"mDNS unavailable: {getattr(exc, 'strerror', None) or exc}"
             log.warning("site: %s; only the configured peers are used", self.error)
             return
@@ -88,7 +94,7 @@ class Discovery:
             self._resolve(zc, name)
 
     def _changed(self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
-        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+        if state_change in (zc_lib.ServiceStateChange.Added, zc_lib.ServiceStateChange.Updated):
             self._names.put(name)
 
     def _resolve(self, zc: Zeroconf, name: str) -> None:
