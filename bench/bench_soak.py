@@ -49,8 +49,18 @@ class Memory:
     processes: int
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 def tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (children of every thread, recursively)."""
+    """``pid`` and all its descendants (children of every thread, recursively), but not a child
+    caught between fork and exec (it still runs its parent's program and shares its pages: counted
+    again, it would add a second daemon to the sum)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
@@ -59,10 +69,11 @@ def tree(pid: int) -> list[int]:
             tids = os.listdir(f"/proc/{p}/task")
         except OSError:
             continue
+        mine = _cmdline(p)
         for tid in tids:
             try:
                 with open(f"/proc/{p}/task/{tid}/children", encoding="ascii") as fh:
-                    todo.extend(int(c) for c in fh.read().split())
+                    todo.extend(c for c in map(int, fh.read().split()) if _cmdline(c) != mine)
             except OSError:
                 continue
     return out
@@ -126,17 +137,27 @@ class _Sampler:
         self.pid, self.every_s = pid, every_s
         self.max_rss = self.max_pss = 0
         self.overall_rss = self.overall_pss = 0  # never restarted
+        self.peaks: dict[int, int] = {}  # each process's VmHWM, the highest read since restart()
+        self.overall_detail = ""
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.wait(self.every_s):
-            m = measure(tree(self.pid))
+            pids = tree(self.pid)
+            rows = {p: r for p, r in zip(pids, map(_rollup, pids)) if r}
+            m = Memory(sum(r.get("Rss", 0) for r in rows.values()), sum(r.get("Pss", 0) for r in rows.values()),
+                       len(rows))
             self.max_rss, self.max_pss = max(self.max_rss, m.rss), max(self.max_pss, m.pss)
+            if m.rss > self.overall_rss:
+                self.overall_detail = by_process(list(rows))  # who made the whole run's peak
             self.overall_rss, self.overall_pss = max(self.overall_rss, m.rss), max(self.overall_pss, m.pss)
+            for p, r in rows.items():  # a short-lived process's own peak, even if no sample caught it
+                self.peaks[p] = max(self.peaks.get(p, 0), r.get("VmHWM", 0))
 
     def restart(self) -> None:
         self.max_rss = self.max_pss = 0
+        self.peaks = {}
 
 
 class _Daemon(DaemonProcess):
@@ -279,6 +300,7 @@ def _one_run(quick: bool, number: int) -> dict:
                         swap = _swap(daemon, sampler, st, keys, revoked, at)
                         detail["after swap"] = by_process(tree(daemon.pid))
                 detail["end"] = by_process(tree(daemon.pid))
+                detail["at the whole run's peak"] = sampler.overall_detail
                 swap["overall"] = Memory(sampler.overall_rss, sampler.overall_pss, 0)
             finally:
                 os.close(w)
@@ -324,6 +346,7 @@ def _swap(daemon: _Daemon, sampler: _Sampler, st: SQLiteStorage, keys, revoked: 
     seconds = time.monotonic() - t0
     time.sleep(0.5)  # let the sampler see the end of it
     return {"before": before, "max_rss": sampler.max_rss, "max_pss": sampler.max_pss, "hwm": high_water([daemon.pid]),
+            "peaks_sum": sum(sampler.peaks.values()), "processes": len(sampler.peaks),
             "seconds": seconds, "revoked": daemon.revoked}
 
 
@@ -354,6 +377,8 @@ def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tupl
                      f"{swap['max_rss'] / MB:.1f}", f"{swap['max_pss'] / MB:.1f}", f"{swap['max_rss'] / peer.rss:.2f}"))
         rows.append(("  the daemon alone: its VmHWM over the swap", f"{swap['hwm'] / MB:.1f}", "-",
                      f"{swap['hwm'] / peer.rss:.2f}"))
+        rows.append((f"  each process's own peak (VmHWM), summed ({swap['processes']} processes; an upper bound)",
+                     f"{swap['peaks_sum'] / MB:.1f}", "-", f"{swap['peaks_sum'] / peer.rss:.2f}"))
         overall = swap["overall"]
         rows.append(("whole run: sampled peak (trust checks included)", f"{overall.rss / MB:.1f}",
                      f"{overall.pss / MB:.1f}", f"{overall.rss / peer.rss:.2f}"))
@@ -368,4 +393,5 @@ def _report(n: int, n_revoked: int, warm: int, start: Memory, samples: list[tupl
             "swap_peak_rss_mib": peak, "swap_peak_pss_mib": swap["max_pss"] / MB if swap else None,
             "slope_mib_per_10k": rss_slope, "slope_fifths": parts, "peer_rss_mib": peer.rss / MB,
             "daemon_swap_hwm_mib": swap["hwm"] / MB if swap else None,
+            "swap_peaks_sum_mib": swap["peaks_sum"] / MB if swap else None,
             "whole_run_peak_rss_mib": swap["overall"].rss / MB if swap else None}
