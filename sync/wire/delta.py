@@ -505,18 +505,26 @@ def _head_part(data: bytes) -> bytes:
     return data[at:at + size]
 
 
+def _hex_rows(ids: np.ndarray) -> list[str]:
+    """Sorted 16-byte ids (dtype S16) as hex, each whole (tobytes keeps trailing zero bytes)."""
+    raw = ids.tobytes()
+    return [raw[i:i + ID_SIZE].hex() for i in range(0, len(raw), ID_SIZE)]
+
+
 def _make_streamed_delta(root_private: ed25519.Ed25519PrivateKey, old_file: bytes, new_file: bytes) -> bytes | None:
     root_pub = root_private.public_key()
     old = open_bundle(old_file, [root_pub])
     new = open_bundle(new_file, [root_pub])  # the new bundle is checked whole (the server holds it anyway)
     if new.version <= old.version:
         return None
-    old_ids, new_ids = set(old.revoked_cards), set(new.revoked_cards)
+    # both id lists sorted and distinct: as 16-byte strings NumPy compares them as bytes (no Python object an id)
+    old_ids = np.frombuffer(old.revoked_cards.blob(), dtype="S16")
+    new_ids = np.frombuffer(new.revoked_cards.blob(), dtype="S16")
     body = {
         "type": DELTA_TYPE, "v": DELTA_STREAMED, "from_version": old.version, "from_digest": old.digest,
         "head": base64.b64encode(_head_part(new_file)).decode("ascii"),
-        "revoked_cards_removed": sorted(i.hex() for i in old_ids - new_ids),
-        "revoked_cards_added": sorted(i.hex() for i in new_ids - old_ids),
+        "revoked_cards_removed": _hex_rows(np.setdiff1d(old_ids, new_ids, assume_unique=True)),
+        "revoked_cards_added": _hex_rows(np.setdiff1d(new_ids, old_ids, assume_unique=True)),
     }
     del old_ids, new_ids
     payload = json.dumps(body, separators=(",", ":")).encode("ascii")
