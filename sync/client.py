@@ -155,7 +155,7 @@ class SyncClient:
                                       allow_redirects=False) as resp:
                 if (into is not None and resp.status_code == 200
                         and not resp.headers.get("Content-Type", "").startswith(protocol.DELTA_TYPE)):
-                    with AtomicFile.at(into, 0o600) as fh:
+                    with AtomicFile.at(into, 0o644) as fh:
                         copy_limited(resp, max_bytes, path, TransientError, fh)
                     body = b""
                 else:

@@ -132,7 +132,7 @@ def install_streamed_delta(state_dir: str | os.PathLike, current: Bundle, delta:
     as the installed file is read (sync.wire.delta.apply_streamed), then installed by install_file."""
     download = download_path(state_dir)
     try:
-        with open(Path(state_dir) / BUNDLE_NAME, "rb") as old, AtomicFile.at(download, 0o600) as out:
+        with open(Path(state_dir) / BUNDLE_NAME, "rb") as old, AtomicFile.at(download, 0o644) as out:
             deltamod.apply_streamed(old, current, delta, roots, out)
     except OSError as exc:
         raise deltamod.DeltaError(f"current bundle file unreadable ({exc.strerror})") from None
