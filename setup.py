@@ -43,6 +43,7 @@ setup(
         "pyzbar>=0.1.9",
         "zxing-cpp>=2.2",
         "segno>=1.6",
+        "reedsolo>=1.7",  # Reed-Solomon with erasures: codes partly washed out by glare (hardware/erasure.py)
         "click>=8.1",
         "cbor2>=6.3",  # its compiled decoder reads card claims (scanner/cards/cbor.py keeps the rules)
         "msgspec>=0.18",  # batch rows decoded and type-checked in one pass (sync/wire/batch.py)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from hardware import enhance
+from hardware import enhance, erasure
 from scanner.base.errors import CheckpointError, UsageError, os_error_code
 from scanner.base.i18n import Text, text
 from scanner.base.lazy import lazy_module
@@ -441,6 +441,20 @@ class ApplianceDecoder:
                 return int(round((px + crop.x0) * inv)), int(round((py + crop.y0) * inv))
             return image, "local", to_frame
 
+        outline = np.asarray([(x * scale - crop.x0, y * scale - crop.y0) for x, y in quad], np.float32)
+
+        def unglared():
+            corners = erasure.outline(img)
+            clean = erasure.read_clean(img, outline if corners is None else corners)
+            if clean is None:
+                return None, "local", back(1.0)
+            to_img = clean.to_image
+
+            def to_frame(x: float, y: float) -> tuple[int, int]:
+                px, py, pw = to_img @ (x, y, 1.0)
+                return int(round((px / pw + crop.x0) * inv)), int(round((py / pw + crop.y0) * inv))
+            return clean.image, "local", to_frame
+
         sharp = lambda: (sized(enhance.unsharp(img), factor), "local", back(factor))  # noqa: E731
 
         def motion(length: float, angle: float) -> Attempt:
@@ -452,6 +466,8 @@ class ApplianceDecoder:
         streaks = [motion(length, blur.streak[1]) for length in (blur.streak[0], *blur.streak_lengths)] \
             if blur.streak else []
         out = [Attempt("crop", resized(factor))]
+        if erasure.washed_share(img, outline, module) >= erasure.WASHED_SHARE:  # glare: read around the washed-out part
+            out.append(Attempt("erasures", unglared))
         if slanted:  # a code seen at a slant: its squeeze also looks like a streak to the spectrum
             out.append(Attempt("unslant", unslanted))
             out += defocus[:1] + streaks[:1]
