@@ -225,7 +225,7 @@ MODULE_GUESS = 60
 READABLE_MODULE_PX = 3.5
 """A crop whose modules are smaller than this (pixels) is upscaled for the second pass."""
 SLANTED_ASPECT = 1.3
-"""An outline this much longer than wide is a code seen at a slant: unslanting is tried second."""
+"""An outline this much longer than wide is a code seen at a slant: unslanting and squaring up are tried first."""
 STREAK_FIRST = 1.5
 """A crop squeezed this much (`enhance.squeeze`) and not slanted is streaked: its streak is undone before
 its defocus (a hand's shake, under a module, squeezes a defocused code 1.0-1.35x; a two-module streak 1.8x)."""
@@ -465,11 +465,14 @@ class ApplianceDecoder:
         defocus = [Attempt("defocus", deblurred(enhance.disc_psf(r))) for r in blur.radii]
         streaks = [motion(length, blur.streak[1]) for length in (blur.streak[0], *blur.streak_lengths)] \
             if blur.streak else []
-        out = [Attempt("crop", resized(factor))]
+        plain = Attempt("crop", resized(factor))
+        square = [Attempt("square", squared)] if src is not None else []
+        # a code seen at a slant: unslanted, then squared up from its outline, before the plain crop
+        # (on the development frames either reads every slanted code the crop reads, and more)
+        out = [Attempt("unslant", unslanted), *square, plain] if slanted else [plain]
         if erasure.washed_share(img, outline, module) >= erasure.WASHED_SHARE:  # glare: read around the washed-out part
             out.append(Attempt("erasures", unglared))
-        if slanted:  # a code seen at a slant: its squeeze also looks like a streak to the spectrum
-            out.append(Attempt("unslant", unslanted))
+        if slanted:  # its squeeze also looks like a streak to the spectrum
             out += defocus[:1] + streaks[:1]
         elif streaks and enhance.squeeze(img) >= STREAK_FIRST:  # a long streak: every guess at its length first
             out += streaks + defocus[:1]
@@ -477,9 +480,7 @@ class ApplianceDecoder:
         else:
             out += defocus[:1] + streaks[:1]
         if not slanted:
-            out.append(Attempt("unslant", unslanted))
-        if src is not None:
-            out.append(Attempt("square", squared))
+            out += [Attempt("unslant", unslanted), *square]
         out.append(Attempt("sharpen", sharp))
         out += defocus[1:] + streaks[1:]  # the spectrum's dips are shallow: its other guesses
         if not big:

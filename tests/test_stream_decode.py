@@ -206,6 +206,19 @@ def test_stream_reads_a_card_held_60_degrees_from_the_side_at_once(camera, text)
     assert read_at is not None and read_at <= 2
 
 
+def test_a_slanted_code_is_unslanted_and_squared_up_in_the_first_two_attempts(camera, text):
+    """The stream tries the first two attempts on every frame: for an outline seen at a slant they are
+    unslanting and squaring up (before, the plain crop came first and squaring up fifth, reached by
+    rotation only: a 60° card whose first readable frame only squaring up reads was read frames later)."""
+    dec = ApplianceDecoder()
+    shot = F.frame_set(camera, 30, seed=11, categories=("tilt 60",))["tilt 60"][10]
+    region = dec.search(shot.frame)[0]
+    assert enhance.quad_aspect(region) >= 1.3
+    attempts = dec.attempts(shot.frame, region)
+    assert [a.name for a in attempts[:2]] == ["unslant", "square"]
+    assert all(dec.attempt(a)[0] for a in attempts[:2])
+
+
 def test_a_long_streak_is_undone_among_the_first_two_attempts(camera):
     """The stream tries the first two attempts on every frame: for a streak of 1.5 modules and more
     (crop squeezed 1.5x or more: 1.6 modules here) one of them deconvolves the streak, not the defocus disc its
