@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -207,7 +208,8 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scanner", "server", "run", "--db", self.db_url, "--keys", str(self.db.parent),
-             "--listen", f"127.0.0.1:{self.port}", *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--listen", f"127.0.0.1:{self.port}", *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # its own process group: kill() takes its workers too
 
         def up():
             assert self.proc.poll() is None, "server process exited"
@@ -219,7 +221,9 @@ class ServerProcess:
         return self
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL to the server and its worker processes at once, as systemd kills a unit's control
+        group: no orphaned worker keeps the port, so a restart binds it (and is the one answering)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(WAIT)
 
     def stop(self) -> None:
