@@ -310,6 +310,20 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, *, rep
     return out.written
 
 
+def open_log(path: str | os.PathLike, mode: int = 0o600) -> IO[str]:
+    """A text log file opened for appending (created with ``mode``), never through a symlink at
+    ``path``: lines are only ever added, so it needs no atomic replace."""
+    # O_NONBLOCK: a FIFO put there is refused at once (ENXIO), not waited on; no effect on a file
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_output(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
     """Write an output file a person named (see AtomicFile.output)."""
     with AtomicFile.output(path, mode) as fh:

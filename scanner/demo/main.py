@@ -35,7 +35,7 @@ from scanner.appliance.config import load
 from scanner.appliance.daemon import Appliance
 from scanner.base import i18n
 from scanner.base.errors import Reason
-from scanner.base.fsutil import atomic_write
+from scanner.base.fsutil import atomic_write, open_log
 from scanner.base.safetext import escape
 from scanner.base.timeutil import now_ms
 from scanner.cards import base45, cbor, cose, issuer, keys, render
@@ -303,7 +303,7 @@ def _run(base: Path, lang: str, echo, duration: float | None, speed: float, stdo
     echo(t("title"))
     # the log lines (English, for engineers) go to a file: the terminal is for the live line and the verdicts
     log_path = base / "daemon.log"
-    log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed after the last log line, below
+    log_file = open_log(log_path)  # closed after the last log line, below
     recent = logsetup.setup(level=logging.WARNING, stream=log_file)  # as the terminal had: the run's timing stays
     server = ReferenceServer(base / "server")
     try:
