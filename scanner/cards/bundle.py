@@ -188,15 +188,19 @@ def _verify(payload: bytes | bytearray, signature: bytes, kid: bytes,
                          code="bundle_bad_signature") from None
 
 
-def _parse_payload(payload: bytes | bytearray, kid: bytes) -> Bundle:
-    body = _loads_with_big_value(payload, "revoked_cards", _hex_id_array)
-    if body is None:
-        try:
-            body = json.loads(payload)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise _malformed("bundle payload is not UTF-8 JSON", "payload_not_json") from None
+def _json_object(payload: bytes | bytearray) -> dict:
+    """A bundle payload parsed as the JSON object it must be, else TrustError (bundle_malformed)."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _malformed("bundle payload is not UTF-8 JSON", "payload_not_json") from None
     if type(body) is not dict:
         raise _malformed("bundle payload must be a JSON object", "payload_not_json")
+    return body
+
+
+def _parse_payload(payload: bytes | bytearray, kid: bytes) -> Bundle:
+    body = _loads_with_big_value(payload, "revoked_cards", _hex_id_array) or _json_object(payload)
     if "format" in body or "revoked_cards_sha256" in body:  # a format-2 head taken out of its file
         raise TrustError("bundle payload is not in format 1", code="bundle_format")
     version, issued_at, expires_at, parsed, revoked_kids = _common(body)
@@ -506,12 +510,7 @@ def open_head(part: bytes, roots: Sequence[ed25519.Ed25519PublicKey], *,
     """Verify and parse a HEAD part (the root's signature first)."""
     payload, signature, kid = bundle_parts(part)
     _verify(payload, signature, kid, roots)
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _malformed("bundle payload is not UTF-8 JSON", "payload_not_json") from None
-    if type(body) is not dict:
-        raise _malformed("bundle payload must be a JSON object", "payload_not_json")
+    body = _json_object(payload)
     if body.get("format") != STREAMED or "revoked_cards" in body:
         raise TrustError("bundle head is not in format 2", code="bundle_format")
     count = _int(body, "revoked_cards_count")
