@@ -11,16 +11,13 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.paths import ROOT
-from support.waiting import WAIT
+from support.truststate import device_state as _state
+from support.truststate import run_python as _run
 
 from scanner.base.errors import TrustError
 from scanner.cards import bundle as bundlemod
@@ -188,18 +185,6 @@ def test_fuzz_the_parser_refuses_with_a_code_or_reads_the_same_bundle(root_key, 
         else:
             assert got.digest == _SMALL["bundle"].digest
             assert got.revoked_cards.blob() == _SMALL["bundle"].revoked_cards.blob()
-
-
-def _state(tmp_path: Path, root_key) -> Path:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / trustupdate.ROOT_NAME).write_bytes(keymod.public_pem(root_key.public_key()))
-    return state
-
-
-def _run(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=WAIT)
 
 
 def test_installed_from_a_file_its_ids_go_into_the_checked_file(tmp_path, root_key, bundle_keys):

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.paths import ROOT
-from support.waiting import WAIT
+from support.truststate import device_state as _state
+from support.truststate import run_python as _run
 
 from scanner.base.errors import TrustError
 from scanner.cards import keys as keymod
@@ -24,18 +21,6 @@ from sync import trustupdate
 
 REVOKED = [bytes([i % 256, i // 256 % 256]) + os.urandom(14) for i in range(3000)]
 LATER = [os.urandom(16) for _ in range(50)]  # revoked from version 2 on
-
-
-def _state(tmp_path: Path, root_key) -> Path:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / trustupdate.ROOT_NAME).write_bytes(keymod.public_pem(root_key.public_key()))
-    return state
-
-
-def _run(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=WAIT)
 
 
 def test_the_installed_bundle_is_loaded_from_its_checked_file_without_numpy(tmp_path, make_bundle_bytes, root_key):
