@@ -1,12 +1,16 @@
 """scanner.cards.cose: COSE_Sign1 envelopes (RFC 9052 section 4.2), signing and verification."""
 from __future__ import annotations
 
+import re
+
 import cbor2
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from scanner.cards import cbor, cose
 from scanner.cards.cbor import CborError, Tag
@@ -190,6 +194,64 @@ def test_protected_header_not_cbor_rejected(protected):
 def test_not_cbor_raises_cbor_error(data):
     with pytest.raises(CborError):
         cose.parse_sign1(data)
+
+
+def _decoded(data: bytes):
+    """What `cose.envelope` (the general path, through the CBOR decoder) makes of ``data``."""
+    try:
+        return cose.envelope(data)
+    except (CborError, CoseError) as exc:
+        return type(exc), str(exc)
+
+
+def test_issued_envelopes_are_read_straight_from_the_bytes(signer):
+    """The layout every issuer writes (tagged or not, payloads of any size a card has) takes the
+    direct read, and it reads what the decoder reads."""
+    for tagged in (True, False):
+        for size in (0, 23, 24, 255, 256, 3000):
+            data = cose.sign1(b"p" * size, signer.key, signer.alg, signer.kid, tagged=tagged)
+            assert cose.plain_envelope(data) == cose.envelope(data) == _decoded(data)
+
+
+def _mutated(data: bytes, draw) -> bytes:
+    raw = bytearray(data)
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["flip", "insert", "delete", "set", "append", "cut"]))
+        pos = draw(st.integers(0, len(raw)))
+        byte = draw(st.sampled_from([0x00, 0x18, 0x40, 0x57, 0x58, 0x59, 0x5a, 0x5f, 0x84, 0x85, 0x9f, 0xa0,
+                                     0xa1, 0xbf, 0xc0, 0xd2, 0xd8, 0xff]))
+        if op == "insert":
+            raw.insert(pos, byte)
+        elif op == "append":
+            raw.append(byte)
+        elif op == "cut":
+            del raw[pos:]
+        elif raw and pos < len(raw):
+            if op == "delete":
+                del raw[pos]
+            elif op == "flip":
+                raw[pos] ^= 1 << draw(st.integers(0, 7))
+            else:
+                raw[pos] = byte
+    return bytes(raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=30), st.binary(max_size=300), st.binary(max_size=70), st.booleans(), st.data())
+@example(b"", b"", b"", True, None)
+def test_the_direct_read_agrees_with_the_decoder(protected, payload, signature, tagged, data):
+    """For any bytes, above all near-envelopes: the direct read gives the decoder's result or
+    leaves them to it (None), and sign1_fields gives what it gave before the direct read."""
+    msg = [protected, {}, payload, signature]
+    encoded = cbor.dumps(Tag(18, msg) if tagged else msg)
+    samples = [encoded] if data is None else [encoded, _mutated(encoded, data.draw), data.draw(st.binary(max_size=40))]
+    for raw in samples:
+        direct = cose.plain_envelope(raw)
+        decoded = _decoded(raw)
+        assert direct is None or direct == decoded, raw.hex()
+        if type(decoded) is tuple and type(decoded[0]) is type:  # refused: sign1_fields refuses it the same way
+            with pytest.raises(decoded[0], match=re.escape(decoded[1])):
+                cose.sign1_fields(raw)
 
 
 # --------------------------------------------------------------------------- verify_signature

@@ -73,20 +73,10 @@ def sign1_fields(data: bytes, *, alg_unprotected: bool = False
                  ) -> tuple[bytes, int | None, bytes | None, bytes, bytes]:
     """What `parse_sign1` gives, as the tuple (protected, alg, kid, payload, signature): the
     verifier's path, which needs no Sign1 object per scan."""
-    # the Python decoder: an envelope is four strings and a map, which its fast paths decode in less
-    # time than the compiled decoder takes to start (loads would try that first)
-    msg = cbor.python_loads(data)
-    if isinstance(msg, Tag):
-        if msg.tag != COSE_SIGN1_TAG:
-            raise CoseError(f"CBOR tag {msg.tag} is not COSE_Sign1 (18)")
-        msg = msg.value
-    if type(msg) is not list or len(msg) != 4:
-        raise CoseError("COSE_Sign1 must be an array of 4 items")
+    msg = plain_envelope(data)
+    if msg is None:
+        msg = envelope(data)
     protected, unprotected, payload, signature = msg
-    if type(protected) is not bytes or type(payload) is not bytes or type(signature) is not bytes:
-        raise CoseError("protected header, payload and signature must be byte strings")
-    if type(unprotected) is not dict:
-        raise CoseError("unprotected header must be a map")
     fields = _HEADERS.get(protected)
     if fields is None:
         header: Any = cbor.loads(protected) if protected else {}
@@ -113,6 +103,72 @@ def sign1_fields(data: bytes, *, alg_unprotected: bool = False
     if kid is not None and type(kid) is not bytes:
         raise CoseError("kid must be a byte string")
     return protected, alg, kid, payload, signature
+
+
+def envelope(data: bytes) -> tuple[bytes, dict, bytes, bytes]:
+    """The four members of a COSE_Sign1 (protected, unprotected, payload, signature), each of its
+    type; raise CborError or CoseError."""
+    # the Python decoder: an envelope is four strings and a map, which its fast paths decode in less
+    # time than the compiled decoder takes to start (loads would try that first)
+    msg = cbor.python_loads(data)
+    if isinstance(msg, Tag):
+        if msg.tag != COSE_SIGN1_TAG:
+            raise CoseError(f"CBOR tag {msg.tag} is not COSE_Sign1 (18)")
+        msg = msg.value
+    if type(msg) is not list or len(msg) != 4:
+        raise CoseError("COSE_Sign1 must be an array of 4 items")
+    protected, unprotected, payload, signature = msg
+    if type(protected) is not bytes or type(payload) is not bytes or type(signature) is not bytes:
+        raise CoseError("protected header, payload and signature must be byte strings")
+    if type(unprotected) is not dict:
+        raise CoseError("unprotected header must be a map")
+    return protected, unprotected, payload, signature
+
+
+def plain_envelope(data: bytes) -> tuple[bytes, dict, bytes, bytes] | None:
+    """`envelope` of the layout every issuer writes, read straight from the bytes: tag 18 (or none),
+    an array of 4, byte strings of definite length (heads of up to two length bytes) and an empty
+    unprotected map, nothing after. None for anything else (`envelope` then decides), so this
+    never accepts what `envelope` refuses nor reads it differently."""
+    if type(data) is not bytes:
+        return None
+    try:
+        pos = 1 if data[0] == 0xD2 else 0  # tag 18 in its one-byte head
+        if data[pos] != 0x84:
+            return None
+        protected, pos = _bstr(data, pos + 1)
+        if data[pos] != 0xA0:
+            return None
+        payload, pos = _bstr(data, pos + 1)
+        signature, pos = _bstr(data, pos)
+    except (_NotPlain, IndexError):  # another head, or shorter than its heads say
+        return None
+    if pos != len(data):
+        return None
+    return protected, {}, payload, signature
+
+
+class _NotPlain(Exception):
+    """Bytes `plain_envelope` leaves to the decoder."""
+
+
+def _bstr(data: bytes, pos: int) -> tuple[bytes, int]:
+    """The definite-length byte string whose head is at ``pos``, and where it ends."""
+    ib = data[pos]
+    if 0x40 <= ib < 0x58:
+        n = ib - 0x40
+        pos += 1
+    elif ib == 0x58:
+        n = data[pos + 1]
+        pos += 2
+    elif ib == 0x59:
+        n = data[pos + 1] << 8 | data[pos + 2]
+        pos += 3
+    else:
+        raise _NotPlain
+    if pos + n > len(data):
+        raise _NotPlain
+    return data[pos:pos + n], pos + n
 
 
 def verify_signature(public_key: Any, alg: int, message: bytes, signature: bytes) -> bool:
