@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 from scanner.base.errors import CardRejected, Reason
 from scanner.cards import base45, cose
 from scanner.cards.formats.cose_card import CoseRules, authenticate, cwt_claims
 from scanner.cards.trust import TrustStore
-from scanner.cards.verdict import Card, Holder, Verdict, accept, reject
+from scanner.cards.verdict import Card, Verdict, accept, new_card, new_holder, reject
 
 NAME = "CK1"
 PREFIX = "CK1:"
@@ -75,9 +77,12 @@ def _text(value: object, what: str, max_len: int, min_len: int = 1) -> str:
     return value
 
 
+_MAX_TIME = 1 << 40
+
+
 def _time(claims: dict, key: int, what: str) -> int:
     value = claims.get(key)
-    if type(value) is not int or not 0 <= value < 1 << 40:
+    if type(value) is not int or not 0 <= value < _MAX_TIME:
         raise _malformed(f"{what} must be an integer time")
     return value
 
@@ -100,30 +105,49 @@ def check_date(value: object, what: str, *, partial: bool) -> str:
 
 def parse_claims(payload: bytes, kid: bytes) -> Card:
     """Decode and check the CWT claims of an authenticated payload."""
+    # Every scan runs this: each check is made inline, and a value that fails it goes to the
+    # checking function, whose refusal (and words) it is.
     claims = cwt_claims(payload)
-    issuer = _text(claims.get(CLAIM_ISS), "iss (issuer)", MAX_ISSUER)
-    exp = _time(claims, CLAIM_EXP, "exp")
-    nbf = _time(claims, CLAIM_NBF, "nbf") if CLAIM_NBF in claims else None
-    iat = _time(claims, CLAIM_IAT, "iat")
+    get: Callable[[object], Any] = claims.get
+    issuer = get(CLAIM_ISS)
+    if type(issuer) is not str or not 0 < len(issuer) <= MAX_ISSUER:
+        _text(issuer, "iss (issuer)", MAX_ISSUER)
+    exp = get(CLAIM_EXP)
+    if type(exp) is not int or not 0 <= exp < _MAX_TIME:
+        _time(claims, CLAIM_EXP, "exp")
+    nbf = get(CLAIM_NBF)
+    if nbf is not None or CLAIM_NBF in claims:
+        nbf = _time(claims, CLAIM_NBF, "nbf")
+    iat = get(CLAIM_IAT)
+    if type(iat) is not int or not 0 <= iat < _MAX_TIME:
+        _time(claims, CLAIM_IAT, "iat")
     if exp < iat:
         raise _malformed("exp is before iat")
-    cti = claims.get(CLAIM_CTI)
+    cti = get(CLAIM_CTI)
     if type(cti) is not bytes or len(cti) != 16:
         raise _malformed("cti (card id) must be 16 bytes")
-    card = claims.get(CLAIM_CARD)
+    card = get(CLAIM_CARD)
     if type(card) is not dict:
         raise _malformed("card claim (-65537) missing or not a map")
-    version = card.get("v")
+    field: Callable[[object], Any] = card.get
+    version = field("v")
     if version != CARD_SCHEMA or type(version) is not int:
         raise _malformed(f"card schema version must be {CARD_SCHEMA}")
-    name = _text(card.get("n"), "holder name", MAX_NAME)
-    birth = check_date(card.get("d"), "birth date", partial=True)
+    name = field("n")
+    if type(name) is not str or not 0 < len(name) <= MAX_NAME:
+        _text(name, "holder name", MAX_NAME)
+    birth = check_date(field("d"), "birth date", partial=True)
     # optional fields are absent or of their type (null is not "absent": one encoding per card)
-    id_masked = _text(card["id"], "masked id", MAX_SHORT) if "id" in card else None
-    status = _text(card["st"], "status", MAX_SHORT) if "st" in card else None
-    last_dose = check_date(card["vd"], "last dose date", partial=False) if "vd" in card else None
-    holder = Holder(name, birth, id_masked, status, last_dose)
-    return Card(NAME, cti, issuer, kid, iat, exp, nbf, holder)
+    id_masked = field("id")
+    if (id_masked is not None or "id" in card) and (type(id_masked) is not str or not 0 < len(id_masked) <= MAX_SHORT):
+        _text(id_masked, "masked id", MAX_SHORT)
+    status = field("st")
+    if (status is not None or "st" in card) and (type(status) is not str or not 0 < len(status) <= MAX_SHORT):
+        _text(status, "status", MAX_SHORT)
+    last_dose = field("vd")
+    if last_dose is not None or "vd" in card:
+        last_dose = check_date(last_dose, "last dose date", partial=False)
+    return new_card(NAME, cti, issuer, kid, iat, exp, nbf, new_holder(name, birth, id_masked, status, last_dose))
 
 
 class CK1Format:
