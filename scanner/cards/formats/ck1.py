@@ -112,9 +112,10 @@ def parse_claims(payload: bytes, kid: bytes) -> Card:
 # The claims as this project's issuer writes them (deterministic CBOR: the claims in key order
 # 1, 4, [5], 6, 7, -65537; the card's fields d, n, v, [id], [st], [vd]), each head as it writes it.
 _CLAIMS_HEAD = {0xA5: False, 0xA6: True}  # the claims map's head → nbf is there
-_CARD_AT = b"\x07\x50"  # cti, a 16-byte string, then the card claim's key:
-_CARD_KEY = b"\x3a\x00\x01\x00\x00"
-_OPTIONAL = (b"\x62id", b"\x62st", b"\x62vd")
+# after the issuer: exp, [nbf] and iat as 4-byte integers, the 16-byte cti, the card claim's key,
+# its map's head (3 required fields, up to 3 optional ones) and the first field's key, "d"
+_MIDDLE = re.compile(rb"\x04\x1a(.{4})(?:\x05\x1a(.{4}))?\x06\x1a(.{4})\x07\x50(.{16})"
+                     rb"\x3a\x00\x01\x00\x00([\xa3-\xa6])\x61d", re.DOTALL)
 
 
 class _NotCanonical(Exception):
@@ -132,34 +133,37 @@ def canonical_claims(payload: bytes, kid: bytes) -> Card | None:
         if with_nbf is None or payload[1] != 0x01:
             return None
         issuer, pos = _text_at(payload, 2)
-        exp, pos = _time_at(payload, pos, 0x04)
-        nbf = None
-        if with_nbf:
-            nbf, pos = _time_at(payload, pos, 0x05)
-        iat, pos = _time_at(payload, pos, 0x06)
-        if payload[pos:pos + 2] != _CARD_AT or payload[pos + 18:pos + 23] != _CARD_KEY:
+        middle = _MIDDLE.match(payload, pos)
+        if middle is None:
             return None
-        cti = payload[pos + 2:pos + 18]
-        fields = payload[pos + 23] - 0xA3  # optional fields after the three required ones
-        if not 0 <= fields <= 3 or payload[pos + 24:pos + 26] != b"\x61d":
+        exp_bytes, nbf_bytes, iat_bytes, cti, head = middle.groups()
+        if (nbf_bytes is not None) is not with_nbf:
             return None
-        birth, pos = _text_at(payload, pos + 26)
+        birth, pos = _text_at(payload, middle.end())
         if payload[pos:pos + 2] != b"\x61n":
             return None
         name, pos = _text_at(payload, pos + 2)
         if payload[pos:pos + 3] != b"\x61v\x01":
             return None
         pos += 3
-        optional: list[str | None] = [None, None, None]
-        for i, key in enumerate(_OPTIONAL):
-            if fields and payload[pos:pos + 3] == key:
-                optional[i], pos = _text_at(payload, pos + 3)
-                fields -= 1
+        fields = head[0] - 0xA3  # optional fields after the three required ones
+        id_masked = status = last_dose = None
+        if fields and payload[pos:pos + 3] == b"\x62id":
+            id_masked, pos = _text_at(payload, pos + 3)
+            fields -= 1
+        if fields and payload[pos:pos + 3] == b"\x62st":
+            status, pos = _text_at(payload, pos + 3)
+            fields -= 1
+        if fields and payload[pos:pos + 3] == b"\x62vd":
+            last_dose, pos = _text_at(payload, pos + 3)
+            fields -= 1
         if fields or pos != len(payload):
             return None
     except (_NotCanonical, IndexError, UnicodeDecodeError):
         return None
-    id_masked, status, last_dose = optional
+    exp = int.from_bytes(exp_bytes, "big")
+    iat = int.from_bytes(iat_bytes, "big")
+    nbf = None if nbf_bytes is None else int.from_bytes(nbf_bytes, "big")
     if (not 0 < len(issuer) <= MAX_ISSUER or exp < iat or not 0 < len(name) <= MAX_NAME
             or (id_masked is not None and not 0 < len(id_masked) <= MAX_SHORT)
             or (status is not None and not 0 < len(status) <= MAX_SHORT)):
@@ -191,13 +195,6 @@ def _text_at(data: bytes, pos: int) -> tuple[str, int]:
     if end > len(data):
         raise _NotCanonical
     return data[pos:end].decode("utf-8"), end
-
-
-def _time_at(data: bytes, pos: int, key: int) -> tuple[int, int]:
-    """Claim ``key``'s time, written as a 4-byte unsigned integer, at ``pos``, and where it ends."""
-    if data[pos] != key or data[pos + 1] != 0x1A or pos + 6 > len(data):
-        raise _NotCanonical
-    return int.from_bytes(data[pos + 2:pos + 6], "big"), pos + 6
 
 
 def read_claims(payload: bytes, kid: bytes) -> Card:
