@@ -253,12 +253,7 @@ class Camera:
         surf = self.surfaces[look.surface]
         module_px = self.module_px(look, pose)
         _w, _h = self.size
-        rot = _rotation(pose.tilt_deg, pose.tilt_axis_deg, pose.roll_deg)
-        th, tw = surf.texture.shape
-        # the pose places the code's centre; the surface's own centre is offset from it
-        shift = np.array([(tw / 2 - surf.code_centre[0]) / surf.px_per_mm,
-                          (th / 2 - surf.code_centre[1]) / surf.px_per_mm, 0.0])
-        centre = np.array([*pose.offset_mm, pose.distance_mm]) + rot @ shift
+        rot, centre = self._placement(surf, pose)
         planes = self._planes(surf, rot, centre, look)
         pad = int(math.ceil((look.defocus + look.motion) * module_px)) + 3
         x0, y0, x1, y1 = self._bbox(planes, surf, pad)
@@ -277,6 +272,27 @@ class Camera:
         sigma = np.sqrt(np.maximum(img, 0) / electrons_per_level + 1.2 ** 2) * gain
         frame = np.clip(img * gain + noise * sigma + 0.5, 0, 255).astype(np.uint8)
         return Shot(frame, category, pose, look, module_px)
+
+    def code_corners(self, pose: Pose, look: Look) -> np.ndarray:
+        """The symbol's outer corners (quiet zone left out) in frame pixels, top-left first and going round
+        as the symbol does (4x2; an unfolded surface): what a decoder's outline is judged against."""
+        surf = self.surfaces[look.surface]
+        rot, centre = self._placement(surf, pose)
+        half = (surf.modules - 8) / 2 * TEXTURE_SCALE  # the 4-module quiet zone on each side
+        cx, cy = surf.code_centre
+        square = np.array([[[cx - half, cy - half]], [[cx + half, cy - half]], [[cx + half, cy + half]],
+                           [[cx - half, cy + half]]], np.float32)
+        return cv2.perspectiveTransform(square, self._homography(surf, rot, centre, 1.0, (0, 0))).reshape(4, 2)
+
+    @staticmethod
+    def _placement(surf: Surface, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+        """The surface's rotation and its centre (mm, camera coordinates): the pose places the code's
+        centre, and the surface's own centre is offset from it."""
+        rot = _rotation(pose.tilt_deg, pose.tilt_axis_deg, pose.roll_deg)
+        th, tw = surf.texture.shape
+        shift = np.array([(tw / 2 - surf.code_centre[0]) / surf.px_per_mm,
+                          (th / 2 - surf.code_centre[1]) / surf.px_per_mm, 0.0])
+        return rot, np.array([*pose.offset_mm, pose.distance_mm]) + rot @ shift
 
     def _planes(self, surf: Surface, rot, centre, look: Look) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
         """(texture mask, rotation, centre, brightness) of each flat part of the surface."""

@@ -231,6 +231,9 @@ STREAK_FIRST = 1.5
 its defocus (a hand's shake, under a module, squeezes a defocused code 1.0-1.35x; a two-module streak 1.8x)."""
 UNSLANT_SCALE = 1.5
 """An unslanted crop is also enlarged at least this much (its squeezed modules were smeared)."""
+OUTLINE_STREAK = 1.15
+"""A code squared up on its outline (`enhance.code_outline`) whose gradients are still this squeezed
+(`enhance.squeeze`) is streaked: the streak is then measured on the squared code and undone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +444,24 @@ class ApplianceDecoder:
                 return int(round((px + crop.x0) * inv)), int(round((py + crop.y0) * inv))
             return image, "local", to_frame
 
+        def outlined():
+            # modules across the squeezed direction: an outline seen at a slant is that much narrower
+            corners = enhance.code_outline(img, module / enhance.quad_aspect(quad))
+            if corners is None:
+                return None, "local", back(1.0)
+            side = int(min(900, max(READABLE_MODULE_PX * MODULE_GUESS, enhance.quad_side(corners))))
+            square, to_img = enhance.square_up(img, corners, side)
+            if enhance.squeeze(square) >= OUTLINE_STREAK:
+                # squared up, the grid has no main direction of its own: what is left is the hand's streak
+                angle = enhance.streak_direction(square)
+                length = enhance.streak_length(square, angle) * enhance.STREAK_ACF_SHORTEN
+                square = enhance.wiener(square, enhance.streak_psf(length, angle), enhance.STREAK_NSR)
+
+            def to_frame(x: float, y: float) -> tuple[int, int]:
+                px, py, pw = to_img @ (x, y, 1.0)
+                return int(round((px / pw + crop.x0) * inv)), int(round((py / pw + crop.y0) * inv))
+            return square, "local", to_frame
+
         outline = np.asarray([(x * scale - crop.x0, y * scale - crop.y0) for x, y in quad], np.float32)
 
         def unglared():
@@ -467,9 +488,10 @@ class ApplianceDecoder:
             if blur.streak else []
         plain = Attempt("crop", resized(factor))
         square = [Attempt("square", squared)] if src is not None else []
-        # a code seen at a slant: unslanted, then squared up from its outline, before the plain crop
-        # (on the development frames either reads every slanted code the crop reads, and more)
-        out = [Attempt("unslant", unslanted), *square, plain] if slanted else [plain]
+        # a code seen at a slant: squared up on the outline of its modules' area (its streak undone),
+        # unslanted, squared up on the outline given, before the plain crop (on the development clips
+        # the first reads the most, the hand's streak included; each of the others reads some it misses)
+        out = [Attempt("outline", outlined), Attempt("unslant", unslanted), *square, plain] if slanted else [plain]
         if erasure.washed_share(img, outline, module) >= erasure.WASHED_SHARE:  # glare: read around the washed-out part
             out.append(Attempt("erasures", unglared))
         if slanted:  # its squeeze also looks like a streak to the spectrum

@@ -424,7 +424,7 @@ def wiener(img: np.ndarray, psf: np.ndarray, nsr: float = WIENER_NSR) -> np.ndar
 
 # ------------------------------------------------------------------ geometry, frames
 
-def square_up(gray: np.ndarray, quad: Quad, side: int) -> tuple[np.ndarray, np.ndarray]:
+def square_up(gray: np.ndarray, quad: Quad | np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     """The quadrilateral mapped onto a ``side``-pixel square with a fifth of a side of margin (the quiet
     zone), and the homography that takes the square's pixels back to ``gray``'s."""
     m = side / 5
@@ -433,6 +433,80 @@ def square_up(gray: np.ndarray, quad: Quad, side: int) -> tuple[np.ndarray, np.n
     size = int(side + 2 * m)
     out = cv2.warpPerspective(gray, hom, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     return out, np.linalg.inv(hom)
+
+
+OUTLINE_WINDOW = 2.0
+"""Modules (across the squeezed direction) of the window whose contrast marks a code's modules in `code_outline`."""
+OUTLINE_OPEN = 3.0
+"""Modules: thinner parts of the high-contrast area (text strokes, a card's edge) are cut off the code's."""
+
+
+def code_outline(img: np.ndarray, module_px: float) -> np.ndarray | None:
+    """The outer corners (4x2, going round clockwise) of the code in a crop, from the area its modules
+    cover; ``module_px`` is their size across the squeezed direction. None when no four-sided area is found.
+
+    A code is the one area of a crop where the picture changes from dark to light every module: the
+    local contrast (standard deviation over a window of OUTLINE_WINDOW modules) above Otsu's
+    threshold, opened to cut off text and edges, is a solid quadrilateral even when the code is
+    blurred or slanted too far for its finder patterns to be found. Its four sides are fitted to the
+    area's border: the corners are within one to three modules (the window widens the area by half
+    its size; the corner without a finder pattern has sparse modules), where a rectangle around the
+    area (the texture search's) is ten and more off on a card seen at a slant with a skew.
+    """
+    win = max(3, int(round(module_px * OUTLINE_WINDOW))) | 1
+    f = img.astype(np.float32)
+    mean = cv2.blur(f, (win, win))
+    spread = cv2.sqrt(np.maximum(cv2.blur(f * f, (win, win)) - mean * mean, 0))
+    top = float(spread.max())
+    if top < 1.0:
+        return None
+    _, area = cv2.threshold((spread * (255 / top)).astype(np.uint8), 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    k = max(3, int(round(module_px * OUTLINE_OPEN))) | 1
+    area = cv2.morphologyEx(area, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    contours, _ = cv2.findContours(area, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    border = max(contours, key=cv2.contourArea)
+    hull = cv2.convexHull(border)
+    perimeter = cv2.arcLength(hull, True)
+    for share in np.arange(0.01, 0.2, 0.005):  # the hull simplified to four corners
+        poly = cv2.approxPolyDP(hull, float(share) * perimeter, True)
+        if len(poly) <= 4:
+            break
+    if len(poly) != 4 or cv2.contourArea(poly) < 0.5 * cv2.contourArea(hull):
+        return None
+    rough = poly.reshape(4, 2).astype(np.float64)
+    x, y = rough[:, 0], rough[:, 1]
+    if float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) < 0:
+        rough = rough[::-1]
+    points = border.reshape(-1, 2).astype(np.float64)
+    lines = []
+    for i in range(4):  # each side refitted to the border along its middle (the corners are rounded off)
+        p0, p1 = rough[i], rough[(i + 1) % 4]
+        length = float(np.hypot(*(p1 - p0)))
+        if length < 4:
+            return None
+        along = (p1 - p0) / length
+        t = (points - p0) @ along
+        off = np.abs((points - p0) @ np.array([-along[1], along[0]]))
+        near = points[(t > 0.2 * length) & (t < 0.8 * length) & (off < max(2.0, 1.5 * module_px))]
+        if len(near) < 5:
+            lines.append((p0, along))
+            continue
+        vx, vy, x0, y0 = cv2.fitLine(near.astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        lines.append((np.array([x0, y0], np.float64), np.array([vx, vy], np.float64)))
+    corners = []
+    for i in range(4):  # corner i: where the sides before and after it meet
+        (a0, ad), (b0, bd) = lines[i - 1], lines[i]
+        pair = np.array([ad, -bd]).T
+        if abs(float(np.linalg.det(pair))) < 1e-3:
+            return None
+        corners.append(a0 + np.linalg.solve(pair, b0 - a0)[0] * ad)
+    out = np.array(corners, np.float32)
+    h, w = img.shape
+    if np.any(out < -w * 0.1) or np.any(out[:, 0] > w * 1.1) or np.any(out[:, 1] > h * 1.1):
+        return None  # sides nearly parallel meet far away: not a code's outline
+    return out
 
 
 def unsharp(img: np.ndarray, sigma: float = 1.5, amount: float = 0.8) -> np.ndarray:
