@@ -56,12 +56,12 @@ def _copy_peer(fleet: _Fleet, url: str) -> float:
     return n / spent
 
 
-def run(quick: bool) -> None:
+def run(quick: bool) -> dict | None:
     devices, backlog, per_batch = (50, 2_000, 1_000) if quick else (200, 10_000, 1_000)
     bin_dir = find_bin_dir()
     if bin_dir is None:
         print("== drain: not measured (no /usr/lib/postgresql/*/bin: install the postgresql package)\n")
-        return
+        return None
     with tempfile.TemporaryDirectory(prefix="ckbench-drain-") as tmpname:
         tmp = Path(tmpname)
         t0 = time.perf_counter()
@@ -74,8 +74,8 @@ def run(quick: bool) -> None:
                 conn.execute("CREATE DATABASE drain")
             res = _one(fleet, cluster.url("drain"), tmp / "keys", 3600.0, cluster.postmaster_pid(), tmp, ())
             with psycopg.connect(cluster.url("drain")) as conn:  # the disk the entries take, indexes included
-                disk = scalar(conn, "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
-                                    "WHERE inhparent = 'entries'::regclass")
+                disk = int(scalar(conn, "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+                                        "WHERE inhparent = 'entries'::regclass"))  # (a numeric: a Decimal)
             peer = _copy_peer(fleet, cluster.url("drain"))
         finally:
             cluster.stop()
@@ -99,3 +99,12 @@ def run(quick: bool) -> None:
     print(f"acknowledgements per 10 s from the first: {per_10s}")
     print(f"disk: {disk / res['stored']:.0f} bytes per stored entry in PostgreSQL (day partitions with their indexes)")
     print()
+    return {"devices": devices, "backlog": backlog, "per_batch": per_batch, "entries": fleet.entries,
+            "made_s": made_s, "drain_s": res["wall"], "entries_per_s": res["stored"] / res["wall"],
+            "copy_entries_per_s": peer, "x_peer": res["stored"] / res["wall"] / peer,
+            **({"ack_p50_s": statistics.median(lat), "ack_p95_s": p95, "ack_max_s": lat[-1]} if res["lat"] else
+               {"ack_p50_s": None, "ack_p95_s": None, "ack_max_s": None}), "busy": res["busy"],
+            "connection_errors": res["errors"], "server_cpu_us": res["server_cpu"] / fleet.entries * 1e6,
+            "db_cpu_us": res["db_cpu"] / fleet.entries * 1e6, "stored": res["stored"],
+            "exactly_once": bool(res["exactly_once"] and not res["failures"]), "acks_per_10s": per_10s,
+            "bytes_per_entry": disk / res["stored"]}

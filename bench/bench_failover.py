@@ -17,6 +17,7 @@ acknowledged; the stall is the longest time without an acknowledgement around th
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 import tempfile
 import time
@@ -287,6 +288,11 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
             db.stop()
 
 
+def _finite(value: float) -> float | None:
+    """A figure for the results file: None where there was none (no acknowledgement after the fault)."""
+    return None if math.isnan(value) else value
+
+
 def cases() -> list[tuple[str, str]]:
     """(manager, fault) pairs that can run here."""
     found = managers()
@@ -294,7 +300,7 @@ def cases() -> list[tuple[str, str]]:
         ([("pg_ctl", "primary_killed")] if "pg_ctl" in found else [])
 
 
-def run(quick: bool) -> None:
+def run(quick: bool) -> dict | None:
     devices, batches, per_batch, runs = (20, 10, 100, 1) if quick else (50, 10, 200, 2)
     found = cases()
     if not found:
@@ -302,6 +308,7 @@ def run(quick: bool) -> None:
         return None
     rows: list[list[str]] = []
     stalls: dict[tuple[str, str], list[float]] = {}
+    stored: list[dict] = []  # one per run, in the order run (the results file's figures)
     for manager, fault in found:
         for _ in range(runs):
             with tempfile.TemporaryDirectory(prefix="ckbench-failover-") as tmpname:
@@ -311,6 +318,13 @@ def run(quick: bool) -> None:
                   and not r["chain_problems"] and not r["acked_missing"] and len(r["acked"]) == r["expected_batches"]
                   and not r["failures"])
             stalls.setdefault((manager, fault), []).append(r["stall_s"])
+            stored.append({"manager": manager, "fault": fault, "acks_before": r["acks_before_kill"],
+                           "acks_after": r["acks_after_kill"], "settled_s": r["settled_at"] - r["fault_at"],
+                           "stall_s": _finite(r["stall_s"]),
+                           "first_ack_after_settled_s": _finite(r["resumed_after_settled_s"]),
+                           "busy_codes": dict(r["busy_codes"]), "connection_errors": r["errors"],
+                           "entries": r["entries"], "expected_entries": r["expected_entries"],
+                           "acked_missing": r["acked_missing"], "exact": bool(ok)})
             codes = ", ".join(f"{n} {c}" for c, n in sorted(r["busy_codes"].items())) or "0"
             rows.append([manager, fault, f"{r['acks_before_kill']}/{r['acks_after_kill']}",
                          f"{r['settled_at'] - r['fault_at']:.1f}", f"{r['stall_s']:.1f}",
@@ -336,3 +350,6 @@ def run(quick: bool) -> None:
         print(f"{manager}, {fault}: uploads stalled {statistics.median(values):.1f} s (median; min "
               f"{min(values):.1f}, max {max(values):.1f})")
     print()
+    return {"devices": devices, "batches": batches, "per_batch": per_batch, "runs": runs,
+            "promote_after_s": PROMOTE_AFTER_S, "partition_s": PARTITION_S, "monitor_down_s": MONITOR_DOWN_S,
+            "faults": stored}

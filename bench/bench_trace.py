@@ -331,6 +331,10 @@ def run(quick: bool) -> dict:
     for name in stores:
         r = results[name]
         through = ratios(samples, f"{name}:console", f"{name}:full")
+        figures[name] |= {"console_ms": median(samples[f"{name}:console"]) * 1000,
+                          "console_x_full": median(through), "console_x_full_min": min(through),
+                          "console_x_full_max": max(through), "console_rows": r["console_rows"],
+                          "console_names": r["console_names"]}
         print(f"{name}: the console's case page / the library call (same answer, holders opened): "
               f"{median(through):.2f}x (spread {min(through):.2f}-{max(through):.2f}); its contact list: "
               f"{r['console_rows']} rows, {r['console_names']} holders' names shown (library: {r['contacts']} "

@@ -361,22 +361,90 @@ def flood(doc: dict) -> str:
             + f"\n\nThe attacker was answered: {answers}. {_when(b)}.")
 
 
+def _backends(b: dict) -> list[tuple[str, dict]]:
+    """The trace bench's backends as the docs name them, with their figures."""
+    names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+    return [(names.get(n, n), f) for n, f in b["backends"].items() if isinstance(f, dict)]
+
+
 def trace(doc: dict) -> str:
     b = _bench(doc, "trace")
     rows = []
-    for name, f in b["backends"].items():
-        if not isinstance(f, dict):
-            continue
-        rows += [[name, "visits", _n(f["visits_ms"], 2), ""],
-                 [name, f"+ contacts ({f['contacts']} entries of {f['cards']} cards)", _n(f["contacts_ms"], 1), ""],
-                 [name, "**+ holders opened: the call-centre answer**", f"**{f['full_ms']:.1f}**",
+    for name, f in _backends(b):
+        rows += [[name, "visits", f"{f['visits_ms']:.2f} ms", ""],
+                 [name, f"+ contacts ({f['contacts']} entries of {f['cards']} cards)", f"{f['contacts_ms']:.1f} ms",
+                  ""],
+                 [name, "**+ holders opened: the call-centre answer**", f"**{f['full_ms']:.1f} ms**",
                   f"**{f['full_x_raw_open']:.2f}**"],
-                 [name, "raw: `sealing.open` of the answer's blobs alone", _n(f["raw_open_ms"], 1), "1.00"],
-                 [name, "visits + one visit's contacts, indexes unusable", f"{f['unindexed_ms']:,.0f}", ""]]
-    sizes = "; ".join(f"{n}: built in {f['build_s']:.0f} s, {f['size_gib']:.1f} GiB" for n, f in b["backends"].items()
-                      if isinstance(f, dict))
-    return (_table(["backend", f"query ({b['n']:,} entries; card seen {b['visits']} times in 14 days, ±1 h)", "ms",
-                    "× raw open"], rows, "llrr") + f"\n\n{sizes}. {_when(b)}.")
+                 [name, f"raw: `sealing.open` of those {f['contacts'] + f['visits']} blobs alone",
+                  f"{f['raw_open_ms']:.1f} ms", "1.00"],
+                 [name, "visits + one visit's contacts, indexes unusable", f"{f['unindexed_ms']:,.0f} ms", ""]]
+    peers = ", ".join(f"{f['peer_ms']:.3f} ms on {name}" for name, f in _backends(b))
+    sizes = "; ".join(f"{name} {f['build_s']:.0f} s ({b['n'] / f['build_s']:,.0f} rows/s), {f['size_gib']:.1f} GiB "
+                      "with indexes" for name, f in _backends(b))
+    both = (f" PostgreSQL / SQLite for the whole answer: {b['backends']['postgresql_x_sqlite']:.2f}×."
+            if "postgresql_x_sqlite" in b["backends"] else "")
+    return (_table(["backend", f"query (card seen {b['visits']} times in 14 days, ±1 h)", "time", "× raw open"], rows,
+                   "llrr")
+            + f"\n\n{b['n']:,} entries, {b['checkpoints']:,} checkpoints, {b['cards']:,} cards; medians of "
+              f"{b['rounds']} interleaved rounds. Peers: one empty indexed lookup {peers}.{both} Build: {sizes}. "
+              f"{_when(b)}.")
+
+
+def trace_console(doc: dict) -> str:
+    b = _bench(doc, "trace")
+    rows = []
+    for name, f in _backends(b):
+        if "console_ms" not in f:
+            raise _Missing("trace: the console's case page")
+        rows += [[name, "library call (`trace`, key in process)", f"{f['full_ms']:.0f} ms", ""],
+                 [name, f"**console case page** ({f['console_rows']} contact rows, {f['console_names']} names)",
+                  f"**{f['console_ms']:.0f} ms**",
+                  f"**{f['console_x_full']:.2f}×** ({f['console_x_full_min']:.2f}–{f['console_x_full_max']:.2f})"]]
+    return (_table(["backend", "the call-centre answer", "time", "console / library (spread of rounds)"], rows, "llrr")
+            + f"\n\nMedians of {b['rounds']} interleaved rounds. {_when(b)}.")
+
+
+def _opt(v: float | None, fmt: str = ".1f", unit: str = " s") -> str:
+    return "–" if v is None else f"{v:{fmt}}{unit}"
+
+
+def failover(doc: dict) -> str:
+    b = _bench(doc, "failover")
+    rows = []
+    for r in b["faults"]:
+        codes = ", ".join(f"{n} {c}" for c, n in sorted(r["busy_codes"].items())) or "0"
+        rows.append([r["manager"], r["fault"], f"{r['acks_before']}/{r['acks_after']}", _opt(r["settled_s"]),
+                     _opt(r["stall_s"]), _opt(r["first_ack_after_settled_s"]), codes, r["connection_errors"],
+                     f"{r['entries']:,} of {r['expected_entries']:,}", r["acked_missing"],
+                     "yes" if r["exact"] else "**NO**"])
+    stalls: dict[tuple[str, str], list[float]] = {}
+    for r in b["faults"]:
+        if r["stall_s"] is not None:
+            stalls.setdefault((r["manager"], r["fault"]), []).append(r["stall_s"])
+    summary = "; ".join(f"{m}, {fault}: {_spread(v, lambda x: f'{x:.1f}', True, ' s')}"
+                        for (m, fault), v in stalls.items())
+    return (_table(["manager", "fault", "acks before/after", "fault to settled", "stall", "first ack after settled",
+                    "503/429 (code)", "connection errors", "entries on the primary", "acked batches missing",
+                    "0 lost, 0 doubled"], rows, "llrrrrrrrrl")
+            + f"\n\n{b['devices']} devices × {b['batches']} batches × {b['per_batch']} entries per run, {b['runs']} "
+              f"run(s) of each fault. Stall, median (min–max) of the runs: {summary}. {_when(b)}.")
+
+
+def drain(doc: dict) -> str:
+    b = _bench(doc, "drain")
+    row = [f"**{b['drain_s']:.0f} s**", f"{b['entries_per_s']:,.0f}", f"{b['copy_entries_per_s']:,.0f}",
+           f"{b['x_peer']:.2f}", _opt(b["ack_p50_s"]), f"**{_opt(b['ack_p95_s'])}**", _opt(b["ack_max_s"]),
+           b["busy"], b["connection_errors"], f"{b['server_cpu_us']:.0f}", f"{b['db_cpu_us']:.0f}",
+           "yes" if b["exactly_once"] else f"**NO** ({b['stored']:,} stored)"]
+    return (_table(["time to drain", "entries/s", "peer: COPY entries/s", "× peer", "ack p50", "ack p95", "ack max",
+                    "503/429", "connection errors", "server CPU µs/entry", "PostgreSQL CPU µs/entry",
+                    "each entry once"], [row], "rrrrrrrrrrrl")
+            + f"\n\n{b['devices']} devices × {b['backlog']:,} entries (batches of {b['per_batch']:,}) = "
+              f"{b['entries']:,} entries; the batches took {b['made_s']:.0f} s to make beforehand. Acknowledgements "
+              f"per 10 s from the first: {', '.join(str(n) for n in b['acks_per_10s'])} batches. Disk: "
+              f"**{b['bytes_per_entry']:.0f} bytes per stored entry** in PostgreSQL (the day partitions with their "
+              f"indexes). One run (no spread). {_when(b)}.")
 
 
 def daemon(doc: dict) -> str:
@@ -518,7 +586,8 @@ def readme_trace(doc: dict) -> str:
     b = _bench(doc, "trace")
     parts = [f"{f['full_ms']:.0f} ms on {name.replace('sqlite', 'SQLite').replace('postgresql', 'PostgreSQL')}"
              for name, f in b["backends"].items() if isinstance(f, dict)]
-    return f"{' and '.join(parts)} with {b['n'] // 1_000_000}M entries"
+    n = f"{b['n'] // 1_000_000}M" if b["n"] >= 1_000_000 else f"{b['n']:,}"
+    return f"{' and '.join(parts)} with {n} entries"
 
 
 def _value(path: str) -> Callable[[dict], str]:
@@ -568,7 +637,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "machine": machine, "goals": goals, "verify": verify, "bundle": bundle, "feedback": feedback,
     "feedback.handover": feedback_handover, "formats": formats, "pipeline": pipeline,
     "entrylog": entrylog, "entrylog.scale": entrylog_scale, "sync": sync, "flood": flood,
-    "trace": trace, "daemon": daemon, "kiosk": kiosk, "fsync": fsync, "site": site, "cli": cli, "soak": soak,
+    "trace": trace, "trace.console": trace_console, "failover": failover, "drain": drain, "daemon": daemon,
+    "kiosk": kiosk, "fsync": fsync, "site": site, "cli": cli, "soak": soak,
     "decode.samples": decode_samples, "decode.frames": decode_frames, "decode.camera": decode_camera,
     "decode.clips": decode_clips, "decode.clips.second": lambda doc: decode_clips(doc, 1), "fleet": fleet,
     "pi.inputs": pi_inputs,
