@@ -27,6 +27,7 @@ from scanner.cards.verifier import verify
 
 from . import fixtures
 from .bench_decode import scene, with_code
+from .goals import judge
 from .timing import table
 from .world import bundle_bytes, world
 
@@ -59,6 +60,9 @@ class PushSource:
 def _pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+RUNS = 3  # latency runs of each frame size in a full run: the goal is judged on their median
 
 
 def latency_bench(n: int, size: tuple[int, int] = (640, 480)) -> dict:
@@ -176,13 +180,19 @@ def memory_bench(seconds: float) -> list[dict]:
 
 def run(quick: bool = False) -> dict:
     print("== pipeline ==")
-    lat = [latency_bench(20 if quick else 150), latency_bench(10 if quick else 60, (1280, 720))]
+    runs = 1 if quick else RUNS
+    lat = [r for _ in range(runs) for r in (latency_bench(20 if quick else 150),
+                                            latency_bench(10 if quick else 60, (1280, 720)))]
+    goals = [judge("pipeline.overhead", [r["x_p50"] for r in lat if r["size"] == size], size,
+                   unjudged="a --quick run" if quick else "") for size in dict.fromkeys(r["size"] for r in lat)]
     rows: list[tuple] = [(r["size"], r["n"], f"{r['bare_p50_ms']:.2f}", f"{r['p50_ms']:.2f}", f"{r['x_p50']:.2f}",
              f"{r['bare_p95_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['x_p95']:.2f}") for r in lat]
     print("scan-to-verdict latency: frame handed to the pipeline -> sink called, against decode + verify of the "
-          "same frame called directly (goal: overhead under 20%)")
+          f"same frame called directly (goal: overhead under 20%), {runs} run(s)")
     print(table(("frame", "n", "bare p50 ms", "pipeline p50 ms", "x bare", "bare p95 ms", "pipeline p95 ms",
                  "x bare p95"), rows))
+    for g in goals:
+        print(g.line())
     print()
     mem = memory_bench(2.0 if quick else 10.0)
     mib = 1024 * 1024
@@ -194,7 +204,7 @@ def run(quick: bool = False) -> dict:
     print(table(("frames", "RSS before MiB", "RSS running MiB", "peak MiB", "peak - before", "frames decoded",
                  "verdicts"), rows))
     print()
-    return {"latency": lat, "memory": mem}
+    return {"latency": lat, "memory": mem, "goals": [g.as_dict() for g in goals]}
 
 
 if __name__ == "__main__":

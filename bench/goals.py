@@ -38,6 +38,17 @@ GOALS = {g.key: g for g in (
     Goal("soak.steady_rss", "every process of the appliance, 1M revoked ids, sync on: steady RSS", 120.0, "MB"),
     Goal("soak.swap_peak", "every process of the appliance during a 1M-id bundle swap: peak RSS", 160.0, "MB"),
     Goal("soak.slope", "the appliance's RSS after warm-up, MB per 10,000 scans", 0.2, "MB/10k scans"),
+    # what a person at the lane waits for (bench_daemon, bench_kiosk, bench_pipeline)
+    Goal("daemon.event_p95", "a card's line written to the appliance → its verdict at an HTTP client of the "
+         "event stream, p95", 100.0, "ms"),
+    Goal("kiosk.paint_p95", "a verdict published → painted in the kiosk page (headless Chromium), p95", 100.0, "ms"),
+    Goal("pipeline.overhead", "scan to verdict through the pipeline / decode + verify of the same frame called "
+         "directly, p50", 1.2, "x"),
+    # start-up of the `checkpoint` command: CPU of a fresh process / the same work through the library (bench_cli)
+    Goal("cli.verify", "`checkpoint verify` / verify through the library, CPU of a fresh process", 1.3, "x"),
+    Goal("cli.help", "`checkpoint --help` / `import click`, CPU of a fresh process", 1.5, "x"),
+    Goal("cli.config_check", "`checkpoint config check` / `check_file` through the library, CPU of a fresh process",
+         1.3, "x"),
 )}
 
 

@@ -168,8 +168,10 @@ def pipeline(doc: dict) -> str:
     mib = 1024 * 1024
     mem = [[m["size"], _n(m["baseline"] / mib), _n(m["rss"] / mib), f"**{m['peak'] / mib:.1f}**",
             _n((m["peak"] - m["baseline"]) / mib), m["frames"]] for m in b["memory"]]
+    if "goals" not in b:
+        raise _Missing("pipeline: runs and its goal (a run before they were)")
     return (_table(["frame", "n", "bare p50 ms", "pipeline p50 ms", "× bare p50", "bare p95 ms", "pipeline p95 ms",
-                    "× bare p95"], rows) + "\n\n"
+                    "× bare p95"], rows) + f"\n\nOne row per run. Goal: {_goal_lines(b['goals'])}\n\n"
             + _table(["camera frames", "RSS before MiB", "RSS running MiB", "peak MiB", "peak − before MiB",
                       "frames decoded"], mem) + f"\n\n{_when(b)}.")
 
@@ -447,10 +449,25 @@ def drain(doc: dict) -> str:
               f"indexes). One run (no spread). {_when(b)}.")
 
 
+def _paths_of_runs(runs: list[list[dict]], keys: list[tuple[str, Callable[[float], str]]]) -> list[list[str]]:
+    """One row per path of a latency bench run several times: median (min–max) of the runs per figure."""
+    rows = []
+    for i, first in enumerate(runs[0]):
+        rows.append([first["path"]] + [
+            "–" if first[k] is None else _spread([r[i][k] for r in runs], fmt) for k, fmt in keys])
+    return rows
+
+
 def daemon(doc: dict) -> str:
     b = _bench(doc, "daemon")
-    rows = [[p["path"], _n(p["p50_ms"], 2), _n(p["p95_ms"], 2), _x(p["x_bare"])] for p in b["paths"]]
-    return _table(["path", "p50 ms", "p95 ms", "× bare (median)"], rows) + f"\n\n{b['n']} cards. {_when(b)}."
+    if "runs" not in b:
+        raise _Missing("daemon: runs and its goal (a run before they were)")
+    runs = [r["paths"] for r in b["runs"]]
+    rows = _paths_of_runs(runs, [("p50_ms", lambda v: f"{v:.2f}"), ("p95_ms", lambda v: f"{v:.2f}"),
+                                 ("x_bare", lambda v: f"{v:.2f}")])
+    return (_table(["path", "p50 ms", "p95 ms", "× bare (median)"], rows)
+            + f"\n\n{b['n']} cards a run, {len(runs)} runs (median, min–max). Goal: {_goal_lines(b['goals'])} "
+              f"{_when(b)}.")
 
 
 def kiosk(doc: dict) -> str:
@@ -458,10 +475,15 @@ def kiosk(doc: dict) -> str:
     p = b["paint"]
     if "skipped" in p:
         paint = f"Verdict to paint: skipped ({p['skipped']})."
+    elif "runs" not in p:
+        raise _Missing("kiosk: runs and its goal (a run before they were)")
     else:
-        paint = _table(["from the verdict published to ...", "p50 ms", "p95 ms", "max ms", "× delivery (median)"],
-                       [[x["path"], _n(x["p50_ms"], 2), _n(x["p95_ms"], 2), _n(x["max_ms"], 2),
-                         "–" if x["x_delivery"] is None else f"{x['x_delivery']:.1f}"] for x in p["paths"]])
+        runs = [r["paths"] for r in p["runs"]]
+        paint = (_table(["from the verdict published to ...", "p50 ms", "p95 ms", "max ms", "× delivery (median)"],
+                        _paths_of_runs(runs, [("p50_ms", lambda v: f"{v:.2f}"), ("p95_ms", lambda v: f"{v:.2f}"),
+                                              ("max_ms", lambda v: f"{v:.2f}"), ("x_delivery", lambda v: f"{v:.1f}")]))
+                 + f"\n\n{p['runs'][0]['n']} cards a run, {len(runs)} runs (median, min–max). Goal: "
+                   f"{_goal_lines(b['goals'])}")
     pre = _table(["preview step (640x480 frame)", "median µs", "× decode"],
                  [[k, _us(v["us"]), f"{v['x_decode']:.4f}"] for k, v in b["preview"].items()])
     return f"{paint}\n\n{pre}\n\n{_when(b)}."
@@ -507,11 +529,22 @@ def cli(doc: dict) -> str:
     b = _bench(doc, "cli")
     peers = {"checkpoint verify": ("`checkpoint verify --trust KEY TEXT`",
                                    "`verify(text, load_trust(...))` in `python -c`"),
-             "checkpoint --help": ("`checkpoint --help`", '`python -c "import click"`')}
-    rows = [[*peers.get(name, (f"`{name}`", "")), _n(f["ms"], 0), _n(f["peer_ms"], 0), f"**{f['ratio']:.2f}**",
-             "ok" if f["goal_met"] else "MISSED"]
-            for name, f in b.items() if isinstance(f, dict) and "ratio" in f]
-    return _table(["command", "peer", "CPU ms", "peer ms", "x peer", "goal"], rows, "llrrrl") + f"\n\n{_when(b)}"
+             "checkpoint --help": ("`checkpoint --help`", '`python -c "import click"`'),
+             "checkpoint config check": ("`checkpoint config check FILE`", "`check_file(path)` in `python -c`")}
+    if "goals" not in b:
+        raise _Missing("cli: goals judged on the rounds (a run before they were)")
+    goal = {g["key"]: g for g in b["goals"]}
+    rows = []
+    for name, f in b.items():
+        if isinstance(f, dict) and "ratio" in f:
+            g = goal[f["goal"]]
+            rows.append([*peers.get(name, (f"`{name}`", "")), _n(f["ms"], 0), _n(f["peer_ms"], 0),
+                         f"**{f['ratio']:.2f}**", f"{f['ratio_p25']:.2f}–{f['ratio_p75']:.2f}",
+                         f"{g['min']:.2f}–{g['max']:.2f}",
+                         f"≤ {g['limit']}, met in {g['met_runs']} of {len(g['runs'])}: **{g['verdict']}**"])
+    return (_table(["command", "peer", "CPU ms", "peer ms", "× peer (median of rounds)", "p25–p75", "min–max",
+                    "goal"], rows, "llrrrrrl")
+            + f"\n\n{b['rounds']} rounds, each a fresh process of the command and of its peer. {_when(b)}.")
 
 
 # Pi models against the x86 figures (docs/raspberry-pi.md states where each comes from): a Pi 4's

@@ -31,6 +31,8 @@ def test_the_goals_are_the_products():
         "site.lane.p95_delta": (1.0, "ms"),
         "fleet.copy_over_ingest": (1.1, "x"), "fleet.p95_over_copy": (0.5, "x"),
         "soak.steady_rss": (120.0, "MB"), "soak.swap_peak": (160.0, "MB"), "soak.slope": (0.2, "MB/10k scans"),
+        "daemon.event_p95": (100.0, "ms"), "kiosk.paint_p95": (100.0, "ms"), "pipeline.overhead": (1.2, "x"),
+        "cli.verify": (1.3, "x"), "cli.help": (1.5, "x"), "cli.config_check": (1.3, "x"),
     }
 
 
@@ -96,9 +98,23 @@ def test_the_server_and_decode_sections_come_from_the_results_file_where_it_hold
             assert f"no run of `--only {bench}`" in text, f"{bench}: not stored, and the section does not say so"
     for name in report.RENDERERS:  # every part made from a stored benchmark is in the doc, and made from it
         bench = name.split(".")[0]
-        if bench in ("decode", "fleet", "failover", "drain", "trace") and bench in doc["benches"]:
+        if bench in ("decode", "fleet", "failover", "drain", "trace", "cli") and bench in doc["benches"]:
             assert f"<!-- bench:{name} -->" in text, f"{name}: stored but not generated"
             assert "not in this results file" not in report.render(name, doc), name
+
+
+def test_every_stored_benchmark_is_in_the_docs():
+    """A benchmark the results file holds has its figures generated somewhere (else its section is
+    hand-written and goes stale unseen), and every generated part finds what it needs in the file."""
+    texts = {name: (ROOT / name).read_text(encoding="utf-8") for name in report.DOCS}
+    parts = {p for text in texts.values() for p in report._PART.findall(text)}
+    names = {name.removeprefix("=:").split(".")[0] for name, _ in parts}
+    for name, text in texts.items():
+        doc = results.load(ROOT / re.search(r"<!-- bench-results: (\S+) -->", text).group(1))
+        for bench in doc["benches"]:
+            assert bench in names, f"{bench}: stored in {name}'s results file but generated in no doc"
+        for part, _ in report._PART.findall(text):
+            assert "not in this results file" not in report.render(part, doc), f"{name}: {part}"
 
 
 def test_a_figure_changed_by_hand_in_a_generated_part_is_found():
