@@ -1,5 +1,6 @@
-"""The figures of docs/benchmarks.md, docs/raspberry-pi.md and README.md, generated from a named
-results file (bench/results.py), so the docs cannot go stale without a test saying so.
+"""The figures of the docs in DOCS (docs/benchmarks.md, docs/raspberry-pi.md, docs/decoding.md, docs/scaling.md,
+README.md), generated from a named results file (bench/results.py), so the docs cannot go stale without a test
+saying so.
 
     python -m bench.report [--results FILE] [--check]
 
@@ -17,10 +18,11 @@ import statistics
 import sys
 from collections.abc import Callable
 
+from . import goals as goalsmod
 from . import results
 
 ROOT = results.ROOT
-DOCS = ("docs/benchmarks.md", "docs/raspberry-pi.md", "README.md")
+DOCS = ("docs/benchmarks.md", "docs/raspberry-pi.md", "docs/decoding.md", "docs/scaling.md", "README.md")
 _NAMED = re.compile(r"<!-- bench-results: (\S+) -->")
 _PART = re.compile(r"<!-- bench:(\S+) -->(.*?)<!-- /bench:\1 -->", re.S)
 
@@ -84,7 +86,7 @@ def goals(doc: dict) -> str:
     rows = []
     for _name, b in doc["benches"].items():
         for g in b.get("goals", []):
-            fmt = _goal_value(g["unit"])
+            fmt = _goal_value(g)
             rows.append([f"`{g['key']}`" + (f" ({g['case']})" if g["case"] else ""), g["what"],
                          "≤ " + fmt(g["limit"]), f"**{fmt(g['median'])}**", f"{fmt(g['min'])} – {fmt(g['max'])}",
                          f"{g['met_runs']} of {len(g['runs'])}",
@@ -93,11 +95,15 @@ def goals(doc: dict) -> str:
                   "lllrrrl")
 
 
-def _goal_value(unit: str) -> Callable[[float], str]:
-    if unit == "x":
+def _goal_value(g: dict) -> Callable[[float], str]:
+    """How a judged goal's figures are written: a difference (ms above a peer) with its sign."""
+    if g["unit"] == "x":
         return lambda v: f"{v:.2f}×"
-    if unit == "ms":
-        return lambda v: f"{v:+.2f} ms"
+    if g["unit"] == "ms":
+        known = goalsmod.GOALS.get(g["key"])
+        if known is None or known.difference:
+            return lambda v: f"{v:+.2f} ms"
+        return lambda v: f"{v:.2f} ms"
     return lambda v: f"{v:.3f}"
 
 
@@ -180,8 +186,9 @@ def _goal_lines(goals: list[dict]) -> str:
     """The goals a benchmark judged, one sentence each (what, limit, median, the runs, the verdict)."""
     out = []
     for g in goals:
-        fmt = _goal_value(g["unit"])
-        out.append(f"`{g['key']}` ({g['case']}): {g['what']} ≤ {fmt(g['limit'])}: median **{fmt(g['median'])}** "
+        fmt = _goal_value(g)
+        case = f" ({g['case']})" if g["case"] else ""
+        out.append(f"`{g['key']}`{case}: {g['what']} ≤ {fmt(g['limit'])}: median **{fmt(g['median'])}** "
                    f"(runs {fmt(g['min'])} – {fmt(g['max'])}, {g['met_runs']} of {len(g['runs'])} within), "
                    f"**{g['verdict']}**" + (f" ({g['note']})" if g["note"] else "") + ".")
     return " ".join(out)
@@ -210,6 +217,42 @@ def decode_frames(doc: dict) -> str:
     return (_table(["frame", "zxing raw ms", "zxing pass-1 ms", "appliance ms", "stream ms",
                     "stream × pass-1 (p25–p75)", "stream × raw", "pyzbar QR ms", "stream × pyzbar QR (p25–p75)"], rows)
             + f"\n\nCPU ms, medians of {runs} runs. Goals on empty frames: {_goal_lines(b['goals'])} {_when(b)}.")
+
+
+def decoding_backends(doc: dict) -> str:
+    """docs/decoding.md's comparison: the sample photos and two empty 640x480 frames per backend."""
+    b = _bench(doc, "decode")
+    x, fr = b["samples"], b["frames"]
+    if not x:
+        raise _Missing("decode: the shared sample photos")
+    empty = {"pyzbar": "pyzbar QR", "zxing-cpp": "zxing raw", "appliance (auto)": "stream"}
+    rows = []
+    for name, v in x.items():
+        cells = [f"{v['correct']}/{v['n']} ({100 * v['correct'] / v['n']:.0f}%)", v["wrong"], _n(v["p50_ms"], 2),
+                 _n(v["p95_ms"], 2), *(f"{fr[f][empty[name]]:.2f} ms" for f in ("640x480 empty scene",
+                                                                                 "640x480 empty noise"))]
+        label = {"pyzbar": "pyzbar (QR only)", "zxing-cpp": "zxing-cpp (QR only)",
+                 "appliance (auto)": "appliance (`auto`; empty frames: the stream decoder)"}[name]
+        rows.append([f"**{label}**" if name.startswith("appliance") else label, *cells])
+    return (_table(["backend", "correct", "wrong", "median CPU ms/image", "p95 CPU ms/image", "empty 640x480 scene",
+                    "empty 640x480 noise"], rows) + f"\n\n{_when(b)}.")
+
+
+def decoding_empty(doc: dict) -> str:
+    """An empty frame's cost against the bare first-pass call and pyzbar, over the empty frames."""
+    fr = _bench(doc, "decode")["frames"]
+    empty = [f for name, f in fr.items() if "empty" in name]
+    if not empty or "1280x720 passer-by" not in fr:
+        raise _Missing("decode: the empty and passer-by frames")
+    lo, hi = min(f["x_pass1"] for f in empty), max(f["x_pass1"] for f in empty)
+    zlo, zhi = min(f["x_pyzbar"] for f in empty), max(f["x_pyzbar"] for f in empty)
+    moving = fr["1280x720 passer-by"]["x_pass1"]
+    return (f"an empty frame costs {lo:.2f}–{hi:.2f}x the bare zxing-cpp call with the first pass's options and "
+            f"{zlo:.2f}–{zhi:.2f}x pyzbar QR-only; a frame where something moves {moving:.1f}x the bare call")
+
+
+def decoding_goals(doc: dict) -> str:
+    return _goal_lines(_bench(doc, "decode")["goals"])
 
 
 def _seeds(b: dict, kind: str) -> list[tuple[str, dict]]:
@@ -606,6 +649,80 @@ def pi_budget(doc: dict) -> str:
                    "decode 640x480, empty / noise", "entry log CPU", "CPU per scan at 640x480"], rows)
 
 
+def pi_frames(doc: dict) -> str:
+    """The stream decoder's cost per kind of frame, on this machine and on a Pi 4 (x PI4_DECODE)."""
+    fr = _bench(doc, "decode")["frames"]
+    st = {name: f["stream"] for name, f in fr.items()}
+    need = ("640x480 empty scene", "640x480 empty noise", "1280x720 empty scene", "640x480 one card",
+            "1280x720 one card", "1280x720 passer-by")
+    if any(n not in st for n in need):
+        raise _Missing("decode: the frames the budget needs")
+    k = PI4_DECODE[0]
+
+    def both(a: str, b: str, la: str, lb: str) -> list[str]:
+        return [f"{st[a]:.2f} ms ({la}) – {st[b]:.2f} ms ({lb})", f"~{st[a] * k:.0f}–{st[b] * k:.0f} ms"]
+    rows = [["empty, 640x480 (or picamera2 lores), still lane",
+             *both("640x480 empty scene", "640x480 empty noise", "scene", "uniform noise")],
+            ["empty, 1280x720, still lane", f"{st['1280x720 empty scene']:.2f} ms",
+             f"~{st['1280x720 empty scene'] * k:.0f} ms"],
+            ["a card, read by the first pass", *both("640x480 one card", "1280x720 one card", "640x480", "1280x720")],
+            ["something moving, 1280x720 (probe and texture search for 3 s)", f"{st['1280x720 passer-by']:.2f} ms",
+             f"~{st['1280x720 passer-by'] * k:.0f} ms"]]
+    for r in rows:
+        r.append("fine" if float(r[2].split("–")[-1].strip("~ ms")) < 1000 / 15 else "**over**")
+    return _table(["frame", "x86 CPU (stream decoder)", f"Pi 4 (x{k:.0f})", "against a 15 fps period (67 ms)"],
+                  rows, "lrrl")
+
+
+def scaling_fleet(doc: dict) -> str:
+    """docs/scaling.md's ingest figures: the fleet run of the results file, group commit on and off."""
+    b = _bench(doc, "fleet")
+    f = b["figures"]
+    need = ("format 1", "format 2", "format 1, group commit off", "format 2, group commit off")
+    if any(n not in f for n in need):
+        raise _Missing("fleet: both formats with group commit on and off")
+
+    def med(case: str, key: str, form: str) -> str:
+        return format(statistics.median(f[case][key]), form)
+    on, off = need[:2], need[2:]
+    return (f"**{med(on[0], 'entries_per_s', ',.0f')} / {med(on[1], 'entries_per_s', ',.0f')} entries/s** in "
+            f"format 1 / 2 (medians of {b['runs']} runs; **{med(on[0], 'x_peer', '.2f')}× / "
+            f"{med(on[1], 'x_peer', '.2f')}×** a bare `COPY` of the same rows into the same database in the same runs, "
+            f"which reached {med(on[0], 'copy_entries_per_s', ',.0f')} / {med(on[1], 'copy_entries_per_s', ',.0f')} "
+            f"rows/s), ack p95 {med(on[0], 'ack_p95_s', '.2f')} / {med(on[1], 'ack_p95_s', '.2f')} s, server CPU "
+            f"{med(on[0], 'server_cpu_us', '.0f')} / {med(on[1], 'server_cpu_us', '.0f')} µs and PostgreSQL "
+            f"{med(on[0], 'db_cpu_us', '.0f')} / {med(on[1], 'db_cpu_us', '.0f')} µs per entry; without group commit "
+            f"{med(off[0], 'entries_per_s', ',.0f')} / {med(off[1], 'entries_per_s', ',.0f')} entries/s; "
+            f"{'no `503`' if not any(x for c in need for x in f[c]['busy']) else 'some `503`'}; "
+            f"{'each entry stored once' if all(f[c]['exactly_once'] for c in need) else '**not each entry once**'} "
+            f"({b['started'][:16].replace('T', ' ')}, load average {b['load_average'][0]:.1f}, code {b['commit']})")
+
+
+def scaling_drain(doc: dict) -> str:
+    b = _bench(doc, "drain")
+    busy = "no `503`" if not b["busy"] else f"{b['busy']} `503`/`429`"
+    once = "each entry once" if b["exactly_once"] else "**not each entry once**"
+    return (f"{b['entries']:,} entries stored in **{b['drain_s']:.0f} s** ({b['entries_per_s']:,.0f} "
+            f"entries/s, {b['x_peer']:.2f}× a bare `COPY` in the same run), ack p95 {_opt(b['ack_p95_s'])}, {busy}, "
+            f"{once} (load average {b['load_average'][0]:.1f})")
+
+
+def scaling_failover(doc: dict) -> str:
+    b = _bench(doc, "failover")
+    stalls: dict[tuple[str, str], list[float]] = {}
+    for r in b["faults"]:
+        if r["stall_s"] is not None:
+            stalls.setdefault((r["manager"], r["fault"]), []).append(r["stall_s"])
+    paf, hand = stalls.get(("pg_auto_failover", "primary_killed")), stalls.get(("pg_ctl", "primary_killed"))
+    if not paf or not hand:
+        raise _Missing("failover: the primary killed under both managers")
+    lost = "nothing lost or doubled" if all(r["exact"] for r in b["faults"]) else "**an entry lost or doubled**"
+    return (f"the primary killed mid-ingest, {lost} in any of the {len(b['faults'])} runs; uploads stalled "
+            f"{min(paf):.1f}–{max(paf):.1f} s with pg_auto_failover (most of it the monitor's detection), "
+            f"{min(hand):.1f}–{max(hand):.1f} s when the standby is promoted by hand a second after the kill "
+            f"(load average {b['load_average'][0]:.1f})")
+
+
 def readme_decode(doc: dict) -> str:
     x = _bench(doc, "decode")["samples"]
     if not x:
@@ -673,8 +790,10 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "trace": trace, "trace.console": trace_console, "failover": failover, "drain": drain, "daemon": daemon,
     "kiosk": kiosk, "fsync": fsync, "site": site, "cli": cli, "soak": soak,
     "decode.samples": decode_samples, "decode.frames": decode_frames, "decode.camera": decode_camera,
-    "decode.clips": decode_clips, "decode.clips.second": lambda doc: decode_clips(doc, 1), "fleet": fleet,
-    "pi.inputs": pi_inputs,
+    "decode.clips": decode_clips, "decoding.backends": decoding_backends, "decoding.empty": decoding_empty,
+    "decoding.goals": decoding_goals, "decode.clips.second": lambda doc: decode_clips(doc, 1), "fleet": fleet,
+    "pi.inputs": pi_inputs, "pi.frames": pi_frames, "scaling.fleet": scaling_fleet, "scaling.drain": scaling_drain,
+    "scaling.failover": scaling_failover,
     "pi.budget": pi_budget, "readme.decode": readme_decode, "readme.trace": readme_trace,
 }
 
