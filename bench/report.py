@@ -717,8 +717,9 @@ def scaling_failover(doc: dict) -> str:
     if not paf or not hand:
         raise _Missing("failover: the primary killed under both managers")
     lost = "nothing lost or doubled" if all(r["exact"] for r in b["faults"]) else "**an entry lost or doubled**"
-    return (f"the primary killed mid-ingest, {lost} in any of the {len(b['faults'])} runs; uploads stalled "
-            f"{min(paf):.1f}–{max(paf):.1f} s with pg_auto_failover (most of it the monitor's detection), "
+    return (f"{lost} in any of the {len(b['faults'])} runs of the faults; with the primary killed mid-ingest "
+            f"uploads stalled {min(paf):.1f}–{max(paf):.1f} s with pg_auto_failover (most of it the monitor's "
+            "detection), "
             f"{min(hand):.1f}–{max(hand):.1f} s when the standby is promoted by hand a second after the kill "
             f"(load average {b['load_average'][0]:.1f})")
 
