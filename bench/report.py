@@ -707,6 +707,15 @@ def scaling_drain(doc: dict) -> str:
             f"{once} (load average {b['load_average'][0]:.1f})")
 
 
+OUTAGE_ENTRIES = 1_300_000  # docs/scaling.md: a province offline for its two busiest hours
+
+
+def scaling_outage(doc: dict) -> str:
+    """How long the measured drain rate takes for a province's two busiest hours (docs/scaling.md)."""
+    b = _bench(doc, "drain")
+    return f"about {OUTAGE_ENTRIES / b['entries_per_s']:,.0f} s (at {b['entries_per_s']:,.0f} entries/s)"
+
+
 def scaling_failover(doc: dict) -> str:
     b = _bench(doc, "failover")
     stalls: dict[tuple[str, str], list[float]] = {}
@@ -794,7 +803,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "decode.clips": decode_clips, "decoding.backends": decoding_backends, "decoding.empty": decoding_empty,
     "decoding.goals": decoding_goals, "decode.clips.second": lambda doc: decode_clips(doc, 1), "fleet": fleet,
     "pi.inputs": pi_inputs, "pi.frames": pi_frames, "scaling.fleet": scaling_fleet, "scaling.drain": scaling_drain,
-    "scaling.failover": scaling_failover,
+    "scaling.failover": scaling_failover, "scaling.outage": scaling_outage,
     "pi.budget": pi_budget, "readme.decode": readme_decode, "readme.trace": readme_trace,
 }
 
