@@ -2,6 +2,7 @@
 exact bytes, bounds, row validation, and a fuzz of the parser."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import struct
@@ -180,6 +181,45 @@ def test_format_2_rows_are_checked_like_format_1(entries):
     assert exc_info.value.code == protocol.E_MALFORMED
     with pytest.raises(b.BatchError, match="version"):
         b.open_batch(signed(rows, v=7), KEY.public_key())
+
+
+_UUID = "0b7e2f4c-9a1d-4e6b-8c3f-2d5a7e9b1c40"
+# values put in a row's field (by ROW_FIELDS index): good ones and ones a check must refuse, among
+# them ones that are good only when read whole (a line break inside an id, ids run together)
+_MUTATIONS = {
+    1: ["not-a-uuid", _UUID.upper(), _UUID + "\n", "\n" + _UUID[1:], _UUID[:35], "", _UUID[:18] + "\n" + _UUID[19:],
+        _UUID + "\n" + _UUID, _UUID],
+    2: ["other-device", DEV + "x"],
+    12: [None, "abc", "ABCD", "0g", "ab" * 3, "a\nb", "ab\n", "00"],
+    14: [None, "not base64!", "AAAA", "QUJD", "QUJ", "3q2+7wABAgM="],
+    16: [None, _UUID, "x", _UUID + "\n", _UUID[:-1] + "G"],
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(sorted(_MUTATIONS)), st.integers(0, 20)) |
+                        st.tuples(st.integers(0, 5), st.just(0), st.integers(-1, 1)), max_size=4))
+def test_format_2_rows_are_accepted_and_refused_as_format_1(entries, changes):
+    """Whatever is changed in a batch's rows (ids, card ids, key ids, order), format 2 (whose rows
+    are checked column by column) takes exactly the rows format 1 takes, and refuses the others
+    with the same words."""
+    es, _ = entries
+    header, body = _parts(b.build(es[:6], KEY, device_id=DEV, created_ms=1, version=2).data)
+    rows = [list(r) for r in msgspec.msgpack.decode(zlib.decompress(body))]
+    for i, field, pick in changes:
+        rows[i][field] = rows[i][field] + pick if field == 0 else _MUTATIONS[field][pick % len(_MUTATIONS[field])]
+    raw2 = msgspec.msgpack.encode(rows)
+    raw1 = b"".join(json.dumps([*r[:17], None if r[17] is None else base64.b64encode(r[17]).decode(), r[18].hex()],
+                               ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for r in rows)
+
+    def opened(raw: bytes, version: int):
+        data = _resign(dict(header, raw_len=len(raw), v=version), zlib.compress(raw))
+        try:
+            return b.open_batch(data, KEY.public_key()).rows
+        except b.BatchError as exc:
+            return str(exc)
+
+    assert opened(raw2, 2) == opened(raw1, 1)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
