@@ -99,6 +99,9 @@ def test_batch_id_and_the_blob_itself_are_not_hashed_but_its_digest_is():
 @settings(max_examples=100, deadline=None)
 def test_column_hashes_are_each_entrys_hash(items, times):
     items = items * times  # values repeated in a column are encoded once: that path too
+    for some in (items[:1] * times, items):  # one entry repeated: every column holds one value
+        columns = [[getattr(e, name) for e in some] for name in E.HASHED_FIELDS]
+        assert E.column_hashes([e.prev_hash for e in some], columns) == [e.hash for e in some]
     items.append(sample(checkpoint_id="ệ" * 400, source_id="x" * 1023, kid=None))  # a length of >= 1024 bytes
     columns = [[getattr(e, name) for e in items] for name in E.HASHED_FIELDS]
     assert E.column_hashes([e.prev_hash for e in items], columns) == [e.hash for e in items]

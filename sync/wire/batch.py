@@ -394,6 +394,7 @@ def _b64(text: str) -> bytes | None:
 _uuids = re.compile(rf"(?:{_UUID}\n)*{_UUID}", re.ASCII).fullmatch
 _hexes = re.compile(r"[0-9a-f]*", re.ASCII).fullmatch
 _astuple = msgspec.structs.astuple
+# a row's columns (ROW_FIELDS, then prev_hash last) in RECEIVED_FIELDS order
 _as_received = operator.itemgetter(*(ROW_FIELDS.index(n) if n in ROW_FIELDS else -1 for n in RECEIVED_FIELDS))
 
 
