@@ -101,7 +101,8 @@ def test_postgres_partitions_by_day_made_on_demand_and_dropped_whole(tmp_path):
         key, dev = enroll_direct(st, "gate")
         now = now_ms()
         today = now // DAY_MS
-        times = [now - 20 * DAY, now - 20 * DAY + HOUR, now - 3 * DAY, now, now + 40 * DAY, 86_400_000 * 400]
+        old = (today - 20) * DAY_MS + HOUR  # two entries in one day (now - 20 days + an hour is the next after 23:00)
+        times = [old, old + HOUR, now - 3 * DAY, now, now + 40 * DAY, 86_400_000 * 400]
         es = chain_entries(dev, "gate", times, [None, "ab" * 8, "cd" * 8, "ef" * 8, "01" * 8, "23" * 8])
         ingest_entries(st, key, dev, es, at_ms=now - 20 * DAY)
         parts = set(st.partitions())
