@@ -118,6 +118,8 @@ class SQLStorage(Storage):
     @staticmethod
     def _record_conflicts(tx: Any, batch: ParsedBatch, held: Mapping[int, bytes], now_ms: int) -> None:
         """Entries whose seq is already ``held`` with another hash: kept aside and reported."""
+        if not held:  # the usual case: the batch is all new (no row to compare)
+            return
         info = batch.info
         entries: tuple[Entry, ...] = ()
         for i, r in enumerate(batch.rows):
