@@ -28,8 +28,11 @@ def _copy_peer(fleet: _Fleet, url: str) -> float:
     (each parsed untimed, so that two million rows never sit in memory at once); entries/s."""
     import psycopg  # deferred: the optional `server` extra
 
+    from sync.server.postgres import configure_connection  # deferred: it needs psycopg
+
     spent, n = 0.0, 0
     with psycopg.connect(url) as conn:
+        configure_connection(conn)  # the bytea dumper the server's pool uses
         conn.execute("CREATE TABLE copy_peer (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
                      "INCLUDING INDEXES)")
         types: dict[str, str] = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "

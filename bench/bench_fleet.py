@@ -172,7 +172,10 @@ def _copy_peer(fleet: _Fleet, url: str) -> float:
     """The peer: a bare binary COPY of the fleet's rows into a table like ``entries``; seconds."""
     import psycopg  # deferred: the optional `server` extra
 
+    from sync.server.postgres import configure_connection  # deferred: it needs psycopg
+
     with psycopg.connect(url) as conn:
+        configure_connection(conn)  # the bytea dumper the server's pool uses
         conn.execute("CREATE TABLE copy_peer (LIKE entries INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
                      "INCLUDING INDEXES)")
         types: dict[str, str] = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "

@@ -61,11 +61,11 @@ from sync.wire.batch import BatchError, ParsedBatch
 log = logging.getLogger(__name__)
 
 
-def _configure(conn: psycopg.Connection) -> None:
-    """A new pooled connection: the binary COPY of entries (its types set by name) dumps bytea
-    values with psycopg's bytes dumper, in C, not with the one psycopg.dbapi20 registers for the
-    bytea type (a Python method that also unwraps psycopg.Binary, never passed here): three values
-    a row, a third of the COPY's cost."""
+def configure_connection(conn: psycopg.Connection) -> None:
+    """A new pooled connection, and the benchmarks' COPY peers (so they pay what the server pays):
+    the binary COPY of entries (its types set by name) dumps bytea values with psycopg's bytes
+    dumper, in C, not with the one psycopg.dbapi20 registers for the bytea type (a Python method
+    that also unwraps psycopg.Binary, never passed here): three values a row, a third of the COPY's cost."""
     conn.adapters.register_dumper(None, BytesBinaryDumper)
 
 
@@ -234,7 +234,7 @@ class PostgresStorage(SQLStorage):
                                   code="db_unusable") from None
         # a request waits at most 10 s for a connection, then gets 503 (the device retries later)
         self.pool = ConnectionPool(url, min_size=1, max_size=max_connections, open=False, timeout=10.0,
-                                   kwargs={"autocommit": True}, name="checkpoint", configure=_configure)
+                                   kwargs={"autocommit": True}, name="checkpoint", configure=configure_connection)
         try:
             self.pool.open(wait=True, timeout=connect_timeout_s)
         except PoolTimeout:
