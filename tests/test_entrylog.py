@@ -301,6 +301,20 @@ def test_the_chain_continues_when_another_connection_appends_between(open_log, v
     assert all(e.prev_hash == p.hash for p, e in itertools.pairwise(entries))
 
 
+def test_the_chain_continues_after_another_connection_appended_and_purged(open_log, verdict_for):
+    """Another log on the file appends after this one's last link, and then purges its entries too
+    (synced, older than the retention): this log's next entry follows the anchor, not its old head."""
+    a = open_log()
+    b = open_log()
+    a.record(scan(NOW), verdict_for(), direction="in")
+    b.record(scan(NOW + 1), verdict_for(), direction="in")
+    b.mark_synced("b1", 1, 2)
+    assert b.purge(0, now=NOW + 60).purged == 2
+    assert a.record(scan(NOW + 70), verdict_for(), direction="in").entry.seq == 3
+    report = a.verify()
+    assert report.ok and report.anchor_seq == 2, report
+
+
 def _wal_pages(log: EntryLog) -> int:
     """Pages the WAL file has room for (its size; a checkpoint does not shrink it)."""
     return max(0, os.stat(f"{log.path}-wal").st_size - 32) // (4096 + 24)

@@ -35,6 +35,7 @@ from scanner.store.disk import MIB, Health
 from scanner.store.entry import (
     FOLLOWUP_KINDS,
     LINK_FIELDS,
+    STORED_FIELDS,
     Anchor,
     ChainReport,
     Entry,
@@ -77,6 +78,10 @@ PASSBACK_SQL = (
     "AND +e.checkpoint_id = ? AND e.direction = ? AND e.kind IS NULL AND e.decision = 'accept' "
     "AND NOT EXISTS (SELECT 1 FROM entries f WHERE f.ref_entry_id = e.entry_id "
     "AND f.kind = 'did_not_pass') ORDER BY e.at_ms DESC LIMIT 1")
+# INSERT_SQL's row after the head this log wrote last, written only if no purge deleted entries past
+# that head (the chain anchor is the last entry a purge deleted)
+APPEND_AFTER_SQL = (f"INSERT INTO entries ({', '.join(STORED_FIELDS)}) SELECT {', '.join('?' * len(STORED_FIELDS))} "
+                    "WHERE coalesce((SELECT seq FROM chain_anchor WHERE id = 1), 0) <= ?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,15 +404,17 @@ class EntryLog:
     def _append(self, conn: sqlite3.Connection, values: tuple, sealed: bytes | None) -> Entry:
         """Insert the next link of the chain with ``values`` (LINK_FIELDS, in order): after the head
         this log wrote last (kept in memory: one query less per scan), or, if another connection has
-        appended since (the insert then hits its seq), after the last entry in the file or the anchor."""
+        appended since (the insert then hits its seq) or purged past it (the anchor moved beyond it:
+        the insert writes nothing), after the last entry in the file or the anchor."""
         head = self._head
         if head is not None:
             entry = link(head[0], head[1], values, sealed)
             try:
-                conn.execute(INSERT_SQL, entry_row(entry))
-                return entry
+                if conn.execute(APPEND_AFTER_SQL, (*entry_row(entry), head[0])).rowcount == 1:
+                    return entry
             except sqlite3.IntegrityError:
-                self._head = None
+                pass
+            self._head = None
         last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
         if last is None:
             a = schema.read_anchor(conn)
