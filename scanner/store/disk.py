@@ -1,7 +1,7 @@
 """Free disk space next to the entry log, and the log's health from it and the last write failure.
 
-The low-disk warning comes before writes fail; the space is read with ``shutil.disk_usage`` at
-most every few seconds while recording, and on every health check.
+The low-disk warning comes before writes fail; the space is read with ``shutil.disk_usage`` on
+every health check and each tick of the retry loop (never on a scan's commit: nothing there reads it).
 docs/entry-log.md#failures-retry-queue-and-health.
 """
 from __future__ import annotations

@@ -371,7 +371,6 @@ class EntryLog:
         self._head = entry.seq, entry.hash
         self._commits += 1
         self._committed_at = time.monotonic()
-        self._disk.check()
         return RecordResult(decided, entry)
 
     def _commit_followup(self, d: FollowupDraft) -> Entry:
@@ -384,7 +383,6 @@ class EntryLog:
             entry = self._append(conn, _link_values(self._followup_fields(conn, d)), None)
         self._head = entry.seq, entry.hash
         self._commits += 1
-        self._disk.check()
         return entry
 
     @contextlib.contextmanager
