@@ -72,10 +72,12 @@ def _commit_cases(tmp: Path, mode: str, verdicts, at: int, server) -> tuple[dict
     bare.execute(f"PRAGMA synchronous = {mode}")
     template = log.record(Scan("x", "camera", "cam0", at), verdicts[0], direction="in").entry
     n = {"record": 0, "bare": 0, "none": 0}
+    # the scans as the lane hands them over, made ahead like the peer's rows (outside the timed call)
+    scans = [Scan("x", "camera", "cam0", at + 3 * i) for i in range(4001)]
 
     def record(log=log):
         i = n["record"] = n["record"] + 1
-        log.record(Scan("x", "camera", "cam0", at + 3 * i), verdicts[i % len(verdicts)], direction="in")
+        log.record(scans[i], verdicts[i % len(verdicts)], direction="in")
 
     # the peer inserts the rows record() writes: the same cards in turn, times 3 s apart (so the
     # card and checkpoint indexes grow alike); rows made ahead, outside the timed call
@@ -96,7 +98,7 @@ def _commit_cases(tmp: Path, mode: str, verdicts, at: int, server) -> tuple[dict
 
         def record_plain():
             i = n["none"] = n["none"] + 1
-            plain.record(Scan("x", "camera", "cam0", at + 3 * i), verdicts[i % len(verdicts)], direction="in")
+            plain.record(scans[i], verdicts[i % len(verdicts)], direction="in")
 
         cases["record NORMAL none"] = record_plain
     return cases, template
