@@ -35,7 +35,6 @@ from scanner.store.disk import MIB, Health
 from scanner.store.entry import (
     FOLLOWUP_KINDS,
     LINK_FIELDS,
-    STORED_FIELDS,
     Anchor,
     ChainReport,
     Entry,
@@ -78,10 +77,8 @@ PASSBACK_SQL = (
     "AND +e.checkpoint_id = ? AND e.direction = ? AND e.kind IS NULL AND e.decision = 'accept' "
     "AND NOT EXISTS (SELECT 1 FROM entries f WHERE f.ref_entry_id = e.entry_id "
     "AND f.kind = 'did_not_pass') ORDER BY e.at_ms DESC LIMIT 1")
-# INSERT_SQL's row after the head this log wrote last, written only if no purge deleted entries past
-# that head (the chain anchor is the last entry a purge deleted)
-APPEND_AFTER_SQL = (f"INSERT INTO entries ({', '.join(STORED_FIELDS)}) SELECT {', '.join('?' * len(STORED_FIELDS))} "
-                    "WHERE coalesce((SELECT seq FROM chain_anchor WHERE id = 1), 0) <= ?")
+# changes when another connection has committed to the file since this one last looked (SQLite's count)
+DATA_VERSION_SQL = "PRAGMA data_version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +162,7 @@ class EntryLog:
         self._disk = disk.DiskSpace(self.path.parent)
         self._max_db_bytes = max_db_bytes
         self._head: tuple[int, bytes] | None = None  # seq and hash of the last entry this log committed
+        self._data_version: int | None = None  # DATA_VERSION_SQL in this log's last write transaction
         self._committed_at = 0.0  # monotonic time of this log's last scan commit
         if wal_checkpoints not in CHECKPOINT_MODES:
             raise ValueError(f"wal_checkpoints must be one of {CHECKPOINT_MODES}")
@@ -361,11 +359,12 @@ class EntryLog:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            self._check_head(conn)
             decided = admit(d.verdict, d.direction, d.conditions, self._previous(conn, d))
             entry = self._append(conn, self._scan_values(d, decided.verdict), d.sealed)
             conn.execute("COMMIT")
         except BaseException:
-            self._head = None
+            self._head = self._data_version = None
             schema.rollback(conn)
             raise
         self._head = entry.seq, entry.hash
@@ -376,6 +375,7 @@ class EntryLog:
     def _commit_followup(self, d: FollowupDraft) -> Entry:
         """One transaction: the follow-up already there (idempotent), or a new link after the original."""
         with self._write() as conn:
+            self._check_head(conn)
             existing = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE ref_entry_id = ? AND kind = ?",
                                     (d.ref_entry_id, d.kind)).fetchone()
             if existing is not None:
@@ -395,24 +395,31 @@ class EntryLog:
             yield conn
             conn.execute("COMMIT")
         except BaseException:
-            self._head = None
+            self._head = self._data_version = None
             schema.rollback(conn)
             raise
+
+    def _check_head(self, conn: sqlite3.Connection) -> None:
+        """Inside a write transaction: drop the head kept in memory when another connection has
+        committed since this log's last write. Its appends after the head make the insert hit their
+        seq, but a purge may then have deleted them and left that seq free: an entry written there
+        would follow the old head, before the anchor (a broken chain)."""
+        version = conn.execute(DATA_VERSION_SQL).fetchone()[0]
+        if version != self._data_version:
+            self._head, self._data_version = None, version
 
     def _append(self, conn: sqlite3.Connection, values: tuple, sealed: bytes | None) -> Entry:
         """Insert the next link of the chain with ``values`` (LINK_FIELDS, in order): after the head
         this log wrote last (kept in memory: one query less per scan), or, if another connection has
-        appended since (the insert then hits its seq) or purged past it (the anchor moved beyond it:
-        the insert writes nothing), after the last entry in the file or the anchor."""
+        appended since (the insert then hits its seq), after the last entry in the file or the anchor."""
         head = self._head
         if head is not None:
             entry = link(head[0], head[1], values, sealed)
             try:
-                if conn.execute(APPEND_AFTER_SQL, (*entry_row(entry), head[0])).rowcount == 1:
-                    return entry
+                conn.execute(INSERT_SQL, entry_row(entry))
+                return entry
             except sqlite3.IntegrityError:
-                pass
-            self._head = None
+                self._head = None
         last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
         if last is None:
             a = schema.read_anchor(conn)
@@ -480,7 +487,7 @@ class EntryLog:
             log.warning("entry log: reopening %s failed: %s", self.path, exc)
             return
         old, self._conn = self._conn, conn
-        self._head = None
+        self._head = self._data_version = None  # data_version is counted per connection
         old.close()
 
     def wait_flushed(self, timeout: float | None = None) -> bool:
