@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+
+from scanner.base.catalogue import TABLE
 
 LANGS = ("vi", "en")
 DEFAULT_LANG = "vi"
@@ -13,8 +13,9 @@ DEFAULT_LANG = "vi"
 
 @cache
 def _table() -> dict:
-    with resources.files("scanner.base").joinpath("translations.toml").open("rb") as fh:
-        return tomllib.load(fh)
+    """The catalogue, from its generated module (compiled once, then only unmarshalled: parsing
+    the 170 KB TOML cost every command ~23 ms at start)."""
+    return TABLE
 
 
 def default_lang() -> str:
@@ -105,3 +106,4 @@ def problem_text(code: str, lang: str | None = None) -> str:
     if code in table.get("readiness", {}):
         return t(f"readiness.{code}", lang)
     return code
+
