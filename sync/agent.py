@@ -60,6 +60,7 @@ MAX_BATCH = 5000
 TARGET_S = 2.0  # a batch should take about this long on the link
 UPLOAD_DELAY_S = 2.0  # after a new entry, wait this long for more (or MIN_BATCH of them) before a contact
 SYNC_THREAD_NICE = 10  # the sync thread runs this much nicer than the rest of the process (its scan lane)
+WORKER_NICE = 10  # the batch builder's and a trust check's processes run this much nicer, and SCHED_IDLE
 
 
 def lower_thread_priority(nice: int = SYNC_THREAD_NICE) -> int | None:
@@ -79,10 +80,14 @@ def lower_thread_priority(nice: int = SYNC_THREAD_NICE) -> int | None:
 
 
 class InlineBuilder:
-    """Builds batches in the calling thread, yielding the GIL between chunks (CLI, tests)."""
+    """Builds batches in the calling thread, yielding the GIL between chunks (the daemon's `[sync]
+    builder = "inline"`, the CLI, tests). Trust checks run in this thread too, or with ``trust_nice``
+    (the daemon) in a short-lived process at that priority, as ProcessBuilder runs them."""
 
-    def __init__(self, log_: EntryLog, key: ed25519.Ed25519PrivateKey, device_id: str) -> None:
+    def __init__(self, log_: EntryLog, key: ed25519.Ed25519PrivateKey, device_id: str,
+                 trust_nice: int | None = None) -> None:
         self.log, self.key, self.device_id = log_, key, device_id
+        self.trust_nice = trust_nice
 
     def build(self, after_seq: int, limit: int, quarantined: Sequence[tuple[int, int]],
               created_ms: int, version: int = batchmod.FORMAT_VERSION) -> batchmod.SignedBatch | None:
@@ -90,10 +95,37 @@ class InlineBuilder:
                           step=lambda: time.sleep(0), version=version)
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
-        return trust_job(client, state_dir)
+        if self.trust_nice is None:
+            return trust_job(client, state_dir)
+        return trust_in_process(client, state_dir, self.trust_nice)
 
     def close(self) -> None:
         pass
+
+
+def trust_in_process(client: SyncClient, state_dir: str | os.PathLike, nice: int) -> dict:
+    """The trust update in a process of its own (`python -m sync.trustcheck`, ``nice`` steps nicer and
+    SCHED_IDLE): checking and rebuilding a bundle with a million revocations takes seconds of CPU that
+    must not hold the scan loop's GIL, and memory that goes back to the system when that process ends."""
+    connect, read = client.timeout
+    proc = subprocess.run([sys.executable, "-m", "sync.trustcheck", str(state_dir), str(connect), str(read),
+                           str(nice)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
+    try:
+        ok, value = pickle.loads(proc.stdout)
+    except (pickle.UnpicklingError, EOFError, ValueError):
+        raise SyncError(f"trust check process died (exit {proc.returncode})", code="builder_died") from None
+    if not ok:
+        raise value
+    return value
+
+
+def make_builder(kind: str, log_: EntryLog, state_dir: str | os.PathLike, device_id: str
+                 ) -> ProcessBuilder | InlineBuilder:
+    """The daemon's builder for `[sync] builder` (``kind``): batches built in a process of their own
+    ("process") or on the sync thread ("inline"); trust checks in a short-lived process either way."""
+    if kind == "process":
+        return ProcessBuilder(log_.path, state_dir, device_id)
+    return InlineBuilder(log_, identity.load(state_dir), device_id, trust_nice=WORKER_NICE)
 
 
 def child_trust(key: ed25519.Ed25519PrivateKey, state_dir: str, connect_timeout: float,
@@ -116,7 +148,7 @@ class ProcessBuilder:
     one however this one dies (it watches its request pipe for the hang-up)."""
 
     def __init__(self, log_path: str | os.PathLike, state_dir: str | os.PathLike, device_id: str,
-                 nice: int = 10) -> None:
+                 nice: int = WORKER_NICE) -> None:
         self._args = (str(log_path), str(state_dir), device_id, str(nice))
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
@@ -184,23 +216,12 @@ class ProcessBuilder:
         return self._call("build", after_seq, limit, list(quarantined), created_ms, version)
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
-        """The trust update in a process of its own (`python -m sync.trustcheck`, at the builder's
-        priority), one at a time with the builds: checking and rebuilding a bundle with a million
-        revocations takes seconds of CPU that must not hold the scan loop's GIL, and memory that
-        goes back to the system when that process ends. The batch builder is ended first (the next
-        build starts it again), so the two workers never hold memory at the same time."""
-        connect, read = client.timeout
+        """The trust update in a process of its own at the builder's priority (trust_in_process),
+        one at a time with the builds. The batch builder is ended first (the next build starts it
+        again), so the two workers never hold memory at the same time."""
         with self._lock:
             self._stop()
-            proc = subprocess.run([sys.executable, "-m", "sync.trustcheck", str(state_dir), str(connect), str(read),
-                                   self._args[3]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, check=False)
-        try:
-            ok, value = pickle.loads(proc.stdout)
-        except (pickle.UnpicklingError, EOFError, ValueError):
-            raise SyncError(f"trust check process died (exit {proc.returncode})", code="builder_died") from None
-        if not ok:
-            raise value
-        return value
+            return trust_in_process(client, state_dir, int(self._args[3]))
 
     def close(self) -> None:
         with self._lock:

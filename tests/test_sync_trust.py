@@ -4,6 +4,7 @@ not modified, delta, full, a tampered bundle, a rollback."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
 from scanner.cards.trust import load_device_trust
 from scanner.store.entrylog import EntryLogError
 from sync import trustupdate
-from sync.agent import ProcessBuilder, SyncAgent
+from sync.agent import ProcessBuilder, SyncAgent, make_builder
 from sync.client import SyncClient, SyncError
 from sync.server.app import make_server
 from sync.server.bundles import publish
@@ -305,6 +306,30 @@ def test_a_trust_check_runs_in_a_process_that_ends_beside_the_builder(server, tm
         assert _children() == [] and builder.pid is None and not os.path.exists(f"/proc/{worker}")
         assert builder.build(0, 10, [], now_ms()).info.count == 3
         assert builder.pid not in (None, worker) and _children() == [builder.pid]
+    finally:
+        client.close()
+        builder.close()
+
+
+@pytest.mark.parametrize("kind", ["process", "inline"])
+def test_the_daemons_trust_checks_run_in_a_process_of_their_own_with_either_builder(
+        kind, server, tmp_path, make_bundle_bytes, root_key):
+    """`[sync] builder` decides where batches are built; a trust check (seconds of CPU for a big bundle,
+    memory an allocator would keep) runs in a short-lived process with either, off the scan loop's GIL."""
+    publish(server.storage, make_bundle_bytes(version=1, revoked_cards=ids(50)), now_ms=now_ms(),
+            root=root_key.public_key())
+    dev = provision_device(server, tmp_path)
+    builder = make_builder(kind, dev.log, dev.state, dev.device_id)
+    client = SyncClient(server.url, identity.load(dev.state), device_id=dev.device_id)
+    try:
+        publish(server.storage, make_bundle_bytes(version=2, revoked_cards=ids(60)), now_ms=now_ms(),
+                root_private=root_key)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert builder.refresh_trust(client, dev.state)["status"] == "delta"
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # the check's CPU was a child's (ended and reaped), not this process's
+        assert after.ru_utime + after.ru_stime > before.ru_utime + before.ru_stime
+        assert _children() == [] and trustupdate.current(dev.state, [root_key.public_key()])[1].version == 2
     finally:
         client.close()
         builder.close()

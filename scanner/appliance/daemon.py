@@ -71,7 +71,7 @@ from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
 from scanner.store import premigrate
 from scanner.store.entrylog import EntryLog, EntryLogError
-from sync.agent import InlineBuilder, ProcessBuilder, SyncAgent
+from sync.agent import SyncAgent, make_builder
 from sync.pull import PullService, with_pull
 from sync.site.node import Settings as SiteSettings
 from sync.site.node import SiteNode
@@ -436,10 +436,9 @@ class Appliance:
         assert supervisor is not None, "started"
         sync_log = EntryLog(self.config.db_path, create=False, wal_checkpoints="idle")  # the agent's own connection
         try:
-            builder = (ProcessBuilder(self.config.db_path, self.state_dir, core.device_id)
-                       if cfg.builder == "process"
-                       else InlineBuilder(sync_log, identity.load(self.state_dir), core.device_id))
-            agent = SyncAgent(self.state_dir, sync_log, builder=builder, inputs=self._inputs_up,
+            agent = SyncAgent(self.state_dir, sync_log, builder=make_builder(cfg.builder, sync_log, self.state_dir,
+                                                                             core.device_id),
+                              inputs=self._inputs_up,
                               on_trust=lambda version: supervisor.trust_changed(),  # a bundle or credential
                               connect_timeout=cfg.connect_timeout_s, read_timeout=cfg.read_timeout_s,
                               trust_interval_s=cfg.trust_interval_s, idle_interval_s=cfg.interval_s,
