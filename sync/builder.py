@@ -18,7 +18,7 @@ import sys
 import threading
 
 from scanner.base.allocator import return_large_blocks
-from scanner.store.entrylog import READER_CACHE_KIB, EntryLog
+from scanner.store.entrylog import EntryLog
 from sync.building import build_next
 from sync.errors import SyncError
 from sync.wire import batch as batchmod
@@ -61,7 +61,7 @@ def lower_priority(nice: int) -> None:
 def init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
     """Set up this process: its priority, the log, the device key."""
     lower_priority(nice)
-    _STATE["log"] = EntryLog(log_path, create=False, cache_kib=READER_CACHE_KIB)
+    _STATE["log"] = EntryLog(log_path, create=False)
     _STATE["key"] = identity.load(state_dir)
     _STATE["device_id"] = device_id
 

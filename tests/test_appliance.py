@@ -9,7 +9,6 @@ import gc
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support.appliance import HeldServer, NotifySocket
 from support.config import standalone, write_config
 from support.inputs import Fifo
-from support.paths import ROOT
 from support.pki import make_pki
 from support.waiting import WAIT, wait_for
 
@@ -253,45 +251,6 @@ def test_the_lanes_log_is_checkpointed_by_the_tick_when_idle_never_in_a_commit(t
         r.until(lambda: db.stat().st_mtime_ns > written, "a checkpoint by the tick")
     finally:
         r.stop()
-
-
-_HEAPS = """
-import ctypes, sys, threading
-from scanner.base import allocator
-if sys.argv[1] == "daemon":
-    assert allocator.few_arenas()
-libc = ctypes.CDLL(None)
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
-libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, (ctypes.c_char_p, ctypes.c_char_p)
-libc.malloc_info.argtypes, libc.fclose.argtypes = (ctypes.c_int, ctypes.c_void_p), (ctypes.c_void_p,)
-together = threading.Barrier(9)
-def work():
-    libc.malloc(1000)
-    together.wait()  # every thread holds its block, alive at once
-    together.wait()
-threads = [threading.Thread(target=work) for _ in range(8)]
-for t in threads:
-    t.start()
-together.wait()
-fh = libc.fopen(sys.argv[2].encode(), b"w")
-libc.malloc_info(0, fh)
-libc.fclose(fh)
-together.wait()
-for t in threads:
-    t.join()
-"""
-
-
-def test_the_daemons_threads_share_one_heap_of_the_c_allocator(tmp_path):
-    """glibc gives each new thread a heap of its own (an arena, up to eight per core), each keeping what was
-    freed in it; `checkpoint run` has its threads share the main one (scanner/base/allocator.py)."""
-    counts = {}
-    for how in ("plain", "daemon"):
-        out = tmp_path / f"{how}.xml"
-        subprocess.run([sys.executable, "-c", _HEAPS, how, str(out)], cwd=ROOT, check=True, timeout=WAIT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-        counts[how] = out.read_text(encoding="ascii").count("<heap nr=")
-    assert counts["plain"] > 1 and counts["daemon"] == 1, counts  # the first shows the check can fail
 
 
 def test_tuning_helpers_round_trip():

@@ -580,20 +580,3 @@ def test_entry_ids_are_random_version_4_uuids():
     for pos in [i for i in range(36) if i not in (8, 13, 14, 18, 19, 23)]:
         assert len({text[pos] for text in ids}) == 16, pos
     assert {text[19] for text in ids} == set("89ab")
-
-
-def test_a_reading_connection_keeps_a_small_page_cache_after_a_reopen_too(tmp_path):
-    """The sync side's connections read each entry about once: their page cache is kept small
-    (READER_CACHE_KIB, not SQLite's 2 MiB, in the daemon and the batch builder), also on the
-    connection that replaces one after an I/O error."""
-    EntryLog(tmp_path / "e.db").close()
-    log_ = EntryLog(tmp_path / "e.db", create=False, cache_kib=entrylog_mod.READER_CACHE_KIB)
-    lane = EntryLog(tmp_path / "e.db", create=False)
-    try:
-        assert log_._conn.execute("PRAGMA cache_size").fetchone()[0] == -entrylog_mod.READER_CACHE_KIB
-        log_._reconnect()
-        assert log_._conn.execute("PRAGMA cache_size").fetchone()[0] == -entrylog_mod.READER_CACHE_KIB
-        assert lane._conn.execute("PRAGMA cache_size").fetchone()[0] == -2000  # the lane's: SQLite's default
-    finally:
-        log_.close()
-        lane.close()

@@ -29,8 +29,7 @@ from scanner.cards import keys as keymod
 from scanner.cards import verifier
 from scanner.cards.bundle import BundleKey, make_bundle, open_bundle
 from scanner.cards.trust import load_device_trust
-from scanner.store.entrylog import READER_CACHE_KIB, EntryLogError
-from sync import builder as builder_mod
+from scanner.store.entrylog import EntryLogError
 from sync import trustupdate
 from sync.agent import ProcessBuilder, SyncAgent, make_builder
 from sync.client import SyncClient, SyncError
@@ -334,19 +333,6 @@ def test_the_daemons_trust_checks_run_in_a_process_of_their_own_with_either_buil
     finally:
         client.close()
         builder.close()
-
-
-def test_the_batch_builder_reads_the_log_with_a_small_page_cache(server, tmp_path):
-    """The builder reads each entry about once: its connection keeps READER_CACHE_KIB of pages, not
-    SQLite's 2 MiB (that process's RSS counts in the appliance's)."""
-    dev = provision_device(server, tmp_path)
-    builder_mod.init(str(dev.log.path), str(dev.state), dev.device_id, 0)
-    try:
-        conn = builder_mod._STATE["log"]._conn
-        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -READER_CACHE_KIB
-    finally:
-        builder_mod._STATE.pop("log").close()
-        builder_mod._STATE.clear()
 
 
 def _children() -> list[int]:

@@ -14,7 +14,7 @@ from scanner.appliance import logsetup
 from scanner.appliance.config import DEFAULT_PATH
 from scanner.appliance.daemon import Appliance, DaemonError
 from scanner.base import i18n
-from scanner.base.allocator import few_arenas, return_large_blocks
+from scanner.base.allocator import return_large_blocks
 from scanner.base.errors import error_text
 from scanner.base.safetext import escape
 from scanner.cli.common import EXIT_FATAL, fail
@@ -35,7 +35,6 @@ def run_cmd(config_path, once, sync_timeout, log_level):
 
     SIGTERM/SIGINT stop it cleanly (exit 0); SIGHUP reloads the config's live keys and the trust."""
     return_large_blocks()  # a trust bundle's buffers go back to the system after each swap
-    few_arenas()  # the threads share one heap: what one frees, another reuses
     config = load_config(config_path)
     if once and not (config.stdin or any(not _is_live(c) for c in config.cameras())):
         fail(i18n.text("cli_error.run_once"))

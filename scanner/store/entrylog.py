@@ -64,7 +64,6 @@ HOLDER_MODES = ("sealed", "none")
 # "auto": SQLite checkpoints the WAL inside the commit that takes it past 1000 pages (whichever
 # connection's that is); "idle": never inside a commit, the owner calls checkpoint_when_idle
 CHECKPOINT_MODES = ("auto", "idle")
-READER_CACHE_KIB = 256  # page cache of a connection that reads each entry about once (sync), not the lane's
 CHECKPOINT_COMMITS = 200  # an idle checkpoint after this many commits of this log (~1000 pages, SQLite's own)
 CHECKPOINT_QUIET_S = 0.02  # ... while no commit of it is in flight and none ended this recently (between scans)
 CHECKPOINT_MAX_COMMITS = 1600  # ... or, between scans or not, after this many
@@ -132,8 +131,7 @@ class EntryLog:
                  passback_window_s: float = 120.0, retention_days: int = 21,
                  min_free_bytes: int = 100 * MIB, max_db_bytes: int | None = None,
                  retry_queue_max: int = 1000, clock: Callable[[], str] | None = None,
-                 tz: dt.tzinfo | None = None, create: bool = True, wal_checkpoints: str = "auto",
-                 cache_kib: int | None = None) -> None:
+                 tz: dt.tzinfo | None = None, create: bool = True, wal_checkpoints: str = "auto") -> None:
         if holder_details not in HOLDER_MODES:
             raise ValueError(f"holder_details must be one of {HOLDER_MODES}")
         synchronous = synchronous.upper()
@@ -173,10 +171,9 @@ class EntryLog:
         self._checkpoint_lock = threading.Lock()
         self._commits = 0  # this log's commits since its last idle checkpoint
         self._in_flight = False  # a commit of this log is under way
-        self._cache_kib = cache_kib
         self._conn = schema.connect(self.path, create=create, busy_timeout_s=busy_timeout_s,
                                     synchronous=synchronous, max_db_bytes=max_db_bytes,
-                                    autocheckpoint=wal_checkpoints == "auto", cache_kib=cache_kib)
+                                    autocheckpoint=wal_checkpoints == "auto")
         self._disk.check(force=True)
 
     @property
@@ -485,8 +482,7 @@ class EntryLog:
         """After an I/O error SQLite may need a fresh file handle (e.g. a remounted card)."""
         try:
             conn = schema.reconnect(self.path, busy_timeout_s=self.busy_timeout_s, synchronous=self.synchronous,
-                                    max_db_bytes=self._max_db_bytes, autocheckpoint=self.wal_checkpoints == "auto",
-                                    cache_kib=self._cache_kib)
+                                    max_db_bytes=self._max_db_bytes, autocheckpoint=self.wal_checkpoints == "auto")
         except (sqlite3.Error, EntryLogError) as exc:
             log.warning("entry log: reopening %s failed: %s", self.path, exc)
             return
