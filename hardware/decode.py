@@ -231,6 +231,10 @@ STREAK_FIRST = 1.5
 its defocus (a hand's shake, under a module, squeezes a defocused code 1.0-1.35x; a two-module streak 1.8x)."""
 UNSLANT_SCALE = 1.5
 """An unslanted crop is also enlarged at least this much (its squeezed modules were smeared)."""
+OUTLINE_MARGIN = 0.5
+"""An outline of a code's modules with a corner on its crop's edge runs out of the crop: it is looked for
+again in a crop widened by this share of the symbol's longest side (on a card seen 60° from the side with
+a skew, the texture search's region is only part of the code, whose far corner has sparse modules)."""
 OUTLINE_STREAK = 1.15
 """A code squared up on its outline (`enhance.code_outline`) whose gradients are still this squeezed
 (`enhance.squeeze`) is streaked: the streak is then measured on the squared code and undone."""
@@ -446,11 +450,17 @@ class ApplianceDecoder:
 
         def outlined():
             # modules across the squeezed direction: an outline seen at a slant is that much narrower
-            corners = enhance.code_outline(img, module / enhance.quad_aspect(quad))
+            across = module / enhance.quad_aspect(quad)
+            corners, area = enhance.code_outline(img, across), crop
+            if corners is not None and src is not None and _on_edge(corners, img.shape, module):
+                wide = enhance.crop_around(src, quad, OUTLINE_MARGIN, scale=scale)
+                if wide is not None:
+                    area = wide
+                    corners = enhance.code_outline(np.ascontiguousarray(wide.image), across)
             if corners is None:
                 return None, "local", back(1.0)
             side = int(min(900, max(READABLE_MODULE_PX * MODULE_GUESS, enhance.quad_side(corners))))
-            square, to_img = enhance.square_up(img, corners, side)
+            square, to_img = enhance.square_up(area.image, corners, side)
             if enhance.squeeze(square) >= OUTLINE_STREAK:
                 # squared up, the grid has no main direction of its own: what is left is the hand's streak
                 angle = enhance.streak_direction(square)
@@ -459,7 +469,7 @@ class ApplianceDecoder:
 
             def to_frame(x: float, y: float) -> tuple[int, int]:
                 px, py, pw = to_img @ (x, y, 1.0)
-                return int(round((px / pw + crop.x0) * inv)), int(round((py / pw + crop.y0) * inv))
+                return int(round((px / pw + area.x0) * inv)), int(round((py / pw + area.y0) * inv))
             return square, "local", to_frame
 
         outline = np.asarray([(x * scale - crop.x0, y * scale - crop.y0) for x, y in quad], np.float32)
@@ -512,6 +522,12 @@ class ApplianceDecoder:
         if self._helper is not None:
             out.append(Attempt("pyzbar", resized(factor, "pyzbar")))
         return out
+
+
+def _on_edge(corners: np.ndarray, shape: tuple[int, ...], module_px: float) -> bool:
+    """Whether a corner of an outline lies within a module of its image's edge, or beyond it."""
+    h, w = shape[:2]
+    return any(min(x, y, w - 1 - x, h - 1 - y) < module_px for x, y in corners)
 
 
 def _scaled_corners(corners: Corners, sx: float, sy: float) -> Corners:

@@ -40,6 +40,12 @@ code both slanted and streaked by a shaking hand, whose region is ragged at the 
 lane, sensor noise and a passer-by still give no region at it."""
 MIN_REGION_PX = 14
 """Smallest side (thumbnail pixels) of a code-like region: a 25-module code at 1.5 px per module."""
+MIN_REGION_WIDTH = 12
+"""Smallest short side (thumbnail pixels) of a code-like region's rectangle: a code seen 60° from the side
+with a skew is a thin rhombus, whose isotropic texture in the thumbnail is a strip 12-15 pixels wide."""
+REGION_FILL = 0.45
+"""Least share of its rectangle a code-like region fills: a skewed rhombus fills half its rectangle, and
+a streaked one's ragged texture a little less."""
 MAX_ASPECT = 3.2
 """Longest to shortest side of a code-like region: a square tilted 60° away is 2:1, plus slack."""
 WIENER_NSR = 0.006
@@ -116,22 +122,27 @@ def texture_regions(gray: np.ndarray, limit: int = 2) -> list[Quad]:
     energy = jxx + jyy
     coherence = cv2.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (energy + 1e-3)
     strong = energy > TEXTURE_LEVEL ** 2
-    found: list[tuple[float, tuple[float, float], float, Quad]] = []
+    outlines = []
     for level in ISOTROPY:
         mask = (strong & (coherence < level)).astype(np.uint8) * 255
         opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
         contours, _ = cv2.findContours(opened, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        for contour in contours:
+        outlines += [c for c in contours if cv2.contourArea(c) >= MIN_REGION_PX * MIN_REGION_PX]
+    found: list[tuple[float, tuple[float, float], float, Quad]] = []
+    # square-ish solid regions first; only where there are none, thinner and more ragged ones (a skewed
+    # code seen at a slant), so that they never displace a region the stricter rule finds
+    for width, fill in ((MIN_REGION_PX, 0.5), (MIN_REGION_WIDTH, REGION_FILL)):
+        for contour in outlines:
             area = cv2.contourArea(contour)
-            if area < MIN_REGION_PX * MIN_REGION_PX:
-                continue
             (cx, cy), (rw, rh), angle = cv2.minAreaRect(contour)
-            if min(rw, rh) < MIN_REGION_PX or max(rw, rh) > MAX_ASPECT * min(rw, rh) or area < 0.5 * rw * rh:
+            if min(rw, rh) < width or max(rw, rh) > MAX_ASPECT * min(rw, rh) or area < fill * rw * rh:
                 continue
             if any(math.dist((cx, cy), c) < side / 3 for _, c, side, _ in found):
                 continue  # the same region at the other level
             box = cv2.boxPoints(((cx, cy), (rw, rh), angle)) * scale
             found.append((area, (cx, cy), max(rw, rh), tuple((int(round(x)), int(round(y))) for x, y in box)))
+        if found:
+            break
     found.sort(key=lambda f: -f[0])
     return [q for *_, q in found[:limit]]
 
