@@ -281,9 +281,9 @@ def test_the_server_daemons_say_where_they_listen_in_vietnamese(tmp_path):
     db = str(tmp_path / "server" / "c.db")
     load_or_create_sealing_key(tmp_path / "server")
     sock = str(tmp_path / "opener.sock")
-    run_port = free_port()
+    run_port, console_port = free_port(), free_port()
     for args, said in ((["run", "--listen", f"127.0.0.1:{run_port}"], "đang nghe"),
-                       (["console", "--insecure-http", "--listen", f"127.0.0.1:{free_port()}"], "đang nghe"),
+                       (["console", "--insecure-http", "--listen", f"127.0.0.1:{console_port}"], "đang nghe"),
                        (["opener", "--socket", sock], "đã dừng")):
         term = Terminal([sys.executable, "-m", "scanner", "server", *args, "--db", db], cwd=ROOT,
                         env={**os.environ, "CHECKPOINT_LANG": "vi"})
@@ -293,6 +293,8 @@ def test_the_server_daemons_say_where_they_listen_in_vietnamese(tmp_path):
                 term.wait_for("`checkpoint server credential publish`")
                 # Ctrl-C once it really serves: its line is printed just before uvicorn takes its signals
                 wait_for(lambda: _answers(f"http://127.0.0.1:{run_port}/v1/health"), "the server answering")
+            if args[0] == "console":  # the same for the console (its line, too, comes before uvicorn's signals)
+                wait_for(lambda: _answers(f"http://127.0.0.1:{console_port}/login"), "the console answering")
             term.ctrl_c()
             term.finish()
             lines = [line for line in term.text().splitlines() if line.startswith("checkpoint ") and said in line]
