@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
+from support.mutations import mutated
 
 from scanner.base.errors import CardRejected, Reason
 from scanner.cards import cbor
@@ -173,26 +174,6 @@ def test_the_straight_read_agrees_with_the_decoder_on_every_single_byte_change()
             assert straight is None or straight == outcome(ck1.read_claims, raw), raw.hex()
 
 
-def _mutated(data: bytes, draw) -> bytes:
-    raw = bytearray(data)
-    for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "set", "append", "cut"]))
-        pos = draw(st.integers(0, len(raw)))
-        byte = draw(st.sampled_from(BYTES))
-        if op == "insert":
-            raw.insert(pos, byte)
-        elif op == "append":
-            raw.append(byte)
-        elif op == "cut":
-            del raw[pos:]
-        elif raw and pos < len(raw):
-            if op == "delete":
-                del raw[pos]
-            elif op == "flip":
-                raw[pos] ^= 1 << draw(st.integers(0, 7))
-            else:
-                raw[pos] = byte
-    return bytes(raw)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -200,7 +181,7 @@ def _mutated(data: bytes, draw) -> bytes:
 def test_the_straight_read_agrees_with_the_decoder_on_any_bytes(claims, data):
     """Issued claims with bytes changed, inserted, cut: the straight read gives what the decoding
     reader gives, or leaves the bytes to it (None); parse_claims reads them as the plain reading."""
-    payload = _mutated(cbor.dumps(claims), data.draw)
+    payload = mutated(cbor.dumps(claims), data.draw, BYTES)
     straight = ck1.canonical_claims(payload, KID)
     read = outcome(ck1.read_claims, payload)
     event("read straight" if straight is not None else "left to the decoder")
