@@ -426,6 +426,30 @@ def _float(value: float) -> bytes:
     return b"\xfb" + struct.pack(">d", value)
 
 
+def string_at(data: bytes, pos: int, major: int) -> tuple[bytes, int]:
+    """The content of the definite-length byte (major 2) or text (major 3) string whose head, with
+    up to two length bytes, is at ``pos``, and where it ends (the fast paths' reader of issued
+    layouts). CborError for any other head or a string running past the data; IndexError for a
+    head cut short."""
+    ib = data[pos]
+    base = major << 5
+    if base <= ib < base + 24:
+        n = ib - base
+        pos += 1
+    elif ib == base + 24:
+        n = data[pos + 1]
+        pos += 2
+    elif ib == base + 25:
+        n = data[pos + 1] << 8 | data[pos + 2]
+        pos += 3
+    else:
+        raise CborError("not a string head of up to two length bytes")
+    end = pos + n
+    if end > len(data):
+        raise CborError("a string longer than the data")
+    return data[pos:end], end
+
+
 def bstr_head(n: int) -> bytes:
     """The head of a byte string of length n (for building Sig_structure without copying)."""
     return _head(2, n)

@@ -136,39 +136,16 @@ def plain_envelope(data: bytes) -> tuple[bytes, dict, bytes, bytes] | None:
         pos = 1 if data[0] == 0xD2 else 0  # tag 18 in its one-byte head
         if data[pos] != 0x84:
             return None
-        protected, pos = _bstr(data, pos + 1)
+        protected, pos = cbor.string_at(data, pos + 1, 2)
         if data[pos] != 0xA0:
             return None
-        payload, pos = _bstr(data, pos + 1)
-        signature, pos = _bstr(data, pos)
-    except (_NotPlain, IndexError):  # another head, or shorter than its heads say
+        payload, pos = cbor.string_at(data, pos + 1, 2)
+        signature, pos = cbor.string_at(data, pos, 2)
+    except (cbor.CborError, IndexError):  # another head, or shorter than its heads say
         return None
     if pos != len(data):
         return None
     return protected, {}, payload, signature
-
-
-class _NotPlain(Exception):
-    """Bytes `plain_envelope` leaves to the decoder."""
-
-
-def _bstr(data: bytes, pos: int) -> tuple[bytes, int]:
-    """The definite-length byte string whose head is at ``pos``, and where it ends."""
-    ib = data[pos]
-    if 0x40 <= ib < 0x58:
-        n = ib - 0x40
-        pos += 1
-    elif ib == 0x58:
-        n = data[pos + 1]
-        pos += 2
-    elif ib == 0x59:
-        n = data[pos + 1] << 8 | data[pos + 2]
-        pos += 3
-    else:
-        raise _NotPlain
-    if pos + n > len(data):
-        raise _NotPlain
-    return data[pos:pos + n], pos + n
 
 
 def verify_signature(public_key: Any, alg: int, message: bytes, signature: bytes) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scanner.base.errors import CardRejected, Reason
-from scanner.cards import base45, cose
+from scanner.cards import base45, cbor, cose
 from scanner.cards.formats.cose_card import CoseRules, authenticate, cwt_claims
 from scanner.cards.trust import TrustStore
 from scanner.cards.verdict import Card, Verdict, accept, new_card, new_holder, reject
@@ -118,10 +118,6 @@ _MIDDLE = re.compile(rb"\x04\x1a(.{4})(?:\x05\x1a(.{4}))?\x06\x1a(.{4})\x07\x50(
                      rb"\x3a\x00\x01\x00\x00([\xa3-\xa6])\x61d", re.DOTALL)
 
 
-class _NotCanonical(Exception):
-    """Claims `canonical_claims` leaves to `read_claims`."""
-
-
 def canonical_claims(payload: bytes, kid: bytes) -> Card | None:
     """`read_claims` of claims written as this project's issuer writes them, read straight from the
     bytes (no map is built); None for anything else, and for any claim that fails a check:
@@ -159,7 +155,7 @@ def canonical_claims(payload: bytes, kid: bytes) -> Card | None:
             fields -= 1
         if fields or pos != len(payload):
             return None
-    except (_NotCanonical, IndexError, UnicodeDecodeError):
+    except (cbor.CborError, IndexError, UnicodeDecodeError):
         return None
     exp = int.from_bytes(exp_bytes, "big")
     iat = int.from_bytes(iat_bytes, "big")
@@ -179,22 +175,8 @@ def canonical_claims(payload: bytes, kid: bytes) -> Card | None:
 
 def _text_at(data: bytes, pos: int) -> tuple[str, int]:
     """The definite-length text string whose head (up to two length bytes) is at ``pos``, and where it ends."""
-    ib = data[pos]
-    if 0x60 <= ib < 0x78:
-        n = ib - 0x60
-        pos += 1
-    elif ib == 0x78:
-        n = data[pos + 1]
-        pos += 2
-    elif ib == 0x79:
-        n = data[pos + 1] << 8 | data[pos + 2]
-        pos += 3
-    else:
-        raise _NotCanonical
-    end = pos + n
-    if end > len(data):
-        raise _NotCanonical
-    return data[pos:end].decode("utf-8"), end
+    raw, end = cbor.string_at(data, pos, 3)
+    return raw.decode("utf-8"), end
 
 
 def read_claims(payload: bytes, kid: bytes) -> Card:
