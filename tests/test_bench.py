@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import zxingcpp
 from support.paths import ROOT
 
-from bench import bench_verify, fixtures, goals, report, results
+from bench import bench_cli, bench_verify, fixtures, goals, report, results
 from bench.world import bundle_bytes, world
 from hardware.decode import make_decoder
 from scanner.cards import verifier
@@ -181,3 +183,14 @@ def test_the_decode_peer_makes_the_first_passs_call(monkeypatch):
         calls.clear()
         decoder.decode(np.full(shape, 128, np.uint8))
         assert calls[0] == decoder.first_pass_options(shape)
+
+
+def test_the_cli_commands_and_their_peers_run_from_bytecode(tmp_path, monkeypatch):
+    """bench_cli's children run as an installed appliance does, from bytecode (the project's modules
+    too, not only the peer's click), even from a shell that writes none."""
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    env = bench_cli.child_env(tmp_path)
+    probe = "import sys, click, scanner.base.catalogue; print(sys.flags.dont_write_bytecode)"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+    assert list(tmp_path.rglob("scanner/base/catalogue.*.pyc")) and list(tmp_path.rglob("click/core.*.pyc"))
