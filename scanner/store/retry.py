@@ -76,31 +76,31 @@ class RetryQueue:
         if max_len < 1:
             raise ValueError("the retry queue must hold at least one entry")
         self.max_len = max_len
-        self._drafts: deque[Draft] = deque()
+        self.drafts: deque[Draft] = deque()  # read-only outside: whether any wait is one look-up
         self._emptied = threading.Condition(lock)
         self.problem: str | None = None  # the last failure's code while commits fail
         self.detail = ""
 
     def __len__(self) -> int:
-        return len(self._drafts)
+        return len(self.drafts)
 
     def holds(self, entry_id: str) -> bool:
-        return any(d.entry_id == entry_id for d in self._drafts)
+        return any(d.entry_id == entry_id for d in self.drafts)
 
     def keep(self, draft: Draft, code: str, detail: str) -> NoReturn:
         """Keep the draft for the retry loop and raise the typed error (never a silent drop)."""
         self.problem, self.detail = code, detail
         draft = refused(draft, code, detail)
-        if len(self._drafts) >= self.max_len:
+        if len(self.drafts) >= self.max_len:
             self.problem = "log_queue_full"
             log.error("entry log: retry queue full (%d); entry %s NOT recorded (%s)",
-                      len(self._drafts), draft.entry_id, code)
-            raise EntryLogWriteError(f"entry log retry queue full ({len(self._drafts)}): entry NOT "
+                      len(self.drafts), draft.entry_id, code)
+            raise EntryLogWriteError(f"entry log retry queue full ({len(self.drafts)}): entry NOT "
                                      f"recorded; last error: {detail}", code="log_queue_full",
                                      entry_id=draft.entry_id, queued=False)
-        self._drafts.append(draft)
+        self.drafts.append(draft)
         log.error("entry log: commit failed (%s); entry %s queued for retry (%d waiting)",
-                  code, draft.entry_id, len(self._drafts))
+                  code, draft.entry_id, len(self.drafts))
         raise EntryLogWriteError(f"entry log commit failed ({code}): {detail}; entry kept for retry",
                                  code=code, entry_id=draft.entry_id, queued=True)
 
@@ -108,8 +108,8 @@ class RetryQueue:
         """Commit the queued drafts, oldest first; returns how many. On a storage failure, raise
         EntryLogWriteError and keep the rest (``reopen`` first after an I/O error)."""
         n = 0
-        while self._drafts:
-            draft = self._drafts[0]
+        while self.drafts:
+            draft = self.drafts[0]
             try:
                 commit(draft)
             except sqlite3.Error as exc:
@@ -124,7 +124,7 @@ class RetryQueue:
             except EntryLogError as exc:  # e.g. the original of a follow-up is gone: report it loudly
                 log.error("entry log: queued %s %s cannot be committed: %s",
                           draft.kind if isinstance(draft, FollowupDraft) else "entry", draft.entry_id, exc)
-            self._drafts.popleft()
+            self.drafts.popleft()
             n += 1
         self.problem, self.detail = None, ""
         self._emptied.notify_all()
@@ -133,4 +133,4 @@ class RetryQueue:
     def wait_empty(self, timeout: float | None = None) -> bool:
         """Block until the queue is empty (True) or ``timeout`` passes (False)."""
         with self._emptied:
-            return self._emptied.wait_for(lambda: not self._drafts, timeout)
+            return self._emptied.wait_for(lambda: not self.drafts, timeout)
