@@ -9,11 +9,13 @@ server's public key: a stolen device cannot open its log.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
@@ -108,35 +110,46 @@ class Sealer:
         self._key_id = _key_id_of_raw(self._server_raw)
         self.max_blobs, self.max_age_s, self._clock = max_blobs, max_age_s, clock
         self._lock = threading.Lock()
-        self._session: tuple[bytes, AESGCM, float] | None = None  # header prefix, cipher, started
-        self._left = 0
+        # header prefix, cipher, started, count of the blobs it sealed (itertools.count: next() is one
+        # step under the GIL, so a blob takes its number without a lock)
+        self._session: tuple[bytes, AESGCM, float, Iterator[int]] | None = None
         self.sessions = 0  # how many sessions so far (for tests and stats)
 
-    def _new_session(self, now: float) -> tuple[bytes, AESGCM, float]:
+    def _new_session(self, now: float) -> tuple[bytes, AESGCM, float, Iterator[int]]:
         eph = X25519PrivateKey.generate()
         eph_pub = _raw(eph.public_key())
         key, _ = _derive(VERSION, eph.exchange(self._server), eph_pub, self._server_raw)
         self.sessions += 1
-        return bytes([VERSION]) + self._key_id + eph_pub, AESGCM(key), now
+        return bytes([VERSION]) + self._key_id + eph_pub, AESGCM(key), now, itertools.count()
+
+    def _session_for(self, now: float) -> tuple[bytes, AESGCM, float, Iterator[int]]:
+        """A session with a blob left for this one, under the lock: the current one (if another
+        thread renewed it meanwhile), else a new one."""
+        with self._lock:
+            s = self._session
+            if s is None or not 0 <= now - s[2] < self.max_age_s or next(s[3]) >= self.max_blobs:
+                s = self._session = self._new_session(now)
+                next(s[3])
+            return s
 
     def seal(self, holder: Holder, context: bytes | str) -> bytes:
         """The holder's name, birth date and masked id, readable only with the server's private key;
-        ``context`` (the entry id) is authenticated with the blob, so it opens only for that entry."""
+        ``context`` (the entry id) is authenticated with the blob, so it opens only for that entry.
+        A scan's hot path: no lock while the session has blobs left and time (each blob takes a
+        number of its session; a session whose numbers or time ran out is renewed under the lock)."""
         now = self._clock()
-        with self._lock:
-            s = self._session
-            if s is None or self._left <= 0 or now - s[2] >= self.max_age_s or now < s[2]:
-                s = self._session = self._new_session(now)
-                self._left = self.max_blobs
-            self._left -= 1
+        s = self._session
+        if s is None or not 0 <= now - s[2] < self.max_age_s or next(s[3]) >= self.max_blobs:
+            s = self._session_for(now)
         nonce = os.urandom(NONCE_LEN)
         header = s[0] + nonce
-        return header + s[1].encrypt(nonce, _plaintext(holder), header + _context(context))
+        aad = header + (context.encode("utf-8") if type(context) is str else _context(context))
+        return header + s[1].encrypt(nonce, _plaintext(holder), aad)
 
     def rotate(self) -> None:
         """End the current session now (its key is dropped; the next blob starts a new one)."""
         with self._lock:
-            self._session, self._left = None, 0
+            self._session = None
 
 
 def seal(holder: Holder, server_public_key: X25519PublicKey, context: bytes | str) -> bytes:
