@@ -202,12 +202,15 @@ class CachedState:
         self._read = read_state or state
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._value: str | None = None
-        self._at = 0.0
+        self._read_at: tuple[str, float] | None = None  # the last value and when it was read
 
     def __call__(self) -> str:
         now = self._monotonic()
+        last = self._read_at  # one tuple, replaced whole: read without the lock (a scan's hot path)
+        if last is not None and 0 <= now - last[1] < self.ttl_s:
+            return last[0]
         with self._lock:
-            if self._value is None or not (0 <= now - self._at < self.ttl_s):
-                self._value, self._at = self._read(), now
-            return self._value
+            last = self._read_at
+            if last is None or not 0 <= now - last[1] < self.ttl_s:
+                last = self._read_at = (self._read(), now)
+            return last[0]
