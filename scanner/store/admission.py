@@ -171,9 +171,11 @@ def admit(verdict: Verdict, direction: str, conditions: Conditions, previous: Pr
     found = conditions.flags()
     if not verdict.accepted:
         return Admission(verdict, found)
-    refusal = _degraded_refusal(verdict, conditions)
-    if refusal is not None:
-        return Admission(refusal, found)
+    p = conditions.policy
+    if p.when_stale == CLOSED or p.when_unconfirmed == CLOSED:  # else no limit can refuse it
+        refusal = _degraded_refusal(verdict, conditions)
+        if refusal is not None:
+            return Admission(refusal, found)
     site = conditions.site
     if previous is not None and not _passed_since(previous, direction, site):
         ago = conditions.now - previous.at_ms / 1000
