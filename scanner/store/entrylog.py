@@ -110,13 +110,11 @@ def new_entry_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
-def _b64(raw: bytes | None) -> str | None:
-    return None if raw is None else binascii.b2a_base64(raw, newline=False).decode("ascii")  # base64.b64encode
-
-
 _link_values = operator.itemgetter(*LINK_FIELDS)  # a dict of a new entry's fields as `link` takes them
 _CLOCK_STATES = frozenset(clockmod.STATES)
 _new_object = object.__new__
+_new_tuple = tuple.__new__
+_b64 = binascii.b2a_base64  # base64.b64encode's C part
 # RecordResult's slot setters: a scan's result is filled through them (its frozen __init__ sets each
 # field with object.__setattr__)
 _set_admission, _set_entry = (getattr(RecordResult, name).__set__ for name in ("admission", "entry"))
@@ -303,10 +301,10 @@ class EntryLog:
         if card is not None and self.holder_details == "sealed" and self._sealer is not None:
             sealed = self._sealer.seal(card.holder, entry_id)
         clock = self._clock()
-        draft = ScanDraft(entry_id, self.device_id, self.checkpoint_id, direction, round(scan.at * 1000),
-                          clock if clock in _CLOCK_STATES else clockmod.UNKNOWN, scan.source, scan.source_id,
-                          verdict, conditions or Conditions(scan.at), card.card_id.hex() if card is not None else None,
-                          sealed)
+        draft = _new_tuple(ScanDraft, (  # what ScanDraft(...) makes, without its __new__ in Python
+            entry_id, self.device_id, self.checkpoint_id, direction, round(scan.at * 1000),
+            clock if clock in _CLOCK_STATES else clockmod.UNKNOWN, scan.source, scan.source_id, verdict,
+            conditions or Conditions(scan.at), card.card_id.hex() if card is not None else None, sealed))
         return self._submit(draft, self._commit_scan)
 
     def record_followup(self, entry_id: str, kind: str = "did_not_pass", *,
@@ -378,9 +376,11 @@ class EntryLog:
             decided = admit(verdict, d.direction, d.conditions, previous)
             verdict = decided.verdict
             card = verdict.card
-            values = d[:8] + (str(verdict.decision), str(verdict.reason), verdict.format, d.card_id,
-                              card.issuer if card is not None else None,
-                              _b64(card.kid if card is not None else verdict.kid), None, None)  # LINK_FIELDS
+            kid = card.kid if card is not None else verdict.kid
+            values = d[:8] + (  # LINK_FIELDS, in order
+                str(verdict.decision), str(verdict.reason), verdict.format, d.card_id,
+                card.issuer if card is not None else None,
+                None if kid is None else _b64(kid, newline=False).decode("ascii"), None, None)
             head = self._head
             entry = None
             if head is not None:  # what _append does first
