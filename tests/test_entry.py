@@ -145,6 +145,9 @@ def test_link_makes_the_entry_the_constructor_makes(e):
     assert made.sealed_sha256 == (None if e.sealed is None else hashlib.sha256(e.sealed).hexdigest())
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.hash = b""  # type: ignore[misc]
+    if e.sealed is not None:  # the blob's digest made ahead (a scan makes it before the write lock): the same entry
+        assert E.link(e.seq - 1, e.prev_hash, tuple(getattr(e, n) for n in E.LINK_FIELDS), e.sealed,
+                      E.sealed_digest(e.sealed)) == want
 
 
 # ---------------------------------------------------------------- chain

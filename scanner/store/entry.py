@@ -76,7 +76,7 @@ class Entry:
 
     def __post_init__(self) -> None:
         if self.sealed is not None and self.sealed_sha256 is None:
-            object.__setattr__(self, "sealed_sha256", hashlib.sha256(self.sealed).hexdigest())
+            object.__setattr__(self, "sealed_sha256", sealed_digest(self.sealed))
 
     @property
     def is_followup(self) -> bool:
@@ -101,6 +101,12 @@ class Entry:
     def computed_hash(self) -> bytes:
         """What ``hash`` must be, given ``prev_hash`` and the fields."""
         return entry_hash(self)
+
+
+def sealed_digest(sealed: bytes) -> str:
+    """``sealed_sha256`` of a sealed blob: its SHA-256 in hex (what the chain hash covers instead
+    of the blob)."""
+    return hashlib.sha256(sealed).hexdigest()
 
 
 # ---------------------------------------------------------------- the field registry
@@ -193,14 +199,15 @@ _SLOT_SETTERS = tuple(getattr(Entry, name).__set__ for name in ENTRY_FIELDS)
 _new_object = object.__new__
 
 
-def link(prev_seq: int, prev_hash: bytes, values: tuple, sealed: bytes | None) -> Entry:
+def link(prev_seq: int, prev_hash: bytes, values: tuple, sealed: bytes | None, digest: str | None = None) -> Entry:
     """The entry after the one with ``prev_seq`` and ``prev_hash``: ``values`` (LINK_FIELDS, in
-    order), ``sealed`` and its digest, hashed. A scan's hot path: the values are hashed as they
-    are, and the frozen Entry is filled through its slots (Entry(...) sets its 22 fields one
-    object.__setattr__ at a time: twice the cost), once, before anyone sees it; what
-    ``Entry.__post_init__`` would add (the blob's digest) is computed here (tests/test_entry.py
-    compares the two ways)."""
-    digest = None if sealed is None else hashlib.sha256(sealed).hexdigest()
+    order), ``sealed`` and its digest (``digest``: sealed_digest(sealed), when the caller made it
+    already), hashed. A scan's hot path: the values are hashed as they are, and the frozen Entry is
+    filled through its slots (Entry(...) sets its 22 fields one object.__setattr__ at a time: twice
+    the cost), once, before anyone sees it; what ``Entry.__post_init__`` would add (the blob's
+    digest) is computed here (tests/test_entry.py compares the two ways)."""
+    if digest is None and sealed is not None:
+        digest = sealed_digest(sealed)
     values = (prev_seq + 1, *values, digest, None, prev_hash)
     values += (values_hash(prev_hash, _hashed_of_values(values)), sealed)
     entry = _new_object(Entry)

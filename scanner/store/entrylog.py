@@ -39,6 +39,7 @@ from scanner.store.entry import (
     ChainReport,
     Entry,
     link,
+    sealed_digest,
     verify_chain,
 )
 from scanner.store.errors import EntryLogError, EntryLogWriteError, write_error_code
@@ -297,14 +298,15 @@ class EntryLog:
         # the draft, made before the write lock (a scan's hot path: no method per step)
         entry_id = new_entry_id()
         card = verdict.card
-        sealed = None
+        sealed = digest = None
         if card is not None and self.holder_details == "sealed" and self._sealer is not None:
             sealed = self._sealer.seal(card.holder, entry_id)
+            digest = sealed_digest(sealed)
         clock = self._clock()
         draft = _new_tuple(ScanDraft, (  # what ScanDraft(...) makes, without its __new__ in Python
             entry_id, self.device_id, self.checkpoint_id, direction, round(scan.at * 1000),
             clock if clock in _CLOCK_STATES else clockmod.UNKNOWN, scan.source, scan.source_id, verdict,
-            conditions or Conditions(scan.at), card.card_id.hex() if card is not None else None, sealed))
+            conditions or Conditions(scan.at), card.card_id.hex() if card is not None else None, sealed, digest))
         return self._submit(draft, self._commit_scan)
 
     def record_followup(self, entry_id: str, kind: str = "did_not_pass", *,
@@ -384,7 +386,7 @@ class EntryLog:
             head = self._head
             entry = None
             if head is not None:  # what _append does first
-                entry = link(head[0], head[1], values, d.sealed)
+                entry = link(head[0], head[1], values, d.sealed, d.sealed_sha256)
                 try:
                     conn.execute(INSERT_SQL, entry_row(entry))
                 except sqlite3.IntegrityError:

@@ -40,6 +40,7 @@ class ScanDraft(NamedTuple):
     conditions: Conditions
     card_id: str | None = None
     sealed: bytes | None = None
+    sealed_sha256: str | None = None  # the sealed blob's digest (made with it, before the write lock)
 
 
 @dataclass(frozen=True, slots=True)
