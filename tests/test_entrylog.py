@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from support.entries import bulk_fill, vm_steps
 
 from scanner.base.errors import Reason
 from scanner.cards import verifier
@@ -390,6 +391,23 @@ def test_marking_a_batch_writes_a_few_pages_whatever_its_size(open_log, verdict_
     busy, frames, _ = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert busy == 0 and frames <= 4, frames
     assert log.pending() == [] and log.backlog() == (0, None)
+
+
+def test_the_backlog_costs_the_same_with_a_thousand_or_twenty_thousand_pending(open_log, verdict_for):
+    """The backlog (a heartbeat's queue depth, the supervisor's every few seconds) is read from the
+    edges of the gaps between acknowledged spans, not by visiting every pending entry: its SQLite
+    work does not grow with the backlog, and it still counts exactly."""
+    log = open_log(passback_window_s=0)
+    costs = []
+    for n in (1_000, 20_000):
+        bulk_fill(log, n)
+        first = log.tail(1)[0].seq - n + 1
+        log.mark_synced(f"b{n}", first, first + 9)  # a span in the middle: two gaps
+        (depth, oldest), steps = vm_steps(log, log.backlog)
+        costs.append(steps)
+        pending = log.pending(limit=30_000)
+        assert depth == len(pending) and oldest == pending[0].at_ms
+    assert costs[1] <= costs[0] + 2, costs
 
 
 def test_pending_skips_a_refused_run_and_spans_merge(open_log, verdict_for):

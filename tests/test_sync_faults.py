@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from support.devices import Device, assert_exactly_once, provision_device, record
-from support.entries import bulk_fill
+from support.entries import bulk_fill, vm_steps
 from support.proxy import FaultProxy
 from support.servers import (
     BACKENDS,
@@ -621,21 +621,6 @@ def test_the_sync_thread_runs_nicer_than_the_scan_lane(tmp_path, verdicts):
             agent.close()
 
 
-def _steps_of(log: EntryLog, fn) -> tuple[object, int]:
-    """``fn()`` and how many SQLite virtual-machine steps it took on the log's connection (counted
-    in hundreds by a progress handler): the work of its queries, not a time."""
-    steps = [0]
-
-    def count() -> int:
-        steps[0] += 1
-        return 0
-    log._conn.set_progress_handler(count, 100)
-    try:
-        return fn(), steps[0]
-    finally:
-        log._conn.set_progress_handler(None, 0)
-
-
 def test_the_backlog_a_contact_reports_does_not_read_every_entry(tmp_path, verdicts):
     """What a contact reads for its heartbeat and result (pending entries, the oldest one's time)
     costs the same with 2,000 or 30,000 acknowledged entries behind it: it never scans the log."""
@@ -649,7 +634,7 @@ def test_the_backlog_a_contact_reports_does_not_read_every_entry(tmp_path, verdi
                 res = agent.sync_until_done(120, sleep=Sleeps())
                 assert res.complete
                 fresh = record(dev, verdicts, 5)
-                (depth, oldest), steps = _steps_of(dev.log, agent.pending_count)
+                (depth, oldest), steps = vm_steps(dev.log, agent.pending_count)
                 assert (depth, oldest) == (5, fresh[0].at_ms)
                 assert agent.heartbeat_doc(StateFile(dev.state).load())["queue_depth"] == 5
                 costs.append(steps)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from scanner.base.timeutil import now_ms
 from scanner.store import sealing
@@ -58,3 +60,24 @@ def chain_entries(device_id: str, checkpoint_id: str, times_ms, cards, *, first_
         out.append(e)
         prev, seq = e.hash, seq + 1
     return out
+
+
+T = TypeVar("T")
+
+
+def vm_steps(log: EntryLog, fn: Callable[[], T], *, in_transaction: bool = False) -> tuple[T, int]:
+    """``fn()`` and how many SQLite virtual-machine steps it took on the log's connection (counted
+    in hundreds by a progress handler): the work of its queries, not a time. ``in_transaction``:
+    only the steps taken inside an explicit transaction (a write's, while it holds the lock)."""
+    steps = [0]
+    conn = log._conn
+
+    def count() -> int:
+        if not in_transaction or conn.in_transaction:
+            steps[0] += 1
+        return 0
+    conn.set_progress_handler(count, 100)
+    try:
+        return fn(), steps[0]
+    finally:
+        conn.set_progress_handler(None, 0)
