@@ -3,6 +3,7 @@ the hash chain, sync marking, retention, files and schema guards."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import os
 import pwd
@@ -391,6 +392,24 @@ def test_marking_a_batch_writes_a_few_pages_whatever_its_size(open_log, verdict_
     busy, frames, _ = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert busy == 0 and frames <= 4, frames
     assert log.pending() == [] and log.backlog() == (0, None)
+
+
+def test_marking_5000_entries_holds_the_write_lock_for_what_marking_50_does(open_log):
+    """The write transaction of mark_synced (the sync side holding the lock a scan's commit waits
+    for) does the same SQLite work for a batch of 5,000 as for one of 50: the run's rows are counted
+    before it, and a run with a missing entry is still refused."""
+    log = open_log(passback_window_s=0)
+    bulk_fill(log, 5_100)
+    costs = []
+    for batch_id, first, last in (("small", 1, 50), ("large", 51, 5_050)):
+        n, steps = vm_steps(log, functools.partial(log.mark_synced, batch_id, first, last), in_transaction=True)
+        assert n == last - first + 1
+        costs.append(steps)
+    assert costs[1] <= costs[0] + 1, costs
+    raw(log).execute("DELETE FROM entries WHERE seq = 5070")
+    with pytest.raises(EntryLogError) as exc:
+        log.mark_synced("holed", 5_051, 5_100)
+    assert exc.value.code == "sync_conflict" and len(log.pending()) == 49  # nothing marked
 
 
 def test_the_backlog_costs_the_same_with_a_thousand_or_twenty_thousand_pending(open_log, verdict_for):

@@ -593,9 +593,10 @@ class EntryLog:
 
         Idempotent (marking the same run with the same batch again changes nothing, returns 0).
         Refuses (EntryLogError "sync_conflict") a run with missing entries or entries already in
-        another batch, marking nothing. Returns how many entries were newly marked. One short
-        transaction writes the run and its span (scanner/store/synced.py), whatever the run's size,
-        so a scan's commit never waits behind the marking. It commits with synchronous=NORMAL: it
+        another batch, marking nothing. Returns how many entries were newly marked. The run's rows are
+        counted before the write transaction; that one writes the run and its span
+        (scanner/store/synced.py) after a few b-tree probes, whatever the run's size, so a scan's commit
+        never waits behind the marking. It commits with synchronous=NORMAL: it
         needs no fsync of its own (the next scan's commit or checkpoint makes it durable), and a
         mark lost to a power cut is learned again from the server's batch list.
         """
@@ -605,6 +606,7 @@ class EntryLog:
             raise ValueError("need 1 <= first_seq <= last_seq")
         with self._lock:
             conn = self._conn
+            synced.check_present(conn, first_seq, last_seq)  # the run's rows counted before the write lock is taken
             if self.synchronous != "NORMAL":
                 conn.execute("PRAGMA synchronous = NORMAL")
             try:

@@ -62,14 +62,27 @@ def first_unsynced(conn: sqlite3.Connection) -> int | None:
     return None
 
 
-def mark(conn: sqlite3.Connection, batch_id: str, first_seq: int, last_seq: int) -> int:
-    """Record that the server holds the entries first_seq..last_seq in ``batch_id``; returns how many
-    were not marked before. Idempotent; raises EntryLogError "sync_conflict" (writing nothing) if an
-    entry of the run is missing or already in another batch."""
+def check_present(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
+    """Raise EntryLogError "sync_conflict" unless every entry first_seq..last_seq is in the file. It
+    counts the run's rows (a batch's 5,000 take a few ms): run it before the write transaction of
+    `mark`, so that the write lock is not held meanwhile."""
     size = last_seq - first_seq + 1
     n = conn.execute("SELECT count(*) FROM entries WHERE seq BETWEEN ? AND ?", (first_seq, last_seq)).fetchone()[0]
     if n != size:
         raise EntryLogError(f"seq {first_seq}..{last_seq}: {size - n} entries missing", code="sync_conflict")
+
+
+def mark(conn: sqlite3.Connection, batch_id: str, first_seq: int, last_seq: int) -> int:
+    """Record that the server holds the entries first_seq..last_seq in ``batch_id``; returns how many
+    were not marked before. Idempotent; raises EntryLogError "sync_conflict" (writing nothing) if an
+    entry of the run is missing or already in another batch. Inside the write transaction, after
+    `check_present`: here the run's two ends are probed again (rows between them are never deleted
+    but by a purge of a synced prefix, and this run is not synced), so the lock is held for a few
+    b-tree probes whatever the run's size."""
+    ends = conn.execute("SELECT count(*) FROM entries WHERE seq IN (?, ?)", (first_seq, last_seq)).fetchone()[0]
+    if ends != (1 if first_seq == last_seq else 2):
+        raise EntryLogError(f"seq {first_seq}..{last_seq}: entries missing", code="sync_conflict")
+    size = last_seq - first_seq + 1
     overlap = conn.execute(
         "SELECT first_seq, last_seq, batch_id FROM synced_runs WHERE first_seq <= ? AND first_seq >= "
         "coalesce((SELECT max(first_seq) FROM synced_runs WHERE first_seq <= ?), ?) AND last_seq >= ?",
