@@ -412,6 +412,28 @@ def test_marking_5000_entries_holds_the_write_lock_for_what_marking_50_does(open
     assert exc.value.code == "sync_conflict" and len(log.pending()) == 49  # nothing marked
 
 
+def test_marking_a_run_marked_already_takes_no_write_transaction(open_log, verdict_for):
+    """A contact's catch-up with the server's batch list marks again the batches it has just sent:
+    that is answered from a read (0 newly marked), without taking the write lock a scan's commit
+    would wait for; a run in part unmarked is still written."""
+    log = open_log(passback_window_s=0)
+    for i in range(6):
+        log.record(scan(NOW + i), verdict_for(), direction="in")
+    log.mark_synced("b", 1, 4)
+    statements: list[str] = []
+    log._conn.set_trace_callback(statements.append)
+    try:
+        assert log.mark_synced("b", 1, 4) == 0 and log.mark_synced("b", 2, 3) == 0
+        assert not any(s.startswith("BEGIN") for s in statements), statements
+        assert log.mark_synced("b", 1, 5) == 1
+        assert any(s.startswith("BEGIN IMMEDIATE") for s in statements)
+    finally:
+        log._conn.set_trace_callback(None)
+    with pytest.raises(EntryLogError) as exc:
+        log.mark_synced("other", 4, 6)  # 4 is in "b"
+    assert exc.value.code == "sync_conflict" and [e.seq for e in log.pending()] == [6]
+
+
 def test_the_backlog_costs_the_same_with_a_thousand_or_twenty_thousand_pending(open_log, verdict_for):
     """The backlog (a heartbeat's queue depth, the supervisor's every few seconds) is read from the
     edges of the gaps between acknowledged spans, not by visiting every pending entry: its SQLite

@@ -591,7 +591,8 @@ class EntryLog:
     def mark_synced(self, batch_id: str, first_seq: int, last_seq: int) -> int:
         """Record that the server has the contiguous run first_seq..last_seq in ``batch_id``.
 
-        Idempotent (marking the same run with the same batch again changes nothing, returns 0).
+        Idempotent (marking the same run with the same batch again changes nothing and returns 0, from
+        a read: no write transaction).
         Refuses (EntryLogError "sync_conflict") a run with missing entries or entries already in
         another batch, marking nothing. Returns how many entries were newly marked. The run's rows are
         counted before the write transaction; that one writes the run and its span
@@ -606,6 +607,8 @@ class EntryLog:
             raise ValueError("need 1 <= first_seq <= last_seq")
         with self._lock:
             conn = self._conn
+            if synced.marked_by(conn, batch_id, first_seq, last_seq):  # marked already: nothing to write
+                return 0
             synced.check_present(conn, first_seq, last_seq)  # the run's rows counted before the write lock is taken
             if self.synchronous != "NORMAL":
                 conn.execute("PRAGMA synchronous = NORMAL")

@@ -83,10 +83,7 @@ def mark(conn: sqlite3.Connection, batch_id: str, first_seq: int, last_seq: int)
     if ends != (1 if first_seq == last_seq else 2):
         raise EntryLogError(f"seq {first_seq}..{last_seq}: entries missing", code="sync_conflict")
     size = last_seq - first_seq + 1
-    overlap = conn.execute(
-        "SELECT first_seq, last_seq, batch_id FROM synced_runs WHERE first_seq <= ? AND first_seq >= "
-        "coalesce((SELECT max(first_seq) FROM synced_runs WHERE first_seq <= ?), ?) AND last_seq >= ?",
-        (last_seq, first_seq, first_seq, first_seq)).fetchall()
+    overlap = _overlap(conn, first_seq, last_seq)
     if any(b != batch_id for _, _, b in overlap):
         raise EntryLogError(f"seq {first_seq}..{last_seq}: some entries are already in another batch",
                             code="sync_conflict")
@@ -100,6 +97,24 @@ def mark(conn: sqlite3.Connection, batch_id: str, first_seq: int, last_seq: int)
     conn.execute("INSERT INTO synced_runs (first_seq, last_seq, batch_id) VALUES (?, ?, ?)", (lo, hi, batch_id))
     _merge_span(conn, lo, hi)
     return size - covered
+
+
+def marked_by(conn: sqlite3.Connection, batch_id: str, first_seq: int, last_seq: int) -> bool:
+    """True if every entry first_seq..last_seq is already marked as in ``batch_id`` (a read: marking
+    it again, as a contact's catch-up with the server's batch list does for the batches it has just
+    sent, needs no write transaction)."""
+    overlap = _overlap(conn, first_seq, last_seq)
+    return (all(b == batch_id for _, _, b in overlap)
+            and sum(min(hi, last_seq) - max(lo, first_seq) + 1 for lo, hi, _ in overlap) == last_seq - first_seq + 1)
+
+
+def _overlap(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> list[tuple[int, int, str]]:
+    """The acknowledged runs that share an entry with first_seq..last_seq (runs never overlap: the
+    one starting at or before first_seq, and those starting inside)."""
+    return conn.execute(
+        "SELECT first_seq, last_seq, batch_id FROM synced_runs WHERE first_seq <= ? AND first_seq >= "
+        "coalesce((SELECT max(first_seq) FROM synced_runs WHERE first_seq <= ?), ?) AND last_seq >= ?",
+        (last_seq, first_seq, first_seq, first_seq)).fetchall()
 
 
 def _merge_span(conn: sqlite3.Connection, lo: int, hi: int) -> None:
