@@ -14,9 +14,17 @@ MIN_RUNS = 3
 class Goal:
     key: str
     what: str  # what is compared, in words
-    limit: float  # met when the median of the runs is at most this
-    unit: str  # "x" (a ratio to a peer in the same run), "ms", "fsync/scan"
+    limit: float  # met when the median of the runs is at most this (at least, with ``at_least``)
+    unit: str  # "x" (a ratio to a peer in the same run), "ms", "s", "entries/s", "fsync/scan"
     difference: bool = False  # the figure is a difference of two noisy measurements (ms above a peer)
+    at_least: bool = False  # a rate to reach: met when the median is at least ``limit``
+
+    @property
+    def sign(self) -> str:
+        return "≥" if self.at_least else "≤"
+
+    def meets(self, value: float) -> bool:
+        return value >= self.limit if self.at_least else value <= self.limit
 
 
 GOALS = {g.key: g for g in (
@@ -31,10 +39,11 @@ GOALS = {g.key: g for g in (
     Goal("site.propagation.p95", "a scan at one of 20 gates known to all the others, p95", 200.0, "ms"),
     Goal("site.lane.share_p95", "the site's own steps inside a scan (look-up, hand-off), p95", 1.0, "ms"),
     Goal("site.lane.p95_delta", "scan lane p95 with sharing minus without (fast disk)", 1.0, "ms", difference=True),
-    # central ingest (200 devices x 1,000 entries released at once, the server's defaults): near what the
-    # database takes when nothing else is done; ack p95 under 2 s where storing the fleet at 50,000/s takes 4 s
-    Goal("fleet.copy_over_ingest", "bare COPY of the same rows / server ingest, entries/s", 1.1, "x"),
-    Goal("fleet.p95_over_copy", "ack p95 / time the bare COPY takes for the whole fleet", 0.5, "x"),
+    # central ingest (200 devices x 1,000 entries released at once, the server's defaults), as the goal was
+    # set: a rate on this machine with the load generator beside it (docs/benchmarks.md#fleet says why it is
+    # absolute); the ratio to a bare COPY of the same rows in the same run is reported with it
+    Goal("fleet.entries_per_s", "server ingest with its defaults, entries/s", 50_000.0, "entries/s", at_least=True),
+    Goal("fleet.ack_p95", "ack p95 with the server's defaults", 2.0, "s"),
     Goal("soak.steady_rss", "every process of the appliance, 1M revoked ids, sync on: steady RSS", 120.0, "MB"),
     Goal("soak.swap_peak", "every process of the appliance during a 1M-id bundle swap: peak RSS", 160.0, "MB"),
     Goal("soak.slope", "the appliance's RSS after warm-up, MB per 10,000 scans", 0.2, "MB/10k scans"),
@@ -69,7 +78,7 @@ class Judged:
 
     @property
     def met_runs(self) -> int:
-        return sum(1 for r in self.runs if r <= self.goal.limit)
+        return sum(1 for r in self.runs if self.goal.meets(r))
 
     def line(self) -> str:
         """One line for the bench's output."""
@@ -79,11 +88,11 @@ class Judged:
                 f"({fmt(min(self.runs), g.unit)}–{fmt(max(self.runs), g.unit)}), met in {self.met_runs} of "
                 f"{len(self.runs)}")
         note = f"; {self.note}" if self.note else ""
-        return f"  goal {g.key}{case}: {g.what} ≤ {fmt(g.limit, g.unit)}: {runs}: {self.verdict.upper()}{note}"
+        return f"  goal {g.key}{case}: {g.what} {g.sign} {fmt(g.limit, g.unit)}: {runs}: {self.verdict.upper()}{note}"
 
     def as_dict(self) -> dict:
         return {"key": self.goal.key, "case": self.case, "what": self.goal.what, "limit": self.goal.limit,
-                "unit": self.goal.unit, "runs": list(self.runs), "median": self.median,
+                "unit": self.goal.unit, "at_least": self.goal.at_least, "runs": list(self.runs), "median": self.median,
                 "min": min(self.runs), "max": max(self.runs), "met_runs": self.met_runs, "verdict": self.verdict,
                 "note": self.note}
 
@@ -93,23 +102,29 @@ def fmt(value: float, unit: str) -> str:
         return f"{value:.2f}x"
     if unit == "ms":
         return f"{value:+.2f} ms" if value < 0 else f"{value:.2f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "entries/s":
+        return f"{value:,.0f} entries/s"
     return f"{value:.3f}"
 
 
-def judge(key: str, runs: Sequence[float], case: str = "", *, unjudged: str = "") -> Judged:
+def judge(key: str, runs: Sequence[float], case: str = "", *, unjudged: str = "", note: str = "") -> Judged:
     """The goal ``key`` on one figure per run: met if the median is within the limit (so at least
     half the runs met it), "not judged" with fewer than MIN_RUNS runs or when ``unjudged`` gives a
     reason (say the disk was too slow to show what the goal is about), or when a goal on a difference
-    has runs on both sides of the limit spread wider than twice it (noise, not a figure)."""
+    has runs on both sides of the limit spread wider than twice it (noise, not a figure). ``note``:
+    what to read beside a met or missed goal (say the same runs as a ratio to a peer)."""
     goal = GOALS[key]
     runs = tuple(float(r) for r in runs)
     if not runs:
         raise ValueError(f"goal {key}: no runs")
-    if unjudged:
-        return Judged(goal, case, runs, "not judged", unjudged)
-    if len(runs) < MIN_RUNS:
-        return Judged(goal, case, runs, "not judged", f"{len(runs)} run(s): at least {MIN_RUNS} are needed")
-    if goal.difference and min(runs) <= goal.limit < max(runs) and max(runs) - min(runs) > 2 * goal.limit:
-        return Judged(goal, case, runs, "not judged", "the runs fall on both sides of the goal and disagree by more "
-                      "than twice it: the machine's noise is larger than what is judged")
-    return Judged(goal, case, runs, "met" if statistics.median(runs) <= goal.limit else "not met")
+    why = unjudged
+    if not why and len(runs) < MIN_RUNS:
+        why = f"{len(runs)} run(s): at least {MIN_RUNS} are needed"
+    if not why and goal.difference and min(runs) <= goal.limit < max(runs) and max(runs) - min(runs) > 2 * goal.limit:
+        why = ("the runs fall on both sides of the goal and disagree by more than twice it: the machine's noise is "
+               "larger than what is judged")
+    if why:
+        return Judged(goal, case, runs, "not judged", "; ".join(n for n in (why, note) if n))
+    return Judged(goal, case, runs, "met" if goal.meets(statistics.median(runs)) else "not met", note)

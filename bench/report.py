@@ -88,11 +88,17 @@ def goals(doc: dict) -> str:
         for g in b.get("goals", []):
             fmt = _goal_value(g)
             rows.append([f"`{g['key']}`" + (f" ({g['case']})" if g["case"] else ""), g["what"],
-                         "≤ " + fmt(g["limit"]), f"**{fmt(g['median'])}**", f"{fmt(g['min'])} – {fmt(g['max'])}",
+                         f"{_sign(g)} {fmt(g['limit'])}", f"**{fmt(g['median'])}**",
+                         f"{fmt(g['min'])} – {fmt(g['max'])}",
                          f"{g['met_runs']} of {len(g['runs'])}",
                          f"**{g['verdict']}**" + (f": {g['note']}" if g["note"] else "")])
     return _table(["goal", "what", "limit", "median of runs", "runs' range", "runs within", "verdict"], rows,
                   "lllrrrl")
+
+
+def _sign(g: dict) -> str:
+    """≥ for a rate to reach, else ≤ (results stored before goals could be rates lack the key)."""
+    return "≥" if g.get("at_least") else "≤"
 
 
 def _goal_value(g: dict) -> Callable[[float], str]:
@@ -104,6 +110,8 @@ def _goal_value(g: dict) -> Callable[[float], str]:
         if known is None or known.difference:
             return lambda v: f"{v:+.2f} ms"
         return lambda v: f"{v:.2f} ms"
+    if g["unit"] in ("s", "entries/s"):
+        return lambda v: goalsmod.fmt(v, g["unit"])
     return lambda v: f"{v:.3f}"
 
 
@@ -188,7 +196,7 @@ def _goal_lines(goals: list[dict]) -> str:
     for g in goals:
         fmt = _goal_value(g)
         case = f" ({g['case']})" if g["case"] else ""
-        out.append(f"`{g['key']}`{case}: {g['what']} ≤ {fmt(g['limit'])}: median **{fmt(g['median'])}** "
+        out.append(f"`{g['key']}`{case}: {g['what']} {_sign(g)} {fmt(g['limit'])}: median **{fmt(g['median'])}** "
                    f"(runs {fmt(g['min'])} – {fmt(g['max'])}, {g['met_runs']} of {len(g['runs'])} within), "
                    f"**{g['verdict']}**" + (f" ({g['note']})" if g["note"] else "") + ".")
     return " ".join(out)

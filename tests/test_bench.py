@@ -31,7 +31,7 @@ def test_the_goals_are_the_products():
         "fsync.per_scan": (1.05, "fsync/scan"),
         "site.propagation.p95": (200.0, "ms"), "site.lane.share_p95": (1.0, "ms"),
         "site.lane.p95_delta": (1.0, "ms"),
-        "fleet.copy_over_ingest": (1.1, "x"), "fleet.p95_over_copy": (0.5, "x"),
+        "fleet.entries_per_s": (50_000.0, "entries/s"), "fleet.ack_p95": (2.0, "s"),
         "soak.steady_rss": (120.0, "MB"), "soak.swap_peak": (160.0, "MB"), "soak.slope": (0.2, "MB/10k scans"),
         "daemon.event_p95": (100.0, "ms"), "kiosk.paint_p95": (100.0, "ms"), "pipeline.overhead": (1.2, "x"),
         "cli.verify": (1.3, "x"), "cli.help": (1.5, "x"), "cli.config_check": (1.3, "x"),
@@ -51,6 +51,20 @@ def test_a_goal_is_judged_on_the_median_of_the_runs():
     assert noisy.verdict == "not judged" and "noise" in noisy.note
     assert goals.judge("sync.stall.p99", [30.0, 45.0, 215.0]).verdict == "not met"  # all above: a miss, noisy or not
     assert goals.judge("sync.stall.p99", [0.5, 1.0, 1.5]).verdict == "met"
+
+
+def test_a_rate_to_reach_is_met_at_or_above_its_limit():
+    """The fleet's goals as the product set them (entries/s on this machine, ack p95 in seconds):
+    a rate is met when the median of the runs reaches it, and the ratio to the peer is written beside it."""
+    short = goals.judge("fleet.entries_per_s", [41_000, 44_000, 52_000], "format 2", note="0.43x the bare COPY")
+    assert (short.verdict, short.met_runs) == ("not met", 1)
+    reached = goals.judge("fleet.entries_per_s", [49_000, 50_000, 55_000])
+    assert (reached.verdict, reached.met_runs) == ("met", 2)
+    assert "≥ 50,000 entries/s" in short.line() and "0.43x the bare COPY" in short.line()
+    assert goals.judge("fleet.ack_p95", [1.4, 1.5, 2.6]).verdict == "met"
+    assert goals.judge("fleet.ack_p95", [1.9, 2.1, 2.6]).verdict == "not met"
+    words = report._goal_lines([short.as_dict()])
+    assert "≥ 50,000 entries/s" in words and "median **44,000 entries/s**" in words and "0.43x" in words
 
 
 def test_a_results_file_holds_the_machine_and_each_benchmark(tmp_path):
