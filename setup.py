@@ -12,6 +12,8 @@ SERVER = [
     "psycopg[binary]>=3.1; " + " or ".join(f"platform_machine == '{m}'" for m in _WHEELS),
     "psycopg>=3.1; " + " and ".join(f"platform_machine != '{m}'" for m in _WHEELS),
     "psycopg-pool>=3.2",
+    # ISA-L's inflate opens batches in half zlib's time (sync/wire/batch.py; zlib where it has no wheel)
+    "isal>=1.6; " + " or ".join(f"platform_machine == '{m}'" for m in _WHEELS),
 ]
 # The central console (sync/server/console) and its opener: password hashing, second factor, pages,
 # form uploads, spreadsheet export, the sealing key split into shares.
