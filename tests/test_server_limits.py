@@ -4,6 +4,7 @@ unauthenticated requests bounded before reading, slow bodies cut, shares per dev
 connections per address and the header deadline; devices without CK-Sig2 still served."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -21,6 +22,7 @@ from support.devices import provision_device, record
 from support.servers import ServerThread
 from support.waiting import WAIT, closed_by_peer, wait_for
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from scanner.base.backoff import Backoff
 from scanner.base.timeutil import now_ms
@@ -28,7 +30,7 @@ from scanner.cards import verifier
 from scanner.cli.main import main
 from sync.agent import SyncAgent
 from sync.client import SyncClient
-from sync.server.limits import Limits, ReplayCache, peer_key
+from sync.server.limits import HEAD_BYTES_MAX, Limits, ReplayCache, peer_key
 from sync.wire import batch as batchmod
 from sync.wire import identity, protocol
 
@@ -224,7 +226,8 @@ def test_connections_answered_then_reset_are_released(tmp_path):
         wait_for(lambda: not srv.server.server_state.connections, "every connection lost")
         gc.collect()
         state = srv.server.server_state
-        left = [o for o in gc.get_objects() if isinstance(o, H11Protocol) and o.server_state is state]
+        left = [o for o in gc.get_objects()
+                if isinstance(o, H11Protocol | HttpToolsProtocol) and o.server_state is state]
         assert left == []
     finally:
         srv.stop()
@@ -397,6 +400,29 @@ def test_connections_per_address_and_the_header_deadline(tmp_path, verdicts):
         client.close()
         for s in idle + [slow_headers]:
             s.close()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("pad", [b"X-Pad: " + b"a" * 1000 + b"\r\n", b"a" * 1000], ids=["many headers", "one endless"])
+def test_request_headers_are_bounded_however_fast_they_come(tmp_path, pad):
+    """A request's line and headers are bounded (HEAD_BYTES_MAX) within the header deadline too: a
+    client sending more, as many headers or as one endless one, gets 400 and is closed."""
+    srv = _server(tmp_path)
+    try:
+        with _connect(srv) as s:
+            s.sendall(b"POST /v1/batches HTTP/1.1\r\nHost: t\r\nX-Long: ")
+            t0 = time.monotonic()
+            with contextlib.suppress(OSError):  # closed while it sends
+                for _ in range(HEAD_BYTES_MAX // len(pad) + 2):
+                    s.sendall(pad)
+            answer = b""
+            while b"\r\n" not in answer and (chunk := s.recv(65536)):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 400 ") and closed_by_peer(s)
+            assert time.monotonic() - t0 < Limits().header_timeout_s  # not at the deadline
+        client = requests.get(srv.url + protocol.HEALTH, timeout=WAIT)  # the server goes on serving
+        assert client.ok
     finally:
         srv.stop()
 

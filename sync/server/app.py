@@ -52,7 +52,7 @@ from sync.server.limits import (
     Limits,
     ReplayCache,
     declared_length,
-    guarded_h11,
+    guarded_protocol,
     jittered,
     peer_key,
 )
@@ -128,7 +128,7 @@ class ServerTimeMiddleware:
 class DrainOrCloseMiddleware:
     """An answer sent before the request's body was read whole (a refusal) leaves the connection to
     read and drop the rest (a client sends its whole body before it reads; closing on unread data
-    would reset the connection and lose the answer), within limits.guarded_h11's drain deadline.
+    would reset the connection and lose the answer), within limits.guarded_protocol's drain deadline.
     After a read deadline, or for a body no request may have, the connection is closed instead."""
 
     def __init__(self, app) -> None:
@@ -449,10 +449,11 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
 
 def make_server(app, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None,
                 access_log: bool = False, log_level: str = "warning", sock=None, limits: Limits | None = None):
-    """A uvicorn Server for ``app`` (pure-Python stack: asyncio loop, h11), its connections held to
-    ``limits`` (per peer, handshake and header deadlines); ``run`` it."""
+    """A uvicorn Server for ``app`` (asyncio's loop; httptools' parser where the server extra is
+    installed, else h11), its connections held to ``limits`` (per peer, handshake and header
+    deadlines, limits.guarded_protocol); ``run`` it."""
     limits = limits or Limits()
-    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http=guarded_h11(limits), ws="none",
+    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http=guarded_protocol(limits), ws="none",
                             lifespan="off", access_log=access_log, log_level=log_level,
                             ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
                             server_header=False)

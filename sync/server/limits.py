@@ -1,7 +1,7 @@
 """What a client can make the reference server hold, and for how long (docs/sync-protocol.md#limits).
 
 Connections: at most so many per peer address, a TLS handshake and then the request headers each
-within a deadline (GuardedServer's event loop and the uvicorn protocol class of guarded_h11; the
+within a deadline (GuardedServer's event loop and the uvicorn protocol class of guarded_protocol; the
 opener's TLS port keeps the same policy, sync/server/opener.py). Admission pools count requests in
 progress (server-wide, per peer address, per device) and refuse beyond their limit instead of
 queueing. Bodies are read by BodyReader: never more than the declared Content-Length, within a
@@ -26,6 +26,13 @@ import h11
 import uvicorn
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:  # the server extra: uvicorn's httptools protocol (llhttp, in C), a few µs less per request than h11's
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # a demo or a device without it: h11's, in pure Python
+    httptools = None  # type: ignore[assignment]
+    HttpToolsProtocol = H11Protocol  # type: ignore[misc, assignment]
 
 from sync.server.model import ServerError
 from sync.wire import protocol
@@ -68,76 +75,131 @@ def peer_key(host: str | None) -> str:
     return str(addr)
 
 
-def guarded_h11(limits: Limits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, with at most ``connections_per_peer`` connections per peer; request
-    headers due within ``header_timeout_s`` of connecting (within the keep-alive timeout of the last
-    answer on a reused connection), however slowly their bytes trickle in; and the rest of a body
-    answered before it was read (uvicorn reads and drops it) due within ``body_timeout_s``."""
-    open_per_peer: Counter = Counter()
+HEAD_BYTES_MAX = 16 * 1024  # a request's line and headers (h11's bound); beyond: 400 and the connection closed
 
-    class GuardedH11Protocol(H11Protocol):
-        _peer: str | None = None
-        _timer: asyncio.TimerHandle | None = None
-        _draining = False
 
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self._peer = peer_key(self.client[0] if self.client else None)
-            open_per_peer[self._peer] += 1
-            if open_per_peer[self._peer] > limits.connections_per_peer:
-                transport.close()
-                return
-            self._arm(limits.header_timeout_s)
+class _Guards:
+    """What guarded_protocol adds to a uvicorn HTTP protocol class (h11's or httptools'): each
+    says, with ``_late`` and ``_answered_unread``, where its connection is."""
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._peer is not None:
-                open_per_peer[self._peer] -= 1
-                if open_per_peer[self._peer] <= 0:
-                    del open_per_peer[self._peer]
-                self._peer = None
-            if self._timer is not None:
-                self._timer.cancel()
-            if self.timeout_keep_alive_task is not None:  # uvicorn leaves it (and so this object) for
-                self.timeout_keep_alive_task.cancel()  # its whole timeout when a connection was reset
-                self.timeout_keep_alive_task = None
-            super().connection_lost(exc)
+    limits: Limits
+    open_per_peer: Counter
+    _peer: str | None = None
+    _timer: asyncio.TimerHandle | None = None
+    _draining = False
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._draining = self._answered_unread()
-                self._arm(limits.body_timeout_s if self._draining else self.timeout_keep_alive)
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._peer = peer_key(self.client[0] if self.client else None)  # type: ignore[attr-defined]
+        self.open_per_peer[self._peer] += 1
+        if self.open_per_peer[self._peer] > self.limits.connections_per_peer:
+            transport.close()
+            return
+        self._arm(self.limits.header_timeout_s)
 
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self._draining and not self._answered_unread():  # the dropped rest has come: idle now
-                self._draining = False
-                if not self.transport.is_closing():
-                    self._arm(self.timeout_keep_alive)
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._peer is not None:
+            self.open_per_peer[self._peer] -= 1
+            if self.open_per_peer[self._peer] <= 0:
+                del self.open_per_peer[self._peer]
+            self._peer = None
+        if self._timer is not None:
+            self._timer.cancel()
+        # uvicorn leaves its keep-alive timer (and so this object) for its whole timeout when a
+        # connection was reset
+        self._unset_keepalive_if_required()  # type: ignore[attr-defined]
+        super().connection_lost(exc)  # type: ignore[misc]
 
-        def _answered_unread(self) -> bool:
-            return self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.DONE
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
+            self._draining = self._answered_unread()
+            self._arm(self.limits.body_timeout_s if self._draining else self.timeout_keep_alive)  # type: ignore[attr-defined]
 
-        def _arm(self, seconds: float) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_later(seconds, self._due)
+    def _after_data(self) -> None:
+        if self._draining and not self._answered_unread():  # the dropped rest has come: idle now
+            self._draining = False
+            if not self.transport.is_closing():  # type: ignore[attr-defined]
+                self._arm(self.timeout_keep_alive)  # type: ignore[attr-defined]
 
-        def _due(self) -> None:
-            """Close a connection whose request headers, or the rest of an answered body, are late
-            (a request the app is still reading or answering is the app's to time out)."""
-            self._timer = None
-            late = self.conn.their_state is h11.IDLE or self._answered_unread()
-            if late and not self.transport.is_closing():
-                self.transport.close()
+    def _late(self) -> bool:
+        """No request's headers in progress of being answered: the next request's are awaited."""
+        raise NotImplementedError
 
-    return GuardedH11Protocol
+    def _answered_unread(self) -> bool:
+        raise NotImplementedError
+
+    def _arm(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._due)  # type: ignore[attr-defined]
+
+    def _due(self) -> None:
+        """Close a connection whose request headers, or the rest of an answered body, are late
+        (a request the app is still reading or answering is the app's to time out)."""
+        self._timer = None
+        if (self._late() or self._answered_unread()) and not self.transport.is_closing():  # type: ignore[attr-defined]
+            self.transport.close()  # type: ignore[attr-defined]
+
+
+class _GuardedH11(_Guards, H11Protocol):
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._after_data()
+
+    def _late(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+    def _answered_unread(self) -> bool:
+        return self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.DONE
+
+
+class _GuardedHttpTools(_Guards, HttpToolsProtocol):
+    """httptools (llhttp, in C) has no bound of its own on a request's headers: HEAD_BYTES_MAX is
+    kept here, counting what arrives while a request's headers are incomplete."""
+
+    _in_head = True  # the next request's line and headers are awaited (or arriving)
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > HEAD_BYTES_MAX and not self.transport.is_closing():
+            self.send_400_response("Request headers too large.")
+            return
+        self._after_data()
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        super().on_message_complete()
+
+    def _late(self) -> bool:
+        return self._in_head and (self.cycle is None or self.cycle.response_complete)
+
+    def _answered_unread(self) -> bool:
+        return self.cycle is not None and self.cycle.response_complete and not self._in_head
+
+
+def guarded_protocol(limits: Limits) -> type[H11Protocol | HttpToolsProtocol]:
+    """uvicorn's HTTP protocol (httptools' parser in C where it is installed, else h11's), with at
+    most ``connections_per_peer`` connections per peer; request headers due within
+    ``header_timeout_s`` of connecting (within the keep-alive timeout of the last answer on a
+    reused connection), however slowly their bytes trickle in, and at most HEAD_BYTES_MAX of them;
+    and the rest of a body answered before it was read (uvicorn reads and drops it) due within
+    ``body_timeout_s``."""
+    base: type = _GuardedHttpTools if httptools is not None else _GuardedH11
+    return type(base.__name__.lstrip("_"), (base,), {"limits": limits, "open_per_peer": Counter()})
 
 
 class _TLSDeadlineLoop(asyncio.SelectorEventLoop):
     """An event loop whose TLS listeners hold connections to ``limits``: one that has not finished
     its handshake within ``handshake_timeout_s`` is closed (uvicorn passes no deadline: asyncio's is
-    60 s, and the per-peer count of guarded_h11 starts only once the handshake is done), and one the
+    60 s, and the per-peer count of guarded_protocol starts only once the handshake is done), and one the
     server closes waits at most ``tls_close_timeout_s`` for the peer's TLS close (asyncio's: 30 s,
     for every idle keep-alive connection when the server stops)."""
 
