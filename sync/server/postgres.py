@@ -500,8 +500,9 @@ class PostgresStorage(SQLStorage):
                 copy.set_types(self._copy_types)
                 write = copy.write_row
                 for rows, batch_id, received_ms in new_rows:
+                    tail = (batch_id, received_ms)  # the batch's columns, after each row's (one tuple join a row)
                     for r in rows:
-                        write((*r, batch_id, received_ms))
+                        write(r + tail)
         if counts:
             cur.execute(GROUP_COUNTS, [list(col) for col in zip(*counts, strict=True)])
         if recorded:
