@@ -142,14 +142,18 @@ def child_trust(key: ed25519.Ed25519PrivateKey, state_dir: str, connect_timeout:
 
 class ProcessBuilder:
     """Builds batches in a separate, lower-priority process (started at the first request, kept;
-    nice 10 and SCHED_IDLE): reading the log, serialising, compressing and signing never hold the
-    appliance process's GIL nor keep a scan thread off the CPU. The process is `python -m
-    sync.builder` on two pipes (no multiprocessing, so no resource tracker); it dies with this
-    one however this one dies (it watches its request pipe for the hang-up)."""
+    nice 10 and SCHED_IDLE): reading the log, serialising and compressing never hold the appliance
+    process's GIL nor keep a scan thread off the CPU. This process signs what comes back (OpenSSL
+    does not hold the GIL meanwhile), so the worker holds neither the device key nor cryptography's
+    library (~11 MB). The process is `python -m sync.builder` on two pipes (no multiprocessing, so
+    no resource tracker); it dies with this one however this one dies (it watches its request pipe
+    for the hang-up)."""
 
     def __init__(self, log_path: str | os.PathLike, state_dir: str | os.PathLike, device_id: str,
                  nice: int = WORKER_NICE) -> None:
-        self._args = (str(log_path), str(state_dir), device_id, str(nice))
+        self._args = (str(log_path), device_id, str(nice))
+        self._state_dir, self._nice = state_dir, nice
+        self._key: ed25519.Ed25519PrivateKey | None = None  # loaded at the first build
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._requests: BinaryIO | None = None
@@ -213,7 +217,12 @@ class ProcessBuilder:
 
     def build(self, after_seq: int, limit: int, quarantined: Sequence[tuple[int, int]],
               created_ms: int, version: int = batchmod.FORMAT_VERSION) -> batchmod.SignedBatch | None:
-        return self._call("build", after_seq, limit, list(quarantined), created_ms, version)
+        unsigned = self._call("build", after_seq, limit, list(quarantined), created_ms, version)
+        if unsigned is None:
+            return None
+        if self._key is None:
+            self._key = identity.load(self._state_dir)
+        return batchmod.sign(unsigned, self._key)
 
     def refresh_trust(self, client: SyncClient, state_dir: str | os.PathLike) -> dict:
         """The trust update in a process of its own at the builder's priority (trust_in_process),
@@ -221,7 +230,7 @@ class ProcessBuilder:
         again), so the two workers never hold memory at the same time."""
         with self._lock:
             self._stop()
-            return trust_in_process(client, state_dir, int(self._args[3]))
+            return trust_in_process(client, state_dir, self._nice)
 
     def close(self) -> None:
         with self._lock:

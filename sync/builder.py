@@ -1,12 +1,15 @@
 """The batch builder's own process (started by sync.agent.ProcessBuilder):
 
-    python -m sync.builder REQUEST_FD ANSWER_FD LOG_PATH STATE_DIR DEVICE_ID NICE
+    python -m sync.builder REQUEST_FD ANSWER_FD LOG_PATH DEVICE_ID NICE
 
 Requests arrive pickled on the REQUEST_FD pipe, one answer goes back on ANSWER_FD for each:
-(True, result) or (False, exception). It is a plain process (no multiprocessing: no resource
-tracker beside it) and it dies with its parent however the parent dies, SIGKILL included, in or
-out of systemd: a thread waits for the request pipe's hang-up, which the kernel gives when the
-last writer (the parent) is gone, and ends the process at once, in the middle of a build too.
+(True, result) or (False, exception). A result is a batch without its signature: the parent signs
+it (Ed25519, without holding the GIL), so this process never loads cryptography and OpenSSL.
+
+It is a plain process (no multiprocessing: no resource tracker beside it) and it dies with its
+parent however the parent dies, SIGKILL included, in or out of systemd: a thread waits for the
+request pipe's hang-up, which the kernel gives when the last writer (the parent) is gone, and ends
+the process at once, in the middle of a build too.
 """
 from __future__ import annotations
 
@@ -19,10 +22,9 @@ import threading
 
 from scanner.base.allocator import return_large_blocks
 from scanner.store.entrylog import EntryLog
-from sync.building import build_next
+from sync.building import assemble_next
 from sync.errors import SyncError
 from sync.wire import batch as batchmod
-from sync.wire import identity
 
 PARENT_GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -37,7 +39,7 @@ def watch_parent(fd: int) -> None:
             os._exit(0)
 
 
-_STATE: dict = {}  # the log, the device key and id (set by init)
+_STATE: dict = {}  # the log and the device id (set by init)
 
 
 def sched_idle() -> bool:
@@ -58,18 +60,17 @@ def lower_priority(nice: int) -> None:
         sched_idle()
 
 
-def init(log_path: str, state_dir: str, device_id: str, nice: int) -> None:
-    """Set up this process: its priority, the log, the device key."""
+def init(log_path: str, device_id: str, nice: int) -> None:
+    """Set up this process: its priority, the log."""
     lower_priority(nice)
     _STATE["log"] = EntryLog(log_path, create=False)
-    _STATE["key"] = identity.load(state_dir)
     _STATE["device_id"] = device_id
 
 
 def build(after_seq: int, limit: int, quarantined: list, created_ms: int,
-          version: int = batchmod.FORMAT_VERSION) -> batchmod.SignedBatch | None:
-    return build_next(_STATE["log"], _STATE["key"], _STATE["device_id"], after_seq, limit,
-                      [tuple(q) for q in quarantined], created_ms, version=version)
+          version: int = batchmod.FORMAT_VERSION) -> batchmod.UnsignedBatch | None:
+    return assemble_next(_STATE["log"], _STATE["device_id"], after_seq, limit,
+                         [tuple(q) for q in quarantined], created_ms, version=version)
 
 
 def answer(request: tuple) -> tuple[bool, object]:
@@ -94,14 +95,14 @@ def picklable(exc: BaseException) -> BaseException:
 
 def main(argv: list[str]) -> int:
     request_fd, answer_fd = int(argv[0]), int(argv[1])
-    log_path, state_dir, device_id, nice = argv[2], argv[3], argv[4], int(argv[5])
+    log_path, device_id, nice = argv[2], argv[3], int(argv[4])
     return_large_blocks()  # large batches' buffers go back to the system once sent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the daemon: it closes the pipe
     threading.Thread(target=watch_parent, args=(request_fd,), name="parent-watch", daemon=True).start()
     try:
-        init(log_path, state_dir, device_id, nice)
+        init(log_path, device_id, nice)
         failed = None
-    except Exception as exc:  # noqa: BLE001 - e.g. the log or the key unreadable: the answer to every request
+    except Exception as exc:  # noqa: BLE001 - e.g. the log unreadable: the answer to every request
         failed = exc
     with os.fdopen(request_fd, "rb") as requests, os.fdopen(answer_fd, "wb") as answers:
         while True:

@@ -36,6 +36,7 @@ from sync.client import SyncClient, SyncError
 from sync.server.app import make_server
 from sync.server.bundles import publish
 from sync.state import StateFile
+from sync.wire import batch as batchmod
 from sync.wire import delta as deltamod
 from sync.wire import identity, protocol
 
@@ -354,19 +355,41 @@ def test_the_batch_builder_process_loads_neither_the_sync_loop_nor_the_trust_cod
 
 
 def test_the_batch_builder_builds_without_the_heavy_libraries(server, tmp_path, make_card, trust, now):
-    """A worker that opens a real log and builds a signed batch loads no NumPy, sqlite-utils,
-    requests, TLS or X.509 code: none is needed to read entries, encode, compress and sign (each
-    would add megabytes to a process that lives as long as the daemon)."""
+    """A worker that opens a real log and assembles a batch loads no NumPy, sqlite-utils, requests,
+    TLS, nor cryptography at all: none is needed to read entries, encode and compress (each would
+    add megabytes to a process that lives as long as the daemon; the daemon signs)."""
     dev = provision_device(server, tmp_path)
     record(dev, [verifier.verify(make_card(), trust, now)], 5)
-    heavy = ("numpy", "sqlite_utils", "requests", "urllib3", "ssl", "cryptography.x509", "click")
+    heavy = ("numpy", "sqlite_utils", "requests", "urllib3", "ssl", "cryptography.x509", "click",
+             "cryptography.hazmat", "_cffi_backend")
     code = ("import sys, sync.builder as b; "
-            f"b.init({str(dev.log.path)!r}, {str(dev.state)!r}, {dev.device_id!r}, 0); "
+            f"b.init({str(dev.log.path)!r}, {dev.device_id!r}, 0); "
             "sb = b.build(0, 10, [], 1); "
             f"print(sb.info.count, sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=WAIT).stdout
     assert out.strip() == "5 []"
+
+
+def test_the_process_builders_worker_maps_no_openssl_and_its_batches_verify(server, tmp_path, make_card, trust,
+                                                                            now):
+    """The daemon's builder process, as the daemon runs it, never maps cryptography's library (~11 MB of
+    a process that lives as long as the daemon): the daemon signs what it assembles, and the server's
+    check of the device's signature passes."""
+    dev = provision_device(server, tmp_path)
+    record(dev, [verifier.verify(make_card(), trust, now)], 7)
+    builder = ProcessBuilder(dev.log.path, dev.state, dev.device_id)
+    try:
+        sb = builder.build(0, 10, [], now_ms())
+        assert sb is not None and sb.info.count == 7
+        parsed = batchmod.open_batch(sb.data, identity.load(dev.state).public_key())
+        assert [e.seq for e in parsed.entries] == list(range(1, 8))
+        with open(f"/proc/{builder.pid}/maps", encoding="utf-8", errors="replace") as fh:
+            mapped = {line.split()[-1] for line in fh if "/" in line}
+        assert not [p for p in mapped if "cryptography" in p or "_cffi_backend" in p or "libssl" in p]
+        assert builder.build(7, 10, [], now_ms()) is None
+    finally:
+        builder.close()
 
 
 def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp_path, make_card, trust, now):

@@ -34,6 +34,7 @@ FOLLOWUP_KINDS = ("did_not_pass",)
 DECISIONS = tuple(str(d) for d in Decision)
 REASONS = tuple(str(r) for r in Reason)
 FORMATS = ("jsonl", "csv")
+MAX_BLOB = 4096  # the largest sealed holder blob: far above any real card (names are at most 80 characters)
 
 class ExportFormatError(CheckpointError):
     """An export line or file that is not what `checkpoint log export` writes."""

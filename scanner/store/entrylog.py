@@ -21,15 +21,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-
+from scanner.base.lazy import lazy_module
 from scanner.base.timeutil import DAY_MS
 from scanner.cards.scan import DIRECTIONS, Scan
 from scanner.cards.verdict import Verdict
 from scanner.store import clock as clockmod
-from scanner.store import disk, reports, retention, schema, sealing, synced
+from scanner.store import disk, reports, retention, schema, synced
 from scanner.store.admission import Admission, Conditions, Previous, admit
 from scanner.store.disk import MIB, Health
 from scanner.store.entry import (
@@ -52,6 +51,13 @@ from scanner.store.schema import (
     SYNC_MODES,
     entry_row,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    from scanner.store import sealing
+else:  # loaded with the first sealing key: a process that only reads the log (the batch builder) needs no OpenSSL
+    sealing = lazy_module("scanner.store.sealing")
 
 # the log's public API: EntryLog and the types its methods take, return and raise
 __all__ = ["EntryLog", "EntryLogError", "EntryLogWriteError", "Health", "PurgeResult", "RecordResult", "Stats",
@@ -146,8 +152,8 @@ class EntryLog:
         self.path = Path(path)
         self.device_id = device_id
         self.checkpoint_id = checkpoint_id
-        if sealing_key is not None and not isinstance(sealing_key, X25519PublicKey):
-            sealing_key = sealing.load_public_key(sealing_key)  # PEM, raw 32 bytes or a file
+        if sealing_key is not None:
+            sealing_key = sealing.load_public_key(sealing_key)  # a key, PEM, raw 32 bytes or a file
         self.sealing_key = sealing_key
         self._sealer = sealing.Sealer(sealing_key) if sealing_key is not None else None
         if holder_details == "sealed" and sealing_key is None:

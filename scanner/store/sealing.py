@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from scanner.base.errors import CheckpointError
 from scanner.cards.verdict import Holder
+from scanner.store.entry import MAX_BLOB
 
 VERSION = 2
 INFO = {1: b"checkpoint-edge seal v1", 2: b"checkpoint-edge seal v2"}
@@ -41,7 +42,6 @@ HEADER_LEN = HEADER_LEN_V1 + NONCE_LEN  # v2 adds the random nonce
 SESSION_MAX_BLOBS = 1024  # random 96-bit nonces under one key: collision odds ~2^-77
 SESSION_MAX_AGE_S = 600.0  # and no session key lives longer in memory than this
 PAD_TO = 64  # plaintext is padded to a multiple of this, so names of similar length look alike
-MAX_BLOB = 4096  # far above any real card (names are at most 80 characters)
 
 
 class SealError(CheckpointError):
@@ -238,8 +238,10 @@ def public_key_pem(key: X25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_public_key(data: bytes | str | Path) -> X25519PublicKey:
-    """The server's X25519 public key from PEM bytes, raw 32 bytes, or a PEM file path."""
+def load_public_key(data: X25519PublicKey | bytes | str | Path) -> X25519PublicKey:
+    """The server's X25519 public key: itself, or from PEM bytes, raw 32 bytes, or a PEM file path."""
+    if isinstance(data, X25519PublicKey):
+        return data
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -29,22 +29,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import msgspec
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from scanner.base.errors import CheckpointError
+from scanner.base.lazy import lazy_module
 from scanner.cards.scan import DIRECTIONS, SOURCES
 from scanner.store.clock import STATES as CLOCK_STATES
 from scanner.store.entry import (
     DECISIONS,
     FOLLOWUP_KINDS,
     MAX_AT_MS,
+    MAX_BLOB,
     MIN_AT_MS,
     REASONS,
     STORED_FIELDS,
     Entry,
 )
-from scanner.store.sealing import MAX_BLOB
 from sync.wire import protocol
 
 _InflateError: type[Exception]
@@ -56,6 +55,12 @@ try:  # ISA-L's inflate (the server extra): the same zlib streams and bounds in 
 except ImportError:  # a device, which builds batches and never opens one at this rate
     _inflater = zlib.decompressobj  # type: ignore[assignment]
     _InflateError = zlib.error
+
+if TYPE_CHECKING:
+    from cryptography import exceptions as crypto_errors
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+else:  # loaded at the first signature: the batch builder process assembles batches and never needs OpenSSL (~11 MB)
+    crypto_errors = lazy_module("cryptography.exceptions")
 
 MAGIC = b"CKB1"
 FORMAT_VERSION = 1  # what build() writes unless told (every server reads it)
@@ -114,6 +119,14 @@ class SignedBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class UnsignedBatch:
+    """A batch before its signature: ``signed`` are the exact bytes the signature will cover."""
+
+    signed: bytes
+    info: BatchInfo
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedBatch:
     """A batch whose signature checked out: its rows (RECEIVED_FIELDS values, seq order, prev_hash
     filled in from the chain)."""
@@ -155,6 +168,22 @@ def build(entries: Sequence[Entry], key: ed25519.Ed25519PrivateKey, *, device_id
 
     ``step`` is called between chunks of CHUNK rows, so a caller in a thread can yield the GIL.
     """
+    return sign(assemble(entries, device_id=device_id, created_ms=created_ms, level=level, step=step,
+                         version=version), key)
+
+
+def sign(unsigned: UnsignedBatch, key: ed25519.Ed25519PrivateKey) -> SignedBatch:
+    """The batch ``unsigned`` with its Ed25519 signature (OpenSSL does not hold the GIL meanwhile)."""
+    data = unsigned.signed + key.sign(unsigned.signed)
+    if len(data) > protocol.MAX_BATCH_BYTES:
+        raise ValueError(f"batch of {len(data)} bytes exceeds {protocol.MAX_BATCH_BYTES}")
+    return SignedBatch(data, unsigned.info)
+
+
+def assemble(entries: Sequence[Entry], *, device_id: str, created_ms: int, level: int = 6,
+             step: Callable[[], None] | None = None, version: int = FORMAT_VERSION) -> UnsignedBatch:
+    """The header and compressed body of a batch of ``entries``, all but the signature (build()):
+    what the builder process makes without the device key or a cryptography library."""
     if not entries:
         raise ValueError("a batch needs at least one entry")
     if len(entries) > protocol.MAX_BATCH_ENTRIES:
@@ -198,11 +227,7 @@ def build(entries: Sequence[Entry], key: ed25519.Ed25519PrivateKey, *, device_id
         "prev_hash": info.prev_hash.hex(), "last_hash": info.last_hash.hex(), "raw_len": raw_len,
         "created_ms": created_ms,
     }, sort_keys=True, separators=(",", ":")).encode("ascii")
-    signed = MAGIC + struct.pack(">I", len(header)) + header + body
-    data = signed + key.sign(signed)
-    if len(data) > protocol.MAX_BATCH_BYTES:
-        raise ValueError(f"batch of {len(data)} bytes exceeds {protocol.MAX_BATCH_BYTES}")
-    return SignedBatch(data, info)
+    return UnsignedBatch(MAGIC + struct.pack(">I", len(header)) + header + body, info)
 
 
 def _fail(message: str, code: str = protocol.E_MALFORMED) -> BatchError:
@@ -267,7 +292,7 @@ def read_header(data: bytes, total: int | None = None) -> BatchInfo:
 def verify_signature(data: bytes, public_key: ed25519.Ed25519PublicKey) -> None:
     try:
         public_key.verify(data[-SIG_LEN:], data[:-SIG_LEN])
-    except InvalidSignature:
+    except crypto_errors.InvalidSignature:
         raise _fail("batch signature does not verify against the device key",
                     protocol.E_BAD_SIGNATURE) from None
 

@@ -9,12 +9,16 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from typing import TYPE_CHECKING, Any
 
 from scanner.base.errors import CheckpointError
+from scanner.base.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from cryptography import exceptions as crypto_errors
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+else:  # loaded at the first signature: the batch builder process reads the limits only and never needs OpenSSL
+    crypto_errors = lazy_module("cryptography.exceptions")
 
 VERSION = 1
 PREFIX = f"/v{VERSION}"
@@ -175,7 +179,7 @@ def check_header(auth: RequestAuth, public_key: ed25519.Ed25519PublicKey, method
     try:
         public_key.verify(auth.signature, signing_input_v2(method, path_qs, auth.device_id, auth.ts_ms,
                                                            auth.nonce, auth.body_sha256))
-    except InvalidSignature:
+    except crypto_errors.InvalidSignature:
         return False
     return True
 
@@ -188,7 +192,7 @@ def check_request(auth: RequestAuth, public_key: ed25519.Ed25519PublicKey, metho
                                                                                       path_qs)
     try:
         public_key.verify(auth.signature, signing_input(method, path_qs, auth.ts_ms, body))
-    except InvalidSignature:
+    except crypto_errors.InvalidSignature:
         return False
     return True
 
