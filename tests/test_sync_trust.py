@@ -356,12 +356,12 @@ def test_the_batch_builder_process_loads_neither_the_sync_loop_nor_the_trust_cod
 
 def test_the_batch_builder_builds_without_the_heavy_libraries(server, tmp_path, make_card, trust, now):
     """A worker that opens a real log and assembles a batch loads no NumPy, sqlite-utils, requests,
-    TLS, nor cryptography at all: none is needed to read entries, encode and compress (each would
-    add megabytes to a process that lives as long as the daemon; the daemon signs)."""
+    TLS, cryptography at all, nor the texts' catalogue: none is needed to read entries, encode and
+    compress (each would add megabytes to a process that lives as long as the daemon; the daemon signs)."""
     dev = provision_device(server, tmp_path)
     record(dev, [verifier.verify(make_card(), trust, now)], 5)
     heavy = ("numpy", "sqlite_utils", "requests", "urllib3", "ssl", "cryptography.x509", "click",
-             "cryptography.hazmat", "_cffi_backend")
+             "cryptography.hazmat", "_cffi_backend", "scanner.base.catalogue")
     code = ("import sys, sync.builder as b; "
             f"b.init({str(dev.log.path)!r}, {dev.device_id!r}, 0); "
             "sb = b.build(0, 10, [], 1); "

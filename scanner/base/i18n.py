@@ -4,8 +4,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-from scanner.base.catalogue import TABLE
+from scanner.base.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from scanner.base import catalogue as generated
+else:  # loaded at the first text: ~3 MB a process that says nothing to people (the batch builder) never needs
+    generated = lazy_module("scanner.base.catalogue")
 
 LANGS = ("vi", "en")
 DEFAULT_LANG = "vi"
@@ -15,7 +21,7 @@ DEFAULT_LANG = "vi"
 def _table() -> dict:
     """The catalogue, from its generated module (compiled once, then only unmarshalled: parsing
     the 170 KB TOML cost every command ~23 ms at start)."""
-    return TABLE
+    return generated.TABLE
 
 
 def default_lang() -> str:
