@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import requests
@@ -13,6 +16,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from support.devices import Device, provision_device, record
+from support.paths import ROOT
 from support.servers import (
     BACKENDS,
     ServerThread,
@@ -20,6 +24,8 @@ from support.servers import (
     free_port,
     running_server,
 )
+from support.terminal import Terminal
+from support.waiting import HTTP_TIMEOUT, WAIT, wait_for
 from support.words import foreign
 
 from scanner.appliance.config import load
@@ -266,3 +272,52 @@ def test_provision_with_a_config_file_writes_it_and_keeps_it(server, tmp_path, m
     assert again["config"] == "kept" and again["device_id"] == res["device_id"] and not again["key_created"]
     out = r.invoke(main, ["provision", "--token", "x"])
     assert out.exit_code == 2 and "--server" in out.output
+
+
+@pytest.mark.parametrize("command", [["run", "--workers", "1"], ["run", "--workers", "2"],
+                                     ["console", "--insecure-http"]])
+def test_the_server_daemons_serve_when_they_say_so_and_a_ctrl_c_right_after_stops_them(tmp_path, command):
+    """`checkpoint server run` and `server console` say they listen only once they answer with their
+    signal handlers in place: a request sent the moment the line shows is answered, and a Ctrl-C (to
+    the whole process group, as a terminal sends it) the moment it shows or shortly after, in each of
+    many starts, ends every process of it without a traceback."""
+    db = str(tmp_path / "c.db")
+    open_storage(db).close()
+    path = "/v1/health" if command[0] == "run" else "/login"
+    for attempt in range(12):
+        port = free_port()
+        term = Terminal([sys.executable, "-m", "scanner", "server", *command, "--db", db,
+                         "--listen", f"127.0.0.1:{port}"], cwd=ROOT, env={**os.environ, "CHECKPOINT_LANG": "en"})
+        try:
+            term.wait_for("listening on")
+            if attempt == 0:  # no retry: the first request is answered
+                assert requests.get(f"http://127.0.0.1:{port}{path}", timeout=HTTP_TIMEOUT).ok
+            time.sleep((0.0, 0.0, 0.02, 0.1)[attempt % 4])
+            term.ctrl_c()
+            try:  # half the minute a stuck worker used to hold the supervisor for (generous for a loaded machine)
+                term.finish(timeout=WAIT / 2)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"start {attempt}: still running {WAIT / 2:.0f} s after a Ctrl-C: {_group(term.proc.pid)}\n"
+                            f"{term.text()}")
+            pgid = term.proc.pid
+            wait_for(lambda pgid=pgid: not _group(pgid),  # a worker too
+                     lambda pgid=pgid: f"processes still running after a Ctrl-C: {_group(pgid)}", timeout=WAIT / 2)
+            assert "Traceback" not in term.text(), f"start {attempt}:\n{term.text()}"
+        finally:
+            term.close()
+
+
+def _group(pgid: int) -> list[str]:
+    """The processes (pid and command line) still in process group ``pgid``."""
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            left.append(f"{pid} {cmd}")
+    return left

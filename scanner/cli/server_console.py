@@ -73,7 +73,10 @@ def server_console(db_url, listen, opener_socket, opener_tls, opener_cert, clien
     scheme = "https" if tls_cert else "http"
     opener_text = (i18n.t("server.console_opener", socket=escape(opener.where)) if opener
                    else i18n.t("server.console_no_opener"))
-    click.echo("checkpoint console: " + i18n.t("server.console_listening", url=f"{scheme}://{listen}",
-                                               db=escape(db_url), opener=opener_text),
-               err=True)
-    run_guarded(serve, app, host, port, tls_cert=tls_cert, tls_key=tls_key)
+
+    def listening() -> None:  # said once it answers and a Ctrl-C stops it
+        click.echo("checkpoint console: " + i18n.t("server.console_listening", url=f"{scheme}://{listen}",
+                                                   db=escape(db_url), opener=opener_text),
+                   err=True)
+
+    run_guarded(serve, app, host, port, tls_cert=tls_cert, tls_key=tls_key, serving=listening)

@@ -64,8 +64,11 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
         fail(i18n.text("server_cli.tls_pair"))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     scheme = "https" if tls_cert else "http"
-    click.echo("checkpoint server: " + i18n.t("server.server_listening", url=f"{scheme}://{listen}",
-                                              db=escape(db_url)), err=True)
+
+    def listening() -> None:  # said once it answers and a Ctrl-C stops it
+        click.echo("checkpoint server: " + i18n.t("server.server_listening", url=f"{scheme}://{listen}",
+                                                  db=escape(db_url)), err=True)
+
     limits = Limits(per_peer=max_per_peer, connections_per_peer=max_connections_per_peer,
                     legacy_inflight=legacy_inflight, legacy_max_bytes=legacy_max_bytes, min_rate_bps=min_body_rate,
                     body_timeout_s=body_timeout)
@@ -74,4 +77,5 @@ def server_run(db_url, listen, keys_dir, tls_cert, tls_key, access_log, workers,
                 access_log=access_log, max_inflight=max_inflight, retry_after_s=retry_after_s, limits=limits,
                 workers=workers, sealing_public=sealing_public, group_commit_ms=group_commit_ms,
                 batch_formats=tuple(int(v) for v in batch_formats.split(",")),
-                warn=lambda words: click.echo("checkpoint server: " + words(i18n.default_lang()), err=True))
+                warn=lambda words: click.echo("checkpoint server: " + words(i18n.default_lang()), err=True),
+                serving=listening)

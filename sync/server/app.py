@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_ready
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -73,6 +75,7 @@ INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up
 DB_WORK_DEADLINE_S = 15.0
 # how long a batch waits for others to share its transaction (group commit, sync/server/groupcommit.py)
 GROUP_COMMIT_MS = 2.0
+SHUTDOWN_GRACE_S = 5  # on SIGINT/SIGTERM, requests under way get this long to finish (devices retry the rest)
 KEYS_KEPT = 100_000  # enrolled devices' keys a process keeps for authenticating batches (~20 MB)
 BATCH_THREADS = 40  # threads that open and store batches (as many as Starlette's thread pool has)
 
@@ -457,16 +460,18 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
 
 
 def make_server(app, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None,
-                access_log: bool = False, log_level: str = "warning", sock=None, limits: Limits | None = None):
+                access_log: bool = False, log_level: str = "warning", sock=None, limits: Limits | None = None,
+                serving: Callable[[], None] | None = None):
     """A uvicorn Server for ``app`` (asyncio's loop; httptools' parser where the server extra is
     installed, else h11), its connections held to ``limits`` (per peer, handshake and header
-    deadlines, limits.guarded_protocol); ``run`` it."""
+    deadlines, limits.guarded_protocol); ``run`` it. ``serving``: called once it accepts
+    connections with its signal handlers in place."""
     limits = limits or Limits()
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", http=guarded_protocol(limits), ws="none",
                             lifespan="off", access_log=access_log, log_level=log_level,
                             ssl_certfile=tls_cert, ssl_keyfile=tls_key, timeout_keep_alive=30,
-                            server_header=False)
-    return GuardedServer(config, limits)
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S, server_header=False)
+    return GuardedServer(config, limits, serving)
 
 
 def raise_open_files_limit() -> int:
@@ -504,7 +509,8 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
           tls_key: str | None = None, access_log: bool = False, ready=None, max_inflight: int = 256,
           retry_after_s: int = 2, limits: Limits | None = None, workers: int = 0,
           sealing_public: str | None = None, group_commit_ms: float = GROUP_COMMIT_MS,
-          batch_formats: tuple[int, ...] = FORMAT_VERSIONS, warn: Callable[[Text], None] | None = None) -> None:
+          batch_formats: tuple[int, ...] = FORMAT_VERSIONS, warn: Callable[[Text], None] | None = None,
+          serving: Callable[[], None] | None = None) -> None:
     """Run the server until SIGINT/SIGTERM (`checkpoint server run`): in this process, or in
     ``workers`` processes (0: default_workers) sharing one listening socket, each with its own
     connections to the database (they keep no state of their own: docs/scaling.md).
@@ -512,7 +518,8 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
     never loaded here. ``group_commit_ms``: how long a batch may wait for others to be stored with
     it in one transaction (PostgreSQL; 0: each batch in its own, sync/server/groupcommit.py).
     ``batch_formats``: the batch formats read and announced to devices. ``warn``: says a warning for
-    the operator in the reader's language (else it is logged in English)."""
+    the operator in the reader's language (else it is logged in English). ``serving``: called once the
+    server accepts connections and SIGINT/SIGTERM stop it (the operator's "listening" line)."""
     directory = key_dir(db_url, keys_dir)
     group = GroupSettings(window_s=group_commit_ms / 1000) if group_commit_ms > 0 else None
     limits = limits or Limits()
@@ -529,7 +536,7 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
         workers = workers or default_workers(db_url)
         if workers == 1:
             server = make_server(create_app(storage, config), host, port, tls_cert=tls_cert, tls_key=tls_key,
-                                 access_log=access_log, limits=limits)
+                                 access_log=access_log, limits=limits, serving=serving)
             if threading.current_thread() is threading.main_thread():  # a process of its own (the demo
                 settle_heap()  # serves from a thread of a process with more in it: its collector stays)
             if ready is not None:
@@ -539,18 +546,21 @@ def serve(db_url: str, host: str, port: int, *, keys_dir: str | None = None, tls
     finally:
         storage.close()
     _supervise(workers, dict(db_url=db_url, config=config, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
-                             access_log=access_log, group=group))
+                             access_log=access_log, group=group), serving)
 
 
-def _worker(sock: socket.socket, *, db_url: str, config: ServerConfig, host: str, port: int, tls_cert: str | None,
-            tls_key: str | None, access_log: bool, group: GroupSettings | None) -> None:
-    """One worker process: its own storage (pool of connections), the app, uvicorn on ``sock``."""
+def _worker(sock: socket.socket, told: Connection, *, db_url: str, config: ServerConfig, host: str, port: int,
+            tls_cert: str | None, tls_key: str | None, access_log: bool, group: GroupSettings | None) -> None:
+    """One worker process: its own storage (pool of connections), the app, uvicorn on ``sock``; it
+    tells the supervisor on ``told`` once it serves with its signal handlers in place. SIGTERM from
+    the supervisor stops it; SIGINT stays blocked (a terminal's Ctrl-C is the supervisor's to act on)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # before its first thread: they inherit the mask
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
     parent = os.getppid()
     storage = open_storage(db_url, work_deadline_s=DB_WORK_DEADLINE_S, group=group)
     try:
         server = make_server(create_app(storage, config), host, port, tls_cert=tls_cert, tls_key=tls_key,
-                             access_log=access_log, limits=config.limits)
+                             access_log=access_log, limits=config.limits, serving=lambda: told.send(True))
 
         def orphaned() -> None:  # the supervisor was killed (SIGKILL): stop serving rather than linger
             while os.getppid() == parent and not server.should_exit:
@@ -564,38 +574,76 @@ def _worker(sock: socket.socket, *, db_url: str, config: ServerConfig, host: str
         storage.close()
 
 
-def _supervise(workers: int, settings: dict) -> None:
+def _supervise(workers: int, settings: dict, serving: Callable[[], None] | None = None) -> None:
     """Bind the socket, start ``workers`` worker processes on it and keep that many running until
-    SIGINT/SIGTERM, then stop them (each finishes the requests it has)."""
+    SIGINT/SIGTERM, then stop them with SIGTERM (each finishes the requests it has, for at most
+    SHUTDOWN_GRACE_S). A Ctrl-C is for this process alone: the workers are started with SIGINT
+    blocked, so a terminal's Ctrl-C, which reaches the whole process group, never interrupts one
+    half-started or half-stopped (a traceback, or a worker this process waited a minute for).
+    ``serving``: called once the first workers all serve."""
     family = socket.AF_INET6 if ":" in settings["host"] else socket.AF_INET
     sock = socket.create_server((settings["host"], settings["port"]), family=family, backlog=2048)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no threads or connections inherited
-    stop = threading.Event()
+    stopping: list[int] = []  # the signals received (appended by the handler: it takes no lock)
+    waiting: dict[Connection, int] = {}  # the first workers' "serving" pipes, until each has said so
 
-    def start(i: int) -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(target=_worker, args=(sock,), kwargs=settings, name=f"checkpoint-worker-{i}", daemon=True)
-        proc.start()
+    def start(i: int, first: bool = False) -> multiprocessing.process.BaseProcess:
+        heard, told = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker, args=(sock, told), kwargs=settings, name=f"checkpoint-worker-{i}",
+                           daemon=True)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # inherited through fork and exec
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C meanwhile reaches this process now
+        told.close()
+        if first and serving is not None:
+            waiting[heard] = i
+        else:
+            heard.close()
         return proc
 
-    def on_signal(signum, frame) -> None:
-        stop.set()
+    def on_signal(signum, frame) -> None:  # no Event.set here: the main thread may hold its lock when a signal comes
+        stopping.append(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    procs = [start(i) for i in range(workers)]
+    procs = [start(i, first=True) for i in range(workers)]
     log.info("%d worker processes on %s:%d", workers, settings["host"], settings["port"])
     try:
-        while not stop.wait(0.5):
+        while waiting and not stopping:
+            for conn in wait_for_ready(list(waiting), timeout=0.1):
+                assert isinstance(conn, Connection)  # wait() hands back what it was given
+                i = waiting.pop(conn)
+                try:
+                    conn.recv()  # it serves
+                except EOFError:  # it ended before it served: another in its place, waited for too
+                    procs[i].join(SHUTDOWN_GRACE_S)
+                    log.warning("worker %d exited with %s before it served; starting another", procs[i].pid,
+                                procs[i].exitcode)
+                    procs[i] = start(i, first=True)
+                finally:
+                    conn.close()
+            if not waiting and serving is not None and not stopping:
+                serving()
+        while not stopping:
+            time.sleep(0.2)  # after a signal's handler, sleep goes on for the rest of this time: no longer
             for i, proc in enumerate(procs):
+                if stopping:
+                    break
                 if not proc.is_alive():
                     log.warning("worker %d exited with %s; starting another", proc.pid, proc.exitcode)
                     procs[i] = start(i)
     finally:
+        for conn in waiting:
+            conn.close()
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
+        end = time.monotonic() + SHUTDOWN_GRACE_S + 2.0
         for proc in procs:
-            proc.join(60)
+            proc.join(max(0.0, end - time.monotonic()))
             if proc.is_alive():
+                log.warning("worker %d still running %.0f s after SIGTERM; killed", proc.pid, SHUTDOWN_GRACE_S + 2.0)
                 proc.kill()
                 proc.join(10)
         sock.close()

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import h11
@@ -215,11 +215,19 @@ class _TLSDeadlineLoop(asyncio.SelectorEventLoop):
 
 
 class GuardedServer(uvicorn.Server):
-    """uvicorn's Server, run (``run``) on an event loop that holds TLS handshakes and closes to ``limits``."""
+    """uvicorn's Server, run (``run``) on an event loop that holds TLS handshakes and closes to ``limits``;
+    ``serving`` is called once it accepts connections, its signal handlers in place (so whoever it tells
+    may stop it with SIGINT/SIGTERM from then on)."""
 
-    def __init__(self, config: uvicorn.Config, limits: Limits) -> None:
+    def __init__(self, config: uvicorn.Config, limits: Limits, serving: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.limits = limits
+        self.serving = serving
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.serving is not None:
+            self.serving()
 
     def run(self, sockets=None) -> None:
         loop = functools.partial(_TLSDeadlineLoop, self.limits)

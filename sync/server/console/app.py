@@ -834,9 +834,11 @@ def routes_of(app: Starlette) -> list[tuple[str, tuple[str, ...], Rule]]:
             if isinstance(r, RuledRoute)]
 
 
-def serve(app: Starlette, host: str, port: int, *, tls_cert: str | None, tls_key: str | None, ready=None) -> None:
-    """Run the console on uvicorn until SIGINT/SIGTERM (no access log: paths carry card ids)."""
-    server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=False)
+def serve(app: Starlette, host: str, port: int, *, tls_cert: str | None, tls_key: str | None, ready=None,
+          serving: Callable[[], None] | None = None) -> None:
+    """Run the console on uvicorn until SIGINT/SIGTERM (no access log: paths carry card ids);
+    ``serving``: called once it accepts connections and SIGINT/SIGTERM stop it."""
+    server = make_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, access_log=False, serving=serving)
     if ready is not None:
         ready(server)
     server.run()
