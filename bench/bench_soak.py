@@ -94,6 +94,20 @@ def _rollup(pid: int) -> dict[str, int]:
     return fields
 
 
+def names(pids: list[int]) -> tuple[str, ...]:
+    """What each process runs (``python -m X`` as X), sorted: which processes a sample caught."""
+    out = []
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as fh:
+                argv = fh.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if argv[0]:  # an empty command line: a process that has exited and is not reaped yet
+            out.append(argv[argv.index("-m") + 1] if "-m" in argv[:-1] else os.path.basename(argv[0]))
+    return tuple(sorted(out))
+
+
 def by_process(pids: list[int]) -> str:
     """Each process's RSS / PSS, MB, by what it runs (``python -m X`` as X)."""
     out = []
@@ -279,6 +293,7 @@ def _one_run(quick: bool, number: int) -> dict:
             peer = _bare_python()
             samples: list[tuple[int, Memory]] = []
             alone: list[Memory] = []  # the daemon process by itself, at the same moments
+            caught: list[tuple[str, ...]] = []  # which processes each sample caught
             swap: dict = {}
             sampler = _Sampler(daemon.pid)
             try:
@@ -293,7 +308,9 @@ def _one_run(quick: bool, number: int) -> dict:
                     os.write(w, "".join(next(cards) + "\n" for _ in range(k)).encode())
                     done += k
                     daemon.wait(lambda done=done: daemon.seq >= done, f"{done} verdicts")
-                    samples.append((done, measure(tree(daemon.pid))))
+                    pids = tree(daemon.pid)
+                    samples.append((done, measure(pids)))
+                    caught.append(names(pids))
                     alone.append(measure([daemon.pid]))
                     if done >= swap_at and not swap:
                         detail["before swap"] = by_process(tree(daemon.pid))
@@ -317,6 +334,16 @@ def _one_run(quick: bool, number: int) -> dict:
     fifths = [after[i * len(after) // 5:(i + 1) * len(after) // 5] for i in range(5)]
     parts = [slope([x / 10_000 for x, _ in f], [m.rss / MB for _, m in f]) for f in fifths if len(f) > 2]
     daemon_slope = slope(xs, [m.rss / MB for _, m in after])
+    # the samples that caught the appliance's usual processes (not a trust check, nor the moment the
+    # builder is ended or not yet started again): the slope over them alone, reported beside the goal's
+    sets = [c for (x, _), c in zip(samples, caught) if x > warm]
+    usual = statistics.mode(sets) if sets else ()
+    kept = [(x, m) for (x, m), c in zip(samples, caught) if x > warm and c == usual]
+    usual_slope = slope([x / 10_000 for x, _ in kept], [m.rss / MB for _, m in kept]) if len(kept) > 2 else float("nan")
+    print(f"  the samples that caught the usual processes ({' + '.join(usual)}): {len(kept)} of {len(sets)}; "
+          f"slope over them {usual_slope:+.3f} MB per 10k scans; the others: "
+          + (", ".join(f"{' + '.join(c) or 'none'} ×{sets.count(c)}" for c in sorted(set(sets)) if c != usual) or "-"))
+    result.update(usual_slope_mib_per_10k=usual_slope, usual_samples=len(kept), samples_after_warm_up=len(sets))
     result.update(daemon_slope_mib_per_10k=daemon_slope, daemon_fifths=parts,
                   daemon_rss_mib=median([m.rss for _, m in after]) / MB,
                   builder_rss_mib=median([a.rss - m.rss for (x, a), m in zip(samples, alone) if x > warm]) / MB,
