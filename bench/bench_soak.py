@@ -94,32 +94,29 @@ def _rollup(pid: int) -> dict[str, int]:
     return fields
 
 
+def _runs(pid: int) -> str | None:
+    """What ``pid`` runs (``python -m X`` as X; "" for a process that has exited and is not reaped
+    yet), or None if it is gone."""
+    raw = _cmdline(pid)
+    if raw is None:
+        return None
+    argv = raw.decode("utf-8", "replace").split("\0")
+    return argv[argv.index("-m") + 1] if "-m" in argv[:-1] else os.path.basename(argv[0])
+
+
 def names(pids: list[int]) -> tuple[str, ...]:
-    """What each process runs (``python -m X`` as X), sorted: which processes a sample caught."""
-    out = []
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as fh:
-                argv = fh.read().decode("utf-8", "replace").split("\0")
-        except OSError:
-            continue
-        if argv[0]:  # an empty command line: a process that has exited and is not reaped yet
-            out.append(argv[argv.index("-m") + 1] if "-m" in argv[:-1] else os.path.basename(argv[0]))
-    return tuple(sorted(out))
+    """What each process runs, sorted: which processes a sample caught."""
+    return tuple(sorted(name for name in map(_runs, pids) if name))
 
 
 def by_process(pids: list[int]) -> str:
-    """Each process's RSS / PSS, MB, by what it runs (``python -m X`` as X)."""
+    """Each process's RSS / PSS, MB, by what it runs."""
     out = []
     for p in pids:
         r = _rollup(p)
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as fh:
-                argv = fh.read().decode("utf-8", "replace").split("\0")
-        except OSError:
-            continue
-        name = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else os.path.basename(argv[0])
-        out.append(f"{name} {r.get('Rss', 0) / MB:.1f}/{r.get('Pss', 0) / MB:.1f}")
+        name = _runs(p)
+        if name is not None:
+            out.append(f"{name} {r.get('Rss', 0) / MB:.1f}/{r.get('Pss', 0) / MB:.1f}")
     return ", ".join(out)
 
 

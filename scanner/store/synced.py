@@ -87,7 +87,7 @@ def mark(conn: sqlite3.Connection, batch_id: str, first_seq: int, last_seq: int)
     if any(b != batch_id for _, _, b in overlap):
         raise EntryLogError(f"seq {first_seq}..{last_seq}: some entries are already in another batch",
                             code="sync_conflict")
-    covered = sum(min(hi, last_seq) - max(lo, first_seq) + 1 for lo, hi, _ in overlap)
+    covered = _covered(overlap, first_seq, last_seq)
     if covered == size:
         return 0
     lo, hi = first_seq, last_seq
@@ -105,7 +105,7 @@ def marked_by(conn: sqlite3.Connection, batch_id: str, first_seq: int, last_seq:
     sent, needs no write transaction)."""
     overlap = _overlap(conn, first_seq, last_seq)
     return (all(b == batch_id for _, _, b in overlap)
-            and sum(min(hi, last_seq) - max(lo, first_seq) + 1 for lo, hi, _ in overlap) == last_seq - first_seq + 1)
+            and _covered(overlap, first_seq, last_seq) == last_seq - first_seq + 1)
 
 
 def _overlap(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> list[tuple[int, int, str]]:
@@ -115,6 +115,11 @@ def _overlap(conn: sqlite3.Connection, first_seq: int, last_seq: int) -> list[tu
         "SELECT first_seq, last_seq, batch_id FROM synced_runs WHERE first_seq <= ? AND first_seq >= "
         "coalesce((SELECT max(first_seq) FROM synced_runs WHERE first_seq <= ?), ?) AND last_seq >= ?",
         (last_seq, first_seq, first_seq, first_seq)).fetchall()
+
+
+def _covered(overlap: list[tuple[int, int, str]], first_seq: int, last_seq: int) -> int:
+    """How many of first_seq..last_seq the runs ``overlap`` (from _overlap) cover."""
+    return sum(min(hi, last_seq) - max(lo, first_seq) + 1 for lo, hi, _ in overlap)
 
 
 def _merge_span(conn: sqlite3.Connection, lo: int, hi: int) -> None:
