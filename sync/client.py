@@ -24,7 +24,16 @@ from scanner.base.i18n import Text, text
 from scanner.base.timeutil import now_ms
 from sync.errors import SyncError as SyncError  # raised by the client, defined apart (sync/errors.py)
 from sync.wire import protocol
-from sync.wire.http import SyncConfigError, check_server_url, copy_limited, parse_retry_after, read_limited, refusal
+from sync.wire.http import (
+    ANSWER_RULE,
+    AnswerRule,
+    SyncConfigError,
+    check_server_url,
+    copy_limited,
+    parse_retry_after,
+    read_limited,
+    refusal,
+)
 from sync.wire.identity import device_id as device_id_of
 from sync.wire.identity import public_raw
 
@@ -106,7 +115,7 @@ class SyncClient:
 
     def __init__(self, base_url: str, key: ed25519.Ed25519PrivateKey, *, device_id: str | None = None,
                  ca_file: str | None = None, connect_timeout: float = 5.0, read_timeout: float = 30.0,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None, answer_rule: AnswerRule = ANSWER_RULE) -> None:
         self.base_url = check_server_url(base_url)
         if ca_file is not None and not os.path.isfile(ca_file):
             raise SyncConfigError(f"CA file {ca_file} does not exist")
@@ -114,6 +123,7 @@ class SyncClient:
         self.key = key
         self.device_id = device_id or device_id_of(key)
         self.timeout = (connect_timeout, read_timeout)
+        self.answer_rule = answer_rule
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = f"checkpoint-edge/{__version__}"
         self.last_clock_offset_ms: int | None = None
@@ -156,10 +166,10 @@ class SyncClient:
                 if (into is not None and resp.status_code == 200
                         and not resp.headers.get("Content-Type", "").startswith(protocol.DELTA_TYPE)):
                     with AtomicFile.at(into, 0o644) as fh:
-                        copy_limited(resp, max_bytes, path, TransientError, fh)
+                        copy_limited(resp, max_bytes, path, TransientError, fh, self.answer_rule)
                     body = b""
                 else:
-                    body = read_limited(resp, max_bytes, path, TransientError)
+                    body = read_limited(resp, max_bytes, path, TransientError, self.answer_rule)
                 status, resp_headers = resp.status_code, CaseInsensitiveDict(resp.headers)
         except requests.exceptions.SSLError as exc:
             raise _net_error("tls", self.base_url, cause(exc), code="tls") from None

@@ -24,7 +24,7 @@ from scanner.base.errors import CheckpointError
 from sync.server.model import ServerError, Storage
 from sync.wire import protocol, pullauth
 from sync.wire.batch import BatchError, open_batch, read_header
-from sync.wire.http import is_loopback, read_limited, refusal
+from sync.wire.http import ANSWER_RULE, AnswerRule, is_loopback, read_limited, refusal
 
 
 class PullFailed(CheckpointError):
@@ -77,13 +77,15 @@ class PullClient:
     """The server talking to one device's pull endpoints (one attempt per call, typed errors)."""
 
     def __init__(self, base_url: str, *, key: ed25519.Ed25519PrivateKey | None = None, token: str | None = None,
-                 ca_file: str | None = None, connect_timeout: float = 5.0, read_timeout: float = 60.0) -> None:
+                 ca_file: str | None = None, connect_timeout: float = 5.0, read_timeout: float = 60.0,
+                 answer_rule: AnswerRule = ANSWER_RULE) -> None:
         if key is None and not token:
             raise PullFailed("a pull needs the server's pull key or a token", code="pull_config")
         self.base_url = check_device_url(base_url, token=key is None)
         self.key, self.token = key, token
         self.verify: str | bool = ca_file if ca_file else True
         self.timeout = (connect_timeout, read_timeout)
+        self.answer_rule = answer_rule
         self.session = requests.Session()
         self.device_id = pullauth.NO_NONCE
         self.nonce = pullauth.NO_NONCE
@@ -105,7 +107,7 @@ class PullClient:
             with self.session.request(method, self.base_url + path_qs, data=body or None, headers=headers,
                                       timeout=self.timeout, verify=self.verify, stream=True,
                                       allow_redirects=False) as resp:
-                resp._content = read_limited(resp, max_bytes, path, PullFailed)
+                resp._content = read_limited(resp, max_bytes, path, PullFailed, self.answer_rule)
         except requests.exceptions.RequestException as exc:
             raise PullFailed(f"{self.base_url}: {type(exc).__name__}: {str(exc)[:200]}", code="network") from None
         if resp.status_code in (200, 204):
