@@ -307,6 +307,33 @@ def test_the_server_daemons_serve_when_they_say_so_and_a_ctrl_c_right_after_stop
             term.close()
 
 
+def test_server_run_stops_with_the_reason_when_its_workers_cannot_start(tmp_path):
+    """`server run --workers 2` with a TLS key that cannot be loaded: each worker dies before it
+    serves, saying why in one line; the supervisor gives up after a few tries, exit 2, instead of
+    starting another every few seconds until someone presses Ctrl-C, and leaves no process."""
+    db = str(tmp_path / "c.db")
+    open_storage(db).close()
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    proc = subprocess.Popen([sys.executable, "-m", "scanner", "server", "run", "--db", db, "--workers", "2",
+                             "--listen", f"127.0.0.1:{free_port()}", "--tls-cert", str(tmp_path / "cert.pem"),
+                             "--tls-key", str(tmp_path / "key.pem")], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "CHECKPOINT_LANG": "en"},
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=WAIT * 2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"still restarting its workers after {WAIT * 2:.0f} s:\n{err[-2000:]}")
+    assert proc.returncode == 2, err
+    last = err.strip().splitlines()[-1]
+    assert "before it served, 3 times in a row" in last and "workers_failed" in last, err
+    assert "listening on" not in err and "Traceback" not in err, err
+    assert err.count("worker cannot serve: [SSL]") >= 3  # each worker's own reason, one line each
+    wait_for(lambda: not _group(proc.pid), lambda: f"processes left: {_group(proc.pid)}", timeout=WAIT / 2)
+
+
 def _group(pgid: int) -> list[str]:
     """The processes (pid and command line) still in process group ``pgid``."""
     left = []

@@ -612,6 +612,7 @@ TABLE: dict = {
         'pulled': {'vi': '{url} {device}: {batches} lô, {entries} mục (mới {stored}, đã có {dup}), đánh dấu trên thiết bị {marked}, cách ly {quarantined}; còn chờ {pending}', 'en': '{url} {device}: {batches} batches, {entries} entries ({stored} new, {dup} already held), {marked} marked on the device, {quarantined} quarantined; pending {pending}'},
         'pull_error': {'vi': '; lỗi {code}: {why}', 'en': '; error {code}: {why}'},
         'server_listening': {'vi': 'đang nghe tại {url} (cơ sở dữ liệu {db})', 'en': 'listening on {url} (database {db})'},
+        'workers_failed': {'vi': 'tiến trình phục vụ đã thoát (mã {status}) trước khi kịp phục vụ, {tries} lần liền; xem nhật ký phía trên để biết lý do (chứng chỉ TLS, cơ sở dữ liệu)', 'en': 'a server worker exited (status {status}) before it served, {tries} times in a row; the log above says why (a TLS key, the database)'},
         'no_credential': {'vi': 'cảnh báo: máy chủ chưa công bố chứng thư do gốc tin cậy ký, thiết bị sẽ không đăng ký được (người vận hành ký một chứng thư bằng `checkpoint issuer server-credential`, rồi `checkpoint server credential publish`)', 'en': 'warning: no server credential published: devices will not enroll (the operator signs one with `checkpoint issuer server-credential`; then `checkpoint server credential publish`)'},
         'console_listening': {'vi': 'đang nghe tại {url} (cơ sở dữ liệu {db}{opener})', 'en': 'listening on {url} (database {db}{opener})'},
         'console_opener': {'vi': ', tiến trình mở khoá {socket}', 'en': ', opener {socket}'},

@@ -18,6 +18,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from scanner import __version__
+from scanner.base.errors import CheckpointError
 from scanner.base.i18n import Text, text
 from scanner.base.timeutil import now_ms
 from sync.server import bundles, credentials
@@ -75,6 +77,7 @@ INLINE_BUNDLE_MAX = 1024 * 1024  # enrollment answers carry the bundle inline up
 DB_WORK_DEADLINE_S = 15.0
 # how long a batch waits for others to share its transaction (group commit, sync/server/groupcommit.py)
 GROUP_COMMIT_MS = 2.0
+START_TRIES = 3  # a worker that ends before it serves this many times in a row: `server run` stops with the reason
 SHUTDOWN_GRACE_S = 5  # on SIGINT/SIGTERM, requests under way get this long to finish (devices retry the rest)
 KEYS_KEPT = 100_000  # enrolled devices' keys a process keeps for authenticating batches (~20 MB)
 BATCH_THREADS = 40  # threads that open and store batches (as many as Starlette's thread pool has)
@@ -557,6 +560,17 @@ def _worker(sock: socket.socket, told: Connection, *, db_url: str, config: Serve
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # before its first thread: they inherit the mask
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
     parent = os.getppid()
+    try:
+        _work(sock, told, parent, db_url=db_url, config=config, host=host, port=port, tls_cert=tls_cert,
+              tls_key=tls_key, access_log=access_log, group=group)
+    except (CheckpointError, OSError) as exc:  # a TLS key, the database: one line, the supervisor says the rest
+        log.error("worker cannot serve: %s", exc)
+        sys.exit(1)
+
+
+def _work(sock: socket.socket, told: Connection, parent: int, *, db_url: str, config: ServerConfig, host: str,
+          port: int, tls_cert: str | None, tls_key: str | None, access_log: bool,
+          group: GroupSettings | None) -> None:
     storage = open_storage(db_url, work_deadline_s=DB_WORK_DEADLINE_S, group=group)
     try:
         server = make_server(create_app(storage, config), host, port, tls_cert=tls_cert, tls_key=tls_key,
@@ -580,7 +594,8 @@ def _supervise(workers: int, settings: dict, serving: Callable[[], None] | None 
     SHUTDOWN_GRACE_S). A Ctrl-C is for this process alone: the workers are started with SIGINT
     blocked, so a terminal's Ctrl-C, which reaches the whole process group, never interrupts one
     half-started or half-stopped (a traceback, or a worker this process waited a minute for).
-    ``serving``: called once the first workers all serve."""
+    ``serving``: called once the first workers all serve. A first worker that ends before it serves
+    START_TRIES times in a row stops them all (CheckpointError, code workers_failed)."""
     family = socket.AF_INET6 if ":" in settings["host"] else socket.AF_INET
     sock = socket.create_server((settings["host"], settings["port"]), family=family, backlog=2048)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no threads or connections inherited
@@ -608,6 +623,7 @@ def _supervise(workers: int, settings: dict, serving: Callable[[], None] | None 
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     procs = [start(i, first=True) for i in range(workers)]
+    failed = [0] * workers  # each first worker's starts that ended before it served
     log.info("%d worker processes on %s:%d", workers, settings["host"], settings["port"])
     try:
         while waiting and not stopping:
@@ -618,6 +634,12 @@ def _supervise(workers: int, settings: dict, serving: Callable[[], None] | None 
                     conn.recv()  # it serves
                 except EOFError:  # it ended before it served: another in its place, waited for too
                     procs[i].join(SHUTDOWN_GRACE_S)
+                    failed[i] += 1
+                    if failed[i] >= START_TRIES:  # a fault of the settings (a TLS key, the database), not bad luck
+                        raise CheckpointError(
+                            f"server worker exited with {procs[i].exitcode} before it served, {failed[i]} times in "
+                            "a row; its log above says why", code="workers_failed",
+                            text=text("server.workers_failed", tries=failed[i], status=procs[i].exitcode)) from None
                     log.warning("worker %d exited with %s before it served; starting another", procs[i].pid,
                                 procs[i].exitcode)
                     procs[i] = start(i, first=True)
