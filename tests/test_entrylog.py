@@ -2,6 +2,7 @@
 the hash chain, sync marking, retention, files and schema guards."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import itertools
@@ -9,6 +10,7 @@ import os
 import pwd
 import sqlite3
 import stat
+import threading
 import time
 import uuid
 
@@ -23,7 +25,7 @@ from scanner.cards.verdict import Decision
 from scanner.store import entrylog as entrylog_mod
 from scanner.store import sealing
 from scanner.store.entry import GENESIS
-from scanner.store.entrylog import PASSBACK_SQL, EntryLog, EntryLogError, new_entry_id
+from scanner.store.entrylog import PASSBACK_SQL, EntryLog, EntryLogError, EntryLogWriteError, new_entry_id
 
 NOW = 1_750_000_000  # conftest's verification time: 2025-06-15T15:06:40Z
 UTC7 = dt.timezone(dt.timedelta(hours=7))
@@ -315,6 +317,56 @@ def test_the_chain_continues_after_another_connection_appended_and_purged(open_l
     assert a.record(scan(NOW + 70), verdict_for(), direction="in").entry.seq == 3
     report = a.verify()
     assert report.ok and report.anchor_seq == 2, report
+
+
+@contextlib.contextmanager
+def _writing_elsewhere(log: EntryLog, hold_s: float):
+    """``log`` holds a write transaction on another thread for ``hold_s`` (as the sync agent's own
+    log does while it marks a batch); entered once it holds it."""
+    holding, done = threading.Event(), threading.Event()
+
+    def hold():
+        with log._write():
+            holding.set()
+            time.sleep(hold_s)
+        done.set()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert holding.wait(10)
+    try:
+        yield done
+    finally:
+        t.join()
+
+
+def test_writers_of_one_file_in_one_process_queue_on_a_lock_not_on_sqlites_sleep(open_log, verdict_for):
+    """The lane's log and the sync agent's are two connections to one file in one process: a scan
+    that meets the other's write transaction waits for its end on a lock, woken when it ends, not
+    in SQLite's busy handler (which sleeps 1 ms, then 2, then 5, however short the other's
+    transaction). Shown with the lane connection's own busy wait off: the scan still commits."""
+    lane = open_log()
+    sync = open_log()
+    lane.record(scan(NOW), verdict_for(), direction="in")
+    lane._conn.execute("PRAGMA busy_timeout = 0")  # SQLite's wait off: a BUSY would fail at once
+    with _writing_elsewhere(sync, 0.3) as done:
+        res = lane.record(scan(NOW + 1), verdict_for(), direction="in")
+        assert done.is_set()  # it waited for the other's commit
+    assert res.entry.seq == 2 and lane.queued() == 0
+    assert lane.verify().ok
+
+
+def test_a_writer_that_holds_the_file_too_long_fails_the_scan_into_the_retry_queue_not_a_hang(open_log, verdict_for):
+    """The lock is waited for no longer than the log's busy timeout: then the scan's entry waits in
+    the retry queue (as with a busy file), and is committed once the other writer is done."""
+    lane = open_log(busy_timeout_s=0.2)
+    sync = open_log()
+    with _writing_elsewhere(sync, 2.0) as done:
+        with pytest.raises(EntryLogWriteError):
+            lane.record(scan(NOW), verdict_for(), direction="in")
+        assert not done.is_set() and lane.queued() == 1
+    assert lane.flush_pending() == 1 and lane.queued() == 0
+    assert [e.seq for e in lane.tail(5)] == [1]
 
 
 def _wal_pages(log: EntryLog) -> int:

@@ -76,6 +76,26 @@ CHECKPOINT_QUIET_S = 0.02  # ... while no commit of it is in flight and none end
 CHECKPOINT_MAX_COMMITS = 1600  # ... or, between scans or not, after this many
 NO_SEALING_KEY = "no sealing key configured"  # holder_details_note when "sealed" was asked for without a key
 
+# The write transactions of one log file in this process (the lane's log, the sync agent's own, the
+# supervisor's purge) queue on one lock: the one waiting is woken the moment the other ends. Left to
+# SQLite's busy handler it would sleep 1 ms, then 2, then 5, however short the other's transaction:
+# the scan lane's tail during an upload. Other processes' writers still meet the busy handler.
+_WRITERS: dict[str, threading.RLock] = {}
+_WRITERS_GUARD = threading.Lock()
+
+
+def _writer_lock(path: Path) -> threading.RLock:
+    """The lock of this process's write transactions on the file at ``path`` (one per real path)."""
+    key = os.path.realpath(path)
+    with _WRITERS_GUARD:
+        return _WRITERS.setdefault(key, threading.RLock())
+
+
+def _take(writer: threading.RLock, timeout_s: float) -> None:
+    """Wait for ``writer`` as long as SQLite's busy handler would wait for the file's lock."""
+    if not writer.acquire(timeout=timeout_s):
+        raise sqlite3.OperationalError("database is locked (by another writer in this process)")
+
 # The last admission of a card at a checkpoint in a direction, not cancelled by a follow-up.
 # `+e.checkpoint_id`: probe the card's index (a handful of rows), never the checkpoint's (every scan
 # there in the window: SQLite picked that one, tests/test_entrylog.py checks the plan)
@@ -168,6 +188,7 @@ class EntryLog:
         self._clock = clock if clock is not None else clockmod.CachedState()  # the kernel's, read once a second
         self.tz = tz
         self._lock = threading.RLock()
+        self._writer = _writer_lock(self.path)  # taken inside self._lock, never the other way round
         self._retry = RetryQueue(retry_queue_max, self._lock)
         self._disk = disk.DiskSpace(self.path.parent)
         self._max_db_bytes = max_db_bytes
@@ -368,7 +389,13 @@ class EntryLog:
         decide, link, insert. A scan's hot path, written out in one method: right after an fsync
         (cold caches) each method call costs about a microsecond."""
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        writer = self._writer
+        _take(writer, self.busy_timeout_s)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            writer.release()
+            raise
         try:
             version = conn.execute(DATA_VERSION_SQL).fetchone()[0]  # what _check_head does
             if version != self._data_version:
@@ -404,6 +431,8 @@ class EntryLog:
             self._head = self._data_version = None
             schema.rollback(conn)
             raise
+        finally:
+            writer.release()
         self._head = entry.seq, entry.hash
         self._commits += 1
         self._committed_at = time.monotonic()
@@ -428,16 +457,20 @@ class EntryLog:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A BEGIN IMMEDIATE transaction on the log's connection: committed when the block ends,
-        rolled back if it raises."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        rolled back if it raises; this process's other writers of the file wait on its lock meanwhile."""
+        conn, writer = self._conn, self._writer
+        _take(writer, self.busy_timeout_s)
         try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            self._head = self._data_version = None
-            schema.rollback(conn)
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                self._head = self._data_version = None
+                schema.rollback(conn)
+                raise
+        finally:
+            writer.release()
 
     def _check_head(self, conn: sqlite3.Connection) -> None:
         """Inside a write transaction: drop the head kept in memory when another connection has
@@ -663,7 +696,12 @@ class EntryLog:
             raise ValueError("retention_days must be >= 0")
         now = time.time() if now is None else now
         with self._lock:
-            result = retention.purge(self._conn, int(now * 1000) - days * DAY_MS, int(now * 1000), dry_run=dry_run)
+            _take(self._writer, self.busy_timeout_s)
+            try:
+                result = retention.purge(self._conn, int(now * 1000) - days * DAY_MS, int(now * 1000),
+                                         dry_run=dry_run)
+            finally:
+                self._writer.release()
         if result.purged and not dry_run:
             log.info("entry log: purged %d synced entries older than %d days (anchor seq %d)", result.purged, days,
                      result.anchor_seq)
