@@ -136,6 +136,19 @@ def test_the_hash_of_any_text_is_the_specs(e, source_id):
     assert e.computed_hash() == _spec_hash(e.prev_hash, {n: getattr(e, n) for n in E.HASHED_FIELDS})
 
 
+@given(st.binary(max_size=5000))
+@settings(max_examples=200, deadline=None)
+def test_a_new_entry_is_hashed_with_cpythons_own_sha256_to_the_same_digests(data):
+    """link and record hash a new entry with CPython's SHA-256 (cheaper than OpenSSL's for one small
+    input right after an fsync); the digests are SHA-256's, as the readers' OpenSSL makes them."""
+    assert E.new_entry_sha256 is not hashlib.sha256
+    assert E.new_entry_sha256(data).digest() == hashlib.sha256(data).digest()
+    assert E.sealed_digest(data, E.new_entry_sha256) == E.sealed_digest(data) == hashlib.sha256(data).hexdigest()
+    prev = hashlib.sha256(data).digest()
+    values = (data.hex(), len(data), None, data.decode("latin-1"))
+    assert E.values_hash(prev, values, E.new_entry_sha256) == E.values_hash(prev, values)
+
+
 @given(entries())
 @settings(max_examples=200, deadline=None)
 def test_link_makes_the_entry_the_constructor_makes(e):

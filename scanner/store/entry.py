@@ -18,9 +18,9 @@ import json
 import operator
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from scanner.base.errors import CheckpointError, Reason
 from scanner.base.safetext import json_line
@@ -104,10 +104,22 @@ class Entry:
         return entry_hash(self)
 
 
-def sealed_digest(sealed: bytes) -> str:
+# SHA-256 for one new entry (its chain hash and its sealed blob's digest, a few hundred bytes once a
+# scan): CPython's own implementation, what hashlib falls back on without OpenSSL. For one small input
+# it costs less than OpenSSL's EVP layer (a context allocated and dispatched per call), most of all
+# right after a commit's fsync, when the caches are cold (bench entrylog: record's own work a few µs
+# less). What hashes many entries in a loop (reads, verify_chain, column_hashes) keeps hashlib.sha256,
+# faster while warm. The same digests either way.
+try:
+    new_entry_sha256: Callable[[bytes], Any] = vars(hashlib)["__get_builtin_constructor"]("sha256")
+except (KeyError, ValueError):  # a Python without it: OpenSSL's
+    new_entry_sha256 = hashlib.sha256
+
+
+def sealed_digest(sealed: bytes, sha256: Callable[[bytes], Any] = hashlib.sha256) -> str:
     """``sealed_sha256`` of a sealed blob: its SHA-256 in hex (what the chain hash covers instead
-    of the blob)."""
-    return hashlib.sha256(sealed).hexdigest()
+    of the blob); ``sha256``: the implementation (new_entry_sha256 for a new entry)."""
+    return sha256(sealed).hexdigest()
 
 
 # ---------------------------------------------------------------- the field registry
@@ -172,9 +184,10 @@ def entry_hash(entry: Entry, prev_hash: bytes | None = None) -> bytes:
     return values_hash(entry.prev_hash if prev_hash is None else prev_hash, _hashed_values(entry))
 
 
-def values_hash(prev_hash: bytes, values: Iterable[object]) -> bytes:
+def values_hash(prev_hash: bytes, values: Iterable[object],
+                sha256: Callable[[bytes], Any] = hashlib.sha256) -> bytes:
     """chain_hash of the HASHED_FIELDS values in that order (a server checks rows without making
-    Entry values of them)."""
+    Entry values of them); ``sha256``: the implementation (new_entry_sha256 for a new entry)."""
     if len(prev_hash) != 32:
         raise ValueError("prev_hash must be 32 bytes")
     parts = [_DOMAIN, bytes(prev_hash).decode("latin-1")]
@@ -189,7 +202,7 @@ def values_hash(prev_hash: bytes, values: Iterable[object]) -> bytes:
         add(prefix)
         add(_LEN4[n] if n < 1024 else n.to_bytes(4, "big").decode("latin-1"))
         add(v)
-    return hashlib.sha256("".join(parts).encode("latin-1")).digest()
+    return sha256("".join(parts).encode("latin-1")).digest()
 
 
 # A new entry's own fields, in Entry's order: what record() and follow-ups give (the seq, the sealed
@@ -208,9 +221,9 @@ def link(prev_seq: int, prev_hash: bytes, values: tuple, sealed: bytes | None, d
     the cost), once, before anyone sees it; what ``Entry.__post_init__`` would add (the blob's
     digest) is computed here (tests/test_entry.py compares the two ways)."""
     if digest is None and sealed is not None:
-        digest = sealed_digest(sealed)
+        digest = sealed_digest(sealed, new_entry_sha256)
     values = (prev_seq + 1, *values, digest, None, prev_hash)
-    values += (values_hash(prev_hash, _hashed_of_values(values)), sealed)
+    values += (values_hash(prev_hash, _hashed_of_values(values), new_entry_sha256), sealed)
     entry = _new_object(Entry)
     for set_slot, value in zip(_SLOT_SETTERS, values):
         set_slot(entry, value)

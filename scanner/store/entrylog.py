@@ -38,6 +38,7 @@ from scanner.store.entry import (
     ChainReport,
     Entry,
     link,
+    new_entry_sha256,
     sealed_digest,
     verify_chain,
 )
@@ -328,7 +329,7 @@ class EntryLog:
         sealed = digest = None
         if card is not None and self.holder_details == "sealed" and self._sealer is not None:
             sealed = self._sealer.seal(card.holder, entry_id)
-            digest = sealed_digest(sealed)
+            digest = sealed_digest(sealed, new_entry_sha256)
         clock = self._clock()
         draft = _new_tuple(ScanDraft, (  # what ScanDraft(...) makes, without its __new__ in Python
             entry_id, self.device_id, self.checkpoint_id, direction, round(scan.at * 1000),
