@@ -168,8 +168,11 @@ def test_the_rules_in_order(accepted, expired, which, policy, trust_age, clock, 
         Decision.ACCEPT if expected is Reason.OK else Decision.REJECT)
     assert a.duplicate == (expected is Reason.DUPLICATE)
     assert (a.verdict.card, a.verdict.format, a.verdict.kid) == (v.card, v.format, v.kid)
-    if expected is v.reason:
-        assert a.verdict is v
+    if expected is v.reason:  # the verdict stands: what the constructor makes (admit fills its slots)
+        assert a.verdict is v and a == Admission(v, c.flags()) and (a.duplicate_of, a.previous, a.inside) == (
+            None, None, None)
+        with pytest.raises(AttributeError):
+            a.flags = ()  # type: ignore[misc]
     assert ("trust_stale" in a.flags) == stale
     if clock is None:
         assert not {"clock_unconfirmed", "clock_behind"} & set(a.flags)

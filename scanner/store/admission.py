@@ -17,7 +17,7 @@ docs/configuration.md#degraded-mode, docs/site.md#admission.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from scanner.base.errors import Reason
 from scanner.cards.verdict import Verdict, reject
@@ -163,6 +163,26 @@ class Admission:
         return self.duplicate_of is not None
 
 
+# Admission's slot setters, in field order (one name each: a new field fails here first). The verdict that
+# stands is recorded through them (a scan's hot path: the frozen __init__ sets each field with
+# object.__setattr__, twice the cost)
+_set_verdict, _set_flags, _set_duplicate_of, _set_previous, _set_inside = (
+    getattr(Admission, f.name).__set__ for f in fields(Admission))
+_new_object = object.__new__
+
+
+def _standing(verdict: Verdict, found: tuple[str, ...]) -> Admission:
+    """What Admission(verdict, found) makes: the verdict stands, no earlier admission (the test of the
+    rules compares the two)."""
+    a = _new_object(Admission)
+    _set_verdict(a, verdict)
+    _set_flags(a, found)
+    _set_duplicate_of(a, None)
+    _set_previous(a, None)
+    _set_inside(a, None)
+    return a
+
+
 def admit(verdict: Verdict, direction: str, conditions: Conditions, previous: Previous | None = None) -> Admission:
     """The one admission decision for a verified card (see the module's docstring for the rules).
 
@@ -170,7 +190,7 @@ def admit(verdict: Verdict, direction: str, conditions: Conditions, previous: Pr
     """
     found = conditions.flags()
     if not verdict.accepted:
-        return Admission(verdict, found)
+        return _standing(verdict, found)
     p = conditions.policy
     if p.when_stale == CLOSED or p.when_unconfirmed == CLOSED:  # else no limit can refuse it
         refusal = _degraded_refusal(verdict, conditions)
@@ -186,7 +206,7 @@ def admit(verdict: Verdict, direction: str, conditions: Conditions, previous: Pr
         refusal = _site_refusal(verdict, site)
         if refusal is not None:
             return Admission(refusal, found, inside=site.last if refusal.reason is Reason.ALREADY_INSIDE else None)
-    return Admission(verdict, found)
+    return _standing(verdict, found)
 
 
 def _passed_since(previous: Previous, direction: str, site: Site | None) -> bool:
