@@ -24,6 +24,8 @@ from scanner.cards.bundle import open_bundle
 from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
 from scanner.store import sealing
+from scanner.store.admission import Conditions, Policy, TrustAge
+from scanner.store.clock import SYNCED, ClockStatus
 from scanner.store.entry import GENESIS, LINK_FIELDS, Entry, entry_hash, link, verify_chain, write_export
 from scanner.store.entrylog import EntryLog, new_entry_id
 from scanner.store.schema import COLUMNS, INSERT_SQL, entry_row
@@ -72,12 +74,19 @@ def _commit_cases(tmp: Path, mode: str, verdicts, at: int, server) -> tuple[dict
     bare.execute(f"PRAGMA synchronous = {mode}")
     template = log.record(Scan("x", "camera", "cam0", at), verdicts[0], direction="in").entry
     n = {"record": 0, "bare": 0, "none": 0}
-    # the scans as the lane hands them over, made ahead like the peer's rows (outside the timed call)
+    # the scans as the lane hands them over, made ahead like the peer's rows (outside the timed call), each
+    # with the conditions the lane judges it under, which the lane builds before it calls record()
+    # (scanner/appliance/lane.py, ScanLane.record): the device's policy, its bundle's age, the clock guard's
+    # status (confirmed by NTP a minute ago)
     scans = [Scan("x", "camera", "cam0", at + 3 * i) for i in range(4001)]
+    bundle = open_bundle(bundle_bytes(0), [world().root.public_key()])
+    trust_age = TrustAge(bundle.issued_at, bundle.expires_at, bundle.version)
+    conditions = [Conditions(s.at, Policy(), trust_age, ClockStatus(True, False, s.at - 60, "ntp", None, SYNCED))
+                  for s in scans]
 
     def record(log=log):
         i = n["record"] = n["record"] + 1
-        log.record(scans[i], verdicts[i % len(verdicts)], direction="in")
+        log.record(scans[i], verdicts[i % len(verdicts)], direction="in", conditions=conditions[i])
 
     # the peer inserts the rows record() writes: the same cards in turn, times 3 s apart (so the
     # card and checkpoint indexes grow alike); rows made ahead, outside the timed call
@@ -98,7 +107,7 @@ def _commit_cases(tmp: Path, mode: str, verdicts, at: int, server) -> tuple[dict
 
         def record_plain():
             i = n["none"] = n["none"] + 1
-            plain.record(scans[i], verdicts[i % len(verdicts)], direction="in")
+            plain.record(scans[i], verdicts[i % len(verdicts)], direction="in", conditions=conditions[i])
 
         cases["record NORMAL none"] = record_plain
     return cases, template
