@@ -50,7 +50,7 @@ from . import fixtures
 from .files import bench_dir, fs_type
 from .goals import judge
 from .procs import ServerProcess, cpu_s, vouch
-from .timing import median, percentile, table
+from .timing import median, percentile, run_queue_wait_s, table
 from .world import bundle_bytes, world
 
 GUARD_S = 0.1  # scans due this close to a contact count neither as the upload's nor as idle
@@ -97,7 +97,8 @@ class _Lane:
                             sealing_key=credential.load(path.parent).sealing_key, create=False,
                             wal_checkpoints="idle")
         self.cards, self.trust, self.every_s = cards, trust, every_s
-        self.scans: list[tuple[float, float, float]] = []  # (due, due -> committed, record() alone), perf_counter s
+        # (due, due -> committed, record() alone, of due -> committed the time waiting for a CPU or None), s
+        self.scans: list[tuple[float, float, float, float | None]] = []
         self.checkpoints = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._scan, daemon=True),
@@ -106,6 +107,7 @@ class _Lane:
     def _scan(self) -> None:
         i, due = 0, time.perf_counter() + self.every_s
         while not self._stop.is_set():
+            waited0 = run_queue_wait_s()  # read before the sleep: a late wake-up's wait counts too
             wait = due - time.perf_counter()
             if wait > 0 and self._stop.wait(wait):
                 return
@@ -115,7 +117,9 @@ class _Lane:
             t0 = time.perf_counter()
             self.log.record(Scan(text, "camera", "cam0", time.time()), v, direction="in")
             t1 = time.perf_counter()
-            self.scans.append((due, t1 - due, t1 - t0))
+            waited1 = run_queue_wait_s()  # read after the commit's time is taken: it costs the figures nothing
+            self.scans.append((due, t1 - due, t1 - t0,
+                               None if waited0 is None or waited1 is None else waited1 - waited0))
             due += self.every_s
             if due < t1:  # fell behind by more than a period: the next scan is due now, not in the past
                 due = t1
@@ -137,11 +141,27 @@ class _Lane:
         self.log.close()
 
 
-def _figures(scans: list[tuple[float, float, float]]) -> dict:
+def _figures(scans: list[tuple[float, float, float, float | None]]) -> dict:
+    """The lane's latency figures, and the same scans' latency less the time the lane thread waited
+    for a CPU (where the kernel says): what the stall would be if a core were always free."""
     lat, rec = [x[1] for x in scans], [x[2] for x in scans]
-    return {"scans": len(lat), "p50_ms": percentile(lat, 0.5) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3,
-            "max_ms": max(lat) * 1e3, "record_p50_ms": percentile(rec, 0.5) * 1e3,
-            "record_p99_ms": percentile(rec, 0.99) * 1e3, "record_max_ms": max(rec) * 1e3}
+    out: dict[str, float | None] = {
+        "scans": len(lat), "p50_ms": percentile(lat, 0.5) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3,
+        "max_ms": max(lat) * 1e3, "record_p50_ms": percentile(rec, 0.5) * 1e3,
+        "record_p99_ms": percentile(rec, 0.99) * 1e3, "record_max_ms": max(rec) * 1e3,
+        "cpu_wait_p99_ms": None, "p99_less_cpu_wait_ms": None}
+    waits = [x[3] for x in scans]
+    if all(w is not None for w in waits):
+        out["cpu_wait_p99_ms"] = percentile([w for w in waits if w is not None], 0.99) * 1e3
+        out["p99_less_cpu_wait_ms"] = percentile([x[1] - (x[3] or 0.0) for x in scans], 0.99) * 1e3
+    return out
+
+
+def _pair(upload: dict, idle: dict, key: str) -> str:
+    """"upload / idle" of one of the lane's figures that may be missing (None)."""
+    if upload[key] is None or idle[key] is None:
+        return "-"
+    return f"{upload[key]:.2f} / {idle[key]:.2f}"
 
 
 def _provision(pristine: Path, run_dir: Path, server: ServerProcess, db: Path):
@@ -384,19 +404,26 @@ def run(quick: bool) -> dict:
                      f"{x['main_cpu_s']:.1f} + {x['builder_cpu_s']:.1f}", f"{x['server_cpu_s']:.1f}",
                      f"{u['scans']} / {idle['scans']}", f"{u['p50_ms']:.2f} / {idle['p50_ms']:.2f}",
                      f"{u['p99_ms']:.2f} / {idle['p99_ms']:.2f}", f"{u['max_ms']:.2f} / {idle['max_ms']:.2f}",
-                     f"{u['record_max_ms']:.2f} / {idle['record_max_ms']:.2f}", f"{x['checkpoints']}"])
+                     f"{u['record_max_ms']:.2f} / {idle['record_max_ms']:.2f}", _pair(u, idle, "cpu_wait_p99_ms"),
+                     _pair(u, idle, "p99_less_cpu_wait_ms"), f"{x['checkpoints']}"])
     print(table(["run", "entries/s while uploading", "bytes/entry", "batches", "device CPU s (scan proc + builder)",
                  "server CPU s", "scans upload / idle", "scan p50 ms", "p99 ms", "max ms", "record() max ms",
-                 "idle checkpoints"], rows))
+                 "waiting for a CPU p99 ms", "p99 less that wait ms", "idle checkpoints"], rows))
     print("scan = due -> verified and committed; upload / idle = the lane's scans due during a contact / in the "
           "pauses between contacts; inline = `[sync] builder = \"inline\"` (batches built on the sync thread, "
-          "in the scan process)")
+          "in the scan process); waiting for a CPU = the lane thread runnable but not running, from due to "
+          "committed (/proc/thread-self/schedstat; \"-\" where the kernel does not say)")
     goals = [judge("sync.stall.p99", [x["upload"]["p99_ms"] - x["idle"]["p99_ms"] for x in results]),
              judge("sync.stall.max", [x["upload"]["max_ms"] - x["idle"]["max_ms"] for x in results]),
              judge("sync.stall.p99", [x["upload"]["p99_ms"] - x["idle"]["p99_ms"] for x in inline], "inline"),
              judge("sync.stall.max", [x["upload"]["max_ms"] - x["idle"]["max_ms"] for x in inline], "inline")]
     for g in goals:
         print(g.line())
+    less = [x["upload"]["p99_less_cpu_wait_ms"] - x["idle"]["p99_less_cpu_wait_ms"] for x in results
+            if x["upload"]["p99_less_cpu_wait_ms"] is not None and x["idle"]["p99_less_cpu_wait_ms"] is not None]
+    if less:
+        print(f"not judged, where the stall goes: the p99 above idle with the lane's waits for a CPU taken out "
+              f"{median(less):+.2f} ms ({min(less):+.2f} … {max(less):+.2f}), {len(less)} run(s)")
     print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)")
     print(f"server ingest without HTTP (open_batch + SQLite commit): {ingest:,.0f} entries/s; "
           f"open_batch alone {parse:,.0f} entries/s")

@@ -56,6 +56,16 @@ def interleaved(cases: dict[str, Callable[[], object]], *, rounds: int, target_s
     return samples
 
 
+def run_queue_wait_s() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a CPU since it started
+    (Linux's /proc/thread-self/schedstat, second field), or None where the kernel does not say."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

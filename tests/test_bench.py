@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import zxingcpp
 from support.paths import ROOT
 
-from bench import bench_cli, bench_verify, fixtures, goals, report, results
+from bench import bench_cli, bench_sync, bench_verify, fixtures, goals, report, results
+from bench.timing import run_queue_wait_s
 from bench.world import bundle_bytes, world
 from hardware.decode import make_decoder
 from scanner.cards import verifier
@@ -167,6 +170,37 @@ def test_a_doc_part_follows_its_results_file(tmp_path, monkeypatch):
     doc["benches"]["fsync"]["goals"][0]["median"] = 1.5
     path.write_text(json.dumps(doc))
     assert "-->1.500<!--" in report.generate(out)
+
+
+def test_the_sync_lanes_figures_say_how_much_of_the_tail_was_waiting_for_a_cpu():
+    fast = [(i * 0.05, 0.001, 0.0005, 0.0) for i in range(100)]
+    kept_off = [(5.0, 0.030, 0.029, 0.029), (5.05, 0.031, 0.030, 0.029)]  # slow only while runnable, not running
+    f = bench_sync._figures(fast + kept_off)
+    assert f["p99_ms"] == pytest.approx(30.0) and f["cpu_wait_p99_ms"] == pytest.approx(29.0)
+    assert f["p99_less_cpu_wait_ms"] == pytest.approx(1.0)  # the tail was the wait: without it, a fast scan's
+    unknown = bench_sync._figures([(0.0, 0.001, 0.0005, None)])
+    assert unknown["cpu_wait_p99_ms"] is None and unknown["p99_less_cpu_wait_ms"] is None
+    assert unknown["p99_ms"] == pytest.approx(1.0)
+
+
+def test_the_run_queue_wait_counts_a_thread_kept_off_its_cpu():
+    if run_queue_wait_s() is None:
+        pytest.skip("the kernel does not give a thread's run-queue wait (/proc/thread-self/schedstat)")
+    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})  # this thread and the hog on one CPU: each waits while the other runs
+        w0, t0 = run_queue_wait_s(), time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:
+            pass
+        waited = run_queue_wait_s() - w0
+    finally:
+        os.sched_setaffinity(0, before)
+        hog.kill()
+        hog.wait()
+    assert waited > 0.1  # about half of the 0.5 s, had the two the CPU alone
 
 
 def test_the_stubbed_verify_skips_the_signature_check():
