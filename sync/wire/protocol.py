@@ -132,11 +132,12 @@ def signing_input_v2(method: str, path_qs: str, device_id: str, ts_ms: int, nonc
 
 
 def auth_header_v2(device_id: str, key: ed25519.Ed25519PrivateKey, method: str, path_qs: str, ts_ms: int,
-                   body: bytes, nonce: str | None = None) -> str:
+                   body: bytes, nonce: str | None = None, body_sha256: str | None = None) -> str:
     """A v2 request signature (CK-Sig2) over the body's hash: the server checks it before reading the
-    body. ``ts_ms`` is the server's clock as the device knows it; a fresh nonce unless one is given."""
+    body. ``ts_ms`` is the server's clock as the device knows it; a fresh nonce unless one is given;
+    ``body_sha256``: the body's hex SHA-256 if the caller has it already (a body sent again)."""
     nonce = nonce or secrets.token_hex(16)
-    digest = hashlib.sha256(body).hexdigest()
+    digest = body_sha256 or hashlib.sha256(body).hexdigest()
     sig = key.sign(signing_input_v2(method, path_qs, device_id, ts_ms, nonce, digest))
     return f"{AUTH_SCHEME_V2} device={device_id},ts={int(ts_ms)},nonce={nonce},sha256={digest},sig={b64(sig)}"
 
