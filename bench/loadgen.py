@@ -47,7 +47,7 @@ def run(spec: dict) -> dict:
     def device(d: dict) -> None:
         key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(d["key"]))
         dev = d["device_id"]
-        # a device hashes a batch once, on its own hardware, when it builds it: not in the timed window
+        # each batch hashed once before the release: the devices' own work, on their own hardware in the field
         bodies = [(b, hashlib.sha256(b).hexdigest()) for b in (Path(p).read_bytes() for p in d["batches"])]
         conn: _Connection | None = None
         time.sleep(max(0.0, spec["start_at"] - time.time()))
