@@ -106,6 +106,42 @@ def test_batches_arriving_together_share_one_transaction_and_each_is_answered_al
         st.close()
 
 
+def test_a_process_stores_two_groups_at_once_by_default():
+    """With the default settings a second group is stored while the first waits (for its commit,
+    here for a lock), and a third waits for one of them: more groups at once would be smaller
+    groups, more CPU per entry for the server and PostgreSQL (docs/benchmarks.md)."""
+    url = postgres.cluster().new_schema()
+    st = open_storage(url, group=GroupSettings())
+    try:
+        warm_key, warm_dev = enroll_direct(st, "cp-1")  # today's partitions made before the devices are locked
+        st.ingest(batchmod.open_batch(_signed(warm_key, warm_dev, _entries(warm_dev, 2)), warm_key.public_key()),
+                  "push", now_ms())
+        devices = [enroll_direct(st, "cp-1") for _ in range(3)]
+        parsed = [batchmod.open_batch(_signed(k, d, _entries(d, 5)), k.public_key()) for k, d in devices]
+        results: list = []
+        with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watch:
+            holder.execute("SELECT 1 FROM devices WHERE device_id = ANY(%s) FOR UPDATE", ([d for _, d in devices],))
+
+            def waiting() -> int:
+                return watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                     "AND query LIKE 'SELECT device_id, revoked_ms%%'").fetchone()[0]
+
+            threads = [threading.Thread(target=lambda p=p: results.append(st.ingest(p, "push", now_ms())))
+                       for p in parsed]
+            for i, t in enumerate(threads[:2]):
+                t.start()
+                wait_for(lambda i=i: waiting() == i + 1, f"group {i + 1} waiting for the lock")
+            threads[2].start()
+            time.sleep(1.0)  # a third committer would have taken it within milliseconds
+            assert waiting() == 2
+            holder.rollback()
+            for t in threads:
+                t.join(60)
+        assert len(results) == 3 and all(r.stored == 5 for r in results)
+    finally:
+        st.close()
+
+
 def test_the_same_batch_twice_at_once_is_stored_once():
     """Two deliveries of one batch at the same moment (a device that resent after a timeout):
     never in one group (one batch per device per group), the second answered with the first ack."""

@@ -50,12 +50,15 @@ class Pending:
 @dataclass(frozen=True)
 class GroupSettings:
     """``window_s``: how long a committer waits for more batches once one is waiting; a group is
-    closed earlier when it holds ``max_batches`` batches or ``max_rows`` rows."""
+    closed earlier when it holds ``max_batches`` batches or ``max_rows`` rows. ``committers``:
+    groups of a process stored at once. Two: one group gathers and copies while the other waits for
+    its commit; more make smaller groups and cost the server and PostgreSQL more CPU per entry, one
+    leaves the process idle during each commit (docs/benchmarks.md)."""
 
     window_s: float = 0.002
     max_batches: int = 64
     max_rows: int = 20_000
-    committers: int = 4
+    committers: int = 2
 
 
 class GroupCommit:
