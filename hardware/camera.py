@@ -527,6 +527,8 @@ class CameraInput(InputThread):
             codes = decode_region(decoder, frame, self.config.roi)
         for code in codes:
             self._emit(code.text, self._media_s)
+        if isinstance(decoder, StreamDecoder):
+            decoder.settle()  # the change gate's look at a frame read at once, after its codes were handed on
         if self._on_frame is not None:
             self._on_frame(frame, codes)
 

@@ -83,8 +83,9 @@ class ChangeGate:
     A change is a group of thumbnail samples (more than half a percent) differing from the
     background by more than four times the typical frame-to-frame difference (and at least 24
     levels), so sensor noise, even at high gain, does not count. A camera that just started counts
-    as changed. A few OpenCV calls on some 5,000 samples: about 10 µs a frame when the frame is in
-    the CPU's caches, 70-85 µs of CPU in the pipeline, where each frame comes fresh from memory.
+    as changed. A few OpenCV calls on some 5,000 samples: about 10 µs a frame in a tight loop, 50-85 µs
+    in the pipeline, where each call starts cold after the decoder's work. `StreamDecoder` asks it
+    after the first pass when the looks do not depend on it, and after handing on what that pass read.
     """
 
     def __init__(self, active_frames: int = ACTIVE_FRAMES) -> None:
@@ -97,6 +98,11 @@ class ChangeGate:
     @property
     def active(self) -> bool:
         return self._left > 0
+
+    @property
+    def stays_active(self) -> bool:
+        """Whether the next `update` says "changed" whatever its frame shows (its count cannot run out)."""
+        return self._left >= 2
 
     def update(self, gray: np.ndarray) -> bool:
         step = max(1, gray.shape[1] // GATE_CELLS)
@@ -169,7 +175,8 @@ class StreamDecoder:
         self.decoder = decoder if decoder is not None else ApplianceDecoder()
         self.head = head
         self.rotating = rotating
-        self.gate = ChangeGate(active_frames)
+        self._gate = ChangeGate(active_frames)
+        self._unseen: np.ndarray | None = None  # a frame read at once, which the gate sees in `settle`
         self._frames = 0
         self._track: _Track | None = None
         self.hint: Hint | None = None
@@ -178,24 +185,48 @@ class StreamDecoder:
     def decode(self, gray: np.ndarray) -> list[DecodedCode]:
         return list(self.feed(gray).codes)
 
+    @property
+    def gate(self) -> ChangeGate:
+        """The change gate, having seen every frame fed so far."""
+        self.settle()
+        return self._gate
+
+    def settle(self) -> None:
+        """Show the change gate the last frame, if `feed` read its codes at once and left the gate's
+        look for after they were handed on (a camera calls this once it has; the next `feed` does too)."""
+        frame, self._unseen = self._unseen, None
+        if frame is not None:
+            self._gate.update(frame)
+
     def reset(self) -> None:
         """Forget the stream (the camera was reopened): no track, the picture counts as changed."""
         self._track = None
         self.hint = None
-        self.gate = ChangeGate(self.gate.active_frames)
+        self._unseen = None
+        self._gate = ChangeGate(self._gate.active_frames)
 
     def feed(self, gray: np.ndarray, detail: np.ndarray | None = None) -> FrameDecode:
         """Decode the next frame of the stream; ``detail`` as in `ApplianceDecoder.analyse`."""
+        self.settle()
         gray = _as_gray(gray, row_strided_ok=True)
         if gray.size == 0:
             return FrameDecode((), 0, "none")
         dec = self.decoder
-        active = self.gate.update(gray)
+        gate = self._gate
         track = self._track
         self._frames += 1
         # on a still picture with nothing tracked, light-on-dark codes (dark-mode phones) are looked
         # for on every other frame: a still phone is read a frame later, an empty lane costs less
-        codes, seen = dec.first_pass(gray, invert=active or track is not None or self._frames % 2 == 0)
+        if track is None and self._frames % 2 and not gate.stays_active:
+            active = gate.update(gray)  # the gate decides the look: it runs first
+            codes, seen = dec.first_pass(gray, invert=active)
+        else:  # every look is taken whatever the gate says: it looks after the first pass
+            codes, seen = dec.first_pass(gray, invert=True)
+            if codes:  # nothing here depends on the gate: it sees the frame once the codes are on their way
+                self._unseen = gray
+                self._read()
+                return FrameDecode(codes, 0, "pass1")
+            active = gate.update(gray)
         if codes:
             self._read()
             return FrameDecode(codes, 0, "pass1")

@@ -385,6 +385,40 @@ def test_change_gate_ignores_sensor_noise_and_sees_a_card(camera):
     assert gate.update(card)
 
 
+def test_the_change_gate_has_seen_every_frame_in_order_when_the_next_looks_are_decided(camera):
+    """Before the first pass or after it, and after a frame read at once in `settle` or the next `feed`,
+    the stream's gate says what a gate fed every frame in order says."""
+    card = F.frame_set(camera, 1, seed=1, categories=("sharp",))["sharp"][0].frame
+    frames = lane(camera) * 2 + [card] * 3 + lane(camera) * 3 + [card] * 2
+    stream, alone = StreamDecoder(active_frames=5), ChangeGate(active_frames=5)
+    read = []
+    for i, frame in enumerate(frames):
+        read.append(bool(stream.feed(frame).codes))
+        alone.update(frame)
+        if i % 2:  # on the others the next feed shows the gate a frame read at once
+            assert (stream.gate.active, stream.gate.stays_active) == (alone.active, alone.stays_active)
+            assert np.array_equal(stream.gate._background, alone._background)
+    assert read == [False] * 12 + [True] * 3 + [False] * 18 + [True] * 2
+
+
+def test_a_camera_hands_a_code_read_at_once_on_before_the_change_gate_looks_at_its_frame(camera, text):
+    """While the picture changes, the first pass takes every look whatever the gate says: a frame it
+    reads is handed on first, and the gate looks at it afterwards, so the verdict does not wait for it."""
+    card = F.frame_set(camera, 1, seed=1, categories=("sharp",))["sharp"][0].frame
+    stream = StreamDecoder()
+    events: list[str] = []
+    gate = stream.gate
+    update = gate.update
+    gate.update = lambda frame: events.append("gate") or update(frame)  # type: ignore[method-assign]
+    got = Collector()
+    inp = CameraInput(CameraConfig("sim", backend="opencv", live=False),
+                      lambda: ArraySource([card] * 2, live=False), decoder=stream)
+    inp.start(lambda scan: events.append("scan") or got.submit(scan), got.report)
+    assert inp.join(WAIT)
+    assert got.texts() == [text, text]
+    assert events == ["scan", "gate", "scan", "gate"]
+
+
 def test_hint_for_a_code_running_out_of_the_frame(camera):
     """A defocused code half out of the frame is seen, not read: the person is asked to step back."""
     stream = StreamDecoder()
