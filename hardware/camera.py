@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -331,24 +332,33 @@ def make_source(config: CameraConfig) -> FrameSource:
 
 
 class _Latest:
-    """A one-frame mailbox: the capture thread overwrites, the decoder takes the newest."""
+    """A one-frame mailbox: the capture thread overwrites, the decoder takes the newest.
+
+    A frame put into the empty box puts a token into a C queue, which wakes the waiting decoder
+    sooner than a `threading.Condition` does; a frame replacing one not yet taken is counted as dropped.
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._ready: queue.SimpleQueue[bool] = queue.SimpleQueue()  # one token while the box holds a frame
         self._frame: np.ndarray | DualFrame | None = None
         self.dropped = 0
 
     def put(self, frame: np.ndarray | DualFrame) -> None:
-        with self._cond:
-            if self._frame is not None:
+        with self._lock:
+            empty = self._frame is None
+            if not empty:
                 self.dropped += 1
             self._frame = frame
-            self._cond.notify()
+        if empty:
+            self._ready.put(True)
 
     def take(self, timeout: float) -> np.ndarray | DualFrame | None:
-        with self._cond:
-            if self._frame is None:
-                self._cond.wait(timeout)
+        try:
+            self._ready.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        with self._lock:
             frame, self._frame = self._frame, None
             return frame
 

@@ -203,6 +203,20 @@ def test_live_source_newest_frame_path_and_no_frames_reopen():
         assert inp.join(WAIT)
 
 
+def test_the_newest_frame_box_hands_on_the_newest_frame_and_counts_the_ones_replaced():
+    """The live hand-off between capture and decode: the decoder gets the newest frame, each frame
+    replaced before it was taken is counted as dropped, and an empty box times out with nothing."""
+    box = cam._Latest()
+    assert box.take(0.01) is None
+    frames = [np.full((2, 2), i, np.uint8) for i in range(4)]
+    for frame in frames[:3]:
+        box.put(frame)
+    assert box.take(0.01) is frames[2] and box.dropped == 2
+    assert box.take(0.01) is None  # taken once: the box is empty again
+    box.put(frames[3])
+    assert box.take(0.01) is frames[3] and box.take(0.01) is None and box.dropped == 2
+
+
 def test_undecodable_config_fails_cleanly():
     inp = CameraInput(CameraConfig("0", decoder="opencv"))
     inp.start(Collector().submit, Collector().report)

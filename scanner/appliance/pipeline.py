@@ -64,7 +64,9 @@ class Pipeline:
         self._on_issue = on_issue
         self.cooldown = cooldown
         self._mono = monotonic
-        self._queue: queue.Queue[Scan | None] = queue.Queue(maxsize=queue_size)
+        # a C queue: its hand-off to the waiting worker costs less than queue.Queue's Python locking
+        self._queue: queue.SimpleQueue[Scan | None] = queue.SimpleQueue()
+        self._queue_size = queue_size
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending: set[str] = set()  # texts queued or being handled (at most one verdict in flight each)
@@ -112,7 +114,7 @@ class Pipeline:
             if len(self._last_seen) > 4096:
                 self._forget(now)
             try:
-                self._queue.put_nowait(scan)
+                self._enqueue(scan)
             except queue.Full:
                 self._dropped += 1
                 log.error("scan queue full: dropped a scan from %s %s", scan.source, escape(scan.source_id))
@@ -125,13 +127,19 @@ class Pipeline:
         """Queue again a scan the handler held back (no cooldown: it was read once); never blocks."""
         with self._lock:
             try:
-                self._queue.put_nowait(scan)
+                self._enqueue(scan)
             except queue.Full:
                 self._dropped += 1
                 log.error("scan queue full: dropped a held scan from %s %s", scan.source, escape(scan.source_id))
                 return False
             self._pending.add(scan.text)
             return True
+
+    def _enqueue(self, scan: Scan) -> None:
+        """Queue a scan for the worker (with the lock held); queue.Full when ``queue_size`` are waiting."""
+        if self._queue.qsize() >= self._queue_size:
+            raise queue.Full
+        self._queue.put(scan)
 
     def _forget(self, now: float) -> None:
         """Drop cooldown entries that have run out (bounds memory under a flood of distinct texts)."""
