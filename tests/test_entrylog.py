@@ -399,6 +399,46 @@ def test_idle_checkpoints_never_run_inside_a_commit(open_log, verdict_for, monke
     assert log.verify().ok and log.verify().checked == n + entrylog_mod.CHECKPOINT_MAX_COMMITS
 
 
+def test_under_back_to_back_scans_the_wal_stays_bounded_and_starts_over(open_log, verdict_for, monkeypatch):
+    """Scans recorded back to back (a rush, or the soak bench) leave no moment in which a PASSIVE
+    checkpoint catches up with the lane, while a supervisor thread asks for one every tick and a
+    reader (the batch builder's connection) reads pending entries: the WAL file, and its index
+    mapped by every connection, still stop growing, because a checkpoint that finds the WAL past
+    WAL_RESTART_FRAMES lets it start over."""
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_MAX_COMMITS", 400)  # ~2,000 pages: a small test
+    monkeypatch.setattr(entrylog_mod, "WAL_RESTART_FRAMES", 1000)
+    log = open_log(wal_checkpoints="idle", passback_window_s=0)
+    reader = open_log(create=False)
+    v = verdict_for()
+    stop = threading.Event()
+    read = []
+
+    def supervise():
+        while not stop.wait(0.02):
+            log.checkpoint_when_idle()
+
+    def build():
+        while not stop.wait(0.01):
+            read.append(len(reader.pending(0, 200)))
+
+    threads = [threading.Thread(target=supervise), threading.Thread(target=build)]
+    for t in threads:
+        t.start()
+    try:
+        n = 4000  # about 20,000 pages of WAL if it never started over
+        for i in range(n):
+            log.record(scan(NOW + i), v, direction="in")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert read and max(read) == 200
+    pages = _wal_pages(log)
+    assert pages <= 4000, f"the WAL grew to {pages} pages over {n} scans"
+    assert os.stat(f"{log.path}-shm").st_size <= 32 * 1024  # the index's first block covers 4,062 frames
+    assert log.verify().ok and log.verify().checked == n
+
+
 def test_idle_checkpoints_keep_normals_power_cut_window(open_log, verdict_for):
     """synchronous=NORMAL syncs the WAL only at checkpoints: there one is due after
     CHECKPOINT_COMMITS whether the lane is between scans or not, as with SQLite's own."""

@@ -75,6 +75,10 @@ CHECKPOINT_MODES = ("auto", "idle")
 CHECKPOINT_COMMITS = 200  # an idle checkpoint after this many commits of this log (~1000 pages, SQLite's own)
 CHECKPOINT_QUIET_S = 0.02  # ... while no commit of it is in flight and none ended this recently (between scans)
 CHECKPOINT_MAX_COMMITS = 1600  # ... or, between scans or not, after this many
+# A checkpoint that finds the WAL this long since it last started over (frames of 4 KB pages, ~16 MB)
+# finishes with the lane held between two scans: SQLite starts a WAL over only at a write that begins
+# after a checkpoint has copied every commit, which under back-to-back scans never happens otherwise
+WAL_RESTART_FRAMES = 4000
 NO_SEALING_KEY = "no sealing key configured"  # holder_details_note when "sealed" was asked for without a key
 
 # The write transactions of one log file in this process (the lane's log, the sync agent's own, the
@@ -202,6 +206,7 @@ class EntryLog:
         self._checkpointer: sqlite3.Connection | None = None  # the idle checkpoints' own connection
         self._checkpoint_lock = threading.Lock()
         self._commits = 0  # this log's commits since its last idle checkpoint
+        self._restart_due = False  # the WAL is long and a reader kept it from starting over: try again next tick
         self._in_flight = False  # a commit of this log is under way
         self._conn = schema.connect(self.path, create=create, busy_timeout_s=busy_timeout_s,
                                     synchronous=synchronous, max_db_bytes=max_db_bytes,
@@ -570,17 +575,19 @@ class EntryLog:
         flight and none ended in the last CHECKPOINT_QUIET_S (the lane is between scans); or after
         CHECKPOINT_MAX_COMMITS whatever the lane does. With synchronous=NORMAL the WAL is synced
         only at checkpoints, so there CHECKPOINT_COMMITS is the limit either way: what a power cut
-        can lose stays what it was with SQLite's own checkpoints. The WAL is never truncated, so
-        after a checkpoint the lane's commits overwrite it in place (an fsync of a file that grows
-        also commits its new size). For a log opened with ``wal_checkpoints="idle"``, called from a
-        thread other than the scan lane's (the appliance's supervisor, every tick). Returns the
-        pages copied, or None when none was due."""
+        can lose stays what it was with SQLite's own checkpoints. A WAL past WAL_RESTART_FRAMES
+        is made to start over (_restart_wal), so it stays bounded under back-to-back scans too. The
+        WAL is never truncated, so after a checkpoint the lane's commits overwrite it in place (an
+        fsync of a file that grows also commits its new size). For a log opened with
+        ``wal_checkpoints="idle"``, called from a thread other than the scan lane's (the appliance's
+        supervisor, every tick). Returns the pages copied, or None when none was due."""
         commits = self._commits
-        if commits < CHECKPOINT_COMMITS:
-            return None
-        hard = CHECKPOINT_COMMITS if self.synchronous == "NORMAL" else CHECKPOINT_MAX_COMMITS
-        if commits < hard and (self._in_flight or time.monotonic() - self._committed_at < CHECKPOINT_QUIET_S):
-            return None
+        if not self._restart_due:
+            if commits < CHECKPOINT_COMMITS:
+                return None
+            hard = CHECKPOINT_COMMITS if self.synchronous == "NORMAL" else CHECKPOINT_MAX_COMMITS
+            if commits < hard and (self._in_flight or time.monotonic() - self._committed_at < CHECKPOINT_QUIET_S):
+                return None
         with self._checkpoint_lock:
             self._commits = 0  # what is committed from now on is for the next one
             try:
@@ -588,11 +595,36 @@ class EntryLog:
                     self._checkpointer = schema.reconnect(self.path, busy_timeout_s=self.busy_timeout_s,
                                                           synchronous=self.synchronous,
                                                           max_db_bytes=self._max_db_bytes, autocheckpoint=False)
-                return self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[2]
+                _, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames >= WAL_RESTART_FRAMES:
+                    return self._restart_wal(self._checkpointer)
+                self._restart_due = False
+                return copied
             except sqlite3.Error as exc:  # the next tick tries again; the WAL keeps every commit meanwhile
                 self._commits += commits
                 log.warning("entry log: checkpoint failed: %s", exc)
                 return None
+
+    def _restart_wal(self, conn: sqlite3.Connection) -> int:
+        """Let the WAL start over. SQLite does that at the first write that begins after a checkpoint
+        has copied every commit; under back-to-back scans the lane's next commit has always begun
+        before a PASSIVE one ends, and the WAL and its index (-shm, mapped by every connection)
+        would grow for as long as the rush lasts. So a second PASSIVE checkpoint copies what the
+        lane committed during the first, then a RESTART one the last few commits with the lane held
+        between two scans (it waits on this log's lock for a copy of a few pages and two syncs),
+        waiting for nothing else: another writer or a reader still in the WAL makes it give up at
+        once, and the next checkpoint tries again. Returns the pages copied."""
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            with self._lock:
+                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        self._restart_due = bool(busy)
+        if busy:
+            log.debug("entry log: the WAL could not start over (%d of %d pages copied)", copied, frames)
+        return copied
 
     # ------------------------------------------------------------ health
 
