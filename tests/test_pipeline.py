@@ -189,6 +189,25 @@ def test_cooldown_runs_from_the_last_sighting():
     assert len(sink.got) == 2
 
 
+def test_the_cooldown_folds_repeats_without_keeping_card_texts(make_card, trust, now):
+    """The cooldown's map (up to 4,096 sightings) knows a scan by a 16-byte digest of its text and
+    its source: a repeat is still folded, another card or source is not, and no card's text is kept."""
+    card, other = make_card(name="One"), make_card(name="Two")
+    sink = Verdicts()
+    with Pipeline.verifying(trust, sink, clock=lambda: now) as pipe:
+        assert pipe.submit(Scan(card, "camera", "cam", now))
+        assert pipe.wait_idle(WAIT)
+        assert not pipe.submit(Scan(card, "camera", "cam", now))  # within the cooldown: folded
+        assert pipe.submit(Scan(other, "camera", "cam", now))
+        assert pipe.submit(Scan(card, "usb", "desk", now))
+        assert pipe.wait_idle(WAIT)
+        keys = list(pipe._last_seen)
+    assert [s.text for s, _ in sink.got] == [card, other, card]
+    assert len(keys) == 3 and all(isinstance(k[0], bytes) and len(k[0]) == 16 for k in keys)
+    held = [part for k in keys for part in k if isinstance(part, str)]
+    assert not any(text in part for part in held for text in (card, other)), held
+
+
 def test_full_queue_drops_and_counts_without_blocking(trust, now):
     sink = Verdicts(hold=True)
     pipe = Pipeline.verifying(trust, sink, queue_size=1, clock=lambda: now)

@@ -10,6 +10,7 @@ Specification: docs/readers.md, docs/decoding.md.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -46,6 +47,12 @@ class PipelineHealth:
     issues: int
 
 
+def _cooldown_key(scan: Scan) -> tuple[bytes, str, str]:
+    """What the cooldown knows a scan by: a 16-byte digest of its text, and its source."""
+    digest = hashlib.blake2b(scan.text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return digest, scan.source, scan.source_id
+
+
 Handle = Callable[[Scan], None]
 Sink = Callable[[Scan, Verdict], None]
 Verify = Callable[[str, Any, float], Verdict]
@@ -70,8 +77,9 @@ class Pipeline:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending: set[str] = set()  # texts queued or being handled (at most one verdict in flight each)
-        # (text, kind, id) -> (the input's clock, this pipeline's monotonic clock) when last read
-        self._last_seen: dict[tuple[str, str, str], tuple[float, float]] = {}
+        # (digest of the text, kind, id) -> (the input's clock, this pipeline's monotonic clock) when
+        # last read; up to 4,096 of them: a digest keeps no card's text (a few hundred bytes) alive
+        self._last_seen: dict[tuple[bytes, str, str], tuple[float, float]] = {}
         self._inputs: list[Input] = []
         self._worker: threading.Thread | None = None
         self._running = False
@@ -104,7 +112,7 @@ class Pipeline:
         without it, this pipeline's monotonic clock."""
         now = self._mono()
         at = now if seen is None else seen
-        key = (scan.text, scan.source, scan.source_id)
+        key = _cooldown_key(scan)
         with self._lock:
             last = self._last_seen.get(key)
             self._last_seen[key] = (at, now)
@@ -185,7 +193,7 @@ class Pipeline:
                 with self._lock:
                     self._pending.discard(scan.text)
                     # the cooldown runs from the verdict: each clock moved on by the time it took
-                    key, now = (scan.text, scan.source, scan.source_id), self._mono()
+                    key, now = _cooldown_key(scan), self._mono()
                     at, then = self._last_seen.get(key, (now, now))
                     self._last_seen[key] = (at + now - then, now)
                     self._verdicts += 1
