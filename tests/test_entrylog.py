@@ -17,6 +17,7 @@ import uuid
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support.entries import bulk_fill, vm_steps
+from support.waiting import WAIT
 
 from scanner.base.errors import Reason
 from scanner.cards import verifier
@@ -437,6 +438,40 @@ def test_under_back_to_back_scans_the_wal_stays_bounded_and_starts_over(open_log
     assert pages <= 4000, f"the WAL grew to {pages} pages over {n} scans"
     assert os.stat(f"{log.path}-shm").st_size <= 32 * 1024  # the index's first block covers 4,062 frames
     assert log.verify().ok and log.verify().checked == n
+
+
+def test_the_checkpoint_that_restarts_the_wal_never_waits_long_for_the_lane(open_log, verdict_for, monkeypatch):
+    """The daemon's tick asks for checkpoints and must go on: while a commit of the lane holds the
+    log (waiting for another writer, up to its busy timeout), the checkpoint that would let the WAL
+    start over gives up at once, and the next one, after that commit, does it."""
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_MAX_COMMITS", entrylog_mod.CHECKPOINT_COMMITS)
+    monkeypatch.setattr(entrylog_mod, "WAL_RESTART_FRAMES", 100)
+    log = open_log(wal_checkpoints="idle", passback_window_s=0)
+    v = verdict_for()
+    for i in range(entrylog_mod.CHECKPOINT_COMMITS):
+        log.record(scan(NOW + i), v, direction="in")
+    held, release = threading.Event(), threading.Event()
+
+    def stuck_commit():
+        with log._lock:
+            held.set()
+            release.wait(WAIT)
+    lane = threading.Thread(target=stuck_commit)
+    lane.start()
+    try:
+        assert held.wait(WAIT)
+        answered = []
+        tick = threading.Thread(target=lambda: answered.append(log.checkpoint_when_idle()))
+        tick.start()
+        tick.join(WAIT / 2)
+        assert answered, "the checkpoint waited for the lane's commit"
+    finally:
+        release.set()
+        lane.join()
+    assert log.checkpoint_when_idle() is not None  # due again at once, not after more commits
+    log.record(scan(NOW + 1000), v, direction="in")
+    busy, frames, _ = raw(log).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and frames < 20, frames  # the WAL started over at that commit
 
 
 def test_idle_checkpoints_keep_normals_power_cut_window(open_log, verdict_for):

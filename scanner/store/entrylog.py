@@ -75,6 +75,7 @@ CHECKPOINT_MODES = ("auto", "idle")
 CHECKPOINT_COMMITS = 200  # an idle checkpoint after this many commits of this log (~1000 pages, SQLite's own)
 CHECKPOINT_QUIET_S = 0.02  # ... while no commit of it is in flight and none ended this recently (between scans)
 CHECKPOINT_MAX_COMMITS = 1600  # ... or, between scans or not, after this many
+RESTART_WAIT_S = 0.05  # the longest the checkpoint waits for the lane's commit to end (the tick must go on)
 # A checkpoint that finds the WAL this long since it last started over (frames of 4 KB pages, ~16 MB)
 # finishes with the lane held between two scans: SQLite starts a WAL over only at a write that begins
 # after a checkpoint has copied every commit, which under back-to-back scans never happens otherwise
@@ -612,14 +613,18 @@ class EntryLog:
         would grow for as long as the rush lasts. So a second PASSIVE checkpoint copies what the
         lane committed during the first, then a RESTART one the last few commits with the lane held
         between two scans (it waits on this log's lock for a copy of a few pages and two syncs),
-        waiting for nothing else: another writer or a reader still in the WAL makes it give up at
-        once, and the next checkpoint tries again. Returns the pages copied."""
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        conn.execute("PRAGMA busy_timeout = 0")
+        waiting for nothing else: a commit that holds the lock past RESTART_WAIT_S (waiting for
+        another writer), another writer, or a reader still in the WAL makes it give up, and the
+        next tick tries again. Returns the pages copied."""
+        copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[2]
+        if not self._lock.acquire(timeout=RESTART_WAIT_S):  # a commit waiting for another writer: next tick
+            self._restart_due = True
+            return copied
         try:
-            with self._lock:
-                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            conn.execute("PRAGMA busy_timeout = 0")
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         finally:
+            self._lock.release()
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         self._restart_due = bool(busy)
         if busy:
