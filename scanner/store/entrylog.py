@@ -611,8 +611,8 @@ class EntryLog:
         has copied every commit; under back-to-back scans the lane's next commit has always begun
         before a PASSIVE one ends, and the WAL and its index (-shm, mapped by every connection)
         would grow for as long as the rush lasts. So a second PASSIVE checkpoint copies what the
-        lane committed during the first, then a RESTART one the last few commits with the lane held
-        between two scans (it waits on this log's lock for a copy of a few pages and two syncs),
+        lane committed during the first, then a RESTART one the last few commits with the lane (and
+        this process's other writers of the file) held between two scans (a copy of a few pages and two syncs),
         waiting for nothing else: a commit that holds the lock past RESTART_WAIT_S (waiting for
         another writer), another writer, or a reader still in the WAL makes it give up, and the
         next tick tries again. Returns the pages copied."""
@@ -621,11 +621,18 @@ class EntryLog:
             self._restart_due = True
             return copied
         try:
-            conn.execute("PRAGMA busy_timeout = 0")
-            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            # this process's other writers of the file (the sync agent's log) held off too
+            if not self._writer.acquire(timeout=RESTART_WAIT_S):
+                self._restart_due = True
+                return copied
+            try:
+                conn.execute("PRAGMA busy_timeout = 0")
+                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                self._writer.release()
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         finally:
             self._lock.release()
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         self._restart_due = bool(busy)
         if busy:
             log.debug("entry log: the WAL could not start over (%d of %d pages copied)", copied, frames)
