@@ -2,23 +2,26 @@
 dies (SIGKILL of its postmaster) and its synchronous standby is promoted (by pg_auto_failover's
 monitor, and by hand); the standby dies; the monitor dies, also in the middle of a failover; the
 primary is cut off by a partition and comes back; the path between the server and the primary alone
-is cut and heals. `checkpoint server run` on a multi-host URL finds the writable node by itself, devices
-retry, and afterwards the primary holds every entry exactly once and every batch a device saw
-acknowledged. And a connection whose database stops answering is cut at the server's deadline."""
+is cut and heals. `checkpoint server run` on a multi-host URL finds the writable node by itself,
+devices retry, and afterwards the primary holds every entry exactly once and every batch a device saw
+acknowledged. And a connection whose database
+stops answering is cut at the server's deadline, the pool's other connections to it with it."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 from support.entries import chain_entries
 from support.servers import enroll_direct, ingest_entries
 
 from bench.bench_failover import managers, scenario
-from bench.pgcluster import PgCluster, find_bin_dir
+from bench.pgcluster import PgCluster, find_bin_dir, scalar
 from scanner.base.timeutil import now_ms
 from sync.server.model import StorageUnavailable
 from sync.server.storage import open_storage
@@ -138,6 +141,66 @@ def test_a_database_that_stops_answering_is_cut_at_the_deadline(tmp_path):
         for pid in frozen:
             os.kill(pid, signal.SIGCONT)
         db.stop()
+
+
+def test_after_a_connection_is_cut_the_next_request_finds_the_new_primary(tmp_path):
+    """The primary frozen (its kernel keeps every connection open, nothing answers) and its standby
+    promoted: the request on one of the pool's connections to the old primary is cut at the
+    deadline, and the next one goes to the new primary instead of waiting on another of those
+    connections (each would hold a request for a whole deadline: the frozen primary's long stall)."""
+    import psycopg  # deferred: the optional `server` extra
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (the postgresql package)")
+    primary = PgCluster(bin_dir, durable=False)
+    frozen: list[int] = []
+    try:
+        standby = PgCluster(bin_dir, durable=False, standby_of=primary)
+        try:
+            url = (f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/postgres"
+                   f"?target_session_attrs=read-write&connect_timeout=2")
+            st = open_storage(url, work_deadline_s=2.0)
+            try:
+                _, dev = enroll_direct(st, "cp-1")
+                with psycopg.connect(primary.url(), autocommit=True) as conn:
+                    written = scalar(conn, "SELECT pg_current_wal_lsn()")
+                with psycopg.connect(standby.url(), autocommit=True) as conn:  # replicated before the freeze
+                    while not scalar(conn, "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (written,)):
+                        time.sleep(0.05)
+                idle = [st.pool.getconn() for _ in range(4)]  # the pool holds several connections to the primary
+                for conn in idle:
+                    st.pool.putconn(conn)
+                frozen = _freeze(primary)
+                standby.promote()
+                with pytest.raises(StorageUnavailable):  # an old connection: no answer, cut at the deadline
+                    st.device(dev)
+                assert st.device(dev) is not None  # the next request: a new connection, to the new primary
+            finally:
+                st.close()
+        finally:
+            _thaw(frozen)
+            frozen = []
+            standby.stop()
+    finally:
+        _thaw(frozen)
+        primary.stop()
+
+
+def _freeze(db: PgCluster) -> list[int]:
+    """SIGSTOP of the server's postmaster and every backend (its kernel keeps the connections open)."""
+    pm = db.postmaster_pid()
+    children = subprocess.run(["pgrep", "-P", str(pm)], capture_output=True, text=True, check=False)
+    frozen = [pm, *map(int, children.stdout.split())]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    return frozen
+
+
+def _thaw(frozen: list[int]) -> None:
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_tracing_reads_from_the_streaming_standby(tmp_path):

@@ -257,7 +257,11 @@ class PostgresStorage(SQLStorage):
     @contextlib.contextmanager
     def _cursor(self, *, tx: bool = True) -> Iterator[psycopg.Cursor]:
         """A cursor on a pooled connection, in one transaction (committed at the end) unless ``tx``
-        is False. Connection failures become StorageUnavailable."""
+        is False. Connection failures become StorageUnavailable. A connection lost, cut at its
+        deadline or found on a standby drains the pool: the others were opened to the same node, and
+        each would make a request wait (a whole deadline, if that node is frozen) before failing
+        in turn; the new ones find the writable node."""
+        conn: psycopg.Connection | None = None
         try:
             with self.pool.connection() as conn, (self._deadlines.watch(conn) if self._deadlines
                                                   else contextlib.nullcontext()):
@@ -272,8 +276,11 @@ class PostgresStorage(SQLStorage):
         except psycopg.OperationalError as exc:
             if isinstance(exc, pgerrors.LockNotAvailable):
                 raise
+            if conn is not None and conn.closed:  # lost (not a refusal on a working connection)
+                self.pool.drain()
             raise StorageUnavailable(f"database unavailable: {_pg_message(exc)}") from None
         except pgerrors.ReadOnlySqlTransaction:  # a standby (or a primary being demoted): the writable one is elsewhere
+            self.pool.drain()
             raise StorageUnavailable("database is read-only (a standby): writes go to the primary") from None
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
