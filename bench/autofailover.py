@@ -4,7 +4,9 @@ nodes (a primary and its synchronous standby) on free ports of 127.0.0.1, each r
 and bench targets), trust authentication, everything in a temporary directory. As root the
 processes run as the `postgres` user, like bench/pgcluster.py. The monitor's health checks are
 made faster than the defaults (a failover in seconds rather than about 45 s) so that a test can
-wait for one.
+wait for one. ``monitor_apart``: the monitor runs in a network namespace of its own
+(bench/netpart.py), reached by each node over a link of its own, so that a test can cut the path
+between one node and the monitor only.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import netpart
 from .procs import free_port
 
 # the monitor's settings (pgautofailover GUCs, milliseconds): how soon a silent primary is failed over
@@ -77,7 +80,7 @@ class AutoFailover:
     """A monitor and two nodes, started and replicating (RuntimeError if not within ``timeout_s``);
     ``stop()`` removes everything."""
 
-    def __init__(self, bin_dir: Path, autoctl: str, *, timeout_s: float = 120.0) -> None:
+    def __init__(self, bin_dir: Path, autoctl: str, *, timeout_s: float = 120.0, monitor_apart: bool = False) -> None:
         self.bin = bin_dir
         self.autoctl = autoctl
         self.dir = Path(tempfile.mkdtemp(prefix="checkpoint-paf-"))
@@ -93,22 +96,33 @@ class AutoFailover:
         self.killed: set[str] = set()
         self.frozen: dict[str, list[int]] = {}
         self.ports: dict[str, int] = {}
+        self.net: netpart.ServerNet | None = None
         try:
+            if monitor_apart:
+                why = netpart.available()
+                if why is not None:
+                    raise RuntimeError(why)
+                self.net = netpart.ServerNet(2)  # link i: node i and the monitor; the last link: this process's
             self.ports["monitor"] = free_port()
-            self._run("create", "monitor", "--pgdata", str(self.dir / "monitor"), "--pgport",
-                      str(self.ports["monitor"]), "--hostname", "127.0.0.1", "--auth", "trust", "--no-ssl")
+            self._run("monitor", "create", "monitor", "--pgdata", str(self.dir / "monitor"), "--pgport",
+                      str(self.ports["monitor"]), "--hostname", self._monitor_host, "--auth", "trust", "--no-ssl")
+            if self.net is not None:  # the nodes and this process connect from the links' addresses
+                with open(self.dir / "monitor" / "pg_hba.conf", "a", encoding="ascii") as fh:
+                    fh.write(f"host all all {self.net.cidr} trust\n")
             self._start("monitor", "run", "--pgdata", str(self.dir / "monitor"))
             self._wait(lambda: self._monitor_query("SELECT 1"), "the monitor", timeout_s)
             for k, v in FAST_FAILOVER.items():
                 self._monitor_query(f"ALTER SYSTEM SET {k} = {v}")
             self._monitor_query("SELECT pg_reload_conf()")
-            for name in ("node_a", "node_b"):  # one after the other: the first becomes the primary
+            for i, name in enumerate(("node_a", "node_b")):  # one after the other: the first becomes the primary
                 self.ports[name] = free_port()
                 self._start(name, "create", "postgres", "--pgdata", str(self.dir / name), "--pgport",
-                            str(self.ports[name]), "--hostname", "127.0.0.1", "--name", name, "--monitor",
-                            self.monitor_url, "--auth", "trust", "--no-ssl", "--run")
+                            str(self.ports[name]), "--hostname", self.net.node_host(i) if self.net else "127.0.0.1",
+                            "--name", name, "--monitor", self._monitor_url(i), "--auth", "trust", "--no-ssl", "--run")
                 self._wait(lambda n=name: self._state(n) in ("single", "primary", "secondary")
                            and self._accepts(n), f"{name} up", timeout_s)
+                if self.net is not None:  # the other node connects to this one's link address (a local one)
+                    self._allow(name, self.net.cidr, replication=True)
             self._wait(lambda: self._state("node_a") == "primary" and self._state("node_b") == "secondary",
                        "a primary and a secondary", timeout_s)
         except BaseException:
@@ -116,8 +130,26 @@ class AutoFailover:
             raise
 
     @property
-    def monitor_url(self) -> str:
-        return f"postgres://autoctl_node@127.0.0.1:{self.ports['monitor']}/pg_auto_failover"
+    def _monitor_host(self) -> str:
+        """Where this process reaches the monitor."""
+        return self.net.server_host if self.net is not None else "127.0.0.1"
+
+    def _monitor_url(self, i: int) -> str:
+        """Where node ``i`` reaches the monitor (over its own link when the monitor is apart)."""
+        host = self.net.host_via(i) if self.net is not None else "127.0.0.1"
+        return f"postgres://autoctl_node@{host}:{self.ports['monitor']}/pg_auto_failover"
+
+    def cut_from_monitor(self, name: str) -> None:
+        """Drop every packet between the node and the monitor, both ways (``monitor_apart`` only);
+        the node, its peer and its clients still reach each other."""
+        if self.net is None:
+            raise RuntimeError("cut_from_monitor needs the monitor apart (monitor_apart=True)")
+        self.net.cut(("node_a", "node_b").index(name))
+
+    def heal_from_monitor(self, name: str) -> None:
+        if self.net is None:
+            raise RuntimeError("heal_from_monitor needs the monitor apart (monitor_apart=True)")
+        self.net.heal(("node_a", "node_b").index(name))
 
     def url(self, database: str = "postgres") -> str:
         """Both nodes, the writable one chosen at each connection (libpq's target_session_attrs)."""
@@ -174,13 +206,16 @@ class AutoFailover:
 
     def allow(self, cidr: str) -> None:
         """Let clients from ``cidr`` connect to both nodes (trust, like the rest of this formation)."""
+        for name in ("node_a", "node_b"):
+            self._allow(name, cidr)
+
+    def _allow(self, name: str, cidr: str, *, replication: bool = False) -> None:
         import psycopg  # deferred: the optional `server` extra
 
-        for name in ("node_a", "node_b"):
-            with open(self.dir / name / "pg_hba.conf", "a", encoding="ascii") as fh:
-                fh.write(f"host all all {cidr} trust\n")
-            with psycopg.connect(self.node_url(name), autocommit=True, connect_timeout=5) as conn:
-                conn.execute("SELECT pg_reload_conf()")
+        with open(self.dir / name / "pg_hba.conf", "a", encoding="ascii") as fh:
+            fh.write(f"host all all {cidr} trust\n" + (f"host replication all {cidr} trust\n" if replication else ""))
+        with psycopg.connect(self.node_url(name), autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SELECT pg_reload_conf()")
 
     def failing_over(self) -> bool:
         """Whether the monitor has begun a failover: a node's goal is a step of one."""
@@ -229,7 +264,7 @@ class AutoFailover:
         import psycopg  # deferred: the optional `server` extra
 
         try:
-            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.ports['monitor']}/pg_auto_failover",
+            with psycopg.connect(f"postgresql://postgres@{self._monitor_host}:{self.ports['monitor']}/pg_auto_failover",
                                  autocommit=True, connect_timeout=2) as conn:
                 cur = conn.execute(sql, params)
                 return cur.fetchall() if cur.description else []
@@ -250,15 +285,20 @@ class AutoFailover:
         path = self.dir / f"{name}.log"
         return path.read_text(errors="replace")[-1500:] if path.exists() else ""
 
-    def _run(self, *args: str) -> None:
-        res = subprocess.run([*self.as_user, *self.env, self.autoctl, *args], capture_output=True, text=True,
+    def _prefix(self, name: str) -> list[str]:
+        """How ``name``'s pg_autoctl is run (the monitor apart: in its namespace)."""
+        ns = self.net.prefix if self.net is not None and name == "monitor" else []
+        return [*ns, *self.as_user, *self.env, self.autoctl]
+
+    def _run(self, name: str, *args: str) -> None:
+        res = subprocess.run([*self._prefix(name), *args], capture_output=True, text=True,
                              timeout=180, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"pg_autoctl {' '.join(args[:2])} failed ({res.returncode}): {res.stderr[-1500:]}")
 
     def _start(self, name: str, *args: str) -> None:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 (the process keeps it)
-        self.procs[name] = subprocess.Popen([*self.as_user, *self.env, self.autoctl, *args], stdout=log,
+        self.procs[name] = subprocess.Popen([*self._prefix(name), *args], stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
@@ -266,6 +306,10 @@ class AutoFailover:
         """Stop every process (SIGKILL: nothing here is kept) and remove the directory."""
         for name in list(self.frozen):  # a frozen backend would outlive its killed postmaster
             self.thaw(name)
-        for name in list(self.procs):
-            self.kill(name)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            for name in list(self.procs):
+                self.kill(name)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        finally:
+            if self.net is not None:
+                self.net.close()

@@ -8,7 +8,12 @@ answers, as in a network partition), the monitor promotes the standby, and later
 heals; the path between the server and the primary alone is cut (the server in a network namespace
 of its own, bench/netpart.py: the monitor still sees a healthy primary, nothing fails over, the
 server answers 503 db_unavailable until the path heals); or the monitor dies in the middle of a
-failover (the primary killed, the monitor killed once it has begun, started again later).
+failover (the primary killed, the monitor killed once it has begun, started again later); or the
+standby dies while it is being promoted (the primary killed, then the standby once the failover has
+begun: no node can take writes until the standby is started again); or the path between the
+primary and the monitor alone is cut (the monitor in a network namespace of its own: it promotes
+the standby while the old primary, still up and told nothing, must acknowledge nothing the new one
+lacks, and demotes itself).
 Afterwards the primary must hold every entry exactly once and every batch a device saw
 acknowledged; the stall is the longest time without an acknowledgement around the fault.
 
@@ -34,9 +39,10 @@ from .timing import table
 
 PROMOTE_AFTER_S = 1.0  # the primary is gone this long before the standby is promoted (a manager's detection)
 FAULTS = ("primary_killed", "standby_killed", "monitor_killed", "primary_frozen", "primary_partitioned",
-          "monitor_killed_in_failover")
+          "monitor_killed_in_failover", "standby_killed_in_failover", "primary_cut_from_monitor")
 PARTITION_S = 20.0  # the server cut off from the primary this long: past the server's 15 s work deadline
 MONITOR_DOWN_S = 8.0  # the monitor dead this long in the middle of a failover
+NO_PRIMARY_S = 8.0  # both nodes dead this long (the standby killed while it is being promoted)
 RESUME_TIMEOUT_S = 120.0  # how long a fault's part of the scenario waits for ingest to go on
 
 
@@ -96,8 +102,8 @@ class _Managed:
 
     manager = "pg_auto_failover"
 
-    def __init__(self, bin_dir: Path, autoctl: str) -> None:
-        self.formation = AutoFailover(bin_dir, autoctl)
+    def __init__(self, bin_dir: Path, autoctl: str, *, monitor_apart: bool = False) -> None:
+        self.formation = AutoFailover(bin_dir, autoctl, monitor_apart=monitor_apart)
         self.url = self.formation.url()
         self.primary_url = self.formation.node_url("node_a")
         self.net: netpart.ServerNet | None = None  # the server's own namespace (primary_partitioned)
@@ -116,7 +122,8 @@ class _Managed:
         return self.net
 
     def final_primary_url(self, fault: str) -> str:
-        moved = ("primary_killed", "primary_frozen", "monitor_killed_in_failover")
+        moved = ("primary_killed", "primary_frozen", "monitor_killed_in_failover", "standby_killed_in_failover",
+                 "primary_cut_from_monitor")
         return self.formation.node_url("node_b" if fault in moved else "node_a")
 
     def fault(self, fault: str, times: dict[str, float], resumed) -> None:
@@ -144,6 +151,18 @@ class _Managed:
             f.restart("monitor")
             times["monitor_back_at"] = time.time()
             f.wait_promoted("node_b")
+        elif fault == "standby_killed_in_failover":
+            f.kill("node_a")
+            f.wait_for(f.failing_over, "a failover begun")
+            f.kill("node_b")  # no node left that could take writes
+            times["no_primary_at"] = time.time()
+            time.sleep(NO_PRIMARY_S)
+            f.restart("node_b")
+            times["node_back_at"] = time.time()
+            f.wait_promoted("node_b")
+        elif fault == "primary_cut_from_monitor":
+            f.cut_from_monitor("node_a")
+            f.wait_promoted("node_b")
         elif fault == "primary_partitioned":
             if self.net is None:
                 raise RuntimeError("primary_partitioned needs the server in its own namespace (server_net)")
@@ -154,6 +173,15 @@ class _Managed:
         else:
             raise ValueError(f"unknown fault {fault!r}")
         times["settled_at"] = time.time()
+        if fault == "primary_cut_from_monitor":  # the old primary, still up and told nothing, must take no
+            end = time.monotonic() + RESUME_TIMEOUT_S  # acknowledged write the new one lacks, and stop taking
+            while f.writable("node_a"):  # any (pg_auto_failover: its keeper, alone, demotes it)
+                if time.monotonic() > end:
+                    raise RuntimeError("the primary cut from the monitor still takes writes")
+                time.sleep(0.2)
+            times["old_primary_demoted_at"] = time.time()
+            f.heal_from_monitor("node_a")
+            times["monitor_reached_at"] = time.time()
         if fault == "primary_frozen":
             resumed(f.node_url("node_b"))  # the server goes on without the frozen node ...
             times["resumed_at"] = time.time()
@@ -202,10 +230,12 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
         autoctl = find_pg_autoctl(bin_dir)
         if autoctl is None:
             raise RuntimeError("pg_auto_failover is not installed (Debian: postgresql-15-auto-failover)")
+        apart = fault == "primary_cut_from_monitor"
         try:
-            db = _Managed(bin_dir, autoctl)
+            db = _Managed(bin_dir, autoctl, monitor_apart=apart)
         except RuntimeError:  # the formation's own start-up failed (pg_autoctl gives up after ~4 s on a loaded
-            db = _Managed(bin_dir, autoctl)  # machine); once more, before any ingest: not the part under test
+            db = _Managed(bin_dir, autoctl, monitor_apart=apart)  # machine); once more, before any ingest: not
+            # the part under test
     else:
         db = _Promoted(bin_dir)
     server = None
@@ -277,6 +307,10 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
         res["resumed_after_settled_s"] = (settled[0] - times["settled_at"]) if settled else float("nan")
         if "thawed_at" in times:
             res["acks_while_frozen"] = sum(times["fault_at"] <= t < times["thawed_at"] for t in acks)
+        if "node_back_at" in times:  # (likewise)
+            res["acks_without_primary"] = sum(times["fault_at"] + 1.0 <= t < times["node_back_at"] for t in acks)
+            res["busy_without_primary"] = sum(times["no_primary_at"] <= t < times["node_back_at"]
+                                              for t in res["busy_at"])
         if "healed_at" in times:  # (an answer already on its way when the path was cut may arrive just after)
             res["acks_while_cut"] = sum(times["fault_at"] + 1.0 <= t < times["healed_at"] for t in acks)
         return res
@@ -342,6 +376,10 @@ def run(quick: bool) -> dict | None:
           f"primary_partitioned: the server (in a network namespace of its own) cut off from the primary alone "
           f"for {PARTITION_S:.0f} s (settled: healed); monitor_killed_in_failover: the primary killed, the monitor "
           f"SIGKILLed once the failover has begun and started again {MONITOR_DOWN_S:.0f} s later; "
+          f"standby_killed_in_failover: the primary killed, the standby SIGKILLed once the failover has begun and "
+          f"started again {NO_PRIMARY_S:.0f} s later (settled: promoted); primary_cut_from_monitor: every packet "
+          f"between the primary and the monitor (in a network namespace of its own) dropped (settled: the standby "
+          f"promoted); "
           f"{runs} run(s) each")
     print(table(["manager", "fault", "acks before/after the fault", "fault to settled s", "stall s",
                  "first ack after settled s", "503/429 (code)", "connection errors", "entries on the primary",
@@ -352,4 +390,5 @@ def run(quick: bool) -> dict | None:
     print()
     return {"devices": devices, "batches": batches, "per_batch": per_batch, "runs": runs,
             "promote_after_s": PROMOTE_AFTER_S, "partition_s": PARTITION_S, "monitor_down_s": MONITOR_DOWN_S,
+            "no_primary_s": NO_PRIMARY_S,
             "faults": stored}

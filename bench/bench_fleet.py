@@ -149,7 +149,7 @@ def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int =
     for p in procs:
         p.wait(deadline_s + 120)
     res: dict[str, Any] = {"lat": [], "acked_at": [], "acked": [], "failures": [], "busy": 0, "errors": 0,
-                           "client_cpu": 0.0,
+                           "no_retry_after": 0, "client_cpu": 0.0,
            "busy_codes": {}, "busy_at": []}
     for p, out in zip(procs, outs):
         if p.returncode != 0 or not out.exists():
@@ -162,6 +162,7 @@ def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int =
             res["busy_codes"][code] = res["busy_codes"].get(code, 0) + n
         res["busy"] += r["busy"]
         res["errors"] += r["errors"]
+        res["no_retry_after"] += r["no_retry_after"]
         res["client_cpu"] += r["cpu_s"]
     res["lat"].sort()
     res["wall"] = (max(res["acked_at"]) - start_at) if res["acked_at"] else float("nan")

@@ -8,7 +8,8 @@ SPEC (JSON): {"url", "start_at" (time.time() to release every device at), "deadl
 "devices": [{"key": hex of the Ed25519 private key, "device_id", "source": "127.0.0.x",
 "batches": [paths of .ckb files]}]}. OUT: {"lat": [seconds from a batch's first send to its 200],
 "acked_at": [time.time() of each 200], "acked": [batch_id of each 200], "busy": n, "busy_codes": {error
-code of a 503/429: n}, "busy_at": [time.time() of each 503/429], "errors": n (connections refused or cut),
+code of a 503/429: n}, "busy_at": [time.time() of each 503/429], "no_retry_after": n (503/429 answers
+without a Retry-After), "errors": n (connections refused or cut),
 "failures": [...], "cpu_s": n}.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def run(spec: dict) -> dict:
     acked_at: list[float] = []
     acked: list[str] = []
     failures: list[str] = []
-    counts = {"busy": 0, "errors": 0}
+    counts = {"busy": 0, "errors": 0, "no_retry_after": 0}
     busy_codes: dict[str, int] = {}
     busy_at: list[float] = []
     lock = threading.Lock()
@@ -77,11 +78,13 @@ def run(spec: dict) -> dict:
                     conn = None
                 if status in (429, 503):
                     code = _error_code(doc)
+                    retry_after = headers.get(b"retry-after")
                     with lock:
                         counts["busy"] += 1
+                        counts["no_retry_after"] += retry_after is None
                         busy_codes[code] = busy_codes.get(code, 0) + 1
                         busy_at.append(time.time())
-                    time.sleep(float(headers.get(b"retry-after") or 1))
+                    time.sleep(float(retry_after or 1))
                     continue
                 break
             with lock:

@@ -1,6 +1,7 @@
-"""A network namespace of its own for the server process of the failover bench, so that a test can
-cut the path between the server and one database node only (a network partition) while the
-devices, the other node and the failover monitor still reach everything.
+"""A network namespace of its own for the server process of the failover bench (or for the failover
+monitor), so that a test can cut the path between the server (the monitor) and one database node
+only (a network partition) while the devices, the other node and the failover monitor (the server)
+still reach everything.
 
 The namespace is joined to this machine's by one veth pair per database node and one for the
 devices: the server reaches node ``i`` at ``node_host(i)`` (the node's PostgreSQL listens on every
@@ -72,6 +73,10 @@ class ServerNet:
 
     def node_host(self, i: int) -> str:
         return f"{self._net(i)}.1"
+
+    def host_via(self, i: int) -> str:
+        """The namespace's own address on node ``i``'s link: where node ``i`` reaches it."""
+        return f"{self._net(i)}.2"
 
     def client_address(self, i: int) -> str:
         return f"{self._net(self.nodes)}.{10 + i % self.clients}"

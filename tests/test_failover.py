@@ -1,10 +1,11 @@
 """PostgreSQL failures mid-ingest (bench/bench_failover.py's scenario, on a small fleet): the primary
 dies (SIGKILL of its postmaster) and its synchronous standby is promoted (by pg_auto_failover's
 monitor, and by hand); the standby dies; the monitor dies, also in the middle of a failover; the
-primary is cut off by a partition and comes back; the path between the server and the primary alone
-is cut and heals. `checkpoint server run` on a multi-host URL finds the writable node by itself,
-devices retry, and afterwards the primary holds every entry exactly once and every batch a device saw
-acknowledged. And a connection whose database
+standby dies while it is being promoted; the primary is cut off by a partition and comes back; the
+path between the server and the primary alone is cut and heals, and so is the one between the
+primary and the monitor alone. `checkpoint server run` on a
+multi-host URL finds the writable node by itself, devices retry, and afterwards the primary holds
+every entry exactly once and every batch a device saw acknowledged. And a connection whose database
 stops answering is cut at the server's deadline, the pool's other connections to it with it."""
 from __future__ import annotations
 
@@ -97,6 +98,31 @@ def test_the_monitor_dying_during_a_failover(tmp_path):
     r = _run(tmp_path, "pg_auto_failover", "monitor_killed_in_failover", batches=10)
     assert r["busy_codes"].get("db_unavailable", 0) > 0
     assert r["monitor_killed_at"] < r["monitor_back_at"] <= r["settled_at"]
+
+
+def test_the_standby_dying_while_it_is_promoted(tmp_path):
+    """The primary killed; once the monitor has begun the failover the standby is killed too: no
+    node can take writes. Meanwhile nothing is acknowledged and devices are told so (503
+    db_unavailable, each with a Retry-After); once the standby is started again the failover
+    completes and ingest goes on there, nothing lost or doubled."""
+    r = _run(tmp_path, "pg_auto_failover", "standby_killed_in_failover", batches=10)
+    assert r["acks_without_primary"] == 0
+    assert r["busy_without_primary"] > 0 and r["busy_codes"].get("db_unavailable", 0) > 0
+    assert r["no_retry_after"] == 0  # every refusal said when to try again
+    assert r["no_primary_at"] < r["node_back_at"] <= r["settled_at"]
+
+
+def test_the_primary_cut_from_the_monitor_alone(tmp_path):
+    """The monitor in a network namespace of its own, every packet between it and the primary
+    dropped while the primary, its standby and the server still reach each other: the monitor
+    promotes the standby, the old primary (still up, told nothing) acknowledges nothing the new one
+    lacks (its commits wait for the standby that left it) and demotes itself; every acknowledged
+    batch is on the new primary, nothing lost or doubled: no split brain."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace needs root")
+    r = _run(tmp_path, "pg_auto_failover", "primary_cut_from_monitor", batches=60)  # the old primary goes on
+    assert math.isfinite(r["resumed_after_settled_s"])  # for seconds: enough batches to reach the new one too
+    assert r["settled_at"] <= r["old_primary_demoted_at"] <= r["monitor_reached_at"]
 
 
 def test_a_database_that_stops_answering_is_cut_at_the_deadline(tmp_path):
