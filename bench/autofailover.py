@@ -276,14 +276,15 @@ class AutoFailover:
         while not cond():
             for name, proc in self.procs.items():
                 if name not in self.killed and proc.poll() is not None:
-                    raise RuntimeError(f"pg_autoctl ({name}) exited: {self._log(name)}")
+                    raise RuntimeError(f"pg_autoctl ({name}) exited: {self.log(name)}")
             if time.monotonic() > end:
                 raise RuntimeError(f"pg_auto_failover: timed out waiting for {what}")
             time.sleep(0.2)
 
-    def _log(self, name: str) -> str:
+    def log(self, name: str, tail: int = 1500) -> str:
+        """The end of ``name``'s pg_autoctl log."""
         path = self.dir / f"{name}.log"
-        return path.read_text(errors="replace")[-1500:] if path.exists() else ""
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def _prefix(self, name: str) -> list[str]:
         """How ``name``'s pg_autoctl is run (the monitor apart: in its namespace)."""

@@ -13,7 +13,7 @@ standby dies while it is being promoted (the primary killed, then the standby on
 begun: no node can take writes until the standby is started again); or the path between the
 primary and the monitor alone is cut (the monitor in a network namespace of its own: it promotes
 the standby while the old primary, still up and told nothing, must acknowledge nothing the new one
-lacks, and demotes itself).
+lacks, and is demoted: by its keeper alone, or once it reaches the monitor again).
 Afterwards the primary must hold every entry exactly once and every batch a device saw
 acknowledged; the stall is the longest time without an acknowledgement around the fault.
 
@@ -43,6 +43,7 @@ FAULTS = ("primary_killed", "standby_killed", "monitor_killed", "primary_frozen"
 PARTITION_S = 20.0  # the server cut off from the primary this long: past the server's 15 s work deadline
 MONITOR_DOWN_S = 8.0  # the monitor dead this long in the middle of a failover
 NO_PRIMARY_S = 8.0  # both nodes dead this long (the standby killed while it is being promoted)
+CUT_FROM_MONITOR_S = 60.0  # the primary cut from the monitor at most this long after the standby's promotion
 RESUME_TIMEOUT_S = 120.0  # how long a fault's part of the scenario waits for ingest to go on
 
 
@@ -174,14 +175,19 @@ class _Managed:
             raise ValueError(f"unknown fault {fault!r}")
         times["settled_at"] = time.time()
         if fault == "primary_cut_from_monitor":  # the old primary, still up and told nothing, must take no
-            end = time.monotonic() + RESUME_TIMEOUT_S  # acknowledged write the new one lacks, and stop taking
-            while f.writable("node_a"):  # any (pg_auto_failover: its keeper, alone, demotes it)
-                if time.monotonic() > end:
-                    raise RuntimeError("the primary cut from the monitor still takes writes")
-                time.sleep(0.2)
-            times["old_primary_demoted_at"] = time.time()
+            end = time.monotonic() + CUT_FROM_MONITOR_S  # acknowledged write the new one lacks; its keeper,
+            while f.writable("node_a") and time.monotonic() < end:  # alone, is to stop it (pg_auto_failover's
+                time.sleep(0.2)  # network_partition_timeout)
+            times["demoted_while_cut"] = float(not f.writable("node_a"))
             f.heal_from_monitor("node_a")
             times["monitor_reached_at"] = time.time()
+            end = time.monotonic() + RESUME_TIMEOUT_S
+            while f.writable("node_a"):  # back in touch with the monitor, it must be demoted in any case
+                if time.monotonic() > end:
+                    raise RuntimeError("the old primary still takes writes after it reached the monitor again; its "
+                                       "keeper's log: " + f.log("node_a", 6000))
+                time.sleep(0.2)
+            times["old_primary_demoted_at"] = time.time()
         if fault == "primary_frozen":
             resumed(f.node_url("node_b"))  # the server goes on without the frozen node ...
             times["resumed_at"] = time.time()
