@@ -315,8 +315,8 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
             res["acks_while_frozen"] = sum(times["fault_at"] <= t < times["thawed_at"] for t in acks)
         if "node_back_at" in times:  # (likewise)
             res["acks_without_primary"] = sum(times["fault_at"] + 1.0 <= t < times["node_back_at"] for t in acks)
-            res["busy_without_primary"] = sum(times["no_primary_at"] <= t < times["node_back_at"]
-                                              for t in res["busy_at"])
+            # refusals until the standby is promoted (a request waits up to the pool's 10 s for a connection first)
+            res["busy_without_primary"] = sum(times["no_primary_at"] <= t < times["settled_at"] for t in res["busy_at"])
         if "healed_at" in times:  # (an answer already on its way when the path was cut may arrive just after)
             res["acks_while_cut"] = sum(times["fault_at"] + 1.0 <= t < times["healed_at"] for t in acks)
         return res
