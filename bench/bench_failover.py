@@ -96,6 +96,20 @@ class _Promoted:
         self.primary.stop()
 
 
+def _down_in_failover(f: AutoFailover, node: str, down_s: float, times: dict[str, float], down_key: str,
+                      back_key: str) -> None:
+    """The primary killed, then ``node`` once the monitor has begun the failover, back ``down_s``
+    later (``times``: when it went and came back); the standby's promotion awaited."""
+    f.kill("node_a")
+    f.wait_for(f.failing_over, "a failover begun")
+    f.kill(node)
+    times[down_key] = time.time()
+    time.sleep(down_s)
+    f.restart(node)
+    times[back_key] = time.time()
+    f.wait_promoted("node_b")
+
+
 class _Managed:
     """A pg_auto_failover formation (bench/autofailover.py): the primary's machine dies (SIGKILL of
     its postmaster and of the pg_autoctl keeping it: the keeper alone would restart a killed
@@ -144,23 +158,9 @@ class _Managed:
             f.freeze("node_a")
             f.wait_promoted("node_b")
         elif fault == "monitor_killed_in_failover":
-            f.kill("node_a")
-            f.wait_for(f.failing_over, "a failover begun")
-            f.kill("monitor")
-            times["monitor_killed_at"] = time.time()
-            time.sleep(MONITOR_DOWN_S)
-            f.restart("monitor")
-            times["monitor_back_at"] = time.time()
-            f.wait_promoted("node_b")
-        elif fault == "standby_killed_in_failover":
-            f.kill("node_a")
-            f.wait_for(f.failing_over, "a failover begun")
-            f.kill("node_b")  # no node left that could take writes
-            times["no_primary_at"] = time.time()
-            time.sleep(NO_PRIMARY_S)
-            f.restart("node_b")
-            times["node_back_at"] = time.time()
-            f.wait_promoted("node_b")
+            _down_in_failover(f, "monitor", MONITOR_DOWN_S, times, "monitor_killed_at", "monitor_back_at")
+        elif fault == "standby_killed_in_failover":  # no node left that could take writes
+            _down_in_failover(f, "node_b", NO_PRIMARY_S, times, "no_primary_at", "node_back_at")
         elif fault == "primary_cut_from_monitor":
             f.cut_from_monitor("node_a")
             f.wait_promoted("node_b")

@@ -176,7 +176,7 @@ def test_after_a_connection_is_cut_the_next_request_finds_the_new_primary(tmp_pa
     promoted: the request on one of the pool's connections to the old primary is cut at the
     deadline, and the next one goes to the new primary instead of waiting on another of those
     connections (each would hold a request for a whole deadline: the frozen primary's long stall)."""
-    import psycopg  # deferred: the optional `server` extra
+    psycopg = pytest.importorskip("psycopg")  # the optional `server` extra: skipped where it is missing
 
     bin_dir = find_bin_dir()
     if bin_dir is None:
