@@ -20,8 +20,8 @@ import signal
 import sys
 import threading
 
-from scanner.base.allocator import return_large_blocks
-from scanner.store.entrylog import EntryLog
+from scanner.base.allocator import return_large_blocks, trim
+from scanner.store.entrylog import SIDE_CACHE_KIB, EntryLog
 from sync.building import assemble_next
 from sync.errors import SyncError
 from sync.wire import batch as batchmod
@@ -63,7 +63,7 @@ def lower_priority(nice: int) -> None:
 def init(log_path: str, device_id: str, nice: int) -> None:
     """Set up this process: its priority, the log."""
     lower_priority(nice)
-    _STATE["log"] = EntryLog(log_path, create=False)
+    _STATE["log"] = EntryLog(log_path, create=False, cache_kib=SIDE_CACHE_KIB)
     _STATE["device_id"] = device_id
 
 
@@ -82,6 +82,14 @@ def answer(request: tuple) -> tuple[bool, object]:
         return False, SyncError(f"unknown builder request {kind!r}", code="builder_error")
     except Exception as exc:  # noqa: BLE001 - the parent raises it (as ProcessPoolExecutor did)
         return False, exc
+
+
+def release_memory() -> None:
+    """Between builds hold only what is kept: the log's page cache and the C allocator's free pages
+    go back to the system, so this process's memory does not follow the largest batch so far."""
+    if "log" in _STATE:
+        _STATE["log"].release_memory()
+    trim()
 
 
 def picklable(exc: BaseException) -> BaseException:
@@ -115,6 +123,8 @@ def main(argv: list[str]) -> int:
                 value = picklable(value)
             pickle.dump((ok, value), answers, protocol=pickle.HIGHEST_PROTOCOL)
             answers.flush()
+            del value
+            release_memory()
 
 
 if __name__ == "__main__":

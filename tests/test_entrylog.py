@@ -375,6 +375,33 @@ def _wal_pages(log: EntryLog) -> int:
     return max(0, os.stat(f"{log.path}-wal").st_size - 32) // (4096 + 24)
 
 
+def test_the_side_connections_keep_a_small_page_cache(open_log, verdict_for, monkeypatch):
+    """The connections that read the log now and then (the sync agent's, the batch builder's, the idle
+    checkpoints') keep a smaller page cache than the lane's; neither is SQLite's default 2 MiB, which
+    fills up slowly as the file grows. A reconnection keeps the size asked for."""
+    monkeypatch.setattr(entrylog_mod, "CHECKPOINT_QUIET_S", 0)
+    side_kib = entrylog_mod.SIDE_CACHE_KIB
+    lane = open_log(wal_checkpoints="idle", passback_window_s=0)
+    side = EntryLog(lane.path, create=False, cache_kib=side_kib)
+
+    def cache(conn) -> int:
+        return conn.execute("PRAGMA cache_size").fetchone()[0]
+    try:
+        assert cache(lane._conn) == -entrylog_mod.CACHE_KIB and cache(side._conn) == -side_kib
+        assert side_kib < entrylog_mod.CACHE_KIB < 2000
+        v = verdict_for()
+        for i in range(entrylog_mod.CHECKPOINT_COMMITS):
+            lane.record(scan(NOW + i), v, direction="in")
+        assert lane.checkpoint_when_idle()
+        assert cache(lane._checkpointer) == -side_kib
+        side._reconnect()
+        assert cache(side._conn) == -side_kib
+        side.release_memory()
+        assert len(side.pending(0, 10)) == 10  # it reads on as before
+    finally:
+        side.close()
+
+
 def test_idle_checkpoints_never_run_inside_a_commit(open_log, verdict_for, monkeypatch):
     """With wal_checkpoints="idle" no commit checkpoints the WAL (SQLite's own would at 1000
     pages); checkpoint_when_idle copies it once enough commits have piled up and the lane is

@@ -392,6 +392,31 @@ def test_the_process_builders_worker_maps_no_openssl_and_its_batches_verify(serv
         builder.close()
 
 
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def test_the_batch_builder_gives_back_what_a_large_batch_took(server, tmp_path, make_card, trust, now):
+    """Between builds the worker holds only what it keeps: the memory a large batch took goes back
+    to the system once the batch is answered, so the appliance's memory does not follow the largest
+    batch built so far."""
+    dev = provision_device(server, tmp_path)
+    record(dev, [verifier.verify(make_card(), trust, now)], 5000)
+    builder = ProcessBuilder(dev.log.path, dev.state, dev.device_id)
+    try:
+        for _ in range(3):  # warmed up on small batches: the modules a build needs are loaded
+            assert builder.build(0, 50, [], now_ms()).info.count == 50
+        small = _rss_kb(builder.pid)
+        assert builder.build(0, 5000, [], now_ms()).info.count == 5000
+        # it answers first, then lets go: within moments it is back near where it was
+        wait_for(lambda: _rss_kb(builder.pid) - small < 3072,
+                 lambda: f"the builder holds {_rss_kb(builder.pid) - small} kB more after a batch of 5,000",
+                 timeout=10)
+    finally:
+        builder.close()
+
+
 def test_process_builder_replaces_a_killed_worker_and_leaves_nothing(server, tmp_path, make_card, trust, now):
     """A worker killed under it is a clean `builder_died` and a new worker at the next request (an
     interrupt does not kill it); an error in the worker comes back as itself; close() leaves no

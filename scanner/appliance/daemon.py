@@ -70,7 +70,7 @@ from scanner.base.safetext import escape
 from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
 from scanner.store import premigrate
-from scanner.store.entrylog import EntryLog, EntryLogError
+from scanner.store.entrylog import SIDE_CACHE_KIB, EntryLog, EntryLogError
 from sync.agent import SyncAgent, make_builder
 from sync.pull import PullService, with_pull
 from sync.site.node import Settings as SiteSettings
@@ -434,7 +434,8 @@ class Appliance:
         cfg = self.config.sync
         supervisor = self.supervisor
         assert supervisor is not None, "started"
-        sync_log = EntryLog(self.config.db_path, create=False, wal_checkpoints="idle")  # the agent's own connection
+        sync_log = EntryLog(self.config.db_path, create=False, wal_checkpoints="idle",  # the agent's own connection
+                            cache_kib=SIDE_CACHE_KIB)
         try:
             agent = SyncAgent(self.state_dir, sync_log, builder=make_builder(cfg.builder, sync_log, self.state_dir,
                                                                              core.device_id),

@@ -24,3 +24,16 @@ def return_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, threshold) == 1
+
+
+def trim() -> bool:
+    """Give the C allocator's free pages back to the system (glibc's malloc_trim, every arena):
+    what a burst of work freed stops counting in the process's memory. False where there is none."""
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True

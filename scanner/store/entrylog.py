@@ -73,6 +73,13 @@ HOLDER_MODES = ("sealed", "none")
 # connection's that is); "idle": never inside a commit, the owner calls checkpoint_when_idle
 CHECKPOINT_MODES = ("auto", "idle")
 CHECKPOINT_COMMITS = 200  # an idle checkpoint after this many commits of this log (~1000 pages, SQLite's own)
+# The page cache of a connection to the log, KiB. SQLite's default (2 MiB) fills slowly as the log grows, a
+# new high-water mark whenever a stretch without other writers lets it (each of their commits empties it):
+# a daemon growing for hours. A scan touches a handful of pages (the upper levels of the table and its
+# indexes, the latest leaves), which 1 MiB holds, reached within the first minutes; the connections that
+# read the log now and then (the sync agent's, the batch builder's, the idle checkpoints') keep less.
+CACHE_KIB = 1024
+SIDE_CACHE_KIB = 256
 CHECKPOINT_QUIET_S = 0.02  # ... while no commit of it is in flight and none ended this recently (between scans)
 CHECKPOINT_MAX_COMMITS = 1600  # ... or, between scans or not, after this many
 RESTART_WAIT_S = 0.05  # the longest the checkpoint waits for the lane's commit to end (the tick must go on)
@@ -167,7 +174,8 @@ class EntryLog:
                  passback_window_s: float = 120.0, retention_days: int = 21,
                  min_free_bytes: int = 100 * MIB, max_db_bytes: int | None = None,
                  retry_queue_max: int = 1000, clock: Callable[[], str] | None = None,
-                 tz: dt.tzinfo | None = None, create: bool = True, wal_checkpoints: str = "auto") -> None:
+                 tz: dt.tzinfo | None = None, create: bool = True, wal_checkpoints: str = "auto",
+                 cache_kib: int | None = CACHE_KIB) -> None:
         if holder_details not in HOLDER_MODES:
             raise ValueError(f"holder_details must be one of {HOLDER_MODES}")
         synchronous = synchronous.upper()
@@ -204,6 +212,7 @@ class EntryLog:
         if wal_checkpoints not in CHECKPOINT_MODES:
             raise ValueError(f"wal_checkpoints must be one of {CHECKPOINT_MODES}")
         self.wal_checkpoints = wal_checkpoints
+        self.cache_kib = cache_kib  # this connection's page cache, KiB (None: SQLite's default)
         self._checkpointer: sqlite3.Connection | None = None  # the idle checkpoints' own connection
         self._checkpoint_lock = threading.Lock()
         self._commits = 0  # this log's commits since its last idle checkpoint
@@ -211,7 +220,7 @@ class EntryLog:
         self._in_flight = False  # a commit of this log is under way
         self._conn = schema.connect(self.path, create=create, busy_timeout_s=busy_timeout_s,
                                     synchronous=synchronous, max_db_bytes=max_db_bytes,
-                                    autocheckpoint=wal_checkpoints == "auto")
+                                    autocheckpoint=wal_checkpoints == "auto", cache_kib=cache_kib)
         self._disk.check(force=True)
 
     @property
@@ -234,6 +243,12 @@ class EntryLog:
                 self.holder_details, self.holder_details_note = "sealed", ""
         if old is not None:
             old.rotate()
+
+    def release_memory(self) -> None:
+        """Free this connection's page cache (SQLite's shrink_memory): for a process that reads the
+        log now and then and should hold nothing of it in between (the batch builder)."""
+        with self._lock:
+            self._conn.execute("PRAGMA shrink_memory")
 
     def close(self) -> None:
         with self._checkpoint_lock:
@@ -544,7 +559,8 @@ class EntryLog:
         """After an I/O error SQLite may need a fresh file handle (e.g. a remounted card)."""
         try:
             conn = schema.reconnect(self.path, busy_timeout_s=self.busy_timeout_s, synchronous=self.synchronous,
-                                    max_db_bytes=self._max_db_bytes, autocheckpoint=self.wal_checkpoints == "auto")
+                                    max_db_bytes=self._max_db_bytes, autocheckpoint=self.wal_checkpoints == "auto",
+                                    cache_kib=self.cache_kib)
         except (sqlite3.Error, EntryLogError) as exc:
             log.warning("entry log: reopening %s failed: %s", self.path, exc)
             return
@@ -595,7 +611,8 @@ class EntryLog:
                 if self._checkpointer is None:
                     self._checkpointer = schema.reconnect(self.path, busy_timeout_s=self.busy_timeout_s,
                                                           synchronous=self.synchronous,
-                                                          max_db_bytes=self._max_db_bytes, autocheckpoint=False)
+                                                          max_db_bytes=self._max_db_bytes, autocheckpoint=False,
+                                                          cache_kib=SIDE_CACHE_KIB)
                 _, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if frames >= WAL_RESTART_FRAMES:
                     return self._restart_wal(self._checkpointer)

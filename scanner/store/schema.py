@@ -77,7 +77,7 @@ def read_anchor(conn: sqlite3.Connection) -> Anchor:
 
 
 def connect(path: Path, *, create: bool, busy_timeout_s: float, synchronous: str,
-            max_db_bytes: int | None, autocheckpoint: bool = True) -> sqlite3.Connection:
+            max_db_bytes: int | None, autocheckpoint: bool = True, cache_kib: int | None = None) -> sqlite3.Connection:
     """Open (or create, mode 0600 in a 0700 directory) the log file, configured and migrated."""
     if not path.exists():
         if not create:
@@ -93,7 +93,7 @@ def connect(path: Path, *, create: bool, busy_timeout_s: float, synchronous: str
     conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     try:
         configure(conn, path, busy_timeout_s=busy_timeout_s, synchronous=synchronous, max_db_bytes=max_db_bytes,
-                  autocheckpoint=autocheckpoint)
+                  autocheckpoint=autocheckpoint, cache_kib=cache_kib)
         migrate(conn, path)
         fix_file_modes(path)
     except sqlite3.DatabaseError as exc:
@@ -106,13 +106,14 @@ def connect(path: Path, *, create: bool, busy_timeout_s: float, synchronous: str
 
 
 def reconnect(path: Path, *, busy_timeout_s: float, synchronous: str,
-              max_db_bytes: int | None, autocheckpoint: bool = True) -> sqlite3.Connection:
+              max_db_bytes: int | None, autocheckpoint: bool = True, cache_kib: int | None = None
+              ) -> sqlite3.Connection:
     """A fresh, configured connection to a log that is already there (after an I/O error, or for
     the idle checkpoints)."""
     conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
     try:
         configure(conn, path, busy_timeout_s=busy_timeout_s, synchronous=synchronous, max_db_bytes=max_db_bytes,
-                  autocheckpoint=autocheckpoint)
+                  autocheckpoint=autocheckpoint, cache_kib=cache_kib)
     except BaseException:
         conn.close()
         raise
@@ -120,9 +121,10 @@ def reconnect(path: Path, *, busy_timeout_s: float, synchronous: str,
 
 
 def configure(conn: sqlite3.Connection, path: Path, *, busy_timeout_s: float, synchronous: str,
-              max_db_bytes: int | None, autocheckpoint: bool = True) -> None:
+              max_db_bytes: int | None, autocheckpoint: bool = True, cache_kib: int | None = None) -> None:
     """The log's settings on a connection; ``autocheckpoint`` False: its commits never checkpoint
-    the WAL (EntryLog.checkpoint_when_idle does)."""
+    the WAL (EntryLog.checkpoint_when_idle does); ``cache_kib``: its page cache (None: SQLite's
+    default, 2 MiB)."""
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
     if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
@@ -133,6 +135,8 @@ def configure(conn: sqlite3.Connection, path: Path, *, busy_timeout_s: float, sy
     conn.execute(f"PRAGMA wal_autocheckpoint = {1000 if autocheckpoint else 0}")
     conn.execute("PRAGMA secure_delete = ON")  # purged entries are overwritten, not just unlinked
     conn.execute("PRAGMA foreign_keys = OFF")
+    if cache_kib is not None:
+        conn.execute(f"PRAGMA cache_size = {-int(cache_kib)}")  # negative: KiB, not pages
     apply_page_limit(conn, max_db_bytes)
 
 
