@@ -8,11 +8,13 @@ import functools
 import itertools
 import os
 import pwd
+import shutil
 import sqlite3
 import stat
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -407,6 +409,7 @@ def test_idle_checkpoints_never_run_inside_a_commit(open_log, verdict_for, monke
     pages); checkpoint_when_idle copies it once enough commits have piled up and the lane is
     between scans, or after too many whatever the lane does; the WAL is then reused in place."""
     monkeypatch.setattr(entrylog_mod, "CHECKPOINT_QUIET_S", 0.3)
+    monkeypatch.setattr(entrylog_mod, "WAL_AHEAD_BYTES", 0)  # the WAL file's size is its frames here
     log = open_log(wal_checkpoints="idle", passback_window_s=0)
     v = verdict_for()
     assert log._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
@@ -427,6 +430,31 @@ def test_idle_checkpoints_never_run_inside_a_commit(open_log, verdict_for, monke
     assert log.verify().ok and log.verify().checked == n + entrylog_mod.CHECKPOINT_MAX_COMMITS
 
 
+def test_the_lanes_commits_write_over_a_wal_written_ahead_not_onto_new_blocks(open_log, verdict_for):
+    """The lane's log (wal_checkpoints="idle") writes its WAL file ahead at open, zeros on real
+    blocks: its commits then write over blocks the file has, so an fsync waits for no kernel worker
+    to turn new blocks into written ones. The zeros are no frames: a log reopened (as after a power
+    cut) reads every committed entry and nothing more."""
+    log = open_log(wal_checkpoints="idle", passback_window_s=0)
+    wal = Path(f"{log.path}-wal")
+    ahead = wal.stat()
+    assert ahead.st_size >= entrylog_mod.WAL_AHEAD_BYTES
+    assert ahead.st_blocks * 512 >= entrylog_mod.WAL_AHEAD_BYTES  # written, not a sparse file
+    v = verdict_for()
+    for i in range(300):
+        log.record(scan(NOW + i), v, direction="in")
+    assert wal.stat().st_size == ahead.st_size  # 300 commits, and the file never grew
+    cut = log.path.parent / "cut"  # the files as a power cut leaves them: the WAL is read anew
+    cut.mkdir()
+    shutil.copy(log.path, cut / log.path.name)
+    shutil.copy(wal, cut / wal.name)
+    again = open_log(name="cut/entries.db", create=False)
+    assert again.verify().ok and again.verify().checked == 300
+    assert [e.seq for e in again.tail(1)] == [300]
+    again.record(scan(NOW + 300), v, direction="in")  # and it goes on where it was
+    assert again.verify().checked == 301
+
+
 def test_under_back_to_back_scans_the_wal_stays_bounded_and_starts_over(open_log, verdict_for, monkeypatch):
     """Scans recorded back to back (a rush, or the soak bench) leave no moment in which a PASSIVE
     checkpoint catches up with the lane, while a supervisor thread asks for one every tick and a
@@ -435,6 +463,7 @@ def test_under_back_to_back_scans_the_wal_stays_bounded_and_starts_over(open_log
     WAL_RESTART_FRAMES lets it start over."""
     monkeypatch.setattr(entrylog_mod, "CHECKPOINT_MAX_COMMITS", 400)  # ~2,000 pages: a small test
     monkeypatch.setattr(entrylog_mod, "WAL_RESTART_FRAMES", 1000)
+    monkeypatch.setattr(entrylog_mod, "WAL_AHEAD_BYTES", 0)  # the WAL file's size is its frames here
     log = open_log(wal_checkpoints="idle", passback_window_s=0)
     reader = open_log(create=False)
     v = verdict_for()

@@ -87,6 +87,10 @@ RESTART_WAIT_S = 0.05  # the longest the checkpoint waits for the lane's commit 
 # finishes with the lane held between two scans: SQLite starts a WAL over only at a write that begins
 # after a checkpoint has copied every commit, which under back-to-back scans never happens otherwise
 WAL_RESTART_FRAMES = 4000
+# The lane's log has its WAL file written (zeros) this far ahead at open: a commit then writes over
+# blocks the file system holds already, and its fsync waits for no kernel worker to turn newly
+# allocated blocks into written ones (docs/benchmarks.md#sync). ~16 MB, the length it starts over at.
+WAL_AHEAD_BYTES = WAL_RESTART_FRAMES * (4096 + 24)
 NO_SEALING_KEY = "no sealing key configured"  # holder_details_note when "sealed" was asked for without a key
 
 # The write transactions of one log file in this process (the lane's log, the sync agent's own, the
@@ -222,6 +226,8 @@ class EntryLog:
                                     synchronous=synchronous, max_db_bytes=max_db_bytes,
                                     autocheckpoint=wal_checkpoints == "auto", cache_kib=cache_kib)
         self._disk.check(force=True)
+        if wal_checkpoints == "idle":
+            self._write_wal_ahead()
 
     @property
     def retry_queue_max(self) -> int:
@@ -623,6 +629,30 @@ class EntryLog:
                 log.warning("entry log: checkpoint failed: %s", exc)
                 return None
 
+    def _write_wal_ahead(self) -> None:
+        """Write zeros into the WAL file from its end up to WAL_AHEAD_BYTES, inside a write transaction
+        (no writer of any process appends meanwhile; readers never read past the frames they were
+        given). SQLite takes a frame only with its salt and checksum, so the zeros are no frames.
+        Not where it would leave less than min_free_bytes free, nor where it cannot (a full disk, a
+        WAL that is not a plain file): the log goes on as before."""
+        wal, size = f"{self.path}-wal", WAL_AHEAD_BYTES
+        try:
+            with self._lock, self._write():
+                fd = os.open(wal, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    end = os.fstat(fd).st_size
+                    free = self._disk.check(force=True)
+                    if end >= size or free is None or free - (size - end) < self.min_free_bytes:
+                        return
+                    zeros = bytes(min(MIB, max(0, size - end)))
+                    while end < size:
+                        end += os.pwrite(fd, zeros[:size - end], end)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        except (OSError, sqlite3.Error) as exc:
+            log.info("entry log: the WAL is not written ahead (%s)", exc)
+
     def _restart_wal(self, conn: sqlite3.Connection) -> int:
         """Let the WAL start over. SQLite does that at the first write that begins after a checkpoint
         has copied every commit; under back-to-back scans the lane's next commit has always begun
@@ -767,6 +797,8 @@ class EntryLog:
         if result.purged and not dry_run:
             log.info("entry log: purged %d synced entries older than %d days (anchor seq %d)", result.purged, days,
                      result.anchor_seq)
+            if self.wal_checkpoints == "idle":  # the purge gave the WAL's space back
+                self._write_wal_ahead()
         return result
 
     # ------------------------------------------------------------ verification, stats
