@@ -559,6 +559,27 @@ def test_idle_checkpoints_leave_sqlites_locks_alone(tmp_path, monkeypatch):
     log.close()
 
 
+def test_writing_the_wal_ahead_leaves_sqlites_locks_alone(tmp_path, monkeypatch):
+    """The WAL written ahead (at open, after a purge) is the one file of the log that this process
+    opens behind SQLite; SQLite holds no lock on it, so its locks on the others stay as they were."""
+    log = EntryLog(tmp_path / "entries.db", device_id="d", checkpoint_id="gate", wal_checkpoints="idle",
+                   passback_window_s=0)
+    v = verifier.verify("CK1:nothing", None, NOW)
+    log.record(Scan("x", "camera", "cam0", NOW), v, direction="in")
+    files = [log.path, Path(f"{log.path}-shm")]
+    held = [_my_posix_locks(f) for f in files]
+    assert held[1]  # SQLite's: the WAL's shared memory is in use
+    wal = Path(f"{log.path}-wal")
+    before = wal.stat().st_size
+    monkeypatch.setattr(entrylog_mod, "WAL_AHEAD_BYTES", before + 4 * 1024 * 1024)
+    log._write_wal_ahead()
+    assert wal.stat().st_size == before + 4 * 1024 * 1024
+    assert [_my_posix_locks(f) for f in files] == held
+    log.record(Scan("x", "camera", "cam0", NOW + 1), v, direction="in")
+    assert log.verify().ok and log.verify().checked == 2
+    log.close()
+
+
 def test_upgrade_to_runs_keeps_the_batch_of_every_entry(tmp_path, server):
     """Schema 2 kept the batch in a column of each entry; the upgrade moves it to acknowledged runs
     (a batch split around another one's entries gives two runs) and what stays pending stays so."""
