@@ -108,10 +108,13 @@ def _writer_lock(path: Path) -> threading.RLock:
         return _WRITERS.setdefault(key, threading.RLock())
 
 
+WRITER_BUSY = "database is locked (by another writer in this process)"
+
+
 def _take(writer: threading.RLock, timeout_s: float) -> None:
     """Wait for ``writer`` as long as SQLite's busy handler would wait for the file's lock."""
     if not writer.acquire(timeout=timeout_s):
-        raise sqlite3.OperationalError("database is locked (by another writer in this process)")
+        raise sqlite3.OperationalError(WRITER_BUSY)
 
 # The last admission of a card at a checkpoint in a direction, not cancelled by a follow-up.
 # `+e.checkpoint_id`: probe the card's index (a handful of rows), never the checkpoint's (every scan
@@ -362,7 +365,20 @@ class EntryLog:
             entry_id, self.device_id, self.checkpoint_id, direction, round(scan.at * 1000),
             clock if clock in _CLOCK_STATES else clockmod.UNKNOWN, scan.source, scan.source_id, verdict,
             conditions or Conditions(scan.at), card.card_id.hex() if card is not None else None, sealed, digest))
-        return self._submit(draft, self._commit_scan)
+        with self._lock:
+            if self._retry.drafts:  # queued ones first
+                return self._submit(draft, self._commit_scan)
+            # what _submit does when nothing is queued, written out (a scan's hot path: a frame less)
+            self._in_flight = True
+            try:
+                return self._commit_scan(draft)
+            except sqlite3.Error as exc:
+                code = write_error_code(exc)
+                if code is None:
+                    raise
+                self._retry.keep(draft, code, str(exc))
+            finally:
+                self._in_flight = False
 
     def record_followup(self, entry_id: str, kind: str = "did_not_pass", *,
                         at: float | None = None) -> Entry:
@@ -389,7 +405,8 @@ class EntryLog:
         return row is None
 
     def _submit(self, draft: D, commit: Callable[[D], R]) -> R:
-        """Commit ``draft`` after the queued ones, or keep it in the retry queue and raise."""
+        """Commit ``draft`` after the queued ones, or keep it in the retry queue and raise (`record`
+        writes this out for a scan when nothing is queued)."""
         with self._lock:
             self._in_flight = True
             try:
@@ -418,7 +435,8 @@ class EntryLog:
         (cold caches) each method call costs about a microsecond."""
         conn = self._conn
         writer = self._writer
-        _take(writer, self.busy_timeout_s)
+        if not writer.acquire(timeout=self.busy_timeout_s):  # what _take does
+            raise sqlite3.OperationalError(WRITER_BUSY)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except BaseException:
