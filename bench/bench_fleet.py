@@ -6,7 +6,8 @@ the server's per-address limits stay at their defaults too.
 
 Measures ingest entries/s (entries stored / release to last acknowledgement), the acknowledgement
 latency a device sees (first send to its 200, busy waits included), busy answers, CPU of the server
-(all its processes), of PostgreSQL and of the load generator, and checks that every entry is stored
+(all its processes), of PostgreSQL (by process: its client connections apart from the WAL writer,
+the checkpointer and autovacuum) and of the load generator, and checks that every entry is stored
 exactly once. Several runs, each on a fresh database; medians and the spread.
 
 The peer, in the same run: a bare psycopg binary COPY of the same rows (the columns the server
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -72,6 +74,54 @@ def _tree_cpu_s(root_pid: int | None) -> float:
             if ppid == root_pid:
                 total += cpu_s(int(d))
     return total
+
+
+# PostgreSQL's processes by kind, from the title each sets (its /proc/PID/cmdline): "postgres: walwriter", ...;
+# a client connection's title names its peer ("user db 127.0.0.1(port) state" or "[local]")
+PG_KINDS = (("walwriter", "WAL writer"), ("checkpointer", "checkpointer"), ("autovacuum", "autovacuum"),
+            ("background writer", "background writer"))
+_PG_BACKEND = re.compile(r"\(\d+\)|\[local\]")
+
+
+def pg_process_kind(title: str) -> str:
+    """The kind of a PostgreSQL process from its title: "backends" (client connections: the
+    statements and COPYs the server sends), one of PG_KINDS' names, or "other" (the postmaster, the
+    launchers, the stats)."""
+    for word, name in PG_KINDS:
+        if word in title:
+            return name
+    return "backends" if _PG_BACKEND.search(title) else "other"
+
+
+def pg_cpu_by_process(postmaster: int | None) -> dict[int, tuple[str, float]]:
+    """Each process of a PostgreSQL server (the postmaster and its children): (its kind, CPU seconds)."""
+    out: dict[int, tuple[str, float]] = {}
+    if postmaster is None:
+        return out
+    out[postmaster] = ("other", cpu_s(postmaster))
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", encoding="ascii") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                if ppid != postmaster:
+                    continue
+                with open(f"/proc/{d}/cmdline", "rb") as fh:
+                    title = fh.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            except (OSError, ValueError, IndexError):
+                continue
+            out[int(d)] = (pg_process_kind(title), cpu_s(int(d)))
+    return out
+
+
+def pg_cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each kind of PostgreSQL process spent between two pg_cpu_by_process snapshots
+    (a process started meanwhile: all of its CPU; one that ended meanwhile is not counted)."""
+    spent: dict[str, float] = {}
+    for pid, (kind, cpu) in after.items():
+        was = before.get(pid)
+        spent[kind] = spent.get(kind, 0.0) + cpu - (was[1] if was is not None and was[0] == kind else 0.0)
+    return spent
 
 
 class _Fleet:
@@ -205,10 +255,11 @@ def _one(fleet: _Fleet, url: str, keys: Path, deadline_s: float, pg_pid: int | N
     server = ServerProcess(url, "--keys", str(keys), *server_args, bench="fleet")
     try:
         time.sleep(1.0)  # the workers start after the supervisor answers
-        s_cpu0, pg_cpu0 = _tree_cpu_s(server.pid), _tree_cpu_s(pg_pid)
+        s_cpu0, pg_cpu0 = _tree_cpu_s(server.pid), pg_cpu_by_process(pg_pid)
         res = push(fleet, server.url, deadline_s, tmp, version=version)
         res["server_cpu"] = _tree_cpu_s(server.pid) - s_cpu0
-        res["db_cpu"] = _tree_cpu_s(pg_pid) - pg_cpu0
+        res["db_cpu_by"] = pg_cpu_spent(pg_cpu0, pg_cpu_by_process(pg_pid))
+        res["db_cpu"] = sum(res["db_cpu_by"].values())
     finally:
         server.stop()
     st = open_storage(url)
@@ -284,6 +335,8 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> dict | N
                          "busy": [res["busy"] for res in rs], "exactly_once": ok,
                          "server_cpu_us": [res["server_cpu"] / fleet.entries * 1e6 for res in rs],
                          "db_cpu_us": [res["db_cpu"] / fleet.entries * 1e6 for res in rs],
+                         "db_cpu_us_by_process": {k: [res["db_cpu_by"].get(k, 0.0) / fleet.entries * 1e6 for res in rs]
+                                                  for k in ("backends", *(n for _, n in PG_KINDS), "other")},
                          "bytes_per_entry": fleet.bytes[v] / fleet.entries, "group_commit": grouped,
                          "x_peer": [a / b for a, b in zip(rates, peer)], "p95_over_copy": p95_over}
         rows.append([f"{case} ({fleet.bytes[v] / fleet.entries:.0f} B/entry)", _spread(rates), _spread(peer),
@@ -307,6 +360,10 @@ def run(quick: bool, sizes: tuple[int, int, int, int] | None = None) -> dict | N
                  "devices CPU µs/entry", "each entry once"], rows, left=2))
     for g in judged:
         print(g.line())
+    for case, f in figures.items():
+        if f["group_commit"]:
+            print(f"  PostgreSQL CPU µs/entry by process [{case}]: " + ", ".join(
+                f"{k} {_spread(v, '.1f')}" for k, v in f["db_cpu_us_by_process"].items()))
     print(f"{os.cpu_count()} cpus shared by the server, PostgreSQL and the load generator "
           f"(load average {os.getloadavg()[0]:.1f})")
     print()
