@@ -294,3 +294,27 @@ def test_a_batch_sent_under_another_devices_request_signature_is_refused(tmp_pat
     finally:
         srv.stop()
         storage.close()
+
+
+def test_a_batch_s_device_is_looked_up_on_threads_of_its_own_not_anyio_s(tmp_path, monkeypatch):
+    """The first batch of a device seen by a process has its key looked up in the database on the
+    server's own look-up threads: not through anyio's thread pool, whose backend a worker would
+    otherwise load (and pay for) in the middle of the first burst of batches, and not on the threads
+    that store batches, which a flood of requests naming unknown devices would then hold up."""
+    (tmp_path / "s").mkdir()
+    srv = ServerThread(tmp_path / "s" / "c.db").start()
+    try:
+        looked_up_on: list[str] = []
+        real_device = srv.storage.device
+
+        def device(device_id):
+            looked_up_on.append(threading.current_thread().name)
+            return real_device(device_id)
+
+        monkeypatch.setattr(srv.storage, "device", device)
+        key, dev, _, data = _batch(srv.storage, 5)
+        res = _post(srv.url, key, dev, data)
+        assert res.status_code == 200 and res.json()["stored"] == 5, res.text
+        assert looked_up_on and all(name.startswith("device-lookup") for name in looked_up_on), looked_up_on
+    finally:
+        srv.stop()

@@ -198,13 +198,17 @@ def create_app(storage: Storage, config: ServerConfig) -> Starlette:
     # batches are opened and stored in threads of their own: asyncio's hand-off to an executor costs
     # the event loop less per batch than Starlette's run_in_threadpool (anyio's worker threads)
     batch_threads = ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix="batch")
+    # a request's device looked up by its signature's id, on threads of their own too: not anyio's
+    # (whose backend a process would load in its first burst of batches), and a flood of requests
+    # naming unknown devices queues here, not ahead of the batches being stored
+    lookup_threads = ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix="device-lookup")
 
     async def stored(data: bytes, public, sender: str | None = None) -> Ingested:
         return await asyncio.get_running_loop().run_in_executor(batch_threads, store, data, public, sender)
 
     async def active_device(device_id: str):
         """(the enrolled device, its public key); ServerError for unknown and revoked devices."""
-        device = await run_in_threadpool(storage.device, device_id)
+        device = await asyncio.get_running_loop().run_in_executor(lookup_threads, storage.device, device_id)
         if device is None:
             raise unknown_device(device_id)
         if device.revoked_ms is not None:
