@@ -218,9 +218,10 @@ def managers() -> list[str]:
 
 
 def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: int, deadline_s: float = 300.0,
-             manager: str = "pg_auto_failover", fault: str = "primary_killed") -> dict:
+             manager: str = "pg_auto_failover", fault: str = "primary_killed", pace_s: float = 0.0) -> dict:
     """Run one fault (FAULTS; see the module docstring) with ``manager`` ("pg_auto_failover" or
-    "pg_ctl": the primary killed only); ``kill_after``: batches stored before the fault. Returns the
+    "pg_ctl": the primary killed only); ``kill_after``: batches stored before the fault; ``pace_s``:
+    each device's pause after each acknowledged batch (0: back to back). Returns the
     load generator's results with the checks made on the primary afterwards and the times of the
     fault (``fault_at``) and of its settling (``settled_at``, and for a frozen primary
     ``resumed_at``, ``thawed_at``, ``old_primary_demoted_at``)."""
@@ -284,7 +285,7 @@ def scenario(tmp: Path, devices: int, batches: int, per_batch: int, kill_after: 
             times["fault_at"] = time.time()
             db.fault(fault, times, resumed)
 
-        res = push(fleet, server.url, deadline_s, tmp, processes=1, during=fault_mid_ingest)
+        res = push(fleet, server.url, deadline_s, tmp, processes=1, during=fault_mid_ingest, pace_s=pace_s)
         res |= times
         final = db.final_primary_url(fault)
         st = open_storage(final)

@@ -177,14 +177,14 @@ class _Fleet:
 
 
 def push(fleet: _Fleet, url: str, deadline_s: float, tmp: Path, processes: int = LOADGEN_PROCESSES,
-         during: Callable[[float], None] | None = None, version: int | None = None) -> dict:
+         during: Callable[[float], None] | None = None, version: int | None = None, pace_s: float = 0.0) -> dict:
     """The fleet released at once against ``url`` by ``processes`` load generator processes, its
-    batches in format ``version`` (None: the fleet's first); ``during(start_at)`` runs meanwhile
-    (in this process), if given."""
+    batches in format ``version`` (None: the fleet's first), each device pausing ``pace_s`` after
+    each acknowledged batch; ``during(start_at)`` runs meanwhile (in this process), if given."""
     start_at = time.time() + 3.0  # time for the processes to start and read their batches
     procs, outs = [], []
     for i in range(processes):
-        spec = {"url": url, "start_at": start_at, "deadline_s": deadline_s,
+        spec = {"url": url, "start_at": start_at, "deadline_s": deadline_s, "pace_s": pace_s,
                 "devices": [{"key": d["key"], "device_id": d["device_id"], "source": d["source"],
                              "batches": d["batches"] if version is None else d["by_version"][version]}
                             for d in fleet.devices[i::processes]]}

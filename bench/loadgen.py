@@ -44,6 +44,7 @@ def run(spec: dict) -> dict:
     busy_at: list[float] = []
     lock = threading.Lock()
     stop_at = spec["start_at"] + spec["deadline_s"]
+    pace_s = float(spec.get("pace_s", 0.0))  # a device's pause after each acknowledged batch (0: back to back)
 
     def device(d: dict) -> None:
         key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(d["key"]))
@@ -94,6 +95,8 @@ def run(spec: dict) -> dict:
                     acked.append(json.loads(doc)["batch_id"])
                 else:
                     failures.append(f"HTTP {status} {doc[:120]!r}")
+            if pace_s:
+                time.sleep(pace_s)
         if conn is not None:
             conn.close()
 
