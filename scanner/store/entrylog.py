@@ -16,12 +16,13 @@ import logging
 import operator
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, NoReturn, Self, TypeVar
 
 from scanner.base.lazy import lazy_module
 from scanner.base.timeutil import DAY_MS
@@ -373,10 +374,7 @@ class EntryLog:
             try:
                 return self._commit_scan(draft)
             except sqlite3.Error as exc:
-                code = write_error_code(exc)
-                if code is None:
-                    raise
-                self._retry.keep(draft, code, str(exc))
+                self._keep(draft, exc)
             finally:
                 self._in_flight = False
 
@@ -418,12 +416,17 @@ class EntryLog:
                 try:
                     return commit(draft)
                 except sqlite3.Error as exc:
-                    code = write_error_code(exc)
-                    if code is None:
-                        raise
-                    self._retry.keep(draft, code, str(exc))
+                    self._keep(draft, exc)
             finally:
                 self._in_flight = False
+
+    def _keep(self, draft: Draft, exc: sqlite3.Error) -> NoReturn:
+        """A draft whose commit failed: kept in the retry queue if the failure is a write error that
+        can pass (RetryQueue.keep then raises), else ``exc`` raised as it is."""
+        code = write_error_code(exc)
+        if code is None:
+            raise exc
+        self._retry.keep(draft, code, str(exc))
 
     def _commit(self, d: Draft) -> object:
         """Commit a draft of either kind (what the retry queue calls)."""
@@ -656,9 +659,12 @@ class EntryLog:
         wal, size = f"{self.path}-wal", WAL_AHEAD_BYTES
         try:
             with self._lock, self._write():
-                fd = os.open(wal, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(wal, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO: no wait
                 try:
-                    end = os.fstat(fd).st_size
+                    st = os.fstat(fd)
+                    end = st.st_size
+                    if not stat.S_ISREG(st.st_mode):
+                        raise OSError(f"{wal} is not a plain file")
                     free = self._disk.check(force=True)
                     if end >= size or free is None or free - (size - end) < self.min_free_bytes:
                         return
