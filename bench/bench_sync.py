@@ -100,11 +100,13 @@ class _Lane:
         # (due, due -> committed, record() alone, of due -> committed the time waiting for a CPU or None), s
         self.scans: list[tuple[float, float, float, float | None]] = []
         self.checkpoints = 0
+        self.priority: runtime.LanePriority | None = None  # how the lane's thread ran
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._scan, daemon=True),
                          threading.Thread(target=self._supervise, daemon=True)]
 
     def _scan(self) -> None:
+        self.priority = runtime.prioritise_lane()  # as the appliance's verdict lane (its default)
         i, due = 0, time.perf_counter() + self.every_s
         while not self._stop.is_set():
             waited0 = run_queue_wait_s()  # read before the sleep: a late wake-up's wait counts too
@@ -155,6 +157,15 @@ def _figures(scans: list[tuple[float, float, float, float | None]]) -> dict:
         out["cpu_wait_p99_ms"] = percentile([w for w in waits if w is not None], 0.99) * 1e3
         out["p99_less_cpu_wait_ms"] = percentile([x[1] - (x[3] or 0.0) for x in scans], 0.99) * 1e3
     return out
+
+
+def _lane_text(p: runtime.LanePriority | None) -> str:
+    """How the lane's thread was scheduled, for the table's header and the results file."""
+    if p is None:
+        return "not started"
+    if p.realtime:
+        return f"SCHED_FIFO {p.priority}"
+    return f"a normal thread (real time refused: {p.refused})" if p.refused else "a normal thread"
 
 
 def _pair(upload: dict, idle: dict, key: str) -> str:
@@ -249,7 +260,7 @@ def _upload(run_dir: Path, n: int, lane: _Lane, st, builder_kind: str = "process
     out: dict[str, object] = {"contacts": len(contacts), "upload_s": busy, "entries_per_s": n / busy,
            "bytes_per_entry": sum(sizes) / n, "requests": len(sizes), "main_cpu_s": time.process_time() - cpu0,
            "builder_cpu_s": cpu_s(builder_pid) - child_cpu0 if isinstance(builder, ProcessBuilder) else 0.0,
-           "checkpoints": lane.checkpoints, "builder": builder_kind}
+           "checkpoints": lane.checkpoints, "builder": builder_kind, "lane": _lane_text(lane.priority)}
     during = [x for x in lane.scans if any(a <= x[0] < b for a, b in contacts)]
     between = [x for x in lane.scans if contacts[0][0] <= x[0]
                and not any(a - GUARD_S <= x[0] < b + GUARD_S for a, b in contacts)]
@@ -389,13 +400,15 @@ def run(quick: bool) -> dict:
         where = fs_type(tmp)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    lanes = " / ".join(sorted({str(x["lane"]) for x in results + inline}))
     print(f"== sync: a {n:,}-entry backlog (holder details sealed) uploaded to the reference server on 127.0.0.1 "
           f"(its own process, normal priority, its database in memory) as the appliance does (batches built in the "
           f"builder process, the scan process tuned, the contacts on a thread {SYNC_THREAD_NICE} nicer than the "
           f"lane's), "
           f"one contact (one batch) at a time, each followed by an equal "
           f"pause, while the scan lane verifies and records a card every 50 ms through its own EntryLog (files on "
-          f"{where}); {runs} run(s); backlog generated in {fill_s:.1f} s")
+          f"{where}; the lane's thread {lanes}, as the appliance's `[scan] lane_priority` default makes it); "
+          f"{runs} run(s); backlog generated in {fill_s:.1f} s")
     rows = []
     for i, x in [(i, x) for i, x in enumerate(results)] + [(i, x) for i, x in enumerate(inline)]:
         u, idle = x["upload"], x["idle"]

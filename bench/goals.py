@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MIN_RUNS = 3
+TRIM_FROM = 5  # from this many runs on, the noise check of a difference leaves out the best and the worst run
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +110,19 @@ def fmt(value: float, unit: str) -> str:
     return f"{value:.3f}"
 
 
+def _middle(runs: Sequence[float]) -> Sequence[float]:
+    """The runs without the lowest and the highest, where there are at least TRIM_FROM of them."""
+    return sorted(runs)[1:-1] if len(runs) >= TRIM_FROM else runs
+
+
 def judge(key: str, runs: Sequence[float], case: str = "", *, unjudged: str = "", note: str = "") -> Judged:
     """The goal ``key`` on one figure per run: met if the median is within the limit (so at least
     half the runs met it), "not judged" with fewer than MIN_RUNS runs or when ``unjudged`` gives a
     reason (say the disk was too slow to show what the goal is about), or when a goal on a difference
-    has runs on both sides of the limit spread wider than twice it (noise, not a figure). ``note``:
-    what to read beside a met or missed goal (say the same runs as a ratio to a peer)."""
+    has runs on both sides of the limit spread wider than twice it (noise, not a figure); from five
+    runs on, the best and the worst run are left out of that check (`_middle`), so that one hiccup of
+    the machine either way does not void the rest. ``note``: what to read beside a met or missed goal
+    (say the same runs as a ratio to a peer)."""
     goal = GOALS[key]
     runs = tuple(float(r) for r in runs)
     if not runs:
@@ -122,7 +130,9 @@ def judge(key: str, runs: Sequence[float], case: str = "", *, unjudged: str = ""
     why = unjudged
     if not why and len(runs) < MIN_RUNS:
         why = f"{len(runs)} run(s): at least {MIN_RUNS} are needed"
-    if not why and goal.difference and min(runs) <= goal.limit < max(runs) and max(runs) - min(runs) > 2 * goal.limit:
+    middle = _middle(runs)
+    if (not why and goal.difference and min(middle) <= goal.limit < max(middle)
+            and max(middle) - min(middle) > 2 * goal.limit):
         why = ("the runs fall on both sides of the goal and disagree by more than twice it: the machine's noise is "
                "larger than what is judged")
     if why:

@@ -54,6 +54,13 @@ def test_a_goal_is_judged_on_the_median_of_the_runs():
     assert noisy.verdict == "not judged" and "noise" in noisy.note
     assert goals.judge("sync.stall.p99", [30.0, 45.0, 215.0]).verdict == "not met"  # all above: a miss, noisy or not
     assert goals.judge("sync.stall.p99", [0.5, 1.0, 1.5]).verdict == "met"
+    # from five runs on, one hiccup of the machine either way does not void the others...
+    hiccup = goals.judge("sync.stall.p99", [-42.3, -0.7, 0.3, 1.1, 6.0])
+    assert (hiccup.verdict, hiccup.met_runs) == ("met", 4)
+    assert goals.judge("sync.stall.p99", [1.5, 2.5, 3.0, 3.4, 60.0]).verdict == "not met"
+    # ...but two on one side do, and a median outside the limit is a miss however the runs spread
+    assert goals.judge("sync.stall.p99", [-0.5, 0.2, 0.8, 30.0, 60.0]).verdict == "not judged"
+    assert goals.judge("sync.stall.p99", [-40.0, 1.0, 2.5, 3.0, 6.5]).verdict == "not met"
 
 
 def test_a_rate_to_reach_is_met_at_or_above_its_limit():

@@ -155,7 +155,8 @@ class Appliance:
             lane = self.lane = Lane(self.device, feedback=feedback, hub=self.hub, guard=guard, enroller=self.enroller,
                                     clock_skew_s=cfg.scan.clock_skew_s, shc_hold_s=cfg.scan.shc_hold_s)
             pipeline = self.pipeline = Pipeline(lane.handle, cooldown=cfg.scan.cooldown_s,
-                                                queue_size=cfg.scan.queue_size, on_issue=self._on_issue)
+                                                queue_size=cfg.scan.queue_size, on_issue=self._on_issue,
+                                                lane_priority=cfg.scan.lane_priority)
             hooks = Hooks(reload=self._reload, trust_changed=self._trust_changed, discover=self._discover)
             supervisor = self.supervisor = Supervisor(
                 self.device, pipeline=pipeline, feedback=feedback, hub=self.hub, guard=guard, notifier=self.notifier,

@@ -3,9 +3,10 @@
 Every input (hardware/inputs.py) runs in its own thread(s) and hands `Scan`s to `Pipeline.submit`,
 which never blocks: it folds repeats (the same text from the same source within the cooldown is
 one scan; a text already waiting or being handled is not queued again) and queues the rest. One
-worker thread hands each scan to ``handle`` (the appliance's verdict lane, scanner/appliance/lane.py),
-so the entry log can commit before feedback shows the verdict, while capture and reader threads
-go on. `Pipeline.verifying` is the plain form: verify, then ``sink(scan, verdict)``.
+worker thread (real time where asked and allowed: runtime.prioritise_lane) hands each scan to
+``handle`` (the appliance's verdict lane, scanner/appliance/lane.py), so the entry log can commit
+before feedback shows the verdict, while capture and reader threads go on. `Pipeline.verifying` is
+the plain form: verify, then ``sink(scan, verdict)``.
 Specification: docs/readers.md, docs/decoding.md.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from hardware.inputs import Input, ReadIssue, SourceHealth
+from scanner.appliance import runtime
 from scanner.base.safetext import escape
 from scanner.cards.scan import Scan
 from scanner.cards.trust import TrustStore
@@ -63,7 +65,9 @@ class Pipeline:
 
     def __init__(self, handle: Handle, *, cooldown: float = DEFAULT_COOLDOWN, queue_size: int = 256,
                  on_issue: Callable[[ReadIssue], None] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, lane_priority: int = 0) -> None:
+        """``lane_priority``: the worker thread's SCHED_FIFO priority (0: a normal thread; the
+        appliance's comes from `[scan] lane_priority`, see runtime.prioritise_lane)."""
         if cooldown < 0:
             raise ValueError("cooldown must be >= 0 seconds")
         self._handle = handle
@@ -83,6 +87,8 @@ class Pipeline:
         self._inputs: list[Input] = []
         self._worker: threading.Thread | None = None
         self._running = False
+        self._lane_priority = lane_priority
+        self.lane: runtime.LanePriority | None = None  # how the worker thread runs, once it has started
         self._verdicts = self._folded = self._dropped = self._sink_errors = self._issues = 0
 
     @classmethod
@@ -177,6 +183,9 @@ class Pipeline:
         return self
 
     def _work(self) -> None:
+        self.lane = lane = runtime.prioritise_lane(self._lane_priority)
+        if lane.realtime:
+            log.info("runtime: verdict lane SCHED_FIFO priority %d", lane.priority)
         while True:
             scan = self._queue.get()
             if scan is None:

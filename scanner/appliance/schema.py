@@ -17,6 +17,7 @@ from hardware.decode import check_roi
 from hardware.feedback_config import FeedbackConfigError, gpio_number
 from hardware.readers import parse_terminator
 from scanner.appliance import configschema as cs
+from scanner.appliance import runtime
 from scanner.appliance.configschema import REQUIRED, Key, Section
 from scanner.base.i18n import LANGS, Text, text
 from scanner.base.paths import DEFAULT_STATE_DIR
@@ -113,6 +114,10 @@ SECTIONS: tuple[Section, ...] = (
         K("decoder", cs.choice(*DECODER_NAMES), "`auto` / `zxing` / `pyzbar`", "auto",
           "QR decoder for cameras that do not name one (docs/decoding.md)."),
         K("queue_size", cs.integer(16, 100_000), "integer", 256, "Scans waiting for verification, at most."),
+        K("lane_priority", cs.integer(0, 49), "integer", runtime.LANE_PRIORITY,
+          "The verdict lane's real-time (SCHED_FIFO) priority: a scan's thread takes a core at once from "
+          "normal threads (the sync, a kiosk browser) when it wakes. 0: a normal thread. Above the unit's "
+          "LimitRTPRIO= (10) it is refused and the lane runs as a normal thread (logged)."),
         K("shc_hold_s", cs.number(1, 600), "seconds", 60.0,
           "Parts of a multi-part SMART Health Card are held this long for the next part.", live=True),
     ), doc="The scan pipeline (docs/readers.md, docs/decoding.md)."),

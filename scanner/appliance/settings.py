@@ -37,6 +37,10 @@ class ScanSection:
     decoder: Literal["auto", "zxing", "pyzbar"]
     # Scans waiting for verification, at most.
     queue_size: int
+    # The verdict lane's real-time (SCHED_FIFO) priority: a scan's thread takes a core at once from
+    # normal threads (the sync, a kiosk browser) when it wakes. 0: a normal thread. Above the unit's
+    # LimitRTPRIO= (10) it is refused and the lane runs as a normal thread (logged).
+    lane_priority: int
     # Parts of a multi-part SMART Health Card are held this long for the next part.
     shc_hold_s: float
 
