@@ -13,6 +13,7 @@ its file gives (tests/test_bench.py runs it).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
@@ -66,34 +67,69 @@ class _Missing(Exception):
     """A benchmark the results file does not hold: its parts say so."""
 
 
+def _hardware(doc: dict, b: dict) -> dict:
+    """The machine a benchmark ran on (parts stored before each kept its own: the file's)."""
+    return b.get("machine") or results.hardware(doc["machine"])
+
+
+def _labels(doc: dict) -> dict[str, str]:
+    """Each benchmark's machine as a short label, where the file holds more than one machine; else {}."""
+    seen = {json.dumps(_hardware(doc, b), sort_keys=True) for b in doc["benches"].values()}
+    if len(seen) < 2:
+        return {}
+    return {name: f"{m['cpu']}, Linux {m['kernel']}" for name, m in
+            ((name, _hardware(doc, b)) for name, b in doc["benches"].items())}
+
+
+def _labelled(doc: dict) -> dict:
+    """The results doc with each benchmark's machine label under "on", where machines differ (for _when)."""
+    labels = _labels(doc)
+    return {**doc, "benches": {name: {**b, "on": labels[name]} if labels else b
+                               for name, b in doc["benches"].items()}}
+
+
 def _when(b: dict) -> str:
     code = f", code {b['commit']}" if b.get("commit") else ""
+    where = f", on {b['on']}" if b.get("on") else ""
     return (f"{b['started'][:16].replace('T', ' ')}, load average {b['load_average'][0]:.1f}, "
-            f"`{b['command']}`{code}")
+            f"`{b['command']}`{code}{where}")
 
 
 # ---------------------------------------------------------------- the parts
 
 
-def machine(doc: dict) -> str:
-    m = doc["machine"]
+def _describe(m: dict) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
     return (f"{m['host']}: {m['arch']}, {m['cpus']} CPUs ({m['cpu']}), {m['memory_mib'] / 1024:.1f} GiB, "
-            f"Linux {m['kernel']}, {m['python']}, SQLite {m['sqlite']}; {libs}; code {m['commit']}")
+            f"Linux {m['kernel']}, {m['python']}, SQLite {m['sqlite']}; {libs}")
+
+
+def machine(doc: dict) -> str:
+    """The machine the figures were measured on; where the file holds more than one, each with the
+    benchmarks measured on it."""
+    groups: dict[str, list[str]] = {}
+    for name, b in doc["benches"].items():
+        groups.setdefault(json.dumps(_hardware(doc, b), sort_keys=True), []).append(name)
+    code = f"; code {doc['machine']['commit']}"
+    if len(groups) < 2:
+        return _describe(doc["machine"]) + code
+    return "; ".join(f"**{', '.join(names)}** on {_describe(json.loads(m))}" for m, names in groups.items()) + code
 
 
 def goals(doc: dict) -> str:
     rows = []
-    for _name, b in doc["benches"].items():
+    labels = _labels(doc)
+    for name, b in doc["benches"].items():
         for g in b.get("goals", []):
             fmt = _goal_value(g)
             rows.append([f"`{g['key']}`" + (f" ({g['case']})" if g["case"] else ""), g["what"],
                          f"{_sign(g)} {fmt(g['limit'])}", f"**{fmt(g['median'])}**",
                          f"{fmt(g['min'])} – {fmt(g['max'])}",
                          f"{g['met_runs']} of {len(g['runs'])}",
-                         f"**{g['verdict']}**" + (f": {g['note']}" if g["note"] else "")])
-    return _table(["goal", "what", "limit", "median of runs", "runs' range", "runs within", "verdict"], rows,
-                  "lllrrrl")
+                         f"**{g['verdict']}**" + (f": {g['note']}" if g["note"] else "")]
+                        + ([labels[name]] if labels else []))
+    head = ["goal", "what", "limit", "median of runs", "runs' range", "runs within", "verdict"]
+    return _table(head + (["measured on"] if labels else []), rows, "lllrrrl" + ("l" if labels else ""))
 
 
 def _sign(g: dict) -> str:
@@ -619,15 +655,20 @@ def _pi_inputs(doc: dict) -> dict:
 def pi_inputs(doc: dict) -> str:
     x = _pi_inputs(doc)
     ms = x["decode_ms"]
-    return _table(["figure on this x86 machine ([benchmarks.md](benchmarks.md))", "value"], [
-        ["Ed25519 raw `cryptography` verify", f"{_us(x['raw_us'])} µs"],
-        ["interpreter work in `verifier.verify` (full − raw)", f"{_us(x['python_us'])} µs"],
+    labels = _labels(doc)
+
+    def on(bench: str) -> list[str]:  # the machine, where the file holds more than one
+        return [labels[bench]] if labels else []
+    return _table(["figure on this x86 machine ([benchmarks.md](benchmarks.md))", "value"]
+                  + (["measured on"] if labels else []), [
+        ["Ed25519 raw `cryptography` verify", f"{_us(x['raw_us'])} µs", *on("verify")],
+        ["interpreter work in `verifier.verify` (full − raw)", f"{_us(x['python_us'])} µs", *on("verify")],
         ["stream decode (what a camera runs), 640x480 frame with one CK1 card / empty scene / uniform noise (worst)",
-         f"{ms[_FRAMES[0]]:.2f} / {ms[_FRAMES[2]]:.2f} / {ms[_FRAMES[3]]:.2f} ms"],
-        ["stream decode, 1280x720 frame with one card", f"{ms[_FRAMES[1]]:.2f} ms"],
+         f"{ms[_FRAMES[0]]:.2f} / {ms[_FRAMES[2]]:.2f} / {ms[_FRAMES[3]]:.2f} ms", *on("decode")],
+        ["stream decode, 1280x720 frame with one card", f"{ms[_FRAMES[1]]:.2f} ms", *on("decode")],
         [("`EntryLog.record` CPU beyond a bare commit (NORMAL; sealing in a session is "
-         f"{_us(x['seal_us'])} µs of it)"), f"{_us(x['log_us'])} µs"],
-    ], "lr")
+         f"{_us(x['seal_us'])} µs of it)"), f"{_us(x['log_us'])} µs", *on("entrylog")],
+    ], "lr" + ("l" if labels else ""))
 
 
 def pi_budget(doc: dict) -> str:
@@ -834,7 +875,7 @@ def generate(text: str, results_file: str | None = None) -> str:
         raise SystemExit("bench.report: the doc names no results file (<!-- bench-results: FILE -->)")
     if results_file is not None:
         text = text[:named.start(1)] + results_file + text[named.end(1):]
-    doc = results.load(ROOT / (results_file or named.group(1)))
+    doc = _labelled(results.load(ROOT / (results_file or named.group(1))))
 
     def part(m: re.Match) -> str:
         body = render(m.group(1), doc)

@@ -1,7 +1,8 @@
 """The results file of a bench run: bench/results/<date>-<host>.json (``-quick`` added for --quick
 runs, which judge nothing), with a description of the machine and, per benchmark, its figures and
 judged goals. Benchmarks run on the same day on the same host add to one file (a benchmark run
-again replaces its own part), so the docs can name one file for all their figures
+again replaces its own part, and keeps the machine it ran on: a host name can stand for different
+hardware from one day to the next), so the docs can name one file for all their figures
 (``python -m bench.report``)."""
 from __future__ import annotations
 
@@ -105,22 +106,31 @@ def _plain(value):
     raise TypeError(f"cannot store {type(value).__name__} in a results file")
 
 
-_RUN_FIELDS = frozenset(("started", "seconds", "quick", "command", "commit", "load_average"))
+_RUN_FIELDS = frozenset(("started", "seconds", "quick", "command", "commit", "load_average", "machine"))
+
+
+def hardware(m: dict) -> dict:
+    """A machine description without what changes from run to run (the code's commit, the load):
+    what each benchmark's part keeps, so that a file written on two machines says which is which."""
+    return {k: v for k, v in m.items() if k not in ("commit", "load_average")}
 
 
 def save(path: Path, bench: str, result: dict, *, quick: bool, started: dt.datetime, seconds: float) -> None:
     """Put one benchmark's result into the file at ``path`` (made if missing), replacing what an
-    earlier run of the same benchmark left there; the machine description is brought up to date."""
+    earlier run of the same benchmark left there, with the machine it ran on; the file's machine
+    description is brought up to date (the last run's)."""
     clash = sorted(set(result) & _RUN_FIELDS)
     if clash:  # it would overwrite what says when and how the run was made (or be overwritten)
         raise ValueError(f"{bench}: result keys {clash} are the results file's own")
     doc: dict = load(path) if path.exists() else {"schema": SCHEMA, "benches": {}}
+    for b in doc["benches"].values():  # parts stored before each kept its machine: the file's until now
+        b.setdefault("machine", hardware(doc["machine"]))
     doc["machine"] = machine()
     doc["benches"][bench] = {"started": started.isoformat(timespec="seconds"), "seconds": round(seconds, 1),
                              "quick": quick, "command": " ".join([Path(sys.executable).name, "-m", "bench",
                                                                   *sys.argv[1:]]),
                              "commit": doc["machine"]["commit"], "load_average": list(os.getloadavg()),
-                             **_plain(result)}
+                             "machine": hardware(doc["machine"]), **_plain(result)}
     doc["benches"] = dict(sorted(doc["benches"].items()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -179,6 +179,39 @@ def test_a_doc_part_follows_its_results_file(tmp_path, monkeypatch):
     assert "-->1.500<!--" in report.generate(out)
 
 
+def test_each_benchmark_keeps_the_machine_it_ran_on_and_the_docs_say_which(tmp_path, monkeypatch):
+    """One host name, two machines (a VM moved to other hardware): each part of the file keeps its own,
+    a part stored before parts kept one takes the file's, and the docs label each figure's machine."""
+    path = tmp_path / "r.json"
+    at = dt.datetime(2026, 12, 7, 10, 0).astimezone()
+    fsync = goals.judge("fsync.per_scan", [1.01, 1.02, 1.03])
+    results.save(path, "fsync", {"goals": [fsync.as_dict()]}, quick=False, started=at, seconds=1.0)
+    doc = json.loads(path.read_text())
+    del doc["benches"]["fsync"]["machine"]  # as stored before parts kept their machine
+    doc["machine"]["cpu"] = "An older CPU (test)"
+    path.write_text(json.dumps(doc))
+    stall = goals.judge("sync.stall.p99", [0.5, 1.0, 1.5])
+    results.save(path, "sync", {"goals": [stall.as_dict()]}, quick=False, started=at, seconds=1.0)
+    doc = results.load(path)
+    assert doc["benches"]["fsync"]["machine"]["cpu"] == "An older CPU (test)"
+    here = results.hardware(results.machine())
+    assert doc["benches"]["sync"]["machine"] == here != doc["benches"]["fsync"]["machine"]
+    assert doc["machine"]["cpu"] == here["cpu"] and "commit" not in here and "load_average" not in here
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    text = ("<!-- bench-results: r.json -->\nMachine: <!-- bench:machine --><!-- /bench:machine -->\n"
+            "<!-- bench:goals -->\n<!-- /bench:goals -->\n")
+    out = report.generate(text)
+    assert f"**fsync** on {here['host']}: " in out and "(An older CPU (test))" in out
+    assert f"**sync** on {here['host']}: " in out and f"({here['cpu']})" in out
+    assert "| measured on |" in out
+    assert f"| **met** | {here['cpu']}, Linux {here['kernel']} |" in out
+    assert f"| **met** | An older CPU (test), Linux {here['kernel']} |" in out
+    labelled = report._labelled(results.load(path))
+    assert report._when(labelled["benches"]["sync"]).endswith(f", on {here['cpu']}, Linux {here['kernel']}")
+    one = report._labelled({**doc, "benches": {"sync": doc["benches"]["sync"]}})  # one machine: no labels
+    assert "on" not in one["benches"]["sync"] and ", on " not in report._when(one["benches"]["sync"])
+
+
 def test_the_sync_lanes_figures_say_how_much_of_the_tail_was_waiting_for_a_cpu():
     fast = [(i * 0.05, 0.001, 0.0005, 0.0) for i in range(100)]
     kept_off = [(5.0, 0.030, 0.029, 0.029), (5.05, 0.031, 0.030, 0.029)]  # slow only while runnable, not running
