@@ -105,6 +105,43 @@ def test_serial_reader_signal_stops_cleanly_with_sd_notify(tmp_path, pki, notify
     assert "stopped after" in d.log and NAME not in d.log
 
 
+def _realtime_threads(pid: int) -> list[tuple[int, int]]:
+    """(policy without the reset-on-fork flag, priority) of each real-time thread of process ``pid``."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            policy = os.sched_getscheduler(int(task)) & ~os.SCHED_RESET_ON_FORK
+            priority = os.sched_getparam(int(task)).sched_priority
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+        if policy in (os.SCHED_FIFO, os.SCHED_RR):
+            out.append((policy, priority))
+    return out
+
+
+@pytest.mark.parametrize("lane_priority", [None, 0])
+def test_the_daemons_verdict_lane_alone_runs_real_time(tmp_path, pki, pty_pair, lane_priority):
+    """The config's `[scan] lane_priority` (default 10) reaches the verdict lane's thread, and no other
+    thread of the daemon is real time; 0 leaves every thread normal."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (or an RLIMIT_RTPRIO of 10) for a real-time thread")
+    master, port = pty_pair
+    state = tmp_path / "state"
+    scan = {} if lane_priority is None else {"lane_priority": lane_priority}
+    config = write_config(tmp_path / "c.toml", standalone(state, pki, scan=scan, serial=[{"name": "entry",
+                                                                                          "port": port}]))
+    d = Daemon(config)
+    try:
+        wait_inputs_ok(d)
+        os.write(master, (pki.card() + "\r\n").encode())
+        d.wait_line(r"verdict source=serial:entry decision=accept reason=ok ")
+        expected = [(os.SCHED_FIFO, 10)] if lane_priority is None else []
+        assert _realtime_threads(d.proc.pid) == expected, d.log
+        assert ("verdict lane SCHED_FIFO priority 10" in d.log) == (lane_priority is None)
+    finally:
+        d.stop()
+
+
 def test_sighup_reloads_live_keys_and_the_trust(tmp_path, pki, notify, pty_pair):
     master, port = pty_pair
     state = tmp_path / "state"
