@@ -82,7 +82,8 @@ def _labels(doc: dict) -> dict[str, str]:
 
 
 def _labelled(doc: dict) -> dict:
-    """The results doc with each benchmark's machine label under "on", where machines differ (for _when)."""
+    """The results doc with each benchmark's machine label under "on", where machines differ: what
+    every part that names a machine reads (_when, the goals and the Pi's inputs)."""
     labels = _labels(doc)
     return {**doc, "benches": {name: {**b, "on": labels[name]} if labels else b
                                for name, b in doc["benches"].items()}}
@@ -118,8 +119,8 @@ def machine(doc: dict) -> str:
 
 def goals(doc: dict) -> str:
     rows = []
-    labels = _labels(doc)
-    for name, b in doc["benches"].items():
+    labelled = any(b.get("on") for b in doc["benches"].values())
+    for b in doc["benches"].values():
         for g in b.get("goals", []):
             fmt = _goal_value(g)
             rows.append([f"`{g['key']}`" + (f" ({g['case']})" if g["case"] else ""), g["what"],
@@ -127,9 +128,9 @@ def goals(doc: dict) -> str:
                          f"{fmt(g['min'])} – {fmt(g['max'])}",
                          f"{g['met_runs']} of {len(g['runs'])}",
                          f"**{g['verdict']}**" + (f": {g['note']}" if g["note"] else "")]
-                        + ([labels[name]] if labels else []))
+                        + ([b["on"]] if labelled else []))
     head = ["goal", "what", "limit", "median of runs", "runs' range", "runs within", "verdict"]
-    return _table(head + (["measured on"] if labels else []), rows, "lllrrrl" + ("l" if labels else ""))
+    return _table(head + (["measured on"] if labelled else []), rows, "lllrrrl" + ("l" if labelled else ""))
 
 
 def _sign(g: dict) -> str:
@@ -655,12 +656,12 @@ def _pi_inputs(doc: dict) -> dict:
 def pi_inputs(doc: dict) -> str:
     x = _pi_inputs(doc)
     ms = x["decode_ms"]
-    labels = _labels(doc)
+    labelled = any(b.get("on") for b in doc["benches"].values())
 
     def on(bench: str) -> list[str]:  # the machine, where the file holds more than one
-        return [labels[bench]] if labels else []
+        return [doc["benches"][bench]["on"]] if labelled else []
     return _table(["figure on this x86 machine ([benchmarks.md](benchmarks.md))", "value"]
-                  + (["measured on"] if labels else []), [
+                  + (["measured on"] if labelled else []), [
         ["Ed25519 raw `cryptography` verify", f"{_us(x['raw_us'])} µs", *on("verify")],
         ["interpreter work in `verifier.verify` (full − raw)", f"{_us(x['python_us'])} µs", *on("verify")],
         ["stream decode (what a camera runs), 640x480 frame with one CK1 card / empty scene / uniform noise (worst)",
@@ -668,7 +669,7 @@ def pi_inputs(doc: dict) -> str:
         ["stream decode, 1280x720 frame with one card", f"{ms[_FRAMES[1]]:.2f} ms", *on("decode")],
         [("`EntryLog.record` CPU beyond a bare commit (NORMAL; sealing in a session is "
          f"{_us(x['seal_us'])} µs of it)"), f"{_us(x['log_us'])} µs", *on("entrylog")],
-    ], "lr" + ("l" if labels else ""))
+    ], "lr" + ("l" if labelled else ""))
 
 
 def pi_budget(doc: dict) -> str:

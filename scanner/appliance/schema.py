@@ -117,7 +117,7 @@ SECTIONS: tuple[Section, ...] = (
         K("lane_priority", cs.integer(0, 49), "integer", runtime.LANE_PRIORITY,
           "The verdict lane's real-time (SCHED_FIFO) priority: a scan's thread takes a core at once from "
           "normal threads (the sync, a kiosk browser) when it wakes. 0: a normal thread. Above the unit's "
-          "LimitRTPRIO= (10) it is refused and the lane runs as a normal thread (logged)."),
+          f"LimitRTPRIO= ({runtime.LANE_PRIORITY}) it is refused and the lane runs as a normal thread (logged)."),
         K("shc_hold_s", cs.number(1, 600), "seconds", 60.0,
           "Parts of a multi-part SMART Health Card are held this long for the next part.", live=True),
     ), doc="The scan pipeline (docs/readers.md, docs/decoding.md)."),
