@@ -178,7 +178,9 @@ SECTIONS: tuple[Section, ...] = (
           "How often to ask for a newer trust bundle."),
         K("builder", cs.choice("process", "inline"), "`process` / `inline`", "process",
           "Build batches in a separate low-priority process (keeps the scan loop smooth; it exits with the daemon "
-          "however the daemon ends) or in the sync thread."),
+          "however the daemon ends) or in the sync thread (`inline`: no second process, about 20 MB less, but "
+          "scans wait longer while a large backlog uploads: the scan lane's stall goal is missed, "
+          "docs/benchmarks.md#sync)."),
         K("connect_timeout_s", cs.number(0.5, 120), "seconds", 5.0, "HTTP connect timeout."),
         K("read_timeout_s", cs.number(1, 600), "seconds", 30.0, "HTTP read timeout."),
         K("backlog_max", cs.integer(1, 100_000_000), "entries", 5000,

@@ -118,7 +118,9 @@ class SyncSection:
     # How often to ask for a newer trust bundle.
     trust_interval_s: float
     # Build batches in a separate low-priority process (keeps the scan loop smooth; it exits with
-    # the daemon however the daemon ends) or in the sync thread.
+    # the daemon however the daemon ends) or in the sync thread (`inline`: no second process, about
+    # 20 MB less, but scans wait longer while a large backlog uploads: the scan lane's stall goal is
+    # missed, docs/benchmarks.md#sync).
     builder: Literal["process", "inline"]
     # HTTP connect timeout.
     connect_timeout_s: float
