@@ -72,13 +72,26 @@ def _hardware(doc: dict, b: dict) -> dict:
     return b.get("machine") or results.hardware(doc["machine"])
 
 
+def _machines(doc: dict) -> dict[str, list[str]]:
+    """The file's machines (each description as sorted JSON) with the benchmarks measured on each."""
+    groups: dict[str, list[str]] = {}
+    for name, b in doc["benches"].items():
+        groups.setdefault(json.dumps(_hardware(doc, b), sort_keys=True), []).append(name)
+    return groups
+
+
 def _labels(doc: dict) -> dict[str, str]:
     """Each benchmark's machine as a short label, where the file holds more than one machine; else {}."""
-    seen = {json.dumps(_hardware(doc, b), sort_keys=True) for b in doc["benches"].values()}
-    if len(seen) < 2:
+    groups = _machines(doc)
+    if len(groups) < 2:
         return {}
-    return {name: f"{m['cpu']}, Linux {m['kernel']}" for name, m in
-            ((name, _hardware(doc, b)) for name, b in doc["benches"].items())}
+    return {name: f"{m['cpu']}, Linux {m['kernel']}" for m, names in
+            ((json.loads(key), names) for key, names in groups.items()) for name in names}
+
+
+def _labelled_doc(doc: dict) -> bool:
+    """Whether the doc's benchmarks carry machine labels (the file holds more than one machine)."""
+    return any(b.get("on") for b in doc["benches"].values())
 
 
 def _labelled(doc: dict) -> dict:
@@ -108,9 +121,7 @@ def _describe(m: dict) -> str:
 def machine(doc: dict) -> str:
     """The machine the figures were measured on; where the file holds more than one, each with the
     benchmarks measured on it."""
-    groups: dict[str, list[str]] = {}
-    for name, b in doc["benches"].items():
-        groups.setdefault(json.dumps(_hardware(doc, b), sort_keys=True), []).append(name)
+    groups = _machines(doc)
     code = f"; code {doc['machine']['commit']}"
     if len(groups) < 2:
         return _describe(doc["machine"]) + code
@@ -119,7 +130,7 @@ def machine(doc: dict) -> str:
 
 def goals(doc: dict) -> str:
     rows = []
-    labelled = any(b.get("on") for b in doc["benches"].values())
+    labelled = _labelled_doc(doc)
     for b in doc["benches"].values():
         for g in b.get("goals", []):
             fmt = _goal_value(g)
@@ -656,7 +667,7 @@ def _pi_inputs(doc: dict) -> dict:
 def pi_inputs(doc: dict) -> str:
     x = _pi_inputs(doc)
     ms = x["decode_ms"]
-    labelled = any(b.get("on") for b in doc["benches"].values())
+    labelled = _labelled_doc(doc)
 
     def on(bench: str) -> list[str]:  # the machine, where the file holds more than one
         return [doc["benches"][bench]["on"]] if labelled else []
